@@ -1,0 +1,344 @@
+//! Start-up: builds the backends the settings ask for, wires the services, binds the
+//! listener (port 0 allowed) and runs until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+
+use crate::config::{Backend, ConfigError, Settings};
+use crate::crypto::local::{LocalKeyProvider, load_or_create_key_file, write_private_file};
+use crate::crypto::{CryptoError, EnvelopeCipher, KeyProvider, SecretKey, random_token};
+use crate::http::{self, AppState, Readiness, Services};
+use crate::oauth::ReturnUrls;
+use crate::oauth::flow::StateSealer;
+use crate::oauth::provider::{OidcProvider, ProviderConfig, ProviderError, Providers};
+use crate::secrets::{
+    ClientCredentials, SecretError, SecretSource, SecretsCache, ServiceSecrets, StaticSecrets,
+};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{FlowLog, FlowRecorder, StoreError, TokenStore};
+use crate::tokens::{TokenPolicy, TokenService};
+
+/// Why the service could not start. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {path}: {reason}")]
+    DataDir { path: PathBuf, reason: String },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("keys: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("secrets: {0}")]
+    Secret(#[from] SecretError),
+    #[error("provider: {0}")]
+    Provider(#[from] ProviderError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("the {0} backend is not available in this build")]
+    Unsupported(&'static str),
+}
+
+/// The storage, key and secret layers for one backend.
+pub struct Backends {
+    pub tokens: Arc<dyn TokenStore>,
+    pub flow_log: Arc<dyn FlowLog>,
+    pub keys: Arc<dyn KeyProvider>,
+    pub secrets: Arc<dyn SecretSource>,
+    /// Seals flow state; every instance must share it.
+    pub state_key: Option<SecretKey>,
+    /// API keys accepted besides the secret's.
+    pub api_keys: Vec<SecretString>,
+    /// What `setup` created, for its report.
+    pub created: Vec<String>,
+}
+
+impl Backends {
+    /// Opens (creating what is missing) the backends the settings name.
+    pub async fn open(settings: &Settings) -> Result<Self, StartupError> {
+        match settings.backend {
+            Backend::Embedded => embedded(settings),
+            Backend::Aws => Err(StartupError::Unsupported("aws")),
+        }
+    }
+}
+
+fn data_dir_error(path: &Path, e: impl std::fmt::Display) -> StartupError {
+    StartupError::DataDir {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Embedded mode: everything lives under `AXNT_DATA_DIR`, created on first use.
+fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
+    let dir = &settings.data_dir;
+    let mut created = Vec::new();
+    if !dir.exists() {
+        created.push(format!("data directory {}", dir.display()));
+    }
+    create_private_dir(dir).map_err(|e| data_dir_error(dir, e))?;
+    let db_path = dir.join("axnt-oauth.db");
+    if !db_path.exists() {
+        created.push(format!("database {}", db_path.display()));
+    }
+    let store = Arc::new(EmbeddedStore::open(&db_path)?);
+
+    let master_path = dir.join("master.key");
+    let (keys, new_master) = LocalKeyProvider::load_or_create(&master_path)?;
+    if new_master {
+        created.push(format!("master key {} (mode 0600)", master_path.display()));
+    }
+
+    let state_key = match &settings.state_key {
+        Some(key) => SecretKey::from_base64(key.expose_secret())?,
+        None => {
+            let path = dir.join("state.key");
+            let (key, new) = load_or_create_key_file(&path)?;
+            if new {
+                created.push(format!("state key {} (mode 0600)", path.display()));
+            }
+            key
+        }
+    };
+
+    let mut api_keys = settings.api_keys.clone();
+    if api_keys.is_empty() {
+        let path = dir.join("api-key");
+        let (key, new) = load_or_create_api_key(&path).map_err(|e| data_dir_error(&path, e))?;
+        if new {
+            created.push(format!("API key {} (mode 0600)", path.display()));
+            tracing::info!(path = %path.display(), "no AXNT_API_KEYS configured: generated an API key into this file");
+        } else {
+            tracing::info!(path = %path.display(), "no AXNT_API_KEYS configured: using the API key in this file");
+        }
+        api_keys.push(key);
+    }
+
+    let secrets = StaticSecrets::new(
+        ServiceSecrets {
+            client: client_override(settings),
+            state_key: None,
+            api_keys: Vec::new(),
+        },
+        "settings (AXNT_GOOGLE_CLIENT_ID / AXNT_GOOGLE_CLIENT_SECRET)",
+    );
+    Ok(Backends {
+        tokens: store.clone(),
+        flow_log: store,
+        keys: Arc::new(keys),
+        secrets: Arc::new(secrets),
+        state_key: Some(state_key),
+        api_keys,
+        created,
+    })
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+fn load_or_create_api_key(path: &Path) -> std::io::Result<(SecretString, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((SecretString::from(text.trim().to_string()), false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = random_token(32);
+            write_private_file(path, key.as_bytes())?;
+            Ok((SecretString::from(key), true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Client credentials from settings, which win over the secret's.
+fn client_override(settings: &Settings) -> Option<ClientCredentials> {
+    match (&settings.google_client_id, &settings.google_client_secret) {
+        (Some(id), Some(secret)) => Some(ClientCredentials {
+            client_id: id.clone(),
+            client_secret: secret.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// A built, bound application.
+pub struct App {
+    listener: TcpListener,
+    router: Router,
+    flow_log: Arc<dyn FlowLog>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl App {
+    /// Builds everything and binds `listen_addr`.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let backends = Backends::open(&settings).await?;
+        let listener =
+            TcpListener::bind(settings.listen_addr)
+                .await
+                .map_err(|e| StartupError::Bind {
+                    addr: settings.listen_addr,
+                    reason: e.to_string(),
+                })?;
+        Self::with_listener(settings, backends, listener).await
+    }
+
+    /// Builds on given backends and an already bound listener (tests bind port 0
+    /// first, so the public URL can name the port).
+    pub async fn with_listener(
+        settings: Settings,
+        backends: Backends,
+        listener: TcpListener,
+    ) -> Result<Self, StartupError> {
+        let settings = Arc::new(settings);
+        let secrets = SecretsCache::load(
+            backends.secrets.clone(),
+            client_override(&settings),
+            backends.api_keys.clone(),
+        )
+        .await?;
+        let state_key = match secrets.current().state_key.clone().or(backends.state_key) {
+            Some(key) => key,
+            None => {
+                tracing::warn!(
+                    "no state key configured (secret field state_key or AXNT_STATE_KEY): using a per-process key, \
+                     so a flow only completes on the instance that started it"
+                );
+                SecretKey::generate()
+            }
+        };
+        if secrets.current().api_keys.is_empty() {
+            tracing::warn!(
+                "no API key configured (AXNT_API_KEYS or the secret's api_keys): the internal API rejects every call"
+            );
+        }
+        let mut background = Vec::new();
+        if settings.backend == Backend::Aws {
+            background.push(
+                secrets.spawn_refresher(Duration::from_secs(settings.secret_refresh_secs.max(10))),
+            );
+        }
+
+        let provider = OidcProvider::new(
+            ProviderConfig::google(&settings.google_issuer),
+            Arc::clone(&secrets),
+            settings.provider_timeout(),
+        )?;
+        let providers = Arc::new(Providers::new(vec![Arc::new(provider)]));
+        let flow_log = Arc::new(FlowRecorder::new(
+            Arc::clone(&backends.flow_log),
+            Duration::from_secs(settings.flow_log_retention_days * 86_400),
+        ));
+        let cipher = Arc::new(EnvelopeCipher::new(
+            Arc::clone(&backends.keys),
+            settings.dynamodb_oauth_table.clone(),
+        ));
+        let tokens = Arc::new(TokenService::new(
+            Arc::clone(&backends.tokens),
+            cipher,
+            providers,
+            Arc::clone(&flow_log),
+            TokenPolicy {
+                refresh_margin: settings.refresh_margin(),
+                last_used_interval: Duration::from_secs(settings.last_used_interval_secs),
+                connection_ttl: Duration::from_secs(settings.connection_ttl_days * 86_400),
+                inactive_retention: Duration::from_secs(settings.inactive_retention_days * 86_400),
+            },
+        ));
+        let readiness = Readiness::new(
+            Arc::clone(&backends.tokens),
+            Arc::clone(&backends.flow_log),
+            Arc::clone(&backends.keys),
+            Arc::clone(&secrets),
+            http::readiness_ttl(&settings),
+        );
+        let state = AppState::new(Services {
+            return_urls: ReturnUrls::new(&settings.allowed_return_urls),
+            trusted_proxies: settings.trusted_proxy_addrs(),
+            settings: Arc::clone(&settings),
+            tokens,
+            flow_log,
+            sealer: Arc::new(StateSealer::new(state_key)),
+            secrets,
+            readiness,
+        });
+        let _ = crate::telemetry::metrics();
+        Ok(Self {
+            listener,
+            router: http::router(state),
+            flow_log: backends.flow_log,
+            background,
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// The router, for tests that drive it without a socket.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then finishes in-flight requests and flushes
+    /// buffered flow-log writes.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        for task in &self.background {
+            task.abort();
+        }
+        if let Err(e) = self.flow_log.flush().await {
+            tracing::error!(error = %e, "flushing flow-log writes at shutdown failed");
+        }
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown signal received: draining");
+}

@@ -1,0 +1,323 @@
+//! The command line: `serve` (default), `setup` and `check`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+
+use crate::app::{App, Backends, StartupError, shutdown_signal};
+use crate::config::{Backend, Settings};
+use crate::crypto::{EnvelopeCipher, random_token};
+use crate::oauth::provider::{OidcProvider, ProviderConfig};
+use crate::secrets::SecretsCache;
+use crate::store::flow_log::SortKeyClock;
+use crate::store::{Connection, FlowLogEntry, FlowStep, UserInfo};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "axnt-oauth",
+    version,
+    about = "Google OAuth connections with encrypted token storage"
+)]
+pub struct Cli {
+    /// A TOML settings file layered over config/default.toml (environment still wins).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default). Stops gracefully on SIGTERM or SIGINT.
+    Serve,
+    /// Create what the backend needs, idempotently.
+    Setup {
+        /// Print the plan without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Test configuration, secrets, keys and tables; one line per check.
+    Check,
+}
+
+/// Runs the chosen command; returns the process exit code.
+pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings).await,
+        Command::Setup { dry_run } => setup(settings, dry_run).await,
+        Command::Check => Ok(check(settings).await),
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<i32> {
+    let backend = settings.backend;
+    let public = settings.public_base_url.clone();
+    let app = App::build(settings).await?;
+    if let Some(addr) = app.local_addr() {
+        tracing::info!(%addr, backend = ?backend, public_base_url = %public, "listening");
+    }
+    app.run_until_stopped(shutdown_signal()).await?;
+    Ok(0)
+}
+
+async fn setup(settings: Settings, dry_run: bool) -> anyhow::Result<i32> {
+    match settings.backend {
+        Backend::Embedded => {
+            let dir = &settings.data_dir;
+            if dry_run {
+                println!("plan (embedded, nothing changed):");
+                for (what, path) in [
+                    ("data directory (mode 0700)", dir.clone()),
+                    ("database (SQLite, WAL)", dir.join("axnt-oauth.db")),
+                    ("master key (mode 0600)", dir.join("master.key")),
+                    ("state key (mode 0600)", dir.join("state.key")),
+                ] {
+                    let verb = if path.exists() { "keep  " } else { "create" };
+                    println!("  {verb} {what}: {}", path.display());
+                }
+                return Ok(0);
+            }
+            let backends = Backends::open(&settings).await?;
+            if backends.created.is_empty() {
+                println!(
+                    "embedded backend already as wanted in {}: nothing changed",
+                    dir.display()
+                );
+            } else {
+                for item in &backends.created {
+                    println!("created {item}");
+                }
+            }
+            Ok(0)
+        }
+        Backend::Aws => Err(StartupError::Unsupported("aws").into()),
+    }
+}
+
+/// One check's outcome, printed as one line.
+struct Outcome {
+    name: &'static str,
+    result: Result<String, (String, String)>,
+}
+
+impl Outcome {
+    fn print(&self) {
+        match &self.result {
+            Ok(detail) => println!("ok    {:<22} {detail}", self.name),
+            Err((error, hint)) => println!("FAIL  {:<22} {error} — hint: {hint}", self.name),
+        }
+    }
+}
+
+async fn check(settings: Settings) -> i32 {
+    let mut outcomes = vec![Outcome {
+        name: "configuration",
+        result: Ok(format!(
+            "valid: backend {:?}, redirect URI {}",
+            settings.backend,
+            settings.redirect_uri("google")
+        )),
+    }];
+    let backends = match Backends::open(&settings).await {
+        Ok(b) => b,
+        Err(e) => {
+            outcomes.push(Outcome {
+                name: "backends",
+                result: Err((e.to_string(), startup_hint(&e))),
+            });
+            return finish(&outcomes);
+        }
+    };
+
+    let secrets = SecretsCache::load(Arc::clone(&backends.secrets), None, Vec::new()).await;
+    let client_configured = settings.google_client_id.is_some()
+        || secrets.as_ref().is_ok_and(|s| s.current().client.is_some());
+    outcomes.push(Outcome {
+        name: "client credentials",
+        result: match (&secrets, client_configured) {
+            (Err(e), _) => Err((e.to_string(), "check the secret's JSON: client_id and client_secret, or Google's downloaded file".into())),
+            (Ok(s), true) => Ok(format!("present ({})", s.source_name())),
+            (Ok(s), false) => Err((
+                format!("no client id and secret in {}", s.source_name()),
+                "set AXNT_GOOGLE_CLIENT_ID and AXNT_GOOGLE_CLIENT_SECRET, or store them in the secret".into(),
+            )),
+        },
+    });
+
+    let cipher = EnvelopeCipher::new(
+        Arc::clone(&backends.keys),
+        settings.dynamodb_oauth_table.clone(),
+    );
+    let probe_user = "__axnt_check__";
+    let probe_provider = format!("check-{}", random_token(6));
+    let sealed = cipher
+        .seal(probe_user, &probe_provider, b"round trip")
+        .await;
+    let round_trip = match &sealed {
+        Ok(env) => match cipher.open(probe_user, &probe_provider, env).await {
+            Ok(p) if p.as_slice() == b"round trip" => Ok(backends.keys.describe()),
+            Ok(_) => Err("decrypted data differs".to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    outcomes.push(Outcome {
+        name: "key round trip",
+        result: round_trip.map_err(|e| {
+            (
+                e,
+                "the key must allow GenerateDataKey and Decrypt for this identity".into(),
+            )
+        }),
+    });
+
+    if let Ok(envelope) = sealed {
+        let now = Utc::now();
+        let row = Connection {
+            user_id: probe_user.into(),
+            provider: probe_provider.clone(),
+            email: None,
+            encrypted_tokens: envelope,
+            user_info: UserInfo {
+                sub: "check".into(),
+                ..UserInfo::default()
+            },
+            created_at: now,
+            updated_at: now,
+            last_used: now,
+            access_token_expires_at: now.timestamp(),
+            expires_at: now.timestamp() + 3600,
+            is_active: false,
+            version: 1,
+        };
+        let result = async {
+            backends
+                .tokens
+                .put(&row, None)
+                .await
+                .map_err(|e| ("write", e))?;
+            let back = backends
+                .tokens
+                .get(probe_user, &probe_provider)
+                .await
+                .map_err(|e| ("read", e))?;
+            if back.as_ref().map(|r| r.version) != Some(1) {
+                return Err((
+                    "read",
+                    crate::store::StoreError::Corrupt("probe item did not read back".into()),
+                ));
+            }
+            backends
+                .tokens
+                .delete(probe_user, &probe_provider, 1)
+                .await
+                .map_err(|e| ("delete", e))?;
+            Ok(())
+        }
+        .await;
+        outcomes.push(Outcome {
+            name: "tokens table",
+            result: result
+                .map(|()| {
+                    format!(
+                        "{}: write, read and delete of a probe item",
+                        settings.dynamodb_oauth_table
+                    )
+                })
+                .map_err(|(op, e)| (format!("{op}: {e}"), crate::store::hint(&e))),
+        });
+    }
+
+    let entry = FlowLogEntry {
+        user_id: probe_user.into(),
+        timestamp: SortKeyClock::default().next_key(Utc::now()),
+        flow_id: "check".into(),
+        step: FlowStep::SessionCreated,
+        data: serde_json::Map::new(),
+        error: None,
+        ip_address: None,
+        user_agent: Some("axnt-oauth check".into()),
+        expires_at: Utc::now().timestamp() + 3600,
+    };
+    let result = async {
+        backends
+            .flow_log
+            .append(&entry)
+            .await
+            .map_err(|e| ("write", e))?;
+        backends.flow_log.flush().await.map_err(|e| ("write", e))?;
+        let items = backends
+            .flow_log
+            .list(probe_user, 5, None)
+            .await
+            .map_err(|e| ("read", e))?;
+        if !items.iter().any(|i| i.timestamp == entry.timestamp) {
+            return Err((
+                "read",
+                crate::store::StoreError::Corrupt("probe item did not read back".into()),
+            ));
+        }
+        Ok(())
+    }
+    .await;
+    outcomes.push(Outcome {
+        name: "logs table",
+        result: result
+            .map(|()| {
+                format!(
+                    "{}: write and read of a probe item",
+                    settings.dynamodb_oauth_logs_table
+                )
+            })
+            .map_err(|(op, e)| (format!("{op}: {e}"), crate::store::hint(&e))),
+    });
+
+    if let Ok(secrets) = secrets
+        && client_configured
+    {
+        let discovery = match OidcProvider::new(
+            ProviderConfig::google(&settings.google_issuer),
+            secrets,
+            settings.provider_timeout(),
+        ) {
+            Ok(p) => p.check_discovery().await,
+            Err(e) => Err(e),
+        };
+        outcomes.push(Outcome {
+            name: "provider discovery",
+            result: discovery
+                .map(|()| format!("{} answers", settings.google_issuer))
+                .map_err(|e| {
+                    (
+                        e.to_string(),
+                        "check AXNT_GOOGLE_ISSUER and outbound HTTPS from this host".into(),
+                    )
+                }),
+        });
+    }
+    finish(&outcomes)
+}
+
+fn finish(outcomes: &[Outcome]) -> i32 {
+    outcomes.iter().for_each(Outcome::print);
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    if failed == 0 {
+        println!("all {} checks passed", outcomes.len());
+        0
+    } else {
+        println!("{failed} of {} checks failed", outcomes.len());
+        1
+    }
+}
+
+fn startup_hint(e: &StartupError) -> String {
+    match e {
+        StartupError::DataDir { .. } => "AXNT_DATA_DIR must be a writable directory".into(),
+        StartupError::Store(s) => crate::store::hint(s),
+        StartupError::Crypto(_) => "the key file or key service is unusable".into(),
+        StartupError::Secret(_) => "check the secret's name, region and JSON".into(),
+        _ => "see the message".into(),
+    }
+}

@@ -1,0 +1,347 @@
+//! The one error type of the request path, and the only place an HTTP status is
+//! chosen.
+//!
+//! API errors are RFC 9457 `application/problem+json` with a stable `code`. Browser
+//! endpoints wrap the same error in [`BrowserError`], which answers a short HTML page,
+//! or a redirect to the flow's (already allow-listed) return URL with
+//! `status=error&error=<code>`. Server-side details are logged once by
+//! [`log_errors`], inside the request's span, and never sent to clients.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use serde::Serialize;
+
+use crate::crypto::CryptoError;
+use crate::oauth::flow::SealError;
+use crate::oauth::provider::{IdTokenProblem, ProviderError};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("missing or wrong API key")]
+    Unauthorized,
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("request body is not JSON: {0}")]
+    UnsupportedMediaType(String),
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("unknown provider {0:?}")]
+    UnknownProvider(String),
+    #[error("returnTo is not in AXNT_ALLOWED_RETURN_URLS")]
+    ReturnUrlNotAllowed,
+    #[error("the connect link is invalid")]
+    InvalidSession,
+    #[error("the connect link has expired")]
+    SessionExpired,
+    #[error("the state parameter is invalid or missing")]
+    InvalidState,
+    #[error("the sign-in took too long and has expired")]
+    StateExpired,
+    #[error("the sign-in was started in another browser (binding cookie missing or different)")]
+    BrowserMismatch,
+    #[error("the provider reported {0}")]
+    AuthorizationDenied(String),
+    #[error("the ID token is invalid: {0}")]
+    IdTokenInvalid(IdTokenProblem),
+    #[error("the provider rejected the authorization code")]
+    CodeRejected,
+    #[error("no connection for this user and provider")]
+    NotConnected,
+    #[error("the user must connect the account again")]
+    ReauthorizationRequired,
+    #[error("the row was changed concurrently; retry")]
+    Conflict,
+    #[error(transparent)]
+    Provider(ProviderError),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Crypto(CryptoError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => Self::Conflict,
+            other => Self::Store(other),
+        }
+    }
+}
+
+impl From<CryptoError> for Error {
+    fn from(e: CryptoError) -> Self {
+        Self::Crypto(e)
+    }
+}
+
+impl From<ProviderError> for Error {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::IdToken(problem) => Self::IdTokenInvalid(problem),
+            other => Self::Provider(other),
+        }
+    }
+}
+
+impl From<SealError> for Error {
+    fn from(_: SealError) -> Self {
+        Self::InvalidState
+    }
+}
+
+impl Error {
+    /// The HTTP status: chosen here and nowhere else.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::InvalidRequest(_)
+            | Self::ReturnUrlNotAllowed
+            | Self::InvalidSession
+            | Self::SessionExpired
+            | Self::InvalidState
+            | Self::StateExpired
+            | Self::BrowserMismatch
+            | Self::AuthorizationDenied(_)
+            | Self::IdTokenInvalid(_)
+            | Self::CodeRejected => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RouteNotFound | Self::UnknownProvider(_) | Self::NotConnected => {
+                StatusCode::NOT_FOUND
+            }
+            Self::ReauthorizationRequired | Self::Conflict => StatusCode::CONFLICT,
+            Self::Provider(p) => match p {
+                ProviderError::NotConfigured(_) | ProviderError::Unavailable(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                _ => StatusCode::BAD_GATEWAY,
+            },
+            Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Crypto(CryptoError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Crypto(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, documented code clients branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::RouteNotFound => "not_found",
+            Self::UnknownProvider(_) => "unknown_provider",
+            Self::ReturnUrlNotAllowed => "return_url_not_allowed",
+            Self::InvalidSession => "invalid_session",
+            Self::SessionExpired => "session_expired",
+            Self::InvalidState => "invalid_state",
+            Self::StateExpired => "state_expired",
+            Self::BrowserMismatch => "browser_mismatch",
+            Self::AuthorizationDenied(e) if e == "access_denied" => "access_denied",
+            Self::AuthorizationDenied(_) => "authorization_failed",
+            Self::IdTokenInvalid(_) => "id_token_invalid",
+            Self::CodeRejected => "code_rejected",
+            Self::NotConnected => "not_connected",
+            Self::ReauthorizationRequired => "reauthorization_required",
+            Self::Conflict => "concurrent_update",
+            Self::Provider(ProviderError::NotConfigured(_)) => "provider_not_configured",
+            Self::Provider(ProviderError::Unavailable(_)) => "provider_unavailable",
+            Self::Provider(_) => "provider_error",
+            Self::Store(StoreError::Throttled(_)) => "store_throttled",
+            Self::Store(_) => "store_unavailable",
+            Self::Crypto(CryptoError::Unavailable(_)) => "keys_unavailable",
+            Self::Crypto(_) => "stored_tokens_unreadable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// What the client is told. Client errors explain themselves; server errors say
+    /// what failed, not how (the how is in our log).
+    fn public_detail(&self) -> String {
+        match self {
+            Self::Provider(ProviderError::NotConfigured(_)) => self.to_string(),
+            Self::Provider(ProviderError::InvalidClient) => {
+                "the provider rejected this service's client credentials".into()
+            }
+            Self::Provider(ProviderError::Unavailable(_)) => {
+                "the OAuth provider is unavailable; retry later".into()
+            }
+            Self::Provider(_) => "the OAuth provider answered an error".into(),
+            Self::Store(_) => "the token store is unavailable; retry later".into(),
+            Self::Crypto(CryptoError::Unavailable(_)) => {
+                "the key service is unavailable; retry later".into()
+            }
+            Self::Crypto(_) => "the stored tokens cannot be decrypted".into(),
+            Self::Internal(_) => "internal error".into(),
+            other => other.to_string(),
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        self.status().canonical_reason().unwrap_or("Error")
+    }
+
+    fn report(&self) -> ErrorReport {
+        ErrorReport {
+            status: self.status(),
+            code: self.code(),
+            message: self.to_string(),
+        }
+    }
+}
+
+/// RFC 9457 problem details.
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+}
+
+/// Put on every error response, so that [`log_errors`] logs it once.
+#[derive(Clone, Debug)]
+pub struct ErrorReport {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let problem = Problem {
+            kind: format!("urn:axnt-oauth:problem:{}", self.code()),
+            title: self.title(),
+            status: status.as_u16(),
+            detail: self.public_detail(),
+            code: self.code(),
+        };
+        let body = serde_json::to_string(&problem).unwrap_or_default();
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body,
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response.extensions_mut().insert(Arc::new(self.report()));
+        response
+    }
+}
+
+/// An error on a browser endpoint.
+pub struct BrowserError {
+    pub error: Error,
+    /// The flow's return URL, once `state` proved it ours and allow-listed.
+    pub return_to: Option<String>,
+}
+
+impl From<Error> for BrowserError {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            return_to: None,
+        }
+    }
+}
+
+impl IntoResponse for BrowserError {
+    fn into_response(self) -> Response {
+        let report = Arc::new(self.error.report());
+        let mut response = match self
+            .return_to
+            .as_deref()
+            .and_then(|r| url::Url::parse(r).ok())
+        {
+            Some(mut url) => {
+                url.query_pairs_mut()
+                    .append_pair("status", "error")
+                    .append_pair("error", self.error.code());
+                Redirect::to(url.as_str()).into_response()
+            }
+            None => {
+                let status = self.error.status();
+                let page = format!(
+                    "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+                     <body><h1>{title}</h1><p>{detail}</p><p>Error code: <code>{code}</code></p>\
+                     <p>Go back to the application and try connecting again.</p></body></html>",
+                    title = html_escape(self.error.title()),
+                    detail = html_escape(&self.error.public_detail()),
+                    code = self.error.code(),
+                );
+                (status, Html(page)).into_response()
+            }
+        };
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response.extensions_mut().insert(report);
+        response
+    }
+}
+
+pub fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Logs each error response once, inside the request's span: server errors at
+/// `error`, client errors at `info` (they are the caller's to fix, not ours).
+pub async fn log_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if let Some(report) = response.extensions().get::<Arc<ErrorReport>>() {
+        if report.status.is_server_error() {
+            tracing::error!(status = report.status.as_u16(), code = report.code, error = %report.message, "request failed");
+        } else {
+            tracing::info!(status = report.status.as_u16(), code = report.code, error = %report.message, "request rejected");
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_do_not_leak_detail() {
+        let e = Error::Store(StoreError::Unavailable("sqlite at /secret/path".into()));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!e.public_detail().contains("/secret/path"));
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            html_escape("<script>&'\""),
+            "&lt;script&gt;&amp;&#39;&quot;"
+        );
+    }
+}

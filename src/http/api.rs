@@ -1,0 +1,288 @@
+//! The internal API: bearer-key authenticated JSON for the application's services.
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Client, validate_user_id};
+use crate::error::Error;
+use crate::oauth::flow::{ConnectSession, Purpose};
+use crate::store::{FlowLogEntry, FlowStep};
+use crate::tokens::data;
+
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/v1/connect-sessions", post(create_connect_session))
+        .route("/v1/users/{user_id}/tokens/{provider}", get(get_token))
+        .route("/v1/users/{user_id}/connections", get(list_connections))
+        .route(
+            "/v1/users/{user_id}/connections/{provider}",
+            delete(delete_connection),
+        )
+        .route("/v1/users/{user_id}/flow-logs", get(list_flow_logs))
+        .route_layer(middleware::from_fn_with_state(state, require_api_key))
+}
+
+/// Checks `Authorization: Bearer <key>` against the configured keys in constant time.
+async fn require_api_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match presented {
+        Some(key) if !key.is_empty() && state.secrets.accepts_api_key(key) => {
+            Ok(next.run(request).await)
+        }
+        _ => Err(Error::Unauthorized),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConnectSessionRequest {
+    user_id: String,
+    provider: String,
+    #[serde(default)]
+    return_to: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    login_hint: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConnectSessionResponse {
+    url: String,
+    expires_at: DateTime<Utc>,
+    flow_id: String,
+}
+
+/// Scopes a caller may add: OAuth scope tokens (RFC 6749 §3.3), a bounded number.
+fn validate_scopes(scopes: &[String]) -> Result<(), Error> {
+    if scopes.len() > 20 {
+        return Err(Error::InvalidRequest("at most 20 scopes".into()));
+    }
+    let valid = |s: &String| {
+        !s.is_empty()
+            && s.len() <= 256
+            && s.bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    };
+    if scopes.iter().all(valid) {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(
+            "each scope must be a non-empty scope token without spaces or quotes".into(),
+        ))
+    }
+}
+
+/// `POST /v1/connect-sessions` → 201 with the start link for one user.
+///
+/// ```json
+/// {"userId": "u-123", "provider": "google", "returnTo": "https://app.example.com/settings",
+///  "scopes": ["https://www.googleapis.com/auth/calendar.readonly"], "loginHint": "a@example.com"}
+/// ```
+/// answers `{"url": "http://…/oauth/google/start?session=…", "expiresAt": "…", "flowId": "…"}`.
+async fn create_connect_session(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiJson(body): ApiJson<ConnectSessionRequest>,
+) -> Result<Response, Error> {
+    validate_user_id(&body.user_id)?;
+    state.tokens.provider(&body.provider)?;
+    validate_scopes(&body.scopes)?;
+    if body
+        .login_hint
+        .as_ref()
+        .is_some_and(|h| h.len() > 320 || h.chars().any(char::is_control))
+    {
+        return Err(Error::InvalidRequest(
+            "loginHint must be at most 320 characters".into(),
+        ));
+    }
+    let return_to = match &body.return_to {
+        Some(url) => Some(
+            state
+                .return_urls
+                .check(url)
+                .ok_or(Error::ReturnUrlNotAllowed)?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let now = Utc::now();
+    let expires_at = now
+        + chrono::Duration::seconds(
+            i64::try_from(state.settings.connect_session_ttl_secs).unwrap_or(600),
+        );
+    let session = ConnectSession {
+        user_id: body.user_id.clone(),
+        provider: body.provider.clone(),
+        return_to: return_to.clone(),
+        scopes: body.scopes.clone(),
+        login_hint: body.login_hint.clone(),
+        flow_id: uuid::Uuid::new_v4().to_string(),
+        expires_at: expires_at.timestamp(),
+    };
+    let sealed = state
+        .sealer
+        .seal(Purpose::ConnectSession, &session)
+        .map_err(|_| Error::Internal("sealing the connect session failed".into()))?;
+    let mut url = url::Url::parse(
+        &state
+            .settings
+            .public_url(&format!("/oauth/{}/start", body.provider)),
+    )
+    .map_err(|e| Error::Internal(format!("public URL: {e}")))?;
+    url.query_pairs_mut().append_pair("session", &sealed);
+    state
+        .flow_log
+        .record(
+            &body.user_id,
+            &session.flow_id,
+            FlowStep::SessionCreated,
+            data(json!({
+                "provider": body.provider,
+                "returnTo": return_to,
+                "scopes": body.scopes,
+                "expiresAt": expires_at.to_rfc3339(),
+            })),
+            None,
+            &client,
+        )
+        .await;
+    let response = ConnectSessionResponse {
+        url: url.to_string(),
+        expires_at,
+        flow_id: session.flow_id,
+    };
+    Ok((
+        StatusCode::CREATED,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(response),
+    )
+        .into_response())
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenResponse {
+    access_token: String,
+    token_type: String,
+    expires_at: DateTime<Utc>,
+    scope: Option<String>,
+    email: Option<String>,
+}
+
+/// `GET /v1/users/{userId}/tokens/{provider}` → a valid access token:
+/// `{"accessToken": "…", "tokenType": "Bearer", "expiresAt": "…", "scope": "…", "email": "…"}`.
+async fn get_token(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiPath((user_id, provider)): ApiPath<(String, String)>,
+) -> Result<Response, Error> {
+    validate_user_id(&user_id)?;
+    let token = state
+        .tokens
+        .valid_token(&user_id, &provider, &client)
+        .await?;
+    let body = TokenResponse {
+        access_token: token.access_token.expose_secret().to_string(),
+        token_type: token.token_type,
+        expires_at: token.expires_at,
+        scope: token.scope,
+        email: token.email,
+    };
+    Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response())
+}
+
+/// `GET /v1/users/{userId}/connections` → `{"connections": [{"provider", "email",
+/// "userInfo", "isActive", "createdAt", "updatedAt", "lastUsed", "accessTokenExpiresAt"}]}`.
+async fn list_connections(
+    State(state): State<AppState>,
+    ApiPath(user_id): ApiPath<String>,
+) -> Result<Response, Error> {
+    validate_user_id(&user_id)?;
+    let connections = state.tokens.connections(&user_id).await?;
+    Ok(axum::Json(json!({ "connections": connections })).into_response())
+}
+
+/// `DELETE /v1/users/{userId}/connections/{provider}` → 204 after revoking at the
+/// provider (best effort) and removing the row; 404 when there was none.
+async fn delete_connection(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiPath((user_id, provider)): ApiPath<(String, String)>,
+) -> Result<Response, Error> {
+    validate_user_id(&user_id)?;
+    if state
+        .tokens
+        .disconnect(&user_id, &provider, &client)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(Error::NotConnected)
+    }
+}
+
+#[derive(Deserialize)]
+struct FlowLogQuery {
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+const DEFAULT_FLOW_LOG_PAGE: usize = 50;
+const MAX_FLOW_LOG_PAGE: usize = 500;
+
+/// `GET /v1/users/{userId}/flow-logs?limit=50&before=<timestamp>` → the user's flow
+/// steps, newest first: `{"items": [...], "nextBefore": "<timestamp>" | null}`.
+async fn list_flow_logs(
+    State(state): State<AppState>,
+    ApiPath(user_id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<FlowLogQuery>,
+) -> Result<Response, Error> {
+    validate_user_id(&user_id)?;
+    let limit = query.limit.unwrap_or(DEFAULT_FLOW_LOG_PAGE);
+    if limit == 0 || limit > MAX_FLOW_LOG_PAGE {
+        return Err(Error::InvalidRequest(format!(
+            "limit must be 1 to {MAX_FLOW_LOG_PAGE}"
+        )));
+    }
+    if query
+        .before
+        .as_ref()
+        .is_some_and(|b| b.is_empty() || b.len() > 64)
+    {
+        return Err(Error::InvalidRequest(
+            "before must be a timestamp from a previous page".into(),
+        ));
+    }
+    let items: Vec<FlowLogEntry> = state
+        .flow_log
+        .log()
+        .list(&user_id, limit, query.before.as_deref())
+        .await?;
+    let next_before = (items.len() == limit)
+        .then(|| items.last().map(|e| e.timestamp.clone()))
+        .flatten();
+    Ok(axum::Json(json!({ "items": items, "nextBefore": next_before })).into_response())
+}

@@ -1,0 +1,235 @@
+//! Where requests enter: one module per surface, each with its own `router()`, merged
+//! once here with the layers every route shares.
+
+pub mod api;
+pub mod oauth;
+pub mod probes;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveHeadersLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Settings;
+use crate::error::{Error, log_errors};
+use crate::oauth::ReturnUrls;
+use crate::oauth::flow::StateSealer;
+use crate::secrets::SecretsCache;
+use crate::store::FlowRecorder;
+use crate::store::flow_log::ClientInfo;
+use crate::tokens::TokenService;
+
+pub use probes::Readiness;
+
+/// Everything a handler may use. Cloned per request (one `Arc`).
+#[derive(Clone)]
+pub struct AppState(Arc<Services>);
+
+pub struct Services {
+    pub settings: Arc<Settings>,
+    pub tokens: Arc<TokenService>,
+    pub flow_log: Arc<FlowRecorder>,
+    pub sealer: Arc<StateSealer>,
+    pub secrets: Arc<SecretsCache>,
+    pub return_urls: ReturnUrls,
+    pub readiness: Readiness,
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// Largest request body accepted: connect-session requests are a few hundred bytes.
+const BODY_LIMIT: usize = 64 * 1024;
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole application's routes and shared layers.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(probes::router())
+        .merge(oauth::router())
+        .merge(api::router(state.clone()))
+        .fallback(|| async { Error::RouteNotFound })
+        .layer(middleware::from_fn(log_errors))
+        .layer(middleware::from_fn(record_metrics))
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let route = request
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map(MatchedPath::as_str)
+                    .unwrap_or("unmatched");
+                let request_id = request
+                    .headers()
+                    .get(&X_REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                // The URI is not recorded: callback and start URLs carry codes and state.
+                tracing::info_span!("request", method = %request.method(), route, request_id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+        .layer(SetSensitiveHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+            header::SET_COOKIE,
+        ]))
+        .with_state(state)
+}
+
+/// Counts requests by route and status and times them.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("axnt_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("axnt_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// JSON bodies whose rejections answer in our problem format.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(Error::UnsupportedMediaType(
+                "send Content-Type: application/json".into(),
+            )),
+            Err(e) => Err(Error::InvalidRequest(format!(
+                "malformed JSON body: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+/// Path parameters whose rejections answer in our problem format.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    axum::extract::Path<T>: FromRequestParts<S, Rejection = PathRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Self(p.0))
+            .map_err(|e| Error::InvalidRequest(format!("bad path: {}", e.body_text())))
+    }
+}
+
+/// Query strings whose rejections answer in our problem format.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    axum::extract::Query<T>: FromRequestParts<S, Rejection = QueryRejection>,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e| Error::InvalidRequest(format!("bad query: {}", e.body_text())))
+    }
+}
+
+/// The caller's address and user agent, for flow-log items. `X-Forwarded-For` is
+/// believed only from a configured trusted proxy, and then its right-most address that
+/// is not itself a trusted proxy is taken (the left-most is the client's to forge).
+pub struct Client(pub ClientInfo);
+
+impl FromRequestParts<AppState> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let ip = match peer {
+            Some(peer) if state.trusted_proxies.contains(&peer) => parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+                .rev()
+                .find(|a| !state.trusted_proxies.contains(a))
+                .or(Some(peer)),
+            other => other,
+        };
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        Ok(Self(ClientInfo {
+            ip_address: ip.map(|a| a.to_string()),
+            user_agent,
+        }))
+    }
+}
+
+/// A `userId` as callers may send it: 1–256 characters, no control characters.
+pub fn validate_user_id(user_id: &str) -> Result<(), Error> {
+    if user_id.is_empty() || user_id.len() > 256 || user_id.chars().any(char::is_control) {
+        return Err(Error::InvalidRequest(
+            "userId must be 1 to 256 characters without control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// How long a probe answer may be reused.
+pub fn readiness_ttl(settings: &Settings) -> Duration {
+    Duration::from_secs(settings.readiness_cache_secs)
+}

@@ -1,0 +1,379 @@
+//! Browser endpoints: start a flow from a connect link, finish it on the callback.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum_extra::extract::CookieJar;
+use axum_extra::extract::cookie::{Cookie, SameSite};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiPath, ApiQuery, AppState, Client};
+use crate::crypto::random_token;
+use crate::error::{BrowserError, Error, html_escape};
+use crate::oauth::flow::{
+    ConnectSession, FlowState, Purpose, binding_cookie_name, binding_matches, new_binding,
+};
+use crate::oauth::provider::ProviderError;
+use crate::store::FlowStep;
+use crate::store::flow_log::ClientInfo;
+use crate::tokens::data;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/oauth/{provider}/start", get(start))
+        .route("/oauth/{provider}/callback", get(callback))
+}
+
+#[derive(Deserialize)]
+struct StartQuery {
+    session: Option<String>,
+}
+
+/// `GET /oauth/{provider}/start?session=<connect token>` → 302 to the provider's
+/// authorization endpoint, with a short-lived browser-binding cookie.
+async fn start(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiPath(provider_name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<StartQuery>,
+) -> Result<Response, BrowserError> {
+    let provider = state.tokens.provider(&provider_name)?;
+    let session: ConnectSession = query
+        .session
+        .as_deref()
+        .and_then(|s| state.sealer.open(Purpose::ConnectSession, s).ok())
+        .ok_or(Error::InvalidSession)?;
+    if session.provider != provider_name {
+        return Err(Error::InvalidSession.into());
+    }
+    if session.expires_at < Utc::now().timestamp() {
+        return Err(Error::SessionExpired.into());
+    }
+    let fail = |error: Error| BrowserError {
+        error,
+        return_to: session.return_to.clone(),
+    };
+
+    let (binding, binding_hash) = new_binding();
+    let pkce_verifier = random_token(32);
+    let flow = FlowState {
+        user_id: session.user_id.clone(),
+        provider: provider_name.clone(),
+        pkce_verifier: pkce_verifier.clone(),
+        nonce: random_token(32),
+        return_to: session.return_to.clone(),
+        expires_at: Utc::now().timestamp()
+            + i64::try_from(state.settings.flow_state_ttl_secs).unwrap_or(600),
+        flow_id: session.flow_id.clone(),
+        binding_hash,
+    };
+    let sealed = state
+        .sealer
+        .seal(Purpose::AuthorizationState, &flow)
+        .map_err(|_| fail(Error::Internal("sealing flow state failed".into())))?;
+    let url = match provider
+        .authorization_request(
+            &state.settings.redirect_uri(&provider_name),
+            &session.scopes,
+            sealed,
+            flow.nonce.clone(),
+            &pkce_verifier,
+            session.login_hint.as_deref(),
+        )
+        .await
+    {
+        Ok(url) => url,
+        Err(e) => {
+            let error = Error::from(e);
+            record_failure(&state, &flow, &client, "authorize_redirect", &error).await;
+            metrics::counter!("axnt_flows_failed_total", "provider" => provider_name.clone(), "reason" => error.code()).increment(1);
+            // A flow that cannot start is shown as a page: the application's return
+            // URL would only hide a configuration problem from the operator.
+            return Err(error.into());
+        }
+    };
+    state
+        .flow_log
+        .record(
+            &flow.user_id,
+            &flow.flow_id,
+            FlowStep::AuthorizeRedirect,
+            data(json!({ "provider": provider_name, "scopes": session.scopes, "loginHint": session.login_hint.is_some() })),
+            None,
+            &client,
+        )
+        .await;
+    metrics::counter!("axnt_flows_started_total", "provider" => provider_name.clone()).increment(1);
+    let cookie = Cookie::build((binding_cookie_name(&flow.flow_id), binding))
+        .path(format!("/oauth/{provider_name}/callback"))
+        .http_only(true)
+        .secure(state.settings.is_https())
+        .same_site(SameSite::Lax)
+        .max_age(time_secs(state.settings.flow_state_ttl_secs))
+        .build();
+    let mut response = Redirect::to(url.as_str()).into_response();
+    if let Ok(value) = cookie.to_string().parse() {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+fn time_secs(secs: u64) -> cookie::time::Duration {
+    cookie::time::Duration::seconds(i64::try_from(secs).unwrap_or(600))
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// `GET /oauth/{provider}/callback?code=…&state=…` (or `error=…`): checks `state`
+/// first (authentic, unexpired, bound to this browser), then exchanges the code,
+/// verifies the ID token, stores the tokens and sends the browser back.
+async fn callback(
+    State(state): State<AppState>,
+    Client(client): Client,
+    jar: CookieJar,
+    ApiPath(provider_name): ApiPath<String>,
+    ApiQuery(query): ApiQuery<CallbackQuery>,
+) -> Result<Response, BrowserError> {
+    let provider = state.tokens.provider(&provider_name)?;
+    // State before anything else: nothing from this request is trusted or logged
+    // under a user's name until it is proven ours.
+    let flow: FlowState = query
+        .state
+        .as_deref()
+        .and_then(|s| state.sealer.open(Purpose::AuthorizationState, s).ok())
+        .ok_or(Error::InvalidState)?;
+    if flow.provider != provider_name {
+        return Err(Error::InvalidState.into());
+    }
+    let provider_error = query.error.as_deref().map(oauth_error_code);
+    state
+        .flow_log
+        .record(
+            &flow.user_id,
+            &flow.flow_id,
+            FlowStep::CallbackReceived,
+            data(json!({ "provider": provider_name, "hasCode": query.code.is_some(), "providerError": provider_error })),
+            None,
+            &client,
+        )
+        .await;
+    let cookie_name = binding_cookie_name(&flow.flow_id);
+    let bound = jar
+        .get(&cookie_name)
+        .is_some_and(|c| binding_matches(c.value(), &flow.binding_hash));
+    if !bound {
+        // Not this browser's flow: show a page rather than send a stranger's browser
+        // to the application's return URL.
+        let error = Error::BrowserMismatch;
+        record_failure(&state, &flow, &client, "state_verified", &error).await;
+        return Err(error.into());
+    }
+    let fail = |error: Error| BrowserError {
+        error,
+        return_to: flow.return_to.clone(),
+    };
+    if flow.expires_at < Utc::now().timestamp() {
+        let error = Error::StateExpired;
+        record_failure(&state, &flow, &client, "state_verified", &error).await;
+        return Err(fail(error));
+    }
+    state
+        .flow_log
+        .record(
+            &flow.user_id,
+            &flow.flow_id,
+            FlowStep::StateVerified,
+            data(json!({ "provider": provider_name })),
+            None,
+            &client,
+        )
+        .await;
+
+    let result = finish(&state, provider, &flow, &query, provider_error, &client).await;
+    let clear = Cookie::build((cookie_name, ""))
+        .path(format!("/oauth/{provider_name}/callback"))
+        .build();
+    let jar = jar.remove(clear);
+    match result {
+        Ok(response) => {
+            metrics::counter!("axnt_flows_completed_total", "provider" => provider_name.clone())
+                .increment(1);
+            Ok((jar, response).into_response())
+        }
+        Err((step, error)) => {
+            metrics::counter!("axnt_flows_failed_total", "provider" => provider_name.clone(), "reason" => error.code()).increment(1);
+            record_failure(&state, &flow, &client, step, &error).await;
+            Err(fail(error))
+        }
+    }
+}
+
+/// The callback after `state` checked out. Errors carry the step that failed.
+async fn finish(
+    state: &AppState,
+    provider: &crate::oauth::provider::OidcProvider,
+    flow: &FlowState,
+    query: &CallbackQuery,
+    provider_error: Option<String>,
+    client: &ClientInfo,
+) -> Result<Response, (&'static str, Error)> {
+    let name = provider.name().to_string();
+    if let Some(code) = provider_error {
+        return Err(("callback_received", Error::AuthorizationDenied(code)));
+    }
+    let code = query
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty() && c.len() <= 4096)
+        .ok_or((
+            "callback_received",
+            Error::InvalidRequest("the callback carries no code".into()),
+        ))?;
+    let tokens = provider
+        .exchange_code(
+            code,
+            &flow.pkce_verifier,
+            &state.settings.redirect_uri(&name),
+        )
+        .await
+        .map_err(|e| match e {
+            ProviderError::InvalidGrant => ("code_exchanged", Error::CodeRejected),
+            other => ("code_exchanged", Error::from(other)),
+        })?;
+    state
+        .flow_log
+        .record(
+            &flow.user_id,
+            &flow.flow_id,
+            FlowStep::CodeExchanged,
+            data(json!({
+                "provider": name,
+                "hasRefreshToken": tokens.refresh_token.is_some(),
+                "hasIdToken": tokens.id_token.is_some(),
+                "scope": tokens.scope,
+                "expiresIn": tokens.expires_in.map(|d| d.as_secs()),
+            })),
+            None,
+            client,
+        )
+        .await;
+    let id_token = tokens.id_token.as_ref().ok_or((
+        "id_token_verified",
+        Error::IdTokenInvalid(crate::oauth::provider::IdTokenProblem::Missing),
+    ))?;
+    let user_info = provider
+        .verify_id_token(id_token, &flow.nonce)
+        .await
+        .map_err(|e| ("id_token_verified", Error::from(e)))?;
+    state
+        .flow_log
+        .record(
+            &flow.user_id,
+            &flow.flow_id,
+            FlowStep::IdTokenVerified,
+            data(json!({ "provider": name, "sub": user_info.sub, "email": user_info.email, "emailVerified": user_info.email_verified })),
+            None,
+            client,
+        )
+        .await;
+    let stored = state
+        .tokens
+        .store_grant(&flow.user_id, &name, &tokens, user_info.clone())
+        .await
+        .map_err(|e| ("tokens_stored", e))?;
+    state
+        .flow_log
+        .record(
+            &flow.user_id,
+            &flow.flow_id,
+            FlowStep::TokensStored,
+            data(json!({
+                "provider": name,
+                "replaced": stored.replaced,
+                "keptRefreshToken": stored.kept_refresh_token,
+                "hasRefreshToken": stored.has_refresh_token,
+            })),
+            None,
+            client,
+        )
+        .await;
+    state
+        .flow_log
+        .record(
+            &flow.user_id,
+            &flow.flow_id,
+            FlowStep::Completed,
+            data(json!({ "provider": name, "email": user_info.email })),
+            None,
+            client,
+        )
+        .await;
+    let mut response = match flow.return_to.as_deref().and_then(|r| url::Url::parse(r).ok()) {
+        Some(mut url) => {
+            url.query_pairs_mut().append_pair("status", "connected").append_pair("provider", &name);
+            Redirect::to(url.as_str()).into_response()
+        }
+        None => Html(format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Connected</title></head>\
+             <body><h1>Connected</h1><p>Your {} account{} is connected. You can close this window.</p></body></html>",
+            html_escape(&name),
+            user_info.email.as_deref().map(|e| format!(" {}", html_escape(e))).unwrap_or_default(),
+        ))
+        .into_response(),
+    };
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+async fn record_failure(
+    state: &AppState,
+    flow: &FlowState,
+    client: &ClientInfo,
+    at_step: &str,
+    error: &Error,
+) {
+    let mut details = json!({ "provider": flow.provider, "atStep": at_step, "code": error.code() });
+    if let Error::IdTokenInvalid(problem) = error {
+        details["reason"] = json!(problem.as_str());
+    }
+    state
+        .flow_log
+        .record(
+            &flow.user_id,
+            &flow.flow_id,
+            FlowStep::Failed,
+            data(details),
+            Some(error.to_string()),
+            client,
+        )
+        .await;
+}
+
+/// A provider's `error` parameter as a safe code: OAuth error codes are ASCII words;
+/// anything else is reported as `invalid_error_parameter` rather than stored.
+fn oauth_error_code(raw: &str) -> String {
+    if !raw.is_empty()
+        && raw.len() <= 64
+        && raw.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
+        raw.to_string()
+    } else {
+        "invalid_error_parameter".into()
+    }
+}

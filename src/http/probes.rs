@@ -1,0 +1,165 @@
+//! Probes: `/healthz` (the process serves), `/readyz` (store, keys and client
+//! credentials usable; cached a few seconds so probes do not multiply backend calls),
+//! and `/metrics` (Prometheus text).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use super::AppState;
+use crate::crypto::KeyProvider;
+use crate::secrets::SecretsCache;
+use crate::store::{FlowLog, TokenStore};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// `GET /healthz` → 200 `{"status":"ok"}` while the process serves.
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// `GET /readyz` → 200 when every part is usable, else 503; the body names each part:
+/// `{"status":"ready","checks":{"store":"ok","keys":"ok","provider":"ok"}}`.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let report = state.readiness.check().await;
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(report.as_ref().clone()),
+    )
+        .into_response()
+}
+
+/// `GET /metrics` → Prometheus text exposition.
+async fn metrics() -> Response {
+    match crate::telemetry::metrics() {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable",
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadinessReport {
+    #[serde(skip)]
+    pub ready: bool,
+    pub status: &'static str,
+    pub checks: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Checks the parts a request needs and remembers the answer for `ttl`.
+pub struct Readiness {
+    store: Arc<dyn TokenStore>,
+    flow_log: Arc<dyn FlowLog>,
+    keys: Arc<dyn KeyProvider>,
+    secrets: Arc<SecretsCache>,
+    ttl: Duration,
+    last: Mutex<Option<(Instant, Arc<ReadinessReport>)>>,
+}
+
+impl Readiness {
+    pub fn new(
+        store: Arc<dyn TokenStore>,
+        flow_log: Arc<dyn FlowLog>,
+        keys: Arc<dyn KeyProvider>,
+        secrets: Arc<SecretsCache>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            store,
+            flow_log,
+            keys,
+            secrets,
+            ttl,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// The cached report, or a fresh one. Concurrent probes wait for one check.
+    pub async fn check(&self) -> Arc<ReadinessReport> {
+        let mut last = self.last.lock().await;
+        if let Some((at, report)) = last.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Arc::clone(report);
+        }
+        let report = Arc::new(self.run().await);
+        *last = Some((Instant::now(), Arc::clone(&report)));
+        report
+    }
+
+    async fn run(&self) -> ReadinessReport {
+        let mut checks = serde_json::Map::new();
+        let mut ready = true;
+        let mut put = |name: &str, result: Result<(), String>| {
+            let value = match result {
+                Ok(()) => "ok".to_string(),
+                Err(e) => {
+                    ready = false;
+                    e
+                }
+            };
+            checks.insert(name.into(), value.into());
+        };
+        put("store", self.store.ping().await.map_err(|e| e.to_string()));
+        put(
+            "flowLog",
+            self.flow_log.ping().await.map_err(|e| e.to_string()),
+        );
+        let keys = async {
+            let dk = self.keys.generate_data_key().await?;
+            let back = self
+                .keys
+                .decrypt_data_key(&dk.key_id, &dk.encrypted)
+                .await?;
+            if back.expose() == dk.plaintext.expose() {
+                Ok(())
+            } else {
+                Err(crate::crypto::CryptoError::Integrity)
+            }
+        };
+        put(
+            "keys",
+            keys.await
+                .map_err(|e: crate::crypto::CryptoError| e.to_string()),
+        );
+        let provider = if self.secrets.current().client.is_some() {
+            Ok(())
+        } else {
+            Err(format!(
+                "not configured: set AXNT_GOOGLE_CLIENT_ID and AXNT_GOOGLE_CLIENT_SECRET (or the secret; source: {})",
+                self.secrets.source_name()
+            ))
+        };
+        put("provider", provider);
+        ReadinessReport {
+            ready,
+            status: if ready { "ready" } else { "not_ready" },
+            checks,
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! axnt-oauth runs the OAuth flow for an application's users, keeps their tokens
+//! envelope-encrypted, logs every step of every flow, and hands internal services a
+//! valid access token on demand.
+//!
+//! # Layout
+//!
+//! - [`http`]: where requests enter — `oauth` (browsers), `api` (internal services),
+//!   `probes`; one `router()` each, merged once.
+//! - [`oauth`]: what the flow means — providers and discovery, sealed flow state,
+//!   ID-token verification, the return-URL allow-list.
+//! - [`tokens`]: the token service — store a grant, hand out a valid token (refresh
+//!   first), list and remove connections. Pure logic over the traits below.
+//! - [`store`]: `TokenStore` and `FlowLog` and their backends (embedded SQLite).
+//! - [`crypto`]: envelope encryption and the `KeyProvider`s that wrap data keys.
+//! - [`secrets`]: client credentials, state key and API keys, and their rotation.
+//! - [`config`], [`cli`], [`app`], [`telemetry`], [`error`]: settings, commands,
+//!   start-up, logging and metrics, and the one error type.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod http;
+pub mod oauth;
+pub mod secrets;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;

@@ -1,0 +1,196 @@
+//! Flow state that travels with the browser, sealed, so any instance can finish any
+//! flow without a server-side session store.
+//!
+//! Two sealed values exist: the connect link's `session` (minted by the internal API,
+//! opened by `/start`) and the authorization request's `state` (minted by `/start`,
+//! opened by the callback). Both are AES-256-GCM under the shared state key, with the
+//! purpose in the associated data so one can never be used as the other.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{SecretKey, b64url, b64url_decode, random_token, sha256};
+
+/// A connect link's contents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectSession {
+    #[serde(rename = "u")]
+    pub user_id: String,
+    #[serde(rename = "p")]
+    pub provider: String,
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub return_to: Option<String>,
+    #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
+    pub login_hint: Option<String>,
+    #[serde(rename = "f")]
+    pub flow_id: String,
+    /// Epoch seconds.
+    #[serde(rename = "e")]
+    pub expires_at: i64,
+}
+
+/// The authorization request's `state`.
+#[derive(Serialize, Deserialize)]
+pub struct FlowState {
+    #[serde(rename = "u")]
+    pub user_id: String,
+    #[serde(rename = "p")]
+    pub provider: String,
+    /// PKCE verifier: secret, which is why `state` is encrypted and not just signed.
+    #[serde(rename = "v")]
+    pub pkce_verifier: String,
+    #[serde(rename = "n")]
+    pub nonce: String,
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    pub return_to: Option<String>,
+    #[serde(rename = "e")]
+    pub expires_at: i64,
+    #[serde(rename = "f")]
+    pub flow_id: String,
+    /// SHA-256 of the browser-binding cookie, base64url.
+    #[serde(rename = "b")]
+    pub binding_hash: String,
+}
+
+/// Why a sealed value was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("not a value this service sealed (tampered or from another deployment)")]
+    Invalid,
+}
+
+/// Seals and opens flow values under the state key.
+pub struct StateSealer {
+    key: SecretKey,
+}
+
+/// What a sealed value is for; part of the associated data.
+#[derive(Debug, Clone, Copy)]
+pub enum Purpose {
+    ConnectSession,
+    AuthorizationState,
+}
+
+impl Purpose {
+    fn aad(self) -> &'static [u8] {
+        match self {
+            Self::ConnectSession => b"axnt-oauth/connect-session/v1",
+            Self::AuthorizationState => b"axnt-oauth/authorization-state/v1",
+        }
+    }
+}
+
+impl StateSealer {
+    pub fn new(key: SecretKey) -> Self {
+        Self { key }
+    }
+
+    pub fn seal<T: Serialize>(&self, purpose: Purpose, value: &T) -> Result<String, SealError> {
+        let json =
+            zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(|_| SealError::Invalid)?);
+        let sealed = self
+            .key
+            .seal_combined(purpose.aad(), &json)
+            .map_err(|_| SealError::Invalid)?;
+        Ok(b64url(&sealed))
+    }
+
+    pub fn open<T: DeserializeOwned>(&self, purpose: Purpose, text: &str) -> Result<T, SealError> {
+        // Reject absurd inputs before decoding them.
+        if text.is_empty() || text.len() > 8192 {
+            return Err(SealError::Invalid);
+        }
+        let sealed = b64url_decode(text).ok_or(SealError::Invalid)?;
+        let json = self
+            .key
+            .open_combined(purpose.aad(), &sealed)
+            .map_err(|_| SealError::Invalid)?;
+        serde_json::from_slice(&json).map_err(|_| SealError::Invalid)
+    }
+}
+
+/// A fresh browser-binding value and its hash (the hash goes into `state`).
+pub fn new_binding() -> (String, String) {
+    let value = random_token(32);
+    let hash = binding_hash(&value);
+    (value, hash)
+}
+
+pub fn binding_hash(value: &str) -> String {
+    b64url(&sha256(value.as_bytes()))
+}
+
+/// Whether a cookie value matches the hash in `state`, in constant time.
+pub fn binding_matches(cookie: &str, expected_hash: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    binding_hash(cookie)
+        .as_bytes()
+        .ct_eq(expected_hash.as_bytes())
+        .into()
+}
+
+/// The binding cookie's name for one flow: one cookie per flow, so two flows started
+/// in two tabs of one browser do not overwrite each other.
+pub fn binding_cookie_name(flow_id: &str) -> String {
+    let short: String = flow_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(12)
+        .collect();
+    format!("axnt_flow_{short}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> ConnectSession {
+        ConnectSession {
+            user_id: "u1".into(),
+            provider: "google".into(),
+            return_to: None,
+            scopes: vec![],
+            login_hint: None,
+            flow_id: "f".into(),
+            expires_at: 1,
+        }
+    }
+
+    #[test]
+    fn sealed_values_open_only_for_their_purpose_and_key() {
+        let sealer = StateSealer::new(SecretKey::generate());
+        let text = sealer
+            .seal(Purpose::ConnectSession, &session())
+            .expect("seal");
+        let back: ConnectSession = sealer.open(Purpose::ConnectSession, &text).expect("open");
+        assert_eq!(back.user_id, "u1");
+        assert!(
+            sealer
+                .open::<FlowState>(Purpose::AuthorizationState, &text)
+                .is_err()
+        );
+        let other = StateSealer::new(SecretKey::generate());
+        assert!(
+            other
+                .open::<ConnectSession>(Purpose::ConnectSession, &text)
+                .is_err()
+        );
+        let mut tampered = text.clone().into_bytes();
+        tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).expect("ascii");
+        assert!(
+            sealer
+                .open::<ConnectSession>(Purpose::ConnectSession, &tampered)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn binding_compares_by_hash() {
+        let (value, hash) = new_binding();
+        assert!(binding_matches(&value, &hash));
+        assert!(!binding_matches("other", &hash));
+    }
+}

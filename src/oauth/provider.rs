@@ -1,0 +1,661 @@
+//! An OpenID provider as the service talks to it: discovery, the authorization URL,
+//! the code exchange, refresh, revocation and ID-token verification.
+//!
+//! Everything provider-specific is data ([`ProviderConfig`]): issuer, default scopes and
+//! extra authorization parameters. Google is one such configuration; another OpenID
+//! issuer needs a new entry, not new code. Discovery and the JWKS are fetched lazily and
+//! cached; an ID token signed by an unknown `kid` triggers one JWKS refetch (key
+//! rotation) before it is rejected.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType, CoreClientAuthMethod,
+    CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
+    CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
+    CoreSubjectIdentifierType, CoreTokenIntrospectionResponse, CoreTokenType,
+};
+use openidconnect::{
+    AdditionalClaims, AdditionalProviderMetadata, AuthenticationFlow, AuthorizationCode, Client,
+    ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet,
+    EndpointSet, HttpRequest, HttpResponse, IdToken, IdTokenFields, IssuerUrl, JsonWebKeySet,
+    LoginHint, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata,
+    RedirectUrl, RefreshToken, RequestTokenError, RevocationUrl, Scope, StandardErrorResponse,
+    StandardTokenResponse, TokenResponse, core::CoreJsonWebKeySet,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, RwLock};
+use url::Url;
+
+use crate::secrets::{ClientCredentials, SecretsCache};
+use crate::store::UserInfo;
+
+/// How long discovery (endpoints and keys) is trusted before it is fetched again.
+const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// A JWKS refetch for an unknown `kid` happens at most this often, so a stream of
+/// forged tokens cannot make us hammer the provider.
+const JWKS_REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One provider's settings. Adding a provider is adding one of these.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// The name in routes and rows (`google`).
+    pub name: String,
+    /// The OpenID issuer; endpoints come from its discovery document.
+    pub issuer: String,
+    /// Scopes always requested (`openid` is implied).
+    pub default_scopes: Vec<String>,
+    /// Extra authorization parameters (Google: `access_type=offline`, …).
+    pub extra_auth_params: Vec<(String, String)>,
+    /// `prompt=consent` so that a refresh token is issued on every grant.
+    pub prompt_consent: bool,
+}
+
+impl ProviderConfig {
+    /// Google: offline access (a refresh token), consent every time (so re-connecting
+    /// yields a refresh token again), and incremental scopes.
+    pub fn google(issuer: &str) -> Self {
+        Self {
+            name: "google".into(),
+            issuer: issuer.trim_end_matches('/').to_string(),
+            default_scopes: vec!["email".into(), "profile".into()],
+            extra_auth_params: vec![
+                ("access_type".into(), "offline".into()),
+                ("include_granted_scopes".into(), "true".into()),
+            ],
+            prompt_consent: true,
+        }
+    }
+}
+
+/// Claims beyond the standard ones that we read from ID tokens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExtraClaims {
+    /// Google Workspace hosted domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hd: Option<String>,
+}
+impl AdditionalClaims for ExtraClaims {}
+
+/// Discovery fields beyond the standard ones.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExtraMetadata {
+    /// RFC 7009 revocation endpoint (Google publishes one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+}
+impl AdditionalProviderMetadata for ExtraMetadata {}
+
+type Metadata = ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+type TokenFields = IdTokenFields<
+    ExtraClaims,
+    EmptyExtraTokenFields,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+type ProviderTokenResponse = StandardTokenResponse<TokenFields, CoreTokenType>;
+type ProviderIdToken = IdToken<
+    ExtraClaims,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+type OidcClient = Client<
+    ExtraClaims,
+    CoreAuthDisplay,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJsonWebKey,
+    CoreAuthPrompt,
+    StandardErrorResponse<CoreErrorResponseType>,
+    ProviderTokenResponse,
+    CoreTokenIntrospectionResponse,
+    CoreRevocableToken,
+    CoreRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+
+/// Why a call to the provider failed. Never carries a token.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// No client id or secret is configured.
+    #[error(
+        "the OAuth client is not configured: set AXNT_GOOGLE_CLIENT_ID and AXNT_GOOGLE_CLIENT_SECRET (or the secret {0})"
+    )]
+    NotConfigured(String),
+    /// The provider rejected the grant: the code or refresh token is dead.
+    #[error("the provider rejected the grant (invalid_grant)")]
+    InvalidGrant,
+    /// The provider rejected our client credentials.
+    #[error("the provider rejected the client credentials (invalid_client)")]
+    InvalidClient,
+    /// The provider answered an OAuth error other than the above.
+    #[error("the provider answered {error}")]
+    Rejected { error: String },
+    /// The provider could not be reached, timed out or answered 5xx.
+    #[error("the provider is unavailable: {0}")]
+    Unavailable(String),
+    /// The provider answered something we cannot read.
+    #[error("the provider's answer was malformed: {0}")]
+    Malformed(String),
+    /// The ID token failed verification.
+    #[error("the ID token is invalid: {0}")]
+    IdToken(IdTokenProblem),
+}
+
+/// What is wrong with an ID token, as a stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdTokenProblem {
+    Missing,
+    BadSignature,
+    WrongIssuer,
+    WrongAudience,
+    WrongNonce,
+    Expired,
+    Malformed,
+}
+
+impl IdTokenProblem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::BadSignature => "bad_signature",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::WrongNonce => "wrong_nonce",
+            Self::Expired => "expired",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+impl std::fmt::Display for IdTokenProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Tokens as the provider returned them.
+pub struct ProviderTokens {
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+    pub id_token: Option<SecretString>,
+    pub expires_in: Option<Duration>,
+    pub scope: Option<String>,
+    pub token_type: String,
+}
+
+/// An HTTP failure below the OAuth layer. 5xx answers are failures too, so that they
+/// are retried and reported as "unavailable" rather than parsed as OAuth errors.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpFailure {
+    #[error("timed out")]
+    Timeout,
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("answered HTTP {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The HTTP client handed to `openidconnect`: reqwest without redirects, with 5xx
+/// answers turned into failures.
+struct ProviderHttp(reqwest::Client);
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
+    type Error = HttpFailure;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<HttpResponse, HttpFailure>> + Send + Sync + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let request = reqwest::Request::try_from(request)
+                .map_err(|e| HttpFailure::Other(e.to_string()))?;
+            let response = self.0.execute(request).await.map_err(classify_reqwest)?;
+            let status = response.status();
+            if status.is_server_error() {
+                return Err(HttpFailure::Status(status.as_u16()));
+            }
+            let headers = response.headers().clone();
+            let body = response.bytes().await.map_err(classify_reqwest)?;
+            let mut out = http::Response::builder().status(status);
+            if let Some(h) = out.headers_mut() {
+                *h = headers;
+            }
+            out.body(body.to_vec())
+                .map_err(|e| HttpFailure::Other(e.to_string()))
+        })
+    }
+}
+
+/// One provider, its cached discovery, and the credentials to talk to it.
+pub struct OidcProvider {
+    config: ProviderConfig,
+    http: ProviderHttp,
+    secrets: Arc<SecretsCache>,
+    discovered: RwLock<Option<Discovered>>,
+    /// Single flight for discovery and JWKS refetches.
+    fetching: Mutex<()>,
+}
+
+#[derive(Clone)]
+struct Discovered {
+    metadata: Arc<Metadata>,
+    fetched_at: Instant,
+    jwks_fetched_at: Instant,
+}
+
+impl OidcProvider {
+    pub fn new(
+        config: ProviderConfig,
+        secrets: Arc<SecretsCache>,
+        timeout: Duration,
+    ) -> Result<Self, ProviderError> {
+        let http = reqwest::Client::builder()
+            // Following redirects from a token endpoint opens the door to SSRF.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .timeout(timeout)
+            .user_agent(concat!("axnt-oauth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ProviderError::Unavailable(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self {
+            config,
+            http: ProviderHttp(http),
+            secrets,
+            discovered: RwLock::new(None),
+            fetching: Mutex::new(()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    /// The client credentials, or why there are none.
+    pub async fn credentials(&self) -> Result<ClientCredentials, ProviderError> {
+        self.secrets
+            .current()
+            .client
+            .clone()
+            .ok_or_else(|| ProviderError::NotConfigured(self.secrets.source_name()))
+    }
+
+    /// Whether credentials are present (for `/readyz`).
+    pub fn is_configured(&self) -> bool {
+        self.secrets.current().client.is_some()
+    }
+
+    async fn discovered(&self) -> Result<Discovered, ProviderError> {
+        if let Some(d) = self.discovered.read().await.as_ref()
+            && d.fetched_at.elapsed() < DISCOVERY_TTL
+        {
+            return Ok(d.clone());
+        }
+        let _single = self.fetching.lock().await;
+        if let Some(d) = self.discovered.read().await.as_ref()
+            && d.fetched_at.elapsed() < DISCOVERY_TTL
+        {
+            return Ok(d.clone());
+        }
+        let issuer = IssuerUrl::new(self.config.issuer.clone())
+            .map_err(|e| ProviderError::Malformed(format!("issuer URL: {e}")))?;
+        let metadata = Metadata::discover_async(issuer, &self.http)
+            .await
+            .map_err(|e| {
+                ProviderError::Unavailable(format!(
+                    "discovery of {} failed: {}",
+                    self.config.issuer,
+                    error_chain(&e)
+                ))
+            })?;
+        let now = Instant::now();
+        let d = Discovered {
+            metadata: Arc::new(metadata),
+            fetched_at: now,
+            jwks_fetched_at: now,
+        };
+        *self.discovered.write().await = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Refetches the JWKS (at most once per [`JWKS_REFETCH_MIN_INTERVAL`]).
+    async fn refetch_jwks(&self, seen: &Discovered) -> Result<Option<Discovered>, ProviderError> {
+        let _single = self.fetching.lock().await;
+        let current = self.discovered.read().await.clone();
+        if let Some(c) = &current
+            && c.jwks_fetched_at > seen.jwks_fetched_at
+        {
+            return Ok(Some(c.clone()));
+        }
+        if seen.jwks_fetched_at.elapsed() < JWKS_REFETCH_MIN_INTERVAL {
+            return Ok(None);
+        }
+        let jwks: CoreJsonWebKeySet =
+            JsonWebKeySet::fetch_async(seen.metadata.jwks_uri(), &self.http)
+                .await
+                .map_err(|e| {
+                    ProviderError::Unavailable(format!("JWKS fetch failed: {}", error_chain(&e)))
+                })?;
+        let metadata = (*seen.metadata).clone().set_jwks(jwks);
+        let d = Discovered {
+            metadata: Arc::new(metadata),
+            fetched_at: seen.fetched_at,
+            jwks_fetched_at: Instant::now(),
+        };
+        *self.discovered.write().await = Some(d.clone());
+        Ok(Some(d))
+    }
+
+    fn client(
+        &self,
+        d: &Discovered,
+        creds: &ClientCredentials,
+        redirect_uri: Option<&str>,
+    ) -> Result<OidcClient, ProviderError> {
+        let client = OidcClient::from_provider_metadata(
+            (*d.metadata).clone(),
+            ClientId::new(creds.client_id.clone()),
+            Some(ClientSecret::new(
+                creds.client_secret.expose_secret().to_string(),
+            )),
+        );
+        match redirect_uri {
+            Some(uri) => Ok(client.set_redirect_uri(
+                RedirectUrl::new(uri.to_string())
+                    .map_err(|e| ProviderError::Malformed(format!("redirect URI: {e}")))?,
+            )),
+            None => Ok(client),
+        }
+    }
+
+    /// Fetches discovery now (for `check`).
+    pub async fn check_discovery(&self) -> Result<(), ProviderError> {
+        self.discovered().await.map(|_| ())
+    }
+
+    /// Builds the authorization URL: code flow, PKCE S256 from `pkce_verifier`, our
+    /// nonce and sealed state.
+    pub async fn authorization_request(
+        &self,
+        redirect_uri: &str,
+        extra_scopes: &[String],
+        state: String,
+        nonce: String,
+        pkce_verifier: &str,
+        login_hint: Option<&str>,
+    ) -> Result<Url, ProviderError> {
+        let creds = self.credentials().await?;
+        let d = self.discovered().await?;
+        let client = self.client(&d, &creds, Some(redirect_uri))?;
+        let challenge = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(
+            pkce_verifier.to_string(),
+        ));
+        let mut scopes: Vec<&String> = Vec::new();
+        for s in self.config.default_scopes.iter().chain(extra_scopes) {
+            if s != "openid" && !scopes.contains(&s) {
+                scopes.push(s);
+            }
+        }
+        let mut request = client
+            .authorize_url(
+                AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
+                move || CsrfToken::new(state),
+                move || Nonce::new(nonce),
+            )
+            .add_scopes(scopes.into_iter().map(|s| Scope::new(s.clone())))
+            .set_pkce_challenge(challenge);
+        for (name, value) in &self.config.extra_auth_params {
+            request = request.add_extra_param(name.clone(), value.clone());
+        }
+        if self.config.prompt_consent {
+            request = request.add_prompt(CoreAuthPrompt::Consent);
+        }
+        if let Some(hint) = login_hint {
+            request = request.set_login_hint(LoginHint::new(hint.to_string()));
+        }
+        let (url, _, _) = request.url();
+        Ok(url)
+    }
+
+    /// Exchanges an authorization code. Never retried: a code is single-use, and a
+    /// second attempt after a lost answer would only earn `invalid_grant`.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        redirect_uri: &str,
+    ) -> Result<ProviderTokens, ProviderError> {
+        let creds = self.credentials().await?;
+        let d = self.discovered().await?;
+        let client = self.client(&d, &creds, Some(redirect_uri))?;
+        let response = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| ProviderError::Malformed(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
+            .request_async(&self.http)
+            .await;
+        self.token_result(response)
+    }
+
+    /// Redeems a refresh token.
+    pub async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+    ) -> Result<ProviderTokens, ProviderError> {
+        let creds = self.credentials().await?;
+        let d = self.discovered().await?;
+        let client = self.client(&d, &creds, None)?;
+        let token = RefreshToken::new(refresh_token.expose_secret().to_string());
+        let response = client
+            .exchange_refresh_token(&token)
+            .map_err(|e| ProviderError::Malformed(e.to_string()))?
+            .request_async(&self.http)
+            .await;
+        self.token_result(response)
+    }
+
+    fn token_result(
+        &self,
+        response: Result<
+            ProviderTokenResponse,
+            RequestTokenError<HttpFailure, StandardErrorResponse<CoreErrorResponseType>>,
+        >,
+    ) -> Result<ProviderTokens, ProviderError> {
+        match response {
+            Ok(r) => Ok(ProviderTokens {
+                access_token: SecretString::from(r.access_token().secret().clone()),
+                refresh_token: r
+                    .refresh_token()
+                    .map(|t| SecretString::from(t.secret().clone())),
+                id_token: r.id_token().map(|t| SecretString::from(t.to_string())),
+                expires_in: r.expires_in(),
+                scope: r
+                    .scopes()
+                    .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
+                token_type: "Bearer".into(),
+            }),
+            Err(e) => Err(self.classify_token_error(e)),
+        }
+    }
+
+    fn classify_token_error(
+        &self,
+        e: RequestTokenError<HttpFailure, StandardErrorResponse<CoreErrorResponseType>>,
+    ) -> ProviderError {
+        match e {
+            RequestTokenError::ServerResponse(r) => match r.error() {
+                CoreErrorResponseType::InvalidGrant => ProviderError::InvalidGrant,
+                CoreErrorResponseType::InvalidClient
+                | CoreErrorResponseType::UnauthorizedClient => {
+                    self.secrets.reload_soon();
+                    ProviderError::InvalidClient
+                }
+                other => ProviderError::Rejected {
+                    error: other.as_ref().to_string(),
+                },
+            },
+            RequestTokenError::Request(f) => ProviderError::Unavailable(f.to_string()),
+            RequestTokenError::Parse(e, _body) => ProviderError::Malformed(e.to_string()),
+            RequestTokenError::Other(e) => ProviderError::Malformed(e),
+        }
+    }
+
+    /// Verifies an ID token (signature against the JWKS, `iss`, `aud`, `exp`, `nonce`)
+    /// and returns the profile it carries.
+    pub async fn verify_id_token(
+        &self,
+        id_token: &SecretString,
+        nonce: &str,
+    ) -> Result<UserInfo, ProviderError> {
+        let token: ProviderIdToken = id_token
+            .expose_secret()
+            .parse()
+            .map_err(|_| ProviderError::IdToken(IdTokenProblem::Malformed))?;
+        let creds = self.credentials().await?;
+        let mut d = self.discovered().await?;
+        let nonce = Nonce::new(nonce.to_string());
+        let mut refetched = false;
+        loop {
+            let client = self.client(&d, &creds, None)?;
+            match token.claims(&client.id_token_verifier(), &nonce) {
+                Ok(claims) => {
+                    return Ok(UserInfo {
+                        sub: claims.subject().to_string(),
+                        email: claims.email().map(|e| e.to_string()),
+                        email_verified: claims.email_verified(),
+                        name: claims
+                            .name()
+                            .and_then(|n| n.get(None))
+                            .map(|n| n.to_string()),
+                        picture: claims
+                            .picture()
+                            .and_then(|p| p.get(None))
+                            .map(|p| p.to_string()),
+                        hd: claims.additional_claims().hd.clone(),
+                    });
+                }
+                Err(openidconnect::ClaimsVerificationError::SignatureVerification(
+                    openidconnect::SignatureVerificationError::NoMatchingKey,
+                )) if !refetched => {
+                    refetched = true;
+                    match self.refetch_jwks(&d).await? {
+                        Some(fresh) => d = fresh,
+                        None => return Err(ProviderError::IdToken(IdTokenProblem::BadSignature)),
+                    }
+                }
+                Err(e) => return Err(ProviderError::IdToken(classify_claims_error(&e))),
+            }
+        }
+    }
+
+    /// Revokes a token at the provider (RFC 7009), when it has a revocation endpoint.
+    /// Returns whether a revocation was sent and accepted.
+    pub async fn revoke(&self, token: &SecretString) -> Result<bool, ProviderError> {
+        let creds = self.credentials().await?;
+        let d = self.discovered().await?;
+        let Some(endpoint) = d.metadata.additional_metadata().revocation_endpoint.clone() else {
+            return Ok(false);
+        };
+        let url = RevocationUrl::new(endpoint)
+            .map_err(|e| ProviderError::Malformed(format!("revocation URL: {e}")))?;
+        let client = self.client(&d, &creds, None)?.set_revocation_url(url);
+        let token = CoreRevocableToken::from(RefreshToken::new(token.expose_secret().to_string()));
+        client
+            .revoke_token(token)
+            .map_err(|e| ProviderError::Malformed(e.to_string()))?
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(r) => ProviderError::Rejected {
+                    error: r.error().as_ref().to_string(),
+                },
+                RequestTokenError::Request(f) => ProviderError::Unavailable(f.to_string()),
+                RequestTokenError::Parse(e, _) => ProviderError::Malformed(e.to_string()),
+                RequestTokenError::Other(e) => ProviderError::Malformed(e),
+            })?;
+        Ok(true)
+    }
+}
+
+fn classify_reqwest(e: reqwest::Error) -> HttpFailure {
+    if e.is_timeout() {
+        HttpFailure::Timeout
+    } else if e.is_connect() {
+        HttpFailure::Connect(error_chain(&e))
+    } else {
+        HttpFailure::Other(error_chain(&e))
+    }
+}
+
+fn classify_claims_error(e: &openidconnect::ClaimsVerificationError) -> IdTokenProblem {
+    use openidconnect::ClaimsVerificationError as E;
+    match e {
+        E::Expired(_) => IdTokenProblem::Expired,
+        E::InvalidAudience(_) => IdTokenProblem::WrongAudience,
+        E::InvalidIssuer(_) => IdTokenProblem::WrongIssuer,
+        E::InvalidNonce(_) => IdTokenProblem::WrongNonce,
+        E::SignatureVerification(_) => IdTokenProblem::BadSignature,
+        _ => IdTokenProblem::Malformed,
+    }
+}
+
+/// An error and its causes on one line (reqwest hides the useful part in `source`).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// The configured providers by name.
+pub struct Providers {
+    providers: Vec<Arc<OidcProvider>>,
+}
+
+impl Providers {
+    pub fn new(providers: Vec<Arc<OidcProvider>>) -> Self {
+        Self { providers }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<OidcProvider>> {
+        self.providers.iter().find(|p| p.name() == name)
+    }
+
+    pub fn all(&self) -> &[Arc<OidcProvider>] {
+        &self.providers
+    }
+}

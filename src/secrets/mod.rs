@@ -1,0 +1,282 @@
+//! Client credentials, the state key and API keys: where they come from and how a
+//! rotated value is picked up.
+//!
+//! A [`SecretSource`] loads them (settings in embedded mode; Secrets Manager in aws
+//! mode). [`SecretsCache`] holds the current value, re-reads it periodically and once
+//! on demand (after the provider answers `invalid_client`), so a rotation needs no
+//! restart.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use crate::crypto::SecretKey;
+
+/// An OAuth client's id and secret.
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+/// Everything secret a source can provide.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceSecrets {
+    pub client: Option<ClientCredentials>,
+    pub state_key: Option<SecretKey>,
+    pub api_keys: Vec<SecretString>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The secret is readable but not what we expect; names the field.
+    #[error("secret {secret} is malformed: {reason}")]
+    Malformed { secret: String, reason: String },
+    /// The secret does not exist.
+    #[error("secret {0} not found")]
+    NotFound(String),
+    /// We may not read it.
+    #[error("access denied reading secret {secret}: {reason}")]
+    AccessDenied { secret: String, reason: String },
+    /// The secret service failed or could not be reached.
+    #[error("secret service unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Loads the secrets.
+#[async_trait]
+pub trait SecretSource: Send + Sync {
+    async fn load(&self) -> Result<ServiceSecrets, SecretError>;
+    /// Names the source for messages (`settings`, `Secrets Manager secret axnt/google-oauth`).
+    fn name(&self) -> String;
+}
+
+/// Secrets given directly (settings, files): they never change while we run.
+pub struct StaticSecrets {
+    secrets: ServiceSecrets,
+    name: String,
+}
+
+impl StaticSecrets {
+    pub fn new(secrets: ServiceSecrets, name: impl Into<String>) -> Self {
+        Self {
+            secrets,
+            name: name.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl SecretSource for StaticSecrets {
+    async fn load(&self) -> Result<ServiceSecrets, SecretError> {
+        Ok(self.secrets.clone())
+    }
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+}
+
+/// The JSON held by the secret: our own shape or the file Google's console downloads
+/// (`{"web": {...}}` or `{"installed": {...}}`), with optional `state_key` and
+/// `api_keys` beside the credentials.
+#[derive(Deserialize)]
+struct SecretDocument {
+    #[serde(default)]
+    client_id: Option<String>,
+    #[serde(default)]
+    client_secret: Option<String>,
+    #[serde(default)]
+    web: Option<ConsoleClient>,
+    #[serde(default)]
+    installed: Option<ConsoleClient>,
+    #[serde(default)]
+    state_key: Option<String>,
+    #[serde(default)]
+    api_keys: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct ConsoleClient {
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// Parses a secret's `SecretString`. Errors name the field and never echo a value.
+pub fn parse_secret_document(secret: &str, text: &str) -> Result<ServiceSecrets, SecretError> {
+    let malformed = |reason: String| SecretError::Malformed {
+        secret: secret.to_string(),
+        reason,
+    };
+    let doc: SecretDocument = serde_json::from_str(text).map_err(|e| {
+        // serde_json's message quotes no input beyond a type name and position.
+        malformed(format!("not the expected JSON object ({e})"))
+    })?;
+    let console = doc.web.or(doc.installed);
+    let client_id = doc
+        .client_id
+        .or_else(|| console.as_ref().and_then(|c| c.client_id.clone()));
+    let client_secret = doc
+        .client_secret
+        .or_else(|| console.as_ref().and_then(|c| c.client_secret.clone()));
+    let client = match (client_id, client_secret) {
+        (Some(id), Some(secret)) if !id.is_empty() && !secret.is_empty() => {
+            Some(ClientCredentials {
+                client_id: id,
+                client_secret: SecretString::from(secret),
+            })
+        }
+        (None, None) => None,
+        (Some(id), _) if id.is_empty() => return Err(malformed("client_id is empty".into())),
+        (Some(_), _) => return Err(malformed("client_secret is missing or empty".into())),
+        (None, Some(_)) => return Err(malformed("client_id is missing".into())),
+    };
+    let state_key = doc
+        .state_key
+        .map(|k| SecretKey::from_base64(&k).map_err(|e| malformed(format!("state_key: {e}"))))
+        .transpose()?;
+    let api_keys = doc.api_keys.unwrap_or_default();
+    if api_keys.iter().any(|k| k.len() < 16) {
+        return Err(malformed(
+            "api_keys: every key must be at least 16 characters".into(),
+        ));
+    }
+    Ok(ServiceSecrets {
+        client,
+        state_key,
+        api_keys: api_keys.into_iter().map(SecretString::from).collect(),
+    })
+}
+
+/// The current secrets, refreshed in the background.
+pub struct SecretsCache {
+    source: Arc<dyn SecretSource>,
+    /// Settings that win over the source (`AXNT_GOOGLE_CLIENT_ID` and `_SECRET`).
+    client_override: Option<ClientCredentials>,
+    /// API keys from settings or the data directory, always accepted.
+    extra_api_keys: Vec<SecretString>,
+    current: RwLock<Arc<ServiceSecrets>>,
+    reload: Notify,
+}
+
+impl SecretsCache {
+    /// Loads once; a failure here stops start-up.
+    pub async fn load(
+        source: Arc<dyn SecretSource>,
+        client_override: Option<ClientCredentials>,
+        extra_api_keys: Vec<SecretString>,
+    ) -> Result<Arc<Self>, SecretError> {
+        let loaded = source.load().await?;
+        let cache = Self {
+            source,
+            client_override,
+            extra_api_keys,
+            current: RwLock::new(Arc::new(ServiceSecrets::default())),
+            reload: Notify::new(),
+        };
+        cache.install(loaded);
+        Ok(Arc::new(cache))
+    }
+
+    fn install(&self, mut loaded: ServiceSecrets) {
+        if let Some(c) = &self.client_override {
+            loaded.client = Some(c.clone());
+        }
+        loaded.api_keys.extend(self.extra_api_keys.iter().cloned());
+        if let Ok(mut guard) = self.current.write() {
+            *guard = Arc::new(loaded);
+        }
+    }
+
+    pub fn current(&self) -> Arc<ServiceSecrets> {
+        self.current
+            .read()
+            .map(|g| Arc::clone(&g))
+            .unwrap_or_default()
+    }
+
+    pub fn source_name(&self) -> String {
+        self.source.name()
+    }
+
+    /// Re-reads the source now. On failure the previous value stays in use.
+    pub async fn reload(&self) -> Result<(), SecretError> {
+        let loaded = self.source.load().await?;
+        self.install(loaded);
+        Ok(())
+    }
+
+    /// Asks the background refresher to re-read soon (after `invalid_client`).
+    pub fn reload_soon(&self) {
+        self.reload.notify_one();
+    }
+
+    /// Whether `candidate` is one of the accepted API keys, compared in constant time.
+    pub fn accepts_api_key(&self, candidate: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let current = self.current();
+        // Compare hashes so that the comparison's time does not depend on key lengths.
+        let wanted = crate::crypto::sha256(candidate.as_bytes());
+        current.api_keys.iter().fold(false, |found, key| {
+            let hash = crate::crypto::sha256(key.expose_secret().as_bytes());
+            found | bool::from(hash.ct_eq(&wanted))
+        })
+    }
+
+    /// Re-reads every `every`, and promptly (at most once per 10 s) when asked to.
+    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let cache = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = cache.reload.notified() => {}
+                }
+                match cache.reload().await {
+                    Ok(()) => tracing::debug!(source = %cache.source_name(), "secrets re-read"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-reading secrets failed; keeping the previous value")
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_json_shapes_are_accepted() {
+        let ours =
+            parse_secret_document("s", r#"{"client_id":"a","client_secret":"b"}"#).expect("ours");
+        assert_eq!(ours.client.map(|c| c.client_id), Some("a".into()));
+        let console = parse_secret_document(
+            "s",
+            r#"{"web":{"client_id":"c","client_secret":"d","auth_uri":"https://x","redirect_uris":[]}}"#,
+        )
+        .expect("console");
+        assert_eq!(console.client.map(|c| c.client_id), Some("c".into()));
+    }
+
+    #[test]
+    fn malformed_secrets_name_the_field_without_its_value() {
+        let e = parse_secret_document("s", r#"{"client_id":"a"}"#).expect_err("no secret");
+        assert!(e.to_string().contains("client_secret"));
+        let e = parse_secret_document(
+            "s",
+            r#"{"client_id":"a","client_secret":"b","state_key":"planted-state"}"#,
+        )
+        .expect_err("bad key");
+        assert!(e.to_string().contains("state_key"));
+        assert!(!e.to_string().contains("planted-state"));
+        let e = parse_secret_document("s", "not json planted-value").expect_err("not json");
+        assert!(!e.to_string().contains("planted-value"));
+    }
+}

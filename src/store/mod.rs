@@ -1,0 +1,168 @@
+//! Where rows leave the process: the two narrow traits the service needs, and their
+//! implementations ([`embedded`] SQLite; DynamoDB in aws mode).
+//!
+//! The traits say what the token service needs, not what a database offers: a
+//! conditional put keyed on `version`, a read, a delete, a per-user listing, and an
+//! append-only flow log read newest first.
+
+pub mod embedded;
+pub mod flow_log;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Envelope;
+
+pub use flow_log::{FlowRecorder, FlowStep};
+
+/// A user's connection to one provider: the tokens table's row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connection {
+    pub user_id: String,
+    pub provider: String,
+    /// The account's email, when the provider gave one.
+    pub email: Option<String>,
+    /// The sealed token set.
+    pub encrypted_tokens: Envelope,
+    pub user_info: UserInfo,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_used: DateTime<Utc>,
+    /// Epoch seconds when the stored access token expires.
+    pub access_token_expires_at: i64,
+    /// Epoch seconds when the row may be purged (TTL). Not the access token's expiry.
+    pub expires_at: i64,
+    /// False once the refresh token is known dead.
+    pub is_active: bool,
+    /// Optimistic-concurrency counter; every write is conditional on it.
+    pub version: u64,
+}
+
+/// The account's profile, from the verified ID token. Never a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserInfo {
+    pub sub: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_verified: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub picture: Option<String>,
+    /// Google Workspace domain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hd: Option<String>,
+}
+
+/// One step of one flow: the logs table's item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowLogEntry {
+    pub user_id: String,
+    /// RFC 3339 UTC with nine fractional digits, `#`, and a unique suffix.
+    pub timestamp: String,
+    pub flow_id: String,
+    pub step: FlowStep,
+    /// Step details. Never a token, code, verifier or key.
+    pub data: serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Epoch seconds when the item may be purged.
+    #[serde(skip_serializing)]
+    pub expires_at: i64,
+}
+
+/// What a backend can report. Each variant maps to one HTTP answer in `error.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A conditional write lost: the row changed (or appeared) since it was read.
+    #[error("the row was changed by another writer")]
+    Conflict,
+    /// The table or database does not exist.
+    #[error("not found: {0}")]
+    MissingTable(String),
+    /// The backend refused us (permissions).
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// The backend asked us to slow down.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// The backend could not be reached or failed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored item could not be read back.
+    #[error("stored item is malformed: {0}")]
+    Corrupt(String),
+}
+
+/// What an operator should look at for a store error (the seed's troubleshooting).
+pub fn hint(e: &StoreError) -> String {
+    match e {
+        StoreError::AccessDenied(_) => {
+            "the IAM policy must allow dynamodb:PutItem, GetItem, UpdateItem, DeleteItem, Query and Scan on both tables (deploy/iam-policy.json)".into()
+        }
+        StoreError::MissingTable(_) => {
+            "check the table name (DYNAMODB_OAUTH_TABLE, DYNAMODB_OAUTH_LOGS_TABLE) and AWS_REGION; run `axnt-oauth setup`".into()
+        }
+        StoreError::Throttled(_) => "the table is throttled: check its capacity; requests back off and retry".into(),
+        StoreError::Unavailable(_) => "the store cannot be reached: check AWS_ENDPOINT_URL, network, or AXNT_DATA_DIR".into(),
+        StoreError::Corrupt(_) => "an item does not have the expected layout".into(),
+        StoreError::Conflict => "another writer changed the item; retry".into(),
+    }
+}
+
+/// The tokens table.
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    async fn get(&self, user_id: &str, provider: &str) -> Result<Option<Connection>, StoreError>;
+
+    /// Writes `row` only if the stored row's version is `expected` (`None`: only if no
+    /// row exists). `row.version` must be `expected + 1` (or 1). A lost condition is
+    /// [`StoreError::Conflict`] and leaves the stored row as it was.
+    async fn put(&self, row: &Connection, expected: Option<u64>) -> Result<(), StoreError>;
+
+    /// Removes the row if it is still at `expected`. Returns whether a row was removed;
+    /// a row at another version is a [`StoreError::Conflict`].
+    async fn delete(
+        &self,
+        user_id: &str,
+        provider: &str,
+        expected: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Every row of one user.
+    async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError>;
+
+    /// A cheap read proving the table answers (used by `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The logs table.
+#[async_trait]
+pub trait FlowLog: Send + Sync {
+    async fn append(&self, entry: &FlowLogEntry) -> Result<(), StoreError>;
+
+    /// A user's steps, newest first, at most `limit`, older than `before` when given
+    /// (a `timestamp` from a previous page).
+    async fn list(
+        &self,
+        user_id: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<FlowLogEntry>, StoreError>;
+
+    /// Writes whatever is buffered. Called on shutdown.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// A cheap read proving the table answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
