@@ -128,7 +128,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
             state_key: None,
             api_keys: Vec::new(),
         },
-        "settings (AXNT_GOOGLE_CLIENT_ID / AXNT_GOOGLE_CLIENT_SECRET)",
+        "the settings",
     );
     Ok(Backends {
         tokens: store.clone(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use serde::Serialize;
 
 use crate::crypto::CryptoError;
@@ -274,7 +274,7 @@ impl IntoResponse for BrowserError {
                 url.query_pairs_mut()
                     .append_pair("status", "error")
                     .append_pair("error", self.error.code());
-                Redirect::to(url.as_str()).into_response()
+                crate::http::found(url.as_str())
             }
             None => {
                 let status = self.error.status();

@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Req
 use axum::http::request::Parts;
 use axum::http::{HeaderName, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveHeadersLayer;
@@ -75,20 +75,23 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(record_metrics))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let route = request
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map(MatchedPath::as_str)
-                    .unwrap_or("unmatched");
-                let request_id = request
-                    .headers()
-                    .get(&X_REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                // The URI is not recorded: callback and start URLs carry codes and state.
-                tracing::info_span!("request", method = %request.method(), route, request_id)
-            }),
+            // Failures are logged once by `log_errors`, with their code; not again here.
+            TraceLayer::new_for_http()
+                .on_failure(())
+                .make_span_with(|request: &Request| {
+                    let route = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map(MatchedPath::as_str)
+                        .unwrap_or("unmatched");
+                    let request_id = request
+                        .headers()
+                        .get(&X_REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    // The URI is not recorded: callback and start URLs carry codes and state.
+                    tracing::info_span!("request", method = %request.method(), route, request_id)
+                }),
         )
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
         .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
@@ -227,6 +230,16 @@ pub fn validate_user_id(user_id: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// `302 Found` to `location`: what OAuth redirects traditionally use (axum's
+/// `Redirect::to` answers 303).
+pub fn found(location: &str) -> Response {
+    let mut response = axum::http::StatusCode::FOUND.into_response();
+    if let Ok(value) = axum::http::HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
 }
 
 /// How long a probe answer may be reused.

@@ -3,7 +3,7 @@
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum_extra::extract::CookieJar;
 use axum_extra::extract::cookie::{Cookie, SameSite};
@@ -115,7 +115,7 @@ async fn start(
         .same_site(SameSite::Lax)
         .max_age(time_secs(state.settings.flow_state_ttl_secs))
         .build();
-    let mut response = Redirect::to(url.as_str()).into_response();
+    let mut response = crate::http::found(url.as_str());
     if let Ok(value) = cookie.to_string().parse() {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
@@ -324,7 +324,7 @@ async fn finish(
     let mut response = match flow.return_to.as_deref().and_then(|r| url::Url::parse(r).ok()) {
         Some(mut url) => {
             url.query_pairs_mut().append_pair("status", "connected").append_pair("provider", &name);
-            Redirect::to(url.as_str()).into_response()
+            crate::http::found(url.as_str())
         }
         None => Html(format!(
             "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Connected</title></head>\

@@ -151,7 +151,7 @@ impl Readiness {
             Ok(())
         } else {
             Err(format!(
-                "not configured: set AXNT_GOOGLE_CLIENT_ID and AXNT_GOOGLE_CLIENT_SECRET (or the secret; source: {})",
+                "not configured (looked in {}): set AXNT_GOOGLE_CLIENT_ID and AXNT_GOOGLE_CLIENT_SECRET",
                 self.secrets.source_name()
             ))
         };

@@ -1,0 +1,861 @@
+//! The core flow on the embedded backend, through the real router on a real socket,
+//! against the fake OpenID provider: connect, store encrypted, hand out valid tokens,
+//! refresh, reject bad input without touching stored data, keep secrets out of logs.
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::fake_provider::{IdTokenTamper, RefreshBehaviour};
+use support::{API_KEY, FakeProvider, RETURN_ORIGIN, TestApp, assert_problem, contains};
+
+#[tokio::test]
+async fn full_flow_stores_encrypted_tokens_and_serves_them() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn(&provider).await;
+
+    let session = app
+        .connect_session(json!({
+            "userId": "alice",
+            "provider": "google",
+            "scopes": ["https://www.googleapis.com/auth/calendar.readonly"],
+            "loginHint": "alice@example.com",
+            "returnTo": format!("{RETURN_ORIGIN}/done"),
+        }))
+        .await;
+    let start_url = session["url"].as_str().expect("url");
+    assert!(start_url.starts_with(&app.url("/oauth/google/start?session=")));
+    assert!(session["flowId"].as_str().is_some_and(|f| !f.is_empty()));
+
+    let (provider_url, cookie) = app.start(start_url).await;
+    assert!(
+        provider_url
+            .as_str()
+            .starts_with(&provider.url("/authorize"))
+    );
+    let params: std::collections::HashMap<String, String> =
+        provider_url.query_pairs().into_owned().collect();
+    assert_eq!(params["response_type"], "code");
+    assert_eq!(params["client_id"], provider.client_id());
+    assert_eq!(params["redirect_uri"], app.url("/oauth/google/callback"));
+    let scopes: Vec<&str> = params["scope"].split(' ').collect();
+    for wanted in [
+        "openid",
+        "email",
+        "profile",
+        "https://www.googleapis.com/auth/calendar.readonly",
+    ] {
+        assert!(scopes.contains(&wanted), "scope {wanted} in {scopes:?}");
+    }
+    assert_eq!(params["code_challenge_method"], "S256");
+    assert_eq!(params["code_challenge"].len(), 43);
+    assert!(params["nonce"].len() >= 32);
+    assert!(params["state"].len() > 100, "state carries the sealed flow");
+    assert_eq!(params["access_type"], "offline");
+    assert_eq!(params["prompt"], "consent");
+    assert_eq!(params["include_granted_scopes"], "true");
+    assert_eq!(params["login_hint"], "alice@example.com");
+    assert!(cookie.starts_with("axnt_flow_"));
+
+    let callback = app.authorize(&provider_url).await;
+    let response = app.callback(&callback, Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let back = response.headers()["location"].to_str().expect("ascii");
+    assert_eq!(
+        back,
+        format!("{RETURN_ORIGIN}/done?status=connected&provider=google")
+    );
+
+    // Encrypted at rest: no token the provider issued is in the database file.
+    let raw = app.raw_database();
+    assert!(!raw.is_empty());
+    for secret in provider.secrets() {
+        assert!(
+            !contains(&raw, &secret),
+            "database holds no plaintext secret"
+        );
+    }
+    let row = app.stored_row("alice").await.expect("row stored");
+    assert_eq!(
+        row.email.as_deref(),
+        Some(provider.profile().email.as_str())
+    );
+    assert_eq!(row.encrypted_tokens.alg, "AES-256-GCM");
+    assert!(row.is_active);
+    assert_eq!(row.version, 1);
+    assert!(
+        row.expires_at > chrono::Utc::now().timestamp() + 170 * 86_400,
+        "row kept ~180 days"
+    );
+
+    let response = app.token("alice").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let token: Value = response.json().await.expect("json");
+    assert_eq!(
+        token["accessToken"],
+        provider.latest_access_token().expect("issued")
+    );
+    assert_eq!(token["tokenType"], "Bearer");
+    assert_eq!(token["email"], provider.profile().email);
+    assert!(token["expiresAt"].as_str().is_some());
+
+    assert_eq!(
+        app.steps("alice").await,
+        [
+            "session_created",
+            "authorize_redirect",
+            "callback_received",
+            "state_verified",
+            "code_exchanged",
+            "id_token_verified",
+            "tokens_stored",
+            "completed"
+        ]
+    );
+    let items = app.flow_log("alice").await;
+    assert!(
+        items.iter().all(|i| i["flowId"] == session["flowId"]),
+        "one flow id across the flow"
+    );
+    assert!(items.iter().all(|i| i["ipAddress"] == "127.0.0.1"));
+}
+
+#[tokio::test]
+async fn a_flow_without_return_url_ends_on_a_success_page() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn(&provider).await;
+    let response = app.connect("bob").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = response.text().await.expect("text");
+    assert!(page.contains("Connected"));
+    assert!(page.contains(&provider.profile().email));
+}
+
+#[tokio::test]
+async fn an_expired_access_token_is_refreshed_once_and_the_refresh_token_kept() {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(60); // inside the 5-minute margin
+    let app = TestApp::spawn(&provider).await;
+    assert!(app.connect("carol").await.status().is_success());
+    let first_access = provider.latest_access_token().expect("issued");
+    let original_refresh = provider.latest_refresh_token().expect("issued");
+
+    provider.set_access_token_ttl(3600);
+    let token: Value = app.token("carol").await.json().await.expect("json");
+    assert_eq!(provider.refresh_count(), 1);
+    let refreshed = provider.latest_access_token().expect("issued");
+    assert_ne!(refreshed, first_access);
+    assert_eq!(token["accessToken"], refreshed);
+
+    // Fresh now: served from the row, no second refresh.
+    let again: Value = app.token("carol").await.json().await.expect("json");
+    assert_eq!(again["accessToken"], refreshed);
+    assert_eq!(provider.refresh_count(), 1);
+
+    // The refresh answer had no refresh token (like Google): the stored one still works.
+    let refresh_requests = provider.token_requests();
+    let used: Vec<_> = refresh_requests
+        .iter()
+        .filter(|r| r.grant_type == "refresh_token")
+        .filter_map(|r| r.params.get("refresh_token").cloned())
+        .collect();
+    assert_eq!(used, vec![original_refresh.clone()]);
+    assert!(provider.is_refresh_token_valid(&original_refresh));
+    let steps = app.steps("carol").await;
+    assert_eq!(steps.iter().filter(|s| *s == "token_refreshed").count(), 1);
+}
+
+#[tokio::test]
+async fn a_refresh_without_refresh_token_in_the_answer_keeps_the_stored_one() {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    provider.omit_refresh_token_on_refresh(true);
+    let app = TestApp::spawn(&provider).await;
+    assert!(app.connect("dave").await.status().is_success());
+    let original_refresh = provider.latest_refresh_token().expect("issued");
+    for round in 1..=3 {
+        let response = app.token("dave").await;
+        assert_eq!(response.status(), StatusCode::OK, "round {round}");
+        assert_eq!(provider.refresh_count(), round);
+    }
+    let used: Vec<_> = provider
+        .token_requests()
+        .iter()
+        .filter(|r| r.grant_type == "refresh_token")
+        .filter_map(|r| r.params.get("refresh_token").cloned())
+        .collect();
+    assert_eq!(
+        used,
+        vec![original_refresh; 3],
+        "every refresh used the one stored refresh token"
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_refresh_token_replaces_the_stored_one() {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    provider.rotate_refresh_tokens(true);
+    let app = TestApp::spawn(&provider).await;
+    assert!(app.connect("erin").await.status().is_success());
+    for _ in 0..3 {
+        assert_eq!(app.token("erin").await.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        provider.refresh_count(),
+        3,
+        "each rotation was accepted: the latest token was stored each time"
+    );
+}
+
+#[tokio::test]
+async fn invalid_grant_marks_the_row_inactive_and_answers_409() {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    let app = TestApp::spawn(&provider).await;
+    assert!(app.connect("frank").await.status().is_success());
+    provider.refresh_failure([RefreshBehaviour::InvalidGrant]);
+    assert_problem(app.token("frank").await, 409, "reauthorization_required").await;
+    let row = app.stored_row("frank").await.expect("row kept");
+    assert!(!row.is_active);
+    assert!(
+        row.expires_at < chrono::Utc::now().timestamp() + 31 * 86_400,
+        "short retention once inactive"
+    );
+    // Stays 409 without asking the provider again.
+    assert_problem(app.token("frank").await, 409, "reauthorization_required").await;
+    assert_eq!(provider.refresh_count(), 1);
+    let items = app.flow_log("frank").await;
+    let failed = items
+        .iter()
+        .find(|i| i["step"] == "refresh_failed")
+        .expect("refresh_failed logged");
+    assert_eq!(failed["data"]["reason"], "invalid_grant");
+    let connections: Value = app
+        .api_get("/v1/users/frank/connections")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(connections["connections"][0]["isActive"], false);
+}
+
+#[tokio::test]
+async fn provider_failure_on_refresh_is_503_and_leaves_the_row() {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    let app = TestApp::spawn(&provider).await;
+    assert!(app.connect("gina").await.status().is_success());
+    let before = app.stored_row("gina").await.expect("row");
+    provider.refresh_failure(RefreshBehaviour::Status(500).times(1));
+    assert_problem(app.token("gina").await, 503, "provider_unavailable").await;
+    assert_eq!(app.stored_row("gina").await.expect("row"), before);
+}
+
+#[tokio::test]
+async fn reconsent_without_refresh_token_keeps_the_old_one() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn(&provider).await;
+    assert!(app.connect("hank").await.status().is_success());
+    let original_refresh = provider.latest_refresh_token().expect("issued");
+
+    provider.omit_refresh_token_on_code(true);
+    provider.set_access_token_ttl(0);
+    assert!(app.connect("hank").await.status().is_success());
+    let row = app.stored_row("hank").await.expect("row");
+    assert_eq!(row.version, 2);
+
+    // The re-consent's access token is already due: the refresh must use the refresh
+    // token of the first grant.
+    assert_eq!(app.token("hank").await.status(), StatusCode::OK);
+    let used: Vec<_> = provider
+        .token_requests()
+        .iter()
+        .filter(|r| r.grant_type == "refresh_token")
+        .filter_map(|r| r.params.get("refresh_token").cloned())
+        .collect();
+    assert_eq!(used, vec![original_refresh]);
+    let items = app.flow_log("hank").await;
+    let stored = items
+        .iter()
+        .find(|i| i["step"] == "tokens_stored")
+        .expect("tokens_stored");
+    assert_eq!(stored["data"]["keptRefreshToken"], true);
+}
+
+/// A connected user whose row must not change while bad requests are made.
+async fn connected(
+    provider: &FakeProvider,
+    extra: &[(&str, &str)],
+) -> (TestApp, axnt_oauth::store::Connection) {
+    let app = TestApp::spawn_with(provider, extra).await;
+    assert!(app.connect("victim").await.status().is_success());
+    let row = app.stored_row("victim").await.expect("row");
+    (app, row)
+}
+
+async fn assert_unchanged(app: &TestApp, row: &axnt_oauth::store::Connection) {
+    assert_eq!(
+        app.stored_row("victim").await.as_ref(),
+        Some(row),
+        "stored row unchanged"
+    );
+}
+
+#[tokio::test]
+async fn tampered_state_is_rejected() {
+    let provider = FakeProvider::start().await;
+    let (app, row) = connected(&provider, &[]).await;
+    let session = app
+        .connect_session(json!({ "userId": "victim", "provider": "google" }))
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    let mut tampered = callback.clone();
+    let pairs: Vec<(String, String)> = callback.query_pairs().into_owned().collect();
+    tampered.query_pairs_mut().clear();
+    for (k, v) in pairs {
+        let v = if k == "state" {
+            format!("{}A", &v[..v.len() - 1])
+        } else {
+            v
+        };
+        tampered.query_pairs_mut().append_pair(&k, &v);
+    }
+    let response = app.callback(&tampered, Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        response
+            .text()
+            .await
+            .expect("page")
+            .contains("invalid_state")
+    );
+    let mut missing = callback.clone();
+    missing.set_query(Some("code=abc"));
+    assert_eq!(
+        app.callback(&missing, Some(&cookie)).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        provider.code_exchange_count(),
+        1,
+        "no code exchanged for a bad state"
+    );
+    assert_unchanged(&app, &row).await;
+}
+
+#[tokio::test]
+async fn state_from_another_browser_is_rejected() {
+    let provider = FakeProvider::start().await;
+    let (app, row) = connected(&provider, &[]).await;
+    let session = app
+        .connect_session(json!({ "userId": "victim", "provider": "google" }))
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+
+    let response = app.callback(&callback, None).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        response
+            .text()
+            .await
+            .expect("page")
+            .contains("browser_mismatch")
+    );
+
+    let name = cookie.split('=').next().expect("name");
+    let response = app
+        .callback(&callback, Some(&format!("{name}=someone-elses-cookie")))
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        response
+            .text()
+            .await
+            .expect("page")
+            .contains("browser_mismatch")
+    );
+    assert_eq!(provider.code_exchange_count(), 1);
+    assert_unchanged(&app, &row).await;
+    let items = app.flow_log("victim").await;
+    assert!(
+        items
+            .iter()
+            .any(|i| i["step"] == "failed" && i["data"]["code"] == "browser_mismatch")
+    );
+}
+
+#[tokio::test]
+async fn expired_state_is_rejected() {
+    let provider = FakeProvider::start().await;
+    let (app, row) = connected(&provider, &[("AXNT_FLOW_STATE_TTL_SECS", "1")]).await;
+    let session = app
+        .connect_session(json!({ "userId": "victim", "provider": "google" }))
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let response = app.callback(&callback, Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        response
+            .text()
+            .await
+            .expect("page")
+            .contains("state_expired")
+    );
+    assert_eq!(provider.code_exchange_count(), 1);
+    assert_unchanged(&app, &row).await;
+}
+
+#[tokio::test]
+async fn access_denied_at_the_provider_returns_to_the_app_with_the_error() {
+    let provider = FakeProvider::start().await;
+    let (app, row) = connected(&provider, &[]).await;
+    provider.deny_authorization(true);
+    let session = app
+        .connect_session(
+            json!({ "userId": "victim", "provider": "google", "returnTo": RETURN_ORIGIN }),
+        )
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    let response = app.callback(&callback, Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(
+        response.headers()["location"],
+        format!("{RETURN_ORIGIN}?status=error&error=access_denied")
+    );
+
+    // Without a return URL: a 4xx page naming the code.
+    let session = app
+        .connect_session(json!({ "userId": "victim", "provider": "google" }))
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    let response = app.callback(&callback, Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        response
+            .text()
+            .await
+            .expect("page")
+            .contains("access_denied")
+    );
+    assert_unchanged(&app, &row).await;
+    let items = app.flow_log("victim").await;
+    assert!(
+        items
+            .iter()
+            .any(|i| i["step"] == "failed" && i["data"]["code"] == "access_denied")
+    );
+}
+
+#[tokio::test]
+async fn bad_id_tokens_are_rejected_and_store_nothing() {
+    let provider = FakeProvider::start().await;
+    let (app, row) = connected(&provider, &[]).await;
+    for (tamper, reason) in [
+        (IdTokenTamper::WrongAudience, "wrong_audience"),
+        (IdTokenTamper::WrongIssuer, "wrong_issuer"),
+        (IdTokenTamper::WrongNonce, "wrong_nonce"),
+        (IdTokenTamper::Expired, "expired"),
+        (IdTokenTamper::BadSignature, "bad_signature"),
+        (IdTokenTamper::Omit, "missing"),
+    ] {
+        provider.tamper_id_token(tamper);
+        let response = app.connect("victim").await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{tamper:?}");
+        assert!(
+            response
+                .text()
+                .await
+                .expect("page")
+                .contains("id_token_invalid"),
+            "{tamper:?}"
+        );
+        assert_unchanged(&app, &row).await;
+        let items = app.flow_log("victim").await;
+        let failed = items
+            .iter()
+            .find(|i| i["step"] == "failed")
+            .expect("failed logged");
+        assert_eq!(failed["data"]["reason"], reason, "{tamper:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_rotated_signing_key_is_fetched_once() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn(&provider).await;
+    assert!(app.connect("ivy").await.status().is_success());
+    let fetches = provider.jwks_fetches();
+    provider.rotate_signing_key();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        app.connect("ivy").await.status().is_success(),
+        "new kid accepted after one refetch"
+    );
+    assert_eq!(provider.jwks_fetches(), fetches + 1);
+}
+
+#[tokio::test]
+async fn return_urls_outside_the_allow_list_are_refused() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn(&provider).await;
+    for bad in [
+        "https://evil.example.com/",
+        "http://127.0.0.1:9/application",
+        "http://127.0.0.1:10/app",
+        "javascript:alert(1)",
+        "not a url",
+    ] {
+        let response = app
+            .api_post(
+                "/v1/connect-sessions",
+                json!({ "userId": "x", "provider": "google", "returnTo": bad }),
+            )
+            .await;
+        assert_problem(response, 400, "return_url_not_allowed").await;
+    }
+    assert!(
+        app.flow_log("x").await.is_empty(),
+        "nothing logged for a refused session"
+    );
+}
+
+#[tokio::test]
+async fn the_internal_api_needs_a_valid_key() {
+    let provider = FakeProvider::start().await;
+    let (app, row) = connected(&provider, &[]).await;
+    let path = app.url("/v1/users/victim/tokens/google");
+    let response = app.http.get(&path).send().await.expect("send");
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert_problem(response, 401, "unauthorized").await;
+    let response = app
+        .http
+        .get(&path)
+        .bearer_auth("wrong-key-0123456789")
+        .send()
+        .await
+        .expect("send");
+    assert_problem(response, 401, "unauthorized").await;
+    let response = app
+        .http
+        .delete(app.url("/v1/users/victim/connections/google"))
+        .send()
+        .await
+        .expect("send");
+    assert_problem(response, 401, "unauthorized").await;
+    let response = app
+        .http
+        .get(&path)
+        .header("authorization", format!("Basic {API_KEY}"))
+        .send()
+        .await
+        .expect("send");
+    assert_problem(response, 401, "unauthorized").await;
+    assert_unchanged(&app, &row).await;
+    assert!(provider.revoked_tokens().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_requests_get_clear_4xx() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn(&provider).await;
+    let post = |body: &'static str, content_type: &'static str| {
+        app.http
+            .post(app.url("/v1/connect-sessions"))
+            .bearer_auth(API_KEY)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    assert_problem(
+        post("{not json", "application/json").await.expect("send"),
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_problem(
+        post(r#"{"provider":"google"}"#, "application/json")
+            .await
+            .expect("send"),
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_problem(
+        post(r#"{"userId":"a","provider":"google"}"#, "text/plain")
+            .await
+            .expect("send"),
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+    assert_problem(
+        post(r#"{"userId":"","provider":"google"}"#, "application/json")
+            .await
+            .expect("send"),
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_problem(
+        post(
+            r#"{"userId":"a","provider":"google","scopes":["two words"]}"#,
+            "application/json",
+        )
+        .await
+        .expect("send"),
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_problem(
+        app.api_get("/v1/users/a/flow-logs?limit=0").await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_problem(
+        app.api_get("/v1/users/a/flow-logs?limit=many").await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_problem(app.api_get("/v1/nothing-here").await, 404, "not_found").await;
+    let response = app
+        .http
+        .get(app.url("/oauth/google/start?session=garbage"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let response = app
+        .http
+        .get(app.url("/oauth/google/start"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn unknown_providers_are_404() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn(&provider).await;
+    let response = app
+        .api_post(
+            "/v1/connect-sessions",
+            json!({ "userId": "a", "provider": "myspace" }),
+        )
+        .await;
+    assert_problem(response, 404, "unknown_provider").await;
+    assert_problem(
+        app.api_get("/v1/users/a/tokens/myspace").await,
+        404,
+        "unknown_provider",
+    )
+    .await;
+    let response = app
+        .http
+        .get(app.url("/oauth/myspace/start?session=x"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert!(
+        response
+            .text()
+            .await
+            .expect("page")
+            .contains("unknown_provider")
+    );
+    assert_problem(
+        app.api_get("/v1/users/nobody/tokens/google").await,
+        404,
+        "not_connected",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_ciphertext_copied_to_another_row_does_not_decrypt() {
+    use axnt_oauth::store::TokenStore;
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn(&provider).await;
+    assert!(app.connect("owner").await.status().is_success());
+    assert!(app.connect("thief").await.status().is_success());
+    let owner = app.stored_row("owner").await.expect("row");
+    let thief = app.stored_row("thief").await.expect("row");
+    let store = axnt_oauth::store::embedded::EmbeddedStore::open(
+        &app.data_dir.path().join("axnt-oauth.db"),
+    )
+    .expect("open");
+    let forged = axnt_oauth::store::Connection {
+        encrypted_tokens: owner.encrypted_tokens.clone(),
+        version: thief.version + 1,
+        ..thief.clone()
+    };
+    store
+        .put(&forged, Some(thief.version))
+        .await
+        .expect("write forged row");
+    assert_problem(app.token("thief").await, 500, "stored_tokens_unreadable").await;
+    assert_eq!(
+        app.token("owner").await.status(),
+        StatusCode::OK,
+        "the original row still opens"
+    );
+}
+
+#[tokio::test]
+async fn delete_revokes_at_the_provider_and_removes_the_row() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn(&provider).await;
+    assert!(app.connect("jill").await.status().is_success());
+    let refresh = provider.latest_refresh_token().expect("issued");
+    let listed: Value = app
+        .api_get("/v1/users/jill/connections")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["connections"].as_array().map(Vec::len), Some(1));
+    assert_eq!(listed["connections"][0]["provider"], "google");
+    let text = listed.to_string();
+    for secret in provider.secrets() {
+        assert!(!text.contains(&secret), "listing carries no token");
+    }
+    let response = app.api_delete("/v1/users/jill/connections/google").await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(provider.revoked_tokens(), vec![refresh]);
+    assert!(app.stored_row("jill").await.is_none());
+    assert_problem(app.token("jill").await, 404, "not_connected").await;
+    assert_problem(
+        app.api_delete("/v1/users/jill/connections/google").await,
+        404,
+        "not_connected",
+    )
+    .await;
+    let steps = app.steps("jill").await;
+    assert!(steps.ends_with(&["revoked".to_string(), "deleted".to_string()]));
+}
+
+#[tokio::test]
+async fn flow_logs_page_newest_first() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn(&provider).await;
+    for _ in 0..3 {
+        assert!(app.connect("kim").await.status().is_success());
+    }
+    let all = app.flow_log("kim").await;
+    assert_eq!(all.len(), 24);
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let path = match &before {
+            Some(b) => format!("/v1/users/kim/flow-logs?limit=5&before={}", urlencode(b)),
+            None => "/v1/users/kim/flow-logs?limit=5".to_string(),
+        };
+        let page: Value = app.api_get(&path).await.json().await.expect("json");
+        seen.extend(page["items"].as_array().cloned().unwrap_or_default());
+        match page["nextBefore"].as_str() {
+            Some(next) => before = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, all, "pages add up to the whole log, newest first");
+    let stamps: Vec<&str> = all.iter().filter_map(|i| i["timestamp"].as_str()).collect();
+    let mut sorted = stamps.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(stamps, sorted);
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[tokio::test]
+async fn no_planted_secret_reaches_logs_or_flow_log_items() {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    let app = TestApp::spawn(&provider).await;
+    assert!(app.connect("leo").await.status().is_success());
+    assert_eq!(app.token("leo").await.status(), StatusCode::OK);
+    provider.refresh_failure([RefreshBehaviour::InvalidGrant]);
+    let _ = app.token("leo").await;
+    assert!(app.connect("leo").await.status().is_success());
+    let _ = app.api_delete("/v1/users/leo/connections/google").await;
+    let _ = app
+        .http
+        .get(app.url("/v1/users/leo/tokens/google"))
+        .bearer_auth("planted-wrong-api-key-777")
+        .send()
+        .await;
+
+    let mut planted = provider.secrets();
+    planted.push(API_KEY.to_string());
+    planted.push("planted-wrong-api-key-777".to_string());
+    let verifiers: Vec<String> = provider
+        .token_requests()
+        .iter()
+        .filter_map(|r| r.params.get("code_verifier").cloned())
+        .collect();
+    assert!(!verifiers.is_empty());
+    planted.extend(verifiers);
+    assert!(planted.len() > 8);
+
+    let logs = app_logs_after_flush().await;
+    assert!(logs.contains("request"), "logs were captured");
+    let items = serde_json::to_string(&app.flow_log("leo").await).expect("json");
+    for secret in &planted {
+        assert!(!logs.contains(secret.as_str()), "a secret reached the logs");
+        assert!(
+            !items.contains(secret.as_str()),
+            "a secret reached a flow-log item"
+        );
+    }
+}
+
+async fn app_logs_after_flush() -> String {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    support::captured_logs()
+}
+
+#[tokio::test]
+async fn probes_answer() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn(&provider).await;
+    assert_eq!(
+        app.http
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .expect("send")
+            .status(),
+        StatusCode::OK
+    );
+    let ready = app.http.get(app.url("/readyz")).send().await.expect("send");
+    assert_eq!(ready.status(), StatusCode::OK);
+    let body: Value = ready.json().await.expect("json");
+    assert_eq!(body["checks"]["store"], "ok");
+    assert_eq!(body["checks"]["keys"], "ok");
+    assert_eq!(body["checks"]["provider"], "ok");
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("axnt_http_requests_total"));
+}

@@ -1,0 +1,334 @@
+//! Helpers for integration tests. They go through public interfaces only: the real
+//! router on a real loopback socket, a fake provider over real HTTP, the store's
+//! trait, the database file on disk.
+#![allow(dead_code)]
+
+pub mod fake_provider;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axnt_oauth::app::{App, Backends};
+use axnt_oauth::config::{LogFormat, Settings};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use url::Url;
+
+pub use fake_provider::FakeProvider;
+
+/// Every log line of this test process, for "no secret in the logs" assertions.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+#[derive(Clone)]
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut logs) = self.0.lock() {
+            logs.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Captures this process's logs at debug level (once per test binary).
+pub fn capture_logs() {
+    let sink = LOGS
+        .get_or_init(|| Arc::new(Mutex::new(Vec::new())))
+        .clone();
+    axnt_oauth::telemetry::init_with_writer("debug", LogFormat::Json, move || {
+        LogSink(sink.clone())
+    });
+}
+
+/// Everything logged so far by this test process.
+pub fn captured_logs() -> String {
+    LOGS.get()
+        .and_then(|l| {
+            l.lock()
+                .ok()
+                .map(|l| String::from_utf8_lossy(&l).into_owned())
+        })
+        .unwrap_or_default()
+}
+
+pub const API_KEY: &str = "test-api-key-0123456789abcdef";
+pub const RETURN_ORIGIN: &str = "http://127.0.0.1:9/app";
+
+/// A running service instance.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub settings: Settings,
+    pub data_dir: Arc<tempfile::TempDir>,
+    pub http: reqwest::Client,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Settings pointing at `provider`, on a fresh data directory, plus `extra` env pairs.
+pub fn env_for(provider: &FakeProvider, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("AXNT_GOOGLE_ISSUER".into(), provider.issuer());
+    env.insert("AXNT_GOOGLE_CLIENT_ID".into(), provider.client_id());
+    env.insert("AXNT_GOOGLE_CLIENT_SECRET".into(), provider.client_secret());
+    env.insert("AXNT_API_KEYS".into(), API_KEY.into());
+    env.insert("AXNT_ALLOWED_RETURN_URLS".into(), RETURN_ORIGIN.into());
+    env.insert("AXNT_LOG".into(), "debug".into());
+    for (k, v) in extra {
+        env.insert((*k).into(), (*v).into());
+    }
+    env.into_iter().collect()
+}
+
+impl TestApp {
+    /// Starts an instance on a fresh data directory.
+    pub async fn spawn(provider: &FakeProvider) -> Self {
+        Self::spawn_with(provider, &[]).await
+    }
+
+    pub async fn spawn_with(provider: &FakeProvider, extra: &[(&str, &str)]) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        Self::spawn_in(dir, env_for(provider, extra)).await
+    }
+
+    /// Starts an instance with `env` on `data_dir` (shared by instances that share a
+    /// store).
+    pub async fn spawn_in(
+        data_dir: Arc<tempfile::TempDir>,
+        mut env: Vec<(String, String)>,
+    ) -> Self {
+        capture_logs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let base = format!("http://{addr}");
+        env.push((
+            "AXNT_DATA_DIR".into(),
+            data_dir.path().display().to_string(),
+        ));
+        env.push(("AXNT_PUBLIC_BASE_URL".into(), base.clone()));
+        env.push(("AXNT_LISTEN_ADDR".into(), addr.to_string()));
+        let settings = Settings::load(None, env).expect("test settings load");
+        let backends = Backends::open(&settings).await.expect("backends open");
+        let app = App::with_listener(settings.clone(), backends, listener)
+            .await
+            .expect("app builds");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Self {
+            addr,
+            base,
+            settings,
+            data_dir,
+            http,
+            task,
+            stop: Some(stop),
+        }
+    }
+
+    /// Stops gracefully and waits until the server has finished.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn api_get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn api_post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn api_delete(&self, path: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(path))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    /// Creates a connect session; returns its JSON (`url`, `expiresAt`, `flowId`).
+    pub async fn connect_session(&self, body: Value) -> Value {
+        let response = self.api_post("/v1/connect-sessions", body).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "connect session is created"
+        );
+        response.json().await.expect("json")
+    }
+
+    /// `GET` the start link; returns the provider URL it redirects to and the
+    /// binding cookie (`name=value`).
+    pub async fn start(&self, start_url: &str) -> (Url, String) {
+        let response = self.http.get(start_url).send().await.expect("start");
+        assert_eq!(
+            response.status(),
+            StatusCode::FOUND,
+            "start redirects to the provider"
+        );
+        let location = response
+            .headers()
+            .get("location")
+            .expect("location")
+            .to_str()
+            .expect("ascii")
+            .to_string();
+        let cookie = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|c| c.starts_with("axnt_flow_"))
+            .expect("binding cookie")
+            .to_string();
+        let pair = cookie.split(';').next().expect("cookie pair").to_string();
+        (Url::parse(&location).expect("provider URL"), pair)
+    }
+
+    /// Follows the provider's authorize endpoint (which approves at once) and returns
+    /// the callback URL it redirects to.
+    pub async fn authorize(&self, provider_url: &Url) -> Url {
+        let response = self
+            .http
+            .get(provider_url.as_str())
+            .send()
+            .await
+            .expect("authorize");
+        assert_eq!(
+            response.status(),
+            StatusCode::FOUND,
+            "provider redirects back"
+        );
+        let location = response
+            .headers()
+            .get("location")
+            .expect("location")
+            .to_str()
+            .expect("ascii");
+        Url::parse(location).expect("callback URL")
+    }
+
+    /// `GET` the callback with an optional cookie.
+    pub async fn callback(&self, callback_url: &Url, cookie: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(callback_url.as_str());
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send().await.expect("callback")
+    }
+
+    /// A whole successful flow for `user_id`; returns the callback's response.
+    pub async fn connect(&self, user_id: &str) -> reqwest::Response {
+        let session = self
+            .connect_session(json!({ "userId": user_id, "provider": "google" }))
+            .await;
+        let (provider_url, cookie) = self.start(session["url"].as_str().expect("url")).await;
+        let callback = self.authorize(&provider_url).await;
+        self.callback(&callback, Some(&cookie)).await
+    }
+
+    pub async fn token(&self, user_id: &str) -> reqwest::Response {
+        self.api_get(&format!("/v1/users/{user_id}/tokens/google"))
+            .await
+    }
+
+    /// The user's flow-log steps, oldest first.
+    pub async fn steps(&self, user_id: &str) -> Vec<String> {
+        let items = self.flow_log(user_id).await;
+        items
+            .iter()
+            .rev()
+            .map(|i| i["step"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The user's flow-log items, newest first (as the API answers).
+    pub async fn flow_log(&self, user_id: &str) -> Vec<Value> {
+        let response = self
+            .api_get(&format!("/v1/users/{user_id}/flow-logs?limit=500"))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.expect("json");
+        body["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The database file and its WAL, as raw bytes.
+    pub fn raw_database(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for name in ["axnt-oauth.db", "axnt-oauth.db-wal"] {
+            if let Ok(b) = std::fs::read(self.data_dir.path().join(name)) {
+                bytes.extend(b);
+            }
+        }
+        bytes
+    }
+
+    /// The stored row, read through the store's own trait on the same file.
+    pub async fn stored_row(&self, user_id: &str) -> Option<axnt_oauth::store::Connection> {
+        use axnt_oauth::store::TokenStore;
+        let store = axnt_oauth::store::embedded::EmbeddedStore::open(
+            &self.data_dir.path().join("axnt-oauth.db"),
+        )
+        .expect("open store");
+        store.get(user_id, "google").await.expect("read row")
+    }
+}
+
+/// Asserts a problem+json answer with `status` and `code`; returns the body.
+pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status for {code}");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        content_type.starts_with("application/problem+json"),
+        "problem+json, got {content_type}"
+    );
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["code"], code, "code in {body}");
+    assert_eq!(body["status"], status);
+    body
+}
+
+/// Whether `haystack` contains `needle` (bytes).
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    !needle.is_empty()
+        && haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+}
