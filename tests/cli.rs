@@ -1,0 +1,216 @@
+//! The binary as an operator runs it: `serve` on a fresh machine with no settings,
+//! `setup` twice, `check`, bad settings, and SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_axnt-oauth");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A command in a fresh working directory with none of our variables set.
+fn command(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AXNT_") || name.starts_with("DYNAMODB_") || name.starts_with("AWS_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// Kills the server if the test fails half-way, so no orphan keeps the port.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn serve_starts_on_a_fresh_machine_with_no_settings_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    // Only the port differs from a bare `cargo run`, so tests can run side by side.
+    let mut child = KillOnDrop(
+        command(dir.path())
+            .env("AXNT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("AXNT_PUBLIC_BASE_URL", format!("http://127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let stderr = child.0.stderr.take().expect("stderr");
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let client = reqwest::Client::new();
+    let health = loop {
+        match client.get(format!("{base}/healthz")).send().await {
+            Ok(r) => break r,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("server did not come up: {e}"),
+        }
+    };
+    assert_eq!(health.status().as_u16(), 200);
+
+    let ready = client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503);
+    let body: serde_json::Value = ready.json().await.expect("json");
+    assert_eq!(body["checks"]["store"], "ok");
+    assert!(
+        body["checks"]["provider"]
+            .as_str()
+            .expect("named")
+            .contains("AXNT_GOOGLE_CLIENT_ID")
+    );
+
+    let data = dir.path().join("data");
+    for file in ["axnt-oauth.db", "master.key", "state.key", "api-key"] {
+        assert!(data.join(file).exists(), "{file} created");
+    }
+    #[cfg(unix)]
+    for file in ["master.key", "state.key", "api-key"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join(file))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{file} is private");
+    }
+    let key = std::fs::read_to_string(data.join("api-key"))
+        .expect("key")
+        .trim()
+        .to_string();
+
+    // The internal API answers with the generated key; starting a flow names the settings.
+    let response = client
+        .post(format!("{base}/v1/connect-sessions"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({ "userId": "u1", "provider": "google" }))
+        .send()
+        .await
+        .expect("session");
+    assert_eq!(response.status().as_u16(), 201);
+    let url = response.json::<serde_json::Value>().await.expect("json")["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    let start = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(url)
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(start.status().as_u16(), 503);
+    let page = start.text().await.expect("page");
+    assert!(page.contains("AXNT_GOOGLE_CLIENT_ID") && page.contains("AXNT_GOOGLE_CLIENT_SECRET"));
+
+    let pid = child.0.id().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = child.0.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM");
+    let log = lines.join().expect("stderr reader").join("\n");
+    assert!(log.contains("api-key"), "the log says where the key is");
+    assert!(!log.contains(&key), "the log never shows the key");
+}
+
+#[test]
+fn setup_is_idempotent_and_dry_run_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plan = command(dir.path())
+        .args(["setup", "--dry-run"])
+        .output()
+        .expect("run");
+    assert!(plan.status.success());
+    assert!(String::from_utf8_lossy(&plan.stdout).contains("create"));
+    assert!(!dir.path().join("data").exists(), "dry run created nothing");
+
+    let first = command(dir.path()).arg("setup").output().expect("run");
+    assert!(first.status.success());
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        out.contains("created database") && out.contains("created master key"),
+        "{out}"
+    );
+
+    let master = std::fs::read(dir.path().join("data/master.key")).expect("key");
+    let second = command(dir.path()).arg("setup").output().expect("run");
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stdout).contains("already as wanted"));
+    assert_eq!(
+        std::fs::read(dir.path().join("data/master.key")).expect("key"),
+        master,
+        "keys kept"
+    );
+}
+
+#[test]
+fn check_passes_when_configured_and_fails_with_a_hint_when_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = command(dir.path()).arg("check").output().expect("run");
+    assert!(!bad.status.success());
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert!(out.contains("FAIL  client credentials"), "{out}");
+    assert!(out.contains("hint:"));
+    assert!(
+        out.contains("ok    tokens table")
+            && out.contains("ok    logs table")
+            && out.contains("ok    key round trip")
+    );
+}
+
+#[test]
+fn a_present_and_wrong_setting_stops_start_up_with_exit_code_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, value) in [
+        ("AXNT_BACKEND", "cloud"),
+        ("AXNT_PUBLIC_BASE_URL", "not a url"),
+        ("AXNT_LISTEN_ADDR", "nowhere"),
+        ("AXNT_GOOGLE_ISSUER", "ftp://x"),
+        ("AXNT_ALLOWED_RETURN_URLS", "app.example.com"),
+    ] {
+        let out = command(dir.path())
+            .env(name, value)
+            .arg("serve")
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(name), "{name} named in: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one clear line");
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing created on a bad configuration"
+    );
+}
