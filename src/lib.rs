@@ -17,7 +17,10 @@
 //!   start-up, logging and metrics, and the one error type.
 
 // Product code never unwraps: every failure is an error with context.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod app;
 pub mod cli;
