@@ -201,3 +201,126 @@ async fn write_with_retry(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::FlowStep;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A log that is slow, throttles its first `throttles` writes, and denies the
+    /// user `denied`.
+    struct Scripted {
+        written: Mutex<Vec<String>>,
+        throttles: AtomicU32,
+        pause: Duration,
+    }
+
+    #[async_trait]
+    impl FlowLog for Scripted {
+        async fn append(&self, entry: &FlowLogEntry) -> Result<(), StoreError> {
+            tokio::time::sleep(self.pause).await;
+            if entry.user_id == "denied" {
+                return Err(StoreError::AccessDenied("no PutItem".into()));
+            }
+            if self
+                .throttles
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err(StoreError::Throttled("slow down".into()));
+            }
+            if let Ok(mut w) = self.written.lock() {
+                w.push(entry.timestamp.clone());
+            }
+            Ok(())
+        }
+        async fn list(
+            &self,
+            _: &str,
+            _: usize,
+            _: Option<&str>,
+        ) -> Result<Vec<FlowLogEntry>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn entry(user: &str, i: usize) -> FlowLogEntry {
+        FlowLogEntry {
+            user_id: user.into(),
+            timestamp: format!("{i:04}"),
+            flow_id: "f".into(),
+            step: FlowStep::Completed,
+            data: serde_json::Map::new(),
+            error: None,
+            ip_address: None,
+            user_agent: None,
+            expires_at: 0,
+        }
+    }
+
+    fn scripted(throttles: u32, pause: Duration) -> Arc<Scripted> {
+        Arc::new(Scripted {
+            written: Mutex::new(Vec::new()),
+            throttles: AtomicU32::new(throttles),
+            pause,
+        })
+    }
+
+    #[tokio::test]
+    async fn appends_return_at_once_and_flush_waits_for_the_writes() {
+        let inner = scripted(3, Duration::from_millis(20));
+        let log = BufferedFlowLog::spawn(inner.clone(), 100, 4);
+        let started = std::time::Instant::now();
+        for i in 0..20 {
+            log.append(&entry("u", i)).await.expect("queued");
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "no write on the caller's path"
+        );
+        log.flush()
+            .await
+            .expect("everything written, throttled ones retried");
+        let mut written = inner.written.lock().map(|w| w.clone()).unwrap_or_default();
+        written.sort();
+        assert_eq!(
+            written,
+            (0..20).map(|i| format!("{i:04}")).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_instead_of_waiting() {
+        let inner = scripted(0, Duration::from_millis(200));
+        let log = BufferedFlowLog::spawn(inner, 2, 1);
+        let mut dropped = 0;
+        for i in 0..10 {
+            if let Err(e) = log.append(&entry("u", i)).await {
+                assert!(matches!(e, StoreError::Throttled(_)));
+                dropped += 1;
+            }
+        }
+        assert!(dropped > 0, "a full queue refuses items");
+    }
+
+    #[tokio::test]
+    async fn flush_reports_a_write_given_up_once() {
+        let inner = scripted(0, Duration::ZERO);
+        let log = BufferedFlowLog::spawn(inner, 10, 2);
+        log.append(&entry("denied", 1)).await.expect("queued");
+        // A read waits for the write but does not swallow its failure...
+        log.list("denied", 10, None).await.expect("list");
+        let failed = log.flush().await;
+        assert!(
+            matches!(failed, Err(StoreError::AccessDenied(_))),
+            "{failed:?}"
+        );
+        // ...which flush reports once.
+        log.flush().await.expect("nothing new failed");
+    }
+}
