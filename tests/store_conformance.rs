@@ -105,7 +105,7 @@ fn entry(clock: &SortKeyClock, user_id: &str, at: DateTime<Utc>, i: usize) -> Fl
         flow_id: format!("flow-{}", i / 4),
         step: steps[i % steps.len()],
         data: data.as_object().cloned().unwrap_or_default(),
-        error: (i % 3 == 0).then(|| "access_denied".to_string()),
+        error: i.is_multiple_of(3).then(|| "access_denied".to_string()),
         ip_address: Some("203.0.113.7".into()),
         user_agent: Some("conformance/1.0".into()),
         expires_at: at.timestamp() + 90 * 86_400,
