@@ -648,6 +648,28 @@ mod tests {
     }
 
     #[test]
+    fn aws_sdk_variables_of_an_explicit_environment_are_kept_and_never_printed() {
+        let s = load(&[
+            ("AXNT_BACKEND", "aws"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "planted-aws-secret"),
+            ("AXNT_DATA_KEY_MAX_USES", "50"),
+        ])
+        .expect("loads");
+        assert_eq!(
+            s.aws_sdk_env.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:5000")
+        );
+        assert_eq!(s.aws_sdk_env.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(s.data_key_max_uses, 50);
+        assert!(!format!("{s:?}").contains("planted-aws-secret"));
+        let e = load(&[("AXNT_FLOW_LOG_WRITE_CONCURRENCY", "0")]).expect_err("rejects");
+        assert_eq!(e.setting, "AXNT_FLOW_LOG_WRITE_CONCURRENCY");
+    }
+
+    #[test]
     fn secrets_never_print() {
         let s = load(&[
             ("AXNT_GOOGLE_CLIENT_ID", "id"),
