@@ -42,6 +42,8 @@ pub enum StartupError {
     Provider(#[from] ProviderError),
     #[error("cannot listen on {addr}: {reason}")]
     Bind { addr: SocketAddr, reason: String },
+    #[error("aws: {0}")]
+    Aws(String),
     #[error("the {0} backend is not available in this build")]
     Unsupported(&'static str),
 }
@@ -65,7 +67,7 @@ impl Backends {
     pub async fn open(settings: &Settings) -> Result<Self, StartupError> {
         match settings.backend {
             Backend::Embedded => embedded(settings),
-            Backend::Aws => Err(StartupError::Unsupported("aws")),
+            Backend::Aws => crate::aws::open_backends(settings).await,
         }
     }
 }

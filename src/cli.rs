@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{App, Backends, StartupError, shutdown_signal};
 use crate::config::{Backend, Settings};
-use crate::crypto::{EnvelopeCipher, random_token};
+use crate::crypto::{Envelope, EnvelopeCipher, random_token};
 use crate::oauth::provider::{OidcProvider, ProviderConfig};
 use crate::secrets::SecretsCache;
 use crate::store::flow_log::SortKeyClock;
@@ -92,7 +92,24 @@ async fn setup(settings: Settings, dry_run: bool) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Backend::Aws => Err(StartupError::Unsupported("aws").into()),
+        Backend::Aws => {
+            let report = crate::aws::setup::ensure_tables(&settings, dry_run).await?;
+            if dry_run {
+                println!("plan (aws, nothing changed):");
+                report.changes.iter().for_each(|c| println!("  {c}"));
+            } else {
+                report.changes.iter().for_each(|c| println!("done: {c}"));
+            }
+            report.notes.iter().for_each(|n| println!("  {n}"));
+            if report.changes.is_empty() {
+                println!("aws backend already as wanted: nothing changed");
+            }
+            println!("not created by setup (run-time policy: deploy/iam-policy.json):");
+            for line in crate::aws::setup::other_resources(&settings).await {
+                println!("  {line}");
+            }
+            Ok(0)
+        }
     }
 }
 
@@ -134,22 +151,37 @@ async fn check(settings: Settings) -> i32 {
     let secrets = SecretsCache::load(Arc::clone(&backends.secrets), None, Vec::new()).await;
     let client_configured = settings.google_client_id.is_some()
         || secrets.as_ref().is_ok_and(|s| s.current().client.is_some());
-    outcomes.push(Outcome {
-        name: "client credentials",
-        result: match (&secrets, client_configured) {
-            (Err(e), _) => Err((e.to_string(), "check the secret's JSON: client_id and client_secret, or Google's downloaded file".into())),
-            (Ok(s), true) => Ok(format!("present ({})", s.source_name())),
-            (Ok(s), false) => Err((
-                format!("no client id and secret in {}", s.source_name()),
-                "set AXNT_GOOGLE_CLIENT_ID and AXNT_GOOGLE_CLIENT_SECRET, or store them in the secret".into(),
-            )),
-        },
-    });
+    if settings.backend == Backend::Aws {
+        outcomes.push(Outcome {
+            name: "secret",
+            result: match &secrets {
+                Ok(s) => Ok(format!("{}: readable and well formed", s.source_name())),
+                Err(e) => Err((e.to_string(), secret_hint(e, &settings))),
+            },
+        });
+    }
+    // In aws mode an unreadable secret is reported once, on the "secret" line.
+    if settings.backend == Backend::Embedded || secrets.is_ok() {
+        outcomes.push(Outcome {
+            name: "client credentials",
+            result: match (&secrets, client_configured) {
+                (Err(e), _) => Err((e.to_string(), secret_hint(e, &settings))),
+                (Ok(s), true) => Ok(format!("present ({})", s.source_name())),
+                (Ok(s), false) => Err((
+                    format!("no client id and secret in {}", s.source_name()),
+                    "set AXNT_GOOGLE_CLIENT_ID and AXNT_GOOGLE_CLIENT_SECRET, or store them in the secret".into(),
+                )),
+            },
+        });
+    }
 
-    let cipher = EnvelopeCipher::new(
-        Arc::clone(&backends.keys),
-        settings.dynamodb_oauth_table.clone(),
-    );
+    // In aws mode the round trip goes to KMS itself: the data-key cache would answer
+    // the Decrypt without asking KMS.
+    let keys = match settings.backend {
+        Backend::Aws => crate::aws::uncached_key_provider(&settings).await,
+        Backend::Embedded => Arc::clone(&backends.keys),
+    };
+    let cipher = EnvelopeCipher::new(Arc::clone(&keys), settings.dynamodb_oauth_table.clone());
     let probe_user = "__axnt_check__";
     let probe_provider = format!("check-{}", random_token(6));
     let sealed = cipher
@@ -157,7 +189,7 @@ async fn check(settings: Settings) -> i32 {
         .await;
     let round_trip = match &sealed {
         Ok(env) => match cipher.open(probe_user, &probe_provider, env).await {
-            Ok(p) if p.as_slice() == b"round trip" => Ok(backends.keys.describe()),
+            Ok(p) if p.as_slice() == b"round trip" => Ok(keys.describe()),
             Ok(_) => Err("decrypted data differs".to_string()),
             Err(e) => Err(e.to_string()),
         },
@@ -168,12 +200,31 @@ async fn check(settings: Settings) -> i32 {
         result: round_trip.map_err(|e| {
             (
                 e,
-                "the key must allow GenerateDataKey and Decrypt for this identity".into(),
+                match settings.backend {
+                    Backend::Aws => format!(
+                        "AXNT_KMS_KEY_ID ({}) must name a key or alias in AWS_REGION, enabled, whose key policy and \
+                         the IAM policy allow kms:GenerateDataKey and kms:Decrypt (deploy/iam-policy.json)",
+                        settings.kms_key_id
+                    ),
+                    Backend::Embedded => {
+                        "the key must allow GenerateDataKey and Decrypt for this identity".into()
+                    }
+                },
             )
         }),
     });
 
-    if let Ok(envelope) = sealed {
+    // The table check runs even when the key check failed: a placeholder envelope is
+    // enough to prove write, read and delete.
+    {
+        let envelope = sealed.unwrap_or_else(|_| Envelope {
+            v: 1,
+            alg: "AES-256-GCM".into(),
+            key_id: "check:placeholder".into(),
+            edk: String::new(),
+            iv: String::new(),
+            ct: String::new(),
+        });
         let now = Utc::now();
         let row = Connection {
             user_id: probe_user.into(),
@@ -312,12 +363,27 @@ fn finish(outcomes: &[Outcome]) -> i32 {
     }
 }
 
+/// What to look at when the secret cannot be used.
+fn secret_hint(e: &crate::secrets::SecretError, settings: &Settings) -> String {
+    use crate::secrets::SecretError;
+    match e {
+        SecretError::Malformed { .. } => "check the secret's JSON: client_id and client_secret, or Google's downloaded file; state_key base64 of 32 bytes; api_keys a list".into(),
+        SecretError::NotFound(_) => format!(
+            "create the secret {} in AWS_REGION, or point AXNT_GOOGLE_SECRET_ID at it (see `axnt-oauth setup`)",
+            settings.google_secret_id
+        ),
+        SecretError::AccessDenied { .. } => "the IAM policy must allow secretsmanager:GetSecretValue and DescribeSecret on the secret (deploy/iam-policy.json)".into(),
+        SecretError::Unavailable(_) => "Secrets Manager cannot be reached: check AWS_REGION, AWS_ENDPOINT_URL and the network".into(),
+    }
+}
+
 fn startup_hint(e: &StartupError) -> String {
     match e {
         StartupError::DataDir { .. } => "AXNT_DATA_DIR must be a writable directory".into(),
         StartupError::Store(s) => crate::store::hint(s),
         StartupError::Crypto(_) => "the key file or key service is unusable".into(),
         StartupError::Secret(_) => "check the secret's name, region and JSON".into(),
+        StartupError::Aws(_) => "set AWS_REGION (and credentials) as the AWS SDK expects".into(),
         _ => "see the message".into(),
     }
 }

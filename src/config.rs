@@ -113,6 +113,82 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// `AXNT_LOG`: a `tracing` filter such as `info` or `axnt_oauth=debug,info`.
     pub log: String,
+    /// `AXNT_AWS_CONNECT_TIMEOUT_MS`: aws mode, time allowed to open a connection to an
+    /// AWS endpoint. Short: a host that does not answer should be retried, not waited on.
+    pub aws_connect_timeout_ms: u64,
+    /// `AXNT_AWS_OPERATION_TIMEOUT_MS`: aws mode, time allowed for one AWS call
+    /// including the SDK's retries; each attempt gets this divided by
+    /// `AXNT_AWS_MAX_ATTEMPTS` (at least one second), so a hung attempt leaves time to retry.
+    pub aws_operation_timeout_ms: u64,
+    /// `AXNT_AWS_MAX_ATTEMPTS`: aws mode, attempts per AWS call (the SDK's standard
+    /// retry mode: exponential backoff with jitter on throttling and transient errors).
+    pub aws_max_attempts: u32,
+    /// `AXNT_DATA_KEY_MAX_USES`: aws mode, a KMS data key seals at most this many token
+    /// sets before a new one is generated (1: a fresh key per write).
+    pub data_key_max_uses: u64,
+    /// `AXNT_DATA_KEY_MAX_AGE_SECS`: aws mode, a data key is used for sealing at most
+    /// this long after KMS generated it.
+    pub data_key_max_age_secs: u64,
+    /// `AXNT_DATA_KEY_CACHE_ENTRIES`: aws mode, decrypted data keys kept (LRU), so a
+    /// token read does not cost a KMS call. Each entry is the 32-byte key plus its
+    /// wrapped form (a few hundred bytes), so this also bounds the cache's bytes.
+    pub data_key_cache_entries: u64,
+    /// `AXNT_DATA_KEY_CACHE_TTL_SECS`: aws mode, a decrypted data key is forgotten this
+    /// long after KMS decrypted it, so revoking KMS access takes effect within it.
+    pub data_key_cache_ttl_secs: u64,
+    /// `AXNT_FLOW_LOG_BUFFER`: aws mode, flow-log items waiting to be written; when
+    /// full, further items are dropped (and counted) rather than slowing requests.
+    pub flow_log_buffer: usize,
+    /// `AXNT_FLOW_LOG_WRITE_CONCURRENCY`: aws mode, flow-log writes in flight at once.
+    pub flow_log_write_concurrency: usize,
+    /// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN` as found in an environment given to [`Settings::load`]
+    /// (tests, embedding). Empty when loaded with [`Settings::from_env`]: the AWS SDK
+    /// then reads the process environment itself, through its standard chain.
+    #[serde(skip)]
+    pub aws_sdk_env: AwsSdkEnv,
+}
+
+/// AWS SDK variables taken from an explicit environment (see
+/// [`Settings::aws_sdk_env`]). `Debug` names which are set, never their values.
+#[derive(Clone, Default)]
+pub struct AwsSdkEnv {
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<SecretString>,
+    pub session_token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for AwsSdkEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsSdkEnv")
+            .field("endpoint_url", &self.endpoint_url)
+            .field("region", &self.region)
+            .field("credentials", &self.access_key_id.is_some())
+            .finish()
+    }
+}
+
+impl AwsSdkEnv {
+    const NAMES: [&str; 5] = [
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ];
+
+    fn set(&mut self, name: &str, value: String) {
+        match name {
+            "AWS_ENDPOINT_URL" => self.endpoint_url = Some(value),
+            "AWS_REGION" => self.region = Some(value),
+            "AWS_ACCESS_KEY_ID" => self.access_key_id = Some(value),
+            "AWS_SECRET_ACCESS_KEY" => self.secret_access_key = Some(SecretString::from(value)),
+            "AWS_SESSION_TOKEN" => self.session_token = Some(SecretString::from(value)),
+            _ => {}
+        }
+    }
 }
 
 impl Default for Settings {
@@ -145,6 +221,16 @@ impl Default for Settings {
             secret_refresh_secs: 300,
             log_format: LogFormat::Text,
             log: "info".into(),
+            aws_connect_timeout_ms: 3_000,
+            aws_operation_timeout_ms: 10_000,
+            aws_max_attempts: 3,
+            data_key_max_uses: 1_000,
+            data_key_max_age_secs: 300,
+            data_key_cache_entries: 10_000,
+            data_key_cache_ttl_secs: 300,
+            flow_log_buffer: 1_024,
+            flow_log_write_concurrency: 4,
+            aws_sdk_env: AwsSdkEnv::default(),
         }
     }
 }
@@ -196,8 +282,15 @@ impl Settings {
         }
         // Environment values are kept as strings (not guessed into numbers), so a
         // numeric-looking API key stays a string; numbers are read leniently below.
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let mut aws_sdk_env = AwsSdkEnv::default();
+        for (name, value) in &env {
+            if AwsSdkEnv::NAMES.contains(&name.as_str()) && !value.is_empty() {
+                aws_sdk_env.set(name, value.clone());
+            }
+        }
         figment = figment.merge(Serialized::defaults(env_layer(env)));
-        let settings: Settings = figment.extract_lossy().map_err(|e| {
+        let mut settings: Settings = figment.extract_lossy().map_err(|e| {
             let key = e.path.last().cloned().unwrap_or_default();
             let reason = e.kind.to_string();
             if key.is_empty() {
@@ -210,12 +303,16 @@ impl Settings {
             }
         })?;
         settings.validate()?;
+        settings.aws_sdk_env = aws_sdk_env;
         Ok(settings)
     }
 
-    /// Loads from the process environment.
+    /// Loads from the process environment. AWS variables are left to the AWS SDK's
+    /// own chain (which also knows profiles, service-specific endpoints and the like).
     pub fn from_env(extra_file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load(extra_file, std::env::vars())
+        let mut settings = Self::load(extra_file, std::env::vars())?;
+        settings.aws_sdk_env = AwsSdkEnv::default();
+        Ok(settings)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -302,6 +399,16 @@ impl Settings {
             ("flow_state_ttl_secs", self.flow_state_ttl_secs),
             ("provider_timeout_secs", self.provider_timeout_secs),
             ("connection_ttl_days", self.connection_ttl_days),
+            ("aws_connect_timeout_ms", self.aws_connect_timeout_ms),
+            ("aws_operation_timeout_ms", self.aws_operation_timeout_ms),
+            ("aws_max_attempts", u64::from(self.aws_max_attempts)),
+            ("data_key_max_uses", self.data_key_max_uses),
+            ("data_key_cache_entries", self.data_key_cache_entries),
+            ("flow_log_buffer", self.flow_log_buffer as u64),
+            (
+                "flow_log_write_concurrency",
+                self.flow_log_write_concurrency as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be greater than zero"));
@@ -375,6 +482,15 @@ struct DefaultsView {
     secret_refresh_secs: u64,
     log_format: LogFormat,
     log: String,
+    aws_connect_timeout_ms: u64,
+    aws_operation_timeout_ms: u64,
+    aws_max_attempts: u32,
+    data_key_max_uses: u64,
+    data_key_max_age_secs: u64,
+    data_key_cache_entries: u64,
+    data_key_cache_ttl_secs: u64,
+    flow_log_buffer: usize,
+    flow_log_write_concurrency: usize,
 }
 
 impl Default for DefaultsView {
@@ -405,6 +521,15 @@ impl Default for DefaultsView {
             secret_refresh_secs: d.secret_refresh_secs,
             log_format: d.log_format,
             log: d.log,
+            aws_connect_timeout_ms: d.aws_connect_timeout_ms,
+            aws_operation_timeout_ms: d.aws_operation_timeout_ms,
+            aws_max_attempts: d.aws_max_attempts,
+            data_key_max_uses: d.data_key_max_uses,
+            data_key_max_age_secs: d.data_key_max_age_secs,
+            data_key_cache_entries: d.data_key_cache_entries,
+            data_key_cache_ttl_secs: d.data_key_cache_ttl_secs,
+            flow_log_buffer: d.flow_log_buffer,
+            flow_log_write_concurrency: d.flow_log_write_concurrency,
         }
     }
 }
@@ -520,6 +645,28 @@ mod tests {
         assert_eq!(e.setting, "AXNT_API_KEYS");
         let e = load(&[("AXNT_REFRESH_MARGIN_SECS", "soon")]).expect_err("rejects");
         assert_eq!(e.setting, "AXNT_REFRESH_MARGIN_SECS");
+    }
+
+    #[test]
+    fn aws_sdk_variables_of_an_explicit_environment_are_kept_and_never_printed() {
+        let s = load(&[
+            ("AXNT_BACKEND", "aws"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "planted-aws-secret"),
+            ("AXNT_DATA_KEY_MAX_USES", "50"),
+        ])
+        .expect("loads");
+        assert_eq!(
+            s.aws_sdk_env.endpoint_url.as_deref(),
+            Some("http://127.0.0.1:5000")
+        );
+        assert_eq!(s.aws_sdk_env.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(s.data_key_max_uses, 50);
+        assert!(!format!("{s:?}").contains("planted-aws-secret"));
+        let e = load(&[("AXNT_FLOW_LOG_WRITE_CONCURRENCY", "0")]).expect_err("rejects");
+        assert_eq!(e.setting, "AXNT_FLOW_LOG_WRITE_CONCURRENCY");
     }
 
     #[test]

@@ -10,9 +10,12 @@
 //!   ID-token verification, the return-URL allow-list.
 //! - [`tokens`]: the token service — store a grant, hand out a valid token (refresh
 //!   first), list and remove connections. Pure logic over the traits below.
-//! - [`store`]: `TokenStore` and `FlowLog` and their backends (embedded SQLite).
+//! - [`store`]: `TokenStore` and `FlowLog` and their backends (embedded SQLite,
+//!   DynamoDB) and the buffered flow-log writer.
 //! - [`crypto`]: envelope encryption and the `KeyProvider`s that wrap data keys.
 //! - [`secrets`]: client credentials, state key and API keys, and their rotation.
+//! - [`aws`]: aws mode's shared plumbing — SDK configuration, error sorting and
+//!   metrics, table set-up, assembly of the aws backends.
 //! - [`config`], [`cli`], [`app`], [`telemetry`], [`error`]: settings, commands,
 //!   start-up, logging and metrics, and the one error type.
 
@@ -23,6 +26,7 @@
 )]
 
 pub mod app;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -4,13 +4,15 @@
 //! - [`envelope`]: envelope encryption of token sets under per-write data keys, bound
 //!   to their row through the AEAD's associated data.
 //! - [`KeyProvider`]: who wraps the data keys: [`local`] (a master key file) or, in aws
-//!   mode, KMS.
+//!   mode, [`kms`] behind the bounded data-key [`cache`].
 //!
 //! AES-256-GCM, randomness and SHA-256 come from `aws-lc-rs` (the AWS SDK's TLS builds
 //! it anyway). Nonces are drawn at random by [`aws_lc_rs::aead::RandomizedNonceKey`],
 //! never by hand: with a fresh data key per write, nonce reuse is out of reach.
 
+pub mod cache;
 pub mod envelope;
+pub mod kms;
 pub mod local;
 
 use std::fmt;

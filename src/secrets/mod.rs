@@ -6,6 +6,8 @@
 //! on demand (after the provider answers `invalid_client`), so a rotation needs no
 //! restart.
 
+pub mod secrets_manager;
+
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 

@@ -1,10 +1,13 @@
 //! Where rows leave the process: the two narrow traits the service needs, and their
-//! implementations ([`embedded`] SQLite; DynamoDB in aws mode).
+//! implementations ([`embedded`] SQLite; [`dynamodb`] in aws mode, its flow-log
+//! writes queued by [`buffered`]).
 //!
 //! The traits say what the token service needs, not what a database offers: a
 //! conditional put keyed on `version`, a read, a delete, a per-user listing, and an
 //! append-only flow log read newest first.
 
+pub mod buffered;
+pub mod dynamodb;
 pub mod embedded;
 pub mod flow_log;
 

@@ -1,0 +1,164 @@
+//! aws mode's key provider: data keys from AWS KMS (`GenerateDataKey`, AES_256) and
+//! unwrapped by `Decrypt`.
+//!
+//! Every call carries the same encryption context, `{"service": "axnt-oauth",
+//! "purpose": "token-envelope"}`: KMS binds it into the wrapped key, so a data key
+//! wrapped for something else (or by another service under the same KMS key) does not
+//! unwrap here, and CloudTrail shows what each Decrypt was for. The row binding stays
+//! in the envelope's AEAD associated data, not here: the context must not vary per row,
+//! or the data-key cache could not share a key across rows.
+//!
+//! `Decrypt` names the key (`KeyId`) the envelope recorded, so KMS refuses to use any
+//! other key, as AWS recommends for symmetric keys.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_kms::Client;
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::DataKeySpec;
+use zeroize::Zeroizing;
+
+use super::{CryptoError, DataKey, KeyProvider, SecretKey};
+use crate::aws::error::{AwsFailure, FailureKind, observe};
+
+/// The encryption context of every data key.
+pub const ENCRYPTION_CONTEXT: [(&str, &str); 2] =
+    [("service", "axnt-oauth"), ("purpose", "token-envelope")];
+
+/// Wraps data keys with one KMS key.
+pub struct KmsKeyProvider {
+    client: Client,
+    /// As configured: a key id, ARN or alias (`alias/axnt-oauth`).
+    key_id: String,
+    context: HashMap<String, String>,
+    region: String,
+    calls: AtomicU64,
+}
+
+impl KmsKeyProvider {
+    pub fn new(config: &SdkConfig, key_id: &str) -> Self {
+        Self::with_context(config, key_id, &ENCRYPTION_CONTEXT)
+    }
+
+    /// A provider with another encryption context. Only tests need this: to show that
+    /// a key wrapped under one context does not unwrap under another.
+    pub fn with_context(config: &SdkConfig, key_id: &str, context: &[(&str, &str)]) -> Self {
+        Self {
+            client: Client::new(config),
+            key_id: key_id.to_string(),
+            context: context
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            region: crate::aws::region_name(config),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// KMS calls made so far (GenerateDataKey and Decrypt), for tests and diagnostics.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn error(&self, action: &str, key: &str, f: AwsFailure) -> CryptoError {
+        match f.kind {
+            FailureKind::AccessDenied => CryptoError::Unavailable(format!(
+                "AccessDenied: the IAM or key policy lacks kms:{action} on {key} ({})",
+                f.describe()
+            )),
+            FailureKind::NotFound => CryptoError::Unavailable(format!(
+                "KMS key {key} not found in region {} (kms:{action})",
+                self.region
+            )),
+            FailureKind::Throttled => CryptoError::Unavailable(format!(
+                "kms:{action} on {key} throttled ({})",
+                f.describe()
+            )),
+            FailureKind::Timeout | FailureKind::Unavailable | FailureKind::ConditionFailed => {
+                CryptoError::Unavailable(format!("kms:{action} on {key}: {}", f.describe()))
+            }
+            // InvalidCiphertextException (wrong context, altered blob), IncorrectKey,
+            // a disabled key: KMS refuses this data key.
+            FailureKind::Rejected => {
+                CryptoError::Rejected(format!("kms:{action} on {key}: {}", f.describe()))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl KeyProvider for KmsKeyProvider {
+    async fn generate_data_key(&self) -> Result<DataKey, CryptoError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let out = observe(
+            "kms",
+            "GenerateDataKey",
+            self.client
+                .generate_data_key()
+                .key_id(&self.key_id)
+                .key_spec(DataKeySpec::Aes256)
+                .set_encryption_context(Some(self.context.clone()))
+                .send()
+                .await,
+        )
+        .map_err(|f| self.error("GenerateDataKey", &self.key_id, f))?;
+        let key_id = out
+            .key_id()
+            .ok_or_else(|| CryptoError::Unavailable("GenerateDataKey returned no KeyId".into()))?
+            .to_string();
+        let encrypted = out
+            .ciphertext_blob()
+            .ok_or_else(|| {
+                CryptoError::Unavailable("GenerateDataKey returned no CiphertextBlob".into())
+            })?
+            .as_ref()
+            .to_vec();
+        let plaintext = out.plaintext.ok_or_else(|| {
+            CryptoError::Unavailable("GenerateDataKey returned no Plaintext".into())
+        })?;
+        // The SDK's buffer is moved out and wiped once copied into the key.
+        let bytes = Zeroizing::new(plaintext.into_inner());
+        Ok(DataKey {
+            plaintext: SecretKey::from_slice(&bytes)?,
+            encrypted,
+            key_id,
+        })
+    }
+
+    async fn decrypt_data_key(
+        &self,
+        key_id: &str,
+        encrypted: &[u8],
+    ) -> Result<SecretKey, CryptoError> {
+        if key_id.starts_with("local:") {
+            return Err(CryptoError::Rejected(format!(
+                "sealed under the embedded mode's {key_id}, not by KMS"
+            )));
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let out = observe(
+            "kms",
+            "Decrypt",
+            self.client
+                .decrypt()
+                .key_id(key_id)
+                .ciphertext_blob(Blob::new(encrypted))
+                .set_encryption_context(Some(self.context.clone()))
+                .send()
+                .await,
+        )
+        .map_err(|f| self.error("Decrypt", key_id, f))?;
+        let plaintext = out
+            .plaintext
+            .ok_or_else(|| CryptoError::Unavailable("Decrypt returned no Plaintext".into()))?;
+        let bytes = Zeroizing::new(plaintext.into_inner());
+        SecretKey::from_slice(&bytes)
+    }
+
+    fn describe(&self) -> String {
+        format!("KMS key {} (region {})", self.key_id, self.region)
+    }
+}

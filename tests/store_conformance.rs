@@ -1,0 +1,320 @@
+//! One conformance suite for `TokenStore` + `FlowLog`, run against every backend:
+//! the embedded SQLite store, the same behind the buffered flow-log writer, and
+//! DynamoDB (on moto) as aws mode assembles it. Each case is a function over
+//! `(Arc<dyn TokenStore>, Arc<dyn FlowLog>)`; a backend that behaves differently from
+//! another fails the same case.
+
+#[path = "support/aws.rs"]
+mod aws_support;
+
+use std::any::Any;
+use std::sync::Arc;
+
+use axnt_oauth::app::Backends;
+use axnt_oauth::crypto::Envelope;
+use axnt_oauth::store::buffered::BufferedFlowLog;
+use axnt_oauth::store::embedded::EmbeddedStore;
+use axnt_oauth::store::flow_log::SortKeyClock;
+use axnt_oauth::store::{
+    Connection, FlowLog, FlowLogEntry, FlowStep, StoreError, TokenStore, UserInfo,
+};
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::json;
+
+type Stores = (Arc<dyn TokenStore>, Arc<dyn FlowLog>, Box<dyn Any + Send>);
+
+async fn embedded() -> Stores {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("t.db")).expect("open sqlite"));
+    (store.clone(), store, Box::new(dir))
+}
+
+async fn embedded_buffered() -> Stores {
+    let (tokens, log, guard) = embedded().await;
+    // Room for every case's burst: a full queue drops items by design (unit-tested in
+    // store::buffered), which is not what these cases are about.
+    let buffered = BufferedFlowLog::spawn(log, 64, 3);
+    (tokens, Arc::new(buffered), guard)
+}
+
+async fn dynamodb() -> Stores {
+    let fixture = aws_support::fixture(
+        "conformance-client",
+        "conformance-secret",
+        "conformance-api-key-0123",
+    )
+    .await;
+    let backends = Backends::open(&fixture.settings())
+        .await
+        .expect("aws backends open on moto");
+    (backends.tokens, backends.flow_log, Box::new(fixture))
+}
+
+fn now() -> DateTime<Utc> {
+    // Both backends keep milliseconds.
+    Utc::now().trunc_subsecs(3)
+}
+
+fn user() -> String {
+    aws_support::unique("user")
+}
+
+fn row(user_id: &str, provider: &str, version: u64, marker: &str) -> Connection {
+    let at = now();
+    Connection {
+        user_id: user_id.into(),
+        provider: provider.into(),
+        email: Some(format!("{user_id}@example.com")),
+        encrypted_tokens: Envelope {
+            v: 1,
+            alg: "AES-256-GCM".into(),
+            key_id: "arn:aws:kms:us-east-1:123456789012:key/test".into(),
+            edk: "ZWRr".into(),
+            iv: "aXZpdml2aXZpdml2".into(),
+            ct: format!("Y3Q{marker}"),
+        },
+        user_info: UserInfo {
+            sub: "1234".into(),
+            email: Some(format!("{user_id}@example.com")),
+            email_verified: Some(true),
+            name: Some("Ada".into()),
+            picture: None,
+            hd: Some("example.com".into()),
+        },
+        created_at: at,
+        updated_at: at,
+        last_used: at,
+        access_token_expires_at: at.timestamp() + 3600,
+        expires_at: at.timestamp() + 180 * 86_400,
+        is_active: true,
+        version,
+    }
+}
+
+fn entry(clock: &SortKeyClock, user_id: &str, at: DateTime<Utc>, i: usize) -> FlowLogEntry {
+    let steps = [
+        FlowStep::SessionCreated,
+        FlowStep::AuthorizeRedirect,
+        FlowStep::CallbackReceived,
+        FlowStep::Completed,
+    ];
+    let data = json!({"i": i, "scopes": ["openid", "email"], "nested": {"ok": true}});
+    FlowLogEntry {
+        user_id: user_id.into(),
+        timestamp: clock.next_key(at),
+        flow_id: format!("flow-{}", i / 4),
+        step: steps[i % steps.len()],
+        data: data.as_object().cloned().unwrap_or_default(),
+        error: i.is_multiple_of(3).then(|| "access_denied".to_string()),
+        ip_address: Some("203.0.113.7".into()),
+        user_agent: Some("conformance/1.0".into()),
+        expires_at: at.timestamp() + 90 * 86_400,
+    }
+}
+
+async fn create_then_read(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let u = user();
+    assert_eq!(tokens.get(&u, "google").await.expect("get"), None);
+    let r = row(&u, "google", 1, "a");
+    tokens.put(&r, None).await.expect("create");
+    assert_eq!(tokens.get(&u, "google").await.expect("get"), Some(r));
+    assert_eq!(tokens.get(&u, "github").await.expect("get"), None);
+}
+
+async fn conditional_update_wins_and_loses(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let u = user();
+    tokens
+        .put(&row(&u, "google", 1, "a"), None)
+        .await
+        .expect("create");
+    let v2 = row(&u, "google", 2, "b");
+    tokens
+        .put(&v2, Some(1))
+        .await
+        .expect("update at the read version wins");
+    let stale = Connection {
+        is_active: false,
+        ..row(&u, "google", 2, "c")
+    };
+    let lost = tokens.put(&stale, Some(1)).await;
+    assert!(
+        matches!(lost, Err(StoreError::Conflict)),
+        "stale write loses: {lost:?}"
+    );
+    assert_eq!(
+        tokens.get(&u, "google").await.expect("get"),
+        Some(v2),
+        "a lost write leaves the row as it was"
+    );
+    let missing = tokens.put(&row(&u, "github", 2, "d"), Some(1)).await;
+    assert!(
+        matches!(missing, Err(StoreError::Conflict)),
+        "an update of a missing row loses: {missing:?}"
+    );
+    assert_eq!(tokens.get(&u, "github").await.expect("get"), None);
+}
+
+async fn create_when_exists_loses(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let u = user();
+    let first = row(&u, "google", 1, "a");
+    tokens.put(&first, None).await.expect("create");
+    let second = tokens.put(&row(&u, "google", 1, "b"), None).await;
+    assert!(matches!(second, Err(StoreError::Conflict)), "{second:?}");
+    assert_eq!(tokens.get(&u, "google").await.expect("get"), Some(first));
+}
+
+async fn delete_is_conditional(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let u = user();
+    tokens
+        .put(&row(&u, "google", 1, "a"), None)
+        .await
+        .expect("create");
+    tokens
+        .put(&row(&u, "google", 2, "b"), Some(1))
+        .await
+        .expect("update");
+    let wrong = tokens.delete(&u, "google", 1).await;
+    assert!(matches!(wrong, Err(StoreError::Conflict)), "{wrong:?}");
+    assert!(
+        tokens.get(&u, "google").await.expect("get").is_some(),
+        "still there"
+    );
+    assert!(
+        tokens.delete(&u, "google", 2).await.expect("delete"),
+        "removed"
+    );
+    assert_eq!(tokens.get(&u, "google").await.expect("get"), None);
+    assert!(
+        !tokens
+            .delete(&u, "google", 2)
+            .await
+            .expect("delete missing"),
+        "nothing to remove"
+    );
+}
+
+async fn list_by_user(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let (alice, bob) = (user(), user());
+    let a_google = row(&alice, "google", 1, "a");
+    let a_github = row(&alice, "github", 1, "b");
+    tokens.put(&a_google, None).await.expect("put");
+    tokens.put(&a_github, None).await.expect("put");
+    tokens
+        .put(&row(&bob, "google", 1, "c"), None)
+        .await
+        .expect("put");
+    let listed = tokens.list(&alice).await.expect("list");
+    assert_eq!(
+        listed,
+        vec![a_github, a_google],
+        "only alice's rows, by provider"
+    );
+    assert!(tokens.list(&user()).await.expect("list").is_empty());
+}
+
+async fn flow_log_orders_steps_of_one_instant(_tokens: Arc<dyn TokenStore>, log: Arc<dyn FlowLog>) {
+    let u = user();
+    let clock = SortKeyClock::default();
+    let at = Utc::now();
+    let entries: Vec<FlowLogEntry> = (0..40).map(|i| entry(&clock, &u, at, i)).collect();
+    for e in &entries {
+        log.append(e).await.expect("append");
+    }
+    log.append(&entry(&clock, &user(), at, 0))
+        .await
+        .expect("another user");
+    log.flush().await.expect("flush");
+    let listed = log.list(&u, 100, None).await.expect("list");
+    let mut newest_first = entries.clone();
+    newest_first.reverse();
+    assert_eq!(
+        listed, newest_first,
+        "every step, newest first, none overwritten"
+    );
+}
+
+async fn flow_log_pages_with_before(_tokens: Arc<dyn TokenStore>, log: Arc<dyn FlowLog>) {
+    let u = user();
+    let clock = SortKeyClock::default();
+    let entries: Vec<FlowLogEntry> = (0..25).map(|i| entry(&clock, &u, Utc::now(), i)).collect();
+    for e in &entries {
+        log.append(e).await.expect("append");
+    }
+    let mut pages = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = log.list(&u, 10, before.as_deref()).await.expect("page");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 10);
+        before = page.last().map(|e| e.timestamp.clone());
+        pages.push(page);
+    }
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![10, 10, 5]
+    );
+    let mut newest_first = entries;
+    newest_first.reverse();
+    assert_eq!(pages.concat(), newest_first);
+    assert!(log.list(&u, 0, None).await.expect("limit 0").is_empty());
+}
+
+async fn flush_writes_everything_queued(_tokens: Arc<dyn TokenStore>, log: Arc<dyn FlowLog>) {
+    let u = user();
+    let clock = SortKeyClock::default();
+    let entries: Vec<FlowLogEntry> = (0..12).map(|i| entry(&clock, &u, Utc::now(), i)).collect();
+    for e in &entries {
+        log.append(e).await.expect("append");
+    }
+    log.flush().await.expect("flush");
+    assert_eq!(
+        log.list(&u, 100, None).await.expect("list").len(),
+        entries.len()
+    );
+    // Reading right after a write sees it, flush or not.
+    let last = entry(&clock, &u, Utc::now(), 99);
+    log.append(&last).await.expect("append");
+    let listed = log.list(&u, 1, None).await.expect("list");
+    assert_eq!(listed, vec![last]);
+}
+
+async fn pings_answer(tokens: Arc<dyn TokenStore>, log: Arc<dyn FlowLog>) {
+    tokens.ping().await.expect("tokens ping");
+    log.ping().await.expect("flow log ping");
+}
+
+macro_rules! conformance {
+    ($backend:ident: $($case:ident),+ $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (tokens, log, _guard) = super::$backend().await;
+                    super::$case(tokens, log).await;
+                }
+            )+
+        }
+    };
+}
+
+macro_rules! every_backend {
+    ($($case:ident),+ $(,)?) => {
+        conformance!(embedded: $($case),+);
+        conformance!(embedded_buffered: $($case),+);
+        conformance!(dynamodb: $($case),+);
+    };
+}
+
+every_backend!(
+    create_then_read,
+    conditional_update_wins_and_loses,
+    create_when_exists_loses,
+    delete_is_conditional,
+    list_by_user,
+    flow_log_orders_steps_of_one_instant,
+    flow_log_pages_with_before,
+    flush_writes_everything_queued,
+    pings_answer,
+);
