@@ -4,17 +4,54 @@
 
 mod support;
 
+/// Each scenario runs once per backend: `embedded::NAME` and `aws::NAME`.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Embedded).await })*
+        }
+        mod aws {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Aws).await })*
+        }
+    };
+}
+
+on_every_backend!(
+    full_flow_stores_encrypted_tokens_and_serves_them,
+    a_flow_without_return_url_ends_on_a_success_page,
+    an_expired_access_token_is_refreshed_once_and_the_refresh_token_kept,
+    a_refresh_without_refresh_token_in_the_answer_keeps_the_stored_one,
+    a_rotated_refresh_token_replaces_the_stored_one,
+    invalid_grant_marks_the_row_inactive_and_answers_409,
+    provider_failure_on_refresh_is_503_and_leaves_the_row,
+    reconsent_without_refresh_token_keeps_the_old_one,
+    tampered_state_is_rejected,
+    state_from_another_browser_is_rejected,
+    expired_state_is_rejected,
+    access_denied_at_the_provider_returns_to_the_app_with_the_error,
+    bad_id_tokens_are_rejected_and_store_nothing,
+    a_rotated_signing_key_is_fetched_once,
+    return_urls_outside_the_allow_list_are_refused,
+    the_internal_api_needs_a_valid_key,
+    malformed_requests_get_clear_4xx,
+    unknown_providers_are_404,
+    a_ciphertext_copied_to_another_row_does_not_decrypt,
+    delete_revokes_at_the_provider_and_removes_the_row,
+    flow_logs_page_newest_first,
+    no_planted_secret_reaches_logs_or_flow_log_items,
+    probes_answer
+);
+
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::fake_provider::{IdTokenTamper, RefreshBehaviour};
-use support::{API_KEY, FakeProvider, RETURN_ORIGIN, TestApp, assert_problem, contains};
+use support::{API_KEY, Backend, FakeProvider, RETURN_ORIGIN, TestApp, assert_problem, contains};
 
-#[tokio::test]
-async fn full_flow_stores_encrypted_tokens_and_serves_them() {
+async fn full_flow_stores_encrypted_tokens_and_serves_them(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
 
     let session = app
         .connect_session(json!({
@@ -69,7 +106,7 @@ async fn full_flow_stores_encrypted_tokens_and_serves_them() {
     );
 
     // Encrypted at rest: no token the provider issued is in the database file.
-    let raw = app.raw_database();
+    let raw = app.raw_storage().await;
     assert!(!raw.is_empty());
     for secret in provider.secrets() {
         assert!(
@@ -123,10 +160,9 @@ async fn full_flow_stores_encrypted_tokens_and_serves_them() {
     assert!(items.iter().all(|i| i["ipAddress"] == "127.0.0.1"));
 }
 
-#[tokio::test]
-async fn a_flow_without_return_url_ends_on_a_success_page() {
+async fn a_flow_without_return_url_ends_on_a_success_page(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     let response = app.connect("bob").await;
     assert_eq!(response.status(), StatusCode::OK);
     let page = response.text().await.expect("text");
@@ -134,11 +170,10 @@ async fn a_flow_without_return_url_ends_on_a_success_page() {
     assert!(page.contains(&provider.profile().email));
 }
 
-#[tokio::test]
-async fn an_expired_access_token_is_refreshed_once_and_the_refresh_token_kept() {
+async fn an_expired_access_token_is_refreshed_once_and_the_refresh_token_kept(backend: Backend) {
     let provider = FakeProvider::start().await;
     provider.set_access_token_ttl(60); // inside the 5-minute margin
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     assert!(app.connect("carol").await.status().is_success());
     let first_access = provider.latest_access_token().expect("issued");
     let original_refresh = provider.latest_refresh_token().expect("issued");
@@ -168,12 +203,11 @@ async fn an_expired_access_token_is_refreshed_once_and_the_refresh_token_kept() 
     assert_eq!(steps.iter().filter(|s| *s == "token_refreshed").count(), 1);
 }
 
-#[tokio::test]
-async fn a_refresh_without_refresh_token_in_the_answer_keeps_the_stored_one() {
+async fn a_refresh_without_refresh_token_in_the_answer_keeps_the_stored_one(backend: Backend) {
     let provider = FakeProvider::start().await;
     provider.set_access_token_ttl(0);
     provider.omit_refresh_token_on_refresh(true);
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     assert!(app.connect("dave").await.status().is_success());
     let original_refresh = provider.latest_refresh_token().expect("issued");
     for round in 1..=3 {
@@ -194,12 +228,11 @@ async fn a_refresh_without_refresh_token_in_the_answer_keeps_the_stored_one() {
     );
 }
 
-#[tokio::test]
-async fn a_rotated_refresh_token_replaces_the_stored_one() {
+async fn a_rotated_refresh_token_replaces_the_stored_one(backend: Backend) {
     let provider = FakeProvider::start().await;
     provider.set_access_token_ttl(0);
     provider.rotate_refresh_tokens(true);
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     assert!(app.connect("erin").await.status().is_success());
     for _ in 0..3 {
         assert_eq!(app.token("erin").await.status(), StatusCode::OK);
@@ -211,11 +244,10 @@ async fn a_rotated_refresh_token_replaces_the_stored_one() {
     );
 }
 
-#[tokio::test]
-async fn invalid_grant_marks_the_row_inactive_and_answers_409() {
+async fn invalid_grant_marks_the_row_inactive_and_answers_409(backend: Backend) {
     let provider = FakeProvider::start().await;
     provider.set_access_token_ttl(0);
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     assert!(app.connect("frank").await.status().is_success());
     provider.refresh_failure([RefreshBehaviour::InvalidGrant]);
     assert_problem(app.token("frank").await, 409, "reauthorization_required").await;
@@ -243,11 +275,10 @@ async fn invalid_grant_marks_the_row_inactive_and_answers_409() {
     assert_eq!(connections["connections"][0]["isActive"], false);
 }
 
-#[tokio::test]
-async fn provider_failure_on_refresh_is_503_and_leaves_the_row() {
+async fn provider_failure_on_refresh_is_503_and_leaves_the_row(backend: Backend) {
     let provider = FakeProvider::start().await;
     provider.set_access_token_ttl(0);
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     assert!(app.connect("gina").await.status().is_success());
     let before = app.stored_row("gina").await.expect("row");
     provider.refresh_failure(RefreshBehaviour::Status(500).times(1));
@@ -255,10 +286,9 @@ async fn provider_failure_on_refresh_is_503_and_leaves_the_row() {
     assert_eq!(app.stored_row("gina").await.expect("row"), before);
 }
 
-#[tokio::test]
-async fn reconsent_without_refresh_token_keeps_the_old_one() {
+async fn reconsent_without_refresh_token_keeps_the_old_one(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     assert!(app.connect("hank").await.status().is_success());
     let original_refresh = provider.latest_refresh_token().expect("issued");
 
@@ -288,10 +318,11 @@ async fn reconsent_without_refresh_token_keeps_the_old_one() {
 
 /// A connected user whose row must not change while bad requests are made.
 async fn connected(
+    backend: Backend,
     provider: &FakeProvider,
     extra: &[(&str, &str)],
 ) -> (TestApp, axnt_oauth::store::Connection) {
-    let app = TestApp::spawn_with(provider, extra).await;
+    let app = TestApp::on(backend, provider, extra).await;
     assert!(app.connect("victim").await.status().is_success());
     let row = app.stored_row("victim").await.expect("row");
     (app, row)
@@ -305,10 +336,9 @@ async fn assert_unchanged(app: &TestApp, row: &axnt_oauth::store::Connection) {
     );
 }
 
-#[tokio::test]
-async fn tampered_state_is_rejected() {
+async fn tampered_state_is_rejected(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let (app, row) = connected(&provider, &[]).await;
+    let (app, row) = connected(backend, &provider, &[]).await;
     let session = app
         .connect_session(json!({ "userId": "victim", "provider": "google" }))
         .await;
@@ -348,10 +378,9 @@ async fn tampered_state_is_rejected() {
     assert_unchanged(&app, &row).await;
 }
 
-#[tokio::test]
-async fn state_from_another_browser_is_rejected() {
+async fn state_from_another_browser_is_rejected(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let (app, row) = connected(&provider, &[]).await;
+    let (app, row) = connected(backend, &provider, &[]).await;
     let session = app
         .connect_session(json!({ "userId": "victim", "provider": "google" }))
         .await;
@@ -390,10 +419,9 @@ async fn state_from_another_browser_is_rejected() {
     );
 }
 
-#[tokio::test]
-async fn expired_state_is_rejected() {
+async fn expired_state_is_rejected(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let (app, row) = connected(&provider, &[("AXNT_FLOW_STATE_TTL_SECS", "1")]).await;
+    let (app, row) = connected(backend, &provider, &[("AXNT_FLOW_STATE_TTL_SECS", "1")]).await;
     let session = app
         .connect_session(json!({ "userId": "victim", "provider": "google" }))
         .await;
@@ -413,10 +441,9 @@ async fn expired_state_is_rejected() {
     assert_unchanged(&app, &row).await;
 }
 
-#[tokio::test]
-async fn access_denied_at_the_provider_returns_to_the_app_with_the_error() {
+async fn access_denied_at_the_provider_returns_to_the_app_with_the_error(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let (app, row) = connected(&provider, &[]).await;
+    let (app, row) = connected(backend, &provider, &[]).await;
     provider.deny_authorization(true);
     let session = app
         .connect_session(
@@ -456,10 +483,9 @@ async fn access_denied_at_the_provider_returns_to_the_app_with_the_error() {
     );
 }
 
-#[tokio::test]
-async fn bad_id_tokens_are_rejected_and_store_nothing() {
+async fn bad_id_tokens_are_rejected_and_store_nothing(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let (app, row) = connected(&provider, &[]).await;
+    let (app, row) = connected(backend, &provider, &[]).await;
     for (tamper, reason) in [
         (IdTokenTamper::WrongAudience, "wrong_audience"),
         (IdTokenTamper::WrongIssuer, "wrong_issuer"),
@@ -489,10 +515,9 @@ async fn bad_id_tokens_are_rejected_and_store_nothing() {
     }
 }
 
-#[tokio::test]
-async fn a_rotated_signing_key_is_fetched_once() {
+async fn a_rotated_signing_key_is_fetched_once(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     assert!(app.connect("ivy").await.status().is_success());
     let fetches = provider.jwks_fetches();
     provider.rotate_signing_key();
@@ -504,10 +529,9 @@ async fn a_rotated_signing_key_is_fetched_once() {
     assert_eq!(provider.jwks_fetches(), fetches + 1);
 }
 
-#[tokio::test]
-async fn return_urls_outside_the_allow_list_are_refused() {
+async fn return_urls_outside_the_allow_list_are_refused(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     for bad in [
         "https://evil.example.com/",
         "http://127.0.0.1:9/application",
@@ -529,10 +553,9 @@ async fn return_urls_outside_the_allow_list_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn the_internal_api_needs_a_valid_key() {
+async fn the_internal_api_needs_a_valid_key(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let (app, row) = connected(&provider, &[]).await;
+    let (app, row) = connected(backend, &provider, &[]).await;
     let path = app.url("/v1/users/victim/tokens/google");
     let response = app.http.get(&path).send().await.expect("send");
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
@@ -564,10 +587,9 @@ async fn the_internal_api_needs_a_valid_key() {
     assert!(provider.revoked_tokens().is_empty());
 }
 
-#[tokio::test]
-async fn malformed_requests_get_clear_4xx() {
+async fn malformed_requests_get_clear_4xx(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     let post = |body: &'static str, content_type: &'static str| {
         app.http
             .post(app.url("/v1/connect-sessions"))
@@ -646,10 +668,9 @@ async fn malformed_requests_get_clear_4xx() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
 }
 
-#[tokio::test]
-async fn unknown_providers_are_404() {
+async fn unknown_providers_are_404(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     let response = app
         .api_post(
             "/v1/connect-sessions",
@@ -685,25 +706,19 @@ async fn unknown_providers_are_404() {
     .await;
 }
 
-#[tokio::test]
-async fn a_ciphertext_copied_to_another_row_does_not_decrypt() {
-    use axnt_oauth::store::TokenStore;
+async fn a_ciphertext_copied_to_another_row_does_not_decrypt(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     assert!(app.connect("owner").await.status().is_success());
     assert!(app.connect("thief").await.status().is_success());
     let owner = app.stored_row("owner").await.expect("row");
     let thief = app.stored_row("thief").await.expect("row");
-    let store = axnt_oauth::store::embedded::EmbeddedStore::open(
-        &app.data_dir.path().join("axnt-oauth.db"),
-    )
-    .expect("open");
     let forged = axnt_oauth::store::Connection {
         encrypted_tokens: owner.encrypted_tokens.clone(),
         version: thief.version + 1,
         ..thief.clone()
     };
-    store
+    app.store
         .put(&forged, Some(thief.version))
         .await
         .expect("write forged row");
@@ -715,10 +730,9 @@ async fn a_ciphertext_copied_to_another_row_does_not_decrypt() {
     );
 }
 
-#[tokio::test]
-async fn delete_revokes_at_the_provider_and_removes_the_row() {
+async fn delete_revokes_at_the_provider_and_removes_the_row(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     assert!(app.connect("jill").await.status().is_success());
     let refresh = provider.latest_refresh_token().expect("issued");
     let listed: Value = app
@@ -748,10 +762,9 @@ async fn delete_revokes_at_the_provider_and_removes_the_row() {
     assert!(steps.ends_with(&["revoked".to_string(), "deleted".to_string()]));
 }
 
-#[tokio::test]
-async fn flow_logs_page_newest_first() {
+async fn flow_logs_page_newest_first(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     for _ in 0..3 {
         assert!(app.connect("kim").await.status().is_success());
     }
@@ -782,11 +795,10 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-#[tokio::test]
-async fn no_planted_secret_reaches_logs_or_flow_log_items() {
+async fn no_planted_secret_reaches_logs_or_flow_log_items(backend: Backend) {
     let provider = FakeProvider::start().await;
     provider.set_access_token_ttl(0);
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     assert!(app.connect("leo").await.status().is_success());
     assert_eq!(app.token("leo").await.status(), StatusCode::OK);
     provider.refresh_failure([RefreshBehaviour::InvalidGrant]);
@@ -829,10 +841,9 @@ async fn app_logs_after_flush() -> String {
     support::captured_logs()
 }
 
-#[tokio::test]
-async fn probes_answer() {
+async fn probes_answer(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = TestApp::spawn(&provider).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     assert_eq!(
         app.http
             .get(app.url("/healthz"))
@@ -858,4 +869,101 @@ async fn probes_answer() {
         .await
         .expect("text");
     assert!(metrics.contains("axnt_http_requests_total"));
+}
+
+/// With moto enforcing IAM, a service user holding only the actions of
+/// `deploy/iam-policy.json` runs the full flow, the token API (with a refresh),
+/// flow-log reads, readiness and a delete: no access denied anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_full_flow_runs_under_the_least_privilege_policy() {
+    use support::aws;
+    let moto = aws::OwnMoto::start(&[(
+        "INITIAL_NO_AUTH_ACTION_COUNT",
+        &(2 * aws::IAM_CALLS_PER_USER).to_string(),
+    )])
+    .await;
+    let admin = aws::iam_user(
+        &moto.endpoint,
+        "axnt-admin",
+        &json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
+    )
+    .await;
+    let service = aws::iam_user(
+        &moto.endpoint,
+        "axnt-service",
+        &aws::runtime_policy_for_moto(&[]),
+    )
+    .await;
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    let fixture = aws::provision(
+        &moto.endpoint,
+        &admin,
+        &provider.client_id(),
+        &provider.client_secret(),
+        API_KEY,
+        None,
+    )
+    .await;
+    let mut env: Vec<(String, String)> = support::env_for(&provider, &[])
+        .into_iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "AXNT_GOOGLE_CLIENT_ID" | "AXNT_GOOGLE_CLIENT_SECRET" | "AXNT_API_KEYS"
+            )
+        })
+        .collect();
+    env.extend(
+        fixture
+            .env
+            .iter()
+            .filter(|(k, _)| {
+                !k.starts_with("AWS_ACCESS_KEY_ID") && !k.starts_with("AWS_SECRET_ACCESS_KEY")
+            })
+            .cloned(),
+    );
+    env.push(("AWS_ACCESS_KEY_ID".into(), service.access_key_id.clone()));
+    env.push((
+        "AWS_SECRET_ACCESS_KEY".into(),
+        service.secret_access_key.clone(),
+    ));
+    let app = TestApp::spawn_in(
+        std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+        env,
+    )
+    .await;
+
+    let response = app.connect("lp-user").await;
+    assert_eq!(response.status(), StatusCode::OK, "callback stored the row");
+    assert_eq!(
+        app.token("lp-user").await.status(),
+        StatusCode::OK,
+        "token read with a refresh"
+    );
+    assert_eq!(provider.refresh_count(), 1);
+    assert_eq!(app.steps("lp-user").await.len(), 9, "flow log read back");
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(
+        ready.status(),
+        StatusCode::OK,
+        "readiness with the run-time actions only"
+    );
+    let listed = app.api_get("/v1/users/lp-user/connections").await;
+    assert_eq!(listed.status(), StatusCode::OK);
+    assert_eq!(
+        app.api_delete("/v1/users/lp-user/connections/google")
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        !support::captured_logs().contains("AccessDenied"),
+        "no access denied was logged"
+    );
 }

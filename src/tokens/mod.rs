@@ -320,7 +320,15 @@ impl TokenService {
                 .await?;
             return Err(Error::ReauthorizationRequired);
         };
-        let fresh = match provider.refresh(&refresh_token).await {
+        let outcome = provider.refresh(&refresh_token).await;
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(ProviderError::InvalidGrant) => "invalid_grant",
+            Err(ProviderError::Unavailable(_)) => "provider_unavailable",
+            Err(_) => "provider_error",
+        };
+        metrics::counter!("axnt_token_refreshes_total", "provider" => row.provider.clone(), "outcome" => label).increment(1);
+        let fresh = match outcome {
             Ok(fresh) => fresh,
             Err(ProviderError::InvalidGrant) => {
                 self.deactivate(row, now, "invalid_grant", &flow_id, client)

@@ -3,6 +3,7 @@
 //! trait, the database file on disk.
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod fake_provider;
 
 use std::collections::HashMap;
@@ -61,12 +62,23 @@ pub fn captured_logs() -> String {
 pub const API_KEY: &str = "test-api-key-0123456789abcdef";
 pub const RETURN_ORIGIN: &str = "http://127.0.0.1:9/app";
 
+/// Which backend an instance runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    /// DynamoDB, KMS and Secrets Manager on the suite's moto, each test on its own
+    /// tables, key and secret.
+    Aws,
+}
+
 /// A running service instance.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub base: String,
     pub settings: Settings,
     pub data_dir: Arc<tempfile::TempDir>,
+    /// The instance's own tokens store (to read rows as they are stored).
+    pub store: Arc<dyn axnt_oauth::store::TokenStore>,
     pub http: reqwest::Client,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -88,6 +100,29 @@ pub fn env_for(provider: &FakeProvider, extra: &[(&str, &str)]) -> Vec<(String, 
 }
 
 impl TestApp {
+    /// Starts an instance on `backend` with fresh storage, pointed at `provider`.
+    /// In aws mode the client credentials come from the Secrets Manager secret.
+    pub async fn on(backend: Backend, provider: &FakeProvider, extra: &[(&str, &str)]) -> Self {
+        match backend {
+            Backend::Embedded => Self::spawn_with(provider, extra).await,
+            Backend::Aws => {
+                let mut env: Vec<(String, String)> = env_for(provider, extra)
+                    .into_iter()
+                    .filter(|(k, _)| {
+                        k != "AXNT_GOOGLE_CLIENT_ID"
+                            && k != "AXNT_GOOGLE_CLIENT_SECRET"
+                            && k != "AXNT_API_KEYS"
+                    })
+                    .collect();
+                env.extend(
+                    aws::aws_env(&provider.client_id(), &provider.client_secret(), API_KEY).await,
+                );
+                let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+                Self::spawn_in(dir, env).await
+            }
+        }
+    }
+
     /// Starts an instance on a fresh data directory.
     pub async fn spawn(provider: &FakeProvider) -> Self {
         Self::spawn_with(provider, &[]).await
@@ -116,6 +151,7 @@ impl TestApp {
         env.push(("AXNT_LISTEN_ADDR".into(), addr.to_string()));
         let settings = Settings::load(None, env).expect("test settings load");
         let backends = Backends::open(&settings).await.expect("backends open");
+        let store = Arc::clone(&backends.tokens);
         let app = App::with_listener(settings.clone(), backends, listener)
             .await
             .expect("app builds");
@@ -132,6 +168,7 @@ impl TestApp {
             base,
             settings,
             data_dir,
+            store,
             http,
             task,
             stop: Some(stop),
@@ -284,25 +321,36 @@ impl TestApp {
         body["items"].as_array().cloned().unwrap_or_default()
     }
 
-    /// The database file and its WAL, as raw bytes.
-    pub fn raw_database(&self) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        for name in ["axnt-oauth.db", "axnt-oauth.db-wal"] {
-            if let Ok(b) = std::fs::read(self.data_dir.path().join(name)) {
-                bytes.extend(b);
+    /// Everything stored for tokens, as raw bytes: the SQLite file and its WAL, or
+    /// every item of the DynamoDB tokens table as the API returns it.
+    pub async fn raw_storage(&self) -> Vec<u8> {
+        match self.settings.backend {
+            axnt_oauth::config::Backend::Embedded => {
+                let mut bytes = Vec::new();
+                for name in ["axnt-oauth.db", "axnt-oauth.db-wal"] {
+                    if let Ok(b) = std::fs::read(self.data_dir.path().join(name)) {
+                        bytes.extend(b);
+                    }
+                }
+                bytes
+            }
+            axnt_oauth::config::Backend::Aws => {
+                let sdk = axnt_oauth::aws::sdk_config(&self.settings).await;
+                let client = aws_sdk_dynamodb::Client::new(&sdk);
+                let items = client
+                    .scan()
+                    .table_name(&self.settings.dynamodb_oauth_table)
+                    .send()
+                    .await
+                    .expect("scan the tokens table");
+                format!("{:?}", items.items()).into_bytes()
             }
         }
-        bytes
     }
 
-    /// The stored row, read through the store's own trait on the same file.
+    /// The stored row, read through the instance's own store.
     pub async fn stored_row(&self, user_id: &str) -> Option<axnt_oauth::store::Connection> {
-        use axnt_oauth::store::TokenStore;
-        let store = axnt_oauth::store::embedded::EmbeddedStore::open(
-            &self.data_dir.path().join("axnt-oauth.db"),
-        )
-        .expect("open store");
-        store.get(user_id, "google").await.expect("read row")
+        self.store.get(user_id, "google").await.expect("read row")
     }
 }
 
