@@ -259,6 +259,8 @@ impl App {
             Arc::clone(&flow_log),
             TokenPolicy {
                 refresh_margin: settings.refresh_margin(),
+                refresh_deadline: Duration::from_secs(settings.refresh_deadline_secs),
+                refresh_wait: Duration::from_secs(settings.refresh_deadline_secs + 5),
                 last_used_interval: Duration::from_secs(settings.last_used_interval_secs),
                 connection_ttl: Duration::from_secs(settings.connection_ttl_days * 86_400),
                 inactive_retention: Duration::from_secs(settings.inactive_retention_days * 86_400),

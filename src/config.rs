@@ -105,6 +105,9 @@ pub struct Settings {
     pub flow_log_retention_days: u64,
     /// `AXNT_PROVIDER_TIMEOUT_SECS`: timeout of one call to the OAuth provider.
     pub provider_timeout_secs: u64,
+    /// `AXNT_REFRESH_DEADLINE_SECS`: a refresh, with its retries of an unavailable
+    /// provider, gives up after this long (then 503, stored row untouched).
+    pub refresh_deadline_secs: u64,
     /// `AXNT_READINESS_CACHE_SECS`: `/readyz` answers from a result this fresh.
     pub readiness_cache_secs: u64,
     /// `AXNT_SECRET_REFRESH_SECS`: how often the client secret is re-read.
@@ -217,6 +220,7 @@ impl Default for Settings {
             inactive_retention_days: 30,
             flow_log_retention_days: 90,
             provider_timeout_secs: 10,
+            refresh_deadline_secs: 15,
             readiness_cache_secs: 5,
             secret_refresh_secs: 300,
             log_format: LogFormat::Text,
@@ -398,6 +402,7 @@ impl Settings {
             ("connect_session_ttl_secs", self.connect_session_ttl_secs),
             ("flow_state_ttl_secs", self.flow_state_ttl_secs),
             ("provider_timeout_secs", self.provider_timeout_secs),
+            ("refresh_deadline_secs", self.refresh_deadline_secs),
             ("connection_ttl_days", self.connection_ttl_days),
             ("aws_connect_timeout_ms", self.aws_connect_timeout_ms),
             ("aws_operation_timeout_ms", self.aws_operation_timeout_ms),
@@ -478,6 +483,7 @@ struct DefaultsView {
     inactive_retention_days: u64,
     flow_log_retention_days: u64,
     provider_timeout_secs: u64,
+    refresh_deadline_secs: u64,
     readiness_cache_secs: u64,
     secret_refresh_secs: u64,
     log_format: LogFormat,
@@ -517,6 +523,7 @@ impl Default for DefaultsView {
             inactive_retention_days: d.inactive_retention_days,
             flow_log_retention_days: d.flow_log_retention_days,
             provider_timeout_secs: d.provider_timeout_secs,
+            refresh_deadline_secs: d.refresh_deadline_secs,
             readiness_cache_secs: d.readiness_cache_secs,
             secret_refresh_secs: d.secret_refresh_secs,
             log_format: d.log_format,

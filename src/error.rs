@@ -56,6 +56,8 @@ pub enum Error {
     ReauthorizationRequired,
     #[error("the row was changed concurrently; retry")]
     Conflict,
+    #[error("another request is refreshing this token and did not finish in time; retry")]
+    RefreshBusy,
     #[error(transparent)]
     Provider(ProviderError),
     #[error(transparent)]
@@ -122,7 +124,7 @@ impl Error {
                 }
                 _ => StatusCode::BAD_GATEWAY,
             },
-            Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) | Self::RefreshBusy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Crypto(CryptoError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Crypto(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -149,6 +151,7 @@ impl Error {
             Self::NotConnected => "not_connected",
             Self::ReauthorizationRequired => "reauthorization_required",
             Self::Conflict => "concurrent_update",
+            Self::RefreshBusy => "refresh_in_progress",
             Self::Provider(ProviderError::NotConfigured(_)) => "provider_not_configured",
             Self::Provider(ProviderError::Unavailable(_)) => "provider_unavailable",
             Self::Provider(_) => "provider_error",

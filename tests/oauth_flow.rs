@@ -24,6 +24,8 @@ on_every_backend!(
     a_rotated_refresh_token_replaces_the_stored_one,
     invalid_grant_marks_the_row_inactive_and_answers_409,
     provider_failure_on_refresh_is_503_and_leaves_the_row,
+    a_provider_failing_twice_is_retried_to_success,
+    concurrent_reads_share_one_refresh,
     reconsent_without_refresh_token_keeps_the_old_one,
     tampered_state_is_rejected,
     state_from_another_browser_is_rejected,
@@ -278,12 +280,88 @@ async fn invalid_grant_marks_the_row_inactive_and_answers_409(backend: Backend) 
 async fn provider_failure_on_refresh_is_503_and_leaves_the_row(backend: Backend) {
     let provider = FakeProvider::start().await;
     provider.set_access_token_ttl(0);
-    let app = TestApp::on(backend, &provider, &[]).await;
+    let app = TestApp::on(backend, &provider, &[("AXNT_REFRESH_DEADLINE_SECS", "1")]).await;
     assert!(app.connect("gina").await.status().is_success());
     let before = app.stored_row("gina").await.expect("row");
-    provider.refresh_failure(RefreshBehaviour::Status(500).times(1));
+    provider.refresh_failure(RefreshBehaviour::Status(500).times(1000));
     assert_problem(app.token("gina").await, 503, "provider_unavailable").await;
+    assert!(provider.refresh_count() >= 2, "retried within the deadline");
     assert_eq!(app.stored_row("gina").await.expect("row"), before);
+    let items = app.flow_log("gina").await;
+    assert!(items.iter().any(|i| i["step"] == "refresh_failed" && i["data"]["reason"] == "provider_unavailable"));
+}
+
+async fn a_provider_failing_twice_is_retried_to_success(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    let app = TestApp::on(backend, &provider, &[]).await;
+    assert!(app.connect("gus").await.status().is_success());
+    provider.set_access_token_ttl(3600);
+    provider.refresh_failure(RefreshBehaviour::Status(500).times(2));
+    let response = app.token("gus").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let token: Value = response.json().await.expect("json");
+    assert_eq!(
+        token["accessToken"],
+        provider.latest_access_token().expect("issued")
+    );
+    assert_eq!(
+        provider.refresh_count(),
+        3,
+        "two failures, then the success"
+    );
+}
+
+async fn concurrent_reads_share_one_refresh(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    provider.rotate_refresh_tokens(true); // a second redeem of one token would be invalid_grant
+    let app = TestApp::on(backend, &provider, &[]).await;
+    assert!(app.connect("hot").await.status().is_success());
+    provider.set_access_token_ttl(3600);
+    provider.refresh_failure([RefreshBehaviour::Delay(Duration::from_millis(300))]);
+    let reads = (0..200).map(|_| {
+        let http = app.http.clone();
+        let url = app.url("/v1/users/hot/tokens/google");
+        async move {
+            let response = http
+                .get(url)
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(response.status(), StatusCode::OK);
+            response.json::<Value>().await.expect("json")["accessToken"]
+                .as_str()
+                .expect("token")
+                .to_string()
+        }
+    });
+    let tokens = futures_join_all(reads).await;
+    assert_eq!(
+        provider.refresh_count(),
+        1,
+        "one upstream refresh for 200 readers"
+    );
+    let latest = provider.latest_access_token().expect("issued");
+    assert!(
+        tokens.iter().all(|t| *t == latest),
+        "every reader got the one new token"
+    );
+    assert_eq!(provider.valid_refresh_tokens().len(), 1);
+}
+
+/// Runs the futures concurrently on this runtime (spawned, so they truly overlap).
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<String>
+where
+    F: std::future::Future<Output = String> + Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
 }
 
 async fn reconsent_without_refresh_token_keeps_the_old_one(backend: Backend) {

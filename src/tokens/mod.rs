@@ -122,9 +122,18 @@ pub struct TokenPolicy {
     pub connection_ttl: Duration,
     /// An inactive row's purge time after it went inactive.
     pub inactive_retention: Duration,
+    /// A refresh, retries included, gives up after this long.
+    pub refresh_deadline: Duration,
+    /// A reader waits this long for another reader's refresh of the same connection
+    /// before answering 503 (longer than `refresh_deadline`, so it normally never does).
+    pub refresh_wait: Duration,
 }
 
 pub struct TokenService {
+    /// One lock per connection being refreshed in this process: single flight, so
+    /// concurrent readers of one expired token share one upstream refresh. Bounded
+    /// and idle-expiring, so the map does not grow with the user count.
+    refresh_locks: moka::future::Cache<(String, String), Arc<tokio::sync::Mutex<()>>>,
     store: Arc<dyn TokenStore>,
     cipher: Arc<EnvelopeCipher>,
     providers: Arc<Providers>,
@@ -150,6 +159,10 @@ impl TokenService {
         policy: TokenPolicy,
     ) -> Self {
         Self {
+            refresh_locks: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
             store,
             cipher,
             providers,
@@ -275,29 +288,85 @@ impl TokenService {
         client: &ClientInfo,
     ) -> Result<IssuedToken, Error> {
         let provider = self.provider(provider_name)?;
+        if let Fresh::Yes(token) = self.read_fresh(user_id, provider_name).await? {
+            return Ok(token);
+        }
+        // Needs a refresh: one reader per connection in this process does it; the
+        // others wait for it and then find a fresh row.
+        let key = (user_id.to_string(), provider_name.to_string());
+        let lock = self
+            .refresh_locks
+            .get_with(key, async { Arc::new(tokio::sync::Mutex::new(())) })
+            .await;
+        let _single_flight = tokio::time::timeout(self.policy.refresh_wait, lock.lock())
+            .await
+            .map_err(|_| Error::RefreshBusy)?;
         for _ in 0..WRITE_ATTEMPTS {
-            let row = self
-                .store
-                .get(user_id, provider_name)
-                .await?
-                .ok_or(Error::NotConnected)?;
-            if !row.is_active {
-                return Err(Error::ReauthorizationRequired);
-            }
-            let tokens = self.open(&row).await?;
-            let now = Utc::now();
-            let margin =
-                i64::try_from(self.policy.refresh_margin.as_secs()).unwrap_or(i64::MAX / 4);
-            if tokens.expires_at - now.timestamp() > margin {
-                self.touch(&row, now).await;
-                return Ok(issued(&tokens, &row));
-            }
-            match self.refresh(provider, &row, &tokens, now, client).await {
+            let (row, tokens) = match self.read_fresh(user_id, provider_name).await? {
+                Fresh::Yes(token) => return Ok(token),
+                Fresh::No(stale) => *stale,
+            };
+            match self
+                .refresh(provider, &row, &tokens, Utc::now(), client)
+                .await
+            {
                 Err(Error::Conflict) => continue,
                 other => return other,
             }
         }
         Err(Error::Conflict)
+    }
+
+    /// Reads the row; the token when it is valid beyond the margin (touching
+    /// `lastUsed`), else the row and its tokens for a refresh.
+    async fn read_fresh(&self, user_id: &str, provider_name: &str) -> Result<Fresh, Error> {
+        let row = self
+            .store
+            .get(user_id, provider_name)
+            .await?
+            .ok_or(Error::NotConnected)?;
+        if !row.is_active {
+            return Err(Error::ReauthorizationRequired);
+        }
+        let tokens = self.open(&row).await?;
+        let now = Utc::now();
+        let margin = i64::try_from(self.policy.refresh_margin.as_secs()).unwrap_or(i64::MAX / 4);
+        if tokens.expires_at - now.timestamp() > margin {
+            self.touch(&row, now).await;
+            return Ok(Fresh::Yes(issued(&tokens, &row)));
+        }
+        Ok(Fresh::No(Box::new((row, tokens))))
+    }
+
+    /// Redeems the refresh token, retrying an unavailable provider (5xx, timeout,
+    /// connection) with exponential backoff and jitter until the deadline. OAuth
+    /// errors are answers, not failures: they are never retried.
+    async fn redeem(
+        &self,
+        provider: &OidcProvider,
+        refresh_token: &SecretString,
+    ) -> Result<ProviderTokens, ProviderError> {
+        let deadline = tokio::time::Instant::now() + self.policy.refresh_deadline;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, provider.refresh(refresh_token))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProviderError::Unavailable("refresh deadline passed".into()))
+                });
+            match attempt {
+                Err(ProviderError::Unavailable(reason)) => {
+                    let wait = jittered(backoff);
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(ProviderError::Unavailable(reason));
+                    }
+                    tracing::debug!(%reason, wait_ms = wait.as_millis() as u64, "provider unavailable; retrying the refresh");
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Refreshes `row` (read at `row.version`). A lost write means another reader
@@ -320,7 +389,7 @@ impl TokenService {
                 .await?;
             return Err(Error::ReauthorizationRequired);
         };
-        let outcome = provider.refresh(&refresh_token).await;
+        let outcome = self.redeem(provider, &refresh_token).await;
         let label = match &outcome {
             Ok(_) => "ok",
             Err(ProviderError::InvalidGrant) => "invalid_grant",
@@ -501,6 +570,21 @@ impl TokenService {
         }
         Err(Error::Conflict)
     }
+}
+
+/// A row read for a token request.
+enum Fresh {
+    /// Valid beyond the margin.
+    Yes(IssuedToken),
+    /// Needs a refresh.
+    No(Box<(Connection, TokenSet)>),
+}
+
+/// `base` plus up to 50% random jitter, so retries from many readers spread out.
+fn jittered(base: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    crate::crypto::fill_random(&mut byte);
+    base + base.mul_f64(f64::from(byte[0]) / 510.0)
 }
 
 fn issued(tokens: &TokenSet, row: &Connection) -> IssuedToken {
