@@ -26,6 +26,8 @@ on_every_backend!(
     provider_failure_on_refresh_is_503_and_leaves_the_row,
     a_provider_failing_twice_is_retried_to_success,
     concurrent_reads_share_one_refresh,
+    reads_do_not_become_writes,
+    shutdown_flushes_every_buffered_flow_log_item,
     reconsent_without_refresh_token_keeps_the_old_one,
     tampered_state_is_rejected,
     state_from_another_browser_is_rejected,
@@ -1043,5 +1045,72 @@ async fn the_full_flow_runs_under_the_least_privilege_policy() {
     assert!(
         !support::captured_logs().contains("AccessDenied"),
         "no access denied was logged"
+    );
+}
+
+async fn reads_do_not_become_writes(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[]).await;
+    assert!(app.connect("reader").await.status().is_success());
+    let before = app.stored_row("reader").await.expect("row");
+    for _ in 0..50 {
+        assert_eq!(app.token("reader").await.status(), StatusCode::OK);
+    }
+    let after = app.stored_row("reader").await.expect("row");
+    assert_eq!(
+        after.version, before.version,
+        "no write within AXNT_LAST_USED_INTERVAL_SECS (60)"
+    );
+    assert_eq!(after.last_used, before.last_used);
+
+    // With the interval at zero every read moves lastUsed and the purge time.
+    let eager = TestApp::on(backend, &provider, &[("AXNT_LAST_USED_INTERVAL_SECS", "0")]).await;
+    assert!(eager.connect("reader").await.status().is_success());
+    let first = eager.stored_row("reader").await.expect("row");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(eager.token("reader").await.status(), StatusCode::OK);
+    let touched = eager.stored_row("reader").await.expect("row");
+    assert_eq!(touched.version, first.version + 1);
+    assert!(touched.last_used > first.last_used);
+}
+
+async fn shutdown_flushes_every_buffered_flow_log_item(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[]).await;
+    let settings = app.settings.clone();
+    let _keep_data_dir = std::sync::Arc::clone(&app.data_dir);
+    let requests: Vec<_> = (0..1000)
+        .map(|_| {
+            let http = app.http.clone();
+            let url = app.url("/v1/connect-sessions");
+            tokio::spawn(async move {
+                let response = http
+                    .post(url)
+                    .bearer_auth(API_KEY)
+                    .json(&json!({ "userId": "busy", "provider": "google" }))
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(response.status(), StatusCode::CREATED);
+            })
+        })
+        .collect();
+    for r in requests {
+        r.await.expect("request");
+    }
+    // Stop at once: whatever is still queued must be written before exit.
+    app.stop().await;
+    let backends = axnt_oauth::app::Backends::open(&settings)
+        .await
+        .expect("reopen");
+    let items = backends
+        .flow_log
+        .list("busy", 2000, None)
+        .await
+        .expect("list");
+    assert_eq!(
+        items.len(),
+        1000,
+        "every step written before the process ended"
     );
 }
