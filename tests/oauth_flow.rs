@@ -26,6 +26,7 @@ on_every_backend!(
     provider_failure_on_refresh_is_503_and_leaves_the_row,
     a_provider_failing_twice_is_retried_to_success,
     concurrent_reads_share_one_refresh,
+    two_instances_share_one_refresh,
     reads_do_not_become_writes,
     shutdown_flushes_every_buffered_flow_log_item,
     reconsent_without_refresh_token_keeps_the_old_one,
@@ -288,7 +289,17 @@ async fn provider_failure_on_refresh_is_503_and_leaves_the_row(backend: Backend)
     provider.refresh_failure(RefreshBehaviour::Status(500).times(1000));
     assert_problem(app.token("gina").await, 503, "provider_unavailable").await;
     assert!(provider.refresh_count() >= 2, "retried within the deadline");
-    assert_eq!(app.stored_row("gina").await.expect("row"), before);
+    let after = app.stored_row("gina").await.expect("row");
+    assert_eq!(
+        after.encrypted_tokens, before.encrypted_tokens,
+        "stored tokens untouched"
+    );
+    assert_eq!(
+        after.access_token_expires_at,
+        before.access_token_expires_at
+    );
+    assert!(after.is_active);
+    assert_eq!(after.refresh_lease, None, "the lease was given back");
     let items = app.flow_log("gina").await;
     assert!(items.iter().any(|i| i["step"] == "refresh_failed" && i["data"]["reason"] == "provider_unavailable"));
 }
@@ -351,6 +362,55 @@ async fn concurrent_reads_share_one_refresh(backend: Backend) {
         "every reader got the one new token"
     );
     assert_eq!(provider.valid_refresh_tokens().len(), 1);
+}
+
+async fn two_instances_share_one_refresh(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    provider.rotate_refresh_tokens(true); // a double redeem would be invalid_grant → 409
+    let a = TestApp::on(backend, &provider, &[]).await;
+    let b = a.sibling().await;
+    assert!(a.connect("shared").await.status().is_success());
+    provider.set_access_token_ttl(3600);
+    provider.refresh_failure([RefreshBehaviour::Delay(Duration::from_millis(300))]);
+    let reads = (0..200).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let http = app.http.clone();
+        let url = app.url("/v1/users/shared/tokens/google");
+        async move {
+            let response = http
+                .get(url)
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(response.status(), StatusCode::OK, "no caller gets an error");
+            response.json::<Value>().await.expect("json")["accessToken"]
+                .as_str()
+                .expect("token")
+                .to_string()
+        }
+    });
+    let tokens = futures_join_all(reads).await;
+    assert_eq!(
+        provider.refresh_count(),
+        1,
+        "one refresh across two instances"
+    );
+    let latest = provider.latest_access_token().expect("issued");
+    assert!(tokens.iter().all(|t| *t == latest));
+    assert_eq!(
+        provider.valid_refresh_tokens(),
+        vec![provider.latest_refresh_token().expect("issued")]
+    );
+    // The stored refresh token is the provider's latest: the next refresh succeeds.
+    provider.set_access_token_ttl(0);
+    assert!(a.connect("other").await.status().is_success());
+    let row = a.stored_row("shared").await.expect("row");
+    assert_eq!(
+        row.refresh_lease, None,
+        "the lease was cleared by the winner's write"
+    );
 }
 
 /// Runs the futures concurrently on this runtime (spawned, so they truly overlap).

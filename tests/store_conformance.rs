@@ -88,6 +88,7 @@ fn row(user_id: &str, provider: &str, version: u64, marker: &str) -> Connection 
         expires_at: at.timestamp() + 180 * 86_400,
         is_active: true,
         version,
+        refresh_lease: None,
     }
 }
 

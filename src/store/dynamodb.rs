@@ -17,7 +17,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Number, Value};
 
-use super::{Connection, FlowLog, FlowLogEntry, FlowStep, StoreError, TokenStore, UserInfo};
+use super::{
+    Connection, FlowLog, FlowLogEntry, FlowStep, RefreshLease, StoreError, TokenStore, UserInfo,
+};
 use crate::aws::error::{AwsFailure, FailureKind, observe};
 use crate::crypto::Envelope;
 
@@ -229,6 +231,10 @@ fn connection_item(row: &Connection) -> Result<Item, StoreError> {
     item.insert("expiresAt".into(), n(row.expires_at));
     item.insert("isActive".into(), AttributeValue::Bool(row.is_active));
     item.insert("version".into(), n(row.version));
+    if let Some(lease) = &row.refresh_lease {
+        item.insert("refreshLeaseOwner".into(), s(&lease.owner));
+        item.insert("refreshLeaseUntil".into(), n(lease.until_ms));
+    }
     Ok(item)
 }
 
@@ -247,6 +253,13 @@ fn connection_from(item: &Item) -> Result<Connection, StoreError> {
         expires_at: f.n("expiresAt")?,
         is_active: f.bool("isActive")?,
         version: f.n("version")?,
+        refresh_lease: match f.opt_s("refreshLeaseOwner")? {
+            Some(owner) => Some(RefreshLease {
+                owner,
+                until_ms: f.n("refreshLeaseUntil")?,
+            }),
+            None => None,
+        },
     })
 }
 
@@ -528,6 +541,10 @@ mod tests {
             expires_at: 20,
             is_active: true,
             version: 3,
+            refresh_lease: Some(RefreshLease {
+                owner: "instance-1".into(),
+                until_ms: 1_790_000_000_123,
+            }),
         };
         let item = connection_item(&row).expect("item");
         assert!(

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection as Sqlite, OptionalExtension, Row, params};
 
-use super::{Connection, FlowLog, FlowLogEntry, FlowStep, StoreError, TokenStore};
+use super::{Connection, FlowLog, FlowLogEntry, FlowStep, RefreshLease, StoreError, TokenStore};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_at              INTEGER NOT NULL,
     is_active               INTEGER NOT NULL,
     version                 INTEGER NOT NULL,
+    refresh_lease_owner     TEXT,
+    refresh_lease_until     INTEGER,
     PRIMARY KEY (user_id, provider)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
@@ -48,7 +50,7 @@ CREATE INDEX IF NOT EXISTS flow_logs_expires_at ON flow_logs (expires_at);
 ";
 
 const TOKEN_COLUMNS: &str = "user_id, provider, email, encrypted_tokens, user_info, created_at, updated_at, \
-     last_used, access_token_expires_at, expires_at, is_active, version";
+     last_used, access_token_expires_at, expires_at, is_active, version, refresh_lease_owner, refresh_lease_until";
 
 /// Both tables in one SQLite file.
 #[derive(Clone)]
@@ -70,6 +72,7 @@ impl EmbeddedStore {
         db.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| unavailable(path, e))?;
         db.execute_batch(SCHEMA).map_err(|e| unavailable(path, e))?;
+        migrate(&db).map_err(|e| unavailable(path, e))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -118,6 +121,23 @@ impl EmbeddedStore {
     }
 }
 
+/// Adds columns that files made by earlier versions lack.
+fn migrate(db: &Sqlite) -> rusqlite::Result<()> {
+    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('tokens')")?;
+    let columns: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (column, kind) in [
+        ("refresh_lease_owner", "TEXT"),
+        ("refresh_lease_until", "INTEGER"),
+    ] {
+        if !columns.iter().any(|c| c == column) {
+            db.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("{}: {e}", path.display()))
 }
@@ -164,6 +184,8 @@ struct RawConnection {
     expires_at: i64,
     is_active: bool,
     version: i64,
+    refresh_lease_owner: Option<String>,
+    refresh_lease_until: Option<i64>,
 }
 
 impl RawConnection {
@@ -181,6 +203,8 @@ impl RawConnection {
             expires_at: row.get(9)?,
             is_active: row.get(10)?,
             version: row.get(11)?,
+            refresh_lease_owner: row.get(12)?,
+            refresh_lease_until: row.get(13)?,
         })
     }
 
@@ -199,6 +223,10 @@ impl RawConnection {
             expires_at: self.expires_at,
             is_active: self.is_active,
             version: u64::try_from(self.version).map_err(|e| corrupt("version", e))?,
+            refresh_lease: match (self.refresh_lease_owner, self.refresh_lease_until) {
+                (Some(owner), Some(until_ms)) => Some(RefreshLease { owner, until_ms }),
+                _ => None,
+            },
         })
     }
 }
@@ -246,6 +274,8 @@ impl TokenStore for EmbeddedStore {
             row.expires_at,
             row.is_active,
             version,
+            row.refresh_lease.as_ref().map(|l| l.owner.clone()),
+            row.refresh_lease.as_ref().map(|l| l.until_ms),
         );
         let changed = self
             .with_db(move |db| {
@@ -253,17 +283,17 @@ impl TokenStore for EmbeddedStore {
                 match expected {
                     None => db.execute(
                         &format!(
-                            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
                              ON CONFLICT (user_id, provider) DO NOTHING"
                         ),
-                        params![v.0, v.1, v.2, v.3, v.4, v.5, v.6, v.7, v.8, v.9, v.10, v.11],
+                        params![v.0, v.1, v.2, v.3, v.4, v.5, v.6, v.7, v.8, v.9, v.10, v.11, v.12, v.13],
                     ),
                     Some(expected) => db.execute(
                         "UPDATE tokens SET email = ?3, encrypted_tokens = ?4, user_info = ?5, created_at = ?6, \
                          updated_at = ?7, last_used = ?8, access_token_expires_at = ?9, expires_at = ?10, \
-                         is_active = ?11, version = ?12 \
-                         WHERE user_id = ?1 AND provider = ?2 AND version = ?13",
-                        params![v.0, v.1, v.2, v.3, v.4, v.5, v.6, v.7, v.8, v.9, v.10, v.11, expected],
+                         is_active = ?11, version = ?12, refresh_lease_owner = ?13, refresh_lease_until = ?14 \
+                         WHERE user_id = ?1 AND provider = ?2 AND version = ?15",
+                        params![v.0, v.1, v.2, v.3, v.4, v.5, v.6, v.7, v.8, v.9, v.10, v.11, v.12, v.13, expected],
                     ),
                 }
                 .map_err(sql)

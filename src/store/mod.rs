@@ -40,6 +40,20 @@ pub struct Connection {
     pub is_active: bool,
     /// Optimistic-concurrency counter; every write is conditional on it.
     pub version: u64,
+    /// Set while one instance refreshes the tokens, so others wait for its result
+    /// instead of redeeming the same refresh token (`refreshLeaseOwner`,
+    /// `refreshLeaseUntil`).
+    pub refresh_lease: Option<RefreshLease>,
+}
+
+/// Who is refreshing a row, and until when the claim holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshLease {
+    /// The holding instance's id (random per process).
+    pub owner: String,
+    /// Epoch milliseconds; after this the lease is free to take over (its holder died
+    /// or stalled).
+    pub until_ms: i64,
 }
 
 /// The account's profile, from the verified ID token. Never a secret.

@@ -18,10 +18,16 @@ use crate::crypto::EnvelopeCipher;
 use crate::error::Error;
 use crate::oauth::provider::{OidcProvider, ProviderError, ProviderTokens, Providers};
 use crate::store::flow_log::ClientInfo;
-use crate::store::{Connection, FlowRecorder, FlowStep, StoreError, TokenStore, UserInfo};
+use crate::store::{
+    Connection, FlowRecorder, FlowStep, RefreshLease, StoreError, TokenStore, UserInfo,
+};
 
 /// Used when a provider omits `expires_in` (Google never does): one hour.
 const DEFAULT_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// Added to the refresh deadline to make the lease's length.
+const LEASE_SLACK: Duration = Duration::from_secs(10);
+/// How often a reader waiting for another instance's refresh re-reads the row.
+const LEASE_POLL: Duration = Duration::from_millis(50);
 /// A lost conditional write is retried this many times against the re-read row.
 const WRITE_ATTEMPTS: usize = 5;
 
@@ -130,6 +136,8 @@ pub struct TokenPolicy {
 }
 
 pub struct TokenService {
+    /// Names this process in refresh leases.
+    instance_id: String,
     /// One lock per connection being refreshed in this process: single flight, so
     /// concurrent readers of one expired token share one upstream refresh. Bounded
     /// and idle-expiring, so the map does not grow with the user count.
@@ -159,6 +167,7 @@ impl TokenService {
         policy: TokenPolicy,
     ) -> Self {
         Self {
+            instance_id: uuid::Uuid::new_v4().to_string(),
             refresh_locks: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(600))
@@ -259,6 +268,7 @@ impl TokenService {
                 // it expires; the token API then asks for reauthorization.
                 is_active: true,
                 version: existing.as_ref().map_or(1, |r| r.version + 1),
+                refresh_lease: None,
             };
             match self
                 .store
@@ -301,20 +311,58 @@ impl TokenService {
         let _single_flight = tokio::time::timeout(self.policy.refresh_wait, lock.lock())
             .await
             .map_err(|_| Error::RefreshBusy)?;
-        for _ in 0..WRITE_ATTEMPTS {
+        // Across instances: the refresh lease on the row. Whoever takes it refreshes;
+        // the others wait for its result and read it back.
+        let give_up = tokio::time::Instant::now() + self.policy.refresh_wait;
+        loop {
             let (row, tokens) = match self.read_fresh(user_id, provider_name).await? {
                 Fresh::Yes(token) => return Ok(token),
                 Fresh::No(stale) => *stale,
             };
-            match self
-                .refresh(provider, &row, &tokens, Utc::now(), client)
-                .await
-            {
-                Err(Error::Conflict) => continue,
+            let now_ms = Utc::now().timestamp_millis();
+            let held_elsewhere = row
+                .refresh_lease
+                .as_ref()
+                .is_some_and(|l| l.owner != self.instance_id && l.until_ms > now_ms);
+            let outcome = if held_elsewhere {
+                Err(Error::Conflict)
+            } else {
+                let lease_ms =
+                    i64::try_from(self.lease_duration().as_millis()).unwrap_or(i64::MAX / 4);
+                let leased = Connection {
+                    refresh_lease: Some(RefreshLease {
+                        owner: self.instance_id.clone(),
+                        until_ms: now_ms + lease_ms,
+                    }),
+                    version: row.version + 1,
+                    ..row.clone()
+                };
+                match self.store.put(&leased, Some(row.version)).await {
+                    Ok(()) => {
+                        self.refresh(provider, &leased, &tokens, Utc::now(), client)
+                            .await
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            };
+            match outcome {
+                // Another writer (a lease holder, a callback) got there first: wait a
+                // little and read what it wrote.
+                Err(Error::Conflict) if tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(jittered(LEASE_POLL)).await;
+                }
+                Err(Error::Conflict) => return Err(Error::RefreshBusy),
                 other => return other,
             }
         }
-        Err(Error::Conflict)
+    }
+
+    /// How long a refresh lease holds: longer than a refresh can take (its deadline),
+    /// so a live holder never loses it mid-refresh; a dead holder's lease expires and
+    /// is taken over. The holder's final write is conditional on the version its lease
+    /// created, so even a stalled holder never overwrites a newer row.
+    fn lease_duration(&self) -> Duration {
+        self.policy.refresh_deadline + LEASE_SLACK
     }
 
     /// Reads the row; the token when it is valid beyond the margin (touching
@@ -406,6 +454,7 @@ impl TokenService {
             }
             Err(e) => {
                 let err = Error::from(e);
+                self.release_lease(row).await;
                 self.flow_log
                     .record(
                         &row.user_id,
@@ -428,6 +477,7 @@ impl TokenService {
             access_token_expires_at: set.expires_at,
             expires_at: self.purge_time(now, true),
             version: row.version + 1,
+            refresh_lease: None,
             ..row.clone()
         };
         self.store.put(&updated, Some(row.version)).await?;
@@ -449,6 +499,22 @@ impl TokenService {
     }
 
     /// Marks a row whose refresh token is dead inactive (kept for a short retention).
+    /// Gives a lease back after a failed refresh, so the next reader need not wait for
+    /// it to expire. Best effort: a lost race means the row moved on anyway.
+    async fn release_lease(&self, row: &Connection) {
+        let released = Connection {
+            refresh_lease: None,
+            version: row.version + 1,
+            ..row.clone()
+        };
+        match self.store.put(&released, Some(row.version)).await {
+            Ok(()) | Err(StoreError::Conflict) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "releasing a refresh lease failed; it expires by itself")
+            }
+        }
+    }
+
     async fn deactivate(
         &self,
         row: &Connection,
@@ -462,6 +528,7 @@ impl TokenService {
             updated_at: now,
             expires_at: self.purge_time(now, false),
             version: row.version + 1,
+            refresh_lease: None,
             ..row.clone()
         };
         self.store.put(&updated, Some(row.version)).await?;

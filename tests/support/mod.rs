@@ -77,6 +77,9 @@ pub struct TestApp {
     pub base: String,
     pub settings: Settings,
     pub data_dir: Arc<tempfile::TempDir>,
+    /// The settings environment it was started with (before its own address), so a
+    /// sibling instance can share its storage.
+    pub base_env: Vec<(String, String)>,
     /// The instance's own tokens store (to read rows as they are stored).
     pub store: Arc<dyn axnt_oauth::store::TokenStore>,
     pub http: reqwest::Client,
@@ -140,6 +143,7 @@ impl TestApp {
         mut env: Vec<(String, String)>,
     ) -> Self {
         capture_logs();
+        let base_env = env.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let base = format!("http://{addr}");
@@ -168,11 +172,17 @@ impl TestApp {
             base,
             settings,
             data_dir,
+            base_env,
             store,
             http,
             task,
             stop: Some(stop),
         }
+    }
+
+    /// A second instance on the same storage, keys and secrets (another "host").
+    pub async fn sibling(&self) -> Self {
+        Self::spawn_in(Arc::clone(&self.data_dir), self.base_env.clone()).await
     }
 
     /// Stops gracefully and waits until the server has finished.
