@@ -1174,3 +1174,65 @@ async fn shutdown_flushes_every_buffered_flow_log_item(backend: Backend) {
         "every step written before the process ended"
     );
 }
+
+/// The store goes away during the callback's write (aws: DynamoDB and KMS unreachable
+/// behind a cut proxy): the browser gets a clear error page, the previous row stays as
+/// it was, and the flow's `failed` step is written once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_during_the_callback_changes_nothing() {
+    let provider = FakeProvider::start().await;
+    let proxy = support::CuttableProxy::start(&support::aws::moto_endpoint()).await;
+    let mut env: Vec<(String, String)> = support::env_for(&provider, &[])
+        .into_iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "AXNT_GOOGLE_CLIENT_ID" | "AXNT_GOOGLE_CLIENT_SECRET" | "AXNT_API_KEYS"
+            )
+        })
+        .collect();
+    for (k, v) in
+        support::aws::aws_env(&provider.client_id(), &provider.client_secret(), API_KEY).await
+    {
+        let v = if k == "AWS_ENDPOINT_URL" {
+            proxy.endpoint.clone()
+        } else {
+            v
+        };
+        env.push((k, v));
+    }
+    let app = TestApp::spawn_in(
+        std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+        env,
+    )
+    .await;
+    assert!(app.connect("victim").await.status().is_success());
+    let before = app.stored_row("victim").await.expect("row");
+
+    let session = app
+        .connect_session(json!({ "userId": "victim", "provider": "google" }))
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    proxy.cut();
+    let response = app.callback(&callback, Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let page = response.text().await.expect("page");
+    assert!(
+        page.contains("store_unavailable") || page.contains("keys_unavailable"),
+        "{page}"
+    );
+    proxy.restore();
+
+    assert_eq!(
+        app.stored_row("victim").await.as_ref(),
+        Some(&before),
+        "previous row unchanged"
+    );
+    let items = app.flow_log("victim").await;
+    let failed = items
+        .iter()
+        .find(|i| i["step"] == "failed" && i["flowId"] == session["flowId"])
+        .expect("the failure is in the flow log once the store is back");
+    assert_eq!(failed["data"]["atStep"], "tokens_stored");
+}

@@ -390,3 +390,60 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
             .windows(needle.len())
             .any(|w| w == needle.as_bytes())
 }
+
+/// A TCP proxy in front of a server that a test can cut and restore, to make a
+/// backend unreachable without losing its data (moto keeps everything in memory).
+pub struct CuttableProxy {
+    pub endpoint: String,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    /// Proxies `127.0.0.1:<port>` to the host and port of `target` (an http URL).
+    pub async fn start(target: &str) -> Self {
+        let target = Url::parse(target).expect("target URL");
+        let target = format!(
+            "{}:{}",
+            target.host_str().expect("host"),
+            target.port().expect("port")
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let gate = Arc::clone(&open);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !gate.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound); // cut: the connection is closed at once
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Self {
+            endpoint,
+            open,
+            task,
+        }
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
