@@ -38,6 +38,25 @@ pub struct DynamoStore {
 }
 
 impl DynamoStore {
+    /// Reads a key that never exists: proves the table answers with `GetItem` alone
+    /// (the run-time policy has no `DescribeTable`).
+    async fn ping_table(&self, table: &str, range_key: &str) -> Result<(), StoreError> {
+        observe(
+            "dynamodb",
+            "GetItem",
+            self.client
+                .get_item()
+                .table_name(table)
+                .key("userId", s(PING_KEY))
+                .key(range_key, s(PING_KEY))
+                .projection_expression("userId")
+                .send()
+                .await,
+        )
+        .map(drop)
+        .map_err(|f| self.error("GetItem", table, f))
+    }
+
     pub fn new(config: &SdkConfig, tokens_table: &str, logs_table: &str) -> Self {
         Self {
             client: Client::new(config),
@@ -399,21 +418,7 @@ impl TokenStore for DynamoStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let table = &self.tokens_table;
-        observe(
-            "dynamodb",
-            "GetItem",
-            self.client
-                .get_item()
-                .table_name(table)
-                .key("userId", s(PING_KEY))
-                .key("provider", s(PING_KEY))
-                .projection_expression("userId")
-                .send()
-                .await,
-        )
-        .map(drop)
-        .map_err(|f| self.error("GetItem", table, f))
+        self.ping_table(&self.tokens_table, "provider").await
     }
 }
 
@@ -480,21 +485,7 @@ impl FlowLog for DynamoStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let table = &self.logs_table;
-        observe(
-            "dynamodb",
-            "GetItem",
-            self.client
-                .get_item()
-                .table_name(table)
-                .key("userId", s(PING_KEY))
-                .key("timestamp", s(PING_KEY))
-                .projection_expression("userId")
-                .send()
-                .await,
-        )
-        .map(drop)
-        .map_err(|f| self.error("GetItem", table, f))
+        self.ping_table(&self.logs_table, "timestamp").await
     }
 }
 

@@ -498,7 +498,6 @@ impl TokenService {
         Ok(issued(&set, &updated))
     }
 
-    /// Marks a row whose refresh token is dead inactive (kept for a short retention).
     /// Gives a lease back after a failed refresh, so the next reader need not wait for
     /// it to expire. Best effort: a lost race means the row moved on anyway.
     async fn release_lease(&self, row: &Connection) {
@@ -515,6 +514,7 @@ impl TokenService {
         }
     }
 
+    /// Marks a row whose refresh token is dead inactive (kept for a short retention).
     async fn deactivate(
         &self,
         row: &Connection,
