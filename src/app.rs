@@ -261,11 +261,20 @@ impl App {
                 refresh_margin: settings.refresh_margin(),
                 refresh_deadline: Duration::from_secs(settings.refresh_deadline_secs),
                 refresh_wait: Duration::from_secs(settings.refresh_deadline_secs + 5),
+                background_refresh: (settings.background_refresh_secs > 0)
+                    .then(|| Duration::from_secs(settings.background_refresh_secs)),
                 last_used_interval: Duration::from_secs(settings.last_used_interval_secs),
                 connection_ttl: Duration::from_secs(settings.connection_ttl_days * 86_400),
                 inactive_retention: Duration::from_secs(settings.inactive_retention_days * 86_400),
             },
         ));
+        if settings.background_refresh_secs > 0 {
+            background.push(
+                tokens.spawn_background_refresh(Duration::from_secs(
+                    settings.background_refresh_secs,
+                )),
+            );
+        }
         let readiness = Readiness::new(
             Arc::clone(&backends.tokens),
             Arc::clone(&backends.flow_log),

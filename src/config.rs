@@ -108,6 +108,9 @@ pub struct Settings {
     /// `AXNT_REFRESH_DEADLINE_SECS`: a refresh, with its retries of an unavailable
     /// provider, gives up after this long (then 503, stored row untouched).
     pub refresh_deadline_secs: u64,
+    /// `AXNT_BACKGROUND_REFRESH_SECS`: when above 0, connections read in the last hour
+    /// are refreshed ahead of time every this many seconds. Off (0) by default.
+    pub background_refresh_secs: u64,
     /// `AXNT_READINESS_CACHE_SECS`: `/readyz` answers from a result this fresh.
     pub readiness_cache_secs: u64,
     /// `AXNT_SECRET_REFRESH_SECS`: how often the client secret is re-read.
@@ -221,6 +224,7 @@ impl Default for Settings {
             flow_log_retention_days: 90,
             provider_timeout_secs: 10,
             refresh_deadline_secs: 15,
+            background_refresh_secs: 0,
             readiness_cache_secs: 5,
             secret_refresh_secs: 300,
             log_format: LogFormat::Text,
@@ -484,6 +488,7 @@ struct DefaultsView {
     flow_log_retention_days: u64,
     provider_timeout_secs: u64,
     refresh_deadline_secs: u64,
+    background_refresh_secs: u64,
     readiness_cache_secs: u64,
     secret_refresh_secs: u64,
     log_format: LogFormat,
@@ -524,6 +529,7 @@ impl Default for DefaultsView {
             flow_log_retention_days: d.flow_log_retention_days,
             provider_timeout_secs: d.provider_timeout_secs,
             refresh_deadline_secs: d.refresh_deadline_secs,
+            background_refresh_secs: d.background_refresh_secs,
             readiness_cache_secs: d.readiness_cache_secs,
             secret_refresh_secs: d.secret_refresh_secs,
             log_format: d.log_format,

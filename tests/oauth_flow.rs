@@ -27,6 +27,7 @@ on_every_backend!(
     a_provider_failing_twice_is_retried_to_success,
     concurrent_reads_share_one_refresh,
     two_instances_share_one_refresh,
+    background_refresh_renews_recently_read_tokens,
     reads_do_not_become_writes,
     shutdown_flushes_every_buffered_flow_log_item,
     reconsent_without_refresh_token_keeps_the_old_one,
@@ -1235,4 +1236,35 @@ async fn a_store_outage_during_the_callback_changes_nothing() {
         .find(|i| i["step"] == "failed" && i["flowId"] == session["flowId"])
         .expect("the failure is in the flow log once the store is back");
     assert_eq!(failed["data"]["atStep"], "tokens_stored");
+}
+
+async fn background_refresh_renews_recently_read_tokens(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(303); // fresh now (margin 300), due within two passes
+    let app = TestApp::on(backend, &provider, &[("AXNT_BACKGROUND_REFRESH_SECS", "1")]).await;
+    assert!(app.connect("early").await.status().is_success());
+    assert!(app.connect("idle").await.status().is_success()); // never read: left alone
+    assert_eq!(app.token("early").await.status(), StatusCode::OK);
+    assert_eq!(provider.refresh_count(), 0);
+    provider.set_access_token_ttl(3600);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while provider.refresh_count() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        provider.refresh_count(),
+        1,
+        "refreshed ahead of time, without a reader"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        provider.refresh_count(),
+        1,
+        "the idle connection and the fresh one are left alone"
+    );
+    let token: Value = app.token("early").await.json().await.expect("json");
+    assert_eq!(
+        token["accessToken"],
+        provider.latest_access_token().expect("issued")
+    );
 }

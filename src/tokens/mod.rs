@@ -133,6 +133,8 @@ pub struct TokenPolicy {
     /// A reader waits this long for another reader's refresh of the same connection
     /// before answering 503 (longer than `refresh_deadline`, so it normally never does).
     pub refresh_wait: Duration,
+    /// When set, connections read recently are refreshed ahead of time this often.
+    pub background_refresh: Option<Duration>,
 }
 
 pub struct TokenService {
@@ -142,6 +144,8 @@ pub struct TokenService {
     /// concurrent readers of one expired token share one upstream refresh. Bounded
     /// and idle-expiring, so the map does not grow with the user count.
     refresh_locks: moka::future::Cache<(String, String), Arc<tokio::sync::Mutex<()>>>,
+    /// Connections read in the last hour (only kept when background refresh is on).
+    recently_used: moka::future::Cache<(String, String), ()>,
     store: Arc<dyn TokenStore>,
     cipher: Arc<EnvelopeCipher>,
     providers: Arc<Providers>,
@@ -171,6 +175,10 @@ impl TokenService {
             refresh_locks: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(600))
+                .build(),
+            recently_used: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(3600))
                 .build(),
             store,
             cipher,
@@ -298,7 +306,67 @@ impl TokenService {
         client: &ClientInfo,
     ) -> Result<IssuedToken, Error> {
         let provider = self.provider(provider_name)?;
-        if let Fresh::Yes(token) = self.read_fresh(user_id, provider_name).await? {
+        if self.policy.background_refresh.is_some() {
+            self.recently_used
+                .insert((user_id.to_string(), provider_name.to_string()), ())
+                .await;
+        }
+        self.token_valid_for(provider, user_id, client, self.policy.refresh_margin)
+            .await
+    }
+
+    /// Refreshes, ahead of time, the connections read in the last hour whose token
+    /// would fall inside the margin before the next pass; run every `every` when
+    /// `AXNT_BACKGROUND_REFRESH_SECS` is set. Readers then rarely wait for a refresh.
+    pub fn spawn_background_refresh(
+        self: &Arc<Self>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let service = Arc::clone(self);
+        tokio::spawn(async move {
+            let client = ClientInfo {
+                ip_address: None,
+                user_agent: Some("axnt-oauth background refresh".into()),
+            };
+            let ahead = service.policy.refresh_margin + every * 2;
+            loop {
+                tokio::time::sleep(every).await;
+                let keys: Vec<(String, String)> = service
+                    .recently_used
+                    .iter()
+                    .map(|(k, ())| (*k).clone())
+                    .collect();
+                for (user_id, provider_name) in keys {
+                    let Ok(provider) = service.provider(&provider_name) else {
+                        continue;
+                    };
+                    if let Err(e) = service
+                        .token_valid_for(provider, &user_id, &client, ahead)
+                        .await
+                    {
+                        tracing::debug!(error = %e, user_id, provider = provider_name, "background refresh skipped");
+                        if matches!(e, Error::ReauthorizationRequired | Error::NotConnected) {
+                            service
+                                .recently_used
+                                .invalidate(&(user_id, provider_name))
+                                .await;
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// A token valid for at least `margin`, refreshing first when needed.
+    async fn token_valid_for(
+        &self,
+        provider: &OidcProvider,
+        user_id: &str,
+        client: &ClientInfo,
+        margin: Duration,
+    ) -> Result<IssuedToken, Error> {
+        let provider_name = provider.name();
+        if let Fresh::Yes(token) = self.read_fresh(user_id, provider_name, margin).await? {
             return Ok(token);
         }
         // Needs a refresh: one reader per connection in this process does it; the
@@ -315,7 +383,7 @@ impl TokenService {
         // the others wait for its result and read it back.
         let give_up = tokio::time::Instant::now() + self.policy.refresh_wait;
         loop {
-            let (row, tokens) = match self.read_fresh(user_id, provider_name).await? {
+            let (row, tokens) = match self.read_fresh(user_id, provider_name, margin).await? {
                 Fresh::Yes(token) => return Ok(token),
                 Fresh::No(stale) => *stale,
             };
@@ -367,7 +435,12 @@ impl TokenService {
 
     /// Reads the row; the token when it is valid beyond the margin (touching
     /// `lastUsed`), else the row and its tokens for a refresh.
-    async fn read_fresh(&self, user_id: &str, provider_name: &str) -> Result<Fresh, Error> {
+    async fn read_fresh(
+        &self,
+        user_id: &str,
+        provider_name: &str,
+        margin: Duration,
+    ) -> Result<Fresh, Error> {
         let row = self
             .store
             .get(user_id, provider_name)
@@ -378,7 +451,7 @@ impl TokenService {
         }
         let tokens = self.open(&row).await?;
         let now = Utc::now();
-        let margin = i64::try_from(self.policy.refresh_margin.as_secs()).unwrap_or(i64::MAX / 4);
+        let margin = i64::try_from(margin.as_secs()).unwrap_or(i64::MAX / 4);
         if tokens.expires_at - now.timestamp() > margin {
             self.touch(&row, now).await;
             return Ok(Fresh::Yes(issued(&tokens, &row)));
