@@ -27,6 +27,7 @@ on_every_backend!(
     a_provider_failing_twice_is_retried_to_success,
     concurrent_reads_share_one_refresh,
     two_instances_share_one_refresh,
+    a_slow_provider_is_still_refreshed_once,
     background_refresh_renews_recently_read_tokens,
     reads_do_not_become_writes,
     shutdown_flushes_every_buffered_flow_log_item,
@@ -1267,4 +1268,44 @@ async fn background_refresh_renews_recently_read_tokens(backend: Backend) {
         token["accessToken"],
         provider.latest_access_token().expect("issued")
     );
+}
+
+/// A provider slower than the readers' patience per poll: the lease (refresh deadline +
+/// 10 s) outlasts the slow refresh, so the waiting instance never takes it over and the
+/// one refresh token is redeemed once.
+async fn a_slow_provider_is_still_refreshed_once(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    provider.rotate_refresh_tokens(true);
+    let a = TestApp::on(backend, &provider, &[("AXNT_REFRESH_DEADLINE_SECS", "4")]).await;
+    let b = a.sibling().await;
+    assert!(a.connect("slow").await.status().is_success());
+    provider.set_access_token_ttl(3600);
+    provider.refresh_failure([RefreshBehaviour::Delay(Duration::from_millis(2500))]);
+    let reads = (0..40).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let http = app.http.clone();
+        let url = app.url("/v1/users/slow/tokens/google");
+        async move {
+            let response = http
+                .get(url)
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(response.status(), StatusCode::OK);
+            response.json::<Value>().await.expect("json")["accessToken"]
+                .as_str()
+                .expect("token")
+                .to_string()
+        }
+    });
+    let tokens = futures_join_all(reads).await;
+    assert_eq!(
+        provider.refresh_count(),
+        1,
+        "no second redeem while the first was slow"
+    );
+    let latest = provider.latest_access_token().expect("issued");
+    assert!(tokens.iter().all(|t| *t == latest));
 }
