@@ -335,24 +335,7 @@ async fn concurrent_reads_share_one_refresh(backend: Backend) {
     assert!(app.connect("hot").await.status().is_success());
     provider.set_access_token_ttl(3600);
     provider.refresh_failure([RefreshBehaviour::Delay(Duration::from_millis(300))]);
-    let reads = (0..200).map(|_| {
-        let http = app.http.clone();
-        let url = app.url("/v1/users/hot/tokens/google");
-        async move {
-            let response = http
-                .get(url)
-                .bearer_auth(API_KEY)
-                .send()
-                .await
-                .expect("send");
-            assert_eq!(response.status(), StatusCode::OK);
-            response.json::<Value>().await.expect("json")["accessToken"]
-                .as_str()
-                .expect("token")
-                .to_string()
-        }
-    });
-    let tokens = futures_join_all(reads).await;
+    let tokens = read_concurrently(&[&app], "hot", 200).await;
     assert_eq!(
         provider.refresh_count(),
         1,
@@ -375,25 +358,7 @@ async fn two_instances_share_one_refresh(backend: Backend) {
     assert!(a.connect("shared").await.status().is_success());
     provider.set_access_token_ttl(3600);
     provider.refresh_failure([RefreshBehaviour::Delay(Duration::from_millis(300))]);
-    let reads = (0..200).map(|i| {
-        let app = if i % 2 == 0 { &a } else { &b };
-        let http = app.http.clone();
-        let url = app.url("/v1/users/shared/tokens/google");
-        async move {
-            let response = http
-                .get(url)
-                .bearer_auth(API_KEY)
-                .send()
-                .await
-                .expect("send");
-            assert_eq!(response.status(), StatusCode::OK, "no caller gets an error");
-            response.json::<Value>().await.expect("json")["accessToken"]
-                .as_str()
-                .expect("token")
-                .to_string()
-        }
-    });
-    let tokens = futures_join_all(reads).await;
+    let tokens = read_concurrently(&[&a, &b], "shared", 200).await;
     assert_eq!(
         provider.refresh_count(),
         1,
@@ -415,17 +380,34 @@ async fn two_instances_share_one_refresh(backend: Backend) {
     );
 }
 
-/// Runs the futures concurrently on this runtime (spawned, so they truly overlap).
-async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<String>
-where
-    F: std::future::Future<Output = String> + Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::new();
+/// `n` concurrent token reads of `user_id`, spread over `apps` in turn; each must
+/// succeed. Returns the access tokens they got.
+async fn read_concurrently(apps: &[&TestApp], user_id: &str, n: usize) -> Vec<String> {
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let app = apps[i % apps.len()];
+            let http = app.http.clone();
+            let url = app.url(&format!("/v1/users/{user_id}/tokens/google"));
+            tokio::spawn(async move {
+                let response = http
+                    .get(url)
+                    .bearer_auth(API_KEY)
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(response.status(), StatusCode::OK, "no caller gets an error");
+                response.json::<Value>().await.expect("json")["accessToken"]
+                    .as_str()
+                    .expect("token")
+                    .to_string()
+            })
+        })
+        .collect();
+    let mut tokens = Vec::new();
     for h in handles {
-        out.push(h.await.expect("task"));
+        tokens.push(h.await.expect("task"));
     }
-    out
+    tokens
 }
 
 async fn reconsent_without_refresh_token_keeps_the_old_one(backend: Backend) {
@@ -1047,15 +1029,7 @@ async fn the_full_flow_runs_under_the_least_privilege_policy() {
         None,
     )
     .await;
-    let mut env: Vec<(String, String)> = support::env_for(&provider, &[])
-        .into_iter()
-        .filter(|(k, _)| {
-            !matches!(
-                k.as_str(),
-                "AXNT_GOOGLE_CLIENT_ID" | "AXNT_GOOGLE_CLIENT_SECRET" | "AXNT_API_KEYS"
-            )
-        })
-        .collect();
+    let mut env = support::env_for_secret(&provider, &[]);
     env.extend(
         fixture
             .env
@@ -1184,15 +1158,7 @@ async fn shutdown_flushes_every_buffered_flow_log_item(backend: Backend) {
 async fn a_store_outage_during_the_callback_changes_nothing() {
     let provider = FakeProvider::start().await;
     let proxy = support::CuttableProxy::start(&support::aws::moto_endpoint()).await;
-    let mut env: Vec<(String, String)> = support::env_for(&provider, &[])
-        .into_iter()
-        .filter(|(k, _)| {
-            !matches!(
-                k.as_str(),
-                "AXNT_GOOGLE_CLIENT_ID" | "AXNT_GOOGLE_CLIENT_SECRET" | "AXNT_API_KEYS"
-            )
-        })
-        .collect();
+    let mut env = support::env_for_secret(&provider, &[]);
     for (k, v) in
         support::aws::aws_env(&provider.client_id(), &provider.client_secret(), API_KEY).await
     {
@@ -1282,25 +1248,7 @@ async fn a_slow_provider_is_still_refreshed_once(backend: Backend) {
     assert!(a.connect("slow").await.status().is_success());
     provider.set_access_token_ttl(3600);
     provider.refresh_failure([RefreshBehaviour::Delay(Duration::from_millis(2500))]);
-    let reads = (0..40).map(|i| {
-        let app = if i % 2 == 0 { &a } else { &b };
-        let http = app.http.clone();
-        let url = app.url("/v1/users/slow/tokens/google");
-        async move {
-            let response = http
-                .get(url)
-                .bearer_auth(API_KEY)
-                .send()
-                .await
-                .expect("send");
-            assert_eq!(response.status(), StatusCode::OK);
-            response.json::<Value>().await.expect("json")["accessToken"]
-                .as_str()
-                .expect("token")
-                .to_string()
-        }
-    });
-    let tokens = futures_join_all(reads).await;
+    let tokens = read_concurrently(&[&a, &b], "slow", 40).await;
     assert_eq!(
         provider.refresh_count(),
         1,

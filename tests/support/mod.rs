@@ -102,6 +102,20 @@ pub fn env_for(provider: &FakeProvider, extra: &[(&str, &str)]) -> Vec<(String, 
     env.into_iter().collect()
 }
 
+/// [`env_for`] without the client credentials and API key: for aws mode, where they
+/// come from the Secrets Manager secret.
+pub fn env_for_secret(provider: &FakeProvider, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    env_for(provider, extra)
+        .into_iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "AXNT_GOOGLE_CLIENT_ID" | "AXNT_GOOGLE_CLIENT_SECRET" | "AXNT_API_KEYS"
+            )
+        })
+        .collect()
+}
+
 impl TestApp {
     /// Starts an instance on `backend` with fresh storage, pointed at `provider`.
     /// In aws mode the client credentials come from the Secrets Manager secret.
@@ -109,14 +123,7 @@ impl TestApp {
         match backend {
             Backend::Embedded => Self::spawn_with(provider, extra).await,
             Backend::Aws => {
-                let mut env: Vec<(String, String)> = env_for(provider, extra)
-                    .into_iter()
-                    .filter(|(k, _)| {
-                        k != "AXNT_GOOGLE_CLIENT_ID"
-                            && k != "AXNT_GOOGLE_CLIENT_SECRET"
-                            && k != "AXNT_API_KEYS"
-                    })
-                    .collect();
+                let mut env = env_for_secret(provider, extra);
                 env.extend(
                     aws::aws_env(&provider.client_id(), &provider.client_secret(), API_KEY).await,
                 );
