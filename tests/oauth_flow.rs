@@ -28,6 +28,7 @@ on_every_backend!(
     concurrent_reads_share_one_refresh,
     two_instances_share_one_refresh,
     a_slow_provider_is_still_refreshed_once,
+    a_failed_code_exchange_is_not_retried,
     background_refresh_renews_recently_read_tokens,
     reads_do_not_become_writes,
     shutdown_flushes_every_buffered_flow_log_item,
@@ -1256,4 +1257,33 @@ async fn a_slow_provider_is_still_refreshed_once(backend: Backend) {
     );
     let latest = provider.latest_access_token().expect("issued");
     assert!(tokens.iter().all(|t| *t == latest));
+}
+
+/// Codes are single use: a code exchange that failed upstream is not retried (a retry
+/// could only earn invalid_grant, and might redeem a code twice).
+async fn a_failed_code_exchange_is_not_retried(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[]).await;
+    provider.fail_token_endpoint_with_status(503, 1);
+    let response = app.connect("once").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        response
+            .text()
+            .await
+            .expect("page")
+            .contains("provider_unavailable")
+    );
+    assert_eq!(
+        provider.code_exchange_count(),
+        1,
+        "exactly one exchange attempt"
+    );
+    assert!(app.stored_row("once").await.is_none());
+    let items = app.flow_log("once").await;
+    let failed = items
+        .iter()
+        .find(|i| i["step"] == "failed")
+        .expect("failed logged");
+    assert_eq!(failed["data"]["atStep"], "code_exchanged");
 }
