@@ -12,13 +12,15 @@ COPY src ./src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked
 
 FROM debian:bookworm-slim
+# ca-certificates unpinned on purpose: the current one from the base's security updates.
+# hadolint ignore=DL3008
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home /var/lib/axnt-oauth --create-home axnt
 COPY --from=build /src/target/release/axnt-oauth /usr/local/bin/axnt-oauth
 WORKDIR /var/lib/axnt-oauth
 COPY config ./config
-USER axnt
+USER 10001
 ENV AXNT_LISTEN_ADDR=0.0.0.0:8080 \
     AXNT_DATA_DIR=/var/lib/axnt-oauth/data \
     AXNT_LOG_FORMAT=json
