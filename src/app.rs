@@ -44,8 +44,6 @@ pub enum StartupError {
     Bind { addr: SocketAddr, reason: String },
     #[error("aws: {0}")]
     Aws(String),
-    #[error("the {0} backend is not available in this build")]
-    Unsupported(&'static str),
 }
 
 /// The storage, key and secret layers for one backend.

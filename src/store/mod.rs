@@ -103,10 +103,11 @@ pub enum StoreError {
     #[error("the row was changed by another writer")]
     Conflict,
     /// The table or database does not exist.
-    #[error("not found: {0}")]
+    #[error("{0}")]
     MissingTable(String),
-    /// The backend refused us (permissions).
-    #[error("access denied: {0}")]
+    /// The backend refused us (permissions). The message starts with `AccessDenied:`
+    /// and names the action and resource, as `check` prints it.
+    #[error("{0}")]
     AccessDenied(String),
     /// The backend asked us to slow down.
     #[error("throttled: {0}")]
