@@ -1287,3 +1287,50 @@ async fn a_failed_code_exchange_is_not_retried(backend: Backend) {
         .expect("failed logged");
     assert_eq!(failed["data"]["atStep"], "code_exchanged");
 }
+
+/// The client secret is rotated in Secrets Manager and at the provider: the first
+/// refresh with the old one earns `invalid_client`, the service re-reads the secret and
+/// retries with the new one — no restart, no error for the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_secret_is_used_without_restart() {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    let app = TestApp::on(Backend::Aws, &provider, &[]).await;
+    assert!(app.connect("rotating").await.status().is_success());
+
+    let new_secret = format!("rotated-{}", uuid::Uuid::new_v4().simple());
+    let sdk = axnt_oauth::aws::sdk_config(&app.settings).await;
+    let mut state_key = [0u8; 32];
+    axnt_oauth::crypto::fill_random(&mut state_key);
+    aws_sdk_secretsmanager::Client::new(&sdk)
+        .put_secret_value()
+        .secret_id(&app.settings.google_secret_id)
+        .secret_string(support::aws::secret_json(
+            &provider.client_id(),
+            &new_secret,
+            &axnt_oauth::crypto::b64(&state_key),
+            API_KEY,
+        ))
+        .send()
+        .await
+        .expect("rotate the secret");
+    provider.set_client_secret(new_secret.clone());
+
+    let response = app.token("rotating").await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "refreshed with the rotated secret"
+    );
+    let auths: Vec<_> = provider
+        .token_requests()
+        .iter()
+        .filter(|r| r.grant_type == "refresh_token")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(auths, vec![401, 200], "one invalid_client, then success");
+    assert!(
+        !support::captured_logs().contains(&new_secret),
+        "the new secret is never logged"
+    );
+}

@@ -473,8 +473,34 @@ impl OidcProvider {
         refresh_token: &SecretString,
     ) -> Result<ProviderTokens, ProviderError> {
         let creds = self.credentials().await?;
+        let first = self.refresh_with(&creds, refresh_token).await;
+        if !matches!(first, Err(ProviderError::InvalidClient)) {
+            return first;
+        }
+        // The client secret may have been rotated since we last read it: re-read it
+        // now and, when it changed, try once more (a refresh token is not spent by a
+        // request whose client authentication failed).
+        if let Err(e) = self.secrets.reload().await {
+            tracing::warn!(error = %e, "re-reading the client secret after invalid_client failed");
+            return first;
+        }
+        let fresh = self.credentials().await?;
+        if fresh.client_id == creds.client_id
+            && fresh.client_secret.expose_secret() == creds.client_secret.expose_secret()
+        {
+            return first;
+        }
+        tracing::info!("client credentials changed in the secret; retrying the refresh with them");
+        self.refresh_with(&fresh, refresh_token).await
+    }
+
+    async fn refresh_with(
+        &self,
+        creds: &ClientCredentials,
+        refresh_token: &SecretString,
+    ) -> Result<ProviderTokens, ProviderError> {
         let d = self.discovered().await?;
-        let client = self.client(&d, &creds, None)?;
+        let client = self.client(&d, creds, None)?;
         let token = RefreshToken::new(refresh_token.expose_secret().to_string());
         let response = client
             .exchange_refresh_token(&token)
