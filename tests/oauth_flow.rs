@@ -29,6 +29,7 @@ on_every_backend!(
     two_instances_share_one_refresh,
     a_slow_provider_is_still_refreshed_once,
     a_failed_code_exchange_is_not_retried,
+    a_malformed_token_response_is_not_quoted,
     background_refresh_renews_recently_read_tokens,
     reads_do_not_become_writes,
     shutdown_flushes_every_buffered_flow_log_item,
@@ -959,6 +960,27 @@ async fn no_planted_secret_reaches_logs_or_flow_log_items(backend: Backend) {
             "a secret reached a flow-log item"
         );
     }
+}
+
+/// A malformed token response is reported by where it is malformed, never by quoting
+/// the value (which, in a token response, may be a token).
+async fn a_malformed_token_response_is_not_quoted(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    let app = TestApp::on(backend, &provider, &[]).await;
+    assert!(app.connect("quoted").await.status().is_success());
+    let planted = "planted-token-in-a-bad-field-4711";
+    provider.refresh_failure([RefreshBehaviour::RawBody(format!(
+        r#"{{"access_token":"at-x","token_type":"Bearer","expires_in":"{planted}"}}"#
+    ))]);
+    assert_problem(app.token("quoted").await, 502, "provider_error").await;
+    let items = serde_json::to_string(&app.flow_log("quoted").await).expect("json");
+    assert!(items.contains("refresh_failed"));
+    assert!(!items.contains(planted), "flow log quotes no value");
+    assert!(
+        !app_logs_after_flush().await.contains(planted),
+        "logs quote no value"
+    );
 }
 
 async fn app_logs_after_flush() -> String {

@@ -551,7 +551,13 @@ impl OidcProvider {
                 },
             },
             RequestTokenError::Request(f) => ProviderError::Unavailable(f.to_string()),
-            RequestTokenError::Parse(e, _body) => ProviderError::Malformed(e.to_string()),
+            // Only where and what kind: serde's message can quote the offending value,
+            // and in a token response that value may be a token.
+            RequestTokenError::Parse(e, _body) => ProviderError::Malformed(format!(
+                "unreadable token response at `{}` ({:?} error)",
+                e.path(),
+                e.inner().classify()
+            )),
             RequestTokenError::Other(e) => ProviderError::Malformed(e),
         }
     }

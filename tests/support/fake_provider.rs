@@ -165,6 +165,8 @@ pub enum RefreshBehaviour {
     Error { status: u16, error: String },
     /// Wait, then answer normally (for timeouts and concurrent-refresh races).
     Delay(Duration),
+    /// `200` with exactly this body (a malformed token response).
+    RawBody(String),
 }
 
 impl RefreshBehaviour {
@@ -996,6 +998,8 @@ enum Step {
     Delay(Duration),
     /// Run the grant.
     Proceed,
+    /// Answer 200 with this JSON body as is.
+    Raw(String),
 }
 
 async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Response {
@@ -1039,6 +1043,7 @@ async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Resp
                     Step::Answer(OAuthError::scripted(status, Some(&error)))
                 }
                 Some(RefreshBehaviour::Delay(delay)) => Step::Delay(delay),
+                Some(RefreshBehaviour::RawBody(body)) => Step::Raw(body),
             }
         } else {
             Step::Proceed
@@ -1054,6 +1059,16 @@ async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Resp
         }
         Step::Delay(delay) => tokio::time::sleep(delay).await,
         Step::Proceed => {}
+        Step::Raw(body) => {
+            let response = (
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response();
+            record(&shared, client_auth, &response);
+            return response;
+        }
     }
 
     let outcome = {
