@@ -162,6 +162,9 @@ pub struct SecretsCache {
     /// API keys from settings or the data directory, always accepted.
     extra_api_keys: Vec<SecretString>,
     current: RwLock<Arc<ServiceSecrets>>,
+    /// SHA-256 of each accepted API key, computed when the secrets are installed so a
+    /// request hashes only the key it presents.
+    api_key_hashes: RwLock<Arc<Vec<[u8; 32]>>>,
     reload: Notify,
 }
 
@@ -178,6 +181,7 @@ impl SecretsCache {
             client_override,
             extra_api_keys,
             current: RwLock::new(Arc::new(ServiceSecrets::default())),
+            api_key_hashes: RwLock::new(Arc::new(Vec::new())),
             reload: Notify::new(),
         };
         cache.install(loaded);
@@ -189,6 +193,14 @@ impl SecretsCache {
             loaded.client = Some(c.clone());
         }
         loaded.api_keys.extend(self.extra_api_keys.iter().cloned());
+        let hashes = loaded
+            .api_keys
+            .iter()
+            .map(|k| crate::crypto::sha256(k.expose_secret().as_bytes()))
+            .collect();
+        if let Ok(mut guard) = self.api_key_hashes.write() {
+            *guard = Arc::new(hashes);
+        }
         if let Ok(mut guard) = self.current.write() {
             *guard = Arc::new(loaded);
         }
@@ -220,13 +232,17 @@ impl SecretsCache {
     /// Whether `candidate` is one of the accepted API keys, compared in constant time.
     pub fn accepts_api_key(&self, candidate: &str) -> bool {
         use subtle::ConstantTimeEq;
-        let current = self.current();
-        // Compare hashes so that the comparison's time does not depend on key lengths.
+        let accepted = self
+            .api_key_hashes
+            .read()
+            .map(|g| Arc::clone(&g))
+            .unwrap_or_default();
+        // Compare hashes so that the comparison's time does not depend on key lengths,
+        // and visit every key so that it does not depend on which one matched.
         let wanted = crate::crypto::sha256(candidate.as_bytes());
-        current.api_keys.iter().fold(false, |found, key| {
-            let hash = crate::crypto::sha256(key.expose_secret().as_bytes());
-            found | bool::from(hash.ct_eq(&wanted))
-        })
+        accepted
+            .iter()
+            .fold(false, |found, hash| found | bool::from(hash.ct_eq(&wanted)))
     }
 
     /// Re-reads every `every`, and promptly (at most once per 10 s) when asked to.
