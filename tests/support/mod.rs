@@ -189,7 +189,18 @@ impl TestApp {
 
     /// A second instance on the same storage, keys and secrets (another "host").
     pub async fn sibling(&self) -> Self {
-        Self::spawn_in(Arc::clone(&self.data_dir), self.base_env.clone()).await
+        self.sibling_with(&[]).await
+    }
+
+    /// A second instance on the same storage, with some settings changed.
+    pub async fn sibling_with(&self, extra: &[(&str, &str)]) -> Self {
+        let mut env = self.base_env.clone();
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string())),
+        );
+        Self::spawn_in(Arc::clone(&self.data_dir), env).await
     }
 
     /// Stops gracefully and waits until the server has finished.
