@@ -183,6 +183,8 @@ pub struct App {
     listener: TcpListener,
     router: Router,
     flow_log: Arc<dyn FlowLog>,
+    tokens: Arc<TokenService>,
+    drain_timeout: Duration,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -236,8 +238,12 @@ impl App {
             );
         }
 
+        let mut provider_config = ProviderConfig::google(&settings.google_issuer);
+        provider_config.rotates_refresh_tokens = settings.rotates_refresh_tokens();
+        provider_config.refresh_reuse_grace =
+            Duration::from_secs(settings.refresh_reuse_grace_secs);
         let provider = OidcProvider::new(
-            ProviderConfig::google(&settings.google_issuer),
+            provider_config,
             Arc::clone(&secrets),
             settings.provider_timeout(),
         )?;
@@ -264,6 +270,12 @@ impl App {
                 last_used_interval: Duration::from_secs(settings.last_used_interval_secs),
                 connection_ttl: Duration::from_secs(settings.connection_ttl_days * 86_400),
                 inactive_retention: Duration::from_secs(settings.inactive_retention_days * 86_400),
+                // One provider call always fits in a lease; the holder extends it
+                // every third of this while it works.
+                lease_ttl: settings.provider_timeout() + Duration::from_secs(5),
+                refresh_cooldown: Duration::from_secs(settings.refresh_cooldown_secs),
+                circuit_failures: settings.provider_circuit_failures,
+                circuit_open: Duration::from_secs(settings.provider_circuit_open_secs),
             },
         ));
         if settings.background_refresh_secs > 0 {
@@ -284,7 +296,7 @@ impl App {
             return_urls: ReturnUrls::new(&settings.allowed_return_urls),
             trusted_proxies: settings.trusted_proxy_addrs(),
             settings: Arc::clone(&settings),
-            tokens,
+            tokens: Arc::clone(&tokens),
             flow_log,
             sealer: Arc::new(StateSealer::new(state_key)),
             secrets,
@@ -295,6 +307,8 @@ impl App {
             listener,
             router: http::router(state),
             flow_log: backends.flow_log,
+            tokens,
+            drain_timeout: Duration::from_secs(settings.drain_timeout_secs),
             background,
         })
     }
@@ -308,8 +322,9 @@ impl App {
         self.router.clone()
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests and flushes
-    /// buffered flow-log writes.
+    /// Serves until `shutdown` resolves, then finishes in-flight requests, waits for
+    /// refreshes in flight to store what they redeemed (up to `AXNT_DRAIN_TIMEOUT_SECS`),
+    /// and flushes buffered flow-log writes.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -320,8 +335,16 @@ impl App {
         let served = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await;
+        // The background loops only start refreshes; a refresh they started runs on
+        // as its own task, which the drain below waits for.
         for task in &self.background {
             task.abort();
+        }
+        if !self.tokens.drain(self.drain_timeout).await {
+            tracing::error!(
+                timeout_secs = self.drain_timeout.as_secs(),
+                "refreshes still in flight at the drain deadline: their new tokens may not be stored"
+            );
         }
         if let Err(e) = self.flow_log.flush().await {
             tracing::error!(error = %e, "flushing flow-log writes at shutdown failed");

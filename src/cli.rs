@@ -242,7 +242,7 @@ async fn check(settings: Settings) -> i32 {
             expires_at: now.timestamp() + 3600,
             is_active: false,
             version: 1,
-            refresh_lease: None,
+            refresh: Default::default(),
         };
         let result = async {
             backends

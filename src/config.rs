@@ -111,6 +111,27 @@ pub struct Settings {
     /// `AXNT_BACKGROUND_REFRESH_SECS`: when above 0, connections read in the last hour
     /// are refreshed ahead of time every this many seconds. Off (0) by default.
     pub background_refresh_secs: u64,
+    /// `AXNT_REFRESH_COOLDOWN_SECS`: after a failed refresh (provider down, answer
+    /// lost), no new refresh of that connection for this long: reads answer 503 with
+    /// `Retry-After` without calling the provider. 0 turns it off.
+    pub refresh_cooldown_secs: u64,
+    /// `AXNT_PROVIDER_CIRCUIT_FAILURES`: this many consecutive failed refreshes (any
+    /// connections) open the provider's circuit. 0 turns the circuit off.
+    pub provider_circuit_failures: u32,
+    /// `AXNT_PROVIDER_CIRCUIT_OPEN_SECS`: how long an open circuit refuses refreshes
+    /// before one is let through to test the provider.
+    pub provider_circuit_open_secs: u64,
+    /// `AXNT_PROVIDER_ROTATES_REFRESH_TOKENS`: whether the provider issues a new refresh
+    /// token on every refresh and rejects the old one. Unset: false for Google's issuer
+    /// (Google does not rotate), true for any other (the safe assumption). Decides
+    /// whether a refresh whose answer was lost may be sent again with the same token.
+    pub provider_rotates_refresh_tokens: Option<bool>,
+    /// `AXNT_REFRESH_REUSE_GRACE_SECS`: a rotating provider's reuse interval (it still
+    /// accepts a redeemed refresh token this long; Okta and Auth0 have one). 0: none.
+    pub refresh_reuse_grace_secs: u64,
+    /// `AXNT_DRAIN_TIMEOUT_SECS`: on shutdown, how long to wait for refreshes in flight
+    /// (they hold tokens the provider issued) after the last request was answered.
+    pub drain_timeout_secs: u64,
     /// `AXNT_READINESS_CACHE_SECS`: `/readyz` answers from a result this fresh.
     pub readiness_cache_secs: u64,
     /// `AXNT_SECRET_REFRESH_SECS`: how often the client secret is re-read.
@@ -225,6 +246,12 @@ impl Default for Settings {
             provider_timeout_secs: 10,
             refresh_deadline_secs: 15,
             background_refresh_secs: 0,
+            refresh_cooldown_secs: 30,
+            provider_circuit_failures: 5,
+            provider_circuit_open_secs: 15,
+            provider_rotates_refresh_tokens: None,
+            refresh_reuse_grace_secs: 0,
+            drain_timeout_secs: 20,
             readiness_cache_secs: 5,
             secret_refresh_secs: 300,
             log_format: LogFormat::Text,
@@ -407,6 +434,10 @@ impl Settings {
             ("flow_state_ttl_secs", self.flow_state_ttl_secs),
             ("provider_timeout_secs", self.provider_timeout_secs),
             ("refresh_deadline_secs", self.refresh_deadline_secs),
+            (
+                "provider_circuit_open_secs",
+                self.provider_circuit_open_secs,
+            ),
             ("connection_ttl_days", self.connection_ttl_days),
             ("aws_connect_timeout_ms", self.aws_connect_timeout_ms),
             ("aws_operation_timeout_ms", self.aws_operation_timeout_ms),
@@ -455,6 +486,14 @@ impl Settings {
         Duration::from_secs(self.provider_timeout_secs)
     }
 
+    /// Whether the configured provider rotates refresh tokens (see
+    /// [`Settings::provider_rotates_refresh_tokens`]).
+    pub fn rotates_refresh_tokens(&self) -> bool {
+        self.provider_rotates_refresh_tokens.unwrap_or_else(|| {
+            self.google_issuer.trim_end_matches('/') != "https://accounts.google.com"
+        })
+    }
+
     /// The trusted proxies, parsed (validated at load time).
     pub fn trusted_proxy_addrs(&self) -> Vec<IpAddr> {
         self.trusted_proxies
@@ -489,6 +528,11 @@ struct DefaultsView {
     provider_timeout_secs: u64,
     refresh_deadline_secs: u64,
     background_refresh_secs: u64,
+    refresh_cooldown_secs: u64,
+    provider_circuit_failures: u32,
+    provider_circuit_open_secs: u64,
+    refresh_reuse_grace_secs: u64,
+    drain_timeout_secs: u64,
     readiness_cache_secs: u64,
     secret_refresh_secs: u64,
     log_format: LogFormat,
@@ -530,6 +574,11 @@ impl Default for DefaultsView {
             provider_timeout_secs: d.provider_timeout_secs,
             refresh_deadline_secs: d.refresh_deadline_secs,
             background_refresh_secs: d.background_refresh_secs,
+            refresh_cooldown_secs: d.refresh_cooldown_secs,
+            provider_circuit_failures: d.provider_circuit_failures,
+            provider_circuit_open_secs: d.provider_circuit_open_secs,
+            refresh_reuse_grace_secs: d.refresh_reuse_grace_secs,
+            drain_timeout_secs: d.drain_timeout_secs,
             readiness_cache_secs: d.readiness_cache_secs,
             secret_refresh_secs: d.secret_refresh_secs,
             log_format: d.log_format,

@@ -20,7 +20,16 @@ use crate::oauth::flow::SealError;
 use crate::oauth::provider::{IdTokenProblem, ProviderError};
 use crate::store::StoreError;
 
-#[derive(Debug, thiserror::Error)]
+/// Why a grant died (`cause` in a 409 body, the flow log and the row): the provider
+/// answered `invalid_grant`.
+pub const CAUSE_INVALID_GRANT: &str = "invalid_grant";
+/// A refresh request's answer was lost after it was sent, and the provider later
+/// refused the refresh token: the lost request most likely redeemed (and rotated) it.
+pub const CAUSE_OUTCOME_UNKNOWN: &str = "refresh_outcome_unknown";
+/// The row holds no refresh token (the grant gave none) and its access token expired.
+pub const CAUSE_NO_REFRESH_TOKEN: &str = "no_refresh_token";
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("missing or wrong API key")]
     Unauthorized,
@@ -52,8 +61,15 @@ pub enum Error {
     CodeRejected,
     #[error("no connection for this user and provider")]
     NotConnected,
-    #[error("the user must connect the account again")]
-    ReauthorizationRequired,
+    #[error("the user must connect the account again ({cause})")]
+    ReauthorizationRequired { cause: String },
+    /// No refresh was attempted: the connection is cooling down after a failed refresh,
+    /// or the provider's circuit is open.
+    #[error("the OAuth provider is unavailable ({reason}); retry in {retry_after_secs} s")]
+    RefreshSuppressed {
+        reason: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("the row was changed concurrently; retry")]
     Conflict,
     #[error("another request is refreshing this token and did not finish in time; retry")]
@@ -117,14 +133,16 @@ impl Error {
             Self::RouteNotFound | Self::UnknownProvider(_) | Self::NotConnected => {
                 StatusCode::NOT_FOUND
             }
-            Self::ReauthorizationRequired | Self::Conflict => StatusCode::CONFLICT,
+            Self::ReauthorizationRequired { .. } | Self::Conflict => StatusCode::CONFLICT,
             Self::Provider(p) => match p {
-                ProviderError::NotConfigured(_) | ProviderError::Unavailable(_) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                ProviderError::NotConfigured(_)
+                | ProviderError::Unavailable(_)
+                | ProviderError::OutcomeUnknown(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_GATEWAY,
             },
-            Self::Store(_) | Self::RefreshBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) | Self::RefreshBusy | Self::RefreshSuppressed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Crypto(CryptoError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Crypto(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -149,11 +167,14 @@ impl Error {
             Self::IdTokenInvalid(_) => "id_token_invalid",
             Self::CodeRejected => "code_rejected",
             Self::NotConnected => "not_connected",
-            Self::ReauthorizationRequired => "reauthorization_required",
+            Self::ReauthorizationRequired { .. } => "reauthorization_required",
+            Self::RefreshSuppressed { .. } => "provider_unavailable",
             Self::Conflict => "concurrent_update",
             Self::RefreshBusy => "refresh_in_progress",
             Self::Provider(ProviderError::NotConfigured(_)) => "provider_not_configured",
-            Self::Provider(ProviderError::Unavailable(_)) => "provider_unavailable",
+            Self::Provider(ProviderError::Unavailable(_) | ProviderError::OutcomeUnknown(_)) => {
+                "provider_unavailable"
+            }
             Self::Provider(_) => "provider_error",
             Self::Store(StoreError::Throttled(_)) => "store_throttled",
             Self::Store(_) => "store_unavailable",
@@ -174,6 +195,9 @@ impl Error {
             Self::Provider(ProviderError::Unavailable(_)) => {
                 "the OAuth provider is unavailable; retry later".into()
             }
+            Self::Provider(ProviderError::OutcomeUnknown(_)) => {
+                "the OAuth provider did not answer; retry later".into()
+            }
             Self::Provider(_) => "the OAuth provider answered an error".into(),
             Self::Store(_) => "the token store is unavailable; retry later".into(),
             Self::Crypto(CryptoError::Unavailable(_)) => {
@@ -182,6 +206,26 @@ impl Error {
             Self::Crypto(_) => "the stored tokens cannot be decrypted".into(),
             Self::Internal(_) => "internal error".into(),
             other => other.to_string(),
+        }
+    }
+
+    /// Why a grant is dead or a refresh failed, as a stable code (`cause` in the body).
+    pub fn cause(&self) -> Option<&str> {
+        match self {
+            Self::ReauthorizationRequired { cause } => Some(cause),
+            Self::RefreshSuppressed { reason, .. } => Some(reason),
+            Self::Provider(ProviderError::OutcomeUnknown(_)) => Some(CAUSE_OUTCOME_UNKNOWN),
+            _ => None,
+        }
+    }
+
+    /// Seconds a client should wait before retrying a 503.
+    fn retry_after_secs(&self) -> u64 {
+        match self {
+            Self::RefreshSuppressed {
+                retry_after_secs, ..
+            } => *retry_after_secs,
+            _ => 1,
         }
     }
 
@@ -207,6 +251,8 @@ struct Problem<'a> {
     status: u16,
     detail: String,
     code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<&'a str>,
 }
 
 /// Put on every error response, so that [`log_errors`] logs it once.
@@ -226,6 +272,7 @@ impl IntoResponse for Error {
             status: status.as_u16(),
             detail: self.public_detail(),
             code: self.code(),
+            cause: self.cause(),
         };
         let body = serde_json::to_string(&problem).unwrap_or_default();
         let mut response = (
@@ -240,9 +287,10 @@ impl IntoResponse for Error {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after_secs()),
+            );
         }
         response.extensions_mut().insert(Arc::new(self.report()));
         response

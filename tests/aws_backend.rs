@@ -571,7 +571,7 @@ fn probe_row(user_id: &str, envelope: axnt_oauth::crypto::Envelope) -> Connectio
         expires_at: now.timestamp() + 86_400,
         is_active: true,
         version: 1,
-        refresh_lease: None,
+        refresh: Default::default(),
     }
 }
 

@@ -93,10 +93,12 @@ async fn a_full_flow_against_oauth2_mock_server() {
     assert_eq!(token["email"], "e2e@example.com");
     let first = token["accessToken"].as_str().expect("token").to_string();
 
-    // A token inside the margin is refreshed through the provider's refresh grant.
-    control(&provider, json!({ "accessTokenTtl": 5 })).await;
+    // A token inside its margin is refreshed through the provider's refresh grant. A
+    // 2-second token is held to half its lifetime (1 s), so it is due after a second.
+    control(&provider, json!({ "accessTokenTtl": 2 })).await;
     let response = app.connect("e2e-user").await;
     assert_eq!(response.status(), StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let refreshed: Value = app.token("e2e-user").await.json().await.expect("json");
     assert_ne!(refreshed["accessToken"], first);
     let counts = control(&provider, json!({})).await;
@@ -107,7 +109,10 @@ async fn a_full_flow_against_oauth2_mock_server() {
     let response = app.connect("e2e-user").await;
     assert_eq!(response.status(), StatusCode::OK);
     control(&provider, json!({ "revokeAll": true })).await;
-    support::assert_problem(app.token("e2e-user").await, 409, "reauthorization_required").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let dead =
+        support::assert_problem(app.token("e2e-user").await, 409, "reauthorization_required").await;
+    assert_eq!(dead["cause"], "invalid_grant");
 
     let steps = app.steps("e2e-user").await;
     assert_eq!(

@@ -51,6 +51,9 @@ on_every_backend!(
     probes_answer
 );
 
+#[path = "oauth_flow/refresh_faults.rs"]
+mod refresh_faults;
+
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -181,7 +184,7 @@ async fn a_flow_without_return_url_ends_on_a_success_page(backend: Backend) {
 
 async fn an_expired_access_token_is_refreshed_once_and_the_refresh_token_kept(backend: Backend) {
     let provider = FakeProvider::start().await;
-    provider.set_access_token_ttl(60); // inside the 5-minute margin
+    provider.set_access_token_ttl(0); // expired as soon as issued
     let app = TestApp::on(backend, &provider, &[]).await;
     assert!(app.connect("carol").await.status().is_success());
     let first_access = provider.latest_access_token().expect("issued");
@@ -303,7 +306,7 @@ async fn provider_failure_on_refresh_is_503_and_leaves_the_row(backend: Backend)
         before.access_token_expires_at
     );
     assert!(after.is_active);
-    assert_eq!(after.refresh_lease, None, "the lease was given back");
+    assert_eq!(after.refresh.lease, None, "the lease was given back");
     let items = app.flow_log("gina").await;
     assert!(items.iter().any(|i| i["step"] == "refresh_failed" && i["data"]["reason"] == "provider_unavailable"));
 }
@@ -352,7 +355,7 @@ async fn concurrent_reads_share_one_refresh(backend: Backend) {
 }
 
 async fn two_instances_share_one_refresh(backend: Backend) {
-    refresh_once_across_two_instances(backend, &[], Duration::from_millis(300), 200).await;
+    refresh_once_across_two_instances(backend, &[], Duration::from_millis(300), 500).await;
 }
 
 /// A provider slower than the readers' patience per poll: the lease (refresh deadline +
@@ -393,16 +396,33 @@ async fn refresh_once_across_two_instances(
     );
     let row = a.stored_row("shared").await.expect("row");
     assert_eq!(
-        row.refresh_lease, None,
+        row.refresh.lease, None,
         "the lease was cleared by the winner's write"
     );
-    // The stored refresh token is the provider's latest: an instance whose margin
-    // exceeds the token's life refreshes at once, and the rotating provider accepts it.
-    let eager = a
-        .sibling_with(&[("AXNT_REFRESH_MARGIN_SECS", "7200")])
+    assert_stored_refresh_token_is_the_latest(&a, &provider, "shared").await;
+}
+
+/// The stored refresh token is the provider's latest: removing the connection revokes
+/// the stored refresh token at the provider, and that is the last one it issued.
+pub(crate) async fn assert_stored_refresh_token_is_the_latest(
+    app: &TestApp,
+    provider: &FakeProvider,
+    user_id: &str,
+) {
+    assert_eq!(
+        provider.spent_refresh_tokens_presented(),
+        0,
+        "no spent refresh token was presented"
+    );
+    let response = app
+        .api_delete(&format!("/v1/users/{user_id}/connections/google"))
         .await;
-    assert_eq!(eager.token("shared").await.status(), StatusCode::OK);
-    assert_eq!(provider.refresh_count(), 2);
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        provider.revoked_tokens().last(),
+        provider.latest_refresh_token().as_ref(),
+        "the stored refresh token is the latest the provider issued"
+    );
 }
 
 /// `n` concurrent token reads of `user_id`, spread over `apps` in turn; each must
@@ -420,11 +440,10 @@ async fn read_concurrently(apps: &[&TestApp], user_id: &str, n: usize) -> Vec<St
                     .send()
                     .await
                     .expect("send");
-                assert_eq!(response.status(), StatusCode::OK, "no caller gets an error");
-                response.json::<Value>().await.expect("json")["accessToken"]
-                    .as_str()
-                    .expect("token")
-                    .to_string()
+                let status = response.status();
+                let body = response.json::<Value>().await.expect("json");
+                assert_eq!(status, StatusCode::OK, "no caller gets an error: {body}");
+                body["accessToken"].as_str().expect("token").to_string()
             })
         })
         .collect();
@@ -1152,8 +1171,13 @@ async fn reads_do_not_become_writes(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(eager.token("reader").await.status(), StatusCode::OK);
     let touched = eager.stored_row("reader").await.expect("row");
-    assert_eq!(touched.version, first.version + 1);
     assert!(touched.last_used > first.last_used);
+    assert!(touched.expires_at >= first.expires_at);
+    assert_eq!(
+        touched.version, first.version,
+        "lastUsed is a partial update: the token version stays"
+    );
+    assert_eq!(touched.encrypted_tokens, first.encrypted_tokens);
 }
 
 async fn shutdown_flushes_every_buffered_flow_log_item(backend: Backend) {
@@ -1253,7 +1277,8 @@ async fn a_store_outage_during_the_callback_changes_nothing() {
 
 async fn background_refresh_renews_recently_read_tokens(backend: Backend) {
     let provider = FakeProvider::start().await;
-    provider.set_access_token_ttl(303); // fresh now (margin 300), due within two passes
+    // A 4-second token is held to half its lifetime: fresh now, due in two seconds.
+    provider.set_access_token_ttl(4);
     let app = TestApp::on(backend, &provider, &[("AXNT_BACKGROUND_REFRESH_SECS", "1")]).await;
     assert!(app.connect("early").await.status().is_success());
     assert!(app.connect("idle").await.status().is_success()); // never read: left alone

@@ -16,7 +16,8 @@ use axnt_oauth::store::buffered::BufferedFlowLog;
 use axnt_oauth::store::embedded::EmbeddedStore;
 use axnt_oauth::store::flow_log::SortKeyClock;
 use axnt_oauth::store::{
-    Connection, FlowLog, FlowLogEntry, FlowStep, StoreError, TokenStore, UserInfo,
+    Connection, FlowLog, FlowLogEntry, FlowStep, LeaseRelease, RefreshLease, RefreshState,
+    StoreError, TokenStore, UserInfo,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
@@ -88,7 +89,7 @@ fn row(user_id: &str, provider: &str, version: u64, marker: &str) -> Connection 
         expires_at: at.timestamp() + 180 * 86_400,
         is_active: true,
         version,
-        refresh_lease: None,
+        refresh: Default::default(),
     }
 }
 
@@ -213,6 +214,223 @@ async fn list_by_user(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
     assert!(tokens.list(&user()).await.expect("list").is_empty());
 }
 
+fn lease(attempt: &str, until_ms: i64) -> RefreshLease {
+    RefreshLease {
+        attempt: attempt.into(),
+        until_ms,
+    }
+}
+
+/// A lease is taken only at the read version and only when no live lease stands; it
+/// changes nothing else, and a lapsed lease can be taken over.
+async fn the_refresh_lease_is_exclusive(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let u = user();
+    let r = row(&u, "google", 1, "a");
+    tokens.put(&r, None).await.expect("create");
+    let now = 1_800_000_000_000;
+    let stale = tokens
+        .acquire_lease(&u, "google", 2, &lease("x", now + 10_000), now)
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict)),
+        "wrong version: {stale:?}"
+    );
+    tokens
+        .acquire_lease(&u, "google", 1, &lease("a1", now + 10_000), now)
+        .await
+        .expect("free row: taken");
+    let stored = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(
+        stored.version, 1,
+        "taking a lease does not bump the version"
+    );
+    assert_eq!(stored.refresh.lease, Some(lease("a1", now + 10_000)));
+    assert_eq!(stored.encrypted_tokens, r.encrypted_tokens);
+    let second = tokens
+        .acquire_lease(&u, "google", 1, &lease("a2", now + 20_000), now + 5_000)
+        .await;
+    assert!(
+        matches!(second, Err(StoreError::Conflict)),
+        "live lease: {second:?}"
+    );
+    tokens
+        .acquire_lease(&u, "google", 1, &lease("a2", now + 30_000), now + 10_001)
+        .await
+        .expect("a lapsed lease is taken over");
+    let missing = tokens
+        .acquire_lease(&user(), "google", 1, &lease("a3", now), now)
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::Conflict)),
+        "no row: {missing:?}"
+    );
+}
+
+/// Only the attempt holding the lease extends it, releases it, or writes the row.
+async fn only_the_holder_writes(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let u = user();
+    let r = row(&u, "google", 1, "a");
+    tokens.put(&r, None).await.expect("create");
+    let now = 1_800_000_000_000;
+    tokens
+        .acquire_lease(&u, "google", 1, &lease("mine", now + 1_000), now)
+        .await
+        .expect("lease");
+    let other = tokens
+        .extend_lease(&u, "google", &lease("theirs", now + 9_000))
+        .await;
+    assert!(matches!(other, Err(StoreError::Conflict)), "{other:?}");
+    tokens
+        .extend_lease(&u, "google", &lease("mine", now + 9_000))
+        .await
+        .expect("the holder extends");
+    let refreshed = Connection {
+        access_token_expires_at: 42,
+        ..row(&u, "google", 2, "b")
+    };
+    let intruder = tokens.put_as_holder(&refreshed, "theirs").await;
+    assert!(
+        matches!(intruder, Err(StoreError::Conflict)),
+        "{intruder:?}"
+    );
+    assert_eq!(
+        tokens
+            .get(&u, "google")
+            .await
+            .expect("get")
+            .map(|r| r.version),
+        Some(1)
+    );
+    tokens
+        .put_as_holder(&refreshed, "mine")
+        .await
+        .expect("the holder writes");
+    let stored = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(stored, refreshed, "whole row written, lease cleared");
+    let again = tokens.put_as_holder(&refreshed, "mine").await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict)),
+        "a written lease is gone: {again:?}"
+    );
+    let gone = tokens
+        .put_as_holder(&row(&user(), "google", 2, "c"), "mine")
+        .await;
+    assert!(
+        matches!(gone, Err(StoreError::Conflict)),
+        "no row is created: {gone:?}"
+    );
+}
+
+/// Giving a lease back records the cooldown and an unknown outcome, which a token
+/// write clears; only the holder can give it back.
+async fn a_released_lease_leaves_its_cooldown(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let u = user();
+    tokens
+        .put(&row(&u, "google", 1, "a"), None)
+        .await
+        .expect("create");
+    let now = 1_800_000_000_000;
+    tokens
+        .acquire_lease(&u, "google", 1, &lease("a1", now + 1_000), now)
+        .await
+        .expect("lease");
+    let after = LeaseRelease {
+        retry_at_ms: Some(now + 30_000),
+        unknown_since_ms: Some(now),
+    };
+    let wrong = tokens.release_lease(&u, "google", "a2", after).await;
+    assert!(matches!(wrong, Err(StoreError::Conflict)), "{wrong:?}");
+    tokens
+        .release_lease(&u, "google", "a1", after)
+        .await
+        .expect("release");
+    let stored = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(
+        stored.refresh,
+        RefreshState {
+            lease: None,
+            retry_at_ms: Some(now + 30_000),
+            unknown_since_ms: Some(now),
+            inactive_cause: None,
+        }
+    );
+    assert_eq!(stored.version, 1);
+    // A second failure keeps the first unknown outcome's time.
+    tokens
+        .acquire_lease(&u, "google", 1, &lease("a3", now + 50_000), now + 40_000)
+        .await
+        .expect("lease again");
+    tokens
+        .release_lease(&u, "google", "a3", LeaseRelease::default())
+        .await
+        .expect("release");
+    let stored = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(stored.refresh.retry_at_ms, None);
+    assert_eq!(stored.refresh.unknown_since_ms, Some(now));
+    let dead = Connection {
+        is_active: false,
+        refresh: RefreshState {
+            inactive_cause: Some("refresh_outcome_unknown".into()),
+            ..RefreshState::default()
+        },
+        ..row(&u, "google", 2, "b")
+    };
+    tokens.put(&dead, Some(1)).await.expect("token write");
+    assert_eq!(tokens.get(&u, "google").await.expect("get"), Some(dead));
+}
+
+/// `lastUsed` moves without touching the tokens, the version or a lease, and never
+/// revives an inactive row's purge time or creates a row.
+async fn touch_is_a_partial_update(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let u = user();
+    let r = row(&u, "google", 1, "a");
+    tokens.put(&r, None).await.expect("create");
+    let now = 1_800_000_000_000;
+    tokens
+        .acquire_lease(&u, "google", 1, &lease("a1", now + 1_000), now)
+        .await
+        .expect("lease");
+    let used = r.last_used + chrono::Duration::minutes(5);
+    tokens
+        .touch(&u, "google", used, r.expires_at + 300)
+        .await
+        .expect("touch");
+    let stored = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(stored.last_used, used);
+    assert_eq!(stored.expires_at, r.expires_at + 300);
+    assert_eq!(stored.version, 1, "no version bump");
+    assert_eq!(
+        stored.refresh.lease,
+        Some(lease("a1", now + 1_000)),
+        "lease kept"
+    );
+    assert_eq!(stored.encrypted_tokens, r.encrypted_tokens);
+    tokens
+        .put_as_holder(&row(&u, "google", 2, "b"), "a1")
+        .await
+        .expect("the holder's write still lands after a touch");
+
+    let inactive = Connection {
+        is_active: false,
+        ..row(&user(), "google", 1, "c")
+    };
+    tokens.put(&inactive, None).await.expect("create");
+    tokens
+        .touch(&inactive.user_id, "google", used, inactive.expires_at + 999)
+        .await
+        .expect("touch of an inactive row is a no-op");
+    assert_eq!(
+        tokens.get(&inactive.user_id, "google").await.expect("get"),
+        Some(inactive)
+    );
+    let nobody = user();
+    tokens
+        .touch(&nobody, "google", used, 1)
+        .await
+        .expect("touch of no row is a no-op");
+    assert_eq!(tokens.get(&nobody, "google").await.expect("get"), None);
+}
+
 async fn flow_log_orders_steps_of_one_instant(_tokens: Arc<dyn TokenStore>, log: Arc<dyn FlowLog>) {
     let u = user();
     let clock = SortKeyClock::default();
@@ -318,4 +536,8 @@ every_backend!(
     flow_log_pages_with_before,
     flush_writes_everything_queued,
     pings_answer,
+    the_refresh_lease_is_exclusive,
+    only_the_holder_writes,
+    a_released_lease_leaves_its_cooldown,
+    touch_is_a_partial_update,
 );

@@ -29,7 +29,7 @@ pub use envelope::{Envelope, EnvelopeCipher};
 pub const KEY_LEN: usize = 32;
 
 /// What went wrong with keys or ciphertexts.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CryptoError {
     /// A ciphertext failed authentication: altered, moved to another row, or sealed
     /// under another key.

@@ -54,6 +54,11 @@ pub struct ProviderConfig {
     pub extra_auth_params: Vec<(String, String)>,
     /// `prompt=consent` so that a refresh token is issued on every grant.
     pub prompt_consent: bool,
+    /// The provider issues a new refresh token on each refresh and rejects the old one.
+    /// Google does not; many other providers do.
+    pub rotates_refresh_tokens: bool,
+    /// A rotating provider still accepts a redeemed refresh token for this long.
+    pub refresh_reuse_grace: Duration,
 }
 
 impl ProviderConfig {
@@ -69,6 +74,8 @@ impl ProviderConfig {
                 ("include_granted_scopes".into(), "true".into()),
             ],
             prompt_consent: true,
+            rotates_refresh_tokens: false,
+            refresh_reuse_grace: Duration::ZERO,
         }
     }
 }
@@ -140,7 +147,7 @@ type OidcClient = Client<
 >;
 
 /// Why a call to the provider failed. Never carries a token.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     /// No client id or secret is configured.
     #[error(
@@ -159,6 +166,11 @@ pub enum ProviderError {
     /// The provider could not be reached, timed out or answered 5xx.
     #[error("the provider is unavailable: {0}")]
     Unavailable(String),
+    /// The request may have reached the provider, but no answer came back (a timeout
+    /// after sending, a connection reset mid-answer): a refresh token sent may have
+    /// been redeemed.
+    #[error("the provider's answer was lost: {0}")]
+    OutcomeUnknown(String),
     /// The provider answered something we cannot read.
     #[error("the provider's answer was malformed: {0}")]
     Malformed(String),

@@ -2,8 +2,10 @@
 //! exactly the spec's (maps as `M`, times as RFC 3339 `S`, numbers as `N`, `isActive`
 //! as `BOOL`).
 //!
-//! Only the run-time policy's actions are used: `PutItem` (conditional on `version`),
-//! `GetItem`, `DeleteItem` (conditional), `Query`. No `DescribeTable`: `ping` reads a
+//! Only the run-time policy's actions are used: `PutItem` (conditional on `version`,
+//! or on holding the refresh lease), `UpdateItem` (the refresh lease and `lastUsed`:
+//! partial updates that leave the tokens and `version` alone), `GetItem`,
+//! `DeleteItem` (conditional), `Query`. No `DescribeTable`: `ping` reads a
 //! key that never exists, which proves the table, the region and the permission.
 //! Reads are strongly consistent, so a writer that lost a condition and re-reads sees
 //! the row that won, and a user reads their flow log right after a step.
@@ -18,7 +20,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Number, Value};
 
 use super::{
-    Connection, FlowLog, FlowLogEntry, FlowStep, RefreshLease, StoreError, TokenStore, UserInfo,
+    Connection, FlowLog, FlowLogEntry, FlowStep, LeaseRelease, RefreshLease, RefreshState,
+    StoreError, TokenStore, UserInfo,
 };
 use crate::aws::error::{AwsFailure, FailureKind, observe};
 use crate::crypto::Envelope;
@@ -27,6 +30,13 @@ type Item = HashMap<String, AttributeValue>;
 
 /// A key no row uses, read by `ping`.
 const PING_KEY: &str = "__axnt_ping__";
+
+/// The refresh bookkeeping's attributes (see [`RefreshState`]).
+const LEASE_ATTEMPT: &str = "refreshLeaseAttempt";
+const LEASE_UNTIL: &str = "refreshLeaseUntil";
+const RETRY_AT: &str = "refreshRetryAt";
+const UNKNOWN_SINCE: &str = "refreshUnknownSince";
+const INACTIVE_CAUSE: &str = "inactiveCause";
 
 /// Both tables, one client.
 #[derive(Clone)]
@@ -55,6 +65,30 @@ impl DynamoStore {
         )
         .map(drop)
         .map_err(|f| self.error("GetItem", table, f))
+    }
+
+    /// A partial update of one tokens row (`UpdateItem`, in the run-time policy).
+    fn update(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.tokens_table)
+            .key("userId", s(user_id))
+            .key("provider", s(provider))
+    }
+
+    /// Sends a conditional update; a failed condition (including "no such row") is a
+    /// conflict.
+    async fn send_update(
+        &self,
+        request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+    ) -> Result<(), StoreError> {
+        observe("dynamodb", "UpdateItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("UpdateItem", &self.tokens_table, f))
     }
 
     pub fn new(config: &SdkConfig, tokens_table: &str, logs_table: &str) -> Self {
@@ -197,6 +231,16 @@ impl Fields<'_> {
         }
     }
 
+    fn opt_n<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, StoreError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.0.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(_) => self.n(name).map(Some),
+        }
+    }
+
     fn bool(&self, name: &str) -> Result<bool, StoreError> {
         match self.0.get(name) {
             Some(AttributeValue::Bool(v)) => Ok(*v),
@@ -250,9 +294,19 @@ fn connection_item(row: &Connection) -> Result<Item, StoreError> {
     item.insert("expiresAt".into(), n(row.expires_at));
     item.insert("isActive".into(), AttributeValue::Bool(row.is_active));
     item.insert("version".into(), n(row.version));
-    if let Some(lease) = &row.refresh_lease {
-        item.insert("refreshLeaseOwner".into(), s(&lease.owner));
-        item.insert("refreshLeaseUntil".into(), n(lease.until_ms));
+    let refresh = &row.refresh;
+    if let Some(lease) = &refresh.lease {
+        item.insert(LEASE_ATTEMPT.into(), s(&lease.attempt));
+        item.insert(LEASE_UNTIL.into(), n(lease.until_ms));
+    }
+    if let Some(at) = refresh.retry_at_ms {
+        item.insert(RETRY_AT.into(), n(at));
+    }
+    if let Some(at) = refresh.unknown_since_ms {
+        item.insert(UNKNOWN_SINCE.into(), n(at));
+    }
+    if let Some(cause) = &refresh.inactive_cause {
+        item.insert(INACTIVE_CAUSE.into(), s(cause));
     }
     Ok(item)
 }
@@ -272,12 +326,17 @@ fn connection_from(item: &Item) -> Result<Connection, StoreError> {
         expires_at: f.n("expiresAt")?,
         is_active: f.bool("isActive")?,
         version: f.n("version")?,
-        refresh_lease: match f.opt_s("refreshLeaseOwner")? {
-            Some(owner) => Some(RefreshLease {
-                owner,
-                until_ms: f.n("refreshLeaseUntil")?,
-            }),
-            None => None,
+        refresh: RefreshState {
+            lease: match f.opt_s(LEASE_ATTEMPT)? {
+                Some(attempt) => Some(RefreshLease {
+                    attempt,
+                    until_ms: f.n(LEASE_UNTIL)?,
+                }),
+                None => None,
+            },
+            retry_at_ms: f.opt_n(RETRY_AT)?,
+            unknown_since_ms: f.opt_n(UNKNOWN_SINCE)?,
+            inactive_cause: f.opt_s(INACTIVE_CAUSE)?,
         },
     })
 }
@@ -359,6 +418,119 @@ impl TokenStore for DynamoStore {
         observe("dynamodb", "PutItem", request.send().await)
             .map(drop)
             .map_err(|f| self.error("PutItem", table, f))
+    }
+
+    async fn put_as_holder(&self, row: &Connection, attempt: &str) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        let request = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(connection_item(row)?))
+            .condition_expression("#attempt = :attempt")
+            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
+            .expression_attribute_values(":attempt", s(attempt));
+        observe("dynamodb", "PutItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("PutItem", table, f))
+    }
+
+    async fn acquire_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        version: u64,
+        lease: &RefreshLease,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let request = self
+            .update(user_id, provider)
+            .update_expression("SET #attempt = :attempt, #until = :until")
+            .condition_expression(
+                "version = :version AND (attribute_not_exists(#attempt) OR #until < :now)",
+            )
+            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
+            .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_values(":attempt", s(&lease.attempt))
+            .expression_attribute_values(":until", n(lease.until_ms))
+            .expression_attribute_values(":version", n(version))
+            .expression_attribute_values(":now", n(now_ms));
+        self.send_update(request).await
+    }
+
+    async fn extend_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        lease: &RefreshLease,
+    ) -> Result<(), StoreError> {
+        let request = self
+            .update(user_id, provider)
+            .update_expression("SET #until = :until")
+            .condition_expression("#attempt = :attempt")
+            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
+            .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_values(":attempt", s(&lease.attempt))
+            .expression_attribute_values(":until", n(lease.until_ms));
+        self.send_update(request).await
+    }
+
+    async fn release_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        attempt: &str,
+        after: LeaseRelease,
+    ) -> Result<(), StoreError> {
+        let mut set = Vec::new();
+        let mut remove = vec!["#attempt", "#until"];
+        let mut request = self
+            .update(user_id, provider)
+            .condition_expression("#attempt = :attempt")
+            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
+            .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_names("#retry", RETRY_AT)
+            .expression_attribute_values(":attempt", s(attempt));
+        match after.retry_at_ms {
+            Some(at) => {
+                set.push("#retry = :retry");
+                request = request.expression_attribute_values(":retry", n(at));
+            }
+            None => remove.push("#retry"),
+        }
+        // An unknown outcome is remembered until a token write clears it.
+        if let Some(at) = after.unknown_since_ms {
+            set.push("#unknown = :unknown");
+            request = request
+                .expression_attribute_names("#unknown", UNKNOWN_SINCE)
+                .expression_attribute_values(":unknown", n(at));
+        }
+        let mut expression = format!("REMOVE {}", remove.join(", "));
+        if !set.is_empty() {
+            expression = format!("SET {} {expression}", set.join(", "));
+        }
+        self.send_update(request.update_expression(expression))
+            .await
+    }
+
+    async fn touch(
+        &self,
+        user_id: &str,
+        provider: &str,
+        last_used: DateTime<Utc>,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let request = self
+            .update(user_id, provider)
+            .update_expression("SET lastUsed = :used, expiresAt = :purge")
+            .condition_expression("isActive = :active")
+            .expression_attribute_values(":used", s(rfc3339(&last_used)))
+            .expression_attribute_values(":purge", n(expires_at))
+            .expression_attribute_values(":active", AttributeValue::Bool(true));
+        match self.send_update(request).await {
+            Ok(()) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn delete(
@@ -532,10 +704,15 @@ mod tests {
             expires_at: 20,
             is_active: true,
             version: 3,
-            refresh_lease: Some(RefreshLease {
-                owner: "instance-1".into(),
-                until_ms: 1_790_000_000_123,
-            }),
+            refresh: RefreshState {
+                lease: Some(RefreshLease {
+                    attempt: "attempt-1".into(),
+                    until_ms: 1_790_000_000_123,
+                }),
+                retry_at_ms: Some(1_790_000_000_456),
+                unknown_since_ms: None,
+                inactive_cause: Some("invalid_grant".into()),
+            },
         };
         let item = connection_item(&row).expect("item");
         assert!(

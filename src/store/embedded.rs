@@ -11,9 +11,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection as Sqlite, OptionalExtension, Row, params};
+use rusqlite::types::Value;
+use rusqlite::{Connection as Sqlite, OptionalExtension, Row, params, params_from_iter};
 
-use super::{Connection, FlowLog, FlowLogEntry, FlowStep, RefreshLease, StoreError, TokenStore};
+use super::{
+    Connection, FlowLog, FlowLogEntry, FlowStep, LeaseRelease, RefreshLease, RefreshState,
+    StoreError, TokenStore,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -29,8 +33,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_at              INTEGER NOT NULL,
     is_active               INTEGER NOT NULL,
     version                 INTEGER NOT NULL,
-    refresh_lease_owner     TEXT,
+    refresh_lease_attempt   TEXT,
     refresh_lease_until     INTEGER,
+    refresh_retry_at        INTEGER,
+    refresh_unknown_since   INTEGER,
+    inactive_cause          TEXT,
     PRIMARY KEY (user_id, provider)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
@@ -50,7 +57,8 @@ CREATE INDEX IF NOT EXISTS flow_logs_expires_at ON flow_logs (expires_at);
 ";
 
 const TOKEN_COLUMNS: &str = "user_id, provider, email, encrypted_tokens, user_info, created_at, updated_at, \
-     last_used, access_token_expires_at, expires_at, is_active, version, refresh_lease_owner, refresh_lease_until";
+     last_used, access_token_expires_at, expires_at, is_active, version, refresh_lease_attempt, refresh_lease_until, \
+     refresh_retry_at, refresh_unknown_since, inactive_cause";
 
 /// Both tables in one SQLite file.
 #[derive(Clone)]
@@ -106,6 +114,91 @@ impl EmbeddedStore {
         .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
     }
 
+    /// Writes a whole row under `condition`; a lost condition is a conflict.
+    async fn write_row(&self, row: &Connection, condition: WriteIf) -> Result<(), StoreError> {
+        let encrypted = serde_json::to_string(&row.encrypted_tokens)
+            .map_err(|e| corrupt("encryptedTokens", e))?;
+        let user_info =
+            serde_json::to_string(&row.user_info).map_err(|e| corrupt("userInfo", e))?;
+        let version = i64::try_from(row.version).map_err(|e| corrupt("version", e))?;
+        let lease = row.refresh.lease.as_ref();
+        let mut values = vec![
+            Value::from(row.user_id.clone()),
+            Value::from(row.provider.clone()),
+            row.email.clone().map_or(Value::Null, Value::from),
+            Value::from(encrypted),
+            Value::from(user_info),
+            Value::from(rfc3339(&row.created_at)),
+            Value::from(rfc3339(&row.updated_at)),
+            Value::from(rfc3339(&row.last_used)),
+            Value::from(row.access_token_expires_at),
+            Value::from(row.expires_at),
+            Value::from(row.is_active),
+            Value::from(version),
+            lease.map_or(Value::Null, |l| Value::from(l.attempt.clone())),
+            lease.map_or(Value::Null, |l| Value::from(l.until_ms)),
+            row.refresh.retry_at_ms.map_or(Value::Null, Value::from),
+            row.refresh
+                .unknown_since_ms
+                .map_or(Value::Null, Value::from),
+            row.refresh
+                .inactive_cause
+                .clone()
+                .map_or(Value::Null, Value::from),
+        ];
+        const SET: &str = "email = ?3, encrypted_tokens = ?4, user_info = ?5, created_at = ?6, \
+             updated_at = ?7, last_used = ?8, access_token_expires_at = ?9, expires_at = ?10, \
+             is_active = ?11, version = ?12, refresh_lease_attempt = ?13, refresh_lease_until = ?14, \
+             refresh_retry_at = ?15, refresh_unknown_since = ?16, inactive_cause = ?17";
+        let statement = match condition {
+            WriteIf::Absent => format!(
+                "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) ON CONFLICT (user_id, provider) DO NOTHING"
+            ),
+            WriteIf::Version(expected) => {
+                values.push(Value::from(expected));
+                format!(
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?18"
+                )
+            }
+            WriteIf::Holder(attempt) => {
+                values.push(Value::from(attempt));
+                format!(
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?18"
+                )
+            }
+        };
+        self.update_one_owned(statement, values).await
+    }
+
+    /// Runs a statement that must change exactly one row; none is a conflict.
+    async fn update_one(
+        &self,
+        statement: &'static str,
+        args: Vec<Value>,
+    ) -> Result<(), StoreError> {
+        self.update_one_owned(statement.to_string(), args).await
+    }
+
+    async fn update_one_owned(
+        &self,
+        statement: String,
+        args: Vec<Value>,
+    ) -> Result<(), StoreError> {
+        let changed = self
+            .with_db(move |db| {
+                db.prepare_cached(&statement)
+                    .and_then(|mut stmt| stmt.execute(params_from_iter(args)))
+                    .map_err(sql)
+            })
+            .await?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
     /// Deletes rows whose `expiresAt` has passed, as DynamoDB's TTL does.
     pub async fn purge_expired(&self, now: i64) -> Result<usize, StoreError> {
         self.with_db(move |db| {
@@ -121,21 +214,46 @@ impl EmbeddedStore {
     }
 }
 
-/// Adds columns that files made by earlier versions lack.
+/// Brings files made by earlier versions to the current columns. A lease column named
+/// for its old meaning (an instance, not an attempt) is renamed; its value is then a
+/// lease no attempt of this version holds, which lapses by itself.
 fn migrate(db: &Sqlite) -> rusqlite::Result<()> {
     let mut stmt = db.prepare("SELECT name FROM pragma_table_info('tokens')")?;
     let columns: Vec<String> = stmt
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
+    let has = |name: &str| columns.iter().any(|c| c == name);
+    if has("refresh_lease_owner") && !has("refresh_lease_attempt") {
+        db.execute_batch(
+            "ALTER TABLE tokens RENAME COLUMN refresh_lease_owner TO refresh_lease_attempt",
+        )?;
+    }
+    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('tokens')")?;
+    let columns: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
     for (column, kind) in [
-        ("refresh_lease_owner", "TEXT"),
+        ("refresh_lease_attempt", "TEXT"),
         ("refresh_lease_until", "INTEGER"),
+        ("refresh_retry_at", "INTEGER"),
+        ("refresh_unknown_since", "INTEGER"),
+        ("inactive_cause", "TEXT"),
     ] {
         if !columns.iter().any(|c| c == column) {
             db.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {column} {kind}"))?;
         }
     }
     Ok(())
+}
+
+/// The condition of a whole-row write.
+enum WriteIf {
+    /// No row exists yet.
+    Absent,
+    /// The stored row is at this version.
+    Version(i64),
+    /// This refresh attempt holds the row's lease.
+    Holder(String),
 }
 
 fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -184,8 +302,11 @@ struct RawConnection {
     expires_at: i64,
     is_active: bool,
     version: i64,
-    refresh_lease_owner: Option<String>,
+    refresh_lease_attempt: Option<String>,
     refresh_lease_until: Option<i64>,
+    refresh_retry_at: Option<i64>,
+    refresh_unknown_since: Option<i64>,
+    inactive_cause: Option<String>,
 }
 
 impl RawConnection {
@@ -203,8 +324,11 @@ impl RawConnection {
             expires_at: row.get(9)?,
             is_active: row.get(10)?,
             version: row.get(11)?,
-            refresh_lease_owner: row.get(12)?,
+            refresh_lease_attempt: row.get(12)?,
             refresh_lease_until: row.get(13)?,
+            refresh_retry_at: row.get(14)?,
+            refresh_unknown_since: row.get(15)?,
+            inactive_cause: row.get(16)?,
         })
     }
 
@@ -223,9 +347,14 @@ impl RawConnection {
             expires_at: self.expires_at,
             is_active: self.is_active,
             version: u64::try_from(self.version).map_err(|e| corrupt("version", e))?,
-            refresh_lease: match (self.refresh_lease_owner, self.refresh_lease_until) {
-                (Some(owner), Some(until_ms)) => Some(RefreshLease { owner, until_ms }),
-                _ => None,
+            refresh: RefreshState {
+                lease: match (self.refresh_lease_attempt, self.refresh_lease_until) {
+                    (Some(attempt), Some(until_ms)) => Some(RefreshLease { attempt, until_ms }),
+                    _ => None,
+                },
+                retry_at_ms: self.refresh_retry_at,
+                unknown_since_ms: self.refresh_unknown_since,
+                inactive_cause: self.inactive_cause,
             },
         })
     }
@@ -252,57 +381,111 @@ impl TokenStore for EmbeddedStore {
     }
 
     async fn put(&self, row: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
-        let encrypted = serde_json::to_string(&row.encrypted_tokens)
-            .map_err(|e| corrupt("encryptedTokens", e))?;
-        let user_info =
-            serde_json::to_string(&row.user_info).map_err(|e| corrupt("userInfo", e))?;
-        let version = i64::try_from(row.version).map_err(|e| corrupt("version", e))?;
-        let expected = expected
-            .map(i64::try_from)
-            .transpose()
-            .map_err(|e| corrupt("version", e))?;
-        let values = (
-            row.user_id.clone(),
-            row.provider.clone(),
-            row.email.clone(),
-            encrypted,
-            user_info,
-            rfc3339(&row.created_at),
-            rfc3339(&row.updated_at),
-            rfc3339(&row.last_used),
-            row.access_token_expires_at,
-            row.expires_at,
-            row.is_active,
-            version,
-            row.refresh_lease.as_ref().map(|l| l.owner.clone()),
-            row.refresh_lease.as_ref().map(|l| l.until_ms),
-        );
-        let changed = self
-            .with_db(move |db| {
-                let v = values;
-                match expected {
-                    None => db.execute(
-                        &format!(
-                            "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
-                             ON CONFLICT (user_id, provider) DO NOTHING"
-                        ),
-                        params![v.0, v.1, v.2, v.3, v.4, v.5, v.6, v.7, v.8, v.9, v.10, v.11, v.12, v.13],
-                    ),
-                    Some(expected) => db.execute(
-                        "UPDATE tokens SET email = ?3, encrypted_tokens = ?4, user_info = ?5, created_at = ?6, \
-                         updated_at = ?7, last_used = ?8, access_token_expires_at = ?9, expires_at = ?10, \
-                         is_active = ?11, version = ?12, refresh_lease_owner = ?13, refresh_lease_until = ?14 \
-                         WHERE user_id = ?1 AND provider = ?2 AND version = ?15",
-                        params![v.0, v.1, v.2, v.3, v.4, v.5, v.6, v.7, v.8, v.9, v.10, v.11, v.12, v.13, expected],
-                    ),
-                }
-                .map_err(sql)
-            })
-            .await?;
-        if changed == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
+        let condition = match expected {
+            None => WriteIf::Absent,
+            Some(v) => WriteIf::Version(i64::try_from(v).map_err(|e| corrupt("version", e))?),
+        };
+        self.write_row(row, condition).await
+    }
+
+    async fn put_as_holder(&self, row: &Connection, attempt: &str) -> Result<(), StoreError> {
+        self.write_row(row, WriteIf::Holder(attempt.to_string()))
+            .await
+    }
+
+    async fn acquire_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        version: u64,
+        lease: &RefreshLease,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let version = i64::try_from(version).map_err(|e| corrupt("version", e))?;
+        let args = vec![
+            Value::from(user_id.to_string()),
+            Value::from(provider.to_string()),
+            Value::from(lease.attempt.clone()),
+            Value::from(lease.until_ms),
+            Value::from(version),
+            Value::from(now_ms),
+        ];
+        self.update_one(
+            "UPDATE tokens SET refresh_lease_attempt = ?3, refresh_lease_until = ?4 \
+             WHERE user_id = ?1 AND provider = ?2 AND version = ?5 \
+             AND (refresh_lease_attempt IS NULL OR refresh_lease_until IS NULL OR refresh_lease_until < ?6)",
+            args,
+        )
+        .await
+    }
+
+    async fn extend_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        lease: &RefreshLease,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            Value::from(user_id.to_string()),
+            Value::from(provider.to_string()),
+            Value::from(lease.attempt.clone()),
+            Value::from(lease.until_ms),
+        ];
+        self.update_one(
+            "UPDATE tokens SET refresh_lease_until = ?4 \
+             WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?3",
+            args,
+        )
+        .await
+    }
+
+    async fn release_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        attempt: &str,
+        after: LeaseRelease,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            Value::from(user_id.to_string()),
+            Value::from(provider.to_string()),
+            Value::from(attempt.to_string()),
+            after.retry_at_ms.map_or(Value::Null, Value::from),
+            after.unknown_since_ms.map_or(Value::Null, Value::from),
+        ];
+        // An unknown outcome is remembered until a token write clears it.
+        self.update_one(
+            "UPDATE tokens SET refresh_lease_attempt = NULL, refresh_lease_until = NULL, \
+             refresh_retry_at = ?4, refresh_unknown_since = COALESCE(?5, refresh_unknown_since) \
+             WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?3",
+            args,
+        )
+        .await
+    }
+
+    async fn touch(
+        &self,
+        user_id: &str,
+        provider: &str,
+        last_used: DateTime<Utc>,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            Value::from(user_id.to_string()),
+            Value::from(provider.to_string()),
+            Value::from(rfc3339(&last_used)),
+            Value::from(expires_at),
+        ];
+        match self
+            .update_one(
+                "UPDATE tokens SET last_used = ?3, expires_at = ?4 \
+                 WHERE user_id = ?1 AND provider = ?2 AND is_active = 1",
+                args,
+            )
+            .await
+        {
+            Ok(()) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

@@ -40,20 +40,61 @@ pub struct Connection {
     pub is_active: bool,
     /// Optimistic-concurrency counter; every write is conditional on it.
     pub version: u64,
-    /// Set while one instance refreshes the tokens, so others wait for its result
-    /// instead of redeeming the same refresh token (`refreshLeaseOwner`,
-    /// `refreshLeaseUntil`).
-    pub refresh_lease: Option<RefreshLease>,
+    /// The refresh bookkeeping: who is refreshing, when the next attempt may be made,
+    /// and why the grant died. Written by partial updates that leave `version` alone.
+    pub refresh: RefreshState,
 }
 
-/// Who is refreshing a row, and until when the claim holds.
+impl Connection {
+    /// The row a token-changing write stores after this one: `version` bumped, the
+    /// refresh bookkeeping reset (a new token set starts with a clean slate).
+    pub fn successor(&self) -> Self {
+        Self {
+            version: self.version + 1,
+            refresh: RefreshState::default(),
+            ..self.clone()
+        }
+    }
+}
+
+/// A row's refresh bookkeeping (`refreshLeaseAttempt`, `refreshLeaseUntil`,
+/// `refreshRetryAt`, `refreshUnknownSince`, `inactiveCause`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefreshState {
+    /// Set while one refresh attempt redeems the refresh token, so every other reader,
+    /// on any instance, waits for its result instead of redeeming the same token.
+    pub lease: Option<RefreshLease>,
+    /// Epoch milliseconds before which no new refresh is attempted (the cooldown after
+    /// a transient failure).
+    pub retry_at_ms: Option<i64>,
+    /// Epoch milliseconds of a refresh request whose outcome is unknown (the connection
+    /// died after the request was sent): the provider may have redeemed, and rotated,
+    /// the stored refresh token.
+    pub unknown_since_ms: Option<i64>,
+    /// Why the row went inactive (`invalid_grant`, `refresh_outcome_unknown`,
+    /// `no_refresh_token`).
+    pub inactive_cause: Option<String>,
+}
+
+/// One refresh attempt's claim on a row, and until when it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefreshLease {
-    /// The holding instance's id (random per process).
-    pub owner: String,
+    /// Random per attempt: a live lease belongs to whoever wrote this id, never to
+    /// "this instance", so a second attempt in the same process cannot mistake an
+    /// earlier attempt's lease for its own.
+    pub attempt: String,
     /// Epoch milliseconds; after this the lease is free to take over (its holder died
-    /// or stalled).
+    /// or stalled). A live holder extends it before it lapses.
     pub until_ms: i64,
+}
+
+/// What a lease holder leaves behind when it gives the lease back without new tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseRelease {
+    /// The cooldown: no refresh before this (epoch milliseconds).
+    pub retry_at_ms: Option<i64>,
+    /// Set when the attempt's outcome is unknown (epoch milliseconds).
+    pub unknown_since_ms: Option<i64>,
 }
 
 /// The account's profile, from the verified ID token. Never a secret.
@@ -97,7 +138,7 @@ pub struct FlowLogEntry {
 }
 
 /// What a backend can report. Each variant maps to one HTTP answer in `error.rs`.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// A conditional write lost: the row changed (or appeared) since it was read.
     #[error("the row was changed by another writer")]
@@ -145,6 +186,50 @@ pub trait TokenStore: Send + Sync {
     /// row exists). `row.version` must be `expected + 1` (or 1). A lost condition is
     /// [`StoreError::Conflict`] and leaves the stored row as it was.
     async fn put(&self, row: &Connection, expected: Option<u64>) -> Result<(), StoreError>;
+
+    /// The lease holder's write: `row` replaces the stored row only while `attempt`
+    /// still holds its lease (whether or not the lease has lapsed: nobody took it
+    /// over). Otherwise [`StoreError::Conflict`], and nothing is written.
+    async fn put_as_holder(&self, row: &Connection, attempt: &str) -> Result<(), StoreError>;
+
+    /// Takes the refresh lease: only while the row is at `version` and no other
+    /// attempt's lease is live at `now_ms`. Changes nothing else (not `version`).
+    async fn acquire_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        version: u64,
+        lease: &RefreshLease,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Moves the lease's end to `lease.until_ms`, only while `lease.attempt` holds it.
+    async fn extend_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        lease: &RefreshLease,
+    ) -> Result<(), StoreError>;
+
+    /// Gives the lease back (only while `attempt` holds it), recording `after`.
+    async fn release_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        attempt: &str,
+        after: LeaseRelease,
+    ) -> Result<(), StoreError>;
+
+    /// Moves `lastUsed` and the purge time of an active row. A partial update: the
+    /// tokens, `version` and any lease stay as they are. No row, or an inactive one:
+    /// nothing happens.
+    async fn touch(
+        &self,
+        user_id: &str,
+        provider: &str,
+        last_used: DateTime<Utc>,
+        expires_at: i64,
+    ) -> Result<(), StoreError>;
 
     /// Removes the row if it is still at `expected`. Returns whether a row was removed;
     /// a row at another version is a [`StoreError::Conflict`].

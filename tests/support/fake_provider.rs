@@ -165,6 +165,10 @@ pub enum RefreshBehaviour {
     Error { status: u16, error: String },
     /// Wait, then answer normally (for timeouts and concurrent-refresh races).
     Delay(Duration),
+    /// Decide the answer at once (a rotating provider rotates the refresh token now),
+    /// then hold it this long before sending it: a caller that gives up meanwhile has
+    /// spent the refresh token without seeing the new one.
+    HoldAnswer(Duration),
     /// `200` with exactly this body (a malformed token response).
     RawBody(String),
 }
@@ -417,6 +421,18 @@ impl FakeProvider {
     }
 
     /// Drops whatever is left of the refresh script.
+    /// When no scripted behaviour is queued, refreshes fail and are held at random
+    /// (`None`: answered at once).
+    pub fn set_refresh_chaos(&self, chaos: Option<RefreshChaos>) {
+        self.lock().chaos = chaos;
+    }
+
+    /// How many refresh requests presented a refresh token this provider had already
+    /// rotated out (a rotating provider's `invalid_grant` for a spent token).
+    pub fn spent_refresh_tokens_presented(&self) -> usize {
+        self.lock().spent_refresh_tokens_presented
+    }
+
     pub fn clear_refresh_failures(&self) {
         self.lock().refresh_script.clear();
     }
@@ -662,6 +678,8 @@ struct Inner {
     rotate_refresh_tokens: bool,
     id_token_on_refresh: bool,
     refresh_script: VecDeque<RefreshBehaviour>,
+    chaos: Option<RefreshChaos>,
+    spent_refresh_tokens_presented: usize,
     token_failures: VecDeque<u16>,
     revoke_failures: VecDeque<u16>,
     tamper: IdTokenTamper,
@@ -717,6 +735,8 @@ impl Inner {
             rotate_refresh_tokens: false,
             id_token_on_refresh: false,
             refresh_script: VecDeque::new(),
+            chaos: None,
+            spent_refresh_tokens_presented: 0,
             token_failures: VecDeque::new(),
             revoke_failures: VecDeque::new(),
             tamper: IdTokenTamper::None,
@@ -996,6 +1016,8 @@ enum Step {
     Answer(OAuthError),
     /// Sleep, then run the grant.
     Delay(Duration),
+    /// Run the grant, then sleep before answering.
+    Hold(Duration),
     /// Run the grant.
     Proceed,
     /// Answer 200 with this JSON body as is.
@@ -1032,7 +1054,12 @@ async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Resp
             Step::Answer(error)
         } else if grant_type == "refresh_token" {
             match st.refresh_script.pop_front() {
-                None | Some(RefreshBehaviour::Ok) => Step::Proceed,
+                None => match st.chaos {
+                    Some(chaos) => chaos.step(),
+                    None => Step::Proceed,
+                },
+                Some(RefreshBehaviour::Ok) => Step::Proceed,
+                Some(RefreshBehaviour::HoldAnswer(hold)) => Step::Hold(hold),
                 Some(RefreshBehaviour::InvalidGrant) => {
                     Step::Answer(OAuthError::invalid_grant("scripted invalid_grant"))
                 }
@@ -1051,6 +1078,7 @@ async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Resp
         (client_auth, step)
     };
 
+    let mut hold = None;
     match step {
         Step::Answer(error) => {
             let response = error.into_response();
@@ -1058,6 +1086,7 @@ async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Resp
             return response;
         }
         Step::Delay(delay) => tokio::time::sleep(delay).await,
+        Step::Hold(delay) => hold = Some(delay),
         Step::Proceed => {}
         Step::Raw(body) => {
             let response = (
@@ -1100,7 +1129,35 @@ async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Resp
         }
     };
     record(&shared, client_auth, &response);
+    if let Some(hold) = hold {
+        tokio::time::sleep(hold).await;
+    }
     response
+}
+
+/// Random refresh failures and answer delays (see [`FakeProvider::set_refresh_chaos`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefreshChaos {
+    /// Percentage of refreshes answered 500 (before anything is decided).
+    pub fail_percent: u8,
+    /// Every other refresh is decided at once, then held a random time up to this.
+    pub max_hold: Duration,
+}
+
+impl RefreshChaos {
+    fn step(self) -> Step {
+        let random = uuid::Uuid::new_v4().as_u128();
+        if (random % 100) < u128::from(self.fail_percent) {
+            return Step::Answer(OAuthError::scripted(500, None));
+        }
+        let max_ms = self.max_hold.as_millis();
+        let hold_ms = if max_ms == 0 {
+            0
+        } else {
+            (random >> 7) % (max_ms + 1)
+        };
+        Step::Hold(Duration::from_millis(u64::try_from(hold_ms).unwrap_or(0)))
+    }
 }
 
 type GrantOutcome = Result<(Map<String, Value>, Option<IdTokenPlan>), OAuthError>;
@@ -1185,6 +1242,7 @@ fn refresh_grant(st: &mut Inner, issuer: &str, params: &HashMap<String, String>)
     };
     let grant = record.grant;
     if !record.valid {
+        st.spent_refresh_tokens_presented += 1;
         return Err(OAuthError::invalid_grant(
             "refresh token was rotated or revoked",
         ));

@@ -1,0 +1,772 @@
+//! Reading a connection's tokens, refreshing them first when due: an owned operation,
+//! not part of a request.
+//!
+//! In one process, one read-and-maybe-refresh per connection runs at a time, as its
+//! own task (a *flight*); every concurrent reader of that connection waits on the
+//! flight's result (one store read, at most one refresh), and a reader that gives up
+//! only stops waiting: the flight runs to its end (redeem, seal, conditional write,
+//! flow-log step). The registry of flights is exact: an entry lives exactly as long as
+//! its flight. Shutdown waits for flights (see [`Refresher::drain`]).
+//!
+//! Across instances, the row's refresh *lease* decides who redeems: a flight takes the
+//! lease with a random attempt id (only while the row is at the version it read and no
+//! other attempt's lease is live), extends it while it works, and writes the new tokens
+//! only while its attempt still holds the lease. Writes that do not touch tokens
+//! (`lastUsed`) are partial updates that neither bump `version` nor break a lease.
+//!
+//! A refresh token is redeemed at most once: only a failure that provably never reached
+//! the provider (connection refused) or an answer of 5xx/429 is retried with the same
+//! token. A request that may have been processed (a timeout after sending, a connection
+//! reset mid-answer) is retried only where the provider is known to accept the token
+//! again ([`RefreshReuse`]); otherwise the attempt ends, the row remembers the unknown
+//! outcome, and a later `invalid_grant` is reported as `refresh_outcome_unknown`.
+//!
+//! What the provider gave is never dropped: when the write after a successful redeem
+//! fails, waiting readers are answered with the new token at once, and the write is
+//! retried with backoff for as long as the process lives (readers in this process keep
+//! being served from the flight meanwhile), so this process never presents the old
+//! refresh token again.
+//!
+//! After a failed refresh the connection cools down (`AXNT_REFRESH_COOLDOWN_SECS`,
+//! recorded on the row so every instance honours it), and after consecutive failures
+//! a provider's circuit opens for a while: in both cases readers get 503 with
+//! `Retry-After` and the provider is not called.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use super::token_set::{IssuedToken, TokenSet};
+use super::{TokenPolicy, data};
+use crate::crypto::EnvelopeCipher;
+use crate::error::{CAUSE_INVALID_GRANT, CAUSE_NO_REFRESH_TOKEN, CAUSE_OUTCOME_UNKNOWN, Error};
+use crate::oauth::provider::{ProviderError, ProviderTokens};
+use crate::store::flow_log::ClientInfo;
+use crate::store::{
+    Connection, FlowRecorder, FlowStep, LeaseRelease, RefreshLease, RefreshState, StoreError,
+    TokenStore,
+};
+
+/// How often a flight waiting for another attempt's lease re-reads the row.
+const LEASE_POLL: Duration = Duration::from_millis(50);
+/// Retries of an unavailable provider start this far apart, doubling up to the max.
+const REDEEM_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+/// Retries of a failed write of refreshed tokens, likewise.
+const PERSIST_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// The token endpoint as the refresh machinery needs it: one redeem, no retries.
+#[async_trait]
+pub trait TokenEndpoint: Send + Sync {
+    async fn redeem(&self, refresh_token: &SecretString) -> Result<ProviderTokens, ProviderError>;
+
+    /// What the provider does with a refresh token it has redeemed.
+    fn reuse(&self) -> RefreshReuse;
+}
+
+/// Whether a refresh token may be presented again after a request whose outcome is
+/// unknown (the provider may have redeemed it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshReuse {
+    /// The provider issues a new refresh token on each refresh and rejects the old one
+    /// (Google does not; many others do).
+    pub rotates: bool,
+    /// A rotating provider still accepts a redeemed token for this long (Okta's and
+    /// Auth0's "reuse interval").
+    pub grace: Duration,
+}
+
+impl RefreshReuse {
+    fn may_present_again(&self, since_first_sent: Duration) -> bool {
+        !self.rotates || since_first_sent < self.grace
+    }
+}
+
+type Key = (String, String);
+type Outcome = Result<IssuedToken, Error>;
+
+/// One refresh in flight in this process.
+struct Flight {
+    id: u64,
+    result: watch::Receiver<Option<Outcome>>,
+}
+
+/// The refresh machinery of one process.
+pub struct Refresher {
+    store: Arc<dyn TokenStore>,
+    cipher: Arc<EnvelopeCipher>,
+    flow_log: Arc<FlowRecorder>,
+    policy: TokenPolicy,
+    flights: Mutex<HashMap<Key, Flight>>,
+    next_flight: AtomicU64,
+    tasks: TaskTracker,
+    breakers: Mutex<HashMap<String, Breaker>>,
+}
+
+impl Refresher {
+    pub fn new(
+        store: Arc<dyn TokenStore>,
+        cipher: Arc<EnvelopeCipher>,
+        flow_log: Arc<FlowRecorder>,
+        policy: TokenPolicy,
+    ) -> Self {
+        Self {
+            store,
+            cipher,
+            flow_log,
+            policy,
+            flights: Mutex::new(HashMap::new()),
+            next_flight: AtomicU64::new(0),
+            tasks: TaskTracker::new(),
+            breakers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A token for `user_id` at `provider` valid beyond `margin`, from the flight of
+    /// this connection (started when none is in flight). Waits at most the policy's
+    /// `refresh_wait`; giving up (or being dropped) never stops the flight.
+    pub async fn obtain(
+        self: &Arc<Self>,
+        endpoint: Arc<dyn TokenEndpoint>,
+        user_id: &str,
+        provider: &str,
+        margin: Duration,
+        client: &ClientInfo,
+    ) -> Outcome {
+        let give_up = Instant::now() + self.policy.refresh_wait;
+        loop {
+            let (mut result, joined_late) =
+                self.join(Arc::clone(&endpoint), user_id, provider, margin, client);
+            let published = tokio::time::timeout_at(give_up, result.wait_for(Option::is_some))
+                .await
+                .map_err(|_| Error::RefreshBusy)?
+                .map(|value| value.clone())
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err(Error::Internal("a refresh ended without a result".into())));
+            match published {
+                // The flight answered before this reader came, and its token has
+                // expired since (it is still storing what it redeemed, or the provider
+                // issues tokens that expire at once): wait for it to end, then start
+                // another.
+                Ok(issued) if joined_late && issued.expires_at <= Utc::now() => {
+                    tokio::time::timeout_at(give_up, async {
+                        while result.changed().await.is_ok() {}
+                    })
+                    .await
+                    .map_err(|_| Error::RefreshBusy)?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Waits (at most `within`) for every flight to end. Called on shutdown, after the
+    /// server stopped taking requests. Returns whether all ended.
+    pub async fn drain(&self, within: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(within, self.tasks.wait())
+            .await
+            .is_ok()
+    }
+
+    /// The result channel of this connection's flight, starting one when none is in
+    /// flight, and whether that flight had already answered.
+    fn join(
+        self: &Arc<Self>,
+        endpoint: Arc<dyn TokenEndpoint>,
+        user_id: &str,
+        provider: &str,
+        margin: Duration,
+        client: &ClientInfo,
+    ) -> (watch::Receiver<Option<Outcome>>, bool) {
+        let key: Key = (user_id.to_string(), provider.to_string());
+        let mut flights = lock(&self.flights);
+        if let Some(flight) = flights.get(&key) {
+            let answered = flight.result.borrow().is_some();
+            return (flight.result.clone(), answered);
+        }
+        let (tx, rx) = watch::channel(None);
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        flights.insert(
+            key.clone(),
+            Flight {
+                id,
+                result: rx.clone(),
+            },
+        );
+        drop(flights);
+        let this = Arc::clone(self);
+        let client = client.clone();
+        self.tasks.spawn(async move {
+            // Removes the entry however the flight ends (a panic included), so the
+            // registry never holds a flight that no longer runs.
+            let _landed = Landed {
+                flights: &this.flights,
+                key: &key,
+                id,
+            };
+            let outcome = this
+                .fly(endpoint.as_ref(), &key.0, &key.1, margin, &client, &tx)
+                .await;
+            tx.send_if_modified(|published| {
+                if published.is_none() {
+                    *published = Some(outcome);
+                    true
+                } else {
+                    false
+                }
+            });
+        });
+        (rx, false)
+    }
+
+    /// One flight: re-reads the row until its token is fresh (someone else refreshed),
+    /// the lease is ours (then refreshes), or the flight must give up.
+    async fn fly(
+        &self,
+        endpoint: &dyn TokenEndpoint,
+        user_id: &str,
+        provider: &str,
+        margin: Duration,
+        client: &ClientInfo,
+        tx: &watch::Sender<Option<Outcome>>,
+    ) -> Outcome {
+        let give_up = Instant::now() + self.policy.refresh_wait;
+        loop {
+            let row = self
+                .store
+                .get(user_id, provider)
+                .await?
+                .ok_or(Error::NotConnected)?;
+            if !row.is_active {
+                return Err(reauthorization_required(&row));
+            }
+            let tokens = TokenSet::open(&self.cipher, &row).await?;
+            let now = Utc::now();
+            if tokens.is_fresh(margin, now.timestamp()) {
+                self.touch(&row, now).await;
+                return Ok(tokens.issue(&row));
+            }
+            let now_ms = now.timestamp_millis();
+            if let Some(retry_at) = row.refresh.retry_at_ms.filter(|at| *at > now_ms) {
+                return Err(suppressed(
+                    provider,
+                    "cooldown",
+                    millis_until(retry_at, now_ms),
+                ));
+            }
+            if row
+                .refresh
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.until_ms > now_ms)
+            {
+                // Another attempt (on this or another instance) is refreshing: wait
+                // for its result and read it back.
+                if Instant::now() >= give_up {
+                    return Err(Error::RefreshBusy);
+                }
+                tokio::time::sleep(jittered(LEASE_POLL)).await;
+                continue;
+            }
+            self.circuit_allows(provider)?;
+            let lease = RefreshLease {
+                attempt: crate::crypto::random_token(16),
+                until_ms: now_ms.saturating_add(millis(self.policy.lease_ttl)),
+            };
+            match self
+                .store
+                .acquire_lease(user_id, provider, row.version, &lease, now_ms)
+                .await
+            {
+                Ok(()) => {
+                    let holder = Holder {
+                        refresher: self,
+                        endpoint,
+                        row: &row,
+                        attempt: &lease.attempt,
+                        flow_id: uuid::Uuid::new_v4().to_string(),
+                        client,
+                    };
+                    let keeper = self.keep_lease(&row, lease.clone());
+                    tokio::pin!(keeper);
+                    return tokio::select! {
+                        outcome = holder.refresh(&tokens, tx) => outcome,
+                        never = &mut keeper => match never {},
+                    };
+                }
+                // The row moved (a refresh landed, a grant replaced it) or another
+                // attempt took the lease first: read again.
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Extends the lease before it would lapse, for as long as the holder works. A
+    /// lease found taken over is left alone: the holder's own write then fails its
+    /// condition, so it never overwrites the new holder's work.
+    async fn keep_lease(&self, row: &Connection, mut lease: RefreshLease) -> Infallible {
+        let every = self.policy.lease_ttl / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            lease.until_ms = Utc::now()
+                .timestamp_millis()
+                .saturating_add(millis(self.policy.lease_ttl));
+            match self
+                .store
+                .extend_lease(&row.user_id, &row.provider, &lease)
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::Conflict) => {
+                    tracing::warn!(
+                        user_id = row.user_id,
+                        provider = row.provider,
+                        "the refresh lease was taken over; this attempt will not write"
+                    );
+                    return std::future::pending().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "extending the refresh lease failed; trying again")
+                }
+            }
+        }
+    }
+
+    /// Whether the provider's circuit lets a refresh through (half-open: one probe).
+    fn circuit_allows(&self, provider: &str) -> Result<(), Error> {
+        if self.policy.circuit_failures == 0 {
+            return Ok(());
+        }
+        let mut breakers = lock(&self.breakers);
+        let breaker = breakers.entry(provider.to_string()).or_default();
+        let now = Instant::now();
+        match breaker.open_until {
+            Some(until) if now < until => Err(suppressed(provider, "circuit_open", until - now)),
+            Some(_) if breaker.probing => {
+                Err(suppressed(provider, "circuit_open", Duration::from_secs(1)))
+            }
+            Some(_) => {
+                breaker.probing = true;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Feeds a redeem's outcome to the provider's circuit: `Some(true)` the provider
+    /// answered, `Some(false)` it failed, `None` it was not asked.
+    fn circuit_record(&self, provider: &str, healthy: Option<bool>) {
+        let mut breakers = lock(&self.breakers);
+        let breaker = breakers.entry(provider.to_string()).or_default();
+        match healthy {
+            Some(true) => *breaker = Breaker::default(),
+            Some(false) => {
+                breaker.failures = breaker.failures.saturating_add(1);
+                breaker.probing = false;
+                if self.policy.circuit_failures > 0
+                    && breaker.failures >= self.policy.circuit_failures
+                {
+                    breaker.open_until = Some(Instant::now() + self.policy.circuit_open);
+                    tracing::warn!(
+                        provider,
+                        failures = breaker.failures,
+                        open_secs = self.policy.circuit_open.as_secs(),
+                        "refreshes keep failing: the provider's circuit is open"
+                    );
+                }
+            }
+            None => breaker.probing = false,
+        }
+    }
+
+    /// Redeems `refresh_token`, retrying only what is safe to retry (see the module
+    /// docs) with backoff, starting no new attempt after the refresh deadline.
+    async fn redeem(
+        &self,
+        endpoint: &dyn TokenEndpoint,
+        refresh_token: &SecretString,
+    ) -> Result<ProviderTokens, ProviderError> {
+        let started = Instant::now();
+        let deadline = started + self.policy.refresh_deadline;
+        let reuse = endpoint.reuse();
+        let mut backoff = Backoff::new(REDEEM_BACKOFF);
+        loop {
+            let result = endpoint.redeem(refresh_token).await;
+            let retry = match &result {
+                Err(ProviderError::Unavailable(_)) => true,
+                Err(ProviderError::OutcomeUnknown(_)) => reuse.may_present_again(started.elapsed()),
+                _ => false,
+            };
+            let wait = backoff.next_wait();
+            if !retry || Instant::now() + wait >= deadline {
+                return result;
+            }
+            if let Err(e) = &result {
+                tracing::debug!(error = %e, wait_ms = wait.as_millis() as u64, "retrying the refresh");
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn purge_time(&self, from: DateTime<Utc>, active: bool) -> i64 {
+        self.policy.purge_time(from, active)
+    }
+
+    /// Moves `lastUsed` and the purge time forward, at most once per interval. A
+    /// partial update (tokens, `version` and any refresh lease stay as they are); best
+    /// effort.
+    async fn touch(&self, row: &Connection, now: DateTime<Utc>) {
+        let interval = chrono::Duration::from_std(self.policy.last_used_interval)
+            .unwrap_or(chrono::Duration::MAX);
+        if now - row.last_used < interval {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .touch(&row.user_id, &row.provider, now, self.purge_time(now, true))
+            .await
+        {
+            tracing::warn!(error = %e, "updating lastUsed failed");
+        }
+    }
+}
+
+/// The lease holder's side of a flight.
+struct Holder<'a> {
+    refresher: &'a Refresher,
+    endpoint: &'a dyn TokenEndpoint,
+    /// The row as read when the lease was taken (`version` unchanged by the lease).
+    row: &'a Connection,
+    attempt: &'a str,
+    flow_id: String,
+    client: &'a ClientInfo,
+}
+
+impl Holder<'_> {
+    async fn refresh(&self, tokens: &TokenSet, tx: &watch::Sender<Option<Outcome>>) -> Outcome {
+        let r = self.refresher;
+        let provider = self.row.provider.as_str();
+        let Some(refresh_token) = tokens.refresh_token.clone().map(SecretString::from) else {
+            return self.deactivate(CAUSE_NO_REFRESH_TOKEN).await;
+        };
+        let outcome = r.redeem(self.endpoint, &refresh_token).await;
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(ProviderError::InvalidGrant) => "invalid_grant",
+            Err(ProviderError::Unavailable(_)) => "provider_unavailable",
+            Err(ProviderError::OutcomeUnknown(_)) => "outcome_unknown",
+            Err(_) => "provider_error",
+        };
+        metrics::counter!("axnt_token_refreshes_total", "provider" => provider.to_string(), "outcome" => label).increment(1);
+        match outcome {
+            Ok(fresh) => {
+                r.circuit_record(provider, Some(true));
+                let now = Utc::now();
+                let set = TokenSet::from_provider(&fresh, Some(tokens), now);
+                let issued = set.issue(self.row);
+                self.persist(&set, now, fresh.refresh_token.is_some(), &issued, tx)
+                    .await;
+                Ok(issued)
+            }
+            Err(ProviderError::InvalidGrant) => {
+                r.circuit_record(provider, Some(true));
+                // After a request whose outcome is unknown, the provider most likely
+                // redeemed (and rotated) the token then: say so, not a bare invalid_grant.
+                let cause = if self.row.refresh.unknown_since_ms.is_some() {
+                    CAUSE_OUTCOME_UNKNOWN
+                } else {
+                    CAUSE_INVALID_GRANT
+                };
+                self.deactivate(cause).await
+            }
+            Err(e) => {
+                let healthy = match e {
+                    ProviderError::NotConfigured(_) => None,
+                    _ => Some(false),
+                };
+                r.circuit_record(provider, healthy);
+                self.give_back(e).await
+            }
+        }
+    }
+
+    /// Stores the refreshed tokens. In the common case the first write lands and the
+    /// step is logged before anyone is answered. When it fails, everyone waiting is
+    /// answered with the new token at once and the write is retried with backoff for
+    /// as long as the process lives (see the module docs). Stops only on success or
+    /// when the lease was taken over (someone else's work then stands).
+    async fn persist(
+        &self,
+        set: &TokenSet,
+        now: DateTime<Utc>,
+        rotated: bool,
+        issued: &IssuedToken,
+        tx: &watch::Sender<Option<Outcome>>,
+    ) {
+        let r = self.refresher;
+        let row = self.row;
+        let mut backoff = Backoff::new(PERSIST_BACKOFF);
+        loop {
+            match self.write_refreshed(set, now).await {
+                Ok(()) => {
+                    let d = data(json!({
+                        "provider": row.provider,
+                        "rotatedRefreshToken": rotated,
+                        "accessTokenExpiresAt": set.expires_at,
+                    }));
+                    r.flow_log
+                        .record(
+                            &row.user_id,
+                            &self.flow_id,
+                            FlowStep::TokenRefreshed,
+                            d,
+                            None,
+                            self.client,
+                        )
+                        .await;
+                    return;
+                }
+                Err(Error::Conflict) => {
+                    tracing::error!(
+                        user_id = row.user_id,
+                        provider = row.provider,
+                        "refreshed tokens were not stored: the refresh lease was taken over"
+                    );
+                    let d = data(json!({ "provider": row.provider, "reason": "lease_lost" }));
+                    r.flow_log
+                        .record(
+                            &row.user_id,
+                            &self.flow_id,
+                            FlowStep::RefreshFailed,
+                            d,
+                            Some("lease_lost".into()),
+                            self.client,
+                        )
+                        .await;
+                    return;
+                }
+                Err(e) => {
+                    // Everyone waiting gets the new token now; the write goes on.
+                    tx.send_if_modified(|published| {
+                        if published.is_none() {
+                            *published = Some(Ok(issued.clone()));
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                    let wait = backoff.next_wait();
+                    tracing::warn!(
+                        error = %e,
+                        user_id = row.user_id,
+                        provider = row.provider,
+                        wait_ms = wait.as_millis() as u64,
+                        "storing refreshed tokens failed; retrying (this process serves them meanwhile)"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn write_refreshed(&self, set: &TokenSet, now: DateTime<Utc>) -> Result<(), Error> {
+        let row = self.row;
+        let envelope = set
+            .seal(&self.refresher.cipher, &row.user_id, &row.provider)
+            .await?;
+        let updated = Connection {
+            encrypted_tokens: envelope,
+            updated_at: now,
+            last_used: now,
+            access_token_expires_at: set.expires_at,
+            expires_at: self.refresher.purge_time(now, true),
+            ..row.successor()
+        };
+        Ok(self
+            .refresher
+            .store
+            .put_as_holder(&updated, self.attempt)
+            .await?)
+    }
+
+    /// Marks the row inactive: its refresh token is dead.
+    async fn deactivate(&self, cause: &str) -> Outcome {
+        let r = self.refresher;
+        let row = self.row;
+        let now = Utc::now();
+        let updated = Connection {
+            is_active: false,
+            updated_at: now,
+            expires_at: r.purge_time(now, false),
+            refresh: RefreshState {
+                inactive_cause: Some(cause.to_string()),
+                ..RefreshState::default()
+            },
+            ..row.successor()
+        };
+        match r.store.put_as_holder(&updated, self.attempt).await {
+            Ok(()) => {}
+            // The lease was taken over: whoever holds it now decides; read again.
+            Err(StoreError::Conflict) => return Err(Error::RefreshBusy),
+            Err(e) => {
+                tracing::warn!(error = %e, "marking a dead grant inactive failed; the next read finds out again")
+            }
+        }
+        let d = data(json!({ "provider": row.provider, "reason": cause, "isActive": false }));
+        r.flow_log
+            .record(
+                &row.user_id,
+                &self.flow_id,
+                FlowStep::RefreshFailed,
+                d,
+                Some("reauthorization_required".into()),
+                self.client,
+            )
+            .await;
+        Err(Error::ReauthorizationRequired {
+            cause: cause.to_string(),
+        })
+    }
+
+    /// Gives the lease back after a failed refresh, starting the cooldown (and noting
+    /// an unknown outcome), and logs the failure.
+    async fn give_back(&self, e: ProviderError) -> Outcome {
+        let r = self.refresher;
+        let row = self.row;
+        let now_ms = Utc::now().timestamp_millis();
+        let unknown = matches!(e, ProviderError::OutcomeUnknown(_));
+        let cooldown = r.policy.refresh_cooldown;
+        let after = LeaseRelease {
+            retry_at_ms: (!cooldown.is_zero()).then(|| now_ms.saturating_add(millis(cooldown))),
+            unknown_since_ms: unknown.then_some(now_ms),
+        };
+        match r
+            .store
+            .release_lease(&row.user_id, &row.provider, self.attempt, after)
+            .await
+        {
+            Ok(()) | Err(StoreError::Conflict) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "releasing a refresh lease failed; it lapses by itself")
+            }
+        }
+        let err = Error::from(e);
+        let reason = if unknown {
+            CAUSE_OUTCOME_UNKNOWN
+        } else {
+            err.code()
+        };
+        let d = data(json!({
+            "provider": row.provider,
+            "reason": reason,
+            "retryAfterSecs": cooldown.as_secs(),
+        }));
+        r.flow_log
+            .record(
+                &row.user_id,
+                &self.flow_id,
+                FlowStep::RefreshFailed,
+                d,
+                Some(err.code().to_string()),
+                self.client,
+            )
+            .await;
+        Err(err)
+    }
+}
+
+/// Removes a flight's registry entry when the flight ends.
+struct Landed<'a> {
+    flights: &'a Mutex<HashMap<Key, Flight>>,
+    key: &'a Key,
+    id: u64,
+}
+
+impl Drop for Landed<'_> {
+    fn drop(&mut self) {
+        let mut flights = lock(self.flights);
+        if flights.get(self.key).is_some_and(|f| f.id == self.id) {
+            flights.remove(self.key);
+        }
+    }
+}
+
+/// A provider's circuit: consecutive failed refreshes, and until when it is open.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+    /// Half-open: one refresh is testing the provider.
+    probing: bool,
+}
+
+/// 409 for a row whose grant is dead, with the cause it died of.
+pub fn reauthorization_required(row: &Connection) -> Error {
+    Error::ReauthorizationRequired {
+        cause: row
+            .refresh
+            .inactive_cause
+            .clone()
+            .unwrap_or_else(|| CAUSE_INVALID_GRANT.to_string()),
+    }
+}
+
+/// 503 without calling the provider, counted.
+fn suppressed(provider: &str, reason: &'static str, retry_after: Duration) -> Error {
+    metrics::counter!("axnt_token_refresh_suppressed_total", "provider" => provider.to_string(), "reason" => reason).increment(1);
+    Error::RefreshSuppressed {
+        reason,
+        retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+    }
+}
+
+/// Exponential backoff with up to 50% jitter, so retries from many readers spread out.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new((first, max): (Duration, Duration)) -> Self {
+        Self { next: first, max }
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        let wait = jittered(self.next);
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+}
+
+/// `base` plus up to 50% random jitter.
+pub(crate) fn jittered(base: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    crate::crypto::fill_random(&mut byte);
+    base + base.mul_f64(f64::from(byte[0]) / 510.0)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn millis_until(at_ms: i64, now_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0))
+}
+
+/// The registries are plain maps behind a mutex held for a few instructions, never
+/// across an await; a panic while holding one cannot leave them half-updated.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,195 @@
+//! The token set sealed in a row, what the API hands out, and the rule that decides
+//! whether a stored access token is still good enough to hand out.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::crypto::{Envelope, EnvelopeCipher};
+use crate::error::Error;
+use crate::oauth::provider::ProviderTokens;
+use crate::store::Connection;
+
+/// Used when a provider omits `expires_in` (Google never does): one hour.
+const DEFAULT_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The plaintext sealed in `encryptedTokens`. Wiped from memory on drop.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct TokenSet {
+    #[serde(rename = "accessToken")]
+    pub access_token: String,
+    #[serde(
+        rename = "refreshToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub refresh_token: Option<String>,
+    #[serde(rename = "idToken", default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(rename = "tokenType")]
+    pub token_type: String,
+    /// Epoch seconds when the access token expires.
+    #[serde(rename = "expiresAt")]
+    pub expires_at: i64,
+    /// Epoch seconds when the provider issued the access token (absent in rows written
+    /// by versions before 0.2): with `expires_at`, the lifetime it was issued with.
+    #[serde(rename = "issuedAt", default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<i64>,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("scope", &self.scope)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSet {
+    /// The set to store after a grant or refresh. A response without a refresh token
+    /// keeps `previous`'s (Google omits it on refresh and on re-consent).
+    pub fn from_provider(
+        tokens: &ProviderTokens,
+        previous: Option<&TokenSet>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let lifetime = tokens.expires_in.unwrap_or(DEFAULT_ACCESS_TOKEN_LIFETIME);
+        Self {
+            access_token: tokens.access_token.expose_secret().to_string(),
+            refresh_token: tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_string())
+                .or_else(|| previous.and_then(|p| p.refresh_token.clone())),
+            id_token: tokens
+                .id_token
+                .as_ref()
+                .map(|t| t.expose_secret().to_string())
+                .or_else(|| previous.and_then(|p| p.id_token.clone())),
+            scope: tokens
+                .scope
+                .clone()
+                .or_else(|| previous.and_then(|p| p.scope.clone())),
+            token_type: tokens.token_type.clone(),
+            expires_at: now
+                .timestamp()
+                .saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX)),
+            issued_at: Some(now.timestamp()),
+        }
+    }
+
+    /// The margin this token is held to: the configured one, but at most half the
+    /// lifetime the token was issued with. A provider that issues tokens shorter than
+    /// the margin would otherwise have every read refresh a token it just issued.
+    pub fn margin(&self, configured: Duration) -> i64 {
+        let configured = i64::try_from(configured.as_secs()).unwrap_or(i64::MAX);
+        match self.issued_at {
+            Some(issued) => configured.min((self.expires_at.saturating_sub(issued) / 2).max(0)),
+            None => configured,
+        }
+    }
+
+    /// Whether the access token stays valid beyond its margin at `now` (epoch seconds).
+    pub fn is_fresh(&self, configured_margin: Duration, now: i64) -> bool {
+        self.expires_at.saturating_sub(now) > self.margin(configured_margin)
+    }
+
+    /// Decrypts a row's token set.
+    pub async fn open(cipher: &EnvelopeCipher, row: &Connection) -> Result<Self, Error> {
+        let plaintext = cipher
+            .open(&row.user_id, &row.provider, &row.encrypted_tokens)
+            .await?;
+        serde_json::from_slice(&plaintext)
+            .map_err(|_| Error::Internal("stored token set is not valid JSON".into()))
+    }
+
+    /// Encrypts this set for the row of `user_id` at `provider`.
+    pub async fn seal(
+        &self,
+        cipher: &EnvelopeCipher,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<Envelope, Error> {
+        let json = Zeroizing::new(
+            serde_json::to_vec(self)
+                .map_err(|e| Error::Internal(format!("serialising tokens: {e}")))?,
+        );
+        Ok(cipher.seal(user_id, provider, &json).await?)
+    }
+
+    /// The token as the API hands it out.
+    pub fn issue(&self, row: &Connection) -> IssuedToken {
+        IssuedToken {
+            access_token: SecretString::from(self.access_token.clone()),
+            token_type: self.token_type.clone(),
+            expires_at: DateTime::from_timestamp(self.expires_at, 0).unwrap_or_default(),
+            scope: self.scope.clone(),
+            email: row.email.clone(),
+        }
+    }
+}
+
+/// A valid access token as the API hands it out.
+#[derive(Clone)]
+pub struct IssuedToken {
+    pub access_token: SecretString,
+    pub token_type: String,
+    pub expires_at: DateTime<Utc>,
+    pub scope: Option<String>,
+    pub email: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(issued_at: Option<i64>, expires_at: i64) -> TokenSet {
+        TokenSet {
+            access_token: "a".into(),
+            refresh_token: None,
+            id_token: None,
+            scope: None,
+            token_type: "Bearer".into(),
+            expires_at,
+            issued_at,
+        }
+    }
+
+    #[test]
+    fn a_token_shorter_than_the_margin_is_held_to_half_its_lifetime() {
+        let margin = Duration::from_secs(300);
+        let short = set(Some(1_000), 1_120); // a 120-second token
+        assert_eq!(short.margin(margin), 60);
+        assert!(short.is_fresh(margin, 1_000), "just issued: served");
+        assert!(short.is_fresh(margin, 1_059));
+        assert!(
+            !short.is_fresh(margin, 1_060),
+            "half its life left: refreshed"
+        );
+        let long = set(Some(1_000), 4_600); // an hour
+        assert_eq!(long.margin(margin), 300);
+        assert!(!long.is_fresh(margin, 4_300));
+        assert!(long.is_fresh(margin, 4_299));
+    }
+
+    #[test]
+    fn rows_without_an_issue_time_keep_the_configured_margin() {
+        let legacy = set(None, 1_120);
+        assert_eq!(legacy.margin(Duration::from_secs(300)), 300);
+        assert!(!legacy.is_fresh(Duration::from_secs(300), 1_000));
+    }
+
+    #[test]
+    fn an_expired_or_zero_lifetime_token_is_never_fresh() {
+        let zero = set(Some(1_000), 1_000);
+        assert!(!zero.is_fresh(Duration::from_secs(300), 1_000));
+        assert!(!zero.is_fresh(Duration::ZERO, 1_000));
+    }
+}
