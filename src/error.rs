@@ -119,9 +119,9 @@ impl Error {
             }
             Self::ReauthorizationRequired | Self::Conflict => StatusCode::CONFLICT,
             Self::Provider(p) => match p {
-                ProviderError::NotConfigured(_) | ProviderError::Unavailable(_) => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                ProviderError::NotConfigured(_)
+                | ProviderError::Unavailable(_)
+                | ProviderError::OutcomeUnknown(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_GATEWAY,
             },
             Self::Store(_) | Self::RefreshBusy => StatusCode::SERVICE_UNAVAILABLE,
@@ -153,7 +153,9 @@ impl Error {
             Self::Conflict => "concurrent_update",
             Self::RefreshBusy => "refresh_in_progress",
             Self::Provider(ProviderError::NotConfigured(_)) => "provider_not_configured",
-            Self::Provider(ProviderError::Unavailable(_)) => "provider_unavailable",
+            Self::Provider(ProviderError::Unavailable(_) | ProviderError::OutcomeUnknown(_)) => {
+                "provider_unavailable"
+            }
             Self::Provider(_) => "provider_error",
             Self::Store(StoreError::Throttled(_)) => "store_throttled",
             Self::Store(_) => "store_unavailable",
@@ -173,6 +175,9 @@ impl Error {
             }
             Self::Provider(ProviderError::Unavailable(_)) => {
                 "the OAuth provider is unavailable; retry later".into()
+            }
+            Self::Provider(ProviderError::OutcomeUnknown(_)) => {
+                "the OAuth provider did not answer in time; retry later".into()
             }
             Self::Provider(_) => "the OAuth provider answered an error".into(),
             Self::Store(_) => "the token store is unavailable; retry later".into(),
@@ -338,6 +343,19 @@ mod tests {
         let e = Error::Store(StoreError::Unavailable("sqlite at /secret/path".into()));
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(!e.public_detail().contains("/secret/path"));
+    }
+
+    #[test]
+    fn a_lost_provider_answer_is_a_retryable_503_without_detail() {
+        let e = Error::from(ProviderError::OutcomeUnknown(
+            "timed out waiting for the answer from http://10.0.0.1/token".into(),
+        ));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code(), "provider_unavailable");
+        assert_eq!(
+            e.public_detail(),
+            "the OAuth provider did not answer in time; retry later"
+        );
     }
 
     #[test]

@@ -156,9 +156,15 @@ pub enum ProviderError {
     /// The provider answered an OAuth error other than the above.
     #[error("the provider answered {error}")]
     Rejected { error: String },
-    /// The provider could not be reached, timed out or answered 5xx.
+    /// The request provably did not reach the provider (no connection, DNS), or the
+    /// provider answered 5xx or 429: nothing was done, a retry is safe.
     #[error("the provider is unavailable: {0}")]
     Unavailable(String),
+    /// The request may have reached the provider but no whole answer came back (a
+    /// timeout after connecting, a reset, a broken body): the provider may have acted
+    /// on it, e.g. rotated the refresh token it carried.
+    #[error("the provider's answer was lost: {0}")]
+    OutcomeUnknown(String),
     /// The provider answered something we cannot read.
     #[error("the provider's answer was malformed: {0}")]
     Malformed(String),
@@ -209,22 +215,47 @@ pub struct ProviderTokens {
     pub token_type: String,
 }
 
-/// An HTTP failure below the OAuth layer. 5xx answers are failures too, so that they
-/// are retried and reported as "unavailable" rather than parsed as OAuth errors.
+/// An HTTP failure below the OAuth layer, sorted by whether the provider may have acted
+/// on the request: a refresh token sent in a request that may have been processed may
+/// have been rotated, so its caller must not treat "no answer" like "not sent".
+/// 5xx and 429 answers are failures too, so that they are retried and reported as
+/// "unavailable" rather than parsed as OAuth errors.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpFailure {
-    #[error("timed out")]
-    Timeout,
-    #[error("connection failed: {0}")]
-    Connect(String),
+    /// No connection was made (DNS, refused, connect timeout) or the request could not
+    /// be built: the provider never saw it.
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// The provider answered 5xx or 429: it did not serve the request.
     #[error("answered HTTP {0}")]
     Status(u16),
-    #[error("{0}")]
-    Other(String),
+    /// Connected, but no whole answer within the timeout: the request may have been
+    /// processed.
+    #[error("timed out waiting for the answer")]
+    Timeout,
+    /// The connection broke while sending or reading the answer (reset, truncated
+    /// body): the request may have been processed.
+    #[error("no complete answer: {0}")]
+    Interrupted(String),
 }
 
-/// The HTTP client handed to `openidconnect`: reqwest without redirects, with 5xx
-/// answers turned into failures.
+impl HttpFailure {
+    /// What this failure means to the caller of a provider endpoint.
+    fn into_provider_error(self) -> ProviderError {
+        match self {
+            Self::NotSent(_) | Self::Status(_) => ProviderError::Unavailable(self.to_string()),
+            Self::Timeout | Self::Interrupted(_) => ProviderError::OutcomeUnknown(self.to_string()),
+        }
+    }
+}
+
+/// Whether an HTTP status means "not served, retry later" rather than an answer.
+fn is_unavailable_status(status: reqwest::StatusCode) -> bool {
+    status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// The HTTP client handed to `openidconnect`: reqwest without redirects, with 5xx and
+/// 429 answers turned into failures.
 struct ProviderHttp(reqwest::Client);
 
 impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
@@ -235,10 +266,10 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
             let request = reqwest::Request::try_from(request)
-                .map_err(|e| HttpFailure::Other(e.to_string()))?;
+                .map_err(|e| HttpFailure::NotSent(error_chain(&e)))?;
             let response = self.0.execute(request).await.map_err(classify_reqwest)?;
             let status = response.status();
-            if status.is_server_error() {
+            if is_unavailable_status(status) {
                 return Err(HttpFailure::Status(status.as_u16()));
             }
             let headers = response.headers().clone();
@@ -247,8 +278,9 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
             if let Some(h) = out.headers_mut() {
                 *h = headers;
             }
+            // The provider answered, but we cannot hand the answer on: as good as lost.
             out.body(body.to_vec())
-                .map_err(|e| HttpFailure::Other(e.to_string()))
+                .map_err(|e| HttpFailure::Interrupted(e.to_string()))
         })
     }
 }
@@ -276,14 +308,9 @@ impl OidcProvider {
         secrets: Arc<SecretsCache>,
         timeout: Duration,
     ) -> Result<Self, ProviderError> {
-        let http = reqwest::Client::builder()
-            // Following redirects from a token endpoint opens the door to SSRF.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .timeout(timeout)
-            .user_agent(concat!("axnt-oauth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ProviderError::Unavailable(format!("cannot build HTTP client: {e}")))?;
+        let http = http_client(timeout).map_err(|e| {
+            ProviderError::Unavailable(format!("cannot build HTTP client: {}", error_chain(&e)))
+        })?;
         Ok(Self {
             config,
             http: ProviderHttp(http),
@@ -550,7 +577,7 @@ impl OidcProvider {
                     error: other.as_ref().to_string(),
                 },
             },
-            RequestTokenError::Request(f) => ProviderError::Unavailable(f.to_string()),
+            RequestTokenError::Request(f) => f.into_provider_error(),
             // Only where and what kind: serde's message can quote the offending value,
             // and in a token response that value may be a token.
             RequestTokenError::Parse(e, _body) => ProviderError::Malformed(format!(
@@ -637,11 +664,11 @@ impl OidcProvider {
             ])
             .send()
             .await
-            .map_err(|e| ProviderError::Unavailable(classify_reqwest(e).to_string()))?;
+            .map_err(|e| classify_reqwest(e).into_provider_error())?;
         let status = response.status();
         if status.is_success() {
             Ok(true)
-        } else if status.is_server_error() {
+        } else if is_unavailable_status(status) {
             Err(ProviderError::Unavailable(format!(
                 "revocation answered HTTP {}",
                 status.as_u16()
@@ -660,13 +687,27 @@ impl OidcProvider {
     }
 }
 
+/// The HTTP client for one provider.
+fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        // Following redirects from a token endpoint opens the door to SSRF.
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
+        .user_agent(concat!("axnt-oauth/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Sorts a reqwest error by whether the request may have reached the provider.
+/// `is_connect` holds for connect failures and connect timeouts alike (a connect
+/// timeout is also `is_timeout`), so it is asked first.
 fn classify_reqwest(e: reqwest::Error) -> HttpFailure {
-    if e.is_timeout() {
+    if e.is_connect() || e.is_builder() {
+        HttpFailure::NotSent(error_chain(&e))
+    } else if e.is_timeout() {
         HttpFailure::Timeout
-    } else if e.is_connect() {
-        HttpFailure::Connect(error_chain(&e))
     } else {
-        HttpFailure::Other(error_chain(&e))
+        HttpFailure::Interrupted(error_chain(&e))
     }
 }
 
@@ -710,5 +751,108 @@ impl Providers {
 
     pub fn all(&self) -> &[Arc<OidcProvider>] {
         &self.providers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openidconnect::AsyncHttpClient;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A loopback server that reads one request, then does `answer` with the socket.
+    async fn server<F, Fut>(answer: F) -> String
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                answer(socket).await;
+            }
+        });
+        format!("http://{addr}/token")
+    }
+
+    async fn call(url: &str) -> Result<HttpResponse, ProviderError> {
+        let http = ProviderHttp(http_client(Duration::from_millis(500)).expect("client"));
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(url)
+            .body(b"grant_type=refresh_token".to_vec())
+            .expect("request");
+        http.call(request)
+            .await
+            .map_err(HttpFailure::into_provider_error)
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_never_reached_the_provider() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/token", listener.local_addr().expect("addr"));
+        drop(listener);
+        assert!(matches!(
+            call(&url).await,
+            Err(ProviderError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn no_answer_after_connecting_is_an_unknown_outcome() {
+        let url = server(|socket| async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(socket);
+        })
+        .await;
+        assert!(matches!(
+            call(&url).await,
+            Err(ProviderError::OutcomeUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_the_answer_is_an_unknown_outcome() {
+        let url = server(|socket| async move { drop(socket) }).await;
+        assert!(matches!(
+            call(&url).await,
+            Err(ProviderError::OutcomeUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_truncated_answer_is_an_unknown_outcome() {
+        let url = server(|mut socket| async move {
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"access_token\"")
+                .await;
+        })
+        .await;
+        assert!(matches!(
+            call(&url).await,
+            Err(ProviderError::OutcomeUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn answers_429_and_5xx_are_unavailable_and_4xx_are_answers() {
+        for (status, unavailable) in [(429, true), (500, true), (503, true), (400, false)] {
+            let url = server(move |mut socket| async move {
+                let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\n{{}}");
+                let _ = socket.write_all(head.as_bytes()).await;
+            })
+            .await;
+            let result = call(&url).await;
+            assert_eq!(
+                matches!(result, Err(ProviderError::Unavailable(_))),
+                unavailable,
+                "HTTP {status}"
+            );
+            assert_eq!(result.is_ok(), !unavailable, "HTTP {status}");
+        }
     }
 }
