@@ -40,6 +40,7 @@ on_every_backend!(
     access_denied_at_the_provider_returns_to_the_app_with_the_error,
     bad_id_tokens_are_rejected_and_store_nothing,
     a_rotated_signing_key_is_fetched_once,
+    flows_and_refreshes_outlive_a_discovery_outage,
     return_urls_outside_the_allow_list_are_refused,
     the_internal_api_needs_a_valid_key,
     malformed_requests_get_clear_4xx,
@@ -676,6 +677,64 @@ async fn a_rotated_signing_key_is_fetched_once(backend: Backend) {
         "new kid accepted after one refetch"
     );
     assert_eq!(provider.jwks_fetches(), fetches + 1);
+}
+
+/// The discovery endpoint (and the JWKS) goes down, and the cached metadata passes its
+/// age limit: a whole flow for another user and a token refresh still work, on the cached
+/// metadata, while the refetch tried in the background fails.
+async fn flows_and_refreshes_outlive_a_discovery_outage(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    let app = TestApp::on(
+        backend,
+        &provider,
+        &[("AXNT_PROVIDER_METADATA_TTL_SECS", "1")],
+    )
+    .await;
+    assert!(app.connect("before").await.status().is_success());
+    let fetched = provider.discovery_fetches();
+    assert!(fetched >= 1, "the flow fetched discovery");
+    provider.set_discovery_available(false);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stale_since = std::time::Instant::now();
+
+    assert!(
+        app.connect("during").await.status().is_success(),
+        "a whole flow on the cached metadata"
+    );
+    provider.set_access_token_ttl(3600);
+    let response = app.token("before").await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "a refresh on the cached metadata"
+    );
+    assert_eq!(provider.refresh_count(), 1);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while provider.discovery_fetches() == fetched && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempts = provider.discovery_fetches() - fetched;
+    assert!(attempts >= 1, "a refetch was attempted");
+    // A failed refetch is tried again at most every 5 s, however many requests find the
+    // metadata stale.
+    let allowed = 1 + stale_since.elapsed().as_secs() as usize / 5;
+    assert!(
+        attempts <= allowed,
+        "{attempts} refetches, at most {allowed}"
+    );
+    let issuer = provider.issuer();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let warned = || {
+        support::captured_logs().lines().any(|line| {
+            line.contains("refetching the provider's metadata failed") && line.contains(&issuer)
+        })
+    };
+    while !warned() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(warned(), "the failed refetch is logged, naming the issuer");
 }
 
 async fn return_urls_outside_the_allow_list_are_refused(backend: Backend) {

@@ -4,13 +4,16 @@
 //! Everything provider-specific is data ([`ProviderConfig`]): issuer, default scopes and
 //! extra authorization parameters. Google is one such configuration; another OpenID
 //! issuer needs a new entry, not new code. Discovery and the JWKS are fetched lazily and
-//! cached; an ID token signed by an unknown `kid` triggers one JWKS refetch (key
+//! cached, and served stale while an outage of the provider's metadata endpoints lasts
+//! ([`metadata`]); an ID token signed by an unknown `kid` triggers one JWKS refetch (key
 //! rotation) before it is rejected.
+
+mod metadata;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType, CoreClientAuthMethod,
@@ -22,24 +25,19 @@ use openidconnect::core::{
 use openidconnect::{
     AdditionalClaims, AdditionalProviderMetadata, AuthenticationFlow, AuthorizationCode, Client,
     ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, HttpRequest, HttpResponse, IdToken, IdTokenFields, IssuerUrl, JsonWebKeySet,
-    LoginHint, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata,
-    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardErrorResponse,
-    StandardTokenResponse, TokenResponse, core::CoreJsonWebKeySet,
+    EndpointSet, HttpRequest, HttpResponse, IdToken, IdTokenFields, LoginHint, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
+    RefreshToken, RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse,
+    TokenResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, RwLock};
 use url::Url;
 
+use self::metadata::{Discovered, MetadataCache};
+use crate::config::Settings;
 use crate::secrets::{ClientCredentials, SecretsCache};
 use crate::store::UserInfo;
-
-/// How long discovery (endpoints and keys) is trusted before it is fetched again.
-const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
-/// A JWKS refetch for an unknown `kid` happens at most this often, so a stream of
-/// forged tokens cannot make us hammer the provider.
-const JWKS_REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One provider's settings. Adding a provider is adding one of these.
 #[derive(Debug, Clone)]
@@ -256,6 +254,7 @@ fn is_unavailable_status(status: reqwest::StatusCode) -> bool {
 
 /// The HTTP client handed to `openidconnect`: reqwest without redirects, with 5xx and
 /// 429 answers turned into failures.
+#[derive(Clone)]
 struct ProviderHttp(reqwest::Client);
 
 impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
@@ -285,38 +284,57 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
     }
 }
 
-/// One provider, its cached discovery, and the credentials to talk to it.
+/// Bounds on the calls to a provider and on how long its metadata is trusted.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderLimits {
+    /// Timeout of one HTTP call (of which connecting may take at most 5 s).
+    pub timeout: Duration,
+    /// Metadata (discovery and JWKS) is fresh this long after a fetch.
+    pub metadata_ttl: Duration,
+    /// Then it is served stale, while refetched in the background, at most this much
+    /// longer.
+    pub metadata_max_stale: Duration,
+}
+
+impl ProviderLimits {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            timeout: settings.provider_timeout(),
+            metadata_ttl: Duration::from_secs(settings.provider_metadata_ttl_secs),
+            metadata_max_stale: Duration::from_secs(settings.provider_metadata_max_stale_secs),
+        }
+    }
+}
+
+/// One provider, its cached metadata, and the credentials to talk to it.
 pub struct OidcProvider {
     config: ProviderConfig,
     http: ProviderHttp,
     secrets: Arc<SecretsCache>,
-    discovered: RwLock<Option<Discovered>>,
-    /// Single flight for discovery and JWKS refetches.
-    fetching: Mutex<()>,
-}
-
-#[derive(Clone)]
-struct Discovered {
-    metadata: Arc<Metadata>,
-    fetched_at: Instant,
-    jwks_fetched_at: Instant,
+    /// In an `Arc` so that a background refetch can outlive the request that started it.
+    metadata: Arc<MetadataCache>,
 }
 
 impl OidcProvider {
     pub fn new(
         config: ProviderConfig,
         secrets: Arc<SecretsCache>,
-        timeout: Duration,
+        limits: ProviderLimits,
     ) -> Result<Self, ProviderError> {
-        let http = http_client(timeout).map_err(|e| {
+        let http = ProviderHttp(http_client(limits.timeout).map_err(|e| {
             ProviderError::Unavailable(format!("cannot build HTTP client: {}", error_chain(&e)))
-        })?;
+        })?);
+        let metadata = MetadataCache::new(
+            &config.issuer,
+            http.clone(),
+            limits.metadata_ttl,
+            limits.metadata_max_stale,
+        )?;
         Ok(Self {
             config,
-            http: ProviderHttp(http),
+            http,
             secrets,
-            discovered: RwLock::new(None),
-            fetching: Mutex::new(()),
+            metadata: Arc::new(metadata),
         })
     }
 
@@ -343,64 +361,7 @@ impl OidcProvider {
     }
 
     async fn discovered(&self) -> Result<Discovered, ProviderError> {
-        if let Some(d) = self.discovered.read().await.as_ref()
-            && d.fetched_at.elapsed() < DISCOVERY_TTL
-        {
-            return Ok(d.clone());
-        }
-        let _single = self.fetching.lock().await;
-        if let Some(d) = self.discovered.read().await.as_ref()
-            && d.fetched_at.elapsed() < DISCOVERY_TTL
-        {
-            return Ok(d.clone());
-        }
-        let issuer = IssuerUrl::new(self.config.issuer.clone())
-            .map_err(|e| ProviderError::Malformed(format!("issuer URL: {e}")))?;
-        let metadata = Metadata::discover_async(issuer, &self.http)
-            .await
-            .map_err(|e| {
-                ProviderError::Unavailable(format!(
-                    "discovery of {} failed: {}",
-                    self.config.issuer,
-                    error_chain(&e)
-                ))
-            })?;
-        let now = Instant::now();
-        let d = Discovered {
-            metadata: Arc::new(metadata),
-            fetched_at: now,
-            jwks_fetched_at: now,
-        };
-        *self.discovered.write().await = Some(d.clone());
-        Ok(d)
-    }
-
-    /// Refetches the JWKS (at most once per [`JWKS_REFETCH_MIN_INTERVAL`]).
-    async fn refetch_jwks(&self, seen: &Discovered) -> Result<Option<Discovered>, ProviderError> {
-        let _single = self.fetching.lock().await;
-        let current = self.discovered.read().await.clone();
-        if let Some(c) = &current
-            && c.jwks_fetched_at > seen.jwks_fetched_at
-        {
-            return Ok(Some(c.clone()));
-        }
-        if seen.jwks_fetched_at.elapsed() < JWKS_REFETCH_MIN_INTERVAL {
-            return Ok(None);
-        }
-        let jwks: CoreJsonWebKeySet =
-            JsonWebKeySet::fetch_async(seen.metadata.jwks_uri(), &self.http)
-                .await
-                .map_err(|e| {
-                    ProviderError::Unavailable(format!("JWKS fetch failed: {}", error_chain(&e)))
-                })?;
-        let metadata = (*seen.metadata).clone().set_jwks(jwks);
-        let d = Discovered {
-            metadata: Arc::new(metadata),
-            fetched_at: seen.fetched_at,
-            jwks_fetched_at: Instant::now(),
-        };
-        *self.discovered.write().await = Some(d.clone());
-        Ok(Some(d))
+        self.metadata.get().await
     }
 
     fn client(
@@ -627,7 +588,7 @@ impl OidcProvider {
                     openidconnect::SignatureVerificationError::NoMatchingKey,
                 )) if !refetched => {
                     refetched = true;
-                    match self.refetch_jwks(&d).await? {
+                    match self.metadata.refetch_jwks(&d).await? {
                         Some(fresh) => d = fresh,
                         None => return Err(ProviderError::IdToken(IdTokenProblem::BadSignature)),
                     }
