@@ -122,6 +122,9 @@ pub struct Settings {
     pub readiness_cache_secs: u64,
     /// `AXNT_SECRET_REFRESH_SECS`: how often the client secret is re-read.
     pub secret_refresh_secs: u64,
+    /// `AXNT_SECRET_RELOAD_MIN_INTERVAL_SECS`: after the provider answers
+    /// `invalid_client`, the secret is re-read at once, but at most this often.
+    pub secret_reload_min_interval_secs: u64,
     /// `AXNT_LOG_FORMAT`: `text` or `json`.
     pub log_format: LogFormat,
     /// `AXNT_LOG`: a `tracing` filter such as `info` or `axnt_oauth=debug,info`.
@@ -236,6 +239,7 @@ impl Default for Settings {
             background_refresh_secs: 0,
             readiness_cache_secs: 5,
             secret_refresh_secs: 300,
+            secret_reload_min_interval_secs: 30,
             log_format: LogFormat::Text,
             log: "info".into(),
             aws_connect_timeout_ms: 3_000,
@@ -419,6 +423,10 @@ impl Settings {
                 "provider_metadata_ttl_secs",
                 self.provider_metadata_ttl_secs,
             ),
+            (
+                "secret_reload_min_interval_secs",
+                self.secret_reload_min_interval_secs,
+            ),
             ("refresh_deadline_secs", self.refresh_deadline_secs),
             ("connection_ttl_days", self.connection_ttl_days),
             ("aws_connect_timeout_ms", self.aws_connect_timeout_ms),
@@ -506,6 +514,7 @@ struct DefaultsView {
     background_refresh_secs: u64,
     readiness_cache_secs: u64,
     secret_refresh_secs: u64,
+    secret_reload_min_interval_secs: u64,
     log_format: LogFormat,
     log: String,
     aws_connect_timeout_ms: u64,
@@ -549,6 +558,7 @@ impl Default for DefaultsView {
             background_refresh_secs: d.background_refresh_secs,
             readiness_cache_secs: d.readiness_cache_secs,
             secret_refresh_secs: d.secret_refresh_secs,
+            secret_reload_min_interval_secs: d.secret_reload_min_interval_secs,
             log_format: d.log_format,
             log: d.log,
             aws_connect_timeout_ms: d.aws_connect_timeout_ms,
@@ -634,6 +644,7 @@ mod tests {
         assert_eq!(s.refresh_margin_secs, 300);
         assert_eq!(s.provider_metadata_ttl_secs, 3_600);
         assert_eq!(s.provider_metadata_max_stale_secs, 86_400);
+        assert_eq!(s.secret_reload_min_interval_secs, 30);
     }
 
     #[test]
@@ -679,6 +690,8 @@ mod tests {
         assert_eq!(e.setting, "AXNT_REFRESH_MARGIN_SECS");
         let e = load(&[("AXNT_PROVIDER_METADATA_TTL_SECS", "0")]).expect_err("rejects");
         assert_eq!(e.setting, "AXNT_PROVIDER_METADATA_TTL_SECS");
+        let e = load(&[("AXNT_SECRET_RELOAD_MIN_INTERVAL_SECS", "0")]).expect_err("rejects");
+        assert_eq!(e.setting, "AXNT_SECRET_RELOAD_MIN_INTERVAL_SECS");
     }
 
     #[test]

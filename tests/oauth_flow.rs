@@ -1381,21 +1381,7 @@ async fn a_rotated_client_secret_is_used_without_restart() {
     assert!(app.connect("rotating").await.status().is_success());
 
     let new_secret = format!("rotated-{}", uuid::Uuid::new_v4().simple());
-    let sdk = axnt_oauth::aws::sdk_config(&app.settings).await;
-    let mut state_key = [0u8; 32];
-    axnt_oauth::crypto::fill_random(&mut state_key);
-    aws_sdk_secretsmanager::Client::new(&sdk)
-        .put_secret_value()
-        .secret_id(&app.settings.google_secret_id)
-        .secret_string(support::aws::secret_json(
-            &provider.client_id(),
-            &new_secret,
-            &axnt_oauth::crypto::b64(&state_key),
-            API_KEY,
-        ))
-        .send()
-        .await
-        .expect("rotate the secret");
+    publish_client_secret(&app, &provider, &new_secret).await;
     provider.set_client_secret(new_secret.clone());
 
     let response = app.token("rotating").await;
@@ -1414,5 +1400,74 @@ async fn a_rotated_client_secret_is_used_without_restart() {
     assert!(
         !support::captured_logs().contains(&new_secret),
         "the new secret is never logged"
+    );
+}
+
+/// Puts a new version of the app's Secrets Manager secret with `client_secret`.
+async fn publish_client_secret(app: &TestApp, provider: &FakeProvider, client_secret: &str) {
+    let sdk = axnt_oauth::aws::sdk_config(&app.settings).await;
+    let mut state_key = [0u8; 32];
+    axnt_oauth::crypto::fill_random(&mut state_key);
+    aws_sdk_secretsmanager::Client::new(&sdk)
+        .put_secret_value()
+        .secret_id(&app.settings.google_secret_id)
+        .secret_string(support::aws::secret_json(
+            &provider.client_id(),
+            client_secret,
+            &axnt_oauth::crypto::b64(&state_key),
+            API_KEY,
+        ))
+        .send()
+        .await
+        .expect("rotate the secret");
+}
+
+/// The provider rejects the client on every refresh (its secret was changed there, not
+/// in Secrets Manager). The first `invalid_client` re-reads the secret; later ones within
+/// AXNT_SECRET_RELOAD_MIN_INTERVAL_SECS do not — a fix published in Secrets Manager
+/// meanwhile is picked up only once the interval has passed, and then used at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_client_rereads_the_secret_at_most_once_per_interval() {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    let app = TestApp::on(
+        Backend::Aws,
+        &provider,
+        &[("AXNT_SECRET_RELOAD_MIN_INTERVAL_SECS", "3")],
+    )
+    .await;
+    assert!(app.connect("rejected").await.status().is_success());
+    let new_secret = format!("rotated-{}", uuid::Uuid::new_v4().simple());
+    provider.set_client_secret(new_secret.clone());
+
+    let started = std::time::Instant::now();
+    // Re-reads the secret: still the old one, so no retry.
+    assert_problem(app.token("rejected").await, 502, "provider_error").await;
+    let reread_by = std::time::Instant::now();
+    publish_client_secret(&app, &provider, &new_secret).await;
+    for _ in 0..3 {
+        assert_problem(app.token("rejected").await, 502, "provider_error").await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the reads above fell within the interval"
+    );
+
+    tokio::time::sleep_until((reread_by + Duration::from_millis(3200)).into()).await;
+    assert_eq!(
+        app.token("rejected").await.status(),
+        StatusCode::OK,
+        "after the interval the secret is re-read and the refresh retried with it"
+    );
+    let statuses: Vec<_> = provider
+        .token_requests()
+        .iter()
+        .filter(|r| r.grant_type == "refresh_token")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![401, 401, 401, 401, 401, 200],
+        "one try each within the interval; after it, a re-read and one retry"
     );
 }

@@ -284,7 +284,8 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
     }
 }
 
-/// Bounds on the calls to a provider and on how long its metadata is trusted.
+/// Bounds on the calls to a provider, on how long its metadata is trusted, and on how
+/// often its client secret is re-read.
 #[derive(Debug, Clone, Copy)]
 pub struct ProviderLimits {
     /// Timeout of one HTTP call (of which connecting may take at most 5 s).
@@ -294,6 +295,8 @@ pub struct ProviderLimits {
     /// Then it is served stale, while refetched in the background, at most this much
     /// longer.
     pub metadata_max_stale: Duration,
+    /// After `invalid_client`, the client secret is re-read at most this often.
+    pub secret_reload_min_interval: Duration,
 }
 
 impl ProviderLimits {
@@ -302,6 +305,9 @@ impl ProviderLimits {
             timeout: settings.provider_timeout(),
             metadata_ttl: Duration::from_secs(settings.provider_metadata_ttl_secs),
             metadata_max_stale: Duration::from_secs(settings.provider_metadata_max_stale_secs),
+            secret_reload_min_interval: Duration::from_secs(
+                settings.secret_reload_min_interval_secs,
+            ),
         }
     }
 }
@@ -313,6 +319,7 @@ pub struct OidcProvider {
     secrets: Arc<SecretsCache>,
     /// In an `Arc` so that a background refetch can outlive the request that started it.
     metadata: Arc<MetadataCache>,
+    secret_reload_min_interval: Duration,
 }
 
 impl OidcProvider {
@@ -335,6 +342,7 @@ impl OidcProvider {
             http,
             secrets,
             metadata: Arc::new(metadata),
+            secret_reload_min_interval: limits.secret_reload_min_interval,
         })
     }
 
@@ -452,7 +460,13 @@ impl OidcProvider {
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
             .request_async(&self.http)
             .await;
-        self.token_result(response)
+        let result = self.token_result(response);
+        if matches!(result, Err(ProviderError::InvalidClient)) {
+            // The secret may have been rotated: have it re-read for the next flow. A
+            // code is not retried here (see above).
+            self.secrets.reload_soon();
+        }
+        result
     }
 
     /// Redeems a refresh token.
@@ -466,11 +480,25 @@ impl OidcProvider {
             return first;
         }
         // The client secret may have been rotated since we last read it: re-read it
-        // now and, when it changed, try once more (a refresh token is not spent by a
-        // request whose client authentication failed).
-        if let Err(e) = self.secrets.reload().await {
-            tracing::warn!(error = %e, "re-reading the client secret after invalid_client failed");
-            return first;
+        // (at most once per interval, however many refreshes fail: a wrong secret must
+        // not turn every refresh into a read of the secret store) and, when the
+        // credentials changed — by this re-read or another since `creds` were taken —
+        // try once more (a refresh token is not spent by a request whose client
+        // authentication failed).
+        match self
+            .secrets
+            .reload_throttled(self.secret_reload_min_interval)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(
+                    "client secret re-read recently; not re-reading it after invalid_client"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading the client secret after invalid_client failed")
+            }
         }
         let fresh = self.credentials().await?;
         if fresh.client_id == creds.client_id
@@ -530,10 +558,7 @@ impl OidcProvider {
             RequestTokenError::ServerResponse(r) => match r.error() {
                 CoreErrorResponseType::InvalidGrant => ProviderError::InvalidGrant,
                 CoreErrorResponseType::InvalidClient
-                | CoreErrorResponseType::UnauthorizedClient => {
-                    self.secrets.reload_soon();
-                    ProviderError::InvalidClient
-                }
+                | CoreErrorResponseType::UnauthorizedClient => ProviderError::InvalidClient,
                 other => ProviderError::Rejected {
                     error: other.as_ref().to_string(),
                 },
