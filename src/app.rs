@@ -17,7 +17,9 @@ use crate::crypto::{CryptoError, EnvelopeCipher, KeyProvider, SecretKey, random_
 use crate::http::{self, AppState, Readiness, Services};
 use crate::oauth::ReturnUrls;
 use crate::oauth::flow::StateSealer;
-use crate::oauth::provider::{OidcProvider, ProviderConfig, ProviderError, Providers};
+use crate::oauth::provider::{
+    OidcProvider, ProviderConfig, ProviderError, ProviderLimits, Providers,
+};
 use crate::secrets::{
     ClientCredentials, SecretError, SecretSource, SecretsCache, ServiceSecrets, StaticSecrets,
 };
@@ -245,7 +247,7 @@ impl App {
         let provider = OidcProvider::new(
             provider_config,
             Arc::clone(&secrets),
-            settings.provider_timeout(),
+            ProviderLimits::from_settings(&settings),
         )?;
         let providers = Arc::new(Providers::new(vec![Arc::new(provider)]));
         let flow_log = Arc::new(FlowRecorder::new(

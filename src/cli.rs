@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::app::{App, Backends, StartupError, shutdown_signal};
 use crate::config::{Backend, Settings};
 use crate::crypto::{Envelope, EnvelopeCipher, random_token};
-use crate::oauth::provider::{OidcProvider, ProviderConfig};
+use crate::oauth::provider::{OidcProvider, ProviderConfig, ProviderLimits};
 use crate::secrets::SecretsCache;
 use crate::store::flow_log::SortKeyClock;
 use crate::store::{Connection, FlowLogEntry, FlowStep, UserInfo};
@@ -332,7 +332,7 @@ async fn check(settings: Settings) -> i32 {
         let discovery = match OidcProvider::new(
             ProviderConfig::google(&settings.google_issuer),
             secrets,
-            settings.provider_timeout(),
+            ProviderLimits::from_settings(&settings),
         ) {
             Ok(p) => p.check_discovery().await,
             Err(e) => Err(e),

@@ -105,6 +105,13 @@ pub struct Settings {
     pub flow_log_retention_days: u64,
     /// `AXNT_PROVIDER_TIMEOUT_SECS`: timeout of one call to the OAuth provider.
     pub provider_timeout_secs: u64,
+    /// `AXNT_PROVIDER_METADATA_TTL_SECS`: the provider's discovery document and keys are
+    /// fetched again (in the background) once this old.
+    pub provider_metadata_ttl_secs: u64,
+    /// `AXNT_PROVIDER_METADATA_MAX_STALE_SECS`: while refetching fails, the cached
+    /// metadata is still used for at most this long past its TTL; then every flow and
+    /// refresh needs a successful fetch again. 0: never used past its TTL.
+    pub provider_metadata_max_stale_secs: u64,
     /// `AXNT_REFRESH_DEADLINE_SECS`: a refresh, with its retries of an unavailable
     /// provider, gives up after this long (then 503, stored row untouched).
     pub refresh_deadline_secs: u64,
@@ -136,6 +143,9 @@ pub struct Settings {
     pub readiness_cache_secs: u64,
     /// `AXNT_SECRET_REFRESH_SECS`: how often the client secret is re-read.
     pub secret_refresh_secs: u64,
+    /// `AXNT_SECRET_RELOAD_MIN_INTERVAL_SECS`: after the provider answers
+    /// `invalid_client`, the secret is re-read at once, but at most this often.
+    pub secret_reload_min_interval_secs: u64,
     /// `AXNT_LOG_FORMAT`: `text` or `json`.
     pub log_format: LogFormat,
     /// `AXNT_LOG`: a `tracing` filter such as `info` or `axnt_oauth=debug,info`.
@@ -244,6 +254,8 @@ impl Default for Settings {
             inactive_retention_days: 30,
             flow_log_retention_days: 90,
             provider_timeout_secs: 10,
+            provider_metadata_ttl_secs: 3_600,
+            provider_metadata_max_stale_secs: 86_400,
             refresh_deadline_secs: 15,
             background_refresh_secs: 0,
             refresh_cooldown_secs: 30,
@@ -254,6 +266,7 @@ impl Default for Settings {
             drain_timeout_secs: 20,
             readiness_cache_secs: 5,
             secret_refresh_secs: 300,
+            secret_reload_min_interval_secs: 30,
             log_format: LogFormat::Text,
             log: "info".into(),
             aws_connect_timeout_ms: 3_000,
@@ -433,6 +446,14 @@ impl Settings {
             ("connect_session_ttl_secs", self.connect_session_ttl_secs),
             ("flow_state_ttl_secs", self.flow_state_ttl_secs),
             ("provider_timeout_secs", self.provider_timeout_secs),
+            (
+                "provider_metadata_ttl_secs",
+                self.provider_metadata_ttl_secs,
+            ),
+            (
+                "secret_reload_min_interval_secs",
+                self.secret_reload_min_interval_secs,
+            ),
             ("refresh_deadline_secs", self.refresh_deadline_secs),
             (
                 "provider_circuit_open_secs",
@@ -526,6 +547,8 @@ struct DefaultsView {
     inactive_retention_days: u64,
     flow_log_retention_days: u64,
     provider_timeout_secs: u64,
+    provider_metadata_ttl_secs: u64,
+    provider_metadata_max_stale_secs: u64,
     refresh_deadline_secs: u64,
     background_refresh_secs: u64,
     refresh_cooldown_secs: u64,
@@ -535,6 +558,7 @@ struct DefaultsView {
     drain_timeout_secs: u64,
     readiness_cache_secs: u64,
     secret_refresh_secs: u64,
+    secret_reload_min_interval_secs: u64,
     log_format: LogFormat,
     log: String,
     aws_connect_timeout_ms: u64,
@@ -572,6 +596,8 @@ impl Default for DefaultsView {
             inactive_retention_days: d.inactive_retention_days,
             flow_log_retention_days: d.flow_log_retention_days,
             provider_timeout_secs: d.provider_timeout_secs,
+            provider_metadata_ttl_secs: d.provider_metadata_ttl_secs,
+            provider_metadata_max_stale_secs: d.provider_metadata_max_stale_secs,
             refresh_deadline_secs: d.refresh_deadline_secs,
             background_refresh_secs: d.background_refresh_secs,
             refresh_cooldown_secs: d.refresh_cooldown_secs,
@@ -581,6 +607,7 @@ impl Default for DefaultsView {
             drain_timeout_secs: d.drain_timeout_secs,
             readiness_cache_secs: d.readiness_cache_secs,
             secret_refresh_secs: d.secret_refresh_secs,
+            secret_reload_min_interval_secs: d.secret_reload_min_interval_secs,
             log_format: d.log_format,
             log: d.log,
             aws_connect_timeout_ms: d.aws_connect_timeout_ms,
@@ -664,6 +691,9 @@ mod tests {
         assert_eq!(s.kms_key_id, "alias/axnt-oauth");
         assert_eq!(s.google_secret_id, "axnt/google-oauth");
         assert_eq!(s.refresh_margin_secs, 300);
+        assert_eq!(s.provider_metadata_ttl_secs, 3_600);
+        assert_eq!(s.provider_metadata_max_stale_secs, 86_400);
+        assert_eq!(s.secret_reload_min_interval_secs, 30);
     }
 
     #[test]
@@ -707,6 +737,10 @@ mod tests {
         assert_eq!(e.setting, "AXNT_API_KEYS");
         let e = load(&[("AXNT_REFRESH_MARGIN_SECS", "soon")]).expect_err("rejects");
         assert_eq!(e.setting, "AXNT_REFRESH_MARGIN_SECS");
+        let e = load(&[("AXNT_PROVIDER_METADATA_TTL_SECS", "0")]).expect_err("rejects");
+        assert_eq!(e.setting, "AXNT_PROVIDER_METADATA_TTL_SECS");
+        let e = load(&[("AXNT_SECRET_RELOAD_MIN_INTERVAL_SECS", "0")]).expect_err("rejects");
+        assert_eq!(e.setting, "AXNT_SECRET_RELOAD_MIN_INTERVAL_SECS");
     }
 
     #[test]

@@ -196,7 +196,7 @@ impl Error {
                 "the OAuth provider is unavailable; retry later".into()
             }
             Self::Provider(ProviderError::OutcomeUnknown(_)) => {
-                "the OAuth provider did not answer; retry later".into()
+                "the OAuth provider did not answer in time; retry later".into()
             }
             Self::Provider(_) => "the OAuth provider answered an error".into(),
             Self::Store(_) => "the token store is unavailable; retry later".into(),
@@ -386,6 +386,19 @@ mod tests {
         let e = Error::Store(StoreError::Unavailable("sqlite at /secret/path".into()));
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(!e.public_detail().contains("/secret/path"));
+    }
+
+    #[test]
+    fn a_lost_provider_answer_is_a_retryable_503_without_detail() {
+        let e = Error::from(ProviderError::OutcomeUnknown(
+            "timed out waiting for the answer from http://10.0.0.1/token".into(),
+        ));
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code(), "provider_unavailable");
+        assert_eq!(
+            e.public_detail(),
+            "the OAuth provider did not answer in time; retry later"
+        );
     }
 
     #[test]

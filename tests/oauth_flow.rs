@@ -40,6 +40,7 @@ on_every_backend!(
     access_denied_at_the_provider_returns_to_the_app_with_the_error,
     bad_id_tokens_are_rejected_and_store_nothing,
     a_rotated_signing_key_is_fetched_once,
+    flows_and_refreshes_outlive_a_discovery_outage,
     return_urls_outside_the_allow_list_are_refused,
     the_internal_api_needs_a_valid_key,
     malformed_requests_get_clear_4xx,
@@ -697,6 +698,64 @@ async fn a_rotated_signing_key_is_fetched_once(backend: Backend) {
     assert_eq!(provider.jwks_fetches(), fetches + 1);
 }
 
+/// The discovery endpoint (and the JWKS) goes down, and the cached metadata passes its
+/// age limit: a whole flow for another user and a token refresh still work, on the cached
+/// metadata, while the refetch tried in the background fails.
+async fn flows_and_refreshes_outlive_a_discovery_outage(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    let app = TestApp::on(
+        backend,
+        &provider,
+        &[("AXNT_PROVIDER_METADATA_TTL_SECS", "1")],
+    )
+    .await;
+    assert!(app.connect("before").await.status().is_success());
+    let fetched = provider.discovery_fetches();
+    assert!(fetched >= 1, "the flow fetched discovery");
+    provider.set_discovery_available(false);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stale_since = std::time::Instant::now();
+
+    assert!(
+        app.connect("during").await.status().is_success(),
+        "a whole flow on the cached metadata"
+    );
+    provider.set_access_token_ttl(3600);
+    let response = app.token("before").await;
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "a refresh on the cached metadata"
+    );
+    assert_eq!(provider.refresh_count(), 1);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while provider.discovery_fetches() == fetched && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attempts = provider.discovery_fetches() - fetched;
+    assert!(attempts >= 1, "a refetch was attempted");
+    // A failed refetch is tried again at most every 5 s, however many requests find the
+    // metadata stale.
+    let allowed = 1 + stale_since.elapsed().as_secs() as usize / 5;
+    assert!(
+        attempts <= allowed,
+        "{attempts} refetches, at most {allowed}"
+    );
+    let issuer = provider.issuer();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let warned = || {
+        support::captured_logs().lines().any(|line| {
+            line.contains("refetching the provider's metadata failed") && line.contains(&issuer)
+        })
+    };
+    while !warned() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(warned(), "the failed refetch is logged, naming the issuer");
+}
+
 async fn return_urls_outside_the_allow_list_are_refused(backend: Backend) {
     let provider = FakeProvider::start().await;
     let app = TestApp::on(backend, &provider, &[]).await;
@@ -1347,21 +1406,7 @@ async fn a_rotated_client_secret_is_used_without_restart() {
     assert!(app.connect("rotating").await.status().is_success());
 
     let new_secret = format!("rotated-{}", uuid::Uuid::new_v4().simple());
-    let sdk = axnt_oauth::aws::sdk_config(&app.settings).await;
-    let mut state_key = [0u8; 32];
-    axnt_oauth::crypto::fill_random(&mut state_key);
-    aws_sdk_secretsmanager::Client::new(&sdk)
-        .put_secret_value()
-        .secret_id(&app.settings.google_secret_id)
-        .secret_string(support::aws::secret_json(
-            &provider.client_id(),
-            &new_secret,
-            &axnt_oauth::crypto::b64(&state_key),
-            API_KEY,
-        ))
-        .send()
-        .await
-        .expect("rotate the secret");
+    publish_client_secret(&app, &provider, &new_secret).await;
     provider.set_client_secret(new_secret.clone());
 
     let response = app.token("rotating").await;
@@ -1380,5 +1425,74 @@ async fn a_rotated_client_secret_is_used_without_restart() {
     assert!(
         !support::captured_logs().contains(&new_secret),
         "the new secret is never logged"
+    );
+}
+
+/// Puts a new version of the app's Secrets Manager secret with `client_secret`.
+async fn publish_client_secret(app: &TestApp, provider: &FakeProvider, client_secret: &str) {
+    let sdk = axnt_oauth::aws::sdk_config(&app.settings).await;
+    let mut state_key = [0u8; 32];
+    axnt_oauth::crypto::fill_random(&mut state_key);
+    aws_sdk_secretsmanager::Client::new(&sdk)
+        .put_secret_value()
+        .secret_id(&app.settings.google_secret_id)
+        .secret_string(support::aws::secret_json(
+            &provider.client_id(),
+            client_secret,
+            &axnt_oauth::crypto::b64(&state_key),
+            API_KEY,
+        ))
+        .send()
+        .await
+        .expect("rotate the secret");
+}
+
+/// The provider rejects the client on every refresh (its secret was changed there, not
+/// in Secrets Manager). The first `invalid_client` re-reads the secret; later ones within
+/// AXNT_SECRET_RELOAD_MIN_INTERVAL_SECS do not — a fix published in Secrets Manager
+/// meanwhile is picked up only once the interval has passed, and then used at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_client_rereads_the_secret_at_most_once_per_interval() {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    let app = TestApp::on(
+        Backend::Aws,
+        &provider,
+        &[("AXNT_SECRET_RELOAD_MIN_INTERVAL_SECS", "3")],
+    )
+    .await;
+    assert!(app.connect("rejected").await.status().is_success());
+    let new_secret = format!("rotated-{}", uuid::Uuid::new_v4().simple());
+    provider.set_client_secret(new_secret.clone());
+
+    let started = std::time::Instant::now();
+    // Re-reads the secret: still the old one, so no retry.
+    assert_problem(app.token("rejected").await, 502, "provider_error").await;
+    let reread_by = std::time::Instant::now();
+    publish_client_secret(&app, &provider, &new_secret).await;
+    for _ in 0..3 {
+        assert_problem(app.token("rejected").await, 502, "provider_error").await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the reads above fell within the interval"
+    );
+
+    tokio::time::sleep_until((reread_by + Duration::from_millis(3200)).into()).await;
+    assert_eq!(
+        app.token("rejected").await.status(),
+        StatusCode::OK,
+        "after the interval the secret is re-read and the refresh retried with it"
+    );
+    let statuses: Vec<_> = provider
+        .token_requests()
+        .iter()
+        .filter(|r| r.grant_type == "refresh_token")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![401, 401, 401, 401, 401, 200],
+        "one try each within the interval; after it, a re-read and one retry"
     );
 }

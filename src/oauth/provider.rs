@@ -4,13 +4,16 @@
 //! Everything provider-specific is data ([`ProviderConfig`]): issuer, default scopes and
 //! extra authorization parameters. Google is one such configuration; another OpenID
 //! issuer needs a new entry, not new code. Discovery and the JWKS are fetched lazily and
-//! cached; an ID token signed by an unknown `kid` triggers one JWKS refetch (key
+//! cached, and served stale while an outage of the provider's metadata endpoints lasts
+//! ([`metadata`]); an ID token signed by an unknown `kid` triggers one JWKS refetch (key
 //! rotation) before it is rejected.
+
+mod metadata;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType, CoreClientAuthMethod,
@@ -22,24 +25,19 @@ use openidconnect::core::{
 use openidconnect::{
     AdditionalClaims, AdditionalProviderMetadata, AuthenticationFlow, AuthorizationCode, Client,
     ClientId, ClientSecret, CsrfToken, EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, HttpRequest, HttpResponse, IdToken, IdTokenFields, IssuerUrl, JsonWebKeySet,
-    LoginHint, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata,
-    RedirectUrl, RefreshToken, RequestTokenError, Scope, StandardErrorResponse,
-    StandardTokenResponse, TokenResponse, core::CoreJsonWebKeySet,
+    EndpointSet, HttpRequest, HttpResponse, IdToken, IdTokenFields, LoginHint, Nonce,
+    OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl,
+    RefreshToken, RequestTokenError, Scope, StandardErrorResponse, StandardTokenResponse,
+    TokenResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, RwLock};
 use url::Url;
 
+use self::metadata::{Discovered, MetadataCache};
+use crate::config::Settings;
 use crate::secrets::{ClientCredentials, SecretsCache};
 use crate::store::UserInfo;
-
-/// How long discovery (endpoints and keys) is trusted before it is fetched again.
-const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
-/// A JWKS refetch for an unknown `kid` happens at most this often, so a stream of
-/// forged tokens cannot make us hammer the provider.
-const JWKS_REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One provider's settings. Adding a provider is adding one of these.
 #[derive(Debug, Clone)]
@@ -163,12 +161,13 @@ pub enum ProviderError {
     /// The provider answered an OAuth error other than the above.
     #[error("the provider answered {error}")]
     Rejected { error: String },
-    /// The provider could not be reached, timed out or answered 5xx.
+    /// The request provably did not reach the provider (no connection, DNS), or the
+    /// provider answered 5xx or 429: nothing was done, a retry is safe.
     #[error("the provider is unavailable: {0}")]
     Unavailable(String),
-    /// The request may have reached the provider, but no answer came back (a timeout
-    /// after sending, a connection reset mid-answer): a refresh token sent may have
-    /// been redeemed.
+    /// The request may have reached the provider but no whole answer came back (a
+    /// timeout after connecting, a reset, a broken body): the provider may have acted
+    /// on it, e.g. rotated the refresh token it carried.
     #[error("the provider's answer was lost: {0}")]
     OutcomeUnknown(String),
     /// The provider answered something we cannot read.
@@ -221,22 +220,48 @@ pub struct ProviderTokens {
     pub token_type: String,
 }
 
-/// An HTTP failure below the OAuth layer. 5xx answers are failures too, so that they
-/// are retried and reported as "unavailable" rather than parsed as OAuth errors.
+/// An HTTP failure below the OAuth layer, sorted by whether the provider may have acted
+/// on the request: a refresh token sent in a request that may have been processed may
+/// have been rotated, so its caller must not treat "no answer" like "not sent".
+/// 5xx and 429 answers are failures too, so that they are retried and reported as
+/// "unavailable" rather than parsed as OAuth errors.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpFailure {
-    #[error("timed out")]
-    Timeout,
-    #[error("connection failed: {0}")]
-    Connect(String),
+    /// No connection was made (DNS, refused, connect timeout) or the request could not
+    /// be built: the provider never saw it.
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// The provider answered 5xx or 429: it did not serve the request.
     #[error("answered HTTP {0}")]
     Status(u16),
-    #[error("{0}")]
-    Other(String),
+    /// Connected, but no whole answer within the timeout: the request may have been
+    /// processed.
+    #[error("timed out waiting for the answer")]
+    Timeout,
+    /// The connection broke while sending or reading the answer (reset, truncated
+    /// body): the request may have been processed.
+    #[error("no complete answer: {0}")]
+    Interrupted(String),
 }
 
-/// The HTTP client handed to `openidconnect`: reqwest without redirects, with 5xx
-/// answers turned into failures.
+impl HttpFailure {
+    /// What this failure means to the caller of a provider endpoint.
+    fn into_provider_error(self) -> ProviderError {
+        match self {
+            Self::NotSent(_) | Self::Status(_) => ProviderError::Unavailable(self.to_string()),
+            Self::Timeout | Self::Interrupted(_) => ProviderError::OutcomeUnknown(self.to_string()),
+        }
+    }
+}
+
+/// Whether an HTTP status means "not served, retry later" rather than an answer.
+fn is_unavailable_status(status: reqwest::StatusCode) -> bool {
+    status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// The HTTP client handed to `openidconnect`: reqwest without redirects, with 5xx and
+/// 429 answers turned into failures.
+#[derive(Clone)]
 struct ProviderHttp(reqwest::Client);
 
 impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
@@ -247,10 +272,10 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {
             let request = reqwest::Request::try_from(request)
-                .map_err(|e| HttpFailure::Other(e.to_string()))?;
+                .map_err(|e| HttpFailure::NotSent(error_chain(&e)))?;
             let response = self.0.execute(request).await.map_err(classify_reqwest)?;
             let status = response.status();
-            if status.is_server_error() {
+            if is_unavailable_status(status) {
                 return Err(HttpFailure::Status(status.as_u16()));
             }
             let headers = response.headers().clone();
@@ -259,49 +284,72 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
             if let Some(h) = out.headers_mut() {
                 *h = headers;
             }
+            // The provider answered, but we cannot hand the answer on: as good as lost.
             out.body(body.to_vec())
-                .map_err(|e| HttpFailure::Other(e.to_string()))
+                .map_err(|e| HttpFailure::Interrupted(e.to_string()))
         })
     }
 }
 
-/// One provider, its cached discovery, and the credentials to talk to it.
+/// Bounds on the calls to a provider, on how long its metadata is trusted, and on how
+/// often its client secret is re-read.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderLimits {
+    /// Timeout of one HTTP call (of which connecting may take at most 5 s).
+    pub timeout: Duration,
+    /// Metadata (discovery and JWKS) is fresh this long after a fetch.
+    pub metadata_ttl: Duration,
+    /// Then it is served stale, while refetched in the background, at most this much
+    /// longer.
+    pub metadata_max_stale: Duration,
+    /// After `invalid_client`, the client secret is re-read at most this often.
+    pub secret_reload_min_interval: Duration,
+}
+
+impl ProviderLimits {
+    pub fn from_settings(settings: &Settings) -> Self {
+        Self {
+            timeout: settings.provider_timeout(),
+            metadata_ttl: Duration::from_secs(settings.provider_metadata_ttl_secs),
+            metadata_max_stale: Duration::from_secs(settings.provider_metadata_max_stale_secs),
+            secret_reload_min_interval: Duration::from_secs(
+                settings.secret_reload_min_interval_secs,
+            ),
+        }
+    }
+}
+
+/// One provider, its cached metadata, and the credentials to talk to it.
 pub struct OidcProvider {
     config: ProviderConfig,
     http: ProviderHttp,
     secrets: Arc<SecretsCache>,
-    discovered: RwLock<Option<Discovered>>,
-    /// Single flight for discovery and JWKS refetches.
-    fetching: Mutex<()>,
-}
-
-#[derive(Clone)]
-struct Discovered {
-    metadata: Arc<Metadata>,
-    fetched_at: Instant,
-    jwks_fetched_at: Instant,
+    /// In an `Arc` so that a background refetch can outlive the request that started it.
+    metadata: Arc<MetadataCache>,
+    secret_reload_min_interval: Duration,
 }
 
 impl OidcProvider {
     pub fn new(
         config: ProviderConfig,
         secrets: Arc<SecretsCache>,
-        timeout: Duration,
+        limits: ProviderLimits,
     ) -> Result<Self, ProviderError> {
-        let http = reqwest::Client::builder()
-            // Following redirects from a token endpoint opens the door to SSRF.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .timeout(timeout)
-            .user_agent(concat!("axnt-oauth/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ProviderError::Unavailable(format!("cannot build HTTP client: {e}")))?;
+        let http = ProviderHttp(http_client(limits.timeout).map_err(|e| {
+            ProviderError::Unavailable(format!("cannot build HTTP client: {}", error_chain(&e)))
+        })?);
+        let metadata = MetadataCache::new(
+            &config.issuer,
+            http.clone(),
+            limits.metadata_ttl,
+            limits.metadata_max_stale,
+        )?;
         Ok(Self {
             config,
-            http: ProviderHttp(http),
+            http,
             secrets,
-            discovered: RwLock::new(None),
-            fetching: Mutex::new(()),
+            metadata: Arc::new(metadata),
+            secret_reload_min_interval: limits.secret_reload_min_interval,
         })
     }
 
@@ -328,64 +376,7 @@ impl OidcProvider {
     }
 
     async fn discovered(&self) -> Result<Discovered, ProviderError> {
-        if let Some(d) = self.discovered.read().await.as_ref()
-            && d.fetched_at.elapsed() < DISCOVERY_TTL
-        {
-            return Ok(d.clone());
-        }
-        let _single = self.fetching.lock().await;
-        if let Some(d) = self.discovered.read().await.as_ref()
-            && d.fetched_at.elapsed() < DISCOVERY_TTL
-        {
-            return Ok(d.clone());
-        }
-        let issuer = IssuerUrl::new(self.config.issuer.clone())
-            .map_err(|e| ProviderError::Malformed(format!("issuer URL: {e}")))?;
-        let metadata = Metadata::discover_async(issuer, &self.http)
-            .await
-            .map_err(|e| {
-                ProviderError::Unavailable(format!(
-                    "discovery of {} failed: {}",
-                    self.config.issuer,
-                    error_chain(&e)
-                ))
-            })?;
-        let now = Instant::now();
-        let d = Discovered {
-            metadata: Arc::new(metadata),
-            fetched_at: now,
-            jwks_fetched_at: now,
-        };
-        *self.discovered.write().await = Some(d.clone());
-        Ok(d)
-    }
-
-    /// Refetches the JWKS (at most once per [`JWKS_REFETCH_MIN_INTERVAL`]).
-    async fn refetch_jwks(&self, seen: &Discovered) -> Result<Option<Discovered>, ProviderError> {
-        let _single = self.fetching.lock().await;
-        let current = self.discovered.read().await.clone();
-        if let Some(c) = &current
-            && c.jwks_fetched_at > seen.jwks_fetched_at
-        {
-            return Ok(Some(c.clone()));
-        }
-        if seen.jwks_fetched_at.elapsed() < JWKS_REFETCH_MIN_INTERVAL {
-            return Ok(None);
-        }
-        let jwks: CoreJsonWebKeySet =
-            JsonWebKeySet::fetch_async(seen.metadata.jwks_uri(), &self.http)
-                .await
-                .map_err(|e| {
-                    ProviderError::Unavailable(format!("JWKS fetch failed: {}", error_chain(&e)))
-                })?;
-        let metadata = (*seen.metadata).clone().set_jwks(jwks);
-        let d = Discovered {
-            metadata: Arc::new(metadata),
-            fetched_at: seen.fetched_at,
-            jwks_fetched_at: Instant::now(),
-        };
-        *self.discovered.write().await = Some(d.clone());
-        Ok(Some(d))
+        self.metadata.get().await
     }
 
     fn client(
@@ -476,7 +467,13 @@ impl OidcProvider {
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
             .request_async(&self.http)
             .await;
-        self.token_result(response)
+        let result = self.token_result(response);
+        if matches!(result, Err(ProviderError::InvalidClient)) {
+            // The secret may have been rotated: have it re-read for the next flow. A
+            // code is not retried here (see above).
+            self.secrets.reload_soon();
+        }
+        result
     }
 
     /// Redeems a refresh token.
@@ -490,11 +487,25 @@ impl OidcProvider {
             return first;
         }
         // The client secret may have been rotated since we last read it: re-read it
-        // now and, when it changed, try once more (a refresh token is not spent by a
-        // request whose client authentication failed).
-        if let Err(e) = self.secrets.reload().await {
-            tracing::warn!(error = %e, "re-reading the client secret after invalid_client failed");
-            return first;
+        // (at most once per interval, however many refreshes fail: a wrong secret must
+        // not turn every refresh into a read of the secret store) and, when the
+        // credentials changed — by this re-read or another since `creds` were taken —
+        // try once more (a refresh token is not spent by a request whose client
+        // authentication failed).
+        match self
+            .secrets
+            .reload_throttled(self.secret_reload_min_interval)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(
+                    "client secret re-read recently; not re-reading it after invalid_client"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading the client secret after invalid_client failed")
+            }
         }
         let fresh = self.credentials().await?;
         if fresh.client_id == creds.client_id
@@ -554,15 +565,12 @@ impl OidcProvider {
             RequestTokenError::ServerResponse(r) => match r.error() {
                 CoreErrorResponseType::InvalidGrant => ProviderError::InvalidGrant,
                 CoreErrorResponseType::InvalidClient
-                | CoreErrorResponseType::UnauthorizedClient => {
-                    self.secrets.reload_soon();
-                    ProviderError::InvalidClient
-                }
+                | CoreErrorResponseType::UnauthorizedClient => ProviderError::InvalidClient,
                 other => ProviderError::Rejected {
                     error: other.as_ref().to_string(),
                 },
             },
-            RequestTokenError::Request(f) => ProviderError::Unavailable(f.to_string()),
+            RequestTokenError::Request(f) => f.into_provider_error(),
             // Only where and what kind: serde's message can quote the offending value,
             // and in a token response that value may be a token.
             RequestTokenError::Parse(e, _body) => ProviderError::Malformed(format!(
@@ -612,7 +620,7 @@ impl OidcProvider {
                     openidconnect::SignatureVerificationError::NoMatchingKey,
                 )) if !refetched => {
                     refetched = true;
-                    match self.refetch_jwks(&d).await? {
+                    match self.metadata.refetch_jwks(&d).await? {
                         Some(fresh) => d = fresh,
                         None => return Err(ProviderError::IdToken(IdTokenProblem::BadSignature)),
                     }
@@ -649,11 +657,11 @@ impl OidcProvider {
             ])
             .send()
             .await
-            .map_err(|e| ProviderError::Unavailable(classify_reqwest(e).to_string()))?;
+            .map_err(|e| classify_reqwest(e).into_provider_error())?;
         let status = response.status();
         if status.is_success() {
             Ok(true)
-        } else if status.is_server_error() {
+        } else if is_unavailable_status(status) {
             Err(ProviderError::Unavailable(format!(
                 "revocation answered HTTP {}",
                 status.as_u16()
@@ -672,13 +680,27 @@ impl OidcProvider {
     }
 }
 
+/// The HTTP client for one provider.
+fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        // Following redirects from a token endpoint opens the door to SSRF.
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
+        .user_agent(concat!("axnt-oauth/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Sorts a reqwest error by whether the request may have reached the provider.
+/// `is_connect` holds for connect failures and connect timeouts alike (a connect
+/// timeout is also `is_timeout`), so it is asked first.
 fn classify_reqwest(e: reqwest::Error) -> HttpFailure {
-    if e.is_timeout() {
+    if e.is_connect() || e.is_builder() {
+        HttpFailure::NotSent(error_chain(&e))
+    } else if e.is_timeout() {
         HttpFailure::Timeout
-    } else if e.is_connect() {
-        HttpFailure::Connect(error_chain(&e))
     } else {
-        HttpFailure::Other(error_chain(&e))
+        HttpFailure::Interrupted(error_chain(&e))
     }
 }
 
@@ -722,5 +744,108 @@ impl Providers {
 
     pub fn all(&self) -> &[Arc<OidcProvider>] {
         &self.providers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openidconnect::AsyncHttpClient;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A loopback server that reads one request, then does `answer` with the socket.
+    async fn server<F, Fut>(answer: F) -> String
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                answer(socket).await;
+            }
+        });
+        format!("http://{addr}/token")
+    }
+
+    async fn call(url: &str) -> Result<HttpResponse, ProviderError> {
+        let http = ProviderHttp(http_client(Duration::from_millis(500)).expect("client"));
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(url)
+            .body(b"grant_type=refresh_token".to_vec())
+            .expect("request");
+        http.call(request)
+            .await
+            .map_err(HttpFailure::into_provider_error)
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_never_reached_the_provider() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/token", listener.local_addr().expect("addr"));
+        drop(listener);
+        assert!(matches!(
+            call(&url).await,
+            Err(ProviderError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn no_answer_after_connecting_is_an_unknown_outcome() {
+        let url = server(|socket| async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(socket);
+        })
+        .await;
+        assert!(matches!(
+            call(&url).await,
+            Err(ProviderError::OutcomeUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_the_answer_is_an_unknown_outcome() {
+        let url = server(|socket| async move { drop(socket) }).await;
+        assert!(matches!(
+            call(&url).await,
+            Err(ProviderError::OutcomeUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_truncated_answer_is_an_unknown_outcome() {
+        let url = server(|mut socket| async move {
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"access_token\"")
+                .await;
+        })
+        .await;
+        assert!(matches!(
+            call(&url).await,
+            Err(ProviderError::OutcomeUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn answers_429_and_5xx_are_unavailable_and_4xx_are_answers() {
+        for (status, unavailable) in [(429, true), (500, true), (503, true), (400, false)] {
+            let url = server(move |mut socket| async move {
+                let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\n{{}}");
+                let _ = socket.write_all(head.as_bytes()).await;
+            })
+            .await;
+            let result = call(&url).await;
+            assert_eq!(
+                matches!(result, Err(ProviderError::Unavailable(_))),
+                unavailable,
+                "HTTP {status}"
+            );
+            assert_eq!(result.is_ok(), !unavailable, "HTTP {status}");
+        }
     }
 }

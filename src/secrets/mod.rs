@@ -2,19 +2,19 @@
 //! rotated value is picked up.
 //!
 //! A [`SecretSource`] loads them (settings in embedded mode; Secrets Manager in aws
-//! mode). [`SecretsCache`] holds the current value, re-reads it periodically and once
-//! on demand (after the provider answers `invalid_client`), so a rotation needs no
-//! restart.
+//! mode). [`SecretsCache`] holds the current value, re-reads it periodically and on
+//! demand (after the provider answers `invalid_client`, at most once per interval), so a
+//! rotation needs no restart.
 
 pub mod secrets_manager;
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify};
 
 use crate::crypto::SecretKey;
 
@@ -166,6 +166,10 @@ pub struct SecretsCache {
     /// request hashes only the key it presents.
     api_key_hashes: RwLock<Arc<Vec<[u8; 32]>>>,
     reload: Notify,
+    /// When the source was last re-read (attempted), behind the one lock every re-read
+    /// takes: concurrent callers of [`Self::reload_throttled`] wait for the re-read in
+    /// progress instead of starting their own.
+    reloaded_at: Mutex<Option<Instant>>,
 }
 
 impl SecretsCache {
@@ -183,6 +187,7 @@ impl SecretsCache {
             current: RwLock::new(Arc::new(ServiceSecrets::default())),
             api_key_hashes: RwLock::new(Arc::new(Vec::new())),
             reload: Notify::new(),
+            reloaded_at: Mutex::new(None),
         };
         cache.install(loaded);
         Ok(Arc::new(cache))
@@ -219,6 +224,25 @@ impl SecretsCache {
 
     /// Re-reads the source now. On failure the previous value stays in use.
     pub async fn reload(&self) -> Result<(), SecretError> {
+        let mut reloaded_at = self.reloaded_at.lock().await;
+        self.reload_locked(&mut reloaded_at).await
+    }
+
+    /// Re-reads the source unless a re-read (of any kind, failed or not) began less than
+    /// `min_interval` ago; returns whether it re-read. A caller that waited for another's
+    /// re-read gets `false` and finds that re-read's result in [`Self::current`].
+    pub async fn reload_throttled(&self, min_interval: Duration) -> Result<bool, SecretError> {
+        let mut reloaded_at = self.reloaded_at.lock().await;
+        if reloaded_at.is_some_and(|at| at.elapsed() < min_interval) {
+            return Ok(false);
+        }
+        self.reload_locked(&mut reloaded_at).await.map(|()| true)
+    }
+
+    async fn reload_locked(&self, reloaded_at: &mut Option<Instant>) -> Result<(), SecretError> {
+        // A failed re-read counts too: an outage of the secret store must not turn
+        // every invalid_client into another call to it.
+        *reloaded_at = Some(Instant::now());
         let loaded = self.source.load().await?;
         self.install(loaded);
         Ok(())
@@ -269,6 +293,57 @@ impl SecretsCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A source that counts its loads and takes a while to answer.
+    struct Counting(AtomicUsize);
+
+    #[async_trait]
+    impl SecretSource for Counting {
+        async fn load(&self) -> Result<ServiceSecrets, SecretError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(ServiceSecrets::default())
+        }
+
+        fn name(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_throttled_reloads_share_one_read_per_interval() {
+        let source = Arc::new(Counting(AtomicUsize::new(0)));
+        let cache = SecretsCache::load(source.clone(), None, Vec::new())
+            .await
+            .expect("load");
+        let interval = Duration::from_millis(300);
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let cache = Arc::clone(&cache);
+                tokio::spawn(async move { cache.reload_throttled(interval).await })
+            })
+            .collect();
+        let mut reloaded = 0;
+        for caller in callers {
+            if caller.await.expect("task").expect("reload") {
+                reloaded += 1;
+            }
+        }
+        assert_eq!(reloaded, 1, "one caller re-read, the others waited for it");
+        assert_eq!(
+            source.0.load(Ordering::SeqCst),
+            2,
+            "start-up load + one re-read"
+        );
+        tokio::time::sleep(interval).await;
+        assert!(cache.reload_throttled(interval).await.expect("reload"));
+        assert_eq!(
+            source.0.load(Ordering::SeqCst),
+            3,
+            "again after the interval"
+        );
+    }
 
     #[test]
     fn both_json_shapes_are_accepted() {

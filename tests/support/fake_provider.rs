@@ -5,7 +5,7 @@
 //!
 //! | route | what it does |
 //! |---|---|
-//! | `GET /.well-known/openid-configuration` | discovery; `issuer` is `http://127.0.0.1:PORT` (no trailing slash) |
+//! | `GET /.well-known/openid-configuration` | discovery; `issuer` is `http://127.0.0.1:PORT` (no trailing slash); fetches are counted |
 //! | `GET /jwks` | the published signing keys (fetches are counted) |
 //! | `GET /authorize` | records the query, validates `client_id` and `redirect_uri`, auto-approves: `302` to `redirect_uri?code=…&state=…&scope=…` |
 //! | `POST /token` | `authorization_code` (single use, PKCE S256 required) and `refresh_token` grants; `client_secret_basic` or `client_secret_post` |
@@ -463,6 +463,12 @@ impl FakeProvider {
         self.lock().deny = deny;
     }
 
+    /// `false`: discovery and `/jwks` answer `503` (still counted as fetches), as during
+    /// an outage of the provider's metadata endpoints. `true` (the default): they answer.
+    pub fn set_discovery_available(&self, available: bool) {
+        self.lock().discovery_unavailable = !available;
+    }
+
     /// `Some(scope)`: the scope granted (and answered) regardless of the scope requested,
     /// e.g. to simulate a user who unticked a scope. `None`: the requested scope.
     pub fn set_granted_scope(&self, scope: Option<&str>) {
@@ -685,6 +691,7 @@ struct Inner {
     tamper: IdTokenTamper,
     deny: bool,
     granted_scope: Option<String>,
+    discovery_unavailable: bool,
 
     codes: HashMap<String, Authorization>,
     /// Grant made from each code exchanged, so a replayed code revokes it.
@@ -742,6 +749,7 @@ impl Inner {
             tamper: IdTokenTamper::None,
             deny: false,
             granted_scope: None,
+            discovery_unavailable: false,
             codes: HashMap::new(),
             code_grants: HashMap::new(),
             grants: Vec::new(),
@@ -906,7 +914,13 @@ impl IdTokenPlan {
 type AppState = State<Arc<Shared>>;
 
 async fn discovery(State(shared): AppState) -> Response {
-    shared.lock().discovery_fetches += 1;
+    {
+        let mut st = shared.lock();
+        st.discovery_fetches += 1;
+        if st.discovery_unavailable {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    }
     let iss = &shared.issuer;
     axum::Json(json!({
         "issuer": iss,
@@ -934,6 +948,9 @@ async fn jwks(State(shared): AppState) -> Response {
     let set = {
         let mut st = shared.lock();
         st.jwks_fetches += 1;
+        if st.discovery_unavailable {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
         st.keys.jwks()
     };
     axum::Json(set).into_response()
