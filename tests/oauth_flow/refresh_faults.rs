@@ -24,6 +24,7 @@ on_every_backend!(
     a_failing_provider_cools_down,
     consecutive_failures_open_the_providers_circuit,
     a_lost_answer_is_named_when_the_grant_then_dies,
+    a_store_write_failing_after_the_redeem_loses_nothing,
     soak_rotating_failing_slow_provider_with_restarts,
 );
 
@@ -354,6 +355,109 @@ async fn a_lost_answer_is_named_when_the_grant_then_dies(backend: Backend) {
         row.refresh.inactive_cause.as_deref(),
         Some("refresh_outcome_unknown")
     );
+}
+
+/// The store stops for a moment right after the provider redeemed (and rotated) the
+/// refresh token: aws, the DynamoDB endpoint cut behind a proxy; embedded, the SQLite
+/// file write-locked by another process for longer than its busy timeout. The caller
+/// gets the new token (or a 503), the write lands once the store is back, and the old
+/// refresh token is never presented again.
+async fn a_store_write_failing_after_the_redeem_loses_nothing(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    provider.rotate_refresh_tokens(true);
+    let proxy = crate::support::CuttableProxy::start(&match backend {
+        Backend::Aws => crate::support::aws::moto_endpoint(),
+        Backend::Embedded => "http://127.0.0.1:9".into(), // unused
+    })
+    .await;
+    let app = match backend {
+        Backend::Embedded => TestApp::on(backend, &provider, &[]).await,
+        Backend::Aws => {
+            let mut env = crate::support::env_for_secret(&provider, &[]);
+            for (k, v) in crate::support::aws::aws_env(
+                &provider.client_id(),
+                &provider.client_secret(),
+                API_KEY,
+            )
+            .await
+            {
+                let v = if k == "AWS_ENDPOINT_URL" {
+                    proxy.endpoint.clone()
+                } else {
+                    v
+                };
+                env.push((k, v));
+            }
+            TestApp::spawn_in(Arc::new(tempfile::tempdir().expect("tempdir")), env).await
+        }
+    };
+    assert!(app.connect("stormy").await.status().is_success());
+    provider.set_access_token_ttl(3600);
+    provider.refresh_failure([RefreshBehaviour::HoldAnswer(Duration::from_millis(1500))]);
+    let reader = tokio::spawn({
+        let (http, url) = (app.http.clone(), app.url("/v1/users/stormy/tokens/google"));
+        async move { http.get(url).bearer_auth(API_KEY).send().await }
+    });
+    until_refreshes(&provider, 1).await;
+    // The provider has redeemed; its answer is on the way. Stop the store.
+    let outage = match backend {
+        Backend::Aws => {
+            proxy.cut();
+            tokio::spawn(async { tokio::time::sleep(Duration::from_secs(4)).await })
+        }
+        Backend::Embedded => {
+            let db = app.data_dir.path().join("axnt-oauth.db");
+            let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+            let task = tokio::task::spawn_blocking(move || {
+                let other = rusqlite::Connection::open(db).expect("open the database");
+                other.execute_batch("BEGIN IMMEDIATE").expect("write lock");
+                let _ = locked_tx.send(());
+                // Longer than the service's busy timeout (5 s): its first write fails.
+                std::thread::sleep(Duration::from_millis(6500));
+                other.execute_batch("COMMIT").expect("unlock");
+            });
+            locked_rx.await.expect("locked");
+            tokio::spawn(async move { task.await.expect("lock task") })
+        }
+    };
+    let answered = reader.await.expect("task").expect("send");
+    let status = answered.status();
+    assert!(
+        status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+        "the caller gets the new token or a 503, not {status}"
+    );
+    if status == StatusCode::OK {
+        assert_eq!(
+            Some(access_token(answered).await),
+            provider.latest_access_token()
+        );
+    }
+    outage.await.expect("outage");
+    proxy.restore();
+    // Once the store is back the retried write lands.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let row = app.stored_row("stormy").await.expect("row");
+        if row.access_token_expires_at > chrono::Utc::now().timestamp() + 3000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refreshed tokens were stored after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        Some(access_token(app.token("stormy").await).await),
+        provider.latest_access_token()
+    );
+    assert_eq!(
+        provider.refresh_count(),
+        1,
+        "the old refresh token was never presented again"
+    );
+    assert_stored_refresh_token_is_the_latest(&app, &provider, "stormy").await;
 }
 
 /// Three instances on one store; a provider that rotates every refresh token, fails a
