@@ -228,6 +228,67 @@ async fn shutdown_waits_for_a_refresh_in_flight(backend: Backend) {
     assert_stored_refresh_token_is_the_latest(&survivor, &provider, "leaving").await;
 }
 
+/// The same through the binary and a real SIGTERM: the process exits 0 only after the
+/// refresh its gone caller started has stored the provider's new tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_waits_for_a_refresh_in_flight() {
+    let (provider, app) = rotating(Backend::Embedded, "signal", &[]).await;
+    provider.refresh_failure([RefreshBehaviour::HoldAnswer(Duration::from_millis(2000))]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_axnt-oauth"));
+    command
+        .env_clear()
+        .envs(app.base_env.iter().cloned())
+        .env("AXNT_DATA_DIR", app.data_dir.path())
+        .env("AXNT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("AXNT_PUBLIC_BASE_URL", &base)
+        .current_dir(app.data_dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut server = command.spawn().expect("spawn the binary");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{base}/healthz")).await.is_err() {
+        assert!(Instant::now() < deadline, "the binary came up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let gave_up = impatient
+        .get(format!("{base}/v1/users/signal/tokens/google"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the caller went away");
+    until_refreshes(&provider, 1).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM");
+    let row = app.stored_row("signal").await.expect("row");
+    assert!(
+        row.access_token_expires_at > chrono::Utc::now().timestamp() + 3000,
+        "the provider's new tokens were stored before the process exited"
+    );
+    assert_eq!(
+        Some(access_token(app.token("signal").await).await),
+        provider.latest_access_token()
+    );
+    assert_eq!(provider.refresh_count(), 1);
+    assert_stored_refresh_token_is_the_latest(&app, &provider, "signal").await;
+}
+
 fn retry_after(response: &reqwest::Response) -> u64 {
     response
         .headers()
