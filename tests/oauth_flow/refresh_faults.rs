@@ -25,6 +25,7 @@ on_every_backend!(
     consecutive_failures_open_the_providers_circuit,
     a_lost_answer_is_named_when_the_grant_then_dies,
     a_store_write_failing_after_the_redeem_loses_nothing,
+    a_new_grant_never_inherits_a_dead_refresh_token,
     soak_rotating_failing_slow_provider_with_restarts,
 );
 
@@ -519,6 +520,33 @@ async fn a_store_write_failing_after_the_redeem_loses_nothing(backend: Backend) 
         "the old refresh token was never presented again"
     );
     assert_stored_refresh_token_is_the_latest(&app, &provider, "stormy").await;
+}
+
+/// A row marked inactive holds a refresh token known dead: a re-connect whose answer
+/// carries no refresh token must not carry that one over (Google omits it on a
+/// re-consent), so the token API asks for reauthorization instead of presenting it.
+async fn a_new_grant_never_inherits_a_dead_refresh_token(backend: Backend) {
+    let (provider, app) = rotating(backend, "revived", &[]).await;
+    provider.set_access_token_ttl(0);
+    provider.refresh_failure([RefreshBehaviour::InvalidGrant]);
+    let dead = assert_problem(app.token("revived").await, 409, "reauthorization_required").await;
+    assert_eq!(dead["cause"], "invalid_grant");
+    let presented = provider.refresh_count();
+    provider.omit_refresh_token_on_code(true);
+    assert!(app.connect("revived").await.status().is_success());
+    let items = app.flow_log("revived").await;
+    let stored = items
+        .iter()
+        .find(|i| i["step"] == "tokens_stored")
+        .expect("tokens_stored");
+    assert_eq!(stored["data"]["keptRefreshToken"], false);
+    let body = assert_problem(app.token("revived").await, 409, "reauthorization_required").await;
+    assert_eq!(body["cause"], "no_refresh_token");
+    assert_eq!(
+        provider.refresh_count(),
+        presented,
+        "the dead refresh token was not presented"
+    );
 }
 
 /// Three instances on one store; a provider that rotates every refresh token, fails a
