@@ -178,7 +178,7 @@ async fn check(settings: Settings) -> i32 {
     // In aws mode the round trip goes to KMS itself: the data-key cache would answer
     // the Decrypt without asking KMS.
     let keys = match settings.backend {
-        Backend::Aws => crate::aws::uncached_key_provider(&settings).await,
+        Backend::Aws => crate::app::uncached_key_provider(&settings).await,
         Backend::Embedded => Arc::clone(&backends.keys),
     };
     let cipher = EnvelopeCipher::new(Arc::clone(&keys), settings.dynamodb_oauth_table.clone());

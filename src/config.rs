@@ -12,11 +12,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use url::Url;
+
+use crate::aws::{AwsSettings, SdkEnv};
 
 /// Environment names that do not follow the `AXNT_` rule (the seed's names).
 const UNPREFIXED_ENV: [(&str, &str); 2] = [
@@ -183,49 +187,7 @@ pub struct Settings {
     /// (tests, embedding). Empty when loaded with [`Settings::from_env`]: the AWS SDK
     /// then reads the process environment itself, through its standard chain.
     #[serde(skip)]
-    pub aws_sdk_env: AwsSdkEnv,
-}
-
-/// AWS SDK variables taken from an explicit environment (see
-/// [`Settings::aws_sdk_env`]). `Debug` names which are set, never their values.
-#[derive(Clone, Default)]
-pub struct AwsSdkEnv {
-    pub endpoint_url: Option<String>,
-    pub region: Option<String>,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<SecretString>,
-    pub session_token: Option<SecretString>,
-}
-
-impl std::fmt::Debug for AwsSdkEnv {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsSdkEnv")
-            .field("endpoint_url", &self.endpoint_url)
-            .field("region", &self.region)
-            .field("credentials", &self.access_key_id.is_some())
-            .finish()
-    }
-}
-
-impl AwsSdkEnv {
-    const NAMES: [&str; 5] = [
-        "AWS_ENDPOINT_URL",
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-    ];
-
-    fn set(&mut self, name: &str, value: String) {
-        match name {
-            "AWS_ENDPOINT_URL" => self.endpoint_url = Some(value),
-            "AWS_REGION" => self.region = Some(value),
-            "AWS_ACCESS_KEY_ID" => self.access_key_id = Some(value),
-            "AWS_SECRET_ACCESS_KEY" => self.secret_access_key = Some(SecretString::from(value)),
-            "AWS_SESSION_TOKEN" => self.session_token = Some(SecretString::from(value)),
-            _ => {}
-        }
-    }
+    pub aws_sdk_env: SdkEnv,
 }
 
 impl Default for Settings {
@@ -278,7 +240,7 @@ impl Default for Settings {
             data_key_cache_ttl_secs: 300,
             flow_log_buffer: 1_024,
             flow_log_write_concurrency: 4,
-            aws_sdk_env: AwsSdkEnv::default(),
+            aws_sdk_env: SdkEnv::default(),
         }
     }
 }
@@ -331,9 +293,9 @@ impl Settings {
         // Environment values are kept as strings (not guessed into numbers), so a
         // numeric-looking API key stays a string; numbers are read leniently below.
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let mut aws_sdk_env = AwsSdkEnv::default();
+        let mut aws_sdk_env = SdkEnv::default();
         for (name, value) in &env {
-            if AwsSdkEnv::NAMES.contains(&name.as_str()) && !value.is_empty() {
+            if SdkEnv::NAMES.contains(&name.as_str()) && !value.is_empty() {
                 aws_sdk_env.set(name, value.clone());
             }
         }
@@ -359,7 +321,7 @@ impl Settings {
     /// own chain (which also knows profiles, service-specific endpoints and the like).
     pub fn from_env(extra_file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut settings = Self::load(extra_file, std::env::vars())?;
-        settings.aws_sdk_env = AwsSdkEnv::default();
+        settings.aws_sdk_env = SdkEnv::default();
         Ok(settings)
     }
 
@@ -429,8 +391,14 @@ impl Settings {
             ));
         }
         if let Some(key) = &self.state_key {
-            crate::crypto::SecretKey::from_base64(key.expose_secret())
-                .map_err(|e| ConfigError::new("state_key", e.to_string()))?;
+            // The shape only; the key itself is parsed once, where it is used.
+            let text = key.expose_secret().trim();
+            let decoded = STANDARD
+                .decode(text)
+                .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')));
+            if !decoded.is_ok_and(|bytes| bytes.len() == 32) {
+                return Err(ConfigError::new("state_key", "must be base64 of 32 bytes"));
+            }
         }
         for (key, value) in [
             ("dynamodb_oauth_table", &self.dynamodb_oauth_table),
@@ -521,6 +489,21 @@ impl Settings {
             .iter()
             .filter_map(|p| p.parse().ok())
             .collect()
+    }
+}
+
+impl From<&Settings> for AwsSettings {
+    fn from(s: &Settings) -> Self {
+        Self {
+            connect_timeout: Duration::from_millis(s.aws_connect_timeout_ms),
+            operation_timeout: Duration::from_millis(s.aws_operation_timeout_ms),
+            max_attempts: s.aws_max_attempts,
+            sdk_env: s.aws_sdk_env.clone(),
+            tokens_table: s.dynamodb_oauth_table.clone(),
+            logs_table: s.dynamodb_oauth_logs_table.clone(),
+            kms_key_id: s.kms_key_id.clone(),
+            secret_id: s.google_secret_id.clone(),
+        }
     }
 }
 

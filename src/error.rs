@@ -2,8 +2,8 @@
 //! chosen.
 //!
 //! API errors are RFC 9457 `application/problem+json` with a stable `code`. Browser
-//! endpoints wrap the same error in [`BrowserError`], which answers a short HTML page,
-//! or a redirect to the flow's (already allow-listed) return URL with
+//! endpoints wrap the same error in `http::browser::BrowserError`, which answers a
+//! short HTML page, or a redirect to the flow's (already allow-listed) return URL with
 //! `status=error&error=<code>`. Server-side details are logged once by
 //! [`log_errors`], inside the request's span, and never sent to clients.
 
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::crypto::CryptoError;
@@ -186,7 +186,7 @@ impl Error {
 
     /// What the client is told. Client errors explain themselves; server errors say
     /// what failed, not how (the how is in our log).
-    fn public_detail(&self) -> String {
+    pub(crate) fn public_detail(&self) -> String {
         match self {
             Self::Provider(ProviderError::NotConfigured(_)) => self.to_string(),
             Self::Provider(ProviderError::InvalidClient) => {
@@ -229,11 +229,11 @@ impl Error {
         }
     }
 
-    fn title(&self) -> &'static str {
+    pub(crate) fn title(&self) -> &'static str {
         self.status().canonical_reason().unwrap_or("Error")
     }
 
-    fn report(&self) -> ErrorReport {
+    pub(crate) fn report(&self) -> ErrorReport {
         ErrorReport {
             status: self.status(),
             code: self.code(),
@@ -297,72 +297,6 @@ impl IntoResponse for Error {
     }
 }
 
-/// An error on a browser endpoint.
-pub struct BrowserError {
-    pub error: Error,
-    /// The flow's return URL, once `state` proved it ours and allow-listed.
-    pub return_to: Option<String>,
-}
-
-impl From<Error> for BrowserError {
-    fn from(error: Error) -> Self {
-        Self {
-            error,
-            return_to: None,
-        }
-    }
-}
-
-impl IntoResponse for BrowserError {
-    fn into_response(self) -> Response {
-        let report = Arc::new(self.error.report());
-        let mut response = match self
-            .return_to
-            .as_deref()
-            .and_then(|r| url::Url::parse(r).ok())
-        {
-            Some(mut url) => {
-                url.query_pairs_mut()
-                    .append_pair("status", "error")
-                    .append_pair("error", self.error.code());
-                crate::http::found(url.as_str())
-            }
-            None => {
-                let status = self.error.status();
-                let page = format!(
-                    "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-                     <body><h1>{title}</h1><p>{detail}</p><p>Error code: <code>{code}</code></p>\
-                     <p>Go back to the application and try connecting again.</p></body></html>",
-                    title = html_escape(self.error.title()),
-                    detail = html_escape(&self.error.public_detail()),
-                    code = self.error.code(),
-                );
-                (status, Html(page)).into_response()
-            }
-        };
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response.extensions_mut().insert(report);
-        response
-    }
-}
-
-pub fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Logs each error response once, inside the request's span: server errors at
 /// `error`, client errors at `info` (they are the caller's to fix, not ours).
 pub async fn log_errors(request: Request, next: Next) -> Response {
@@ -398,14 +332,6 @@ mod tests {
         assert_eq!(
             e.public_detail(),
             "the OAuth provider did not answer in time; retry later"
-        );
-    }
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            html_escape("<script>&'\""),
-            "&lt;script&gt;&amp;&#39;&quot;"
         );
     }
 }

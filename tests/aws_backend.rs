@@ -663,7 +663,7 @@ async fn the_run_time_policy_is_enough_and_its_absence_is_named() {
         .await
         .expect("GenerateDataKey");
     let uncached = EnvelopeCipher::new(
-        axnt_oauth::aws::uncached_key_provider(&settings).await,
+        axnt_oauth::app::uncached_key_provider(&settings).await,
         f.tokens_table.clone(),
     );
     let opened = uncached

@@ -1,54 +1,107 @@
-//! aws mode's shared plumbing: one SDK configuration for DynamoDB, KMS and Secrets
-//! Manager, the error sorting every backend uses ([`error`]), the table set-up behind
-//! `axnt-oauth setup` ([`setup`]), and the assembly of the aws [`Backends`].
+//! aws mode's shared plumbing, a leaf: one SDK configuration for DynamoDB, KMS and
+//! Secrets Manager, the error sorting every backend uses ([`error`]), and the table
+//! set-up behind `axnt-oauth setup` ([`setup`]). It imports nothing of the service but
+//! its settings; the backends that use it (`store::dynamodb`, `crypto::kms`,
+//! `secrets::secrets_manager`) are assembled in `app::backends`.
 //!
-//! Only this module and the backend modules it assembles (`store::dynamodb`,
-//! `crypto::kms`, `secrets::secrets_manager`) import an AWS crate.
+//! Only this module and those backend modules import an AWS crate.
 
 pub mod error;
 pub mod setup;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
-use crate::app::{Backends, StartupError};
-use crate::config::Settings;
-use crate::crypto::KeyProvider;
-use crate::crypto::cache::{CacheLimits, CachingKeyProvider};
-use crate::crypto::kms::KmsKeyProvider;
-use crate::secrets::secrets_manager::SecretsManagerSource;
-use crate::store::buffered::BufferedFlowLog;
-use crate::store::dynamodb::DynamoStore;
+/// What aws mode needs from the settings. `config` fills it (`From<&Settings>`), so
+/// this module stays a leaf that imports nothing of the service.
+#[derive(Clone)]
+pub struct AwsSettings {
+    pub connect_timeout: Duration,
+    /// One AWS call, the SDK's retries included.
+    pub operation_timeout: Duration,
+    pub max_attempts: u32,
+    /// SDK variables from an explicit environment (see [`SdkEnv`]).
+    pub sdk_env: SdkEnv,
+    pub tokens_table: String,
+    pub logs_table: String,
+    pub kms_key_id: String,
+    pub secret_id: String,
+}
+
+/// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN` as found in an environment given to the settings loader
+/// explicitly (an embedding program, tests). Empty when the settings come from the
+/// process environment: the SDK then reads it itself, through its standard chain.
+/// `Debug` names which are set, never their values.
+#[derive(Clone, Default)]
+pub struct SdkEnv {
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<SecretString>,
+    pub session_token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for SdkEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SdkEnv")
+            .field("endpoint_url", &self.endpoint_url)
+            .field("region", &self.region)
+            .field("credentials", &self.access_key_id.is_some())
+            .finish()
+    }
+}
+
+impl SdkEnv {
+    pub const NAMES: [&str; 5] = [
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ];
+
+    pub fn set(&mut self, name: &str, value: String) {
+        match name {
+            "AWS_ENDPOINT_URL" => self.endpoint_url = Some(value),
+            "AWS_REGION" => self.region = Some(value),
+            "AWS_ACCESS_KEY_ID" => self.access_key_id = Some(value),
+            "AWS_SECRET_ACCESS_KEY" => self.secret_access_key = Some(SecretString::from(value)),
+            "AWS_SESSION_TOKEN" => self.session_token = Some(SecretString::from(value)),
+            _ => {}
+        }
+    }
+}
 
 /// The SDK configuration: the standard chain (`AWS_REGION`, `AWS_ENDPOINT_URL`,
 /// credentials from the environment, profile, web identity, ECS or IMDS), with our
 /// timeouts and the standard retry mode (exponential backoff with jitter, a retry
 /// quota so an outage is not multiplied by retries).
 ///
-/// Values in [`Settings::aws_sdk_env`] (settings loaded from an explicit environment,
-/// as tests do) are given to the loader and win over the process environment.
-pub async fn sdk_config(settings: &Settings) -> SdkConfig {
-    let attempts = settings.aws_max_attempts.max(1);
-    let operation = Duration::from_millis(settings.aws_operation_timeout_ms);
+/// Values in [`AwsSettings::sdk_env`] (settings loaded from an explicit environment)
+/// are given to the loader and win over the process environment.
+pub async fn sdk_config(settings: impl Into<AwsSettings>) -> SdkConfig {
+    let settings: AwsSettings = settings.into();
+    let attempts = settings.max_attempts.max(1);
+    let operation = settings.operation_timeout;
     let attempt = (operation / attempts)
         .max(Duration::from_secs(1))
         .min(operation);
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_millis(settings.aws_connect_timeout_ms))
+                .connect_timeout(settings.connect_timeout)
                 .operation_attempt_timeout(attempt)
                 .operation_timeout(operation)
                 .build(),
         )
         .retry_config(RetryConfig::standard().with_max_attempts(attempts));
-    let env = &settings.aws_sdk_env;
+    let env = &settings.sdk_env;
     if let Some(url) = &env.endpoint_url {
         loader = loader.endpoint_url(url.clone());
     }
@@ -75,59 +128,4 @@ pub fn region_name(config: &SdkConfig) -> String {
         || "(no region set: AWS_REGION)".to_string(),
         |r| r.to_string(),
     )
-}
-
-/// KMS without the data-key cache, for `check`'s round trip (which must reach KMS).
-pub async fn uncached_key_provider(settings: &Settings) -> Arc<dyn KeyProvider> {
-    let config = sdk_config(settings).await;
-    Arc::new(KmsKeyProvider::new(&config, &settings.kms_key_id))
-}
-
-/// aws mode's backends: DynamoDB tables (flow-log writes buffered off the request
-/// path), KMS data keys behind a bounded cache, and the Secrets Manager secret.
-///
-/// Nothing is called here: a wrong table, key or secret shows in `/readyz`, `check`,
-/// and (for the secret, read once at start-up) as a start-up error naming it.
-pub async fn open_backends(settings: &Settings) -> Result<Backends, StartupError> {
-    let config = sdk_config(settings).await;
-    if config.region().is_none() {
-        return Err(StartupError::Aws(
-            "no AWS region: set AWS_REGION (or a profile's region)".into(),
-        ));
-    }
-    let store = Arc::new(DynamoStore::new(
-        &config,
-        &settings.dynamodb_oauth_table,
-        &settings.dynamodb_oauth_logs_table,
-    ));
-    let flow_log = BufferedFlowLog::spawn(
-        store.clone(),
-        settings.flow_log_buffer,
-        settings.flow_log_write_concurrency,
-    );
-    let kms = Arc::new(KmsKeyProvider::new(&config, &settings.kms_key_id));
-    let keys = CachingKeyProvider::new(
-        kms,
-        CacheLimits {
-            max_uses: settings.data_key_max_uses,
-            max_age: Duration::from_secs(settings.data_key_max_age_secs),
-            decrypted_entries: settings.data_key_cache_entries,
-            decrypted_ttl: Duration::from_secs(settings.data_key_cache_ttl_secs),
-        },
-    );
-    let secrets = SecretsManagerSource::new(&config, &settings.google_secret_id);
-    let state_key = settings
-        .state_key
-        .as_ref()
-        .map(|k| crate::crypto::SecretKey::from_base64(k.expose_secret()))
-        .transpose()?;
-    Ok(Backends {
-        tokens: store,
-        flow_log: Arc::new(flow_log),
-        keys: Arc::new(keys),
-        secrets: Arc::new(secrets),
-        state_key,
-        api_keys: settings.api_keys.clone(),
-        created: Vec::new(),
-    })
 }

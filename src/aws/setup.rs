@@ -26,8 +26,8 @@ use aws_sdk_dynamodb::types::{
     ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 
+use super::AwsSettings;
 use crate::aws::error::{AwsFailure, FailureKind, observe};
-use crate::config::Settings;
 
 /// The attribute DynamoDB's TTL purges on, in both tables.
 pub const TTL_ATTRIBUTE: &str = "expiresAt";
@@ -45,16 +45,16 @@ pub struct TableSpec {
 
 impl TableSpec {
     /// The tokens table and the logs table, named by the settings.
-    pub fn wanted(settings: &Settings) -> [TableSpec; 2] {
+    pub fn wanted(settings: &AwsSettings) -> [TableSpec; 2] {
         [
             TableSpec {
-                name: settings.dynamodb_oauth_table.clone(),
+                name: settings.tokens_table.clone(),
                 hash_key: "userId",
                 range_key: "provider",
                 point_in_time_recovery: true,
             },
             TableSpec {
-                name: settings.dynamodb_oauth_logs_table.clone(),
+                name: settings.logs_table.clone(),
                 hash_key: "userId",
                 range_key: "timestamp",
                 point_in_time_recovery: false,
@@ -123,8 +123,13 @@ fn setup_error(action: &str, table: &str, region: &str, f: AwsFailure) -> SetupE
 }
 
 /// Brings both tables to the wanted state (or, with `dry_run`, only plans it).
-pub async fn ensure_tables(settings: &Settings, dry_run: bool) -> Result<SetupReport, SetupError> {
-    let config = crate::aws::sdk_config(settings).await;
+pub async fn ensure_tables(
+    settings: impl Into<AwsSettings>,
+    dry_run: bool,
+) -> Result<SetupReport, SetupError> {
+    let settings: AwsSettings = settings.into();
+    let settings = &settings;
+    let config = crate::aws::sdk_config(settings.clone()).await;
     let client = Client::new(&config);
     let region = crate::aws::region_name(&config);
     let mut report = SetupReport::default();
@@ -416,8 +421,10 @@ async fn wait_until_active(client: &Client, region: &str, table: &str) -> Result
 /// The KMS key and the secret: checked with the run-time actions (`kms:DescribeKey`,
 /// `secretsmanager:DescribeSecret`), never created. One line each; a missing one
 /// comes with the `aws` commands that create it.
-pub async fn other_resources(settings: &Settings) -> Vec<String> {
-    let config: SdkConfig = crate::aws::sdk_config(settings).await;
+pub async fn other_resources(settings: impl Into<AwsSettings>) -> Vec<String> {
+    let settings: AwsSettings = settings.into();
+    let settings = &settings;
+    let config: SdkConfig = crate::aws::sdk_config(settings.clone()).await;
     let region = crate::aws::region_name(&config);
     let mut lines = Vec::new();
 
@@ -452,7 +459,7 @@ pub async fn other_resources(settings: &Settings) -> Vec<String> {
         )),
     }
 
-    let secret_id = &settings.google_secret_id;
+    let secret_id = &settings.secret_id;
     let secrets = aws_sdk_secretsmanager::Client::new(&config);
     match observe(
         "secretsmanager",

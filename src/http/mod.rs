@@ -2,6 +2,7 @@
 //! once here with the layers every route shares.
 
 pub mod api;
+pub mod browser;
 pub mod oauth;
 pub mod probes;
 

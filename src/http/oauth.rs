@@ -11,9 +11,10 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::browser::{BrowserError, html_escape};
 use super::{ApiPath, ApiQuery, AppState, Client};
 use crate::crypto::random_token;
-use crate::error::{BrowserError, Error, html_escape};
+use crate::error::Error;
 use crate::oauth::flow::{
     ConnectSession, FlowState, Purpose, binding_cookie_name, binding_matches, new_binding,
 };

@@ -3,28 +3,28 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
+mod backends;
+
+use backends::client_override;
+pub use backends::{Backends, uncached_key_provider};
+
 use crate::config::{Backend, ConfigError, Settings};
-use crate::crypto::local::{LocalKeyProvider, load_or_create_key_file, write_private_file};
-use crate::crypto::{CryptoError, EnvelopeCipher, KeyProvider, SecretKey, random_token};
+use crate::crypto::{CryptoError, EnvelopeCipher, SecretKey};
 use crate::http::{self, AppState, Readiness, Services};
 use crate::oauth::ReturnUrls;
 use crate::oauth::flow::StateSealer;
 use crate::oauth::provider::{
     OidcProvider, ProviderConfig, ProviderError, ProviderLimits, Providers,
 };
-use crate::secrets::{
-    ClientCredentials, SecretError, SecretSource, SecretsCache, ServiceSecrets, StaticSecrets,
-};
-use crate::store::embedded::EmbeddedStore;
-use crate::store::{FlowLog, FlowRecorder, StoreError, TokenStore};
+use crate::secrets::{SecretError, SecretsCache};
+use crate::store::{FlowLog, FlowRecorder, StoreError};
 use crate::tokens::{TokenPolicy, TokenService};
 
 /// Why the service could not start. Each names what to fix.
@@ -46,138 +46,6 @@ pub enum StartupError {
     Bind { addr: SocketAddr, reason: String },
     #[error("aws: {0}")]
     Aws(String),
-}
-
-/// The storage, key and secret layers for one backend.
-pub struct Backends {
-    pub tokens: Arc<dyn TokenStore>,
-    pub flow_log: Arc<dyn FlowLog>,
-    pub keys: Arc<dyn KeyProvider>,
-    pub secrets: Arc<dyn SecretSource>,
-    /// Seals flow state; every instance must share it.
-    pub state_key: Option<SecretKey>,
-    /// API keys accepted besides the secret's.
-    pub api_keys: Vec<SecretString>,
-    /// What `setup` created, for its report.
-    pub created: Vec<String>,
-}
-
-impl Backends {
-    /// Opens (creating what is missing) the backends the settings name.
-    pub async fn open(settings: &Settings) -> Result<Self, StartupError> {
-        match settings.backend {
-            Backend::Embedded => embedded(settings),
-            Backend::Aws => crate::aws::open_backends(settings).await,
-        }
-    }
-}
-
-fn data_dir_error(path: &Path, e: impl std::fmt::Display) -> StartupError {
-    StartupError::DataDir {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
-}
-
-/// Embedded mode: everything lives under `AXNT_DATA_DIR`, created on first use.
-fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
-    let dir = &settings.data_dir;
-    let mut created = Vec::new();
-    if !dir.exists() {
-        created.push(format!("data directory {}", dir.display()));
-    }
-    create_private_dir(dir).map_err(|e| data_dir_error(dir, e))?;
-    let db_path = dir.join("axnt-oauth.db");
-    if !db_path.exists() {
-        created.push(format!("database {}", db_path.display()));
-    }
-    let store = Arc::new(EmbeddedStore::open(&db_path)?);
-
-    let master_path = dir.join("master.key");
-    let (keys, new_master) = LocalKeyProvider::load_or_create(&master_path)?;
-    if new_master {
-        created.push(format!("master key {} (mode 0600)", master_path.display()));
-    }
-
-    let state_key = match &settings.state_key {
-        Some(key) => SecretKey::from_base64(key.expose_secret())?,
-        None => {
-            let path = dir.join("state.key");
-            let (key, new) = load_or_create_key_file(&path)?;
-            if new {
-                created.push(format!("state key {} (mode 0600)", path.display()));
-            }
-            key
-        }
-    };
-
-    let mut api_keys = settings.api_keys.clone();
-    if api_keys.is_empty() {
-        let path = dir.join("api-key");
-        let (key, new) = load_or_create_api_key(&path).map_err(|e| data_dir_error(&path, e))?;
-        if new {
-            created.push(format!("API key {} (mode 0600)", path.display()));
-            tracing::info!(path = %path.display(), "no AXNT_API_KEYS configured: generated an API key into this file");
-        } else {
-            tracing::info!(path = %path.display(), "no AXNT_API_KEYS configured: using the API key in this file");
-        }
-        api_keys.push(key);
-    }
-
-    let secrets = StaticSecrets::new(
-        ServiceSecrets {
-            client: client_override(settings),
-            state_key: None,
-            api_keys: Vec::new(),
-        },
-        "the settings",
-    );
-    Ok(Backends {
-        tokens: store.clone(),
-        flow_log: store,
-        keys: Arc::new(keys),
-        secrets: Arc::new(secrets),
-        state_key: Some(state_key),
-        api_keys,
-        created,
-    })
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir)
-}
-
-fn load_or_create_api_key(path: &Path) -> std::io::Result<(SecretString, bool)> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok((SecretString::from(text.trim().to_string()), false)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = random_token(32);
-            write_private_file(path, key.as_bytes())?;
-            Ok((SecretString::from(key), true))
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Client credentials from settings, which win over the secret's.
-fn client_override(settings: &Settings) -> Option<ClientCredentials> {
-    match (&settings.google_client_id, &settings.google_client_secret) {
-        (Some(id), Some(secret)) => Some(ClientCredentials {
-            client_id: id.clone(),
-            client_secret: secret.clone(),
-        }),
-        _ => None,
-    }
 }
 
 /// A built, bound application.

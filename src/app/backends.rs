@@ -1,0 +1,214 @@
+//! Backend assembly for both modes, in one place: which store, key provider and secret
+//! source the settings ask for, opened (and, in embedded mode, created) here.
+//!
+//! - embedded: everything under `AXNT_DATA_DIR` — the SQLite file, the master key, the
+//!   state key and, when none is configured, a generated API key;
+//! - aws: the DynamoDB tables (flow-log writes buffered off the request path), KMS data
+//!   keys behind a bounded cache, and the Secrets Manager secret.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::StartupError;
+use crate::aws::sdk_config;
+use crate::config::{Backend, Settings};
+use crate::crypto::cache::{CacheLimits, CachingKeyProvider};
+use crate::crypto::kms::KmsKeyProvider;
+use crate::crypto::local::{LocalKeyProvider, load_or_create_key_file, write_private_file};
+use crate::crypto::{KeyProvider, SecretKey, random_token};
+use crate::secrets::secrets_manager::SecretsManagerSource;
+use crate::secrets::{ClientCredentials, SecretSource, ServiceSecrets, StaticSecrets};
+use crate::store::buffered::BufferedFlowLog;
+use crate::store::dynamodb::DynamoStore;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{FlowLog, TokenStore};
+
+/// The storage, key and secret layers for one backend.
+pub struct Backends {
+    pub tokens: Arc<dyn TokenStore>,
+    pub flow_log: Arc<dyn FlowLog>,
+    pub keys: Arc<dyn KeyProvider>,
+    pub secrets: Arc<dyn SecretSource>,
+    /// Seals flow state; every instance must share it.
+    pub state_key: Option<SecretKey>,
+    /// API keys accepted besides the secret's.
+    pub api_keys: Vec<SecretString>,
+    /// What `setup` created, for its report.
+    pub created: Vec<String>,
+}
+
+impl Backends {
+    /// Opens (creating what is missing) the backends the settings name.
+    pub async fn open(settings: &Settings) -> Result<Self, StartupError> {
+        match settings.backend {
+            Backend::Embedded => embedded(settings),
+            Backend::Aws => aws(settings).await,
+        }
+    }
+}
+
+fn data_dir_error(path: &Path, e: impl std::fmt::Display) -> StartupError {
+    StartupError::DataDir {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Embedded mode: everything lives under `AXNT_DATA_DIR`, created on first use.
+fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
+    let dir = &settings.data_dir;
+    let mut created = Vec::new();
+    if !dir.exists() {
+        created.push(format!("data directory {}", dir.display()));
+    }
+    create_private_dir(dir).map_err(|e| data_dir_error(dir, e))?;
+    let db_path = dir.join("axnt-oauth.db");
+    if !db_path.exists() {
+        created.push(format!("database {}", db_path.display()));
+    }
+    let store = Arc::new(EmbeddedStore::open(&db_path)?);
+
+    let master_path = dir.join("master.key");
+    let (keys, new_master) = LocalKeyProvider::load_or_create(&master_path)?;
+    if new_master {
+        created.push(format!("master key {} (mode 0600)", master_path.display()));
+    }
+
+    let state_key = match &settings.state_key {
+        Some(key) => SecretKey::from_base64(key.expose_secret())?,
+        None => {
+            let path = dir.join("state.key");
+            let (key, new) = load_or_create_key_file(&path)?;
+            if new {
+                created.push(format!("state key {} (mode 0600)", path.display()));
+            }
+            key
+        }
+    };
+
+    let mut api_keys = settings.api_keys.clone();
+    if api_keys.is_empty() {
+        let path = dir.join("api-key");
+        let (key, new) = load_or_create_api_key(&path).map_err(|e| data_dir_error(&path, e))?;
+        if new {
+            created.push(format!("API key {} (mode 0600)", path.display()));
+            tracing::info!(path = %path.display(), "no AXNT_API_KEYS configured: generated an API key into this file");
+        } else {
+            tracing::info!(path = %path.display(), "no AXNT_API_KEYS configured: using the API key in this file");
+        }
+        api_keys.push(key);
+    }
+
+    let secrets = StaticSecrets::new(
+        ServiceSecrets {
+            client: client_override(settings),
+            state_key: None,
+            api_keys: Vec::new(),
+        },
+        "the settings",
+    );
+    Ok(Backends {
+        tokens: store.clone(),
+        flow_log: store,
+        keys: Arc::new(keys),
+        secrets: Arc::new(secrets),
+        state_key: Some(state_key),
+        api_keys,
+        created,
+    })
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
+fn load_or_create_api_key(path: &Path) -> std::io::Result<(SecretString, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((SecretString::from(text.trim().to_string()), false)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = random_token(32);
+            write_private_file(path, key.as_bytes())?;
+            Ok((SecretString::from(key), true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Client credentials from settings, which win over the secret's.
+pub(super) fn client_override(settings: &Settings) -> Option<ClientCredentials> {
+    match (&settings.google_client_id, &settings.google_client_secret) {
+        (Some(id), Some(secret)) => Some(ClientCredentials {
+            client_id: id.clone(),
+            client_secret: secret.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// KMS without the data-key cache, for `check`'s round trip (which must reach KMS).
+pub async fn uncached_key_provider(settings: &Settings) -> Arc<dyn KeyProvider> {
+    let config = sdk_config(settings).await;
+    Arc::new(KmsKeyProvider::new(&config, &settings.kms_key_id))
+}
+
+/// aws mode's backends: DynamoDB tables (flow-log writes buffered off the request
+/// path), KMS data keys behind a bounded cache, and the Secrets Manager secret.
+///
+/// Nothing is called here: a wrong table, key or secret shows in `/readyz`, `check`,
+/// and (for the secret, read once at start-up) as a start-up error naming it.
+async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
+    let config = sdk_config(settings).await;
+    if config.region().is_none() {
+        return Err(StartupError::Aws(
+            "no AWS region: set AWS_REGION (or a profile's region)".into(),
+        ));
+    }
+    let store = Arc::new(DynamoStore::new(
+        &config,
+        &settings.dynamodb_oauth_table,
+        &settings.dynamodb_oauth_logs_table,
+    ));
+    let flow_log = BufferedFlowLog::spawn(
+        store.clone(),
+        settings.flow_log_buffer,
+        settings.flow_log_write_concurrency,
+    );
+    let kms = Arc::new(KmsKeyProvider::new(&config, &settings.kms_key_id));
+    let keys = CachingKeyProvider::new(
+        kms,
+        CacheLimits {
+            max_uses: settings.data_key_max_uses,
+            max_age: Duration::from_secs(settings.data_key_max_age_secs),
+            decrypted_entries: settings.data_key_cache_entries,
+            decrypted_ttl: Duration::from_secs(settings.data_key_cache_ttl_secs),
+        },
+    );
+    let secrets = SecretsManagerSource::new(&config, &settings.google_secret_id);
+    let state_key = settings
+        .state_key
+        .as_ref()
+        .map(|k| crate::crypto::SecretKey::from_base64(k.expose_secret()))
+        .transpose()?;
+    Ok(Backends {
+        tokens: store,
+        flow_log: Arc::new(flow_log),
+        keys: Arc::new(keys),
+        secrets: Arc::new(secrets),
+        state_key,
+        api_keys: settings.api_keys.clone(),
+        created: Vec::new(),
+    })
+}

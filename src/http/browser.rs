@@ -1,0 +1,89 @@
+//! Errors on the browser routes: a short HTML page, or a redirect to the flow's
+//! (already allow-listed) return URL with `status=error&error=<code>`. The status and
+//! code come from [`Error`], as on the API.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderValue, header};
+use axum::response::{Html, IntoResponse, Response};
+
+use crate::error::Error;
+
+/// An error on a browser endpoint.
+pub struct BrowserError {
+    pub error: Error,
+    /// The flow's return URL, once `state` proved it ours and allow-listed.
+    pub return_to: Option<String>,
+}
+
+impl From<Error> for BrowserError {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            return_to: None,
+        }
+    }
+}
+
+impl IntoResponse for BrowserError {
+    fn into_response(self) -> Response {
+        let report = Arc::new(self.error.report());
+        let mut response = match self
+            .return_to
+            .as_deref()
+            .and_then(|r| url::Url::parse(r).ok())
+        {
+            Some(mut url) => {
+                url.query_pairs_mut()
+                    .append_pair("status", "error")
+                    .append_pair("error", self.error.code());
+                super::found(url.as_str())
+            }
+            None => {
+                let status = self.error.status();
+                let page = format!(
+                    "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+                     <body><h1>{title}</h1><p>{detail}</p><p>Error code: <code>{code}</code></p>\
+                     <p>Go back to the application and try connecting again.</p></body></html>",
+                    title = html_escape(self.error.title()),
+                    detail = html_escape(&self.error.public_detail()),
+                    code = self.error.code(),
+                );
+                (status, Html(page)).into_response()
+            }
+        };
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response.extensions_mut().insert(report);
+        response
+    }
+}
+
+pub fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            html_escape("<script>&'\""),
+            "&lt;script&gt;&amp;&#39;&quot;"
+        );
+    }
+}
