@@ -107,6 +107,9 @@ pub struct Settings {
     pub inactive_retention_days: u64,
     /// `AXNT_FLOW_LOG_RETENTION_DAYS`: flow-log items are purged after this long.
     pub flow_log_retention_days: u64,
+    /// `AXNT_PURGE_INTERVAL_SECS`: embedded mode deletes expired rows and flow-log items
+    /// this often (aws mode: DynamoDB's TTL deletes them).
+    pub purge_interval_secs: u64,
     /// `AXNT_PROVIDER_TIMEOUT_SECS`: timeout of one call to the OAuth provider.
     pub provider_timeout_secs: u64,
     /// `AXNT_PROVIDER_METADATA_TTL_SECS`: the provider's discovery document and keys are
@@ -215,6 +218,7 @@ impl Default for Settings {
             connection_ttl_days: 180,
             inactive_retention_days: 30,
             flow_log_retention_days: 90,
+            purge_interval_secs: 3600,
             provider_timeout_secs: 10,
             provider_metadata_ttl_secs: 3_600,
             provider_metadata_max_stale_secs: 86_400,
@@ -428,6 +432,7 @@ impl Settings {
                 self.provider_circuit_open_secs,
             ),
             ("connection_ttl_days", self.connection_ttl_days),
+            ("purge_interval_secs", self.purge_interval_secs),
             ("aws_connect_timeout_ms", self.aws_connect_timeout_ms),
             ("aws_operation_timeout_ms", self.aws_operation_timeout_ms),
             ("aws_max_attempts", u64::from(self.aws_max_attempts)),
@@ -529,6 +534,7 @@ struct DefaultsView {
     connection_ttl_days: u64,
     inactive_retention_days: u64,
     flow_log_retention_days: u64,
+    purge_interval_secs: u64,
     provider_timeout_secs: u64,
     provider_metadata_ttl_secs: u64,
     provider_metadata_max_stale_secs: u64,
@@ -578,6 +584,7 @@ impl Default for DefaultsView {
             connection_ttl_days: d.connection_ttl_days,
             inactive_retention_days: d.inactive_retention_days,
             flow_log_retention_days: d.flow_log_retention_days,
+            purge_interval_secs: d.purge_interval_secs,
             provider_timeout_secs: d.provider_timeout_secs,
             provider_metadata_ttl_secs: d.provider_metadata_ttl_secs,
             provider_metadata_max_stale_secs: d.provider_metadata_max_stale_secs,

@@ -54,6 +54,8 @@ on_every_backend!(
 
 #[path = "oauth_flow/refresh_faults.rs"]
 mod refresh_faults;
+#[path = "oauth_flow/retention.rs"]
+mod retention;
 
 use std::time::Duration;
 

@@ -38,6 +38,9 @@ pub struct Backends {
     pub api_keys: Vec<SecretString>,
     /// What `setup` created, for its report.
     pub created: Vec<String>,
+    /// Embedded mode's store, whose expired rows and flow-log items the service
+    /// deletes itself (in aws mode DynamoDB's TTL does it).
+    pub expiring: Option<Arc<EmbeddedStore>>,
 }
 
 impl Backends {
@@ -112,7 +115,8 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
     );
     Ok(Backends {
         tokens: store.clone(),
-        flow_log: store,
+        flow_log: store.clone(),
+        expiring: Some(store),
         keys: Arc::new(keys),
         secrets: Arc::new(secrets),
         state_key: Some(state_key),
@@ -210,5 +214,6 @@ async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
         state_key,
         api_keys: settings.api_keys.clone(),
         created: Vec::new(),
+        expiring: None,
     })
 }

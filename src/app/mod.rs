@@ -102,6 +102,9 @@ impl App {
             );
         }
         let mut background = Vec::new();
+        if let Some(store) = &backends.expiring {
+            background.push(store.spawn_purger(Duration::from_secs(settings.purge_interval_secs)));
+        }
         if settings.backend == Backend::Aws {
             background.push(
                 secrets.spawn_refresher(Duration::from_secs(settings.secret_refresh_secs.max(10))),

@@ -199,6 +199,24 @@ impl EmbeddedStore {
         }
     }
 
+    /// Deletes, every `every`, what `purge_expired` deletes; failures are logged and
+    /// tried again at the next pass.
+    pub fn spawn_purger(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match store.purge_expired(chrono::Utc::now().timestamp()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(purged = n, "expired rows and flow-log items deleted"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "purging expired rows failed; trying again later")
+                    }
+                }
+            }
+        })
+    }
+
     /// Deletes rows whose `expiresAt` has passed, as DynamoDB's TTL does.
     pub async fn purge_expired(&self, now: i64) -> Result<usize, StoreError> {
         self.with_db(move |db| {

@@ -475,8 +475,9 @@ async fn a_store_write_failing_after_the_redeem_loses_nothing(backend: Backend) 
                 let other = rusqlite::Connection::open(db).expect("open the database");
                 other.execute_batch("BEGIN IMMEDIATE").expect("write lock");
                 let _ = locked_tx.send(());
-                // Longer than the service's busy timeout (5 s): its first write fails.
-                std::thread::sleep(Duration::from_millis(6500));
+                // The answer arrives 1.5 s in; the service's write then waits its busy
+                // timeout (5 s) and fails. Held past that, so the first write must fail.
+                std::thread::sleep(Duration::from_millis(9000));
                 other.execute_batch("COMMIT").expect("unlock");
             });
             locked_rx.await.expect("locked");
