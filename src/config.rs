@@ -3,7 +3,7 @@
 //!
 //! Every setting has an environment name: `AXNT_` followed by the upper-cased key
 //! (`listen_addr` ↔ `AXNT_LISTEN_ADDR`), except the two table names, which keep the
-//! seed's names `DYNAMODB_OAUTH_TABLE` and `DYNAMODB_OAUTH_LOGS_TABLE`. Files use the
+//! names operators already use for them, `DYNAMODB_OAUTH_TABLE` and `DYNAMODB_OAUTH_LOGS_TABLE`. Files use the
 //! same keys in lower case. AWS region, endpoint and credentials are not settings of
 //! ours: the AWS SDK reads them from its standard chain.
 
@@ -22,7 +22,7 @@ use url::Url;
 
 use crate::aws::{AwsSettings, SdkEnv};
 
-/// Environment names that do not follow the `AXNT_` rule (the seed's names).
+/// Environment names that do not follow the `AXNT_` rule (the tables' established names).
 const UNPREFIXED_ENV: [(&str, &str); 2] = [
     ("DYNAMODB_OAUTH_TABLE", "dynamodb_oauth_table"),
     ("DYNAMODB_OAUTH_LOGS_TABLE", "dynamodb_oauth_logs_table"),
@@ -613,7 +613,7 @@ impl Default for DefaultsView {
     }
 }
 
-/// Picks our variables out of an environment: `AXNT_*` and the seed's table names.
+/// Picks our variables out of an environment: `AXNT_*` and the two table names.
 /// Empty values count as unset, as operators expect from `FOO= cmd`.
 fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> HashMap<String, String> {
     env.into_iter()

@@ -1,7 +1,7 @@
-//! `axnt-oauth setup` in aws mode: the two tables, exactly as the seed creates them,
-//! idempotently.
+//! `axnt-oauth setup` in aws mode: the two tables, exactly as the service reads and
+//! writes them, idempotently.
 //!
-//! For each table: the seed's key schema (`userId` HASH + `provider` / `timestamp`
+//! For each table: the key schema (`userId` HASH + `provider` / `timestamp`
 //! RANGE, both `S`), on-demand billing (`PAY_PER_REQUEST`), TTL on `expiresAt`. Point-
 //! in-time recovery is turned on for the tokens table only: its rows cannot be rebuilt
 //! (a lost refresh token means every user reconnects), while flow logs are diagnostics
@@ -34,7 +34,7 @@ pub const TTL_ATTRIBUTE: &str = "expiresAt";
 /// How long to wait for a new table to become ACTIVE.
 const ACTIVE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// One table as the seed wants it.
+/// One table as the service needs it.
 #[derive(Debug, Clone)]
 pub struct TableSpec {
     pub name: String,
@@ -218,7 +218,7 @@ async fn plan_table(
         .unwrap_or(BillingMode::Provisioned);
     if billing != BillingMode::PayPerRequest {
         notes.push(format!(
-            "table {table} uses {} billing; the seed asks for PAY_PER_REQUEST. Left as it is \
+            "table {table} uses {} billing; axnt-oauth recommends on-demand (PAY_PER_REQUEST): it scales with traffic and costs nothing while idle. Left as it is \
              (to change: aws dynamodb update-table --table-name {table} --billing-mode PAY_PER_REQUEST)",
             billing.as_str()
         ));

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::{CryptoError, KeyProvider, b64, b64_decode};
 
-/// The stored form: the spec's `encryptedTokens` map.
+/// The stored form: the row's `encryptedTokens` map (`v`, `alg`, `keyId`, `edk`, `iv`, `ct`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
     /// Format version; bumped if the associated data or layout ever changes.

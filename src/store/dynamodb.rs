@@ -1,5 +1,5 @@
 //! aws mode's store: the tokens table and the logs table in DynamoDB, item layout
-//! exactly the spec's (maps as `M`, times as RFC 3339 `S`, numbers as `N`, `isActive`
+//! as documented in the README's data section (maps as `M`, times as RFC 3339 `S`, numbers as `N`, `isActive`
 //! as `BOOL`).
 //!
 //! Only the run-time policy's actions are used: `PutItem` (conditional on `version`,

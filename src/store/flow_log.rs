@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::{FlowLog, FlowLogEntry};
 use crate::crypto::{fill_random, hex};
 
-/// The spec's step names.
+/// The step names, as the flow log stores them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FlowStep {

@@ -161,7 +161,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// What an operator should look at for a store error (the seed's troubleshooting).
+/// What an operator should look at for a store error (printed by `check`).
 pub fn hint(e: &StoreError) -> String {
     match e {
         StoreError::AccessDenied(_) => {
