@@ -32,6 +32,7 @@
 
 pub mod app;
 pub mod aws;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod crypto;
