@@ -621,11 +621,16 @@ impl FlowLog for DynamoStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    #[test]
-    fn a_connection_is_laid_out_as_the_spec_says() {
-        let now = Utc::now();
-        let row = Connection {
+    /// A row with every attribute set; its times are whole milliseconds, as stored.
+    fn sample_row() -> Connection {
+        let at = |text| {
+            DateTime::parse_from_rfc3339(text)
+                .expect("time")
+                .with_timezone(&Utc)
+        };
+        Connection {
             user_id: "u".into(),
             provider: "google".into(),
             email: Some("u@example.com".into()),
@@ -642,9 +647,9 @@ mod tests {
                 email_verified: Some(true),
                 ..UserInfo::default()
             },
-            created_at: now,
-            updated_at: now,
-            last_used: now,
+            created_at: at("2025-01-02T03:04:05.678Z"),
+            updated_at: at("2025-01-02T03:04:06Z"),
+            last_used: at("2025-01-02T03:04:07.009Z"),
             access_token_expires_at: 10,
             expires_at: 20,
             is_active: true,
@@ -655,9 +660,90 @@ mod tests {
                     until_ms: 1_790_000_000_123,
                 }),
                 retry_at_ms: Some(1_790_000_000_456),
-                unknown_since_ms: None,
+                unknown_since_ms: Some(1_790_000_000_789),
                 inactive_cause: Some("invalid_grant".into()),
             },
+        }
+    }
+
+    fn m(pairs: &[(&str, AttributeValue)]) -> Item {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect()
+    }
+
+    /// [`sample_row`] laid out by hand, as the table has always held it.
+    fn stored_connection() -> Item {
+        m(&[
+            ("userId", s("u")),
+            ("provider", s("google")),
+            ("email", s("u@example.com")),
+            (
+                "encryptedTokens",
+                AttributeValue::M(m(&[
+                    ("v", n(1)),
+                    ("alg", s("AES-256-GCM")),
+                    ("keyId", s("arn:aws:kms:us-east-1:1:key/k")),
+                    ("edk", s("ZWRr")),
+                    ("iv", s("aXY=")),
+                    ("ct", s("Y3Q=")),
+                ])),
+            ),
+            (
+                "userInfo",
+                AttributeValue::M(m(&[
+                    ("sub", s("1")),
+                    ("emailVerified", AttributeValue::Bool(true)),
+                ])),
+            ),
+            ("createdAt", s("2025-01-02T03:04:05.678Z")),
+            ("updatedAt", s("2025-01-02T03:04:06.000Z")),
+            ("lastUsed", s("2025-01-02T03:04:07.009Z")),
+            ("accessTokenExpiresAt", n(10)),
+            ("expiresAt", n(20)),
+            ("isActive", AttributeValue::Bool(true)),
+            ("version", n(3)),
+            ("refreshLeaseAttempt", s("attempt-1")),
+            ("refreshLeaseUntil", n(1_790_000_000_123_i64)),
+            ("refreshRetryAt", n(1_790_000_000_456_i64)),
+            ("refreshUnknownSince", n(1_790_000_000_789_i64)),
+            ("inactiveCause", s("invalid_grant")),
+        ])
+    }
+
+    /// A flow-log item laid out by hand, as the table has always held it.
+    fn stored_flow_item() -> Item {
+        m(&[
+            ("userId", s("u")),
+            ("timestamp", s("2025-01-02T03:04:05.678901234Z#0a1b")),
+            ("flowId", s("f-1")),
+            ("step", s("id_token_verified")),
+            (
+                "data",
+                AttributeValue::M(m(&[
+                    ("a", n(1)),
+                    ("b", s("x")),
+                    ("c", AttributeValue::Bool(true)),
+                    ("d", AttributeValue::Null(true)),
+                    ("e", AttributeValue::L(vec![n(1), s("y")])),
+                    ("f", AttributeValue::M(m(&[("g", n(-2.5))]))),
+                ])),
+            ),
+            ("ipAddress", s("192.0.2.1")),
+            ("userAgent", s("curl/8")),
+            ("expiresAt", n(20)),
+        ])
+    }
+
+    #[test]
+    fn a_connection_is_laid_out_as_the_spec_says() {
+        let now = Utc::now();
+        let row = Connection {
+            created_at: now,
+            updated_at: now,
+            last_used: now,
+            ..sample_row()
         };
         let item = connection_item(&row).expect("item");
         assert!(
@@ -679,5 +765,101 @@ mod tests {
         back.updated_at = now;
         back.last_used = now;
         assert_eq!(back, row);
+    }
+
+    #[test]
+    fn items_in_the_stored_layout_read_back_and_are_written_alike() {
+        let item = stored_connection();
+        let row = sample_row();
+        assert_eq!(connection_from(&item).expect("read"), row);
+        assert_eq!(connection_item(&row).expect("write"), item);
+        // The lease updates name these attributes themselves.
+        for name in [LEASE_ATTEMPT, LEASE_UNTIL, RETRY_AT, UNKNOWN_SINCE] {
+            assert!(item.contains_key(name), "{name}");
+        }
+
+        // Unset options are absent attributes, and a `NULL` one reads as unset.
+        let bare = Connection {
+            email: None,
+            refresh: RefreshState::default(),
+            ..row
+        };
+        let mut item = item;
+        for name in [
+            "email",
+            LEASE_ATTEMPT,
+            LEASE_UNTIL,
+            RETRY_AT,
+            UNKNOWN_SINCE,
+            "inactiveCause",
+        ] {
+            item.remove(name);
+        }
+        assert_eq!(connection_item(&bare).expect("write"), item);
+        assert_eq!(connection_from(&item).expect("read"), bare);
+        item.insert("email".into(), AttributeValue::Null(true));
+        assert_eq!(connection_from(&item).expect("read"), bare);
+
+        let item = stored_flow_item();
+        let Value::Object(data) =
+            json!({"a": 1, "b": "x", "c": true, "d": null, "e": [1, "y"], "f": {"g": -2.5}})
+        else {
+            unreachable!()
+        };
+        let entry = FlowLogEntry {
+            user_id: "u".into(),
+            timestamp: "2025-01-02T03:04:05.678901234Z#0a1b".into(),
+            flow_id: "f-1".into(),
+            step: FlowStep::IdTokenVerified,
+            data,
+            error: None,
+            ip_address: Some("192.0.2.1".into()),
+            user_agent: Some("curl/8".into()),
+            expires_at: 20,
+        };
+        assert_eq!(flow_entry_from(&item).expect("read"), entry);
+        assert_eq!(flow_item(&entry).expect("write"), item);
+    }
+
+    #[test]
+    fn a_malformed_item_names_the_attribute_and_not_its_value() {
+        let secret = "hunter2";
+        let tokens = m(&[("v", n(1)), ("alg", s(secret))]);
+        let cases = [
+            ("isActive", s(secret), "isActive: expected bool"),
+            ("version", n(secret), "version: not a valid value"),
+            ("createdAt", s(secret), "createdAt: not a valid value"),
+            ("refreshRetryAt", s(secret), "refreshRetryAt: expected num"),
+            (
+                "encryptedTokens",
+                AttributeValue::M(tokens),
+                "encryptedTokens.keyId: missing",
+            ),
+        ];
+        let corrupt = |result: Result<Connection, StoreError>| match result {
+            Err(StoreError::Corrupt(message)) => message,
+            other => panic!("{other:?}"),
+        };
+        for (name, value, expected) in cases {
+            let mut item = stored_connection();
+            item.insert(name.into(), value);
+            assert_eq!(corrupt(connection_from(&item)), expected);
+        }
+
+        let mut item = stored_connection();
+        item.remove("userId");
+        item.remove(LEASE_UNTIL);
+        assert_eq!(corrupt(connection_from(&item)), "userId: missing");
+        item.insert("userId".into(), s("u"));
+        assert_eq!(
+            corrupt(connection_from(&item)),
+            "refreshLeaseUntil: missing"
+        );
+
+        let mut item = stored_flow_item();
+        item.insert("step".into(), s(secret));
+        assert!(
+            matches!(flow_entry_from(&item), Err(StoreError::Corrupt(m)) if m == "step: not a valid value")
+        );
     }
 }
