@@ -1,6 +1,7 @@
-//! aws mode's store: the tokens table and the logs table in DynamoDB, item layout
-//! as documented in the README's data section (maps as `M`, times as RFC 3339 `S`, numbers as `N`, `isActive`
-//! as `BOOL`).
+//! aws mode's store: the tokens table and the logs table in DynamoDB. Each table's item
+//! layout is declared once, on a private serde type (`ConnectionItem`, `FlowLogItem`),
+//! and `serde_dynamo` maps it: maps as `M`, times as RFC 3339 `S` to the millisecond,
+//! numbers as `N`, `isActive` as `BOOL`, unset options left out.
 //!
 //! Only the run-time policy's actions are used: `PutItem` (conditional on `version`,
 //! or on holding the refresh lease), `UpdateItem` (the refresh lease and `lastUsed`:
@@ -17,7 +18,9 @@ use aws_config::SdkConfig;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Number, Value};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::{
     Connection, FlowLog, FlowLogEntry, FlowStep, LeaseRelease, RefreshLease, RefreshState,
@@ -31,12 +34,11 @@ type Item = HashMap<String, AttributeValue>;
 /// A key no row uses, read by `ping`.
 const PING_KEY: &str = "__axnt_ping__";
 
-/// The refresh bookkeeping's attributes (see [`RefreshState`]).
+/// The refresh bookkeeping's attributes the lease updates name (see [`RefreshState`]).
 const LEASE_ATTEMPT: &str = "refreshLeaseAttempt";
 const LEASE_UNTIL: &str = "refreshLeaseUntil";
 const RETRY_AT: &str = "refreshRetryAt";
 const UNKNOWN_SINCE: &str = "refreshUnknownSince";
-const INACTIVE_CAUSE: &str = "inactiveCause";
 
 /// Both tables, one client.
 #[derive(Clone)]
@@ -138,246 +140,201 @@ fn rfc3339(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-fn corrupt(what: &str, why: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {why}"))
+/// Times as the table holds them: RFC 3339 in UTC, to the millisecond.
+fn stored_time<S: serde::Serializer>(at: &DateTime<Utc>, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(&rfc3339(at))
 }
 
-/// JSON to a DynamoDB value: objects become `M`, arrays `L`, numbers `N`.
-fn to_attribute(value: &Value) -> AttributeValue {
-    match value {
-        Value::Null => AttributeValue::Null(true),
-        Value::Bool(b) => AttributeValue::Bool(*b),
-        Value::Number(num) => AttributeValue::N(num.to_string()),
-        Value::String(text) => AttributeValue::S(text.clone()),
-        Value::Array(items) => AttributeValue::L(items.iter().map(to_attribute).collect()),
-        Value::Object(map) => AttributeValue::M(to_attribute_map(map)),
+/// The tokens table's item, attribute for attribute. An absent option is left out of
+/// the item, never written as `NULL`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConnectionItem {
+    user_id: String,
+    provider: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
+    encrypted_tokens: Envelope,
+    user_info: UserInfo,
+    #[serde(serialize_with = "stored_time")]
+    created_at: DateTime<Utc>,
+    #[serde(serialize_with = "stored_time")]
+    updated_at: DateTime<Utc>,
+    #[serde(serialize_with = "stored_time")]
+    last_used: DateTime<Utc>,
+    access_token_expires_at: i64,
+    expires_at: i64,
+    is_active: bool,
+    version: u64,
+    // The refresh bookkeeping, flat: the lease updates set and remove the first four
+    // one by one (named by the constants above).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_lease_attempt: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_lease_until: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_retry_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_unknown_since: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inactive_cause: Option<String>,
+}
+
+impl From<&Connection> for ConnectionItem {
+    fn from(row: &Connection) -> Self {
+        let refresh = row.refresh.clone();
+        let (refresh_lease_attempt, refresh_lease_until) = match refresh.lease {
+            Some(RefreshLease { attempt, until_ms }) => (Some(attempt), Some(until_ms)),
+            None => (None, None),
+        };
+        Self {
+            user_id: row.user_id.clone(),
+            provider: row.provider.clone(),
+            email: row.email.clone(),
+            encrypted_tokens: row.encrypted_tokens.clone(),
+            user_info: row.user_info.clone(),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            last_used: row.last_used,
+            access_token_expires_at: row.access_token_expires_at,
+            expires_at: row.expires_at,
+            is_active: row.is_active,
+            version: row.version,
+            refresh_lease_attempt,
+            refresh_lease_until,
+            refresh_retry_at: refresh.retry_at_ms,
+            refresh_unknown_since: refresh.unknown_since_ms,
+            inactive_cause: refresh.inactive_cause,
+        }
     }
 }
 
-fn to_attribute_map(map: &Map<String, Value>) -> Item {
-    map.iter()
-        .map(|(k, v)| (k.clone(), to_attribute(v)))
-        .collect()
+impl TryFrom<ConnectionItem> for Connection {
+    type Error = StoreError;
+
+    fn try_from(item: ConnectionItem) -> Result<Self, StoreError> {
+        let lease = match (item.refresh_lease_attempt, item.refresh_lease_until) {
+            (Some(attempt), Some(until_ms)) => Some(RefreshLease { attempt, until_ms }),
+            (Some(_), None) => return Err(StoreError::Corrupt(format!("{LEASE_UNTIL}: missing"))),
+            (None, _) => None,
+        };
+        Ok(Self {
+            user_id: item.user_id,
+            provider: item.provider,
+            email: item.email,
+            encrypted_tokens: item.encrypted_tokens,
+            user_info: item.user_info,
+            created_at: item.created_at,
+            updated_at: item.updated_at,
+            last_used: item.last_used,
+            access_token_expires_at: item.access_token_expires_at,
+            expires_at: item.expires_at,
+            is_active: item.is_active,
+            version: item.version,
+            refresh: RefreshState {
+                lease,
+                retry_at_ms: item.refresh_retry_at,
+                unknown_since_ms: item.refresh_unknown_since,
+                inactive_cause: item.inactive_cause,
+            },
+        })
+    }
 }
 
-/// A DynamoDB value back to JSON (the inverse of [`to_attribute`]).
-fn to_json(what: &str, value: &AttributeValue) -> Result<Value, StoreError> {
-    Ok(match value {
-        AttributeValue::Null(_) => Value::Null,
-        AttributeValue::Bool(b) => Value::Bool(*b),
-        AttributeValue::N(text) => {
-            let num = if let Ok(i) = text.parse::<i64>() {
-                Number::from(i)
-            } else if let Ok(u) = text.parse::<u64>() {
-                Number::from(u)
-            } else {
-                text.parse::<f64>()
-                    .ok()
-                    .and_then(Number::from_f64)
-                    .ok_or_else(|| corrupt(what, "not a number"))?
-            };
-            Value::Number(num)
+/// The logs table's item. Unlike the API's view of an entry, it holds `expiresAt` (the
+/// table's TTL attribute).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FlowLogItem {
+    user_id: String,
+    timestamp: String,
+    flow_id: String,
+    step: FlowStep,
+    data: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ip_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<String>,
+    expires_at: i64,
+}
+
+impl From<&FlowLogEntry> for FlowLogItem {
+    fn from(entry: &FlowLogEntry) -> Self {
+        let entry = entry.clone();
+        Self {
+            user_id: entry.user_id,
+            timestamp: entry.timestamp,
+            flow_id: entry.flow_id,
+            step: entry.step,
+            data: entry.data,
+            error: entry.error,
+            ip_address: entry.ip_address,
+            user_agent: entry.user_agent,
+            expires_at: entry.expires_at,
         }
-        AttributeValue::S(text) => Value::String(text.clone()),
-        AttributeValue::L(items) => Value::Array(
-            items
-                .iter()
-                .map(|i| to_json(what, i))
-                .collect::<Result<_, _>>()?,
-        ),
-        AttributeValue::M(map) => Value::Object(to_json_map(what, map)?),
-        _ => return Err(corrupt(what, "unexpected attribute type")),
+    }
+}
+
+impl From<FlowLogItem> for FlowLogEntry {
+    fn from(item: FlowLogItem) -> Self {
+        Self {
+            user_id: item.user_id,
+            timestamp: item.timestamp,
+            flow_id: item.flow_id,
+            step: item.step,
+            data: item.data,
+            error: item.error,
+            ip_address: item.ip_address,
+            user_agent: item.user_agent,
+            expires_at: item.expires_at,
+        }
+    }
+}
+
+fn to_item(what: &str, value: &impl Serialize) -> Result<Item, StoreError> {
+    // Our item types only hold strings, numbers, booleans and string-keyed maps: this
+    // fails on a programming error, and its message names no stored value.
+    serde_dynamo::to_item(value).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// Reads an item as `T`. A malformed item's error names the attribute (as a path, e.g.
+/// `encryptedTokens.iv`) but never the stored value: serde's messages can quote it, so
+/// only those known to quote nothing are passed on.
+fn from_item<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
+    let input =
+        serde_dynamo::Deserializer::from_attribute_value(AttributeValue::M(item.clone()).into());
+    serde_path_to_error::deserialize(input).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'));
+        StoreError::Corrupt(match (missing, message.strip_prefix("Expected ")) {
+            (Some(field), _) if path == "." => format!("{field}: missing"),
+            (Some(field), _) => format!("{path}.{field}: missing"),
+            // serde_dynamo's own type errors ("Expected bool", "Expected num", …).
+            (None, Some(kind)) => format!("{path}: expected {kind}"),
+            (None, None) => format!("{path}: not a valid value"),
+        })
     })
-}
-
-fn to_json_map(what: &str, map: &Item) -> Result<Map<String, Value>, StoreError> {
-    map.iter()
-        .map(|(k, v)| Ok((k.clone(), to_json(what, v)?)))
-        .collect()
-}
-
-/// A serializable value as an `M` attribute.
-fn map_attribute<T: serde::Serialize>(what: &str, value: &T) -> Result<AttributeValue, StoreError> {
-    match serde_json::to_value(value).map_err(|e| corrupt(what, e))? {
-        Value::Object(map) => Ok(AttributeValue::M(to_attribute_map(&map))),
-        _ => Err(corrupt(what, "not a map")),
-    }
-}
-
-/// Reads typed attributes out of an item, naming the attribute when one is wrong.
-struct Fields<'a>(&'a Item);
-
-impl Fields<'_> {
-    fn opt_s(&self, name: &str) -> Result<Option<String>, StoreError> {
-        match self.0.get(name) {
-            None | Some(AttributeValue::Null(_)) => Ok(None),
-            Some(AttributeValue::S(v)) => Ok(Some(v.clone())),
-            Some(_) => Err(corrupt(name, "expected a string (S)")),
-        }
-    }
-
-    fn s(&self, name: &str) -> Result<String, StoreError> {
-        self.opt_s(name)?.ok_or_else(|| corrupt(name, "missing"))
-    }
-
-    fn n<T: std::str::FromStr>(&self, name: &str) -> Result<T, StoreError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match self.0.get(name) {
-            Some(AttributeValue::N(v)) => v.parse().map_err(|e| corrupt(name, e)),
-            Some(_) => Err(corrupt(name, "expected a number (N)")),
-            None => Err(corrupt(name, "missing")),
-        }
-    }
-
-    fn opt_n<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, StoreError>
-    where
-        T::Err: std::fmt::Display,
-    {
-        match self.0.get(name) {
-            None | Some(AttributeValue::Null(_)) => Ok(None),
-            Some(_) => self.n(name).map(Some),
-        }
-    }
-
-    fn bool(&self, name: &str) -> Result<bool, StoreError> {
-        match self.0.get(name) {
-            Some(AttributeValue::Bool(v)) => Ok(*v),
-            Some(_) => Err(corrupt(name, "expected a boolean (BOOL)")),
-            None => Err(corrupt(name, "missing")),
-        }
-    }
-
-    fn time(&self, name: &str) -> Result<DateTime<Utc>, StoreError> {
-        let text = self.s(name)?;
-        DateTime::parse_from_rfc3339(&text)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| corrupt(name, e))
-    }
-
-    fn map(&self, name: &str) -> Result<Map<String, Value>, StoreError> {
-        match self.0.get(name) {
-            Some(AttributeValue::M(m)) => to_json_map(name, m),
-            Some(_) => Err(corrupt(name, "expected a map (M)")),
-            None => Err(corrupt(name, "missing")),
-        }
-    }
-
-    fn typed<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, StoreError> {
-        serde_json::from_value(Value::Object(self.map(name)?)).map_err(|e| corrupt(name, e))
-    }
 }
 
 fn connection_item(row: &Connection) -> Result<Item, StoreError> {
-    let mut item = Item::new();
-    item.insert("userId".into(), s(&row.user_id));
-    item.insert("provider".into(), s(&row.provider));
-    if let Some(email) = &row.email {
-        item.insert("email".into(), s(email));
-    }
-    item.insert(
-        "encryptedTokens".into(),
-        map_attribute("encryptedTokens", &row.encrypted_tokens)?,
-    );
-    item.insert(
-        "userInfo".into(),
-        map_attribute("userInfo", &row.user_info)?,
-    );
-    item.insert("createdAt".into(), s(rfc3339(&row.created_at)));
-    item.insert("updatedAt".into(), s(rfc3339(&row.updated_at)));
-    item.insert("lastUsed".into(), s(rfc3339(&row.last_used)));
-    item.insert(
-        "accessTokenExpiresAt".into(),
-        n(row.access_token_expires_at),
-    );
-    item.insert("expiresAt".into(), n(row.expires_at));
-    item.insert("isActive".into(), AttributeValue::Bool(row.is_active));
-    item.insert("version".into(), n(row.version));
-    let refresh = &row.refresh;
-    if let Some(lease) = &refresh.lease {
-        item.insert(LEASE_ATTEMPT.into(), s(&lease.attempt));
-        item.insert(LEASE_UNTIL.into(), n(lease.until_ms));
-    }
-    if let Some(at) = refresh.retry_at_ms {
-        item.insert(RETRY_AT.into(), n(at));
-    }
-    if let Some(at) = refresh.unknown_since_ms {
-        item.insert(UNKNOWN_SINCE.into(), n(at));
-    }
-    if let Some(cause) = &refresh.inactive_cause {
-        item.insert(INACTIVE_CAUSE.into(), s(cause));
-    }
-    Ok(item)
+    to_item("connection item", &ConnectionItem::from(row))
 }
 
 fn connection_from(item: &Item) -> Result<Connection, StoreError> {
-    let f = Fields(item);
-    Ok(Connection {
-        user_id: f.s("userId")?,
-        provider: f.s("provider")?,
-        email: f.opt_s("email")?,
-        encrypted_tokens: f.typed::<Envelope>("encryptedTokens")?,
-        user_info: f.typed::<UserInfo>("userInfo")?,
-        created_at: f.time("createdAt")?,
-        updated_at: f.time("updatedAt")?,
-        last_used: f.time("lastUsed")?,
-        access_token_expires_at: f.n("accessTokenExpiresAt")?,
-        expires_at: f.n("expiresAt")?,
-        is_active: f.bool("isActive")?,
-        version: f.n("version")?,
-        refresh: RefreshState {
-            lease: match f.opt_s(LEASE_ATTEMPT)? {
-                Some(attempt) => Some(RefreshLease {
-                    attempt,
-                    until_ms: f.n(LEASE_UNTIL)?,
-                }),
-                None => None,
-            },
-            retry_at_ms: f.opt_n(RETRY_AT)?,
-            unknown_since_ms: f.opt_n(UNKNOWN_SINCE)?,
-            inactive_cause: f.opt_s(INACTIVE_CAUSE)?,
-        },
-    })
+    from_item::<ConnectionItem>(item)?.try_into()
 }
 
-fn flow_item(entry: &FlowLogEntry) -> Item {
-    let mut item = Item::new();
-    item.insert("userId".into(), s(&entry.user_id));
-    item.insert("timestamp".into(), s(&entry.timestamp));
-    item.insert("flowId".into(), s(&entry.flow_id));
-    item.insert("step".into(), s(entry.step.as_str()));
-    item.insert(
-        "data".into(),
-        AttributeValue::M(to_attribute_map(&entry.data)),
-    );
-    for (name, value) in [
-        ("error", &entry.error),
-        ("ipAddress", &entry.ip_address),
-        ("userAgent", &entry.user_agent),
-    ] {
-        if let Some(v) = value {
-            item.insert(name.into(), s(v));
-        }
-    }
-    item.insert("expiresAt".into(), n(entry.expires_at));
-    item
+fn flow_item(entry: &FlowLogEntry) -> Result<Item, StoreError> {
+    to_item("flow log item", &FlowLogItem::from(entry))
 }
 
 fn flow_entry_from(item: &Item) -> Result<FlowLogEntry, StoreError> {
-    let f = Fields(item);
-    let step = f.s("step")?;
-    Ok(FlowLogEntry {
-        user_id: f.s("userId")?,
-        timestamp: f.s("timestamp")?,
-        flow_id: f.s("flowId")?,
-        step: FlowStep::parse(&step).ok_or_else(|| corrupt("step", &step))?,
-        data: f.map("data")?,
-        error: f.opt_s("error")?,
-        ip_address: f.opt_s("ipAddress")?,
-        user_agent: f.opt_s("userAgent")?,
-        expires_at: f.n("expiresAt")?,
-    })
+    from_item::<FlowLogItem>(item).map(FlowLogEntry::from)
 }
 
 #[async_trait]
@@ -606,7 +563,7 @@ impl FlowLog for DynamoStore {
             self.client
                 .put_item()
                 .table_name(table)
-                .set_item(Some(flow_item(entry)))
+                .set_item(Some(flow_item(entry)?))
                 .send()
                 .await,
         )
@@ -666,21 +623,14 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn json_maps_round_trip_through_attributes() {
-        let value =
-            json!({"a": 1, "b": "x", "c": true, "d": null, "e": [1, "y"], "f": {"g": -2.5}});
-        let Value::Object(map) = value.clone() else {
-            panic!("object")
+    /// A row with every attribute set; its times are whole milliseconds, as stored.
+    fn sample_row() -> Connection {
+        let at = |text| {
+            DateTime::parse_from_rfc3339(text)
+                .expect("time")
+                .with_timezone(&Utc)
         };
-        let back = to_json_map("t", &to_attribute_map(&map)).expect("back");
-        assert_eq!(Value::Object(back), value);
-    }
-
-    #[test]
-    fn a_connection_is_laid_out_as_the_spec_says() {
-        let now = Utc::now();
-        let row = Connection {
+        Connection {
             user_id: "u".into(),
             provider: "google".into(),
             email: Some("u@example.com".into()),
@@ -697,9 +647,9 @@ mod tests {
                 email_verified: Some(true),
                 ..UserInfo::default()
             },
-            created_at: now,
-            updated_at: now,
-            last_used: now,
+            created_at: at("2025-01-02T03:04:05.678Z"),
+            updated_at: at("2025-01-02T03:04:06Z"),
+            last_used: at("2025-01-02T03:04:07.009Z"),
             access_token_expires_at: 10,
             expires_at: 20,
             is_active: true,
@@ -710,9 +660,90 @@ mod tests {
                     until_ms: 1_790_000_000_123,
                 }),
                 retry_at_ms: Some(1_790_000_000_456),
-                unknown_since_ms: None,
+                unknown_since_ms: Some(1_790_000_000_789),
                 inactive_cause: Some("invalid_grant".into()),
             },
+        }
+    }
+
+    fn m(pairs: &[(&str, AttributeValue)]) -> Item {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect()
+    }
+
+    /// [`sample_row`] laid out by hand, as the table has always held it.
+    fn stored_connection() -> Item {
+        m(&[
+            ("userId", s("u")),
+            ("provider", s("google")),
+            ("email", s("u@example.com")),
+            (
+                "encryptedTokens",
+                AttributeValue::M(m(&[
+                    ("v", n(1)),
+                    ("alg", s("AES-256-GCM")),
+                    ("keyId", s("arn:aws:kms:us-east-1:1:key/k")),
+                    ("edk", s("ZWRr")),
+                    ("iv", s("aXY=")),
+                    ("ct", s("Y3Q=")),
+                ])),
+            ),
+            (
+                "userInfo",
+                AttributeValue::M(m(&[
+                    ("sub", s("1")),
+                    ("emailVerified", AttributeValue::Bool(true)),
+                ])),
+            ),
+            ("createdAt", s("2025-01-02T03:04:05.678Z")),
+            ("updatedAt", s("2025-01-02T03:04:06.000Z")),
+            ("lastUsed", s("2025-01-02T03:04:07.009Z")),
+            ("accessTokenExpiresAt", n(10)),
+            ("expiresAt", n(20)),
+            ("isActive", AttributeValue::Bool(true)),
+            ("version", n(3)),
+            ("refreshLeaseAttempt", s("attempt-1")),
+            ("refreshLeaseUntil", n(1_790_000_000_123_i64)),
+            ("refreshRetryAt", n(1_790_000_000_456_i64)),
+            ("refreshUnknownSince", n(1_790_000_000_789_i64)),
+            ("inactiveCause", s("invalid_grant")),
+        ])
+    }
+
+    /// A flow-log item laid out by hand, as the table has always held it.
+    fn stored_flow_item() -> Item {
+        m(&[
+            ("userId", s("u")),
+            ("timestamp", s("2025-01-02T03:04:05.678901234Z#0a1b")),
+            ("flowId", s("f-1")),
+            ("step", s("id_token_verified")),
+            (
+                "data",
+                AttributeValue::M(m(&[
+                    ("a", n(1)),
+                    ("b", s("x")),
+                    ("c", AttributeValue::Bool(true)),
+                    ("d", AttributeValue::Null(true)),
+                    ("e", AttributeValue::L(vec![n(1), s("y")])),
+                    ("f", AttributeValue::M(m(&[("g", n(-2.5))]))),
+                ])),
+            ),
+            ("ipAddress", s("192.0.2.1")),
+            ("userAgent", s("curl/8")),
+            ("expiresAt", n(20)),
+        ])
+    }
+
+    #[test]
+    fn a_connection_is_laid_out_as_documented() {
+        let now = Utc::now();
+        let row = Connection {
+            created_at: now,
+            updated_at: now,
+            last_used: now,
+            ..sample_row()
         };
         let item = connection_item(&row).expect("item");
         assert!(
@@ -734,5 +765,101 @@ mod tests {
         back.updated_at = now;
         back.last_used = now;
         assert_eq!(back, row);
+    }
+
+    #[test]
+    fn items_in_the_stored_layout_read_back_and_are_written_alike() {
+        let item = stored_connection();
+        let row = sample_row();
+        assert_eq!(connection_from(&item).expect("read"), row);
+        assert_eq!(connection_item(&row).expect("write"), item);
+        // The lease updates name these attributes themselves.
+        for name in [LEASE_ATTEMPT, LEASE_UNTIL, RETRY_AT, UNKNOWN_SINCE] {
+            assert!(item.contains_key(name), "{name}");
+        }
+
+        // Unset options are absent attributes, and a `NULL` one reads as unset.
+        let bare = Connection {
+            email: None,
+            refresh: RefreshState::default(),
+            ..row
+        };
+        let mut item = item;
+        for name in [
+            "email",
+            LEASE_ATTEMPT,
+            LEASE_UNTIL,
+            RETRY_AT,
+            UNKNOWN_SINCE,
+            "inactiveCause",
+        ] {
+            item.remove(name);
+        }
+        assert_eq!(connection_item(&bare).expect("write"), item);
+        assert_eq!(connection_from(&item).expect("read"), bare);
+        item.insert("email".into(), AttributeValue::Null(true));
+        assert_eq!(connection_from(&item).expect("read"), bare);
+
+        let item = stored_flow_item();
+        let Value::Object(data) =
+            json!({"a": 1, "b": "x", "c": true, "d": null, "e": [1, "y"], "f": {"g": -2.5}})
+        else {
+            unreachable!()
+        };
+        let entry = FlowLogEntry {
+            user_id: "u".into(),
+            timestamp: "2025-01-02T03:04:05.678901234Z#0a1b".into(),
+            flow_id: "f-1".into(),
+            step: FlowStep::IdTokenVerified,
+            data,
+            error: None,
+            ip_address: Some("192.0.2.1".into()),
+            user_agent: Some("curl/8".into()),
+            expires_at: 20,
+        };
+        assert_eq!(flow_entry_from(&item).expect("read"), entry);
+        assert_eq!(flow_item(&entry).expect("write"), item);
+    }
+
+    #[test]
+    fn a_malformed_item_names_the_attribute_and_not_its_value() {
+        let secret = "hunter2";
+        let tokens = m(&[("v", n(1)), ("alg", s(secret))]);
+        let cases = [
+            ("isActive", s(secret), "isActive: expected bool"),
+            ("version", n(secret), "version: not a valid value"),
+            ("createdAt", s(secret), "createdAt: not a valid value"),
+            ("refreshRetryAt", s(secret), "refreshRetryAt: expected num"),
+            (
+                "encryptedTokens",
+                AttributeValue::M(tokens),
+                "encryptedTokens.keyId: missing",
+            ),
+        ];
+        let corrupt = |result: Result<Connection, StoreError>| match result {
+            Err(StoreError::Corrupt(message)) => message,
+            other => panic!("{other:?}"),
+        };
+        for (name, value, expected) in cases {
+            let mut item = stored_connection();
+            item.insert(name.into(), value);
+            assert_eq!(corrupt(connection_from(&item)), expected);
+        }
+
+        let mut item = stored_connection();
+        item.remove("userId");
+        item.remove(LEASE_UNTIL);
+        assert_eq!(corrupt(connection_from(&item)), "userId: missing");
+        item.insert("userId".into(), s("u"));
+        assert_eq!(
+            corrupt(connection_from(&item)),
+            "refreshLeaseUntil: missing"
+        );
+
+        let mut item = stored_flow_item();
+        item.insert("step".into(), s(secret));
+        assert!(
+            matches!(flow_entry_from(&item), Err(StoreError::Corrupt(m)) if m == "step: not a valid value")
+        );
     }
 }
