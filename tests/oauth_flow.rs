@@ -114,11 +114,42 @@ async fn full_flow_stores_encrypted_tokens_and_serves_them(backend: Backend) {
     let callback = app.authorize(&provider_url).await;
     let response = app.callback(&callback, Some(&cookie)).await;
     assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(response.headers()["cache-control"], "no-store");
     let back = response.headers()["location"].to_str().expect("ascii");
     assert_eq!(
         back,
         format!("{RETURN_ORIGIN}/done?status=connected&provider=google")
     );
+    // No answer of the service may be cached: redirects, pages, API answers, probes.
+    let start = app
+        .http
+        .get(session["url"].as_str().expect("url"))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(start.headers()["cache-control"], "no-store");
+    let page = app
+        .http
+        .get(app.url("/oauth/google/callback?state=x&code=y"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.headers()["cache-control"], "no-store");
+    let created = app
+        .api_post(
+            "/v1/connect-sessions",
+            json!({ "userId": "alice", "provider": "google" }),
+        )
+        .await;
+    assert_eq!(created.headers()["cache-control"], "no-store");
 
     // Encrypted at rest: no token the provider issued is in the database file.
     let raw = app.raw_storage().await;
@@ -520,7 +551,9 @@ async fn tampered_state_is_rejected(backend: Backend) {
     tampered.query_pairs_mut().clear();
     for (k, v) in pairs {
         let v = if k == "state" {
-            format!("{}A", &v[..v.len() - 1])
+            // Change the last character (to one it is not already).
+            let last = if v.ends_with('A') { "B" } else { "A" };
+            format!("{}{last}", &v[..v.len() - 1])
         } else {
             v
         };

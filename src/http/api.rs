@@ -174,12 +174,7 @@ async fn create_connect_session(
         expires_at,
         flow_id: session.flow_id,
     };
-    Ok((
-        StatusCode::CREATED,
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(response),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, axum::Json(response)).into_response())
 }
 
 #[derive(Serialize)]
@@ -211,7 +206,7 @@ async fn get_token(
         scope: token.scope,
         email: token.email,
     };
-    Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response())
+    Ok(axum::Json(body).into_response())
 }
 
 /// `GET /v1/users/{userId}/connections` → `{"connections": [{"provider", "email",

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::error::Error;
@@ -52,9 +51,6 @@ impl IntoResponse for BrowserError {
                 (status, Html(page)).into_response()
             }
         };
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response.extensions_mut().insert(report);
         response
     }

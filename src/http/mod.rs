@@ -14,12 +14,13 @@ use axum::Router;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Settings;
@@ -72,6 +73,12 @@ pub fn router(state: AppState) -> Router {
         .merge(oauth::router())
         .merge(api::router(state.clone()))
         .fallback(|| async { Error::RouteNotFound })
+        // Tokens, sign-in pages, redirects carrying codes and readiness reports: no
+        // answer of this service may be kept by a cache.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
         .layer(middleware::from_fn(log_errors))
         .layer(middleware::from_fn(record_metrics))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))

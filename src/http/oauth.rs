@@ -120,10 +120,6 @@ async fn start(
     if let Ok(value) = cookie.to_string().parse() {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
     Ok(response)
 }
 
@@ -322,7 +318,7 @@ async fn finish(
             client,
         )
         .await;
-    let mut response = match flow.return_to.as_deref().and_then(|r| url::Url::parse(r).ok()) {
+    let response = match flow.return_to.as_deref().and_then(|r| url::Url::parse(r).ok()) {
         Some(mut url) => {
             url.query_pairs_mut().append_pair("status", "connected").append_pair("provider", &name);
             crate::http::found(url.as_str())
@@ -335,10 +331,6 @@ async fn finish(
         ))
         .into_response(),
     };
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
     Ok(response)
 }
 

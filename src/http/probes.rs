@@ -39,12 +39,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(report.as_ref().clone()),
-    )
-        .into_response()
+    (status, axum::Json(report.as_ref().clone())).into_response()
 }
 
 /// `GET /metrics` → Prometheus text exposition.

@@ -616,7 +616,10 @@ async fn soak_rotating_failing_slow_provider_with_restarts(backend: Backend) {
                 if let Ok(response) = client.get(url).bearer_auth(API_KEY).send().await {
                     match response.status() {
                         StatusCode::CONFLICT => {
-                            conflicts.fetch_add(1, Ordering::SeqCst);
+                            if conflicts.fetch_add(1, Ordering::SeqCst) == 0 {
+                                let body = response.text().await.unwrap_or_default();
+                                eprintln!("soak: first 409: {body}");
+                            }
                         }
                         StatusCode::OK => {
                             served.fetch_add(1, Ordering::SeqCst);
