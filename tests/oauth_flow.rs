@@ -120,36 +120,6 @@ async fn full_flow_stores_encrypted_tokens_and_serves_them(backend: Backend) {
         back,
         format!("{RETURN_ORIGIN}/done?status=connected&provider=google")
     );
-    // No answer of the service may be cached: redirects, pages, API answers, probes.
-    let start = app
-        .http
-        .get(session["url"].as_str().expect("url"))
-        .send()
-        .await
-        .expect("start");
-    assert_eq!(start.headers()["cache-control"], "no-store");
-    let page = app
-        .http
-        .get(app.url("/oauth/google/callback?state=x&code=y"))
-        .send()
-        .await
-        .expect("page");
-    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(page.headers()["cache-control"], "no-store");
-    let ready = app
-        .http
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(ready.headers()["cache-control"], "no-store");
-    let created = app
-        .api_post(
-            "/v1/connect-sessions",
-            json!({ "userId": "alice", "provider": "google" }),
-        )
-        .await;
-    assert_eq!(created.headers()["cache-control"], "no-store");
 
     // Encrypted at rest: no token the provider issued is in the database file.
     let raw = app.raw_storage().await;
@@ -204,6 +174,37 @@ async fn full_flow_stores_encrypted_tokens_and_serves_them(backend: Backend) {
         "one flow id across the flow"
     );
     assert!(items.iter().all(|i| i["ipAddress"] == "127.0.0.1"));
+
+    // No answer of the service may be cached: redirects, pages, API answers, probes.
+    let start = app
+        .http
+        .get(session["url"].as_str().expect("url"))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(start.headers()["cache-control"], "no-store");
+    let page = app
+        .http
+        .get(app.url("/oauth/google/callback?state=x&code=y"))
+        .send()
+        .await
+        .expect("page");
+    assert_eq!(page.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let ready = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.headers()["cache-control"], "no-store");
+    let created = app
+        .api_post(
+            "/v1/connect-sessions",
+            json!({ "userId": "alice", "provider": "google" }),
+        )
+        .await;
+    assert_eq!(created.headers()["cache-control"], "no-store");
 }
 
 async fn a_flow_without_return_url_ends_on_a_success_page(backend: Backend) {
