@@ -2,20 +2,6 @@
 //! against the fake OpenID provider: connect, store encrypted, hand out valid tokens,
 //! refresh, reject bad input without touching stored data, keep secrets out of logs.
 
-mod support;
-
-/// Each scenario runs once per backend: `embedded::NAME` and `aws::NAME`.
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Embedded).await })*
-        }
-        mod aws {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Aws).await })*
-        }
-    };
-}
-
 on_every_backend!(
     full_flow_stores_encrypted_tokens_and_serves_them,
     a_flow_without_return_url_ends_on_a_success_page,
@@ -52,15 +38,17 @@ on_every_backend!(
     probes_answer
 );
 
-#[path = "oauth_flow/refresh_faults.rs"]
 mod refresh_faults;
 
 use std::time::Duration;
 
+use crate::support;
+use crate::support::fake_provider::{IdTokenTamper, RefreshBehaviour};
+use crate::support::{
+    API_KEY, Backend, FakeProvider, RETURN_ORIGIN, TestApp, assert_problem, contains,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::fake_provider::{IdTokenTamper, RefreshBehaviour};
-use support::{API_KEY, Backend, FakeProvider, RETURN_ORIGIN, TestApp, assert_problem, contains};
 
 async fn full_flow_stores_encrypted_tokens_and_serves_them(backend: Backend) {
     let provider = FakeProvider::start().await;
