@@ -17,6 +17,10 @@ macro_rules! on_every_backend {
 mod aws_backend;
 mod cli;
 mod e2e_provider;
-mod oauth_flow;
+mod flow;
+mod internal_api;
+mod refresh_faults;
+mod secrets;
 mod store_conformance;
 mod support;
+mod tokens;
