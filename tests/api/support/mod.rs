@@ -1,14 +1,12 @@
 //! Helpers for integration tests. They go through public interfaces only: the real
 //! router on a real loopback socket, a fake provider over real HTTP, the store's
 //! trait, the database file on disk.
-#![allow(dead_code)]
 
 pub mod aws;
 pub mod fake_provider;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axnt_oauth::app::{App, Backends};
@@ -73,7 +71,6 @@ pub enum Backend {
 
 /// A running service instance.
 pub struct TestApp {
-    pub addr: SocketAddr,
     pub base: String,
     pub settings: Settings,
     pub data_dir: Arc<tempfile::TempDir>,
@@ -133,11 +130,6 @@ impl TestApp {
         }
     }
 
-    /// Starts an instance on a fresh data directory.
-    pub async fn spawn(provider: &FakeProvider) -> Self {
-        Self::spawn_with(provider, &[]).await
-    }
-
     pub async fn spawn_with(provider: &FakeProvider, extra: &[(&str, &str)]) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         Self::spawn_in(dir, env_for(provider, extra)).await
@@ -175,7 +167,6 @@ impl TestApp {
             .build()
             .expect("client");
         Self {
-            addr,
             base,
             settings,
             data_dir,
