@@ -4,9 +4,6 @@
 //! `(Arc<dyn TokenStore>, Arc<dyn FlowLog>)`; a backend that behaves differently from
 //! another fails the same case.
 
-#[path = "support/aws.rs"]
-mod aws_support;
-
 use std::any::Any;
 use std::sync::Arc;
 
@@ -21,6 +18,8 @@ use axnt_oauth::store::{
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
+
+use crate::support::aws;
 
 type Stores = (Arc<dyn TokenStore>, Arc<dyn FlowLog>, Box<dyn Any + Send>);
 
@@ -39,7 +38,7 @@ async fn embedded_buffered() -> Stores {
 }
 
 async fn dynamodb() -> Stores {
-    let fixture = aws_support::fixture(
+    let fixture = aws::fixture(
         "conformance-client",
         "conformance-secret",
         "conformance-api-key-0123",
@@ -57,7 +56,7 @@ fn now() -> DateTime<Utc> {
 }
 
 fn user() -> String {
-    aws_support::unique("user")
+    aws::unique("user")
 }
 
 fn row(user_id: &str, provider: &str, version: u64, marker: &str) -> Connection {

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::assert_stored_refresh_token_is_the_latest;
 use crate::support::fake_provider::{RefreshBehaviour, RefreshChaos};
-use crate::support::{API_KEY, Backend, FakeProvider, TestApp, assert_problem};
+use crate::support::{
+    API_KEY, Backend, FakeProvider, TestApp, assert_problem,
+    assert_stored_refresh_token_is_the_latest,
+};
 
 on_every_backend!(
     a_caller_that_gives_up_does_not_spend_the_refresh,

@@ -1,14 +1,12 @@
 //! Helpers for integration tests. They go through public interfaces only: the real
 //! router on a real loopback socket, a fake provider over real HTTP, the store's
 //! trait, the database file on disk.
-#![allow(dead_code)]
 
 pub mod aws;
 pub mod fake_provider;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axnt_oauth::app::{App, Backends};
@@ -73,7 +71,6 @@ pub enum Backend {
 
 /// A running service instance.
 pub struct TestApp {
-    pub addr: SocketAddr,
     pub base: String,
     pub settings: Settings,
     pub data_dir: Arc<tempfile::TempDir>,
@@ -133,11 +130,6 @@ impl TestApp {
         }
     }
 
-    /// Starts an instance on a fresh data directory.
-    pub async fn spawn(provider: &FakeProvider) -> Self {
-        Self::spawn_with(provider, &[]).await
-    }
-
     pub async fn spawn_with(provider: &FakeProvider, extra: &[(&str, &str)]) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         Self::spawn_in(dir, env_for(provider, extra)).await
@@ -175,7 +167,6 @@ impl TestApp {
             .build()
             .expect("client");
         Self {
-            addr,
             base,
             settings,
             data_dir,
@@ -407,6 +398,50 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
         && haystack
             .windows(needle.len())
             .any(|w| w == needle.as_bytes())
+}
+
+/// The stored refresh token is the provider's latest: removing the connection revokes
+/// the stored refresh token at the provider, and that is the last one it issued.
+pub async fn assert_stored_refresh_token_is_the_latest(
+    app: &TestApp,
+    provider: &FakeProvider,
+    user_id: &str,
+) {
+    assert_eq!(
+        provider.spent_refresh_tokens_presented(),
+        0,
+        "no spent refresh token was presented"
+    );
+    let response = app
+        .api_delete(&format!("/v1/users/{user_id}/connections/google"))
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        provider.revoked_tokens().last(),
+        provider.latest_refresh_token().as_ref(),
+        "the stored refresh token is the latest the provider issued"
+    );
+}
+
+/// A connected user whose row must not change while bad requests are made.
+pub async fn connected(
+    backend: Backend,
+    provider: &FakeProvider,
+    extra: &[(&str, &str)],
+) -> (TestApp, axnt_oauth::store::Connection) {
+    let app = TestApp::on(backend, provider, extra).await;
+    assert!(app.connect("victim").await.status().is_success());
+    let row = app.stored_row("victim").await.expect("row");
+    (app, row)
+}
+
+/// Asserts that the row [`connected`] stored for `victim` is still `row`.
+pub async fn assert_unchanged(app: &TestApp, row: &axnt_oauth::store::Connection) {
+    assert_eq!(
+        app.stored_row("victim").await.as_ref(),
+        Some(row),
+        "stored row unchanged"
+    );
 }
 
 /// A TCP proxy in front of a server that a test can cut and restore, to make a

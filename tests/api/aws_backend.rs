@@ -2,14 +2,10 @@
 //! cache, Secrets Manager (rotation, both JSON shapes, malformed secrets), `setup`,
 //! `check`, and the run-time IAM policy under moto's IAM enforcement.
 
-#[path = "support/aws.rs"]
-mod aws_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{BillingMode, KeyType, ScalarAttributeType, TimeToLiveStatus};
-use aws_support::{AwsCredentials, AwsFixture, OwnMoto};
 use axnt_oauth::app::{App, Backends, StartupError};
 use axnt_oauth::aws::setup::{Change, ensure_tables};
 use axnt_oauth::crypto::cache::{CacheLimits, CachingKeyProvider};
@@ -22,10 +18,13 @@ use axnt_oauth::store::{Connection, FlowLogEntry, FlowStep, StoreError, UserInfo
 use chrono::Utc;
 use secrecy::ExposeSecret;
 
+use crate::support::aws;
+use crate::support::aws::{AwsCredentials, AwsFixture, OwnMoto};
+
 const API_KEY: &str = "aws-test-api-key-0123456789";
 
 async fn fixture() -> AwsFixture {
-    aws_support::fixture("client-1", "secret-1", API_KEY).await
+    aws::fixture("client-1", "secret-1", API_KEY).await
 }
 
 fn limits(max_uses: u64, max_age: Duration, ttl: Duration) -> CacheLimits {
@@ -267,7 +266,7 @@ async fn a_rotated_secret_is_picked_up_by_reload() {
 
     put_secret(
         &f,
-        &aws_support::secret_json(
+        &aws::secret_json(
             "client-2",
             "secret-2",
             &f.state_key,
@@ -352,17 +351,14 @@ async fn a_missing_secret_is_named() {
 
 #[tokio::test]
 async fn setup_twice_changes_nothing_the_second_time() {
-    let endpoint = aws_support::moto_endpoint();
+    let endpoint = aws::moto_endpoint();
     let mut env = vec![("AXNT_BACKEND".to_string(), "aws".to_string())];
-    env.extend(aws_support::sdk_pairs(
-        &endpoint,
-        &AwsCredentials::from_env(),
-    ));
-    let tokens = aws_support::unique("axnt-setup-tokens");
-    let logs = aws_support::unique("axnt-setup-logs");
+    env.extend(aws::sdk_pairs(&endpoint, &AwsCredentials::from_env()));
+    let tokens = aws::unique("axnt-setup-tokens");
+    let logs = aws::unique("axnt-setup-logs");
     env.push(("DYNAMODB_OAUTH_TABLE".into(), tokens.clone()));
     env.push(("DYNAMODB_OAUTH_LOGS_TABLE".into(), logs.clone()));
-    let settings = aws_support::settings_from(&env);
+    let settings = aws::settings_from(&env);
 
     let planned = ensure_tables(&settings, true).await.expect("dry run");
     let config = axnt_oauth::aws::sdk_config(&settings).await;
@@ -584,30 +580,30 @@ async fn the_run_time_policy_is_enough_and_its_absence_is_named() {
     // checked against their policies.
     let moto = OwnMoto::start(&[(
         "INITIAL_NO_AUTH_ACTION_COUNT",
-        &(3 * aws_support::IAM_CALLS_PER_USER).to_string(),
+        &(3 * aws::IAM_CALLS_PER_USER).to_string(),
     )])
     .await;
-    let admin = aws_support::iam_user(
+    let admin = aws::iam_user(
         &moto.endpoint,
         "axnt-admin",
         &serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}),
     )
     .await;
-    let service = aws_support::iam_user(
+    let service = aws::iam_user(
         &moto.endpoint,
         "axnt-service",
-        &aws_support::runtime_policy_for_moto(&[]),
+        &aws::runtime_policy_for_moto(&[]),
     )
     .await;
-    let no_put = aws_support::iam_user(
+    let no_put = aws::iam_user(
         &moto.endpoint,
         "axnt-no-put",
-        &aws_support::runtime_policy_for_moto(&["dynamodb:PutItem"]),
+        &aws::runtime_policy_for_moto(&["dynamodb:PutItem"]),
     )
     .await;
 
     // The operator (admin) provisions; setup's extra actions are the admin's.
-    let f = aws_support::provision(
+    let f = aws::provision(
         &moto.endpoint,
         &admin,
         "client-lp",
@@ -629,7 +625,7 @@ async fn the_run_time_policy_is_enough_and_its_absence_is_named() {
             "AWS_SECRET_ACCESS_KEY".into(),
             credentials.secret_access_key.clone(),
         ));
-        aws_support::settings_from(&env)
+        aws::settings_from(&env)
     };
 
     // Before anything else: enforcement is on (a stranger's keys are refused).

@@ -3,7 +3,6 @@
 //!
 //! `scripts/test` starts moto and exports `AXNT_TEST_MOTO_ENDPOINT` (plus dummy AWS
 //! credentials and `AWS_REGION`). A test needing moto fails, never skips, without it.
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -83,7 +82,6 @@ pub struct AwsFixture {
     /// Env pairs to layer onto the service's settings.
     pub env: Vec<(String, String)>,
     pub tokens_table: String,
-    pub logs_table: String,
     /// The key's unique alias (`alias/axnt-test-…`), as `AXNT_KMS_KEY_ID`.
     pub key_alias: String,
     pub key_arn: String,
@@ -137,7 +135,7 @@ pub async fn provision(
     env.extend(sdk_pairs(endpoint, credentials));
     env.extend([
         ("DYNAMODB_OAUTH_TABLE".to_string(), tokens_table.clone()),
-        ("DYNAMODB_OAUTH_LOGS_TABLE".to_string(), logs_table.clone()),
+        ("DYNAMODB_OAUTH_LOGS_TABLE".to_string(), logs_table),
         ("AXNT_KMS_KEY_ID".to_string(), key_alias.clone()),
         ("AXNT_GOOGLE_SECRET_ID".to_string(), secret_id.clone()),
     ]);
@@ -182,7 +180,6 @@ pub async fn provision(
     AwsFixture {
         env,
         tokens_table,
-        logs_table,
         key_alias,
         key_arn,
         secret_id,

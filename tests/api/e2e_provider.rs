@@ -2,15 +2,15 @@
 //! started by `tests/e2e/mock-provider.mjs`): discovery, JWKS, PKCE, ID-token
 //! verification and refresh as another implementation does them.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{API_KEY, TestApp};
+
+use crate::support;
+use crate::support::{API_KEY, TestApp};
 
 /// The npm provider as a child process, killed on drop.
 struct NodeProvider {

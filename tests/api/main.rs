@@ -1,0 +1,27 @@
+//! The integration tests, one binary: every module below shares one build of `support`
+//! (the fake provider, moto fixtures, `TestApp`) instead of each test file compiling its
+//! own copy. Run one concern with its module path, e.g. `scripts/test refresh_faults::`.
+
+/// Each scenario runs once per backend: `embedded::NAME` and `aws::NAME`.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test] async fn $name() { super::$name(super::Backend::Embedded).await })*
+        }
+        mod aws {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Backend::Aws).await })*
+        }
+    };
+}
+
+mod aws_backend;
+mod cli;
+mod e2e_provider;
+mod flow;
+mod internal_api;
+mod refresh_faults;
+mod retention;
+mod secrets;
+mod store_conformance;
+mod support;
+mod tokens;
