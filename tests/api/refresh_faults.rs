@@ -617,11 +617,10 @@ async fn soak_rotating_failing_slow_provider_with_restarts(backend: Backend) {
                     .expect("client");
                 if let Ok(response) = client.get(url).bearer_auth(API_KEY).send().await {
                     match response.status() {
-                        StatusCode::CONFLICT => {
-                            if conflicts.fetch_add(1, Ordering::SeqCst) == 0 {
-                                let body = response.text().await.unwrap_or_default();
-                                eprintln!("soak: first 409: {body}");
-                            }
+                        // The first 409's body says why (its cause), for the failure report.
+                        StatusCode::CONFLICT if conflicts.fetch_add(1, Ordering::SeqCst) == 0 => {
+                            let body = response.text().await.unwrap_or_default();
+                            eprintln!("soak: first 409: {body}");
                         }
                         StatusCode::OK => {
                             served.fetch_add(1, Ordering::SeqCst);
