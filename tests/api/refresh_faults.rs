@@ -48,6 +48,17 @@ async fn access_token(response: reqwest::Response) -> String {
     body["accessToken"].as_str().expect("token").to_string()
 }
 
+/// A caller that gives up after 300 ms (a client timeout, a load balancer's idle
+/// timeout) while its token read is still in flight.
+async fn give_up_reading(url: impl reqwest::IntoUrl) {
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let gave_up = impatient.get(url).bearer_auth(API_KEY).send().await;
+    assert!(gave_up.is_err(), "the caller gave up before the answer");
+}
+
 /// Waits until the provider has decided `n` refreshes (bounded).
 async fn until_refreshes(provider: &FakeProvider, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -63,16 +74,7 @@ async fn until_refreshes(provider: &FakeProvider, n: usize) {
 async fn a_caller_that_gives_up_does_not_spend_the_refresh(backend: Backend) {
     let (provider, app) = rotating(backend, "quitter", &[]).await;
     provider.refresh_failure([RefreshBehaviour::HoldAnswer(Duration::from_millis(1500))]);
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .expect("client");
-    let gave_up = impatient
-        .get(app.url("/v1/users/quitter/tokens/google"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await;
-    assert!(gave_up.is_err(), "the first caller timed out");
+    give_up_reading(app.url("/v1/users/quitter/tokens/google")).await;
     let token = access_token(app.token("quitter").await).await;
     assert_eq!(Some(token.clone()), provider.latest_access_token());
     assert_eq!(provider.refresh_count(), 1, "one redeem for both callers");
@@ -205,16 +207,7 @@ async fn shutdown_waits_for_a_refresh_in_flight(backend: Backend) {
     let (provider, app) = rotating(backend, "leaving", &[]).await;
     let survivor = app.sibling().await;
     provider.refresh_failure([RefreshBehaviour::HoldAnswer(Duration::from_millis(2000))]);
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .expect("client");
-    let gave_up = impatient
-        .get(app.url("/v1/users/leaving/tokens/google"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await;
-    assert!(gave_up.is_err(), "the caller went away");
+    give_up_reading(app.url("/v1/users/leaving/tokens/google")).await;
     until_refreshes(&provider, 1).await;
     app.stop().await;
     let row = survivor.stored_row("leaving").await.expect("row");
@@ -258,16 +251,7 @@ async fn sigterm_waits_for_a_refresh_in_flight() {
         assert!(Instant::now() < deadline, "the binary came up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .expect("client");
-    let gave_up = impatient
-        .get(format!("{base}/v1/users/signal/tokens/google"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await;
-    assert!(gave_up.is_err(), "the caller went away");
+    give_up_reading(format!("{base}/v1/users/signal/tokens/google")).await;
     until_refreshes(&provider, 1).await;
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
