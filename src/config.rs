@@ -623,8 +623,7 @@ fn env_layer(env: impl IntoIterator<Item = (String, String)>) -> HashMap<String,
                 return Some(((*key).to_string(), value));
             }
             let key = name.strip_prefix("AXNT_")?;
-            // AXNT_TEST_* belongs to the test harness, not to the service.
-            (!key.starts_with("TEST_")).then(|| (key.to_ascii_lowercase(), value))
+            Some((key.to_ascii_lowercase(), value))
         })
         .collect()
 }

@@ -40,16 +40,10 @@ pub struct KmsKeyProvider {
 
 impl KmsKeyProvider {
     pub fn new(config: &SdkConfig, key_id: &str) -> Self {
-        Self::with_context(config, key_id, &ENCRYPTION_CONTEXT)
-    }
-
-    /// A provider with another encryption context. Only tests need this: to show that
-    /// a key wrapped under one context does not unwrap under another.
-    pub fn with_context(config: &SdkConfig, key_id: &str, context: &[(&str, &str)]) -> Self {
         Self {
             client: Client::new(config),
             key_id: key_id.to_string(),
-            context: context
+            context: ENCRYPTION_CONTEXT
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),

@@ -78,15 +78,31 @@ async fn kms_envelopes_are_bound_to_their_context_and_row() {
 
     // Encryption context: a data key wrapped under ours does not unwrap under another.
     let edk = axnt_oauth::crypto::b64_decode(&envelope.edk).expect("edk is base64");
-    let altered = KmsKeyProvider::with_context(
-        &config,
-        &f.key_alias,
-        &[("service", "axnt-oauth"), ("purpose", "something-else")],
-    );
-    let refused = altered.decrypt_data_key(&envelope.key_id, &edk).await;
+    // KMS itself is asked, through the SDK, with another context than the service's.
+    let refused = aws_sdk_kms::Client::new(&config)
+        .decrypt()
+        .key_id(&envelope.key_id)
+        .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(edk.clone()))
+        .encryption_context("service", "axnt-oauth")
+        .encryption_context("purpose", "something-else")
+        .send()
+        .await;
+    assert!(refused.is_err(), "another context is refused by KMS");
+    let accepted = aws_sdk_kms::Client::new(&config)
+        .decrypt()
+        .key_id(&envelope.key_id)
+        .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(edk.clone()))
+        .set_encryption_context(Some(
+            axnt_oauth::crypto::kms::ENCRYPTION_CONTEXT
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+        ))
+        .send()
+        .await;
     assert!(
-        matches!(refused, Err(CryptoError::Rejected(_))),
-        "another context is refused by KMS: {refused:?}"
+        accepted.is_ok(),
+        "the service's own context is accepted: {accepted:?}"
     );
     // An altered wrapped key is refused too.
     let mut flipped = edk.clone();

@@ -26,8 +26,8 @@ impl Drop for NodeProvider {
 }
 
 fn start_node_provider() -> NodeProvider {
-    let dir = std::env::var("AXNT_TEST_NODE_E2E_DIR").unwrap_or_else(|_| {
-        panic!("AXNT_TEST_NODE_E2E_DIR is not set: run the suite with scripts/test, which installs the npm provider")
+    let dir = std::env::var("TEST_AXNT_NODE_E2E_DIR").unwrap_or_else(|_| {
+        panic!("TEST_AXNT_NODE_E2E_DIR is not set: run the suite with scripts/test, which installs the npm provider")
     });
     let mut child = Command::new("node")
         .arg(format!("{dir}/mock-provider.mjs"))

@@ -540,9 +540,9 @@ async fn a_new_grant_never_inherits_a_dead_refresh_token(backend: Backend) {
 /// few percent of refreshes with 500 and holds every answer up to 1.5 s; tokens that
 /// live 4 s; readers that give up after 0.2–10 s; an instance stopped and started
 /// again every few seconds. No read answers 409, no spent refresh token is presented,
-/// and every user reads 200 at the end. `AXNT_TEST_SOAK_SECS` runs it longer.
+/// and every user reads 200 at the end. `TEST_AXNT_SOAK_SECS` runs it longer.
 async fn soak_rotating_failing_slow_provider_with_restarts(backend: Backend) {
-    let secs: u64 = std::env::var("AXNT_TEST_SOAK_SECS")
+    let secs: u64 = std::env::var("TEST_AXNT_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(25);

@@ -12,7 +12,7 @@
 // started it is gone (so a test that panics does not leave it behind). Nothing else is
 // written to stdout; set AXNT_MOCK_PROVIDER_VERBOSE=1 to log each request to stderr.
 //
-// How the Rust e2e test uses it: it spawns `node $AXNT_TEST_NODE_E2E_DIR/mock-provider.mjs 0`,
+// How the Rust e2e test uses it: it spawns `node $TEST_AXNT_NODE_E2E_DIR/mock-provider.mjs 0`,
 // reads the first stdout line, and starts the service with AXNT_GOOGLE_ISSUER set to the
 // issuer (plus any client id and secret). The service finds every endpoint through
 // `/.well-known/openid-configuration`. A browser is not needed: /authorize answers at once

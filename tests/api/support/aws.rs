@@ -1,7 +1,7 @@
 //! aws-mode fixtures over a moto server: uniquely named tables (made by the product's
 //! own `setup` code), a KMS key behind a unique alias, and a Secrets Manager secret.
 //!
-//! `scripts/test` starts moto and exports `AXNT_TEST_MOTO_ENDPOINT` (plus dummy AWS
+//! `scripts/test` starts moto and exports `TEST_AXNT_MOTO_ENDPOINT` (plus dummy AWS
 //! credentials and `AWS_REGION`). A test needing moto fails, never skips, without it.
 
 use std::net::TcpListener;
@@ -13,12 +13,12 @@ use base64::Engine;
 
 /// The moto endpoint `scripts/test` started, or a failure saying how to get one.
 pub fn moto_endpoint() -> String {
-    match std::env::var("AXNT_TEST_MOTO_ENDPOINT") {
+    match std::env::var("TEST_AXNT_MOTO_ENDPOINT") {
         Ok(v) if !v.is_empty() => v,
         _ => panic!(
-            "AXNT_TEST_MOTO_ENDPOINT is not set: this test needs a moto server. Run the suite with \
+            "TEST_AXNT_MOTO_ENDPOINT is not set: this test needs a moto server. Run the suite with \
              scripts/test (it starts moto), or start `moto_server -H 127.0.0.1 -p PORT` and export \
-             AXNT_TEST_MOTO_ENDPOINT=http://127.0.0.1:PORT"
+             TEST_AXNT_MOTO_ENDPOINT=http://127.0.0.1:PORT"
         ),
     }
 }
@@ -220,12 +220,12 @@ impl Drop for OwnMoto {
 }
 
 impl OwnMoto {
-    /// Starts `$AXNT_TEST_MOTO_SERVER_BIN` on a free loopback port with `env`, and
+    /// Starts `$TEST_AXNT_MOTO_SERVER_BIN` on a free loopback port with `env`, and
     /// waits until it answers.
     pub async fn start(env: &[(&str, &str)]) -> Self {
-        let bin = std::env::var("AXNT_TEST_MOTO_SERVER_BIN").unwrap_or_else(|_| {
+        let bin = std::env::var("TEST_AXNT_MOTO_SERVER_BIN").unwrap_or_else(|_| {
             panic!(
-                "AXNT_TEST_MOTO_SERVER_BIN is not set: run the suite with scripts/test, or export it \
+                "TEST_AXNT_MOTO_SERVER_BIN is not set: run the suite with scripts/test, or export it \
                  as the path of moto_server (e.g. .venv-moto/bin/moto_server)"
             )
         });
