@@ -339,6 +339,7 @@ fn flow_entry_from(item: &Item) -> Result<FlowLogEntry, StoreError> {
 
 #[async_trait]
 impl TokenStore for DynamoStore {
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn get(&self, user_id: &str, provider: &str) -> Result<Option<Connection>, StoreError> {
         let table = &self.tokens_table;
         let out = observe(
@@ -357,6 +358,7 @@ impl TokenStore for DynamoStore {
         out.item().map(connection_from).transpose()
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
     async fn put(&self, row: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
         let table = &self.tokens_table;
         let request = self
@@ -377,6 +379,7 @@ impl TokenStore for DynamoStore {
             .map_err(|f| self.error("PutItem", table, f))
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
     async fn put_as_holder(&self, row: &Connection, attempt: &str) -> Result<(), StoreError> {
         let table = &self.tokens_table;
         let request = self
@@ -392,6 +395,7 @@ impl TokenStore for DynamoStore {
             .map_err(|f| self.error("PutItem", table, f))
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn acquire_lease(
         &self,
         user_id: &str,
@@ -432,6 +436,7 @@ impl TokenStore for DynamoStore {
         self.send_update(request).await
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn release_lease(
         &self,
         user_id: &str,
@@ -470,6 +475,7 @@ impl TokenStore for DynamoStore {
             .await
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn touch(
         &self,
         user_id: &str,

@@ -380,6 +380,7 @@ impl RawConnection {
 
 #[async_trait]
 impl TokenStore for EmbeddedStore {
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn get(&self, user_id: &str, provider: &str) -> Result<Option<Connection>, StoreError> {
         let (user_id, provider) = (user_id.to_string(), provider.to_string());
         let raw = self
@@ -398,6 +399,7 @@ impl TokenStore for EmbeddedStore {
         raw.map(RawConnection::parse).transpose()
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
     async fn put(&self, row: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
         let condition = match expected {
             None => WriteIf::Absent,
@@ -406,11 +408,13 @@ impl TokenStore for EmbeddedStore {
         self.write_row(row, condition).await
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
     async fn put_as_holder(&self, row: &Connection, attempt: &str) -> Result<(), StoreError> {
         self.write_row(row, WriteIf::Holder(attempt.to_string()))
             .await
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn acquire_lease(
         &self,
         user_id: &str,
@@ -457,6 +461,7 @@ impl TokenStore for EmbeddedStore {
         .await
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn release_lease(
         &self,
         user_id: &str,
@@ -481,6 +486,7 @@ impl TokenStore for EmbeddedStore {
         .await
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn touch(
         &self,
         user_id: &str,

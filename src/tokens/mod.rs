@@ -158,6 +158,7 @@ impl TokenService {
 
     /// Stores the tokens of a completed grant. The previous row, if any, is replaced
     /// in one conditional write; its refresh token is kept when the provider sent none.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     pub async fn store_grant(
         &self,
         user_id: &str,
@@ -223,6 +224,7 @@ impl TokenService {
 
     /// A valid access token for `user_id` at `provider`, valid for at least the
     /// refresh margin: refreshed first when it is not.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider_name))]
     pub async fn valid_token(
         &self,
         user_id: &str,
@@ -300,6 +302,7 @@ impl TokenService {
             .await
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub async fn connections(&self, user_id: &str) -> Result<Vec<ConnectionSummary>, Error> {
         Ok(self
             .store
@@ -322,6 +325,7 @@ impl TokenService {
 
     /// Revokes the grant at the provider (best effort) and removes the row.
     /// Returns false when there was no row.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider_name))]
     pub async fn disconnect(
         &self,
         user_id: &str,

@@ -232,6 +232,7 @@ impl Refresher {
 
     /// One flight: re-reads the row until its token is fresh (someone else refreshed),
     /// the lease is ours (then refreshes), or the flight must give up.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn fly(
         &self,
         endpoint: &dyn TokenEndpoint,
