@@ -39,6 +39,7 @@ pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod oauth;
+pub mod retry;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

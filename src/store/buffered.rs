@@ -21,11 +21,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use super::{FlowLog, FlowLogEntry, StoreError};
+use crate::retry::Backoff;
 
 /// Attempts per item (on top of the SDK's own retries) before it is given up.
 const MAX_ATTEMPTS: u32 = 5;
 /// The first pause between attempts; doubled each time, with jitter.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 enum Message {
     Entry(Box<FlowLogEntry>),
@@ -171,7 +174,7 @@ async fn write_with_retry(
     inner: Arc<dyn FlowLog>,
     entry: Box<FlowLogEntry>,
 ) -> Result<(), StoreError> {
-    let mut pause = FIRST_BACKOFF;
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut attempt = 1;
     loop {
         match inner.append(&entry).await {
@@ -180,11 +183,7 @@ async fn write_with_retry(
                 if attempt < MAX_ATTEMPTS =>
             {
                 tracing::debug!(error = %e, attempt, "flow-log write failed; retrying");
-                let mut jitter = [0u8; 2];
-                crate::crypto::fill_random(&mut jitter);
-                let jitter = Duration::from_millis(u64::from(u16::from_le_bytes(jitter)) % 100);
-                tokio::time::sleep(pause + jitter).await;
-                pause = pause.saturating_mul(2);
+                tokio::time::sleep(backoff.next_wait()).await;
                 attempt += 1;
             }
             Err(e) => {

@@ -51,6 +51,7 @@ use super::{TokenPolicy, data};
 use crate::crypto::EnvelopeCipher;
 use crate::error::{CAUSE_INVALID_GRANT, CAUSE_NO_REFRESH_TOKEN, CAUSE_OUTCOME_UNKNOWN, Error};
 use crate::oauth::provider::{ProviderError, ProviderTokens};
+use crate::retry::{Backoff, jittered};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{
     Connection, FlowRecorder, FlowStep, LeaseRelease, RefreshLease, RefreshState, StoreError,
@@ -402,7 +403,7 @@ impl Refresher {
         let started = Instant::now();
         let deadline = started + self.policy.refresh_deadline;
         let reuse = endpoint.reuse();
-        let mut backoff = Backoff::new(REDEEM_BACKOFF);
+        let mut backoff = Backoff::new(REDEEM_BACKOFF.0, REDEEM_BACKOFF.1);
         loop {
             let result = endpoint.redeem(refresh_token).await;
             let retry = match &result {
@@ -421,10 +422,6 @@ impl Refresher {
         }
     }
 
-    fn purge_time(&self, from: DateTime<Utc>, active: bool) -> i64 {
-        self.policy.purge_time(from, active)
-    }
-
     /// Moves `lastUsed` and the purge time forward, at most once per interval. A
     /// partial update (tokens, `version` and any refresh lease stay as they are); best
     /// effort.
@@ -436,7 +433,12 @@ impl Refresher {
         }
         if let Err(e) = self
             .store
-            .touch(&row.user_id, &row.provider, now, self.purge_time(now, true))
+            .touch(
+                &row.user_id,
+                &row.provider,
+                now,
+                self.policy.purge_time(now, true),
+            )
             .await
         {
             tracing::warn!(error = %e, "updating lastUsed failed");
@@ -528,7 +530,7 @@ impl Holder<'_> {
     ) {
         let r = self.refresher;
         let row = self.row;
-        let mut backoff = Backoff::new(PERSIST_BACKOFF);
+        let mut backoff = Backoff::new(PERSIST_BACKOFF.0, PERSIST_BACKOFF.1);
         loop {
             match self.write_refreshed(set, now).await {
                 Ok(()) => {
@@ -602,7 +604,7 @@ impl Holder<'_> {
             updated_at: now,
             last_used: now,
             access_token_expires_at: set.expires_at,
-            expires_at: self.refresher.purge_time(now, true),
+            expires_at: self.refresher.policy.purge_time(now, true),
             ..row.successor()
         };
         Ok(self
@@ -620,7 +622,7 @@ impl Holder<'_> {
         let updated = Connection {
             is_active: false,
             updated_at: now,
-            expires_at: r.purge_time(now, false),
+            expires_at: r.policy.purge_time(now, false),
             refresh: RefreshState {
                 inactive_cause: Some(cause.to_string()),
                 ..RefreshState::default()
@@ -745,31 +747,6 @@ fn suppressed(provider: &str, reason: &'static str, retry_after: Duration) -> Er
         reason,
         retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
     }
-}
-
-/// Exponential backoff with up to 50% jitter, so retries from many readers spread out.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new((first, max): (Duration, Duration)) -> Self {
-        Self { next: first, max }
-    }
-
-    fn next_wait(&mut self) -> Duration {
-        let wait = jittered(self.next);
-        self.next = (self.next * 2).min(self.max);
-        wait
-    }
-}
-
-/// `base` plus up to 50% random jitter.
-pub(crate) fn jittered(base: Duration) -> Duration {
-    let mut byte = [0u8; 1];
-    crate::crypto::fill_random(&mut byte);
-    base + base.mul_f64(f64::from(byte[0]) / 510.0)
 }
 
 fn millis(d: Duration) -> i64 {
