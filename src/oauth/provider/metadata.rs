@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use openidconnect::core::CoreJsonWebKeySet;
 use openidconnect::{IssuerUrl, JsonWebKeySet};
 
-use super::{Metadata, ProviderError, ProviderHttp, error_chain};
+use super::http::{ProviderHttp, error_chain};
+use super::{Metadata, ProviderError};
 
 /// A failed background refetch is not tried again sooner than this, so a provider in
 /// trouble is not hammered by every request that finds the copy stale.

@@ -1,0 +1,409 @@
+//! The provider's HTTP side: the client handed to `openidconnect`, the calls to the
+//! token and revocation endpoints, and how their failures are sorted by whether the
+//! provider may have acted on the request.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use openidconnect::core::CoreErrorResponseType;
+use openidconnect::{
+    AuthorizationCode, HttpRequest, HttpResponse, OAuth2TokenResponse, PkceCodeVerifier,
+    RefreshToken, RequestTokenError, StandardErrorResponse, TokenResponse,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{OidcProvider, ProviderError, ProviderTokenResponse, ProviderTokens};
+use crate::secrets::ClientCredentials;
+
+/// An HTTP failure below the OAuth layer, sorted by whether the provider may have acted
+/// on the request: a refresh token sent in a request that may have been processed may
+/// have been rotated, so its caller must not treat "no answer" like "not sent".
+/// 5xx and 429 answers are failures too, so that they are retried and reported as
+/// "unavailable" rather than parsed as OAuth errors.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum HttpFailure {
+    /// No connection was made (DNS, refused, connect timeout) or the request could not
+    /// be built: the provider never saw it.
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// The provider answered 5xx or 429: it did not serve the request.
+    #[error("answered HTTP {0}")]
+    Status(u16),
+    /// Connected, but no whole answer within the timeout: the request may have been
+    /// processed.
+    #[error("timed out waiting for the answer")]
+    Timeout,
+    /// The connection broke while sending or reading the answer (reset, truncated
+    /// body): the request may have been processed.
+    #[error("no complete answer: {0}")]
+    Interrupted(String),
+}
+
+impl HttpFailure {
+    /// What this failure means to the caller of a provider endpoint.
+    pub(super) fn into_provider_error(self) -> ProviderError {
+        match self {
+            Self::NotSent(_) | Self::Status(_) => ProviderError::Unavailable(self.to_string()),
+            Self::Timeout | Self::Interrupted(_) => ProviderError::OutcomeUnknown(self.to_string()),
+        }
+    }
+}
+
+/// Whether an HTTP status means "not served, retry later" rather than an answer.
+fn is_unavailable_status(status: reqwest::StatusCode) -> bool {
+    status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// The HTTP client handed to `openidconnect`: reqwest without redirects, with 5xx and
+/// 429 answers turned into failures.
+#[derive(Clone)]
+pub(super) struct ProviderHttp(pub(super) reqwest::Client);
+
+impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
+    type Error = HttpFailure;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<HttpResponse, HttpFailure>> + Send + Sync + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let request = reqwest::Request::try_from(request)
+                .map_err(|e| HttpFailure::NotSent(error_chain(&e)))?;
+            let response = self.0.execute(request).await.map_err(classify_reqwest)?;
+            let status = response.status();
+            if is_unavailable_status(status) {
+                return Err(HttpFailure::Status(status.as_u16()));
+            }
+            let headers = response.headers().clone();
+            let body = response.bytes().await.map_err(classify_reqwest)?;
+            let mut out = http::Response::builder().status(status);
+            if let Some(h) = out.headers_mut() {
+                *h = headers;
+            }
+            // The provider answered, but we cannot hand the answer on: as good as lost.
+            out.body(body.to_vec())
+                .map_err(|e| HttpFailure::Interrupted(e.to_string()))
+        })
+    }
+}
+
+impl OidcProvider {
+    /// Exchanges an authorization code. Never retried: a code is single-use, and a
+    /// second attempt after a lost answer would only earn `invalid_grant`.
+    pub async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        redirect_uri: &str,
+    ) -> Result<ProviderTokens, ProviderError> {
+        let creds = self.credentials().await?;
+        let d = self.discovered().await?;
+        let client = self.client(&d, &creds, Some(redirect_uri))?;
+        let response = client
+            .exchange_code(AuthorizationCode::new(code.to_string()))
+            .map_err(|e| ProviderError::Malformed(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
+            .request_async(&self.http)
+            .await;
+        let result = self.token_result(response);
+        if matches!(result, Err(ProviderError::InvalidClient)) {
+            // The secret may have been rotated: have it re-read for the next flow. A
+            // code is not retried here (see above).
+            self.secrets.reload_soon();
+        }
+        result
+    }
+
+    /// Redeems a refresh token.
+    pub async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+    ) -> Result<ProviderTokens, ProviderError> {
+        let creds = self.credentials().await?;
+        let first = self.refresh_with(&creds, refresh_token).await;
+        if !matches!(first, Err(ProviderError::InvalidClient)) {
+            return first;
+        }
+        // The client secret may have been rotated since we last read it: re-read it
+        // (at most once per interval, however many refreshes fail: a wrong secret must
+        // not turn every refresh into a read of the secret store) and, when the
+        // credentials changed — by this re-read or another since `creds` were taken —
+        // try once more (a refresh token is not spent by a request whose client
+        // authentication failed).
+        match self
+            .secrets
+            .reload_throttled(self.secret_reload_min_interval)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(
+                    "client secret re-read recently; not re-reading it after invalid_client"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-reading the client secret after invalid_client failed")
+            }
+        }
+        let fresh = self.credentials().await?;
+        if fresh.client_id == creds.client_id
+            && fresh.client_secret.expose_secret() == creds.client_secret.expose_secret()
+        {
+            return first;
+        }
+        tracing::info!("client credentials changed in the secret; retrying the refresh with them");
+        self.refresh_with(&fresh, refresh_token).await
+    }
+
+    async fn refresh_with(
+        &self,
+        creds: &ClientCredentials,
+        refresh_token: &SecretString,
+    ) -> Result<ProviderTokens, ProviderError> {
+        let d = self.discovered().await?;
+        let client = self.client(&d, creds, None)?;
+        let token = RefreshToken::new(refresh_token.expose_secret().to_string());
+        let response = client
+            .exchange_refresh_token(&token)
+            .map_err(|e| ProviderError::Malformed(e.to_string()))?
+            .request_async(&self.http)
+            .await;
+        self.token_result(response)
+    }
+
+    fn token_result(
+        &self,
+        response: Result<
+            ProviderTokenResponse,
+            RequestTokenError<HttpFailure, StandardErrorResponse<CoreErrorResponseType>>,
+        >,
+    ) -> Result<ProviderTokens, ProviderError> {
+        match response {
+            Ok(r) => Ok(ProviderTokens {
+                access_token: SecretString::from(r.access_token().secret().clone()),
+                refresh_token: r
+                    .refresh_token()
+                    .map(|t| SecretString::from(t.secret().clone())),
+                id_token: r.id_token().map(|t| SecretString::from(t.to_string())),
+                expires_in: r.expires_in(),
+                scope: r
+                    .scopes()
+                    .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
+                token_type: "Bearer".into(),
+            }),
+            Err(e) => Err(self.classify_token_error(e)),
+        }
+    }
+
+    fn classify_token_error(
+        &self,
+        e: RequestTokenError<HttpFailure, StandardErrorResponse<CoreErrorResponseType>>,
+    ) -> ProviderError {
+        match e {
+            RequestTokenError::ServerResponse(r) => match r.error() {
+                CoreErrorResponseType::InvalidGrant => ProviderError::InvalidGrant,
+                CoreErrorResponseType::InvalidClient
+                | CoreErrorResponseType::UnauthorizedClient => ProviderError::InvalidClient,
+                other => ProviderError::Rejected {
+                    error: other.as_ref().to_string(),
+                },
+            },
+            RequestTokenError::Request(f) => f.into_provider_error(),
+            // Only where and what kind: serde's message can quote the offending value,
+            // and in a token response that value may be a token.
+            RequestTokenError::Parse(e, _body) => ProviderError::Malformed(format!(
+                "unreadable token response at `{}` ({:?} error)",
+                e.path(),
+                e.inner().classify()
+            )),
+            RequestTokenError::Other(e) => ProviderError::Malformed(e),
+        }
+    }
+
+    /// Returns whether a revocation was sent and accepted.
+    pub async fn revoke(&self, token: &SecretString) -> Result<bool, ProviderError> {
+        let creds = self.credentials().await?;
+        let d = self.discovered().await?;
+        let Some(endpoint) = d.metadata.additional_metadata().revocation_endpoint.clone() else {
+            return Ok(false);
+        };
+        // RFC 7009 by hand: `oauth2`'s revoke refuses any non-https endpoint, which
+        // would rule out a loopback issuer (tests, a local provider). The request is
+        // one form POST with the client's credentials, encoded as RFC 6749 §2.3.1 says.
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let response = self
+            .http
+            .0
+            .post(endpoint)
+            .basic_auth(
+                encode(&creds.client_id),
+                Some(encode(creds.client_secret.expose_secret())),
+            )
+            .form(&[
+                ("token", token.expose_secret()),
+                ("token_type_hint", "refresh_token"),
+            ])
+            .send()
+            .await
+            .map_err(|e| classify_reqwest(e).into_provider_error())?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(true)
+        } else if is_unavailable_status(status) {
+            Err(ProviderError::Unavailable(format!(
+                "revocation answered HTTP {}",
+                status.as_u16()
+            )))
+        } else {
+            // Google answers 400 invalid_token for a token that is already dead: the
+            // grant is gone either way.
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let error = body["error"].as_str().unwrap_or("unknown").to_string();
+            if error == "invalid_token" {
+                Ok(true)
+            } else {
+                Err(ProviderError::Rejected { error })
+            }
+        }
+    }
+}
+
+/// The HTTP client for one provider.
+pub(super) fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        // Following redirects from a token endpoint opens the door to SSRF.
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .timeout(timeout)
+        .user_agent(concat!("axnt-oauth/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Sorts a reqwest error by whether the request may have reached the provider.
+/// `is_connect` holds for connect failures and connect timeouts alike (a connect
+/// timeout is also `is_timeout`), so it is asked first.
+fn classify_reqwest(e: reqwest::Error) -> HttpFailure {
+    if e.is_connect() || e.is_builder() {
+        HttpFailure::NotSent(error_chain(&e))
+    } else if e.is_timeout() {
+        HttpFailure::Timeout
+    } else {
+        HttpFailure::Interrupted(error_chain(&e))
+    }
+}
+
+/// An error and its causes on one line (reqwest hides the useful part in `source`).
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openidconnect::AsyncHttpClient;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A loopback server that reads one request, then does `answer` with the socket.
+    async fn server<F, Fut>(answer: F) -> String
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = socket.read(&mut buf).await;
+                answer(socket).await;
+            }
+        });
+        format!("http://{addr}/token")
+    }
+
+    async fn call(url: &str) -> Result<HttpResponse, ProviderError> {
+        let http = ProviderHttp(http_client(Duration::from_millis(500)).expect("client"));
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(url)
+            .body(b"grant_type=refresh_token".to_vec())
+            .expect("request");
+        http.call(request)
+            .await
+            .map_err(HttpFailure::into_provider_error)
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_never_reached_the_provider() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/token", listener.local_addr().expect("addr"));
+        drop(listener);
+        assert!(matches!(
+            call(&url).await,
+            Err(ProviderError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn no_answer_after_connecting_is_an_unknown_outcome() {
+        let url = server(|socket| async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(socket);
+        })
+        .await;
+        assert!(matches!(
+            call(&url).await,
+            Err(ProviderError::OutcomeUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_before_the_answer_is_an_unknown_outcome() {
+        let url = server(|socket| async move { drop(socket) }).await;
+        assert!(matches!(
+            call(&url).await,
+            Err(ProviderError::OutcomeUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_truncated_answer_is_an_unknown_outcome() {
+        let url = server(|mut socket| async move {
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"access_token\"")
+                .await;
+        })
+        .await;
+        assert!(matches!(
+            call(&url).await,
+            Err(ProviderError::OutcomeUnknown(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn answers_429_and_5xx_are_unavailable_and_4xx_are_answers() {
+        for (status, unavailable) in [(429, true), (500, true), (503, true), (400, false)] {
+            let url = server(move |mut socket| async move {
+                let head = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\n{{}}");
+                let _ = socket.write_all(head.as_bytes()).await;
+            })
+            .await;
+            let result = call(&url).await;
+            assert_eq!(
+                matches!(result, Err(ProviderError::Unavailable(_))),
+                unavailable,
+                "HTTP {status}"
+            );
+            assert_eq!(result.is_ok(), !unavailable, "HTTP {status}");
+        }
+    }
+}

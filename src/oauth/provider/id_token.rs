@@ -1,0 +1,123 @@
+//! ID-token verification: the signature against the provider's JWKS (refetched once for
+//! an unknown `kid`, as after a key rotation), `iss`, `aud`, `exp` and `nonce`, and what is
+//! wrong with a token that fails, as a stable code.
+
+use openidconnect::core::{
+    CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
+};
+use openidconnect::{AdditionalClaims, IdToken, Nonce};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::{OidcProvider, ProviderError};
+use crate::store::UserInfo;
+
+/// Claims beyond the standard ones that we read from ID tokens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExtraClaims {
+    /// Google Workspace hosted domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hd: Option<String>,
+}
+impl AdditionalClaims for ExtraClaims {}
+
+type ProviderIdToken = IdToken<
+    ExtraClaims,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
+
+/// What is wrong with an ID token, as a stable code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdTokenProblem {
+    Missing,
+    BadSignature,
+    WrongIssuer,
+    WrongAudience,
+    WrongNonce,
+    Expired,
+    Malformed,
+}
+
+impl IdTokenProblem {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::BadSignature => "bad_signature",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::WrongNonce => "wrong_nonce",
+            Self::Expired => "expired",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+impl std::fmt::Display for IdTokenProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl OidcProvider {
+    /// Verifies an ID token (signature against the JWKS, `iss`, `aud`, `exp`, `nonce`)
+    /// and returns the profile it carries.
+    pub async fn verify_id_token(
+        &self,
+        id_token: &SecretString,
+        nonce: &str,
+    ) -> Result<UserInfo, ProviderError> {
+        let token: ProviderIdToken = id_token
+            .expose_secret()
+            .parse()
+            .map_err(|_| ProviderError::IdToken(IdTokenProblem::Malformed))?;
+        let creds = self.credentials().await?;
+        let mut d = self.discovered().await?;
+        let nonce = Nonce::new(nonce.to_string());
+        let mut refetched = false;
+        loop {
+            let client = self.client(&d, &creds, None)?;
+            match token.claims(&client.id_token_verifier(), &nonce) {
+                Ok(claims) => {
+                    return Ok(UserInfo {
+                        sub: claims.subject().to_string(),
+                        email: claims.email().map(|e| e.to_string()),
+                        email_verified: claims.email_verified(),
+                        name: claims
+                            .name()
+                            .and_then(|n| n.get(None))
+                            .map(|n| n.to_string()),
+                        picture: claims
+                            .picture()
+                            .and_then(|p| p.get(None))
+                            .map(|p| p.to_string()),
+                        hd: claims.additional_claims().hd.clone(),
+                    });
+                }
+                Err(openidconnect::ClaimsVerificationError::SignatureVerification(
+                    openidconnect::SignatureVerificationError::NoMatchingKey,
+                )) if !refetched => {
+                    refetched = true;
+                    match self.metadata.refetch_jwks(&d).await? {
+                        Some(fresh) => d = fresh,
+                        None => return Err(ProviderError::IdToken(IdTokenProblem::BadSignature)),
+                    }
+                }
+                Err(e) => return Err(ProviderError::IdToken(classify_claims_error(&e))),
+            }
+        }
+    }
+}
+
+fn classify_claims_error(e: &openidconnect::ClaimsVerificationError) -> IdTokenProblem {
+    use openidconnect::ClaimsVerificationError as E;
+    match e {
+        E::Expired(_) => IdTokenProblem::Expired,
+        E::InvalidAudience(_) => IdTokenProblem::WrongAudience,
+        E::InvalidIssuer(_) => IdTokenProblem::WrongIssuer,
+        E::InvalidNonce(_) => IdTokenProblem::WrongNonce,
+        E::SignatureVerification(_) => IdTokenProblem::BadSignature,
+        _ => IdTokenProblem::Malformed,
+    }
+}
