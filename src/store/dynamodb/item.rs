@@ -1,142 +1,36 @@
-//! aws mode's store: the tokens table and the logs table in DynamoDB. Each table's item
-//! layout is declared once, on a private serde type (`ConnectionItem`, `FlowLogItem`),
-//! and `serde_dynamo` maps it: maps as `M`, times as RFC 3339 `S` to the millisecond,
-//! numbers as `N`, `isActive` as `BOOL`, unset options left out.
-//!
-//! Only the run-time policy's actions are used: `PutItem` (conditional on `version`,
-//! or on holding the refresh lease), `UpdateItem` (the refresh lease and `lastUsed`:
-//! partial updates that leave the tokens and `version` alone), `GetItem`,
-//! `DeleteItem` (conditional), `Query`. No `DescribeTable`: `ping` reads a
-//! key that never exists, which proves the table, the region and the permission.
-//! Reads are strongly consistent, so a writer that lost a condition and re-reads sees
-//! the row that won, and a user reads their flow log right after a step.
+//! The tables' item layouts, declared once on private serde types and mapped by
+//! `serde_dynamo`, and the attribute-value helpers the requests use.
 
 use std::collections::HashMap;
 
-use async_trait::async_trait;
-use aws_config::SdkConfig;
-use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{
-    Connection, FlowLog, FlowLogEntry, FlowStep, LeaseRelease, RefreshLease, RefreshState,
-    StoreError, TokenStore, UserInfo,
-};
-use crate::aws::error::{AwsFailure, FailureKind, observe};
 use crate::crypto::Envelope;
+use crate::store::{
+    Connection, FlowLogEntry, FlowStep, RefreshLease, RefreshState, StoreError, UserInfo,
+};
 
-type Item = HashMap<String, AttributeValue>;
-
-/// A key no row uses, read by `ping`.
-const PING_KEY: &str = "__axnt_ping__";
+pub(super) type Item = HashMap<String, AttributeValue>;
 
 /// The refresh bookkeeping's attributes the lease updates name (see [`RefreshState`]).
-const LEASE_ATTEMPT: &str = "refreshLeaseAttempt";
-const LEASE_UNTIL: &str = "refreshLeaseUntil";
-const RETRY_AT: &str = "refreshRetryAt";
-const UNKNOWN_SINCE: &str = "refreshUnknownSince";
+pub(super) const LEASE_ATTEMPT: &str = "refreshLeaseAttempt";
+pub(super) const LEASE_UNTIL: &str = "refreshLeaseUntil";
+pub(super) const RETRY_AT: &str = "refreshRetryAt";
+pub(super) const UNKNOWN_SINCE: &str = "refreshUnknownSince";
 
-/// Both tables, one client.
-#[derive(Clone)]
-pub struct DynamoStore {
-    client: Client,
-    tokens_table: String,
-    logs_table: String,
-    region: String,
-}
-
-impl DynamoStore {
-    /// Reads a key that never exists: proves the table answers with `GetItem` alone
-    /// (the run-time policy has no `DescribeTable`).
-    async fn ping_table(&self, table: &str, range_key: &str) -> Result<(), StoreError> {
-        observe(
-            "dynamodb",
-            "GetItem",
-            self.client
-                .get_item()
-                .table_name(table)
-                .key("userId", s(PING_KEY))
-                .key(range_key, s(PING_KEY))
-                .projection_expression("userId")
-                .send()
-                .await,
-        )
-        .map(drop)
-        .map_err(|f| self.error("GetItem", table, f))
-    }
-
-    /// A partial update of one tokens row (`UpdateItem`, in the run-time policy).
-    fn update(
-        &self,
-        user_id: &str,
-        provider: &str,
-    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
-        self.client
-            .update_item()
-            .table_name(&self.tokens_table)
-            .key("userId", s(user_id))
-            .key("provider", s(provider))
-    }
-
-    /// Sends a conditional update; a failed condition (including "no such row") is a
-    /// conflict.
-    async fn send_update(
-        &self,
-        request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
-    ) -> Result<(), StoreError> {
-        observe("dynamodb", "UpdateItem", request.send().await)
-            .map(drop)
-            .map_err(|f| self.error("UpdateItem", &self.tokens_table, f))
-    }
-
-    pub fn new(config: &SdkConfig, tokens_table: &str, logs_table: &str) -> Self {
-        Self {
-            client: Client::new(config),
-            tokens_table: tokens_table.to_string(),
-            logs_table: logs_table.to_string(),
-            region: crate::aws::region_name(config),
-        }
-    }
-
-    /// Turns a failed call into a store error naming the action, table and region.
-    fn error(&self, action: &str, table: &str, f: AwsFailure) -> StoreError {
-        match f.kind {
-            FailureKind::AccessDenied => StoreError::AccessDenied(format!(
-                "AccessDenied: the IAM policy lacks dynamodb:{action} on table/{table} ({})",
-                f.describe()
-            )),
-            FailureKind::NotFound => StoreError::MissingTable(format!(
-                "table {table} not found in region {} (dynamodb:{action})",
-                self.region
-            )),
-            FailureKind::Throttled => StoreError::Throttled(format!(
-                "dynamodb:{action} on table/{table} throttled ({})",
-                f.describe()
-            )),
-            FailureKind::ConditionFailed => StoreError::Conflict,
-            FailureKind::Timeout | FailureKind::Unavailable | FailureKind::Rejected => {
-                StoreError::Unavailable(format!(
-                    "dynamodb:{action} on table/{table}: {}",
-                    f.describe()
-                ))
-            }
-        }
-    }
-}
-
-fn s(value: impl Into<String>) -> AttributeValue {
+pub(super) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-fn n(value: impl ToString) -> AttributeValue {
+pub(super) fn n(value: impl ToString) -> AttributeValue {
     AttributeValue::N(value.to_string())
 }
 
-fn rfc3339(at: &DateTime<Utc>) -> String {
+pub(super) fn rfc3339(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -321,307 +215,20 @@ fn from_item<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
     })
 }
 
-fn connection_item(row: &Connection) -> Result<Item, StoreError> {
+pub(super) fn connection_item(row: &Connection) -> Result<Item, StoreError> {
     to_item("connection item", &ConnectionItem::from(row))
 }
 
-fn connection_from(item: &Item) -> Result<Connection, StoreError> {
+pub(super) fn connection_from(item: &Item) -> Result<Connection, StoreError> {
     from_item::<ConnectionItem>(item)?.try_into()
 }
 
-fn flow_item(entry: &FlowLogEntry) -> Result<Item, StoreError> {
+pub(super) fn flow_item(entry: &FlowLogEntry) -> Result<Item, StoreError> {
     to_item("flow log item", &FlowLogItem::from(entry))
 }
 
-fn flow_entry_from(item: &Item) -> Result<FlowLogEntry, StoreError> {
+pub(super) fn flow_entry_from(item: &Item) -> Result<FlowLogEntry, StoreError> {
     from_item::<FlowLogItem>(item).map(FlowLogEntry::from)
-}
-
-#[async_trait]
-impl TokenStore for DynamoStore {
-    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
-    async fn get(&self, user_id: &str, provider: &str) -> Result<Option<Connection>, StoreError> {
-        let table = &self.tokens_table;
-        let out = observe(
-            "dynamodb",
-            "GetItem",
-            self.client
-                .get_item()
-                .table_name(table)
-                .key("userId", s(user_id))
-                .key("provider", s(provider))
-                .consistent_read(true)
-                .send()
-                .await,
-        )
-        .map_err(|f| self.error("GetItem", table, f))?;
-        out.item().map(connection_from).transpose()
-    }
-
-    #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
-    async fn put(&self, row: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
-        let table = &self.tokens_table;
-        let request = self
-            .client
-            .put_item()
-            .table_name(table)
-            .set_item(Some(connection_item(row)?));
-        // A whole-item PutItem, conditional: the row either is written entirely or
-        // stays as it was (no half-written row).
-        let request = match expected {
-            None => request.condition_expression("attribute_not_exists(userId)"),
-            Some(v) => request
-                .condition_expression("version = :expected")
-                .expression_attribute_values(":expected", n(v)),
-        };
-        observe("dynamodb", "PutItem", request.send().await)
-            .map(drop)
-            .map_err(|f| self.error("PutItem", table, f))
-    }
-
-    #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
-    async fn put_as_holder(&self, row: &Connection, attempt: &str) -> Result<(), StoreError> {
-        let table = &self.tokens_table;
-        let request = self
-            .client
-            .put_item()
-            .table_name(table)
-            .set_item(Some(connection_item(row)?))
-            .condition_expression("#attempt = :attempt")
-            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
-            .expression_attribute_values(":attempt", s(attempt));
-        observe("dynamodb", "PutItem", request.send().await)
-            .map(drop)
-            .map_err(|f| self.error("PutItem", table, f))
-    }
-
-    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
-    async fn acquire_lease(
-        &self,
-        user_id: &str,
-        provider: &str,
-        version: u64,
-        lease: &RefreshLease,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let request = self
-            .update(user_id, provider)
-            .update_expression("SET #attempt = :attempt, #until = :until")
-            .condition_expression(
-                "version = :version AND (attribute_not_exists(#attempt) OR #until < :now)",
-            )
-            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
-            .expression_attribute_names("#until", LEASE_UNTIL)
-            .expression_attribute_values(":attempt", s(&lease.attempt))
-            .expression_attribute_values(":until", n(lease.until_ms))
-            .expression_attribute_values(":version", n(version))
-            .expression_attribute_values(":now", n(now_ms));
-        self.send_update(request).await
-    }
-
-    async fn extend_lease(
-        &self,
-        user_id: &str,
-        provider: &str,
-        lease: &RefreshLease,
-    ) -> Result<(), StoreError> {
-        let request = self
-            .update(user_id, provider)
-            .update_expression("SET #until = :until")
-            .condition_expression("#attempt = :attempt")
-            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
-            .expression_attribute_names("#until", LEASE_UNTIL)
-            .expression_attribute_values(":attempt", s(&lease.attempt))
-            .expression_attribute_values(":until", n(lease.until_ms));
-        self.send_update(request).await
-    }
-
-    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
-    async fn release_lease(
-        &self,
-        user_id: &str,
-        provider: &str,
-        attempt: &str,
-        after: LeaseRelease,
-    ) -> Result<(), StoreError> {
-        let mut set = Vec::new();
-        let mut remove = vec!["#attempt", "#until"];
-        let mut request = self
-            .update(user_id, provider)
-            .condition_expression("#attempt = :attempt")
-            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
-            .expression_attribute_names("#until", LEASE_UNTIL)
-            .expression_attribute_names("#retry", RETRY_AT)
-            .expression_attribute_values(":attempt", s(attempt));
-        match after.retry_at_ms {
-            Some(at) => {
-                set.push("#retry = :retry");
-                request = request.expression_attribute_values(":retry", n(at));
-            }
-            None => remove.push("#retry"),
-        }
-        // An unknown outcome is remembered until a token write clears it.
-        if let Some(at) = after.unknown_since_ms {
-            set.push("#unknown = :unknown");
-            request = request
-                .expression_attribute_names("#unknown", UNKNOWN_SINCE)
-                .expression_attribute_values(":unknown", n(at));
-        }
-        let mut expression = format!("REMOVE {}", remove.join(", "));
-        if !set.is_empty() {
-            expression = format!("SET {} {expression}", set.join(", "));
-        }
-        self.send_update(request.update_expression(expression))
-            .await
-    }
-
-    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
-    async fn touch(
-        &self,
-        user_id: &str,
-        provider: &str,
-        last_used: DateTime<Utc>,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        let request = self
-            .update(user_id, provider)
-            .update_expression("SET lastUsed = :used, expiresAt = :purge")
-            .condition_expression("isActive = :active")
-            .expression_attribute_values(":used", s(rfc3339(&last_used)))
-            .expression_attribute_values(":purge", n(expires_at))
-            .expression_attribute_values(":active", AttributeValue::Bool(true));
-        match self.send_update(request).await {
-            Ok(()) | Err(StoreError::Conflict) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn delete(
-        &self,
-        user_id: &str,
-        provider: &str,
-        expected: u64,
-    ) -> Result<bool, StoreError> {
-        let table = &self.tokens_table;
-        // One call: a missing row satisfies the condition and deletes nothing (no old
-        // item comes back); a row at another version fails it (a conflict).
-        let out = observe(
-            "dynamodb",
-            "DeleteItem",
-            self.client
-                .delete_item()
-                .table_name(table)
-                .key("userId", s(user_id))
-                .key("provider", s(provider))
-                .condition_expression("attribute_not_exists(userId) OR version = :expected")
-                .expression_attribute_values(":expected", n(expected))
-                .return_values(ReturnValue::AllOld)
-                .send()
-                .await,
-        )
-        .map_err(|f| self.error("DeleteItem", table, f))?;
-        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
-    }
-
-    async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError> {
-        let table = &self.tokens_table;
-        let mut rows = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = observe(
-                "dynamodb",
-                "Query",
-                self.client
-                    .query()
-                    .table_name(table)
-                    .key_condition_expression("userId = :u")
-                    .expression_attribute_values(":u", s(user_id))
-                    .consistent_read(true)
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await,
-            )
-            .map_err(|f| self.error("Query", table, f))?;
-            for item in out.items() {
-                rows.push(connection_from(item)?);
-            }
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(rows),
-            }
-        }
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.ping_table(&self.tokens_table, "provider").await
-    }
-}
-
-#[async_trait]
-impl FlowLog for DynamoStore {
-    /// One unconditional `PutItem`: keys are unique, so a retried write that had in
-    /// fact succeeded writes the same item again instead of failing.
-    async fn append(&self, entry: &FlowLogEntry) -> Result<(), StoreError> {
-        let table = &self.logs_table;
-        observe(
-            "dynamodb",
-            "PutItem",
-            self.client
-                .put_item()
-                .table_name(table)
-                .set_item(Some(flow_item(entry)?))
-                .send()
-                .await,
-        )
-        .map(drop)
-        .map_err(|f| self.error("PutItem", table, f))
-    }
-
-    async fn list(
-        &self,
-        user_id: &str,
-        limit: usize,
-        before: Option<&str>,
-    ) -> Result<Vec<FlowLogEntry>, StoreError> {
-        let table = &self.logs_table;
-        let mut entries = Vec::new();
-        let mut start: Option<Item> = None;
-        while entries.len() < limit {
-            let page = i32::try_from(limit - entries.len()).unwrap_or(i32::MAX);
-            // `timestamp` is a reserved word in DynamoDB expressions.
-            let mut request = self
-                .client
-                .query()
-                .table_name(table)
-                .expression_attribute_values(":u", s(user_id))
-                .scan_index_forward(false)
-                .consistent_read(true)
-                .limit(page)
-                .set_exclusive_start_key(start.take());
-            request = match before {
-                Some(before) => request
-                    .key_condition_expression("userId = :u AND #ts < :before")
-                    .expression_attribute_names("#ts", "timestamp")
-                    .expression_attribute_values(":before", s(before)),
-                None => request.key_condition_expression("userId = :u"),
-            };
-            let out = observe("dynamodb", "Query", request.send().await)
-                .map_err(|f| self.error("Query", table, f))?;
-            for item in out.items() {
-                entries.push(flow_entry_from(item)?);
-            }
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => break,
-            }
-        }
-        entries.truncate(limit);
-        Ok(entries)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.ping_table(&self.logs_table, "timestamp").await
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,115 @@
+//! aws mode's store: the tokens table and the logs table in DynamoDB. Each table's item
+//! layout is declared once, on a private serde type (`ConnectionItem`, `FlowLogItem`, in
+//! `item.rs`),
+//! and `serde_dynamo` maps it: maps as `M`, times as RFC 3339 `S` to the millisecond,
+//! numbers as `N`, `isActive` as `BOOL`, unset options left out.
+//!
+//! Only the run-time policy's actions are used: `PutItem` (conditional on `version`,
+//! or on holding the refresh lease), `UpdateItem` (the refresh lease and `lastUsed`:
+//! partial updates that leave the tokens and `version` alone), `GetItem`,
+//! `DeleteItem` (conditional), `Query`. No `DescribeTable`: `ping` reads a
+//! key that never exists, which proves the table, the region and the permission.
+//! Reads are strongly consistent, so a writer that lost a condition and re-reads sees
+//! the row that won, and a user reads their flow log right after a step.
+
+mod flow_log;
+mod item;
+mod tokens;
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::Client;
+
+use self::item::s;
+use super::StoreError;
+use crate::aws::error::{AwsFailure, FailureKind, observe};
+
+/// A key no row uses, read by `ping`.
+const PING_KEY: &str = "__axnt_ping__";
+
+/// Both tables, one client.
+#[derive(Clone)]
+pub struct DynamoStore {
+    client: Client,
+    tokens_table: String,
+    logs_table: String,
+    region: String,
+}
+
+impl DynamoStore {
+    /// Reads a key that never exists: proves the table answers with `GetItem` alone
+    /// (the run-time policy has no `DescribeTable`).
+    async fn ping_table(&self, table: &str, range_key: &str) -> Result<(), StoreError> {
+        observe(
+            "dynamodb",
+            "GetItem",
+            self.client
+                .get_item()
+                .table_name(table)
+                .key("userId", s(PING_KEY))
+                .key(range_key, s(PING_KEY))
+                .projection_expression("userId")
+                .send()
+                .await,
+        )
+        .map(drop)
+        .map_err(|f| self.error("GetItem", table, f))
+    }
+
+    /// A partial update of one tokens row (`UpdateItem`, in the run-time policy).
+    fn update(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.tokens_table)
+            .key("userId", s(user_id))
+            .key("provider", s(provider))
+    }
+
+    /// Sends a conditional update; a failed condition (including "no such row") is a
+    /// conflict.
+    async fn send_update(
+        &self,
+        request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+    ) -> Result<(), StoreError> {
+        observe("dynamodb", "UpdateItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("UpdateItem", &self.tokens_table, f))
+    }
+
+    pub fn new(config: &SdkConfig, tokens_table: &str, logs_table: &str) -> Self {
+        Self {
+            client: Client::new(config),
+            tokens_table: tokens_table.to_string(),
+            logs_table: logs_table.to_string(),
+            region: crate::aws::region_name(config),
+        }
+    }
+
+    /// Turns a failed call into a store error naming the action, table and region.
+    fn error(&self, action: &str, table: &str, f: AwsFailure) -> StoreError {
+        match f.kind {
+            FailureKind::AccessDenied => StoreError::AccessDenied(format!(
+                "AccessDenied: the IAM policy lacks dynamodb:{action} on table/{table} ({})",
+                f.describe()
+            )),
+            FailureKind::NotFound => StoreError::MissingTable(format!(
+                "table {table} not found in region {} (dynamodb:{action})",
+                self.region
+            )),
+            FailureKind::Throttled => StoreError::Throttled(format!(
+                "dynamodb:{action} on table/{table} throttled ({})",
+                f.describe()
+            )),
+            FailureKind::ConditionFailed => StoreError::Conflict,
+            FailureKind::Timeout | FailureKind::Unavailable | FailureKind::Rejected => {
+                StoreError::Unavailable(format!(
+                    "dynamodb:{action} on table/{table}: {}",
+                    f.describe()
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The tokens table: one item per connection, written whole and conditionally on
+//! `version` (or on holding the refresh lease), with the lease and `lastUsed` as
+//! partial updates.
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use chrono::{DateTime, Utc};
+
+use super::DynamoStore;
+use super::item::{
+    Item, LEASE_ATTEMPT, LEASE_UNTIL, RETRY_AT, UNKNOWN_SINCE, connection_from, connection_item, n,
+    rfc3339, s,
+};
+use crate::aws::error::observe;
+use crate::store::{Connection, LeaseRelease, RefreshLease, StoreError, TokenStore};
+
+#[async_trait]
+impl TokenStore for DynamoStore {
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn get(&self, user_id: &str, provider: &str) -> Result<Option<Connection>, StoreError> {
+        let table = &self.tokens_table;
+        let out = observe(
+            "dynamodb",
+            "GetItem",
+            self.client
+                .get_item()
+                .table_name(table)
+                .key("userId", s(user_id))
+                .key("provider", s(provider))
+                .consistent_read(true)
+                .send()
+                .await,
+        )
+        .map_err(|f| self.error("GetItem", table, f))?;
+        out.item().map(connection_from).transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
+    async fn put(&self, row: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        let request = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(connection_item(row)?));
+        // A whole-item PutItem, conditional: the row either is written entirely or
+        // stays as it was (no half-written row).
+        let request = match expected {
+            None => request.condition_expression("attribute_not_exists(userId)"),
+            Some(v) => request
+                .condition_expression("version = :expected")
+                .expression_attribute_values(":expected", n(v)),
+        };
+        observe("dynamodb", "PutItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("PutItem", table, f))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
+    async fn put_as_holder(&self, row: &Connection, attempt: &str) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        let request = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(connection_item(row)?))
+            .condition_expression("#attempt = :attempt")
+            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
+            .expression_attribute_values(":attempt", s(attempt));
+        observe("dynamodb", "PutItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("PutItem", table, f))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn acquire_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        version: u64,
+        lease: &RefreshLease,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let request = self
+            .update(user_id, provider)
+            .update_expression("SET #attempt = :attempt, #until = :until")
+            .condition_expression(
+                "version = :version AND (attribute_not_exists(#attempt) OR #until < :now)",
+            )
+            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
+            .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_values(":attempt", s(&lease.attempt))
+            .expression_attribute_values(":until", n(lease.until_ms))
+            .expression_attribute_values(":version", n(version))
+            .expression_attribute_values(":now", n(now_ms));
+        self.send_update(request).await
+    }
+
+    async fn extend_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        lease: &RefreshLease,
+    ) -> Result<(), StoreError> {
+        let request = self
+            .update(user_id, provider)
+            .update_expression("SET #until = :until")
+            .condition_expression("#attempt = :attempt")
+            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
+            .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_values(":attempt", s(&lease.attempt))
+            .expression_attribute_values(":until", n(lease.until_ms));
+        self.send_update(request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn release_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        attempt: &str,
+        after: LeaseRelease,
+    ) -> Result<(), StoreError> {
+        let mut set = Vec::new();
+        let mut remove = vec!["#attempt", "#until"];
+        let mut request = self
+            .update(user_id, provider)
+            .condition_expression("#attempt = :attempt")
+            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
+            .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_names("#retry", RETRY_AT)
+            .expression_attribute_values(":attempt", s(attempt));
+        match after.retry_at_ms {
+            Some(at) => {
+                set.push("#retry = :retry");
+                request = request.expression_attribute_values(":retry", n(at));
+            }
+            None => remove.push("#retry"),
+        }
+        // An unknown outcome is remembered until a token write clears it.
+        if let Some(at) = after.unknown_since_ms {
+            set.push("#unknown = :unknown");
+            request = request
+                .expression_attribute_names("#unknown", UNKNOWN_SINCE)
+                .expression_attribute_values(":unknown", n(at));
+        }
+        let mut expression = format!("REMOVE {}", remove.join(", "));
+        if !set.is_empty() {
+            expression = format!("SET {} {expression}", set.join(", "));
+        }
+        self.send_update(request.update_expression(expression))
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn touch(
+        &self,
+        user_id: &str,
+        provider: &str,
+        last_used: DateTime<Utc>,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let request = self
+            .update(user_id, provider)
+            .update_expression("SET lastUsed = :used, expiresAt = :purge")
+            .condition_expression("isActive = :active")
+            .expression_attribute_values(":used", s(rfc3339(&last_used)))
+            .expression_attribute_values(":purge", n(expires_at))
+            .expression_attribute_values(":active", AttributeValue::Bool(true));
+        match self.send_update(request).await {
+            Ok(()) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(
+        &self,
+        user_id: &str,
+        provider: &str,
+        expected: u64,
+    ) -> Result<bool, StoreError> {
+        let table = &self.tokens_table;
+        // One call: a missing row satisfies the condition and deletes nothing (no old
+        // item comes back); a row at another version fails it (a conflict).
+        let out = observe(
+            "dynamodb",
+            "DeleteItem",
+            self.client
+                .delete_item()
+                .table_name(table)
+                .key("userId", s(user_id))
+                .key("provider", s(provider))
+                .condition_expression("attribute_not_exists(userId) OR version = :expected")
+                .expression_attribute_values(":expected", n(expected))
+                .return_values(ReturnValue::AllOld)
+                .send()
+                .await,
+        )
+        .map_err(|f| self.error("DeleteItem", table, f))?;
+        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+    }
+
+    async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError> {
+        let table = &self.tokens_table;
+        let mut rows = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = observe(
+                "dynamodb",
+                "Query",
+                self.client
+                    .query()
+                    .table_name(table)
+                    .key_condition_expression("userId = :u")
+                    .expression_attribute_values(":u", s(user_id))
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await,
+            )
+            .map_err(|f| self.error("Query", table, f))?;
+            for item in out.items() {
+                rows.push(connection_from(item)?);
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(rows),
+            }
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.ping_table(&self.tokens_table, "provider").await
+    }
+}
