@@ -9,12 +9,12 @@
 //! | `GET /jwks` | the published signing keys (fetches are counted) |
 //! | `GET /authorize` | records the query, validates `client_id` and `redirect_uri`, auto-approves: `302` to `redirect_uri?code=…&state=…&scope=…` |
 //! | `POST /token` | `authorization_code` (single use, PKCE S256 required) and `refresh_token` grants; `client_secret_basic` or `client_secret_post` |
-//! | `POST /revoke` | records the token and revokes the grant it belongs to (as Google does); always `200` unless scripted |
+//! | `POST /revoke` | records the token and revokes the grant it belongs to (as Google does); always `200` |
 //! | `GET /userinfo` | the profile, for a valid `Bearer` access token |
 //!
 //! Every code and token it issues is unique and recognisable: `code-<prefix>-<n>`,
 //! `at-<prefix>-<n>`, `rt-<prefix>-<n>`, where `<prefix>` is 8 random hex digits per
-//! provider ([`FakeProvider::token_prefix`]) and `<n>` a counter, so a test can search the
+//! provider and `<n>` a counter, so a test can search the
 //! service's logs for any of them ([`FakeProvider::secrets`] lists every one, ID tokens and
 //! client secrets included).
 //!
@@ -51,12 +51,8 @@
 //! - An ID token is issued only when the authorized `scope` contains `openid`, as Google does.
 //! - The server task is aborted when the [`FakeProvider`] is dropped; keep it alive for the
 //!   whole test.
-// The fake mirrors the provider's surface; a few of its knobs (profile, scopes granted,
-// revocation failures, …) have no test using them yet.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -155,16 +151,11 @@ impl Profile {
 /// One scripted answer of the `refresh_token` grant (see [`FakeProvider::refresh_failure`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RefreshBehaviour {
-    /// Answer normally.
-    Ok,
-    /// `400 {"error":"invalid_grant"}` (the refresh token stays valid at the provider; use
-    /// [`FakeProvider::revoke_all_grants`] for a token that is dead for good).
+    /// `400 {"error":"invalid_grant"}` (the refresh token stays valid at the provider).
     InvalidGrant,
     /// That HTTP status with `{"error":"server_error"}` (or `temporarily_unavailable` for
     /// 429 and 503).
     Status(u16),
-    /// That HTTP status with `{"error": error}`.
-    Error { status: u16, error: String },
     /// Wait, then answer normally (for timeouts and concurrent-refresh races).
     Delay(Duration),
     /// Decide the answer at once (a rotating provider rotates the refresh token now),
@@ -203,17 +194,6 @@ pub enum IdTokenTamper {
     Omit,
 }
 
-/// How a token request authenticated the client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// HTTP Basic (`client_secret_basic`).
-    Basic,
-    /// `client_id` and `client_secret` in the form (`client_secret_post`).
-    Post,
-    /// Neither.
-    Missing,
-}
-
 /// One request received at `/token`, recorded when it was answered.
 #[derive(Clone, Debug)]
 pub struct TokenRequest {
@@ -221,7 +201,6 @@ pub struct TokenRequest {
     pub grant_type: String,
     /// Every form parameter (secrets included: this is test support).
     pub params: HashMap<String, String>,
-    pub client_auth: ClientAuth,
     /// The HTTP status answered.
     pub status: u16,
 }
@@ -243,7 +222,6 @@ pub struct Authorization {
 
 /// A running fake provider; the server stops when this is dropped.
 pub struct FakeProvider {
-    addr: SocketAddr,
     shared: Arc<Shared>,
     server: JoinHandle<()>,
 }
@@ -274,7 +252,6 @@ impl FakeProvider {
         let inner = Inner::new(&prefix, config);
         let shared = Arc::new(Shared {
             issuer,
-            prefix,
             inner: Mutex::new(inner),
         });
         let app = Router::new()
@@ -290,19 +267,10 @@ impl FakeProvider {
                 .await
                 .expect("fake provider: server failed");
         });
-        Self {
-            addr,
-            shared,
-            server,
-        }
+        Self { shared, server }
     }
 
     // ----- identity ------------------------------------------------------------------
-
-    /// The socket address it listens on.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
 
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub fn issuer(&self) -> String {
@@ -312,11 +280,6 @@ impl FakeProvider {
     /// The issuer plus `path` (which should start with `/`).
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.shared.issuer)
-    }
-
-    /// The 8 hex digits inside every code and token this provider issues.
-    pub fn token_prefix(&self) -> String {
-        self.shared.prefix.clone()
     }
 
     pub fn client_id(&self) -> String {
@@ -334,32 +297,11 @@ impl FakeProvider {
         st.past_client_secrets.push(old);
     }
 
-    /// `Some(uri)`: `/authorize` accepts exactly that redirect URI. `None`: any
-    /// `http://127.0.0.1…` URI.
-    pub fn set_redirect_uri_allowed(&self, uri: Option<&str>) {
-        self.lock().redirect_uri = uri.map(str::to_owned);
-    }
-
     pub fn profile(&self) -> Profile {
         self.lock().profile.clone()
     }
 
-    /// The account of the next sign-ins (grants already made keep theirs).
-    pub fn set_profile(&self, profile: Profile) {
-        self.lock().profile = profile;
-    }
-
     // ----- keys ----------------------------------------------------------------------
-
-    /// The `kid` ID tokens are signed under now.
-    pub fn signing_kid(&self) -> String {
-        self.lock().keys.current_kid.clone()
-    }
-
-    /// Renames the current signing key (the JWKS publishes it under the new `kid`).
-    pub fn set_signing_kid(&self, kid: impl Into<String>) {
-        self.lock().keys.current_kid = kid.into();
-    }
 
     /// Switches signing to the other RSA key under a new `kid` and returns that `kid`.
     /// The JWKS then lists the new key first and the previous one second (Google keeps
@@ -376,11 +318,6 @@ impl FakeProvider {
         keys.current = keys.current.other();
         keys.previous = Some(previous);
         kid
-    }
-
-    /// The key set `/jwks` serves right now.
-    pub fn jwks(&self) -> CoreJsonWebKeySet {
-        self.lock().keys.jwks()
     }
 
     // ----- behaviour knobs -----------------------------------------------------------
@@ -407,12 +344,6 @@ impl FakeProvider {
     /// a reuse answers `invalid_grant`.
     pub fn rotate_refresh_tokens(&self, rotate: bool) {
         self.lock().rotate_refresh_tokens = rotate;
-    }
-
-    /// `true`: the refresh grant also returns a fresh ID token (no `nonce`), as Google
-    /// does for `openid` grants. Default `false`.
-    pub fn id_token_on_refresh(&self, include: bool) {
-        self.lock().id_token_on_refresh = include;
     }
 
     /// Appends scripted answers for the next refresh-grant requests, one per request (after
@@ -447,13 +378,6 @@ impl FakeProvider {
             .extend(std::iter::repeat_n(status, times));
     }
 
-    /// The next `times` requests to `/revoke` answer `status` (and revoke nothing).
-    pub fn fail_revocation_with_status(&self, status: u16, times: usize) {
-        self.lock()
-            .revoke_failures
-            .extend(std::iter::repeat_n(status, times));
-    }
-
     /// Spoils the ID token of every code exchange from now on, until set to
     /// [`IdTokenTamper::None`].
     pub fn tamper_id_token(&self, tamper: IdTokenTamper) {
@@ -471,36 +395,7 @@ impl FakeProvider {
         self.lock().discovery_unavailable = !available;
     }
 
-    /// `Some(scope)`: the scope granted (and answered) regardless of the scope requested,
-    /// e.g. to simulate a user who unticked a scope. `None`: the requested scope.
-    pub fn set_granted_scope(&self, scope: Option<&str>) {
-        self.lock().granted_scope = scope.map(str::to_owned);
-    }
-
-    /// The user removed the app's access: every grant is revoked, so every refresh token
-    /// answers `invalid_grant` and every access token is refused at `/userinfo`.
-    pub fn revoke_all_grants(&self) {
-        for grant in &mut self.lock().grants {
-            grant.revoked = true;
-        }
-    }
-
     // ----- records -------------------------------------------------------------------
-
-    /// Query parameters of every `/authorize` request, oldest first.
-    pub fn authorize_requests(&self) -> Vec<HashMap<String, String>> {
-        self.lock().authorize_requests.clone()
-    }
-
-    /// Query parameters of the last `/authorize` request.
-    pub fn last_authorize_request(&self) -> Option<HashMap<String, String>> {
-        self.lock().authorize_requests.last().cloned()
-    }
-
-    /// What `/authorize` stored for `code`.
-    pub fn authorization(&self, code: &str) -> Option<Authorization> {
-        self.lock().codes.get(code).cloned()
-    }
 
     /// Every `/token` request answered so far, oldest first.
     pub fn token_requests(&self) -> Vec<TokenRequest> {
@@ -532,24 +427,8 @@ impl FakeProvider {
         self.lock().discovery_fetches
     }
 
-    pub fn userinfo_requests(&self) -> usize {
-        self.lock().userinfo_requests
-    }
-
-    pub fn issued_access_tokens(&self) -> Vec<String> {
-        self.lock().issued_access_tokens.clone()
-    }
-
     pub fn issued_refresh_tokens(&self) -> Vec<String> {
         self.lock().issued_refresh_tokens.clone()
-    }
-
-    pub fn issued_codes(&self) -> Vec<String> {
-        self.lock().issued_codes.clone()
-    }
-
-    pub fn issued_id_tokens(&self) -> Vec<String> {
-        self.lock().issued_id_tokens.clone()
     }
 
     pub fn latest_refresh_token(&self) -> Option<String> {
@@ -601,7 +480,6 @@ impl FakeProvider {
 
 struct Shared {
     issuer: String,
-    prefix: String,
     inner: Mutex<Inner>,
 }
 
@@ -684,15 +562,12 @@ struct Inner {
     omit_refresh_token_on_code: bool,
     omit_refresh_token_on_refresh: bool,
     rotate_refresh_tokens: bool,
-    id_token_on_refresh: bool,
     refresh_script: VecDeque<RefreshBehaviour>,
     chaos: Option<RefreshChaos>,
     spent_refresh_tokens_presented: usize,
     token_failures: VecDeque<u16>,
-    revoke_failures: VecDeque<u16>,
     tamper: IdTokenTamper,
     deny: bool,
-    granted_scope: Option<String>,
     discovery_unavailable: bool,
 
     codes: HashMap<String, Authorization>,
@@ -702,13 +577,11 @@ struct Inner {
     access_tokens: HashMap<String, AccessRecord>,
     refresh_tokens: HashMap<String, RefreshRecord>,
 
-    authorize_requests: Vec<HashMap<String, String>>,
     token_requests: Vec<TokenRequest>,
     refresh_count: usize,
     code_exchange_count: usize,
     jwks_fetches: usize,
     discovery_fetches: usize,
-    userinfo_requests: usize,
     revoked: Vec<String>,
     issued_codes: Vec<String>,
     issued_access_tokens: Vec<String>,
@@ -742,28 +615,23 @@ impl Inner {
             omit_refresh_token_on_code: false,
             omit_refresh_token_on_refresh: true,
             rotate_refresh_tokens: false,
-            id_token_on_refresh: false,
             refresh_script: VecDeque::new(),
             chaos: None,
             spent_refresh_tokens_presented: 0,
             token_failures: VecDeque::new(),
-            revoke_failures: VecDeque::new(),
             tamper: IdTokenTamper::None,
             deny: false,
-            granted_scope: None,
             discovery_unavailable: false,
             codes: HashMap::new(),
             code_grants: HashMap::new(),
             grants: Vec::new(),
             access_tokens: HashMap::new(),
             refresh_tokens: HashMap::new(),
-            authorize_requests: Vec::new(),
             token_requests: Vec::new(),
             refresh_count: 0,
             code_exchange_count: 0,
             jwks_fetches: 0,
             discovery_fetches: 0,
-            userinfo_requests: 0,
             revoked: Vec::new(),
             issued_codes: Vec::new(),
             issued_access_tokens: Vec::new(),
@@ -961,7 +829,6 @@ async fn jwks(State(shared): AppState) -> Response {
 async fn authorize(State(shared): AppState, RawQuery(query): RawQuery) -> Response {
     let params = parse_form(query.as_deref().unwrap_or("").as_bytes());
     let mut st = shared.lock();
-    st.authorize_requests.push(params.clone());
 
     // Errors about the client or the redirect URI are shown to the user, never redirected.
     if params.get("client_id") != Some(&st.client_id) {
@@ -1005,7 +872,7 @@ async fn authorize(State(shared): AppState, RawQuery(query): RawQuery) -> Respon
         return redirect_to(&redirect, &pairs);
     }
 
-    let scope = st.granted_scope.clone().unwrap_or_else(|| scope.clone());
+    let scope = scope.clone();
     let code = st.next_id("code");
     let client_id = st.client_id.clone();
     st.codes.insert(
@@ -1050,25 +917,23 @@ async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Resp
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let record = |shared: &Shared, client_auth: ClientAuth, response: &Response| {
+    let record = |shared: &Shared, response: &Response| {
         shared.lock().record_token_request(TokenRequest {
             grant_type: grant_type.clone(),
             params: params.clone(),
-            client_auth,
             status: response.status().as_u16(),
         });
     };
 
-    let (client_auth, step) = {
+    let step = {
         let mut st = shared.lock();
         match grant_type.as_str() {
             "authorization_code" => st.code_exchange_count += 1,
             "refresh_token" => st.refresh_count += 1,
             _ => {}
         }
-        let client_auth = client_auth_method(authorization.as_deref(), &params);
         let step = if let Some(status) = st.token_failures.pop_front() {
-            Step::Answer(OAuthError::scripted(status, None))
+            Step::Answer(OAuthError::scripted(status))
         } else if let Err(error) = authenticate_client(&st, authorization.as_deref(), &params) {
             Step::Answer(error)
         } else if grant_type == "refresh_token" {
@@ -1077,16 +942,12 @@ async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Resp
                     Some(chaos) => chaos.step(),
                     None => Step::Proceed,
                 },
-                Some(RefreshBehaviour::Ok) => Step::Proceed,
                 Some(RefreshBehaviour::HoldAnswer(hold)) => Step::Hold(hold),
                 Some(RefreshBehaviour::InvalidGrant) => {
                     Step::Answer(OAuthError::invalid_grant("scripted invalid_grant"))
                 }
                 Some(RefreshBehaviour::Status(status)) => {
-                    Step::Answer(OAuthError::scripted(status, None))
-                }
-                Some(RefreshBehaviour::Error { status, error }) => {
-                    Step::Answer(OAuthError::scripted(status, Some(&error)))
+                    Step::Answer(OAuthError::scripted(status))
                 }
                 Some(RefreshBehaviour::Delay(delay)) => Step::Delay(delay),
                 Some(RefreshBehaviour::RawBody(body)) => Step::Raw(body),
@@ -1094,14 +955,14 @@ async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Resp
         } else {
             Step::Proceed
         };
-        (client_auth, step)
+        step
     };
 
     let mut hold = None;
     match step {
         Step::Answer(error) => {
             let response = error.into_response();
-            record(&shared, client_auth, &response);
+            record(&shared, &response);
             return response;
         }
         Step::Delay(delay) => tokio::time::sleep(delay).await,
@@ -1114,7 +975,7 @@ async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Resp
                 body,
             )
                 .into_response();
-            record(&shared, client_auth, &response);
+            record(&shared, &response);
             return response;
         }
     }
@@ -1123,7 +984,7 @@ async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Resp
         let mut st = shared.lock();
         match grant_type.as_str() {
             "authorization_code" => code_grant(&mut st, &shared.issuer, &params),
-            "refresh_token" => refresh_grant(&mut st, &shared.issuer, &params),
+            "refresh_token" => refresh_grant(&mut st, &params),
             "" => Err(OAuthError::invalid_request("missing grant_type")),
             _ => Err(OAuthError::new(
                 StatusCode::BAD_REQUEST,
@@ -1147,7 +1008,7 @@ async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Resp
             response
         }
     };
-    record(&shared, client_auth, &response);
+    record(&shared, &response);
     if let Some(hold) = hold {
         tokio::time::sleep(hold).await;
     }
@@ -1167,7 +1028,7 @@ impl RefreshChaos {
     fn step(self) -> Step {
         let random = uuid::Uuid::new_v4().as_u128();
         if (random % 100) < u128::from(self.fail_percent) {
-            return Step::Answer(OAuthError::scripted(500, None));
+            return Step::Answer(OAuthError::scripted(500));
         }
         let max_ms = self.max_hold.as_millis();
         let hold_ms = if max_ms == 0 {
@@ -1252,7 +1113,7 @@ fn code_grant(st: &mut Inner, issuer: &str, params: &HashMap<String, String>) ->
     Ok((body, plan))
 }
 
-fn refresh_grant(st: &mut Inner, issuer: &str, params: &HashMap<String, String>) -> GrantOutcome {
+fn refresh_grant(st: &mut Inner, params: &HashMap<String, String>) -> GrantOutcome {
     let Some(refresh_token) = params.get("refresh_token") else {
         return Err(OAuthError::invalid_request("missing refresh_token"));
     };
@@ -1277,7 +1138,7 @@ fn refresh_grant(st: &mut Inner, issuer: &str, params: &HashMap<String, String>)
         ));
     }
 
-    let (mut body, access_token) = st.access_response(grant);
+    let (mut body, _) = st.access_response(grant);
     if st.rotate_refresh_tokens {
         if let Some(old) = st.refresh_tokens.get_mut(refresh_token) {
             old.valid = false;
@@ -1287,18 +1148,13 @@ fn refresh_grant(st: &mut Inner, issuer: &str, params: &HashMap<String, String>)
     } else if !st.omit_refresh_token_on_refresh {
         body.insert("refresh_token".into(), json!(refresh_token));
     }
-    let plan = (st.id_token_on_refresh && has_openid(&st.grants[grant].scope))
-        .then(|| st.id_token_plan(issuer, grant, None, &access_token, IdTokenTamper::None));
-    Ok((body, plan))
+    Ok((body, None))
 }
 
 async fn revoke(State(shared): AppState, RawQuery(query): RawQuery, body: Bytes) -> Response {
     let mut params = parse_form(query.as_deref().unwrap_or("").as_bytes());
     params.extend(parse_form(&body));
     let mut st = shared.lock();
-    if let Some(status) = st.revoke_failures.pop_front() {
-        return OAuthError::scripted(status, None).into_response();
-    }
     let Some(token) = params.get("token") else {
         return OAuthError::invalid_request("missing token").into_response();
     };
@@ -1315,8 +1171,7 @@ async fn revoke(State(shared): AppState, RawQuery(query): RawQuery, body: Bytes)
 }
 
 async fn userinfo(State(shared): AppState, headers: HeaderMap) -> Response {
-    let mut st = shared.lock();
-    st.userinfo_requests += 1;
+    let st = shared.lock();
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -1350,16 +1205,6 @@ async fn userinfo(State(shared): AppState, headers: HeaderMap) -> Response {
 }
 
 // ----- helpers ---------------------------------------------------------------------------
-
-fn client_auth_method(authorization: Option<&str>, params: &HashMap<String, String>) -> ClientAuth {
-    if authorization.is_some_and(|v| strip_prefix_ignore_case(v, "Basic ").is_some()) {
-        ClientAuth::Basic
-    } else if params.contains_key("client_secret") {
-        ClientAuth::Post
-    } else {
-        ClientAuth::Missing
-    }
-}
 
 /// `client_secret_basic` (RFC 6749 §2.3.1: both parts form-urlencoded, then Base64) or
 /// `client_secret_post`; using both at once is an `invalid_request`.
@@ -1478,16 +1323,16 @@ impl OAuthError {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
     }
 
-    /// A scripted failure: `error` or, by default, `temporarily_unavailable` for 429 and
-    /// 503 and `server_error` otherwise.
-    fn scripted(status: u16, error: Option<&str>) -> Self {
+    /// A scripted failure: `temporarily_unavailable` for 429 and 503, `server_error`
+    /// otherwise.
+    fn scripted(status: u16) -> Self {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let error = error.unwrap_or(match status {
+        let error = match status {
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
                 "temporarily_unavailable"
             }
             _ => "server_error",
-        });
+        };
         Self::new(status, error, "scripted failure")
     }
 }
