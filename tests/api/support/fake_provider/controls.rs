@@ -1,0 +1,130 @@
+//! How a test changes the provider's behaviour: scripted refresh answers, tampered ID
+//! tokens, token-endpoint failures, a denied authorization, a metadata outage.
+
+use std::time::Duration;
+
+use super::FakeProvider;
+use super::routes::RefreshChaos;
+
+/// One scripted answer of the `refresh_token` grant (see [`FakeProvider::refresh_failure`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefreshBehaviour {
+    /// `400 {"error":"invalid_grant"}` (the refresh token stays valid at the provider).
+    InvalidGrant,
+    /// That HTTP status with `{"error":"server_error"}` (or `temporarily_unavailable` for
+    /// 429 and 503).
+    Status(u16),
+    /// Wait, then answer normally (for timeouts and concurrent-refresh races).
+    Delay(Duration),
+    /// Decide the answer at once (a rotating provider rotates the refresh token now),
+    /// then hold it this long before sending it: a caller that gives up meanwhile has
+    /// spent the refresh token without seeing the new one.
+    HoldAnswer(Duration),
+    /// `200` with exactly this body (a malformed token response).
+    RawBody(String),
+}
+
+impl RefreshBehaviour {
+    /// This behaviour `n` times, e.g. `refresh_failure(RefreshBehaviour::Status(500).times(2))`.
+    pub fn times(self, n: usize) -> Vec<Self> {
+        vec![self; n]
+    }
+}
+
+/// Ways to spoil the ID token of the `authorization_code` grant
+/// (see [`FakeProvider::tamper_id_token`]). Stays in force until set back to `None`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IdTokenTamper {
+    /// A correct ID token.
+    #[default]
+    None,
+    /// `aud` is another client's id.
+    WrongAudience,
+    /// `iss` is another issuer.
+    WrongIssuer,
+    /// `nonce` differs from the authorization request's.
+    WrongNonce,
+    /// `exp` one hour in the past.
+    Expired,
+    /// Signed with the other RSA key, under the published `kid`.
+    BadSignature,
+    /// No `id_token` in the token response at all.
+    Omit,
+}
+
+impl FakeProvider {
+    // ----- behaviour knobs -----------------------------------------------------------
+
+    /// Lifetime of the access tokens issued from now on (default 3600). `expires_in` is
+    /// this clamped to `>= 0`; `0` or less gives tokens that are already expired.
+    pub fn set_access_token_ttl(&self, secs: i64) {
+        self.lock().access_token_ttl = secs;
+    }
+
+    /// `true`: the code grant answers without `refresh_token` (a re-consent at Google).
+    pub fn omit_refresh_token_on_code(&self, omit: bool) {
+        self.lock().omit_refresh_token_on_code = omit;
+    }
+
+    /// `true` (the default, as Google): the refresh grant answers without
+    /// `refresh_token`. `false`: it echoes the same refresh token back (unless rotation
+    /// is on, which always returns the new one).
+    pub fn omit_refresh_token_on_refresh(&self, omit: bool) {
+        self.lock().omit_refresh_token_on_refresh = omit;
+    }
+
+    /// `true`: every refresh issues a new refresh token and invalidates the one used, so
+    /// a reuse answers `invalid_grant`.
+    pub fn rotate_refresh_tokens(&self, rotate: bool) {
+        self.lock().rotate_refresh_tokens = rotate;
+    }
+
+    /// Appends scripted answers for the next refresh-grant requests, one per request (after
+    /// client authentication succeeded); when the script is empty the grant answers
+    /// normally.
+    pub fn refresh_failure(&self, behaviours: impl IntoIterator<Item = RefreshBehaviour>) {
+        self.lock().refresh_script.extend(behaviours);
+    }
+
+    /// Drops whatever is left of the refresh script.
+    /// When no scripted behaviour is queued, refreshes fail and are held at random
+    /// (`None`: answered at once).
+    pub fn set_refresh_chaos(&self, chaos: Option<RefreshChaos>) {
+        self.lock().chaos = chaos;
+    }
+
+    /// How many refresh requests presented a refresh token this provider had already
+    /// rotated out (a rotating provider's `invalid_grant` for a spent token).
+    pub fn spent_refresh_tokens_presented(&self) -> usize {
+        self.lock().spent_refresh_tokens_presented
+    }
+
+    pub fn clear_refresh_failures(&self) {
+        self.lock().refresh_script.clear();
+    }
+
+    /// The next `times` requests to `/token` (any grant, before client authentication)
+    /// answer `status` with an OAuth error body.
+    pub fn fail_token_endpoint_with_status(&self, status: u16, times: usize) {
+        self.lock()
+            .token_failures
+            .extend(std::iter::repeat_n(status, times));
+    }
+
+    /// Spoils the ID token of every code exchange from now on, until set to
+    /// [`IdTokenTamper::None`].
+    pub fn tamper_id_token(&self, tamper: IdTokenTamper) {
+        self.lock().tamper = tamper;
+    }
+
+    /// `true`: `/authorize` redirects with `error=access_denied&state=…`.
+    pub fn deny_authorization(&self, deny: bool) {
+        self.lock().deny = deny;
+    }
+
+    /// `false`: discovery and `/jwks` answer `503` (still counted as fetches), as during
+    /// an outage of the provider's metadata endpoints. `true` (the default): they answer.
+    pub fn set_discovery_available(&self, available: bool) {
+        self.lock().discovery_unavailable = !available;
+    }
+}

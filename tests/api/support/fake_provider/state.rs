@@ -1,0 +1,232 @@
+//! The provider's state: grants, codes and tokens issued, the scripted behaviour, and
+//! what was recorded. Behind a `std::sync::Mutex`, never held across an `.await`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::Profile;
+use super::ProviderConfig;
+use super::controls::{IdTokenTamper, RefreshBehaviour};
+use super::records::{Authorization, TokenRequest};
+use super::routes::RefreshChaos;
+use super::signing::{IdTokenPlan, KeyMaterial, Keys};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use url::Url;
+
+/// Lifetime of the ID tokens it signs, unless tampered with.
+pub(super) const ID_TOKEN_TTL_SECS: i64 = 3600;
+
+pub(super) struct Shared {
+    pub(super) issuer: String,
+    pub(super) inner: Mutex<Inner>,
+}
+
+impl Shared {
+    /// A panicking test thread must not turn every later request into a second panic.
+    pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+pub(super) struct Grant {
+    pub(super) client_id: String,
+    pub(super) scope: String,
+    pub(super) profile: Profile,
+    pub(super) revoked: bool,
+}
+
+pub(super) struct AccessRecord {
+    pub(super) grant: usize,
+    pub(super) expires_at: DateTime<Utc>,
+}
+
+pub(super) struct RefreshRecord {
+    pub(super) grant: usize,
+    pub(super) valid: bool,
+}
+
+pub(super) struct Inner {
+    pub(super) prefix: String,
+    pub(super) counter: u64,
+    pub(super) client_id: String,
+    pub(super) client_secret: String,
+    pub(super) past_client_secrets: Vec<String>,
+    pub(super) redirect_uri: Option<String>,
+    pub(super) profile: Profile,
+    pub(super) keys: Keys,
+
+    pub(super) access_token_ttl: i64,
+    pub(super) omit_refresh_token_on_code: bool,
+    pub(super) omit_refresh_token_on_refresh: bool,
+    pub(super) rotate_refresh_tokens: bool,
+    pub(super) refresh_script: VecDeque<RefreshBehaviour>,
+    pub(super) chaos: Option<RefreshChaos>,
+    pub(super) spent_refresh_tokens_presented: usize,
+    pub(super) token_failures: VecDeque<u16>,
+    pub(super) tamper: IdTokenTamper,
+    pub(super) deny: bool,
+    pub(super) discovery_unavailable: bool,
+
+    pub(super) codes: HashMap<String, Authorization>,
+    /// Grant made from each code exchanged, so a replayed code revokes it.
+    pub(super) code_grants: HashMap<String, usize>,
+    pub(super) grants: Vec<Grant>,
+    pub(super) access_tokens: HashMap<String, AccessRecord>,
+    pub(super) refresh_tokens: HashMap<String, RefreshRecord>,
+
+    pub(super) token_requests: Vec<TokenRequest>,
+    pub(super) refresh_count: usize,
+    pub(super) code_exchange_count: usize,
+    pub(super) jwks_fetches: usize,
+    pub(super) discovery_fetches: usize,
+    pub(super) revoked: Vec<String>,
+    pub(super) issued_codes: Vec<String>,
+    pub(super) issued_access_tokens: Vec<String>,
+    pub(super) issued_refresh_tokens: Vec<String>,
+    pub(super) issued_id_tokens: Vec<String>,
+}
+
+impl Inner {
+    pub(super) fn new(prefix: &str, config: ProviderConfig) -> Self {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            prefix: prefix.to_owned(),
+            counter: 0,
+            client_id: config
+                .client_id
+                .unwrap_or_else(|| format!("client-{prefix}.apps.googleusercontent.test")),
+            client_secret: config
+                .client_secret
+                .unwrap_or_else(|| format!("secret-{prefix}-{random}")),
+            past_client_secrets: Vec::new(),
+            redirect_uri: config.redirect_uri,
+            profile: config
+                .profile
+                .unwrap_or_else(|| Profile::for_prefix(prefix)),
+            keys: Keys {
+                current: KeyMaterial::Provider,
+                current_kid: format!("kid-{prefix}-0000"),
+                previous: None,
+            },
+            access_token_ttl: 3600,
+            omit_refresh_token_on_code: false,
+            omit_refresh_token_on_refresh: true,
+            rotate_refresh_tokens: false,
+            refresh_script: VecDeque::new(),
+            chaos: None,
+            spent_refresh_tokens_presented: 0,
+            token_failures: VecDeque::new(),
+            tamper: IdTokenTamper::None,
+            deny: false,
+            discovery_unavailable: false,
+            codes: HashMap::new(),
+            code_grants: HashMap::new(),
+            grants: Vec::new(),
+            access_tokens: HashMap::new(),
+            refresh_tokens: HashMap::new(),
+            token_requests: Vec::new(),
+            refresh_count: 0,
+            code_exchange_count: 0,
+            jwks_fetches: 0,
+            discovery_fetches: 0,
+            revoked: Vec::new(),
+            issued_codes: Vec::new(),
+            issued_access_tokens: Vec::new(),
+            issued_refresh_tokens: Vec::new(),
+            issued_id_tokens: Vec::new(),
+        }
+    }
+
+    pub(super) fn next_id(&mut self, kind: &str) -> String {
+        self.counter += 1;
+        format!("{kind}-{}-{:04}", self.prefix, self.counter)
+    }
+
+    pub(super) fn redirect_uri_allowed(&self, uri: &Url) -> bool {
+        match &self.redirect_uri {
+            Some(allowed) => {
+                uri.as_str() == allowed || Url::parse(allowed).ok().as_ref() == Some(uri)
+            }
+            None => uri.scheme() == "http" && uri.host_str() == Some("127.0.0.1"),
+        }
+    }
+
+    pub(super) fn issue_access_token(&mut self, grant: usize) -> String {
+        let token = self.next_id("at");
+        let expires_at = Utc::now() + chrono::Duration::seconds(self.access_token_ttl);
+        self.access_tokens
+            .insert(token.clone(), AccessRecord { grant, expires_at });
+        self.issued_access_tokens.push(token.clone());
+        token
+    }
+
+    pub(super) fn issue_refresh_token(&mut self, grant: usize) -> String {
+        let token = self.next_id("rt");
+        self.refresh_tokens
+            .insert(token.clone(), RefreshRecord { grant, valid: true });
+        self.issued_refresh_tokens.push(token.clone());
+        token
+    }
+
+    pub(super) fn access_response(&mut self, grant: usize) -> (Map<String, Value>, String) {
+        let access_token = self.issue_access_token(grant);
+        let mut body = Map::new();
+        body.insert("access_token".into(), json!(access_token));
+        body.insert("token_type".into(), json!("Bearer"));
+        body.insert("expires_in".into(), json!(self.access_token_ttl.max(0)));
+        body.insert("scope".into(), json!(self.grants[grant].scope));
+        (body, access_token)
+    }
+
+    pub(super) fn id_token_plan(
+        &self,
+        issuer: &str,
+        grant: usize,
+        nonce: Option<String>,
+        access_token: &str,
+        tamper: IdTokenTamper,
+    ) -> IdTokenPlan {
+        let grant = &self.grants[grant];
+        let now = Utc::now();
+        let (iat, exp) = match tamper {
+            IdTokenTamper::Expired => (
+                now - chrono::Duration::seconds(2 * ID_TOKEN_TTL_SECS),
+                now - chrono::Duration::seconds(ID_TOKEN_TTL_SECS),
+            ),
+            _ => (now, now + chrono::Duration::seconds(ID_TOKEN_TTL_SECS)),
+        };
+        let issuer = match tamper {
+            IdTokenTamper::WrongIssuer => "https://wrong-issuer.example.com".to_owned(),
+            _ => issuer.to_owned(),
+        };
+        let audience = match tamper {
+            IdTokenTamper::WrongAudience => format!("other-client-{}.apps.test", self.prefix),
+            _ => grant.client_id.clone(),
+        };
+        let nonce = match tamper {
+            IdTokenTamper::WrongNonce => Some(format!("wrong-nonce-{}", self.prefix)),
+            _ => nonce,
+        };
+        let key = match tamper {
+            IdTokenTamper::BadSignature => self.keys.current.other(),
+            _ => self.keys.current,
+        };
+        IdTokenPlan {
+            issuer,
+            audience,
+            authorized_party: grant.client_id.clone(),
+            iat,
+            exp,
+            nonce,
+            profile: grant.profile.clone(),
+            access_token: access_token.to_owned(),
+            key,
+            kid: self.keys.current_kid.clone(),
+        }
+    }
+
+    pub(super) fn record_token_request(&mut self, request: TokenRequest) {
+        self.token_requests.push(request);
+    }
+}
