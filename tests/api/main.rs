@@ -14,7 +14,10 @@ macro_rules! on_every_backend {
     };
 }
 
-mod aws_backend;
+mod aws_iam;
+mod aws_kms;
+mod aws_secrets;
+mod aws_setup;
 mod cli;
 mod e2e_provider;
 mod flow;

@@ -200,6 +200,14 @@ pub async fn fixture(client_id: &str, client_secret: &str, api_key: &str) -> Aws
     .await
 }
 
+/// The API key in [`default_fixture`]'s secret.
+pub const API_KEY: &str = "aws-test-api-key-0123456789";
+
+/// The fixture the aws-mode tests share: client `client-1`, secret `secret-1`, [`API_KEY`].
+pub async fn default_fixture() -> AwsFixture {
+    fixture("client-1", "secret-1", API_KEY).await
+}
+
 /// Env pairs putting the service in aws mode on fresh tables, key and secret (holding
 /// the client credentials, a state key and `api_key`) on the suite's moto.
 pub async fn aws_env(client_id: &str, client_secret: &str, api_key: &str) -> Vec<(String, String)> {
