@@ -1,0 +1,306 @@
+//! Embedded mode's store: one SQLite file in WAL mode holding both tables.
+//!
+//! Rows keep the DynamoDB layout's fields (maps as JSON text). Writes are conditional
+//! on `version` inside SQLite's own locking, so several processes sharing the file
+//! behave like several instances sharing a DynamoDB table. SQLite calls block, so they
+//! run on tokio's blocking pool, never on the async workers.
+
+mod flow_log;
+mod tokens;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value;
+use rusqlite::{Connection as Sqlite, params_from_iter};
+
+use super::{Connection, StoreError};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tokens (
+    user_id                 TEXT    NOT NULL,
+    provider                TEXT    NOT NULL,
+    email                   TEXT,
+    encrypted_tokens        TEXT    NOT NULL,
+    user_info               TEXT    NOT NULL,
+    created_at              TEXT    NOT NULL,
+    updated_at              TEXT    NOT NULL,
+    last_used               TEXT    NOT NULL,
+    access_token_expires_at INTEGER NOT NULL,
+    expires_at              INTEGER NOT NULL,
+    is_active               INTEGER NOT NULL,
+    version                 INTEGER NOT NULL,
+    refresh_lease_attempt   TEXT,
+    refresh_lease_until     INTEGER,
+    refresh_retry_at        INTEGER,
+    refresh_unknown_since   INTEGER,
+    inactive_cause          TEXT,
+    PRIMARY KEY (user_id, provider)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
+CREATE TABLE IF NOT EXISTS flow_logs (
+    user_id    TEXT    NOT NULL,
+    timestamp  TEXT    NOT NULL,
+    flow_id    TEXT    NOT NULL,
+    step       TEXT    NOT NULL,
+    data       TEXT    NOT NULL,
+    error      TEXT,
+    ip_address TEXT,
+    user_agent TEXT,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, timestamp)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS flow_logs_expires_at ON flow_logs (expires_at);
+";
+
+const TOKEN_COLUMNS: &str = "user_id, provider, email, encrypted_tokens, user_info, created_at, updated_at, \
+     last_used, access_token_expires_at, expires_at, is_active, version, refresh_lease_attempt, refresh_lease_until, \
+     refresh_retry_at, refresh_unknown_since, inactive_cause";
+
+/// Both tables in one SQLite file.
+#[derive(Clone)]
+pub struct EmbeddedStore {
+    /// One connection behind a mutex: SQLite serialises writers anyway, and a single
+    /// connection keeps WAL checkpoints simple. Reads are short.
+    db: Arc<Mutex<Sqlite>>,
+    path: PathBuf,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating when absent) the database file and its schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Sqlite::open(path).map_err(|e| unavailable(path, e))?;
+        db.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| unavailable(path, e))?;
+        db.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| unavailable(path, e))?;
+        db.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| unavailable(path, e))?;
+        db.execute_batch(SCHEMA).map_err(|e| unavailable(path, e))?;
+        migrate(&db).map_err(|e| unavailable(path, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Ciphertexts only, but flow logs name users: keep the file private.
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        Ok(Self {
+            db: Arc::new(Mutex::new(db)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with_db<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Sqlite) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = db
+                .lock()
+                .map_err(|_| StoreError::Unavailable("database lock poisoned".into()))?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
+    }
+
+    /// Writes a whole row under `condition`; a lost condition is a conflict.
+    async fn write_row(&self, row: &Connection, condition: WriteIf) -> Result<(), StoreError> {
+        let encrypted = serde_json::to_string(&row.encrypted_tokens)
+            .map_err(|e| corrupt("encryptedTokens", e))?;
+        let user_info =
+            serde_json::to_string(&row.user_info).map_err(|e| corrupt("userInfo", e))?;
+        let version = i64::try_from(row.version).map_err(|e| corrupt("version", e))?;
+        let lease = row.refresh.lease.as_ref();
+        let mut values = vec![
+            Value::from(row.user_id.clone()),
+            Value::from(row.provider.clone()),
+            row.email.clone().map_or(Value::Null, Value::from),
+            Value::from(encrypted),
+            Value::from(user_info),
+            Value::from(rfc3339(&row.created_at)),
+            Value::from(rfc3339(&row.updated_at)),
+            Value::from(rfc3339(&row.last_used)),
+            Value::from(row.access_token_expires_at),
+            Value::from(row.expires_at),
+            Value::from(row.is_active),
+            Value::from(version),
+            lease.map_or(Value::Null, |l| Value::from(l.attempt.clone())),
+            lease.map_or(Value::Null, |l| Value::from(l.until_ms)),
+            row.refresh.retry_at_ms.map_or(Value::Null, Value::from),
+            row.refresh
+                .unknown_since_ms
+                .map_or(Value::Null, Value::from),
+            row.refresh
+                .inactive_cause
+                .clone()
+                .map_or(Value::Null, Value::from),
+        ];
+        const SET: &str = "email = ?3, encrypted_tokens = ?4, user_info = ?5, created_at = ?6, \
+             updated_at = ?7, last_used = ?8, access_token_expires_at = ?9, expires_at = ?10, \
+             is_active = ?11, version = ?12, refresh_lease_attempt = ?13, refresh_lease_until = ?14, \
+             refresh_retry_at = ?15, refresh_unknown_since = ?16, inactive_cause = ?17";
+        let statement = match condition {
+            WriteIf::Absent => format!(
+                "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) ON CONFLICT (user_id, provider) DO NOTHING"
+            ),
+            WriteIf::Version(expected) => {
+                values.push(Value::from(expected));
+                format!(
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?18"
+                )
+            }
+            WriteIf::Holder(attempt) => {
+                values.push(Value::from(attempt));
+                format!(
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?18"
+                )
+            }
+        };
+        self.update_one_owned(statement, values).await
+    }
+
+    /// Runs a statement that must change exactly one row; none is a conflict.
+    async fn update_one(
+        &self,
+        statement: &'static str,
+        args: Vec<Value>,
+    ) -> Result<(), StoreError> {
+        self.update_one_owned(statement.to_string(), args).await
+    }
+
+    async fn update_one_owned(
+        &self,
+        statement: String,
+        args: Vec<Value>,
+    ) -> Result<(), StoreError> {
+        let changed = self
+            .with_db(move |db| {
+                db.prepare_cached(&statement)
+                    .and_then(|mut stmt| stmt.execute(params_from_iter(args)))
+                    .map_err(sql)
+            })
+            .await?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
+    }
+
+    /// Deletes, every `every`, what `purge_expired` deletes; failures are logged and
+    /// tried again at the next pass.
+    pub fn spawn_purger(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match store.purge_expired(chrono::Utc::now().timestamp()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(purged = n, "expired rows and flow-log items deleted"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "purging expired rows failed; trying again later")
+                    }
+                }
+            }
+        })
+    }
+
+    /// Deletes rows whose `expiresAt` has passed, as DynamoDB's TTL does.
+    pub async fn purge_expired(&self, now: i64) -> Result<usize, StoreError> {
+        self.with_db(move |db| {
+            let tokens = db
+                .execute("DELETE FROM tokens WHERE expires_at < ?1", [now])
+                .map_err(sql)?;
+            let logs = db
+                .execute("DELETE FROM flow_logs WHERE expires_at < ?1", [now])
+                .map_err(sql)?;
+            Ok(tokens + logs)
+        })
+        .await
+    }
+}
+
+/// Brings files made by earlier versions to the current columns. A lease column named
+/// for its old meaning (an instance, not an attempt) is renamed; its value is then a
+/// lease no attempt of this version holds, which lapses by itself.
+fn migrate(db: &Sqlite) -> rusqlite::Result<()> {
+    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('tokens')")?;
+    let columns: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let has = |name: &str| columns.iter().any(|c| c == name);
+    if has("refresh_lease_owner") && !has("refresh_lease_attempt") {
+        db.execute_batch(
+            "ALTER TABLE tokens RENAME COLUMN refresh_lease_owner TO refresh_lease_attempt",
+        )?;
+    }
+    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('tokens')")?;
+    let columns: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (column, kind) in [
+        ("refresh_lease_attempt", "TEXT"),
+        ("refresh_lease_until", "INTEGER"),
+        ("refresh_retry_at", "INTEGER"),
+        ("refresh_unknown_since", "INTEGER"),
+        ("inactive_cause", "TEXT"),
+    ] {
+        if !columns.iter().any(|c| c == column) {
+            db.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {column} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The condition of a whole-row write.
+enum WriteIf {
+    /// No row exists yet.
+    Absent,
+    /// The stored row is at this version.
+    Version(i64),
+    /// This refresh attempt holds the row's lease.
+    Holder(String),
+}
+
+fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("{}: {e}", path.display()))
+}
+
+fn sql(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(code, _)
+            if matches!(
+                code.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            StoreError::Throttled(format!("database busy: {e}"))
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn rfc3339(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn parse_time(what: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| corrupt(what, e))
+}

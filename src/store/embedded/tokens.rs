@@ -1,0 +1,283 @@
+//! The tokens table: rows read and written whole, conditional on `version` or on
+//! holding the refresh lease, and the lease and `lastUsed` as partial updates.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value;
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::{EmbeddedStore, TOKEN_COLUMNS, WriteIf, corrupt, parse_time, rfc3339, sql};
+use crate::store::{Connection, LeaseRelease, RefreshLease, RefreshState, StoreError, TokenStore};
+
+/// The raw columns of a tokens row, read inside the SQLite callback and parsed after.
+struct RawConnection {
+    user_id: String,
+    provider: String,
+    email: Option<String>,
+    encrypted_tokens: String,
+    user_info: String,
+    created_at: String,
+    updated_at: String,
+    last_used: String,
+    access_token_expires_at: i64,
+    expires_at: i64,
+    is_active: bool,
+    version: i64,
+    refresh_lease_attempt: Option<String>,
+    refresh_lease_until: Option<i64>,
+    refresh_retry_at: Option<i64>,
+    refresh_unknown_since: Option<i64>,
+    inactive_cause: Option<String>,
+}
+
+impl RawConnection {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            user_id: row.get(0)?,
+            provider: row.get(1)?,
+            email: row.get(2)?,
+            encrypted_tokens: row.get(3)?,
+            user_info: row.get(4)?,
+            created_at: row.get(5)?,
+            updated_at: row.get(6)?,
+            last_used: row.get(7)?,
+            access_token_expires_at: row.get(8)?,
+            expires_at: row.get(9)?,
+            is_active: row.get(10)?,
+            version: row.get(11)?,
+            refresh_lease_attempt: row.get(12)?,
+            refresh_lease_until: row.get(13)?,
+            refresh_retry_at: row.get(14)?,
+            refresh_unknown_since: row.get(15)?,
+            inactive_cause: row.get(16)?,
+        })
+    }
+
+    fn parse(self) -> Result<Connection, StoreError> {
+        Ok(Connection {
+            encrypted_tokens: serde_json::from_str(&self.encrypted_tokens)
+                .map_err(|e| corrupt("encryptedTokens", e))?,
+            user_info: serde_json::from_str(&self.user_info).map_err(|e| corrupt("userInfo", e))?,
+            created_at: parse_time("createdAt", &self.created_at)?,
+            updated_at: parse_time("updatedAt", &self.updated_at)?,
+            last_used: parse_time("lastUsed", &self.last_used)?,
+            user_id: self.user_id,
+            provider: self.provider,
+            email: self.email,
+            access_token_expires_at: self.access_token_expires_at,
+            expires_at: self.expires_at,
+            is_active: self.is_active,
+            version: u64::try_from(self.version).map_err(|e| corrupt("version", e))?,
+            refresh: RefreshState {
+                lease: match (self.refresh_lease_attempt, self.refresh_lease_until) {
+                    (Some(attempt), Some(until_ms)) => Some(RefreshLease { attempt, until_ms }),
+                    _ => None,
+                },
+                retry_at_ms: self.refresh_retry_at,
+                unknown_since_ms: self.refresh_unknown_since,
+                inactive_cause: self.inactive_cause,
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl TokenStore for EmbeddedStore {
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn get(&self, user_id: &str, provider: &str) -> Result<Option<Connection>, StoreError> {
+        let (user_id, provider) = (user_id.to_string(), provider.to_string());
+        let raw = self
+            .with_db(move |db| {
+                db.query_row(
+                    &format!(
+                        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE user_id = ?1 AND provider = ?2"
+                    ),
+                    params![user_id, provider],
+                    RawConnection::from_row,
+                )
+                .optional()
+                .map_err(sql)
+            })
+            .await?;
+        raw.map(RawConnection::parse).transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
+    async fn put(&self, row: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
+        let condition = match expected {
+            None => WriteIf::Absent,
+            Some(v) => WriteIf::Version(i64::try_from(v).map_err(|e| corrupt("version", e))?),
+        };
+        self.write_row(row, condition).await
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
+    async fn put_as_holder(&self, row: &Connection, attempt: &str) -> Result<(), StoreError> {
+        self.write_row(row, WriteIf::Holder(attempt.to_string()))
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn acquire_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        version: u64,
+        lease: &RefreshLease,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let version = i64::try_from(version).map_err(|e| corrupt("version", e))?;
+        let args = vec![
+            Value::from(user_id.to_string()),
+            Value::from(provider.to_string()),
+            Value::from(lease.attempt.clone()),
+            Value::from(lease.until_ms),
+            Value::from(version),
+            Value::from(now_ms),
+        ];
+        self.update_one(
+            "UPDATE tokens SET refresh_lease_attempt = ?3, refresh_lease_until = ?4 \
+             WHERE user_id = ?1 AND provider = ?2 AND version = ?5 \
+             AND (refresh_lease_attempt IS NULL OR refresh_lease_until IS NULL OR refresh_lease_until < ?6)",
+            args,
+        )
+        .await
+    }
+
+    async fn extend_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        lease: &RefreshLease,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            Value::from(user_id.to_string()),
+            Value::from(provider.to_string()),
+            Value::from(lease.attempt.clone()),
+            Value::from(lease.until_ms),
+        ];
+        self.update_one(
+            "UPDATE tokens SET refresh_lease_until = ?4 \
+             WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?3",
+            args,
+        )
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn release_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        attempt: &str,
+        after: LeaseRelease,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            Value::from(user_id.to_string()),
+            Value::from(provider.to_string()),
+            Value::from(attempt.to_string()),
+            after.retry_at_ms.map_or(Value::Null, Value::from),
+            after.unknown_since_ms.map_or(Value::Null, Value::from),
+        ];
+        // An unknown outcome is remembered until a token write clears it.
+        self.update_one(
+            "UPDATE tokens SET refresh_lease_attempt = NULL, refresh_lease_until = NULL, \
+             refresh_retry_at = ?4, refresh_unknown_since = COALESCE(?5, refresh_unknown_since) \
+             WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?3",
+            args,
+        )
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn touch(
+        &self,
+        user_id: &str,
+        provider: &str,
+        last_used: DateTime<Utc>,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            Value::from(user_id.to_string()),
+            Value::from(provider.to_string()),
+            Value::from(rfc3339(&last_used)),
+            Value::from(expires_at),
+        ];
+        match self
+            .update_one(
+                "UPDATE tokens SET last_used = ?3, expires_at = ?4 \
+                 WHERE user_id = ?1 AND provider = ?2 AND is_active = 1",
+                args,
+            )
+            .await
+        {
+            Ok(()) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(
+        &self,
+        user_id: &str,
+        provider: &str,
+        expected: u64,
+    ) -> Result<bool, StoreError> {
+        let (user_id, provider) = (user_id.to_string(), provider.to_string());
+        let expected = i64::try_from(expected).map_err(|e| corrupt("version", e))?;
+        self.with_db(move |db| {
+            let tx = db.transaction().map_err(sql)?;
+            let current: Option<i64> = tx
+                .query_row(
+                    "SELECT version FROM tokens WHERE user_id = ?1 AND provider = ?2",
+                    params![user_id, provider],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql)?;
+            let outcome = match current {
+                None => Ok(false),
+                Some(v) if v != expected => Err(StoreError::Conflict),
+                Some(_) => {
+                    tx.execute(
+                        "DELETE FROM tokens WHERE user_id = ?1 AND provider = ?2",
+                        params![user_id, provider],
+                    )
+                    .map_err(sql)?;
+                    Ok(true)
+                }
+            };
+            tx.commit().map_err(sql)?;
+            outcome
+        })
+        .await
+    }
+
+    async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError> {
+        let user_id = user_id.to_string();
+        let raws = self
+            .with_db(move |db| {
+                let mut stmt = db
+                    .prepare_cached(&format!(
+                        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE user_id = ?1 ORDER BY provider"
+                    ))
+                    .map_err(sql)?;
+                let rows = stmt
+                    .query_map([user_id], RawConnection::from_row)
+                    .map_err(sql)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+            })
+            .await?;
+        raws.into_iter().map(RawConnection::parse).collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_db(|db| {
+            db.query_row("SELECT count(*) FROM tokens WHERE user_id = ''", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+}
