@@ -59,6 +59,7 @@ impl EnvelopeCipher {
             .into_bytes()
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     pub async fn seal(
         &self,
         user_id: &str,
@@ -78,6 +79,7 @@ impl EnvelopeCipher {
         })
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider, key_id = %envelope.key_id))]
     pub async fn open(
         &self,
         user_id: &str,

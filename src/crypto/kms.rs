@@ -85,6 +85,7 @@ impl KmsKeyProvider {
 
 #[async_trait]
 impl KeyProvider for KmsKeyProvider {
+    #[tracing::instrument(skip_all, fields(key_id = %self.key_id))]
     async fn generate_data_key(&self) -> Result<DataKey, CryptoError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let out = observe(
@@ -122,6 +123,7 @@ impl KeyProvider for KmsKeyProvider {
         })
     }
 
+    #[tracing::instrument(skip_all, fields(key_id = %key_id))]
     async fn decrypt_data_key(
         &self,
         key_id: &str,

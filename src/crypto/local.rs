@@ -73,6 +73,7 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 
 #[async_trait]
 impl KeyProvider for LocalKeyProvider {
+    #[tracing::instrument(skip_all, fields(key_id = %self.key_id))]
     async fn generate_data_key(&self) -> Result<DataKey, CryptoError> {
         let plaintext = SecretKey::generate();
         let encrypted = self.master.seal_combined(WRAP_AAD, plaintext.expose())?;
@@ -83,6 +84,7 @@ impl KeyProvider for LocalKeyProvider {
         })
     }
 
+    #[tracing::instrument(skip_all, fields(key_id = %key_id))]
     async fn decrypt_data_key(
         &self,
         key_id: &str,

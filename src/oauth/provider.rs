@@ -285,12 +285,14 @@ impl OidcProvider {
     }
 
     /// Fetches discovery now (for `check`).
+    #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub async fn check_discovery(&self) -> Result<(), ProviderError> {
         self.discovered().await.map(|_| ())
     }
 
     /// Builds the authorization URL: code flow, PKCE S256 from `pkce_verifier`, our
     /// nonce and sealed state.
+    #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub async fn authorization_request(
         &self,
         redirect_uri: &str,

@@ -174,6 +174,7 @@ pub struct SecretsCache {
 
 impl SecretsCache {
     /// Loads once; a failure here stops start-up.
+    #[tracing::instrument(skip_all, fields(source = %source.name()))]
     pub async fn load(
         source: Arc<dyn SecretSource>,
         client_override: Option<ClientCredentials>,
@@ -223,6 +224,7 @@ impl SecretsCache {
     }
 
     /// Re-reads the source now. On failure the previous value stays in use.
+    #[tracing::instrument(skip_all, fields(source = %self.source.name()))]
     pub async fn reload(&self) -> Result<(), SecretError> {
         let mut reloaded_at = self.reloaded_at.lock().await;
         self.reload_locked(&mut reloaded_at).await
@@ -231,6 +233,7 @@ impl SecretsCache {
     /// Re-reads the source unless a re-read (of any kind, failed or not) began less than
     /// `min_interval` ago; returns whether it re-read. A caller that waited for another's
     /// re-read gets `false` and finds that re-read's result in [`Self::current`].
+    #[tracing::instrument(skip_all, fields(source = %self.source.name()))]
     pub async fn reload_throttled(&self, min_interval: Duration) -> Result<bool, SecretError> {
         let mut reloaded_at = self.reloaded_at.lock().await;
         if reloaded_at.is_some_and(|at| at.elapsed() < min_interval) {

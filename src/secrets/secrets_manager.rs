@@ -28,6 +28,7 @@ impl SecretsManagerSource {
 
 #[async_trait]
 impl SecretSource for SecretsManagerSource {
+    #[tracing::instrument(skip_all, fields(secret_id = %self.secret_id))]
     async fn load(&self) -> Result<ServiceSecrets, SecretError> {
         let id = &self.secret_id;
         let out = observe(

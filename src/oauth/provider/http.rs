@@ -90,6 +90,7 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
 impl OidcProvider {
     /// Exchanges an authorization code. Never retried: a code is single-use, and a
     /// second attempt after a lost answer would only earn `invalid_grant`.
+    #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub async fn exchange_code(
         &self,
         code: &str,
@@ -115,6 +116,7 @@ impl OidcProvider {
     }
 
     /// Redeems a refresh token.
+    #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub async fn refresh(
         &self,
         refresh_token: &SecretString,
@@ -221,6 +223,7 @@ impl OidcProvider {
     }
 
     /// Returns whether a revocation was sent and accepted.
+    #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub async fn revoke(&self, token: &SecretString) -> Result<bool, ProviderError> {
         let creds = self.credentials().await?;
         let d = self.discovered().await?;

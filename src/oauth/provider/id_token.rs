@@ -63,6 +63,7 @@ impl std::fmt::Display for IdTokenProblem {
 impl OidcProvider {
     /// Verifies an ID token (signature against the JWKS, `iss`, `aud`, `exp`, `nonce`)
     /// and returns the profile it carries.
+    #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub async fn verify_id_token(
         &self,
         id_token: &SecretString,

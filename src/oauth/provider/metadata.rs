@@ -176,6 +176,7 @@ impl MetadataCache {
 
     /// Fetches discovery and the JWKS. The error says what failed; it holds URLs and
     /// statuses of public endpoints, never a credential (none is sent).
+    #[tracing::instrument(skip_all, fields(issuer = %self.issuer.as_str()))]
     async fn fetch(&self) -> Result<Discovered, String> {
         let metadata = Metadata::discover_async(self.issuer.clone(), &self.http)
             .await
@@ -197,6 +198,7 @@ impl MetadataCache {
     /// Refetches the JWKS for a `kid` that `seen` lacks. `Some`: keys newer than
     /// `seen`'s (fetched now or by another caller meanwhile). `None`: no refetch is due
     /// (keys were fetched within [`JWKS_REFETCH_MIN_INTERVAL`]).
+    #[tracing::instrument(skip_all, fields(issuer = %self.issuer.as_str()))]
     pub(super) async fn refetch_jwks(
         &self,
         seen: &Discovered,

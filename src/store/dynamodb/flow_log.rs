@@ -12,6 +12,7 @@ use crate::store::{FlowLog, FlowLogEntry, StoreError};
 impl FlowLog for DynamoStore {
     /// One unconditional `PutItem`: keys are unique, so a retried write that had in
     /// fact succeeded writes the same item again instead of failing.
+    #[tracing::instrument(skip_all, fields(user_id = %entry.user_id, flow_id = %entry.flow_id))]
     async fn append(&self, entry: &FlowLogEntry) -> Result<(), StoreError> {
         let table = &self.logs_table;
         observe(
@@ -28,6 +29,7 @@ impl FlowLog for DynamoStore {
         .map_err(|f| self.error("PutItem", table, f))
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     async fn list(
         &self,
         user_id: &str,

@@ -96,6 +96,7 @@ impl TokenStore for DynamoStore {
         self.send_update(request).await
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn extend_lease(
         &self,
         user_id: &str,
@@ -173,6 +174,7 @@ impl TokenStore for DynamoStore {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn delete(
         &self,
         user_id: &str,
@@ -200,6 +202,7 @@ impl TokenStore for DynamoStore {
         Ok(out.attributes().is_some_and(|a| !a.is_empty()))
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError> {
         let table = &self.tokens_table;
         let mut rows = Vec::new();

@@ -8,6 +8,7 @@ use crate::store::{FlowLog, FlowLogEntry, FlowStep, StoreError};
 
 #[async_trait]
 impl FlowLog for EmbeddedStore {
+    #[tracing::instrument(skip_all, fields(user_id = %entry.user_id, flow_id = %entry.flow_id))]
     async fn append(&self, entry: &FlowLogEntry) -> Result<(), StoreError> {
         let data = serde_json::to_string(&entry.data).map_err(|e| corrupt("data", e))?;
         let e = entry.clone();
@@ -33,6 +34,7 @@ impl FlowLog for EmbeddedStore {
         .await
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     async fn list(
         &self,
         user_id: &str,

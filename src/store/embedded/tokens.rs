@@ -144,6 +144,7 @@ impl TokenStore for EmbeddedStore {
         .await
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn extend_lease(
         &self,
         user_id: &str,
@@ -216,6 +217,7 @@ impl TokenStore for EmbeddedStore {
         }
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn delete(
         &self,
         user_id: &str,
@@ -252,6 +254,7 @@ impl TokenStore for EmbeddedStore {
         .await
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError> {
         let user_id = user_id.to_string();
         let raws = self
