@@ -186,7 +186,7 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
             "refresh_token" => st.refresh_count += 1,
             _ => {}
         }
-        let step = if let Some(status) = st.token_failures.pop_front() {
+        if let Some(status) = st.token_failures.pop_front() {
             Step::Answer(OAuthError::scripted(status))
         } else if let Err(error) = authenticate_client(&st, authorization.as_deref(), &params) {
             Step::Answer(error)
@@ -208,8 +208,7 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
             }
         } else {
             Step::Proceed
-        };
-        step
+        }
     };
 
     let mut hold = None;
