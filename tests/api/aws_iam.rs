@@ -11,8 +11,7 @@ use axnt_oauth::store::{Connection, FlowLogEntry, FlowStep, StoreError, UserInfo
 use chrono::Utc;
 
 use crate::support::aws;
-use crate::support::aws::API_KEY;
-use crate::support::aws::{AwsCredentials, OwnMoto};
+use crate::support::aws::{API_KEY, AwsCredentials, OwnMoto};
 
 fn probe_row(user_id: &str, envelope: axnt_oauth::crypto::Envelope) -> Connection {
     // The stores keep milliseconds.

@@ -9,8 +9,7 @@ use axnt_oauth::secrets::{SecretError, SecretsCache};
 use secrecy::ExposeSecret;
 
 use crate::support::aws;
-use crate::support::aws::AwsFixture;
-use crate::support::aws::{API_KEY, default_fixture};
+use crate::support::aws::{API_KEY, AwsFixture, default_fixture};
 
 async fn put_secret(f: &AwsFixture, value: &str) {
     aws_sdk_secretsmanager::Client::new(&f.sdk_config().await)

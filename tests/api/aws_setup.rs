@@ -5,8 +5,7 @@ use aws_sdk_dynamodb::types::{BillingMode, KeyType, ScalarAttributeType, TimeToL
 use axnt_oauth::aws::setup::{Change, ensure_tables};
 
 use crate::support::aws;
-use crate::support::aws::AwsCredentials;
-use crate::support::aws::default_fixture;
+use crate::support::aws::{AwsCredentials, default_fixture};
 
 #[tokio::test]
 async fn setup_twice_changes_nothing_the_second_time() {

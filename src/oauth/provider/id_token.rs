@@ -14,7 +14,7 @@ use crate::store::UserInfo;
 
 /// Claims beyond the standard ones that we read from ID tokens.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ExtraClaims {
+pub(super) struct ExtraClaims {
     /// Google Workspace hosted domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hd: Option<String>,

@@ -57,15 +57,17 @@ mod records;
 mod routes;
 mod signing;
 mod state;
+mod wire;
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
+use self::state::{Inner, Shared};
+
 pub use self::controls::{IdTokenTamper, RefreshBehaviour};
 pub use self::routes::RefreshChaos;
-use self::state::{Inner, Shared};
 
 /// Start-up settings; every field left `None` gets a random or default value.
 #[derive(Clone, Debug, Default)]

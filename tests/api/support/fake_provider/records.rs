@@ -2,8 +2,9 @@
 
 use std::collections::HashMap;
 
-use super::FakeProvider;
 use chrono::{DateTime, Utc};
+
+use super::FakeProvider;
 
 /// One request received at `/token`, recorded when it was answered.
 #[derive(Clone, Debug)]

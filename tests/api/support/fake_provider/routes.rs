@@ -4,24 +4,27 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::controls::{IdTokenTamper, RefreshBehaviour};
-use super::records::{Authorization, TokenRequest};
-use super::signing::IdTokenPlan;
-use super::state::{Grant, Inner, Shared};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use chrono::Utc;
 use serde_json::{Map, Value, json};
 use url::Url;
 
+use super::controls::{IdTokenTamper, RefreshBehaviour};
+use super::records::{Authorization, TokenRequest};
+use super::signing::IdTokenPlan;
+use super::state::{Grant, Inner, Shared};
+use super::wire::{
+    OAuthError, authenticate_client, error_page, has_openid, parse_form, pkce_s256, redirect_to,
+    strip_prefix_ignore_case,
+};
+
 /// How long an authorization code may wait before it is exchanged (Google: about 10 minutes).
-pub(super) const CODE_TTL_SECS: i64 = 600;
+const CODE_TTL_SECS: i64 = 600;
 
 /// The provider's routes on its shared state.
 pub(super) fn router(shared: Arc<Shared>) -> Router {
@@ -35,7 +38,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-pub(super) type AppState = State<Arc<Shared>>;
+type AppState = State<Arc<Shared>>;
 
 pub(super) async fn discovery(State(shared): AppState) -> Response {
     {
@@ -151,7 +154,7 @@ pub(super) async fn authorize(State(shared): AppState, RawQuery(query): RawQuery
 }
 
 /// Outcome of the part of a token request handled under the lock.
-pub(super) enum Step {
+enum Step {
     /// Answer this error now.
     Answer(OAuthError),
     /// Sleep, then run the grant.
@@ -278,7 +281,7 @@ pub struct RefreshChaos {
 }
 
 impl RefreshChaos {
-    pub(super) fn step(self) -> Step {
+    fn step(self) -> Step {
         let random = uuid::Uuid::new_v4().as_u128();
         if (random % 100) < u128::from(self.fail_percent) {
             return Step::Answer(OAuthError::scripted(500));
@@ -293,13 +296,9 @@ impl RefreshChaos {
     }
 }
 
-pub(super) type GrantOutcome = Result<(Map<String, Value>, Option<IdTokenPlan>), OAuthError>;
+type GrantOutcome = Result<(Map<String, Value>, Option<IdTokenPlan>), OAuthError>;
 
-pub(super) fn code_grant(
-    st: &mut Inner,
-    issuer: &str,
-    params: &HashMap<String, String>,
-) -> GrantOutcome {
+fn code_grant(st: &mut Inner, issuer: &str, params: &HashMap<String, String>) -> GrantOutcome {
     let Some(code) = params.get("code") else {
         return Err(OAuthError::invalid_request("missing code"));
     };
@@ -370,7 +369,7 @@ pub(super) fn code_grant(
     Ok((body, plan))
 }
 
-pub(super) fn refresh_grant(st: &mut Inner, params: &HashMap<String, String>) -> GrantOutcome {
+fn refresh_grant(st: &mut Inner, params: &HashMap<String, String>) -> GrantOutcome {
     let Some(refresh_token) = params.get("refresh_token") else {
         return Err(OAuthError::invalid_request("missing refresh_token"));
     };
@@ -463,165 +462,4 @@ pub(super) async fn userinfo(State(shared): AppState, headers: HeaderMap) -> Res
         body["hd"] = json!(hd);
     }
     axum::Json(body).into_response()
-}
-
-// ----- helpers ---------------------------------------------------------------------------
-
-/// `client_secret_basic` (RFC 6749 §2.3.1: both parts form-urlencoded, then Base64) or
-/// `client_secret_post`; using both at once is an `invalid_request`.
-pub(super) fn authenticate_client(
-    st: &Inner,
-    authorization: Option<&str>,
-    params: &HashMap<String, String>,
-) -> Result<(), OAuthError> {
-    let basic = authorization.and_then(|v| strip_prefix_ignore_case(v, "Basic "));
-    let (id, secret) = match basic {
-        Some(encoded) => {
-            if params.contains_key("client_secret") {
-                return Err(OAuthError::invalid_request(
-                    "more than one client authentication method",
-                ));
-            }
-            let Some((id, secret)) = decode_basic(encoded.trim()) else {
-                return Err(OAuthError::invalid_client("malformed Basic credentials"));
-            };
-            if params
-                .get("client_id")
-                .is_some_and(|form_id| *form_id != id)
-            {
-                return Err(OAuthError::invalid_client(
-                    "client_id in the form differs from Basic",
-                ));
-            }
-            (id, secret)
-        }
-        None => match (params.get("client_id"), params.get("client_secret")) {
-            (Some(id), Some(secret)) => (id.clone(), secret.clone()),
-            _ => return Err(OAuthError::invalid_client("client authentication required")),
-        },
-    };
-    if id == st.client_id && secret == st.client_secret {
-        Ok(())
-    } else {
-        Err(OAuthError::invalid_client("wrong client credentials"))
-    }
-}
-
-pub(super) fn decode_basic(encoded: &str) -> Option<(String, String)> {
-    let decoded = STANDARD.decode(encoded).ok()?;
-    let decoded = String::from_utf8(decoded).ok()?;
-    let (id, secret) = decoded.split_once(':')?;
-    Some((form_decode(id)?, form_decode(secret)?))
-}
-
-/// Decodes one `application/x-www-form-urlencoded` component: `+` is a space, `%XX` a
-/// byte. `None` for a malformed escape or a result that is not UTF-8.
-pub(super) fn form_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
-}
-
-pub(super) fn strip_prefix_ignore_case<'a>(value: &'a str, prefix: &str) -> Option<&'a str> {
-    let head = value.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &value[prefix.len()..])
-}
-
-/// Form or query parameters; a repeated name keeps its last value.
-pub(super) fn parse_form(bytes: &[u8]) -> HashMap<String, String> {
-    url::form_urlencoded::parse(bytes).into_owned().collect()
-}
-
-pub(super) fn pkce_s256(verifier: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
-    URL_SAFE_NO_PAD.encode(digest.as_ref())
-}
-
-pub(super) fn has_openid(scope: &str) -> bool {
-    scope.split(' ').any(|s| s == "openid")
-}
-
-/// An OAuth error answer: `{"error", "error_description"}` with a status.
-pub(super) struct OAuthError {
-    pub(super) status: StatusCode,
-    pub(super) error: String,
-    pub(super) description: String,
-}
-
-impl OAuthError {
-    pub(super) fn new(status: StatusCode, error: &str, description: &str) -> Self {
-        Self {
-            status,
-            error: error.to_owned(),
-            description: description.to_owned(),
-        }
-    }
-
-    pub(super) fn invalid_request(description: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
-    }
-
-    pub(super) fn invalid_grant(description: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
-    }
-
-    /// `401 invalid_client`, with the `WWW-Authenticate` challenge RFC 6749 §5.2 asks for.
-    pub(super) fn invalid_client(description: &str) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
-    }
-
-    /// A scripted failure: `temporarily_unavailable` for 429 and 503, `server_error`
-    /// otherwise.
-    pub(super) fn scripted(status: u16) -> Self {
-        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let error = match status {
-            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
-                "temporarily_unavailable"
-            }
-            _ => "server_error",
-        };
-        Self::new(status, error, "scripted failure")
-    }
-}
-
-impl IntoResponse for OAuthError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": self.error, "error_description": self.description});
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if self.status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"fake-provider\""),
-            );
-        }
-        response
-    }
-}
-
-/// An error `/authorize` shows the user instead of redirecting (bad client or redirect URI).
-pub(super) fn error_page(error: &str, description: &str) -> Response {
-    OAuthError::new(StatusCode::BAD_REQUEST, error, description).into_response()
-}
-
-/// `302 Found` to `base` with `pairs` appended to its query.
-pub(super) fn redirect_to(base: &Url, pairs: &[(&str, &str)]) -> Response {
-    let mut url = base.clone();
-    url.query_pairs_mut().extend_pairs(pairs);
-    let location = HeaderValue::from_str(url.as_str())
-        .expect("fake provider: a serialized URL is a valid header value");
-    (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
 }

@@ -1,6 +1,5 @@
 //! The provider's RSA keys, the JWKS it publishes, and the ID tokens it signs.
 
-use super::{FakeProvider, Profile};
 use chrono::{DateTime, Utc};
 use openidconnect::core::{
     CoreGenderClaim, CoreJsonWebKeySet, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm,
@@ -13,8 +12,10 @@ use openidconnect::{
 };
 use serde::{Deserialize, Serialize};
 
-pub(super) const PROVIDER_KEY_PEM: &str = include_str!("../keys/provider.pem");
-pub(super) const ROGUE_KEY_PEM: &str = include_str!("../keys/rogue.pem");
+use super::{FakeProvider, Profile};
+
+const PROVIDER_KEY_PEM: &str = include_str!("../keys/provider.pem");
+const ROGUE_KEY_PEM: &str = include_str!("../keys/rogue.pem");
 
 /// The claims Google adds to an ID token beyond OpenID's standard ones: `hd`, the
 /// Workspace domain, present only for Workspace accounts.
@@ -51,7 +52,7 @@ impl KeyMaterial {
         }
     }
 
-    pub(super) fn signing_key(self, kid: &str) -> CoreRsaPrivateSigningKey {
+    fn signing_key(self, kid: &str) -> CoreRsaPrivateSigningKey {
         let pem = match self {
             Self::Provider => PROVIDER_KEY_PEM,
             Self::Rogue => ROGUE_KEY_PEM,

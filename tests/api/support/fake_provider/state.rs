@@ -4,18 +4,18 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::Profile;
-use super::ProviderConfig;
-use super::controls::{IdTokenTamper, RefreshBehaviour};
-use super::records::{Authorization, TokenRequest};
-use super::routes::RefreshChaos;
-use super::signing::{IdTokenPlan, KeyMaterial, Keys};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use url::Url;
 
+use super::controls::{IdTokenTamper, RefreshBehaviour};
+use super::records::{Authorization, TokenRequest};
+use super::routes::RefreshChaos;
+use super::signing::{IdTokenPlan, KeyMaterial, Keys};
+use super::{Profile, ProviderConfig};
+
 /// Lifetime of the ID tokens it signs, unless tampered with.
-pub(super) const ID_TOKEN_TTL_SECS: i64 = 3600;
+const ID_TOKEN_TTL_SECS: i64 = 3600;
 
 pub(super) struct Shared {
     pub(super) issuer: String,
@@ -152,7 +152,7 @@ impl Inner {
         }
     }
 
-    pub(super) fn issue_access_token(&mut self, grant: usize) -> String {
+    fn issue_access_token(&mut self, grant: usize) -> String {
         let token = self.next_id("at");
         let expires_at = Utc::now() + chrono::Duration::seconds(self.access_token_ttl);
         self.access_tokens
