@@ -70,6 +70,7 @@ pub struct EmbeddedStore {
 
 impl EmbeddedStore {
     /// Opens (creating when absent) the database file and its schema.
+    #[tracing::instrument(skip_all, fields(path = %path.display()))]
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Sqlite::open(path).map_err(|e| unavailable(path, e))?;
         db.busy_timeout(Duration::from_secs(5))
@@ -217,6 +218,7 @@ impl EmbeddedStore {
     }
 
     /// Deletes rows whose `expiresAt` has passed, as DynamoDB's TTL does.
+    #[tracing::instrument(skip_all, fields(now = now))]
     pub async fn purge_expired(&self, now: i64) -> Result<usize, StoreError> {
         self.with_db(move |db| {
             let tokens = db
