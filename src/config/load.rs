@@ -481,6 +481,50 @@ mod tests {
         assert!(!e.to_string().contains("8675309123"), "{e}");
     }
 
+    /// `config/default.toml` sets nothing, and lists every key, commented out, with
+    /// the built-in default (`key =` alone: no default).
+    #[test]
+    fn default_toml_sets_nothing_and_lists_every_key_with_its_default() {
+        let text = include_str!("../../config/default.toml");
+        let set: Dict = Figment::from(Toml::string(text))
+            .extract()
+            .expect("default.toml parses");
+        assert!(set.is_empty(), "default.toml sets {set:?}");
+
+        let known = known_keys();
+        let mut listed = BTreeSet::new();
+        let mut defaults = String::new();
+        for line in text.lines() {
+            let Some((key, value)) = line
+                .strip_prefix("# ")
+                .and_then(|rest| rest.split_once('='))
+            else {
+                continue;
+            };
+            let key = key.trim();
+            if !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                continue;
+            }
+            assert!(
+                known.contains(key),
+                "default.toml lists {key}, not a setting"
+            );
+            assert!(listed.insert(key), "default.toml lists {key} twice");
+            if !value.trim().is_empty() {
+                defaults.push_str(&format!("{key} = {}\n", value.trim()));
+            }
+        }
+        let missing: Vec<_> = known.difference(&listed).collect();
+        assert!(missing.is_empty(), "default.toml does not list {missing:?}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("defaults.toml");
+        std::fs::write(&file, defaults).expect("write");
+        let uncommented = Settings::load(Some(&file), Vec::new()).expect("listed defaults load");
+        let built_in = load(&[]).expect("defaults load");
+        assert_eq!(format!("{uncommented:?}"), format!("{built_in:?}"));
+    }
+
     #[test]
     fn aws_toml_loads_as_aws_mode() {
         let s = Settings::load(Some(Path::new("config/aws.toml")), Vec::new()).expect("loads");
