@@ -8,7 +8,7 @@ pub mod probes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -248,9 +248,4 @@ pub fn found(location: &str) -> Response {
         response.headers_mut().insert(header::LOCATION, value);
     }
     response
-}
-
-/// How long a probe answer may be reused.
-pub fn readiness_ttl(settings: &Settings) -> Duration {
-    Duration::from_secs(settings.readiness_cache_secs)
 }

@@ -1,5 +1,7 @@
 //! Browser endpoints: start a flow from a connect link, finish it on the callback.
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
@@ -67,8 +69,7 @@ async fn start(
         pkce_verifier: pkce_verifier.clone(),
         nonce: random_token(32),
         return_to: session.return_to.clone(),
-        expires_at: Utc::now().timestamp()
-            + i64::try_from(state.settings.flow_state_ttl_secs).unwrap_or(600),
+        expires_at: unix_time_after(state.settings.flow.state_ttl),
         flow_id: session.flow_id.clone(),
         binding_hash,
     };
@@ -114,7 +115,7 @@ async fn start(
         .http_only(true)
         .secure(state.settings.is_https())
         .same_site(SameSite::Lax)
-        .max_age(time_secs(state.settings.flow_state_ttl_secs))
+        .max_age(max_age(state.settings.flow.state_ttl))
         .build();
     let mut response = crate::http::found(url.as_str());
     if let Ok(value) = cookie.to_string().parse() {
@@ -123,8 +124,15 @@ async fn start(
     Ok(response)
 }
 
-fn time_secs(secs: u64) -> cookie::time::Duration {
-    cookie::time::Duration::seconds(i64::try_from(secs).unwrap_or(600))
+/// A cookie's `Max-Age` (saturating: a TTL beyond `i64` seconds is "for ever").
+fn max_age(ttl: Duration) -> cookie::time::Duration {
+    cookie::time::Duration::try_from(ttl).unwrap_or(cookie::time::Duration::MAX)
+}
+
+/// The Unix time `ttl` from now (saturating, like [`max_age`]).
+fn unix_time_after(ttl: Duration) -> i64 {
+    let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    Utc::now().timestamp().saturating_add(secs)
 }
 
 #[derive(Deserialize)]
