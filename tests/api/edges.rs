@@ -147,3 +147,72 @@ async fn readiness_without_credentials_says_not_configured() {
     assert_eq!(body["checks"]["provider"], "not_configured");
     assert_eq!(body["checks"]["store"], "ok");
 }
+
+fn assert_browser_headers(response: &reqwest::Response, what: &str) {
+    let headers = response.headers();
+    for (name, value) in [
+        ("cache-control", "no-store"),
+        ("referrer-policy", "no-referrer"),
+        ("x-content-type-options", "nosniff"),
+    ] {
+        assert_eq!(
+            headers.get(name).and_then(|v| v.to_str().ok()),
+            Some(value),
+            "{name} on {what}"
+        );
+    }
+    let csp = headers
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "content-security-policy on {what}: {csp:?}"
+    );
+}
+
+/// Every page and redirect of the browser routes: the start redirect, an error page, a
+/// success page and the redirect back to the application.
+#[tokio::test]
+async fn every_browser_answer_carries_the_security_headers() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with(&provider, &[]).await;
+
+    let session = app
+        .connect_session(serde_json::json!({ "userId": "hdr", "provider": "google" }))
+        .await;
+    let start = app
+        .http
+        .get(session["url"].as_str().expect("url"))
+        .send()
+        .await
+        .expect("start");
+    assert_eq!(start.status(), StatusCode::FOUND);
+    assert_browser_headers(&start, "the start redirect");
+
+    let bad = app
+        .http
+        .get(app.url("/oauth/google/callback?state=x&code=y"))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_browser_headers(&bad, "an error page");
+
+    let done = app.connect("hdr").await;
+    assert_eq!(done.status(), StatusCode::OK);
+    assert_browser_headers(&done, "the success page");
+
+    let session = app
+        .connect_session(serde_json::json!({
+            "userId": "hdr2",
+            "provider": "google",
+            "returnTo": format!("{}/done", support::RETURN_ORIGIN),
+        }))
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    let back = app.callback(&callback, Some(&cookie)).await;
+    assert_eq!(back.status(), StatusCode::FOUND);
+    assert_browser_headers(&back, "the redirect back to the application");
+}
