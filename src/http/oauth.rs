@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum_extra::extract::CookieJar;
@@ -12,6 +12,7 @@ use axum_extra::extract::cookie::{Cookie, SameSite};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::browser::{BrowserError, html_escape};
 use super::{ApiPath, ApiQuery, AppState, Client};
@@ -25,10 +26,30 @@ use crate::store::FlowStep;
 use crate::store::flow_log::ClientInfo;
 use crate::tokens::data;
 
+/// Every answer of the browser routes (pages and redirects) carries these: no script or
+/// frame may use our pages, no `Referer` leaks a callback URL (it holds a code and
+/// `state`), and no content is sniffed into another type.
+const BROWSER_HEADERS: [(header::HeaderName, &str); 3] = [
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    ),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+];
+
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/oauth/{provider}/start", get(start))
-        .route("/oauth/{provider}/callback", get(callback))
+    BROWSER_HEADERS.into_iter().fold(
+        Router::new()
+            .route("/oauth/{provider}/start", get(start))
+            .route("/oauth/{provider}/callback", get(callback)),
+        |router, (name, value)| {
+            router.layer(SetResponseHeaderLayer::overriding(
+                name,
+                HeaderValue::from_static(value),
+            ))
+        },
+    )
 }
 
 #[derive(Deserialize)]

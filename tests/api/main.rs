@@ -17,6 +17,7 @@ macro_rules! on_every_backend {
 mod aws_backend;
 mod cli;
 mod e2e_provider;
+mod edges;
 mod flow;
 mod internal_api;
 mod refresh_faults;
