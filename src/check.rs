@@ -51,7 +51,7 @@ pub async fn check(settings: Settings) -> i32 {
     };
 
     let secrets = SecretsCache::load(Arc::clone(&backends.secrets), None, Vec::new()).await;
-    let client_configured = settings.google_client_id.is_some()
+    let client_configured = settings.secrets.client_id.is_some()
         || secrets.as_ref().is_ok_and(|s| s.current().client.is_some());
     if settings.backend == Backend::Aws {
         outcomes.push(Outcome {
@@ -83,7 +83,7 @@ pub async fn check(settings: Settings) -> i32 {
         Backend::Aws => crate::app::uncached_key_provider(&settings).await,
         Backend::Embedded => Arc::clone(&backends.keys),
     };
-    let cipher = EnvelopeCipher::new(Arc::clone(&keys), settings.dynamodb_oauth_table.clone());
+    let cipher = EnvelopeCipher::new(Arc::clone(&keys), settings.aws.tokens_table.clone());
     let probe_user = "__axnt_check__";
     let probe_provider = format!("check-{}", random_token(6));
     let sealed = cipher
@@ -106,7 +106,7 @@ pub async fn check(settings: Settings) -> i32 {
                     Backend::Aws => format!(
                         "AXNT_KMS_KEY_ID ({}) must name a key or alias in AWS_REGION, enabled, whose key policy and \
                          the IAM policy allow kms:GenerateDataKey and kms:Decrypt (deploy/iam-policy.json)",
-                        settings.kms_key_id
+                        settings.aws.kms_key_id
                     ),
                     Backend::Embedded => {
                         "the key must allow GenerateDataKey and Decrypt for this identity".into()
@@ -177,7 +177,7 @@ pub async fn check(settings: Settings) -> i32 {
                 .map(|()| {
                     format!(
                         "{}: write, read and delete of a probe item",
-                        settings.dynamodb_oauth_table
+                        settings.aws.tokens_table
                     )
                 })
                 .map_err(|(op, e)| (format!("{op}: {e}"), crate::store::hint(&e))),
@@ -222,7 +222,7 @@ pub async fn check(settings: Settings) -> i32 {
             .map(|()| {
                 format!(
                     "{}: write and read of a probe item",
-                    settings.dynamodb_oauth_logs_table
+                    settings.aws.logs_table
                 )
             })
             .map_err(|(op, e)| (format!("{op}: {e}"), crate::store::hint(&e))),
@@ -232,7 +232,7 @@ pub async fn check(settings: Settings) -> i32 {
         && client_configured
     {
         let discovery = match OidcProvider::new(
-            ProviderConfig::google(&settings.google_issuer),
+            ProviderConfig::google(settings.provider.issuer.as_str()),
             secrets,
             ProviderLimits::from_settings(&settings),
         ) {
@@ -242,7 +242,10 @@ pub async fn check(settings: Settings) -> i32 {
         outcomes.push(Outcome {
             name: "provider discovery",
             result: discovery
-                .map(|()| format!("{} answers", settings.google_issuer))
+                .map(|()| {
+                    let issuer = settings.provider.issuer.as_str();
+                    format!("{} answers", issuer.trim_end_matches('/'))
+                })
                 .map_err(|e| {
                     (
                         e.to_string(),
@@ -273,7 +276,7 @@ fn secret_hint(e: &crate::secrets::SecretError, settings: &Settings) -> String {
         SecretError::Malformed { .. } => "check the secret's JSON: client_id and client_secret, or Google's downloaded file; state_key base64 of 32 bytes; api_keys a list".into(),
         SecretError::NotFound(_) => format!(
             "create the secret {} in AWS_REGION, or point AXNT_GOOGLE_SECRET_ID at it (see `axnt-oauth setup`)",
-            settings.google_secret_id
+            settings.aws.secret_id
         ),
         SecretError::AccessDenied { .. } => "the IAM policy must allow secretsmanager:GetSecretValue and DescribeSecret on the secret (deploy/iam-policy.json)".into(),
         SecretError::Unavailable(_) => "Secrets Manager cannot be reached: check AWS_REGION, AWS_ENDPOINT_URL and the network".into(),

@@ -47,7 +47,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
 
 async fn serve(settings: Settings) -> anyhow::Result<i32> {
     let backend = settings.backend;
-    let public = settings.public_base_url.clone();
+    let public = settings.server.public_base_url.clone();
     let app = App::build(settings).await?;
     if let Some(addr) = app.local_addr() {
         tracing::info!(%addr, backend = ?backend, public_base_url = %public, "listening");

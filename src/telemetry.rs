@@ -14,7 +14,7 @@ use crate::config::{LogFormat, Settings};
 
 /// Installs the global subscriber writing to stderr. Later calls do nothing.
 pub fn init(settings: &Settings) {
-    init_with_writer(&settings.log, settings.log_format, std::io::stderr);
+    init_with_writer(&settings.log.filter, settings.log.format, std::io::stderr);
 }
 
 /// Installs the global subscriber with an injected sink (tests capture logs this way).

@@ -8,14 +8,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
 use super::StartupError;
 use crate::aws::sdk_config;
 use crate::config::{Backend, Settings};
-use crate::crypto::cache::{CacheLimits, CachingKeyProvider};
+use crate::crypto::cache::CachingKeyProvider;
 use crate::crypto::kms::KmsKeyProvider;
 use crate::crypto::local::{LocalKeyProvider, load_or_create_key_file, write_private_file};
 use crate::crypto::{KeyProvider, SecretKey, random_token};
@@ -80,7 +79,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         created.push(format!("master key {} (mode 0600)", master_path.display()));
     }
 
-    let state_key = match &settings.state_key {
+    let state_key = match &settings.secrets.state_key {
         Some(key) => SecretKey::from_base64(key.expose_secret())?,
         None => {
             let path = dir.join("state.key");
@@ -92,7 +91,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         }
     };
 
-    let mut api_keys = settings.api_keys.clone();
+    let mut api_keys = settings.secrets.api_keys.clone();
     if api_keys.is_empty() {
         let path = dir.join("api-key");
         let (key, new) = load_or_create_api_key(&path).map_err(|e| data_dir_error(&path, e))?;
@@ -153,7 +152,7 @@ fn load_or_create_api_key(path: &Path) -> std::io::Result<(SecretString, bool)> 
 
 /// Client credentials from settings, which win over the secret's.
 pub(super) fn client_override(settings: &Settings) -> Option<ClientCredentials> {
-    match (&settings.google_client_id, &settings.google_client_secret) {
+    match (&settings.secrets.client_id, &settings.secrets.client_secret) {
         (Some(id), Some(secret)) => Some(ClientCredentials {
             client_id: id.clone(),
             client_secret: secret.clone(),
@@ -165,7 +164,7 @@ pub(super) fn client_override(settings: &Settings) -> Option<ClientCredentials> 
 /// KMS without the data-key cache, for `check`'s round trip (which must reach KMS).
 pub async fn uncached_key_provider(settings: &Settings) -> Arc<dyn KeyProvider> {
     let config = sdk_config(settings).await;
-    Arc::new(KmsKeyProvider::new(&config, &settings.kms_key_id))
+    Arc::new(KmsKeyProvider::new(&config, &settings.aws.kms_key_id))
 }
 
 /// aws mode's backends: DynamoDB tables (flow-log writes buffered off the request
@@ -182,26 +181,19 @@ async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
     }
     let store = Arc::new(DynamoStore::new(
         &config,
-        &settings.dynamodb_oauth_table,
-        &settings.dynamodb_oauth_logs_table,
+        &settings.aws.tokens_table,
+        &settings.aws.logs_table,
     ));
     let flow_log = BufferedFlowLog::spawn(
         store.clone(),
-        settings.flow_log_buffer,
-        settings.flow_log_write_concurrency,
+        settings.flow_log.buffer,
+        settings.flow_log.write_concurrency,
     );
-    let kms = Arc::new(KmsKeyProvider::new(&config, &settings.kms_key_id));
-    let keys = CachingKeyProvider::new(
-        kms,
-        CacheLimits {
-            max_uses: settings.data_key_max_uses,
-            max_age: Duration::from_secs(settings.data_key_max_age_secs),
-            decrypted_entries: settings.data_key_cache_entries,
-            decrypted_ttl: Duration::from_secs(settings.data_key_cache_ttl_secs),
-        },
-    );
-    let secrets = SecretsManagerSource::new(&config, &settings.google_secret_id);
+    let kms = Arc::new(KmsKeyProvider::new(&config, &settings.aws.kms_key_id));
+    let keys = CachingKeyProvider::new(kms, (&settings.data_key).into());
+    let secrets = SecretsManagerSource::new(&config, &settings.aws.secret_id);
     let state_key = settings
+        .secrets
         .state_key
         .as_ref()
         .map(|k| crate::crypto::SecretKey::from_base64(k.expose_secret()))
@@ -212,7 +204,7 @@ async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
         keys: Arc::new(keys),
         secrets: Arc::new(secrets),
         state_key,
-        api_keys: settings.api_keys.clone(),
+        api_keys: settings.secrets.api_keys.clone(),
         created: Vec::new(),
         expiring: None,
     })

@@ -62,13 +62,12 @@ impl App {
     /// Builds everything and binds `listen_addr`.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let backends = Backends::open(&settings).await?;
-        let listener =
-            TcpListener::bind(settings.listen_addr)
-                .await
-                .map_err(|e| StartupError::Bind {
-                    addr: settings.listen_addr,
-                    reason: e.to_string(),
-                })?;
+        let listener = TcpListener::bind(settings.server.listen_addr)
+            .await
+            .map_err(|e| StartupError::Bind {
+                addr: settings.server.listen_addr,
+                reason: e.to_string(),
+            })?;
         Self::with_listener(settings, backends, listener).await
     }
 
@@ -103,18 +102,22 @@ impl App {
         }
         let mut background = Vec::new();
         if let Some(store) = &backends.expiring {
-            background.push(store.spawn_purger(Duration::from_secs(settings.purge_interval_secs)));
+            background.push(store.spawn_purger(settings.retention.purge_interval));
         }
         if settings.backend == Backend::Aws {
             background.push(
-                secrets.spawn_refresher(Duration::from_secs(settings.secret_refresh_secs.max(10))),
+                secrets.spawn_refresher(
+                    settings
+                        .secrets
+                        .refresh_interval
+                        .max(Duration::from_secs(10)),
+                ),
             );
         }
 
-        let mut provider_config = ProviderConfig::google(&settings.google_issuer);
-        provider_config.rotates_refresh_tokens = settings.rotates_refresh_tokens();
-        provider_config.refresh_reuse_grace =
-            Duration::from_secs(settings.refresh_reuse_grace_secs);
+        let mut provider_config = ProviderConfig::google(settings.provider.issuer.as_str());
+        provider_config.rotates_refresh_tokens = settings.provider.rotates();
+        provider_config.refresh_reuse_grace = settings.provider.refresh_reuse_grace;
         let provider = OidcProvider::new(
             provider_config,
             Arc::clone(&secrets),
@@ -123,51 +126,32 @@ impl App {
         let providers = Arc::new(Providers::new(vec![Arc::new(provider)]));
         let flow_log = Arc::new(FlowRecorder::new(
             Arc::clone(&backends.flow_log),
-            Duration::from_secs(settings.flow_log_retention_days * 86_400),
+            settings.retention.flow_log_retention,
         ));
         let cipher = Arc::new(EnvelopeCipher::new(
             Arc::clone(&backends.keys),
-            settings.dynamodb_oauth_table.clone(),
+            settings.aws.tokens_table.clone(),
         ));
         let tokens = Arc::new(TokenService::new(
             Arc::clone(&backends.tokens),
             cipher,
             providers,
             Arc::clone(&flow_log),
-            TokenPolicy {
-                refresh_margin: settings.refresh_margin(),
-                refresh_deadline: Duration::from_secs(settings.refresh_deadline_secs),
-                refresh_wait: Duration::from_secs(settings.refresh_deadline_secs + 5),
-                background_refresh: (settings.background_refresh_secs > 0)
-                    .then(|| Duration::from_secs(settings.background_refresh_secs)),
-                last_used_interval: Duration::from_secs(settings.last_used_interval_secs),
-                connection_ttl: Duration::from_secs(settings.connection_ttl_days * 86_400),
-                inactive_retention: Duration::from_secs(settings.inactive_retention_days * 86_400),
-                // One provider call always fits in a lease; the holder extends it
-                // every third of this while it works.
-                lease_ttl: settings.provider_timeout() + Duration::from_secs(5),
-                refresh_cooldown: Duration::from_secs(settings.refresh_cooldown_secs),
-                circuit_failures: settings.provider_circuit_failures,
-                circuit_open: Duration::from_secs(settings.provider_circuit_open_secs),
-            },
+            TokenPolicy::from(&*settings),
         ));
-        if settings.background_refresh_secs > 0 {
-            background.push(
-                tokens.spawn_background_refresh(Duration::from_secs(
-                    settings.background_refresh_secs,
-                )),
-            );
+        if let Some(every) = settings.refresh.background {
+            background.push(tokens.spawn_background_refresh(every));
         }
         let readiness = Readiness::new(
             Arc::clone(&backends.tokens),
             Arc::clone(&backends.flow_log),
             Arc::clone(&backends.keys),
             Arc::clone(&secrets),
-            http::readiness_ttl(&settings),
+            settings.server.readiness_cache,
         );
         let state = AppState::new(Services {
-            return_urls: ReturnUrls::new(&settings.allowed_return_urls),
-            trusted_proxies: settings.trusted_proxy_addrs(),
+            return_urls: ReturnUrls::new(&settings.flow.allowed_return_urls),
+            trusted_proxies: settings.server.trusted_proxies.clone(),
             settings: Arc::clone(&settings),
             tokens: Arc::clone(&tokens),
             flow_log,
@@ -181,7 +165,7 @@ impl App {
             router: http::router(state),
             flow_log: backends.flow_log,
             tokens,
-            drain_timeout: Duration::from_secs(settings.drain_timeout_secs),
+            drain_timeout: settings.server.drain_timeout,
             background,
         })
     }

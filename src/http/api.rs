@@ -129,10 +129,11 @@ async fn create_connect_session(
         None => None,
     };
     let now = Utc::now();
-    let expires_at = now
-        + chrono::Duration::seconds(
-            i64::try_from(state.settings.connect_session_ttl_secs).unwrap_or(600),
-        );
+    // Saturating: a TTL past the calendar's end means a link that never expires.
+    let expires_at = chrono::TimeDelta::from_std(state.settings.flow.connect_session_ttl)
+        .ok()
+        .and_then(|ttl| now.checked_add_signed(ttl))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let session = ConnectSession {
         user_id: body.user_id.clone(),
         provider: body.provider.clone(),

@@ -1,8 +1,10 @@
 //! Browser endpoints: start a flow from a connect link, finish it on the callback.
 
+use std::time::Duration;
+
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum_extra::extract::CookieJar;
@@ -10,6 +12,7 @@ use axum_extra::extract::cookie::{Cookie, SameSite};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::browser::{BrowserError, html_escape};
 use super::{ApiPath, ApiQuery, AppState, Client};
@@ -23,10 +26,30 @@ use crate::store::FlowStep;
 use crate::store::flow_log::ClientInfo;
 use crate::tokens::data;
 
+/// Every answer of the browser routes (pages and redirects) carries these: no script or
+/// frame may use our pages, no `Referer` leaks a callback URL (it holds a code and
+/// `state`), and no content is sniffed into another type.
+const BROWSER_HEADERS: [(header::HeaderName, &str); 3] = [
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    ),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+];
+
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/oauth/{provider}/start", get(start))
-        .route("/oauth/{provider}/callback", get(callback))
+    BROWSER_HEADERS.into_iter().fold(
+        Router::new()
+            .route("/oauth/{provider}/start", get(start))
+            .route("/oauth/{provider}/callback", get(callback)),
+        |router, (name, value)| {
+            router.layer(SetResponseHeaderLayer::overriding(
+                name,
+                HeaderValue::from_static(value),
+            ))
+        },
+    )
 }
 
 #[derive(Deserialize)]
@@ -67,8 +90,7 @@ async fn start(
         pkce_verifier: pkce_verifier.clone(),
         nonce: random_token(32),
         return_to: session.return_to.clone(),
-        expires_at: Utc::now().timestamp()
-            + i64::try_from(state.settings.flow_state_ttl_secs).unwrap_or(600),
+        expires_at: unix_time_after(state.settings.flow.state_ttl),
         flow_id: session.flow_id.clone(),
         binding_hash,
     };
@@ -114,7 +136,7 @@ async fn start(
         .http_only(true)
         .secure(state.settings.is_https())
         .same_site(SameSite::Lax)
-        .max_age(time_secs(state.settings.flow_state_ttl_secs))
+        .max_age(max_age(state.settings.flow.state_ttl))
         .build();
     let mut response = crate::http::found(url.as_str());
     if let Ok(value) = cookie.to_string().parse() {
@@ -123,8 +145,15 @@ async fn start(
     Ok(response)
 }
 
-fn time_secs(secs: u64) -> cookie::time::Duration {
-    cookie::time::Duration::seconds(i64::try_from(secs).unwrap_or(600))
+/// A cookie's `Max-Age` (saturating: a TTL beyond `i64` seconds is "for ever").
+fn max_age(ttl: Duration) -> cookie::time::Duration {
+    cookie::time::Duration::try_from(ttl).unwrap_or(cookie::time::Duration::MAX)
+}
+
+/// The Unix time `ttl` from now (saturating, like [`max_age`]).
+fn unix_time_after(ttl: Duration) -> i64 {
+    let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
+    Utc::now().timestamp().saturating_add(secs)
 }
 
 #[derive(Deserialize)]

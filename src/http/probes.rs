@@ -14,9 +14,9 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use super::AppState;
-use crate::crypto::KeyProvider;
+use crate::crypto::{CryptoError, KeyProvider};
 use crate::secrets::SecretsCache;
-use crate::store::{FlowLog, TokenStore};
+use crate::store::{FlowLog, StoreError, TokenStore};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -30,8 +30,9 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// `GET /readyz` → 200 when every part is usable, else 503; the body names each part:
-/// `{"status":"ready","checks":{"store":"ok","keys":"ok","provider":"ok"}}`.
+/// `GET /readyz` → 200 when every part is usable, else 503; the body names each part
+/// and a stable code, never the reason (which is logged):
+/// `{"status":"not_ready","checks":{"store":"ok","flowLog":"ok","keys":"access_denied","provider":"ok"}}`.
 async fn readyz(State(state): State<AppState>) -> Response {
     let report = state.readiness.check().await;
     let status = if report.ready {
@@ -110,20 +111,32 @@ impl Readiness {
     async fn run(&self) -> ReadinessReport {
         let mut checks = serde_json::Map::new();
         let mut ready = true;
-        let mut put = |name: &str, result: Result<(), String>| {
-            let value = match result {
-                Ok(()) => "ok".to_string(),
-                Err(e) => {
+        // The public answer names each part and a stable code; the reason (AWS messages
+        // carry account ids and role ARNs, embedded mode a file path) goes to the log.
+        let mut put = |part: &str, result: Result<(), (&'static str, String)>| {
+            let code = match result {
+                Ok(()) => "ok",
+                Err((code, detail)) => {
                     ready = false;
-                    e
+                    tracing::warn!(part, code, detail = %detail, "readiness check failed");
+                    code
                 }
             };
-            checks.insert(name.into(), value.into());
+            checks.insert(part.into(), code.into());
         };
-        put("store", self.store.ping().await.map_err(|e| e.to_string()));
+        put(
+            "store",
+            self.store
+                .ping()
+                .await
+                .map_err(|e| (store_code(&e), e.to_string())),
+        );
         put(
             "flowLog",
-            self.flow_log.ping().await.map_err(|e| e.to_string()),
+            self.flow_log
+                .ping()
+                .await
+                .map_err(|e| (store_code(&e), e.to_string())),
         );
         let keys = async {
             let dk = self.keys.generate_data_key().await?;
@@ -134,20 +147,23 @@ impl Readiness {
             if back.expose() == dk.plaintext.expose() {
                 Ok(())
             } else {
-                Err(crate::crypto::CryptoError::Integrity)
+                Err(CryptoError::Integrity)
             }
         };
         put(
             "keys",
             keys.await
-                .map_err(|e: crate::crypto::CryptoError| e.to_string()),
+                .map_err(|e: CryptoError| (key_code(&e), e.to_string())),
         );
         let provider = if self.secrets.current().client.is_some() {
             Ok(())
         } else {
-            Err(format!(
-                "not configured (looked in {}): set AXNT_GOOGLE_CLIENT_ID and AXNT_GOOGLE_CLIENT_SECRET",
-                self.secrets.source_name()
+            Err((
+                "not_configured",
+                format!(
+                    "no client credentials (looked in {}): set AXNT_GOOGLE_CLIENT_ID and AXNT_GOOGLE_CLIENT_SECRET",
+                    self.secrets.source_name()
+                ),
             ))
         };
         put("provider", provider);
@@ -156,5 +172,25 @@ impl Readiness {
             status: if ready { "ready" } else { "not_ready" },
             checks,
         }
+    }
+}
+
+/// A store failure as the stable code `/readyz` shows.
+fn store_code(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::AccessDenied(_) => "access_denied",
+        StoreError::MissingTable(_) => "missing_table",
+        StoreError::Throttled(_) => "throttled",
+        StoreError::Corrupt(_) => "corrupt",
+        StoreError::Unavailable(_) | StoreError::Conflict => "unavailable",
+    }
+}
+
+/// A key-service failure as the stable code `/readyz` shows.
+fn key_code(e: &CryptoError) -> &'static str {
+    match e {
+        CryptoError::Unavailable(_) => "unavailable",
+        CryptoError::Rejected(_) => "rejected",
+        CryptoError::Integrity | CryptoError::InvalidKey(_) => "invalid_key",
     }
 }

@@ -17,10 +17,10 @@ pub struct ReturnUrls {
 }
 
 impl ReturnUrls {
-    /// Entries were validated with the settings; unparsable ones are skipped.
-    pub fn new(entries: &[String]) -> Self {
+    /// Entries as the settings parsed and checked them.
+    pub fn new(entries: &[Url]) -> Self {
         Self {
-            entries: entries.iter().filter_map(|e| Url::parse(e).ok()).collect(),
+            entries: entries.to_vec(),
         }
     }
 
@@ -66,8 +66,8 @@ mod tests {
     #[test]
     fn origins_and_prefixes() {
         let urls = ReturnUrls::new(&[
-            "https://app.example.com".into(),
-            "http://127.0.0.1:3000/done".into(),
+            Url::parse("https://app.example.com").expect("url"),
+            Url::parse("http://127.0.0.1:3000/done").expect("url"),
         ]);
         assert!(urls.check("https://app.example.com/anything?x=1").is_some());
         assert!(urls.check("https://app.example.com:443/").is_some());

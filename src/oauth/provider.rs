@@ -192,12 +192,10 @@ pub struct ProviderLimits {
 impl ProviderLimits {
     pub fn from_settings(settings: &Settings) -> Self {
         Self {
-            timeout: settings.provider_timeout(),
-            metadata_ttl: Duration::from_secs(settings.provider_metadata_ttl_secs),
-            metadata_max_stale: Duration::from_secs(settings.provider_metadata_max_stale_secs),
-            secret_reload_min_interval: Duration::from_secs(
-                settings.secret_reload_min_interval_secs,
-            ),
+            timeout: settings.provider.timeout,
+            metadata_ttl: settings.provider.metadata_ttl,
+            metadata_max_stale: settings.provider.metadata_max_stale,
+            secret_reload_min_interval: settings.secrets.reload_min_interval,
         }
     }
 }

@@ -99,7 +99,58 @@ struct SecretDocument {
     #[serde(default)]
     state_key: Option<String>,
     #[serde(default)]
-    api_keys: Option<Vec<String>>,
+    api_keys: Option<KeyList>,
+}
+
+/// `api_keys` as a JSON list, or as one comma-separated string (the form
+/// `AXNT_API_KEYS` takes, which operators copy into the secret).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum KeyList {
+    List(Vec<String>),
+    Csv(String),
+}
+
+impl KeyList {
+    fn into_keys(self) -> Vec<String> {
+        let keys = match self {
+            Self::List(keys) => keys,
+            Self::Csv(csv) => csv.split(',').map(str::to_string).collect(),
+        };
+        keys.into_iter()
+            .map(|k| k.trim().to_string())
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+}
+
+/// Why a secret's JSON did not parse, naming the field and what was expected but never
+/// what was found: serde's own message quotes the value ("invalid type: string
+/// \"k1,k2\"…"), which here is a key.
+fn shape_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    let what = match e.inner().classify() {
+        serde_json::error::Category::Data => {
+            let message = e.inner().to_string();
+            // The part after ", expected " comes from the type being read, not the input.
+            match message.split_once(", expected ") {
+                Some((_, expected)) => {
+                    let expected = expected.split(" at line ").next().unwrap_or_default();
+                    format!("wrong type (expected {expected})")
+                }
+                None => "wrong type".to_string(),
+            }
+        }
+        serde_json::error::Category::Eof => "the JSON ends early".to_string(),
+        serde_json::error::Category::Syntax | serde_json::error::Category::Io => {
+            "not valid JSON".to_string()
+        }
+    };
+    if path == "." || path.is_empty() {
+        format!("not the expected JSON object: {what}")
+    } else {
+        format!("{path}: {what}")
+    }
 }
 
 #[derive(Deserialize)]
@@ -114,10 +165,9 @@ pub fn parse_secret_document(secret: &str, text: &str) -> Result<ServiceSecrets,
         secret: secret.to_string(),
         reason,
     };
-    let doc: SecretDocument = serde_json::from_str(text).map_err(|e| {
-        // serde_json's message quotes no input beyond a type name and position.
-        malformed(format!("not the expected JSON object ({e})"))
-    })?;
+    let doc: SecretDocument =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+            .map_err(|e| malformed(shape_error(&e)))?;
     let console = doc.web.or(doc.installed);
     let client_id = doc
         .client_id
@@ -141,7 +191,7 @@ pub fn parse_secret_document(secret: &str, text: &str) -> Result<ServiceSecrets,
         .state_key
         .map(|k| SecretKey::from_base64(&k).map_err(|e| malformed(format!("state_key: {e}"))))
         .transpose()?;
-    let api_keys = doc.api_keys.unwrap_or_default();
+    let api_keys = doc.api_keys.map(KeyList::into_keys).unwrap_or_default();
     if api_keys.iter().any(|k| k.len() < 16) {
         return Err(malformed(
             "api_keys: every key must be at least 16 characters".into(),
@@ -374,5 +424,55 @@ mod tests {
         assert!(!e.to_string().contains("planted-state"));
         let e = parse_secret_document("s", "not json planted-value").expect_err("not json");
         assert!(!e.to_string().contains("planted-value"));
+    }
+
+    #[test]
+    fn api_keys_may_be_a_list_or_a_comma_separated_string() {
+        let keys = |text: &str| {
+            parse_secret_document("s", text)
+                .expect("parses")
+                .api_keys
+                .iter()
+                .map(|k| k.expose_secret().to_string())
+                .collect::<Vec<_>>()
+        };
+        let want = vec!["planted-key-0000001", "planted-key-0000002"];
+        assert_eq!(
+            keys(r#"{"api_keys":"planted-key-0000001, planted-key-0000002"}"#),
+            want
+        );
+        assert_eq!(
+            keys(r#"{"api_keys":["planted-key-0000001","planted-key-0000002"]}"#),
+            want
+        );
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_shape_is_never_quoted() {
+        for text in [
+            r#"{"api_keys":{"k":"planted-value-1"}}"#,
+            r#"{"api_keys":["planted-value-1", 7]}"#,
+            r#"{"client_id":"a","client_secret":["planted-value-1"]}"#,
+            r#"{"client_id":"a","client_secret":"planted-value-1","state_key":5}"#,
+            r#"{"web":"planted-value-1"}"#,
+            r#"["planted-value-1"]"#,
+            r#"{"client_id":"planted-value-1""#,
+        ] {
+            let e = parse_secret_document("s", text)
+                .expect_err(text)
+                .to_string();
+            assert!(!e.contains("planted-value-1"), "{e}");
+            assert!(e.starts_with("secret s is malformed: "), "{e}");
+        }
+        let e = parse_secret_document(
+            "s",
+            r#"{"client_id":"a","client_secret":["planted-value-1"]}"#,
+        )
+        .expect_err("wrong type")
+        .to_string();
+        assert!(
+            e.contains("client_secret: wrong type (expected a string)"),
+            "{e}"
+        );
     }
 }

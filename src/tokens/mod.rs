@@ -18,6 +18,7 @@ use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use crate::config::Settings;
 use crate::crypto::EnvelopeCipher;
 use crate::error::Error;
 use crate::oauth::provider::{OidcProvider, ProviderError, ProviderTokens, Providers};
@@ -85,6 +86,33 @@ impl TokenPolicy {
         };
         from.timestamp()
             .saturating_add(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX))
+    }
+}
+
+/// The policy the settings give: refresh timing from `refresh`, row lifetimes from
+/// `retention`, and a lease that always outlasts one provider call.
+impl From<&Settings> for TokenPolicy {
+    fn from(settings: &Settings) -> Self {
+        let refresh = &settings.refresh;
+        let retention = &settings.retention;
+        Self {
+            refresh_margin: refresh.margin,
+            refresh_deadline: refresh.deadline,
+            refresh_wait: refresh.deadline.saturating_add(Duration::from_secs(5)),
+            background_refresh: refresh.background,
+            last_used_interval: retention.last_used_interval,
+            connection_ttl: retention.connection_ttl,
+            inactive_retention: retention.inactive_retention,
+            // One provider call always fits in a lease; the holder extends it every
+            // third of this while it works.
+            lease_ttl: settings
+                .provider
+                .timeout
+                .saturating_add(Duration::from_secs(5)),
+            refresh_cooldown: refresh.cooldown,
+            circuit_failures: refresh.circuit_failures,
+            circuit_open: refresh.circuit_open,
+        }
     }
 }
 

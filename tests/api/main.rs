@@ -20,6 +20,7 @@ mod aws_secrets;
 mod aws_setup;
 mod cli;
 mod e2e_provider;
+mod edges;
 mod flow;
 mod internal_api;
 mod refresh_faults;

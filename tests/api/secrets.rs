@@ -238,7 +238,7 @@ async fn publish_client_secret(app: &TestApp, provider: &FakeProvider, client_se
     axnt_oauth::crypto::fill_random(&mut state_key);
     aws_sdk_secretsmanager::Client::new(&sdk)
         .put_secret_value()
-        .secret_id(&app.settings.google_secret_id)
+        .secret_id(&app.settings.aws.secret_id)
         .secret_string(support::aws::secret_json(
             &provider.client_id(),
             client_secret,

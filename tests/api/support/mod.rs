@@ -358,7 +358,7 @@ impl TestApp {
                 let client = aws_sdk_dynamodb::Client::new(&sdk);
                 let items = client
                     .scan()
-                    .table_name(&self.settings.dynamodb_oauth_table)
+                    .table_name(&self.settings.aws.tokens_table)
                     .send()
                     .await
                     .expect("scan the tokens table");

@@ -1,0 +1,88 @@
+//! How setting values are read: durations given as whole seconds, milliseconds or days
+//! (the unit is in the key's name: `…_secs`, `…_ms`, `…_days`), and lists given either
+//! as a TOML array or as one comma-separated string (the only way an environment
+//! variable can give one).
+//!
+//! Numbers arrive as numbers from files and as strings from the environment; the
+//! settings loader reads the latter leniently, so these only ask serde for a `u64`.
+
+use std::fmt::Display;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
+
+const SECS_PER_DAY: u64 = 86_400;
+
+pub fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
+}
+
+/// Seconds where 0 means off.
+pub fn secs_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    secs(d).map(|every| (!every.is_zero()).then_some(every))
+}
+
+pub fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
+}
+
+pub fn days<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d)?
+        .checked_mul(SECS_PER_DAY)
+        .map(Duration::from_secs)
+        .ok_or_else(|| D::Error::custom("too many days"))
+}
+
+/// A list given either as a TOML array or as one comma-separated string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListOrCsv {
+    List(Vec<String>),
+    Csv(String),
+}
+
+/// The list's items, trimmed, empty ones dropped.
+fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let items = match ListOrCsv::deserialize(d)? {
+        ListOrCsv::List(items) => items,
+        ListOrCsv::Csv(csv) => csv.split(',').map(str::to_string).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+/// A list of secrets. No error here can quote an item.
+pub fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    Ok(strings(d)?.into_iter().map(SecretString::from).collect())
+}
+
+/// A list of URLs, each parsed here; an error quotes the entry.
+pub fn url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<url::Url>, D::Error> {
+    parsed_list(d, "a URL")
+}
+
+/// A list of IP addresses, each parsed here; an error quotes the entry.
+pub fn ip_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::IpAddr>, D::Error> {
+    parsed_list(d, "an IP address")
+}
+
+fn parsed_list<'de, D, T>(d: D, what: &str) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: Display,
+{
+    strings(d)?
+        .into_iter()
+        .map(|item| {
+            item.parse()
+                .map_err(|e| D::Error::custom(format!("{item:?} is not {what}: {e}")))
+        })
+        .collect()
+}
