@@ -185,6 +185,11 @@ pub struct SecretSettings {
         deserialize_with = "de::secs"
     )]
     pub reload_min_interval: Duration,
+    /// `AXNT_ALLOW_INSTANCE_STATE_KEY`: aws mode without a state key (neither the
+    /// secret's `state_key` nor `AXNT_STATE_KEY`) refuses to start, because a flow
+    /// would then only complete on the instance that started it. `true` accepts a key
+    /// made per process (one instance only).
+    pub allow_instance_state_key: bool,
 }
 
 impl Default for SecretSettings {
@@ -196,6 +201,7 @@ impl Default for SecretSettings {
             state_key: None,
             refresh_interval: Duration::from_secs(300),
             reload_min_interval: Duration::from_secs(30),
+            allow_instance_state_key: false,
         }
     }
 }

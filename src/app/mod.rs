@@ -87,12 +87,22 @@ impl App {
         .await?;
         let state_key = match secrets.current().state_key.clone().or(backends.state_key) {
             Some(key) => key,
-            None => {
+            None if settings.secrets.allow_instance_state_key => {
                 tracing::warn!(
                     "no state key configured (secret field state_key or AXNT_STATE_KEY): using a per-process key, \
                      so a flow only completes on the instance that started it"
                 );
                 SecretKey::generate()
+            }
+            None => {
+                return Err(ConfigError {
+                    setting: crate::config::env_name("state_key"),
+                    reason: "no state key: every instance must seal flows with the same key; put state_key \
+                             (base64 of 32 bytes) in the secret or set AXNT_STATE_KEY \
+                             (AXNT_ALLOW_INSTANCE_STATE_KEY=true accepts a per-process key, for one instance only)"
+                        .into(),
+                }
+                .into());
             }
         };
         if secrets.current().api_keys.is_empty() {

@@ -201,8 +201,154 @@ impl Settings {
                 return Err(ConfigError::new(key, "must be greater than zero"));
             }
         }
+        self.check_bounds()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|e| ConfigError::new("log", e.to_string()))?;
+        Ok(())
+    }
+
+    /// Upper bounds: a value past them is a mistake (a unit mixed up, a digit too
+    /// many), and far past them it would overflow where it meets a clock.
+    fn check_bounds(&self) -> Result<(), ConfigError> {
+        use std::time::Duration;
+        const MINUTE: u64 = 60;
+        const HOUR: u64 = 60 * MINUTE;
+        const DAY: u64 = 24 * HOUR;
+        const YEAR: u64 = 365 * DAY;
+        let secs = |d: Duration| d.as_secs();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let days = |d: Duration| d.as_secs() / DAY;
+        let checks: [(&str, u64, u64); 30] = [
+            (
+                "readiness_cache_secs",
+                secs(self.server.readiness_cache),
+                HOUR,
+            ),
+            (
+                "drain_timeout_secs",
+                secs(self.server.drain_timeout),
+                10 * MINUTE,
+            ),
+            (
+                "connect_session_ttl_secs",
+                secs(self.flow.connect_session_ttl),
+                7 * DAY,
+            ),
+            ("flow_state_ttl_secs", secs(self.flow.state_ttl), DAY),
+            (
+                "secret_refresh_secs",
+                secs(self.secrets.refresh_interval),
+                DAY,
+            ),
+            (
+                "secret_reload_min_interval_secs",
+                secs(self.secrets.reload_min_interval),
+                DAY,
+            ),
+            (
+                "provider_timeout_secs",
+                secs(self.provider.timeout),
+                5 * MINUTE,
+            ),
+            (
+                "provider_metadata_ttl_secs",
+                secs(self.provider.metadata_ttl),
+                30 * DAY,
+            ),
+            (
+                "provider_metadata_max_stale_secs",
+                secs(self.provider.metadata_max_stale),
+                30 * DAY,
+            ),
+            (
+                "refresh_reuse_grace_secs",
+                secs(self.provider.refresh_reuse_grace),
+                HOUR,
+            ),
+            ("refresh_margin_secs", secs(self.refresh.margin), DAY),
+            (
+                "refresh_deadline_secs",
+                secs(self.refresh.deadline),
+                10 * MINUTE,
+            ),
+            (
+                "background_refresh_secs",
+                self.refresh.background.map_or(0, secs),
+                DAY,
+            ),
+            ("refresh_cooldown_secs", secs(self.refresh.cooldown), DAY),
+            (
+                "provider_circuit_failures",
+                u64::from(self.refresh.circuit_failures),
+                10_000,
+            ),
+            (
+                "provider_circuit_open_secs",
+                secs(self.refresh.circuit_open),
+                HOUR,
+            ),
+            (
+                "connection_ttl_days",
+                days(self.retention.connection_ttl),
+                10 * 365,
+            ),
+            (
+                "inactive_retention_days",
+                days(self.retention.inactive_retention),
+                10 * 365,
+            ),
+            (
+                "flow_log_retention_days",
+                days(self.retention.flow_log_retention),
+                10 * 365,
+            ),
+            (
+                "last_used_interval_secs",
+                secs(self.retention.last_used_interval),
+                DAY,
+            ),
+            (
+                "purge_interval_secs",
+                secs(self.retention.purge_interval),
+                7 * DAY,
+            ),
+            (
+                "aws_connect_timeout_ms",
+                millis(self.aws.connect_timeout),
+                MINUTE * 1_000,
+            ),
+            (
+                "aws_operation_timeout_ms",
+                millis(self.aws.operation_timeout),
+                10 * MINUTE * 1_000,
+            ),
+            ("aws_max_attempts", u64::from(self.aws.max_attempts), 20),
+            // A data key seals with random 96-bit nonces: NIST SP 800-38D's bound is
+            // 2^32 messages per key.
+            ("data_key_max_uses", self.data_key.max_uses, 1 << 32),
+            ("data_key_max_age_secs", secs(self.data_key.max_age), YEAR),
+            (
+                "data_key_cache_entries",
+                self.data_key.cache_entries,
+                10_000_000,
+            ),
+            (
+                "data_key_cache_ttl_secs",
+                secs(self.data_key.cache_ttl),
+                DAY,
+            ),
+            ("flow_log_buffer", self.flow_log.buffer as u64, 1_000_000),
+            (
+                "flow_log_write_concurrency",
+                self.flow_log.write_concurrency as u64,
+                256,
+            ),
+        ];
+        for (key, value, max) in checks {
+            if value > max {
+                return Err(ConfigError::new(key, format!("must be at most {max}")));
+            }
+        }
         Ok(())
     }
 }
@@ -368,6 +514,30 @@ mod tests {
             s.secrets.client_secret.as_ref().map(|s| s.expose_secret()),
             Some("12345")
         );
+    }
+
+    #[test]
+    fn every_bounded_setting_names_itself_when_too_large() {
+        for (name, value) in [
+            ("AXNT_CONNECT_SESSION_TTL_SECS", "604801"),
+            ("AXNT_REFRESH_MARGIN_SECS", "9223372036854775807"),
+            ("AXNT_CONNECTION_TTL_DAYS", "3651"),
+            ("AXNT_INACTIVE_RETENTION_DAYS", "18446744073709551615"),
+            ("AXNT_AWS_OPERATION_TIMEOUT_MS", "600001"),
+            ("AXNT_AWS_MAX_ATTEMPTS", "21"),
+            ("AXNT_FLOW_LOG_WRITE_CONCURRENCY", "257"),
+            ("AXNT_DATA_KEY_MAX_USES", "4294967297"),
+        ] {
+            let e = load(&[(name, value)]).expect_err(name);
+            assert_eq!(e.setting, name);
+        }
+        // The bounds themselves are accepted.
+        load(&[
+            ("AXNT_CONNECT_SESSION_TTL_SECS", "604800"),
+            ("AXNT_CONNECTION_TTL_DAYS", "3650"),
+            ("AXNT_DATA_KEY_MAX_USES", "4294967296"),
+        ])
+        .expect("at the bounds");
     }
 
     #[test]

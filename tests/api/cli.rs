@@ -193,6 +193,13 @@ fn a_present_and_wrong_setting_stops_start_up_with_exit_code_2() {
         ("AXNT_LISTEN_ADDR", "nowhere"),
         ("AXNT_GOOGLE_ISSUER", "ftp://x"),
         ("AXNT_ALLOWED_RETURN_URLS", "app.example.com"),
+        // Too large: each would overflow where it meets a clock, or is a slip.
+        ("AXNT_CONNECT_SESSION_TTL_SECS", "9223372036854775807"),
+        ("AXNT_FLOW_STATE_TTL_SECS", "31536000"),
+        ("AXNT_CONNECTION_TTL_DAYS", "18446744073709551615"),
+        ("AXNT_FLOW_LOG_RETENTION_DAYS", "999999999999"),
+        ("AXNT_PROVIDER_TIMEOUT_SECS", "86400"),
+        ("AXNT_DATA_KEY_MAX_USES", "18446744073709551615"),
     ] {
         let out = command(dir.path())
             .env(name, value)

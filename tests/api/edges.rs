@@ -216,3 +216,45 @@ async fn every_browser_answer_carries_the_security_headers() {
     assert_eq!(back.status(), StatusCode::FOUND);
     assert_browser_headers(&back, "the redirect back to the application");
 }
+
+/// aws mode runs several instances: a flow started on one must finish on another, so a
+/// state key they share is required, not silently replaced by a per-process one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_mode_without_a_shared_state_key_refuses_to_start() {
+    let provider = FakeProvider::start().await;
+    let endpoint = support::aws::moto_endpoint();
+    let credentials = support::aws::AwsCredentials::from_env();
+    let fixture = support::aws::provision(
+        &endpoint,
+        &credentials,
+        &provider.client_id(),
+        &provider.client_secret(),
+        API_KEY,
+        Some(
+            &serde_json::json!({
+                "client_id": provider.client_id(),
+                "client_secret": provider.client_secret(),
+                "api_keys": [API_KEY],
+            })
+            .to_string(),
+        ),
+    )
+    .await;
+    let mut env = fixture.env.clone();
+    env.push(("AXNT_GOOGLE_ISSUER".into(), provider.issuer()));
+    env.push(("AXNT_LISTEN_ADDR".into(), "127.0.0.1:0".into()));
+    let settings = support::aws::settings_from(&env);
+    let refused = axnt_oauth::app::App::build(settings)
+        .await
+        .err()
+        .expect("start-up refused")
+        .to_string();
+    assert!(refused.contains("AXNT_STATE_KEY"), "{refused}");
+
+    env.push(("AXNT_ALLOW_INSTANCE_STATE_KEY".into(), "true".into()));
+    let settings = support::aws::settings_from(&env);
+    assert!(
+        axnt_oauth::app::App::build(settings).await.is_ok(),
+        "an explicit per-process key is accepted"
+    );
+}
