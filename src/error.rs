@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use axum::extract::Request;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -111,6 +112,30 @@ impl From<ProviderError> for Error {
 impl From<SealError> for Error {
     fn from(_: SealError) -> Self {
         Self::InvalidState
+    }
+}
+
+/// A JSON body the API's extractor refused: 415 without the JSON content type, else 400.
+impl From<JsonRejection> for Error {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => {
+                Self::UnsupportedMediaType("send Content-Type: application/json".into())
+            }
+            other => Self::InvalidRequest(format!("malformed JSON body: {}", other.body_text())),
+        }
+    }
+}
+
+impl From<PathRejection> for Error {
+    fn from(rejection: PathRejection) -> Self {
+        Self::InvalidRequest(format!("bad path: {}", rejection.body_text()))
+    }
+}
+
+impl From<QueryRejection> for Error {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::InvalidRequest(format!("bad query: {}", rejection.body_text()))
     }
 }
 
