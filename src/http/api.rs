@@ -11,11 +11,11 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiJson, ApiPath, ApiQuery, AppState, Client, validate_user_id};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Client};
 use crate::error::Error;
 use crate::oauth::flow::{ConnectSession, Purpose};
 use crate::store::{FlowLogEntry, FlowStep};
-use crate::tokens::data;
+use crate::tokens::{UserId, data};
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -56,7 +56,7 @@ async fn require_api_key(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ConnectSessionRequest {
-    user_id: String,
+    user_id: UserId,
     provider: String,
     #[serde(default)]
     return_to: Option<String>,
@@ -106,7 +106,6 @@ async fn create_connect_session(
     Client(client): Client,
     ApiJson(body): ApiJson<ConnectSessionRequest>,
 ) -> Result<Response, Error> {
-    validate_user_id(&body.user_id)?;
     state.tokens.provider(&body.provider)?;
     validate_scopes(&body.scopes)?;
     if body
@@ -135,7 +134,7 @@ async fn create_connect_session(
         .and_then(|ttl| now.checked_add_signed(ttl))
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let session = ConnectSession {
-        user_id: body.user_id.clone(),
+        user_id: body.user_id.to_string(),
         provider: body.provider.clone(),
         return_to: return_to.clone(),
         scopes: body.scopes.clone(),
@@ -157,7 +156,7 @@ async fn create_connect_session(
     state
         .flow_log
         .record(
-            &body.user_id,
+            body.user_id.as_str(),
             &session.flow_id,
             FlowStep::SessionCreated,
             data(json!({
@@ -193,12 +192,11 @@ struct TokenResponse {
 async fn get_token(
     State(state): State<AppState>,
     Client(client): Client,
-    ApiPath((user_id, provider)): ApiPath<(String, String)>,
+    ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
 ) -> Result<Response, Error> {
-    validate_user_id(&user_id)?;
     let token = state
         .tokens
-        .valid_token(&user_id, &provider, &client)
+        .valid_token(user_id.as_str(), &provider, &client)
         .await?;
     let body = TokenResponse {
         access_token: token.access_token.expose_secret().to_string(),
@@ -214,10 +212,9 @@ async fn get_token(
 /// "userInfo", "isActive", "createdAt", "updatedAt", "lastUsed", "accessTokenExpiresAt"}]}`.
 async fn list_connections(
     State(state): State<AppState>,
-    ApiPath(user_id): ApiPath<String>,
+    ApiPath(user_id): ApiPath<UserId>,
 ) -> Result<Response, Error> {
-    validate_user_id(&user_id)?;
-    let connections = state.tokens.connections(&user_id).await?;
+    let connections = state.tokens.connections(user_id.as_str()).await?;
     Ok(axum::Json(json!({ "connections": connections })).into_response())
 }
 
@@ -226,12 +223,11 @@ async fn list_connections(
 async fn delete_connection(
     State(state): State<AppState>,
     Client(client): Client,
-    ApiPath((user_id, provider)): ApiPath<(String, String)>,
+    ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
 ) -> Result<Response, Error> {
-    validate_user_id(&user_id)?;
     if state
         .tokens
-        .disconnect(&user_id, &provider, &client)
+        .disconnect(user_id.as_str(), &provider, &client)
         .await?
     {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -253,10 +249,9 @@ const MAX_FLOW_LOG_PAGE: usize = 500;
 /// steps, newest first: `{"items": [...], "nextBefore": "<timestamp>" | null}`.
 async fn list_flow_logs(
     State(state): State<AppState>,
-    ApiPath(user_id): ApiPath<String>,
+    ApiPath(user_id): ApiPath<UserId>,
     ApiQuery(query): ApiQuery<FlowLogQuery>,
 ) -> Result<Response, Error> {
-    validate_user_id(&user_id)?;
     let limit = query.limit.unwrap_or(DEFAULT_FLOW_LOG_PAGE);
     if limit == 0 || limit > MAX_FLOW_LOG_PAGE {
         return Err(Error::InvalidRequest(format!(
@@ -275,7 +270,7 @@ async fn list_flow_logs(
     let items: Vec<FlowLogEntry> = state
         .flow_log
         .log()
-        .list(&user_id, limit, query.before.as_deref())
+        .list(user_id.as_str(), limit, query.before.as_deref())
         .await?;
     let next_before = (items.len() == limit)
         .then(|| items.last().map(|e| e.timestamp.clone()))

@@ -201,16 +201,6 @@ impl FromRequestParts<AppState> for Client {
     }
 }
 
-/// A `userId` as callers may send it: 1–256 characters, no control characters.
-pub fn validate_user_id(user_id: &str) -> Result<(), Error> {
-    if user_id.is_empty() || user_id.len() > 256 || user_id.chars().any(char::is_control) {
-        return Err(Error::InvalidRequest(
-            "userId must be 1 to 256 characters without control characters".into(),
-        ));
-    }
-    Ok(())
-}
-
 /// `302 Found` to `location`: what OAuth redirects traditionally use (axum's
 /// `Redirect::to` answers 303).
 pub fn found(location: &str) -> Response {

@@ -8,6 +8,7 @@
 
 pub mod refresh;
 pub mod token_set;
+mod user_id;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use crate::store::{
 
 pub use refresh::{RefreshReuse, Refresher, TokenEndpoint};
 pub use token_set::{IssuedToken, TokenSet};
+pub use user_id::{InvalidUserId, UserId};
 
 /// A lost conditional write is retried this many times against the re-read row.
 const WRITE_ATTEMPTS: usize = 5;
