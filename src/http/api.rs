@@ -117,16 +117,16 @@ async fn create_connect_session(
             "loginHint must be at most 320 characters".into(),
         ));
     }
-    let return_to = match &body.return_to {
-        Some(url) => Some(
+    let return_to = body
+        .return_to
+        .as_deref()
+        .map(|url| {
             state
                 .return_urls
                 .check(url)
-                .ok_or(Error::ReturnUrlNotAllowed)?
-                .to_string(),
-        ),
-        None => None,
-    };
+                .ok_or(Error::ReturnUrlNotAllowed)
+        })
+        .transpose()?;
     let now = Utc::now();
     // Saturating: a TTL past the calendar's end means a link that never expires.
     let expires_at = chrono::TimeDelta::from_std(state.settings.flow.connect_session_ttl)

@@ -347,9 +347,9 @@ async fn finish(
             client,
         )
         .await;
-    let response = match flow.return_to.as_deref().and_then(|r| url::Url::parse(r).ok()) {
-        Some(mut url) => {
-            url.query_pairs_mut().append_pair("status", "connected").append_pair("provider", &name);
+    let response = match &flow.return_to {
+        Some(return_to) => {
+            let url = return_to.with_query(&[("status", "connected"), ("provider", &name)]);
             crate::http::found(url.as_str())
         }
         None => Html(format!(
