@@ -14,6 +14,7 @@ use serde_json::json;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Client};
 use crate::error::Error;
 use crate::oauth::flow::{ConnectSession, Purpose};
+use crate::secrets::ApiKey;
 use crate::store::{FlowLogEntry, FlowStep};
 use crate::tokens::{UserId, data};
 
@@ -44,11 +45,9 @@ async fn require_api_key(
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
+        .and_then(|v| ApiKey::parse(v.trim()).ok());
     match presented {
-        Some(key) if !key.is_empty() && state.secrets.accepts_api_key(key) => {
-            Ok(next.run(request).await)
-        }
+        Some(key) if state.secrets.accepts_api_key(&key) => Ok(next.run(request).await),
         _ => Err(Error::Unauthorized),
     }
 }

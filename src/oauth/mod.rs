@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn a_return_url_travels_as_its_string() {
-        let urls = ReturnUrls::new(&["https://app.example.com".into()]);
+        let urls = ReturnUrls::new(&[Url::parse("https://app.example.com").expect("url")]);
         let url = urls
             .check("https://APP.example.com/done?x=1")
             .expect("allowed");

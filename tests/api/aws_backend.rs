@@ -12,7 +12,7 @@ use axnt_oauth::crypto::cache::{CacheLimits, CachingKeyProvider};
 use axnt_oauth::crypto::kms::KmsKeyProvider;
 use axnt_oauth::crypto::{CryptoError, EnvelopeCipher, KeyProvider};
 use axnt_oauth::secrets::secrets_manager::SecretsManagerSource;
-use axnt_oauth::secrets::{SecretError, SecretsCache};
+use axnt_oauth::secrets::{ApiKey, SecretError, SecretsCache};
 use axnt_oauth::store::flow_log::SortKeyClock;
 use axnt_oauth::store::{Connection, FlowLogEntry, FlowStep, StoreError, UserInfo};
 use chrono::Utc;
@@ -256,6 +256,10 @@ async fn put_secret(f: &AwsFixture, value: &str) {
         .expect("moto PutSecretValue");
 }
 
+fn api_key(text: &str) -> ApiKey {
+    ApiKey::parse(text).expect("a well-formed key")
+}
+
 #[tokio::test]
 async fn a_rotated_secret_is_picked_up_by_reload() {
     let f = fixture().await;
@@ -276,7 +280,7 @@ async fn a_rotated_secret_is_picked_up_by_reload() {
         "state_key read from the secret"
     );
     assert!(
-        cache.accepts_api_key(API_KEY),
+        cache.accepts_api_key(&api_key(API_KEY)),
         "api_keys read from the secret"
     );
 
@@ -295,8 +299,11 @@ async fn a_rotated_secret_is_picked_up_by_reload() {
     let client = rotated.client.as_ref().expect("client");
     assert_eq!(client.client_id, "client-2");
     assert_eq!(client.client_secret.expose_secret(), "secret-2");
-    assert!(cache.accepts_api_key("rotated-api-key-0123456789"));
-    assert!(!cache.accepts_api_key(API_KEY), "the old key is gone");
+    assert!(cache.accepts_api_key(&api_key("rotated-api-key-0123456789")));
+    assert!(
+        !cache.accepts_api_key(&api_key(API_KEY)),
+        "the old key is gone"
+    );
 }
 
 #[tokio::test]
