@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::crypto::CryptoError;
 use crate::oauth::flow::SealError;
 use crate::oauth::provider::{IdTokenProblem, ProviderError};
-use crate::store::StoreError;
+use crate::store::{FlowFailure, StoreError};
 
 /// Why a grant died (`cause` in a 409 body, the flow log and the row): the provider
 /// answered `invalid_grant`.
@@ -112,6 +112,21 @@ impl From<ProviderError> for Error {
 impl From<SealError> for Error {
     fn from(_: SealError) -> Self {
         Self::InvalidState
+    }
+}
+
+/// What the flow log's `failed` item keeps of an error: its code, the ID token's
+/// problem when that was the cause, and the message.
+impl From<&Error> for FlowFailure {
+    fn from(e: &Error) -> Self {
+        Self {
+            code: e.code(),
+            reason: match e {
+                Error::IdTokenInvalid(problem) => Some(problem.as_str()),
+                _ => None,
+            },
+            message: e.to_string(),
+        }
     }
 }
 

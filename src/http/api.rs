@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::oauth::flow::{ConnectSession, Purpose};
 use crate::secrets::ApiKey;
 use crate::store::{FlowLogEntry, FlowStep};
-use crate::tokens::{UserId, data};
+use crate::tokens::UserId;
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -100,6 +100,7 @@ fn validate_scopes(scopes: &[String]) -> Result<(), Error> {
 ///  "scopes": ["https://www.googleapis.com/auth/calendar.readonly"], "loginHint": "a@example.com"}
 /// ```
 /// answers `{"url": "http://…/oauth/google/start?session=…", "expiresAt": "…", "flowId": "…"}`.
+#[tracing::instrument(skip_all, fields(user_id = %body.user_id, provider = %body.provider))]
 async fn create_connect_session(
     State(state): State<AppState>,
     Client(client): Client,
@@ -154,18 +155,19 @@ async fn create_connect_session(
     url.query_pairs_mut().append_pair("session", &sealed);
     state
         .flow_log
-        .record(
+        .flow(
             body.user_id.as_str(),
             &session.flow_id,
+            &body.provider,
+            &client,
+        )
+        .step(
             FlowStep::SessionCreated,
-            data(json!({
-                "provider": body.provider,
+            json!({
                 "returnTo": return_to,
                 "scopes": body.scopes,
                 "expiresAt": expires_at.to_rfc3339(),
-            })),
-            None,
-            &client,
+            }),
         )
         .await;
     let response = ConnectSessionResponse {
@@ -188,6 +190,7 @@ struct TokenResponse {
 
 /// `GET /v1/users/{userId}/tokens/{provider}` → a valid access token:
 /// `{"accessToken": "…", "tokenType": "Bearer", "expiresAt": "…", "scope": "…", "email": "…"}`.
+#[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
 async fn get_token(
     State(state): State<AppState>,
     Client(client): Client,
@@ -209,6 +212,7 @@ async fn get_token(
 
 /// `GET /v1/users/{userId}/connections` → `{"connections": [{"provider", "email",
 /// "userInfo", "isActive", "createdAt", "updatedAt", "lastUsed", "accessTokenExpiresAt"}]}`.
+#[tracing::instrument(skip_all, fields(user_id = %user_id))]
 async fn list_connections(
     State(state): State<AppState>,
     ApiPath(user_id): ApiPath<UserId>,
@@ -219,6 +223,7 @@ async fn list_connections(
 
 /// `DELETE /v1/users/{userId}/connections/{provider}` → 204 after revoking at the
 /// provider (best effort) and removing the row; 404 when there was none.
+#[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
 async fn delete_connection(
     State(state): State<AppState>,
     Client(client): Client,
@@ -246,6 +251,7 @@ const MAX_FLOW_LOG_PAGE: usize = 500;
 
 /// `GET /v1/users/{userId}/flow-logs?limit=50&before=<timestamp>` → the user's flow
 /// steps, newest first: `{"items": [...], "nextBefore": "<timestamp>" | null}`.
+#[tracing::instrument(skip_all, fields(user_id = %user_id))]
 async fn list_flow_logs(
     State(state): State<AppState>,
     ApiPath(user_id): ApiPath<UserId>,
