@@ -22,7 +22,7 @@ use crate::oauth::flow::{
     ConnectSession, FlowState, Purpose, binding_cookie_name, binding_matches, new_binding,
 };
 use crate::oauth::provider::ProviderError;
-use crate::store::{Flow, FlowStep};
+use crate::store::{FlowStep, FlowSteps};
 
 /// Every answer of the browser routes (pages and redirects) carries these: no script or
 /// frame may use our pages, no `Referer` leaks a callback URL (it holds a code and
@@ -242,7 +242,7 @@ async fn finish(
     flow: &FlowState,
     query: &CallbackQuery,
     provider_error: Option<String>,
-    flow_log: &Flow<'_>,
+    flow_log: &FlowSteps<'_>,
 ) -> Result<Response, (FlowStep, Error)> {
     let name = provider.name().to_string();
     if let Some(code) = provider_error {

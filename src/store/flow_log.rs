@@ -93,8 +93,8 @@ impl FlowRecorder {
         flow_id: &str,
         provider: &str,
         client: &ClientInfo,
-    ) -> Flow<'_> {
-        Flow {
+    ) -> FlowSteps<'_> {
+        FlowSteps {
             recorder: self,
             user_id: user_id.to_string(),
             flow_id: flow_id.to_string(),
@@ -106,7 +106,7 @@ impl FlowRecorder {
     #[tracing::instrument(skip_all, fields(user_id = %flow.user_id, flow_id = %flow.flow_id, step = step.as_str()))]
     async fn append(
         &self,
-        flow: &Flow<'_>,
+        flow: &FlowSteps<'_>,
         step: FlowStep,
         data: Map<String, Value>,
         error: Option<String>,
@@ -133,8 +133,9 @@ impl FlowRecorder {
     }
 }
 
-/// One flow's steps, made by [`FlowRecorder::flow`].
-pub struct Flow<'a> {
+/// The flow-log writer of one flow (made by [`FlowRecorder::flow`]): steps are named
+/// by [`FlowStep`] alone, and every item carries the flow's user, id, provider and caller.
+pub struct FlowSteps<'a> {
     recorder: &'a FlowRecorder,
     user_id: String,
     flow_id: String,
@@ -151,7 +152,7 @@ pub struct FlowFailure {
     pub message: String,
 }
 
-impl Flow<'_> {
+impl FlowSteps<'_> {
     /// Appends `step`. `data` is a JSON object that must hold no secret: ids, names,
     /// counts and provider error codes only (`provider` is added here).
     pub async fn step(&self, step: FlowStep, data: Value) {

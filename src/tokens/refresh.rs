@@ -54,8 +54,8 @@ use crate::oauth::provider::{ProviderError, ProviderTokens};
 use crate::retry::{Backoff, jittered};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{
-    Connection, Flow, FlowRecorder, FlowStep, LeaseRelease, RefreshLease, RefreshState, StoreError,
-    TokenStore,
+    Connection, FlowRecorder, FlowStep, FlowSteps, LeaseRelease, RefreshLease, RefreshState,
+    StoreError, TokenStore,
 };
 
 /// How often a flight waiting for another attempt's lease re-reads the row.
@@ -458,7 +458,7 @@ struct Holder<'a> {
     row: &'a Connection,
     attempt: &'a str,
     /// This refresh's flow-log items (one flow id per attempt).
-    flow_log: Flow<'a>,
+    flow_log: FlowSteps<'a>,
 }
 
 impl Holder<'_> {
