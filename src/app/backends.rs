@@ -14,8 +14,8 @@ use zeroize::Zeroizing;
 
 use super::StartupError;
 use crate::aws::sdk_config;
-use crate::config::{Backend, ConfigError, Settings};
-use crate::crypto::cache::CachingKeyProvider;
+use crate::config::{Backend, ConfigError, DataKeySettings, Settings};
+use crate::crypto::cache::{CacheLimits, CachingKeyProvider};
 use crate::crypto::kms::KmsKeyProvider;
 use crate::crypto::local::{LocalKeyProvider, load_or_create_key_file, write_private_file};
 use crate::crypto::{KeyProvider, SecretKey, random_token};
@@ -155,6 +155,17 @@ fn load_or_create_api_key(path: &Path) -> Result<(ApiKey, bool), StartupError> {
     Ok((key, created))
 }
 
+/// The data-key cache's bounds from `AXNT_DATA_KEY_*` (mapped here, where backends
+/// are wired, so that `crypto` needs nothing of the settings).
+fn cache_limits(settings: &DataKeySettings) -> CacheLimits {
+    CacheLimits {
+        max_uses: settings.max_uses,
+        max_age: settings.max_age,
+        decrypted_entries: settings.cache_entries,
+        decrypted_ttl: settings.cache_ttl,
+    }
+}
+
 /// `AXNT_STATE_KEY`, when set: the one parse of it (settings checked its shape with the
 /// same [`SecretKey::from_base64`]).
 fn configured_state_key(settings: &Settings) -> Result<Option<SecretKey>, StartupError> {
@@ -217,7 +228,7 @@ async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
         settings.flow_log.write_concurrency,
     );
     let kms = Arc::new(KmsKeyProvider::new(&config, &settings.aws.kms_key_id));
-    let keys = CachingKeyProvider::new(kms, (&settings.data_key).into());
+    let keys = CachingKeyProvider::new(kms, cache_limits(&settings.data_key));
     let secrets = SecretsManagerSource::new(&config, &settings.aws.secret_id);
     let state_key = configured_state_key(settings)?;
     Ok(Backends {
