@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use axum::extract::Request;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -18,7 +19,7 @@ use serde::Serialize;
 use crate::crypto::CryptoError;
 use crate::oauth::flow::SealError;
 use crate::oauth::provider::{IdTokenProblem, ProviderError};
-use crate::store::StoreError;
+use crate::store::{FlowFailure, StoreError};
 
 /// Why a grant died (`cause` in a 409 body, the flow log and the row): the provider
 /// answered `invalid_grant`.
@@ -111,6 +112,45 @@ impl From<ProviderError> for Error {
 impl From<SealError> for Error {
     fn from(_: SealError) -> Self {
         Self::InvalidState
+    }
+}
+
+/// What the flow log's `failed` item keeps of an error: its code, the ID token's
+/// problem when that was the cause, and the message.
+impl From<&Error> for FlowFailure {
+    fn from(e: &Error) -> Self {
+        Self {
+            code: e.code(),
+            reason: match e {
+                Error::IdTokenInvalid(problem) => Some(problem.as_str()),
+                _ => None,
+            },
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A JSON body the API's extractor refused: 415 without the JSON content type, else 400.
+impl From<JsonRejection> for Error {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => {
+                Self::UnsupportedMediaType("send Content-Type: application/json".into())
+            }
+            other => Self::InvalidRequest(format!("malformed JSON body: {}", other.body_text())),
+        }
+    }
+}
+
+impl From<PathRejection> for Error {
+    fn from(rejection: PathRejection) -> Self {
+        Self::InvalidRequest(format!("bad path: {}", rejection.body_text()))
+    }
+}
+
+impl From<QueryRejection> for Error {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::InvalidRequest(format!("bad query: {}", rejection.body_text()))
     }
 }
 

@@ -21,8 +21,10 @@
 //! - [`config`], [`cli`], [`telemetry`], [`error`]: settings, commands, logging and
 //!   metrics, and the one error type (which imports nothing from [`http`]).
 //!
-//! Arrows point down: `app` → `http` → `tokens`/`oauth` → `store`/`crypto`/`secrets`
-//! → `config` → `aws` (a leaf: `config` fills the `aws::AwsSettings` it needs). The module graph has no cycles (a unit test below checks it).
+//! Arrows point down: `app` → `http` → `tokens`/`oauth` → `store`/`config` →
+//! `secrets`/`crypto` → `aws` (a leaf: `config` fills the `aws::AwsSettings` it needs,
+//! and checks keys with the one parser of each, `secrets::ApiKey` and
+//! `crypto::SecretKey`). The module graph has no cycles (a unit test below checks it).
 
 // Product code never unwraps: every failure is an error with context.
 #![cfg_attr(

@@ -9,17 +9,18 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
+use zeroize::Zeroizing;
 
 use super::StartupError;
 use crate::aws::sdk_config;
-use crate::config::{Backend, Settings};
-use crate::crypto::cache::CachingKeyProvider;
+use crate::config::{Backend, ConfigError, DataKeySettings, Settings};
+use crate::crypto::cache::{CacheLimits, CachingKeyProvider};
 use crate::crypto::kms::KmsKeyProvider;
 use crate::crypto::local::{LocalKeyProvider, load_or_create_key_file, write_private_file};
 use crate::crypto::{KeyProvider, SecretKey, random_token};
 use crate::secrets::secrets_manager::SecretsManagerSource;
-use crate::secrets::{ClientCredentials, SecretSource, ServiceSecrets, StaticSecrets};
+use crate::secrets::{ApiKey, ClientCredentials, SecretSource, ServiceSecrets, StaticSecrets};
 use crate::store::buffered::BufferedFlowLog;
 use crate::store::dynamodb::DynamoStore;
 use crate::store::embedded::EmbeddedStore;
@@ -34,7 +35,7 @@ pub struct Backends {
     /// Seals flow state; every instance must share it.
     pub state_key: Option<SecretKey>,
     /// API keys accepted besides the secret's.
-    pub api_keys: Vec<SecretString>,
+    pub api_keys: Vec<ApiKey>,
     /// What `setup` created, for its report.
     pub created: Vec<String>,
     /// Embedded mode's store, whose expired rows and flow-log items the service
@@ -79,8 +80,8 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         created.push(format!("master key {} (mode 0600)", master_path.display()));
     }
 
-    let state_key = match &settings.secrets.state_key {
-        Some(key) => SecretKey::from_base64(key.expose_secret())?,
+    let state_key = match configured_state_key(settings)? {
+        Some(key) => key,
         None => {
             let path = dir.join("state.key");
             let (key, new) = load_or_create_key_file(&path)?;
@@ -91,10 +92,10 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         }
     };
 
-    let mut api_keys = settings.secrets.api_keys.clone();
+    let mut api_keys = configured_api_keys(settings)?;
     if api_keys.is_empty() {
         let path = dir.join("api-key");
-        let (key, new) = load_or_create_api_key(&path).map_err(|e| data_dir_error(&path, e))?;
+        let (key, new) = load_or_create_api_key(&path)?;
         if new {
             created.push(format!("API key {} (mode 0600)", path.display()));
             tracing::info!(path = %path.display(), "no AXNT_API_KEYS configured: generated an API key into this file");
@@ -138,16 +139,53 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     builder.create(dir)
 }
 
-fn load_or_create_api_key(path: &Path) -> std::io::Result<(SecretString, bool)> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Ok((SecretString::from(text.trim().to_string()), false)),
+/// The data directory's API key (generated when missing), and whether it was created.
+/// Held to the same rule as configured keys.
+fn load_or_create_api_key(path: &Path) -> Result<(ApiKey, bool), StartupError> {
+    let (text, created) = match std::fs::read_to_string(path) {
+        Ok(text) => (Zeroizing::new(text), false),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = random_token(32);
-            write_private_file(path, key.as_bytes())?;
-            Ok((SecretString::from(key), true))
+            let key = Zeroizing::new(random_token(32));
+            write_private_file(path, key.as_bytes()).map_err(|e| data_dir_error(path, e))?;
+            (key, true)
         }
-        Err(e) => Err(e),
+        Err(e) => return Err(data_dir_error(path, e)),
+    };
+    let key = ApiKey::parse(text.trim()).map_err(|e| data_dir_error(path, e))?;
+    Ok((key, created))
+}
+
+/// The data-key cache's bounds from `AXNT_DATA_KEY_*` (mapped here, where backends
+/// are wired, so that `crypto` needs nothing of the settings).
+fn cache_limits(settings: &DataKeySettings) -> CacheLimits {
+    CacheLimits {
+        max_uses: settings.max_uses,
+        max_age: settings.max_age,
+        decrypted_entries: settings.cache_entries,
+        decrypted_ttl: settings.cache_ttl,
     }
+}
+
+/// `AXNT_STATE_KEY`, when set: the one parse of it (settings checked its shape with the
+/// same [`SecretKey::from_base64`]).
+fn configured_state_key(settings: &Settings) -> Result<Option<SecretKey>, StartupError> {
+    Ok(settings
+        .secrets
+        .state_key
+        .as_ref()
+        .map(|k| SecretKey::from_base64(k.expose_secret()))
+        .transpose()?)
+}
+
+/// `AXNT_API_KEYS`, parsed by the rule settings checked them with.
+fn configured_api_keys(settings: &Settings) -> Result<Vec<ApiKey>, StartupError> {
+    settings
+        .secrets
+        .api_keys
+        .iter()
+        .map(|k| ApiKey::parse(k.expose_secret()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ConfigError::new("api_keys", e.to_string()).into())
 }
 
 /// Client credentials from settings, which win over the secret's.
@@ -190,21 +228,16 @@ async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
         settings.flow_log.write_concurrency,
     );
     let kms = Arc::new(KmsKeyProvider::new(&config, &settings.aws.kms_key_id));
-    let keys = CachingKeyProvider::new(kms, (&settings.data_key).into());
+    let keys = CachingKeyProvider::new(kms, cache_limits(&settings.data_key));
     let secrets = SecretsManagerSource::new(&config, &settings.aws.secret_id);
-    let state_key = settings
-        .secrets
-        .state_key
-        .as_ref()
-        .map(|k| crate::crypto::SecretKey::from_base64(k.expose_secret()))
-        .transpose()?;
+    let state_key = configured_state_key(settings)?;
     Ok(Backends {
         tokens: store,
         flow_log: Arc::new(flow_log),
         keys: Arc::new(keys),
         secrets: Arc::new(secrets),
         state_key,
-        api_keys: settings.secrets.api_keys.clone(),
+        api_keys: configured_api_keys(settings)?,
         created: Vec::new(),
         expiring: None,
     })

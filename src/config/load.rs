@@ -4,8 +4,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use figment::value::Dict;
@@ -19,6 +17,8 @@ use super::{
 };
 use crate::aws::SdkEnv;
 use crate::config::Backend;
+use crate::crypto::SecretKey;
+use crate::secrets::ApiKey;
 
 /// Keys whose values are secrets: an error about them never quotes the value.
 const SECRET_KEYS: [&str; 3] = ["api_keys", "google_client_secret", "state_key"];
@@ -111,15 +111,9 @@ impl Settings {
             }
         }
         let secrets = &self.secrets;
-        if secrets
-            .api_keys
-            .iter()
-            .any(|k| k.expose_secret().len() < 16)
-        {
-            return Err(ConfigError::new(
-                "api_keys",
-                "every key must be at least 16 characters",
-            ));
+        for key in &secrets.api_keys {
+            ApiKey::parse(key.expose_secret())
+                .map_err(|e| ConfigError::new("api_keys", e.to_string()))?;
         }
         if secrets.client_id.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::new("google_client_id", "is set but empty"));
@@ -138,14 +132,8 @@ impl Settings {
             ));
         }
         if let Some(key) = &secrets.state_key {
-            // The shape only; the key itself is parsed once, where it is used.
-            let text = key.expose_secret().trim();
-            let decoded = STANDARD
-                .decode(text)
-                .or_else(|_| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')));
-            if !decoded.is_ok_and(|bytes| bytes.len() == 32) {
-                return Err(ConfigError::new("state_key", "must be base64 of 32 bytes"));
-            }
+            SecretKey::from_base64(key.expose_secret())
+                .map_err(|_| ConfigError::new("state_key", "must be base64 of 32 bytes"))?;
         }
         let aws = &self.aws;
         for (key, value) in [

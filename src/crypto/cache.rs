@@ -23,7 +23,6 @@ use moka::future::Cache;
 use tokio::sync::Mutex;
 
 use super::{CryptoError, DataKey, KeyProvider, SecretKey};
-use crate::config::DataKeySettings;
 
 /// The cache's bounds (settings `AXNT_DATA_KEY_*`).
 #[derive(Debug, Clone, Copy)]
@@ -36,17 +35,6 @@ pub struct CacheLimits {
     pub decrypted_entries: u64,
     /// How long a decrypted data key is kept.
     pub decrypted_ttl: Duration,
-}
-
-impl From<&DataKeySettings> for CacheLimits {
-    fn from(settings: &DataKeySettings) -> Self {
-        Self {
-            max_uses: settings.max_uses,
-            max_age: settings.max_age,
-            decrypted_entries: settings.cache_entries,
-            decrypted_ttl: settings.cache_ttl,
-        }
-    }
 }
 
 /// The data key currently used for sealing.

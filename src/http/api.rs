@@ -11,11 +11,12 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiJson, ApiPath, ApiQuery, AppState, Client, validate_user_id};
+use super::{ApiJson, ApiPath, ApiQuery, AppState, Client};
 use crate::error::Error;
 use crate::oauth::flow::{ConnectSession, Purpose};
+use crate::secrets::ApiKey;
 use crate::store::{FlowLogEntry, FlowStep};
-use crate::tokens::data;
+use crate::tokens::UserId;
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -44,11 +45,9 @@ async fn require_api_key(
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
+        .and_then(|v| ApiKey::parse(v.trim()).ok());
     match presented {
-        Some(key) if !key.is_empty() && state.secrets.accepts_api_key(key) => {
-            Ok(next.run(request).await)
-        }
+        Some(key) if state.secrets.accepts_api_key(&key) => Ok(next.run(request).await),
         _ => Err(Error::Unauthorized),
     }
 }
@@ -56,7 +55,7 @@ async fn require_api_key(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ConnectSessionRequest {
-    user_id: String,
+    user_id: UserId,
     provider: String,
     #[serde(default)]
     return_to: Option<String>,
@@ -101,12 +100,12 @@ fn validate_scopes(scopes: &[String]) -> Result<(), Error> {
 ///  "scopes": ["https://www.googleapis.com/auth/calendar.readonly"], "loginHint": "a@example.com"}
 /// ```
 /// answers `{"url": "http://…/oauth/google/start?session=…", "expiresAt": "…", "flowId": "…"}`.
+#[tracing::instrument(skip_all, fields(user_id = %body.user_id, provider = %body.provider))]
 async fn create_connect_session(
     State(state): State<AppState>,
     Client(client): Client,
     ApiJson(body): ApiJson<ConnectSessionRequest>,
 ) -> Result<Response, Error> {
-    validate_user_id(&body.user_id)?;
     state.tokens.provider(&body.provider)?;
     validate_scopes(&body.scopes)?;
     if body
@@ -118,16 +117,16 @@ async fn create_connect_session(
             "loginHint must be at most 320 characters".into(),
         ));
     }
-    let return_to = match &body.return_to {
-        Some(url) => Some(
+    let return_to = body
+        .return_to
+        .as_deref()
+        .map(|url| {
             state
                 .return_urls
                 .check(url)
-                .ok_or(Error::ReturnUrlNotAllowed)?
-                .to_string(),
-        ),
-        None => None,
-    };
+                .ok_or(Error::ReturnUrlNotAllowed)
+        })
+        .transpose()?;
     let now = Utc::now();
     // Saturating: a TTL past the calendar's end means a link that never expires.
     let expires_at = chrono::TimeDelta::from_std(state.settings.flow.connect_session_ttl)
@@ -135,7 +134,7 @@ async fn create_connect_session(
         .and_then(|ttl| now.checked_add_signed(ttl))
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let session = ConnectSession {
-        user_id: body.user_id.clone(),
+        user_id: body.user_id.to_string(),
         provider: body.provider.clone(),
         return_to: return_to.clone(),
         scopes: body.scopes.clone(),
@@ -156,18 +155,19 @@ async fn create_connect_session(
     url.query_pairs_mut().append_pair("session", &sealed);
     state
         .flow_log
-        .record(
-            &body.user_id,
+        .flow(
+            body.user_id.as_str(),
             &session.flow_id,
+            &body.provider,
+            &client,
+        )
+        .step(
             FlowStep::SessionCreated,
-            data(json!({
-                "provider": body.provider,
+            json!({
                 "returnTo": return_to,
                 "scopes": body.scopes,
                 "expiresAt": expires_at.to_rfc3339(),
-            })),
-            None,
-            &client,
+            }),
         )
         .await;
     let response = ConnectSessionResponse {
@@ -190,15 +190,15 @@ struct TokenResponse {
 
 /// `GET /v1/users/{userId}/tokens/{provider}` → a valid access token:
 /// `{"accessToken": "…", "tokenType": "Bearer", "expiresAt": "…", "scope": "…", "email": "…"}`.
+#[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
 async fn get_token(
     State(state): State<AppState>,
     Client(client): Client,
-    ApiPath((user_id, provider)): ApiPath<(String, String)>,
+    ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
 ) -> Result<Response, Error> {
-    validate_user_id(&user_id)?;
     let token = state
         .tokens
-        .valid_token(&user_id, &provider, &client)
+        .valid_token(user_id.as_str(), &provider, &client)
         .await?;
     let body = TokenResponse {
         access_token: token.access_token.expose_secret().to_string(),
@@ -212,26 +212,26 @@ async fn get_token(
 
 /// `GET /v1/users/{userId}/connections` → `{"connections": [{"provider", "email",
 /// "userInfo", "isActive", "createdAt", "updatedAt", "lastUsed", "accessTokenExpiresAt"}]}`.
+#[tracing::instrument(skip_all, fields(user_id = %user_id))]
 async fn list_connections(
     State(state): State<AppState>,
-    ApiPath(user_id): ApiPath<String>,
+    ApiPath(user_id): ApiPath<UserId>,
 ) -> Result<Response, Error> {
-    validate_user_id(&user_id)?;
-    let connections = state.tokens.connections(&user_id).await?;
+    let connections = state.tokens.connections(user_id.as_str()).await?;
     Ok(axum::Json(json!({ "connections": connections })).into_response())
 }
 
 /// `DELETE /v1/users/{userId}/connections/{provider}` → 204 after revoking at the
 /// provider (best effort) and removing the row; 404 when there was none.
+#[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
 async fn delete_connection(
     State(state): State<AppState>,
     Client(client): Client,
-    ApiPath((user_id, provider)): ApiPath<(String, String)>,
+    ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
 ) -> Result<Response, Error> {
-    validate_user_id(&user_id)?;
     if state
         .tokens
-        .disconnect(&user_id, &provider, &client)
+        .disconnect(user_id.as_str(), &provider, &client)
         .await?
     {
         Ok(StatusCode::NO_CONTENT.into_response())
@@ -251,12 +251,12 @@ const MAX_FLOW_LOG_PAGE: usize = 500;
 
 /// `GET /v1/users/{userId}/flow-logs?limit=50&before=<timestamp>` → the user's flow
 /// steps, newest first: `{"items": [...], "nextBefore": "<timestamp>" | null}`.
+#[tracing::instrument(skip_all, fields(user_id = %user_id))]
 async fn list_flow_logs(
     State(state): State<AppState>,
-    ApiPath(user_id): ApiPath<String>,
+    ApiPath(user_id): ApiPath<UserId>,
     ApiQuery(query): ApiQuery<FlowLogQuery>,
 ) -> Result<Response, Error> {
-    validate_user_id(&user_id)?;
     let limit = query.limit.unwrap_or(DEFAULT_FLOW_LOG_PAGE);
     if limit == 0 || limit > MAX_FLOW_LOG_PAGE {
         return Err(Error::InvalidRequest(format!(
@@ -275,7 +275,7 @@ async fn list_flow_logs(
     let items: Vec<FlowLogEntry> = state
         .flow_log
         .log()
-        .list(&user_id, limit, query.before.as_deref())
+        .list(user_id.as_str(), limit, query.before.as_deref())
         .await?;
     let next_before = (items.len() == limit)
         .then(|| items.last().map(|e| e.timestamp.clone()))

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::error::Error;
+use crate::oauth::ReturnUrl;
 
 /// An error on a browser endpoint.
 pub struct BrowserError {
     pub error: Error,
     /// The flow's return URL, once `state` proved it ours and allow-listed.
-    pub return_to: Option<String>,
+    pub return_to: Option<ReturnUrl>,
 }
 
 impl From<Error> for BrowserError {
@@ -27,15 +28,10 @@ impl From<Error> for BrowserError {
 impl IntoResponse for BrowserError {
     fn into_response(self) -> Response {
         let report = Arc::new(self.error.report());
-        let mut response = match self
-            .return_to
-            .as_deref()
-            .and_then(|r| url::Url::parse(r).ok())
-        {
-            Some(mut url) => {
-                url.query_pairs_mut()
-                    .append_pair("status", "error")
-                    .append_pair("error", self.error.code());
+        let mut response = match &self.return_to {
+            Some(return_to) => {
+                let url =
+                    return_to.with_query(&[("status", "error"), ("error", self.error.code())]);
                 super::found(url.as_str())
             }
             None => {

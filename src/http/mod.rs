@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, header};
@@ -145,65 +144,21 @@ fn method_label(method: &axum::http::Method) -> &'static str {
     }
 }
 
-/// JSON bodies whose rejections answer in our problem format.
+/// JSON bodies whose rejections answer in our problem format (see the `From`
+/// rejection impls in [`crate::error`]).
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(Error))]
 pub struct ApiJson<T>(pub T);
 
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
-    S: Send + Sync,
-{
-    type Rejection = Error;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(Error::UnsupportedMediaType(
-                "send Content-Type: application/json".into(),
-            )),
-            Err(e) => Err(Error::InvalidRequest(format!(
-                "malformed JSON body: {}",
-                e.body_text()
-            ))),
-        }
-    }
-}
-
 /// Path parameters whose rejections answer in our problem format.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(Error))]
 pub struct ApiPath<T>(pub T);
 
-impl<S, T> FromRequestParts<S> for ApiPath<T>
-where
-    axum::extract::Path<T>: FromRequestParts<S, Rejection = PathRejection>,
-    S: Send + Sync,
-{
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
-            .await
-            .map(|p| Self(p.0))
-            .map_err(|e| Error::InvalidRequest(format!("bad path: {}", e.body_text())))
-    }
-}
-
 /// Query strings whose rejections answer in our problem format.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(Error))]
 pub struct ApiQuery<T>(pub T);
-
-impl<S, T> FromRequestParts<S> for ApiQuery<T>
-where
-    axum::extract::Query<T>: FromRequestParts<S, Rejection = QueryRejection>,
-    S: Send + Sync,
-{
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| Self(q.0))
-            .map_err(|e| Error::InvalidRequest(format!("bad query: {}", e.body_text())))
-    }
-}
 
 /// The caller's address and user agent, for flow-log items. `X-Forwarded-For` is
 /// believed only from a configured trusted proxy, and then its right-most address that
@@ -244,16 +199,6 @@ impl FromRequestParts<AppState> for Client {
             user_agent,
         }))
     }
-}
-
-/// A `userId` as callers may send it: 1–256 characters, no control characters.
-pub fn validate_user_id(user_id: &str) -> Result<(), Error> {
-    if user_id.is_empty() || user_id.len() > 256 || user_id.chars().any(char::is_control) {
-        return Err(Error::InvalidRequest(
-            "userId must be 1 to 256 characters without control characters".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// `302 Found` to `location`: what OAuth redirects traditionally use (axum's

@@ -22,9 +22,7 @@ use crate::oauth::flow::{
     ConnectSession, FlowState, Purpose, binding_cookie_name, binding_matches, new_binding,
 };
 use crate::oauth::provider::ProviderError;
-use crate::store::FlowStep;
-use crate::store::flow_log::ClientInfo;
-use crate::tokens::data;
+use crate::store::{FlowStep, FlowSteps};
 
 /// Every answer of the browser routes (pages and redirects) carries these: no script or
 /// frame may use our pages, no `Referer` leaks a callback URL (it holds a code and
@@ -59,6 +57,7 @@ struct StartQuery {
 
 /// `GET /oauth/{provider}/start?session=<connect token>` → 302 to the provider's
 /// authorization endpoint, with a short-lived browser-binding cookie.
+#[tracing::instrument(skip_all, fields(provider = %provider_name, user_id, flow_id))]
 async fn start(
     State(state): State<AppState>,
     Client(client): Client,
@@ -74,6 +73,7 @@ async fn start(
     if session.provider != provider_name {
         return Err(Error::InvalidSession.into());
     }
+    record_flow_ids(&session.user_id, &session.flow_id);
     if session.expires_at < Utc::now().timestamp() {
         return Err(Error::SessionExpired.into());
     }
@@ -98,6 +98,9 @@ async fn start(
         .sealer
         .seal(Purpose::AuthorizationState, &flow)
         .map_err(|_| fail(Error::Internal("sealing flow state failed".into())))?;
+    let flow_log = state
+        .flow_log
+        .flow(&flow.user_id, &flow.flow_id, &provider_name, &client);
     let url = match provider
         .authorization_request(
             &state.settings.redirect_uri(&provider_name),
@@ -112,22 +115,17 @@ async fn start(
         Ok(url) => url,
         Err(e) => {
             let error = Error::from(e);
-            record_failure(&state, &flow, &client, "authorize_redirect", &error).await;
+            flow_log.failed(FlowStep::AuthorizeRedirect, &error).await;
             metrics::counter!("axnt_flows_failed_total", "provider" => provider_name.clone(), "reason" => error.code()).increment(1);
             // A flow that cannot start is shown as a page: the application's return
             // URL would only hide a configuration problem from the operator.
             return Err(error.into());
         }
     };
-    state
-        .flow_log
-        .record(
-            &flow.user_id,
-            &flow.flow_id,
+    flow_log
+        .step(
             FlowStep::AuthorizeRedirect,
-            data(json!({ "provider": provider_name, "scopes": session.scopes, "loginHint": session.login_hint.is_some() })),
-            None,
-            &client,
+            json!({ "scopes": session.scopes, "loginHint": session.login_hint.is_some() }),
         )
         .await;
     metrics::counter!("axnt_flows_started_total", "provider" => provider_name.clone()).increment(1);
@@ -166,6 +164,7 @@ struct CallbackQuery {
 /// `GET /oauth/{provider}/callback?code=…&state=…` (or `error=…`): checks `state`
 /// first (authentic, unexpired, bound to this browser), then exchanges the code,
 /// verifies the ID token, stores the tokens and sends the browser back.
+#[tracing::instrument(skip_all, fields(provider = %provider_name, user_id, flow_id))]
 async fn callback(
     State(state): State<AppState>,
     Client(client): Client,
@@ -184,16 +183,15 @@ async fn callback(
     if flow.provider != provider_name {
         return Err(Error::InvalidState.into());
     }
+    record_flow_ids(&flow.user_id, &flow.flow_id);
     let provider_error = query.error.as_deref().map(oauth_error_code);
-    state
+    let flow_log = state
         .flow_log
-        .record(
-            &flow.user_id,
-            &flow.flow_id,
+        .flow(&flow.user_id, &flow.flow_id, &provider_name, &client);
+    flow_log
+        .step(
             FlowStep::CallbackReceived,
-            data(json!({ "provider": provider_name, "hasCode": query.code.is_some(), "providerError": provider_error })),
-            None,
-            &client,
+            json!({ "hasCode": query.code.is_some(), "providerError": provider_error }),
         )
         .await;
     let cookie_name = binding_cookie_name(&flow.flow_id);
@@ -204,7 +202,7 @@ async fn callback(
         // Not this browser's flow: show a page rather than send a stranger's browser
         // to the application's return URL.
         let error = Error::BrowserMismatch;
-        record_failure(&state, &flow, &client, "state_verified", &error).await;
+        flow_log.failed(FlowStep::StateVerified, &error).await;
         return Err(error.into());
     }
     let fail = |error: Error| BrowserError {
@@ -213,22 +211,12 @@ async fn callback(
     };
     if flow.expires_at < Utc::now().timestamp() {
         let error = Error::StateExpired;
-        record_failure(&state, &flow, &client, "state_verified", &error).await;
+        flow_log.failed(FlowStep::StateVerified, &error).await;
         return Err(fail(error));
     }
-    state
-        .flow_log
-        .record(
-            &flow.user_id,
-            &flow.flow_id,
-            FlowStep::StateVerified,
-            data(json!({ "provider": provider_name })),
-            None,
-            &client,
-        )
-        .await;
+    flow_log.step(FlowStep::StateVerified, json!({})).await;
 
-    let result = finish(&state, provider, &flow, &query, provider_error, &client).await;
+    let result = finish(&state, provider, &flow, &query, provider_error, &flow_log).await;
     let clear = Cookie::build((cookie_name, ""))
         .path(format!("/oauth/{provider_name}/callback"))
         .build();
@@ -241,7 +229,7 @@ async fn callback(
         }
         Err((step, error)) => {
             metrics::counter!("axnt_flows_failed_total", "provider" => provider_name.clone(), "reason" => error.code()).increment(1);
-            record_failure(&state, &flow, &client, step, &error).await;
+            flow_log.failed(step, &error).await;
             Err(fail(error))
         }
     }
@@ -254,18 +242,18 @@ async fn finish(
     flow: &FlowState,
     query: &CallbackQuery,
     provider_error: Option<String>,
-    client: &ClientInfo,
-) -> Result<Response, (&'static str, Error)> {
+    flow_log: &FlowSteps<'_>,
+) -> Result<Response, (FlowStep, Error)> {
     let name = provider.name().to_string();
     if let Some(code) = provider_error {
-        return Err(("callback_received", Error::AuthorizationDenied(code)));
+        return Err((FlowStep::CallbackReceived, Error::AuthorizationDenied(code)));
     }
     let code = query
         .code
         .as_deref()
         .filter(|c| !c.is_empty() && c.len() <= 4096)
         .ok_or((
-            "callback_received",
+            FlowStep::CallbackReceived,
             Error::InvalidRequest("the callback carries no code".into()),
         ))?;
     let tokens = provider
@@ -276,80 +264,55 @@ async fn finish(
         )
         .await
         .map_err(|e| match e {
-            ProviderError::InvalidGrant => ("code_exchanged", Error::CodeRejected),
-            other => ("code_exchanged", Error::from(other)),
+            ProviderError::InvalidGrant => (FlowStep::CodeExchanged, Error::CodeRejected),
+            other => (FlowStep::CodeExchanged, Error::from(other)),
         })?;
-    state
-        .flow_log
-        .record(
-            &flow.user_id,
-            &flow.flow_id,
+    flow_log
+        .step(
             FlowStep::CodeExchanged,
-            data(json!({
-                "provider": name,
+            json!({
                 "hasRefreshToken": tokens.refresh_token.is_some(),
                 "hasIdToken": tokens.id_token.is_some(),
                 "scope": tokens.scope,
                 "expiresIn": tokens.expires_in.map(|d| d.as_secs()),
-            })),
-            None,
-            client,
+            }),
         )
         .await;
     let id_token = tokens.id_token.as_ref().ok_or((
-        "id_token_verified",
+        FlowStep::IdTokenVerified,
         Error::IdTokenInvalid(crate::oauth::provider::IdTokenProblem::Missing),
     ))?;
     let user_info = provider
         .verify_id_token(id_token, &flow.nonce)
         .await
-        .map_err(|e| ("id_token_verified", Error::from(e)))?;
-    state
-        .flow_log
-        .record(
-            &flow.user_id,
-            &flow.flow_id,
+        .map_err(|e| (FlowStep::IdTokenVerified, Error::from(e)))?;
+    flow_log
+        .step(
             FlowStep::IdTokenVerified,
-            data(json!({ "provider": name, "sub": user_info.sub, "email": user_info.email, "emailVerified": user_info.email_verified })),
-            None,
-            client,
+            json!({ "sub": user_info.sub, "email": user_info.email, "emailVerified": user_info.email_verified }),
         )
         .await;
     let stored = state
         .tokens
         .store_grant(&flow.user_id, &name, &tokens, user_info.clone())
         .await
-        .map_err(|e| ("tokens_stored", e))?;
-    state
-        .flow_log
-        .record(
-            &flow.user_id,
-            &flow.flow_id,
+        .map_err(|e| (FlowStep::TokensStored, e))?;
+    flow_log
+        .step(
             FlowStep::TokensStored,
-            data(json!({
-                "provider": name,
+            json!({
                 "replaced": stored.replaced,
                 "keptRefreshToken": stored.kept_refresh_token,
                 "hasRefreshToken": stored.has_refresh_token,
-            })),
-            None,
-            client,
+            }),
         )
         .await;
-    state
-        .flow_log
-        .record(
-            &flow.user_id,
-            &flow.flow_id,
-            FlowStep::Completed,
-            data(json!({ "provider": name, "email": user_info.email })),
-            None,
-            client,
-        )
+    flow_log
+        .step(FlowStep::Completed, json!({ "email": user_info.email }))
         .await;
-    let response = match flow.return_to.as_deref().and_then(|r| url::Url::parse(r).ok()) {
-        Some(mut url) => {
-            url.query_pairs_mut().append_pair("status", "connected").append_pair("provider", &name);
+    let response = match &flow.return_to {
+        Some(return_to) => {
+            let url = return_to.with_query(&[("status", "connected"), ("provider", &name)]);
             crate::http::found(url.as_str())
         }
         None => Html(format!(
@@ -363,28 +326,11 @@ async fn finish(
     Ok(response)
 }
 
-async fn record_failure(
-    state: &AppState,
-    flow: &FlowState,
-    client: &ClientInfo,
-    at_step: &str,
-    error: &Error,
-) {
-    let mut details = json!({ "provider": flow.provider, "atStep": at_step, "code": error.code() });
-    if let Error::IdTokenInvalid(problem) = error {
-        details["reason"] = json!(problem.as_str());
-    }
-    state
-        .flow_log
-        .record(
-            &flow.user_id,
-            &flow.flow_id,
-            FlowStep::Failed,
-            data(details),
-            Some(error.to_string()),
-            client,
-        )
-        .await;
+/// Names the flow in the handler's span, once its sealed value proved authentic.
+fn record_flow_ids(user_id: &str, flow_id: &str) {
+    let span = tracing::Span::current();
+    span.record("user_id", user_id);
+    span.record("flow_id", flow_id);
 }
 
 /// A provider's `error` parameter as a safe code: OAuth error codes are ASCII words;

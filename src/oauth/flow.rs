@@ -9,6 +9,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::ReturnUrl;
 use crate::crypto::{SecretKey, b64url, b64url_decode, random_token, sha256};
 
 /// A connect link's contents.
@@ -19,7 +20,7 @@ pub struct ConnectSession {
     #[serde(rename = "p")]
     pub provider: String,
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
-    pub return_to: Option<String>,
+    pub return_to: Option<ReturnUrl>,
     #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
     #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
@@ -44,7 +45,7 @@ pub struct FlowState {
     #[serde(rename = "n")]
     pub nonce: String,
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
-    pub return_to: Option<String>,
+    pub return_to: Option<ReturnUrl>,
     #[serde(rename = "e")]
     pub expires_at: i64,
     #[serde(rename = "f")]

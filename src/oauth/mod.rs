@@ -4,6 +4,7 @@
 pub mod flow;
 pub mod provider;
 
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 /// The allow-list of return URLs (`AXNT_ALLOWED_RETURN_URLS`).
@@ -25,7 +26,7 @@ impl ReturnUrls {
     }
 
     /// The normalised URL when `candidate` is allowed.
-    pub fn check(&self, candidate: &str) -> Option<Url> {
+    pub fn check(&self, candidate: &str) -> Option<ReturnUrl> {
         let url = Url::parse(candidate).ok()?;
         if !matches!(url.scheme(), "http" | "https")
             || !url.username().is_empty()
@@ -38,7 +39,23 @@ impl ReturnUrls {
         self.entries
             .iter()
             .any(|entry| allows(entry, &url))
-            .then_some(url)
+            .then_some(ReturnUrl(url))
+    }
+}
+
+/// A return URL that passed [`ReturnUrls::check`]: the only way to make one, besides
+/// opening the sealed flow state it travels in (which only this service can seal).
+/// Serialized as the URL string, as the sealed state has always held it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ReturnUrl(Url);
+
+impl ReturnUrl {
+    /// The URL, with `pairs` appended to its query: where the browser is sent back.
+    pub fn with_query(&self, pairs: &[(&str, &str)]) -> Url {
+        let mut url = self.0.clone();
+        url.query_pairs_mut().extend_pairs(pairs);
+        url
     }
 }
 
@@ -84,6 +101,22 @@ mod tests {
         assert!(urls.check("https://app.example.com/#frag").is_none());
         assert!(urls.check("javascript:alert(1)").is_none());
         assert!(urls.check("//app.example.com/").is_none());
+    }
+
+    #[test]
+    fn a_return_url_travels_as_its_string() {
+        let urls = ReturnUrls::new(&[Url::parse("https://app.example.com").expect("url")]);
+        let url = urls
+            .check("https://APP.example.com/done?x=1")
+            .expect("allowed");
+        let json = serde_json::to_value(&url).expect("serialize");
+        assert_eq!(json, "https://app.example.com/done?x=1");
+        let back: ReturnUrl = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(back, url);
+        assert_eq!(
+            url.with_query(&[("status", "connected")]).as_str(),
+            "https://app.example.com/done?x=1&status=connected"
+        );
     }
 
     #[test]

@@ -6,17 +6,20 @@
 //! demand (after the provider answers `invalid_client`, at most once per interval), so a
 //! rotation needs no restart.
 
+mod api_key;
 pub mod secrets_manager;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::sync::{Mutex, Notify};
 
 use crate::crypto::SecretKey;
+
+pub use api_key::{ApiKey, InvalidApiKey};
 
 /// An OAuth client's id and secret.
 #[derive(Debug, Clone)]
@@ -30,7 +33,7 @@ pub struct ClientCredentials {
 pub struct ServiceSecrets {
     pub client: Option<ClientCredentials>,
     pub state_key: Option<SecretKey>,
-    pub api_keys: Vec<SecretString>,
+    pub api_keys: Vec<ApiKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,16 +194,18 @@ pub fn parse_secret_document(secret: &str, text: &str) -> Result<ServiceSecrets,
         .state_key
         .map(|k| SecretKey::from_base64(&k).map_err(|e| malformed(format!("state_key: {e}"))))
         .transpose()?;
-    let api_keys = doc.api_keys.map(KeyList::into_keys).unwrap_or_default();
-    if api_keys.iter().any(|k| k.len() < 16) {
-        return Err(malformed(
-            "api_keys: every key must be at least 16 characters".into(),
-        ));
-    }
+    let api_keys = doc
+        .api_keys
+        .map(KeyList::into_keys)
+        .unwrap_or_default()
+        .iter()
+        .map(|k| ApiKey::parse(k))
+        .collect::<Result<_, _>>()
+        .map_err(|e| malformed(format!("api_keys: {e}")))?;
     Ok(ServiceSecrets {
         client,
         state_key,
-        api_keys: api_keys.into_iter().map(SecretString::from).collect(),
+        api_keys,
     })
 }
 
@@ -210,11 +215,8 @@ pub struct SecretsCache {
     /// Settings that win over the source (`AXNT_GOOGLE_CLIENT_ID` and `_SECRET`).
     client_override: Option<ClientCredentials>,
     /// API keys from settings or the data directory, always accepted.
-    extra_api_keys: Vec<SecretString>,
+    extra_api_keys: Vec<ApiKey>,
     current: RwLock<Arc<ServiceSecrets>>,
-    /// SHA-256 of each accepted API key, computed when the secrets are installed so a
-    /// request hashes only the key it presents.
-    api_key_hashes: RwLock<Arc<Vec<[u8; 32]>>>,
     reload: Notify,
     /// When the source was last re-read (attempted), behind the one lock every re-read
     /// takes: concurrent callers of [`Self::reload_throttled`] wait for the re-read in
@@ -228,7 +230,7 @@ impl SecretsCache {
     pub async fn load(
         source: Arc<dyn SecretSource>,
         client_override: Option<ClientCredentials>,
-        extra_api_keys: Vec<SecretString>,
+        extra_api_keys: Vec<ApiKey>,
     ) -> Result<Arc<Self>, SecretError> {
         let loaded = source.load().await?;
         let cache = Self {
@@ -236,7 +238,6 @@ impl SecretsCache {
             client_override,
             extra_api_keys,
             current: RwLock::new(Arc::new(ServiceSecrets::default())),
-            api_key_hashes: RwLock::new(Arc::new(Vec::new())),
             reload: Notify::new(),
             reloaded_at: Mutex::new(None),
         };
@@ -249,14 +250,6 @@ impl SecretsCache {
             loaded.client = Some(c.clone());
         }
         loaded.api_keys.extend(self.extra_api_keys.iter().cloned());
-        let hashes = loaded
-            .api_keys
-            .iter()
-            .map(|k| crate::crypto::sha256(k.expose_secret().as_bytes()))
-            .collect();
-        if let Ok(mut guard) = self.api_key_hashes.write() {
-            *guard = Arc::new(hashes);
-        }
         if let Ok(mut guard) = self.current.write() {
             *guard = Arc::new(loaded);
         }
@@ -306,20 +299,9 @@ impl SecretsCache {
         self.reload.notify_one();
     }
 
-    /// Whether `candidate` is one of the accepted API keys, compared in constant time.
-    pub fn accepts_api_key(&self, candidate: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        let accepted = self
-            .api_key_hashes
-            .read()
-            .map(|g| Arc::clone(&g))
-            .unwrap_or_default();
-        // Compare hashes so that the comparison's time does not depend on key lengths,
-        // and visit every key so that it does not depend on which one matched.
-        let wanted = crate::crypto::sha256(candidate.as_bytes());
-        accepted
-            .iter()
-            .fold(false, |found, hash| found | bool::from(hash.ct_eq(&wanted)))
+    /// Whether `presented` is one of the accepted API keys, compared in constant time.
+    pub fn accepts_api_key(&self, presented: &ApiKey) -> bool {
+        presented.is_one_of(&self.current().api_keys)
     }
 
     /// Re-reads every `every`, and promptly (at most once per 10 s) when asked to.
@@ -428,23 +410,17 @@ mod tests {
 
     #[test]
     fn api_keys_may_be_a_list_or_a_comma_separated_string() {
-        let keys = |text: &str| {
-            parse_secret_document("s", text)
-                .expect("parses")
-                .api_keys
-                .iter()
-                .map(|k| k.expose_secret().to_string())
-                .collect::<Vec<_>>()
-        };
-        let want = vec!["planted-key-0000001", "planted-key-0000002"];
-        assert_eq!(
-            keys(r#"{"api_keys":"planted-key-0000001, planted-key-0000002"}"#),
-            want
-        );
-        assert_eq!(
-            keys(r#"{"api_keys":["planted-key-0000001","planted-key-0000002"]}"#),
-            want
-        );
+        for text in [
+            r#"{"api_keys":"planted-key-0000001, planted-key-0000002"}"#,
+            r#"{"api_keys":["planted-key-0000001","planted-key-0000002"]}"#,
+        ] {
+            let keys = parse_secret_document("s", text).expect("parses").api_keys;
+            assert_eq!(keys.len(), 2, "{text}");
+            for want in ["planted-key-0000001", "planted-key-0000002"] {
+                let want = ApiKey::parse(want).expect("a well-formed key");
+                assert!(want.is_one_of(&keys), "{text}");
+            }
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::{FlowLog, FlowLogEntry};
 use crate::crypto::{fill_random, hex};
@@ -85,35 +85,104 @@ impl FlowRecorder {
         &self.log
     }
 
-    /// Appends one step. `data` must hold no secret: callers pass ids, names, counts
-    /// and provider error codes only.
-    pub async fn record(
+    /// The writer of one flow's steps: each item is filed under this user and flow
+    /// id, names the provider in its data and records the caller.
+    pub fn flow(
         &self,
         user_id: &str,
         flow_id: &str,
+        provider: &str,
+        client: &ClientInfo,
+    ) -> FlowSteps<'_> {
+        FlowSteps {
+            recorder: self,
+            user_id: user_id.to_string(),
+            flow_id: flow_id.to_string(),
+            provider: provider.to_string(),
+            client: client.clone(),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %flow.user_id, flow_id = %flow.flow_id, step = step.as_str()))]
+    async fn append(
+        &self,
+        flow: &FlowSteps<'_>,
         step: FlowStep,
         data: Map<String, Value>,
         error: Option<String>,
-        client: &ClientInfo,
     ) {
         let now = Utc::now();
         let entry = FlowLogEntry {
-            user_id: user_id.to_string(),
+            user_id: flow.user_id.clone(),
             timestamp: self.clock.next_key(now),
-            flow_id: flow_id.to_string(),
+            flow_id: flow.flow_id.clone(),
             step,
             data,
             error,
-            ip_address: client.ip_address.clone(),
-            user_agent: client
+            ip_address: flow.client.ip_address.clone(),
+            user_agent: flow
+                .client
                 .user_agent
                 .as_ref()
                 .map(|ua| ua.chars().take(MAX_USER_AGENT).collect()),
             expires_at: now.timestamp() + self.retention.as_secs() as i64,
         };
         if let Err(e) = self.log.append(&entry).await {
-            tracing::warn!(error = %e, user_id, flow_id, step = step.as_str(), "flow-log write failed");
+            tracing::warn!(error = %e, "flow-log write failed");
         }
+    }
+}
+
+/// The flow-log writer of one flow (made by [`FlowRecorder::flow`]): steps are named
+/// by [`FlowStep`] alone, and every item carries the flow's user, id, provider and caller.
+pub struct FlowSteps<'a> {
+    recorder: &'a FlowRecorder,
+    user_id: String,
+    flow_id: String,
+    provider: String,
+    client: ClientInfo,
+}
+
+/// What a `failed` item records of the error that ended a flow: its stable code, a
+/// finer reason where there is one, and its message.
+#[derive(Debug, Clone)]
+pub struct FlowFailure {
+    pub code: &'static str,
+    pub reason: Option<&'static str>,
+    pub message: String,
+}
+
+impl FlowSteps<'_> {
+    /// Appends `step`. `data` is a JSON object that must hold no secret: ids, names,
+    /// counts and provider error codes only (`provider` is added here).
+    pub async fn step(&self, step: FlowStep, data: Value) {
+        self.write(step, data, None).await;
+    }
+
+    /// Appends `step` (a `refresh_failed`) with its `error`: a stable code, never a
+    /// message that could quote a secret.
+    pub async fn step_failed(&self, step: FlowStep, data: Value, error: &str) {
+        self.write(step, data, Some(error.to_string())).await;
+    }
+
+    /// Appends the `failed` item of a flow that ended at step `at`.
+    pub async fn failed(&self, at: FlowStep, failure: impl Into<FlowFailure>) {
+        let failure = failure.into();
+        let mut data = json!({ "atStep": at, "code": failure.code });
+        if let Some(reason) = failure.reason {
+            data["reason"] = json!(reason);
+        }
+        self.write(FlowStep::Failed, data, Some(failure.message))
+            .await;
+    }
+
+    async fn write(&self, step: FlowStep, data: Value, error: Option<String>) {
+        let mut data = match data {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        data.insert("provider".into(), Value::String(self.provider.clone()));
+        self.recorder.append(self, step, data, error).await;
     }
 }
 

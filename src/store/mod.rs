@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::Envelope;
 
-pub use flow_log::{FlowRecorder, FlowStep};
+pub use flow_log::{FlowFailure, FlowRecorder, FlowStep, FlowSteps};
 
 /// A user's connection to one provider: the tokens table's row.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,6 +8,7 @@
 
 pub mod refresh;
 pub mod token_set;
+mod user_id;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 use crate::config::Settings;
 use crate::crypto::EnvelopeCipher;
@@ -29,6 +30,7 @@ use crate::store::{
 
 pub use refresh::{RefreshReuse, Refresher, TokenEndpoint};
 pub use token_set::{IssuedToken, TokenSet};
+pub use user_id::{InvalidUserId, UserId};
 
 /// A lost conditional write is retried this many times against the re-read row.
 const WRITE_ATTEMPTS: usize = 5;
@@ -362,6 +364,7 @@ impl TokenService {
     ) -> Result<bool, Error> {
         let provider = self.provider(provider_name)?;
         let flow_id = uuid::Uuid::new_v4().to_string();
+        let flow_log = self.flow_log.flow(user_id, &flow_id, provider_name, client);
         for _ in 0..WRITE_ATTEMPTS {
             let Some(row) = self.store.get(user_id, provider_name).await? else {
                 return Ok(false);
@@ -384,17 +387,12 @@ impl TokenService {
                 Err(_) => false,
             };
             if revoked {
-                let d = data(json!({ "provider": provider_name }));
-                self.flow_log
-                    .record(user_id, &flow_id, FlowStep::Revoked, d, None, client)
-                    .await;
+                flow_log.step(FlowStep::Revoked, json!({})).await;
             }
             match self.store.delete(user_id, provider_name, row.version).await {
                 Ok(_) => {
-                    let d =
-                        data(json!({ "provider": provider_name, "revokedAtProvider": revoked }));
-                    self.flow_log
-                        .record(user_id, &flow_id, FlowStep::Deleted, d, None, client)
+                    flow_log
+                        .step(FlowStep::Deleted, json!({ "revokedAtProvider": revoked }))
                         .await;
                     return Ok(true);
                 }
@@ -403,14 +401,6 @@ impl TokenService {
             }
         }
         Err(Error::Conflict)
-    }
-}
-
-/// A JSON object literal as flow-log data.
-pub fn data(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
     }
 }
 

@@ -46,16 +46,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use super::TokenPolicy;
 use super::token_set::{IssuedToken, TokenSet};
-use super::{TokenPolicy, data};
 use crate::crypto::EnvelopeCipher;
 use crate::error::{CAUSE_INVALID_GRANT, CAUSE_NO_REFRESH_TOKEN, CAUSE_OUTCOME_UNKNOWN, Error};
 use crate::oauth::provider::{ProviderError, ProviderTokens};
 use crate::retry::{Backoff, jittered};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{
-    Connection, FlowRecorder, FlowStep, LeaseRelease, RefreshLease, RefreshState, StoreError,
-    TokenStore,
+    Connection, FlowRecorder, FlowStep, FlowSteps, LeaseRelease, RefreshLease, RefreshState,
+    StoreError, TokenStore,
 };
 
 /// How often a flight waiting for another attempt's lease re-reads the row.
@@ -297,8 +297,12 @@ impl Refresher {
                         endpoint,
                         row: &row,
                         attempt: &lease.attempt,
-                        flow_id: uuid::Uuid::new_v4().to_string(),
-                        client,
+                        flow_log: self.flow_log.flow(
+                            user_id,
+                            &uuid::Uuid::new_v4().to_string(),
+                            provider,
+                            client,
+                        ),
                     };
                     let keeper = self.keep_lease(&row, lease.clone());
                     tokio::pin!(keeper);
@@ -453,8 +457,8 @@ struct Holder<'a> {
     /// The row as read when the lease was taken (`version` unchanged by the lease).
     row: &'a Connection,
     attempt: &'a str,
-    flow_id: String,
-    client: &'a ClientInfo,
+    /// This refresh's flow-log items (one flow id per attempt).
+    flow_log: FlowSteps<'a>,
 }
 
 impl Holder<'_> {
@@ -528,27 +532,16 @@ impl Holder<'_> {
         issued: &IssuedToken,
         tx: &watch::Sender<Option<Outcome>>,
     ) {
-        let r = self.refresher;
         let row = self.row;
         let mut backoff = Backoff::new(PERSIST_BACKOFF.0, PERSIST_BACKOFF.1);
         loop {
             match self.write_refreshed(set, now).await {
                 Ok(()) => {
-                    let d = data(json!({
-                        "provider": row.provider,
+                    let d = json!({
                         "rotatedRefreshToken": rotated,
                         "accessTokenExpiresAt": set.expires_at,
-                    }));
-                    r.flow_log
-                        .record(
-                            &row.user_id,
-                            &self.flow_id,
-                            FlowStep::TokenRefreshed,
-                            d,
-                            None,
-                            self.client,
-                        )
-                        .await;
+                    });
+                    self.flow_log.step(FlowStep::TokenRefreshed, d).await;
                     return;
                 }
                 Err(Error::Conflict) => {
@@ -557,16 +550,9 @@ impl Holder<'_> {
                         provider = row.provider,
                         "refreshed tokens were not stored: the refresh lease was taken over"
                     );
-                    let d = data(json!({ "provider": row.provider, "reason": "lease_lost" }));
-                    r.flow_log
-                        .record(
-                            &row.user_id,
-                            &self.flow_id,
-                            FlowStep::RefreshFailed,
-                            d,
-                            Some("lease_lost".into()),
-                            self.client,
-                        )
+                    let d = json!({ "reason": "lease_lost" });
+                    self.flow_log
+                        .step_failed(FlowStep::RefreshFailed, d, "lease_lost")
                         .await;
                     return;
                 }
@@ -637,16 +623,9 @@ impl Holder<'_> {
                 tracing::warn!(error = %e, "marking a dead grant inactive failed; the next read finds out again")
             }
         }
-        let d = data(json!({ "provider": row.provider, "reason": cause, "isActive": false }));
-        r.flow_log
-            .record(
-                &row.user_id,
-                &self.flow_id,
-                FlowStep::RefreshFailed,
-                d,
-                Some("reauthorization_required".into()),
-                self.client,
-            )
+        let d = json!({ "reason": cause, "isActive": false });
+        self.flow_log
+            .step_failed(FlowStep::RefreshFailed, d, "reauthorization_required")
             .await;
         Err(Error::ReauthorizationRequired {
             cause: cause.to_string(),
@@ -685,20 +664,12 @@ impl Holder<'_> {
         } else {
             err.code()
         };
-        let d = data(json!({
-            "provider": row.provider,
+        let d = json!({
             "reason": reason,
             "retryAfterSecs": cooldown.as_secs(),
-        }));
-        r.flow_log
-            .record(
-                &row.user_id,
-                &self.flow_id,
-                FlowStep::RefreshFailed,
-                d,
-                Some(err.code().to_string()),
-                self.client,
-            )
+        });
+        self.flow_log
+            .step_failed(FlowStep::RefreshFailed, d, err.code())
             .await;
         Err(err)
     }

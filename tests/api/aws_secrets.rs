@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axnt_oauth::app::{App, Backends, StartupError};
 use axnt_oauth::secrets::secrets_manager::SecretsManagerSource;
-use axnt_oauth::secrets::{SecretError, SecretsCache};
+use axnt_oauth::secrets::{ApiKey, SecretError, SecretsCache};
 use secrecy::ExposeSecret;
 
 use crate::support::aws;
@@ -19,6 +19,10 @@ async fn put_secret(f: &AwsFixture, value: &str) {
         .send()
         .await
         .expect("moto PutSecretValue");
+}
+
+fn api_key(text: &str) -> ApiKey {
+    ApiKey::parse(text).expect("a well-formed key")
 }
 
 #[tokio::test]
@@ -41,7 +45,7 @@ async fn a_rotated_secret_is_picked_up_by_reload() {
         "state_key read from the secret"
     );
     assert!(
-        cache.accepts_api_key(API_KEY),
+        cache.accepts_api_key(&api_key(API_KEY)),
         "api_keys read from the secret"
     );
 
@@ -61,7 +65,7 @@ async fn a_rotated_secret_is_picked_up_by_reload() {
     assert_eq!(client.client_id, "client-2");
     assert_eq!(client.client_secret.expose_secret(), "secret-2");
     assert!(cache.accepts_api_key("rotated-api-key-0123456789"));
-    assert!(!cache.accepts_api_key(API_KEY), "the old key is gone");
+    assert!(!cache.accepts_api_key(&api_key(API_KEY)), "the old key is gone");
 }
 
 #[tokio::test]

@@ -117,6 +117,19 @@ async fn malformed_requests_get_clear_4xx(backend: Backend) {
         "invalid_request",
     )
     .await;
+    assert_problem(
+        app.api_get("/v1/users/a%0Ab/connections").await,
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert_problem(
+        app.api_get(&format!("/v1/users/{}/tokens/google", "u".repeat(257)))
+            .await,
+        400,
+        "invalid_request",
+    )
+    .await;
     assert_problem(app.api_get("/v1/nothing-here").await, 404, "not_found").await;
     let response = app
         .http
