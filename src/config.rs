@@ -113,10 +113,23 @@ pub struct ServerSettings {
     /// `AXNT_READINESS_CACHE_SECS`: `/readyz` answers from a result this fresh.
     #[serde(rename = "readiness_cache_secs", deserialize_with = "de::secs")]
     pub readiness_cache: Duration,
-    /// `AXNT_DRAIN_TIMEOUT_SECS`: on shutdown, how long to wait for refreshes in flight
-    /// (they hold tokens the provider issued) after the last request was answered.
+    /// `AXNT_DRAIN_TIMEOUT_SECS`: on shutdown, how long requests in progress and then
+    /// refreshes in flight (they hold tokens the provider issued) may take, in all;
+    /// connections still open at the deadline are closed and the flow log is flushed.
     #[serde(rename = "drain_timeout_secs", deserialize_with = "de::secs")]
     pub drain_timeout: Duration,
+    /// `AXNT_HEADER_READ_TIMEOUT_SECS`: a connection that has not sent a whole request
+    /// head this long after it opened (or after its previous request) is closed.
+    #[serde(rename = "header_read_timeout_secs", deserialize_with = "de::secs")]
+    pub header_read_timeout: Duration,
+    /// `AXNT_REQUEST_TIMEOUT_SECS`: a request not answered this long after its head
+    /// arrived (a body sent slowly included) is answered 408 `request_timeout`. Longer
+    /// than a refresh's deadline, so it stops slow clients, not slow providers.
+    #[serde(rename = "request_timeout_secs", deserialize_with = "de::secs")]
+    pub request_timeout: Duration,
+    /// `AXNT_MAX_CONNECTIONS`: connections served at once; further ones wait in the
+    /// kernel's accept queue until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -127,6 +140,9 @@ impl Default for ServerSettings {
             trusted_proxies: Vec::new(),
             readiness_cache: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(20),
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 1_024,
         }
     }
 }

@@ -81,6 +81,10 @@ pub enum Error {
     Store(StoreError),
     #[error(transparent)]
     Crypto(CryptoError),
+    /// The request was not answered within `AXNT_REQUEST_TIMEOUT_SECS` (most often: its
+    /// body arrived too slowly).
+    #[error("the request took too long")]
+    RequestTimeout,
     #[error("{0}")]
     Internal(String),
 }
@@ -159,6 +163,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::InvalidRequest(_)
             | Self::ReturnUrlNotAllowed
             | Self::InvalidSession
@@ -192,6 +197,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
+            Self::RequestTimeout => "request_timeout",
             Self::InvalidRequest(_) => "invalid_request",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::RouteNotFound => "not_found",

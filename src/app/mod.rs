@@ -5,12 +5,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use tokio::net::TcpListener;
 
 mod backends;
+mod serve;
 
 use backends::client_override;
 pub use backends::{Backends, uncached_key_provider};
@@ -55,6 +56,7 @@ pub struct App {
     flow_log: Arc<dyn FlowLog>,
     tokens: Arc<TokenService>,
     drain_timeout: Duration,
+    limits: serve::ServeLimits,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -176,6 +178,7 @@ impl App {
             flow_log: backends.flow_log,
             tokens,
             drain_timeout: settings.server.drain_timeout,
+            limits: serve::ServeLimits::from(&settings.server),
             background,
         })
     }
@@ -189,25 +192,35 @@ impl App {
         self.router.clone()
     }
 
-    /// Serves until `shutdown` resolves, then finishes in-flight requests, waits for
-    /// refreshes in flight to store what they redeemed (up to `AXNT_DRAIN_TIMEOUT_SECS`),
-    /// and flushes buffered flow-log writes.
+    /// Serves until `shutdown` resolves; then, within `AXNT_DRAIN_TIMEOUT_SECS` of it,
+    /// lets requests in progress finish (closing connections still open at the
+    /// deadline), waits for refreshes in flight to store what they redeemed, and
+    /// flushes buffered flow-log writes — the flush even when the deadline has passed.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<Instant>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = signalled_tx.send(Instant::now());
+        };
+        let served = serve::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            shutdown,
+            self.drain_timeout,
+        )
+        .await;
+        let signalled = signalled_rx.await.unwrap_or_else(|_| Instant::now());
         // The background loops only start refreshes; a refresh they started runs on
         // as its own task, which the drain below waits for.
         for task in &self.background {
             task.abort();
         }
-        if !self.tokens.drain(self.drain_timeout).await {
+        let left = self.drain_timeout.saturating_sub(signalled.elapsed());
+        if !self.tokens.drain(left).await {
             tracing::error!(
                 timeout_secs = self.drain_timeout.as_secs(),
                 "refreshes still in flight at the drain deadline: their new tokens may not be stored"

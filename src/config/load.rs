@@ -148,6 +148,15 @@ impl Settings {
         }
         for (key, zero) in [
             (
+                "header_read_timeout_secs",
+                self.server.header_read_timeout.is_zero(),
+            ),
+            (
+                "request_timeout_secs",
+                self.server.request_timeout.is_zero(),
+            ),
+            ("max_connections", self.server.max_connections == 0),
+            (
                 "connect_session_ttl_secs",
                 self.flow.connect_session_ttl.is_zero(),
             ),
@@ -206,7 +215,7 @@ impl Settings {
         let secs = |d: Duration| d.as_secs();
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let days = |d: Duration| d.as_secs() / DAY;
-        let checks: [(&str, u64, u64); 30] = [
+        let checks: [(&str, u64, u64); 33] = [
             (
                 "readiness_cache_secs",
                 secs(self.server.readiness_cache),
@@ -216,6 +225,21 @@ impl Settings {
                 "drain_timeout_secs",
                 secs(self.server.drain_timeout),
                 10 * MINUTE,
+            ),
+            (
+                "header_read_timeout_secs",
+                secs(self.server.header_read_timeout),
+                5 * MINUTE,
+            ),
+            (
+                "request_timeout_secs",
+                secs(self.server.request_timeout),
+                10 * MINUTE,
+            ),
+            (
+                "max_connections",
+                self.server.max_connections as u64,
+                1_000_000,
             ),
             (
                 "connect_session_ttl_secs",

@@ -8,10 +8,10 @@ pub mod probes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
@@ -72,6 +72,12 @@ pub fn router(state: AppState) -> Router {
         .merge(oauth::router())
         .merge(api::router(state.clone()))
         .fallback(|| async { Error::RouteNotFound })
+        // Inside the layers below, so a timed-out request is still counted, logged once
+        // and answered no-store like any other error.
+        .layer(middleware::from_fn_with_state(
+            state.settings.server.request_timeout,
+            answer_within,
+        ))
         // Tokens, sign-in pages, redirects carrying codes and readiness reports: no
         // answer of this service may be kept by a cache.
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -108,6 +114,15 @@ pub fn router(state: AppState) -> Router {
             header::SET_COOKIE,
         ]))
         .with_state(state)
+}
+
+/// Answers 408 `request_timeout` when the handler (reading the body included) has not
+/// finished in time. Work a handler started in its own task (a refresh) carries on.
+async fn answer_within(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Error::RequestTimeout.into_response(),
+    }
 }
 
 /// Counts requests by route and status and times them.

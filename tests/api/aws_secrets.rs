@@ -64,8 +64,11 @@ async fn a_rotated_secret_is_picked_up_by_reload() {
     let client = rotated.client.as_ref().expect("client");
     assert_eq!(client.client_id, "client-2");
     assert_eq!(client.client_secret.expose_secret(), "secret-2");
-    assert!(cache.accepts_api_key("rotated-api-key-0123456789"));
-    assert!(!cache.accepts_api_key(&api_key(API_KEY)), "the old key is gone");
+    assert!(cache.accepts_api_key(&api_key("rotated-api-key-0123456789")));
+    assert!(
+        !cache.accepts_api_key(&api_key(API_KEY)),
+        "the old key is gone"
+    );
 }
 
 #[tokio::test]
