@@ -30,7 +30,7 @@ impl Outcome {
     }
 }
 
-pub async fn check(settings: Settings) -> i32 {
+pub(crate) async fn check(settings: Settings) -> i32 {
     let mut outcomes = vec![Outcome {
         name: "configuration",
         result: Ok(format!(

@@ -70,14 +70,14 @@ pub struct Settings {
     pub refresh: RefreshSettings,
     pub retention: RetentionSettings,
     pub aws: AwsModeSettings,
-    pub data_key: DataKeySettings,
-    pub flow_log: FlowLogSettings,
-    pub log: LogSettings,
+    pub(crate) data_key: DataKeySettings,
+    pub(crate) flow_log: FlowLogSettings,
+    pub(crate) log: LogSettings,
     /// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_SESSION_TOKEN` as found in an environment given to [`Settings::load`]
     /// (tests, embedding). Empty when loaded with [`Settings::from_env`]: the AWS SDK
     /// then reads the process environment itself, through its standard chain.
-    pub aws_sdk_env: SdkEnv,
+    pub(crate) aws_sdk_env: SdkEnv,
 }
 
 /// The two settings that belong to no group.
@@ -102,34 +102,34 @@ impl Default for Ungrouped {
 #[serde(default)]
 pub struct ServerSettings {
     /// `AXNT_LISTEN_ADDR`: socket address to listen on; port 0 picks a free port.
-    pub listen_addr: SocketAddr,
+    pub(crate) listen_addr: SocketAddr,
     /// `AXNT_PUBLIC_BASE_URL`: base of every URL handed to browsers. The redirect URI
     /// registered with the provider is this plus `/oauth/google/callback`.
-    pub public_base_url: Url,
+    pub(crate) public_base_url: Url,
     /// `AXNT_TRUSTED_PROXIES`: comma-separated IP addresses whose `X-Forwarded-For`
     /// is believed when recording a flow step's client address.
     #[serde(deserialize_with = "de::ip_list")]
-    pub trusted_proxies: Vec<IpAddr>,
+    pub(crate) trusted_proxies: Vec<IpAddr>,
     /// `AXNT_READINESS_CACHE_SECS`: `/readyz` answers from a result this fresh.
     #[serde(rename = "readiness_cache_secs", deserialize_with = "de::secs")]
-    pub readiness_cache: Duration,
+    pub(crate) readiness_cache: Duration,
     /// `AXNT_DRAIN_TIMEOUT_SECS`: on shutdown, how long requests in progress and then
     /// refreshes in flight (they hold tokens the provider issued) may take, in all;
     /// connections still open at the deadline are closed and the flow log is flushed.
     #[serde(rename = "drain_timeout_secs", deserialize_with = "de::secs")]
-    pub drain_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
     /// `AXNT_HEADER_READ_TIMEOUT_SECS`: a connection that has not sent a whole request
     /// head this long after it opened (or after its previous request) is closed.
     #[serde(rename = "header_read_timeout_secs", deserialize_with = "de::secs")]
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// `AXNT_REQUEST_TIMEOUT_SECS`: a request not answered this long after its head
     /// arrived (a body sent slowly included) is answered 408 `request_timeout`. Longer
     /// than a refresh's deadline, so it stops slow clients, not slow providers.
     #[serde(rename = "request_timeout_secs", deserialize_with = "de::secs")]
-    pub request_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// `AXNT_MAX_CONNECTIONS`: connections served at once; further ones wait in the
     /// kernel's accept queue until one closes.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
 }
 
 impl Default for ServerSettings {
@@ -154,13 +154,13 @@ pub struct FlowSettings {
     /// `AXNT_ALLOWED_RETURN_URLS`: comma-separated origins or URL prefixes a flow may
     /// send the browser back to.
     #[serde(deserialize_with = "de::url_list")]
-    pub allowed_return_urls: Vec<Url>,
+    pub(crate) allowed_return_urls: Vec<Url>,
     /// `AXNT_CONNECT_SESSION_TTL_SECS`: how long a connect link may be started.
     #[serde(rename = "connect_session_ttl_secs", deserialize_with = "de::secs")]
-    pub connect_session_ttl: Duration,
+    pub(crate) connect_session_ttl: Duration,
     /// `AXNT_FLOW_STATE_TTL_SECS`: how long a browser may spend at the provider.
     #[serde(rename = "flow_state_ttl_secs", deserialize_with = "de::secs")]
-    pub state_ttl: Duration,
+    pub(crate) state_ttl: Duration,
 }
 
 impl Default for FlowSettings {
@@ -180,32 +180,32 @@ impl Default for FlowSettings {
 pub struct SecretSettings {
     /// `AXNT_API_KEYS`: comma-separated bearer keys accepted by the internal API.
     #[serde(deserialize_with = "de::secret_list")]
-    pub api_keys: Vec<SecretString>,
+    pub(crate) api_keys: Vec<SecretString>,
     /// `AXNT_GOOGLE_CLIENT_ID`: OAuth client id (overrides the secret's).
     #[serde(rename = "google_client_id")]
-    pub client_id: Option<String>,
+    pub(crate) client_id: Option<String>,
     /// `AXNT_GOOGLE_CLIENT_SECRET`: OAuth client secret (overrides the secret's).
     #[serde(rename = "google_client_secret")]
-    pub client_secret: Option<SecretString>,
+    pub(crate) client_secret: Option<SecretString>,
     /// `AXNT_STATE_KEY`: base64 of 32 bytes sealing flow state and connect links. Every
     /// instance must share it. Embedded mode generates one into `data_dir` when unset;
     /// aws mode reads `state_key` from the secret.
-    pub state_key: Option<SecretString>,
+    pub(crate) state_key: Option<SecretString>,
     /// `AXNT_SECRET_REFRESH_SECS`: how often the client secret is re-read.
     #[serde(rename = "secret_refresh_secs", deserialize_with = "de::secs")]
-    pub refresh_interval: Duration,
+    pub(crate) refresh_interval: Duration,
     /// `AXNT_SECRET_RELOAD_MIN_INTERVAL_SECS`: after the provider answers
     /// `invalid_client`, the secret is re-read at once, but at most this often.
     #[serde(
         rename = "secret_reload_min_interval_secs",
         deserialize_with = "de::secs"
     )]
-    pub reload_min_interval: Duration,
+    pub(crate) reload_min_interval: Duration,
     /// `AXNT_ALLOW_INSTANCE_STATE_KEY`: aws mode without a state key (neither the
     /// secret's `state_key` nor `AXNT_STATE_KEY`) refuses to start, because a flow
     /// would then only complete on the instance that started it. `true` accepts a key
     /// made per process (one instance only).
-    pub allow_instance_state_key: bool,
+    pub(crate) allow_instance_state_key: bool,
 }
 
 impl Default for SecretSettings {
@@ -228,14 +228,14 @@ impl Default for SecretSettings {
 pub struct ProviderSettings {
     /// `AXNT_GOOGLE_ISSUER`: OpenID issuer, found through its discovery document.
     #[serde(rename = "google_issuer")]
-    pub issuer: Url,
+    pub(crate) issuer: Url,
     /// `AXNT_PROVIDER_TIMEOUT_SECS`: timeout of one call to the OAuth provider.
     #[serde(rename = "provider_timeout_secs", deserialize_with = "de::secs")]
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// `AXNT_PROVIDER_METADATA_TTL_SECS`: the provider's discovery document and keys are
     /// fetched again (in the background) once this old.
     #[serde(rename = "provider_metadata_ttl_secs", deserialize_with = "de::secs")]
-    pub metadata_ttl: Duration,
+    pub(crate) metadata_ttl: Duration,
     /// `AXNT_PROVIDER_METADATA_MAX_STALE_SECS`: while refetching fails, the cached
     /// metadata is still used for at most this long past its TTL; then every flow and
     /// refresh needs a successful fetch again. 0: never used past its TTL.
@@ -243,17 +243,17 @@ pub struct ProviderSettings {
         rename = "provider_metadata_max_stale_secs",
         deserialize_with = "de::secs"
     )]
-    pub metadata_max_stale: Duration,
+    pub(crate) metadata_max_stale: Duration,
     /// `AXNT_PROVIDER_ROTATES_REFRESH_TOKENS`: whether the provider issues a new refresh
     /// token on every refresh and rejects the old one. Unset: see
     /// [`ProviderSettings::rotates`]. Decides whether a refresh whose answer was lost
     /// may be sent again with the same token.
     #[serde(rename = "provider_rotates_refresh_tokens")]
-    pub rotates_refresh_tokens: Option<bool>,
+    pub(crate) rotates_refresh_tokens: Option<bool>,
     /// `AXNT_REFRESH_REUSE_GRACE_SECS`: a rotating provider's reuse interval (it still
     /// accepts a redeemed refresh token this long; Okta and Auth0 have one). 0: none.
     #[serde(rename = "refresh_reuse_grace_secs", deserialize_with = "de::secs")]
-    pub refresh_reuse_grace: Duration,
+    pub(crate) refresh_reuse_grace: Duration,
 }
 
 impl Default for ProviderSettings {
@@ -274,7 +274,7 @@ const GOOGLE_ISSUER: &str = "https://accounts.google.com";
 impl ProviderSettings {
     /// Whether the provider rotates refresh tokens: as set, else false for Google's
     /// issuer (Google does not rotate) and true for any other (the safe assumption).
-    pub fn rotates(&self) -> bool {
+    pub(crate) fn rotates(&self) -> bool {
         self.rotates_refresh_tokens
             .unwrap_or_else(|| self.issuer.as_str().trim_end_matches('/') != GOOGLE_ISSUER)
     }
@@ -286,31 +286,31 @@ impl ProviderSettings {
 pub struct RefreshSettings {
     /// `AXNT_REFRESH_MARGIN_SECS`: a token handed out is valid at least this long.
     #[serde(rename = "refresh_margin_secs", deserialize_with = "de::secs")]
-    pub margin: Duration,
+    pub(crate) margin: Duration,
     /// `AXNT_REFRESH_DEADLINE_SECS`: a refresh, with its retries of an unavailable
     /// provider, gives up after this long (then 503, stored row untouched).
     #[serde(rename = "refresh_deadline_secs", deserialize_with = "de::secs")]
-    pub deadline: Duration,
+    pub(crate) deadline: Duration,
     /// `AXNT_BACKGROUND_REFRESH_SECS`: when above 0, connections read in the last hour
     /// are refreshed ahead of time every this many seconds. Off (0) by default.
     #[serde(
         rename = "background_refresh_secs",
         deserialize_with = "de::secs_or_off"
     )]
-    pub background: Option<Duration>,
+    pub(crate) background: Option<Duration>,
     /// `AXNT_REFRESH_COOLDOWN_SECS`: after a failed refresh (provider down, answer
     /// lost), no new refresh of that connection for this long: reads answer 503 with
     /// `Retry-After` without calling the provider. 0 turns it off.
     #[serde(rename = "refresh_cooldown_secs", deserialize_with = "de::secs")]
-    pub cooldown: Duration,
+    pub(crate) cooldown: Duration,
     /// `AXNT_PROVIDER_CIRCUIT_FAILURES`: this many consecutive failed refreshes (any
     /// connections) open the provider's circuit. 0 turns the circuit off.
     #[serde(rename = "provider_circuit_failures")]
-    pub circuit_failures: u32,
+    pub(crate) circuit_failures: u32,
     /// `AXNT_PROVIDER_CIRCUIT_OPEN_SECS`: how long an open circuit refuses refreshes
     /// before one is let through to test the provider.
     #[serde(rename = "provider_circuit_open_secs", deserialize_with = "de::secs")]
-    pub circuit_open: Duration,
+    pub(crate) circuit_open: Duration,
 }
 
 impl Default for RefreshSettings {
@@ -333,21 +333,21 @@ pub struct RetentionSettings {
     /// `AXNT_CONNECTION_TTL_DAYS`: an active row is purged this long after its last
     /// refresh or use (Google drops refresh tokens unused for six months).
     #[serde(rename = "connection_ttl_days", deserialize_with = "de::days")]
-    pub connection_ttl: Duration,
+    pub(crate) connection_ttl: Duration,
     /// `AXNT_INACTIVE_RETENTION_DAYS`: an inactive row is kept this long.
     #[serde(rename = "inactive_retention_days", deserialize_with = "de::days")]
-    pub inactive_retention: Duration,
+    pub(crate) inactive_retention: Duration,
     /// `AXNT_FLOW_LOG_RETENTION_DAYS`: flow-log items are purged after this long.
     #[serde(rename = "flow_log_retention_days", deserialize_with = "de::days")]
-    pub flow_log_retention: Duration,
+    pub(crate) flow_log_retention: Duration,
     /// `AXNT_LAST_USED_INTERVAL_SECS`: `lastUsed` (and with it the row's purge time) is
     /// written at most this often per connection, so token reads do not become writes.
     #[serde(rename = "last_used_interval_secs", deserialize_with = "de::secs")]
-    pub last_used_interval: Duration,
+    pub(crate) last_used_interval: Duration,
     /// `AXNT_PURGE_INTERVAL_SECS`: embedded mode deletes expired rows and flow-log items
     /// this often (aws mode: DynamoDB's TTL deletes them).
     #[serde(rename = "purge_interval_secs", deserialize_with = "de::secs")]
-    pub purge_interval: Duration,
+    pub(crate) purge_interval: Duration,
 }
 
 impl Default for RetentionSettings {
@@ -372,16 +372,16 @@ pub struct AwsModeSettings {
     pub tokens_table: String,
     /// `DYNAMODB_OAUTH_LOGS_TABLE`: the flow-logs table.
     #[serde(rename = "dynamodb_oauth_logs_table")]
-    pub logs_table: String,
+    pub(crate) logs_table: String,
     /// `AXNT_KMS_KEY_ID`: KMS key id, ARN or alias wrapping the data keys.
-    pub kms_key_id: String,
+    pub(crate) kms_key_id: String,
     /// `AXNT_GOOGLE_SECRET_ID`: Secrets Manager secret with the client credentials.
     #[serde(rename = "google_secret_id")]
     pub secret_id: String,
     /// `AXNT_AWS_CONNECT_TIMEOUT_MS`: time allowed to open a connection to an AWS
     /// endpoint. Short: a host that does not answer should be retried, not waited on.
     #[serde(rename = "aws_connect_timeout_ms", deserialize_with = "de::millis")]
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// `AXNT_AWS_OPERATION_TIMEOUT_MS`: time allowed for one AWS call including the
     /// SDK's retries; each attempt gets this divided by `AXNT_AWS_MAX_ATTEMPTS` (at
     /// least one second), so a hung attempt leaves time to retry.
@@ -390,7 +390,7 @@ pub struct AwsModeSettings {
     /// `AXNT_AWS_MAX_ATTEMPTS`: attempts per AWS call (the SDK's standard retry mode:
     /// exponential backoff with jitter on throttling and transient errors).
     #[serde(rename = "aws_max_attempts")]
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
 }
 
 impl Default for AwsModeSettings {
@@ -410,24 +410,24 @@ impl Default for AwsModeSettings {
 /// aws mode: how KMS data keys are reused and cached.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
-pub struct DataKeySettings {
+pub(crate) struct DataKeySettings {
     /// `AXNT_DATA_KEY_MAX_USES`: a KMS data key seals at most this many token sets
     /// before a new one is generated (1: a fresh key per write).
     #[serde(rename = "data_key_max_uses")]
-    pub max_uses: u64,
+    pub(crate) max_uses: u64,
     /// `AXNT_DATA_KEY_MAX_AGE_SECS`: a data key is used for sealing at most this long
     /// after KMS generated it.
     #[serde(rename = "data_key_max_age_secs", deserialize_with = "de::secs")]
-    pub max_age: Duration,
+    pub(crate) max_age: Duration,
     /// `AXNT_DATA_KEY_CACHE_ENTRIES`: decrypted data keys kept (LRU), so a token read
     /// does not cost a KMS call. Each entry is the 32-byte key plus its wrapped form (a
     /// few hundred bytes), so this also bounds the cache's bytes.
     #[serde(rename = "data_key_cache_entries")]
-    pub cache_entries: u64,
+    pub(crate) cache_entries: u64,
     /// `AXNT_DATA_KEY_CACHE_TTL_SECS`: a decrypted data key is forgotten this long
     /// after KMS decrypted it, so revoking KMS access takes effect within it.
     #[serde(rename = "data_key_cache_ttl_secs", deserialize_with = "de::secs")]
-    pub cache_ttl: Duration,
+    pub(crate) cache_ttl: Duration,
 }
 
 impl Default for DataKeySettings {
@@ -444,14 +444,14 @@ impl Default for DataKeySettings {
 /// aws mode: the buffered flow-log writer.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
-pub struct FlowLogSettings {
+pub(crate) struct FlowLogSettings {
     /// `AXNT_FLOW_LOG_BUFFER`: flow-log items waiting to be written; when full, further
     /// items are dropped (and counted) rather than slowing requests.
     #[serde(rename = "flow_log_buffer")]
-    pub buffer: usize,
+    pub(crate) buffer: usize,
     /// `AXNT_FLOW_LOG_WRITE_CONCURRENCY`: flow-log writes in flight at once.
     #[serde(rename = "flow_log_write_concurrency")]
-    pub write_concurrency: usize,
+    pub(crate) write_concurrency: usize,
 }
 
 impl Default for FlowLogSettings {
@@ -466,13 +466,13 @@ impl Default for FlowLogSettings {
 /// Log lines.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
-pub struct LogSettings {
+pub(crate) struct LogSettings {
     /// `AXNT_LOG_FORMAT`: `text` or `json`.
     #[serde(rename = "log_format")]
-    pub format: LogFormat,
+    pub(crate) format: LogFormat,
     /// `AXNT_LOG`: a `tracing` filter such as `info` or `axnt_oauth=debug,info`.
     #[serde(rename = "log")]
-    pub filter: String,
+    pub(crate) filter: String,
 }
 
 impl Default for LogSettings {
@@ -489,8 +489,8 @@ impl Default for LogSettings {
 #[error("{setting}: {reason}")]
 pub struct ConfigError {
     /// The environment name of the setting, so the operator knows what to fix.
-    pub setting: String,
-    pub reason: String,
+    pub(crate) setting: String,
+    pub(crate) reason: String,
 }
 
 impl ConfigError {
@@ -503,7 +503,7 @@ impl ConfigError {
 }
 
 /// The environment variable that sets `key`.
-pub fn env_name(key: &str) -> String {
+pub(crate) fn env_name(key: &str) -> String {
     UNPREFIXED_ENV
         .iter()
         .find(|(_, k)| *k == key)
@@ -513,12 +513,12 @@ pub fn env_name(key: &str) -> String {
 
 impl Settings {
     /// The redirect URI registered with the provider `name`.
-    pub fn redirect_uri(&self, provider: &str) -> String {
+    pub(crate) fn redirect_uri(&self, provider: &str) -> String {
         self.public_url(&format!("/oauth/{provider}/callback"))
     }
 
     /// An absolute URL under the public base.
-    pub fn public_url(&self, path: &str) -> String {
+    pub(crate) fn public_url(&self, path: &str) -> String {
         format!(
             "{}{}",
             self.server.public_base_url.as_str().trim_end_matches('/'),
@@ -527,7 +527,7 @@ impl Settings {
     }
 
     /// Whether browsers reach us over https (cookies are then `Secure`).
-    pub fn is_https(&self) -> bool {
+    pub(crate) fn is_https(&self) -> bool {
         self.server.public_base_url.scheme() == "https"
     }
 }

@@ -23,15 +23,15 @@ use crate::store::{FlowFailure, StoreError};
 
 /// Why a grant died (`cause` in a 409 body, the flow log and the row): the provider
 /// answered `invalid_grant`.
-pub const CAUSE_INVALID_GRANT: &str = "invalid_grant";
+pub(crate) const CAUSE_INVALID_GRANT: &str = "invalid_grant";
 /// A refresh request's answer was lost after it was sent, and the provider later
 /// refused the refresh token: the lost request most likely redeemed (and rotated) it.
-pub const CAUSE_OUTCOME_UNKNOWN: &str = "refresh_outcome_unknown";
+pub(crate) const CAUSE_OUTCOME_UNKNOWN: &str = "refresh_outcome_unknown";
 /// The row holds no refresh token (the grant gave none) and its access token expired.
-pub const CAUSE_NO_REFRESH_TOKEN: &str = "no_refresh_token";
+pub(crate) const CAUSE_NO_REFRESH_TOKEN: &str = "no_refresh_token";
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     #[error("missing or wrong API key")]
     Unauthorized,
     #[error("{0}")]
@@ -160,7 +160,7 @@ impl From<QueryRejection> for Error {
 
 impl Error {
     /// The HTTP status: chosen here and nowhere else.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -194,7 +194,7 @@ impl Error {
     }
 
     /// The stable, documented code clients branch on.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
             Self::RequestTimeout => "request_timeout",
@@ -256,7 +256,7 @@ impl Error {
     }
 
     /// Why a grant is dead or a refresh failed, as a stable code (`cause` in the body).
-    pub fn cause(&self) -> Option<&str> {
+    pub(crate) fn cause(&self) -> Option<&str> {
         match self {
             Self::ReauthorizationRequired { cause } => Some(cause),
             Self::RefreshSuppressed { reason, .. } => Some(reason),
@@ -303,10 +303,10 @@ struct Problem<'a> {
 
 /// Put on every error response, so that [`log_errors`] logs it once.
 #[derive(Clone, Debug)]
-pub struct ErrorReport {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
+pub(crate) struct ErrorReport {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
 }
 
 impl IntoResponse for Error {
@@ -345,7 +345,7 @@ impl IntoResponse for Error {
 
 /// Logs each error response once, inside the request's span: server errors at
 /// `error`, client errors at `info` (they are the caller's to fix, not ours).
-pub async fn log_errors(request: Request, next: Next) -> Response {
+pub(crate) async fn log_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     if let Some(report) = response.extensions().get::<Arc<ErrorReport>>() {
         if report.status.is_server_error() {

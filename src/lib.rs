@@ -34,18 +34,18 @@
 
 pub mod app;
 pub mod aws;
-pub mod check;
+mod check;
 pub mod cli;
 pub mod config;
 pub mod crypto;
-pub mod error;
-pub mod http;
-pub mod oauth;
-pub mod retry;
+mod error;
+mod http;
+mod oauth;
+mod retry;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;
-pub mod tokens;
+mod tokens;
 
 #[cfg(test)]
 mod layout {

@@ -4,18 +4,18 @@
 use std::time::Duration;
 
 /// Successive waits: `first`, then doubling up to `max`, each plus jitter.
-pub struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     max: Duration,
 }
 
 impl Backoff {
-    pub fn new(first: Duration, max: Duration) -> Self {
+    pub(crate) fn new(first: Duration, max: Duration) -> Self {
         Self { next: first, max }
     }
 
     /// The wait before the next attempt.
-    pub fn next_wait(&mut self) -> Duration {
+    pub(crate) fn next_wait(&mut self) -> Duration {
         let wait = jittered(self.next);
         self.next = (self.next * 2).min(self.max);
         wait
@@ -23,7 +23,7 @@ impl Backoff {
 }
 
 /// `base` plus up to 50 % random jitter.
-pub fn jittered(base: Duration) -> Duration {
+pub(crate) fn jittered(base: Duration) -> Duration {
     let mut byte = [0u8; 1];
     crate::crypto::fill_random(&mut byte);
     base + base.mul_f64(f64::from(byte[0]) / 510.0)

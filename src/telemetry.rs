@@ -40,7 +40,7 @@ where
 }
 
 /// The process's Prometheus recorder, installed on first use.
-pub fn metrics() -> Option<PrometheusHandle> {
+pub(crate) fn metrics() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {

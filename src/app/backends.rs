@@ -33,14 +33,14 @@ pub struct Backends {
     pub keys: Arc<dyn KeyProvider>,
     pub secrets: Arc<dyn SecretSource>,
     /// Seals flow state; every instance must share it.
-    pub state_key: Option<SecretKey>,
+    pub(crate) state_key: Option<SecretKey>,
     /// API keys accepted besides the secret's.
-    pub api_keys: Vec<ApiKey>,
+    pub(crate) api_keys: Vec<ApiKey>,
     /// What `setup` created, for its report.
-    pub created: Vec<String>,
+    pub(crate) created: Vec<String>,
     /// Embedded mode's store, whose expired rows and flow-log items the service
     /// deletes itself (in aws mode DynamoDB's TTL does it).
-    pub expiring: Option<Arc<EmbeddedStore>>,
+    pub(crate) expiring: Option<Arc<EmbeddedStore>>,
 }
 
 impl Backends {

@@ -31,8 +31,8 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// What bounds serving, from the settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ServeLimits {
-    pub header_read_timeout: Duration,
-    pub max_connections: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) max_connections: usize,
 }
 
 impl From<&ServerSettings> for ServeLimits {

@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 
 /// The kinds of failure callers act on differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureKind {
+pub(crate) enum FailureKind {
     /// The identity may not do this (IAM, key policy, bad or expired credentials).
     AccessDenied,
     /// The table, key or secret does not exist (in this region).
@@ -30,7 +30,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// The `outcome` label of `axnt_aws_calls_total`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::AccessDenied => "access_denied",
             Self::NotFound => "not_found",
@@ -45,18 +45,18 @@ impl FailureKind {
 
 /// One failed AWS call, sorted.
 #[derive(Debug, Clone)]
-pub struct AwsFailure {
-    pub kind: FailureKind,
+pub(crate) struct AwsFailure {
+    pub(crate) kind: FailureKind,
     /// The service's error code, when it sent one.
-    pub code: Option<String>,
+    pub(crate) code: Option<String>,
     /// The SDK's full error chain. AWS error messages carry names and ids, not the
     /// values we send (no item attribute, plaintext or secret string).
-    pub detail: String,
+    pub(crate) detail: String,
 }
 
 impl AwsFailure {
     /// `code: detail`, or just the detail.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.code {
             Some(code) if !self.detail.contains(code.as_str()) => {
                 format!("{code}: {}", self.detail)
@@ -106,7 +106,7 @@ const UNAVAILABLE_CODES: &[&str] = &[
 ///
 /// A 403 answer is access denied whatever its code: moto (and some proxies) answer a
 /// denial with a 403 whose XML body the SDK cannot read, leaving `code()` empty.
-pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> AwsFailure
+pub(crate) fn classify<E>(err: &SdkError<E, HttpResponse>) -> AwsFailure
 where
     E: ProvideErrorMetadata + StdError + 'static,
 {
@@ -139,7 +139,11 @@ where
 /// Counts one AWS call: `axnt_aws_calls_total{service, operation, outcome}`, and
 /// `axnt_aws_throttles_total{service, operation}` for a call that stayed throttled
 /// after the SDK's retries. Labels are fixed names, never a value from a request.
-pub fn count_call(service: &'static str, operation: &'static str, failure: Option<&AwsFailure>) {
+pub(crate) fn count_call(
+    service: &'static str,
+    operation: &'static str,
+    failure: Option<&AwsFailure>,
+) {
     let outcome = failure.map_or("ok", |f| f.kind.label());
     metrics::counter!("axnt_aws_calls_total", "service" => service, "operation" => operation, "outcome" => outcome)
         .increment(1);
@@ -150,7 +154,7 @@ pub fn count_call(service: &'static str, operation: &'static str, failure: Optio
 }
 
 /// Counts a finished call and sorts its error, if any.
-pub fn observe<T, E>(
+pub(crate) fn observe<T, E>(
     service: &'static str,
     operation: &'static str,
     result: Result<T, SdkError<E, HttpResponse>>,

@@ -6,7 +6,7 @@
 //!
 //! Only this module and those backend modules import an AWS crate.
 
-pub mod error;
+pub(crate) mod error;
 pub mod setup;
 
 use std::time::Duration;
@@ -21,16 +21,16 @@ use secrecy::{ExposeSecret, SecretString};
 /// this module stays a leaf that imports nothing of the service.
 #[derive(Clone)]
 pub struct AwsSettings {
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// One AWS call, the SDK's retries included.
-    pub operation_timeout: Duration,
-    pub max_attempts: u32,
+    pub(crate) operation_timeout: Duration,
+    pub(crate) max_attempts: u32,
     /// SDK variables from an explicit environment (see [`SdkEnv`]).
-    pub sdk_env: SdkEnv,
-    pub tokens_table: String,
-    pub logs_table: String,
-    pub kms_key_id: String,
-    pub secret_id: String,
+    pub(crate) sdk_env: SdkEnv,
+    pub(crate) tokens_table: String,
+    pub(crate) logs_table: String,
+    pub(crate) kms_key_id: String,
+    pub(crate) secret_id: String,
 }
 
 /// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
@@ -39,12 +39,12 @@ pub struct AwsSettings {
 /// process environment: the SDK then reads it itself, through its standard chain.
 /// `Debug` names which are set, never their values.
 #[derive(Clone, Default)]
-pub struct SdkEnv {
-    pub endpoint_url: Option<String>,
-    pub region: Option<String>,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<SecretString>,
-    pub session_token: Option<SecretString>,
+pub(crate) struct SdkEnv {
+    pub(crate) endpoint_url: Option<String>,
+    pub(crate) region: Option<String>,
+    pub(crate) access_key_id: Option<String>,
+    pub(crate) secret_access_key: Option<SecretString>,
+    pub(crate) session_token: Option<SecretString>,
 }
 
 impl std::fmt::Debug for SdkEnv {
@@ -58,7 +58,7 @@ impl std::fmt::Debug for SdkEnv {
 }
 
 impl SdkEnv {
-    pub const NAMES: [&str; 5] = [
+    pub(crate) const NAMES: [&str; 5] = [
         "AWS_ENDPOINT_URL",
         "AWS_REGION",
         "AWS_ACCESS_KEY_ID",
@@ -66,7 +66,7 @@ impl SdkEnv {
         "AWS_SESSION_TOKEN",
     ];
 
-    pub fn set(&mut self, name: &str, value: String) {
+    pub(crate) fn set(&mut self, name: &str, value: String) {
         match name {
             "AWS_ENDPOINT_URL" => self.endpoint_url = Some(value),
             "AWS_REGION" => self.region = Some(value),
@@ -123,7 +123,7 @@ pub async fn sdk_config(settings: impl Into<AwsSettings>) -> SdkConfig {
 }
 
 /// The region the SDK resolved, for messages ("table not found in region …").
-pub fn region_name(config: &SdkConfig) -> String {
+pub(crate) fn region_name(config: &SdkConfig) -> String {
     config.region().map_or_else(
         || "(no region set: AWS_REGION)".to_string(),
         |r| r.to_string(),

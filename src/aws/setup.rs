@@ -30,22 +30,22 @@ use super::AwsSettings;
 use crate::aws::error::{AwsFailure, FailureKind, observe};
 
 /// The attribute DynamoDB's TTL purges on, in both tables.
-pub const TTL_ATTRIBUTE: &str = "expiresAt";
+pub(crate) const TTL_ATTRIBUTE: &str = "expiresAt";
 /// How long to wait for a new table to become ACTIVE.
 const ACTIVE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One table as the service needs it.
 #[derive(Debug, Clone)]
-pub struct TableSpec {
-    pub name: String,
-    pub hash_key: &'static str,
-    pub range_key: &'static str,
-    pub point_in_time_recovery: bool,
+pub(crate) struct TableSpec {
+    pub(crate) name: String,
+    pub(crate) hash_key: &'static str,
+    pub(crate) range_key: &'static str,
+    pub(crate) point_in_time_recovery: bool,
 }
 
 impl TableSpec {
     /// The tokens table and the logs table, named by the settings.
-    pub fn wanted(settings: &AwsSettings) -> [TableSpec; 2] {
+    pub(crate) fn wanted(settings: &AwsSettings) -> [TableSpec; 2] {
         [
             TableSpec {
                 name: settings.tokens_table.clone(),

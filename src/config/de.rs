@@ -16,20 +16,20 @@ use serde::{Deserialize, Deserializer};
 
 const SECS_PER_DAY: u64 = 86_400;
 
-pub fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_secs)
 }
 
 /// Seconds where 0 means off.
-pub fn secs_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn secs_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     secs(d).map(|every| (!every.is_zero()).then_some(every))
 }
 
-pub fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_millis)
 }
 
-pub fn days<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn days<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d)?
         .checked_mul(SECS_PER_DAY)
         .map(Duration::from_secs)
@@ -58,17 +58,17 @@ fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 }
 
 /// A list of secrets. No error here can quote an item.
-pub fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+pub(crate) fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
     Ok(strings(d)?.into_iter().map(SecretString::from).collect())
 }
 
 /// A list of URLs, each parsed here; an error quotes the entry.
-pub fn url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<url::Url>, D::Error> {
+pub(crate) fn url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<url::Url>, D::Error> {
     parsed_list(d, "a URL")
 }
 
 /// A list of IP addresses, each parsed here; an error quotes the entry.
-pub fn ip_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::IpAddr>, D::Error> {
+pub(crate) fn ip_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::IpAddr>, D::Error> {
     parsed_list(d, "an IP address")
 }
 

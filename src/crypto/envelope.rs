@@ -47,10 +47,6 @@ impl EnvelopeCipher {
         }
     }
 
-    pub fn key_provider(&self) -> &Arc<dyn KeyProvider> {
-        &self.keys
-    }
-
     /// The associated data binding a ciphertext to its row. JSON keeps the three parts
     /// unambiguous whatever characters the ids hold.
     fn associated_data(&self, user_id: &str, provider: &str) -> Vec<u8> {

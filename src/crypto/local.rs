@@ -13,20 +13,20 @@ use super::{CryptoError, DataKey, KeyProvider, SecretKey};
 
 const WRAP_AAD: &[u8] = b"axnt-oauth/data-key/v1";
 
-pub struct LocalKeyProvider {
+pub(crate) struct LocalKeyProvider {
     master: SecretKey,
     key_id: String,
 }
 
 impl LocalKeyProvider {
-    pub fn new(master: SecretKey) -> Self {
+    pub(crate) fn new(master: SecretKey) -> Self {
         let key_id = format!("local:{}", master.fingerprint());
         Self { master, key_id }
     }
 
     /// Reads the master key file, creating it (mode 0600) when absent.
     /// Returns the provider and whether the file was created now.
-    pub fn load_or_create(path: &Path) -> Result<(Self, bool), CryptoError> {
+    pub(crate) fn load_or_create(path: &Path) -> Result<(Self, bool), CryptoError> {
         let (key, created) = load_or_create_key_file(path)?;
         Ok((Self::new(key), created))
     }
@@ -34,7 +34,7 @@ impl LocalKeyProvider {
 
 /// Reads a base64 key file, or creates one with a fresh key and mode 0600.
 /// Returns the key and whether the file was created by this call.
-pub fn load_or_create_key_file(path: &Path) -> Result<(SecretKey, bool), CryptoError> {
+pub(crate) fn load_or_create_key_file(path: &Path) -> Result<(SecretKey, bool), CryptoError> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             let key = SecretKey::from_base64(&text)
@@ -57,7 +57,7 @@ pub fn load_or_create_key_file(path: &Path) -> Result<(SecretKey, bool), CryptoE
 
 /// Creates `path` with mode 0600 (owner read/write only), failing if it exists, so a
 /// concurrent creator cannot be overwritten.
-pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -11,9 +11,9 @@
 //! never by hand: with a fresh data key per write, nonce reuse is out of reach.
 
 pub mod cache;
-pub mod envelope;
+pub(crate) mod envelope;
 pub mod kms;
-pub mod local;
+pub(crate) mod local;
 
 use std::fmt;
 
@@ -26,7 +26,7 @@ use zeroize::Zeroizing;
 pub use envelope::{Envelope, EnvelopeCipher};
 
 /// Length of every symmetric key we hold.
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 
 /// What went wrong with keys or ciphertexts.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -58,13 +58,13 @@ impl fmt::Debug for SecretKey {
 
 impl SecretKey {
     /// A fresh random key.
-    pub fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         fill_random(bytes.as_mut_slice());
         Self(bytes)
     }
 
-    pub fn from_slice(bytes: &[u8]) -> Result<Self, CryptoError> {
+    pub(crate) fn from_slice(bytes: &[u8]) -> Result<Self, CryptoError> {
         let array: [u8; KEY_LEN] = bytes.try_into().map_err(|_| {
             CryptoError::InvalidKey(format!("expected {KEY_LEN} bytes, got {}", bytes.len()))
         })?;
@@ -72,7 +72,7 @@ impl SecretKey {
     }
 
     /// Decodes standard or URL-safe base64 of exactly 32 bytes.
-    pub fn from_base64(text: &str) -> Result<Self, CryptoError> {
+    pub(crate) fn from_base64(text: &str) -> Result<Self, CryptoError> {
         let text = text.trim();
         let bytes = Zeroizing::new(
             STANDARD
@@ -83,21 +83,21 @@ impl SecretKey {
         Self::from_slice(&bytes)
     }
 
-    pub fn to_base64(&self) -> Zeroizing<String> {
+    pub(crate) fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(STANDARD.encode(self.0.as_slice()))
     }
 
-    pub fn expose(&self) -> &[u8] {
+    pub(crate) fn expose(&self) -> &[u8] {
         self.0.as_slice()
     }
 
     /// A short, non-secret name for this key (a hash prefix), to tell keys apart.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         hex(&sha256(self.0.as_slice())[..8])
     }
 
     /// AES-256-GCM with a random nonce. Returns the nonce and ciphertext‖tag.
-    pub fn seal(
+    pub(crate) fn seal(
         &self,
         aad: &[u8],
         plaintext: &[u8],
@@ -112,7 +112,7 @@ impl SecretKey {
     }
 
     /// Opens what [`SecretKey::seal`] produced.
-    pub fn open(
+    pub(crate) fn open(
         &self,
         nonce: &[u8],
         aad: &[u8],
@@ -131,7 +131,11 @@ impl SecretKey {
     }
 
     /// `nonce ‖ ciphertext ‖ tag` in one buffer (for small sealed values).
-    pub fn seal_combined(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub(crate) fn seal_combined(
+        &self,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let (nonce, ct) = self.seal(aad, plaintext)?;
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
@@ -140,7 +144,7 @@ impl SecretKey {
     }
 
     /// Opens what [`SecretKey::seal_combined`] produced.
-    pub fn open_combined(
+    pub(crate) fn open_combined(
         &self,
         aad: &[u8],
         sealed: &[u8],
@@ -156,10 +160,10 @@ impl SecretKey {
 /// A data key as a [`KeyProvider`] hands it out: the plaintext to seal with, and the
 /// wrapped form to store beside the ciphertext.
 pub struct DataKey {
-    pub plaintext: SecretKey,
-    pub encrypted: Vec<u8>,
+    pub(crate) plaintext: SecretKey,
+    pub(crate) encrypted: Vec<u8>,
     /// The wrapping key's id as stored in the envelope's `keyId`.
-    pub key_id: String,
+    pub(crate) key_id: String,
 }
 
 /// Wraps and unwraps data keys. Implementations: [`local::LocalKeyProvider`] and, in
@@ -187,20 +191,20 @@ pub fn fill_random(buf: &mut [u8]) {
 }
 
 /// `n` random bytes as unpadded URL-safe base64 (for codes, cookies, nonces).
-pub fn random_token(n: usize) -> String {
+pub(crate) fn random_token(n: usize) -> String {
     let mut bytes = Zeroizing::new(vec![0u8; n]);
     fill_random(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes.as_slice())
 }
 
-pub fn sha256(data: &[u8]) -> [u8; 32] {
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
     let mut out = [0u8; 32];
     out.copy_from_slice(digest.as_ref());
     out
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -212,11 +216,11 @@ pub fn b64_decode(text: &str) -> Result<Vec<u8>, CryptoError> {
     STANDARD.decode(text).map_err(|_| CryptoError::Integrity)
 }
 
-pub fn b64url(bytes: &[u8]) -> String {
+pub(crate) fn b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn b64url_decode(text: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(text).ok()
 }
 

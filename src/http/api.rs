@@ -18,7 +18,7 @@ use crate::secrets::ApiKey;
 use crate::store::{FlowLogEntry, FlowStep};
 use crate::tokens::UserId;
 
-pub fn router(state: AppState) -> Router<AppState> {
+pub(crate) fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/connect-sessions", post(create_connect_session))
         .route("/v1/users/{user_id}/tokens/{provider}", get(get_token))

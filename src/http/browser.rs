@@ -10,10 +10,10 @@ use crate::error::Error;
 use crate::oauth::ReturnUrl;
 
 /// An error on a browser endpoint.
-pub struct BrowserError {
-    pub error: Error,
+pub(crate) struct BrowserError {
+    pub(crate) error: Error,
     /// The flow's return URL, once `state` proved it ours and allow-listed.
-    pub return_to: Option<ReturnUrl>,
+    pub(crate) return_to: Option<ReturnUrl>,
 }
 
 impl From<Error> for BrowserError {
@@ -52,7 +52,7 @@ impl IntoResponse for BrowserError {
     }
 }
 
-pub fn html_escape(text: &str) -> String {
+pub(crate) fn html_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

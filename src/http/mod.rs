@@ -1,10 +1,10 @@
 //! Where requests enter: one module per surface, each with its own `router()`, merged
 //! once here with the layers every route shares.
 
-pub mod api;
-pub mod browser;
-pub mod oauth;
-pub mod probes;
+pub(crate) mod api;
+pub(crate) mod browser;
+pub(crate) mod oauth;
+pub(crate) mod probes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -31,25 +31,25 @@ use crate::store::FlowRecorder;
 use crate::store::flow_log::ClientInfo;
 use crate::tokens::TokenService;
 
-pub use probes::Readiness;
+pub(crate) use probes::Readiness;
 
 /// Everything a handler may use. Cloned per request (one `Arc`).
 #[derive(Clone)]
-pub struct AppState(Arc<Services>);
+pub(crate) struct AppState(Arc<Services>);
 
-pub struct Services {
-    pub settings: Arc<Settings>,
-    pub tokens: Arc<TokenService>,
-    pub flow_log: Arc<FlowRecorder>,
-    pub sealer: Arc<StateSealer>,
-    pub secrets: Arc<SecretsCache>,
-    pub return_urls: ReturnUrls,
-    pub readiness: Readiness,
-    pub trusted_proxies: Vec<IpAddr>,
+pub(crate) struct Services {
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) tokens: Arc<TokenService>,
+    pub(crate) flow_log: Arc<FlowRecorder>,
+    pub(crate) sealer: Arc<StateSealer>,
+    pub(crate) secrets: Arc<SecretsCache>,
+    pub(crate) return_urls: ReturnUrls,
+    pub(crate) readiness: Readiness,
+    pub(crate) trusted_proxies: Vec<IpAddr>,
 }
 
 impl AppState {
-    pub fn new(services: Services) -> Self {
+    pub(crate) fn new(services: Services) -> Self {
         Self(Arc::new(services))
     }
 }
@@ -66,7 +66,7 @@ const BODY_LIMIT: usize = 64 * 1024;
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole application's routes and shared layers.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .merge(probes::router())
         .merge(oauth::router())
@@ -163,22 +163,22 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 /// rejection impls in [`crate::error`]).
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(Error))]
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 /// Path parameters whose rejections answer in our problem format.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(Error))]
-pub struct ApiPath<T>(pub T);
+pub(crate) struct ApiPath<T>(pub T);
 
 /// Query strings whose rejections answer in our problem format.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(Error))]
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 /// The caller's address and user agent, for flow-log items. `X-Forwarded-For` is
 /// believed only from a configured trusted proxy, and then its right-most address that
 /// is not itself a trusted proxy is taken (the left-most is the client's to forge).
-pub struct Client(pub ClientInfo);
+pub(crate) struct Client(pub ClientInfo);
 
 impl FromRequestParts<AppState> for Client {
     type Rejection = std::convert::Infallible;
@@ -218,7 +218,7 @@ impl FromRequestParts<AppState> for Client {
 
 /// `302 Found` to `location`: what OAuth redirects traditionally use (axum's
 /// `Redirect::to` answers 303).
-pub fn found(location: &str) -> Response {
+pub(crate) fn found(location: &str) -> Response {
     let mut response = axum::http::StatusCode::FOUND.into_response();
     if let Ok(value) = axum::http::HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, value);

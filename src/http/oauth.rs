@@ -36,7 +36,7 @@ const BROWSER_HEADERS: [(header::HeaderName, &str); 3] = [
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
 ];
 
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     BROWSER_HEADERS.into_iter().fold(
         Router::new()
             .route("/oauth/{provider}/start", get(start))

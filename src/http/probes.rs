@@ -18,7 +18,7 @@ use crate::crypto::{CryptoError, KeyProvider};
 use crate::secrets::SecretsCache;
 use crate::store::{FlowLog, StoreError, TokenStore};
 
-pub fn router() -> Router<AppState> {
+pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -60,15 +60,15 @@ async fn metrics() -> Response {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ReadinessReport {
+pub(crate) struct ReadinessReport {
     #[serde(skip)]
-    pub ready: bool,
-    pub status: &'static str,
-    pub checks: serde_json::Map<String, serde_json::Value>,
+    pub(crate) ready: bool,
+    pub(crate) status: &'static str,
+    pub(crate) checks: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Checks the parts a request needs and remembers the answer for `ttl`.
-pub struct Readiness {
+pub(crate) struct Readiness {
     store: Arc<dyn TokenStore>,
     flow_log: Arc<dyn FlowLog>,
     keys: Arc<dyn KeyProvider>,
@@ -78,7 +78,7 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn TokenStore>,
         flow_log: Arc<dyn FlowLog>,
         keys: Arc<dyn KeyProvider>,
@@ -96,7 +96,7 @@ impl Readiness {
     }
 
     /// The cached report, or a fresh one. Concurrent probes wait for one check.
-    pub async fn check(&self) -> Arc<ReadinessReport> {
+    pub(crate) async fn check(&self) -> Arc<ReadinessReport> {
         let mut last = self.last.lock().await;
         if let Some((at, report)) = last.as_ref()
             && at.elapsed() < self.ttl

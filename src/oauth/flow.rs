@@ -14,62 +14,62 @@ use crate::crypto::{SecretKey, b64url, b64url_decode, random_token, sha256};
 
 /// A connect link's contents.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ConnectSession {
+pub(crate) struct ConnectSession {
     #[serde(rename = "u")]
-    pub user_id: String,
+    pub(crate) user_id: String,
     #[serde(rename = "p")]
-    pub provider: String,
+    pub(crate) provider: String,
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
-    pub return_to: Option<ReturnUrl>,
+    pub(crate) return_to: Option<ReturnUrl>,
     #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
-    pub scopes: Vec<String>,
+    pub(crate) scopes: Vec<String>,
     #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
-    pub login_hint: Option<String>,
+    pub(crate) login_hint: Option<String>,
     #[serde(rename = "f")]
-    pub flow_id: String,
+    pub(crate) flow_id: String,
     /// Epoch seconds.
     #[serde(rename = "e")]
-    pub expires_at: i64,
+    pub(crate) expires_at: i64,
 }
 
 /// The authorization request's `state`.
 #[derive(Serialize, Deserialize)]
-pub struct FlowState {
+pub(crate) struct FlowState {
     #[serde(rename = "u")]
-    pub user_id: String,
+    pub(crate) user_id: String,
     #[serde(rename = "p")]
-    pub provider: String,
+    pub(crate) provider: String,
     /// PKCE verifier: secret, which is why `state` is encrypted and not just signed.
     #[serde(rename = "v")]
-    pub pkce_verifier: String,
+    pub(crate) pkce_verifier: String,
     #[serde(rename = "n")]
-    pub nonce: String,
+    pub(crate) nonce: String,
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
-    pub return_to: Option<ReturnUrl>,
+    pub(crate) return_to: Option<ReturnUrl>,
     #[serde(rename = "e")]
-    pub expires_at: i64,
+    pub(crate) expires_at: i64,
     #[serde(rename = "f")]
-    pub flow_id: String,
+    pub(crate) flow_id: String,
     /// SHA-256 of the browser-binding cookie, base64url.
     #[serde(rename = "b")]
-    pub binding_hash: String,
+    pub(crate) binding_hash: String,
 }
 
 /// Why a sealed value was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SealError {
+pub(crate) enum SealError {
     #[error("not a value this service sealed (tampered or from another deployment)")]
     Invalid,
 }
 
 /// Seals and opens flow values under the state key.
-pub struct StateSealer {
+pub(crate) struct StateSealer {
     key: SecretKey,
 }
 
 /// What a sealed value is for; part of the associated data.
 #[derive(Debug, Clone, Copy)]
-pub enum Purpose {
+pub(crate) enum Purpose {
     ConnectSession,
     AuthorizationState,
 }
@@ -84,11 +84,15 @@ impl Purpose {
 }
 
 impl StateSealer {
-    pub fn new(key: SecretKey) -> Self {
+    pub(crate) fn new(key: SecretKey) -> Self {
         Self { key }
     }
 
-    pub fn seal<T: Serialize>(&self, purpose: Purpose, value: &T) -> Result<String, SealError> {
+    pub(crate) fn seal<T: Serialize>(
+        &self,
+        purpose: Purpose,
+        value: &T,
+    ) -> Result<String, SealError> {
         let json =
             zeroize::Zeroizing::new(serde_json::to_vec(value).map_err(|_| SealError::Invalid)?);
         let sealed = self
@@ -98,7 +102,11 @@ impl StateSealer {
         Ok(b64url(&sealed))
     }
 
-    pub fn open<T: DeserializeOwned>(&self, purpose: Purpose, text: &str) -> Result<T, SealError> {
+    pub(crate) fn open<T: DeserializeOwned>(
+        &self,
+        purpose: Purpose,
+        text: &str,
+    ) -> Result<T, SealError> {
         // Reject absurd inputs before decoding them.
         if text.is_empty() || text.len() > 8192 {
             return Err(SealError::Invalid);
@@ -113,18 +121,18 @@ impl StateSealer {
 }
 
 /// A fresh browser-binding value and its hash (the hash goes into `state`).
-pub fn new_binding() -> (String, String) {
+pub(crate) fn new_binding() -> (String, String) {
     let value = random_token(32);
     let hash = binding_hash(&value);
     (value, hash)
 }
 
-pub fn binding_hash(value: &str) -> String {
+pub(crate) fn binding_hash(value: &str) -> String {
     b64url(&sha256(value.as_bytes()))
 }
 
 /// Whether a cookie value matches the hash in `state`, in constant time.
-pub fn binding_matches(cookie: &str, expected_hash: &str) -> bool {
+pub(crate) fn binding_matches(cookie: &str, expected_hash: &str) -> bool {
     use subtle::ConstantTimeEq;
     binding_hash(cookie)
         .as_bytes()
@@ -134,7 +142,7 @@ pub fn binding_matches(cookie: &str, expected_hash: &str) -> bool {
 
 /// The binding cookie's name for one flow: one cookie per flow, so two flows started
 /// in two tabs of one browser do not overwrite each other.
-pub fn binding_cookie_name(flow_id: &str) -> String {
+pub(crate) fn binding_cookie_name(flow_id: &str) -> String {
     let short: String = flow_id
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())

@@ -1,8 +1,8 @@
 //! What the OAuth flow means: providers ([`provider`]), sealed flow state ([`flow`]),
 //! and which return URLs a flow may send the browser to ([`ReturnUrls`]).
 
-pub mod flow;
-pub mod provider;
+pub(crate) mod flow;
+pub(crate) mod provider;
 
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -13,20 +13,20 @@ use url::Url;
 /// (`https://app.example.com/settings/`: that path and below, at a segment boundary).
 /// Scheme, host and port must match exactly; user info and fragments are refused.
 #[derive(Debug, Clone)]
-pub struct ReturnUrls {
+pub(crate) struct ReturnUrls {
     entries: Vec<Url>,
 }
 
 impl ReturnUrls {
     /// Entries as the settings parsed and checked them.
-    pub fn new(entries: &[Url]) -> Self {
+    pub(crate) fn new(entries: &[Url]) -> Self {
         Self {
             entries: entries.to_vec(),
         }
     }
 
     /// The normalised URL when `candidate` is allowed.
-    pub fn check(&self, candidate: &str) -> Option<ReturnUrl> {
+    pub(crate) fn check(&self, candidate: &str) -> Option<ReturnUrl> {
         let url = Url::parse(candidate).ok()?;
         if !matches!(url.scheme(), "http" | "https")
             || !url.username().is_empty()
@@ -48,11 +48,11 @@ impl ReturnUrls {
 /// Serialized as the URL string, as the sealed state has always held it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct ReturnUrl(Url);
+pub(crate) struct ReturnUrl(Url);
 
 impl ReturnUrl {
     /// The URL, with `pairs` appended to its query: where the browser is sent back.
-    pub fn with_query(&self, pairs: &[(&str, &str)]) -> Url {
+    pub(crate) fn with_query(&self, pairs: &[(&str, &str)]) -> Url {
         let mut url = self.0.clone();
         url.query_pairs_mut().extend_pairs(pairs);
         url

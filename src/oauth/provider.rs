@@ -35,35 +35,35 @@ use url::Url;
 
 use self::http::{ProviderHttp, error_chain, http_client};
 use self::id_token::ExtraClaims;
-pub use self::id_token::IdTokenProblem;
+pub(crate) use self::id_token::IdTokenProblem;
 use self::metadata::{Discovered, MetadataCache};
 use crate::config::Settings;
 use crate::secrets::{ClientCredentials, SecretsCache};
 
 /// One provider's settings. Adding a provider is adding one of these.
 #[derive(Debug, Clone)]
-pub struct ProviderConfig {
+pub(crate) struct ProviderConfig {
     /// The name in routes and rows (`google`).
-    pub name: String,
+    pub(crate) name: String,
     /// The OpenID issuer; endpoints come from its discovery document.
-    pub issuer: String,
+    pub(crate) issuer: String,
     /// Scopes always requested (`openid` is implied).
-    pub default_scopes: Vec<String>,
+    pub(crate) default_scopes: Vec<String>,
     /// Extra authorization parameters (Google: `access_type=offline`, …).
-    pub extra_auth_params: Vec<(String, String)>,
+    pub(crate) extra_auth_params: Vec<(String, String)>,
     /// `prompt=consent` so that a refresh token is issued on every grant.
-    pub prompt_consent: bool,
+    pub(crate) prompt_consent: bool,
     /// The provider issues a new refresh token on each refresh and rejects the old one.
     /// Google does not; many other providers do.
-    pub rotates_refresh_tokens: bool,
+    pub(crate) rotates_refresh_tokens: bool,
     /// A rotating provider still accepts a redeemed refresh token for this long.
-    pub refresh_reuse_grace: Duration,
+    pub(crate) refresh_reuse_grace: Duration,
 }
 
 impl ProviderConfig {
     /// Google: offline access (a refresh token), consent every time (so re-connecting
     /// yields a refresh token again), and incremental scopes.
-    pub fn google(issuer: &str) -> Self {
+    pub(crate) fn google(issuer: &str) -> Self {
         Self {
             name: "google".into(),
             issuer: issuer.trim_end_matches('/').to_string(),
@@ -81,10 +81,10 @@ impl ProviderConfig {
 
 /// Discovery fields beyond the standard ones.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ExtraMetadata {
+pub(crate) struct ExtraMetadata {
     /// RFC 7009 revocation endpoint (Google publishes one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revocation_endpoint: Option<String>,
+    pub(crate) revocation_endpoint: Option<String>,
 }
 impl AdditionalProviderMetadata for ExtraMetadata {}
 
@@ -165,32 +165,32 @@ pub enum ProviderError {
 }
 
 /// Tokens as the provider returned them.
-pub struct ProviderTokens {
-    pub access_token: SecretString,
-    pub refresh_token: Option<SecretString>,
-    pub id_token: Option<SecretString>,
-    pub expires_in: Option<Duration>,
-    pub scope: Option<String>,
-    pub token_type: String,
+pub(crate) struct ProviderTokens {
+    pub(crate) access_token: SecretString,
+    pub(crate) refresh_token: Option<SecretString>,
+    pub(crate) id_token: Option<SecretString>,
+    pub(crate) expires_in: Option<Duration>,
+    pub(crate) scope: Option<String>,
+    pub(crate) token_type: String,
 }
 
 /// Bounds on the calls to a provider, on how long its metadata is trusted, and on how
 /// often its client secret is re-read.
 #[derive(Debug, Clone, Copy)]
-pub struct ProviderLimits {
+pub(crate) struct ProviderLimits {
     /// Timeout of one HTTP call (of which connecting may take at most 5 s).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Metadata (discovery and JWKS) is fresh this long after a fetch.
-    pub metadata_ttl: Duration,
+    pub(crate) metadata_ttl: Duration,
     /// Then it is served stale, while refetched in the background, at most this much
     /// longer.
-    pub metadata_max_stale: Duration,
+    pub(crate) metadata_max_stale: Duration,
     /// After `invalid_client`, the client secret is re-read at most this often.
-    pub secret_reload_min_interval: Duration,
+    pub(crate) secret_reload_min_interval: Duration,
 }
 
 impl ProviderLimits {
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub(crate) fn from_settings(settings: &Settings) -> Self {
         Self {
             timeout: settings.provider.timeout,
             metadata_ttl: settings.provider.metadata_ttl,
@@ -201,7 +201,7 @@ impl ProviderLimits {
 }
 
 /// One provider, its cached metadata, and the credentials to talk to it.
-pub struct OidcProvider {
+pub(crate) struct OidcProvider {
     config: ProviderConfig,
     http: ProviderHttp,
     secrets: Arc<SecretsCache>,
@@ -211,7 +211,7 @@ pub struct OidcProvider {
 }
 
 impl OidcProvider {
-    pub fn new(
+    pub(crate) fn new(
         config: ProviderConfig,
         secrets: Arc<SecretsCache>,
         limits: ProviderLimits,
@@ -234,26 +234,21 @@ impl OidcProvider {
         })
     }
 
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.config.name
     }
 
-    pub fn config(&self) -> &ProviderConfig {
+    pub(crate) fn config(&self) -> &ProviderConfig {
         &self.config
     }
 
     /// The client credentials, or why there are none.
-    pub async fn credentials(&self) -> Result<ClientCredentials, ProviderError> {
+    pub(crate) async fn credentials(&self) -> Result<ClientCredentials, ProviderError> {
         self.secrets
             .current()
             .client
             .clone()
             .ok_or_else(|| ProviderError::NotConfigured(self.secrets.source_name()))
-    }
-
-    /// Whether credentials are present (for `/readyz`).
-    pub fn is_configured(&self) -> bool {
-        self.secrets.current().client.is_some()
     }
 
     async fn discovered(&self) -> Result<Discovered, ProviderError> {
@@ -284,14 +279,14 @@ impl OidcProvider {
 
     /// Fetches discovery now (for `check`).
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
-    pub async fn check_discovery(&self) -> Result<(), ProviderError> {
+    pub(crate) async fn check_discovery(&self) -> Result<(), ProviderError> {
         self.discovered().await.map(|_| ())
     }
 
     /// Builds the authorization URL: code flow, PKCE S256 from `pkce_verifier`, our
     /// nonce and sealed state.
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
-    pub async fn authorization_request(
+    pub(crate) async fn authorization_request(
         &self,
         redirect_uri: &str,
         extra_scopes: &[String],
@@ -335,20 +330,16 @@ impl OidcProvider {
 }
 
 /// The configured providers by name.
-pub struct Providers {
+pub(crate) struct Providers {
     providers: Vec<Arc<OidcProvider>>,
 }
 
 impl Providers {
-    pub fn new(providers: Vec<Arc<OidcProvider>>) -> Self {
+    pub(crate) fn new(providers: Vec<Arc<OidcProvider>>) -> Self {
         Self { providers }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<OidcProvider>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<OidcProvider>> {
         self.providers.iter().find(|p| p.name() == name)
-    }
-
-    pub fn all(&self) -> &[Arc<OidcProvider>] {
-        &self.providers
     }
 }

@@ -23,7 +23,7 @@ pub struct InvalidApiKey;
 impl ApiKey {
     /// Shorter keys are refused: configured ones at start-up, presented ones with 401
     /// (no accepted key is that short, so such a key never matched anyway).
-    pub const MIN_LEN: usize = 16;
+    pub(crate) const MIN_LEN: usize = 16;
 
     pub fn parse(text: &str) -> Result<Self, InvalidApiKey> {
         if text.len() < Self::MIN_LEN {
@@ -36,7 +36,7 @@ impl ApiKey {
 
     /// Whether this key is one of `accepted`, in constant time: every key is visited,
     /// so the time does not depend on which one matched.
-    pub fn is_one_of(&self, accepted: &[ApiKey]) -> bool {
+    pub(crate) fn is_one_of(&self, accepted: &[ApiKey]) -> bool {
         accepted.iter().fold(false, |found, key| {
             found | bool::from(key.digest.ct_eq(&self.digest))
         })

@@ -33,7 +33,7 @@ pub struct ClientCredentials {
 pub struct ServiceSecrets {
     pub client: Option<ClientCredentials>,
     pub state_key: Option<SecretKey>,
-    pub api_keys: Vec<ApiKey>,
+    pub(crate) api_keys: Vec<ApiKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,13 +61,13 @@ pub trait SecretSource: Send + Sync {
 }
 
 /// Secrets given directly (settings, files): they never change while we run.
-pub struct StaticSecrets {
+pub(crate) struct StaticSecrets {
     secrets: ServiceSecrets,
     name: String,
 }
 
 impl StaticSecrets {
-    pub fn new(secrets: ServiceSecrets, name: impl Into<String>) -> Self {
+    pub(crate) fn new(secrets: ServiceSecrets, name: impl Into<String>) -> Self {
         Self {
             secrets,
             name: name.into(),
@@ -163,7 +163,10 @@ struct ConsoleClient {
 }
 
 /// Parses a secret's `SecretString`. Errors name the field and never echo a value.
-pub fn parse_secret_document(secret: &str, text: &str) -> Result<ServiceSecrets, SecretError> {
+pub(crate) fn parse_secret_document(
+    secret: &str,
+    text: &str,
+) -> Result<ServiceSecrets, SecretError> {
     let malformed = |reason: String| SecretError::Malformed {
         secret: secret.to_string(),
         reason,
@@ -262,7 +265,7 @@ impl SecretsCache {
             .unwrap_or_default()
     }
 
-    pub fn source_name(&self) -> String {
+    pub(crate) fn source_name(&self) -> String {
         self.source.name()
     }
 
@@ -277,7 +280,10 @@ impl SecretsCache {
     /// `min_interval` ago; returns whether it re-read. A caller that waited for another's
     /// re-read gets `false` and finds that re-read's result in [`Self::current`].
     #[tracing::instrument(skip_all, fields(source = %self.source.name()))]
-    pub async fn reload_throttled(&self, min_interval: Duration) -> Result<bool, SecretError> {
+    pub(crate) async fn reload_throttled(
+        &self,
+        min_interval: Duration,
+    ) -> Result<bool, SecretError> {
         let mut reloaded_at = self.reloaded_at.lock().await;
         if reloaded_at.is_some_and(|at| at.elapsed() < min_interval) {
             return Ok(false);
@@ -295,7 +301,7 @@ impl SecretsCache {
     }
 
     /// Asks the background refresher to re-read soon (after `invalid_client`).
-    pub fn reload_soon(&self) {
+    pub(crate) fn reload_soon(&self) {
         self.reload.notify_one();
     }
 
@@ -305,7 +311,10 @@ impl SecretsCache {
     }
 
     /// Re-reads every `every`, and promptly (at most once per 10 s) when asked to.
-    pub fn spawn_refresher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn_refresher(
+        self: &Arc<Self>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let cache = Arc::clone(self);
         tokio::spawn(async move {
             loop {

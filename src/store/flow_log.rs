@@ -31,7 +31,7 @@ pub enum FlowStep {
 }
 
 impl FlowStep {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::SessionCreated => "session_created",
             Self::AuthorizeRedirect => "authorize_redirect",
@@ -49,16 +49,16 @@ impl FlowStep {
         }
     }
 
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         serde_json::from_value(Value::String(name.to_string())).ok()
     }
 }
 
 /// Who the step came from, as far as the request tells.
 #[derive(Debug, Clone, Default)]
-pub struct ClientInfo {
-    pub ip_address: Option<String>,
-    pub user_agent: Option<String>,
+pub(crate) struct ClientInfo {
+    pub(crate) ip_address: Option<String>,
+    pub(crate) user_agent: Option<String>,
 }
 
 /// Longest user agent kept; the rest is cut (a header is not a place to store a book).
@@ -73,7 +73,7 @@ pub struct FlowRecorder {
 }
 
 impl FlowRecorder {
-    pub fn new(log: Arc<dyn FlowLog>, retention: Duration) -> Self {
+    pub(crate) fn new(log: Arc<dyn FlowLog>, retention: Duration) -> Self {
         Self {
             log,
             retention,
@@ -81,13 +81,13 @@ impl FlowRecorder {
         }
     }
 
-    pub fn log(&self) -> &Arc<dyn FlowLog> {
+    pub(crate) fn log(&self) -> &Arc<dyn FlowLog> {
         &self.log
     }
 
     /// The writer of one flow's steps: each item is filed under this user and flow
     /// id, names the provider in its data and records the caller.
-    pub fn flow(
+    pub(crate) fn flow(
         &self,
         user_id: &str,
         flow_id: &str,
@@ -147,26 +147,26 @@ pub struct FlowSteps<'a> {
 /// finer reason where there is one, and its message.
 #[derive(Debug, Clone)]
 pub struct FlowFailure {
-    pub code: &'static str,
-    pub reason: Option<&'static str>,
-    pub message: String,
+    pub(crate) code: &'static str,
+    pub(crate) reason: Option<&'static str>,
+    pub(crate) message: String,
 }
 
 impl FlowSteps<'_> {
     /// Appends `step`. `data` is a JSON object that must hold no secret: ids, names,
     /// counts and provider error codes only (`provider` is added here).
-    pub async fn step(&self, step: FlowStep, data: Value) {
+    pub(crate) async fn step(&self, step: FlowStep, data: Value) {
         self.write(step, data, None).await;
     }
 
     /// Appends `step` (a `refresh_failed`) with its `error`: a stable code, never a
     /// message that could quote a secret.
-    pub async fn step_failed(&self, step: FlowStep, data: Value, error: &str) {
+    pub(crate) async fn step_failed(&self, step: FlowStep, data: Value, error: &str) {
         self.write(step, data, Some(error.to_string())).await;
     }
 
     /// Appends the `failed` item of a flow that ended at step `at`.
-    pub async fn failed(&self, at: FlowStep, failure: impl Into<FlowFailure>) {
+    pub(crate) async fn failed(&self, at: FlowStep, failure: impl Into<FlowFailure>) {
         let failure = failure.into();
         let mut data = json!({ "atStep": at, "code": failure.code });
         if let Some(reason) = failure.reason {

@@ -7,7 +7,7 @@
 //! append-only flow log read newest first.
 
 pub mod buffered;
-pub mod dynamodb;
+pub(crate) mod dynamodb;
 pub mod embedded;
 pub mod flow_log;
 
@@ -48,7 +48,7 @@ pub struct Connection {
 impl Connection {
     /// The row a token-changing write stores after this one: `version` bumped, the
     /// refresh bookkeeping reset (a new token set starts with a clean slate).
-    pub fn successor(&self) -> Self {
+    pub(crate) fn successor(&self) -> Self {
         Self {
             version: self.version + 1,
             refresh: RefreshState::default(),
@@ -162,7 +162,7 @@ pub enum StoreError {
 }
 
 /// What an operator should look at for a store error (printed by `check`).
-pub fn hint(e: &StoreError) -> String {
+pub(crate) fn hint(e: &StoreError) -> String {
     match e {
         StoreError::AccessDenied(_) => {
             "the IAM policy must allow dynamodb:PutItem, GetItem, UpdateItem, DeleteItem, Query and Scan on both tables (deploy/iam-policy.json)".into()

@@ -6,8 +6,8 @@
 //! holding the row's refresh lease), so a writer that lost a race never overwrites a
 //! newer row. `lastUsed` moves by partial updates that leave `version` alone.
 
-pub mod refresh;
-pub mod token_set;
+pub(crate) mod refresh;
+pub(crate) mod token_set;
 mod user_id;
 
 use std::sync::Arc;
@@ -28,9 +28,9 @@ use crate::store::{
     Connection, FlowRecorder, FlowStep, RefreshState, StoreError, TokenStore, UserInfo,
 };
 
-pub use refresh::{RefreshReuse, Refresher, TokenEndpoint};
-pub use token_set::{IssuedToken, TokenSet};
-pub use user_id::{InvalidUserId, UserId};
+pub(crate) use refresh::{RefreshReuse, Refresher, TokenEndpoint};
+pub(crate) use token_set::{IssuedToken, TokenSet};
+pub(crate) use user_id::UserId;
 
 /// A lost conditional write is retried this many times against the re-read row.
 const WRITE_ATTEMPTS: usize = 5;
@@ -38,44 +38,44 @@ const WRITE_ATTEMPTS: usize = 5;
 /// A connection as listed: never a token.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ConnectionSummary {
-    pub provider: String,
-    pub email: Option<String>,
-    pub user_info: UserInfo,
-    pub is_active: bool,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub last_used: DateTime<Utc>,
-    pub access_token_expires_at: DateTime<Utc>,
+pub(crate) struct ConnectionSummary {
+    pub(crate) provider: String,
+    pub(crate) email: Option<String>,
+    pub(crate) user_info: UserInfo,
+    pub(crate) is_active: bool,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) updated_at: DateTime<Utc>,
+    pub(crate) last_used: DateTime<Utc>,
+    pub(crate) access_token_expires_at: DateTime<Utc>,
 }
 
 /// Timing rules for rows and tokens.
 #[derive(Debug, Clone)]
-pub struct TokenPolicy {
+pub(crate) struct TokenPolicy {
     /// A token handed out stays valid at least this long.
-    pub refresh_margin: Duration,
+    pub(crate) refresh_margin: Duration,
     /// `lastUsed` (and the row's purge time) is written at most this often.
-    pub last_used_interval: Duration,
+    pub(crate) last_used_interval: Duration,
     /// An active row's purge time after its last refresh or use.
-    pub connection_ttl: Duration,
+    pub(crate) connection_ttl: Duration,
     /// An inactive row's purge time after it went inactive.
-    pub inactive_retention: Duration,
+    pub(crate) inactive_retention: Duration,
     /// A refresh, retries included, gives up after this long.
-    pub refresh_deadline: Duration,
+    pub(crate) refresh_deadline: Duration,
     /// A reader waits this long for another reader's refresh of the same connection
     /// before answering 503 (longer than `refresh_deadline`, so it normally never does).
-    pub refresh_wait: Duration,
+    pub(crate) refresh_wait: Duration,
     /// When set, connections read recently are refreshed ahead of time this often.
-    pub background_refresh: Option<Duration>,
+    pub(crate) background_refresh: Option<Duration>,
     /// How long a refresh lease holds before it must be extended; a holder that died
     /// blocks its connection's refresh at most this long.
-    pub lease_ttl: Duration,
+    pub(crate) lease_ttl: Duration,
     /// After a failed refresh, no new attempt for this long (0: none).
-    pub refresh_cooldown: Duration,
+    pub(crate) refresh_cooldown: Duration,
     /// Consecutive failed refreshes that open a provider's circuit (0: never).
-    pub circuit_failures: u32,
+    pub(crate) circuit_failures: u32,
     /// How long an open circuit stays open.
-    pub circuit_open: Duration,
+    pub(crate) circuit_open: Duration,
 }
 
 impl TokenPolicy {
@@ -118,7 +118,7 @@ impl From<&Settings> for TokenPolicy {
     }
 }
 
-pub struct TokenService {
+pub(crate) struct TokenService {
     /// Single-flight refreshes under the cross-instance lease.
     refresher: Arc<Refresher>,
     /// Connections read in the last hour (only kept when background refresh is on).
@@ -131,16 +131,16 @@ pub struct TokenService {
 }
 
 /// The result of storing a grant.
-pub struct Stored {
+pub(crate) struct Stored {
     /// Whether the row existed before (a re-connect).
-    pub replaced: bool,
+    pub(crate) replaced: bool,
     /// Whether the provider's answer lacked a refresh token and an earlier one was kept.
-    pub kept_refresh_token: bool,
-    pub has_refresh_token: bool,
+    pub(crate) kept_refresh_token: bool,
+    pub(crate) has_refresh_token: bool,
 }
 
 impl TokenService {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn TokenStore>,
         cipher: Arc<EnvelopeCipher>,
         providers: Arc<Providers>,
@@ -166,15 +166,7 @@ impl TokenService {
         }
     }
 
-    pub fn providers(&self) -> &Arc<Providers> {
-        &self.providers
-    }
-
-    pub fn flow_log(&self) -> &Arc<FlowRecorder> {
-        &self.flow_log
-    }
-
-    pub fn provider(&self, name: &str) -> Result<&Arc<OidcProvider>, Error> {
+    pub(crate) fn provider(&self, name: &str) -> Result<&Arc<OidcProvider>, Error> {
         self.providers
             .get(name)
             .ok_or_else(|| Error::UnknownProvider(name.to_string()))
@@ -182,14 +174,14 @@ impl TokenService {
 
     /// Waits (at most `within`) for refreshes in flight to finish: they hold tokens
     /// the provider issued that must reach the store. Returns whether all finished.
-    pub async fn drain(&self, within: Duration) -> bool {
+    pub(crate) async fn drain(&self, within: Duration) -> bool {
         self.refresher.drain(within).await
     }
 
     /// Stores the tokens of a completed grant. The previous row, if any, is replaced
     /// in one conditional write; its refresh token is kept when the provider sent none.
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
-    pub async fn store_grant(
+    pub(crate) async fn store_grant(
         &self,
         user_id: &str,
         provider: &str,
@@ -255,7 +247,7 @@ impl TokenService {
     /// A valid access token for `user_id` at `provider`, valid for at least the
     /// refresh margin: refreshed first when it is not.
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider_name))]
-    pub async fn valid_token(
+    pub(crate) async fn valid_token(
         &self,
         user_id: &str,
         provider_name: &str,
@@ -274,7 +266,7 @@ impl TokenService {
     /// Refreshes, ahead of time, the connections read in the last hour whose token
     /// would fall inside the margin before the next pass; run every `every` when
     /// `AXNT_BACKGROUND_REFRESH_SECS` is set. Readers then rarely wait for a refresh.
-    pub fn spawn_background_refresh(
+    pub(crate) fn spawn_background_refresh(
         self: &Arc<Self>,
         every: Duration,
     ) -> tokio::task::JoinHandle<()> {
@@ -333,7 +325,7 @@ impl TokenService {
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
-    pub async fn connections(&self, user_id: &str) -> Result<Vec<ConnectionSummary>, Error> {
+    pub(crate) async fn connections(&self, user_id: &str) -> Result<Vec<ConnectionSummary>, Error> {
         Ok(self
             .store
             .list(user_id)
@@ -356,7 +348,7 @@ impl TokenService {
     /// Revokes the grant at the provider (best effort) and removes the row.
     /// Returns false when there was no row.
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider_name))]
-    pub async fn disconnect(
+    pub(crate) async fn disconnect(
         &self,
         user_id: &str,
         provider_name: &str,

@@ -67,7 +67,7 @@ const PERSIST_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Durat
 
 /// The token endpoint as the refresh machinery needs it: one redeem, no retries.
 #[async_trait]
-pub trait TokenEndpoint: Send + Sync {
+pub(crate) trait TokenEndpoint: Send + Sync {
     async fn redeem(&self, refresh_token: &SecretString) -> Result<ProviderTokens, ProviderError>;
 
     /// What the provider does with a refresh token it has redeemed.
@@ -77,13 +77,13 @@ pub trait TokenEndpoint: Send + Sync {
 /// Whether a refresh token may be presented again after a request whose outcome is
 /// unknown (the provider may have redeemed it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RefreshReuse {
+pub(crate) struct RefreshReuse {
     /// The provider issues a new refresh token on each refresh and rejects the old one
     /// (Google does not; many others do).
-    pub rotates: bool,
+    pub(crate) rotates: bool,
     /// A rotating provider still accepts a redeemed token for this long (Okta's and
     /// Auth0's "reuse interval").
-    pub grace: Duration,
+    pub(crate) grace: Duration,
 }
 
 impl RefreshReuse {
@@ -102,7 +102,7 @@ struct Flight {
 }
 
 /// The refresh machinery of one process.
-pub struct Refresher {
+pub(crate) struct Refresher {
     store: Arc<dyn TokenStore>,
     cipher: Arc<EnvelopeCipher>,
     flow_log: Arc<FlowRecorder>,
@@ -114,7 +114,7 @@ pub struct Refresher {
 }
 
 impl Refresher {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn TokenStore>,
         cipher: Arc<EnvelopeCipher>,
         flow_log: Arc<FlowRecorder>,
@@ -135,7 +135,7 @@ impl Refresher {
     /// A token for `user_id` at `provider` valid beyond `margin`, from the flight of
     /// this connection (started when none is in flight). Waits at most the policy's
     /// `refresh_wait`; giving up (or being dropped) never stops the flight.
-    pub async fn obtain(
+    pub(crate) async fn obtain(
         self: &Arc<Self>,
         endpoint: Arc<dyn TokenEndpoint>,
         user_id: &str,
@@ -173,7 +173,7 @@ impl Refresher {
 
     /// Waits (at most `within`) for every flight to end. Called on shutdown, after the
     /// server stopped taking requests. Returns whether all ended.
-    pub async fn drain(&self, within: Duration) -> bool {
+    pub(crate) async fn drain(&self, within: Duration) -> bool {
         self.tasks.close();
         tokio::time::timeout(within, self.tasks.wait())
             .await
@@ -701,7 +701,7 @@ struct Breaker {
 }
 
 /// 409 for a row whose grant is dead, with the cause it died of.
-pub fn reauthorization_required(row: &Connection) -> Error {
+pub(crate) fn reauthorization_required(row: &Connection) -> Error {
     Error::ReauthorizationRequired {
         cause: row
             .refresh

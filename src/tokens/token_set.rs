@@ -18,28 +18,28 @@ const DEFAULT_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// The plaintext sealed in `encryptedTokens`. Wiped from memory on drop.
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
-pub struct TokenSet {
+pub(crate) struct TokenSet {
     #[serde(rename = "accessToken")]
-    pub access_token: String,
+    pub(crate) access_token: String,
     #[serde(
         rename = "refreshToken",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub refresh_token: Option<String>,
+    pub(crate) refresh_token: Option<String>,
     #[serde(rename = "idToken", default, skip_serializing_if = "Option::is_none")]
-    pub id_token: Option<String>,
+    pub(crate) id_token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
+    pub(crate) scope: Option<String>,
     #[serde(rename = "tokenType")]
-    pub token_type: String,
+    pub(crate) token_type: String,
     /// Epoch seconds when the access token expires.
     #[serde(rename = "expiresAt")]
-    pub expires_at: i64,
+    pub(crate) expires_at: i64,
     /// Epoch seconds when the provider issued the access token (absent in rows written
     /// by versions before 0.2): with `expires_at`, the lifetime it was issued with.
     #[serde(rename = "issuedAt", default, skip_serializing_if = "Option::is_none")]
-    pub issued_at: Option<i64>,
+    pub(crate) issued_at: Option<i64>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -55,7 +55,7 @@ impl std::fmt::Debug for TokenSet {
 impl TokenSet {
     /// The set to store after a grant or refresh. A response without a refresh token
     /// keeps `previous`'s (Google omits it on refresh and on re-consent).
-    pub fn from_provider(
+    pub(crate) fn from_provider(
         tokens: &ProviderTokens,
         previous: Option<&TokenSet>,
         now: DateTime<Utc>,
@@ -88,7 +88,7 @@ impl TokenSet {
     /// The margin this token is held to: the configured one, but at most half the
     /// lifetime the token was issued with. A provider that issues tokens shorter than
     /// the margin would otherwise have every read refresh a token it just issued.
-    pub fn margin(&self, configured: Duration) -> i64 {
+    pub(crate) fn margin(&self, configured: Duration) -> i64 {
         let configured = i64::try_from(configured.as_secs()).unwrap_or(i64::MAX);
         match self.issued_at {
             Some(issued) => configured.min((self.expires_at.saturating_sub(issued) / 2).max(0)),
@@ -97,12 +97,12 @@ impl TokenSet {
     }
 
     /// Whether the access token stays valid beyond its margin at `now` (epoch seconds).
-    pub fn is_fresh(&self, configured_margin: Duration, now: i64) -> bool {
+    pub(crate) fn is_fresh(&self, configured_margin: Duration, now: i64) -> bool {
         self.expires_at.saturating_sub(now) > self.margin(configured_margin)
     }
 
     /// Decrypts a row's token set.
-    pub async fn open(cipher: &EnvelopeCipher, row: &Connection) -> Result<Self, Error> {
+    pub(crate) async fn open(cipher: &EnvelopeCipher, row: &Connection) -> Result<Self, Error> {
         let plaintext = cipher
             .open(&row.user_id, &row.provider, &row.encrypted_tokens)
             .await?;
@@ -111,7 +111,7 @@ impl TokenSet {
     }
 
     /// Encrypts this set for the row of `user_id` at `provider`.
-    pub async fn seal(
+    pub(crate) async fn seal(
         &self,
         cipher: &EnvelopeCipher,
         user_id: &str,
@@ -125,7 +125,7 @@ impl TokenSet {
     }
 
     /// The token as the API hands it out.
-    pub fn issue(&self, row: &Connection) -> IssuedToken {
+    pub(crate) fn issue(&self, row: &Connection) -> IssuedToken {
         IssuedToken {
             access_token: SecretString::from(self.access_token.clone()),
             token_type: self.token_type.clone(),
@@ -138,12 +138,12 @@ impl TokenSet {
 
 /// A valid access token as the API hands it out.
 #[derive(Clone)]
-pub struct IssuedToken {
-    pub access_token: SecretString,
-    pub token_type: String,
-    pub expires_at: DateTime<Utc>,
-    pub scope: Option<String>,
-    pub email: Option<String>,
+pub(crate) struct IssuedToken {
+    pub(crate) access_token: SecretString,
+    pub(crate) token_type: String,
+    pub(crate) expires_at: DateTime<Utc>,
+    pub(crate) scope: Option<String>,
+    pub(crate) email: Option<String>,
 }
 
 #[cfg(test)]

@@ -9,17 +9,17 @@ use serde::{Deserialize, Deserializer};
 /// A `userId` as callers may send it: 1–256 bytes, no control characters. The one
 /// place that says what a user id may be.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct UserId(String);
+pub(crate) struct UserId(String);
 
 /// Why a user id was refused; names the rule, never the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("userId must be 1 to 256 characters without control characters")]
-pub struct InvalidUserId;
+pub(crate) struct InvalidUserId;
 
 impl UserId {
     const MAX_LEN: usize = 256;
 
-    pub fn parse(text: impl Into<String>) -> Result<Self, InvalidUserId> {
+    pub(crate) fn parse(text: impl Into<String>) -> Result<Self, InvalidUserId> {
         let text = text.into();
         if text.is_empty() || text.len() > Self::MAX_LEN || text.chars().any(char::is_control) {
             return Err(InvalidUserId);
@@ -27,7 +27,7 @@ impl UserId {
         Ok(Self(text))
     }
 
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
 }

@@ -86,8 +86,19 @@ async fn serve_starts_on_a_fresh_machine_with_no_settings_and_stops_on_sigterm()
     for file in ["axnt-oauth.db", "master.key", "state.key", "api-key"] {
         assert!(data.join(file).exists(), "{file} created");
     }
+    // The database's WAL and shared-memory files exist while the server runs.
+    for file in ["axnt-oauth.db-wal", "axnt-oauth.db-shm"] {
+        assert!(data.join(file).exists(), "{file} created");
+    }
     #[cfg(unix)]
-    for file in ["master.key", "state.key", "api-key"] {
+    for file in [
+        "master.key",
+        "state.key",
+        "api-key",
+        "axnt-oauth.db",
+        "axnt-oauth.db-wal",
+        "axnt-oauth.db-shm",
+    ] {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(data.join(file))
             .expect("stat")

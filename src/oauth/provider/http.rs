@@ -91,7 +91,7 @@ impl OidcProvider {
     /// Exchanges an authorization code. Never retried: a code is single-use, and a
     /// second attempt after a lost answer would only earn `invalid_grant`.
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
-    pub async fn exchange_code(
+    pub(crate) async fn exchange_code(
         &self,
         code: &str,
         pkce_verifier: &str,
@@ -117,7 +117,7 @@ impl OidcProvider {
 
     /// Redeems a refresh token.
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
-    pub async fn refresh(
+    pub(crate) async fn refresh(
         &self,
         refresh_token: &SecretString,
     ) -> Result<ProviderTokens, ProviderError> {
@@ -224,7 +224,7 @@ impl OidcProvider {
 
     /// Returns whether a revocation was sent and accepted.
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
-    pub async fn revoke(&self, token: &SecretString) -> Result<bool, ProviderError> {
+    pub(crate) async fn revoke(&self, token: &SecretString) -> Result<bool, ProviderError> {
         let creds = self.credentials().await?;
         let d = self.discovered().await?;
         let Some(endpoint) = d.metadata.additional_metadata().revocation_endpoint.clone() else {

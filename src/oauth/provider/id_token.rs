@@ -17,7 +17,7 @@ use crate::store::UserInfo;
 pub(super) struct ExtraClaims {
     /// Google Workspace hosted domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hd: Option<String>,
+    pub(crate) hd: Option<String>,
 }
 impl AdditionalClaims for ExtraClaims {}
 
@@ -41,7 +41,7 @@ pub enum IdTokenProblem {
 }
 
 impl IdTokenProblem {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Missing => "missing",
             Self::BadSignature => "bad_signature",
@@ -64,7 +64,7 @@ impl OidcProvider {
     /// Verifies an ID token (signature against the JWKS, `iss`, `aud`, `exp`, `nonce`)
     /// and returns the profile it carries.
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
-    pub async fn verify_id_token(
+    pub(crate) async fn verify_id_token(
         &self,
         id_token: &SecretString,
         nonce: &str,

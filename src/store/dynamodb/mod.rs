@@ -28,7 +28,7 @@ const PING_KEY: &str = "__axnt_ping__";
 
 /// Both tables, one client.
 #[derive(Clone)]
-pub struct DynamoStore {
+pub(crate) struct DynamoStore {
     client: Client,
     tokens_table: String,
     logs_table: String,
@@ -79,7 +79,7 @@ impl DynamoStore {
             .map_err(|f| self.error("UpdateItem", &self.tokens_table, f))
     }
 
-    pub fn new(config: &SdkConfig, tokens_table: &str, logs_table: &str) -> Self {
+    pub(crate) fn new(config: &SdkConfig, tokens_table: &str, logs_table: &str) -> Self {
         Self {
             client: Client::new(config),
             tokens_table: tokens_table.to_string(),

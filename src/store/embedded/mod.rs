@@ -65,13 +65,38 @@ pub struct EmbeddedStore {
     /// One connection behind a mutex: SQLite serialises writers anyway, and a single
     /// connection keeps WAL checkpoints simple. Reads are short.
     db: Arc<Mutex<Sqlite>>,
-    path: PathBuf,
+}
+
+/// Ciphertexts only, but flow logs name users: the database is private to the service's
+/// user, and SQLite gives its `-wal` and `-shm` files the database file's mode, so the
+/// file is made 0600 before SQLite first opens it (and an older file is narrowed).
+fn create_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 impl EmbeddedStore {
     /// Opens (creating when absent) the database file and its schema.
     #[tracing::instrument(skip_all, fields(path = %path.display()))]
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        create_private(path)
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let db = Sqlite::open(path).map_err(|e| unavailable(path, e))?;
         db.busy_timeout(Duration::from_secs(5))
             .map_err(|e| unavailable(path, e))?;
@@ -81,20 +106,9 @@ impl EmbeddedStore {
             .map_err(|e| unavailable(path, e))?;
         db.execute_batch(SCHEMA).map_err(|e| unavailable(path, e))?;
         migrate(&db).map_err(|e| unavailable(path, e))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // Ciphertexts only, but flow logs name users: keep the file private.
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
         Ok(Self {
             db: Arc::new(Mutex::new(db)),
-            path: path.to_path_buf(),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -201,7 +215,7 @@ impl EmbeddedStore {
 
     /// Deletes, every `every`, what `purge_expired` deletes; failures are logged and
     /// tried again at the next pass.
-    pub fn spawn_purger(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn spawn_purger(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let store = Arc::clone(self);
         tokio::spawn(async move {
             loop {
@@ -219,7 +233,7 @@ impl EmbeddedStore {
 
     /// Deletes rows whose `expiresAt` has passed, as DynamoDB's TTL does.
     #[tracing::instrument(skip_all, fields(now = now))]
-    pub async fn purge_expired(&self, now: i64) -> Result<usize, StoreError> {
+    pub(crate) async fn purge_expired(&self, now: i64) -> Result<usize, StoreError> {
         self.with_db(move |db| {
             let tokens = db
                 .execute("DELETE FROM tokens WHERE expires_at < ?1", [now])
