@@ -22,6 +22,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+use crate::crypto::SecretKey;
+use crate::secrets::ApiKey;
+
 use crate::aws::{AwsSettings, SdkEnv};
 
 mod de;
@@ -179,8 +182,8 @@ impl Default for FlowSettings {
 #[serde(default)]
 pub struct SecretSettings {
     /// `AXNT_API_KEYS`: comma-separated bearer keys accepted by the internal API.
-    #[serde(deserialize_with = "de::secret_list")]
-    pub(crate) api_keys: Vec<SecretString>,
+    #[serde(deserialize_with = "de::api_keys")]
+    pub(crate) api_keys: Vec<ApiKey>,
     /// `AXNT_GOOGLE_CLIENT_ID`: OAuth client id (overrides the secret's).
     #[serde(rename = "google_client_id")]
     pub(crate) client_id: Option<String>,
@@ -190,7 +193,8 @@ pub struct SecretSettings {
     /// `AXNT_STATE_KEY`: base64 of 32 bytes sealing flow state and connect links. Every
     /// instance must share it. Embedded mode generates one into `data_dir` when unset;
     /// aws mode reads `state_key` from the secret.
-    pub(crate) state_key: Option<SecretString>,
+    #[serde(deserialize_with = "de::state_key")]
+    pub(crate) state_key: Option<SecretKey>,
     /// `AXNT_SECRET_REFRESH_SECS`: how often the client secret is re-read.
     #[serde(rename = "secret_refresh_secs", deserialize_with = "de::secs")]
     pub(crate) refresh_interval: Duration,

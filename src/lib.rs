@@ -26,6 +26,10 @@
 //! and checks keys with the one parser of each, `secrets::ApiKey` and
 //! `crypto::SecretKey`). The module graph has no cycles (a unit test below checks it).
 
+//!
+//! Private by default: a module or item is `pub` only when the binary or the
+//! integration tests (`tests/api/`) reach it, so the compiler reports dead code.
+
 // Product code never unwraps: every failure is an error with context.
 #![cfg_attr(
     not(test),

@@ -9,12 +9,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use secrecy::ExposeSecret;
 use zeroize::Zeroizing;
 
 use super::StartupError;
 use crate::aws::sdk_config;
-use crate::config::{Backend, ConfigError, DataKeySettings, Settings};
+use crate::config::{Backend, DataKeySettings, Settings};
 use crate::crypto::cache::{CacheLimits, CachingKeyProvider};
 use crate::crypto::kms::KmsKeyProvider;
 use crate::crypto::local::{LocalKeyProvider, load_or_create_key_file, write_private_file};
@@ -80,7 +79,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         created.push(format!("master key {} (mode 0600)", master_path.display()));
     }
 
-    let state_key = match configured_state_key(settings)? {
+    let state_key = match settings.secrets.state_key.clone() {
         Some(key) => key,
         None => {
             let path = dir.join("state.key");
@@ -92,7 +91,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         }
     };
 
-    let mut api_keys = configured_api_keys(settings)?;
+    let mut api_keys = settings.secrets.api_keys.clone();
     if api_keys.is_empty() {
         let path = dir.join("api-key");
         let (key, new) = load_or_create_api_key(&path)?;
@@ -166,28 +165,6 @@ fn cache_limits(settings: &DataKeySettings) -> CacheLimits {
     }
 }
 
-/// `AXNT_STATE_KEY`, when set: the one parse of it (settings checked its shape with the
-/// same [`SecretKey::from_base64`]).
-fn configured_state_key(settings: &Settings) -> Result<Option<SecretKey>, StartupError> {
-    Ok(settings
-        .secrets
-        .state_key
-        .as_ref()
-        .map(|k| SecretKey::from_base64(k.expose_secret()))
-        .transpose()?)
-}
-
-/// `AXNT_API_KEYS`, parsed by the rule settings checked them with.
-fn configured_api_keys(settings: &Settings) -> Result<Vec<ApiKey>, StartupError> {
-    settings
-        .secrets
-        .api_keys
-        .iter()
-        .map(|k| ApiKey::parse(k.expose_secret()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| ConfigError::new("api_keys", e.to_string()).into())
-}
-
 /// Client credentials from settings, which win over the secret's.
 pub(super) fn client_override(settings: &Settings) -> Option<ClientCredentials> {
     match (&settings.secrets.client_id, &settings.secrets.client_secret) {
@@ -230,14 +207,14 @@ async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
     let kms = Arc::new(KmsKeyProvider::new(&config, &settings.aws.kms_key_id));
     let keys = CachingKeyProvider::new(kms, cache_limits(&settings.data_key));
     let secrets = SecretsManagerSource::new(&config, &settings.aws.secret_id);
-    let state_key = configured_state_key(settings)?;
+    let state_key = settings.secrets.state_key.clone();
     Ok(Backends {
         tokens: store,
         flow_log: Arc::new(flow_log),
         keys: Arc::new(keys),
         secrets: Arc::new(secrets),
         state_key,
-        api_keys: configured_api_keys(settings)?,
+        api_keys: settings.secrets.api_keys.clone(),
         created: Vec::new(),
         expiring: None,
     })

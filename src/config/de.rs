@@ -10,7 +10,10 @@ use std::fmt::Display;
 use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::crypto::SecretKey;
+use crate::secrets::ApiKey;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
@@ -57,9 +60,21 @@ fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         .collect())
 }
 
-/// A list of secrets. No error here can quote an item.
-pub(crate) fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
-    Ok(strings(d)?.into_iter().map(SecretString::from).collect())
+/// API keys, each parsed by the one rule for them. No error here can quote a key.
+pub(crate) fn api_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ApiKey>, D::Error> {
+    strings(d)?
+        .iter()
+        .map(|key| ApiKey::parse(key).map_err(D::Error::custom))
+        .collect()
+}
+
+/// The state key: base64 of 32 bytes, parsed by the one parser of it. The error names
+/// the shape, never the value.
+pub(crate) fn state_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretKey>, D::Error> {
+    let text = SecretString::from(String::deserialize(d)?);
+    SecretKey::from_base64(text.expose_secret())
+        .map(Some)
+        .map_err(|_| D::Error::custom("must be base64 of 32 bytes"))
 }
 
 /// A list of URLs, each parsed here; an error quotes the entry.
