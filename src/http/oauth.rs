@@ -184,6 +184,25 @@ async fn callback(
         return Err(Error::InvalidState.into());
     }
     record_flow_ids(&flow.user_id, &flow.flow_id);
+    // Browser binding and expiry are checked before anything is written: a leaked
+    // `state` replayed by anyone must not grow the user's flow log. These failures are
+    // counted (the reason label is a fixed code) and answered, never logged per request.
+    let cookie_name = binding_cookie_name(&flow.flow_id);
+    let bound = jar
+        .get(&cookie_name)
+        .is_some_and(|c| binding_matches(c.value(), &flow.binding_hash));
+    if !bound {
+        // Not this browser's flow: show a page rather than send a stranger's browser
+        // to the application's return URL.
+        return Err(count_rejected(&provider_name, Error::BrowserMismatch).into());
+    }
+    let fail = |error: Error| BrowserError {
+        error,
+        return_to: flow.return_to.clone(),
+    };
+    if flow.expires_at < Utc::now().timestamp() {
+        return Err(fail(count_rejected(&provider_name, Error::StateExpired)));
+    }
     let provider_error = query.error.as_deref().map(oauth_error_code);
     let flow_log = state
         .flow_log
@@ -194,26 +213,6 @@ async fn callback(
             json!({ "hasCode": query.code.is_some(), "providerError": provider_error }),
         )
         .await;
-    let cookie_name = binding_cookie_name(&flow.flow_id);
-    let bound = jar
-        .get(&cookie_name)
-        .is_some_and(|c| binding_matches(c.value(), &flow.binding_hash));
-    if !bound {
-        // Not this browser's flow: show a page rather than send a stranger's browser
-        // to the application's return URL.
-        let error = Error::BrowserMismatch;
-        flow_log.failed(FlowStep::StateVerified, &error).await;
-        return Err(error.into());
-    }
-    let fail = |error: Error| BrowserError {
-        error,
-        return_to: flow.return_to.clone(),
-    };
-    if flow.expires_at < Utc::now().timestamp() {
-        let error = Error::StateExpired;
-        flow_log.failed(FlowStep::StateVerified, &error).await;
-        return Err(fail(error));
-    }
     flow_log.step(FlowStep::StateVerified, json!({})).await;
 
     let result = finish(&state, provider, &flow, &query, provider_error, &flow_log).await;
@@ -324,6 +323,12 @@ async fn finish(
         .into_response(),
     };
     Ok(response)
+}
+
+/// Counts a callback refused before anything was logged, and hands its error back.
+fn count_rejected(provider_name: &str, error: Error) -> Error {
+    metrics::counter!("axnt_flows_failed_total", "provider" => provider_name.to_string(), "reason" => error.code()).increment(1);
+    error
 }
 
 /// Names the flow in the handler's span, once its sealed value proved authentic.

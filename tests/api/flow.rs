@@ -8,6 +8,7 @@ on_every_backend!(
     a_flow_without_return_url_ends_on_a_success_page,
     tampered_state_is_rejected,
     state_from_another_browser_is_rejected,
+    state_replays_without_the_cookie_cannot_grow_the_flow_log,
     expired_state_is_rejected,
     access_denied_at_the_provider_returns_to_the_app_with_the_error,
     bad_id_tokens_are_rejected_and_store_nothing,
@@ -261,10 +262,48 @@ async fn state_from_another_browser_is_rejected(backend: Backend) {
     assert_unchanged(&app, &row).await;
     let items = app.flow_log("victim").await;
     assert!(
-        items
-            .iter()
-            .any(|i| i["step"] == "failed" && i["data"]["code"] == "browser_mismatch")
+        !items.iter().any(|i| i["flowId"] == session["flowId"]
+            && (i["step"] == "failed" || i["step"] == "callback_received")),
+        "a callback from another browser writes nothing: {items:?}"
     );
+}
+
+async fn state_replays_without_the_cookie_cannot_grow_the_flow_log(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let (app, row) = connected(backend, &provider, &[]).await;
+    let session = app
+        .connect_session(
+            json!({ "userId": "victim", "provider": "google", "returnTo": RETURN_ORIGIN }),
+        )
+        .await;
+    let (provider_url, _cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    let before = app.flow_log("victim").await.len();
+
+    for _ in 0..20 {
+        let response = app.callback(&callback, None).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "a page, not a redirect"
+        );
+        assert!(
+            response
+                .text()
+                .await
+                .expect("page")
+                .contains("browser_mismatch")
+        );
+    }
+
+    let after = app.flow_log("victim").await.len();
+    assert!(
+        after <= before + 1,
+        "20 replays added {} flow-log items",
+        after - before
+    );
+    assert_eq!(provider.code_exchange_count(), 1, "no code was exchanged");
+    assert_unchanged(&app, &row).await;
 }
 
 async fn expired_state_is_rejected(backend: Backend) {
