@@ -319,12 +319,14 @@ async fn links_too_long_to_come_back_are_refused_when_made(backend: Backend) {
     let provider = FakeProvider::start().await;
     let app = TestApp::on(backend, &provider, &[]).await;
     let scopes: Vec<String> = (0..20)
-        .map(|i| format!("https://www.googleapis.com/auth/{i}{}", "s".repeat(200)))
+        .map(|i| format!("https://www.googleapis.com/auth/{i}{}", "s".repeat(215)))
         .collect();
+    let return_to = format!("{}?q={}", crate::support::RETURN_ORIGIN, "r".repeat(1500));
     let response = app
         .api_post(
             "/v1/connect-sessions",
-            json!({ "userId": "long-link", "provider": "google", "scopes": scopes }),
+            json!({ "userId": "long-link", "provider": "google", "scopes": scopes,
+                    "returnTo": return_to, "loginHint": "h".repeat(300) }),
         )
         .await;
     let body = assert_problem(response, 400, "invalid_request").await;
