@@ -38,8 +38,12 @@ pub(crate) enum Error {
     InvalidRequest(String),
     #[error("request body is not JSON: {0}")]
     UnsupportedMediaType(String),
+    #[error("the request body is larger than this service accepts")]
+    PayloadTooLarge,
     #[error("no such route")]
     RouteNotFound,
+    #[error("this route does not answer that method")]
+    MethodNotAllowed,
     #[error("unknown provider {0:?}")]
     UnknownProvider(String),
     #[error("returnTo is not in AXNT_ALLOWED_RETURN_URLS")]
@@ -137,13 +141,15 @@ impl From<&Error> for FlowFailure {
     }
 }
 
-/// A JSON body the API's extractor refused: 415 without the JSON content type, else 400.
+/// A JSON body the API's extractor refused: 415 without the JSON content type, 413
+/// past the body limit, else 400.
 impl From<JsonRejection> for Error {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
             JsonRejection::MissingJsonContentType(_) => {
                 Self::UnsupportedMediaType("send Content-Type: application/json".into())
             }
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
             other => Self::InvalidRequest(format!("malformed JSON body: {}", other.body_text())),
         }
     }
@@ -179,6 +185,8 @@ impl Error {
             | Self::IdTokenInvalid(_)
             | Self::CodeRejected => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RouteNotFound | Self::UnknownProvider(_) | Self::NotConnected => {
                 StatusCode::NOT_FOUND
             }
@@ -205,6 +213,8 @@ impl Error {
             Self::RateLimited { .. } => "rate_limited",
             Self::InvalidRequest(_) => "invalid_request",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::RouteNotFound => "not_found",
             Self::UnknownProvider(_) => "unknown_provider",
             Self::ReturnUrlNotAllowed => "return_url_not_allowed",

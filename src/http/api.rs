@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Client};
 use crate::error::Error;
-use crate::oauth::flow::{ConnectSession, Purpose};
+use crate::oauth::flow::{ConnectSession, MAX_SEALED_LEN, Purpose, SealError, StateSealer};
 use crate::secrets::ApiKey;
 use crate::store::{FlowLogEntry, FlowStep};
 use crate::tokens::UserId;
@@ -151,10 +151,7 @@ async fn create_connect_session(
         flow_id: uuid::Uuid::new_v4().to_string(),
         expires_at: expires_at.timestamp(),
     };
-    let sealed = state
-        .sealer
-        .seal(Purpose::ConnectSession, &session)
-        .map_err(|_| Error::Internal("sealing the connect session failed".into()))?;
+    let sealed = seal_link(&state.sealer, &session)?;
     let mut url = url::Url::parse(
         &state
             .settings
@@ -185,6 +182,22 @@ async fn create_connect_session(
         flow_id: session.flow_id,
     };
     Ok((StatusCode::CREATED, axum::Json(response)).into_response())
+}
+
+/// Seals the link's `session`, and checks the `state` `/start` will make from it fits
+/// too, so no link fails only after the user consented.
+fn seal_link(sealer: &StateSealer, session: &ConnectSession) -> Result<String, Error> {
+    let seal = || {
+        sealer.seal(Purpose::AuthorizationState, &session.largest_state())?;
+        sealer.seal(Purpose::ConnectSession, session)
+    };
+    seal().map_err(|e| match e {
+        SealError::TooLarge => Error::InvalidRequest(format!(
+            "the connect link would be longer than {MAX_SEALED_LEN} characters: \
+             shorten returnTo or loginHint, or request fewer scopes"
+        )),
+        SealError::Invalid => Error::Internal("sealing the connect session failed".into()),
+    })
 }
 
 #[derive(Serialize)]

@@ -15,6 +15,8 @@ pub(crate) struct BrowserError {
     pub(crate) error: Error,
     /// The flow's return URL, once `state` proved it ours and allow-listed.
     pub(crate) return_to: Option<ReturnUrl>,
+    /// The flow's id, carried on the error redirect so the application can match it.
+    pub(crate) flow_id: Option<String>,
 }
 
 impl From<Error> for BrowserError {
@@ -22,6 +24,7 @@ impl From<Error> for BrowserError {
         Self {
             error,
             return_to: None,
+            flow_id: None,
         }
     }
 }
@@ -31,8 +34,11 @@ impl IntoResponse for BrowserError {
         let report = Arc::new(self.error.report());
         let mut response = match &self.return_to {
             Some(return_to) => {
-                let url =
-                    return_to.with_query(&[("status", "error"), ("error", self.error.code())]);
+                let mut pairs = vec![("status", "error"), ("error", self.error.code())];
+                if let Some(flow_id) = &self.flow_id {
+                    pairs.push(("flowId", flow_id));
+                }
+                let url = return_to.with_query(&pairs);
                 super::found(url.as_str())
             }
             None => {

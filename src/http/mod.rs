@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State,
+};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveHeadersLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -77,6 +78,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )))
         .merge(api::router(state.clone()))
         .fallback(|| async { Error::RouteNotFound })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         // Inside the layers below, so a timed-out request is still counted, logged once
         // and answered no-store like any other error.
         .layer(middleware::from_fn_with_state(
@@ -91,7 +93,9 @@ pub(crate) fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn(log_errors))
         .layer(middleware::from_fn(record_metrics))
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        // Enforced by the body extractors, so an oversized body is refused through
+        // `Error` (413 `payload_too_large` problem+json) like every other bad request.
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(
             // Failures are logged once by `log_errors`, with their code; not again here.
             TraceLayer::new_for_http()

@@ -18,6 +18,7 @@ use super::browser::{BrowserError, html_escape};
 use super::{ApiPath, ApiQuery, AppState, Client};
 use crate::crypto::random_token;
 use crate::error::Error;
+use crate::oauth::ReturnUrl;
 use crate::oauth::flow::{
     ConnectSession, FlowState, Purpose, binding_cookie_name, binding_matches, new_binding,
 };
@@ -80,6 +81,7 @@ async fn start(
     let fail = |error: Error| BrowserError {
         error,
         return_to: session.return_to.clone(),
+        flow_id: Some(session.flow_id.clone()),
     };
 
     let (binding, binding_hash) = new_binding();
@@ -129,8 +131,7 @@ async fn start(
         )
         .await;
     metrics::counter!("axnt_flows_started_total", "provider" => provider_name.clone()).increment(1);
-    let cookie = Cookie::build((binding_cookie_name(&flow.flow_id), binding))
-        .path(format!("/oauth/{provider_name}/callback"))
+    let cookie = binding_cookie(&state, &provider_name, &flow.flow_id, binding)
         .http_only(true)
         .secure(state.settings.is_https())
         .same_site(SameSite::Lax)
@@ -141,6 +142,27 @@ async fn start(
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     Ok(response)
+}
+
+/// The binding cookie of one flow: one name per flow (two tabs do not collide). On
+/// https it is `__Host-` prefixed, which requires `Path=/`; on http its `Path` is the
+/// callback's path under the public base URL (which may itself carry a path).
+fn binding_cookie(
+    state: &AppState,
+    provider_name: &str,
+    flow_id: &str,
+    value: String,
+) -> cookie::CookieBuilder<'static> {
+    let name = binding_cookie_name(flow_id);
+    if state.settings.is_https() {
+        Cookie::build((format!("__Host-{name}"), value)).path("/")
+    } else {
+        let callback = state.settings.redirect_uri(provider_name);
+        let path = url::Url::parse(&callback)
+            .map(|u| u.path().to_string())
+            .unwrap_or_else(|_| format!("/oauth/{provider_name}/callback"));
+        Cookie::build((name, value)).path(path)
+    }
 }
 
 /// A cookie's `Max-Age` (saturating: a TTL beyond `i64` seconds is "for ever").
@@ -184,6 +206,32 @@ async fn callback(
         return Err(Error::InvalidState.into());
     }
     record_flow_ids(&flow.user_id, &flow.flow_id);
+    // Browser binding and expiry are checked before anything is written: a leaked
+    // `state` replayed by anyone must not grow the user's flow log. These failures are
+    // counted (the reason label is a fixed code) and answered, never logged per request.
+    let binding = binding_cookie(&state, &provider_name, &flow.flow_id, String::new()).build();
+    let bound = jar
+        .get(binding.name())
+        .is_some_and(|c| binding_matches(c.value(), &flow.binding_hash));
+    if !bound {
+        // Not this browser's flow: show a page rather than send a stranger's browser
+        // to the application's return URL.
+        return Err(count_rejected(&provider_name, Error::BrowserMismatch).into());
+    }
+    // The return URL is checked again: the allow-list may have changed since the link
+    // was made, and a URL no longer allowed gets the page instead.
+    let return_to = flow
+        .return_to
+        .as_ref()
+        .and_then(|r| state.return_urls.check(r.as_str()));
+    let fail = |error: Error| BrowserError {
+        error,
+        return_to: return_to.clone(),
+        flow_id: Some(flow.flow_id.clone()),
+    };
+    if flow.expires_at < Utc::now().timestamp() {
+        return Err(fail(count_rejected(&provider_name, Error::StateExpired)));
+    }
     let provider_error = query.error.as_deref().map(oauth_error_code);
     let flow_log = state
         .flow_log
@@ -194,33 +242,19 @@ async fn callback(
             json!({ "hasCode": query.code.is_some(), "providerError": provider_error }),
         )
         .await;
-    let cookie_name = binding_cookie_name(&flow.flow_id);
-    let bound = jar
-        .get(&cookie_name)
-        .is_some_and(|c| binding_matches(c.value(), &flow.binding_hash));
-    if !bound {
-        // Not this browser's flow: show a page rather than send a stranger's browser
-        // to the application's return URL.
-        let error = Error::BrowserMismatch;
-        flow_log.failed(FlowStep::StateVerified, &error).await;
-        return Err(error.into());
-    }
-    let fail = |error: Error| BrowserError {
-        error,
-        return_to: flow.return_to.clone(),
-    };
-    if flow.expires_at < Utc::now().timestamp() {
-        let error = Error::StateExpired;
-        flow_log.failed(FlowStep::StateVerified, &error).await;
-        return Err(fail(error));
-    }
     flow_log.step(FlowStep::StateVerified, json!({})).await;
 
-    let result = finish(&state, provider, &flow, &query, provider_error, &flow_log).await;
-    let clear = Cookie::build((cookie_name, ""))
-        .path(format!("/oauth/{provider_name}/callback"))
-        .build();
-    let jar = jar.remove(clear);
+    let result = finish(
+        &state,
+        provider,
+        &flow,
+        return_to.as_ref(),
+        &query,
+        provider_error,
+        &flow_log,
+    )
+    .await;
+    let jar = jar.remove(binding);
     match result {
         Ok(response) => {
             metrics::counter!("axnt_flows_completed_total", "provider" => provider_name.clone())
@@ -240,6 +274,7 @@ async fn finish(
     state: &AppState,
     provider: &crate::oauth::provider::OidcProvider,
     flow: &FlowState,
+    return_to: Option<&ReturnUrl>,
     query: &CallbackQuery,
     provider_error: Option<String>,
     flow_log: &FlowSteps<'_>,
@@ -310,9 +345,13 @@ async fn finish(
     flow_log
         .step(FlowStep::Completed, json!({ "email": user_info.email }))
         .await;
-    let response = match &flow.return_to {
+    let response = match return_to {
         Some(return_to) => {
-            let url = return_to.with_query(&[("status", "connected"), ("provider", &name)]);
+            let url = return_to.with_query(&[
+                ("status", "connected"),
+                ("provider", &name),
+                ("flowId", &flow.flow_id),
+            ]);
             crate::http::found(url.as_str())
         }
         None => Html(format!(
@@ -324,6 +363,12 @@ async fn finish(
         .into_response(),
     };
     Ok(response)
+}
+
+/// Counts a callback refused before anything was logged, and hands its error back.
+fn count_rejected(provider_name: &str, error: Error) -> Error {
+    metrics::counter!("axnt_flows_failed_total", "provider" => provider_name.to_string(), "reason" => error.code()).increment(1);
+    error
 }
 
 /// Names the flow in the handler's span, once its sealed value proved authentic.

@@ -32,6 +32,24 @@ pub(crate) struct ConnectSession {
     pub(crate) expires_at: i64,
 }
 
+impl ConnectSession {
+    /// The largest `state` `/start` can seal for this session: its random parts at
+    /// their full length. Sealing it when the link is made refuses then, not after the
+    /// user's consent, a link whose `state` would be too long to come back.
+    pub(crate) fn largest_state(&self) -> FlowState {
+        FlowState {
+            user_id: self.user_id.clone(),
+            provider: self.provider.clone(),
+            pkce_verifier: random_token(32),
+            nonce: random_token(32),
+            return_to: self.return_to.clone(),
+            expires_at: i64::MAX,
+            flow_id: self.flow_id.clone(),
+            binding_hash: new_binding().1,
+        }
+    }
+}
+
 /// The authorization request's `state`.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct FlowState {
@@ -60,7 +78,13 @@ pub(crate) struct FlowState {
 pub(crate) enum SealError {
     #[error("not a value this service sealed (tampered or from another deployment)")]
     Invalid,
+    #[error("the sealed value would be longer than {MAX_SEALED_LEN} characters")]
+    TooLarge,
 }
+
+/// The longest sealed value [`StateSealer::open`] accepts, and so the longest
+/// [`StateSealer::seal`] makes: URLs past about 8 KiB are cut by browsers and proxies.
+pub(crate) const MAX_SEALED_LEN: usize = 8192;
 
 /// Seals and opens flow values under the state key.
 pub(crate) struct StateSealer {
@@ -99,7 +123,11 @@ impl StateSealer {
             .key
             .seal_combined(purpose.aad(), &json)
             .map_err(|_| SealError::Invalid)?;
-        Ok(b64url(&sealed))
+        let text = b64url(&sealed);
+        if text.len() > MAX_SEALED_LEN {
+            return Err(SealError::TooLarge);
+        }
+        Ok(text)
     }
 
     pub(crate) fn open<T: DeserializeOwned>(
@@ -108,7 +136,7 @@ impl StateSealer {
         text: &str,
     ) -> Result<T, SealError> {
         // Reject absurd inputs before decoding them.
-        if text.is_empty() || text.len() > 8192 {
+        if text.is_empty() || text.len() > MAX_SEALED_LEN {
             return Err(SealError::Invalid);
         }
         let sealed = b64url_decode(text).ok_or(SealError::Invalid)?;

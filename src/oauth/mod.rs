@@ -51,11 +51,25 @@ impl ReturnUrls {
 pub(crate) struct ReturnUrl(Url);
 
 impl ReturnUrl {
-    /// The URL, with `pairs` appended to its query: where the browser is sent back.
+    /// The URL with `pairs` set in its query: where the browser is sent back. A
+    /// parameter the URL already carries under one of these names is replaced, not
+    /// repeated, so the application reads one `status`.
     pub(crate) fn with_query(&self, pairs: &[(&str, &str)]) -> Url {
         let mut url = self.0.clone();
-        url.query_pairs_mut().extend_pairs(pairs);
+        let kept: Vec<(String, String)> = url
+            .query_pairs()
+            .filter(|(name, _)| !pairs.iter().any(|(set, _)| set == name))
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        url.set_query(None);
+        if !kept.is_empty() || !pairs.is_empty() {
+            url.query_pairs_mut().extend_pairs(kept).extend_pairs(pairs);
+        }
         url
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        self.0.as_str()
     }
 }
 
@@ -116,6 +130,19 @@ mod tests {
         assert_eq!(
             url.with_query(&[("status", "connected")]).as_str(),
             "https://app.example.com/done?x=1&status=connected"
+        );
+    }
+
+    #[test]
+    fn parameters_the_return_url_carries_are_replaced_not_repeated() {
+        let urls = ReturnUrls::new(&[Url::parse("https://app.example.com").expect("url")]);
+        let url = urls
+            .check("https://app.example.com/done?status=old&x=1&error=stale")
+            .expect("allowed");
+        assert_eq!(
+            url.with_query(&[("status", "error"), ("error", "access_denied")])
+                .as_str(),
+            "https://app.example.com/done?x=1&status=error&error=access_denied"
         );
     }
 

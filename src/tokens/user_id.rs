@@ -6,14 +6,22 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
-/// A `userId` as callers may send it: 1–256 bytes, no control characters. The one
-/// place that says what a user id may be.
+/// A `userId` as callers may send it: 1–256 bytes of printable text without `/`, `\`,
+/// control or invisible formatting characters, and not `.` or `..`. The one place that
+/// says what a user id may be.
+///
+/// The id becomes a path segment of every API route that addresses it
+/// (`/v1/users/{userId}/…`): an id with a slash, or one a client or proxy would fold as
+/// a dot segment, makes a row no route can reach. Emails, UUIDs and provider-style ids
+/// such as `auth0|123` pass.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct UserId(String);
 
 /// Why a user id was refused; names the rule, never the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("userId must be 1 to 256 characters without control characters")]
+#[error(
+    "userId must be 1 to 256 bytes of printable text without '/', '\\' or control characters, and not '.' or '..'"
+)]
 pub(crate) struct InvalidUserId;
 
 impl UserId {
@@ -21,7 +29,13 @@ impl UserId {
 
     pub(crate) fn parse(text: impl Into<String>) -> Result<Self, InvalidUserId> {
         let text = text.into();
-        if text.is_empty() || text.len() > Self::MAX_LEN || text.chars().any(char::is_control) {
+        let refused = |c: char| c == '/' || c == '\\' || c.is_control() || is_invisible(c);
+        if text.is_empty()
+            || text.len() > Self::MAX_LEN
+            || text == "."
+            || text == ".."
+            || text.chars().any(refused)
+        {
             return Err(InvalidUserId);
         }
         Ok(Self(text))
@@ -30,6 +44,12 @@ impl UserId {
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Characters that print as nothing yet make two ids that look the same differ: zero
+/// width spaces and joiners, direction marks and overrides, the byte order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 impl fmt::Display for UserId {
@@ -60,6 +80,32 @@ mod tests {
         assert_eq!(UserId::parse("x".repeat(257)), Err(InvalidUserId));
         assert_eq!(UserId::parse("a\nb"), Err(InvalidUserId));
         assert_eq!(UserId::parse("a\u{7f}"), Err(InvalidUserId));
+        for good in [
+            "auth0|123",
+            "a.user+tag@example.com",
+            "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+            "...",
+            ".hidden",
+            "a b",
+        ] {
+            assert!(UserId::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "/",
+            "a\\b",
+            "a\tb",
+            "a\u{0}",
+            "a\u{85}",
+            "a\u{200B}b",
+            "\u{202E}abc",
+            "\u{FEFF}a",
+        ] {
+            assert_eq!(UserId::parse(bad), Err(InvalidUserId), "{bad:?}");
+        }
     }
 
     #[test]

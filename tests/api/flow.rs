@@ -8,6 +8,7 @@ on_every_backend!(
     a_flow_without_return_url_ends_on_a_success_page,
     tampered_state_is_rejected,
     state_from_another_browser_is_rejected,
+    state_replays_without_the_cookie_cannot_grow_the_flow_log,
     expired_state_is_rejected,
     access_denied_at_the_provider_returns_to_the_app_with_the_error,
     bad_id_tokens_are_rejected_and_store_nothing,
@@ -15,12 +16,15 @@ on_every_backend!(
     flows_and_refreshes_outlive_a_discovery_outage,
     return_urls_outside_the_allow_list_are_refused,
     a_failed_code_exchange_is_not_retried,
+    return_urls_are_checked_again_when_the_browser_is_sent_back,
+    a_return_url_s_own_status_is_replaced_and_the_flow_id_added,
 );
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use url::Url;
 
 use crate::support;
 use crate::support::fake_provider::IdTokenTamper;
@@ -83,7 +87,10 @@ async fn full_flow_stores_encrypted_tokens_and_serves_them(backend: Backend) {
     let back = response.headers()["location"].to_str().expect("ascii");
     assert_eq!(
         back,
-        format!("{RETURN_ORIGIN}/done?status=connected&provider=google")
+        format!(
+            "{RETURN_ORIGIN}/done?status=connected&provider=google&flowId={}",
+            session["flowId"].as_str().expect("flowId")
+        )
     );
 
     // Encrypted at rest: no token the provider issued is in the database file.
@@ -261,10 +268,48 @@ async fn state_from_another_browser_is_rejected(backend: Backend) {
     assert_unchanged(&app, &row).await;
     let items = app.flow_log("victim").await;
     assert!(
-        items
-            .iter()
-            .any(|i| i["step"] == "failed" && i["data"]["code"] == "browser_mismatch")
+        !items.iter().any(|i| i["flowId"] == session["flowId"]
+            && (i["step"] == "failed" || i["step"] == "callback_received")),
+        "a callback from another browser writes nothing: {items:?}"
     );
+}
+
+async fn state_replays_without_the_cookie_cannot_grow_the_flow_log(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let (app, row) = connected(backend, &provider, &[]).await;
+    let session = app
+        .connect_session(
+            json!({ "userId": "victim", "provider": "google", "returnTo": RETURN_ORIGIN }),
+        )
+        .await;
+    let (provider_url, _cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    let before = app.flow_log("victim").await.len();
+
+    for _ in 0..20 {
+        let response = app.callback(&callback, None).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "a page, not a redirect"
+        );
+        assert!(
+            response
+                .text()
+                .await
+                .expect("page")
+                .contains("browser_mismatch")
+        );
+    }
+
+    let after = app.flow_log("victim").await.len();
+    assert!(
+        after <= before + 1,
+        "20 replays added {} flow-log items",
+        after - before
+    );
+    assert_eq!(provider.code_exchange_count(), 1, "no code was exchanged");
+    assert_unchanged(&app, &row).await;
 }
 
 async fn expired_state_is_rejected(backend: Backend) {
@@ -304,7 +349,10 @@ async fn access_denied_at_the_provider_returns_to_the_app_with_the_error(backend
     assert_eq!(response.status(), StatusCode::FOUND);
     assert_eq!(
         response.headers()["location"],
-        format!("{RETURN_ORIGIN}?status=error&error=access_denied")
+        format!(
+            "{RETURN_ORIGIN}?status=error&error=access_denied&flowId={}",
+            session["flowId"].as_str().expect("flowId")
+        )
     );
 
     // Without a return URL: a 4xx page naming the code.
@@ -540,4 +588,118 @@ async fn a_failed_code_exchange_is_not_retried(backend: Backend) {
         .find(|i| i["step"] == "failed")
         .expect("failed logged");
     assert_eq!(failed["data"]["atStep"], "code_exchanged");
+}
+
+async fn return_urls_are_checked_again_when_the_browser_is_sent_back(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let (app, row) = connected(backend, &provider, &[]).await;
+    provider.deny_authorization(true);
+    let session = app
+        .connect_session(
+            json!({ "userId": "victim", "provider": "google", "returnTo": RETURN_ORIGIN }),
+        )
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    // The allow-list no longer holds the link's return URL when the browser comes back.
+    let narrowed = app
+        .sibling_with(&[("AXNT_ALLOWED_RETURN_URLS", "https://elsewhere.example.test")])
+        .await;
+    let callback = Url::parse(&narrowed.url(&format!(
+        "{}?{}",
+        callback.path(),
+        callback.query().unwrap_or_default()
+    )))
+    .expect("url");
+    let response = narrowed.callback(&callback, Some(&cookie)).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::BAD_REQUEST,
+        "a page, not a redirect"
+    );
+    assert!(response.headers().get("location").is_none());
+    assert!(
+        response
+            .text()
+            .await
+            .expect("page")
+            .contains("access_denied")
+    );
+    assert_unchanged(&app, &row).await;
+}
+
+async fn a_return_url_s_own_status_is_replaced_and_the_flow_id_added(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[]).await;
+    let return_to = format!("{RETURN_ORIGIN}/done?status=stale&keep=1&error=old");
+    let session = app
+        .connect_session(json!({ "userId": "victim", "provider": "google", "returnTo": return_to }))
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    let response = app.callback(&callback, Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::FOUND);
+    assert_eq!(
+        response.headers()["location"],
+        format!(
+            "{RETURN_ORIGIN}/done?keep=1&error=old&status=connected&provider=google&flowId={}",
+            session["flowId"].as_str().expect("flowId")
+        )
+    );
+}
+
+/// The `Set-Cookie` header of the binding cookie a start link answers with.
+async fn binding_set_cookie(app: &TestApp) -> String {
+    let session = app
+        .connect_session(json!({ "userId": "u1", "provider": "google" }))
+        .await;
+    let link = Url::parse(session["url"].as_str().expect("url")).expect("link");
+    let start = app.url(&format!(
+        "/oauth/google/start?{}",
+        link.query().unwrap_or_default()
+    ));
+    let response = app.http.get(start).send().await.expect("start");
+    assert_eq!(response.status(), StatusCode::FOUND);
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.contains("axnt_flow_"))
+        .expect("binding cookie")
+        .to_string()
+}
+
+#[tokio::test]
+async fn on_https_the_binding_cookie_is_host_prefixed() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with(
+        &provider,
+        &[("AXNT_PUBLIC_BASE_URL", "https://axnt.example.test")],
+    )
+    .await;
+    let cookie = binding_set_cookie(&app).await;
+    assert!(cookie.starts_with("__Host-axnt_flow_"), "{cookie}");
+    assert!(
+        cookie.contains("Path=/;") || cookie.ends_with("Path=/"),
+        "{cookie}"
+    );
+    assert!(cookie.contains("Secure"), "{cookie}");
+    assert!(!cookie.contains("Domain"), "{cookie}");
+}
+
+#[tokio::test]
+async fn the_binding_cookie_path_follows_the_public_base_url_path() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with(
+        &provider,
+        &[("AXNT_PUBLIC_BASE_URL", "http://127.0.0.1:9/auth")],
+    )
+    .await;
+    let cookie = binding_set_cookie(&app).await;
+    assert!(cookie.starts_with("axnt_flow_"), "{cookie}");
+    assert!(
+        cookie.contains("Path=/auth/oauth/google/callback"),
+        "{cookie}"
+    );
 }

@@ -6,6 +6,9 @@ on_every_backend!(
     the_internal_api_needs_a_valid_key,
     malformed_requests_get_clear_4xx,
     unknown_providers_are_404,
+    bad_user_ids_are_refused_and_store_nothing,
+    oversized_and_mistyped_bodies_are_problems,
+    links_too_long_to_come_back_are_refused_when_made,
     delete_revokes_at_the_provider_and_removes_the_row,
     flow_logs_page_newest_first,
     probes_answer,
@@ -183,6 +186,175 @@ async fn unknown_providers_are_404(backend: Backend) {
         "not_connected",
     )
     .await;
+}
+
+async fn bad_user_ids_are_refused_and_store_nothing(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[]).await;
+    let long = format!("planted-long-{}", "x".repeat(250));
+    let bad_bodies = [
+        "",
+        ".",
+        "..",
+        "../planted-dotdot",
+        "planted-a/b",
+        "planted-a\\b",
+        "planted-a\nb",
+        "planted-a\u{7f}",
+        "\u{202E}planted-rtl",
+        long.as_str(),
+    ];
+    for user_id in bad_bodies {
+        let response = app
+            .api_post(
+                "/v1/connect-sessions",
+                json!({ "userId": user_id, "provider": "google" }),
+            )
+            .await;
+        let body = assert_problem(response, 400, "invalid_request").await;
+        assert!(
+            body["detail"].as_str().unwrap_or("").contains("userId"),
+            "{body}"
+        );
+    }
+    for segment in [
+        "planted-a%2Fb",
+        "planted-a%5Cb",
+        "planted-a%0Ab",
+        "planted-a%7F",
+        "%2E%2E%2Fx",
+    ] {
+        for path in [
+            format!("/v1/users/{segment}/tokens/google"),
+            format!("/v1/users/{segment}/connections"),
+            format!("/v1/users/{segment}/flow-logs"),
+        ] {
+            assert_problem(app.api_get(&path).await, 400, "invalid_request").await;
+        }
+        let path = format!("/v1/users/{segment}/connections/google");
+        assert_problem(app.api_delete(&path).await, 400, "invalid_request").await;
+    }
+    let good = [
+        ("auth0|123", "auth0%7C123"),
+        ("jane.doe+tag@example.com", "jane.doe+tag@example.com"),
+        (
+            "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+            "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        ),
+    ];
+    for (user_id, segment) in good {
+        app.connect_session(json!({ "userId": user_id, "provider": "google" }))
+            .await;
+        let response = app
+            .api_get(&format!("/v1/users/{segment}/connections"))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "{user_id}");
+        assert_problem(
+            app.api_get(&format!("/v1/users/{segment}/tokens/google"))
+                .await,
+            404,
+            "not_connected",
+        )
+        .await;
+    }
+    // The good ids' items are stored (the flow log may write behind): by then any item
+    // of a refused id would be too.
+    let mut steps = Vec::new();
+    for _ in 0..100 {
+        steps = app.steps("auth0%7C123").await;
+        if !steps.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(steps, ["session_created"]);
+    assert!(!crate::support::contains(
+        &app.raw_storage().await,
+        "planted"
+    ));
+}
+
+async fn oversized_and_mistyped_bodies_are_problems(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[]).await;
+    let huge = format!(
+        r#"{{"userId":"planted-huge","provider":"google","loginHint":"{}"}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let response = app
+        .http
+        .post(app.url("/v1/connect-sessions"))
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .expect("send");
+    assert_problem(response, 413, "payload_too_large").await;
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let response = app
+            .http
+            .post(app.url("/v1/connect-sessions"))
+            .bearer_auth(API_KEY)
+            .header("content-type", content_type)
+            .body(r#"{"userId":"planted-type","provider":"google"}"#)
+            .send()
+            .await
+            .expect("send");
+        assert_problem(response, 415, "unsupported_media_type").await;
+    }
+    let response = app
+        .http
+        .put(app.url("/v1/connect-sessions"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .expect("send");
+    assert_problem(response, 405, "method_not_allowed").await;
+    assert!(app.flow_log("planted-huge").await.is_empty());
+    assert!(app.flow_log("planted-type").await.is_empty());
+}
+
+async fn links_too_long_to_come_back_are_refused_when_made(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[]).await;
+    let scopes: Vec<String> = (0..20)
+        .map(|i| format!("https://www.googleapis.com/auth/{i}{}", "s".repeat(215)))
+        .collect();
+    let return_to = format!("{}?q={}", crate::support::RETURN_ORIGIN, "r".repeat(1500));
+    let response = app
+        .api_post(
+            "/v1/connect-sessions",
+            json!({ "userId": "long-link", "provider": "google", "scopes": scopes,
+                    "returnTo": return_to, "loginHint": "h".repeat(300) }),
+        )
+        .await;
+    let body = assert_problem(response, 400, "invalid_request").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("fewer scopes"),
+        "{body}"
+    );
+    let return_to = format!("{}?q={}", crate::support::RETURN_ORIGIN, "r".repeat(7000));
+    let response = app
+        .api_post(
+            "/v1/connect-sessions",
+            json!({ "userId": "long-link", "provider": "google", "returnTo": return_to }),
+        )
+        .await;
+    assert_problem(response, 400, "invalid_request").await;
+    assert!(app.flow_log("long-link").await.is_empty());
+    // A link just inside the bound still goes all the way through.
+    let scopes: Vec<String> = (0..10)
+        .map(|i| format!("https://www.googleapis.com/auth/{i}{}", "s".repeat(200)))
+        .collect();
+    let session = app
+        .connect_session(json!({ "userId": "long-link", "provider": "google", "scopes": scopes }))
+        .await;
+    let (provider_url, _cookie) = app.start(session["url"].as_str().expect("url")).await;
+    assert!(provider_url.query().is_some_and(|q| q.contains("state=")));
 }
 
 async fn delete_revokes_at_the_provider_and_removes_the_row(backend: Backend) {

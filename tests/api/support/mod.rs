@@ -152,7 +152,9 @@ impl TestApp {
             "AXNT_DATA_DIR".into(),
             data_dir.path().display().to_string(),
         ));
-        env.push(("AXNT_PUBLIC_BASE_URL".into(), base.clone()));
+        if !env.iter().any(|(k, _)| k == "AXNT_PUBLIC_BASE_URL") {
+            env.push(("AXNT_PUBLIC_BASE_URL".into(), base.clone()));
+        }
         env.push(("AXNT_LISTEN_ADDR".into(), addr.to_string()));
         if !env.iter().any(|(k, _)| k == "AXNT_ADMIN_LISTEN_ADDR") {
             env.push(("AXNT_ADMIN_LISTEN_ADDR".into(), "127.0.0.1:0".into()));
@@ -281,7 +283,7 @@ impl TestApp {
             .get_all("set-cookie")
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .find(|c| c.starts_with("axnt_flow_"))
+            .find(|c| c.starts_with("axnt_flow_") || c.starts_with("__Host-axnt_flow_"))
             .expect("binding cookie")
             .to_string();
         let pair = cookie.split(';').next().expect("cookie pair").to_string();
