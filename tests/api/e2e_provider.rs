@@ -84,8 +84,9 @@ async fn a_full_flow_against_oauth2_mock_server() {
     assert_eq!(
         response.headers()["location"],
         format!(
-            "{}?status=connected&provider=google",
-            support::RETURN_ORIGIN
+            "{}?status=connected&provider=google&flowId={}",
+            support::RETURN_ORIGIN,
+            session["flowId"].as_str().expect("flowId")
         )
     );
 

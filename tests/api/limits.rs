@@ -172,6 +172,7 @@ async fn forwarded_clients_are_told_apart_only_behind_a_trusted_proxy() {
     );
 
     let app = TestApp::spawn_with(&provider, &limits).await;
+    let url = app.url("/oauth/google/start?session=x");
     for i in 0..2 {
         let forged = format!("198.51.100.{i}");
         assert_ne!(
