@@ -73,6 +73,7 @@ pub struct Settings {
     pub refresh: RefreshSettings,
     pub retention: RetentionSettings,
     pub aws: AwsModeSettings,
+    pub(crate) rate_limit: RateLimitSettings,
     pub(crate) data_key: DataKeySettings,
     pub(crate) flow_log: FlowLogSettings,
     pub(crate) log: LogSettings,
@@ -133,6 +134,11 @@ pub struct ServerSettings {
     /// `AXNT_MAX_CONNECTIONS`: connections served at once; further ones wait in the
     /// kernel's accept queue until one closes.
     pub(crate) max_connections: usize,
+    /// `AXNT_ADMIN_LISTEN_ADDR`: where `/metrics` and `/healthz` are served, apart from
+    /// the public listener (which does not serve `/metrics`). `off` or empty: no admin
+    /// listener. Port 0 picks a free port.
+    #[serde(deserialize_with = "de::addr_or_off")]
+    pub(crate) admin_listen_addr: Option<SocketAddr>,
 }
 
 impl Default for ServerSettings {
@@ -146,6 +152,44 @@ impl Default for ServerSettings {
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connections: 1_024,
+            admin_listen_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+        }
+    }
+}
+
+/// Per-client rate limits (client: the socket's peer, or the address a trusted proxy
+/// forwarded). Each is a rate per minute with a burst on top; a rate of 0 turns the
+/// limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RateLimitSettings {
+    /// `AXNT_RATE_LIMIT_BROWSER_PER_MINUTE`: `/oauth/{provider}/start` and `/callback`
+    /// requests one client may make a minute; past it they are answered 429.
+    #[serde(rename = "rate_limit_browser_per_minute")]
+    pub(crate) browser_per_minute: u32,
+    /// `AXNT_RATE_LIMIT_BROWSER_BURST`: browser requests allowed at once before the
+    /// rate applies.
+    #[serde(rename = "rate_limit_browser_burst")]
+    pub(crate) browser_burst: u32,
+    /// `AXNT_RATE_LIMIT_AUTH_FAILURES_PER_MINUTE`: internal-API calls with a missing or
+    /// wrong API key one client may make a minute. Past it (and the burst), every API
+    /// call from that client, with a right key too, is answered 429 until the wait
+    /// ends, so a guesser learns nothing more from the answers.
+    #[serde(rename = "rate_limit_auth_failures_per_minute")]
+    pub(crate) auth_failures_per_minute: u32,
+    /// `AXNT_RATE_LIMIT_AUTH_FAILURES_BURST`: failed authentications allowed at once
+    /// before the rate applies.
+    #[serde(rename = "rate_limit_auth_failures_burst")]
+    pub(crate) auth_failures_burst: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            browser_per_minute: 60,
+            browser_burst: 30,
+            auth_failures_per_minute: 10,
+            auth_failures_burst: 20,
         }
     }
 }

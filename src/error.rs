@@ -89,6 +89,9 @@ pub(crate) enum Error {
     /// body arrived too slowly).
     #[error("the request took too long")]
     RequestTimeout,
+    /// Too many requests (or failed authentications) from one client address.
+    #[error("too many requests from this client; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("{0}")]
     Internal(String),
 }
@@ -170,6 +173,7 @@ impl Error {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::InvalidRequest(_)
             | Self::ReturnUrlNotAllowed
             | Self::InvalidSession
@@ -206,6 +210,7 @@ impl Error {
         match self {
             Self::Unauthorized => "unauthorized",
             Self::RequestTimeout => "request_timeout",
+            Self::RateLimited { .. } => "rate_limited",
             Self::InvalidRequest(_) => "invalid_request",
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::PayloadTooLarge => "payload_too_large",
@@ -275,13 +280,16 @@ impl Error {
         }
     }
 
-    /// Seconds a client should wait before retrying a 503.
-    fn retry_after_secs(&self) -> u64 {
+    /// Seconds a client should wait before retrying, for the answers that say so (503
+    /// and 429, in `Retry-After`).
+    pub(crate) fn retry_after_secs(&self) -> Option<u64> {
         match self {
             Self::RefreshSuppressed {
                 retry_after_secs, ..
-            } => *retry_after_secs,
-            _ => 1,
+            }
+            | Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
         }
     }
 
@@ -342,11 +350,10 @@ impl IntoResponse for Error {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(self.retry_after_secs()),
-            );
+        if let Some(secs) = self.retry_after_secs() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response.extensions_mut().insert(Arc::new(self.report()));
         response

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 mod backends;
 mod serve;
@@ -18,6 +19,7 @@ pub use backends::{Backends, uncached_key_provider};
 
 use crate::config::{Backend, ConfigError, Settings};
 use crate::crypto::{CryptoError, EnvelopeCipher, SecretKey};
+use crate::http::limits::RateLimits;
 use crate::http::{self, AppState, Readiness, Services};
 use crate::oauth::ReturnUrls;
 use crate::oauth::flow::StateSealer;
@@ -53,6 +55,8 @@ pub enum StartupError {
 pub struct App {
     listener: TcpListener,
     router: Router,
+    /// `/metrics` and `/healthz`, apart from the public listener (none when off).
+    admin_listener: Option<TcpListener>,
     flow_log: Arc<dyn FlowLog>,
     tokens: Arc<TokenService>,
     drain_timeout: Duration,
@@ -74,7 +78,8 @@ impl App {
     }
 
     /// Builds on given backends and an already bound listener (tests bind port 0
-    /// first, so the public URL can name the port).
+    /// first, so the public URL can name the port). The admin listener is bound here,
+    /// from `AXNT_ADMIN_LISTEN_ADDR`.
     pub async fn with_listener(
         settings: Settings,
         backends: Backends,
@@ -161,7 +166,10 @@ impl App {
             Arc::clone(&secrets),
             settings.server.readiness_cache,
         );
+        let rate_limits = Arc::new(RateLimits::new(&settings.rate_limit));
+        background.push(rate_limits.spawn_sweeper());
         let state = AppState::new(Services {
+            rate_limits,
             return_urls: ReturnUrls::new(&settings.flow.allowed_return_urls),
             trusted_proxies: settings.server.trusted_proxies.clone(),
             settings: Arc::clone(&settings),
@@ -172,9 +180,21 @@ impl App {
             readiness,
         });
         let _ = crate::telemetry::metrics();
+        let admin_listener = match settings.server.admin_listen_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StartupError::Bind {
+                        addr,
+                        reason: e.to_string(),
+                    })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
             router: http::router(state),
+            admin_listener,
             flow_log: backends.flow_log,
             tokens,
             drain_timeout: settings.server.drain_timeout,
@@ -187,6 +207,14 @@ impl App {
         self.listener.local_addr().ok()
     }
 
+    /// Where `/metrics` is served (`AXNT_ADMIN_LISTEN_ADDR`, its port when 0 was asked
+    /// for), or `None` when the admin listener is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` resolves; then, within `AXNT_DRAIN_TIMEOUT_SECS` of it,
     /// lets requests in progress finish (closing connections still open at the
     /// deadline), waits for refreshes in flight to store what they redeemed, and
@@ -196,18 +224,38 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<Instant>();
-        let shutdown = async move {
+        // One signal stops both listeners.
+        let stopping = CancellationToken::new();
+        let stop = stopping.clone();
+        tokio::spawn(async move {
             shutdown.await;
             let _ = signalled_tx.send(Instant::now());
-        };
-        let served = serve::serve(
+            stop.cancel();
+        });
+        let public = serve::serve(
             self.listener,
             self.router,
             self.limits,
-            shutdown,
+            stopping.clone().cancelled_owned(),
             self.drain_timeout,
-        )
-        .await;
+        );
+        let admin = async {
+            match self.admin_listener {
+                Some(listener) => {
+                    serve::serve(
+                        listener,
+                        http::admin_router(),
+                        self.limits,
+                        stopping.clone().cancelled_owned(),
+                        self.drain_timeout,
+                    )
+                    .await
+                }
+                None => Ok(()),
+            }
+        };
+        let (served, admin_served) = tokio::join!(public, admin);
+        let served = served.and(admin_served);
         let signalled = signalled_rx.await.unwrap_or_else(|_| Instant::now());
         // The background loops only start refreshes; a refresh they started runs on
         // as its own task, which the drain below waits for.

@@ -77,6 +77,22 @@ pub(crate) fn state_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret
         .map_err(|_| D::Error::custom("must be base64 of 32 bytes"))
 }
 
+/// A socket address, or `off` (or empty) for none.
+pub(crate) fn addr_or_off<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    let text = text.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|e| {
+        D::Error::custom(format!(
+            "{text:?} is not a socket address (host:port) or off: {e}"
+        ))
+    })
+}
+
 /// A list of URLs, each parsed here; an error quotes the entry.
 pub(crate) fn url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<url::Url>, D::Error> {
     parsed_list(d, "a URL")

@@ -11,8 +11,8 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 
 use super::{
     AwsModeSettings, ConfigError, DataKeySettings, FlowLogSettings, FlowSettings, LogSettings,
-    ProviderSettings, RefreshSettings, RetentionSettings, SecretSettings, ServerSettings, Settings,
-    UNPREFIXED_ENV, Ungrouped,
+    ProviderSettings, RateLimitSettings, RefreshSettings, RetentionSettings, SecretSettings,
+    ServerSettings, Settings, UNPREFIXED_ENV, Ungrouped,
 };
 use crate::aws::SdkEnv;
 use crate::config::Backend;
@@ -59,6 +59,7 @@ impl Settings {
             refresh: extract(&figment)?,
             retention: extract(&figment)?,
             aws: extract(&figment)?,
+            rate_limit: extract(&figment)?,
             data_key: extract(&figment)?,
             flow_log: extract(&figment)?,
             log: extract(&figment)?,
@@ -146,6 +147,15 @@ impl Settings {
             ),
             ("max_connections", self.server.max_connections == 0),
             (
+                "rate_limit_browser_burst",
+                self.rate_limit.browser_per_minute > 0 && self.rate_limit.browser_burst == 0,
+            ),
+            (
+                "rate_limit_auth_failures_burst",
+                self.rate_limit.auth_failures_per_minute > 0
+                    && self.rate_limit.auth_failures_burst == 0,
+            ),
+            (
                 "connect_session_ttl_secs",
                 self.flow.connect_session_ttl.is_zero(),
             ),
@@ -204,7 +214,28 @@ impl Settings {
         let secs = |d: Duration| d.as_secs();
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let days = |d: Duration| d.as_secs() / DAY;
-        let checks: [(&str, u64, u64); 33] = [
+        let rate = &self.rate_limit;
+        let checks: [(&str, u64, u64); 37] = [
+            (
+                "rate_limit_browser_per_minute",
+                u64::from(rate.browser_per_minute),
+                1_000_000,
+            ),
+            (
+                "rate_limit_browser_burst",
+                u64::from(rate.browser_burst),
+                1_000_000,
+            ),
+            (
+                "rate_limit_auth_failures_per_minute",
+                u64::from(rate.auth_failures_per_minute),
+                1_000_000,
+            ),
+            (
+                "rate_limit_auth_failures_burst",
+                u64::from(rate.auth_failures_burst),
+                1_000_000,
+            ),
             (
                 "readiness_cache_secs",
                 secs(self.server.readiness_cache),
@@ -387,6 +418,7 @@ fn known_keys() -> BTreeSet<&'static str> {
         keys_of::<RefreshSettings>(),
         keys_of::<RetentionSettings>(),
         keys_of::<AwsModeSettings>(),
+        keys_of::<RateLimitSettings>(),
         keys_of::<DataKeySettings>(),
         keys_of::<FlowLogSettings>(),
         keys_of::<LogSettings>(),

@@ -37,6 +37,12 @@ async fn require_api_key(
     request: Request,
     next: Next,
 ) -> Result<Response, Error> {
+    let (parts, body) = request.into_parts();
+    let client = super::client_ip(&parts, &state.trusted_proxies);
+    let request = Request::from_parts(parts, body);
+    if let Some(retry_after_secs) = client.and_then(|ip| state.rate_limits.braked(ip)) {
+        return Err(Error::RateLimited { retry_after_secs });
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -48,7 +54,10 @@ async fn require_api_key(
         .and_then(|v| ApiKey::parse(v.trim()).ok());
     match presented {
         Some(key) if state.secrets.accepts_api_key(&key) => Ok(next.run(request).await),
-        _ => Err(Error::Unauthorized),
+        _ => match client.and_then(|ip| state.rate_limits.auth_failed(ip)) {
+            Some(retry_after_secs) => Err(Error::RateLimited { retry_after_secs }),
+            None => Err(Error::Unauthorized),
+        },
     }
 }
 

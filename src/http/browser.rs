@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 
 use crate::error::Error;
@@ -50,7 +51,12 @@ impl IntoResponse for BrowserError {
                     detail = html_escape(&self.error.public_detail()),
                     code = self.error.code(),
                 );
-                (status, Html(page)).into_response()
+                let mut page = (status, Html(page)).into_response();
+                if let Some(secs) = self.error.retry_after_secs() {
+                    page.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+                page
             }
         };
         response.extensions_mut().insert(report);

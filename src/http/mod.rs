@@ -3,6 +3,7 @@
 
 pub(crate) mod api;
 pub(crate) mod browser;
+pub(crate) mod limits;
 pub(crate) mod oauth;
 pub(crate) mod probes;
 
@@ -32,7 +33,7 @@ use crate::store::FlowRecorder;
 use crate::store::flow_log::ClientInfo;
 use crate::tokens::TokenService;
 
-pub(crate) use probes::Readiness;
+pub(crate) use probes::{Readiness, admin_router};
 
 /// Everything a handler may use. Cloned per request (one `Arc`).
 #[derive(Clone)]
@@ -47,6 +48,7 @@ pub(crate) struct Services {
     pub(crate) return_urls: ReturnUrls,
     pub(crate) readiness: Readiness,
     pub(crate) trusted_proxies: Vec<IpAddr>,
+    pub(crate) rate_limits: Arc<limits::RateLimits>,
 }
 
 impl AppState {
@@ -70,7 +72,10 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .merge(probes::router())
-        .merge(oauth::router())
+        .merge(oauth::router().route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_browser,
+        )))
         .merge(api::router(state.clone()))
         .fallback(|| async { Error::RouteNotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
@@ -191,23 +196,7 @@ impl FromRequestParts<AppState> for Client {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        let ip = match peer {
-            Some(peer) if state.trusted_proxies.contains(&peer) => parts
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-                .rev()
-                .find(|a| !state.trusted_proxies.contains(a))
-                .or(Some(peer)),
-            other => other,
-        };
+        let ip = client_ip(parts, &state.trusted_proxies);
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -217,6 +206,29 @@ impl FromRequestParts<AppState> for Client {
             ip_address: ip.map(|a| a.to_string()),
             user_agent,
         }))
+    }
+}
+
+/// The client's address: the socket's peer, or, when the peer is a trusted proxy, the
+/// right-most `X-Forwarded-For` address that is not itself a trusted proxy (the
+/// left-most is the client's to forge). The one rule for flow-log items and rate limits.
+pub(crate) fn client_ip(parts: &Parts, trusted_proxies: &[IpAddr]) -> Option<IpAddr> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    match peer {
+        Some(peer) if trusted_proxies.contains(&peer) => parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .rev()
+            .find(|a| !trusted_proxies.contains(a))
+            .or(Some(peer)),
+        other => other,
     }
 }
 

@@ -28,7 +28,7 @@ use crate::store::{FlowStep, FlowSteps};
 /// Every answer of the browser routes (pages and redirects) carries these: no script or
 /// frame may use our pages, no `Referer` leaks a callback URL (it holds a code and
 /// `state`), and no content is sniffed into another type.
-const BROWSER_HEADERS: [(header::HeaderName, &str); 3] = [
+pub(crate) const BROWSER_HEADERS: [(header::HeaderName, &str); 3] = [
     (
         header::CONTENT_SECURITY_POLICY,
         "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",

@@ -1,6 +1,6 @@
 //! Probes: `/healthz` (the process serves), `/readyz` (store, keys and client
 //! credentials usable; cached a few seconds so probes do not multiply backend calls),
-//! and `/metrics` (Prometheus text).
+//! and `/metrics` (Prometheus text), which only the admin listener serves.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,13 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+}
+
+/// The admin listener's routes (`AXNT_ADMIN_LISTEN_ADDR`): what only operators should
+/// reach. The public listener answers 404 to them.
+pub(crate) fn admin_router() -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
 }
 

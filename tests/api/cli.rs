@@ -40,10 +40,11 @@ impl Drop for KillOnDrop {
 async fn serve_starts_on_a_fresh_machine_with_no_settings_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    // Only the port differs from a bare `cargo run`, so tests can run side by side.
+    // Only the ports differ from a bare `cargo run`, so tests can run side by side.
     let mut child = KillOnDrop(
         command(dir.path())
             .env("AXNT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("AXNT_ADMIN_LISTEN_ADDR", "127.0.0.1:0")
             .env("AXNT_PUBLIC_BASE_URL", format!("http://127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

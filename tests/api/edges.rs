@@ -29,7 +29,7 @@ fn methods(metrics: &str) -> std::collections::BTreeSet<&str> {
 
 async fn metrics_text(app: &TestApp) -> String {
     app.http
-        .get(app.url("/metrics"))
+        .get(app.admin_url("/metrics"))
         .send()
         .await
         .expect("metrics")

@@ -442,7 +442,7 @@ async fn probes_answer(backend: Backend) {
     assert_eq!(body["checks"]["provider"], "ok");
     let metrics = app
         .http
-        .get(app.url("/metrics"))
+        .get(app.admin_url("/metrics"))
         .send()
         .await
         .expect("send")

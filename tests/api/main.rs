@@ -23,6 +23,7 @@ mod e2e_provider;
 mod edges;
 mod flow;
 mod internal_api;
+mod limits;
 mod refresh_faults;
 mod retention;
 mod secrets;

@@ -241,6 +241,7 @@ async fn sigterm_waits_for_a_refresh_in_flight() {
         .envs(app.base_env.iter().cloned())
         .env("AXNT_DATA_DIR", app.data_dir.path())
         .env("AXNT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("AXNT_ADMIN_LISTEN_ADDR", "127.0.0.1:0")
         .env("AXNT_PUBLIC_BASE_URL", &base)
         .current_dir(app.data_dir.path())
         .stdout(std::process::Stdio::null())
@@ -313,7 +314,7 @@ async fn a_failing_provider_cools_down(backend: Backend) {
     );
     let metrics = app
         .http
-        .get(app.url("/metrics"))
+        .get(app.admin_url("/metrics"))
         .send()
         .await
         .expect("metrics");

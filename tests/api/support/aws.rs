@@ -73,7 +73,14 @@ pub fn sdk_pairs(endpoint: &str, credentials: &AwsCredentials) -> Vec<(String, S
 
 /// Settings from env pairs (as the service would load them).
 pub fn settings_from(pairs: &[(String, String)]) -> Settings {
-    Settings::load(None, pairs.iter().cloned()).expect("aws test settings load")
+    // The admin listener on a free port, so instances started side by side do not
+    // collide on its default.
+    let admin = (
+        "AXNT_ADMIN_LISTEN_ADDR".to_string(),
+        "127.0.0.1:0".to_string(),
+    );
+    let admin = (!pairs.iter().any(|(k, _)| *k == admin.0)).then_some(admin);
+    Settings::load(None, pairs.iter().cloned().chain(admin)).expect("aws test settings load")
 }
 
 /// What [`provision`] made.

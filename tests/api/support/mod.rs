@@ -72,6 +72,8 @@ pub enum Backend {
 /// A running service instance.
 pub struct TestApp {
     pub base: String,
+    /// The admin listener's base URL (`/metrics`), on a port of its own.
+    pub admin_base: String,
     pub settings: Settings,
     pub data_dir: Arc<tempfile::TempDir>,
     /// The settings environment it was started with (before its own address), so a
@@ -154,12 +156,19 @@ impl TestApp {
             env.push(("AXNT_PUBLIC_BASE_URL".into(), base.clone()));
         }
         env.push(("AXNT_LISTEN_ADDR".into(), addr.to_string()));
+        if !env.iter().any(|(k, _)| k == "AXNT_ADMIN_LISTEN_ADDR") {
+            env.push(("AXNT_ADMIN_LISTEN_ADDR".into(), "127.0.0.1:0".into()));
+        }
         let settings = Settings::load(None, env).expect("test settings load");
         let backends = Backends::open(&settings).await.expect("backends open");
         let store = Arc::clone(&backends.tokens);
         let app = App::with_listener(settings.clone(), backends, listener)
             .await
             .expect("app builds");
+        let admin_base = app
+            .admin_addr()
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
@@ -170,6 +179,7 @@ impl TestApp {
             .expect("client");
         Self {
             base,
+            admin_base,
             settings,
             data_dir,
             base_env,
@@ -206,6 +216,11 @@ impl TestApp {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// A URL on the admin listener (`/metrics`).
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{}", self.admin_base, path)
     }
 
     pub async fn api_get(&self, path: &str) -> reqwest::Response {
