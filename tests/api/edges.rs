@@ -2,6 +2,7 @@
 //! the service keep (metric series) and what a public probe reveals.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -257,4 +258,130 @@ async fn aws_mode_without_a_shared_state_key_refuses_to_start() {
         axnt_oauth::app::App::build(settings).await.is_ok(),
         "an explicit per-process key is accepted"
     );
+}
+
+/// Opens a raw connection to `app` and sends `bytes` (then keeps it open).
+async fn half_request(app: &TestApp, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = app.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write");
+    stream
+}
+
+/// Reads what the server sends until it closes the connection; `None` if it is still
+/// open after `within`.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut received)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&received).into_owned()),
+        Err(_) => None,
+    }
+}
+
+/// 60 connections that send half a request head are closed once the header-read
+/// timeout passes, and the service answers others all the while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_heads_are_cut_off_while_others_are_served() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with(&provider, &[("AXNT_HEADER_READ_TIMEOUT_SECS", "1")]).await;
+    let mut slow = Vec::new();
+    for _ in 0..60 {
+        slow.push(half_request(&app, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await);
+    }
+    let health = app
+        .http
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(
+        health.status(),
+        StatusCode::OK,
+        "served while 60 heads hang"
+    );
+    for stream in &mut slow {
+        let closed = read_until_closed(stream, Duration::from_secs(10)).await;
+        assert!(
+            closed.is_some(),
+            "a half-sent head still holds its connection"
+        );
+    }
+}
+
+/// A body sent too slowly: 408 problem+json, nothing stored.
+#[tokio::test]
+async fn a_slow_body_is_answered_408_and_changes_nothing() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with(&provider, &[("AXNT_REQUEST_TIMEOUT_SECS", "1")]).await;
+    let head = format!(
+        "POST /v1/connect-sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\nConnection: close\r\n\r\n{{\"userId\":"
+    );
+    let mut stream = half_request(&app, head.as_bytes()).await;
+    let answer = read_until_closed(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("answered, not held");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+}
+
+/// 80 header lines: under hyper's own limit (100), over ours (64): 431.
+#[tokio::test]
+async fn an_oversized_request_head_is_refused() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with(&provider, &[]).await;
+    let mut head = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for i in 0..80 {
+        head.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut stream = half_request(&app, head.as_bytes()).await;
+    let answer = read_until_closed(&mut stream, Duration::from_secs(10))
+        .await
+        .expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+}
+
+/// Stopping with a half-sent request open ends by the drain deadline and still writes
+/// every buffered flow-log item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_with_a_half_sent_request_open_ends_by_the_deadline_and_flushes() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(
+        Backend::Aws,
+        &provider,
+        &[
+            ("AXNT_HEADER_READ_TIMEOUT_SECS", "120"),
+            ("AXNT_DRAIN_TIMEOUT_SECS", "2"),
+        ],
+    )
+    .await;
+    let mut settings = app.settings.clone();
+    settings.aws.operation_timeout = Duration::from_secs(60);
+    let _keep = Arc::clone(&app.data_dir);
+    for _ in 0..20 {
+        let created = app
+            .api_post(
+                "/v1/connect-sessions",
+                serde_json::json!({ "userId": "draining", "provider": "google" }),
+            )
+            .await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    let _hanging = half_request(&app, b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+    tokio::time::timeout(Duration::from_secs(15), app.stop())
+        .await
+        .expect("stopped by the drain deadline, not held by the half-sent request");
+    let backends = axnt_oauth::app::Backends::open(&settings)
+        .await
+        .expect("reopen");
+    let items = backends
+        .flow_log
+        .list("draining", 100, None)
+        .await
+        .expect("list");
+    assert_eq!(items.len(), 20, "every buffered item written");
 }
