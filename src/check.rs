@@ -143,6 +143,7 @@ pub(crate) async fn check(settings: Settings) -> i32 {
             access_token_expires_at: now.timestamp(),
             expires_at: now.timestamp() + 3600,
             is_active: false,
+            replaced_account: None,
             version: 1,
             refresh: Default::default(),
         };

@@ -208,6 +208,13 @@ pub struct FlowSettings {
     /// `AXNT_FLOW_STATE_TTL_SECS`: how long a browser may spend at the provider.
     #[serde(rename = "flow_state_ttl_secs", deserialize_with = "de::secs")]
     pub(crate) state_ttl: Duration,
+    /// `AXNT_REQUIRE_CONFIRMATION`: hold every grant until the application confirms its
+    /// flow (`POST /v1/connect-sessions/{flowId}/confirm`); a session can ask for it
+    /// with `requireConfirmation` when this is off, and cannot opt out when it is on.
+    pub(crate) require_confirmation: bool,
+    /// `AXNT_CONFIRMATION_TTL_SECS`: how long a held grant waits for its confirmation.
+    #[serde(rename = "confirmation_ttl_secs", deserialize_with = "de::secs")]
+    pub(crate) confirmation_ttl: Duration,
 }
 
 impl Default for FlowSettings {
@@ -216,6 +223,8 @@ impl Default for FlowSettings {
             allowed_return_urls: Vec::new(),
             connect_session_ttl: Duration::from_secs(600),
             state_ttl: Duration::from_secs(600),
+            require_confirmation: false,
+            confirmation_ttl: Duration::from_secs(600),
         }
     }
 }

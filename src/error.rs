@@ -52,6 +52,20 @@ pub(crate) enum Error {
     InvalidSession,
     #[error("the connect link has expired")]
     SessionExpired,
+    /// Connect links are single-use: this one was opened before.
+    #[error("the connect link was already used; ask the application for a new one")]
+    SessionUsed,
+    /// The verified account is not the one the connect session asked for
+    /// (`expectedEmail`, `hostedDomain`).
+    #[error("this account is not the one the application asked to connect")]
+    AccountNotAllowed,
+    /// No grant awaits confirmation for this flow (never, already confirmed, or
+    /// discarded).
+    #[error("no grant awaits confirmation for this flow")]
+    ConfirmationNotFound,
+    /// The grant awaited confirmation longer than `AXNT_CONFIRMATION_TTL_SECS`.
+    #[error("the grant was not confirmed in time; the user must connect again")]
+    ConfirmationExpired,
     #[error("the state parameter is invalid or missing")]
     InvalidState,
     #[error("the sign-in took too long and has expired")]
@@ -190,7 +204,12 @@ impl Error {
             Self::RouteNotFound | Self::UnknownProvider(_) | Self::NotConnected => {
                 StatusCode::NOT_FOUND
             }
-            Self::ReauthorizationRequired { .. } | Self::Conflict => StatusCode::CONFLICT,
+            Self::ReauthorizationRequired { .. } | Self::Conflict | Self::SessionUsed => {
+                StatusCode::CONFLICT
+            }
+            Self::AccountNotAllowed => StatusCode::FORBIDDEN,
+            Self::ConfirmationNotFound => StatusCode::NOT_FOUND,
+            Self::ConfirmationExpired => StatusCode::GONE,
             Self::Provider(p) => match p {
                 ProviderError::NotConfigured(_)
                 | ProviderError::Unavailable(_)
@@ -220,6 +239,10 @@ impl Error {
             Self::ReturnUrlNotAllowed => "return_url_not_allowed",
             Self::InvalidSession => "invalid_session",
             Self::SessionExpired => "session_expired",
+            Self::SessionUsed => "session_already_used",
+            Self::AccountNotAllowed => "account_not_allowed",
+            Self::ConfirmationNotFound => "confirmation_not_found",
+            Self::ConfirmationExpired => "confirmation_expired",
             Self::InvalidState => "invalid_state",
             Self::StateExpired => "state_expired",
             Self::BrowserMismatch => "browser_mismatch",

@@ -160,6 +160,10 @@ impl Settings {
                 self.flow.connect_session_ttl.is_zero(),
             ),
             ("flow_state_ttl_secs", self.flow.state_ttl.is_zero()),
+            (
+                "confirmation_ttl_secs",
+                self.flow.confirmation_ttl.is_zero(),
+            ),
             ("provider_timeout_secs", self.provider.timeout.is_zero()),
             (
                 "provider_metadata_ttl_secs",
@@ -215,7 +219,7 @@ impl Settings {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let days = |d: Duration| d.as_secs() / DAY;
         let rate = &self.rate_limit;
-        let checks: [(&str, u64, u64); 37] = [
+        let checks: [(&str, u64, u64); 38] = [
             (
                 "rate_limit_browser_per_minute",
                 u64::from(rate.browser_per_minute),
@@ -267,6 +271,11 @@ impl Settings {
                 7 * DAY,
             ),
             ("flow_state_ttl_secs", secs(self.flow.state_ttl), DAY),
+            (
+                "confirmation_ttl_secs",
+                secs(self.flow.confirmation_ttl),
+                7 * DAY,
+            ),
             (
                 "secret_refresh_secs",
                 secs(self.secrets.refresh_interval),

@@ -21,6 +21,10 @@ use crate::tokens::UserId;
 pub(crate) fn router(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/v1/connect-sessions", post(create_connect_session))
+        .route(
+            "/v1/connect-sessions/{flow_id}/confirm",
+            post(confirm_connect_session),
+        )
         .route("/v1/users/{user_id}/tokens/{provider}", get(get_token))
         .route("/v1/users/{user_id}/connections", get(list_connections))
         .route(
@@ -72,6 +76,17 @@ struct ConnectSessionRequest {
     scopes: Vec<String>,
     #[serde(default)]
     login_hint: Option<String>,
+    /// Hold the grant until `POST /v1/connect-sessions/{flowId}/confirm`
+    /// (default `AXNT_REQUIRE_CONFIRMATION`).
+    #[serde(default)]
+    require_confirmation: Option<bool>,
+    /// Only the Google account with this verified email may complete the flow.
+    #[serde(default)]
+    expected_email: Option<String>,
+    /// Only an account of this Google Workspace domain (the ID token's `hd`) may
+    /// complete the flow.
+    #[serde(default)]
+    hosted_domain: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -80,6 +95,35 @@ struct ConnectSessionResponse {
     url: String,
     expires_at: DateTime<Utc>,
     flow_id: String,
+    require_confirmation: bool,
+}
+
+/// `expectedEmail` and `hostedDomain`, when given: bounded, printable, one `@` in an
+/// email, DNS characters in a domain. Compared case-insensitively at the callback.
+fn validate_account_constraints(body: &ConnectSessionRequest) -> Result<(), Error> {
+    if body.expected_email.as_ref().is_some_and(|e| {
+        e.len() > 320
+            || e.matches('@').count() != 1
+            || e.starts_with('@')
+            || e.ends_with('@')
+            || e.chars().any(|c| c.is_control() || c.is_whitespace())
+    }) {
+        return Err(Error::InvalidRequest(
+            "expectedEmail must be an email address of at most 320 characters".into(),
+        ));
+    }
+    if body.hosted_domain.as_ref().is_some_and(|d| {
+        d.is_empty()
+            || d.len() > 253
+            || !d
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    }) {
+        return Err(Error::InvalidRequest(
+            "hostedDomain must be a domain name (letters, digits, dots and hyphens)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Scopes a caller may add: OAuth scope tokens (RFC 6749 §3.3), a bounded number.
@@ -117,6 +161,7 @@ async fn create_connect_session(
 ) -> Result<Response, Error> {
     state.tokens.provider(&body.provider)?;
     validate_scopes(&body.scopes)?;
+    validate_account_constraints(&body)?;
     if body
         .login_hint
         .as_ref()
@@ -150,6 +195,12 @@ async fn create_connect_session(
         login_hint: body.login_hint.clone(),
         flow_id: uuid::Uuid::new_v4().to_string(),
         expires_at: expires_at.timestamp(),
+        // The setting is the deployment's floor: a session can ask for confirmation,
+        // never waive it.
+        require_confirmation: state.settings.flow.require_confirmation
+            || body.require_confirmation.unwrap_or(false),
+        expected_email: body.expected_email.clone(),
+        hosted_domain: body.hosted_domain.clone(),
     };
     let sealed = seal_link(&state.sealer, &session)?;
     let mut url = url::Url::parse(
@@ -173,6 +224,9 @@ async fn create_connect_session(
                 "returnTo": return_to,
                 "scopes": body.scopes,
                 "expiresAt": expires_at.to_rfc3339(),
+                "requireConfirmation": session.require_confirmation,
+                "expectedEmail": session.expected_email,
+                "hostedDomain": session.hosted_domain,
             }),
         )
         .await;
@@ -180,8 +234,110 @@ async fn create_connect_session(
         url: url.to_string(),
         expires_at,
         flow_id: session.flow_id,
+        require_confirmation: session.require_confirmation,
     };
     Ok((StatusCode::CREATED, axum::Json(response)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ConfirmRequest {
+    /// The application's user it checked started this flow; a grant held for another
+    /// user is discarded (404).
+    #[serde(default)]
+    user_id: Option<UserId>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConfirmResponse {
+    flow_id: String,
+    user_id: String,
+    provider: String,
+    email: Option<String>,
+    sub: String,
+    /// Whether a connection existed before (now replaced).
+    replaced: bool,
+    /// Whether the replaced connection was another Google account's.
+    account_changed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_account: Option<crate::store::ReplacedAccount>,
+}
+
+/// `POST /v1/connect-sessions/{flowId}/confirm` (optional body `{"userId": "…"}`) →
+/// 200 once the application's backend, having checked that its logged-in user started
+/// the flow, confirms a held grant: the grant becomes the connection. 404
+/// `confirmation_not_found` when no grant awaits (never held, already confirmed, or
+/// held for another user, which discards it); 410 `confirmation_expired` past
+/// `AXNT_CONFIRMATION_TTL_SECS`.
+#[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
+async fn confirm_connect_session(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiPath(flow_id): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    if flow_id.is_empty()
+        || flow_id.len() > 64
+        || !flow_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(Error::InvalidRequest(
+            "flowId must be a flow id from POST /v1/connect-sessions".into(),
+        ));
+    }
+    let request: ConfirmRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ConfirmRequest { user_id: None }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Error::InvalidRequest(format!(
+                "the body must be {{\"userId\": \"…\"}} or empty: {e}"
+            ))
+        })?
+    };
+    let confirmed = state
+        .tokens
+        .confirm_grant(&flow_id, request.user_id.as_ref().map(UserId::as_str))
+        .await;
+    let confirmed = match confirmed {
+        Ok(confirmed) => confirmed,
+        Err(error) => {
+            metrics::counter!("axnt_confirmations_total", "outcome" => error.code()).increment(1);
+            return Err(error);
+        }
+    };
+    let grant = &confirmed.grant;
+    let flow_log = state
+        .flow_log
+        .flow(&grant.user_id, &flow_id, &grant.provider, &client);
+    flow_log.step(FlowStep::Confirmed, json!({})).await;
+    flow_log
+        .step(
+            FlowStep::TokensStored,
+            super::oauth::stored_step_data(&confirmed.stored),
+        )
+        .await;
+    flow_log
+        .step(
+            FlowStep::Completed,
+            json!({ "email": grant.user_info.email }),
+        )
+        .await;
+    metrics::counter!("axnt_confirmations_total", "outcome" => "confirmed").increment(1);
+    metrics::counter!("axnt_flows_completed_total", "provider" => grant.provider.clone())
+        .increment(1);
+    let response = ConfirmResponse {
+        flow_id,
+        user_id: grant.user_id.clone(),
+        provider: grant.provider.clone(),
+        email: grant.user_info.email.clone(),
+        sub: grant.user_info.sub.clone(),
+        replaced: confirmed.stored.replaced,
+        account_changed: confirmed.stored.account_changed.is_some(),
+        previous_account: confirmed.stored.account_changed.clone(),
+    };
+    Ok(axum::Json(response).into_response())
 }
 
 /// Seals the link's `session`, and checks the `state` `/start` will make from it fits

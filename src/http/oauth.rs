@@ -24,6 +24,7 @@ use crate::oauth::flow::{
 };
 use crate::oauth::provider::ProviderError;
 use crate::store::{FlowStep, FlowSteps};
+use crate::tokens::{Stored, TokenSet};
 
 /// Every answer of the browser routes (pages and redirects) carries these: no script or
 /// frame may use our pages, no `Referer` leaks a callback URL (it holds a code and
@@ -95,6 +96,9 @@ async fn start(
         expires_at: unix_time_after(state.settings.flow.state_ttl),
         flow_id: session.flow_id.clone(),
         binding_hash,
+        require_confirmation: session.require_confirmation,
+        expected_email: session.expected_email.clone(),
+        hosted_domain: session.hosted_domain.clone(),
     };
     let sealed = state
         .sealer
@@ -110,7 +114,11 @@ async fn start(
             sealed,
             flow.nonce.clone(),
             &pkce_verifier,
-            session.login_hint.as_deref(),
+            // The expected account is the natural hint for the account chooser.
+            session
+                .login_hint
+                .as_deref()
+                .or(session.expected_email.as_deref()),
         )
         .await
     {
@@ -124,6 +132,22 @@ async fn start(
             return Err(error.into());
         }
     };
+    // Single-use: the first opening marks the flow, every later one gets a page. Marked
+    // only once the redirect is ready, so a provider outage does not use up the link.
+    // A refused opening writes nothing to the user's flow log (a leaked link replayed
+    // must not grow it); it is counted.
+    match state
+        .tokens
+        .mark_flow_started(&flow.flow_id, session.expires_at)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return Err(count_rejected(&provider_name, Error::SessionUsed).into()),
+        Err(error) => {
+            flow_log.failed(FlowStep::AuthorizeRedirect, &error).await;
+            return Err(error.into());
+        }
+    }
     flow_log
         .step(
             FlowStep::AuthorizeRedirect,
@@ -327,42 +351,132 @@ async fn finish(
             json!({ "sub": user_info.sub, "email": user_info.email, "emailVerified": user_info.email_verified }),
         )
         .await;
+    check_account(flow, &user_info).map_err(|e| (FlowStep::IdTokenVerified, e))?;
+    let fresh = TokenSet::from_provider(&tokens, None, Utc::now());
+    if flow.require_confirmation {
+        let deadline = state
+            .tokens
+            .hold_grant(
+                &flow.flow_id,
+                &flow.user_id,
+                &name,
+                &fresh,
+                user_info.clone(),
+                state.settings.flow.confirmation_ttl,
+            )
+            .await
+            .map_err(|e| (FlowStep::AwaitingConfirmation, e))?;
+        flow_log
+            .step(
+                FlowStep::AwaitingConfirmation,
+                json!({ "confirmBy": deadline.to_rfc3339(), "sub": user_info.sub }),
+            )
+            .await;
+        return Ok(finished_page(
+            return_to,
+            &name,
+            &flow.flow_id,
+            "pending_confirmation",
+            "Almost done",
+            "Go back to the application to finish connecting your account.",
+        ));
+    }
     let stored = state
         .tokens
-        .store_grant(&flow.user_id, &name, &tokens, user_info.clone())
+        .store_grant(&flow.user_id, &name, &fresh, user_info.clone())
         .await
         .map_err(|e| (FlowStep::TokensStored, e))?;
     flow_log
-        .step(
-            FlowStep::TokensStored,
-            json!({
-                "replaced": stored.replaced,
-                "keptRefreshToken": stored.kept_refresh_token,
-                "hasRefreshToken": stored.has_refresh_token,
-            }),
-        )
+        .step(FlowStep::TokensStored, stored_step_data(&stored))
         .await;
     flow_log
         .step(FlowStep::Completed, json!({ "email": user_info.email }))
         .await;
-    let response = match return_to {
+    let detail = format!(
+        "Your {} account{} is connected. You can close this window.",
+        name,
+        user_info
+            .email
+            .as_deref()
+            .map(|e| format!(" {e}"))
+            .unwrap_or_default(),
+    );
+    Ok(finished_page(
+        return_to,
+        &name,
+        &flow.flow_id,
+        "connected",
+        "Connected",
+        &detail,
+    ))
+}
+
+/// A finished flow's answer: the return URL with `status`, `provider` and `flowId`,
+/// or a short page when the session had no return URL.
+fn finished_page(
+    return_to: Option<&ReturnUrl>,
+    provider: &str,
+    flow_id: &str,
+    status: &str,
+    title: &str,
+    detail: &str,
+) -> Response {
+    match return_to {
         Some(return_to) => {
             let url = return_to.with_query(&[
-                ("status", "connected"),
-                ("provider", &name),
-                ("flowId", &flow.flow_id),
+                ("status", status),
+                ("provider", provider),
+                ("flowId", flow_id),
             ]);
             crate::http::found(url.as_str())
         }
         None => Html(format!(
-            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Connected</title></head>\
-             <body><h1>Connected</h1><p>Your {} account{} is connected. You can close this window.</p></body></html>",
-            html_escape(&name),
-            user_info.email.as_deref().map(|e| format!(" {}", html_escape(e))).unwrap_or_default(),
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+             <body><h1>{title}</h1><p>{detail}</p></body></html>",
+            title = html_escape(title),
+            detail = html_escape(detail),
         ))
         .into_response(),
-    };
-    Ok(response)
+    }
+}
+
+/// The session's account constraints, against the verified ID token: `expectedEmail`
+/// must be the token's email, verified; `hostedDomain` its `hd`. Both compared without
+/// regard to ASCII case.
+fn check_account(flow: &FlowState, user: &crate::store::UserInfo) -> Result<(), Error> {
+    let email_ok = flow.expected_email.as_ref().is_none_or(|expected| {
+        user.email_verified == Some(true)
+            && user
+                .email
+                .as_ref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(expected))
+    });
+    let domain_ok = flow.hosted_domain.as_ref().is_none_or(|expected| {
+        user.hd
+            .as_ref()
+            .is_some_and(|hd| hd.eq_ignore_ascii_case(expected))
+    });
+    if email_ok && domain_ok {
+        Ok(())
+    } else {
+        Err(Error::AccountNotAllowed)
+    }
+}
+
+/// The `tokens_stored` step's details: whether a connection was replaced, and by
+/// another account (never silent: `accountChanged` and `previousSub`).
+pub(crate) fn stored_step_data(stored: &Stored) -> serde_json::Value {
+    let mut data = json!({
+        "replaced": stored.replaced,
+        "keptRefreshToken": stored.kept_refresh_token,
+        "hasRefreshToken": stored.has_refresh_token,
+        "accountChanged": stored.account_changed.is_some(),
+    });
+    if let Some(previous) = &stored.account_changed {
+        data["previousSub"] = json!(previous.sub);
+        data["previousEmail"] = json!(previous.email);
+    }
+    data
 }
 
 /// Counts a callback refused before anything was logged, and hands its error back.

@@ -22,6 +22,10 @@ pub enum FlowStep {
     CodeExchanged,
     IdTokenVerified,
     TokensStored,
+    /// Confirmation mode: the grant is held until the application confirms the flow.
+    AwaitingConfirmation,
+    /// The application confirmed the flow; the held grant is stored next.
+    Confirmed,
     Completed,
     Failed,
     TokenRefreshed,
@@ -40,6 +44,8 @@ impl FlowStep {
             Self::CodeExchanged => "code_exchanged",
             Self::IdTokenVerified => "id_token_verified",
             Self::TokensStored => "tokens_stored",
+            Self::AwaitingConfirmation => "awaiting_confirmation",
+            Self::Confirmed => "confirmed",
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::TokenRefreshed => "token_refreshed",

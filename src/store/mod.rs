@@ -43,6 +43,39 @@ pub struct Connection {
     /// The refresh bookkeeping: who is refreshing, when the next attempt may be made,
     /// and why the grant died. Written by partial updates that leave `version` alone.
     pub refresh: RefreshState,
+    /// The account this connection held before a grant of a *different* account (another
+    /// `sub`) replaced it: the latest such change, kept so it is never silent.
+    pub replaced_account: Option<ReplacedAccount>,
+}
+
+/// The account a connection held before another account's grant replaced it
+/// (`replacedAccount`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplacedAccount {
+    /// The replaced account's `sub`.
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// RFC 3339 UTC, to the millisecond.
+    pub replaced_at: String,
+}
+
+/// A grant held back until the application confirms its flow (confirmation mode). It
+/// is never handed out: it becomes the connection's row only through the confirm call,
+/// and is refused (then purged) after `expires_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingGrant {
+    pub flow_id: String,
+    pub user_id: String,
+    pub provider: String,
+    /// The sealed token set, bound to this flow's pending grant (its associated data is
+    /// not the connection row's, so it cannot be copied into a row).
+    pub encrypted_tokens: Envelope,
+    pub user_info: UserInfo,
+    pub created_at: DateTime<Utc>,
+    /// Epoch seconds: the confirmation deadline, and when the item may be purged.
+    pub expires_at: i64,
 }
 
 impl Connection {
@@ -242,6 +275,19 @@ pub trait TokenStore: Send + Sync {
 
     /// Every row of one user.
     async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError>;
+
+    /// Marks a connect link's flow as started, keeping the mark until `expires_at`
+    /// (epoch seconds, the link's own expiry). True the first time; false when the flow
+    /// was started before (links are single-use). A conditional create: of two
+    /// concurrent openings, exactly one gets true.
+    async fn mark_flow_started(&self, flow_id: &str, expires_at: i64) -> Result<bool, StoreError>;
+
+    /// Stores a grant awaiting its flow's confirmation (one per flow).
+    async fn put_pending(&self, grant: &PendingGrant) -> Result<(), StoreError>;
+
+    /// Removes and returns a flow's pending grant, expired or not: of two concurrent
+    /// takers, one gets it and the other `None`.
+    async fn take_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError>;
 
     /// A cheap read proving the table answers (used by `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

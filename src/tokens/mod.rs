@@ -25,7 +25,8 @@ use crate::error::Error;
 use crate::oauth::provider::{OidcProvider, ProviderError, ProviderTokens, Providers};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{
-    Connection, FlowRecorder, FlowStep, RefreshState, StoreError, TokenStore, UserInfo,
+    Connection, FlowRecorder, FlowStep, PendingGrant, RefreshState, ReplacedAccount, StoreError,
+    TokenStore, UserInfo,
 };
 
 pub(crate) use refresh::{RefreshReuse, Refresher, TokenEndpoint};
@@ -47,6 +48,9 @@ pub(crate) struct ConnectionSummary {
     pub(crate) updated_at: DateTime<Utc>,
     pub(crate) last_used: DateTime<Utc>,
     pub(crate) access_token_expires_at: DateTime<Utc>,
+    /// The account this connection held before another account's grant replaced it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) previous_account: Option<ReplacedAccount>,
 }
 
 /// Timing rules for rows and tokens.
@@ -137,6 +141,14 @@ pub(crate) struct Stored {
     /// Whether the provider's answer lacked a refresh token and an earlier one was kept.
     pub(crate) kept_refresh_token: bool,
     pub(crate) has_refresh_token: bool,
+    /// Set when the grant is another account's than the row's before (another `sub`).
+    pub(crate) account_changed: Option<ReplacedAccount>,
+}
+
+/// A confirmed pending grant, and what storing it did.
+pub(crate) struct Confirmed {
+    pub(crate) grant: PendingGrant,
+    pub(crate) stored: Stored,
 }
 
 impl TokenService {
@@ -179,13 +191,15 @@ impl TokenService {
     }
 
     /// Stores the tokens of a completed grant. The previous row, if any, is replaced
-    /// in one conditional write; its refresh token is kept when the provider sent none.
+    /// in one conditional write; its refresh token is kept when the provider sent none
+    /// and the grant is the same account's. A grant of a different account (another
+    /// `sub`) is recorded on the row as `replacedAccount`.
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     pub(crate) async fn store_grant(
         &self,
         user_id: &str,
         provider: &str,
-        tokens: &ProviderTokens,
+        fresh: &TokenSet,
         user_info: UserInfo,
     ) -> Result<Stored, Error> {
         for _ in 0..WRITE_ATTEMPTS {
@@ -202,9 +216,18 @@ impl TokenService {
                 }
                 _ => None,
             };
-            let set = TokenSet::from_provider(tokens, previous.as_ref(), now);
-            let kept_refresh_token = tokens.refresh_token.is_none() && set.refresh_token.is_some();
+            let mut set = fresh.clone();
+            set.inherit(previous.as_ref());
+            let kept_refresh_token = fresh.refresh_token.is_none() && set.refresh_token.is_some();
             let has_refresh_token = set.refresh_token.is_some();
+            let account_changed = existing
+                .as_ref()
+                .filter(|row| row.user_info.sub != user_info.sub)
+                .map(|row| ReplacedAccount {
+                    sub: row.user_info.sub.clone(),
+                    email: row.email.clone(),
+                    replaced_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                });
             let envelope = set.seal(&self.cipher, user_id, provider).await?;
             let row = Connection {
                 user_id: user_id.to_string(),
@@ -224,6 +247,9 @@ impl TokenService {
                 // A new grant ends any refresh in flight for the old one: that
                 // attempt's write then fails its lease condition.
                 refresh: RefreshState::default(),
+                replaced_account: account_changed
+                    .clone()
+                    .or_else(|| existing.as_ref().and_then(|r| r.replaced_account.clone())),
             };
             match self
                 .store
@@ -231,10 +257,20 @@ impl TokenService {
                 .await
             {
                 Ok(()) => {
+                    if let Some(replaced) = &account_changed {
+                        tracing::warn!(
+                            user_id,
+                            provider,
+                            previous_sub = %replaced.sub,
+                            sub = %user_info.sub,
+                            "a grant of another account replaced the connection"
+                        );
+                    }
                     return Ok(Stored {
                         replaced: existing.is_some(),
                         kept_refresh_token,
                         has_refresh_token,
+                        account_changed,
                     });
                 }
                 Err(StoreError::Conflict) => continue,
@@ -242,6 +278,99 @@ impl TokenService {
             }
         }
         Err(Error::Conflict)
+    }
+
+    /// Marks a connect link's flow as started; false when it was before (single-use
+    /// links). The mark is kept until the link's own expiry.
+    pub(crate) async fn mark_flow_started(
+        &self,
+        flow_id: &str,
+        link_expires_at: i64,
+    ) -> Result<bool, Error> {
+        Ok(self
+            .store
+            .mark_flow_started(flow_id, link_expires_at)
+            .await?)
+    }
+
+    /// Holds a completed grant until the application confirms its flow (confirmation
+    /// mode): sealed as the flow's pending grant, never handed out, refused after
+    /// `within`. The connection's row, if any, stays as it is. Returns the deadline.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider, flow_id = %flow_id))]
+    pub(crate) async fn hold_grant(
+        &self,
+        flow_id: &str,
+        user_id: &str,
+        provider: &str,
+        fresh: &TokenSet,
+        user_info: UserInfo,
+        within: Duration,
+    ) -> Result<DateTime<Utc>, Error> {
+        let now = Utc::now();
+        let deadline = chrono::TimeDelta::from_std(within)
+            .ok()
+            .and_then(|ttl| now.checked_add_signed(ttl))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let grant = PendingGrant {
+            flow_id: flow_id.to_string(),
+            user_id: user_id.to_string(),
+            provider: provider.to_string(),
+            encrypted_tokens: fresh
+                .seal_pending(&self.cipher, user_id, provider, flow_id)
+                .await?,
+            user_info,
+            created_at: now,
+            expires_at: deadline.timestamp(),
+        };
+        self.store.put_pending(&grant).await?;
+        Ok(deadline)
+    }
+
+    /// Turns a flow's pending grant into the connection: taken (so it is confirmed at
+    /// most once), checked against `expected_user` and its deadline, then stored as
+    /// [`store_grant`](Self::store_grant) stores any grant. A grant that cannot be stored
+    /// for a passing reason is put back, so the confirm can be retried.
+    #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
+    pub(crate) async fn confirm_grant(
+        &self,
+        flow_id: &str,
+        expected_user: Option<&str>,
+    ) -> Result<Confirmed, Error> {
+        let grant = self
+            .store
+            .take_pending(flow_id)
+            .await?
+            .ok_or(Error::ConfirmationNotFound)?;
+        if expected_user.is_some_and(|u| u != grant.user_id) {
+            // The application says another of its users started this flow: the grant
+            // is not theirs to keep, and it is not put back.
+            tracing::warn!(
+                flow_id,
+                "a confirm named another user; the pending grant is discarded"
+            );
+            return Err(Error::ConfirmationNotFound);
+        }
+        if grant.expires_at < Utc::now().timestamp() {
+            return Err(Error::ConfirmationExpired);
+        }
+        let fresh = TokenSet::open_pending(&self.cipher, &grant).await?;
+        match self
+            .store_grant(
+                &grant.user_id,
+                &grant.provider,
+                &fresh,
+                grant.user_info.clone(),
+            )
+            .await
+        {
+            Ok(stored) => Ok(Confirmed { grant, stored }),
+            Err(e) => {
+                if let Err(put_back) = self.store.put_pending(&grant).await {
+                    tracing::warn!(flow_id, error = %put_back, "a pending grant could not be put back after a failed confirm");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// A valid access token for `user_id` at `provider`, valid for at least the
@@ -341,6 +470,7 @@ impl TokenService {
                 created_at: row.created_at,
                 updated_at: row.updated_at,
                 last_used: row.last_used,
+                previous_account: row.replaced_account,
             })
             .collect())
     }

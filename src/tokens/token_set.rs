@@ -11,7 +11,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::crypto::{Envelope, EnvelopeCipher};
 use crate::error::Error;
 use crate::oauth::provider::ProviderTokens;
-use crate::store::Connection;
+use crate::store::{Connection, PendingGrant};
 
 /// Used when a provider omits `expires_in` (Google never does): one hour.
 const DEFAULT_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
@@ -61,27 +61,39 @@ impl TokenSet {
         now: DateTime<Utc>,
     ) -> Self {
         let lifetime = tokens.expires_in.unwrap_or(DEFAULT_ACCESS_TOKEN_LIFETIME);
-        Self {
+        let mut set = Self {
             access_token: tokens.access_token.expose_secret().to_string(),
             refresh_token: tokens
                 .refresh_token
                 .as_ref()
-                .map(|t| t.expose_secret().to_string())
-                .or_else(|| previous.and_then(|p| p.refresh_token.clone())),
+                .map(|t| t.expose_secret().to_string()),
             id_token: tokens
                 .id_token
                 .as_ref()
-                .map(|t| t.expose_secret().to_string())
-                .or_else(|| previous.and_then(|p| p.id_token.clone())),
-            scope: tokens
-                .scope
-                .clone()
-                .or_else(|| previous.and_then(|p| p.scope.clone())),
+                .map(|t| t.expose_secret().to_string()),
+            scope: tokens.scope.clone(),
             token_type: tokens.token_type.clone(),
             expires_at: now
                 .timestamp()
                 .saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX)),
             issued_at: Some(now.timestamp()),
+        };
+        set.inherit(previous);
+        set
+    }
+
+    /// Fills what the provider's answer lacked (refresh token, ID token, scope) from
+    /// `previous`, the same account's earlier set.
+    pub(crate) fn inherit(&mut self, previous: Option<&TokenSet>) {
+        let Some(previous) = previous else { return };
+        if self.refresh_token.is_none() {
+            self.refresh_token.clone_from(&previous.refresh_token);
+        }
+        if self.id_token.is_none() {
+            self.id_token.clone_from(&previous.id_token);
+        }
+        if self.scope.is_none() {
+            self.scope.clone_from(&previous.scope);
         }
     }
 
@@ -124,6 +136,35 @@ impl TokenSet {
         Ok(cipher.seal(user_id, provider, &json).await?)
     }
 
+    /// Encrypts this set as `flow_id`'s pending grant. Its associated data names the
+    /// flow, not the connection's row: a pending ciphertext never opens as a row's.
+    pub(crate) async fn seal_pending(
+        &self,
+        cipher: &EnvelopeCipher,
+        user_id: &str,
+        provider: &str,
+        flow_id: &str,
+    ) -> Result<Envelope, Error> {
+        self.seal(cipher, user_id, &pending_context(provider, flow_id))
+            .await
+    }
+
+    /// Decrypts a pending grant's token set.
+    pub(crate) async fn open_pending(
+        cipher: &EnvelopeCipher,
+        grant: &PendingGrant,
+    ) -> Result<Self, Error> {
+        let plaintext = cipher
+            .open(
+                &grant.user_id,
+                &pending_context(&grant.provider, &grant.flow_id),
+                &grant.encrypted_tokens,
+            )
+            .await?;
+        serde_json::from_slice(&plaintext)
+            .map_err(|_| Error::Internal("pending token set is not valid JSON".into()))
+    }
+
     /// The token as the API hands it out.
     pub(crate) fn issue(&self, row: &Connection) -> IssuedToken {
         IssuedToken {
@@ -134,6 +175,11 @@ impl TokenSet {
             email: row.email.clone(),
         }
     }
+}
+
+/// Where a pending grant's envelope is bound: the provider and the flow.
+fn pending_context(provider: &str, flow_id: &str) -> String {
+    format!("{provider}#pending#{flow_id}")
 }
 
 /// A valid access token as the API hands it out.

@@ -33,6 +33,7 @@ fn probe_row(user_id: &str, envelope: axnt_oauth::crypto::Envelope) -> Connectio
         is_active: true,
         version: 1,
         refresh: Default::default(),
+        replaced_account: None,
     }
 }
 

@@ -36,13 +36,16 @@ async fn a_browser_start_flood_meets_a_429_page_and_logs_nothing_more() {
         ],
     )
     .await;
-    let session = app
-        .connect_session(json!({ "userId": "flood", "provider": "google" }))
-        .await;
-    let url = session["url"].as_str().expect("url");
+    // Links are single-use: the burst opens three of them.
+    let mut url = String::new();
     for _ in 0..3 {
-        assert_eq!(start(&app, url, None).await.status(), StatusCode::FOUND);
+        let session = app
+            .connect_session(json!({ "userId": "flood", "provider": "google" }))
+            .await;
+        url = session["url"].as_str().expect("url").to_string();
+        assert_eq!(start(&app, &url, None).await.status(), StatusCode::FOUND);
     }
+    let url = url.as_str();
     let logged = app.flow_log("flood").await.len();
     for _ in 0..20 {
         let response = start(&app, url, None).await;

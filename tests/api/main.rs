@@ -24,6 +24,7 @@ mod edges;
 mod flow;
 mod internal_api;
 mod limits;
+mod links;
 mod refresh_faults;
 mod retention;
 mod secrets;

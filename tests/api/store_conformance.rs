@@ -13,8 +13,8 @@ use axnt_oauth::store::buffered::BufferedFlowLog;
 use axnt_oauth::store::embedded::EmbeddedStore;
 use axnt_oauth::store::flow_log::SortKeyClock;
 use axnt_oauth::store::{
-    Connection, FlowLog, FlowLogEntry, FlowStep, LeaseRelease, RefreshLease, RefreshState,
-    StoreError, TokenStore, UserInfo,
+    Connection, FlowLog, FlowLogEntry, FlowStep, LeaseRelease, PendingGrant, RefreshLease,
+    RefreshState, ReplacedAccount, StoreError, TokenStore, UserInfo,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
@@ -89,6 +89,7 @@ fn row(user_id: &str, provider: &str, version: u64, marker: &str) -> Connection 
         is_active: true,
         version,
         refresh: Default::default(),
+        replaced_account: None,
     }
 }
 
@@ -498,6 +499,131 @@ async fn flush_writes_everything_queued(_tokens: Arc<dyn TokenStore>, log: Arc<d
     assert_eq!(listed, vec![last]);
 }
 
+async fn a_flow_is_started_once(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let flow = aws::unique("flow");
+    let until = now().timestamp() + 600;
+    assert!(tokens.mark_flow_started(&flow, until).await.expect("mark"));
+    assert!(
+        !tokens
+            .mark_flow_started(&flow, until)
+            .await
+            .expect("mark again")
+    );
+    let other = aws::unique("flow");
+    assert!(
+        tokens
+            .mark_flow_started(&other, until)
+            .await
+            .expect("another flow")
+    );
+
+    // Of concurrent openings of one link, exactly one wins.
+    let raced = aws::unique("flow");
+    let attempts = (0..8).map(|_| {
+        let tokens = Arc::clone(&tokens);
+        let raced = raced.clone();
+        tokio::spawn(async move { tokens.mark_flow_started(&raced, until).await })
+    });
+    let mut wins = 0;
+    for attempt in attempts {
+        if attempt.await.expect("task").expect("mark") {
+            wins += 1;
+        }
+    }
+    assert_eq!(wins, 1, "exactly one opening of a link wins");
+}
+
+fn pending(flow_id: &str, user_id: &str, marker: &str) -> PendingGrant {
+    let r = row(user_id, "google", 1, marker);
+    PendingGrant {
+        flow_id: flow_id.into(),
+        user_id: user_id.into(),
+        provider: "google".into(),
+        encrypted_tokens: r.encrypted_tokens,
+        user_info: r.user_info,
+        created_at: now(),
+        expires_at: now().timestamp() + 600,
+    }
+}
+
+async fn a_pending_grant_is_taken_once_and_is_no_connection(
+    tokens: Arc<dyn TokenStore>,
+    _log: Arc<dyn FlowLog>,
+) {
+    let u = user();
+    let flow = aws::unique("flow");
+    assert_eq!(tokens.take_pending(&flow).await.expect("take"), None);
+    let grant = pending(&flow, &u, "p");
+    tokens.put_pending(&grant).await.expect("put");
+    // Held grants are never connections: not read, not listed.
+    assert_eq!(tokens.get(&u, "google").await.expect("get"), None);
+    assert!(tokens.list(&u).await.expect("list").is_empty());
+    // Nor listed under any user id, even one that looks like the flow's key.
+    for odd in [
+        format!("#flow#{flow}"),
+        format!("flow#{flow}"),
+        flow.clone(),
+    ] {
+        assert!(
+            tokens.list(&odd).await.expect("list odd").is_empty(),
+            "{odd}"
+        );
+    }
+    tokens
+        .mark_flow_started(&flow, now().timestamp() + 600)
+        .await
+        .expect("mark");
+    assert!(
+        tokens
+            .list(&format!("#flow#{flow}"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
+
+    assert_eq!(
+        tokens.take_pending(&flow).await.expect("take"),
+        Some(grant.clone())
+    );
+    assert_eq!(tokens.take_pending(&flow).await.expect("take again"), None);
+
+    // Of concurrent takers, exactly one gets it.
+    tokens.put_pending(&grant).await.expect("put again");
+    let takers = (0..6).map(|_| {
+        let tokens = Arc::clone(&tokens);
+        let flow = flow.clone();
+        tokio::spawn(async move { tokens.take_pending(&flow).await })
+    });
+    let mut got = 0;
+    for taker in takers {
+        if taker.await.expect("task").expect("take").is_some() {
+            got += 1;
+        }
+    }
+    assert_eq!(got, 1, "a pending grant is taken once");
+}
+
+async fn a_replaced_account_is_kept_on_the_row(
+    tokens: Arc<dyn TokenStore>,
+    _log: Arc<dyn FlowLog>,
+) {
+    let u = user();
+    let r = Connection {
+        replaced_account: Some(ReplacedAccount {
+            sub: "before".into(),
+            email: Some("before@example.com".into()),
+            replaced_at: "2026-01-02T03:04:05.678Z".into(),
+        }),
+        ..row(&u, "google", 1, "r")
+    };
+    tokens.put(&r, None).await.expect("create");
+    assert_eq!(
+        tokens.get(&u, "google").await.expect("get"),
+        Some(r.clone())
+    );
+    assert_eq!(tokens.list(&u).await.expect("list"), vec![r]);
+}
+
 async fn pings_answer(tokens: Arc<dyn TokenStore>, log: Arc<dyn FlowLog>) {
     tokens.ping().await.expect("tokens ping");
     log.ping().await.expect("flow log ping");
@@ -539,4 +665,7 @@ every_backend!(
     only_the_holder_writes,
     a_released_lease_leaves_its_cooldown,
     touch_is_a_partial_update,
+    a_flow_is_started_once,
+    a_pending_grant_is_taken_once_and_is_no_connection,
+    a_replaced_account_is_kept_on_the_row,
 );

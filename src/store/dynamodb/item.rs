@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::crypto::Envelope;
 use crate::store::{
-    Connection, FlowLogEntry, FlowStep, RefreshLease, RefreshState, StoreError, UserInfo,
+    Connection, FlowLogEntry, FlowStep, PendingGrant, RefreshLease, RefreshState, ReplacedAccount,
+    StoreError, UserInfo,
 };
 
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -72,6 +73,8 @@ struct ConnectionItem {
     refresh_unknown_since: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     inactive_cause: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replaced_account: Option<ReplacedAccount>,
 }
 
 impl From<&Connection> for ConnectionItem {
@@ -99,6 +102,7 @@ impl From<&Connection> for ConnectionItem {
             refresh_retry_at: refresh.retry_at_ms,
             refresh_unknown_since: refresh.unknown_since_ms,
             inactive_cause: refresh.inactive_cause,
+            replaced_account: row.replaced_account.clone(),
         }
     }
 }
@@ -131,6 +135,7 @@ impl TryFrom<ConnectionItem> for Connection {
                 unknown_since_ms: item.refresh_unknown_since,
                 inactive_cause: item.inactive_cause,
             },
+            replaced_account: item.replaced_account,
         })
     }
 }
@@ -185,6 +190,68 @@ impl From<FlowLogItem> for FlowLogEntry {
             expires_at: item.expires_at,
         }
     }
+}
+
+/// Flows keep two kinds of items in the tokens table, under a partition key no
+/// connection has (`#flow#<flowId>`) and a sort key no provider is named (`#started`,
+/// `#pending`): `list` skips sort keys starting with `#`. Both expire by the table's TTL
+/// on `expiresAt`.
+pub(super) fn flow_key(flow_id: &str) -> String {
+    format!("#flow#{flow_id}")
+}
+
+/// The sort key of a connect link's "started" mark (single-use links).
+pub(super) const STARTED: &str = "#started";
+/// The sort key of a grant awaiting confirmation.
+pub(super) const PENDING: &str = "#pending";
+
+/// Whether a tokens-table item is a flow's item rather than a connection.
+pub(super) fn is_flow_item(item: &Item) -> bool {
+    matches!(item.get("provider"), Some(AttributeValue::S(p)) if p.starts_with('#'))
+}
+
+/// A pending grant's item: the flow's key, then whose grant it is.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PendingItem {
+    user_id: String,
+    provider: String,
+    flow_id: String,
+    grant_user_id: String,
+    grant_provider: String,
+    encrypted_tokens: Envelope,
+    user_info: UserInfo,
+    #[serde(serialize_with = "stored_time")]
+    created_at: DateTime<Utc>,
+    expires_at: i64,
+}
+
+pub(super) fn pending_item(grant: &PendingGrant) -> Result<Item, StoreError> {
+    let item = PendingItem {
+        user_id: flow_key(&grant.flow_id),
+        provider: PENDING.into(),
+        flow_id: grant.flow_id.clone(),
+        grant_user_id: grant.user_id.clone(),
+        grant_provider: grant.provider.clone(),
+        encrypted_tokens: grant.encrypted_tokens.clone(),
+        user_info: grant.user_info.clone(),
+        created_at: grant.created_at,
+        expires_at: grant.expires_at,
+    };
+    to_item("pending grant item", &item)
+}
+
+pub(super) fn pending_from(item: &Item) -> Result<PendingGrant, StoreError> {
+    let item: PendingItem = from_item(item)?;
+    Ok(PendingGrant {
+        flow_id: item.flow_id,
+        user_id: item.grant_user_id,
+        provider: item.grant_provider,
+        encrypted_tokens: item.encrypted_tokens,
+        user_info: item.user_info,
+        created_at: item.created_at,
+        expires_at: item.expires_at,
+    })
 }
 
 fn to_item(what: &str, value: &impl Serialize) -> Result<Item, StoreError> {
@@ -276,6 +343,11 @@ mod tests {
                 unknown_since_ms: Some(1_790_000_000_789),
                 inactive_cause: Some("invalid_grant".into()),
             },
+            replaced_account: Some(ReplacedAccount {
+                sub: "sub-before".into(),
+                email: Some("before@example.com".into()),
+                replaced_at: "2025-01-02T03:04:05.000Z".into(),
+            }),
         }
     }
 
@@ -322,6 +394,14 @@ mod tests {
             ("refreshRetryAt", n(1_790_000_000_456_i64)),
             ("refreshUnknownSince", n(1_790_000_000_789_i64)),
             ("inactiveCause", s("invalid_grant")),
+            (
+                "replacedAccount",
+                AttributeValue::M(m(&[
+                    ("sub", s("sub-before")),
+                    ("email", s("before@example.com")),
+                    ("replacedAt", s("2025-01-02T03:04:05.000Z")),
+                ])),
+            ),
         ])
     }
 
@@ -395,6 +475,7 @@ mod tests {
         let bare = Connection {
             email: None,
             refresh: RefreshState::default(),
+            replaced_account: None,
             ..row
         };
         let mut item = item;
@@ -405,6 +486,7 @@ mod tests {
             RETRY_AT,
             UNKNOWN_SINCE,
             "inactiveCause",
+            "replacedAccount",
         ] {
             item.remove(name);
         }

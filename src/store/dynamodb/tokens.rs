@@ -8,11 +8,11 @@ use chrono::{DateTime, Utc};
 
 use super::DynamoStore;
 use super::item::{
-    Item, LEASE_ATTEMPT, LEASE_UNTIL, RETRY_AT, UNKNOWN_SINCE, connection_from, connection_item, n,
-    rfc3339, s,
+    Item, LEASE_ATTEMPT, LEASE_UNTIL, PENDING, RETRY_AT, STARTED, UNKNOWN_SINCE, connection_from,
+    connection_item, flow_key, is_flow_item, n, pending_from, pending_item, rfc3339, s,
 };
 use crate::aws::error::observe;
-use crate::store::{Connection, LeaseRelease, RefreshLease, StoreError, TokenStore};
+use crate::store::{Connection, LeaseRelease, PendingGrant, RefreshLease, StoreError, TokenStore};
 
 #[async_trait]
 impl TokenStore for DynamoStore {
@@ -222,7 +222,7 @@ impl TokenStore for DynamoStore {
                     .await,
             )
             .map_err(|f| self.error("Query", table, f))?;
-            for item in out.items() {
+            for item in out.items().iter().filter(|i| !is_flow_item(i)) {
                 rows.push(connection_from(item)?);
             }
             match out.last_evaluated_key() {
@@ -230,6 +230,62 @@ impl TokenStore for DynamoStore {
                 _ => return Ok(rows),
             }
         }
+    }
+
+    #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
+    async fn mark_flow_started(&self, flow_id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        let table = &self.tokens_table;
+        let sent = self
+            .client
+            .put_item()
+            .table_name(table)
+            .item("userId", s(flow_key(flow_id)))
+            .item("provider", s(STARTED))
+            .item("expiresAt", n(expires_at))
+            .condition_expression("attribute_not_exists(userId)")
+            .send()
+            .await;
+        match observe("dynamodb", "PutItem", sent).map_err(|f| self.error("PutItem", table, f)) {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(flow_id = %grant.flow_id, user_id = %grant.user_id))]
+    async fn put_pending(&self, grant: &PendingGrant) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        let request = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(pending_item(grant)?));
+        observe("dynamodb", "PutItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("PutItem", table, f))
+    }
+
+    #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
+    async fn take_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError> {
+        let table = &self.tokens_table;
+        // One DeleteItem returning the old item: two takers cannot both get it.
+        let out = observe(
+            "dynamodb",
+            "DeleteItem",
+            self.client
+                .delete_item()
+                .table_name(table)
+                .key("userId", s(flow_key(flow_id)))
+                .key("provider", s(PENDING))
+                .return_values(ReturnValue::AllOld)
+                .send()
+                .await,
+        )
+        .map_err(|f| self.error("DeleteItem", table, f))?;
+        out.attributes()
+            .filter(|a| !a.is_empty())
+            .map(pending_from)
+            .transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -37,9 +37,23 @@ CREATE TABLE IF NOT EXISTS tokens (
     refresh_retry_at        INTEGER,
     refresh_unknown_since   INTEGER,
     inactive_cause          TEXT,
+    replaced_account        TEXT,
     PRIMARY KEY (user_id, provider)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
+CREATE TABLE IF NOT EXISTS started_flows (
+    flow_id    TEXT    NOT NULL PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending_grants (
+    flow_id          TEXT    NOT NULL PRIMARY KEY,
+    user_id          TEXT    NOT NULL,
+    provider         TEXT    NOT NULL,
+    encrypted_tokens TEXT    NOT NULL,
+    user_info        TEXT    NOT NULL,
+    created_at       TEXT    NOT NULL,
+    expires_at       INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS flow_logs (
     user_id    TEXT    NOT NULL,
     timestamp  TEXT    NOT NULL,
@@ -57,7 +71,7 @@ CREATE INDEX IF NOT EXISTS flow_logs_expires_at ON flow_logs (expires_at);
 
 const TOKEN_COLUMNS: &str = "user_id, provider, email, encrypted_tokens, user_info, created_at, updated_at, \
      last_used, access_token_expires_at, expires_at, is_active, version, refresh_lease_attempt, refresh_lease_until, \
-     refresh_retry_at, refresh_unknown_since, inactive_cause";
+     refresh_retry_at, refresh_unknown_since, inactive_cause, replaced_account";
 
 /// Both tables in one SQLite file.
 #[derive(Clone)]
@@ -135,6 +149,12 @@ impl EmbeddedStore {
         let user_info =
             serde_json::to_string(&row.user_info).map_err(|e| corrupt("userInfo", e))?;
         let version = i64::try_from(row.version).map_err(|e| corrupt("version", e))?;
+        let replaced = row
+            .replaced_account
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| corrupt("replacedAccount", e))?;
         let lease = row.refresh.lease.as_ref();
         let mut values = vec![
             Value::from(row.user_id.clone()),
@@ -159,26 +179,28 @@ impl EmbeddedStore {
                 .inactive_cause
                 .clone()
                 .map_or(Value::Null, Value::from),
+            replaced.map_or(Value::Null, Value::from),
         ];
         const SET: &str = "email = ?3, encrypted_tokens = ?4, user_info = ?5, created_at = ?6, \
              updated_at = ?7, last_used = ?8, access_token_expires_at = ?9, expires_at = ?10, \
              is_active = ?11, version = ?12, refresh_lease_attempt = ?13, refresh_lease_until = ?14, \
-             refresh_retry_at = ?15, refresh_unknown_since = ?16, inactive_cause = ?17";
+             refresh_retry_at = ?15, refresh_unknown_since = ?16, inactive_cause = ?17, \
+             replaced_account = ?18";
         let statement = match condition {
             WriteIf::Absent => format!(
                 "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) ON CONFLICT (user_id, provider) DO NOTHING"
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) ON CONFLICT (user_id, provider) DO NOTHING"
             ),
             WriteIf::Version(expected) => {
                 values.push(Value::from(expected));
                 format!(
-                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?18"
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?19"
                 )
             }
             WriteIf::Holder(attempt) => {
                 values.push(Value::from(attempt));
                 format!(
-                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?18"
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?19"
                 )
             }
         };
@@ -241,7 +263,13 @@ impl EmbeddedStore {
             let logs = db
                 .execute("DELETE FROM flow_logs WHERE expires_at < ?1", [now])
                 .map_err(sql)?;
-            Ok(tokens + logs)
+            let started = db
+                .execute("DELETE FROM started_flows WHERE expires_at < ?1", [now])
+                .map_err(sql)?;
+            let pending = db
+                .execute("DELETE FROM pending_grants WHERE expires_at < ?1", [now])
+                .map_err(sql)?;
+            Ok(tokens + logs + started + pending)
         })
         .await
     }
@@ -271,6 +299,7 @@ fn migrate(db: &Sqlite) -> rusqlite::Result<()> {
         ("refresh_retry_at", "INTEGER"),
         ("refresh_unknown_since", "INTEGER"),
         ("inactive_cause", "TEXT"),
+        ("replaced_account", "TEXT"),
     ] {
         if !columns.iter().any(|c| c == column) {
             db.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {column} {kind}"))?;

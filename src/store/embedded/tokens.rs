@@ -7,7 +7,9 @@ use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{EmbeddedStore, TOKEN_COLUMNS, WriteIf, corrupt, parse_time, rfc3339, sql};
-use crate::store::{Connection, LeaseRelease, RefreshLease, RefreshState, StoreError, TokenStore};
+use crate::store::{
+    Connection, LeaseRelease, PendingGrant, RefreshLease, RefreshState, StoreError, TokenStore,
+};
 
 /// The raw columns of a tokens row, read inside the SQLite callback and parsed after.
 struct RawConnection {
@@ -28,6 +30,7 @@ struct RawConnection {
     refresh_retry_at: Option<i64>,
     refresh_unknown_since: Option<i64>,
     inactive_cause: Option<String>,
+    replaced_account: Option<String>,
 }
 
 impl RawConnection {
@@ -50,6 +53,7 @@ impl RawConnection {
             refresh_retry_at: row.get(14)?,
             refresh_unknown_since: row.get(15)?,
             inactive_cause: row.get(16)?,
+            replaced_account: row.get(17)?,
         })
     }
 
@@ -77,6 +81,11 @@ impl RawConnection {
                 unknown_since_ms: self.refresh_unknown_since,
                 inactive_cause: self.inactive_cause,
             },
+            replaced_account: self
+                .replaced_account
+                .map(|json| serde_json::from_str(&json))
+                .transpose()
+                .map_err(|e| corrupt("replacedAccount", e))?,
         })
     }
 }
@@ -271,6 +280,92 @@ impl TokenStore for EmbeddedStore {
             })
             .await?;
         raws.into_iter().map(RawConnection::parse).collect()
+    }
+
+    #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
+    async fn mark_flow_started(&self, flow_id: &str, expires_at: i64) -> Result<bool, StoreError> {
+        let flow_id = flow_id.to_string();
+        let inserted = self
+            .with_db(move |db| {
+                db.prepare_cached(
+                    "INSERT INTO started_flows (flow_id, expires_at) VALUES (?1, ?2) \
+                     ON CONFLICT (flow_id) DO NOTHING",
+                )
+                .and_then(|mut stmt| stmt.execute(params![flow_id, expires_at]))
+                .map_err(sql)
+            })
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    #[tracing::instrument(skip_all, fields(flow_id = %grant.flow_id, user_id = %grant.user_id))]
+    async fn put_pending(&self, grant: &PendingGrant) -> Result<(), StoreError> {
+        let args = vec![
+            Value::from(grant.flow_id.clone()),
+            Value::from(grant.user_id.clone()),
+            Value::from(grant.provider.clone()),
+            Value::from(
+                serde_json::to_string(&grant.encrypted_tokens)
+                    .map_err(|e| corrupt("encryptedTokens", e))?,
+            ),
+            Value::from(
+                serde_json::to_string(&grant.user_info).map_err(|e| corrupt("userInfo", e))?,
+            ),
+            Value::from(rfc3339(&grant.created_at)),
+            Value::from(grant.expires_at),
+        ];
+        self.update_one(
+            "INSERT OR REPLACE INTO pending_grants (flow_id, user_id, provider, encrypted_tokens, \
+             user_info, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            args,
+        )
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
+    async fn take_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError> {
+        let flow_id = flow_id.to_string();
+        let raw = self
+            .with_db(move |db| {
+                // RETURNING makes read and delete one statement: two takers cannot both
+                // get the grant.
+                db.prepare_cached(
+                    "DELETE FROM pending_grants WHERE flow_id = ?1 RETURNING flow_id, user_id, \
+                     provider, encrypted_tokens, user_info, created_at, expires_at",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row([flow_id], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, String>(5)?,
+                            r.get::<_, i64>(6)?,
+                        ))
+                    })
+                    .optional()
+                })
+                .map_err(sql)
+            })
+            .await?;
+        raw.map(
+            |(flow_id, user_id, provider, tokens, user_info, created_at, expires_at)| {
+                Ok(PendingGrant {
+                    flow_id,
+                    user_id,
+                    provider,
+                    encrypted_tokens: serde_json::from_str(&tokens)
+                        .map_err(|e| corrupt("encryptedTokens", e))?,
+                    user_info: serde_json::from_str(&user_info)
+                        .map_err(|e| corrupt("userInfo", e))?,
+                    created_at: parse_time("createdAt", &created_at)?,
+                    expires_at,
+                })
+            },
+        )
+        .transpose()
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -141,6 +141,7 @@ impl World {
             is_active: true,
             version: 1,
             refresh: RefreshState::default(),
+            replaced_account: None,
         };
         world.store.put(&row, None).await.expect("row");
         world

@@ -55,6 +55,11 @@ pub enum IdTokenTamper {
 impl FakeProvider {
     // ----- behaviour knobs -----------------------------------------------------------
 
+    /// The account that signs in from now on (ID tokens, `/userinfo`).
+    pub fn set_profile(&self, profile: super::Profile) {
+        self.lock().profile = profile;
+    }
+
     /// Lifetime of the access tokens issued from now on (default 3600). `expires_in` is
     /// this clamped to `>= 0`; `0` or less gives tokens that are already expired.
     pub fn set_access_token_ttl(&self, secs: i64) {
