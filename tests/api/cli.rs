@@ -36,6 +36,9 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The drain deadline the SIGTERM case runs with.
+const DRAIN_SECS: u64 = 3;
+
 #[tokio::test]
 async fn serve_starts_on_a_fresh_machine_with_no_settings_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -46,6 +49,10 @@ async fn serve_starts_on_a_fresh_machine_with_no_settings_and_stops_on_sigterm()
             .env("AXNT_LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("AXNT_ADMIN_LISTEN_ADDR", "127.0.0.1:0")
             .env("AXNT_PUBLIC_BASE_URL", format!("http://127.0.0.1:{port}"))
+            // Shorter than the header timeout: the stop's deadline, not the stalled
+            // client's own timeout, must end the run.
+            .env("AXNT_DRAIN_TIMEOUT_SECS", DRAIN_SECS.to_string())
+            .env("AXNT_HEADER_READ_TIMEOUT_SECS", "120")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -138,14 +145,43 @@ async fn serve_starts_on_a_fresh_machine_with_no_settings_and_stops_on_sigterm()
     let page = start.text().await.expect("page");
     assert!(page.contains("AXNT_GOOGLE_CLIENT_ID") && page.contains("AXNT_GOOGLE_CLIENT_SECRET"));
 
+    // A client that sent half a request head and stalls: it must not hold the stop
+    // past the drain deadline.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    std::io::Write::write_all(&mut stalled, b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a head");
+
     let pid = child.0.id().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .expect("kill");
     assert!(killed.success());
-    let status = child.0.wait().expect("wait");
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(DRAIN_SECS + 5),
+            "still running {DRAIN_SECS} s after SIGTERM with a half-sent request open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(status.code(), Some(0), "graceful exit on SIGTERM");
+    drop(stalled);
+    // The flow log reached the database before the process ended.
+    let store = axnt_oauth::store::embedded::EmbeddedStore::open(&data.join("axnt-oauth.db"))
+        .expect("reopen the database");
+    let steps = axnt_oauth::store::FlowLog::list(&store, "u1", 50, None)
+        .await
+        .expect("flow log");
+    assert!(
+        steps
+            .iter()
+            .any(|e| e.step == axnt_oauth::store::FlowStep::SessionCreated),
+        "the flow log was written: {steps:?}"
+    );
     let log = lines.join().expect("stderr reader").join("\n");
     assert!(log.contains("api-key"), "the log says where the key is");
     assert!(!log.contains(&key), "the log never shows the key");
