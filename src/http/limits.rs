@@ -167,4 +167,37 @@ mod tests {
         assert!(limits.braked(other).is_none());
         assert_eq!(limits.browser(guesser), Ok(()), "browser limit off");
     }
+
+    #[test]
+    fn the_sweep_forgets_clients_that_no_longer_limit_anyone() {
+        // 60 a minute, burst 1: each request's cost is paid back within a second.
+        let limits = RateLimits::new(&RateLimitSettings {
+            browser_per_minute: 60,
+            browser_burst: 1,
+            auth_failures_per_minute: 60,
+            auth_failures_burst: 1,
+        });
+        let clients: Vec<IpAddr> = (0..1_000u32)
+            .map(|i| IpAddr::from((0xc633_6400_u32 + i).to_be_bytes()))
+            .collect();
+        for ip in &clients {
+            assert_eq!(limits.browser(*ip), Ok(()));
+            assert_eq!(limits.auth_failed(*ip), None);
+            assert!(limits.auth_failed(*ip).is_some(), "braked at once");
+        }
+        let size = |l: &Option<DefaultKeyedRateLimiter<IpAddr>>| l.as_ref().map_or(0, |l| l.len());
+        assert_eq!(size(&limits.browser), 1_000);
+        assert_eq!(size(&limits.auth_failures), 1_000);
+        assert_eq!(limits.braked.lock().map(|b| b.len()).unwrap_or(0), 1_000);
+
+        // A sweep right away keeps what still limits someone.
+        limits.sweep();
+        assert_eq!(limits.braked.lock().map(|b| b.len()).unwrap_or(0), 1_000);
+
+        std::thread::sleep(Duration::from_millis(2_200));
+        limits.sweep();
+        assert_eq!(size(&limits.browser), 0, "idle browser clients forgotten");
+        assert_eq!(size(&limits.auth_failures), 0, "idle guessers forgotten");
+        assert_eq!(limits.braked.lock().map(|b| b.len()).unwrap_or(1), 0);
+    }
 }
