@@ -368,6 +368,10 @@ pub struct RefreshSettings {
     /// before one is let through to test the provider.
     #[serde(rename = "provider_circuit_open_secs", deserialize_with = "de::secs")]
     pub(crate) circuit_open: Duration,
+    /// `AXNT_TOKEN_CACHE_SECS`: an opened token set is kept in memory this long, so a
+    /// warm read costs no store call and no decryption. 0 turns the cache off.
+    #[serde(rename = "token_cache_secs", deserialize_with = "de::secs")]
+    pub(crate) token_cache: Duration,
 }
 
 impl Default for RefreshSettings {
@@ -379,6 +383,7 @@ impl Default for RefreshSettings {
             cooldown: Duration::from_secs(30),
             circuit_failures: 5,
             circuit_open: Duration::from_secs(15),
+            token_cache: Duration::from_secs(5),
         }
     }
 }

@@ -219,7 +219,7 @@ impl Settings {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let days = |d: Duration| d.as_secs() / DAY;
         let rate = &self.rate_limit;
-        let checks: [(&str, u64, u64); 38] = [
+        let checks: [(&str, u64, u64); 39] = [
             (
                 "rate_limit_browser_per_minute",
                 u64::from(rate.browser_per_minute),
@@ -307,6 +307,11 @@ impl Settings {
                 HOUR,
             ),
             ("refresh_margin_secs", secs(self.refresh.margin), DAY),
+            (
+                "token_cache_secs",
+                secs(self.refresh.token_cache),
+                5 * MINUTE,
+            ),
             (
                 "refresh_deadline_secs",
                 secs(self.refresh.deadline),

@@ -6,6 +6,7 @@
 //! holding the row's refresh lease), so a writer that lost a race never overwrites a
 //! newer row. `lastUsed` moves by partial updates that leave `version` alone.
 
+mod cache;
 pub(crate) mod refresh;
 pub(crate) mod token_set;
 mod user_id;
@@ -80,6 +81,8 @@ pub(crate) struct TokenPolicy {
     pub(crate) circuit_failures: u32,
     /// How long an open circuit stays open.
     pub(crate) circuit_open: Duration,
+    /// How long an opened token is kept in memory (0: not at all).
+    pub(crate) token_cache: Duration,
 }
 
 impl TokenPolicy {
@@ -118,6 +121,7 @@ impl From<&Settings> for TokenPolicy {
             refresh_cooldown: refresh.cooldown,
             circuit_failures: refresh.circuit_failures,
             circuit_open: refresh.circuit_open,
+            token_cache: refresh.token_cache,
         }
     }
 }
@@ -257,6 +261,7 @@ impl TokenService {
                 .await
             {
                 Ok(()) => {
+                    self.refresher.cache.invalidate(user_id, provider);
                     if let Some(replaced) = &account_changed {
                         tracing::warn!(
                             user_id,
@@ -513,6 +518,7 @@ impl TokenService {
             }
             match self.store.delete(user_id, provider_name, row.version).await {
                 Ok(_) => {
+                    self.refresher.cache.invalidate(user_id, provider_name);
                     flow_log
                         .step(FlowStep::Deleted, json!({ "revokedAtProvider": revoked }))
                         .await;

@@ -47,6 +47,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::TokenPolicy;
+use super::cache::{Cached, TokenCache};
 use super::token_set::{IssuedToken, TokenSet};
 use crate::crypto::EnvelopeCipher;
 use crate::error::{CAUSE_INVALID_GRANT, CAUSE_NO_REFRESH_TOKEN, CAUSE_OUTCOME_UNKNOWN, Error};
@@ -95,6 +96,14 @@ impl RefreshReuse {
 type Key = (String, String);
 type Outcome = Result<IssuedToken, Error>;
 
+/// A row as [`Refresher::read`] found it.
+enum Read {
+    /// Its token, fresh beyond the margin asked for.
+    Fresh(IssuedToken),
+    /// The row and its opened set, which needs a refresh.
+    Stale(Box<(Connection, TokenSet)>),
+}
+
 /// One refresh in flight in this process.
 struct Flight {
     id: u64,
@@ -111,6 +120,8 @@ pub(crate) struct Refresher {
     next_flight: AtomicU64,
     tasks: TaskTracker,
     breakers: Mutex<HashMap<String, Breaker>>,
+    /// Opened tokens, so a warm read costs no store call and no decryption.
+    pub(crate) cache: TokenCache,
 }
 
 impl Refresher {
@@ -124,11 +135,12 @@ impl Refresher {
             store,
             cipher,
             flow_log,
-            policy,
             flights: Mutex::new(HashMap::new()),
             next_flight: AtomicU64::new(0),
             tasks: TaskTracker::new(),
             breakers: Mutex::new(HashMap::new()),
+            cache: TokenCache::new(policy.token_cache),
+            policy,
         }
     }
 
@@ -143,6 +155,12 @@ impl Refresher {
         margin: Duration,
         client: &ClientInfo,
     ) -> Outcome {
+        if let Some(hit) = self.cache.get(user_id, provider, margin) {
+            self.touch_cached(&hit, user_id, provider).await;
+            return Ok(hit.issued.clone());
+        }
+        // A miss joins (or starts) the connection's flight, fresh token or not: of many
+        // concurrent cold reads, one reads the store.
         let give_up = Instant::now() + self.policy.refresh_wait;
         loop {
             let (mut result, joined_late) =
@@ -169,6 +187,35 @@ impl Refresher {
                 other => return other,
             }
         }
+    }
+
+    /// Reads the row: its token when fresh beyond `margin` (then cached, and
+    /// `lastUsed` moved per interval), else the row and its opened set; the answer for
+    /// a missing or inactive row.
+    async fn read(&self, user_id: &str, provider: &str, margin: Duration) -> Result<Read, Error> {
+        let generation = self.cache.generation();
+        let row = self
+            .store
+            .get(user_id, provider)
+            .await?
+            .ok_or(Error::NotConnected)?;
+        if !row.is_active {
+            return Err(reauthorization_required(&row));
+        }
+        let tokens = TokenSet::open(&self.cipher, &row).await?;
+        let now = Utc::now();
+        if !tokens.is_fresh(margin, now.timestamp()) {
+            return Ok(Read::Stale(Box::new((row, tokens))));
+        }
+        let last_used = self.touch(&row, now).await;
+        let issued = tokens.issue(&row);
+        self.cache.fill(
+            generation,
+            user_id,
+            provider,
+            Cached::new(issued.clone(), tokens.issued_at, last_used),
+        );
+        Ok(Read::Fresh(issued))
     }
 
     /// Waits (at most `within`) for every flight to end. Called on shutdown, after the
@@ -245,21 +292,11 @@ impl Refresher {
     ) -> Outcome {
         let give_up = Instant::now() + self.policy.refresh_wait;
         loop {
-            let row = self
-                .store
-                .get(user_id, provider)
-                .await?
-                .ok_or(Error::NotConnected)?;
-            if !row.is_active {
-                return Err(reauthorization_required(&row));
-            }
-            let tokens = TokenSet::open(&self.cipher, &row).await?;
-            let now = Utc::now();
-            if tokens.is_fresh(margin, now.timestamp()) {
-                self.touch(&row, now).await;
-                return Ok(tokens.issue(&row));
-            }
-            let now_ms = now.timestamp_millis();
+            let (row, tokens) = match self.read(user_id, provider, margin).await? {
+                Read::Fresh(issued) => return Ok(issued),
+                Read::Stale(stale) => *stale,
+            };
+            let now_ms = Utc::now().timestamp_millis();
             if let Some(retry_at) = row.refresh.retry_at_ms.filter(|at| *at > now_ms) {
                 return Err(suppressed(
                     provider,
@@ -429,20 +466,30 @@ impl Refresher {
     /// Moves `lastUsed` and the purge time forward, at most once per interval. A
     /// partial update (tokens, `version` and any refresh lease stay as they are); best
     /// effort.
-    async fn touch(&self, row: &Connection, now: DateTime<Utc>) {
+    /// Moves the row's `lastUsed` when the interval has passed; returns the `lastUsed`
+    /// the row has now.
+    async fn touch(&self, row: &Connection, now: DateTime<Utc>) -> DateTime<Utc> {
         let interval = chrono::Duration::from_std(self.policy.last_used_interval)
             .unwrap_or(chrono::Duration::MAX);
         if now - row.last_used < interval {
-            return;
+            return row.last_used;
         }
+        self.write_last_used(&row.user_id, &row.provider, now).await;
+        now
+    }
+
+    /// A cache hit's share of [`touch`](Self::touch): one hit per interval writes.
+    async fn touch_cached(&self, hit: &Cached, user_id: &str, provider: &str) {
+        let now = Utc::now();
+        if hit.claim_last_used(now.timestamp(), self.policy.last_used_interval) {
+            self.write_last_used(user_id, provider, now).await;
+        }
+    }
+
+    async fn write_last_used(&self, user_id: &str, provider: &str, now: DateTime<Utc>) {
         if let Err(e) = self
             .store
-            .touch(
-                &row.user_id,
-                &row.provider,
-                now,
-                self.policy.purge_time(now, true),
-            )
+            .touch(user_id, provider, now, self.policy.purge_time(now, true))
             .await
         {
             tracing::warn!(error = %e, "updating lastUsed failed");
@@ -483,8 +530,17 @@ impl Holder<'_> {
                 let now = Utc::now();
                 let set = TokenSet::from_provider(&fresh, Some(tokens), now);
                 let issued = set.issue(self.row);
-                self.persist(&set, now, fresh.refresh_token.is_some(), &issued, tx)
-                    .await;
+                if self
+                    .persist(&set, now, fresh.refresh_token.is_some(), &issued, tx)
+                    .await
+                {
+                    let row = self.row;
+                    r.cache.put(
+                        &row.user_id,
+                        &row.provider,
+                        Cached::new(issued.clone(), set.issued_at, now),
+                    );
+                }
                 Ok(issued)
             }
             Err(ProviderError::InvalidGrant) => {
@@ -523,7 +579,8 @@ impl Holder<'_> {
     /// step is logged before anyone is answered. When it fails, everyone waiting is
     /// answered with the new token at once and the write is retried with backoff for
     /// as long as the process lives (see the module docs). Stops only on success or
-    /// when the lease was taken over (someone else's work then stands).
+    /// when the lease was taken over (someone else's work then stands). Returns whether
+    /// the tokens were stored.
     async fn persist(
         &self,
         set: &TokenSet,
@@ -531,7 +588,7 @@ impl Holder<'_> {
         rotated: bool,
         issued: &IssuedToken,
         tx: &watch::Sender<Option<Outcome>>,
-    ) {
+    ) -> bool {
         let row = self.row;
         let mut backoff = Backoff::new(PERSIST_BACKOFF.0, PERSIST_BACKOFF.1);
         loop {
@@ -542,7 +599,7 @@ impl Holder<'_> {
                         "accessTokenExpiresAt": set.expires_at,
                     });
                     self.flow_log.step(FlowStep::TokenRefreshed, d).await;
-                    return;
+                    return true;
                 }
                 Err(Error::Conflict) => {
                     tracing::error!(
@@ -554,7 +611,7 @@ impl Holder<'_> {
                     self.flow_log
                         .step_failed(FlowStep::RefreshFailed, d, "lease_lost")
                         .await;
-                    return;
+                    return false;
                 }
                 Err(e) => {
                     // Everyone waiting gets the new token now; the write goes on.
@@ -604,6 +661,7 @@ impl Holder<'_> {
     async fn deactivate(&self, cause: &str) -> Outcome {
         let r = self.refresher;
         let row = self.row;
+        r.cache.invalidate(&row.user_id, &row.provider);
         let now = Utc::now();
         let updated = Connection {
             is_active: false,

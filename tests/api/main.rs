@@ -30,4 +30,5 @@ mod retention;
 mod secrets;
 mod store_conformance;
 mod support;
+mod token_cache;
 mod tokens;
