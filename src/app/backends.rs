@@ -116,7 +116,12 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         tokens: store.clone(),
         flow_log: store.clone(),
         expiring: Some(store),
-        keys: Arc::new(keys),
+        // The same data-key cache as KMS's: a read unwraps no data key it unwrapped
+        // recently, and a burst of writes shares one data key.
+        keys: Arc::new(CachingKeyProvider::new(
+            Arc::new(keys),
+            cache_limits(&settings.data_key),
+        )),
         secrets: Arc::new(secrets),
         state_key: Some(state_key),
         api_keys,

@@ -46,7 +46,7 @@ impl FlowLog for EmbeddedStore {
         let before = before.unwrap_or("~").to_string();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
-            .with_db(move |db| {
+            .with_reader(move |db| {
                 let mut stmt = db
                     .prepare_cached(
                         "SELECT user_id, timestamp, flow_id, step, data, error, ip_address, user_agent, expires_at \
@@ -101,7 +101,7 @@ impl FlowLog for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with_db(|db| {
+        self.with_reader(|db| {
             db.query_row(
                 "SELECT count(*) FROM flow_logs WHERE user_id = ''",
                 [],

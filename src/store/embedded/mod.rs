@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
-use rusqlite::{Connection as Sqlite, params_from_iter};
+use rusqlite::{Connection as Sqlite, OpenFlags, params_from_iter};
 
 use super::{Connection, StoreError};
 
@@ -73,12 +73,49 @@ const TOKEN_COLUMNS: &str = "user_id, provider, email, encrypted_tokens, user_in
      last_used, access_token_expires_at, expires_at, is_active, version, refresh_lease_attempt, refresh_lease_until, \
      refresh_retry_at, refresh_unknown_since, inactive_cause, replaced_account";
 
+/// Read connections kept open for reuse; more are opened while all are busy.
+const IDLE_READERS: usize = 4;
+
 /// Both tables in one SQLite file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    /// One connection behind a mutex: SQLite serialises writers anyway, and a single
-    /// connection keeps WAL checkpoints simple. Reads are short.
+    /// The writer: one connection behind a mutex (SQLite serialises writers anyway, and
+    /// a single writer keeps WAL checkpoints simple).
     db: Arc<Mutex<Sqlite>>,
+    /// Read-only connections: in WAL mode readers never wait for the writer or each
+    /// other, so reads take none of the writer's lock.
+    readers: Arc<Readers>,
+}
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Sqlite>>,
+}
+
+impl Readers {
+    /// An idle read connection, or a new one.
+    fn take(&self) -> Result<Sqlite, StoreError> {
+        if let Some(db) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+            return Ok(db);
+        }
+        let db = Sqlite::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| unavailable(&self.path, e))?;
+        db.busy_timeout(Duration::from_secs(5))
+            .map_err(|e| unavailable(&self.path, e))?;
+        Ok(db)
+    }
+
+    /// Keeps a connection for the next read, up to [`IDLE_READERS`].
+    fn give_back(&self, db: Sqlite) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < IDLE_READERS
+        {
+            idle.push(db);
+        }
+    }
 }
 
 /// Ciphertexts only, but flow logs name users: the database is private to the service's
@@ -122,6 +159,10 @@ impl EmbeddedStore {
         migrate(&db).map_err(|e| unavailable(path, e))?;
         Ok(Self {
             db: Arc::new(Mutex::new(db)),
+            readers: Arc::new(Readers {
+                path: path.to_path_buf(),
+                idle: Mutex::new(Vec::new()),
+            }),
         })
     }
 
@@ -137,6 +178,24 @@ impl EmbeddedStore {
                 .lock()
                 .map_err(|_| StoreError::Unavailable("database lock poisoned".into()))?;
             f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
+    }
+
+    /// Runs a read-only `f` on a read connection, on the blocking pool. Never waits for
+    /// the writer's lock.
+    async fn with_reader<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Sqlite) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let mut db = readers.take()?;
+            let out = f(&mut db);
+            readers.give_back(db);
+            out
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
@@ -348,4 +407,37 @@ fn parse_time(what: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| corrupt(what, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{FlowLog, TokenStore};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_never_wait_for_the_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("t.db")).expect("open");
+        // The writer's lock is held until the reads are done: a read that took it
+        // would never finish.
+        let writer = Arc::clone(&store.db);
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _writer = writer.lock();
+            let _ = held_tx.send(());
+            let _ = done_rx.recv_timeout(Duration::from_secs(10));
+        });
+        held_rx.recv().expect("the writer's lock is held");
+        let reads = async {
+            assert_eq!(TokenStore::get(&store, "u", "google").await.expect("get"), None);
+            assert!(TokenStore::list(&store, "u").await.expect("list").is_empty());
+            assert!(FlowLog::list(&store, "u", 10, None).await.expect("log").is_empty());
+            TokenStore::ping(&store).await.expect("ping");
+        };
+        let finished = tokio::time::timeout(Duration::from_secs(5), reads).await;
+        let _ = done_tx.send(());
+        holder.join().expect("holder");
+        assert!(finished.is_ok(), "reads finished while the writer was busy");
+    }
 }

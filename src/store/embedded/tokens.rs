@@ -1,6 +1,8 @@
 //! The tokens table: rows read and written whole, conditional on `version` or on
 //! holding the refresh lease, and the lease and `lastUsed` as partial updates.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
@@ -10,6 +12,14 @@ use super::{EmbeddedStore, TOKEN_COLUMNS, WriteIf, corrupt, parse_time, rfc3339,
 use crate::store::{
     Connection, LeaseRelease, PendingGrant, RefreshLease, RefreshState, StoreError, TokenStore,
 };
+
+/// Reads, prepared once per connection (`prepare_cached`).
+static SELECT_ROW: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE user_id = ?1 AND provider = ?2")
+});
+static SELECT_USER_ROWS: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE user_id = ?1 ORDER BY provider")
+});
 
 /// The raw columns of a tokens row, read inside the SQLite callback and parsed after.
 struct RawConnection {
@@ -96,16 +106,13 @@ impl TokenStore for EmbeddedStore {
     async fn get(&self, user_id: &str, provider: &str) -> Result<Option<Connection>, StoreError> {
         let (user_id, provider) = (user_id.to_string(), provider.to_string());
         let raw = self
-            .with_db(move |db| {
-                db.query_row(
-                    &format!(
-                        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE user_id = ?1 AND provider = ?2"
-                    ),
-                    params![user_id, provider],
-                    RawConnection::from_row,
-                )
-                .optional()
-                .map_err(sql)
+            .with_reader(move |db| {
+                db.prepare_cached(&SELECT_ROW)
+                    .and_then(|mut stmt| {
+                        stmt.query_row(params![user_id, provider], RawConnection::from_row)
+                            .optional()
+                    })
+                    .map_err(sql)
             })
             .await?;
         raw.map(RawConnection::parse).transpose()
@@ -267,12 +274,8 @@ impl TokenStore for EmbeddedStore {
     async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError> {
         let user_id = user_id.to_string();
         let raws = self
-            .with_db(move |db| {
-                let mut stmt = db
-                    .prepare_cached(&format!(
-                        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE user_id = ?1 ORDER BY provider"
-                    ))
-                    .map_err(sql)?;
+            .with_reader(move |db| {
+                let mut stmt = db.prepare_cached(&SELECT_USER_ROWS).map_err(sql)?;
                 let rows = stmt
                     .query_map([user_id], RawConnection::from_row)
                     .map_err(sql)?;
@@ -369,7 +372,7 @@ impl TokenStore for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.with_db(|db| {
+        self.with_reader(|db| {
             db.query_row("SELECT count(*) FROM tokens WHERE user_id = ''", [], |r| {
                 r.get::<_, i64>(0)
             })

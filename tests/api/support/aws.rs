@@ -166,12 +166,20 @@ pub async fn provision(
         .and_then(|m| m.arn())
         .expect("CreateKey returns an ARN")
         .to_string();
-    kms.create_alias()
+    // The alias name is unique to this call: "already exists" means an earlier attempt
+    // of the SDK's own retry (its answer lost while moto was busy) created it.
+    if let Err(e) = kms
+        .create_alias()
         .alias_name(&key_alias)
         .target_key_id(&key_arn)
         .send()
         .await
-        .expect("moto CreateAlias");
+    {
+        let retried = e
+            .as_service_error()
+            .is_some_and(|s| s.is_already_exists_exception());
+        assert!(retried, "moto CreateAlias: {e:?}");
+    }
 
     let document = secret_string
         .map(str::to_string)
