@@ -13,7 +13,9 @@ use serde_json::json;
 
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Client};
 use crate::error::Error;
-use crate::oauth::flow::{ConnectSession, MAX_SEALED_LEN, Purpose, SealError, StateSealer};
+use crate::oauth::flow::{
+    ConnectSession, FlowRules, MAX_SEALED_LEN, Purpose, SealError, StateSealer,
+};
 use crate::secrets::ApiKey;
 use crate::store::{FlowLogEntry, FlowStep};
 use crate::tokens::UserId;
@@ -195,12 +197,14 @@ async fn create_connect_session(
         login_hint: body.login_hint.clone(),
         flow_id: uuid::Uuid::new_v4().to_string(),
         expires_at: expires_at.timestamp(),
-        // The setting is the deployment's floor: a session can ask for confirmation,
-        // never waive it.
-        require_confirmation: state.settings.flow.require_confirmation
-            || body.require_confirmation.unwrap_or(false),
-        expected_email: body.expected_email.clone(),
-        hosted_domain: body.hosted_domain.clone(),
+        rules: FlowRules {
+            // The setting is the deployment's floor: a session can ask for
+            // confirmation, never waive it.
+            require_confirmation: state.settings.flow.require_confirmation
+                || body.require_confirmation.unwrap_or(false),
+            expected_email: body.expected_email.clone(),
+            hosted_domain: body.hosted_domain.clone(),
+        },
     };
     let sealed = seal_link(&state.sealer, &session)?;
     let mut url = url::Url::parse(
@@ -224,9 +228,9 @@ async fn create_connect_session(
                 "returnTo": return_to,
                 "scopes": body.scopes,
                 "expiresAt": expires_at.to_rfc3339(),
-                "requireConfirmation": session.require_confirmation,
-                "expectedEmail": session.expected_email,
-                "hostedDomain": session.hosted_domain,
+                "requireConfirmation": session.rules.require_confirmation,
+                "expectedEmail": session.rules.expected_email,
+                "hostedDomain": session.rules.hosted_domain,
             }),
         )
         .await;
@@ -234,7 +238,7 @@ async fn create_connect_session(
         url: url.to_string(),
         expires_at,
         flow_id: session.flow_id,
-        require_confirmation: session.require_confirmation,
+        require_confirmation: session.rules.require_confirmation,
     };
     Ok((StatusCode::CREATED, axum::Json(response)).into_response())
 }

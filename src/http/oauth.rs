@@ -96,9 +96,7 @@ async fn start(
         expires_at: unix_time_after(state.settings.flow.state_ttl),
         flow_id: session.flow_id.clone(),
         binding_hash,
-        require_confirmation: session.require_confirmation,
-        expected_email: session.expected_email.clone(),
-        hosted_domain: session.hosted_domain.clone(),
+        rules: session.rules.clone(),
     };
     let sealed = state
         .sealer
@@ -118,7 +116,7 @@ async fn start(
             session
                 .login_hint
                 .as_deref()
-                .or(session.expected_email.as_deref()),
+                .or(session.rules.expected_email.as_deref()),
         )
         .await
     {
@@ -353,7 +351,7 @@ async fn finish(
         .await;
     check_account(flow, &user_info).map_err(|e| (FlowStep::IdTokenVerified, e))?;
     let fresh = TokenSet::from_provider(&tokens, None, Utc::now());
-    if flow.require_confirmation {
+    if flow.rules.require_confirmation {
         let deadline = state
             .tokens
             .hold_grant(
@@ -444,14 +442,14 @@ fn finished_page(
 /// must be the token's email, verified; `hostedDomain` its `hd`. Both compared without
 /// regard to ASCII case.
 fn check_account(flow: &FlowState, user: &crate::store::UserInfo) -> Result<(), Error> {
-    let email_ok = flow.expected_email.as_ref().is_none_or(|expected| {
+    let email_ok = flow.rules.expected_email.as_ref().is_none_or(|expected| {
         user.email_verified == Some(true)
             && user
                 .email
                 .as_ref()
                 .is_some_and(|e| e.eq_ignore_ascii_case(expected))
     });
-    let domain_ok = flow.hosted_domain.as_ref().is_none_or(|expected| {
+    let domain_ok = flow.rules.hosted_domain.as_ref().is_none_or(|expected| {
         user.hd
             .as_ref()
             .is_some_and(|hd| hd.eq_ignore_ascii_case(expected))

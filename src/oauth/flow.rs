@@ -30,15 +30,9 @@ pub(crate) struct ConnectSession {
     /// Epoch seconds.
     #[serde(rename = "e")]
     pub(crate) expires_at: i64,
-    /// Hold the grant until the application confirms the flow.
-    #[serde(rename = "c", default, skip_serializing_if = "std::ops::Not::not")]
-    pub(crate) require_confirmation: bool,
-    /// The only account (its verified email) this flow may connect.
-    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
-    pub(crate) expected_email: Option<String>,
-    /// The only Google Workspace domain (`hd`) this flow may connect.
-    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
-    pub(crate) hosted_domain: Option<String>,
+    /// What the connect session asked of the account and the grant.
+    #[serde(flatten)]
+    pub(crate) rules: FlowRules,
 }
 
 impl ConnectSession {
@@ -55,11 +49,24 @@ impl ConnectSession {
             expires_at: i64::MAX,
             flow_id: self.flow_id.clone(),
             binding_hash: new_binding().1,
-            require_confirmation: self.require_confirmation,
-            expected_email: self.expected_email.clone(),
-            hosted_domain: self.hosted_domain.clone(),
+            rules: self.rules.clone(),
         }
     }
+}
+
+/// What a connect session asks of the account that completes it and of its grant,
+/// carried from the link into `state`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct FlowRules {
+    /// Hold the grant until the application confirms the flow.
+    #[serde(rename = "c", default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) require_confirmation: bool,
+    /// The only account (its verified email) this flow may connect.
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) expected_email: Option<String>,
+    /// The only Google Workspace domain (`hd`) this flow may connect.
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) hosted_domain: Option<String>,
 }
 
 /// The authorization request's `state`.
@@ -83,15 +90,9 @@ pub(crate) struct FlowState {
     /// SHA-256 of the browser-binding cookie, base64url.
     #[serde(rename = "b")]
     pub(crate) binding_hash: String,
-    /// Hold the grant until the application confirms the flow.
-    #[serde(rename = "c", default, skip_serializing_if = "std::ops::Not::not")]
-    pub(crate) require_confirmation: bool,
-    /// The only account (its verified email) this flow may connect.
-    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
-    pub(crate) expected_email: Option<String>,
-    /// The only Google Workspace domain (`hd`) this flow may connect.
-    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
-    pub(crate) hosted_domain: Option<String>,
+    /// What the connect session asked of the account and the grant.
+    #[serde(flatten)]
+    pub(crate) rules: FlowRules,
 }
 
 /// Why a sealed value was refused.
@@ -213,9 +214,7 @@ mod tests {
             login_hint: None,
             flow_id: "f".into(),
             expires_at: 1,
-            require_confirmation: false,
-            expected_email: None,
-            hosted_domain: None,
+            rules: FlowRules::default(),
         }
     }
 

@@ -29,8 +29,8 @@ use url::Url;
 use crate::support;
 use crate::support::fake_provider::IdTokenTamper;
 use crate::support::{
-    API_KEY, Backend, FakeProvider, RETURN_ORIGIN, TestApp, assert_problem, assert_unchanged,
-    connected, contains,
+    Backend, FakeProvider, RETURN_ORIGIN, TestApp, assert_problem, assert_unchanged, connected,
+    contains,
 };
 
 async fn full_flow_stores_encrypted_tokens_and_serves_them(backend: Backend) {
@@ -514,22 +514,7 @@ async fn return_urls_outside_the_allow_list_are_refused(backend: Backend) {
 async fn a_store_outage_during_the_callback_changes_nothing() {
     let provider = FakeProvider::start().await;
     let proxy = support::CuttableProxy::start(&support::aws::moto_endpoint()).await;
-    let mut env = support::env_for_secret(&provider, &[]);
-    for (k, v) in
-        support::aws::aws_env(&provider.client_id(), &provider.client_secret(), API_KEY).await
-    {
-        let v = if k == "AWS_ENDPOINT_URL" {
-            proxy.endpoint.clone()
-        } else {
-            v
-        };
-        env.push((k, v));
-    }
-    let app = TestApp::spawn_in(
-        std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
-        env,
-    )
-    .await;
+    let app = TestApp::aws_behind(&proxy, &provider, &[]).await;
     assert!(app.connect("victim").await.status().is_success());
     let before = app.stored_row("victim").await.expect("row");
 

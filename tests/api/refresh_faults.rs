@@ -422,24 +422,7 @@ async fn a_store_write_failing_after_the_redeem_loses_nothing(backend: Backend) 
     .await;
     let app = match backend {
         Backend::Embedded => TestApp::on(backend, &provider, &[]).await,
-        Backend::Aws => {
-            let mut env = crate::support::env_for_secret(&provider, &[]);
-            for (k, v) in crate::support::aws::aws_env(
-                &provider.client_id(),
-                &provider.client_secret(),
-                API_KEY,
-            )
-            .await
-            {
-                let v = if k == "AWS_ENDPOINT_URL" {
-                    proxy.endpoint.clone()
-                } else {
-                    v
-                };
-                env.push((k, v));
-            }
-            TestApp::spawn_in(Arc::new(tempfile::tempdir().expect("tempdir")), env).await
-        }
+        Backend::Aws => TestApp::aws_behind(&proxy, &provider, &[]).await,
     };
     assert!(app.connect("stormy").await.status().is_success());
     provider.set_access_token_ttl(3600);

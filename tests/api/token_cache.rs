@@ -9,13 +9,12 @@ on_every_backend!(
     last_used_still_moves_on_cached_reads,
 );
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::{self, API_KEY, Backend, FakeProvider, TestApp, assert_problem};
+use crate::support::{self, Backend, FakeProvider, TestApp, assert_problem};
 
 async fn access_token(app: &TestApp, user_id: &str) -> String {
     let response = app.token(user_id).await;
@@ -108,18 +107,8 @@ async fn warm_reads_need_no_store_call() {
     for (cache_secs, expect_ok) in [("300", true), ("0", false)] {
         let provider = FakeProvider::start().await;
         let proxy = support::CuttableProxy::start(&support::aws::moto_endpoint()).await;
-        let mut env = support::env_for_secret(&provider, &[("AXNT_TOKEN_CACHE_SECS", cache_secs)]);
-        for (k, v) in
-            support::aws::aws_env(&provider.client_id(), &provider.client_secret(), API_KEY).await
-        {
-            let v = if k == "AWS_ENDPOINT_URL" {
-                proxy.endpoint.clone()
-            } else {
-                v
-            };
-            env.push((k, v));
-        }
-        let app = TestApp::spawn_in(Arc::new(tempfile::tempdir().expect("tempdir")), env).await;
+        let app =
+            TestApp::aws_behind(&proxy, &provider, &[("AXNT_TOKEN_CACHE_SECS", cache_secs)]).await;
         assert!(app.connect("kate").await.status().is_success());
         let token = access_token(&app, "kate").await;
 

@@ -430,9 +430,22 @@ mod tests {
         });
         held_rx.recv().expect("the writer's lock is held");
         let reads = async {
-            assert_eq!(TokenStore::get(&store, "u", "google").await.expect("get"), None);
-            assert!(TokenStore::list(&store, "u").await.expect("list").is_empty());
-            assert!(FlowLog::list(&store, "u", 10, None).await.expect("log").is_empty());
+            assert_eq!(
+                TokenStore::get(&store, "u", "google").await.expect("get"),
+                None
+            );
+            assert!(
+                TokenStore::list(&store, "u")
+                    .await
+                    .expect("list")
+                    .is_empty()
+            );
+            assert!(
+                FlowLog::list(&store, "u", 10, None)
+                    .await
+                    .expect("log")
+                    .is_empty()
+            );
             TokenStore::ping(&store).await.expect("ping");
         };
         let finished = tokio::time::timeout(Duration::from_secs(5), reads).await;

@@ -132,6 +132,30 @@ impl TestApp {
         }
     }
 
+    /// aws mode with every AWS call going through `proxy` (to moto), so a test can cut
+    /// DynamoDB, KMS and Secrets Manager away at once.
+    pub async fn aws_behind(
+        proxy: &CuttableProxy,
+        provider: &FakeProvider,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut env = env_for_secret(provider, extra);
+        for (k, v) in aws::aws_env(&provider.client_id(), &provider.client_secret(), API_KEY).await
+        {
+            let v = if k == "AWS_ENDPOINT_URL" {
+                proxy.endpoint.clone()
+            } else {
+                v
+            };
+            env.push((k, v));
+        }
+        Self::spawn_in(
+            std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+            env,
+        )
+        .await
+    }
+
     pub async fn spawn_with(provider: &FakeProvider, extra: &[(&str, &str)]) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         Self::spawn_in(dir, env_for(provider, extra)).await
