@@ -70,13 +70,32 @@ pub(super) struct ConnectSessionRequest {
     /// and not `.` or `..`.
     #[schema(value_type = String, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$")]
     user_id: UserId,
+    /// The provider's name, e.g. `google`.
     provider: String,
+    /// Where the browser is sent back; must match `AXNT_ALLOWED_RETURN_URLS`.
     #[serde(default)]
     return_to: Option<String>,
+    /// Scopes beyond `openid email profile`: at most 20 OAuth scope tokens.
     #[serde(default)]
+    #[schema(max_items = 20, schema_with = scope_tokens)]
     scopes: Vec<String>,
+    /// The account to preselect: at most 320 bytes, no control characters.
     #[serde(default)]
+    #[schema(max_length = 320, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     login_hint: Option<String>,
+}
+
+/// `scopes` as [`validate_scopes`] accepts them.
+fn scope_tokens() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[\x21\x23-\x5b\x5d-\x7e]{1,256}$")),
+        )
+        .max_items(Some(20))
+        .build()
 }
 
 #[derive(Serialize, ToSchema)]
