@@ -26,6 +26,7 @@ mod internal_api;
 mod limits;
 mod refresh_faults;
 mod retention;
+mod schema;
 mod secrets;
 mod store_conformance;
 mod support;
