@@ -114,9 +114,9 @@ const EVERY_API_ROUTE: Answers = &[
 const STORE: (u16, &[&str]) = (503, &["store_unavailable", "store_throttled"]);
 
 /// Per operation (its `operationId`), the error statuses and codes it can answer
-/// besides [`EVERY_API_ROUTE`] for `/v1` routes. A path parameter the router cannot
-/// match (an empty segment) is a 404 `not_found`; one the handler refuses (a bad
-/// `userId`) a 400 `invalid_request`.
+/// besides [`EVERY_API_ROUTE`] for `/v1` routes. An empty `{provider}` (the path's last
+/// segment) matches no route: 404 `not_found`; an empty or otherwise bad `{userId}` is
+/// matched and refused: 400 `invalid_request`.
 const ERRORS: &[(&str, Answers)] = &[
     (
         "create_connect_session",
@@ -149,10 +149,7 @@ const ERRORS: &[(&str, Answers)] = &[
             ),
         ],
     ),
-    (
-        "list_connections",
-        &[(400, &["invalid_request"]), (404, &["not_found"]), STORE],
-    ),
+    ("list_connections", &[(400, &["invalid_request"]), STORE]),
     (
         "delete_connection",
         &[
@@ -162,10 +159,7 @@ const ERRORS: &[(&str, Answers)] = &[
             STORE,
         ],
     ),
-    (
-        "list_flow_logs",
-        &[(400, &["invalid_request"]), (404, &["not_found"]), STORE],
-    ),
+    ("list_flow_logs", &[(400, &["invalid_request"]), STORE]),
     ("healthz", &[]),
     ("readyz", &[]),
 ];
