@@ -329,15 +329,23 @@ impl Error {
     }
 }
 
-/// RFC 9457 problem details.
-#[derive(Serialize)]
-struct Problem<'a> {
+/// RFC 9457 problem details: the body of every error answer of the internal API. Its
+/// schema in the OpenAPI document is derived from this type, so the two cannot differ.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Problem<'a> {
+    /// `urn:axnt-oauth:problem:<code>`.
     #[serde(rename = "type")]
     kind: String,
+    /// The status's reason phrase.
     title: &'a str,
+    /// The HTTP status, repeated.
     status: u16,
+    /// What went wrong, for a person; never a secret or an internal detail.
     detail: String,
+    /// The stable code clients branch on.
     code: &'a str,
+    /// Why a grant is dead or a refresh failed, as a stable code (409
+    /// `reauthorization_required`, some 503s).
     #[serde(skip_serializing_if = "Option::is_none")]
     cause: Option<&'a str>,
 }
@@ -395,6 +403,99 @@ pub(crate) async fn log_errors(request: Request, next: Next) -> Response {
         }
     }
     response
+}
+
+/// One error of every kind this type can be, for tests that check what is documented
+/// about codes and statuses (the OpenAPI document's per-route codes) against
+/// [`Error::status`] and [`Error::code`].
+#[cfg(test)]
+pub(crate) fn one_of_each() -> Vec<Error> {
+    use crate::oauth::provider::IdTokenProblem;
+    // A new variant does not compile here until it is listed below too.
+    fn listed(e: &Error) {
+        match e {
+            Error::Unauthorized
+            | Error::InvalidRequest(_)
+            | Error::UnsupportedMediaType(_)
+            | Error::PayloadTooLarge
+            | Error::RouteNotFound
+            | Error::MethodNotAllowed
+            | Error::UnknownProvider(_)
+            | Error::ReturnUrlNotAllowed
+            | Error::InvalidSession
+            | Error::SessionExpired
+            | Error::InvalidState
+            | Error::StateExpired
+            | Error::BrowserMismatch
+            | Error::AuthorizationDenied(_)
+            | Error::IdTokenInvalid(_)
+            | Error::CodeRejected
+            | Error::NotConnected
+            | Error::ReauthorizationRequired { .. }
+            | Error::RefreshSuppressed { .. }
+            | Error::Conflict
+            | Error::RefreshBusy
+            | Error::Provider(_)
+            | Error::Store(_)
+            | Error::Crypto(_)
+            | Error::RequestTimeout
+            | Error::RateLimited { .. }
+            | Error::Internal(_) => {}
+        }
+    }
+    let s = String::new;
+    let all = vec![
+        Error::Unauthorized,
+        Error::InvalidRequest(s()),
+        Error::UnsupportedMediaType(s()),
+        Error::PayloadTooLarge,
+        Error::RouteNotFound,
+        Error::MethodNotAllowed,
+        Error::UnknownProvider(s()),
+        Error::ReturnUrlNotAllowed,
+        Error::InvalidSession,
+        Error::SessionExpired,
+        Error::InvalidState,
+        Error::StateExpired,
+        Error::BrowserMismatch,
+        Error::AuthorizationDenied("access_denied".into()),
+        Error::AuthorizationDenied("server_error".into()),
+        Error::IdTokenInvalid(IdTokenProblem::Expired),
+        Error::CodeRejected,
+        Error::NotConnected,
+        Error::ReauthorizationRequired {
+            cause: CAUSE_INVALID_GRANT.into(),
+        },
+        Error::RefreshSuppressed {
+            reason: "circuit_open",
+            retry_after_secs: 1,
+        },
+        Error::Conflict,
+        Error::RefreshBusy,
+        Error::Provider(ProviderError::NotConfigured(s())),
+        Error::Provider(ProviderError::InvalidGrant),
+        Error::Provider(ProviderError::InvalidClient),
+        Error::Provider(ProviderError::Rejected { error: s() }),
+        Error::Provider(ProviderError::Unavailable(s())),
+        Error::Provider(ProviderError::OutcomeUnknown(s())),
+        Error::Provider(ProviderError::Malformed(s())),
+        Error::Store(StoreError::MissingTable(s())),
+        Error::Store(StoreError::AccessDenied(s())),
+        Error::Store(StoreError::Throttled(s())),
+        Error::Store(StoreError::Unavailable(s())),
+        Error::Store(StoreError::Corrupt(s())),
+        Error::Crypto(CryptoError::Integrity),
+        Error::Crypto(CryptoError::InvalidKey(s())),
+        Error::Crypto(CryptoError::Unavailable(s())),
+        Error::Crypto(CryptoError::Rejected(s())),
+        Error::RequestTimeout,
+        Error::RateLimited {
+            retry_after_secs: 1,
+        },
+        Error::Internal(s()),
+    ];
+    all.iter().for_each(listed);
+    all
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Client};
 use crate::error::Error;
@@ -18,7 +19,7 @@ use crate::oauth::flow::{
 };
 use crate::secrets::ApiKey;
 use crate::store::{FlowLogEntry, FlowStep};
-use crate::tokens::UserId;
+use crate::tokens::{ConnectionSummary, UserId};
 
 pub(crate) fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -67,16 +68,26 @@ async fn require_api_key(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ConnectSessionRequest {
+#[schema(example = json!({"userId": "u-1", "provider": "google"}))]
+pub(super) struct ConnectSessionRequest {
+    /// 1 to 256 bytes of printable text without `/`, `\` or invisible characters,
+    /// and not `.` or `..`.
+    #[schema(value_type = String, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$")]
     user_id: UserId,
+    /// The provider's name, e.g. `google`.
     provider: String,
+    /// Where the browser is sent back; must match `AXNT_ALLOWED_RETURN_URLS`.
     #[serde(default)]
     return_to: Option<String>,
+    /// Scopes beyond `openid email profile`: at most 20 OAuth scope tokens.
     #[serde(default)]
+    #[schema(max_items = 20, schema_with = scope_tokens)]
     scopes: Vec<String>,
+    /// The account to preselect: at most 320 bytes, no control characters.
     #[serde(default)]
+    #[schema(max_length = 320, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     login_hint: Option<String>,
     /// Hold the grant until `POST /v1/connect-sessions/{flowId}/confirm`
     /// (default `AXNT_REQUIRE_CONFIRMATION`).
@@ -91,9 +102,22 @@ struct ConnectSessionRequest {
     hosted_domain: Option<String>,
 }
 
-#[derive(Serialize)]
+/// `scopes` as [`validate_scopes`] accepts them.
+fn scope_tokens() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[\x21\x23-\x5b\x5d-\x7e]{1,256}$")),
+        )
+        .max_items(Some(20))
+        .build()
+}
+
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ConnectSessionResponse {
+pub(super) struct ConnectSessionResponse {
     url: String,
     expires_at: DateTime<Utc>,
     flow_id: String,
@@ -155,8 +179,16 @@ fn validate_scopes(scopes: &[String]) -> Result<(), Error> {
 ///  "scopes": ["https://www.googleapis.com/auth/calendar.readonly"], "loginHint": "a@example.com"}
 /// ```
 /// answers `{"url": "http://…/oauth/google/start?session=…", "expiresAt": "…", "flowId": "…"}`.
+#[utoipa::path(
+    post,
+    path = "/v1/connect-sessions",
+    tag = "internal",
+    security(("bearerAuth" = [])),
+    request_body = ConnectSessionRequest,
+    responses((status = 201, description = "The start link for the user", body = ConnectSessionResponse)),
+)]
 #[tracing::instrument(skip_all, fields(user_id = %body.user_id, provider = %body.provider))]
-async fn create_connect_session(
+pub(super) async fn create_connect_session(
     State(state): State<AppState>,
     Client(client): Client,
     ApiJson(body): ApiJson<ConnectSessionRequest>,
@@ -360,9 +392,9 @@ fn seal_link(sealer: &StateSealer, session: &ConnectSession) -> Result<String, E
     })
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct TokenResponse {
+pub(super) struct TokenResponse {
     access_token: String,
     token_type: String,
     expires_at: DateTime<Utc>,
@@ -372,8 +404,16 @@ struct TokenResponse {
 
 /// `GET /v1/users/{userId}/tokens/{provider}` → a valid access token:
 /// `{"accessToken": "…", "tokenType": "Bearer", "expiresAt": "…", "scope": "…", "email": "…"}`.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{userId}/tokens/{provider}",
+    tag = "internal",
+    security(("bearerAuth" = [])),
+    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`"), ("provider" = String, Path, example = "google", description = "The provider's name")),
+    responses((status = 200, description = "A valid access token", body = TokenResponse)),
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
-async fn get_token(
+pub(super) async fn get_token(
     State(state): State<AppState>,
     Client(client): Client,
     ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
@@ -394,19 +434,40 @@ async fn get_token(
 
 /// `GET /v1/users/{userId}/connections` → `{"connections": [{"provider", "email",
 /// "userInfo", "isActive", "createdAt", "updatedAt", "lastUsed", "accessTokenExpiresAt"}]}`.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{userId}/connections",
+    tag = "internal",
+    security(("bearerAuth" = [])),
+    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`")),
+    responses((status = 200, description = "The user's connections", body = ConnectionList)),
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user_id))]
-async fn list_connections(
+pub(super) async fn list_connections(
     State(state): State<AppState>,
     ApiPath(user_id): ApiPath<UserId>,
 ) -> Result<Response, Error> {
     let connections = state.tokens.connections(user_id.as_str()).await?;
-    Ok(axum::Json(json!({ "connections": connections })).into_response())
+    Ok(axum::Json(ConnectionList { connections }).into_response())
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct ConnectionList {
+    connections: Vec<ConnectionSummary>,
 }
 
 /// `DELETE /v1/users/{userId}/connections/{provider}` → 204 after revoking at the
 /// provider (best effort) and removing the row; 404 when there was none.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{userId}/connections/{provider}",
+    tag = "internal",
+    security(("bearerAuth" = [])),
+    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`"), ("provider" = String, Path, example = "google", description = "The provider's name")),
+    responses((status = 204, description = "Revoked at the provider (best effort) and removed")),
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
-async fn delete_connection(
+pub(super) async fn delete_connection(
     State(state): State<AppState>,
     Client(client): Client,
     ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
@@ -422,10 +483,23 @@ async fn delete_connection(
     }
 }
 
-#[derive(Deserialize)]
-struct FlowLogQuery {
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct FlowLogQuery {
+    /// Items per page.
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<usize>,
+    /// `nextBefore` of the previous page.
+    #[param(min_length = 1, max_length = 64)]
     before: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct FlowLogPage {
+    items: Vec<FlowLogEntry>,
+    /// Where the next page starts (`before=`), or null on the last page.
+    next_before: Option<String>,
 }
 
 const DEFAULT_FLOW_LOG_PAGE: usize = 50;
@@ -433,8 +507,16 @@ const MAX_FLOW_LOG_PAGE: usize = 500;
 
 /// `GET /v1/users/{userId}/flow-logs?limit=50&before=<timestamp>` → the user's flow
 /// steps, newest first: `{"items": [...], "nextBefore": "<timestamp>" | null}`.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{userId}/flow-logs",
+    tag = "internal",
+    security(("bearerAuth" = [])),
+    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`"), FlowLogQuery),
+    responses((status = 200, description = "The user's flow steps, newest first", body = FlowLogPage)),
+)]
 #[tracing::instrument(skip_all, fields(user_id = %user_id))]
-async fn list_flow_logs(
+pub(super) async fn list_flow_logs(
     State(state): State<AppState>,
     ApiPath(user_id): ApiPath<UserId>,
     ApiQuery(query): ApiQuery<FlowLogQuery>,
@@ -462,5 +544,5 @@ async fn list_flow_logs(
     let next_before = (items.len() == limit)
         .then(|| items.last().map(|e| e.timestamp.clone()))
         .flatten();
-    Ok(axum::Json(json!({ "items": items, "nextBefore": next_before })).into_response())
+    Ok(axum::Json(FlowLogPage { items, next_before }).into_response())
 }

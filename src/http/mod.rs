@@ -5,6 +5,7 @@ pub(crate) mod api;
 pub(crate) mod browser;
 pub(crate) mod limits;
 pub(crate) mod oauth;
+mod openapi;
 pub(crate) mod probes;
 
 use std::net::{IpAddr, SocketAddr};
@@ -72,6 +73,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .merge(probes::router())
+        .merge(openapi::router())
         .merge(oauth::router().route_layer(middleware::from_fn_with_state(
             state.clone(),
             limits::limit_browser,

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use tokio::sync::Mutex;
+use utoipa::ToSchema;
 
 use super::AppState;
 use crate::crypto::{CryptoError, KeyProvider};
@@ -33,14 +34,35 @@ pub(crate) fn admin_router() -> Router {
 }
 
 /// `GET /healthz` → 200 `{"status":"ok"}` while the process serves.
-async fn healthz() -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "probes",
+    responses((status = 200, description = "The process serves", body = Health)),
+)]
+pub(super) async fn healthz() -> impl IntoResponse {
+    axum::Json(Health { status: "ok" })
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct Health {
+    /// Always `ok`.
+    status: &'static str,
 }
 
 /// `GET /readyz` → 200 when every part is usable, else 503; the body names each part
 /// and a stable code, never the reason (which is logged):
 /// `{"status":"not_ready","checks":{"store":"ok","flowLog":"ok","keys":"access_denied","provider":"ok"}}`.
-async fn readyz(State(state): State<AppState>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "probes",
+    responses(
+        (status = 200, description = "Every part is usable", body = ReadinessReport),
+        (status = 503, description = "A part is not usable; `checks` names it", body = ReadinessReport),
+    ),
+)]
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     let report = state.readiness.check().await;
     let status = if report.ready {
         StatusCode::OK
@@ -66,11 +88,14 @@ async fn metrics() -> Response {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct ReadinessReport {
     #[serde(skip)]
     pub(crate) ready: bool,
+    /// `ready` or `not_ready`.
     pub(crate) status: &'static str,
+    /// Each part (`store`, `flowLog`, `keys`, `provider`) and `ok` or a stable code.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub(crate) checks: serde_json::Map<String, serde_json::Value>,
 }
 

@@ -12,7 +12,7 @@ use super::{FlowLog, FlowLogEntry};
 use crate::crypto::{fill_random, hex};
 
 /// The step names, as the flow log stores them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FlowStep {
     SessionCreated,

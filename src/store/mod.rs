@@ -131,7 +131,7 @@ pub struct LeaseRelease {
 }
 
 /// The account's profile, from the verified ID token. Never a secret.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserInfo {
     pub sub: String,
@@ -149,7 +149,7 @@ pub struct UserInfo {
 }
 
 /// One step of one flow: the logs table's item.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlowLogEntry {
     pub user_id: String,
@@ -158,6 +158,7 @@ pub struct FlowLogEntry {
     pub flow_id: String,
     pub step: FlowStep,
     /// Step details. Never a token, code, verifier or key.
+    #[schema(value_type = Object)]
     pub data: serde_json::Map<String, serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -38,7 +38,7 @@ pub(crate) use user_id::UserId;
 const WRITE_ATTEMPTS: usize = 5;
 
 /// A connection as listed: never a token.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ConnectionSummary {
     pub(crate) provider: String,

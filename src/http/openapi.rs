@@ -1,0 +1,338 @@
+//! The OpenAPI document of the internal API and the probes: generated from the
+//! handlers' annotations and the types they read and answer, served at
+//! `GET /openapi.json` (no key: it describes the API, it reveals nothing), and checked in
+//! as `docs/openapi.json`, which a test keeps equal to what the code generates.
+//!
+//! Error answers come from one table, [`ERRORS`]: per operation, each status and the
+//! problem `code`s it can carry, documented as the `Problem` schema with `code`
+//! narrowed to those values. A unit test checks every listed code against
+//! `Error::status` and `Error::code`, so the document cannot name a code the service
+//! does not have, or under another status; the schemathesis test checks the live
+//! answers against it.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Components, PathItem, Ref, RefOr};
+use utoipa::{Modify, OpenApi};
+
+use super::{AppState, api, probes};
+use crate::error::{Error, Problem};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(openapi_json))
+}
+
+/// `GET /openapi.json` → the document (the same bytes as `docs/openapi.json`).
+async fn openapi_json() -> Result<Response, Error> {
+    static DOCUMENT: OnceLock<Option<String>> = OnceLock::new();
+    let body = DOCUMENT
+        .get_or_init(|| document_json().ok())
+        .clone()
+        .ok_or_else(|| Error::Internal("the OpenAPI document did not serialize".into()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The document as `docs/openapi.json` holds it: pretty-printed, with a final newline.
+pub(crate) fn document_json() -> Result<String, serde_json::Error> {
+    let mut json = ApiDoc::openapi().to_pretty_json()?;
+    json.push('\n');
+    Ok(json)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "axnt-oauth",
+        description = "The internal API: services of the application create connect links for \
+            their users and read the users' valid access tokens, connections and flow logs. \
+            Every `/v1` route needs `Authorization: Bearer <API key>`. Errors are RFC 9457 \
+            `application/problem+json` with a stable `code`; each operation lists the codes \
+            each status can carry. A method a path does not list is answered 405 \
+            `method_not_allowed`, a path not listed here 404 `not_found` (both problems). \
+            No answer may be cached (`Cache-Control: no-store`)."
+    ),
+    paths(
+        api::create_connect_session,
+        api::get_token,
+        api::list_connections,
+        api::delete_connection,
+        api::list_flow_logs,
+        probes::healthz,
+        probes::readyz,
+    ),
+    components(schemas(Problem)),
+    modifiers(&BearerKey, &ErrorAnswers),
+    tags(
+        (name = "internal", description = "For the application's services; needs an API key"),
+        (name = "probes", description = "For the orchestrator; no key"),
+    ),
+)]
+struct ApiDoc;
+
+/// The `bearerAuth` scheme the `/v1` operations name.
+struct BearerKey;
+
+impl Modify for BearerKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Components::new)
+            .add_security_scheme(
+                "bearerAuth",
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some("One of the configured API keys (AXNT_API_KEYS)"))
+                        .build(),
+                ),
+            );
+    }
+}
+
+/// Error statuses, each with the problem codes it can carry.
+type Answers = &'static [(u16, &'static [&'static str])];
+
+/// Statuses and codes every `/v1` operation can answer: the key check and its brake
+/// run before any handler, and any request can run out of time.
+const EVERY_API_ROUTE: Answers = &[
+    (401, &["unauthorized"]),
+    (408, &["request_timeout"]),
+    (429, &["rate_limited"]),
+];
+
+/// The store's failures, as any route that reads or writes it can answer them.
+const STORE: (u16, &[&str]) = (503, &["store_unavailable", "store_throttled"]);
+
+/// Per operation (its `operationId`), the error statuses and codes it can answer
+/// besides [`EVERY_API_ROUTE`] for `/v1` routes. An empty `{provider}` (the path's last
+/// segment) matches no route: 404 `not_found`; an empty or otherwise bad `{userId}` is
+/// matched and refused: 400 `invalid_request`.
+const ERRORS: &[(&str, Answers)] = &[
+    (
+        "create_connect_session",
+        &[
+            (400, &["invalid_request", "return_url_not_allowed"]),
+            (404, &["unknown_provider"]),
+            (413, &["payload_too_large"]),
+            (415, &["unsupported_media_type"]),
+            (500, &["internal"]),
+        ],
+    ),
+    (
+        "get_token",
+        &[
+            (400, &["invalid_request"]),
+            (404, &["not_found", "unknown_provider", "not_connected"]),
+            (409, &["reauthorization_required"]),
+            (500, &["stored_tokens_unreadable", "internal"]),
+            (502, &["provider_error"]),
+            (
+                503,
+                &[
+                    "provider_unavailable",
+                    "provider_not_configured",
+                    "refresh_in_progress",
+                    "store_unavailable",
+                    "store_throttled",
+                    "keys_unavailable",
+                ],
+            ),
+        ],
+    ),
+    ("list_connections", &[(400, &["invalid_request"]), STORE]),
+    (
+        "delete_connection",
+        &[
+            (400, &["invalid_request"]),
+            (404, &["not_found", "unknown_provider", "not_connected"]),
+            (409, &["concurrent_update"]),
+            STORE,
+        ],
+    ),
+    ("list_flow_logs", &[(400, &["invalid_request"]), STORE]),
+    ("healthz", &[]),
+    ("readyz", &[]),
+];
+
+/// Adds each operation's error answers from [`ERRORS`].
+struct ErrorAnswers;
+
+impl Modify for ErrorAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let api_route = path.starts_with("/v1/");
+            for operation in operations(item) {
+                let id = operation.operation_id.as_deref().unwrap_or_default();
+                let own = ERRORS
+                    .iter()
+                    .find(|(op, _)| *op == id)
+                    .map(|(_, errors)| *errors)
+                    .unwrap_or_default();
+                let common = if api_route { EVERY_API_ROUTE } else { &[] };
+                let mut by_status: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
+                for (status, codes) in common.iter().chain(own) {
+                    by_status.entry(*status).or_default().extend(codes.iter());
+                }
+                for (status, codes) in by_status {
+                    operation
+                        .responses
+                        .responses
+                        .insert(status.to_string(), RefOr::T(problem_answer(status, &codes)));
+                }
+            }
+        }
+    }
+}
+
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+/// A problem+json answer whose `code` is one of `codes`, with the headers its status
+/// brings (`Retry-After` on 429 and 503, `WWW-Authenticate` on 401).
+fn problem_answer(status: u16, codes: &[&str]) -> utoipa::openapi::Response {
+    let schema = AllOfBuilder::new()
+        .item(Ref::from_schema_name("Problem"))
+        .item(
+            ObjectBuilder::new()
+                .property(
+                    "code",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some(codes.iter().copied())),
+                )
+                .required("code"),
+        );
+    let reason = axum::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let listed = codes
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut answer = ResponseBuilder::new()
+        .description(format!("{reason}: `code` is {listed}"))
+        .content(
+            "application/problem+json",
+            ContentBuilder::new().schema(Some(schema)).build(),
+        );
+    if status == 429 || status == 503 {
+        answer = answer.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(0)),
+                ))
+                .description(Some("Seconds to wait before retrying"))
+                .build(),
+        );
+    }
+    if status == 401 {
+        answer = answer.header(
+            "WWW-Authenticate",
+            HeaderBuilder::new()
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                .description(Some("`Bearer`"))
+                .build(),
+        );
+    }
+    answer.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::path::Path;
+
+    use super::*;
+
+    /// `docs/openapi.json` is what the code generates. `UPDATE_OPENAPI=1 cargo test
+    /// openapi` rewrites it.
+    #[test]
+    fn openapi_document_matches_docs_openapi_json() {
+        let generated = document_json().expect("the document serializes");
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+        if std::env::var_os("UPDATE_OPENAPI").is_some_and(|v| v == "1") {
+            std::fs::write(&file, &generated).expect("write docs/openapi.json");
+            return;
+        }
+        let checked_in = std::fs::read_to_string(&file).unwrap_or_default();
+        let first_difference = checked_in
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .map_or_else(|| "its length".to_string(), |i| format!("line {}", i + 1));
+        assert!(
+            checked_in == generated,
+            "docs/openapi.json differs from the document the code generates, first at \
+             {first_difference} (an annotation, a request or answer type, or the error table \
+             changed). Regenerate it with `UPDATE_OPENAPI=1 cargo test openapi` and commit it."
+        );
+    }
+
+    /// Every code the document lists under a status is one `Error` answers with that
+    /// status.
+    #[test]
+    fn every_documented_code_is_an_error_with_that_status() {
+        let known: BTreeSet<(u16, &str)> = crate::error::one_of_each()
+            .iter()
+            .map(|e| (e.status().as_u16(), e.code()))
+            .collect();
+        for (op, errors) in ERRORS
+            .iter()
+            .chain([("every /v1 route", EVERY_API_ROUTE)].iter())
+        {
+            for (status, codes) in errors.iter() {
+                for code in codes.iter() {
+                    assert!(
+                        known.contains(&(*status, *code)),
+                        "{op}: error.rs answers no {status} with code {code:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The table names each documented operation once, and nothing else.
+    #[test]
+    fn the_error_table_names_the_documented_operations() {
+        let doc = ApiDoc::openapi();
+        let mut documented: Vec<String> = doc
+            .paths
+            .paths
+            .values()
+            .cloned()
+            .flat_map(|mut item| {
+                operations(&mut item)
+                    .filter_map(|o| o.operation_id.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        documented.sort();
+        let mut tabled: Vec<String> = ERRORS.iter().map(|(op, _)| op.to_string()).collect();
+        tabled.sort();
+        assert_eq!(documented, tabled);
+    }
+}
