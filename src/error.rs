@@ -424,6 +424,10 @@ pub(crate) fn one_of_each() -> Vec<Error> {
             | Error::ReturnUrlNotAllowed
             | Error::InvalidSession
             | Error::SessionExpired
+            | Error::SessionUsed
+            | Error::AccountNotAllowed
+            | Error::ConfirmationNotFound
+            | Error::ConfirmationExpired
             | Error::InvalidState
             | Error::StateExpired
             | Error::BrowserMismatch
@@ -449,6 +453,10 @@ pub(crate) fn one_of_each() -> Vec<Error> {
         Error::InvalidRequest(s()),
         Error::UnsupportedMediaType(s()),
         Error::PayloadTooLarge,
+        Error::SessionUsed,
+        Error::AccountNotAllowed,
+        Error::ConfirmationNotFound,
+        Error::ConfirmationExpired,
         Error::RouteNotFound,
         Error::MethodNotAllowed,
         Error::UnknownProvider(s()),

@@ -93,12 +93,18 @@ pub(super) struct ConnectSessionRequest {
     /// (default `AXNT_REQUIRE_CONFIRMATION`).
     #[serde(default)]
     require_confirmation: Option<bool>,
-    /// Only the Google account with this verified email may complete the flow.
+    /// Only the Google account with this verified email may complete the flow
+    /// (compared without regard to case); also the `login_hint` when none is given.
     #[serde(default)]
+    #[schema(
+        max_length = 320,
+        pattern = r"^[^@\s\u0000-\u001f\u007f-\u009f]+@[^@\s\u0000-\u001f\u007f-\u009f]+$"
+    )]
     expected_email: Option<String>,
     /// Only an account of this Google Workspace domain (the ID token's `hd`) may
     /// complete the flow.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9.-]{1,253}$")]
     hosted_domain: Option<String>,
 }
 
@@ -275,18 +281,19 @@ pub(super) async fn create_connect_session(
     Ok((StatusCode::CREATED, axum::Json(response)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ConfirmRequest {
+pub(super) struct ConfirmRequest {
     /// The application's user it checked started this flow; a grant held for another
     /// user is discarded (404).
     #[serde(default)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$")]
     user_id: Option<UserId>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct ConfirmResponse {
+pub(super) struct ConfirmResponse {
     flow_id: String,
     user_id: String,
     provider: String,
@@ -306,13 +313,29 @@ struct ConfirmResponse {
 /// `confirmation_not_found` when no grant awaits (never held, already confirmed, or
 /// held for another user, which discards it); 410 `confirmation_expired` past
 /// `AXNT_CONFIRMATION_TTL_SECS`.
+#[utoipa::path(
+    post,
+    path = "/v1/connect-sessions/{flowId}/confirm",
+    tag = "internal",
+    security(("bearerAuth" = [])),
+    params(("flowId" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-]+$", description = "The flow id from POST /v1/connect-sessions")),
+    request_body(content = Option<ConfirmRequest>, description = "Optional: the application's user it checked started the flow"),
+    responses((status = 200, description = "The held grant is now the connection", body = ConfirmResponse)),
+)]
 #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
-async fn confirm_connect_session(
+pub(super) async fn confirm_connect_session(
     State(state): State<AppState>,
     Client(client): Client,
     ApiPath(flow_id): ApiPath<String>,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, Error> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::PayloadTooLarge
+        } else {
+            Error::InvalidRequest("the body could not be read".into())
+        }
+    })?;
     if flow_id.is_empty()
         || flow_id.len() > 64
         || !flow_id

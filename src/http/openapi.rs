@@ -63,6 +63,7 @@ pub(crate) fn document_json() -> Result<String, serde_json::Error> {
     ),
     paths(
         api::create_connect_session,
+        api::confirm_connect_session,
         api::get_token,
         api::list_connections,
         api::delete_connection,
@@ -126,6 +127,21 @@ const ERRORS: &[(&str, Answers)] = &[
             (413, &["payload_too_large"]),
             (415, &["unsupported_media_type"]),
             (500, &["internal"]),
+        ],
+    ),
+    (
+        "confirm_connect_session",
+        &[
+            (400, &["invalid_request"]),
+            (404, &["confirmation_not_found"]),
+            (409, &["concurrent_update"]),
+            (410, &["confirmation_expired"]),
+            (413, &["payload_too_large"]),
+            (500, &["stored_tokens_unreadable", "internal"]),
+            (
+                503,
+                &["store_unavailable", "store_throttled", "keys_unavailable"],
+            ),
         ],
     ),
     (

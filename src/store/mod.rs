@@ -50,7 +50,7 @@ pub struct Connection {
 
 /// The account a connection held before another account's grant replaced it
 /// (`replacedAccount`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplacedAccount {
     /// The replaced account's `sub`.
