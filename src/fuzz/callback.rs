@@ -316,7 +316,7 @@ mod tests {
         let harness = Harness::in_dir(dir.path());
         let mut runner = TestRunner::new(Config {
             source_file: Some(file!()),
-            ..Config::with_cases(128)
+            ..Config::with_cases(crate::fuzz::proptests::cases(128))
         });
         let genuine = std::cell::Cell::new(0);
         let result = runner.run(&vec(any::<u8>(), 0..256), |data| {

@@ -3,7 +3,7 @@
 //! documents, URLs) for the properties random bytes reach too rarely.
 //!
 //! Case counts are kept low enough that the whole set adds a few seconds to
-//! `cargo test`; `PROPTEST_CASES=10000 cargo test --lib fuzz::` runs more.
+//! `cargo test`; `PROPTEST_CASES=20000 cargo test --lib fuzz::` runs more.
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -16,8 +16,16 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
     vec(any::<u8>(), 0..512)
 }
 
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig::with_cases(cases)
+/// `default` cases, or `PROPTEST_CASES` when set (an explicit count would hide it).
+pub(super) fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+fn config(default: u32) -> ProptestConfig {
+    ProptestConfig::with_cases(cases(default))
 }
 
 proptest! {
