@@ -43,6 +43,8 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 mod error;
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 mod http;
 mod oauth;
 mod retry;

@@ -203,6 +203,12 @@ impl App {
         })
     }
 
+    /// The routes as served, for the callback's fuzz target (src/fuzz.rs).
+    #[cfg(any(test, fuzzing))]
+    pub(crate) fn router(&self) -> Router {
+        self.router.clone()
+    }
+
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
     }

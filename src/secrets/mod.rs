@@ -135,8 +135,10 @@ fn shape_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     let what = match e.inner().classify() {
         serde_json::error::Category::Data => {
             let message = e.inner().to_string();
-            // The part after ", expected " comes from the type being read, not the input.
-            match message.split_once(", expected ") {
+            // serde says "invalid type: <what was found>, expected <what the type
+            // wants>": the part after the last ", expected " comes from the type being
+            // read. What was found may quote the value, ", expected " and all.
+            match message.rsplit_once(", expected ") {
                 Some((_, expected)) => {
                     let expected = expected.split(" at line ").next().unwrap_or_default();
                     format!("wrong type (expected {expected})")
@@ -442,6 +444,11 @@ mod tests {
             r#"{"web":"planted-value-1"}"#,
             r#"["planted-value-1"]"#,
             r#"{"client_id":"planted-value-1""#,
+            // serde's message is cut at ", expected ": a value holding those words
+            // must not lend its tail to the message (found by the property tests).
+            r#"{"web":"planted-value-0, expected planted-value-1"}"#,
+            r#""planted-value-0, expected planted-value-1""#,
+            r#"{"api_keys":["a", {"x":"planted-value-0, expected planted-value-1"}]}"#,
         ] {
             let e = parse_secret_document("s", text)
                 .expect_err(text)

@@ -286,7 +286,7 @@ pub(super) fn connection_item(row: &Connection) -> Result<Item, StoreError> {
     to_item("connection item", &ConnectionItem::from(row))
 }
 
-pub(super) fn connection_from(item: &Item) -> Result<Connection, StoreError> {
+pub(crate) fn connection_from(item: &Item) -> Result<Connection, StoreError> {
     from_item::<ConnectionItem>(item)?.try_into()
 }
 

@@ -16,6 +16,10 @@ mod flow_log;
 mod item;
 mod tokens;
 
+/// Reading a stored item, for the fuzz targets (src/fuzz.rs).
+#[cfg(any(test, fuzzing))]
+pub(crate) use item::connection_from;
+
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::Client;
 
