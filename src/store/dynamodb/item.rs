@@ -282,11 +282,11 @@ fn from_item<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
     })
 }
 
-pub(super) fn connection_item(row: &Connection) -> Result<Item, StoreError> {
+pub(crate) fn connection_item(row: &Connection) -> Result<Item, StoreError> {
     to_item("connection item", &ConnectionItem::from(row))
 }
 
-pub(super) fn connection_from(item: &Item) -> Result<Connection, StoreError> {
+pub(crate) fn connection_from(item: &Item) -> Result<Connection, StoreError> {
     from_item::<ConnectionItem>(item)?.try_into()
 }
 

@@ -14,6 +14,8 @@
 
 mod flow_log;
 mod item;
+#[cfg(feature = "bench")]
+pub(crate) use item::{connection_from, connection_item};
 mod tokens;
 
 use aws_config::SdkConfig;
