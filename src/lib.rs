@@ -38,6 +38,9 @@
 
 pub mod app;
 pub mod aws;
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench_api;
 mod check;
 pub mod cli;
 pub mod config;

@@ -282,7 +282,7 @@ fn from_item<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
     })
 }
 
-pub(super) fn connection_item(row: &Connection) -> Result<Item, StoreError> {
+pub(crate) fn connection_item(row: &Connection) -> Result<Item, StoreError> {
     to_item("connection item", &ConnectionItem::from(row))
 }
 

@@ -16,9 +16,12 @@ mod flow_log;
 mod item;
 mod tokens;
 
-/// Reading a stored item, for the fuzz targets (src/fuzz.rs).
-#[cfg(any(test, fuzzing))]
+/// Reading a stored item, for the fuzz targets (src/fuzz.rs) and the benchmarks.
+#[cfg(any(test, fuzzing, feature = "bench"))]
 pub(crate) use item::connection_from;
+/// Writing one, for the benchmarks.
+#[cfg(feature = "bench")]
+pub(crate) use item::connection_item;
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::Client;

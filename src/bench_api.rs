@@ -1,0 +1,169 @@
+//! Thin wrappers over crate-private operations, for the micro-benchmarks (`benches/`)
+//! and the load benchmark's helpers (`examples/bench_*.rs`, driven by `scripts/bench`).
+//!
+//! Compiled only with the `bench` cargo feature, which no product build enables: the
+//! wrapped items stay `pub(crate)`, and nothing here is part of the service's interface.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::crypto::cache::{CacheLimits, CachingKeyProvider};
+use crate::crypto::local::LocalKeyProvider;
+use crate::crypto::{CryptoError, KeyProvider, SecretKey};
+use crate::oauth::flow::{FlowState, Purpose, StateSealer};
+use crate::secrets::{ApiKey, SecretsCache, ServiceSecrets, StaticSecrets};
+use crate::store::{Connection, RefreshState, StoreError, UserInfo};
+use crate::tokens::token_set::TokenSet;
+
+pub use crate::crypto::{Envelope, EnvelopeCipher};
+
+/// A DynamoDB item, as the SDK holds one.
+pub type DynamoItem = std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>;
+
+/// Embedded mode's key provider over the master key file at `path`, created (mode
+/// 0600) when absent, exactly as the service loads it from `AXNT_DATA_DIR`.
+pub fn local_keys(path: &Path) -> Result<Arc<dyn KeyProvider>, CryptoError> {
+    let (keys, _created) = LocalKeyProvider::load_or_create(path)?;
+    Ok(Arc::new(keys))
+}
+
+/// A local key provider under a fresh random master key (no file).
+pub fn random_local_keys() -> Arc<dyn KeyProvider> {
+    Arc::new(LocalKeyProvider::new(SecretKey::generate()))
+}
+
+/// `keys` behind aws mode's data-key cache, with the default bounds of the
+/// `AXNT_DATA_KEY_*` settings.
+pub fn cached_keys(keys: Arc<dyn KeyProvider>) -> Arc<dyn KeyProvider> {
+    Arc::new(CachingKeyProvider::new(
+        keys,
+        CacheLimits {
+            max_uses: 1000,
+            max_age: Duration::from_secs(300),
+            decrypted_entries: 10_000,
+            decrypted_ttl: Duration::from_secs(300),
+        },
+    ))
+}
+
+/// The plaintext the service seals into a row's `encryptedTokens`: a token set issued
+/// at `issued_at` and expiring at `expires_at` (epoch seconds).
+pub fn token_set_json(
+    access_token: &str,
+    refresh_token: &str,
+    issued_at: i64,
+    expires_at: i64,
+) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&TokenSet {
+        access_token: access_token.into(),
+        refresh_token: Some(refresh_token.into()),
+        id_token: None,
+        scope: Some("openid email profile".into()),
+        token_type: "Bearer".into(),
+        expires_at,
+        issued_at: Some(issued_at),
+    })
+}
+
+/// Opens a row's token set as the token read does (envelope, then JSON).
+pub async fn open_token_set(cipher: &EnvelopeCipher, row: &Connection) -> Result<(), String> {
+    TokenSet::open(cipher, row)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// A fresh active row for `user_id` at `google`, holding `sealed`.
+pub fn connection(
+    user_id: &str,
+    sealed: Envelope,
+    access_token_expires_at: i64,
+    now: DateTime<Utc>,
+) -> Connection {
+    let email = format!("{user_id}@example.com");
+    Connection {
+        user_id: user_id.into(),
+        provider: "google".into(),
+        email: Some(email.clone()),
+        encrypted_tokens: sealed,
+        user_info: UserInfo {
+            sub: format!("sub-{user_id}"),
+            email: Some(email),
+            email_verified: Some(true),
+            name: Some(user_id.into()),
+            picture: None,
+            hd: None,
+        },
+        created_at: now,
+        updated_at: now,
+        last_used: now,
+        access_token_expires_at,
+        expires_at: now.timestamp() + 180 * 86_400,
+        is_active: true,
+        version: 1,
+        refresh: RefreshState::default(),
+        replaced_account: None,
+    }
+}
+
+/// A row as aws mode writes it to DynamoDB.
+pub fn dynamo_encode(row: &Connection) -> Result<DynamoItem, StoreError> {
+    crate::store::dynamodb::connection_item(row)
+}
+
+/// A DynamoDB item read back as a row.
+pub fn dynamo_decode(item: &DynamoItem) -> Result<Connection, StoreError> {
+    crate::store::dynamodb::connection_from(item)
+}
+
+/// Seals and opens the authorization request's `state`, as `/start` and the callback do.
+pub struct FlowStates(StateSealer);
+
+impl FlowStates {
+    /// Under a fresh random state key.
+    pub fn random() -> Self {
+        Self(StateSealer::new(SecretKey::generate()))
+    }
+
+    /// Seals a typical `state` for `user_id` (random PKCE verifier, nonce and binding).
+    pub fn seal(&self, user_id: &str) -> Result<String, String> {
+        let state = FlowState {
+            user_id: user_id.into(),
+            provider: "google".into(),
+            pkce_verifier: crate::crypto::random_token(32),
+            nonce: crate::crypto::random_token(32),
+            return_to: None,
+            expires_at: Utc::now().timestamp() + 600,
+            flow_id: uuid::Uuid::new_v4().to_string(),
+            binding_hash: crate::oauth::flow::new_binding().1,
+            rules: crate::oauth::flow::FlowRules::default(),
+        };
+        self.0
+            .seal(Purpose::AuthorizationState, &state)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Opens what [`FlowStates::seal`] made.
+    pub fn open(&self, sealed: &str) -> Result<(), String> {
+        self.0
+            .open::<FlowState>(Purpose::AuthorizationState, sealed)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The secrets cache accepting `keys` as API keys, as the internal API checks them.
+pub async fn api_key_cache(keys: &[&str]) -> Result<Arc<SecretsCache>, String> {
+    let accepted = keys
+        .iter()
+        .map(|k| ApiKey::parse(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let source = StaticSecrets::new(ServiceSecrets::default(), "bench");
+    SecretsCache::load(Arc::new(source), None, accepted)
+        .await
+        .map_err(|e| e.to_string())
+}
