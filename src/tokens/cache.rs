@@ -3,7 +3,7 @@
 //!
 //! What it promises:
 //! - it never serves a token inside the margin the reader asks for (the same rule as a
-//!   stored token: [`TokenSet::margin`](super::TokenSet::margin));
+//!   stored token: `token_set::is_fresh`);
 //! - every write to a row by this process (a new grant, a refresh, a deactivation, a
 //!   delete) replaces or drops the row's entry before anyone is answered;
 //! - an entry is held at most the configured time, so a row deleted or deactivated by
@@ -54,13 +54,12 @@ impl Cached {
     /// Whether the token stays valid beyond the margin at `now`, by the rule stored
     /// tokens follow (at most half the lifetime it was issued with).
     fn is_fresh(&self, margin: Duration, now: i64) -> bool {
-        let expires_at = self.issued.expires_at.timestamp();
-        let configured = i64::try_from(margin.as_secs()).unwrap_or(i64::MAX);
-        let margin = match self.issued_at {
-            Some(issued) => configured.min((expires_at.saturating_sub(issued) / 2).max(0)),
-            None => configured,
-        };
-        expires_at.saturating_sub(now) > margin
+        super::token_set::is_fresh(
+            self.issued.expires_at.timestamp(),
+            self.issued_at,
+            margin,
+            now,
+        )
     }
 
     /// Claims the `lastUsed` write when `interval` has passed since the last one: true

@@ -442,7 +442,7 @@ impl TokenService {
         })
     }
 
-    /// A token valid for at least `margin` (as [`TokenSet::margin`] bounds it),
+    /// A token valid for at least `margin` (as `token_set::is_fresh` bounds it),
     /// refreshing first when needed. Concurrent reads of one connection in this
     /// process share one store read (and one refresh): see [`refresh`].
     async fn token_valid_for(

@@ -97,20 +97,9 @@ impl TokenSet {
         }
     }
 
-    /// The margin this token is held to: the configured one, but at most half the
-    /// lifetime the token was issued with. A provider that issues tokens shorter than
-    /// the margin would otherwise have every read refresh a token it just issued.
-    pub(crate) fn margin(&self, configured: Duration) -> i64 {
-        let configured = i64::try_from(configured.as_secs()).unwrap_or(i64::MAX);
-        match self.issued_at {
-            Some(issued) => configured.min((self.expires_at.saturating_sub(issued) / 2).max(0)),
-            None => configured,
-        }
-    }
-
     /// Whether the access token stays valid beyond its margin at `now` (epoch seconds).
     pub(crate) fn is_fresh(&self, configured_margin: Duration, now: i64) -> bool {
-        self.expires_at.saturating_sub(now) > self.margin(configured_margin)
+        is_fresh(self.expires_at, self.issued_at, configured_margin, now)
     }
 
     /// Decrypts a row's token set.
@@ -177,6 +166,29 @@ impl TokenSet {
     }
 }
 
+/// The margin a token expiring at `expires_at` (issued at `issued_at`, when known) is
+/// held to: the configured one, but at most half the lifetime it was issued with. A
+/// provider that issues tokens shorter than the margin would otherwise have every read
+/// refresh a token it just issued. Epoch seconds.
+fn margin(expires_at: i64, issued_at: Option<i64>, configured: Duration) -> i64 {
+    let configured = i64::try_from(configured.as_secs()).unwrap_or(i64::MAX);
+    match issued_at {
+        Some(issued) => configured.min((expires_at.saturating_sub(issued) / 2).max(0)),
+        None => configured,
+    }
+}
+
+/// Whether such a token stays valid beyond its margin at `now`: the one rule for
+/// stored and cached tokens alike.
+pub(crate) fn is_fresh(
+    expires_at: i64,
+    issued_at: Option<i64>,
+    configured_margin: Duration,
+    now: i64,
+) -> bool {
+    expires_at.saturating_sub(now) > margin(expires_at, issued_at, configured_margin)
+}
+
 /// Where a pending grant's envelope is bound: the provider and the flow.
 fn pending_context(provider: &str, flow_id: &str) -> String {
     format!("{provider}#pending#{flow_id}")
@@ -212,7 +224,7 @@ mod tests {
     fn a_token_shorter_than_the_margin_is_held_to_half_its_lifetime() {
         let margin = Duration::from_secs(300);
         let short = set(Some(1_000), 1_120); // a 120-second token
-        assert_eq!(short.margin(margin), 60);
+        assert_eq!(super::margin(short.expires_at, short.issued_at, margin), 60);
         assert!(short.is_fresh(margin, 1_000), "just issued: served");
         assert!(short.is_fresh(margin, 1_059));
         assert!(
@@ -220,7 +232,7 @@ mod tests {
             "half its life left: refreshed"
         );
         let long = set(Some(1_000), 4_600); // an hour
-        assert_eq!(long.margin(margin), 300);
+        assert_eq!(super::margin(long.expires_at, long.issued_at, margin), 300);
         assert!(!long.is_fresh(margin, 4_300));
         assert!(long.is_fresh(margin, 4_299));
     }
@@ -228,7 +240,14 @@ mod tests {
     #[test]
     fn rows_without_an_issue_time_keep_the_configured_margin() {
         let legacy = set(None, 1_120);
-        assert_eq!(legacy.margin(Duration::from_secs(300)), 300);
+        assert_eq!(
+            super::margin(
+                legacy.expires_at,
+                legacy.issued_at,
+                Duration::from_secs(300)
+            ),
+            300
+        );
         assert!(!legacy.is_fresh(Duration::from_secs(300), 1_000));
     }
 
