@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::IssuedToken;
+use super::{IssuedToken, TokenPolicy};
 
 /// Entries kept at most; the least recently used go first.
 const MAX_ENTRIES: u64 = 100_000;
@@ -62,12 +62,11 @@ impl Cached {
         )
     }
 
-    /// Claims the `lastUsed` write when `interval` has passed since the last one: true
-    /// for exactly one of several concurrent hits.
-    pub(crate) fn claim_last_used(&self, now: i64, interval: Duration) -> bool {
-        let interval = i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
+    /// Claims the `lastUsed` write when the policy says it is due: true for exactly one
+    /// of several concurrent hits.
+    pub(crate) fn claim_last_used(&self, now: i64, policy: &TokenPolicy) -> bool {
         let last = self.last_used.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= interval
+        policy.last_used_due(last, now)
             && self
                 .last_used
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -213,9 +212,9 @@ mod tests {
     fn one_of_concurrent_hits_claims_the_last_used_write() {
         let entry = cached(3600, 3600);
         let now = Utc::now().timestamp();
-        let interval = Duration::from_secs(60);
-        assert!(!entry.claim_last_used(now, interval), "just used");
-        assert!(entry.claim_last_used(now + 60, interval));
-        assert!(!entry.claim_last_used(now + 60, interval), "claimed once");
+        let policy = crate::tokens::refresh::tests::policy();
+        assert!(!entry.claim_last_used(now, &policy), "just used");
+        assert!(entry.claim_last_used(now + 60, &policy));
+        assert!(!entry.claim_last_used(now + 60, &policy), "claimed once");
     }
 }

@@ -86,6 +86,13 @@ pub(crate) struct TokenPolicy {
 }
 
 impl TokenPolicy {
+    /// Whether `lastUsed` (epoch seconds) is due to be written again at `now`: the one
+    /// rule for reads from the store and from the cache.
+    pub(crate) fn last_used_due(&self, last_used: i64, now: i64) -> bool {
+        let interval = i64::try_from(self.last_used_interval.as_secs()).unwrap_or(i64::MAX);
+        now.saturating_sub(last_used) >= interval
+    }
+
     /// A row's purge time (`expiresAt`) written at `from`.
     fn purge_time(&self, from: DateTime<Utc>, active: bool) -> i64 {
         let keep = if active {

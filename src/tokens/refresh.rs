@@ -469,9 +469,10 @@ impl Refresher {
     /// Moves the row's `lastUsed` when the interval has passed; returns the `lastUsed`
     /// the row has now.
     async fn touch(&self, row: &Connection, now: DateTime<Utc>) -> DateTime<Utc> {
-        let interval = chrono::Duration::from_std(self.policy.last_used_interval)
-            .unwrap_or(chrono::Duration::MAX);
-        if now - row.last_used < interval {
+        if !self
+            .policy
+            .last_used_due(row.last_used.timestamp(), now.timestamp())
+        {
             return row.last_used;
         }
         self.write_last_used(&row.user_id, &row.provider, now).await;
@@ -481,7 +482,7 @@ impl Refresher {
     /// A cache hit's share of [`touch`](Self::touch): one hit per interval writes.
     async fn touch_cached(&self, hit: &Cached, user_id: &str, provider: &str) {
         let now = Utc::now();
-        if hit.claim_last_used(now.timestamp(), self.policy.last_used_interval) {
+        if hit.claim_last_used(now.timestamp(), &self.policy) {
             self.write_last_used(user_id, provider, now).await;
         }
     }
@@ -793,4 +794,4 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

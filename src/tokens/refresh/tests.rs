@@ -78,7 +78,7 @@ const GOOGLE: RefreshReuse = RefreshReuse {
     grace: Duration::ZERO,
 };
 
-fn policy() -> TokenPolicy {
+pub(crate) fn policy() -> TokenPolicy {
     TokenPolicy {
         refresh_margin: Duration::from_secs(300),
         last_used_interval: Duration::from_secs(60),
