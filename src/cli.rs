@@ -1,7 +1,9 @@
-//! The command line: `serve` (default), `setup` and `check` (the self-test itself is
-//! in [`crate::check`]).
+//! The command line: `serve` (default), `setup`, `check` (the self-test itself is in
+//! [`crate::check`]) and `healthcheck`.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +36,13 @@ pub(crate) enum Command {
     },
     /// Test configuration, secrets, keys and tables; one line per check.
     Check,
+    /// Ask the running server's `/healthz` on the configured listen address; exit 0 when
+    /// it answers 200, 1 otherwise. For container health checks (no shell tools needed).
+    Healthcheck {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
+        timeout_secs: u64,
+    },
 }
 
 /// Runs the chosen command; returns the process exit code.
@@ -42,6 +51,58 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         Command::Serve => serve(settings).await,
         Command::Setup { dry_run } => setup(settings, dry_run).await,
         Command::Check => Ok(crate::check::check(settings).await),
+        Command::Healthcheck { timeout_secs } => {
+            Ok(healthcheck(&settings, Duration::from_secs(timeout_secs)).await)
+        }
+    }
+}
+
+/// `GET /healthz` on the public listener. A wildcard listen address (`0.0.0.0:8080` in
+/// the image) is asked on the loopback address of the same family.
+async fn healthcheck(settings: &Settings, timeout: Duration) -> i32 {
+    let mut addr = settings.server.listen_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    let url = format!("http://{addr}/healthz");
+    let answer = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+    {
+        Ok(client) => client.get(&url).send().await,
+        Err(e) => {
+            println!("unhealthy: cannot build an HTTP client: {e}");
+            return 1;
+        }
+    };
+    match answer {
+        Ok(response) if response.status() == reqwest::StatusCode::OK => {
+            println!("healthy: {url} answered 200");
+            0
+        }
+        Ok(response) => {
+            println!("unhealthy: {url} answered {}", response.status());
+            1
+        }
+        Err(e) => {
+            println!("unhealthy: {url}: {}", failure_kind(&e));
+            1
+        }
+    }
+}
+
+/// What went wrong, in words an operator reads in `docker inspect`.
+fn failure_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "no answer in time"
+    } else if e.is_connect() {
+        "connection refused or unreachable"
+    } else {
+        "request failed"
     }
 }
 

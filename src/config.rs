@@ -28,6 +28,7 @@ use crate::secrets::ApiKey;
 use crate::aws::{AwsSettings, SdkEnv};
 
 mod de;
+pub mod env_file;
 mod load;
 
 /// Environment names that do not follow the `AXNT_` rule (the tables' established names).
@@ -51,8 +52,11 @@ pub enum Backend {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// Human-readable lines (the default: a developer's terminal).
+    /// The default: human-readable lines with colour when the log's stream (stderr) is
+    /// a terminal, JSON lines otherwise (containers, files, pipes).
     #[default]
+    Auto,
+    /// Human-readable lines; colour only on a terminal.
     Text,
     /// One JSON object a line (for log shippers).
     Json,
@@ -529,7 +533,7 @@ impl Default for FlowLogSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub(crate) struct LogSettings {
-    /// `AXNT_LOG_FORMAT`: `text` or `json`.
+    /// `AXNT_LOG_FORMAT`: `auto` (JSON unless stderr is a terminal), `text` or `json`.
     #[serde(rename = "log_format")]
     pub(crate) format: LogFormat,
     /// `AXNT_LOG`: a `tracing` filter such as `info` or `axnt_oauth=debug,info`.
@@ -540,7 +544,7 @@ pub(crate) struct LogSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         Self {
-            format: LogFormat::Text,
+            format: LogFormat::Auto,
             filter: "info".into(),
         }
     }

@@ -203,3 +203,51 @@ async fn the_cli_sets_up_and_checks_aws_mode() {
         "{text}"
     );
 }
+
+/// The setup document's `.env`: the whole aws configuration (tables, key, secret, and the
+/// AWS SDK's own endpoint and region) read from a `.env` in the working directory, with a
+/// variable set in the environment winning over the file.
+#[tokio::test]
+async fn a_dot_env_in_the_working_directory_configures_the_service() {
+    let f = default_fixture().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut file = String::from("# as the setup document's section 3 writes it\n");
+    for (name, value) in &f.env {
+        file.push_str(&format!("{name}=\"{value}\"\n"));
+    }
+    file.push_str("AXNT_GOOGLE_ISSUER=http://127.0.0.1:9\nAXNT_LOG=warn\n");
+    std::fs::write(dir.path().join(".env"), file).expect("write .env");
+    let check = |extra: &[(&str, &str)]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_axnt-oauth"))
+            .arg("check")
+            .current_dir(dir.path())
+            .env_clear()
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(extra.iter().copied())
+            .output()
+            .expect("run axnt-oauth check");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    let text = check(&[]);
+    for part in [
+        "configuration",
+        "client credentials",
+        "key round trip",
+        "tokens table",
+        "logs table",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(part)),
+            "{part} passes with only the .env: {text}"
+        );
+    }
+
+    let text = check(&[("DYNAMODB_OAUTH_TABLE", "axnt-test-env-wins")]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("axnt-test-env-wins")),
+        "the environment's table name wins over the file's: {text}"
+    );
+}

@@ -264,3 +264,135 @@ fn a_present_and_wrong_setting_stops_start_up_with_exit_code_2() {
         "nothing created on a bad configuration"
     );
 }
+
+#[test]
+fn a_malformed_dot_env_stops_start_up_naming_the_line_not_its_content() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join(".env"),
+        "AXNT_LOG=warn\n# a comment\nAXNT_API_KEYS planted-dotenv-secret\n",
+    )
+    .expect("write .env");
+    let out = command(dir.path()).arg("check").output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(".env line 3"), "{err}");
+    assert!(!err.contains("planted-dotenv-secret"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing ran");
+}
+
+#[test]
+fn a_dot_env_sets_what_the_environment_does_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join(".env"),
+        "AXNT_DATA_DIR=from-dot-env\nAXNT_LOG=warn\n",
+    )
+    .expect("write .env");
+    let plan = command(dir.path())
+        .args(["setup", "--dry-run"])
+        .output()
+        .expect("run");
+    assert!(plan.status.success());
+    let out = String::from_utf8_lossy(&plan.stdout);
+    assert!(out.contains("from-dot-env/axnt-oauth.db"), "{out}");
+
+    let plan = command(dir.path())
+        .env("AXNT_DATA_DIR", "from-environment")
+        .args(["setup", "--dry-run"])
+        .output()
+        .expect("run");
+    let out = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        out.contains("from-environment/axnt-oauth.db"),
+        "set variables win: {out}"
+    );
+}
+
+/// As the container runs it: listening on the wildcard address, stderr a pipe. The
+/// `healthcheck` subcommand (the image's HEALTHCHECK) finds the server through the
+/// configured listen address, and the log is JSON lines with no colour codes.
+#[tokio::test]
+async fn healthcheck_and_piped_logs_as_a_container_runs_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let listen = [("AXNT_LISTEN_ADDR", format!("0.0.0.0:{port}"))];
+    let healthcheck = || {
+        command(dir.path())
+            .envs(listen.iter().map(|(k, v)| (*k, v.as_str())))
+            .arg("healthcheck")
+            .output()
+            .expect("run healthcheck")
+    };
+    let before = healthcheck();
+    assert_eq!(before.status.code(), Some(1), "nothing listens yet");
+    assert!(String::from_utf8_lossy(&before.stdout).contains("unhealthy"));
+
+    let mut child = KillOnDrop(
+        command(dir.path())
+            .envs(listen.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("AXNT_ADMIN_LISTEN_ADDR", "127.0.0.1:0")
+            .env("AXNT_PUBLIC_BASE_URL", format!("http://127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn"),
+    );
+    let stderr = child.0.stderr.take().expect("stderr");
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = healthcheck();
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).contains("answered 200"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "healthcheck never passed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A refused call with an id of the caller's: its log line carries the same id.
+    let answer = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/v1/users/u1/connections"))
+        .header("x-request-id", "req-from-the-caller-1")
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(answer.status().as_u16(), 401);
+    assert_eq!(
+        answer.headers().get("x-request-id").map(|v| v.as_bytes()),
+        Some(&b"req-from-the-caller-1"[..]),
+        "the caller's request id comes back"
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = child.0.wait().expect("wait");
+    assert!(status.success());
+    let log = lines.join().expect("stderr reader");
+    assert!(!log.is_empty());
+    for line in &log {
+        assert!(
+            !line.contains('\u{1b}'),
+            "no colour codes in a pipe: {line}"
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            value["level"].is_string() && value["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        log.iter().any(|l| l.contains("req-from-the-caller-1")),
+        "the request's id is in its log line: {log:?}"
+    );
+    assert_eq!(healthcheck().status.code(), Some(1), "stopped: unhealthy");
+}
