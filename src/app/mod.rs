@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod backends;
+mod series;
 mod serve;
 
 use backends::client_override;
@@ -140,6 +141,7 @@ impl App {
             Arc::clone(&secrets),
             ProviderLimits::from_settings(&settings),
         )?;
+        let provider_names = [provider.name().to_string()];
         let providers = Arc::new(Providers::new(vec![Arc::new(provider)]));
         let flow_log = Arc::new(FlowRecorder::new(
             Arc::clone(&backends.flow_log),
@@ -179,7 +181,9 @@ impl App {
             secrets,
             readiness,
         });
-        let _ = crate::telemetry::metrics();
+        if crate::telemetry::metrics().is_some() {
+            series::register(settings.backend, &provider_names);
+        }
         let admin_listener = match settings.server.admin_listen_addr {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -239,6 +243,7 @@ impl App {
             stop.cancel();
         });
         let public = serve::serve(
+            "public",
             self.listener,
             self.router,
             self.limits,
@@ -249,6 +254,7 @@ impl App {
             match self.admin_listener {
                 Some(listener) => {
                     serve::serve(
+                        "admin",
                         listener,
                         http::admin_router(),
                         self.limits,

@@ -46,8 +46,10 @@ impl From<&ServerSettings> for ServeLimits {
 
 /// Serves `router` on `listener` until `shutdown` resolves, then lets the connections
 /// finish what they are doing until `deadline` (counted from the signal) and closes
-/// the rest. Returns when every connection is closed or the deadline passed.
+/// the rest. Returns when every connection is closed or the deadline passed. Open
+/// connections are the gauge `axnt_http_connections_open{listener=name}`.
 pub(crate) async fn serve(
+    name: &'static str,
     listener: TcpListener,
     router: Router,
     limits: ServeLimits,
@@ -100,6 +102,8 @@ pub(crate) async fn serve(
         let service = TowerToHyperService::new(service);
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
+        let open = metrics::gauge!("axnt_http_connections_open", "listener" => name);
+        open.increment(1.0);
         tokio::spawn(async move {
             let connection = builder
                 .serve_connection(TokioIo::new(stream), service)
@@ -107,6 +111,7 @@ pub(crate) async fn serve(
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            open.decrement(1.0);
             drop(permit);
         });
     }

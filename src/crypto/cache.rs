@@ -16,6 +16,7 @@
 //! Plaintext keys are [`SecretKey`]s: wiped when the cache drops them.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -79,6 +80,13 @@ fn copy_error(e: &CryptoError) -> CryptoError {
     }
 }
 
+/// `axnt_data_key_cache_total{operation, outcome}`: `seal` (a data key reused or a new
+/// one generated) and `open` (a wrapped key found unwrapped, or sent to the provider).
+fn count(operation: &'static str, outcome: &'static str) {
+    metrics::counter!("axnt_data_key_cache_total", "operation" => operation, "outcome" => outcome)
+        .increment(1);
+}
+
 #[async_trait]
 impl KeyProvider for CachingKeyProvider {
     async fn generate_data_key(&self) -> Result<DataKey, CryptoError> {
@@ -88,12 +96,14 @@ impl KeyProvider for CachingKeyProvider {
             && current.born.elapsed() < self.limits.max_age
         {
             current.uses += 1;
+            count("seal", "hit");
             return Ok(DataKey {
                 plaintext: current.key.clone(),
                 encrypted: current.encrypted.clone(),
                 key_id: current.key_id.clone(),
             });
         }
+        count("seal", "miss");
         let fresh = self.inner.generate_data_key().await?;
         self.decrypted
             .insert(
@@ -118,12 +128,22 @@ impl KeyProvider for CachingKeyProvider {
     ) -> Result<SecretKey, CryptoError> {
         let inner = Arc::clone(&self.inner);
         let (id, edk) = (key_id.to_string(), encrypted.to_vec());
-        self.decrypted
-            .try_get_with((id.clone(), edk.clone()), async move {
+        let missed = AtomicBool::new(false);
+        let opened = self
+            .decrypted
+            .try_get_with((id.clone(), edk.clone()), async {
+                missed.store(true, Ordering::Relaxed);
                 inner.decrypt_data_key(&id, &edk).await
             })
             .await
-            .map_err(|e| copy_error(&e))
+            .map_err(|e| copy_error(&e));
+        let outcome = if missed.load(Ordering::Relaxed) {
+            "miss"
+        } else {
+            "hit"
+        };
+        count("open", outcome);
+        opened
     }
 
     fn describe(&self) -> String {

@@ -136,6 +136,30 @@ async fn answer_within(State(limit): State<Duration>, request: Request, next: Ne
     }
 }
 
+/// The public listener's routes as `axnt_http_requests_total` labels them (method,
+/// matched template) with the status of a successful answer. Start-up registers each
+/// with that status (a route with two is listed twice) and
+/// [`STATUSES_EVERY_ROUTE_CAN_ANSWER`] at zero, so a rate over
+/// errors works from the first scrape.
+pub(crate) const ROUTES: [(&str, &str, u16); 12] = [
+    ("GET", "/healthz", 200),
+    ("GET", "/readyz", 200),
+    ("GET", "/openapi.json", 200),
+    ("POST", "/v1/connect-sessions", 201),
+    ("POST", "/v1/connect-sessions/{flow_id}/confirm", 200),
+    ("GET", "/v1/users/{user_id}/tokens/{provider}", 200),
+    ("GET", "/v1/users/{user_id}/connections", 200),
+    ("DELETE", "/v1/users/{user_id}/connections/{provider}", 204),
+    ("GET", "/v1/users/{user_id}/flow-logs", 200),
+    ("GET", "/oauth/{provider}/start", 302),
+    // A page without a return URL, a redirect to it with one.
+    ("GET", "/oauth/{provider}/callback", 200),
+    ("GET", "/oauth/{provider}/callback", 302),
+];
+
+/// Answers any route can give: bad input, unknown, rate-limited, failed, unavailable.
+pub(crate) const STATUSES_EVERY_ROUTE_CAN_ANSWER: [u16; 5] = [400, 404, 429, 500, 503];
+
 /// Counts requests by route and status and times them.
 async fn record_metrics(request: Request, next: Next) -> Response {
     let route = request

@@ -477,6 +477,29 @@ pub(crate) fn stored_step_data(stored: &Stored) -> serde_json::Value {
     data
 }
 
+/// The `reason` labels of `axnt_flows_failed_total` (the problem codes a flow can end
+/// with), registered at zero at start-up.
+pub(crate) const FLOW_FAILURE_REASONS: [&str; 18] = [
+    "invalid_session",
+    "session_expired",
+    "session_already_used",
+    "invalid_state",
+    "state_expired",
+    "browser_mismatch",
+    "access_denied",
+    "authorization_failed",
+    "id_token_invalid",
+    "code_rejected",
+    "account_not_allowed",
+    "provider_unavailable",
+    "provider_error",
+    "provider_not_configured",
+    "store_unavailable",
+    "store_throttled",
+    "keys_unavailable",
+    "internal",
+];
+
 /// Counts a callback refused before anything was logged, and hands its error back.
 fn count_rejected(provider_name: &str, error: Error) -> Error {
     metrics::counter!("axnt_flows_failed_total", "provider" => provider_name.to_string(), "reason" => error.code()).increment(1);

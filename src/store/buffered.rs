@@ -75,7 +75,11 @@ impl FlowLog for BufferedFlowLog {
     /// writer has stopped; the caller logs that and carries on.
     async fn append(&self, entry: &FlowLogEntry) -> Result<(), StoreError> {
         match self.queue.try_send(Message::Entry(Box::new(entry.clone()))) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                let depth = self.queue.max_capacity() - self.queue.capacity();
+                metrics::gauge!("axnt_flow_log_queue_depth").set(depth as f64);
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("axnt_flow_log_dropped_total").increment(1);
                 Err(StoreError::Throttled(
@@ -117,7 +121,10 @@ async fn writer(inner: Arc<dyn FlowLog>, mut rx: mpsc::Receiver<Message>, concur
     loop {
         let message = tokio::select! {
             message = rx.recv() => match message {
-                Some(m) => m,
+                Some(m) => {
+                    metrics::gauge!("axnt_flow_log_queue_depth").set(rx.len() as f64);
+                    m
+                }
                 None => break,
             },
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {

@@ -316,3 +316,13 @@ pub trait FlowLog: Send + Sync {
     /// A cheap read proving the table answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }
+
+/// `axnt_store_reads_total{backend}`: one read statement or call against the store.
+pub(crate) fn count_read(backend: &'static str) {
+    metrics::counter!("axnt_store_reads_total", "backend" => backend).increment(1);
+}
+
+/// `axnt_store_writes_total{backend}`: one write statement or call against the store.
+pub(crate) fn count_write(backend: &'static str) {
+    metrics::counter!("axnt_store_writes_total", "backend" => backend).increment(1);
+}

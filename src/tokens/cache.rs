@@ -154,6 +154,7 @@ mod tests {
         let now = Utc::now().timestamp();
         Cached::new(
             IssuedToken {
+                source: crate::tokens::token_set::TokenSource::Store,
                 access_token: SecretString::from("at"),
                 token_type: "Bearer".into(),
                 expires_at: DateTime::from_timestamp(now + expires_in, 0).unwrap_or_default(),

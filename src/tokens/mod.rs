@@ -394,14 +394,24 @@ impl TokenService {
         provider_name: &str,
         client: &ClientInfo,
     ) -> Result<IssuedToken, Error> {
-        let provider = self.provider(provider_name)?;
+        let provider = match self.provider(provider_name) {
+            Ok(provider) => provider,
+            Err(e) => {
+                // Never the caller's name as a label: it would add a series per guess.
+                count_read("unknown", Err(&e));
+                return Err(e);
+            }
+        };
         if self.policy.background_refresh.is_some() {
             self.recently_used
                 .insert((user_id.to_string(), provider_name.to_string()), ())
                 .await;
         }
-        self.token_valid_for(provider, user_id, client, self.policy.refresh_margin)
-            .await
+        let read = self
+            .token_valid_for(provider, user_id, client, self.policy.refresh_margin)
+            .await;
+        count_read(provider.name(), read.as_ref());
+        read
     }
 
     /// Refreshes, ahead of time, the connections read in the last hour whose token
@@ -552,4 +562,28 @@ impl TokenEndpoint for OidcProvider {
             grace: config.refresh_reuse_grace,
         }
     }
+}
+
+/// The `outcome` labels of `axnt_token_reads_total`, registered at start-up.
+pub(crate) const READ_OUTCOMES: [&str; 7] = [
+    "cache_hit",
+    "store_read",
+    "refreshed",
+    "not_found",
+    "reauthorization_required",
+    "unknown_provider",
+    "error",
+];
+
+/// Counts one token read by the API: `axnt_token_reads_total{provider, outcome}`.
+fn count_read(provider: &str, read: Result<&IssuedToken, &Error>) {
+    let outcome = match read {
+        Ok(issued) => issued.source.label(),
+        Err(Error::NotConnected) => "not_found",
+        Err(Error::ReauthorizationRequired { .. }) => "reauthorization_required",
+        Err(Error::UnknownProvider(_)) => "unknown_provider",
+        Err(_) => "error",
+    };
+    metrics::counter!("axnt_token_reads_total", "provider" => provider.to_string(), "outcome" => outcome)
+        .increment(1);
 }

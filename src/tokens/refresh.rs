@@ -48,7 +48,7 @@ use tokio_util::task::TaskTracker;
 
 use super::TokenPolicy;
 use super::cache::{Cached, TokenCache};
-use super::token_set::{IssuedToken, TokenSet};
+use super::token_set::{IssuedToken, TokenSet, TokenSource};
 use crate::crypto::EnvelopeCipher;
 use crate::error::{CAUSE_INVALID_GRANT, CAUSE_NO_REFRESH_TOKEN, CAUSE_OUTCOME_UNKNOWN, Error};
 use crate::oauth::provider::{ProviderError, ProviderTokens};
@@ -157,7 +157,9 @@ impl Refresher {
     ) -> Outcome {
         if let Some(hit) = self.cache.get(user_id, provider, margin) {
             self.touch_cached(&hit, user_id, provider).await;
-            return Ok(hit.issued.clone());
+            let mut issued = hit.issued.clone();
+            issued.source = TokenSource::Cache;
+            return Ok(issued);
         }
         // A miss joins (or starts) the connection's flight, fresh token or not: of many
         // concurrent cold reads, one reads the store.
@@ -208,7 +210,7 @@ impl Refresher {
             return Ok(Read::Stale(Box::new((row, tokens))));
         }
         let last_used = self.touch(&row, now).await;
-        let issued = tokens.issue(&row);
+        let issued = tokens.issue(&row, TokenSource::Store);
         self.cache.fill(
             generation,
             user_id,
@@ -530,7 +532,7 @@ impl Holder<'_> {
                 r.circuit_record(provider, Some(true));
                 let now = Utc::now();
                 let set = TokenSet::from_provider(&fresh, Some(tokens), now);
-                let issued = set.issue(self.row);
+                let issued = set.issue(self.row, TokenSource::Refreshed);
                 if self
                     .persist(&set, now, fresh.refresh_token.is_some(), &issued, tx)
                     .await
@@ -769,6 +771,18 @@ pub(crate) fn reauthorization_required(row: &Connection) -> Error {
             .unwrap_or_else(|| CAUSE_INVALID_GRANT.to_string()),
     }
 }
+
+/// The `outcome` labels of `axnt_token_refreshes_total`, registered at start-up.
+pub(crate) const REFRESH_OUTCOMES: [&str; 5] = [
+    "ok",
+    "invalid_grant",
+    "provider_unavailable",
+    "outcome_unknown",
+    "provider_error",
+];
+
+/// The `reason` labels of `axnt_token_refresh_suppressed_total`.
+pub(crate) const SUPPRESSED_REASONS: [&str; 2] = ["cooldown", "circuit_open"];
 
 /// 503 without calling the provider, counted.
 fn suppressed(provider: &str, reason: &'static str, retry_after: Duration) -> Error {

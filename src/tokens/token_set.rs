@@ -155,8 +155,9 @@ impl TokenSet {
     }
 
     /// The token as the API hands it out.
-    pub(crate) fn issue(&self, row: &Connection) -> IssuedToken {
+    pub(crate) fn issue(&self, row: &Connection, source: TokenSource) -> IssuedToken {
         IssuedToken {
+            source,
             access_token: SecretString::from(self.access_token.clone()),
             token_type: self.token_type.clone(),
             expires_at: DateTime::from_timestamp(self.expires_at, 0).unwrap_or_default(),
@@ -194,9 +195,32 @@ fn pending_context(provider: &str, flow_id: &str) -> String {
     format!("{provider}#pending#{flow_id}")
 }
 
+/// Where a handed-out token came from this time (the `outcome` label of
+/// `axnt_token_reads_total`, with `cache_hit` for a read the token cache answered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TokenSource {
+    /// Answered by this instance's token cache: no store call, no decryption.
+    Cache,
+    /// Read from the store (and opened), fresh.
+    Store,
+    /// Redeemed from the provider by a refresh this read waited for.
+    Refreshed,
+}
+
+impl TokenSource {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Cache => "cache_hit",
+            Self::Store => "store_read",
+            Self::Refreshed => "refreshed",
+        }
+    }
+}
+
 /// A valid access token as the API hands it out.
 #[derive(Clone)]
 pub(crate) struct IssuedToken {
+    pub(crate) source: TokenSource,
     pub(crate) access_token: SecretString,
     pub(crate) token_type: String,
     pub(crate) expires_at: DateTime<Utc>,

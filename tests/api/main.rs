@@ -25,6 +25,7 @@ mod flow;
 mod internal_api;
 mod limits;
 mod links;
+mod metrics;
 mod refresh_faults;
 mod retention;
 mod schema;

@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 
 use super::DynamoStore;
+use super::call;
 use super::item::{Item, flow_entry_from, flow_item, s};
-use crate::aws::error::observe;
 use crate::store::{FlowLog, FlowLogEntry, StoreError};
 
 #[async_trait]
@@ -15,8 +15,7 @@ impl FlowLog for DynamoStore {
     #[tracing::instrument(skip_all, fields(user_id = %entry.user_id, flow_id = %entry.flow_id))]
     async fn append(&self, entry: &FlowLogEntry) -> Result<(), StoreError> {
         let table = &self.logs_table;
-        observe(
-            "dynamodb",
+        call(
             "PutItem",
             self.client
                 .put_item()
@@ -58,8 +57,8 @@ impl FlowLog for DynamoStore {
                     .expression_attribute_values(":before", s(before)),
                 None => request.key_condition_expression("userId = :u"),
             };
-            let out = observe("dynamodb", "Query", request.send().await)
-                .map_err(|f| self.error("Query", table, f))?;
+            let out =
+                call("Query", request.send().await).map_err(|f| self.error("Query", table, f))?;
             for item in out.items() {
                 entries.push(flow_entry_from(item)?);
             }

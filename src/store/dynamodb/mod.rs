@@ -29,6 +29,8 @@ use aws_sdk_dynamodb::Client;
 use self::item::s;
 use super::StoreError;
 use crate::aws::error::{AwsFailure, FailureKind, observe};
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 
 /// A key no row uses, read by `ping`.
 const PING_KEY: &str = "__axnt_ping__";
@@ -46,8 +48,7 @@ impl DynamoStore {
     /// Reads a key that never exists: proves the table answers with `GetItem` alone
     /// (the run-time policy has no `DescribeTable`).
     async fn ping_table(&self, table: &str, range_key: &str) -> Result<(), StoreError> {
-        observe(
-            "dynamodb",
+        call(
             "GetItem",
             self.client
                 .get_item()
@@ -81,7 +82,7 @@ impl DynamoStore {
         &self,
         request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
     ) -> Result<(), StoreError> {
-        observe("dynamodb", "UpdateItem", request.send().await)
+        call("UpdateItem", request.send().await)
             .map(drop)
             .map_err(|f| self.error("UpdateItem", &self.tokens_table, f))
     }
@@ -119,4 +120,23 @@ impl DynamoStore {
             }
         }
     }
+}
+
+/// One DynamoDB call of the store: counted as a store read or write
+/// (`axnt_store_reads_total` / `axnt_store_writes_total`), then as an AWS call.
+pub(super) fn call<T, E>(
+    operation: &'static str,
+    result: Result<T, SdkError<E, HttpResponse>>,
+) -> Result<T, AwsFailure>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match operation {
+        "GetItem" | "Query" | "Scan" | "BatchGetItem" => crate::store::count_read("dynamodb"),
+        "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" => {
+            crate::store::count_write("dynamodb")
+        }
+        _ => {}
+    }
+    observe("dynamodb", operation, result)
 }

@@ -7,11 +7,11 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, Utc};
 
 use super::DynamoStore;
+use super::call;
 use super::item::{
     Item, LEASE_ATTEMPT, LEASE_UNTIL, PENDING, RETRY_AT, STARTED, UNKNOWN_SINCE, connection_from,
     connection_item, flow_key, is_flow_item, n, pending_from, pending_item, rfc3339, s,
 };
-use crate::aws::error::observe;
 use crate::store::{Connection, LeaseRelease, PendingGrant, RefreshLease, StoreError, TokenStore};
 
 #[async_trait]
@@ -19,8 +19,7 @@ impl TokenStore for DynamoStore {
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn get(&self, user_id: &str, provider: &str) -> Result<Option<Connection>, StoreError> {
         let table = &self.tokens_table;
-        let out = observe(
-            "dynamodb",
+        let out = call(
             "GetItem",
             self.client
                 .get_item()
@@ -51,7 +50,7 @@ impl TokenStore for DynamoStore {
                 .condition_expression("version = :expected")
                 .expression_attribute_values(":expected", n(v)),
         };
-        observe("dynamodb", "PutItem", request.send().await)
+        call("PutItem", request.send().await)
             .map(drop)
             .map_err(|f| self.error("PutItem", table, f))
     }
@@ -67,7 +66,7 @@ impl TokenStore for DynamoStore {
             .condition_expression("#attempt = :attempt")
             .expression_attribute_names("#attempt", LEASE_ATTEMPT)
             .expression_attribute_values(":attempt", s(attempt));
-        observe("dynamodb", "PutItem", request.send().await)
+        call("PutItem", request.send().await)
             .map(drop)
             .map_err(|f| self.error("PutItem", table, f))
     }
@@ -184,8 +183,7 @@ impl TokenStore for DynamoStore {
         let table = &self.tokens_table;
         // One call: a missing row satisfies the condition and deletes nothing (no old
         // item comes back); a row at another version fails it (a conflict).
-        let out = observe(
-            "dynamodb",
+        let out = call(
             "DeleteItem",
             self.client
                 .delete_item()
@@ -208,8 +206,7 @@ impl TokenStore for DynamoStore {
         let mut rows = Vec::new();
         let mut start: Option<Item> = None;
         loop {
-            let out = observe(
-                "dynamodb",
+            let out = call(
                 "Query",
                 self.client
                     .query()
@@ -245,7 +242,7 @@ impl TokenStore for DynamoStore {
             .condition_expression("attribute_not_exists(userId)")
             .send()
             .await;
-        match observe("dynamodb", "PutItem", sent).map_err(|f| self.error("PutItem", table, f)) {
+        match call("PutItem", sent).map_err(|f| self.error("PutItem", table, f)) {
             Ok(_) => Ok(true),
             Err(StoreError::Conflict) => Ok(false),
             Err(e) => Err(e),
@@ -260,7 +257,7 @@ impl TokenStore for DynamoStore {
             .put_item()
             .table_name(table)
             .set_item(Some(pending_item(grant)?));
-        observe("dynamodb", "PutItem", request.send().await)
+        call("PutItem", request.send().await)
             .map(drop)
             .map_err(|f| self.error("PutItem", table, f))
     }
@@ -269,8 +266,7 @@ impl TokenStore for DynamoStore {
     async fn take_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError> {
         let table = &self.tokens_table;
         // One DeleteItem returning the old item: two takers cannot both get it.
-        let out = observe(
-            "dynamodb",
+        let out = call(
             "DeleteItem",
             self.client
                 .delete_item()

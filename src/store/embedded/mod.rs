@@ -166,12 +166,13 @@ impl EmbeddedStore {
         })
     }
 
-    /// Runs `f` with the connection on the blocking pool.
+    /// Runs `f` with the connection on the blocking pool (counted as a store write).
     async fn with_db<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Sqlite) -> Result<T, StoreError> + Send + 'static,
     {
+        crate::store::count_write("embedded");
         let db = Arc::clone(&self.db);
         tokio::task::spawn_blocking(move || {
             let mut guard = db
@@ -183,13 +184,14 @@ impl EmbeddedStore {
         .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
     }
 
-    /// Runs a read-only `f` on a read connection, on the blocking pool. Never waits for
-    /// the writer's lock.
+    /// Runs a read-only `f` on a read connection, on the blocking pool (counted as a
+    /// store read). Never waits for the writer's lock.
     async fn with_reader<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Sqlite) -> Result<T, StoreError> + Send + 'static,
     {
+        crate::store::count_read("embedded");
         let readers = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || {
             let mut db = readers.take()?;

@@ -1,0 +1,192 @@
+//! Every metric series the service writes, described and registered at zero when it
+//! starts, so `rate()` and `increase()` see the first event and an alert on a series
+//! that has not happened yet has something to evaluate.
+//!
+//! Labels come from fixed sets (routes, outcomes, reasons, configured provider names),
+//! never from a request: no user id, token or caller-chosen string is ever a label.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+use crate::config::Backend;
+use crate::http::oauth::FLOW_FAILURE_REASONS;
+use crate::http::{ROUTES, STATUSES_EVERY_ROUTE_CAN_ANSWER};
+use crate::tokens::READ_OUTCOMES;
+use crate::tokens::refresh::{REFRESH_OUTCOMES, SUPPRESSED_REASONS};
+
+/// The AWS calls the running service makes (setup's and check's are left out).
+const AWS_CALLS: [(&str, &str); 9] = [
+    ("dynamodb", "GetItem"),
+    ("dynamodb", "PutItem"),
+    ("dynamodb", "UpdateItem"),
+    ("dynamodb", "DeleteItem"),
+    ("dynamodb", "Query"),
+    ("dynamodb", "DescribeTable"),
+    ("kms", "GenerateDataKey"),
+    ("kms", "Decrypt"),
+    ("secretsmanager", "GetSecretValue"),
+];
+
+/// `axnt_aws_calls_total`'s outcomes: success, then each kind of failure.
+const AWS_OUTCOMES: [&str; 8] = [
+    "ok",
+    "access_denied",
+    "not_found",
+    "throttled",
+    "timeout",
+    "unavailable",
+    "condition_failed",
+    "rejected",
+];
+
+/// Describes every series and registers each label set at zero.
+pub(super) fn register(backend: Backend, providers: &[String]) {
+    describe();
+    for (method, route, ok) in ROUTES {
+        for status in std::iter::once(ok).chain(STATUSES_EVERY_ROUTE_CAN_ANSWER) {
+            metrics::counter!("axnt_http_requests_total", "method" => method, "route" => route, "status" => status.to_string())
+                .increment(0);
+        }
+        // Registered, a histogram shows its buckets at zero.
+        let _ = metrics::histogram!("axnt_http_request_duration_seconds", "method" => method, "route" => route);
+    }
+    for listener in ["public", "admin"] {
+        metrics::gauge!("axnt_http_connections_open", "listener" => listener).increment(0.0);
+    }
+    for provider in providers {
+        let provider = provider.as_str();
+        for name in ["axnt_flows_started_total", "axnt_flows_completed_total"] {
+            metrics::counter!(name, "provider" => provider.to_string()).increment(0);
+        }
+        for reason in FLOW_FAILURE_REASONS {
+            metrics::counter!("axnt_flows_failed_total", "provider" => provider.to_string(), "reason" => reason)
+                .increment(0);
+        }
+        for outcome in READ_OUTCOMES {
+            metrics::counter!("axnt_token_reads_total", "provider" => provider.to_string(), "outcome" => outcome)
+                .increment(0);
+        }
+        for outcome in REFRESH_OUTCOMES {
+            metrics::counter!("axnt_token_refreshes_total", "provider" => provider.to_string(), "outcome" => outcome)
+                .increment(0);
+        }
+        for reason in SUPPRESSED_REASONS {
+            metrics::counter!("axnt_token_refresh_suppressed_total", "provider" => provider.to_string(), "reason" => reason)
+                .increment(0);
+        }
+    }
+    metrics::counter!("axnt_token_reads_total", "provider" => "unknown", "outcome" => "unknown_provider")
+        .increment(0);
+    for outcome in [
+        "confirmed",
+        "confirmation_not_found",
+        "confirmation_expired",
+    ] {
+        metrics::counter!("axnt_confirmations_total", "outcome" => outcome).increment(0);
+    }
+    for outcome in ["hit", "miss"] {
+        metrics::counter!("axnt_token_cache_total", "outcome" => outcome).increment(0);
+        for operation in ["seal", "open"] {
+            metrics::counter!("axnt_data_key_cache_total", "operation" => operation, "outcome" => outcome)
+                .increment(0);
+        }
+    }
+    let store = match backend {
+        Backend::Embedded => "embedded",
+        Backend::Aws => "dynamodb",
+    };
+    metrics::counter!("axnt_store_reads_total", "backend" => store).increment(0);
+    metrics::counter!("axnt_store_writes_total", "backend" => store).increment(0);
+    if backend == Backend::Aws {
+        for (service, operation) in AWS_CALLS {
+            for outcome in AWS_OUTCOMES {
+                metrics::counter!("axnt_aws_calls_total", "service" => service, "operation" => operation, "outcome" => outcome)
+                    .increment(0);
+            }
+            metrics::counter!("axnt_aws_throttles_total", "service" => service, "operation" => operation)
+                .increment(0);
+        }
+    }
+    metrics::gauge!("axnt_flow_log_queue_depth").increment(0.0);
+    metrics::counter!("axnt_flow_log_dropped_total").increment(0);
+    metrics::counter!("axnt_flow_log_write_failures_total").increment(0);
+}
+
+fn describe() {
+    describe_counter!(
+        "axnt_http_requests_total",
+        "HTTP requests answered on the public listener, by method, matched route and status"
+    );
+    describe_histogram!(
+        "axnt_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer an HTTP request, by method and matched route"
+    );
+    describe_gauge!(
+        "axnt_http_connections_open",
+        "Client connections open, by listener (public, admin)"
+    );
+    describe_counter!(
+        "axnt_flows_started_total",
+        "Connect flows sent to the provider"
+    );
+    describe_counter!(
+        "axnt_flows_completed_total",
+        "Connect flows that stored (or, in confirmation mode, confirmed) a grant"
+    );
+    describe_counter!(
+        "axnt_flows_failed_total",
+        "Connect flows that ended in an error, by reason (the problem code)"
+    );
+    describe_counter!(
+        "axnt_confirmations_total",
+        "Held grants confirmed or refused, by outcome"
+    );
+    describe_counter!(
+        "axnt_token_reads_total",
+        "Token reads by the API, by outcome: cache_hit, store_read, refreshed, not_found (404), reauthorization_required (409), unknown_provider, error"
+    );
+    describe_counter!(
+        "axnt_token_cache_total",
+        "Token cache lookups, by outcome (hit, miss)"
+    );
+    describe_counter!(
+        "axnt_token_refreshes_total",
+        "Refresh-token redemptions at the provider, by outcome"
+    );
+    describe_counter!(
+        "axnt_token_refresh_suppressed_total",
+        "Refreshes not attempted (cooldown after a failure, circuit open), by reason"
+    );
+    describe_counter!(
+        "axnt_data_key_cache_total",
+        "Data-key cache lookups: seal (a data key reused or generated) and open (an unwrapped key found or asked for), by outcome"
+    );
+    describe_counter!(
+        "axnt_store_reads_total",
+        "Read statements (embedded) or calls (DynamoDB) against the token and flow-log store"
+    );
+    describe_counter!(
+        "axnt_store_writes_total",
+        "Write statements (embedded) or calls (DynamoDB) against the token and flow-log store"
+    );
+    describe_counter!(
+        "axnt_aws_calls_total",
+        "AWS calls after the SDK's retries, by service, operation and outcome"
+    );
+    describe_counter!(
+        "axnt_aws_throttles_total",
+        "AWS calls still throttled after the SDK's retries, by service and operation"
+    );
+    describe_gauge!(
+        "axnt_flow_log_queue_depth",
+        "Flow-log items waiting to be written"
+    );
+    describe_counter!(
+        "axnt_flow_log_dropped_total",
+        "Flow-log items dropped because the write queue was full"
+    );
+    describe_counter!(
+        "axnt_flow_log_write_failures_total",
+        "Flow-log writes that failed after their retries"
+    );
+}
