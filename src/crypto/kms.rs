@@ -9,7 +9,11 @@
 //! or the data-key cache could not share a key across rows.
 //!
 //! `Decrypt` names the key (`KeyId`) the envelope recorded, so KMS refuses to use any
-//! other key, as AWS recommends for symmetric keys.
+//! other key, as AWS recommends for symmetric keys. A multi-Region key (`key/mrk-…`,
+//! deploy/axnt-oauth.yaml with replica regions) is named in this client's region: the
+//! recorded ARN is the sealing region's, which KMS elsewhere does not serve, while the
+//! replica with the same key id holds the same key material. So a row sealed in one
+//! region opens in another after a failover.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,6 +138,7 @@ impl KeyProvider for KmsKeyProvider {
                 "sealed under the embedded mode's {key_id}, not by KMS"
             )));
         }
+        let key_id = &*in_region(key_id, &self.region);
         self.calls.fetch_add(1, Ordering::Relaxed);
         let out = observe(
             "kms",
@@ -156,5 +161,47 @@ impl KeyProvider for KmsKeyProvider {
 
     fn describe(&self) -> String {
         format!("KMS key {} (region {})", self.key_id, self.region)
+    }
+}
+
+/// `key_id` as this region's KMS knows it: a multi-Region key's ARN from another
+/// region becomes the same ARN in `region` (same partition, account and `mrk-` id);
+/// anything else is left as recorded.
+fn in_region<'a>(key_id: &'a str, region: &str) -> std::borrow::Cow<'a, str> {
+    let parts: Vec<&str> = key_id.splitn(6, ':').collect();
+    match parts.as_slice() {
+        [arn, partition, "kms", recorded, account, resource]
+            if *arn == "arn" && resource.starts_with("key/mrk-") && recorded != &region =>
+        {
+            format!("arn:{partition}:kms:{region}:{account}:{resource}").into()
+        }
+        _ => key_id.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_region;
+
+    #[test]
+    fn a_multi_region_key_is_named_in_the_region_of_the_client() {
+        let primary = "arn:aws:kms:us-east-1:123456789012:key/mrk-0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            in_region(primary, "us-west-2"),
+            "arn:aws:kms:us-west-2:123456789012:key/mrk-0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(in_region(primary, "us-east-1"), primary);
+    }
+
+    #[test]
+    fn single_region_keys_and_other_ids_stay_as_recorded() {
+        for id in [
+            "arn:aws:kms:us-east-1:123456789012:key/0b1d5c4e-1111-2222-3333-444455556666",
+            "mrk-0123456789abcdef0123456789abcdef",
+            "alias/axnt-oauth",
+            "arn:aws:kms:us-east-1:123456789012:alias/axnt-oauth",
+        ] {
+            assert_eq!(in_region(id, "us-west-2"), id);
+        }
     }
 }

@@ -19,6 +19,7 @@ mod aws_kms;
 mod aws_secrets;
 mod aws_setup;
 mod cli;
+mod deploy;
 mod e2e_provider;
 mod edges;
 mod flow;
