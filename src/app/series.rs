@@ -104,6 +104,8 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
             }
             metrics::counter!("axnt_aws_throttles_total", "service" => service, "operation" => operation)
                 .increment(0);
+            metrics::counter!("axnt_aws_retries_total", "service" => service, "operation" => operation)
+                .increment(0);
         }
     }
     metrics::gauge!("axnt_flow_log_queue_depth").increment(0.0);
@@ -176,6 +178,10 @@ fn describe() {
     describe_counter!(
         "axnt_aws_throttles_total",
         "AWS calls still throttled after the SDK's retries, by service and operation"
+    );
+    describe_counter!(
+        "axnt_aws_retries_total",
+        "Attempts the AWS SDK made again after a failed or throttled attempt, by service and operation"
     );
     describe_gauge!(
         "axnt_flow_log_queue_depth",

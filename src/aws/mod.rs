@@ -129,3 +129,45 @@ pub(crate) fn region_name(config: &SdkConfig) -> String {
         |r| r.to_string(),
     )
 }
+
+/// Counts the SDK's own retries: `axnt_aws_retries_total{service, operation}`, one per
+/// attempt after the first (a throttled or failed attempt the SDK tried again). Add it
+/// to each client's config with `.interceptor(CountRetries::new("dynamodb"))`.
+#[derive(Debug)]
+pub(crate) struct CountRetries {
+    service: &'static str,
+}
+
+impl CountRetries {
+    pub(crate) fn new(service: &'static str) -> Self {
+        Self { service }
+    }
+}
+
+impl aws_sdk_dynamodb::config::Intercept for CountRetries {
+    fn name(&self) -> &'static str {
+        "CountRetries"
+    }
+
+    fn read_before_attempt(
+        &self,
+        _context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        use aws_smithy_runtime_api::client::orchestrator::Metadata;
+        use aws_smithy_runtime_api::client::retries::RequestAttempts;
+        if cfg
+            .load::<RequestAttempts>()
+            .is_some_and(|a| a.attempts() > 1)
+        {
+            // The SDK's operation name (`GetItem`): a fixed set, never a value.
+            let operation = cfg
+                .load::<Metadata>()
+                .map_or_else(|| "unknown".to_string(), |m| m.name().to_string());
+            metrics::counter!("axnt_aws_retries_total", "service" => self.service, "operation" => operation)
+                .increment(1);
+        }
+        Ok(())
+    }
+}

@@ -45,7 +45,11 @@ pub struct KmsKeyProvider {
 impl KmsKeyProvider {
     pub fn new(config: &SdkConfig, key_id: &str) -> Self {
         Self {
-            client: Client::new(config),
+            client: Client::from_conf(
+                aws_sdk_kms::config::Builder::from(config)
+                    .interceptor(crate::aws::CountRetries::new("kms"))
+                    .build(),
+            ),
             key_id: key_id.to_string(),
             context: ENCRYPTION_CONTEXT
                 .iter()

@@ -19,7 +19,11 @@ pub struct SecretsManagerSource {
 impl SecretsManagerSource {
     pub fn new(config: &SdkConfig, secret_id: &str) -> Self {
         Self {
-            client: Client::new(config),
+            client: Client::from_conf(
+                aws_sdk_secretsmanager::config::Builder::from(config)
+                    .interceptor(crate::aws::CountRetries::new("secretsmanager"))
+                    .build(),
+            ),
             secret_id: secret_id.to_string(),
             region: crate::aws::region_name(config),
         }

@@ -234,6 +234,10 @@ async fn scrape_through_a_flow(on_aws: bool) {
                 ));
             }
             at_zero.push((
+                "axnt_aws_retries_total",
+                vec![("service", service), ("operation", operation)],
+            ));
+            at_zero.push((
                 "axnt_aws_throttles_total",
                 vec![("service", service), ("operation", operation)],
             ));

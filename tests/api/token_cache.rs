@@ -125,6 +125,23 @@ async fn warm_reads_need_no_store_call() {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "without the cache a read needs the store"
                 );
+                // The SDK tried the cut GetItem again before giving up, and said so.
+                let metrics = app
+                    .http
+                    .get(app.admin_url("/metrics"))
+                    .send()
+                    .await
+                    .expect("scrape")
+                    .text()
+                    .await
+                    .expect("text");
+                let retried = metrics.lines().any(|l| {
+                    l.starts_with("axnt_aws_retries_total{")
+                        && l.contains("service=\"dynamodb\"")
+                        && l.contains("operation=\"GetItem\"")
+                        && !l.ends_with(" 0")
+                });
+                assert!(retried, "GetItem retries counted: {metrics}");
                 break;
             }
         }

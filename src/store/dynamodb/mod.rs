@@ -89,7 +89,11 @@ impl DynamoStore {
 
     pub(crate) fn new(config: &SdkConfig, tokens_table: &str, logs_table: &str) -> Self {
         Self {
-            client: Client::new(config),
+            client: Client::from_conf(
+                aws_sdk_dynamodb::config::Builder::from(config)
+                    .interceptor(crate::aws::CountRetries::new("dynamodb"))
+                    .build(),
+            ),
             tokens_table: tokens_table.to_string(),
             logs_table: logs_table.to_string(),
             region: crate::aws::region_name(config),
