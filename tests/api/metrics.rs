@@ -417,6 +417,45 @@ async fn scrape_through_a_flow(on_aws: bool) {
         );
         assert!(generated.unwrap_or_default() >= 1.0, "{generated:?}");
     }
+    // Every other route once: each is counted under its own template, none as `other`.
+    for (method, path) in [
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/openapi.json"),
+        ("GET", "/v1/users/metrics-user/connections"),
+        ("GET", "/v1/users/metrics-user/flow-logs"),
+        ("POST", "/v1/connect-sessions/no-such-flow/confirm"),
+        ("DELETE", "/v1/users/metrics-user/connections/google"),
+    ] {
+        let request = match method {
+            "POST" => server
+                .http
+                .post(format!("{}{path}", server.base))
+                .json(&json!({})),
+            "DELETE" => server.http.delete(format!("{}{path}", server.base)),
+            _ => server.http.get(format!("{}{path}", server.base)),
+        };
+        let answer = request.bearer_auth(API_KEY).send().await.expect("send");
+        assert!(
+            answer.status().as_u16() < 500,
+            "{method} {path}: {}",
+            answer.status()
+        );
+    }
+    let every_route = server.scrape().await;
+    let others: Vec<_> = every_route
+        .keys()
+        .filter(|(name, labels)| {
+            name == "axnt_http_requests_total"
+                && labels
+                    .iter()
+                    .any(|(k, v)| k == "route" && (v == "other" || v == "unmatched"))
+        })
+        .collect();
+    assert!(
+        others.is_empty(),
+        "routes missing from the route table: {others:?}"
+    );
     // No user id or token anywhere in the scrape.
     let text = server
         .http
