@@ -23,7 +23,6 @@ use axnt_oauth::app::Backends;
 use axnt_oauth::bench_api::{self, EnvelopeCipher};
 use axnt_oauth::config::Settings;
 use base64::Engine;
-use chrono::Utc;
 
 const TOKEN_LIFETIME_SECS: i64 = 86_400;
 const MAX_CALLS: u64 = 2_000_000;
@@ -57,7 +56,8 @@ async fn run() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("prepare") => prepare(&settings, number(1, "USERS")?).await,
         Some("getitem") => {
-            let (conns, secs, users) = (number(1, "CONNS")?, number(2, "SECS")?, number(3, "USERS")?);
+            let (conns, secs, users) =
+                (number(1, "CONNS")?, number(2, "SECS")?, number(3, "USERS")?);
             getitem(&settings, conns, Duration::from_secs(secs), users).await
         }
         _ => bail!("usage: bench_aws prepare USERS | bench_aws getitem CONNS SECS USERS"),
@@ -102,26 +102,19 @@ async fn prepare(settings: &Settings, users: u64) -> anyhow::Result<()> {
         .context("CreateSecret")?;
 
     let backends = Backends::open(settings).await.context("the aws backends")?;
-    let cipher = EnvelopeCipher::new(Arc::clone(&backends.keys), settings.aws.tokens_table.clone());
+    let cipher = EnvelopeCipher::new(
+        Arc::clone(&backends.keys),
+        settings.aws.tokens_table.clone(),
+    );
     let started = Instant::now();
-    let now = Utc::now();
-    let expires_at = now.timestamp() + TOKEN_LIFETIME_SECS;
-    for i in 0..users {
-        let user_id = format!("a{i}");
-        let plaintext = bench_api::token_set_json(
-            &format!("ya29.bench-{i}-{}", "a".repeat(120)),
-            &format!("1//bench-{i}"),
-            now.timestamp(),
-            expires_at,
-        )?;
-        let sealed = cipher.seal(&user_id, "google", &plaintext).await?;
-        let row = bench_api::connection(&user_id, sealed, expires_at, now);
-        backends
-            .tokens
-            .put(&row, None)
-            .await
-            .with_context(|| format!("writing {user_id}"))?;
-    }
+    bench_api::seed_users(
+        backends.tokens.as_ref(),
+        &cipher,
+        "a",
+        users,
+        TOKEN_LIFETIME_SECS,
+    )
+    .await?;
     println!(
         "prepared moto: tables, key, secret and {users} users in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -129,7 +122,12 @@ async fn prepare(settings: &Settings, users: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn getitem(settings: &Settings, conns: u64, secs: Duration, users: u64) -> anyhow::Result<()> {
+async fn getitem(
+    settings: &Settings,
+    conns: u64,
+    secs: Duration,
+    users: u64,
+) -> anyhow::Result<()> {
     let config = axnt_oauth::aws::sdk_config(settings).await;
     let client = aws_sdk_dynamodb::Client::new(&config);
     let table = settings.aws.tokens_table.clone();
@@ -139,8 +137,12 @@ async fn getitem(settings: &Settings, conns: u64, secs: Duration, users: u64) ->
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..conns {
-        let (client, table, calls, errors) =
-            (client.clone(), table.clone(), Arc::clone(&calls), Arc::clone(&errors));
+        let (client, table, calls, errors) = (
+            client.clone(),
+            table.clone(),
+            Arc::clone(&calls),
+            Arc::clone(&errors),
+        );
         tasks.spawn(async move {
             // xorshift: a different user each call, no shared state between tasks.
             let mut x = 0x9E37_79B9_7F4A_7C15_u64 ^ (task + 1);

@@ -14,9 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use axnt_oauth::bench_api::{self, EnvelopeCipher};
 use axnt_oauth::config::Settings;
-use axnt_oauth::store::TokenStore;
 use axnt_oauth::store::embedded::EmbeddedStore;
-use chrono::Utc;
 
 /// The seeded tokens stay valid this long: far beyond any benchmark run and its margin.
 const TOKEN_LIFETIME_SECS: i64 = 86_400;
@@ -45,26 +43,13 @@ fn run() -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("the async runtime")?;
     let started = Instant::now();
-    runtime.block_on(async {
-        let now = Utc::now();
-        let expires_at = now.timestamp() + TOKEN_LIFETIME_SECS;
-        for i in 0..users {
-            let user_id = format!("u{i}");
-            let plaintext = bench_api::token_set_json(
-                &format!("ya29.bench-{i}-{}", "a".repeat(120)),
-                &format!("1//bench-{i}"),
-                now.timestamp(),
-                expires_at,
-            )?;
-            let sealed = cipher.seal(&user_id, "google", &plaintext).await?;
-            let row = bench_api::connection(&user_id, sealed, expires_at, now);
-            store
-                .put(&row, None)
-                .await
-                .with_context(|| format!("writing {user_id} (seed an empty data directory)"))?;
-        }
-        anyhow::Ok(())
-    })?;
+    runtime.block_on(bench_api::seed_users(
+        &store,
+        &cipher,
+        "u",
+        users,
+        TOKEN_LIFETIME_SECS,
+    ))?;
     println!(
         "seeded {users} users into {} in {:.1} s",
         dir.display(),

@@ -76,7 +76,36 @@ pub async fn open_token_set(cipher: &EnvelopeCipher, row: &Connection) -> Result
         .map_err(|e| e.to_string())
 }
 
-/// A fresh active row for `user_id` at `google`, holding `sealed`.
+/// Writes `users` connected users (`{prefix}0` …) to `store`, each holding a token set
+/// valid for `lifetime_secs`, sealed by `cipher` as the service seals one.
+pub async fn seed_users(
+    store: &dyn crate::store::TokenStore,
+    cipher: &EnvelopeCipher,
+    prefix: &str,
+    users: u64,
+    lifetime_secs: i64,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let now = Utc::now();
+    let expires_at = now.timestamp() + lifetime_secs;
+    for i in 0..users {
+        let user_id = format!("{prefix}{i}");
+        let plaintext = token_set_json(
+            &format!("ya29.bench-{i}-{}", "a".repeat(120)),
+            &format!("1//bench-{i}"),
+            now.timestamp(),
+            expires_at,
+        )?;
+        let sealed = cipher.seal(&user_id, "google", &plaintext).await?;
+        store
+            .put(&connection(&user_id, sealed, expires_at, now), None)
+            .await
+            .with_context(|| format!("writing {user_id} (seed an empty store)"))?;
+    }
+    Ok(())
+}
+
+/// An active row for `user_id` at `google`, holding `sealed`, last read a day ago.
 pub fn connection(
     user_id: &str,
     sealed: Envelope,
@@ -99,7 +128,9 @@ pub fn connection(
         },
         created_at: now,
         updated_at: now,
-        last_used: now,
+        // Last read a day ago, as a connection idle since yesterday: its first read in
+        // a run moves `lastUsed` (one write per connection per interval, as in service).
+        last_used: now - chrono::Duration::days(1),
         access_token_expires_at,
         expires_at: now.timestamp() + 180 * 86_400,
         is_active: true,

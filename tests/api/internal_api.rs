@@ -443,15 +443,7 @@ async fn probes_answer(backend: Backend) {
     assert_eq!(body["checks"]["store"], "ok");
     assert_eq!(body["checks"]["keys"], "ok");
     assert_eq!(body["checks"]["provider"], "ok");
-    let metrics = app
-        .http
-        .get(app.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("send")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
     assert!(metrics.contains("axnt_http_requests_total"));
 }
 

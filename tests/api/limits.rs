@@ -129,15 +129,7 @@ async fn a_wrong_api_key_flood_brakes_the_client_and_the_key_is_never_shown() {
     support::assert_problem(right, 429, "rate_limited").await;
     assert!(app.stored_row("braked").await.is_none());
 
-    let metrics = app
-        .http
-        .get(app.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
     assert!(metrics.contains(r#"status="429""#));
     assert!(!metrics.contains(planted));
     assert!(

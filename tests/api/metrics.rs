@@ -25,6 +25,9 @@ async fn aws_metrics_start_at_zero_and_count_a_flow_and_a_refresh() {
     scrape_through_a_flow(true).await;
 }
 
+/// Label pairs as a test names them.
+type Labels<'a> = Vec<(&'a str, &'a str)>;
+
 /// One sample: the series name and its labels, as written.
 type Series = (String, Vec<(String, String)>);
 
@@ -166,7 +169,7 @@ async fn scrape_through_a_flow(on_aws: bool) {
         ("method", "GET"),
         ("route", "/v1/users/{user_id}/tokens/{provider}"),
     ];
-    let mut at_zero: Vec<(&str, Vec<(&str, &str)>)> = vec![
+    let mut at_zero: Vec<(&str, Labels)> = vec![
         ("axnt_flows_started_total", g.to_vec()),
         ("axnt_flows_completed_total", g.to_vec()),
         (
@@ -333,65 +336,43 @@ async fn scrape_through_a_flow(on_aws: bool) {
     assert_eq!(provider.refresh_count(), 1);
 
     let after = server.scrape().await;
-    let expect = |name: &str, labels: &[(&str, &str)], want: f64| {
-        assert_eq!(value(&after, name, labels), Some(want), "{name}{labels:?}");
-    };
-    expect("axnt_flows_started_total", &g, 1.0);
-    expect("axnt_flows_completed_total", &g, 1.0);
-    expect(
-        "axnt_flows_failed_total",
-        &[g[0], ("reason", "invalid_state")],
-        0.0,
-    );
-    expect(
-        "axnt_token_refreshes_total",
-        &[g[0], ("outcome", "ok")],
-        1.0,
-    );
-    expect(
-        "axnt_token_reads_total",
-        &[g[0], ("outcome", "refreshed")],
-        1.0,
-    );
-    expect(
-        "axnt_token_reads_total",
-        &[g[0], ("outcome", "cache_hit")],
-        1.0,
-    );
-    expect(
-        "axnt_token_reads_total",
-        &[g[0], ("outcome", "not_found")],
-        1.0,
-    );
-    expect(
-        "axnt_token_reads_total",
-        &[g[0], ("outcome", "store_read")],
-        0.0,
-    );
-    expect(
-        "axnt_http_requests_total",
-        &[&token_route[..], &[("status", "200")]].concat(),
-        2.0,
-    );
-    expect(
-        "axnt_http_requests_total",
-        &[&token_route[..], &[("status", "404")]].concat(),
-        1.0,
-    );
-    expect(
-        "axnt_http_requests_total",
-        &[
-            ("method", "GET"),
-            ("route", "/oauth/{provider}/callback"),
-            ("status", "200"),
-        ],
-        1.0,
-    );
-    expect(
-        "axnt_http_request_duration_seconds_count",
-        &token_route,
-        3.0,
-    );
+    let token = |status| [&token_route[..], &[("status", status)]].concat();
+    let callback = [
+        ("method", "GET"),
+        ("route", "/oauth/{provider}/callback"),
+        ("status", "200"),
+    ];
+    let read = |outcome| vec![g[0], ("outcome", outcome)];
+    let expected: [(&str, Labels, f64); 13] = [
+        ("axnt_flows_started_total", g.to_vec(), 1.0),
+        ("axnt_flows_completed_total", g.to_vec(), 1.0),
+        (
+            "axnt_flows_failed_total",
+            vec![g[0], ("reason", "invalid_state")],
+            0.0,
+        ),
+        (
+            "axnt_token_refreshes_total",
+            vec![g[0], ("outcome", "ok")],
+            1.0,
+        ),
+        ("axnt_token_reads_total", read("refreshed"), 1.0),
+        ("axnt_token_reads_total", read("cache_hit"), 1.0),
+        ("axnt_token_reads_total", read("not_found"), 1.0),
+        ("axnt_token_reads_total", read("store_read"), 0.0),
+        ("axnt_http_requests_total", token("200"), 2.0),
+        ("axnt_http_requests_total", token("404"), 1.0),
+        ("axnt_http_requests_total", callback.to_vec(), 1.0),
+        (
+            "axnt_http_request_duration_seconds_count",
+            token_route.to_vec(),
+            3.0,
+        ),
+        ("axnt_http_requests_total", token("500"), 0.0),
+    ];
+    for (name, labels, want) in &expected {
+        assert_eq!(value(&after, name, labels), Some(*want), "{name}{labels:?}");
+    }
     for name in ["axnt_store_reads_total", "axnt_store_writes_total"] {
         let n = value(&after, name, &[("backend", backend)]).unwrap_or_default();
         assert!(n >= 1.0, "{name}: {n}");

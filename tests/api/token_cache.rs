@@ -126,15 +126,7 @@ async fn warm_reads_need_no_store_call() {
                     "without the cache a read needs the store"
                 );
                 // The SDK tried the cut GetItem again before giving up, and said so.
-                let metrics = app
-                    .http
-                    .get(app.admin_url("/metrics"))
-                    .send()
-                    .await
-                    .expect("scrape")
-                    .text()
-                    .await
-                    .expect("text");
+                let metrics = app.metrics().await;
                 let retried = metrics.lines().any(|l| {
                     l.starts_with("axnt_aws_retries_total{")
                         && l.contains("service=\"dynamodb\"")

@@ -247,6 +247,19 @@ impl TestApp {
         format!("{}{}", self.admin_base, path)
     }
 
+    /// The admin listener's `/metrics` text (the process's recorder: every app in this
+    /// test process counts into it).
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn api_get(&self, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))
