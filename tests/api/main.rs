@@ -27,6 +27,7 @@ mod limits;
 mod links;
 mod refresh_faults;
 mod retention;
+mod rotation;
 mod schema;
 mod secrets;
 mod store_conformance;
