@@ -419,6 +419,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(MASTER_KEY_FILE);
         let (running, _) = LocalKeyProvider::load_or_create(&path).expect("create");
+        let (reader, _) = LocalKeyProvider::load_or_create(&path).expect("load");
         let old = running.generate_data_key().await.expect("generate");
         let (old_id, new_id) = rotate_master_key(&path).expect("rotate");
         assert_eq!(old_id, old.key_id);
@@ -437,6 +438,11 @@ mod tests {
                 & 0o777;
             assert_eq!(mode, 0o600);
         }
+        // The running one notices the new master.key and seals under it from now on.
+        assert_eq!(
+            running.generate_data_key().await.expect("generate").key_id,
+            new_id
+        );
         // A fresh provider (the command) re-wraps under the new key.
         let (fresh, created) = LocalKeyProvider::load_or_create(&path).expect("reload");
         assert!(!created);
@@ -446,7 +452,7 @@ mod tests {
             .await
             .expect("rewrap");
         assert_eq!(rewrapped.key_id, new_id);
-        // The running one opens both, and seals under the new key from now on.
+        // The running one opens both.
         for (id, edk) in [
             (&old.key_id, &old.encrypted),
             (&rewrapped.key_id, &rewrapped.encrypted),
@@ -454,10 +460,12 @@ mod tests {
             let back = running.decrypt_data_key(id, edk).await.expect("open");
             assert_eq!(back.expose(), old.plaintext.expose());
         }
-        assert_eq!(
-            running.generate_data_key().await.expect("generate").key_id,
-            new_id
-        );
+        // One that has not sealed since meets the new fingerprint and re-reads the files.
+        let back = reader
+            .decrypt_data_key(&rewrapped.key_id, &rewrapped.encrypted)
+            .await
+            .expect("open after re-reading the key files");
+        assert_eq!(back.expose(), old.plaintext.expose());
         // With the retired key file gone, a new instance still opens re-wrapped keys.
         std::fs::remove_dir_all(dir.path().join(RETIRED_KEYS_DIR)).expect("remove retired");
         let (after, _) = LocalKeyProvider::load_or_create(&path).expect("reload");
