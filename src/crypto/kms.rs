@@ -89,6 +89,16 @@ impl KmsKeyProvider {
     }
 }
 
+/// A data key wrapped by the embedded mode's master key is not KMS's to unwrap.
+fn refuse_local(key_id: &str) -> Result<(), CryptoError> {
+    if key_id.starts_with("local:") {
+        return Err(CryptoError::Rejected(format!(
+            "sealed under the embedded mode's {key_id}, not by KMS"
+        )));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl KeyProvider for KmsKeyProvider {
     #[tracing::instrument(skip_all, fields(key_id = %self.key_id))]
@@ -135,11 +145,7 @@ impl KeyProvider for KmsKeyProvider {
         key_id: &str,
         encrypted: &[u8],
     ) -> Result<SecretKey, CryptoError> {
-        if key_id.starts_with("local:") {
-            return Err(CryptoError::Rejected(format!(
-                "sealed under the embedded mode's {key_id}, not by KMS"
-            )));
-        }
+        refuse_local(key_id)?;
         self.calls.fetch_add(1, Ordering::Relaxed);
         let out = observe(
             "kms",
@@ -181,11 +187,7 @@ impl KeyProvider for KmsKeyProvider {
         key_id: &str,
         encrypted: &[u8],
     ) -> Result<WrappedKey, CryptoError> {
-        if key_id.starts_with("local:") {
-            return Err(CryptoError::Rejected(format!(
-                "sealed under the embedded mode's {key_id}, not by KMS"
-            )));
-        }
+        refuse_local(key_id)?;
         self.calls.fetch_add(1, Ordering::Relaxed);
         let out = observe(
             "kms",
