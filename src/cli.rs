@@ -1,5 +1,5 @@
 //! The command line: `serve` (default), `setup`, `check` (the self-test itself is in
-//! [`crate::check`]) and `healthcheck`.
+//! [`crate::check`]), `healthcheck` and `rotate-keys` (in [`crate::rotate`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{App, Backends, shutdown_signal};
 use crate::config::{Backend, Settings};
+use crate::rotate::{Progress, RotateOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +44,22 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
         timeout_secs: u64,
     },
+    /// Move every stored token set's data key under the current key (a new KMS key or
+    /// alias target, or a new local master key), without decrypting token sets, while
+    /// the service runs. Idempotent: run it again to resume. Exit 0 only when a final
+    /// pass finds every row under the current key.
+    RotateKeys {
+        /// Count rows not under the current key; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Embedded mode: retire the current master key (kept readable in
+        /// master-keys/) and make a new one, then re-wrap under it.
+        #[arg(long)]
+        new_local_key: bool,
+        /// Rows read per page.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        page_size: u16,
+    },
 }
 
 /// Runs the chosen command; returns the process exit code.
@@ -53,6 +70,18 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         Command::Check => Ok(crate::check::check(settings).await),
         Command::Healthcheck { timeout_secs } => {
             Ok(healthcheck(&settings, Duration::from_secs(timeout_secs)).await)
+        }
+        Command::RotateKeys {
+            dry_run,
+            new_local_key,
+            page_size,
+        } => {
+            let options = RotateOptions {
+                dry_run,
+                new_local_key,
+                page_size: usize::from(page_size),
+            };
+            rotate_keys(settings, &options).await
         }
     }
 }
@@ -103,6 +132,52 @@ fn failure_kind(e: &reqwest::Error) -> &'static str {
         "connection refused or unreachable"
     } else {
         "request failed"
+    }
+}
+
+async fn rotate_keys(settings: Settings, options: &RotateOptions) -> anyhow::Result<i32> {
+    let mut print = |p: &Progress| match p {
+        Progress::LocalKeyRotated { old, new } => {
+            println!("new local master key {new} is current; {old} retired (still readable)")
+        }
+        Progress::CurrentKey(key) => println!("current key: {key}"),
+        Progress::Page { pass, counts } => println!(
+            "pass {pass}: seen {}, re-wrapped {}, already current {}, changed meanwhile {}, failed {}",
+            counts.seen,
+            counts.rewrapped,
+            counts.already_current,
+            counts.changed_meanwhile,
+            counts.failed
+        ),
+        Progress::Verify { .. } => {}
+    };
+    let report = crate::rotate::rotate_keys(&settings, options, &mut print).await?;
+    if options.dry_run && options.new_local_key {
+        println!(
+            "dry run: a new master key would be made and all {} rows re-wrapped under it (nothing changed)",
+            report.verified
+        );
+        return Ok(0);
+    }
+    if options.dry_run {
+        println!(
+            "dry run: {} of {} rows are not under the current key (nothing changed)",
+            report.not_current, report.verified
+        );
+        return Ok(0);
+    }
+    println!(
+        "verified: {} rows, {} not under the current key",
+        report.verified, report.not_current
+    );
+    if report.success() {
+        Ok(0)
+    } else {
+        println!(
+            "not done: rows are still under an old key (written meanwhile by an instance whose data key \
+             predates the rotation, or failed above); run rotate-keys again after AXNT_DATA_KEY_MAX_AGE_SECS"
+        );
+        Ok(1)
     }
 }
 

@@ -252,6 +252,11 @@ pub struct SecretSettings {
     /// aws mode reads `state_key` from the secret.
     #[serde(deserialize_with = "de::state_key")]
     pub(crate) state_key: Option<SecretKey>,
+    /// `AXNT_PREVIOUS_STATE_KEY`: the state key before a rotation. Nothing is sealed
+    /// with it; flows and connect links sealed under it still open until they expire.
+    /// aws mode also reads `previous_state_key` from the secret.
+    #[serde(deserialize_with = "de::state_key")]
+    pub(crate) previous_state_key: Option<SecretKey>,
     /// `AXNT_SECRET_REFRESH_SECS`: how often the client secret is re-read.
     #[serde(rename = "secret_refresh_secs", deserialize_with = "de::secs")]
     pub(crate) refresh_interval: Duration,
@@ -276,6 +281,7 @@ impl Default for SecretSettings {
             client_id: None,
             client_secret: None,
             state_key: None,
+            previous_state_key: None,
             refresh_interval: Duration::from_secs(300),
             reload_min_interval: Duration::from_secs(30),
             allow_instance_state_key: false,

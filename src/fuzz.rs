@@ -454,12 +454,13 @@ fn document(input: &mut Input<'_>, depth: usize) -> Value {
     }
 }
 
-const SECRET_FIELDS: [&str; 8] = [
+const SECRET_FIELDS: [&str; 9] = [
     "client_id",
     "client_secret",
     "web",
     "installed",
     "state_key",
+    "previous_state_key",
     "api_keys",
     "auth_uri",
     "planted_field",

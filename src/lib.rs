@@ -20,6 +20,8 @@
 //!   serving and graceful shutdown.
 //! - [`config`], [`cli`], [`telemetry`], [`error`]: settings, commands, logging and
 //!   metrics, and the one error type (which imports nothing from [`http`]).
+//! - [`rotate`]: `axnt-oauth rotate-keys`, moving stored data keys under the current
+//!   wrapping key (over `store` and `crypto`, beside `check`).
 //!
 //! Arrows point down: `app` → `http` → `tokens`/`oauth` → `store`/`config` →
 //! `secrets`/`crypto` → `aws` (a leaf: `config` fills the `aws::AwsSettings` it needs,
@@ -51,6 +53,7 @@ pub mod fuzz;
 mod http;
 mod oauth;
 mod retry;
+pub mod rotate;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

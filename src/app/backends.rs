@@ -33,6 +33,8 @@ pub struct Backends {
     pub secrets: Arc<dyn SecretSource>,
     /// Seals flow state; every instance must share it.
     pub(crate) state_key: Option<SecretKey>,
+    /// The state key before a rotation: still opens what it sealed.
+    pub(crate) previous_state_key: Option<SecretKey>,
     /// API keys accepted besides the secret's.
     pub(crate) api_keys: Vec<ApiKey>,
     /// What `setup` created, for its report.
@@ -73,7 +75,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
     }
     let store = Arc::new(EmbeddedStore::open(&db_path)?);
 
-    let master_path = dir.join("master.key");
+    let master_path = dir.join(crate::crypto::MASTER_KEY_FILE);
     let (keys, new_master) = LocalKeyProvider::load_or_create(&master_path)?;
     if new_master {
         created.push(format!("master key {} (mode 0600)", master_path.display()));
@@ -108,6 +110,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         ServiceSecrets {
             client: client_override(settings),
             state_key: None,
+            previous_state_key: None,
             api_keys: Vec::new(),
         },
         "the settings",
@@ -124,6 +127,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         )),
         secrets: Arc::new(secrets),
         state_key: Some(state_key),
+        previous_state_key: settings.secrets.previous_state_key.clone(),
         api_keys,
         created,
     })
@@ -219,6 +223,7 @@ async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
         keys: Arc::new(keys),
         secrets: Arc::new(secrets),
         state_key,
+        previous_state_key: settings.secrets.previous_state_key.clone(),
         api_keys: settings.secrets.api_keys.clone(),
         created: Vec::new(),
         expiring: None,

@@ -113,6 +113,12 @@ impl App {
                 .into());
             }
         };
+        // The two-key window of a state-key rotation: the secret's previous key with
+        // the secret's key, the settings' with the settings'.
+        let previous_state_key = match secrets.current().state_key {
+            Some(_) => secrets.current().previous_state_key.clone(),
+            None => backends.previous_state_key.clone(),
+        };
         if secrets.current().api_keys.is_empty() {
             tracing::warn!(
                 "no API key configured (AXNT_API_KEYS or the secret's api_keys): the internal API rejects every call"
@@ -177,7 +183,7 @@ impl App {
             settings: Arc::clone(&settings),
             tokens: Arc::clone(&tokens),
             flow_log,
-            sealer: Arc::new(StateSealer::new(state_key)),
+            sealer: Arc::new(StateSealer::new(state_key).with_previous(previous_state_key)),
             secrets,
             readiness,
         });

@@ -18,7 +18,12 @@ use crate::aws::SdkEnv;
 use crate::config::Backend;
 
 /// Keys whose values are secrets: an error about them never quotes the value.
-const SECRET_KEYS: [&str; 3] = ["api_keys", "google_client_secret", "state_key"];
+const SECRET_KEYS: [&str; 4] = [
+    "api_keys",
+    "google_client_secret",
+    "state_key",
+    "previous_state_key",
+];
 
 impl Settings {
     /// Loads the layers: defaults, `config/default.toml` (when present in the working

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use moka::future::Cache;
 use tokio::sync::Mutex;
 
-use super::{CryptoError, DataKey, KeyProvider, SecretKey};
+use super::{CryptoError, DataKey, KeyProvider, SecretKey, WrappedKey};
 
 /// The cache's bounds (settings `AXNT_DATA_KEY_*`).
 #[derive(Debug, Clone, Copy)]
@@ -146,6 +146,21 @@ impl KeyProvider for CachingKeyProvider {
         opened
     }
 
+    // Re-wraps go to the wrapped provider: a re-wrapped data key has a new
+    // (key id, wrapped key) pair, so the decrypted-key cache, keyed by both, can never
+    // answer for it with a key cached under the old pair.
+    async fn current_key_id(&self) -> Result<String, CryptoError> {
+        self.inner.current_key_id().await
+    }
+
+    async fn rewrap_data_key(
+        &self,
+        key_id: &str,
+        encrypted: &[u8],
+    ) -> Result<WrappedKey, CryptoError> {
+        self.inner.rewrap_data_key(key_id, encrypted).await
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} (data key reused for ≤{} seals or {} s; ≤{} decrypted keys kept {} s)",
@@ -180,6 +195,12 @@ mod tests {
         async fn decrypt_data_key(&self, id: &str, edk: &[u8]) -> Result<SecretKey, CryptoError> {
             self.decrypted.fetch_add(1, Ordering::Relaxed);
             self.inner.decrypt_data_key(id, edk).await
+        }
+        async fn current_key_id(&self) -> Result<String, CryptoError> {
+            self.inner.current_key_id().await
+        }
+        async fn rewrap_data_key(&self, id: &str, edk: &[u8]) -> Result<WrappedKey, CryptoError> {
+            self.inner.rewrap_data_key(id, edk).await
         }
         fn describe(&self) -> String {
             "counting".into()

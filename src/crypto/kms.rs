@@ -14,6 +14,12 @@
 //! recorded ARN is the sealing region's, which KMS elsewhere does not serve, while the
 //! replica with the same key id holds the same key material. So a row sealed in one
 //! region opens in another after a failover.
+//!
+//! Key rotation (`axnt-oauth rotate-keys`) moves a wrapped data key to the configured
+//! key with `ReEncrypt`: KMS decrypts and re-encrypts inside itself, so the data key
+//! never leaves KMS in plaintext, and the envelope then names the key ARN KMS reports.
+//! The configured key is resolved to its ARN with `DescribeKey`, since an alias may
+//! have been moved to a new key.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +31,7 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use zeroize::Zeroizing;
 
-use super::{CryptoError, DataKey, KeyProvider, SecretKey};
+use super::{CryptoError, DataKey, KeyProvider, SecretKey, WrappedKey};
 use crate::aws::error::{AwsFailure, FailureKind, observe};
 
 /// The encryption context of every data key.
@@ -91,6 +97,16 @@ impl KmsKeyProvider {
     }
 }
 
+/// A data key wrapped by the embedded mode's master key is not KMS's to unwrap.
+fn refuse_local(key_id: &str) -> Result<(), CryptoError> {
+    if key_id.starts_with("local:") {
+        return Err(CryptoError::Rejected(format!(
+            "sealed under the embedded mode's {key_id}, not by KMS"
+        )));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl KeyProvider for KmsKeyProvider {
     #[tracing::instrument(skip_all, fields(key_id = %self.key_id))]
@@ -137,11 +153,7 @@ impl KeyProvider for KmsKeyProvider {
         key_id: &str,
         encrypted: &[u8],
     ) -> Result<SecretKey, CryptoError> {
-        if key_id.starts_with("local:") {
-            return Err(CryptoError::Rejected(format!(
-                "sealed under the embedded mode's {key_id}, not by KMS"
-            )));
-        }
+        refuse_local(key_id)?;
         let key_id = &*in_region(key_id, &self.region);
         self.calls.fetch_add(1, Ordering::Relaxed);
         let out = observe(
@@ -161,6 +173,56 @@ impl KeyProvider for KmsKeyProvider {
             .ok_or_else(|| CryptoError::Unavailable("Decrypt returned no Plaintext".into()))?;
         let bytes = Zeroizing::new(plaintext.into_inner());
         SecretKey::from_slice(&bytes)
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %self.key_id))]
+    async fn current_key_id(&self) -> Result<String, CryptoError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let out = observe(
+            "kms",
+            "DescribeKey",
+            self.client.describe_key().key_id(&self.key_id).send().await,
+        )
+        .map_err(|f| self.error("DescribeKey", &self.key_id, f))?;
+        out.key_metadata()
+            .and_then(|m| m.arn())
+            .map(str::to_string)
+            .ok_or_else(|| CryptoError::Unavailable("DescribeKey returned no key ARN".into()))
+    }
+
+    #[tracing::instrument(skip_all, fields(key_id = %key_id))]
+    async fn rewrap_data_key(
+        &self,
+        key_id: &str,
+        encrypted: &[u8],
+    ) -> Result<WrappedKey, CryptoError> {
+        refuse_local(key_id)?;
+        let key_id = &*in_region(key_id, &self.region);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let out = observe(
+            "kms",
+            "ReEncrypt",
+            self.client
+                .re_encrypt()
+                .ciphertext_blob(Blob::new(encrypted))
+                .source_key_id(key_id)
+                .set_source_encryption_context(Some(self.context.clone()))
+                .destination_key_id(&self.key_id)
+                .set_destination_encryption_context(Some(self.context.clone()))
+                .send()
+                .await,
+        )
+        .map_err(|f| self.error("ReEncrypt", key_id, f))?;
+        let key_id = out
+            .key_id()
+            .ok_or_else(|| CryptoError::Unavailable("ReEncrypt returned no KeyId".into()))?
+            .to_string();
+        let encrypted = out
+            .ciphertext_blob()
+            .ok_or_else(|| CryptoError::Unavailable("ReEncrypt returned no CiphertextBlob".into()))?
+            .as_ref()
+            .to_vec();
+        Ok(WrappedKey { key_id, encrypted })
     }
 
     fn describe(&self) -> String {

@@ -24,6 +24,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use zeroize::Zeroizing;
 
 pub use envelope::{Envelope, EnvelopeCipher};
+pub use local::{MASTER_KEY_FILE, RETIRED_KEYS_DIR, rotate_master_key};
 
 /// Length of every symmetric key we hold.
 pub(crate) const KEY_LEN: usize = 32;
@@ -166,6 +167,15 @@ pub struct DataKey {
     pub(crate) key_id: String,
 }
 
+/// A data key's wrapped form only, as a re-wrap returns it: the plaintext key never
+/// reaches the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// The wrapping key's id as stored in the envelope's `keyId`.
+    pub key_id: String,
+    pub encrypted: Vec<u8>,
+}
+
 /// Wraps and unwraps data keys. Implementations: [`local::LocalKeyProvider`] and, in
 /// aws mode, KMS.
 #[async_trait]
@@ -178,6 +188,16 @@ pub trait KeyProvider: Send + Sync {
         key_id: &str,
         encrypted: &[u8],
     ) -> Result<SecretKey, CryptoError>;
+    /// The id new data keys are wrapped under now, as an envelope's `keyId` names it
+    /// (a KMS alias resolved to its key's ARN: the alias may have moved).
+    async fn current_key_id(&self) -> Result<String, CryptoError>;
+    /// Wraps a stored data key under the current key instead of `key_id` (key
+    /// rotation). The token set it seals is not touched: only `keyId` and `edk` change.
+    async fn rewrap_data_key(
+        &self,
+        key_id: &str,
+        encrypted: &[u8],
+    ) -> Result<WrappedKey, CryptoError>;
     /// A short description for logs and `check` (`local master key …`, `KMS key …`).
     fn describe(&self) -> String;
 }

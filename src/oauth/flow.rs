@@ -5,6 +5,10 @@
 //! opened by `/start`) and the authorization request's `state` (minted by `/start`,
 //! opened by the callback). Both are AES-256-GCM under the shared state key, with the
 //! purpose in the associated data so one can never be used as the other.
+//!
+//! The state key rotates with a two-key window: the new key seals, and the previous
+//! one (`AXNT_PREVIOUS_STATE_KEY`, or the secret's `previous_state_key`) still opens
+//! what it sealed until that expires.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -111,6 +115,8 @@ pub(crate) const MAX_SEALED_LEN: usize = 8192;
 /// Seals and opens flow values under the state key.
 pub(crate) struct StateSealer {
     key: SecretKey,
+    /// Opens only: the key before a rotation.
+    previous: Option<SecretKey>,
 }
 
 /// What a sealed value is for; part of the associated data.
@@ -131,7 +137,15 @@ impl Purpose {
 
 impl StateSealer {
     pub(crate) fn new(key: SecretKey) -> Self {
-        Self { key }
+        Self {
+            key,
+            previous: None,
+        }
+    }
+
+    /// Also opens what `previous` sealed (never seals with it).
+    pub(crate) fn with_previous(self, previous: Option<SecretKey>) -> Self {
+        Self { previous, ..self }
     }
 
     pub(crate) fn seal<T: Serialize>(
@@ -165,6 +179,10 @@ impl StateSealer {
         let json = self
             .key
             .open_combined(purpose.aad(), &sealed)
+            .or_else(|e| match &self.previous {
+                Some(previous) => previous.open_combined(purpose.aad(), &sealed),
+                None => Err(e),
+            })
             .map_err(|_| SealError::Invalid)?;
         serde_json::from_slice(&json).map_err(|_| SealError::Invalid)
     }
@@ -244,6 +262,35 @@ mod tests {
             sealer
                 .open::<ConnectSession>(Purpose::ConnectSession, &tampered)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn a_rotated_state_key_still_opens_what_the_previous_one_sealed() {
+        let (old, new) = (SecretKey::generate(), SecretKey::generate());
+        let before = StateSealer::new(old.clone());
+        let text = before
+            .seal(Purpose::ConnectSession, &session())
+            .expect("seal");
+        let window = StateSealer::new(new.clone()).with_previous(Some(old));
+        let back: ConnectSession = window.open(Purpose::ConnectSession, &text).expect("open");
+        assert_eq!(back.user_id, "u1");
+        let fresh = window
+            .seal(Purpose::ConnectSession, &session())
+            .expect("seal");
+        assert!(
+            before
+                .open::<ConnectSession>(Purpose::ConnectSession, &fresh)
+                .is_err(),
+            "the new key seals"
+        );
+        let after = StateSealer::new(new);
+        assert_eq!(
+            after
+                .open::<ConnectSession>(Purpose::ConnectSession, &text)
+                .err(),
+            Some(SealError::Invalid),
+            "without the previous key the old value is refused"
         );
     }
 

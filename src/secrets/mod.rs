@@ -33,6 +33,8 @@ pub struct ClientCredentials {
 pub struct ServiceSecrets {
     pub client: Option<ClientCredentials>,
     pub state_key: Option<SecretKey>,
+    /// The state key before a rotation: opens, never seals.
+    pub previous_state_key: Option<SecretKey>,
     pub(crate) api_keys: Vec<ApiKey>,
 }
 
@@ -101,6 +103,8 @@ struct SecretDocument {
     installed: Option<ConsoleClient>,
     #[serde(default)]
     state_key: Option<String>,
+    #[serde(default)]
+    previous_state_key: Option<String>,
     #[serde(default)]
     api_keys: Option<KeyList>,
 }
@@ -199,6 +203,12 @@ pub(crate) fn parse_secret_document(
         .state_key
         .map(|k| SecretKey::from_base64(&k).map_err(|e| malformed(format!("state_key: {e}"))))
         .transpose()?;
+    let previous_state_key = doc
+        .previous_state_key
+        .map(|k| {
+            SecretKey::from_base64(&k).map_err(|e| malformed(format!("previous_state_key: {e}")))
+        })
+        .transpose()?;
     let api_keys = doc
         .api_keys
         .map(KeyList::into_keys)
@@ -210,6 +220,7 @@ pub(crate) fn parse_secret_document(
     Ok(ServiceSecrets {
         client,
         state_key,
+        previous_state_key,
         api_keys,
     })
 }

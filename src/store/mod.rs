@@ -211,6 +211,21 @@ pub(crate) fn hint(e: &StoreError) -> String {
     }
 }
 
+/// Where a scan of the tokens table goes on from: the key of the last item it read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanCursor {
+    pub user_id: String,
+    pub provider: String,
+}
+
+/// One page of a scan.
+#[derive(Debug, Clone, Default)]
+pub struct ScanPage {
+    pub rows: Vec<Connection>,
+    /// Where the next page starts; `None` after the last page.
+    pub next: Option<ScanCursor>,
+}
+
 /// The tokens table.
 #[async_trait]
 pub trait TokenStore: Send + Sync {
@@ -289,6 +304,23 @@ pub trait TokenStore: Send + Sync {
     /// Removes and returns a flow's pending grant, expired or not: of two concurrent
     /// takers, one gets it and the other `None`.
     async fn take_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError>;
+
+    /// Every connection row (never a flow's item), a page at a time: at most `limit`
+    /// items read after `after`. A page may hold fewer rows, even none, while `next` is
+    /// set; rows written during a scan may or may not be seen. For key rotation.
+    async fn scan(&self, after: Option<&ScanCursor>, limit: usize) -> Result<ScanPage, StoreError>;
+
+    /// Replaces the row's sealed token set by `new` only while the stored one is still
+    /// `old` (same `keyId`, wrapped key and ciphertext); nothing else changes, not
+    /// `version`, so a concurrent token write always wins. A changed or removed row is
+    /// a [`StoreError::Conflict`], and nothing is written. For key rotation.
+    async fn rewrap(
+        &self,
+        user_id: &str,
+        provider: &str,
+        old: &Envelope,
+        new: &Envelope,
+    ) -> Result<(), StoreError>;
 
     /// A cheap read proving the table answers (used by `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -218,6 +218,74 @@ fn setup_is_idempotent_and_dry_run_changes_nothing() {
 }
 
 #[test]
+fn rotate_keys_retires_the_local_master_key_and_reports_progress() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    assert!(
+        command(dir.path())
+            .arg("setup")
+            .status()
+            .expect("run")
+            .success()
+    );
+    let master = std::fs::read_to_string(dir.path().join("data/master.key")).expect("key");
+
+    let plan = command(dir.path())
+        .args(["rotate-keys", "--dry-run", "--new-local-key"])
+        .output()
+        .expect("run");
+    assert!(plan.status.success());
+    assert!(
+        String::from_utf8_lossy(&plan.stdout)
+            .contains("dry run: a new master key would be made and all 0 rows"),
+        "{}",
+        String::from_utf8_lossy(&plan.stdout)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("data/master.key")).expect("key"),
+        master,
+        "a dry run makes no key"
+    );
+
+    let run = command(dir.path())
+        .args(["rotate-keys", "--new-local-key"])
+        .output()
+        .expect("run");
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{out}");
+    assert!(
+        out.contains("retired (still readable)")
+            && out.contains("verified: 0 rows, 0 not under the current key"),
+        "{out}"
+    );
+    let retired: Vec<_> = std::fs::read_dir(dir.path().join("data/master-keys"))
+        .expect("retired keys")
+        .map(|e| std::fs::read_to_string(e.expect("entry").path()).expect("read"))
+        .collect();
+    assert_eq!(
+        retired,
+        vec![master.clone()],
+        "the old key is kept, as it was"
+    );
+    assert_ne!(
+        std::fs::read_to_string(dir.path().join("data/master.key")).expect("key"),
+        master
+    );
+    assert!(!out.contains(master.trim()), "no key in the output");
+
+    let aws = command(dir.path())
+        .args(["rotate-keys", "--new-local-key"])
+        .env("AXNT_BACKEND", "aws")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .expect("run");
+    assert!(!aws.status.success());
+    assert!(
+        String::from_utf8_lossy(&aws.stderr)
+            .contains("--new-local-key is for the embedded backend")
+    );
+}
+
+#[test]
 fn check_passes_when_configured_and_fails_with_a_hint_when_not() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = command(dir.path()).arg("check").output().expect("run");

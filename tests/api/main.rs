@@ -29,6 +29,7 @@ mod links;
 mod metrics;
 mod refresh_faults;
 mod retention;
+mod rotation;
 mod schema;
 mod secrets;
 mod store_conformance;

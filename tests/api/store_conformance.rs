@@ -14,7 +14,7 @@ use axnt_oauth::store::embedded::EmbeddedStore;
 use axnt_oauth::store::flow_log::SortKeyClock;
 use axnt_oauth::store::{
     Connection, FlowLog, FlowLogEntry, FlowStep, LeaseRelease, PendingGrant, RefreshLease,
-    RefreshState, ReplacedAccount, StoreError, TokenStore, UserInfo,
+    RefreshState, ReplacedAccount, ScanCursor, StoreError, TokenStore, UserInfo,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
@@ -624,6 +624,134 @@ async fn a_replaced_account_is_kept_on_the_row(
     assert_eq!(tokens.list(&u).await.expect("list"), vec![r]);
 }
 
+/// Every row of a scan, page by page, with the number of pages read.
+async fn scan_all(tokens: &dyn TokenStore, limit: usize) -> (Vec<Connection>, usize) {
+    let (mut rows, mut pages) = (Vec::new(), 0);
+    let mut cursor: Option<ScanCursor> = None;
+    loop {
+        let page = tokens.scan(cursor.as_ref(), limit).await.expect("scan");
+        pages += 1;
+        assert!(page.rows.len() <= limit, "a page holds at most its limit");
+        rows.extend(page.rows);
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return (rows, pages),
+        }
+    }
+}
+
+async fn a_scan_pages_through_every_row_once_and_no_flow_item(
+    tokens: Arc<dyn TokenStore>,
+    _log: Arc<dyn FlowLog>,
+) {
+    let mut written = Vec::new();
+    for i in 0..7 {
+        let r = row(
+            &user(),
+            if i % 2 == 0 { "google" } else { "github" },
+            1,
+            "s",
+        );
+        tokens.put(&r, None).await.expect("create");
+        written.push(r);
+    }
+    let flow = aws::unique("flow");
+    tokens
+        .mark_flow_started(&flow, now().timestamp() + 600)
+        .await
+        .expect("mark");
+    tokens
+        .put_pending(&pending(&flow, &user(), "p"))
+        .await
+        .expect("pending");
+    let (rows, pages) = scan_all(tokens.as_ref(), 3).await;
+    assert!(pages >= 3, "7 rows at 3 a page: {pages} pages");
+    let mut seen: Vec<_> = rows
+        .iter()
+        .map(|r| (r.user_id.clone(), r.provider.clone()))
+        .collect();
+    seen.sort();
+    let total = seen.len();
+    seen.dedup();
+    assert_eq!(seen.len(), total, "no row twice");
+    assert!(
+        rows.iter()
+            .all(|r| !r.provider.starts_with('#') && !r.user_id.starts_with('#')),
+        "no flow item"
+    );
+    for r in &written {
+        assert!(rows.contains(r), "{} is scanned whole", r.user_id);
+    }
+    assert_eq!(rows.len(), written.len(), "only the rows written");
+}
+
+async fn a_rewrap_replaces_only_an_unchanged_envelope(
+    tokens: Arc<dyn TokenStore>,
+    _log: Arc<dyn FlowLog>,
+) {
+    let u = user();
+    let r = Connection {
+        refresh: RefreshState {
+            lease: Some(lease("holder", 9_999_999_999_999)),
+            ..Default::default()
+        },
+        ..row(&u, "google", 4, "w")
+    };
+    tokens.put(&r, None).await.expect("create");
+    let rewrapped = Envelope {
+        key_id: "arn:aws:kms:us-east-1:123456789012:key/new".into(),
+        edk: "bmV3LWVkaw==".into(),
+        ..r.encrypted_tokens.clone()
+    };
+    tokens
+        .rewrap(&u, "google", &r.encrypted_tokens, &rewrapped)
+        .await
+        .expect("rewrap of the envelope read");
+    let stored = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(
+        stored,
+        Connection {
+            encrypted_tokens: rewrapped.clone(),
+            ..r.clone()
+        },
+        "only the envelope changed: not version, not the lease"
+    );
+    // Again from the old envelope: the row is no longer what was read.
+    assert!(matches!(
+        tokens
+            .rewrap(&u, "google", &r.encrypted_tokens, &rewrapped)
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    // A token write meanwhile wins: the re-wrap of what was read before it is refused.
+    let written = row(&u, "google", 5, "x");
+    tokens
+        .put_as_holder(&written, "holder")
+        .await
+        .expect("the holder writes new tokens");
+    let stale = Envelope {
+        edk: "c3RhbGU=".into(),
+        ..rewrapped.clone()
+    };
+    assert!(matches!(
+        tokens.rewrap(&u, "google", &rewrapped, &stale).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        tokens.get(&u, "google").await.expect("get"),
+        Some(written.clone())
+    );
+    // A removed row is not brought back.
+    tokens.delete(&u, "google", 5).await.expect("delete");
+    assert!(matches!(
+        tokens
+            .rewrap(&u, "google", &written.encrypted_tokens, &stale)
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(tokens.get(&u, "google").await.expect("get"), None);
+}
+
 async fn pings_answer(tokens: Arc<dyn TokenStore>, log: Arc<dyn FlowLog>) {
     tokens.ping().await.expect("tokens ping");
     log.ping().await.expect("flow log ping");
@@ -668,4 +796,6 @@ every_backend!(
     a_flow_is_started_once,
     a_pending_grant_is_taken_once_and_is_no_connection,
     a_replaced_account_is_kept_on_the_row,
+    a_scan_pages_through_every_row_once_and_no_flow_item,
+    a_rewrap_replaces_only_an_unchanged_envelope,
 );

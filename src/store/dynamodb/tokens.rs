@@ -12,7 +12,11 @@ use super::item::{
     Item, LEASE_ATTEMPT, LEASE_UNTIL, PENDING, RETRY_AT, STARTED, UNKNOWN_SINCE, connection_from,
     connection_item, flow_key, is_flow_item, n, pending_from, pending_item, rfc3339, s,
 };
-use crate::store::{Connection, LeaseRelease, PendingGrant, RefreshLease, StoreError, TokenStore};
+use crate::crypto::Envelope;
+use crate::store::{
+    Connection, LeaseRelease, PendingGrant, RefreshLease, ScanCursor, ScanPage, StoreError,
+    TokenStore,
+};
 
 #[async_trait]
 impl TokenStore for DynamoStore {
@@ -282,6 +286,82 @@ impl TokenStore for DynamoStore {
             .filter(|a| !a.is_empty())
             .map(pending_from)
             .transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(limit = limit))]
+    async fn scan(&self, after: Option<&ScanCursor>, limit: usize) -> Result<ScanPage, StoreError> {
+        let table = &self.tokens_table;
+        let start = after.map(|c| {
+            Item::from([
+                ("userId".to_string(), s(&c.user_id)),
+                ("provider".to_string(), s(&c.provider)),
+            ])
+        });
+        // `Limit` counts items read, flow items included: the filter drops those after
+        // the read, so a page may come back short, or empty, with more to read.
+        let out = call(
+            "Scan",
+            self.client
+                .scan()
+                .table_name(table)
+                .consistent_read(true)
+                .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
+                .filter_expression("NOT begins_with(provider, :flow)")
+                .expression_attribute_values(":flow", s("#"))
+                .set_exclusive_start_key(start)
+                .send()
+                .await,
+        )
+        .map_err(|f| self.error("Scan", table, f))?;
+        let rows = out
+            .items()
+            .iter()
+            .filter(|i| !is_flow_item(i))
+            .map(connection_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = match out.last_evaluated_key() {
+            Some(key) if !key.is_empty() => {
+                let part = |name: &str| match key.get(name) {
+                    Some(AttributeValue::S(v)) => Ok(v.clone()),
+                    _ => Err(StoreError::Corrupt(format!(
+                        "Scan's LastEvaluatedKey: {name} missing"
+                    ))),
+                };
+                Some(ScanCursor {
+                    user_id: part("userId")?,
+                    provider: part("provider")?,
+                })
+            }
+            _ => None,
+        };
+        Ok(ScanPage { rows, next })
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn rewrap(
+        &self,
+        user_id: &str,
+        provider: &str,
+        old: &Envelope,
+        new: &Envelope,
+    ) -> Result<(), StoreError> {
+        // The envelope's own attributes, compared where they are stored: a token write
+        // meanwhile (new ciphertext, new key) or a removed row fails the condition.
+        let envelope: AttributeValue = serde_dynamo::to_attribute_value(new)
+            .map_err(|e| StoreError::Corrupt(format!("encryptedTokens: {e}")))?;
+        let request = self
+            .update(user_id, provider)
+            .update_expression("SET #env = :env")
+            .condition_expression("#env.#key = :oldKey AND #env.#edk = :oldEdk AND #env.#ct = :ct")
+            .expression_attribute_names("#env", "encryptedTokens")
+            .expression_attribute_names("#key", "keyId")
+            .expression_attribute_names("#edk", "edk")
+            .expression_attribute_names("#ct", "ct")
+            .expression_attribute_values(":env", envelope)
+            .expression_attribute_values(":oldKey", s(&old.key_id))
+            .expression_attribute_values(":oldEdk", s(&old.edk))
+            .expression_attribute_values(":ct", s(&old.ct));
+        self.send_update(request).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -9,8 +9,10 @@ use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::{EmbeddedStore, TOKEN_COLUMNS, WriteIf, corrupt, parse_time, rfc3339, sql};
+use crate::crypto::Envelope;
 use crate::store::{
-    Connection, LeaseRelease, PendingGrant, RefreshLease, RefreshState, StoreError, TokenStore,
+    Connection, LeaseRelease, PendingGrant, RefreshLease, RefreshState, ScanCursor, ScanPage,
+    StoreError, TokenStore,
 };
 
 /// Reads, prepared once per connection (`prepare_cached`).
@@ -19,6 +21,14 @@ static SELECT_ROW: LazyLock<String> = LazyLock::new(|| {
 });
 static SELECT_USER_ROWS: LazyLock<String> = LazyLock::new(|| {
     format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE user_id = ?1 ORDER BY provider")
+});
+/// A scan's page: keyset paging in primary-key order, so a page costs the same
+/// wherever it starts and rows written meanwhile cannot shift it.
+static SCAN_ROWS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE (user_id, provider) > (?1, ?2) \
+         ORDER BY user_id, provider LIMIT ?3"
+    )
 });
 
 /// The raw columns of a tokens row, read inside the SQLite callback and parsed after.
@@ -369,6 +379,66 @@ impl TokenStore for EmbeddedStore {
             },
         )
         .transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(limit = limit))]
+    async fn scan(&self, after: Option<&ScanCursor>, limit: usize) -> Result<ScanPage, StoreError> {
+        // Every key is greater than ('', ''): no row has an empty user id.
+        let (user_id, provider) = after
+            .map(|c| (c.user_id.clone(), c.provider.clone()))
+            .unwrap_or_default();
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let raws = self
+            .with_reader(move |db| {
+                let mut stmt = db.prepare_cached(&SCAN_ROWS).map_err(sql)?;
+                let rows = stmt
+                    .query_map(params![user_id, provider, limit], RawConnection::from_row)
+                    .map_err(sql)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+            })
+            .await?;
+        let full = i64::try_from(raws.len()).unwrap_or(i64::MAX) >= limit;
+        let rows = raws
+            .into_iter()
+            .map(RawConnection::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = match rows.last() {
+            Some(last) if full => Some(ScanCursor {
+                user_id: last.user_id.clone(),
+                provider: last.provider.clone(),
+            }),
+            _ => None,
+        };
+        Ok(ScanPage { rows, next })
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn rewrap(
+        &self,
+        user_id: &str,
+        provider: &str,
+        old: &Envelope,
+        new: &Envelope,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            Value::from(user_id.to_string()),
+            Value::from(provider.to_string()),
+            Value::from(serde_json::to_string(new).map_err(|e| corrupt("encryptedTokens", e))?),
+            Value::from(old.key_id.clone()),
+            Value::from(old.edk.clone()),
+            Value::from(old.ct.clone()),
+        ];
+        // One statement: compared and replaced under SQLite's write lock, so a token
+        // write from any process either lands before (and the condition fails) or after.
+        self.update_one(
+            "UPDATE tokens SET encrypted_tokens = ?3 \
+             WHERE user_id = ?1 AND provider = ?2 \
+             AND json_extract(encrypted_tokens, '$.keyId') = ?4 \
+             AND json_extract(encrypted_tokens, '$.edk') = ?5 \
+             AND json_extract(encrypted_tokens, '$.ct') = ?6",
+            args,
+        )
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

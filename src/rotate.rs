@@ -1,0 +1,234 @@
+//! `axnt-oauth rotate-keys`: moves every stored token set's data key under the current
+//! wrapping key (a new local master key, or the key the configured KMS key id or alias
+//! names now) without decrypting a token set, while the service keeps serving.
+//!
+//! - Only the envelope's `keyId` and `edk` change (a KMS `ReEncrypt`, or an unwrap and
+//!   wrap under the local master keys); the nonce and ciphertext stay, since the
+//!   associated data binds the row, not the key. Readers open either form: the
+//!   envelope names its key.
+//! - Each row is replaced only while its envelope is still the one read
+//!   ([`TokenStore::rewrap`]): a refresh or a new grant meanwhile wins (it sealed under
+//!   the current key already) and is counted as "changed meanwhile".
+//! - Idempotent, and so resumable: a row already under the current key costs a read
+//!   and nothing else; an interrupted run is simply run again.
+//! - Passes repeat (at most [`MAX_PASSES`]) until one finds every row current: a row
+//!   written under the old key by an instance whose cached data key predates the
+//!   rotation is picked up by the next pass. The report's `not_current` is the final
+//!   verification count, and the command succeeds only when it is 0.
+//! - Pending grants (confirmation mode) are not re-wrapped: they live at most
+//!   `confirmation_ttl_secs`, so the old key stays readable at least that long after
+//!   a rotation (see the README's rotation section).
+
+use std::sync::Arc;
+
+use crate::app::{Backends, StartupError};
+use crate::config::{Backend, Settings};
+use crate::crypto::{CryptoError, EnvelopeCipher, rotate_master_key};
+use crate::store::{ScanCursor, StoreError, TokenStore};
+
+/// Re-wrap passes at most; each after the first only meets rows written under an old
+/// key while the previous one ran.
+pub const MAX_PASSES: u32 = 3;
+
+/// What the command was asked to do.
+#[derive(Debug, Clone)]
+pub struct RotateOptions {
+    /// Count only: no key is made, no row written.
+    pub dry_run: bool,
+    /// Embedded mode: retire the current master key (kept readable) and make a new one
+    /// first.
+    pub new_local_key: bool,
+    /// Rows read per page.
+    pub page_size: usize,
+}
+
+impl Default for RotateOptions {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            new_local_key: false,
+            page_size: 100,
+        }
+    }
+}
+
+/// Counts of one pass over the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassCounts {
+    pub seen: u64,
+    pub rewrapped: u64,
+    pub already_current: u64,
+    /// The row changed (a token write) or went away between read and re-wrap.
+    pub changed_meanwhile: u64,
+    /// The key service refused or could not re-wrap the row's data key.
+    pub failed: u64,
+}
+
+/// The command's outcome.
+#[derive(Debug, Clone, Default)]
+pub struct RotationReport {
+    /// The key every row should now name.
+    pub current_key: String,
+    /// The master key retired by `--new-local-key`.
+    pub retired_key: Option<String>,
+    /// One entry per re-wrap pass (none in a dry run).
+    pub passes: Vec<PassCounts>,
+    /// The final verification: rows not under `current_key`.
+    pub not_current: u64,
+    /// Rows seen by the verification pass.
+    pub verified: u64,
+}
+
+impl RotationReport {
+    /// Exit status: 0 only when every row is under the current key.
+    pub fn success(&self) -> bool {
+        self.not_current == 0
+    }
+}
+
+/// Why the command stopped before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RotateError {
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error("keys: {0}")]
+    Crypto(#[from] CryptoError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error(
+        "--new-local-key is for the embedded backend; in aws mode point AXNT_KMS_KEY_ID (or its alias) at the new KMS key"
+    )]
+    NotEmbedded,
+}
+
+/// What the command reports as it goes.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// A new local master key is current; the old one is retired, still readable.
+    LocalKeyRotated { old: String, new: String },
+    /// The key rows are moved under.
+    CurrentKey(String),
+    /// Running totals of pass `pass` (1-based), after each page.
+    Page { pass: u32, counts: PassCounts },
+    /// Verification so far: rows seen, rows not under the current key.
+    Verify { seen: u64, not_current: u64 },
+}
+
+/// Runs the rotation. `progress` hears of each step.
+pub async fn rotate_keys(
+    settings: &Settings,
+    options: &RotateOptions,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<RotationReport, RotateError> {
+    let mut report = RotationReport::default();
+    if options.new_local_key {
+        if settings.backend != Backend::Embedded {
+            return Err(RotateError::NotEmbedded);
+        }
+        if !options.dry_run {
+            let (old, new) =
+                rotate_master_key(&settings.data_dir.join(crate::crypto::MASTER_KEY_FILE))?;
+            progress(&Progress::LocalKeyRotated {
+                old: old.clone(),
+                new,
+            });
+            report.retired_key = Some(old);
+        }
+    }
+    let backends = Backends::open(settings).await?;
+    let cipher = EnvelopeCipher::new(
+        Arc::clone(&backends.keys),
+        settings.aws.tokens_table.clone(),
+    );
+    let current = cipher.current_key_id().await?;
+    progress(&Progress::CurrentKey(current.clone()));
+    report.current_key = current.clone();
+    let store = backends.tokens.as_ref();
+    let page_size = options.page_size.max(1);
+    if !options.dry_run {
+        for pass in 1..=MAX_PASSES {
+            let counts = rewrap_pass(store, &cipher, &current, page_size, pass, progress).await?;
+            report.passes.push(counts);
+            if counts.rewrapped == 0 && counts.changed_meanwhile == 0 {
+                break;
+            }
+        }
+    }
+    let (verified, not_current) = verify(store, &current, page_size, progress).await?;
+    report.verified = verified;
+    report.not_current = not_current;
+    Ok(report)
+}
+
+/// One pass: every row not under `current` is re-wrapped, conditionally.
+async fn rewrap_pass(
+    store: &dyn TokenStore,
+    cipher: &EnvelopeCipher,
+    current: &str,
+    page_size: usize,
+    pass: u32,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<PassCounts, RotateError> {
+    let mut counts = PassCounts::default();
+    let mut cursor: Option<ScanCursor> = None;
+    loop {
+        let page = store.scan(cursor.as_ref(), page_size).await?;
+        for row in &page.rows {
+            counts.seen += 1;
+            let old = &row.encrypted_tokens;
+            if old.key_id == current {
+                counts.already_current += 1;
+                continue;
+            }
+            let new = match cipher.rewrap(old).await {
+                Ok(new) => new,
+                Err(e) => {
+                    tracing::warn!(
+                        user_id = %row.user_id,
+                        provider = %row.provider,
+                        key_id = %old.key_id,
+                        error = %e,
+                        "cannot re-wrap this row's data key"
+                    );
+                    counts.failed += 1;
+                    continue;
+                }
+            };
+            match store.rewrap(&row.user_id, &row.provider, old, &new).await {
+                Ok(()) => counts.rewrapped += 1,
+                Err(StoreError::Conflict) => counts.changed_meanwhile += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        progress(&Progress::Page { pass, counts });
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(counts),
+        }
+    }
+}
+
+/// Counts rows not under `current`; returns (rows seen, rows not current).
+async fn verify(
+    store: &dyn TokenStore,
+    current: &str,
+    page_size: usize,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<(u64, u64), RotateError> {
+    let (mut seen, mut not_current) = (0, 0);
+    let mut cursor: Option<ScanCursor> = None;
+    loop {
+        let page = store.scan(cursor.as_ref(), page_size).await?;
+        for row in &page.rows {
+            seen += 1;
+            if row.encrypted_tokens.key_id != current {
+                not_current += 1;
+            }
+        }
+        progress(&Progress::Verify { seen, not_current });
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok((seen, not_current)),
+        }
+    }
+}
