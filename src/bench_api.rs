@@ -105,7 +105,7 @@ pub async fn seed_users(
     Ok(())
 }
 
-/// An active row for `user_id` at `google`, holding `sealed`, last read a day ago.
+/// A fresh active row for `user_id` at `google`, holding `sealed`.
 pub fn connection(
     user_id: &str,
     sealed: Envelope,
@@ -128,9 +128,9 @@ pub fn connection(
         },
         created_at: now,
         updated_at: now,
-        // Last read a day ago, as a connection idle since yesterday: its first read in
-        // a run moves `lastUsed` (one write per connection per interval, as in service).
-        last_used: now - chrono::Duration::days(1),
+        // Read just now: a run shorter than AXNT_LAST_USED_INTERVAL_SECS writes no
+        // `lastUsed`, so every store size is measured on reads alone.
+        last_used: now,
         access_token_expires_at,
         expires_at: now.timestamp() + 180 * 86_400,
         is_active: true,
