@@ -156,6 +156,7 @@ async fn getitem(
                 let answer = client
                     .get_item()
                     .table_name(&table)
+                    .consistent_read(true) // as the service reads
                     .key("userId", AttributeValue::S(user))
                     .key("provider", AttributeValue::S("google".into()))
                     .send()

@@ -175,7 +175,7 @@ async fn rotate_keys(settings: Settings, options: &RotateOptions) -> anyhow::Res
     } else {
         println!(
             "not done: rows are still under an old key (written meanwhile by an instance whose data key \
-             predates the rotation, or failed above); run rotate-keys again after AXNT_DATA_KEY_MAX_AGE_SECS"
+             predates the rotation, or failed above); run rotate-keys again (without --new-local-key) once AXNT_DATA_KEY_MAX_AGE_SECS has passed"
         );
         Ok(1)
     }

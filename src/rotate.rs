@@ -19,11 +19,12 @@
 //!   `confirmation_ttl_secs`, so the old key stays readable at least that long after
 //!   a rotation (see the README's rotation section).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::app::{Backends, StartupError};
 use crate::config::{Backend, Settings};
-use crate::crypto::{CryptoError, EnvelopeCipher, rotate_master_key};
+use crate::crypto::{CryptoError, Envelope, EnvelopeCipher, rotate_master_key};
 use crate::store::{ScanCursor, StoreError, TokenStore};
 
 /// Re-wrap passes at most; each after the first only meets rows written under an old
@@ -171,6 +172,8 @@ async fn rewrap_pass(
 ) -> Result<PassCounts, RotateError> {
     let mut counts = PassCounts::default();
     let mut cursor: Option<ScanCursor> = None;
+    // (old key id, old wrapped key) → (new key id, new wrapped key), for this pass.
+    let mut rewrapped_keys: HashMap<(String, String), (String, String)> = HashMap::new();
     loop {
         let page = store.scan(cursor.as_ref(), page_size).await?;
         for row in &page.rows {
@@ -180,8 +183,28 @@ async fn rewrap_pass(
                 counts.already_current += 1;
                 continue;
             }
-            let new = match cipher.rewrap(old).await {
-                Ok(new) => new,
+            // Rows sealed with one data key share its wrapped form; re-wrapped once, they
+            // share the new one too, so the data-key cache still serves them together
+            // (a re-wrap per row would give each its own, and each cold read a KMS call).
+            let wrapped_before = (old.key_id.clone(), old.edk.clone());
+            let known = rewrapped_keys
+                .get(&wrapped_before)
+                .map(|(key_id, edk)| Envelope {
+                    key_id: key_id.clone(),
+                    edk: edk.clone(),
+                    ..old.clone()
+                });
+            let fresh = match known {
+                Some(new) => Ok(new),
+                None => cipher.rewrap(old).await,
+            };
+            let new = match fresh {
+                Ok(new) => {
+                    rewrapped_keys
+                        .entry(wrapped_before)
+                        .or_insert_with(|| (new.key_id.clone(), new.edk.clone()));
+                    new
+                }
                 Err(e) => {
                     tracing::warn!(
                         user_id = %row.user_id,

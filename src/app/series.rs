@@ -14,13 +14,12 @@ use crate::tokens::READ_OUTCOMES;
 use crate::tokens::refresh::{REFRESH_OUTCOMES, SUPPRESSED_REASONS};
 
 /// The AWS calls the running service makes (setup's and check's are left out).
-const AWS_CALLS: [(&str, &str); 9] = [
+const AWS_CALLS: [(&str, &str); 8] = [
     ("dynamodb", "GetItem"),
     ("dynamodb", "PutItem"),
     ("dynamodb", "UpdateItem"),
     ("dynamodb", "DeleteItem"),
     ("dynamodb", "Query"),
-    ("dynamodb", "DescribeTable"),
     ("kms", "GenerateDataKey"),
     ("kms", "Decrypt"),
     ("secretsmanager", "GetSecretValue"),

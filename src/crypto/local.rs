@@ -212,8 +212,18 @@ fn read_ring(path: &Path) -> Result<KeyRing, CryptoError> {
             .map_err(|e| CryptoError::InvalidKey(format!("cannot read {}: {e}", dir.display())))?
             .path();
         if file.extension().is_some_and(|x| x == "key") {
-            let key = read_key_file(&file)?;
-            ring.keys.insert(key_id(&key), key);
+            // A retired key that cannot be read costs only the rows sealed under it (they
+            // fail to open, naming the key); it must not stop every other row's service.
+            match read_key_file(&file) {
+                Ok(key) => {
+                    ring.keys.insert(key_id(&key), key);
+                }
+                Err(e) => tracing::error!(
+                    file = %file.display(),
+                    error = %e,
+                    "a retired master key is unreadable: rows sealed under it cannot be opened"
+                ),
+            }
         }
     }
     Ok(ring)
@@ -263,9 +273,14 @@ pub fn rotate_master_key(path: &Path) -> Result<(String, String), CryptoError> {
             )));
         }
         Err(_) => {
-            let _ = std::fs::remove_file(&retired);
-            write_private_file(&retired, old.to_base64().as_bytes()).map_err(|e| {
-                CryptoError::InvalidKey(format!("cannot write {}: {e}", retired.display()))
+            // Written aside, then renamed: a crash never leaves a half-written `.key`.
+            let staged = retired.with_extension("key.tmp");
+            let _ = std::fs::remove_file(&staged);
+            write_private_file(&staged, old.to_base64().as_bytes()).map_err(|e| {
+                CryptoError::InvalidKey(format!("cannot write {}: {e}", staged.display()))
+            })?;
+            std::fs::rename(&staged, &retired).map_err(|e| {
+                CryptoError::InvalidKey(format!("cannot move {} into place: {e}", staged.display()))
             })?;
         }
     }

@@ -75,11 +75,7 @@ impl FlowLog for BufferedFlowLog {
     /// writer has stopped; the caller logs that and carries on.
     async fn append(&self, entry: &FlowLogEntry) -> Result<(), StoreError> {
         match self.queue.try_send(Message::Entry(Box::new(entry.clone()))) {
-            Ok(()) => {
-                let depth = self.queue.max_capacity() - self.queue.capacity();
-                metrics::gauge!("axnt_flow_log_queue_depth").set(depth as f64);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("axnt_flow_log_dropped_total").increment(1);
                 Err(StoreError::Throttled(

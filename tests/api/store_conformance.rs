@@ -690,13 +690,7 @@ async fn a_rewrap_replaces_only_an_unchanged_envelope(
     _log: Arc<dyn FlowLog>,
 ) {
     let u = user();
-    let r = Connection {
-        refresh: RefreshState {
-            lease: Some(lease("holder", 9_999_999_999_999)),
-            ..Default::default()
-        },
-        ..row(&u, "google", 4, "w")
-    };
+    let r = row(&u, "google", 4, "w");
     tokens.put(&r, None).await.expect("create");
     let rewrapped = Envelope {
         key_id: "arn:aws:kms:us-east-1:123456789012:key/new".into(),
@@ -714,7 +708,27 @@ async fn a_rewrap_replaces_only_an_unchanged_envelope(
             encrypted_tokens: rewrapped.clone(),
             ..r.clone()
         },
-        "only the envelope changed: not version, not the lease"
+        "only the envelope changed: not version"
+    );
+    // Under a live refresh lease the holder will write the whole row from what it read
+    // (a refresh or a deactivation): a re-wrap now would be undone, so it is refused.
+    tokens
+        .acquire_lease(&u, "google", 4, &lease("holder", 9_999_999_999_999), 0)
+        .await
+        .expect("lease");
+    let leased = tokens.get(&u, "google").await.expect("get").expect("row");
+    let under_lease = Envelope {
+        edk: "bGVhc2Vk".into(),
+        ..rewrapped.clone()
+    };
+    assert!(matches!(
+        tokens.rewrap(&u, "google", &rewrapped, &under_lease).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        tokens.get(&u, "google").await.expect("get"),
+        Some(leased),
+        "a leased row is left as it was"
     );
     // Again from the old envelope: the row is no longer what was read.
     assert!(matches!(

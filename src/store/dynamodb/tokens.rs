@@ -346,13 +346,21 @@ impl TokenStore for DynamoStore {
         new: &Envelope,
     ) -> Result<(), StoreError> {
         // The envelope's own attributes, compared where they are stored: a token write
-        // meanwhile (new ciphertext, new key) or a removed row fails the condition.
+        // meanwhile (new ciphertext, new key) or a removed row fails the condition. So
+        // does a live refresh lease: its holder writes the whole row from what it read
+        // and would put the old envelope back.
         let envelope: AttributeValue = serde_dynamo::to_attribute_value(new)
             .map_err(|e| StoreError::Corrupt(format!("encryptedTokens: {e}")))?;
         let request = self
             .update(user_id, provider)
             .update_expression("SET #env = :env")
-            .condition_expression("#env.#key = :oldKey AND #env.#edk = :oldEdk AND #env.#ct = :ct")
+            .condition_expression(
+                "#env.#key = :oldKey AND #env.#edk = :oldEdk AND #env.#ct = :ct \
+                 AND (attribute_not_exists(#attempt) OR #until < :now)",
+            )
+            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
+            .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_values(":now", n(chrono::Utc::now().timestamp_millis()))
             .expression_attribute_names("#env", "encryptedTokens")
             .expression_attribute_names("#key", "keyId")
             .expression_attribute_names("#edk", "edk")

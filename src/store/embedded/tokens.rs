@@ -427,15 +427,19 @@ impl TokenStore for EmbeddedStore {
             Value::from(old.key_id.clone()),
             Value::from(old.edk.clone()),
             Value::from(old.ct.clone()),
+            Value::from(chrono::Utc::now().timestamp_millis()),
         ];
         // One statement: compared and replaced under SQLite's write lock, so a token
         // write from any process either lands before (and the condition fails) or after.
+        // A live refresh lease refuses it too: the holder writes the whole row from what
+        // it read and would put the old envelope back.
         self.update_one(
             "UPDATE tokens SET encrypted_tokens = ?3 \
              WHERE user_id = ?1 AND provider = ?2 \
              AND json_extract(encrypted_tokens, '$.keyId') = ?4 \
              AND json_extract(encrypted_tokens, '$.edk') = ?5 \
-             AND json_extract(encrypted_tokens, '$.ct') = ?6",
+             AND json_extract(encrypted_tokens, '$.ct') = ?6 \
+             AND (refresh_lease_attempt IS NULL OR refresh_lease_until < ?7)",
             args,
         )
         .await
