@@ -84,17 +84,19 @@ impl Drop for Server {
 }
 
 impl Server {
-    async fn scrape(&self) -> HashMap<Series, f64> {
-        let text = self
-            .http
+    async fn text(&self) -> String {
+        self.http
             .get(format!("{}/metrics", self.admin))
             .send()
             .await
             .expect("scrape")
             .text()
             .await
-            .expect("text");
-        parse(&text)
+            .expect("text")
+    }
+
+    async fn scrape(&self) -> HashMap<Series, f64> {
+        parse(&self.text().await)
     }
 
     async fn token(&self, user: &str) -> StatusCode {
@@ -438,15 +440,7 @@ async fn scrape_through_a_flow(on_aws: bool) {
         "routes missing from the route table: {others:?}"
     );
     // No user id or token anywhere in the scrape.
-    let text = server
-        .http
-        .get(format!("{}/metrics", server.admin))
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let text = server.text().await;
     assert!(!text.contains("metrics-user") && !text.contains("never-connected"));
     if let Some(token) = provider.latest_access_token() {
         assert!(!text.contains(&token));
