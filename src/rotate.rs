@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::app::{Backends, StartupError};
 use crate::config::{Backend, Settings};
+use crate::crypto::kms::same_key;
 use crate::crypto::{CryptoError, Envelope, EnvelopeCipher, rotate_master_key};
 use crate::store::{ScanCursor, StoreError, TokenStore};
 
@@ -179,7 +180,7 @@ async fn rewrap_pass(
         for row in &page.rows {
             counts.seen += 1;
             let old = &row.encrypted_tokens;
-            if old.key_id == current {
+            if same_key(&old.key_id, current) {
                 counts.already_current += 1;
                 continue;
             }
@@ -205,6 +206,9 @@ async fn rewrap_pass(
                         .or_insert_with(|| (new.key_id.clone(), new.edk.clone()));
                     new
                 }
+                // KMS unreachable, denied or throttled past its retries: every row would
+                // fail alike. Stop; a rerun resumes where this one left off.
+                Err(e @ CryptoError::Unavailable(_)) => return Err(e.into()),
                 Err(e) => {
                     tracing::warn!(
                         user_id = %row.user_id,
@@ -244,7 +248,7 @@ async fn verify(
         let page = store.scan(cursor.as_ref(), page_size).await?;
         for row in &page.rows {
             seen += 1;
-            if row.encrypted_tokens.key_id != current {
+            if !same_key(&row.encrypted_tokens.key_id, current) {
                 not_current += 1;
             }
         }

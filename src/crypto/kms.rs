@@ -245,9 +245,33 @@ fn in_region<'a>(key_id: &'a str, region: &str) -> std::borrow::Cow<'a, str> {
     }
 }
 
+/// Whether two recorded key ids name the same key: equal, or one multi-Region key
+/// (`key/mrk-…`) named in two regions (rows sealed before and after a failover).
+pub(crate) fn same_key(a: &str, b: &str) -> bool {
+    a == b
+        || b.split(':')
+            .nth(3)
+            .is_some_and(|region| in_region(a, region) == b)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::in_region;
+    use super::{in_region, same_key};
+
+    #[test]
+    fn a_multi_region_key_is_one_key_in_every_region() {
+        let east = "arn:aws:kms:us-east-1:123456789012:key/mrk-0123456789abcdef0123456789abcdef";
+        let west = "arn:aws:kms:us-west-2:123456789012:key/mrk-0123456789abcdef0123456789abcdef";
+        assert!(same_key(east, west) && same_key(west, east) && same_key(east, east));
+        let single = "arn:aws:kms:us-east-1:123456789012:key/0b1d5c4e-1111-2222-3333-444455556666";
+        let single_west =
+            "arn:aws:kms:us-west-2:123456789012:key/0b1d5c4e-1111-2222-3333-444455556666";
+        assert!(
+            !same_key(single, single_west),
+            "single-Region keys differ by region"
+        );
+        assert!(!same_key("local:abc", east));
+    }
 
     #[test]
     fn a_multi_region_key_is_named_in_the_region_of_the_client() {
