@@ -211,14 +211,7 @@ async fn tampered_state_is_rejected(backend: Backend) {
         tampered.query_pairs_mut().append_pair(&k, &v);
     }
     let response = app.callback(&tampered, Some(&cookie)).await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(
-        response
-            .text()
-            .await
-            .expect("page")
-            .contains("invalid_state")
-    );
+    support::assert_page(response, StatusCode::BAD_REQUEST, "invalid_state").await;
     let mut missing = callback.clone();
     missing.set_query(Some("code=abc"));
     assert_eq!(
@@ -243,27 +236,13 @@ async fn state_from_another_browser_is_rejected(backend: Backend) {
     let callback = app.authorize(&provider_url).await;
 
     let response = app.callback(&callback, None).await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(
-        response
-            .text()
-            .await
-            .expect("page")
-            .contains("browser_mismatch")
-    );
+    support::assert_page(response, StatusCode::BAD_REQUEST, "browser_mismatch").await;
 
     let name = cookie.split('=').next().expect("name");
     let response = app
         .callback(&callback, Some(&format!("{name}=someone-elses-cookie")))
         .await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(
-        response
-            .text()
-            .await
-            .expect("page")
-            .contains("browser_mismatch")
-    );
+    support::assert_page(response, StatusCode::BAD_REQUEST, "browser_mismatch").await;
     assert_eq!(provider.code_exchange_count(), 1);
     assert_unchanged(&app, &row).await;
     let items = app.flow_log("victim").await;
@@ -322,14 +301,7 @@ async fn expired_state_is_rejected(backend: Backend) {
     let callback = app.authorize(&provider_url).await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let response = app.callback(&callback, Some(&cookie)).await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(
-        response
-            .text()
-            .await
-            .expect("page")
-            .contains("state_expired")
-    );
+    support::assert_page(response, StatusCode::BAD_REQUEST, "state_expired").await;
     assert_eq!(provider.code_exchange_count(), 1);
     assert_unchanged(&app, &row).await;
 }
@@ -362,14 +334,7 @@ async fn access_denied_at_the_provider_returns_to_the_app_with_the_error(backend
     let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
     let callback = app.authorize(&provider_url).await;
     let response = app.callback(&callback, Some(&cookie)).await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(
-        response
-            .text()
-            .await
-            .expect("page")
-            .contains("access_denied")
-    );
+    support::assert_page(response, StatusCode::BAD_REQUEST, "access_denied").await;
     assert_unchanged(&app, &row).await;
     let items = app.flow_log("victim").await;
     assert!(
@@ -553,14 +518,12 @@ async fn a_failed_code_exchange_is_not_retried(backend: Backend) {
     let app = TestApp::on(backend, &provider, &[]).await;
     provider.fail_token_endpoint_with_status(503, 1);
     let response = app.connect("once").await;
-    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        response
-            .text()
-            .await
-            .expect("page")
-            .contains("provider_unavailable")
-    );
+    support::assert_page(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "provider_unavailable",
+    )
+    .await;
     assert_eq!(
         provider.code_exchange_count(),
         1,

@@ -19,7 +19,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::{
-    API_KEY, Backend, FakeProvider, TestApp, assert_problem, assert_unchanged, connected,
+    self, API_KEY, Backend, FakeProvider, TestApp, assert_problem, assert_unchanged, connected,
 };
 
 async fn the_internal_api_needs_a_valid_key(backend: Backend) {
@@ -172,14 +172,7 @@ async fn unknown_providers_are_404(backend: Backend) {
         .send()
         .await
         .expect("send");
-    assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    assert!(
-        response
-            .text()
-            .await
-            .expect("page")
-            .contains("unknown_provider")
-    );
+    support::assert_page(response, StatusCode::NOT_FOUND, "unknown_provider").await;
     assert_problem(
         app.api_get("/v1/users/nobody/tokens/google").await,
         404,

@@ -19,7 +19,7 @@ use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::support::{API_KEY, Backend, FakeProvider, TestApp};
+use crate::support::{self, API_KEY, Backend, FakeProvider, TestApp};
 
 /// Every row of the instance's tokens table.
 async fn all_rows(app: &TestApp) -> Vec<Connection> {
@@ -391,14 +391,7 @@ async fn the_state_key_rotates_with_a_two_key_window(backend: Backend) {
     let response = after
         .callback(&at(&after, callback.as_str()), Some(cookie))
         .await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(
-        response
-            .text()
-            .await
-            .expect("page")
-            .contains("invalid_state")
-    );
+    support::assert_page(response, StatusCode::BAD_REQUEST, "invalid_state").await;
     assert!(after.stored_row("window-2").await.is_none());
     after
         .start(at(&after, sealed_new["url"].as_str().expect("url")).as_str())

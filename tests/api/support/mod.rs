@@ -427,6 +427,13 @@ impl TestApp {
     }
 }
 
+/// A browser page with `status` naming `code` (the error pages say their code).
+pub async fn assert_page(response: reqwest::Response, status: StatusCode, code: &str) {
+    assert_eq!(response.status(), status);
+    let page = response.text().await.expect("page");
+    assert!(page.contains(code), "the page names {code}: {page}");
+}
+
 /// Asserts a problem+json answer with `status` and `code`; returns the body.
 pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(response.status().as_u16(), status, "status for {code}");
