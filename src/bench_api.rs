@@ -137,6 +137,7 @@ pub fn connection(
         version: 1,
         refresh: RefreshState::default(),
         replaced_account: None,
+        grant: Default::default(),
     }
 }
 

@@ -144,6 +144,7 @@ pub(crate) async fn check(settings: Settings) -> i32 {
             expires_at: now.timestamp() + 3600,
             is_active: false,
             replaced_account: None,
+            grant: Default::default(),
             version: 1,
             refresh: Default::default(),
         };

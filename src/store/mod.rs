@@ -46,6 +46,33 @@ pub struct Connection {
     /// The account this connection held before a grant of a *different* account (another
     /// `sub`) replaced it: the latest such change, kept so it is never silent.
     pub replaced_account: Option<ReplacedAccount>,
+    /// What the grant covers and the clocks that end it (`requestedScopes`,
+    /// `grantedScopes`, `scopesChangedAt`, `consentedAt`, `lastRefreshedAt`,
+    /// `refreshTokenExpiresAt`). Rows written before 0.3 have none of it.
+    pub grant: GrantLedger,
+}
+
+/// A connection's scope ledger and grant clocks: what was asked for, what the provider
+/// granted (from the token response, at connect and at every refresh), and when the
+/// grant was consented to and last used. Never a secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantLedger {
+    /// Scopes the connect sessions asked for (the provider's defaults included), in
+    /// the order first asked.
+    pub requested_scopes: Vec<String>,
+    /// Scopes the provider's last token response said the grant holds.
+    pub granted_scopes: Vec<String>,
+    /// When `requested_scopes` last changed.
+    pub requested_changed_at: Option<DateTime<Utc>>,
+    /// When `granted_scopes` last changed.
+    pub scopes_changed_at: Option<DateTime<Utc>>,
+    /// When the user last consented (the code exchange that made this grant).
+    pub consented_at: Option<DateTime<Utc>>,
+    /// When a refresh last succeeded (the refresh token was last used).
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    /// Epoch seconds when the refresh token stops working, for time-limited access
+    /// (`refresh_token_expires_in` in the code exchange's answer).
+    pub refresh_token_expires_at: Option<i64>,
 }
 
 /// The account a connection held before another account's grant replaced it

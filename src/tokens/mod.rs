@@ -261,6 +261,7 @@ impl TokenService {
                 replaced_account: account_changed
                     .clone()
                     .or_else(|| existing.as_ref().and_then(|r| r.replaced_account.clone())),
+                grant: Default::default(),
             };
             match self
                 .store

@@ -34,6 +34,7 @@ fn probe_row(user_id: &str, envelope: axnt_oauth::crypto::Envelope) -> Connectio
         version: 1,
         refresh: Default::default(),
         replaced_account: None,
+        grant: Default::default(),
     }
 }
 

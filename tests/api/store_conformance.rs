@@ -13,8 +13,8 @@ use axnt_oauth::store::buffered::BufferedFlowLog;
 use axnt_oauth::store::embedded::EmbeddedStore;
 use axnt_oauth::store::flow_log::SortKeyClock;
 use axnt_oauth::store::{
-    Connection, FlowLog, FlowLogEntry, FlowStep, LeaseRelease, PendingGrant, RefreshLease,
-    RefreshState, ReplacedAccount, ScanCursor, StoreError, TokenStore, UserInfo,
+    Connection, FlowLog, FlowLogEntry, FlowStep, GrantLedger, LeaseRelease, PendingGrant,
+    RefreshLease, RefreshState, ReplacedAccount, ScanCursor, StoreError, TokenStore, UserInfo,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
@@ -90,6 +90,7 @@ fn row(user_id: &str, provider: &str, version: u64, marker: &str) -> Connection 
         version,
         refresh: Default::default(),
         replaced_account: None,
+        grant: Default::default(),
     }
 }
 
@@ -624,6 +625,103 @@ async fn a_replaced_account_is_kept_on_the_row(
     assert_eq!(tokens.list(&u).await.expect("list"), vec![r]);
 }
 
+/// The scope ledger and grant clocks survive every whole-row write (create, versioned
+/// update, the lease holder's write) and every read (get, list, scan), and a partial
+/// update (`touch`) leaves them as they were.
+async fn the_grant_ledger_is_kept_on_the_row(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let u = user();
+    let at = |text: &str| {
+        DateTime::parse_from_rfc3339(text)
+            .expect("time")
+            .with_timezone(&Utc)
+    };
+    let ledger = GrantLedger {
+        requested_scopes: vec![
+            "openid".into(),
+            "email".into(),
+            "https://x.test/drive".into(),
+        ],
+        granted_scopes: vec!["openid".into(), "email".into()],
+        requested_changed_at: Some(at("2026-01-02T03:04:05.678Z")),
+        scopes_changed_at: Some(at("2026-01-02T03:04:06.001Z")),
+        consented_at: Some(at("2026-01-02T03:04:05.678Z")),
+        last_refreshed_at: Some(at("2026-01-03T00:00:00Z")),
+        refresh_token_expires_at: Some(1_800_000_000),
+    };
+    let first = Connection {
+        grant: ledger.clone(),
+        ..row(&u, "google", 1, "r")
+    };
+    tokens.put(&first, None).await.expect("create");
+    assert_eq!(
+        tokens.get(&u, "google").await.expect("get"),
+        Some(first.clone())
+    );
+    assert_eq!(tokens.list(&u).await.expect("list"), vec![first.clone()]);
+    let (scanned, _) = scan_all(tokens.as_ref(), 1000).await;
+    assert!(scanned.contains(&first), "a scan reads the ledger too");
+
+    let later = at("2026-02-01T00:00:00Z");
+    tokens
+        .touch(&u, "google", later, 2_000_000_000)
+        .await
+        .expect("touch");
+    let touched = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(touched.grant, ledger, "touch leaves the ledger alone");
+
+    let second = Connection {
+        grant: GrantLedger {
+            granted_scopes: ledger.requested_scopes.clone(),
+            scopes_changed_at: Some(later),
+            ..ledger.clone()
+        },
+        version: touched.version + 1,
+        ..touched.clone()
+    };
+    tokens
+        .put(&second, Some(touched.version))
+        .await
+        .expect("update");
+    assert_eq!(
+        tokens.get(&u, "google").await.expect("get"),
+        Some(second.clone())
+    );
+
+    let attempt = lease("ledger", Utc::now().timestamp_millis() + 60_000);
+    tokens
+        .acquire_lease(
+            &u,
+            "google",
+            second.version,
+            &attempt,
+            Utc::now().timestamp_millis(),
+        )
+        .await
+        .expect("lease");
+    let third = Connection {
+        grant: GrantLedger {
+            last_refreshed_at: Some(later),
+            ..GrantLedger::default()
+        },
+        version: second.version + 1,
+        refresh: RefreshState::default(),
+        ..second.clone()
+    };
+    tokens
+        .put_as_holder(&third, &attempt.attempt)
+        .await
+        .expect("holder write");
+    assert_eq!(
+        tokens
+            .get(&u, "google")
+            .await
+            .expect("get")
+            .map(|r| r.grant),
+        Some(third.grant),
+        "emptied fields read back empty"
+    );
+}
+
 /// Every row of a scan, page by page, with the number of pages read.
 async fn scan_all(tokens: &dyn TokenStore, limit: usize) -> (Vec<Connection>, usize) {
     let (mut rows, mut pages) = (Vec::new(), 0);
@@ -810,6 +908,7 @@ every_backend!(
     a_flow_is_started_once,
     a_pending_grant_is_taken_once_and_is_no_connection,
     a_replaced_account_is_kept_on_the_row,
+    the_grant_ledger_is_kept_on_the_row,
     a_scan_pages_through_every_row_once_and_no_flow_item,
     a_rewrap_replaces_only_an_unchanged_envelope,
 );

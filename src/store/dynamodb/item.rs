@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::crypto::Envelope;
 use crate::store::{
-    Connection, FlowLogEntry, FlowStep, PendingGrant, RefreshLease, RefreshState, ReplacedAccount,
-    StoreError, UserInfo,
+    Connection, FlowLogEntry, FlowStep, GrantLedger, PendingGrant, RefreshLease, RefreshState,
+    ReplacedAccount, StoreError, UserInfo,
 };
 
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -38,6 +38,17 @@ pub(super) fn rfc3339(at: &DateTime<Utc>) -> String {
 /// Times as the table holds them: RFC 3339 in UTC, to the millisecond.
 fn stored_time<S: serde::Serializer>(at: &DateTime<Utc>, out: S) -> Result<S::Ok, S::Error> {
     out.serialize_str(&rfc3339(at))
+}
+
+/// [`stored_time`] for an optional time (skipped when absent).
+fn stored_time_opt<S: serde::Serializer>(
+    at: &Option<DateTime<Utc>>,
+    out: S,
+) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => stored_time(at, out),
+        None => out.serialize_none(),
+    }
 }
 
 /// The tokens table's item, attribute for attribute. An absent option is left out of
@@ -75,6 +86,37 @@ struct ConnectionItem {
     inactive_cause: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     replaced_account: Option<ReplacedAccount>,
+    // The scope ledger and grant clocks (see [`GrantLedger`]), flat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    requested_scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    granted_scopes: Vec<String>,
+    #[serde(
+        default,
+        serialize_with = "stored_time_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    requested_scopes_changed_at: Option<DateTime<Utc>>,
+    #[serde(
+        default,
+        serialize_with = "stored_time_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    scopes_changed_at: Option<DateTime<Utc>>,
+    #[serde(
+        default,
+        serialize_with = "stored_time_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    consented_at: Option<DateTime<Utc>>,
+    #[serde(
+        default,
+        serialize_with = "stored_time_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    last_refreshed_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token_expires_at: Option<i64>,
 }
 
 impl From<&Connection> for ConnectionItem {
@@ -103,6 +145,13 @@ impl From<&Connection> for ConnectionItem {
             refresh_unknown_since: refresh.unknown_since_ms,
             inactive_cause: refresh.inactive_cause,
             replaced_account: row.replaced_account.clone(),
+            requested_scopes: row.grant.requested_scopes.clone(),
+            granted_scopes: row.grant.granted_scopes.clone(),
+            requested_scopes_changed_at: row.grant.requested_changed_at,
+            scopes_changed_at: row.grant.scopes_changed_at,
+            consented_at: row.grant.consented_at,
+            last_refreshed_at: row.grant.last_refreshed_at,
+            refresh_token_expires_at: row.grant.refresh_token_expires_at,
         }
     }
 }
@@ -136,6 +185,15 @@ impl TryFrom<ConnectionItem> for Connection {
                 inactive_cause: item.inactive_cause,
             },
             replaced_account: item.replaced_account,
+            grant: GrantLedger {
+                requested_scopes: item.requested_scopes,
+                granted_scopes: item.granted_scopes,
+                requested_changed_at: item.requested_scopes_changed_at,
+                scopes_changed_at: item.scopes_changed_at,
+                consented_at: item.consented_at,
+                last_refreshed_at: item.last_refreshed_at,
+                refresh_token_expires_at: item.refresh_token_expires_at,
+            },
         })
     }
 }
@@ -348,6 +406,15 @@ mod tests {
                 email: Some("before@example.com".into()),
                 replaced_at: "2025-01-02T03:04:05.000Z".into(),
             }),
+            grant: GrantLedger {
+                requested_scopes: vec!["openid".into(), "email".into(), "drive".into()],
+                granted_scopes: vec!["openid".into(), "email".into()],
+                requested_changed_at: Some(at("2025-01-02T03:04:05.678Z")),
+                scopes_changed_at: Some(at("2025-01-02T03:04:06Z")),
+                consented_at: Some(at("2025-01-02T03:04:05.678Z")),
+                last_refreshed_at: Some(at("2025-01-02T04:04:05.001Z")),
+                refresh_token_expires_at: Some(1_790_000_000),
+            },
         }
     }
 
@@ -402,6 +469,19 @@ mod tests {
                     ("replacedAt", s("2025-01-02T03:04:05.000Z")),
                 ])),
             ),
+            (
+                "requestedScopes",
+                AttributeValue::L(vec![s("openid"), s("email"), s("drive")]),
+            ),
+            (
+                "grantedScopes",
+                AttributeValue::L(vec![s("openid"), s("email")]),
+            ),
+            ("requestedScopesChangedAt", s("2025-01-02T03:04:05.678Z")),
+            ("scopesChangedAt", s("2025-01-02T03:04:06.000Z")),
+            ("consentedAt", s("2025-01-02T03:04:05.678Z")),
+            ("lastRefreshedAt", s("2025-01-02T04:04:05.001Z")),
+            ("refreshTokenExpiresAt", n(1_790_000_000)),
         ])
     }
 
@@ -476,6 +556,7 @@ mod tests {
             email: None,
             refresh: RefreshState::default(),
             replaced_account: None,
+            grant: GrantLedger::default(),
             ..row
         };
         let mut item = item;
@@ -487,6 +568,13 @@ mod tests {
             UNKNOWN_SINCE,
             "inactiveCause",
             "replacedAccount",
+            "requestedScopes",
+            "grantedScopes",
+            "requestedScopesChangedAt",
+            "scopesChangedAt",
+            "consentedAt",
+            "lastRefreshedAt",
+            "refreshTokenExpiresAt",
         ] {
             item.remove(name);
         }

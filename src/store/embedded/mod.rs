@@ -38,6 +38,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     refresh_unknown_since   INTEGER,
     inactive_cause          TEXT,
     replaced_account        TEXT,
+    requested_scopes        TEXT,
+    granted_scopes          TEXT,
+    requested_scopes_changed_at TEXT,
+    scopes_changed_at       TEXT,
+    consented_at            TEXT,
+    last_refreshed_at       TEXT,
+    refresh_token_expires_at INTEGER,
     PRIMARY KEY (user_id, provider)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
@@ -71,7 +78,9 @@ CREATE INDEX IF NOT EXISTS flow_logs_expires_at ON flow_logs (expires_at);
 
 const TOKEN_COLUMNS: &str = "user_id, provider, email, encrypted_tokens, user_info, created_at, updated_at, \
      last_used, access_token_expires_at, expires_at, is_active, version, refresh_lease_attempt, refresh_lease_until, \
-     refresh_retry_at, refresh_unknown_since, inactive_cause, replaced_account";
+     refresh_retry_at, refresh_unknown_since, inactive_cause, replaced_account, requested_scopes, \
+     granted_scopes, requested_scopes_changed_at, scopes_changed_at, consented_at, last_refreshed_at, \
+     refresh_token_expires_at";
 
 /// Read connections kept open for reuse; more are opened while all are busy.
 const IDLE_READERS: usize = 4;
@@ -216,6 +225,18 @@ impl EmbeddedStore {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| corrupt("replacedAccount", e))?;
+        let scopes = |list: &Vec<String>| {
+            if list.is_empty() {
+                Ok(Value::Null)
+            } else {
+                serde_json::to_string(list).map(Value::from)
+            }
+        };
+        let time = |at: &Option<DateTime<Utc>>| {
+            at.as_ref()
+                .map_or(Value::Null, |at| Value::from(rfc3339(at)))
+        };
+        let grant = &row.grant;
         let lease = row.refresh.lease.as_ref();
         let mut values = vec![
             Value::from(row.user_id.clone()),
@@ -241,27 +262,39 @@ impl EmbeddedStore {
                 .clone()
                 .map_or(Value::Null, Value::from),
             replaced.map_or(Value::Null, Value::from),
+            scopes(&grant.requested_scopes).map_err(|e| corrupt("requestedScopes", e))?,
+            scopes(&grant.granted_scopes).map_err(|e| corrupt("grantedScopes", e))?,
+            time(&grant.requested_changed_at),
+            time(&grant.scopes_changed_at),
+            time(&grant.consented_at),
+            time(&grant.last_refreshed_at),
+            grant
+                .refresh_token_expires_at
+                .map_or(Value::Null, Value::from),
         ];
         const SET: &str = "email = ?3, encrypted_tokens = ?4, user_info = ?5, created_at = ?6, \
              updated_at = ?7, last_used = ?8, access_token_expires_at = ?9, expires_at = ?10, \
              is_active = ?11, version = ?12, refresh_lease_attempt = ?13, refresh_lease_until = ?14, \
              refresh_retry_at = ?15, refresh_unknown_since = ?16, inactive_cause = ?17, \
-             replaced_account = ?18";
+             replaced_account = ?18, requested_scopes = ?19, granted_scopes = ?20, \
+             requested_scopes_changed_at = ?21, scopes_changed_at = ?22, consented_at = ?23, \
+             last_refreshed_at = ?24, refresh_token_expires_at = ?25";
         let statement = match condition {
             WriteIf::Absent => format!(
                 "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) ON CONFLICT (user_id, provider) DO NOTHING"
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25) \
+                 ON CONFLICT (user_id, provider) DO NOTHING"
             ),
             WriteIf::Version(expected) => {
                 values.push(Value::from(expected));
                 format!(
-                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?19"
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?26"
                 )
             }
             WriteIf::Holder(attempt) => {
                 values.push(Value::from(attempt));
                 format!(
-                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?19"
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?26"
                 )
             }
         };
@@ -361,6 +394,13 @@ fn migrate(db: &Sqlite) -> rusqlite::Result<()> {
         ("refresh_unknown_since", "INTEGER"),
         ("inactive_cause", "TEXT"),
         ("replaced_account", "TEXT"),
+        ("requested_scopes", "TEXT"),
+        ("granted_scopes", "TEXT"),
+        ("requested_scopes_changed_at", "TEXT"),
+        ("scopes_changed_at", "TEXT"),
+        ("consented_at", "TEXT"),
+        ("last_refreshed_at", "TEXT"),
+        ("refresh_token_expires_at", "INTEGER"),
     ] {
         if !columns.iter().any(|c| c == column) {
             db.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {column} {kind}"))?;

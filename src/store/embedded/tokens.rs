@@ -11,8 +11,8 @@ use rusqlite::{OptionalExtension, Row, params};
 use super::{EmbeddedStore, TOKEN_COLUMNS, WriteIf, corrupt, parse_time, rfc3339, sql};
 use crate::crypto::Envelope;
 use crate::store::{
-    Connection, LeaseRelease, PendingGrant, RefreshLease, RefreshState, ScanCursor, ScanPage,
-    StoreError, TokenStore,
+    Connection, GrantLedger, LeaseRelease, PendingGrant, RefreshLease, RefreshState, ScanCursor,
+    ScanPage, StoreError, TokenStore,
 };
 
 /// Reads, prepared once per connection (`prepare_cached`).
@@ -30,6 +30,17 @@ static SCAN_ROWS: LazyLock<String> = LazyLock::new(|| {
          ORDER BY user_id, provider LIMIT ?3"
     )
 });
+
+/// A JSON list of scopes, or none.
+fn scope_list(what: &str, json: Option<String>) -> Result<Vec<String>, StoreError> {
+    json.map_or(Ok(Vec::new()), |json| {
+        serde_json::from_str(&json).map_err(|e| corrupt(what, e))
+    })
+}
+
+fn optional_time(what: &str, text: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    text.map(|t| parse_time(what, &t)).transpose()
+}
 
 /// The raw columns of a tokens row, read inside the SQLite callback and parsed after.
 struct RawConnection {
@@ -51,6 +62,13 @@ struct RawConnection {
     refresh_unknown_since: Option<i64>,
     inactive_cause: Option<String>,
     replaced_account: Option<String>,
+    requested_scopes: Option<String>,
+    granted_scopes: Option<String>,
+    requested_scopes_changed_at: Option<String>,
+    scopes_changed_at: Option<String>,
+    consented_at: Option<String>,
+    last_refreshed_at: Option<String>,
+    refresh_token_expires_at: Option<i64>,
 }
 
 impl RawConnection {
@@ -74,6 +92,13 @@ impl RawConnection {
             refresh_unknown_since: row.get(15)?,
             inactive_cause: row.get(16)?,
             replaced_account: row.get(17)?,
+            requested_scopes: row.get(18)?,
+            granted_scopes: row.get(19)?,
+            requested_scopes_changed_at: row.get(20)?,
+            scopes_changed_at: row.get(21)?,
+            consented_at: row.get(22)?,
+            last_refreshed_at: row.get(23)?,
+            refresh_token_expires_at: row.get(24)?,
         })
     }
 
@@ -106,6 +131,18 @@ impl RawConnection {
                 .map(|json| serde_json::from_str(&json))
                 .transpose()
                 .map_err(|e| corrupt("replacedAccount", e))?,
+            grant: GrantLedger {
+                requested_scopes: scope_list("requestedScopes", self.requested_scopes)?,
+                granted_scopes: scope_list("grantedScopes", self.granted_scopes)?,
+                requested_changed_at: optional_time(
+                    "requestedScopesChangedAt",
+                    self.requested_scopes_changed_at,
+                )?,
+                scopes_changed_at: optional_time("scopesChangedAt", self.scopes_changed_at)?,
+                consented_at: optional_time("consentedAt", self.consented_at)?,
+                last_refreshed_at: optional_time("lastRefreshedAt", self.last_refreshed_at)?,
+                refresh_token_expires_at: self.refresh_token_expires_at,
+            },
         })
     }
 }

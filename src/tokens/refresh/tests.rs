@@ -144,6 +144,7 @@ impl World {
             version: 1,
             refresh: RefreshState::default(),
             replaced_account: None,
+            grant: Default::default(),
         };
         world.store.put(&row, None).await.expect("row");
         world
