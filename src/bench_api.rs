@@ -65,6 +65,8 @@ pub fn token_set_json(
         token_type: "Bearer".into(),
         expires_at,
         issued_at: Some(issued_at),
+        refresh_token_expires_at: None,
+        requested_scopes: Vec::new(),
     })
 }
 

@@ -62,6 +62,36 @@ pub enum LogFormat {
     Json,
 }
 
+/// `AXNT_GOOGLE_PUBLISHING_STATUS`: the OAuth client's publishing status in the Google
+/// Cloud console, which decides whether grants die after 7 days.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishingStatus {
+    /// "Testing": grants holding more than name, email and profile end after 7 days.
+    Testing,
+    /// "In production": no such clock.
+    Production,
+    /// Not declared: a grant that dies about 7 days after consent, never having been
+    /// refreshed past that mark, is taken for the Testing expiry.
+    #[default]
+    Unknown,
+}
+
+/// `AXNT_PARTIAL_GRANT`: what a connect flow does when the user granted fewer scopes
+/// than it asked for (Google's per-scope consent lets them untick some).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PartialGrant {
+    /// Store the grant; the connection lists the missing scopes.
+    #[default]
+    Accept,
+    /// Store nothing (an existing connection stays as it was) and send the browser back
+    /// with `error=scopes_not_granted&missingScopes=…`.
+    Reject,
+}
+
 /// The service's settings. Field docs name the environment variable.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -219,6 +249,11 @@ pub struct FlowSettings {
     /// `AXNT_CONFIRMATION_TTL_SECS`: how long a held grant waits for its confirmation.
     #[serde(rename = "confirmation_ttl_secs", deserialize_with = "de::secs")]
     pub(crate) confirmation_ttl: Duration,
+    /// `AXNT_PARTIAL_GRANT`: `accept` (default) stores a grant that lacks some of the
+    /// scopes asked for, and lists what is missing; `reject` stores nothing and sends the
+    /// browser back with `error=scopes_not_granted`. A session may choose with
+    /// `partialGrant`.
+    pub(crate) partial_grant: PartialGrant,
 }
 
 impl Default for FlowSettings {
@@ -229,6 +264,7 @@ impl Default for FlowSettings {
             state_ttl: Duration::from_secs(600),
             require_confirmation: false,
             confirmation_ttl: Duration::from_secs(600),
+            partial_grant: PartialGrant::Accept,
         }
     }
 }
@@ -321,6 +357,13 @@ pub struct ProviderSettings {
     /// accepts a redeemed refresh token this long; Okta and Auth0 have one). 0: none.
     #[serde(rename = "refresh_reuse_grace_secs", deserialize_with = "de::secs")]
     pub(crate) refresh_reuse_grace: Duration,
+    /// `AXNT_GOOGLE_PUBLISHING_STATUS`: the OAuth client's publishing status in the
+    /// Google Cloud console, `testing`, `production` or `unknown` (default). Testing-status
+    /// grants holding more than name, email and profile end after 7 days: `testing` makes
+    /// the health forecast count that clock; `unknown` still names the cause when a
+    /// grant dies on it.
+    #[serde(rename = "google_publishing_status")]
+    pub(crate) publishing_status: PublishingStatus,
 }
 
 impl Default for ProviderSettings {
@@ -332,6 +375,7 @@ impl Default for ProviderSettings {
             metadata_max_stale: Duration::from_secs(86_400),
             rotates_refresh_tokens: None,
             refresh_reuse_grace: Duration::ZERO,
+            publishing_status: PublishingStatus::Unknown,
         }
     }
 }

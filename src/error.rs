@@ -18,17 +18,9 @@ use serde::Serialize;
 
 use crate::crypto::CryptoError;
 use crate::oauth::flow::SealError;
+use crate::oauth::grant::Cause;
 use crate::oauth::provider::{IdTokenProblem, ProviderError};
 use crate::store::{FlowFailure, StoreError};
-
-/// Why a grant died (`cause` in a 409 body, the flow log and the row): the provider
-/// answered `invalid_grant`.
-pub(crate) const CAUSE_INVALID_GRANT: &str = "invalid_grant";
-/// A refresh request's answer was lost after it was sent, and the provider later
-/// refused the refresh token: the lost request most likely redeemed (and rotated) it.
-pub(crate) const CAUSE_OUTCOME_UNKNOWN: &str = "refresh_outcome_unknown";
-/// The row holds no refresh token (the grant gave none) and its access token expired.
-pub(crate) const CAUSE_NO_REFRESH_TOKEN: &str = "no_refresh_token";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum Error {
@@ -82,6 +74,17 @@ pub(crate) enum Error {
     NotConnected,
     #[error("the user must connect the account again ({cause})")]
     ReauthorizationRequired { cause: String },
+    /// The grant lacks scopes the caller requires (`requiredScopes`): the user must
+    /// grant them, through `step_up_url`.
+    #[error("the grant lacks scopes the caller requires: {}", missing.join(" "))]
+    InsufficientScope {
+        missing: Vec<String>,
+        step_up_url: String,
+    },
+    /// The user granted fewer scopes than the flow asked for, and the flow does not
+    /// accept a partial grant (`partialGrant: reject`).
+    #[error("the user did not grant every scope asked for: {}", missing.join(" "))]
+    ScopesNotGranted { missing: Vec<String> },
     /// No refresh was attempted: the connection is cooling down after a failed refresh,
     /// or the provider's circuit is open.
     #[error("the OAuth provider is unavailable ({reason}); retry in {retry_after_secs} s")]
@@ -207,7 +210,8 @@ impl Error {
             Self::ReauthorizationRequired { .. } | Self::Conflict | Self::SessionUsed => {
                 StatusCode::CONFLICT
             }
-            Self::AccountNotAllowed => StatusCode::FORBIDDEN,
+            Self::AccountNotAllowed | Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::ScopesNotGranted { .. } => StatusCode::FORBIDDEN,
             Self::ConfirmationNotFound => StatusCode::NOT_FOUND,
             Self::ConfirmationExpired => StatusCode::GONE,
             Self::Provider(p) => match p {
@@ -252,6 +256,8 @@ impl Error {
             Self::CodeRejected => "code_rejected",
             Self::NotConnected => "not_connected",
             Self::ReauthorizationRequired { .. } => "reauthorization_required",
+            Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::ScopesNotGranted { .. } => "scopes_not_granted",
             Self::RefreshSuppressed { .. } => "provider_unavailable",
             Self::Conflict => "concurrent_update",
             Self::RefreshBusy => "refresh_in_progress",
@@ -298,7 +304,36 @@ impl Error {
         match self {
             Self::ReauthorizationRequired { cause } => Some(cause),
             Self::RefreshSuppressed { reason, .. } => Some(reason),
-            Self::Provider(ProviderError::OutcomeUnknown(_)) => Some(CAUSE_OUTCOME_UNKNOWN),
+            Self::Provider(ProviderError::OutcomeUnknown(_)) => {
+                Some(Cause::RefreshOutcomeUnknown.code())
+            }
+            Self::Provider(ProviderError::InvalidClient) => {
+                Some(Cause::ClientCredentialsInvalid.code())
+            }
+            Self::Provider(ProviderError::Unavailable(_)) => Some("provider_unavailable"),
+            _ => None,
+        }
+    }
+
+    /// What the application and its user should do about [`cause`](Self::cause)
+    /// (`remedy` in the body).
+    pub(crate) fn remedy(&self) -> Option<&'static str> {
+        match self {
+            Self::ReauthorizationRequired { cause } => Some(
+                Cause::from_code(cause)
+                    .unwrap_or(Cause::UnknownInvalidGrant)
+                    .remedy(),
+            ),
+            Self::Provider(ProviderError::InvalidClient) => {
+                Some(Cause::ClientCredentialsInvalid.remedy())
+            }
+            Self::Provider(ProviderError::Unavailable(_) | ProviderError::OutcomeUnknown(_))
+            | Self::RefreshSuppressed { .. } => Some(
+                "The provider is failing, not the grant: it stays active. Retry after Retry-After seconds.",
+            ),
+            Self::InsufficientScope { .. } => Some(
+                "Send the user to stepUpUrl: Google asks them for the missing scopes only, and the connection then holds the old and the new ones.",
+            ),
             _ => None,
         }
     }
@@ -345,9 +380,19 @@ pub(crate) struct Problem<'a> {
     /// The stable code clients branch on.
     code: &'a str,
     /// Why a grant is dead or a refresh failed, as a stable code (409
-    /// `reauthorization_required`, some 503s).
+    /// `reauthorization_required`, 502 `client_credentials_invalid`, some 503s).
     #[serde(skip_serializing_if = "Option::is_none")]
     cause: Option<&'a str>,
+    /// What the application and its user should do about `cause`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remedy: Option<&'static str>,
+    /// 403 `insufficient_scope`: the required scopes the grant lacks.
+    #[serde(rename = "missingScopes", skip_serializing_if = "Option::is_none")]
+    missing_scopes: Option<&'a [String]>,
+    /// 403 `insufficient_scope`: a connect link (valid like any connect link) that asks
+    /// the user for exactly the missing scopes, keeping those already granted.
+    #[serde(rename = "stepUpUrl", skip_serializing_if = "Option::is_none")]
+    step_up_url: Option<&'a str>,
 }
 
 /// Put on every error response, so that [`log_errors`] logs it once.
@@ -368,6 +413,17 @@ impl IntoResponse for Error {
             detail: self.public_detail(),
             code: self.code(),
             cause: self.cause(),
+            remedy: self.remedy(),
+            missing_scopes: match &self {
+                Self::InsufficientScope { missing, .. } | Self::ScopesNotGranted { missing } => {
+                    Some(missing.as_slice())
+                }
+                _ => None,
+            },
+            step_up_url: match &self {
+                Self::InsufficientScope { step_up_url, .. } => Some(step_up_url.as_str()),
+                _ => None,
+            },
         };
         let body = serde_json::to_string(&problem).unwrap_or_default();
         let mut response = (
@@ -436,6 +492,8 @@ pub(crate) fn one_of_each() -> Vec<Error> {
             | Error::CodeRejected
             | Error::NotConnected
             | Error::ReauthorizationRequired { .. }
+            | Error::InsufficientScope { .. }
+            | Error::ScopesNotGranted { .. }
             | Error::RefreshSuppressed { .. }
             | Error::Conflict
             | Error::RefreshBusy
@@ -472,7 +530,14 @@ pub(crate) fn one_of_each() -> Vec<Error> {
         Error::CodeRejected,
         Error::NotConnected,
         Error::ReauthorizationRequired {
-            cause: CAUSE_INVALID_GRANT.into(),
+            cause: Cause::UnknownInvalidGrant.code().into(),
+        },
+        Error::InsufficientScope {
+            missing: vec!["https://www.googleapis.com/auth/drive".into()],
+            step_up_url: "http://127.0.0.1/oauth/google/start?session=x".into(),
+        },
+        Error::ScopesNotGranted {
+            missing: vec!["https://www.googleapis.com/auth/drive".into()],
         },
         Error::RefreshSuppressed {
             reason: "circuit_open",
@@ -481,7 +546,9 @@ pub(crate) fn one_of_each() -> Vec<Error> {
         Error::Conflict,
         Error::RefreshBusy,
         Error::Provider(ProviderError::NotConfigured(s())),
-        Error::Provider(ProviderError::InvalidGrant),
+        Error::Provider(ProviderError::InvalidGrant(
+            crate::oauth::provider::GrantRefusal::Unspecified,
+        )),
         Error::Provider(ProviderError::InvalidClient),
         Error::Provider(ProviderError::Rejected { error: s() }),
         Error::Provider(ProviderError::Unavailable(s())),

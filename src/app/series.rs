@@ -68,6 +68,10 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
             metrics::counter!("axnt_token_refreshes_total", "provider" => provider.to_string(), "outcome" => outcome)
                 .increment(0);
         }
+        for cause in crate::oauth::grant::Cause::ALL {
+            metrics::counter!("axnt_grants_ended_total", "provider" => provider.to_string(), "cause" => cause.code())
+                .increment(0);
+        }
         for reason in SUPPRESSED_REASONS {
             metrics::counter!("axnt_token_refresh_suppressed_total", "provider" => provider.to_string(), "reason" => reason)
                 .increment(0);
@@ -153,6 +157,10 @@ fn describe() {
     describe_counter!(
         "axnt_token_refreshes_total",
         "Refresh-token redemptions at the provider, by outcome"
+    );
+    describe_counter!(
+        "axnt_grants_ended_total",
+        "Grants found dead at a refresh (the connection went inactive), by cause: revoked_by_user, testing_mode_expired, idle_expired, time_limited_access_expired, admin_policy_enforced, session_reauth_required, refresh_outcome_unknown, no_refresh_token, unknown_invalid_grant, …"
     );
     describe_counter!(
         "axnt_token_refresh_suppressed_total",

@@ -17,6 +17,7 @@ use crate::error::Error;
 use crate::oauth::flow::{
     ConnectSession, FlowRules, MAX_SEALED_LEN, Purpose, SealError, StateSealer,
 };
+use crate::oauth::grant::{self, PartialGrant};
 use crate::secrets::ApiKey;
 use crate::store::{FlowLogEntry, FlowStep};
 use crate::tokens::{ConnectionSummary, UserId};
@@ -30,6 +31,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         )
         .route("/v1/users/{user_id}/tokens/{provider}", get(get_token))
         .route("/v1/users/{user_id}/connections", get(list_connections))
+        .route("/v1/connections", get(list_all_connections))
         .route(
             "/v1/users/{user_id}/connections/{provider}",
             delete(delete_connection),
@@ -106,6 +108,27 @@ pub(super) struct ConnectSessionRequest {
     #[serde(default)]
     #[schema(pattern = r"^[A-Za-z0-9.-]{1,253}$")]
     hosted_domain: Option<String>,
+    /// A grant lacking some of the requested scopes: `accept` stores it and lists what
+    /// is missing, `reject` stores nothing and returns
+    /// `status=error&error=scopes_not_granted&missingScopes=…` (default
+    /// `AXNT_PARTIAL_GRANT`).
+    #[serde(default)]
+    partial_grant: Option<PartialGrant>,
+    /// `connect` (default), or `step_up`: add `scopes` to the user's existing
+    /// connection (incremental authorization); only the connected Google account may
+    /// complete it, and the scopes it already holds are kept. 404 `not_connected` when
+    /// there is no connection.
+    #[serde(default)]
+    mode: Option<SessionMode>,
+}
+
+/// What a connect session is for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum SessionMode {
+    #[default]
+    Connect,
+    StepUp,
 }
 
 /// `scopes` as [`validate_scopes`] accepts them.
@@ -221,6 +244,69 @@ pub(super) async fn create_connect_session(
                 .ok_or(Error::ReturnUrlNotAllowed)
         })
         .transpose()?;
+    let mut rules = FlowRules {
+        scopes: body.scopes.clone(),
+        // The setting is the deployment's floor: a session can ask for
+        // confirmation, never waive it.
+        require_confirmation: state.settings.flow.require_confirmation
+            || body.require_confirmation.unwrap_or(false),
+        expected_email: body.expected_email.clone(),
+        hosted_domain: body.hosted_domain.clone(),
+        partial_grant: body.partial_grant,
+        expected_sub: None,
+    };
+    let mut login_hint = body.login_hint.clone();
+    let mode = body.mode.unwrap_or_default();
+    if mode == SessionMode::StepUp {
+        let account = state
+            .tokens
+            .connected_account(body.user_id.as_str(), &body.provider)
+            .await?
+            .ok_or(Error::NotConnected)?;
+        login_hint = login_hint.or(account.email);
+        rules.expected_sub = Some(account.sub);
+    }
+    let link = mint_link(
+        &state,
+        &client,
+        body.user_id.as_str(),
+        &body.provider,
+        return_to,
+        login_hint,
+        rules,
+        mode,
+    )
+    .await?;
+    let response = ConnectSessionResponse {
+        url: link.url,
+        expires_at: link.expires_at,
+        flow_id: link.flow_id,
+        require_confirmation: link.require_confirmation,
+    };
+    Ok((StatusCode::CREATED, axum::Json(response)).into_response())
+}
+
+/// A connect link as minted.
+struct Link {
+    url: String,
+    expires_at: DateTime<Utc>,
+    flow_id: String,
+    require_confirmation: bool,
+}
+
+/// Mints a connect link for one user (the session sealed into the start URL) and logs
+/// `session_created`: for `POST /v1/connect-sessions` and a token read's step-up link.
+#[allow(clippy::too_many_arguments)]
+async fn mint_link(
+    state: &AppState,
+    client: &crate::store::flow_log::ClientInfo,
+    user_id: &str,
+    provider: &str,
+    return_to: Option<crate::oauth::ReturnUrl>,
+    login_hint: Option<String>,
+    rules: FlowRules,
+    mode: SessionMode,
+) -> Result<Link, Error> {
     let now = Utc::now();
     // Saturating: a TTL past the calendar's end means a link that never expires.
     let expires_at = chrono::TimeDelta::from_std(state.settings.flow.connect_session_ttl)
@@ -228,57 +314,48 @@ pub(super) async fn create_connect_session(
         .and_then(|ttl| now.checked_add_signed(ttl))
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     let session = ConnectSession {
-        user_id: body.user_id.to_string(),
-        provider: body.provider.clone(),
+        user_id: user_id.to_string(),
+        provider: provider.to_string(),
         return_to: return_to.clone(),
-        scopes: body.scopes.clone(),
-        login_hint: body.login_hint.clone(),
+        login_hint,
         flow_id: uuid::Uuid::new_v4().to_string(),
         expires_at: expires_at.timestamp(),
-        rules: FlowRules {
-            // The setting is the deployment's floor: a session can ask for
-            // confirmation, never waive it.
-            require_confirmation: state.settings.flow.require_confirmation
-                || body.require_confirmation.unwrap_or(false),
-            expected_email: body.expected_email.clone(),
-            hosted_domain: body.hosted_domain.clone(),
-        },
+        rules,
     };
     let sealed = seal_link(&state.sealer, &session)?;
     let mut url = url::Url::parse(
         &state
             .settings
-            .public_url(&format!("/oauth/{}/start", body.provider)),
+            .public_url(&format!("/oauth/{provider}/start")),
     )
     .map_err(|e| Error::Internal(format!("public URL: {e}")))?;
     url.query_pairs_mut().append_pair("session", &sealed);
     state
         .flow_log
-        .flow(
-            body.user_id.as_str(),
-            &session.flow_id,
-            &body.provider,
-            &client,
-        )
+        .flow(user_id, &session.flow_id, provider, client)
         .step(
             FlowStep::SessionCreated,
             json!({
                 "returnTo": return_to,
-                "scopes": body.scopes,
+                "scopes": session.rules.scopes,
                 "expiresAt": expires_at.to_rfc3339(),
                 "requireConfirmation": session.rules.require_confirmation,
                 "expectedEmail": session.rules.expected_email,
                 "hostedDomain": session.rules.hosted_domain,
+                "partialGrant": session.rules.partial_grant,
+                "mode": match mode {
+                    SessionMode::Connect => "connect",
+                    SessionMode::StepUp => "step_up",
+                },
             }),
         )
         .await;
-    let response = ConnectSessionResponse {
+    Ok(Link {
         url: url.to_string(),
         expires_at,
         flow_id: session.flow_id,
         require_confirmation: session.rules.require_confirmation,
-    };
-    Ok((StatusCode::CREATED, axum::Json(response)).into_response())
+    })
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -425,14 +502,30 @@ pub(super) struct TokenResponse {
     email: Option<String>,
 }
 
-/// `GET /v1/users/{userId}/tokens/{provider}` → a valid access token:
-/// `{"accessToken": "…", "tokenType": "Bearer", "expiresAt": "…", "scope": "…", "email": "…"}`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct TokenQuery {
+    /// Scopes the caller needs, comma- or space-separated (at most 20). When the grant
+    /// lacks any, the answer is 403 `insufficient_scope` with `missingScopes` and a
+    /// `stepUpUrl` that asks the user for exactly those.
+    #[param(
+        max_length = 5400,
+        example = "https://www.googleapis.com/auth/calendar.readonly"
+    )]
+    required_scopes: Option<String>,
+}
+
+/// `GET /v1/users/{userId}/tokens/{provider}[?requiredScopes=a,b]` → a valid access
+/// token: `{"accessToken": "…", "tokenType": "Bearer", "expiresAt": "…", "scope": "…",
+/// "email": "…"}`; 403 `insufficient_scope` (with `missingScopes` and `stepUpUrl`) when
+/// the grant lacks a required scope.
 #[utoipa::path(
     get,
     path = "/v1/users/{userId}/tokens/{provider}",
     tag = "internal",
     security(("bearerAuth" = [])),
-    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`"), ("provider" = String, Path, example = "google", description = "The provider's name")),
+    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`"), ("provider" = String, Path, example = "google", description = "The provider's name"), TokenQuery),
     responses((status = 200, description = "A valid access token", body = TokenResponse)),
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
@@ -440,11 +533,55 @@ pub(super) async fn get_token(
     State(state): State<AppState>,
     Client(client): Client,
     ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
+    ApiQuery(query): ApiQuery<TokenQuery>,
 ) -> Result<Response, Error> {
+    let required: Vec<String> = query
+        .required_scopes
+        .as_deref()
+        .map(|text| {
+            text.split([',', ' '])
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    validate_scopes(&required).map_err(|_| {
+        Error::InvalidRequest(
+            "requiredScopes must be at most 20 scope tokens, separated by commas".into(),
+        )
+    })?;
     let token = state
         .tokens
         .valid_token(user_id.as_str(), &provider, &client)
         .await?;
+    let granted = token
+        .scope
+        .as_deref()
+        .map(grant::parse_scopes)
+        .unwrap_or_default();
+    let missing = grant::missing(&required, &granted);
+    if !missing.is_empty() {
+        let rules = FlowRules {
+            scopes: missing.clone(),
+            expected_sub: Some(token.sub.clone()),
+            ..FlowRules::default()
+        };
+        let link = mint_link(
+            &state,
+            &client,
+            user_id.as_str(),
+            &provider,
+            None,
+            token.email.clone(),
+            rules,
+            SessionMode::StepUp,
+        )
+        .await?;
+        return Err(Error::InsufficientScope {
+            missing,
+            step_up_url: link.url,
+        });
+    }
     let body = TokenResponse {
         access_token: token.access_token.expose_secret().to_string(),
         token_type: token.token_type,
@@ -477,6 +614,107 @@ pub(super) async fn list_connections(
 #[derive(Serialize, ToSchema)]
 pub(super) struct ConnectionList {
     connections: Vec<ConnectionSummary>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AllConnectionsQuery {
+    /// Only connections of this health: `at_risk` (what needs attention soon) or `dead`
+    /// (what needs the user); all when absent.
+    health: Option<grant::Health>,
+    /// Items per page.
+    #[param(minimum = 1, maximum = 500, default = 100)]
+    limit: Option<usize>,
+    /// `next` of the previous page.
+    #[param(min_length = 1, max_length = 1400)]
+    after: Option<String>,
+}
+
+/// One connection of some user, as `GET /v1/connections` lists it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct AccountConnection {
+    user_id: String,
+    #[serde(flatten)]
+    connection: ConnectionSummary,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(super) struct AllConnectionsPage {
+    items: Vec<AccountConnection>,
+    /// Where the next page starts (`after=`), or null when the table is done. A page
+    /// may hold fewer items than `limit` (even none) while `next` is set.
+    next: Option<String>,
+}
+
+const DEFAULT_CONNECTIONS_PAGE: usize = 100;
+const MAX_CONNECTIONS_PAGE: usize = 500;
+
+/// `GET /v1/connections?health=at_risk|dead&limit=100&after=<cursor>` → connections
+/// across users, for operators and for "expiring soon" jobs: `{"items": [{"userId", …
+/// the fields of a user's connections list}], "next": "<cursor>" | null}`. Pages through
+/// the whole tokens table (DynamoDB `Scan`, at most 2,000 rows read per page).
+#[utoipa::path(
+    get,
+    path = "/v1/connections",
+    tag = "internal",
+    security(("bearerAuth" = [])),
+    params(AllConnectionsQuery),
+    responses((status = 200, description = "Connections across users, in key order", body = AllConnectionsPage)),
+)]
+#[tracing::instrument(skip_all)]
+pub(super) async fn list_all_connections(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<AllConnectionsQuery>,
+) -> Result<Response, Error> {
+    let limit = query.limit.unwrap_or(DEFAULT_CONNECTIONS_PAGE);
+    if limit == 0 || limit > MAX_CONNECTIONS_PAGE {
+        return Err(Error::InvalidRequest(format!(
+            "limit must be 1 to {MAX_CONNECTIONS_PAGE}"
+        )));
+    }
+    let after = query
+        .after
+        .as_deref()
+        .map(|text| {
+            decode_cursor(text).ok_or_else(|| {
+                Error::InvalidRequest("after must be the next of a previous page".into())
+            })
+        })
+        .transpose()?;
+    let (found, next) = state
+        .tokens
+        .connections_across(query.health, after, limit)
+        .await?;
+    let items = found
+        .into_iter()
+        .map(|(user_id, connection)| AccountConnection {
+            user_id,
+            connection,
+        })
+        .collect();
+    Ok(axum::Json(AllConnectionsPage {
+        items,
+        next: next.as_ref().map(encode_cursor),
+    })
+    .into_response())
+}
+
+/// A scan position as the API hands it out: base64url of `[userId, provider]`.
+fn encode_cursor(cursor: &crate::store::ScanCursor) -> String {
+    let json = serde_json::to_vec(&(&cursor.user_id, &cursor.provider)).unwrap_or_default();
+    crate::crypto::b64url(&json)
+}
+
+fn decode_cursor(text: &str) -> Option<crate::store::ScanCursor> {
+    if text.is_empty() || text.len() > 1400 {
+        return None;
+    }
+    let json = crate::crypto::b64url_decode(text)?;
+    let (user_id, provider): (String, String) = serde_json::from_slice(&json).ok()?;
+    UserId::parse(&user_id).ok()?;
+    Some(crate::store::ScanCursor { user_id, provider })
 }
 
 /// `DELETE /v1/users/{userId}/connections/{provider}` → 204 after revoking at the

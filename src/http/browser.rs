@@ -38,6 +38,13 @@ impl IntoResponse for BrowserError {
                 if let Some(flow_id) = &self.flow_id {
                     pairs.push(("flowId", flow_id));
                 }
+                let missing = match &self.error {
+                    Error::ScopesNotGranted { missing } => Some(missing.join(" ")),
+                    _ => None,
+                };
+                if let Some(missing) = &missing {
+                    pairs.push(("missingScopes", missing));
+                }
                 let url = return_to.with_query(&pairs);
                 super::found(url.as_str())
             }

@@ -141,7 +141,7 @@ async fn answer_within(State(limit): State<Duration>, request: Request, next: Ne
 /// with that status (a route with two is listed twice) and
 /// [`STATUSES_EVERY_ROUTE_CAN_ANSWER`] at zero, so a rate over
 /// errors works from the first scrape.
-pub(crate) const ROUTES: [(&str, &str, u16); 12] = [
+pub(crate) const ROUTES: [(&str, &str, u16); 13] = [
     ("GET", "/healthz", 200),
     ("GET", "/readyz", 200),
     ("GET", "/openapi.json", 200),
@@ -149,6 +149,7 @@ pub(crate) const ROUTES: [(&str, &str, u16); 12] = [
     ("POST", "/v1/connect-sessions/{flow_id}/confirm", 200),
     ("GET", "/v1/users/{user_id}/tokens/{provider}", 200),
     ("GET", "/v1/users/{user_id}/connections", 200),
+    ("GET", "/v1/connections", 200),
     ("DELETE", "/v1/users/{user_id}/connections/{provider}", 204),
     ("GET", "/v1/users/{user_id}/flow-logs", 200),
     ("GET", "/oauth/{provider}/start", 302),

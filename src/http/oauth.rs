@@ -22,6 +22,7 @@ use crate::oauth::ReturnUrl;
 use crate::oauth::flow::{
     ConnectSession, FlowState, Purpose, binding_cookie_name, binding_matches, new_binding,
 };
+use crate::oauth::grant::{self, PartialGrant};
 use crate::oauth::provider::ProviderError;
 use crate::store::{FlowStep, FlowSteps};
 use crate::tokens::{Stored, TokenSet};
@@ -108,7 +109,7 @@ async fn start(
     let url = match provider
         .authorization_request(
             &state.settings.redirect_uri(&provider_name),
-            &session.scopes,
+            &session.rules.scopes,
             sealed,
             flow.nonce.clone(),
             &pkce_verifier,
@@ -149,7 +150,7 @@ async fn start(
     flow_log
         .step(
             FlowStep::AuthorizeRedirect,
-            json!({ "scopes": session.scopes, "loginHint": session.login_hint.is_some() }),
+            json!({ "scopes": session.rules.scopes, "loginHint": session.login_hint.is_some() }),
         )
         .await;
     metrics::counter!("axnt_flows_started_total", "provider" => provider_name.clone()).increment(1);
@@ -321,7 +322,7 @@ async fn finish(
         )
         .await
         .map_err(|e| match e {
-            ProviderError::InvalidGrant => (FlowStep::CodeExchanged, Error::CodeRejected),
+            ProviderError::InvalidGrant(_) => (FlowStep::CodeExchanged, Error::CodeRejected),
             other => (FlowStep::CodeExchanged, Error::from(other)),
         })?;
     flow_log
@@ -350,8 +351,25 @@ async fn finish(
         )
         .await;
     check_account(flow, &user_info).map_err(|e| (FlowStep::IdTokenVerified, e))?;
-    let fresh = TokenSet::from_provider(&tokens, None, Utc::now());
+    let requested = provider.requested_scopes(&flow.rules.scopes);
+    let mut fresh = TokenSet::from_provider(&tokens, None, Utc::now());
+    if fresh.scope.is_none() {
+        // RFC 6749 §5.1: no `scope` in the answer means the grant is what was asked.
+        fresh.scope = Some(requested.join(" "));
+    }
+    let missing = grant::missing(&requested, &fresh.granted_scopes());
+    let policy = flow
+        .rules
+        .partial_grant
+        .unwrap_or(state.settings.flow.partial_grant);
+    if !missing.is_empty() && policy == PartialGrant::Reject {
+        // Nothing is stored: a connection the user had stays as it was. The grant is
+        // not revoked either: Google's revocation would end every scope this project
+        // holds for the account, that connection's included.
+        return Err((FlowStep::TokensStored, Error::ScopesNotGranted { missing }));
+    }
     if flow.rules.require_confirmation {
+        fresh.requested_scopes = requested;
         let deadline = state
             .tokens
             .hold_grant(
@@ -381,7 +399,7 @@ async fn finish(
     }
     let stored = state
         .tokens
-        .store_grant(&flow.user_id, &name, &fresh, user_info.clone())
+        .store_grant(&flow.user_id, &name, &fresh, user_info.clone(), &requested)
         .await
         .map_err(|e| (FlowStep::TokensStored, e))?;
     flow_log
@@ -454,7 +472,12 @@ fn check_account(flow: &FlowState, user: &crate::store::UserInfo) -> Result<(), 
             .as_ref()
             .is_some_and(|hd| hd.eq_ignore_ascii_case(expected))
     });
-    if email_ok && domain_ok {
+    let sub_ok = flow
+        .rules
+        .expected_sub
+        .as_ref()
+        .is_none_or(|expected| *expected == user.sub);
+    if email_ok && domain_ok && sub_ok {
         Ok(())
     } else {
         Err(Error::AccountNotAllowed)
@@ -469,7 +492,17 @@ pub(crate) fn stored_step_data(stored: &Stored) -> serde_json::Value {
         "keptRefreshToken": stored.kept_refresh_token,
         "hasRefreshToken": stored.has_refresh_token,
         "accountChanged": stored.account_changed.is_some(),
+        "grantedScopes": stored.grant.granted_scopes,
+        "scopesChanged": stored.scopes_changed,
     });
+    let missing = grant::missing(&stored.grant.requested_scopes, &stored.grant.granted_scopes);
+    if !missing.is_empty() {
+        data["partialGrant"] = json!(true);
+        data["missingScopes"] = json!(missing);
+    }
+    if let Some(at) = stored.grant.refresh_token_expires_at {
+        data["refreshTokenExpiresAt"] = json!(at);
+    }
     if let Some(previous) = &stored.account_changed {
         data["previousSub"] = json!(previous.sub);
         data["previousEmail"] = json!(previous.email);
@@ -479,7 +512,7 @@ pub(crate) fn stored_step_data(stored: &Stored) -> serde_json::Value {
 
 /// The `reason` labels of `axnt_flows_failed_total` (the problem codes a flow can end
 /// with), registered at zero at start-up.
-pub(crate) const FLOW_FAILURE_REASONS: [&str; 18] = [
+pub(crate) const FLOW_FAILURE_REASONS: [&str; 19] = [
     "invalid_session",
     "session_expired",
     "session_already_used",
@@ -491,6 +524,7 @@ pub(crate) const FLOW_FAILURE_REASONS: [&str; 18] = [
     "id_token_invalid",
     "code_rejected",
     "account_not_allowed",
+    "scopes_not_granted",
     "provider_unavailable",
     "provider_error",
     "provider_not_configured",

@@ -66,6 +66,7 @@ pub(crate) fn document_json() -> Result<String, serde_json::Error> {
         api::confirm_connect_session,
         api::get_token,
         api::list_connections,
+        api::list_all_connections,
         api::delete_connection,
         api::list_flow_logs,
         probes::healthz,
@@ -123,10 +124,11 @@ const ERRORS: &[(&str, Answers)] = &[
         "create_connect_session",
         &[
             (400, &["invalid_request", "return_url_not_allowed"]),
-            (404, &["unknown_provider"]),
+            (404, &["unknown_provider", "not_connected"]),
             (413, &["payload_too_large"]),
             (415, &["unsupported_media_type"]),
             (500, &["internal"]),
+            STORE,
         ],
     ),
     (
@@ -148,6 +150,7 @@ const ERRORS: &[(&str, Answers)] = &[
         "get_token",
         &[
             (400, &["invalid_request"]),
+            (403, &["insufficient_scope"]),
             (404, &["not_found", "unknown_provider", "not_connected"]),
             (409, &["reauthorization_required"]),
             (500, &["stored_tokens_unreadable", "internal"]),
@@ -166,6 +169,10 @@ const ERRORS: &[(&str, Answers)] = &[
         ],
     ),
     ("list_connections", &[(400, &["invalid_request"]), STORE]),
+    (
+        "list_all_connections",
+        &[(400, &["invalid_request"]), STORE],
+    ),
     (
         "delete_connection",
         &[

@@ -25,8 +25,6 @@ pub(crate) struct ConnectSession {
     pub(crate) provider: String,
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
     pub(crate) return_to: Option<ReturnUrl>,
-    #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) scopes: Vec<String>,
     #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
     pub(crate) login_hint: Option<String>,
     #[serde(rename = "f")]
@@ -62,6 +60,16 @@ impl ConnectSession {
 /// carried from the link into `state`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct FlowRules {
+    /// Scopes beyond the provider's defaults. (Under the same key links have always
+    /// carried them, so a link made before the state carried them still opens.)
+    #[serde(rename = "s", default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) scopes: Vec<String>,
+    /// What to do with a grant lacking some of the scopes (default: the setting).
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) partial_grant: Option<crate::config::PartialGrant>,
+    /// A step-up: only the account of this `sub` (the connection's) may complete it.
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) expected_sub: Option<String>,
     /// Hold the grant until the application confirms the flow.
     #[serde(rename = "c", default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) require_confirmation: bool,
@@ -228,7 +236,6 @@ mod tests {
             user_id: "u1".into(),
             provider: "google".into(),
             return_to: None,
-            scopes: vec![],
             login_hint: None,
             flow_id: "f".into(),
             expires_at: 1,

@@ -2,6 +2,7 @@
 //! and which return URLs a flow may send the browser to ([`ReturnUrls`]).
 
 pub(crate) mod flow;
+pub(crate) mod grant;
 pub(crate) mod provider;
 
 use serde::{Deserialize, Serialize};

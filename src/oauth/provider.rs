@@ -18,16 +18,16 @@ use std::time::Duration;
 
 use openidconnect::core::{
     CoreAuthDisplay, CoreAuthPrompt, CoreClaimName, CoreClaimType, CoreClientAuthMethod,
-    CoreErrorResponseType, CoreGenderClaim, CoreGrantType, CoreJsonWebKey,
-    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm,
-    CoreResponseMode, CoreResponseType, CoreRevocableToken, CoreRevocationErrorResponse,
-    CoreSubjectIdentifierType, CoreTokenIntrospectionResponse, CoreTokenType,
+    CoreGenderClaim, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm, CoreResponseMode, CoreResponseType,
+    CoreRevocableToken, CoreRevocationErrorResponse, CoreSubjectIdentifierType,
+    CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
     AdditionalProviderMetadata, AuthenticationFlow, Client, ClientId, ClientSecret, CsrfToken,
-    EmptyExtraTokenFields, EndpointMaybeSet, EndpointNotSet, EndpointSet, IdTokenFields, LoginHint,
-    Nonce, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, Scope,
-    StandardErrorResponse, StandardTokenResponse,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, ErrorResponse, ExtraTokenFields, IdTokenFields,
+    LoginHint, Nonce, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, Scope,
+    StandardTokenResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -102,9 +102,103 @@ type Metadata = ProviderMetadata<
     CoreResponseType,
     CoreSubjectIdentifierType,
 >;
+/// Token-response fields beyond OAuth's: Google's `refresh_token_expires_in` (seconds
+/// until a time-limited grant's refresh token stops working). Read leniently (a number
+/// or a numeric string; anything else is ignored): an odd value must never cost the
+/// tokens the answer carries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct GrantFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token_expires_in: Option<serde_json::Value>,
+}
+impl ExtraTokenFields for GrantFields {}
+
+impl GrantFields {
+    fn refresh_token_lifetime(&self) -> Option<Duration> {
+        let secs = match self.refresh_token_expires_in.as_ref()? {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }?;
+        Some(Duration::from_secs(secs))
+    }
+}
+
+/// A token endpoint's error answer (RFC 6749 §5.2), with Google's `error_subtype`
+/// (`invalid_rapt`: a session-control policy requires the user to sign in again).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TokenErrorAnswer {
+    error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error_description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error_subtype: Option<String>,
+}
+impl ErrorResponse for TokenErrorAnswer {}
+
+impl std::fmt::Display for TokenErrorAnswer {
+    /// The code only: a description is the provider's free text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+impl TokenErrorAnswer {
+    /// What the answer means for the grant or the client.
+    fn classify(&self) -> ProviderError {
+        let says = |needle: &str| {
+            self.error_subtype.as_deref() == Some(needle)
+                || self
+                    .error_description
+                    .as_deref()
+                    .is_some_and(|d| d.to_ascii_lowercase().contains(needle))
+        };
+        match self.error.as_str() {
+            "invalid_grant" if says("invalid_rapt") => {
+                ProviderError::InvalidGrant(GrantRefusal::ReauthRequired)
+            }
+            "invalid_grant" if says("admin_policy_enforced") => {
+                ProviderError::InvalidGrant(GrantRefusal::AdminPolicy)
+            }
+            "invalid_grant" if says("expired or revoked") => {
+                ProviderError::InvalidGrant(GrantRefusal::ExpiredOrRevoked)
+            }
+            "invalid_grant" => ProviderError::InvalidGrant(GrantRefusal::Unspecified),
+            "admin_policy_enforced" => ProviderError::InvalidGrant(GrantRefusal::AdminPolicy),
+            "invalid_client" | "unauthorized_client" => ProviderError::InvalidClient,
+            other => ProviderError::Rejected {
+                error: if other.len() <= 64
+                    && other
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    other.to_string()
+                } else {
+                    "invalid_error_code".into()
+                },
+            },
+        }
+    }
+}
+
+/// What a provider said when it refused a grant (`invalid_grant`), beyond the code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantRefusal {
+    /// Nothing more.
+    Unspecified,
+    /// Google's "Token has been expired or revoked.": revoked by the user, or ended by
+    /// one of Google's clocks (the timing tells which).
+    ExpiredOrRevoked,
+    /// `error_subtype: invalid_rapt`: a Workspace session-control policy requires the
+    /// user to sign in again.
+    ReauthRequired,
+    /// `admin_policy_enforced`: a Workspace administrator restricted a scope or the app.
+    AdminPolicy,
+}
+
 type TokenFields = IdTokenFields<
     ExtraClaims,
-    EmptyExtraTokenFields,
+    GrantFields,
     CoreGenderClaim,
     CoreJweContentEncryptionAlgorithm,
     CoreJwsSigningAlgorithm,
@@ -117,7 +211,7 @@ type OidcClient = Client<
     CoreJweContentEncryptionAlgorithm,
     CoreJsonWebKey,
     CoreAuthPrompt,
-    StandardErrorResponse<CoreErrorResponseType>,
+    TokenErrorAnswer,
     ProviderTokenResponse,
     CoreTokenIntrospectionResponse,
     CoreRevocableToken,
@@ -140,7 +234,7 @@ pub enum ProviderError {
     NotConfigured(String),
     /// The provider rejected the grant: the code or refresh token is dead.
     #[error("the provider rejected the grant (invalid_grant)")]
-    InvalidGrant,
+    InvalidGrant(GrantRefusal),
     /// The provider rejected our client credentials.
     #[error("the provider rejected the client credentials (invalid_client)")]
     InvalidClient,
@@ -172,6 +266,9 @@ pub(crate) struct ProviderTokens {
     pub(crate) expires_in: Option<Duration>,
     pub(crate) scope: Option<String>,
     pub(crate) token_type: String,
+    /// Time-limited access: how long the refresh token works (Google's
+    /// `refresh_token_expires_in`).
+    pub(crate) refresh_token_expires_in: Option<Duration>,
 }
 
 /// Bounds on the calls to a provider, on how long its metadata is trusted, and on how
@@ -281,6 +378,18 @@ impl OidcProvider {
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub(crate) async fn check_discovery(&self) -> Result<(), ProviderError> {
         self.discovered().await.map(|_| ())
+    }
+
+    /// Every scope a flow asking for `extra_scopes` requests: `openid`, the provider's
+    /// defaults, then the extras, each once.
+    pub(crate) fn requested_scopes(&self, extra_scopes: &[String]) -> Vec<String> {
+        let mut scopes: Vec<String> = vec!["openid".into()];
+        for s in self.config.default_scopes.iter().chain(extra_scopes) {
+            if !scopes.contains(s) {
+                scopes.push(s.clone());
+            }
+        }
+        scopes
     }
 
     /// Builds the authorization URL: code flow, PKCE S256 from `pkce_verifier`, our

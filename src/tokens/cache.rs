@@ -160,6 +160,7 @@ mod tests {
                 expires_at: DateTime::from_timestamp(now + expires_in, 0).unwrap_or_default(),
                 scope: None,
                 email: None,
+                sub: "sub".into(),
             },
             Some(now + expires_in - lifetime),
             Utc::now(),

@@ -26,16 +26,20 @@ use crate::error::Error;
 use crate::oauth::provider::{OidcProvider, ProviderError, ProviderTokens, Providers};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{
-    Connection, FlowRecorder, FlowStep, PendingGrant, RefreshState, ReplacedAccount, StoreError,
-    TokenStore, UserInfo,
+    Connection, FlowRecorder, FlowStep, GrantLedger, PendingGrant, RefreshState, ReplacedAccount,
+    ScanCursor, StoreError, TokenStore, UserInfo,
 };
 
+use crate::oauth::grant::{self, Cause, GrantRules};
 pub(crate) use refresh::{RefreshReuse, Refresher, TokenEndpoint};
 pub(crate) use token_set::{IssuedToken, TokenSet};
 pub(crate) use user_id::UserId;
 
 /// A lost conditional write is retried this many times against the re-read row.
 const WRITE_ATTEMPTS: usize = 5;
+/// `GET /v1/connections` reads at most this many rows per page (Scan on DynamoDB costs
+/// read capacity for every row read, matching or not).
+pub(crate) const MAX_SCANNED_PER_PAGE: usize = 2_000;
 
 /// A connection as listed: never a token.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -52,6 +56,78 @@ pub(crate) struct ConnectionSummary {
     /// The account this connection held before another account's grant replaced it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) previous_account: Option<ReplacedAccount>,
+    /// Scopes the connect sessions asked for (the provider's defaults included).
+    pub(crate) requested_scopes: Vec<String>,
+    /// Scopes the provider says the grant holds (from its last token response).
+    pub(crate) granted_scopes: Vec<String>,
+    /// Requested scopes the grant does not hold (the user unticked them at consent).
+    pub(crate) missing_scopes: Vec<String>,
+    /// Whether the grant holds fewer scopes than were requested.
+    pub(crate) partial_grant: bool,
+    /// When `grantedScopes` last changed.
+    pub(crate) scopes_changed_at: Option<DateTime<Utc>>,
+    /// When the user last consented (connected).
+    pub(crate) consented_at: Option<DateTime<Utc>>,
+    /// When a refresh last succeeded.
+    pub(crate) last_refreshed_at: Option<DateTime<Utc>>,
+    /// `ok`, `at_risk` (predicted to end within two days, or refreshes failing) or
+    /// `dead` (the user must connect again).
+    pub(crate) health: grant::Health,
+    /// When the grant is predicted to end, while it is alive.
+    pub(crate) predicted_expiry: Option<DateTime<Utc>>,
+    /// Which clock `predictedExpiry` is.
+    pub(crate) predicted_expiry_reason: Option<grant::ExpiryReason>,
+    /// Why the grant is dead (see the README's "How Google grants end").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cause: Option<&'static str>,
+    /// What the application and its user should do about `cause`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) remedy: Option<&'static str>,
+}
+
+impl ConnectionSummary {
+    /// The summary of `row` at `now`: never a token.
+    pub(crate) fn of(row: Connection, rules: GrantRules, now: DateTime<Utc>) -> Self {
+        let forecast = grant::forecast(&row, rules, now);
+        let cause = (!row.is_active).then(|| {
+            row.refresh
+                .inactive_cause
+                .as_deref()
+                .and_then(Cause::from_code)
+                .unwrap_or(Cause::UnknownInvalidGrant)
+        });
+        let missing_scopes = grant::missing(&row.grant.requested_scopes, &row.grant.granted_scopes);
+        // Rows from before the ledger name no scopes: nothing is known to be missing.
+        let partial_grant = !row.grant.granted_scopes.is_empty() && !missing_scopes.is_empty();
+        Self {
+            access_token_expires_at: DateTime::from_timestamp(row.access_token_expires_at, 0)
+                .unwrap_or_default(),
+            provider: row.provider,
+            email: row.email,
+            user_info: row.user_info,
+            is_active: row.is_active,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            last_used: row.last_used,
+            previous_account: row.replaced_account,
+            missing_scopes: if partial_grant {
+                missing_scopes
+            } else {
+                Vec::new()
+            },
+            partial_grant,
+            requested_scopes: row.grant.requested_scopes,
+            granted_scopes: row.grant.granted_scopes,
+            scopes_changed_at: row.grant.scopes_changed_at,
+            consented_at: row.grant.consented_at,
+            last_refreshed_at: row.grant.last_refreshed_at,
+            health: forecast.health,
+            predicted_expiry: forecast.predicted_expiry,
+            predicted_expiry_reason: forecast.reason,
+            cause: cause.map(Cause::code),
+            remedy: cause.map(Cause::remedy),
+        }
+    }
 }
 
 /// Timing rules for rows and tokens.
@@ -83,6 +159,8 @@ pub(crate) struct TokenPolicy {
     pub(crate) circuit_open: Duration,
     /// How long an opened token is kept in memory (0: not at all).
     pub(crate) token_cache: Duration,
+    /// What decides how grants end (the publishing status).
+    pub(crate) grant_rules: GrantRules,
 }
 
 impl TokenPolicy {
@@ -129,6 +207,9 @@ impl From<&Settings> for TokenPolicy {
             circuit_failures: refresh.circuit_failures,
             circuit_open: refresh.circuit_open,
             token_cache: refresh.token_cache,
+            grant_rules: GrantRules {
+                publishing: settings.provider.publishing_status,
+            },
         }
     }
 }
@@ -145,6 +226,10 @@ pub(crate) struct TokenService {
     policy: TokenPolicy,
 }
 
+/// A page of [`TokenService::connections_across`]: `(userId, connection)` pairs and
+/// where the next page starts.
+pub(crate) type AcrossPage = (Vec<(String, ConnectionSummary)>, Option<ScanCursor>);
+
 /// The result of storing a grant.
 pub(crate) struct Stored {
     /// Whether the row existed before (a re-connect).
@@ -154,6 +239,10 @@ pub(crate) struct Stored {
     pub(crate) has_refresh_token: bool,
     /// Set when the grant is another account's than the row's before (another `sub`).
     pub(crate) account_changed: Option<ReplacedAccount>,
+    /// The connection's scope ledger as stored.
+    pub(crate) grant: GrantLedger,
+    /// Whether the granted scopes differ from the connection's before.
+    pub(crate) scopes_changed: bool,
 }
 
 /// A confirmed pending grant, and what storing it did.
@@ -205,6 +294,10 @@ impl TokenService {
     /// in one conditional write; its refresh token is kept when the provider sent none
     /// and the grant is the same account's. A grant of a different account (another
     /// `sub`) is recorded on the row as `replacedAccount`.
+    ///
+    /// `requested` are the scopes the flow asked for: added to what the connection asked
+    /// for before (same account), as Google's incremental authorization adds them to the
+    /// grant.
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     pub(crate) async fn store_grant(
         &self,
@@ -212,6 +305,7 @@ impl TokenService {
         provider: &str,
         fresh: &TokenSet,
         user_info: UserInfo,
+        requested: &[String],
     ) -> Result<Stored, Error> {
         for _ in 0..WRITE_ATTEMPTS {
             let now = Utc::now();
@@ -239,6 +333,14 @@ impl TokenService {
                     email: row.email.clone(),
                     replaced_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 });
+            set.requested_scopes.clear();
+            let same_account = existing
+                .as_ref()
+                .filter(|row| row.user_info.sub == user_info.sub);
+            let grant =
+                ledger_after_consent(same_account.map(|row| &row.grant), requested, &set, now);
+            let scopes_changed = same_account
+                .is_some_and(|row| row.grant.scopes_changed_at != grant.scopes_changed_at);
             let envelope = set.seal(&self.cipher, user_id, provider).await?;
             let row = Connection {
                 user_id: user_id.to_string(),
@@ -261,7 +363,7 @@ impl TokenService {
                 replaced_account: account_changed
                     .clone()
                     .or_else(|| existing.as_ref().and_then(|r| r.replaced_account.clone())),
-                grant: Default::default(),
+                grant: grant.clone(),
             };
             match self
                 .store
@@ -284,6 +386,8 @@ impl TokenService {
                         kept_refresh_token,
                         has_refresh_token,
                         account_changed,
+                        grant,
+                        scopes_changed,
                     });
                 }
                 Err(StoreError::Conflict) => continue,
@@ -291,6 +395,19 @@ impl TokenService {
             }
         }
         Err(Error::Conflict)
+    }
+
+    /// The account connected for `user_id` at `provider` (`sub` and email), if any.
+    pub(crate) async fn connected_account(
+        &self,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<Option<UserInfo>, Error> {
+        Ok(self
+            .store
+            .get(user_id, provider)
+            .await?
+            .map(|row| row.user_info))
     }
 
     /// Marks a connect link's flow as started; false when it was before (single-use
@@ -373,6 +490,7 @@ impl TokenService {
                 &grant.provider,
                 &fresh,
                 grant.user_info.clone(),
+                &fresh.requested_scopes,
             )
             .await
         {
@@ -478,24 +596,57 @@ impl TokenService {
 
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub(crate) async fn connections(&self, user_id: &str) -> Result<Vec<ConnectionSummary>, Error> {
+        let now = Utc::now();
         Ok(self
             .store
             .list(user_id)
             .await?
             .into_iter()
-            .map(|row| ConnectionSummary {
-                access_token_expires_at: DateTime::from_timestamp(row.access_token_expires_at, 0)
-                    .unwrap_or_default(),
-                provider: row.provider,
-                email: row.email,
-                user_info: row.user_info,
-                is_active: row.is_active,
-                created_at: row.created_at,
-                updated_at: row.updated_at,
-                last_used: row.last_used,
-                previous_account: row.replaced_account,
-            })
+            .map(|row| ConnectionSummary::of(row, self.policy.grant_rules, now))
             .collect())
+    }
+
+    /// Connections across users, in key order after `after`, whose health is `health`
+    /// (any when `None`): at most `limit`, reading at most [`MAX_SCANNED_PER_PAGE`] rows
+    /// per call. Returns where the next page starts (`None` once the table is done); a
+    /// page may hold fewer than `limit` while there is more.
+    #[tracing::instrument(skip_all)]
+    pub(crate) async fn connections_across(
+        &self,
+        health: Option<grant::Health>,
+        after: Option<ScanCursor>,
+        limit: usize,
+    ) -> Result<AcrossPage, Error> {
+        let now = Utc::now();
+        let mut found = Vec::new();
+        let mut cursor = after;
+        let mut scanned = 0;
+        loop {
+            let page = self.store.scan(cursor.as_ref(), limit).await?;
+            scanned += limit;
+            for row in page.rows {
+                let key = ScanCursor {
+                    user_id: row.user_id.clone(),
+                    provider: row.provider.clone(),
+                };
+                let summary = ConnectionSummary::of(row, self.policy.grant_rules, now);
+                if health.is_none_or(|h| summary.health == h) {
+                    found.push((key.user_id.clone(), summary));
+                }
+                cursor = Some(key);
+                if found.len() == limit {
+                    // More may follow this row, or not: the next page finds out.
+                    return Ok((found, cursor));
+                }
+            }
+            cursor = match page.next {
+                Some(next) => Some(next),
+                None => return Ok((found, None)),
+            };
+            if scanned >= MAX_SCANNED_PER_PAGE {
+                return Ok((found, cursor));
+            }
+        }
     }
 
     /// Revokes the grant at the provider (best effort) and removes the row.
@@ -563,6 +714,70 @@ impl TokenEndpoint for OidcProvider {
             grace: config.refresh_reuse_grace,
         }
     }
+}
+
+/// The ledger after a consent at `now`: the flow's `requested` scopes added to those
+/// asked for before (`previous`, the same account's ledger), the granted scopes from the
+/// answer, each change dated, and the grant's clocks restarted.
+fn ledger_after_consent(
+    previous: Option<&GrantLedger>,
+    requested: &[String],
+    set: &TokenSet,
+    now: DateTime<Utc>,
+) -> GrantLedger {
+    let requested_scopes = grant::merge(
+        previous.map_or(&[][..], |p| p.requested_scopes.as_slice()),
+        requested,
+    );
+    let granted_scopes = set.granted_scopes();
+    let requested_changed_at = match previous {
+        Some(p) if p.requested_scopes == requested_scopes => p.requested_changed_at,
+        _ => Some(now),
+    };
+    let scopes_changed_at = match previous {
+        Some(p) if same_scopes(&p.granted_scopes, &granted_scopes) => p.scopes_changed_at,
+        _ => Some(now),
+    };
+    GrantLedger {
+        requested_scopes,
+        granted_scopes,
+        requested_changed_at,
+        scopes_changed_at,
+        consented_at: Some(now),
+        last_refreshed_at: None,
+        refresh_token_expires_at: set.refresh_token_expires_at,
+    }
+}
+
+/// The ledger after a refresh at `now` that answered `set`.
+pub(crate) fn ledger_after_refresh(
+    previous: &GrantLedger,
+    set: &TokenSet,
+    now: DateTime<Utc>,
+) -> GrantLedger {
+    let granted_scopes = set.granted_scopes();
+    let changed =
+        !granted_scopes.is_empty() && !same_scopes(&previous.granted_scopes, &granted_scopes);
+    GrantLedger {
+        scopes_changed_at: if changed {
+            Some(now)
+        } else {
+            previous.scopes_changed_at
+        },
+        granted_scopes: if granted_scopes.is_empty() {
+            previous.granted_scopes.clone()
+        } else {
+            granted_scopes
+        },
+        last_refreshed_at: Some(now),
+        refresh_token_expires_at: set.refresh_token_expires_at,
+        ..previous.clone()
+    }
+}
+
+/// Whether two scope lists hold the same scopes, in any order.
+fn same_scopes(a: &[String], b: &[String]) -> bool {
+    grant::missing(a, b).is_empty() && grant::missing(b, a).is_empty()
 }
 
 /// The `outcome` labels of `axnt_token_reads_total`, registered at start-up.

@@ -50,7 +50,8 @@ use super::TokenPolicy;
 use super::cache::{Cached, TokenCache};
 use super::token_set::{IssuedToken, TokenSet, TokenSource};
 use crate::crypto::EnvelopeCipher;
-use crate::error::{CAUSE_INVALID_GRANT, CAUSE_NO_REFRESH_TOKEN, CAUSE_OUTCOME_UNKNOWN, Error};
+use crate::error::Error;
+use crate::oauth::grant::{Cause, cause_of};
 use crate::oauth::provider::{ProviderError, ProviderTokens};
 use crate::retry::{Backoff, jittered};
 use crate::store::flow_log::ClientInfo;
@@ -516,12 +517,12 @@ impl Holder<'_> {
         let r = self.refresher;
         let provider = self.row.provider.as_str();
         let Some(refresh_token) = tokens.refresh_token.clone().map(SecretString::from) else {
-            return self.deactivate(CAUSE_NO_REFRESH_TOKEN).await;
+            return self.deactivate(Cause::NoRefreshToken).await;
         };
         let outcome = r.redeem(self.endpoint, &refresh_token).await;
         let label = match &outcome {
             Ok(_) => "ok",
-            Err(ProviderError::InvalidGrant) => "invalid_grant",
+            Err(ProviderError::InvalidGrant(_)) => "invalid_grant",
             Err(ProviderError::Unavailable(_)) => "provider_unavailable",
             Err(ProviderError::OutcomeUnknown(_)) => "outcome_unknown",
             Err(_) => "provider_error",
@@ -546,15 +547,12 @@ impl Holder<'_> {
                 }
                 Ok(issued)
             }
-            Err(ProviderError::InvalidGrant) => {
+            Err(ProviderError::InvalidGrant(refusal)) => {
                 r.circuit_record(provider, Some(true));
-                // After a request whose outcome is unknown, the provider most likely
-                // redeemed (and rotated) the token then: say so, not a bare invalid_grant.
-                let cause = if self.row.refresh.unknown_since_ms.is_some() {
-                    CAUSE_OUTCOME_UNKNOWN
-                } else {
-                    CAUSE_INVALID_GRANT
-                };
+                // What the refusal says, else (after a request whose outcome is unknown,
+                // the provider most likely redeemed and rotated the token then) the
+                // unknown outcome, else the grant's clocks.
+                let cause = cause_of(refusal, self.row, r.policy.grant_rules, Utc::now());
                 self.deactivate(cause).await
             }
             Err(e) => {
@@ -651,6 +649,7 @@ impl Holder<'_> {
             last_used: now,
             access_token_expires_at: set.expires_at,
             expires_at: self.refresher.policy.purge_time(now, true),
+            grant: super::ledger_after_refresh(&row.grant, set, now),
             ..row.successor()
         };
         Ok(self
@@ -660,8 +659,8 @@ impl Holder<'_> {
             .await?)
     }
 
-    /// Marks the row inactive: its refresh token is dead.
-    async fn deactivate(&self, cause: &str) -> Outcome {
+    /// Marks the row inactive: its refresh token is dead, of `cause`.
+    async fn deactivate(&self, cause: Cause) -> Outcome {
         let r = self.refresher;
         let row = self.row;
         r.cache.invalidate(&row.user_id, &row.provider);
@@ -671,7 +670,7 @@ impl Holder<'_> {
             updated_at: now,
             expires_at: r.policy.purge_time(now, false),
             refresh: RefreshState {
-                inactive_cause: Some(cause.to_string()),
+                inactive_cause: Some(cause.code().to_string()),
                 ..RefreshState::default()
             },
             ..row.successor()
@@ -684,12 +683,19 @@ impl Holder<'_> {
                 tracing::warn!(error = %e, "marking a dead grant inactive failed; the next read finds out again")
             }
         }
-        let d = json!({ "reason": cause, "isActive": false });
+        metrics::counter!("axnt_grants_ended_total", "provider" => row.provider.clone(), "cause" => cause.code())
+            .increment(1);
+        let d = json!({
+            "reason": cause.code(),
+            "cause": cause.code(),
+            "remedy": cause.remedy(),
+            "isActive": false,
+        });
         self.flow_log
             .step_failed(FlowStep::RefreshFailed, d, "reauthorization_required")
             .await;
         Err(Error::ReauthorizationRequired {
-            cause: cause.to_string(),
+            cause: cause.code().to_string(),
         })
     }
 
@@ -721,14 +727,21 @@ impl Holder<'_> {
         }
         let err = Error::from(e);
         let reason = if unknown {
-            CAUSE_OUTCOME_UNKNOWN
+            Cause::RefreshOutcomeUnknown.code()
         } else {
             err.code()
         };
-        let d = json!({
+        let mut d = json!({
             "reason": reason,
             "retryAfterSecs": cooldown.as_secs(),
+            "isActive": true,
         });
+        if let Some(cause) = err.cause() {
+            d["cause"] = json!(cause);
+        }
+        if let Some(remedy) = err.remedy() {
+            d["remedy"] = json!(remedy);
+        }
         self.flow_log
             .step_failed(FlowStep::RefreshFailed, d, err.code())
             .await;
@@ -763,12 +776,14 @@ struct Breaker {
 
 /// 409 for a row whose grant is dead, with the cause it died of.
 pub(crate) fn reauthorization_required(row: &Connection) -> Error {
+    let cause = row
+        .refresh
+        .inactive_cause
+        .as_deref()
+        .and_then(Cause::from_code)
+        .unwrap_or(Cause::UnknownInvalidGrant);
     Error::ReauthorizationRequired {
-        cause: row
-            .refresh
-            .inactive_cause
-            .clone()
-            .unwrap_or_else(|| CAUSE_INVALID_GRANT.to_string()),
+        cause: cause.code().to_string(),
     }
 }
 

@@ -40,6 +40,21 @@ pub(crate) struct TokenSet {
     /// by versions before 0.2): with `expires_at`, the lifetime it was issued with.
     #[serde(rename = "issuedAt", default, skip_serializing_if = "Option::is_none")]
     pub(crate) issued_at: Option<i64>,
+    /// Epoch seconds when the refresh token stops working (time-limited access).
+    #[serde(
+        rename = "refreshTokenExpiresAt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) refresh_token_expires_at: Option<i64>,
+    /// Only in a pending grant's set: the scopes its flow asked for, which become the
+    /// connection's `requestedScopes` when the grant is confirmed.
+    #[serde(
+        rename = "requestedScopes",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub(crate) requested_scopes: Vec<String>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -77,6 +92,11 @@ impl TokenSet {
                 .timestamp()
                 .saturating_add(i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX)),
             issued_at: Some(now.timestamp()),
+            refresh_token_expires_at: tokens.refresh_token_expires_in.map(|d| {
+                now.timestamp()
+                    .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            }),
+            requested_scopes: Vec::new(),
         };
         set.inherit(previous);
         set
@@ -87,7 +107,11 @@ impl TokenSet {
     pub(crate) fn inherit(&mut self, previous: Option<&TokenSet>) {
         let Some(previous) = previous else { return };
         if self.refresh_token.is_none() {
+            // The same refresh token, so the same end of time-limited access.
             self.refresh_token.clone_from(&previous.refresh_token);
+            if self.refresh_token_expires_at.is_none() {
+                self.refresh_token_expires_at = previous.refresh_token_expires_at;
+            }
         }
         if self.id_token.is_none() {
             self.id_token.clone_from(&previous.id_token);
@@ -95,6 +119,14 @@ impl TokenSet {
         if self.scope.is_none() {
             self.scope.clone_from(&previous.scope);
         }
+    }
+
+    /// The scopes the grant holds, as the provider last named them.
+    pub(crate) fn granted_scopes(&self) -> Vec<String> {
+        self.scope
+            .as_deref()
+            .map(crate::oauth::grant::parse_scopes)
+            .unwrap_or_default()
     }
 
     /// Whether the access token stays valid beyond its margin at `now` (epoch seconds).
@@ -163,6 +195,7 @@ impl TokenSet {
             expires_at: DateTime::from_timestamp(self.expires_at, 0).unwrap_or_default(),
             scope: self.scope.clone(),
             email: row.email.clone(),
+            sub: row.user_info.sub.clone(),
         }
     }
 }
@@ -226,6 +259,8 @@ pub(crate) struct IssuedToken {
     pub(crate) expires_at: DateTime<Utc>,
     pub(crate) scope: Option<String>,
     pub(crate) email: Option<String>,
+    /// The connected account's `sub` (for a step-up link, which only it may complete).
+    pub(crate) sub: String,
 }
 
 #[cfg(test)]
@@ -241,6 +276,8 @@ mod tests {
             token_type: "Bearer".into(),
             expires_at,
             issued_at,
+            refresh_token_expires_at: None,
+            requested_scopes: Vec::new(),
         }
     }
 

@@ -113,7 +113,7 @@ async fn a_full_flow_against_oauth2_mock_server() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let dead =
         support::assert_problem(app.token("e2e-user").await, 409, "reauthorization_required").await;
-    assert_eq!(dead["cause"], "invalid_grant");
+    assert_eq!(dead["cause"], "revoked_by_user");
 
     let steps = app.steps("e2e-user").await;
     assert_eq!(

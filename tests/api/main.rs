@@ -23,6 +23,7 @@ mod deploy;
 mod e2e_provider;
 mod edges;
 mod flow;
+mod grants;
 mod internal_api;
 mod limits;
 mod links;

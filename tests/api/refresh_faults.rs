@@ -501,7 +501,7 @@ async fn a_new_grant_never_inherits_a_dead_refresh_token(backend: Backend) {
     provider.set_access_token_ttl(0);
     provider.refresh_failure([RefreshBehaviour::InvalidGrant]);
     let dead = assert_problem(app.token("revived").await, 409, "reauthorization_required").await;
-    assert_eq!(dead["cause"], "invalid_grant");
+    assert_eq!(dead["cause"], "unknown_invalid_grant");
     let presented = provider.refresh_count();
     provider.omit_refresh_token_on_code(true);
     assert!(app.connect("revived").await.status().is_success());

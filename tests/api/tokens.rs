@@ -127,7 +127,7 @@ async fn invalid_grant_marks_the_row_inactive_and_answers_409(backend: Backend) 
         .iter()
         .find(|i| i["step"] == "refresh_failed")
         .expect("refresh_failed logged");
-    assert_eq!(failed["data"]["reason"], "invalid_grant");
+    assert_eq!(failed["data"]["reason"], "unknown_invalid_grant");
     let connections: Value = app
         .api_get("/v1/users/frank/connections")
         .await

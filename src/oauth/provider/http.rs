@@ -6,14 +6,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use openidconnect::core::CoreErrorResponseType;
 use openidconnect::{
     AuthorizationCode, HttpRequest, HttpResponse, OAuth2TokenResponse, PkceCodeVerifier,
-    RefreshToken, RequestTokenError, StandardErrorResponse, TokenResponse,
+    RefreshToken, RequestTokenError, TokenResponse,
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{OidcProvider, ProviderError, ProviderTokenResponse, ProviderTokens};
+use super::{OidcProvider, ProviderError, ProviderTokenResponse, ProviderTokens, TokenErrorAnswer};
 use crate::secrets::ClientCredentials;
 
 /// An HTTP failure below the OAuth layer, sorted by whether the provider may have acted
@@ -175,10 +174,7 @@ impl OidcProvider {
 
     fn token_result(
         &self,
-        response: Result<
-            ProviderTokenResponse,
-            RequestTokenError<HttpFailure, StandardErrorResponse<CoreErrorResponseType>>,
-        >,
+        response: Result<ProviderTokenResponse, RequestTokenError<HttpFailure, TokenErrorAnswer>>,
     ) -> Result<ProviderTokens, ProviderError> {
         match response {
             Ok(r) => Ok(ProviderTokens {
@@ -192,6 +188,7 @@ impl OidcProvider {
                     .scopes()
                     .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
                 token_type: "Bearer".into(),
+                refresh_token_expires_in: r.extra_fields().extra_fields().refresh_token_lifetime(),
             }),
             Err(e) => Err(self.classify_token_error(e)),
         }
@@ -199,17 +196,10 @@ impl OidcProvider {
 
     fn classify_token_error(
         &self,
-        e: RequestTokenError<HttpFailure, StandardErrorResponse<CoreErrorResponseType>>,
+        e: RequestTokenError<HttpFailure, TokenErrorAnswer>,
     ) -> ProviderError {
         match e {
-            RequestTokenError::ServerResponse(r) => match r.error() {
-                CoreErrorResponseType::InvalidGrant => ProviderError::InvalidGrant,
-                CoreErrorResponseType::InvalidClient
-                | CoreErrorResponseType::UnauthorizedClient => ProviderError::InvalidClient,
-                other => ProviderError::Rejected {
-                    error: other.as_ref().to_string(),
-                },
-            },
+            RequestTokenError::ServerResponse(r) => r.classify(),
             RequestTokenError::Request(f) => f.into_provider_error(),
             // Only where and what kind: serde's message can quote the offending value,
             // and in a token response that value may be a token.

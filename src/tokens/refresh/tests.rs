@@ -61,6 +61,7 @@ impl TokenEndpoint for Scripted {
             expires_in: Some(Duration::from_secs(3600)),
             scope: None,
             token_type: "Bearer".into(),
+            refresh_token_expires_in: None,
         })
     }
 
@@ -93,6 +94,7 @@ pub(crate) fn policy() -> TokenPolicy {
         circuit_open: Duration::from_secs(1),
         // These cases are about the flight and the lease: every read goes to the row.
         token_cache: Duration::ZERO,
+        grant_rules: crate::oauth::grant::GrantRules::default(),
     }
 }
 
@@ -128,6 +130,8 @@ impl World {
             token_type: "Bearer".into(),
             expires_at: now.timestamp(),
             issued_at: Some(now.timestamp() - 3600),
+            refresh_token_expires_at: None,
+            requested_scopes: Vec::new(),
         };
         let row = Connection {
             user_id: "user".into(),
@@ -300,7 +304,12 @@ async fn a_lost_answer_is_not_retried_by_a_rotating_provider_and_names_the_death
                 Duration::ZERO,
                 Err(ProviderError::OutcomeUnknown("timed out".into())),
             ),
-            (Duration::ZERO, Err(ProviderError::InvalidGrant)),
+            (
+                Duration::ZERO,
+                Err(ProviderError::InvalidGrant(
+                    crate::oauth::provider::GrantRefusal::Unspecified,
+                )),
+            ),
         ],
     );
     let no_cooldown = TokenPolicy {
@@ -317,7 +326,10 @@ async fn a_lost_answer_is_not_retried_by_a_rotating_provider_and_names_the_death
     assert!(world.row().await.refresh.unknown_since_ms.is_some());
     match read(&a, &endpoint).await {
         Err(Error::ReauthorizationRequired { cause }) => {
-            assert_eq!(cause, CAUSE_OUTCOME_UNKNOWN)
+            assert_eq!(
+                cause,
+                crate::oauth::grant::Cause::RefreshOutcomeUnknown.code()
+            )
         }
         other => panic!("expected 409, got {:?}", other.map(|_| ())),
     }
@@ -325,7 +337,7 @@ async fn a_lost_answer_is_not_retried_by_a_rotating_provider_and_names_the_death
     assert!(!row.is_active);
     assert_eq!(
         row.refresh.inactive_cause.as_deref(),
-        Some(CAUSE_OUTCOME_UNKNOWN)
+        Some(crate::oauth::grant::Cause::RefreshOutcomeUnknown.code())
     );
 }
 

@@ -22,6 +22,11 @@ pub enum RefreshBehaviour {
     HoldAnswer(Duration),
     /// `200` with exactly this body (a malformed token response).
     RawBody(String),
+    /// Google's `invalid_grant` with `error_subtype: invalid_rapt` (a session-control
+    /// policy requires a new sign-in).
+    InvalidRapt,
+    /// Google's `admin_policy_enforced`.
+    AdminPolicyEnforced,
 }
 
 impl RefreshBehaviour {
@@ -120,6 +125,32 @@ impl FakeProvider {
     /// [`IdTokenTamper::None`].
     pub fn tamper_id_token(&self, tamper: IdTokenTamper) {
         self.lock().tamper = tamper;
+    }
+
+    /// The user unticks these scopes on the consent screen from now on: grants leave
+    /// them out (never `openid`). Empty: every requested scope is granted.
+    pub fn untick_scopes(&self, scopes: &[&str]) {
+        self.lock().unticked = scopes.iter().map(|s| (*s).to_string()).collect();
+    }
+
+    /// Time-limited access from now on: code exchanges answer
+    /// `refresh_token_expires_in: secs`, and a grant's refresh token is refused
+    /// ("Token has been expired or revoked.") once that long has passed on the
+    /// provider's clock. `None`: unlimited.
+    pub fn set_refresh_token_lifetime(&self, secs: Option<i64>) {
+        self.lock().refresh_token_lifetime = secs;
+    }
+
+    /// `true`: the client is in Google's "Testing" publishing status: grants holding more
+    /// than `openid email profile` are refused ("Token has been expired or revoked.")
+    /// 7 days after consent, on the provider's clock.
+    pub fn set_testing_mode(&self, testing: bool) {
+        self.lock().testing_mode = testing;
+    }
+
+    /// Moves the provider's clock (grant ages and expiries) forward by `secs`.
+    pub fn advance_clock(&self, secs: i64) {
+        self.lock().clock_offset += chrono::Duration::seconds(secs);
     }
 
     /// `true`: `/authorize` redirects with `error=access_denied&state=…`.

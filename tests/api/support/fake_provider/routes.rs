@@ -129,7 +129,29 @@ pub(super) async fn authorize(State(shared): AppState, RawQuery(query): RawQuery
         return redirect_to(&redirect, &pairs);
     }
 
-    let scope = scope.clone();
+    // The consent screen: the user may untick scopes (never `openid`), and with
+    // `include_granted_scopes=true` the new grant covers what this account granted the
+    // client before (Google's incremental authorization).
+    let mut granted: Vec<String> = scope
+        .split(' ')
+        .filter(|s| !s.is_empty() && (*s == "openid" || !st.unticked.iter().any(|u| u == s)))
+        .map(str::to_string)
+        .collect();
+    if params.get("include_granted_scopes").map(String::as_str) == Some("true") {
+        let sub = st.profile.sub.clone();
+        let earlier: Vec<String> = st
+            .grants
+            .iter()
+            .filter(|g| !g.revoked && g.client_id == st.client_id && g.profile.sub == sub)
+            .flat_map(|g| g.scope.split(' ').map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        for s in earlier {
+            if !granted.contains(&s) {
+                granted.push(s);
+            }
+        }
+    }
+    let scope = granted.join(" ");
     let code = st.next_id("code");
     let client_id = st.client_id.clone();
     st.codes.insert(
@@ -208,6 +230,10 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
                 }
                 Some(RefreshBehaviour::Delay(delay)) => Step::Delay(delay),
                 Some(RefreshBehaviour::RawBody(body)) => Step::Raw(body),
+                Some(RefreshBehaviour::InvalidRapt) => Step::Answer(OAuthError::invalid_rapt()),
+                Some(RefreshBehaviour::AdminPolicyEnforced) => {
+                    Step::Answer(OAuthError::admin_policy_enforced())
+                }
             }
         } else {
             Step::Proceed
@@ -351,15 +377,24 @@ fn code_grant(st: &mut Inner, issuer: &str, params: &HashMap<String, String>) ->
         ));
     }
 
+    let granted_at = st.now();
+    let refresh_expires_at = st
+        .refresh_token_lifetime
+        .map(|secs| granted_at + chrono::Duration::seconds(secs));
     st.grants.push(Grant {
         client_id: auth.client_id.clone(),
         scope: auth.scope.clone(),
         profile: st.profile.clone(),
         revoked: false,
+        granted_at,
+        refresh_expires_at,
     });
     let grant = st.grants.len() - 1;
     st.code_grants.insert(code.clone(), grant);
     let (mut body, access_token) = st.access_response(grant);
+    if let Some(secs) = st.refresh_token_lifetime {
+        body.insert("refresh_token_expires_in".into(), json!(secs.max(0)));
+    }
     if !st.omit_refresh_token_on_code {
         let refresh_token = st.issue_refresh_token(grant);
         body.insert("refresh_token".into(), json!(refresh_token));
@@ -383,10 +418,8 @@ fn refresh_grant(st: &mut Inner, params: &HashMap<String, String>) -> GrantOutco
             "refresh token was rotated or revoked",
         ));
     }
-    if st.grants[grant].revoked {
-        return Err(OAuthError::invalid_grant(
-            "Token has been expired or revoked.",
-        ));
+    if st.grants[grant].revoked || st.grant_expired(grant) {
+        return Err(OAuthError::expired_or_revoked());
     }
     if st.grants[grant].client_id != st.client_id {
         return Err(OAuthError::invalid_grant(

@@ -34,6 +34,10 @@ pub(super) struct Grant {
     pub(super) scope: String,
     pub(super) profile: Profile,
     pub(super) revoked: bool,
+    /// When the user consented, on the provider's clock.
+    pub(super) granted_at: DateTime<Utc>,
+    /// Time-limited access: when the refresh token stops working.
+    pub(super) refresh_expires_at: Option<DateTime<Utc>>,
 }
 
 pub(super) struct AccessRecord {
@@ -67,6 +71,10 @@ pub(super) struct Inner {
     pub(super) tamper: IdTokenTamper,
     pub(super) deny: bool,
     pub(super) discovery_unavailable: bool,
+    pub(super) unticked: Vec<String>,
+    pub(super) refresh_token_lifetime: Option<i64>,
+    pub(super) testing_mode: bool,
+    pub(super) clock_offset: chrono::Duration,
 
     pub(super) codes: HashMap<String, Authorization>,
     /// Grant made from each code exchanged, so a replayed code revokes it.
@@ -120,6 +128,10 @@ impl Inner {
             tamper: IdTokenTamper::None,
             deny: false,
             discovery_unavailable: false,
+            unticked: Vec::new(),
+            refresh_token_lifetime: None,
+            testing_mode: false,
+            clock_offset: chrono::Duration::zero(),
             codes: HashMap::new(),
             code_grants: HashMap::new(),
             grants: Vec::new(),
@@ -136,6 +148,31 @@ impl Inner {
             issued_refresh_tokens: Vec::new(),
             issued_id_tokens: Vec::new(),
         }
+    }
+
+    /// The provider's clock: real time moved by [`FakeProvider::advance_clock`].
+    pub(super) fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.clock_offset
+    }
+
+    /// Why the grant's refresh token no longer works at the provider's `now`, if it
+    /// does not: time-limited access ran out, or the Testing status's 7 days passed for
+    /// a grant holding more than the basic scopes.
+    pub(super) fn grant_expired(&self, grant: usize) -> bool {
+        let grant = &self.grants[grant];
+        let now = self.now();
+        let basic = grant.scope.split(' ').all(|s| {
+            matches!(
+                s,
+                "openid"
+                    | "email"
+                    | "profile"
+                    | "https://www.googleapis.com/auth/userinfo.email"
+                    | "https://www.googleapis.com/auth/userinfo.profile"
+            )
+        });
+        grant.refresh_expires_at.is_some_and(|at| now >= at)
+            || (self.testing_mode && !basic && now - grant.granted_at >= chrono::Duration::days(7))
     }
 
     pub(super) fn next_id(&mut self, kind: &str) -> String {

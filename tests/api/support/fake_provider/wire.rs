@@ -105,6 +105,8 @@ pub(super) struct OAuthError {
     pub(super) status: StatusCode,
     pub(super) error: String,
     description: String,
+    /// Google's `error_subtype` (`invalid_rapt`).
+    subtype: Option<String>,
 }
 
 impl OAuthError {
@@ -113,7 +115,30 @@ impl OAuthError {
             status,
             error: error.to_owned(),
             description: description.to_owned(),
+            subtype: None,
         }
+    }
+
+    /// Google's answer for a refresh token that was revoked or ran out.
+    pub(super) fn expired_or_revoked() -> Self {
+        Self::invalid_grant("Token has been expired or revoked.")
+    }
+
+    /// Google's answer when a Workspace session-control policy demands a new sign-in.
+    pub(super) fn invalid_rapt() -> Self {
+        Self {
+            subtype: Some("invalid_rapt".into()),
+            ..Self::invalid_grant("reauth related error (invalid_rapt)")
+        }
+    }
+
+    /// Google's answer when a Workspace administrator restricted the app or a scope.
+    pub(super) fn admin_policy_enforced() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "admin_policy_enforced",
+            "Access to this app or one of its scopes is restricted by the administrator.",
+        )
     }
 
     pub(super) fn invalid_request(description: &str) -> Self {
@@ -145,7 +170,10 @@ impl OAuthError {
 
 impl IntoResponse for OAuthError {
     fn into_response(self) -> Response {
-        let body = json!({"error": self.error, "error_description": self.description});
+        let mut body = json!({"error": self.error, "error_description": self.description});
+        if let Some(subtype) = &self.subtype {
+            body["error_subtype"] = json!(subtype);
+        }
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

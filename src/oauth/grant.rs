@@ -1,0 +1,377 @@
+//! What a Google grant covers and how it ends: the scope ledger's rules, the cause a
+//! dead grant died of, and the forecast of when a live one will.
+//!
+//! Google ends a refresh token when the user revokes it, after six months unused, when
+//! an app in "Testing" publishing status holds more than the basic scopes for 7 days,
+//! at the end of time-limited access, when a Workspace policy restricts a scope
+//! (`admin_policy_enforced`) or demands a new sign-in (`invalid_rapt`), on a password
+//! change (Gmail scopes), and when the account holds more than 100 refresh tokens for
+//! the client. Its refusal says little (`invalid_grant`, "Token has been expired or
+//! revoked."), so the cause is read from what it does say and, failing that, from the
+//! ledger's clocks (see [`cause_of`]).
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+
+pub(crate) use crate::config::{PartialGrant, PublishingStatus};
+
+use super::provider::GrantRefusal;
+use crate::store::{Connection, GrantLedger};
+
+/// How long Google keeps a grant of an app in "Testing" status that holds more than
+/// the basic scopes.
+pub(crate) const TESTING_GRANT_LIFE: Duration = Duration::from_secs(7 * 86_400);
+/// How long Google keeps a refresh token nobody uses ("six months"; the shorter
+/// reading, so the forecast errs early).
+pub(crate) const IDLE_LIMIT: Duration = Duration::from_secs(180 * 86_400);
+/// A connection whose grant is predicted to end within this long is `at_risk`.
+pub(crate) const AT_RISK_WITHIN: Duration = Duration::from_secs(2 * 86_400);
+/// Clock differences between Google and us that still count as "on time".
+const SLACK: Duration = Duration::from_secs(3_600);
+
+/// The scopes every connection asks for; a grant holding only these is "basic" (the
+/// Testing-status expiry spares it).
+const BASIC_SCOPES: [&str; 3] = [
+    "openid",
+    "https://www.googleapis.com/auth/userinfo.email",
+    "https://www.googleapis.com/auth/userinfo.profile",
+];
+
+/// A scope as Google answers it: it accepts `email` and `profile` in a request and
+/// names them by URL in the token response.
+pub(crate) fn canonical(scope: &str) -> &str {
+    match scope {
+        "email" => "https://www.googleapis.com/auth/userinfo.email",
+        "profile" => "https://www.googleapis.com/auth/userinfo.profile",
+        other => other,
+    }
+}
+
+/// A space-separated scope string (a token response's `scope`) as a list, each scope
+/// once, in order.
+pub(crate) fn parse_scopes(text: &str) -> Vec<String> {
+    merge(
+        &[],
+        &text
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// `first` then what `then` adds, each scope once (compared as Google means them).
+pub(crate) fn merge(first: &[String], then: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(first.len() + then.len());
+    for scope in first.iter().chain(then) {
+        if !out.iter().any(|s| canonical(s) == canonical(scope)) {
+            out.push(scope.clone());
+        }
+    }
+    out
+}
+
+/// The scopes of `wanted` that `granted` does not hold.
+pub(crate) fn missing(wanted: &[String], granted: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for scope in wanted {
+        let held = granted.iter().any(|g| canonical(g) == canonical(scope));
+        if !held && !out.iter().any(|s| canonical(s) == canonical(scope)) {
+            out.push(scope.clone());
+        }
+    }
+    out
+}
+
+fn only_basic(granted: &[String]) -> bool {
+    granted.iter().all(|s| BASIC_SCOPES.contains(&canonical(s)))
+}
+
+/// Why a grant is dead or its refresh failed: the `cause` code of a 409 body, the flow
+/// log, the connections list and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    RevokedByUser,
+    TestingModeExpired,
+    IdleExpired,
+    TokenLimitEvicted,
+    TimeLimitedAccessExpired,
+    AdminPolicyEnforced,
+    SessionReauthRequired,
+    PasswordChanged,
+    RefreshOutcomeUnknown,
+    NoRefreshToken,
+    UnknownInvalidGrant,
+    ClientCredentialsInvalid,
+}
+
+impl Cause {
+    /// Every cause, for the metrics registered at start-up and the docs.
+    pub(crate) const ALL: [Cause; 12] = [
+        Cause::RevokedByUser,
+        Cause::TestingModeExpired,
+        Cause::IdleExpired,
+        Cause::TokenLimitEvicted,
+        Cause::TimeLimitedAccessExpired,
+        Cause::AdminPolicyEnforced,
+        Cause::SessionReauthRequired,
+        Cause::PasswordChanged,
+        Cause::RefreshOutcomeUnknown,
+        Cause::NoRefreshToken,
+        Cause::UnknownInvalidGrant,
+        Cause::ClientCredentialsInvalid,
+    ];
+
+    pub(crate) fn code(self) -> &'static str {
+        match self {
+            Self::RevokedByUser => "revoked_by_user",
+            Self::TestingModeExpired => "testing_mode_expired",
+            Self::IdleExpired => "idle_expired",
+            Self::TokenLimitEvicted => "token_limit_evicted",
+            Self::TimeLimitedAccessExpired => "time_limited_access_expired",
+            Self::AdminPolicyEnforced => "admin_policy_enforced",
+            Self::SessionReauthRequired => "session_reauth_required",
+            Self::PasswordChanged => "password_changed",
+            Self::RefreshOutcomeUnknown => "refresh_outcome_unknown",
+            Self::NoRefreshToken => "no_refresh_token",
+            Self::UnknownInvalidGrant => "unknown_invalid_grant",
+            Self::ClientCredentialsInvalid => "client_credentials_invalid",
+        }
+    }
+
+    /// A stored code as a cause. Rows written before causes were told apart say
+    /// `invalid_grant`, which is [`Cause::UnknownInvalidGrant`].
+    pub(crate) fn from_code(code: &str) -> Option<Self> {
+        if code == "invalid_grant" {
+            return Some(Self::UnknownInvalidGrant);
+        }
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// What the application and its user should do.
+    pub(crate) fn remedy(self) -> &'static str {
+        match self {
+            Self::RevokedByUser => {
+                "The user removed this app's access in their Google account (or it ended for a reason Google does not name). Ask them to connect again if they want to."
+            }
+            Self::TestingModeExpired => {
+                "The OAuth client is in Google's Testing publishing status, whose grants end after 7 days. Ask the user to connect again; publish the app (Google Cloud console, OAuth consent screen) to stop this."
+            }
+            Self::IdleExpired => {
+                "The grant went unused for about six months and Google ended it. Ask the user to connect again; AXNT_KEEPALIVE_DAYS keeps idle grants alive."
+            }
+            Self::TokenLimitEvicted => {
+                "The Google account holds too many grants for this OAuth client (Google keeps 100) and this, the oldest, was ended. Ask the user to connect again, and stop creating new grants for the same account."
+            }
+            Self::TimeLimitedAccessExpired => {
+                "The user granted access for a limited time, which has ended. Ask them to connect again, for longer if they agree."
+            }
+            Self::AdminPolicyEnforced => {
+                "A Google Workspace administrator restricted this app or one of its scopes. The user's administrator must allow the app (Admin console, API controls) before the user connects again."
+            }
+            Self::SessionReauthRequired => {
+                "The user's Google Workspace requires them to sign in again (session control). Ask them to connect again."
+            }
+            Self::PasswordChanged => {
+                "The user changed their Google password and the grant held Gmail scopes, which ends it. Ask them to connect again."
+            }
+            Self::RefreshOutcomeUnknown => {
+                "A refresh request's answer was lost and the provider then refused the refresh token, most likely spent by that request. Ask the user to connect again."
+            }
+            Self::NoRefreshToken => {
+                "The grant gave no refresh token and its access token expired. Ask the user to connect again."
+            }
+            Self::UnknownInvalidGrant => {
+                "The provider refused the grant (invalid_grant) without saying why. Ask the user to connect again."
+            }
+            Self::ClientCredentialsInvalid => {
+                "The provider rejected this service's OAuth client id or secret; the user's grant is untouched. An operator must fix the client credentials (AXNT_GOOGLE_CLIENT_SECRET or the secret's client_secret)."
+            }
+        }
+    }
+}
+
+/// The grant rules of a deployment.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct GrantRules {
+    pub(crate) publishing: PublishingStatus,
+}
+
+/// The last time the refresh token was used: its last refresh, else its consent, else
+/// (rows older than the ledger) the row's last token write.
+fn last_token_use(row: &Connection) -> DateTime<Utc> {
+    let grant = &row.grant;
+    grant
+        .last_refreshed_at
+        .into_iter()
+        .chain(grant.consented_at)
+        .max()
+        .unwrap_or(row.updated_at)
+}
+
+fn after(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Why the provider refused `row`'s refresh token at `now`: what the refusal says
+/// first, then the unknown outcome of an earlier request, then the clocks.
+pub(crate) fn cause_of(
+    refusal: GrantRefusal,
+    row: &Connection,
+    rules: GrantRules,
+    now: DateTime<Utc>,
+) -> Cause {
+    match refusal {
+        GrantRefusal::ReauthRequired => return Cause::SessionReauthRequired,
+        GrantRefusal::AdminPolicy => return Cause::AdminPolicyEnforced,
+        GrantRefusal::ExpiredOrRevoked | GrantRefusal::Unspecified => {}
+    }
+    if row.refresh.unknown_since_ms.is_some() {
+        return Cause::RefreshOutcomeUnknown;
+    }
+    let grant = &row.grant;
+    if grant
+        .refresh_token_expires_at
+        .is_some_and(|at| at <= after(now, SLACK).timestamp())
+    {
+        return Cause::TimeLimitedAccessExpired;
+    }
+    // A declared Testing status explains a death on its clock first; an undeclared
+    // one only when six months of disuse do not explain it already.
+    let testing = testing_expiry_fits(grant, rules, now);
+    if testing && rules.publishing == PublishingStatus::Testing {
+        return Cause::TestingModeExpired;
+    }
+    if now >= after(last_token_use(row), IDLE_LIMIT) {
+        return Cause::IdleExpired;
+    }
+    if testing {
+        return Cause::TestingModeExpired;
+    }
+    match refusal {
+        GrantRefusal::ExpiredOrRevoked => Cause::RevokedByUser,
+        _ => Cause::UnknownInvalidGrant,
+    }
+}
+
+/// Whether a refusal at `now` fits the Testing-status expiry: the grant holds more than
+/// the basic scopes, is at least 7 days old, and (status unknown) was never refreshed
+/// after its 7th day, which a Testing grant cannot be.
+fn testing_expiry_fits(grant: &GrantLedger, rules: GrantRules, now: DateTime<Utc>) -> bool {
+    let Some(consented) = grant.consented_at else {
+        return false;
+    };
+    if only_basic(&grant.granted_scopes) || rules.publishing == PublishingStatus::Production {
+        return false;
+    }
+    let ends = after(consented, TESTING_GRANT_LIFE);
+    if now < after(ends, Duration::ZERO) - TimeDelta::from_std(SLACK).unwrap_or_default() {
+        return false;
+    }
+    match rules.publishing {
+        PublishingStatus::Testing => true,
+        _ => grant.last_refreshed_at.is_none_or(|at| at < ends),
+    }
+}
+
+/// `health` of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = ConnectionHealth)]
+pub enum Health {
+    /// Working, and no clock ends it soon.
+    Ok,
+    /// Working, but predicted to end within two days, or its refreshes are failing.
+    AtRisk,
+    /// The grant is dead: the user must connect again.
+    Dead,
+}
+
+/// Why a grant is predicted to end when it is (`predictedExpiryReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiryReason {
+    /// The Testing publishing status's 7 days after consent.
+    TestingMode,
+    /// The end of the time-limited access the user chose.
+    TimeLimitedAccess,
+    /// Six months after the refresh token was last used.
+    IdleLimit,
+}
+
+/// A connection's health and when its grant is predicted to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Forecast {
+    pub(crate) health: Health,
+    pub(crate) predicted_expiry: Option<DateTime<Utc>>,
+    pub(crate) reason: Option<ExpiryReason>,
+}
+
+/// The forecast for `row` at `now`. The Testing clock counts only when the status is
+/// declared `testing` (an unknown status would make every grant look at risk).
+pub(crate) fn forecast(row: &Connection, rules: GrantRules, now: DateTime<Utc>) -> Forecast {
+    let grant = &row.grant;
+    let mut clocks: Vec<(DateTime<Utc>, ExpiryReason)> = Vec::new();
+    if let Some(at) = grant
+        .refresh_token_expires_at
+        .and_then(|at| DateTime::from_timestamp(at, 0))
+    {
+        clocks.push((at, ExpiryReason::TimeLimitedAccess));
+    }
+    if rules.publishing == PublishingStatus::Testing
+        && !only_basic(&grant.granted_scopes)
+        && let Some(consented) = grant.consented_at
+    {
+        clocks.push((
+            after(consented, TESTING_GRANT_LIFE),
+            ExpiryReason::TestingMode,
+        ));
+    }
+    clocks.push((
+        after(last_token_use(row), IDLE_LIMIT),
+        ExpiryReason::IdleLimit,
+    ));
+    let first = clocks.into_iter().min_by_key(|(at, _)| *at);
+    let health = if !row.is_active {
+        Health::Dead
+    } else if first.is_some_and(|(at, _)| at <= after(now, AT_RISK_WITHIN))
+        || row.refresh.unknown_since_ms.is_some()
+        || row
+            .refresh
+            .retry_at_ms
+            .is_some_and(|at| at > now.timestamp_millis())
+    {
+        Health::AtRisk
+    } else {
+        Health::Ok
+    };
+    Forecast {
+        health,
+        predicted_expiry: first.map(|(at, _)| at).filter(|_| row.is_active),
+        reason: first.map(|(_, r)| r).filter(|_| row.is_active),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_compare_as_google_means_them() {
+        let granted = parse_scopes(
+            "openid https://www.googleapis.com/auth/userinfo.email  https://x.test/drive",
+        );
+        assert_eq!(granted.len(), 3);
+        let wanted: Vec<String> = ["email", "profile", "https://x.test/drive", "profile"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(missing(&wanted, &granted), vec!["profile".to_string()]);
+        assert_eq!(merge(&granted, &wanted).len(), 4);
+        assert!(only_basic(&parse_scopes("openid email profile")));
+        assert!(!only_basic(&granted));
+    }
+}
