@@ -14,7 +14,8 @@ use axnt_oauth::store::embedded::EmbeddedStore;
 use axnt_oauth::store::flow_log::SortKeyClock;
 use axnt_oauth::store::{
     Connection, FlowLog, FlowLogEntry, FlowStep, GrantLedger, LeaseRelease, PendingGrant,
-    RefreshLease, RefreshState, ReplacedAccount, ScanCursor, StoreError, TokenStore, UserInfo,
+    PendingRevocation, RefreshLease, RefreshState, ReplacedAccount, ScanCursor, StoreError,
+    TokenStore, UserInfo,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
@@ -722,6 +723,74 @@ async fn the_grant_ledger_is_kept_on_the_row(tokens: Arc<dyn TokenStore>, _log: 
     );
 }
 
+fn revocation(id: &str, user_id: &str, next_attempt_at: i64) -> PendingRevocation {
+    PendingRevocation {
+        id: id.into(),
+        user_id: user_id.into(),
+        provider: "google".into(),
+        sub: "sub-1".into(),
+        encrypted_token: row(user_id, "google", 1, id).encrypted_tokens,
+        token_kind: "refresh_token".into(),
+        created_at: now(),
+        attempts: 1,
+        next_attempt_at,
+        expires_at: next_attempt_at + 86_400,
+    }
+}
+
+/// Revocations to retry come back once due, are replaced by id, are removed, and are
+/// never a connection (not listed, not scanned).
+async fn revocations_wait_until_due_and_are_no_connection(
+    tokens: Arc<dyn TokenStore>,
+    _log: Arc<dyn FlowLog>,
+) {
+    let u = user();
+    let t = now().timestamp();
+    let (a, b) = (format!("a-{u}"), format!("b-{u}"));
+    let first = revocation(&a, &u, t - 10);
+    tokens.put_revocation(&first).await.expect("put a");
+    tokens
+        .put_revocation(&revocation(&b, &u, t + 3_600))
+        .await
+        .expect("put b");
+    let ids = |list: Vec<PendingRevocation>| -> Vec<String> {
+        list.into_iter()
+            .map(|r| r.id)
+            .filter(|id| id.ends_with(&u))
+            .collect()
+    };
+    let due = tokens.revocations_due(t, 1000).await.expect("due");
+    assert_eq!(
+        due.iter().find(|r| r.id == a),
+        Some(&first),
+        "read back as written"
+    );
+    assert_eq!(ids(due), vec![a.clone()], "only what is due");
+    assert!(tokens.list(&u).await.expect("list").is_empty());
+    let (scanned, _) = scan_all(tokens.as_ref(), 1000).await;
+    assert!(scanned.iter().all(|r| r.user_id != u), "a scan skips them");
+
+    let later = PendingRevocation {
+        attempts: 2,
+        ..revocation(&a, &u, t + 60)
+    };
+    tokens.put_revocation(&later).await.expect("replace");
+    assert!(ids(tokens.revocations_due(t, 1000).await.expect("due")).is_empty());
+    let due = tokens.revocations_due(t + 3_600, 1000).await.expect("due");
+    assert_eq!(ids(due.clone()).len(), 2);
+    assert_eq!(due.iter().find(|r| r.id == a).map(|r| r.attempts), Some(2));
+
+    tokens.remove_revocation(&a).await.expect("remove");
+    tokens
+        .remove_revocation(&a)
+        .await
+        .expect("removing twice is fine");
+    assert_eq!(
+        ids(tokens.revocations_due(t + 3_600, 1000).await.expect("due")),
+        vec![b]
+    );
+}
+
 /// Every row of a scan, page by page, with the number of pages read.
 async fn scan_all(tokens: &dyn TokenStore, limit: usize) -> (Vec<Connection>, usize) {
     let (mut rows, mut pages) = (Vec::new(), 0);
@@ -909,6 +978,7 @@ every_backend!(
     a_pending_grant_is_taken_once_and_is_no_connection,
     a_replaced_account_is_kept_on_the_row,
     the_grant_ledger_is_kept_on_the_row,
+    revocations_wait_until_due_and_are_no_connection,
     a_scan_pages_through_every_row_once_and_no_flow_item,
     a_rewrap_replaces_only_an_unchanged_envelope,
 );

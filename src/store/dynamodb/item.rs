@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::crypto::Envelope;
 use crate::store::{
-    Connection, FlowLogEntry, FlowStep, GrantLedger, PendingGrant, RefreshLease, RefreshState,
-    ReplacedAccount, StoreError, UserInfo,
+    Connection, FlowLogEntry, FlowStep, GrantLedger, PendingGrant, PendingRevocation, RefreshLease,
+    RefreshState, ReplacedAccount, StoreError, UserInfo,
 };
 
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -262,6 +262,81 @@ pub(super) fn flow_key(flow_id: &str) -> String {
 pub(super) const STARTED: &str = "#started";
 /// The sort key of a grant awaiting confirmation.
 pub(super) const PENDING: &str = "#pending";
+
+/// Revocations to try again live in one partition no connection has, each under a
+/// sort key no provider is named (`#revoke#<id>`), so `list` and `scan` skip them and a
+/// `Query` of the partition finds them all.
+pub(super) const REVOCATIONS: &str = "#revocations";
+pub(super) const REVOKE_PREFIX: &str = "#revoke#";
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RevocationItem {
+    user_id: String,
+    provider: String,
+    /// The record itself, its own user id and provider under `revocationUserId` and
+    /// `revocationProvider`.
+    #[serde(flatten)]
+    record: RevocationRecord,
+}
+
+/// [`PendingRevocation`] with its own names, so its `userId`/`provider` do not clash
+/// with the item's keys.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RevocationRecord {
+    id: String,
+    revocation_user_id: String,
+    revocation_provider: String,
+    sub: String,
+    encrypted_tokens: Envelope,
+    token_kind: String,
+    #[serde(serialize_with = "stored_time")]
+    created_at: DateTime<Utc>,
+    attempts: u32,
+    next_attempt_at: i64,
+    expires_at: i64,
+}
+
+pub(super) fn revocation_item(r: &PendingRevocation) -> Result<Item, StoreError> {
+    to_item(
+        "pending revocation item",
+        &RevocationItem {
+            user_id: REVOCATIONS.into(),
+            provider: format!("{REVOKE_PREFIX}{}", r.id),
+            record: RevocationRecord {
+                id: r.id.clone(),
+                revocation_user_id: r.user_id.clone(),
+                revocation_provider: r.provider.clone(),
+                sub: r.sub.clone(),
+                encrypted_tokens: r.encrypted_token.clone(),
+                token_kind: r.token_kind.clone(),
+                created_at: r.created_at,
+                attempts: r.attempts,
+                next_attempt_at: r.next_attempt_at,
+                // Purged by the table's TTL a day after it was given up.
+                expires_at: r.expires_at,
+            },
+        },
+    )
+}
+
+pub(super) fn revocation_from(item: &Item) -> Result<PendingRevocation, StoreError> {
+    let item: RevocationItem = from_item(item)?;
+    let r = item.record;
+    Ok(PendingRevocation {
+        id: r.id,
+        user_id: r.revocation_user_id,
+        provider: r.revocation_provider,
+        sub: r.sub,
+        encrypted_token: r.encrypted_tokens,
+        token_kind: r.token_kind,
+        created_at: r.created_at,
+        attempts: r.attempts,
+        next_attempt_at: r.next_attempt_at,
+        expires_at: r.expires_at,
+    })
+}
 
 /// Whether a tokens-table item is a flow's item rather than a connection.
 pub(super) fn is_flow_item(item: &Item) -> bool {

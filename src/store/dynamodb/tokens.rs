@@ -9,13 +9,14 @@ use chrono::{DateTime, Utc};
 use super::DynamoStore;
 use super::call;
 use super::item::{
-    Item, LEASE_ATTEMPT, LEASE_UNTIL, PENDING, RETRY_AT, STARTED, UNKNOWN_SINCE, connection_from,
-    connection_item, flow_key, is_flow_item, n, pending_from, pending_item, rfc3339, s,
+    Item, LEASE_ATTEMPT, LEASE_UNTIL, PENDING, RETRY_AT, REVOCATIONS, REVOKE_PREFIX, STARTED,
+    UNKNOWN_SINCE, connection_from, connection_item, flow_key, is_flow_item, n, pending_from,
+    pending_item, revocation_from, revocation_item, rfc3339, s,
 };
 use crate::crypto::Envelope;
 use crate::store::{
-    Connection, LeaseRelease, PendingGrant, RefreshLease, ScanCursor, ScanPage, StoreError,
-    TokenStore,
+    Connection, LeaseRelease, PendingGrant, PendingRevocation, RefreshLease, ScanCursor, ScanPage,
+    StoreError, TokenStore,
 };
 
 #[async_trait]
@@ -251,6 +252,74 @@ impl TokenStore for DynamoStore {
             Err(StoreError::Conflict) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %revocation.user_id))]
+    async fn put_revocation(&self, revocation: &PendingRevocation) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        let request = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(revocation_item(revocation)?));
+        call("PutItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("PutItem", table, f))
+    }
+
+    async fn revocations_due(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingRevocation>, StoreError> {
+        let table = &self.tokens_table;
+        let mut due = Vec::new();
+        let mut start: Option<Item> = None;
+        // One partition, small (a revocation lives until it succeeds, at most days).
+        loop {
+            let out = call(
+                "Query",
+                self.client
+                    .query()
+                    .table_name(table)
+                    .key_condition_expression("userId = :u AND begins_with(provider, :r)")
+                    .filter_expression("nextAttemptAt <= :now")
+                    .expression_attribute_values(":u", s(REVOCATIONS))
+                    .expression_attribute_values(":r", s(REVOKE_PREFIX))
+                    .expression_attribute_values(":now", n(now))
+                    .consistent_read(true)
+                    .set_exclusive_start_key(start.take())
+                    .send()
+                    .await,
+            )
+            .map_err(|f| self.error("Query", table, f))?;
+            for item in out.items() {
+                due.push(revocation_from(item)?);
+                if due.len() >= limit {
+                    return Ok(due);
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(due),
+            }
+        }
+    }
+
+    async fn remove_revocation(&self, id: &str) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        call(
+            "DeleteItem",
+            self.client
+                .delete_item()
+                .table_name(table)
+                .key("userId", s(REVOCATIONS))
+                .key("provider", s(format!("{REVOKE_PREFIX}{id}")))
+                .send()
+                .await,
+        )
+        .map(drop)
+        .map_err(|f| self.error("DeleteItem", table, f))
     }
 
     #[tracing::instrument(skip_all, fields(flow_id = %grant.flow_id, user_id = %grant.user_id))]

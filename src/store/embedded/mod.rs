@@ -61,6 +61,12 @@ CREATE TABLE IF NOT EXISTS pending_grants (
     created_at       TEXT    NOT NULL,
     expires_at       INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending_revocations (
+    id              TEXT    NOT NULL PRIMARY KEY,
+    record          TEXT    NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    expires_at      INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS flow_logs (
     user_id    TEXT    NOT NULL,
     timestamp  TEXT    NOT NULL,
@@ -363,7 +369,15 @@ impl EmbeddedStore {
             let pending = db
                 .execute("DELETE FROM pending_grants WHERE expires_at < ?1", [now])
                 .map_err(sql)?;
-            Ok(tokens + logs + started + pending)
+            // A revocation past its deadline is given up by the retry loop, which logs
+            // it; this only catches what no instance came back for.
+            let revocations = db
+                .execute(
+                    "DELETE FROM pending_revocations WHERE expires_at < ?1",
+                    [now.saturating_sub(86_400)],
+                )
+                .map_err(sql)?;
+            Ok(tokens + logs + started + pending + revocations)
         })
         .await
     }

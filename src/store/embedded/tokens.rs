@@ -11,8 +11,8 @@ use rusqlite::{OptionalExtension, Row, params};
 use super::{EmbeddedStore, TOKEN_COLUMNS, WriteIf, corrupt, parse_time, rfc3339, sql};
 use crate::crypto::Envelope;
 use crate::store::{
-    Connection, GrantLedger, LeaseRelease, PendingGrant, RefreshLease, RefreshState, ScanCursor,
-    ScanPage, StoreError, TokenStore,
+    Connection, GrantLedger, LeaseRelease, PendingGrant, PendingRevocation, RefreshLease,
+    RefreshState, ScanCursor, ScanPage, StoreError, TokenStore,
 };
 
 /// Reads, prepared once per connection (`prepare_cached`).
@@ -346,6 +346,59 @@ impl TokenStore for EmbeddedStore {
             })
             .await?;
         Ok(inserted == 1)
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %revocation.user_id))]
+    async fn put_revocation(&self, revocation: &PendingRevocation) -> Result<(), StoreError> {
+        let record =
+            serde_json::to_string(revocation).map_err(|e| corrupt("pendingRevocation", e))?;
+        let args = vec![
+            Value::from(revocation.id.clone()),
+            Value::from(record),
+            Value::from(revocation.next_attempt_at),
+            Value::from(revocation.expires_at),
+        ];
+        self.update_one(
+            "INSERT OR REPLACE INTO pending_revocations (id, record, next_attempt_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4)",
+            args,
+        )
+        .await
+    }
+
+    async fn revocations_due(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingRevocation>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let records: Vec<String> = self
+            .with_reader(move |db| {
+                db.prepare_cached(
+                    "SELECT record FROM pending_revocations WHERE next_attempt_at <= ?1 \
+                     ORDER BY next_attempt_at LIMIT ?2",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![now, limit], |r| r.get(0))?
+                        .collect::<rusqlite::Result<Vec<String>>>()
+                })
+                .map_err(sql)
+            })
+            .await?;
+        records
+            .iter()
+            .map(|r| serde_json::from_str(r).map_err(|e| corrupt("pendingRevocation", e)))
+            .collect()
+    }
+
+    async fn remove_revocation(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.with_db(move |db| {
+            db.execute("DELETE FROM pending_revocations WHERE id = ?1", [id])
+                .map(drop)
+                .map_err(sql)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(flow_id = %grant.flow_id, user_id = %grant.user_id))]
