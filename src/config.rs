@@ -364,6 +364,11 @@ pub struct ProviderSettings {
     /// grant dies on it.
     #[serde(rename = "google_publishing_status")]
     pub(crate) publishing_status: PublishingStatus,
+    /// `AXNT_REVOCATION_RETRY_SECS`: how often each instance looks for revocations that
+    /// failed when their connection was deleted, to send them again (one query of a
+    /// small partition on DynamoDB). At least 1.
+    #[serde(rename = "revocation_retry_secs", deserialize_with = "de::secs")]
+    pub(crate) revocation_retry: Duration,
 }
 
 impl Default for ProviderSettings {
@@ -376,6 +381,7 @@ impl Default for ProviderSettings {
             rotates_refresh_tokens: None,
             refresh_reuse_grace: Duration::ZERO,
             publishing_status: PublishingStatus::Unknown,
+            revocation_retry: Duration::from_secs(30),
         }
     }
 }
@@ -426,6 +432,18 @@ pub struct RefreshSettings {
     /// warm read costs no store call and no decryption. 0 turns the cache off.
     #[serde(rename = "token_cache_secs", deserialize_with = "de::secs")]
     pub(crate) token_cache: Duration,
+    /// `AXNT_KEEPALIVE_DAYS`: connections whose refresh token went unused this long are
+    /// refreshed, so Google's six-month idle limit never ends them. 0 turns it off; at
+    /// most 170.
+    #[serde(rename = "keepalive_days", deserialize_with = "de::days")]
+    pub(crate) keepalive_idle: Duration,
+    /// `AXNT_KEEPALIVE_INTERVAL_SECS`: how often an instance tries to run a keep-alive
+    /// pass (one instance at a time runs it, under a lease in the tokens table).
+    #[serde(rename = "keepalive_interval_secs", deserialize_with = "de::secs")]
+    pub(crate) keepalive_interval: Duration,
+    /// `AXNT_KEEPALIVE_PER_MINUTE`: refreshes a keep-alive pass makes a minute, at most.
+    #[serde(rename = "keepalive_per_minute")]
+    pub(crate) keepalive_per_minute: u32,
 }
 
 impl Default for RefreshSettings {
@@ -438,6 +456,9 @@ impl Default for RefreshSettings {
             circuit_failures: 5,
             circuit_open: Duration::from_secs(15),
             token_cache: Duration::from_secs(5),
+            keepalive_idle: Duration::from_secs(30 * 86_400),
+            keepalive_interval: Duration::from_secs(86_400),
+            keepalive_per_minute: 60,
         }
     }
 }

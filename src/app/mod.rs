@@ -167,6 +167,14 @@ impl App {
         if let Some(every) = settings.refresh.background {
             background.push(tokens.spawn_background_refresh(every));
         }
+        background.push(tokens.spawn_revocation_retries(settings.provider.revocation_retry));
+        if !settings.refresh.keepalive_idle.is_zero() {
+            background.push(tokens.spawn_keepalive(crate::tokens::KeepAlive {
+                idle: settings.refresh.keepalive_idle,
+                every: settings.refresh.keepalive_interval,
+                per_minute: settings.refresh.keepalive_per_minute,
+            }));
+        }
         let readiness = Readiness::new(
             Arc::clone(&backends.tokens),
             Arc::clone(&backends.flow_log),

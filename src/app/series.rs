@@ -68,6 +68,10 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
             metrics::counter!("axnt_token_refreshes_total", "provider" => provider.to_string(), "outcome" => outcome)
                 .increment(0);
         }
+        for outcome in crate::tokens::REVOCATION_OUTCOMES {
+            metrics::counter!("axnt_revocations_total", "provider" => provider.to_string(), "outcome" => outcome)
+                .increment(0);
+        }
         for cause in crate::oauth::grant::Cause::ALL {
             metrics::counter!("axnt_grants_ended_total", "provider" => provider.to_string(), "cause" => cause.code())
                 .increment(0);
@@ -157,6 +161,10 @@ fn describe() {
     describe_counter!(
         "axnt_token_refreshes_total",
         "Refresh-token redemptions at the provider, by outcome"
+    );
+    describe_counter!(
+        "axnt_revocations_total",
+        "Revocations at the provider when connections are deleted, by outcome: revoked, pending (kept to retry), skipped (revoke=false), not_possible, revoked_on_retry, revocation_superseded, revocation_given_up"
     );
     describe_counter!(
         "axnt_grants_ended_total",

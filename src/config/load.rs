@@ -171,6 +171,18 @@ impl Settings {
             ),
             ("provider_timeout_secs", self.provider.timeout.is_zero()),
             (
+                "keepalive_interval_secs",
+                self.refresh.keepalive_interval.is_zero(),
+            ),
+            (
+                "keepalive_per_minute",
+                self.refresh.keepalive_per_minute == 0,
+            ),
+            (
+                "revocation_retry_secs",
+                self.provider.revocation_retry.is_zero(),
+            ),
+            (
                 "provider_metadata_ttl_secs",
                 self.provider.metadata_ttl.is_zero(),
             ),
@@ -224,7 +236,24 @@ impl Settings {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let days = |d: Duration| d.as_secs() / DAY;
         let rate = &self.rate_limit;
-        let checks: [(&str, u64, u64); 39] = [
+        let checks: [(&str, u64, u64); 43] = [
+            // Inside Google's six months, with room for a failing pass or two.
+            ("keepalive_days", days(self.refresh.keepalive_idle), 170),
+            (
+                "keepalive_interval_secs",
+                secs(self.refresh.keepalive_interval),
+                7 * DAY,
+            ),
+            (
+                "keepalive_per_minute",
+                u64::from(self.refresh.keepalive_per_minute),
+                6_000,
+            ),
+            (
+                "revocation_retry_secs",
+                secs(self.provider.revocation_retry),
+                DAY,
+            ),
             (
                 "rate_limit_browser_per_minute",
                 u64::from(rate.browser_per_minute),

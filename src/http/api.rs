@@ -717,31 +717,68 @@ fn decode_cursor(text: &str) -> Option<crate::store::ScanCursor> {
     Some(crate::store::ScanCursor { user_id, provider })
 }
 
-/// `DELETE /v1/users/{userId}/connections/{provider}` → 204 after revoking at the
-/// provider (best effort) and removing the row; 404 when there was none.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeleteQuery {
+    /// `false`: forget the connection here without revoking it at the provider.
+    #[param(default = true)]
+    revoke: Option<bool>,
+}
+
+/// What a deletion did.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Deleted {
+    user_id: String,
+    provider: String,
+    /// `revoked` (the provider accepted it), `pending` (the provider kept failing: the
+    /// revocation is kept and retried, across restarts, for up to three days),
+    /// `skipped` (`revoke=false`) or `not_possible` (no revocation endpoint, the
+    /// provider refused it, or the stored tokens do not open).
+    revocation: &'static str,
+    /// Which token was (or will be) revoked: `refresh_token` (the whole grant) or
+    /// `access_token` (a grant without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_token: Option<&'static str>,
+    /// What revoking means at Google.
+    note: &'static str,
+}
+
+/// `DELETE /v1/users/{userId}/connections/{provider}[?revoke=false]` → 200 after
+/// revoking the grant at the provider (or keeping the revocation to retry, or not, with
+/// `revoke=false`) and removing the row; 404 when there was none. The answer says what
+/// was revoked: `{"userId", "provider", "revocation": "revoked" | "pending" | "skipped" |
+/// "not_possible", "revokedToken": "refresh_token" | "access_token", "note"}`.
 #[utoipa::path(
     delete,
     path = "/v1/users/{userId}/connections/{provider}",
     tag = "internal",
     security(("bearerAuth" = [])),
-    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`"), ("provider" = String, Path, example = "google", description = "The provider's name")),
-    responses((status = 204, description = "Revoked at the provider (best effort) and removed")),
+    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`"), ("provider" = String, Path, example = "google", description = "The provider's name"), DeleteQuery),
+    responses((status = 200, description = "Removed; what was revoked at the provider", body = Deleted)),
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
 pub(super) async fn delete_connection(
     State(state): State<AppState>,
     Client(client): Client,
     ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
+    ApiQuery(query): ApiQuery<DeleteQuery>,
 ) -> Result<Response, Error> {
-    if state
+    let revoke = query.revoke.unwrap_or(true);
+    let done = state
         .tokens
-        .disconnect(user_id.as_str(), &provider, &client)
+        .disconnect(user_id.as_str(), &provider, &client, revoke)
         .await?
-    {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(Error::NotConnected)
-    }
+        .ok_or(Error::NotConnected)?;
+    Ok(axum::Json(Deleted {
+        user_id: user_id.to_string(),
+        provider,
+        revocation: done.revocation.label(),
+        revoked_token: done.token_kind,
+        note: "Google's revocation ends every scope this project was granted for that Google account, including grants held for other user ids.",
+    })
+    .into_response())
 }
 
 #[derive(Deserialize, IntoParams)]

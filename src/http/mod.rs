@@ -150,7 +150,7 @@ pub(crate) const ROUTES: [(&str, &str, u16); 13] = [
     ("GET", "/v1/users/{user_id}/tokens/{provider}", 200),
     ("GET", "/v1/users/{user_id}/connections", 200),
     ("GET", "/v1/connections", 200),
-    ("DELETE", "/v1/users/{user_id}/connections/{provider}", 204),
+    ("DELETE", "/v1/users/{user_id}/connections/{provider}", 200),
     ("GET", "/v1/users/{user_id}/flow-logs", 200),
     ("GET", "/oauth/{provider}/start", 302),
     // A page without a return URL, a redirect to it with one.

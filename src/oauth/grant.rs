@@ -200,7 +200,7 @@ pub(crate) struct GrantRules {
 
 /// The last time the refresh token was used: its last refresh, else its consent, else
 /// (rows older than the ledger) the row's last token write.
-fn last_token_use(row: &Connection) -> DateTime<Utc> {
+pub(crate) fn last_token_use(row: &Connection) -> DateTime<Utc> {
     let grant = &row.grant;
     grant
         .last_refreshed_at

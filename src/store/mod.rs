@@ -389,6 +389,21 @@ pub trait TokenStore: Send + Sync {
     /// Removes a revocation (done, superseded or given up); absent is fine.
     async fn remove_revocation(&self, id: &str) -> Result<(), StoreError>;
 
+    /// Takes, or renews, the lease named `name` (a job only one instance runs at a time,
+    /// e.g. the keep-alive scan) for `holder` until `until_ms`: only when nobody holds
+    /// it, its holder's lease lapsed at `now_ms`, or `holder` holds it already. A
+    /// conditional write; true when `holder` holds it now.
+    async fn take_job_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease back, if `holder` holds it.
+    async fn drop_job_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+
     /// A cheap read proving the table answers (used by `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -7,6 +7,7 @@
 //! newer row. `lastUsed` moves by partial updates that leave `version` alone.
 
 mod cache;
+mod keepalive;
 pub(crate) mod refresh;
 pub(crate) mod token_set;
 mod user_id;
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::json;
 
@@ -26,11 +27,12 @@ use crate::error::Error;
 use crate::oauth::provider::{OidcProvider, ProviderError, ProviderTokens, Providers};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{
-    Connection, FlowRecorder, FlowStep, GrantLedger, PendingGrant, RefreshState, ReplacedAccount,
-    ScanCursor, StoreError, TokenStore, UserInfo,
+    Connection, FlowRecorder, FlowStep, GrantLedger, PendingGrant, PendingRevocation, RefreshState,
+    ReplacedAccount, ScanCursor, StoreError, TokenStore, UserInfo,
 };
 
 use crate::oauth::grant::{self, Cause, GrantRules};
+pub(crate) use keepalive::KeepAlive;
 pub(crate) use refresh::{RefreshReuse, Refresher, TokenEndpoint};
 pub(crate) use token_set::{IssuedToken, TokenSet};
 pub(crate) use user_id::UserId;
@@ -649,49 +651,57 @@ impl TokenService {
         }
     }
 
-    /// Revokes the grant at the provider (best effort) and removes the row.
-    /// Returns false when there was no row.
+    /// Removes the connection, first revoking its grant at the provider unless
+    /// `revoke` is false. A revocation that fails for a passing reason is kept and
+    /// retried (see [`spawn_revocation_retries`](Self::spawn_revocation_retries)); if it
+    /// cannot even be kept, nothing is removed and the error is answered. `None` when
+    /// there was no row.
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider_name))]
     pub(crate) async fn disconnect(
         &self,
         user_id: &str,
         provider_name: &str,
         client: &ClientInfo,
-    ) -> Result<bool, Error> {
+        revoke: bool,
+    ) -> Result<Option<Disconnected>, Error> {
         let provider = self.provider(provider_name)?;
         let flow_id = uuid::Uuid::new_v4().to_string();
         let flow_log = self.flow_log.flow(user_id, &flow_id, provider_name, client);
         for _ in 0..WRITE_ATTEMPTS {
             let Some(row) = self.store.get(user_id, provider_name).await? else {
-                return Ok(false);
+                return Ok(None);
             };
-            let revoked = match TokenSet::open(&self.cipher, &row).await {
-                Ok(tokens) => {
-                    // Revoking the refresh token revokes the grant (and its access tokens).
-                    let token = tokens
-                        .refresh_token
-                        .clone()
-                        .unwrap_or_else(|| tokens.access_token.clone());
-                    match provider.revoke(&SecretString::from(token)).await {
-                        Ok(sent) => sent,
-                        Err(e) => {
-                            tracing::warn!(error = %e, user_id, provider = provider_name, "revocation at the provider failed; removing the row anyway");
-                            false
-                        }
-                    }
+            let outcome = if revoke {
+                self.revoke_or_keep(provider, &row, &flow_id).await?
+            } else {
+                Disconnected {
+                    revocation: Revocation::Skipped,
+                    token_kind: None,
                 }
-                Err(_) => false,
             };
-            if revoked {
-                flow_log.step(FlowStep::Revoked, json!({})).await;
-            }
             match self.store.delete(user_id, provider_name, row.version).await {
                 Ok(_) => {
                     self.refresher.cache.invalidate(user_id, provider_name);
+                    count_revocation(provider_name, outcome.revocation.label());
+                    if outcome.revocation == Revocation::Revoked {
+                        flow_log
+                            .step(
+                                FlowStep::Revoked,
+                                json!({ "tokenKind": outcome.token_kind }),
+                            )
+                            .await;
+                    }
                     flow_log
-                        .step(FlowStep::Deleted, json!({ "revokedAtProvider": revoked }))
+                        .step(
+                            FlowStep::Deleted,
+                            json!({
+                                "revokedAtProvider": outcome.revocation == Revocation::Revoked,
+                                "revocation": outcome.revocation.label(),
+                                "tokenKind": outcome.token_kind,
+                            }),
+                        )
                         .await;
-                    return Ok(true);
+                    return Ok(Some(outcome));
                 }
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
@@ -699,6 +709,254 @@ impl TokenService {
         }
         Err(Error::Conflict)
     }
+
+    /// Revokes `row`'s grant (its refresh token, which ends its access tokens too; else
+    /// its access token), trying a failing provider a few times; when it keeps failing,
+    /// keeps the revocation (sealed) to retry, under `id`.
+    async fn revoke_or_keep(
+        &self,
+        provider: &OidcProvider,
+        row: &Connection,
+        id: &str,
+    ) -> Result<Disconnected, Error> {
+        let Ok(tokens) = TokenSet::open(&self.cipher, row).await else {
+            return Ok(Disconnected {
+                revocation: Revocation::NotPossible,
+                token_kind: None,
+            });
+        };
+        let (token, kind) = match tokens.refresh_token.clone() {
+            Some(refresh) => (refresh, "refresh_token"),
+            None => (tokens.access_token.clone(), "access_token"),
+        };
+        let token = SecretString::from(token);
+        let mut backoff =
+            crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
+        let mut attempts = 0;
+        let passing = loop {
+            attempts += 1;
+            match provider.revoke(&token).await {
+                Ok(sent) => {
+                    let revocation = if sent {
+                        Revocation::Revoked
+                    } else {
+                        Revocation::NotPossible
+                    };
+                    return Ok(Disconnected {
+                        revocation,
+                        token_kind: Some(kind),
+                    });
+                }
+                Err(ProviderError::Rejected { error }) => {
+                    tracing::warn!(
+                        error,
+                        "the provider refused the revocation; removing the row anyway"
+                    );
+                    return Ok(Disconnected {
+                        revocation: Revocation::NotPossible,
+                        token_kind: Some(kind),
+                    });
+                }
+                Err(e) if attempts >= REVOKE_ATTEMPTS_NOW => break e,
+                Err(e) => {
+                    tracing::debug!(error = %e, "revocation failed; trying again");
+                    tokio::time::sleep(backoff.next_wait()).await;
+                }
+            }
+        };
+        tracing::warn!(error = %passing, "revocation at the provider failed; it is kept and retried");
+        let now = Utc::now();
+        let envelope = self
+            .cipher
+            .seal(
+                &row.user_id,
+                &revocation_context(&row.provider, id),
+                token.expose_secret().as_bytes(),
+            )
+            .await?;
+        self.store
+            .put_revocation(&PendingRevocation {
+                id: id.to_string(),
+                user_id: row.user_id.clone(),
+                provider: row.provider.clone(),
+                sub: row.user_info.sub.clone(),
+                encrypted_token: envelope,
+                token_kind: kind.to_string(),
+                created_at: now,
+                attempts,
+                next_attempt_at: now.timestamp() + REVOKE_RETRY_FIRST.as_secs() as i64,
+                expires_at: now.timestamp() + REVOKE_GIVE_UP.as_secs() as i64,
+            })
+            .await?;
+        Ok(Disconnected {
+            revocation: Revocation::Pending,
+            token_kind: Some(kind),
+        })
+    }
+
+    /// Tries kept revocations again every `every`, on every instance (a revocation
+    /// sent twice is harmless), until each succeeds, is superseded (the same account
+    /// connected again for that user: Google's revocation would end the new grant too)
+    /// or is given up after three days. Each outcome is logged in the user's flow log
+    /// under the deletion's flow id.
+    pub(crate) fn spawn_revocation_retries(
+        self: &Arc<Self>,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let service = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = service.retry_revocations().await {
+                    tracing::warn!(error = %e, "retrying kept revocations failed; trying again later");
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// One pass of [`spawn_revocation_retries`](Self::spawn_revocation_retries).
+    pub(crate) async fn retry_revocations(&self) -> Result<(), Error> {
+        let now = Utc::now();
+        let client = ClientInfo {
+            ip_address: None,
+            user_agent: Some("axnt-oauth revocation retry".into()),
+        };
+        for mut pending in self.store.revocations_due(now.timestamp(), 25).await? {
+            let flow_log =
+                self.flow_log
+                    .flow(&pending.user_id, &pending.id, &pending.provider, &client);
+            let data = json!({ "tokenKind": pending.token_kind, "attempts": pending.attempts + 1, "retried": true });
+            let end = |code: &'static str| {
+                let mut data = data.clone();
+                data["outcome"] = json!(code);
+                (code, data)
+            };
+            let ended = if pending.expires_at < now.timestamp() {
+                Some(end("revocation_given_up"))
+            } else if self
+                .store
+                .get(&pending.user_id, &pending.provider)
+                .await?
+                .is_some_and(|row| row.is_active && row.user_info.sub == pending.sub)
+            {
+                Some(end("revocation_superseded"))
+            } else {
+                None
+            };
+            if let Some((code, data)) = ended {
+                self.store.remove_revocation(&pending.id).await?;
+                count_revocation(&pending.provider, code);
+                flow_log.step_failed(FlowStep::Revoked, data, code).await;
+                continue;
+            }
+            let outcome = match (
+                self.provider(&pending.provider),
+                self.cipher
+                    .open(
+                        &pending.user_id,
+                        &revocation_context(&pending.provider, &pending.id),
+                        &pending.encrypted_token,
+                    )
+                    .await,
+            ) {
+                (Ok(provider), Ok(token)) => {
+                    let token = SecretString::from(String::from_utf8_lossy(&token).into_owned());
+                    provider.revoke(&token).await
+                }
+                (Err(e), _) => Err(ProviderError::NotConfigured(e.to_string())),
+                (_, Err(e)) => {
+                    tracing::warn!(error = %e, "a kept revocation cannot be opened; giving it up");
+                    Ok(false)
+                }
+            };
+            match outcome {
+                Ok(true) => {
+                    self.store.remove_revocation(&pending.id).await?;
+                    count_revocation(&pending.provider, "revoked_on_retry");
+                    let (_, data) = end("revoked_on_retry");
+                    flow_log.step(FlowStep::Revoked, data).await;
+                }
+                Ok(false) | Err(ProviderError::Rejected { .. }) => {
+                    self.store.remove_revocation(&pending.id).await?;
+                    count_revocation(&pending.provider, "not_possible");
+                    let (code, data) = end("revocation_not_possible");
+                    flow_log.step_failed(FlowStep::Revoked, data, code).await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "a kept revocation failed again");
+                    pending.attempts += 1;
+                    let wait = REVOKE_RETRY_FIRST
+                        .saturating_mul(1 << pending.attempts.min(10))
+                        .min(REVOKE_RETRY_MAX);
+                    pending.next_attempt_at = now.timestamp() + wait.as_secs() as i64;
+                    self.store.put_revocation(&pending).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a deletion did at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Revocation {
+    /// The provider accepted the revocation.
+    Revoked,
+    /// The provider kept failing; the revocation is kept and retried.
+    Pending,
+    /// `revoke=false`: only forgotten here.
+    Skipped,
+    /// No revocation can be made (no revocation endpoint, the provider refused it, or
+    /// the stored tokens do not open).
+    NotPossible,
+}
+
+impl Revocation {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::Pending => "pending",
+            Self::Skipped => "skipped",
+            Self::NotPossible => "not_possible",
+        }
+    }
+}
+
+/// What [`TokenService::disconnect`] did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Disconnected {
+    pub(crate) revocation: Revocation,
+    /// Which token was (or will be) revoked: `refresh_token` or `access_token`.
+    pub(crate) token_kind: Option<&'static str>,
+}
+
+/// Revocation attempts made while the DELETE waits.
+const REVOKE_ATTEMPTS_NOW: u32 = 3;
+/// A kept revocation is first retried this long after the deletion, then at doubling
+/// intervals up to [`REVOKE_RETRY_MAX`], for [`REVOKE_GIVE_UP`].
+pub(crate) const REVOKE_RETRY_FIRST: Duration = Duration::from_secs(5);
+const REVOKE_RETRY_MAX: Duration = Duration::from_secs(3_600);
+const REVOKE_GIVE_UP: Duration = Duration::from_secs(3 * 86_400);
+
+/// Where a kept revocation's token is bound: the provider and the revocation.
+fn revocation_context(provider: &str, id: &str) -> String {
+    format!("{provider}#revoke#{id}")
+}
+
+/// The `outcome` labels of `axnt_revocations_total`, registered at start-up.
+pub(crate) const REVOCATION_OUTCOMES: [&str; 7] = [
+    "revoked",
+    "pending",
+    "skipped",
+    "not_possible",
+    "revoked_on_retry",
+    "revocation_superseded",
+    "revocation_given_up",
+];
+
+fn count_revocation(provider: &str, outcome: &'static str) {
+    metrics::counter!("axnt_revocations_total", "provider" => provider.to_string(), "outcome" => outcome)
+        .increment(1);
 }
 
 #[async_trait]

@@ -12,6 +12,9 @@ on_every_backend!(
     client_and_provider_failures_keep_the_grant_active,
     a_testing_mode_grant_near_seven_days_is_at_risk,
     operators_list_the_connections_that_need_attention,
+    a_revocation_that_fails_is_retried_after_a_restart,
+    a_deletion_without_revocation_forgets_locally_only,
+    the_keepalive_refreshes_an_idle_connection_and_leaves_a_fresh_one,
 );
 
 use chrono::{DateTime, Duration as Delta, Utc};
@@ -536,4 +539,166 @@ async fn operators_list_the_connections_that_need_attention(backend: Backend) {
         )
         .await;
     }
+}
+
+/// Polls `check` every 100 ms for at most `secs`.
+async fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 10 {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    check()
+}
+
+async fn a_revocation_that_fails_is_retried_after_a_restart(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[("AXNT_REVOCATION_RETRY_SECS", "1")]).await;
+    assert!(app.connect("rita").await.status().is_success());
+    let rita_token = provider.latest_refresh_token().expect("issued");
+    provider.set_revocation_available(false);
+    let response = app.api_delete("/v1/users/rita/connections/google").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let deleted: Value = response.json().await.expect("json");
+    assert_eq!(deleted["revocation"], "pending");
+    assert_eq!(deleted["revokedToken"], "refresh_token");
+    assert!(
+        deleted["note"]
+            .as_str()
+            .expect("note")
+            .contains("every scope")
+    );
+    assert_problem(app.token("rita").await, 404, "not_connected").await;
+    let deleted_step = app
+        .flow_log("rita")
+        .await
+        .into_iter()
+        .find(|i| i["step"] == "deleted")
+        .expect("deleted logged");
+    assert_eq!(deleted_step["data"]["revocation"], "pending");
+    assert!(!provider.revoked_tokens().contains(&rita_token));
+    assert!(
+        !crate::support::contains(&app.raw_storage().await, &rita_token),
+        "the kept revocation's token is sealed"
+    );
+
+    // A second user deleted meanwhile, who then connects the same account again: that
+    // revocation must never be sent (Google's would end the new grant too).
+    assert!(app.connect("ruth").await.status().is_success());
+    let ruth_old = provider.latest_refresh_token().expect("issued");
+    let response = app.api_delete("/v1/users/ruth/connections/google").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(app.connect("ruth").await.status().is_success());
+
+    // The instance stops while the provider is still failing; another starts on the
+    // same storage after the provider is back.
+    let (dir, env) = (app.data_dir.clone(), app.base_env.clone());
+    app.stop().await;
+    provider.set_revocation_available(true);
+    let restarted = TestApp::spawn_in(dir, env).await;
+    assert!(
+        eventually(15, || provider.revoked_tokens().contains(&rita_token)).await,
+        "the kept revocation is sent after the restart"
+    );
+    let retried = restarted
+        .flow_log("rita")
+        .await
+        .into_iter()
+        .find(|i| i["step"] == "revoked")
+        .expect("revoked logged");
+    assert_eq!(retried["data"]["retried"], true);
+    assert_eq!(retried["data"]["outcome"], "revoked_on_retry");
+    let mut superseded = None;
+    for _ in 0..100 {
+        superseded = restarted
+            .flow_log("ruth")
+            .await
+            .into_iter()
+            .find(|i| i["step"] == "revoked");
+        if superseded.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let superseded = superseded.expect("the superseded revocation is logged");
+    assert_eq!(superseded["data"]["outcome"], "revocation_superseded");
+    assert_eq!(superseded["error"], "revocation_superseded");
+    assert!(!provider.revoked_tokens().contains(&ruth_old));
+    assert_eq!(restarted.token("ruth").await.status(), StatusCode::OK);
+    // Nothing kept is left to retry.
+    assert!(
+        restarted
+            .store
+            .revocations_due(i64::MAX, 10)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+}
+
+async fn a_deletion_without_revocation_forgets_locally_only(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[]).await;
+    assert!(app.connect("lena").await.status().is_success());
+    let refresh = provider.latest_refresh_token().expect("issued");
+    let response = app
+        .api_delete("/v1/users/lena/connections/google?revoke=false")
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let deleted: Value = response.json().await.expect("json");
+    assert_eq!(deleted["revocation"], "skipped");
+    assert!(provider.revoked_tokens().is_empty());
+    assert!(provider.is_refresh_token_valid(&refresh));
+    assert!(app.stored_row("lena").await.is_none());
+    assert_problem(
+        app.api_delete("/v1/users/lena/connections/google?revoke=maybe")
+            .await,
+        400,
+        "invalid_request",
+    )
+    .await;
+}
+
+async fn the_keepalive_refreshes_an_idle_connection_and_leaves_a_fresh_one(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let keepalive = [
+        ("AXNT_KEEPALIVE_DAYS", "30"),
+        ("AXNT_KEEPALIVE_INTERVAL_SECS", "1"),
+        ("AXNT_KEEPALIVE_PER_MINUTE", "6000"),
+    ];
+    let app = TestApp::on(backend, &provider, &keepalive).await;
+    // Two instances: each tries a pass every second; one at a time runs it.
+    let other = app.sibling().await;
+    assert!(app.connect("recent").await.status().is_success());
+    provider.set_access_token_ttl(0);
+    assert!(app.connect("dormant").await.status().is_success());
+    provider.set_access_token_ttl(3600);
+    age_grant(&app, "dormant", Delta::days(31)).await;
+
+    assert!(
+        eventually(15, || provider.refresh_count() >= 1).await,
+        "the idle connection is refreshed"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        provider.refresh_count(),
+        1,
+        "once, and the fresh one not at all"
+    );
+    let dormant = connection(&app, "dormant").await;
+    assert!(dormant["lastRefreshedAt"].is_string());
+    assert_eq!(dormant["health"], "ok");
+    assert_eq!(
+        connection(&app, "recent").await["lastRefreshedAt"],
+        Value::Null
+    );
+    let refreshed = app
+        .flow_log("dormant")
+        .await
+        .into_iter()
+        .find(|i| i["step"] == "token_refreshed")
+        .expect("the refresh is logged");
+    assert_eq!(refreshed["userAgent"], "axnt-oauth keep-alive");
+    other.stop().await;
 }

@@ -371,7 +371,11 @@ async fn delete_revokes_at_the_provider_and_removes_the_row(backend: Backend) {
         assert!(!text.contains(&secret), "listing carries no token");
     }
     let response = app.api_delete("/v1/users/jill/connections/google").await;
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(response.status(), StatusCode::OK);
+    let deleted: Value = response.json().await.expect("json");
+    assert_eq!(deleted["revocation"], "revoked");
+    assert_eq!(deleted["revokedToken"], "refresh_token");
+    assert!(!deleted.to_string().contains(&refresh));
     assert_eq!(provider.revoked_tokens(), vec![refresh]);
     assert!(app.stored_row("jill").await.is_none());
     assert_problem(app.token("jill").await, 404, "not_connected").await;

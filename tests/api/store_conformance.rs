@@ -791,6 +791,64 @@ async fn revocations_wait_until_due_and_are_no_connection(
     );
 }
 
+/// A job lease is held by one holder at a time, renewed by it, taken over only once
+/// it lapsed, and given back only by its holder.
+async fn a_job_lease_has_one_holder(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let job = format!("job-{}", user());
+    let t = now().timestamp_millis();
+    assert!(
+        tokens
+            .take_job_lease(&job, "a", t + 1_000, t)
+            .await
+            .expect("a takes")
+    );
+    assert!(
+        !tokens
+            .take_job_lease(&job, "b", t + 1_000, t)
+            .await
+            .expect("b waits")
+    );
+    assert!(
+        tokens
+            .take_job_lease(&job, "a", t + 5_000, t + 500)
+            .await
+            .expect("a renews")
+    );
+    assert!(
+        !tokens
+            .take_job_lease(&job, "b", t + 9_000, t + 2_000)
+            .await
+            .expect("still a's"),
+        "renewed past b's now"
+    );
+    assert!(
+        tokens
+            .take_job_lease(&job, "b", t + 9_000, t + 6_000)
+            .await
+            .expect("lapsed"),
+        "a lapsed lease is taken over"
+    );
+    tokens.drop_job_lease(&job, "a").await.expect("a's drop");
+    assert!(
+        !tokens
+            .take_job_lease(&job, "a", t + 9_000, t + 6_000)
+            .await
+            .expect("b's")
+    );
+    tokens.drop_job_lease(&job, "b").await.expect("b's drop");
+    assert!(
+        tokens
+            .take_job_lease(&job, "a", t + 9_000, t + 6_000)
+            .await
+            .expect("free")
+    );
+    let (scanned, _) = scan_all(tokens.as_ref(), 1000).await;
+    assert!(
+        scanned.iter().all(|r| !r.user_id.contains(&job)),
+        "no connection"
+    );
+}
+
 /// Every row of a scan, page by page, with the number of pages read.
 async fn scan_all(tokens: &dyn TokenStore, limit: usize) -> (Vec<Connection>, usize) {
     let (mut rows, mut pages) = (Vec::new(), 0);
@@ -979,6 +1037,7 @@ every_backend!(
     a_replaced_account_is_kept_on_the_row,
     the_grant_ledger_is_kept_on_the_row,
     revocations_wait_until_due_and_are_no_connection,
+    a_job_lease_has_one_holder,
     a_scan_pages_through_every_row_once_and_no_flow_item,
     a_rewrap_replaces_only_an_unchanged_envelope,
 );

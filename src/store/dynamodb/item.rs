@@ -268,6 +268,10 @@ pub(super) const PENDING: &str = "#pending";
 /// `Query` of the partition finds them all.
 pub(super) const REVOCATIONS: &str = "#revocations";
 pub(super) const REVOKE_PREFIX: &str = "#revoke#";
+/// A job's lease (one instance runs the job at a time): partition `#job#<name>`, sort
+/// key `#lease`.
+pub(super) const JOB_PREFIX: &str = "#job#";
+pub(super) const JOB_LEASE: &str = "#lease";
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

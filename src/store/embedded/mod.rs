@@ -67,6 +67,11 @@ CREATE TABLE IF NOT EXISTS pending_revocations (
     next_attempt_at INTEGER NOT NULL,
     expires_at      INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS job_leases (
+    name     TEXT    NOT NULL PRIMARY KEY,
+    holder   TEXT    NOT NULL,
+    until_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS flow_logs (
     user_id    TEXT    NOT NULL,
     timestamp  TEXT    NOT NULL,

@@ -476,7 +476,9 @@ pub async fn assert_stored_refresh_token_is_the_latest(
     let response = app
         .api_delete(&format!("/v1/users/{user_id}/connections/google"))
         .await;
-    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(response.status(), StatusCode::OK);
+    let deleted: Value = response.json().await.expect("json");
+    assert_eq!(deleted["revocation"], "revoked", "{deleted}");
     assert_eq!(
         provider.revoked_tokens().last(),
         provider.latest_refresh_token().as_ref(),

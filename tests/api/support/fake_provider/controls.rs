@@ -153,6 +153,11 @@ impl FakeProvider {
         self.lock().clock_offset += chrono::Duration::seconds(secs);
     }
 
+    /// `false`: `/revoke` answers 503 (nothing is revoked or recorded) until set back.
+    pub fn set_revocation_available(&self, available: bool) {
+        self.lock().revocation_unavailable = !available;
+    }
+
     /// `true`: `/authorize` redirects with `error=access_denied&state=…`.
     pub fn deny_authorization(&self, deny: bool) {
         self.lock().deny = deny;

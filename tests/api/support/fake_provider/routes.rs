@@ -448,6 +448,9 @@ pub(super) async fn revoke(
     let mut params = parse_form(query.as_deref().unwrap_or("").as_bytes());
     params.extend(parse_form(&body));
     let mut st = shared.lock();
+    if st.revocation_unavailable {
+        return OAuthError::scripted(503).into_response();
+    }
     let Some(token) = params.get("token") else {
         return OAuthError::invalid_request("missing token").into_response();
     };

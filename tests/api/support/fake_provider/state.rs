@@ -75,6 +75,7 @@ pub(super) struct Inner {
     pub(super) refresh_token_lifetime: Option<i64>,
     pub(super) testing_mode: bool,
     pub(super) clock_offset: chrono::Duration,
+    pub(super) revocation_unavailable: bool,
 
     pub(super) codes: HashMap<String, Authorization>,
     /// Grant made from each code exchanged, so a replayed code revokes it.
@@ -132,6 +133,7 @@ impl Inner {
             refresh_token_lifetime: None,
             testing_mode: false,
             clock_offset: chrono::Duration::zero(),
+            revocation_unavailable: false,
             codes: HashMap::new(),
             code_grants: HashMap::new(),
             grants: Vec::new(),

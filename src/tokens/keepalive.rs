@@ -1,0 +1,156 @@
+//! Keeps idle grants alive. Google ends a refresh token nobody used for six months;
+//! a connection the application reads rarely (or only after months) would die of it.
+//! Every `AXNT_KEEPALIVE_INTERVAL_SECS` one instance (whoever takes the `keepalive`
+//! job lease in the tokens table) pages through the tokens table and refreshes the
+//! active connections whose refresh token went unused for `AXNT_KEEPALIVE_DAYS`,
+//! through the same flight and row lease as every refresh, at a bounded pace.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::TokenService;
+use crate::error::Error;
+use crate::oauth::grant::last_token_use;
+use crate::store::ScanCursor;
+use crate::store::flow_log::ClientInfo;
+
+/// Rows read per scan page.
+const PAGE: usize = 100;
+/// Rows read a second, at most (DynamoDB `Scan` costs read units per row read).
+const ROWS_PER_SEC: usize = 100;
+/// The job lease's name, and how long a pass holds it before renewing.
+const JOB: &str = "keepalive";
+const JOB_LEASE: Duration = Duration::from_secs(600);
+/// The first pass is tried at most this long after start.
+const FIRST_PASS_AFTER: Duration = Duration::from_secs(300);
+/// A margin no stored access token of an idle connection meets: the read refreshes.
+const FORCE: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// The keep-alive's settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeepAlive {
+    /// Refresh connections whose refresh token went unused this long.
+    pub(crate) idle: Duration,
+    /// How often a pass is tried.
+    pub(crate) every: Duration,
+    /// Refreshes a minute, at most.
+    pub(crate) per_minute: u32,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeepAliveReport {
+    /// False when another instance held the job lease.
+    pub(crate) ran: bool,
+    pub(crate) scanned: usize,
+    pub(crate) refreshed: usize,
+    pub(crate) failed: usize,
+}
+
+impl TokenService {
+    /// Runs [`keepalive_pass`](Self::keepalive_pass) every `keep.every`.
+    pub(crate) fn spawn_keepalive(
+        self: &Arc<Self>,
+        keep: KeepAlive,
+    ) -> tokio::task::JoinHandle<()> {
+        let service = Arc::clone(self);
+        let holder = uuid::Uuid::new_v4().to_string();
+        tokio::spawn(async move {
+            // The first pass a few minutes after start (an instance replaced more often
+            // than the interval would otherwise never run one), then every interval.
+            let mut wait = keep.every.min(FIRST_PASS_AFTER);
+            loop {
+                tokio::time::sleep(crate::retry::jittered(wait)).await;
+                wait = keep.every;
+                match service.keepalive_pass(keep, &holder).await {
+                    Ok(report) if report.ran => tracing::info!(
+                        scanned = report.scanned,
+                        refreshed = report.refreshed,
+                        failed = report.failed,
+                        "keep-alive pass done"
+                    ),
+                    Ok(_) => tracing::debug!("keep-alive pass skipped: another instance runs it"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "keep-alive pass failed; trying again later")
+                    }
+                }
+            }
+        })
+    }
+
+    /// One pass, if this `holder` gets the job lease: every active connection idle for
+    /// `keep.idle` is refreshed.
+    pub(crate) async fn keepalive_pass(
+        &self,
+        keep: KeepAlive,
+        holder: &str,
+    ) -> Result<KeepAliveReport, Error> {
+        let mut report = KeepAliveReport::default();
+        if !self.hold_job(holder).await? {
+            return Ok(report);
+        }
+        report.ran = true;
+        let client = ClientInfo {
+            ip_address: None,
+            user_agent: Some("axnt-oauth keep-alive".into()),
+        };
+        let idle = chrono::TimeDelta::from_std(keep.idle).unwrap_or(chrono::TimeDelta::MAX);
+        let pause = Duration::from_secs(60) / keep.per_minute.max(1);
+        let mut cursor: Option<ScanCursor> = None;
+        let result = async {
+            loop {
+                let page = self.store.scan(cursor.as_ref(), PAGE).await?;
+                report.scanned += page.rows.len();
+                for row in page.rows {
+                    let due = Utc::now()
+                        .checked_sub_signed(idle)
+                        .is_some_and(|limit| last_token_use(&row) < limit);
+                    if !row.is_active || !due {
+                        continue;
+                    }
+                    let Ok(provider) = self.provider(&row.provider) else {
+                        continue;
+                    };
+                    match self
+                        .token_valid_for(provider, &row.user_id, &client, FORCE)
+                        .await
+                    {
+                        Ok(_) => report.refreshed += 1,
+                        Err(e) => {
+                            report.failed += 1;
+                            tracing::debug!(error = %e, user_id = row.user_id, "keep-alive refresh failed");
+                        }
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                if !self.hold_job(holder).await? {
+                    tracing::warn!("keep-alive lease taken over; leaving the pass to its new holder");
+                    return Ok::<(), Error>(());
+                }
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => return Ok(()),
+                }
+                tokio::time::sleep(Duration::from_secs_f64(PAGE as f64 / ROWS_PER_SEC as f64))
+                    .await;
+            }
+        }
+        .await;
+        if let Err(e) = self.store.drop_job_lease(JOB, holder).await {
+            tracing::debug!(error = %e, "giving the keep-alive lease back failed; it lapses");
+        }
+        result.map(|()| report)
+    }
+
+    /// Takes or renews the keep-alive job lease for `holder`.
+    async fn hold_job(&self, holder: &str) -> Result<bool, Error> {
+        let now_ms = Utc::now().timestamp_millis();
+        let until = now_ms.saturating_add(i64::try_from(JOB_LEASE.as_millis()).unwrap_or(i64::MAX));
+        Ok(self
+            .store
+            .take_job_lease(JOB, holder, until, now_ms)
+            .await?)
+    }
+}
