@@ -369,6 +369,12 @@ pub struct ProviderSettings {
     /// small partition on DynamoDB). At least 1.
     #[serde(rename = "revocation_retry_secs", deserialize_with = "de::secs")]
     pub(crate) revocation_retry: Duration,
+    /// `AXNT_GOOGLE_GRANT_LIMIT`: live refresh tokens Google keeps per account and
+    /// OAuth client (100, as documented; past it the oldest is ended without a word).
+    /// Connections warn from 90 % of it, and a grant refused once this many newer ones
+    /// were minted for its account is `token_limit_evicted`.
+    #[serde(rename = "google_grant_limit")]
+    pub(crate) grant_limit: u32,
 }
 
 impl Default for ProviderSettings {
@@ -382,6 +388,7 @@ impl Default for ProviderSettings {
             refresh_reuse_grace: Duration::ZERO,
             publishing_status: PublishingStatus::Unknown,
             revocation_retry: Duration::from_secs(30),
+            grant_limit: 100,
         }
     }
 }

@@ -72,6 +72,8 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
             metrics::counter!("axnt_revocations_total", "provider" => provider.to_string(), "outcome" => outcome)
                 .increment(0);
         }
+        metrics::counter!("axnt_account_grant_limit_warnings_total", "provider" => provider.to_string())
+            .increment(0);
         for cause in crate::oauth::grant::Cause::ALL {
             metrics::counter!("axnt_grants_ended_total", "provider" => provider.to_string(), "cause" => cause.code())
                 .increment(0);
@@ -161,6 +163,10 @@ fn describe() {
     describe_counter!(
         "axnt_token_refreshes_total",
         "Refresh-token redemptions at the provider, by outcome"
+    );
+    describe_counter!(
+        "axnt_account_grant_limit_warnings_total",
+        "Grants stored for a Google account that nears Google's limit of live refresh tokens per client (from 90 %)"
     );
     describe_counter!(
         "axnt_revocations_total",

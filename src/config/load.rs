@@ -178,6 +178,7 @@ impl Settings {
                 "keepalive_per_minute",
                 self.refresh.keepalive_per_minute == 0,
             ),
+            ("google_grant_limit", self.provider.grant_limit == 0),
             (
                 "revocation_retry_secs",
                 self.provider.revocation_retry.is_zero(),
@@ -236,7 +237,12 @@ impl Settings {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let days = |d: Duration| d.as_secs() / DAY;
         let rate = &self.rate_limit;
-        let checks: [(&str, u64, u64); 43] = [
+        let checks: [(&str, u64, u64); 44] = [
+            (
+                "google_grant_limit",
+                u64::from(self.provider.grant_limit),
+                10_000,
+            ),
             // Inside Google's six months, with room for a failing pass or two.
             ("keepalive_days", days(self.refresh.keepalive_idle), 170),
             (

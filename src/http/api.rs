@@ -254,6 +254,7 @@ pub(super) async fn create_connect_session(
         hosted_domain: body.hosted_domain.clone(),
         partial_grant: body.partial_grant,
         expected_sub: None,
+        skip_consent: false,
     };
     let mut login_hint = body.login_hint.clone();
     let mode = body.mode.unwrap_or_default();
@@ -263,8 +264,10 @@ pub(super) async fn create_connect_session(
             .connected_account(body.user_id.as_str(), &body.provider)
             .await?
             .ok_or(Error::NotConnected)?;
-        login_hint = login_hint.or(account.email);
-        rules.expected_sub = Some(account.sub);
+        login_hint = login_hint.or(account.user_info.email);
+        rules.expected_sub = Some(account.user_info.sub);
+        // A live grant keeps its refresh token: no new one need be minted.
+        rules.skip_consent = account.is_active;
     }
     let link = mint_link(
         &state,
@@ -564,6 +567,8 @@ pub(super) async fn get_token(
         let rules = FlowRules {
             scopes: missing.clone(),
             expected_sub: Some(token.sub.clone()),
+            // The grant is live (its token was just served): no new refresh token.
+            skip_consent: true,
             ..FlowRules::default()
         };
         let link = mint_link(

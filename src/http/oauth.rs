@@ -118,6 +118,7 @@ async fn start(
                 .login_hint
                 .as_deref()
                 .or(session.rules.expected_email.as_deref()),
+            !session.rules.skip_consent,
         )
         .await
     {
@@ -502,6 +503,10 @@ pub(crate) fn stored_step_data(stored: &Stored) -> serde_json::Value {
     }
     if let Some(at) = stored.grant.refresh_token_expires_at {
         data["refreshTokenExpiresAt"] = json!(at);
+    }
+    if let Some(minted) = stored.account_grants {
+        data["accountGrants"] = json!(minted);
+        data["grantLimitWarning"] = json!(stored.grant_limit_warning);
     }
     if let Some(previous) = &stored.account_changed {
         data["previousSub"] = json!(previous.sub);

@@ -70,6 +70,11 @@ pub(crate) struct FlowRules {
     /// A step-up: only the account of this `sub` (the connection's) may complete it.
     #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
     pub(crate) expected_sub: Option<String>,
+    /// Do not force the consent screen (`prompt=consent`): a step-up of a live
+    /// connection needs no new refresh token, and each one Google mints counts toward
+    /// its limit per account.
+    #[serde(rename = "k", default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) skip_consent: bool,
     /// Hold the grant until the application confirms the flow.
     #[serde(rename = "c", default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) require_confirmation: bool,

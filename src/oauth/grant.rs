@@ -193,9 +193,38 @@ impl Cause {
 }
 
 /// The grant rules of a deployment.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct GrantRules {
     pub(crate) publishing: PublishingStatus,
+    /// Live refresh tokens Google keeps per account and client.
+    pub(crate) grant_limit: u32,
+}
+
+impl Default for GrantRules {
+    fn default() -> Self {
+        Self {
+            publishing: PublishingStatus::Unknown,
+            grant_limit: 100,
+        }
+    }
+}
+
+impl GrantRules {
+    /// From this many minted grants an account is warned about (90 % of the limit,
+    /// at least one below it).
+    pub(crate) fn warn_at(self) -> usize {
+        let limit = self.grant_limit as usize;
+        limit.saturating_sub((limit / 10).max(1))
+    }
+}
+
+/// Refresh tokens minted for the account after `consented` (`mints` in epoch ms):
+/// past the limit, Google has ended the grant consented then.
+pub(crate) fn minted_after(mints: &[i64], consented: DateTime<Utc>) -> usize {
+    mints
+        .iter()
+        .filter(|m| **m > consented.timestamp_millis())
+        .count()
 }
 
 /// The last time the refresh token was used: its last refresh, else its consent, else
@@ -219,10 +248,13 @@ fn after(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
 
 /// Why the provider refused `row`'s refresh token at `now`: what the refusal says
 /// first, then the unknown outcome of an earlier request, then the clocks.
+/// `newer_mints` is how many refresh tokens were minted for the account after this
+/// grant's consent (`None`: not known).
 pub(crate) fn cause_of(
     refusal: GrantRefusal,
     row: &Connection,
     rules: GrantRules,
+    newer_mints: Option<usize>,
     now: DateTime<Utc>,
 ) -> Cause {
     match refusal {
@@ -232,6 +264,9 @@ pub(crate) fn cause_of(
     }
     if row.refresh.unknown_since_ms.is_some() {
         return Cause::RefreshOutcomeUnknown;
+    }
+    if newer_mints.is_some_and(|n| n >= rules.grant_limit as usize) {
+        return Cause::TokenLimitEvicted;
     }
     let grant = &row.grant;
     if grant

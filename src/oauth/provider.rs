@@ -403,6 +403,7 @@ impl OidcProvider {
         nonce: String,
         pkce_verifier: &str,
         login_hint: Option<&str>,
+        force_consent: bool,
     ) -> Result<Url, ProviderError> {
         let creds = self.credentials().await?;
         let d = self.discovered().await?;
@@ -427,7 +428,7 @@ impl OidcProvider {
         for (name, value) in &self.config.extra_auth_params {
             request = request.add_extra_param(name.clone(), value.clone());
         }
-        if self.config.prompt_consent {
+        if self.config.prompt_consent && force_consent {
             request = request.add_prompt(CoreAuthPrompt::Consent);
         }
         if let Some(hint) = login_hint {

@@ -183,6 +183,19 @@ pub struct PendingRevocation {
     pub expires_at: i64,
 }
 
+/// The refresh tokens this service had the provider mint for one account (`sub`) and
+/// the OAuth client, across user ids: Google keeps the newest 100 per account and
+/// client alive and ends older ones without a word.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountGrants {
+    pub provider: String,
+    pub sub: String,
+    /// Epoch milliseconds of each mint, oldest first (the newest, up to the limit).
+    pub mints: Vec<i64>,
+    /// Optimistic-concurrency counter (0: not stored yet).
+    pub version: u64,
+}
+
 /// The account's profile, from the verified ID token. Never a secret.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -388,6 +401,21 @@ pub trait TokenStore: Send + Sync {
 
     /// Removes a revocation (done, superseded or given up); absent is fine.
     async fn remove_revocation(&self, id: &str) -> Result<(), StoreError>;
+
+    /// The mint record of one account and provider, if any.
+    async fn account_grants(
+        &self,
+        provider: &str,
+        sub: &str,
+    ) -> Result<Option<AccountGrants>, StoreError>;
+
+    /// Writes the record only if the stored one is at `expected` (`None`: only if there
+    /// is none); `record.version` must be one more. A lost condition is a conflict.
+    async fn put_account_grants(
+        &self,
+        record: &AccountGrants,
+        expected: Option<u64>,
+    ) -> Result<(), StoreError>;
 
     /// Takes, or renews, the lease named `name` (a job only one instance runs at a time,
     /// e.g. the keep-alive scan) for `holder` until `until_ms`: only when nobody holds

@@ -79,6 +79,13 @@ pub(crate) struct ConnectionSummary {
     pub(crate) predicted_expiry: Option<DateTime<Utc>>,
     /// Which clock `predictedExpiry` is.
     pub(crate) predicted_expiry_reason: Option<grant::ExpiryReason>,
+    /// Refresh tokens this service had Google mint for this Google account and OAuth
+    /// client, across user ids (the newest, up to Google's limit of live ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) account_grants: Option<usize>,
+    /// The account nears Google's limit of live refresh tokens per client (from 90 %):
+    /// each new connection of it ends the oldest grant.
+    pub(crate) grant_limit_warning: bool,
     /// Why the grant is dead (see the README's "How Google grants end").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cause: Option<&'static str>,
@@ -126,6 +133,8 @@ impl ConnectionSummary {
             health: forecast.health,
             predicted_expiry: forecast.predicted_expiry,
             predicted_expiry_reason: forecast.reason,
+            account_grants: None,
+            grant_limit_warning: false,
             cause: cause.map(Cause::code),
             remedy: cause.map(Cause::remedy),
         }
@@ -211,6 +220,7 @@ impl From<&Settings> for TokenPolicy {
             token_cache: refresh.token_cache,
             grant_rules: GrantRules {
                 publishing: settings.provider.publishing_status,
+                grant_limit: settings.provider.grant_limit,
             },
         }
     }
@@ -232,6 +242,12 @@ pub(crate) struct TokenService {
 /// where the next page starts.
 pub(crate) type AcrossPage = (Vec<(String, ConnectionSummary)>, Option<ScanCursor>);
 
+/// The account of a connection ([`TokenService::connected_account`]).
+pub(crate) struct ConnectedAccount {
+    pub(crate) user_info: UserInfo,
+    pub(crate) is_active: bool,
+}
+
 /// The result of storing a grant.
 pub(crate) struct Stored {
     /// Whether the row existed before (a re-connect).
@@ -245,6 +261,12 @@ pub(crate) struct Stored {
     pub(crate) grant: GrantLedger,
     /// Whether the granted scopes differ from the connection's before.
     pub(crate) scopes_changed: bool,
+    /// Refresh tokens minted for this account and client as far as this service knows
+    /// (the newest up to Google's limit), when this grant minted one and the count was
+    /// stored.
+    pub(crate) account_grants: Option<usize>,
+    /// Whether the account is near Google's limit of live refresh tokens.
+    pub(crate) grant_limit_warning: bool,
 }
 
 /// A confirmed pending grant, and what storing it did.
@@ -374,6 +396,24 @@ impl TokenService {
             {
                 Ok(()) => {
                     self.refresher.cache.invalidate(user_id, provider);
+                    let account_grants = match fresh.refresh_token {
+                        Some(_) => self.record_mint(provider, &user_info.sub, now).await,
+                        None => None,
+                    };
+                    let grant_limit_warning =
+                        account_grants.is_some_and(|n| n >= self.policy.grant_rules.warn_at());
+                    if grant_limit_warning {
+                        metrics::counter!("axnt_account_grant_limit_warnings_total", "provider" => provider.to_string())
+                            .increment(1);
+                        tracing::warn!(
+                            user_id,
+                            provider,
+                            sub = %user_info.sub,
+                            minted = account_grants,
+                            limit = self.policy.grant_rules.grant_limit,
+                            "this Google account nears the limit of live refresh tokens for this client; the oldest will be ended"
+                        );
+                    }
                     if let Some(replaced) = &account_changed {
                         tracing::warn!(
                             user_id,
@@ -390,6 +430,8 @@ impl TokenService {
                         account_changed,
                         grant,
                         scopes_changed,
+                        account_grants,
+                        grant_limit_warning,
                     });
                 }
                 Err(StoreError::Conflict) => continue,
@@ -399,17 +441,57 @@ impl TokenService {
         Err(Error::Conflict)
     }
 
-    /// The account connected for `user_id` at `provider` (`sub` and email), if any.
+    /// The account connected for `user_id` at `provider`, and whether its grant is
+    /// alive, if there is a connection.
     pub(crate) async fn connected_account(
         &self,
         user_id: &str,
         provider: &str,
-    ) -> Result<Option<UserInfo>, Error> {
+    ) -> Result<Option<ConnectedAccount>, Error> {
         Ok(self
             .store
             .get(user_id, provider)
             .await?
-            .map(|row| row.user_info))
+            .map(|row| ConnectedAccount {
+                user_info: row.user_info,
+                is_active: row.is_active,
+            }))
+    }
+
+    /// Records that the provider minted a refresh token for `sub` at `now`; returns how
+    /// many this service knows of for the account (the newest, up to the limit), or
+    /// `None` when the record could not be written (logged; a grant is never refused
+    /// for it).
+    async fn record_mint(&self, provider: &str, sub: &str, now: DateTime<Utc>) -> Option<usize> {
+        let keep = self.policy.grant_rules.grant_limit as usize;
+        for _ in 0..WRITE_ATTEMPTS {
+            let current = match self.store.account_grants(provider, sub).await {
+                Ok(current) => current,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the account's grant count failed");
+                    return None;
+                }
+            };
+            let expected = current.as_ref().map(|c| c.version);
+            let mut record = current.unwrap_or_else(|| crate::store::AccountGrants {
+                provider: provider.to_string(),
+                sub: sub.to_string(),
+                ..Default::default()
+            });
+            record.mints.push(now.timestamp_millis());
+            let excess = record.mints.len().saturating_sub(keep);
+            record.mints.drain(..excess);
+            record.version += 1;
+            match self.store.put_account_grants(&record, expected).await {
+                Ok(()) => return Some(record.mints.len()),
+                Err(StoreError::Conflict) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "counting the account's grants failed");
+                    return None;
+                }
+            }
+        }
+        None
     }
 
     /// Marks a connect link's flow as started; false when it was before (single-use
@@ -599,13 +681,20 @@ impl TokenService {
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     pub(crate) async fn connections(&self, user_id: &str) -> Result<Vec<ConnectionSummary>, Error> {
         let now = Utc::now();
-        Ok(self
-            .store
-            .list(user_id)
-            .await?
-            .into_iter()
-            .map(|row| ConnectionSummary::of(row, self.policy.grant_rules, now))
-            .collect())
+        let mut out = Vec::new();
+        for row in self.store.list(user_id).await? {
+            let minted = self
+                .store
+                .account_grants(&row.provider, &row.user_info.sub)
+                .await?
+                .map(|a| a.mints.len());
+            let mut summary = ConnectionSummary::of(row, self.policy.grant_rules, now);
+            summary.account_grants = minted;
+            summary.grant_limit_warning =
+                minted.is_some_and(|n| n >= self.policy.grant_rules.warn_at());
+            out.push(summary);
+        }
+        Ok(out)
     }
 
     /// Connections across users, in key order after `after`, whose health is `health`

@@ -51,7 +51,8 @@ use super::cache::{Cached, TokenCache};
 use super::token_set::{IssuedToken, TokenSet, TokenSource};
 use crate::crypto::EnvelopeCipher;
 use crate::error::Error;
-use crate::oauth::grant::{Cause, cause_of};
+use crate::oauth::grant::{Cause, cause_of, minted_after};
+use crate::oauth::provider::GrantRefusal;
 use crate::oauth::provider::{ProviderError, ProviderTokens};
 use crate::retry::{Backoff, jittered};
 use crate::store::flow_log::ClientInfo;
@@ -552,7 +553,26 @@ impl Holder<'_> {
                 // What the refusal says, else (after a request whose outcome is unknown,
                 // the provider most likely redeemed and rotated the token then) the
                 // unknown outcome, else the grant's clocks.
-                let cause = cause_of(refusal, self.row, r.policy.grant_rules, Utc::now());
+                let newer_mints = match (self.row.grant.consented_at, &refusal) {
+                    (
+                        Some(consented),
+                        GrantRefusal::ExpiredOrRevoked | GrantRefusal::Unspecified,
+                    ) => r
+                        .store
+                        .account_grants(&self.row.provider, &self.row.user_info.sub)
+                        .await
+                        .ok()
+                        .flatten()
+                        .map(|a| minted_after(&a.mints, consented)),
+                    _ => None,
+                };
+                let cause = cause_of(
+                    refusal,
+                    self.row,
+                    r.policy.grant_rules,
+                    newer_mints,
+                    Utc::now(),
+                );
                 self.deactivate(cause).await
             }
             Err(e) => {

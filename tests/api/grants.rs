@@ -15,6 +15,7 @@ on_every_backend!(
     a_revocation_that_fails_is_retried_after_a_restart,
     a_deletion_without_revocation_forgets_locally_only,
     the_keepalive_refreshes_an_idle_connection_and_leaves_a_fresh_one,
+    the_grant_counter_warns_at_the_limit_and_names_the_eviction,
 );
 
 use chrono::{DateTime, Duration as Delta, Utc};
@@ -230,6 +231,12 @@ async fn a_missing_required_scope_answers_403_with_a_step_up_link_that_works(bac
     );
     assert_eq!(asked["include_granted_scopes"], "true");
     assert_eq!(asked["login_hint"], provider.profile().email);
+    assert!(
+        asked.get("prompt").is_none_or(|p| !p.contains("consent")),
+        "a live grant is stepped up without forcing consent: no new refresh token"
+    );
+    let minted = provider.issued_refresh_tokens().len();
+    let stored_refresh = provider.latest_refresh_token();
     let callback = app.authorize(&provider_url).await;
     assert_eq!(
         app.callback(&callback, Some(&cookie)).await.status(),
@@ -247,8 +254,15 @@ async fn a_missing_required_scope_answers_403_with_a_step_up_link_that_works(bac
     for wanted in [CALENDAR, DRIVE, "openid"] {
         assert!(scope.split(' ').any(|s| s == wanted), "{wanted} in {scope}");
     }
+    assert_eq!(
+        provider.issued_refresh_tokens().len(),
+        minted,
+        "no refresh token minted by the step-up"
+    );
+    assert!(stored_refresh.is_some_and(|t| provider.is_refresh_token_valid(&t)));
     let listed = connection(&app, "sam").await;
     assert_eq!(listed["partialGrant"], false);
+    assert_eq!(listed["accountGrants"], 1);
     let requested = strings(&listed["requestedScopes"]);
     assert!(requested.contains(&CALENDAR.to_string()) && requested.contains(&DRIVE.to_string()));
 
@@ -541,6 +555,22 @@ async fn operators_list_the_connections_that_need_attention(backend: Backend) {
     }
 }
 
+/// The user's newest flow-log item of `step`, waiting up to 10 s for it to land.
+async fn logged(app: &TestApp, user_id: &str, step: &str) -> Value {
+    for _ in 0..100 {
+        if let Some(item) = app
+            .flow_log(user_id)
+            .await
+            .into_iter()
+            .find(|i| i["step"] == step)
+        {
+            return item;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no {step} item in {user_id}'s flow log");
+}
+
 /// Polls `check` every 100 ms for at most `secs`.
 async fn eventually(secs: u64, mut check: impl FnMut() -> bool) -> bool {
     for _ in 0..secs * 10 {
@@ -601,27 +631,11 @@ async fn a_revocation_that_fails_is_retried_after_a_restart(backend: Backend) {
         eventually(15, || provider.revoked_tokens().contains(&rita_token)).await,
         "the kept revocation is sent after the restart"
     );
-    let retried = restarted
-        .flow_log("rita")
-        .await
-        .into_iter()
-        .find(|i| i["step"] == "revoked")
-        .expect("revoked logged");
+    // aws mode writes flow-log items from a queue: they land shortly after.
+    let retried = logged(&restarted, "rita", "revoked").await;
     assert_eq!(retried["data"]["retried"], true);
     assert_eq!(retried["data"]["outcome"], "revoked_on_retry");
-    let mut superseded = None;
-    for _ in 0..100 {
-        superseded = restarted
-            .flow_log("ruth")
-            .await
-            .into_iter()
-            .find(|i| i["step"] == "revoked");
-        if superseded.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let superseded = superseded.expect("the superseded revocation is logged");
+    let superseded = logged(&restarted, "ruth", "revoked").await;
     assert_eq!(superseded["data"]["outcome"], "revocation_superseded");
     assert_eq!(superseded["error"], "revocation_superseded");
     assert!(!provider.revoked_tokens().contains(&ruth_old));
@@ -701,4 +715,44 @@ async fn the_keepalive_refreshes_an_idle_connection_and_leaves_a_fresh_one(backe
         .expect("the refresh is logged");
     assert_eq!(refreshed["userAgent"], "axnt-oauth keep-alive");
     other.stop().await;
+}
+
+/// One Google account connected under several user ids: each connection mints a
+/// refresh token, and Google keeps only the newest few (here 3) alive.
+async fn the_grant_counter_warns_at_the_limit_and_names_the_eviction(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_grant_limit(3);
+    provider.set_access_token_ttl(0);
+    let app = TestApp::on(backend, &provider, &[("AXNT_GOOGLE_GRANT_LIMIT", "3")]).await;
+    assert!(app.connect("first").await.status().is_success());
+    let listed = connection(&app, "first").await;
+    assert_eq!(listed["accountGrants"], 1);
+    assert_eq!(listed["grantLimitWarning"], false);
+
+    assert!(app.connect("second").await.status().is_success());
+    let stored = app
+        .flow_log("second")
+        .await
+        .into_iter()
+        .find(|i| i["step"] == "tokens_stored")
+        .expect("tokens_stored");
+    assert_eq!(stored["data"]["accountGrants"], 2);
+    assert_eq!(
+        stored["data"]["grantLimitWarning"], true,
+        "warned from 90 % (2 of 3)"
+    );
+    assert_eq!(connection(&app, "first").await["grantLimitWarning"], true);
+
+    // Two more: Google ends the oldest grant, "first"'s.
+    assert!(app.connect("third").await.status().is_success());
+    assert!(app.connect("fourth").await.status().is_success());
+    let dead = assert_problem(app.token("first").await, 409, "reauthorization_required").await;
+    assert_eq!(dead["cause"], "token_limit_evicted");
+    assert_eq!(
+        connection(&app, "first").await["cause"],
+        "token_limit_evicted"
+    );
+    assert!(ended(&app, "token_limit_evicted").await >= 1.0);
+    // The newer ones live on.
+    assert_eq!(app.token("fourth").await.status(), StatusCode::OK);
 }

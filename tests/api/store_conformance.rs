@@ -13,9 +13,9 @@ use axnt_oauth::store::buffered::BufferedFlowLog;
 use axnt_oauth::store::embedded::EmbeddedStore;
 use axnt_oauth::store::flow_log::SortKeyClock;
 use axnt_oauth::store::{
-    Connection, FlowLog, FlowLogEntry, FlowStep, GrantLedger, LeaseRelease, PendingGrant,
-    PendingRevocation, RefreshLease, RefreshState, ReplacedAccount, ScanCursor, StoreError,
-    TokenStore, UserInfo,
+    AccountGrants, Connection, FlowLog, FlowLogEntry, FlowStep, GrantLedger, LeaseRelease,
+    PendingGrant, PendingRevocation, RefreshLease, RefreshState, ReplacedAccount, ScanCursor,
+    StoreError, TokenStore, UserInfo,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
@@ -791,6 +791,63 @@ async fn revocations_wait_until_due_and_are_no_connection(
     );
 }
 
+/// An account's mint record is created once, then written only at the version read,
+/// and is no connection.
+async fn account_grants_are_written_conditionally(
+    tokens: Arc<dyn TokenStore>,
+    _log: Arc<dyn FlowLog>,
+) {
+    let sub = format!("sub-{}", user());
+    assert_eq!(
+        tokens.account_grants("google", &sub).await.expect("get"),
+        None
+    );
+    let first = AccountGrants {
+        provider: "google".into(),
+        sub: sub.clone(),
+        mints: vec![1_800_000_000],
+        version: 1,
+    };
+    tokens
+        .put_account_grants(&first, None)
+        .await
+        .expect("create");
+    assert!(matches!(
+        tokens.put_account_grants(&first, None).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        tokens.account_grants("google", &sub).await.expect("get"),
+        Some(first.clone())
+    );
+    let second = AccountGrants {
+        mints: vec![1_800_000_000, 1_800_000_005],
+        version: 2,
+        ..first.clone()
+    };
+    tokens
+        .put_account_grants(&second, Some(1))
+        .await
+        .expect("update");
+    assert!(matches!(
+        tokens.put_account_grants(&second, Some(1)).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        tokens.account_grants("google", &sub).await.expect("get"),
+        Some(second)
+    );
+    assert_eq!(
+        tokens.account_grants("other", &sub).await.expect("get"),
+        None
+    );
+    let (scanned, _) = scan_all(tokens.as_ref(), 1000).await;
+    assert!(
+        scanned.iter().all(|r| !r.user_id.contains(&sub)),
+        "no connection"
+    );
+}
+
 /// A job lease is held by one holder at a time, renewed by it, taken over only once
 /// it lapsed, and given back only by its holder.
 async fn a_job_lease_has_one_holder(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
@@ -1038,6 +1095,7 @@ every_backend!(
     the_grant_ledger_is_kept_on_the_row,
     revocations_wait_until_due_and_are_no_connection,
     a_job_lease_has_one_holder,
+    account_grants_are_written_conditionally,
     a_scan_pages_through_every_row_once_and_no_flow_item,
     a_rewrap_replaces_only_an_unchanged_envelope,
 );

@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::crypto::Envelope;
 use crate::store::{
-    Connection, FlowLogEntry, FlowStep, GrantLedger, PendingGrant, PendingRevocation, RefreshLease,
-    RefreshState, ReplacedAccount, StoreError, UserInfo,
+    AccountGrants, Connection, FlowLogEntry, FlowStep, GrantLedger, PendingGrant,
+    PendingRevocation, RefreshLease, RefreshState, ReplacedAccount, StoreError, UserInfo,
 };
 
 pub(super) type Item = HashMap<String, AttributeValue>;
@@ -339,6 +339,58 @@ pub(super) fn revocation_from(item: &Item) -> Result<PendingRevocation, StoreErr
         attempts: r.attempts,
         next_attempt_at: r.next_attempt_at,
         expires_at: r.expires_at,
+    })
+}
+
+/// An account's mint record: partition `#account#<provider>#<sub>`, sort key
+/// `#grants`, attributes `mints` (L of N, epoch milliseconds) and `version`.
+pub(super) const ACCOUNT_GRANTS: &str = "#grants";
+
+pub(super) fn account_key(provider: &str, sub: &str) -> String {
+    format!("#account#{provider}#{sub}")
+}
+
+pub(super) fn account_grants_item(record: &AccountGrants) -> Item {
+    Item::from([
+        (
+            "userId".to_string(),
+            s(account_key(&record.provider, &record.sub)),
+        ),
+        ("provider".to_string(), s(ACCOUNT_GRANTS)),
+        (
+            "mints".to_string(),
+            AttributeValue::L(record.mints.iter().map(|m| n(m)).collect()),
+        ),
+        ("version".to_string(), n(record.version)),
+    ])
+}
+
+pub(super) fn account_grants_from(
+    item: &Item,
+    provider: &str,
+    sub: &str,
+) -> Result<AccountGrants, StoreError> {
+    let number = |v: &AttributeValue| match v {
+        AttributeValue::N(text) => text.parse::<i64>().ok(),
+        _ => None,
+    };
+    let mints = match item.get("mints") {
+        Some(AttributeValue::L(list)) => list
+            .iter()
+            .map(|v| number(v).ok_or_else(|| StoreError::Corrupt("mints: expected num".into())))
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => return Err(StoreError::Corrupt("mints: missing".into())),
+    };
+    let version = item
+        .get("version")
+        .and_then(number)
+        .and_then(|v| u64::try_from(v).ok())
+        .ok_or_else(|| StoreError::Corrupt("version: missing".into()))?;
+    Ok(AccountGrants {
+        provider: provider.to_string(),
+        sub: sub.to_string(),
+        mints,
+        version,
     })
 }
 

@@ -9,14 +9,15 @@ use chrono::{DateTime, Utc};
 use super::DynamoStore;
 use super::call;
 use super::item::{
-    Item, JOB_LEASE, JOB_PREFIX, LEASE_ATTEMPT, LEASE_UNTIL, PENDING, RETRY_AT, REVOCATIONS,
-    REVOKE_PREFIX, STARTED, UNKNOWN_SINCE, connection_from, connection_item, flow_key,
-    is_flow_item, n, pending_from, pending_item, revocation_from, revocation_item, rfc3339, s,
+    ACCOUNT_GRANTS, Item, JOB_LEASE, JOB_PREFIX, LEASE_ATTEMPT, LEASE_UNTIL, PENDING, RETRY_AT,
+    REVOCATIONS, REVOKE_PREFIX, STARTED, UNKNOWN_SINCE, account_grants_from, account_grants_item,
+    account_key, connection_from, connection_item, flow_key, is_flow_item, n, pending_from,
+    pending_item, revocation_from, revocation_item, rfc3339, s,
 };
 use crate::crypto::Envelope;
 use crate::store::{
-    Connection, LeaseRelease, PendingGrant, PendingRevocation, RefreshLease, ScanCursor, ScanPage,
-    StoreError, TokenStore,
+    AccountGrants, Connection, LeaseRelease, PendingGrant, PendingRevocation, RefreshLease,
+    ScanCursor, ScanPage, StoreError, TokenStore,
 };
 
 #[async_trait]
@@ -252,6 +253,51 @@ impl TokenStore for DynamoStore {
             Err(StoreError::Conflict) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    async fn account_grants(
+        &self,
+        provider: &str,
+        sub: &str,
+    ) -> Result<Option<AccountGrants>, StoreError> {
+        let table = &self.tokens_table;
+        let out = call(
+            "GetItem",
+            self.client
+                .get_item()
+                .table_name(table)
+                .key("userId", s(account_key(provider, sub)))
+                .key("provider", s(ACCOUNT_GRANTS))
+                .consistent_read(true)
+                .send()
+                .await,
+        )
+        .map_err(|f| self.error("GetItem", table, f))?;
+        out.item()
+            .map(|item| account_grants_from(item, provider, sub))
+            .transpose()
+    }
+
+    async fn put_account_grants(
+        &self,
+        record: &AccountGrants,
+        expected: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        let mut request = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(account_grants_item(record)));
+        request = match expected {
+            None => request.condition_expression("attribute_not_exists(userId)"),
+            Some(v) => request
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
+        };
+        call("PutItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("PutItem", table, f))
     }
 
     async fn take_job_lease(

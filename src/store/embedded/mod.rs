@@ -72,6 +72,13 @@ CREATE TABLE IF NOT EXISTS job_leases (
     holder   TEXT    NOT NULL,
     until_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS account_grants (
+    provider TEXT    NOT NULL,
+    sub      TEXT    NOT NULL,
+    mints    TEXT    NOT NULL,
+    version  INTEGER NOT NULL,
+    PRIMARY KEY (provider, sub)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS flow_logs (
     user_id    TEXT    NOT NULL,
     timestamp  TEXT    NOT NULL,

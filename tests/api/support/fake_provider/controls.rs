@@ -153,6 +153,13 @@ impl FakeProvider {
         self.lock().clock_offset += chrono::Duration::seconds(secs);
     }
 
+    /// Google's limit of live refresh tokens per account and client (default 100): a
+    /// code exchange past it ends the account's oldest grant ("Token has been expired or
+    /// revoked." from then on).
+    pub fn set_grant_limit(&self, limit: usize) {
+        self.lock().grant_limit = limit;
+    }
+
     /// `false`: `/revoke` answers 503 (nothing is revoked or recorded) until set back.
     pub fn set_revocation_available(&self, available: bool) {
         self.lock().revocation_unavailable = !available;

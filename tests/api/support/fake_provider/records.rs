@@ -27,6 +27,9 @@ pub struct Authorization {
     pub nonce: Option<String>,
     pub scope: String,
     pub login_hint: Option<String>,
+    /// Whether the request said `prompt=consent` (Google then always issues a refresh
+    /// token; without it, a returning account gets none).
+    pub prompt_consent: bool,
     pub issued_at: DateTime<Utc>,
     /// Set by the first exchange attempt (codes are single use).
     pub used: bool,

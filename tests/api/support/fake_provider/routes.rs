@@ -164,6 +164,9 @@ pub(super) async fn authorize(State(shared): AppState, RawQuery(query): RawQuery
             nonce: params.get("nonce").cloned(),
             scope: scope.clone(),
             login_hint: params.get("login_hint").cloned(),
+            prompt_consent: params
+                .get("prompt")
+                .is_some_and(|p| p.split(' ').any(|v| v == "consent")),
             issued_at: Utc::now(),
             used: false,
         },
@@ -377,6 +380,15 @@ fn code_grant(st: &mut Inner, issuer: &str, params: &HashMap<String, String>) ->
         ));
     }
 
+    // Google issues a refresh token on forced consent, or to an account that holds no
+    // live grant of this client yet; a returning account's silent re-grant gets none.
+    let returning = st.grants.iter().enumerate().any(|(i, g)| {
+        !g.revoked
+            && g.client_id == auth.client_id
+            && g.profile.sub == st.profile.sub
+            && st.refresh_tokens.values().any(|r| r.grant == i && r.valid)
+    });
+    let mints_refresh_token = auth.prompt_consent || !returning;
     let granted_at = st.now();
     let refresh_expires_at = st
         .refresh_token_lifetime
@@ -395,7 +407,7 @@ fn code_grant(st: &mut Inner, issuer: &str, params: &HashMap<String, String>) ->
     if let Some(secs) = st.refresh_token_lifetime {
         body.insert("refresh_token_expires_in".into(), json!(secs.max(0)));
     }
-    if !st.omit_refresh_token_on_code {
+    if !st.omit_refresh_token_on_code && mints_refresh_token {
         let refresh_token = st.issue_refresh_token(grant);
         body.insert("refresh_token".into(), json!(refresh_token));
     }

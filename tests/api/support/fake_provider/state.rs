@@ -76,6 +76,7 @@ pub(super) struct Inner {
     pub(super) testing_mode: bool,
     pub(super) clock_offset: chrono::Duration,
     pub(super) revocation_unavailable: bool,
+    pub(super) grant_limit: usize,
 
     pub(super) codes: HashMap<String, Authorization>,
     /// Grant made from each code exchanged, so a replayed code revokes it.
@@ -134,6 +135,7 @@ impl Inner {
             testing_mode: false,
             clock_offset: chrono::Duration::zero(),
             revocation_unavailable: false,
+            grant_limit: 100,
             codes: HashMap::new(),
             code_grants: HashMap::new(),
             grants: Vec::new(),
@@ -205,7 +207,37 @@ impl Inner {
         self.refresh_tokens
             .insert(token.clone(), RefreshRecord { grant, valid: true });
         self.issued_refresh_tokens.push(token.clone());
+        self.enforce_grant_limit(grant);
         token
+    }
+
+    /// Past the limit of live grants (with a refresh token) for one account and client,
+    /// the oldest is ended, as Google does.
+    fn enforce_grant_limit(&mut self, newest: usize) {
+        let (client, sub) = (
+            self.grants[newest].client_id.clone(),
+            self.grants[newest].profile.sub.clone(),
+        );
+        let mut live: Vec<usize> = self
+            .grants
+            .iter()
+            .enumerate()
+            .filter(|(i, g)| {
+                !g.revoked
+                    && g.client_id == client
+                    && g.profile.sub == sub
+                    && self
+                        .refresh_tokens
+                        .values()
+                        .any(|r| r.grant == *i && r.valid)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        live.sort_unstable();
+        while live.len() > self.grant_limit {
+            let oldest = live.remove(0);
+            self.grants[oldest].revoked = true;
+        }
     }
 
     pub(super) fn access_response(&mut self, grant: usize) -> (Map<String, Value>, String) {
