@@ -23,7 +23,7 @@ use crate::oauth::flow::{
     ConnectSession, FlowState, Purpose, binding_cookie_name, binding_matches, new_binding,
 };
 use crate::oauth::grant::{self, PartialGrant};
-use crate::oauth::provider::ProviderError;
+use crate::oauth::provider::{AuthorizationRequest, ProviderError};
 use crate::store::{FlowStep, FlowSteps};
 use crate::tokens::{Stored, TokenSet};
 
@@ -106,20 +106,21 @@ async fn start(
     let flow_log = state
         .flow_log
         .flow(&flow.user_id, &flow.flow_id, &provider_name, &client);
+    let redirect_uri = state.settings.redirect_uri(&provider_name);
     let url = match provider
-        .authorization_request(
-            &state.settings.redirect_uri(&provider_name),
-            &session.rules.scopes,
-            sealed,
-            flow.nonce.clone(),
-            &pkce_verifier,
+        .authorization_request(AuthorizationRequest {
+            redirect_uri: &redirect_uri,
+            extra_scopes: &session.rules.scopes,
+            state: sealed,
+            nonce: flow.nonce.clone(),
+            pkce_verifier: &pkce_verifier,
             // The expected account is the natural hint for the account chooser.
-            session
+            login_hint: session
                 .login_hint
                 .as_deref()
                 .or(session.rules.expected_email.as_deref()),
-            !session.rules.skip_consent,
-        )
+            force_consent: !session.rules.skip_consent,
+        })
         .await
     {
         Ok(url) => url,

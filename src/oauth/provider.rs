@@ -397,14 +397,17 @@ impl OidcProvider {
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub(crate) async fn authorization_request(
         &self,
-        redirect_uri: &str,
-        extra_scopes: &[String],
-        state: String,
-        nonce: String,
-        pkce_verifier: &str,
-        login_hint: Option<&str>,
-        force_consent: bool,
+        request: AuthorizationRequest<'_>,
     ) -> Result<Url, ProviderError> {
+        let AuthorizationRequest {
+            redirect_uri,
+            extra_scopes,
+            state,
+            nonce,
+            pkce_verifier,
+            login_hint,
+            force_consent,
+        } = request;
         let creds = self.credentials().await?;
         let d = self.discovered().await?;
         let client = self.client(&d, &creds, Some(redirect_uri))?;
@@ -437,6 +440,20 @@ impl OidcProvider {
         let (url, _, _) = request.url();
         Ok(url)
     }
+}
+
+/// What one authorization request carries.
+pub(crate) struct AuthorizationRequest<'a> {
+    pub(crate) redirect_uri: &'a str,
+    /// Scopes beyond the provider's defaults.
+    pub(crate) extra_scopes: &'a [String],
+    /// The sealed flow state.
+    pub(crate) state: String,
+    pub(crate) nonce: String,
+    pub(crate) pkce_verifier: &'a str,
+    pub(crate) login_hint: Option<&'a str>,
+    /// Ask for `prompt=consent` (when the provider's configuration does).
+    pub(crate) force_consent: bool,
 }
 
 /// The configured providers by name.

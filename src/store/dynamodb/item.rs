@@ -359,7 +359,7 @@ pub(super) fn account_grants_item(record: &AccountGrants) -> Item {
         ("provider".to_string(), s(ACCOUNT_GRANTS)),
         (
             "mints".to_string(),
-            AttributeValue::L(record.mints.iter().map(|m| n(m)).collect()),
+            AttributeValue::L(record.mints.iter().map(n).collect()),
         ),
         ("version".to_string(), n(record.version)),
     ])
