@@ -379,8 +379,13 @@ pub(crate) struct Problem<'a> {
     detail: String,
     /// The stable code clients branch on.
     code: &'a str,
-    /// Why a grant is dead or a refresh failed, as a stable code (409
-    /// `reauthorization_required`, 502 `client_credentials_invalid`, some 503s).
+    /// Why a grant is dead or a refresh failed, as a stable code. 409
+    /// `reauthorization_required`: `revoked_by_user`, `testing_mode_expired`,
+    /// `idle_expired`, `token_limit_evicted`, `time_limited_access_expired`,
+    /// `admin_policy_enforced`, `session_reauth_required`, `password_changed`,
+    /// `refresh_outcome_unknown`, `no_refresh_token`, `unknown_invalid_grant`. 502
+    /// `provider_error`: `client_credentials_invalid`. 503 `provider_unavailable`:
+    /// `provider_unavailable`, `cooldown`, `circuit_open`, `refresh_outcome_unknown`.
     #[serde(skip_serializing_if = "Option::is_none")]
     cause: Option<&'a str>,
     /// What the application and its user should do about `cause`.

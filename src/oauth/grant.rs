@@ -395,6 +395,120 @@ pub(crate) fn forecast(row: &Connection, rules: GrantRules, now: DateTime<Utc>) 
 mod tests {
     use super::*;
 
+    fn row(granted: &str, consented_days_ago: i64, now: DateTime<Utc>) -> Connection {
+        let consented = now - TimeDelta::days(consented_days_ago);
+        Connection {
+            user_id: "u".into(),
+            provider: "google".into(),
+            email: None,
+            encrypted_tokens: crate::crypto::Envelope {
+                v: 1,
+                alg: "AES-256-GCM".into(),
+                key_id: "k".into(),
+                edk: String::new(),
+                iv: String::new(),
+                ct: String::new(),
+            },
+            user_info: crate::store::UserInfo::default(),
+            created_at: consented,
+            updated_at: consented,
+            last_used: consented,
+            access_token_expires_at: 0,
+            expires_at: 0,
+            is_active: true,
+            version: 1,
+            refresh: crate::store::RefreshState::default(),
+            replaced_account: None,
+            grant: GrantLedger {
+                granted_scopes: parse_scopes(granted),
+                consented_at: Some(consented),
+                ..GrantLedger::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_clocks_name_a_bare_refusal() {
+        let now = Utc::now();
+        let rules = |publishing| GrantRules {
+            publishing,
+            grant_limit: 100,
+        };
+        let plain = GrantRefusal::ExpiredOrRevoked;
+        let drive = "openid email https://x.test/drive";
+        let cause =
+            |row: &Connection, publishing| cause_of(plain, row, rules(publishing), None, now);
+        // Eight days after consent, never refreshed: Testing expiry unless declared
+        // production, and never for basic scopes.
+        assert_eq!(
+            cause(&row(drive, 8, now), PublishingStatus::Unknown),
+            Cause::TestingModeExpired
+        );
+        assert_eq!(
+            cause(&row(drive, 8, now), PublishingStatus::Production),
+            Cause::RevokedByUser
+        );
+        assert_eq!(
+            cause(&row("openid email", 8, now), PublishingStatus::Testing),
+            Cause::RevokedByUser
+        );
+        // Refreshed after day 7: not a Testing grant, whatever the status says.
+        let mut refreshed = row(drive, 8, now);
+        refreshed.grant.last_refreshed_at = Some(now - TimeDelta::hours(12));
+        assert_eq!(
+            cause(&refreshed, PublishingStatus::Unknown),
+            Cause::RevokedByUser
+        );
+        // Six months unused: idle, unless the status is declared testing.
+        assert_eq!(
+            cause(&row(drive, 200, now), PublishingStatus::Unknown),
+            Cause::IdleExpired
+        );
+        assert_eq!(
+            cause(&row(drive, 200, now), PublishingStatus::Testing),
+            Cause::TestingModeExpired
+        );
+        // What the provider says comes first; then evictions.
+        let r = row(drive, 200, now);
+        assert_eq!(
+            cause_of(
+                GrantRefusal::AdminPolicy,
+                &r,
+                rules(PublishingStatus::Unknown),
+                Some(500),
+                now
+            ),
+            Cause::AdminPolicyEnforced
+        );
+        assert_eq!(
+            cause_of(plain, &r, rules(PublishingStatus::Unknown), Some(100), now),
+            Cause::TokenLimitEvicted
+        );
+        assert_eq!(
+            cause_of(
+                GrantRefusal::Unspecified,
+                &row(drive, 1, now),
+                rules(PublishingStatus::Unknown),
+                Some(99),
+                now
+            ),
+            Cause::UnknownInvalidGrant
+        );
+    }
+
+    #[test]
+    fn every_cause_reads_back_from_its_code_and_has_a_remedy() {
+        for cause in Cause::ALL {
+            assert_eq!(Cause::from_code(cause.code()), Some(cause));
+            assert!(cause.remedy().len() > 40, "{cause:?}");
+        }
+        assert_eq!(
+            Cause::from_code("invalid_grant"),
+            Some(Cause::UnknownInvalidGrant)
+        );
+        assert_eq!(Cause::from_code("nonsense"), None);
+    }
+
     #[test]
     fn scopes_compare_as_google_means_them() {
         let granted = parse_scopes(
