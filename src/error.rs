@@ -26,6 +26,9 @@ use crate::store::{FlowFailure, StoreError};
 pub(crate) enum Error {
     #[error("missing or wrong API key")]
     Unauthorized,
+    /// The key is valid but limited: not to this operation, or not to this provider.
+    #[error("this API key may not {0}")]
+    CallerNotAllowed(String),
     #[error("{0}")]
     InvalidRequest(String),
     #[error("request body is not JSON: {0}")]
@@ -210,7 +213,9 @@ impl Error {
             Self::ReauthorizationRequired { .. } | Self::Conflict | Self::SessionUsed => {
                 StatusCode::CONFLICT
             }
-            Self::AccountNotAllowed | Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::AccountNotAllowed
+            | Self::InsufficientScope { .. }
+            | Self::CallerNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::ScopesNotGranted { .. } => StatusCode::FORBIDDEN,
             Self::ConfirmationNotFound => StatusCode::NOT_FOUND,
             Self::ConfirmationExpired => StatusCode::GONE,
@@ -232,6 +237,7 @@ impl Error {
     pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
+            Self::CallerNotAllowed(_) => "caller_not_allowed",
             Self::RequestTimeout => "request_timeout",
             Self::RateLimited { .. } => "rate_limited",
             Self::InvalidRequest(_) => "invalid_request",
@@ -476,6 +482,7 @@ pub(crate) fn one_of_each() -> Vec<Error> {
     fn listed(e: &Error) {
         match e {
             Error::Unauthorized
+            | Error::CallerNotAllowed(_)
             | Error::InvalidRequest(_)
             | Error::UnsupportedMediaType(_)
             | Error::PayloadTooLarge
@@ -513,6 +520,7 @@ pub(crate) fn one_of_each() -> Vec<Error> {
     let s = String::new;
     let all = vec![
         Error::Unauthorized,
+        Error::CallerNotAllowed(s()),
         Error::InvalidRequest(s()),
         Error::UnsupportedMediaType(s()),
         Error::PayloadTooLarge,

@@ -61,11 +61,41 @@ fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
 }
 
 /// API keys, each parsed by the one rule for them. No error here can quote a key.
+/// Each entry is `key`, `name:key`, or (in a file) a table `{name, key, operations,
+/// providers}`.
 pub(crate) fn api_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ApiKey>, D::Error> {
-    strings(d)?
-        .iter()
-        .map(|key| ApiKey::parse(key).map_err(D::Error::custom))
-        .collect()
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entries {
+        List(Vec<crate::secrets::KeyEntry>),
+        Csv(String),
+    }
+    let entries = match Entries::deserialize(d)? {
+        Entries::List(entries) => entries,
+        // The environment's way to give limits: a JSON list of keys and objects.
+        Entries::Csv(json) if json.trim_start().starts_with('[') => {
+            serde_json::from_str(&json).map_err(|e| {
+                // serde's message could quote a key: only where, and what kind of error.
+                D::Error::custom(format!(
+                    "not a JSON list of keys and {{name, key, operations, providers}} objects (line {}, column {}: {:?} error)",
+                    e.line(),
+                    e.column(),
+                    e.classify()
+                ))
+            })?
+        }
+        Entries::Csv(csv) => csv
+            .split(',')
+            .map(|k| crate::secrets::KeyEntry::Text(k.to_string()))
+            .collect(),
+    };
+    let keys = entries
+        .into_iter()
+        .filter(|e| !matches!(e, crate::secrets::KeyEntry::Text(t) if t.trim().is_empty()))
+        .map(|e| e.into_key().map_err(D::Error::custom))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::secrets::check_names(&keys).map_err(D::Error::custom)?;
+    Ok(keys)
 }
 
 /// The state key: base64 of 32 bytes, parsed by the one parser of it. The error names

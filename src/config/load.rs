@@ -552,6 +552,29 @@ mod tests {
     use super::*;
     use secrecy::ExposeSecret;
 
+    #[test]
+    fn api_keys_may_be_named_and_limited() {
+        let s = load(&[(
+            "AXNT_API_KEYS",
+            r#"[{"name":"reader","key":"0123456789012345","operations":["read_tokens"],"providers":["google"]}, "ops:abcdefghijklmnopq"]"#,
+        )])
+        .expect("loads");
+        let ids: Vec<_> = s
+            .secrets
+            .api_keys
+            .iter()
+            .map(|k| k.caller().id.clone())
+            .collect();
+        assert_eq!(ids, vec!["reader", "ops"]);
+        assert_eq!(
+            s.secrets.api_keys[0].caller().operations,
+            Some(vec![crate::secrets::Operation::ReadTokens])
+        );
+        let e = load(&[("AXNT_API_KEYS", "a:0123456789012345,a:0123456789012346")])
+            .expect_err("a name twice");
+        assert_eq!(e.setting, "AXNT_API_KEYS");
+    }
+
     fn load(env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         Settings::load(
             None,

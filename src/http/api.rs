@@ -1,7 +1,7 @@
 //! The internal API: bearer-key authenticated JSON for the application's services.
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use crate::oauth::flow::{
     ConnectSession, FlowRules, MAX_SEALED_LEN, Purpose, SealError, StateSealer,
 };
 use crate::oauth::grant::{self, PartialGrant};
-use crate::secrets::ApiKey;
+use crate::secrets::{ApiKey, Caller, Operation};
 use crate::store::{FlowLogEntry, FlowStep};
 use crate::tokens::{ConnectionSummary, UserId};
 
@@ -61,12 +61,71 @@ async fn require_api_key(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .and_then(|v| ApiKey::parse(v.trim()).ok());
-    match presented {
-        Some(key) if state.secrets.accepts_api_key(&key) => Ok(next.run(request).await),
-        _ => match client.and_then(|ip| state.rate_limits.auth_failed(ip)) {
+    let caller = presented.and_then(|key| state.secrets.caller_of(&key));
+    let Some(caller) = caller else {
+        return match client.and_then(|ip| state.rate_limits.auth_failed(ip)) {
             Some(retry_after_secs) => Err(Error::RateLimited { retry_after_secs }),
             None => Err(Error::Unauthorized),
-        },
+        };
+    };
+    let mut request = request;
+    if let Some(operation) = operation_of(&request) {
+        metrics::counter!("axnt_api_calls_total", "caller" => caller.id.clone(), "operation" => operation.as_str())
+            .increment(1);
+        if !caller.may(operation) {
+            return Err(Error::CallerNotAllowed(format!(
+                "do {} (its operations are limited)",
+                operation.as_str()
+            )));
+        }
+        // A provider in the path is checked here; one in a body by its handler.
+        if let Some(provider) = path_provider(&request)
+            && !caller.may_use(provider)
+        {
+            return Err(Error::CallerNotAllowed(format!(
+                "use {provider} connections (its providers are limited)"
+            )));
+        }
+    }
+    request.extensions_mut().insert(CallerOf(caller));
+    Ok(next.run(request).await)
+}
+
+/// The operation a matched internal-API route is, for key limits and metrics.
+fn operation_of(request: &Request) -> Option<Operation> {
+    let route = request.extensions().get::<MatchedPath>()?.as_str();
+    Some(match route {
+        "/v1/users/{user_id}/tokens/{provider}" => Operation::ReadTokens,
+        "/v1/users/{user_id}/flow-logs" => Operation::ReadLogs,
+        _ => Operation::ManageConnections,
+    })
+}
+
+/// The `{provider}` of a route that names one in its path (its last segment).
+fn path_provider(request: &Request) -> Option<&str> {
+    let route = request.extensions().get::<MatchedPath>()?.as_str();
+    route
+        .ends_with("/{provider}")
+        .then(|| request.uri().path().rsplit('/').next())
+        .flatten()
+}
+
+/// The caller whose key the request presented (set by [`require_api_key`]).
+#[derive(Clone)]
+pub(super) struct CallerOf(pub(super) std::sync::Arc<Caller>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CallerOf {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Error> {
+        parts
+            .extensions
+            .get::<CallerOf>()
+            .cloned()
+            .ok_or_else(|| Error::Internal("no caller on an authenticated route".into()))
     }
 }
 
@@ -220,9 +279,16 @@ fn validate_scopes(scopes: &[String]) -> Result<(), Error> {
 pub(super) async fn create_connect_session(
     State(state): State<AppState>,
     Client(client): Client,
+    CallerOf(caller): CallerOf,
     ApiJson(body): ApiJson<ConnectSessionRequest>,
 ) -> Result<Response, Error> {
     state.tokens.provider(&body.provider)?;
+    if !caller.may_use(&body.provider) {
+        return Err(Error::CallerNotAllowed(format!(
+            "use {} connections (its providers are limited)",
+            body.provider
+        )));
+    }
     validate_scopes(&body.scopes)?;
     validate_account_constraints(&body)?;
     if body
@@ -610,9 +676,12 @@ pub(super) async fn get_token(
 #[tracing::instrument(skip_all, fields(user_id = %user_id))]
 pub(super) async fn list_connections(
     State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
     ApiPath(user_id): ApiPath<UserId>,
 ) -> Result<Response, Error> {
-    let connections = state.tokens.connections(user_id.as_str()).await?;
+    let mut connections = state.tokens.connections(user_id.as_str()).await?;
+    // A key limited to some providers sees only their connections.
+    connections.retain(|c| caller.may_use(&c.provider));
     Ok(axum::Json(ConnectionList { connections }).into_response())
 }
 
@@ -671,6 +740,7 @@ const MAX_CONNECTIONS_PAGE: usize = 500;
 #[tracing::instrument(skip_all)]
 pub(super) async fn list_all_connections(
     State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
     ApiQuery(query): ApiQuery<AllConnectionsQuery>,
 ) -> Result<Response, Error> {
     let limit = query.limit.unwrap_or(DEFAULT_CONNECTIONS_PAGE);
@@ -694,6 +764,7 @@ pub(super) async fn list_all_connections(
         .await?;
     let items = found
         .into_iter()
+        .filter(|(_, connection)| caller.may_use(&connection.provider))
         .map(|(user_id, connection)| AccountConnection {
             user_id,
             connection,

@@ -108,6 +108,7 @@ type Answers = &'static [(u16, &'static [&'static str])];
 /// run before any handler, and any request can run out of time.
 const EVERY_API_ROUTE: Answers = &[
     (401, &["unauthorized"]),
+    (403, &["caller_not_allowed"]),
     (408, &["request_timeout"]),
     (429, &["rate_limited"]),
 ];

@@ -2,17 +2,146 @@
 //! secret, the embedded data directory's file, a request's `Authorization` header).
 
 use std::fmt;
+use std::sync::Arc;
 
+use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::crypto::sha256;
 
 /// An API key. Only its SHA-256 is kept, taken once when the key is parsed: comparing
 /// digests in constant time makes the comparison's time independent of key lengths,
-/// and no key text stays in memory. `Debug` prints nothing of it.
+/// and no key text stays in memory. `Debug` prints nothing of it. A configured key
+/// also names its caller (an id for audit and metrics, and optional limits).
 #[derive(Clone)]
 pub struct ApiKey {
     digest: [u8; 32],
+    caller: Arc<Caller>,
+}
+
+/// Who presented a key: its id (the configured name, or `key-` and the first 8 hex
+/// digits of the key's SHA-256 for an unnamed key) and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub id: String,
+    /// `None`: every operation (a key without limits keeps the old behaviour).
+    pub operations: Option<Vec<Operation>>,
+    /// `None`: every provider.
+    pub providers: Option<Vec<String>>,
+}
+
+impl Caller {
+    /// Whether this caller may do `operation`.
+    pub(crate) fn may(&self, operation: Operation) -> bool {
+        self.operations
+            .as_ref()
+            .is_none_or(|ops| ops.contains(&operation))
+    }
+
+    /// Whether this caller may act on `provider`'s connections.
+    pub(crate) fn may_use(&self, provider: &str) -> bool {
+        self.providers
+            .as_ref()
+            .is_none_or(|ps| ps.iter().any(|p| p == provider))
+    }
+}
+
+/// What a key may be limited to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// `GET /v1/users/{userId}/tokens/{provider}`.
+    ReadTokens,
+    /// Connect sessions and their confirmation, listing and deleting connections.
+    ManageConnections,
+    /// Flow logs (and the audit trail).
+    ReadLogs,
+    /// The event feed.
+    ConsumeEvents,
+}
+
+impl Operation {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadTokens => "read_tokens",
+            Self::ManageConnections => "manage_connections",
+            Self::ReadLogs => "read_logs",
+            Self::ConsumeEvents => "consume_events",
+        }
+    }
+}
+
+/// A configured key as the secret's `api_keys` may give it:
+/// `{"name": "billing", "key": "…", "operations": ["read_tokens"], "providers": ["google"]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyObject {
+    name: Option<String>,
+    key: String,
+    #[serde(default)]
+    operations: Option<Vec<Operation>>,
+    #[serde(default)]
+    providers: Option<Vec<String>>,
+}
+
+/// A configured key: `key`, `name:key`, or an object with limits.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum KeyEntry {
+    Text(String),
+    Object(KeyObject),
+}
+
+/// Why a configured key entry was refused; names the rule, never the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidKeyEntry {
+    #[error(transparent)]
+    Key(#[from] InvalidApiKey),
+    #[error("a key's name must be 1 to 64 letters, digits, '.', '_' or '-'")]
+    Name,
+    #[error("two keys are named {0:?}")]
+    DuplicateName(String),
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl KeyEntry {
+    /// The key this entry configures, its caller named and limited as it says.
+    pub(crate) fn into_key(self) -> Result<ApiKey, InvalidKeyEntry> {
+        match self {
+            Self::Text(text) => ApiKey::parse_entry(text.trim()),
+            Self::Object(o) => {
+                let mut key = ApiKey::parse(o.key.trim())?;
+                if let Some(name) = o.name.as_deref().map(str::trim) {
+                    if !valid_name(name) {
+                        return Err(InvalidKeyEntry::Name);
+                    }
+                    key.rename(name);
+                }
+                let caller = Arc::make_mut(&mut key.caller);
+                caller.operations = o.operations;
+                caller.providers = o.providers;
+                Ok(key)
+            }
+        }
+    }
+}
+
+/// Refuses two configured keys of one name (their audit entries could not be told
+/// apart).
+pub(crate) fn check_names(keys: &[ApiKey]) -> Result<(), InvalidKeyEntry> {
+    let mut seen = std::collections::HashSet::new();
+    for key in keys {
+        if !seen.insert(key.caller.id.as_str()) {
+            return Err(InvalidKeyEntry::DuplicateName(key.caller.id.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Why a key was refused; names the rule, never the key.
@@ -25,21 +154,67 @@ impl ApiKey {
     /// (no accepted key is that short, so such a key never matched anyway).
     pub(crate) const MIN_LEN: usize = 16;
 
+    /// A key as presented (or configured without a name): the whole text is the key.
     pub fn parse(text: &str) -> Result<Self, InvalidApiKey> {
         if text.len() < Self::MIN_LEN {
             return Err(InvalidApiKey);
         }
+        let digest = sha256(text.as_bytes());
+        let id = format!(
+            "key-{}",
+            digest[..4]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
         Ok(Self {
-            digest: sha256(text.as_bytes()),
+            digest,
+            caller: Arc::new(Caller {
+                id,
+                operations: None,
+                providers: None,
+            }),
         })
+    }
+
+    /// A configured entry: `name:key` (a name of letters, digits, `.`, `_`, `-`, then
+    /// the key) or a bare key.
+    pub fn parse_entry(text: &str) -> Result<Self, InvalidKeyEntry> {
+        match text.split_once(':') {
+            Some((name, key)) if valid_name(name) && key.len() >= Self::MIN_LEN => {
+                let mut parsed = Self::parse(key)?;
+                parsed.rename(name);
+                Ok(parsed)
+            }
+            _ => Ok(Self::parse(text)?),
+        }
+    }
+
+    fn rename(&mut self, name: &str) {
+        Arc::make_mut(&mut self.caller).id = name.to_string();
+    }
+
+    /// Who this (configured) key belongs to.
+    pub fn caller(&self) -> &Arc<Caller> {
+        &self.caller
     }
 
     /// Whether this key is one of `accepted`, in constant time: every key is visited,
     /// so the time does not depend on which one matched.
     pub(crate) fn is_one_of(&self, accepted: &[ApiKey]) -> bool {
-        accepted.iter().fold(false, |found, key| {
-            found | bool::from(key.digest.ct_eq(&self.digest))
-        })
+        self.find_in(accepted).is_some()
+    }
+
+    /// The caller of the key of `accepted` this one is, visiting every key (constant
+    /// time in which one matched).
+    pub(crate) fn find_in(&self, accepted: &[ApiKey]) -> Option<Arc<Caller>> {
+        let mut found = None;
+        for key in accepted {
+            if bool::from(key.digest.ct_eq(&self.digest)) {
+                found = Some(Arc::clone(&key.caller));
+            }
+        }
+        found
     }
 }
 
@@ -63,5 +238,40 @@ mod tests {
         assert!(!key.is_one_of(&[other]));
         assert!(!key.is_one_of(&[]));
         assert_eq!(format!("{key:?}"), "ApiKey(..)");
+    }
+
+    #[test]
+    fn configured_entries_name_their_caller() {
+        let named = ApiKey::parse_entry("billing:0123456789abcdef").expect("named");
+        assert_eq!(named.caller().id, "billing");
+        assert!(
+            ApiKey::parse("0123456789abcdef")
+                .expect("key")
+                .is_one_of(&[named])
+        );
+        // A colon that does not follow a valid name is part of the key.
+        let bare = ApiKey::parse_entry("a b:0123456789abcdef").expect("bare");
+        assert!(bare.caller().id.starts_with("key-"));
+        assert!(
+            ApiKey::parse("a b:0123456789abcdef")
+                .expect("key")
+                .is_one_of(&[bare])
+        );
+        let entry: KeyEntry = serde_json::from_str(
+            r#"{"name":"reader","key":"0123456789abcdef","operations":["read_tokens"],"providers":["google"]}"#,
+        )
+        .expect("object");
+        let limited = entry.into_key().expect("valid");
+        let caller = limited.caller();
+        assert!(caller.may(Operation::ReadTokens) && !caller.may(Operation::ReadLogs));
+        assert!(caller.may_use("google") && !caller.may_use("github"));
+        let twice = [
+            ApiKey::parse_entry("x:0123456789abcdef").expect("x"),
+            ApiKey::parse_entry("x:0123456789abcdeg").expect("x"),
+        ];
+        assert_eq!(
+            check_names(&twice),
+            Err(InvalidKeyEntry::DuplicateName("x".into()))
+        );
     }
 }

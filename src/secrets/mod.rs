@@ -19,7 +19,8 @@ use tokio::sync::{Mutex, Notify};
 
 use crate::crypto::SecretKey;
 
-pub use api_key::{ApiKey, InvalidApiKey};
+pub use api_key::{ApiKey, Caller, InvalidApiKey, InvalidKeyEntry, Operation};
+pub(crate) use api_key::{KeyEntry, check_names};
 
 /// An OAuth client's id and secret.
 #[derive(Debug, Clone)]
@@ -114,20 +115,27 @@ struct SecretDocument {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum KeyList {
-    List(Vec<String>),
+    List(Vec<KeyEntry>),
     Csv(String),
 }
 
 impl KeyList {
-    fn into_keys(self) -> Vec<String> {
-        let keys = match self {
-            Self::List(keys) => keys,
-            Self::Csv(csv) => csv.split(',').map(str::to_string).collect(),
+    /// Each entry: `key`, `name:key`, or `{"name", "key", "operations", "providers"}`.
+    fn into_keys(self) -> Result<Vec<ApiKey>, InvalidKeyEntry> {
+        let entries = match self {
+            Self::List(entries) => entries,
+            Self::Csv(csv) => csv
+                .split(',')
+                .map(|k| KeyEntry::Text(k.to_string()))
+                .collect(),
         };
-        keys.into_iter()
-            .map(|k| k.trim().to_string())
-            .filter(|k| !k.is_empty())
-            .collect()
+        let keys = entries
+            .into_iter()
+            .filter(|e| !matches!(e, KeyEntry::Text(t) if t.trim().is_empty()))
+            .map(KeyEntry::into_key)
+            .collect::<Result<Vec<_>, _>>()?;
+        check_names(&keys)?;
+        Ok(keys)
     }
 }
 
@@ -212,11 +220,9 @@ pub(crate) fn parse_secret_document(
     let api_keys = doc
         .api_keys
         .map(KeyList::into_keys)
-        .unwrap_or_default()
-        .iter()
-        .map(|k| ApiKey::parse(k))
-        .collect::<Result<_, _>>()
-        .map_err(|e| malformed(format!("api_keys: {e}")))?;
+        .transpose()
+        .map_err(|e| malformed(format!("api_keys: {e}")))?
+        .unwrap_or_default();
     Ok(ServiceSecrets {
         client,
         state_key,
@@ -321,6 +327,11 @@ impl SecretsCache {
     /// Whether `presented` is one of the accepted API keys, compared in constant time.
     pub fn accepts_api_key(&self, presented: &ApiKey) -> bool {
         presented.is_one_of(&self.current().api_keys)
+    }
+
+    /// The caller of `presented`, if it is an accepted key (compared in constant time).
+    pub(crate) fn caller_of(&self, presented: &ApiKey) -> Option<Arc<Caller>> {
+        presented.find_in(&self.current().api_keys)
     }
 
     /// Re-reads every `every`, and promptly (at most once per 10 s) when asked to.

@@ -18,6 +18,7 @@ mod aws_iam;
 mod aws_kms;
 mod aws_secrets;
 mod aws_setup;
+mod callers;
 mod cli;
 mod deploy;
 mod e2e_provider;

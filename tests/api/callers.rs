@@ -1,0 +1,154 @@
+//! Callers with names and limits: API keys named `name:key` or given as objects with
+//! the operations and providers they may use; a limited key is refused (403
+//! `caller_not_allowed`) outside them, and a key without limits keeps every right.
+
+on_every_backend!(a_limited_key_is_refused_outside_its_operations_and_providers,);
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::aws::{AwsCredentials, moto_endpoint, provision};
+use crate::support::{API_KEY, Backend, FakeProvider, TestApp, assert_problem, env_for_secret};
+
+const READER: &str = "reader-key-0123456789abcdef";
+const GITHUB_OPS: &str = "github-ops-key-0123456789abcdef";
+
+/// The keys: the suite's own (unlimited), `reader` (token reads of Google connections
+/// only) and `github-ops` (connections and logs, GitHub only).
+fn keys() -> Value {
+    json!([
+        API_KEY,
+        {"name": "reader", "key": READER, "operations": ["read_tokens"], "providers": ["google"]},
+        {"name": "github-ops", "key": GITHUB_OPS, "operations": ["manage_connections", "read_logs"], "providers": ["github"]},
+    ])
+}
+
+/// An instance whose keys come from `AXNT_API_KEYS` (embedded) or from the secret's
+/// `api_keys` objects (aws).
+async fn app_with_keys(backend: Backend, provider: &FakeProvider) -> TestApp {
+    match backend {
+        Backend::Embedded => {
+            TestApp::on(backend, provider, &[("AXNT_API_KEYS", &keys().to_string())]).await
+        }
+        Backend::Aws => {
+            let mut state = [0u8; 32];
+            axnt_oauth::crypto::fill_random(&mut state);
+            use base64::Engine as _;
+            let secret = json!({
+                "client_id": provider.client_id(),
+                "client_secret": provider.client_secret(),
+                "state_key": base64::engine::general_purpose::STANDARD.encode(state),
+                "api_keys": keys(),
+            })
+            .to_string();
+            let fixture = provision(
+                &moto_endpoint(),
+                &AwsCredentials::from_env(),
+                &provider.client_id(),
+                &provider.client_secret(),
+                API_KEY,
+                Some(&secret),
+            )
+            .await;
+            let mut env = env_for_secret(provider, &[]);
+            env.extend(fixture.env);
+            TestApp::spawn_in(
+                std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+                env,
+            )
+            .await
+        }
+    }
+}
+
+async fn as_key(
+    app: &TestApp,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+) -> reqwest::Response {
+    app.http
+        .request(method, app.url(path))
+        .bearer_auth(key)
+        .json(&json!({ "userId": "kim", "provider": "google" }))
+        .send()
+        .await
+        .expect("request")
+}
+
+async fn a_limited_key_is_refused_outside_its_operations_and_providers(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = app_with_keys(backend, &provider).await;
+    assert!(
+        app.connect("kim").await.status().is_success(),
+        "the unlimited key works"
+    );
+    let get = reqwest::Method::GET;
+
+    // reader: token reads of Google connections, nothing else.
+    let token = as_key(&app, READER, get.clone(), "/v1/users/kim/tokens/google").await;
+    assert_eq!(token.status(), StatusCode::OK);
+    for (method, path) in [
+        (get.clone(), "/v1/users/kim/connections"),
+        (get.clone(), "/v1/users/kim/flow-logs"),
+        (reqwest::Method::POST, "/v1/connect-sessions"),
+        (reqwest::Method::DELETE, "/v1/users/kim/connections/google"),
+        (get.clone(), "/v1/connections"),
+    ] {
+        let refused = as_key(&app, READER, method.clone(), path).await;
+        let body = assert_problem(refused, 403, "caller_not_allowed").await;
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("limited")),
+            "{method} {path}: {body}"
+        );
+    }
+
+    // github-ops: manages connections and reads logs, of GitHub only.
+    let logs = as_key(&app, GITHUB_OPS, get.clone(), "/v1/users/kim/flow-logs").await;
+    assert_eq!(logs.status(), StatusCode::OK);
+    let listed: Value = as_key(&app, GITHUB_OPS, get.clone(), "/v1/users/kim/connections")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        listed["connections"],
+        json!([]),
+        "Google connections are not its to see"
+    );
+    let refused = as_key(
+        &app,
+        GITHUB_OPS,
+        reqwest::Method::POST,
+        "/v1/connect-sessions",
+    )
+    .await;
+    assert_problem(refused, 403, "caller_not_allowed").await;
+    let refused = as_key(
+        &app,
+        GITHUB_OPS,
+        reqwest::Method::DELETE,
+        "/v1/users/kim/connections/google",
+    )
+    .await;
+    assert_problem(refused, 403, "caller_not_allowed").await;
+    let refused = as_key(&app, GITHUB_OPS, get.clone(), "/v1/users/kim/tokens/google").await;
+    assert_problem(refused, 403, "caller_not_allowed").await;
+    assert!(app.stored_row("kim").await.is_some(), "nothing was deleted");
+
+    // Metrics name callers by id, never by key.
+    let metrics = app.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("axnt_api_calls_total")
+                && l.contains("caller=\"reader\"")
+                && l.contains("operation=\"read_tokens\""))
+    );
+    for key in [READER, GITHUB_OPS, API_KEY] {
+        assert!(!metrics.contains(key));
+    }
+    assert!(!crate::support::captured_logs().contains(READER));
+}
