@@ -472,6 +472,7 @@ pub(super) struct ConfirmResponse {
 pub(super) async fn confirm_connect_session(
     State(state): State<AppState>,
     Client(client): Client,
+    CallerOf(caller): CallerOf,
     ApiPath(flow_id): ApiPath<String>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, Error> {
@@ -503,7 +504,11 @@ pub(super) async fn confirm_connect_session(
     };
     let confirmed = state
         .tokens
-        .confirm_grant(&flow_id, request.user_id.as_ref().map(UserId::as_str))
+        .confirm_grant(
+            &flow_id,
+            request.user_id.as_ref().map(UserId::as_str),
+            &|provider| caller.may_use(provider),
+        )
         .await;
     let confirmed = match confirmed {
         Ok(confirmed) => confirmed,
@@ -892,6 +897,7 @@ const MAX_FLOW_LOG_PAGE: usize = 500;
 #[tracing::instrument(skip_all, fields(user_id = %user_id))]
 pub(super) async fn list_flow_logs(
     State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
     ApiPath(user_id): ApiPath<UserId>,
     ApiQuery(query): ApiQuery<FlowLogQuery>,
 ) -> Result<Response, Error> {
@@ -918,5 +924,20 @@ pub(super) async fn list_flow_logs(
     let next_before = (items.len() == limit)
         .then(|| items.last().map(|e| e.timestamp.clone()))
         .flatten();
+    // A key limited to some providers reads only their flows' steps (a page may then
+    // hold fewer than `limit`; `nextBefore` still pages on).
+    let items = if caller.providers.is_some() {
+        items
+            .into_iter()
+            .filter(|e| {
+                e.data
+                    .get("provider")
+                    .and_then(|p| p.as_str())
+                    .is_some_and(|p| caller.may_use(p))
+            })
+            .collect()
+    } else {
+        items
+    };
     Ok(axum::Json(FlowLogPage { items, next_before }).into_response())
 }

@@ -88,6 +88,7 @@ impl TokenService {
         holder: &str,
     ) -> Result<KeepAliveReport, Error> {
         let mut report = KeepAliveReport::default();
+        let started_ms = Utc::now().timestamp_millis();
         if !self.hold_job(holder).await? {
             return Ok(report);
         }
@@ -117,7 +118,11 @@ impl TokenService {
                         .token_valid_for(provider, &row.user_id, &client, FORCE)
                         .await
                     {
-                        Ok(_) => report.refreshed += 1,
+                        Ok(_) => {
+                            report.refreshed += 1;
+                            // Refreshes can be slow: the lease is renewed as the pass goes.
+                            self.hold_job(holder).await?;
+                        }
                         Err(e) => {
                             report.failed += 1;
                             tracing::debug!(error = %e, user_id = row.user_id, "keep-alive refresh failed");
@@ -138,8 +143,22 @@ impl TokenService {
             }
         }
         .await;
-        if let Err(e) = self.store.drop_job_lease(JOB, holder).await {
-            tracing::debug!(error = %e, "giving the keep-alive lease back failed; it lapses");
+        // Done for this interval: the lease is kept until the next pass is due, so other
+        // instances skip theirs (one pass per interval, not one per instance); a failed
+        // pass gives it back for another instance to try.
+        let keep_until =
+            started_ms.saturating_add(i64::try_from(keep.every.as_millis()).unwrap_or(i64::MAX));
+        let now_ms = Utc::now().timestamp_millis();
+        let kept = match &result {
+            Ok(()) if keep_until > now_ms => self
+                .store
+                .take_job_lease(JOB, holder, keep_until, now_ms)
+                .await
+                .map(drop),
+            _ => self.store.drop_job_lease(JOB, holder).await,
+        };
+        if let Err(e) = kept {
+            tracing::debug!(error = %e, "updating the keep-alive lease failed; it lapses");
         }
         result.map(|()| report)
     }

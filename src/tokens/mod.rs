@@ -360,9 +360,14 @@ impl TokenService {
             set.requested_scopes.clear();
             let same_account = existing
                 .as_ref()
-                .filter(|row| row.user_info.sub == user_info.sub);
-            let grant =
-                ledger_after_consent(same_account.map(|row| &row.grant), requested, &set, now);
+                .filter(|row| row.is_active && row.user_info.sub == user_info.sub);
+            let grant = ledger_after_consent(
+                same_account.map(|row| &row.grant),
+                requested,
+                &set,
+                fresh.refresh_token.is_some(),
+                now,
+            );
             let scopes_changed = same_account
                 .is_some_and(|row| row.grant.scopes_changed_at != grant.scopes_changed_at);
             let envelope = set.seal(&self.cipher, user_id, provider).await?;
@@ -545,16 +550,26 @@ impl TokenService {
     /// [`store_grant`](Self::store_grant) stores any grant. A grant that cannot be stored
     /// for a passing reason is put back, so the confirm can be retried.
     #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
+    /// A caller limited to some providers (`may_use`) cannot confirm another's grant:
+    /// it is put back, and the caller refused.
     pub(crate) async fn confirm_grant(
         &self,
         flow_id: &str,
         expected_user: Option<&str>,
+        may_use: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Confirmed, Error> {
         let grant = self
             .store
             .take_pending(flow_id)
             .await?
             .ok_or(Error::ConfirmationNotFound)?;
+        if !may_use(&grant.provider) {
+            self.store.put_pending(&grant).await?;
+            return Err(Error::CallerNotAllowed(format!(
+                "confirm {} grants (its providers are limited)",
+                grant.provider
+            )));
+        }
         if expected_user.is_some_and(|u| u != grant.user_id) {
             // The application says another of its users started this flow: the grant
             // is not theirs to keep, and it is not put back.
@@ -683,11 +698,17 @@ impl TokenService {
         let now = Utc::now();
         let mut out = Vec::new();
         for row in self.store.list(user_id).await? {
-            let minted = self
+            let minted = match self
                 .store
                 .account_grants(&row.provider, &row.user_info.sub)
-                .await?
-                .map(|a| a.mints.len());
+                .await
+            {
+                Ok(found) => found.map(|a| a.mints.len()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading an account's grant count failed");
+                    None
+                }
+            };
             let mut summary = ConnectionSummary::of(row, self.policy.grant_rules, now);
             summary.account_grants = minted;
             summary.grant_limit_warning =
@@ -713,8 +734,8 @@ impl TokenService {
         let mut cursor = after;
         let mut scanned = 0;
         loop {
-            let page = self.store.scan(cursor.as_ref(), limit).await?;
-            scanned += limit;
+            let page = self.store.scan(cursor.as_ref(), limit.max(200)).await?;
+            scanned += limit.max(200);
             for row in page.rows {
                 let key = ScanCursor {
                     user_id: row.user_id.clone(),
@@ -761,6 +782,9 @@ impl TokenService {
                 return Ok(None);
             };
             let outcome = if revoke {
+                // A pass before this one may have kept a revocation, then lost the
+                // delete: this pass decides again, so that record goes.
+                self.store.remove_revocation(&flow_id).await?;
                 self.revoke_or_keep(provider, &row, &flow_id).await?
             } else {
                 Disconnected {
@@ -822,9 +846,19 @@ impl TokenService {
         let mut backoff =
             crate::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
         let mut attempts = 0;
+        // A budget well inside the request timeout: a hanging provider must leave time
+        // to keep the revocation, or the DELETE would time out having done nothing.
+        let deadline = tokio::time::Instant::now() + REVOKE_NOW_BUDGET;
         let passing = loop {
             attempts += 1;
-            match provider.revoke(&token).await {
+            let answer = tokio::time::timeout_at(deadline, provider.revoke(&token))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProviderError::OutcomeUnknown(
+                        "no answer within the revocation's budget".into(),
+                    ))
+                });
+            match answer {
                 Ok(sent) => {
                     let revocation = if sent {
                         Revocation::Revoked
@@ -846,10 +880,15 @@ impl TokenService {
                         token_kind: Some(kind),
                     });
                 }
-                Err(e) if attempts >= REVOKE_ATTEMPTS_NOW => break e,
                 Err(e) => {
+                    let wait = backoff.next_wait();
+                    if attempts >= REVOKE_ATTEMPTS_NOW
+                        || tokio::time::Instant::now() + wait >= deadline
+                    {
+                        break e;
+                    }
                     tracing::debug!(error = %e, "revocation failed; trying again");
-                    tokio::time::sleep(backoff.next_wait()).await;
+                    tokio::time::sleep(wait).await;
                 }
             }
         };
@@ -953,6 +992,10 @@ impl TokenService {
                     provider.revoke(&token).await
                 }
                 (Err(e), _) => Err(ProviderError::NotConfigured(e.to_string())),
+                // The key service failing is passing: try again later.
+                (_, Err(crate::crypto::CryptoError::Unavailable(e))) => {
+                    Err(ProviderError::Unavailable(format!("key service: {e}")))
+                }
                 (_, Err(e)) => {
                     tracing::warn!(error = %e, "a kept revocation cannot be opened; giving it up");
                     Ok(false)
@@ -1021,6 +1064,9 @@ pub(crate) struct Disconnected {
 
 /// Revocation attempts made while the DELETE waits.
 const REVOKE_ATTEMPTS_NOW: u32 = 3;
+/// ...within this long (the request timeout is 30 s by default; sealing and storing the
+/// kept revocation must still fit).
+const REVOKE_NOW_BUDGET: Duration = Duration::from_secs(5);
 /// A kept revocation is first retried this long after the deletion, then at doubling
 /// intervals up to [`REVOKE_RETRY_MAX`], for [`REVOKE_GIVE_UP`].
 pub(crate) const REVOKE_RETRY_FIRST: Duration = Duration::from_secs(5);
@@ -1070,6 +1116,7 @@ fn ledger_after_consent(
     previous: Option<&GrantLedger>,
     requested: &[String],
     set: &TokenSet,
+    minted: bool,
     now: DateTime<Utc>,
 ) -> GrantLedger {
     let requested_scopes = grant::merge(
@@ -1085,13 +1132,20 @@ fn ledger_after_consent(
         Some(p) if same_scopes(&p.granted_scopes, &granted_scopes) => p.scopes_changed_at,
         _ => Some(now),
     };
+    // A grant that minted no refresh token (a step-up without forced consent) goes on
+    // with the stored one: its clocks (Google's Testing days, the idle limit, the
+    // count of newer mints) still start at that token's consent.
+    let (consented_at, last_refreshed_at) = match previous {
+        Some(p) if !minted => (p.consented_at.or(Some(now)), p.last_refreshed_at),
+        _ => (Some(now), None),
+    };
     GrantLedger {
         requested_scopes,
         granted_scopes,
         requested_changed_at,
         scopes_changed_at,
-        consented_at: Some(now),
-        last_refreshed_at: None,
+        consented_at,
+        last_refreshed_at,
         refresh_token_expires_at: set.refresh_token_expires_at,
     }
 }

@@ -138,6 +138,49 @@ async fn a_limited_key_is_refused_outside_its_operations_and_providers(backend: 
     assert_problem(refused, 403, "caller_not_allowed").await;
     assert!(app.stored_row("kim").await.is_some(), "nothing was deleted");
 
+    // A held Google grant is not a GitHub-limited key's to confirm; it stays held.
+    let session = app
+        .connect_session(
+            json!({ "userId": "lou", "provider": "google", "requireConfirmation": true }),
+        )
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    assert!(
+        app.callback(&callback, Some(&cookie))
+            .await
+            .status()
+            .is_success()
+    );
+    let confirm = format!(
+        "/v1/connect-sessions/{}/confirm",
+        session["flowId"].as_str().expect("flowId")
+    );
+    let refused = app
+        .http
+        .post(app.url(&confirm))
+        .bearer_auth(GITHUB_OPS)
+        .send()
+        .await
+        .expect("confirm");
+    assert_problem(refused, 403, "caller_not_allowed").await;
+    let confirmed = app.api_post(&confirm, json!({})).await;
+    assert_eq!(
+        confirmed.status(),
+        StatusCode::OK,
+        "still held for an allowed caller"
+    );
+    let logs: Value = as_key(&app, GITHUB_OPS, get.clone(), "/v1/users/lou/flow-logs")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        logs["items"],
+        json!([]),
+        "Google flows' steps are not its to read"
+    );
+
     // Metrics name callers by id, never by key.
     let metrics = app.metrics().await;
     assert!(

@@ -318,8 +318,9 @@ pub(super) fn revocation_item(r: &PendingRevocation) -> Result<Item, StoreError>
                 created_at: r.created_at,
                 attempts: r.attempts,
                 next_attempt_at: r.next_attempt_at,
-                // Purged by the table's TTL a day after it was given up.
-                expires_at: r.expires_at,
+                // Purged by the table's TTL a day after it was given up (the retry loop
+                // gives it up, and logs so, at `expires_at`).
+                expires_at: r.expires_at.saturating_add(86_400),
             },
         },
     )
@@ -338,7 +339,7 @@ pub(super) fn revocation_from(item: &Item) -> Result<PendingRevocation, StoreErr
         created_at: r.created_at,
         attempts: r.attempts,
         next_attempt_at: r.next_attempt_at,
-        expires_at: r.expires_at,
+        expires_at: r.expires_at.saturating_sub(86_400),
     })
 }
 
