@@ -14,6 +14,7 @@ on_every_backend!(
     operators_list_the_connections_that_need_attention,
     a_revocation_that_fails_is_retried_after_a_restart,
     a_deletion_without_revocation_forgets_locally_only,
+    a_hanging_revocation_endpoint_is_kept_for_later_within_the_request,
     the_keepalive_refreshes_an_idle_connection_and_leaves_a_fresh_one,
     the_grant_counter_warns_at_the_limit_and_names_the_eviction,
 );
@@ -755,4 +756,33 @@ async fn the_grant_counter_warns_at_the_limit_and_names_the_eviction(backend: Ba
     assert!(ended(&app, "token_limit_evicted").await >= 1.0);
     // The newer ones live on.
     assert_eq!(app.token("fourth").await.status(), StatusCode::OK);
+}
+
+/// Google's revocation endpoint accepts the connection and never answers: the DELETE
+/// still answers in time, having kept the revocation, and the row is gone.
+async fn a_hanging_revocation_endpoint_is_kept_for_later_within_the_request(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[("AXNT_PROVIDER_TIMEOUT_SECS", "10")]).await;
+    assert!(app.connect("hana").await.status().is_success());
+    provider.set_revocation_delay(std::time::Duration::from_secs(60));
+    let started = std::time::Instant::now();
+    let response = app.api_delete("/v1/users/hana/connections/google").await;
+    let took = started.elapsed();
+    assert_eq!(response.status(), StatusCode::OK, "after {took:?}");
+    let deleted: Value = response.json().await.expect("json");
+    assert_eq!(deleted["revocation"], "pending");
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "answered in {took:?}"
+    );
+    assert!(app.stored_row("hana").await.is_none());
+    assert_eq!(
+        app.store
+            .revocations_due(i64::MAX, 10)
+            .await
+            .expect("due")
+            .len(),
+        1,
+        "kept for later"
+    );
 }

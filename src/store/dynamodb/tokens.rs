@@ -20,6 +20,21 @@ use crate::store::{
     ScanCursor, ScanPage, StoreError, TokenStore,
 };
 
+impl DynamoStore {
+    /// Puts a service item (a pending grant, a kept revocation) whole, unconditionally.
+    async fn put_whole(&self, item: Item) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        let request = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item));
+        call("PutItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("PutItem", table, f))
+    }
+}
+
 #[async_trait]
 impl TokenStore for DynamoStore {
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
@@ -352,15 +367,7 @@ impl TokenStore for DynamoStore {
 
     #[tracing::instrument(skip_all, fields(user_id = %revocation.user_id))]
     async fn put_revocation(&self, revocation: &PendingRevocation) -> Result<(), StoreError> {
-        let table = &self.tokens_table;
-        let request = self
-            .client
-            .put_item()
-            .table_name(table)
-            .set_item(Some(revocation_item(revocation)?));
-        call("PutItem", request.send().await)
-            .map(drop)
-            .map_err(|f| self.error("PutItem", table, f))
+        self.put_whole(revocation_item(revocation)?).await
     }
 
     async fn revocations_due(
@@ -420,15 +427,7 @@ impl TokenStore for DynamoStore {
 
     #[tracing::instrument(skip_all, fields(flow_id = %grant.flow_id, user_id = %grant.user_id))]
     async fn put_pending(&self, grant: &PendingGrant) -> Result<(), StoreError> {
-        let table = &self.tokens_table;
-        let request = self
-            .client
-            .put_item()
-            .table_name(table)
-            .set_item(Some(pending_item(grant)?));
-        call("PutItem", request.send().await)
-            .map(drop)
-            .map_err(|f| self.error("PutItem", table, f))
+        self.put_whole(pending_item(grant)?).await
     }
 
     #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]

@@ -160,6 +160,11 @@ impl FakeProvider {
         self.lock().grant_limit = limit;
     }
 
+    /// `/revoke` waits this long before it answers (a hanging endpoint).
+    pub fn set_revocation_delay(&self, delay: Duration) {
+        self.lock().revocation_delay = delay;
+    }
+
     /// `false`: `/revoke` answers 503 (nothing is revoked or recorded) until set back.
     pub fn set_revocation_available(&self, available: bool) {
         self.lock().revocation_unavailable = !available;

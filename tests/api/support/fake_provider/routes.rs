@@ -459,6 +459,8 @@ pub(super) async fn revoke(
 ) -> Response {
     let mut params = parse_form(query.as_deref().unwrap_or("").as_bytes());
     params.extend(parse_form(&body));
+    let delay = shared.lock().revocation_delay;
+    tokio::time::sleep(delay).await;
     let mut st = shared.lock();
     if st.revocation_unavailable {
         return OAuthError::scripted(503).into_response();

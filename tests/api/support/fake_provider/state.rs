@@ -76,6 +76,7 @@ pub(super) struct Inner {
     pub(super) testing_mode: bool,
     pub(super) clock_offset: chrono::Duration,
     pub(super) revocation_unavailable: bool,
+    pub(super) revocation_delay: std::time::Duration,
     pub(super) grant_limit: usize,
 
     pub(super) codes: HashMap<String, Authorization>,
@@ -135,6 +136,7 @@ impl Inner {
             testing_mode: false,
             clock_offset: chrono::Duration::zero(),
             revocation_unavailable: false,
+            revocation_delay: std::time::Duration::ZERO,
             grant_limit: 100,
             codes: HashMap::new(),
             code_grants: HashMap::new(),
