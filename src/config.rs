@@ -492,6 +492,13 @@ pub struct RetentionSettings {
     /// this often (aws mode: DynamoDB's TTL deletes them).
     #[serde(rename = "purge_interval_secs", deserialize_with = "de::secs")]
     pub(crate) purge_interval: Duration,
+    /// `AXNT_AUDIT_RETENTION_DAYS`: how long audit-trail items (token reads) are kept.
+    #[serde(rename = "audit_retention_days", deserialize_with = "de::days")]
+    pub(crate) audit_retention: Duration,
+    /// `AXNT_AUDIT_WINDOW_SECS`: reads of one caller, connection and outcome after the
+    /// first in this window are written as one counted item.
+    #[serde(rename = "audit_window_secs", deserialize_with = "de::secs")]
+    pub(crate) audit_window: Duration,
 }
 
 impl Default for RetentionSettings {
@@ -503,6 +510,8 @@ impl Default for RetentionSettings {
             flow_log_retention: Duration::from_secs(90 * DAY),
             last_used_interval: Duration::from_secs(60),
             purge_interval: Duration::from_secs(3_600),
+            audit_retention: Duration::from_secs(365 * DAY),
+            audit_window: Duration::from_secs(60),
         }
     }
 }

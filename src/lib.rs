@@ -39,6 +39,7 @@
 )]
 
 pub mod app;
+pub(crate) mod audit;
 pub mod aws;
 #[cfg(feature = "bench")]
 #[doc(hidden)]

@@ -59,6 +59,7 @@ pub struct App {
     /// `/metrics` and `/healthz`, apart from the public listener (none when off).
     admin_listener: Option<TcpListener>,
     flow_log: Arc<dyn FlowLog>,
+    audit: Arc<crate::audit::AuditTrail>,
     tokens: Arc<TokenService>,
     drain_timeout: Duration,
     limits: serve::ServeLimits,
@@ -182,6 +183,14 @@ impl App {
             Arc::clone(&secrets),
             settings.server.readiness_cache,
         );
+        let audit = Arc::new(crate::audit::AuditTrail::new(
+            Arc::clone(&backends.flow_log),
+            settings.retention.audit_retention,
+            settings.retention.audit_window,
+        ));
+        background.push(
+            audit.spawn_flusher(settings.retention.audit_window.min(Duration::from_secs(10))),
+        );
         let rate_limits = Arc::new(RateLimits::new(&settings.rate_limit));
         background.push(rate_limits.spawn_sweeper());
         let state = AppState::new(Services {
@@ -191,6 +200,7 @@ impl App {
             settings: Arc::clone(&settings),
             tokens: Arc::clone(&tokens),
             flow_log,
+            audit: Arc::clone(&audit),
             sealer: Arc::new(StateSealer::new(state_key).with_previous(previous_state_key)),
             secrets,
             readiness,
@@ -214,6 +224,7 @@ impl App {
             router: http::router(state),
             admin_listener,
             flow_log: backends.flow_log,
+            audit,
             tokens,
             drain_timeout: settings.server.drain_timeout,
             limits: serve::ServeLimits::from(&settings.server),
@@ -295,6 +306,8 @@ impl App {
                 "refreshes still in flight at the drain deadline: their new tokens may not be stored"
             );
         }
+        // Counted reads not yet written go out before the writes are flushed.
+        self.audit.flush(true).await;
         if let Err(e) = self.flow_log.flush().await {
             tracing::error!(error = %e, "flushing flow-log writes at shutdown failed");
         }

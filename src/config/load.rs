@@ -180,6 +180,11 @@ impl Settings {
             ),
             ("google_grant_limit", self.provider.grant_limit == 0),
             (
+                "audit_retention_days",
+                self.retention.audit_retention.is_zero(),
+            ),
+            ("audit_window_secs", self.retention.audit_window.is_zero()),
+            (
                 "revocation_retry_secs",
                 self.provider.revocation_retry.is_zero(),
             ),
@@ -237,7 +242,13 @@ impl Settings {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let days = |d: Duration| d.as_secs() / DAY;
         let rate = &self.rate_limit;
-        let checks: [(&str, u64, u64); 44] = [
+        let checks: [(&str, u64, u64); 46] = [
+            (
+                "audit_retention_days",
+                days(self.retention.audit_retention),
+                3650,
+            ),
+            ("audit_window_secs", secs(self.retention.audit_window), HOUR),
             (
                 "google_grant_limit",
                 u64::from(self.provider.grant_limit),

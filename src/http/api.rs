@@ -37,6 +37,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
             delete(delete_connection),
         )
         .route("/v1/users/{user_id}/flow-logs", get(list_flow_logs))
+        .route("/v1/audit", get(list_audit))
         .route_layer(middleware::from_fn_with_state(state, require_api_key))
 }
 
@@ -73,6 +74,9 @@ async fn require_api_key(
         metrics::counter!("axnt_api_calls_total", "caller" => caller.id.clone(), "operation" => operation.as_str())
             .increment(1);
         if !caller.may(operation) {
+            if operation == Operation::ReadTokens {
+                audit_refusal(&state, &request, &caller.id, "caller_not_allowed");
+            }
             return Err(Error::CallerNotAllowed(format!(
                 "do {} (its operations are limited)",
                 operation.as_str()
@@ -82,6 +86,9 @@ async fn require_api_key(
         if let Some(provider) = path_provider(&request)
             && !caller.may_use(provider)
         {
+            if operation == Operation::ReadTokens {
+                audit_refusal(&state, &request, &caller.id, "caller_not_allowed");
+            }
             return Err(Error::CallerNotAllowed(format!(
                 "use {provider} connections (its providers are limited)"
             )));
@@ -91,12 +98,39 @@ async fn require_api_key(
     Ok(next.run(request).await)
 }
 
+/// Audits a token read refused before its handler ran (the key's limits).
+fn audit_refusal(state: &AppState, request: &Request, caller: &str, reason: &'static str) {
+    // `/v1/users/{user_id}/tokens/{provider}`: the id as the path carries it, decoded.
+    let segments: Vec<&str> = request.uri().path().split('/').collect();
+    let (Some(user), Some(provider)) = (segments.get(3), segments.get(5)) else {
+        return;
+    };
+    let user = percent_encoding::percent_decode_str(user).decode_utf8_lossy();
+    state.audit.record(crate::audit::Read {
+        caller,
+        user_id: &user,
+        provider,
+        outcome: crate::audit::ReadOutcome::Refused,
+        reason: Some(reason),
+        scopes: None,
+        request_id: request_id(request.headers()),
+    });
+}
+
+/// The request's id (`x-request-id`, set or passed on by the request-id layer).
+fn request_id(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+}
+
 /// The operation a matched internal-API route is, for key limits and metrics.
 fn operation_of(request: &Request) -> Option<Operation> {
     let route = request.extensions().get::<MatchedPath>()?.as_str();
     Some(match route {
         "/v1/users/{user_id}/tokens/{provider}" => Operation::ReadTokens,
-        "/v1/users/{user_id}/flow-logs" => Operation::ReadLogs,
+        "/v1/users/{user_id}/flow-logs" | "/v1/audit" => Operation::ReadLogs,
         _ => Operation::ManageConnections,
     })
 }
@@ -606,9 +640,45 @@ pub(super) struct TokenQuery {
 pub(super) async fn get_token(
     State(state): State<AppState>,
     Client(client): Client,
+    CallerOf(caller): CallerOf,
+    headers: axum::http::HeaderMap,
     ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
     ApiQuery(query): ApiQuery<TokenQuery>,
 ) -> Result<Response, Error> {
+    let result = read_token(&state, &client, user_id.as_str(), &provider, query).await;
+    let (outcome, reason, scopes) = match &result {
+        Ok((_, token)) => (
+            match token.source {
+                crate::tokens::token_set::TokenSource::Refreshed => {
+                    crate::audit::ReadOutcome::Refreshed
+                }
+                _ => crate::audit::ReadOutcome::Served,
+            },
+            None,
+            token.scope.as_deref(),
+        ),
+        Err(e) => (crate::audit::ReadOutcome::Refused, Some(e.code()), None),
+    };
+    state.audit.record(crate::audit::Read {
+        caller: &caller.id,
+        user_id: user_id.as_str(),
+        provider: &provider,
+        outcome,
+        reason,
+        scopes,
+        request_id: request_id(&headers),
+    });
+    result.map(|(response, _)| response)
+}
+
+/// The token read behind [`get_token`]: the answer, and the token it handed out.
+async fn read_token(
+    state: &AppState,
+    client: &crate::store::flow_log::ClientInfo,
+    user_id: &str,
+    provider: &str,
+    query: TokenQuery,
+) -> Result<(Response, crate::tokens::IssuedToken), Error> {
     let required: Vec<String> = query
         .required_scopes
         .as_deref()
@@ -624,10 +694,7 @@ pub(super) async fn get_token(
             "requiredScopes must be at most 20 scope tokens, separated by commas".into(),
         )
     })?;
-    let token = state
-        .tokens
-        .valid_token(user_id.as_str(), &provider, &client)
-        .await?;
+    let token = state.tokens.valid_token(user_id, provider, client).await?;
     let granted = token
         .scope
         .as_deref()
@@ -643,10 +710,10 @@ pub(super) async fn get_token(
             ..FlowRules::default()
         };
         let link = mint_link(
-            &state,
-            &client,
-            user_id.as_str(),
-            &provider,
+            state,
+            client,
+            user_id,
+            provider,
             None,
             token.email.clone(),
             rules,
@@ -660,12 +727,12 @@ pub(super) async fn get_token(
     }
     let body = TokenResponse {
         access_token: token.access_token.expose_secret().to_string(),
-        token_type: token.token_type,
+        token_type: token.token_type.clone(),
         expires_at: token.expires_at,
-        scope: token.scope,
-        email: token.email,
+        scope: token.scope.clone(),
+        email: token.email.clone(),
     };
-    Ok(axum::Json(body).into_response())
+    Ok((axum::Json(body).into_response(), token))
 }
 
 /// `GET /v1/users/{userId}/connections` → `{"connections": [{"provider", "email",
@@ -940,4 +1007,142 @@ pub(super) async fn list_flow_logs(
         items
     };
     Ok(axum::Json(FlowLogPage { items, next_before }).into_response())
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(super) struct AuditQuery {
+    /// The user whose token reads to list.
+    #[param(min_length = 1, max_length = 256)]
+    user_id: Option<String>,
+    /// The caller (API key id) whose token reads to list; with `userId`, that caller's
+    /// reads of that user's tokens.
+    #[param(min_length = 1, max_length = 64)]
+    caller: Option<String>,
+    /// Items per page.
+    #[param(minimum = 1, maximum = 500, default = 50)]
+    limit: Option<usize>,
+    /// `nextBefore` of the previous page.
+    #[param(min_length = 1, max_length = 64)]
+    before: Option<String>,
+}
+
+/// One audit item: a token read (or a window of them) by one caller.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct AuditEntry {
+    /// Sort key: when, and a unique suffix.
+    timestamp: String,
+    /// The API key's id (its name, or `key-` and a hash prefix).
+    caller: Option<String>,
+    user_id: Option<String>,
+    provider: Option<String>,
+    /// `served`, `refreshed` or `refused`.
+    outcome: Option<String>,
+    /// A refusal's problem code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    /// The scopes of the token handed out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scopes: Option<String>,
+    /// The request's `x-request-id` (of the last read of a window).
+    request_id: String,
+    /// How many reads this item stands for (the first of a window is an item of its own).
+    count: u64,
+    first_at: Option<String>,
+    last_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct AuditPage {
+    items: Vec<AuditEntry>,
+    /// Where the next page starts (`before=`), or null on the last page.
+    next_before: Option<String>,
+}
+
+/// `GET /v1/audit?userId=|caller=&limit=50&before=` → token reads, newest first: who
+/// (the key's id) read or was refused which user's token, with what scopes, in which
+/// request. Never a token.
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "internal",
+    security(("bearerAuth" = [])),
+    params(AuditQuery),
+    responses((status = 200, description = "Token reads, newest first", body = AuditPage)),
+)]
+#[tracing::instrument(skip_all)]
+pub(super) async fn list_audit(
+    State(state): State<AppState>,
+    CallerOf(reader): CallerOf,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> Result<Response, Error> {
+    let limit = query.limit.unwrap_or(DEFAULT_FLOW_LOG_PAGE);
+    if limit == 0 || limit > MAX_FLOW_LOG_PAGE {
+        return Err(Error::InvalidRequest(format!(
+            "limit must be 1 to {MAX_FLOW_LOG_PAGE}"
+        )));
+    }
+    if query
+        .before
+        .as_ref()
+        .is_some_and(|b| b.is_empty() || b.len() > 64)
+    {
+        return Err(Error::InvalidRequest(
+            "before must be a timestamp from a previous page".into(),
+        ));
+    }
+    let partition = match (&query.user_id, &query.caller) {
+        (Some(user), _) => {
+            UserId::parse(user.as_str())
+                .map_err(|e| Error::InvalidRequest(format!("userId: {e}")))?;
+            crate::audit::user_partition(user)
+        }
+        (None, Some(caller)) if !caller.is_empty() && caller.len() <= 64 => {
+            crate::audit::caller_partition(caller)
+        }
+        _ => {
+            return Err(Error::InvalidRequest(
+                "give userId or caller (an API key's id)".into(),
+            ));
+        }
+    };
+    let entries: Vec<FlowLogEntry> = state
+        .audit
+        .log()
+        .list(&partition, limit, query.before.as_deref())
+        .await?;
+    let next_before = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.timestamp.clone()))
+        .flatten();
+    let text =
+        |e: &FlowLogEntry, key: &str| e.data.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let items = entries
+        .iter()
+        .filter(|e| e.step == FlowStep::TokenRead)
+        .filter(|e| {
+            query
+                .caller
+                .as_ref()
+                .is_none_or(|c| text(e, "caller").as_ref() == Some(c))
+        })
+        // A key limited to some providers reads only their reads.
+        .filter(|e| text(e, "provider").is_some_and(|p| reader.may_use(&p)))
+        .map(|e| AuditEntry {
+            timestamp: e.timestamp.clone(),
+            caller: text(e, "caller"),
+            user_id: text(e, "userId"),
+            provider: text(e, "provider"),
+            outcome: text(e, "outcome"),
+            reason: e.error.clone(),
+            scopes: text(e, "scopes"),
+            request_id: e.flow_id.clone(),
+            count: e.data.get("count").and_then(|v| v.as_u64()).unwrap_or(1),
+            first_at: text(e, "firstAt"),
+            last_at: text(e, "lastAt"),
+        })
+        .collect();
+    Ok(axum::Json(AuditPage { items, next_before }).into_response())
 }

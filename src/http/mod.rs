@@ -44,6 +44,7 @@ pub(crate) struct Services {
     pub(crate) settings: Arc<Settings>,
     pub(crate) tokens: Arc<TokenService>,
     pub(crate) flow_log: Arc<FlowRecorder>,
+    pub(crate) audit: Arc<crate::audit::AuditTrail>,
     pub(crate) sealer: Arc<StateSealer>,
     pub(crate) secrets: Arc<SecretsCache>,
     pub(crate) return_urls: ReturnUrls,
@@ -141,7 +142,7 @@ async fn answer_within(State(limit): State<Duration>, request: Request, next: Ne
 /// with that status (a route with two is listed twice) and
 /// [`STATUSES_EVERY_ROUTE_CAN_ANSWER`] at zero, so a rate over
 /// errors works from the first scrape.
-pub(crate) const ROUTES: [(&str, &str, u16); 13] = [
+pub(crate) const ROUTES: [(&str, &str, u16); 14] = [
     ("GET", "/healthz", 200),
     ("GET", "/readyz", 200),
     ("GET", "/openapi.json", 200),
@@ -152,6 +153,7 @@ pub(crate) const ROUTES: [(&str, &str, u16); 13] = [
     ("GET", "/v1/connections", 200),
     ("DELETE", "/v1/users/{user_id}/connections/{provider}", 200),
     ("GET", "/v1/users/{user_id}/flow-logs", 200),
+    ("GET", "/v1/audit", 200),
     ("GET", "/oauth/{provider}/start", 302),
     // A page without a return URL, a redirect to it with one.
     ("GET", "/oauth/{provider}/callback", 200),

@@ -67,6 +67,7 @@ pub(crate) fn document_json() -> Result<String, serde_json::Error> {
         api::get_token,
         api::list_connections,
         api::list_all_connections,
+        api::list_audit,
         api::delete_connection,
         api::list_flow_logs,
         probes::healthz,
@@ -174,6 +175,7 @@ const ERRORS: &[(&str, Answers)] = &[
         "list_all_connections",
         &[(400, &["invalid_request"]), STORE],
     ),
+    ("list_audit", &[(400, &["invalid_request"]), STORE]),
     (
         "delete_connection",
         &[

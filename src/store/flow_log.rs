@@ -32,6 +32,8 @@ pub enum FlowStep {
     RefreshFailed,
     Revoked,
     Deleted,
+    /// An audit-trail item (kept under the audit partitions, never a user's flow log).
+    TokenRead,
 }
 
 impl FlowStep {
@@ -52,6 +54,7 @@ impl FlowStep {
             Self::RefreshFailed => "refresh_failed",
             Self::Revoked => "revoked",
             Self::Deleted => "deleted",
+            Self::TokenRead => "token_read",
         }
     }
 

@@ -1,8 +1,12 @@
 //! Callers with names and limits: API keys named `name:key` or given as objects with
 //! the operations and providers they may use; a limited key is refused (403
 //! `caller_not_allowed`) outside them, and a key without limits keeps every right.
+//! The audit trail names the caller of every token read by id.
 
-on_every_backend!(a_limited_key_is_refused_outside_its_operations_and_providers,);
+on_every_backend!(
+    a_limited_key_is_refused_outside_its_operations_and_providers,
+    token_reads_are_audited_by_caller_and_user_without_a_token,
+);
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -28,7 +32,15 @@ fn keys() -> Value {
 async fn app_with_keys(backend: Backend, provider: &FakeProvider) -> TestApp {
     match backend {
         Backend::Embedded => {
-            TestApp::on(backend, provider, &[("AXNT_API_KEYS", &keys().to_string())]).await
+            TestApp::on(
+                backend,
+                provider,
+                &[
+                    ("AXNT_API_KEYS", &keys().to_string()),
+                    ("AXNT_AUDIT_WINDOW_SECS", "1"),
+                ],
+            )
+            .await
         }
         Backend::Aws => {
             let mut state = [0u8; 32];
@@ -50,7 +62,7 @@ async fn app_with_keys(backend: Backend, provider: &FakeProvider) -> TestApp {
                 Some(&secret),
             )
             .await;
-            let mut env = env_for_secret(provider, &[]);
+            let mut env = env_for_secret(provider, &[("AXNT_AUDIT_WINDOW_SECS", "1")]);
             env.extend(fixture.env);
             TestApp::spawn_in(
                 std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
@@ -194,4 +206,101 @@ async fn a_limited_key_is_refused_outside_its_operations_and_providers(backend: 
         assert!(!metrics.contains(key));
     }
     assert!(!crate::support::captured_logs().contains(READER));
+}
+
+/// The audit items of `query`, once `done` holds for them (aws mode writes from a
+/// queue, and counted reads are written when their window has passed).
+async fn audit_until(app: &TestApp, query: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let response = app.api_get(&format!("/v1/audit?{query}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.expect("json");
+        items = body["items"].as_array().cloned().unwrap_or_default();
+        if done(&items) {
+            return items;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the audit never showed what was expected: {items:?}");
+}
+
+fn reads(items: &[Value], outcome: &str) -> u64 {
+    items
+        .iter()
+        .filter(|i| i["outcome"] == outcome)
+        .map(|i| i["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+async fn token_reads_are_audited_by_caller_and_user_without_a_token(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.set_access_token_ttl(0);
+    let app = app_with_keys(backend, &provider).await;
+    assert!(app.connect("ada").await.status().is_success());
+    provider.set_access_token_ttl(3600);
+    let get = reqwest::Method::GET;
+    // One refreshed read, then three served ones: the first written at once, the
+    // other two counted into one item when the window has passed.
+    for _ in 0..4 {
+        let read = as_key(&app, READER, get.clone(), "/v1/users/ada/tokens/google").await;
+        assert_eq!(read.status(), StatusCode::OK);
+    }
+    let missing = as_key(&app, READER, get.clone(), "/v1/users/nobody/tokens/google").await;
+    assert_problem(missing, 404, "not_connected").await;
+    let limited = as_key(&app, READER, get.clone(), "/v1/users/ada/tokens/github").await;
+    assert_problem(limited, 403, "caller_not_allowed").await;
+    let other = as_key(&app, API_KEY, get.clone(), "/v1/users/ada/tokens/google").await;
+    assert_eq!(other.status(), StatusCode::OK);
+
+    let items = audit_until(&app, "caller=reader", |items| {
+        reads(items, "served") == 3
+            && reads(items, "refreshed") == 1
+            && reads(items, "refused") == 2
+    })
+    .await;
+    assert!(items.iter().all(|i| i["caller"] == "reader"), "{items:?}");
+    assert!(
+        items.iter().any(|i| i["count"] == 2),
+        "two reads in one item: {items:?}"
+    );
+    let reasons: Vec<&str> = items
+        .iter()
+        .filter(|i| i["outcome"] == "refused")
+        .filter_map(|i| i["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"not_connected") && reasons.contains(&"caller_not_allowed"));
+    assert!(
+        items
+            .iter()
+            .all(|i| i["requestId"].as_str().is_some_and(|r| r.len() > 8))
+    );
+    let served = items
+        .iter()
+        .find(|i| i["outcome"] == "served")
+        .expect("served");
+    assert!(
+        served["scopes"]
+            .as_str()
+            .is_some_and(|s| s.contains("openid"))
+    );
+
+    // Per user: both callers' reads of ada's token, never another user's.
+    let by_user = audit_until(&app, "userId=ada", |items| {
+        items.iter().any(|i| i["caller"] != "reader")
+    })
+    .await;
+    assert!(by_user.iter().all(|i| i["userId"] == "ada"));
+    let text = serde_json::to_string(&by_user).expect("json")
+        + &serde_json::to_string(&items).expect("json");
+    for secret in provider.secrets() {
+        assert!(!text.contains(&secret), "an audit item carries no token");
+    }
+    for key in [READER, GITHUB_OPS, API_KEY] {
+        assert!(!text.contains(key), "nor a key");
+    }
+    assert_problem(app.api_get("/v1/audit").await, 400, "invalid_request").await;
+    // The reader may not read the audit (read_logs).
+    let refused = as_key(&app, READER, get, "/v1/audit?caller=reader").await;
+    assert_problem(refused, 403, "caller_not_allowed").await;
 }
