@@ -76,6 +76,8 @@ pub(crate) struct AuditTrail {
     window: Duration,
     clock: SortKeyClock,
     windows: Mutex<HashMap<Key, Window>>,
+    /// Writes in flight, waited for at shutdown.
+    writes: tokio_util::task::TaskTracker,
 }
 
 /// The partitions of the audit items.
@@ -95,6 +97,7 @@ impl AuditTrail {
             window,
             clock: SortKeyClock::default(),
             windows: Mutex::new(HashMap::new()),
+            writes: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -146,7 +149,7 @@ impl AuditTrail {
         }
         let item = self.item(&read, 1, now, now);
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.write(item).await });
+        self.writes.spawn(async move { this.write(item).await });
     }
 
     /// Writes the windows that have passed (every `every`), and at shutdown all.
@@ -180,12 +183,22 @@ impl AuditTrail {
                 self.write(item).await;
             }
         }
+        if all {
+            // At shutdown: the first reads and refusals still being written, too.
+            self.writes.close();
+            if tokio::time::timeout(Duration::from_secs(5), self.writes.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("audit writes still in flight at shutdown");
+            }
+        }
     }
 
     fn spawn_write(self: &Arc<Self>, key: &Key, window: Window) {
         if let Some(item) = self.window_item(key, &window) {
             let this = Arc::clone(self);
-            tokio::spawn(async move { this.write(item).await });
+            self.writes.spawn(async move { this.write(item).await });
         }
     }
 

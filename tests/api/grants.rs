@@ -264,6 +264,31 @@ async fn a_missing_required_scope_answers_403_with_a_step_up_link_that_works(bac
     let listed = connection(&app, "sam").await;
     assert_eq!(listed["partialGrant"], false);
     assert_eq!(listed["accountGrants"], 1);
+    // The kept refresh token's next access token covers the stepped-up scopes too, and
+    // the ledger keeps them.
+    provider.set_access_token_ttl(0);
+    let step_up_consent = listed["consentedAt"].clone();
+    let again = flow(
+        &app,
+        "sam",
+        json!({ "mode": "step_up", "scopes": [CALENDAR] }),
+    )
+    .await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(
+        connection(&app, "sam").await["consentedAt"],
+        step_up_consent,
+        "a step-up that minted no refresh token keeps the grant's consent time"
+    );
+    provider.set_access_token_ttl(3600);
+    let refreshed = app
+        .api_get(&format!(
+            "/v1/users/sam/tokens/google?requiredScopes={CALENDAR},{DRIVE}"
+        ))
+        .await;
+    assert_eq!(refreshed.status(), StatusCode::OK, "after a refresh too");
+    let granted = strings(&connection(&app, "sam").await["grantedScopes"]);
+    assert!(granted.contains(&DRIVE.to_string()) && granted.contains(&CALENDAR.to_string()));
     let requested = strings(&listed["requestedScopes"]);
     assert!(requested.contains(&CALENDAR.to_string()) && requested.contains(&DRIVE.to_string()));
 

@@ -440,6 +440,10 @@ fn refresh_grant(st: &mut Inner, params: &HashMap<String, String>) -> GrantOutco
     }
 
     let (mut body, _) = st.access_response(grant);
+    // Google's authorization is per account and client: an older refresh token's new
+    // access token covers what later (incremental) grants added.
+    let combined = st.combined_scope(grant);
+    body.insert("scope".into(), json!(combined));
     if st.rotate_refresh_tokens {
         if let Some(old) = st.refresh_tokens.get_mut(refresh_token) {
             old.valid = false;

@@ -242,6 +242,27 @@ impl Inner {
         }
     }
 
+    /// The scopes of every live grant of this grant's account and client, in order.
+    pub(super) fn combined_scope(&self, grant: usize) -> String {
+        let (client, sub) = (
+            self.grants[grant].client_id.clone(),
+            self.grants[grant].profile.sub.clone(),
+        );
+        let mut scopes: Vec<&str> = Vec::new();
+        for g in self
+            .grants
+            .iter()
+            .filter(|g| !g.revoked && g.client_id == client && g.profile.sub == sub)
+        {
+            for s in g.scope.split(' ') {
+                if !s.is_empty() && !scopes.contains(&s) {
+                    scopes.push(s);
+                }
+            }
+        }
+        scopes.join(" ")
+    }
+
     pub(super) fn access_response(&mut self, grant: usize) -> (Map<String, Value>, String) {
         let access_token = self.issue_access_token(grant);
         let mut body = Map::new();
