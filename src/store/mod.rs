@@ -391,6 +391,15 @@ pub trait TokenStore: Send + Sync {
     /// Stores (or replaces, by `id`) a revocation to try again.
     async fn put_revocation(&self, revocation: &PendingRevocation) -> Result<(), StoreError>;
 
+    /// Replaces a kept revocation after another failed attempt, only while the stored
+    /// one is still at `attempts_before` attempts: one removed (done by another
+    /// instance) or moved on since is a [`StoreError::Conflict`], and nothing comes back.
+    async fn reschedule_revocation(
+        &self,
+        revocation: &PendingRevocation,
+        attempts_before: u32,
+    ) -> Result<(), StoreError>;
+
     /// Revocations due at `now` (epoch seconds; `next_attempt_at` passed), at most
     /// `limit`, expired ones included (so they can be given up).
     async fn revocations_due(

@@ -1016,12 +1016,17 @@ impl TokenService {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "a kept revocation failed again");
+                    let before = pending.attempts;
                     pending.attempts += 1;
                     let wait = REVOKE_RETRY_FIRST
                         .saturating_mul(1 << pending.attempts.min(10))
                         .min(REVOKE_RETRY_MAX);
                     pending.next_attempt_at = now.timestamp() + wait.as_secs() as i64;
-                    self.store.put_revocation(&pending).await?;
+                    match self.store.reschedule_revocation(&pending, before).await {
+                        // Another instance finished (or moved on with) it meanwhile.
+                        Ok(()) | Err(StoreError::Conflict) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
             }
         }

@@ -780,11 +780,31 @@ async fn revocations_wait_until_due_and_are_no_connection(
     assert_eq!(ids(due.clone()).len(), 2);
     assert_eq!(due.iter().find(|r| r.id == a).map(|r| r.attempts), Some(2));
 
+    // A reschedule holds only while the record is still at the attempts it read.
+    let third = PendingRevocation {
+        attempts: 3,
+        ..later.clone()
+    };
+    assert!(matches!(
+        tokens.reschedule_revocation(&third, 1).await,
+        Err(StoreError::Conflict)
+    ));
+    tokens
+        .reschedule_revocation(&third, 2)
+        .await
+        .expect("at 2 attempts: rescheduled");
     tokens.remove_revocation(&a).await.expect("remove");
     tokens
         .remove_revocation(&a)
         .await
         .expect("removing twice is fine");
+    assert!(
+        matches!(
+            tokens.reschedule_revocation(&third, 3).await,
+            Err(StoreError::Conflict)
+        ),
+        "a removed revocation does not come back"
+    );
     assert_eq!(
         ids(tokens.revocations_due(t + 3_600, 1000).await.expect("due")),
         vec![b]

@@ -370,6 +370,24 @@ impl TokenStore for DynamoStore {
         self.put_whole(revocation_item(revocation)?).await
     }
 
+    async fn reschedule_revocation(
+        &self,
+        revocation: &PendingRevocation,
+        attempts_before: u32,
+    ) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        let request = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(revocation_item(revocation)?))
+            .condition_expression("attempts = :before")
+            .expression_attribute_values(":before", n(attempts_before));
+        call("PutItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("PutItem", table, f))
+    }
+
     async fn revocations_due(
         &self,
         now: i64,

@@ -470,6 +470,27 @@ impl TokenStore for EmbeddedStore {
         .await
     }
 
+    async fn reschedule_revocation(
+        &self,
+        revocation: &PendingRevocation,
+        attempts_before: u32,
+    ) -> Result<(), StoreError> {
+        let record =
+            serde_json::to_string(revocation).map_err(|e| corrupt("pendingRevocation", e))?;
+        let args = vec![
+            Value::from(revocation.id.clone()),
+            Value::from(record),
+            Value::from(revocation.next_attempt_at),
+            Value::from(i64::from(attempts_before)),
+        ];
+        self.update_one(
+            "UPDATE pending_revocations SET record = ?2, next_attempt_at = ?3 \
+             WHERE id = ?1 AND json_extract(record, '$.attempts') = ?4",
+            args,
+        )
+        .await
+    }
+
     async fn revocations_due(
         &self,
         now: i64,
