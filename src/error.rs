@@ -188,6 +188,13 @@ impl From<QueryRejection> for Error {
 }
 
 impl Error {
+    /// A limited key refused another provider's connections.
+    pub(crate) fn provider_not_allowed(provider: &str) -> Self {
+        Self::CallerNotAllowed(format!(
+            "use {provider} connections (its providers are limited)"
+        ))
+    }
+
     /// The HTTP status: chosen here and nowhere else.
     pub(crate) fn status(&self) -> StatusCode {
         match self {

@@ -89,9 +89,7 @@ async fn require_api_key(
             if operation == Operation::ReadTokens {
                 audit_refusal(&state, &request, &caller.id, "caller_not_allowed");
             }
-            return Err(Error::CallerNotAllowed(format!(
-                "use {provider} connections (its providers are limited)"
-            )));
+            return Err(Error::provider_not_allowed(provider));
         }
     }
     request.extensions_mut().insert(CallerOf(caller));
@@ -318,10 +316,7 @@ pub(super) async fn create_connect_session(
 ) -> Result<Response, Error> {
     state.tokens.provider(&body.provider)?;
     if !caller.may_use(&body.provider) {
-        return Err(Error::CallerNotAllowed(format!(
-            "use {} connections (its providers are limited)",
-            body.provider
-        )));
+        return Err(Error::provider_not_allowed(&body.provider));
     }
     validate_scopes(&body.scopes)?;
     validate_account_constraints(&body)?;
@@ -951,6 +946,34 @@ pub(super) struct FlowLogPage {
 const DEFAULT_FLOW_LOG_PAGE: usize = 50;
 const MAX_FLOW_LOG_PAGE: usize = 500;
 
+/// A flow-log or audit page's `limit` (default 50, at most 500), once `before` is
+/// checked to be a sort key's length.
+fn log_page(limit: Option<usize>, before: Option<&str>) -> Result<usize, Error> {
+    let limit = limit.unwrap_or(DEFAULT_FLOW_LOG_PAGE);
+    if limit == 0 || limit > MAX_FLOW_LOG_PAGE {
+        return Err(Error::InvalidRequest(format!(
+            "limit must be 1 to {MAX_FLOW_LOG_PAGE}"
+        )));
+    }
+    if before.is_some_and(|b| b.is_empty() || b.len() > 64) {
+        return Err(Error::InvalidRequest(
+            "before must be a timestamp from a previous page".into(),
+        ));
+    }
+    Ok(limit)
+}
+
+/// Whether a stored step (flow log or audit, both name their provider) is one a
+/// provider-limited key may read.
+fn visible_to(caller: &Caller, entry: &FlowLogEntry) -> bool {
+    caller.providers.is_none()
+        || entry
+            .data
+            .get("provider")
+            .and_then(|p| p.as_str())
+            .is_some_and(|p| caller.may_use(p))
+}
+
 /// `GET /v1/users/{userId}/flow-logs?limit=50&before=<timestamp>` → the user's flow
 /// steps, newest first: `{"items": [...], "nextBefore": "<timestamp>" | null}`.
 #[utoipa::path(
@@ -968,21 +991,7 @@ pub(super) async fn list_flow_logs(
     ApiPath(user_id): ApiPath<UserId>,
     ApiQuery(query): ApiQuery<FlowLogQuery>,
 ) -> Result<Response, Error> {
-    let limit = query.limit.unwrap_or(DEFAULT_FLOW_LOG_PAGE);
-    if limit == 0 || limit > MAX_FLOW_LOG_PAGE {
-        return Err(Error::InvalidRequest(format!(
-            "limit must be 1 to {MAX_FLOW_LOG_PAGE}"
-        )));
-    }
-    if query
-        .before
-        .as_ref()
-        .is_some_and(|b| b.is_empty() || b.len() > 64)
-    {
-        return Err(Error::InvalidRequest(
-            "before must be a timestamp from a previous page".into(),
-        ));
-    }
+    let limit = log_page(query.limit, query.before.as_deref())?;
     let items: Vec<FlowLogEntry> = state
         .flow_log
         .log()
@@ -991,21 +1000,12 @@ pub(super) async fn list_flow_logs(
     let next_before = (items.len() == limit)
         .then(|| items.last().map(|e| e.timestamp.clone()))
         .flatten();
-    // A key limited to some providers reads only their flows' steps (a page may then
-    // hold fewer than `limit`; `nextBefore` still pages on).
-    let items = if caller.providers.is_some() {
-        items
-            .into_iter()
-            .filter(|e| {
-                e.data
-                    .get("provider")
-                    .and_then(|p| p.as_str())
-                    .is_some_and(|p| caller.may_use(p))
-            })
-            .collect()
-    } else {
-        items
-    };
+    // A page may hold fewer than `limit` for a provider-limited key; `nextBefore`
+    // still pages on.
+    let items = items
+        .into_iter()
+        .filter(|e| visible_to(&caller, e))
+        .collect();
     Ok(axum::Json(FlowLogPage { items, next_before }).into_response())
 }
 
@@ -1079,21 +1079,7 @@ pub(super) async fn list_audit(
     CallerOf(reader): CallerOf,
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Response, Error> {
-    let limit = query.limit.unwrap_or(DEFAULT_FLOW_LOG_PAGE);
-    if limit == 0 || limit > MAX_FLOW_LOG_PAGE {
-        return Err(Error::InvalidRequest(format!(
-            "limit must be 1 to {MAX_FLOW_LOG_PAGE}"
-        )));
-    }
-    if query
-        .before
-        .as_ref()
-        .is_some_and(|b| b.is_empty() || b.len() > 64)
-    {
-        return Err(Error::InvalidRequest(
-            "before must be a timestamp from a previous page".into(),
-        ));
-    }
+    let limit = log_page(query.limit, query.before.as_deref())?;
     let partition = match (&query.user_id, &query.caller) {
         (Some(user), _) => {
             UserId::parse(user.as_str())
@@ -1128,8 +1114,7 @@ pub(super) async fn list_audit(
                 .as_ref()
                 .is_none_or(|c| text(e, "caller").as_ref() == Some(c))
         })
-        // A key limited to some providers reads only their reads.
-        .filter(|e| text(e, "provider").is_some_and(|p| reader.may_use(&p)))
+        .filter(|e| visible_to(&reader, e))
         .map(|e| AuditEntry {
             timestamp: e.timestamp.clone(),
             caller: text(e, "caller"),

@@ -565,10 +565,7 @@ impl TokenService {
             .ok_or(Error::ConfirmationNotFound)?;
         if !may_use(&grant.provider) {
             self.store.put_pending(&grant).await?;
-            return Err(Error::CallerNotAllowed(format!(
-                "confirm {} grants (its providers are limited)",
-                grant.provider
-            )));
+            return Err(Error::provider_not_allowed(&grant.provider));
         }
         if expected_user.is_some_and(|u| u != grant.user_id) {
             // The application says another of its users started this flow: the grant

@@ -3,6 +3,7 @@
 //! partial updates.
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use chrono::{DateTime, Utc};
 
@@ -21,6 +22,33 @@ use crate::store::{
 };
 
 impl DynamoStore {
+    /// Runs a consistent `Query` of the tokens table shaped by `shape`, page after page,
+    /// handing each item to `take` until it answers false or the pages end.
+    async fn query_pages(
+        &self,
+        shape: impl Fn(QueryFluentBuilder) -> QueryFluentBuilder,
+        mut take: impl FnMut(&Item) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        let mut start: Option<Item> = None;
+        loop {
+            let request = shape(self.client.query().table_name(table))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            let out =
+                call("Query", request.send().await).map_err(|f| self.error("Query", table, f))?;
+            for item in out.items() {
+                if !take(item)? {
+                    return Ok(());
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// Puts a service item (a pending grant, a kept revocation) whole, unconditionally.
     async fn put_whole(&self, item: Item) -> Result<(), StoreError> {
         let table = &self.tokens_table;
@@ -223,31 +251,21 @@ impl TokenStore for DynamoStore {
 
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError> {
-        let table = &self.tokens_table;
         let mut rows = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = call(
-                "Query",
-                self.client
-                    .query()
-                    .table_name(table)
-                    .key_condition_expression("userId = :u")
+        self.query_pages(
+            |q| {
+                q.key_condition_expression("userId = :u")
                     .expression_attribute_values(":u", s(user_id))
-                    .consistent_read(true)
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await,
-            )
-            .map_err(|f| self.error("Query", table, f))?;
-            for item in out.items().iter().filter(|i| !is_flow_item(i)) {
-                rows.push(connection_from(item)?);
-            }
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(rows),
-            }
-        }
+            },
+            |item| {
+                if !is_flow_item(item) {
+                    rows.push(connection_from(item)?);
+                }
+                Ok(true)
+            },
+        )
+        .await?;
+        Ok(rows)
     }
 
     #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
@@ -393,38 +411,23 @@ impl TokenStore for DynamoStore {
         now: i64,
         limit: usize,
     ) -> Result<Vec<PendingRevocation>, StoreError> {
-        let table = &self.tokens_table;
-        let mut due = Vec::new();
-        let mut start: Option<Item> = None;
         // One partition, small (a revocation lives until it succeeds, at most days).
-        loop {
-            let out = call(
-                "Query",
-                self.client
-                    .query()
-                    .table_name(table)
-                    .key_condition_expression("userId = :u AND begins_with(provider, :r)")
+        let mut due = Vec::new();
+        self.query_pages(
+            |q| {
+                q.key_condition_expression("userId = :u AND begins_with(provider, :r)")
                     .filter_expression("nextAttemptAt <= :now")
                     .expression_attribute_values(":u", s(REVOCATIONS))
                     .expression_attribute_values(":r", s(REVOKE_PREFIX))
                     .expression_attribute_values(":now", n(now))
-                    .consistent_read(true)
-                    .set_exclusive_start_key(start.take())
-                    .send()
-                    .await,
-            )
-            .map_err(|f| self.error("Query", table, f))?;
-            for item in out.items() {
+            },
+            |item| {
                 due.push(revocation_from(item)?);
-                if due.len() >= limit {
-                    return Ok(due);
-                }
-            }
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(due),
-            }
-        }
+                Ok(due.len() < limit)
+            },
+        )
+        .await?;
+        Ok(due)
     }
 
     async fn remove_revocation(&self, id: &str) -> Result<(), StoreError> {
