@@ -100,7 +100,7 @@ pub async fn seed_users(
         )?;
         let sealed = cipher.seal(&user_id, "google", &plaintext).await?;
         store
-            .put(&connection(&user_id, sealed, expires_at, now), None)
+            .put(&connection(&user_id, sealed, expires_at, now), None, &[])
             .await
             .with_context(|| format!("writing {user_id} (seed an empty store)"))?;
     }

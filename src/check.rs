@@ -4,16 +4,18 @@
 //! table, and the provider's discovery document. Exit code 0 only when all pass.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 
 use crate::app::{Backends, StartupError};
 use crate::config::{Backend, Settings};
 use crate::crypto::{Envelope, EnvelopeCipher, random_token};
+use crate::events::{EventRules, PROBE_KIND};
 use crate::oauth::provider::{OidcProvider, ProviderConfig, ProviderLimits};
 use crate::secrets::SecretsCache;
 use crate::store::flow_log::SortKeyClock;
-use crate::store::{Connection, FlowLogEntry, FlowStep, UserInfo};
+use crate::store::{Connection, FlowLogEntry, FlowStep, UserInfo, event_bound};
 
 /// One check's outcome, printed as one line.
 struct Outcome {
@@ -151,7 +153,7 @@ pub(crate) async fn check(settings: Settings) -> i32 {
         let result = async {
             backends
                 .tokens
-                .put(&row, None)
+                .put(&row, None, &[])
                 .await
                 .map_err(|e| ("write", e))?;
             let back = backends
@@ -165,11 +167,38 @@ pub(crate) async fn check(settings: Settings) -> i32 {
                     crate::store::StoreError::Corrupt("probe item did not read back".into()),
                 ));
             }
+            // The removal carries a probe event, as a connection's removal carries its
+            // `connection.deleted`: one transaction over both tables (never served).
+            let probe = EventRules {
+                retention: Duration::from_secs(3600),
+                ..EventRules::default()
+            }
+            .make_kind(
+                PROBE_KIND,
+                probe_user,
+                &probe_provider,
+                serde_json::json!({}),
+            );
             backends
                 .tokens
-                .delete(probe_user, &probe_provider, 1)
+                .delete(probe_user, &probe_provider, 1, std::slice::from_ref(&probe))
                 .await
-                .map_err(|e| ("delete", e))?;
+                .map_err(|e| ("delete with an event", e))?;
+            let read = backends
+                .tokens
+                .events_between(
+                    &event_bound(probe.timestamp.timestamp_millis()),
+                    &event_bound(probe.timestamp.timestamp_millis() + 1),
+                    100,
+                )
+                .await
+                .map_err(|e| ("event read", e))?;
+            if !read.iter().any(|e| e.id == probe.id) {
+                return Err((
+                    "event read",
+                    crate::store::StoreError::Corrupt("probe event did not read back".into()),
+                ));
+            }
             Ok(())
         }
         .await;
@@ -178,8 +207,8 @@ pub(crate) async fn check(settings: Settings) -> i32 {
             result: result
                 .map(|()| {
                     format!(
-                        "{}: write, read and delete of a probe item",
-                        settings.aws.tokens_table
+                        "{} and {}: write, read and delete of a probe item, with a probe event",
+                        settings.aws.tokens_table, settings.aws.events_table
                     )
                 })
                 .map_err(|(op, e)| (format!("{op}: {e}"), crate::store::hint(&e))),

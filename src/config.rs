@@ -32,9 +32,10 @@ pub mod env_file;
 mod load;
 
 /// Environment names that do not follow the `AXNT_` rule (the tables' established names).
-const UNPREFIXED_ENV: [(&str, &str); 2] = [
+const UNPREFIXED_ENV: [(&str, &str); 3] = [
     ("DYNAMODB_OAUTH_TABLE", "dynamodb_oauth_table"),
     ("DYNAMODB_OAUTH_LOGS_TABLE", "dynamodb_oauth_logs_table"),
+    ("DYNAMODB_OAUTH_EVENTS_TABLE", "dynamodb_oauth_events_table"),
 ];
 
 /// Where tokens and keys live.
@@ -499,6 +500,14 @@ pub struct RetentionSettings {
     /// first in this window are written as one counted item.
     #[serde(rename = "audit_window_secs", deserialize_with = "de::secs")]
     pub(crate) audit_window: Duration,
+    /// `AXNT_EVENTS_RETENTION_DAYS`: lifecycle events are kept (replayable from the
+    /// feed) this long.
+    #[serde(rename = "events_retention_days", deserialize_with = "de::days")]
+    pub(crate) events_retention: Duration,
+    /// `AXNT_EVENTS_FEED_DELAY_MS`: the feed holds back events younger than this, so
+    /// a write still in flight when a page is read cannot land behind its cursor.
+    #[serde(rename = "events_feed_delay_ms", deserialize_with = "de::millis")]
+    pub(crate) events_feed_delay: Duration,
 }
 
 impl Default for RetentionSettings {
@@ -512,6 +521,8 @@ impl Default for RetentionSettings {
             purge_interval: Duration::from_secs(3_600),
             audit_retention: Duration::from_secs(365 * DAY),
             audit_window: Duration::from_secs(60),
+            events_retention: Duration::from_secs(14 * DAY),
+            events_feed_delay: Duration::from_millis(2_000),
         }
     }
 }
@@ -526,6 +537,9 @@ pub struct AwsModeSettings {
     /// `DYNAMODB_OAUTH_LOGS_TABLE`: the flow-logs table.
     #[serde(rename = "dynamodb_oauth_logs_table")]
     pub(crate) logs_table: String,
+    /// `DYNAMODB_OAUTH_EVENTS_TABLE`: the lifecycle-events table.
+    #[serde(rename = "dynamodb_oauth_events_table")]
+    pub(crate) events_table: String,
     /// `AXNT_KMS_KEY_ID`: KMS key id, ARN or alias wrapping the data keys.
     pub(crate) kms_key_id: String,
     /// `AXNT_GOOGLE_SECRET_ID`: Secrets Manager secret with the client credentials.
@@ -551,6 +565,7 @@ impl Default for AwsModeSettings {
         Self {
             tokens_table: "axnt-oauth-tokens".into(),
             logs_table: "axnt-oauth-tokens-logs".into(),
+            events_table: "axnt-oauth-tokens-events".into(),
             kms_key_id: "alias/axnt-oauth".into(),
             secret_id: "axnt/google-oauth".into(),
             connect_timeout: Duration::from_millis(3_000),
@@ -694,6 +709,7 @@ impl From<&Settings> for AwsSettings {
             sdk_env: s.aws_sdk_env.clone(),
             tokens_table: s.aws.tokens_table.clone(),
             logs_table: s.aws.logs_table.clone(),
+            events_table: s.aws.events_table.clone(),
             kms_key_id: s.aws.kms_key_id.clone(),
             secret_id: s.aws.secret_id.clone(),
         }

@@ -49,6 +49,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 mod error;
+pub(crate) mod events;
 #[cfg(any(test, fuzzing))]
 pub mod fuzz;
 mod http;

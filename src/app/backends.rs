@@ -207,6 +207,7 @@ async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
         &config,
         &settings.aws.tokens_table,
         &settings.aws.logs_table,
+        &settings.aws.events_table,
     ));
     let flow_log = BufferedFlowLog::spawn(
         store.clone(),

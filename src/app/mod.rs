@@ -169,13 +169,12 @@ impl App {
             background.push(tokens.spawn_background_refresh(every));
         }
         background.push(tokens.spawn_revocation_retries(settings.provider.revocation_retry));
-        if !settings.refresh.keepalive_idle.is_zero() {
-            background.push(tokens.spawn_keepalive(crate::tokens::KeepAlive {
-                idle: settings.refresh.keepalive_idle,
-                every: settings.refresh.keepalive_interval,
-                per_minute: settings.refresh.keepalive_per_minute,
-            }));
-        }
+        // With the keep-alive off (0 days) the pass still runs, for expiry notices.
+        background.push(tokens.spawn_keepalive(crate::tokens::KeepAlive {
+            idle: settings.refresh.keepalive_idle,
+            every: settings.refresh.keepalive_interval,
+            per_minute: settings.refresh.keepalive_per_minute,
+        }));
         let readiness = Readiness::new(
             Arc::clone(&backends.tokens),
             Arc::clone(&backends.flow_log),

@@ -29,6 +29,7 @@ pub struct AwsSettings {
     pub(crate) sdk_env: SdkEnv,
     pub(crate) tokens_table: String,
     pub(crate) logs_table: String,
+    pub(crate) events_table: String,
     pub(crate) kms_key_id: String,
     pub(crate) secret_id: String,
 }

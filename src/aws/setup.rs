@@ -44,8 +44,8 @@ pub(crate) struct TableSpec {
 }
 
 impl TableSpec {
-    /// The tokens table and the logs table, named by the settings.
-    pub(crate) fn wanted(settings: &AwsSettings) -> [TableSpec; 2] {
+    /// The tokens table, the logs table and the events table, named by the settings.
+    pub(crate) fn wanted(settings: &AwsSettings) -> [TableSpec; 3] {
         [
             TableSpec {
                 name: settings.tokens_table.clone(),
@@ -58,6 +58,14 @@ impl TableSpec {
                 hash_key: "userId",
                 range_key: "timestamp",
                 point_in_time_recovery: false,
+            },
+            // Events are promises to the application (delivered at least once,
+            // replayable within retention): backed up as the tokens are.
+            TableSpec {
+                name: settings.events_table.clone(),
+                hash_key: "day",
+                range_key: "id",
+                point_in_time_recovery: true,
             },
         ]
     }

@@ -134,6 +134,7 @@ impl Settings {
         for (key, value) in [
             ("dynamodb_oauth_table", &aws.tokens_table),
             ("dynamodb_oauth_logs_table", &aws.logs_table),
+            ("dynamodb_oauth_events_table", &aws.events_table),
             ("kms_key_id", &aws.kms_key_id),
             ("google_secret_id", &aws.secret_id),
         ] {
@@ -184,6 +185,10 @@ impl Settings {
                 self.retention.audit_retention.is_zero(),
             ),
             ("audit_window_secs", self.retention.audit_window.is_zero()),
+            (
+                "events_retention_days",
+                self.retention.events_retention.is_zero(),
+            ),
             (
                 "revocation_retry_secs",
                 self.provider.revocation_retry.is_zero(),
@@ -242,7 +247,17 @@ impl Settings {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let days = |d: Duration| d.as_secs() / DAY;
         let rate = &self.rate_limit;
-        let checks: [(&str, u64, u64); 46] = [
+        let checks: [(&str, u64, u64); 48] = [
+            (
+                "events_retention_days",
+                days(self.retention.events_retention),
+                365,
+            ),
+            (
+                "events_feed_delay_ms",
+                millis(self.retention.events_feed_delay),
+                60_000,
+            ),
             (
                 "audit_retention_days",
                 days(self.retention.audit_retention),

@@ -142,7 +142,7 @@ async fn answer_within(State(limit): State<Duration>, request: Request, next: Ne
 /// with that status (a route with two is listed twice) and
 /// [`STATUSES_EVERY_ROUTE_CAN_ANSWER`] at zero, so a rate over
 /// errors works from the first scrape.
-pub(crate) const ROUTES: [(&str, &str, u16); 14] = [
+pub(crate) const ROUTES: [(&str, &str, u16); 15] = [
     ("GET", "/healthz", 200),
     ("GET", "/readyz", 200),
     ("GET", "/openapi.json", 200),
@@ -154,6 +154,7 @@ pub(crate) const ROUTES: [(&str, &str, u16); 14] = [
     ("DELETE", "/v1/users/{user_id}/connections/{provider}", 200),
     ("GET", "/v1/users/{user_id}/flow-logs", 200),
     ("GET", "/v1/audit", 200),
+    ("GET", "/v1/events", 200),
     ("GET", "/oauth/{provider}/start", 302),
     // A page without a return URL, a redirect to it with one.
     ("GET", "/oauth/{provider}/callback", 200),

@@ -54,7 +54,8 @@ pub(crate) fn document_json() -> Result<String, serde_json::Error> {
     info(
         title = "axnt-oauth",
         description = "The internal API: services of the application create connect links for \
-            their users and read the users' valid access tokens, connections and flow logs. \
+            their users and read the users' valid access tokens, connections, flow logs, the \
+            audit trail of token reads and the lifecycle events feed. \
             Every `/v1` route needs `Authorization: Bearer <API key>`. Errors are RFC 9457 \
             `application/problem+json` with a stable `code`; each operation lists the codes \
             each status can carry. A method a path does not list is answered 405 \
@@ -68,6 +69,7 @@ pub(crate) fn document_json() -> Result<String, serde_json::Error> {
         api::list_connections,
         api::list_all_connections,
         api::list_audit,
+        api::list_events,
         api::delete_connection,
         api::list_flow_logs,
         probes::healthz,
@@ -176,6 +178,7 @@ const ERRORS: &[(&str, Answers)] = &[
         &[(400, &["invalid_request"]), STORE],
     ),
     ("list_audit", &[(400, &["invalid_request"]), STORE]),
+    ("list_events", &[(400, &["invalid_request"]), STORE]),
     (
         "delete_connection",
         &[

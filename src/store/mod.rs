@@ -73,6 +73,9 @@ pub struct GrantLedger {
     /// Epoch seconds when the refresh token stops working, for time-limited access
     /// (`refresh_token_expires_in` in the code exchange's answer).
     pub refresh_token_expires_at: Option<i64>,
+    /// Epoch seconds: the predicted expiry `connection.expiring_soon` was sent for (so
+    /// it is sent once per forecast; a new consent clears it).
+    pub expiry_notice_for: Option<i64>,
 }
 
 /// The account a connection held before another account's grant replaced it
@@ -196,6 +199,24 @@ pub struct AccountGrants {
     pub version: u64,
 }
 
+/// A lifecycle event (`connection.created`, …), stored in the same write as the change
+/// that caused it: if the change is stored, so is the event; if not, neither is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// A UUIDv7, hyphenated: its text sorts as the events were made, so it is also the
+    /// feed's cursor. Unique; a delivery's `webhook-id`.
+    pub id: String,
+    /// `connection.created`, `connection.refresh_failed`, …
+    pub kind: String,
+    pub user_id: String,
+    pub provider: String,
+    pub timestamp: DateTime<Utc>,
+    /// The payload's `data` (`userId` and `provider` included). Never a secret.
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// Epoch seconds when the event may be purged (its retention).
+    pub expires_at: i64,
+}
+
 /// The account's profile, from the verified ID token. Never a secret.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -299,13 +320,25 @@ pub trait TokenStore: Send + Sync {
 
     /// Writes `row` only if the stored row's version is `expected` (`None`: only if no
     /// row exists). `row.version` must be `expected + 1` (or 1). A lost condition is
-    /// [`StoreError::Conflict`] and leaves the stored row as it was.
-    async fn put(&self, row: &Connection, expected: Option<u64>) -> Result<(), StoreError>;
+    /// [`StoreError::Conflict`] and leaves the stored row as it was. `events` are
+    /// stored with the row, atomically: both or neither.
+    async fn put(
+        &self,
+        row: &Connection,
+        expected: Option<u64>,
+        events: &[Event],
+    ) -> Result<(), StoreError>;
 
     /// The lease holder's write: `row` replaces the stored row only while `attempt`
     /// still holds its lease (whether or not the lease has lapsed: nobody took it
-    /// over). Otherwise [`StoreError::Conflict`], and nothing is written.
-    async fn put_as_holder(&self, row: &Connection, attempt: &str) -> Result<(), StoreError>;
+    /// over). Otherwise [`StoreError::Conflict`], and nothing is written, no event
+    /// either.
+    async fn put_as_holder(
+        &self,
+        row: &Connection,
+        attempt: &str,
+        events: &[Event],
+    ) -> Result<(), StoreError>;
 
     /// Takes the refresh lease: only while the row is at `version` and no other
     /// attempt's lease is live at `now_ms`. Changes nothing else (not `version`).
@@ -326,13 +359,15 @@ pub trait TokenStore: Send + Sync {
         lease: &RefreshLease,
     ) -> Result<(), StoreError>;
 
-    /// Gives the lease back (only while `attempt` holds it), recording `after`.
+    /// Gives the lease back (only while `attempt` holds it), recording `after`, and
+    /// stores `events` with it (both or neither).
     async fn release_lease(
         &self,
         user_id: &str,
         provider: &str,
         attempt: &str,
         after: LeaseRelease,
+        events: &[Event],
     ) -> Result<(), StoreError>;
 
     /// Moves `lastUsed` and the purge time of an active row. A partial update: the
@@ -346,13 +381,15 @@ pub trait TokenStore: Send + Sync {
         expires_at: i64,
     ) -> Result<(), StoreError>;
 
-    /// Removes the row if it is still at `expected`. Returns whether a row was removed;
-    /// a row at another version is a [`StoreError::Conflict`].
+    /// Removes the row if it is still at `expected`, storing `events` with the removal
+    /// (both or neither). Returns whether a row was removed (no row: nothing is written,
+    /// no event either); a row at another version is a [`StoreError::Conflict`].
     async fn delete(
         &self,
         user_id: &str,
         provider: &str,
         expected: u64,
+        events: &[Event],
     ) -> Result<bool, StoreError>;
 
     /// Every row of one user.
@@ -441,6 +478,16 @@ pub trait TokenStore: Send + Sync {
     /// Gives the lease back, if `holder` holds it.
     async fn drop_job_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
+    /// Stored events with `after < id < before` (ids compare as text, which is their
+    /// order), oldest first, at most `limit`. Purged events (past `expires_at`) may or
+    /// may not be among them.
+    async fn events_between(
+        &self,
+        after: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+
     /// A cheap read proving the table answers (used by `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 }
@@ -466,6 +513,26 @@ pub trait FlowLog: Send + Sync {
 
     /// A cheap read proving the table answers.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The epoch milliseconds an event id (a UUIDv7) was made at.
+pub(crate) fn event_millis(id: &str) -> Option<i64> {
+    let hex: String = id.chars().filter(|c| *c != '-').take(12).collect();
+    if hex.len() != 12 {
+        return None;
+    }
+    i64::from_str_radix(&hex, 16).ok()
+}
+
+/// A bound between event ids: sorts after every event made before `ms` and before
+/// every event made at or after it (a real id's version digit is 7, the bound's 0).
+pub(crate) fn event_bound(ms: i64) -> String {
+    let ms = ms.clamp(0, 0xffff_ffff_ffff);
+    format!(
+        "{:08x}-{:04x}-0000-0000-000000000000",
+        ms >> 16,
+        ms & 0xffff
+    )
 }
 
 /// `axnt_store_reads_total{backend}`: one read statement or call against the store.

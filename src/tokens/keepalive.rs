@@ -4,17 +4,25 @@
 //! job lease in the tokens table) pages through the tokens table and refreshes the
 //! active connections whose refresh token went unused for `AXNT_KEEPALIVE_DAYS`,
 //! through the same flight and row lease as every refresh, at a bounded pace.
+//!
+//! The same pass tells the application, once per forecast, about each grant predicted
+//! to end within two days that a refresh cannot save (Google's Testing days, the end of
+//! time-limited access; the idle limit too when the keep-alive is off):
+//! `connection.expiring_soon`, stored with a mark on the row (`expiryNoticeFor`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 
+use serde_json::json;
+
 use super::TokenService;
 use crate::error::Error;
-use crate::oauth::grant::last_token_use;
-use crate::store::ScanCursor;
+use crate::events::EventType;
+use crate::oauth::grant::{AT_RISK_WITHIN, ExpiryReason, forecast, last_token_use};
 use crate::store::flow_log::ClientInfo;
+use crate::store::{Connection, GrantLedger, ScanCursor, StoreError};
 
 /// Rows read per scan page.
 const PAGE: usize = 100;
@@ -31,7 +39,8 @@ const FORCE: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// The keep-alive's settings.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeepAlive {
-    /// Refresh connections whose refresh token went unused this long.
+    /// Refresh connections whose refresh token went unused this long (zero: never;
+    /// the pass then only sends expiry notices).
     pub(crate) idle: Duration,
     /// How often a pass is tried.
     pub(crate) every: Duration,
@@ -47,6 +56,8 @@ pub(crate) struct KeepAliveReport {
     pub(crate) scanned: usize,
     pub(crate) refreshed: usize,
     pub(crate) failed: usize,
+    /// `connection.expiring_soon` events stored.
+    pub(crate) noticed: usize,
 }
 
 impl TokenService {
@@ -69,6 +80,7 @@ impl TokenService {
                         scanned = report.scanned,
                         refreshed = report.refreshed,
                         failed = report.failed,
+                        expiring_soon = report.noticed,
                         "keep-alive pass done"
                     ),
                     Ok(_) => tracing::debug!("keep-alive pass skipped: another instance runs it"),
@@ -105,10 +117,17 @@ impl TokenService {
                 let page = self.store.scan(cursor.as_ref(), PAGE).await?;
                 report.scanned += page.rows.len();
                 for row in page.rows {
-                    let due = Utc::now()
-                        .checked_sub_signed(idle)
-                        .is_some_and(|limit| last_token_use(&row) < limit);
-                    if !row.is_active || !due {
+                    let due = !keep.idle.is_zero()
+                        && Utc::now()
+                            .checked_sub_signed(idle)
+                            .is_some_and(|limit| last_token_use(&row) < limit);
+                    if !row.is_active {
+                        continue;
+                    }
+                    if !due {
+                        if self.notice_expiry(&row, !keep.idle.is_zero()).await? {
+                            report.noticed += 1;
+                        }
                         continue;
                     }
                     let Ok(provider) = self.provider(&row.provider) else {
@@ -161,6 +180,51 @@ impl TokenService {
             tracing::debug!(error = %e, "updating the keep-alive lease failed; it lapses");
         }
         result.map(|()| report)
+    }
+
+    /// Stores `connection.expiring_soon` for `row` when its grant is forecast to end
+    /// within two days of something a refresh cannot help (with the keep-alive on, a
+    /// refresh resets the idle clock), once per forecast. Returns whether it did.
+    async fn notice_expiry(&self, row: &Connection, keeping_alive: bool) -> Result<bool, Error> {
+        let now = Utc::now();
+        let f = forecast(row, self.policy.grant_rules, now);
+        let (Some(at), Some(reason)) = (f.predicted_expiry, f.reason) else {
+            return Ok(false);
+        };
+        let soon = chrono::TimeDelta::from_std(AT_RISK_WITHIN)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .is_some_and(|limit| at <= limit);
+        let saved_by_refresh = keeping_alive && reason == ExpiryReason::IdleLimit;
+        if !soon || saved_by_refresh || row.grant.expiry_notice_for == Some(at.timestamp()) {
+            return Ok(false);
+        }
+        let reason_text = serde_json::to_value(reason).unwrap_or_default();
+        let event = self.policy.events.make(
+            EventType::ExpiringSoon,
+            &row.user_id,
+            &row.provider,
+            json!({
+                "predictedExpiry": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                "reason": reason_text,
+                "sub": row.user_info.sub,
+                "email": row.email,
+            }),
+        );
+        let marked = Connection {
+            grant: GrantLedger {
+                expiry_notice_for: Some(at.timestamp()),
+                ..row.grant.clone()
+            },
+            version: row.version + 1,
+            ..row.clone()
+        };
+        match self.store.put(&marked, Some(row.version), &[event]).await {
+            Ok(()) => Ok(true),
+            // The row moved on (a refresh, a reconnection): the next pass looks again.
+            Err(StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Takes or renews the keep-alive job lease for `holder`.

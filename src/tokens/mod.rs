@@ -24,6 +24,7 @@ use serde_json::json;
 use crate::config::Settings;
 use crate::crypto::EnvelopeCipher;
 use crate::error::Error;
+use crate::events::{EventRules, EventType};
 use crate::oauth::provider::{OidcProvider, ProviderError, ProviderTokens, Providers};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{
@@ -42,6 +43,60 @@ const WRITE_ATTEMPTS: usize = 5;
 /// `GET /v1/connections` reads at most this many rows per page (Scan on DynamoDB costs
 /// read capacity for every row read, matching or not).
 pub(crate) const MAX_SCANNED_PER_PAGE: usize = 2_000;
+
+/// The events a new grant's row makes, stored with it: `connection.created` (no row
+/// before) or `connection.reauthorized` (another account's grant included), then
+/// `connection.scopes_changed` when the same account's granted scopes changed.
+fn grant_events(
+    rules: &EventRules,
+    before: Option<&Connection>,
+    row: &Connection,
+) -> Vec<crate::store::Event> {
+    let (user_id, provider) = (row.user_id.as_str(), row.provider.as_str());
+    let mut details = json!({
+        "sub": row.user_info.sub,
+        "email": row.email,
+        "grantedScopes": row.grant.granted_scopes,
+        "requestedScopes": row.grant.requested_scopes,
+    });
+    let Some(before) = before else {
+        return vec![rules.make(EventType::Created, user_id, provider, details)];
+    };
+    let account_changed = before.user_info.sub != row.user_info.sub;
+    details["accountChanged"] = json!(account_changed);
+    details["wasActive"] = json!(before.is_active);
+    if account_changed {
+        details["previousSub"] = json!(before.user_info.sub);
+        details["previousEmail"] = json!(before.email);
+    }
+    let mut events = vec![rules.make(EventType::Reauthorized, user_id, provider, details)];
+    if !account_changed && before.is_active {
+        if let Some(changed) = scopes_change(&before.grant, &row.grant) {
+            events.push(rules.make(EventType::ScopesChanged, user_id, provider, changed));
+        }
+    }
+    events
+}
+
+/// What changed between two ledgers' granted scopes, if anything: the
+/// `connection.scopes_changed` details.
+fn scopes_change(before: &GrantLedger, after: &GrantLedger) -> Option<serde_json::Value> {
+    // A row from before the ledger existed knows no scopes: nothing to compare.
+    if before.granted_scopes.is_empty() {
+        return None;
+    }
+    let added = grant::missing(&after.granted_scopes, &before.granted_scopes);
+    let removed = grant::missing(&before.granted_scopes, &after.granted_scopes);
+    if added.is_empty() && removed.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "grantedScopes": after.granted_scopes,
+        "previousGrantedScopes": before.granted_scopes,
+        "addedScopes": added,
+        "removedScopes": removed,
+    }))
+}
 
 /// A connection as listed: never a token.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -172,6 +227,8 @@ pub(crate) struct TokenPolicy {
     pub(crate) token_cache: Duration,
     /// What decides how grants end (the publishing status).
     pub(crate) grant_rules: GrantRules,
+    /// How lifecycle events are made and kept.
+    pub(crate) events: EventRules,
 }
 
 impl TokenPolicy {
@@ -221,6 +278,10 @@ impl From<&Settings> for TokenPolicy {
             grant_rules: GrantRules {
                 publishing: settings.provider.publishing_status,
                 grant_limit: settings.provider.grant_limit,
+            },
+            events: EventRules {
+                retention: retention.events_retention,
+                feed_delay: retention.events_feed_delay,
             },
         }
     }
@@ -394,9 +455,10 @@ impl TokenService {
                     .or_else(|| existing.as_ref().and_then(|r| r.replaced_account.clone())),
                 grant: grant.clone(),
             };
+            let events = grant_events(&self.policy.events, existing.as_ref(), &row);
             match self
                 .store
-                .put(&row, existing.as_ref().map(|r| r.version))
+                .put(&row, existing.as_ref().map(|r| r.version), &events)
                 .await
             {
                 Ok(()) => {
@@ -719,6 +781,22 @@ impl TokenService {
     /// (any when `None`): at most `limit`, reading at most [`MAX_SCANNED_PER_PAGE`] rows
     /// per call. Returns where the next page starts (`None` once the table is done); a
     /// page may hold fewer than `limit` while there is more.
+    /// A page of the events feed (see [`crate::events::feed_page`]).
+    pub(crate) async fn events_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::events::FeedPage, Error> {
+        Ok(crate::events::feed_page(
+            self.store.as_ref(),
+            &self.policy.events,
+            after,
+            limit,
+            Utc::now(),
+        )
+        .await?)
+    }
+
     #[tracing::instrument(skip_all)]
     pub(crate) async fn connections_across(
         &self,
@@ -789,7 +867,22 @@ impl TokenService {
                     token_kind: None,
                 }
             };
-            match self.store.delete(user_id, provider_name, row.version).await {
+            let deleted = self.policy.events.make(
+                EventType::Deleted,
+                user_id,
+                provider_name,
+                json!({
+                    "sub": row.user_info.sub,
+                    "email": row.email,
+                    "revocation": outcome.revocation.label(),
+                    "revokedToken": outcome.token_kind,
+                }),
+            );
+            match self
+                .store
+                .delete(user_id, provider_name, row.version, &[deleted])
+                .await
+            {
                 Ok(_) => {
                     self.refresher.cache.invalidate(user_id, provider_name);
                     count_revocation(provider_name, outcome.revocation.label());
@@ -1149,6 +1242,10 @@ fn ledger_after_consent(
         consented_at,
         last_refreshed_at,
         refresh_token_expires_at: set.refresh_token_expires_at,
+        // A minted grant's clocks start again; a step-up keeps the stored token's.
+        expiry_notice_for: previous
+            .filter(|_| !minted)
+            .and_then(|p| p.expiry_notice_for),
     }
 }
 

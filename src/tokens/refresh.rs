@@ -51,6 +51,7 @@ use super::cache::{Cached, TokenCache};
 use super::token_set::{IssuedToken, TokenSet, TokenSource};
 use crate::crypto::EnvelopeCipher;
 use crate::error::Error;
+use crate::events::EventType;
 use crate::oauth::grant::{Cause, cause_of, minted_after};
 use crate::oauth::provider::GrantRefusal;
 use crate::oauth::provider::{ProviderError, ProviderTokens};
@@ -672,10 +673,24 @@ impl Holder<'_> {
             grant: super::ledger_after_refresh(&row.grant, set, now),
             ..row.successor()
         };
+        let rules = &self.refresher.policy.events;
+        let (user_id, provider) = (row.user_id.as_str(), row.provider.as_str());
+        let mut events = Vec::new();
+        if row.refresh.retry_at_ms.is_some() || row.refresh.unknown_since_ms.is_some() {
+            events.push(rules.make(
+                EventType::Recovered,
+                user_id,
+                provider,
+                json!({ "grantedScopes": updated.grant.granted_scopes }),
+            ));
+        }
+        if let Some(changed) = super::scopes_change(&row.grant, &updated.grant) {
+            events.push(rules.make(EventType::ScopesChanged, user_id, provider, changed));
+        }
         Ok(self
             .refresher
             .store
-            .put_as_holder(&updated, self.attempt)
+            .put_as_holder(&updated, self.attempt, &events)
             .await?)
     }
 
@@ -695,7 +710,21 @@ impl Holder<'_> {
             },
             ..row.successor()
         };
-        match r.store.put_as_holder(&updated, self.attempt).await {
+        let failed = r.policy.events.make(
+            EventType::RefreshFailed,
+            &row.user_id,
+            &row.provider,
+            json!({
+                "cause": cause.code(),
+                "remedy": cause.remedy(),
+                "isActive": false,
+            }),
+        );
+        match r
+            .store
+            .put_as_holder(&updated, self.attempt, &[failed])
+            .await
+        {
             Ok(()) => {}
             // The lease was taken over: whoever holds it now decides; read again.
             Err(StoreError::Conflict) => return Err(Error::RefreshBusy),
@@ -735,9 +764,36 @@ impl Holder<'_> {
             retry_at_ms: (!cooldown.is_zero()).then(|| now_ms.saturating_add(millis(cooldown))),
             unknown_since_ms: unknown.then_some(now_ms),
         };
+        // The first failure of a run tells the application (the grant stays; refreshes
+        // pause for the cooldown); `connection.recovered` ends the run.
+        let first_failure = cool_down
+            && row.refresh.retry_at_ms.is_none()
+            && row.refresh.unknown_since_ms.is_none();
+        let err = Error::from(e);
+        let reason = if unknown {
+            Cause::RefreshOutcomeUnknown.code()
+        } else {
+            err.code()
+        };
+        let events: Vec<_> = first_failure
+            .then(|| {
+                r.policy.events.make(
+                    EventType::RefreshFailed,
+                    &row.user_id,
+                    &row.provider,
+                    json!({
+                        "cause": err.cause().unwrap_or(reason),
+                        "remedy": err.remedy(),
+                        "isActive": true,
+                        "retryAfterSecs": cooldown.as_secs(),
+                    }),
+                )
+            })
+            .into_iter()
+            .collect();
         match r
             .store
-            .release_lease(&row.user_id, &row.provider, self.attempt, after)
+            .release_lease(&row.user_id, &row.provider, self.attempt, after, &events)
             .await
         {
             Ok(()) | Err(StoreError::Conflict) => {}
@@ -745,12 +801,6 @@ impl Holder<'_> {
                 tracing::warn!(error = %e, "releasing a refresh lease failed; it lapses by itself")
             }
         }
-        let err = Error::from(e);
-        let reason = if unknown {
-            Cause::RefreshOutcomeUnknown.code()
-        } else {
-            err.code()
-        };
         let mut d = json!({
             "reason": reason,
             "retryAfterSecs": cooldown.as_secs(),

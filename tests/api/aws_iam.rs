@@ -136,7 +136,7 @@ async fn the_run_time_policy_is_enough_and_its_absence_is_named() {
     assert_eq!(opened.as_slice(), b"tokens");
 
     let row = probe_row("lp-user", sealed);
-    backends.tokens.put(&row, None).await.expect("PutItem");
+    backends.tokens.put(&row, None, &[]).await.expect("PutItem");
     assert_eq!(
         backends
             .tokens
@@ -151,20 +151,45 @@ async fn the_run_time_policy_is_enough_and_its_absence_is_named() {
     };
     backends
         .tokens
-        .put(&updated, Some(1))
+        .put(&updated, Some(1), &[])
         .await
         .expect("conditional PutItem");
     assert_eq!(
         backends.tokens.list("lp-user").await.expect("Query").len(),
         1
     );
+    let bound = |from_now_ms: i64| {
+        let ms = Utc::now().timestamp_millis() + from_now_ms;
+        format!(
+            "{:08x}-{:04x}-0000-0000-000000000000",
+            ms >> 16,
+            ms & 0xffff
+        )
+    };
+    // The removal with its event: one TransactWriteItems over both tables, allowed by
+    // PutItem and DeleteItem; the feed's Query reads the event back.
+    let event = axnt_oauth::store::Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        kind: "connection.deleted".into(),
+        user_id: "lp-user".into(),
+        provider: "google".into(),
+        timestamp: Utc::now(),
+        data: serde_json::Map::new(),
+        expires_at: Utc::now().timestamp() + 60,
+    };
     assert!(
         backends
             .tokens
-            .delete("lp-user", "google", 2)
+            .delete("lp-user", "google", 2, std::slice::from_ref(&event))
             .await
-            .expect("DeleteItem")
+            .expect("DeleteItem with an event (TransactWriteItems)")
     );
+    let read = backends
+        .tokens
+        .events_between(&bound(-60_000), &bound(60_000), 10)
+        .await
+        .expect("Query events");
+    assert_eq!(read.iter().map(|e| &e.id).collect::<Vec<_>>(), [&event.id]);
 
     let entry = FlowLogEntry {
         user_id: "lp-user".into(),
@@ -202,7 +227,11 @@ async fn the_run_time_policy_is_enough_and_its_absence_is_named() {
     denied.tokens.ping().await.expect("GetItem still allowed");
     let e = denied
         .tokens
-        .put(&probe_row("lp-denied", row.encrypted_tokens.clone()), None)
+        .put(
+            &probe_row("lp-denied", row.encrypted_tokens.clone()),
+            None,
+            &[],
+        )
         .await
         .expect_err("PutItem denied");
     let text = e.to_string();

@@ -97,6 +97,7 @@ async fn deploy_template_creates_what_check_needs_and_the_policy_file_grants() {
     let region = sdk_region();
     let tokens_table = unique("axnt-deploy-tokens");
     let logs_table = unique("axnt-deploy-logs");
+    let events_table = unique("axnt-deploy-events");
     let alias = format!("alias/{}", unique("axnt-deploy"));
     let secret_name = unique("axnt-deploy/google-oauth");
     let stack = unique("axnt-deploy");
@@ -105,6 +106,7 @@ async fn deploy_template_creates_what_check_needs_and_the_policy_file_grants() {
     let parameters = [
         ("TokensTableName", tokens_table.as_str()),
         ("LogsTableName", logs_table.as_str()),
+        ("EventsTableName", events_table.as_str()),
         ("KeyAliasName", alias.as_str()),
         ("SecretName", secret_name.as_str()),
     ];
@@ -174,7 +176,11 @@ async fn deploy_template_creates_what_check_needs_and_the_policy_file_grants() {
     sdk_env.extend(service_env.iter().cloned());
     let config = axnt_oauth::aws::sdk_config(&settings_from(&sdk_env)).await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
-    for (table, range) in [(&tokens_table, "provider"), (&logs_table, "timestamp")] {
+    for (table, hash, range) in [
+        (&tokens_table, "userId", "provider"),
+        (&logs_table, "userId", "timestamp"),
+        (&events_table, "day", "id"),
+    ] {
         let described = dynamodb
             .describe_table()
             .table_name(table)
@@ -190,7 +196,7 @@ async fn deploy_template_creates_what_check_needs_and_the_policy_file_grants() {
             .collect();
         keys.sort_by(|a, b| a.0.cmp(&b.0));
         let mut wanted = vec![
-            ("userId".to_string(), KeyType::Hash),
+            (hash.to_string(), KeyType::Hash),
             (range.to_string(), KeyType::Range),
         ];
         wanted.sort_by(|a, b| a.0.cmp(&b.0));
@@ -245,6 +251,10 @@ async fn deploy_template_creates_what_check_needs_and_the_policy_file_grants() {
         .replace(
             "table/axnt-oauth-tokens-logs\"",
             &format!("table/{logs_table}\""),
+        )
+        .replace(
+            "table/axnt-oauth-tokens-events\"",
+            &format!("table/{events_table}\""),
         )
         .replace(
             "table/axnt-oauth-tokens\"",

@@ -89,7 +89,7 @@ async fn age_grant(app: &TestApp, user_id: &str, age: Delta) {
         ..row.clone()
     };
     app.store
-        .put(&older, Some(row.version))
+        .put(&older, Some(row.version), &[])
         .await
         .expect("age the row");
 }

@@ -31,7 +31,7 @@ async fn a_ciphertext_copied_to_another_row_does_not_decrypt(backend: Backend) {
         ..thief.clone()
     };
     app.store
-        .put(&forged, Some(thief.version))
+        .put(&forged, Some(thief.version), &[])
         .await
         .expect("write forged row");
     assert_problem(app.token("thief").await, 500, "stored_tokens_unreadable").await;

@@ -13,7 +13,7 @@ use axnt_oauth::store::buffered::BufferedFlowLog;
 use axnt_oauth::store::embedded::EmbeddedStore;
 use axnt_oauth::store::flow_log::SortKeyClock;
 use axnt_oauth::store::{
-    AccountGrants, Connection, FlowLog, FlowLogEntry, FlowStep, GrantLedger, LeaseRelease,
+    AccountGrants, Connection, Event, FlowLog, FlowLogEntry, FlowStep, GrantLedger, LeaseRelease,
     PendingGrant, PendingRevocation, RefreshLease, RefreshState, ReplacedAccount, ScanCursor,
     StoreError, TokenStore, UserInfo,
 };
@@ -120,7 +120,7 @@ async fn create_then_read(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
     let u = user();
     assert_eq!(tokens.get(&u, "google").await.expect("get"), None);
     let r = row(&u, "google", 1, "a");
-    tokens.put(&r, None).await.expect("create");
+    tokens.put(&r, None, &[]).await.expect("create");
     assert_eq!(tokens.get(&u, "google").await.expect("get"), Some(r));
     assert_eq!(tokens.get(&u, "github").await.expect("get"), None);
 }
@@ -128,19 +128,19 @@ async fn create_then_read(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
 async fn conditional_update_wins_and_loses(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
     let u = user();
     tokens
-        .put(&row(&u, "google", 1, "a"), None)
+        .put(&row(&u, "google", 1, "a"), None, &[])
         .await
         .expect("create");
     let v2 = row(&u, "google", 2, "b");
     tokens
-        .put(&v2, Some(1))
+        .put(&v2, Some(1), &[])
         .await
         .expect("update at the read version wins");
     let stale = Connection {
         is_active: false,
         ..row(&u, "google", 2, "c")
     };
-    let lost = tokens.put(&stale, Some(1)).await;
+    let lost = tokens.put(&stale, Some(1), &[]).await;
     assert!(
         matches!(lost, Err(StoreError::Conflict)),
         "stale write loses: {lost:?}"
@@ -150,7 +150,7 @@ async fn conditional_update_wins_and_loses(tokens: Arc<dyn TokenStore>, _log: Ar
         Some(v2),
         "a lost write leaves the row as it was"
     );
-    let missing = tokens.put(&row(&u, "github", 2, "d"), Some(1)).await;
+    let missing = tokens.put(&row(&u, "github", 2, "d"), Some(1), &[]).await;
     assert!(
         matches!(missing, Err(StoreError::Conflict)),
         "an update of a missing row loses: {missing:?}"
@@ -161,8 +161,8 @@ async fn conditional_update_wins_and_loses(tokens: Arc<dyn TokenStore>, _log: Ar
 async fn create_when_exists_loses(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
     let u = user();
     let first = row(&u, "google", 1, "a");
-    tokens.put(&first, None).await.expect("create");
-    let second = tokens.put(&row(&u, "google", 1, "b"), None).await;
+    tokens.put(&first, None, &[]).await.expect("create");
+    let second = tokens.put(&row(&u, "google", 1, "b"), None, &[]).await;
     assert!(matches!(second, Err(StoreError::Conflict)), "{second:?}");
     assert_eq!(tokens.get(&u, "google").await.expect("get"), Some(first));
 }
@@ -170,27 +170,27 @@ async fn create_when_exists_loses(tokens: Arc<dyn TokenStore>, _log: Arc<dyn Flo
 async fn delete_is_conditional(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
     let u = user();
     tokens
-        .put(&row(&u, "google", 1, "a"), None)
+        .put(&row(&u, "google", 1, "a"), None, &[])
         .await
         .expect("create");
     tokens
-        .put(&row(&u, "google", 2, "b"), Some(1))
+        .put(&row(&u, "google", 2, "b"), Some(1), &[])
         .await
         .expect("update");
-    let wrong = tokens.delete(&u, "google", 1).await;
+    let wrong = tokens.delete(&u, "google", 1, &[]).await;
     assert!(matches!(wrong, Err(StoreError::Conflict)), "{wrong:?}");
     assert!(
         tokens.get(&u, "google").await.expect("get").is_some(),
         "still there"
     );
     assert!(
-        tokens.delete(&u, "google", 2).await.expect("delete"),
+        tokens.delete(&u, "google", 2, &[]).await.expect("delete"),
         "removed"
     );
     assert_eq!(tokens.get(&u, "google").await.expect("get"), None);
     assert!(
         !tokens
-            .delete(&u, "google", 2)
+            .delete(&u, "google", 2, &[])
             .await
             .expect("delete missing"),
         "nothing to remove"
@@ -201,10 +201,10 @@ async fn list_by_user(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
     let (alice, bob) = (user(), user());
     let a_google = row(&alice, "google", 1, "a");
     let a_github = row(&alice, "github", 1, "b");
-    tokens.put(&a_google, None).await.expect("put");
-    tokens.put(&a_github, None).await.expect("put");
+    tokens.put(&a_google, None, &[]).await.expect("put");
+    tokens.put(&a_github, None, &[]).await.expect("put");
     tokens
-        .put(&row(&bob, "google", 1, "c"), None)
+        .put(&row(&bob, "google", 1, "c"), None, &[])
         .await
         .expect("put");
     let listed = tokens.list(&alice).await.expect("list");
@@ -228,7 +228,7 @@ fn lease(attempt: &str, until_ms: i64) -> RefreshLease {
 async fn the_refresh_lease_is_exclusive(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
     let u = user();
     let r = row(&u, "google", 1, "a");
-    tokens.put(&r, None).await.expect("create");
+    tokens.put(&r, None, &[]).await.expect("create");
     let now = 1_800_000_000_000;
     let stale = tokens
         .acquire_lease(&u, "google", 2, &lease("x", now + 10_000), now)
@@ -272,7 +272,7 @@ async fn the_refresh_lease_is_exclusive(tokens: Arc<dyn TokenStore>, _log: Arc<d
 async fn only_the_holder_writes(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
     let u = user();
     let r = row(&u, "google", 1, "a");
-    tokens.put(&r, None).await.expect("create");
+    tokens.put(&r, None, &[]).await.expect("create");
     let now = 1_800_000_000_000;
     tokens
         .acquire_lease(&u, "google", 1, &lease("mine", now + 1_000), now)
@@ -290,7 +290,7 @@ async fn only_the_holder_writes(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowL
         access_token_expires_at: 42,
         ..row(&u, "google", 2, "b")
     };
-    let intruder = tokens.put_as_holder(&refreshed, "theirs").await;
+    let intruder = tokens.put_as_holder(&refreshed, "theirs", &[]).await;
     assert!(
         matches!(intruder, Err(StoreError::Conflict)),
         "{intruder:?}"
@@ -304,18 +304,18 @@ async fn only_the_holder_writes(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowL
         Some(1)
     );
     tokens
-        .put_as_holder(&refreshed, "mine")
+        .put_as_holder(&refreshed, "mine", &[])
         .await
         .expect("the holder writes");
     let stored = tokens.get(&u, "google").await.expect("get").expect("row");
     assert_eq!(stored, refreshed, "whole row written, lease cleared");
-    let again = tokens.put_as_holder(&refreshed, "mine").await;
+    let again = tokens.put_as_holder(&refreshed, "mine", &[]).await;
     assert!(
         matches!(again, Err(StoreError::Conflict)),
         "a written lease is gone: {again:?}"
     );
     let gone = tokens
-        .put_as_holder(&row(&user(), "google", 2, "c"), "mine")
+        .put_as_holder(&row(&user(), "google", 2, "c"), "mine", &[])
         .await;
     assert!(
         matches!(gone, Err(StoreError::Conflict)),
@@ -328,7 +328,7 @@ async fn only_the_holder_writes(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowL
 async fn a_released_lease_leaves_its_cooldown(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
     let u = user();
     tokens
-        .put(&row(&u, "google", 1, "a"), None)
+        .put(&row(&u, "google", 1, "a"), None, &[])
         .await
         .expect("create");
     let now = 1_800_000_000_000;
@@ -340,10 +340,10 @@ async fn a_released_lease_leaves_its_cooldown(tokens: Arc<dyn TokenStore>, _log:
         retry_at_ms: Some(now + 30_000),
         unknown_since_ms: Some(now),
     };
-    let wrong = tokens.release_lease(&u, "google", "a2", after).await;
+    let wrong = tokens.release_lease(&u, "google", "a2", after, &[]).await;
     assert!(matches!(wrong, Err(StoreError::Conflict)), "{wrong:?}");
     tokens
-        .release_lease(&u, "google", "a1", after)
+        .release_lease(&u, "google", "a1", after, &[])
         .await
         .expect("release");
     let stored = tokens.get(&u, "google").await.expect("get").expect("row");
@@ -363,7 +363,7 @@ async fn a_released_lease_leaves_its_cooldown(tokens: Arc<dyn TokenStore>, _log:
         .await
         .expect("lease again");
     tokens
-        .release_lease(&u, "google", "a3", LeaseRelease::default())
+        .release_lease(&u, "google", "a3", LeaseRelease::default(), &[])
         .await
         .expect("release");
     let stored = tokens.get(&u, "google").await.expect("get").expect("row");
@@ -377,7 +377,7 @@ async fn a_released_lease_leaves_its_cooldown(tokens: Arc<dyn TokenStore>, _log:
         },
         ..row(&u, "google", 2, "b")
     };
-    tokens.put(&dead, Some(1)).await.expect("token write");
+    tokens.put(&dead, Some(1), &[]).await.expect("token write");
     assert_eq!(tokens.get(&u, "google").await.expect("get"), Some(dead));
 }
 
@@ -386,7 +386,7 @@ async fn a_released_lease_leaves_its_cooldown(tokens: Arc<dyn TokenStore>, _log:
 async fn touch_is_a_partial_update(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
     let u = user();
     let r = row(&u, "google", 1, "a");
-    tokens.put(&r, None).await.expect("create");
+    tokens.put(&r, None, &[]).await.expect("create");
     let now = 1_800_000_000_000;
     tokens
         .acquire_lease(&u, "google", 1, &lease("a1", now + 1_000), now)
@@ -408,7 +408,7 @@ async fn touch_is_a_partial_update(tokens: Arc<dyn TokenStore>, _log: Arc<dyn Fl
     );
     assert_eq!(stored.encrypted_tokens, r.encrypted_tokens);
     tokens
-        .put_as_holder(&row(&u, "google", 2, "b"), "a1")
+        .put_as_holder(&row(&u, "google", 2, "b"), "a1", &[])
         .await
         .expect("the holder's write still lands after a touch");
 
@@ -416,7 +416,7 @@ async fn touch_is_a_partial_update(tokens: Arc<dyn TokenStore>, _log: Arc<dyn Fl
         is_active: false,
         ..row(&user(), "google", 1, "c")
     };
-    tokens.put(&inactive, None).await.expect("create");
+    tokens.put(&inactive, None, &[]).await.expect("create");
     tokens
         .touch(&inactive.user_id, "google", used, inactive.expires_at + 999)
         .await
@@ -618,7 +618,7 @@ async fn a_replaced_account_is_kept_on_the_row(
         }),
         ..row(&u, "google", 1, "r")
     };
-    tokens.put(&r, None).await.expect("create");
+    tokens.put(&r, None, &[]).await.expect("create");
     assert_eq!(
         tokens.get(&u, "google").await.expect("get"),
         Some(r.clone())
@@ -648,12 +648,13 @@ async fn the_grant_ledger_is_kept_on_the_row(tokens: Arc<dyn TokenStore>, _log: 
         consented_at: Some(at("2026-01-02T03:04:05.678Z")),
         last_refreshed_at: Some(at("2026-01-03T00:00:00Z")),
         refresh_token_expires_at: Some(1_800_000_000),
+        expiry_notice_for: Some(1_800_000_100),
     };
     let first = Connection {
         grant: ledger.clone(),
         ..row(&u, "google", 1, "r")
     };
-    tokens.put(&first, None).await.expect("create");
+    tokens.put(&first, None, &[]).await.expect("create");
     assert_eq!(
         tokens.get(&u, "google").await.expect("get"),
         Some(first.clone())
@@ -680,7 +681,7 @@ async fn the_grant_ledger_is_kept_on_the_row(tokens: Arc<dyn TokenStore>, _log: 
         ..touched.clone()
     };
     tokens
-        .put(&second, Some(touched.version))
+        .put(&second, Some(touched.version), &[])
         .await
         .expect("update");
     assert_eq!(
@@ -709,7 +710,7 @@ async fn the_grant_ledger_is_kept_on_the_row(tokens: Arc<dyn TokenStore>, _log: 
         ..second.clone()
     };
     tokens
-        .put_as_holder(&third, &attempt.attempt)
+        .put_as_holder(&third, &attempt.attempt, &[])
         .await
         .expect("holder write");
     assert_eq!(
@@ -954,7 +955,7 @@ async fn a_scan_pages_through_every_row_once_and_no_flow_item(
             1,
             "s",
         );
-        tokens.put(&r, None).await.expect("create");
+        tokens.put(&r, None, &[]).await.expect("create");
         written.push(r);
     }
     let flow = aws::unique("flow");
@@ -993,7 +994,7 @@ async fn a_rewrap_replaces_only_an_unchanged_envelope(
 ) {
     let u = user();
     let r = row(&u, "google", 4, "w");
-    tokens.put(&r, None).await.expect("create");
+    tokens.put(&r, None, &[]).await.expect("create");
     let rewrapped = Envelope {
         key_id: "arn:aws:kms:us-east-1:123456789012:key/new".into(),
         edk: "bmV3LWVkaw==".into(),
@@ -1042,7 +1043,7 @@ async fn a_rewrap_replaces_only_an_unchanged_envelope(
     // A token write meanwhile wins: the re-wrap of what was read before it is refused.
     let written = row(&u, "google", 5, "x");
     tokens
-        .put_as_holder(&written, "holder")
+        .put_as_holder(&written, "holder", &[])
         .await
         .expect("the holder writes new tokens");
     let stale = Envelope {
@@ -1058,7 +1059,7 @@ async fn a_rewrap_replaces_only_an_unchanged_envelope(
         Some(written.clone())
     );
     // A removed row is not brought back.
-    tokens.delete(&u, "google", 5).await.expect("delete");
+    tokens.delete(&u, "google", 5, &[]).await.expect("delete");
     assert!(matches!(
         tokens
             .rewrap(&u, "google", &written.encrypted_tokens, &stale)
@@ -1066,6 +1067,241 @@ async fn a_rewrap_replaces_only_an_unchanged_envelope(
         Err(StoreError::Conflict)
     ));
     assert_eq!(tokens.get(&u, "google").await.expect("get"), None);
+}
+
+/// An event made at `ms` (epoch milliseconds), its id a UUIDv7 of that instant with
+/// `seq` in its counter bits, so ids of one instant sort by `seq`.
+fn event_at(ms: i64, seq: u16, user_id: &str, kind: &str) -> Event {
+    let random = uuid::Uuid::new_v4().as_u128() & 0xffff_ffff_ffff;
+    Event {
+        id: format!(
+            "{:08x}-{:04x}-7{:03x}-8000-{random:012x}",
+            ms >> 16,
+            ms & 0xffff,
+            seq & 0xfff
+        ),
+        kind: kind.into(),
+        user_id: user_id.into(),
+        provider: "google".into(),
+        timestamp: DateTime::from_timestamp_millis(ms).expect("time"),
+        data: json!({"userId": user_id, "provider": "google", "seq": seq})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        expires_at: Utc::now().timestamp() + 3600,
+    }
+}
+
+/// The bound before every event of millisecond `ms` (as the feed makes them).
+fn bound(ms: i64) -> String {
+    format!(
+        "{:08x}-{:04x}-0000-0000-000000000000",
+        ms >> 16,
+        ms & 0xffff
+    )
+}
+
+/// The kinds of `user_id`'s events stored between `from_ms` and `to_ms`, in order.
+async fn kinds_between(
+    tokens: &dyn TokenStore,
+    user_id: &str,
+    from_ms: i64,
+    to_ms: i64,
+) -> Vec<String> {
+    tokens
+        .events_between(&bound(from_ms), &bound(to_ms), 1000)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.user_id == user_id)
+        .map(|e| e.kind)
+        .collect()
+}
+
+async fn events_are_stored_with_their_change_or_not_at_all(
+    tokens: Arc<dyn TokenStore>,
+    _log: Arc<dyn FlowLog>,
+) {
+    let u = user();
+    let from = Utc::now().timestamp_millis() - 1;
+    let mut seq = 0;
+    let mut ev = |kind: &str| {
+        seq += 1;
+        event_at(Utc::now().timestamp_millis(), seq, &u, kind)
+    };
+    let v1 = row(&u, "google", 1, "a");
+    tokens
+        .put(&v1, None, &[ev("created")])
+        .await
+        .expect("create");
+    // Lost conditions: the row stays, and no event is stored.
+    let lost = tokens.put(&v1, None, &[ev("lost.create")]).await;
+    assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
+    let v2 = row(&u, "google", 2, "b");
+    let lost = tokens.put(&v2, Some(7), &[ev("lost.put")]).await;
+    assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
+    tokens
+        .put(&v2, Some(1), &[ev("put.1"), ev("put.2")])
+        .await
+        .expect("update with two events");
+    tokens
+        .acquire_lease(
+            &u,
+            "google",
+            2,
+            &lease("mine", Utc::now().timestamp_millis() + 60_000),
+            Utc::now().timestamp_millis(),
+        )
+        .await
+        .expect("lease");
+    let v3 = row(&u, "google", 3, "c");
+    let lost = tokens
+        .put_as_holder(&v3, "theirs", &[ev("lost.holder")])
+        .await;
+    assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
+    let after = LeaseRelease {
+        retry_at_ms: Some(Utc::now().timestamp_millis() + 30_000),
+        unknown_since_ms: None,
+    };
+    let lost = tokens
+        .release_lease(&u, "google", "theirs", after, &[ev("lost.release")])
+        .await;
+    assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
+    tokens
+        .release_lease(&u, "google", "mine", after, &[ev("released")])
+        .await
+        .expect("release with an event");
+    let back = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(back.version, 2);
+    assert_eq!(back.refresh.retry_at_ms, after.retry_at_ms);
+    tokens
+        .acquire_lease(
+            &u,
+            "google",
+            2,
+            &lease("mine2", Utc::now().timestamp_millis() + 60_000),
+            Utc::now().timestamp_millis(),
+        )
+        .await
+        .expect("lease again");
+    let mut v3 = row(&u, "google", 3, "c");
+    v3.refresh = RefreshState::default();
+    tokens
+        .put_as_holder(&v3, "mine2", &[ev("refreshed")])
+        .await
+        .expect("holder write with an event");
+    let lost = tokens.delete(&u, "google", 2, &[ev("lost.delete")]).await;
+    assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
+    assert_eq!(
+        tokens
+            .get(&u, "google")
+            .await
+            .expect("get")
+            .map(|r| r.version),
+        Some(3),
+        "a lost delete leaves the row"
+    );
+    assert!(
+        tokens
+            .delete(&u, "google", 3, &[ev("deleted")])
+            .await
+            .expect("delete with an event"),
+        "the row was removed"
+    );
+    assert!(
+        !tokens
+            .delete(&u, "google", 3, &[ev("lost.missing")])
+            .await
+            .expect("delete of no row"),
+        "no row: nothing removed"
+    );
+    let to = Utc::now().timestamp_millis() + 1;
+    assert_eq!(
+        kinds_between(tokens.as_ref(), &u, from, to).await,
+        [
+            "created",
+            "put.1",
+            "put.2",
+            "released",
+            "refreshed",
+            "deleted"
+        ],
+        "every stored change's events, in order, and none of a lost one"
+    );
+}
+
+async fn events_read_in_order_across_days_within_bounds(
+    tokens: Arc<dyn TokenStore>,
+    _log: Arc<dyn FlowLog>,
+) {
+    let u = user();
+    // Around a midnight long ago (no other case writes there), and a day later.
+    let midnight = DateTime::parse_from_rfc3339("2020-01-02T00:00:00Z")
+        .expect("time")
+        .timestamp_millis();
+    let events = [
+        event_at(midnight - 2, 1, &u, "e1"),
+        event_at(midnight - 1, 1, &u, "e2"),
+        event_at(midnight - 1, 2, &u, "e3"),
+        event_at(midnight, 1, &u, "e4"),
+        event_at(midnight + 86_400_000 + 5, 1, &u, "e5"),
+    ];
+    // Written out of order, in two changes: read back in id order.
+    tokens
+        .put(
+            &row(&u, "google", 1, "a"),
+            None,
+            &[events[3].clone(), events[0].clone()],
+        )
+        .await
+        .expect("create");
+    tokens
+        .put(
+            &row(&u, "google", 2, "b"),
+            Some(1),
+            &[events[4].clone(), events[2].clone(), events[1].clone()],
+        )
+        .await
+        .expect("update");
+    let ids = |read: Vec<Event>| read.into_iter().map(|e| e.kind).collect::<Vec<_>>();
+    let all = tokens
+        .events_between(
+            &bound(midnight - 10),
+            &bound(midnight + 2 * 86_400_000),
+            100,
+        )
+        .await
+        .expect("all");
+    assert_eq!(all[2], events[2], "an event reads back as written");
+    assert_eq!(ids(all), ["e1", "e2", "e3", "e4", "e5"]);
+    let after_e2 = tokens
+        .events_between(&events[1].id, &bound(midnight + 2 * 86_400_000), 100)
+        .await
+        .expect("after");
+    assert_eq!(
+        ids(after_e2),
+        ["e3", "e4", "e5"],
+        "strictly after the cursor"
+    );
+    let limited = tokens
+        .events_between(&bound(midnight - 10), &bound(midnight + 2 * 86_400_000), 2)
+        .await
+        .expect("limited");
+    assert_eq!(ids(limited), ["e1", "e2"]);
+    let before_midnight = tokens
+        .events_between(&bound(midnight - 10), &bound(midnight), 100)
+        .await
+        .expect("bounded");
+    assert_eq!(
+        ids(before_midnight),
+        ["e1", "e2", "e3"],
+        "strictly before the bound"
+    );
+    let across_empty_day = tokens
+        .events_between(&events[3].id, &bound(midnight + 2 * 86_400_000), 100)
+        .await
+        .expect("next day");
+    assert_eq!(ids(across_empty_day), ["e5"]);
 }
 
 async fn pings_answer(tokens: Arc<dyn TokenStore>, log: Arc<dyn FlowLog>) {
@@ -1118,4 +1354,6 @@ every_backend!(
     account_grants_are_written_conditionally,
     a_scan_pages_through_every_row_once_and_no_flow_item,
     a_rewrap_replaces_only_an_unchanged_envelope,
+    events_are_stored_with_their_change_or_not_at_all,
+    events_read_in_order_across_days_within_bounds,
 );

@@ -117,6 +117,8 @@ struct ConnectionItem {
     last_refreshed_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refresh_token_expires_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expiry_notice_for: Option<i64>,
 }
 
 impl From<&Connection> for ConnectionItem {
@@ -152,6 +154,7 @@ impl From<&Connection> for ConnectionItem {
             consented_at: row.grant.consented_at,
             last_refreshed_at: row.grant.last_refreshed_at,
             refresh_token_expires_at: row.grant.refresh_token_expires_at,
+            expiry_notice_for: row.grant.expiry_notice_for,
         }
     }
 }
@@ -193,6 +196,7 @@ impl TryFrom<ConnectionItem> for Connection {
                 consented_at: item.consented_at,
                 last_refreshed_at: item.last_refreshed_at,
                 refresh_token_expires_at: item.refresh_token_expires_at,
+                expiry_notice_for: item.expiry_notice_for,
             },
         })
     }
@@ -444,7 +448,7 @@ pub(super) fn pending_from(item: &Item) -> Result<PendingGrant, StoreError> {
     })
 }
 
-fn to_item(what: &str, value: &impl Serialize) -> Result<Item, StoreError> {
+pub(super) fn to_item(what: &str, value: &impl Serialize) -> Result<Item, StoreError> {
     // Our item types only hold strings, numbers, booleans and string-keyed maps: this
     // fails on a programming error, and its message names no stored value.
     serde_dynamo::to_item(value).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
@@ -453,7 +457,7 @@ fn to_item(what: &str, value: &impl Serialize) -> Result<Item, StoreError> {
 /// Reads an item as `T`. A malformed item's error names the attribute (as a path, e.g.
 /// `encryptedTokens.iv`) but never the stored value: serde's messages can quote it, so
 /// only those known to quote nothing are passed on.
-fn from_item<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
+pub(super) fn from_item<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
     let input =
         serde_dynamo::Deserializer::from_attribute_value(AttributeValue::M(item.clone()).into());
     serde_path_to_error::deserialize(input).map_err(|e| {
@@ -546,6 +550,7 @@ mod tests {
                 consented_at: Some(at("2025-01-02T03:04:05.678Z")),
                 last_refreshed_at: Some(at("2025-01-02T04:04:05.001Z")),
                 refresh_token_expires_at: Some(1_790_000_000),
+                expiry_notice_for: Some(1_790_000_100),
             },
         }
     }
@@ -614,6 +619,7 @@ mod tests {
             ("consentedAt", s("2025-01-02T03:04:05.678Z")),
             ("lastRefreshedAt", s("2025-01-02T04:04:05.001Z")),
             ("refreshTokenExpiresAt", n(1_790_000_000)),
+            ("expiryNoticeFor", n(1_790_000_100)),
         ])
     }
 
@@ -707,6 +713,7 @@ mod tests {
             "consentedAt",
             "lastRefreshedAt",
             "refreshTokenExpiresAt",
+            "expiryNoticeFor",
         ] {
             item.remove(name);
         }

@@ -12,6 +12,7 @@
 //! Reads are strongly consistent, so a writer that lost a condition and re-reads sees
 //! the row that won, and a user reads their flow log right after a step.
 
+mod events;
 mod flow_log;
 mod item;
 mod tokens;
@@ -41,6 +42,7 @@ pub(crate) struct DynamoStore {
     client: Client,
     tokens_table: String,
     logs_table: String,
+    events_table: String,
     region: String,
 }
 
@@ -87,7 +89,12 @@ impl DynamoStore {
             .map_err(|f| self.error("UpdateItem", &self.tokens_table, f))
     }
 
-    pub(crate) fn new(config: &SdkConfig, tokens_table: &str, logs_table: &str) -> Self {
+    pub(crate) fn new(
+        config: &SdkConfig,
+        tokens_table: &str,
+        logs_table: &str,
+        events_table: &str,
+    ) -> Self {
         Self {
             client: Client::from_conf(
                 aws_sdk_dynamodb::config::Builder::from(config)
@@ -96,6 +103,7 @@ impl DynamoStore {
             ),
             tokens_table: tokens_table.to_string(),
             logs_table: logs_table.to_string(),
+            events_table: events_table.to_string(),
             region: crate::aws::region_name(config),
         }
     }
@@ -137,7 +145,7 @@ where
 {
     match operation {
         "GetItem" | "Query" | "Scan" | "BatchGetItem" => crate::store::count_read("dynamodb"),
-        "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" => {
+        "PutItem" | "UpdateItem" | "DeleteItem" | "BatchWriteItem" | "TransactWriteItems" => {
             crate::store::count_write("dynamodb")
         }
         _ => {}

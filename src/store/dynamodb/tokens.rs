@@ -4,7 +4,11 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::types::{
+    AttributeValue, Delete, Put, ReturnValue, TransactWriteItem, Update,
+};
 use chrono::{DateTime, Utc};
 
 use super::DynamoStore;
@@ -17,7 +21,7 @@ use super::item::{
 };
 use crate::crypto::Envelope;
 use crate::store::{
-    AccountGrants, Connection, LeaseRelease, PendingGrant, PendingRevocation, RefreshLease,
+    AccountGrants, Connection, Event, LeaseRelease, PendingGrant, PendingRevocation, RefreshLease,
     ScanCursor, ScanPage, StoreError, TokenStore,
 };
 
@@ -47,6 +51,42 @@ impl DynamoStore {
                 _ => return Ok(()),
             }
         }
+    }
+
+    /// Puts a whole tokens row under `condition`, with `events` in the same transaction
+    /// when there are any (a plain `PutItem` otherwise).
+    async fn put_row(
+        &self,
+        item: Item,
+        condition: &str,
+        names: Option<HashMap<String, String>>,
+        values: Option<HashMap<String, AttributeValue>>,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        if events.is_empty() {
+            let request = self
+                .client
+                .put_item()
+                .table_name(table)
+                .set_item(Some(item))
+                .condition_expression(condition)
+                .set_expression_attribute_names(names)
+                .set_expression_attribute_values(values);
+            return call("PutItem", request.send().await)
+                .map(drop)
+                .map_err(|f| self.error("PutItem", table, f));
+        }
+        let put = Put::builder()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .set_expression_attribute_names(names)
+            .set_expression_attribute_values(values)
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("row put: {e}")))?;
+        self.transact(TransactWriteItem::builder().put(put).build(), events)
+            .await
     }
 
     /// Puts a service item (a pending grant, a kept revocation) whole, unconditionally.
@@ -84,40 +124,43 @@ impl TokenStore for DynamoStore {
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
-    async fn put(&self, row: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
-        let table = &self.tokens_table;
-        let request = self
-            .client
-            .put_item()
-            .table_name(table)
-            .set_item(Some(connection_item(row)?));
-        // A whole-item PutItem, conditional: the row either is written entirely or
-        // stays as it was (no half-written row).
-        let request = match expected {
-            None => request.condition_expression("attribute_not_exists(userId)"),
-            Some(v) => request
-                .condition_expression("version = :expected")
-                .expression_attribute_values(":expected", n(v)),
+    async fn put(
+        &self,
+        row: &Connection,
+        expected: Option<u64>,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        // A whole-item put, conditional: the row either is written entirely or stays
+        // as it was (no half-written row).
+        let (condition, values) = match expected {
+            None => ("attribute_not_exists(userId)", None),
+            Some(v) => (
+                "version = :expected",
+                Some(HashMap::from([(":expected".to_string(), n(v))])),
+            ),
         };
-        call("PutItem", request.send().await)
-            .map(drop)
-            .map_err(|f| self.error("PutItem", table, f))
+        self.put_row(connection_item(row)?, condition, None, values, events)
+            .await
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
-    async fn put_as_holder(&self, row: &Connection, attempt: &str) -> Result<(), StoreError> {
-        let table = &self.tokens_table;
-        let request = self
-            .client
-            .put_item()
-            .table_name(table)
-            .set_item(Some(connection_item(row)?))
-            .condition_expression("#attempt = :attempt")
-            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
-            .expression_attribute_values(":attempt", s(attempt));
-        call("PutItem", request.send().await)
-            .map(drop)
-            .map_err(|f| self.error("PutItem", table, f))
+    async fn put_as_holder(
+        &self,
+        row: &Connection,
+        attempt: &str,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        self.put_row(
+            connection_item(row)?,
+            "#attempt = :attempt",
+            Some(HashMap::from([(
+                "#attempt".to_string(),
+                LEASE_ATTEMPT.to_string(),
+            )])),
+            Some(HashMap::from([(":attempt".to_string(), s(attempt))])),
+            events,
+        )
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
@@ -169,35 +212,54 @@ impl TokenStore for DynamoStore {
         provider: &str,
         attempt: &str,
         after: LeaseRelease,
+        events: &[Event],
     ) -> Result<(), StoreError> {
         let mut set = Vec::new();
         let mut remove = vec!["#attempt", "#until"];
-        let mut request = self
-            .update(user_id, provider)
-            .condition_expression("#attempt = :attempt")
-            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
-            .expression_attribute_names("#until", LEASE_UNTIL)
-            .expression_attribute_names("#retry", RETRY_AT)
-            .expression_attribute_values(":attempt", s(attempt));
+        let mut names = HashMap::from([
+            ("#attempt".to_string(), LEASE_ATTEMPT.to_string()),
+            ("#until".to_string(), LEASE_UNTIL.to_string()),
+            ("#retry".to_string(), RETRY_AT.to_string()),
+        ]);
+        let mut values = HashMap::from([(":attempt".to_string(), s(attempt))]);
         match after.retry_at_ms {
             Some(at) => {
                 set.push("#retry = :retry");
-                request = request.expression_attribute_values(":retry", n(at));
+                values.insert(":retry".into(), n(at));
             }
             None => remove.push("#retry"),
         }
         // An unknown outcome is remembered until a token write clears it.
         if let Some(at) = after.unknown_since_ms {
             set.push("#unknown = :unknown");
-            request = request
-                .expression_attribute_names("#unknown", UNKNOWN_SINCE)
-                .expression_attribute_values(":unknown", n(at));
+            names.insert("#unknown".into(), UNKNOWN_SINCE.into());
+            values.insert(":unknown".into(), n(at));
         }
         let mut expression = format!("REMOVE {}", remove.join(", "));
         if !set.is_empty() {
             expression = format!("SET {} {expression}", set.join(", "));
         }
-        self.send_update(request.update_expression(expression))
+        let condition = "#attempt = :attempt";
+        if events.is_empty() {
+            let request = self
+                .update(user_id, provider)
+                .update_expression(expression)
+                .condition_expression(condition)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values));
+            return self.send_update(request).await;
+        }
+        let update = Update::builder()
+            .table_name(&self.tokens_table)
+            .key("userId", s(user_id))
+            .key("provider", s(provider))
+            .update_expression(expression)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("lease release: {e}")))?;
+        self.transact(TransactWriteItem::builder().update(update).build(), events)
             .await
     }
 
@@ -228,8 +290,31 @@ impl TokenStore for DynamoStore {
         user_id: &str,
         provider: &str,
         expected: u64,
+        events: &[Event],
     ) -> Result<bool, StoreError> {
         let table = &self.tokens_table;
+        if !events.is_empty() {
+            let delete = Delete::builder()
+                .table_name(table)
+                .key("userId", s(user_id))
+                .key("provider", s(provider))
+                .condition_expression("version = :expected")
+                .expression_attribute_values(":expected", n(expected))
+                .build()
+                .map_err(|e| StoreError::Corrupt(format!("delete: {e}")))?;
+            return match self
+                .transact(TransactWriteItem::builder().delete(delete).build(), events)
+                .await
+            {
+                Ok(()) => Ok(true),
+                // A transaction cannot say whether the row was missing or moved on.
+                Err(StoreError::Conflict) => match self.get(user_id, provider).await? {
+                    None => Ok(false),
+                    Some(_) => Err(StoreError::Conflict),
+                },
+                Err(e) => Err(e),
+            };
+        }
         // One call: a missing row satisfies the condition and deletes nothing (no old
         // item comes back); a row at another version fails it (a conflict).
         let out = call(
@@ -555,6 +640,15 @@ impl TokenStore for DynamoStore {
             .expression_attribute_values(":oldEdk", s(&old.edk))
             .expression_attribute_values(":ct", s(&old.ct));
         self.send_update(request).await
+    }
+
+    async fn events_between(
+        &self,
+        after: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read_events_between(after, before, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

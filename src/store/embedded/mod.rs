@@ -5,6 +5,7 @@
 //! behave like several instances sharing a DynamoDB table. SQLite calls block, so they
 //! run on tokio's blocking pool, never on the async workers.
 
+mod events;
 mod flow_log;
 mod tokens;
 
@@ -16,7 +17,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{Connection as Sqlite, OpenFlags, params_from_iter};
 
-use super::{Connection, StoreError};
+use super::{Connection, Event, StoreError};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     consented_at            TEXT,
     last_refreshed_at       TEXT,
     refresh_token_expires_at INTEGER,
+    expiry_notice_for       INTEGER,
     PRIMARY KEY (user_id, provider)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
@@ -92,13 +94,23 @@ CREATE TABLE IF NOT EXISTS flow_logs (
     PRIMARY KEY (user_id, timestamp)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS flow_logs_expires_at ON flow_logs (expires_at);
+CREATE TABLE IF NOT EXISTS events (
+    id         TEXT    NOT NULL PRIMARY KEY,
+    type       TEXT    NOT NULL,
+    user_id    TEXT    NOT NULL,
+    provider   TEXT    NOT NULL,
+    timestamp  TEXT    NOT NULL,
+    data       TEXT    NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_expires_at ON events (expires_at);
 ";
 
 const TOKEN_COLUMNS: &str = "user_id, provider, email, encrypted_tokens, user_info, created_at, updated_at, \
      last_used, access_token_expires_at, expires_at, is_active, version, refresh_lease_attempt, refresh_lease_until, \
      refresh_retry_at, refresh_unknown_since, inactive_cause, replaced_account, requested_scopes, \
      granted_scopes, requested_scopes_changed_at, scopes_changed_at, consented_at, last_refreshed_at, \
-     refresh_token_expires_at";
+     refresh_token_expires_at, expiry_notice_for";
 
 /// Read connections kept open for reuse; more are opened while all are busy.
 const IDLE_READERS: usize = 4;
@@ -230,8 +242,14 @@ impl EmbeddedStore {
         .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
     }
 
-    /// Writes a whole row under `condition`; a lost condition is a conflict.
-    async fn write_row(&self, row: &Connection, condition: WriteIf) -> Result<(), StoreError> {
+    /// Writes a whole row under `condition`, with `events` (both or neither); a lost
+    /// condition is a conflict.
+    async fn write_row(
+        &self,
+        row: &Connection,
+        condition: WriteIf,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
         let encrypted = serde_json::to_string(&row.encrypted_tokens)
             .map_err(|e| corrupt("encryptedTokens", e))?;
         let user_info =
@@ -289,6 +307,7 @@ impl EmbeddedStore {
             grant
                 .refresh_token_expires_at
                 .map_or(Value::Null, Value::from),
+            grant.expiry_notice_for.map_or(Value::Null, Value::from),
         ];
         const SET: &str = "email = ?3, encrypted_tokens = ?4, user_info = ?5, created_at = ?6, \
              updated_at = ?7, last_used = ?8, access_token_expires_at = ?9, expires_at = ?10, \
@@ -296,27 +315,61 @@ impl EmbeddedStore {
              refresh_retry_at = ?15, refresh_unknown_since = ?16, inactive_cause = ?17, \
              replaced_account = ?18, requested_scopes = ?19, granted_scopes = ?20, \
              requested_scopes_changed_at = ?21, scopes_changed_at = ?22, consented_at = ?23, \
-             last_refreshed_at = ?24, refresh_token_expires_at = ?25";
+             last_refreshed_at = ?24, refresh_token_expires_at = ?25, expiry_notice_for = ?26";
         let statement = match condition {
             WriteIf::Absent => format!(
                 "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25) \
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26) \
                  ON CONFLICT (user_id, provider) DO NOTHING"
             ),
             WriteIf::Version(expected) => {
                 values.push(Value::from(expected));
                 format!(
-                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?26"
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?27"
                 )
             }
             WriteIf::Holder(attempt) => {
                 values.push(Value::from(attempt));
                 format!(
-                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?26"
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?27"
                 )
             }
         };
-        self.update_one_owned(statement, values).await
+        self.update_one_with(statement, values, events).await
+    }
+
+    /// Runs a statement that must change exactly one row, storing `events` in the
+    /// same transaction; none changed is a conflict, and then no event is stored.
+    async fn update_one_with(
+        &self,
+        statement: String,
+        args: Vec<Value>,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return self.update_one_owned(statement, args).await;
+        }
+        let events = events::EventRow::all(events)?;
+        let changed = self
+            .with_db(move |db| {
+                let tx = db.transaction().map_err(sql)?;
+                let changed = tx
+                    .prepare_cached(&statement)
+                    .and_then(|mut stmt| stmt.execute(params_from_iter(args)))
+                    .map_err(sql)?;
+                if changed == 1 {
+                    events::insert(&tx, &events)?;
+                    tx.commit().map_err(sql)?;
+                }
+                // Otherwise the transaction rolls back as it is dropped.
+                Ok(changed)
+            })
+            .await?;
+        if changed == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict)
+        }
     }
 
     /// Runs a statement that must change exactly one row; none is a conflict.
@@ -389,7 +442,10 @@ impl EmbeddedStore {
                     [now.saturating_sub(86_400)],
                 )
                 .map_err(sql)?;
-            Ok(tokens + logs + started + pending + revocations)
+            let events = db
+                .execute("DELETE FROM events WHERE expires_at < ?1", [now])
+                .map_err(sql)?;
+            Ok(tokens + logs + started + pending + revocations + events)
         })
         .await
     }
@@ -427,6 +483,7 @@ fn migrate(db: &Sqlite) -> rusqlite::Result<()> {
         ("consented_at", "TEXT"),
         ("last_refreshed_at", "TEXT"),
         ("refresh_token_expires_at", "INTEGER"),
+        ("expiry_notice_for", "INTEGER"),
     ] {
         if !columns.iter().any(|c| c == column) {
             db.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {column} {kind}"))?;

@@ -8,10 +8,11 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, Row, params};
 
+use super::events::{EventRow, insert as insert_events};
 use super::{EmbeddedStore, TOKEN_COLUMNS, WriteIf, corrupt, parse_time, rfc3339, sql};
 use crate::crypto::Envelope;
 use crate::store::{
-    AccountGrants, Connection, GrantLedger, LeaseRelease, PendingGrant, PendingRevocation,
+    AccountGrants, Connection, Event, GrantLedger, LeaseRelease, PendingGrant, PendingRevocation,
     RefreshLease, RefreshState, ScanCursor, ScanPage, StoreError, TokenStore,
 };
 
@@ -78,6 +79,7 @@ struct RawConnection {
     consented_at: Option<String>,
     last_refreshed_at: Option<String>,
     refresh_token_expires_at: Option<i64>,
+    expiry_notice_for: Option<i64>,
 }
 
 impl RawConnection {
@@ -108,6 +110,7 @@ impl RawConnection {
             consented_at: row.get(22)?,
             last_refreshed_at: row.get(23)?,
             refresh_token_expires_at: row.get(24)?,
+            expiry_notice_for: row.get(25)?,
         })
     }
 
@@ -151,6 +154,7 @@ impl RawConnection {
                 consented_at: optional_time("consentedAt", self.consented_at)?,
                 last_refreshed_at: optional_time("lastRefreshedAt", self.last_refreshed_at)?,
                 refresh_token_expires_at: self.refresh_token_expires_at,
+                expiry_notice_for: self.expiry_notice_for,
             },
         })
     }
@@ -175,17 +179,27 @@ impl TokenStore for EmbeddedStore {
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
-    async fn put(&self, row: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        row: &Connection,
+        expected: Option<u64>,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
         let condition = match expected {
             None => WriteIf::Absent,
             Some(v) => WriteIf::Version(i64::try_from(v).map_err(|e| corrupt("version", e))?),
         };
-        self.write_row(row, condition).await
+        self.write_row(row, condition, events).await
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
-    async fn put_as_holder(&self, row: &Connection, attempt: &str) -> Result<(), StoreError> {
-        self.write_row(row, WriteIf::Holder(attempt.to_string()))
+    async fn put_as_holder(
+        &self,
+        row: &Connection,
+        attempt: &str,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        self.write_row(row, WriteIf::Holder(attempt.to_string()), events)
             .await
     }
 
@@ -244,6 +258,7 @@ impl TokenStore for EmbeddedStore {
         provider: &str,
         attempt: &str,
         after: LeaseRelease,
+        events: &[Event],
     ) -> Result<(), StoreError> {
         let args = vec![
             Value::from(user_id.to_string()),
@@ -253,11 +268,13 @@ impl TokenStore for EmbeddedStore {
             after.unknown_since_ms.map_or(Value::Null, Value::from),
         ];
         // An unknown outcome is remembered until a token write clears it.
-        self.update_one(
+        self.update_one_with(
             "UPDATE tokens SET refresh_lease_attempt = NULL, refresh_lease_until = NULL, \
              refresh_retry_at = ?4, refresh_unknown_since = COALESCE(?5, refresh_unknown_since) \
-             WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?3",
+             WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?3"
+                .to_string(),
             args,
+            events,
         )
         .await
     }
@@ -295,9 +312,11 @@ impl TokenStore for EmbeddedStore {
         user_id: &str,
         provider: &str,
         expected: u64,
+        events: &[Event],
     ) -> Result<bool, StoreError> {
         let (user_id, provider) = (user_id.to_string(), provider.to_string());
         let expected = i64::try_from(expected).map_err(|e| corrupt("version", e))?;
+        let events = EventRow::all(events)?;
         self.with_db(move |db| {
             let tx = db.transaction().map_err(sql)?;
             let current: Option<i64> = tx
@@ -317,6 +336,7 @@ impl TokenStore for EmbeddedStore {
                         params![user_id, provider],
                     )
                     .map_err(sql)?;
+                    insert_events(&tx, &events)?;
                     Ok(true)
                 }
             };
@@ -658,6 +678,15 @@ impl TokenStore for EmbeddedStore {
             args,
         )
         .await
+    }
+
+    async fn events_between(
+        &self,
+        after: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read_events_between(after, before, limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -95,6 +95,7 @@ pub(crate) fn policy() -> TokenPolicy {
         // These cases are about the flight and the lease: every read goes to the row.
         token_cache: Duration::ZERO,
         grant_rules: crate::oauth::grant::GrantRules::default(),
+        events: crate::events::EventRules::default(),
     }
 }
 
@@ -150,7 +151,7 @@ impl World {
             replaced_account: None,
             grant: Default::default(),
         };
-        world.store.put(&row, None).await.expect("row");
+        world.store.put(&row, None, &[]).await.expect("row");
         world
     }
 

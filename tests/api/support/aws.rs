@@ -132,6 +132,7 @@ pub async fn provision(
 ) -> AwsFixture {
     let tokens_table = unique("axnt-test-tokens");
     let logs_table = unique("axnt-test-logs");
+    let events_table = unique("axnt-test-events");
     let key_alias = format!("alias/{}", unique("axnt-test"));
     let secret_id = unique("axnt-test/google-oauth");
     let mut state = [0u8; 32];
@@ -143,6 +144,7 @@ pub async fn provision(
     env.extend([
         ("DYNAMODB_OAUTH_TABLE".to_string(), tokens_table.clone()),
         ("DYNAMODB_OAUTH_LOGS_TABLE".to_string(), logs_table),
+        ("DYNAMODB_OAUTH_EVENTS_TABLE".to_string(), events_table),
         ("AXNT_KMS_KEY_ID".to_string(), key_alias.clone()),
         ("AXNT_GOOGLE_SECRET_ID".to_string(), secret_id.clone()),
     ]);
@@ -378,6 +380,13 @@ pub fn runtime_policy_for_moto(without: &[&str]) -> serde_json::Value {
         .filter_map(|a| a.as_str().map(str::to_string))
         .filter(|a| !without.contains(&a.as_str()))
         .collect();
+    // AWS authorizes each item of a TransactWriteItems by its own action (PutItem,
+    // UpdateItem, DeleteItem: no IAM action is named after the call). moto checks the
+    // call's name instead, so the policy it enforces names it where AWS would allow the
+    // transaction's items.
+    if actions.iter().any(|a| a == "dynamodb:PutItem") {
+        actions.push("dynamodb:TransactWriteItems".into());
+    }
     actions.sort();
     actions.dedup();
     serde_json::json!({

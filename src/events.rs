@@ -1,0 +1,215 @@
+//! Lifecycle events: what happened to a connection, told to the application. Each is
+//! made here and stored in the same write as the change that caused it (see
+//! [`TokenStore::put`](crate::store::TokenStore::put)), then read back in order by the
+//! pull feed (`GET /v1/events`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::store::{Event, StoreError, TokenStore, event_bound, event_millis};
+
+/// The kinds of lifecycle event (the payload's `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub enum EventType {
+    /// A user connected an account for the first time (no row before).
+    #[serde(rename = "connection.created")]
+    Created,
+    /// A new grant replaced the connection's: a reconnection, a step-up, or another
+    /// Google account (`accountChanged`).
+    #[serde(rename = "connection.reauthorized")]
+    Reauthorized,
+    /// The scopes the provider says the grant holds changed.
+    #[serde(rename = "connection.scopes_changed")]
+    ScopesChanged,
+    /// A refresh failed: the grant is dead (`isActive: false`, with its `cause`), or
+    /// the provider is failing and refreshes pause (`isActive: true`).
+    #[serde(rename = "connection.refresh_failed")]
+    RefreshFailed,
+    /// A refresh succeeded after failed ones.
+    #[serde(rename = "connection.recovered")]
+    Recovered,
+    /// The grant is forecast to end soon (`predictedExpiry`, `reason`).
+    #[serde(rename = "connection.expiring_soon")]
+    ExpiringSoon,
+    /// The user (or Google, for the account) revoked the grant, as Google's security
+    /// events tell.
+    #[serde(rename = "connection.revoked_by_user")]
+    #[allow(dead_code)] // sent by the RISC receiver, which is still to come (issue 13)
+    RevokedByUser,
+    /// The connection was removed through the API (`revocation` says what became of
+    /// the grant at the provider).
+    #[serde(rename = "connection.deleted")]
+    Deleted,
+}
+
+impl EventType {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventType::Created => "connection.created",
+            EventType::Reauthorized => "connection.reauthorized",
+            EventType::ScopesChanged => "connection.scopes_changed",
+            EventType::RefreshFailed => "connection.refresh_failed",
+            EventType::Recovered => "connection.recovered",
+            EventType::ExpiringSoon => "connection.expiring_soon",
+            EventType::RevokedByUser => "connection.revoked_by_user",
+            EventType::Deleted => "connection.deleted",
+        }
+    }
+}
+
+/// The event `check` stores with its probe row's removal: proves the events table
+/// takes transactional writes, and is never served or delivered.
+pub(crate) const PROBE_KIND: &str = "check.probe";
+
+/// How events are kept and served.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventRules {
+    /// Events are purged this long after they were made.
+    pub(crate) retention: Duration,
+    /// The feed holds back events younger than this.
+    pub(crate) feed_delay: Duration,
+}
+
+impl Default for EventRules {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(14 * 86_400),
+            feed_delay: Duration::from_millis(2_000),
+        }
+    }
+}
+
+impl EventRules {
+    /// An event of `kind` about one connection; `details` (an object) joins `userId`
+    /// and `provider` in its `data`.
+    pub(crate) fn make(
+        &self,
+        kind: EventType,
+        user_id: &str,
+        provider: &str,
+        details: Value,
+    ) -> Event {
+        self.make_kind(kind.name(), user_id, provider, details)
+    }
+
+    pub(crate) fn make_kind(
+        &self,
+        kind: &str,
+        user_id: &str,
+        provider: &str,
+        details: Value,
+    ) -> Event {
+        // Ordered by creation within this process; the timestamp is the id's own.
+        let id = uuid::Uuid::now_v7().to_string();
+        let timestamp = event_millis(&id)
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        let mut data = Map::new();
+        data.insert("userId".into(), json!(user_id));
+        data.insert("provider".into(), json!(provider));
+        if let Value::Object(extra) = details {
+            data.extend(extra);
+        }
+        let retention = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
+        Event {
+            id,
+            kind: kind.to_string(),
+            user_id: user_id.to_string(),
+            provider: provider.to_string(),
+            timestamp,
+            data,
+            expires_at: timestamp.timestamp().saturating_add(retention),
+        }
+    }
+}
+
+/// Whether `cursor` has the shape of an event id (the feed's cursors are ids).
+pub(crate) fn is_cursor(cursor: &str) -> bool {
+    cursor.len() == 36
+        && cursor.chars().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_digit() || ('a'..='f').contains(&c),
+        })
+}
+
+/// One page of the feed.
+pub(crate) struct FeedPage {
+    pub(crate) items: Vec<Event>,
+    /// Where the next page starts: the last event served, or where this one started.
+    pub(crate) next: String,
+}
+
+/// The events after `after` (from the oldest kept when absent), oldest first, at most
+/// `limit`, none younger than the feed delay.
+pub(crate) async fn feed_page(
+    store: &dyn TokenStore,
+    rules: &EventRules,
+    after: Option<&str>,
+    limit: usize,
+    now: DateTime<Utc>,
+) -> Result<FeedPage, StoreError> {
+    let now_ms = now.timestamp_millis();
+    let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let start = after.map_or_else(
+        || event_bound(now_ms.saturating_sub(millis(rules.retention))),
+        str::to_string,
+    );
+    let until = event_bound(now_ms.saturating_sub(millis(rules.feed_delay)));
+    if start >= until {
+        return Ok(FeedPage {
+            items: Vec::new(),
+            next: start,
+        });
+    }
+    let read = store.events_between(&start, &until, limit).await?;
+    let next = read.last().map_or(start, |e| e.id.clone());
+    let items = read.into_iter().filter(|e| e.kind != PROBE_KIND).collect();
+    Ok(FeedPage { items, next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_as_made_and_bounds_fall_between_milliseconds() {
+        let rules = EventRules::default();
+        let a = rules.make(EventType::Created, "u", "google", json!({}));
+        let b = rules.make(
+            EventType::Deleted,
+            "u",
+            "google",
+            json!({"revocation": "revoked"}),
+        );
+        assert!(a.id < b.id);
+        assert!(is_cursor(&a.id), "{}", a.id);
+        let ms = event_millis(&a.id).expect("v7");
+        assert_eq!(ms, a.timestamp.timestamp_millis());
+        assert!(event_bound(ms) < a.id && a.id < event_bound(ms + 1));
+        assert_eq!(b.data["revocation"], "revoked");
+        assert_eq!(b.data["userId"], "u");
+        for bad in [
+            "",
+            "x",
+            "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5",
+            "0190A1B2-C3D4-7E5F-8A9B-0C1D2E3F4A5B",
+        ] {
+            assert!(!is_cursor(bad), "{bad}");
+        }
+        for t in [
+            EventType::Created,
+            EventType::Reauthorized,
+            EventType::ScopesChanged,
+            EventType::RefreshFailed,
+            EventType::Recovered,
+            EventType::ExpiringSoon,
+            EventType::RevokedByUser,
+            EventType::Deleted,
+        ] {
+            assert_eq!(serde_json::to_value(t).expect("name"), t.name());
+        }
+    }
+}

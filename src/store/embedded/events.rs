@@ -1,0 +1,109 @@
+//! The events table: lifecycle events, inserted in the same SQLite transaction as the
+//! row change that caused them, read back in id order for the feed.
+
+use rusqlite::{Transaction, params};
+
+use super::{EmbeddedStore, corrupt, parse_time, rfc3339, sql};
+use crate::store::{Event, StoreError};
+
+/// An event laid out as its columns, made before the write's closure runs.
+pub(super) struct EventRow {
+    id: String,
+    kind: String,
+    user_id: String,
+    provider: String,
+    timestamp: String,
+    data: String,
+    expires_at: i64,
+}
+
+impl EventRow {
+    pub(super) fn all(events: &[Event]) -> Result<Vec<Self>, StoreError> {
+        events
+            .iter()
+            .map(|e| {
+                Ok(Self {
+                    id: e.id.clone(),
+                    kind: e.kind.clone(),
+                    user_id: e.user_id.clone(),
+                    provider: e.provider.clone(),
+                    timestamp: rfc3339(&e.timestamp),
+                    data: serde_json::to_string(&e.data).map_err(|e| corrupt("event data", e))?,
+                    expires_at: e.expires_at,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Inserts `events` inside the caller's transaction.
+pub(super) fn insert(tx: &Transaction<'_>, events: &[EventRow]) -> Result<(), StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO events (id, type, user_id, provider, timestamp, data, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(sql)?;
+    for e in events {
+        stmt.execute(params![
+            e.id,
+            e.kind,
+            e.user_id,
+            e.provider,
+            e.timestamp,
+            e.data,
+            e.expires_at
+        ])
+        .map_err(sql)?;
+    }
+    Ok(())
+}
+
+impl EmbeddedStore {
+    pub(super) async fn read_events_between(
+        &self,
+        after: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let (after, before) = (after.to_string(), before.to_string());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows: Vec<EventRow> = self
+            .with_reader(move |db| {
+                let mut stmt = db
+                    .prepare_cached(
+                        "SELECT id, type, user_id, provider, timestamp, data, expires_at \
+                         FROM events WHERE id > ?1 AND id < ?2 ORDER BY id LIMIT ?3",
+                    )
+                    .map_err(sql)?;
+                let rows = stmt
+                    .query_map(params![after, before, limit], |r| {
+                        Ok(EventRow {
+                            id: r.get(0)?,
+                            kind: r.get(1)?,
+                            user_id: r.get(2)?,
+                            provider: r.get(3)?,
+                            timestamp: r.get(4)?,
+                            data: r.get(5)?,
+                            expires_at: r.get(6)?,
+                        })
+                    })
+                    .map_err(sql)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
+            })
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Event {
+                    timestamp: parse_time("event timestamp", &r.timestamp)?,
+                    data: serde_json::from_str(&r.data).map_err(|e| corrupt("event data", e))?,
+                    id: r.id,
+                    kind: r.kind,
+                    user_id: r.user_id,
+                    provider: r.provider,
+                    expires_at: r.expires_at,
+                })
+            })
+            .collect()
+    }
+}
