@@ -539,7 +539,7 @@ pub struct AwsModeSettings {
     pub(crate) logs_table: String,
     /// `DYNAMODB_OAUTH_EVENTS_TABLE`: the lifecycle-events table.
     #[serde(rename = "dynamodb_oauth_events_table")]
-    pub(crate) events_table: String,
+    pub events_table: String,
     /// `AXNT_KMS_KEY_ID`: KMS key id, ARN or alias wrapping the data keys.
     pub(crate) kms_key_id: String,
     /// `AXNT_GOOGLE_SECRET_ID`: Secrets Manager secret with the client credentials.

@@ -761,7 +761,9 @@ impl Holder<'_> {
             Duration::ZERO
         };
         let after = LeaseRelease {
-            retry_at_ms: (!cooldown.is_zero()).then(|| now_ms.saturating_add(millis(cooldown))),
+            // Set for any failure of the provider (now, without a cooldown): it marks
+            // a run of failures that `connection.recovered` ends.
+            retry_at_ms: cool_down.then(|| now_ms.saturating_add(millis(cooldown))),
             unknown_since_ms: unknown.then_some(now_ms),
         };
         // The first failure of a run tells the application (the grant stays; refreshes

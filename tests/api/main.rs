@@ -23,6 +23,7 @@ mod cli;
 mod deploy;
 mod e2e_provider;
 mod edges;
+mod events;
 mod flow;
 mod grants;
 mod internal_api;
