@@ -98,7 +98,7 @@ fn rows(c: &mut Criterion) {
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = EmbeddedStore::open(&dir.path().join("bench.db")).expect("open the database");
-    rt.block_on(store.put(&row, None)).expect("insert");
+    rt.block_on(store.put(&row, None, &[])).expect("insert");
     group.bench_function("sqlite_get", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(store.get("user-1", "google").await) })
@@ -108,7 +108,7 @@ fn rows(c: &mut Criterion) {
         b.iter(|| {
             let mut next = current.clone();
             next.version += 1;
-            rt.block_on(store.put(&next, Some(current.version)))
+            rt.block_on(store.put(&next, Some(current.version), &[]))
                 .expect("conditional put");
             current = next;
         })

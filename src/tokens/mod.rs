@@ -70,10 +70,11 @@ fn grant_events(
         details["previousEmail"] = json!(before.email);
     }
     let mut events = vec![rules.make(EventType::Reauthorized, user_id, provider, details)];
-    if !account_changed && before.is_active {
-        if let Some(changed) = scopes_change(&before.grant, &row.grant) {
-            events.push(rules.make(EventType::ScopesChanged, user_id, provider, changed));
-        }
+    if !account_changed
+        && before.is_active
+        && let Some(changed) = scopes_change(&before.grant, &row.grant)
+    {
+        events.push(rules.make(EventType::ScopesChanged, user_id, provider, changed));
     }
     events
 }

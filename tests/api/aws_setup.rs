@@ -14,8 +14,10 @@ async fn setup_twice_changes_nothing_the_second_time() {
     env.extend(aws::sdk_pairs(&endpoint, &AwsCredentials::from_env()));
     let tokens = aws::unique("axnt-setup-tokens");
     let logs = aws::unique("axnt-setup-logs");
+    let events = aws::unique("axnt-setup-events");
     env.push(("DYNAMODB_OAUTH_TABLE".into(), tokens.clone()));
     env.push(("DYNAMODB_OAUTH_LOGS_TABLE".into(), logs.clone()));
+    env.push(("DYNAMODB_OAUTH_EVENTS_TABLE".into(), events.clone()));
     let settings = aws::settings_from(&env);
 
     let planned = ensure_tables(&settings, true).await.expect("dry run");
@@ -56,6 +58,16 @@ async fn setup_twice_changes_nothing_the_second_time() {
             Change::EnableTtl {
                 table: logs.clone()
             },
+            Change::CreateTable {
+                table: events.clone(),
+                keys: "day S HASH, id S RANGE".into()
+            },
+            Change::EnableTtl {
+                table: events.clone()
+            },
+            Change::EnablePointInTimeRecovery {
+                table: events.clone()
+            },
         ]
     );
     let second = ensure_tables(&settings, false).await.expect("second setup");
@@ -66,7 +78,11 @@ async fn setup_twice_changes_nothing_the_second_time() {
         second.notes
     );
 
-    for (table, range) in [(&tokens, "provider"), (&logs, "timestamp")] {
+    for (table, hash, range) in [
+        (&tokens, "userId", "provider"),
+        (&logs, "userId", "timestamp"),
+        (&events, "day", "id"),
+    ] {
         let described = dynamo
             .describe_table()
             .table_name(table)
@@ -82,7 +98,7 @@ async fn setup_twice_changes_nothing_the_second_time() {
         assert_eq!(
             keys,
             vec![
-                ("userId".to_string(), KeyType::Hash),
+                (hash.to_string(), KeyType::Hash),
                 (range.to_string(), KeyType::Range)
             ]
         );
@@ -105,18 +121,20 @@ async fn setup_twice_changes_nothing_the_second_time() {
         assert_eq!(ttl.time_to_live_status(), Some(&TimeToLiveStatus::Enabled));
         assert_eq!(ttl.attribute_name(), Some("expiresAt"));
     }
-    let backups = dynamo
-        .describe_continuous_backups()
-        .table_name(&tokens)
-        .send()
-        .await
-        .expect("DescribeContinuousBackups");
-    let pitr = backups
-        .continuous_backups_description()
-        .and_then(|d| d.point_in_time_recovery_description())
-        .and_then(|p| p.point_in_time_recovery_status())
-        .map(|s| s.as_str().to_string());
-    assert_eq!(pitr.as_deref(), Some("ENABLED"), "PITR on the tokens table");
+    for table in [&tokens, &events] {
+        let backups = dynamo
+            .describe_continuous_backups()
+            .table_name(table)
+            .send()
+            .await
+            .expect("DescribeContinuousBackups");
+        let pitr = backups
+            .continuous_backups_description()
+            .and_then(|d| d.point_in_time_recovery_description())
+            .and_then(|p| p.point_in_time_recovery_status())
+            .map(|s| s.as_str().to_string());
+        assert_eq!(pitr.as_deref(), Some("ENABLED"), "PITR on {table}");
+    }
 }
 
 /// The binary, as an operator runs it: `setup` twice, then `check`.
