@@ -142,8 +142,8 @@ pub(crate) struct FeedPage {
     pub(crate) next: String,
 }
 
-/// The events after `after` (from the oldest kept when absent), oldest first, at most
-/// `limit`, none younger than the feed delay.
+/// The events after `after` (from the oldest kept when absent or older), oldest first,
+/// at most `limit`, none younger than the feed delay.
 pub(crate) async fn feed_page(
     store: &dyn TokenStore,
     rules: &EventRules,
@@ -153,10 +153,12 @@ pub(crate) async fn feed_page(
 ) -> Result<FeedPage, StoreError> {
     let now_ms = now.timestamp_millis();
     let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    let start = after.map_or_else(
-        || event_bound(now_ms.saturating_sub(millis(rules.retention))),
-        str::to_string,
-    );
+    // A cursor older than retention starts at the oldest event kept: nothing before it
+    // is left, and the store is not walked day by day back to it.
+    let oldest = event_bound(now_ms.saturating_sub(millis(rules.retention)));
+    let start = after
+        .filter(|a| *a > oldest.as_str())
+        .map_or(oldest, str::to_string);
     let until = event_bound(now_ms.saturating_sub(millis(rules.feed_delay)));
     if start >= until {
         return Ok(FeedPage {

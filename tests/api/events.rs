@@ -364,6 +364,17 @@ async fn the_feed_checks_its_cursor_and_its_caller(backend: Backend) {
         assert_problem(app.api_get(&path).await, 400, "invalid_request").await;
     }
     assert_eq!(kinds(&events(&app, 1).await), ["connection.created"]);
+    // A cursor from long before retention (2001) reads from the oldest event kept.
+    let old = page(&app, Some("00e8d4a5-1000-7000-8000-000000000000"), 10).await;
+    assert_eq!(
+        kinds(old["items"].as_array().expect("items")),
+        ["connection.created"]
+    );
+    // One from the future reads nothing yet, and keeps its place.
+    let future = "ffff0000-0000-7000-8000-000000000000";
+    let ahead = page(&app, Some(future), 10).await;
+    assert_eq!(ahead["items"], json!([]));
+    assert_eq!(ahead["next"], future);
     let response = reqwest::Client::new()
         .get(app.url("/v1/events"))
         .send()
