@@ -107,6 +107,7 @@ pub struct Settings {
     pub provider: ProviderSettings,
     pub refresh: RefreshSettings,
     pub retention: RetentionSettings,
+    pub webhooks: WebhookSettings,
     pub aws: AwsModeSettings,
     pub(crate) rate_limit: RateLimitSettings,
     pub(crate) data_key: DataKeySettings,
@@ -523,6 +524,55 @@ impl Default for RetentionSettings {
             audit_window: Duration::from_secs(60),
             events_retention: Duration::from_secs(14 * DAY),
             events_feed_delay: Duration::from_millis(2_000),
+        }
+    }
+}
+
+/// Where lifecycle events are delivered, and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WebhookSettings {
+    /// `AXNT_WEBHOOK_URLS`: comma-separated endpoints every event is delivered to.
+    #[serde(rename = "webhook_urls", deserialize_with = "de::url_list")]
+    pub(crate) urls: Vec<Url>,
+    /// `AXNT_WEBHOOK_SECRET`: `whsec_` + base64, signing every delivery (aws mode: else
+    /// the secret's `webhook_secret`).
+    #[serde(rename = "webhook_secret", deserialize_with = "de::webhook_secret")]
+    pub(crate) secret: Option<crate::webhooks::WebhookSecret>,
+    /// `AXNT_WEBHOOK_ALLOW_PRIVATE`: deliver to loopback and private addresses too
+    /// (off: only public ones, against SSRF).
+    #[serde(rename = "webhook_allow_private")]
+    pub(crate) allow_private: bool,
+    /// `AXNT_WEBHOOK_RETRY_HOURS`: an event is retried until it is this old.
+    #[serde(rename = "webhook_retry_hours", deserialize_with = "de::hours")]
+    pub(crate) retry_period: Duration,
+    /// `AXNT_WEBHOOK_BACKOFF_MS`: the wait after a first failed attempt, doubled per
+    /// attempt up to an hour, with jitter.
+    #[serde(rename = "webhook_backoff_ms", deserialize_with = "de::millis")]
+    pub(crate) first_backoff: Duration,
+    /// `AXNT_WEBHOOK_TIMEOUT_MS`: one attempt's time limit.
+    #[serde(rename = "webhook_timeout_ms", deserialize_with = "de::millis")]
+    pub(crate) timeout: Duration,
+    /// `AXNT_WEBHOOK_POLL_MS`: how often new events are looked for.
+    #[serde(rename = "webhook_poll_ms", deserialize_with = "de::millis")]
+    pub(crate) poll: Duration,
+    /// `AXNT_WEBHOOK_CIRCUIT_OPEN_SECS`: after five failed attempts in a row, nothing
+    /// is sent to the endpoint for this long.
+    #[serde(rename = "webhook_circuit_open_secs", deserialize_with = "de::secs")]
+    pub(crate) circuit_open: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            secret: None,
+            allow_private: false,
+            retry_period: Duration::from_secs(72 * 3_600),
+            first_backoff: Duration::from_millis(5_000),
+            timeout: Duration::from_millis(10_000),
+            poll: Duration::from_millis(1_000),
+            circuit_open: Duration::from_secs(60),
         }
     }
 }

@@ -60,6 +60,7 @@ pub mod secrets;
 pub mod store;
 pub mod telemetry;
 mod tokens;
+pub mod webhooks;
 
 #[cfg(test)]
 mod layout {

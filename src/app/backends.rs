@@ -112,6 +112,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
             state_key: None,
             previous_state_key: None,
             api_keys: Vec::new(),
+            webhook_secret: None,
         },
         "the settings",
     );

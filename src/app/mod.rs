@@ -175,6 +175,28 @@ impl App {
             every: settings.refresh.keepalive_interval,
             per_minute: settings.refresh.keepalive_per_minute,
         }));
+        if !settings.webhooks.urls.is_empty() {
+            let webhooks = crate::webhooks::Webhooks::new(
+                Arc::clone(&backends.tokens),
+                Arc::clone(&secrets),
+                crate::webhooks::DeliveryRules::from(&settings.webhooks),
+                TokenPolicy::from(&*settings).events,
+            )
+            .map_err(|reason| ConfigError {
+                setting: crate::config::env_name("webhook_urls"),
+                reason,
+            })?;
+            if !webhooks.has_secret() {
+                return Err(ConfigError {
+                    setting: crate::config::env_name("webhook_secret"),
+                    reason: "webhook deliveries must be signed: set AXNT_WEBHOOK_SECRET (whsec_ + base64) \
+                             or the secret's webhook_secret"
+                        .into(),
+                }
+                .into());
+            }
+            background.extend(Arc::new(webhooks).spawn());
+        }
         let readiness = Readiness::new(
             Arc::clone(&backends.tokens),
             Arc::clone(&backends.flow_log),

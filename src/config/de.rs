@@ -107,6 +107,24 @@ pub(crate) fn state_key<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret
         .map_err(|_| D::Error::custom("must be base64 of 32 bytes"))
 }
 
+/// Whole hours.
+pub(crate) fn hours<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    secs(d).map(|d| d.saturating_mul(3_600))
+}
+
+/// `whsec_` + base64 of 24 to 64 bytes, or empty for none. Never quoted in an error.
+pub(crate) fn webhook_secret<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::webhooks::WebhookSecret>, D::Error> {
+    let text = SecretString::from(String::deserialize(d)?);
+    if text.expose_secret().trim().is_empty() {
+        return Ok(None);
+    }
+    crate::webhooks::WebhookSecret::parse(text.expose_secret())
+        .map(Some)
+        .map_err(D::Error::custom)
+}
+
 /// A socket address, or `off` (or empty) for none.
 pub(crate) fn addr_or_off<'de, D: Deserializer<'de>>(
     d: D,

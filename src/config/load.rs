@@ -12,13 +12,14 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use super::{
     AwsModeSettings, ConfigError, DataKeySettings, FlowLogSettings, FlowSettings, LogSettings,
     ProviderSettings, RateLimitSettings, RefreshSettings, RetentionSettings, SecretSettings,
-    ServerSettings, Settings, UNPREFIXED_ENV, Ungrouped,
+    ServerSettings, Settings, UNPREFIXED_ENV, Ungrouped, WebhookSettings,
 };
 use crate::aws::SdkEnv;
 use crate::config::Backend;
 
 /// Keys whose values are secrets: an error about them never quotes the value.
-const SECRET_KEYS: [&str; 4] = [
+const SECRET_KEYS: [&str; 5] = [
+    "webhook_secret",
     "api_keys",
     "google_client_secret",
     "state_key",
@@ -63,6 +64,7 @@ impl Settings {
             provider: extract(&figment)?,
             refresh: extract(&figment)?,
             retention: extract(&figment)?,
+            webhooks: extract(&figment)?,
             aws: extract(&figment)?,
             rate_limit: extract(&figment)?,
             data_key: extract(&figment)?,
@@ -189,6 +191,9 @@ impl Settings {
                 "events_retention_days",
                 self.retention.events_retention.is_zero(),
             ),
+            ("webhook_retry_hours", self.webhooks.retry_period.is_zero()),
+            ("webhook_timeout_ms", self.webhooks.timeout.is_zero()),
+            ("webhook_poll_ms", self.webhooks.poll.is_zero()),
             (
                 "revocation_retry_secs",
                 self.provider.revocation_retry.is_zero(),
@@ -230,6 +235,24 @@ impl Settings {
             }
         }
         self.check_bounds()?;
+        let hooks = &self.webhooks;
+        for url in &hooks.urls {
+            let private = || {
+                (!hooks.allow_private)
+                    .then(|| crate::webhooks::private_host(url))
+                    .flatten()
+            };
+            if let Some(reason) = crate::webhooks::unusable_url(url).or_else(private) {
+                return Err(ConfigError::new(
+                    "webhook_urls",
+                    format!(
+                        "{}://{}…: {reason} (AXNT_WEBHOOK_ALLOW_PRIVATE=true allows private addresses)",
+                        url.scheme(),
+                        url.host_str().unwrap_or("")
+                    ),
+                ));
+            }
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|e| ConfigError::new("log", e.to_string()))?;
         Ok(())
@@ -247,7 +270,24 @@ impl Settings {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let days = |d: Duration| d.as_secs() / DAY;
         let rate = &self.rate_limit;
-        let checks: [(&str, u64, u64); 48] = [
+        let checks: [(&str, u64, u64); 53] = [
+            (
+                "webhook_retry_hours",
+                secs(self.webhooks.retry_period) / HOUR,
+                24 * 14,
+            ),
+            (
+                "webhook_backoff_ms",
+                millis(self.webhooks.first_backoff),
+                3_600_000,
+            ),
+            ("webhook_timeout_ms", millis(self.webhooks.timeout), 60_000),
+            ("webhook_poll_ms", millis(self.webhooks.poll), 60_000),
+            (
+                "webhook_circuit_open_secs",
+                secs(self.webhooks.circuit_open),
+                HOUR,
+            ),
             (
                 "events_retention_days",
                 days(self.retention.events_retention),
@@ -497,6 +537,7 @@ fn known_keys() -> BTreeSet<&'static str> {
         keys_of::<ProviderSettings>(),
         keys_of::<RefreshSettings>(),
         keys_of::<RetentionSettings>(),
+        keys_of::<WebhookSettings>(),
         keys_of::<AwsModeSettings>(),
         keys_of::<RateLimitSettings>(),
         keys_of::<DataKeySettings>(),

@@ -37,6 +37,8 @@ pub struct ServiceSecrets {
     /// The state key before a rotation: opens, never seals.
     pub previous_state_key: Option<SecretKey>,
     pub(crate) api_keys: Vec<ApiKey>,
+    /// `webhook_secret`: signs webhook deliveries (`AXNT_WEBHOOK_SECRET` overrides it).
+    pub webhook_secret: Option<crate::webhooks::WebhookSecret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,8 @@ struct SecretDocument {
     previous_state_key: Option<String>,
     #[serde(default)]
     api_keys: Option<KeyList>,
+    #[serde(default)]
+    webhook_secret: Option<String>,
 }
 
 /// `api_keys` as a JSON list, or as one comma-separated string (the form
@@ -223,11 +227,20 @@ pub(crate) fn parse_secret_document(
         .transpose()
         .map_err(|e| malformed(format!("api_keys: {e}")))?
         .unwrap_or_default();
+    let webhook_secret = doc
+        .webhook_secret
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            crate::webhooks::WebhookSecret::parse(&s)
+                .map_err(|e| malformed(format!("webhook_secret: {e}")))
+        })
+        .transpose()?;
     Ok(ServiceSecrets {
         client,
         state_key,
         previous_state_key,
         api_keys,
+        webhook_secret,
     })
 }
 

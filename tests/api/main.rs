@@ -39,3 +39,4 @@ mod store_conformance;
 mod support;
 mod token_cache;
 mod tokens;
+mod webhooks;

@@ -12,6 +12,10 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Utc};
 
 use super::DynamoStore;
+
+/// The delivery state of a webhook endpoint: `#webhook#<endpoint id>` / `#state`.
+const WEBHOOK_PREFIX: &str = "#webhook#";
+const WEBHOOK_STATE: &str = "#state";
 use super::call;
 use super::item::{
     ACCOUNT_GRANTS, Item, JOB_LEASE, JOB_PREFIX, LEASE_ATTEMPT, LEASE_UNTIL, PENDING, RETRY_AT,
@@ -22,7 +26,7 @@ use super::item::{
 use crate::crypto::Envelope;
 use crate::store::{
     AccountGrants, Connection, Event, LeaseRelease, PendingGrant, PendingRevocation, RefreshLease,
-    ScanCursor, ScanPage, StoreError, TokenStore,
+    ScanCursor, ScanPage, StoreError, TokenStore, WebhookState,
 };
 
 impl DynamoStore {
@@ -640,6 +644,66 @@ impl TokenStore for DynamoStore {
             .expression_attribute_values(":oldEdk", s(&old.edk))
             .expression_attribute_values(":ct", s(&old.ct));
         self.send_update(request).await
+    }
+
+    async fn webhook_state(&self, endpoint: &str) -> Result<Option<WebhookState>, StoreError> {
+        let table = &self.tokens_table;
+        let out = call(
+            "GetItem",
+            self.client
+                .get_item()
+                .table_name(table)
+                .key("userId", s(format!("{WEBHOOK_PREFIX}{endpoint}")))
+                .key("provider", s(WEBHOOK_STATE))
+                .consistent_read(true)
+                .send()
+                .await,
+        )
+        .map_err(|f| self.error("GetItem", table, f))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let text = match item.get("state") {
+            Some(AttributeValue::S(text)) => text,
+            _ => return Err(StoreError::Corrupt("state: expected string".into())),
+        };
+        let mut state: WebhookState = serde_json::from_str(text)
+            .map_err(|_| StoreError::Corrupt("state: not a delivery state".into()))?;
+        state.version = match item.get("version") {
+            Some(AttributeValue::N(v)) => v
+                .parse()
+                .map_err(|_| StoreError::Corrupt("version: expected num".into()))?,
+            _ => return Err(StoreError::Corrupt("version: missing".into())),
+        };
+        Ok(Some(state))
+    }
+
+    async fn put_webhook_state(
+        &self,
+        endpoint: &str,
+        state: &WebhookState,
+        expected: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        let text = serde_json::to_string(state)
+            .map_err(|e| StoreError::Corrupt(format!("webhook state: {e}")))?;
+        let mut request = self
+            .client
+            .put_item()
+            .table_name(table)
+            .item("userId", s(format!("{WEBHOOK_PREFIX}{endpoint}")))
+            .item("provider", s(WEBHOOK_STATE))
+            .item("state", s(text))
+            .item("version", n(state.version));
+        request = match expected {
+            None => request.condition_expression("attribute_not_exists(userId)"),
+            Some(v) => request
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
+        };
+        call("PutItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("PutItem", table, f))
     }
 
     async fn events_between(

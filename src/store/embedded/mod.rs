@@ -104,6 +104,11 @@ CREATE TABLE IF NOT EXISTS events (
     expires_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_expires_at ON events (expires_at);
+CREATE TABLE IF NOT EXISTS webhook_state (
+    endpoint TEXT    NOT NULL PRIMARY KEY,
+    state    TEXT    NOT NULL,
+    version  INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 const TOKEN_COLUMNS: &str = "user_id, provider, email, encrypted_tokens, user_info, created_at, updated_at, \

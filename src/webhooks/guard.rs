@@ -1,0 +1,170 @@
+//! The SSRF guard: webhook endpoints are public addresses only (unless
+//! `AXNT_WEBHOOK_ALLOW_PRIVATE`). A host name is checked as it resolves, by the
+//! delivery client's own resolver, so the address checked is the address connected to
+//! (no window for DNS rebinding); redirects are never followed.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+#[cfg(test)]
+use std::str::FromStr;
+
+/// Whether `ip` is a public unicast address: not loopback, private, link-local,
+/// carrier-grade NAT, unique-local, multicast, unspecified, documentation or reserved.
+pub(crate) fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public_v4(v4),
+            None => is_public_v6(v6),
+        },
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // 100.64.0.0/10, shared (CGNAT)
+        || (a == 192 && b == 0 && c == 0) // 192.0.0.0/24, protocol assignments
+        || (a == 198 && (18..20).contains(&b)) // 198.18.0.0/15, benchmarking
+        || a >= 240) // 240.0.0.0/4, reserved
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // fc00::/7, unique local
+        || (s[0] & 0xffc0) == 0xfe80 // fe80::/10, link-local
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // 2001:db8::/32, documentation
+        || (s[0] == 0x0064 && s[1] == 0xff9b) // 64:ff9b::/96, NAT64 (to any IPv4)
+        || s[0] == 0x0100) // 100::/64, discard
+}
+
+/// Why an endpoint URL is refused whatever the settings, if it is.
+pub(crate) fn unusable_url(url: &url::Url) -> Option<String> {
+    if !matches!(url.scheme(), "https" | "http") {
+        return Some("must be an http or https URL".into());
+    }
+    url.host().is_none().then(|| "has no host".into())
+}
+
+/// Why an endpoint URL is refused outright (before any lookup), if it is: unusable,
+/// or naming a private address or loopback name.
+pub(crate) fn refuse_url(url: &url::Url) -> Option<String> {
+    unusable_url(url).or_else(|| private_host(url))
+}
+
+/// Whether the URL's host is a non-public address or a loopback name (no lookup).
+pub(crate) fn private_host(url: &url::Url) -> Option<String> {
+    match url.host() {
+        None => None,
+        Some(url::Host::Ipv4(ip)) if !is_public(IpAddr::V4(ip)) => {
+            Some(format!("{ip} is not a public address"))
+        }
+        Some(url::Host::Ipv6(ip)) if !is_public(IpAddr::V6(ip)) => {
+            Some(format!("{ip} is not a public address"))
+        }
+        Some(url::Host::Domain(d))
+            if d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") =>
+        {
+            Some(format!("{d} is a loopback name"))
+        }
+        _ => None,
+    }
+}
+
+/// A resolver handing out public addresses only; a name with none fails to resolve.
+pub(crate) struct PublicOnly;
+
+impl Resolve for PublicOnly {
+    fn resolve(&self, name: Name) -> Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = found.into_iter().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(format!(
+                    "{host} resolves to no public address (AXNT_WEBHOOK_ALLOW_PRIVATE=true allows private ones)"
+                )
+                .into());
+            }
+            Ok(Box::new(public.into_iter()) as Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_only_does_not_resolve() {
+        let e = PublicOnly
+            .resolve(Name::from_str("localhost").expect("name"))
+            .await
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains("no public address"), "{e}");
+    }
+
+    #[test]
+    fn only_public_unicast_addresses_pass() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "198.18.0.1",
+            "::1",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public(private.parse().expect("ip")), "{private}");
+        }
+        for public in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(public.parse().expect("ip")), "{public}");
+        }
+        for refused in [
+            "http://127.0.0.1:9/hook",
+            "http://[::1]/hook",
+            "https://10.0.0.5/hook",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://localhost:8080/",
+            "ftp://example.com/",
+        ] {
+            assert!(
+                refuse_url(&url::Url::parse(refused).expect("url")).is_some(),
+                "{refused}"
+            );
+        }
+        assert_eq!(
+            refuse_url(&url::Url::parse("https://hooks.example.com/x").expect("url")),
+            None
+        );
+    }
+}

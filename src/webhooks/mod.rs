@@ -1,0 +1,528 @@
+//! Webhook delivery: every lifecycle event, to every endpoint in `AXNT_WEBHOOK_URLS`,
+//! signed as Standard Webhooks sign, at least once.
+//!
+//! One worker per endpoint runs on whichever instance holds the endpoint's job lease
+//! (`webhook#<endpoint id>` in the tokens table); an instance that dies leaves a lease
+//! that lapses, and another takes the endpoint over from its stored state. The state
+//! ([`WebhookState`]) holds the feed cursor and the events owed after failed attempts.
+//! Events of one connection go out one at a time, in order: while one is owed, the
+//! connection's later events queue behind it; other connections go on. A failed
+//! attempt is retried with exponential backoff and jitter until the event is older than
+//! `AXNT_WEBHOOK_RETRY_HOURS`, then given up (logged, counted). After
+//! `CIRCUIT_FAILURES` failures in a row the endpoint's circuit opens for
+//! `AXNT_WEBHOOK_CIRCUIT_OPEN_SECS`: nothing is sent to it meanwhile, and the feed
+//! (not memory) holds what waits.
+
+mod guard;
+mod sign;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+
+use crate::events::{EventRules, PROBE_KIND};
+use crate::secrets::SecretsCache;
+use crate::store::{
+    Event, PendingDelivery, StoreError, TokenStore, WebhookState, event_bound, event_millis,
+};
+
+pub(crate) use guard::{private_host, refuse_url, unusable_url};
+pub use sign::WebhookSecret;
+
+/// Failed attempts in a row that open an endpoint's circuit.
+const CIRCUIT_FAILURES: u32 = 5;
+/// The longest wait between two attempts at one event.
+const MAX_BACKOFF: Duration = Duration::from_secs(3_600);
+/// Events read from the feed per pass.
+const PAGE: usize = 100;
+/// Events owed to one endpoint, at most: past it the feed is not read further (it
+/// holds the rest) until some are delivered.
+const MAX_PENDING: usize = 500;
+/// A worker's lease on an endpoint holds ten polls, and at least two attempts' time
+/// limits (renewed every pass and after every attempt): how long an endpoint waits for
+/// another instance when its worker died.
+fn lease(rules: &DeliveryRules) -> Duration {
+    (rules.poll * 10)
+        .max(rules.timeout * 2)
+        .max(Duration::from_secs(2))
+}
+
+impl From<&crate::config::WebhookSettings> for DeliveryRules {
+    fn from(s: &crate::config::WebhookSettings) -> Self {
+        Self {
+            urls: s.urls.clone(),
+            secret: s.secret.clone(),
+            allow_private: s.allow_private,
+            retry_period: s.retry_period,
+            first_backoff: s.first_backoff,
+            timeout: s.timeout,
+            poll: s.poll,
+            circuit_open: s.circuit_open,
+        }
+    }
+}
+
+/// How deliveries are made.
+#[derive(Debug, Clone)]
+pub(crate) struct DeliveryRules {
+    pub(crate) urls: Vec<url::Url>,
+    /// `AXNT_WEBHOOK_SECRET`; else the secret's `webhook_secret`.
+    pub(crate) secret: Option<WebhookSecret>,
+    pub(crate) allow_private: bool,
+    /// An event is given up this long after it was made.
+    pub(crate) retry_period: Duration,
+    /// The wait after a first failed attempt; doubled per attempt up to an hour.
+    pub(crate) first_backoff: Duration,
+    /// One attempt's time limit.
+    pub(crate) timeout: Duration,
+    /// How often a worker looks for new events.
+    pub(crate) poll: Duration,
+    pub(crate) circuit_open: Duration,
+}
+
+/// One endpoint: its URL and the id its state, lease and metrics use (never the URL,
+/// which may hold a token of the receiver's).
+#[derive(Debug, Clone)]
+struct Endpoint {
+    id: String,
+    url: url::Url,
+}
+
+impl Endpoint {
+    fn new(url: url::Url) -> Self {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, url.as_str().as_bytes());
+        let hex: String = digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self {
+            id: format!("wh-{hex}"),
+            url,
+        }
+    }
+}
+
+/// Delivers events to the configured endpoints.
+pub(crate) struct Webhooks {
+    store: Arc<dyn TokenStore>,
+    secrets: Arc<SecretsCache>,
+    rules: DeliveryRules,
+    events: EventRules,
+    client: reqwest::Client,
+}
+
+/// What one attempt came to.
+enum Attempt {
+    Delivered,
+    Failed(String),
+}
+
+impl Webhooks {
+    pub(crate) fn new(
+        store: Arc<dyn TokenStore>,
+        secrets: Arc<SecretsCache>,
+        rules: DeliveryRules,
+        events: EventRules,
+    ) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(rules.timeout)
+            .user_agent(concat!("axnt-oauth-webhooks/", env!("CARGO_PKG_VERSION")));
+        if !rules.allow_private {
+            builder = builder.dns_resolver(Arc::new(guard::PublicOnly));
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("webhook client: {e}"))?;
+        Ok(Self {
+            store,
+            secrets,
+            rules,
+            events,
+            client,
+        })
+    }
+
+    /// The secret deliveries are signed with: the setting's, else the secret's.
+    fn secret(&self) -> Option<WebhookSecret> {
+        self.rules
+            .secret
+            .clone()
+            .or_else(|| self.secrets.current().webhook_secret.clone())
+    }
+
+    /// Whether deliveries can be signed (checked at start-up when URLs are set).
+    pub(crate) fn has_secret(&self) -> bool {
+        self.secret().is_some()
+    }
+
+    /// One worker per endpoint, each forever.
+    pub(crate) fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        self.rules
+            .urls
+            .iter()
+            .map(|url| {
+                let webhooks = Arc::clone(self);
+                let endpoint = Endpoint::new(url.clone());
+                let holder = uuid::Uuid::new_v4().to_string();
+                // A new endpoint gets the events made from now on (`events replay`
+                // sends older ones).
+                let from = event_bound(Utc::now().timestamp_millis());
+                tokio::spawn(async move {
+                    let mut breaker = Breaker::default();
+                    loop {
+                        tokio::time::sleep(crate::retry::jittered(webhooks.rules.poll / 2)).await;
+                        if breaker.open_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+                            continue;
+                        }
+                        if let Err(e) = webhooks.pass(&endpoint, &holder, &from, &mut breaker).await {
+                            tracing::warn!(endpoint = endpoint.id, error = %e, "webhook pass failed; trying again");
+                        }
+                    }
+                })
+            })
+            .collect()
+    }
+
+    async fn hold(&self, endpoint: &Endpoint, holder: &str) -> Result<bool, StoreError> {
+        let now = Utc::now().timestamp_millis();
+        self.store
+            .take_job_lease(
+                &format!("webhook#{}", endpoint.id),
+                holder,
+                now + i64::try_from(lease(&self.rules).as_millis()).unwrap_or(30_000),
+                now,
+            )
+            .await
+    }
+
+    /// One pass over one endpoint, if this instance holds its lease: owed events that
+    /// are due, then new events from the feed. The state is stored at the end.
+    async fn pass(
+        &self,
+        endpoint: &Endpoint,
+        holder: &str,
+        from: &str,
+        breaker: &mut Breaker,
+    ) -> Result<(), StoreError> {
+        if !self.hold(endpoint, holder).await? {
+            return Ok(());
+        }
+        let stored = self.store.webhook_state(&endpoint.id).await?;
+        let expected = stored.as_ref().map(|s| s.version);
+        let mut state = stored.unwrap_or_else(|| WebhookState {
+            cursor: from.to_string(),
+            ..WebhookState::default()
+        });
+        let before = state.clone();
+        let lost_lease = self
+            .deliver_owed(endpoint, holder, &mut state, breaker)
+            .await?
+            || self
+                .deliver_new(endpoint, holder, &mut state, breaker)
+                .await?;
+        self.report_lag(endpoint, &state);
+        if state == before && expected.is_some() {
+            return Ok(());
+        }
+        if lost_lease {
+            // Another instance took over meanwhile: its state stands; what this pass
+            // sent since it last stored may be sent again (at least once).
+            return Ok(());
+        }
+        state.version = expected.map_or(1, |v| v + 1);
+        match self
+            .store
+            .put_webhook_state(&endpoint.id, &state, expected)
+            .await
+        {
+            Ok(()) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Retries the owed events that are due: per connection, its oldest only, and the
+    /// next of that connection once it went out. Returns true when the lease was lost.
+    async fn deliver_owed(
+        &self,
+        endpoint: &Endpoint,
+        holder: &str,
+        state: &mut WebhookState,
+        breaker: &mut Breaker,
+    ) -> Result<bool, StoreError> {
+        let mut i = 0;
+        while i < state.pending.len() {
+            let now_ms = Utc::now().timestamp_millis();
+            let head = {
+                let p = &state.pending[i];
+                !state.pending[..i]
+                    .iter()
+                    .any(|q| q.user_id == p.user_id && q.provider == p.provider)
+            };
+            let p = state.pending[i].clone();
+            if !head || p.next_attempt_ms > now_ms || breaker.is_open() {
+                i += 1;
+                continue;
+            }
+            let made_ms = event_millis(&p.event_id).unwrap_or(now_ms);
+            let retry_ms = i64::try_from(self.rules.retry_period.as_millis()).unwrap_or(i64::MAX);
+            let event = self.event_by_id(&p.event_id).await?;
+            let Some(event) = event.filter(|_| now_ms.saturating_sub(made_ms) < retry_ms) else {
+                // Past the retry period (or purged): given up.
+                tracing::warn!(
+                    endpoint = endpoint.id,
+                    event_id = p.event_id,
+                    attempts = p.attempts,
+                    "a webhook event was given up after its retry period"
+                );
+                count(endpoint, "given_up");
+                state.pending.remove(i);
+                continue;
+            };
+            match self.attempt(endpoint, &event).await {
+                Attempt::Delivered => {
+                    breaker.record(true, self.rules.circuit_open);
+                    state.pending.remove(i);
+                    // The connection's next owed event, now at `i` or later, is the
+                    // head: looked at again from here.
+                }
+                Attempt::Failed(reason) => {
+                    breaker.record(false, self.rules.circuit_open);
+                    tracing::debug!(
+                        endpoint = endpoint.id,
+                        event_id = p.event_id,
+                        reason,
+                        "a webhook retry failed"
+                    );
+                    let entry = &mut state.pending[i];
+                    entry.attempts += 1;
+                    entry.next_attempt_ms = now_ms + self.backoff(entry.attempts);
+                    i += 1;
+                }
+            }
+            if !self.hold(endpoint, holder).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Sends the feed's new events: at once unless their connection has events owed
+    /// (then they queue behind them). Returns true when the lease was lost.
+    async fn deliver_new(
+        &self,
+        endpoint: &Endpoint,
+        holder: &str,
+        state: &mut WebhookState,
+        breaker: &mut Breaker,
+    ) -> Result<bool, StoreError> {
+        if state.pending.len() >= MAX_PENDING || breaker.is_open() {
+            return Ok(false);
+        }
+        let until = event_bound(
+            Utc::now().timestamp_millis()
+                - i64::try_from(self.events.feed_delay.as_millis()).unwrap_or(0),
+        );
+        if state.cursor >= until {
+            return Ok(false);
+        }
+        let room = PAGE.min(MAX_PENDING - state.pending.len());
+        for event in self
+            .store
+            .events_between(&state.cursor, &until, room)
+            .await?
+        {
+            state.cursor = event.id.clone();
+            if event.kind == PROBE_KIND {
+                continue;
+            }
+            let owed = state
+                .pending
+                .iter()
+                .any(|p| p.user_id == event.user_id && p.provider == event.provider);
+            let mut entry = PendingDelivery {
+                event_id: event.id.clone(),
+                user_id: event.user_id.clone(),
+                provider: event.provider.clone(),
+                attempts: 0,
+                next_attempt_ms: Utc::now().timestamp_millis(),
+            };
+            if owed || breaker.is_open() {
+                state.pending.push(entry);
+                continue;
+            }
+            match self.attempt(endpoint, &event).await {
+                Attempt::Delivered => breaker.record(true, self.rules.circuit_open),
+                Attempt::Failed(reason) => {
+                    breaker.record(false, self.rules.circuit_open);
+                    tracing::debug!(
+                        endpoint = endpoint.id,
+                        event_id = event.id,
+                        reason,
+                        "a webhook delivery failed; it is retried"
+                    );
+                    entry.attempts = 1;
+                    entry.next_attempt_ms += self.backoff(1);
+                    state.pending.push(entry);
+                }
+            }
+            if !self.hold(endpoint, holder).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The wait after `attempts` failed attempts: the first backoff doubled per
+    /// attempt, up to an hour, with jitter.
+    fn backoff(&self, attempts: u32) -> i64 {
+        let base = self
+            .rules
+            .first_backoff
+            .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(20)))
+            .min(MAX_BACKOFF);
+        i64::try_from(crate::retry::jittered(base).as_millis()).unwrap_or(i64::MAX)
+    }
+
+    async fn event_by_id(&self, id: &str) -> Result<Option<Event>, StoreError> {
+        let Some(ms) = event_millis(id) else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .events_between(&event_bound(ms), &event_bound(ms + 1), 10_000)
+            .await?
+            .into_iter()
+            .find(|e| e.id == id))
+    }
+
+    /// One signed POST of `event`.
+    async fn attempt(&self, endpoint: &Endpoint, event: &Event) -> Attempt {
+        let Some(secret) = self.secret() else {
+            count(endpoint, "failed");
+            return Attempt::Failed(
+                "no webhook secret (AXNT_WEBHOOK_SECRET or the secret's webhook_secret)".into(),
+            );
+        };
+        let body = json!({
+            "type": event.kind,
+            "timestamp": event.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "data": event.data,
+        })
+        .to_string()
+        .into_bytes();
+        let timestamp = Utc::now().timestamp();
+        let signature = secret.sign(&event.id, timestamp, &body);
+        if !self.rules.allow_private
+            && let Some(reason) = refuse_url(&endpoint.url)
+        {
+            count(endpoint, "refused");
+            return Attempt::Failed(reason);
+        }
+        let sent = self
+            .client
+            .post(endpoint.url.clone())
+            .header("content-type", "application/json")
+            .header("webhook-id", &event.id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                count(endpoint, "delivered");
+                Attempt::Delivered
+            }
+            Ok(r) => {
+                count(endpoint, "failed");
+                Attempt::Failed(format!("answered {}", r.status().as_u16()))
+            }
+            Err(e) => {
+                count(endpoint, "failed");
+                // Without the URL: it may carry the receiver's own token.
+                Attempt::Failed(e.without_url().to_string())
+            }
+        }
+    }
+
+    /// `axnt_webhook_lag_seconds{endpoint}`: how old the oldest event still owed is
+    /// (0 when none is).
+    fn report_lag(&self, endpoint: &Endpoint, state: &WebhookState) {
+        let now_ms = Utc::now().timestamp_millis();
+        let oldest = state
+            .pending
+            .first()
+            .and_then(|p| event_millis(&p.event_id))
+            .unwrap_or(now_ms);
+        metrics::gauge!("axnt_webhook_lag_seconds", "endpoint" => endpoint.id.clone())
+            .set((now_ms - oldest).max(0) as f64 / 1000.0);
+    }
+}
+
+/// `axnt_webhook_deliveries_total{endpoint, outcome}`: `delivered`, `failed`,
+/// `refused` (SSRF guard), `given_up`.
+fn count(endpoint: &Endpoint, outcome: &'static str) {
+    metrics::counter!("axnt_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// An endpoint's circuit: failed attempts in a row, and until when it is open.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<tokio::time::Instant>,
+}
+
+impl Breaker {
+    fn is_open(&self) -> bool {
+        self.open_until
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+    }
+
+    fn record(&mut self, delivered: bool, open_for: Duration) {
+        if delivered {
+            self.failures = 0;
+            self.open_until = None;
+            return;
+        }
+        self.failures += 1;
+        if self.failures >= CIRCUIT_FAILURES {
+            self.failures = 0;
+            self.open_until = Some(tokio::time::Instant::now() + open_for);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_circuit_opens_after_five_failures_in_a_row_and_a_delivery_closes_it() {
+        let mut b = Breaker::default();
+        for _ in 0..4 {
+            b.record(false, Duration::from_secs(60));
+        }
+        assert!(!b.is_open());
+        b.record(true, Duration::from_secs(60));
+        for _ in 0..4 {
+            b.record(false, Duration::from_secs(60));
+        }
+        assert!(!b.is_open(), "a delivery in between starts the count again");
+        b.record(false, Duration::from_secs(60));
+        assert!(b.is_open());
+        b.record(true, Duration::from_secs(60));
+        assert!(!b.is_open());
+    }
+
+    #[test]
+    fn endpoint_ids_name_no_url() {
+        let e =
+            Endpoint::new(url::Url::parse("https://hooks.example.com/x?token=abc").expect("url"));
+        assert!(e.id.starts_with("wh-") && e.id.len() == 15, "{}", e.id);
+        assert!(!e.id.contains("abc"));
+    }
+}

@@ -1,0 +1,311 @@
+//! Webhook delivery to a real receiver on loopback: each event once, signed as
+//! Standard Webhooks sign (verified here with the algorithm, not the product's code);
+//! a receiver that fails three times gets the event once more, in order; a restart in
+//! the middle of retries loses nothing; loopback and private URLs are refused unless
+//! allowed.
+
+on_every_backend!(
+    each_event_is_delivered_once_signed_as_standard_webhooks_sign,
+    a_receiver_failing_three_times_gets_the_event_once_more_in_order,
+    a_restart_in_the_middle_of_retries_loses_nothing,
+);
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::{Value, json};
+
+use crate::support::{Backend, FakeProvider, TestApp};
+
+/// 32 bytes, `whsec_` + base64.
+const SECRET: &str = "whsec_C2FtcGxlLXdlYmhvb2stc2VjcmV0LTMyLWJ5dGVzIQ==";
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+struct Received {
+    id: String,
+    timestamp: String,
+    signature: String,
+    body: Vec<u8>,
+    answered: u16,
+}
+
+/// A webhook receiver on 127.0.0.1: records every request, and answers 500 to the
+/// first `fail_first` of them.
+#[derive(Clone)]
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<Received>>>,
+    fail_first: Arc<Mutex<usize>>,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> Self {
+        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let fail = Arc::new(Mutex::new(fail_first));
+        let (g, f) = (Arc::clone(&got), Arc::clone(&fail));
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let (g, f) = (Arc::clone(&g), Arc::clone(&f));
+                async move {
+                    let header = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    let status = {
+                        let mut left = f.lock().expect("lock");
+                        if *left > 0 {
+                            *left -= 1;
+                            StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            StatusCode::NO_CONTENT
+                        }
+                    };
+                    g.lock().expect("lock").push(Received {
+                        id: header("webhook-id"),
+                        timestamp: header("webhook-timestamp"),
+                        signature: header("webhook-signature"),
+                        body: body.to_vec(),
+                        answered: status.as_u16(),
+                    });
+                    status
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url,
+            got,
+            fail_first: fail,
+        }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.got.lock().expect("lock").clone()
+    }
+
+    fn delivered(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.answered < 300)
+            .collect()
+    }
+
+    fn fail_next(&self, n: usize) {
+        *self.fail_first.lock().expect("lock") = n;
+    }
+
+    /// Waits (at most 20 s) until `n` deliveries succeeded.
+    async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while self.delivered().len() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.delivered()
+    }
+}
+
+fn env(receiver: &Receiver) -> Vec<(&'static str, String)> {
+    vec![
+        ("AXNT_WEBHOOK_URLS", receiver.url.clone()),
+        ("AXNT_WEBHOOK_SECRET", SECRET.into()),
+        // The receiver is on loopback: allowed for this test only.
+        ("AXNT_WEBHOOK_ALLOW_PRIVATE", "true".into()),
+        ("AXNT_WEBHOOK_POLL_MS", "100".into()),
+        ("AXNT_WEBHOOK_BACKOFF_MS", "200".into()),
+        ("AXNT_WEBHOOK_TIMEOUT_MS", "2000".into()),
+        ("AXNT_EVENTS_FEED_DELAY_MS", "0".into()),
+    ]
+}
+
+async fn app_with(
+    backend: Backend,
+    provider: &FakeProvider,
+    env: &[(&'static str, String)],
+) -> TestApp {
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    TestApp::on(backend, provider, &pairs).await
+}
+
+/// Standard Webhooks' verification, written from the specification: HMAC-SHA256 of
+/// `{id}.{timestamp}.{body}` under the base64-decoded secret, `v1,` + base64.
+fn verify(r: &Received) -> bool {
+    let key_bytes = STANDARD
+        .decode(SECRET.trim_start_matches("whsec_"))
+        .expect("secret");
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key_bytes);
+    let mut signed = format!("{}.{}.", r.id, r.timestamp).into_bytes();
+    signed.extend_from_slice(&r.body);
+    let expected = format!(
+        "v1,{}",
+        STANDARD.encode(aws_lc_rs::hmac::sign(&key, &signed).as_ref())
+    );
+    r.signature.split(' ').any(|s| s == expected)
+}
+
+fn body(r: &Received) -> Value {
+    serde_json::from_slice(&r.body).expect("JSON body")
+}
+
+async fn each_event_is_delivered_once_signed_as_standard_webhooks_sign(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let receiver = Receiver::start(0).await;
+    let app = app_with(backend, &provider, &env(&receiver)).await;
+    assert!(app.connect("kim").await.status().is_success());
+    let deleted = app.api_delete("/v1/users/kim/connections/google").await;
+    assert_eq!(deleted.status(), reqwest::StatusCode::OK);
+
+    let got = receiver.wait_for(2).await;
+    // Passes go on: nothing is sent twice.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let got_later = receiver.received();
+    assert_eq!(got_later.len(), 2, "each event once: {got_later:#?}");
+    let feed: Value = app.api_get("/v1/events").await.json().await.expect("feed");
+    let items = feed["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2);
+    for (r, item) in got.iter().zip(items) {
+        assert!(verify(r), "a valid Standard Webhooks signature: {r:?}");
+        let now = chrono::Utc::now().timestamp();
+        let sent: i64 = r.timestamp.parse().expect("seconds");
+        assert!(
+            (now - sent).abs() < 60,
+            "webhook-timestamp is the send time"
+        );
+        assert_eq!(r.id, item["id"], "webhook-id is the event's id");
+        assert_eq!(
+            body(r),
+            json!({"type": item["type"], "timestamp": item["timestamp"], "data": item["data"]})
+        );
+    }
+    assert_eq!(body(&got[0])["type"], "connection.created");
+    assert_eq!(body(&got[1])["type"], "connection.deleted");
+    // A tampered body does not verify.
+    let mut forged = got[0].clone();
+    forged.body = br#"{"type":"connection.deleted"}"#.to_vec();
+    assert!(!verify(&forged));
+    // Nothing secret in a delivery.
+    let text: String = got
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    for token in provider.issued_refresh_tokens() {
+        assert!(!text.contains(&token));
+    }
+}
+
+async fn a_receiver_failing_three_times_gets_the_event_once_more_in_order(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let receiver = Receiver::start(3).await;
+    let app = app_with(backend, &provider, &env(&receiver)).await;
+    assert!(app.connect("lee").await.status().is_success());
+    // The connection's next event waits behind the failing one.
+    let deleted = app
+        .api_delete("/v1/users/lee/connections/google?revoke=false")
+        .await;
+    assert_eq!(deleted.status(), reqwest::StatusCode::OK);
+
+    let delivered = receiver.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let all = receiver.received();
+    let kinds: Vec<String> = all
+        .iter()
+        .map(|r| format!("{}:{}", body(r)["type"].as_str().unwrap_or("?"), r.answered))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "connection.created:500",
+            "connection.created:500",
+            "connection.created:500",
+            "connection.created:204",
+            "connection.deleted:204",
+        ],
+        "three failures, then once more, then the next event: {all:#?}"
+    );
+    assert_eq!(delivered.len(), 2);
+    assert!(
+        all.windows(2).take(3).all(|w| w[0].id == w[1].id),
+        "the same event retried"
+    );
+    assert!(all.iter().all(verify));
+}
+
+async fn a_restart_in_the_middle_of_retries_loses_nothing(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let receiver = Receiver::start(usize::MAX).await;
+    let mut settings = env(&receiver);
+    settings.push(("AXNT_WEBHOOK_BACKOFF_MS", "100".into()));
+    let app = app_with(backend, &provider, &settings).await;
+    assert!(app.connect("max").await.status().is_success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.received().len() < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(receiver.received().len() >= 2, "retried while failing");
+    // The instance stops in the middle of its retries; another starts on the same
+    // storage once the receiver is back.
+    let next = app.sibling().await;
+    app.stop().await;
+    receiver.fail_next(0);
+    let delivered = receiver.wait_for(1).await;
+    assert_eq!(delivered.len(), 1, "{:#?}", receiver.received());
+    assert_eq!(body(&delivered[0])["type"], "connection.created");
+    assert_eq!(body(&delivered[0])["data"]["userId"], "max");
+    assert!(verify(&delivered[0]));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(receiver.delivered().len(), 1, "once");
+    next.stop().await;
+}
+
+#[test]
+fn loopback_and_private_urls_are_refused_unless_allowed() {
+    let load = |url: &str, allow: bool| {
+        axnt_oauth::config::Settings::load(
+            None,
+            [
+                ("AXNT_WEBHOOK_URLS".to_string(), url.to_string()),
+                ("AXNT_WEBHOOK_SECRET".to_string(), SECRET.to_string()),
+                ("AXNT_WEBHOOK_ALLOW_PRIVATE".to_string(), allow.to_string()),
+            ],
+        )
+    };
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://[::1]/hook",
+        "https://10.0.0.5/hook",
+        "https://192.168.1.20/hook",
+        "http://169.254.169.254/latest/meta-data",
+    ] {
+        let e = load(url, false).expect_err(url).to_string();
+        assert!(e.contains("AXNT_WEBHOOK_URLS"), "{url}: {e}");
+        assert!(e.contains("AXNT_WEBHOOK_ALLOW_PRIVATE"), "{e}");
+        load(url, true).unwrap_or_else(|e| panic!("{url} allowed: {e}"));
+    }
+    load("https://hooks.example.com/axnt", false).expect("a public name");
+    let e = load("ftp://hooks.example.com/", true).expect_err("not http");
+    assert!(e.to_string().contains("AXNT_WEBHOOK_URLS"), "{e}");
+    let e = axnt_oauth::config::Settings::load(
+        None,
+        [(
+            "AXNT_WEBHOOK_SECRET".to_string(),
+            "whsec_not base64!".to_string(),
+        )],
+    )
+    .expect_err("a bad secret");
+    assert!(!e.to_string().contains("not base64!"), "never quoted: {e}");
+}
