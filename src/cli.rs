@@ -60,6 +60,32 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
         page_size: u16,
     },
+    /// Lifecycle events: `events replay --since <time>`.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum EventsCommand {
+    /// Deliver again every event made since a time to every endpoint in
+    /// AXNT_WEBHOOK_URLS (their cursors move back; the running service sends them),
+    /// and print them as JSON lines. With --dry-run, only print them.
+    Replay {
+        /// RFC 3339 time, e.g. 2026-11-26T07:00:00Z (within AXNT_EVENTS_RETENTION_DAYS).
+        #[arg(long, value_parser = parse_time)]
+        since: chrono::DateTime<chrono::Utc>,
+        /// Print the events; move no cursor.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("not an RFC 3339 time (2026-11-26T07:00:00Z): {e}"))
 }
 
 /// Runs the chosen command; returns the process exit code.
@@ -83,7 +109,63 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
             };
             rotate_keys(settings, &options).await
         }
+        Command::Events {
+            command: EventsCommand::Replay { since, dry_run },
+        } => replay(settings, since, dry_run).await,
     }
+}
+
+async fn replay(
+    settings: Settings,
+    since: chrono::DateTime<chrono::Utc>,
+    dry_run: bool,
+) -> anyhow::Result<i32> {
+    let backends = Backends::open(&settings).await?;
+    let store = backends.tokens;
+    let mut after = crate::store::event_bound(since.timestamp_millis());
+    let until = crate::store::event_bound(chrono::Utc::now().timestamp_millis());
+    let mut count = 0usize;
+    loop {
+        let page = store.events_between(&after, &until, 500).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id.clone();
+        for e in page.iter().filter(|e| e.kind != crate::events::PROBE_KIND) {
+            count += 1;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": e.id,
+                    "type": e.kind,
+                    "timestamp": e.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "data": e.data,
+                })
+            );
+        }
+    }
+    if dry_run {
+        eprintln!("{count} events since {since} (dry run: no endpoint's cursor moved)");
+        return Ok(0);
+    }
+    if settings.webhooks.urls.is_empty() {
+        eprintln!(
+            "{count} events since {since}; no AXNT_WEBHOOK_URLS, so nothing to deliver again"
+        );
+        return Ok(0);
+    }
+    for (id, outcome) in
+        crate::webhooks::rewind(store.as_ref(), &settings.webhooks.urls, since).await
+    {
+        match outcome {
+            Ok(()) => {
+                eprintln!("endpoint {id}: {count} events since {since} will be delivered again")
+            }
+            Err(e) => {
+                eprintln!("endpoint {id}: could not move its cursor: {e}");
+                return Ok(1);
+            }
+        }
+    }
+    Ok(0)
 }
 
 /// `GET /healthz` on the public listener. A wildcard listen address (`0.0.0.0:8080` in

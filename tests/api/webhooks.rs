@@ -309,3 +309,65 @@ fn loopback_and_private_urls_are_refused_unless_allowed() {
     .expect_err("a bad secret");
     assert!(!e.to_string().contains("not base64!"), "never quoted: {e}");
 }
+
+/// `axnt-oauth events replay --since …` (the binary, as an operator runs it beside the
+/// running service): prints the events, and the service delivers them again.
+#[tokio::test]
+async fn an_operator_replays_events_since_a_time() {
+    let provider = FakeProvider::start().await;
+    let receiver = Receiver::start(0).await;
+    let app = app_with(Backend::Embedded, &provider, &env(&receiver)).await;
+    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    assert!(app.connect("ned").await.status().is_success());
+    assert_eq!(receiver.wait_for(1).await.len(), 1);
+
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "events".to_string(),
+            "replay".to_string(),
+            "--since".to_string(),
+            since.to_rfc3339(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        std::process::Command::new(env!("CARGO_BIN_EXE_axnt-oauth"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(app.base_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("AXNT_DATA_DIR", app.data_dir.path())
+            .env("AXNT_LOG", "warn")
+            .output()
+            .expect("run axnt-oauth")
+    };
+    let dry = run(&["--dry-run"]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let printed = String::from_utf8_lossy(&dry.stdout);
+    let lines: Vec<Value> = printed
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{printed}");
+    assert_eq!(lines[0]["type"], "connection.created");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        receiver.delivered().len(),
+        1,
+        "a dry run delivers nothing again"
+    );
+
+    let replay = run(&[]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(String::from_utf8_lossy(&replay.stderr).contains("will be delivered again"));
+    let got = receiver.wait_for(2).await;
+    assert_eq!(got.len(), 2, "delivered again");
+    assert_eq!(got[0].id, got[1].id, "the same event (webhook-id) again");
+    assert!(verify(&got[1]));
+}
