@@ -538,7 +538,7 @@ pub struct WebhookSettings {
     /// `AXNT_WEBHOOK_SECRET`: `whsec_` + base64, signing every delivery (aws mode: else
     /// the secret's `webhook_secret`).
     #[serde(rename = "webhook_secret", deserialize_with = "de::webhook_secret")]
-    pub(crate) secret: Option<crate::webhooks::WebhookSecret>,
+    pub(crate) secret: Option<crate::crypto::WebhookSecret>,
     /// `AXNT_WEBHOOK_ALLOW_PRIVATE`: deliver to loopback and private addresses too
     /// (off: only public ones, against SSRF).
     #[serde(rename = "webhook_allow_private")]

@@ -179,7 +179,7 @@ impl App {
             let webhooks = crate::webhooks::Webhooks::new(
                 Arc::clone(&backends.tokens),
                 Arc::clone(&secrets),
-                crate::webhooks::DeliveryRules::from(&settings.webhooks),
+                delivery_rules(&settings.webhooks),
                 TokenPolicy::from(&*settings).events,
             )
             .map_err(|reason| ConfigError {
@@ -358,4 +358,18 @@ pub(crate) async fn shutdown_signal() {
         _ = term => {}
     }
     tracing::info!("shutdown signal received: draining");
+}
+
+/// How webhooks are delivered, from the settings.
+fn delivery_rules(s: &crate::config::WebhookSettings) -> crate::webhooks::DeliveryRules {
+    crate::webhooks::DeliveryRules {
+        urls: s.urls.clone(),
+        secret: s.secret.clone(),
+        allow_private: s.allow_private,
+        retry_period: s.retry_period,
+        first_backoff: s.first_backoff,
+        timeout: s.timeout,
+        poll: s.poll,
+        circuit_open: s.circuit_open,
+    }
 }

@@ -216,4 +216,12 @@ fn describe() {
         "axnt_flow_log_write_failures_total",
         "Flow-log writes that failed after their retries"
     );
+    describe_counter!(
+        "axnt_webhook_deliveries_total",
+        "Webhook delivery attempts, by endpoint id and outcome: delivered, failed, refused (SSRF guard), given_up"
+    );
+    describe_gauge!(
+        "axnt_webhook_lag_seconds",
+        "Age of the oldest event still owed to a webhook endpoint (0: none owed), as its worker last saw it"
+    );
 }

@@ -115,12 +115,12 @@ pub(crate) fn hours<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Erro
 /// `whsec_` + base64 of 24 to 64 bytes, or empty for none. Never quoted in an error.
 pub(crate) fn webhook_secret<'de, D: Deserializer<'de>>(
     d: D,
-) -> Result<Option<crate::webhooks::WebhookSecret>, D::Error> {
+) -> Result<Option<crate::crypto::WebhookSecret>, D::Error> {
     let text = SecretString::from(String::deserialize(d)?);
     if text.expose_secret().trim().is_empty() {
         return Ok(None);
     }
-    crate::webhooks::WebhookSecret::parse(text.expose_secret())
+    crate::crypto::WebhookSecret::parse(text.expose_secret())
         .map(Some)
         .map_err(D::Error::custom)
 }

@@ -14,6 +14,7 @@ pub mod cache;
 pub(crate) mod envelope;
 pub mod kms;
 pub(crate) mod local;
+mod webhook_secret;
 
 use std::fmt;
 
@@ -25,6 +26,7 @@ use zeroize::Zeroizing;
 
 pub use envelope::{Envelope, EnvelopeCipher};
 pub use local::{MASTER_KEY_FILE, RETIRED_KEYS_DIR, rotate_master_key};
+pub use webhook_secret::WebhookSecret;
 
 /// Length of every symmetric key we hold.
 pub(crate) const KEY_LEN: usize = 32;

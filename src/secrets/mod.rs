@@ -38,7 +38,7 @@ pub struct ServiceSecrets {
     pub previous_state_key: Option<SecretKey>,
     pub(crate) api_keys: Vec<ApiKey>,
     /// `webhook_secret`: signs webhook deliveries (`AXNT_WEBHOOK_SECRET` overrides it).
-    pub webhook_secret: Option<crate::webhooks::WebhookSecret>,
+    pub webhook_secret: Option<crate::crypto::WebhookSecret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,7 +231,7 @@ pub(crate) fn parse_secret_document(
         .webhook_secret
         .filter(|s| !s.trim().is_empty())
         .map(|s| {
-            crate::webhooks::WebhookSecret::parse(&s)
+            crate::crypto::WebhookSecret::parse(&s)
                 .map_err(|e| malformed(format!("webhook_secret: {e}")))
         })
         .transpose()?;

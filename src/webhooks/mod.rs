@@ -14,7 +14,6 @@
 //! (not memory) holds what waits.
 
 mod guard;
-mod sign;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +27,8 @@ use crate::store::{
     Event, PendingDelivery, StoreError, TokenStore, WebhookState, event_bound, event_millis,
 };
 
+pub use crate::crypto::WebhookSecret;
 pub(crate) use guard::{private_host, refuse_url, unusable_url};
-pub use sign::WebhookSecret;
 
 /// Failed attempts in a row that open an endpoint's circuit.
 const CIRCUIT_FAILURES: u32 = 5;
@@ -47,21 +46,6 @@ fn lease(rules: &DeliveryRules) -> Duration {
     (rules.poll * 10)
         .max(rules.timeout * 2)
         .max(Duration::from_secs(2))
-}
-
-impl From<&crate::config::WebhookSettings> for DeliveryRules {
-    fn from(s: &crate::config::WebhookSettings) -> Self {
-        Self {
-            urls: s.urls.clone(),
-            secret: s.secret.clone(),
-            allow_private: s.allow_private,
-            retry_period: s.retry_period,
-            first_backoff: s.first_backoff,
-            timeout: s.timeout,
-            poll: s.poll,
-            circuit_open: s.circuit_open,
-        }
-    }
 }
 
 /// How deliveries are made.
@@ -166,6 +150,11 @@ impl Webhooks {
             .map(|url| {
                 let webhooks = Arc::clone(self);
                 let endpoint = Endpoint::new(url.clone());
+                for outcome in ["delivered", "failed", "refused", "given_up"] {
+                    count_n(&endpoint, outcome, 0);
+                }
+                metrics::gauge!("axnt_webhook_lag_seconds", "endpoint" => endpoint.id.clone())
+                    .set(0.0);
                 let holder = uuid::Uuid::new_v4().to_string();
                 // A new endpoint gets the events made from now on (`events replay`
                 // sends older ones).
@@ -500,8 +489,12 @@ pub(crate) async fn rewind(
 /// `axnt_webhook_deliveries_total{endpoint, outcome}`: `delivered`, `failed`,
 /// `refused` (SSRF guard), `given_up`.
 fn count(endpoint: &Endpoint, outcome: &'static str) {
+    count_n(endpoint, outcome, 1);
+}
+
+fn count_n(endpoint: &Endpoint, outcome: &'static str, n: u64) {
     metrics::counter!("axnt_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => outcome)
-        .increment(1);
+        .increment(n);
 }
 
 /// An endpoint's circuit: failed attempts in a row, and until when it is open.

@@ -14,8 +14,8 @@ use axnt_oauth::store::embedded::EmbeddedStore;
 use axnt_oauth::store::flow_log::SortKeyClock;
 use axnt_oauth::store::{
     AccountGrants, Connection, Event, FlowLog, FlowLogEntry, FlowStep, GrantLedger, LeaseRelease,
-    PendingGrant, PendingRevocation, RefreshLease, RefreshState, ReplacedAccount, ScanCursor,
-    StoreError, TokenStore, UserInfo,
+    PendingDelivery, PendingGrant, PendingRevocation, RefreshLease, RefreshState, ReplacedAccount,
+    ScanCursor, StoreError, TokenStore, UserInfo, WebhookState,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
@@ -1304,6 +1304,57 @@ async fn events_read_in_order_across_days_within_bounds(
     assert_eq!(ids(across_empty_day), ["e5"]);
 }
 
+async fn webhook_state_is_written_conditionally(
+    tokens: Arc<dyn TokenStore>,
+    _log: Arc<dyn FlowLog>,
+) {
+    let endpoint = aws::unique("wh");
+    assert_eq!(tokens.webhook_state(&endpoint).await.expect("read"), None);
+    let first = WebhookState {
+        cursor: "019ac1a2-7b3c-7d4e-8f50-6a7b8c9d0e1f".into(),
+        pending: vec![PendingDelivery {
+            event_id: "019ac1a2-7b3c-7d4e-8f50-6a7b8c9d0e20".into(),
+            user_id: "u/ü".into(),
+            provider: "google".into(),
+            attempts: 3,
+            next_attempt_ms: 1_800_000_000_123,
+        }],
+        version: 1,
+    };
+    tokens
+        .put_webhook_state(&endpoint, &first, None)
+        .await
+        .expect("create");
+    assert_eq!(
+        tokens
+            .webhook_state(&endpoint)
+            .await
+            .expect("read")
+            .as_ref(),
+        Some(&first)
+    );
+    let again = tokens.put_webhook_state(&endpoint, &first, None).await;
+    assert!(matches!(again, Err(StoreError::Conflict)), "{again:?}");
+    let second = WebhookState {
+        pending: Vec::new(),
+        version: 2,
+        ..first.clone()
+    };
+    let stale = tokens.put_webhook_state(&endpoint, &second, Some(7)).await;
+    assert!(matches!(stale, Err(StoreError::Conflict)), "{stale:?}");
+    tokens
+        .put_webhook_state(&endpoint, &second, Some(1))
+        .await
+        .expect("update");
+    assert_eq!(
+        tokens.webhook_state(&endpoint).await.expect("read"),
+        Some(second)
+    );
+    // A service item: no user's connection, and no scan's row.
+    let (rows, _) = scan_all(tokens.as_ref(), 100).await;
+    assert!(rows.iter().all(|r| !r.user_id.contains(&endpoint)));
+}
+
 async fn pings_answer(tokens: Arc<dyn TokenStore>, log: Arc<dyn FlowLog>) {
     tokens.ping().await.expect("tokens ping");
     log.ping().await.expect("flow log ping");
@@ -1356,4 +1407,5 @@ every_backend!(
     a_rewrap_replaces_only_an_unchanged_envelope,
     events_are_stored_with_their_change_or_not_at_all,
     events_read_in_order_across_days_within_bounds,
+    webhook_state_is_written_conditionally,
 );

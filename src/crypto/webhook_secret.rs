@@ -1,4 +1,4 @@
-//! Standard Webhooks signatures (standardwebhooks.com): `webhook-signature` is `v1,`
+//! The webhook signing secret, and Standard Webhooks signatures (standardwebhooks.com): `webhook-signature` is `v1,`
 //! and the base64 HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}` under the
 //! secret's bytes (the base64 after `whsec_`).
 
