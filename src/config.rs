@@ -377,6 +377,10 @@ pub struct ProviderSettings {
     /// were minted for its account is `token_limit_evicted`.
     #[serde(rename = "google_grant_limit")]
     pub(crate) grant_limit: u32,
+    /// `AXNT_GOOGLE_RISC_ISSUER`: the issuer of Google's security event tokens (RISC),
+    /// whose keys are found through `{issuer}/.well-known/risc-configuration`.
+    #[serde(rename = "google_risc_issuer")]
+    pub(crate) risc_issuer: Url,
 }
 
 impl Default for ProviderSettings {
@@ -391,6 +395,8 @@ impl Default for ProviderSettings {
             publishing_status: PublishingStatus::Unknown,
             revocation_retry: Duration::from_secs(30),
             grant_limit: 100,
+            risc_issuer: Url::parse("https://accounts.google.com/")
+                .unwrap_or_else(|_| unreachable!()),
         }
     }
 }

@@ -75,6 +75,10 @@ pub(crate) enum Error {
     CodeRejected,
     #[error("no connection for this user and provider")]
     NotConnected,
+    /// `POST /risc/google` got a token that is not a valid security event token for
+    /// this client (signature, issuer, audience, shape).
+    #[error("not a valid security event token: {0}")]
+    InvalidSecurityEvent(String),
     #[error("the user must connect the account again ({cause})")]
     ReauthorizationRequired { cause: String },
     /// The grant lacks scopes the caller requires (`requiredScopes`): the user must
@@ -210,6 +214,7 @@ impl Error {
             | Self::BrowserMismatch
             | Self::AuthorizationDenied(_)
             | Self::IdTokenInvalid(_)
+            | Self::InvalidSecurityEvent(_)
             | Self::CodeRejected => StatusCode::BAD_REQUEST,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -268,6 +273,7 @@ impl Error {
             Self::IdTokenInvalid(_) => "id_token_invalid",
             Self::CodeRejected => "code_rejected",
             Self::NotConnected => "not_connected",
+            Self::InvalidSecurityEvent(_) => "invalid_security_event",
             Self::ReauthorizationRequired { .. } => "reauthorization_required",
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::ScopesNotGranted { .. } => "scopes_not_granted",
@@ -510,6 +516,7 @@ pub(crate) fn one_of_each() -> Vec<Error> {
             | Error::IdTokenInvalid(_)
             | Error::CodeRejected
             | Error::NotConnected
+            | Error::InvalidSecurityEvent(_)
             | Error::ReauthorizationRequired { .. }
             | Error::InsufficientScope { .. }
             | Error::ScopesNotGranted { .. }
@@ -549,6 +556,7 @@ pub(crate) fn one_of_each() -> Vec<Error> {
         Error::IdTokenInvalid(IdTokenProblem::Expired),
         Error::CodeRejected,
         Error::NotConnected,
+        Error::InvalidSecurityEvent(s()),
         Error::ReauthorizationRequired {
             cause: Cause::UnknownInvalidGrant.code().into(),
         },

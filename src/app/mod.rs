@@ -225,6 +225,16 @@ impl App {
             sealer: Arc::new(StateSealer::new(state_key).with_previous(previous_state_key)),
             secrets,
             readiness,
+            risc: Arc::new(
+                crate::oauth::risc::RiscVerifier::new(
+                    &settings.provider.risc_issuer,
+                    settings.provider.timeout,
+                )
+                .map_err(|reason| ConfigError {
+                    setting: crate::config::env_name("google_risc_issuer"),
+                    reason,
+                })?,
+            ),
         });
         if crate::telemetry::metrics().is_some() {
             series::register(settings.backend, &provider_names);

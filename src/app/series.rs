@@ -82,6 +82,10 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
             metrics::counter!("axnt_token_refresh_suppressed_total", "provider" => provider.to_string(), "reason" => reason)
                 .increment(0);
         }
+        for outcome in ["applied", "no_connection", "recorded", "duplicate"] {
+            metrics::counter!("axnt_security_events_total", "provider" => provider.to_string(), "outcome" => outcome)
+                .increment(0);
+        }
     }
     metrics::counter!("axnt_token_reads_total", "provider" => "unknown", "outcome" => "unknown_provider")
         .increment(0);
@@ -215,6 +219,10 @@ fn describe() {
     describe_counter!(
         "axnt_flow_log_write_failures_total",
         "Flow-log writes that failed after their retries"
+    );
+    describe_counter!(
+        "axnt_security_events_total",
+        "Google security events (RISC) received and verified, by outcome: applied (grants ended), no_connection, recorded (nothing to change), duplicate (a replayed jti)"
     );
     describe_counter!(
         "axnt_webhook_deliveries_total",

@@ -7,6 +7,7 @@ pub(crate) mod limits;
 pub(crate) mod oauth;
 mod openapi;
 pub(crate) mod probes;
+mod risc;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub(crate) struct Services {
     pub(crate) readiness: Readiness,
     pub(crate) trusted_proxies: Vec<IpAddr>,
     pub(crate) rate_limits: Arc<limits::RateLimits>,
+    /// Verifies Google's security event tokens (`POST /risc/google`).
+    pub(crate) risc: Arc<crate::oauth::risc::RiscVerifier>,
 }
 
 impl AppState {
@@ -80,6 +83,7 @@ pub(crate) fn router(state: AppState) -> Router {
             limits::limit_browser,
         )))
         .merge(api::router(state.clone()))
+        .merge(risc::router())
         .fallback(|| async { Error::RouteNotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         // Inside the layers below, so a timed-out request is still counted, logged once
@@ -142,7 +146,7 @@ async fn answer_within(State(limit): State<Duration>, request: Request, next: Ne
 /// with that status (a route with two is listed twice) and
 /// [`STATUSES_EVERY_ROUTE_CAN_ANSWER`] at zero, so a rate over
 /// errors works from the first scrape.
-pub(crate) const ROUTES: [(&str, &str, u16); 15] = [
+pub(crate) const ROUTES: [(&str, &str, u16); 16] = [
     ("GET", "/healthz", 200),
     ("GET", "/readyz", 200),
     ("GET", "/openapi.json", 200),
@@ -155,6 +159,7 @@ pub(crate) const ROUTES: [(&str, &str, u16); 15] = [
     ("GET", "/v1/users/{user_id}/flow-logs", 200),
     ("GET", "/v1/audit", 200),
     ("GET", "/v1/events", 200),
+    ("POST", "/risc/google", 202),
     ("GET", "/oauth/{provider}/start", 302),
     // A page without a return URL, a redirect to it with one.
     ("GET", "/oauth/{provider}/callback", 200),

@@ -72,6 +72,7 @@ pub(crate) fn document_json() -> Result<String, serde_json::Error> {
         api::list_events,
         api::delete_connection,
         api::list_flow_logs,
+        super::risc::receive,
         probes::healthz,
         probes::readyz,
     ),
@@ -80,6 +81,7 @@ pub(crate) fn document_json() -> Result<String, serde_json::Error> {
     tags(
         (name = "internal", description = "For the application's services; needs an API key"),
         (name = "probes", description = "For the orchestrator; no key"),
+        (name = "provider", description = "For the OAuth provider (Google's security events); no key, the token is signed"),
     ),
 )]
 struct ApiDoc;
@@ -179,6 +181,21 @@ const ERRORS: &[(&str, Answers)] = &[
     ),
     ("list_audit", &[(400, &["invalid_request"]), STORE]),
     ("list_events", &[(400, &["invalid_request"]), STORE]),
+    (
+        "receive",
+        &[
+            (400, &["invalid_security_event"]),
+            (
+                503,
+                &[
+                    "provider_unavailable",
+                    "provider_not_configured",
+                    "store_unavailable",
+                    "store_throttled",
+                ],
+            ),
+        ],
+    ),
     (
         "delete_connection",
         &[

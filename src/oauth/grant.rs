@@ -104,11 +104,13 @@ pub(crate) enum Cause {
     NoRefreshToken,
     UnknownInvalidGrant,
     ClientCredentialsInvalid,
+    /// Google disabled the account, suspecting it was hijacked (a RISC event).
+    AccountDisabled,
 }
 
 impl Cause {
     /// Every cause, for the metrics registered at start-up and the docs.
-    pub(crate) const ALL: [Cause; 12] = [
+    pub(crate) const ALL: [Cause; 13] = [
         Cause::RevokedByUser,
         Cause::TestingModeExpired,
         Cause::IdleExpired,
@@ -121,6 +123,7 @@ impl Cause {
         Cause::NoRefreshToken,
         Cause::UnknownInvalidGrant,
         Cause::ClientCredentialsInvalid,
+        Cause::AccountDisabled,
     ];
 
     pub(crate) fn code(self) -> &'static str {
@@ -137,6 +140,7 @@ impl Cause {
             Self::NoRefreshToken => "no_refresh_token",
             Self::UnknownInvalidGrant => "unknown_invalid_grant",
             Self::ClientCredentialsInvalid => "client_credentials_invalid",
+            Self::AccountDisabled => "account_disabled",
         }
     }
 
@@ -187,6 +191,9 @@ impl Cause {
             }
             Self::ClientCredentialsInvalid => {
                 "The provider rejected this service's OAuth client id or secret; the user's grant is untouched. An operator must fix the client credentials (AXNT_GOOGLE_CLIENT_SECRET or the secret's client_secret)."
+            }
+            Self::AccountDisabled => {
+                "Google disabled this Google account, suspecting it was hijacked, and ended its grants. Once the user has recovered the account, they can connect again."
             }
         }
     }

@@ -4,6 +4,7 @@
 pub(crate) mod flow;
 pub(crate) mod grant;
 pub(crate) mod provider;
+pub(crate) mod risc;
 
 use serde::{Deserialize, Serialize};
 use url::Url;

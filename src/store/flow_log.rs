@@ -34,6 +34,9 @@ pub enum FlowStep {
     Deleted,
     /// An audit-trail item (kept under the audit partitions, never a user's flow log).
     TokenRead,
+    /// A security event from the provider (Google's RISC): a grant it ended, or an
+    /// event only recorded.
+    SecurityEvent,
 }
 
 impl FlowStep {
@@ -55,6 +58,7 @@ impl FlowStep {
             Self::Revoked => "revoked",
             Self::Deleted => "deleted",
             Self::TokenRead => "token_read",
+            Self::SecurityEvent => "security_event",
         }
     }
 

@@ -76,6 +76,12 @@ pub struct GrantLedger {
     /// Epoch seconds: the predicted expiry `connection.expiring_soon` was sent for (so
     /// it is sent once per forecast; a new consent clears it).
     pub expiry_notice_for: Option<i64>,
+    /// The refresh token's identifiers as Google's security events give them, so a
+    /// `token-revoked` event finds its connection without the token itself: base64 of
+    /// the double SHA-512 of the token, and base64 of the SHA-256 of its first 16
+    /// characters (Google's `prefix` identifier, itself never stored).
+    pub refresh_token_hash: Option<String>,
+    pub refresh_token_prefix_hash: Option<String>,
 }
 
 /// The account a connection held before another account's grant replaced it

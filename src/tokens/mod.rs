@@ -9,6 +9,7 @@
 mod cache;
 mod keepalive;
 pub(crate) mod refresh;
+mod risc;
 pub(crate) mod token_set;
 mod user_id;
 
@@ -1247,6 +1248,14 @@ fn ledger_after_consent(
         expiry_notice_for: previous
             .filter(|_| !minted)
             .and_then(|p| p.expiry_notice_for),
+        refresh_token_hash: set
+            .refresh_token
+            .as_deref()
+            .map(crate::oauth::risc::token_hash),
+        refresh_token_prefix_hash: set
+            .refresh_token
+            .as_deref()
+            .map(crate::oauth::risc::prefix_hash),
     }
 }
 
@@ -1272,6 +1281,17 @@ pub(crate) fn ledger_after_refresh(
         },
         last_refreshed_at: Some(now),
         refresh_token_expires_at: set.refresh_token_expires_at,
+        // A rotated refresh token has identifiers of its own.
+        refresh_token_hash: set
+            .refresh_token
+            .as_deref()
+            .map(crate::oauth::risc::token_hash)
+            .or_else(|| previous.refresh_token_hash.clone()),
+        refresh_token_prefix_hash: set
+            .refresh_token
+            .as_deref()
+            .map(crate::oauth::risc::prefix_hash)
+            .or_else(|| previous.refresh_token_prefix_hash.clone()),
         ..previous.clone()
     }
 }

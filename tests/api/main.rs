@@ -32,6 +32,7 @@ mod links;
 mod metrics;
 mod refresh_faults;
 mod retention;
+mod risc;
 mod rotation;
 mod schema;
 mod secrets;

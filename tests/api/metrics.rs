@@ -409,6 +409,7 @@ async fn scrape_through_a_flow(on_aws: bool) {
         ("GET", "/v1/connections?health=dead"),
         ("GET", "/v1/audit?userId=metrics-user"),
         ("GET", "/v1/events"),
+        ("POST", "/risc/google"),
         ("GET", "/v1/users/metrics-user/flow-logs"),
         ("POST", "/v1/connect-sessions/no-such-flow/confirm"),
         ("DELETE", "/v1/users/metrics-user/connections/google"),

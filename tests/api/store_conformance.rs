@@ -649,6 +649,8 @@ async fn the_grant_ledger_is_kept_on_the_row(tokens: Arc<dyn TokenStore>, _log: 
         last_refreshed_at: Some(at("2026-01-03T00:00:00Z")),
         refresh_token_expires_at: Some(1_800_000_000),
         expiry_notice_for: Some(1_800_000_100),
+        refresh_token_hash: Some("aGFzaA==".into()),
+        refresh_token_prefix_hash: Some("cHJlZml4".into()),
     };
     let first = Connection {
         grant: ledger.clone(),

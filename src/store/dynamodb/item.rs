@@ -119,6 +119,10 @@ struct ConnectionItem {
     refresh_token_expires_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expiry_notice_for: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token_prefix_hash: Option<String>,
 }
 
 impl From<&Connection> for ConnectionItem {
@@ -155,6 +159,8 @@ impl From<&Connection> for ConnectionItem {
             last_refreshed_at: row.grant.last_refreshed_at,
             refresh_token_expires_at: row.grant.refresh_token_expires_at,
             expiry_notice_for: row.grant.expiry_notice_for,
+            refresh_token_hash: row.grant.refresh_token_hash.clone(),
+            refresh_token_prefix_hash: row.grant.refresh_token_prefix_hash.clone(),
         }
     }
 }
@@ -197,6 +203,8 @@ impl TryFrom<ConnectionItem> for Connection {
                 last_refreshed_at: item.last_refreshed_at,
                 refresh_token_expires_at: item.refresh_token_expires_at,
                 expiry_notice_for: item.expiry_notice_for,
+                refresh_token_hash: item.refresh_token_hash,
+                refresh_token_prefix_hash: item.refresh_token_prefix_hash,
             },
         })
     }
@@ -551,6 +559,8 @@ mod tests {
                 last_refreshed_at: Some(at("2025-01-02T04:04:05.001Z")),
                 refresh_token_expires_at: Some(1_790_000_000),
                 expiry_notice_for: Some(1_790_000_100),
+                refresh_token_hash: Some("aGFzaA==".into()),
+                refresh_token_prefix_hash: Some("cHJlZml4".into()),
             },
         }
     }
@@ -620,6 +630,8 @@ mod tests {
             ("lastRefreshedAt", s("2025-01-02T04:04:05.001Z")),
             ("refreshTokenExpiresAt", n(1_790_000_000)),
             ("expiryNoticeFor", n(1_790_000_100)),
+            ("refreshTokenHash", s("aGFzaA==")),
+            ("refreshTokenPrefixHash", s("cHJlZml4")),
         ])
     }
 
@@ -714,6 +726,8 @@ mod tests {
             "lastRefreshedAt",
             "refreshTokenExpiresAt",
             "expiryNoticeFor",
+            "refreshTokenHash",
+            "refreshTokenPrefixHash",
         ] {
             item.remove(name);
         }

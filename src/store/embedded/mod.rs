@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     last_refreshed_at       TEXT,
     refresh_token_expires_at INTEGER,
     expiry_notice_for       INTEGER,
+    refresh_token_hash      TEXT,
+    refresh_token_prefix_hash TEXT,
     PRIMARY KEY (user_id, provider)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
@@ -115,7 +117,7 @@ const TOKEN_COLUMNS: &str = "user_id, provider, email, encrypted_tokens, user_in
      last_used, access_token_expires_at, expires_at, is_active, version, refresh_lease_attempt, refresh_lease_until, \
      refresh_retry_at, refresh_unknown_since, inactive_cause, replaced_account, requested_scopes, \
      granted_scopes, requested_scopes_changed_at, scopes_changed_at, consented_at, last_refreshed_at, \
-     refresh_token_expires_at, expiry_notice_for";
+     refresh_token_expires_at, expiry_notice_for, refresh_token_hash, refresh_token_prefix_hash";
 
 /// Read connections kept open for reuse; more are opened while all are busy.
 const IDLE_READERS: usize = 4;
@@ -313,6 +315,14 @@ impl EmbeddedStore {
                 .refresh_token_expires_at
                 .map_or(Value::Null, Value::from),
             grant.expiry_notice_for.map_or(Value::Null, Value::from),
+            grant
+                .refresh_token_hash
+                .clone()
+                .map_or(Value::Null, Value::from),
+            grant
+                .refresh_token_prefix_hash
+                .clone()
+                .map_or(Value::Null, Value::from),
         ];
         const SET: &str = "email = ?3, encrypted_tokens = ?4, user_info = ?5, created_at = ?6, \
              updated_at = ?7, last_used = ?8, access_token_expires_at = ?9, expires_at = ?10, \
@@ -320,23 +330,24 @@ impl EmbeddedStore {
              refresh_retry_at = ?15, refresh_unknown_since = ?16, inactive_cause = ?17, \
              replaced_account = ?18, requested_scopes = ?19, granted_scopes = ?20, \
              requested_scopes_changed_at = ?21, scopes_changed_at = ?22, consented_at = ?23, \
-             last_refreshed_at = ?24, refresh_token_expires_at = ?25, expiry_notice_for = ?26";
+             last_refreshed_at = ?24, refresh_token_expires_at = ?25, expiry_notice_for = ?26, \
+             refresh_token_hash = ?27, refresh_token_prefix_hash = ?28";
         let statement = match condition {
             WriteIf::Absent => format!(
                 "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26) \
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28) \
                  ON CONFLICT (user_id, provider) DO NOTHING"
             ),
             WriteIf::Version(expected) => {
                 values.push(Value::from(expected));
                 format!(
-                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?27"
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?29"
                 )
             }
             WriteIf::Holder(attempt) => {
                 values.push(Value::from(attempt));
                 format!(
-                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?27"
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?29"
                 )
             }
         };
@@ -489,6 +500,8 @@ fn migrate(db: &Sqlite) -> rusqlite::Result<()> {
         ("last_refreshed_at", "TEXT"),
         ("refresh_token_expires_at", "INTEGER"),
         ("expiry_notice_for", "INTEGER"),
+        ("refresh_token_hash", "TEXT"),
+        ("refresh_token_prefix_hash", "TEXT"),
     ] {
         if !columns.iter().any(|c| c == column) {
             db.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {column} {kind}"))?;

@@ -80,6 +80,8 @@ struct RawConnection {
     last_refreshed_at: Option<String>,
     refresh_token_expires_at: Option<i64>,
     expiry_notice_for: Option<i64>,
+    refresh_token_hash: Option<String>,
+    refresh_token_prefix_hash: Option<String>,
 }
 
 impl RawConnection {
@@ -111,6 +113,8 @@ impl RawConnection {
             last_refreshed_at: row.get(23)?,
             refresh_token_expires_at: row.get(24)?,
             expiry_notice_for: row.get(25)?,
+            refresh_token_hash: row.get(26)?,
+            refresh_token_prefix_hash: row.get(27)?,
         })
     }
 
@@ -155,6 +159,8 @@ impl RawConnection {
                 last_refreshed_at: optional_time("lastRefreshedAt", self.last_refreshed_at)?,
                 refresh_token_expires_at: self.refresh_token_expires_at,
                 expiry_notice_for: self.expiry_notice_for,
+                refresh_token_hash: self.refresh_token_hash,
+                refresh_token_prefix_hash: self.refresh_token_prefix_hash,
             },
         })
     }

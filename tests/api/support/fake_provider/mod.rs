@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `GET /.well-known/openid-configuration` | discovery; `issuer` is `http://127.0.0.1:PORT` (no trailing slash); fetches are counted |
 //! | `GET /jwks` | the published signing keys (fetches are counted) |
+//! | `GET /.well-known/risc-configuration` | the RISC issuer and its keys (`/jwks`), for security event tokens ([`FakeProvider::security_event_token`]) |
 //! | `GET /authorize` | records the query, validates `client_id` and `redirect_uri`, auto-approves: `302` to `redirect_uri?code=…&state=…&scope=…` |
 //! | `POST /token` | `authorization_code` (single use, PKCE S256 required) and `refresh_token` grants; `client_secret_basic` or `client_secret_post` |
 //! | `POST /revoke` | records the token and revokes the grant it belongs to (as Google does); always `200` |

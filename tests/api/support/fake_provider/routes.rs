@@ -31,6 +31,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/jwks", get(jwks))
+        .route("/.well-known/risc-configuration", get(risc_configuration))
         .route("/authorize", get(authorize))
         .route("/token", post(token))
         .route("/revoke", post(revoke))
@@ -67,6 +68,18 @@ pub(super) async fn discovery(State(shared): AppState) -> Response {
             "aud", "email", "email_verified", "exp", "hd", "iat", "iss", "name", "nonce",
             "picture", "sub"
         ],
+    }))
+    .into_response()
+}
+
+/// Google's RISC configuration: the security event tokens' issuer and keys (the same
+/// keys as the ID tokens', as Google's are).
+pub(super) async fn risc_configuration(State(shared): AppState) -> Response {
+    let iss = &shared.issuer;
+    axum::Json(json!({
+        "issuer": iss,
+        "jwks_uri": format!("{iss}/jwks"),
+        "delivery_methods_supported": ["https://schemas.openid.net/secevent/risc/delivery-method/push"],
     }))
     .into_response()
 }

@@ -144,4 +144,31 @@ impl FakeProvider {
         keys.previous = Some(previous);
         kid
     }
+
+    // ----- security event tokens (RISC) ----------------------------------------------
+
+    /// A security event token with `claims`, signed (RS256) with the provider's current
+    /// key, or, with `rogue`, with a key it does not publish (under the same `kid`).
+    pub fn security_event_token(&self, claims: &serde_json::Value, rogue: bool) -> String {
+        use base64::Engine;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (material, kid) = {
+            let st = self.lock();
+            (st.keys.current, st.keys.current_kid.clone())
+        };
+        let material = if rogue { material.other() } else { material };
+        let key = material.signing_key(&kid);
+        let header = serde_json::json!({"alg": "RS256", "typ": "secevent+jwt", "kid": kid});
+        let encode = |v: &serde_json::Value| {
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).expect("fake provider: JSON"))
+        };
+        let signing_input = format!("{}.{}", encode(&header), encode(claims));
+        let signature = key
+            .sign(
+                &CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+                signing_input.as_bytes(),
+            )
+            .expect("fake provider: sign a security event token");
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
 }
