@@ -1205,6 +1205,19 @@ pub(super) struct EventEntry {
     data: serde_json::Map<String, serde_json::Value>,
 }
 
+/// What a webhook delivers: the feed's item without `id` (which is `webhook-id`).
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // the schema of the body the webhooks send, never built here
+pub(crate) struct WebhookPayload {
+    #[serde(rename = "type")]
+    #[schema(value_type = crate::events::EventType)]
+    kind: String,
+    /// When the event was made: RFC 3339 UTC, to the millisecond.
+    timestamp: String,
+    #[schema(value_type = EventData)]
+    data: serde_json::Map<String, serde_json::Value>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub(super) struct EventPage {
     /// Oldest first.

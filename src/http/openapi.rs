@@ -76,8 +76,8 @@ pub(crate) fn document_json() -> Result<String, serde_json::Error> {
         probes::healthz,
         probes::readyz,
     ),
-    components(schemas(Problem)),
-    modifiers(&BearerKey, &ErrorAnswers),
+    components(schemas(Problem, api::WebhookPayload)),
+    modifiers(&BearerKey, &ErrorAnswers, &EventWebhook),
     tags(
         (name = "internal", description = "For the application's services; needs an API key"),
         (name = "probes", description = "For the orchestrator; no key"),
@@ -85,6 +85,72 @@ pub(crate) fn document_json() -> Result<String, serde_json::Error> {
     ),
 )]
 struct ApiDoc;
+
+/// The webhook every lifecycle event is POSTed as, to each of `AXNT_WEBHOOK_URLS`.
+struct EventWebhook;
+
+impl Modify for EventWebhook {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+        use utoipa::openapi::request_body::RequestBodyBuilder;
+        use utoipa::openapi::{PathsBuilder, Required};
+        let header = |name: &str, description: &str| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Header)
+                .required(Required::True)
+                .description(Some(description))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                .build()
+        };
+        let operation = OperationBuilder::new()
+            .operation_id(Some("connection_event"))
+            .summary(Some("A lifecycle event, signed as Standard Webhooks sign"))
+            .description(Some(
+                "POSTed to each endpoint in AXNT_WEBHOOK_URLS, at least once, in order per \
+                 connection. Verify webhook-signature: base64 HMAC-SHA256 of \
+                 `{webhook-id}.{webhook-timestamp}.{body}` under the bytes of the secret \
+                 (AXNT_WEBHOOK_SECRET, `whsec_` + base64), prefixed `v1,`.",
+            ))
+            .parameters(Some([
+                header(
+                    "webhook-id",
+                    "The event's id (also the feed's); de-duplicate on it",
+                ),
+                header("webhook-timestamp", "Epoch seconds of this attempt"),
+                header(
+                    "webhook-signature",
+                    "`v1,` + base64 HMAC-SHA256 (space-separated list)",
+                ),
+            ]))
+            .request_body(Some(
+                RequestBodyBuilder::new()
+                    .content(
+                        "application/json",
+                        ContentBuilder::new()
+                            .schema(Some(Ref::from_schema_name("WebhookPayload")))
+                            .build(),
+                    )
+                    .required(Some(Required::True))
+                    .build(),
+            ))
+            .response(
+                "2XX",
+                ResponseBuilder::new()
+                    .description("Delivered; any other answer (or none in time) is retried")
+                    .build(),
+            )
+            .build();
+        openapi.webhooks = Some(
+            PathsBuilder::new()
+                .path(
+                    "connectionEvent",
+                    PathItem::new(HttpMethod::Post, operation),
+                )
+                .build(),
+        );
+    }
+}
 
 /// The `bearerAuth` scheme the `/v1` operations name.
 struct BearerKey;

@@ -73,7 +73,7 @@ async fn events(app: &TestApp, want: usize) -> Vec<Value> {
 }
 
 /// A whole flow for `user_id` with the session `body`; the callback answers 200.
-async fn flow(app: &TestApp, user_id: &str, body: Value) {
+pub(super) async fn flow(app: &TestApp, user_id: &str, body: Value) {
     let mut body = body;
     body["userId"] = json!(user_id);
     body["provider"] = json!("google");

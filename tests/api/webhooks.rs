@@ -8,6 +8,7 @@ on_every_backend!(
     each_event_is_delivered_once_signed_as_standard_webhooks_sign,
     a_receiver_failing_three_times_gets_the_event_once_more_in_order,
     a_restart_in_the_middle_of_retries_loses_nothing,
+    every_event_type_reaches_the_receiver_once_signed,
 );
 
 use std::sync::{Arc, Mutex};
@@ -370,4 +371,108 @@ async fn an_operator_replays_events_since_a_time() {
     assert_eq!(got.len(), 2, "delivered again");
     assert_eq!(got[0].id, got[1].id, "the same event (webhook-id) again");
     assert!(verify(&got[1]));
+}
+
+/// Every kind of lifecycle event, each made by its cause, reaches the receiver once,
+/// signed, in the order it happened.
+async fn every_event_type_reaches_the_receiver_once_signed(backend: Backend) {
+    const DRIVE: &str = "https://www.googleapis.com/auth/drive.readonly";
+    let provider = FakeProvider::start().await;
+    let receiver = Receiver::start(0).await;
+    let mut settings = env(&receiver);
+    settings.extend([
+        ("AXNT_GOOGLE_PUBLISHING_STATUS", "testing".to_string()),
+        ("AXNT_KEEPALIVE_INTERVAL_SECS", "1".to_string()),
+        ("AXNT_GOOGLE_RISC_ISSUER", provider.issuer()),
+        ("AXNT_REFRESH_COOLDOWN_SECS", "0".to_string()),
+        ("AXNT_REFRESH_DEADLINE_SECS", "1".to_string()),
+    ]);
+    let app = app_with(backend, &provider, &settings).await;
+    provider.set_access_token_ttl(0);
+    super::events::flow(&app, "ola", json!({ "scopes": [DRIVE] })).await; // created
+    super::events::flow(
+        &app,
+        "ola",
+        json!({ "scopes": ["https://www.googleapis.com/auth/calendar.readonly"] }),
+    )
+    .await; // reauthorized, scopes_changed
+    provider
+        .refresh_failure(crate::support::fake_provider::RefreshBehaviour::Status(503).times(1000));
+    assert_eq!(
+        app.token("ola").await.status(),
+        reqwest::StatusCode::SERVICE_UNAVAILABLE
+    ); // refresh_failed
+    provider.clear_refresh_failures();
+    assert_eq!(app.token("ola").await.status(), reqwest::StatusCode::OK); // recovered
+    assert_eq!(receiver.wait_for(5).await.len(), 5);
+
+    // Consent 6 days 23 hours ago, in Testing status: expiring_soon from the keep-alive.
+    let row = app.stored_row("ola").await.expect("row");
+    let aged = axnt_oauth::store::Connection {
+        grant: axnt_oauth::store::GrantLedger {
+            consented_at: Some(
+                chrono::Utc::now() - chrono::Duration::days(6) - chrono::Duration::hours(23),
+            ),
+            ..row.grant.clone()
+        },
+        version: row.version + 1,
+        ..row.clone()
+    };
+    app.store
+        .put(&aged, Some(row.version), &[])
+        .await
+        .expect("age");
+    assert_eq!(receiver.wait_for(6).await.len(), 6);
+
+    // Google says the user revoked access (RISC): revoked_by_user. Then deleted.
+    let set = provider.security_event_token(
+        &json!({
+            "iss": provider.issuer(),
+            "aud": provider.client_id(),
+            "iat": chrono::Utc::now().timestamp(),
+            "jti": "jti-webhooks",
+            "events": { "https://schemas.openid.net/secevent/risc/event-type/tokens-revoked": {
+                "subject": {"subject_type": "iss-sub", "iss": provider.issuer(), "sub": row.user_info.sub}
+            } },
+        }),
+        false,
+    );
+    let posted = reqwest::Client::new()
+        .post(app.url("/risc/google"))
+        .body(set)
+        .send()
+        .await
+        .expect("POST /risc/google");
+    assert_eq!(posted.status(), reqwest::StatusCode::ACCEPTED);
+    let deleted = app
+        .api_delete("/v1/users/ola/connections/google?revoke=false")
+        .await;
+    assert_eq!(deleted.status(), reqwest::StatusCode::OK);
+
+    let got = receiver.wait_for(8).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let all = receiver.received();
+    let kinds: Vec<String> = all
+        .iter()
+        .map(|r| body(r)["type"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "connection.created",
+            "connection.reauthorized",
+            "connection.scopes_changed",
+            "connection.refresh_failed",
+            "connection.recovered",
+            "connection.expiring_soon",
+            "connection.revoked_by_user",
+            "connection.deleted",
+        ],
+        "each kind once, in order: {all:#?}"
+    );
+    assert_eq!(got.len(), 8);
+    for r in &all {
+        assert!(verify(r), "signed: {r:?}");
+        assert_eq!(body(r)["data"]["userId"], "ola");
+    }
 }
