@@ -543,23 +543,59 @@ impl TokenStore for DynamoStore {
     #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
     async fn take_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError> {
         let table = &self.tokens_table;
-        // One DeleteItem returning the old item: two takers cannot both get it.
-        let out = call(
+        // Taken by a conditional mark that names this call, then removed. A retry of
+        // the same call (the SDK's, after an answer lost on the way) finds its own mark
+        // and gets the grant again; a plain DeleteItem's retry would find nothing, and
+        // the grant would be lost. Of two takers, one marks it; the other gets none.
+        let taker = uuid::Uuid::new_v4().to_string();
+        let marked = call(
+            "UpdateItem",
+            self.client
+                .update_item()
+                .table_name(table)
+                .key("userId", s(flow_key(flow_id)))
+                .key("provider", s(PENDING))
+                .update_expression("SET takenBy = :taker")
+                .condition_expression(
+                    "attribute_exists(userId) AND (attribute_not_exists(takenBy) OR takenBy = :taker)",
+                )
+                .expression_attribute_values(":taker", s(&taker))
+                .return_values(ReturnValue::AllNew)
+                .send()
+                .await,
+        );
+        let item = match marked {
+            Ok(out) => out.attributes().cloned().unwrap_or_default(),
+            Err(f) => match self.error("UpdateItem", table, f) {
+                // Absent, or taken by another call.
+                StoreError::Conflict => return Ok(None),
+                e => return Err(e),
+            },
+        };
+        let grant = pending_from(&item)?;
+        let removed = call(
             "DeleteItem",
             self.client
                 .delete_item()
                 .table_name(table)
                 .key("userId", s(flow_key(flow_id)))
                 .key("provider", s(PENDING))
-                .return_values(ReturnValue::AllOld)
+                .condition_expression("takenBy = :taker")
+                .expression_attribute_values(":taker", s(&taker))
                 .send()
                 .await,
-        )
-        .map_err(|f| self.error("DeleteItem", table, f))?;
-        out.attributes()
-            .filter(|a| !a.is_empty())
-            .map(pending_from)
-            .transpose()
+        );
+        if let Err(f) = removed {
+            match self.error("DeleteItem", table, f) {
+                // Put back meanwhile (a failed confirm): not ours to remove.
+                StoreError::Conflict => {}
+                // Taken already; TTL removes the item.
+                e => {
+                    tracing::warn!(error = %e, "removing a taken pending grant failed; its TTL removes it")
+                }
+            }
+        }
+        Ok(Some(grant))
     }
 
     #[tracing::instrument(skip_all, fields(limit = limit))]
