@@ -529,7 +529,7 @@ impl Default for RetentionSettings {
             audit_retention: Duration::from_secs(365 * DAY),
             audit_window: Duration::from_secs(60),
             events_retention: Duration::from_secs(14 * DAY),
-            events_feed_delay: Duration::from_millis(2_000),
+            events_feed_delay: Duration::from_millis(3_000),
         }
     }
 }
@@ -539,7 +539,7 @@ impl Default for RetentionSettings {
 #[serde(default)]
 pub struct WebhookSettings {
     /// `AXNT_WEBHOOK_URLS`: comma-separated endpoints every event is delivered to.
-    #[serde(rename = "webhook_urls", deserialize_with = "de::url_list")]
+    #[serde(rename = "webhook_urls", deserialize_with = "de::webhook_urls")]
     pub(crate) urls: Vec<Url>,
     /// `AXNT_WEBHOOK_SECRET`: `whsec_` + base64, signing every delivery (aws mode: else
     /// the secret's `webhook_secret`).
@@ -575,7 +575,7 @@ impl Default for WebhookSettings {
             secret: None,
             allow_private: false,
             retry_period: Duration::from_secs(72 * 3_600),
-            first_backoff: Duration::from_millis(5_000),
+            first_backoff: Duration::from_millis(1_000),
             timeout: Duration::from_millis(10_000),
             poll: Duration::from_millis(1_000),
             circuit_open: Duration::from_secs(60),

@@ -77,7 +77,7 @@ impl Default for EventRules {
     fn default() -> Self {
         Self {
             retention: Duration::from_secs(14 * 86_400),
-            feed_delay: Duration::from_millis(2_000),
+            feed_delay: Duration::from_millis(3_000),
         }
     }
 }

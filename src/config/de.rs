@@ -151,6 +151,19 @@ pub(crate) fn ip_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::I
     parsed_list(d, "an IP address")
 }
 
+/// Webhook endpoint URLs: an error names the entry by its position, never its text (a
+/// receiver's URL may carry its own token).
+pub(crate) fn webhook_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<url::Url>, D::Error> {
+    strings(d)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.parse::<url::Url>()
+                .map_err(|e| D::Error::custom(format!("entry {} is not a URL: {e}", i + 1)))
+        })
+        .collect()
+}
+
 fn parsed_list<'de, D, T>(d: D, what: &str) -> Result<Vec<T>, D::Error>
 where
     D: Deserializer<'de>,

@@ -53,7 +53,16 @@ pub(super) async fn receive(State(state): State<AppState>, body: Bytes) -> Resul
             RiscError::Invalid(reason) => Error::InvalidSecurityEvent(reason),
             RiscError::Unavailable(reason) => Error::Provider(ProviderError::Unavailable(reason)),
         })?;
-    let outcome = state.tokens.apply_security_event(&set, "google").await?;
+    // On a task of its own: a request that times out or a sender that hangs up must not
+    // stop the work halfway (its jti would be marked, its grants not all ended).
+    let tokens = std::sync::Arc::clone(&state.tokens);
+    let applied = {
+        let set = set.clone();
+        tokio::spawn(async move { tokens.apply_security_event(&set, "google").await })
+    };
+    let outcome = applied
+        .await
+        .map_err(|e| Error::Internal(format!("security event task: {e}")))??;
     tracing::info!(
         jti = set.jti,
         duplicate = outcome.duplicate,

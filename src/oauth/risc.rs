@@ -141,8 +141,12 @@ impl RiscVerifier {
             .kid
             .ok_or_else(|| RiscError::Invalid("no kid in the header".into()))?;
         let (issuer, keys) = self.keys(Some(&kid)).await?;
+        // A key not (yet) in the set we hold may be one the issuer rotated in since we
+        // fetched: 503, so the sender retries, rather than a 400 it would not.
         let jwk = keys.find(&kid).ok_or_else(|| {
-            RiscError::Invalid("signed with a key the issuer does not publish".into())
+            RiscError::Unavailable(
+                "signed with a key not among the issuer's keys as last fetched".into(),
+            )
         })?;
         let key = DecodingKey::from_jwk(jwk)
             .map_err(|e| RiscError::Invalid(format!("the issuer's key is unusable: {e}")))?;

@@ -437,6 +437,10 @@ pub trait TokenStore: Send + Sync {
     /// concurrent openings, exactly one gets true.
     async fn mark_flow_started(&self, flow_id: &str, expires_at: i64) -> Result<bool, StoreError>;
 
+    /// Removes a flow's started mark (a mark whose work failed, so it can be tried
+    /// again); absent is fine.
+    async fn unmark_flow_started(&self, flow_id: &str) -> Result<(), StoreError>;
+
     /// Stores a grant awaiting its flow's confirmation (one per flow).
     async fn put_pending(&self, grant: &PendingGrant) -> Result<(), StoreError>;
 

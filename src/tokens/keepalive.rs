@@ -22,7 +22,9 @@ use crate::error::Error;
 use crate::events::EventType;
 use crate::oauth::grant::{AT_RISK_WITHIN, ExpiryReason, forecast, last_token_use};
 use crate::store::flow_log::ClientInfo;
-use crate::store::{Connection, GrantLedger, ScanCursor, StoreError};
+use crate::store::{
+    Connection, GrantLedger, LeaseRelease, RefreshLease, RefreshState, ScanCursor, StoreError,
+};
 
 /// Rows read per scan page.
 const PAGE: usize = 100;
@@ -211,19 +213,69 @@ impl TokenService {
                 "email": row.email,
             }),
         );
+        // The row is written whole: under the row's refresh lease, so no refresh is
+        // in flight whose write this would undo, and from the row as it is now.
+        let now_ms = now.timestamp_millis();
+        let lease = RefreshLease {
+            attempt: uuid::Uuid::new_v4().to_string(),
+            until_ms: now_ms + 30_000,
+        };
+        match self
+            .store
+            .acquire_lease(&row.user_id, &row.provider, row.version, &lease, now_ms)
+            .await
+        {
+            Ok(()) => {}
+            // The row moved on, or a refresh holds it: the next pass looks again.
+            Err(StoreError::Conflict) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let current = match self.store.get(&row.user_id, &row.provider).await {
+            Ok(Some(current)) => current,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                self.give_lease_back(row, &lease.attempt).await;
+                return Err(e.into());
+            }
+        };
         let marked = Connection {
             grant: GrantLedger {
                 expiry_notice_for: Some(at.timestamp()),
-                ..row.grant.clone()
+                ..current.grant.clone()
             },
-            version: row.version + 1,
-            ..row.clone()
+            version: current.version + 1,
+            refresh: RefreshState {
+                lease: None,
+                ..current.refresh.clone()
+            },
+            ..current.clone()
         };
-        match self.store.put(&marked, Some(row.version), &[event]).await {
+        match self
+            .store
+            .put_as_holder(&marked, &lease.attempt, &[event])
+            .await
+        {
             Ok(()) => Ok(true),
-            // The row moved on (a refresh, a reconnection): the next pass looks again.
             Err(StoreError::Conflict) => Ok(false),
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                self.give_lease_back(&current, &lease.attempt).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Releases a row lease this pass took, leaving the row's cooldown as it was.
+    async fn give_lease_back(&self, row: &Connection, attempt: &str) {
+        let after = LeaseRelease {
+            retry_at_ms: row.refresh.retry_at_ms,
+            unknown_since_ms: None,
+        };
+        if let Err(e) = self
+            .store
+            .release_lease(&row.user_id, &row.provider, attempt, after, &[])
+            .await
+        {
+            tracing::debug!(error = %e, "releasing the expiry notice's lease failed; it lapses");
         }
     }
 

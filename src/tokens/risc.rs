@@ -67,6 +67,23 @@ impl TokenService {
                 ended: 0,
             });
         }
+        let result = self.act_on(set, provider, now).await;
+        if result.is_err() {
+            // Not done: forget the jti, so the sender's retry is acted on.
+            let mark = format!("risc:{}", set.jti);
+            if let Err(e) = self.store.unmark_flow_started(&mark).await {
+                tracing::warn!(error = %e, "a failed security event's jti could not be forgotten; its retry will be taken for a duplicate");
+            }
+        }
+        result
+    }
+
+    async fn act_on(
+        &self,
+        set: &SecurityEventToken,
+        provider: &str,
+        now: DateTime<Utc>,
+    ) -> Result<RiscOutcome, Error> {
         let issued = DateTime::from_timestamp(set.iat, 0).unwrap_or(now);
         let mut outcome = RiscOutcome::default();
         for (kind, details) in &set.events {
@@ -133,11 +150,10 @@ impl TokenService {
             let page = self.store.scan(cursor.as_ref(), 200).await?;
             for row in page.rows {
                 if row.provider == provider
-                    && row.is_active
-                    && matches(target, &row)
-                    // A grant made after the event is not the one it is about.
-                    && row.grant.consented_at.is_none_or(|at| at <= issued)
-                    && self.end_grant(row, cause, event_type).await?
+                    && named(target, &row, issued)
+                    && self
+                        .end_grant(row, target, issued, cause, event_type)
+                        .await?
                 {
                     ended += 1;
                 }
@@ -153,6 +169,8 @@ impl TokenService {
     async fn end_grant(
         &self,
         mut row: Connection,
+        target: &Target,
+        issued: DateTime<Utc>,
         cause: &str,
         event_type: &str,
     ) -> Result<bool, Error> {
@@ -202,8 +220,9 @@ impl TokenService {
                     return Ok(true);
                 }
                 Err(StoreError::Conflict) => {
+                    // Moved on: still the grant the event names (not a new one)?
                     match self.store.get(&row.user_id, &row.provider).await? {
-                        Some(again) if again.is_active => row = again,
+                        Some(again) if named(target, &again, issued) => row = again,
                         _ => return Ok(false),
                     }
                 }
@@ -233,6 +252,12 @@ fn target(kind: &str, details: &Value) -> Option<Target> {
         };
     }
     text("sub").map(|sub| Target::Account { sub })
+}
+
+/// Whether `row` is a live grant `target` names, made before the event (`issued`): a
+/// grant made after it is not the one the event is about.
+fn named(target: &Target, row: &Connection, issued: DateTime<Utc>) -> bool {
+    row.is_active && matches(target, row) && row.grant.consented_at.is_none_or(|at| at <= issued)
 }
 
 fn matches(target: &Target, row: &Connection) -> bool {

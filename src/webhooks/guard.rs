@@ -14,10 +14,25 @@ use std::str::FromStr;
 pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_public_v4(v4),
-            None => is_public_v6(v6),
-        },
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if v6.is_loopback() || v6.is_unspecified() {
+                false
+            } else if let Some(v4) = v6.to_ipv4() {
+                // IPv4-mapped (::ffff:a.b.c.d) and IPv4-compatible (::a.b.c.d).
+                is_public_v4(v4)
+            } else if s[0] == 0x2002 {
+                // 6to4: the IPv4 address is in the next 32 bits.
+                is_public_v4(Ipv4Addr::new(
+                    (s[1] >> 8) as u8,
+                    s[1] as u8,
+                    (s[2] >> 8) as u8,
+                    s[2] as u8,
+                ))
+            } else {
+                is_public_v6(v6)
+            }
+        }
     }
 }
 
@@ -45,7 +60,8 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (s[0] & 0xfe00) == 0xfc00 // fc00::/7, unique local
         || (s[0] & 0xffc0) == 0xfe80 // fe80::/10, link-local
         || (s[0] == 0x2001 && s[1] == 0x0db8) // 2001:db8::/32, documentation
-        || (s[0] == 0x0064 && s[1] == 0xff9b) // 64:ff9b::/96, NAT64 (to any IPv4)
+        || (s[0] == 0x0064 && s[1] == 0xff9b) // 64:ff9b::/96 and 64:ff9b:1::/48, NAT64
+        || (s[0] & 0xffc0) == 0xfec0 // fec0::/10, site-local (deprecated)
         || s[0] == 0x0100) // 100::/64, discard
 }
 
@@ -137,11 +153,17 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b:1::1",
             "2001:db8::1",
+            "::7f00:1",
+            "2002:7f00:1::1",
+            "2002:a00:1::1",
+            "fec0::1",
         ] {
             assert!(!is_public(private.parse().expect("ip")), "{private}");
         }
         for public in [
+            "2002:808:808::1",
             "8.8.8.8",
             "1.1.1.1",
             "2606:4700:4700::1111",

@@ -115,7 +115,8 @@ impl Webhooks {
             .timeout(rules.timeout)
             .user_agent(concat!("axnt-oauth-webhooks/", env!("CARGO_PKG_VERSION")));
         if !rules.allow_private {
-            builder = builder.dns_resolver(Arc::new(guard::PublicOnly));
+            // No proxy either: a proxy would connect to whatever address it is asked.
+            builder = builder.dns_resolver(Arc::new(guard::PublicOnly)).no_proxy();
         }
         let client = builder
             .build()
@@ -163,7 +164,12 @@ impl Webhooks {
                     let mut breaker = Breaker::default();
                     loop {
                         tokio::time::sleep(crate::retry::jittered(webhooks.rules.poll / 2)).await;
-                        if breaker.open_until.is_some_and(|t| tokio::time::Instant::now() < t) {
+                        if breaker.is_open() {
+                            // Keep the endpoint while its circuit is open, so no other
+                            // instance sends to it meanwhile with a closed one.
+                            if let Err(e) = webhooks.hold(&endpoint, &holder).await {
+                                tracing::debug!(endpoint = endpoint.id, error = %e, "renewing a webhook lease failed");
+                            }
                             continue;
                         }
                         if let Err(e) = webhooks.pass(&endpoint, &holder, &from, &mut breaker).await {
@@ -316,6 +322,15 @@ impl Webhooks {
         );
         if state.cursor >= until {
             return Ok(false);
+        }
+        // Nothing older than retention is left: a cursor from before it (a long quiet
+        // spell) starts at the oldest event kept rather than walking empty days.
+        let oldest = event_bound(
+            Utc::now().timestamp_millis()
+                - i64::try_from(self.events.retention.as_millis()).unwrap_or(i64::MAX / 2),
+        );
+        if state.cursor < oldest {
+            state.cursor = oldest;
         }
         let room = PAGE.min(MAX_PENDING - state.pending.len());
         for event in self
@@ -470,7 +485,10 @@ pub(crate) async fn rewind(
                 let stored = store.webhook_state(&endpoint.id).await?;
                 let expected = stored.as_ref().map(|s| s.version);
                 let mut state = stored.unwrap_or_default();
-                state.cursor = cursor.clone();
+                // Back only: an endpoint behind `since` keeps what it still owes.
+                if state.cursor.is_empty() || state.cursor > cursor {
+                    state.cursor = cursor.clone();
+                }
                 state.version = expected.map_or(1, |v| v + 1);
                 store
                     .put_webhook_state(&endpoint.id, &state, expected)

@@ -533,6 +533,18 @@ async fn a_flow_is_started_once(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowL
         }
     }
     assert_eq!(wins, 1, "exactly one opening of a link wins");
+    // A mark whose work failed is forgotten; the next try marks afresh.
+    tokens.unmark_flow_started(&raced).await.expect("unmark");
+    assert!(
+        tokens
+            .mark_flow_started(&raced, until)
+            .await
+            .expect("mark again")
+    );
+    tokens
+        .unmark_flow_started("never-marked")
+        .await
+        .expect("absent is fine");
 }
 
 fn pending(flow_id: &str, user_id: &str, marker: &str) -> PendingGrant {

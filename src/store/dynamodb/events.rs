@@ -105,12 +105,12 @@ impl DynamoStore {
         let lost = match &result {
             Err(SdkError::ServiceError(e)) => match e.err() {
                 TransactWriteItemsError::TransactionCanceledException(c) => {
-                    c.cancellation_reasons().iter().any(|r| {
-                        matches!(
-                            r.code(),
-                            Some("ConditionalCheckFailed" | "TransactionConflict")
-                        )
-                    })
+                    // Only a failed condition is a conflict; another transaction on the
+                    // same item at that moment (TransactionConflict) is a passing
+                    // failure, retried like any unavailable store.
+                    c.cancellation_reasons()
+                        .iter()
+                        .any(|r| r.code() == Some("ConditionalCheckFailed"))
                 }
                 _ => false,
             },

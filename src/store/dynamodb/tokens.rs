@@ -377,6 +377,22 @@ impl TokenStore for DynamoStore {
         }
     }
 
+    async fn unmark_flow_started(&self, flow_id: &str) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        call(
+            "DeleteItem",
+            self.client
+                .delete_item()
+                .table_name(table)
+                .key("userId", s(flow_key(flow_id)))
+                .key("provider", s(STARTED))
+                .send()
+                .await,
+        )
+        .map(drop)
+        .map_err(|f| self.error("DeleteItem", table, f))
+    }
+
     async fn account_grants(
         &self,
         provider: &str,

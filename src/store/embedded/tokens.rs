@@ -383,6 +383,17 @@ impl TokenStore for EmbeddedStore {
         Ok(inserted == 1)
     }
 
+    async fn unmark_flow_started(&self, flow_id: &str) -> Result<(), StoreError> {
+        let flow_id = flow_id.to_string();
+        self.with_db(move |db| {
+            db.prepare_cached("DELETE FROM started_flows WHERE flow_id = ?1")
+                .and_then(|mut stmt| stmt.execute(params![flow_id]))
+                .map(drop)
+                .map_err(sql)
+        })
+        .await
+    }
+
     async fn account_grants(
         &self,
         provider: &str,
