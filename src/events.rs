@@ -126,6 +126,26 @@ impl EventRules {
     }
 }
 
+/// Notes events whose write committed later than the feed delay after they were made:
+/// a feed or webhook cursor may have passed them (`axnt_events_late_total`, and a
+/// warning naming the fix). Called after each write that stored events.
+pub(crate) fn note_if_late(events: &[Event], rules: &EventRules) {
+    let Some(first) = events.first() else {
+        return;
+    };
+    let took = Utc::now().signed_duration_since(first.timestamp);
+    let delay = chrono::TimeDelta::from_std(rules.feed_delay).unwrap_or(chrono::TimeDelta::MAX);
+    if took > delay {
+        metrics::counter!("axnt_events_late_total").increment(events.len() as u64);
+        tracing::warn!(
+            took_ms = took.num_milliseconds(),
+            feed_delay_ms = delay.num_milliseconds(),
+            kind = first.kind,
+            "an event was stored later than AXNT_EVENTS_FEED_DELAY_MS after it was made: a feed or webhook cursor may have passed it (raise the delay, or replay)"
+        );
+    }
+}
+
 /// Whether `cursor` has the shape of an event id (the feed's cursors are ids).
 pub(crate) fn is_cursor(cursor: &str) -> bool {
     cursor.len() == 36

@@ -124,6 +124,7 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
     metrics::gauge!("axnt_flow_log_queue_depth").increment(0.0);
     metrics::counter!("axnt_flow_log_dropped_total").increment(0);
     metrics::counter!("axnt_flow_log_write_failures_total").increment(0);
+    metrics::counter!("axnt_events_late_total").increment(0);
 }
 
 fn describe() {
@@ -219,6 +220,10 @@ fn describe() {
     describe_counter!(
         "axnt_flow_log_write_failures_total",
         "Flow-log writes that failed after their retries"
+    );
+    describe_counter!(
+        "axnt_events_late_total",
+        "Lifecycle events stored later than AXNT_EVENTS_FEED_DELAY_MS after they were made (a feed or webhook cursor may have passed them)"
     );
     describe_counter!(
         "axnt_security_events_total",

@@ -202,7 +202,7 @@ impl TokenService {
             return Ok(false);
         }
         let reason_text = serde_json::to_value(reason).unwrap_or_default();
-        let event = self.policy.events.make(
+        let event = [self.policy.events.make(
             EventType::ExpiringSoon,
             &row.user_id,
             &row.provider,
@@ -212,7 +212,7 @@ impl TokenService {
                 "sub": row.user_info.sub,
                 "email": row.email,
             }),
-        );
+        )];
         // The row is written whole: under the row's refresh lease, so no refresh is
         // in flight whose write this would undo, and from the row as it is now.
         let now_ms = now.timestamp_millis();
@@ -252,10 +252,13 @@ impl TokenService {
         };
         match self
             .store
-            .put_as_holder(&marked, &lease.attempt, &[event])
+            .put_as_holder(&marked, &lease.attempt, &event)
             .await
         {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                crate::events::note_if_late(&event, &self.policy.events);
+                Ok(true)
+            }
             Err(StoreError::Conflict) => Ok(false),
             Err(e) => {
                 self.give_lease_back(&current, &lease.attempt).await;

@@ -464,6 +464,7 @@ impl TokenService {
                 .await
             {
                 Ok(()) => {
+                    crate::events::note_if_late(&events, &self.policy.events);
                     self.refresher.cache.invalidate(user_id, provider);
                     let account_grants = match fresh.refresh_token {
                         Some(_) => self.record_mint(provider, &user_info.sub, now).await,
@@ -869,7 +870,7 @@ impl TokenService {
                     token_kind: None,
                 }
             };
-            let deleted = self.policy.events.make(
+            let deleted = [self.policy.events.make(
                 EventType::Deleted,
                 user_id,
                 provider_name,
@@ -879,13 +880,14 @@ impl TokenService {
                     "revocation": outcome.revocation.label(),
                     "revokedToken": outcome.token_kind,
                 }),
-            );
+            )];
             match self
                 .store
-                .delete(user_id, provider_name, row.version, &[deleted])
+                .delete(user_id, provider_name, row.version, &deleted)
                 .await
             {
                 Ok(_) => {
+                    crate::events::note_if_late(&deleted, &self.policy.events);
                     self.refresher.cache.invalidate(user_id, provider_name);
                     count_revocation(provider_name, outcome.revocation.label());
                     if outcome.revocation == Revocation::Revoked {

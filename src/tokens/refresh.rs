@@ -687,11 +687,12 @@ impl Holder<'_> {
         if let Some(changed) = super::scopes_change(&row.grant, &updated.grant) {
             events.push(rules.make(EventType::ScopesChanged, user_id, provider, changed));
         }
-        Ok(self
-            .refresher
+        self.refresher
             .store
             .put_as_holder(&updated, self.attempt, &events)
-            .await?)
+            .await?;
+        crate::events::note_if_late(&events, rules);
+        Ok(())
     }
 
     /// Marks the row inactive: its refresh token is dead, of `cause`.
@@ -710,7 +711,7 @@ impl Holder<'_> {
             },
             ..row.successor()
         };
-        let failed = r.policy.events.make(
+        let failed = [r.policy.events.make(
             EventType::RefreshFailed,
             &row.user_id,
             &row.provider,
@@ -719,13 +720,9 @@ impl Holder<'_> {
                 "remedy": cause.remedy(),
                 "isActive": false,
             }),
-        );
-        match r
-            .store
-            .put_as_holder(&updated, self.attempt, &[failed])
-            .await
-        {
-            Ok(()) => {}
+        )];
+        match r.store.put_as_holder(&updated, self.attempt, &failed).await {
+            Ok(()) => crate::events::note_if_late(&failed, &r.policy.events),
             // The lease was taken over: whoever holds it now decides; read again.
             Err(StoreError::Conflict) => return Err(Error::RefreshBusy),
             Err(e) => {
@@ -798,7 +795,8 @@ impl Holder<'_> {
             .release_lease(&row.user_id, &row.provider, self.attempt, after, &events)
             .await
         {
-            Ok(()) | Err(StoreError::Conflict) => {}
+            Ok(()) => crate::events::note_if_late(&events, &r.policy.events),
+            Err(StoreError::Conflict) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "releasing a refresh lease failed; it lapses by itself")
             }

@@ -187,7 +187,7 @@ impl TokenService {
                 ..row.successor()
             };
             let remedy = Cause::from_code(cause).map(Cause::remedy);
-            let event = self.policy.events.make(
+            let event = [self.policy.events.make(
                 EventType::RevokedByUser,
                 &row.user_id,
                 &row.provider,
@@ -198,9 +198,10 @@ impl TokenService {
                     "email": row.email,
                     "securityEvent": event_type,
                 }),
-            );
-            match self.store.put(&ended, Some(row.version), &[event]).await {
+            )];
+            match self.store.put(&ended, Some(row.version), &event).await {
                 Ok(()) => {
+                    crate::events::note_if_late(&event, &self.policy.events);
                     self.refresher.cache.invalidate(&row.user_id, &row.provider);
                     metrics::counter!("axnt_grants_ended_total", "provider" => row.provider.clone(), "cause" => cause.to_string())
                         .increment(1);
