@@ -812,12 +812,7 @@ pub(super) async fn list_all_connections(
     CallerOf(caller): CallerOf,
     ApiQuery(query): ApiQuery<AllConnectionsQuery>,
 ) -> Result<Response, Error> {
-    let limit = query.limit.unwrap_or(DEFAULT_CONNECTIONS_PAGE);
-    if limit == 0 || limit > MAX_CONNECTIONS_PAGE {
-        return Err(Error::InvalidRequest(format!(
-            "limit must be 1 to {MAX_CONNECTIONS_PAGE}"
-        )));
-    }
+    let limit = page_limit(query.limit, DEFAULT_CONNECTIONS_PAGE, MAX_CONNECTIONS_PAGE)?;
     let after = query
         .after
         .as_deref()
@@ -948,15 +943,20 @@ pub(super) struct FlowLogPage {
 const DEFAULT_FLOW_LOG_PAGE: usize = 50;
 const MAX_FLOW_LOG_PAGE: usize = 500;
 
+/// A page's `limit`: `default` when absent, else 1 to `max`.
+fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, Error> {
+    let n = limit.unwrap_or(default);
+    if (1..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(Error::InvalidRequest(format!("limit must be 1 to {max}")))
+    }
+}
+
 /// A flow-log or audit page's `limit` (default 50, at most 500), once `before` is
 /// checked to be a sort key's length.
 fn log_page(limit: Option<usize>, before: Option<&str>) -> Result<usize, Error> {
-    let limit = limit.unwrap_or(DEFAULT_FLOW_LOG_PAGE);
-    if limit == 0 || limit > MAX_FLOW_LOG_PAGE {
-        return Err(Error::InvalidRequest(format!(
-            "limit must be 1 to {MAX_FLOW_LOG_PAGE}"
-        )));
-    }
+    let limit = page_limit(limit, DEFAULT_FLOW_LOG_PAGE, MAX_FLOW_LOG_PAGE)?;
     if before.is_some_and(|b| b.is_empty() || b.len() > 64) {
         return Err(Error::InvalidRequest(
             "before must be a timestamp from a previous page".into(),
@@ -1249,12 +1249,7 @@ pub(super) async fn list_events(
     CallerOf(caller): CallerOf,
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Response, Error> {
-    let limit = query.limit.unwrap_or(DEFAULT_EVENT_PAGE);
-    if limit == 0 || limit > MAX_EVENT_PAGE {
-        return Err(Error::InvalidRequest(format!(
-            "limit must be 1 to {MAX_EVENT_PAGE}"
-        )));
-    }
+    let limit = page_limit(query.limit, DEFAULT_EVENT_PAGE, MAX_EVENT_PAGE)?;
     if let Some(after) = &query.after
         && !crate::events::is_cursor(after)
     {

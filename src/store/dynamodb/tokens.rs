@@ -93,6 +93,24 @@ impl DynamoStore {
             .await
     }
 
+    /// Puts a service item whole, only if the stored one is at `expected` (`None`: only
+    /// if there is none). A lost condition is a conflict.
+    async fn put_versioned(
+        &self,
+        request: aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder,
+        expected: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let request = match expected {
+            None => request.condition_expression("attribute_not_exists(userId)"),
+            Some(v) => request
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
+        };
+        call("PutItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("PutItem", &self.tokens_table, f))
+    }
+
     /// Puts a service item (a pending grant, a kept revocation) whole, unconditionally.
     async fn put_whole(&self, item: Item) -> Result<(), StoreError> {
         let table = &self.tokens_table;
@@ -422,20 +440,12 @@ impl TokenStore for DynamoStore {
         expected: Option<u64>,
     ) -> Result<(), StoreError> {
         let table = &self.tokens_table;
-        let mut request = self
+        let request = self
             .client
             .put_item()
             .table_name(table)
             .set_item(Some(account_grants_item(record)));
-        request = match expected {
-            None => request.condition_expression("attribute_not_exists(userId)"),
-            Some(v) => request
-                .condition_expression("version = :v")
-                .expression_attribute_values(":v", n(v)),
-        };
-        call("PutItem", request.send().await)
-            .map(drop)
-            .map_err(|f| self.error("PutItem", table, f))
+        self.put_versioned(request, expected).await
     }
 
     async fn take_job_lease(
@@ -739,7 +749,7 @@ impl TokenStore for DynamoStore {
         let table = &self.tokens_table;
         let text = serde_json::to_string(state)
             .map_err(|e| StoreError::Corrupt(format!("webhook state: {e}")))?;
-        let mut request = self
+        let request = self
             .client
             .put_item()
             .table_name(table)
@@ -747,15 +757,7 @@ impl TokenStore for DynamoStore {
             .item("provider", s(WEBHOOK_STATE))
             .item("state", s(text))
             .item("version", n(state.version));
-        request = match expected {
-            None => request.condition_expression("attribute_not_exists(userId)"),
-            Some(v) => request
-                .condition_expression("version = :v")
-                .expression_attribute_values(":v", n(v)),
-        };
-        call("PutItem", request.send().await)
-            .map(drop)
-            .map_err(|f| self.error("PutItem", table, f))
+        self.put_versioned(request, expected).await
     }
 
     async fn events_between(
