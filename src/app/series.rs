@@ -231,7 +231,7 @@ fn describe() {
     );
     describe_counter!(
         "axnt_webhook_deliveries_total",
-        "Webhook delivery attempts, by endpoint id and outcome: delivered, failed, refused (SSRF guard), given_up"
+        "Webhook delivery attempts, by endpoint id and outcome: delivered, failed (a private address refused by the resolver included), given_up"
     );
     describe_gauge!(
         "axnt_webhook_lag_seconds",
