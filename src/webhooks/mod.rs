@@ -156,7 +156,7 @@ impl Webhooks {
                 }
                 metrics::gauge!("axnt_webhook_lag_seconds", "endpoint" => endpoint.id.clone())
                     .set(0.0);
-                let holder = uuid::Uuid::new_v4().to_string();
+                let holder = Holder::new();
                 // A new endpoint gets the events made from now on (`events replay`
                 // sends older ones).
                 let from = event_bound(Utc::now().timestamp_millis());
@@ -181,16 +181,26 @@ impl Webhooks {
             .collect()
     }
 
-    async fn hold(&self, endpoint: &Endpoint, holder: &str) -> Result<bool, StoreError> {
+    /// Whether this worker holds the endpoint's lease, renewing it (a store write) only
+    /// once a third of it has passed: a quiet endpoint costs a write every few
+    /// seconds, not one a poll and one an attempt.
+    async fn hold(&self, endpoint: &Endpoint, holder: &Holder) -> Result<bool, StoreError> {
+        let lease = lease(&self.rules);
+        if holder.renewed_within(lease / 3) {
+            return Ok(true);
+        }
         let now = Utc::now().timestamp_millis();
-        self.store
+        let held = self
+            .store
             .take_job_lease(
                 &format!("webhook#{}", endpoint.id),
-                holder,
-                now + i64::try_from(lease(&self.rules).as_millis()).unwrap_or(30_000),
+                &holder.id,
+                now + i64::try_from(lease.as_millis()).unwrap_or(30_000),
                 now,
             )
-            .await
+            .await?;
+        holder.set_renewed(held);
+        Ok(held)
     }
 
     /// One pass over one endpoint, if this instance holds its lease: owed events that
@@ -198,7 +208,7 @@ impl Webhooks {
     async fn pass(
         &self,
         endpoint: &Endpoint,
-        holder: &str,
+        holder: &Holder,
         from: &str,
         breaker: &mut Breaker,
     ) -> Result<(), StoreError> {
@@ -243,7 +253,7 @@ impl Webhooks {
     async fn deliver_owed(
         &self,
         endpoint: &Endpoint,
-        holder: &str,
+        holder: &Holder,
         state: &mut WebhookState,
         breaker: &mut Breaker,
     ) -> Result<bool, StoreError> {
@@ -309,7 +319,7 @@ impl Webhooks {
     async fn deliver_new(
         &self,
         endpoint: &Endpoint,
-        holder: &str,
+        holder: &Holder,
         state: &mut WebhookState,
         breaker: &mut Breaker,
     ) -> Result<bool, StoreError> {
@@ -507,6 +517,36 @@ fn count(endpoint: &Endpoint, outcome: &'static str) {
 fn count_n(endpoint: &Endpoint, outcome: &'static str, n: u64) {
     metrics::counter!("axnt_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => outcome)
         .increment(n);
+}
+
+/// A worker's claim on its endpoint: its lease holder id, and when it last renewed the
+/// lease.
+struct Holder {
+    id: String,
+    renewed: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Holder {
+    fn new() -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            renewed: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn renewed_within(&self, period: Duration) -> bool {
+        self.renewed
+            .lock()
+            .ok()
+            .and_then(|r| *r)
+            .is_some_and(|at| at.elapsed() < period)
+    }
+
+    fn set_renewed(&self, held: bool) {
+        if let Ok(mut r) = self.renewed.lock() {
+            *r = held.then(tokio::time::Instant::now);
+        }
+    }
 }
 
 /// An endpoint's circuit: failed attempts in a row, and until when it is open.
