@@ -67,6 +67,7 @@ pub fn token_set_json(
         issued_at: Some(issued_at),
         refresh_token_expires_at: None,
         requested_scopes: Vec::new(),
+        confirmation_code: None,
     })
 }
 

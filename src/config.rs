@@ -244,9 +244,12 @@ pub struct FlowSettings {
     /// `AXNT_FLOW_STATE_TTL_SECS`: how long a browser may spend at the provider.
     #[serde(rename = "flow_state_ttl_secs", deserialize_with = "de::secs")]
     pub(crate) state_ttl: Duration,
-    /// `AXNT_REQUIRE_CONFIRMATION`: hold every grant until the application confirms its
-    /// flow (`POST /v1/connect-sessions/{flowId}/confirm`); a session can ask for it
-    /// with `requireConfirmation` when this is off, and cannot opt out when it is on.
+    /// `AXNT_REQUIRE_CONFIRMATION` (default on): hold every grant until the
+    /// application confirms its flow with the one-time code the return redirect carried
+    /// (`POST /v1/connect-sessions/{flowId}/confirm`), so a link completes only for the
+    /// application user who started it. A session pinned to an account (`expectedEmail`
+    /// or `hostedDomain`, checked against the verified ID token) needs none unless it
+    /// asks with `requireConfirmation`. Off: open to forced linking (warned at start).
     pub(crate) require_confirmation: bool,
     /// `AXNT_CONFIRMATION_TTL_SECS`: how long a held grant waits for its confirmation.
     #[serde(rename = "confirmation_ttl_secs", deserialize_with = "de::secs")]
@@ -264,7 +267,7 @@ impl Default for FlowSettings {
             allowed_return_urls: Vec::new(),
             connect_session_ttl: Duration::from_secs(600),
             state_ttl: Duration::from_secs(600),
-            require_confirmation: false,
+            require_confirmation: true,
             confirmation_ttl: Duration::from_secs(600),
             partial_grant: PartialGrant::Accept,
         }

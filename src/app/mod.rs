@@ -125,6 +125,13 @@ impl App {
                 "no API key configured (AXNT_API_KEYS or the secret's api_keys): the internal API rejects every call"
             );
         }
+        if !settings.flow.require_confirmation {
+            tracing::warn!(
+                "AXNT_REQUIRE_CONFIRMATION=false: a connect link stores the grant of whichever account completes it, \
+                 so a user who forwards his own link can connect a victim's account under his id (forced linking); \
+                 sessions without expectedEmail or hostedDomain should be confirmed"
+            );
+        }
         let mut background = Vec::new();
         if let Some(store) = &backends.expiring {
             background.push(store.spawn_purger(settings.retention.purge_interval));

@@ -96,6 +96,10 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
     ] {
         metrics::counter!("axnt_confirmations_total", "outcome" => outcome).increment(0);
     }
+    for reason in crate::tokens::Discard::ALL {
+        metrics::counter!("axnt_held_grants_discarded_total", "reason" => reason.label())
+            .increment(0);
+    }
     for outcome in ["hit", "miss"] {
         metrics::counter!("axnt_token_cache_total", "outcome" => outcome).increment(0);
         for operation in ["seal", "open"] {
@@ -156,6 +160,10 @@ fn describe() {
     describe_counter!(
         "axnt_confirmations_total",
         "Held grants confirmed or refused, by outcome"
+    );
+    describe_counter!(
+        "axnt_held_grants_discarded_total",
+        "Held grants discarded by a refused confirm, by reason (other_user, wrong_code, expired)"
     );
     describe_counter!(
         "axnt_token_reads_total",

@@ -184,8 +184,11 @@ pub(super) struct ConnectSessionRequest {
     #[serde(default)]
     #[schema(max_length = 320, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     login_hint: Option<String>,
-    /// Hold the grant until `POST /v1/connect-sessions/{flowId}/confirm`
-    /// (default `AXNT_REQUIRE_CONFIRMATION`).
+    /// Hold the grant until `POST /v1/connect-sessions/{flowId}/confirm` with the
+    /// one-time `confirmationCode` the return redirect carries. Default
+    /// `AXNT_REQUIRE_CONFIRMATION` (on), except for a session with `expectedEmail` or
+    /// `hostedDomain`, which the verified ID token binds; `false` is honoured only for
+    /// such a session (or with the setting off).
     #[serde(default)]
     require_confirmation: Option<bool>,
     /// Only the Google account with this verified email may complete the flow
@@ -341,12 +344,14 @@ pub(super) async fn create_connect_session(
                 .ok_or(Error::ReturnUrlNotAllowed)
         })
         .transpose()?;
+    // A session pinned to an account is bound by the verified ID token; any other is
+    // bound by the confirmation (the deployment's floor: a session may ask for it,
+    // never waive it unpinned).
+    let pinned = body.expected_email.is_some() || body.hosted_domain.is_some();
     let mut rules = FlowRules {
         scopes: body.scopes.clone(),
-        // The setting is the deployment's floor: a session can ask for
-        // confirmation, never waive it.
-        require_confirmation: state.settings.flow.require_confirmation
-            || body.require_confirmation.unwrap_or(false),
+        require_confirmation: body.require_confirmation == Some(true)
+            || (state.settings.flow.require_confirmation && !pinned),
         expected_email: body.expected_email.clone(),
         hosted_domain: body.hosted_domain.clone(),
         partial_grant: body.partial_grant,
@@ -461,11 +466,37 @@ async fn mint_link(
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct ConfirmRequest {
-    /// The application's user it checked started this flow; a grant held for another
-    /// user is discarded (404).
+    /// The application's user it checked is logged in on the request the returning
+    /// browser made: the user the flow was started for, or the held grant is discarded
+    /// (404).
+    ///
+    /// Required: a confirm without it is refused as one by another user would be.
     #[serde(default)]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$")]
+    #[schema(value_type = String, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$")]
     user_id: Option<UserId>,
+    /// The `confirmationCode` the flow's return redirect carried (one-time); a wrong
+    /// one discards the held grant (404).
+    ///
+    /// Required: a confirm without it (the flow id alone) is refused as a wrong code is.
+    #[serde(default)]
+    #[schema(value_type = String, min_length = 1, max_length = 128)]
+    confirmation_code: Option<ConfirmationCode>,
+}
+
+/// A confirmation code as presented: secret (never shown in a `Debug` or an error),
+/// bounded.
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct ConfirmationCode(secrecy::SecretString);
+
+impl TryFrom<String> for ConfirmationCode {
+    type Error = &'static str;
+    fn try_from(code: String) -> Result<Self, Self::Error> {
+        if code.is_empty() || code.len() > 128 {
+            return Err("confirmationCode must be the code the return redirect carried");
+        }
+        Ok(Self(secrecy::SecretString::from(code)))
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -484,19 +515,21 @@ pub(super) struct ConfirmResponse {
     previous_account: Option<crate::store::ReplacedAccount>,
 }
 
-/// `POST /v1/connect-sessions/{flowId}/confirm` (optional body `{"userId": "…"}`) →
-/// 200 once the application's backend, having checked that its logged-in user started
-/// the flow, confirms a held grant: the grant becomes the connection. 404
-/// `confirmation_not_found` when no grant awaits (never held, already confirmed, or
-/// held for another user, which discards it); 410 `confirmation_expired` past
-/// `AXNT_CONFIRMATION_TTL_SECS`.
+/// `POST /v1/connect-sessions/{flowId}/confirm` with `{"userId": "…",
+/// "confirmationCode": "…"}` → 200 once the application's backend, on the request the
+/// returning browser made, has checked its logged-in user and presents that user and
+/// the code the return redirect carried: the held grant becomes the connection. 404
+/// `confirmation_not_found` when no grant awaits (never held, already confirmed), or
+/// the user or the code is not the flow's (the grant is then discarded); 410
+/// `confirmation_expired` past `AXNT_CONFIRMATION_TTL_SECS`; 503 when the grant cannot
+/// be opened now (it stays held: retry).
 #[utoipa::path(
     post,
     path = "/v1/connect-sessions/{flowId}/confirm",
     tag = "internal",
     security(("bearerAuth" = [])),
     params(("flowId" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-]+$", description = "The flow id from POST /v1/connect-sessions")),
-    request_body(content = Option<ConfirmRequest>, description = "Optional: the application's user it checked started the flow"),
+    request_body(content = ConfirmRequest, description = "The application's logged-in user on the returning browser's request, and the code the return redirect carried"),
     responses((status = 200, description = "The held grant is now the connection", body = ConfirmResponse)),
 )]
 #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
@@ -524,13 +557,20 @@ pub(super) async fn confirm_connect_session(
             "flowId must be a flow id from POST /v1/connect-sessions".into(),
         ));
     }
+    // An empty body is the flow id alone: refused below as a wrong code is, and the
+    // grant discarded. serde's message is not passed on: it could quote the code.
     let request: ConfirmRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        ConfirmRequest { user_id: None }
+        ConfirmRequest {
+            user_id: None,
+            confirmation_code: None,
+        }
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            Error::InvalidRequest(format!(
-                "the body must be {{\"userId\": \"…\"}} or empty: {e}"
-            ))
+        serde_json::from_slice(&body).map_err(|_| {
+            Error::InvalidRequest(
+                "the body must be {\"userId\": \"…\", \"confirmationCode\": \"…\"}: the user the \
+                 application checked is logged in, and the code the return redirect carried"
+                    .into(),
+            )
         })?
     };
     let confirmed = state
@@ -538,6 +578,8 @@ pub(super) async fn confirm_connect_session(
         .confirm_grant(
             &flow_id,
             request.user_id.as_ref().map(UserId::as_str),
+            request.confirmation_code.as_ref().map(|c| &c.0),
+            &client,
             &|provider| caller.may_use(provider),
         )
         .await;
@@ -616,9 +658,19 @@ pub(super) struct TokenQuery {
     /// `stepUpUrl` that asks the user for exactly those.
     #[param(
         max_length = 5400,
+        pattern = r"^[\x20-\x7e]*$",
         example = "https://www.googleapis.com/auth/calendar.readonly"
     )]
     required_scopes: Option<String>,
+    /// Where the `stepUpUrl` returns the browser (it must match
+    /// `AXNT_ALLOWED_RETURN_URLS`); the return redirect carries the `confirmationCode`
+    /// the step-up's confirm needs. Without it the step-up ends on a page.
+    #[param(
+        max_length = 2048,
+        pattern = r"^[\x21-\x7e]*$",
+        example = "https://app.example.com/settings"
+    )]
+    return_to: Option<String>,
 }
 
 /// `GET /v1/users/{userId}/tokens/{provider}[?requiredScopes=a,b]` → a valid access
@@ -691,6 +743,16 @@ async fn read_token(
             "requiredScopes must be at most 20 scope tokens, separated by commas".into(),
         )
     })?;
+    let return_to = query
+        .return_to
+        .as_deref()
+        .map(|url| {
+            state
+                .return_urls
+                .check(url)
+                .ok_or(Error::ReturnUrlNotAllowed)
+        })
+        .transpose()?;
     let token = state.tokens.valid_token(user_id, provider, client).await?;
     let granted = token
         .scope
@@ -704,6 +766,8 @@ async fn read_token(
             expected_sub: Some(token.sub.clone()),
             // The grant is live (its token was just served): no new refresh token.
             skip_consent: true,
+            // Bound like any link: the confirm names the user and the code.
+            require_confirmation: state.settings.flow.require_confirmation,
             ..FlowRules::default()
         };
         let link = mint_link(
@@ -711,7 +775,7 @@ async fn read_token(
             client,
             user_id,
             provider,
-            None,
+            return_to,
             token.email.clone(),
             rules,
             SessionMode::StepUp,

@@ -128,6 +128,8 @@ pub(crate) fn router(state: AppState) -> Router {
             header::AUTHORIZATION,
             header::COOKIE,
             header::SET_COOKIE,
+            // A return redirect carries a confirmation code.
+            header::LOCATION,
         ]))
         .with_state(state)
 }

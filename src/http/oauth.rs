@@ -1,5 +1,6 @@
 //! Browser endpoints: start a flow from a connect link, finish it on the callback.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -10,6 +11,7 @@ use axum::routing::get;
 use axum_extra::extract::CookieJar;
 use axum_extra::extract::cookie::{Cookie, SameSite};
 use chrono::Utc;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -23,7 +25,9 @@ use crate::oauth::flow::{
     ConnectSession, FlowState, Purpose, binding_cookie_name, binding_matches, new_binding,
 };
 use crate::oauth::grant::{self, PartialGrant};
+use crate::oauth::provider::OidcProvider;
 use crate::oauth::provider::{AuthorizationRequest, ProviderError};
+use crate::store::flow_log::ClientInfo;
 use crate::store::{FlowStep, FlowSteps};
 use crate::tokens::{Stored, TokenSet};
 
@@ -249,10 +253,11 @@ async fn callback(
         .return_to
         .as_ref()
         .and_then(|r| state.return_urls.check(r.as_str()));
+    let flow_id = flow.flow_id.clone();
     let fail = |error: Error| BrowserError {
         error,
         return_to: return_to.clone(),
-        flow_id: Some(flow.flow_id.clone()),
+        flow_id: Some(flow_id.clone()),
     };
     if flow.expires_at < Utc::now().timestamp() {
         return Err(fail(count_rejected(&provider_name, Error::StateExpired)));
@@ -268,165 +273,234 @@ async fn callback(
         )
         .await;
     flow_log.step(FlowStep::StateVerified, json!({})).await;
-
-    let result = finish(
-        &state,
-        provider,
-        &flow,
-        return_to.as_ref(),
-        &query,
+    // From here the flow is an owned task: once the provider redeems the code, the
+    // tokens exist only in this process, and a browser that leaves (or the request
+    // timeout) must not drop them. The task stores the grant and completes the flow
+    // log whether or not anyone still waits for its answer.
+    let finishing = Finish {
+        state: state.clone(),
+        provider: Arc::clone(provider),
+        flow,
+        return_to: return_to.clone(),
+        code: query.code,
         provider_error,
-        &flow_log,
-    )
-    .await;
+        client,
+    };
+    let result = state
+        .tokens
+        .spawn_owned(finishing.run())
+        .await
+        .map_err(|e| fail(Error::Internal(format!("callback task: {e}"))))?;
     let jar = jar.remove(binding);
     match result {
-        Ok(response) => {
-            metrics::counter!("axnt_flows_completed_total", "provider" => provider_name.clone())
-                .increment(1);
-            Ok((jar, response).into_response())
-        }
-        Err((step, error)) => {
-            metrics::counter!("axnt_flows_failed_total", "provider" => provider_name.clone(), "reason" => error.code()).increment(1);
-            flow_log.failed(step, &error).await;
-            Err(fail(error))
-        }
+        Ok(response) => Ok((jar, response).into_response()),
+        Err(error) => Err(fail(error)),
     }
 }
 
-/// The callback after `state` checked out. Errors carry the step that failed.
-async fn finish(
-    state: &AppState,
-    provider: &crate::oauth::provider::OidcProvider,
-    flow: &FlowState,
-    return_to: Option<&ReturnUrl>,
-    query: &CallbackQuery,
+/// The callback after `state` checked out, as an owned task.
+struct Finish {
+    state: AppState,
+    provider: Arc<OidcProvider>,
+    flow: FlowState,
+    return_to: Option<ReturnUrl>,
+    code: Option<String>,
     provider_error: Option<String>,
-    flow_log: &FlowSteps<'_>,
-) -> Result<Response, (FlowStep, Error)> {
-    let name = provider.name().to_string();
-    if let Some(code) = provider_error {
-        return Err((FlowStep::CallbackReceived, Error::AuthorizationDenied(code)));
+    client: ClientInfo,
+}
+
+impl Finish {
+    /// Exchanges the code, verifies the ID token, stores (or holds) the grant, and
+    /// records the outcome in the flow log and the metrics.
+    async fn run(self) -> Result<Response, Error> {
+        let name = self.provider.name().to_string();
+        let flow_log =
+            self.state
+                .flow_log
+                .flow(&self.flow.user_id, &self.flow.flow_id, &name, &self.client);
+        match self.finish(&flow_log).await {
+            Ok((response, held)) => {
+                // A held grant completes its flow at the confirm.
+                if !held {
+                    metrics::counter!("axnt_flows_completed_total", "provider" => name)
+                        .increment(1);
+                }
+                Ok(response)
+            }
+            Err((step, error)) => {
+                metrics::counter!("axnt_flows_failed_total", "provider" => name, "reason" => error.code()).increment(1);
+                flow_log.failed(step, &error).await;
+                Err(error)
+            }
+        }
     }
-    let code = query
-        .code
-        .as_deref()
-        .filter(|c| !c.is_empty() && c.len() <= 4096)
-        .ok_or((
-            FlowStep::CallbackReceived,
-            Error::InvalidRequest("the callback carries no code".into()),
-        ))?;
-    let tokens = provider
-        .exchange_code(
-            code,
-            &flow.pkce_verifier,
-            &state.settings.redirect_uri(&name),
-        )
-        .await
-        .map_err(|e| match e {
-            ProviderError::InvalidGrant(_) => (FlowStep::CodeExchanged, Error::CodeRejected),
-            other => (FlowStep::CodeExchanged, Error::from(other)),
-        })?;
-    flow_log
-        .step(
-            FlowStep::CodeExchanged,
-            json!({
-                "hasRefreshToken": tokens.refresh_token.is_some(),
-                "hasIdToken": tokens.id_token.is_some(),
-                "scope": tokens.scope,
-                "expiresIn": tokens.expires_in.map(|d| d.as_secs()),
-            }),
-        )
-        .await;
-    let id_token = tokens.id_token.as_ref().ok_or((
-        FlowStep::IdTokenVerified,
-        Error::IdTokenInvalid(crate::oauth::provider::IdTokenProblem::Missing),
-    ))?;
-    let user_info = provider
-        .verify_id_token(id_token, &flow.nonce)
-        .await
-        .map_err(|e| (FlowStep::IdTokenVerified, Error::from(e)))?;
-    flow_log
-        .step(
-            FlowStep::IdTokenVerified,
-            json!({ "sub": user_info.sub, "email": user_info.email, "emailVerified": user_info.email_verified }),
-        )
-        .await;
-    check_account(flow, &user_info).map_err(|e| (FlowStep::IdTokenVerified, e))?;
-    let requested = provider.requested_scopes(&flow.rules.scopes);
-    let mut fresh = TokenSet::from_provider(&tokens, None, Utc::now());
-    if fresh.scope.is_none() {
-        // RFC 6749 §5.1: no `scope` in the answer means the grant is what was asked.
-        fresh.scope = Some(requested.join(" "));
-    }
-    let missing = grant::missing(&requested, &fresh.granted_scopes());
-    let policy = flow
-        .rules
-        .partial_grant
-        .unwrap_or(state.settings.flow.partial_grant);
-    if !missing.is_empty() && policy == PartialGrant::Reject {
-        // Nothing is stored: a connection the user had stays as it was. The grant is
-        // not revoked either: Google's revocation would end every scope this project
-        // holds for the account, that connection's included.
-        return Err((FlowStep::TokensStored, Error::ScopesNotGranted { missing }));
-    }
-    if flow.rules.require_confirmation {
-        fresh.requested_scopes = requested;
-        let deadline = state
-            .tokens
-            .hold_grant(
-                &flow.flow_id,
-                &flow.user_id,
-                &name,
-                &fresh,
-                user_info.clone(),
-                state.settings.flow.confirmation_ttl,
+
+    /// The steps: the answer, and whether the grant is held for confirmation. Errors
+    /// carry the step that failed.
+    async fn finish(
+        &self,
+        flow_log: &FlowSteps<'_>,
+    ) -> Result<(Response, bool), (FlowStep, Error)> {
+        let (state, provider, flow) = (&self.state, &self.provider, &self.flow);
+        let return_to = self.return_to.as_ref();
+        let name = provider.name().to_string();
+        if let Some(code) = &self.provider_error {
+            return Err((
+                FlowStep::CallbackReceived,
+                Error::AuthorizationDenied(code.clone()),
+            ));
+        }
+        let code = self
+            .code
+            .as_deref()
+            .filter(|c| !c.is_empty() && c.len() <= 4096)
+            .ok_or((
+                FlowStep::CallbackReceived,
+                Error::InvalidRequest("the callback carries no code".into()),
+            ))?;
+        let tokens = provider
+            .exchange_code(
+                code,
+                &flow.pkce_verifier,
+                &state.settings.redirect_uri(&name),
             )
             .await
-            .map_err(|e| (FlowStep::AwaitingConfirmation, e))?;
+            .map_err(|e| match e {
+                ProviderError::InvalidGrant(_) => (FlowStep::CodeExchanged, Error::CodeRejected),
+                other => (FlowStep::CodeExchanged, Error::from(other)),
+            })?;
         flow_log
             .step(
-                FlowStep::AwaitingConfirmation,
-                json!({ "confirmBy": deadline.to_rfc3339(), "sub": user_info.sub }),
+                FlowStep::CodeExchanged,
+                json!({
+                    "hasRefreshToken": tokens.refresh_token.is_some(),
+                    "hasIdToken": tokens.id_token.is_some(),
+                    "scope": tokens.scope,
+                    "expiresIn": tokens.expires_in.map(|d| d.as_secs()),
+                }),
             )
             .await;
-        return Ok(finished_page(
+        let id_token = tokens.id_token.as_ref().ok_or((
+            FlowStep::IdTokenVerified,
+            Error::IdTokenInvalid(crate::oauth::provider::IdTokenProblem::Missing),
+        ))?;
+        let user_info = provider
+            .verify_id_token(id_token, &flow.nonce)
+            .await
+            .map_err(|e| (FlowStep::IdTokenVerified, Error::from(e)))?;
+        flow_log
+            .step(
+                FlowStep::IdTokenVerified,
+                json!({ "sub": user_info.sub, "email": user_info.email, "emailVerified": user_info.email_verified }),
+            )
+            .await;
+        check_account(flow, &user_info).map_err(|e| (FlowStep::IdTokenVerified, e))?;
+        let requested = provider.requested_scopes(&flow.rules.scopes);
+        let mut fresh = TokenSet::from_provider(&tokens, None, Utc::now());
+        if fresh.scope.is_none() {
+            // RFC 6749 §5.1: no `scope` in the answer means the grant is what was asked.
+            fresh.scope = Some(requested.join(" "));
+        }
+        let missing = grant::missing(&requested, &fresh.granted_scopes());
+        let policy = flow
+            .rules
+            .partial_grant
+            .unwrap_or(state.settings.flow.partial_grant);
+        if !missing.is_empty() && policy == PartialGrant::Reject {
+            // Nothing is stored: a connection the user had stays as it was. The grant is
+            // not revoked either: Google's revocation would end every scope this project
+            // holds for the account, that connection's included.
+            return Err((FlowStep::TokensStored, Error::ScopesNotGranted { missing }));
+        }
+        if flow.rules.require_confirmation {
+            fresh.requested_scopes = requested;
+            let held = state
+                .tokens
+                .hold_grant(
+                    &flow.flow_id,
+                    &flow.user_id,
+                    &name,
+                    &fresh,
+                    user_info.clone(),
+                    state.settings.flow.confirmation_ttl,
+                )
+                .await
+                .map_err(|e| (FlowStep::AwaitingConfirmation, e))?;
+            flow_log
+                .step(
+                    FlowStep::AwaitingConfirmation,
+                    json!({ "confirmBy": held.deadline.to_rfc3339(), "sub": user_info.sub }),
+                )
+                .await;
+            return Ok((
+                pending_page(return_to, &name, &flow.flow_id, &held.code),
+                true,
+            ));
+        }
+        let stored = state
+            .tokens
+            .store_grant(&flow.user_id, &name, &fresh, user_info.clone(), &requested)
+            .await
+            .map_err(|e| (FlowStep::TokensStored, e))?;
+        flow_log
+            .step(FlowStep::TokensStored, stored_step_data(&stored))
+            .await;
+        flow_log
+            .step(FlowStep::Completed, json!({ "email": user_info.email }))
+            .await;
+        let detail = format!(
+            "Your {} account{} is connected. You can close this window.",
+            name,
+            user_info
+                .email
+                .as_deref()
+                .map(|e| format!(" {e}"))
+                .unwrap_or_default(),
+        );
+        let page = finished_page(
             return_to,
             &name,
             &flow.flow_id,
-            "pending_confirmation",
-            "Almost done",
-            "Go back to the application to finish connecting your account.",
-        ));
+            "connected",
+            "Connected",
+            &detail,
+        );
+        Ok((page, false))
     }
-    let stored = state
-        .tokens
-        .store_grant(&flow.user_id, &name, &fresh, user_info.clone(), &requested)
-        .await
-        .map_err(|e| (FlowStep::TokensStored, e))?;
-    flow_log
-        .step(FlowStep::TokensStored, stored_step_data(&stored))
-        .await;
-    flow_log
-        .step(FlowStep::Completed, json!({ "email": user_info.email }))
-        .await;
-    let detail = format!(
-        "Your {} account{} is connected. You can close this window.",
-        name,
-        user_info
-            .email
-            .as_deref()
-            .map(|e| format!(" {e}"))
-            .unwrap_or_default(),
-    );
-    Ok(finished_page(
-        return_to,
-        &name,
-        &flow.flow_id,
-        "connected",
-        "Connected",
-        &detail,
-    ))
+}
+
+/// A held grant's answer: the return URL with `status=pending_confirmation`, `flowId`
+/// and the one-time `confirmationCode` (the only place the code ever appears), so the
+/// application's backend confirms from the request the returning browser makes. With
+/// no return URL, a page shows the code for the user to enter in the application.
+fn pending_page(
+    return_to: Option<&ReturnUrl>,
+    provider: &str,
+    flow_id: &str,
+    code: &SecretString,
+) -> Response {
+    match return_to {
+        Some(return_to) => {
+            let url = return_to.with_query(&[
+                ("status", "pending_confirmation"),
+                ("provider", provider),
+                ("flowId", flow_id),
+                ("confirmationCode", code.expose_secret()),
+            ]);
+            crate::http::found(url.as_str())
+        }
+        None => Html(format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Almost done</title></head>\
+             <body><h1>Almost done</h1><p>Enter this code in the application you came from to finish \
+             connecting your {provider} account:</p><p><code id=\"confirmationCode\">{code}</code></p>\
+             <p>Enter it yourself, in your own session. Never give it to anyone: whoever enters it gets \
+             access to your account.</p><p>Flow: <code id=\"flowId\">{flow_id}</code></p></body></html>",
+            provider = html_escape(provider),
+            code = html_escape(code.expose_secret()),
+            flow_id = html_escape(flow_id),
+        ))
+        .into_response(),
+    }
 }
 
 /// A finished flow's answer: the return URL with `status`, `provider` and `flowId`,

@@ -221,7 +221,7 @@ const ERRORS: &[(&str, Answers)] = &[
     (
         "get_token",
         &[
-            (400, &["invalid_request"]),
+            (400, &["invalid_request", "return_url_not_allowed"]),
             (403, &["insufficient_scope"]),
             (404, &["not_found", "unknown_provider", "not_connected"]),
             (409, &["reauthorization_required"]),

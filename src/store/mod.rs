@@ -444,6 +444,10 @@ pub trait TokenStore: Send + Sync {
     /// Stores a grant awaiting its flow's confirmation (one per flow).
     async fn put_pending(&self, grant: &PendingGrant) -> Result<(), StoreError>;
 
+    /// A flow's pending grant, expired or not, left in place (one being taken is
+    /// absent).
+    async fn get_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError>;
+
     /// Removes and returns a flow's pending grant, expired or not: of two concurrent
     /// takers, one gets it and the other `None`.
     async fn take_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError>;

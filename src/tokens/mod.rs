@@ -299,6 +299,10 @@ pub(crate) struct TokenService {
     providers: Arc<Providers>,
     flow_log: Arc<FlowRecorder>,
     policy: TokenPolicy,
+    /// Work that must not stop halfway when the request that started it goes away (a
+    /// callback's code exchange and store, a security event's grant endings): owned
+    /// tasks that shutdown waits for, as it waits for refreshes.
+    owned: tokio_util::task::TaskTracker,
 }
 
 /// A page of [`TokenService::connections_across`]: `(userId, connection)` pairs and
@@ -332,6 +336,40 @@ pub(crate) struct Stored {
     pub(crate) grant_limit_warning: bool,
 }
 
+/// A grant held for confirmation: until when, and the code that confirms it (for the
+/// flow's return redirect only: never logged, never stored in clear).
+pub(crate) struct Held {
+    pub(crate) deadline: DateTime<Utc>,
+    pub(crate) code: SecretString,
+}
+
+/// Random bytes in a confirmation code (192 bits).
+const CONFIRMATION_CODE_BYTES: usize = 24;
+
+/// Why a held grant was discarded at a confirm: the `reason` label of
+/// `axnt_held_grants_discarded_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Discard {
+    /// The confirm named another user than the one the flow was started for.
+    OtherUser,
+    /// The confirm's code was not the flow's.
+    WrongCode,
+    /// The grant waited longer than the confirmation window.
+    Expired,
+}
+
+impl Discard {
+    pub(crate) const ALL: [Self; 3] = [Self::OtherUser, Self::WrongCode, Self::Expired];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::OtherUser => "other_user",
+            Self::WrongCode => "wrong_code",
+            Self::Expired => "expired",
+        }
+    }
+}
+
 /// A confirmed pending grant, and what storing it did.
 pub(crate) struct Confirmed {
     pub(crate) grant: PendingGrant,
@@ -362,7 +400,19 @@ impl TokenService {
             providers,
             flow_log,
             policy,
+            owned: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Runs `work` as an owned task: it goes on to its end when the caller stops
+    /// waiting for it (a browser that left, a request timeout), and shutdown waits for
+    /// it. The caller may await the handle for its result.
+    pub(crate) fn spawn_owned<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.owned.spawn(work)
     }
 
     pub(crate) fn provider(&self, name: &str) -> Result<&Arc<OidcProvider>, Error> {
@@ -371,10 +421,20 @@ impl TokenService {
             .ok_or_else(|| Error::UnknownProvider(name.to_string()))
     }
 
-    /// Waits (at most `within`) for refreshes in flight to finish: they hold tokens
-    /// the provider issued that must reach the store. Returns whether all finished.
+    /// Waits (at most `within`) for owned tasks and refreshes in flight to finish: they
+    /// hold tokens the provider issued that must reach the store. Returns whether all
+    /// finished.
     pub(crate) async fn drain(&self, within: Duration) -> bool {
-        self.refresher.drain(within).await
+        let started = tokio::time::Instant::now();
+        self.owned.close();
+        let owned = tokio::time::timeout(within, self.owned.wait())
+            .await
+            .is_ok();
+        let refreshes = self
+            .refresher
+            .drain(within.saturating_sub(started.elapsed()))
+            .await;
+        owned && refreshes
     }
 
     /// Stores the tokens of a completed grant. The previous row, if any, is replaced
@@ -578,8 +638,10 @@ impl TokenService {
     }
 
     /// Holds a completed grant until the application confirms its flow (confirmation
-    /// mode): sealed as the flow's pending grant, never handed out, refused after
-    /// `within`. The connection's row, if any, stays as it is. Returns the deadline.
+    /// mode): sealed as the flow's pending grant together with a new one-time
+    /// confirmation code, never handed out, refused after `within`. The connection's
+    /// row, if any, stays as it is. Returns the deadline and the code, which only the
+    /// flow's return redirect may carry.
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider, flow_id = %flow_id))]
     pub(crate) async fn hold_grant(
         &self,
@@ -589,17 +651,20 @@ impl TokenService {
         fresh: &TokenSet,
         user_info: UserInfo,
         within: Duration,
-    ) -> Result<DateTime<Utc>, Error> {
+    ) -> Result<Held, Error> {
         let now = Utc::now();
         let deadline = chrono::TimeDelta::from_std(within)
             .ok()
             .and_then(|ttl| now.checked_add_signed(ttl))
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let code = crate::crypto::random_token(CONFIRMATION_CODE_BYTES);
+        let mut sealed = fresh.clone();
+        sealed.confirmation_code = Some(code.clone());
         let grant = PendingGrant {
             flow_id: flow_id.to_string(),
             user_id: user_id.to_string(),
             provider: provider.to_string(),
-            encrypted_tokens: fresh
+            encrypted_tokens: sealed
                 .seal_pending(&self.cipher, user_id, provider, flow_id)
                 .await?,
             user_info,
@@ -607,44 +672,92 @@ impl TokenService {
             expires_at: deadline.timestamp(),
         };
         self.store.put_pending(&grant).await?;
-        Ok(deadline)
+        Ok(Held {
+            deadline,
+            code: SecretString::from(code),
+        })
     }
 
-    /// Turns a flow's pending grant into the connection: taken (so it is confirmed at
-    /// most once), checked against `expected_user` and its deadline, then stored as
-    /// [`store_grant`](Self::store_grant) stores any grant. A grant that cannot be stored
-    /// for a passing reason is put back, so the confirm can be retried.
+    /// Turns a flow's pending grant into the connection, for the application's user
+    /// `user_id` presenting the flow's confirmation code. The grant is opened before
+    /// it is taken, so a key service that fails now leaves it held for a retried
+    /// confirm; it is then taken (so it is confirmed at most once) and stored as
+    /// [`store_grant`](Self::store_grant) stores any grant, and put back when that fails
+    /// for a passing reason. A confirm naming another user or a wrong code discards the
+    /// grant (404, counted): the flow was completed by someone the application's user
+    /// is not. A caller limited to other providers (`may_use`) is refused, the grant
+    /// left as it is.
     #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
-    /// A caller limited to some providers (`may_use`) cannot confirm another's grant:
-    /// it is put back, and the caller refused.
     pub(crate) async fn confirm_grant(
         &self,
         flow_id: &str,
-        expected_user: Option<&str>,
+        user_id: Option<&str>,
+        code: Option<&SecretString>,
+        client: &ClientInfo,
         may_use: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Confirmed, Error> {
+        let grant = self
+            .store
+            .get_pending(flow_id)
+            .await?
+            .ok_or(Error::ConfirmationNotFound)?;
+        if !may_use(&grant.provider) {
+            return Err(Error::provider_not_allowed(&grant.provider));
+        }
+        if user_id != Some(grant.user_id.as_str()) {
+            // The application says another of its users started this flow: the grant
+            // is not theirs to keep.
+            return Err(self
+                .discard(
+                    &grant,
+                    Discard::OtherUser,
+                    client,
+                    Error::ConfirmationNotFound,
+                )
+                .await);
+        }
+        if grant.expires_at < Utc::now().timestamp() {
+            return Err(self
+                .discard(&grant, Discard::Expired, client, Error::ConfirmationExpired)
+                .await);
+        }
+        let Some(code) = code else {
+            return Err(self
+                .discard(
+                    &grant,
+                    Discard::WrongCode,
+                    client,
+                    Error::ConfirmationNotFound,
+                )
+                .await);
+        };
+        let mut fresh = TokenSet::open_pending(&self.cipher, &grant).await?;
+        let expected = fresh.confirmation_code.take();
+        let presented = code.expose_secret().as_bytes();
+        // Constant time: the comparison must not tell how much of a guess was right.
+        let right = expected.as_deref().is_some_and(|expected| {
+            expected.len() == presented.len()
+                && bool::from(subtle::ConstantTimeEq::ct_eq(
+                    expected.as_bytes(),
+                    presented,
+                ))
+        });
+        if !right {
+            return Err(self
+                .discard(
+                    &grant,
+                    Discard::WrongCode,
+                    client,
+                    Error::ConfirmationNotFound,
+                )
+                .await);
+        }
+        // Of two confirms with the right code, one takes it and stores it.
         let grant = self
             .store
             .take_pending(flow_id)
             .await?
             .ok_or(Error::ConfirmationNotFound)?;
-        if !may_use(&grant.provider) {
-            self.store.put_pending(&grant).await?;
-            return Err(Error::provider_not_allowed(&grant.provider));
-        }
-        if expected_user.is_some_and(|u| u != grant.user_id) {
-            // The application says another of its users started this flow: the grant
-            // is not theirs to keep, and it is not put back.
-            tracing::warn!(
-                flow_id,
-                "a confirm named another user; the pending grant is discarded"
-            );
-            return Err(Error::ConfirmationNotFound);
-        }
-        if grant.expires_at < Utc::now().timestamp() {
-            return Err(Error::ConfirmationExpired);
-        }
-        let fresh = TokenSet::open_pending(&self.cipher, &grant).await?;
         match self
             .store_grant(
                 &grant.user_id,
@@ -663,6 +776,36 @@ impl TokenService {
                 Err(e)
             }
         }
+    }
+
+    /// Removes a held grant a confirm was refused for, counts and logs why (never the
+    /// code), and hands `error` back. A grant another call took meanwhile is gone
+    /// already.
+    async fn discard(
+        &self,
+        grant: &PendingGrant,
+        why: Discard,
+        client: &ClientInfo,
+        error: Error,
+    ) -> Error {
+        if let Err(e) = self.store.take_pending(&grant.flow_id).await {
+            tracing::warn!(flow_id = grant.flow_id, error = %e, "a refused pending grant could not be removed; it expires unconfirmed");
+        }
+        metrics::counter!("axnt_held_grants_discarded_total", "reason" => why.label()).increment(1);
+        tracing::warn!(
+            flow_id = grant.flow_id,
+            reason = why.label(),
+            "a confirm was refused; the held grant is discarded"
+        );
+        self.flow_log
+            .flow(&grant.user_id, &grant.flow_id, &grant.provider, client)
+            .step_failed(
+                FlowStep::Confirmed,
+                json!({ "discarded": true, "reason": why.label() }),
+                error.code(),
+            )
+            .await;
+        error
     }
 
     /// A valid access token for `user_id` at `provider`, valid for at least the

@@ -55,6 +55,15 @@ pub(crate) struct TokenSet {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub(crate) requested_scopes: Vec<String>,
+    /// Only in a pending grant's set: the one-time code the flow's return redirect
+    /// carried, which the confirm call must present. Sealed with the grant, so it is
+    /// never stored or logged in clear.
+    #[serde(
+        rename = "confirmationCode",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(crate) confirmation_code: Option<String>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -97,6 +106,7 @@ impl TokenSet {
                     .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
             }),
             requested_scopes: Vec::new(),
+            confirmation_code: None,
         };
         set.inherit(previous);
         set
@@ -278,6 +288,7 @@ mod tests {
             issued_at,
             refresh_token_expires_at: None,
             requested_scopes: Vec::new(),
+            confirmation_code: None,
         }
     }
 

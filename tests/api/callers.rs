@@ -158,25 +158,25 @@ async fn a_limited_key_is_refused_outside_its_operations_and_providers(backend: 
         .await;
     let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
     let callback = app.authorize(&provider_url).await;
-    assert!(
-        app.callback(&callback, Some(&cookie))
-            .await
-            .status()
-            .is_success()
-    );
+    let page = app.callback(&callback, Some(&cookie)).await;
+    assert!(page.status().is_success());
+    let page = page.text().await.expect("page");
+    let code = crate::support::page_confirmation_code(&page).expect("code");
     let confirm = format!(
         "/v1/connect-sessions/{}/confirm",
         session["flowId"].as_str().expect("flowId")
     );
+    let body = json!({ "userId": "lou", "confirmationCode": code });
     let refused = app
         .http
         .post(app.url(&confirm))
         .bearer_auth(GITHUB_OPS)
+        .json(&body)
         .send()
         .await
         .expect("confirm");
     assert_problem(refused, 403, "caller_not_allowed").await;
-    let confirmed = app.api_post(&confirm, json!({})).await;
+    let confirmed = app.api_post(&confirm, body).await;
     assert_eq!(
         confirmed.status(),
         StatusCode::OK,

@@ -81,14 +81,23 @@ async fn a_full_flow_against_oauth2_mock_server() {
     let callback = app.authorize(&provider_url).await;
     let response = app.callback(&callback, Some(&cookie)).await;
     assert_eq!(response.status(), StatusCode::FOUND);
+    let code = support::redirect_query(&response)["confirmationCode"].clone();
     assert_eq!(
         response.headers()["location"],
         format!(
-            "{}?status=connected&provider=google&flowId={}",
+            "{}?status=pending_confirmation&provider=google&flowId={}&confirmationCode={code}",
             support::RETURN_ORIGIN,
             session["flowId"].as_str().expect("flowId")
         )
     );
+    let confirmed = app
+        .confirm(
+            session["flowId"].as_str().expect("flowId"),
+            "e2e-user",
+            &code,
+        )
+        .await;
+    assert_eq!(confirmed.status(), StatusCode::OK);
 
     let token: Value = app.token("e2e-user").await.json().await.expect("json");
     assert_eq!(token["email"], "e2e@example.com");
@@ -117,7 +126,7 @@ async fn a_full_flow_against_oauth2_mock_server() {
 
     let steps = app.steps("e2e-user").await;
     assert_eq!(
-        &steps[..8],
+        &steps[..10],
         [
             "session_created",
             "authorize_redirect",
@@ -125,6 +134,8 @@ async fn a_full_flow_against_oauth2_mock_server() {
             "state_verified",
             "code_exchanged",
             "id_token_verified",
+            "awaiting_confirmation",
+            "confirmed",
             "tokens_stored",
             "completed"
         ]

@@ -200,9 +200,9 @@ async fn every_browser_answer_carries_the_security_headers() {
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
     assert_browser_headers(&bad, "an error page");
 
-    let done = app.connect("hdr").await;
+    let done = app.connect_unconfirmed("hdr").await;
     assert_eq!(done.status(), StatusCode::OK);
-    assert_browser_headers(&done, "the success page");
+    assert_browser_headers(&done, "the page that shows the confirmation code");
 
     let session = app
         .connect_session(serde_json::json!({

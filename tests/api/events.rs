@@ -72,7 +72,8 @@ async fn events(app: &TestApp, want: usize) -> Vec<Value> {
     }
 }
 
-/// A whole flow for `user_id` with the session `body`; the callback answers 200.
+/// A whole flow for `user_id` with the session `body`, completed as the application
+/// does (a held grant confirmed); it succeeds.
 pub(super) async fn flow(app: &TestApp, user_id: &str, body: Value) {
     let mut body = body;
     body["userId"] = json!(user_id);
@@ -81,6 +82,7 @@ pub(super) async fn flow(app: &TestApp, user_id: &str, body: Value) {
     let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
     let callback = app.authorize(&provider_url).await;
     let response = app.callback(&callback, Some(&cookie)).await;
+    let response = app.complete(user_id, response).await;
     assert_eq!(response.status(), StatusCode::OK, "{user_id}'s flow");
 }
 

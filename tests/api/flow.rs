@@ -85,13 +85,18 @@ async fn full_flow_stores_encrypted_tokens_and_serves_them(backend: Backend) {
     assert_eq!(response.status(), StatusCode::FOUND);
     assert_eq!(response.headers()["cache-control"], "no-store");
     let back = response.headers()["location"].to_str().expect("ascii");
+    let code = support::redirect_query(&response)["confirmationCode"].clone();
     assert_eq!(
         back,
         format!(
-            "{RETURN_ORIGIN}/done?status=connected&provider=google&flowId={}",
+            "{RETURN_ORIGIN}/done?status=pending_confirmation&provider=google&flowId={}&confirmationCode={code}",
             session["flowId"].as_str().expect("flowId")
         )
     );
+    let confirmed = app
+        .confirm(session["flowId"].as_str().expect("flowId"), "alice", &code)
+        .await;
+    assert_eq!(confirmed.status(), StatusCode::OK);
 
     // Encrypted at rest: no token the provider issued is in the database file.
     let raw = app.raw_storage().await;
@@ -136,6 +141,8 @@ async fn full_flow_stores_encrypted_tokens_and_serves_them(backend: Backend) {
             "state_verified",
             "code_exchanged",
             "id_token_verified",
+            "awaiting_confirmation",
+            "confirmed",
             "tokens_stored",
             "completed"
         ]
@@ -182,10 +189,33 @@ async fn full_flow_stores_encrypted_tokens_and_serves_them(backend: Backend) {
 async fn a_flow_without_return_url_ends_on_a_success_page(backend: Backend) {
     let provider = FakeProvider::start().await;
     let app = TestApp::on(backend, &provider, &[]).await;
-    let response = app.connect("bob").await;
+    // Bound (the default): the page shows the code to enter in the application.
+    let response = app.connect_unconfirmed("bob").await;
     assert_eq!(response.status(), StatusCode::OK);
     let page = response.text().await.expect("text");
-    assert!(page.contains("Connected"));
+    assert!(page.contains("Almost done"), "{page}");
+    let code = support::page_confirmation_code(&page).expect("the code");
+    assert!(page.contains("Never give it to anyone"), "{page}");
+    assert!(app.stored_row("bob").await.is_none());
+    let steps = app.steps("bob").await;
+    assert_eq!(
+        steps.last().map(String::as_str),
+        Some("awaiting_confirmation")
+    );
+    assert!(code.len() >= 22);
+
+    // Pinned to the account: stored at once, and the page says whose account it is.
+    let session = app
+        .connect_session(json!({
+            "userId": "bob2", "provider": "google", "expectedEmail": provider.profile().email,
+        }))
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    let response = app.callback(&callback, Some(&cookie)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = response.text().await.expect("text");
+    assert!(page.contains("Connected"), "{page}");
     assert!(page.contains(&provider.profile().email));
 }
 
@@ -483,8 +513,11 @@ async fn a_store_outage_during_the_callback_changes_nothing() {
     assert!(app.connect("victim").await.status().is_success());
     let before = app.stored_row("victim").await.expect("row");
 
+    // Pinned to the account, so the callback itself writes the row.
     let session = app
-        .connect_session(json!({ "userId": "victim", "provider": "google" }))
+        .connect_session(json!({
+            "userId": "victim", "provider": "google", "expectedEmail": provider.profile().email,
+        }))
         .await;
     let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
     let callback = app.authorize(&provider_url).await;
@@ -587,10 +620,11 @@ async fn a_return_url_s_own_status_is_replaced_and_the_flow_id_added(backend: Ba
     let callback = app.authorize(&provider_url).await;
     let response = app.callback(&callback, Some(&cookie)).await;
     assert_eq!(response.status(), StatusCode::FOUND);
+    let code = support::redirect_query(&response)["confirmationCode"].clone();
     assert_eq!(
         response.headers()["location"],
         format!(
-            "{RETURN_ORIGIN}/done?keep=1&error=old&status=connected&provider=google&flowId={}",
+            "{RETURN_ORIGIN}/done?keep=1&error=old&status=pending_confirmation&provider=google&flowId={}&confirmationCode={code}",
             session["flowId"].as_str().expect("flowId")
         )
     );

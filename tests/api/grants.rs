@@ -30,21 +30,24 @@ use crate::support::{Backend, FakeProvider, RETURN_ORIGIN, TestApp, assert_page,
 const DRIVE: &str = "https://www.googleapis.com/auth/drive.readonly";
 const CALENDAR: &str = "https://www.googleapis.com/auth/calendar.readonly";
 
-/// A whole flow for the session `body` (its `userId` and `provider` added); returns the
-/// callback's answer.
+/// A whole flow for the session `body` (its `userId` and `provider` added), completed
+/// as the application does (a held grant confirmed for `user_id`); returns the
+/// callback's answer, or the confirm's when there was one.
 async fn flow(app: &TestApp, user_id: &str, body: Value) -> reqwest::Response {
     let mut body = body;
     body["userId"] = json!(user_id);
     body["provider"] = json!("google");
     let session = app.connect_session(body).await;
-    follow(app, session["url"].as_str().expect("url")).await
+    follow(app, user_id, session["url"].as_str().expect("url")).await
 }
 
-/// Follows a start link through the provider's consent to the callback.
-async fn follow(app: &TestApp, start_url: &str) -> reqwest::Response {
+/// Follows a start link through the provider's consent to the callback, and completes
+/// it for `user_id` as the application does.
+async fn follow(app: &TestApp, user_id: &str, start_url: &str) -> reqwest::Response {
     let (provider_url, cookie) = app.start(start_url).await;
     let callback = app.authorize(&provider_url).await;
-    app.callback(&callback, Some(&cookie)).await
+    let answer = app.callback(&callback, Some(&cookie)).await;
+    app.complete(user_id, answer).await
 }
 
 /// The user's one connection as listed.
@@ -239,10 +242,8 @@ async fn a_missing_required_scope_answers_403_with_a_step_up_link_that_works(bac
     let minted = provider.issued_refresh_tokens().len();
     let stored_refresh = provider.latest_refresh_token();
     let callback = app.authorize(&provider_url).await;
-    assert_eq!(
-        app.callback(&callback, Some(&cookie)).await.status(),
-        StatusCode::OK
-    );
+    let answer = app.callback(&callback, Some(&cookie)).await;
+    assert_eq!(app.complete("sam", answer).await.status(), StatusCode::OK);
 
     let token = app
         .api_get(&format!(
@@ -320,7 +321,7 @@ async fn a_step_up_session_is_for_the_connected_account_only(backend: Backend) {
         )
         .await;
     provider.set_profile(Profile::for_prefix("0bad"));
-    let response = follow(&app, session["url"].as_str().expect("url")).await;
+    let response = follow(&app, "tia", session["url"].as_str().expect("url")).await;
     assert_page(response, StatusCode::FORBIDDEN, "account_not_allowed").await;
     assert_eq!(app.stored_row("tia").await.as_ref(), Some(&before));
 }

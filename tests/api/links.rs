@@ -1,43 +1,32 @@
-//! Connect links that bind the right people: single-use links, confirmation mode (a
-//! grant held until the application's backend confirms its flow), a different Google
-//! account replacing a connection made visible, and `expectedEmail` / `hostedDomain`.
+//! Connect links that bind the right people: single-use links, session binding (a
+//! grant held until the application's backend confirms its flow with the one-time code
+//! the return redirect carried; the default), forced linking refused, a different
+//! Google account replacing a connection made visible, and `expectedEmail` /
+//! `hostedDomain`.
 
 on_every_backend!(
     a_link_opened_a_second_time_is_refused_and_logs_nothing,
-    a_confirmed_grant_becomes_the_connection_once,
+    binding_is_the_default_and_the_returning_browser_confirms_once,
+    a_link_forwarded_to_another_account_stores_nothing_for_its_sender,
+    a_step_up_link_is_bound_the_same_way,
     an_unconfirmed_grant_is_never_handed_out_and_leaves_the_connection_as_it_was,
     an_unconfirmed_grant_expires,
     a_confirm_naming_another_user_discards_the_grant,
-    the_confirmation_setting_cannot_be_waived_by_a_session,
+    a_session_cannot_waive_binding_unless_pinned_to_an_account,
+    binding_turned_off_stores_at_once_and_is_warned_about,
+    the_confirmation_code_is_never_logged_or_stored_in_clear,
     another_account_replacing_a_connection_is_visible,
     expected_email_and_hosted_domain_are_checked_against_the_id_token,
 );
 
-use std::collections::HashMap;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use url::Url;
 
 use crate::support::fake_provider::Profile;
 use crate::support::{
-    Backend, FakeProvider, RETURN_ORIGIN, TestApp, assert_problem, assert_unchanged, connected,
+    API_KEY, Backend, FakeProvider, RETURN_ORIGIN, TestApp, assert_problem, assert_unchanged,
+    captured_logs, connected, contains, redirect_query,
 };
-
-/// The query of a redirect's `Location`.
-fn redirect_query(response: &reqwest::Response) -> HashMap<String, String> {
-    assert_eq!(response.status(), StatusCode::FOUND, "a redirect");
-    let location = response
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .expect("location");
-    Url::parse(location)
-        .expect("url")
-        .query_pairs()
-        .into_owned()
-        .collect()
-}
 
 /// Runs a session's flow through the provider and returns the callback's answer.
 async fn run(app: &TestApp, session: &Value) -> reqwest::Response {
@@ -63,6 +52,25 @@ async fn confirm(app: &TestApp, flow_id: &str, body: Value) -> reqwest::Response
         .await
 }
 
+/// A return redirect announcing a held grant: its flow id and confirmation code.
+fn held(callback: &reqwest::Response) -> (String, String) {
+    assert_eq!(callback.status(), StatusCode::FOUND, "a return redirect");
+    let query = redirect_query(callback);
+    assert_eq!(query["status"], "pending_confirmation", "{query:?}");
+    (query["flowId"].clone(), query["confirmationCode"].clone())
+}
+
+/// `axnt_held_grants_discarded_total{reason}` in the process's metrics.
+async fn discarded(app: &TestApp, reason: &str) -> f64 {
+    let metrics = app.metrics().await;
+    let prefix = format!("axnt_held_grants_discarded_total{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn a_link_opened_a_second_time_is_refused_and_logs_nothing(backend: Backend) {
     let provider = FakeProvider::start().await;
     let app = TestApp::on(backend, &provider, &[]).await;
@@ -70,7 +78,8 @@ async fn a_link_opened_a_second_time_is_refused_and_logs_nothing(backend: Backen
     let link = session["url"].as_str().expect("url");
 
     let first = run(&app, &session).await;
-    assert_eq!(redirect_query(&first)["status"], "connected");
+    let confirmed = app.confirm_redirect(&first, "alice").await.expect("held");
+    assert_eq!(confirmed.status(), StatusCode::OK);
     let row = app.stored_row("alice").await.expect("row");
     let steps = app.steps("alice").await;
 
@@ -96,23 +105,29 @@ async fn a_link_opened_a_second_time_is_refused_and_logs_nothing(backend: Backen
     assert_eq!(again.status(), StatusCode::CONFLICT);
 }
 
-async fn a_confirmed_grant_becomes_the_connection_once(backend: Backend) {
+async fn binding_is_the_default_and_the_returning_browser_confirms_once(backend: Backend) {
     let provider = FakeProvider::start().await;
     let app = TestApp::on(backend, &provider, &[]).await;
-    let session = app
-        .connect_session(session_body(
-            "carol",
-            json!({ "requireConfirmation": true }),
-        ))
-        .await;
-    assert_eq!(session["requireConfirmation"], true);
+    let session = app.connect_session(session_body("carol", json!({}))).await;
+    assert_eq!(
+        session["requireConfirmation"], true,
+        "binding is the default"
+    );
     let flow_id = session["flowId"].as_str().expect("flowId").to_string();
 
     let callback = run(&app, &session).await;
     let query = redirect_query(&callback);
-    assert_eq!(query["status"], "pending_confirmation");
     assert_eq!(query["flowId"], flow_id);
     assert_eq!(query["provider"], "google");
+    let (_, code) = held(&callback);
+    // At least 128 bits: 22 or more base64url characters.
+    assert!(
+        code.len() >= 22
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "{code}"
+    );
     assert!(
         app.steps("carol")
             .await
@@ -120,7 +135,12 @@ async fn a_confirmed_grant_becomes_the_connection_once(backend: Backend) {
     );
     assert_problem(app.token("carol").await, 404, "not_connected").await;
 
-    let confirmed = confirm(&app, &flow_id, json!({ "userId": "carol" })).await;
+    let confirmed = confirm(
+        &app,
+        &flow_id,
+        json!({ "userId": "carol", "confirmationCode": code }),
+    )
+    .await;
     assert_eq!(confirmed.status(), StatusCode::OK);
     let body: Value = confirmed.json().await.expect("json");
     assert_eq!(body["userId"], "carol");
@@ -141,17 +161,18 @@ async fn a_confirmed_grant_becomes_the_connection_once(backend: Backend) {
         assert!(steps.contains(&step.to_string()), "{step} in {steps:?}");
     }
 
-    // Confirmed once: a second confirm finds nothing, and changes nothing.
+    // Confirmed once: the same code again finds nothing, and changes nothing.
     let row = app.stored_row("carol").await;
+    let again = json!({ "userId": "carol", "confirmationCode": code });
     assert_problem(
-        confirm(&app, &flow_id, json!({})).await,
+        confirm(&app, &flow_id, again.clone()).await,
         404,
         "confirmation_not_found",
     )
     .await;
     assert_eq!(app.stored_row("carol").await, row);
     assert_problem(
-        confirm(&app, "no-such-flow", json!({})).await,
+        confirm(&app, "no-such-flow", again).await,
         404,
         "confirmation_not_found",
     )
@@ -162,6 +183,182 @@ async fn a_confirmed_grant_becomes_the_connection_once(backend: Backend) {
         "invalid_request",
     )
     .await;
+    for bad in [
+        json!({ "userId": "carol", "confirmationCode": 7 }),
+        json!({ "userId": "carol", "confirmationCode": "x".repeat(129) }),
+        json!({ "userId": "carol", "confirmationCode": "c", "extra": 1 }),
+    ] {
+        assert_problem(confirm(&app, &flow_id, bad).await, 400, "invalid_request").await;
+    }
+}
+
+/// Mallory, a user of the application, sends the link the application made for him to
+/// a victim ("connect your Google to …"). The victim's Google account completes it and
+/// the victim's browser comes back to the application with the code. Whatever Mallory
+/// tries, nothing of the victim's is stored under his id; the held grant is discarded.
+async fn a_link_forwarded_to_another_account_stores_nothing_for_its_sender(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[]).await;
+    let mallory = provider.profile();
+    let victim = Profile::for_prefix("v9");
+    let wrong_code = "A".repeat(32);
+    let attempts = [
+        // The flow id alone (an empty body): all Mallory can learn.
+        None,
+        Some(json!({ "userId": "mallory" })),
+        Some(json!({ "userId": "mallory", "confirmationCode": wrong_code })),
+        // The victim's browser brings the right code to the application, where the
+        // logged-in user is the victim: the application confirms for its user.
+        Some(json!({ "userId": "victim-in-app", "confirmationCode": "<code>" })),
+    ];
+    let before = discarded(&app, "wrong_code").await + discarded(&app, "other_user").await;
+    for attempt in &attempts {
+        provider.set_profile(mallory.clone());
+        let session = app
+            .connect_session(session_body("mallory", json!({})))
+            .await;
+        provider.set_profile(victim.clone());
+        let (flow_id, code) = held(&run(&app, &session).await);
+        assert_problem(app.token("mallory").await, 404, "not_connected").await;
+        let refused = match attempt {
+            None => app
+                .http
+                .post(app.url(&format!("/v1/connect-sessions/{flow_id}/confirm")))
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .expect("confirm"),
+            Some(body) => {
+                let body = body.to_string().replace("<code>", &code);
+                confirm(&app, &flow_id, serde_json::from_str(&body).expect("json")).await
+            }
+        };
+        assert_problem(refused, 404, "confirmation_not_found").await;
+        // Discarded: the right user with the right code finds nothing now.
+        assert_problem(
+            confirm(
+                &app,
+                &flow_id,
+                json!({ "userId": "mallory", "confirmationCode": code }),
+            )
+            .await,
+            404,
+            "confirmation_not_found",
+        )
+        .await;
+        assert!(app.stored_row("mallory").await.is_none(), "{attempt:?}");
+        assert!(app.stored_row("victim-in-app").await.is_none());
+    }
+    let after = discarded(&app, "wrong_code").await + discarded(&app, "other_user").await;
+    assert!(after - before >= attempts.len() as f64, "discards counted");
+
+    // Mallory's own account, his own browser: his code confirms.
+    provider.set_profile(mallory.clone());
+    let session = app
+        .connect_session(session_body("mallory", json!({})))
+        .await;
+    let callback = run(&app, &session).await;
+    let confirmed = app
+        .confirm_redirect(&callback, "mallory")
+        .await
+        .expect("held");
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    let body: Value = confirmed.json().await.expect("json");
+    assert_eq!(body["sub"], mallory.sub.as_str());
+    assert_eq!(app.token("mallory").await.status(), StatusCode::OK);
+}
+
+async fn a_step_up_link_is_bound_the_same_way(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[]).await;
+    let owner = provider.profile();
+    assert_eq!(app.connect("sam").await.status(), StatusCode::OK);
+    let drive = "https://www.googleapis.com/auth/drive.readonly";
+    let read = |app: &TestApp| {
+        let url = format!(
+            "/v1/users/sam/tokens/google?requiredScopes={drive}&returnTo={RETURN_ORIGIN}/scopes"
+        );
+        let http = app.http.clone();
+        let url = app.url(&url);
+        async move {
+            http.get(url)
+                .bearer_auth(API_KEY)
+                .send()
+                .await
+                .expect("read")
+        }
+    };
+    let step_up = assert_problem(read(&app).await, 403, "insufficient_scope").await;
+    let link = step_up["stepUpUrl"]
+        .as_str()
+        .expect("stepUpUrl")
+        .to_string();
+
+    // Forwarded to another account: refused (the step-up names the connected account),
+    // nothing held, and a confirm with its flow id finds nothing.
+    provider.set_profile(Profile::for_prefix("s7"));
+    let (provider_url, cookie) = app.start(&link).await;
+    let callback = app.authorize(&provider_url).await;
+    let refused = app.callback(&callback, Some(&cookie)).await;
+    let query = redirect_query(&refused);
+    assert_eq!(query["status"], "error");
+    assert_eq!(query["error"], "account_not_allowed");
+    assert!(!query.contains_key("confirmationCode"));
+    assert_problem(
+        confirm(&app, &query["flowId"], json!({ "userId": "sam" })).await,
+        404,
+        "confirmation_not_found",
+    )
+    .await;
+    assert_problem(read(&app).await, 403, "insufficient_scope").await;
+
+    // The owner, through a fresh step-up link: held, then confirmed with the code the
+    // return redirect carried; the token now holds the scope.
+    provider.set_profile(owner);
+    let step_up = assert_problem(read(&app).await, 403, "insufficient_scope").await;
+    let (provider_url, cookie) = app
+        .start(step_up["stepUpUrl"].as_str().expect("stepUpUrl"))
+        .await;
+    let callback = app.authorize(&provider_url).await;
+    let callback = app.callback(&callback, Some(&cookie)).await;
+    let (flow_id, code) = held(&callback);
+    assert_problem(read(&app).await, 403, "insufficient_scope").await;
+    assert_problem(
+        confirm(
+            &app,
+            &flow_id,
+            json!({ "userId": "sam", "confirmationCode": "B".repeat(32) }),
+        )
+        .await,
+        404,
+        "confirmation_not_found",
+    )
+    .await;
+    // That wrong code discarded it: a new step-up, and this time the right code.
+    let step_up = assert_problem(read(&app).await, 403, "insufficient_scope").await;
+    let (provider_url, cookie) = app
+        .start(step_up["stepUpUrl"].as_str().expect("stepUpUrl"))
+        .await;
+    let callback = app.authorize(&provider_url).await;
+    let callback = app.callback(&callback, Some(&cookie)).await;
+    let (flow_id2, code2) = held(&callback);
+    assert_ne!((&flow_id, &code), (&flow_id2, &code2));
+    let confirmed = confirm(
+        &app,
+        &flow_id2,
+        json!({ "userId": "sam", "confirmationCode": code2 }),
+    )
+    .await;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    assert_eq!(read(&app).await.status(), StatusCode::OK);
+
+    // A returnTo outside the allow-list is refused before anything is made.
+    let outside = app
+        .api_get(&format!(
+            "/v1/users/sam/tokens/google?requiredScopes={drive}&returnTo=https://evil.example/x"
+        ))
+        .await;
+    assert_problem(outside, 400, "return_url_not_allowed").await;
 }
 
 async fn an_unconfirmed_grant_is_never_handed_out_and_leaves_the_connection_as_it_was(
@@ -170,14 +367,8 @@ async fn an_unconfirmed_grant_is_never_handed_out_and_leaves_the_connection_as_i
     let provider = FakeProvider::start().await;
     let (app, row) = connected(backend, &provider, &[]).await;
     let old_token: Value = app.token("victim").await.json().await.expect("json");
-    let session = app
-        .connect_session(session_body(
-            "victim",
-            json!({ "requireConfirmation": true }),
-        ))
-        .await;
-    let callback = run(&app, &session).await;
-    assert_eq!(redirect_query(&callback)["status"], "pending_confirmation");
+    let session = app.connect_session(session_body("victim", json!({}))).await;
+    held(&run(&app, &session).await);
 
     // The held grant is not served: the row and its token are the old ones.
     assert_unchanged(&app, &row).await;
@@ -200,15 +391,16 @@ async fn an_unconfirmed_grant_is_never_handed_out_and_leaves_the_connection_as_i
 async fn an_unconfirmed_grant_expires(backend: Backend) {
     let provider = FakeProvider::start().await;
     let app = TestApp::on(backend, &provider, &[("AXNT_CONFIRMATION_TTL_SECS", "1")]).await;
-    let session = app
-        .connect_session(session_body("dave", json!({ "requireConfirmation": true })))
-        .await;
-    let flow_id = session["flowId"].as_str().expect("flowId").to_string();
-    let callback = run(&app, &session).await;
-    assert_eq!(redirect_query(&callback)["status"], "pending_confirmation");
+    let session = app.connect_session(session_body("dave", json!({}))).await;
+    let (flow_id, code) = held(&run(&app, &session).await);
     tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     assert_problem(
-        confirm(&app, &flow_id, json!({ "userId": "dave" })).await,
+        confirm(
+            &app,
+            &flow_id,
+            json!({ "userId": "dave", "confirmationCode": code }),
+        )
+        .await,
         410,
         "confirmation_expired",
     )
@@ -220,25 +412,29 @@ async fn an_unconfirmed_grant_expires(backend: Backend) {
 async fn a_confirm_naming_another_user_discards_the_grant(backend: Backend) {
     let provider = FakeProvider::start().await;
     let app = TestApp::on(backend, &provider, &[]).await;
-    // An app user sends their own link to a victim: the victim's Google account comes
-    // back to the application, whose logged-in user is not the link's.
-    let session = app
-        .connect_session(session_body(
-            "sender",
-            json!({ "requireConfirmation": true }),
-        ))
-        .await;
-    let flow_id = session["flowId"].as_str().expect("flowId").to_string();
-    run(&app, &session).await;
+    let session = app.connect_session(session_body("sender", json!({}))).await;
+    let (flow_id, code) = held(&run(&app, &session).await);
+    let before = discarded(&app, "other_user").await;
     assert_problem(
-        confirm(&app, &flow_id, json!({ "userId": "victim" })).await,
+        confirm(
+            &app,
+            &flow_id,
+            json!({ "userId": "victim", "confirmationCode": code }),
+        )
+        .await,
         404,
         "confirmation_not_found",
     )
     .await;
+    assert!(discarded(&app, "other_user").await > before, "counted");
     // Discarded: not even the link's own user can confirm it now.
     assert_problem(
-        confirm(&app, &flow_id, json!({ "userId": "sender" })).await,
+        confirm(
+            &app,
+            &flow_id,
+            json!({ "userId": "sender", "confirmationCode": code }),
+        )
+        .await,
         404,
         "confirmation_not_found",
     )
@@ -246,16 +442,21 @@ async fn a_confirm_naming_another_user_discards_the_grant(backend: Backend) {
     assert!(app.stored_row("sender").await.is_none());
     assert!(app.stored_row("victim").await.is_none());
     assert_problem(
-        confirm(&app, &flow_id, json!({ "userId": "../x" })).await,
+        confirm(
+            &app,
+            &flow_id,
+            json!({ "userId": "../x", "confirmationCode": code }),
+        )
+        .await,
         400,
         "invalid_request",
     )
     .await;
 }
 
-async fn the_confirmation_setting_cannot_be_waived_by_a_session(backend: Backend) {
+async fn a_session_cannot_waive_binding_unless_pinned_to_an_account(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = TestApp::on(backend, &provider, &[("AXNT_REQUIRE_CONFIRMATION", "true")]).await;
+    let app = TestApp::on(backend, &provider, &[]).await;
     let session = app
         .connect_session(session_body(
             "erin",
@@ -264,14 +465,105 @@ async fn the_confirmation_setting_cannot_be_waived_by_a_session(backend: Backend
         .await;
     assert_eq!(session["requireConfirmation"], true);
     let callback = run(&app, &session).await;
-    assert_eq!(redirect_query(&callback)["status"], "pending_confirmation");
+    held(&callback);
     assert!(app.stored_row("erin").await.is_none());
-    let flow_id = session["flowId"].as_str().expect("flowId");
-    assert_eq!(
-        confirm(&app, flow_id, json!({})).await.status(),
-        StatusCode::OK
-    );
+    let confirmed = app.confirm_redirect(&callback, "erin").await.expect("held");
+    assert_eq!(confirmed.status(), StatusCode::OK);
     assert!(app.stored_row("erin").await.is_some());
+
+    // Pinned to the account (the verified ID token must match): stored at once.
+    let email = provider.profile().email;
+    let session = app
+        .connect_session(session_body("erin2", json!({ "expectedEmail": email })))
+        .await;
+    assert_eq!(session["requireConfirmation"], false);
+    let callback = run(&app, &session).await;
+    let query = redirect_query(&callback);
+    assert_eq!(query["status"], "connected");
+    assert!(!query.contains_key("confirmationCode"));
+    assert!(app.stored_row("erin2").await.is_some());
+    // …unless the session asks for the confirmation too.
+    let session = app
+        .connect_session(session_body(
+            "erin3",
+            json!({ "expectedEmail": email, "requireConfirmation": true }),
+        ))
+        .await;
+    assert_eq!(session["requireConfirmation"], true);
+    held(&run(&app, &session).await);
+    assert!(app.stored_row("erin3").await.is_none());
+}
+
+async fn binding_turned_off_stores_at_once_and_is_warned_about(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(
+        backend,
+        &provider,
+        &[("AXNT_REQUIRE_CONFIRMATION", "false")],
+    )
+    .await;
+    assert!(captured_logs().contains("AXNT_REQUIRE_CONFIRMATION=false"));
+    let session = app.connect_session(session_body("gus", json!({}))).await;
+    assert_eq!(session["requireConfirmation"], false);
+    let query = redirect_query(&run(&app, &session).await);
+    assert_eq!(query["status"], "connected");
+    assert!(!query.contains_key("confirmationCode"));
+    assert!(app.stored_row("gus").await.is_some());
+    // A session may still ask for it.
+    let session = app
+        .connect_session(session_body("gus2", json!({ "requireConfirmation": true })))
+        .await;
+    held(&run(&app, &session).await);
+    assert!(app.stored_row("gus2").await.is_none());
+}
+
+/// The code exists only in the return redirect: never in a log line, the flow log, an
+/// event, the metrics or the store (where it is sealed with the grant).
+async fn the_confirmation_code_is_never_logged_or_stored_in_clear(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::on(backend, &provider, &[("AXNT_EVENTS_FEED_DELAY_MS", "0")]).await;
+    let session = app.connect_session(session_body("hal", json!({}))).await;
+    let callback = run(&app, &session).await;
+    let (flow_id, code) = held(&callback);
+    let held_storage = app.raw_storage().await;
+    let confirmed = confirm(
+        &app,
+        &flow_id,
+        json!({ "userId": "hal", "confirmationCode": code }),
+    )
+    .await;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    // A wrong one too, so a refusal's path is covered.
+    let session = app.connect_session(session_body("hal", json!({}))).await;
+    let (flow_id, wrong) = held(&run(&app, &session).await);
+    let wrong = format!("{}x", &wrong[1..]);
+    confirm(
+        &app,
+        &flow_id,
+        json!({ "userId": "hal", "confirmationCode": wrong }),
+    )
+    .await;
+    let events = app
+        .api_get("/v1/events?limit=500")
+        .await
+        .text()
+        .await
+        .expect("feed");
+    let flow_log = serde_json::to_string(&app.flow_log("hal").await).expect("json");
+    for (what, text) in [
+        ("the logs", captured_logs()),
+        ("the flow log", flow_log),
+        ("the events", events),
+        ("the metrics", app.metrics().await),
+    ] {
+        assert!(!text.contains(&code), "the code is in {what}");
+        assert!(!text.contains(&wrong), "the wrong code is in {what}");
+    }
+    assert!(
+        !contains(&held_storage, &code),
+        "the code is stored in clear"
+    );
+    assert!(!contains(&app.raw_storage().await, &code));
 }
 
 async fn another_account_replacing_a_connection_is_visible(backend: Backend) {
@@ -319,18 +611,14 @@ async fn another_account_replacing_a_connection_is_visible(backend: Backend) {
     assert_eq!(connection["previousAccount"]["email"], first.email.as_str());
     assert!(connection["previousAccount"]["replacedAt"].is_string());
 
-    // In confirmation mode the change needs the confirm, and the confirm says so.
+    // The change needs the confirm, and the confirm says so.
     provider.set_profile(first.clone());
-    let session = app
-        .connect_session(session_body(
-            "frank",
-            json!({ "requireConfirmation": true }),
-        ))
-        .await;
-    run(&app, &session).await;
-    let flow_id = session["flowId"].as_str().expect("flowId");
-    let body: Value = confirm(&app, flow_id, json!({ "userId": "frank" }))
+    let session = app.connect_session(session_body("frank", json!({}))).await;
+    let callback = run(&app, &session).await;
+    let body: Value = app
+        .confirm_redirect(&callback, "frank")
         .await
+        .expect("held")
         .json()
         .await
         .expect("json");

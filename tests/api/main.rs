@@ -20,6 +20,7 @@ mod aws_secrets;
 mod aws_setup;
 mod callers;
 mod cli;
+mod connect_faults;
 mod deploy;
 mod e2e_provider;
 mod edges;

@@ -323,8 +323,23 @@ async fn scrape_through_a_flow(on_aws: bool) {
     assert_eq!(
         back.status(),
         StatusCode::OK,
-        "no return URL: the success page"
+        "no return URL: the page with the confirmation code"
     );
+    let page = back.text().await.expect("page");
+    let code = crate::support::page_confirmation_code(&page).expect("code");
+    let confirmed = server
+        .http
+        .post(format!(
+            "{}/v1/connect-sessions/{}/confirm",
+            server.base,
+            session["flowId"].as_str().expect("flowId")
+        ))
+        .bearer_auth(API_KEY)
+        .json(&json!({"userId": "metrics-user", "confirmationCode": code}))
+        .send()
+        .await
+        .expect("confirm");
+    assert_eq!(confirmed.status(), StatusCode::OK);
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     provider.set_access_token_ttl(3600);
@@ -345,9 +360,19 @@ async fn scrape_through_a_flow(on_aws: bool) {
         ("status", "200"),
     ];
     let read = |outcome| vec![g[0], ("outcome", outcome)];
-    let expected: [(&str, Labels, f64); 13] = [
+    let expected: [(&str, Labels, f64); 15] = [
         ("axnt_flows_started_total", g.to_vec(), 1.0),
         ("axnt_flows_completed_total", g.to_vec(), 1.0),
+        (
+            "axnt_confirmations_total",
+            vec![("outcome", "confirmed")],
+            1.0,
+        ),
+        (
+            "axnt_held_grants_discarded_total",
+            vec![("reason", "wrong_code")],
+            0.0,
+        ),
         (
             "axnt_flows_failed_total",
             vec![g[0], ("reason", "invalid_state")],

@@ -370,17 +370,19 @@ async fn the_state_key_rotates_with_a_two_key_window(backend: Backend) {
         .callback(&at(&window, callback.as_str()), Some(cookie))
         .await;
     assert!(response.status().is_success(), "{}", response.status());
+    let response = window.complete("window-1", response).await;
+    assert!(response.status().is_success(), "{}", response.status());
     assert!(window.stored_row("window-1").await.is_some());
     let link_url = at(&window, link["url"].as_str().expect("url"));
     let (provider_url, cookie) = window.start(link_url.as_str()).await;
     let callback = window.authorize(&provider_url).await;
-    assert!(
-        window
-            .callback(&at(&window, callback.as_str()), Some(&cookie))
-            .await
-            .status()
-            .is_success()
-    );
+    let response = window
+        .callback(&at(&window, callback.as_str()), Some(&cookie))
+        .await;
+    assert!(response.status().is_success());
+    let response = window.complete("window-3", response).await;
+    assert!(response.status().is_success());
+    assert!(window.stored_row("window-3").await.is_some());
     // What the new key seals, an instance without the old key opens.
     let sealed_new = window
         .connect_session(json!({ "userId": "window-4", "provider": "google" }))

@@ -172,7 +172,7 @@ async fn the_full_flow_runs_under_the_least_privilege_policy() {
         "token read with a refresh"
     );
     assert_eq!(provider.refresh_count(), 1);
-    assert_eq!(app.steps("lp-user").await.len(), 9, "flow log read back");
+    assert_eq!(app.steps("lp-user").await.len(), 11, "flow log read back");
     let ready = app
         .http
         .get(app.url("/readyz"))

@@ -560,15 +560,23 @@ fn pending(flow_id: &str, user_id: &str, marker: &str) -> PendingGrant {
     }
 }
 
-async fn a_pending_grant_is_taken_once_and_is_no_connection(
+async fn a_pending_grant_is_read_in_place_taken_once_and_is_no_connection(
     tokens: Arc<dyn TokenStore>,
     _log: Arc<dyn FlowLog>,
 ) {
     let u = user();
     let flow = aws::unique("flow");
     assert_eq!(tokens.take_pending(&flow).await.expect("take"), None);
+    assert_eq!(tokens.get_pending(&flow).await.expect("read"), None);
     let grant = pending(&flow, &u, "p");
     tokens.put_pending(&grant).await.expect("put");
+    // Read without taking: it stays for the taker.
+    for _ in 0..2 {
+        assert_eq!(
+            tokens.get_pending(&flow).await.expect("read"),
+            Some(grant.clone())
+        );
+    }
     // Held grants are never connections: not read, not listed.
     assert_eq!(tokens.get(&u, "google").await.expect("get"), None);
     assert!(tokens.list(&u).await.expect("list").is_empty());
@@ -600,6 +608,10 @@ async fn a_pending_grant_is_taken_once_and_is_no_connection(
         Some(grant.clone())
     );
     assert_eq!(tokens.take_pending(&flow).await.expect("take again"), None);
+    assert_eq!(
+        tokens.get_pending(&flow).await.expect("read a taken one"),
+        None
+    );
 
     // Of concurrent takers, exactly one gets it.
     tokens.put_pending(&grant).await.expect("put again");
@@ -1411,7 +1423,7 @@ every_backend!(
     a_released_lease_leaves_its_cooldown,
     touch_is_a_partial_update,
     a_flow_is_started_once,
-    a_pending_grant_is_taken_once_and_is_no_connection,
+    a_pending_grant_is_read_in_place_taken_once_and_is_no_connection,
     a_replaced_account_is_kept_on_the_row,
     the_grant_ledger_is_kept_on_the_row,
     revocations_wait_until_due_and_are_no_connection,

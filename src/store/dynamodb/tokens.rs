@@ -567,6 +567,28 @@ impl TokenStore for DynamoStore {
     }
 
     #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
+    async fn get_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError> {
+        let table = &self.tokens_table;
+        let out = call(
+            "GetItem",
+            self.client
+                .get_item()
+                .table_name(table)
+                .key("userId", s(flow_key(flow_id)))
+                .key("provider", s(PENDING))
+                .consistent_read(true)
+                .send()
+                .await,
+        )
+        .map_err(|f| self.error("GetItem", table, f))?;
+        // One a taker has marked is on its way out: not there to read.
+        out.item()
+            .filter(|item| !item.contains_key("takenBy"))
+            .map(pending_from)
+            .transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
     async fn take_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError> {
         let table = &self.tokens_table;
         // Taken by a conditional mark that names this call, then removed. A retry of

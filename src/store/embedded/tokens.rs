@@ -52,6 +52,48 @@ fn optional_time(what: &str, text: Option<String>) -> Result<Option<DateTime<Utc
     text.map(|t| parse_time(what, &t)).transpose()
 }
 
+/// A pending grant's columns, in [`RawPending::from_row`]'s order.
+const PENDING_COLUMNS: &str =
+    "flow_id, user_id, provider, encrypted_tokens, user_info, created_at, expires_at";
+
+/// The raw columns of a pending grant, read inside the SQLite callback and parsed after.
+struct RawPending {
+    flow_id: String,
+    user_id: String,
+    provider: String,
+    encrypted_tokens: String,
+    user_info: String,
+    created_at: String,
+    expires_at: i64,
+}
+
+impl RawPending {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            flow_id: row.get(0)?,
+            user_id: row.get(1)?,
+            provider: row.get(2)?,
+            encrypted_tokens: row.get(3)?,
+            user_info: row.get(4)?,
+            created_at: row.get(5)?,
+            expires_at: row.get(6)?,
+        })
+    }
+
+    fn parse(self) -> Result<PendingGrant, StoreError> {
+        Ok(PendingGrant {
+            encrypted_tokens: serde_json::from_str(&self.encrypted_tokens)
+                .map_err(|e| corrupt("encryptedTokens", e))?,
+            user_info: serde_json::from_str(&self.user_info).map_err(|e| corrupt("userInfo", e))?,
+            created_at: parse_time("createdAt", &self.created_at)?,
+            flow_id: self.flow_id,
+            user_id: self.user_id,
+            provider: self.provider,
+            expires_at: self.expires_at,
+        })
+    }
+}
+
 /// The raw columns of a tokens row, read inside the SQLite callback and parsed after.
 struct RawConnection {
     user_id: String,
@@ -588,49 +630,35 @@ impl TokenStore for EmbeddedStore {
     }
 
     #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
+    async fn get_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError> {
+        let flow_id = flow_id.to_string();
+        let raw = self
+            .with_reader(move |db| {
+                db.prepare_cached(&format!(
+                    "SELECT {PENDING_COLUMNS} FROM pending_grants WHERE flow_id = ?1"
+                ))
+                .and_then(|mut stmt| stmt.query_row([flow_id], RawPending::from_row).optional())
+                .map_err(sql)
+            })
+            .await?;
+        raw.map(RawPending::parse).transpose()
+    }
+
+    #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
     async fn take_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError> {
         let flow_id = flow_id.to_string();
         let raw = self
             .with_db(move |db| {
                 // RETURNING makes read and delete one statement: two takers cannot both
                 // get the grant.
-                db.prepare_cached(
-                    "DELETE FROM pending_grants WHERE flow_id = ?1 RETURNING flow_id, user_id, \
-                     provider, encrypted_tokens, user_info, created_at, expires_at",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_row([flow_id], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, String>(4)?,
-                            r.get::<_, String>(5)?,
-                            r.get::<_, i64>(6)?,
-                        ))
-                    })
-                    .optional()
-                })
+                db.prepare_cached(&format!(
+                    "DELETE FROM pending_grants WHERE flow_id = ?1 RETURNING {PENDING_COLUMNS}"
+                ))
+                .and_then(|mut stmt| stmt.query_row([flow_id], RawPending::from_row).optional())
                 .map_err(sql)
             })
             .await?;
-        raw.map(
-            |(flow_id, user_id, provider, tokens, user_info, created_at, expires_at)| {
-                Ok(PendingGrant {
-                    flow_id,
-                    user_id,
-                    provider,
-                    encrypted_tokens: serde_json::from_str(&tokens)
-                        .map_err(|e| corrupt("encryptedTokens", e))?,
-                    user_info: serde_json::from_str(&user_info)
-                        .map_err(|e| corrupt("userInfo", e))?,
-                    created_at: parse_time("createdAt", &created_at)?,
-                    expires_at,
-                })
-            },
-        )
-        .transpose()
+        raw.map(RawPending::parse).transpose()
     }
 
     #[tracing::instrument(skip_all, fields(limit = limit))]

@@ -133,6 +133,7 @@ impl World {
             issued_at: Some(now.timestamp() - 3600),
             refresh_token_expires_at: None,
             requested_scopes: Vec::new(),
+            confirmation_code: None,
         };
         let row = Connection {
             user_id: "user".into(),

@@ -3,6 +3,7 @@
 //! trait, the database file on disk.
 
 pub mod aws;
+pub mod aws_proxy;
 pub mod fake_provider;
 
 use std::collections::HashMap;
@@ -139,11 +140,16 @@ impl TestApp {
         provider: &FakeProvider,
         extra: &[(&str, &str)],
     ) -> Self {
+        Self::aws_via(&proxy.endpoint, provider, extra).await
+    }
+
+    /// aws mode with every AWS call sent to `endpoint` (a proxy in front of moto).
+    pub async fn aws_via(endpoint: &str, provider: &FakeProvider, extra: &[(&str, &str)]) -> Self {
         let mut env = env_for_secret(provider, extra);
         for (k, v) in aws::aws_env(&provider.client_id(), &provider.client_secret(), API_KEY).await
         {
             let v = if k == "AWS_ENDPOINT_URL" {
-                proxy.endpoint.clone()
+                endpoint.to_string()
             } else {
                 v
             };
@@ -359,14 +365,78 @@ impl TestApp {
         request.send().await.expect("callback")
     }
 
-    /// A whole successful flow for `user_id`; returns the callback's response.
-    pub async fn connect(&self, user_id: &str) -> reqwest::Response {
+    /// A whole flow for `user_id` up to the callback (no return URL), without the
+    /// confirm a held grant then waits for; returns the callback's response.
+    pub async fn connect_unconfirmed(&self, user_id: &str) -> reqwest::Response {
         let session = self
             .connect_session(json!({ "userId": user_id, "provider": "google" }))
             .await;
         let (provider_url, cookie) = self.start(session["url"].as_str().expect("url")).await;
         let callback = self.authorize(&provider_url).await;
         self.callback(&callback, Some(&cookie)).await
+    }
+
+    /// A whole flow for `user_id`, as an application does it: link, consent, callback,
+    /// and, when the grant is held for confirmation (the default), the confirm (see
+    /// [`complete`](Self::complete)).
+    pub async fn connect(&self, user_id: &str) -> reqwest::Response {
+        let callback = self.connect_unconfirmed(user_id).await;
+        self.complete(user_id, callback).await
+    }
+
+    /// What an application does with a callback's answer for its logged-in `user_id`:
+    /// a held grant (a return redirect with `status=pending_confirmation`, or the page
+    /// that shows the code) is confirmed, and the confirm's response (200 JSON on
+    /// success) returned; any other answer is returned as it came.
+    pub async fn complete(&self, user_id: &str, callback: reqwest::Response) -> reqwest::Response {
+        if callback.status() == StatusCode::FOUND {
+            return match redirect_query(&callback).get("status").map(String::as_str) {
+                Some("pending_confirmation") => self
+                    .confirm_redirect(&callback, user_id)
+                    .await
+                    .expect("held"),
+                _ => callback,
+            };
+        }
+        let (status, headers) = (callback.status(), callback.headers().clone());
+        let page = callback.text().await.expect("callback page");
+        match (status, page_confirmation(&page)) {
+            (StatusCode::OK, Some((flow_id, code))) => self.confirm(&flow_id, user_id, &code).await,
+            _ => {
+                let mut rebuilt = http::Response::builder().status(status);
+                for (name, value) in &headers {
+                    rebuilt = rebuilt.header(name, value);
+                }
+                reqwest::Response::from(rebuilt.body(page).expect("response"))
+            }
+        }
+    }
+
+    /// `POST /v1/connect-sessions/{flowId}/confirm` for `user_id` with `code`.
+    pub async fn confirm(&self, flow_id: &str, user_id: &str, code: &str) -> reqwest::Response {
+        self.api_post(
+            &format!("/v1/connect-sessions/{flow_id}/confirm"),
+            json!({ "userId": user_id, "confirmationCode": code }),
+        )
+        .await
+    }
+
+    /// Confirms the held grant a return redirect (`Location` with
+    /// `status=pending_confirmation`) announces, for `user_id`; returns the confirm's
+    /// response, or `None` when the redirect announced no held grant.
+    pub async fn confirm_redirect(
+        &self,
+        callback: &reqwest::Response,
+        user_id: &str,
+    ) -> Option<reqwest::Response> {
+        let query = redirect_query(callback);
+        if query.get("status").map(String::as_str) != Some("pending_confirmation") {
+            return None;
+        }
+        Some(
+            self.confirm(&query["flowId"], user_id, &query["confirmationCode"])
+                .await,
+        )
     }
 
     pub async fn token(&self, user_id: &str) -> reqwest::Response {
@@ -425,6 +495,42 @@ impl TestApp {
     pub async fn stored_row(&self, user_id: &str) -> Option<axnt_oauth::store::Connection> {
         self.store.get(user_id, "google").await.expect("read row")
     }
+}
+
+/// The query of a redirect's `Location` (a return redirect's `status`, `flowId`,
+/// `confirmationCode`, …).
+pub fn redirect_query(response: &reqwest::Response) -> HashMap<String, String> {
+    let location = response
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .expect("a redirect");
+    Url::parse(location)
+        .expect("redirect URL")
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The confirmation code a pending page shows, if it shows one.
+pub fn page_confirmation_code(page: &str) -> Option<String> {
+    page_element(page, "confirmationCode")
+}
+
+/// The flow id and confirmation code a pending page shows, if it shows them.
+pub fn page_confirmation(page: &str) -> Option<(String, String)> {
+    Some((
+        page_element(page, "flowId")?,
+        page_element(page, "confirmationCode")?,
+    ))
+}
+
+/// The text of the element with `id` on one of the service's pages.
+fn page_element(page: &str, id: &str) -> Option<String> {
+    let open = format!("id=\"{id}\">");
+    let start = page.find(&open)? + open.len();
+    let end = page[start..].find('<')? + start;
+    Some(page[start..end].to_string())
 }
 
 /// A browser page with `status` naming `code` (the error pages say their code).

@@ -160,6 +160,12 @@ impl FakeProvider {
         self.lock().grant_limit = limit;
     }
 
+    /// The code grant redeems the code at once, then holds its answer this long: a
+    /// callback that gives up meanwhile has spent the code without seeing the tokens.
+    pub fn set_code_exchange_hold(&self, hold: Duration) {
+        self.lock().code_exchange_hold = hold;
+    }
+
     /// `/revoke` waits this long before it answers (a hanging endpoint).
     pub fn set_revocation_delay(&self, delay: Duration) {
         self.lock().revocation_delay = delay;

@@ -251,6 +251,8 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
                     Step::Answer(OAuthError::admin_policy_enforced())
                 }
             }
+        } else if grant_type == "authorization_code" && !st.code_exchange_hold.is_zero() {
+            Step::Hold(st.code_exchange_hold)
         } else {
             Step::Proceed
         }

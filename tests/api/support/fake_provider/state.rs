@@ -77,6 +77,8 @@ pub(super) struct Inner {
     pub(super) clock_offset: chrono::Duration,
     pub(super) revocation_unavailable: bool,
     pub(super) revocation_delay: std::time::Duration,
+    /// The code grant is decided at once (the code is spent), then answered this late.
+    pub(super) code_exchange_hold: std::time::Duration,
     pub(super) grant_limit: usize,
 
     pub(super) codes: HashMap<String, Authorization>,
@@ -137,6 +139,7 @@ impl Inner {
             clock_offset: chrono::Duration::zero(),
             revocation_unavailable: false,
             revocation_delay: std::time::Duration::ZERO,
+            code_exchange_hold: std::time::Duration::ZERO,
             grant_limit: 100,
             codes: HashMap::new(),
             code_grants: HashMap::new(),
