@@ -82,7 +82,7 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
             metrics::counter!("axnt_token_refresh_suppressed_total", "provider" => provider.to_string(), "reason" => reason)
                 .increment(0);
         }
-        for outcome in ["applied", "no_connection", "recorded", "duplicate"] {
+        for outcome in crate::tokens::SECURITY_EVENT_OUTCOMES {
             metrics::counter!("axnt_security_events_total", "provider" => provider.to_string(), "outcome" => outcome)
                 .increment(0);
         }
@@ -227,7 +227,7 @@ fn describe() {
     );
     describe_counter!(
         "axnt_security_events_total",
-        "Google security events (RISC) received and verified, by outcome: applied (grants ended), no_connection, recorded (nothing to change), duplicate (a replayed jti)"
+        "Google security events (RISC) received and verified, by outcome: applied (grants ended), no_connection, recorded (nothing to change), unknown_type (a type Google does not document: recorded), duplicate (a replayed jti)"
     );
     describe_counter!(
         "axnt_webhook_deliveries_total",

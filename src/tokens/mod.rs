@@ -36,6 +36,7 @@ use crate::store::{
 use crate::oauth::grant::{self, Cause, GrantRules};
 pub(crate) use keepalive::KeepAlive;
 pub(crate) use refresh::{RefreshReuse, Refresher, TokenEndpoint};
+pub(crate) use risc::SECURITY_EVENT_OUTCOMES;
 pub(crate) use token_set::{IssuedToken, TokenSet};
 pub(crate) use user_id::UserId;
 

@@ -1,9 +1,14 @@
 //! What Google's security events (RISC) do to connections: a verified token's events,
-//! once per `jti`. `tokens-revoked`, and `account-disabled` for `hijacking`, end every
-//! live grant of that Google account made before the event; `token-revoked` ends the
-//! grant whose refresh token it names (by Google's identifier, matched against the
-//! hashes stored at connect). Each ended grant is marked inactive with its cause and
-//! makes `connection.revoked_by_user`, in the same write. Other events are recorded.
+//! once per `jti`. This service holds grants, not sign-in sessions, so an event acts
+//! only when it says a grant is dead or not to be trusted: `tokens-revoked`, and
+//! `account-disabled` for `hijacking`, end every live grant of that Google account made
+//! before the event; `token-revoked` ends the grant whose refresh token it names (by
+//! Google's identifier, matched against the hashes stored at connect). Each ended grant
+//! is marked inactive with its cause and makes `connection.revoked_by_user`, in the
+//! same write. Every other event (`sessions-revoked`, `account-disabled` for another
+//! reason or none, `account-enabled`, `account-credential-change-required`,
+//! `verification`, a type Google does not document) is recorded in the flow log under
+//! [`RISC_LOG`].
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -12,10 +17,7 @@ use super::{TokenService, WRITE_ATTEMPTS};
 use crate::error::Error;
 use crate::events::EventType;
 use crate::oauth::grant::Cause;
-use crate::oauth::risc::{
-    ACCOUNT_DISABLED, SESSIONS_REVOKED, SecurityEventToken, TOKEN_REVOKED, TOKENS_REVOKED,
-    VERIFICATION, prefix_hash,
-};
+use crate::oauth::risc::{EventKind, SecurityEventToken, prefix_hash};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{Connection, FlowStep, RefreshState, ScanCursor, StoreError};
 
@@ -43,6 +45,27 @@ enum Target {
         hash: Option<String>,
         prefix: Option<String>,
     },
+}
+
+/// The grants' cause an event of `kind` ends them with, if it ends any.
+fn cause_of(kind: EventKind, details: &Value) -> Option<&'static str> {
+    match kind {
+        EventKind::TokensRevoked | EventKind::TokenRevoked => Some("revoked_by_user"),
+        EventKind::AccountDisabled
+            if details.get("reason").and_then(Value::as_str) == Some("hijacking") =>
+        {
+            Some("account_disabled")
+        }
+        // Sign-in sessions (this service keeps none), an account enabled again (grants
+        // ended for hijacking stay ended: they were made while it may have been
+        // someone else's), a disabled account for another reason (its grants may work
+        // again once Google enables it), a credential change, a test: recorded.
+        EventKind::AccountDisabled
+        | EventKind::SessionsRevoked
+        | EventKind::AccountEnabled
+        | EventKind::AccountCredentialChangeRequired
+        | EventKind::Verification => None,
+    }
 }
 
 impl TokenService {
@@ -86,48 +109,48 @@ impl TokenService {
     ) -> Result<RiscOutcome, Error> {
         let issued = DateTime::from_timestamp(set.iat, 0).unwrap_or(now);
         let mut outcome = RiscOutcome::default();
-        for (kind, details) in &set.events {
-            let short = kind.rsplit('/').next().unwrap_or(kind.as_str());
-            let acted = match (kind.as_str(), target(kind, details)) {
-                (TOKENS_REVOKED, Some(t)) => Some((t, "revoked_by_user")),
-                (ACCOUNT_DISABLED, Some(t))
-                    if details.get("reason").and_then(Value::as_str) == Some("hijacking") =>
-                {
-                    Some((t, "account_disabled"))
-                }
-                (TOKEN_REVOKED, Some(t)) => Some((t, "revoked_by_user")),
-                _ => None,
-            };
-            match acted {
-                Some((t, cause)) => {
-                    let n = self.end_grants(&t, cause, short, provider, issued).await?;
+        for (uri, details) in &set.events {
+            let kind = EventKind::from_uri(uri);
+            let acted = kind.and_then(|kind| Some((kind, cause_of(kind, details)?)));
+            if let Some((kind, cause)) = acted {
+                if let Some(target) = target(kind, details) {
+                    let n = self
+                        .end_grants(&target, cause, kind.name(), provider, issued)
+                        .await?;
                     outcome.ended += n;
                     count(provider, if n > 0 { "applied" } else { "no_connection" });
+                    continue;
                 }
-                None => {
-                    // sessions-revoked, verification, account-disabled (other reasons),
-                    // account-enabled, …: recorded, nothing to change.
-                    let recorded = matches!(kind.as_str(), SESSIONS_REVOKED | VERIFICATION)
-                        || kind.starts_with("https://schemas.openid.net/secevent/");
-                    let client = ClientInfo {
-                        ip_address: None,
-                        user_agent: Some("Google RISC".into()),
-                    };
-                    self.flow_log
-                        .flow(RISC_LOG, &set.jti, provider, &client)
-                        .step(
-                            FlowStep::SecurityEvent,
-                            json!({
-                                "eventType": short,
-                                "reason": details.get("reason"),
-                                "state": details.get("state"),
-                                "known": recorded,
-                            }),
-                        )
-                        .await;
-                    count(provider, "recorded");
-                }
+                tracing::warn!(
+                    event_type = kind.name(),
+                    "a security event names no account or token this service can find; recorded"
+                );
             }
+            let client = ClientInfo {
+                ip_address: None,
+                user_agent: Some("Google RISC".into()),
+            };
+            self.flow_log
+                .flow(RISC_LOG, &set.jti, provider, &client)
+                .step(
+                    FlowStep::SecurityEvent,
+                    json!({
+                        // A type Google does not document is named by its whole URI.
+                        "eventType": kind.map_or(uri.as_str(), |k| k.name()),
+                        "reason": details.get("reason"),
+                        "state": details.get("state"),
+                        "known": kind.is_some(),
+                    }),
+                )
+                .await;
+            count(
+                provider,
+                if kind.is_some() {
+                    "recorded"
+                } else {
+                    "unknown_type"
+                },
+            );
         }
         Ok(outcome)
     }
@@ -235,10 +258,10 @@ impl TokenService {
 }
 
 /// The connections an event's `subject` names, if it names any this service can find.
-fn target(kind: &str, details: &Value) -> Option<Target> {
+fn target(kind: EventKind, details: &Value) -> Option<Target> {
     let subject = details.get("subject")?;
     let text = |k: &str| subject.get(k).and_then(Value::as_str).map(str::to_string);
-    if kind == TOKEN_REVOKED {
+    if kind == EventKind::TokenRevoked {
         let token = text("token")?;
         return match text("token_identifier_alg").as_deref() {
             Some("hash_base64_sha512_sha512") => Some(Target::Token {
@@ -271,8 +294,18 @@ fn matches(target: &Target, row: &Connection) -> bool {
     }
 }
 
-/// `axnt_security_events_total{provider, outcome}`: `applied`, `no_connection`,
-/// `recorded`, `duplicate` (a replayed `jti`).
+/// The outcomes of `axnt_security_events_total{provider, outcome}`: `applied` (grants ended), `no_connection` (none to end), `recorded` (nothing to
+/// change), `unknown_type` (a type Google does not document: recorded), `duplicate` (a
+/// replayed `jti`).
+pub(crate) const SECURITY_EVENT_OUTCOMES: [&str; 5] = [
+    "applied",
+    "no_connection",
+    "recorded",
+    "unknown_type",
+    "duplicate",
+];
+
+/// Counts one event in `axnt_security_events_total`.
 fn count(provider: &str, outcome: &'static str) {
     metrics::counter!("axnt_security_events_total", "provider" => provider.to_string(), "outcome" => outcome)
         .increment(1);
