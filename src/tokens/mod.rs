@@ -566,15 +566,18 @@ impl TokenService {
     }
 
     /// Marks a connect link's flow as started; false when it was before (single-use
-    /// links). The mark is kept until the link's own expiry.
+    /// links). The mark is kept until the link's own expiry, and names this call, so a
+    /// write the SDK retries after a lost answer finds its own mark: a first opening
+    /// is never taken for a second.
     pub(crate) async fn mark_flow_started(
         &self,
         flow_id: &str,
         link_expires_at: i64,
     ) -> Result<bool, Error> {
+        let attempt = uuid::Uuid::new_v4().to_string();
         Ok(self
             .store
-            .mark_flow_started(flow_id, link_expires_at)
+            .mark_once(flow_id, &attempt, link_expires_at)
             .await?)
     }
 

@@ -76,12 +76,13 @@ impl TokenService {
         provider: &str,
     ) -> Result<RiscOutcome, Error> {
         let now = Utc::now();
+        let mark = format!("risc:{}", set.jti);
+        // Names this call's mark, so a write the SDK retries finds its own mark and goes
+        // on, rather than taking it for an earlier delivery's.
+        let attempt = uuid::Uuid::new_v4().to_string();
         if !self
             .store
-            .mark_flow_started(
-                &format!("risc:{}", set.jti),
-                now.timestamp() + JTI_MEMORY_SECS,
-            )
+            .mark_once(&mark, &attempt, now.timestamp() + JTI_MEMORY_SECS)
             .await?
         {
             count(provider, "duplicate");
@@ -93,8 +94,7 @@ impl TokenService {
         let result = self.act_on(set, provider, now).await;
         if result.is_err() {
             // Not done: forget the jti, so the sender's retry is acted on.
-            let mark = format!("risc:{}", set.jti);
-            if let Err(e) = self.store.unmark_flow_started(&mark).await {
+            if let Err(e) = self.store.unmark(&mark, &attempt).await {
                 tracing::warn!(error = %e, "a failed security event's jti could not be forgotten; its retry will be taken for a duplicate");
             }
         }

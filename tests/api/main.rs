@@ -29,6 +29,7 @@ mod grants;
 mod internal_api;
 mod limits;
 mod links;
+mod lost_answers;
 mod metrics;
 mod refresh_faults;
 mod retention;
