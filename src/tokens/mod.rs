@@ -300,6 +300,8 @@ pub(crate) struct TokenService {
     providers: Arc<Providers>,
     flow_log: Arc<FlowRecorder>,
     policy: TokenPolicy,
+    /// Held while a security event scans the tokens table: one scan at a time.
+    security_scans: tokio::sync::Mutex<()>,
 }
 
 /// A page of [`TokenService::connections_across`]: `(userId, connection)` pairs and
@@ -363,6 +365,7 @@ impl TokenService {
             providers,
             flow_log,
             policy,
+            security_scans: tokio::sync::Mutex::new(()),
         }
     }
 

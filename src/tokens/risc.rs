@@ -9,6 +9,12 @@
 //! reason or none, `account-enabled`, `account-credential-change-required`,
 //! `verification`, a type Google does not document) is recorded in the flow log under
 //! [`RISC_LOG`].
+//!
+//! Finding an event's grants pages through the whole tokens table (there is no index by
+//! account or token hash; events are rare): one such scan at a time per process, at
+//! most [`SCAN_PAGE`] rows every [`SCAN_PAGE_EVERY`], each row read counted.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -26,6 +32,11 @@ const JTI_MEMORY_SECS: i64 = 30 * 86_400;
 /// The flow-log partition security events with no connection are recorded under (no
 /// user id can be it: user ids never hold `/`).
 pub(crate) const RISC_LOG: &str = "/risc/google";
+/// Rows read per page of an event's scan, and the least time between two pages:
+/// 1,000 rows a second, so an event on a large table never takes the table's read
+/// capacity from token reads (the README gives the cost per million rows).
+const SCAN_PAGE: usize = 200;
+const SCAN_PAGE_EVERY: Duration = Duration::from_millis(200);
 
 /// What one security event token did.
 #[derive(Debug, Default)]
@@ -165,12 +176,18 @@ impl TokenService {
         provider: &str,
         issued: DateTime<Utc>,
     ) -> Result<usize, Error> {
-        // No index by account or token: a paged scan of the tokens table (security
-        // events are rare; the keep-alive scans the same way).
+        // No index by account or token: a scan of the tokens table, one at a time in
+        // this process and paced, so a burst of events cannot take the table's reads.
+        let _one_at_a_time = self.security_scans.lock().await;
+        let mut pace = tokio::time::interval(SCAN_PAGE_EVERY);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ended = 0;
         let mut cursor: Option<ScanCursor> = None;
         loop {
-            let page = self.store.scan(cursor.as_ref(), 200).await?;
+            pace.tick().await;
+            let page = self.store.scan(cursor.as_ref(), SCAN_PAGE).await?;
+            metrics::counter!("axnt_security_event_rows_scanned_total", "provider" => provider.to_string())
+                .increment(u64::try_from(page.rows.len()).unwrap_or(u64::MAX));
             for row in page.rows {
                 if row.provider == provider
                     && named(target, &row, issued)

@@ -34,6 +34,7 @@ mod metrics;
 mod refresh_faults;
 mod retention;
 mod risc;
+mod risc_scan;
 mod rotation;
 mod schema;
 mod secrets;
