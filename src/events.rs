@@ -37,7 +37,6 @@ pub enum EventType {
     /// The user (or Google, for the account) revoked the grant, as Google's security
     /// events tell.
     #[serde(rename = "connection.revoked_by_user")]
-    #[allow(dead_code)] // sent by the RISC receiver, which is still to come (issue 13)
     RevokedByUser,
     /// The connection was removed through the API (`revocation` says what became of
     /// the grant at the provider).

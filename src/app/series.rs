@@ -82,10 +82,12 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
             metrics::counter!("axnt_token_refresh_suppressed_total", "provider" => provider.to_string(), "reason" => reason)
                 .increment(0);
         }
-        for outcome in ["applied", "no_connection", "recorded", "duplicate"] {
+        for outcome in crate::tokens::SECURITY_EVENT_OUTCOMES {
             metrics::counter!("axnt_security_events_total", "provider" => provider.to_string(), "outcome" => outcome)
                 .increment(0);
         }
+        metrics::counter!("axnt_security_event_rows_scanned_total", "provider" => provider.to_string())
+            .increment(0);
     }
     metrics::counter!("axnt_token_reads_total", "provider" => "unknown", "outcome" => "unknown_provider")
         .increment(0);
@@ -235,7 +237,11 @@ fn describe() {
     );
     describe_counter!(
         "axnt_security_events_total",
-        "Google security events (RISC) received and verified, by outcome: applied (grants ended), no_connection, recorded (nothing to change), duplicate (a replayed jti)"
+        "Google security events (RISC) received and verified, by outcome: applied (grants ended), no_connection, recorded (nothing to change), unknown_type (a type Google does not document: recorded), duplicate (a replayed jti)"
+    );
+    describe_counter!(
+        "axnt_security_event_rows_scanned_total",
+        "Tokens-table rows read by the scans that find the grants a security event ends (one scan at a time per process, at most 1,000 rows a second)"
     );
     describe_counter!(
         "axnt_webhook_deliveries_total",

@@ -53,12 +53,15 @@ pub(super) async fn receive(State(state): State<AppState>, body: Bytes) -> Resul
             RiscError::Invalid(reason) => Error::InvalidSecurityEvent(reason),
             RiscError::Unavailable(reason) => Error::Provider(ProviderError::Unavailable(reason)),
         })?;
-    // On a task of its own: a request that times out or a sender that hangs up must not
-    // stop the work halfway (its jti would be marked, its grants not all ended).
+    // An owned task: a request that times out or a sender that hangs up must not stop
+    // the work halfway (its jti would be marked, its grants not all ended), and
+    // shutdown waits for it.
     let tokens = std::sync::Arc::clone(&state.tokens);
     let applied = {
         let set = set.clone();
-        tokio::spawn(async move { tokens.apply_security_event(&set, "google").await })
+        state
+            .tokens
+            .spawn_owned(async move { tokens.apply_security_event(&set, "google").await })
     };
     let outcome = applied
         .await

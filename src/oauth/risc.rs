@@ -11,17 +11,71 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
-/// The event types Google sends, and what this service does with them.
-pub(crate) const TOKENS_REVOKED: &str =
-    "https://schemas.openid.net/secevent/risc/event-type/tokens-revoked";
-pub(crate) const ACCOUNT_DISABLED: &str =
-    "https://schemas.openid.net/secevent/risc/event-type/account-disabled";
-pub(crate) const TOKEN_REVOKED: &str =
-    "https://schemas.openid.net/secevent/oauth/event-type/token-revoked";
-pub(crate) const SESSIONS_REVOKED: &str =
-    "https://schemas.openid.net/secevent/risc/event-type/sessions-revoked";
-pub(crate) const VERIFICATION: &str =
-    "https://schemas.openid.net/secevent/risc/event-type/verification";
+/// The security event types Google sends, each URI exactly as Google's
+/// Cross-Account Protection page prints it (its "Supported event types" table): the
+/// two about OAuth tokens are under `secevent/oauth/`, the rest under `secevent/risc/`.
+/// What the service does with each is decided in `tokens::risc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventKind {
+    SessionsRevoked,
+    TokensRevoked,
+    TokenRevoked,
+    AccountDisabled,
+    AccountEnabled,
+    AccountCredentialChangeRequired,
+    Verification,
+}
+
+impl EventKind {
+    const ALL: [Self; 7] = [
+        Self::SessionsRevoked,
+        Self::TokensRevoked,
+        Self::TokenRevoked,
+        Self::AccountDisabled,
+        Self::AccountEnabled,
+        Self::AccountCredentialChangeRequired,
+        Self::Verification,
+    ];
+
+    pub(crate) fn uri(self) -> &'static str {
+        match self {
+            Self::SessionsRevoked => {
+                "https://schemas.openid.net/secevent/risc/event-type/sessions-revoked"
+            }
+            Self::TokensRevoked => {
+                "https://schemas.openid.net/secevent/oauth/event-type/tokens-revoked"
+            }
+            Self::TokenRevoked => {
+                "https://schemas.openid.net/secevent/oauth/event-type/token-revoked"
+            }
+            Self::AccountDisabled => {
+                "https://schemas.openid.net/secevent/risc/event-type/account-disabled"
+            }
+            Self::AccountEnabled => {
+                "https://schemas.openid.net/secevent/risc/event-type/account-enabled"
+            }
+            Self::AccountCredentialChangeRequired => {
+                "https://schemas.openid.net/secevent/risc/event-type/account-credential-change-required"
+            }
+            Self::Verification => {
+                "https://schemas.openid.net/secevent/risc/event-type/verification"
+            }
+        }
+    }
+
+    /// The kind `uri` names, compared whole: a URI under another base (such as a
+    /// `risc/` path for a type Google sends under `oauth/`) is no kind.
+    pub(crate) fn from_uri(uri: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.uri() == uri)
+    }
+
+    /// The URI's last segment (`tokens-revoked`), as flow-log items and lifecycle
+    /// events name the kind.
+    pub(crate) fn name(self) -> &'static str {
+        let uri = self.uri();
+        uri.rsplit('/').next().unwrap_or(uri)
+    }
+}
 
 /// Discovery and keys are fetched again when this old, or at most this often when a
 /// token names a key not in the set.

@@ -431,15 +431,23 @@ pub trait TokenStore: Send + Sync {
     /// Every row of one user.
     async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError>;
 
-    /// Marks a connect link's flow as started, keeping the mark until `expires_at`
-    /// (epoch seconds, the link's own expiry). True the first time; false when the flow
-    /// was started before (links are single-use). A conditional create: of two
-    /// concurrent openings, exactly one gets true.
-    async fn mark_flow_started(&self, flow_id: &str, expires_at: i64) -> Result<bool, StoreError>;
+    /// Marks `key` used, once, keeping the mark until `expires_at` (epoch seconds): a
+    /// connect link's flow id (single-use links), `risc:<jti>` (a security event acted
+    /// on once). The mark names `attempt`, a random id of the calling operation. True
+    /// when this attempt holds the mark: it made it, or it finds the mark it made itself
+    /// (a write retried after its answer was lost, as the AWS SDK does); false when
+    /// another attempt made it. A conditional create: of concurrent attempts, exactly
+    /// one gets true.
+    async fn mark_once(
+        &self,
+        key: &str,
+        attempt: &str,
+        expires_at: i64,
+    ) -> Result<bool, StoreError>;
 
-    /// Removes a flow's started mark (a mark whose work failed, so it can be tried
-    /// again); absent is fine.
-    async fn unmark_flow_started(&self, flow_id: &str) -> Result<(), StoreError>;
+    /// Removes the mark `attempt` made on `key` (its work failed, so it can be tried
+    /// again). A mark another attempt made is left as it is; none is fine.
+    async fn unmark(&self, key: &str, attempt: &str) -> Result<(), StoreError>;
 
     /// Stores a grant awaiting its flow's confirmation (one per flow).
     async fn put_pending(&self, grant: &PendingGrant) -> Result<(), StoreError>;

@@ -36,6 +36,7 @@ use crate::store::{
 use crate::oauth::grant::{self, Cause, GrantRules};
 pub(crate) use keepalive::KeepAlive;
 pub(crate) use refresh::{RefreshReuse, Refresher, TokenEndpoint};
+pub(crate) use risc::SECURITY_EVENT_OUTCOMES;
 pub(crate) use token_set::{IssuedToken, TokenSet};
 pub(crate) use user_id::UserId;
 
@@ -303,6 +304,8 @@ pub(crate) struct TokenService {
     /// callback's code exchange and store, a security event's grant endings): owned
     /// tasks that shutdown waits for, as it waits for refreshes.
     owned: tokio_util::task::TaskTracker,
+    /// Held while a security event scans the tokens table: one scan at a time.
+    security_scans: tokio::sync::Mutex<()>,
 }
 
 /// A page of [`TokenService::connections_across`]: `(userId, connection)` pairs and
@@ -401,6 +404,7 @@ impl TokenService {
             flow_log,
             policy,
             owned: tokio_util::task::TaskTracker::new(),
+            security_scans: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -625,15 +629,18 @@ impl TokenService {
     }
 
     /// Marks a connect link's flow as started; false when it was before (single-use
-    /// links). The mark is kept until the link's own expiry.
+    /// links). The mark is kept until the link's own expiry, and names this call, so a
+    /// write the SDK retries after a lost answer finds its own mark: a first opening
+    /// is never taken for a second.
     pub(crate) async fn mark_flow_started(
         &self,
         flow_id: &str,
         link_expires_at: i64,
     ) -> Result<bool, Error> {
+        let attempt = uuid::Uuid::new_v4().to_string();
         Ok(self
             .store
-            .mark_flow_started(flow_id, link_expires_at)
+            .mark_once(flow_id, &attempt, link_expires_at)
             .await?)
     }
 

@@ -1,9 +1,20 @@
 //! What Google's security events (RISC) do to connections: a verified token's events,
-//! once per `jti`. `tokens-revoked`, and `account-disabled` for `hijacking`, end every
-//! live grant of that Google account made before the event; `token-revoked` ends the
-//! grant whose refresh token it names (by Google's identifier, matched against the
-//! hashes stored at connect). Each ended grant is marked inactive with its cause and
-//! makes `connection.revoked_by_user`, in the same write. Other events are recorded.
+//! once per `jti`. This service holds grants, not sign-in sessions, so an event acts
+//! only when it says a grant is dead or not to be trusted: `tokens-revoked`, and
+//! `account-disabled` for `hijacking`, end every live grant of that Google account made
+//! before the event; `token-revoked` ends the grant whose refresh token it names (by
+//! Google's identifier, matched against the hashes stored at connect). Each ended grant
+//! is marked inactive with its cause and makes `connection.revoked_by_user`, in the
+//! same write. Every other event (`sessions-revoked`, `account-disabled` for another
+//! reason or none, `account-enabled`, `account-credential-change-required`,
+//! `verification`, a type Google does not document) is recorded in the flow log under
+//! [`RISC_LOG`].
+//!
+//! Finding an event's grants pages through the whole tokens table (there is no index by
+//! account or token hash; events are rare): one such scan at a time per process, at
+//! most [`SCAN_PAGE`] rows every [`SCAN_PAGE_EVERY`], each row read counted.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -12,10 +23,7 @@ use super::{TokenService, WRITE_ATTEMPTS};
 use crate::error::Error;
 use crate::events::EventType;
 use crate::oauth::grant::Cause;
-use crate::oauth::risc::{
-    ACCOUNT_DISABLED, SESSIONS_REVOKED, SecurityEventToken, TOKEN_REVOKED, TOKENS_REVOKED,
-    VERIFICATION, prefix_hash,
-};
+use crate::oauth::risc::{EventKind, SecurityEventToken, prefix_hash};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{Connection, FlowStep, RefreshState, ScanCursor, StoreError};
 
@@ -24,6 +32,11 @@ const JTI_MEMORY_SECS: i64 = 30 * 86_400;
 /// The flow-log partition security events with no connection are recorded under (no
 /// user id can be it: user ids never hold `/`).
 pub(crate) const RISC_LOG: &str = "/risc/google";
+/// Rows read per page of an event's scan, and the least time between two pages:
+/// 1,000 rows a second, so an event on a large table never takes the table's read
+/// capacity from token reads (the README gives the cost per million rows).
+const SCAN_PAGE: usize = 200;
+const SCAN_PAGE_EVERY: Duration = Duration::from_millis(200);
 
 /// What one security event token did.
 #[derive(Debug, Default)]
@@ -45,6 +58,27 @@ enum Target {
     },
 }
 
+/// The grants' cause an event of `kind` ends them with, if it ends any.
+fn cause_of(kind: EventKind, details: &Value) -> Option<&'static str> {
+    match kind {
+        EventKind::TokensRevoked | EventKind::TokenRevoked => Some("revoked_by_user"),
+        EventKind::AccountDisabled
+            if details.get("reason").and_then(Value::as_str) == Some("hijacking") =>
+        {
+            Some("account_disabled")
+        }
+        // Sign-in sessions (this service keeps none), an account enabled again (grants
+        // ended for hijacking stay ended: they were made while it may have been
+        // someone else's), a disabled account for another reason (its grants may work
+        // again once Google enables it), a credential change, a test: recorded.
+        EventKind::AccountDisabled
+        | EventKind::SessionsRevoked
+        | EventKind::AccountEnabled
+        | EventKind::AccountCredentialChangeRequired
+        | EventKind::Verification => None,
+    }
+}
+
 impl TokenService {
     /// Applies a verified security event token (once per `jti`).
     pub(crate) async fn apply_security_event(
@@ -53,12 +87,13 @@ impl TokenService {
         provider: &str,
     ) -> Result<RiscOutcome, Error> {
         let now = Utc::now();
+        let mark = format!("risc:{}", set.jti);
+        // Names this call's mark, so a write the SDK retries finds its own mark and goes
+        // on, rather than taking it for an earlier delivery's.
+        let attempt = uuid::Uuid::new_v4().to_string();
         if !self
             .store
-            .mark_flow_started(
-                &format!("risc:{}", set.jti),
-                now.timestamp() + JTI_MEMORY_SECS,
-            )
+            .mark_once(&mark, &attempt, now.timestamp() + JTI_MEMORY_SECS)
             .await?
         {
             count(provider, "duplicate");
@@ -70,8 +105,7 @@ impl TokenService {
         let result = self.act_on(set, provider, now).await;
         if result.is_err() {
             // Not done: forget the jti, so the sender's retry is acted on.
-            let mark = format!("risc:{}", set.jti);
-            if let Err(e) = self.store.unmark_flow_started(&mark).await {
+            if let Err(e) = self.store.unmark(&mark, &attempt).await {
                 tracing::warn!(error = %e, "a failed security event's jti could not be forgotten; its retry will be taken for a duplicate");
             }
         }
@@ -86,48 +120,48 @@ impl TokenService {
     ) -> Result<RiscOutcome, Error> {
         let issued = DateTime::from_timestamp(set.iat, 0).unwrap_or(now);
         let mut outcome = RiscOutcome::default();
-        for (kind, details) in &set.events {
-            let short = kind.rsplit('/').next().unwrap_or(kind.as_str());
-            let acted = match (kind.as_str(), target(kind, details)) {
-                (TOKENS_REVOKED, Some(t)) => Some((t, "revoked_by_user")),
-                (ACCOUNT_DISABLED, Some(t))
-                    if details.get("reason").and_then(Value::as_str) == Some("hijacking") =>
-                {
-                    Some((t, "account_disabled"))
-                }
-                (TOKEN_REVOKED, Some(t)) => Some((t, "revoked_by_user")),
-                _ => None,
-            };
-            match acted {
-                Some((t, cause)) => {
-                    let n = self.end_grants(&t, cause, short, provider, issued).await?;
+        for (uri, details) in &set.events {
+            let kind = EventKind::from_uri(uri);
+            let acted = kind.and_then(|kind| Some((kind, cause_of(kind, details)?)));
+            if let Some((kind, cause)) = acted {
+                if let Some(target) = target(kind, details) {
+                    let n = self
+                        .end_grants(&target, cause, kind.name(), provider, issued)
+                        .await?;
                     outcome.ended += n;
                     count(provider, if n > 0 { "applied" } else { "no_connection" });
+                    continue;
                 }
-                None => {
-                    // sessions-revoked, verification, account-disabled (other reasons),
-                    // account-enabled, …: recorded, nothing to change.
-                    let recorded = matches!(kind.as_str(), SESSIONS_REVOKED | VERIFICATION)
-                        || kind.starts_with("https://schemas.openid.net/secevent/");
-                    let client = ClientInfo {
-                        ip_address: None,
-                        user_agent: Some("Google RISC".into()),
-                    };
-                    self.flow_log
-                        .flow(RISC_LOG, &set.jti, provider, &client)
-                        .step(
-                            FlowStep::SecurityEvent,
-                            json!({
-                                "eventType": short,
-                                "reason": details.get("reason"),
-                                "state": details.get("state"),
-                                "known": recorded,
-                            }),
-                        )
-                        .await;
-                    count(provider, "recorded");
-                }
+                tracing::warn!(
+                    event_type = kind.name(),
+                    "a security event names no account or token this service can find; recorded"
+                );
             }
+            let client = ClientInfo {
+                ip_address: None,
+                user_agent: Some("Google RISC".into()),
+            };
+            self.flow_log
+                .flow(RISC_LOG, &set.jti, provider, &client)
+                .step(
+                    FlowStep::SecurityEvent,
+                    json!({
+                        // A type Google does not document is named by its whole URI.
+                        "eventType": kind.map_or(uri.as_str(), |k| k.name()),
+                        "reason": details.get("reason"),
+                        "state": details.get("state"),
+                        "known": kind.is_some(),
+                    }),
+                )
+                .await;
+            count(
+                provider,
+                if kind.is_some() {
+                    "recorded"
+                } else {
+                    "unknown_type"
+                },
+            );
         }
         Ok(outcome)
     }
@@ -142,12 +176,18 @@ impl TokenService {
         provider: &str,
         issued: DateTime<Utc>,
     ) -> Result<usize, Error> {
-        // No index by account or token: a paged scan of the tokens table (security
-        // events are rare; the keep-alive scans the same way).
+        // No index by account or token: a scan of the tokens table, one at a time in
+        // this process and paced, so a burst of events cannot take the table's reads.
+        let _one_at_a_time = self.security_scans.lock().await;
+        let mut pace = tokio::time::interval(SCAN_PAGE_EVERY);
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ended = 0;
         let mut cursor: Option<ScanCursor> = None;
         loop {
-            let page = self.store.scan(cursor.as_ref(), 200).await?;
+            pace.tick().await;
+            let page = self.store.scan(cursor.as_ref(), SCAN_PAGE).await?;
+            metrics::counter!("axnt_security_event_rows_scanned_total", "provider" => provider.to_string())
+                .increment(u64::try_from(page.rows.len()).unwrap_or(u64::MAX));
             for row in page.rows {
                 if row.provider == provider
                     && named(target, &row, issued)
@@ -235,10 +275,10 @@ impl TokenService {
 }
 
 /// The connections an event's `subject` names, if it names any this service can find.
-fn target(kind: &str, details: &Value) -> Option<Target> {
+fn target(kind: EventKind, details: &Value) -> Option<Target> {
     let subject = details.get("subject")?;
     let text = |k: &str| subject.get(k).and_then(Value::as_str).map(str::to_string);
-    if kind == TOKEN_REVOKED {
+    if kind == EventKind::TokenRevoked {
         let token = text("token")?;
         return match text("token_identifier_alg").as_deref() {
             Some("hash_base64_sha512_sha512") => Some(Target::Token {
@@ -271,8 +311,18 @@ fn matches(target: &Target, row: &Connection) -> bool {
     }
 }
 
-/// `axnt_security_events_total{provider, outcome}`: `applied`, `no_connection`,
-/// `recorded`, `duplicate` (a replayed `jti`).
+/// The outcomes of `axnt_security_events_total{provider, outcome}`: `applied` (grants ended), `no_connection` (none to end), `recorded` (nothing to
+/// change), `unknown_type` (a type Google does not document: recorded), `duplicate` (a
+/// replayed `jti`).
+pub(crate) const SECURITY_EVENT_OUTCOMES: [&str; 5] = [
+    "applied",
+    "no_connection",
+    "recorded",
+    "unknown_type",
+    "duplicate",
+];
+
+/// Counts one event in `axnt_security_events_total`.
 fn count(provider: &str, outcome: &'static str) {
     metrics::counter!("axnt_security_events_total", "provider" => provider.to_string(), "outcome" => outcome)
         .increment(1);

@@ -501,48 +501,73 @@ async fn flush_writes_everything_queued(_tokens: Arc<dyn TokenStore>, log: Arc<d
     assert_eq!(listed, vec![last]);
 }
 
-async fn a_flow_is_started_once(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
-    let flow = aws::unique("flow");
+async fn a_mark_is_made_once(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
+    let key = aws::unique("flow");
     let until = now().timestamp() + 600;
-    assert!(tokens.mark_flow_started(&flow, until).await.expect("mark"));
+    assert!(tokens.mark_once(&key, "a1", until).await.expect("mark"));
     assert!(
         !tokens
-            .mark_flow_started(&flow, until)
+            .mark_once(&key, "a2", until)
             .await
-            .expect("mark again")
+            .expect("mark again"),
+        "another attempt finds the mark: used"
     );
+    // The same attempt again (a write retried after its answer was lost) finds its own
+    // mark: still its.
+    assert!(
+        tokens
+            .mark_once(&key, "a1", until)
+            .await
+            .expect("the same attempt again"),
+        "a retried write finds its own mark"
+    );
+    assert!(!tokens.mark_once(&key, "a3", until).await.expect("a third"));
     let other = aws::unique("flow");
     assert!(
         tokens
-            .mark_flow_started(&other, until)
+            .mark_once(&other, "a2", until)
             .await
-            .expect("another flow")
+            .expect("another key")
     );
 
-    // Of concurrent openings of one link, exactly one wins.
+    // Of concurrent attempts on one key, exactly one wins.
     let raced = aws::unique("flow");
-    let attempts = (0..8).map(|_| {
+    let attempts = (0..8).map(|i| {
         let tokens = Arc::clone(&tokens);
         let raced = raced.clone();
-        tokio::spawn(async move { tokens.mark_flow_started(&raced, until).await })
+        tokio::spawn(async move {
+            let attempt = format!("racer-{i}");
+            let won = tokens.mark_once(&raced, &attempt, until).await;
+            won.map(|won| won.then_some(attempt))
+        })
     });
-    let mut wins = 0;
+    let mut winners = Vec::new();
     for attempt in attempts {
-        if attempt.await.expect("task").expect("mark") {
-            wins += 1;
+        if let Some(winner) = attempt.await.expect("task").expect("mark") {
+            winners.push(winner);
         }
     }
-    assert_eq!(wins, 1, "exactly one opening of a link wins");
-    // A mark whose work failed is forgotten; the next try marks afresh.
-    tokens.unmark_flow_started(&raced).await.expect("unmark");
+    assert_eq!(winners.len(), 1, "exactly one attempt wins: {winners:?}");
+    // Only the mark's own attempt removes it; then the next try marks afresh.
+    tokens
+        .unmark(&raced, "not-the-winner")
+        .await
+        .expect("another attempt's unmark");
+    assert!(
+        !tokens
+            .mark_once(&raced, "late", until)
+            .await
+            .expect("still marked")
+    );
+    tokens.unmark(&raced, &winners[0]).await.expect("unmark");
     assert!(
         tokens
-            .mark_flow_started(&raced, until)
+            .mark_once(&raced, "late", until)
             .await
             .expect("mark again")
     );
     tokens
-        .unmark_flow_started("never-marked")
+        .unmark("never-marked", "a1")
         .await
         .expect("absent is fine");
 }
@@ -592,7 +617,7 @@ async fn a_pending_grant_is_read_in_place_taken_once_and_is_no_connection(
         );
     }
     tokens
-        .mark_flow_started(&flow, now().timestamp() + 600)
+        .mark_once(&flow, "a1", now().timestamp() + 600)
         .await
         .expect("mark");
     assert!(
@@ -986,7 +1011,7 @@ async fn a_scan_pages_through_every_row_once_and_no_flow_item(
     }
     let flow = aws::unique("flow");
     tokens
-        .mark_flow_started(&flow, now().timestamp() + 600)
+        .mark_once(&flow, "a1", now().timestamp() + 600)
         .await
         .expect("mark");
     tokens
@@ -1422,7 +1447,7 @@ every_backend!(
     only_the_holder_writes,
     a_released_lease_leaves_its_cooldown,
     touch_is_a_partial_update,
-    a_flow_is_started_once,
+    a_mark_is_made_once,
     a_pending_grant_is_read_in_place_taken_once_and_is_no_connection,
     a_replaced_account_is_kept_on_the_row,
     the_grant_ledger_is_kept_on_the_row,

@@ -424,14 +424,16 @@ async fn every_event_type_reaches_the_receiver_once_signed(backend: Backend) {
         .expect("age");
     assert_eq!(receiver.wait_for(6).await.len(), 6);
 
-    // Google says the user revoked access (RISC): revoked_by_user. Then deleted.
+    // Google says the user revoked access (RISC): revoked_by_user. Then deleted. The
+    // event type as Google's Cross-Account Protection page prints it
+    // (https://developers.google.com/identity/protocols/risc, "Supported event types").
     let set = provider.security_event_token(
         &json!({
             "iss": provider.issuer(),
             "aud": provider.client_id(),
             "iat": chrono::Utc::now().timestamp(),
             "jti": "jti-webhooks",
-            "events": { "https://schemas.openid.net/secevent/risc/event-type/tokens-revoked": {
+            "events": { "https://schemas.openid.net/secevent/oauth/event-type/tokens-revoked": {
                 "subject": {"subject_type": "iss-sub", "iss": provider.issuer(), "sub": row.user_info.sub}
             } },
         }),

@@ -270,8 +270,11 @@ pub(super) fn flow_key(flow_id: &str) -> String {
     format!("#flow#{flow_id}")
 }
 
-/// The sort key of a connect link's "started" mark (single-use links).
+/// The sort key of a single-use mark (`TokenStore::mark_once`): a connect link's
+/// "started" mark, a security event's `risc:<jti>`.
 pub(super) const STARTED: &str = "#started";
+/// The attribute of a single-use mark naming the attempt that made it.
+pub(super) const MARKED_BY: &str = "markedBy";
 /// The sort key of a grant awaiting confirmation.
 pub(super) const PENDING: &str = "#pending";
 

@@ -18,10 +18,10 @@ const WEBHOOK_PREFIX: &str = "#webhook#";
 const WEBHOOK_STATE: &str = "#state";
 use super::call;
 use super::item::{
-    ACCOUNT_GRANTS, Item, JOB_LEASE, JOB_PREFIX, LEASE_ATTEMPT, LEASE_UNTIL, PENDING, RETRY_AT,
-    REVOCATIONS, REVOKE_PREFIX, STARTED, UNKNOWN_SINCE, account_grants_from, account_grants_item,
-    account_key, connection_from, connection_item, flow_key, is_flow_item, n, pending_from,
-    pending_item, revocation_from, revocation_item, rfc3339, s,
+    ACCOUNT_GRANTS, Item, JOB_LEASE, JOB_PREFIX, LEASE_ATTEMPT, LEASE_UNTIL, MARKED_BY, PENDING,
+    RETRY_AT, REVOCATIONS, REVOKE_PREFIX, STARTED, UNKNOWN_SINCE, account_grants_from,
+    account_grants_item, account_key, connection_from, connection_item, flow_key, is_flow_item, n,
+    pending_from, pending_item, revocation_from, revocation_item, rfc3339, s,
 };
 use crate::crypto::Envelope;
 use crate::store::{
@@ -375,17 +375,29 @@ impl TokenStore for DynamoStore {
         Ok(rows)
     }
 
-    #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
-    async fn mark_flow_started(&self, flow_id: &str, expires_at: i64) -> Result<bool, StoreError> {
+    #[tracing::instrument(skip_all, fields(key = %key))]
+    async fn mark_once(
+        &self,
+        key: &str,
+        attempt: &str,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
         let table = &self.tokens_table;
+        // The mark names its attempt: a PutItem the SDK retries after an answer lost on
+        // the way finds the mark its first try made and succeeds again, where a plain
+        // `attribute_not_exists` would take its own mark for another's. A mark written
+        // before marks named their attempt names none: never this attempt's.
         let sent = self
             .client
             .put_item()
             .table_name(table)
-            .item("userId", s(flow_key(flow_id)))
+            .item("userId", s(flow_key(key)))
             .item("provider", s(STARTED))
+            .item(MARKED_BY, s(attempt))
             .item("expiresAt", n(expires_at))
-            .condition_expression("attribute_not_exists(userId)")
+            .condition_expression("attribute_not_exists(userId) OR #by = :attempt")
+            .expression_attribute_names("#by", MARKED_BY)
+            .expression_attribute_values(":attempt", s(attempt))
             .send()
             .await;
         match call("PutItem", sent).map_err(|f| self.error("PutItem", table, f)) {
@@ -395,20 +407,25 @@ impl TokenStore for DynamoStore {
         }
     }
 
-    async fn unmark_flow_started(&self, flow_id: &str) -> Result<(), StoreError> {
+    #[tracing::instrument(skip_all, fields(key = %key))]
+    async fn unmark(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
         let table = &self.tokens_table;
-        call(
-            "DeleteItem",
-            self.client
-                .delete_item()
-                .table_name(table)
-                .key("userId", s(flow_key(flow_id)))
-                .key("provider", s(STARTED))
-                .send()
-                .await,
-        )
-        .map(drop)
-        .map_err(|f| self.error("DeleteItem", table, f))
+        let sent = self
+            .client
+            .delete_item()
+            .table_name(table)
+            .key("userId", s(flow_key(key)))
+            .key("provider", s(STARTED))
+            .condition_expression("#by = :attempt")
+            .expression_attribute_names("#by", MARKED_BY)
+            .expression_attribute_values(":attempt", s(attempt))
+            .send()
+            .await;
+        match call("DeleteItem", sent).map_err(|f| self.error("DeleteItem", table, f)) {
+            // Another attempt's mark, or none (removed already, by a retry too).
+            Ok(_) | Err(StoreError::Conflict) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn account_grants(

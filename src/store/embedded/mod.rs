@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS tokens (
 CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
 CREATE TABLE IF NOT EXISTS started_flows (
     flow_id    TEXT    NOT NULL PRIMARY KEY,
+    attempt    TEXT,
     expires_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending_grants (
@@ -507,6 +508,14 @@ fn migrate(db: &Sqlite) -> rusqlite::Result<()> {
             db.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {column} {kind}"))?;
         }
     }
+    // Single-use marks name the attempt that made them; older marks name none.
+    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('started_flows')")?;
+    let columns: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if !columns.iter().any(|c| c == "attempt") {
+        db.execute_batch("ALTER TABLE started_flows ADD COLUMN attempt TEXT")?;
+    }
     Ok(())
 }
 
@@ -595,5 +604,39 @@ mod tests {
         let _ = done_tx.send(());
         holder.join().expect("holder");
         assert!(finished.is_ok(), "reads finished while the writer was busy");
+    }
+
+    #[tokio::test]
+    async fn a_mark_made_before_marks_named_their_attempt_stays_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        let old = Sqlite::open(&path).expect("open");
+        old.execute_batch(
+            "CREATE TABLE started_flows (flow_id TEXT NOT NULL PRIMARY KEY, \
+             expires_at INTEGER NOT NULL) WITHOUT ROWID; \
+             INSERT INTO started_flows VALUES ('old-flow', 4102444800);",
+        )
+        .expect("a file of the earlier layout");
+        drop(old);
+        let store = EmbeddedStore::open(&path).expect("open and migrate");
+        let until = 4_102_444_800;
+        assert!(
+            !store
+                .mark_once("old-flow", "a1", until)
+                .await
+                .expect("mark")
+        );
+        assert!(
+            store
+                .mark_once("new-flow", "a1", until)
+                .await
+                .expect("mark")
+        );
+        assert!(
+            store
+                .mark_once("new-flow", "a1", until)
+                .await
+                .expect("again")
+        );
     }
 }

@@ -409,27 +409,37 @@ impl TokenStore for EmbeddedStore {
         raws.into_iter().map(RawConnection::parse).collect()
     }
 
-    #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
-    async fn mark_flow_started(&self, flow_id: &str, expires_at: i64) -> Result<bool, StoreError> {
-        let flow_id = flow_id.to_string();
-        let inserted = self
+    #[tracing::instrument(skip_all, fields(key = %key))]
+    async fn mark_once(
+        &self,
+        key: &str,
+        attempt: &str,
+        expires_at: i64,
+    ) -> Result<bool, StoreError> {
+        let (key, attempt) = (key.to_string(), attempt.to_string());
+        let changed = self
             .with_db(move |db| {
+                // One statement: a new mark is inserted, this attempt's own is written
+                // again (1 row either way), another attempt's is left alone (0 rows). A
+                // mark from before marks named their attempt has none: never ours.
                 db.prepare_cached(
-                    "INSERT INTO started_flows (flow_id, expires_at) VALUES (?1, ?2) \
-                     ON CONFLICT (flow_id) DO NOTHING",
+                    "INSERT INTO started_flows (flow_id, attempt, expires_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (flow_id) DO UPDATE SET expires_at = excluded.expires_at \
+                     WHERE started_flows.attempt = excluded.attempt",
                 )
-                .and_then(|mut stmt| stmt.execute(params![flow_id, expires_at]))
+                .and_then(|mut stmt| stmt.execute(params![key, attempt, expires_at]))
                 .map_err(sql)
             })
             .await?;
-        Ok(inserted == 1)
+        Ok(changed == 1)
     }
 
-    async fn unmark_flow_started(&self, flow_id: &str) -> Result<(), StoreError> {
-        let flow_id = flow_id.to_string();
+    #[tracing::instrument(skip_all, fields(key = %key))]
+    async fn unmark(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
+        let (key, attempt) = (key.to_string(), attempt.to_string());
         self.with_db(move |db| {
-            db.prepare_cached("DELETE FROM started_flows WHERE flow_id = ?1")
-                .and_then(|mut stmt| stmt.execute(params![flow_id]))
+            db.prepare_cached("DELETE FROM started_flows WHERE flow_id = ?1 AND attempt = ?2")
+                .and_then(|mut stmt| stmt.execute(params![key, attempt]))
                 .map(drop)
                 .map_err(sql)
         })

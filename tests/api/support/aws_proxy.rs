@@ -6,6 +6,7 @@
 //! One service can so be cut away while the others answer (a KMS blip with DynamoDB
 //! up), which a TCP proxy cannot do: moto serves every service on one port.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -32,6 +33,10 @@ pub struct AwsFaultProxy {
     /// `http://127.0.0.1:PORT`: give it as `AWS_ENDPOINT_URL`.
     pub endpoint: String,
     rule: Arc<Mutex<Option<Rule>>>,
+    /// Calls that matched [`lose_answer_to`](Self::lose_answer_to)'s trigger (the lost
+    /// one and its retries), and answers lost.
+    matched: Arc<AtomicUsize>,
+    lost: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -60,6 +65,8 @@ impl AwsFaultProxy {
         Self {
             endpoint,
             rule,
+            matched: Arc::default(),
+            lost: Arc::default(),
             task,
         }
     }
@@ -75,6 +82,40 @@ impl AwsFaultProxy {
     /// [`clear`](Self::clear).
     pub fn cut(&self, prefix: &'static str) {
         self.set_rule(move |target, _| target.starts_with(prefix).then_some(Fault::Unreachable));
+    }
+
+    /// Loses the answer to the next call with this `X-Amz-Target` (e.g.
+    /// `DynamoDB_20120810.PutItem`) whose body holds every one of `needles`, as a
+    /// network that fails after the write was done; later matching calls (the SDK's
+    /// retries) pass, and are counted in [`matched`](Self::matched).
+    pub fn lose_answer_to(&self, target: &str, needles: &[&str]) {
+        let target = target.to_string();
+        let needles: Vec<String> = needles.iter().map(|n| (*n).to_string()).collect();
+        let (matched, lost) = (Arc::clone(&self.matched), Arc::clone(&self.lost));
+        let mut armed = true;
+        self.set_rule(move |call, body| {
+            let body = String::from_utf8_lossy(body);
+            if call != target || !needles.iter().all(|n| body.contains(n.as_str())) {
+                return None;
+            }
+            matched.fetch_add(1, Ordering::SeqCst);
+            if !std::mem::replace(&mut armed, false) {
+                return None;
+            }
+            lost.fetch_add(1, Ordering::SeqCst);
+            Some(Fault::LoseAnswer)
+        });
+    }
+
+    /// Calls that matched [`lose_answer_to`](Self::lose_answer_to): the one whose
+    /// answer was lost, and each retry of it.
+    pub fn matched(&self) -> usize {
+        self.matched.load(Ordering::SeqCst)
+    }
+
+    /// Answers lost so far by [`lose_answer_to`](Self::lose_answer_to).
+    pub fn lost(&self) -> usize {
+        self.lost.load(Ordering::SeqCst)
     }
 
     /// Forwards everything again.
