@@ -11,10 +11,10 @@
 //! The keys stay flat (they are what operators write); in the program they are grouped
 //! by what they govern ([`Settings::refresh`], [`Settings::retention`], …) and typed
 //! once, at load: durations are [`Duration`]s (the key's name gives the unit it is
-//! written in), URLs [`Url`]s, addresses [`IpAddr`]s. Each group's `Default` is the one
+//! written in), URLs [`Url`]s, addresses [`SocketAddr`]s. Each group's `Default` is the one
 //! place its defaults are written; `config/default.toml` only lists them, commented out.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +30,9 @@ use crate::aws::{AwsSettings, SdkEnv};
 mod de;
 pub mod env_file;
 mod load;
+mod net;
+
+pub use net::TrustedProxies;
 
 /// Environment names that do not follow the `AXNT_` rule (the tables' established names).
 const UNPREFIXED_ENV: [(&str, &str); 3] = [
@@ -146,10 +149,11 @@ pub struct ServerSettings {
     /// `AXNT_PUBLIC_BASE_URL`: base of every URL handed to browsers. The redirect URI
     /// registered with the provider is this plus `/oauth/google/callback`.
     pub(crate) public_base_url: Url,
-    /// `AXNT_TRUSTED_PROXIES`: comma-separated IP addresses whose `X-Forwarded-For`
-    /// is believed when recording a flow step's client address.
-    #[serde(deserialize_with = "de::ip_list")]
-    pub(crate) trusted_proxies: Vec<IpAddr>,
+    /// `AXNT_TRUSTED_PROXIES`: comma-separated addresses or CIDR ranges of the proxies
+    /// (load balancers) whose `X-Forwarded-For` is believed for the client address (flow
+    /// log, rate limits).
+    #[serde(deserialize_with = "de::trusted_proxies")]
+    pub(crate) trusted_proxies: TrustedProxies,
     /// `AXNT_READINESS_CACHE_SECS`: `/readyz` answers from a result this fresh.
     #[serde(rename = "readiness_cache_secs", deserialize_with = "de::secs")]
     pub(crate) readiness_cache: Duration,
@@ -182,7 +186,7 @@ impl Default for ServerSettings {
         Self {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_base_url: Url::parse("http://127.0.0.1:8080").unwrap_or_else(|_| unreachable!()),
-            trusted_proxies: Vec::new(),
+            trusted_proxies: TrustedProxies::default(),
             readiness_cache: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(10),

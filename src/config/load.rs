@@ -783,20 +783,25 @@ mod tests {
             ("AXNT_CONNECTION_TTL_DAYS", "2"),
             ("AXNT_AWS_CONNECT_TIMEOUT_MS", "250"),
             ("AXNT_BACKGROUND_REFRESH_SECS", "45"),
-            ("AXNT_TRUSTED_PROXIES", "10.0.0.1, ::1"),
+            ("AXNT_TRUSTED_PROXIES", "10.0.0.1, ::1, 172.16.0.0/12"),
             ("AXNT_GOOGLE_ISSUER", "http://127.0.0.1:9999/realm"),
         ])
         .expect("loads");
         assert_eq!(s.retention.connection_ttl, Duration::from_secs(2 * 86_400));
         assert_eq!(s.aws.connect_timeout, Duration::from_millis(250));
         assert_eq!(s.refresh.background, Some(Duration::from_secs(45)));
-        assert_eq!(
-            s.server.trusted_proxies,
-            vec![
-                "10.0.0.1".parse::<std::net::IpAddr>().expect("ip"),
-                "::1".parse().expect("ip")
-            ]
-        );
+        for (ip, trusted) in [
+            ("10.0.0.1", true),
+            ("::1", true),
+            ("172.20.1.1", true),
+            ("10.0.0.2", false),
+        ] {
+            assert_eq!(
+                s.server.trusted_proxies.contains(ip.parse().expect("ip")),
+                trusted,
+                "{ip}"
+            );
+        }
         assert_eq!(s.provider.issuer.as_str(), "http://127.0.0.1:9999/realm");
         assert!(s.provider.rotates(), "a provider other than Google");
         let s = load(&[]).expect("defaults load");
