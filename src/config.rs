@@ -11,10 +11,10 @@
 //! The keys stay flat (they are what operators write); in the program they are grouped
 //! by what they govern ([`Settings::refresh`], [`Settings::retention`], …) and typed
 //! once, at load: durations are [`Duration`]s (the key's name gives the unit it is
-//! written in), URLs [`Url`]s, addresses [`IpAddr`]s. Each group's `Default` is the one
+//! written in), URLs [`Url`]s, addresses [`SocketAddr`]s. Each group's `Default` is the one
 //! place its defaults are written; `config/default.toml` only lists them, commented out.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +30,9 @@ use crate::aws::{AwsSettings, SdkEnv};
 mod de;
 pub mod env_file;
 mod load;
+mod net;
+
+pub use net::TrustedProxies;
 
 /// Environment names that do not follow the `AXNT_` rule (the tables' established names).
 const UNPREFIXED_ENV: [(&str, &str); 3] = [
@@ -146,10 +149,11 @@ pub struct ServerSettings {
     /// `AXNT_PUBLIC_BASE_URL`: base of every URL handed to browsers. The redirect URI
     /// registered with the provider is this plus `/oauth/google/callback`.
     pub(crate) public_base_url: Url,
-    /// `AXNT_TRUSTED_PROXIES`: comma-separated IP addresses whose `X-Forwarded-For`
-    /// is believed when recording a flow step's client address.
-    #[serde(deserialize_with = "de::ip_list")]
-    pub(crate) trusted_proxies: Vec<IpAddr>,
+    /// `AXNT_TRUSTED_PROXIES`: comma-separated addresses or CIDR ranges of the proxies
+    /// (load balancers) whose `X-Forwarded-For` is believed for the client address (flow
+    /// log, rate limits). Their own connections are not capped per client.
+    #[serde(deserialize_with = "de::trusted_proxies")]
+    pub(crate) trusted_proxies: TrustedProxies,
     /// `AXNT_READINESS_CACHE_SECS`: `/readyz` answers from a result this fresh.
     #[serde(rename = "readiness_cache_secs", deserialize_with = "de::secs")]
     pub(crate) readiness_cache: Duration,
@@ -158,18 +162,44 @@ pub struct ServerSettings {
     /// connections still open at the deadline are closed and the flow log is flushed.
     #[serde(rename = "drain_timeout_secs", deserialize_with = "de::secs")]
     pub(crate) drain_timeout: Duration,
-    /// `AXNT_HEADER_READ_TIMEOUT_SECS`: a connection that has not sent a whole request
-    /// head this long after it opened (or after its previous request) is closed.
+    /// `AXNT_HEADER_READ_TIMEOUT_SECS`: a connection that has not sent its first request
+    /// this long after it opened (sending nothing, only the HTTP/2 preface, or part of a
+    /// head) is closed, and so is an HTTP/1 connection whose next request head, once
+    /// begun, is not whole this long after its first byte.
     #[serde(rename = "header_read_timeout_secs", deserialize_with = "de::secs")]
     pub(crate) header_read_timeout: Duration,
+    /// `AXNT_CONNECTION_IDLE_TIMEOUT_SECS`: a connection with no request in progress
+    /// for this long after its last answer (HTTP/1 keep-alive, or HTTP/2 answering
+    /// pings) is closed. Longer than a load balancer's own idle timeout (ALB: 60 s),
+    /// so the balancer, not this service, closes its idle connections.
+    #[serde(rename = "connection_idle_timeout_secs", deserialize_with = "de::secs")]
+    pub(crate) idle_timeout: Duration,
+    /// `AXNT_HTTP2_PING_INTERVAL_SECS`: an HTTP/2 connection from which nothing arrived
+    /// this long is pinged (0: never).
+    #[serde(
+        rename = "http2_ping_interval_secs",
+        deserialize_with = "de::secs_or_off"
+    )]
+    pub(crate) http2_ping_interval: Option<Duration>,
+    /// `AXNT_HTTP2_PING_TIMEOUT_SECS`: a ping not answered this long closes the
+    /// connection (a peer that went away, or one that reads nothing).
+    #[serde(rename = "http2_ping_timeout_secs", deserialize_with = "de::secs")]
+    pub(crate) http2_ping_timeout: Duration,
     /// `AXNT_REQUEST_TIMEOUT_SECS`: a request not answered this long after its head
     /// arrived (a body sent slowly included) is answered 408 `request_timeout`. Longer
     /// than a refresh's deadline, so it stops slow clients, not slow providers.
     #[serde(rename = "request_timeout_secs", deserialize_with = "de::secs")]
     pub(crate) request_timeout: Duration,
-    /// `AXNT_MAX_CONNECTIONS`: connections served at once; further ones wait in the
-    /// kernel's accept queue until one closes.
+    /// `AXNT_MAX_CONNECTIONS`: connections served at once. At the cap, a new connection
+    /// closes the oldest one that holds no request (one that has not sent a request yet
+    /// first, then one idle between requests); only when every connection has a
+    /// request in progress does the new one wait in the kernel's accept queue.
     pub(crate) max_connections: usize,
+    /// `AXNT_MAX_CONNECTIONS_PER_CLIENT`: connections one client address (an IPv6
+    /// client: its /64) may hold; past it, its own oldest connection holding no request
+    /// is closed, or the new one if every one has a request in progress. Trusted
+    /// proxies are exempt (a load balancer carries every user).
+    pub(crate) max_connections_per_client: usize,
     /// `AXNT_ADMIN_LISTEN_ADDR`: where `/metrics` and `/healthz` are served, apart from
     /// the public listener (which does not serve `/metrics`). `off` or empty: no admin
     /// listener. Port 0 picks a free port.
@@ -182,12 +212,16 @@ impl Default for ServerSettings {
         Self {
             listen_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_base_url: Url::parse("http://127.0.0.1:8080").unwrap_or_else(|_| unreachable!()),
-            trusted_proxies: Vec::new(),
+            trusted_proxies: TrustedProxies::default(),
             readiness_cache: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(20),
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            http2_ping_interval: Some(Duration::from_secs(20)),
+            http2_ping_timeout: Duration::from_secs(20),
             request_timeout: Duration::from_secs(30),
             max_connections: 1_024,
+            max_connections_per_client: 128,
             admin_listen_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
         }
     }

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod backends;
+mod connections;
 mod series;
 mod serve;
 
@@ -309,7 +310,7 @@ impl App {
             "public",
             self.listener,
             self.router,
-            self.limits,
+            self.limits.clone(),
             stopping.clone().cancelled_owned(),
             self.drain_timeout,
         );

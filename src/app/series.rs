@@ -7,6 +7,7 @@
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
+use super::connections::CloseReason;
 use crate::config::Backend;
 use crate::http::oauth::FLOW_FAILURE_REASONS;
 use crate::http::{ROUTES, STATUSES_EVERY_ROUTE_CAN_ANSWER};
@@ -50,6 +51,10 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
     }
     for listener in ["public", "admin"] {
         metrics::gauge!("axnt_http_connections_open", "listener" => listener).increment(0.0);
+        for reason in CloseReason::ALL {
+            metrics::counter!("axnt_http_connections_closed_total", "listener" => listener, "reason" => reason.label())
+                .increment(0);
+        }
     }
     for provider in providers {
         let provider = provider.as_str();
@@ -146,6 +151,10 @@ fn describe() {
     describe_gauge!(
         "axnt_http_connections_open",
         "Client connections open, by listener (public, admin)"
+    );
+    describe_counter!(
+        "axnt_http_connections_closed_total",
+        "Connections the server closed, by listener and reason: first_request_timeout (nothing, only the HTTP/2 preface, or part of a head within the header-read timeout), head_timeout, idle_timeout, shed_cap and shed_client_cap (closed, holding no request, to let a newer one in at a cap), refused_cap and refused_client_cap (a new one closed: every connection had a request in progress)"
     );
     describe_counter!(
         "axnt_flows_started_total",

@@ -147,8 +147,12 @@ pub(crate) fn url_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<url::Url>,
 }
 
 /// A list of IP addresses, each parsed here; an error quotes the entry.
-pub(crate) fn ip_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<std::net::IpAddr>, D::Error> {
-    parsed_list(d, "an IP address")
+/// Trusted proxies: addresses or CIDR ranges.
+pub(crate) fn trusted_proxies<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<super::TrustedProxies, D::Error> {
+    parsed_list::<_, super::net::ProxyEntry>(d, "an IP address or CIDR range")
+        .map(|entries| entries.into_iter().collect())
 }
 
 /// Webhook endpoint URLs: an error names the entry by its position, never its text (a

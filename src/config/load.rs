@@ -155,6 +155,18 @@ impl Settings {
             ),
             ("max_connections", self.server.max_connections == 0),
             (
+                "max_connections_per_client",
+                self.server.max_connections_per_client == 0,
+            ),
+            (
+                "connection_idle_timeout_secs",
+                self.server.idle_timeout.is_zero(),
+            ),
+            (
+                "http2_ping_timeout_secs",
+                self.server.http2_ping_timeout.is_zero(),
+            ),
+            (
                 "rate_limit_browser_burst",
                 self.rate_limit.browser_per_minute > 0 && self.rate_limit.browser_burst == 0,
             ),
@@ -270,7 +282,7 @@ impl Settings {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let days = |d: Duration| d.as_secs() / DAY;
         let rate = &self.rate_limit;
-        let checks: [(&str, u64, u64); 53] = [
+        let checks: [(&str, u64, u64); 57] = [
             (
                 "webhook_retry_hours",
                 secs(self.webhooks.retry_period) / HOUR,
@@ -370,6 +382,26 @@ impl Settings {
                 "max_connections",
                 self.server.max_connections as u64,
                 1_000_000,
+            ),
+            (
+                "max_connections_per_client",
+                self.server.max_connections_per_client as u64,
+                1_000_000,
+            ),
+            (
+                "connection_idle_timeout_secs",
+                secs(self.server.idle_timeout),
+                HOUR,
+            ),
+            (
+                "http2_ping_interval_secs",
+                self.server.http2_ping_interval.map_or(0, secs),
+                HOUR,
+            ),
+            (
+                "http2_ping_timeout_secs",
+                secs(self.server.http2_ping_timeout),
+                5 * MINUTE,
             ),
             (
                 "connect_session_ttl_secs",
@@ -783,20 +815,25 @@ mod tests {
             ("AXNT_CONNECTION_TTL_DAYS", "2"),
             ("AXNT_AWS_CONNECT_TIMEOUT_MS", "250"),
             ("AXNT_BACKGROUND_REFRESH_SECS", "45"),
-            ("AXNT_TRUSTED_PROXIES", "10.0.0.1, ::1"),
+            ("AXNT_TRUSTED_PROXIES", "10.0.0.1, ::1, 172.16.0.0/12"),
             ("AXNT_GOOGLE_ISSUER", "http://127.0.0.1:9999/realm"),
         ])
         .expect("loads");
         assert_eq!(s.retention.connection_ttl, Duration::from_secs(2 * 86_400));
         assert_eq!(s.aws.connect_timeout, Duration::from_millis(250));
         assert_eq!(s.refresh.background, Some(Duration::from_secs(45)));
-        assert_eq!(
-            s.server.trusted_proxies,
-            vec![
-                "10.0.0.1".parse::<std::net::IpAddr>().expect("ip"),
-                "::1".parse().expect("ip")
-            ]
-        );
+        for (ip, trusted) in [
+            ("10.0.0.1", true),
+            ("::1", true),
+            ("172.20.1.1", true),
+            ("10.0.0.2", false),
+        ] {
+            assert_eq!(
+                s.server.trusted_proxies.contains(ip.parse().expect("ip")),
+                trusted,
+                "{ip}"
+            );
+        }
         assert_eq!(s.provider.issuer.as_str(), "http://127.0.0.1:9999/realm");
         assert!(s.provider.rotates(), "a provider other than Google");
         let s = load(&[]).expect("defaults load");
@@ -855,7 +892,10 @@ mod tests {
                 continue;
             };
             let key = key.trim();
-            if !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            if !key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
                 continue;
             }
             assert!(

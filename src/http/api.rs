@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
+use super::client::ClientKey;
 use super::{ApiJson, ApiPath, ApiQuery, AppState, Client};
 use crate::error::Error;
 use crate::oauth::flow::{
@@ -43,17 +44,13 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
 }
 
 /// Checks `Authorization: Bearer <key>` against the configured keys in constant time.
+/// The key is checked first: only a call without a valid key meets the brake on failed
+/// authentication (see [`super::limits`]).
 async fn require_api_key(
     State(state): State<AppState>,
     request: Request,
     next: Next,
 ) -> Result<Response, Error> {
-    let (parts, body) = request.into_parts();
-    let client = super::client_ip(&parts, &state.trusted_proxies);
-    let request = Request::from_parts(parts, body);
-    if let Some(retry_after_secs) = client.and_then(|ip| state.rate_limits.braked(ip)) {
-        return Err(Error::RateLimited { retry_after_secs });
-    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -65,7 +62,13 @@ async fn require_api_key(
         .and_then(|v| ApiKey::parse(v.trim()).ok());
     let caller = presented.and_then(|key| state.secrets.caller_of(&key));
     let Some(caller) = caller else {
-        return match client.and_then(|ip| state.rate_limits.auth_failed(ip)) {
+        let (parts, _) = request.into_parts();
+        let Some(client) = super::client_ip(&parts, &state.trusted_proxies) else {
+            return Err(Error::Unauthorized);
+        };
+        let client = ClientKey::from(client);
+        let limits = &state.rate_limits;
+        return match limits.braked(client).or_else(|| limits.auth_failed(client)) {
             Some(retry_after_secs) => Err(Error::RateLimited { retry_after_secs }),
             None => Err(Error::Unauthorized),
         };

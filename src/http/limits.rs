@@ -1,15 +1,17 @@
-//! Rate limits per client address: the browser routes (a flood of starts or callbacks
-//! from one client), and failed authentication on the internal API (a brake on guessing
-//! API keys). The client address is [`super::client_ip`]'s, the one rule for it.
+//! Rate limits per client: the browser routes (a flood of starts or callbacks from one
+//! client), and failed authentication on the internal API (a brake on guessing API
+//! keys). The client is [`super::client`]'s, the one rule for it, counted by
+//! [`ClientKey`] (an IPv6 client by its /64).
 //!
 //! Failed authentications are counted per client; once a client has used its burst and
-//! rate, every API call from it is answered 429 until the wait ends, a right key too:
-//! were a right key still let through, a guesser past the limit would learn which guess
-//! was right from the answer, at full speed. A service that shares its address with a
-//! guesser is braked with it; behind a proxy, `AXNT_TRUSTED_PROXIES` tells them apart.
+//! rate, its calls with a missing or wrong key are answered 429 until the wait ends. A
+//! call with a valid key is never braked: the key is checked first, so a flood of bad
+//! keys from one client (or from others behind the same address) cannot lock a service
+//! that holds a right one out of the API. What a guesser past the limit learns from a
+//! 200 it could not have guessed: keys are at least 16 random characters, and its
+//! wrong guesses cost it the wait.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,6 +24,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::AppState;
 use super::browser::BrowserError;
+use super::client::ClientKey;
 use crate::config::RateLimitSettings;
 use crate::error::Error;
 
@@ -30,13 +33,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// The limiters of one process.
 pub(crate) struct RateLimits {
-    browser: Option<DefaultKeyedRateLimiter<IpAddr>>,
-    auth_failures: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    browser: Option<DefaultKeyedRateLimiter<ClientKey>>,
+    auth_failures: Option<DefaultKeyedRateLimiter<ClientKey>>,
     /// Clients past the failed-authentication limit, and until when.
-    braked: Mutex<HashMap<IpAddr, Instant>>,
+    braked: Mutex<HashMap<ClientKey, Instant>>,
 }
 
-fn limiter(per_minute: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<IpAddr>> {
+fn limiter(per_minute: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<ClientKey>> {
     let per_minute = NonZeroU32::new(per_minute)?;
     let burst = NonZeroU32::new(burst).unwrap_or(per_minute);
     Some(RateLimiter::keyed(
@@ -56,32 +59,33 @@ impl RateLimits {
         }
     }
 
-    /// A browser request from `ip`: `Err` with the seconds to wait when over the limit.
-    fn browser(&self, ip: IpAddr) -> Result<(), u64> {
+    /// A browser request from `client`: `Err` with the seconds to wait when over the
+    /// limit.
+    fn browser(&self, client: ClientKey) -> Result<(), u64> {
         match &self.browser {
-            Some(limiter) => limiter.check_key(&ip).map_err(|not_until| {
+            Some(limiter) => limiter.check_key(&client).map_err(|not_until| {
                 wait_secs(not_until.wait_time_from(DefaultClock::default().now()))
             }),
             None => Ok(()),
         }
     }
 
-    /// Whether `ip` is braked now: the seconds left.
-    pub(crate) fn braked(&self, ip: IpAddr) -> Option<u64> {
+    /// Whether `client` is braked now: the seconds left.
+    pub(crate) fn braked(&self, client: ClientKey) -> Option<u64> {
         let braked = self.braked.lock().ok()?;
-        let until = braked.get(&ip)?;
+        let until = braked.get(&client)?;
         let left = until.saturating_duration_since(Instant::now());
         (!left.is_zero()).then(|| wait_secs(left))
     }
 
-    /// Counts a failed authentication from `ip`: `Some` seconds to wait when it put
-    /// the client past the limit (it is then braked for that long).
-    pub(crate) fn auth_failed(&self, ip: IpAddr) -> Option<u64> {
+    /// Counts a failed authentication from `client`: `Some` seconds to wait when it
+    /// put the client past the limit (it is then braked for that long).
+    pub(crate) fn auth_failed(&self, client: ClientKey) -> Option<u64> {
         let limiter = self.auth_failures.as_ref()?;
-        let not_until = limiter.check_key(&ip).err()?;
+        let not_until = limiter.check_key(&client).err()?;
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         if let Ok(mut braked) = self.braked.lock() {
-            braked.insert(ip, Instant::now() + wait);
+            braked.insert(client, Instant::now() + wait);
         }
         Some(wait_secs(wait))
     }
@@ -126,10 +130,10 @@ pub(crate) async fn limit_browser(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let ip = super::client_ip(&parts, &state.trusted_proxies);
+    let client = super::client_ip(&parts, &state.trusted_proxies);
     let request = Request::from_parts(parts, body);
-    if let Some(ip) = ip
-        && let Err(retry_after_secs) = state.rate_limits.browser(ip)
+    if let Some(client) = client
+        && let Err(retry_after_secs) = state.rate_limits.browser(ClientKey::from(client))
     {
         // Outside the browser routes' own header layers, so they are set here too.
         let mut page = BrowserError::from(Error::RateLimited { retry_after_secs }).into_response();
@@ -144,7 +148,13 @@ pub(crate) async fn limit_browser(
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
+
+    fn key(ip: IpAddr) -> ClientKey {
+        ClientKey::from(ip)
+    }
 
     #[test]
     fn a_client_past_its_failures_is_braked_and_others_are_not() {
@@ -154,8 +164,8 @@ mod tests {
             auth_failures_per_minute: 1,
             auth_failures_burst: 2,
         });
-        let guesser: IpAddr = [192, 0, 2, 1].into();
-        let other: IpAddr = [192, 0, 2, 2].into();
+        let guesser = key([192, 0, 2, 1].into());
+        let other = key([192, 0, 2, 2].into());
         assert_eq!(limits.auth_failed(guesser), None);
         assert_eq!(limits.auth_failed(guesser), None);
         assert!(limits.braked(guesser).is_none());
@@ -177,15 +187,16 @@ mod tests {
             auth_failures_per_minute: 60,
             auth_failures_burst: 1,
         });
-        let clients: Vec<IpAddr> = (0..1_000u32)
-            .map(|i| IpAddr::from((0xc633_6400_u32 + i).to_be_bytes()))
+        let clients: Vec<ClientKey> = (0..1_000u32)
+            .map(|i| key(IpAddr::from((0xc633_6400_u32 + i).to_be_bytes())))
             .collect();
         for ip in &clients {
             assert_eq!(limits.browser(*ip), Ok(()));
             assert_eq!(limits.auth_failed(*ip), None);
             assert!(limits.auth_failed(*ip).is_some(), "braked at once");
         }
-        let size = |l: &Option<DefaultKeyedRateLimiter<IpAddr>>| l.as_ref().map_or(0, |l| l.len());
+        let size =
+            |l: &Option<DefaultKeyedRateLimiter<ClientKey>>| l.as_ref().map_or(0, |l| l.len());
         assert_eq!(size(&limits.browser), 1_000);
         assert_eq!(size(&limits.auth_failures), 1_000);
         assert_eq!(limits.braked.lock().map(|b| b.len()).unwrap_or(0), 1_000);

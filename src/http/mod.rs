@@ -3,20 +3,18 @@
 
 pub(crate) mod api;
 pub(crate) mod browser;
+pub(crate) mod client;
 pub(crate) mod limits;
 pub(crate) mod oauth;
 mod openapi;
 pub(crate) mod probes;
 mod risc;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{
-    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State,
-};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
@@ -26,7 +24,7 @@ use tower_http::sensitive_headers::SetSensitiveHeadersLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::Settings;
+use crate::config::{Settings, TrustedProxies};
 use crate::error::{Error, log_errors};
 use crate::oauth::ReturnUrls;
 use crate::oauth::flow::StateSealer;
@@ -35,6 +33,7 @@ use crate::store::FlowRecorder;
 use crate::store::flow_log::ClientInfo;
 use crate::tokens::TokenService;
 
+pub(crate) use client::client_ip;
 pub(crate) use probes::{Readiness, admin_router};
 
 /// Everything a handler may use. Cloned per request (one `Arc`).
@@ -50,7 +49,7 @@ pub(crate) struct Services {
     pub(crate) secrets: Arc<SecretsCache>,
     pub(crate) return_urls: ReturnUrls,
     pub(crate) readiness: Readiness,
-    pub(crate) trusted_proxies: Vec<IpAddr>,
+    pub(crate) trusted_proxies: TrustedProxies,
     pub(crate) rate_limits: Arc<limits::RateLimits>,
     /// Verifies Google's security event tokens (`POST /risc/google`).
     pub(crate) risc: Arc<crate::oauth::risc::RiscVerifier>,
@@ -263,9 +262,8 @@ pub(crate) struct ApiPath<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(Error))]
 pub(crate) struct ApiQuery<T>(pub T);
 
-/// The caller's address and user agent, for flow-log items. `X-Forwarded-For` is
-/// believed only from a configured trusted proxy, and then its right-most address that
-/// is not itself a trusted proxy is taken (the left-most is the client's to forge).
+/// The caller's address (see [`client`]: the peer, or what trusted proxies forwarded)
+/// and user agent, for flow-log items.
 pub(crate) struct Client(pub ClientInfo);
 
 impl FromRequestParts<AppState> for Client {
@@ -285,29 +283,6 @@ impl FromRequestParts<AppState> for Client {
             ip_address: ip.map(|a| a.to_string()),
             user_agent,
         }))
-    }
-}
-
-/// The client's address: the socket's peer, or, when the peer is a trusted proxy, the
-/// right-most `X-Forwarded-For` address that is not itself a trusted proxy (the
-/// left-most is the client's to forge). The one rule for flow-log items and rate limits.
-pub(crate) fn client_ip(parts: &Parts, trusted_proxies: &[IpAddr]) -> Option<IpAddr> {
-    let peer = parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    match peer {
-        Some(peer) if trusted_proxies.contains(&peer) => parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-            .rev()
-            .find(|a| !trusted_proxies.contains(a))
-            .or(Some(peer)),
-        other => other,
     }
 }
 

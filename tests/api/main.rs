@@ -39,6 +39,7 @@ mod risc_scan;
 mod rotation;
 mod schema;
 mod secrets;
+mod sockets;
 mod store_conformance;
 mod support;
 mod token_cache;

@@ -212,6 +212,14 @@ async fn scrape_through_a_flow(on_aws: bool) {
             "axnt_http_request_duration_seconds_count",
             token_route.to_vec(),
         ),
+        (
+            "axnt_http_connections_closed_total",
+            vec![("listener", "public"), ("reason", "first_request_timeout")],
+        ),
+        (
+            "axnt_http_connections_closed_total",
+            vec![("listener", "public"), ("reason", "shed_client_cap")],
+        ),
     ];
     for outcome in [
         "cache_hit",

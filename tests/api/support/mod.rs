@@ -175,9 +175,20 @@ impl TestApp {
     ) -> Self {
         capture_logs();
         let base_env = env.clone();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        // 127.0.0.1 on a free port, unless the test names an address (e.g.
+        // `[::ffff:127.0.0.1]:0`: a dual-stack socket, whose IPv4 peers are IPv4-mapped).
+        let bind = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "AXNT_LISTEN_ADDR")
+            .map_or_else(|| "127.0.0.1:0".to_string(), |(_, v)| v.clone());
+        env.retain(|(k, _)| k != "AXNT_LISTEN_ADDR");
+        let listener = TcpListener::bind(&bind).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let base = format!("http://{addr}");
+        let base = format!(
+            "http://{}",
+            std::net::SocketAddr::new(addr.ip().to_canonical(), addr.port())
+        );
         env.push((
             "AXNT_DATA_DIR".into(),
             data_dir.path().display().to_string(),
