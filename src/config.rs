@@ -665,7 +665,8 @@ impl Default for DataKeySettings {
     }
 }
 
-/// aws mode: the buffered flow-log writer.
+/// The queues that write off the request path: aws mode's flow-log writer, and the
+/// audit trail's (both modes).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub(crate) struct FlowLogSettings {
@@ -673,9 +674,19 @@ pub(crate) struct FlowLogSettings {
     /// items are dropped (and counted) rather than slowing requests.
     #[serde(rename = "flow_log_buffer")]
     pub(crate) buffer: usize,
-    /// `AXNT_FLOW_LOG_WRITE_CONCURRENCY`: flow-log writes in flight at once.
+    /// `AXNT_FLOW_LOG_WRITE_CONCURRENCY`: flow-log writes in flight at once (and, apart
+    /// from them, audit writes).
     #[serde(rename = "flow_log_write_concurrency")]
     pub(crate) write_concurrency: usize,
+    /// `AXNT_AUDIT_BUFFER`: audit records waiting to be written (identical ones count
+    /// once). Never dropped: when it is full, a token read waits for room.
+    #[serde(rename = "audit_buffer")]
+    pub(crate) audit_buffer: usize,
+    /// `AXNT_AUDIT_WAIT_MS`: how long a token read waits for room in a full audit queue
+    /// before it is answered 503 `audit_unavailable` (the token is not handed out
+    /// unrecorded). 0: answer at once.
+    #[serde(rename = "audit_wait_ms", deserialize_with = "de::millis")]
+    pub(crate) audit_wait: Duration,
 }
 
 impl Default for FlowLogSettings {
@@ -683,6 +694,8 @@ impl Default for FlowLogSettings {
         Self {
             buffer: 1_024,
             write_concurrency: 4,
+            audit_buffer: 10_000,
+            audit_wait: Duration::from_millis(1_000),
         }
     }
 }

@@ -205,9 +205,14 @@ impl App {
             settings.server.readiness_cache,
         );
         let audit = Arc::new(crate::audit::AuditTrail::new(
-            Arc::clone(&backends.flow_log),
-            settings.retention.audit_retention,
-            settings.retention.audit_window,
+            Arc::clone(&backends.audit_log),
+            &crate::audit::AuditRules {
+                retention: settings.retention.audit_retention,
+                window: settings.retention.audit_window,
+                capacity: settings.flow_log.audit_buffer,
+                wait: settings.flow_log.audit_wait,
+                concurrency: settings.flow_log.write_concurrency,
+            },
         ));
         background.push(
             audit.spawn_flusher(settings.retention.audit_window.min(Duration::from_secs(10))),
@@ -283,8 +288,9 @@ impl App {
 
     /// Serves until `shutdown` resolves; then, within `AXNT_DRAIN_TIMEOUT_SECS` of it,
     /// lets requests in progress finish (closing connections still open at the
-    /// deadline), waits for refreshes in flight to store what they redeemed, and
-    /// flushes buffered flow-log writes — the flush even when the deadline has passed.
+    /// deadline), waits for refreshes in flight to store what they redeemed and for
+    /// the audit trail's records to be written, and flushes buffered flow-log writes —
+    /// the flush even when the deadline has passed.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -331,14 +337,15 @@ impl App {
             task.abort();
         }
         let left = self.drain_timeout.saturating_sub(signalled.elapsed());
-        if !self.tokens.drain(left).await {
+        // Both within what is left of the budget: refreshes store what they redeemed,
+        // and the audit trail writes its queue (counted reads included).
+        let (drained, ()) = tokio::join!(self.tokens.drain(left), self.audit.close(left));
+        if !drained {
             tracing::error!(
                 timeout_secs = self.drain_timeout.as_secs(),
                 "refreshes still in flight at the drain deadline: their new tokens may not be stored"
             );
         }
-        // Counted reads not yet written go out before the writes are flushed.
-        self.audit.flush(true).await;
         if let Err(e) = self.flow_log.flush().await {
             tracing::error!(error = %e, "flushing flow-log writes at shutdown failed");
         }

@@ -236,6 +236,7 @@ const ERRORS: &[(&str, Answers)] = &[
                     "store_unavailable",
                     "store_throttled",
                     "keys_unavailable",
+                    "audit_unavailable",
                 ],
             ),
         ],

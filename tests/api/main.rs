@@ -14,6 +14,7 @@ macro_rules! on_every_backend {
     };
 }
 
+mod audit;
 mod aws_iam;
 mod aws_kms;
 mod aws_secrets;
