@@ -175,6 +175,13 @@ pub struct ServerSettings {
     /// listener. Port 0 picks a free port.
     #[serde(deserialize_with = "de::addr_or_off")]
     pub(crate) admin_listen_addr: Option<SocketAddr>,
+    /// `AXNT_STARTUP_TIMEOUT_SECS`: how long start-up waits for a dependency that is
+    /// unavailable for now (Secrets Manager unreachable, throttled or failing), retrying
+    /// with backoff while `/healthz` answers and `/readyz` names what it waits for. A
+    /// dependency that answers "wrong" (a malformed secret, access denied, not found)
+    /// stops start-up at once. 0: no waiting, the first failure stops start-up.
+    #[serde(rename = "startup_timeout_secs", deserialize_with = "de::secs")]
+    pub(crate) startup_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -189,6 +196,7 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(30),
             max_connections: 1_024,
             admin_listen_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            startup_timeout: Duration::from_secs(300),
         }
     }
 }

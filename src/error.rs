@@ -107,6 +107,9 @@ pub(crate) enum Error {
     /// full, `AXNT_AUDIT_BUFFER`): the token is not handed out unrecorded.
     #[error("the audit trail cannot record this read now; retry")]
     AuditUnavailable,
+    /// Start-up waits for a dependency (`/readyz` names it): only probes are served.
+    #[error("the service is starting (waiting for a dependency, see /readyz); retry shortly")]
+    Starting,
     #[error(transparent)]
     Provider(ProviderError),
     #[error(transparent)]
@@ -244,7 +247,8 @@ impl Error {
             Self::Store(_)
             | Self::RefreshBusy
             | Self::RefreshSuppressed { .. }
-            | Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::AuditUnavailable
+            | Self::Starting => StatusCode::SERVICE_UNAVAILABLE,
             Self::Crypto(CryptoError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Crypto(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -286,6 +290,7 @@ impl Error {
             Self::Conflict => "concurrent_update",
             Self::RefreshBusy => "refresh_in_progress",
             Self::AuditUnavailable => "audit_unavailable",
+            Self::Starting => "starting",
             Self::Provider(ProviderError::NotConfigured(_)) => "provider_not_configured",
             Self::Provider(ProviderError::Unavailable(_) | ProviderError::OutcomeUnknown(_)) => {
                 "provider_unavailable"
@@ -530,6 +535,7 @@ pub(crate) fn one_of_each() -> Vec<Error> {
             | Error::Conflict
             | Error::RefreshBusy
             | Error::AuditUnavailable
+            | Error::Starting
             | Error::Provider(_)
             | Error::Store(_)
             | Error::Crypto(_)
@@ -581,6 +587,7 @@ pub(crate) fn one_of_each() -> Vec<Error> {
         Error::Conflict,
         Error::RefreshBusy,
         Error::AuditUnavailable,
+        Error::Starting,
         Error::Provider(ProviderError::NotConfigured(s())),
         Error::Provider(ProviderError::InvalidGrant(
             crate::oauth::provider::GrantRefusal::Unspecified,

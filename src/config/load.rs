@@ -271,7 +271,7 @@ impl Settings {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let days = |d: Duration| d.as_secs() / DAY;
         let rate = &self.rate_limit;
-        let checks: [(&str, u64, u64); 55] = [
+        let checks: [(&str, u64, u64); 56] = [
             (
                 "webhook_retry_hours",
                 secs(self.webhooks.retry_period) / HOUR,
@@ -496,6 +496,11 @@ impl Settings {
                 "audit_wait_ms",
                 millis(self.flow_log.audit_wait),
                 MINUTE * 1_000,
+            ),
+            (
+                "startup_timeout_secs",
+                secs(self.server.startup_timeout),
+                HOUR,
             ),
             (
                 "flow_log_write_concurrency",

@@ -37,6 +37,7 @@ mod risc;
 mod rotation;
 mod schema;
 mod secrets;
+mod startup;
 mod store_conformance;
 mod support;
 mod token_cache;
