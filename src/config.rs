@@ -196,15 +196,23 @@ pub struct ServerSettings {
     /// request in progress does the new one wait in the kernel's accept queue.
     pub(crate) max_connections: usize,
     /// `AXNT_MAX_CONNECTIONS_PER_CLIENT`: connections one client address (an IPv6
-    /// client: its /64) may hold; past it, its own oldest connection holding no request
-    /// is closed, or the new one if every one has a request in progress. Trusted
-    /// proxies are exempt (a load balancer carries every user).
+    /// client: its /64) may hold idle; past it, its own oldest connection holding no
+    /// request is closed (a client whose every connection has a request in progress is
+    /// let in all the same). Trusted proxies are exempt (a load balancer carries every
+    /// user).
     pub(crate) max_connections_per_client: usize,
     /// `AXNT_ADMIN_LISTEN_ADDR`: where `/metrics` and `/healthz` are served, apart from
     /// the public listener (which does not serve `/metrics`). `off` or empty: no admin
     /// listener. Port 0 picks a free port.
     #[serde(deserialize_with = "de::addr_or_off")]
     pub(crate) admin_listen_addr: Option<SocketAddr>,
+    /// `AXNT_STARTUP_TIMEOUT_SECS`: how long start-up waits for a dependency that is
+    /// unavailable for now (Secrets Manager unreachable, throttled or failing), retrying
+    /// with backoff while `/healthz` answers and `/readyz` names what it waits for. A
+    /// dependency that answers "wrong" (a malformed secret, access denied, not found)
+    /// stops start-up at once. 0: no waiting, the first failure stops start-up.
+    #[serde(rename = "startup_timeout_secs", deserialize_with = "de::secs")]
+    pub(crate) startup_timeout: Duration,
 }
 
 impl Default for ServerSettings {
@@ -223,6 +231,7 @@ impl Default for ServerSettings {
             max_connections: 1_024,
             max_connections_per_client: 128,
             admin_listen_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            startup_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -702,7 +711,8 @@ impl Default for DataKeySettings {
     }
 }
 
-/// aws mode: the buffered flow-log writer.
+/// The queues that write off the request path: aws mode's flow-log writer, and the
+/// audit trail's (both modes).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub(crate) struct FlowLogSettings {
@@ -710,9 +720,19 @@ pub(crate) struct FlowLogSettings {
     /// items are dropped (and counted) rather than slowing requests.
     #[serde(rename = "flow_log_buffer")]
     pub(crate) buffer: usize,
-    /// `AXNT_FLOW_LOG_WRITE_CONCURRENCY`: flow-log writes in flight at once.
+    /// `AXNT_FLOW_LOG_WRITE_CONCURRENCY`: flow-log writes in flight at once (and, apart
+    /// from them, audit writes).
     #[serde(rename = "flow_log_write_concurrency")]
     pub(crate) write_concurrency: usize,
+    /// `AXNT_AUDIT_BUFFER`: audit records waiting to be written (identical ones count
+    /// once). Never dropped: when it is full, a token read waits for room.
+    #[serde(rename = "audit_buffer")]
+    pub(crate) audit_buffer: usize,
+    /// `AXNT_AUDIT_WAIT_MS`: how long a token read waits for room in a full audit queue
+    /// before it is answered 503 `audit_unavailable` (the token is not handed out
+    /// unrecorded). 0: answer at once.
+    #[serde(rename = "audit_wait_ms", deserialize_with = "de::millis")]
+    pub(crate) audit_wait: Duration,
 }
 
 impl Default for FlowLogSettings {
@@ -720,6 +740,8 @@ impl Default for FlowLogSettings {
         Self {
             buffer: 1_024,
             write_concurrency: 4,
+            audit_buffer: 10_000,
+            audit_wait: Duration::from_millis(1_000),
         }
     }
 }

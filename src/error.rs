@@ -103,6 +103,13 @@ pub(crate) enum Error {
     Conflict,
     #[error("another request is refreshing this token and did not finish in time; retry")]
     RefreshBusy,
+    /// The audit trail could not take the read's record in time (its queue stayed
+    /// full, `AXNT_AUDIT_BUFFER`): the token is not handed out unrecorded.
+    #[error("the audit trail cannot record this read now; retry")]
+    AuditUnavailable,
+    /// Start-up waits for a dependency (`/readyz` names it): only probes are served.
+    #[error("the service is starting (waiting for a dependency, see /readyz); retry shortly")]
+    Starting,
     #[error(transparent)]
     Provider(ProviderError),
     #[error(transparent)]
@@ -237,9 +244,11 @@ impl Error {
                 | ProviderError::OutcomeUnknown(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_GATEWAY,
             },
-            Self::Store(_) | Self::RefreshBusy | Self::RefreshSuppressed { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Store(_)
+            | Self::RefreshBusy
+            | Self::RefreshSuppressed { .. }
+            | Self::AuditUnavailable
+            | Self::Starting => StatusCode::SERVICE_UNAVAILABLE,
             Self::Crypto(CryptoError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Crypto(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -280,6 +289,8 @@ impl Error {
             Self::RefreshSuppressed { .. } => "provider_unavailable",
             Self::Conflict => "concurrent_update",
             Self::RefreshBusy => "refresh_in_progress",
+            Self::AuditUnavailable => "audit_unavailable",
+            Self::Starting => "starting",
             Self::Provider(ProviderError::NotConfigured(_)) => "provider_not_configured",
             Self::Provider(ProviderError::Unavailable(_) | ProviderError::OutcomeUnknown(_)) => {
                 "provider_unavailable"
@@ -523,6 +534,8 @@ pub(crate) fn one_of_each() -> Vec<Error> {
             | Error::RefreshSuppressed { .. }
             | Error::Conflict
             | Error::RefreshBusy
+            | Error::AuditUnavailable
+            | Error::Starting
             | Error::Provider(_)
             | Error::Store(_)
             | Error::Crypto(_)
@@ -573,6 +586,8 @@ pub(crate) fn one_of_each() -> Vec<Error> {
         },
         Error::Conflict,
         Error::RefreshBusy,
+        Error::AuditUnavailable,
+        Error::Starting,
         Error::Provider(ProviderError::NotConfigured(s())),
         Error::Provider(ProviderError::InvalidGrant(
             crate::oauth::provider::GrantRefusal::Unspecified,

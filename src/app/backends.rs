@@ -29,6 +29,9 @@ use crate::store::{FlowLog, TokenStore};
 pub struct Backends {
     pub tokens: Arc<dyn TokenStore>,
     pub flow_log: Arc<dyn FlowLog>,
+    /// The flow-log store itself, for the audit trail, which has a queue of its own
+    /// that never drops (aws mode's `flow_log` drops when its queue is full).
+    pub(crate) audit_log: Arc<dyn FlowLog>,
     pub keys: Arc<dyn KeyProvider>,
     pub secrets: Arc<dyn SecretSource>,
     /// Seals flow state; every instance must share it.
@@ -119,6 +122,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
     Ok(Backends {
         tokens: store.clone(),
         flow_log: store.clone(),
+        audit_log: store.clone(),
         expiring: Some(store),
         // The same data-key cache as KMS's: a read unwraps no data key it unwrapped
         // recently, and a burst of writes shares one data key.
@@ -220,6 +224,7 @@ async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
     let secrets = SecretsManagerSource::new(&config, &settings.aws.secret_id);
     let state_key = settings.secrets.state_key.clone();
     Ok(Backends {
+        audit_log: store.clone(),
         tokens: store,
         flow_log: Arc::new(flow_log),
         keys: Arc::new(keys),

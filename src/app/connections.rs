@@ -13,8 +13,14 @@
 //! opened idle sockets first; shedding means a client that sends a request always gets
 //! in, and an idle socket lives only until someone needs its slot. Only when every
 //! connection has a request in progress does the listener wait for one to finish
-//! (new connections then wait in the kernel's accept queue), and a client whose every
-//! connection has a request in progress gets its new one closed.
+//! (new connections then wait in the kernel's accept queue); a client at its own cap
+//! whose every connection has a request in progress is let in all the same (the
+//! per-client cap is against sockets held idle; a busy caller loses no request to it).
+//!
+//! Only a connection quiet for [`SHED_GRACE`] is shed: a client that has just
+//! connected, or just been answered on a kept-alive connection, is about to send on it,
+//! and closing it then would fail that request ("connection closed before message
+//! completed"). A socket held idle is quiet for far longer.
 //!
 //! Trusted proxies are exempt from the per-client cap: a load balancer carries every
 //! user. An IPv6 client is counted by its /64 ([`ClientKey`]).
@@ -31,6 +37,10 @@ use tokio::time::Instant;
 use crate::config::{ServerSettings, TrustedProxies};
 use crate::http::client::ClientKey;
 
+/// How long a connection must have held no request (since it opened, or since its last
+/// answer) before a cap may shed it.
+pub(super) const SHED_GRACE: Duration = Duration::from_secs(1);
+
 /// Why the server closed a connection: `axnt_http_connections_closed_total`'s `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum CloseReason {
@@ -44,22 +54,18 @@ pub(super) enum CloseReason {
     ShedClientCap,
     /// Closed to let in a newer connection, at the listener's cap.
     ShedCap,
-    /// A new connection closed at once: its client's every connection had a request
-    /// in progress, at its cap.
-    RefusedClientCap,
     /// A new connection closed at once: every connection had a request in progress
     /// when it came (the listener waits for that before accepting, so this is rare).
     RefusedCap,
 }
 
 impl CloseReason {
-    pub(super) const ALL: [Self; 7] = [
+    pub(super) const ALL: [Self; 6] = [
         Self::FirstRequestTimeout,
         Self::HeadTimeout,
         Self::IdleTimeout,
         Self::ShedClientCap,
         Self::ShedCap,
-        Self::RefusedClientCap,
         Self::RefusedCap,
     ];
 
@@ -70,7 +76,6 @@ impl CloseReason {
             Self::IdleTimeout => "idle_timeout",
             Self::ShedClientCap => "shed_client_cap",
             Self::ShedCap => "shed_cap",
-            Self::RefusedClientCap => "refused_client_cap",
             Self::RefusedCap => "refused_cap",
         }
     }
@@ -213,16 +218,30 @@ impl Connection {
     }
 
     /// 0: has not sent a request (shed first), 1: idle between requests; `None`: a
-    /// request is in progress (never shed).
+    /// request is in progress, a head is arriving, or it has been quiet for less than
+    /// [`SHED_GRACE`] (never shed).
     fn shed_rank(&self) -> Option<u8> {
         let state = self.state();
-        (state.in_flight == 0 && state.shed.is_none()).then_some(u8::from(state.requests > 0))
+        self.sheddable(&state)
+            .then_some(u8::from(state.requests > 0))
+    }
+
+    fn sheddable(&self, state: &State) -> bool {
+        let quiet_since = if state.requests == 0 {
+            self.opened
+        } else {
+            state.idle_since
+        };
+        state.in_flight == 0
+            && state.shed.is_none()
+            && (state.requests == 0 || state.head_started.is_none())
+            && quiet_since.elapsed() >= SHED_GRACE
     }
 
     /// Marks it to be closed, unless a request began since it was picked.
     fn try_shed(&self, reason: CloseReason) -> bool {
         let mut state = self.state();
-        if state.in_flight > 0 || state.shed.is_some() {
+        if !self.sheddable(&state) {
             return false;
         }
         state.shed = Some(reason);
@@ -331,7 +350,8 @@ impl Connections {
     }
 
     /// Resolves once a new connection could be let in: below the cap, or with a
-    /// connection to shed.
+    /// connection to shed (one may become sheddable as it stays quiet: looked at again
+    /// every quarter of [`SHED_GRACE`]).
     pub(super) async fn room(&self) {
         loop {
             let notified = self.room.notified();
@@ -341,21 +361,24 @@ impl Connections {
                     return;
                 }
             }
-            notified.await;
+            let _ = tokio::time::timeout(SHED_GRACE / 4, notified).await;
         }
     }
 
     /// Lets in a connection from `peer`, shedding another at a cap; `Err` when it
-    /// cannot be let in (it is then closed at once).
+    /// cannot be let in (it is then closed at once). A client at its own cap sheds its
+    /// oldest connection holding no request; one whose every connection has a request
+    /// in progress is let in all the same: the per-client cap is against sockets held
+    /// idle, and a busy client's requests are bounded by the request timeout and the
+    /// listener's cap, never cut.
     pub(super) fn admit(&self, peer: IpAddr) -> Result<Arc<Connection>, CloseReason> {
         let client = (!self.limits.trusted_proxies.contains(peer)).then(|| ClientKey::from(peer));
         let mut open = self.open();
         if let Some(key) = client
             && open.per_client.get(&key).copied().unwrap_or(0)
                 >= self.limits.per_client.min(self.limits.max)
-            && !open.shed(Some(key), CloseReason::ShedClientCap)
         {
-            return Err(CloseReason::RefusedClientCap);
+            open.shed(Some(key), CloseReason::ShedClientCap);
         }
         if open.all.len() >= self.limits.max && !open.shed(None, CloseReason::ShedCap) {
             return Err(CloseReason::RefusedCap);
@@ -413,7 +436,7 @@ mod tests {
         conn.state().shed
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn at_the_cap_the_oldest_connection_without_a_request_makes_room() {
         let connections = Connections::new(limits(3, 3, ""));
         let served = connections.admit(ip("192.0.2.1")).expect("in");
@@ -422,12 +445,22 @@ mod tests {
         let busy = connections.admit(ip("192.0.2.3")).expect("in");
         let _request = busy.request_started(false);
 
+        // Full, and nobody quiet long enough: a new connection is not let in yet (its
+        // peers are about to send on theirs).
+        assert_eq!(
+            connections.admit(ip("192.0.2.7")).err(),
+            Some(CloseReason::RefusedCap)
+        );
+        assert_eq!(shed_reason(&silent), None);
+        tokio::time::advance(SHED_GRACE).await;
+
         // Full: the one that never sent a request goes first, though younger.
         let newer = connections.admit(ip("192.0.2.4")).expect("in");
         assert_eq!(shed_reason(&silent), Some(CloseReason::ShedCap));
         assert_eq!(shed_reason(&served), None);
         let _newer_request = newer.request_started(false);
         // Then the one idle between requests; never a busy one.
+        tokio::time::advance(SHED_GRACE).await;
         let newest = connections.admit(ip("192.0.2.5")).expect("in");
         assert_eq!(shed_reason(&served), Some(CloseReason::ShedCap));
         let _newest_request = newest.request_started(false);
@@ -439,24 +472,29 @@ mod tests {
         assert_eq!(shed_reason(&busy), None);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn one_client_sheds_its_own_connections_and_proxies_are_not_capped() {
         let connections = Connections::new(limits(100, 2, "10.0.0.0/8"));
         let first = connections.admit(ip("2001:db8:1:2::1")).expect("in");
         let second = connections.admit(ip("2001:db8:1:2::2")).expect("in");
         let other = connections.admit(ip("192.0.2.9")).expect("in");
+        tokio::time::advance(SHED_GRACE).await;
         // A third from the same /64 sheds that client's oldest, nobody else's.
         let third = connections.admit(ip("2001:db8:1:2::3")).expect("in");
         assert_eq!(shed_reason(&first), Some(CloseReason::ShedClientCap));
         assert_eq!(shed_reason(&second), None);
         assert_eq!(shed_reason(&other), None);
-        // With both busy, its next one is closed.
+        // With both busy, its next one is let in: a busy client loses no request.
         let _second_request = second.request_started(false);
         let _third_request = third.request_started(false);
-        assert_eq!(
-            connections.admit(ip("2001:db8:1:2::4")).err(),
-            Some(CloseReason::RefusedClientCap)
-        );
+        let fourth = connections.admit(ip("2001:db8:1:2::4")).expect("in");
+        assert_eq!(shed_reason(&second), None);
+        assert_eq!(shed_reason(&third), None);
+        // …and once it has been quiet a while, it is the one a fifth sheds.
+        tokio::time::advance(SHED_GRACE).await;
+        let fifth = connections.admit(ip("2001:db8:1:2::5")).expect("in");
+        assert_eq!(shed_reason(&fourth), Some(CloseReason::ShedClientCap));
+        drop(fifth);
         // Another /64 is another client.
         assert!(connections.admit(ip("2001:db8:1:3::1")).is_ok());
         // A trusted proxy holds as many as the listener allows.

@@ -136,6 +136,13 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
     metrics::counter!("axnt_flow_log_dropped_total").increment(0);
     metrics::counter!("axnt_flow_log_write_failures_total").increment(0);
     metrics::counter!("axnt_events_late_total").increment(0);
+    metrics::gauge!("axnt_audit_queue_depth").increment(0.0);
+    metrics::gauge!("axnt_audit_queue_oldest_seconds").increment(0.0);
+    for outcome in ["waited", "timed_out"] {
+        metrics::counter!("axnt_audit_waits_total", "outcome" => outcome).increment(0);
+    }
+    metrics::counter!("axnt_audit_write_failures_total").increment(0);
+    metrics::counter!("axnt_audit_lost_total").increment(0);
 }
 
 fn describe() {
@@ -154,7 +161,7 @@ fn describe() {
     );
     describe_counter!(
         "axnt_http_connections_closed_total",
-        "Connections the server closed, by listener and reason: first_request_timeout (nothing, only the HTTP/2 preface, or part of a head within the header-read timeout), head_timeout, idle_timeout, shed_cap and shed_client_cap (closed, holding no request, to let a newer one in at a cap), refused_cap and refused_client_cap (a new one closed: every connection had a request in progress)"
+        "Connections the server closed, by listener and reason: first_request_timeout (nothing, only the HTTP/2 preface, or part of a head within the header-read timeout), head_timeout, idle_timeout, shed_cap and shed_client_cap (closed, holding no request, to let a newer one in at a cap), refused_cap (a new one closed: every connection had a request in progress)"
     );
     describe_counter!(
         "axnt_flows_started_total",
@@ -239,6 +246,27 @@ fn describe() {
     describe_counter!(
         "axnt_flow_log_write_failures_total",
         "Flow-log writes that failed after their retries"
+    );
+    describe_gauge!(
+        "axnt_audit_queue_depth",
+        "Audit records (token reads) not yet written: waiting in the audit queue or being written"
+    );
+    describe_gauge!(
+        "axnt_audit_queue_oldest_seconds",
+        Unit::Seconds,
+        "How long the oldest audit record not yet written has waited (0: none)"
+    );
+    describe_counter!(
+        "axnt_audit_waits_total",
+        "Token reads that found the audit queue full, by outcome: waited (then got room), timed_out (answered 503 audit_unavailable after AXNT_AUDIT_WAIT_MS)"
+    );
+    describe_counter!(
+        "axnt_audit_write_failures_total",
+        "Failed attempts to write an audit item (each is retried until stored)"
+    );
+    describe_counter!(
+        "axnt_audit_lost_total",
+        "Token reads whose audit record was never written: still queued at the drain deadline, or refused by the store as malformed"
     );
     describe_counter!(
         "axnt_events_late_total",

@@ -237,6 +237,7 @@ impl Settings {
             ("data_key_max_uses", self.data_key.max_uses == 0),
             ("data_key_cache_entries", self.data_key.cache_entries == 0),
             ("flow_log_buffer", self.flow_log.buffer == 0),
+            ("audit_buffer", self.flow_log.audit_buffer == 0),
             (
                 "flow_log_write_concurrency",
                 self.flow_log.write_concurrency == 0,
@@ -282,7 +283,7 @@ impl Settings {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let days = |d: Duration| d.as_secs() / DAY;
         let rate = &self.rate_limit;
-        let checks: [(&str, u64, u64); 57] = [
+        let checks: [(&str, u64, u64); 60] = [
             (
                 "webhook_retry_hours",
                 secs(self.webhooks.retry_period) / HOUR,
@@ -522,6 +523,17 @@ impl Settings {
                 DAY,
             ),
             ("flow_log_buffer", self.flow_log.buffer as u64, 1_000_000),
+            ("audit_buffer", self.flow_log.audit_buffer as u64, 1_000_000),
+            (
+                "audit_wait_ms",
+                millis(self.flow_log.audit_wait),
+                MINUTE * 1_000,
+            ),
+            (
+                "startup_timeout_secs",
+                secs(self.server.startup_timeout),
+                HOUR,
+            ),
             (
                 "flow_log_write_concurrency",
                 self.flow_log.write_concurrency as u64,

@@ -79,7 +79,8 @@ async fn require_api_key(
             .increment(1);
         if !caller.may(operation) {
             if operation == Operation::ReadTokens {
-                audit_refusal(&state, &request, &caller.id, "caller_not_allowed");
+                let read = TokenPath::of(&request);
+                audit_refusal(&state, read, &caller.id, "caller_not_allowed").await?;
             }
             return Err(Error::CallerNotAllowed(format!(
                 "do {} (its operations are limited)",
@@ -91,7 +92,8 @@ async fn require_api_key(
             && !caller.may_use(provider)
         {
             if operation == Operation::ReadTokens {
-                audit_refusal(&state, &request, &caller.id, "caller_not_allowed");
+                let read = TokenPath::of(&request);
+                audit_refusal(&state, read, &caller.id, "caller_not_allowed").await?;
             }
             return Err(Error::provider_not_allowed(provider));
         }
@@ -100,23 +102,54 @@ async fn require_api_key(
     Ok(next.run(request).await)
 }
 
-/// Audits a token read refused before its handler ran (the key's limits).
-fn audit_refusal(state: &AppState, request: &Request, caller: &str, reason: &'static str) {
-    // `/v1/users/{user_id}/tokens/{provider}`: the id as the path carries it, decoded.
-    let segments: Vec<&str> = request.uri().path().split('/').collect();
-    let (Some(user), Some(provider)) = (segments.get(3), segments.get(5)) else {
-        return;
+/// The user id (decoded), provider and request id of a token read's request
+/// (`/v1/users/{user_id}/tokens/{provider}`), as its path and headers carry them.
+struct TokenPath {
+    user_id: String,
+    provider: String,
+    request_id: Option<String>,
+}
+
+impl TokenPath {
+    fn of(request: &Request) -> Option<Self> {
+        let segments: Vec<&str> = request.uri().path().split('/').collect();
+        let (Some(user), Some(provider)) = (segments.get(3), segments.get(5)) else {
+            return None;
+        };
+        Some(Self {
+            user_id: percent_encoding::percent_decode_str(user)
+                .decode_utf8_lossy()
+                .into_owned(),
+            provider: (*provider).to_string(),
+            request_id: request_id(request.headers()).map(str::to_string),
+        })
+    }
+}
+
+/// Audits a token read refused before its handler ran (the key's limits); fails when
+/// the audit trail cannot take the record.
+async fn audit_refusal(
+    state: &AppState,
+    read: Option<TokenPath>,
+    caller: &str,
+    reason: &'static str,
+) -> Result<(), Error> {
+    let Some(read) = read else {
+        return Ok(());
     };
-    let user = percent_encoding::percent_decode_str(user).decode_utf8_lossy();
-    state.audit.record(crate::audit::Read {
-        caller,
-        user_id: &user,
-        provider,
-        outcome: crate::audit::ReadOutcome::Refused,
-        reason: Some(reason),
-        scopes: None,
-        request_id: request_id(request.headers()),
-    });
+    state
+        .audit
+        .record(crate::audit::Read {
+            caller,
+            user_id: &read.user_id,
+            provider: &read.provider,
+            outcome: crate::audit::ReadOutcome::Refused,
+            reason: Some(reason),
+            scopes: None,
+            request_id: read.request_id.as_deref(),
+        })
+        .await
+        .map_err(|_| Error::AuditUnavailable)
 }
 
 /// The request's id (`x-request-id`, set or passed on by the request-id layer).
@@ -711,15 +744,21 @@ pub(super) async fn get_token(
         ),
         Err(e) => (crate::audit::ReadOutcome::Refused, Some(e.code()), None),
     };
-    state.audit.record(crate::audit::Read {
-        caller: &caller.id,
-        user_id: user_id.as_str(),
-        provider: &provider,
-        outcome,
-        reason,
-        scopes,
-        request_id: request_id(&headers),
-    });
+    // Answered only once recorded: a read the audit trail cannot take (its queue
+    // stayed full) is refused, its token not handed out.
+    state
+        .audit
+        .record(crate::audit::Read {
+            caller: &caller.id,
+            user_id: user_id.as_str(),
+            provider: &provider,
+            outcome,
+            reason,
+            scopes,
+            request_id: request_id(&headers),
+        })
+        .await
+        .map_err(|_| Error::AuditUnavailable)?;
     result.map(|(response, _)| response)
 }
 
@@ -1166,7 +1205,6 @@ pub(super) async fn list_audit(
     };
     let entries: Vec<FlowLogEntry> = state
         .audit
-        .log()
         .list(&partition, limit, query.before.as_deref())
         .await?;
     let next_before = (entries.len() == limit)

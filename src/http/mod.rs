@@ -34,7 +34,7 @@ use crate::store::flow_log::ClientInfo;
 use crate::tokens::TokenService;
 
 pub(crate) use client::client_ip;
-pub(crate) use probes::{Readiness, admin_router};
+pub(crate) use probes::{Readiness, Starting, admin_router, starting_router};
 
 /// Everything a handler may use. Cloned per request (one `Arc`).
 #[derive(Clone)]

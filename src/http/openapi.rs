@@ -176,12 +176,14 @@ impl Modify for BearerKey {
 type Answers = &'static [(u16, &'static [&'static str])];
 
 /// Statuses and codes every `/v1` operation can answer: the key check and its brake
-/// run before any handler, and any request can run out of time.
+/// run before any handler, any request can run out of time, and while start-up waits
+/// for a dependency only the probes are served.
 const EVERY_API_ROUTE: Answers = &[
     (401, &["unauthorized"]),
     (403, &["caller_not_allowed"]),
     (408, &["request_timeout"]),
     (429, &["rate_limited"]),
+    (503, &["starting"]),
 ];
 
 /// The store's failures, as any route that reads or writes it can answer them.
@@ -236,6 +238,7 @@ const ERRORS: &[(&str, Answers)] = &[
                     "store_unavailable",
                     "store_throttled",
                     "keys_unavailable",
+                    "audit_unavailable",
                 ],
             ),
         ],

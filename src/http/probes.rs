@@ -1,6 +1,7 @@
 //! Probes: `/healthz` (the process serves), `/readyz` (store, keys and client
 //! credentials usable; cached a few seconds so probes do not multiply backend calls),
-//! and `/metrics` (Prometheus text), which only the admin listener serves.
+//! and `/metrics` (Prometheus text), which only the admin listener serves. While
+//! start-up waits for a dependency, [`starting_router`] serves the probes alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use crate::crypto::{CryptoError, KeyProvider};
+use crate::error::Error;
 use crate::secrets::SecretsCache;
 use crate::store::{FlowLog, StoreError, TokenStore};
 
@@ -31,6 +33,45 @@ pub(crate) fn admin_router() -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+}
+
+/// What start-up waits for, as `/readyz` names it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Starting {
+    /// The part, as a key of `checks`.
+    pub(crate) part: &'static str,
+    /// Its stable code.
+    pub(crate) code: &'static str,
+    /// The dependency, in words (`waitingFor`).
+    pub(crate) what: &'static str,
+}
+
+/// The routes while start-up waits for a dependency: `/healthz` answers 200 (the
+/// process is alive: do not restart it), `/readyz` 503
+/// `{"status":"starting","checks":{"secrets":"unavailable"},"waitingFor":"secrets manager: unavailable"}`,
+/// anything else 503 `starting`.
+pub(crate) fn starting_router(starting: Starting) -> Router {
+    let report = ReadinessReport {
+        ready: false,
+        status: "starting",
+        checks: std::iter::once((starting.part.to_string(), starting.code.into())).collect(),
+        waiting_for: Some(format!("{}: {}", starting.what, starting.code)),
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/readyz",
+            get(move || async move {
+                (StatusCode::SERVICE_UNAVAILABLE, axum::Json(report)).into_response()
+            }),
+        )
+        .fallback(|| async { Error::Starting })
+        .layer(
+            tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            ),
+        )
 }
 
 /// `GET /healthz` → 200 `{"status":"ok"}` while the process serves.
@@ -53,13 +94,15 @@ pub(super) struct Health {
 /// `GET /readyz` → 200 when every part is usable, else 503; the body names each part
 /// and a stable code, never the reason (which is logged):
 /// `{"status":"not_ready","checks":{"store":"ok","flowLog":"ok","keys":"access_denied","provider":"ok"}}`.
+/// While start-up waits for a dependency: 503 with `status` `starting` and
+/// `waitingFor` (see [`starting_router`]).
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "probes",
     responses(
         (status = 200, description = "Every part is usable", body = ReadinessReport),
-        (status = 503, description = "A part is not usable; `checks` names it", body = ReadinessReport),
+        (status = 503, description = "A part is not usable (`checks` names it), or start-up waits for a dependency (`status` `starting`, `waitingFor`)", body = ReadinessReport),
     ),
 )]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
@@ -92,11 +135,15 @@ async fn metrics() -> Response {
 pub(crate) struct ReadinessReport {
     #[serde(skip)]
     pub(crate) ready: bool,
-    /// `ready` or `not_ready`.
+    /// `ready`, `not_ready`, or `starting` (start-up waits for a dependency).
     pub(crate) status: &'static str,
-    /// Each part (`store`, `flowLog`, `keys`, `provider`) and `ok` or a stable code.
+    /// Each part (`store`, `flowLog`, `keys`, `provider`; while starting, the part
+    /// waited for, e.g. `secrets`) and `ok` or a stable code.
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub(crate) checks: serde_json::Map<String, serde_json::Value>,
+    /// While starting: what start-up waits for, and why (`secrets manager: unavailable`).
+    #[serde(rename = "waitingFor", skip_serializing_if = "Option::is_none")]
+    pub(crate) waiting_for: Option<String>,
 }
 
 /// Checks the parts a request needs and remembers the answer for `ttl`.
@@ -203,6 +250,7 @@ impl Readiness {
             ready,
             status: if ready { "ready" } else { "not_ready" },
             checks,
+            waiting_for: None,
         }
     }
 }

@@ -5,9 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_axnt-oauth");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_axnt-oauth");
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -15,7 +15,7 @@ fn free_port() -> u16 {
 }
 
 /// A command in a fresh working directory with none of our variables set.
-fn command(dir: &std::path::Path) -> Command {
+pub(crate) fn command(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir);
     for (name, _) in std::env::vars() {
@@ -27,7 +27,7 @@ fn command(dir: &std::path::Path) -> Command {
 }
 
 /// Kills the server if the test fails half-way, so no orphan keeps the port.
-struct KillOnDrop(std::process::Child);
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

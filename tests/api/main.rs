@@ -14,6 +14,7 @@ macro_rules! on_every_backend {
     };
 }
 
+mod audit;
 mod aws_iam;
 mod aws_kms;
 mod aws_secrets;
@@ -40,6 +41,7 @@ mod rotation;
 mod schema;
 mod secrets;
 mod sockets;
+mod startup;
 mod store_conformance;
 mod support;
 mod token_cache;

@@ -199,6 +199,11 @@ async fn scrape_through_a_flow(on_aws: bool) {
         ("axnt_flow_log_queue_depth", vec![]),
         ("axnt_flow_log_dropped_total", vec![]),
         ("axnt_flow_log_write_failures_total", vec![]),
+        ("axnt_audit_queue_depth", vec![]),
+        ("axnt_audit_queue_oldest_seconds", vec![]),
+        ("axnt_audit_waits_total", vec![("outcome", "timed_out")]),
+        ("axnt_audit_write_failures_total", vec![]),
+        ("axnt_audit_lost_total", vec![]),
         ("axnt_confirmations_total", vec![("outcome", "confirmed")]),
         (
             "axnt_http_requests_total",

@@ -143,7 +143,6 @@ async fn flood(extra: &[(&str, &str)]) {
         "shed_client_cap",
         "shed_cap",
         "refused_cap",
-        "refused_client_cap",
     ];
     let mut before = Vec::new();
     for reason in reasons {

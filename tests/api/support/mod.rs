@@ -168,7 +168,8 @@ impl TestApp {
     }
 
     /// Starts an instance with `env` on `data_dir` (shared by instances that share a
-    /// store).
+    /// store). When a dependency is unavailable (AWS cut away), it returns an instance
+    /// that waits for it: see [`TestApp::started`].
     pub async fn spawn_in(
         data_dir: Arc<tempfile::TempDir>,
         mut env: Vec<(String, String)>,
@@ -228,6 +229,28 @@ impl TestApp {
             http,
             task,
             stop: Some(stop),
+        }
+    }
+
+    /// Waits until the instance has started: an instance whose dependency was
+    /// unavailable when it was spawned (e.g. [`TestApp::aws_behind`] a cut proxy) serves
+    /// only `/healthz` and `/readyz` (503 `"status":"starting"`) until the dependency is
+    /// back, then everything. Panics after `within`.
+    pub async fn started(&self, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let status = match self.http.get(self.url("/readyz")).send().await {
+                Ok(r) => r.json::<Value>().await.map(|b| b["status"].clone()).ok(),
+                Err(_) => None,
+            };
+            if status.as_ref().is_some_and(|s| s != "starting") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still starting after {within:?}: {status:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 

@@ -1,0 +1,378 @@
+//! The audit trail of token reads: which caller (by key id) read, or was refused, which
+//! user's token at which provider, with what scopes, in which request.
+//!
+//! Cheap on the hot path: a read touches a map in memory. The first read of a caller,
+//! connection and outcome in an aggregation window (`AXNT_AUDIT_WINDOW_SECS`, 60) and
+//! every refusal become a record in the trail's own queue ([`queue`]), written off the
+//! request; further reads in the window are counted and queued as one record
+//! (`count`, `firstAt`, `lastAt`) when the window has passed, and at shutdown.
+//!
+//! Nothing read goes unrecorded: a read is answered only once its record is queued or
+//! counted. The queue never drops; when it is full a read waits for room
+//! (`AXNT_AUDIT_WAIT_MS`), then is answered 503 `audit_unavailable` without its token.
+//!
+//! Items live in the flow-log store (the logs table on DynamoDB, written directly, not
+//! through the flow log's queue) under partitions no user id can be —
+//! `/audit/user/<userId>` and `/audit/caller/<callerId>` (user ids never hold `/`) — so
+//! one read serves "per user" and one "per caller", with their own retention
+//! (`AXNT_AUDIT_RETENTION_DAYS`). Nothing secret is in them: no token, no key, only
+//! ids, scopes, outcomes and problem codes.
+
+mod queue;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Map, json};
+
+pub(crate) use queue::Full;
+use queue::{Queue, Record, RecordKey, Sink};
+
+use crate::retry::Backoff;
+use crate::store::flow_log::SortKeyClock;
+use crate::store::{FlowLog, FlowLogEntry, FlowStep, StoreError};
+
+/// How long a listing waits for records queued before it (read your own reads).
+const LIST_WAITS_FOR_WRITES: Duration = Duration::from_secs(2);
+
+/// What a read came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ReadOutcome {
+    /// Handed out as stored (or from the cache).
+    Served,
+    /// Handed out after a refresh.
+    Refreshed,
+    /// Refused (the problem code is the item's `error`).
+    Refused,
+}
+
+impl ReadOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Served => "served",
+            Self::Refreshed => "refreshed",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// One read, as the API saw it.
+pub(crate) struct Read<'a> {
+    pub(crate) caller: &'a str,
+    pub(crate) user_id: &'a str,
+    pub(crate) provider: &'a str,
+    pub(crate) outcome: ReadOutcome,
+    /// The problem code of a refusal.
+    pub(crate) reason: Option<&'static str>,
+    /// The scopes the handed-out token holds.
+    pub(crate) scopes: Option<&'a str>,
+    pub(crate) request_id: Option<&'a str>,
+}
+
+/// How the trail is kept and written.
+pub(crate) struct AuditRules {
+    pub(crate) retention: Duration,
+    pub(crate) window: Duration,
+    /// Records waiting at most; also the most windows open at once.
+    pub(crate) capacity: usize,
+    /// How long a read waits for room in a full queue.
+    pub(crate) wait: Duration,
+    /// Writes in flight at once.
+    pub(crate) concurrency: usize,
+}
+
+/// Reads counted in the current window, after its first (already queued).
+struct Window {
+    started: DateTime<Utc>,
+    count: u64,
+    first_at: Option<DateTime<Utc>>,
+    last_at: Option<DateTime<Utc>>,
+    scopes: Option<String>,
+    request_id: Option<String>,
+}
+
+/// The audit trail.
+pub(crate) struct AuditTrail {
+    log: Arc<dyn FlowLog>,
+    window: Duration,
+    wait: Duration,
+    /// Windows open at once, at most: past it a read opens none and is queued as a
+    /// record of its own (merged with an identical one still waiting), so memory stays
+    /// bounded whatever the number of connections read.
+    max_windows: usize,
+    windows: Mutex<HashMap<RecordKey, Window>>,
+    queue: Arc<Queue>,
+}
+
+/// The partitions of the audit items.
+pub(crate) fn user_partition(user_id: &str) -> String {
+    format!("/audit/user/{user_id}")
+}
+
+pub(crate) fn caller_partition(caller: &str) -> String {
+    format!("/audit/caller/{caller}")
+}
+
+impl AuditTrail {
+    /// The trail over `log` (the store itself, not a dropping queue), with its writer
+    /// started on the current runtime.
+    pub(crate) fn new(log: Arc<dyn FlowLog>, rules: &AuditRules) -> Self {
+        let queue = Arc::new(Queue::new(rules.capacity));
+        let writer = Arc::new(Writer {
+            log: Arc::clone(&log),
+            retention: rules.retention,
+            clock: SortKeyClock::default(),
+            failing: AtomicBool::new(false),
+        });
+        queue.spawn_writer(writer, rules.concurrency);
+        Self {
+            log,
+            window: rules.window,
+            wait: rules.wait,
+            max_windows: rules.capacity.max(1),
+            windows: Mutex::new(HashMap::new()),
+            queue,
+        }
+    }
+
+    /// Records one read: counted in its open window, or queued (a refusal, or the
+    /// first read of a window). Fails when the queue stayed full for
+    /// `AXNT_AUDIT_WAIT_MS`: the read must then not be answered with its token.
+    pub(crate) async fn record(&self, read: Read<'_>) -> Result<(), Full> {
+        let now = Utc::now();
+        let deadline = Instant::now() + self.wait;
+        let key = RecordKey {
+            caller: read.caller.to_string(),
+            user_id: read.user_id.to_string(),
+            provider: read.provider.to_string(),
+            outcome: read.outcome,
+            reason: read.reason,
+        };
+        let counted = read.outcome != ReadOutcome::Refused;
+        if counted {
+            let window = chrono::TimeDelta::from_std(self.window).unwrap_or_default();
+            let mut windows = lock(&self.windows);
+            match windows.get_mut(&key) {
+                Some(open) if now < open.started + window => {
+                    open.count += 1;
+                    open.first_at.get_or_insert(now);
+                    open.last_at = Some(now);
+                    open.scopes = read.scopes.map(str::to_string);
+                    open.request_id = read.request_id.map(str::to_string);
+                    return Ok(());
+                }
+                Some(_) => {
+                    // Passed: its counted reads go out now; this read opens the next.
+                    if let Some(done) = windows.remove(&key).and_then(|w| w.into_record(&key)) {
+                        self.queue.push_unbounded(done);
+                    }
+                }
+                None => {}
+            }
+        }
+        let record = Record {
+            key: key.clone(),
+            count: 1,
+            first_at: now,
+            last_at: now,
+            scopes: read.scopes.map(str::to_string),
+            request_id: read.request_id.map(str::to_string),
+        };
+        self.queue.push(record, deadline).await?;
+        if counted {
+            let mut windows = lock(&self.windows);
+            if windows.len() < self.max_windows {
+                windows.entry(key).or_insert(Window {
+                    started: now,
+                    count: 0,
+                    first_at: None,
+                    last_at: None,
+                    scopes: None,
+                    request_id: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The audit items of `partition`, newest first, once the records queued before
+    /// this call are written (or a short wait has passed).
+    pub(crate) async fn list(
+        &self,
+        partition: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<FlowLogEntry>, StoreError> {
+        self.queue.settled(LIST_WAITS_FOR_WRITES).await;
+        self.log.list(partition, limit, before).await
+    }
+
+    /// Queues the windows that have passed (every `every`).
+    pub(crate) fn spawn_flusher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                this.queue_windows(false);
+            }
+        })
+    }
+
+    /// Queues the counted reads of windows that have passed (`all`: of every window).
+    fn queue_windows(&self, all: bool) {
+        let now = Utc::now();
+        let window = chrono::TimeDelta::from_std(self.window).unwrap_or_default();
+        let done: Vec<Record> = {
+            let mut windows = lock(&self.windows);
+            let keys: Vec<RecordKey> = windows
+                .iter()
+                .filter(|(_, w)| all || now >= w.started + window)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| windows.remove(&k).and_then(|w| w.into_record(&k)))
+                .collect()
+        };
+        for record in done {
+            self.queue.push_unbounded(record);
+        }
+    }
+
+    /// At shutdown: queues every window's counted reads and waits up to `within` for
+    /// the queue to be written. What is still unwritten then is logged and counted
+    /// (`axnt_audit_lost_total`), and the writer stops.
+    pub(crate) async fn close(&self, within: Duration) {
+        self.queue_windows(true);
+        if !self.queue.settled(within).await {
+            let left = self.queue.unwritten();
+            metrics::counter!("axnt_audit_lost_total").increment(left.reads);
+            tracing::error!(
+                records = left.records,
+                reads = left.reads,
+                "audit records not written by the drain deadline (AXNT_DRAIN_TIMEOUT_SECS): these reads are not in the audit trail"
+            );
+        }
+        self.queue.stop();
+    }
+}
+
+impl Drop for AuditTrail {
+    fn drop(&mut self) {
+        self.queue.stop();
+    }
+}
+
+impl Window {
+    /// The record of the window's counted reads, if it counted any.
+    fn into_record(self, key: &RecordKey) -> Option<Record> {
+        let (first_at, last_at) = (self.first_at?, self.last_at?);
+        (self.count > 0).then(|| Record {
+            key: key.clone(),
+            count: self.count,
+            first_at,
+            last_at,
+            scopes: self.scopes,
+            request_id: self.request_id,
+        })
+    }
+}
+
+/// Writes records under both partitions, retrying until the store has them.
+struct Writer {
+    log: Arc<dyn FlowLog>,
+    retention: Duration,
+    clock: SortKeyClock,
+    /// Whether writes are failing: logged once when they start to, and when they
+    /// recover, not per attempt.
+    failing: AtomicBool,
+}
+
+/// The first pause between attempts of one write; doubled each time, with jitter.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+#[async_trait]
+impl Sink for Writer {
+    async fn write(&self, record: Record) {
+        let key = &record.key;
+        let mut data = Map::new();
+        data.insert("caller".into(), json!(key.caller));
+        data.insert("userId".into(), json!(key.user_id));
+        data.insert("provider".into(), json!(key.provider));
+        data.insert("outcome".into(), json!(key.outcome.as_str()));
+        data.insert("count".into(), json!(record.count));
+        data.insert("firstAt".into(), json!(rfc3339(record.first_at)));
+        data.insert("lastAt".into(), json!(rfc3339(record.last_at)));
+        if let Some(scopes) = &record.scopes {
+            data.insert("scopes".into(), json!(scopes));
+        }
+        let timestamp = self.clock.next_key(record.last_at);
+        let expires_at = record
+            .last_at
+            .timestamp()
+            .saturating_add(i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX));
+        for partition in [user_partition(&key.user_id), caller_partition(&key.caller)] {
+            let entry = FlowLogEntry {
+                user_id: partition,
+                timestamp: timestamp.clone(),
+                flow_id: record.request_id.clone().unwrap_or_else(|| "-".into()),
+                step: FlowStep::TokenRead,
+                data: data.clone(),
+                error: key.reason.map(str::to_string),
+                ip_address: None,
+                user_agent: None,
+                expires_at,
+            };
+            if !self.write_entry(&entry, record.count).await {
+                return;
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// Writes one item, retrying every failure but a malformed item (which no retry
+    /// mends; counted lost) with backoff. Writing an item again is harmless: its key
+    /// is fixed.
+    async fn write_entry(&self, entry: &FlowLogEntry, reads: u64) -> bool {
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+        loop {
+            match self.log.append(entry).await {
+                Ok(()) => {
+                    if self.failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!("audit writes succeed again");
+                    }
+                    return true;
+                }
+                Err(e @ StoreError::Corrupt(_)) => {
+                    metrics::counter!("axnt_audit_lost_total").increment(reads);
+                    tracing::error!(error = %e, reads, "an audit item was refused by the store: these reads are not in the audit trail");
+                    return false;
+                }
+                Err(e) => {
+                    metrics::counter!("axnt_audit_write_failures_total").increment(1);
+                    if !self.failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "audit write failed; retrying until stored (token reads wait once the audit queue is full)");
+                    } else {
+                        tracing::debug!(error = %e, "audit write failed again");
+                    }
+                    tokio::time::sleep(backoff.next_wait()).await;
+                }
+            }
+        }
+    }
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A map behind a mutex held for a few instructions, never across an await.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

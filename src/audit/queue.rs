@@ -1,0 +1,434 @@
+//! The audit trail's own write queue: bounded, never dropping, with back-pressure.
+//!
+//! The flow log may lose a line rather than slow a flow; the audit trail may not lose
+//! a read, so it does not share the flow log's drop-on-full queue. A record waits here
+//! until the store has it: a write that fails is retried with backoff until it
+//! succeeds (an outage, a throttle, a missing permission all hold it here), with a few
+//! writes in flight.
+//!
+//! The bound is on records, not reads: a record identical (caller, user, provider,
+//! outcome, reason) to one still waiting is merged into it (`count` and `lastAt`), so
+//! a flood of the same refusal costs one slot. A read whose record needs a new slot
+//! while every slot is taken waits for one, up to a deadline; past it the read gets
+//! [`Full`] and is answered 503 (`audit_unavailable`) rather than served unrecorded.
+//! Records of counting windows that have passed enter without a slot (they are
+//! bounded by the number of windows, which the trail bounds by the same setting).
+//!
+//! `axnt_audit_queue_depth` and `axnt_audit_queue_oldest_seconds` show the records not
+//! yet written and how long the oldest has waited.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::ReadOutcome;
+
+/// What makes two records one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct RecordKey {
+    pub(super) caller: String,
+    pub(super) user_id: String,
+    pub(super) provider: String,
+    pub(super) outcome: ReadOutcome,
+    /// A refusal's problem code.
+    pub(super) reason: Option<&'static str>,
+}
+
+/// One or more identical reads between `first_at` and `last_at`.
+#[derive(Debug, Clone)]
+pub(super) struct Record {
+    pub(super) key: RecordKey,
+    pub(super) count: u64,
+    pub(super) first_at: DateTime<Utc>,
+    pub(super) last_at: DateTime<Utc>,
+    /// The scopes handed out, and the request id, of the last read.
+    pub(super) scopes: Option<String>,
+    pub(super) request_id: Option<String>,
+}
+
+impl Record {
+    fn absorb(&mut self, other: Self) {
+        self.count = self.count.saturating_add(other.count);
+        self.first_at = self.first_at.min(other.first_at);
+        if other.last_at >= self.last_at {
+            self.last_at = other.last_at;
+            self.scopes = other.scopes;
+            self.request_id = other.request_id;
+        }
+    }
+}
+
+/// Where records go: writes one, retrying until it is stored (or can never be).
+#[async_trait]
+pub(super) trait Sink: Send + Sync {
+    async fn write(&self, record: Record);
+}
+
+/// The queue is full and stayed full until the read's deadline.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the audit queue stayed full (AXNT_AUDIT_BUFFER)")]
+pub(crate) struct Full;
+
+struct Waiting {
+    record: Record,
+    queued_at: Instant,
+    /// The slot it holds until written (none for a passed window's record).
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Default)]
+struct State {
+    /// By sequence number: the order records are written in.
+    waiting: BTreeMap<u64, Waiting>,
+    /// The waiting record of each key, to merge into.
+    by_key: HashMap<RecordKey, u64>,
+    /// Records being written: when they were queued, and how many reads they hold.
+    in_flight: BTreeMap<u64, (Instant, u64)>,
+    next_seq: u64,
+}
+
+impl State {
+    /// Every record numbered below this is written.
+    fn written_below(&self) -> u64 {
+        let waiting = self.waiting.keys().next().copied();
+        let writing = self.in_flight.keys().next().copied();
+        match (waiting, writing) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => self.next_seq,
+        }
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        let waiting = self.waiting.values().next().map(|w| w.queued_at);
+        let writing = self.in_flight.values().next().map(|(at, _)| *at);
+        match (waiting, writing) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// How many records and reads were never written (shutdown's deadline passed).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Unwritten {
+    pub(super) records: usize,
+    pub(super) reads: u64,
+}
+
+pub(super) struct Queue {
+    state: Mutex<State>,
+    slots: Arc<Semaphore>,
+    /// Wakes the writer when a record arrives.
+    arrived: Notify,
+    /// [`State::written_below`], for readers waiting for earlier records.
+    written: watch::Sender<u64>,
+    stop: CancellationToken,
+}
+
+impl Queue {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            slots: Arc::new(Semaphore::new(capacity.max(1))),
+            arrived: Notify::new(),
+            written: watch::Sender::new(0),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    /// Queues a read's record: merged into an identical waiting one, or in a free slot,
+    /// waiting for one until `deadline`.
+    pub(super) async fn push(&self, record: Record, deadline: Instant) -> Result<(), Full> {
+        let Some(record) = self.merge(record) else {
+            return Ok(());
+        };
+        let permit = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let waited = tokio::time::timeout_at(
+                    deadline.into(),
+                    Arc::clone(&self.slots).acquire_owned(),
+                )
+                .await;
+                match waited {
+                    Ok(Ok(permit)) => {
+                        metrics::counter!("axnt_audit_waits_total", "outcome" => "waited")
+                            .increment(1);
+                        permit
+                    }
+                    _ => {
+                        metrics::counter!("axnt_audit_waits_total", "outcome" => "timed_out")
+                            .increment(1);
+                        return Err(Full);
+                    }
+                }
+            }
+        };
+        self.insert(record, Some(permit));
+        Ok(())
+    }
+
+    /// Queues a record without a slot (a passed window's counted reads).
+    pub(super) fn push_unbounded(&self, record: Record) {
+        if let Some(record) = self.merge(record) {
+            self.insert(record, None);
+        }
+    }
+
+    /// Merges into an identical waiting record; gives the record back when there is
+    /// none.
+    fn merge(&self, record: Record) -> Option<Record> {
+        let mut state = lock(&self.state);
+        let State {
+            waiting, by_key, ..
+        } = &mut *state;
+        match by_key.get(&record.key).and_then(|seq| waiting.get_mut(seq)) {
+            Some(entry) => {
+                entry.record.absorb(record);
+                None
+            }
+            None => Some(record),
+        }
+    }
+
+    fn insert(&self, record: Record, permit: Option<OwnedSemaphorePermit>) {
+        {
+            let mut state = lock(&self.state);
+            let State {
+                waiting,
+                by_key,
+                next_seq,
+                ..
+            } = &mut *state;
+            // Another read may have queued the same key while this one waited for a
+            // slot: merge (and give the slot back).
+            if let Some(entry) = by_key.get(&record.key).and_then(|seq| waiting.get_mut(seq)) {
+                entry.record.absorb(record);
+                return;
+            }
+            let seq = *next_seq;
+            *next_seq += 1;
+            by_key.insert(record.key.clone(), seq);
+            waiting.insert(
+                seq,
+                Waiting {
+                    record,
+                    queued_at: Instant::now(),
+                    permit,
+                },
+            );
+            report(&state);
+        }
+        self.arrived.notify_one();
+    }
+
+    /// The next record to write, now in flight.
+    fn take(&self) -> Option<(u64, Record, Option<OwnedSemaphorePermit>)> {
+        let mut state = lock(&self.state);
+        let (seq, entry) = state.waiting.pop_first()?;
+        state.by_key.remove(&entry.record.key);
+        state
+            .in_flight
+            .insert(seq, (entry.queued_at, entry.record.count));
+        Some((seq, entry.record, entry.permit))
+    }
+
+    fn written_one(&self, seq: u64) {
+        let mut state = lock(&self.state);
+        state.in_flight.remove(&seq);
+        self.written.send_replace(state.written_below());
+        report(&state);
+    }
+
+    /// Waits until every record queued before this call is written, or `timeout`
+    /// passed; returns whether they were.
+    pub(super) async fn settled(&self, timeout: Duration) -> bool {
+        let target = lock(&self.state).next_seq;
+        let mut written = self.written.subscribe();
+        tokio::time::timeout(timeout, written.wait_for(|below| *below >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// What is still waiting or being written.
+    pub(super) fn unwritten(&self) -> Unwritten {
+        let state = lock(&self.state);
+        Unwritten {
+            records: state.waiting.len() + state.in_flight.len(),
+            reads: state.waiting.values().map(|w| w.record.count).sum::<u64>()
+                + state
+                    .in_flight
+                    .values()
+                    .map(|(_, count)| count)
+                    .sum::<u64>(),
+        }
+    }
+
+    /// Stops the writer: writes in flight are abandoned.
+    pub(super) fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Writes records, `concurrency` at a time, until [`Self::stop`].
+    pub(super) fn spawn_writer(
+        self: &Arc<Self>,
+        sink: Arc<dyn Sink>,
+        concurrency: usize,
+    ) -> tokio::task::JoinHandle<()> {
+        let queue = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut writes: JoinSet<u64> = JoinSet::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                while writes.len() < concurrency.max(1) {
+                    let Some((seq, record, permit)) = queue.take() else {
+                        break;
+                    };
+                    let sink = Arc::clone(&sink);
+                    writes.spawn(async move {
+                        sink.write(record).await;
+                        // The slot is free once the record is stored.
+                        drop(permit);
+                        seq
+                    });
+                }
+                tokio::select! {
+                    () = queue.stop.cancelled() => break,
+                    () = queue.arrived.notified() => {}
+                    Some(done) = writes.join_next(), if !writes.is_empty() => {
+                        if let Ok(seq) = done {
+                            queue.written_one(seq);
+                        }
+                    }
+                    // The oldest record's age grows while nothing moves.
+                    _ = tick.tick() => report(&lock(&queue.state)),
+                }
+            }
+        })
+    }
+}
+
+/// The queue's gauges.
+fn report(state: &State) {
+    metrics::gauge!("axnt_audit_queue_depth")
+        .set((state.waiting.len() + state.in_flight.len()) as f64);
+    metrics::gauge!("axnt_audit_queue_oldest_seconds")
+        .set(state.oldest().map_or(0.0, |at| at.elapsed().as_secs_f64()));
+}
+
+/// A map behind a mutex held for a few instructions, never across an await.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that can be held (writes wait) and records what it got.
+    struct Held {
+        open: watch::Sender<bool>,
+        got: Mutex<Vec<Record>>,
+    }
+
+    #[async_trait]
+    impl Sink for Held {
+        async fn write(&self, record: Record) {
+            let _ = self.open.subscribe().wait_for(|open| *open).await;
+            lock(&self.got).push(record);
+        }
+    }
+
+    fn held() -> Arc<Held> {
+        Arc::new(Held {
+            open: watch::Sender::new(false),
+            got: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn open(sink: &Held) {
+        sink.open.send_replace(true);
+    }
+
+    fn refusal(user: &str) -> Record {
+        let now = Utc::now();
+        Record {
+            key: RecordKey {
+                caller: "c".into(),
+                user_id: user.into(),
+                provider: "google".into(),
+                outcome: ReadOutcome::Refused,
+                reason: Some("not_connected"),
+            },
+            count: 1,
+            first_at: now,
+            last_at: now,
+            scopes: None,
+            request_id: None,
+        }
+    }
+
+    fn soon(ms: u64) -> Instant {
+        Instant::now() + Duration::from_millis(ms)
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_waits_then_refuses_and_never_drops_what_it_took() {
+        let sink = held();
+        let queue = Arc::new(Queue::new(2));
+        let _writer = queue.spawn_writer(sink.clone(), 1);
+        queue.push(refusal("a"), soon(50)).await.expect("a slot");
+        queue.push(refusal("b"), soon(50)).await.expect("a slot");
+        // Identical records merge into the waiting one (b: "a" may be in flight).
+        for _ in 0..10 {
+            queue.push(refusal("b"), soon(50)).await.expect("merged");
+        }
+        let started = Instant::now();
+        assert!(queue.push(refusal("c"), soon(100)).await.is_err(), "full");
+        assert!(started.elapsed() >= Duration::from_millis(90), "it waited");
+        assert!(!queue.settled(Duration::from_millis(50)).await);
+
+        // The store comes back: a waiting read gets its slot, and everything is written.
+        let queue2 = Arc::clone(&queue);
+        let waiter = tokio::spawn(async move { queue2.push(refusal("d"), soon(5_000)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        open(&sink);
+        waiter.await.expect("task").expect("room once written");
+        assert!(queue.settled(Duration::from_secs(5)).await);
+        let got = lock(&sink.got).clone();
+        let count = |user: &str| -> u64 {
+            got.iter()
+                .filter(|r| r.key.user_id == user)
+                .map(|r| r.count)
+                .sum()
+        };
+        assert_eq!(
+            (count("a"), count("b"), count("c"), count("d")),
+            (1, 11, 0, 1)
+        );
+        assert!(got.len() <= 4, "b's reads merged: {got:?}");
+        assert_eq!(queue.unwritten(), Unwritten::default());
+    }
+
+    #[tokio::test]
+    async fn windows_enter_a_full_queue_and_settled_waits_for_them() {
+        let sink = held();
+        let queue = Arc::new(Queue::new(1));
+        let _writer = queue.spawn_writer(sink.clone(), 2);
+        queue.push(refusal("a"), soon(10)).await.expect("a slot");
+        queue.push_unbounded(refusal("w1"));
+        queue.push_unbounded(refusal("w2"));
+        assert_eq!(queue.unwritten().records, 3);
+        open(&sink);
+        assert!(queue.settled(Duration::from_secs(5)).await);
+        assert_eq!(lock(&sink.got).len(), 3);
+    }
+}
