@@ -341,6 +341,41 @@ pub struct ScanCursor {
     pub provider: String,
 }
 
+/// An item that holds a sealed envelope: a connection's token set, a kept revocation's
+/// token, or a grant held for confirmation. Key rotation re-wraps every one of them;
+/// as a scan position it also names where a page of [`TokenStore::scan_sealed`] ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sealed {
+    Connection {
+        user_id: String,
+        provider: String,
+    },
+    /// A [`PendingRevocation`], by id.
+    Revocation {
+        id: String,
+    },
+    /// A [`PendingGrant`], by flow id.
+    PendingGrant {
+        flow_id: String,
+    },
+}
+
+/// One sealed item and its envelope as read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealedItem {
+    pub item: Sealed,
+    pub envelope: Envelope,
+}
+
+/// One page of [`TokenStore::scan_sealed`].
+#[derive(Debug, Clone, Default)]
+pub struct SealedPage {
+    pub items: Vec<SealedItem>,
+    /// Where the next page starts (a position, not necessarily an item of this page);
+    /// `None` after the last page.
+    pub next: Option<Sealed>,
+}
+
 /// One page of a scan.
 #[derive(Debug, Clone, Default)]
 pub struct ScanPage {
@@ -450,27 +485,36 @@ pub trait TokenStore: Send + Sync {
 
     /// Every connection row (never a flow's item), a page at a time: at most `limit`
     /// items read after `after`. A page may hold fewer rows, even none, while `next` is
-    /// set; rows written during a scan may or may not be seen. For key rotation.
+    /// set; rows written during a scan may or may not be seen.
     async fn scan(&self, after: Option<&ScanCursor>, limit: usize) -> Result<ScanPage, StoreError>;
 
-    /// Replaces the row's sealed token set by `new` only while the stored one is still
-    /// `old` (same `keyId`, wrapped key and ciphertext); nothing else changes, not
-    /// `version`, so a concurrent token write always wins. A changed or removed row is
-    /// a [`StoreError::Conflict`], and nothing is written. For key rotation.
-    async fn rewrap(
+    /// Every sealed item (connection rows, kept revocations, held grants) with its
+    /// envelope, a page at a time: at most `limit` items read after the position
+    /// `after`. A page may hold fewer, even none, while `next` is set; items written
+    /// during a scan may or may not be seen. For key rotation.
+    async fn scan_sealed(
         &self,
-        user_id: &str,
-        provider: &str,
-        old: &Envelope,
-        new: &Envelope,
-    ) -> Result<(), StoreError>;
+        after: Option<&Sealed>,
+        limit: usize,
+    ) -> Result<SealedPage, StoreError>;
+
+    /// Replaces the item's envelope by `new` only while the stored one is still `old`
+    /// (same `keyId`, wrapped key and ciphertext); nothing else changes, not `version`,
+    /// so a concurrent write always wins. A connection under a live refresh lease is
+    /// left alone too (its holder writes the whole row from what it read). A changed
+    /// or removed item is a [`StoreError::Conflict`], and nothing is written. For key
+    /// rotation.
+    async fn rewrap(&self, item: &Sealed, old: &Envelope, new: &Envelope)
+    -> Result<(), StoreError>;
 
     /// Stores (or replaces, by `id`) a revocation to try again.
     async fn put_revocation(&self, revocation: &PendingRevocation) -> Result<(), StoreError>;
 
-    /// Replaces a kept revocation after another failed attempt, only while the stored
-    /// one is still at `attempts_before` attempts: one removed (done by another
-    /// instance) or moved on since is a [`StoreError::Conflict`], and nothing comes back.
+    /// Records another failed attempt at a kept revocation (its `attempts` and
+    /// `next_attempt_at`), only while the stored one is still at `attempts_before`
+    /// attempts: one removed (done by another instance) or moved on since is a
+    /// [`StoreError::Conflict`], and nothing comes back. The rest of the record stays as
+    /// stored (a key rotation may have re-wrapped its token meanwhile).
     async fn reschedule_revocation(
         &self,
         revocation: &PendingRevocation,

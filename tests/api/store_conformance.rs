@@ -15,7 +15,7 @@ use axnt_oauth::store::flow_log::SortKeyClock;
 use axnt_oauth::store::{
     AccountGrants, Connection, Event, FlowLog, FlowLogEntry, FlowStep, GrantLedger, LeaseRelease,
     PendingDelivery, PendingGrant, PendingRevocation, RefreshLease, RefreshState, ReplacedAccount,
-    ScanCursor, StoreError, TokenStore, UserInfo, WebhookState,
+    ScanCursor, Sealed, StoreError, TokenStore, UserInfo, WebhookState,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::json;
@@ -1002,6 +1002,14 @@ async fn a_scan_pages_through_every_row_once_and_no_flow_item(
     assert_eq!(rows.len(), written.len(), "only the rows written");
 }
 
+/// The sealed item of `user_id`'s Google row.
+fn sealed_row(user_id: &str) -> Sealed {
+    Sealed::Connection {
+        user_id: user_id.into(),
+        provider: "google".into(),
+    }
+}
+
 async fn a_rewrap_replaces_only_an_unchanged_envelope(
     tokens: Arc<dyn TokenStore>,
     _log: Arc<dyn FlowLog>,
@@ -1015,7 +1023,7 @@ async fn a_rewrap_replaces_only_an_unchanged_envelope(
         ..r.encrypted_tokens.clone()
     };
     tokens
-        .rewrap(&u, "google", &r.encrypted_tokens, &rewrapped)
+        .rewrap(&sealed_row(&u), &r.encrypted_tokens, &rewrapped)
         .await
         .expect("rewrap of the envelope read");
     let stored = tokens.get(&u, "google").await.expect("get").expect("row");
@@ -1039,7 +1047,9 @@ async fn a_rewrap_replaces_only_an_unchanged_envelope(
         ..rewrapped.clone()
     };
     assert!(matches!(
-        tokens.rewrap(&u, "google", &rewrapped, &under_lease).await,
+        tokens
+            .rewrap(&sealed_row(&u), &rewrapped, &under_lease)
+            .await,
         Err(StoreError::Conflict)
     ));
     assert_eq!(
@@ -1050,7 +1060,7 @@ async fn a_rewrap_replaces_only_an_unchanged_envelope(
     // Again from the old envelope: the row is no longer what was read.
     assert!(matches!(
         tokens
-            .rewrap(&u, "google", &r.encrypted_tokens, &rewrapped)
+            .rewrap(&sealed_row(&u), &r.encrypted_tokens, &rewrapped)
             .await,
         Err(StoreError::Conflict)
     ));
@@ -1065,7 +1075,7 @@ async fn a_rewrap_replaces_only_an_unchanged_envelope(
         ..rewrapped.clone()
     };
     assert!(matches!(
-        tokens.rewrap(&u, "google", &rewrapped, &stale).await,
+        tokens.rewrap(&sealed_row(&u), &rewrapped, &stale).await,
         Err(StoreError::Conflict)
     ));
     assert_eq!(
@@ -1076,7 +1086,7 @@ async fn a_rewrap_replaces_only_an_unchanged_envelope(
     tokens.delete(&u, "google", 5, &[]).await.expect("delete");
     assert!(matches!(
         tokens
-            .rewrap(&u, "google", &written.encrypted_tokens, &stale)
+            .rewrap(&sealed_row(&u), &written.encrypted_tokens, &stale)
             .await,
         Err(StoreError::Conflict)
     ));
@@ -1380,7 +1390,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let (tokens, log, _guard) = super::$backend().await;
+                    let (tokens, log, _guard) = crate::store_conformance::$backend().await;
                     super::$case(tokens, log).await;
                 }
             )+
@@ -1423,3 +1433,5 @@ every_backend!(
     events_read_in_order_across_days_within_bounds,
     webhook_state_is_written_conditionally,
 );
+
+mod sealed;

@@ -15,7 +15,9 @@
 mod events;
 mod flow_log;
 mod item;
+mod sealed;
 mod tokens;
+
 
 /// Reading a stored item, for the fuzz targets (src/fuzz.rs) and the benchmarks.
 #[cfg(any(test, fuzzing, feature = "bench"))]

@@ -7,7 +7,9 @@
 
 mod events;
 mod flow_log;
+mod sealed;
 mod tokens;
+
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,7 @@
 //! trait, the database file on disk.
 
 pub mod aws;
+pub mod aws_proxy;
 pub mod fake_provider;
 
 use std::collections::HashMap;
@@ -139,11 +140,16 @@ impl TestApp {
         provider: &FakeProvider,
         extra: &[(&str, &str)],
     ) -> Self {
+        Self::aws_via(&proxy.endpoint, provider, extra).await
+    }
+
+    /// aws mode with every AWS call sent to `endpoint` (a proxy in front of moto).
+    pub async fn aws_via(endpoint: &str, provider: &FakeProvider, extra: &[(&str, &str)]) -> Self {
         let mut env = env_for_secret(provider, extra);
         for (k, v) in aws::aws_env(&provider.client_id(), &provider.client_secret(), API_KEY).await
         {
             let v = if k == "AWS_ENDPOINT_URL" {
-                proxy.endpoint.clone()
+                endpoint.to_string()
             } else {
                 v
             };
