@@ -209,8 +209,9 @@ pub struct AccountGrants {
 /// that caused it: if the change is stored, so is the event; if not, neither is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// A UUIDv7, hyphenated: its text sorts as the events were made, so it is also the
-    /// feed's cursor. Unique; a delivery's `webhook-id`.
+    /// A UUIDv7, hyphenated: its text sorts as the events were stored, so it is also the
+    /// feed's cursor. Made by the store as it writes the event ([`Event::restamped`]).
+    /// Unique; a delivery's `webhook-id`.
     pub id: String,
     /// `connection.created`, `connection.refresh_failed`, …
     pub kind: String,
@@ -221,6 +222,27 @@ pub struct Event {
     pub data: serde_json::Map<String, serde_json::Value>,
     /// Epoch seconds when the event may be purged (its retention).
     pub expires_at: i64,
+}
+
+impl Event {
+    /// This event under an id made now, its `timestamp` the id's and its purge time
+    /// moved by as much. A store stamps each event as it writes it (SQLite: holding the
+    /// write lock; DynamoDB: as each attempt at the transaction starts), never earlier,
+    /// so an event is visible within the store's write bound of the moment its id names:
+    /// the feed's invariant (see `events`). Ids made in one process sort as made.
+    pub(crate) fn restamped(&self) -> Self {
+        let id = uuid::Uuid::now_v7().to_string();
+        let timestamp = event_millis(&id)
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        let moved = timestamp.timestamp() - self.timestamp.timestamp();
+        Self {
+            id,
+            timestamp,
+            expires_at: self.expires_at.saturating_add(moved),
+            ..self.clone()
+        }
+    }
 }
 
 /// Where webhook delivery to one endpoint stands: the last event taken from the
@@ -392,7 +414,9 @@ pub trait TokenStore: Send + Sync {
     /// Writes `row` only if the stored row's version is `expected` (`None`: only if no
     /// row exists). `row.version` must be `expected + 1` (or 1). A lost condition is
     /// [`StoreError::Conflict`] and leaves the stored row as it was. `events` are
-    /// stored with the row, atomically: both or neither.
+    /// stored with the row, atomically: both or neither, each under an id the write
+    /// makes as it stores it ([`Event::restamped`]), in the order given (as every
+    /// write below that stores events does).
     async fn put(
         &self,
         row: &Connection,

@@ -27,6 +27,7 @@ mod events;
 mod flow;
 mod grants;
 mod internal_api;
+mod late_writes;
 mod limits;
 mod links;
 mod metrics;

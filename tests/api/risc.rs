@@ -72,6 +72,8 @@ async fn connect_as(app: &TestApp, provider: &FakeProvider, user_id: &str, prefi
 }
 
 async fn feed_kinds(app: &TestApp) -> Vec<(String, String, String)> {
+    // Once the feed shows what was just stored.
+    tokio::time::sleep(crate::support::FEED_HOLD).await;
     let feed: Value = app
         .api_get("/v1/events?limit=500")
         .await

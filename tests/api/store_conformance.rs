@@ -1254,80 +1254,6 @@ async fn events_are_stored_with_their_change_or_not_at_all(
     );
 }
 
-async fn events_read_in_order_across_days_within_bounds(
-    tokens: Arc<dyn TokenStore>,
-    _log: Arc<dyn FlowLog>,
-) {
-    let u = user();
-    // Around a midnight long ago (no other case writes there), and a day later.
-    let midnight = DateTime::parse_from_rfc3339("2020-01-02T00:00:00Z")
-        .expect("time")
-        .timestamp_millis();
-    let events = [
-        event_at(midnight - 2, 1, &u, "e1"),
-        event_at(midnight - 1, 1, &u, "e2"),
-        event_at(midnight - 1, 2, &u, "e3"),
-        event_at(midnight, 1, &u, "e4"),
-        event_at(midnight + 86_400_000 + 5, 1, &u, "e5"),
-    ];
-    // Written out of order, in two changes: read back in id order.
-    tokens
-        .put(
-            &row(&u, "google", 1, "a"),
-            None,
-            &[events[3].clone(), events[0].clone()],
-        )
-        .await
-        .expect("create");
-    tokens
-        .put(
-            &row(&u, "google", 2, "b"),
-            Some(1),
-            &[events[4].clone(), events[2].clone(), events[1].clone()],
-        )
-        .await
-        .expect("update");
-    let ids = |read: Vec<Event>| read.into_iter().map(|e| e.kind).collect::<Vec<_>>();
-    let all = tokens
-        .events_between(
-            &bound(midnight - 10),
-            &bound(midnight + 2 * 86_400_000),
-            100,
-        )
-        .await
-        .expect("all");
-    assert_eq!(all[2], events[2], "an event reads back as written");
-    assert_eq!(ids(all), ["e1", "e2", "e3", "e4", "e5"]);
-    let after_e2 = tokens
-        .events_between(&events[1].id, &bound(midnight + 2 * 86_400_000), 100)
-        .await
-        .expect("after");
-    assert_eq!(
-        ids(after_e2),
-        ["e3", "e4", "e5"],
-        "strictly after the cursor"
-    );
-    let limited = tokens
-        .events_between(&bound(midnight - 10), &bound(midnight + 2 * 86_400_000), 2)
-        .await
-        .expect("limited");
-    assert_eq!(ids(limited), ["e1", "e2"]);
-    let before_midnight = tokens
-        .events_between(&bound(midnight - 10), &bound(midnight), 100)
-        .await
-        .expect("bounded");
-    assert_eq!(
-        ids(before_midnight),
-        ["e1", "e2", "e3"],
-        "strictly before the bound"
-    );
-    let across_empty_day = tokens
-        .events_between(&events[3].id, &bound(midnight + 2 * 86_400_000), 100)
-        .await
-        .expect("next day");
-    assert_eq!(ids(across_empty_day), ["e5"]);
-}
-
 async fn webhook_state_is_written_conditionally(
     tokens: Arc<dyn TokenStore>,
     _log: Arc<dyn FlowLog>,
@@ -1430,8 +1356,8 @@ every_backend!(
     a_scan_pages_through_every_row_once_and_no_flow_item,
     a_rewrap_replaces_only_an_unchanged_envelope,
     events_are_stored_with_their_change_or_not_at_all,
-    events_read_in_order_across_days_within_bounds,
     webhook_state_is_written_conditionally,
 );
 
 mod sealed;
+mod stamping;

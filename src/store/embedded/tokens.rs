@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::events::{EventRow, insert as insert_events};
+use super::events::insert as insert_events;
 use super::{EmbeddedStore, TOKEN_COLUMNS, WriteIf, corrupt, parse_time, rfc3339, sql};
 use crate::crypto::Envelope;
 use crate::store::{
@@ -323,9 +323,14 @@ impl TokenStore for EmbeddedStore {
     ) -> Result<bool, StoreError> {
         let (user_id, provider) = (user_id.to_string(), provider.to_string());
         let expected = i64::try_from(expected).map_err(|e| corrupt("version", e))?;
-        let events = EventRow::all(events)?;
+        let events = events.to_vec();
         self.with_db(move |db| {
-            let tx = db.transaction().map_err(sql)?;
+            // Immediate: the write lock is taken (waiting out another writer, up to the
+            // busy timeout) before the read. A read transaction that later wants to
+            // write while another connection writes gets SQLITE_BUSY at once.
+            let tx = db
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(sql)?;
             let current: Option<i64> = tx
                 .query_row(
                     "SELECT version FROM tokens WHERE user_id = ?1 AND provider = ?2",
@@ -343,7 +348,7 @@ impl TokenStore for EmbeddedStore {
                         params![user_id, provider],
                     )
                     .map_err(sql)?;
-                    insert_events(&tx, &events)?;
+                    insert_events(&tx, &events)?.in_time()?;
                     Ok(true)
                 }
             };
