@@ -243,6 +243,42 @@ async fn aws_a_transaction_held_past_the_feed_delay_still_reaches_feed_and_recei
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_a_transaction_whose_answer_is_late_is_known_stored_and_told_once() {
+    let provider = FakeProvider::start().await;
+    let receiver = Receiver::start(0).await;
+    let proxy = AwsProxy::start(&aws::moto_endpoint()).await;
+    let env = webhook_env(&receiver);
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = TestApp::aws_via(&proxy.endpoint, &provider, &pairs).await;
+    let follower = Follower::start(&app);
+    let users = ["lost-ann", "lost-bob"];
+    two_connected(&app, &receiver, &follower, users).await;
+
+    // Ann's deletion is stored at once, but its answer comes four seconds later.
+    proxy.hold_answer(
+        "TransactWriteItems",
+        users[0],
+        Duration::from_secs(4),
+        Duration::from_secs(1),
+    );
+    let slow = delete_later(&app, users[0]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        delete_later(&app, users[1])
+            .await
+            .expect("the quick deletion"),
+        StatusCode::OK
+    );
+    assert_eq!(
+        slow.await.expect("the slow deletion"),
+        StatusCode::OK,
+        "stored, and answered as done (not as a conflict with itself)"
+    );
+    assert_eq!(proxy.held(), ["TransactWriteItems"]);
+    both_deletions_told_once(&app, &receiver, &follower, users).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_a_write_behind_a_held_sqlite_writer_still_reaches_feed_and_receiver() {
     let provider = FakeProvider::start().await;
     let receiver = Receiver::start(0).await;

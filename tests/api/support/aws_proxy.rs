@@ -1,6 +1,8 @@
 //! An HTTP proxy in front of moto that can hold chosen AWS requests back (a request the
 //! network delays: it reaches the service after the client gave up on it, and may
-//! still take effect) or answer them itself (as the service answers a disabled key).
+//! still take effect), hold their answers back (the request took effect, the client
+//! does not hear of it in time), or answer them itself (as the service answers a
+//! disabled key).
 //! Requests are chosen by their operation (`X-Amz-Target`, e.g. `TransactWriteItems`)
 //! and a string their body contains; everything else passes unchanged.
 
@@ -17,6 +19,8 @@ use tokio::time::Instant;
 enum Action {
     /// Forward after `hold`, whatever became of the client meanwhile.
     Hold(Duration),
+    /// Forward at once; answer after `hold`.
+    HoldAnswer(Duration),
     /// Answer `status` with this JSON body, as the service would.
     Answer(u16, String),
 }
@@ -81,6 +85,12 @@ impl AwsProxy {
         self.add(operation, naming, window, Action::Hold(hold));
     }
 
+    /// Forwards every `operation` request whose body contains `naming` and that arrives
+    /// within `window` from now at once, but gives its answer only after `hold`.
+    pub fn hold_answer(&self, operation: &str, naming: &str, hold: Duration, window: Duration) {
+        self.add(operation, naming, window, Action::HoldAnswer(hold));
+    }
+
     /// Answers every `operation` request whose body contains `naming` with `status`
     /// and `body` from now on.
     pub fn answer(&self, operation: &str, naming: &str, status: u16, body: &str) {
@@ -134,7 +144,7 @@ async fn forward(
         .iter()
         .find(|r| r.operation == operation && text.contains(&r.naming) && Instant::now() < r.until)
         .map(|r| r.action.clone());
-    let hold = match action {
+    let (hold, answer_after) = match action {
         Some(Action::Answer(status, body)) => {
             return (
                 StatusCode::from_u16(status).expect("status"),
@@ -145,9 +155,13 @@ async fn forward(
         }
         Some(Action::Hold(hold)) => {
             shared.held.lock().expect("lock").push(operation);
-            hold
+            (hold, Duration::ZERO)
         }
-        None => Duration::ZERO,
+        Some(Action::HoldAnswer(hold)) => {
+            shared.held.lock().expect("lock").push(operation);
+            (Duration::ZERO, hold)
+        }
+        None => (Duration::ZERO, Duration::ZERO),
     };
     // Its own task: a client that gives up (and so drops this handler) does not stop
     // the request from reaching the service.
@@ -167,7 +181,9 @@ async fn forward(
         let body = response.bytes().await?;
         Ok::<_, reqwest::Error>((status, headers, body))
     });
-    match sent.await {
+    let sent = sent.await;
+    tokio::time::sleep(answer_after).await;
+    match sent {
         Ok(Ok((status, headers, body))) => {
             let mut response =
                 (StatusCode::from_u16(status).expect("status"), body).into_response();
