@@ -172,7 +172,7 @@ impl DynamoStore {
             };
             match self.fence_until(first, deadline).await {
                 Fence::Fenced => {
-                    tracing::warn!(error = %failure, "an event write got no answer in time: fenced, so not stored");
+                    tracing::warn!(error = %failure, "an event write did not go through in time: fenced, so not stored");
                 }
                 Fence::Stored => {
                     if started.elapsed() > EVENT_WRITE_BOUND {
