@@ -179,6 +179,9 @@ pub(crate) async fn check(settings: Settings) -> i32 {
                 &probe_provider,
                 serde_json::json!({}),
             );
+            // The store stamps the event as it writes it: it is found between then and
+            // now, by its kind and probe key.
+            let before = Utc::now().timestamp_millis();
             backends
                 .tokens
                 .delete(probe_user, &probe_provider, 1, std::slice::from_ref(&probe))
@@ -187,13 +190,15 @@ pub(crate) async fn check(settings: Settings) -> i32 {
             let read = backends
                 .tokens
                 .events_between(
-                    &event_bound(probe.timestamp.timestamp_millis()),
-                    &event_bound(probe.timestamp.timestamp_millis() + 1),
-                    100,
+                    &event_bound(before),
+                    &event_bound(Utc::now().timestamp_millis() + 1),
+                    1000,
                 )
                 .await
                 .map_err(|e| ("event read", e))?;
-            if !read.iter().any(|e| e.id == probe.id) {
+            if !read.iter().any(|e| {
+                e.kind == PROBE_KIND && e.user_id == probe_user && e.provider == probe_provider
+            }) {
                 return Err((
                     "event read",
                     crate::store::StoreError::Corrupt("probe event did not read back".into()),

@@ -234,29 +234,33 @@ async fn rotate_keys(settings: Settings, options: &RotateOptions) -> anyhow::Res
         Progress::Verify { .. } => {}
     };
     let report = crate::rotate::rotate_keys(&settings, options, &mut print).await?;
+    let verified = report.verified;
+    let items = format!(
+        "{} rows, {} kept revocations, {} held grants",
+        verified.rows, verified.revocations, verified.pending_grants
+    );
     if options.dry_run && options.new_local_key {
         println!(
-            "dry run: a new master key would be made and all {} rows re-wrapped under it (nothing changed)",
-            report.verified
+            "dry run: a new master key would be made and all {items} re-wrapped under it (nothing changed)"
         );
         return Ok(0);
     }
     if options.dry_run {
         println!(
-            "dry run: {} of {} rows are not under the current key (nothing changed)",
-            report.not_current, report.verified
+            "dry run: {} of {items} are not under the current key (nothing changed)",
+            report.not_current
         );
         return Ok(0);
     }
     println!(
-        "verified: {} rows, {} not under the current key",
-        report.verified, report.not_current
+        "verified: {items}; {} not under the current key",
+        report.not_current
     );
     if report.success() {
         Ok(0)
     } else {
         println!(
-            "not done: rows are still under an old key (written meanwhile by an instance whose data key \
+            "not done: items are still under an old key (written meanwhile by an instance whose data key \
              predates the rotation, or failed above); run rotate-keys again (without --new-local-key) once AXNT_DATA_KEY_MAX_AGE_SECS has passed"
         );
         Ok(1)

@@ -558,7 +558,8 @@ pub struct RetentionSettings {
     #[serde(rename = "events_retention_days", deserialize_with = "de::days")]
     pub(crate) events_retention: Duration,
     /// `AXNT_EVENTS_FEED_DELAY_MS`: the feed holds back events younger than this, so
-    /// a write still in flight when a page is read cannot land behind its cursor.
+    /// a write still in flight when a page is read cannot land behind its cursor. Used
+    /// as at least the backend's shortest safe delay (see `events::EventRules::new`).
     #[serde(rename = "events_feed_delay_ms", deserialize_with = "de::millis")]
     pub(crate) events_feed_delay: Duration,
 }

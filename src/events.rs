@@ -1,7 +1,25 @@
 //! Lifecycle events: what happened to a connection, told to the application. Each is
 //! made here and stored in the same write as the change that caused it (see
 //! [`TokenStore::put`](crate::store::TokenStore::put)), then read back in order by the
-//! pull feed (`GET /v1/events`).
+//! pull feed (`GET /v1/events`) and the webhook workers.
+//!
+//! # At least once
+//!
+//! Readers walk the events in id order and hand out (or keep) a cursor: the id of the
+//! last event read. An event stored after a cursor passed its id would never be read,
+//! so the feed reads only events older than its delay, and the stores keep the
+//! invariant that makes that enough:
+//!
+//! > an event is readable within the store's write bound of the moment its id names,
+//! > or it is never stored.
+//!
+//! The store makes an event's id as it writes it (under SQLite's write lock; at the
+//! start of each DynamoDB transaction attempt, whose late answers are fenced, see
+//! `store::dynamodb`), so no wait before the write counts. What remains between
+//! instances is their clocks' difference ([`CLOCK_ALLOWANCE`]): a feed delay of at
+//! least the write bound plus that allowance passes no event still to land. A shorter
+//! `AXNT_EVENTS_FEED_DELAY_MS` is raised to it ([`EventRules::new`]), with a warning at
+//! start-up.
 
 use std::time::Duration;
 
@@ -63,12 +81,17 @@ impl EventType {
 /// takes transactional writes, and is never served or delivered.
 pub(crate) const PROBE_KIND: &str = "check.probe";
 
+/// How far the clocks of the hosts sharing a store may disagree: an event's id is
+/// made by one host's clock, the feed's bound by another's.
+pub(crate) const CLOCK_ALLOWANCE: Duration = Duration::from_millis(500);
+
 /// How events are kept and served.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct EventRules {
     /// Events are purged this long after they were made.
     pub(crate) retention: Duration,
-    /// The feed holds back events younger than this.
+    /// The feed holds back events younger than this: never less than
+    /// [`shortest_feed_delay`].
     pub(crate) feed_delay: Duration,
 }
 
@@ -77,6 +100,30 @@ impl Default for EventRules {
         Self {
             retention: Duration::from_secs(14 * 86_400),
             feed_delay: Duration::from_millis(3_000),
+        }
+    }
+}
+
+impl EventRules {
+    /// Events kept `retention`, the feed holding back `feed_delay` but never less than
+    /// the shortest delay that keeps at-least-once over a store whose event writes are
+    /// readable within `write_bound` of their ids: that bound plus [`CLOCK_ALLOWANCE`].
+    pub(crate) fn new(retention: Duration, feed_delay: Duration, write_bound: Duration) -> Self {
+        Self {
+            retention,
+            feed_delay: feed_delay.max(write_bound + CLOCK_ALLOWANCE),
+        }
+    }
+
+    /// Says at start-up when the `configured` delay was raised.
+    pub(crate) fn warn_if_raised(&self, configured: Duration) {
+        if configured < self.feed_delay {
+            tracing::warn!(
+                configured_ms = configured.as_millis() as u64,
+                used_ms = self.feed_delay.as_millis() as u64,
+                "AXNT_EVENTS_FEED_DELAY_MS is shorter than the longest an event write can take plus the clock allowance: \
+                 a feed or webhook cursor could pass an event still being written, so the shortest safe delay is used"
+            );
         }
     }
 }
@@ -122,26 +169,6 @@ impl EventRules {
             data,
             expires_at: timestamp.timestamp().saturating_add(retention),
         }
-    }
-}
-
-/// Notes events whose write committed later than the feed delay after they were made:
-/// a feed or webhook cursor may have passed them (`axnt_events_late_total`, and a
-/// warning naming the fix). Called after each write that stored events.
-pub(crate) fn note_if_late(events: &[Event], rules: &EventRules) {
-    let Some(first) = events.first() else {
-        return;
-    };
-    let took = Utc::now().signed_duration_since(first.timestamp);
-    let delay = chrono::TimeDelta::from_std(rules.feed_delay).unwrap_or(chrono::TimeDelta::MAX);
-    if took > delay {
-        metrics::counter!("axnt_events_late_total").increment(events.len() as u64);
-        tracing::warn!(
-            took_ms = took.num_milliseconds(),
-            feed_delay_ms = delay.num_milliseconds(),
-            kind = first.kind,
-            "an event was stored later than AXNT_EVENTS_FEED_DELAY_MS after it was made: a feed or webhook cursor may have passed it (raise the delay, or replay)"
-        );
     }
 }
 
@@ -194,6 +221,21 @@ pub(crate) async fn feed_page(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_feed_delay_below_the_write_bound_and_clock_allowance_is_raised_to_it() {
+        let bound = Duration::from_secs(2);
+        let day = Duration::from_secs(86_400);
+        for (configured, used) in [(0, 2_500), (2_499, 2_500), (2_500, 2_500), (3_000, 3_000)] {
+            let rules = EventRules::new(day, Duration::from_millis(configured), bound);
+            assert_eq!(
+                rules.feed_delay,
+                Duration::from_millis(used),
+                "{configured}"
+            );
+            assert_eq!(rules.retention, day);
+        }
+    }
 
     #[test]
     fn ids_sort_as_made_and_bounds_fall_between_milliseconds() {

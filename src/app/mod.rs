@@ -358,6 +358,9 @@ fn assemble(
         Some(_) => secrets.current().previous_state_key.clone(),
         None => backends.previous_state_key.clone(),
     };
+    TokenPolicy::from(&*settings)
+        .events
+        .warn_if_raised(settings.retention.events_feed_delay);
     if secrets.current().api_keys.is_empty() {
         tracing::warn!(
             "no API key configured (AXNT_API_KEYS or the secret's api_keys): the internal API rejects every call"

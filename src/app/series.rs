@@ -270,7 +270,7 @@ fn describe() {
     );
     describe_counter!(
         "axnt_events_late_total",
-        "Lifecycle events stored later than AXNT_EVENTS_FEED_DELAY_MS after they were made (a feed or webhook cursor may have passed them)"
+        "Lifecycle events whose write was found stored after the store's write bound, or could not be settled (a feed or webhook cursor may have passed them)"
     );
     describe_counter!(
         "axnt_security_events_total",

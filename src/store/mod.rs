@@ -209,8 +209,9 @@ pub struct AccountGrants {
 /// that caused it: if the change is stored, so is the event; if not, neither is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// A UUIDv7, hyphenated: its text sorts as the events were made, so it is also the
-    /// feed's cursor. Unique; a delivery's `webhook-id`.
+    /// A UUIDv7, hyphenated: its text sorts as the events were stored, so it is also the
+    /// feed's cursor. Made by the store as it writes the event ([`Event::restamped`]).
+    /// Unique; a delivery's `webhook-id`.
     pub id: String,
     /// `connection.created`, `connection.refresh_failed`, …
     pub kind: String,
@@ -221,6 +222,27 @@ pub struct Event {
     pub data: serde_json::Map<String, serde_json::Value>,
     /// Epoch seconds when the event may be purged (its retention).
     pub expires_at: i64,
+}
+
+impl Event {
+    /// This event under an id made now, its `timestamp` the id's and its purge time
+    /// moved by as much. A store stamps each event as it writes it (SQLite: holding the
+    /// write lock; DynamoDB: as each attempt at the transaction starts), never earlier,
+    /// so an event is visible within the store's write bound of the moment its id names:
+    /// the feed's invariant (see `events`). Ids made in one process sort as made.
+    pub(crate) fn restamped(&self) -> Self {
+        let id = uuid::Uuid::now_v7().to_string();
+        let timestamp = event_millis(&id)
+            .and_then(DateTime::from_timestamp_millis)
+            .unwrap_or_else(Utc::now);
+        let moved = timestamp.timestamp() - self.timestamp.timestamp();
+        Self {
+            id,
+            timestamp,
+            expires_at: self.expires_at.saturating_add(moved),
+            ..self.clone()
+        }
+    }
 }
 
 /// Where webhook delivery to one endpoint stands: the last event taken from the
@@ -341,6 +363,41 @@ pub struct ScanCursor {
     pub provider: String,
 }
 
+/// An item that holds a sealed envelope: a connection's token set, a kept revocation's
+/// token, or a grant held for confirmation. Key rotation re-wraps every one of them;
+/// as a scan position it also names where a page of [`TokenStore::scan_sealed`] ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sealed {
+    Connection {
+        user_id: String,
+        provider: String,
+    },
+    /// A [`PendingRevocation`], by id.
+    Revocation {
+        id: String,
+    },
+    /// A [`PendingGrant`], by flow id.
+    PendingGrant {
+        flow_id: String,
+    },
+}
+
+/// One sealed item and its envelope as read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealedItem {
+    pub item: Sealed,
+    pub envelope: Envelope,
+}
+
+/// One page of [`TokenStore::scan_sealed`].
+#[derive(Debug, Clone, Default)]
+pub struct SealedPage {
+    pub items: Vec<SealedItem>,
+    /// Where the next page starts (a position, not necessarily an item of this page);
+    /// `None` after the last page.
+    pub next: Option<Sealed>,
+}
+
 /// One page of a scan.
 #[derive(Debug, Clone, Default)]
 pub struct ScanPage {
@@ -357,7 +414,9 @@ pub trait TokenStore: Send + Sync {
     /// Writes `row` only if the stored row's version is `expected` (`None`: only if no
     /// row exists). `row.version` must be `expected + 1` (or 1). A lost condition is
     /// [`StoreError::Conflict`] and leaves the stored row as it was. `events` are
-    /// stored with the row, atomically: both or neither.
+    /// stored with the row, atomically: both or neither, each under an id the write
+    /// makes as it stores it ([`Event::restamped`]), in the order given (as every
+    /// write below that stores events does).
     async fn put(
         &self,
         row: &Connection,
@@ -462,27 +521,36 @@ pub trait TokenStore: Send + Sync {
 
     /// Every connection row (never a flow's item), a page at a time: at most `limit`
     /// items read after `after`. A page may hold fewer rows, even none, while `next` is
-    /// set; rows written during a scan may or may not be seen. For key rotation.
+    /// set; rows written during a scan may or may not be seen.
     async fn scan(&self, after: Option<&ScanCursor>, limit: usize) -> Result<ScanPage, StoreError>;
 
-    /// Replaces the row's sealed token set by `new` only while the stored one is still
-    /// `old` (same `keyId`, wrapped key and ciphertext); nothing else changes, not
-    /// `version`, so a concurrent token write always wins. A changed or removed row is
-    /// a [`StoreError::Conflict`], and nothing is written. For key rotation.
-    async fn rewrap(
+    /// Every sealed item (connection rows, kept revocations, held grants) with its
+    /// envelope, a page at a time: at most `limit` items read after the position
+    /// `after`. A page may hold fewer, even none, while `next` is set; items written
+    /// during a scan may or may not be seen. For key rotation.
+    async fn scan_sealed(
         &self,
-        user_id: &str,
-        provider: &str,
-        old: &Envelope,
-        new: &Envelope,
-    ) -> Result<(), StoreError>;
+        after: Option<&Sealed>,
+        limit: usize,
+    ) -> Result<SealedPage, StoreError>;
+
+    /// Replaces the item's envelope by `new` only while the stored one is still `old`
+    /// (same `keyId`, wrapped key and ciphertext); nothing else changes, not `version`,
+    /// so a concurrent write always wins. A connection under a live refresh lease is
+    /// left alone too (its holder writes the whole row from what it read). A changed
+    /// or removed item is a [`StoreError::Conflict`], and nothing is written. For key
+    /// rotation.
+    async fn rewrap(&self, item: &Sealed, old: &Envelope, new: &Envelope)
+    -> Result<(), StoreError>;
 
     /// Stores (or replaces, by `id`) a revocation to try again.
     async fn put_revocation(&self, revocation: &PendingRevocation) -> Result<(), StoreError>;
 
-    /// Replaces a kept revocation after another failed attempt, only while the stored
-    /// one is still at `attempts_before` attempts: one removed (done by another
-    /// instance) or moved on since is a [`StoreError::Conflict`], and nothing comes back.
+    /// Records another failed attempt at a kept revocation (its `attempts` and
+    /// `next_attempt_at`), only while the stored one is still at `attempts_before`
+    /// attempts: one removed (done by another instance) or moved on since is a
+    /// [`StoreError::Conflict`], and nothing comes back. The rest of the record stays as
+    /// stored (a key rotation may have re-wrapped its token meanwhile).
     async fn reschedule_revocation(
         &self,
         revocation: &PendingRevocation,

@@ -255,10 +255,7 @@ impl TokenService {
             .put_as_holder(&marked, &lease.attempt, &event)
             .await
         {
-            Ok(()) => {
-                crate::events::note_if_late(&event, &self.policy.events);
-                Ok(true)
-            }
+            Ok(()) => Ok(true),
             Err(StoreError::Conflict) => Ok(false),
             Err(e) => {
                 self.give_lease_back(&current, &lease.attempt).await;

@@ -22,7 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::Settings;
+use crate::config::{Backend, Settings};
 use crate::crypto::EnvelopeCipher;
 use crate::error::Error;
 use crate::events::{EventRules, EventType};
@@ -282,10 +282,14 @@ impl From<&Settings> for TokenPolicy {
                 publishing: settings.provider.publishing_status,
                 grant_limit: settings.provider.grant_limit,
             },
-            events: EventRules {
-                retention: retention.events_retention,
-                feed_delay: retention.events_feed_delay,
-            },
+            events: EventRules::new(
+                retention.events_retention,
+                retention.events_feed_delay,
+                match settings.backend {
+                    Backend::Embedded => crate::store::embedded::EVENT_WRITE_BOUND,
+                    Backend::Aws => crate::store::dynamodb::EVENT_WRITE_BOUND,
+                },
+            ),
         }
     }
 }
@@ -528,7 +532,6 @@ impl TokenService {
                 .await
             {
                 Ok(()) => {
-                    crate::events::note_if_late(&events, &self.policy.events);
                     self.refresher.cache.invalidate(user_id, provider);
                     let account_grants = match fresh.refresh_token {
                         Some(_) => self.record_mint(provider, &user_info.sub, now).await,
@@ -1037,7 +1040,6 @@ impl TokenService {
                 .await
             {
                 Ok(_) => {
-                    crate::events::note_if_late(&deleted, &self.policy.events);
                     self.refresher.cache.invalidate(user_id, provider_name);
                     count_revocation(provider_name, outcome.revocation.label());
                     if outcome.revocation == Revocation::Revoked {

@@ -691,7 +691,6 @@ impl Holder<'_> {
             .store
             .put_as_holder(&updated, self.attempt, &events)
             .await?;
-        crate::events::note_if_late(&events, rules);
         Ok(())
     }
 
@@ -722,7 +721,7 @@ impl Holder<'_> {
             }),
         )];
         match r.store.put_as_holder(&updated, self.attempt, &failed).await {
-            Ok(()) => crate::events::note_if_late(&failed, &r.policy.events),
+            Ok(()) => {}
             // The lease was taken over: whoever holds it now decides; read again.
             Err(StoreError::Conflict) => return Err(Error::RefreshBusy),
             Err(e) => {
@@ -795,8 +794,7 @@ impl Holder<'_> {
             .release_lease(&row.user_id, &row.provider, self.attempt, after, &events)
             .await
         {
-            Ok(()) => crate::events::note_if_late(&events, &r.policy.events),
-            Err(StoreError::Conflict) => {}
+            Ok(()) | Err(StoreError::Conflict) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "releasing a refresh lease failed; it lapses by itself")
             }

@@ -241,7 +241,6 @@ impl TokenService {
             )];
             match self.store.put(&ended, Some(row.version), &event).await {
                 Ok(()) => {
-                    crate::events::note_if_late(&event, &self.policy.events);
                     self.refresher.cache.invalidate(&row.user_id, &row.provider);
                     metrics::counter!("axnt_grants_ended_total", "provider" => row.provider.clone(), "cause" => cause.to_string())
                         .increment(1);

@@ -189,7 +189,13 @@ async fn the_run_time_policy_is_enough_and_its_absence_is_named() {
         .events_between(&bound(-60_000), &bound(60_000), 10)
         .await
         .expect("Query events");
-    assert_eq!(read.iter().map(|e| &e.id).collect::<Vec<_>>(), [&event.id]);
+    // Stored under the id the write made for it.
+    assert_eq!(
+        read.iter()
+            .map(|e| (e.kind.as_str(), e.user_id.as_str(), &e.data))
+            .collect::<Vec<_>>(),
+        [(event.kind.as_str(), "lp-user", &event.data)]
+    );
 
     let entry = FlowLogEntry {
         user_id: "lp-user".into(),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::aws_proxy::AwsFaultProxy;
+use crate::support::aws_proxy::AwsProxy;
 use crate::support::{Backend, FakeProvider, RETURN_ORIGIN, TestApp, redirect_query};
 
 /// A session pinned to the provider's account (so its grant is stored at once, with no
@@ -141,7 +141,7 @@ async fn a_shutdown_during_a_callback_waits_for_its_grant(backend: Backend) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_confirm_while_the_key_service_is_away_answers_503_and_a_later_one_succeeds() {
     let provider = FakeProvider::start().await;
-    let proxy = AwsFaultProxy::start(&crate::support::aws::moto_endpoint()).await;
+    let proxy = AwsProxy::start(&crate::support::aws::moto_endpoint()).await;
     let app = TestApp::aws_via(&proxy.endpoint, &provider, &[]).await;
     let confirmer = app.sibling().await;
     let session = app

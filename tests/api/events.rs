@@ -17,7 +17,8 @@ use crate::support::fake_provider::{Profile, RefreshBehaviour};
 use crate::support::{Backend, FakeProvider, TestApp, assert_problem};
 
 const DRIVE: &str = "https://www.googleapis.com/auth/drive.readonly";
-/// Events are served at once (the default holds the newest 2 s back).
+/// Events are served as soon as the backend allows (a delay below its shortest safe
+/// one is raised to it; the default holds the newest 3 s back).
 const NO_FEED_DELAY: (&str, &str) = ("AXNT_EVENTS_FEED_DELAY_MS", "0");
 
 /// One page of the feed.
@@ -252,8 +253,8 @@ async fn a_grant_near_its_end_is_told_once(backend: Backend) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    // More passes run (one a second) and tell nothing new.
-    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    // More passes run (one a second) and tell nothing new, once the feed shows them.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500) + crate::support::FEED_HOLD).await;
     let items_later = all_after(&app, None, 100).await;
     assert_eq!(
         items_later.len(),
@@ -335,6 +336,7 @@ async fn a_change_that_is_not_stored_tells_nothing(backend: Backend) {
         "the connection is left as it was"
     );
     repair_events(&app).await;
+    tokio::time::sleep(crate::support::FEED_HOLD).await;
     assert_eq!(
         kinds(&events(&app, 0).await),
         Vec::<String>::new(),

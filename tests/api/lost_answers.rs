@@ -11,14 +11,14 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::aws::moto_endpoint;
-use crate::support::aws_proxy::AwsFaultProxy;
+use crate::support::aws_proxy::AwsProxy;
 use crate::support::fake_provider::Profile;
 use crate::support::{FakeProvider, TestApp, assert_page, assert_problem};
 
 const PUT_ITEM: &str = "DynamoDB_20120810.PutItem";
 
 /// The proxy lost exactly one answer, and the SDK sent the request again.
-fn assert_retried(proxy: &AwsFaultProxy) {
+fn assert_retried(proxy: &AwsProxy) {
     assert_eq!(proxy.lost(), 1, "the mark's answer was lost");
     assert!(
         proxy.matched() >= 2,
@@ -30,7 +30,7 @@ fn assert_retried(proxy: &AwsFaultProxy) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_link_opening_survives_a_retried_mark() {
     let provider = FakeProvider::start().await;
-    let proxy = AwsFaultProxy::start(&moto_endpoint()).await;
+    let proxy = AwsProxy::start(&moto_endpoint()).await;
     // The browser flow is driven by hand here; it is not about confirmation.
     let app = TestApp::aws_via(
         &proxy.endpoint,
@@ -65,7 +65,7 @@ async fn a_security_event_survives_a_retried_mark() {
     const TOKENS_REVOKED: &str =
         "https://schemas.openid.net/secevent/oauth/event-type/tokens-revoked";
     let provider = FakeProvider::start().await;
-    let proxy = AwsFaultProxy::start(&moto_endpoint()).await;
+    let proxy = AwsProxy::start(&moto_endpoint()).await;
     let issuer = provider.issuer();
     let app = TestApp::aws_via(
         &proxy.endpoint,
@@ -101,6 +101,8 @@ async fn a_security_event_survives_a_retried_mark() {
     // Acted on, not taken for a duplicate of itself.
     let body = assert_problem(app.token("noa").await, 409, "reauthorization_required").await;
     assert_eq!(body["cause"], "revoked_by_user");
+    // Once the feed shows what was just stored.
+    tokio::time::sleep(crate::support::FEED_HOLD).await;
     let feed: Value = app
         .api_get("/v1/events?limit=100")
         .await

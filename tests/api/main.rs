@@ -29,6 +29,7 @@ mod events;
 mod flow;
 mod grants;
 mod internal_api;
+mod late_writes;
 mod limits;
 mod links;
 mod lost_answers;

@@ -103,6 +103,8 @@ async fn connect_as(app: &TestApp, provider: &FakeProvider, user_id: &str, prefi
 
 /// `connection.revoked_by_user` events in the feed: `(userId, cause)`, sorted.
 async fn revoked_in_feed(app: &TestApp) -> Vec<(String, String)> {
+    // Once the feed shows what was just stored.
+    tokio::time::sleep(crate::support::FEED_HOLD).await;
     let feed: Value = app
         .api_get("/v1/events?limit=500")
         .await

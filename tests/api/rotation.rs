@@ -8,6 +8,8 @@ on_every_backend!(
     api_keys_rotate_by_listing_old_and_new_together,
 );
 
+mod kept;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

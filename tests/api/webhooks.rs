@@ -11,116 +11,20 @@ on_every_backend!(
     every_event_type_reaches_the_receiver_once_signed,
 );
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
+use crate::support::webhook_receiver::{Received, Receiver};
 use crate::support::{Backend, FakeProvider, TestApp};
 
 /// 32 bytes, `whsec_` + base64.
 const SECRET: &str = "whsec_C2FtcGxlLXdlYmhvb2stc2VjcmV0LTMyLWJ5dGVzIQ==";
 
-/// One request the receiver got.
-#[derive(Clone, Debug)]
-struct Received {
-    id: String,
-    timestamp: String,
-    signature: String,
-    body: Vec<u8>,
-    answered: u16,
-}
-
-/// A webhook receiver on 127.0.0.1: records every request, and answers 500 to the
-/// first `fail_first` of them.
-#[derive(Clone)]
-struct Receiver {
-    url: String,
-    got: Arc<Mutex<Vec<Received>>>,
-    fail_first: Arc<Mutex<usize>>,
-}
-
-impl Receiver {
-    async fn start(fail_first: usize) -> Self {
-        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let fail = Arc::new(Mutex::new(fail_first));
-        let (g, f) = (Arc::clone(&got), Arc::clone(&fail));
-        let app = axum::Router::new().route(
-            "/hook",
-            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-                let (g, f) = (Arc::clone(&g), Arc::clone(&f));
-                async move {
-                    let header = |n: &str| {
-                        headers
-                            .get(n)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or_default()
-                            .to_string()
-                    };
-                    let status = {
-                        let mut left = f.lock().expect("lock");
-                        if *left > 0 {
-                            *left -= 1;
-                            StatusCode::INTERNAL_SERVER_ERROR
-                        } else {
-                            StatusCode::NO_CONTENT
-                        }
-                    };
-                    g.lock().expect("lock").push(Received {
-                        id: header("webhook-id"),
-                        timestamp: header("webhook-timestamp"),
-                        signature: header("webhook-signature"),
-                        body: body.to_vec(),
-                        answered: status.as_u16(),
-                    });
-                    status
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self {
-            url,
-            got,
-            fail_first: fail,
-        }
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.got.lock().expect("lock").clone()
-    }
-
-    fn delivered(&self) -> Vec<Received> {
-        self.received()
-            .into_iter()
-            .filter(|r| r.answered < 300)
-            .collect()
-    }
-
-    fn fail_next(&self, n: usize) {
-        *self.fail_first.lock().expect("lock") = n;
-    }
-
-    /// Waits (at most 20 s) until `n` deliveries succeeded.
-    async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while self.delivered().len() < n && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.delivered()
-    }
-}
-
-fn env(receiver: &Receiver) -> Vec<(&'static str, String)> {
+/// Settings delivering to `receiver`, polling often.
+pub(crate) fn env(receiver: &Receiver) -> Vec<(&'static str, String)> {
     vec![
         ("AXNT_WEBHOOK_URLS", receiver.url.clone()),
         ("AXNT_WEBHOOK_SECRET", SECRET.into()),

@@ -2,18 +2,58 @@
 //! tokens-table change that caused them, partitioned by UTC day (`day`, e.g.
 //! `2026-11-26`) and sorted by id (a UUIDv7), so the feed reads a day's events in order
 //! with one `Query` and walks the days forward.
+//!
+//! # Never later than the bound
+//!
+//! The feed hands out cursors past events older than its delay, so an event must be
+//! readable within [`EVENT_WRITE_BOUND`] of the moment its id names, or never be stored.
+//! A transaction whose answer is late is not simply waited for or retried (a request
+//! still in flight can commit after the SDK gave up on it):
+//!
+//! - each attempt ("round") stamps its events afresh and gets [`ROUND`] at most (the
+//!   SDK's own retries, under the same ids, inside it);
+//! - a round without an answer is **fenced**: a conditional `PutItem` of a marker item
+//!   under its first event's key. Once the marker is in, the round's transaction can
+//!   never commit (its event put requires the key free); if the key holds the event
+//!   instead, the round committed. Either way its outcome is known;
+//! - a fenced round is made again under fresh ids while the call's time
+//!   (`AXNT_AWS_OPERATION_TIMEOUT_MS`) lasts, else the write fails, nothing of it
+//!   stored;
+//! - a round found committed later than the bound, or one whose fence cannot be written
+//!   before the call's time runs out (then it is settled in the background), is
+//!   counted in `axnt_events_late_total` and logged with the replay that re-sends it.
+//!
+//! Markers are never read as events and expire by the table's TTL after a day.
+
+use std::time::Duration;
 
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::DynamoStore;
 use super::call;
-use super::item::{Item, from_item, rfc3339, s, to_item};
+use super::item::{Item, from_item, n, rfc3339, s, to_item};
+use crate::aws::error::{AwsFailure, FailureKind, count_call};
+use crate::retry::Backoff;
 use crate::store::{Event, StoreError, event_millis};
 
+/// One round of an event-bearing transaction gets this long under its ids.
+pub(crate) const ROUND: Duration = Duration::from_millis(1_500);
+/// A fence answered within this long after its round settles the round in time.
+const FENCE: Duration = Duration::from_millis(500);
+/// The longest from an event's stamp until it is readable, or known never to be: a
+/// round and its fence.
+pub(crate) const EVENT_WRITE_BOUND: Duration = Duration::from_millis(2_000);
+/// A fence not written within the call's time is tried in the background this long:
+/// past TCP's own retransmission limits no request still in flight can arrive.
+const SETTLE_FOR: Duration = Duration::from_secs(15 * 60);
+/// The marker item's attribute; an item with it is a fence, never an event.
+const FENCE_ATTR: &str = "fence";
 /// The events table's item, attribute for attribute.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -75,58 +115,254 @@ fn event_from(item: &Item) -> Result<Event, StoreError> {
     })
 }
 
+/// What one round came to.
+enum Round {
+    Committed,
+    /// Not stored, and no attempt of the round can be: a conflict or a refusal.
+    Refused(StoreError),
+    /// No answer, or a passing failure: an attempt may be in flight still.
+    Unknown(StoreError),
+}
+
+/// What a fence found.
+enum Fence {
+    /// The marker is in: the round never commits.
+    Fenced,
+    /// The round's event is: it committed.
+    Stored,
+    /// The marker could not be written in time.
+    Unsettled,
+}
+
+/// Counts and logs events that may have been stored after a cursor passed them.
+fn late(events: &[Event], what: &str) {
+    metrics::counter!("axnt_events_late_total").increment(events.len() as u64);
+    if let Some(first) = events.first() {
+        tracing::warn!(
+            event_id = first.id,
+            kind = first.kind,
+            since = rfc3339(&first.timestamp),
+            "an event write {what}: a feed or webhook cursor may have passed its events; \
+             `axnt-oauth events replay --since <since>` sends them again"
+        );
+    }
+}
+
 impl DynamoStore {
     /// Writes `change` (a conditional write of the tokens table) and `events` in one
-    /// transaction: both or neither. A failed condition is a conflict.
+    /// transaction: both or neither, within the bound (see the module's doc). A failed
+    /// condition of `change` is a conflict.
     pub(super) async fn transact(
         &self,
         change: TransactWriteItem,
         events: &[Event],
     ) -> Result<(), StoreError> {
-        let table = &self.events_table;
-        let mut items = vec![change];
-        for e in events {
-            // An event id is never reused: a retried transaction that had in fact
-            // succeeded fails here rather than writing the event twice.
-            let put = Put::builder()
-                .table_name(table)
-                .set_item(Some(event_item(e)?))
-                .condition_expression("attribute_not_exists(id)")
-                .build()
-                .map_err(|err| StoreError::Corrupt(format!("event put: {err}")))?;
-            items.push(TransactWriteItem::builder().put(put).build());
-        }
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        let lost = match &result {
-            Err(SdkError::ServiceError(e)) => match e.err() {
-                TransactWriteItemsError::TransactionCanceledException(c) => {
-                    // Only a failed condition is a conflict; another transaction on the
-                    // same item at that moment (TransactionConflict) is a passing
-                    // failure, retried like any unavailable store.
-                    c.cancellation_reasons()
-                        .iter()
-                        .any(|r| r.code() == Some("ConditionalCheckFailed"))
+        let deadline = Instant::now() + self.operation_timeout;
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+        loop {
+            let stamped: Vec<Event> = events.iter().map(Event::restamped).collect();
+            let started = Instant::now();
+            let failure = match self.round(change.clone(), &stamped).await {
+                Round::Committed => return Ok(()),
+                Round::Refused(e) => return Err(e),
+                Round::Unknown(e) => e,
+            };
+            let Some(first) = stamped.first() else {
+                return Err(failure);
+            };
+            match self.fence_until(first, deadline).await {
+                Fence::Fenced => {
+                    tracing::warn!(error = %failure, "an event write did not go through in time: fenced, so not stored");
                 }
-                _ => false,
-            },
-            _ => false,
-        };
-        match call("TransactWriteItems", result) {
-            Ok(_) => Ok(()),
-            Err(_) if lost => Err(StoreError::Conflict),
-            Err(f) => Err(self.error(
-                "TransactWriteItems",
-                &format!("{} and table/{table}", self.tokens_table),
-                f,
-            )),
+                Fence::Stored => {
+                    if started.elapsed() > EVENT_WRITE_BOUND {
+                        late(&stamped, "stored, later than the bound");
+                    }
+                    return Ok(());
+                }
+                Fence::Unsettled => {
+                    self.settle_later(stamped, started);
+                    return Err(failure);
+                }
+            }
+            let wait = backoff.next_wait();
+            if Instant::now() + wait + EVENT_WRITE_BOUND > deadline {
+                return Err(failure);
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 
+    /// One round: the transaction under `events`' ids, given [`ROUND`].
+    async fn round(&self, change: TransactWriteItem, events: &[Event]) -> Round {
+        let table = &self.events_table;
+        let mut items = vec![change];
+        for e in events {
+            // An event id is never reused: an attempt that finds its round's own event
+            // stored learns that an earlier attempt committed, and a fence with that key
+            // keeps a late attempt from committing.
+            let put = event_item(e).and_then(|item| {
+                Put::builder()
+                    .table_name(table)
+                    .set_item(Some(item))
+                    .condition_expression("attribute_not_exists(id)")
+                    .build()
+                    .map_err(|err| StoreError::Corrupt(format!("event put: {err}")))
+            });
+            match put {
+                Ok(put) => items.push(TransactWriteItem::builder().put(put).build()),
+                Err(e) => return Round::Refused(e),
+            }
+        }
+        let tables = format!("{} and table/{table}", self.tokens_table);
+        let sent = tokio::time::timeout(
+            ROUND,
+            self.client
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send(),
+        )
+        .await;
+        let Ok(result) = sent else {
+            let failure = AwsFailure {
+                kind: FailureKind::Timeout,
+                code: None,
+                detail: format!("no answer within {} ms", ROUND.as_millis()),
+            };
+            crate::store::count_write("dynamodb");
+            count_call("dynamodb", "TransactWriteItems", Some(&failure));
+            return Round::Unknown(self.error("TransactWriteItems", &tables, failure));
+        };
+        // The cancellation reasons come one per item, in order: the change, then the
+        // events.
+        let canceled = match &result {
+            Err(SdkError::ServiceError(e)) => match e.err() {
+                TransactWriteItemsError::TransactionCanceledException(c) => {
+                    let failed = |r: &aws_sdk_dynamodb::types::CancellationReason| {
+                        r.code() == Some("ConditionalCheckFailed")
+                    };
+                    let reasons = c.cancellation_reasons();
+                    Some(if reasons.iter().skip(1).any(failed) {
+                        // This round's own event is stored: an earlier attempt of it
+                        // committed, and its answer was lost.
+                        Round::Committed
+                    } else if reasons.first().is_some_and(failed) {
+                        Round::Refused(StoreError::Conflict)
+                    } else {
+                        // Another transaction on an item at that moment: passing.
+                        Round::Unknown(StoreError::Unavailable(format!(
+                            "dynamodb:TransactWriteItems on table/{tables}: canceled ({})",
+                            reasons
+                                .iter()
+                                .filter_map(|r| r.code())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )))
+                    })
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        match (call("TransactWriteItems", result), canceled) {
+            (Ok(_), _) => Round::Committed,
+            (Err(_), Some(round)) => round,
+            (Err(f), None) => {
+                let kind = f.kind;
+                let e = self.error("TransactWriteItems", &tables, f);
+                match kind {
+                    // Refused as a whole, by every attempt alike: nothing was stored.
+                    FailureKind::AccessDenied
+                    | FailureKind::NotFound
+                    | FailureKind::Rejected
+                    | FailureKind::ConditionFailed => Round::Refused(e),
+                    FailureKind::Throttled | FailureKind::Timeout | FailureKind::Unavailable => {
+                        Round::Unknown(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fences the round whose first event is `event` until its outcome is known or
+    /// `deadline` passes (one try at least).
+    async fn fence_until(&self, event: &Event, deadline: Instant) -> Fence {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            match tokio::time::timeout(FENCE * 2, self.fence(event)).await {
+                Ok(Ok(fence)) => return fence,
+                Ok(Err(e)) => tracing::debug!(error = %e, "fencing an event write failed"),
+                Err(_) => tracing::debug!("fencing an event write got no answer in time"),
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Fence::Unsettled;
+            }
+            tokio::time::sleep(backoff.next_wait().min(deadline - now)).await;
+        }
+    }
+
+    /// One fence: the marker under `event`'s key, only while the key is free. The old
+    /// item, when the key is taken, tells an earlier fence of ours from the event.
+    async fn fence(&self, event: &Event) -> Result<Fence, StoreError> {
+        let table = &self.events_table;
+        let expires = Utc::now().timestamp().saturating_add(86_400);
+        let result = self
+            .client
+            .put_item()
+            .table_name(table)
+            .item("day", s(day_of(&event.id)?.to_string()))
+            .item("id", s(&event.id))
+            .item(
+                FENCE_ATTR,
+                aws_sdk_dynamodb::types::AttributeValue::Bool(true),
+            )
+            .item("expiresAt", n(expires))
+            .condition_expression("attribute_not_exists(id)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let taken_by_fence = match &result {
+            Err(SdkError::ServiceError(e)) => match e.err() {
+                PutItemError::ConditionalCheckFailedException(c) => {
+                    Some(c.item().map(|item| item.contains_key(FENCE_ATTR)))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        match (call("PutItem", result), taken_by_fence) {
+            (Ok(_), _) | (Err(_), Some(Some(true))) => Ok(Fence::Fenced),
+            (Err(_), Some(Some(false))) => Ok(Fence::Stored),
+            (Err(_), Some(None)) => Err(StoreError::Unavailable(
+                "dynamodb:PutItem: a failed condition without the item it met".into(),
+            )),
+            (Err(f), None) => Err(self.error("PutItem", table, f)),
+        }
+    }
+
+    /// Settles an unsettled round in the background: the write was answered as failed,
+    /// but it may yet commit.
+    fn settle_later(&self, events: Vec<Event>, started: Instant) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let Some(first) = events.first() else {
+                return;
+            };
+            match store.fence_until(first, Instant::now() + SETTLE_FOR).await {
+                Fence::Fenced => tracing::info!(
+                    event_id = first.id,
+                    "an event write answered as failed is fenced: it was not stored"
+                ),
+                Fence::Stored if started.elapsed() <= EVENT_WRITE_BOUND => {}
+                Fence::Stored => late(&events, "answered as failed, but stored"),
+                Fence::Unsettled => late(
+                    &events,
+                    "answered as failed; whether it was stored is unknown",
+                ),
+            }
+        });
+    }
     pub(super) async fn read_events_between(
         &self,
         after: &str,
@@ -155,6 +391,9 @@ impl DynamoStore {
                 let out = call("Query", request.send().await)
                     .map_err(|f| self.error("Query", table, f))?;
                 for item in out.items() {
+                    if item.contains_key(FENCE_ATTR) {
+                        continue;
+                    }
                     let e = event_from(item)?;
                     if e.id.as_str() >= before {
                         return Ok(events);

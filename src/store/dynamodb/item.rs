@@ -267,8 +267,10 @@ impl From<FlowLogItem> for FlowLogEntry {
 /// `#pending`): `list` skips sort keys starting with `#`. Both expire by the table's TTL
 /// on `expiresAt`.
 pub(super) fn flow_key(flow_id: &str) -> String {
-    format!("#flow#{flow_id}")
+    format!("{FLOW_PREFIX}{flow_id}")
 }
+
+pub(super) const FLOW_PREFIX: &str = "#flow#";
 
 /// The sort key of a single-use mark (`TokenStore::mark_once`): a connect link's
 /// "started" mark, a security event's `risc:<jti>`.
@@ -408,6 +410,28 @@ pub(super) fn account_grants_from(
         mints,
         version,
     })
+}
+
+/// A `Scan`'s `ExclusiveStartKey`: the tokens table's key `(userId, provider)`.
+pub(super) fn start_key(user_id: &str, provider: &str) -> Item {
+    Item::from([
+        ("userId".to_string(), s(user_id)),
+        ("provider".to_string(), s(provider)),
+    ])
+}
+
+/// Where a `Scan` of the tokens table goes on (its `LastEvaluatedKey`), if it does.
+pub(super) fn last_key(key: Option<&Item>) -> Result<Option<(String, String)>, StoreError> {
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
+        return Ok(None);
+    };
+    let part = |name: &str| match key.get(name) {
+        Some(AttributeValue::S(v)) => Ok(v.clone()),
+        _ => Err(StoreError::Corrupt(format!(
+            "Scan's LastEvaluatedKey: {name} missing"
+        ))),
+    };
+    Ok(Some((part("userId")?, part("provider")?)))
 }
 
 /// Whether a tokens-table item is a flow's item rather than a connection.

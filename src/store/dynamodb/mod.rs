@@ -15,7 +15,10 @@
 mod events;
 mod flow_log;
 mod item;
+mod sealed;
 mod tokens;
+
+pub(crate) use events::EVENT_WRITE_BOUND;
 
 /// Reading a stored item, for the fuzz targets (src/fuzz.rs) and the benchmarks.
 #[cfg(any(test, fuzzing, feature = "bench"))]
@@ -44,6 +47,9 @@ pub(crate) struct DynamoStore {
     logs_table: String,
     events_table: String,
     region: String,
+    /// One call's time, the SDK's retries included (`AXNT_AWS_OPERATION_TIMEOUT_MS`):
+    /// an event-bearing write's rounds and fences share it.
+    operation_timeout: std::time::Duration,
 }
 
 impl DynamoStore {
@@ -105,6 +111,10 @@ impl DynamoStore {
             logs_table: logs_table.to_string(),
             events_table: events_table.to_string(),
             region: crate::aws::region_name(config),
+            operation_timeout: config
+                .timeout_config()
+                .and_then(|t| t.operation_timeout())
+                .unwrap_or(std::time::Duration::from_secs(10)),
         }
     }
 

@@ -20,13 +20,14 @@ use super::call;
 use super::item::{
     ACCOUNT_GRANTS, Item, JOB_LEASE, JOB_PREFIX, LEASE_ATTEMPT, LEASE_UNTIL, MARKED_BY, PENDING,
     RETRY_AT, REVOCATIONS, REVOKE_PREFIX, STARTED, UNKNOWN_SINCE, account_grants_from,
-    account_grants_item, account_key, connection_from, connection_item, flow_key, is_flow_item, n,
-    pending_from, pending_item, revocation_from, revocation_item, rfc3339, s,
+    account_grants_item, account_key, connection_from, connection_item, flow_key, is_flow_item,
+    last_key, n, pending_from, pending_item, revocation_from, revocation_item, rfc3339, s,
+    start_key,
 };
 use crate::crypto::Envelope;
 use crate::store::{
     AccountGrants, Connection, Event, LeaseRelease, PendingGrant, PendingRevocation, RefreshLease,
-    ScanCursor, ScanPage, StoreError, TokenStore, WebhookState,
+    ScanCursor, ScanPage, Sealed, SealedPage, StoreError, TokenStore, WebhookState,
 };
 
 impl DynamoStore {
@@ -525,17 +526,13 @@ impl TokenStore for DynamoStore {
         revocation: &PendingRevocation,
         attempts_before: u32,
     ) -> Result<(), StoreError> {
-        let table = &self.tokens_table;
-        let request = self
-            .client
-            .put_item()
-            .table_name(table)
-            .set_item(Some(revocation_item(revocation)?))
-            .condition_expression("attempts = :before")
-            .expression_attribute_values(":before", n(attempts_before));
-        call("PutItem", request.send().await)
-            .map(drop)
-            .map_err(|f| self.error("PutItem", table, f))
+        self.record_revocation_attempt(
+            &revocation.id,
+            revocation.attempts,
+            revocation.next_attempt_at,
+            attempts_before,
+        )
+        .await
     }
 
     async fn revocations_due(
@@ -666,12 +663,7 @@ impl TokenStore for DynamoStore {
     #[tracing::instrument(skip_all, fields(limit = limit))]
     async fn scan(&self, after: Option<&ScanCursor>, limit: usize) -> Result<ScanPage, StoreError> {
         let table = &self.tokens_table;
-        let start = after.map(|c| {
-            Item::from([
-                ("userId".to_string(), s(&c.user_id)),
-                ("provider".to_string(), s(&c.provider)),
-            ])
-        });
+        let start = after.map(|c| start_key(&c.user_id, &c.provider));
         // `Limit` counts items read, flow items included: the filter drops those after
         // the read, so a page may come back short, or empty, with more to read.
         let out = call(
@@ -694,57 +686,26 @@ impl TokenStore for DynamoStore {
             .filter(|i| !is_flow_item(i))
             .map(connection_from)
             .collect::<Result<Vec<_>, _>>()?;
-        let next = match out.last_evaluated_key() {
-            Some(key) if !key.is_empty() => {
-                let part = |name: &str| match key.get(name) {
-                    Some(AttributeValue::S(v)) => Ok(v.clone()),
-                    _ => Err(StoreError::Corrupt(format!(
-                        "Scan's LastEvaluatedKey: {name} missing"
-                    ))),
-                };
-                Some(ScanCursor {
-                    user_id: part("userId")?,
-                    provider: part("provider")?,
-                })
-            }
-            _ => None,
-        };
+        let next = last_key(out.last_evaluated_key())?
+            .map(|(user_id, provider)| ScanCursor { user_id, provider });
         Ok(ScanPage { rows, next })
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn scan_sealed(
+        &self,
+        after: Option<&Sealed>,
+        limit: usize,
+    ) -> Result<SealedPage, StoreError> {
+        self.read_sealed(after, limit).await
+    }
+
     async fn rewrap(
         &self,
-        user_id: &str,
-        provider: &str,
+        item: &Sealed,
         old: &Envelope,
         new: &Envelope,
     ) -> Result<(), StoreError> {
-        // The envelope's own attributes, compared where they are stored: a token write
-        // meanwhile (new ciphertext, new key) or a removed row fails the condition. So
-        // does a live refresh lease: its holder writes the whole row from what it read
-        // and would put the old envelope back.
-        let envelope: AttributeValue = serde_dynamo::to_attribute_value(new)
-            .map_err(|e| StoreError::Corrupt(format!("encryptedTokens: {e}")))?;
-        let request = self
-            .update(user_id, provider)
-            .update_expression("SET #env = :env")
-            .condition_expression(
-                "#env.#key = :oldKey AND #env.#edk = :oldEdk AND #env.#ct = :ct \
-                 AND (attribute_not_exists(#attempt) OR #until < :now)",
-            )
-            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
-            .expression_attribute_names("#until", LEASE_UNTIL)
-            .expression_attribute_values(":now", n(chrono::Utc::now().timestamp_millis()))
-            .expression_attribute_names("#env", "encryptedTokens")
-            .expression_attribute_names("#key", "keyId")
-            .expression_attribute_names("#edk", "edk")
-            .expression_attribute_names("#ct", "ct")
-            .expression_attribute_values(":env", envelope)
-            .expression_attribute_values(":oldKey", s(&old.key_id))
-            .expression_attribute_values(":oldEdk", s(&old.edk))
-            .expression_attribute_values(":ct", s(&old.ct));
-        self.send_update(request).await
+        self.rewrap_sealed(item, old, new).await
     }
 
     async fn webhook_state(&self, endpoint: &str) -> Result<Option<WebhookState>, StoreError> {

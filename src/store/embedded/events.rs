@@ -1,12 +1,25 @@
 //! The events table: lifecycle events, inserted in the same SQLite transaction as the
 //! row change that caused them, read back in id order for the feed.
+//!
+//! Events are stamped inside that transaction, once its change's statement holds
+//! SQLite's write lock: however long the write waited for the lock (another process's
+//! write, the busy timeout), its events are made after the wait, and are visible as
+//! soon as it commits, within [`EVENT_WRITE_BOUND`] of the moment their ids name.
+
+use std::time::{Duration, Instant};
 
 use rusqlite::{Transaction, params};
 
 use super::{EmbeddedStore, corrupt, parse_time, rfc3339, sql};
 use crate::store::{Event, StoreError};
 
-/// An event laid out as its columns, made before the write's closure runs.
+/// The longest a write holds its events between stamping and committing them: past
+/// it the transaction is rolled back instead (the write fails, its change and events
+/// not stored), so no event becomes visible later than this after its id's moment.
+/// Inserting a few rows under a held lock takes well under a millisecond.
+pub(crate) const EVENT_WRITE_BOUND: Duration = Duration::from_millis(250);
+
+/// An event laid out as its columns.
 pub(super) struct EventRow {
     id: String,
     kind: String,
@@ -36,8 +49,28 @@ impl EventRow {
     }
 }
 
-/// Inserts `events` inside the caller's transaction.
-pub(super) fn insert(tx: &Transaction<'_>, events: &[EventRow]) -> Result<(), StoreError> {
+/// When a write stamped its events; checked right before it commits.
+pub(super) struct Stamped(Instant);
+
+impl Stamped {
+    /// Refuses a commit later than [`EVENT_WRITE_BOUND`] after the stamp (the caller
+    /// then drops its transaction, which rolls back).
+    pub(super) fn in_time(&self) -> Result<(), StoreError> {
+        if self.0.elapsed() <= EVENT_WRITE_BOUND {
+            return Ok(());
+        }
+        Err(StoreError::Unavailable(format!(
+            "a write held its events longer than {} ms before committing; rolled back",
+            EVENT_WRITE_BOUND.as_millis()
+        )))
+    }
+}
+
+/// Stamps `events` now and inserts them inside the caller's transaction, which holds
+/// the write lock already (its change's statement took it).
+pub(super) fn insert(tx: &Transaction<'_>, events: &[Event]) -> Result<Stamped, StoreError> {
+    let stamped = Stamped(Instant::now());
+    let events = EventRow::all(&events.iter().map(Event::restamped).collect::<Vec<_>>())?;
     let mut stmt = tx
         .prepare_cached(
             "INSERT INTO events (id, type, user_id, provider, timestamp, data, expires_at) \
@@ -56,7 +89,7 @@ pub(super) fn insert(tx: &Transaction<'_>, events: &[EventRow]) -> Result<(), St
         ])
         .map_err(sql)?;
     }
-    Ok(())
+    Ok(stamped)
 }
 
 impl EmbeddedStore {

@@ -7,7 +7,10 @@
 
 mod events;
 mod flow_log;
+mod sealed;
 mod tokens;
+
+pub(crate) use events::EVENT_WRITE_BOUND;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -366,7 +369,7 @@ impl EmbeddedStore {
         if events.is_empty() {
             return self.update_one_owned(statement, args).await;
         }
-        let events = events::EventRow::all(events)?;
+        let events = events.to_vec();
         let changed = self
             .with_db(move |db| {
                 let tx = db.transaction().map_err(sql)?;
@@ -375,7 +378,8 @@ impl EmbeddedStore {
                     .and_then(|mut stmt| stmt.execute(params_from_iter(args)))
                     .map_err(sql)?;
                 if changed == 1 {
-                    events::insert(&tx, &events)?;
+                    let stamped = events::insert(&tx, &events)?;
+                    stamped.in_time()?;
                     tx.commit().map_err(sql)?;
                 }
                 // Otherwise the transaction rolls back as it is dropped.

@@ -8,12 +8,13 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::events::{EventRow, insert as insert_events};
+use super::events::insert as insert_events;
 use super::{EmbeddedStore, TOKEN_COLUMNS, WriteIf, corrupt, parse_time, rfc3339, sql};
 use crate::crypto::Envelope;
 use crate::store::{
     AccountGrants, Connection, Event, GrantLedger, LeaseRelease, PendingGrant, PendingRevocation,
-    RefreshLease, RefreshState, ScanCursor, ScanPage, StoreError, TokenStore, WebhookState,
+    RefreshLease, RefreshState, ScanCursor, ScanPage, Sealed, SealedPage, StoreError, TokenStore,
+    WebhookState,
 };
 
 /// Reads, prepared once per connection (`prepare_cached`).
@@ -364,9 +365,14 @@ impl TokenStore for EmbeddedStore {
     ) -> Result<bool, StoreError> {
         let (user_id, provider) = (user_id.to_string(), provider.to_string());
         let expected = i64::try_from(expected).map_err(|e| corrupt("version", e))?;
-        let events = EventRow::all(events)?;
+        let events = events.to_vec();
         self.with_db(move |db| {
-            let tx = db.transaction().map_err(sql)?;
+            // Immediate: the write lock is taken (waiting out another writer, up to the
+            // busy timeout) before the read. A read transaction that later wants to
+            // write while another connection writes gets SQLITE_BUSY at once.
+            let tx = db
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .map_err(sql)?;
             let current: Option<i64> = tx
                 .query_row(
                     "SELECT version FROM tokens WHERE user_id = ?1 AND provider = ?2",
@@ -384,7 +390,7 @@ impl TokenStore for EmbeddedStore {
                         params![user_id, provider],
                     )
                     .map_err(sql)?;
-                    insert_events(&tx, &events)?;
+                    insert_events(&tx, &events)?.in_time()?;
                     Ok(true)
                 }
             };
@@ -564,18 +570,11 @@ impl TokenStore for EmbeddedStore {
         revocation: &PendingRevocation,
         attempts_before: u32,
     ) -> Result<(), StoreError> {
-        let record =
-            serde_json::to_string(revocation).map_err(|e| corrupt("pendingRevocation", e))?;
-        let args = vec![
-            Value::from(revocation.id.clone()),
-            Value::from(record),
-            Value::from(revocation.next_attempt_at),
-            Value::from(i64::from(attempts_before)),
-        ];
-        self.update_one(
-            "UPDATE pending_revocations SET record = ?2, next_attempt_at = ?3 \
-             WHERE id = ?1 AND json_extract(record, '$.attempts') = ?4",
-            args,
+        self.record_revocation_attempt(
+            &revocation.id,
+            revocation.attempts,
+            revocation.next_attempt_at,
+            attempts_before,
         )
         .await
     }
@@ -702,37 +701,21 @@ impl TokenStore for EmbeddedStore {
         Ok(ScanPage { rows, next })
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn scan_sealed(
+        &self,
+        after: Option<&Sealed>,
+        limit: usize,
+    ) -> Result<SealedPage, StoreError> {
+        self.read_sealed(after, limit).await
+    }
+
     async fn rewrap(
         &self,
-        user_id: &str,
-        provider: &str,
+        item: &Sealed,
         old: &Envelope,
         new: &Envelope,
     ) -> Result<(), StoreError> {
-        let args = vec![
-            Value::from(user_id.to_string()),
-            Value::from(provider.to_string()),
-            Value::from(serde_json::to_string(new).map_err(|e| corrupt("encryptedTokens", e))?),
-            Value::from(old.key_id.clone()),
-            Value::from(old.edk.clone()),
-            Value::from(old.ct.clone()),
-            Value::from(chrono::Utc::now().timestamp_millis()),
-        ];
-        // One statement: compared and replaced under SQLite's write lock, so a token
-        // write from any process either lands before (and the condition fails) or after.
-        // A live refresh lease refuses it too: the holder writes the whole row from what
-        // it read and would put the old envelope back.
-        self.update_one(
-            "UPDATE tokens SET encrypted_tokens = ?3 \
-             WHERE user_id = ?1 AND provider = ?2 \
-             AND json_extract(encrypted_tokens, '$.keyId') = ?4 \
-             AND json_extract(encrypted_tokens, '$.edk') = ?5 \
-             AND json_extract(encrypted_tokens, '$.ct') = ?6 \
-             AND (refresh_lease_attempt IS NULL OR refresh_lease_until < ?7)",
-            args,
-        )
-        .await
+        self.rewrap_sealed(item, old, new).await
     }
 
     async fn webhook_state(&self, endpoint: &str) -> Result<Option<WebhookState>, StoreError> {

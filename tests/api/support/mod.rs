@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod aws_proxy;
 pub mod fake_provider;
+pub mod webhook_receiver;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -59,6 +60,12 @@ pub fn captured_logs() -> String {
 }
 
 pub const API_KEY: &str = "test-api-key-0123456789abcdef";
+
+/// Longer than the feed ever holds an event back in these tests: a feed delay set
+/// below the backend's shortest safe one (`AXNT_EVENTS_FEED_DELAY_MS=0`) is raised to
+/// it, 0.5 s embedded and 2.5 s on DynamoDB. Wait this long before asserting that the
+/// feed holds nothing (more).
+pub const FEED_HOLD: std::time::Duration = std::time::Duration::from_millis(3_000);
 pub const RETURN_ORIGIN: &str = "http://127.0.0.1:9/app";
 
 /// Which backend an instance runs on.
