@@ -313,6 +313,22 @@ fn validate_account_constraints(body: &ConnectSessionRequest) -> Result<(), Erro
     Ok(())
 }
 
+/// A caller's optional `returnTo`: the normalised URL, none when none was given, or
+/// `return_url_not_allowed`.
+fn requested_return(
+    state: &AppState,
+    candidate: Option<&str>,
+) -> Result<Option<crate::oauth::ReturnUrl>, Error> {
+    candidate
+        .map(|url| {
+            state
+                .return_urls
+                .check(url)
+                .ok_or(Error::ReturnUrlNotAllowed)
+        })
+        .transpose()
+}
+
 /// Scopes a caller may add: OAuth scope tokens (RFC 6749 §3.3), a bounded number.
 fn validate_scopes(scopes: &[String]) -> Result<(), Error> {
     if scopes.len() > 20 {
@@ -370,16 +386,7 @@ pub(super) async fn create_connect_session(
             "loginHint must be at most 320 characters".into(),
         ));
     }
-    let return_to = body
-        .return_to
-        .as_deref()
-        .map(|url| {
-            state
-                .return_urls
-                .check(url)
-                .ok_or(Error::ReturnUrlNotAllowed)
-        })
-        .transpose()?;
+    let return_to = requested_return(&state, body.return_to.as_deref())?;
     // A session pinned to an account is bound by the verified ID token; any other is
     // bound by the confirmation (the deployment's floor: a session may ask for it,
     // never waive it unpinned).
@@ -785,16 +792,7 @@ async fn read_token(
             "requiredScopes must be at most 20 scope tokens, separated by commas".into(),
         )
     })?;
-    let return_to = query
-        .return_to
-        .as_deref()
-        .map(|url| {
-            state
-                .return_urls
-                .check(url)
-                .ok_or(Error::ReturnUrlNotAllowed)
-        })
-        .transpose()?;
+    let return_to = requested_return(state, query.return_to.as_deref())?;
     let token = state.tokens.valid_token(user_id, provider, client).await?;
     let granted = token
         .scope
