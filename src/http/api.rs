@@ -616,6 +616,28 @@ pub(super) async fn confirm_connect_session(
             )
         })?
     };
+    // An owned task: once the held grant is taken, only this call holds it; a caller
+    // that hangs up (or the request timeout) must not drop it halfway between the take
+    // and the store (or the put-back).
+    let task_state = state.clone();
+    let confirmed = state
+        .tokens
+        .spawn_owned(
+            async move { confirm_and_log(task_state, caller, client, flow_id, request).await },
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("confirm task: {e}")))??;
+    Ok(axum::Json(confirmed).into_response())
+}
+
+/// Confirms a held grant, then records the flow's last steps and its metrics.
+async fn confirm_and_log(
+    state: AppState,
+    caller: std::sync::Arc<crate::secrets::Caller>,
+    client: crate::store::flow_log::ClientInfo,
+    flow_id: String,
+    request: ConfirmRequest,
+) -> Result<ConfirmResponse, Error> {
     let confirmed = state
         .tokens
         .confirm_grant(
@@ -653,7 +675,7 @@ pub(super) async fn confirm_connect_session(
     metrics::counter!("axnt_confirmations_total", "outcome" => "confirmed").increment(1);
     metrics::counter!("axnt_flows_completed_total", "provider" => grant.provider.clone())
         .increment(1);
-    let response = ConfirmResponse {
+    Ok(ConfirmResponse {
         flow_id,
         user_id: grant.user_id.clone(),
         provider: grant.provider.clone(),
@@ -662,8 +684,7 @@ pub(super) async fn confirm_connect_session(
         replaced: confirmed.stored.replaced,
         account_changed: confirmed.stored.account_changed.is_some(),
         previous_account: confirmed.stored.account_changed.clone(),
-    };
-    Ok(axum::Json(response).into_response())
+    })
 }
 
 /// Seals the link's `session`, and checks the `state` `/start` will make from it fits

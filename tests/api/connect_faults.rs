@@ -169,3 +169,49 @@ async fn a_confirm_while_the_key_service_is_away_answers_503_and_a_later_one_suc
     assert_eq!(confirmed.status(), StatusCode::OK);
     assert_eq!(confirmer.token("kim").await.status(), StatusCode::OK);
 }
+
+/// A confirm whose caller hangs up after the held grant was taken: the grant still
+/// becomes the connection (the confirm is an owned task), rather than being neither
+/// stored nor put back. The store's read of the connection row is held 1.5 s; the
+/// caller gives up after 0.3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirm_whose_caller_hangs_up_still_stores_the_grant() {
+    let provider = FakeProvider::start().await;
+    let proxy = AwsProxy::start(&crate::support::aws::moto_endpoint()).await;
+    let app = TestApp::aws_via(&proxy.endpoint, &provider, &[]).await;
+    let session = app
+        .connect_session(json!({
+            "userId": "hang-up", "provider": "google", "returnTo": format!("{RETURN_ORIGIN}/done"),
+        }))
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    let callback = app.authorize(&provider_url).await;
+    let callback = app.callback(&callback, Some(&cookie)).await;
+    let query = redirect_query(&callback);
+    assert_eq!(query["status"], "pending_confirmation");
+
+    proxy.hold(
+        "GetItem",
+        "\"hang-up\"",
+        Duration::from_millis(1_500),
+        Duration::from_secs(5),
+    );
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let gone = impatient
+        .post(app.url(&format!("/v1/connect-sessions/{}/confirm", query["flowId"])))
+        .bearer_auth(crate::support::API_KEY)
+        .json(&json!({ "userId": "hang-up", "confirmationCode": query["confirmationCode"] }))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the caller left before the answer");
+    assert!(
+        proxy.held().iter().any(|op| op == "GetItem"),
+        "the row read was held"
+    );
+    let steps = wait_for_step(&app, "hang-up", "completed").await;
+    assert!(steps.iter().any(|s| s == "completed"), "{steps:?}");
+    assert_eq!(app.token("hang-up").await.status(), StatusCode::OK);
+}
