@@ -495,8 +495,10 @@ pub trait TokenStore: Send + Sync {
     /// on once). The mark names `attempt`, a random id of the calling operation. True
     /// when this attempt holds the mark: it made it, or it finds the mark it made itself
     /// (a write retried after its answer was lost, as the AWS SDK does); false when
-    /// another attempt made it. A conditional create: of concurrent attempts, exactly
-    /// one gets true.
+    /// another attempt made it and it has not expired (a mark past `expires_at` counts as
+    /// gone, purged or not). A conditional create: of concurrent attempts, exactly one
+    /// gets true. Marking again with a later `expires_at` keeps this attempt's mark
+    /// longer.
     async fn mark_once(
         &self,
         key: &str,

@@ -310,6 +310,8 @@ pub(crate) struct TokenService {
     owned: tokio_util::task::TaskTracker,
     /// Held while a security event scans the tokens table: one scan at a time.
     security_scans: tokio::sync::Mutex<()>,
+    /// The `jti` marks (and their attempts) of security events being worked on.
+    security_marks: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// A page of [`TokenService::connections_across`]: `(userId, connection)` pairs and
@@ -409,6 +411,7 @@ impl TokenService {
             policy,
             owned: tokio_util::task::TaskTracker::new(),
             security_scans: tokio::sync::Mutex::new(()),
+            security_marks: std::sync::Mutex::default(),
         }
     }
 
@@ -438,6 +441,9 @@ impl TokenService {
         let owned = tokio::time::timeout(within, self.owned.wait())
             .await
             .is_ok();
+        if !owned {
+            self.forget_unfinished_security_events().await;
+        }
         let refreshes = self
             .refresher
             .drain(within.saturating_sub(started.elapsed()))

@@ -27,8 +27,14 @@ use crate::oauth::risc::{EventKind, SecurityEventToken, prefix_hash};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{Connection, FlowStep, RefreshState, ScanCursor, StoreError};
 
-/// A `jti` is remembered this long (Google retries a delivery for far less).
+/// A `jti` is remembered this long once acted on (Google retries a delivery for far
+/// less).
 const JTI_MEMORY_SECS: i64 = 30 * 86_400;
+/// While its work runs, a `jti`'s mark lasts this long: a process that stops in the
+/// middle (killed, past the shutdown's drain) leaves a mark that expires, so a later
+/// delivery of the same event is acted on rather than taken for a duplicate. A
+/// graceful shutdown forgets the marks of work it cut off at once.
+const JTI_IN_PROGRESS_SECS: i64 = 3_600;
 /// The flow-log partition security events with no connection are recorded under (no
 /// user id can be it: user ids never hold `/`).
 pub(crate) const RISC_LOG: &str = "/risc/google";
@@ -93,7 +99,7 @@ impl TokenService {
         let attempt = uuid::Uuid::new_v4().to_string();
         if !self
             .store
-            .mark_once(&mark, &attempt, now.timestamp() + JTI_MEMORY_SECS)
+            .mark_once(&mark, &attempt, now.timestamp() + JTI_IN_PROGRESS_SECS)
             .await?
         {
             count(provider, "duplicate");
@@ -102,14 +108,54 @@ impl TokenService {
                 ended: 0,
             });
         }
+        self.security_marks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(mark.clone(), attempt.clone());
         let result = self.act_on(set, provider, now).await;
-        if result.is_err() {
+        self.security_marks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&mark);
+        match &result {
+            // Done: remembered for long, so a redelivery does nothing.
+            Ok(_) => {
+                let until = Utc::now().timestamp() + JTI_MEMORY_SECS;
+                if let Err(e) = self.store.mark_once(&mark, &attempt, until).await {
+                    tracing::warn!(error = %e, "a security event's jti could not be kept for long; a redelivery after an hour is acted on again (harmlessly: its grants are ended already)");
+                }
+            }
             // Not done: forget the jti, so the sender's retry is acted on.
-            if let Err(e) = self.store.unmark(&mark, &attempt).await {
-                tracing::warn!(error = %e, "a failed security event's jti could not be forgotten; its retry will be taken for a duplicate");
+            Err(_) => {
+                if let Err(e) = self.store.unmark(&mark, &attempt).await {
+                    tracing::warn!(error = %e, "a failed security event's jti could not be forgotten; a retry within the hour is taken for a duplicate");
+                }
             }
         }
         result
+    }
+
+    /// Forgets the marks of security events whose work is still running (called at
+    /// shutdown, once the drain ran out: that work is cut off), so their redeliveries
+    /// are acted on.
+    pub(super) async fn forget_unfinished_security_events(&self) {
+        let unfinished: Vec<(String, String)> = self
+            .security_marks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .collect();
+        for (mark, attempt) in unfinished {
+            let forgotten =
+                tokio::time::timeout(Duration::from_secs(2), self.store.unmark(&mark, &attempt))
+                    .await;
+            if !matches!(forgotten, Ok(Ok(()))) {
+                tracing::warn!(
+                    mark,
+                    "a security event cut off at shutdown could not be forgotten; its mark expires within the hour"
+                );
+            }
+        }
     }
 
     async fn act_on(

@@ -2,7 +2,10 @@
 //! index by Google account): one scan at a time per process, paced, and counted in
 //! `axnt_security_event_rows_scanned_total`.
 
-on_every_backend!(two_events_at_once_scan_the_table_one_after_the_other);
+on_every_backend!(
+    two_events_at_once_scan_the_table_one_after_the_other,
+    a_scan_cut_off_by_a_shutdown_is_acted_on_when_the_event_comes_again,
+);
 
 use std::time::{Duration, Instant};
 
@@ -143,5 +146,84 @@ async fn two_events_at_once_scan_the_table_one_after_the_other(backend: Backend)
         scanned >= 2 * (ROWS as u64 + 1),
         "{scanned} rows counted for two scans of {} rows",
         ROWS + 1
+    );
+}
+
+/// A shutdown that cuts a security event's scan off (its drain ran out) forgets the
+/// event's `jti`, so Google's redelivery, to another instance, is acted on rather than
+/// taken for a duplicate; the grants the first scan never reached are ended then.
+async fn a_scan_cut_off_by_a_shutdown_is_acted_on_when_the_event_comes_again(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let issuer = provider.issuer();
+    let app = TestApp::on(
+        backend,
+        &provider,
+        &[
+            ("AXNT_GOOGLE_RISC_ISSUER", issuer.as_str()),
+            ("AXNT_DRAIN_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+    let sibling = app.sibling().await;
+    provider.set_profile(Profile::for_prefix("f1"));
+    assert!(app.connect("seed").await.status().is_success());
+    let template = app.stored_row("seed").await.expect("seed row");
+    // The account's grant sorts last: the scan reaches it after about two seconds.
+    for i in 0..ROWS * 4 {
+        let row = Connection {
+            user_id: format!("c{i:04}"),
+            user_info: UserInfo {
+                sub: format!("other-{i}"),
+                ..template.user_info.clone()
+            },
+            version: 1,
+            ..template.clone()
+        };
+        app.store.put(&row, None, &[]).await.expect("store a row");
+    }
+    let last = Connection {
+        user_id: "zz-last".into(),
+        user_info: UserInfo {
+            sub: "account-c".into(),
+            ..template.user_info.clone()
+        },
+        version: 1,
+        ..template.clone()
+    };
+    app.store
+        .put(&last, None, &[])
+        .await
+        .expect("store the account's row");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    let event = provider.security_event_token(
+        &json!({
+            "iss": provider.issuer(),
+            "aud": provider.client_id(),
+            "iat": Utc::now().timestamp(),
+            "jti": "jti-cut",
+            "events": { TOKENS_REVOKED: {
+                "subject": {"subject_type": "iss-sub", "iss": provider.issuer(), "sub": "account-c"}
+            } },
+        }),
+        false,
+    );
+    let posting = {
+        let (http, url, body) = (app.http.clone(), app.url("/risc/google"), event.clone());
+        tokio::spawn(async move { http.post(url).body(body).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.stop().await;
+    let _ = posting.await;
+    assert!(
+        sibling.stored_row("zz-last").await.expect("row").is_active,
+        "the cut-off scan had not reached the account's grant"
+    );
+
+    let again = crate::risc::post(&sibling, &event).await;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert!(
+        !sibling.stored_row("zz-last").await.expect("row").is_active,
+        "the redelivery was acted on, not taken for a duplicate"
     );
 }

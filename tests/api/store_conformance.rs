@@ -522,6 +522,25 @@ async fn a_mark_is_made_once(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>
         "a retried write finds its own mark"
     );
     assert!(!tokens.mark_once(&key, "a3", until).await.expect("a third"));
+    // A mark past its expiry is gone, purged or not: another attempt takes it, and the
+    // first attempt's no longer holds.
+    let expired = aws::unique("flow");
+    let past = now().timestamp() - 1;
+    assert!(tokens.mark_once(&expired, "old", past).await.expect("mark"));
+    assert!(
+        tokens
+            .mark_once(&expired, "new", until)
+            .await
+            .expect("take an expired mark"),
+        "an expired mark counts as gone"
+    );
+    assert!(
+        !tokens
+            .mark_once(&expired, "old", until)
+            .await
+            .expect("the old attempt again"),
+        "the mark is the new attempt's now"
+    );
     let other = aws::unique("flow");
     assert!(
         tokens

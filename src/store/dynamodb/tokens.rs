@@ -396,9 +396,13 @@ impl TokenStore for DynamoStore {
             .item("provider", s(STARTED))
             .item(MARKED_BY, s(attempt))
             .item("expiresAt", n(expires_at))
-            .condition_expression("attribute_not_exists(userId) OR #by = :attempt")
+            // A mark past its expiry that TTL has not purged yet is gone all the same.
+            .condition_expression(
+                "attribute_not_exists(userId) OR #by = :attempt OR expiresAt < :now",
+            )
             .expression_attribute_names("#by", MARKED_BY)
             .expression_attribute_values(":attempt", s(attempt))
+            .expression_attribute_values(":now", n(chrono::Utc::now().timestamp()))
             .send()
             .await;
         match call("PutItem", sent).map_err(|f| self.error("PutItem", table, f)) {

@@ -426,14 +426,17 @@ impl TokenStore for EmbeddedStore {
         let changed = self
             .with_db(move |db| {
                 // One statement: a new mark is inserted, this attempt's own is written
-                // again (1 row either way), another attempt's is left alone (0 rows). A
-                // mark from before marks named their attempt has none: never ours.
+                // again, and one past its expiry (not purged yet) is taken over (1 row
+                // each); another attempt's live mark is left alone (0 rows). A mark from
+                // before marks named their attempt has none: never ours.
+                let now = Utc::now().timestamp();
                 db.prepare_cached(
                     "INSERT INTO started_flows (flow_id, attempt, expires_at) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (flow_id) DO UPDATE SET expires_at = excluded.expires_at \
-                     WHERE started_flows.attempt = excluded.attempt",
+                     ON CONFLICT (flow_id) DO UPDATE SET attempt = excluded.attempt, \
+                     expires_at = excluded.expires_at \
+                     WHERE started_flows.attempt = excluded.attempt OR started_flows.expires_at < ?4",
                 )
-                .and_then(|mut stmt| stmt.execute(params![key, attempt, expires_at]))
+                .and_then(|mut stmt| stmt.execute(params![key, attempt, expires_at, now]))
                 .map_err(sql)
             })
             .await?;
