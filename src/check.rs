@@ -316,6 +316,7 @@ fn secret_hint(e: &crate::secrets::SecretError, settings: &Settings) -> String {
         ),
         SecretError::AccessDenied { .. } => "the IAM policy must allow secretsmanager:GetSecretValue and DescribeSecret on the secret (deploy/iam-policy.json)".into(),
         SecretError::Unavailable(_) => "Secrets Manager cannot be reached: check AWS_REGION, AWS_ENDPOINT_URL and the network".into(),
+        SecretError::Rejected(_) => "Secrets Manager refused the request: check AWS_REGION and credentials, and that the secret's KMS key is enabled and usable by this role".into(),
     }
 }
 

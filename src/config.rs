@@ -252,8 +252,8 @@ pub struct RateLimitSettings {
     pub(crate) browser_burst: u32,
     /// `AXNT_RATE_LIMIT_AUTH_FAILURES_PER_MINUTE`: internal-API calls with a missing or
     /// wrong API key one client may make a minute. Past it (and the burst), every API
-    /// call from that client, with a right key too, is answered 429 until the wait
-    /// ends, so a guesser learns nothing more from the answers.
+    /// call from that client without a valid key is answered 429 until the wait ends; a
+    /// call with a valid key is never braked.
     #[serde(rename = "rate_limit_auth_failures_per_minute")]
     pub(crate) auth_failures_per_minute: u32,
     /// `AXNT_RATE_LIMIT_AUTH_FAILURES_BURST`: failed authentications allowed at once

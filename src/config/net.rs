@@ -37,7 +37,24 @@ impl FromStr for ProxyEntry {
                 .parse::<IpNet>()
                 .map_err(|_| "expected e.g. 10.0.0.5 or 10.0.0.0/8".to_string())?,
         };
-        Ok(Self(canonical(net).trunc()))
+        // A range written with host bits (`10.1.2.3/8`) is more likely a typo for an
+        // address than the range it would widen to; a /0 trusts the whole internet to
+        // name its own address. Both are refused rather than guessed.
+        if net != net.trunc() {
+            return Err(format!(
+                "host bits are set: the range is {}, the address alone is {}",
+                net.trunc(),
+                net.addr()
+            ));
+        }
+        let net = canonical(net);
+        if net.prefix_len() == 0 {
+            return Err(
+                "trusts every address: anyone could forge X-Forwarded-For; name the load balancer's subnets"
+                    .to_string(),
+            );
+        }
+        Ok(Self(net))
     }
 }
 
@@ -94,6 +111,27 @@ mod tests {
     }
 
     #[test]
+    fn a_range_with_host_bits_or_of_everything_is_refused() {
+        for bad in [
+            "10.1.2.3/8",
+            "0.0.0.0/0",
+            "::/0",
+            "fd00::1/8",
+            "::ffff:10.1.2.3/104",
+        ] {
+            assert!(bad.parse::<ProxyEntry>().is_err(), "{bad}");
+        }
+        for good in [
+            "10.0.0.0/8",
+            "10.1.2.3/32",
+            "fd00::/8",
+            "::ffff:10.0.0.0/104",
+        ] {
+            assert!(good.parse::<ProxyEntry>().is_ok(), "{good}");
+        }
+    }
+
+    #[test]
     fn ranges_and_single_addresses_match_in_every_form() {
         let trusted = proxies(&["10.0.0.0/8", "fd00::/8", "192.0.2.7"]);
         for inside in [
@@ -127,14 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn host_bits_in_a_range_are_ignored_and_names_are_refused() {
-        assert_eq!(
-            "10.1.2.3/8"
-                .parse::<ProxyEntry>()
-                .expect("entry")
-                .to_string(),
-            "10.0.0.0/8"
-        );
+    fn names_and_malformed_ranges_are_refused() {
         for bad in ["proxy.internal", "10.0.0.0/33", "10.0.0.0/", "10.0.0"] {
             assert!(bad.parse::<ProxyEntry>().is_err(), "{bad}");
         }

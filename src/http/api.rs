@@ -515,14 +515,14 @@ pub(super) struct ConfirmRequest {
     ///
     /// Required: a confirm without it is refused as one by another user would be.
     #[serde(default)]
-    #[schema(value_type = String, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$")]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$")]
     user_id: Option<UserId>,
     /// The `confirmationCode` the flow's return redirect carried (one-time); a wrong
     /// one discards the held grant (404).
     ///
     /// Required: a confirm without it (the flow id alone) is refused as a wrong code is.
     #[serde(default)]
-    #[schema(value_type = String, min_length = 1, max_length = 128)]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 128)]
     confirmation_code: Option<ConfirmationCode>,
 }
 

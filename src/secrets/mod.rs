@@ -52,9 +52,14 @@ pub enum SecretError {
     /// We may not read it.
     #[error("access denied reading secret {secret}: {reason}")]
     AccessDenied { secret: String, reason: String },
-    /// The secret service failed or could not be reached.
+    /// The secret service failed, could not be reached, or asked us to slow down:
+    /// passing, worth waiting for.
     #[error("secret service unavailable: {0}")]
     Unavailable(String),
+    /// The request was refused for a reason waiting cannot mend (the secret's KMS key
+    /// disabled, an invalid request, no region or credentials to sign with).
+    #[error("secret service refused the request: {0}")]
+    Rejected(String),
 }
 
 /// Loads the secrets.

@@ -51,10 +51,15 @@ impl SecretSource for SecretsManagerSource {
                     f.describe()
                 ),
             },
-            _ => SecretError::Unavailable(format!(
-                "secretsmanager:GetSecretValue on {id}: {}",
-                f.describe()
-            )),
+            FailureKind::Throttled | FailureKind::Timeout | FailureKind::Unavailable => {
+                SecretError::Unavailable(format!(
+                    "secretsmanager:GetSecretValue on {id}: {}",
+                    f.describe()
+                ))
+            }
+            FailureKind::Rejected | FailureKind::ConditionFailed => SecretError::Rejected(
+                format!("secretsmanager:GetSecretValue on {id}: {}", f.describe()),
+            ),
         })?;
         // The value is only ever handed to the parser, whose errors name fields,
         // never values.
