@@ -143,6 +143,7 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
     }
     metrics::counter!("axnt_audit_write_failures_total").increment(0);
     metrics::counter!("axnt_audit_lost_total").increment(0);
+    metrics::counter!("axnt_audit_folded_total").increment(0);
 }
 
 fn describe() {
@@ -258,11 +259,15 @@ fn describe() {
     );
     describe_counter!(
         "axnt_audit_waits_total",
-        "Token reads that found the audit queue full, by outcome: waited (then got room), timed_out (answered 503 audit_unavailable after AXNT_AUDIT_WAIT_MS)"
+        "Token reads that found the audit queue, or their caller's share of it, full, by outcome: waited (then got room), timed_out (answered 503 audit_unavailable after AXNT_AUDIT_WAIT_MS)"
     );
     describe_counter!(
         "axnt_audit_write_failures_total",
         "Failed attempts to write an audit item (each is retried until stored)"
+    );
+    describe_counter!(
+        "axnt_audit_folded_total",
+        "Refused token reads folded into a caller's counted record (past its first refusals in a window), naming no user"
     );
     describe_counter!(
         "axnt_audit_lost_total",

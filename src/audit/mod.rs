@@ -8,8 +8,15 @@
 //! (`count`, `firstAt`, `lastAt`) when the window has passed, and at shutdown.
 //!
 //! Nothing read goes unrecorded: a read is answered only once its record is queued or
-//! counted. The queue never drops; when it is full a read waits for room
-//! (`AXNT_AUDIT_WAIT_MS`), then is answered 503 `audit_unavailable` without its token.
+//! counted. The queue never drops; when it, or the caller's share of it (a quarter),
+//! is full a read waits for room (`AXNT_AUDIT_WAIT_MS`), then is answered 503
+//! `audit_unavailable` without its token.
+//!
+//! Refusals name their user and provider, which the caller chose: a key probing random
+//! user ids would need a record per id. So past a caller's first refusals in a window
+//! (half its share, at most 100) its refusals of one reason are folded into one counted
+//! record naming no user or provider (`folded`), listed under the caller only. Served
+//! reads are never folded: each names its user.
 //!
 //! Items live in the flow-log store (the logs table on DynamoDB, written directly, not
 //! through the flow log's queue) under partitions no user id can be —
@@ -30,7 +37,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, json};
 
 pub(crate) use queue::Full;
-use queue::{Queue, Record, RecordKey, Sink};
+use queue::{Queue, Record, RecordKey, Sink, Target};
 
 use crate::retry::Backoff;
 use crate::store::flow_log::SortKeyClock;
@@ -38,6 +45,10 @@ use crate::store::{FlowLog, FlowLogEntry, FlowStep, StoreError};
 
 /// How long a listing waits for records queued before it (read your own reads).
 const LIST_WAITS_FOR_WRITES: Duration = Duration::from_secs(2);
+
+/// A caller's refusals in a window recorded one by one, at most (fewer when half its
+/// share of the queue is fewer); the rest are folded.
+const REFUSALS_ONE_BY_ONE: usize = 100;
 
 /// What a read came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,11 +106,21 @@ struct Window {
     request_id: Option<String>,
 }
 
+/// A caller's refusals in the current window.
+struct Refusals {
+    started: DateTime<Utc>,
+    count: usize,
+}
+
 /// The audit trail.
 pub(crate) struct AuditTrail {
     log: Arc<dyn FlowLog>,
     window: Duration,
     wait: Duration,
+    /// A caller's refusals in a window recorded one by one; the rest are folded.
+    fold_after: usize,
+    /// Each caller's refusals in its current window (callers are API keys: few).
+    refusals: Mutex<HashMap<String, Refusals>>,
     /// Windows open at once, at most: past it a read opens none and is queued as a
     /// record of its own (merged with an identical one still waiting), so memory stays
     /// bounded whatever the number of connections read.
@@ -133,28 +154,41 @@ impl AuditTrail {
             log,
             window: rules.window,
             wait: rules.wait,
+            // Half the share: its other half stays for the caller's folded records and
+            // served reads, so a probe never holds up the caller's own reads either.
+            fold_after: (queue.share() / 2).min(REFUSALS_ONE_BY_ONE),
+            refusals: Mutex::new(HashMap::new()),
             max_windows: rules.capacity.max(1),
             windows: Mutex::new(HashMap::new()),
             queue,
         }
     }
 
-    /// Records one read: counted in its open window, or queued (a refusal, or the
-    /// first read of a window). Fails when the queue stayed full for
-    /// `AXNT_AUDIT_WAIT_MS`: the read must then not be answered with its token.
+    /// Records one read: counted in its open window, or queued (a refusal, folded past
+    /// the caller's first in its window, or the first read of a window). Fails when
+    /// the queue, or the caller's share of it, stayed full for `AXNT_AUDIT_WAIT_MS`:
+    /// the read must then not be answered with its token.
     pub(crate) async fn record(&self, read: Read<'_>) -> Result<(), Full> {
         let now = Utc::now();
         let deadline = Instant::now() + self.wait;
+        let counted = read.outcome != ReadOutcome::Refused;
+        let window = chrono::TimeDelta::from_std(self.window).unwrap_or_default();
+        let target = if !counted && self.fold(read.caller, now, window) {
+            metrics::counter!("axnt_audit_folded_total").increment(1);
+            Target::Folded
+        } else {
+            Target::Connection {
+                user_id: read.user_id.to_string(),
+                provider: read.provider.to_string(),
+            }
+        };
         let key = RecordKey {
             caller: read.caller.to_string(),
-            user_id: read.user_id.to_string(),
-            provider: read.provider.to_string(),
+            target,
             outcome: read.outcome,
             reason: read.reason,
         };
-        let counted = read.outcome != ReadOutcome::Refused;
         if counted {
-            let window = chrono::TimeDelta::from_std(self.window).unwrap_or_default();
             let mut windows = lock(&self.windows);
             match windows.get_mut(&key) {
                 Some(open) if now < open.started + window => {
@@ -199,6 +233,24 @@ impl AuditTrail {
         Ok(())
     }
 
+    /// Counts a refusal of `caller`: whether it is past the caller's first
+    /// [`Self::fold_after`] in its window, and so folded.
+    fn fold(&self, caller: &str, now: DateTime<Utc>, window: chrono::TimeDelta) -> bool {
+        let mut refusals = lock(&self.refusals);
+        let current = refusals.entry(caller.to_string()).or_insert(Refusals {
+            started: now,
+            count: 0,
+        });
+        if now >= current.started + window {
+            *current = Refusals {
+                started: now,
+                count: 0,
+            };
+        }
+        current.count = current.count.saturating_add(1);
+        current.count > self.fold_after
+    }
+
     /// The audit items of `partition`, newest first, once the records queued before
     /// this call are written (or a short wait has passed).
     pub(crate) async fn list(
@@ -240,6 +292,7 @@ impl AuditTrail {
         for record in done {
             self.queue.push_unbounded(record);
         }
+        lock(&self.refusals).retain(|_, r| !all && now < r.started + window);
     }
 
     /// At shutdown: queues every window's counted reads and waits up to `within` for
@@ -302,8 +355,19 @@ impl Sink for Writer {
         let key = &record.key;
         let mut data = Map::new();
         data.insert("caller".into(), json!(key.caller));
-        data.insert("userId".into(), json!(key.user_id));
-        data.insert("provider".into(), json!(key.provider));
+        // A read of one connection is listed under its user and its caller; a folded
+        // record, of no one user, under its caller only.
+        let mut partitions = vec![caller_partition(&key.caller)];
+        match &key.target {
+            Target::Connection { user_id, provider } => {
+                data.insert("userId".into(), json!(user_id));
+                data.insert("provider".into(), json!(provider));
+                partitions.insert(0, user_partition(user_id));
+            }
+            Target::Folded => {
+                data.insert("folded".into(), json!(true));
+            }
+        }
         data.insert("outcome".into(), json!(key.outcome.as_str()));
         data.insert("count".into(), json!(record.count));
         data.insert("firstAt".into(), json!(rfc3339(record.first_at)));
@@ -316,7 +380,7 @@ impl Sink for Writer {
             .last_at
             .timestamp()
             .saturating_add(i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX));
-        for partition in [user_partition(&key.user_id), caller_partition(&key.caller)] {
+        for partition in partitions {
             let entry = FlowLogEntry {
                 user_id: partition,
                 timestamp: timestamp.clone(),

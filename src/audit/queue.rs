@@ -14,6 +14,12 @@
 //! Records of counting windows that have passed enter without a slot (they are
 //! bounded by the number of windows, which the trail bounds by the same setting).
 //!
+//! The slots are shared fairly: one caller (API key) holds at most a quarter of them
+//! ([`Queue::share`]). A caller at its share waits for its own records to be written,
+//! then gets [`Full`], however many slots are free: one key's flood, or its reads of
+//! many users while the store is slow, leaves three quarters of the queue to the
+//! others, and it takes four keys at their share at once to fill it.
+//!
 //! `axnt_audit_queue_depth` and `axnt_audit_queue_oldest_seconds` show the records not
 //! yet written and how long the oldest has waited.
 
@@ -29,15 +35,27 @@ use tokio_util::sync::CancellationToken;
 
 use super::ReadOutcome;
 
+/// Out of how many parts of the queue one caller may hold one.
+const SHARES: usize = 4;
+
 /// What makes two records one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct RecordKey {
     pub(super) caller: String,
-    pub(super) user_id: String,
-    pub(super) provider: String,
+    pub(super) target: Target,
     pub(super) outcome: ReadOutcome,
     /// A refusal's problem code.
     pub(super) reason: Option<&'static str>,
+}
+
+/// Whose token a record is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Target {
+    /// One user's connection at one provider.
+    Connection { user_id: String, provider: String },
+    /// Any user at any provider: a caller's refusals past its threshold in a window,
+    /// folded into one counted record (see the trail).
+    Folded,
 }
 
 /// One or more identical reads between `first_at` and `last_at`.
@@ -70,16 +88,23 @@ pub(super) trait Sink: Send + Sync {
     async fn write(&self, record: Record);
 }
 
-/// The queue is full and stayed full until the read's deadline.
+/// The queue, or the caller's share of it, is full and stayed full until the read's
+/// deadline.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the audit queue stayed full (AXNT_AUDIT_BUFFER)")]
+#[error("no room for the record in the audit queue, or in its caller's share of it, in time")]
 pub(crate) struct Full;
+
+/// A record's place in the queue, given back once it is written.
+struct Slot {
+    _caller: OwnedSemaphorePermit,
+    _queue: OwnedSemaphorePermit,
+}
 
 struct Waiting {
     record: Record,
     queued_at: Instant,
     /// The slot it holds until written (none for a passed window's record).
-    permit: Option<OwnedSemaphorePermit>,
+    slot: Option<Slot>,
 }
 
 #[derive(Default)]
@@ -125,6 +150,10 @@ pub(super) struct Unwritten {
 pub(super) struct Queue {
     state: Mutex<State>,
     slots: Arc<Semaphore>,
+    /// The slots one caller may hold at once.
+    share: usize,
+    /// Each caller's share, while it holds slots or waits for one.
+    shares: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Wakes the writer when a record arrives.
     arrived: Notify,
     /// [`State::written_below`], for readers waiting for earlier records.
@@ -134,45 +163,66 @@ pub(super) struct Queue {
 
 impl Queue {
     pub(super) fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
         Self {
             state: Mutex::new(State::default()),
-            slots: Arc::new(Semaphore::new(capacity.max(1))),
+            slots: Arc::new(Semaphore::new(capacity)),
+            share: (capacity / SHARES).max(1),
+            shares: Mutex::new(HashMap::new()),
             arrived: Notify::new(),
             written: watch::Sender::new(0),
             stop: CancellationToken::new(),
         }
     }
 
-    /// Queues a read's record: merged into an identical waiting one, or in a free slot,
-    /// waiting for one until `deadline`.
+    /// The slots one caller may hold at once: a quarter of the queue (at least one).
+    pub(super) fn share(&self) -> usize {
+        self.share
+    }
+
+    /// Queues a read's record: merged into an identical waiting one, or in a free slot
+    /// within its caller's share, waiting for one until `deadline`.
     pub(super) async fn push(&self, record: Record, deadline: Instant) -> Result<(), Full> {
         let Some(record) = self.merge(record) else {
             return Ok(());
         };
-        let permit = match Arc::clone(&self.slots).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                let waited = tokio::time::timeout_at(
-                    deadline.into(),
-                    Arc::clone(&self.slots).acquire_owned(),
-                )
-                .await;
-                match waited {
-                    Ok(Ok(permit)) => {
-                        metrics::counter!("axnt_audit_waits_total", "outcome" => "waited")
-                            .increment(1);
-                        permit
-                    }
-                    _ => {
-                        metrics::counter!("axnt_audit_waits_total", "outcome" => "timed_out")
-                            .increment(1);
-                        return Err(Full);
-                    }
-                }
-            }
+        let mut waited = false;
+        // The caller's share first: a caller at its share waits for its own records,
+        // not for slots the others need.
+        let share = self.share_of(&record.key.caller);
+        let slot = match acquire(&share, deadline, &mut waited).await {
+            Some(caller) => acquire(&self.slots, deadline, &mut waited)
+                .await
+                .map(|queue| Slot {
+                    _caller: caller,
+                    _queue: queue,
+                }),
+            None => None,
         };
-        self.insert(record, Some(permit));
+        drop(share);
+        let Some(slot) = slot else {
+            metrics::counter!("axnt_audit_waits_total", "outcome" => "timed_out").increment(1);
+            return Err(Full);
+        };
+        if waited {
+            metrics::counter!("axnt_audit_waits_total", "outcome" => "waited").increment(1);
+        }
+        self.insert(record, Some(slot));
         Ok(())
+    }
+
+    /// The semaphore of `caller`'s share.
+    fn share_of(&self, caller: &str) -> Arc<Semaphore> {
+        let mut shares = lock(&self.shares);
+        if let Some(share) = shares.get(caller) {
+            return Arc::clone(share);
+        }
+        // A caller nobody holds a permit of, or waits on, has nothing queued: forgotten,
+        // so the map holds the callers with records waiting, not every key ever seen.
+        shares.retain(|_, share| Arc::strong_count(share) > 1);
+        let share = Arc::new(Semaphore::new(self.share));
+        shares.insert(caller.to_string(), Arc::clone(&share));
+        share
     }
 
     /// Queues a record without a slot (a passed window's counted reads).
@@ -198,7 +248,7 @@ impl Queue {
         }
     }
 
-    fn insert(&self, record: Record, permit: Option<OwnedSemaphorePermit>) {
+    fn insert(&self, record: Record, slot: Option<Slot>) {
         {
             let mut state = lock(&self.state);
             let State {
@@ -221,7 +271,7 @@ impl Queue {
                 Waiting {
                     record,
                     queued_at: Instant::now(),
-                    permit,
+                    slot,
                 },
             );
             report(&state);
@@ -230,14 +280,14 @@ impl Queue {
     }
 
     /// The next record to write, now in flight.
-    fn take(&self) -> Option<(u64, Record, Option<OwnedSemaphorePermit>)> {
+    fn take(&self) -> Option<(u64, Record, Option<Slot>)> {
         let mut state = lock(&self.state);
         let (seq, entry) = state.waiting.pop_first()?;
         state.by_key.remove(&entry.record.key);
         state
             .in_flight
             .insert(seq, (entry.queued_at, entry.record.count));
-        Some((seq, entry.record, entry.permit))
+        Some((seq, entry.record, entry.slot))
     }
 
     fn written_one(&self, seq: u64) {
@@ -289,14 +339,14 @@ impl Queue {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 while writes.len() < concurrency.max(1) {
-                    let Some((seq, record, permit)) = queue.take() else {
+                    let Some((seq, record, slot)) = queue.take() else {
                         break;
                     };
                     let sink = Arc::clone(&sink);
                     writes.spawn(async move {
                         sink.write(record).await;
                         // The slot is free once the record is stored.
-                        drop(permit);
+                        drop(slot);
                         seq
                     });
                 }
@@ -316,6 +366,22 @@ impl Queue {
     }
 }
 
+/// A permit of `semaphore`, at once or by `deadline` (then `waited`).
+async fn acquire(
+    semaphore: &Arc<Semaphore>,
+    deadline: Instant,
+    waited: &mut bool,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = Arc::clone(semaphore).try_acquire_owned() {
+        return Some(permit);
+    }
+    *waited = true;
+    tokio::time::timeout_at(deadline.into(), Arc::clone(semaphore).acquire_owned())
+        .await
+        .ok()?
+        .ok()
+}
+
 /// The queue's gauges.
 fn report(state: &State) {
     metrics::gauge!("axnt_audit_queue_depth")
@@ -330,105 +396,4 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A store that can be held (writes wait) and records what it got.
-    struct Held {
-        open: watch::Sender<bool>,
-        got: Mutex<Vec<Record>>,
-    }
-
-    #[async_trait]
-    impl Sink for Held {
-        async fn write(&self, record: Record) {
-            let _ = self.open.subscribe().wait_for(|open| *open).await;
-            lock(&self.got).push(record);
-        }
-    }
-
-    fn held() -> Arc<Held> {
-        Arc::new(Held {
-            open: watch::Sender::new(false),
-            got: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn open(sink: &Held) {
-        sink.open.send_replace(true);
-    }
-
-    fn refusal(user: &str) -> Record {
-        let now = Utc::now();
-        Record {
-            key: RecordKey {
-                caller: "c".into(),
-                user_id: user.into(),
-                provider: "google".into(),
-                outcome: ReadOutcome::Refused,
-                reason: Some("not_connected"),
-            },
-            count: 1,
-            first_at: now,
-            last_at: now,
-            scopes: None,
-            request_id: None,
-        }
-    }
-
-    fn soon(ms: u64) -> Instant {
-        Instant::now() + Duration::from_millis(ms)
-    }
-
-    #[tokio::test]
-    async fn a_full_queue_waits_then_refuses_and_never_drops_what_it_took() {
-        let sink = held();
-        let queue = Arc::new(Queue::new(2));
-        let _writer = queue.spawn_writer(sink.clone(), 1);
-        queue.push(refusal("a"), soon(50)).await.expect("a slot");
-        queue.push(refusal("b"), soon(50)).await.expect("a slot");
-        // Identical records merge into the waiting one (b: "a" may be in flight).
-        for _ in 0..10 {
-            queue.push(refusal("b"), soon(50)).await.expect("merged");
-        }
-        let started = Instant::now();
-        assert!(queue.push(refusal("c"), soon(100)).await.is_err(), "full");
-        assert!(started.elapsed() >= Duration::from_millis(90), "it waited");
-        assert!(!queue.settled(Duration::from_millis(50)).await);
-
-        // The store comes back: a waiting read gets its slot, and everything is written.
-        let queue2 = Arc::clone(&queue);
-        let waiter = tokio::spawn(async move { queue2.push(refusal("d"), soon(5_000)).await });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        open(&sink);
-        waiter.await.expect("task").expect("room once written");
-        assert!(queue.settled(Duration::from_secs(5)).await);
-        let got = lock(&sink.got).clone();
-        let count = |user: &str| -> u64 {
-            got.iter()
-                .filter(|r| r.key.user_id == user)
-                .map(|r| r.count)
-                .sum()
-        };
-        assert_eq!(
-            (count("a"), count("b"), count("c"), count("d")),
-            (1, 11, 0, 1)
-        );
-        assert!(got.len() <= 4, "b's reads merged: {got:?}");
-        assert_eq!(queue.unwritten(), Unwritten::default());
-    }
-
-    #[tokio::test]
-    async fn windows_enter_a_full_queue_and_settled_waits_for_them() {
-        let sink = held();
-        let queue = Arc::new(Queue::new(1));
-        let _writer = queue.spawn_writer(sink.clone(), 2);
-        queue.push(refusal("a"), soon(10)).await.expect("a slot");
-        queue.push_unbounded(refusal("w1"));
-        queue.push_unbounded(refusal("w2"));
-        assert_eq!(queue.unwritten().records, 3);
-        open(&sink);
-        assert!(queue.settled(Duration::from_secs(5)).await);
-        assert_eq!(lock(&sink.got).len(), 3);
-    }
-}
+mod tests;

@@ -1155,7 +1155,8 @@ pub(super) struct AuditQuery {
     before: Option<String>,
 }
 
-/// One audit item: a token read (or a window of them) by one caller.
+/// One audit item: a token read (or a window of them) by one caller, or its refusals
+/// folded past its first in a window.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct AuditEntry {
@@ -1163,10 +1164,16 @@ pub(super) struct AuditEntry {
     timestamp: String,
     /// The API key's id (its name, or `key-` and a hash prefix).
     caller: Option<String>,
+    /// The user whose token was read; null on a folded item.
     user_id: Option<String>,
+    /// The provider; null on a folded item.
     provider: Option<String>,
     /// `served`, `refreshed` or `refused`.
     outcome: Option<String>,
+    /// Whether the item folds a caller's refusals of one reason past its first in a
+    /// window, whichever user and provider they named (`userId` and `provider` null;
+    /// listed under `caller=` only). Served reads are never folded.
+    folded: bool,
     /// A refusal's problem code.
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
@@ -1175,7 +1182,8 @@ pub(super) struct AuditEntry {
     scopes: Option<String>,
     /// The request's `x-request-id` (of the last read of a window).
     request_id: String,
-    /// How many reads this item stands for (the first of a window is an item of its own).
+    /// How many reads this item stands for (the first of a window is an item of its
+    /// own; a folded item counts its refusals).
     count: u64,
     first_at: Option<String>,
     last_at: Option<String>,
@@ -1247,6 +1255,11 @@ pub(super) async fn list_audit(
             user_id: text(e, "userId"),
             provider: text(e, "provider"),
             outcome: text(e, "outcome"),
+            folded: e
+                .data
+                .get("folded")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
             reason: e.error.clone(),
             scopes: text(e, "scopes"),
             request_id: e.flow_id.clone(),

@@ -204,6 +204,7 @@ async fn scrape_through_a_flow(on_aws: bool) {
         ("axnt_audit_waits_total", vec![("outcome", "timed_out")]),
         ("axnt_audit_write_failures_total", vec![]),
         ("axnt_audit_lost_total", vec![]),
+        ("axnt_audit_folded_total", vec![]),
         ("axnt_confirmations_total", vec![("outcome", "confirmed")]),
         (
             "axnt_http_requests_total",
