@@ -25,6 +25,7 @@ pub use backends::{Backends, uncached_key_provider};
 
 use crate::config::{Backend, ConfigError, Settings};
 use crate::crypto::{CryptoError, EnvelopeCipher, SecretKey};
+use crate::events::EventRules;
 use crate::http::limits::RateLimits;
 use crate::http::{self, AppState, Readiness, Services};
 use crate::oauth::ReturnUrls;
@@ -358,9 +359,13 @@ fn assemble(
         Some(_) => secrets.current().previous_state_key.clone(),
         None => backends.previous_state_key.clone(),
     };
-    TokenPolicy::from(&*settings)
-        .events
-        .warn_if_raised(settings.retention.events_feed_delay);
+    // The feed delay's floor is the store's own write bound: whichever backend it is.
+    let events = EventRules::new(
+        settings.retention.events_retention,
+        settings.retention.events_feed_delay,
+        backends.tokens.event_write_bound(),
+    );
+    events.warn_if_raised(settings.retention.events_feed_delay);
     if secrets.current().api_keys.is_empty() {
         tracing::warn!(
             "no API key configured (AXNT_API_KEYS or the secret's api_keys): the internal API rejects every call"
@@ -411,7 +416,7 @@ fn assemble(
         cipher,
         providers,
         Arc::clone(&flow_log),
-        TokenPolicy::from(&*settings),
+        TokenPolicy::new(&settings, events),
     ));
     if let Some(every) = settings.refresh.background {
         background.push(tokens.spawn_background_refresh(every));
@@ -428,7 +433,7 @@ fn assemble(
             Arc::clone(&backends.tokens),
             Arc::clone(&secrets),
             delivery_rules(&settings.webhooks),
-            TokenPolicy::from(&*settings).events,
+            events,
         )
         .map_err(|reason| ConfigError {
             setting: crate::config::env_name("webhook_urls"),

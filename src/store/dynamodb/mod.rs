@@ -18,8 +18,6 @@ mod item;
 mod sealed;
 mod tokens;
 
-pub(crate) use events::EVENT_WRITE_BOUND;
-
 /// Reading a stored item, for the fuzz targets (src/fuzz.rs) and the benchmarks.
 #[cfg(any(test, fuzzing, feature = "bench"))]
 pub(crate) use item::connection_from;
