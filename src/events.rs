@@ -19,7 +19,9 @@
 //! ([`TokenStore::event_write_bound`]). What remains between instances is their clocks'
 //! difference ([`CLOCK_ALLOWANCE`]): a feed delay of at least the write bound plus that
 //! allowance passes no event still to land. A shorter `AXNT_EVENTS_FEED_DELAY_MS` is
-//! raised to it ([`EventRules::new`]), with a warning at start-up.
+//! raised to it ([`EventRules::new`]), with a warning at start-up. A DynamoDB write that
+//! is found stored only after its bound is written again by the store under fresh ids
+//! (its copies' `data.originalId` naming the events they repeat): readers need not know.
 
 use std::time::Duration;
 

@@ -34,6 +34,7 @@ use crate::oauth::provider::{
     OidcProvider, ProviderConfig, ProviderError, ProviderLimits, Providers,
 };
 use crate::secrets::{SecretError, SecretsCache};
+use crate::store::dynamodb::Settler;
 use crate::store::{FlowLog, FlowRecorder, StoreError};
 use crate::tokens::{TokenPolicy, TokenService};
 
@@ -98,6 +99,8 @@ struct Running {
     flow_log: Arc<dyn FlowLog>,
     audit: Arc<crate::audit::AuditTrail>,
     tokens: Arc<TokenService>,
+    /// aws mode's event writes still to settle.
+    settler: Option<Arc<Settler>>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -294,6 +297,13 @@ impl App {
                 timeout_secs = drain_timeout.as_secs(),
                 "refreshes still in flight at the drain deadline: their new tokens may not be stored"
             );
+        }
+        // After the refreshes, whose writes may leave rounds to settle: one more try
+        // within what is left, then what is still unsettled is logged.
+        if let Some(settler) = &running.settler {
+            settler
+                .close(drain_timeout.saturating_sub(signalled.elapsed()))
+                .await;
         }
         if let Err(e) = running.flow_log.flush().await {
             tracing::error!(error = %e, "flushing flow-log writes at shutdown failed");
@@ -502,6 +512,7 @@ fn assemble(
         flow_log: backends.flow_log,
         audit,
         tokens,
+        settler: backends.settler,
         background,
     })
 }
