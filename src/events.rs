@@ -15,11 +15,13 @@
 //!
 //! The store makes an event's id as it writes it (under SQLite's write lock; at the
 //! start of each DynamoDB transaction attempt, whose late answers are fenced, see
-//! `store::dynamodb`), so no wait before the write counts. What remains between
-//! instances is their clocks' difference ([`CLOCK_ALLOWANCE`]): a feed delay of at
-//! least the write bound plus that allowance passes no event still to land. A shorter
-//! `AXNT_EVENTS_FEED_DELAY_MS` is raised to it ([`EventRules::new`]), with a warning at
-//! start-up.
+//! `store::dynamodb`), so no wait before the write counts, and reports its bound
+//! ([`TokenStore::event_write_bound`]). What remains between instances is their clocks'
+//! difference ([`CLOCK_ALLOWANCE`]): a feed delay of at least the write bound plus that
+//! allowance passes no event still to land. A shorter `AXNT_EVENTS_FEED_DELAY_MS` is
+//! raised to it ([`EventRules::new`]), with a warning at start-up. A DynamoDB write that
+//! is found stored only after its bound is written again by the store under fresh ids
+//! (its copies' `data.originalId` naming the events they repeat): readers need not know.
 
 use std::time::Duration;
 
@@ -90,8 +92,8 @@ pub(crate) const CLOCK_ALLOWANCE: Duration = Duration::from_millis(500);
 pub(crate) struct EventRules {
     /// Events are purged this long after they were made.
     pub(crate) retention: Duration,
-    /// The feed holds back events younger than this: never less than
-    /// [`shortest_feed_delay`].
+    /// The feed holds back events younger than this: never less than the store's
+    /// write bound plus [`CLOCK_ALLOWANCE`] (see [`EventRules::new`]).
     pub(crate) feed_delay: Duration,
 }
 

@@ -21,7 +21,7 @@ use crate::crypto::{KeyProvider, SecretKey, random_token};
 use crate::secrets::secrets_manager::SecretsManagerSource;
 use crate::secrets::{ApiKey, ClientCredentials, SecretSource, ServiceSecrets, StaticSecrets};
 use crate::store::buffered::BufferedFlowLog;
-use crate::store::dynamodb::DynamoStore;
+use crate::store::dynamodb::{DynamoStore, Settler};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{FlowLog, TokenStore};
 
@@ -45,6 +45,9 @@ pub struct Backends {
     /// Embedded mode's store, whose expired rows and flow-log items the service
     /// deletes itself (in aws mode DynamoDB's TTL does it).
     pub(crate) expiring: Option<Arc<EmbeddedStore>>,
+    /// aws mode's event writes still to settle, closed at shutdown (see
+    /// `store::dynamodb`).
+    pub(crate) settler: Option<Arc<Settler>>,
 }
 
 impl Backends {
@@ -124,6 +127,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         flow_log: store.clone(),
         audit_log: store.clone(),
         expiring: Some(store),
+        settler: None,
         // The same data-key cache as KMS's: a read unwraps no data key it unwrapped
         // recently, and a burst of writes shares one data key.
         keys: Arc::new(CachingKeyProvider::new(
@@ -225,6 +229,7 @@ async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
     let state_key = settings.secrets.state_key.clone();
     Ok(Backends {
         audit_log: store.clone(),
+        settler: Some(store.settler()),
         tokens: store,
         flow_log: Arc::new(flow_log),
         keys: Arc::new(keys),

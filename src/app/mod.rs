@@ -25,6 +25,7 @@ pub use backends::{Backends, uncached_key_provider};
 
 use crate::config::{Backend, ConfigError, Settings};
 use crate::crypto::{CryptoError, EnvelopeCipher, SecretKey};
+use crate::events::EventRules;
 use crate::http::limits::RateLimits;
 use crate::http::{self, AppState, Readiness, Services};
 use crate::oauth::ReturnUrls;
@@ -33,6 +34,7 @@ use crate::oauth::provider::{
     OidcProvider, ProviderConfig, ProviderError, ProviderLimits, Providers,
 };
 use crate::secrets::{SecretError, SecretsCache};
+use crate::store::dynamodb::Settler;
 use crate::store::{FlowLog, FlowRecorder, StoreError};
 use crate::tokens::{TokenPolicy, TokenService};
 
@@ -97,6 +99,8 @@ struct Running {
     flow_log: Arc<dyn FlowLog>,
     audit: Arc<crate::audit::AuditTrail>,
     tokens: Arc<TokenService>,
+    /// aws mode's event writes still to settle.
+    settler: Option<Arc<Settler>>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -294,6 +298,13 @@ impl App {
                 "refreshes still in flight at the drain deadline: their new tokens may not be stored"
             );
         }
+        // After the refreshes, whose writes may leave rounds to settle: one more try
+        // within what is left, then what is still unsettled is logged.
+        if let Some(settler) = &running.settler {
+            settler
+                .close(drain_timeout.saturating_sub(signalled.elapsed()))
+                .await;
+        }
         if let Err(e) = running.flow_log.flush().await {
             tracing::error!(error = %e, "flushing flow-log writes at shutdown failed");
         }
@@ -358,9 +369,13 @@ fn assemble(
         Some(_) => secrets.current().previous_state_key.clone(),
         None => backends.previous_state_key.clone(),
     };
-    TokenPolicy::from(&*settings)
-        .events
-        .warn_if_raised(settings.retention.events_feed_delay);
+    // The feed delay's floor is the store's own write bound: whichever backend it is.
+    let events = EventRules::new(
+        settings.retention.events_retention,
+        settings.retention.events_feed_delay,
+        backends.tokens.event_write_bound(),
+    );
+    events.warn_if_raised(settings.retention.events_feed_delay);
     if secrets.current().api_keys.is_empty() {
         tracing::warn!(
             "no API key configured (AXNT_API_KEYS or the secret's api_keys): the internal API rejects every call"
@@ -411,7 +426,7 @@ fn assemble(
         cipher,
         providers,
         Arc::clone(&flow_log),
-        TokenPolicy::from(&*settings),
+        TokenPolicy::new(&settings, events),
     ));
     if let Some(every) = settings.refresh.background {
         background.push(tokens.spawn_background_refresh(every));
@@ -428,7 +443,7 @@ fn assemble(
             Arc::clone(&backends.tokens),
             Arc::clone(&secrets),
             delivery_rules(&settings.webhooks),
-            TokenPolicy::from(&*settings).events,
+            events,
         )
         .map_err(|reason| ConfigError {
             setting: crate::config::env_name("webhook_urls"),
@@ -497,6 +512,7 @@ fn assemble(
         flow_log: backends.flow_log,
         audit,
         tokens,
+        settler: backends.settler,
         background,
     })
 }

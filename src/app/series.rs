@@ -136,6 +136,8 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
     metrics::counter!("axnt_flow_log_dropped_total").increment(0);
     metrics::counter!("axnt_flow_log_write_failures_total").increment(0);
     metrics::counter!("axnt_events_late_total").increment(0);
+    metrics::counter!("axnt_events_unsettled_total").increment(0);
+    metrics::gauge!("axnt_events_settling").increment(0.0);
     metrics::gauge!("axnt_audit_queue_depth").increment(0.0);
     metrics::gauge!("axnt_audit_queue_oldest_seconds").increment(0.0);
     for outcome in ["waited", "timed_out"] {
@@ -275,7 +277,15 @@ fn describe() {
     );
     describe_counter!(
         "axnt_events_late_total",
-        "Lifecycle events whose write was found stored after the store's write bound, or could not be settled (a feed or webhook cursor may have passed them)"
+        "Lifecycle events whose write was found stored after the store's write bound (a cursor may have passed them, so they are written again under fresh ids naming them in data.originalId)"
+    );
+    describe_counter!(
+        "axnt_events_unsettled_total",
+        "Lifecycle events whose write could not be settled (its fence not written within 15 minutes, the settling queue full, or still settling at shutdown): they may be stored without every cursor reading them; the log names the events replay that sends them"
+    );
+    describe_gauge!(
+        "axnt_events_settling",
+        "Event writes (rounds) whose outcome this instance is still settling"
     );
     describe_counter!(
         "axnt_security_events_total",

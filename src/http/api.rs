@@ -1325,6 +1325,10 @@ pub(super) struct EventData {
     /// deleted: `revoked`, `pending`, `skipped` or `not_possible`, and which token.
     revocation: Option<String>,
     revoked_token: Option<String>,
+    /// Any type: this event repeats the one with this id, written again because the
+    /// store took longer than its bound to write that one (a cursor may have passed
+    /// it). De-duplicate on it as on `id`.
+    original_id: Option<String>,
 }
 
 /// One lifecycle event, as the feed serves it and (without `id`, which travels as

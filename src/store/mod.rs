@@ -11,6 +11,8 @@ pub(crate) mod dynamodb;
 pub mod embedded;
 pub mod flow_log;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -621,6 +623,12 @@ pub trait TokenStore: Send + Sync {
         before: &str,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError>;
+
+    /// The store's event write bound: how long after the moment its id names an event
+    /// stored by this store's writes (across instances) is readable, or known never to
+    /// be. The feed's delay is never shorter than it plus the hosts' clock allowance
+    /// (see `events`). A write that cannot keep it says so itself (the backend's doc).
+    fn event_write_bound(&self) -> Duration;
 
     /// A cheap read proving the table answers (used by `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

@@ -22,7 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::config::{Backend, Settings};
+use crate::config::Settings;
 use crate::crypto::EnvelopeCipher;
 use crate::error::Error;
 use crate::events::{EventRules, EventType};
@@ -252,12 +252,11 @@ impl TokenPolicy {
         from.timestamp()
             .saturating_add(i64::try_from(keep.as_secs()).unwrap_or(i64::MAX))
     }
-}
 
-/// The policy the settings give: refresh timing from `refresh`, row lifetimes from
-/// `retention`, and a lease that always outlasts one provider call.
-impl From<&Settings> for TokenPolicy {
-    fn from(settings: &Settings) -> Self {
+    /// The policy the settings give: refresh timing from `refresh`, row lifetimes from
+    /// `retention`, a lease that always outlasts one provider call, and `events` (whose
+    /// feed delay depends on the store: see [`EventRules::new`]).
+    pub(crate) fn new(settings: &Settings, events: EventRules) -> Self {
         let refresh = &settings.refresh;
         let retention = &settings.retention;
         Self {
@@ -282,14 +281,7 @@ impl From<&Settings> for TokenPolicy {
                 publishing: settings.provider.publishing_status,
                 grant_limit: settings.provider.grant_limit,
             },
-            events: EventRules::new(
-                retention.events_retention,
-                retention.events_feed_delay,
-                match settings.backend {
-                    Backend::Embedded => crate::store::embedded::EVENT_WRITE_BOUND,
-                    Backend::Aws => crate::store::dynamodb::EVENT_WRITE_BOUND,
-                },
-            ),
+            events,
         }
     }
 }

@@ -15,13 +15,21 @@
 //! - a round without an answer is **fenced**: a conditional `PutItem` of a marker item
 //!   under its first event's key. Once the marker is in, the round's transaction can
 //!   never commit (its event put requires the key free); if the key holds the event
-//!   instead, the round committed. Either way its outcome is known;
-//! - a fenced round is made again under fresh ids while the call's time
-//!   (`AXNT_AWS_OPERATION_TIMEOUT_MS`) lasts, else the write fails, nothing of it
-//!   stored;
-//! - a round found committed later than the bound, or one whose fence cannot be written
-//!   before the call's time runs out (then it is settled in the background), is
-//!   counted in `axnt_events_late_total` and logged with the replay that re-sends it.
+//!   instead, the round committed before the fence. Either way its outcome is known;
+//! - the bound is a round and its fence's budget, [`FENCE`]: a fence answered by then
+//!   settles the round in time (the round committed, if it did, before the fence was
+//!   written, so within the bound). The fence is tried on while the call's time
+//!   (`AXNT_AWS_OPERATION_TIMEOUT_MS`) lasts, so the caller learns the outcome when it
+//!   can; a fenced round is made again under fresh ids while that time lasts, else the
+//!   write fails, nothing of it stored;
+//! - a round found committed **after** the bound (its fence answered late), may have
+//!   been passed by a cursor on any instance: its events are written again under fresh
+//!   ids, each copy's `data.originalId` naming the event it repeats, so every cursor
+//!   reads them (counted in `axnt_events_late_total`);
+//! - a round whose fence gets no answer within the call's time is answered as failed
+//!   and left to the settler (`settle`), which fences it until its outcome is known
+//!   and copies its events if it was stored. What it cannot settle is counted in
+//!   `axnt_events_unsettled_total` and logged with the replay that sends it.
 //!
 //! Markers are never read as events and expire by the table's TTL after a day.
 
@@ -38,20 +46,19 @@ use tokio::time::Instant;
 use super::DynamoStore;
 use super::call;
 use super::item::{Item, from_item, n, rfc3339, s, to_item};
+use super::settle::{Owed, late};
 use crate::aws::error::{AwsFailure, FailureKind, count_call};
 use crate::retry::Backoff;
 use crate::store::{Event, StoreError, event_millis};
 
 /// One round of an event-bearing transaction gets this long under its ids.
-pub(crate) const ROUND: Duration = Duration::from_millis(1_500);
-/// A fence answered within this long after its round settles the round in time.
-const FENCE: Duration = Duration::from_millis(500);
+pub(super) const ROUND: Duration = Duration::from_millis(1_500);
+/// A fence answered within this long after its round's time settles the round in time.
+const FENCE: Duration = Duration::from_millis(1_000);
 /// The longest from an event's stamp until it is readable, or known never to be: a
-/// round and its fence.
-pub(crate) const EVENT_WRITE_BOUND: Duration = Duration::from_millis(2_000);
-/// A fence not written within the call's time is tried in the background this long:
-/// past TCP's own retransmission limits no request still in flight can arrive.
-const SETTLE_FOR: Duration = Duration::from_secs(15 * 60);
+/// round and its fence. The store reports it (`TokenStore::event_write_bound`); the
+/// feed's delay is never shorter than it plus the clock allowance.
+pub(crate) const EVENT_WRITE_BOUND: Duration = ROUND.saturating_add(FENCE);
 /// The marker item's attribute; an item with it is a fence, never an event.
 const FENCE_ATTR: &str = "fence";
 /// The events table's item, attribute for attribute.
@@ -125,7 +132,7 @@ enum Round {
 }
 
 /// What a fence found.
-enum Fence {
+pub(super) enum Fence {
     /// The marker is in: the round never commits.
     Fenced,
     /// The round's event is: it committed.
@@ -134,18 +141,14 @@ enum Fence {
     Unsettled,
 }
 
-/// Counts and logs events that may have been stored after a cursor passed them.
-fn late(events: &[Event], what: &str) {
-    metrics::counter!("axnt_events_late_total").increment(events.len() as u64);
-    if let Some(first) = events.first() {
-        tracing::warn!(
-            event_id = first.id,
-            kind = first.kind,
-            since = rfc3339(&first.timestamp),
-            "an event write {what}: a feed or webhook cursor may have passed its events; \
-             `axnt-oauth events replay --since <since>` sends them again"
-        );
-    }
+/// What became of a write of events.
+pub(super) enum Written {
+    Stored,
+    /// Not stored, and no attempt of it can be (a change without events, which has
+    /// nothing to fence, is as unknown as any call that got no answer).
+    NotStored(StoreError),
+    /// Not known: handed to the settler, which learns it.
+    Settling(StoreError),
 }
 
 impl DynamoStore {
@@ -157,18 +160,35 @@ impl DynamoStore {
         change: TransactWriteItem,
         events: &[Event],
     ) -> Result<(), StoreError> {
+        match self.write(Some(change), events).await {
+            Written::Stored => Ok(()),
+            Written::NotStored(e) | Written::Settling(e) => Err(e),
+        }
+    }
+
+    /// Writes `events` under fresh ids, with `change` when there is one (without, the
+    /// events are copies of events stored late: see `settle`), round after round while
+    /// the call's time lasts.
+    pub(super) async fn write(
+        &self,
+        change: Option<TransactWriteItem>,
+        events: &[Event],
+    ) -> Written {
+        let copies = change.is_none();
         let deadline = Instant::now() + self.operation_timeout;
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
         loop {
-            let stamped: Vec<Event> = events.iter().map(Event::restamped).collect();
+            // Taken before the stamp, so the bound is never counted from later than the
+            // moment the ids name.
             let started = Instant::now();
+            let stamped: Vec<Event> = events.iter().map(Event::restamped).collect();
             let failure = match self.round(change.clone(), &stamped).await {
-                Round::Committed => return Ok(()),
-                Round::Refused(e) => return Err(e),
+                Round::Committed => return Written::Stored,
+                Round::Refused(e) => return Written::NotStored(e),
                 Round::Unknown(e) => e,
             };
             let Some(first) = stamped.first() else {
-                return Err(failure);
+                return Written::NotStored(failure);
             };
             match self.fence_until(first, deadline).await {
                 Fence::Fenced => {
@@ -176,27 +196,29 @@ impl DynamoStore {
                 }
                 Fence::Stored => {
                     if started.elapsed() > EVENT_WRITE_BOUND {
-                        late(&stamped, "stored, later than the bound");
+                        late(&stamped, "was found stored later than the bound");
+                        self.owe(stamped, Owed::Copy, copies);
                     }
-                    return Ok(());
+                    return Written::Stored;
                 }
                 Fence::Unsettled => {
-                    self.settle_later(stamped, started);
-                    return Err(failure);
+                    self.owe(stamped, Owed::Fence { started }, copies);
+                    return Written::Settling(failure);
                 }
             }
             let wait = backoff.next_wait();
             if Instant::now() + wait + EVENT_WRITE_BOUND > deadline {
-                return Err(failure);
+                return Written::NotStored(failure);
             }
             tokio::time::sleep(wait).await;
         }
     }
 
     /// One round: the transaction under `events`' ids, given [`ROUND`].
-    async fn round(&self, change: TransactWriteItem, events: &[Event]) -> Round {
+    async fn round(&self, change: Option<TransactWriteItem>, events: &[Event]) -> Round {
         let table = &self.events_table;
-        let mut items = vec![change];
+        let changes = usize::from(change.is_some());
+        let mut items: Vec<TransactWriteItem> = change.into_iter().collect();
         for e in events {
             // An event id is never reused: an attempt that finds its round's own event
             // stored learns that an earlier attempt committed, and a fence with that key
@@ -233,8 +255,8 @@ impl DynamoStore {
             count_call("dynamodb", "TransactWriteItems", Some(&failure));
             return Round::Unknown(self.error("TransactWriteItems", &tables, failure));
         };
-        // The cancellation reasons come one per item, in order: the change, then the
-        // events.
+        // The cancellation reasons come one per item, in order: the change (if any),
+        // then the events.
         let canceled = match &result {
             Err(SdkError::ServiceError(e)) => match e.err() {
                 TransactWriteItemsError::TransactionCanceledException(c) => {
@@ -242,11 +264,11 @@ impl DynamoStore {
                         r.code() == Some("ConditionalCheckFailed")
                     };
                     let reasons = c.cancellation_reasons();
-                    Some(if reasons.iter().skip(1).any(failed) {
+                    Some(if reasons.iter().skip(changes).any(failed) {
                         // This round's own event is stored: an earlier attempt of it
                         // committed, and its answer was lost.
                         Round::Committed
-                    } else if reasons.first().is_some_and(failed) {
+                    } else if changes == 1 && reasons.first().is_some_and(failed) {
                         Round::Refused(StoreError::Conflict)
                     } else {
                         // Another transaction on an item at that moment: passing.
@@ -285,14 +307,15 @@ impl DynamoStore {
     }
 
     /// Fences the round whose first event is `event` until its outcome is known or
-    /// `deadline` passes (one try at least).
-    async fn fence_until(&self, event: &Event, deadline: Instant) -> Fence {
+    /// `deadline` passes. A try still unanswered at `deadline` is given up (its marker
+    /// may land later: harmless, it only fences the round).
+    pub(super) async fn fence_until(&self, event: &Event, deadline: Instant) -> Fence {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         loop {
-            match tokio::time::timeout(FENCE * 2, self.fence(event)).await {
+            match tokio::time::timeout_at(deadline, self.fence(event)).await {
                 Ok(Ok(fence)) => return fence,
                 Ok(Err(e)) => tracing::debug!(error = %e, "fencing an event write failed"),
-                Err(_) => tracing::debug!("fencing an event write got no answer in time"),
+                Err(_) => return Fence::Unsettled,
             }
             let now = Instant::now();
             if now >= deadline {
@@ -304,7 +327,7 @@ impl DynamoStore {
 
     /// One fence: the marker under `event`'s key, only while the key is free. The old
     /// item, when the key is taken, tells an earlier fence of ours from the event.
-    async fn fence(&self, event: &Event) -> Result<Fence, StoreError> {
+    pub(super) async fn fence(&self, event: &Event) -> Result<Fence, StoreError> {
         let table = &self.events_table;
         let expires = Utc::now().timestamp().saturating_add(86_400);
         let result = self
@@ -341,28 +364,6 @@ impl DynamoStore {
         }
     }
 
-    /// Settles an unsettled round in the background: the write was answered as failed,
-    /// but it may yet commit.
-    fn settle_later(&self, events: Vec<Event>, started: Instant) {
-        let store = self.clone();
-        tokio::spawn(async move {
-            let Some(first) = events.first() else {
-                return;
-            };
-            match store.fence_until(first, Instant::now() + SETTLE_FOR).await {
-                Fence::Fenced => tracing::info!(
-                    event_id = first.id,
-                    "an event write answered as failed is fenced: it was not stored"
-                ),
-                Fence::Stored if started.elapsed() <= EVENT_WRITE_BOUND => {}
-                Fence::Stored => late(&events, "answered as failed, but stored"),
-                Fence::Unsettled => late(
-                    &events,
-                    "answered as failed; whether it was stored is unknown",
-                ),
-            }
-        });
-    }
     pub(super) async fn read_events_between(
         &self,
         after: &str,

@@ -16,9 +16,10 @@ mod events;
 mod flow_log;
 mod item;
 mod sealed;
+mod settle;
 mod tokens;
 
-pub(crate) use events::EVENT_WRITE_BOUND;
+pub(crate) use settle::Settler;
 
 /// Reading a stored item, for the fuzz targets (src/fuzz.rs) and the benchmarks.
 #[cfg(any(test, fuzzing, feature = "bench"))]
@@ -50,6 +51,8 @@ pub(crate) struct DynamoStore {
     /// One call's time, the SDK's retries included (`AXNT_AWS_OPERATION_TIMEOUT_MS`):
     /// an event-bearing write's rounds and fences share it.
     operation_timeout: std::time::Duration,
+    /// Event writes whose outcome was not learnt in time, shared by every clone.
+    settler: std::sync::Arc<Settler>,
 }
 
 impl DynamoStore {
@@ -115,6 +118,7 @@ impl DynamoStore {
                 .timeout_config()
                 .and_then(|t| t.operation_timeout())
                 .unwrap_or(std::time::Duration::from_secs(10)),
+            settler: std::sync::Arc::new(Settler::new()),
         }
     }
 

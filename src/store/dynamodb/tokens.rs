@@ -773,6 +773,10 @@ impl TokenStore for DynamoStore {
         self.read_events_between(after, before, limit).await
     }
 
+    fn event_write_bound(&self) -> std::time::Duration {
+        super::events::EVENT_WRITE_BOUND
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.ping_table(&self.tokens_table, "provider").await
     }

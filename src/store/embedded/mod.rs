@@ -10,8 +10,6 @@ mod flow_log;
 mod sealed;
 mod tokens;
 
-pub(crate) use events::EVENT_WRITE_BOUND;
-
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

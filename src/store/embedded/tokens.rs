@@ -780,6 +780,10 @@ impl TokenStore for EmbeddedStore {
         self.read_events_between(after, before, limit).await
     }
 
+    fn event_write_bound(&self) -> std::time::Duration {
+        super::events::EVENT_WRITE_BOUND
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_reader(|db| {
             db.query_row("SELECT count(*) FROM tokens WHERE user_id = ''", [], |r| {

@@ -4,6 +4,7 @@
 
 use std::any::Any;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axnt_oauth::store::{Event, FlowLog, TokenStore};
 use chrono::{DateTime, Utc};
@@ -73,6 +74,44 @@ async fn a_write_stamps_its_events_as_it_stores_them(
             .iter()
             .all(|e| e.user_id != u),
         "nothing under the ids the caller made"
+    );
+}
+
+/// The bound a store reports holds for its writes, and keeps the default feed delay
+/// (3 s) safe with the hosts' clock allowance (0.5 s), so the default is never raised.
+async fn a_write_is_readable_within_the_bound_its_store_reports(
+    tokens: Arc<dyn TokenStore>,
+    _log: Arc<dyn FlowLog>,
+) {
+    let write_bound = tokens.event_write_bound();
+    assert!(
+        write_bound > Duration::ZERO
+            && write_bound + Duration::from_millis(500) <= Duration::from_secs(3),
+        "{write_bound:?}"
+    );
+    let u = user();
+    let now = Utc::now().timestamp_millis();
+    tokens
+        .put(
+            &row(&u, "google", 1, "s"),
+            None,
+            &[event_at(now, 1, &u, "bound.first")],
+        )
+        .await
+        .expect("create with an event");
+    let read_at = Utc::now().timestamp_millis();
+    let stored: Vec<Event> = tokens
+        .events_between(&bound(now - 60_000), &bound(read_at + 1), 1000)
+        .await
+        .expect("read")
+        .into_iter()
+        .filter(|e| e.user_id == u)
+        .collect();
+    assert_eq!(stored.len(), 1, "readable once the write returns");
+    let age = read_at - millis(&stored[0].id);
+    assert!(
+        age <= i64::try_from(write_bound.as_millis()).expect("ms"),
+        "readable {age} ms after its id's moment, within {write_bound:?}"
     );
 }
 
@@ -203,7 +242,10 @@ async fn events_read_in_order_across_days_within_bounds(
     assert_eq!(ids(across_empty_day), ["e5"]);
 }
 
-every_backend!(a_write_stamps_its_events_as_it_stores_them);
+every_backend!(
+    a_write_stamps_its_events_as_it_stores_them,
+    a_write_is_readable_within_the_bound_its_store_reports
+);
 
 macro_rules! seeded {
     ($case:ident: $($backend:ident),+) => {

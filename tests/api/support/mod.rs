@@ -63,9 +63,9 @@ pub const API_KEY: &str = "test-api-key-0123456789abcdef";
 
 /// Longer than the feed ever holds an event back in these tests: a feed delay set
 /// below the backend's shortest safe one (`AXNT_EVENTS_FEED_DELAY_MS=0`) is raised to
-/// it, 0.5 s embedded and 2.5 s on DynamoDB. Wait this long before asserting that the
+/// it, 0.5 s embedded and 3 s on DynamoDB. Wait this long before asserting that the
 /// feed holds nothing (more).
-pub const FEED_HOLD: std::time::Duration = std::time::Duration::from_millis(3_000);
+pub const FEED_HOLD: std::time::Duration = std::time::Duration::from_millis(3_500);
 pub const RETURN_ORIGIN: &str = "http://127.0.0.1:9/app";
 
 /// Which backend an instance runs on.
