@@ -198,8 +198,8 @@ pub struct ServerSettings {
     /// `AXNT_MAX_CONNECTIONS_PER_CLIENT`: connections one client address (an IPv6
     /// client: its /64) may hold idle; past it, its own oldest connection holding no
     /// request is closed (a client whose every connection has a request in progress is
-    /// let in all the same, up to four times this). Trusted proxies are exempt (a load
-    /// balancer carries every user).
+    /// let in all the same). Trusted proxies are exempt (a load balancer carries every
+    /// user).
     pub(crate) max_connections_per_client: usize,
     /// `AXNT_ADMIN_LISTEN_ADDR`: where `/metrics` and `/healthz` are served, apart from
     /// the public listener (which does not serve `/metrics`). `off` or empty: no admin

@@ -37,11 +37,6 @@ use tokio::time::Instant;
 use crate::config::{ServerSettings, TrustedProxies};
 use crate::http::client::ClientKey;
 
-/// A client whose every connection has a request in progress may go past its cap, up to
-/// this many times it: far above any caller's pool, and it keeps one address that
-/// holds requests open slowly (a body sent a byte at a time) from filling the listener.
-pub(super) const BUSY_CLIENT_FACTOR: usize = 4;
-
 /// How long a connection must have held no request (since it opened, or since its last
 /// answer) before a cap may shed it.
 pub(super) const SHED_GRACE: Duration = Duration::from_secs(1);
@@ -59,22 +54,18 @@ pub(super) enum CloseReason {
     ShedClientCap,
     /// Closed to let in a newer connection, at the listener's cap.
     ShedCap,
-    /// A new connection closed at once: its client already holds
-    /// [`BUSY_CLIENT_FACTOR`] times its cap, every one with a request in progress.
-    RefusedClientCap,
     /// A new connection closed at once: every connection had a request in progress
     /// when it came (the listener waits for that before accepting, so this is rare).
     RefusedCap,
 }
 
 impl CloseReason {
-    pub(super) const ALL: [Self; 7] = [
+    pub(super) const ALL: [Self; 6] = [
         Self::FirstRequestTimeout,
         Self::HeadTimeout,
         Self::IdleTimeout,
         Self::ShedClientCap,
         Self::ShedCap,
-        Self::RefusedClientCap,
         Self::RefusedCap,
     ];
 
@@ -85,7 +76,6 @@ impl CloseReason {
             Self::IdleTimeout => "idle_timeout",
             Self::ShedClientCap => "shed_client_cap",
             Self::ShedCap => "shed_cap",
-            Self::RefusedClientCap => "refused_client_cap",
             Self::RefusedCap => "refused_cap",
         }
     }
@@ -230,15 +220,13 @@ impl Connection {
     /// 0: has not sent a request (shed first), 1: idle between requests; `None`: a
     /// request is in progress, a head is arriving, or it has been quiet for less than
     /// [`SHED_GRACE`] (never shed).
-    fn shed_rank(&self, grace: bool) -> Option<u8> {
+    fn shed_rank(&self) -> Option<u8> {
         let state = self.state();
-        self.sheddable(&state, grace)
+        self.sheddable(&state)
             .then_some(u8::from(state.requests > 0))
     }
 
-    /// Whether it holds no request (and, with `grace`, has been quiet for
-    /// [`SHED_GRACE`]).
-    fn sheddable(&self, state: &State, grace: bool) -> bool {
+    fn sheddable(&self, state: &State) -> bool {
         let quiet_since = if state.requests == 0 {
             self.opened
         } else {
@@ -247,13 +235,13 @@ impl Connection {
         state.in_flight == 0
             && state.shed.is_none()
             && (state.requests == 0 || state.head_started.is_none())
-            && (!grace || quiet_since.elapsed() >= SHED_GRACE)
+            && quiet_since.elapsed() >= SHED_GRACE
     }
 
     /// Marks it to be closed, unless a request began since it was picked.
-    fn try_shed(&self, reason: CloseReason, grace: bool) -> bool {
+    fn try_shed(&self, reason: CloseReason) -> bool {
         let mut state = self.state();
-        if !self.sheddable(&state, grace) {
+        if !self.sheddable(&state) {
             return false;
         }
         state.shed = Some(reason);
@@ -313,13 +301,13 @@ impl Open {
 
     /// The oldest connection that holds no request (one that sent none first), of
     /// `client` when given.
-    fn oldest_idle(&self, client: Option<ClientKey>, grace: bool) -> Option<Arc<Connection>> {
+    fn oldest_idle(&self, client: Option<ClientKey>) -> Option<Arc<Connection>> {
         let mut idle_between = None;
         for conn in self.all.values() {
             if client.is_some() && conn.client != client {
                 continue;
             }
-            match conn.shed_rank(grace) {
+            match conn.shed_rank() {
                 Some(0) => return Some(Arc::clone(conn)),
                 Some(_) if idle_between.is_none() => idle_between = Some(Arc::clone(conn)),
                 _ => {}
@@ -328,12 +316,11 @@ impl Open {
         idle_between
     }
 
-    /// Closes the oldest idle connection (of `client` when given) for `reason`; with
-    /// `grace`, only one quiet for [`SHED_GRACE`].
-    fn shed(&mut self, client: Option<ClientKey>, reason: CloseReason, grace: bool) -> bool {
+    /// Closes the oldest idle connection (of `client` when given) for `reason`.
+    fn shed(&mut self, client: Option<ClientKey>, reason: CloseReason) -> bool {
         // A request may begin on the one picked before it is marked: pick again.
-        while let Some(conn) = self.oldest_idle(client, grace) {
-            if conn.try_shed(reason, grace) {
+        while let Some(conn) = self.oldest_idle(client) {
+            if conn.try_shed(reason) {
                 self.forget(&conn);
                 return true;
             }
@@ -370,7 +357,7 @@ impl Connections {
             let notified = self.room.notified();
             {
                 let open = self.open();
-                if open.all.len() < self.limits.max || open.oldest_idle(None, true).is_some() {
+                if open.all.len() < self.limits.max || open.oldest_idle(None).is_some() {
                     return;
                 }
             }
@@ -387,21 +374,13 @@ impl Connections {
     pub(super) fn admit(&self, peer: IpAddr) -> Result<Arc<Connection>, CloseReason> {
         let client = (!self.limits.trusted_proxies.contains(peer)).then(|| ClientKey::from(peer));
         let mut open = self.open();
-        if let Some(key) = client {
-            let held = open.per_client.get(&key).copied().unwrap_or(0);
-            let cap = self.limits.per_client.min(self.limits.max);
-            // Past four times its cap a client's quiet connections go even if young
-            // (a flood opening sockets faster than the grace keeps them all young);
-            // only when every one has a request in progress is the new one closed.
-            if held >= cap
-                && !open.shed(Some(key), CloseReason::ShedClientCap, true)
-                && held >= cap.saturating_mul(BUSY_CLIENT_FACTOR)
-                && !open.shed(Some(key), CloseReason::ShedClientCap, false)
-            {
-                return Err(CloseReason::RefusedClientCap);
-            }
+        if let Some(key) = client
+            && open.per_client.get(&key).copied().unwrap_or(0)
+                >= self.limits.per_client.min(self.limits.max)
+        {
+            open.shed(Some(key), CloseReason::ShedClientCap);
         }
-        if open.all.len() >= self.limits.max && !open.shed(None, CloseReason::ShedCap, true) {
+        if open.all.len() >= self.limits.max && !open.shed(None, CloseReason::ShedCap) {
             return Err(CloseReason::RefusedCap);
         }
         let now = Instant::now();
@@ -515,23 +494,7 @@ mod tests {
         tokio::time::advance(SHED_GRACE).await;
         let fifth = connections.admit(ip("2001:db8:1:2::5")).expect("in");
         assert_eq!(shed_reason(&fourth), Some(CloseReason::ShedClientCap));
-        // Busy up to four times its cap (8), and no further: a client sending bodies a
-        // byte at a time cannot take the listener.
-        let _busy: Vec<_> = [second, third, fifth]
-            .iter()
-            .map(|c| c.request_started(false))
-            .collect();
-        let mut more = Vec::new();
-        for i in 0..5 {
-            let conn = connections
-                .admit(ip(&format!("2001:db8:1:2::{}", 10 + i)))
-                .expect("in, under four times the cap");
-            more.push(conn.request_started(false));
-        }
-        assert_eq!(
-            connections.admit(ip("2001:db8:1:2::99")).err(),
-            Some(CloseReason::RefusedClientCap)
-        );
+        drop(fifth);
         // Another /64 is another client.
         assert!(connections.admit(ip("2001:db8:1:3::1")).is_ok());
         // A trusted proxy holds as many as the listener allows.

@@ -164,7 +164,7 @@ fn describe() {
     );
     describe_counter!(
         "axnt_http_connections_closed_total",
-        "Connections the server closed, by listener and reason: first_request_timeout (nothing, only the HTTP/2 preface, or part of a head within the header-read timeout), head_timeout, idle_timeout, shed_cap and shed_client_cap (closed, holding no request, to let a newer one in at a cap), refused_cap (a new one closed: every connection had a request in progress), refused_client_cap (a new one closed: its client holds four times its cap, every one busy)"
+        "Connections the server closed, by listener and reason: first_request_timeout (nothing, only the HTTP/2 preface, or part of a head within the header-read timeout), head_timeout, idle_timeout, shed_cap and shed_client_cap (closed, holding no request, to let a newer one in at a cap), refused_cap (a new one closed: every connection had a request in progress)"
     );
     describe_counter!(
         "axnt_flows_started_total",
