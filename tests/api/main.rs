@@ -36,6 +36,7 @@ mod risc;
 mod rotation;
 mod schema;
 mod secrets;
+mod soak;
 mod store_conformance;
 mod support;
 mod token_cache;
