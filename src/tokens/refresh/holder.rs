@@ -73,17 +73,24 @@ impl Holder<'_> {
     async fn refresh(&self, tokens: &TokenSet, tx: &watch::Sender<Option<Outcome>>) -> Outcome {
         let r = self.refresher;
         let provider = self.row.provider.as_str();
+        // Until the provider is asked, a probe of its half-open circuit is given back
+        // (`None`: not asked) on every way out.
         let Some(refresh_token) = tokens.refresh_token.clone().map(SecretString::from) else {
+            r.circuit_record(provider, None);
             return self.deactivate(Cause::NoRefreshToken, tx).await;
         };
         // The data key first: with the key service away, a redeem would give tokens
         // that could not be stored.
         let sealer = match r.cipher.sealer().await {
             Ok(sealer) => sealer,
-            Err(e) => return self.step_back(Error::from(e), tx).await,
+            Err(e) => {
+                r.circuit_record(provider, None);
+                return self.step_back(Error::from(e), tx).await;
+            }
         };
         if Utc::now().timestamp_millis() >= self.held_until.load(Ordering::SeqCst) {
             // That took longer than the lease, which could not be extended meanwhile.
+            r.circuit_record(provider, None);
             return self.step_back(Error::RefreshBusy, tx).await;
         }
         let outcome = r
@@ -224,9 +231,15 @@ impl Holder<'_> {
         let row = self.row;
         let sealed = set.seal_with(sealer, &row.user_id, &row.provider);
         let mut backoff = Backoff::new(PERSIST_BACKOFF.0, PERSIST_BACKOFF.1);
+        let mut failed_before = false;
         loop {
             let written = match &sealed {
-                Ok(envelope) => self.write_refreshed(set, envelope, now).await,
+                Ok(envelope) => match self.write_refreshed(set, envelope, now).await {
+                    // A write whose answer was lost may have landed: the row then holds
+                    // this very envelope (sealed once, with its own nonce).
+                    Err(Error::Conflict) if failed_before && self.stored(envelope).await => Ok(()),
+                    other => other,
+                },
                 Err(e) => Err(e.clone()),
             };
             match written {
@@ -259,6 +272,7 @@ impl Holder<'_> {
                     return false;
                 }
                 Err(e) => {
+                    failed_before = true;
                     // Everyone waiting gets the new token now; the write goes on.
                     publish(tx, Ok(issued.clone()));
                     let wait = backoff.next_wait();
@@ -273,6 +287,15 @@ impl Holder<'_> {
                 }
             }
         }
+    }
+
+    /// Whether the stored row holds `envelope` (read back after a conflict).
+    async fn stored(&self, envelope: &crate::crypto::Envelope) -> bool {
+        let row = self.row;
+        matches!(
+            self.refresher.store.get(&row.user_id, &row.provider).await,
+            Ok(Some(stored)) if stored.encrypted_tokens == *envelope
+        )
     }
 
     async fn write_refreshed(

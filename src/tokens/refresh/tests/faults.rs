@@ -14,6 +14,8 @@ pub(super) const UP: u8 = 0;
 pub(super) const DOWN: u8 = 1;
 /// Reads answer, writes fail (SQLite locked by another writer).
 pub(super) const READ_ONLY: u8 = 2;
+/// Writes land, but their answer is lost (a connection cut after the request).
+pub(super) const LOSE_ANSWERS: u8 = 3;
 
 /// One instance's way to the shared store.
 pub(super) struct Link {
@@ -69,6 +71,10 @@ impl TokenStore for Link {
         attempt: &str,
         events: &[Event],
     ) -> Result<(), StoreError> {
+        if self.state.load(Ordering::SeqCst) == LOSE_ANSWERS {
+            self.store.put_as_holder(row, attempt, events).await?;
+            return Err(StoreError::Unavailable("answer lost".into()));
+        }
         self.write()?;
         self.store.put_as_holder(row, attempt, events).await
     }

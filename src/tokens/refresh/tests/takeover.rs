@@ -3,11 +3,12 @@
 //! over only after the grace, knowing the outcome is unknown. Each instance reaches
 //! the one store file through its own [`Link`], which a test cuts as a network would.
 
-use super::faults::{DOWN, Keys, Link, READ_ONLY, UP};
+use super::faults::{DOWN, Keys, LOSE_ANSWERS, Link, READ_ONLY, UP};
 use super::*;
 use crate::crypto::CryptoError;
 use crate::oauth::grant::Cause;
 use crate::oauth::provider::GrantRefusal;
+use crate::store::FlowStep;
 
 /// A one-second lease (extended every third of it), and `grace` of hold.
 fn short_lease(grace: Duration) -> TokenPolicy {
@@ -275,4 +276,81 @@ async fn the_data_key_is_drawn_before_the_redeem() {
     keys.down.store(true, Ordering::SeqCst);
     assert_eq!(access(&reader.await.expect("reader")), "at-1");
     assert_eq!(world.stored_refresh_token().await.as_deref(), Some("rt-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_was_lost_is_found_stored_when_its_retry_conflicts() {
+    let world = World::new().await;
+    let endpoint = Scripted::new(ROTATING, vec![(Duration::from_millis(300), Ok(()))]);
+    let link = Link::new(&world);
+    let a = world.instance_on(link.clone(), policy());
+    let reader = tokio::spawn({
+        let (a, endpoint) = (Arc::clone(&a), Arc::clone(&endpoint));
+        async move { read(&a, &endpoint).await }
+    });
+    until("the provider has the request", async || {
+        endpoint.calls() >= 1
+    })
+    .await;
+    link.set(LOSE_ANSWERS);
+    assert_eq!(access(&reader.await.expect("reader")), "at-1");
+    link.set(UP);
+    let steps = async || {
+        world
+            .flow_log
+            .log()
+            .list("user", 50, None)
+            .await
+            .expect("flow log")
+            .into_iter()
+            .map(|e| e.step)
+            .collect::<Vec<_>>()
+    };
+    until("the refresh is logged", async || {
+        steps().await.contains(&FlowStep::TokenRefreshed)
+    })
+    .await;
+    assert!(
+        !steps().await.contains(&FlowStep::RefreshFailed),
+        "the retry's conflict was its own write, not a lost lease"
+    );
+    assert_eq!(world.stored_refresh_token().await.as_deref(), Some("rt-1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_probe_stopped_by_the_key_service_lets_the_next_probe_through() {
+    let keys = Arc::new(Keys {
+        inner: LocalKeyProvider::new(SecretKey::generate()),
+        down: std::sync::atomic::AtomicBool::new(false),
+    });
+    let world = World::with_keys(keys.clone()).await;
+    let endpoint = Scripted::new(
+        ROTATING,
+        vec![(
+            Duration::ZERO,
+            Err(ProviderError::Unavailable("HTTP 503".into())),
+        )],
+    );
+    let a = world.instance(TokenPolicy {
+        refresh_deadline: Duration::from_millis(50),
+        refresh_cooldown: Duration::ZERO,
+        circuit_failures: 1,
+        circuit_open: Duration::from_millis(200),
+        ..policy()
+    });
+    assert!(matches!(
+        read(&a, &endpoint).await,
+        Err(Error::Provider(ProviderError::Unavailable(_)))
+    ));
+    // The circuit is half-open: this read is its probe, and stops before the provider.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    keys.down.store(true, Ordering::SeqCst);
+    assert!(matches!(
+        read(&a, &endpoint).await,
+        Err(Error::Crypto(CryptoError::Unavailable(_)))
+    ));
+    keys.down.store(false, Ordering::SeqCst);
+    *lock(&endpoint.answers) = vec![(Duration::ZERO, Ok(()))].into();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(access(&read(&a, &endpoint).await), "at-1");
 }
