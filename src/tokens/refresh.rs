@@ -17,8 +17,8 @@
 //! A lease that lapsed without being given back is an unknown outcome, not a free
 //! lease: its holder may have redeemed (a rotating provider then rotated the stored
 //! refresh token) and still be trying to store the new tokens, its store or network
-//! away for longer than the lease. The first instance that finds it so *and can
-//! write* holds it in its attempt's name for the takeover grace
+//! away for longer than the lease. At a rotating provider the first instance that
+//! finds it so *and can write* holds it in its attempt's name for the takeover grace
 //! ([`takeover_grace`]): the attempt still holds it, so its retried write lands, and
 //! its keeper's next extension ends the hold. Meanwhile no one redeems and readers get
 //! 503 `refresh_in_progress` with `cause: refresh_outcome_unknown` and `Retry-After`,
@@ -27,7 +27,8 @@
 //! reads but refused writes (SQLite locked by another writer) cannot start it. Only
 //! after the grace does another attempt take the lease over, knowing the previous
 //! outcome is unknown: a following `invalid_grant` is reported as
-//! `refresh_outcome_unknown`.
+//! `refresh_outcome_unknown`. Where refresh tokens do not rotate (Google), a second
+//! redeem spends nothing and a lapsed lease is taken over at once.
 //!
 //! A refresh token is redeemed at most once: only a failure that provably never reached
 //! the provider (connection refused) or an answer of 5xx/429 is retried with the same
@@ -354,9 +355,11 @@ impl Refresher {
                     ));
                 }
                 // Lapsed and never given back: its holder may have redeemed and still
-                // be trying to store the new tokens. Held in its attempt's name, so a
-                // holder that is alive gets its write in first.
-                Some(lease) if lease.lapsed_at_ms.is_none() => {
+                // be trying to store the new tokens. Where that spent the stored
+                // refresh token (a rotating provider), the lease is held in its
+                // attempt's name, so a holder that is alive gets its write in first.
+                // Elsewhere (Google) a second redeem is harmless: taken over at once.
+                Some(lease) if lease.lapsed_at_ms.is_none() && endpoint.reuse().rotates => {
                     let grace = self.policy.takeover_grace;
                     let until_ms = now_ms.saturating_add(millis(grace));
                     match self
@@ -381,7 +384,7 @@ impl Refresher {
                     }
                 }
                 // The hold ended and its holder never wrote: taken over below, knowing
-                // its refresh's outcome is unknown.
+                // its refresh's outcome is unknown (never held: nothing to know).
                 Some(lease) => lease.lapsed_at_ms,
             };
             self.circuit_allows(provider)?;

@@ -204,17 +204,31 @@ async fn soak_rotating_provider_with_restarts_and_store_outages(backend: Backend
         }
     });
     let mut slot = 0;
-    let mut restarts = 0usize;
+    let (mut restarts, mut stopped_in_outages) = (0usize, 0usize);
     while Instant::now() + Duration::from_secs(3) < until {
         tokio::time::sleep(Duration::from_millis(2500)).await;
         let stopped = instances.write().await[slot].take();
         if let Some(app) = stopped {
-            let next = {
-                let _up = store_up.lock().await;
-                app.sibling().await
+            let (dir, env) = (Arc::clone(&app.data_dir), app.base_env.clone());
+            let next = match store_up.try_lock() {
+                // Up: start the next instance, then stop this one (its drain may still
+                // run into an outage).
+                Ok(up) => {
+                    let next = TestApp::spawn_in(dir, env).await;
+                    drop(up);
+                    app.stop().await;
+                    next
+                }
+                // Away: stop now, in the middle of writes it cannot make; start again
+                // once the store is back.
+                Err(_) => {
+                    app.stop().await;
+                    stopped_in_outages += 1;
+                    let _up = store_up.lock().await;
+                    TestApp::spawn_in(dir, env).await
+                }
             };
             instances.write().await[slot] = Some(next);
-            app.stop().await;
             restarts += 1;
         }
         slot = (slot + 1) % 3;
@@ -253,7 +267,8 @@ async fn soak_rotating_provider_with_restarts_and_store_outages(backend: Backend
     let served = tally.served.load(Ordering::SeqCst);
     let spent = provider.spent_refresh_tokens_presented();
     eprintln!(
-        "soak ({backend:?}, {secs} s): {outages} store outages of {} s, {restarts} restarts, \
+        "soak ({backend:?}, {secs} s): {outages} store outages of {} s, {restarts} restarts \
+         ({stopped_in_outages} stopped during an outage), \
          {} refreshes, {served} reads served, {conflicts} answered 409, others {:?}, \
          {spent} spent refresh tokens presented; lapsed leases held {held}, taken over \
          {taken_over}, refreshed tokens not stored {dropped}",

@@ -354,3 +354,17 @@ async fn a_circuit_probe_stopped_by_the_key_service_lets_the_next_probe_through(
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(access(&read(&a, &endpoint).await), "at-1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_lease_is_taken_over_at_once_where_refresh_tokens_do_not_rotate() {
+    let world = World::new().await;
+    let endpoint = Scripted::new(GOOGLE, vec![(Duration::from_millis(300), Ok(()))]);
+    let link = Link::new(&world);
+    let a = world.instance_on(link.clone(), short_lease(Duration::from_secs(6)));
+    let b = world.instance(short_lease(Duration::from_secs(6)));
+    access(&redeemed_then_cut_off(&a, &link, &endpoint).await);
+    until_lapsed(&world).await;
+    // The stored refresh token still works: no hold, B refreshes with it.
+    assert_eq!(access(&read(&b, &endpoint).await), "at-2");
+    assert_eq!(lock(&endpoint.presented).clone(), vec!["rt-0"; 2]);
+}
