@@ -51,6 +51,17 @@ async fn redeemed_then_cut_off(
     reader.await.expect("reader")
 }
 
+/// A rotating provider that answers every refresh 503.
+fn failing() -> Arc<Scripted> {
+    Scripted::new(
+        ROTATING,
+        vec![(
+            Duration::ZERO,
+            Err(ProviderError::Unavailable("HTTP 503".into())),
+        )],
+    )
+}
+
 /// Waits until the lease on the row has lapsed.
 async fn until_lapsed(world: &World) {
     until("the lease lapsed", async || {
@@ -176,13 +187,7 @@ async fn the_grace_starts_only_once_the_lapsed_lease_could_be_held() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_redeem_is_started_past_the_lease_a_cut_off_holder_could_not_extend() {
     let world = World::new().await;
-    let endpoint = Scripted::new(
-        ROTATING,
-        vec![(
-            Duration::ZERO,
-            Err(ProviderError::Unavailable("HTTP 503".into())),
-        )],
-    );
+    let endpoint = failing();
     let policy = TokenPolicy {
         refresh_deadline: Duration::from_secs(10),
         refresh_wait: Duration::from_secs(12),
@@ -209,13 +214,7 @@ async fn no_redeem_is_started_past_the_lease_a_cut_off_holder_could_not_extend()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_fails_while_the_store_blips_lands_once_it_is_back() {
     let world = World::new().await;
-    let endpoint = Scripted::new(
-        ROTATING,
-        vec![(
-            Duration::ZERO,
-            Err(ProviderError::Unavailable("HTTP 503".into())),
-        )],
-    );
+    let endpoint = failing();
     let policy = TokenPolicy {
         refresh_deadline: Duration::from_millis(300),
         refresh_cooldown: Duration::from_secs(30),
@@ -324,13 +323,7 @@ async fn a_circuit_probe_stopped_by_the_key_service_lets_the_next_probe_through(
         down: std::sync::atomic::AtomicBool::new(false),
     });
     let world = World::with_keys(keys.clone()).await;
-    let endpoint = Scripted::new(
-        ROTATING,
-        vec![(
-            Duration::ZERO,
-            Err(ProviderError::Unavailable("HTTP 503".into())),
-        )],
-    );
+    let endpoint = failing();
     let a = world.instance(TokenPolicy {
         refresh_deadline: Duration::from_millis(50),
         refresh_cooldown: Duration::ZERO,
