@@ -110,6 +110,13 @@ pub(crate) enum Error {
     /// Start-up waits for a dependency (`/readyz` names it): only probes are served.
     #[error("the service is starting (waiting for a dependency, see /readyz); retry shortly")]
     Starting,
+    /// Another instance's refresh lease lapsed before it stored a result or gave the
+    /// lease back (it lost the store): that refresh may have succeeded and be stored
+    /// yet, so nothing is refreshed until its hold ends.
+    #[error(
+        "another instance's refresh of this token has an unknown outcome (its result may still be stored); retry in {retry_after_secs} s"
+    )]
+    RefreshOutcomePending { retry_after_secs: u64 },
     #[error(transparent)]
     Provider(ProviderError),
     #[error(transparent)]
@@ -246,6 +253,7 @@ impl Error {
             },
             Self::Store(_)
             | Self::RefreshBusy
+            | Self::RefreshOutcomePending { .. }
             | Self::RefreshSuppressed { .. }
             | Self::AuditUnavailable
             | Self::Starting => StatusCode::SERVICE_UNAVAILABLE,
@@ -288,7 +296,7 @@ impl Error {
             Self::ScopesNotGranted { .. } => "scopes_not_granted",
             Self::RefreshSuppressed { .. } => "provider_unavailable",
             Self::Conflict => "concurrent_update",
-            Self::RefreshBusy => "refresh_in_progress",
+            Self::RefreshBusy | Self::RefreshOutcomePending { .. } => "refresh_in_progress",
             Self::AuditUnavailable => "audit_unavailable",
             Self::Starting => "starting",
             Self::Provider(ProviderError::NotConfigured(_)) => "provider_not_configured",
@@ -334,9 +342,8 @@ impl Error {
         match self {
             Self::ReauthorizationRequired { cause } => Some(cause),
             Self::RefreshSuppressed { reason, .. } => Some(reason),
-            Self::Provider(ProviderError::OutcomeUnknown(_)) => {
-                Some(Cause::RefreshOutcomeUnknown.code())
-            }
+            Self::Provider(ProviderError::OutcomeUnknown(_))
+            | Self::RefreshOutcomePending { .. } => Some(Cause::RefreshOutcomeUnknown.code()),
             Self::Provider(ProviderError::InvalidClient) => {
                 Some(Cause::ClientCredentialsInvalid.code())
             }
@@ -361,6 +368,9 @@ impl Error {
             | Self::RefreshSuppressed { .. } => Some(
                 "The provider is failing, not the grant: it stays active. Retry after Retry-After seconds.",
             ),
+            Self::RefreshOutcomePending { .. } => Some(
+                "Another instance refreshed this token but could not store the result yet (the token store was unreachable); nothing is refreshed until it does or Retry-After seconds pass. The grant stays active: retry after Retry-After seconds.",
+            ),
             Self::InsufficientScope { .. } => Some(
                 "Send the user to stepUpUrl: Google asks them for the missing scopes only, and the connection then holds the old and the new ones.",
             ),
@@ -375,6 +385,7 @@ impl Error {
             Self::RefreshSuppressed {
                 retry_after_secs, ..
             }
+            | Self::RefreshOutcomePending { retry_after_secs }
             | Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
@@ -415,7 +426,9 @@ pub(crate) struct Problem<'a> {
     /// `admin_policy_enforced`, `session_reauth_required`, `password_changed`,
     /// `refresh_outcome_unknown`, `no_refresh_token`, `unknown_invalid_grant`. 502
     /// `provider_error`: `client_credentials_invalid`. 503 `provider_unavailable`:
-    /// `provider_unavailable`, `cooldown`, `circuit_open`, `refresh_outcome_unknown`.
+    /// `provider_unavailable`, `cooldown`, `circuit_open`, `refresh_outcome_unknown`. 503
+    /// `refresh_in_progress`: `refresh_outcome_unknown` (another instance's refresh may
+    /// have succeeded and is not stored yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     cause: Option<&'a str>,
     /// What the application and its user should do about `cause`.
@@ -536,6 +549,7 @@ pub(crate) fn one_of_each() -> Vec<Error> {
             | Error::RefreshBusy
             | Error::AuditUnavailable
             | Error::Starting
+            | Error::RefreshOutcomePending { .. }
             | Error::Provider(_)
             | Error::Store(_)
             | Error::Crypto(_)
@@ -588,6 +602,9 @@ pub(crate) fn one_of_each() -> Vec<Error> {
         Error::RefreshBusy,
         Error::AuditUnavailable,
         Error::Starting,
+        Error::RefreshOutcomePending {
+            retry_after_secs: 1,
+        },
         Error::Provider(ProviderError::NotConfigured(s())),
         Error::Provider(ProviderError::InvalidGrant(
             crate::oauth::provider::GrantRefusal::Unspecified,

@@ -12,7 +12,7 @@ use crate::config::Backend;
 use crate::http::oauth::FLOW_FAILURE_REASONS;
 use crate::http::{ROUTES, STATUSES_EVERY_ROUTE_CAN_ANSWER};
 use crate::tokens::READ_OUTCOMES;
-use crate::tokens::refresh::{REFRESH_OUTCOMES, SUPPRESSED_REASONS};
+use crate::tokens::refresh::{LAPSE_OUTCOMES, REFRESH_OUTCOMES, SUPPRESSED_REASONS};
 
 /// The AWS calls the running service makes (setup's and check's are left out).
 const AWS_CALLS: [(&str, &str); 8] = [
@@ -96,6 +96,9 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
     }
     metrics::counter!("axnt_token_reads_total", "provider" => "unknown", "outcome" => "unknown_provider")
         .increment(0);
+    for outcome in LAPSE_OUTCOMES {
+        metrics::counter!("axnt_refresh_lease_lapses_total", "outcome" => outcome).increment(0);
+    }
     for outcome in [
         "confirmed",
         "confirmation_not_found",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{CryptoError, KeyProvider, b64, b64_decode};
+use super::{CryptoError, DataKey, KeyProvider, b64, b64_decode};
 
 /// The stored form: the row's `encryptedTokens` map (`v`, `alg`, `keyId`, `edk`, `iv`, `ct`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,16 +62,16 @@ impl EnvelopeCipher {
         provider: &str,
         plaintext: &[u8],
     ) -> Result<Envelope, CryptoError> {
-        let data_key = self.keys.generate_data_key().await?;
-        let aad = self.associated_data(user_id, provider);
-        let (nonce, ct) = data_key.plaintext.seal(&aad, plaintext)?;
-        Ok(Envelope {
-            v: VERSION,
-            alg: ALG.into(),
-            key_id: data_key.key_id,
-            edk: b64(&data_key.encrypted),
-            iv: b64(&nonce),
-            ct: b64(&ct),
+        self.sealer().await?.seal(user_id, provider, plaintext)
+    }
+
+    /// A data key drawn now, to seal with later without calling the key provider: a
+    /// refresh draws it before redeeming, so what the provider gives can be sealed
+    /// even if the key service goes away meanwhile.
+    pub(crate) async fn sealer(&self) -> Result<Sealer<'_>, CryptoError> {
+        Ok(Sealer {
+            cipher: self,
+            data_key: self.keys.generate_data_key().await?,
         })
     }
 
@@ -112,6 +112,33 @@ impl EnvelopeCipher {
             key_id: wrapped.key_id,
             edk: b64(&wrapped.encrypted),
             ..envelope.clone()
+        })
+    }
+}
+
+/// A data key in hand for [`EnvelopeCipher`]'s table (see [`EnvelopeCipher::sealer`]).
+pub(crate) struct Sealer<'a> {
+    cipher: &'a EnvelopeCipher,
+    data_key: DataKey,
+}
+
+impl Sealer<'_> {
+    /// Seals `plaintext` for the row of `user_id` at `provider` (a fresh random nonce).
+    pub(crate) fn seal(
+        &self,
+        user_id: &str,
+        provider: &str,
+        plaintext: &[u8],
+    ) -> Result<Envelope, CryptoError> {
+        let aad = self.cipher.associated_data(user_id, provider);
+        let (nonce, ct) = self.data_key.plaintext.seal(&aad, plaintext)?;
+        Ok(Envelope {
+            v: VERSION,
+            alg: ALG.into(),
+            key_id: self.data_key.key_id.clone(),
+            edk: b64(&self.data_key.encrypted),
+            iv: b64(&nonce),
+            ct: b64(&ct),
         })
     }
 }

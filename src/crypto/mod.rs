@@ -24,6 +24,7 @@ use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use zeroize::Zeroizing;
 
+pub(crate) use envelope::Sealer;
 pub use envelope::{Envelope, EnvelopeCipher};
 pub use local::{MASTER_KEY_FILE, RETIRED_KEYS_DIR, rotate_master_key};
 pub use webhook_secret::WebhookSecret;

@@ -154,9 +154,26 @@ pub struct RefreshLease {
     /// "this instance", so a second attempt in the same process cannot mistake an
     /// earlier attempt's lease for its own.
     pub attempt: String,
-    /// Epoch milliseconds; after this the lease is free to take over (its holder died
-    /// or stalled). A live holder extends it before it lapses.
+    /// Epoch milliseconds; a live holder extends it before it lapses. A lease that
+    /// lapsed without being given back is not free at once: its holder may have
+    /// redeemed the refresh token and still be trying to store the new tokens.
     pub until_ms: i64,
+    /// Epoch milliseconds when another instance found this lease lapsed (and could
+    /// write) and held it in its attempt's name for a grace (`until_ms` then ends the
+    /// grace): the attempt's outcome is unknown. Set only by
+    /// [`TokenStore::hold_lapsed_lease`]; taking or extending a lease clears it.
+    pub lapsed_at_ms: Option<i64>,
+}
+
+impl RefreshLease {
+    /// A new lease of `attempt` until `until_ms`.
+    pub fn new(attempt: impl Into<String>, until_ms: i64) -> Self {
+        Self {
+            attempt: attempt.into(),
+            until_ms,
+            lapsed_at_ms: None,
+        }
+    }
 }
 
 /// What a lease holder leaves behind when it gives the lease back without new tokens.
@@ -437,8 +454,9 @@ pub trait TokenStore: Send + Sync {
         events: &[Event],
     ) -> Result<(), StoreError>;
 
-    /// Takes the refresh lease: only while the row is at `version` and no other
-    /// attempt's lease is live at `now_ms`. Changes nothing else (not `version`).
+    /// Takes the refresh lease (`lease.attempt` until `lease.until_ms`, no lapse mark):
+    /// only while the row is at `version` and no other attempt's lease is live at
+    /// `now_ms`. Changes nothing else (not `version`).
     async fn acquire_lease(
         &self,
         user_id: &str,
@@ -448,12 +466,27 @@ pub trait TokenStore: Send + Sync {
         now_ms: i64,
     ) -> Result<(), StoreError>;
 
-    /// Moves the lease's end to `lease.until_ms`, only while `lease.attempt` holds it.
+    /// Moves the lease's end to `lease.until_ms` and clears its lapse mark (its holder
+    /// is alive), only while `lease.attempt` holds it.
     async fn extend_lease(
         &self,
         user_id: &str,
         provider: &str,
         lease: &RefreshLease,
+    ) -> Result<(), StoreError>;
+
+    /// Holds a lapsed lease in its attempt's name: only while `attempt` holds the
+    /// lease, it has lapsed at `now_ms` and was not held so before, moves its end to
+    /// `until_ms` and marks it lapsed at `now_ms` ([`RefreshLease::lapsed_at_ms`]).
+    /// The attempt still holds it (its [`put_as_holder`](Self::put_as_holder) still
+    /// lands); nobody else takes it before `until_ms`. A lost condition is a conflict.
+    async fn hold_lapsed_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        attempt: &str,
+        until_ms: i64,
+        now_ms: i64,
     ) -> Result<(), StoreError>;
 
     /// Gives the lease back (only while `attempt` holds it), recording `after`, and

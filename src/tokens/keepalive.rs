@@ -214,15 +214,15 @@ impl TokenService {
             }),
         )];
         // The row is written whole: under the row's refresh lease, so no refresh is
-        // in flight whose write this would undo, and from the row as it is now.
+        // in flight whose write this would undo, and from the row as it is now. Only a
+        // free lease is taken (any lease counts as live at the epoch): one that lapsed
+        // without being given back may belong to a holder still storing new tokens,
+        // which the refresh machinery holds for it rather than take.
         let now_ms = now.timestamp_millis();
-        let lease = RefreshLease {
-            attempt: uuid::Uuid::new_v4().to_string(),
-            until_ms: now_ms + 30_000,
-        };
+        let lease = RefreshLease::new(uuid::Uuid::new_v4().to_string(), now_ms + 30_000);
         match self
             .store
-            .acquire_lease(&row.user_id, &row.provider, row.version, &lease, now_ms)
+            .acquire_lease(&row.user_id, &row.provider, row.version, &lease, 0)
             .await
         {
             Ok(()) => {}

@@ -217,9 +217,12 @@ pub(crate) struct TokenPolicy {
     pub(crate) refresh_wait: Duration,
     /// When set, connections read recently are refreshed ahead of time this often.
     pub(crate) background_refresh: Option<Duration>,
-    /// How long a refresh lease holds before it must be extended; a holder that died
-    /// blocks its connection's refresh at most this long.
+    /// How long a refresh lease holds before it must be extended.
     pub(crate) lease_ttl: Duration,
+    /// How long a lapsed lease that was never given back is held for its attempt
+    /// before another may take it over (see [`refresh::takeover_grace`]): a holder that
+    /// died blocks its connection's refresh for at most `lease_ttl` + this.
+    pub(crate) takeover_grace: Duration,
     /// After a failed refresh, no new attempt for this long (0: none).
     pub(crate) refresh_cooldown: Duration,
     /// Consecutive failed refreshes that open a provider's circuit (0: never).
@@ -273,6 +276,13 @@ impl TokenPolicy {
                 .provider
                 .timeout
                 .saturating_add(Duration::from_secs(5)),
+            takeover_grace: refresh::takeover_grace(
+                match settings.backend {
+                    crate::config::Backend::Aws => settings.aws.operation_timeout,
+                    crate::config::Backend::Embedded => crate::store::embedded::BUSY_TIMEOUT,
+                },
+                settings.provider.timeout,
+            ),
             refresh_cooldown: refresh.cooldown,
             circuit_failures: refresh.circuit_failures,
             circuit_open: refresh.circuit_open,

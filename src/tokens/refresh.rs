@@ -14,6 +14,22 @@
 //! only while its attempt still holds the lease. Writes that do not touch tokens
 //! (`lastUsed`) are partial updates that neither bump `version` nor break a lease.
 //!
+//! A lease that lapsed without being given back is an unknown outcome, not a free
+//! lease: its holder may have redeemed (a rotating provider then rotated the stored
+//! refresh token) and still be trying to store the new tokens, its store or network
+//! away for longer than the lease. At a rotating provider the first instance that
+//! finds it so *and can write* holds it in its attempt's name for the takeover grace
+//! ([`takeover_grace`]): the attempt still holds it, so its retried write lands, and
+//! its keeper's next extension ends the hold. Meanwhile no one redeems and readers get
+//! 503 `refresh_in_progress` with `cause: refresh_outcome_unknown` and `Retry-After`,
+//! never a 409. The grace is measured from that successful write, not from the lease's
+//! end, so it is the same however long the outage lasted, and a store that answered
+//! reads but refused writes (SQLite locked by another writer) cannot start it. Only
+//! after the grace does another attempt take the lease over, knowing the previous
+//! outcome is unknown: a following `invalid_grant` is reported as
+//! `refresh_outcome_unknown`. Where refresh tokens do not rotate (Google), a second
+//! redeem spends nothing and a lapsed lease is taken over at once.
+//!
 //! A refresh token is redeemed at most once: only a failure that provably never reached
 //! the provider (connection refused) or an answer of 5xx/429 is retried with the same
 //! token. A request that may have been processed (a timeout after sending, a connection
@@ -21,11 +37,13 @@
 //! again ([`RefreshReuse`]); otherwise the attempt ends, the row remembers the unknown
 //! outcome, and a later `invalid_grant` is reported as `refresh_outcome_unknown`.
 //!
-//! What the provider gave is never dropped: when the write after a successful redeem
-//! fails, waiting readers are answered with the new token at once, and the write is
-//! retried with backoff for as long as the process lives (readers in this process keep
-//! being served from the flight meanwhile), so this process never presents the old
-//! refresh token again.
+//! What the provider gave is never dropped: the data key that seals it is drawn before
+//! the redeem; when the write after a successful redeem fails, waiting readers are
+//! answered with the new token at once, and the write is retried with backoff for as
+//! long as the process lives (readers in this process keep being served from the
+//! flight meanwhile), so this process never presents the old refresh token again. A
+//! redeem is never started past the lease's end as last written (see
+//! [`holder`]).
 //!
 //! After a failed refresh the connection cools down (`AXNT_REFRESH_COOLDOWN_SECS`,
 //! recorded on the row so every instance honours it), and after consecutive failures
@@ -33,15 +51,13 @@
 //! `Retry-After` and the provider is not called.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
-use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -51,23 +67,33 @@ use super::cache::{Cached, TokenCache};
 use super::token_set::{IssuedToken, TokenSet, TokenSource};
 use crate::crypto::EnvelopeCipher;
 use crate::error::Error;
-use crate::events::EventType;
-use crate::oauth::grant::{Cause, cause_of, minted_after};
-use crate::oauth::provider::GrantRefusal;
+use crate::oauth::grant::Cause;
 use crate::oauth::provider::{ProviderError, ProviderTokens};
 use crate::retry::{Backoff, jittered};
 use crate::store::flow_log::ClientInfo;
-use crate::store::{
-    Connection, FlowRecorder, FlowStep, FlowSteps, LeaseRelease, RefreshLease, RefreshState,
-    StoreError, TokenStore,
-};
+use crate::store::{Connection, FlowRecorder, RefreshLease, StoreError, TokenStore};
+use holder::Holder;
 
 /// How often a flight waiting for another attempt's lease re-reads the row.
 const LEASE_POLL: Duration = Duration::from_millis(50);
 /// Retries of an unavailable provider start this far apart, doubling up to the max.
 const REDEEM_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
-/// Retries of a failed write of refreshed tokens, likewise.
-const PERSIST_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+/// Retries of a lease holder's failed write (refreshed tokens above all), likewise: a
+/// holder with tokens it could not store tries again at most twice the max apart
+/// (the max plus as much again of jitter).
+const PERSIST_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
+/// How long a lapsed lease that was never given back is held for its attempt before
+/// another may take it over: long enough for a holder that is alive to store what it
+/// has once the store is back — a write it started before (at most `store_write`, the
+/// store's longest call) and then its next retry (at most twice `PERSIST_BACKOFF`'s max
+/// later) — and for a redeem it started before its lease lapsed to end
+/// (`provider_timeout`); plus a second.
+pub(crate) fn takeover_grace(store_write: Duration, provider_timeout: Duration) -> Duration {
+    store_write
+        .saturating_add(provider_timeout.max(PERSIST_BACKOFF.1.saturating_mul(2)))
+        .saturating_add(Duration::from_secs(1))
+}
 
 /// The token endpoint as the refresh machinery needs it: one redeem, no retries.
 #[async_trait]
@@ -309,36 +335,85 @@ impl Refresher {
                     millis_until(retry_at, now_ms),
                 ));
             }
-            if row
-                .refresh
-                .lease
-                .as_ref()
-                .is_some_and(|l| l.until_ms > now_ms)
-            {
+            let took_over = match &row.refresh.lease {
+                None => None,
                 // Another attempt (on this or another instance) is refreshing: wait
                 // for its result and read it back.
-                if Instant::now() >= give_up {
-                    return Err(Error::RefreshBusy);
+                Some(lease) if lease.until_ms > now_ms && lease.lapsed_at_ms.is_none() => {
+                    if Instant::now() >= give_up {
+                        return Err(Error::RefreshBusy);
+                    }
+                    tokio::time::sleep(jittered(LEASE_POLL)).await;
+                    continue;
                 }
-                tokio::time::sleep(jittered(LEASE_POLL)).await;
-                continue;
-            }
-            self.circuit_allows(provider)?;
-            let lease = RefreshLease {
-                attempt: crate::crypto::random_token(16),
-                until_ms: now_ms.saturating_add(millis(self.policy.lease_ttl)),
+                // Held for an attempt whose outcome is unknown (below): nothing is
+                // redeemed until the hold ends or its holder writes.
+                Some(lease) if lease.until_ms > now_ms => {
+                    return Err(outcome_pending(
+                        provider,
+                        millis_until(lease.until_ms, now_ms),
+                    ));
+                }
+                // Lapsed and never given back: its holder may have redeemed and still
+                // be trying to store the new tokens. Where that spent the stored
+                // refresh token (a rotating provider), the lease is held in its
+                // attempt's name, so a holder that is alive gets its write in first.
+                // Elsewhere (Google) a second redeem is harmless: taken over at once.
+                Some(lease) if lease.lapsed_at_ms.is_none() && endpoint.reuse().rotates => {
+                    let grace = self.policy.takeover_grace;
+                    let until_ms = now_ms.saturating_add(millis(grace));
+                    match self
+                        .store
+                        .hold_lapsed_lease(user_id, provider, &lease.attempt, until_ms, now_ms)
+                        .await
+                    {
+                        Ok(()) => {
+                            count_lapse("held");
+                            tracing::warn!(
+                                user_id,
+                                provider,
+                                grace_secs = grace.as_secs(),
+                                "a refresh lease lapsed with no result stored nor the lease given back: \
+                                 held for its holder, whose refresh has an unknown outcome"
+                            );
+                            return Err(outcome_pending(provider, grace));
+                        }
+                        // Held (or taken, or written) by someone else first: read again.
+                        Err(StoreError::Conflict) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                // The hold ended and its holder never wrote: taken over below, knowing
+                // its refresh's outcome is unknown (never held: nothing to know).
+                Some(lease) => lease.lapsed_at_ms,
             };
+            self.circuit_allows(provider)?;
+            let lease = RefreshLease::new(
+                crate::crypto::random_token(16),
+                now_ms.saturating_add(millis(self.policy.lease_ttl)),
+            );
             match self
                 .store
                 .acquire_lease(user_id, provider, row.version, &lease, now_ms)
                 .await
             {
                 Ok(()) => {
+                    if took_over.is_some() {
+                        count_lapse("taken_over");
+                        tracing::warn!(
+                            user_id,
+                            provider,
+                            "took over a refresh lease whose holder never stored a result: \
+                             its refresh's outcome is unknown"
+                        );
+                    }
                     let holder = Holder {
                         refresher: self,
                         endpoint,
                         row: &row,
-                        attempt: &lease.attempt,
+                        attempt: lease.attempt,
+                        held_until: AtomicI64::new(lease.until_ms),
+                        took_over,
                         flow_log: self.flow_log.flow(
                             user_id,
                             &uuid::Uuid::new_v4().to_string(),
@@ -346,48 +421,12 @@ impl Refresher {
                             client,
                         ),
                     };
-                    let keeper = self.keep_lease(&row, lease.clone());
-                    tokio::pin!(keeper);
-                    return tokio::select! {
-                        outcome = holder.refresh(&tokens, tx) => outcome,
-                        never = &mut keeper => match never {},
-                    };
+                    return holder.run(&tokens, tx).await;
                 }
                 // The row moved (a refresh landed, a grant replaced it) or another
                 // attempt took the lease first: read again.
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// Extends the lease before it would lapse, for as long as the holder works. A
-    /// lease found taken over is left alone: the holder's own write then fails its
-    /// condition, so it never overwrites the new holder's work.
-    async fn keep_lease(&self, row: &Connection, mut lease: RefreshLease) -> Infallible {
-        let every = self.policy.lease_ttl / 3;
-        loop {
-            tokio::time::sleep(every).await;
-            lease.until_ms = Utc::now()
-                .timestamp_millis()
-                .saturating_add(millis(self.policy.lease_ttl));
-            match self
-                .store
-                .extend_lease(&row.user_id, &row.provider, &lease)
-                .await
-            {
-                Ok(()) => {}
-                Err(StoreError::Conflict) => {
-                    tracing::warn!(
-                        user_id = row.user_id,
-                        provider = row.provider,
-                        "the refresh lease was taken over; this attempt will not write"
-                    );
-                    return std::future::pending().await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "extending the refresh lease failed; trying again")
-                }
             }
         }
     }
@@ -440,11 +479,14 @@ impl Refresher {
     }
 
     /// Redeems `refresh_token`, retrying only what is safe to retry (see the module
-    /// docs) with backoff, starting no new attempt after the refresh deadline.
+    /// docs) with backoff, starting no new attempt after the refresh deadline nor once
+    /// the lease may have lapsed (`held_until`, its end as last written: past it,
+    /// another instance may hold it and, after the grace, redeem).
     async fn redeem(
         &self,
         endpoint: &dyn TokenEndpoint,
         refresh_token: &SecretString,
+        held_until: &AtomicI64,
     ) -> Result<ProviderTokens, ProviderError> {
         let started = Instant::now();
         let deadline = started + self.policy.refresh_deadline;
@@ -458,7 +500,9 @@ impl Refresher {
                 _ => false,
             };
             let wait = backoff.next_wait();
-            if !retry || Instant::now() + wait >= deadline {
+            let lease_ends = held_until.load(Ordering::SeqCst);
+            let retry_ms = Utc::now().timestamp_millis().saturating_add(millis(wait));
+            if !retry || Instant::now() + wait >= deadline || retry_ms >= lease_ends {
                 return result;
             }
             if let Err(e) = &result {
@@ -500,320 +544,6 @@ impl Refresher {
         {
             tracing::warn!(error = %e, "updating lastUsed failed");
         }
-    }
-}
-
-/// The lease holder's side of a flight.
-struct Holder<'a> {
-    refresher: &'a Refresher,
-    endpoint: &'a dyn TokenEndpoint,
-    /// The row as read when the lease was taken (`version` unchanged by the lease).
-    row: &'a Connection,
-    attempt: &'a str,
-    /// This refresh's flow-log items (one flow id per attempt).
-    flow_log: FlowSteps<'a>,
-}
-
-impl Holder<'_> {
-    async fn refresh(&self, tokens: &TokenSet, tx: &watch::Sender<Option<Outcome>>) -> Outcome {
-        let r = self.refresher;
-        let provider = self.row.provider.as_str();
-        let Some(refresh_token) = tokens.refresh_token.clone().map(SecretString::from) else {
-            return self.deactivate(Cause::NoRefreshToken).await;
-        };
-        let outcome = r.redeem(self.endpoint, &refresh_token).await;
-        let label = match &outcome {
-            Ok(_) => "ok",
-            Err(ProviderError::InvalidGrant(_)) => "invalid_grant",
-            Err(ProviderError::Unavailable(_)) => "provider_unavailable",
-            Err(ProviderError::OutcomeUnknown(_)) => "outcome_unknown",
-            Err(_) => "provider_error",
-        };
-        metrics::counter!("axnt_token_refreshes_total", "provider" => provider.to_string(), "outcome" => label).increment(1);
-        match outcome {
-            Ok(fresh) => {
-                r.circuit_record(provider, Some(true));
-                let now = Utc::now();
-                let set = TokenSet::from_provider(&fresh, Some(tokens), now);
-                let issued = set.issue(self.row, TokenSource::Refreshed);
-                if self
-                    .persist(&set, now, fresh.refresh_token.is_some(), &issued, tx)
-                    .await
-                {
-                    let row = self.row;
-                    r.cache.put(
-                        &row.user_id,
-                        &row.provider,
-                        Cached::new(issued.clone(), set.issued_at, now),
-                    );
-                }
-                Ok(issued)
-            }
-            Err(ProviderError::InvalidGrant(refusal)) => {
-                r.circuit_record(provider, Some(true));
-                // What the refusal says, else (after a request whose outcome is unknown,
-                // the provider most likely redeemed and rotated the token then) the
-                // unknown outcome, else the grant's clocks.
-                let newer_mints = match (self.row.grant.consented_at, &refusal) {
-                    (
-                        Some(consented),
-                        GrantRefusal::ExpiredOrRevoked | GrantRefusal::Unspecified,
-                    ) => r
-                        .store
-                        .account_grants(&self.row.provider, &self.row.user_info.sub)
-                        .await
-                        .ok()
-                        .flatten()
-                        .map(|a| minted_after(&a.mints, consented)),
-                    _ => None,
-                };
-                let cause = cause_of(
-                    refusal,
-                    self.row,
-                    r.policy.grant_rules,
-                    newer_mints,
-                    Utc::now(),
-                );
-                self.deactivate(cause).await
-            }
-            Err(e) => {
-                // The provider failing (down, answer lost or unreadable) counts toward
-                // its circuit and cools the connection down; an answer about our client
-                // (invalid_client, another OAuth error) does neither: the secret re-read
-                // after invalid_client is throttled on its own.
-                let failing = matches!(
-                    e,
-                    ProviderError::Unavailable(_)
-                        | ProviderError::OutcomeUnknown(_)
-                        | ProviderError::Malformed(_)
-                );
-                let healthy = match e {
-                    ProviderError::NotConfigured(_) => None,
-                    _ => Some(!failing),
-                };
-                r.circuit_record(provider, healthy);
-                self.give_back(e, failing).await
-            }
-        }
-    }
-
-    /// Stores the refreshed tokens. In the common case the first write lands and the
-    /// step is logged before anyone is answered. When it fails, everyone waiting is
-    /// answered with the new token at once and the write is retried with backoff for
-    /// as long as the process lives (see the module docs). Stops only on success or
-    /// when the lease was taken over (someone else's work then stands). Returns whether
-    /// the tokens were stored.
-    async fn persist(
-        &self,
-        set: &TokenSet,
-        now: DateTime<Utc>,
-        rotated: bool,
-        issued: &IssuedToken,
-        tx: &watch::Sender<Option<Outcome>>,
-    ) -> bool {
-        let row = self.row;
-        let mut backoff = Backoff::new(PERSIST_BACKOFF.0, PERSIST_BACKOFF.1);
-        loop {
-            match self.write_refreshed(set, now).await {
-                Ok(()) => {
-                    let d = json!({
-                        "rotatedRefreshToken": rotated,
-                        "accessTokenExpiresAt": set.expires_at,
-                    });
-                    self.flow_log.step(FlowStep::TokenRefreshed, d).await;
-                    return true;
-                }
-                Err(Error::Conflict) => {
-                    tracing::error!(
-                        user_id = row.user_id,
-                        provider = row.provider,
-                        "refreshed tokens were not stored: the refresh lease was taken over"
-                    );
-                    let d = json!({ "reason": "lease_lost" });
-                    self.flow_log
-                        .step_failed(FlowStep::RefreshFailed, d, "lease_lost")
-                        .await;
-                    return false;
-                }
-                Err(e) => {
-                    // Everyone waiting gets the new token now; the write goes on.
-                    tx.send_if_modified(|published| {
-                        if published.is_none() {
-                            *published = Some(Ok(issued.clone()));
-                            true
-                        } else {
-                            false
-                        }
-                    });
-                    let wait = backoff.next_wait();
-                    tracing::warn!(
-                        error = %e,
-                        user_id = row.user_id,
-                        provider = row.provider,
-                        wait_ms = wait.as_millis() as u64,
-                        "storing refreshed tokens failed; retrying (this process serves them meanwhile)"
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-            }
-        }
-    }
-
-    async fn write_refreshed(&self, set: &TokenSet, now: DateTime<Utc>) -> Result<(), Error> {
-        let row = self.row;
-        let envelope = set
-            .seal(&self.refresher.cipher, &row.user_id, &row.provider)
-            .await?;
-        let updated = Connection {
-            encrypted_tokens: envelope,
-            updated_at: now,
-            last_used: now,
-            access_token_expires_at: set.expires_at,
-            expires_at: self.refresher.policy.purge_time(now, true),
-            grant: super::ledger_after_refresh(&row.grant, set, now),
-            ..row.successor()
-        };
-        let rules = &self.refresher.policy.events;
-        let (user_id, provider) = (row.user_id.as_str(), row.provider.as_str());
-        let mut events = Vec::new();
-        if row.refresh.retry_at_ms.is_some() || row.refresh.unknown_since_ms.is_some() {
-            events.push(rules.make(
-                EventType::Recovered,
-                user_id,
-                provider,
-                json!({ "grantedScopes": updated.grant.granted_scopes }),
-            ));
-        }
-        if let Some(changed) = super::scopes_change(&row.grant, &updated.grant) {
-            events.push(rules.make(EventType::ScopesChanged, user_id, provider, changed));
-        }
-        self.refresher
-            .store
-            .put_as_holder(&updated, self.attempt, &events)
-            .await?;
-        Ok(())
-    }
-
-    /// Marks the row inactive: its refresh token is dead, of `cause`.
-    async fn deactivate(&self, cause: Cause) -> Outcome {
-        let r = self.refresher;
-        let row = self.row;
-        r.cache.invalidate(&row.user_id, &row.provider);
-        let now = Utc::now();
-        let updated = Connection {
-            is_active: false,
-            updated_at: now,
-            expires_at: r.policy.purge_time(now, false),
-            refresh: RefreshState {
-                inactive_cause: Some(cause.code().to_string()),
-                ..RefreshState::default()
-            },
-            ..row.successor()
-        };
-        let failed = [r.policy.events.make(
-            EventType::RefreshFailed,
-            &row.user_id,
-            &row.provider,
-            json!({
-                "cause": cause.code(),
-                "remedy": cause.remedy(),
-                "isActive": false,
-            }),
-        )];
-        match r.store.put_as_holder(&updated, self.attempt, &failed).await {
-            Ok(()) => {}
-            // The lease was taken over: whoever holds it now decides; read again.
-            Err(StoreError::Conflict) => return Err(Error::RefreshBusy),
-            Err(e) => {
-                tracing::warn!(error = %e, "marking a dead grant inactive failed; the next read finds out again")
-            }
-        }
-        metrics::counter!("axnt_grants_ended_total", "provider" => row.provider.clone(), "cause" => cause.code())
-            .increment(1);
-        let d = json!({
-            "reason": cause.code(),
-            "cause": cause.code(),
-            "remedy": cause.remedy(),
-            "isActive": false,
-        });
-        self.flow_log
-            .step_failed(FlowStep::RefreshFailed, d, "reauthorization_required")
-            .await;
-        Err(Error::ReauthorizationRequired {
-            cause: cause.code().to_string(),
-        })
-    }
-
-    /// Gives the lease back after a failed refresh, starting the cooldown when the
-    /// provider is failing (and noting an unknown outcome), and logs the failure.
-    async fn give_back(&self, e: ProviderError, cool_down: bool) -> Outcome {
-        let r = self.refresher;
-        let row = self.row;
-        let now_ms = Utc::now().timestamp_millis();
-        let unknown = matches!(e, ProviderError::OutcomeUnknown(_));
-        let cooldown = if cool_down {
-            r.policy.refresh_cooldown
-        } else {
-            Duration::ZERO
-        };
-        let after = LeaseRelease {
-            // Set for any failure of the provider (now, without a cooldown): it marks
-            // a run of failures that `connection.recovered` ends.
-            retry_at_ms: cool_down.then(|| now_ms.saturating_add(millis(cooldown))),
-            unknown_since_ms: unknown.then_some(now_ms),
-        };
-        // The first failure of a run tells the application (the grant stays; refreshes
-        // pause for the cooldown); `connection.recovered` ends the run.
-        let first_failure = cool_down
-            && row.refresh.retry_at_ms.is_none()
-            && row.refresh.unknown_since_ms.is_none();
-        let err = Error::from(e);
-        let reason = if unknown {
-            Cause::RefreshOutcomeUnknown.code()
-        } else {
-            err.code()
-        };
-        let events: Vec<_> = first_failure
-            .then(|| {
-                r.policy.events.make(
-                    EventType::RefreshFailed,
-                    &row.user_id,
-                    &row.provider,
-                    json!({
-                        "cause": err.cause().unwrap_or(reason),
-                        "remedy": err.remedy(),
-                        "isActive": true,
-                        "retryAfterSecs": cooldown.as_secs(),
-                    }),
-                )
-            })
-            .into_iter()
-            .collect();
-        match r
-            .store
-            .release_lease(&row.user_id, &row.provider, self.attempt, after, &events)
-            .await
-        {
-            Ok(()) | Err(StoreError::Conflict) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "releasing a refresh lease failed; it lapses by itself")
-            }
-        }
-        let mut d = json!({
-            "reason": reason,
-            "retryAfterSecs": cooldown.as_secs(),
-            "isActive": true,
-        });
-        if let Some(cause) = err.cause() {
-            d["cause"] = json!(cause);
-        }
-        if let Some(remedy) = err.remedy() {
-            d["remedy"] = json!(remedy);
-        }
-        self.flow_log
-            .step_failed(FlowStep::RefreshFailed, d, err.code())
-            .await;
-        Err(err)
     }
 }
 
@@ -865,15 +595,39 @@ pub(crate) const REFRESH_OUTCOMES: [&str; 5] = [
 ];
 
 /// The `reason` labels of `axnt_token_refresh_suppressed_total`.
-pub(crate) const SUPPRESSED_REASONS: [&str; 2] = ["cooldown", "circuit_open"];
+pub(crate) const SUPPRESSED_REASONS: [&str; 3] = ["cooldown", "circuit_open", "outcome_unknown"];
+
+/// The `outcome` labels of `axnt_refresh_lease_lapses_total`.
+pub(crate) const LAPSE_OUTCOMES: [&str; 2] = ["held", "taken_over"];
+
+/// `axnt_refresh_lease_lapses_total{outcome}`: a lapsed lease held for its holder, or
+/// taken over after its hold (its refresh's outcome unknown: with a rotating provider
+/// the grant may then die).
+fn count_lapse(outcome: &'static str) {
+    metrics::counter!("axnt_refresh_lease_lapses_total", "outcome" => outcome).increment(1);
+}
+
+/// 503 while a lapsed lease is held for its attempt, counted with the suppressed
+/// refreshes (nothing is redeemed).
+fn outcome_pending(provider: &str, retry_after: Duration) -> Error {
+    metrics::counter!("axnt_token_refresh_suppressed_total", "provider" => provider.to_string(), "reason" => "outcome_unknown").increment(1);
+    Error::RefreshOutcomePending {
+        retry_after_secs: whole_secs(retry_after),
+    }
+}
 
 /// 503 without calling the provider, counted.
 fn suppressed(provider: &str, reason: &'static str, retry_after: Duration) -> Error {
     metrics::counter!("axnt_token_refresh_suppressed_total", "provider" => provider.to_string(), "reason" => reason).increment(1);
     Error::RefreshSuppressed {
         reason,
-        retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+        retry_after_secs: whole_secs(retry_after),
     }
+}
+
+/// Seconds for `Retry-After`: rounded up, at least 1.
+fn whole_secs(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
 }
 
 fn millis(d: Duration) -> i64 {
@@ -890,5 +644,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+mod holder;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -8,7 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::crypto::{Envelope, EnvelopeCipher};
+use crate::crypto::{Envelope, EnvelopeCipher, Sealer};
 use crate::error::Error;
 use crate::oauth::provider::ProviderTokens;
 use crate::store::{Connection, PendingGrant};
@@ -160,11 +160,21 @@ impl TokenSet {
         user_id: &str,
         provider: &str,
     ) -> Result<Envelope, Error> {
+        self.seal_with(&cipher.sealer().await?, user_id, provider)
+    }
+
+    /// [`seal`](Self::seal) with a data key already in hand (no key-service call).
+    pub(crate) fn seal_with(
+        &self,
+        sealer: &Sealer<'_>,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<Envelope, Error> {
         let json = Zeroizing::new(
             serde_json::to_vec(self)
                 .map_err(|e| Error::Internal(format!("serialising tokens: {e}")))?,
         );
-        Ok(cipher.seal(user_id, provider, &json).await?)
+        Ok(sealer.seal(user_id, provider, &json)?)
     }
 
     /// Encrypts this set as `flow_id`'s pending grant. Its associated data names the

@@ -41,6 +41,7 @@ mod risc_scan;
 mod rotation;
 mod schema;
 mod secrets;
+mod soak;
 mod sockets;
 mod startup;
 mod store_conformance;

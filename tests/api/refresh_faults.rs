@@ -4,14 +4,12 @@
 //! refresh tokens and rejects a spent one, so a second redeem of one token shows up as
 //! a 409 and in [`FakeProvider::spent_refresh_tokens_presented`].
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::fake_provider::{RefreshBehaviour, RefreshChaos};
+use crate::support::fake_provider::RefreshBehaviour;
 use crate::support::{
     API_KEY, Backend, FakeProvider, TestApp, assert_problem,
     assert_stored_refresh_token_is_the_latest,
@@ -28,7 +26,6 @@ on_every_backend!(
     a_lost_answer_is_named_when_the_grant_then_dies,
     a_store_write_failing_after_the_redeem_loses_nothing,
     a_new_grant_never_inherits_a_dead_refresh_token,
-    soak_rotating_failing_slow_provider_with_restarts,
 );
 
 /// A rotating provider whose tokens expire at once, and an app with `user` connected.
@@ -518,121 +515,4 @@ async fn a_new_grant_never_inherits_a_dead_refresh_token(backend: Backend) {
         presented,
         "the dead refresh token was not presented"
     );
-}
-
-/// Three instances on one store; a provider that rotates every refresh token, fails a
-/// few percent of refreshes with 500 and holds every answer up to 1.5 s; tokens that
-/// live 4 s; readers that give up after 0.2–10 s; an instance stopped and started
-/// again every few seconds. No read answers 409, no spent refresh token is presented,
-/// and every user reads 200 at the end. `TEST_AXNT_SOAK_SECS` runs it longer.
-async fn soak_rotating_failing_slow_provider_with_restarts(backend: Backend) {
-    let secs: u64 = std::env::var("TEST_AXNT_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(25);
-    let provider = FakeProvider::start().await;
-    provider.rotate_refresh_tokens(true);
-    provider.set_access_token_ttl(4);
-    let settings = [
-        ("AXNT_REFRESH_COOLDOWN_SECS", "1"),
-        ("AXNT_LAST_USED_INTERVAL_SECS", "1"),
-    ];
-    let first = TestApp::on(backend, &provider, &settings).await;
-    let users: Vec<String> = (0..4).map(|i| format!("soak-{i}")).collect();
-    for user in &users {
-        assert!(first.connect(user).await.status().is_success());
-    }
-    provider.set_refresh_chaos(Some(RefreshChaos {
-        fail_percent: 3,
-        max_hold: Duration::from_millis(1500),
-    }));
-    let second = first.sibling().await;
-    let third = first.sibling().await;
-    let instances = Arc::new(tokio::sync::RwLock::new(vec![
-        Some(first),
-        Some(second),
-        Some(third),
-    ]));
-    let until = Instant::now() + Duration::from_secs(secs);
-    let conflicts = Arc::new(AtomicUsize::new(0));
-    let served = Arc::new(AtomicUsize::new(0));
-    let mut readers = Vec::new();
-    for r in 0..12usize {
-        let (instances, users) = (Arc::clone(&instances), users.clone());
-        let (conflicts, served) = (Arc::clone(&conflicts), Arc::clone(&served));
-        readers.push(tokio::spawn(async move {
-            let mut i = r;
-            while Instant::now() < until {
-                i = i.wrapping_mul(31).wrapping_add(7);
-                let target = {
-                    let live = instances.read().await;
-                    live.iter()
-                        .flatten()
-                        .nth(i % 3)
-                        .or_else(|| live.iter().flatten().next())
-                        .map(|app| {
-                            app.url(&format!(
-                                "/v1/users/{}/tokens/google",
-                                users[i % users.len()]
-                            ))
-                        })
-                };
-                let Some(url) = target else { continue };
-                let patience = Duration::from_millis(200 + (i % 98) as u64 * 100);
-                let client = reqwest::Client::builder()
-                    .timeout(patience)
-                    .build()
-                    .expect("client");
-                if let Ok(response) = client.get(url).bearer_auth(API_KEY).send().await {
-                    match response.status() {
-                        // The first 409's body says why (its cause), for the failure report.
-                        StatusCode::CONFLICT if conflicts.fetch_add(1, Ordering::SeqCst) == 0 => {
-                            let body = response.text().await.unwrap_or_default();
-                            eprintln!("soak: first 409: {body}");
-                        }
-                        StatusCode::OK => {
-                            served.fetch_add(1, Ordering::SeqCst);
-                        }
-                        _ => {}
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }));
-    }
-    let mut slot = 0;
-    while Instant::now() + Duration::from_secs(3) < until {
-        tokio::time::sleep(Duration::from_millis(2500)).await;
-        let stopped = instances.write().await[slot].take();
-        if let Some(app) = stopped {
-            let next = app.sibling().await;
-            app.stop().await;
-            instances.write().await[slot] = Some(next);
-        }
-        slot = (slot + 1) % 3;
-    }
-    for reader in readers {
-        reader.await.expect("reader");
-    }
-    provider.set_refresh_chaos(None);
-    assert_eq!(conflicts.load(Ordering::SeqCst), 0, "no read answered 409");
-    assert_eq!(
-        provider.spent_refresh_tokens_presented(),
-        0,
-        "no spent refresh token was presented"
-    );
-    assert!(served.load(Ordering::SeqCst) > 50, "reads were served");
-    let live = instances.read().await;
-    let app = live.iter().flatten().next().expect("an instance");
-    for user in &users {
-        // A cooldown from a last failed refresh may still run: wait it out.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut status = app.token(user).await.status();
-        while status == StatusCode::SERVICE_UNAVAILABLE && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            status = app.token(user).await.status();
-        }
-        assert_eq!(status, StatusCode::OK, "{user} reads 200 at the end");
-    }
-    assert_eq!(provider.spent_refresh_tokens_presented(), 0);
 }

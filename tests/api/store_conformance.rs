@@ -217,10 +217,7 @@ async fn list_by_user(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
 }
 
 fn lease(attempt: &str, until_ms: i64) -> RefreshLease {
-    RefreshLease {
-        attempt: attempt.into(),
-        until_ms,
-    }
+    RefreshLease::new(attempt, until_ms)
 }
 
 /// A lease is taken only at the read version and only when no live lease stands; it
@@ -265,6 +262,118 @@ async fn the_refresh_lease_is_exclusive(tokens: Arc<dyn TokenStore>, _log: Arc<d
     assert!(
         matches!(missing, Err(StoreError::Conflict)),
         "no row: {missing:?}"
+    );
+}
+
+/// A lapsed lease is held for its attempt only once, only while it has lapsed and its
+/// attempt still holds it; the attempt keeps writing as the holder, and taking,
+/// extending or releasing the lease clears the hold's mark.
+async fn a_lapsed_lease_is_held_for_its_attempt(
+    tokens: Arc<dyn TokenStore>,
+    _log: Arc<dyn FlowLog>,
+) {
+    let u = user();
+    tokens
+        .put(&row(&u, "google", 1, "a"), None, &[])
+        .await
+        .expect("create");
+    let now = 1_800_000_000_000;
+    tokens
+        .acquire_lease(&u, "google", 1, &lease("a1", now + 1_000), now)
+        .await
+        .expect("lease");
+    let live = tokens
+        .hold_lapsed_lease(&u, "google", "a1", now + 9_000, now + 500)
+        .await;
+    assert!(matches!(live, Err(StoreError::Conflict)), "live: {live:?}");
+    let other = tokens
+        .hold_lapsed_lease(&u, "google", "a2", now + 9_000, now + 2_000)
+        .await;
+    assert!(
+        matches!(other, Err(StoreError::Conflict)),
+        "not a2's: {other:?}"
+    );
+    tokens
+        .hold_lapsed_lease(&u, "google", "a1", now + 9_000, now + 2_000)
+        .await
+        .expect("lapsed: held");
+    let held = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(
+        held.refresh.lease,
+        Some(RefreshLease {
+            attempt: "a1".into(),
+            until_ms: now + 9_000,
+            lapsed_at_ms: Some(now + 2_000),
+        })
+    );
+    assert_eq!(held.version, 1, "holding does not bump the version");
+    let twice = tokens
+        .hold_lapsed_lease(&u, "google", "a1", now + 20_000, now + 10_000)
+        .await;
+    assert!(
+        matches!(twice, Err(StoreError::Conflict)),
+        "held once: {twice:?}"
+    );
+    let early = tokens
+        .acquire_lease(&u, "google", 1, &lease("b1", now + 20_000), now + 8_000)
+        .await;
+    assert!(
+        matches!(early, Err(StoreError::Conflict)),
+        "during the hold: {early:?}"
+    );
+    // The holder is alive: its extension ends the hold.
+    tokens
+        .extend_lease(&u, "google", &lease("a1", now + 12_000))
+        .await
+        .expect("extend");
+    let extended = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(extended.refresh.lease, Some(lease("a1", now + 12_000)));
+    // Held again after it lapses again; taken over once the hold has passed.
+    tokens
+        .hold_lapsed_lease(&u, "google", "a1", now + 20_000, now + 13_000)
+        .await
+        .expect("held again");
+    tokens
+        .acquire_lease(&u, "google", 1, &lease("b1", now + 40_000), now + 20_001)
+        .await
+        .expect("taken over after the hold");
+    let taken = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(taken.refresh.lease, Some(lease("b1", now + 40_000)));
+    // A hold leaves the attempt the holder: its write lands, and clears the lease.
+    tokens
+        .hold_lapsed_lease(&u, "google", "b1", now + 50_000, now + 41_000)
+        .await
+        .expect("held");
+    let refreshed = row(&u, "google", 2, "b");
+    tokens
+        .put_as_holder(&refreshed, "b1", &[])
+        .await
+        .expect("the held attempt still writes");
+    assert_eq!(
+        tokens.get(&u, "google").await.expect("get").as_ref(),
+        Some(&refreshed)
+    );
+    // Released while held: lease and mark gone.
+    tokens
+        .acquire_lease(&u, "google", 2, &lease("c1", now + 1_000), now)
+        .await
+        .expect("lease");
+    tokens
+        .hold_lapsed_lease(&u, "google", "c1", now + 9_000, now + 2_000)
+        .await
+        .expect("held");
+    tokens
+        .release_lease(&u, "google", "c1", LeaseRelease::default(), &[])
+        .await
+        .expect("released by its attempt");
+    let released = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(released.refresh.lease, None);
+    let gone = tokens
+        .hold_lapsed_lease(&user(), "google", "c1", now + 9_000, now + 2_000)
+        .await;
+    assert!(
+        matches!(gone, Err(StoreError::Conflict)),
+        "no row: {gone:?}"
     );
 }
 
@@ -1399,6 +1508,7 @@ every_backend!(
     flush_writes_everything_queued,
     pings_answer,
     the_refresh_lease_is_exclusive,
+    a_lapsed_lease_is_held_for_its_attempt,
     only_the_holder_writes,
     a_released_lease_leaves_its_cooldown,
     touch_is_a_partial_update,

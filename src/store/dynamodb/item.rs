@@ -22,6 +22,7 @@ pub(super) const LEASE_ATTEMPT: &str = "refreshLeaseAttempt";
 pub(super) const LEASE_UNTIL: &str = "refreshLeaseUntil";
 pub(super) const RETRY_AT: &str = "refreshRetryAt";
 pub(super) const UNKNOWN_SINCE: &str = "refreshUnknownSince";
+pub(super) const LEASE_LAPSED_AT: &str = "refreshLeaseLapsedAt";
 
 pub(super) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
@@ -73,11 +74,13 @@ struct ConnectionItem {
     is_active: bool,
     version: u64,
     // The refresh bookkeeping, flat: the lease updates set and remove the first four
-    // one by one (named by the constants above).
+    // and the lapse mark one by one (named by the constants above).
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_lease_attempt: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_lease_until: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_lease_lapsed_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_retry_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,10 +131,15 @@ struct ConnectionItem {
 impl From<&Connection> for ConnectionItem {
     fn from(row: &Connection) -> Self {
         let refresh = row.refresh.clone();
-        let (refresh_lease_attempt, refresh_lease_until) = match refresh.lease {
-            Some(RefreshLease { attempt, until_ms }) => (Some(attempt), Some(until_ms)),
-            None => (None, None),
-        };
+        let (refresh_lease_attempt, refresh_lease_until, refresh_lease_lapsed_at) =
+            match refresh.lease {
+                Some(RefreshLease {
+                    attempt,
+                    until_ms,
+                    lapsed_at_ms,
+                }) => (Some(attempt), Some(until_ms), lapsed_at_ms),
+                None => (None, None, None),
+            };
         Self {
             user_id: row.user_id.clone(),
             provider: row.provider.clone(),
@@ -147,6 +155,7 @@ impl From<&Connection> for ConnectionItem {
             version: row.version,
             refresh_lease_attempt,
             refresh_lease_until,
+            refresh_lease_lapsed_at,
             refresh_retry_at: refresh.retry_at_ms,
             refresh_unknown_since: refresh.unknown_since_ms,
             inactive_cause: refresh.inactive_cause,
@@ -170,7 +179,11 @@ impl TryFrom<ConnectionItem> for Connection {
 
     fn try_from(item: ConnectionItem) -> Result<Self, StoreError> {
         let lease = match (item.refresh_lease_attempt, item.refresh_lease_until) {
-            (Some(attempt), Some(until_ms)) => Some(RefreshLease { attempt, until_ms }),
+            (Some(attempt), Some(until_ms)) => Some(RefreshLease {
+                attempt,
+                until_ms,
+                lapsed_at_ms: item.refresh_lease_lapsed_at,
+            }),
             (Some(_), None) => return Err(StoreError::Corrupt(format!("{LEASE_UNTIL}: missing"))),
             (None, _) => None,
         };
@@ -567,6 +580,7 @@ mod tests {
                 lease: Some(RefreshLease {
                     attempt: "attempt-1".into(),
                     until_ms: 1_790_000_000_123,
+                    lapsed_at_ms: Some(1_790_000_000_100),
                 }),
                 retry_at_ms: Some(1_790_000_000_456),
                 unknown_since_ms: Some(1_790_000_000_789),
@@ -632,6 +646,7 @@ mod tests {
             ("version", n(3)),
             ("refreshLeaseAttempt", s("attempt-1")),
             ("refreshLeaseUntil", n(1_790_000_000_123_i64)),
+            ("refreshLeaseLapsedAt", n(1_790_000_000_100_i64)),
             ("refreshRetryAt", n(1_790_000_000_456_i64)),
             ("refreshUnknownSince", n(1_790_000_000_789_i64)),
             ("inactiveCause", s("invalid_grant")),
@@ -724,7 +739,13 @@ mod tests {
         assert_eq!(connection_from(&item).expect("read"), row);
         assert_eq!(connection_item(&row).expect("write"), item);
         // The lease updates name these attributes themselves.
-        for name in [LEASE_ATTEMPT, LEASE_UNTIL, RETRY_AT, UNKNOWN_SINCE] {
+        for name in [
+            LEASE_ATTEMPT,
+            LEASE_UNTIL,
+            LEASE_LAPSED_AT,
+            RETRY_AT,
+            UNKNOWN_SINCE,
+        ] {
             assert!(item.contains_key(name), "{name}");
         }
 
@@ -741,6 +762,7 @@ mod tests {
             "email",
             LEASE_ATTEMPT,
             LEASE_UNTIL,
+            LEASE_LAPSED_AT,
             RETRY_AT,
             UNKNOWN_SINCE,
             "inactiveCause",

@@ -18,11 +18,11 @@ const WEBHOOK_PREFIX: &str = "#webhook#";
 const WEBHOOK_STATE: &str = "#state";
 use super::call;
 use super::item::{
-    ACCOUNT_GRANTS, Item, JOB_LEASE, JOB_PREFIX, LEASE_ATTEMPT, LEASE_UNTIL, MARKED_BY, PENDING,
-    RETRY_AT, REVOCATIONS, REVOKE_PREFIX, STARTED, UNKNOWN_SINCE, account_grants_from,
-    account_grants_item, account_key, connection_from, connection_item, flow_key, is_flow_item,
-    last_key, n, pending_from, pending_item, revocation_from, revocation_item, rfc3339, s,
-    start_key,
+    ACCOUNT_GRANTS, Item, JOB_LEASE, JOB_PREFIX, LEASE_ATTEMPT, LEASE_LAPSED_AT, LEASE_UNTIL,
+    MARKED_BY, PENDING, RETRY_AT, REVOCATIONS, REVOKE_PREFIX, STARTED, UNKNOWN_SINCE,
+    account_grants_from, account_grants_item, account_key, connection_from, connection_item,
+    flow_key, is_flow_item, last_key, n, pending_from, pending_item, revocation_from,
+    revocation_item, rfc3339, s, start_key,
 };
 use crate::crypto::Envelope;
 use crate::store::{
@@ -197,12 +197,13 @@ impl TokenStore for DynamoStore {
     ) -> Result<(), StoreError> {
         let request = self
             .update(user_id, provider)
-            .update_expression("SET #attempt = :attempt, #until = :until")
+            .update_expression("SET #attempt = :attempt, #until = :until REMOVE #lapsed")
             .condition_expression(
                 "version = :version AND (attribute_not_exists(#attempt) OR #until < :now)",
             )
             .expression_attribute_names("#attempt", LEASE_ATTEMPT)
             .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_names("#lapsed", LEASE_LAPSED_AT)
             .expression_attribute_values(":attempt", s(&lease.attempt))
             .expression_attribute_values(":until", n(lease.until_ms))
             .expression_attribute_values(":version", n(version))
@@ -219,12 +220,37 @@ impl TokenStore for DynamoStore {
     ) -> Result<(), StoreError> {
         let request = self
             .update(user_id, provider)
-            .update_expression("SET #until = :until")
+            .update_expression("SET #until = :until REMOVE #lapsed")
             .condition_expression("#attempt = :attempt")
             .expression_attribute_names("#attempt", LEASE_ATTEMPT)
             .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_names("#lapsed", LEASE_LAPSED_AT)
             .expression_attribute_values(":attempt", s(&lease.attempt))
             .expression_attribute_values(":until", n(lease.until_ms));
+        self.send_update(request).await
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn hold_lapsed_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        attempt: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let request = self
+            .update(user_id, provider)
+            .update_expression("SET #until = :until, #lapsed = :now")
+            .condition_expression(
+                "#attempt = :attempt AND #until < :now AND attribute_not_exists(#lapsed)",
+            )
+            .expression_attribute_names("#attempt", LEASE_ATTEMPT)
+            .expression_attribute_names("#until", LEASE_UNTIL)
+            .expression_attribute_names("#lapsed", LEASE_LAPSED_AT)
+            .expression_attribute_values(":attempt", s(attempt))
+            .expression_attribute_values(":until", n(until_ms))
+            .expression_attribute_values(":now", n(now_ms));
         self.send_update(request).await
     }
 
@@ -238,10 +264,11 @@ impl TokenStore for DynamoStore {
         events: &[Event],
     ) -> Result<(), StoreError> {
         let mut set = Vec::new();
-        let mut remove = vec!["#attempt", "#until"];
+        let mut remove = vec!["#attempt", "#until", "#lapsed"];
         let mut names = HashMap::from([
             ("#attempt".to_string(), LEASE_ATTEMPT.to_string()),
             ("#until".to_string(), LEASE_UNTIL.to_string()),
+            ("#lapsed".to_string(), LEASE_LAPSED_AT.to_string()),
             ("#retry".to_string(), RETRY_AT.to_string()),
         ]);
         let mut values = HashMap::from([(":attempt".to_string(), s(attempt))]);

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     expiry_notice_for       INTEGER,
     refresh_token_hash      TEXT,
     refresh_token_prefix_hash TEXT,
+    refresh_lease_lapsed_at INTEGER,
     PRIMARY KEY (user_id, provider)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
@@ -119,7 +120,12 @@ const TOKEN_COLUMNS: &str = "user_id, provider, email, encrypted_tokens, user_in
      last_used, access_token_expires_at, expires_at, is_active, version, refresh_lease_attempt, refresh_lease_until, \
      refresh_retry_at, refresh_unknown_since, inactive_cause, replaced_account, requested_scopes, \
      granted_scopes, requested_scopes_changed_at, scopes_changed_at, consented_at, last_refreshed_at, \
-     refresh_token_expires_at, expiry_notice_for, refresh_token_hash, refresh_token_prefix_hash";
+     refresh_token_expires_at, expiry_notice_for, refresh_token_hash, refresh_token_prefix_hash, \
+     refresh_lease_lapsed_at";
+
+/// How long a statement waits for another connection's lock (another process writing)
+/// before it fails: the longest a write can take.
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read connections kept open for reuse; more are opened while all are busy.
 const IDLE_READERS: usize = 4;
@@ -151,7 +157,7 @@ impl Readers {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| unavailable(&self.path, e))?;
-        db.busy_timeout(Duration::from_secs(5))
+        db.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| unavailable(&self.path, e))?;
         Ok(db)
     }
@@ -197,7 +203,7 @@ impl EmbeddedStore {
         create_private(path)
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
         let db = Sqlite::open(path).map_err(|e| unavailable(path, e))?;
-        db.busy_timeout(Duration::from_secs(5))
+        db.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| unavailable(path, e))?;
         db.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| unavailable(path, e))?;
@@ -325,6 +331,9 @@ impl EmbeddedStore {
                 .refresh_token_prefix_hash
                 .clone()
                 .map_or(Value::Null, Value::from),
+            lease
+                .and_then(|l| l.lapsed_at_ms)
+                .map_or(Value::Null, Value::from),
         ];
         const SET: &str = "email = ?3, encrypted_tokens = ?4, user_info = ?5, created_at = ?6, \
              updated_at = ?7, last_used = ?8, access_token_expires_at = ?9, expires_at = ?10, \
@@ -333,23 +342,23 @@ impl EmbeddedStore {
              replaced_account = ?18, requested_scopes = ?19, granted_scopes = ?20, \
              requested_scopes_changed_at = ?21, scopes_changed_at = ?22, consented_at = ?23, \
              last_refreshed_at = ?24, refresh_token_expires_at = ?25, expiry_notice_for = ?26, \
-             refresh_token_hash = ?27, refresh_token_prefix_hash = ?28";
+             refresh_token_hash = ?27, refresh_token_prefix_hash = ?28, refresh_lease_lapsed_at = ?29";
         let statement = match condition {
             WriteIf::Absent => format!(
                 "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28) \
+                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29) \
                  ON CONFLICT (user_id, provider) DO NOTHING"
             ),
             WriteIf::Version(expected) => {
                 values.push(Value::from(expected));
                 format!(
-                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?29"
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?30"
                 )
             }
             WriteIf::Holder(attempt) => {
                 values.push(Value::from(attempt));
                 format!(
-                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?29"
+                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?30"
                 )
             }
         };
@@ -505,6 +514,7 @@ fn migrate(db: &Sqlite) -> rusqlite::Result<()> {
         ("expiry_notice_for", "INTEGER"),
         ("refresh_token_hash", "TEXT"),
         ("refresh_token_prefix_hash", "TEXT"),
+        ("refresh_lease_lapsed_at", "INTEGER"),
     ] {
         if !columns.iter().any(|c| c == column) {
             db.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {column} {kind}"))?;

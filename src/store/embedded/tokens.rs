@@ -125,6 +125,7 @@ struct RawConnection {
     expiry_notice_for: Option<i64>,
     refresh_token_hash: Option<String>,
     refresh_token_prefix_hash: Option<String>,
+    refresh_lease_lapsed_at: Option<i64>,
 }
 
 impl RawConnection {
@@ -158,6 +159,7 @@ impl RawConnection {
             expiry_notice_for: row.get(25)?,
             refresh_token_hash: row.get(26)?,
             refresh_token_prefix_hash: row.get(27)?,
+            refresh_lease_lapsed_at: row.get(28)?,
         })
     }
 
@@ -178,7 +180,11 @@ impl RawConnection {
             version: u64::try_from(self.version).map_err(|e| corrupt("version", e))?,
             refresh: RefreshState {
                 lease: match (self.refresh_lease_attempt, self.refresh_lease_until) {
-                    (Some(attempt), Some(until_ms)) => Some(RefreshLease { attempt, until_ms }),
+                    (Some(attempt), Some(until_ms)) => Some(RefreshLease {
+                        attempt,
+                        until_ms,
+                        lapsed_at_ms: self.refresh_lease_lapsed_at,
+                    }),
                     _ => None,
                 },
                 retry_at_ms: self.refresh_retry_at,
@@ -271,7 +277,8 @@ impl TokenStore for EmbeddedStore {
             Value::from(now_ms),
         ];
         self.update_one(
-            "UPDATE tokens SET refresh_lease_attempt = ?3, refresh_lease_until = ?4 \
+            "UPDATE tokens SET refresh_lease_attempt = ?3, refresh_lease_until = ?4, \
+             refresh_lease_lapsed_at = NULL \
              WHERE user_id = ?1 AND provider = ?2 AND version = ?5 \
              AND (refresh_lease_attempt IS NULL OR refresh_lease_until IS NULL OR refresh_lease_until < ?6)",
             args,
@@ -293,8 +300,33 @@ impl TokenStore for EmbeddedStore {
             Value::from(lease.until_ms),
         ];
         self.update_one(
-            "UPDATE tokens SET refresh_lease_until = ?4 \
+            "UPDATE tokens SET refresh_lease_until = ?4, refresh_lease_lapsed_at = NULL \
              WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?3",
+            args,
+        )
+        .await
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    async fn hold_lapsed_lease(
+        &self,
+        user_id: &str,
+        provider: &str,
+        attempt: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let args = vec![
+            Value::from(user_id.to_string()),
+            Value::from(provider.to_string()),
+            Value::from(attempt.to_string()),
+            Value::from(until_ms),
+            Value::from(now_ms),
+        ];
+        self.update_one(
+            "UPDATE tokens SET refresh_lease_until = ?4, refresh_lease_lapsed_at = ?5 \
+             WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?3 \
+             AND refresh_lease_until < ?5 AND refresh_lease_lapsed_at IS NULL",
             args,
         )
         .await
@@ -319,7 +351,7 @@ impl TokenStore for EmbeddedStore {
         // An unknown outcome is remembered until a token write clears it.
         self.update_one_with(
             "UPDATE tokens SET refresh_lease_attempt = NULL, refresh_lease_until = NULL, \
-             refresh_retry_at = ?4, refresh_unknown_since = COALESCE(?5, refresh_unknown_since) \
+             refresh_lease_lapsed_at = NULL, refresh_retry_at = ?4, refresh_unknown_since = COALESCE(?5, refresh_unknown_since) \
              WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?3"
                 .to_string(),
             args,

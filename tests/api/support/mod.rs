@@ -656,9 +656,11 @@ pub async fn assert_unchanged(app: &TestApp, row: &axnt_oauth::store::Connection
 
 /// A TCP proxy in front of a server that a test can cut and restore, to make a
 /// backend unreachable without losing its data (moto keeps everything in memory).
+/// A cut closes new connections at once and ends the established ones too, so a
+/// client's pooled keep-alive connections do not carry it through the outage.
 pub struct CuttableProxy {
     pub endpoint: String,
-    open: Arc<std::sync::atomic::AtomicBool>,
+    open: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -673,18 +675,21 @@ impl CuttableProxy {
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
-        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let gate = Arc::clone(&open);
+        let (open, gate) = tokio::sync::watch::channel(true);
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if !gate.load(std::sync::atomic::Ordering::SeqCst) {
+                if !*gate.borrow() {
                     drop(inbound); // cut: the connection is closed at once
                     continue;
                 }
-                let target = target.clone();
+                let (target, mut gate) = (target.clone(), gate.clone());
                 tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        // Both sockets are dropped (closed) when the proxy is cut.
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = gate.wait_for(|open| !*open) => {}
+                        }
                     }
                 });
             }
@@ -696,12 +701,14 @@ impl CuttableProxy {
         }
     }
 
+    /// Closes every connection through the proxy and refuses new ones until
+    /// [`restore`](Self::restore).
     pub fn cut(&self) {
-        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.open.send_replace(false);
     }
 
     pub fn restore(&self) {
-        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.open.send_replace(true);
     }
 }
 
