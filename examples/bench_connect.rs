@@ -1,12 +1,15 @@
 //! Drives whole connect flows for `scripts/bench`: for each of `COUNT` users
 //! (`PREFIX0` …), a connect link from the internal API, `/start`, the provider's
-//! `/authorize` (the npm OpenID mock answers at once), and the callback, which redeems
-//! the code and verifies the ID token. `CONCURRENCY` flows run at a time.
+//! `/authorize` (the npm OpenID mock answers at once), the callback, which redeems the
+//! code and verifies the ID token, and the confirm call the application makes with the
+//! `confirmationCode` the return redirect carries (binding is on by default; a service
+//! run with it off answers `status=connected` and the flow ends there). `CONCURRENCY`
+//! flows run at a time.
 //!
 //! Usage: `bench_connect BASE_URL API_KEY COUNT CONCURRENCY PREFIX RETURN_TO`
 //!
 //! Prints one line, `flows=N seconds=S per_sec=R p50_ms=A p99_ms=B`, and exits 1 at the
-//! first flow that does not end in `status=connected`.
+//! first flow that does not end connected.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use reqwest::header::{AUTHORIZATION, COOKIE, LOCATION, SET_COOKIE};
-use reqwest::{Client, StatusCode, redirect};
+use reqwest::{Client, StatusCode, Url, redirect};
 
 struct Run {
     base: String,
@@ -148,11 +151,37 @@ async fn flow(run: &Run, user_id: &str) -> anyhow::Result<()> {
         .send()
         .await?;
     let to = location(&back).with_context(|| format!("the callback answered {}", back.status()))?;
-    ensure!(
-        to.contains("status=connected"),
-        "the callback sent the browser to {to}"
-    );
-    Ok(())
+    let to = Url::parse(&to).with_context(|| format!("the return redirect {to}"))?;
+    let query = |name: &str| {
+        to.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    match query("status").as_deref() {
+        Some("connected") => Ok(()),
+        Some("pending_confirmation") => {
+            let flow_id = query("flowId").context("a pending return without flowId")?;
+            let code =
+                query("confirmationCode").context("a pending return without confirmationCode")?;
+            let confirmed = run
+                .client
+                .post(format!(
+                    "{}/v1/connect-sessions/{flow_id}/confirm",
+                    run.base
+                ))
+                .header(AUTHORIZATION, format!("Bearer {}", run.key))
+                .json(&serde_json::json!({ "userId": user_id, "confirmationCode": code }))
+                .send()
+                .await?;
+            ensure!(
+                confirmed.status().is_success(),
+                "the confirm call answered {}",
+                confirmed.status()
+            );
+            Ok(())
+        }
+        _ => bail!("the callback sent the browser to {to}"),
+    }
 }
 
 fn location(response: &reqwest::Response) -> anyhow::Result<String> {
