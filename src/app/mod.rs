@@ -28,6 +28,7 @@ use crate::crypto::{CryptoError, EnvelopeCipher, SecretKey};
 use crate::events::EventRules;
 use crate::http::limits::RateLimits;
 use crate::http::{self, AppState, Readiness, Services};
+use crate::jobs::Jobs;
 use crate::oauth::ReturnUrls;
 use crate::oauth::flow::StateSealer;
 use crate::oauth::provider::{
@@ -101,7 +102,8 @@ struct Running {
     tokens: Arc<TokenService>,
     /// aws mode's event writes still to settle.
     settler: Option<Arc<Settler>>,
-    background: Vec<tokio::task::JoinHandle<()>>,
+    /// The periodic work, stopped at shutdown.
+    jobs: Jobs,
 }
 
 impl App {
@@ -283,15 +285,15 @@ impl App {
             Err(e) => return Err(std::io::Error::other(e)),
         };
         let signalled = signalled_rx.await.unwrap_or_else(|_| Instant::now());
-        // The background loops only start refreshes; a refresh they started runs on
-        // as its own task, which the drain below waits for.
-        for task in &running.background {
-            task.abort();
-        }
         let left = drain_timeout.saturating_sub(signalled.elapsed());
-        // Both within what is left of the budget: refreshes store what they redeemed,
-        // and the audit trail writes its queue (counted reads included).
-        let (drained, ()) = tokio::join!(running.tokens.drain(left), running.audit.close(left));
+        // All within what is left of the budget: jobs end their passes at the next
+        // step (a refresh a pass started runs on as its own task), refreshes store what
+        // they redeemed, and the audit trail writes its queue (counted reads included).
+        let (_, drained, ()) = tokio::join!(
+            running.jobs.stop(left),
+            running.tokens.drain(left),
+            running.audit.close(left)
+        );
         if !drained {
             tracing::error!(
                 timeout_secs = drain_timeout.as_secs(),
@@ -388,18 +390,17 @@ fn assemble(
              sessions without expectedEmail or hostedDomain should be confirmed"
         );
     }
-    let mut background = Vec::new();
+    let jobs = Jobs::new();
     if let Some(store) = &backends.expiring {
-        background.push(store.spawn_purger(settings.retention.purge_interval));
+        store.schedule_purge(&jobs, settings.retention.purge_interval);
     }
     if settings.backend == Backend::Aws {
-        background.push(
-            secrets.spawn_refresher(
-                settings
-                    .secrets
-                    .refresh_interval
-                    .max(Duration::from_secs(10)),
-            ),
+        secrets.schedule_refresh(
+            &jobs,
+            settings
+                .secrets
+                .refresh_interval
+                .max(Duration::from_secs(10)),
         );
     }
 
@@ -429,15 +430,18 @@ fn assemble(
         TokenPolicy::new(&settings, events),
     ));
     if let Some(every) = settings.refresh.background {
-        background.push(tokens.spawn_background_refresh(every));
+        tokens.schedule_background_refresh(&jobs, every);
     }
-    background.push(tokens.spawn_revocation_retries(settings.provider.revocation_retry));
+    tokens.schedule_revocation_retries(&jobs, settings.provider.revocation_retry);
     // With the keep-alive off (0 days) the pass still runs, for expiry notices.
-    background.push(tokens.spawn_keepalive(crate::tokens::KeepAlive {
-        idle: settings.refresh.keepalive_idle,
-        every: settings.refresh.keepalive_interval,
-        per_minute: settings.refresh.keepalive_per_minute,
-    }));
+    tokens.schedule_keepalive(
+        &jobs,
+        crate::tokens::KeepAlive {
+            idle: settings.refresh.keepalive_idle,
+            every: settings.refresh.keepalive_interval,
+            per_minute: settings.refresh.keepalive_per_minute,
+        },
+    );
     if !settings.webhooks.urls.is_empty() {
         let webhooks = crate::webhooks::Webhooks::new(
             Arc::clone(&backends.tokens),
@@ -459,7 +463,7 @@ fn assemble(
             }
             .into());
         }
-        background.extend(Arc::new(webhooks).spawn());
+        Arc::new(webhooks).schedule(&jobs);
     }
     let readiness = Readiness::new(
         Arc::clone(&backends.tokens),
@@ -478,10 +482,12 @@ fn assemble(
             concurrency: settings.flow_log.write_concurrency,
         },
     ));
-    background
-        .push(audit.spawn_flusher(settings.retention.audit_window.min(Duration::from_secs(10))));
+    audit.schedule_flush(
+        &jobs,
+        settings.retention.audit_window.min(Duration::from_secs(10)),
+    );
     let rate_limits = Arc::new(RateLimits::new(&settings.rate_limit));
-    background.push(rate_limits.spawn_sweeper());
+    rate_limits.schedule_sweep(&jobs);
     let state = AppState::new(Services {
         rate_limits,
         return_urls: ReturnUrls::new(&settings.flow.allowed_return_urls),
@@ -513,7 +519,7 @@ fn assemble(
         audit,
         tokens,
         settler: backends.settler,
-        background,
+        jobs,
     })
 }
 

@@ -39,6 +39,7 @@ use serde_json::{Map, json};
 pub(crate) use queue::Full;
 use queue::{Queue, Record, RecordKey, Sink, Target};
 
+use crate::jobs::{self, Jobs, Schedule};
 use crate::retry::Backoff;
 use crate::store::flow_log::SortKeyClock;
 use crate::store::{FlowLog, FlowLogEntry, FlowStep, StoreError};
@@ -264,14 +265,16 @@ impl AuditTrail {
     }
 
     /// Queues the windows that have passed (every `every`).
-    pub(crate) fn spawn_flusher(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn schedule_flush(self: &Arc<Self>, jobs: &Jobs, every: Duration) {
         let this = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
+        jobs.run(
+            "audit flush",
+            Schedule::every(every),
+            jobs::from_fn(move |_stop| {
                 this.queue_windows(false);
-            }
-        })
+                std::future::ready(())
+            }),
+        );
     }
 
     /// Queues the counted reads of windows that have passed (`all`: of every window).

@@ -252,10 +252,10 @@ impl Settings {
         for url in &hooks.urls {
             let private = || {
                 (!hooks.allow_private)
-                    .then(|| crate::webhooks::private_host(url))
+                    .then(|| crate::guard::private_host(url))
                     .flatten()
             };
-            if let Some(reason) = crate::webhooks::unusable_url(url).or_else(private) {
+            if let Some(reason) = crate::guard::unusable_url(url).or_else(private) {
                 return Err(ConfigError::new(
                     "webhook_urls",
                     format!(

@@ -27,6 +27,7 @@ use super::browser::BrowserError;
 use super::client::ClientKey;
 use crate::config::RateLimitSettings;
 use crate::error::Error;
+use crate::jobs::{self, Jobs, Schedule};
 
 /// How often idle entries are dropped from the limiters' maps.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -104,16 +105,17 @@ impl RateLimits {
         }
     }
 
-    /// Sweeps every minute until aborted.
-    pub(crate) fn spawn_sweeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// Sweeps every minute.
+    pub(crate) fn schedule_sweep(self: &Arc<Self>, jobs: &Jobs) {
         let limits = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(SWEEP_EVERY);
-            loop {
-                every.tick().await;
+        jobs.run(
+            "rate-limit sweep",
+            Schedule::every(SWEEP_EVERY),
+            jobs::from_fn(move |_stop| {
                 limits.sweep();
-            }
-        })
+                std::future::ready(())
+            }),
+        );
     }
 }
 

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tokio::sync::{Mutex, Notify};
 
 use crate::crypto::SecretKey;
+use crate::jobs::{self, Jobs, Schedule};
 
 pub use api_key::{ApiKey, Caller, InvalidApiKey, InvalidKeyEntry, Operation};
 pub(crate) use api_key::{KeyEntry, check_names};
@@ -257,7 +258,7 @@ pub struct SecretsCache {
     /// API keys from settings or the data directory, always accepted.
     extra_api_keys: Vec<ApiKey>,
     current: RwLock<Arc<ServiceSecrets>>,
-    reload: Notify,
+    reload: Arc<Notify>,
     /// When the source was last re-read (attempted), behind the one lock every re-read
     /// takes: concurrent callers of [`Self::reload_throttled`] wait for the re-read in
     /// progress instead of starting their own.
@@ -278,7 +279,7 @@ impl SecretsCache {
             client_override,
             extra_api_keys,
             current: RwLock::new(Arc::new(ServiceSecrets::default())),
-            reload: Notify::new(),
+            reload: Arc::new(Notify::new()),
             reloaded_at: Mutex::new(None),
         };
         cache.install(loaded);
@@ -353,26 +354,23 @@ impl SecretsCache {
     }
 
     /// Re-reads every `every`, and promptly (at most once per 10 s) when asked to.
-    pub(crate) fn spawn_refresher(
-        self: &Arc<Self>,
-        every: Duration,
-    ) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn schedule_refresh(self: &Arc<Self>, jobs: &Jobs, every: Duration) {
         let cache = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = cache.reload.notified() => {}
-                }
-                match cache.reload().await {
-                    Ok(()) => tracing::debug!(source = %cache.source_name(), "secrets re-read"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "re-reading secrets failed; keeping the previous value")
+        jobs.run(
+            "secret re-read",
+            Schedule::every(every).woken_by(Arc::clone(&self.reload), Duration::from_secs(10)),
+            jobs::from_fn(move |_stop| {
+                let cache = Arc::clone(&cache);
+                async move {
+                    match cache.reload().await {
+                        Ok(()) => tracing::debug!(source = %cache.source_name(), "secrets re-read"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "re-reading secrets failed; keeping the previous value")
+                        }
                     }
                 }
-                tokio::time::sleep(Duration::from_secs(10)).await;
-            }
-        })
+            }),
+        );
     }
 }
 

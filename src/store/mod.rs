@@ -10,6 +10,7 @@ pub mod buffered;
 pub(crate) mod dynamodb;
 pub mod embedded;
 pub mod flow_log;
+mod job_lease;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::Envelope;
 
 pub use flow_log::{FlowFailure, FlowRecorder, FlowStep, FlowSteps};
+pub(crate) use job_lease::JobLease;
 
 /// A user's connection to one provider: the tokens table's row.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,13 +17,17 @@ use chrono::Utc;
 
 use serde_json::json;
 
+use tokio_util::sync::CancellationToken;
+
 use super::TokenService;
 use crate::error::Error;
 use crate::events::EventType;
+use crate::jobs::{self, Jobs, Schedule};
 use crate::oauth::grant::{AT_RISK_WITHIN, ExpiryReason, forecast, last_token_use};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{
-    Connection, GrantLedger, LeaseRelease, RefreshLease, RefreshState, ScanCursor, StoreError,
+    Connection, GrantLedger, JobLease, LeaseRelease, RefreshLease, RefreshState, ScanCursor,
+    StoreError,
 };
 
 /// Rows read per scan page.
@@ -64,46 +68,53 @@ pub(crate) struct KeepAliveReport {
 
 impl TokenService {
     /// Runs [`keepalive_pass`](Self::keepalive_pass) every `keep.every`.
-    pub(crate) fn spawn_keepalive(
-        self: &Arc<Self>,
-        keep: KeepAlive,
-    ) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn schedule_keepalive(self: &Arc<Self>, jobs: &Jobs, keep: KeepAlive) {
         let service = Arc::clone(self);
-        let holder = uuid::Uuid::new_v4().to_string();
-        tokio::spawn(async move {
-            // The first pass a few minutes after start (an instance replaced more often
-            // than the interval would otherwise never run one), then every interval.
-            let mut wait = keep.every.min(FIRST_PASS_AFTER);
-            loop {
-                tokio::time::sleep(crate::retry::jittered(wait)).await;
-                wait = keep.every;
-                match service.keepalive_pass(keep, &holder).await {
-                    Ok(report) if report.ran => tracing::info!(
-                        scanned = report.scanned,
-                        refreshed = report.refreshed,
-                        failed = report.failed,
-                        expiring_soon = report.noticed,
-                        "keep-alive pass done"
-                    ),
-                    Ok(_) => tracing::debug!("keep-alive pass skipped: another instance runs it"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "keep-alive pass failed; trying again later")
+        let lease = Arc::new(JobLease::new(JOB, JOB_LEASE));
+        // The first pass a few minutes after start (an instance replaced more often than
+        // the interval would otherwise never run one), then every interval.
+        let schedule = Schedule::every(keep.every)
+            .first_after(keep.every.min(FIRST_PASS_AFTER))
+            .jittered();
+        jobs.run(
+            JOB,
+            schedule,
+            jobs::from_fn(move |stop| {
+                let service = Arc::clone(&service);
+                let lease = Arc::clone(&lease);
+                async move {
+                    match service.keepalive_pass(keep, &lease, &stop).await {
+                        Ok(report) if report.ran => tracing::info!(
+                            scanned = report.scanned,
+                            refreshed = report.refreshed,
+                            failed = report.failed,
+                            expiring_soon = report.noticed,
+                            "keep-alive pass done"
+                        ),
+                        Ok(_) => {
+                            tracing::debug!("keep-alive pass skipped: another instance runs it")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "keep-alive pass failed; trying again later")
+                        }
                     }
                 }
-            }
-        })
+            }),
+        );
     }
 
-    /// One pass, if this `holder` gets the job lease: every active connection idle for
-    /// `keep.idle` is refreshed.
+    /// One pass, if this process gets the job `lease`: every active connection idle
+    /// for `keep.idle` is refreshed. A `stop` ends it between rows; the lease is then
+    /// given back, for the next instance to run a whole pass.
     pub(crate) async fn keepalive_pass(
         &self,
         keep: KeepAlive,
-        holder: &str,
+        lease: &JobLease,
+        stop: &CancellationToken,
     ) -> Result<KeepAliveReport, Error> {
         let mut report = KeepAliveReport::default();
         let started_ms = Utc::now().timestamp_millis();
-        if !self.hold_job(holder).await? {
+        if !lease.hold(self.store.as_ref()).await? {
             return Ok(report);
         }
         report.ran = true;
@@ -119,6 +130,9 @@ impl TokenService {
                 let page = self.store.scan(cursor.as_ref(), PAGE).await?;
                 report.scanned += page.rows.len();
                 for row in page.rows {
+                    if stop.is_cancelled() {
+                        return Ok::<bool, Error>(false);
+                    }
                     let due = !keep.idle.is_zero()
                         && Utc::now()
                             .checked_sub_signed(idle)
@@ -142,7 +156,7 @@ impl TokenService {
                         Ok(_) => {
                             report.refreshed += 1;
                             // Refreshes can be slow: the lease is renewed as the pass goes.
-                            self.hold_job(holder).await?;
+                            lease.hold(self.store.as_ref()).await?;
                         }
                         Err(e) => {
                             report.failed += 1;
@@ -151,13 +165,13 @@ impl TokenService {
                     }
                     tokio::time::sleep(pause).await;
                 }
-                if !self.hold_job(holder).await? {
+                if !lease.hold(self.store.as_ref()).await? {
                     tracing::warn!("keep-alive lease taken over; leaving the pass to its new holder");
-                    return Ok::<(), Error>(());
+                    return Ok(true);
                 }
                 match page.next {
                     Some(next) => cursor = Some(next),
-                    None => return Ok(()),
+                    None => return Ok(true),
                 }
                 tokio::time::sleep(Duration::from_secs_f64(PAGE as f64 / ROWS_PER_SEC as f64))
                     .await;
@@ -166,22 +180,30 @@ impl TokenService {
         .await;
         // Done for this interval: the lease is kept until the next pass is due, so other
         // instances skip theirs (one pass per interval, not one per instance); a failed
-        // pass gives it back for another instance to try.
+        // pass, or one stopped at shutdown, gives it back for another instance to run.
         let keep_until =
             started_ms.saturating_add(i64::try_from(keep.every.as_millis()).unwrap_or(i64::MAX));
         let now_ms = Utc::now().timestamp_millis();
         let kept = match &result {
-            Ok(()) if keep_until > now_ms => self
-                .store
-                .take_job_lease(JOB, holder, keep_until, now_ms)
-                .await
-                .map(drop),
-            _ => self.store.drop_job_lease(JOB, holder).await,
+            Ok(true) if keep_until > now_ms => {
+                lease.keep_until(self.store.as_ref(), keep_until).await
+            }
+            _ => lease.release(self.store.as_ref()).await,
         };
         if let Err(e) = kept {
             tracing::debug!(error = %e, "updating the keep-alive lease failed; it lapses");
         }
-        result.map(|()| report)
+        match result {
+            Ok(true) => Ok(report),
+            Ok(false) => {
+                tracing::info!(
+                    scanned = report.scanned,
+                    "keep-alive pass stopped at shutdown; the next instance runs it"
+                );
+                Ok(report)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Stores `connection.expiring_soon` for `row` when its grant is forecast to end
@@ -277,15 +299,5 @@ impl TokenService {
         {
             tracing::debug!(error = %e, "releasing the expiry notice's lease failed; it lapses");
         }
-    }
-
-    /// Takes or renews the keep-alive job lease for `holder`.
-    async fn hold_job(&self, holder: &str) -> Result<bool, Error> {
-        let now_ms = Utc::now().timestamp_millis();
-        let until = now_ms.saturating_add(i64::try_from(JOB_LEASE.as_millis()).unwrap_or(i64::MAX));
-        Ok(self
-            .store
-            .take_job_lease(JOB, holder, until, now_ms)
-            .await?)
     }
 }

@@ -21,11 +21,13 @@ use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::crypto::EnvelopeCipher;
 use crate::error::Error;
 use crate::events::{EventRules, EventType};
+use crate::jobs::{self, Jobs, Schedule};
 use crate::oauth::provider::{OidcProvider, ProviderError, ProviderTokens, Providers};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{
@@ -858,46 +860,52 @@ impl TokenService {
     /// Refreshes, ahead of time, the connections read in the last hour whose token
     /// would fall inside the margin before the next pass; run every `every` when
     /// `AXNT_BACKGROUND_REFRESH_SECS` is set. Readers then rarely wait for a refresh.
-    pub(crate) fn spawn_background_refresh(
-        self: &Arc<Self>,
-        every: Duration,
-    ) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn schedule_background_refresh(self: &Arc<Self>, jobs: &Jobs, every: Duration) {
         let service = Arc::clone(self);
-        tokio::spawn(async move {
-            let client = ClientInfo {
-                ip_address: None,
-                user_agent: Some("axnt-oauth background refresh".into()),
+        jobs.run(
+            "background refresh",
+            Schedule::every(every),
+            jobs::from_fn(move |stop| {
+                let service = Arc::clone(&service);
+                async move { service.refresh_recently_used(every, &stop).await }
+            }),
+        );
+    }
+
+    /// One pass of the background refresh, ended early by `stop`.
+    async fn refresh_recently_used(&self, every: Duration, stop: &CancellationToken) {
+        let client = ClientInfo {
+            ip_address: None,
+            user_agent: Some("axnt-oauth background refresh".into()),
+        };
+        let ahead = self.policy.refresh_margin + every * 2;
+        let keys: Vec<(String, String)> = self
+            .recently_used
+            .iter()
+            .map(|(k, ())| (*k).clone())
+            .collect();
+        for (user_id, provider_name) in keys {
+            if stop.is_cancelled() {
+                return;
+            }
+            let Ok(provider) = self.provider(&provider_name) else {
+                continue;
             };
-            let ahead = service.policy.refresh_margin + every * 2;
-            loop {
-                tokio::time::sleep(every).await;
-                let keys: Vec<(String, String)> = service
-                    .recently_used
-                    .iter()
-                    .map(|(k, ())| (*k).clone())
-                    .collect();
-                for (user_id, provider_name) in keys {
-                    let Ok(provider) = service.provider(&provider_name) else {
-                        continue;
-                    };
-                    if let Err(e) = service
-                        .token_valid_for(provider, &user_id, &client, ahead)
-                        .await
-                    {
-                        tracing::debug!(error = %e, user_id, provider = provider_name, "background refresh skipped");
-                        if matches!(
-                            e,
-                            Error::ReauthorizationRequired { .. } | Error::NotConnected
-                        ) {
-                            service
-                                .recently_used
-                                .invalidate(&(user_id, provider_name))
-                                .await;
-                        }
-                    }
+            if let Err(e) = self
+                .token_valid_for(provider, &user_id, &client, ahead)
+                .await
+            {
+                tracing::debug!(error = %e, user_id, provider = provider_name, "background refresh skipped");
+                if matches!(
+                    e,
+                    Error::ReauthorizationRequired { .. } | Error::NotConnected
+                ) {
+                    self.recently_used
+                        .invalidate(&(user_id, provider_name))
+                        .await;
                 }
             }
-        })
+        }
     }
 
     /// A token valid for at least `margin` (as `token_set::is_fresh` bounds it),
@@ -1002,7 +1010,7 @@ impl TokenService {
 
     /// Removes the connection, first revoking its grant at the provider unless
     /// `revoke` is false. A revocation that fails for a passing reason is kept and
-    /// retried (see [`spawn_revocation_retries`](Self::spawn_revocation_retries)); if it
+    /// retried (see [`schedule_revocation_retries`](Self::schedule_revocation_retries)); if it
     /// cannot even be kept, nothing is removed and the error is answered. `None` when
     /// there was no row.
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider_name))]
@@ -1181,29 +1189,33 @@ impl TokenService {
     /// connected again for that user: Google's revocation would end the new grant too)
     /// or is given up after three days. Each outcome is logged in the user's flow log
     /// under the deletion's flow id.
-    pub(crate) fn spawn_revocation_retries(
-        self: &Arc<Self>,
-        every: Duration,
-    ) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn schedule_revocation_retries(self: &Arc<Self>, jobs: &Jobs, every: Duration) {
         let service = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                if let Err(e) = service.retry_revocations().await {
-                    tracing::warn!(error = %e, "retrying kept revocations failed; trying again later");
+        jobs.run(
+            "revocation retries",
+            Schedule::every(every).first_after(Duration::ZERO),
+            jobs::from_fn(move |stop| {
+                let service = Arc::clone(&service);
+                async move {
+                    if let Err(e) = service.retry_revocations(&stop).await {
+                        tracing::warn!(error = %e, "retrying kept revocations failed; trying again later");
+                    }
                 }
-                tokio::time::sleep(every).await;
-            }
-        })
+            }),
+        );
     }
 
-    /// One pass of [`spawn_revocation_retries`](Self::spawn_revocation_retries).
-    pub(crate) async fn retry_revocations(&self) -> Result<(), Error> {
+    /// One pass of [`schedule_revocation_retries`](Self::schedule_revocation_retries).
+    pub(crate) async fn retry_revocations(&self, stop: &CancellationToken) -> Result<(), Error> {
         let now = Utc::now();
         let client = ClientInfo {
             ip_address: None,
             user_agent: Some("axnt-oauth revocation retry".into()),
         };
         for mut pending in self.store.revocations_due(now.timestamp(), 25).await? {
+            if stop.is_cancelled() {
+                return Ok(());
+            }
             let flow_log =
                 self.flow_log
                     .flow(&pending.user_id, &pending.id, &pending.provider, &client);

@@ -60,6 +60,8 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+use crate::breaker::{self, Breaker, Trip};
 use tokio_util::task::TaskTracker;
 
 use super::TokenPolicy;
@@ -436,45 +438,34 @@ impl Refresher {
         if self.policy.circuit_failures == 0 {
             return Ok(());
         }
-        let mut breakers = lock(&self.breakers);
-        let breaker = breakers.entry(provider.to_string()).or_default();
-        let now = Instant::now();
-        match breaker.open_until {
-            Some(until) if now < until => Err(suppressed(provider, "circuit_open", until - now)),
-            Some(_) if breaker.probing => {
-                Err(suppressed(provider, "circuit_open", Duration::from_secs(1)))
-            }
-            Some(_) => {
-                breaker.probing = true;
-                Ok(())
-            }
-            None => Ok(()),
-        }
+        lock(&self.breakers)
+            .entry(provider.to_string())
+            .or_default()
+            .admit()
+            .map_err(|wait| suppressed(provider, "circuit_open", wait))
     }
 
     /// Feeds a redeem's outcome to the provider's circuit: `Some(true)` the provider
     /// answered, `Some(false)` it failed, `None` it was not asked.
     fn circuit_record(&self, provider: &str, healthy: Option<bool>) {
+        let outcome = match healthy {
+            Some(true) => breaker::Outcome::Succeeded,
+            Some(false) => breaker::Outcome::Failed,
+            None => breaker::Outcome::NotMade,
+        };
+        let trip = Trip {
+            failures: self.policy.circuit_failures,
+            open_for: self.policy.circuit_open,
+        };
         let mut breakers = lock(&self.breakers);
         let breaker = breakers.entry(provider.to_string()).or_default();
-        match healthy {
-            Some(true) => *breaker = Breaker::default(),
-            Some(false) => {
-                breaker.failures = breaker.failures.saturating_add(1);
-                breaker.probing = false;
-                if self.policy.circuit_failures > 0
-                    && breaker.failures >= self.policy.circuit_failures
-                {
-                    breaker.open_until = Some(Instant::now() + self.policy.circuit_open);
-                    tracing::warn!(
-                        provider,
-                        failures = breaker.failures,
-                        open_secs = self.policy.circuit_open.as_secs(),
-                        "refreshes keep failing: the provider's circuit is open"
-                    );
-                }
-            }
-            None => breaker.probing = false,
+        if breaker.record(outcome, trip) {
+            tracing::warn!(
+                provider,
+                failures = breaker.failures(),
+                open_secs = self.policy.circuit_open.as_secs(),
+                "refreshes keep failing: the provider's circuit is open"
+            );
         }
     }
 
@@ -561,15 +552,6 @@ impl Drop for Landed<'_> {
             flights.remove(self.key);
         }
     }
-}
-
-/// A provider's circuit: consecutive failed refreshes, and until when it is open.
-#[derive(Debug, Default)]
-struct Breaker {
-    failures: u32,
-    open_until: Option<Instant>,
-    /// Half-open: one refresh is testing the provider.
-    probing: bool,
 }
 
 /// 409 for a row whose grant is dead, with the cause it died of.

@@ -11,9 +11,7 @@
 //! `AXNT_WEBHOOK_RETRY_HOURS`, then given up (logged, counted). After
 //! `CIRCUIT_FAILURES` failures in a row the endpoint's circuit opens for
 //! `AXNT_WEBHOOK_CIRCUIT_OPEN_SECS`: nothing is sent to it meanwhile, and the feed
-//! (not memory) holds what waits.
-
-mod guard;
+//! (not memory) holds what waits; then one attempt probes it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,14 +19,18 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::{Breaker, Outcome, Trip};
 use crate::events::{EventRules, PROBE_KIND};
+use crate::jobs::{Job, Jobs, Schedule};
 use crate::secrets::SecretsCache;
 use crate::store::{
-    Event, PendingDelivery, StoreError, TokenStore, WebhookState, event_bound, event_millis,
+    Event, JobLease, PendingDelivery, StoreError, TokenStore, WebhookState, event_bound,
+    event_millis,
 };
 
 pub use crate::crypto::WebhookSecret;
-pub(crate) use guard::{private_host, unusable_url};
 
 /// Failed attempts in a row that open an endpoint's circuit.
 const CIRCUIT_FAILURES: u32 = 5;
@@ -116,7 +118,9 @@ impl Webhooks {
             .user_agent(concat!("axnt-oauth-webhooks/", env!("CARGO_PKG_VERSION")));
         if !rules.allow_private {
             // No proxy either: a proxy would connect to whatever address it is asked.
-            builder = builder.dns_resolver(Arc::new(guard::PublicOnly)).no_proxy();
+            builder = builder
+                .dns_resolver(Arc::new(crate::guard::PublicOnly))
+                .no_proxy();
         }
         let client = builder
             .build()
@@ -143,64 +147,29 @@ impl Webhooks {
         self.secret().is_some()
     }
 
-    /// One worker per endpoint, each forever.
-    pub(crate) fn spawn(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        self.rules
-            .urls
-            .iter()
-            .map(|url| {
-                let webhooks = Arc::clone(self);
-                let endpoint = Endpoint::new(url.clone());
-                for outcome in ["delivered", "failed", "given_up"] {
-                    count_n(&endpoint, outcome, 0);
-                }
-                metrics::gauge!("axnt_webhook_lag_seconds", "endpoint" => endpoint.id.clone())
-                    .set(0.0);
-                let holder = Holder::new();
-                // A new endpoint gets the events made from now on (`events replay`
-                // sends older ones).
-                let from = event_bound(Utc::now().timestamp_millis());
-                tokio::spawn(async move {
-                    let mut breaker = Breaker::default();
-                    loop {
-                        tokio::time::sleep(crate::retry::jittered(webhooks.rules.poll / 2)).await;
-                        if breaker.is_open() {
-                            // Keep the endpoint while its circuit is open, so no other
-                            // instance sends to it meanwhile with a closed one.
-                            if let Err(e) = webhooks.hold(&endpoint, &holder).await {
-                                tracing::debug!(endpoint = endpoint.id, error = %e, "renewing a webhook lease failed");
-                            }
-                            continue;
-                        }
-                        if let Err(e) = webhooks.pass(&endpoint, &holder, &from, &mut breaker).await {
-                            tracing::warn!(endpoint = endpoint.id, error = %e, "webhook pass failed; trying again");
-                        }
-                    }
-                })
-            })
-            .collect()
-    }
-
-    /// Whether this worker holds the endpoint's lease, renewing it (a store write) only
-    /// once a third of it has passed: a quiet endpoint costs a write every few
-    /// seconds, not one a poll and one an attempt.
-    async fn hold(&self, endpoint: &Endpoint, holder: &Holder) -> Result<bool, StoreError> {
-        let lease = lease(&self.rules);
-        if holder.renewed_within(lease / 3) {
-            return Ok(true);
+    /// One job per endpoint, passing every half poll.
+    pub(crate) fn schedule(self: &Arc<Self>, jobs: &Jobs) {
+        for url in &self.rules.urls {
+            let endpoint = Endpoint::new(url.clone());
+            for outcome in ["delivered", "failed", "given_up"] {
+                count_n(&endpoint, outcome, 0);
+            }
+            metrics::gauge!("axnt_webhook_lag_seconds", "endpoint" => endpoint.id.clone()).set(0.0);
+            let every = self.rules.poll / 2;
+            jobs.run(
+                format!("webhooks {}", endpoint.id),
+                Schedule::every(every).jittered(),
+                Worker {
+                    webhooks: Arc::clone(self),
+                    lease: JobLease::new(format!("webhook#{}", endpoint.id), lease(&self.rules)),
+                    endpoint,
+                    // A new endpoint gets the events made from now on (`events replay`
+                    // sends older ones).
+                    from: event_bound(Utc::now().timestamp_millis()),
+                    breaker: Breaker::default(),
+                },
+            );
         }
-        let now = Utc::now().timestamp_millis();
-        let held = self
-            .store
-            .take_job_lease(
-                &format!("webhook#{}", endpoint.id),
-                &holder.id,
-                now + i64::try_from(lease.as_millis()).unwrap_or(30_000),
-                now,
-            )
-            .await?;
-        holder.set_renewed(held);
-        Ok(held)
     }
 
     /// One pass over one endpoint, if this instance holds its lease: owed events that
@@ -208,11 +177,12 @@ impl Webhooks {
     async fn pass(
         &self,
         endpoint: &Endpoint,
-        holder: &Holder,
+        holder: &JobLease,
         from: &str,
         breaker: &mut Breaker,
+        stop: &CancellationToken,
     ) -> Result<(), StoreError> {
-        if !self.hold(endpoint, holder).await? {
+        if !holder.hold(self.store.as_ref()).await? {
             return Ok(());
         }
         let stored = self.store.webhook_state(&endpoint.id).await?;
@@ -223,10 +193,10 @@ impl Webhooks {
         });
         let before = state.clone();
         let lost_lease = self
-            .deliver_owed(endpoint, holder, &mut state, breaker)
+            .deliver_owed(endpoint, holder, &mut state, breaker, stop)
             .await?
             || self
-                .deliver_new(endpoint, holder, &mut state, breaker)
+                .deliver_new(endpoint, holder, &mut state, breaker, stop)
                 .await?;
         self.report_lag(endpoint, &state);
         if state == before && expected.is_some() {
@@ -253,12 +223,13 @@ impl Webhooks {
     async fn deliver_owed(
         &self,
         endpoint: &Endpoint,
-        holder: &Holder,
+        holder: &JobLease,
         state: &mut WebhookState,
         breaker: &mut Breaker,
+        stop: &CancellationToken,
     ) -> Result<bool, StoreError> {
         let mut i = 0;
-        while i < state.pending.len() {
+        while i < state.pending.len() && !stop.is_cancelled() {
             let now_ms = Utc::now().timestamp_millis();
             let head = {
                 let p = &state.pending[i];
@@ -288,13 +259,13 @@ impl Webhooks {
             };
             match self.attempt(endpoint, &event).await {
                 Attempt::Delivered => {
-                    breaker.record(true, self.rules.circuit_open);
+                    breaker.record(Outcome::Succeeded, self.trip());
                     state.pending.remove(i);
                     // The connection's next owed event, now at `i` or later, is the
                     // head: looked at again from here.
                 }
                 Attempt::Failed(reason) => {
-                    breaker.record(false, self.rules.circuit_open);
+                    breaker.record(Outcome::Failed, self.trip());
                     tracing::debug!(
                         endpoint = endpoint.id,
                         event_id = p.event_id,
@@ -307,7 +278,7 @@ impl Webhooks {
                     i += 1;
                 }
             }
-            if !self.hold(endpoint, holder).await? {
+            if !holder.hold(self.store.as_ref()).await? {
                 return Ok(true);
             }
         }
@@ -319,9 +290,10 @@ impl Webhooks {
     async fn deliver_new(
         &self,
         endpoint: &Endpoint,
-        holder: &Holder,
+        holder: &JobLease,
         state: &mut WebhookState,
         breaker: &mut Breaker,
+        stop: &CancellationToken,
     ) -> Result<bool, StoreError> {
         if state.pending.len() >= MAX_PENDING || breaker.is_open() {
             return Ok(false);
@@ -348,6 +320,9 @@ impl Webhooks {
             .events_between(&state.cursor, &until, room)
             .await?
         {
+            if stop.is_cancelled() {
+                break;
+            }
             state.cursor = event.id.clone();
             if event.kind == PROBE_KIND {
                 continue;
@@ -368,9 +343,11 @@ impl Webhooks {
                 continue;
             }
             match self.attempt(endpoint, &event).await {
-                Attempt::Delivered => breaker.record(true, self.rules.circuit_open),
+                Attempt::Delivered => {
+                    breaker.record(Outcome::Succeeded, self.trip());
+                }
                 Attempt::Failed(reason) => {
-                    breaker.record(false, self.rules.circuit_open);
+                    breaker.record(Outcome::Failed, self.trip());
                     tracing::debug!(
                         endpoint = endpoint.id,
                         event_id = event.id,
@@ -382,11 +359,19 @@ impl Webhooks {
                     state.pending.push(entry);
                 }
             }
-            if !self.hold(endpoint, holder).await? {
+            if !holder.hold(self.store.as_ref()).await? {
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// When an endpoint's circuit opens: five failed attempts in a row.
+    fn trip(&self) -> Trip {
+        Trip {
+            failures: CIRCUIT_FAILURES,
+            open_for: self.rules.circuit_open,
+        }
     }
 
     /// The wait after `attempts` failed attempts: the first backoff doubled per
@@ -519,59 +504,35 @@ fn count_n(endpoint: &Endpoint, outcome: &'static str, n: u64) {
         .increment(n);
 }
 
-/// A worker's claim on its endpoint: its lease holder id, and when it last renewed the
-/// lease.
-struct Holder {
-    id: String,
-    renewed: std::sync::Mutex<Option<tokio::time::Instant>>,
+/// One endpoint's deliveries, as a job: its lease, where a new endpoint starts, and its
+/// circuit, kept from pass to pass.
+struct Worker {
+    webhooks: Arc<Webhooks>,
+    endpoint: Endpoint,
+    lease: JobLease,
+    from: String,
+    breaker: Breaker,
 }
 
-impl Holder {
-    fn new() -> Self {
-        Self {
-            id: uuid::Uuid::new_v4().to_string(),
-            renewed: std::sync::Mutex::new(None),
-        }
-    }
-
-    fn renewed_within(&self, period: Duration) -> bool {
-        self.renewed
-            .lock()
-            .ok()
-            .and_then(|r| *r)
-            .is_some_and(|at| at.elapsed() < period)
-    }
-
-    fn set_renewed(&self, held: bool) {
-        if let Ok(mut r) = self.renewed.lock() {
-            *r = held.then(tokio::time::Instant::now);
-        }
-    }
-}
-
-/// An endpoint's circuit: failed attempts in a row, and until when it is open.
-#[derive(Debug, Default)]
-struct Breaker {
-    failures: u32,
-    open_until: Option<tokio::time::Instant>,
-}
-
-impl Breaker {
-    fn is_open(&self) -> bool {
-        self.open_until
-            .is_some_and(|t| tokio::time::Instant::now() < t)
-    }
-
-    fn record(&mut self, delivered: bool, open_for: Duration) {
-        if delivered {
-            self.failures = 0;
-            self.open_until = None;
+impl Job for Worker {
+    async fn pass(&mut self, stop: &CancellationToken) {
+        let Self {
+            webhooks,
+            endpoint,
+            lease,
+            from,
+            breaker,
+        } = self;
+        if breaker.is_open() {
+            // Keep the endpoint while its circuit is open, so no other instance sends
+            // to it meanwhile with a closed one.
+            if let Err(e) = lease.hold(webhooks.store.as_ref()).await {
+                tracing::debug!(endpoint = endpoint.id, error = %e, "renewing a webhook lease failed");
+            }
             return;
         }
-        self.failures += 1;
-        if self.failures >= CIRCUIT_FAILURES {
-            self.failures = 0;
-            self.open_until = Some(tokio::time::Instant::now() + open_for);
+        if let Err(e) = webhooks.pass(endpoint, lease, from, breaker, stop).await {
+            tracing::warn!(endpoint = endpoint.id, error = %e, "webhook pass failed; trying again");
         }
     }
 }
@@ -579,24 +540,6 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_circuit_opens_after_five_failures_in_a_row_and_a_delivery_closes_it() {
-        let mut b = Breaker::default();
-        for _ in 0..4 {
-            b.record(false, Duration::from_secs(60));
-        }
-        assert!(!b.is_open());
-        b.record(true, Duration::from_secs(60));
-        for _ in 0..4 {
-            b.record(false, Duration::from_secs(60));
-        }
-        assert!(!b.is_open(), "a delivery in between starts the count again");
-        b.record(false, Duration::from_secs(60));
-        assert!(b.is_open());
-        b.record(true, Duration::from_secs(60));
-        assert!(!b.is_open());
-    }
 
     #[test]
     fn endpoint_ids_name_no_url() {

@@ -1,13 +1,14 @@
 //! Webhook delivery to a real receiver on loopback: each event once, signed as
 //! Standard Webhooks sign (verified here with the algorithm, not the product's code);
 //! a receiver that fails three times gets the event once more, in order; a restart in
-//! the middle of retries loses nothing; loopback and private URLs are refused unless
-//! allowed.
+//! the middle of retries loses nothing; a delivery in progress at shutdown is finished
+//! and not sent again; loopback and private URLs are refused unless allowed.
 
 on_every_backend!(
     each_event_is_delivered_once_signed_as_standard_webhooks_sign,
     a_receiver_failing_three_times_gets_the_event_once_more_in_order,
     a_restart_in_the_middle_of_retries_loses_nothing,
+    a_delivery_in_progress_at_shutdown_is_finished_and_not_sent_again,
     every_event_type_reaches_the_receiver_once_signed,
 );
 
@@ -173,6 +174,42 @@ async fn a_restart_in_the_middle_of_retries_loses_nothing(backend: Backend) {
     assert!(verify(&delivered[0]));
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(receiver.delivered().len(), 1, "once");
+    next.stop().await;
+}
+
+/// Shutdown stops the delivery job between events, not in the middle of one: the
+/// answer the receiver holds back is awaited, the endpoint's cursor is stored past the
+/// event, and the instance that carries on (same storage) does not send it again once
+/// the stopped instance's lease has lapsed.
+async fn a_delivery_in_progress_at_shutdown_is_finished_and_not_sent_again(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let receiver = Receiver::start(0).await;
+    receiver.hold_answers(Duration::from_secs(3));
+    let mut settings = env(&receiver);
+    settings.push(("AXNT_WEBHOOK_TIMEOUT_MS", "4000".into()));
+    let app = app_with(backend, &provider, &settings).await;
+    assert!(app.connect("max").await.status().is_success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while receiver.arrived() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(receiver.arrived(), 1, "the delivery began");
+    receiver.hold_answers(Duration::ZERO);
+    // The instance that carries on starts while the first one's delivery waits.
+    let next = app.sibling().await;
+    app.stop().await;
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "the stop waited for the receiver's answer"
+    );
+    // The stopped instance's lease (two attempt limits: 8 s) lapses; the remaining
+    // instance polls every 50 ms.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "sent once: {got:#?}");
+    assert_eq!(body(&got[0])["type"], "connection.created");
+    assert_eq!(got[0].answered, 204);
     next.stop().await;
 }
 

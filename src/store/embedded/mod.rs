@@ -19,6 +19,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection as Sqlite, OpenFlags, params_from_iter};
 
 use super::{Connection, Event, StoreError};
+use crate::jobs::{self, Jobs, Schedule};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tokens (
@@ -430,20 +431,24 @@ impl EmbeddedStore {
 
     /// Deletes, every `every`, what `purge_expired` deletes; failures are logged and
     /// tried again at the next pass.
-    pub(crate) fn spawn_purger(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn schedule_purge(self: &Arc<Self>, jobs: &Jobs, every: Duration) {
         let store = Arc::clone(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                match store.purge_expired(chrono::Utc::now().timestamp()).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::debug!(purged = n, "expired rows and flow-log items deleted"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "purging expired rows failed; trying again later")
+        jobs.run(
+            "purge",
+            Schedule::every(every),
+            jobs::from_fn(move |_stop| {
+                let store = Arc::clone(&store);
+                async move {
+                    match store.purge_expired(chrono::Utc::now().timestamp()).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(purged = n, "expired rows and flow-log items deleted"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "purging expired rows failed; trying again later")
+                        }
                     }
                 }
-            }
-        })
+            }),
+        );
     }
 
     /// Deletes rows whose `expiresAt` has passed, as DynamoDB's TTL does.

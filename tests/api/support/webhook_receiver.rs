@@ -17,24 +17,35 @@ pub struct Received {
 }
 
 /// A webhook receiver on 127.0.0.1: records every request, and answers 500 to the
-/// first `fail_first` of them.
+/// first `fail_first` of them; an answer may be held back a while first.
 #[derive(Clone)]
 pub struct Receiver {
     pub url: String,
     got: Arc<Mutex<Vec<Received>>>,
     fail_first: Arc<Mutex<usize>>,
+    /// Requests that arrived, answered or not.
+    arrived: Arc<Mutex<usize>>,
+    /// How long each answer is held back.
+    hold: Arc<Mutex<Duration>>,
 }
 
 impl Receiver {
     pub async fn start(fail_first: usize) -> Self {
         let got: Arc<Mutex<Vec<Received>>> = Arc::default();
         let fail = Arc::new(Mutex::new(fail_first));
+        let arrived: Arc<Mutex<usize>> = Arc::default();
+        let hold: Arc<Mutex<Duration>> = Arc::default();
         let (g, f) = (Arc::clone(&got), Arc::clone(&fail));
+        let (a, h) = (Arc::clone(&arrived), Arc::clone(&hold));
         let app = axum::Router::new().route(
             "/hook",
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
                 let (g, f) = (Arc::clone(&g), Arc::clone(&f));
+                let (a, h) = (Arc::clone(&a), Arc::clone(&h));
                 async move {
+                    *a.lock().expect("lock") += 1;
+                    let hold = *h.lock().expect("lock");
+                    tokio::time::sleep(hold).await;
                     let header = |n: &str| {
                         headers
                             .get(n)
@@ -73,7 +84,19 @@ impl Receiver {
             url,
             got,
             fail_first: fail,
+            arrived,
+            hold,
         }
+    }
+
+    /// Requests that arrived, including those whose answer is still held back.
+    pub fn arrived(&self) -> usize {
+        *self.arrived.lock().expect("lock")
+    }
+
+    /// Holds each answer back for `hold` from now on.
+    pub fn hold_answers(&self, hold: Duration) {
+        *self.hold.lock().expect("lock") = hold;
     }
 
     pub fn received(&self) -> Vec<Received> {

@@ -1,7 +1,8 @@
 //! The SSRF guard: webhook endpoints are public addresses only (unless
 //! `AXNT_WEBHOOK_ALLOW_PRIVATE`). A host name is checked as it resolves, by the
 //! delivery client's own resolver, so the address checked is the address connected to
-//! (no window for DNS rebinding); redirects are never followed.
+//! (no window for DNS rebinding); redirects are never followed. A leaf: `config`
+//! checks the URLs it loads with it, `webhooks` resolves with it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
