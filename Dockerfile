@@ -2,7 +2,7 @@
 # Multi-stage build: compile in the Rust image, run on a small Debian base as a
 # non-root user with only the binary and config/. The image runs `axnt-oauth serve` on
 # 0.0.0.0:8080 (the admin listener with /metrics on 0.0.0.0:9090: publish it to your
-# scraper only); configure it with the environment (README.md, "Settings"):
+# scraper only); configure it with the environment (docs/settings.md):
 # AXNT_BACKEND=aws in production.
 #
 #   docker build -t axnt-oauth .        (BuildKit: Docker 23+ or `docker buildx build`)

@@ -504,7 +504,7 @@ const ALLOWED: [&str; 3] = [
     "http://127.0.0.1:3000/done",
 ];
 
-/// Whether `url` is allowed, by the README's rule rather than the code's: same scheme,
+/// Whether `url` is allowed, by the documented rule (docs/settings.md) rather than the code's: same scheme,
 /// host and port as an entry, and the entry's path itself or below it.
 fn allowed_by_rule(url: &Url) -> bool {
     ALLOWED.iter().any(|entry| {

@@ -1312,7 +1312,7 @@ pub(super) struct EventData {
     previous_email: Option<String>,
     /// reauthorized: whether the replaced grant was alive.
     was_active: Option<bool>,
-    /// refresh_failed, revoked_by_user: why (see the README's causes table).
+    /// refresh_failed, revoked_by_user: why (see the causes table in docs/grants.md).
     cause: Option<String>,
     remedy: Option<String>,
     /// refresh_failed: false once the grant is dead; true while the provider fails

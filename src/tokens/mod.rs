@@ -146,7 +146,7 @@ pub(crate) struct ConnectionSummary {
     /// The account nears Google's limit of live refresh tokens per client (from 90 %):
     /// each new connection of it ends the oldest grant.
     pub(crate) grant_limit_warning: bool,
-    /// Why the grant is dead (see the README's "How Google grants end").
+    /// Why the grant is dead (see docs/grants.md, "How Google grants end").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cause: Option<&'static str>,
     /// What the application and its user should do about `cause`.

@@ -40,7 +40,7 @@ const JTI_IN_PROGRESS_SECS: i64 = 3_600;
 pub(crate) const RISC_LOG: &str = "/risc/google";
 /// Rows read per page of an event's scan, and the least time between two pages:
 /// 1,000 rows a second, so an event on a large table never takes the table's read
-/// capacity from token reads (the README gives the cost per million rows).
+/// capacity from token reads (docs/grants.md gives the cost per million rows).
 const SCAN_PAGE: usize = 200;
 const SCAN_PAGE_EVERY: Duration = Duration::from_millis(200);
 

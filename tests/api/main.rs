@@ -23,6 +23,7 @@ mod callers;
 mod cli;
 mod connect_faults;
 mod deploy;
+mod docs;
 mod e2e_provider;
 mod edges;
 mod events;

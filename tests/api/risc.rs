@@ -1,8 +1,8 @@
 //! Google's Cross-Account Protection (RISC) receiver, `POST /risc/google`: security
 //! event tokens signed by a test key the fake provider publishes as the RISC issuer.
-//! One scenario per event type Google documents, each doing what the README's table
-//! says; a replayed `jti` does nothing; a bad signature, issuer or audience is refused
-//! and changes nothing.
+//! One scenario per event type Google documents, each doing what the table in
+//! docs/grants.md says; a replayed `jti` does nothing; a bad signature, issuer or
+//! audience is refused and changes nothing.
 
 on_every_backend!(
     tokens_revoked_ends_the_accounts_grants_made_before_it_and_tells_each_once,

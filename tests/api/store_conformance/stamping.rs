@@ -116,7 +116,7 @@ async fn a_write_is_readable_within_the_bound_its_store_reports(
 }
 
 /// Writes events straight into a backend's storage, at ids the test chooses, laid out
-/// as the README's "Where events are kept" says (a write through the store would stamp
+/// as docs/events.md, "Where events are kept", says (a write through the store would stamp
 /// them itself).
 async fn seed(guard: &(dyn Any + Send), events: &[Event]) {
     let timestamp = |e: &Event| {
