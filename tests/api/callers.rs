@@ -106,6 +106,12 @@ async fn a_limited_key_is_refused_outside_its_operations_and_providers(backend: 
         (reqwest::Method::POST, "/v1/connect-sessions"),
         (reqwest::Method::DELETE, "/v1/users/kim/connections/google"),
         (get.clone(), "/v1/connections"),
+        (
+            reqwest::Method::POST,
+            "/v1/connect-sessions/some-flow/confirm",
+        ),
+        (get.clone(), "/v1/audit?caller=reader"),
+        (get.clone(), "/v1/events"),
     ] {
         let refused = as_key(&app, READER, method.clone(), path).await;
         let body = assert_problem(refused, 403, "caller_not_allowed").await;
@@ -120,6 +126,12 @@ async fn a_limited_key_is_refused_outside_its_operations_and_providers(backend: 
     // github-ops: manages connections and reads logs, of GitHub only.
     let logs = as_key(&app, GITHUB_OPS, get.clone(), "/v1/users/kim/flow-logs").await;
     assert_eq!(logs.status(), StatusCode::OK);
+    let audit = as_key(&app, GITHUB_OPS, get.clone(), "/v1/audit?caller=reader").await;
+    assert_eq!(audit.status(), StatusCode::OK);
+    for path in ["/v1/events", "/v1/users/kim/tokens/google"] {
+        let refused = as_key(&app, GITHUB_OPS, get.clone(), path).await;
+        assert_problem(refused, 403, "caller_not_allowed").await;
+    }
     let listed: Value = as_key(&app, GITHUB_OPS, get.clone(), "/v1/users/kim/connections")
         .await
         .json()

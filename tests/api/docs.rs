@@ -26,7 +26,10 @@ fn free_port() -> u16 {
 
 /// Replaces `from` with `to`, which must occur.
 fn replaced(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "the walk-through no longer says {from:?}");
+    assert!(
+        text.contains(from),
+        "the walk-through no longer says {from:?}"
+    );
     text.replace(from, to)
 }
 
@@ -55,7 +58,10 @@ fn the_readme_curl_walk_through_runs_as_written() {
         .arg(format!("trap 'kill $(jobs -p) 2>/dev/null' EXIT\n{script}"))
         .current_dir(dir.path())
         .env("AXNT_LISTEN_ADDR", format!("127.0.0.1:{service}"))
-        .env("AXNT_PUBLIC_BASE_URL", format!("http://127.0.0.1:{service}"))
+        .env(
+            "AXNT_PUBLIC_BASE_URL",
+            format!("http://127.0.0.1:{service}"),
+        )
         .env("AXNT_ADMIN_LISTEN_ADDR", "127.0.0.1:0")
         .env("AXNT_LOG", "warn")
         .output()
@@ -75,5 +81,8 @@ fn the_readme_curl_walk_through_runs_as_written() {
         stdout.contains(r#""accessToken":""#) && stdout.contains(r#""tokenType":"Bearer""#),
         "the token read answered a token: {said}"
     );
-    assert!(output.status.success(), "the walk-through ended well: {said}");
+    assert!(
+        output.status.success(),
+        "the walk-through ended well: {said}"
+    );
 }

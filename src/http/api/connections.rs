@@ -1,0 +1,218 @@
+//! Connections: a user's (`GET /v1/users/{userId}/connections`), all of them
+//! (`GET /v1/connections`), and their removal
+//! (`DELETE /v1/users/{userId}/connections/{provider}`). Keys need `manage_connections`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{CallerOf, permitted};
+use super::page_limit;
+use crate::error::Error;
+use crate::http::{ApiPath, ApiQuery, AppState, Client};
+use crate::oauth::grant;
+use crate::secrets::Operation;
+use crate::tokens::{ConnectionSummary, UserId};
+
+pub(super) fn router(state: &AppState) -> Router<AppState> {
+    let routes = Router::new()
+        .route("/v1/users/{user_id}/connections", get(list_connections))
+        .route("/v1/connections", get(list_all_connections))
+        .route(
+            "/v1/users/{user_id}/connections/{provider}",
+            delete(delete_connection),
+        );
+    permitted(routes, state, Operation::ManageConnections)
+}
+
+/// `GET /v1/users/{userId}/connections` → `{"connections": [{"provider", "email",
+/// "userInfo", "isActive", "createdAt", "updatedAt", "lastUsed", "accessTokenExpiresAt"}]}`.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{userId}/connections",
+    tag = "internal",
+    security(("bearerAuth" = [])),
+    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`")),
+    responses((status = 200, description = "The user's connections", body = ConnectionList)),
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user_id))]
+pub(in crate::http) async fn list_connections(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+    ApiPath(user_id): ApiPath<UserId>,
+) -> Result<Response, Error> {
+    let mut connections = state.tokens.connections(user_id.as_str()).await?;
+    // A key limited to some providers sees only their connections.
+    connections.retain(|c| caller.may_use(&c.provider));
+    Ok(axum::Json(ConnectionList { connections }).into_response())
+}
+
+#[derive(Serialize, ToSchema)]
+pub(in crate::http) struct ConnectionList {
+    connections: Vec<ConnectionSummary>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(in crate::http) struct AllConnectionsQuery {
+    /// Only connections of this health: `at_risk` (what needs attention soon) or `dead`
+    /// (what needs the user); all when absent.
+    health: Option<grant::Health>,
+    /// Items per page.
+    #[param(minimum = 1, maximum = 500, default = 100)]
+    limit: Option<usize>,
+    /// `next` of the previous page.
+    #[param(min_length = 1, max_length = 1400)]
+    after: Option<String>,
+}
+
+/// One connection of some user, as `GET /v1/connections` lists it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(in crate::http) struct AccountConnection {
+    user_id: String,
+    #[serde(flatten)]
+    connection: ConnectionSummary,
+}
+
+#[derive(Serialize, ToSchema)]
+pub(in crate::http) struct AllConnectionsPage {
+    items: Vec<AccountConnection>,
+    /// Where the next page starts (`after=`), or null when the table is done. A page
+    /// may hold fewer items than `limit` (even none) while `next` is set.
+    next: Option<String>,
+}
+
+const DEFAULT_CONNECTIONS_PAGE: usize = 100;
+const MAX_CONNECTIONS_PAGE: usize = 500;
+
+/// `GET /v1/connections?health=at_risk|dead&limit=100&after=<cursor>` → connections
+/// across users, for operators and for "expiring soon" jobs: `{"items": [{"userId", …
+/// the fields of a user's connections list}], "next": "<cursor>" | null}`. Pages through
+/// the whole tokens table (DynamoDB `Scan`, at most 2,000 rows read per page).
+#[utoipa::path(
+    get,
+    path = "/v1/connections",
+    tag = "internal",
+    security(("bearerAuth" = [])),
+    params(AllConnectionsQuery),
+    responses((status = 200, description = "Connections across users, in key order", body = AllConnectionsPage)),
+)]
+#[tracing::instrument(skip_all)]
+pub(in crate::http) async fn list_all_connections(
+    State(state): State<AppState>,
+    CallerOf(caller): CallerOf,
+    ApiQuery(query): ApiQuery<AllConnectionsQuery>,
+) -> Result<Response, Error> {
+    let limit = page_limit(query.limit, DEFAULT_CONNECTIONS_PAGE, MAX_CONNECTIONS_PAGE)?;
+    let after = query
+        .after
+        .as_deref()
+        .map(|text| {
+            decode_cursor(text).ok_or_else(|| {
+                Error::InvalidRequest("after must be the next of a previous page".into())
+            })
+        })
+        .transpose()?;
+    let (found, next) = state
+        .tokens
+        .connections_across(query.health, after, limit)
+        .await?;
+    let items = found
+        .into_iter()
+        .filter(|(_, connection)| caller.may_use(&connection.provider))
+        .map(|(user_id, connection)| AccountConnection {
+            user_id,
+            connection,
+        })
+        .collect();
+    Ok(axum::Json(AllConnectionsPage {
+        items,
+        next: next.as_ref().map(encode_cursor),
+    })
+    .into_response())
+}
+
+/// A scan position as the API hands it out: base64url of `[userId, provider]`.
+fn encode_cursor(cursor: &crate::store::ScanCursor) -> String {
+    let json = serde_json::to_vec(&(&cursor.user_id, &cursor.provider)).unwrap_or_default();
+    crate::crypto::b64url(&json)
+}
+
+fn decode_cursor(text: &str) -> Option<crate::store::ScanCursor> {
+    if text.is_empty() || text.len() > 1400 {
+        return None;
+    }
+    let json = crate::crypto::b64url_decode(text)?;
+    let (user_id, provider): (String, String) = serde_json::from_slice(&json).ok()?;
+    UserId::parse(&user_id).ok()?;
+    Some(crate::store::ScanCursor { user_id, provider })
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(in crate::http) struct DeleteQuery {
+    /// `false`: forget the connection here without revoking it at the provider.
+    #[param(default = true)]
+    revoke: Option<bool>,
+}
+
+/// What a deletion did.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(in crate::http) struct Deleted {
+    user_id: String,
+    provider: String,
+    /// `revoked` (the provider accepted it), `pending` (the provider kept failing: the
+    /// revocation is kept and retried, across restarts, for up to three days),
+    /// `skipped` (`revoke=false`) or `not_possible` (no revocation endpoint, the
+    /// provider refused it, or the stored tokens do not open).
+    revocation: &'static str,
+    /// Which token was (or will be) revoked: `refresh_token` (the whole grant) or
+    /// `access_token` (a grant without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_token: Option<&'static str>,
+    /// What revoking means at Google.
+    note: &'static str,
+}
+
+/// `DELETE /v1/users/{userId}/connections/{provider}[?revoke=false]` → 200 after
+/// revoking the grant at the provider (or keeping the revocation to retry, or not, with
+/// `revoke=false`) and removing the row; 404 when there was none. The answer says what
+/// was revoked: `{"userId", "provider", "revocation": "revoked" | "pending" | "skipped" |
+/// "not_possible", "revokedToken": "refresh_token" | "access_token", "note"}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{userId}/connections/{provider}",
+    tag = "internal",
+    security(("bearerAuth" = [])),
+    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`"), ("provider" = String, Path, example = "google", description = "The provider's name"), DeleteQuery),
+    responses((status = 200, description = "Removed; what was revoked at the provider", body = Deleted)),
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+pub(in crate::http) async fn delete_connection(
+    State(state): State<AppState>,
+    Client(client): Client,
+    ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
+    ApiQuery(query): ApiQuery<DeleteQuery>,
+) -> Result<Response, Error> {
+    let revoke = query.revoke.unwrap_or(true);
+    let done = state
+        .tokens
+        .disconnect(user_id.as_str(), &provider, &client, revoke)
+        .await?
+        .ok_or(Error::NotConnected)?;
+    Ok(axum::Json(Deleted {
+        user_id: user_id.to_string(),
+        provider,
+        revocation: done.revocation.label(),
+        revoked_token: done.token_kind,
+        note: "Google's revocation ends every scope this project was granted for that Google account, including grants held for other user ids.",
+    })
+    .into_response())
+}

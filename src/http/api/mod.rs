@@ -1,0 +1,77 @@
+//! The internal API: bearer-key authenticated JSON for the application's services, one
+//! module per resource, each with its router and the operation its keys need.
+
+use axum::Router;
+
+use super::AppState;
+use crate::error::Error;
+
+mod auth;
+pub(super) mod connect_sessions;
+pub(super) mod connections;
+pub(super) mod events;
+pub(super) mod logs;
+pub(super) mod tokens;
+
+pub(crate) fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .merge(connect_sessions::router(&state))
+        .merge(tokens::router(&state))
+        .merge(connections::router(&state))
+        .merge(logs::router(&state))
+        .merge(events::router(&state))
+}
+
+/// A caller's optional `returnTo`: the normalised URL, none when none was given, or
+/// `return_url_not_allowed`.
+pub(super) fn requested_return(
+    state: &AppState,
+    candidate: Option<&str>,
+) -> Result<Option<crate::oauth::ReturnUrl>, Error> {
+    candidate
+        .map(|url| {
+            state
+                .return_urls
+                .check(url)
+                .ok_or(Error::ReturnUrlNotAllowed)
+        })
+        .transpose()
+}
+
+/// Scopes a caller may add: OAuth scope tokens (RFC 6749 §3.3), a bounded number.
+pub(super) fn validate_scopes(scopes: &[String]) -> Result<(), Error> {
+    if scopes.len() > 20 {
+        return Err(Error::InvalidRequest("at most 20 scopes".into()));
+    }
+    let valid = |s: &String| {
+        !s.is_empty()
+            && s.len() <= 256
+            && s.bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    };
+    if scopes.iter().all(valid) {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(
+            "each scope must be a non-empty scope token without spaces or quotes".into(),
+        ))
+    }
+}
+
+/// A page's `limit`: `default` when absent, else 1 to `max`.
+pub(super) fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, Error> {
+    let n = limit.unwrap_or(default);
+    if (1..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(Error::InvalidRequest(format!("limit must be 1 to {max}")))
+    }
+}
+
+/// The request's id (`x-request-id`, set or passed on by the request-id layer).
+pub(super) fn request_id(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+}

@@ -1,0 +1,180 @@
+//! Token reads: `GET /v1/users/{userId}/tokens/{provider}` hands out a valid access
+//! token, each read recorded in the audit trail first. Keys need `read_tokens`.
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{CallerOf, permitted};
+use super::connect_sessions::{SessionMode, mint_link};
+use super::{request_id, requested_return, validate_scopes};
+use crate::error::Error;
+use crate::http::{ApiPath, ApiQuery, AppState, Client};
+use crate::oauth::flow::FlowRules;
+use crate::oauth::grant;
+use crate::secrets::Operation;
+use crate::tokens::UserId;
+
+pub(super) fn router(state: &AppState) -> Router<AppState> {
+    let routes = Router::new().route("/v1/users/{user_id}/tokens/{provider}", get(get_token));
+    permitted(routes, state, Operation::ReadTokens)
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(in crate::http) struct TokenResponse {
+    access_token: String,
+    token_type: String,
+    expires_at: DateTime<Utc>,
+    scope: Option<String>,
+    email: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(in crate::http) struct TokenQuery {
+    /// Scopes the caller needs, comma- or space-separated (at most 20). When the grant
+    /// lacks any, the answer is 403 `insufficient_scope` with `missingScopes` and a
+    /// `stepUpUrl` that asks the user for exactly those.
+    #[param(
+        max_length = 5400,
+        pattern = r"^[\x20-\x7e]*$",
+        example = "https://www.googleapis.com/auth/calendar.readonly"
+    )]
+    required_scopes: Option<String>,
+    /// Where the `stepUpUrl` returns the browser (it must match
+    /// `AXNT_ALLOWED_RETURN_URLS`); the return redirect carries the `confirmationCode`
+    /// the step-up's confirm needs. Without it the step-up ends on a page.
+    #[param(
+        max_length = 2048,
+        pattern = r"^[\x21-\x7e]*$",
+        example = "https://app.example.com/settings"
+    )]
+    return_to: Option<String>,
+}
+
+/// `GET /v1/users/{userId}/tokens/{provider}[?requiredScopes=a,b]` → a valid access
+/// token: `{"accessToken": "…", "tokenType": "Bearer", "expiresAt": "…", "scope": "…",
+/// "email": "…"}`; 403 `insufficient_scope` (with `missingScopes` and `stepUpUrl`) when
+/// the grant lacks a required scope.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{userId}/tokens/{provider}",
+    tag = "internal",
+    security(("bearerAuth" = [])),
+    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`"), ("provider" = String, Path, example = "google", description = "The provider's name"), TokenQuery),
+    responses((status = 200, description = "A valid access token", body = TokenResponse)),
+)]
+#[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+pub(in crate::http) async fn get_token(
+    State(state): State<AppState>,
+    Client(client): Client,
+    CallerOf(caller): CallerOf,
+    headers: axum::http::HeaderMap,
+    ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
+    ApiQuery(query): ApiQuery<TokenQuery>,
+) -> Result<Response, Error> {
+    let result = read_token(&state, &client, user_id.as_str(), &provider, query).await;
+    let (outcome, reason, scopes) = match &result {
+        Ok((_, token)) => (
+            match token.source {
+                crate::tokens::token_set::TokenSource::Refreshed => {
+                    crate::audit::ReadOutcome::Refreshed
+                }
+                _ => crate::audit::ReadOutcome::Served,
+            },
+            None,
+            token.scope.as_deref(),
+        ),
+        Err(e) => (crate::audit::ReadOutcome::Refused, Some(e.code()), None),
+    };
+    // Answered only once recorded: a read the audit trail cannot take (its queue
+    // stayed full) is refused, its token not handed out.
+    state
+        .audit
+        .record(crate::audit::Read {
+            caller: &caller.id,
+            user_id: user_id.as_str(),
+            provider: &provider,
+            outcome,
+            reason,
+            scopes,
+            request_id: request_id(&headers),
+        })
+        .await
+        .map_err(|_| Error::AuditUnavailable)?;
+    result.map(|(response, _)| response)
+}
+
+/// The token read behind [`get_token`]: the answer, and the token it handed out.
+async fn read_token(
+    state: &AppState,
+    client: &crate::store::flow_log::ClientInfo,
+    user_id: &str,
+    provider: &str,
+    query: TokenQuery,
+) -> Result<(Response, crate::tokens::IssuedToken), Error> {
+    let required: Vec<String> = query
+        .required_scopes
+        .as_deref()
+        .map(|text| {
+            text.split([',', ' '])
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    validate_scopes(&required).map_err(|_| {
+        Error::InvalidRequest(
+            "requiredScopes must be at most 20 scope tokens, separated by commas".into(),
+        )
+    })?;
+    let return_to = requested_return(state, query.return_to.as_deref())?;
+    let token = state.tokens.valid_token(user_id, provider, client).await?;
+    let granted = token
+        .scope
+        .as_deref()
+        .map(grant::parse_scopes)
+        .unwrap_or_default();
+    let missing = grant::missing(&required, &granted);
+    if !missing.is_empty() {
+        let rules = FlowRules {
+            scopes: missing.clone(),
+            expected_sub: Some(token.sub.clone()),
+            // The grant is live (its token was just served): no new refresh token.
+            skip_consent: true,
+            // Bound like any link: the confirm names the user and the code.
+            require_confirmation: state.settings.flow.require_confirmation,
+            ..FlowRules::default()
+        };
+        let link = mint_link(
+            state,
+            client,
+            user_id,
+            provider,
+            return_to,
+            token.email.clone(),
+            rules,
+            SessionMode::StepUp,
+        )
+        .await?;
+        return Err(Error::InsufficientScope {
+            missing,
+            step_up_url: link.url,
+        });
+    }
+    let body = TokenResponse {
+        access_token: token.access_token.expose_secret().to_string(),
+        token_type: token.token_type.clone(),
+        expires_at: token.expires_at,
+        scope: token.scope.clone(),
+        email: token.email.clone(),
+    };
+    Ok((axum::Json(body).into_response(), token))
+}
