@@ -8,6 +8,8 @@
 //!   `probes`; one `router()` each, merged once.
 //! - [`oauth`]: what the flow means — providers and discovery, sealed flow state,
 //!   ID-token verification, the return-URL allow-list.
+//! - `connect`: the connect flow as a service (links, start, callback, confirmation);
+//!   the browser routes and the connect-session endpoints answer from its outcomes.
 //! - [`tokens`]: the token service — store a grant, hand out a valid token (refresh
 //!   first), list and remove connections. Pure logic over the traits below.
 //! - [`store`]: `TokenStore` and `FlowLog` and their backends (embedded SQLite,
@@ -27,7 +29,7 @@
 //!   `retry` (the one backoff), `guard` (the SSRF guard): leaves.
 //!
 //! Arrows point down the layers: `cli` → `check`/`rotate` → `app` → `http` →
-//! `tokens`/`webhooks`/`audit` → `error` → `oauth`/`events`/`telemetry` →
+//! `connect` → `tokens`/`webhooks`/`audit` → `error` → `oauth`/`events`/`telemetry` →
 //! `store`/`config` → `secrets` → `crypto` → the leaves (`aws`, `guard`, `jobs`,
 //! `breaker`, then `retry`). `config` fills the `aws::AwsSettings` it needs and checks
 //! keys with the one parser of each, `secrets::ApiKey` and `crypto::SecretKey`, and
@@ -54,6 +56,7 @@ mod breaker;
 mod check;
 pub mod cli;
 pub mod config;
+mod connect;
 pub mod crypto;
 mod error;
 pub(crate) mod events;
@@ -129,6 +132,8 @@ mod layout {
         &["app"],
         // Where requests enter.
         &["http"],
+        // The connect flow, over the services.
+        &["connect"],
         // Services.
         &["tokens", "webhooks", "audit"],
         // The one error type, mapped to HTTP in `http`.

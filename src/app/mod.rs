@@ -488,6 +488,13 @@ fn assemble(
     );
     let rate_limits = Arc::new(RateLimits::new(&settings.rate_limit));
     rate_limits.schedule_sweep(&jobs);
+    let sealer = Arc::new(StateSealer::new(state_key).with_previous(previous_state_key));
+    let connect = Arc::new(crate::connect::ConnectService::new(
+        Arc::clone(&tokens),
+        Arc::clone(&flow_log),
+        Arc::clone(&sealer),
+        Arc::clone(&settings),
+    ));
     let state = AppState::new(Services {
         rate_limits,
         return_urls: ReturnUrls::new(&settings.flow.allowed_return_urls),
@@ -496,7 +503,8 @@ fn assemble(
         tokens: Arc::clone(&tokens),
         flow_log,
         audit: Arc::clone(&audit),
-        sealer: Arc::new(StateSealer::new(state_key).with_previous(previous_state_key)),
+        sealer,
+        connect,
         secrets,
         readiness,
         risc: Arc::new(

@@ -9,7 +9,7 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 use super::connections::CloseReason;
 use crate::config::Backend;
-use crate::http::oauth::FLOW_FAILURE_REASONS;
+use crate::connect::FLOW_FAILURE_REASONS;
 use crate::http::{ROUTES, STATUSES_EVERY_ROUTE_CAN_ANSWER};
 use crate::tokens::READ_OUTCOMES;
 use crate::tokens::refresh::{LAPSE_OUTCOMES, REFRESH_OUTCOMES, SUPPRESSED_REASONS};

@@ -43,6 +43,8 @@ pub(crate) struct AppState(Arc<Services>);
 pub(crate) struct Services {
     pub(crate) settings: Arc<Settings>,
     pub(crate) tokens: Arc<TokenService>,
+    /// The connect flow: links, their start, the callback, confirmation.
+    pub(crate) connect: Arc<crate::connect::ConnectService>,
     pub(crate) flow_log: Arc<FlowRecorder>,
     pub(crate) audit: Arc<crate::audit::AuditTrail>,
     pub(crate) sealer: Arc<StateSealer>,

@@ -13,23 +13,16 @@ use axum_extra::extract::cookie::{Cookie, SameSite};
 use chrono::Utc;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::json;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::browser::{BrowserError, html_escape};
 use super::{ApiPath, ApiQuery, AppState, Client};
-use crate::crypto::random_token;
+use crate::connect::{Callback, Completed};
 use crate::error::Error;
 use crate::oauth::ReturnUrl;
 use crate::oauth::flow::{
-    ConnectSession, FlowState, Purpose, binding_cookie_name, binding_matches, new_binding,
+    ConnectSession, FlowState, Purpose, binding_cookie_name, binding_matches,
 };
-use crate::oauth::grant::{self, PartialGrant};
-use crate::oauth::provider::OidcProvider;
-use crate::oauth::provider::{AuthorizationRequest, ProviderError};
-use crate::store::flow_log::ClientInfo;
-use crate::store::{FlowStep, FlowSteps};
-use crate::tokens::{Stored, TokenSet};
 
 /// Every answer of the browser routes (pages and redirects) carries these: no script or
 /// frame may use our pages, no `Referer` leaks a callback URL (it holds a code and
@@ -84,89 +77,25 @@ async fn start(
     if session.expires_at < Utc::now().timestamp() {
         return Err(Error::SessionExpired.into());
     }
-    let fail = |error: Error| BrowserError {
-        error,
-        return_to: session.return_to.clone(),
-        flow_id: Some(session.flow_id.clone()),
-    };
-
-    let (binding, binding_hash) = new_binding();
-    let pkce_verifier = random_token(32);
-    let flow = FlowState {
-        user_id: session.user_id.clone(),
-        provider: provider_name.clone(),
-        pkce_verifier: pkce_verifier.clone(),
-        nonce: random_token(32),
-        return_to: session.return_to.clone(),
-        expires_at: unix_time_after(state.settings.flow.state_ttl),
-        flow_id: session.flow_id.clone(),
-        binding_hash,
-        rules: session.rules.clone(),
-    };
-    let sealed = state
-        .sealer
-        .seal(Purpose::AuthorizationState, &flow)
-        .map_err(|_| fail(Error::Internal("sealing flow state failed".into())))?;
-    let flow_log = state
-        .flow_log
-        .flow(&flow.user_id, &flow.flow_id, &provider_name, &client);
-    let redirect_uri = state.settings.redirect_uri(&provider_name);
-    let url = match provider
-        .authorization_request(AuthorizationRequest {
-            redirect_uri: &redirect_uri,
-            extra_scopes: &session.rules.scopes,
-            state: sealed,
-            nonce: flow.nonce.clone(),
-            pkce_verifier: &pkce_verifier,
-            // The expected account is the natural hint for the account chooser.
-            login_hint: session
-                .login_hint
-                .as_deref()
-                .or(session.rules.expected_email.as_deref()),
-            force_consent: !session.rules.skip_consent,
-        })
+    let started = state
+        .connect
+        .start(provider, &session, &client)
         .await
-    {
-        Ok(url) => url,
-        Err(e) => {
-            let error = Error::from(e);
-            flow_log.failed(FlowStep::AuthorizeRedirect, &error).await;
-            metrics::counter!("axnt_flows_failed_total", "provider" => provider_name.clone(), "reason" => error.code()).increment(1);
-            // A flow that cannot start is shown as a page: the application's return
-            // URL would only hide a configuration problem from the operator.
-            return Err(error.into());
-        }
-    };
-    // Single-use: the first opening marks the flow, every later one gets a page. Marked
-    // only once the redirect is ready, so a provider outage does not use up the link.
-    // A refused opening writes nothing to the user's flow log (a leaked link replayed
-    // must not grow it); it is counted.
-    match state
-        .tokens
-        .mark_flow_started(&flow.flow_id, session.expires_at)
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) => return Err(count_rejected(&provider_name, Error::SessionUsed).into()),
-        Err(error) => {
-            flow_log.failed(FlowStep::AuthorizeRedirect, &error).await;
-            return Err(error.into());
-        }
-    }
-    flow_log
-        .step(
-            FlowStep::AuthorizeRedirect,
-            json!({ "scopes": session.rules.scopes, "loginHint": session.login_hint.is_some() }),
-        )
-        .await;
-    metrics::counter!("axnt_flows_started_total", "provider" => provider_name.clone()).increment(1);
-    let cookie = binding_cookie(&state, &provider_name, &flow.flow_id, binding)
+        .map_err(|failed| BrowserError {
+            return_to: failed
+                .to_return_url
+                .then(|| session.return_to.clone())
+                .flatten(),
+            flow_id: failed.to_return_url.then(|| session.flow_id.clone()),
+            error: failed.error,
+        })?;
+    let cookie = binding_cookie(&state, &provider_name, &session.flow_id, started.binding)
         .http_only(true)
         .secure(state.settings.is_https())
         .same_site(SameSite::Lax)
         .max_age(max_age(state.settings.flow.state_ttl))
         .build();
-    let mut response = crate::http::found(url.as_str());
+    let mut response = crate::http::found(started.authorize_url.as_str());
     if let Ok(value) = cookie.to_string().parse() {
         response.headers_mut().append(header::SET_COOKIE, value);
     }
@@ -197,12 +126,6 @@ fn binding_cookie(
 /// A cookie's `Max-Age` (saturating: a TTL beyond `i64` seconds is "for ever").
 fn max_age(ttl: Duration) -> cookie::time::Duration {
     cookie::time::Duration::try_from(ttl).unwrap_or(cookie::time::Duration::MAX)
-}
-
-/// The Unix time `ttl` from now (saturating, like [`max_age`]).
-fn unix_time_after(ttl: Duration) -> i64 {
-    let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-    Utc::now().timestamp().saturating_add(secs)
 }
 
 #[derive(Deserialize)]
@@ -245,7 +168,7 @@ async fn callback(
     if !bound {
         // Not this browser's flow: show a page rather than send a stranger's browser
         // to the application's return URL.
-        return Err(count_rejected(&provider_name, Error::BrowserMismatch).into());
+        return Err(crate::connect::count_rejected(&provider_name, Error::BrowserMismatch).into());
     }
     // The return URL is checked again: the allow-list may have changed since the link
     // was made, and a URL no longer allowed gets the page instead.
@@ -260,213 +183,46 @@ async fn callback(
         flow_id: Some(flow_id.clone()),
     };
     if flow.expires_at < Utc::now().timestamp() {
-        return Err(fail(count_rejected(&provider_name, Error::StateExpired)));
+        return Err(fail(crate::connect::count_rejected(
+            &provider_name,
+            Error::StateExpired,
+        )));
     }
-    let provider_error = query.error.as_deref().map(oauth_error_code);
-    let flow_log = state
-        .flow_log
-        .flow(&flow.user_id, &flow.flow_id, &provider_name, &client);
-    flow_log
-        .step(
-            FlowStep::CallbackReceived,
-            json!({ "hasCode": query.code.is_some(), "providerError": provider_error }),
-        )
-        .await;
-    flow_log.step(FlowStep::StateVerified, json!({})).await;
-    // From here the flow is an owned task: once the provider redeems the code, the
-    // tokens exist only in this process, and a browser that leaves (or the request
-    // timeout) must not drop them. The task stores the grant and completes the flow
-    // log whether or not anyone still waits for its answer.
-    let finishing = Finish {
-        state: state.clone(),
-        provider: Arc::clone(provider),
-        flow,
-        return_to: return_to.clone(),
+    let provider_name = flow.provider.clone();
+    let callback = Callback {
         code: query.code,
-        provider_error,
-        client,
+        provider_error: query.error.as_deref().map(oauth_error_code),
     };
     let result = state
-        .tokens
-        .spawn_owned(finishing.run())
-        .await
-        .map_err(|e| fail(Error::Internal(format!("callback task: {e}"))))?;
+        .connect
+        .finish(Arc::clone(provider), flow, callback, client)
+        .await;
     let jar = jar.remove(binding);
-    match result {
-        Ok(response) => Ok((jar, response).into_response()),
-        Err(error) => Err(fail(error)),
-    }
-}
-
-/// The callback after `state` checked out, as an owned task.
-struct Finish {
-    state: AppState,
-    provider: Arc<OidcProvider>,
-    flow: FlowState,
-    return_to: Option<ReturnUrl>,
-    code: Option<String>,
-    provider_error: Option<String>,
-    client: ClientInfo,
-}
-
-impl Finish {
-    /// Exchanges the code, verifies the ID token, stores (or holds) the grant, and
-    /// records the outcome in the flow log and the metrics.
-    async fn run(self) -> Result<Response, Error> {
-        let name = self.provider.name().to_string();
-        let flow_log =
-            self.state
-                .flow_log
-                .flow(&self.flow.user_id, &self.flow.flow_id, &name, &self.client);
-        match self.finish(&flow_log).await {
-            Ok((response, held)) => {
-                // A held grant completes its flow at the confirm.
-                if !held {
-                    metrics::counter!("axnt_flows_completed_total", "provider" => name)
-                        .increment(1);
-                }
-                Ok(response)
-            }
-            Err((step, error)) => {
-                metrics::counter!("axnt_flows_failed_total", "provider" => name, "reason" => error.code()).increment(1);
-                flow_log.failed(step, &error).await;
-                Err(error)
-            }
+    let page = match result {
+        Ok(Completed::Held { code }) => {
+            pending_page(return_to.as_ref(), &provider_name, &flow_id, &code)
         }
-    }
-
-    /// The steps: the answer, and whether the grant is held for confirmation. Errors
-    /// carry the step that failed.
-    async fn finish(
-        &self,
-        flow_log: &FlowSteps<'_>,
-    ) -> Result<(Response, bool), (FlowStep, Error)> {
-        let (state, provider, flow) = (&self.state, &self.provider, &self.flow);
-        let return_to = self.return_to.as_ref();
-        let name = provider.name().to_string();
-        if let Some(code) = &self.provider_error {
-            return Err((
-                FlowStep::CallbackReceived,
-                Error::AuthorizationDenied(code.clone()),
-            ));
-        }
-        let code = self
-            .code
-            .as_deref()
-            .filter(|c| !c.is_empty() && c.len() <= 4096)
-            .ok_or((
-                FlowStep::CallbackReceived,
-                Error::InvalidRequest("the callback carries no code".into()),
-            ))?;
-        let tokens = provider
-            .exchange_code(
-                code,
-                &flow.pkce_verifier,
-                &state.settings.redirect_uri(&name),
+        Ok(Completed::Stored { email }) => {
+            let detail = format!(
+                "Your {} account{} is connected. You can close this window.",
+                provider_name,
+                email
+                    .as_deref()
+                    .map(|e| format!(" {e}"))
+                    .unwrap_or_default(),
+            );
+            finished_page(
+                return_to.as_ref(),
+                &provider_name,
+                &flow_id,
+                "connected",
+                "Connected",
+                &detail,
             )
-            .await
-            .map_err(|e| match e {
-                ProviderError::InvalidGrant(_) => (FlowStep::CodeExchanged, Error::CodeRejected),
-                other => (FlowStep::CodeExchanged, Error::from(other)),
-            })?;
-        flow_log
-            .step(
-                FlowStep::CodeExchanged,
-                json!({
-                    "hasRefreshToken": tokens.refresh_token.is_some(),
-                    "hasIdToken": tokens.id_token.is_some(),
-                    "scope": tokens.scope,
-                    "expiresIn": tokens.expires_in.map(|d| d.as_secs()),
-                }),
-            )
-            .await;
-        let id_token = tokens.id_token.as_ref().ok_or((
-            FlowStep::IdTokenVerified,
-            Error::IdTokenInvalid(crate::oauth::provider::IdTokenProblem::Missing),
-        ))?;
-        let user_info = provider
-            .verify_id_token(id_token, &flow.nonce)
-            .await
-            .map_err(|e| (FlowStep::IdTokenVerified, Error::from(e)))?;
-        flow_log
-            .step(
-                FlowStep::IdTokenVerified,
-                json!({ "sub": user_info.sub, "email": user_info.email, "emailVerified": user_info.email_verified }),
-            )
-            .await;
-        check_account(flow, &user_info).map_err(|e| (FlowStep::IdTokenVerified, e))?;
-        let requested = provider.requested_scopes(&flow.rules.scopes);
-        let mut fresh = TokenSet::from_provider(&tokens, None, Utc::now());
-        if fresh.scope.is_none() {
-            // RFC 6749 §5.1: no `scope` in the answer means the grant is what was asked.
-            fresh.scope = Some(requested.join(" "));
         }
-        let missing = grant::missing(&requested, &fresh.granted_scopes());
-        let policy = flow
-            .rules
-            .partial_grant
-            .unwrap_or(state.settings.flow.partial_grant);
-        if !missing.is_empty() && policy == PartialGrant::Reject {
-            // Nothing is stored: a connection the user had stays as it was. The grant is
-            // not revoked either: Google's revocation would end every scope this project
-            // holds for the account, that connection's included.
-            return Err((FlowStep::TokensStored, Error::ScopesNotGranted { missing }));
-        }
-        if flow.rules.require_confirmation {
-            fresh.requested_scopes = requested;
-            let held = state
-                .tokens
-                .hold_grant(
-                    &flow.flow_id,
-                    &flow.user_id,
-                    &name,
-                    &fresh,
-                    user_info.clone(),
-                    state.settings.flow.confirmation_ttl,
-                )
-                .await
-                .map_err(|e| (FlowStep::AwaitingConfirmation, e))?;
-            flow_log
-                .step(
-                    FlowStep::AwaitingConfirmation,
-                    json!({ "confirmBy": held.deadline.to_rfc3339(), "sub": user_info.sub }),
-                )
-                .await;
-            return Ok((
-                pending_page(return_to, &name, &flow.flow_id, &held.code),
-                true,
-            ));
-        }
-        let stored = state
-            .tokens
-            .store_grant(&flow.user_id, &name, &fresh, user_info.clone(), &requested)
-            .await
-            .map_err(|e| (FlowStep::TokensStored, e))?;
-        flow_log
-            .step(FlowStep::TokensStored, stored_step_data(&stored))
-            .await;
-        flow_log
-            .step(FlowStep::Completed, json!({ "email": user_info.email }))
-            .await;
-        let detail = format!(
-            "Your {} account{} is connected. You can close this window.",
-            name,
-            user_info
-                .email
-                .as_deref()
-                .map(|e| format!(" {e}"))
-                .unwrap_or_default(),
-        );
-        let page = finished_page(
-            return_to,
-            &name,
-            &flow.flow_id,
-            "connected",
-            "Connected",
-            &detail,
-        );
-        Ok((page, false))
-    }
+        Err(error) => return Err(fail(error)),
+    };
+    Ok((jar, page).into_response())
 }
 
 /// A held grant's answer: the return URL with `status=pending_confirmation`, `flowId`
@@ -530,94 +286,6 @@ fn finished_page(
         ))
         .into_response(),
     }
-}
-
-/// The session's account constraints, against the verified ID token: `expectedEmail`
-/// must be the token's email, verified; `hostedDomain` its `hd`. Both compared without
-/// regard to ASCII case.
-fn check_account(flow: &FlowState, user: &crate::store::UserInfo) -> Result<(), Error> {
-    let email_ok = flow.rules.expected_email.as_ref().is_none_or(|expected| {
-        user.email_verified == Some(true)
-            && user
-                .email
-                .as_ref()
-                .is_some_and(|e| e.eq_ignore_ascii_case(expected))
-    });
-    let domain_ok = flow.rules.hosted_domain.as_ref().is_none_or(|expected| {
-        user.hd
-            .as_ref()
-            .is_some_and(|hd| hd.eq_ignore_ascii_case(expected))
-    });
-    let sub_ok = flow
-        .rules
-        .expected_sub
-        .as_ref()
-        .is_none_or(|expected| *expected == user.sub);
-    if email_ok && domain_ok && sub_ok {
-        Ok(())
-    } else {
-        Err(Error::AccountNotAllowed)
-    }
-}
-
-/// The `tokens_stored` step's details: whether a connection was replaced, and by
-/// another account (never silent: `accountChanged` and `previousSub`).
-pub(crate) fn stored_step_data(stored: &Stored) -> serde_json::Value {
-    let mut data = json!({
-        "replaced": stored.replaced,
-        "keptRefreshToken": stored.kept_refresh_token,
-        "hasRefreshToken": stored.has_refresh_token,
-        "accountChanged": stored.account_changed.is_some(),
-        "grantedScopes": stored.grant.granted_scopes,
-        "scopesChanged": stored.scopes_changed,
-    });
-    let missing = grant::missing(&stored.grant.requested_scopes, &stored.grant.granted_scopes);
-    if !missing.is_empty() {
-        data["partialGrant"] = json!(true);
-        data["missingScopes"] = json!(missing);
-    }
-    if let Some(at) = stored.grant.refresh_token_expires_at {
-        data["refreshTokenExpiresAt"] = json!(at);
-    }
-    if let Some(minted) = stored.account_grants {
-        data["accountGrants"] = json!(minted);
-        data["grantLimitWarning"] = json!(stored.grant_limit_warning);
-    }
-    if let Some(previous) = &stored.account_changed {
-        data["previousSub"] = json!(previous.sub);
-        data["previousEmail"] = json!(previous.email);
-    }
-    data
-}
-
-/// The `reason` labels of `axnt_flows_failed_total` (the problem codes a flow can end
-/// with), registered at zero at start-up.
-pub(crate) const FLOW_FAILURE_REASONS: [&str; 19] = [
-    "invalid_session",
-    "session_expired",
-    "session_already_used",
-    "invalid_state",
-    "state_expired",
-    "browser_mismatch",
-    "access_denied",
-    "authorization_failed",
-    "id_token_invalid",
-    "code_rejected",
-    "account_not_allowed",
-    "scopes_not_granted",
-    "provider_unavailable",
-    "provider_error",
-    "provider_not_configured",
-    "store_unavailable",
-    "store_throttled",
-    "keys_unavailable",
-    "internal",
-];
-
-/// Counts a callback refused before anything was logged, and hands its error back.
-fn count_rejected(provider_name: &str, error: Error) -> Error {
-    metrics::counter!("axnt_flows_failed_total", "provider" => provider_name.to_string(), "reason" => error.code()).increment(1);
-    error
 }
 
 /// Names the flow in the handler's span, once its sealed value proved authentic.

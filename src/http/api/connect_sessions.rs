@@ -9,19 +9,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 
 use super::auth::{CallerOf, permitted};
 use super::{requested_return, validate_scopes};
+use crate::connect::{Confirmation, LinkKind, LinkRequest};
 use crate::error::Error;
 use crate::http::{ApiJson, ApiPath, AppState, Client};
-use crate::oauth::flow::{
-    ConnectSession, FlowRules, MAX_SEALED_LEN, Purpose, SealError, StateSealer,
-};
+use crate::oauth::flow::FlowRules;
 use crate::oauth::grant::PartialGrant;
 use crate::secrets::Operation;
-use crate::store::FlowStep;
 use crate::tokens::UserId;
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
@@ -96,6 +93,15 @@ pub(in crate::http) enum SessionMode {
     #[default]
     Connect,
     StepUp,
+}
+
+impl From<SessionMode> for LinkKind {
+    fn from(mode: SessionMode) -> Self {
+        match mode {
+            SessionMode::Connect => Self::Connect,
+            SessionMode::StepUp => Self::StepUp,
+        }
+    }
 }
 
 /// `scopes` as [`validate_scopes`] accepts them.
@@ -213,17 +219,20 @@ pub(in crate::http) async fn create_connect_session(
         // A live grant keeps its refresh token: no new one need be minted.
         rules.skip_consent = account.is_active;
     }
-    let link = mint_link(
-        &state,
-        &client,
-        body.user_id.as_str(),
-        &body.provider,
-        return_to,
-        login_hint,
-        rules,
-        mode,
-    )
-    .await?;
+    let link = state
+        .connect
+        .mint_link(
+            &client,
+            LinkRequest {
+                user_id: body.user_id.as_str(),
+                provider: &body.provider,
+                return_to,
+                login_hint,
+                rules,
+                kind: mode.into(),
+            },
+        )
+        .await?;
     let response = ConnectSessionResponse {
         url: link.url,
         expires_at: link.expires_at,
@@ -231,78 +240,6 @@ pub(in crate::http) async fn create_connect_session(
         require_confirmation: link.require_confirmation,
     };
     Ok((StatusCode::CREATED, axum::Json(response)).into_response())
-}
-
-/// A connect link as minted.
-pub(super) struct Link {
-    pub(super) url: String,
-    expires_at: DateTime<Utc>,
-    flow_id: String,
-    require_confirmation: bool,
-}
-
-/// Mints a connect link for one user (the session sealed into the start URL) and logs
-/// `session_created`: for `POST /v1/connect-sessions` and a token read's step-up link.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn mint_link(
-    state: &AppState,
-    client: &crate::store::flow_log::ClientInfo,
-    user_id: &str,
-    provider: &str,
-    return_to: Option<crate::oauth::ReturnUrl>,
-    login_hint: Option<String>,
-    rules: FlowRules,
-    mode: SessionMode,
-) -> Result<Link, Error> {
-    let now = Utc::now();
-    // Saturating: a TTL past the calendar's end means a link that never expires.
-    let expires_at = chrono::TimeDelta::from_std(state.settings.flow.connect_session_ttl)
-        .ok()
-        .and_then(|ttl| now.checked_add_signed(ttl))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC);
-    let session = ConnectSession {
-        user_id: user_id.to_string(),
-        provider: provider.to_string(),
-        return_to: return_to.clone(),
-        login_hint,
-        flow_id: uuid::Uuid::new_v4().to_string(),
-        expires_at: expires_at.timestamp(),
-        rules,
-    };
-    let sealed = seal_link(&state.sealer, &session)?;
-    let mut url = url::Url::parse(
-        &state
-            .settings
-            .public_url(&format!("/oauth/{provider}/start")),
-    )
-    .map_err(|e| Error::Internal(format!("public URL: {e}")))?;
-    url.query_pairs_mut().append_pair("session", &sealed);
-    state
-        .flow_log
-        .flow(user_id, &session.flow_id, provider, client)
-        .step(
-            FlowStep::SessionCreated,
-            json!({
-                "returnTo": return_to,
-                "scopes": session.rules.scopes,
-                "expiresAt": expires_at.to_rfc3339(),
-                "requireConfirmation": session.rules.require_confirmation,
-                "expectedEmail": session.rules.expected_email,
-                "hostedDomain": session.rules.hosted_domain,
-                "partialGrant": session.rules.partial_grant,
-                "mode": match mode {
-                    SessionMode::Connect => "connect",
-                    SessionMode::StepUp => "step_up",
-                },
-            }),
-        )
-        .await;
-    Ok(Link {
-        url: url.to_string(),
-        expires_at,
-        flow_id: session.flow_id,
-        require_confirmation: session.rules.require_confirmation,
-    })
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -415,66 +352,20 @@ pub(in crate::http) async fn confirm_connect_session(
             )
         })?
     };
-    // An owned task: once the held grant is taken, only this call holds it; a caller
-    // that hangs up (or the request timeout) must not drop it halfway between the take
-    // and the store (or the put-back).
-    let task_state = state.clone();
     let confirmed = state
-        .tokens
-        .spawn_owned(
-            async move { confirm_and_log(task_state, caller, client, flow_id, request).await },
+        .connect
+        .confirm(
+            caller,
+            client,
+            Confirmation {
+                flow_id: flow_id.clone(),
+                user_id: request.user_id,
+                code: request.confirmation_code.map(|c| c.0),
+            },
         )
-        .await
-        .map_err(|e| Error::Internal(format!("confirm task: {e}")))??;
-    Ok(axum::Json(confirmed).into_response())
-}
-
-/// Confirms a held grant, then records the flow's last steps and its metrics.
-async fn confirm_and_log(
-    state: AppState,
-    caller: std::sync::Arc<crate::secrets::Caller>,
-    client: crate::store::flow_log::ClientInfo,
-    flow_id: String,
-    request: ConfirmRequest,
-) -> Result<ConfirmResponse, Error> {
-    let confirmed = state
-        .tokens
-        .confirm_grant(
-            &flow_id,
-            request.user_id.as_ref().map(UserId::as_str),
-            request.confirmation_code.as_ref().map(|c| &c.0),
-            &client,
-            &|provider| caller.may_use(provider),
-        )
-        .await;
-    let confirmed = match confirmed {
-        Ok(confirmed) => confirmed,
-        Err(error) => {
-            metrics::counter!("axnt_confirmations_total", "outcome" => error.code()).increment(1);
-            return Err(error);
-        }
-    };
+        .await?;
     let grant = &confirmed.grant;
-    let flow_log = state
-        .flow_log
-        .flow(&grant.user_id, &flow_id, &grant.provider, &client);
-    flow_log.step(FlowStep::Confirmed, json!({})).await;
-    flow_log
-        .step(
-            FlowStep::TokensStored,
-            crate::http::oauth::stored_step_data(&confirmed.stored),
-        )
-        .await;
-    flow_log
-        .step(
-            FlowStep::Completed,
-            json!({ "email": grant.user_info.email }),
-        )
-        .await;
-    metrics::counter!("axnt_confirmations_total", "outcome" => "confirmed").increment(1);
-    metrics::counter!("axnt_flows_completed_total", "provider" => grant.provider.clone())
-        .increment(1);
-    Ok(ConfirmResponse {
+    let confirmed = ConfirmResponse {
         flow_id,
         user_id: grant.user_id.clone(),
         provider: grant.provider.clone(),
@@ -483,21 +374,6 @@ async fn confirm_and_log(
         replaced: confirmed.stored.replaced,
         account_changed: confirmed.stored.account_changed.is_some(),
         previous_account: confirmed.stored.account_changed.clone(),
-    })
-}
-
-/// Seals the link's `session`, and checks the `state` `/start` will make from it fits
-/// too, so no link fails only after the user consented.
-fn seal_link(sealer: &StateSealer, session: &ConnectSession) -> Result<String, Error> {
-    let seal = || {
-        sealer.seal(Purpose::AuthorizationState, &session.largest_state())?;
-        sealer.seal(Purpose::ConnectSession, session)
     };
-    seal().map_err(|e| match e {
-        SealError::TooLarge => Error::InvalidRequest(format!(
-            "the connect link would be longer than {MAX_SEALED_LEN} characters: \
-             shorten returnTo or loginHint, or request fewer scopes"
-        )),
-        SealError::Invalid => Error::Internal("sealing the connect session failed".into()),
-    })
+    Ok(axum::Json(confirmed).into_response())
 }

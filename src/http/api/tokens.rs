@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{CallerOf, permitted};
-use super::connect_sessions::{SessionMode, mint_link};
 use super::{request_id, requested_return, validate_scopes};
+use crate::connect::{LinkKind, LinkRequest};
 use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState, Client};
 use crate::oauth::flow::FlowRules;
@@ -153,17 +153,20 @@ async fn read_token(
             require_confirmation: state.settings.flow.require_confirmation,
             ..FlowRules::default()
         };
-        let link = mint_link(
-            state,
-            client,
-            user_id,
-            provider,
-            return_to,
-            token.email.clone(),
-            rules,
-            SessionMode::StepUp,
-        )
-        .await?;
+        let link = state
+            .connect
+            .mint_link(
+                client,
+                LinkRequest {
+                    user_id,
+                    provider,
+                    return_to,
+                    login_hint: token.email.clone(),
+                    rules,
+                    kind: LinkKind::StepUp,
+                },
+            )
+            .await?;
         return Err(Error::InsufficientScope {
             missing,
             step_up_url: link.url,

@@ -1,0 +1,263 @@
+//! A flow finished at the callback, once its `state` proved authentic, unexpired and
+//! this browser's: the code exchanged, the ID token verified, the session's account
+//! rules and partial-grant policy applied, and the grant held for confirmation or
+//! stored, every step logged and counted.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use secrecy::SecretString;
+use serde_json::json;
+
+use super::{ConnectService, count_completed, count_failed};
+use crate::error::Error;
+use crate::oauth::flow::FlowState;
+use crate::oauth::grant::{self, PartialGrant};
+use crate::oauth::provider::{IdTokenProblem, OidcProvider, ProviderError};
+use crate::store::flow_log::ClientInfo;
+use crate::store::{FlowStep, FlowSteps, UserInfo};
+use crate::tokens::{Stored, TokenSet};
+
+/// How a finished flow ended.
+pub(crate) enum Completed {
+    /// The grant is held until the application confirms it with this one-time code.
+    Held { code: SecretString },
+    /// The grant is the user's connection now.
+    Stored { email: Option<String> },
+}
+
+/// What the callback brought back, as the browser's request carried it.
+pub(crate) struct Callback {
+    /// The provider's authorization code.
+    pub(crate) code: Option<String>,
+    /// The provider's `error` parameter, already reduced to a safe code.
+    pub(crate) provider_error: Option<String>,
+}
+
+impl ConnectService {
+    /// Finishes `flow`, whose `state` checked out. From the first step the flow is an
+    /// owned task: once the provider redeems the code, the tokens exist only in this
+    /// process, and a browser that leaves (or the request timeout) must not drop them;
+    /// the task stores the grant and completes the flow log whether or not anyone
+    /// still waits for its answer.
+    pub(crate) async fn finish(
+        self: &Arc<Self>,
+        provider: Arc<OidcProvider>,
+        flow: FlowState,
+        callback: Callback,
+        client: ClientInfo,
+    ) -> Result<Completed, Error> {
+        let flow_log = self
+            .flow_log
+            .flow(&flow.user_id, &flow.flow_id, provider.name(), &client);
+        flow_log
+            .step(
+                FlowStep::CallbackReceived,
+                json!({ "hasCode": callback.code.is_some(), "providerError": callback.provider_error }),
+            )
+            .await;
+        flow_log.step(FlowStep::StateVerified, json!({})).await;
+        let this = Arc::clone(self);
+        self.tokens
+            .spawn_owned(async move { this.run(&provider, &flow, callback, &client).await })
+            .await
+            .map_err(|e| Error::Internal(format!("callback task: {e}")))?
+    }
+
+    /// The steps, then the outcome in the flow log and the metrics.
+    async fn run(
+        &self,
+        provider: &OidcProvider,
+        flow: &FlowState,
+        callback: Callback,
+        client: &ClientInfo,
+    ) -> Result<Completed, Error> {
+        let name = provider.name();
+        let flow_log = self
+            .flow_log
+            .flow(&flow.user_id, &flow.flow_id, name, client);
+        match self.steps(provider, flow, callback, &flow_log).await {
+            Ok(completed) => {
+                // A held grant completes its flow at the confirm.
+                if matches!(completed, Completed::Stored { .. }) {
+                    count_completed(name);
+                }
+                Ok(completed)
+            }
+            Err((step, error)) => {
+                count_failed(name, &error);
+                flow_log.failed(step, &error).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Errors carry the step that failed.
+    async fn steps(
+        &self,
+        provider: &OidcProvider,
+        flow: &FlowState,
+        callback: Callback,
+        flow_log: &FlowSteps<'_>,
+    ) -> Result<Completed, (FlowStep, Error)> {
+        let name = provider.name();
+        if let Some(code) = callback.provider_error {
+            return Err((FlowStep::CallbackReceived, Error::AuthorizationDenied(code)));
+        }
+        let code = callback
+            .code
+            .filter(|c| !c.is_empty() && c.len() <= 4096)
+            .ok_or((
+                FlowStep::CallbackReceived,
+                Error::InvalidRequest("the callback carries no code".into()),
+            ))?;
+        let tokens = provider
+            .exchange_code(
+                &code,
+                &flow.pkce_verifier,
+                &self.settings.redirect_uri(name),
+            )
+            .await
+            .map_err(|e| match e {
+                ProviderError::InvalidGrant(_) => (FlowStep::CodeExchanged, Error::CodeRejected),
+                other => (FlowStep::CodeExchanged, Error::from(other)),
+            })?;
+        flow_log
+            .step(
+                FlowStep::CodeExchanged,
+                json!({
+                    "hasRefreshToken": tokens.refresh_token.is_some(),
+                    "hasIdToken": tokens.id_token.is_some(),
+                    "scope": tokens.scope,
+                    "expiresIn": tokens.expires_in.map(|d| d.as_secs()),
+                }),
+            )
+            .await;
+        let id_token = tokens.id_token.as_ref().ok_or((
+            FlowStep::IdTokenVerified,
+            Error::IdTokenInvalid(IdTokenProblem::Missing),
+        ))?;
+        let user_info = provider
+            .verify_id_token(id_token, &flow.nonce)
+            .await
+            .map_err(|e| (FlowStep::IdTokenVerified, Error::from(e)))?;
+        flow_log
+            .step(
+                FlowStep::IdTokenVerified,
+                json!({ "sub": user_info.sub, "email": user_info.email, "emailVerified": user_info.email_verified }),
+            )
+            .await;
+        check_account(flow, &user_info).map_err(|e| (FlowStep::IdTokenVerified, e))?;
+        let requested = provider.requested_scopes(&flow.rules.scopes);
+        let mut fresh = TokenSet::from_provider(&tokens, None, Utc::now());
+        if fresh.scope.is_none() {
+            // RFC 6749 §5.1: no `scope` in the answer means the grant is what was asked.
+            fresh.scope = Some(requested.join(" "));
+        }
+        let missing = grant::missing(&requested, &fresh.granted_scopes());
+        let policy = flow
+            .rules
+            .partial_grant
+            .unwrap_or(self.settings.flow.partial_grant);
+        if !missing.is_empty() && policy == PartialGrant::Reject {
+            // Nothing is stored: a connection the user had stays as it was. The grant is
+            // not revoked either: Google's revocation would end every scope this project
+            // holds for the account, that connection's included.
+            return Err((FlowStep::TokensStored, Error::ScopesNotGranted { missing }));
+        }
+        if flow.rules.require_confirmation {
+            fresh.requested_scopes = requested;
+            let held = self
+                .tokens
+                .hold_grant(
+                    &flow.flow_id,
+                    &flow.user_id,
+                    name,
+                    &fresh,
+                    user_info.clone(),
+                    self.settings.flow.confirmation_ttl,
+                )
+                .await
+                .map_err(|e| (FlowStep::AwaitingConfirmation, e))?;
+            flow_log
+                .step(
+                    FlowStep::AwaitingConfirmation,
+                    json!({ "confirmBy": held.deadline.to_rfc3339(), "sub": user_info.sub }),
+                )
+                .await;
+            return Ok(Completed::Held { code: held.code });
+        }
+        let stored = self
+            .tokens
+            .store_grant(&flow.user_id, name, &fresh, user_info.clone(), &requested)
+            .await
+            .map_err(|e| (FlowStep::TokensStored, e))?;
+        flow_log
+            .step(FlowStep::TokensStored, stored_step_data(&stored))
+            .await;
+        flow_log
+            .step(FlowStep::Completed, json!({ "email": user_info.email }))
+            .await;
+        Ok(Completed::Stored {
+            email: user_info.email,
+        })
+    }
+}
+
+/// The session's account constraints, against the verified ID token: `expectedEmail`
+/// must be the token's email, verified; `hostedDomain` its `hd`. Both compared without
+/// regard to ASCII case.
+fn check_account(flow: &FlowState, user: &UserInfo) -> Result<(), Error> {
+    let email_ok = flow.rules.expected_email.as_ref().is_none_or(|expected| {
+        user.email_verified == Some(true)
+            && user
+                .email
+                .as_ref()
+                .is_some_and(|e| e.eq_ignore_ascii_case(expected))
+    });
+    let domain_ok = flow.rules.hosted_domain.as_ref().is_none_or(|expected| {
+        user.hd
+            .as_ref()
+            .is_some_and(|hd| hd.eq_ignore_ascii_case(expected))
+    });
+    let sub_ok = flow
+        .rules
+        .expected_sub
+        .as_ref()
+        .is_none_or(|expected| *expected == user.sub);
+    if email_ok && domain_ok && sub_ok {
+        Ok(())
+    } else {
+        Err(Error::AccountNotAllowed)
+    }
+}
+
+/// The `tokens_stored` step's details: whether a connection was replaced, and by
+/// another account (never silent: `accountChanged` and `previousSub`).
+pub(super) fn stored_step_data(stored: &Stored) -> serde_json::Value {
+    let mut data = json!({
+        "replaced": stored.replaced,
+        "keptRefreshToken": stored.kept_refresh_token,
+        "hasRefreshToken": stored.has_refresh_token,
+        "accountChanged": stored.account_changed.is_some(),
+        "grantedScopes": stored.grant.granted_scopes,
+        "scopesChanged": stored.scopes_changed,
+    });
+    let missing = grant::missing(&stored.grant.requested_scopes, &stored.grant.granted_scopes);
+    if !missing.is_empty() {
+        data["partialGrant"] = json!(true);
+        data["missingScopes"] = json!(missing);
+    }
+    if let Some(at) = stored.grant.refresh_token_expires_at {
+        data["refreshTokenExpiresAt"] = json!(at);
+    }
+    if let Some(minted) = stored.account_grants {
+        data["accountGrants"] = json!(minted);
+        data["grantLimitWarning"] = json!(stored.grant_limit_warning);
+    }
+    if let Some(previous) = &stored.account_changed {
+        data["previousSub"] = json!(previous.sub);
+        data["previousEmail"] = json!(previous.email);
+    }
+    data
+}
