@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use chrono::Utc;
 use secrecy::SecretString;
 use serde_json::json;
@@ -13,10 +14,60 @@ use super::{ConnectService, count_completed, count_failed};
 use crate::error::Error;
 use crate::oauth::flow::FlowState;
 use crate::oauth::grant::{self, PartialGrant};
-use crate::oauth::provider::{IdTokenProblem, OidcProvider, ProviderError};
+use crate::oauth::provider::{IdTokenProblem, OidcProvider, ProviderError, ProviderTokens};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{FlowStep, FlowSteps, UserInfo};
 use crate::tokens::{Stored, TokenSet};
+
+/// What the callback asks of a provider: an [`OidcProvider`] in service, a scripted
+/// one in the unit tests (as the refresh has its `TokenEndpoint`).
+#[async_trait]
+pub(crate) trait Consent: Send + Sync {
+    fn name(&self) -> &str;
+    /// The scopes a flow asks for: the provider's defaults and `extra_scopes`.
+    fn requested_scopes(&self, extra_scopes: &[String]) -> Vec<String>;
+    /// Redeems an authorization code (never retried: a code is single-use).
+    async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        redirect_uri: &str,
+    ) -> Result<ProviderTokens, ProviderError>;
+    /// Verifies an ID token (signature, `iss`, `aud`, `exp`, `nonce`).
+    async fn verify_id_token(
+        &self,
+        id_token: &SecretString,
+        nonce: &str,
+    ) -> Result<UserInfo, ProviderError>;
+}
+
+#[async_trait]
+impl Consent for OidcProvider {
+    fn name(&self) -> &str {
+        OidcProvider::name(self)
+    }
+
+    fn requested_scopes(&self, extra_scopes: &[String]) -> Vec<String> {
+        OidcProvider::requested_scopes(self, extra_scopes)
+    }
+
+    async fn exchange_code(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        redirect_uri: &str,
+    ) -> Result<ProviderTokens, ProviderError> {
+        OidcProvider::exchange_code(self, code, pkce_verifier, redirect_uri).await
+    }
+
+    async fn verify_id_token(
+        &self,
+        id_token: &SecretString,
+        nonce: &str,
+    ) -> Result<UserInfo, ProviderError> {
+        OidcProvider::verify_id_token(self, id_token, nonce).await
+    }
+}
 
 /// How a finished flow ended.
 pub(crate) enum Completed {
@@ -42,7 +93,7 @@ impl ConnectService {
     /// still waits for its answer.
     pub(crate) async fn finish(
         self: &Arc<Self>,
-        provider: Arc<OidcProvider>,
+        provider: Arc<dyn Consent>,
         flow: FlowState,
         callback: Callback,
         client: ClientInfo,
@@ -59,7 +110,7 @@ impl ConnectService {
         flow_log.step(FlowStep::StateVerified, json!({})).await;
         let this = Arc::clone(self);
         self.tokens
-            .spawn_owned(async move { this.run(&provider, &flow, callback, &client).await })
+            .spawn_owned(async move { this.run(provider.as_ref(), &flow, callback, &client).await })
             .await
             .map_err(|e| Error::Internal(format!("callback task: {e}")))?
     }
@@ -67,7 +118,7 @@ impl ConnectService {
     /// The steps, then the outcome in the flow log and the metrics.
     async fn run(
         &self,
-        provider: &OidcProvider,
+        provider: &dyn Consent,
         flow: &FlowState,
         callback: Callback,
         client: &ClientInfo,
@@ -95,7 +146,7 @@ impl ConnectService {
     /// Errors carry the step that failed.
     async fn steps(
         &self,
-        provider: &OidcProvider,
+        provider: &dyn Consent,
         flow: &FlowState,
         callback: Callback,
         flow_log: &FlowSteps<'_>,

@@ -17,6 +17,8 @@ mod callback;
 mod confirm;
 mod links;
 mod start;
+#[cfg(test)]
+mod tests;
 
 pub(crate) use callback::{Callback, Completed};
 pub(crate) use confirm::Confirmation;

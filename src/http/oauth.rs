@@ -1,6 +1,5 @@
 //! Browser endpoints: start a flow from a connect link, finish it on the callback.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -195,7 +194,7 @@ async fn callback(
     };
     let result = state
         .connect
-        .finish(Arc::clone(provider), flow, callback, client)
+        .finish(provider.clone(), flow, callback, client)
         .await;
     let jar = jar.remove(binding);
     let page = match result {
