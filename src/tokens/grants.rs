@@ -1,0 +1,522 @@
+//! Grants: a consent's tokens stored as the user's connection (the scope ledger, the
+//! account's mint count, the events it makes), or held for the application's
+//! confirmation and confirmed or discarded.
+
+use super::*;
+
+/// The events a new grant's row makes, stored with it: `connection.created` (no row
+/// before) or `connection.reauthorized` (another account's grant included), then
+/// `connection.scopes_changed` when the same account's granted scopes changed.
+pub(super) fn grant_events(
+    rules: &EventRules,
+    before: Option<&Connection>,
+    row: &Connection,
+) -> Vec<crate::store::Event> {
+    let (user_id, provider) = (row.user_id.as_str(), row.provider.as_str());
+    let mut details = json!({
+        "sub": row.user_info.sub,
+        "email": row.email,
+        "grantedScopes": row.grant.granted_scopes,
+        "requestedScopes": row.grant.requested_scopes,
+    });
+    let Some(before) = before else {
+        return vec![rules.make(EventType::Created, user_id, provider, details)];
+    };
+    let account_changed = before.user_info.sub != row.user_info.sub;
+    details["accountChanged"] = json!(account_changed);
+    details["wasActive"] = json!(before.is_active);
+    if account_changed {
+        details["previousSub"] = json!(before.user_info.sub);
+        details["previousEmail"] = json!(before.email);
+    }
+    let mut events = vec![rules.make(EventType::Reauthorized, user_id, provider, details)];
+    if !account_changed
+        && before.is_active
+        && let Some(changed) = scopes_change(&before.grant, &row.grant)
+    {
+        events.push(rules.make(EventType::ScopesChanged, user_id, provider, changed));
+    }
+    events
+}
+
+/// What changed between two ledgers' granted scopes, if anything: the
+/// `connection.scopes_changed` details.
+pub(super) fn scopes_change(
+    before: &GrantLedger,
+    after: &GrantLedger,
+) -> Option<serde_json::Value> {
+    // A row from before the ledger existed knows no scopes: nothing to compare.
+    if before.granted_scopes.is_empty() {
+        return None;
+    }
+    let added = grant::missing(&after.granted_scopes, &before.granted_scopes);
+    let removed = grant::missing(&before.granted_scopes, &after.granted_scopes);
+    if added.is_empty() && removed.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "grantedScopes": after.granted_scopes,
+        "previousGrantedScopes": before.granted_scopes,
+        "addedScopes": added,
+        "removedScopes": removed,
+    }))
+}
+
+/// The result of storing a grant.
+pub(crate) struct Stored {
+    /// Whether the row existed before (a re-connect).
+    pub(crate) replaced: bool,
+    /// Whether the provider's answer lacked a refresh token and an earlier one was kept.
+    pub(crate) kept_refresh_token: bool,
+    pub(crate) has_refresh_token: bool,
+    /// Set when the grant is another account's than the row's before (another `sub`).
+    pub(crate) account_changed: Option<ReplacedAccount>,
+    /// The connection's scope ledger as stored.
+    pub(crate) grant: GrantLedger,
+    /// Whether the granted scopes differ from the connection's before.
+    pub(crate) scopes_changed: bool,
+    /// Refresh tokens minted for this account and client as far as this service knows
+    /// (the newest up to Google's limit), when this grant minted one and the count was
+    /// stored.
+    pub(crate) account_grants: Option<usize>,
+    /// Whether the account is near Google's limit of live refresh tokens.
+    pub(crate) grant_limit_warning: bool,
+}
+
+/// A grant held for confirmation: until when, and the code that confirms it (for the
+/// flow's return redirect only: never logged, never stored in clear).
+pub(crate) struct Held {
+    pub(crate) deadline: DateTime<Utc>,
+    pub(crate) code: SecretString,
+}
+
+/// Random bytes in a confirmation code (192 bits).
+pub(super) const CONFIRMATION_CODE_BYTES: usize = 24;
+
+/// Why a held grant was discarded at a confirm: the `reason` label of
+/// `axnt_held_grants_discarded_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Discard {
+    /// The confirm named another user than the one the flow was started for.
+    OtherUser,
+    /// The confirm's code was not the flow's.
+    WrongCode,
+    /// The grant waited longer than the confirmation window.
+    Expired,
+}
+
+impl Discard {
+    pub(crate) const ALL: [Self; 3] = [Self::OtherUser, Self::WrongCode, Self::Expired];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::OtherUser => "other_user",
+            Self::WrongCode => "wrong_code",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// A confirmed pending grant, and what storing it did.
+pub(crate) struct Confirmed {
+    pub(crate) grant: PendingGrant,
+    pub(crate) stored: Stored,
+}
+
+/// The ledger after a consent at `now`: the flow's `requested` scopes added to those
+/// asked for before (`previous`, the same account's ledger), the granted scopes from the
+/// answer, each change dated, and the grant's clocks restarted.
+pub(super) fn ledger_after_consent(
+    previous: Option<&GrantLedger>,
+    requested: &[String],
+    set: &TokenSet,
+    minted: bool,
+    now: DateTime<Utc>,
+) -> GrantLedger {
+    let requested_scopes = grant::merge(
+        previous.map_or(&[][..], |p| p.requested_scopes.as_slice()),
+        requested,
+    );
+    let granted_scopes = set.granted_scopes();
+    let requested_changed_at = match previous {
+        Some(p) if p.requested_scopes == requested_scopes => p.requested_changed_at,
+        _ => Some(now),
+    };
+    let scopes_changed_at = match previous {
+        Some(p) if same_scopes(&p.granted_scopes, &granted_scopes) => p.scopes_changed_at,
+        _ => Some(now),
+    };
+    // A grant that minted no refresh token (a step-up without forced consent) goes on
+    // with the stored one: its clocks (Google's Testing days, the idle limit, the
+    // count of newer mints) still start at that token's consent.
+    let (consented_at, last_refreshed_at) = match previous {
+        Some(p) if !minted => (p.consented_at.or(Some(now)), p.last_refreshed_at),
+        _ => (Some(now), None),
+    };
+    GrantLedger {
+        requested_scopes,
+        granted_scopes,
+        requested_changed_at,
+        scopes_changed_at,
+        consented_at,
+        last_refreshed_at,
+        refresh_token_expires_at: set.refresh_token_expires_at,
+        // A minted grant's clocks start again; a step-up keeps the stored token's.
+        expiry_notice_for: previous
+            .filter(|_| !minted)
+            .and_then(|p| p.expiry_notice_for),
+        refresh_token_hash: set
+            .refresh_token
+            .as_deref()
+            .map(crate::oauth::risc::token_hash),
+        refresh_token_prefix_hash: set
+            .refresh_token
+            .as_deref()
+            .map(crate::oauth::risc::prefix_hash),
+    }
+}
+
+impl TokenService {
+    /// Stores the tokens of a completed grant. The previous row, if any, is replaced
+    /// in one conditional write; its refresh token is kept when the provider sent none
+    /// and the grant is the same account's. A grant of a different account (another
+    /// `sub`) is recorded on the row as `replacedAccount`.
+    ///
+    /// `requested` are the scopes the flow asked for: added to what the connection asked
+    /// for before (same account), as Google's incremental authorization adds them to the
+    /// grant.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    pub(crate) async fn store_grant(
+        &self,
+        user_id: &str,
+        provider: &str,
+        fresh: &TokenSet,
+        user_info: UserInfo,
+        requested: &[String],
+    ) -> Result<Stored, Error> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let now = Utc::now();
+            let existing = self.store.get(user_id, provider).await?;
+            // An old refresh token is carried over only from a live grant of the same
+            // account: never to a different Google account connected under the same
+            // user id, and never from an inactive row (its refresh token is known dead).
+            let previous = match &existing {
+                // A row we cannot open (another master key, corruption) is replaced by
+                // the fresh grant rather than blocking the user from reconnecting.
+                Some(row) if row.is_active && row.user_info.sub == user_info.sub => {
+                    TokenSet::open(&self.cipher, row).await.ok()
+                }
+                _ => None,
+            };
+            let mut set = fresh.clone();
+            set.inherit(previous.as_ref());
+            let kept_refresh_token = fresh.refresh_token.is_none() && set.refresh_token.is_some();
+            let has_refresh_token = set.refresh_token.is_some();
+            let account_changed = existing
+                .as_ref()
+                .filter(|row| row.user_info.sub != user_info.sub)
+                .map(|row| ReplacedAccount {
+                    sub: row.user_info.sub.clone(),
+                    email: row.email.clone(),
+                    replaced_at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                });
+            set.requested_scopes.clear();
+            let same_account = existing
+                .as_ref()
+                .filter(|row| row.is_active && row.user_info.sub == user_info.sub);
+            let grant = ledger_after_consent(
+                same_account.map(|row| &row.grant),
+                requested,
+                &set,
+                fresh.refresh_token.is_some(),
+                now,
+            );
+            let scopes_changed = same_account
+                .is_some_and(|row| row.grant.scopes_changed_at != grant.scopes_changed_at);
+            let envelope = set.seal(&self.cipher, user_id, provider).await?;
+            let row = Connection {
+                user_id: user_id.to_string(),
+                provider: provider.to_string(),
+                email: user_info.email.clone(),
+                encrypted_tokens: envelope,
+                user_info: user_info.clone(),
+                created_at: existing.as_ref().map_or(now, |r| r.created_at),
+                updated_at: now,
+                last_used: now,
+                access_token_expires_at: set.expires_at,
+                expires_at: self.policy.purge_time(now, true),
+                // Without a refresh token the row still serves its access token until
+                // it expires; the token API then asks for reauthorization.
+                is_active: true,
+                version: existing.as_ref().map_or(1, |r| r.version + 1),
+                // A new grant ends any refresh in flight for the old one: that
+                // attempt's write then fails its lease condition.
+                refresh: RefreshState::default(),
+                replaced_account: account_changed
+                    .clone()
+                    .or_else(|| existing.as_ref().and_then(|r| r.replaced_account.clone())),
+                grant: grant.clone(),
+            };
+            let events = grant_events(&self.policy.events, existing.as_ref(), &row);
+            match self
+                .store
+                .put(&row, existing.as_ref().map(|r| r.version), &events)
+                .await
+            {
+                Ok(()) => {
+                    self.refresher.cache.invalidate(user_id, provider);
+                    let account_grants = match fresh.refresh_token {
+                        Some(_) => self.record_mint(provider, &user_info.sub, now).await,
+                        None => None,
+                    };
+                    let grant_limit_warning =
+                        account_grants.is_some_and(|n| n >= self.policy.grant_rules.warn_at());
+                    if grant_limit_warning {
+                        metrics::counter!("axnt_account_grant_limit_warnings_total", "provider" => provider.to_string())
+                            .increment(1);
+                        tracing::warn!(
+                            user_id,
+                            provider,
+                            sub = %user_info.sub,
+                            minted = account_grants,
+                            limit = self.policy.grant_rules.grant_limit,
+                            "this Google account nears the limit of live refresh tokens for this client; the oldest will be ended"
+                        );
+                    }
+                    if let Some(replaced) = &account_changed {
+                        tracing::warn!(
+                            user_id,
+                            provider,
+                            previous_sub = %replaced.sub,
+                            sub = %user_info.sub,
+                            "a grant of another account replaced the connection"
+                        );
+                    }
+                    return Ok(Stored {
+                        replaced: existing.is_some(),
+                        kept_refresh_token,
+                        has_refresh_token,
+                        account_changed,
+                        grant,
+                        scopes_changed,
+                        account_grants,
+                        grant_limit_warning,
+                    });
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict)
+    }
+    /// Records that the provider minted a refresh token for `sub` at `now`; returns how
+    /// many this service knows of for the account (the newest, up to the limit), or
+    /// `None` when the record could not be written (logged; a grant is never refused
+    /// for it).
+    pub(super) async fn record_mint(
+        &self,
+        provider: &str,
+        sub: &str,
+        now: DateTime<Utc>,
+    ) -> Option<usize> {
+        let keep = self.policy.grant_rules.grant_limit as usize;
+        for _ in 0..WRITE_ATTEMPTS {
+            let current = match self.store.account_grants(provider, sub).await {
+                Ok(current) => current,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the account's grant count failed");
+                    return None;
+                }
+            };
+            let expected = current.as_ref().map(|c| c.version);
+            let mut record = current.unwrap_or_else(|| crate::store::AccountGrants {
+                provider: provider.to_string(),
+                sub: sub.to_string(),
+                ..Default::default()
+            });
+            record.mints.push(now.timestamp_millis());
+            let excess = record.mints.len().saturating_sub(keep);
+            record.mints.drain(..excess);
+            record.version += 1;
+            match self.store.put_account_grants(&record, expected).await {
+                Ok(()) => return Some(record.mints.len()),
+                Err(StoreError::Conflict) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "counting the account's grants failed");
+                    return None;
+                }
+            }
+        }
+        None
+    }
+    /// Holds a completed grant until the application confirms its flow (confirmation
+    /// mode): sealed as the flow's pending grant together with a new one-time
+    /// confirmation code, never handed out, refused after `within`. The connection's
+    /// row, if any, stays as it is. Returns the deadline and the code, which only the
+    /// flow's return redirect may carry.
+    #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider, flow_id = %flow_id))]
+    pub(crate) async fn hold_grant(
+        &self,
+        flow_id: &str,
+        user_id: &str,
+        provider: &str,
+        fresh: &TokenSet,
+        user_info: UserInfo,
+        within: Duration,
+    ) -> Result<Held, Error> {
+        let now = Utc::now();
+        let deadline = chrono::TimeDelta::from_std(within)
+            .ok()
+            .and_then(|ttl| now.checked_add_signed(ttl))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let code = crate::crypto::random_token(CONFIRMATION_CODE_BYTES);
+        let mut sealed = fresh.clone();
+        sealed.confirmation_code = Some(code.clone());
+        let grant = PendingGrant {
+            flow_id: flow_id.to_string(),
+            user_id: user_id.to_string(),
+            provider: provider.to_string(),
+            encrypted_tokens: sealed
+                .seal_pending(&self.cipher, user_id, provider, flow_id)
+                .await?,
+            user_info,
+            created_at: now,
+            expires_at: deadline.timestamp(),
+        };
+        self.store.put_pending(&grant).await?;
+        Ok(Held {
+            deadline,
+            code: SecretString::from(code),
+        })
+    }
+
+    /// Turns a flow's pending grant into the connection, for the application's user
+    /// `user_id` presenting the flow's confirmation code. The grant is opened before
+    /// it is taken, so a key service that fails now leaves it held for a retried
+    /// confirm; it is then taken (so it is confirmed at most once) and stored as
+    /// [`store_grant`](Self::store_grant) stores any grant, and put back when that fails
+    /// for a passing reason. A confirm naming another user or a wrong code discards the
+    /// grant (404, counted): the flow was completed by someone the application's user
+    /// is not. A caller limited to other providers (`may_use`) is refused, the grant
+    /// left as it is.
+    #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
+    pub(crate) async fn confirm_grant(
+        &self,
+        flow_id: &str,
+        user_id: Option<&str>,
+        code: Option<&SecretString>,
+        client: &ClientInfo,
+        may_use: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Confirmed, Error> {
+        let grant = self
+            .store
+            .get_pending(flow_id)
+            .await?
+            .ok_or(Error::ConfirmationNotFound)?;
+        if !may_use(&grant.provider) {
+            return Err(Error::provider_not_allowed(&grant.provider));
+        }
+        if user_id != Some(grant.user_id.as_str()) {
+            // The application says another of its users started this flow: the grant
+            // is not theirs to keep.
+            return Err(self
+                .discard(
+                    &grant,
+                    Discard::OtherUser,
+                    client,
+                    Error::ConfirmationNotFound,
+                )
+                .await);
+        }
+        if grant.expires_at < Utc::now().timestamp() {
+            return Err(self
+                .discard(&grant, Discard::Expired, client, Error::ConfirmationExpired)
+                .await);
+        }
+        let Some(code) = code else {
+            return Err(self
+                .discard(
+                    &grant,
+                    Discard::WrongCode,
+                    client,
+                    Error::ConfirmationNotFound,
+                )
+                .await);
+        };
+        let mut fresh = TokenSet::open_pending(&self.cipher, &grant).await?;
+        let expected = fresh.confirmation_code.take();
+        let presented = code.expose_secret().as_bytes();
+        // Constant time: the comparison must not tell how much of a guess was right.
+        let right = expected.as_deref().is_some_and(|expected| {
+            expected.len() == presented.len()
+                && bool::from(subtle::ConstantTimeEq::ct_eq(
+                    expected.as_bytes(),
+                    presented,
+                ))
+        });
+        if !right {
+            return Err(self
+                .discard(
+                    &grant,
+                    Discard::WrongCode,
+                    client,
+                    Error::ConfirmationNotFound,
+                )
+                .await);
+        }
+        // Of two confirms with the right code, one takes it and stores it.
+        let grant = self
+            .store
+            .take_pending(flow_id)
+            .await?
+            .ok_or(Error::ConfirmationNotFound)?;
+        match self
+            .store_grant(
+                &grant.user_id,
+                &grant.provider,
+                &fresh,
+                grant.user_info.clone(),
+                &fresh.requested_scopes,
+            )
+            .await
+        {
+            Ok(stored) => Ok(Confirmed { grant, stored }),
+            Err(e) => {
+                if let Err(put_back) = self.store.put_pending(&grant).await {
+                    tracing::warn!(flow_id, error = %put_back, "a pending grant could not be put back after a failed confirm");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a held grant a confirm was refused for, counts and logs why (never the
+    /// code), and hands `error` back. A grant another call took meanwhile is gone
+    /// already.
+    pub(super) async fn discard(
+        &self,
+        grant: &PendingGrant,
+        why: Discard,
+        client: &ClientInfo,
+        error: Error,
+    ) -> Error {
+        if let Err(e) = self.store.take_pending(&grant.flow_id).await {
+            tracing::warn!(flow_id = grant.flow_id, error = %e, "a refused pending grant could not be removed; it expires unconfirmed");
+        }
+        metrics::counter!("axnt_held_grants_discarded_total", "reason" => why.label()).increment(1);
+        tracing::warn!(
+            flow_id = grant.flow_id,
+            reason = why.label(),
+            "a confirm was refused; the held grant is discarded"
+        );
+        self.flow_log
+            .flow(&grant.user_id, &grant.flow_id, &grant.provider, client)
+            .step_failed(
+                FlowStep::Confirmed,
+                json!({ "discarded": true, "reason": why.label() }),
+                error.code(),
+            )
+            .await;
+        error
+    }
+}
