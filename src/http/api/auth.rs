@@ -77,29 +77,28 @@ async fn authenticate(
         };
     };
     // Undecodable parameters are the handler's to refuse (400).
-    let param = |name: &str| {
-        params.as_ref().ok().and_then(|p| {
-            p.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        })
+    let params = params.ok();
+    let param = |name: &str| -> Option<&str> {
+        params
+            .as_ref()?
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
     };
-    let read_id = request_id(request.headers()).map(str::to_string);
-    let token_read = || {
-        (operation == Operation::ReadTokens)
-            .then(|| {
-                Some(TokenRead {
-                    user_id: param("user_id")?,
-                    provider: param("provider")?,
-                    request_id: read_id.clone(),
-                })
-            })
-            .flatten()
+    // What a refused token read is audited as (built only when one is refused).
+    let refused_read = |headers: &axum::http::HeaderMap| {
+        Some(TokenRead {
+            user_id: param("user_id")?.to_string(),
+            provider: param("provider")?.to_string(),
+            request_id: request_id(headers).map(str::to_string),
+        })
+        .filter(|_| operation == Operation::ReadTokens)
     };
     metrics::counter!("axnt_api_calls_total", "caller" => caller.id.clone(), "operation" => operation.as_str())
         .increment(1);
     if !caller.may(operation) {
-        audit_refusal(&state, token_read(), &caller.id, "caller_not_allowed").await?;
+        let read = refused_read(request.headers());
+        audit_refusal(&state, read, &caller.id, "caller_not_allowed").await?;
         return Err(Error::CallerNotAllowed(format!(
             "do {} (its operations are limited)",
             operation.as_str()
@@ -107,10 +106,11 @@ async fn authenticate(
     }
     // A provider in the path is checked here; one in a body by its handler.
     if let Some(provider) = param("provider")
-        && !caller.may_use(&provider)
+        && !caller.may_use(provider)
     {
-        audit_refusal(&state, token_read(), &caller.id, "caller_not_allowed").await?;
-        return Err(Error::provider_not_allowed(&provider));
+        let read = refused_read(request.headers());
+        audit_refusal(&state, read, &caller.id, "caller_not_allowed").await?;
+        return Err(Error::provider_not_allowed(provider));
     }
     let mut request = request;
     request.extensions_mut().insert(CallerOf(caller));
