@@ -128,7 +128,7 @@ pub(crate) async fn serve(
         let builder = Arc::clone(&builder);
         let connections = Arc::clone(&connections);
         let (stopping, forced) = (stopping.clone(), forced.clone());
-        let open = metrics::gauge!("axnt_http_connections_open", "listener" => name);
+        let open = metrics::gauge!(crate::series::HTTP_CONNECTIONS_OPEN, "listener" => name);
         open.increment(1.0);
         tasks.spawn(async move {
             let io = TokioIo::new(Watched {
@@ -166,7 +166,7 @@ pub(crate) async fn serve(
 }
 
 fn closed(listener: &'static str, reason: CloseReason) {
-    metrics::counter!("axnt_http_connections_closed_total", "listener" => listener, "reason" => reason.label())
+    metrics::counter!(crate::series::HTTP_CONNECTIONS_CLOSED_TOTAL, "listener" => listener, "reason" => reason.label())
         .increment(1);
 }
 

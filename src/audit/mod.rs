@@ -175,7 +175,7 @@ impl AuditTrail {
         let counted = read.outcome != ReadOutcome::Refused;
         let window = chrono::TimeDelta::from_std(self.window).unwrap_or_default();
         let target = if !counted && self.fold(read.caller, now, window) {
-            metrics::counter!("axnt_audit_folded_total").increment(1);
+            metrics::counter!(crate::series::AUDIT_FOLDED_TOTAL).increment(1);
             Target::Folded
         } else {
             Target::Connection {
@@ -305,7 +305,7 @@ impl AuditTrail {
         self.queue_windows(true);
         if !self.queue.settled(within).await {
             let left = self.queue.unwritten();
-            metrics::counter!("axnt_audit_lost_total").increment(left.reads);
+            metrics::counter!(crate::series::AUDIT_LOST_TOTAL).increment(left.reads);
             tracing::error!(
                 records = left.records,
                 reads = left.reads,
@@ -417,12 +417,12 @@ impl Writer {
                     return true;
                 }
                 Err(e @ StoreError::Corrupt(_)) => {
-                    metrics::counter!("axnt_audit_lost_total").increment(reads);
+                    metrics::counter!(crate::series::AUDIT_LOST_TOTAL).increment(reads);
                     tracing::error!(error = %e, reads, "an audit item was refused by the store: these reads are not in the audit trail");
                     return false;
                 }
                 Err(e) => {
-                    metrics::counter!("axnt_audit_write_failures_total").increment(1);
+                    metrics::counter!(crate::series::AUDIT_WRITE_FAILURES_TOTAL).increment(1);
                     if !self.failing.swap(true, Ordering::Relaxed) {
                         tracing::warn!(error = %e, "audit write failed; retrying until stored (token reads wait once the audit queue is full)");
                     } else {

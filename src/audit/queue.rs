@@ -201,11 +201,12 @@ impl Queue {
         };
         drop(share);
         let Some(slot) = slot else {
-            metrics::counter!("axnt_audit_waits_total", "outcome" => "timed_out").increment(1);
+            metrics::counter!(crate::series::AUDIT_WAITS_TOTAL, "outcome" => "timed_out")
+                .increment(1);
             return Err(Full);
         };
         if waited {
-            metrics::counter!("axnt_audit_waits_total", "outcome" => "waited").increment(1);
+            metrics::counter!(crate::series::AUDIT_WAITS_TOTAL, "outcome" => "waited").increment(1);
         }
         self.insert(record, Some(slot));
         Ok(())
@@ -384,9 +385,9 @@ async fn acquire(
 
 /// The queue's gauges.
 fn report(state: &State) {
-    metrics::gauge!("axnt_audit_queue_depth")
+    metrics::gauge!(crate::series::AUDIT_QUEUE_DEPTH)
         .set((state.waiting.len() + state.in_flight.len()) as f64);
-    metrics::gauge!("axnt_audit_queue_oldest_seconds")
+    metrics::gauge!(crate::series::AUDIT_QUEUE_OLDEST_SECONDS)
         .set(state.oldest().map_or(0.0, |at| at.elapsed().as_secs_f64()));
 }
 

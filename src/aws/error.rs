@@ -145,10 +145,10 @@ pub(crate) fn count_call(
     failure: Option<&AwsFailure>,
 ) {
     let outcome = failure.map_or("ok", |f| f.kind.label());
-    metrics::counter!("axnt_aws_calls_total", "service" => service, "operation" => operation, "outcome" => outcome)
+    metrics::counter!(crate::series::AWS_CALLS_TOTAL, "service" => service, "operation" => operation, "outcome" => outcome)
         .increment(1);
     if failure.is_some_and(|f| f.kind == FailureKind::Throttled) {
-        metrics::counter!("axnt_aws_throttles_total", "service" => service, "operation" => operation)
+        metrics::counter!(crate::series::AWS_THROTTLES_TOTAL, "service" => service, "operation" => operation)
             .increment(1);
     }
 }

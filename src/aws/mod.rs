@@ -166,7 +166,7 @@ impl aws_sdk_dynamodb::config::Intercept for CountRetries {
             let operation = cfg
                 .load::<Metadata>()
                 .map_or_else(|| "unknown".to_string(), |m| m.name().to_string());
-            metrics::counter!("axnt_aws_retries_total", "service" => self.service, "operation" => operation)
+            metrics::counter!(crate::series::AWS_RETRIES_TOTAL, "service" => self.service, "operation" => operation)
                 .increment(1);
         }
         Ok(())

@@ -61,7 +61,7 @@ impl ConnectService {
         let confirmed = match confirmed {
             Ok(confirmed) => confirmed,
             Err(error) => {
-                metrics::counter!("axnt_confirmations_total", "outcome" => error.code())
+                metrics::counter!(crate::series::CONFIRMATIONS_TOTAL, "outcome" => error.code())
                     .increment(1);
                 return Err(error);
             }
@@ -83,7 +83,8 @@ impl ConnectService {
                 json!({ "email": grant.user_info.email }),
             )
             .await;
-        metrics::counter!("axnt_confirmations_total", "outcome" => "confirmed").increment(1);
+        metrics::counter!(crate::series::CONFIRMATIONS_TOTAL, "outcome" => "confirmed")
+            .increment(1);
         count_completed(&grant.provider);
         Ok(confirmed)
     }

@@ -80,11 +80,11 @@ pub(crate) fn count_rejected(provider_name: &str, error: Error) -> Error {
 
 /// `axnt_flows_failed_total{provider, reason}`.
 fn count_failed(provider_name: &str, error: &Error) {
-    metrics::counter!("axnt_flows_failed_total", "provider" => provider_name.to_string(), "reason" => error.code()).increment(1);
+    metrics::counter!(crate::series::FLOWS_FAILED_TOTAL, "provider" => provider_name.to_string(), "reason" => error.code()).increment(1);
 }
 
 /// `axnt_flows_completed_total{provider}`.
 fn count_completed(provider_name: &str) {
-    metrics::counter!("axnt_flows_completed_total", "provider" => provider_name.to_string())
+    metrics::counter!(crate::series::FLOWS_COMPLETED_TOTAL, "provider" => provider_name.to_string())
         .increment(1);
 }

@@ -124,7 +124,7 @@ impl ConnectService {
                 json!({ "scopes": session.rules.scopes, "loginHint": session.login_hint.is_some() }),
             )
             .await;
-        metrics::counter!("axnt_flows_started_total", "provider" => provider_name.to_string())
+        metrics::counter!(crate::series::FLOWS_STARTED_TOTAL, "provider" => provider_name.to_string())
             .increment(1);
         Ok(Started {
             authorize_url,

@@ -83,7 +83,7 @@ fn copy_error(e: &CryptoError) -> CryptoError {
 /// `axnt_data_key_cache_total{operation, outcome}`: `seal` (a data key reused or a new
 /// one generated) and `open` (a wrapped key found unwrapped, or sent to the provider).
 fn count(operation: &'static str, outcome: &'static str) {
-    metrics::counter!("axnt_data_key_cache_total", "operation" => operation, "outcome" => outcome)
+    metrics::counter!(crate::series::DATA_KEY_CACHE_TOTAL, "operation" => operation, "outcome" => outcome)
         .increment(1);
 }
 

@@ -184,9 +184,9 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     let status = status_label(response.status());
-    metrics::counter!("axnt_http_requests_total", "method" => method, "route" => route, "status" => status)
+    metrics::counter!(crate::series::HTTP_REQUESTS_TOTAL, "method" => method, "route" => route, "status" => status)
         .increment(1);
-    metrics::histogram!("axnt_http_request_duration_seconds", "method" => method, "route" => route)
+    metrics::histogram!(crate::series::HTTP_REQUEST_DURATION_SECONDS, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
 }

@@ -77,7 +77,7 @@ impl FlowLog for BufferedFlowLog {
         match self.queue.try_send(Message::Entry(Box::new(entry.clone()))) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("axnt_flow_log_dropped_total").increment(1);
+                metrics::counter!(crate::series::FLOW_LOG_DROPPED_TOTAL).increment(1);
                 Err(StoreError::Throttled(
                     "flow-log write queue is full (AXNT_FLOW_LOG_BUFFER); item dropped".into(),
                 ))
@@ -118,7 +118,7 @@ async fn writer(inner: Arc<dyn FlowLog>, mut rx: mpsc::Receiver<Message>, concur
         let message = tokio::select! {
             message = rx.recv() => match message {
                 Some(m) => {
-                    metrics::gauge!("axnt_flow_log_queue_depth").set(rx.len() as f64);
+                    metrics::gauge!(crate::series::FLOW_LOG_QUEUE_DEPTH).set(rx.len() as f64);
                     m
                 }
                 None => break,
@@ -190,7 +190,7 @@ async fn write_with_retry(
                 attempt += 1;
             }
             Err(e) => {
-                metrics::counter!("axnt_flow_log_write_failures_total").increment(1);
+                metrics::counter!(crate::series::FLOW_LOG_WRITE_FAILURES_TOTAL).increment(1);
                 tracing::warn!(
                     error = %e,
                     user_id = %entry.user_id,

@@ -714,10 +714,10 @@ pub(crate) fn event_bound(ms: i64) -> String {
 
 /// `axnt_store_reads_total{backend}`: one read statement or call against the store.
 pub(crate) fn count_read(backend: &'static str) {
-    metrics::counter!("axnt_store_reads_total", "backend" => backend).increment(1);
+    metrics::counter!(crate::series::STORE_READS_TOTAL, "backend" => backend).increment(1);
 }
 
 /// `axnt_store_writes_total{backend}`: one write statement or call against the store.
 pub(crate) fn count_write(backend: &'static str) {
-    metrics::counter!("axnt_store_writes_total", "backend" => backend).increment(1);
+    metrics::counter!(crate::series::STORE_WRITES_TOTAL, "backend" => backend).increment(1);
 }

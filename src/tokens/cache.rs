@@ -106,7 +106,7 @@ impl TokenCache {
             .get(&(user_id.to_string(), provider.to_string()))
             .filter(|c| c.is_fresh(margin, Utc::now().timestamp()));
         let outcome = if hit.is_some() { "hit" } else { "miss" };
-        metrics::counter!("axnt_token_cache_total", "outcome" => outcome).increment(1);
+        metrics::counter!(crate::series::TOKEN_CACHE_TOTAL, "outcome" => outcome).increment(1);
         hit
     }
 

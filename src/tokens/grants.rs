@@ -272,7 +272,7 @@ impl TokenService {
                     let grant_limit_warning =
                         account_grants.is_some_and(|n| n >= self.policy.grant_rules.warn_at());
                     if grant_limit_warning {
-                        metrics::counter!("axnt_account_grant_limit_warnings_total", "provider" => provider.to_string())
+                        metrics::counter!(crate::series::ACCOUNT_GRANT_LIMIT_WARNINGS_TOTAL, "provider" => provider.to_string())
                             .increment(1);
                         tracing::warn!(
                             user_id,
@@ -503,7 +503,8 @@ impl TokenService {
         if let Err(e) = self.store.take_pending(&grant.flow_id).await {
             tracing::warn!(flow_id = grant.flow_id, error = %e, "a refused pending grant could not be removed; it expires unconfirmed");
         }
-        metrics::counter!("axnt_held_grants_discarded_total", "reason" => why.label()).increment(1);
+        metrics::counter!(crate::series::HELD_GRANTS_DISCARDED_TOTAL, "reason" => why.label())
+            .increment(1);
         tracing::warn!(
             flow_id = grant.flow_id,
             reason = why.label(),

@@ -476,6 +476,6 @@ fn count_read(provider: &str, read: Result<&IssuedToken, &Error>) {
         Err(Error::UnknownProvider(_)) => "unknown_provider",
         Err(_) => "error",
     };
-    metrics::counter!("axnt_token_reads_total", "provider" => provider.to_string(), "outcome" => outcome)
+    metrics::counter!(crate::series::TOKEN_READS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
         .increment(1);
 }

@@ -586,13 +586,13 @@ pub(crate) const LAPSE_OUTCOMES: [&str; 2] = ["held", "taken_over"];
 /// taken over after its hold (its refresh's outcome unknown: with a rotating provider
 /// the grant may then die).
 fn count_lapse(outcome: &'static str) {
-    metrics::counter!("axnt_refresh_lease_lapses_total", "outcome" => outcome).increment(1);
+    metrics::counter!(crate::series::REFRESH_LEASE_LAPSES_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// 503 while a lapsed lease is held for its attempt, counted with the suppressed
 /// refreshes (nothing is redeemed).
 fn outcome_pending(provider: &str, retry_after: Duration) -> Error {
-    metrics::counter!("axnt_token_refresh_suppressed_total", "provider" => provider.to_string(), "reason" => "outcome_unknown").increment(1);
+    metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => "outcome_unknown").increment(1);
     Error::RefreshOutcomePending {
         retry_after_secs: whole_secs(retry_after),
     }
@@ -600,7 +600,7 @@ fn outcome_pending(provider: &str, retry_after: Duration) -> Error {
 
 /// 503 without calling the provider, counted.
 fn suppressed(provider: &str, reason: &'static str, retry_after: Duration) -> Error {
-    metrics::counter!("axnt_token_refresh_suppressed_total", "provider" => provider.to_string(), "reason" => reason).increment(1);
+    metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => reason).increment(1);
     Error::RefreshSuppressed {
         reason,
         retry_after_secs: whole_secs(retry_after),

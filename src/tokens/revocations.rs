@@ -280,6 +280,6 @@ pub(crate) const REVOCATION_OUTCOMES: [&str; 7] = [
 ];
 
 pub(super) fn count_revocation(provider: &str, outcome: &'static str) {
-    metrics::counter!("axnt_revocations_total", "provider" => provider.to_string(), "outcome" => outcome)
+    metrics::counter!(crate::series::REVOCATIONS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
         .increment(1);
 }

@@ -232,7 +232,7 @@ impl TokenService {
         loop {
             pace.tick().await;
             let page = self.store.scan(cursor.as_ref(), SCAN_PAGE).await?;
-            metrics::counter!("axnt_security_event_rows_scanned_total", "provider" => provider.to_string())
+            metrics::counter!(crate::series::SECURITY_EVENT_ROWS_SCANNED_TOTAL, "provider" => provider.to_string())
                 .increment(u64::try_from(page.rows.len()).unwrap_or(u64::MAX));
             for row in page.rows {
                 if row.provider == provider
@@ -288,7 +288,7 @@ impl TokenService {
             match self.store.put(&ended, Some(row.version), &event).await {
                 Ok(()) => {
                     self.refresher.cache.invalidate(&row.user_id, &row.provider);
-                    metrics::counter!("axnt_grants_ended_total", "provider" => row.provider.clone(), "cause" => cause.to_string())
+                    metrics::counter!(crate::series::GRANTS_ENDED_TOTAL, "provider" => row.provider.clone(), "cause" => cause.to_string())
                         .increment(1);
                     let client = ClientInfo {
                         ip_address: None,
@@ -369,6 +369,6 @@ pub(crate) const SECURITY_EVENT_OUTCOMES: [&str; 5] = [
 
 /// Counts one event in `axnt_security_events_total`.
 fn count(provider: &str, outcome: &'static str) {
-    metrics::counter!("axnt_security_events_total", "provider" => provider.to_string(), "outcome" => outcome)
+    metrics::counter!(crate::series::SECURITY_EVENTS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
         .increment(1);
 }

@@ -154,7 +154,8 @@ impl Webhooks {
             for outcome in ["delivered", "failed", "given_up"] {
                 count_n(&endpoint, outcome, 0);
             }
-            metrics::gauge!("axnt_webhook_lag_seconds", "endpoint" => endpoint.id.clone()).set(0.0);
+            metrics::gauge!(crate::series::WEBHOOK_LAG_SECONDS, "endpoint" => endpoint.id.clone())
+                .set(0.0);
             let every = self.rules.poll / 2;
             jobs.run(
                 format!("webhooks {}", endpoint.id),
@@ -450,7 +451,7 @@ impl Webhooks {
             .first()
             .and_then(|p| event_millis(&p.event_id))
             .unwrap_or(now_ms);
-        metrics::gauge!("axnt_webhook_lag_seconds", "endpoint" => endpoint.id.clone())
+        metrics::gauge!(crate::series::WEBHOOK_LAG_SECONDS, "endpoint" => endpoint.id.clone())
             .set((now_ms - oldest).max(0) as f64 / 1000.0);
     }
 }
@@ -500,7 +501,7 @@ fn count(endpoint: &Endpoint, outcome: &'static str) {
 }
 
 fn count_n(endpoint: &Endpoint, outcome: &'static str, n: u64) {
-    metrics::counter!("axnt_webhook_deliveries_total", "endpoint" => endpoint.id.clone(), "outcome" => outcome)
+    metrics::counter!(crate::series::WEBHOOK_DELIVERIES_TOTAL, "endpoint" => endpoint.id.clone(), "outcome" => outcome)
         .increment(n);
 }
 

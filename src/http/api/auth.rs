@@ -94,7 +94,7 @@ async fn authenticate(
         })
         .filter(|_| operation == Operation::ReadTokens)
     };
-    metrics::counter!("axnt_api_calls_total", "caller" => caller.id.clone(), "operation" => operation.as_str())
+    metrics::counter!(crate::series::API_CALLS_TOTAL, "caller" => caller.id.clone(), "operation" => operation.as_str())
         .increment(1);
     if !caller.may(operation) {
         let read = refused_read(request.headers());

@@ -135,7 +135,7 @@ impl Settler {
         q.next_key += 1;
         q.entries.insert(key, entry);
         q.full = false;
-        metrics::gauge!("axnt_events_settling").set(q.entries.len() as f64);
+        metrics::gauge!(crate::series::EVENTS_SETTLING).set(q.entries.len() as f64);
         if std::mem::replace(&mut q.running, true) {
             Pushed::Queued
         } else {
@@ -171,7 +171,7 @@ impl Settler {
                 q.entries.remove(&key);
             }
         }
-        metrics::gauge!("axnt_events_settling").set(q.entries.len() as f64);
+        metrics::gauge!(crate::series::EVENTS_SETTLING).set(q.entries.len() as f64);
     }
 
     /// At shutdown: gives the task one more pass within `budget`, then counts and logs
@@ -194,12 +194,12 @@ impl Settler {
         let left: Vec<Entry> = std::mem::take(&mut self.lock().entries)
             .into_values()
             .collect();
-        metrics::gauge!("axnt_events_settling").set(0.0);
+        metrics::gauge!(crate::series::EVENTS_SETTLING).set(0.0);
         let events: Vec<Event> = left.iter().flat_map(|e| e.events.clone()).collect();
         if events.is_empty() {
             return;
         }
-        metrics::counter!("axnt_events_unsettled_total").increment(events.len() as u64);
+        metrics::counter!(crate::series::EVENTS_UNSETTLED_TOTAL).increment(events.len() as u64);
         let oldest = events.iter().min_by_key(|e| e.timestamp);
         if let Some(oldest) = oldest {
             tracing::error!(
@@ -216,7 +216,7 @@ impl Settler {
 
 /// Counts and logs events stored later than the bound (they are copied).
 pub(super) fn late(events: &[Event], what: &str) {
-    metrics::counter!("axnt_events_late_total").increment(events.len() as u64);
+    metrics::counter!(crate::series::EVENTS_LATE_TOTAL).increment(events.len() as u64);
     if let Some(first) = events.first() {
         tracing::warn!(
             event_id = first.id,
@@ -230,7 +230,7 @@ pub(super) fn late(events: &[Event], what: &str) {
 
 /// Counts and logs events whose write could not be settled.
 fn unsettled(events: &[Event], why: &str) {
-    metrics::counter!("axnt_events_unsettled_total").increment(events.len() as u64);
+    metrics::counter!(crate::series::EVENTS_UNSETTLED_TOTAL).increment(events.len() as u64);
     if let Some(first) = events.first() {
         tracing::error!(
             event_id = first.id,

@@ -103,7 +103,7 @@ impl Holder<'_> {
             Err(ProviderError::OutcomeUnknown(_)) => "outcome_unknown",
             Err(_) => "provider_error",
         };
-        metrics::counter!("axnt_token_refreshes_total", "provider" => provider.to_string(), "outcome" => label).increment(1);
+        metrics::counter!(crate::series::TOKEN_REFRESHES_TOTAL, "provider" => provider.to_string(), "outcome" => label).increment(1);
         match outcome {
             Ok(fresh) => {
                 r.circuit_record(provider, Some(true));
@@ -377,7 +377,7 @@ impl Holder<'_> {
                 tracing::warn!(error = %e, "marking a dead grant inactive failed; the next read finds out again")
             }
         }
-        metrics::counter!("axnt_grants_ended_total", "provider" => row.provider.clone(), "cause" => cause.code())
+        metrics::counter!(crate::series::GRANTS_ENDED_TOTAL, "provider" => row.provider.clone(), "cause" => cause.code())
             .increment(1);
         let d = json!({
             "reason": cause.code(),

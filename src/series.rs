@@ -1,0 +1,335 @@
+//! Every metric series the service writes, declared once: its name, kind, unit and
+//! what it counts. The code that counts names a series by its constant here; start-up
+//! describes them all from [`ALL`] (`app::series`, which also registers their label
+//! sets at zero). A leaf: any module may count.
+//!
+//! Labels come from fixed sets (routes, outcomes, reasons, configured provider names),
+//! never from a request: no user id, token or caller-chosen string is ever a label.
+
+use metrics::Unit;
+
+/// What kind of series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One series as `/metrics` describes it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Series {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) unit: Option<Unit>,
+    pub(crate) help: &'static str,
+}
+
+pub(crate) const HTTP_REQUESTS_TOTAL: &str = "axnt_http_requests_total";
+pub(crate) const HTTP_REQUEST_DURATION_SECONDS: &str = "axnt_http_request_duration_seconds";
+pub(crate) const HTTP_CONNECTIONS_OPEN: &str = "axnt_http_connections_open";
+pub(crate) const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "axnt_http_connections_closed_total";
+pub(crate) const FLOWS_STARTED_TOTAL: &str = "axnt_flows_started_total";
+pub(crate) const FLOWS_COMPLETED_TOTAL: &str = "axnt_flows_completed_total";
+pub(crate) const FLOWS_FAILED_TOTAL: &str = "axnt_flows_failed_total";
+pub(crate) const CONFIRMATIONS_TOTAL: &str = "axnt_confirmations_total";
+pub(crate) const HELD_GRANTS_DISCARDED_TOTAL: &str = "axnt_held_grants_discarded_total";
+pub(crate) const TOKEN_READS_TOTAL: &str = "axnt_token_reads_total";
+pub(crate) const TOKEN_CACHE_TOTAL: &str = "axnt_token_cache_total";
+pub(crate) const TOKEN_REFRESHES_TOTAL: &str = "axnt_token_refreshes_total";
+pub(crate) const ACCOUNT_GRANT_LIMIT_WARNINGS_TOTAL: &str =
+    "axnt_account_grant_limit_warnings_total";
+pub(crate) const REVOCATIONS_TOTAL: &str = "axnt_revocations_total";
+pub(crate) const GRANTS_ENDED_TOTAL: &str = "axnt_grants_ended_total";
+pub(crate) const TOKEN_REFRESH_SUPPRESSED_TOTAL: &str = "axnt_token_refresh_suppressed_total";
+pub(crate) const DATA_KEY_CACHE_TOTAL: &str = "axnt_data_key_cache_total";
+pub(crate) const STORE_READS_TOTAL: &str = "axnt_store_reads_total";
+pub(crate) const STORE_WRITES_TOTAL: &str = "axnt_store_writes_total";
+pub(crate) const AWS_CALLS_TOTAL: &str = "axnt_aws_calls_total";
+pub(crate) const AWS_THROTTLES_TOTAL: &str = "axnt_aws_throttles_total";
+pub(crate) const AWS_RETRIES_TOTAL: &str = "axnt_aws_retries_total";
+pub(crate) const FLOW_LOG_QUEUE_DEPTH: &str = "axnt_flow_log_queue_depth";
+pub(crate) const FLOW_LOG_DROPPED_TOTAL: &str = "axnt_flow_log_dropped_total";
+pub(crate) const FLOW_LOG_WRITE_FAILURES_TOTAL: &str = "axnt_flow_log_write_failures_total";
+pub(crate) const AUDIT_QUEUE_DEPTH: &str = "axnt_audit_queue_depth";
+pub(crate) const AUDIT_QUEUE_OLDEST_SECONDS: &str = "axnt_audit_queue_oldest_seconds";
+pub(crate) const AUDIT_WAITS_TOTAL: &str = "axnt_audit_waits_total";
+pub(crate) const AUDIT_WRITE_FAILURES_TOTAL: &str = "axnt_audit_write_failures_total";
+pub(crate) const AUDIT_FOLDED_TOTAL: &str = "axnt_audit_folded_total";
+pub(crate) const AUDIT_LOST_TOTAL: &str = "axnt_audit_lost_total";
+pub(crate) const EVENTS_LATE_TOTAL: &str = "axnt_events_late_total";
+pub(crate) const EVENTS_UNSETTLED_TOTAL: &str = "axnt_events_unsettled_total";
+pub(crate) const EVENTS_SETTLING: &str = "axnt_events_settling";
+pub(crate) const SECURITY_EVENTS_TOTAL: &str = "axnt_security_events_total";
+pub(crate) const SECURITY_EVENT_ROWS_SCANNED_TOTAL: &str = "axnt_security_event_rows_scanned_total";
+pub(crate) const WEBHOOK_DELIVERIES_TOTAL: &str = "axnt_webhook_deliveries_total";
+pub(crate) const WEBHOOK_LAG_SECONDS: &str = "axnt_webhook_lag_seconds";
+pub(crate) const API_CALLS_TOTAL: &str = "axnt_api_calls_total";
+pub(crate) const REFRESH_LEASE_LAPSES_TOTAL: &str = "axnt_refresh_lease_lapses_total";
+
+/// Every series, in the order `/metrics` describes them.
+pub(crate) const ALL: [Series; 40] = [
+    Series {
+        name: HTTP_REQUESTS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "HTTP requests answered on the public listener, by method, matched route and status",
+    },
+    Series {
+        name: HTTP_REQUEST_DURATION_SECONDS,
+        kind: Kind::Histogram,
+        unit: Some(Unit::Seconds),
+        help: "Time to answer an HTTP request, by method and matched route",
+    },
+    Series {
+        name: HTTP_CONNECTIONS_OPEN,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Client connections open, by listener (public, admin)",
+    },
+    Series {
+        name: HTTP_CONNECTIONS_CLOSED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Connections the server closed, by listener and reason: first_request_timeout (nothing, only the HTTP/2 preface, or part of a head within the header-read timeout), head_timeout, idle_timeout, shed_cap and shed_client_cap (closed, holding no request, to let a newer one in at a cap), refused_cap (a new one closed: every connection had a request in progress)",
+    },
+    Series {
+        name: FLOWS_STARTED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Connect flows sent to the provider",
+    },
+    Series {
+        name: FLOWS_COMPLETED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Connect flows that stored (or, in confirmation mode, confirmed) a grant",
+    },
+    Series {
+        name: FLOWS_FAILED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Connect flows that ended in an error, by reason (the problem code)",
+    },
+    Series {
+        name: CONFIRMATIONS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Held grants confirmed or refused, by outcome",
+    },
+    Series {
+        name: HELD_GRANTS_DISCARDED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Held grants discarded by a refused confirm, by reason (other_user, wrong_code, expired)",
+    },
+    Series {
+        name: TOKEN_READS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Token reads by the API, by outcome: cache_hit, store_read, refreshed, not_found (404), reauthorization_required (409), unknown_provider, error",
+    },
+    Series {
+        name: TOKEN_CACHE_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Token cache lookups, by outcome (hit, miss)",
+    },
+    Series {
+        name: TOKEN_REFRESHES_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Refresh-token redemptions at the provider, by outcome",
+    },
+    Series {
+        name: ACCOUNT_GRANT_LIMIT_WARNINGS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Grants stored for a Google account that nears Google's limit of live refresh tokens per client (from 90 %)",
+    },
+    Series {
+        name: REVOCATIONS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Revocations at the provider when connections are deleted, by outcome: revoked, pending (kept to retry), skipped (revoke=false), not_possible, revoked_on_retry, revocation_superseded, revocation_given_up",
+    },
+    Series {
+        name: GRANTS_ENDED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Grants found dead at a refresh (the connection went inactive), by cause: revoked_by_user, testing_mode_expired, idle_expired, time_limited_access_expired, admin_policy_enforced, session_reauth_required, refresh_outcome_unknown, no_refresh_token, unknown_invalid_grant, …",
+    },
+    Series {
+        name: TOKEN_REFRESH_SUPPRESSED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Refreshes not attempted (cooldown after a failure, circuit open), by reason",
+    },
+    Series {
+        name: DATA_KEY_CACHE_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Data-key cache lookups: seal (a data key reused or generated) and open (an unwrapped key found or asked for), by outcome",
+    },
+    Series {
+        name: STORE_READS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Read statements (embedded) or calls (DynamoDB) against the token and flow-log store",
+    },
+    Series {
+        name: STORE_WRITES_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Write statements (embedded) or calls (DynamoDB) against the token and flow-log store",
+    },
+    Series {
+        name: AWS_CALLS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "AWS calls after the SDK's retries, by service, operation and outcome",
+    },
+    Series {
+        name: AWS_THROTTLES_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "AWS calls still throttled after the SDK's retries, by service and operation",
+    },
+    Series {
+        name: AWS_RETRIES_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Attempts the AWS SDK made again after a failed or throttled attempt, by service and operation",
+    },
+    Series {
+        name: FLOW_LOG_QUEUE_DEPTH,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Flow-log items waiting to be written",
+    },
+    Series {
+        name: FLOW_LOG_DROPPED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Flow-log items dropped because the write queue was full",
+    },
+    Series {
+        name: FLOW_LOG_WRITE_FAILURES_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Flow-log writes that failed after their retries",
+    },
+    Series {
+        name: AUDIT_QUEUE_DEPTH,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Audit records (token reads) not yet written: waiting in the audit queue or being written",
+    },
+    Series {
+        name: AUDIT_QUEUE_OLDEST_SECONDS,
+        kind: Kind::Gauge,
+        unit: Some(Unit::Seconds),
+        help: "How long the oldest audit record not yet written has waited (0: none)",
+    },
+    Series {
+        name: AUDIT_WAITS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Token reads that found the audit queue, or their caller's share of it, full, by outcome: waited (then got room), timed_out (answered 503 audit_unavailable after AXNT_AUDIT_WAIT_MS)",
+    },
+    Series {
+        name: AUDIT_WRITE_FAILURES_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Failed attempts to write an audit item (each is retried until stored)",
+    },
+    Series {
+        name: AUDIT_FOLDED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Refused token reads folded into a caller's counted record (past its first refusals in a window), naming no user",
+    },
+    Series {
+        name: AUDIT_LOST_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Token reads whose audit record was never written: still queued at the drain deadline, or refused by the store as malformed",
+    },
+    Series {
+        name: EVENTS_LATE_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Lifecycle events whose write was found stored after the store's write bound (a cursor may have passed them, so they are written again under fresh ids naming them in data.originalId)",
+    },
+    Series {
+        name: EVENTS_UNSETTLED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Lifecycle events whose write could not be settled (its fence not written within 15 minutes, the settling queue full, or still settling at shutdown): they may be stored without every cursor reading them; the log names the events replay that sends them",
+    },
+    Series {
+        name: EVENTS_SETTLING,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Event writes (rounds) whose outcome this instance is still settling",
+    },
+    Series {
+        name: SECURITY_EVENTS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Google security events (RISC) received and verified, by outcome: applied (grants ended), no_connection, recorded (nothing to change), unknown_type (a type Google does not document: recorded), duplicate (a replayed jti)",
+    },
+    Series {
+        name: SECURITY_EVENT_ROWS_SCANNED_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Tokens-table rows read by the scans that find the grants a security event ends (one scan at a time per process, at most 1,000 rows a second)",
+    },
+    Series {
+        name: WEBHOOK_DELIVERIES_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Webhook delivery attempts, by endpoint id and outcome: delivered, failed (a private address refused by the resolver included), given_up",
+    },
+    Series {
+        name: WEBHOOK_LAG_SECONDS,
+        kind: Kind::Gauge,
+        unit: None,
+        help: "Age of the oldest event still owed to a webhook endpoint (0: none owed), as its worker last saw it",
+    },
+    Series {
+        name: API_CALLS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Internal-API calls made with a valid key, by caller (the key's id) and the operation its route needs",
+    },
+    Series {
+        name: REFRESH_LEASE_LAPSES_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Refresh leases found lapsed with no result stored nor the lease given back, by outcome: held (for its holder, whose refresh has an unknown outcome), taken_over (after the hold ended)",
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_series_is_declared_once_under_the_prefix_with_its_help() {
+        let mut names: Vec<&str> = ALL.iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "a name declared twice");
+        for series in ALL {
+            assert!(series.name.starts_with("axnt_"), "{}", series.name);
+            assert!(!series.help.is_empty(), "{}", series.name);
+            assert_eq!(
+                series.kind == Kind::Counter,
+                series.name.ends_with("_total"),
+                "a counter's name ends in _total, and only a counter's: {}",
+                series.name
+            );
+        }
+    }
+}
