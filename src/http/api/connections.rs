@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{CallerOf, permitted};
-use super::page_limit;
+use super::{ConnectionPath, UserPath, page_limit};
 use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState, Client};
 use crate::oauth::grant;
@@ -35,14 +35,14 @@ pub(super) fn router(state: &AppState) -> Router<AppState> {
     path = "/v1/users/{userId}/connections",
     tag = "internal",
     security(("bearerAuth" = [])),
-    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`")),
+    params(UserPath),
     responses((status = 200, description = "The user's connections", body = ConnectionList)),
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user_id))]
 pub(in crate::http) async fn list_connections(
     State(state): State<AppState>,
     CallerOf(caller): CallerOf,
-    ApiPath(user_id): ApiPath<UserId>,
+    ApiPath(UserPath { user_id }): ApiPath<UserPath>,
 ) -> Result<Response, Error> {
     let mut connections = state.tokens.connections(user_id.as_str()).await?;
     // A key limited to some providers sees only their connections.
@@ -191,14 +191,14 @@ pub(in crate::http) struct Deleted {
     path = "/v1/users/{userId}/connections/{provider}",
     tag = "internal",
     security(("bearerAuth" = [])),
-    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`"), ("provider" = String, Path, example = "google", description = "The provider's name"), DeleteQuery),
+    params(ConnectionPath, DeleteQuery),
     responses((status = 200, description = "Removed; what was revoked at the provider", body = Deleted)),
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
 pub(in crate::http) async fn delete_connection(
     State(state): State<AppState>,
     Client(client): Client,
-    ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
+    ApiPath(ConnectionPath { user_id, provider }): ApiPath<ConnectionPath>,
     ApiQuery(query): ApiQuery<DeleteQuery>,
 ) -> Result<Response, Error> {
     let revoke = query.revoke.unwrap_or(true);

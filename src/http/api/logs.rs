@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{CallerOf, permitted};
-use super::page_limit;
+use super::{UserPath, page_limit};
 use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState};
 use crate::secrets::{Caller, Operation};
@@ -75,14 +75,14 @@ fn visible_to(caller: &Caller, entry: &FlowLogEntry) -> bool {
     path = "/v1/users/{userId}/flow-logs",
     tag = "internal",
     security(("bearerAuth" = [])),
-    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`"), FlowLogQuery),
+    params(UserPath, FlowLogQuery),
     responses((status = 200, description = "The user's flow steps, newest first", body = FlowLogPage)),
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user_id))]
 pub(in crate::http) async fn list_flow_logs(
     State(state): State<AppState>,
     CallerOf(caller): CallerOf,
-    ApiPath(user_id): ApiPath<UserId>,
+    ApiPath(UserPath { user_id }): ApiPath<UserPath>,
     ApiQuery(query): ApiQuery<FlowLogQuery>,
 ) -> Result<Response, Error> {
     let limit = log_page(query.limit, query.before.as_deref())?;

@@ -2,9 +2,12 @@
 //! module per resource, each with its router and the operation its keys need.
 
 use axum::Router;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::AppState;
 use crate::error::Error;
+use crate::tokens::UserId;
 
 mod auth;
 pub(super) mod connect_sessions;
@@ -12,6 +15,28 @@ pub(super) mod connections;
 pub(super) mod events;
 pub(super) mod logs;
 pub(super) mod tokens;
+
+/// A path naming one of the application's users (`/v1/users/{userId}/…`).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path, rename_all = "camelCase")]
+pub(in crate::http) struct UserPath {
+    /// The application's id for its user: 1 to 256 bytes of printable text without `/`, `\` or invisible characters, and not `.` or `..`
+    #[param(value_type = String, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1")]
+    pub(in crate::http) user_id: UserId,
+}
+
+/// A path naming one user's connection to a provider
+/// (`/v1/users/{userId}/…/{provider}`).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path, rename_all = "camelCase")]
+pub(in crate::http) struct ConnectionPath {
+    /// The application's id for its user: 1 to 256 bytes of printable text without `/`, `\` or invisible characters, and not `.` or `..`
+    #[param(value_type = String, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1")]
+    pub(in crate::http) user_id: UserId,
+    /// The provider's name
+    #[param(example = "google")]
+    pub(in crate::http) provider: String,
+}
 
 pub(crate) fn router(state: AppState) -> Router<AppState> {
     Router::new()

@@ -11,14 +11,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{CallerOf, permitted};
-use super::{request_id, requested_return, validate_scopes};
+use super::{ConnectionPath, request_id, requested_return, validate_scopes};
 use crate::connect::{LinkKind, LinkRequest};
 use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState, Client};
 use crate::oauth::flow::FlowRules;
 use crate::oauth::grant;
 use crate::secrets::Operation;
-use crate::tokens::UserId;
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let routes = Router::new().route("/v1/users/{user_id}/tokens/{provider}", get(get_token));
@@ -68,7 +67,7 @@ pub(in crate::http) struct TokenQuery {
     path = "/v1/users/{userId}/tokens/{provider}",
     tag = "internal",
     security(("bearerAuth" = [])),
-    params(("userId" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1", description = "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`"), ("provider" = String, Path, example = "google", description = "The provider's name"), TokenQuery),
+    params(ConnectionPath, TokenQuery),
     responses((status = 200, description = "A valid access token", body = TokenResponse)),
 )]
 #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
@@ -77,7 +76,7 @@ pub(in crate::http) async fn get_token(
     Client(client): Client,
     CallerOf(caller): CallerOf,
     headers: axum::http::HeaderMap,
-    ApiPath((user_id, provider)): ApiPath<(UserId, String)>,
+    ApiPath(ConnectionPath { user_id, provider }): ApiPath<ConnectionPath>,
     ApiQuery(query): ApiQuery<TokenQuery>,
 ) -> Result<Response, Error> {
     let result = read_token(&state, &client, user_id.as_str(), &provider, query).await;
