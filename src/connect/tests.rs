@@ -153,6 +153,21 @@ impl World {
         (flow_id, done)
     }
 
+    /// Whether the user has a connection.
+    async fn connected(&self) -> bool {
+        self.store.get(USER, "google").await.expect("get").is_some()
+    }
+
+    /// The flow's last step is its failure, with `code`.
+    async fn ended_in_failure(&self, flow_id: &str, code: &str) {
+        let steps = self.steps(flow_id).await;
+        assert_eq!(
+            steps.last(),
+            Some(&(FlowStep::Failed, Some(code.to_string()))),
+            "{steps:?}"
+        );
+    }
+
     /// The flow's steps, oldest first.
     async fn steps(&self, flow_id: &str) -> Vec<(FlowStep, Option<String>)> {
         let mut entries = self
@@ -232,14 +247,7 @@ async fn with_confirmation_the_grant_is_held_not_stored() {
     };
     let (flow_id, done) = world.finish(&provider, rules, code()).await;
     assert!(matches!(done, Ok(Completed::Held { .. })));
-    assert!(
-        world
-            .store
-            .get(USER, "google")
-            .await
-            .expect("get")
-            .is_none()
-    );
+    assert!(!world.connected().await, "nothing stored");
     assert!(
         world
             .store
@@ -265,19 +273,10 @@ async fn another_account_than_the_pinned_one_is_refused_and_nothing_stored() {
     };
     let (flow_id, done) = world.finish(&provider, rules, code()).await;
     assert!(matches!(done, Err(Error::AccountNotAllowed)));
-    assert!(
-        world
-            .store
-            .get(USER, "google")
-            .await
-            .expect("get")
-            .is_none()
-    );
-    let steps = world.steps(&flow_id).await;
-    assert_eq!(
-        steps.last(),
-        Some(&(FlowStep::Failed, Some("account_not_allowed".into())))
-    );
+    assert!(!world.connected().await, "nothing stored");
+    world
+        .ended_in_failure(&flow_id, "account_not_allowed")
+        .await;
 }
 
 #[tokio::test]
@@ -295,14 +294,7 @@ async fn a_partial_grant_refused_by_policy_stores_nothing() {
         "{:?}",
         done.as_ref().err()
     );
-    assert!(
-        world
-            .store
-            .get(USER, "google")
-            .await
-            .expect("get")
-            .is_none()
-    );
+    assert!(!world.connected().await, "nothing stored");
 }
 
 #[tokio::test]
@@ -330,17 +322,6 @@ async fn a_code_the_provider_refuses_ends_as_code_rejected() {
     )));
     let (flow_id, done) = world.finish(&provider, FlowRules::default(), code()).await;
     assert!(matches!(done, Err(Error::CodeRejected)));
-    assert!(
-        world
-            .store
-            .get(USER, "google")
-            .await
-            .expect("get")
-            .is_none()
-    );
-    let steps = world.steps(&flow_id).await;
-    assert_eq!(
-        steps.last(),
-        Some(&(FlowStep::Failed, Some("code_rejected".into())))
-    );
+    assert!(!world.connected().await, "nothing stored");
+    world.ended_in_failure(&flow_id, "code_rejected").await;
 }
