@@ -39,29 +39,6 @@ pub(super) fn grant_events(
     events
 }
 
-/// What changed between two ledgers' granted scopes, if anything: the
-/// `connection.scopes_changed` details.
-pub(super) fn scopes_change(
-    before: &GrantLedger,
-    after: &GrantLedger,
-) -> Option<serde_json::Value> {
-    // A row from before the ledger existed knows no scopes: nothing to compare.
-    if before.granted_scopes.is_empty() {
-        return None;
-    }
-    let added = grant::missing(&after.granted_scopes, &before.granted_scopes);
-    let removed = grant::missing(&before.granted_scopes, &after.granted_scopes);
-    if added.is_empty() && removed.is_empty() {
-        return None;
-    }
-    Some(json!({
-        "grantedScopes": after.granted_scopes,
-        "previousGrantedScopes": before.granted_scopes,
-        "addedScopes": added,
-        "removedScopes": removed,
-    }))
-}
-
 /// The result of storing a grant.
 pub(crate) struct Stored {
     /// Whether the row existed before (a re-connect).
@@ -121,59 +98,6 @@ impl Discard {
 pub(crate) struct Confirmed {
     pub(crate) grant: PendingGrant,
     pub(crate) stored: Stored,
-}
-
-/// The ledger after a consent at `now`: the flow's `requested` scopes added to those
-/// asked for before (`previous`, the same account's ledger), the granted scopes from the
-/// answer, each change dated, and the grant's clocks restarted.
-pub(super) fn ledger_after_consent(
-    previous: Option<&GrantLedger>,
-    requested: &[String],
-    set: &TokenSet,
-    minted: bool,
-    now: DateTime<Utc>,
-) -> GrantLedger {
-    let requested_scopes = grant::merge(
-        previous.map_or(&[][..], |p| p.requested_scopes.as_slice()),
-        requested,
-    );
-    let granted_scopes = set.granted_scopes();
-    let requested_changed_at = match previous {
-        Some(p) if p.requested_scopes == requested_scopes => p.requested_changed_at,
-        _ => Some(now),
-    };
-    let scopes_changed_at = match previous {
-        Some(p) if same_scopes(&p.granted_scopes, &granted_scopes) => p.scopes_changed_at,
-        _ => Some(now),
-    };
-    // A grant that minted no refresh token (a step-up without forced consent) goes on
-    // with the stored one: its clocks (Google's Testing days, the idle limit, the
-    // count of newer mints) still start at that token's consent.
-    let (consented_at, last_refreshed_at) = match previous {
-        Some(p) if !minted => (p.consented_at.or(Some(now)), p.last_refreshed_at),
-        _ => (Some(now), None),
-    };
-    GrantLedger {
-        requested_scopes,
-        granted_scopes,
-        requested_changed_at,
-        scopes_changed_at,
-        consented_at,
-        last_refreshed_at,
-        refresh_token_expires_at: set.refresh_token_expires_at,
-        // A minted grant's clocks start again; a step-up keeps the stored token's.
-        expiry_notice_for: previous
-            .filter(|_| !minted)
-            .and_then(|p| p.expiry_notice_for),
-        refresh_token_hash: set
-            .refresh_token
-            .as_deref()
-            .map(crate::oauth::risc::token_hash),
-        refresh_token_prefix_hash: set
-            .refresh_token
-            .as_deref()
-            .map(crate::oauth::risc::prefix_hash),
-    }
 }
 
 impl TokenService {

@@ -10,6 +10,7 @@ mod cache;
 mod connections;
 mod grants;
 mod keepalive;
+mod ledger;
 pub(crate) mod refresh;
 mod revocations;
 mod risc;
@@ -40,9 +41,10 @@ use crate::store::{
 
 use crate::oauth::grant::{self, Cause, GrantRules};
 pub(crate) use connections::ConnectionSummary;
-use grants::scopes_change;
 pub(crate) use grants::{Confirmed, Discard, Stored};
 pub(crate) use keepalive::KeepAlive;
+pub(crate) use ledger::ledger_after_refresh;
+use ledger::{ledger_after_consent, scopes_change};
 pub(crate) use refresh::{RefreshReuse, Refresher, TokenEndpoint};
 use revocations::count_revocation;
 pub(crate) use revocations::{Disconnected, REVOCATION_OUTCOMES, Revocation};
@@ -412,48 +414,6 @@ impl TokenEndpoint for OidcProvider {
             grace: config.refresh_reuse_grace,
         }
     }
-}
-
-/// The ledger after a refresh at `now` that answered `set`.
-pub(crate) fn ledger_after_refresh(
-    previous: &GrantLedger,
-    set: &TokenSet,
-    now: DateTime<Utc>,
-) -> GrantLedger {
-    let granted_scopes = set.granted_scopes();
-    let changed =
-        !granted_scopes.is_empty() && !same_scopes(&previous.granted_scopes, &granted_scopes);
-    GrantLedger {
-        scopes_changed_at: if changed {
-            Some(now)
-        } else {
-            previous.scopes_changed_at
-        },
-        granted_scopes: if granted_scopes.is_empty() {
-            previous.granted_scopes.clone()
-        } else {
-            granted_scopes
-        },
-        last_refreshed_at: Some(now),
-        refresh_token_expires_at: set.refresh_token_expires_at,
-        // A rotated refresh token has identifiers of its own.
-        refresh_token_hash: set
-            .refresh_token
-            .as_deref()
-            .map(crate::oauth::risc::token_hash)
-            .or_else(|| previous.refresh_token_hash.clone()),
-        refresh_token_prefix_hash: set
-            .refresh_token
-            .as_deref()
-            .map(crate::oauth::risc::prefix_hash)
-            .or_else(|| previous.refresh_token_prefix_hash.clone()),
-        ..previous.clone()
-    }
-}
-
-/// Whether two scope lists hold the same scopes, in any order.
-fn same_scopes(a: &[String], b: &[String]) -> bool {
-    grant::missing(a, b).is_empty() && grant::missing(b, a).is_empty()
 }
 
 /// The `outcome` labels of `axnt_token_reads_total`, registered at start-up.
