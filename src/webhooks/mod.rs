@@ -13,6 +13,8 @@
 //! `AXNT_WEBHOOK_CIRCUIT_OPEN_SECS`: nothing is sent to it meanwhile, and the feed
 //! (not memory) holds what waits; then one attempt probes it.
 
+mod send;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,7 @@ use crate::store::{
     Event, JobLease, PendingDelivery, StoreError, TokenStore, WebhookState, event_bound,
     event_millis,
 };
+use send::Attempt;
 
 pub use crate::crypto::WebhookSecret;
 
@@ -97,12 +100,6 @@ pub(crate) struct Webhooks {
     rules: DeliveryRules,
     events: EventRules,
     client: reqwest::Client,
-}
-
-/// What one attempt came to.
-enum Attempt {
-    Delivered,
-    Failed(String),
 }
 
 impl Webhooks {
@@ -396,50 +393,6 @@ impl Webhooks {
             .await?
             .into_iter()
             .find(|e| e.id == id))
-    }
-
-    /// One signed POST of `event`.
-    async fn attempt(&self, endpoint: &Endpoint, event: &Event) -> Attempt {
-        let Some(secret) = self.secret() else {
-            count(endpoint, "failed");
-            return Attempt::Failed(
-                "no webhook secret (AXNT_WEBHOOK_SECRET or the secret's webhook_secret)".into(),
-            );
-        };
-        let body = json!({
-            "type": event.kind,
-            "timestamp": event.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "data": event.data,
-        })
-        .to_string()
-        .into_bytes();
-        let timestamp = Utc::now().timestamp();
-        let signature = secret.sign(&event.id, timestamp, &body);
-        let sent = self
-            .client
-            .post(endpoint.url.clone())
-            .header("content-type", "application/json")
-            .header("webhook-id", &event.id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status().is_success() => {
-                count(endpoint, "delivered");
-                Attempt::Delivered
-            }
-            Ok(r) => {
-                count(endpoint, "failed");
-                Attempt::Failed(format!("answered {}", r.status().as_u16()))
-            }
-            Err(e) => {
-                count(endpoint, "failed");
-                // Without the URL: it may carry the receiver's own token.
-                Attempt::Failed(e.without_url().to_string())
-            }
-        }
     }
 
     /// `axnt_webhook_lag_seconds{endpoint}`: how old the oldest event still owed is
