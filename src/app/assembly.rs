@@ -1,0 +1,224 @@
+//! Assembly: the secrets loaded (the one dependency start-up waits for), then the
+//! services wired over them and their background jobs started.
+
+use super::*;
+
+/// Loads the secrets (the one dependency start-up calls: Secrets Manager in aws mode).
+pub(super) async fn load_secrets(
+    settings: &Settings,
+    backends: &Backends,
+) -> Result<Arc<SecretsCache>, StartupError> {
+    Ok(SecretsCache::load(
+        backends.secrets.clone(),
+        client_override(settings),
+        backends.api_keys.clone(),
+    )
+    .await?)
+}
+
+/// Wires the services over loaded secrets and starts their background work. Nothing
+/// here calls a dependency, so a failure is a setting to fix, never worth a wait.
+pub(super) fn assemble(
+    settings: Arc<Settings>,
+    backends: Backends,
+    secrets: Arc<SecretsCache>,
+) -> Result<Running, StartupError> {
+    let state_key = match secrets.current().state_key.clone().or(backends.state_key) {
+        Some(key) => key,
+        None if settings.secrets.allow_instance_state_key => {
+            tracing::warn!(
+                "no state key configured (secret field state_key or AXNT_STATE_KEY): using a per-process key, \
+                     so a flow only completes on the instance that started it"
+            );
+            SecretKey::generate()
+        }
+        None => {
+            return Err(ConfigError {
+                    setting: crate::config::env_name("state_key"),
+                    reason: "no state key: every instance must seal flows with the same key; put state_key \
+                             (base64 of 32 bytes) in the secret or set AXNT_STATE_KEY \
+                             (AXNT_ALLOW_INSTANCE_STATE_KEY=true accepts a per-process key, for one instance only)"
+                        .into(),
+                }
+                .into());
+        }
+    };
+    // The two-key window of a state-key rotation: the secret's previous key with
+    // the secret's key, the settings' with the settings'.
+    let previous_state_key = match secrets.current().state_key {
+        Some(_) => secrets.current().previous_state_key.clone(),
+        None => backends.previous_state_key.clone(),
+    };
+    // The feed delay's floor is the store's own write bound: whichever backend it is.
+    let events = EventRules::new(
+        settings.retention.events_retention,
+        settings.retention.events_feed_delay,
+        backends.tokens.event_write_bound(),
+    );
+    events.warn_if_raised(settings.retention.events_feed_delay);
+    if secrets.current().api_keys.is_empty() {
+        tracing::warn!(
+            "no API key configured (AXNT_API_KEYS or the secret's api_keys): the internal API rejects every call"
+        );
+    }
+    if !settings.flow.require_confirmation {
+        tracing::warn!(
+            "AXNT_REQUIRE_CONFIRMATION=false: a connect link stores the grant of whichever account completes it, \
+             so a user who forwards his own link can connect a victim's account under his id (forced linking); \
+             sessions without expectedEmail or hostedDomain should be confirmed"
+        );
+    }
+    let jobs = Jobs::new();
+    if let Some(store) = &backends.expiring {
+        store.schedule_purge(&jobs, settings.retention.purge_interval);
+    }
+    if settings.backend == Backend::Aws {
+        secrets.schedule_refresh(
+            &jobs,
+            settings
+                .secrets
+                .refresh_interval
+                .max(Duration::from_secs(10)),
+        );
+    }
+
+    let mut provider_config = ProviderConfig::google(settings.provider.issuer.as_str());
+    provider_config.rotates_refresh_tokens = settings.provider.rotates();
+    provider_config.refresh_reuse_grace = settings.provider.refresh_reuse_grace;
+    let provider = OidcProvider::new(
+        provider_config,
+        Arc::clone(&secrets),
+        ProviderLimits::from_settings(&settings),
+    )?;
+    let provider_names = [provider.name().to_string()];
+    let providers = Arc::new(Providers::new(vec![Arc::new(provider)]));
+    let flow_log = Arc::new(FlowRecorder::new(
+        Arc::clone(&backends.flow_log),
+        settings.retention.flow_log_retention,
+    ));
+    let cipher = Arc::new(EnvelopeCipher::new(
+        Arc::clone(&backends.keys),
+        settings.aws.tokens_table.clone(),
+    ));
+    let tokens = Arc::new(TokenService::new(
+        Arc::clone(&backends.tokens),
+        cipher,
+        providers,
+        Arc::clone(&flow_log),
+        TokenPolicy::new(&settings, events),
+    ));
+    if let Some(every) = settings.refresh.background {
+        tokens.schedule_background_refresh(&jobs, every);
+    }
+    tokens.schedule_revocation_retries(&jobs, settings.provider.revocation_retry);
+    // With the keep-alive off (0 days) the pass still runs, for expiry notices.
+    tokens.schedule_keepalive(
+        &jobs,
+        crate::tokens::KeepAlive {
+            idle: settings.refresh.keepalive_idle,
+            every: settings.refresh.keepalive_interval,
+            per_minute: settings.refresh.keepalive_per_minute,
+        },
+    );
+    if !settings.webhooks.urls.is_empty() {
+        let webhooks = crate::webhooks::Webhooks::new(
+            Arc::clone(&backends.tokens),
+            Arc::clone(&secrets),
+            delivery_rules(&settings.webhooks),
+            events,
+        )
+        .map_err(|reason| ConfigError {
+            setting: crate::config::env_name("webhook_urls"),
+            reason,
+        })?;
+        if !webhooks.has_secret() {
+            return Err(ConfigError {
+                setting: crate::config::env_name("webhook_secret"),
+                reason:
+                    "webhook deliveries must be signed: set AXNT_WEBHOOK_SECRET (whsec_ + base64) \
+                             or the secret's webhook_secret"
+                        .into(),
+            }
+            .into());
+        }
+        Arc::new(webhooks).schedule(&jobs);
+    }
+    let readiness = Readiness::new(
+        Arc::clone(&backends.tokens),
+        Arc::clone(&backends.flow_log),
+        Arc::clone(&backends.keys),
+        Arc::clone(&secrets),
+        settings.server.readiness_cache,
+    );
+    let audit = Arc::new(crate::audit::AuditTrail::new(
+        Arc::clone(&backends.audit_log),
+        &crate::audit::AuditRules {
+            retention: settings.retention.audit_retention,
+            window: settings.retention.audit_window,
+            capacity: settings.flow_log.audit_buffer,
+            wait: settings.flow_log.audit_wait,
+            concurrency: settings.flow_log.write_concurrency,
+        },
+    ));
+    audit.schedule_flush(
+        &jobs,
+        settings.retention.audit_window.min(Duration::from_secs(10)),
+    );
+    let rate_limits = Arc::new(RateLimits::new(&settings.rate_limit));
+    rate_limits.schedule_sweep(&jobs);
+    let sealer = Arc::new(StateSealer::new(state_key).with_previous(previous_state_key));
+    let connect = Arc::new(crate::connect::ConnectService::new(
+        Arc::clone(&tokens),
+        Arc::clone(&flow_log),
+        Arc::clone(&sealer),
+        Arc::clone(&settings),
+    ));
+    let state = AppState::new(Services {
+        rate_limits,
+        return_urls: ReturnUrls::new(&settings.flow.allowed_return_urls),
+        trusted_proxies: settings.server.trusted_proxies.clone(),
+        settings: Arc::clone(&settings),
+        tokens: Arc::clone(&tokens),
+        flow_log,
+        audit: Arc::clone(&audit),
+        sealer,
+        connect,
+        secrets,
+        readiness,
+        risc: Arc::new(
+            crate::oauth::risc::RiscVerifier::new(
+                &settings.provider.risc_issuer,
+                settings.provider.timeout,
+            )
+            .map_err(|reason| ConfigError {
+                setting: crate::config::env_name("google_risc_issuer"),
+                reason,
+            })?,
+        ),
+    });
+    if crate::telemetry::metrics().is_some() {
+        series::register(settings.backend, &provider_names);
+    }
+    Ok(Running {
+        router: http::router(state),
+        flow_log: backends.flow_log,
+        audit,
+        tokens,
+        settler: backends.settler,
+        jobs,
+    })
+}
+
+/// How webhooks are delivered, from the settings.
+fn delivery_rules(s: &crate::config::WebhookSettings) -> crate::webhooks::DeliveryRules {
+    crate::webhooks::DeliveryRules {
+        urls: s.urls.clone(),
+        secret: s.secret.clone(),
+        allow_private: s.allow_private,
+        retry_period: s.retry_period,
+        first_backoff: s.first_backoff,
+        timeout: s.timeout,
+        poll: s.poll,
+        circuit_open: s.circuit_open,
+    }
+}
