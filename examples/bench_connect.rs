@@ -151,7 +151,7 @@ async fn flow(run: &Run, user_id: &str) -> anyhow::Result<()> {
         .send()
         .await?;
     let to = location(&back).with_context(|| format!("the callback answered {}", back.status()))?;
-    let to = Url::parse(&to).with_context(|| format!("the return redirect {to}"))?;
+    let to = Url::parse(&to).context("the return redirect is not a URL")?;
     let query = |name: &str| {
         to.query_pairs()
             .find(|(k, _)| k == name)
@@ -180,7 +180,8 @@ async fn flow(run: &Run, user_id: &str) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        _ => bail!("the callback sent the browser to {to}"),
+        // The status only: the redirect may carry a confirmation code.
+        other => bail!("the callback's return redirect said status={other:?}"),
     }
 }
 
