@@ -357,15 +357,17 @@ impl TokenService {
                 .discard(&grant, Discard::Expired, client, Error::ConfirmationExpired)
                 .await);
         }
+        // A confirm without the code, or with another one, is refused as one: 404.
+        let wrong_code = || {
+            self.discard(
+                &grant,
+                Discard::WrongCode,
+                client,
+                Error::ConfirmationNotFound,
+            )
+        };
         let Some(code) = code else {
-            return Err(self
-                .discard(
-                    &grant,
-                    Discard::WrongCode,
-                    client,
-                    Error::ConfirmationNotFound,
-                )
-                .await);
+            return Err(wrong_code().await);
         };
         let mut fresh = TokenSet::open_pending(&self.cipher, &grant).await?;
         let expected = fresh.confirmation_code.take();
@@ -379,14 +381,7 @@ impl TokenService {
                 ))
         });
         if !right {
-            return Err(self
-                .discard(
-                    &grant,
-                    Discard::WrongCode,
-                    client,
-                    Error::ConfirmationNotFound,
-                )
-                .await);
+            return Err(wrong_code().await);
         }
         // Of two confirms with the right code, one takes it and stores it.
         let grant = self

@@ -5,14 +5,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_axnt-oauth");
+use crate::support::free_port;
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_axnt-oauth");
 
 /// A command in a fresh working directory with none of our variables set.
 pub(crate) fn command(dir: &std::path::Path) -> Command {

@@ -14,7 +14,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::aws_proxy::AwsProxy;
-use crate::support::{Backend, FakeProvider, RETURN_ORIGIN, TestApp, redirect_query};
+use crate::support::{Backend, FakeProvider, RETURN_ORIGIN, TestApp};
 
 /// A session pinned to the provider's account (so its grant is stored at once, with no
 /// confirmation a departed browser could never make) for `user_id`.
@@ -144,18 +144,9 @@ async fn a_confirm_while_the_key_service_is_away_answers_503_and_a_later_one_suc
     let proxy = AwsProxy::start(&crate::support::aws::moto_endpoint()).await;
     let app = TestApp::aws_via(&proxy.endpoint, &provider, &[]).await;
     let confirmer = app.sibling().await;
-    let session = app
-        .connect_session(json!({
-            "userId": "kim", "provider": "google", "returnTo": format!("{RETURN_ORIGIN}/done"),
-        }))
-        .await;
-    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
-    let callback = app.authorize(&provider_url).await;
-    let callback = app.callback(&callback, Some(&cookie)).await;
-    let query = redirect_query(&callback);
-    assert_eq!(query["status"], "pending_confirmation");
-    let body = json!({ "userId": "kim", "confirmationCode": query["confirmationCode"] });
-    let path = format!("/v1/connect-sessions/{}/confirm", query["flowId"]);
+    let (flow_id, code) = app.held_grant("kim").await;
+    let body = json!({ "userId": "kim", "confirmationCode": code });
+    let path = format!("/v1/connect-sessions/{flow_id}/confirm");
 
     proxy.cut("TrentService.");
     let refused = confirmer.api_post(&path, body.clone()).await;
@@ -179,16 +170,7 @@ async fn a_confirm_whose_caller_hangs_up_still_stores_the_grant() {
     let provider = FakeProvider::start().await;
     let proxy = AwsProxy::start(&crate::support::aws::moto_endpoint()).await;
     let app = TestApp::aws_via(&proxy.endpoint, &provider, &[]).await;
-    let session = app
-        .connect_session(json!({
-            "userId": "hang-up", "provider": "google", "returnTo": format!("{RETURN_ORIGIN}/done"),
-        }))
-        .await;
-    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
-    let callback = app.authorize(&provider_url).await;
-    let callback = app.callback(&callback, Some(&cookie)).await;
-    let query = redirect_query(&callback);
-    assert_eq!(query["status"], "pending_confirmation");
+    let (flow_id, code) = app.held_grant("hang-up").await;
 
     proxy.hold(
         "GetItem",
@@ -201,9 +183,9 @@ async fn a_confirm_whose_caller_hangs_up_still_stores_the_grant() {
         .build()
         .expect("client");
     let gone = impatient
-        .post(app.url(&format!("/v1/connect-sessions/{}/confirm", query["flowId"])))
+        .post(app.url(&format!("/v1/connect-sessions/{flow_id}/confirm")))
         .bearer_auth(crate::support::API_KEY)
-        .json(&json!({ "userId": "hang-up", "confirmationCode": query["confirmationCode"] }))
+        .json(&json!({ "userId": "hang-up", "confirmationCode": code }))
         .send()
         .await;
     assert!(gone.is_err(), "the caller left before the answer");

@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+use crate::support::free_port;
+
 /// The body of the first `sh` block after the heading that starts with `heading`.
 fn sh_block_after(markdown: &str, heading: &str) -> String {
     let from = markdown
@@ -15,13 +17,6 @@ fn sh_block_after(markdown: &str, heading: &str) -> String {
     let start = rest.find("```sh\n").expect("an sh block after the heading") + "```sh\n".len();
     let end = rest[start..].find("```").expect("the block's end");
     rest[start..start + end].to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// Replaces `from` with `to`, which must occur.

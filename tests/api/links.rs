@@ -29,12 +29,6 @@ use crate::support::{
 };
 
 /// Runs a session's flow through the provider and returns the callback's answer.
-async fn run(app: &TestApp, session: &Value) -> reqwest::Response {
-    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
-    let callback = app.authorize(&provider_url).await;
-    app.callback(&callback, Some(&cookie)).await
-}
-
 fn session_body(user_id: &str, extra: Value) -> Value {
     let mut body = json!({
         "userId": user_id,
@@ -77,7 +71,7 @@ async fn a_link_opened_a_second_time_is_refused_and_logs_nothing(backend: Backen
     let session = app.connect_session(session_body("alice", json!({}))).await;
     let link = session["url"].as_str().expect("url");
 
-    let first = run(&app, &session).await;
+    let first = app.follow(&session).await;
     let confirmed = app.confirm_redirect(&first, "alice").await.expect("held");
     assert_eq!(confirmed.status(), StatusCode::OK);
     let row = app.stored_row("alice").await.expect("row");
@@ -115,7 +109,7 @@ async fn binding_is_the_default_and_the_returning_browser_confirms_once(backend:
     );
     let flow_id = session["flowId"].as_str().expect("flowId").to_string();
 
-    let callback = run(&app, &session).await;
+    let callback = app.follow(&session).await;
     let query = redirect_query(&callback);
     assert_eq!(query["flowId"], flow_id);
     assert_eq!(query["provider"], "google");
@@ -218,7 +212,7 @@ async fn a_link_forwarded_to_another_account_stores_nothing_for_its_sender(backe
             .connect_session(session_body("mallory", json!({})))
             .await;
         provider.set_profile(victim.clone());
-        let (flow_id, code) = held(&run(&app, &session).await);
+        let (flow_id, code) = held(&app.follow(&session).await);
         assert_problem(app.token("mallory").await, 404, "not_connected").await;
         let refused = match attempt {
             None => app
@@ -257,7 +251,7 @@ async fn a_link_forwarded_to_another_account_stores_nothing_for_its_sender(backe
     let session = app
         .connect_session(session_body("mallory", json!({})))
         .await;
-    let callback = run(&app, &session).await;
+    let callback = app.follow(&session).await;
     let confirmed = app
         .confirm_redirect(&callback, "mallory")
         .await
@@ -368,7 +362,7 @@ async fn an_unconfirmed_grant_is_never_handed_out_and_leaves_the_connection_as_i
     let (app, row) = connected(backend, &provider, &[]).await;
     let old_token: Value = app.token("victim").await.json().await.expect("json");
     let session = app.connect_session(session_body("victim", json!({}))).await;
-    held(&run(&app, &session).await);
+    held(&app.follow(&session).await);
 
     // The held grant is not served: the row and its token are the old ones.
     assert_unchanged(&app, &row).await;
@@ -392,7 +386,7 @@ async fn an_unconfirmed_grant_expires(backend: Backend) {
     let provider = FakeProvider::start().await;
     let app = TestApp::on(backend, &provider, &[("AXNT_CONFIRMATION_TTL_SECS", "1")]).await;
     let session = app.connect_session(session_body("dave", json!({}))).await;
-    let (flow_id, code) = held(&run(&app, &session).await);
+    let (flow_id, code) = held(&app.follow(&session).await);
     tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     assert_problem(
         confirm(
@@ -413,7 +407,7 @@ async fn a_confirm_naming_another_user_discards_the_grant(backend: Backend) {
     let provider = FakeProvider::start().await;
     let app = TestApp::on(backend, &provider, &[]).await;
     let session = app.connect_session(session_body("sender", json!({}))).await;
-    let (flow_id, code) = held(&run(&app, &session).await);
+    let (flow_id, code) = held(&app.follow(&session).await);
     let before = discarded(&app, "other_user").await;
     assert_problem(
         confirm(
@@ -464,7 +458,7 @@ async fn a_session_cannot_waive_binding_unless_pinned_to_an_account(backend: Bac
         ))
         .await;
     assert_eq!(session["requireConfirmation"], true);
-    let callback = run(&app, &session).await;
+    let callback = app.follow(&session).await;
     held(&callback);
     assert!(app.stored_row("erin").await.is_none());
     let confirmed = app.confirm_redirect(&callback, "erin").await.expect("held");
@@ -477,7 +471,7 @@ async fn a_session_cannot_waive_binding_unless_pinned_to_an_account(backend: Bac
         .connect_session(session_body("erin2", json!({ "expectedEmail": email })))
         .await;
     assert_eq!(session["requireConfirmation"], false);
-    let callback = run(&app, &session).await;
+    let callback = app.follow(&session).await;
     let query = redirect_query(&callback);
     assert_eq!(query["status"], "connected");
     assert!(!query.contains_key("confirmationCode"));
@@ -490,7 +484,7 @@ async fn a_session_cannot_waive_binding_unless_pinned_to_an_account(backend: Bac
         ))
         .await;
     assert_eq!(session["requireConfirmation"], true);
-    held(&run(&app, &session).await);
+    held(&app.follow(&session).await);
     assert!(app.stored_row("erin3").await.is_none());
 }
 
@@ -505,7 +499,7 @@ async fn binding_turned_off_stores_at_once_and_is_warned_about(backend: Backend)
     assert!(captured_logs().contains("AXNT_REQUIRE_CONFIRMATION=false"));
     let session = app.connect_session(session_body("gus", json!({}))).await;
     assert_eq!(session["requireConfirmation"], false);
-    let query = redirect_query(&run(&app, &session).await);
+    let query = redirect_query(&app.follow(&session).await);
     assert_eq!(query["status"], "connected");
     assert!(!query.contains_key("confirmationCode"));
     assert!(app.stored_row("gus").await.is_some());
@@ -513,7 +507,7 @@ async fn binding_turned_off_stores_at_once_and_is_warned_about(backend: Backend)
     let session = app
         .connect_session(session_body("gus2", json!({ "requireConfirmation": true })))
         .await;
-    held(&run(&app, &session).await);
+    held(&app.follow(&session).await);
     assert!(app.stored_row("gus2").await.is_none());
 }
 
@@ -523,7 +517,7 @@ async fn the_confirmation_code_is_never_logged_or_stored_in_clear(backend: Backe
     let provider = FakeProvider::start().await;
     let app = TestApp::on(backend, &provider, &[("AXNT_EVENTS_FEED_DELAY_MS", "0")]).await;
     let session = app.connect_session(session_body("hal", json!({}))).await;
-    let callback = run(&app, &session).await;
+    let callback = app.follow(&session).await;
     let (flow_id, code) = held(&callback);
     let held_storage = app.raw_storage().await;
     let confirmed = confirm(
@@ -535,7 +529,7 @@ async fn the_confirmation_code_is_never_logged_or_stored_in_clear(backend: Backe
     assert_eq!(confirmed.status(), StatusCode::OK);
     // A wrong one too, so a refusal's path is covered.
     let session = app.connect_session(session_body("hal", json!({}))).await;
-    let (flow_id, wrong) = held(&run(&app, &session).await);
+    let (flow_id, wrong) = held(&app.follow(&session).await);
     let wrong = format!("{}x", &wrong[1..]);
     confirm(
         &app,
@@ -614,7 +608,7 @@ async fn another_account_replacing_a_connection_is_visible(backend: Backend) {
     // The change needs the confirm, and the confirm says so.
     provider.set_profile(first.clone());
     let session = app.connect_session(session_body("frank", json!({}))).await;
-    let callback = run(&app, &session).await;
+    let callback = app.follow(&session).await;
     let body: Value = app
         .confirm_redirect(&callback, "frank")
         .await
@@ -640,7 +634,7 @@ async fn expected_email_and_hosted_domain_are_checked_against_the_id_token(backe
         let session = app
             .connect_session(session_body("victim", constraint.clone()))
             .await;
-        let callback = run(&app, &session).await;
+        let callback = app.follow(&session).await;
         let query = redirect_query(&callback);
         assert_eq!(query["status"], "error", "{constraint}");
         assert_eq!(query["error"], "account_not_allowed", "{constraint}");
@@ -676,7 +670,7 @@ async fn expected_email_and_hosted_domain_are_checked_against_the_id_token(backe
         ))
         .await;
     assert_eq!(
-        redirect_query(&run(&app, &session).await)["status"],
+        redirect_query(&app.follow(&session).await)["status"],
         "connected"
     );
 

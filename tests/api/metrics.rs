@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use url::Url;
 
-use crate::support::{API_KEY, FakeProvider, aws, env_for, env_for_secret};
+use crate::support::{API_KEY, FakeProvider, aws, env_for, env_for_secret, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_axnt-oauth");
 
@@ -108,13 +108,6 @@ impl Server {
             .expect("token")
             .status()
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 async fn scrape_through_a_flow(on_aws: bool) {

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::cli::{KillOnDrop, command, free_port};
+use crate::cli::{KillOnDrop, command};
 use crate::support::aws::moto_endpoint;
+use crate::support::free_port;
 use crate::support::{API_KEY, CuttableProxy, FakeProvider, TestApp, assert_problem};
 
 /// `/readyz` while waiting: 503, `starting`, naming Secrets Manager.

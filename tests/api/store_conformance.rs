@@ -265,6 +265,19 @@ async fn the_refresh_lease_is_exclusive(tokens: Arc<dyn TokenStore>, _log: Arc<d
     );
 }
 
+/// `u`'s Google row at version 1, its refresh lease taken at `now` by attempt `a1`
+/// for one second.
+async fn leased_row(tokens: &dyn TokenStore, u: &str, now: i64) {
+    tokens
+        .put(&row(u, "google", 1, "a"), None, &[])
+        .await
+        .expect("create");
+    tokens
+        .acquire_lease(u, "google", 1, &lease("a1", now + 1_000), now)
+        .await
+        .expect("lease");
+}
+
 /// A lapsed lease is held for its attempt only once, only while it has lapsed and its
 /// attempt still holds it; the attempt keeps writing as the holder, and taking,
 /// extending or releasing the lease clears the hold's mark.
@@ -273,15 +286,8 @@ async fn a_lapsed_lease_is_held_for_its_attempt(
     _log: Arc<dyn FlowLog>,
 ) {
     let u = user();
-    tokens
-        .put(&row(&u, "google", 1, "a"), None, &[])
-        .await
-        .expect("create");
     let now = 1_800_000_000_000;
-    tokens
-        .acquire_lease(&u, "google", 1, &lease("a1", now + 1_000), now)
-        .await
-        .expect("lease");
+    leased_row(tokens.as_ref(), &u, now).await;
     let live = tokens
         .hold_lapsed_lease(&u, "google", "a1", now + 9_000, now + 500)
         .await;
@@ -436,15 +442,8 @@ async fn only_the_holder_writes(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowL
 /// write clears; only the holder can give it back.
 async fn a_released_lease_leaves_its_cooldown(tokens: Arc<dyn TokenStore>, _log: Arc<dyn FlowLog>) {
     let u = user();
-    tokens
-        .put(&row(&u, "google", 1, "a"), None, &[])
-        .await
-        .expect("create");
     let now = 1_800_000_000_000;
-    tokens
-        .acquire_lease(&u, "google", 1, &lease("a1", now + 1_000), now)
-        .await
-        .expect("lease");
+    leased_row(tokens.as_ref(), &u, now).await;
     let after = LeaseRelease {
         retry_at_ms: Some(now + 30_000),
         unknown_since_ms: Some(now),

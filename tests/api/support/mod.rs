@@ -66,6 +66,14 @@ pub const API_KEY: &str = "test-api-key-0123456789abcdef";
 /// it, 0.5 s embedded and 3 s on DynamoDB. Wait this long before asserting that the
 /// feed holds nothing (more).
 pub const FEED_HOLD: std::time::Duration = std::time::Duration::from_millis(3_500);
+/// A loopback port free when asked (for a process the test starts itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 pub const RETURN_ORIGIN: &str = "http://127.0.0.1:9/app";
 
 /// Which backend an instance runs on.
@@ -412,9 +420,29 @@ impl TestApp {
         let session = self
             .connect_session(json!({ "userId": user_id, "provider": "google" }))
             .await;
+        self.follow(&session).await
+    }
+
+    /// A connect session's browser leg, as a browser follows it: `/start`, the
+    /// provider's consent, the callback; the callback's answer.
+    pub async fn follow(&self, session: &Value) -> reqwest::Response {
         let (provider_url, cookie) = self.start(session["url"].as_str().expect("url")).await;
         let callback = self.authorize(&provider_url).await;
         self.callback(&callback, Some(&cookie)).await
+    }
+
+    /// `user_id`'s grant held for confirmation, from a link returning to the
+    /// application: the `flowId` and `confirmationCode` its return redirect carried.
+    pub async fn held_grant(&self, user_id: &str) -> (String, String) {
+        let session = self
+            .connect_session(json!({
+                "userId": user_id, "provider": "google", "returnTo": format!("{RETURN_ORIGIN}/done"),
+            }))
+            .await;
+        let callback = self.follow(&session).await;
+        let query = redirect_query(&callback);
+        assert_eq!(query["status"], "pending_confirmation", "{query:?}");
+        (query["flowId"].clone(), query["confirmationCode"].clone())
     }
 
     /// A whole flow for `user_id`, as an application does it: link, consent, callback,
