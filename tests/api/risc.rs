@@ -210,6 +210,22 @@ async fn tokens_revoked_ends_the_accounts_grants_made_before_it_and_tells_each_o
     );
     let expected = told(&[("ann", "revoked_by_user"), ("ann-work", "revoked_by_user")]);
     assert_eq!(revoked_in_feed(&app).await, expected);
+    // Each event names the security event by the last segment of the type URI
+    // Google sent.
+    let feed: Value = app
+        .api_get("/v1/events?limit=500")
+        .await
+        .json()
+        .await
+        .expect("feed");
+    let named: Vec<&Value> = feed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["type"] == "connection.revoked_by_user")
+        .map(|e| &e["data"]["securityEvent"])
+        .collect();
+    assert_eq!(named, [&json!("tokens-revoked"), &json!("tokens-revoked")]);
     let logged = app.flow_log("ann").await;
     assert!(logged.iter().any(|i| i["step"] == "security_event"
         && i["data"]["cause"] == "revoked_by_user"

@@ -63,6 +63,9 @@ pub(in crate::http) struct EventData {
     /// refresh_failed, revoked_by_user: why (see the causes table in docs/grants.md).
     cause: Option<String>,
     remedy: Option<String>,
+    /// revoked_by_user: the Google security event that ended the grant, by the last
+    /// segment of its type URI (e.g. `tokens-revoked`).
+    security_event: Option<String>,
     /// refresh_failed: false once the grant is dead; true while the provider fails
     /// and refreshes pause for `retryAfterSecs`.
     is_active: Option<bool>,
