@@ -46,6 +46,15 @@ where
     }
 }
 
+/// Waits `wait` within a pass, or less when the job is stopped; false when stopped (the
+/// pass then ends at this step).
+pub(crate) async fn pause(wait: Duration, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}
+
 /// When a job's passes start.
 #[derive(Debug, Clone)]
 pub(crate) struct Schedule {
@@ -111,12 +120,9 @@ impl Schedule {
 
     /// After a pass: the rest a woken schedule keeps; false when stopped.
     async fn rest(&self, stop: &CancellationToken) -> bool {
-        let Some((_, rest)) = &self.wake else {
-            return true;
-        };
-        tokio::select! {
-            () = stop.cancelled() => false,
-            () = tokio::time::sleep(*rest) => true,
+        match &self.wake {
+            Some((_, rest)) => pause(*rest, stop).await,
+            None => true,
         }
     }
 }
@@ -254,6 +260,24 @@ mod tests {
             0,
             "cut short between steps"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_within_a_pass_ends_at_the_stop() {
+        let stop = CancellationToken::new();
+        let stopper = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stopper.cancel();
+        });
+        let asked = Instant::now();
+        assert!(!pause(Duration::from_secs(60), &stop).await, "stopped");
+        assert_eq!(
+            asked.elapsed(),
+            Duration::from_secs(1),
+            "at the stop, not after 60 s"
+        );
+        assert!(pause(Duration::from_secs(1), &CancellationToken::new()).await);
     }
 
     #[tokio::test(start_paused = true)]

@@ -163,7 +163,9 @@ impl TokenService {
                             tracing::debug!(error = %e, user_id = row.user_id, "keep-alive refresh failed");
                         }
                     }
-                    tokio::time::sleep(pause).await;
+                    if !jobs::pause(pause, stop).await {
+                        return Ok(false);
+                    }
                 }
                 if !lease.hold(self.store.as_ref()).await? {
                     tracing::warn!("keep-alive lease taken over; leaving the pass to its new holder");
@@ -173,8 +175,10 @@ impl TokenService {
                     Some(next) => cursor = Some(next),
                     None => return Ok(true),
                 }
-                tokio::time::sleep(Duration::from_secs_f64(PAGE as f64 / ROWS_PER_SEC as f64))
-                    .await;
+                let page_pace = Duration::from_secs_f64(PAGE as f64 / ROWS_PER_SEC as f64);
+                if !jobs::pause(page_pace, stop).await {
+                    return Ok(false);
+                }
             }
         }
         .await;
