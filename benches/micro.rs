@@ -12,8 +12,8 @@ use std::hint::black_box;
 
 use axnt_oauth::bench_api::{self, EnvelopeCipher};
 use axnt_oauth::secrets::ApiKey;
-use axnt_oauth::store::TokenStore;
 use axnt_oauth::store::embedded::EmbeddedStore;
+use axnt_oauth::store::prelude::*;
 use chrono::Utc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokio::runtime::Runtime;

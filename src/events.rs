@@ -29,7 +29,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::store::{Event, StoreError, TokenStore, event_bound, event_millis};
+use crate::store::{Event, EventFeed, StoreError, event_bound, event_millis};
 
 /// The kinds of lifecycle event (the payload's `type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -193,7 +193,7 @@ pub(crate) struct FeedPage {
 /// The events after `after` (from the oldest kept when absent or older), oldest first,
 /// at most `limit`, none younger than the feed delay.
 pub(crate) async fn feed_page(
-    store: &dyn TokenStore,
+    store: &dyn EventFeed,
     rules: &EventRules,
     after: Option<&str>,
     limit: usize,

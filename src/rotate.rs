@@ -27,7 +27,7 @@ use crate::app::{Backends, StartupError};
 use crate::config::{Backend, Settings};
 use crate::crypto::kms::same_key;
 use crate::crypto::{CryptoError, Envelope, EnvelopeCipher, rotate_master_key};
-use crate::store::{Sealed, StoreError, TokenStore};
+use crate::store::{Sealed, SealedItems, StoreError};
 
 /// Re-wrap passes at most; each after the first only meets rows written under an old
 /// key while the previous one ran.
@@ -190,7 +190,7 @@ pub async fn rotate_keys(
 
 /// One pass: every sealed item not under `current` is re-wrapped, conditionally.
 async fn rewrap_pass(
-    store: &dyn TokenStore,
+    store: &dyn SealedItems,
     cipher: &EnvelopeCipher,
     current: &str,
     page_size: usize,
@@ -263,7 +263,7 @@ async fn rewrap_pass(
 
 /// Counts sealed items, and those not under `current`.
 async fn verify(
-    store: &dyn TokenStore,
+    store: &dyn SealedItems,
     current: &str,
     page_size: usize,
     progress: &mut (dyn FnMut(&Progress) + Send),

@@ -122,7 +122,7 @@ pub(super) fn assemble(
     );
     if !settings.webhooks.urls.is_empty() {
         let webhooks = crate::webhooks::Webhooks::new(
-            Arc::clone(&backends.tokens),
+            crate::webhooks::DeliveryStore::of(&backends.tokens),
             Arc::clone(&secrets),
             delivery_rules(&settings.webhooks),
             events,
@@ -144,7 +144,7 @@ pub(super) fn assemble(
         Arc::new(webhooks).schedule(&jobs);
     }
     let readiness = Readiness::new(
-        Arc::clone(&backends.tokens),
+        Arc::clone(&backends.tokens) as Arc<dyn crate::store::Health>,
         Arc::clone(&backends.flow_log),
         Arc::clone(&backends.keys),
         Arc::clone(&secrets),

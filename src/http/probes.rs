@@ -19,7 +19,7 @@ use super::AppState;
 use crate::crypto::{CryptoError, KeyProvider};
 use crate::error::Error;
 use crate::secrets::SecretsCache;
-use crate::store::{FlowLog, StoreError, TokenStore};
+use crate::store::{FlowLog, StoreError};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -148,7 +148,7 @@ pub(crate) struct ReadinessReport {
 
 /// Checks the parts a request needs and remembers the answer for `ttl`.
 pub(crate) struct Readiness {
-    store: Arc<dyn TokenStore>,
+    store: Arc<dyn crate::store::Health>,
     flow_log: Arc<dyn FlowLog>,
     keys: Arc<dyn KeyProvider>,
     secrets: Arc<SecretsCache>,
@@ -158,7 +158,7 @@ pub(crate) struct Readiness {
 
 impl Readiness {
     pub(crate) fn new(
-        store: Arc<dyn TokenStore>,
+        store: Arc<dyn crate::store::Health>,
         flow_log: Arc<dyn FlowLog>,
         keys: Arc<dyn KeyProvider>,
         secrets: Arc<SecretsCache>,

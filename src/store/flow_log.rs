@@ -8,8 +8,56 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{FlowLog, FlowLogEntry};
+use async_trait::async_trait;
+
+use super::StoreError;
 use crate::crypto::{fill_random, hex};
+
+/// One step of one flow: the logs table's item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowLogEntry {
+    pub user_id: String,
+    /// RFC 3339 UTC with nine fractional digits, `#`, and a unique suffix.
+    pub timestamp: String,
+    pub flow_id: String,
+    pub step: FlowStep,
+    /// Step details. Never a token, code, verifier or key.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// Epoch seconds when the item may be purged.
+    #[serde(skip_serializing)]
+    pub expires_at: i64,
+}
+
+/// The logs table.
+#[async_trait]
+pub trait FlowLog: Send + Sync {
+    async fn append(&self, entry: &FlowLogEntry) -> Result<(), StoreError>;
+
+    /// A user's steps, newest first, at most `limit`, older than `before` when given
+    /// (a `timestamp` from a previous page).
+    async fn list(
+        &self,
+        user_id: &str,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<FlowLogEntry>, StoreError>;
+
+    /// Writes whatever is buffered. Called on shutdown.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// A cheap read proving the table answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
 
 /// The step names, as the flow log stores them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

@@ -1,13 +1,34 @@
 //! The lease of a job one instance of the cluster runs at a time (the keep-alive
 //! scan, a webhook endpoint's deliveries): a row in the tokens table, taken with a
-//! conditional write through [`TokenStore::take_job_lease`].
+//! conditional write through [`JobLeases::take_job_lease`].
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{StoreError, TokenStore};
+use async_trait::async_trait;
+
+use super::StoreError;
+
+/// Leases of jobs one instance runs at a time.
+#[async_trait]
+pub trait JobLeases: Send + Sync {
+    /// Takes, or renews, the lease named `name` (a job only one instance runs at a time,
+    /// e.g. the keep-alive scan) for `holder` until `until_ms`: only when nobody holds
+    /// it, its holder's lease lapsed at `now_ms`, or `holder` holds it already. A
+    /// conditional write; true when `holder` holds it now.
+    async fn take_job_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lease back, if `holder` holds it.
+    async fn drop_job_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+}
 
 /// A job's lease, held by this process under a random id.
 #[derive(Debug)]
@@ -31,7 +52,7 @@ impl JobLease {
 
     /// Whether this process holds the lease, taking or renewing it (a store write) only
     /// once a third of it has passed since it last did.
-    pub(crate) async fn hold(&self, store: &dyn TokenStore) -> Result<bool, StoreError> {
+    pub(crate) async fn hold(&self, store: &dyn JobLeases) -> Result<bool, StoreError> {
         if self
             .renewed()
             .is_some_and(|at| at.elapsed() < self.lease / 3)
@@ -50,7 +71,7 @@ impl JobLease {
     /// instances from running it again before then).
     pub(crate) async fn keep_until(
         &self,
-        store: &dyn TokenStore,
+        store: &dyn JobLeases,
         until_ms: i64,
     ) -> Result<(), StoreError> {
         self.set_renewed(None);
@@ -60,14 +81,14 @@ impl JobLease {
     }
 
     /// Gives the lease back, for another instance to take.
-    pub(crate) async fn release(&self, store: &dyn TokenStore) -> Result<(), StoreError> {
+    pub(crate) async fn release(&self, store: &dyn JobLeases) -> Result<(), StoreError> {
         self.set_renewed(None);
         store.drop_job_lease(&self.name, &self.holder).await
     }
 
     async fn take(
         &self,
-        store: &dyn TokenStore,
+        store: &dyn JobLeases,
         until_ms: i64,
         now_ms: i64,
     ) -> Result<bool, StoreError> {

@@ -28,8 +28,8 @@ use crate::events::{EventRules, PROBE_KIND};
 use crate::jobs::{Job, Jobs, Schedule};
 use crate::secrets::SecretsCache;
 use crate::store::{
-    Event, JobLease, PendingDelivery, StoreError, TokenStore, WebhookState, event_bound,
-    event_millis,
+    Event, EventFeed, JobLease, JobLeases, PendingDelivery, StoreError, TokenStore, WebhookCursors,
+    WebhookState, event_bound, event_millis,
 };
 use send::Attempt;
 
@@ -93,9 +93,29 @@ impl Endpoint {
     }
 }
 
+/// The parts of the store delivery uses: each endpoint's cursor, the lease that gives
+/// an endpoint to one instance, and the event feed.
+#[derive(Clone)]
+pub(crate) struct DeliveryStore {
+    pub(crate) cursors: Arc<dyn WebhookCursors>,
+    pub(crate) leases: Arc<dyn JobLeases>,
+    pub(crate) feed: Arc<dyn EventFeed>,
+}
+
+impl DeliveryStore {
+    /// The delivery parts of the tokens table.
+    pub(crate) fn of(store: &Arc<dyn TokenStore>) -> Self {
+        Self {
+            cursors: Arc::clone(store) as Arc<dyn WebhookCursors>,
+            leases: Arc::clone(store) as Arc<dyn JobLeases>,
+            feed: Arc::clone(store) as Arc<dyn EventFeed>,
+        }
+    }
+}
+
 /// Delivers events to the configured endpoints.
 pub(crate) struct Webhooks {
-    store: Arc<dyn TokenStore>,
+    store: DeliveryStore,
     secrets: Arc<SecretsCache>,
     rules: DeliveryRules,
     events: EventRules,
@@ -104,7 +124,7 @@ pub(crate) struct Webhooks {
 
 impl Webhooks {
     pub(crate) fn new(
-        store: Arc<dyn TokenStore>,
+        store: DeliveryStore,
         secrets: Arc<SecretsCache>,
         rules: DeliveryRules,
         events: EventRules,
@@ -180,10 +200,10 @@ impl Webhooks {
         breaker: &mut Breaker,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
-        if !holder.hold(self.store.as_ref()).await? {
+        if !holder.hold(self.store.leases.as_ref()).await? {
             return Ok(());
         }
-        let stored = self.store.webhook_state(&endpoint.id).await?;
+        let stored = self.store.cursors.webhook_state(&endpoint.id).await?;
         let expected = stored.as_ref().map(|s| s.version);
         let mut state = stored.unwrap_or_else(|| WebhookState {
             cursor: from.to_string(),
@@ -208,6 +228,7 @@ impl Webhooks {
         state.version = expected.map_or(1, |v| v + 1);
         match self
             .store
+            .cursors
             .put_webhook_state(&endpoint.id, &state, expected)
             .await
         {
@@ -276,7 +297,7 @@ impl Webhooks {
                     i += 1;
                 }
             }
-            if !holder.hold(self.store.as_ref()).await? {
+            if !holder.hold(self.store.leases.as_ref()).await? {
                 return Ok(true);
             }
         }
@@ -315,6 +336,7 @@ impl Webhooks {
         let room = PAGE.min(MAX_PENDING - state.pending.len());
         for event in self
             .store
+            .feed
             .events_between(&state.cursor, &until, room)
             .await?
         {
@@ -357,7 +379,7 @@ impl Webhooks {
                     state.pending.push(entry);
                 }
             }
-            if !holder.hold(self.store.as_ref()).await? {
+            if !holder.hold(self.store.leases.as_ref()).await? {
                 return Ok(true);
             }
         }
@@ -389,6 +411,7 @@ impl Webhooks {
         };
         Ok(self
             .store
+            .feed
             .events_between(&event_bound(ms), &event_bound(ms + 1), 10_000)
             .await?
             .into_iter()
@@ -413,7 +436,7 @@ impl Webhooks {
 /// made since then again (`axnt-oauth events replay`). Events still owed stay owed.
 /// Returns each endpoint's id and whether its state was written.
 pub(crate) async fn rewind(
-    store: &dyn TokenStore,
+    store: &dyn WebhookCursors,
     urls: &[url::Url],
     since: chrono::DateTime<Utc>,
 ) -> Vec<(String, Result<(), StoreError>)> {
@@ -480,7 +503,7 @@ impl Job for Worker {
         if breaker.is_open() {
             // Keep the endpoint while its circuit is open, so no other instance sends
             // to it meanwhile with a closed one.
-            if let Err(e) = lease.hold(webhooks.store.as_ref()).await {
+            if let Err(e) = lease.hold(webhooks.store.leases.as_ref()).await {
                 tracing::debug!(endpoint = endpoint.id, error = %e, "renewing a webhook lease failed");
             }
             return;

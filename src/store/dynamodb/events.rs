@@ -33,6 +33,8 @@
 //!
 //! Markers are never read as events and expire by the table's TTL after a day.
 
+use crate::store::EventFeed;
+use async_trait::async_trait;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::error::SdkError;
@@ -56,7 +58,7 @@ pub(super) const ROUND: Duration = Duration::from_millis(1_500);
 /// A fence answered within this long after its round's time settles the round in time.
 const FENCE: Duration = Duration::from_millis(1_000);
 /// The longest from an event's stamp until it is readable, or known never to be: a
-/// round and its fence. The store reports it (`TokenStore::event_write_bound`); the
+/// round and its fence. The store reports it (`EventFeed::event_write_bound`); the
 /// feed's delay is never shorter than it plus the clock allowance.
 pub(crate) const EVENT_WRITE_BOUND: Duration = ROUND.saturating_add(FENCE);
 /// The marker item's attribute; an item with it is a fence, never an event.
@@ -415,5 +417,21 @@ impl DynamoStore {
             }
         }
         Ok(events)
+    }
+}
+
+#[async_trait]
+impl EventFeed for DynamoStore {
+    async fn events_between(
+        &self,
+        after: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read_events_between(after, before, limit).await
+    }
+
+    fn event_write_bound(&self) -> std::time::Duration {
+        super::events::EVENT_WRITE_BOUND
     }
 }

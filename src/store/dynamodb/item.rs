@@ -285,7 +285,7 @@ pub(super) fn flow_key(flow_id: &str) -> String {
 
 pub(super) const FLOW_PREFIX: &str = "#flow#";
 
-/// The sort key of a single-use mark (`TokenStore::mark_once`): a connect link's
+/// The sort key of a single-use mark (`ConnectFlows::mark_once`): a connect link's
 /// "started" mark, a security event's `risc:<jti>`.
 pub(super) const STARTED: &str = "#started";
 /// The attribute of a single-use mark naming the attempt that made it.

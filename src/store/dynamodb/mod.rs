@@ -12,12 +12,18 @@
 //! Reads are strongly consistent, so a writer that lost a condition and re-reads sees
 //! the row that won, and a user reads their flow log right after a step.
 
+mod account_grants;
+mod connect_flows;
+mod connections;
 mod events;
 mod flow_log;
 mod item;
+mod job_leases;
+mod refresh_lease;
+mod revocations;
 mod sealed;
 mod settle;
-mod tokens;
+mod webhook_cursors;
 
 pub(crate) use settle::Settler;
 
@@ -28,11 +34,16 @@ pub(crate) use item::connection_from;
 #[cfg(feature = "bench")]
 pub(crate) use item::connection_item;
 
+use std::collections::HashMap;
+
+use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
 
-use self::item::s;
-use super::StoreError;
+use self::item::{Item, n, s};
+use super::{Event, Health, StoreError};
 use crate::aws::error::{AwsFailure, FailureKind, observe};
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -165,4 +176,107 @@ where
         _ => {}
     }
     observe("dynamodb", operation, result)
+}
+
+#[async_trait]
+impl Health for DynamoStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.ping_table(&self.tokens_table, "provider").await
+    }
+}
+
+impl DynamoStore {
+    /// Runs a consistent `Query` of the tokens table shaped by `shape`, page after page,
+    /// handing each item to `take` until it answers false or the pages end.
+    pub(super) async fn query_pages(
+        &self,
+        shape: impl Fn(QueryFluentBuilder) -> QueryFluentBuilder,
+        mut take: impl FnMut(&Item) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        let mut start: Option<Item> = None;
+        loop {
+            let request = shape(self.client.query().table_name(table))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            let out =
+                call("Query", request.send().await).map_err(|f| self.error("Query", table, f))?;
+            for item in out.items() {
+                if !take(item)? {
+                    return Ok(());
+                }
+            }
+            match out.last_evaluated_key() {
+                Some(key) if !key.is_empty() => start = Some(key.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Puts a whole tokens row under `condition`, with `events` in the same transaction
+    /// when there are any (a plain `PutItem` otherwise).
+    pub(super) async fn put_row(
+        &self,
+        item: Item,
+        condition: &str,
+        names: Option<HashMap<String, String>>,
+        values: Option<HashMap<String, AttributeValue>>,
+        events: &[Event],
+    ) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        if events.is_empty() {
+            let request = self
+                .client
+                .put_item()
+                .table_name(table)
+                .set_item(Some(item))
+                .condition_expression(condition)
+                .set_expression_attribute_names(names)
+                .set_expression_attribute_values(values);
+            return call("PutItem", request.send().await)
+                .map(drop)
+                .map_err(|f| self.error("PutItem", table, f));
+        }
+        let put = Put::builder()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .set_expression_attribute_names(names)
+            .set_expression_attribute_values(values)
+            .build()
+            .map_err(|e| StoreError::Corrupt(format!("row put: {e}")))?;
+        self.transact(TransactWriteItem::builder().put(put).build(), events)
+            .await
+    }
+
+    /// Puts a service item whole, only if the stored one is at `expected` (`None`: only
+    /// if there is none). A lost condition is a conflict.
+    pub(super) async fn put_versioned(
+        &self,
+        request: aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder,
+        expected: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let request = match expected {
+            None => request.condition_expression("attribute_not_exists(userId)"),
+            Some(v) => request
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
+        };
+        call("PutItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("PutItem", &self.tokens_table, f))
+    }
+
+    /// Puts a service item (a pending grant, a kept revocation) whole, unconditionally.
+    pub(super) async fn put_whole(&self, item: Item) -> Result<(), StoreError> {
+        let table = &self.tokens_table;
+        let request = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item));
+        call("PutItem", request.send().await)
+            .map(drop)
+            .map_err(|f| self.error("PutItem", table, f))
+    }
 }

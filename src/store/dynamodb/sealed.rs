@@ -3,6 +3,8 @@
 //! envelope as `encryptedTokens`, so one `Scan` reads them all, and one conditional
 //! `UpdateItem` re-wraps any of them.
 
+use crate::store::SealedItems;
+use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Deserialize;
 
@@ -154,6 +156,26 @@ impl DynamoStore {
             .expression_attribute_values(":next", n(next_attempt_at))
             .expression_attribute_values(":before", n(attempts_before));
         self.send_update(request).await
+    }
+}
+
+#[async_trait]
+impl SealedItems for DynamoStore {
+    async fn scan_sealed(
+        &self,
+        after: Option<&Sealed>,
+        limit: usize,
+    ) -> Result<SealedPage, StoreError> {
+        self.read_sealed(after, limit).await
+    }
+
+    async fn rewrap(
+        &self,
+        item: &Sealed,
+        old: &Envelope,
+        new: &Envelope,
+    ) -> Result<(), StoreError> {
+        self.rewrap_sealed(item, old, new).await
     }
 }
 

@@ -6,6 +6,8 @@
 //! write, the busy timeout), its events are made after the wait, and are visible as
 //! soon as it commits, within [`EVENT_WRITE_BOUND`] of the moment their ids name.
 
+use crate::store::EventFeed;
+use async_trait::async_trait;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Transaction, params};
@@ -138,5 +140,21 @@ impl EmbeddedStore {
                 })
             })
             .collect()
+    }
+}
+
+#[async_trait]
+impl EventFeed for EmbeddedStore {
+    async fn events_between(
+        &self,
+        after: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.read_events_between(after, before, limit).await
+    }
+
+    fn event_write_bound(&self) -> std::time::Duration {
+        super::events::EVENT_WRITE_BOUND
     }
 }

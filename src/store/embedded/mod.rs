@@ -5,11 +5,19 @@
 //! behave like several instances sharing a DynamoDB table. SQLite calls block, so they
 //! run on tokio's blocking pool, never on the async workers.
 
+mod account_grants;
+mod connect_flows;
+mod connections;
 mod events;
 mod flow_log;
+mod job_leases;
+mod refresh_lease;
+mod revocations;
 mod sealed;
-mod tokens;
+mod webhook_cursors;
 
+use crate::store::Health;
+use async_trait::async_trait;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -578,10 +586,24 @@ fn parse_time(what: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
         .map_err(|e| corrupt(what, e))
 }
 
+#[async_trait]
+impl Health for EmbeddedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_reader(|db| {
+            db.query_row("SELECT count(*) FROM tokens WHERE user_id = ''", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{FlowLog, TokenStore};
+    use crate::store::{ConnectFlows, Connections, FlowLog, Health};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_never_wait_for_the_writer() {
@@ -600,11 +622,11 @@ mod tests {
         held_rx.recv().expect("the writer's lock is held");
         let reads = async {
             assert_eq!(
-                TokenStore::get(&store, "u", "google").await.expect("get"),
+                Connections::get(&store, "u", "google").await.expect("get"),
                 None
             );
             assert!(
-                TokenStore::list(&store, "u")
+                Connections::list(&store, "u")
                     .await
                     .expect("list")
                     .is_empty()
@@ -615,7 +637,7 @@ mod tests {
                     .expect("log")
                     .is_empty()
             );
-            TokenStore::ping(&store).await.expect("ping");
+            Health::ping(&store).await.expect("ping");
         };
         let finished = tokio::time::timeout(Duration::from_secs(5), reads).await;
         let _ = done_tx.send(());

@@ -2,6 +2,8 @@
 //! and held grants, read table by table in key order, and each replaced only while it
 //! is still the envelope read.
 
+use crate::store::SealedItems;
+use async_trait::async_trait;
 use rusqlite::types::Value;
 
 use super::{EmbeddedStore, corrupt, sql};
@@ -169,10 +171,31 @@ impl EmbeddedStore {
     }
 }
 
+#[async_trait]
+impl SealedItems for EmbeddedStore {
+    async fn scan_sealed(
+        &self,
+        after: Option<&Sealed>,
+        limit: usize,
+    ) -> Result<SealedPage, StoreError> {
+        self.read_sealed(after, limit).await
+    }
+
+    async fn rewrap(
+        &self,
+        item: &Sealed,
+        old: &Envelope,
+        new: &Envelope,
+    ) -> Result<(), StoreError> {
+        self.rewrap_sealed(item, old, new).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{PendingRevocation, TokenStore};
+    use crate::store::PendingRevocation;
+    use crate::store::prelude::*;
 
     /// The revocation record's JSON names its envelope as the statements above do.
     #[tokio::test]

@@ -10,8 +10,9 @@ use axnt_oauth::store::{
     WebhookState,
 };
 
-use super::{now, pending, revocation, row, user};
+use super::{lease, now, pending, revocation, row, sealed_row, user};
 use crate::support::aws;
+use axnt_oauth::store::Connection;
 
 /// Every item of a sealed scan, `limit` a page.
 async fn scan_sealed_all(tokens: &dyn TokenStore, limit: usize) -> Vec<SealedItem> {
@@ -219,7 +220,91 @@ async fn a_held_grant_is_rewrapped_only_unchanged(
     assert_eq!(tokens.take_pending(&flow).await.expect("take"), None);
 }
 
+async fn a_rewrap_replaces_only_an_unchanged_envelope(
+    tokens: Arc<dyn TokenStore>,
+    _log: Arc<dyn FlowLog>,
+) {
+    let u = user();
+    let r = row(&u, "google", 4, "w");
+    tokens.put(&r, None, &[]).await.expect("create");
+    let rewrapped = Envelope {
+        key_id: "arn:aws:kms:us-east-1:123456789012:key/new".into(),
+        edk: "bmV3LWVkaw==".into(),
+        ..r.encrypted_tokens.clone()
+    };
+    tokens
+        .rewrap(&sealed_row(&u), &r.encrypted_tokens, &rewrapped)
+        .await
+        .expect("rewrap of the envelope read");
+    let stored = tokens.get(&u, "google").await.expect("get").expect("row");
+    assert_eq!(
+        stored,
+        Connection {
+            encrypted_tokens: rewrapped.clone(),
+            ..r.clone()
+        },
+        "only the envelope changed: not version"
+    );
+    // Under a live refresh lease the holder will write the whole row from what it read
+    // (a refresh or a deactivation): a re-wrap now would be undone, so it is refused.
+    tokens
+        .acquire_lease(&u, "google", 4, &lease("holder", 9_999_999_999_999), 0)
+        .await
+        .expect("lease");
+    let leased = tokens.get(&u, "google").await.expect("get").expect("row");
+    let under_lease = Envelope {
+        edk: "bGVhc2Vk".into(),
+        ..rewrapped.clone()
+    };
+    assert!(matches!(
+        tokens
+            .rewrap(&sealed_row(&u), &rewrapped, &under_lease)
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        tokens.get(&u, "google").await.expect("get"),
+        Some(leased),
+        "a leased row is left as it was"
+    );
+    // Again from the old envelope: the row is no longer what was read.
+    assert!(matches!(
+        tokens
+            .rewrap(&sealed_row(&u), &r.encrypted_tokens, &rewrapped)
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    // A token write meanwhile wins: the re-wrap of what was read before it is refused.
+    let written = row(&u, "google", 5, "x");
+    tokens
+        .put_as_holder(&written, "holder", &[])
+        .await
+        .expect("the holder writes new tokens");
+    let stale = Envelope {
+        edk: "c3RhbGU=".into(),
+        ..rewrapped.clone()
+    };
+    assert!(matches!(
+        tokens.rewrap(&sealed_row(&u), &rewrapped, &stale).await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(
+        tokens.get(&u, "google").await.expect("get"),
+        Some(written.clone())
+    );
+    // A removed row is not brought back.
+    tokens.delete(&u, "google", 5, &[]).await.expect("delete");
+    assert!(matches!(
+        tokens
+            .rewrap(&sealed_row(&u), &written.encrypted_tokens, &stale)
+            .await,
+        Err(StoreError::Conflict)
+    ));
+    assert_eq!(tokens.get(&u, "google").await.expect("get"), None);
+}
+
 every_backend!(
+    a_rewrap_replaces_only_an_unchanged_envelope,
     every_sealed_item_is_scanned_once_with_its_envelope,
     a_kept_revocation_is_rewrapped_only_unchanged_and_a_retry_keeps_it,
     a_held_grant_is_rewrapped_only_unchanged,

@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8};
 use super::*;
 use crate::crypto::{CryptoError, DataKey, Envelope, KeyProvider, WrappedKey};
 use crate::store::{
-    AccountGrants, Event, LeaseRelease, PendingGrant, PendingRevocation, ScanCursor, ScanPage,
-    Sealed, SealedPage, WebhookState,
+    AccountGrantLog, AccountGrants, ConnectFlows, Connections, Event, EventFeed, Health, JobLeases,
+    LeaseRelease, PendingGrant, PendingRevocation, RefreshLeases, RevocationQueue, ScanCursor,
+    ScanPage, Sealed, SealedItems, SealedPage, WebhookCursors, WebhookState,
 };
 
 pub(super) const UP: u8 = 0;
@@ -51,11 +52,12 @@ impl Link {
 }
 
 #[async_trait]
-impl TokenStore for Link {
+impl Connections for Link {
     async fn get(&self, user_id: &str, provider: &str) -> Result<Option<Connection>, StoreError> {
         self.read()?;
         self.store.get(user_id, provider).await
     }
+
     async fn put(
         &self,
         row: &Connection,
@@ -65,6 +67,41 @@ impl TokenStore for Link {
         self.write()?;
         self.store.put(row, expected, events).await
     }
+
+    async fn touch(
+        &self,
+        user_id: &str,
+        provider: &str,
+        last_used: DateTime<Utc>,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.store
+            .touch(user_id, provider, last_used, expires_at)
+            .await
+    }
+
+    async fn delete(
+        &self,
+        user_id: &str,
+        provider: &str,
+        expected: u64,
+        events: &[Event],
+    ) -> Result<bool, StoreError> {
+        self.store.delete(user_id, provider, expected, events).await
+    }
+
+    async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError> {
+        self.store.list(user_id).await
+    }
+
+    async fn scan(&self, after: Option<&ScanCursor>, limit: usize) -> Result<ScanPage, StoreError> {
+        self.store.scan(after, limit).await
+    }
+}
+
+#[async_trait]
+impl RefreshLeases for Link {
     async fn put_as_holder(
         &self,
         row: &Connection,
@@ -78,6 +115,7 @@ impl TokenStore for Link {
         self.write()?;
         self.store.put_as_holder(row, attempt, events).await
     }
+
     async fn acquire_lease(
         &self,
         user_id: &str,
@@ -91,6 +129,7 @@ impl TokenStore for Link {
             .acquire_lease(user_id, provider, version, lease, now_ms)
             .await
     }
+
     async fn extend_lease(
         &self,
         user_id: &str,
@@ -100,6 +139,7 @@ impl TokenStore for Link {
         self.write()?;
         self.store.extend_lease(user_id, provider, lease).await
     }
+
     async fn hold_lapsed_lease(
         &self,
         user_id: &str,
@@ -113,6 +153,7 @@ impl TokenStore for Link {
             .hold_lapsed_lease(user_id, provider, attempt, until_ms, now_ms)
             .await
     }
+
     async fn release_lease(
         &self,
         user_id: &str,
@@ -126,30 +167,10 @@ impl TokenStore for Link {
             .release_lease(user_id, provider, attempt, after, events)
             .await
     }
-    async fn touch(
-        &self,
-        user_id: &str,
-        provider: &str,
-        last_used: DateTime<Utc>,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        self.write()?;
-        self.store
-            .touch(user_id, provider, last_used, expires_at)
-            .await
-    }
-    async fn delete(
-        &self,
-        user_id: &str,
-        provider: &str,
-        expected: u64,
-        events: &[Event],
-    ) -> Result<bool, StoreError> {
-        self.store.delete(user_id, provider, expected, events).await
-    }
-    async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError> {
-        self.store.list(user_id).await
-    }
+}
+
+#[async_trait]
+impl ConnectFlows for Link {
     async fn mark_once(
         &self,
         key: &str,
@@ -158,21 +179,26 @@ impl TokenStore for Link {
     ) -> Result<bool, StoreError> {
         self.store.mark_once(key, attempt, expires_at).await
     }
+
     async fn unmark(&self, key: &str, attempt: &str) -> Result<(), StoreError> {
         self.store.unmark(key, attempt).await
     }
+
     async fn get_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError> {
         self.store.get_pending(flow_id).await
     }
+
     async fn put_pending(&self, grant: &PendingGrant) -> Result<(), StoreError> {
         self.store.put_pending(grant).await
     }
+
     async fn take_pending(&self, flow_id: &str) -> Result<Option<PendingGrant>, StoreError> {
         self.store.take_pending(flow_id).await
     }
-    async fn scan(&self, after: Option<&ScanCursor>, limit: usize) -> Result<ScanPage, StoreError> {
-        self.store.scan(after, limit).await
-    }
+}
+
+#[async_trait]
+impl SealedItems for Link {
     async fn scan_sealed(
         &self,
         after: Option<&Sealed>,
@@ -180,6 +206,7 @@ impl TokenStore for Link {
     ) -> Result<SealedPage, StoreError> {
         self.store.scan_sealed(after, limit).await
     }
+
     async fn rewrap(
         &self,
         item: &Sealed,
@@ -188,12 +215,30 @@ impl TokenStore for Link {
     ) -> Result<(), StoreError> {
         self.store.rewrap(item, old, new).await
     }
+}
+
+#[async_trait]
+impl EventFeed for Link {
     fn event_write_bound(&self) -> Duration {
         self.store.event_write_bound()
     }
+
+    async fn events_between(
+        &self,
+        after: &str,
+        before: &str,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.store.events_between(after, before, limit).await
+    }
+}
+
+#[async_trait]
+impl RevocationQueue for Link {
     async fn put_revocation(&self, revocation: &PendingRevocation) -> Result<(), StoreError> {
         self.store.put_revocation(revocation).await
     }
+
     async fn reschedule_revocation(
         &self,
         revocation: &PendingRevocation,
@@ -203,6 +248,7 @@ impl TokenStore for Link {
             .reschedule_revocation(revocation, attempts_before)
             .await
     }
+
     async fn revocations_due(
         &self,
         now: i64,
@@ -210,9 +256,14 @@ impl TokenStore for Link {
     ) -> Result<Vec<PendingRevocation>, StoreError> {
         self.store.revocations_due(now, limit).await
     }
+
     async fn remove_revocation(&self, id: &str) -> Result<(), StoreError> {
         self.store.remove_revocation(id).await
     }
+}
+
+#[async_trait]
+impl AccountGrantLog for Link {
     async fn account_grants(
         &self,
         provider: &str,
@@ -221,6 +272,7 @@ impl TokenStore for Link {
         self.read()?;
         self.store.account_grants(provider, sub).await
     }
+
     async fn put_account_grants(
         &self,
         record: &AccountGrants,
@@ -228,6 +280,10 @@ impl TokenStore for Link {
     ) -> Result<(), StoreError> {
         self.store.put_account_grants(record, expected).await
     }
+}
+
+#[async_trait]
+impl JobLeases for Link {
     async fn take_job_lease(
         &self,
         name: &str,
@@ -239,12 +295,18 @@ impl TokenStore for Link {
             .take_job_lease(name, holder, until_ms, now_ms)
             .await
     }
+
     async fn drop_job_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         self.store.drop_job_lease(name, holder).await
     }
+}
+
+#[async_trait]
+impl WebhookCursors for Link {
     async fn webhook_state(&self, endpoint: &str) -> Result<Option<WebhookState>, StoreError> {
         self.store.webhook_state(endpoint).await
     }
+
     async fn put_webhook_state(
         &self,
         endpoint: &str,
@@ -255,14 +317,10 @@ impl TokenStore for Link {
             .put_webhook_state(endpoint, state, expected)
             .await
     }
-    async fn events_between(
-        &self,
-        after: &str,
-        before: &str,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.store.events_between(after, before, limit).await
-    }
+}
+
+#[async_trait]
+impl Health for Link {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read()?;
         self.store.ping().await
