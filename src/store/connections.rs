@@ -5,21 +5,32 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Event, RefreshState, StoreError};
+use super::{Event, RefreshState, StoreError, stored_time};
 use crate::crypto::Envelope;
 
 /// A user's connection to one provider: the tokens table's row.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its serde layout is the stored one, for both backends: a DynamoDB item attribute
+/// for attribute (the stored-layout test pins it), and the SQLite row's document.
+/// Times are RFC 3339 in UTC to the millisecond; an absent option is left out, never
+/// written as null. A new field is a field here (or in [`GrantLedger`]) and nothing
+/// else.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Connection {
     pub user_id: String,
     pub provider: String,
     /// The account's email, when the provider gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     /// The sealed token set.
     pub encrypted_tokens: Envelope,
     pub user_info: UserInfo,
+    #[serde(serialize_with = "stored_time::one")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "stored_time::one")]
     pub updated_at: DateTime<Utc>,
+    #[serde(serialize_with = "stored_time::one")]
     pub last_used: DateTime<Utc>,
     /// Epoch seconds when the stored access token expires.
     pub access_token_expires_at: i64,
@@ -31,13 +42,16 @@ pub struct Connection {
     pub version: u64,
     /// The refresh bookkeeping: who is refreshing, when the next attempt may be made,
     /// and why the grant died. Written by partial updates that leave `version` alone.
+    #[serde(flatten)]
     pub refresh: RefreshState,
     /// The account this connection held before a grant of a *different* account (another
     /// `sub`) replaced it: the latest such change, kept so it is never silent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaced_account: Option<ReplacedAccount>,
     /// What the grant covers and the clocks that end it (`requestedScopes`,
     /// `grantedScopes`, `scopesChangedAt`, `consentedAt`, `lastRefreshedAt`,
     /// `refreshTokenExpiresAt`). Rows written before 0.3 have none of it.
+    #[serde(flatten)]
     pub grant: GrantLedger,
 }
 
@@ -56,32 +70,60 @@ impl Connection {
 /// A connection's scope ledger and grant clocks: what was asked for, what the provider
 /// granted (from the token response, at connect and at every refresh), and when the
 /// grant was consented to and last used. Never a secret.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct GrantLedger {
     /// Scopes the connect sessions asked for (the provider's defaults included), in
     /// the order first asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requested_scopes: Vec<String>,
     /// Scopes the provider's last token response said the grant holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub granted_scopes: Vec<String>,
     /// When `requested_scopes` last changed.
+    #[serde(
+        rename = "requestedScopesChangedAt",
+        default,
+        serialize_with = "stored_time::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub requested_changed_at: Option<DateTime<Utc>>,
     /// When `granted_scopes` last changed.
+    #[serde(
+        default,
+        serialize_with = "stored_time::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub scopes_changed_at: Option<DateTime<Utc>>,
     /// When the user last consented (the code exchange that made this grant).
+    #[serde(
+        default,
+        serialize_with = "stored_time::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub consented_at: Option<DateTime<Utc>>,
     /// When a refresh last succeeded (the refresh token was last used).
+    #[serde(
+        default,
+        serialize_with = "stored_time::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_refreshed_at: Option<DateTime<Utc>>,
     /// Epoch seconds when the refresh token stops working, for time-limited access
     /// (`refresh_token_expires_in` in the code exchange's answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token_expires_at: Option<i64>,
     /// Epoch seconds: the predicted expiry `connection.expiring_soon` was sent for (so
     /// it is sent once per forecast; a new consent clears it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiry_notice_for: Option<i64>,
     /// The refresh token's identifiers as Google's security events give them, so a
     /// `token-revoked` event finds its connection without the token itself: base64 of
     /// the double SHA-512 of the token, and base64 of the SHA-256 of its first 16
     /// characters (Google's `prefix` identifier, itself never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token_prefix_hash: Option<String>,
 }
 

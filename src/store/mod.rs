@@ -16,9 +16,10 @@ pub mod embedded;
 mod event_feed;
 pub mod flow_log;
 mod job_lease;
-mod refresh_lease;
+pub(crate) mod refresh_lease;
 mod revocations;
 mod sealed;
+pub(crate) mod stored_time;
 mod webhook_cursors;
 
 use async_trait::async_trait;

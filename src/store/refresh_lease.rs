@@ -3,11 +3,23 @@
 
 use async_trait::async_trait;
 
+use serde::{Deserialize, Serialize};
+
 use super::{Connection, Event, StoreError};
 
+/// The refresh bookkeeping's stored attributes, which the lease's partial updates name
+/// one by one.
+pub(crate) const LEASE_ATTEMPT: &str = "refreshLeaseAttempt";
+pub(crate) const LEASE_UNTIL: &str = "refreshLeaseUntil";
+pub(crate) const LEASE_LAPSED_AT: &str = "refreshLeaseLapsedAt";
+pub(crate) const RETRY_AT: &str = "refreshRetryAt";
+pub(crate) const UNKNOWN_SINCE: &str = "refreshUnknownSince";
+
 /// A row's refresh bookkeeping (`refreshLeaseAttempt`, `refreshLeaseUntil`,
-/// `refreshRetryAt`, `refreshUnknownSince`, `inactiveCause`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// `refreshLeaseLapsedAt`, `refreshRetryAt`, `refreshUnknownSince`, `inactiveCause`),
+/// stored flat in the row.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RefreshAttributes", into = "RefreshAttributes")]
 pub struct RefreshState {
     /// Set while one refresh attempt redeems the refresh token, so every other reader,
     /// on any instance, waits for its result instead of redeeming the same token.
@@ -22,6 +34,91 @@ pub struct RefreshState {
     /// Why the row went inactive (`invalid_grant`, `refresh_outcome_unknown`,
     /// `no_refresh_token`).
     pub inactive_cause: Option<String>,
+}
+
+/// [`RefreshState`] as stored: flat, each absent one left out. The attribute names are
+/// the constants above.
+#[derive(Serialize, Deserialize)]
+struct RefreshAttributes {
+    #[serde(
+        rename = "refreshLeaseAttempt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    attempt: Option<String>,
+    #[serde(
+        rename = "refreshLeaseUntil",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    until: Option<i64>,
+    #[serde(
+        rename = "refreshLeaseLapsedAt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    lapsed_at: Option<i64>,
+    #[serde(
+        rename = "refreshRetryAt",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    retry_at: Option<i64>,
+    #[serde(
+        rename = "refreshUnknownSince",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    unknown_since: Option<i64>,
+    #[serde(
+        rename = "inactiveCause",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    inactive_cause: Option<String>,
+}
+
+impl From<RefreshState> for RefreshAttributes {
+    fn from(state: RefreshState) -> Self {
+        let (attempt, until, lapsed_at) = match state.lease {
+            Some(lease) => (
+                Some(lease.attempt),
+                Some(lease.until_ms),
+                lease.lapsed_at_ms,
+            ),
+            None => (None, None, None),
+        };
+        Self {
+            attempt,
+            until,
+            lapsed_at,
+            retry_at: state.retry_at_ms,
+            unknown_since: state.unknown_since_ms,
+            inactive_cause: state.inactive_cause,
+        }
+    }
+}
+
+impl TryFrom<RefreshAttributes> for RefreshState {
+    type Error = String;
+
+    fn try_from(stored: RefreshAttributes) -> Result<Self, String> {
+        let lease = match (stored.attempt, stored.until) {
+            (Some(attempt), Some(until_ms)) => Some(RefreshLease {
+                attempt,
+                until_ms,
+                lapsed_at_ms: stored.lapsed_at,
+            }),
+            (Some(_), None) => return Err(format!("missing field `{LEASE_UNTIL}`")),
+            (None, _) => None,
+        };
+        Ok(Self {
+            lease,
+            retry_at_ms: stored.retry_at,
+            unknown_since_ms: stored.unknown_since,
+            inactive_cause: stored.inactive_cause,
+        })
+    }
 }
 
 /// One refresh attempt's claim on a row, and until when it holds.

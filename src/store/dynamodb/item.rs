@@ -12,17 +12,14 @@ use serde_json::{Map, Value};
 use crate::crypto::Envelope;
 use crate::store::{
     AccountGrants, Connection, FlowLogEntry, FlowStep, GrantLedger, PendingGrant,
-    PendingRevocation, RefreshLease, RefreshState, ReplacedAccount, StoreError, UserInfo,
+    PendingRevocation, RefreshState, StoreError, UserInfo,
 };
 
 pub(super) type Item = HashMap<String, AttributeValue>;
 
-/// The refresh bookkeeping's attributes the lease updates name (see [`RefreshState`]).
-pub(super) const LEASE_ATTEMPT: &str = "refreshLeaseAttempt";
-pub(super) const LEASE_UNTIL: &str = "refreshLeaseUntil";
-pub(super) const RETRY_AT: &str = "refreshRetryAt";
-pub(super) const UNKNOWN_SINCE: &str = "refreshUnknownSince";
-pub(super) const LEASE_LAPSED_AT: &str = "refreshLeaseLapsedAt";
+pub(super) use crate::store::refresh_lease::{
+    LEASE_ATTEMPT, LEASE_LAPSED_AT, LEASE_UNTIL, RETRY_AT, UNKNOWN_SINCE,
+};
 
 pub(super) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
@@ -33,194 +30,7 @@ pub(super) fn n(value: impl ToString) -> AttributeValue {
 }
 
 pub(super) fn rfc3339(at: &DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Times as the table holds them: RFC 3339 in UTC, to the millisecond.
-fn stored_time<S: serde::Serializer>(at: &DateTime<Utc>, out: S) -> Result<S::Ok, S::Error> {
-    out.serialize_str(&rfc3339(at))
-}
-
-/// [`stored_time`] for an optional time (skipped when absent).
-fn stored_time_opt<S: serde::Serializer>(
-    at: &Option<DateTime<Utc>>,
-    out: S,
-) -> Result<S::Ok, S::Error> {
-    match at {
-        Some(at) => stored_time(at, out),
-        None => out.serialize_none(),
-    }
-}
-
-/// The tokens table's item, attribute for attribute. An absent option is left out of
-/// the item, never written as `NULL`.
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ConnectionItem {
-    user_id: String,
-    provider: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    email: Option<String>,
-    encrypted_tokens: Envelope,
-    user_info: UserInfo,
-    #[serde(serialize_with = "stored_time")]
-    created_at: DateTime<Utc>,
-    #[serde(serialize_with = "stored_time")]
-    updated_at: DateTime<Utc>,
-    #[serde(serialize_with = "stored_time")]
-    last_used: DateTime<Utc>,
-    access_token_expires_at: i64,
-    expires_at: i64,
-    is_active: bool,
-    version: u64,
-    // The refresh bookkeeping, flat: the lease updates set and remove the first four
-    // and the lapse mark one by one (named by the constants above).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    refresh_lease_attempt: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    refresh_lease_until: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    refresh_lease_lapsed_at: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    refresh_retry_at: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    refresh_unknown_since: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    inactive_cause: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    replaced_account: Option<ReplacedAccount>,
-    // The scope ledger and grant clocks (see [`GrantLedger`]), flat.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    requested_scopes: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    granted_scopes: Vec<String>,
-    #[serde(
-        default,
-        serialize_with = "stored_time_opt",
-        skip_serializing_if = "Option::is_none"
-    )]
-    requested_scopes_changed_at: Option<DateTime<Utc>>,
-    #[serde(
-        default,
-        serialize_with = "stored_time_opt",
-        skip_serializing_if = "Option::is_none"
-    )]
-    scopes_changed_at: Option<DateTime<Utc>>,
-    #[serde(
-        default,
-        serialize_with = "stored_time_opt",
-        skip_serializing_if = "Option::is_none"
-    )]
-    consented_at: Option<DateTime<Utc>>,
-    #[serde(
-        default,
-        serialize_with = "stored_time_opt",
-        skip_serializing_if = "Option::is_none"
-    )]
-    last_refreshed_at: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    refresh_token_expires_at: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    expiry_notice_for: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    refresh_token_hash: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    refresh_token_prefix_hash: Option<String>,
-}
-
-impl From<&Connection> for ConnectionItem {
-    fn from(row: &Connection) -> Self {
-        let refresh = row.refresh.clone();
-        let (refresh_lease_attempt, refresh_lease_until, refresh_lease_lapsed_at) =
-            match refresh.lease {
-                Some(RefreshLease {
-                    attempt,
-                    until_ms,
-                    lapsed_at_ms,
-                }) => (Some(attempt), Some(until_ms), lapsed_at_ms),
-                None => (None, None, None),
-            };
-        Self {
-            user_id: row.user_id.clone(),
-            provider: row.provider.clone(),
-            email: row.email.clone(),
-            encrypted_tokens: row.encrypted_tokens.clone(),
-            user_info: row.user_info.clone(),
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            last_used: row.last_used,
-            access_token_expires_at: row.access_token_expires_at,
-            expires_at: row.expires_at,
-            is_active: row.is_active,
-            version: row.version,
-            refresh_lease_attempt,
-            refresh_lease_until,
-            refresh_lease_lapsed_at,
-            refresh_retry_at: refresh.retry_at_ms,
-            refresh_unknown_since: refresh.unknown_since_ms,
-            inactive_cause: refresh.inactive_cause,
-            replaced_account: row.replaced_account.clone(),
-            requested_scopes: row.grant.requested_scopes.clone(),
-            granted_scopes: row.grant.granted_scopes.clone(),
-            requested_scopes_changed_at: row.grant.requested_changed_at,
-            scopes_changed_at: row.grant.scopes_changed_at,
-            consented_at: row.grant.consented_at,
-            last_refreshed_at: row.grant.last_refreshed_at,
-            refresh_token_expires_at: row.grant.refresh_token_expires_at,
-            expiry_notice_for: row.grant.expiry_notice_for,
-            refresh_token_hash: row.grant.refresh_token_hash.clone(),
-            refresh_token_prefix_hash: row.grant.refresh_token_prefix_hash.clone(),
-        }
-    }
-}
-
-impl TryFrom<ConnectionItem> for Connection {
-    type Error = StoreError;
-
-    fn try_from(item: ConnectionItem) -> Result<Self, StoreError> {
-        let lease = match (item.refresh_lease_attempt, item.refresh_lease_until) {
-            (Some(attempt), Some(until_ms)) => Some(RefreshLease {
-                attempt,
-                until_ms,
-                lapsed_at_ms: item.refresh_lease_lapsed_at,
-            }),
-            (Some(_), None) => return Err(StoreError::Corrupt(format!("{LEASE_UNTIL}: missing"))),
-            (None, _) => None,
-        };
-        Ok(Self {
-            user_id: item.user_id,
-            provider: item.provider,
-            email: item.email,
-            encrypted_tokens: item.encrypted_tokens,
-            user_info: item.user_info,
-            created_at: item.created_at,
-            updated_at: item.updated_at,
-            last_used: item.last_used,
-            access_token_expires_at: item.access_token_expires_at,
-            expires_at: item.expires_at,
-            is_active: item.is_active,
-            version: item.version,
-            refresh: RefreshState {
-                lease,
-                retry_at_ms: item.refresh_retry_at,
-                unknown_since_ms: item.refresh_unknown_since,
-                inactive_cause: item.inactive_cause,
-            },
-            replaced_account: item.replaced_account,
-            grant: GrantLedger {
-                requested_scopes: item.requested_scopes,
-                granted_scopes: item.granted_scopes,
-                requested_changed_at: item.requested_scopes_changed_at,
-                scopes_changed_at: item.scopes_changed_at,
-                consented_at: item.consented_at,
-                last_refreshed_at: item.last_refreshed_at,
-                refresh_token_expires_at: item.refresh_token_expires_at,
-                expiry_notice_for: item.expiry_notice_for,
-                refresh_token_hash: item.refresh_token_hash,
-                refresh_token_prefix_hash: item.refresh_token_prefix_hash,
-            },
-        })
-    }
+    crate::store::stored_time::text(at)
 }
 
 /// The logs table's item. Unlike the API's view of an entry, it holds `expiresAt` (the
@@ -325,7 +135,7 @@ struct RevocationRecord {
     sub: String,
     encrypted_tokens: Envelope,
     token_kind: String,
-    #[serde(serialize_with = "stored_time")]
+    #[serde(serialize_with = "crate::store::stored_time::one")]
     created_at: DateTime<Utc>,
     attempts: u32,
     next_attempt_at: i64,
@@ -463,7 +273,7 @@ struct PendingItem {
     grant_provider: String,
     encrypted_tokens: Envelope,
     user_info: UserInfo,
-    #[serde(serialize_with = "stored_time")]
+    #[serde(serialize_with = "crate::store::stored_time::one")]
     created_at: DateTime<Utc>,
     expires_at: i64,
 }
@@ -525,11 +335,19 @@ pub(super) fn from_item<T: DeserializeOwned>(item: &Item) -> Result<T, StoreErro
 }
 
 pub(crate) fn connection_item(row: &Connection) -> Result<Item, StoreError> {
-    to_item("connection item", &ConnectionItem::from(row))
+    to_item("connection item", row)
 }
 
 pub(crate) fn connection_from(item: &Item) -> Result<Connection, StoreError> {
-    from_item::<ConnectionItem>(item)?.try_into()
+    // An error in a flattened part carries no path: that part is read again alone, so
+    // the message names its attribute.
+    from_item(item).map_err(|e| match &e {
+        StoreError::Corrupt(m) if m.starts_with(".:") => from_item::<RefreshState>(item)
+            .and_then(|_| from_item::<GrantLedger>(item))
+            .err()
+            .unwrap_or(e),
+        _ => e,
+    })
 }
 
 pub(super) fn flow_item(entry: &FlowLogEntry) -> Result<Item, StoreError> {
@@ -543,6 +361,7 @@ pub(super) fn flow_entry_from(item: &Item) -> Result<FlowLogEntry, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{RefreshLease, ReplacedAccount};
     use serde_json::json;
 
     /// A row with every attribute set; its times are whole milliseconds, as stored.

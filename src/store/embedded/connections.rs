@@ -1,165 +1,41 @@
 //! The tokens table's connection rows: read and written whole, conditional on `version`,
 //! touched, listed and scanned.
 
-use std::sync::LazyLock;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, params};
+use serde_json::json;
 
 use super::events::insert as insert_events;
-use super::{EmbeddedStore, TOKEN_COLUMNS, WriteIf, corrupt, parse_time, rfc3339, sql};
+use super::{EmbeddedStore, WriteIf, corrupt, rfc3339, sql};
 use crate::store::{
-    Connection, Connections, Event, GrantLedger, RefreshLease, RefreshState, ScanCursor, ScanPage,
-    StoreError,
+    Connection, Connections, Event, GrantLedger, RefreshState, ScanCursor, ScanPage, StoreError,
 };
 
-/// Reads, prepared once per connection (`prepare_cached`).
-static SELECT_ROW: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE user_id = ?1 AND provider = ?2")
-});
-static SELECT_USER_ROWS: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE user_id = ?1 ORDER BY provider")
-});
-/// A scan's page: keyset paging in primary-key order, so a page costs the same
-/// wherever it starts and rows written meanwhile cannot shift it.
-static SCAN_ROWS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE (user_id, provider) > (?1, ?2) \
-         ORDER BY user_id, provider LIMIT ?3"
-    )
-});
-
-/// A JSON list of scopes, or none.
-fn scope_list(what: &str, json: Option<String>) -> Result<Vec<String>, StoreError> {
-    json.map_or(Ok(Vec::new()), |json| {
-        serde_json::from_str(&json).map_err(|e| corrupt(what, e))
+/// A row's document as stored (the [`Connection`]'s serde layout, as JSON), read
+/// back. A malformed one names the attribute, never its value.
+pub(super) fn parse_row(doc: &str) -> Result<Connection, StoreError> {
+    // An error in a flattened part carries no path: that part is read again alone, so
+    // the message names its attribute.
+    parse::<Connection>(doc).map_err(|e| match &e {
+        StoreError::Corrupt(m) if m.starts_with(".:") => parse::<RefreshState>(doc)
+            .and_then(|_| parse::<GrantLedger>(doc))
+            .err()
+            .unwrap_or(e),
+        _ => e,
     })
 }
 
-fn optional_time(what: &str, text: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
-    text.map(|t| parse_time(what, &t)).transpose()
+fn parse<T: serde::de::DeserializeOwned>(doc: &str) -> Result<T, StoreError> {
+    let mut reader = serde_json::Deserializer::from_str(doc);
+    serde_path_to_error::deserialize(&mut reader)
+        .map_err(|e| StoreError::Corrupt(format!("{}: not a valid value", e.path())))
 }
 
-/// The raw columns of a tokens row, read inside the SQLite callback and parsed after.
-struct RawConnection {
-    user_id: String,
-    provider: String,
-    email: Option<String>,
-    encrypted_tokens: String,
-    user_info: String,
-    created_at: String,
-    updated_at: String,
-    last_used: String,
-    access_token_expires_at: i64,
-    expires_at: i64,
-    is_active: bool,
-    version: i64,
-    refresh_lease_attempt: Option<String>,
-    refresh_lease_until: Option<i64>,
-    refresh_retry_at: Option<i64>,
-    refresh_unknown_since: Option<i64>,
-    inactive_cause: Option<String>,
-    replaced_account: Option<String>,
-    requested_scopes: Option<String>,
-    granted_scopes: Option<String>,
-    requested_scopes_changed_at: Option<String>,
-    scopes_changed_at: Option<String>,
-    consented_at: Option<String>,
-    last_refreshed_at: Option<String>,
-    refresh_token_expires_at: Option<i64>,
-    expiry_notice_for: Option<i64>,
-    refresh_token_hash: Option<String>,
-    refresh_token_prefix_hash: Option<String>,
-    refresh_lease_lapsed_at: Option<i64>,
-}
-
-impl RawConnection {
-    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            user_id: row.get(0)?,
-            provider: row.get(1)?,
-            email: row.get(2)?,
-            encrypted_tokens: row.get(3)?,
-            user_info: row.get(4)?,
-            created_at: row.get(5)?,
-            updated_at: row.get(6)?,
-            last_used: row.get(7)?,
-            access_token_expires_at: row.get(8)?,
-            expires_at: row.get(9)?,
-            is_active: row.get(10)?,
-            version: row.get(11)?,
-            refresh_lease_attempt: row.get(12)?,
-            refresh_lease_until: row.get(13)?,
-            refresh_retry_at: row.get(14)?,
-            refresh_unknown_since: row.get(15)?,
-            inactive_cause: row.get(16)?,
-            replaced_account: row.get(17)?,
-            requested_scopes: row.get(18)?,
-            granted_scopes: row.get(19)?,
-            requested_scopes_changed_at: row.get(20)?,
-            scopes_changed_at: row.get(21)?,
-            consented_at: row.get(22)?,
-            last_refreshed_at: row.get(23)?,
-            refresh_token_expires_at: row.get(24)?,
-            expiry_notice_for: row.get(25)?,
-            refresh_token_hash: row.get(26)?,
-            refresh_token_prefix_hash: row.get(27)?,
-            refresh_lease_lapsed_at: row.get(28)?,
-        })
-    }
-
-    fn parse(self) -> Result<Connection, StoreError> {
-        Ok(Connection {
-            encrypted_tokens: serde_json::from_str(&self.encrypted_tokens)
-                .map_err(|e| corrupt("encryptedTokens", e))?,
-            user_info: serde_json::from_str(&self.user_info).map_err(|e| corrupt("userInfo", e))?,
-            created_at: parse_time("createdAt", &self.created_at)?,
-            updated_at: parse_time("updatedAt", &self.updated_at)?,
-            last_used: parse_time("lastUsed", &self.last_used)?,
-            user_id: self.user_id,
-            provider: self.provider,
-            email: self.email,
-            access_token_expires_at: self.access_token_expires_at,
-            expires_at: self.expires_at,
-            is_active: self.is_active,
-            version: u64::try_from(self.version).map_err(|e| corrupt("version", e))?,
-            refresh: RefreshState {
-                lease: match (self.refresh_lease_attempt, self.refresh_lease_until) {
-                    (Some(attempt), Some(until_ms)) => Some(RefreshLease {
-                        attempt,
-                        until_ms,
-                        lapsed_at_ms: self.refresh_lease_lapsed_at,
-                    }),
-                    _ => None,
-                },
-                retry_at_ms: self.refresh_retry_at,
-                unknown_since_ms: self.refresh_unknown_since,
-                inactive_cause: self.inactive_cause,
-            },
-            replaced_account: self
-                .replaced_account
-                .map(|json| serde_json::from_str(&json))
-                .transpose()
-                .map_err(|e| corrupt("replacedAccount", e))?,
-            grant: GrantLedger {
-                requested_scopes: scope_list("requestedScopes", self.requested_scopes)?,
-                granted_scopes: scope_list("grantedScopes", self.granted_scopes)?,
-                requested_changed_at: optional_time(
-                    "requestedScopesChangedAt",
-                    self.requested_scopes_changed_at,
-                )?,
-                scopes_changed_at: optional_time("scopesChangedAt", self.scopes_changed_at)?,
-                consented_at: optional_time("consentedAt", self.consented_at)?,
-                last_refreshed_at: optional_time("lastRefreshedAt", self.last_refreshed_at)?,
-                refresh_token_expires_at: self.refresh_token_expires_at,
-                expiry_notice_for: self.expiry_notice_for,
-                refresh_token_hash: self.refresh_token_hash,
-                refresh_token_prefix_hash: self.refresh_token_prefix_hash,
-            },
-        })
-    }
+/// A row's document, to store.
+pub(super) fn row_doc(row: &Connection) -> Result<String, StoreError> {
+    serde_json::to_string(row).map_err(|e| corrupt("connection", e))
 }
 
 #[async_trait]
@@ -167,17 +43,19 @@ impl Connections for EmbeddedStore {
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn get(&self, user_id: &str, provider: &str) -> Result<Option<Connection>, StoreError> {
         let (user_id, provider) = (user_id.to_string(), provider.to_string());
-        let raw = self
+        let doc: Option<String> = self
             .with_reader(move |db| {
-                db.prepare_cached(&SELECT_ROW)
-                    .and_then(|mut stmt| {
-                        stmt.query_row(params![user_id, provider], RawConnection::from_row)
-                            .optional()
-                    })
-                    .map_err(sql)
+                db.prepare_cached(
+                    "SELECT doc FROM connections WHERE user_id = ?1 AND provider = ?2",
+                )
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![user_id, provider], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(sql)
             })
             .await?;
-        raw.map(RawConnection::parse).transpose()
+        doc.as_deref().map(parse_row).transpose()
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %row.user_id, provider = %row.provider))]
@@ -202,15 +80,15 @@ impl Connections for EmbeddedStore {
         last_used: DateTime<Utc>,
         expires_at: i64,
     ) -> Result<(), StoreError> {
+        let patch = json!({"lastUsed": rfc3339(&last_used), "expiresAt": expires_at});
         let args = vec![
             Value::from(user_id.to_string()),
             Value::from(provider.to_string()),
-            Value::from(rfc3339(&last_used)),
-            Value::from(expires_at),
+            Value::from(patch.to_string()),
         ];
         match self
             .update_one(
-                "UPDATE tokens SET last_used = ?3, expires_at = ?4 \
+                "UPDATE connections SET doc = json_patch(doc, ?3) \
                  WHERE user_id = ?1 AND provider = ?2 AND is_active = 1",
                 args,
             )
@@ -241,7 +119,7 @@ impl Connections for EmbeddedStore {
                 .map_err(sql)?;
             let current: Option<i64> = tx
                 .query_row(
-                    "SELECT version FROM tokens WHERE user_id = ?1 AND provider = ?2",
+                    "SELECT version FROM connections WHERE user_id = ?1 AND provider = ?2",
                     params![user_id, provider],
                     |r| r.get(0),
                 )
@@ -252,7 +130,7 @@ impl Connections for EmbeddedStore {
                 Some(v) if v != expected => Err(StoreError::Conflict),
                 Some(_) => {
                     tx.execute(
-                        "DELETE FROM tokens WHERE user_id = ?1 AND provider = ?2",
+                        "DELETE FROM connections WHERE user_id = ?1 AND provider = ?2",
                         params![user_id, provider],
                     )
                     .map_err(sql)?;
@@ -269,16 +147,18 @@ impl Connections for EmbeddedStore {
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
     async fn list(&self, user_id: &str) -> Result<Vec<Connection>, StoreError> {
         let user_id = user_id.to_string();
-        let raws = self
+        let docs: Vec<String> = self
             .with_reader(move |db| {
-                let mut stmt = db.prepare_cached(&SELECT_USER_ROWS).map_err(sql)?;
-                let rows = stmt
-                    .query_map([user_id], RawConnection::from_row)
+                let mut stmt = db
+                    .prepare_cached(
+                        "SELECT doc FROM connections WHERE user_id = ?1 ORDER BY provider",
+                    )
                     .map_err(sql)?;
+                let rows = stmt.query_map([user_id], |r| r.get(0)).map_err(sql)?;
                 rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
             })
             .await?;
-        raws.into_iter().map(RawConnection::parse).collect()
+        docs.iter().map(|doc| parse_row(doc)).collect()
     }
 
     #[tracing::instrument(skip_all, fields(limit = limit))]
@@ -288,19 +168,26 @@ impl Connections for EmbeddedStore {
             .map(|c| (c.user_id.clone(), c.provider.clone()))
             .unwrap_or_default();
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-        let raws = self
+        let docs: Vec<String> = self
             .with_reader(move |db| {
-                let mut stmt = db.prepare_cached(&SCAN_ROWS).map_err(sql)?;
+                // Keyset paging in primary-key order, so a page costs the same wherever
+                // it starts and rows written meanwhile cannot shift it.
+                let mut stmt = db
+                    .prepare_cached(
+                        "SELECT doc FROM connections WHERE (user_id, provider) > (?1, ?2) \
+                         ORDER BY user_id, provider LIMIT ?3",
+                    )
+                    .map_err(sql)?;
                 let rows = stmt
-                    .query_map(params![user_id, provider, limit], RawConnection::from_row)
+                    .query_map(params![user_id, provider, limit], |r| r.get(0))
                     .map_err(sql)?;
                 rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql)
             })
             .await?;
-        let full = i64::try_from(raws.len()).unwrap_or(i64::MAX) >= limit;
-        let rows = raws
-            .into_iter()
-            .map(RawConnection::parse)
+        let full = i64::try_from(docs.len()).unwrap_or(i64::MAX) >= limit;
+        let rows = docs
+            .iter()
+            .map(|doc| parse_row(doc))
             .collect::<Result<Vec<_>, _>>()?;
         let next = match rows.last() {
             Some(last) if full => Some(ScanCursor {
@@ -310,5 +197,43 @@ impl Connections for EmbeddedStore {
             _ => None,
         };
         Ok(ScanPage { rows, next })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_document_names_the_attribute_and_not_its_value() {
+        let doc = |extra: &str| {
+            format!(
+                r#"{{"userId":"u","provider":"google","encryptedTokens":{{"v":1,"alg":"A","keyId":"k","edk":"e","iv":"i","ct":"c"}},"userInfo":{{"sub":"1"}},"createdAt":"2025-01-02T03:04:05.000Z","updatedAt":"2025-01-02T03:04:05.000Z","lastUsed":"2025-01-02T03:04:05.000Z","accessTokenExpiresAt":1,"expiresAt":2,"isActive":true{extra}}}"#
+            )
+        };
+        assert!(parse_row(&doc(r#","version":1"#)).is_ok());
+        for (extra, expected) in [
+            (r#","version":"hunter2""#, "version: not a valid value"),
+            (
+                r#","refreshRetryAt":"hunter2""#,
+                "refreshRetryAt: not a valid value",
+            ),
+            (
+                r#","consentedAt":"hunter2""#,
+                "consentedAt: not a valid value",
+            ),
+            (
+                r#","refreshLeaseAttempt":"hunter2""#,
+                ".: not a valid value",
+            ),
+        ] {
+            match parse_row(&doc(extra)) {
+                Err(StoreError::Corrupt(message)) => {
+                    assert_eq!(message, expected);
+                    assert!(!message.contains("hunter2"));
+                }
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
     }
 }

@@ -30,39 +30,21 @@ use super::{Connection, Event, StoreError};
 use crate::jobs::{self, Jobs, Schedule};
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS tokens (
-    user_id                 TEXT    NOT NULL,
-    provider                TEXT    NOT NULL,
-    email                   TEXT,
-    encrypted_tokens        TEXT    NOT NULL,
-    user_info               TEXT    NOT NULL,
-    created_at              TEXT    NOT NULL,
-    updated_at              TEXT    NOT NULL,
-    last_used               TEXT    NOT NULL,
-    access_token_expires_at INTEGER NOT NULL,
-    expires_at              INTEGER NOT NULL,
-    is_active               INTEGER NOT NULL,
-    version                 INTEGER NOT NULL,
-    refresh_lease_attempt   TEXT,
-    refresh_lease_until     INTEGER,
-    refresh_retry_at        INTEGER,
-    refresh_unknown_since   INTEGER,
-    inactive_cause          TEXT,
-    replaced_account        TEXT,
-    requested_scopes        TEXT,
-    granted_scopes          TEXT,
-    requested_scopes_changed_at TEXT,
-    scopes_changed_at       TEXT,
-    consented_at            TEXT,
-    last_refreshed_at       TEXT,
-    refresh_token_expires_at INTEGER,
-    expiry_notice_for       INTEGER,
-    refresh_token_hash      TEXT,
-    refresh_token_prefix_hash TEXT,
-    refresh_lease_lapsed_at INTEGER,
+CREATE TABLE IF NOT EXISTS connections (
+    user_id         TEXT    NOT NULL,
+    provider        TEXT    NOT NULL,
+    -- The row: the Connection's serde layout (the DynamoDB item's), as JSON.
+    doc             TEXT    NOT NULL,
+    -- What conditions and the purge look at, read from the document.
+    version         INTEGER GENERATED ALWAYS AS (json_extract(doc, '$.version')) VIRTUAL,
+    is_active       INTEGER GENERATED ALWAYS AS (json_extract(doc, '$.isActive')) VIRTUAL,
+    expires_at      INTEGER GENERATED ALWAYS AS (json_extract(doc, '$.expiresAt')) VIRTUAL,
+    lease_attempt   TEXT    GENERATED ALWAYS AS (json_extract(doc, '$.refreshLeaseAttempt')) VIRTUAL,
+    lease_until     INTEGER GENERATED ALWAYS AS (json_extract(doc, '$.refreshLeaseUntil')) VIRTUAL,
+    lease_lapsed_at INTEGER GENERATED ALWAYS AS (json_extract(doc, '$.refreshLeaseLapsedAt')) VIRTUAL,
     PRIMARY KEY (user_id, provider)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS tokens_expires_at ON tokens (expires_at);
+CREATE INDEX IF NOT EXISTS connections_expires_at ON connections (expires_at);
 CREATE TABLE IF NOT EXISTS started_flows (
     flow_id    TEXT    NOT NULL PRIMARY KEY,
     attempt    TEXT,
@@ -124,13 +106,6 @@ CREATE TABLE IF NOT EXISTS webhook_state (
     version  INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
-
-const TOKEN_COLUMNS: &str = "user_id, provider, email, encrypted_tokens, user_info, created_at, updated_at, \
-     last_used, access_token_expires_at, expires_at, is_active, version, refresh_lease_attempt, refresh_lease_until, \
-     refresh_retry_at, refresh_unknown_since, inactive_cause, replaced_account, requested_scopes, \
-     granted_scopes, requested_scopes_changed_at, scopes_changed_at, consented_at, last_refreshed_at, \
-     refresh_token_expires_at, expiry_notice_for, refresh_token_hash, refresh_token_prefix_hash, \
-     refresh_lease_lapsed_at";
 
 /// How long a statement waits for another connection's lock (another process writing)
 /// before it fails: the longest a write can take.
@@ -218,8 +193,9 @@ impl EmbeddedStore {
             .map_err(|e| unavailable(path, e))?;
         db.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| unavailable(path, e))?;
+        let mut db = db;
         db.execute_batch(SCHEMA).map_err(|e| unavailable(path, e))?;
-        migrate(&db).map_err(|e| unavailable(path, e))?;
+        migrate(&mut db).map_err(|e| unavailable(path, e))?;
         Ok(Self {
             db: Arc::new(Mutex::new(db)),
             readers: Arc::new(Readers {
@@ -274,104 +250,28 @@ impl EmbeddedStore {
         condition: WriteIf,
         events: &[Event],
     ) -> Result<(), StoreError> {
-        let encrypted = serde_json::to_string(&row.encrypted_tokens)
-            .map_err(|e| corrupt("encryptedTokens", e))?;
-        let user_info =
-            serde_json::to_string(&row.user_info).map_err(|e| corrupt("userInfo", e))?;
-        let version = i64::try_from(row.version).map_err(|e| corrupt("version", e))?;
-        let replaced = row
-            .replaced_account
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| corrupt("replacedAccount", e))?;
-        let scopes = |list: &Vec<String>| {
-            if list.is_empty() {
-                Ok(Value::Null)
-            } else {
-                serde_json::to_string(list).map(Value::from)
-            }
-        };
-        let time = |at: &Option<DateTime<Utc>>| {
-            at.as_ref()
-                .map_or(Value::Null, |at| Value::from(rfc3339(at)))
-        };
-        let grant = &row.grant;
-        let lease = row.refresh.lease.as_ref();
         let mut values = vec![
             Value::from(row.user_id.clone()),
             Value::from(row.provider.clone()),
-            row.email.clone().map_or(Value::Null, Value::from),
-            Value::from(encrypted),
-            Value::from(user_info),
-            Value::from(rfc3339(&row.created_at)),
-            Value::from(rfc3339(&row.updated_at)),
-            Value::from(rfc3339(&row.last_used)),
-            Value::from(row.access_token_expires_at),
-            Value::from(row.expires_at),
-            Value::from(row.is_active),
-            Value::from(version),
-            lease.map_or(Value::Null, |l| Value::from(l.attempt.clone())),
-            lease.map_or(Value::Null, |l| Value::from(l.until_ms)),
-            row.refresh.retry_at_ms.map_or(Value::Null, Value::from),
-            row.refresh
-                .unknown_since_ms
-                .map_or(Value::Null, Value::from),
-            row.refresh
-                .inactive_cause
-                .clone()
-                .map_or(Value::Null, Value::from),
-            replaced.map_or(Value::Null, Value::from),
-            scopes(&grant.requested_scopes).map_err(|e| corrupt("requestedScopes", e))?,
-            scopes(&grant.granted_scopes).map_err(|e| corrupt("grantedScopes", e))?,
-            time(&grant.requested_changed_at),
-            time(&grant.scopes_changed_at),
-            time(&grant.consented_at),
-            time(&grant.last_refreshed_at),
-            grant
-                .refresh_token_expires_at
-                .map_or(Value::Null, Value::from),
-            grant.expiry_notice_for.map_or(Value::Null, Value::from),
-            grant
-                .refresh_token_hash
-                .clone()
-                .map_or(Value::Null, Value::from),
-            grant
-                .refresh_token_prefix_hash
-                .clone()
-                .map_or(Value::Null, Value::from),
-            lease
-                .and_then(|l| l.lapsed_at_ms)
-                .map_or(Value::Null, Value::from),
+            Value::from(connections::row_doc(row)?),
         ];
-        const SET: &str = "email = ?3, encrypted_tokens = ?4, user_info = ?5, created_at = ?6, \
-             updated_at = ?7, last_used = ?8, access_token_expires_at = ?9, expires_at = ?10, \
-             is_active = ?11, version = ?12, refresh_lease_attempt = ?13, refresh_lease_until = ?14, \
-             refresh_retry_at = ?15, refresh_unknown_since = ?16, inactive_cause = ?17, \
-             replaced_account = ?18, requested_scopes = ?19, granted_scopes = ?20, \
-             requested_scopes_changed_at = ?21, scopes_changed_at = ?22, consented_at = ?23, \
-             last_refreshed_at = ?24, refresh_token_expires_at = ?25, expiry_notice_for = ?26, \
-             refresh_token_hash = ?27, refresh_token_prefix_hash = ?28, refresh_lease_lapsed_at = ?29";
         let statement = match condition {
-            WriteIf::Absent => format!(
-                "INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, \
-                 ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29) \
+            WriteIf::Absent => {
+                "INSERT INTO connections (user_id, provider, doc) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (user_id, provider) DO NOTHING"
-            ),
+            }
             WriteIf::Version(expected) => {
                 values.push(Value::from(expected));
-                format!(
-                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND version = ?30"
-                )
+                "UPDATE connections SET doc = ?3 WHERE user_id = ?1 AND provider = ?2 AND version = ?4"
             }
             WriteIf::Holder(attempt) => {
                 values.push(Value::from(attempt));
-                format!(
-                    "UPDATE tokens SET {SET} WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?30"
-                )
+                "UPDATE connections SET doc = ?3 \
+                 WHERE user_id = ?1 AND provider = ?2 AND lease_attempt = ?4"
             }
         };
-        self.update_one_with(statement, values, events).await
+        self.update_one_with(statement.to_string(), values, events)
+            .await
     }
 
     /// Runs a statement that must change exactly one row, storing `events` in the
@@ -464,7 +364,7 @@ impl EmbeddedStore {
     pub(crate) async fn purge_expired(&self, now: i64) -> Result<usize, StoreError> {
         self.with_db(move |db| {
             let tokens = db
-                .execute("DELETE FROM tokens WHERE expires_at < ?1", [now])
+                .execute("DELETE FROM connections WHERE expires_at < ?1", [now])
                 .map_err(sql)?;
             let logs = db
                 .execute("DELETE FROM flow_logs WHERE expires_at < ?1", [now])
@@ -492,56 +392,107 @@ impl EmbeddedStore {
     }
 }
 
-/// Brings files made by earlier versions to the current columns. A lease column named
-/// for its old meaning (an instance, not an attempt) is renamed; its value is then a
-/// lease no attempt of this version holds, which lapses by itself.
-fn migrate(db: &Sqlite) -> rusqlite::Result<()> {
-    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('tokens')")?;
-    let columns: Vec<String> = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let has = |name: &str| columns.iter().any(|c| c == name);
-    if has("refresh_lease_owner") && !has("refresh_lease_attempt") {
-        db.execute_batch(
-            "ALTER TABLE tokens RENAME COLUMN refresh_lease_owner TO refresh_lease_attempt",
-        )?;
-    }
-    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('tokens')")?;
-    let columns: Vec<String> = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for (column, kind) in [
-        ("refresh_lease_attempt", "TEXT"),
-        ("refresh_lease_until", "INTEGER"),
-        ("refresh_retry_at", "INTEGER"),
-        ("refresh_unknown_since", "INTEGER"),
-        ("inactive_cause", "TEXT"),
-        ("replaced_account", "TEXT"),
-        ("requested_scopes", "TEXT"),
-        ("granted_scopes", "TEXT"),
-        ("requested_scopes_changed_at", "TEXT"),
-        ("scopes_changed_at", "TEXT"),
-        ("consented_at", "TEXT"),
-        ("last_refreshed_at", "TEXT"),
-        ("refresh_token_expires_at", "INTEGER"),
-        ("expiry_notice_for", "INTEGER"),
-        ("refresh_token_hash", "TEXT"),
-        ("refresh_token_prefix_hash", "TEXT"),
-        ("refresh_lease_lapsed_at", "INTEGER"),
-    ] {
-        if !columns.iter().any(|c| c == column) {
-            db.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {column} {kind}"))?;
+/// Brings files made by earlier versions to the current layout, once, in one
+/// transaction (another process opening the file meanwhile waits for it).
+///
+/// Files before 0.6 kept connections in a `tokens` table, a column per attribute: its
+/// columns are first brought up to that layout's last form (a lease column named for
+/// its old meaning, an instance rather than an attempt, is renamed; its value is then a
+/// lease no attempt of this version holds, which lapses by itself), then every row is
+/// moved into `connections` as its document (`json_patch` onto `{}` leaves absent
+/// attributes out), and the table is dropped.
+fn migrate(db: &mut Sqlite) -> rusqlite::Result<()> {
+    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if !column_names(&tx, "tokens")?.is_empty() {
+        if column_names(&tx, "tokens")?
+            .iter()
+            .any(|c| c == "refresh_lease_owner")
+        {
+            tx.execute_batch(
+                "ALTER TABLE tokens RENAME COLUMN refresh_lease_owner TO refresh_lease_attempt",
+            )?;
         }
+        let columns = column_names(&tx, "tokens")?;
+        for (column, kind) in [
+            ("refresh_lease_attempt", "TEXT"),
+            ("refresh_lease_until", "INTEGER"),
+            ("refresh_retry_at", "INTEGER"),
+            ("refresh_unknown_since", "INTEGER"),
+            ("inactive_cause", "TEXT"),
+            ("replaced_account", "TEXT"),
+            ("requested_scopes", "TEXT"),
+            ("granted_scopes", "TEXT"),
+            ("requested_scopes_changed_at", "TEXT"),
+            ("scopes_changed_at", "TEXT"),
+            ("consented_at", "TEXT"),
+            ("last_refreshed_at", "TEXT"),
+            ("refresh_token_expires_at", "INTEGER"),
+            ("expiry_notice_for", "INTEGER"),
+            ("refresh_token_hash", "TEXT"),
+            ("refresh_token_prefix_hash", "TEXT"),
+            ("refresh_lease_lapsed_at", "INTEGER"),
+        ] {
+            if !columns.iter().any(|c| c == column) {
+                tx.execute_batch(&format!("ALTER TABLE tokens ADD COLUMN {column} {kind}"))?;
+            }
+        }
+        tx.execute_batch(MOVE_TOKEN_ROWS)?;
     }
     // Single-use marks name the attempt that made them; older marks name none.
-    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('started_flows')")?;
-    let columns: Vec<String> = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    if !columns.iter().any(|c| c == "attempt") {
-        db.execute_batch("ALTER TABLE started_flows ADD COLUMN attempt TEXT")?;
+    if !column_names(&tx, "started_flows")?
+        .iter()
+        .any(|c| c == "attempt")
+    {
+        tx.execute_batch("ALTER TABLE started_flows ADD COLUMN attempt TEXT")?;
     }
-    Ok(())
+    tx.commit()
+}
+
+/// Moves the rows of the column-per-attribute `tokens` table into `connections`.
+const MOVE_TOKEN_ROWS: &str = "
+INSERT OR IGNORE INTO connections (user_id, provider, doc)
+SELECT user_id, provider, json_patch('{}', json_object(
+    'userId', user_id,
+    'provider', provider,
+    'email', email,
+    'encryptedTokens', json(encrypted_tokens),
+    'userInfo', json(user_info),
+    'createdAt', created_at,
+    'updatedAt', updated_at,
+    'lastUsed', last_used,
+    'accessTokenExpiresAt', access_token_expires_at,
+    'expiresAt', expires_at,
+    'isActive', json(CASE WHEN is_active THEN 'true' ELSE 'false' END),
+    'version', version,
+    'refreshLeaseAttempt', CASE WHEN refresh_lease_until IS NOT NULL THEN refresh_lease_attempt END,
+    'refreshLeaseUntil', CASE WHEN refresh_lease_attempt IS NOT NULL THEN refresh_lease_until END,
+    'refreshLeaseLapsedAt', CASE WHEN refresh_lease_attempt IS NOT NULL THEN refresh_lease_lapsed_at END,
+    'refreshRetryAt', refresh_retry_at,
+    'refreshUnknownSince', refresh_unknown_since,
+    'inactiveCause', inactive_cause,
+    'replacedAccount', json(replaced_account),
+    'requestedScopes', json(requested_scopes),
+    'grantedScopes', json(granted_scopes),
+    'requestedScopesChangedAt', requested_scopes_changed_at,
+    'scopesChangedAt', scopes_changed_at,
+    'consentedAt', consented_at,
+    'lastRefreshedAt', last_refreshed_at,
+    'refreshTokenExpiresAt', refresh_token_expires_at,
+    'expiryNoticeFor', expiry_notice_for,
+    'refreshTokenHash', refresh_token_hash,
+    'refreshTokenPrefixHash', refresh_token_prefix_hash
+))
+FROM tokens;
+DROP TABLE tokens;
+";
+
+/// A table's column names (none when it does not exist).
+fn column_names(db: &Sqlite, table: &str) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = db.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let names = stmt
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(names)
 }
 
 /// The condition of a whole-row write.
@@ -590,9 +541,11 @@ fn parse_time(what: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
 impl Health for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_reader(|db| {
-            db.query_row("SELECT count(*) FROM tokens WHERE user_id = ''", [], |r| {
-                r.get::<_, i64>(0)
-            })
+            db.query_row(
+                "SELECT count(*) FROM connections WHERE user_id = ''",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .map_err(sql)?;
             Ok(())
         })
@@ -677,5 +630,192 @@ mod tests {
                 .await
                 .expect("again")
         );
+    }
+
+    /// A file of the column-per-attribute layout (as 0.5 wrote it, before its last
+    /// column was added) is moved to documents once: every attribute reads back as it
+    /// was stored, absent ones stay absent, the old table is gone, and the file opens
+    /// and takes writes as any other.
+    #[tokio::test]
+    async fn a_file_of_the_column_layout_is_moved_to_documents_once() {
+        use crate::crypto::Envelope;
+        use crate::store::{
+            Connection, GrantLedger, RefreshLease, RefreshState, ReplacedAccount, UserInfo,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        let old = Sqlite::open(&path).expect("open");
+        old.execute_batch(
+            "CREATE TABLE IF NOT EXISTS tokens (
+             user_id                 TEXT    NOT NULL,
+             provider                TEXT    NOT NULL,
+             email                   TEXT,
+             encrypted_tokens        TEXT    NOT NULL,
+             user_info               TEXT    NOT NULL,
+             created_at              TEXT    NOT NULL,
+             updated_at              TEXT    NOT NULL,
+             last_used               TEXT    NOT NULL,
+             access_token_expires_at INTEGER NOT NULL,
+             expires_at              INTEGER NOT NULL,
+             is_active               INTEGER NOT NULL,
+             version                 INTEGER NOT NULL,
+             refresh_lease_attempt   TEXT,
+             refresh_lease_until     INTEGER,
+             refresh_retry_at        INTEGER,
+             refresh_unknown_since   INTEGER,
+             inactive_cause          TEXT,
+             replaced_account        TEXT,
+             requested_scopes        TEXT,
+             granted_scopes          TEXT,
+             requested_scopes_changed_at TEXT,
+             scopes_changed_at       TEXT,
+             consented_at            TEXT,
+             last_refreshed_at       TEXT,
+             refresh_token_expires_at INTEGER,
+             expiry_notice_for       INTEGER,
+             refresh_token_hash      TEXT,
+             refresh_token_prefix_hash TEXT,
+             PRIMARY KEY (user_id, provider)
+             ) WITHOUT ROWID;
+             INSERT INTO tokens VALUES ('u', 'google', 'u@example.com', \
+             '{\"v\":1,\"alg\":\"AES-256-GCM\",\"keyId\":\"k1\",\"edk\":\"ZWRr\",\"iv\":\"aXY=\",\"ct\":\"Y3Q=\"}', \
+             '{\"sub\":\"1\",\"emailVerified\":true}', '2025-01-02T03:04:05.678Z', \
+             '2025-01-02T03:04:06.000Z', '2025-01-02T03:04:07.009Z', 10, 4102444800, 1, 3, \
+             'attempt-1', 1790000000123, 1790000000456, 1790000000789, 'invalid_grant', \
+             '{\"sub\":\"sub-before\",\"email\":\"before@example.com\",\"replacedAt\":\"2025-01-02T03:04:05.000Z\"}', \
+             '[\"openid\",\"email\",\"drive\"]', '[\"openid\",\"email\"]', \
+             '2025-01-02T03:04:05.678Z', '2025-01-02T03:04:06.000Z', '2025-01-02T03:04:05.678Z', \
+             '2025-01-02T04:04:05.001Z', 1790000000, 1790000100, 'aGFzaA==', 'cHJlZml4'); \
+             INSERT INTO tokens (user_id, provider, encrypted_tokens, user_info, created_at, \
+             updated_at, last_used, access_token_expires_at, expires_at, is_active, version) \
+             VALUES ('v', 'google', \
+             '{\"v\":1,\"alg\":\"AES-256-GCM\",\"keyId\":\"k1\",\"edk\":\"ZQ==\",\"iv\":\"aQ==\",\"ct\":\"Yw==\"}', \
+             '{\"sub\":\"2\"}', '2025-01-02T03:04:05.000Z', '2025-01-02T03:04:05.000Z', \
+             '2025-01-02T03:04:05.000Z', 11, 4102444801, 0, 1);",
+        )
+        .expect("a file of the column layout");
+        drop(old);
+        let at = |text| {
+            DateTime::parse_from_rfc3339(text)
+                .expect("time")
+                .with_timezone(&Utc)
+        };
+        let full = Connection {
+            user_id: "u".into(),
+            provider: "google".into(),
+            email: Some("u@example.com".into()),
+            encrypted_tokens: Envelope {
+                v: 1,
+                alg: "AES-256-GCM".into(),
+                key_id: "k1".into(),
+                edk: "ZWRr".into(),
+                iv: "aXY=".into(),
+                ct: "Y3Q=".into(),
+            },
+            user_info: UserInfo {
+                sub: "1".into(),
+                email_verified: Some(true),
+                ..UserInfo::default()
+            },
+            created_at: at("2025-01-02T03:04:05.678Z"),
+            updated_at: at("2025-01-02T03:04:06Z"),
+            last_used: at("2025-01-02T03:04:07.009Z"),
+            access_token_expires_at: 10,
+            expires_at: 4_102_444_800,
+            is_active: true,
+            version: 3,
+            refresh: RefreshState {
+                lease: Some(RefreshLease::new("attempt-1", 1_790_000_000_123)),
+                retry_at_ms: Some(1_790_000_000_456),
+                unknown_since_ms: Some(1_790_000_000_789),
+                inactive_cause: Some("invalid_grant".into()),
+            },
+            replaced_account: Some(ReplacedAccount {
+                sub: "sub-before".into(),
+                email: Some("before@example.com".into()),
+                replaced_at: "2025-01-02T03:04:05.000Z".into(),
+            }),
+            grant: GrantLedger {
+                requested_scopes: vec!["openid".into(), "email".into(), "drive".into()],
+                granted_scopes: vec!["openid".into(), "email".into()],
+                requested_changed_at: Some(at("2025-01-02T03:04:05.678Z")),
+                scopes_changed_at: Some(at("2025-01-02T03:04:06Z")),
+                consented_at: Some(at("2025-01-02T03:04:05.678Z")),
+                last_refreshed_at: Some(at("2025-01-02T04:04:05.001Z")),
+                refresh_token_expires_at: Some(1_790_000_000),
+                expiry_notice_for: Some(1_790_000_100),
+                refresh_token_hash: Some("aGFzaA==".into()),
+                refresh_token_prefix_hash: Some("cHJlZml4".into()),
+            },
+        };
+        let bare = Connection {
+            user_id: "v".into(),
+            provider: "google".into(),
+            email: None,
+            encrypted_tokens: Envelope {
+                v: 1,
+                alg: "AES-256-GCM".into(),
+                key_id: "k1".into(),
+                edk: "ZQ==".into(),
+                iv: "aQ==".into(),
+                ct: "Yw==".into(),
+            },
+            user_info: UserInfo {
+                sub: "2".into(),
+                ..UserInfo::default()
+            },
+            created_at: at("2025-01-02T03:04:05Z"),
+            updated_at: at("2025-01-02T03:04:05Z"),
+            last_used: at("2025-01-02T03:04:05Z"),
+            access_token_expires_at: 11,
+            expires_at: 4_102_444_801,
+            is_active: false,
+            version: 1,
+            refresh: RefreshState::default(),
+            replaced_account: None,
+            grant: GrantLedger::default(),
+        };
+
+        let store = EmbeddedStore::open(&path).expect("open and migrate");
+        assert_eq!(
+            store.get("u", "google").await.expect("get"),
+            Some(full.clone())
+        );
+        assert_eq!(
+            store.get("v", "google").await.expect("get"),
+            Some(bare.clone())
+        );
+        {
+            let db = store.db.lock().expect("db");
+            assert!(
+                column_names(&db, "tokens").expect("columns").is_empty(),
+                "the column table is gone"
+            );
+            let doc: String = db
+                .query_row("SELECT doc FROM connections WHERE user_id = 'v'", [], |r| {
+                    r.get(0)
+                })
+                .expect("document");
+            assert!(
+                !doc.contains("null"),
+                "absent attributes are left out: {doc}"
+            );
+        }
+        drop(store);
+
+        let store = EmbeddedStore::open(&path).expect("open again");
+        assert_eq!(
+            Connections::list(&store, "u").await.expect("list"),
+            vec![full.clone()]
+        );
+        let next = Connection {
+            email: Some("new@example.com".into()),
+            ..bare.successor()
+        };
+        store
+            .put(&next, Some(1), &[])
+            .await
+            .expect("a versioned write");
+        assert_eq!(store.get("v", "google").await.expect("get"), Some(next));
     }
 }

@@ -3,9 +3,23 @@
 
 use async_trait::async_trait;
 use rusqlite::types::Value;
+use serde_json::{Map, Value as Json};
 
 use super::{EmbeddedStore, WriteIf, corrupt};
+use crate::store::refresh_lease::{
+    LEASE_ATTEMPT, LEASE_LAPSED_AT, LEASE_UNTIL, RETRY_AT, UNKNOWN_SINCE,
+};
 use crate::store::{Connection, Event, LeaseRelease, RefreshLease, RefreshLeases, StoreError};
+
+/// A merge patch of the row's document (`json_patch`): each attribute set, or removed
+/// when `None`.
+fn patch(attributes: &[(&str, Option<Json>)]) -> Value {
+    let map: Map<String, Json> = attributes
+        .iter()
+        .map(|(name, value)| ((*name).to_string(), value.clone().unwrap_or(Json::Null)))
+        .collect();
+    Value::from(Json::Object(map).to_string())
+}
 
 #[async_trait]
 impl RefreshLeases for EmbeddedStore {
@@ -33,16 +47,18 @@ impl RefreshLeases for EmbeddedStore {
         let args = vec![
             Value::from(user_id.to_string()),
             Value::from(provider.to_string()),
-            Value::from(lease.attempt.clone()),
-            Value::from(lease.until_ms),
+            patch(&[
+                (LEASE_ATTEMPT, Some(lease.attempt.clone().into())),
+                (LEASE_UNTIL, Some(lease.until_ms.into())),
+                (LEASE_LAPSED_AT, None),
+            ]),
             Value::from(version),
             Value::from(now_ms),
         ];
         self.update_one(
-            "UPDATE tokens SET refresh_lease_attempt = ?3, refresh_lease_until = ?4, \
-             refresh_lease_lapsed_at = NULL \
-             WHERE user_id = ?1 AND provider = ?2 AND version = ?5 \
-             AND (refresh_lease_attempt IS NULL OR refresh_lease_until IS NULL OR refresh_lease_until < ?6)",
+            "UPDATE connections SET doc = json_patch(doc, ?3) \
+             WHERE user_id = ?1 AND provider = ?2 AND version = ?4 \
+             AND (lease_attempt IS NULL OR lease_until IS NULL OR lease_until < ?5)",
             args,
         )
         .await
@@ -59,11 +75,14 @@ impl RefreshLeases for EmbeddedStore {
             Value::from(user_id.to_string()),
             Value::from(provider.to_string()),
             Value::from(lease.attempt.clone()),
-            Value::from(lease.until_ms),
+            patch(&[
+                (LEASE_UNTIL, Some(lease.until_ms.into())),
+                (LEASE_LAPSED_AT, None),
+            ]),
         ];
         self.update_one(
-            "UPDATE tokens SET refresh_lease_until = ?4, refresh_lease_lapsed_at = NULL \
-             WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?3",
+            "UPDATE connections SET doc = json_patch(doc, ?4) \
+             WHERE user_id = ?1 AND provider = ?2 AND lease_attempt = ?3",
             args,
         )
         .await
@@ -82,13 +101,16 @@ impl RefreshLeases for EmbeddedStore {
             Value::from(user_id.to_string()),
             Value::from(provider.to_string()),
             Value::from(attempt.to_string()),
-            Value::from(until_ms),
+            patch(&[
+                (LEASE_UNTIL, Some(until_ms.into())),
+                (LEASE_LAPSED_AT, Some(now_ms.into())),
+            ]),
             Value::from(now_ms),
         ];
         self.update_one(
-            "UPDATE tokens SET refresh_lease_until = ?4, refresh_lease_lapsed_at = ?5 \
-             WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?3 \
-             AND refresh_lease_until < ?5 AND refresh_lease_lapsed_at IS NULL",
+            "UPDATE connections SET doc = json_patch(doc, ?4) \
+             WHERE user_id = ?1 AND provider = ?2 AND lease_attempt = ?3 \
+             AND lease_until < ?5 AND lease_lapsed_at IS NULL",
             args,
         )
         .await
@@ -103,18 +125,25 @@ impl RefreshLeases for EmbeddedStore {
         after: LeaseRelease,
         events: &[Event],
     ) -> Result<(), StoreError> {
+        let mut attributes = vec![
+            (LEASE_ATTEMPT, None),
+            (LEASE_UNTIL, None),
+            (LEASE_LAPSED_AT, None),
+            (RETRY_AT, after.retry_at_ms.map(Json::from)),
+        ];
+        // An unknown outcome is remembered until a token write clears it.
+        if let Some(since) = after.unknown_since_ms {
+            attributes.push((UNKNOWN_SINCE, Some(since.into())));
+        }
         let args = vec![
             Value::from(user_id.to_string()),
             Value::from(provider.to_string()),
             Value::from(attempt.to_string()),
-            after.retry_at_ms.map_or(Value::Null, Value::from),
-            after.unknown_since_ms.map_or(Value::Null, Value::from),
+            patch(&attributes),
         ];
-        // An unknown outcome is remembered until a token write clears it.
         self.update_one_with(
-            "UPDATE tokens SET refresh_lease_attempt = NULL, refresh_lease_until = NULL, \
-             refresh_lease_lapsed_at = NULL, refresh_retry_at = ?4, refresh_unknown_since = COALESCE(?5, refresh_unknown_since) \
-             WHERE user_id = ?1 AND provider = ?2 AND refresh_lease_attempt = ?3"
+            "UPDATE connections SET doc = json_patch(doc, ?4) \
+             WHERE user_id = ?1 AND provider = ?2 AND lease_attempt = ?3"
                 .to_string(),
             args,
             events,

@@ -29,7 +29,7 @@ impl EmbeddedStore {
             .with_reader(move |db| {
                 let (statement, key): (&str, Vec<String>) = match &read {
                     Sealed::Connection { user_id, provider } => (
-                        "SELECT user_id, provider, encrypted_tokens FROM tokens \
+                        "SELECT user_id, provider, json_extract(doc, '$.encryptedTokens') FROM connections \
                          WHERE (user_id, provider) > (?1, ?2) ORDER BY user_id, provider LIMIT ?3",
                         vec![user_id.clone(), provider.clone()],
                     ),
@@ -119,12 +119,12 @@ impl EmbeddedStore {
                     Value::from(user_id.clone()),
                     Value::from(provider.clone()),
                 ]);
-                "UPDATE tokens SET encrypted_tokens = ?1 \
+                "UPDATE connections SET doc = json_set(doc, '$.encryptedTokens', json(?1)) \
                  WHERE user_id = ?6 AND provider = ?7 \
-                 AND json_extract(encrypted_tokens, '$.keyId') = ?2 \
-                 AND json_extract(encrypted_tokens, '$.edk') = ?3 \
-                 AND json_extract(encrypted_tokens, '$.ct') = ?4 \
-                 AND (refresh_lease_attempt IS NULL OR refresh_lease_until < ?5)"
+                 AND json_extract(doc, '$.encryptedTokens.keyId') = ?2 \
+                 AND json_extract(doc, '$.encryptedTokens.edk') = ?3 \
+                 AND json_extract(doc, '$.encryptedTokens.ct') = ?4 \
+                 AND (lease_attempt IS NULL OR lease_until < ?5)"
             }
             Sealed::PendingGrant { flow_id } => {
                 args.push(Value::from(flow_id.clone()));
