@@ -13,6 +13,7 @@
 //! `AXNT_WEBHOOK_CIRCUIT_OPEN_SECS`: nothing is sent to it meanwhile, and the feed
 //! (not memory) holds what waits; then one attempt probes it.
 
+mod rewind;
 mod send;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::store::{
     Event, EventFeed, JobLease, JobLeases, PendingDelivery, StoreError, TokenStore, WebhookCursors,
     WebhookState, event_bound, event_millis,
 };
+pub(crate) use rewind::rewind;
 use send::Attempt;
 
 pub use crate::crypto::WebhookSecret;
@@ -432,43 +434,6 @@ impl Webhooks {
     }
 }
 
-/// Moves every endpoint's cursor back to `since`, so the service delivers every event
-/// made since then again (`axnt-oauth events replay`). Events still owed stay owed.
-/// Returns each endpoint's id and whether its state was written.
-pub(crate) async fn rewind(
-    store: &dyn WebhookCursors,
-    urls: &[url::Url],
-    since: chrono::DateTime<Utc>,
-) -> Vec<(String, Result<(), StoreError>)> {
-    let cursor = event_bound(since.timestamp_millis());
-    let mut out = Vec::new();
-    for url in urls {
-        let endpoint = Endpoint::new(url.clone());
-        let mut result = Err(StoreError::Conflict);
-        // A running worker may store its state meanwhile: read again and retry.
-        for _ in 0..5 {
-            result = async {
-                let stored = store.webhook_state(&endpoint.id).await?;
-                let expected = stored.as_ref().map(|s| s.version);
-                let mut state = stored.unwrap_or_default();
-                // Back only: an endpoint behind `since` keeps what it still owes.
-                if state.cursor.is_empty() || state.cursor > cursor {
-                    state.cursor = cursor.clone();
-                }
-                state.version = expected.map_or(1, |v| v + 1);
-                store
-                    .put_webhook_state(&endpoint.id, &state, expected)
-                    .await
-            }
-            .await;
-            if !matches!(result, Err(StoreError::Conflict)) {
-                break;
-            }
-        }
-        out.push((endpoint.id, result));
-    }
-    out
-}
 
 /// `axnt_webhook_deliveries_total{endpoint, outcome}`: `delivered`, `failed` (a refused
 /// address included: the resolver's), `given_up`.
