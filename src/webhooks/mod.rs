@@ -434,7 +434,6 @@ impl Webhooks {
     }
 }
 
-
 /// `axnt_webhook_deliveries_total{endpoint, outcome}`: `delivered`, `failed` (a refused
 /// address included: the resolver's), `given_up`.
 fn count(endpoint: &Endpoint, outcome: &'static str) {
