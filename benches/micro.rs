@@ -96,6 +96,14 @@ fn rows(c: &mut Criterion) {
         b.iter(|| black_box(bench_api::dynamo_decode(&item)))
     });
 
+    let doc = bench_api::sqlite_encode(&row).expect("encode");
+    group.bench_function("sqlite_encode", |b| {
+        b.iter(|| black_box(bench_api::sqlite_encode(&row)))
+    });
+    group.bench_function("sqlite_decode", |b| {
+        b.iter(|| black_box(bench_api::sqlite_decode(&doc)))
+    });
+
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = EmbeddedStore::open(&dir.path().join("bench.db")).expect("open the database");
     rt.block_on(store.put(&row, None, &[])).expect("insert");

@@ -154,6 +154,16 @@ pub fn dynamo_decode(item: &DynamoItem) -> Result<Connection, StoreError> {
     crate::store::dynamodb::connection_from(item)
 }
 
+/// A row as the SQLite file stores it (its document).
+pub fn sqlite_encode(row: &Connection) -> Result<String, StoreError> {
+    crate::store::embedded::row_doc(row)
+}
+
+/// A SQLite row's document read back as a row.
+pub fn sqlite_decode(doc: &str) -> Result<Connection, StoreError> {
+    crate::store::embedded::parse_row(doc)
+}
+
 /// Seals and opens the authorization request's `state`, as `/start` and the callback do.
 pub struct FlowStates(StateSealer);
 

@@ -15,7 +15,7 @@ use crate::store::{
 
 /// A row's document as stored (the [`Connection`]'s serde layout, as JSON), read
 /// back. A malformed one names the attribute, never its value.
-pub(super) fn parse_row(doc: &str) -> Result<Connection, StoreError> {
+pub(crate) fn parse_row(doc: &str) -> Result<Connection, StoreError> {
     // An error in a flattened part carries no path: that part is read again alone, so
     // the message names its attribute.
     parse::<Connection>(doc).map_err(|e| match &e {
@@ -34,7 +34,7 @@ fn parse<T: serde::de::DeserializeOwned>(doc: &str) -> Result<T, StoreError> {
 }
 
 /// A row's document, to store.
-pub(super) fn row_doc(row: &Connection) -> Result<String, StoreError> {
+pub(crate) fn row_doc(row: &Connection) -> Result<String, StoreError> {
     serde_json::to_string(row).map_err(|e| corrupt("connection", e))
 }
 

@@ -17,6 +17,9 @@ mod revocations;
 mod sealed;
 mod webhook_cursors;
 
+#[cfg(feature = "bench")]
+pub(crate) use connections::{parse_row, row_doc};
+
 use crate::store::Health;
 use async_trait::async_trait;
 use std::path::{Path, PathBuf};
