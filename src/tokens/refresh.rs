@@ -52,16 +52,16 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::breaker::{self, Breaker, Trip};
+use crate::breaker::Breaker;
 use tokio_util::task::TaskTracker;
 
 use super::TokenPolicy;
@@ -69,11 +69,14 @@ use super::cache::{Cached, TokenCache};
 use super::token_set::{IssuedToken, TokenSet, TokenSource};
 use crate::crypto::EnvelopeCipher;
 use crate::error::Error;
-use crate::oauth::grant::Cause;
 use crate::oauth::provider::{ProviderError, ProviderTokens};
 use crate::retry::{Backoff, jittered};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{Connection, FlowRecorder, RefreshLease, StoreError, TokenStore};
+pub(crate) use answers::{
+    LAPSE_OUTCOMES, REFRESH_OUTCOMES, SUPPRESSED_REASONS, reauthorization_required,
+};
+use answers::{count_lapse, lock, millis, millis_until, outcome_pending, suppressed};
 use holder::Holder;
 
 /// How often a flight waiting for another attempt's lease re-reads the row.
@@ -433,42 +436,6 @@ impl Refresher {
         }
     }
 
-    /// Whether the provider's circuit lets a refresh through (half-open: one probe).
-    fn circuit_allows(&self, provider: &str) -> Result<(), Error> {
-        if self.policy.circuit_failures == 0 {
-            return Ok(());
-        }
-        lock(&self.breakers)
-            .entry(provider.to_string())
-            .or_default()
-            .admit()
-            .map_err(|wait| suppressed(provider, "circuit_open", wait))
-    }
-
-    /// Feeds a redeem's outcome to the provider's circuit: `Some(true)` the provider
-    /// answered, `Some(false)` it failed, `None` it was not asked.
-    fn circuit_record(&self, provider: &str, healthy: Option<bool>) {
-        let outcome = match healthy {
-            Some(true) => breaker::Outcome::Succeeded,
-            Some(false) => breaker::Outcome::Failed,
-            None => breaker::Outcome::NotMade,
-        };
-        let trip = Trip {
-            failures: self.policy.circuit_failures,
-            open_for: self.policy.circuit_open,
-        };
-        let mut breakers = lock(&self.breakers);
-        let breaker = breakers.entry(provider.to_string()).or_default();
-        if breaker.record(outcome, trip) {
-            tracing::warn!(
-                provider,
-                failures = breaker.failures(),
-                open_secs = self.policy.circuit_open.as_secs(),
-                "refreshes keep failing: the provider's circuit is open"
-            );
-        }
-    }
-
     /// Redeems `refresh_token`, retrying only what is safe to retry (see the module
     /// docs) with backoff, starting no new attempt after the refresh deadline nor once
     /// the lease may have lapsed (`held_until`, its end as last written: past it,
@@ -502,40 +469,6 @@ impl Refresher {
             tokio::time::sleep(wait).await;
         }
     }
-
-    /// Moves `lastUsed` and the purge time forward, at most once per interval. A
-    /// partial update (tokens, `version` and any refresh lease stay as they are); best
-    /// effort.
-    /// Moves the row's `lastUsed` when the interval has passed; returns the `lastUsed`
-    /// the row has now.
-    async fn touch(&self, row: &Connection, now: DateTime<Utc>) -> DateTime<Utc> {
-        if !self
-            .policy
-            .last_used_due(row.last_used.timestamp(), now.timestamp())
-        {
-            return row.last_used;
-        }
-        self.write_last_used(&row.user_id, &row.provider, now).await;
-        now
-    }
-
-    /// A cache hit's share of [`touch`](Self::touch): one hit per interval writes.
-    async fn touch_cached(&self, hit: &Cached, user_id: &str, provider: &str) {
-        let now = Utc::now();
-        if hit.claim_last_used(now.timestamp(), &self.policy) {
-            self.write_last_used(user_id, provider, now).await;
-        }
-    }
-
-    async fn write_last_used(&self, user_id: &str, provider: &str, now: DateTime<Utc>) {
-        if let Err(e) = self
-            .store
-            .touch(user_id, provider, now, self.policy.purge_time(now, true))
-            .await
-        {
-            tracing::warn!(error = %e, "updating lastUsed failed");
-        }
-    }
 }
 
 /// Removes a flight's registry entry when the flight ends.
@@ -554,78 +487,9 @@ impl Drop for Landed<'_> {
     }
 }
 
-/// 409 for a row whose grant is dead, with the cause it died of.
-pub(crate) fn reauthorization_required(row: &Connection) -> Error {
-    let cause = row
-        .refresh
-        .inactive_cause
-        .as_deref()
-        .and_then(Cause::from_code)
-        .unwrap_or(Cause::UnknownInvalidGrant);
-    Error::ReauthorizationRequired {
-        cause: cause.code().to_string(),
-    }
-}
-
-/// The `outcome` labels of `axnt_token_refreshes_total`, registered at start-up.
-pub(crate) const REFRESH_OUTCOMES: [&str; 5] = [
-    "ok",
-    "invalid_grant",
-    "provider_unavailable",
-    "outcome_unknown",
-    "provider_error",
-];
-
-/// The `reason` labels of `axnt_token_refresh_suppressed_total`.
-pub(crate) const SUPPRESSED_REASONS: [&str; 3] = ["cooldown", "circuit_open", "outcome_unknown"];
-
-/// The `outcome` labels of `axnt_refresh_lease_lapses_total`.
-pub(crate) const LAPSE_OUTCOMES: [&str; 2] = ["held", "taken_over"];
-
-/// `axnt_refresh_lease_lapses_total{outcome}`: a lapsed lease held for its holder, or
-/// taken over after its hold (its refresh's outcome unknown: with a rotating provider
-/// the grant may then die).
-fn count_lapse(outcome: &'static str) {
-    metrics::counter!(crate::series::REFRESH_LEASE_LAPSES_TOTAL, "outcome" => outcome).increment(1);
-}
-
-/// 503 while a lapsed lease is held for its attempt, counted with the suppressed
-/// refreshes (nothing is redeemed).
-fn outcome_pending(provider: &str, retry_after: Duration) -> Error {
-    metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => "outcome_unknown").increment(1);
-    Error::RefreshOutcomePending {
-        retry_after_secs: whole_secs(retry_after),
-    }
-}
-
-/// 503 without calling the provider, counted.
-fn suppressed(provider: &str, reason: &'static str, retry_after: Duration) -> Error {
-    metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => reason).increment(1);
-    Error::RefreshSuppressed {
-        reason,
-        retry_after_secs: whole_secs(retry_after),
-    }
-}
-
-/// Seconds for `Retry-After`: rounded up, at least 1.
-fn whole_secs(d: Duration) -> u64 {
-    d.as_secs_f64().ceil().max(1.0) as u64
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn millis_until(at_ms: i64, now_ms: i64) -> Duration {
-    Duration::from_millis(u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0))
-}
-
-/// The registries are plain maps behind a mutex held for a few instructions, never
-/// across an await; a panic while holding one cannot leave them half-updated.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
+mod answers;
+mod circuit;
 mod holder;
+mod last_used;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -10,6 +10,7 @@ use crate::store::{
     LeaseRelease, PendingGrant, PendingRevocation, RefreshLeases, RevocationQueue, ScanCursor,
     ScanPage, Sealed, SealedItems, SealedPage, WebhookCursors, WebhookState,
 };
+use chrono::DateTime;
 
 pub(super) const UP: u8 = 0;
 pub(super) const DOWN: u8 = 1;

@@ -1,0 +1,81 @@
+//! What a refresh answers when it cannot give a token, the outcomes it counts, and the
+//! clock arithmetic it shares.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::oauth::grant::Cause;
+use crate::store::Connection;
+
+/// 409 for a row whose grant is dead, with the cause it died of.
+pub(crate) fn reauthorization_required(row: &Connection) -> Error {
+    let cause = row
+        .refresh
+        .inactive_cause
+        .as_deref()
+        .and_then(Cause::from_code)
+        .unwrap_or(Cause::UnknownInvalidGrant);
+    Error::ReauthorizationRequired {
+        cause: cause.code().to_string(),
+    }
+}
+
+/// The `outcome` labels of `axnt_token_refreshes_total`, registered at start-up.
+pub(crate) const REFRESH_OUTCOMES: [&str; 5] = [
+    "ok",
+    "invalid_grant",
+    "provider_unavailable",
+    "outcome_unknown",
+    "provider_error",
+];
+
+/// The `reason` labels of `axnt_token_refresh_suppressed_total`.
+pub(crate) const SUPPRESSED_REASONS: [&str; 3] = ["cooldown", "circuit_open", "outcome_unknown"];
+
+/// The `outcome` labels of `axnt_refresh_lease_lapses_total`.
+pub(crate) const LAPSE_OUTCOMES: [&str; 2] = ["held", "taken_over"];
+
+/// `axnt_refresh_lease_lapses_total{outcome}`: a lapsed lease held for its holder, or
+/// taken over after its hold (its refresh's outcome unknown: with a rotating provider
+/// the grant may then die).
+pub(super) fn count_lapse(outcome: &'static str) {
+    metrics::counter!(crate::series::REFRESH_LEASE_LAPSES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// 503 while a lapsed lease is held for its attempt, counted with the suppressed
+/// refreshes (nothing is redeemed).
+pub(super) fn outcome_pending(provider: &str, retry_after: Duration) -> Error {
+    metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => "outcome_unknown").increment(1);
+    Error::RefreshOutcomePending {
+        retry_after_secs: whole_secs(retry_after),
+    }
+}
+
+/// 503 without calling the provider, counted.
+pub(super) fn suppressed(provider: &str, reason: &'static str, retry_after: Duration) -> Error {
+    metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => reason).increment(1);
+    Error::RefreshSuppressed {
+        reason,
+        retry_after_secs: whole_secs(retry_after),
+    }
+}
+
+/// Seconds for `Retry-After`: rounded up, at least 1.
+pub(super) fn whole_secs(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+pub(super) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(super) fn millis_until(at_ms: i64, now_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0))
+}
+
+/// The registries are plain maps behind a mutex held for a few instructions, never
+/// across an await; a panic while holding one cannot leave them half-updated.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
