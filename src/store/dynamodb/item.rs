@@ -316,6 +316,13 @@ pub(super) fn to_item(what: &str, value: &impl Serialize) -> Result<Item, StoreE
 /// `encryptedTokens.iv`) but never the stored value: serde's messages can quote it, so
 /// only those known to quote nothing are passed on.
 pub(super) fn from_item<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
+    // Only an item that does not read is read again, tracking the path, for the message:
+    // tracking it nearly doubles the cost of a read that succeeds.
+    let plain =
+        serde_dynamo::Deserializer::from_attribute_value(AttributeValue::M(item.clone()).into());
+    if let Ok(value) = T::deserialize(plain) {
+        return Ok(value);
+    }
     let input =
         serde_dynamo::Deserializer::from_attribute_value(AttributeValue::M(item.clone()).into());
     serde_path_to_error::deserialize(input).map_err(|e| {
