@@ -106,6 +106,77 @@ impl Default for EventRules {
     }
 }
 
+/// What an event's `data` may hold: `userId` and `provider` always, the rest by type.
+/// Never a token.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // the schema of a JSON map the events carry, never built
+pub(crate) struct EventData {
+    user_id: String,
+    provider: String,
+    /// The account's `sub` (created, reauthorized, deleted).
+    sub: Option<String>,
+    email: Option<String>,
+    /// The scopes the grant holds (created, reauthorized, scopes_changed, recovered).
+    granted_scopes: Option<Vec<String>>,
+    requested_scopes: Option<Vec<String>>,
+    /// scopes_changed: what the grant held before, and the difference.
+    previous_granted_scopes: Option<Vec<String>>,
+    added_scopes: Option<Vec<String>>,
+    removed_scopes: Option<Vec<String>>,
+    /// reauthorized: a grant of another Google account replaced the connection.
+    account_changed: Option<bool>,
+    previous_sub: Option<String>,
+    previous_email: Option<String>,
+    /// reauthorized: whether the replaced grant was alive.
+    was_active: Option<bool>,
+    /// refresh_failed, revoked_by_user: why (see the causes table in docs/grants.md).
+    cause: Option<String>,
+    remedy: Option<String>,
+    /// revoked_by_user: the Google security event that ended the grant, by the last
+    /// segment of its type URI (e.g. `tokens-revoked`).
+    security_event: Option<String>,
+    /// refresh_failed: false once the grant is dead; true while the provider fails
+    /// and refreshes pause for `retryAfterSecs`.
+    is_active: Option<bool>,
+    retry_after_secs: Option<u64>,
+    /// expiring_soon: when the grant is forecast to end, and why.
+    predicted_expiry: Option<String>,
+    reason: Option<String>,
+    /// deleted: `revoked`, `pending`, `skipped` or `not_possible`, and which token.
+    revocation: Option<String>,
+    revoked_token: Option<String>,
+    /// Any type: this event repeats the one with this id, written again because the
+    /// store took longer than its bound to write that one (a cursor may have passed
+    /// it). De-duplicate on it as on `id`.
+    original_id: Option<String>,
+}
+
+// The webhook body is this type, serialized, and its OpenAPI schema is derived from it.
+/// What a webhook delivers: the feed's item without `id` (which is `webhook-id`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct WebhookPayload<'a> {
+    #[serde(rename = "type")]
+    #[schema(value_type = EventType)]
+    kind: &'a str,
+    /// When the event was made: RFC 3339 UTC, to the millisecond.
+    timestamp: String,
+    #[schema(value_type = EventData)]
+    data: &'a Map<String, Value>,
+}
+
+impl<'a> WebhookPayload<'a> {
+    pub(crate) fn of(event: &'a Event) -> Self {
+        Self {
+            kind: &event.kind,
+            timestamp: event
+                .timestamp
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            data: &event.data,
+        }
+    }
+}
+
 impl EventRules {
     /// Events kept `retention`, the feed holding back `feed_delay` but never less than
     /// the shortest delay that keeps at-least-once over a store whose event writes are

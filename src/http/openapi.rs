@@ -76,7 +76,7 @@ pub(crate) fn document_json() -> Result<String, serde_json::Error> {
         probes::healthz,
         probes::readyz,
     ),
-    components(schemas(Problem, api::events::WebhookPayload)),
+    components(schemas(Problem, crate::events::WebhookPayload)),
     modifiers(&BearerKey, &ErrorAnswers, &EventWebhook),
     tags(
         (name = "internal", description = "For the application's services; needs an API key"),

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::json;
 
 use tokio_util::sync::CancellationToken;
 

@@ -2,6 +2,7 @@
 //! Webhooks sign, and what came of it.
 
 use super::*;
+use crate::events::WebhookPayload;
 
 /// What one attempt came to.
 pub(super) enum Attempt {
@@ -18,13 +19,13 @@ impl Webhooks {
                 "no webhook secret (AXNT_WEBHOOK_SECRET or the secret's webhook_secret)".into(),
             );
         };
-        let body = json!({
-            "type": event.kind,
-            "timestamp": event.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "data": event.data,
-        })
-        .to_string()
-        .into_bytes();
+        let body = match serde_json::to_vec(&WebhookPayload::of(event)) {
+            Ok(body) => body,
+            Err(e) => {
+                count(endpoint, "failed");
+                return Attempt::Failed(format!("the event does not serialize: {e}"));
+            }
+        };
         let timestamp = Utc::now().timestamp();
         let signature = secret.sign(&event.id, timestamp, &body);
         let sent = self

@@ -36,52 +36,6 @@ pub(in crate::http) struct EventsQuery {
     limit: Option<usize>,
 }
 
-/// What an event's `data` may hold: `userId` and `provider` always, the rest by type.
-/// Never a token.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)] // the schema of a JSON map the events carry, never built
-pub(in crate::http) struct EventData {
-    user_id: String,
-    provider: String,
-    /// The account's `sub` (created, reauthorized, deleted).
-    sub: Option<String>,
-    email: Option<String>,
-    /// The scopes the grant holds (created, reauthorized, scopes_changed, recovered).
-    granted_scopes: Option<Vec<String>>,
-    requested_scopes: Option<Vec<String>>,
-    /// scopes_changed: what the grant held before, and the difference.
-    previous_granted_scopes: Option<Vec<String>>,
-    added_scopes: Option<Vec<String>>,
-    removed_scopes: Option<Vec<String>>,
-    /// reauthorized: a grant of another Google account replaced the connection.
-    account_changed: Option<bool>,
-    previous_sub: Option<String>,
-    previous_email: Option<String>,
-    /// reauthorized: whether the replaced grant was alive.
-    was_active: Option<bool>,
-    /// refresh_failed, revoked_by_user: why (see the causes table in docs/grants.md).
-    cause: Option<String>,
-    remedy: Option<String>,
-    /// revoked_by_user: the Google security event that ended the grant, by the last
-    /// segment of its type URI (e.g. `tokens-revoked`).
-    security_event: Option<String>,
-    /// refresh_failed: false once the grant is dead; true while the provider fails
-    /// and refreshes pause for `retryAfterSecs`.
-    is_active: Option<bool>,
-    retry_after_secs: Option<u64>,
-    /// expiring_soon: when the grant is forecast to end, and why.
-    predicted_expiry: Option<String>,
-    reason: Option<String>,
-    /// deleted: `revoked`, `pending`, `skipped` or `not_possible`, and which token.
-    revocation: Option<String>,
-    revoked_token: Option<String>,
-    /// Any type: this event repeats the one with this id, written again because the
-    /// store took longer than its bound to write that one (a cursor may have passed
-    /// it). De-duplicate on it as on `id`.
-    original_id: Option<String>,
-}
-
 /// One lifecycle event, as the feed serves it and (without `id`, which travels as
 /// `webhook-id`) as webhooks deliver it.
 #[derive(Serialize, ToSchema)]
@@ -93,20 +47,7 @@ pub(in crate::http) struct EventEntry {
     kind: String,
     /// RFC 3339 UTC, to the millisecond.
     timestamp: String,
-    #[schema(value_type = EventData)]
-    data: serde_json::Map<String, serde_json::Value>,
-}
-
-/// What a webhook delivers: the feed's item without `id` (which is `webhook-id`).
-#[derive(Serialize, ToSchema)]
-#[allow(dead_code)] // the schema of the body the webhooks send, never built here
-pub(crate) struct WebhookPayload {
-    #[serde(rename = "type")]
-    #[schema(value_type = crate::events::EventType)]
-    kind: String,
-    /// When the event was made: RFC 3339 UTC, to the millisecond.
-    timestamp: String,
-    #[schema(value_type = EventData)]
+    #[schema(value_type = crate::events::EventData)]
     data: serde_json::Map<String, serde_json::Value>,
 }
 
