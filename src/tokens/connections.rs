@@ -2,6 +2,7 @@
 //! a disconnect (the row removed, its grant revoked or the revocation kept).
 
 use super::*;
+use crate::retry::{Written, until_written};
 
 /// A connection as listed: never a token.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -181,9 +182,9 @@ impl TokenService {
         let provider = self.provider(provider_name)?;
         let flow_id = uuid::Uuid::new_v4().to_string();
         let flow_log = self.flow_log.flow(user_id, &flow_id, provider_name, client);
-        for _ in 0..WRITE_ATTEMPTS {
+        until_written::<_, Error, _>(WRITE_ATTEMPTS, || async {
             let Some(row) = self.store.get(user_id, provider_name).await? else {
-                return Ok(None);
+                return Ok(Written::Done(None));
             };
             let outcome = if revoke {
                 // A pass before this one may have kept a revocation, then lost the
@@ -233,12 +234,13 @@ impl TokenService {
                             }),
                         )
                         .await;
-                    return Ok(Some(outcome));
+                    Ok(Written::Done(Some(outcome)))
                 }
-                Err(StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
+                Err(StoreError::Conflict) => Ok(Written::Lost),
+                Err(e) => Err(e.into()),
             }
-        }
-        Err(Error::Conflict)
+        })
+        .await?
+        .ok_or(Error::Conflict)
     }
 }

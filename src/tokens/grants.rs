@@ -3,6 +3,7 @@
 //! confirmation and confirmed or discarded.
 
 use super::*;
+use crate::retry::{Written, until_written};
 
 /// The events a new grant's row makes, stored with it: `connection.created` (no row
 /// before) or `connection.reauthorized` (another account's grant included), then
@@ -118,7 +119,7 @@ impl TokenService {
         user_info: UserInfo,
         requested: &[String],
     ) -> Result<Stored, Error> {
-        for _ in 0..WRITE_ATTEMPTS {
+        until_written::<_, Error, _>(WRITE_ATTEMPTS, || async {
             let now = Utc::now();
             let existing = self.store.get(user_id, provider).await?;
             // An old refresh token is carried over only from a live grant of the same
@@ -216,7 +217,7 @@ impl TokenService {
                             "a grant of another account replaced the connection"
                         );
                     }
-                    return Ok(Stored {
+                    Ok(Written::Done(Stored {
                         replaced: existing.is_some(),
                         kept_refresh_token,
                         has_refresh_token,
@@ -225,13 +226,14 @@ impl TokenService {
                         scopes_changed,
                         account_grants,
                         grant_limit_warning,
-                    });
+                    }))
                 }
-                Err(StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
+                Err(StoreError::Conflict) => Ok(Written::Lost),
+                Err(e) => Err(e.into()),
             }
-        }
-        Err(Error::Conflict)
+        })
+        .await?
+        .ok_or(Error::Conflict)
     }
     /// Records that the provider minted a refresh token for `sub` at `now`; returns how
     /// many this service knows of for the account (the newest, up to the limit), or
@@ -244,12 +246,13 @@ impl TokenService {
         now: DateTime<Utc>,
     ) -> Option<usize> {
         let keep = self.policy.grant_rules.grant_limit as usize;
-        for _ in 0..WRITE_ATTEMPTS {
+        // An error is logged where it happens and ends the count (`Err(())`).
+        let counted = until_written::<_, (), _>(WRITE_ATTEMPTS, || async {
             let current = match self.store.account_grants(provider, sub).await {
                 Ok(current) => current,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the account's grant count failed");
-                    return None;
+                    return Err(());
                 }
             };
             let expected = current.as_ref().map(|c| c.version);
@@ -263,15 +266,16 @@ impl TokenService {
             record.mints.drain(..excess);
             record.version += 1;
             match self.store.put_account_grants(&record, expected).await {
-                Ok(()) => return Some(record.mints.len()),
-                Err(StoreError::Conflict) => continue,
+                Ok(()) => Ok(Written::Done(record.mints.len())),
+                Err(StoreError::Conflict) => Ok(Written::Lost),
                 Err(e) => {
                     tracing::warn!(error = %e, "counting the account's grants failed");
-                    return None;
+                    Err(())
                 }
             }
-        }
-        None
+        })
+        .await;
+        counted.ok().flatten()
     }
     /// Holds a completed grant until the application confirms its flow (confirmation
     /// mode): sealed as the flow's pending grant together with a new one-time

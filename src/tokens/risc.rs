@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::events::EventType;
 use crate::oauth::grant::Cause;
 use crate::oauth::risc::{EventKind, SecurityEventToken, prefix_hash};
+use crate::retry::{Written, until_written};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{Connection, FlowStep, RefreshState, ScanCursor, StoreError};
 
@@ -254,13 +255,16 @@ impl TokenService {
     /// Marks one row inactive (re-reading it when it moved on meanwhile).
     async fn end_grant(
         &self,
-        mut row: Connection,
+        row: Connection,
         target: &Target,
         issued: DateTime<Utc>,
         cause: &str,
         event_type: &str,
     ) -> Result<bool, Error> {
-        for _ in 0..WRITE_ATTEMPTS {
+        // The row as last read: a lost write reads it again, for the next attempt.
+        let current = std::sync::Mutex::new(row);
+        until_written::<_, Error, _>(WRITE_ATTEMPTS, || async {
+            let row = lock(&current).clone();
             let now = Utc::now();
             let ended = Connection {
                 is_active: false,
@@ -303,19 +307,23 @@ impl TokenService {
                             cause,
                         )
                         .await;
-                    return Ok(true);
+                    Ok(Written::Done(true))
                 }
                 Err(StoreError::Conflict) => {
                     // Moved on: still the grant the event names (not a new one)?
                     match self.store.get(&row.user_id, &row.provider).await? {
-                        Some(again) if named(target, &again, issued) => row = again,
-                        _ => return Ok(false),
+                        Some(again) if named(target, &again, issued) => {
+                            *lock(&current) = again;
+                            Ok(Written::Lost)
+                        }
+                        _ => Ok(Written::Done(false)),
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => Err(e.into()),
             }
-        }
-        Err(Error::Conflict)
+        })
+        .await?
+        .ok_or(Error::Conflict)
     }
 }
 
@@ -371,4 +379,9 @@ pub(crate) const SECURITY_EVENT_OUTCOMES: [&str; 5] = [
 fn count(provider: &str, outcome: &'static str) {
     metrics::counter!(crate::series::SECURITY_EVENTS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
         .increment(1);
+}
+
+/// The guarded value, even if a holder panicked (the row is only ever replaced whole).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

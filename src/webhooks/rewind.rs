@@ -3,6 +3,7 @@
 use chrono::Utc;
 
 use super::Endpoint;
+use crate::retry::{Written, until_written};
 use crate::store::{StoreError, WebhookCursors, event_bound};
 
 /// Moves every endpoint's cursor back to `since`, so the service delivers every event
@@ -17,27 +18,27 @@ pub(crate) async fn rewind(
     let mut out = Vec::new();
     for url in urls {
         let endpoint = Endpoint::new(url.clone());
-        let mut result = Err(StoreError::Conflict);
         // A running worker may store its state meanwhile: read again and retry.
-        for _ in 0..5 {
-            result = async {
-                let stored = store.webhook_state(&endpoint.id).await?;
-                let expected = stored.as_ref().map(|s| s.version);
-                let mut state = stored.unwrap_or_default();
-                // Back only: an endpoint behind `since` keeps what it still owes.
-                if state.cursor.is_empty() || state.cursor > cursor {
-                    state.cursor = cursor.clone();
-                }
-                state.version = expected.map_or(1, |v| v + 1);
-                store
-                    .put_webhook_state(&endpoint.id, &state, expected)
-                    .await
+        let result = until_written(5, || async {
+            let stored = store.webhook_state(&endpoint.id).await?;
+            let expected = stored.as_ref().map(|s| s.version);
+            let mut state = stored.unwrap_or_default();
+            // Back only: an endpoint behind `since` keeps what it still owes.
+            if state.cursor.is_empty() || state.cursor > cursor {
+                state.cursor = cursor.clone();
             }
-            .await;
-            if !matches!(result, Err(StoreError::Conflict)) {
-                break;
+            state.version = expected.map_or(1, |v| v + 1);
+            match store
+                .put_webhook_state(&endpoint.id, &state, expected)
+                .await
+            {
+                Ok(()) => Ok(Written::Done(())),
+                Err(StoreError::Conflict) => Ok(Written::Lost),
+                Err(e) => Err(e),
             }
-        }
+        })
+        .await
+        .and_then(|done| done.ok_or(StoreError::Conflict));
         out.push((endpoint.id, result));
     }
     out
