@@ -73,10 +73,11 @@ use crate::oauth::provider::{ProviderError, ProviderTokens};
 use crate::retry::{Backoff, jittered};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{Connection, FlowRecorder, RefreshLease, StoreError, TokenStore};
+pub(in crate::tokens) use answers::lock;
 pub(crate) use answers::{
     LAPSE_OUTCOMES, REFRESH_OUTCOMES, SUPPRESSED_REASONS, reauthorization_required,
 };
-use answers::{count_lapse, lock, millis, millis_until, outcome_pending, suppressed};
+use answers::{count_lapse, millis, millis_until, outcome_pending, suppressed};
 use holder::Holder;
 
 /// How often a flight waiting for another attempt's lease re-reads the row.

@@ -19,6 +19,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::refresh::lock;
 use super::{TokenService, WRITE_ATTEMPTS};
 use crate::error::Error;
 use crate::events::EventType;
@@ -379,9 +380,4 @@ pub(crate) const SECURITY_EVENT_OUTCOMES: [&str; 5] = [
 fn count(provider: &str, outcome: &'static str) {
     metrics::counter!(crate::series::SECURITY_EVENTS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
         .increment(1);
-}
-
-/// The guarded value, even if a holder panicked (the row is only ever replaced whole).
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

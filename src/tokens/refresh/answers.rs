@@ -76,6 +76,6 @@ pub(super) fn millis_until(at_ms: i64, now_ms: i64) -> Duration {
 
 /// The registries are plain maps behind a mutex held for a few instructions, never
 /// across an await; a panic while holding one cannot leave them half-updated.
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(in crate::tokens) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
