@@ -42,13 +42,14 @@ const AWS_OUTCOMES: [&str; 8] = [
 /// Describes every series and registers each label set at zero.
 pub(super) fn register(backend: Backend, providers: &[String]) {
     describe();
-    for (method, route, ok) in ROUTES {
-        for status in std::iter::once(ok).chain(STATUSES_EVERY_ROUTE_CAN_ANSWER) {
-            metrics::counter!(crate::series::HTTP_REQUESTS_TOTAL, "method" => method, "route" => route, "status" => status.to_string())
+    for route in ROUTES {
+        let (method, template) = (route.method, route.template);
+        for status in route.ok.iter().chain(&STATUSES_EVERY_ROUTE_CAN_ANSWER) {
+            metrics::counter!(crate::series::HTTP_REQUESTS_TOTAL, "method" => method, "route" => template, "status" => status.to_string())
                 .increment(0);
         }
         // Registered, a histogram shows its buckets at zero.
-        let _ = metrics::histogram!(crate::series::HTTP_REQUEST_DURATION_SECONDS, "method" => method, "route" => route);
+        let _ = metrics::histogram!(crate::series::HTTP_REQUEST_DURATION_SECONDS, "method" => method, "route" => template);
     }
     for listener in ["public", "admin"] {
         metrics::gauge!(crate::series::HTTP_CONNECTIONS_OPEN, "listener" => listener)

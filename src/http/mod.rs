@@ -144,29 +144,62 @@ async fn answer_within(State(limit): State<Duration>, request: Request, next: Ne
     }
 }
 
-/// The public listener's routes as `axnt_http_requests_total` labels them (method,
-/// matched template) with the status of a successful answer. Start-up registers each
-/// with that status (a route with two is listed twice) and
-/// [`STATUSES_EVERY_ROUTE_CAN_ANSWER`] at zero, so a rate over
-/// errors works from the first scrape.
-pub(crate) const ROUTES: [(&str, &str, u16); 16] = [
-    ("GET", "/healthz", 200),
-    ("GET", "/readyz", 200),
-    ("GET", "/openapi.json", 200),
-    ("POST", "/v1/connect-sessions", 201),
-    ("POST", "/v1/connect-sessions/{flow_id}/confirm", 200),
-    ("GET", "/v1/users/{user_id}/tokens/{provider}", 200),
-    ("GET", "/v1/users/{user_id}/connections", 200),
-    ("GET", "/v1/connections", 200),
-    ("DELETE", "/v1/users/{user_id}/connections/{provider}", 200),
-    ("GET", "/v1/users/{user_id}/flow-logs", 200),
-    ("GET", "/v1/audit", 200),
-    ("GET", "/v1/events", 200),
-    ("POST", "/risc/google", 202),
-    ("GET", "/oauth/{provider}/start", 302),
-    // A page without a return URL, a redirect to it with one.
-    ("GET", "/oauth/{provider}/callback", 200),
-    ("GET", "/oauth/{provider}/callback", 302),
+/// One route: its method, its template as axum matches it (and as
+/// `axnt_http_requests_total` labels it), and the statuses of a successful answer. Each
+/// route is declared once, beside its handler, and its router, its OpenAPI entry
+/// ([`Route::documented`]) and the metric labels all read it there.
+pub(crate) struct Route {
+    pub(crate) method: &'static str,
+    pub(crate) template: &'static str,
+    pub(crate) ok: &'static [u16],
+}
+
+impl Route {
+    /// The template as the OpenAPI document writes it: each parameter in camelCase,
+    /// as the API names it (`/v1/users/{user_id}` → `/v1/users/{userId}`).
+    pub(crate) fn documented(&self) -> String {
+        let mut out = String::with_capacity(self.template.len());
+        let (mut in_parameter, mut upper_next) = (false, false);
+        for c in self.template.chars() {
+            match c {
+                '{' => in_parameter = true,
+                '}' => in_parameter = false,
+                '_' if in_parameter => {
+                    upper_next = true;
+                    continue;
+                }
+                _ => {}
+            }
+            if upper_next {
+                out.extend(c.to_uppercase());
+                upper_next = false;
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+}
+
+/// The public listener's routes. Start-up registers each with its successful statuses
+/// and [`STATUSES_EVERY_ROUTE_CAN_ANSWER`] at zero, so a rate over errors works from
+/// the first scrape; a matched route missing here is labelled `other`.
+pub(crate) const ROUTES: [&Route; 15] = [
+    &probes::HEALTHZ,
+    &probes::READYZ,
+    &openapi::OPENAPI_JSON,
+    &api::connect_sessions::CREATE,
+    &api::connect_sessions::CONFIRM,
+    &api::tokens::READ,
+    &api::connections::LIST,
+    &api::connections::LIST_ALL,
+    &api::connections::DELETE,
+    &api::logs::FLOW_LOGS,
+    &api::logs::AUDIT,
+    &api::events::FEED,
+    &risc::RECEIVE,
+    &oauth::START,
+    &oauth::CALLBACK,
 ];
 
 /// Answers any route can give: bad input, unknown, rate-limited, failed, unavailable.
@@ -197,8 +230,8 @@ async fn record_metrics(request: Request, next: Next) -> Response {
 fn route_label(matched: &str) -> &'static str {
     ROUTES
         .iter()
-        .find(|(_, route, _)| *route == matched)
-        .map_or("other", |(_, route, _)| route)
+        .find(|route| route.template == matched)
+        .map_or("other", |route| route.template)
 }
 
 /// The status code as a label: a fixed string per code the service answers with.
@@ -296,4 +329,42 @@ pub(crate) fn found(location: &str) -> Response {
         response.headers_mut().insert(header::LOCATION, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_route_is_documented_with_its_parameters_in_camel_case() {
+        let route = |template| Route {
+            method: "GET",
+            template,
+            ok: &[200],
+        };
+        assert_eq!(
+            route("/v1/users/{user_id}/tokens/{provider}").documented(),
+            "/v1/users/{userId}/tokens/{provider}"
+        );
+        assert_eq!(
+            route("/v1/connect-sessions/{flow_id}/confirm").documented(),
+            "/v1/connect-sessions/{flowId}/confirm"
+        );
+        assert_eq!(route("/v1/audit_log").documented(), "/v1/audit_log");
+    }
+
+    #[test]
+    fn every_route_is_listed_once_with_a_successful_status() {
+        for (i, route) in ROUTES.iter().enumerate() {
+            assert!(!route.ok.is_empty(), "{}", route.template);
+            assert!(
+                ROUTES[i + 1..]
+                    .iter()
+                    .all(|other| (other.method, other.template) != (route.method, route.template)),
+                "{} {} is listed twice",
+                route.method,
+                route.template
+            );
+        }
+    }
 }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::browser::{BrowserError, html_escape};
-use super::{ApiPath, ApiQuery, AppState, Client};
+use super::{ApiPath, ApiQuery, AppState, Client, Route};
 use crate::connect::{Callback, Completed};
 use crate::error::Error;
 use crate::oauth::ReturnUrl;
@@ -35,11 +35,26 @@ pub(crate) const BROWSER_HEADERS: [(header::HeaderName, &str); 3] = [
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
 ];
 
+/// `GET /oauth/{provider}/start`.
+pub(in crate::http) const START: Route = Route {
+    method: "GET",
+    template: "/oauth/{provider}/start",
+    ok: &[302],
+};
+
+/// `GET /oauth/{provider}/callback`: a page without a return URL, a redirect to it
+/// with one.
+pub(in crate::http) const CALLBACK: Route = Route {
+    method: "GET",
+    template: "/oauth/{provider}/callback",
+    ok: &[200, 302],
+};
+
 pub(crate) fn router() -> Router<AppState> {
     BROWSER_HEADERS.into_iter().fold(
         Router::new()
-            .route("/oauth/{provider}/start", get(start))
-            .route("/oauth/{provider}/callback", get(callback)),
+            .route(START.template, get(start))
+            .route(CALLBACK.template, get(callback)),
         |router, (name, value)| {
             router.layer(SetResponseHeaderLayer::overriding(
                 name,

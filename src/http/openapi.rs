@@ -25,11 +25,18 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Components, PathItem, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{AppState, api, probes};
+use super::{AppState, Route, api, probes};
 use crate::error::{Error, Problem};
 
+/// `GET /openapi.json`.
+pub(in crate::http) const OPENAPI_JSON: Route = Route {
+    method: "GET",
+    template: "/openapi.json",
+    ok: &[200],
+};
+
 pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/openapi.json", get(openapi_json))
+    Router::new().route(OPENAPI_JSON.template, get(openapi_json))
 }
 
 /// `GET /openapi.json` → the document (the same bytes as `docs/openapi.json`).

@@ -15,24 +15,41 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use utoipa::ToSchema;
 
-use super::AppState;
+use super::{AppState, Route};
 use crate::crypto::{CryptoError, KeyProvider};
 use crate::error::Error;
 use crate::secrets::SecretsCache;
 use crate::store::{FlowLog, StoreError};
 
+/// `GET /healthz`.
+pub(in crate::http) const HEALTHZ: Route = Route {
+    method: "GET",
+    template: "/healthz",
+    ok: &[200],
+};
+
+/// `GET /readyz`.
+pub(in crate::http) const READYZ: Route = Route {
+    method: "GET",
+    template: "/readyz",
+    ok: &[200],
+};
+
+/// `GET /metrics`, on the admin listener only.
+const METRICS: &str = "/metrics";
+
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route(HEALTHZ.template, get(healthz))
+        .route(READYZ.template, get(readyz))
 }
 
 /// The admin listener's routes (`AXNT_ADMIN_LISTEN_ADDR`): what only operators should
 /// reach. The public listener answers 404 to them.
 pub(crate) fn admin_router() -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route(HEALTHZ.template, get(healthz))
+        .route(METRICS, get(metrics))
 }
 
 /// What start-up waits for, as `/readyz` names it.
@@ -58,9 +75,9 @@ pub(crate) fn starting_router(starting: Starting) -> Router {
         waiting_for: Some(format!("{}: {}", starting.what, starting.code)),
     };
     Router::new()
-        .route("/healthz", get(healthz))
+        .route(HEALTHZ.template, get(healthz))
         .route(
-            "/readyz",
+            READYZ.template,
             get(move || async move {
                 (StatusCode::SERVICE_UNAVAILABLE, axum::Json(report)).into_response()
             }),
@@ -77,7 +94,7 @@ pub(crate) fn starting_router(starting: Starting) -> Router {
 /// `GET /healthz` → 200 `{"status":"ok"}` while the process serves.
 #[utoipa::path(
     get,
-    path = "/healthz",
+    path = HEALTHZ.documented(),
     tag = "probes",
     responses((status = 200, description = "The process serves", body = Health)),
 )]
@@ -98,7 +115,7 @@ pub(super) struct Health {
 /// `waitingFor` (see [`starting_router`]).
 #[utoipa::path(
     get,
-    path = "/readyz",
+    path = READYZ.documented(),
     tag = "probes",
     responses(
         (status = 200, description = "Every part is usable", body = ReadinessReport),

@@ -9,13 +9,20 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 
-use super::AppState;
+use super::{AppState, Route};
 use crate::error::Error;
 use crate::oauth::provider::ProviderError;
 use crate::oauth::risc::RiscError;
 
+/// `POST /risc/google`.
+pub(in crate::http) const RECEIVE: Route = Route {
+    method: "POST",
+    template: "/risc/google",
+    ok: &[202],
+};
+
 pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/risc/google", post(receive))
+    Router::new().route(RECEIVE.template, post(receive))
 }
 
 /// `POST /risc/google` with a security event token (the JWT as the body,
@@ -24,7 +31,7 @@ pub(crate) fn router() -> Router<AppState> {
 /// this client.
 #[utoipa::path(
     post,
-    path = "/risc/google",
+    path = RECEIVE.documented(),
     tag = "provider",
     request_body(
         description = "A security event token signed by the RISC issuer, for this OAuth client (Google sends application/secevent+jwt; the type is not checked)",

@@ -15,19 +15,30 @@ use super::auth::{CallerOf, permitted};
 use super::{requested_return, validate_scopes};
 use crate::connect::{Confirmation, LinkKind, LinkRequest};
 use crate::error::Error;
-use crate::http::{ApiJson, ApiPath, AppState, Client};
+use crate::http::{ApiJson, ApiPath, AppState, Client, Route};
 use crate::oauth::flow::FlowRules;
 use crate::oauth::grant::PartialGrant;
 use crate::secrets::Operation;
 use crate::tokens::UserId;
 
+/// `POST /v1/connect-sessions`.
+pub(in crate::http) const CREATE: Route = Route {
+    method: "POST",
+    template: "/v1/connect-sessions",
+    ok: &[201],
+};
+
+/// `POST /v1/connect-sessions/{flowId}/confirm`.
+pub(in crate::http) const CONFIRM: Route = Route {
+    method: "POST",
+    template: "/v1/connect-sessions/{flow_id}/confirm",
+    ok: &[200],
+};
+
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let routes = Router::new()
-        .route("/v1/connect-sessions", post(create_connect_session))
-        .route(
-            "/v1/connect-sessions/{flow_id}/confirm",
-            post(confirm_connect_session),
-        );
+        .route(CREATE.template, post(create_connect_session))
+        .route(CONFIRM.template, post(confirm_connect_session));
     permitted(routes, state, Operation::ManageConnections)
 }
 
@@ -163,7 +174,7 @@ fn validate_account_constraints(body: &ConnectSessionRequest) -> Result<(), Erro
 /// answers `{"url": "http://…/oauth/google/start?session=…", "expiresAt": "…", "flowId": "…"}`.
 #[utoipa::path(
     post,
-    path = "/v1/connect-sessions",
+    path = CREATE.documented(),
     tag = "internal",
     security(("bearerAuth" = [])),
     request_body = ConnectSessionRequest,
@@ -304,7 +315,7 @@ pub(in crate::http) struct ConfirmResponse {
 /// be opened now (it stays held: retry).
 #[utoipa::path(
     post,
-    path = "/v1/connect-sessions/{flowId}/confirm",
+    path = CONFIRM.documented(),
     tag = "internal",
     security(("bearerAuth" = [])),
     params(("flowId" = String, Path, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9-]+$", description = "The flow id from POST /v1/connect-sessions")),

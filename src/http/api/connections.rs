@@ -12,19 +12,37 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{CallerOf, permitted};
 use super::{ConnectionPath, UserPath, page_limit};
 use crate::error::Error;
-use crate::http::{ApiPath, ApiQuery, AppState, Client};
+use crate::http::{ApiPath, ApiQuery, AppState, Client, Route};
 use crate::oauth::grant;
 use crate::secrets::Operation;
 use crate::tokens::{ConnectionSummary, UserId};
 
+/// `GET /v1/users/{userId}/connections`.
+pub(in crate::http) const LIST: Route = Route {
+    method: "GET",
+    template: "/v1/users/{user_id}/connections",
+    ok: &[200],
+};
+
+/// `GET /v1/connections`.
+pub(in crate::http) const LIST_ALL: Route = Route {
+    method: "GET",
+    template: "/v1/connections",
+    ok: &[200],
+};
+
+/// `DELETE /v1/users/{userId}/connections/{provider}`.
+pub(in crate::http) const DELETE: Route = Route {
+    method: "DELETE",
+    template: "/v1/users/{user_id}/connections/{provider}",
+    ok: &[200],
+};
+
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let routes = Router::new()
-        .route("/v1/users/{user_id}/connections", get(list_connections))
-        .route("/v1/connections", get(list_all_connections))
-        .route(
-            "/v1/users/{user_id}/connections/{provider}",
-            delete(delete_connection),
-        );
+        .route(LIST.template, get(list_connections))
+        .route(LIST_ALL.template, get(list_all_connections))
+        .route(DELETE.template, delete(delete_connection));
     permitted(routes, state, Operation::ManageConnections)
 }
 
@@ -32,7 +50,7 @@ pub(super) fn router(state: &AppState) -> Router<AppState> {
 /// "userInfo", "isActive", "createdAt", "updatedAt", "lastUsed", "accessTokenExpiresAt"}]}`.
 #[utoipa::path(
     get,
-    path = "/v1/users/{userId}/connections",
+    path = LIST.documented(),
     tag = "internal",
     security(("bearerAuth" = [])),
     params(UserPath),
@@ -96,7 +114,7 @@ const MAX_CONNECTIONS_PAGE: usize = 500;
 /// the whole tokens table (DynamoDB `Scan`, at most 2,000 rows read per page).
 #[utoipa::path(
     get,
-    path = "/v1/connections",
+    path = LIST_ALL.documented(),
     tag = "internal",
     security(("bearerAuth" = [])),
     params(AllConnectionsQuery),
@@ -188,7 +206,7 @@ pub(in crate::http) struct Deleted {
 /// "not_possible", "revokedToken": "refresh_token" | "access_token", "note"}`.
 #[utoipa::path(
     delete,
-    path = "/v1/users/{userId}/connections/{provider}",
+    path = DELETE.documented(),
     tag = "internal",
     security(("bearerAuth" = [])),
     params(ConnectionPath, DeleteQuery),

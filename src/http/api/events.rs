@@ -11,11 +11,18 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{CallerOf, permitted};
 use super::page_limit;
 use crate::error::Error;
-use crate::http::{ApiQuery, AppState};
+use crate::http::{ApiQuery, AppState, Route};
 use crate::secrets::Operation;
 
+/// `GET /v1/events`.
+pub(in crate::http) const FEED: Route = Route {
+    method: "GET",
+    template: "/v1/events",
+    ok: &[200],
+};
+
 pub(super) fn router(state: &AppState) -> Router<AppState> {
-    let routes = Router::new().route("/v1/events", get(list_events));
+    let routes = Router::new().route(FEED.template, get(list_events));
     permitted(routes, state, Operation::ConsumeEvents)
 }
 
@@ -70,7 +77,7 @@ const MAX_EVENT_PAGE: usize = 500;
 /// newest `AXNT_EVENTS_FEED_DELAY_MS` are held back.
 #[utoipa::path(
     get,
-    path = "/v1/events",
+    path = FEED.documented(),
     tag = "internal",
     security(("bearerAuth" = [])),
     params(EventsQuery),

@@ -11,15 +11,29 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{CallerOf, permitted};
 use super::{UserPath, page_limit};
 use crate::error::Error;
-use crate::http::{ApiPath, ApiQuery, AppState};
+use crate::http::{ApiPath, ApiQuery, AppState, Route};
 use crate::secrets::{Caller, Operation};
 use crate::store::{FlowLogEntry, FlowStep};
 use crate::tokens::UserId;
 
+/// `GET /v1/users/{userId}/flow-logs`.
+pub(in crate::http) const FLOW_LOGS: Route = Route {
+    method: "GET",
+    template: "/v1/users/{user_id}/flow-logs",
+    ok: &[200],
+};
+
+/// `GET /v1/audit`.
+pub(in crate::http) const AUDIT: Route = Route {
+    method: "GET",
+    template: "/v1/audit",
+    ok: &[200],
+};
+
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let routes = Router::new()
-        .route("/v1/users/{user_id}/flow-logs", get(list_flow_logs))
-        .route("/v1/audit", get(list_audit));
+        .route(FLOW_LOGS.template, get(list_flow_logs))
+        .route(AUDIT.template, get(list_audit));
     permitted(routes, state, Operation::ReadLogs)
 }
 
@@ -72,7 +86,7 @@ fn visible_to(caller: &Caller, entry: &FlowLogEntry) -> bool {
 /// steps, newest first: `{"items": [...], "nextBefore": "<timestamp>" | null}`.
 #[utoipa::path(
     get,
-    path = "/v1/users/{userId}/flow-logs",
+    path = FLOW_LOGS.documented(),
     tag = "internal",
     security(("bearerAuth" = [])),
     params(UserPath, FlowLogQuery),
@@ -169,7 +183,7 @@ pub(in crate::http) struct AuditPage {
 /// request. Never a token.
 #[utoipa::path(
     get,
-    path = "/v1/audit",
+    path = AUDIT.documented(),
     tag = "internal",
     security(("bearerAuth" = [])),
     params(AuditQuery),

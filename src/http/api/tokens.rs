@@ -14,13 +14,20 @@ use super::auth::{CallerOf, permitted};
 use super::{ConnectionPath, request_id, requested_return, validate_scopes};
 use crate::connect::{LinkKind, LinkRequest};
 use crate::error::Error;
-use crate::http::{ApiPath, ApiQuery, AppState, Client};
+use crate::http::{ApiPath, ApiQuery, AppState, Client, Route};
 use crate::oauth::flow::FlowRules;
 use crate::oauth::grant;
 use crate::secrets::Operation;
 
+/// `GET /v1/users/{userId}/tokens/{provider}`.
+pub(in crate::http) const READ: Route = Route {
+    method: "GET",
+    template: "/v1/users/{user_id}/tokens/{provider}",
+    ok: &[200],
+};
+
 pub(super) fn router(state: &AppState) -> Router<AppState> {
-    let routes = Router::new().route("/v1/users/{user_id}/tokens/{provider}", get(get_token));
+    let routes = Router::new().route(READ.template, get(get_token));
     permitted(routes, state, Operation::ReadTokens)
 }
 
@@ -64,7 +71,7 @@ pub(in crate::http) struct TokenQuery {
 /// the grant lacks a required scope.
 #[utoipa::path(
     get,
-    path = "/v1/users/{userId}/tokens/{provider}",
+    path = READ.documented(),
     tag = "internal",
     security(("bearerAuth" = [])),
     params(ConnectionPath, TokenQuery),
