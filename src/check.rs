@@ -173,12 +173,7 @@ pub(crate) async fn check(settings: Settings) -> i32 {
                 retention: Duration::from_secs(3600),
                 ..EventRules::default()
             }
-            .make_kind(
-                PROBE_KIND,
-                probe_user,
-                &probe_provider,
-                serde_json::json!({}),
-            );
+            .probe(probe_user, &probe_provider);
             // The store stamps the event as it writes it: it is found between then and
             // now, by its kind and probe key.
             let before = Utc::now().timestamp_millis();

@@ -23,61 +23,18 @@
 //! is found stored only after its bound is written again by the store under fresh ids
 //! (its copies' `data.originalId` naming the events they repeat): readers need not know.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::store::{Event, EventFeed, StoreError, event_bound, event_millis};
 
-/// The kinds of lifecycle event (the payload's `type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub enum EventType {
-    /// A user connected an account for the first time (no row before).
-    #[serde(rename = "connection.created")]
-    Created,
-    /// A new grant replaced the connection's: a reconnection, a step-up, or another
-    /// Google account (`accountChanged`).
-    #[serde(rename = "connection.reauthorized")]
-    Reauthorized,
-    /// The scopes the provider says the grant holds changed.
-    #[serde(rename = "connection.scopes_changed")]
-    ScopesChanged,
-    /// A refresh failed: the grant is dead (`isActive: false`, with its `cause`), or
-    /// the provider is failing and refreshes pause (`isActive: true`).
-    #[serde(rename = "connection.refresh_failed")]
-    RefreshFailed,
-    /// A refresh succeeded after failed ones.
-    #[serde(rename = "connection.recovered")]
-    Recovered,
-    /// The grant is forecast to end soon (`predictedExpiry`, `reason`).
-    #[serde(rename = "connection.expiring_soon")]
-    ExpiringSoon,
-    /// The user (or Google, for the account) revoked the grant, as Google's security
-    /// events tell.
-    #[serde(rename = "connection.revoked_by_user")]
-    RevokedByUser,
-    /// The connection was removed through the API (`revocation` says what became of
-    /// the grant at the provider).
-    #[serde(rename = "connection.deleted")]
-    Deleted,
-}
+mod data;
 
-impl EventType {
-    pub fn name(self) -> &'static str {
-        match self {
-            EventType::Created => "connection.created",
-            EventType::Reauthorized => "connection.reauthorized",
-            EventType::ScopesChanged => "connection.scopes_changed",
-            EventType::RefreshFailed => "connection.refresh_failed",
-            EventType::Recovered => "connection.recovered",
-            EventType::ExpiringSoon => "connection.expiring_soon",
-            EventType::RevokedByUser => "connection.revoked_by_user",
-            EventType::Deleted => "connection.deleted",
-        }
-    }
-}
+pub(crate) use data::{About, EventPayload, Granted, PreviousAccount};
 
 /// The event `check` stores with its probe row's removal: proves the events table
 /// takes transactional writes, and is never served or delivered.
@@ -106,63 +63,39 @@ impl Default for EventRules {
     }
 }
 
-/// What an event's `data` may hold: `userId` and `provider` always, the rest by type.
-/// Never a token.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)] // the schema of a JSON map the events carry, never built
-pub(crate) struct EventData {
-    user_id: String,
-    provider: String,
-    /// The account's `sub` (created, reauthorized, deleted).
-    sub: Option<String>,
-    email: Option<String>,
-    /// The scopes the grant holds (created, reauthorized, scopes_changed, recovered).
-    granted_scopes: Option<Vec<String>>,
-    requested_scopes: Option<Vec<String>>,
-    /// scopes_changed: what the grant held before, and the difference.
-    previous_granted_scopes: Option<Vec<String>>,
-    added_scopes: Option<Vec<String>>,
-    removed_scopes: Option<Vec<String>>,
-    /// reauthorized: a grant of another Google account replaced the connection.
-    account_changed: Option<bool>,
-    previous_sub: Option<String>,
-    previous_email: Option<String>,
-    /// reauthorized: whether the replaced grant was alive.
-    was_active: Option<bool>,
-    /// refresh_failed, revoked_by_user: why (see the causes table in docs/grants.md).
-    cause: Option<String>,
-    remedy: Option<String>,
-    /// revoked_by_user: the Google security event that ended the grant, by the last
-    /// segment of its type URI (e.g. `tokens-revoked`).
-    security_event: Option<String>,
-    /// refresh_failed: false once the grant is dead; true while the provider fails
-    /// and refreshes pause for `retryAfterSecs`.
-    is_active: Option<bool>,
-    retry_after_secs: Option<u64>,
-    /// expiring_soon: when the grant is forecast to end, and why.
-    predicted_expiry: Option<String>,
-    reason: Option<String>,
-    /// deleted: `revoked`, `pending`, `skipped` or `not_possible`, and which token.
-    revocation: Option<String>,
-    revoked_token: Option<String>,
-    /// Any type: this event repeats the one with this id, written again because the
-    /// store took longer than its bound to write that one (a cursor may have passed
-    /// it). De-duplicate on it as on `id`.
-    original_id: Option<String>,
-}
-
-// The webhook body is this type, serialized, and its OpenAPI schema is derived from it.
-/// What a webhook delivers: the feed's item without `id` (which is `webhook-id`).
+/// What a webhook delivers: the feed's item without `id` (which is `webhook-id`). The
+/// body is this type, serialized, and its schema is derived from it.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct WebhookPayload<'a> {
+    /// Documented with the `data` it tells of ([`EventPayload`]).
     #[serde(rename = "type")]
-    #[schema(value_type = EventType)]
+    #[schema(ignore)]
     kind: &'a str,
     /// When the event was made: RFC 3339 UTC, to the millisecond.
     timestamp: String,
-    #[schema(value_type = EventData)]
-    data: &'a Map<String, Value>,
+    #[serde(flatten)]
+    #[schema(value_type = EventPayload)]
+    data: StoredData<'a>,
+}
+
+/// A stored event's `data`, served as it was made from its [`EventPayload`].
+#[derive(Serialize)]
+pub(crate) struct StoredData<'a> {
+    data: Cow<'a, Map<String, Value>>,
+}
+
+impl<'a> StoredData<'a> {
+    pub(crate) fn of(event: &'a Event) -> Self {
+        Self {
+            data: Cow::Borrowed(&event.data),
+        }
+    }
+
+    pub(crate) fn owned(data: Map<String, Value>) -> Self {
+        Self {
+            data: Cow::Owned(data),
+        }
+    }
 }
 
 impl<'a> WebhookPayload<'a> {
@@ -172,7 +105,7 @@ impl<'a> WebhookPayload<'a> {
             timestamp: event
                 .timestamp
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            data: &event.data,
+            data: StoredData::of(event),
         }
     }
 }
@@ -202,36 +135,44 @@ impl EventRules {
 }
 
 impl EventRules {
-    /// An event of `kind` about one connection; `details` (an object) joins `userId`
-    /// and `provider` in its `data`.
-    pub(crate) fn make(
-        &self,
-        kind: EventType,
-        user_id: &str,
-        provider: &str,
-        details: Value,
-    ) -> Event {
-        self.make_kind(kind.name(), user_id, provider, details)
+    /// The event telling `payload`, made now.
+    pub(crate) fn make(&self, payload: EventPayload) -> Event {
+        let About {
+            user_id, provider, ..
+        } = payload.about().clone();
+        let (kind, data) = match serde_json::to_value(&payload) {
+            Ok(Value::Object(mut told)) => (
+                match told.remove("type") {
+                    Some(Value::String(kind)) => kind,
+                    _ => String::new(),
+                },
+                match told.remove("data") {
+                    Some(Value::Object(data)) => data,
+                    _ => Map::new(),
+                },
+            ),
+            // Plain fields and a tagged enum always serialize as a map.
+            _ => (String::new(), Map::new()),
+        };
+        self.stamp(&kind, &user_id, &provider, data)
     }
 
-    pub(crate) fn make_kind(
-        &self,
-        kind: &str,
-        user_id: &str,
-        provider: &str,
-        details: Value,
-    ) -> Event {
+    /// The event `check` stores with its probe row's removal ([`PROBE_KIND`]).
+    pub(crate) fn probe(&self, user_id: &str, provider: &str) -> Event {
+        let data = Map::from_iter([
+            ("userId".to_string(), Value::from(user_id)),
+            ("provider".to_string(), Value::from(provider)),
+        ]);
+        self.stamp(PROBE_KIND, user_id, provider, data)
+    }
+
+    /// An event of `kind` made now, with its id.
+    fn stamp(&self, kind: &str, user_id: &str, provider: &str, data: Map<String, Value>) -> Event {
         // Ordered by creation within this process; the timestamp is the id's own.
         let id = uuid::Uuid::now_v7().to_string();
         let timestamp = event_millis(&id)
             .and_then(DateTime::from_timestamp_millis)
             .unwrap_or_else(Utc::now);
-        let mut data = Map::new();
-        data.insert("userId".into(), json!(user_id));
-        data.insert("provider".into(), json!(provider));
-        if let Value::Object(extra) = details {
-            data.extend(extra);
-        }
         let retention = i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
         Event {
             id,
@@ -310,16 +251,35 @@ mod tests {
         }
     }
 
+    fn about() -> About {
+        About {
+            user_id: "u".into(),
+            provider: "google".into(),
+            original_id: None,
+        }
+    }
+
+    fn granted() -> Granted {
+        Granted {
+            about: about(),
+            sub: "s".into(),
+            email: None,
+            granted_scopes: vec!["openid".into()],
+            requested_scopes: vec!["openid".into()],
+        }
+    }
+
     #[test]
     fn ids_sort_as_made_and_bounds_fall_between_milliseconds() {
         let rules = EventRules::default();
-        let a = rules.make(EventType::Created, "u", "google", json!({}));
-        let b = rules.make(
-            EventType::Deleted,
-            "u",
-            "google",
-            json!({"revocation": "revoked"}),
-        );
+        let a = rules.make(EventPayload::Created(granted()));
+        let b = rules.make(EventPayload::Deleted {
+            about: about(),
+            sub: "s".into(),
+            email: None,
+            revocation: "revoked".into(),
+            revoked_token: None,
+        });
         assert!(a.id < b.id);
         assert!(is_cursor(&a.id), "{}", a.id);
         let ms = event_millis(&a.id).expect("v7");
@@ -335,17 +295,137 @@ mod tests {
         ] {
             assert!(!is_cursor(bad), "{bad}");
         }
-        for t in [
-            EventType::Created,
-            EventType::Reauthorized,
-            EventType::ScopesChanged,
-            EventType::RefreshFailed,
-            EventType::Recovered,
-            EventType::ExpiringSoon,
-            EventType::RevokedByUser,
-            EventType::Deleted,
-        ] {
-            assert_eq!(serde_json::to_value(t).expect("name"), t.name());
+    }
+
+    /// Each type's name and `data`, key for key, as docs/events.md and earlier
+    /// releases give them (`null` where a value is unknown), and the webhook body
+    /// around them.
+    #[test]
+    fn each_payload_is_stored_with_its_documented_type_and_data() {
+        let rules = EventRules::default();
+        let scopes = || vec!["openid".to_string()];
+        let cases = [
+            (
+                EventPayload::Created(granted()),
+                "connection.created",
+                r#"{"userId":"u","provider":"google","sub":"s","email":null,"grantedScopes":["openid"],"requestedScopes":["openid"]}"#,
+            ),
+            (
+                EventPayload::Reauthorized {
+                    granted: granted(),
+                    account_changed: false,
+                    was_active: true,
+                    previous: None,
+                },
+                "connection.reauthorized",
+                r#"{"userId":"u","provider":"google","sub":"s","email":null,"grantedScopes":["openid"],"requestedScopes":["openid"],"accountChanged":false,"wasActive":true}"#,
+            ),
+            (
+                EventPayload::Reauthorized {
+                    granted: granted(),
+                    account_changed: true,
+                    was_active: false,
+                    previous: Some(PreviousAccount {
+                        previous_sub: "p".into(),
+                        previous_email: None,
+                    }),
+                },
+                "connection.reauthorized",
+                r#"{"userId":"u","provider":"google","sub":"s","email":null,"grantedScopes":["openid"],"requestedScopes":["openid"],"accountChanged":true,"wasActive":false,"previousSub":"p","previousEmail":null}"#,
+            ),
+            (
+                EventPayload::ScopesChanged {
+                    about: about(),
+                    granted_scopes: scopes(),
+                    previous_granted_scopes: vec![],
+                    added_scopes: scopes(),
+                    removed_scopes: vec![],
+                },
+                "connection.scopes_changed",
+                r#"{"userId":"u","provider":"google","grantedScopes":["openid"],"previousGrantedScopes":[],"addedScopes":["openid"],"removedScopes":[]}"#,
+            ),
+            (
+                EventPayload::RefreshFailed {
+                    about: about(),
+                    cause: "revoked_by_user".into(),
+                    remedy: Some("r".into()),
+                    is_active: false,
+                    retry_after_secs: None,
+                },
+                "connection.refresh_failed",
+                r#"{"userId":"u","provider":"google","cause":"revoked_by_user","remedy":"r","isActive":false}"#,
+            ),
+            (
+                EventPayload::RefreshFailed {
+                    about: about(),
+                    cause: "provider_unavailable".into(),
+                    remedy: None,
+                    is_active: true,
+                    retry_after_secs: Some(30),
+                },
+                "connection.refresh_failed",
+                r#"{"userId":"u","provider":"google","cause":"provider_unavailable","remedy":null,"isActive":true,"retryAfterSecs":30}"#,
+            ),
+            (
+                EventPayload::Recovered {
+                    about: about(),
+                    granted_scopes: scopes(),
+                },
+                "connection.recovered",
+                r#"{"userId":"u","provider":"google","grantedScopes":["openid"]}"#,
+            ),
+            (
+                EventPayload::ExpiringSoon {
+                    about: about(),
+                    predicted_expiry: "2026-01-08T00:00:00Z".into(),
+                    reason: crate::oauth::grant::ExpiryReason::TestingMode,
+                    sub: "s".into(),
+                    email: Some("a@example.com".into()),
+                },
+                "connection.expiring_soon",
+                r#"{"userId":"u","provider":"google","predictedExpiry":"2026-01-08T00:00:00Z","reason":"testing_mode","sub":"s","email":"a@example.com"}"#,
+            ),
+            (
+                EventPayload::RevokedByUser {
+                    about: about(),
+                    cause: "revoked_by_user".into(),
+                    remedy: Some("r".into()),
+                    sub: "s".into(),
+                    email: None,
+                    security_event: "tokens-revoked".into(),
+                },
+                "connection.revoked_by_user",
+                r#"{"userId":"u","provider":"google","cause":"revoked_by_user","remedy":"r","sub":"s","email":null,"securityEvent":"tokens-revoked"}"#,
+            ),
+            (
+                EventPayload::Deleted {
+                    about: about(),
+                    sub: "s".into(),
+                    email: None,
+                    revocation: "pending".into(),
+                    revoked_token: Some("refresh_token".into()),
+                },
+                "connection.deleted",
+                r#"{"userId":"u","provider":"google","sub":"s","email":null,"revocation":"pending","revokedToken":"refresh_token"}"#,
+            ),
+        ];
+        for (payload, kind, data) in cases {
+            let event = rules.make(payload);
+            assert_eq!(event.kind, kind);
+            assert_eq!(
+                (event.user_id.as_str(), event.provider.as_str()),
+                ("u", "google")
+            );
+            let data: Value = serde_json::from_str(data).expect("literal");
+            assert_eq!(Value::Object(event.data.clone()), data, "{kind}");
+            let body = serde_json::to_string(&WebhookPayload::of(&event)).expect("json");
+            let timestamp = event
+                .timestamp
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(
+                body,
+                format!(r#"{{"type":"{kind}","timestamp":"{timestamp}","data":{data}}}"#)
+            );
         }
     }
 }

@@ -141,8 +141,10 @@ mod layout {
         &["tokens", "webhooks", "audit"],
         // The one error type, mapped to HTTP in `http`.
         &["error"],
-        // What a flow and an event mean; logging and metrics set-up.
-        &["oauth", "events", "telemetry"],
+        // What a flow means; logging and metrics set-up.
+        &["oauth", "telemetry"],
+        // What an event tells (a grant's forecast among it).
+        &["events"],
         // Storage and settings.
         &["store", "config"],
         &["secrets"],

@@ -197,17 +197,13 @@ impl TokenService {
                     token_kind: None,
                 }
             };
-            let deleted = [self.policy.events.make(
-                EventType::Deleted,
-                user_id,
-                provider_name,
-                json!({
-                    "sub": row.user_info.sub,
-                    "email": row.email,
-                    "revocation": outcome.revocation.label(),
-                    "revokedToken": outcome.token_kind,
-                }),
-            )];
+            let deleted = [self.policy.events.make(EventPayload::Deleted {
+                about: About::of(&row),
+                sub: row.user_info.sub.clone(),
+                email: row.email.clone(),
+                revocation: outcome.revocation.label().to_string(),
+                revoked_token: outcome.token_kind.map(str::to_string),
+            })];
             match self
                 .store
                 .delete(user_id, provider_name, row.version, &deleted)

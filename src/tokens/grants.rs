@@ -13,29 +13,33 @@ pub(super) fn grant_events(
     before: Option<&Connection>,
     row: &Connection,
 ) -> Vec<crate::store::Event> {
-    let (user_id, provider) = (row.user_id.as_str(), row.provider.as_str());
-    let mut details = json!({
-        "sub": row.user_info.sub,
-        "email": row.email,
-        "grantedScopes": row.grant.granted_scopes,
-        "requestedScopes": row.grant.requested_scopes,
-    });
+    let granted = Granted {
+        about: About::of(row),
+        sub: row.user_info.sub.clone(),
+        email: row.email.clone(),
+        granted_scopes: row.grant.granted_scopes.clone(),
+        requested_scopes: row.grant.requested_scopes.clone(),
+    };
     let Some(before) = before else {
-        return vec![rules.make(EventType::Created, user_id, provider, details)];
+        return vec![rules.make(EventPayload::Created(granted))];
     };
     let account_changed = before.user_info.sub != row.user_info.sub;
-    details["accountChanged"] = json!(account_changed);
-    details["wasActive"] = json!(before.is_active);
-    if account_changed {
-        details["previousSub"] = json!(before.user_info.sub);
-        details["previousEmail"] = json!(before.email);
-    }
-    let mut events = vec![rules.make(EventType::Reauthorized, user_id, provider, details)];
+    let previous = account_changed.then(|| PreviousAccount {
+        previous_sub: before.user_info.sub.clone(),
+        previous_email: before.email.clone(),
+    });
+    let reauthorized = EventPayload::Reauthorized {
+        granted,
+        account_changed,
+        was_active: before.is_active,
+        previous,
+    };
+    let mut events = vec![rules.make(reauthorized)];
     if !account_changed
         && before.is_active
-        && let Some(changed) = scopes_change(&before.grant, &row.grant)
+        && let Some(changed) = scopes_change(before, &row.grant)
     {
-        events.push(rules.make(EventType::ScopesChanged, user_id, provider, changed));
+        events.push(rules.make(changed));
     }
     events
 }

@@ -15,13 +15,11 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use serde_json::json;
-
 use tokio_util::sync::CancellationToken;
 
 use super::TokenService;
 use crate::error::Error;
-use crate::events::EventType;
+use crate::events::{About, EventPayload};
 use crate::jobs::{self, Jobs, Schedule};
 use crate::oauth::grant::{AT_RISK_WITHIN, ExpiryReason, forecast, last_token_use};
 use crate::store::flow_log::ClientInfo;
@@ -227,18 +225,13 @@ impl TokenService {
         if !soon || saved_by_refresh || row.grant.expiry_notice_for == Some(at.timestamp()) {
             return Ok(false);
         }
-        let reason_text = serde_json::to_value(reason).unwrap_or_default();
-        let event = [self.policy.events.make(
-            EventType::ExpiringSoon,
-            &row.user_id,
-            &row.provider,
-            json!({
-                "predictedExpiry": at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                "reason": reason_text,
-                "sub": row.user_info.sub,
-                "email": row.email,
-            }),
-        )];
+        let event = [self.policy.events.make(EventPayload::ExpiringSoon {
+            about: About::of(row),
+            predicted_expiry: at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            reason,
+            sub: row.user_info.sub.clone(),
+            email: row.email.clone(),
+        })];
         // The row is written whole: under the row's refresh lease, so no refresh is
         // in flight whose write this would undo, and from the row as it is now. Only a
         // free lease is taken (any lease counts as live at the epoch): one that lapsed

@@ -5,10 +5,8 @@ use super::*;
 
 /// What changed between two ledgers' granted scopes, if anything: the
 /// `connection.scopes_changed` details.
-pub(super) fn scopes_change(
-    before: &GrantLedger,
-    after: &GrantLedger,
-) -> Option<serde_json::Value> {
+pub(super) fn scopes_change(row: &Connection, after: &GrantLedger) -> Option<EventPayload> {
+    let before = &row.grant;
     // A row from before the ledger existed knows no scopes: nothing to compare.
     if before.granted_scopes.is_empty() {
         return None;
@@ -18,12 +16,13 @@ pub(super) fn scopes_change(
     if added.is_empty() && removed.is_empty() {
         return None;
     }
-    Some(json!({
-        "grantedScopes": after.granted_scopes,
-        "previousGrantedScopes": before.granted_scopes,
-        "addedScopes": added,
-        "removedScopes": removed,
-    }))
+    Some(EventPayload::ScopesChanged {
+        about: About::of(row),
+        granted_scopes: after.granted_scopes.clone(),
+        previous_granted_scopes: before.granted_scopes.clone(),
+        added_scopes: added,
+        removed_scopes: removed,
+    })
 }
 
 /// The ledger after a consent at `now`: the flow's `requested` scopes added to those

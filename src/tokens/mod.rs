@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::crypto::EnvelopeCipher;
 use crate::error::Error;
-use crate::events::{EventRules, EventType};
+use crate::events::{About, EventPayload, EventRules, Granted, PreviousAccount};
 use crate::jobs::{self, Jobs, Schedule};
 use crate::oauth::provider::{OidcProvider, ProviderError, ProviderTokens, Providers};
 use crate::store::flow_log::ClientInfo;

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::refresh::lock;
 use super::{TokenService, WRITE_ATTEMPTS};
 use crate::error::Error;
-use crate::events::EventType;
+use crate::events::{About, EventPayload};
 use crate::oauth::grant::Cause;
 use crate::oauth::risc::{EventKind, SecurityEventToken, prefix_hash};
 use crate::retry::{Written, until_written};
@@ -278,17 +278,14 @@ impl TokenService {
                 ..row.successor()
             };
             let remedy = Cause::from_code(cause).map(Cause::remedy);
-            let event = [self.policy.events.make(
-                EventType::RevokedByUser,
-                &row.user_id,
-                &row.provider,
-                json!({
-                    "cause": cause,
-                    "remedy": remedy,
-                    "sub": row.user_info.sub,
-                    "email": row.email,
-                    "securityEvent": event_type,
-                }),
+            let event = [self.policy.events.make(EventPayload::RevokedByUser {
+                about: About::of(&row),
+                cause: cause.to_string(),
+                    remedy: remedy.map(str::to_string),
+                    sub: row.user_info.sub.clone(),
+                    email: row.email.clone(),
+                    security_event: event_type.to_string(),
+                },
             )];
             match self.store.put(&ended, Some(row.version), &event).await {
                 Ok(()) => {

@@ -11,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{CallerOf, permitted};
 use super::page_limit;
 use crate::error::Error;
+use crate::events::{EventPayload, StoredData};
 use crate::http::{ApiQuery, AppState, Route};
 use crate::secrets::Operation;
 
@@ -49,13 +50,15 @@ pub(in crate::http) struct EventsQuery {
 pub(in crate::http) struct EventEntry {
     /// Unique; ids sort as the events were made. A cursor for `after=`.
     id: String,
+    /// Documented with the `data` it tells of ([`EventPayload`]).
     #[serde(rename = "type")]
-    #[schema(value_type = crate::events::EventType)]
+    #[schema(ignore)]
     kind: String,
     /// RFC 3339 UTC, to the millisecond.
     timestamp: String,
-    #[schema(value_type = crate::events::EventData)]
-    data: serde_json::Map<String, serde_json::Value>,
+    #[serde(flatten)]
+    #[schema(value_type = EventPayload)]
+    data: StoredData<'static>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -113,7 +116,7 @@ pub(in crate::http) async fn list_events(
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             id: e.id,
             kind: e.kind,
-            data: e.data,
+            data: StoredData::owned(e.data),
         })
         .collect();
     Ok(axum::Json(EventPage {

@@ -24,7 +24,7 @@ mod release;
 
 use crate::crypto::Sealer;
 use crate::error::Error;
-use crate::events::EventType;
+use crate::events::{About, EventPayload};
 use crate::oauth::grant::{Cause, cause_of, minted_after};
 use crate::oauth::provider::{GrantRefusal, ProviderError};
 use crate::retry::Backoff;
@@ -315,18 +315,15 @@ impl Holder<'_> {
             ..row.successor()
         };
         let rules = &self.refresher.policy.events;
-        let (user_id, provider) = (row.user_id.as_str(), row.provider.as_str());
         let mut events = Vec::new();
         if row.refresh.retry_at_ms.is_some() || row.refresh.unknown_since_ms.is_some() {
-            events.push(rules.make(
-                EventType::Recovered,
-                user_id,
-                provider,
-                json!({ "grantedScopes": updated.grant.granted_scopes }),
-            ));
+            events.push(rules.make(EventPayload::Recovered {
+                about: About::of(row),
+                granted_scopes: updated.grant.granted_scopes.clone(),
+            }));
         }
-        if let Some(changed) = crate::tokens::scopes_change(&row.grant, &updated.grant) {
-            events.push(rules.make(EventType::ScopesChanged, user_id, provider, changed));
+        if let Some(changed) = crate::tokens::scopes_change(row, &updated.grant) {
+            events.push(rules.make(changed));
         }
         self.refresher
             .store

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::super::{Outcome, millis};
 use super::Holder;
 use crate::error::Error;
-use crate::events::EventType;
+use crate::events::{About, EventPayload};
 use crate::oauth::grant::Cause;
 use crate::oauth::provider::ProviderError;
 use crate::store::{Connection, Event, FlowStep, LeaseRelease, RefreshState, StoreError};
@@ -36,16 +36,13 @@ impl Holder<'_> {
             },
             ..row.successor()
         };
-        let failed = [r.policy.events.make(
-            EventType::RefreshFailed,
-            &row.user_id,
-            &row.provider,
-            json!({
-                "cause": cause.code(),
-                "remedy": cause.remedy(),
-                "isActive": false,
-            }),
-        )];
+        let failed = [r.policy.events.make(EventPayload::RefreshFailed {
+            about: About::of(row),
+            cause: cause.code().to_string(),
+            remedy: Some(cause.remedy().to_string()),
+            is_active: false,
+            retry_after_secs: None,
+        })];
         let answer = Error::ReauthorizationRequired {
             cause: cause.code().to_string(),
         };
@@ -113,17 +110,13 @@ impl Holder<'_> {
         };
         let events: Vec<_> = first_failure
             .then(|| {
-                r.policy.events.make(
-                    EventType::RefreshFailed,
-                    &row.user_id,
-                    &row.provider,
-                    json!({
-                        "cause": err.cause().unwrap_or(reason),
-                        "remedy": err.remedy(),
-                        "isActive": true,
-                        "retryAfterSecs": cooldown.as_secs(),
-                    }),
-                )
+                r.policy.events.make(EventPayload::RefreshFailed {
+                    about: About::of(row),
+                    cause: err.cause().unwrap_or(reason).to_string(),
+                    remedy: err.remedy().map(str::to_string),
+                    is_active: true,
+                    retry_after_secs: Some(cooldown.as_secs()),
+                })
             })
             .into_iter()
             .collect();
