@@ -141,10 +141,10 @@ mod layout {
         &["tokens", "webhooks", "audit"],
         // The one error type, mapped to HTTP in `http`.
         &["error"],
-        // What a flow means; logging and metrics set-up.
-        &["oauth", "telemetry"],
         // What an event tells (a grant's forecast among it).
         &["events"],
+        // What a flow means; logging and metrics set-up.
+        &["oauth", "telemetry"],
         // Storage and settings.
         &["store", "config"],
         &["secrets"],
