@@ -14,6 +14,7 @@ use crate::crypto::CryptoError;
 use crate::oauth::flow::SealError;
 use crate::oauth::grant::Cause;
 use crate::oauth::provider::{IdTokenProblem, ProviderError};
+use crate::series::Label;
 use crate::store::{FlowFailure, StoreError};
 
 mod response;
@@ -169,7 +170,7 @@ impl From<&Error> for FlowFailure {
         Self {
             code: e.code(),
             reason: match e {
-                Error::IdTokenInvalid(problem) => Some(problem.as_str()),
+                Error::IdTokenInvalid(problem) => Some(problem.label()),
                 _ => None,
             },
             message: e.to_string(),

@@ -8,6 +8,30 @@
 
 use metrics::Unit;
 
+/// The values one label takes: an enum whose variants are those values, each text
+/// written once (strum's `IntoStaticStr`, from the variant's name or its
+/// `#[strum(serialize)]`). Counting names a value with [`Label::label`]; start-up
+/// registers every value at zero from [`Label::labels`].
+pub(crate) trait Label: Copy + Into<&'static str> + strum::VariantArray + 'static {
+    fn label(self) -> &'static str {
+        self.into()
+    }
+
+    fn labels() -> impl Iterator<Item = &'static str> {
+        Self::VARIANTS.iter().map(|v| (*v).into())
+    }
+}
+
+impl<T: Copy + Into<&'static str> + strum::VariantArray + 'static> Label for T {}
+
+/// A cache lookup's `outcome` (`axnt_token_cache_total`, `axnt_data_key_cache_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum CacheOutcome {
+    Hit,
+    Miss,
+}
+
 /// What kind of series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {

@@ -42,7 +42,8 @@ use crate::http::client::ClientKey;
 pub(super) const SHED_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the server closed a connection: `axnt_http_connections_closed_total`'s `reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub(super) enum CloseReason {
     /// No first request within the header-read timeout of opening.
     FirstRequestTimeout,
@@ -57,28 +58,6 @@ pub(super) enum CloseReason {
     /// A new connection closed at once: every connection had a request in progress
     /// when it came (the listener waits for that before accepting, so this is rare).
     RefusedCap,
-}
-
-impl CloseReason {
-    pub(super) const ALL: [Self; 6] = [
-        Self::FirstRequestTimeout,
-        Self::HeadTimeout,
-        Self::IdleTimeout,
-        Self::ShedClientCap,
-        Self::ShedCap,
-        Self::RefusedCap,
-    ];
-
-    pub(super) fn label(self) -> &'static str {
-        match self {
-            Self::FirstRequestTimeout => "first_request_timeout",
-            Self::HeadTimeout => "head_timeout",
-            Self::IdleTimeout => "idle_timeout",
-            Self::ShedClientCap => "shed_client_cap",
-            Self::ShedCap => "shed_cap",
-            Self::RefusedCap => "refused_cap",
-        }
-    }
 }
 
 /// The timeouts and caps, from the settings.

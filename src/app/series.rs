@@ -8,12 +8,17 @@
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 
 use super::connections::CloseReason;
+use crate::audit::AuditWait;
+use crate::aws::error::{CALL_OK, FailureKind};
 use crate::config::Backend;
-use crate::connect::FLOW_FAILURE_REASONS;
+use crate::connect::{CONFIRMED, FLOW_FAILURE_REASONS};
+use crate::crypto::cache::DataKeyUse;
+use crate::error::Error;
 use crate::http::{ROUTES, STATUSES_EVERY_ROUTE_CAN_ANSWER};
-use crate::series::{Kind, Series};
-use crate::tokens::READ_OUTCOMES;
-use crate::tokens::refresh::{LAPSE_OUTCOMES, REFRESH_OUTCOMES, SUPPRESSED_REASONS};
+use crate::oauth::grant::Cause;
+use crate::series::{CacheOutcome, Kind, Label, Series};
+use crate::tokens::refresh::{LapseOutcome, RefreshOutcome, SuppressedReason};
+use crate::tokens::{Discard, ReadOutcome, RevocationOutcome, SecurityEventOutcome};
 
 /// The AWS calls the running service makes (setup's and check's are left out).
 const AWS_CALLS: [(&str, &str); 8] = [
@@ -25,18 +30,6 @@ const AWS_CALLS: [(&str, &str); 8] = [
     ("kms", "GenerateDataKey"),
     ("kms", "Decrypt"),
     ("secretsmanager", "GetSecretValue"),
-];
-
-/// `axnt_aws_calls_total`'s outcomes: success, then each kind of failure.
-const AWS_OUTCOMES: [&str; 8] = [
-    "ok",
-    "access_denied",
-    "not_found",
-    "throttled",
-    "timeout",
-    "unavailable",
-    "condition_failed",
-    "rejected",
 ];
 
 /// Describes every series and registers each label set at zero.
@@ -54,8 +47,8 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
     for listener in ["public", "admin"] {
         metrics::gauge!(crate::series::HTTP_CONNECTIONS_OPEN, "listener" => listener)
             .increment(0.0);
-        for reason in CloseReason::ALL {
-            metrics::counter!(crate::series::HTTP_CONNECTIONS_CLOSED_TOTAL, "listener" => listener, "reason" => reason.label())
+        for reason in CloseReason::labels() {
+            metrics::counter!(crate::series::HTTP_CONNECTIONS_CLOSED_TOTAL, "listener" => listener, "reason" => reason)
                 .increment(0);
         }
     }
@@ -71,29 +64,29 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
             metrics::counter!(crate::series::FLOWS_FAILED_TOTAL, "provider" => provider.to_string(), "reason" => reason)
                 .increment(0);
         }
-        for outcome in READ_OUTCOMES {
+        for outcome in ReadOutcome::labels() {
             metrics::counter!(crate::series::TOKEN_READS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
                 .increment(0);
         }
-        for outcome in REFRESH_OUTCOMES {
+        for outcome in RefreshOutcome::labels() {
             metrics::counter!(crate::series::TOKEN_REFRESHES_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
                 .increment(0);
         }
-        for outcome in crate::tokens::REVOCATION_OUTCOMES {
+        for outcome in RevocationOutcome::labels() {
             metrics::counter!(crate::series::REVOCATIONS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
                 .increment(0);
         }
         metrics::counter!(crate::series::ACCOUNT_GRANT_LIMIT_WARNINGS_TOTAL, "provider" => provider.to_string())
             .increment(0);
-        for cause in crate::oauth::grant::Cause::ALL {
-            metrics::counter!(crate::series::GRANTS_ENDED_TOTAL, "provider" => provider.to_string(), "cause" => cause.code())
+        for cause in Cause::labels() {
+            metrics::counter!(crate::series::GRANTS_ENDED_TOTAL, "provider" => provider.to_string(), "cause" => cause)
                 .increment(0);
         }
-        for reason in SUPPRESSED_REASONS {
+        for reason in SuppressedReason::labels() {
             metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => reason)
                 .increment(0);
         }
-        for outcome in crate::tokens::SECURITY_EVENT_OUTCOMES {
+        for outcome in SecurityEventOutcome::labels() {
             metrics::counter!(crate::series::SECURITY_EVENTS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
                 .increment(0);
         }
@@ -102,24 +95,24 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
     }
     metrics::counter!(crate::series::TOKEN_READS_TOTAL, "provider" => "unknown", "outcome" => "unknown_provider")
         .increment(0);
-    for outcome in LAPSE_OUTCOMES {
+    for outcome in LapseOutcome::labels() {
         metrics::counter!(crate::series::REFRESH_LEASE_LAPSES_TOTAL, "outcome" => outcome)
             .increment(0);
     }
     for outcome in [
-        "confirmed",
-        "confirmation_not_found",
-        "confirmation_expired",
+        CONFIRMED,
+        Error::ConfirmationNotFound.code(),
+        Error::ConfirmationExpired.code(),
     ] {
         metrics::counter!(crate::series::CONFIRMATIONS_TOTAL, "outcome" => outcome).increment(0);
     }
-    for reason in crate::tokens::Discard::ALL {
-        metrics::counter!(crate::series::HELD_GRANTS_DISCARDED_TOTAL, "reason" => reason.label())
+    for reason in Discard::labels() {
+        metrics::counter!(crate::series::HELD_GRANTS_DISCARDED_TOTAL, "reason" => reason)
             .increment(0);
     }
-    for outcome in ["hit", "miss"] {
+    for outcome in CacheOutcome::labels() {
         metrics::counter!(crate::series::TOKEN_CACHE_TOTAL, "outcome" => outcome).increment(0);
-        for operation in ["seal", "open"] {
+        for operation in DataKeyUse::labels() {
             metrics::counter!(crate::series::DATA_KEY_CACHE_TOTAL, "operation" => operation, "outcome" => outcome)
                 .increment(0);
         }
@@ -132,7 +125,7 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
     metrics::counter!(crate::series::STORE_WRITES_TOTAL, "backend" => store).increment(0);
     if backend == Backend::Aws {
         for (service, operation) in AWS_CALLS {
-            for outcome in AWS_OUTCOMES {
+            for outcome in std::iter::once(CALL_OK).chain(FailureKind::labels()) {
                 metrics::counter!(crate::series::AWS_CALLS_TOTAL, "service" => service, "operation" => operation, "outcome" => outcome)
                     .increment(0);
             }
@@ -150,7 +143,7 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
     metrics::gauge!(crate::series::EVENTS_SETTLING).increment(0.0);
     metrics::gauge!(crate::series::AUDIT_QUEUE_DEPTH).increment(0.0);
     metrics::gauge!(crate::series::AUDIT_QUEUE_OLDEST_SECONDS).increment(0.0);
-    for outcome in ["waited", "timed_out"] {
+    for outcome in AuditWait::labels() {
         metrics::counter!(crate::series::AUDIT_WAITS_TOTAL, "outcome" => outcome).increment(0);
     }
     metrics::counter!(crate::series::AUDIT_WRITE_FAILURES_TOTAL).increment(0);

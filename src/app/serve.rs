@@ -32,6 +32,7 @@ use tower::ServiceExt;
 
 use super::connections::{CloseReason, Connection, ConnectionLimits, Connections, InFlight, Next};
 use crate::config::ServerSettings;
+use crate::series::Label;
 
 /// Header lines a request may carry; more is 431. Browsers send about 20.
 const MAX_HEADERS: usize = 64;

@@ -36,11 +36,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, json};
 
-pub(crate) use queue::Full;
+pub(crate) use queue::{AuditWait, Full};
 use queue::{Queue, Record, RecordKey, Sink, Target};
 
 use crate::jobs::{self, Jobs, Schedule};
 use crate::retry::Backoff;
+use crate::series::Label;
 use crate::store::flow_log::SortKeyClock;
 use crate::store::{FlowLog, FlowLogEntry, FlowStep, StoreError};
 
@@ -52,7 +53,8 @@ const LIST_WAITS_FOR_WRITES: Duration = Duration::from_secs(2);
 const REFUSALS_ONE_BY_ONE: usize = 100;
 
 /// What a read came to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub(crate) enum ReadOutcome {
     /// Handed out as stored (or from the cache).
     Served,
@@ -60,16 +62,6 @@ pub(crate) enum ReadOutcome {
     Refreshed,
     /// Refused (the problem code is the item's `error`).
     Refused,
-}
-
-impl ReadOutcome {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Served => "served",
-            Self::Refreshed => "refreshed",
-            Self::Refused => "refused",
-        }
-    }
 }
 
 /// One read, as the API saw it.
@@ -371,7 +363,7 @@ impl Sink for Writer {
                 data.insert("folded".into(), json!(true));
             }
         }
-        data.insert("outcome".into(), json!(key.outcome.as_str()));
+        data.insert("outcome".into(), json!(key.outcome.label()));
         data.insert("count".into(), json!(record.count));
         data.insert("firstAt".into(), json!(rfc3339(record.first_at)));
         data.insert("lastAt".into(), json!(rfc3339(record.last_at)));

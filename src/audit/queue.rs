@@ -34,6 +34,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::ReadOutcome;
+use crate::series::Label;
+
+/// How a read that found the queue full fared: `axnt_audit_waits_total`'s `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum AuditWait {
+    /// Room came within the wait.
+    Waited,
+    /// No room in time: the read is refused.
+    TimedOut,
+}
 
 /// Out of how many parts of the queue one caller may hold one.
 const SHARES: usize = 4;
@@ -201,12 +212,13 @@ impl Queue {
         };
         drop(share);
         let Some(slot) = slot else {
-            metrics::counter!(crate::series::AUDIT_WAITS_TOTAL, "outcome" => "timed_out")
+            metrics::counter!(crate::series::AUDIT_WAITS_TOTAL, "outcome" => AuditWait::TimedOut.label())
                 .increment(1);
             return Err(Full);
         };
         if waited {
-            metrics::counter!(crate::series::AUDIT_WAITS_TOTAL, "outcome" => "waited").increment(1);
+            metrics::counter!(crate::series::AUDIT_WAITS_TOTAL, "outcome" => AuditWait::Waited.label())
+                .increment(1);
         }
         self.insert(record, Some(slot));
         Ok(())

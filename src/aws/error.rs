@@ -9,8 +9,11 @@ use std::error::Error as StdError;
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use crate::series::Label;
+
 /// The kinds of failure callers act on differently.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub(crate) enum FailureKind {
     /// The identity may not do this (IAM, key policy, bad or expired credentials).
     AccessDenied,
@@ -26,21 +29,6 @@ pub(crate) enum FailureKind {
     ConditionFailed,
     /// Anything else: a request the service rejected (validation and the like).
     Rejected,
-}
-
-impl FailureKind {
-    /// The `outcome` label of `axnt_aws_calls_total`.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::AccessDenied => "access_denied",
-            Self::NotFound => "not_found",
-            Self::Throttled => "throttled",
-            Self::Timeout => "timeout",
-            Self::Unavailable => "unavailable",
-            Self::ConditionFailed => "condition_failed",
-            Self::Rejected => "rejected",
-        }
-    }
 }
 
 /// One failed AWS call, sorted.
@@ -136,6 +124,10 @@ where
     AwsFailure { kind, code, detail }
 }
 
+/// `axnt_aws_calls_total`'s `outcome` for a call that succeeded; a failed one is
+/// labelled by its [`FailureKind`].
+pub(crate) const CALL_OK: &str = "ok";
+
 /// Counts one AWS call: `axnt_aws_calls_total{service, operation, outcome}`, and
 /// `axnt_aws_throttles_total{service, operation}` for a call that stayed throttled
 /// after the SDK's retries. Labels are fixed names, never a value from a request.
@@ -144,7 +136,7 @@ pub(crate) fn count_call(
     operation: &'static str,
     failure: Option<&AwsFailure>,
 ) {
-    let outcome = failure.map_or("ok", |f| f.kind.label());
+    let outcome = failure.map_or(CALL_OK, |f| f.kind.label());
     metrics::counter!(crate::series::AWS_CALLS_TOTAL, "service" => service, "operation" => operation, "outcome" => outcome)
         .increment(1);
     if failure.is_some_and(|f| f.kind == FailureKind::Throttled) {

@@ -14,6 +14,10 @@ use crate::store::FlowStep;
 use crate::store::flow_log::ClientInfo;
 use crate::tokens::{Confirmed, UserId};
 
+/// `axnt_confirmations_total`'s `outcome` for a confirmed grant; a refused confirm is
+/// labelled with its problem code.
+pub(crate) const CONFIRMED: &str = "confirmed";
+
 /// A confirm as the application made it.
 pub(crate) struct Confirmation {
     pub(crate) flow_id: String,
@@ -83,8 +87,7 @@ impl ConnectService {
                 json!({ "email": grant.user_info.email }),
             )
             .await;
-        metrics::counter!(crate::series::CONFIRMATIONS_TOTAL, "outcome" => "confirmed")
-            .increment(1);
+        metrics::counter!(crate::series::CONFIRMATIONS_TOTAL, "outcome" => CONFIRMED).increment(1);
         count_completed(&grant.provider);
         Ok(confirmed)
     }

@@ -21,7 +21,7 @@ mod start;
 mod tests;
 
 pub(crate) use callback::{Callback, Completed};
-pub(crate) use confirm::Confirmation;
+pub(crate) use confirm::{CONFIRMED, Confirmation};
 pub(crate) use links::{LinkKind, LinkRequest};
 
 /// What the connect flow works with.

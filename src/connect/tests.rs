@@ -325,3 +325,16 @@ async fn a_code_the_provider_refuses_ends_as_code_rejected() {
     assert!(!world.connected().await, "nothing stored");
     world.ended_in_failure(&flow_id, "code_rejected").await;
 }
+
+/// The failure reasons registered at start-up are problem codes the service answers
+/// with, so a flow's failure is counted under one of them.
+#[test]
+fn every_registered_failure_reason_is_a_problem_code() {
+    let codes: Vec<&str> = crate::error::one_of_each()
+        .iter()
+        .map(Error::code)
+        .collect();
+    for reason in super::FLOW_FAILURE_REASONS {
+        assert!(codes.contains(&reason), "{reason} is no problem code");
+    }
+}

@@ -24,6 +24,7 @@ use moka::future::Cache;
 use tokio::sync::Mutex;
 
 use super::{CryptoError, DataKey, KeyProvider, SecretKey, WrappedKey};
+use crate::series::{CacheOutcome, Label};
 
 /// The cache's bounds (settings `AXNT_DATA_KEY_*`).
 #[derive(Debug, Clone, Copy)]
@@ -80,10 +81,19 @@ fn copy_error(e: &CryptoError) -> CryptoError {
     }
 }
 
-/// `axnt_data_key_cache_total{operation, outcome}`: `seal` (a data key reused or a new
-/// one generated) and `open` (a wrapped key found unwrapped, or sent to the provider).
-fn count(operation: &'static str, outcome: &'static str) {
-    metrics::counter!(crate::series::DATA_KEY_CACHE_TOTAL, "operation" => operation, "outcome" => outcome)
+/// What a data key was wanted for: `axnt_data_key_cache_total`'s `operation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum DataKeyUse {
+    /// A data key reused, or a new one generated.
+    Seal,
+    /// A wrapped key found unwrapped, or sent to the key service.
+    Open,
+}
+
+/// `axnt_data_key_cache_total{operation, outcome}`.
+fn count(operation: DataKeyUse, outcome: CacheOutcome) {
+    metrics::counter!(crate::series::DATA_KEY_CACHE_TOTAL, "operation" => operation.label(), "outcome" => outcome.label())
         .increment(1);
 }
 
@@ -96,14 +106,14 @@ impl KeyProvider for CachingKeyProvider {
             && current.born.elapsed() < self.limits.max_age
         {
             current.uses += 1;
-            count("seal", "hit");
+            count(DataKeyUse::Seal, CacheOutcome::Hit);
             return Ok(DataKey {
                 plaintext: current.key.clone(),
                 encrypted: current.encrypted.clone(),
                 key_id: current.key_id.clone(),
             });
         }
-        count("seal", "miss");
+        count(DataKeyUse::Seal, CacheOutcome::Miss);
         let fresh = self.inner.generate_data_key().await?;
         self.decrypted
             .insert(
@@ -138,11 +148,11 @@ impl KeyProvider for CachingKeyProvider {
             .await
             .map_err(|e| copy_error(&e));
         let outcome = if missed.load(Ordering::Relaxed) {
-            "miss"
+            CacheOutcome::Miss
         } else {
-            "hit"
+            CacheOutcome::Hit
         };
-        count("open", outcome);
+        count(DataKeyUse::Open, outcome);
         opened
     }
 

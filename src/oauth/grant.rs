@@ -90,7 +90,10 @@ fn only_basic(granted: &[String]) -> bool {
 
 /// Why a grant is dead or its refresh failed: the `cause` code of a 409 body, the flow
 /// log, the connections list and the metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray, strum::EnumString,
+)]
+#[strum(serialize_all = "snake_case")]
 pub(crate) enum Cause {
     RevokedByUser,
     TestingModeExpired,
@@ -109,39 +112,9 @@ pub(crate) enum Cause {
 }
 
 impl Cause {
-    /// Every cause, for the metrics registered at start-up and the docs.
-    pub(crate) const ALL: [Cause; 13] = [
-        Cause::RevokedByUser,
-        Cause::TestingModeExpired,
-        Cause::IdleExpired,
-        Cause::TokenLimitEvicted,
-        Cause::TimeLimitedAccessExpired,
-        Cause::AdminPolicyEnforced,
-        Cause::SessionReauthRequired,
-        Cause::PasswordChanged,
-        Cause::RefreshOutcomeUnknown,
-        Cause::NoRefreshToken,
-        Cause::UnknownInvalidGrant,
-        Cause::ClientCredentialsInvalid,
-        Cause::AccountDisabled,
-    ];
-
+    /// The stable code (strum's, from the variant's name).
     pub(crate) fn code(self) -> &'static str {
-        match self {
-            Self::RevokedByUser => "revoked_by_user",
-            Self::TestingModeExpired => "testing_mode_expired",
-            Self::IdleExpired => "idle_expired",
-            Self::TokenLimitEvicted => "token_limit_evicted",
-            Self::TimeLimitedAccessExpired => "time_limited_access_expired",
-            Self::AdminPolicyEnforced => "admin_policy_enforced",
-            Self::SessionReauthRequired => "session_reauth_required",
-            Self::PasswordChanged => "password_changed",
-            Self::RefreshOutcomeUnknown => "refresh_outcome_unknown",
-            Self::NoRefreshToken => "no_refresh_token",
-            Self::UnknownInvalidGrant => "unknown_invalid_grant",
-            Self::ClientCredentialsInvalid => "client_credentials_invalid",
-            Self::AccountDisabled => "account_disabled",
-        }
+        self.into()
     }
 
     /// A stored code as a cause. Rows written before causes were told apart say
@@ -150,7 +123,7 @@ impl Cause {
         if code == "invalid_grant" {
             return Some(Self::UnknownInvalidGrant);
         }
-        Self::ALL.into_iter().find(|c| c.code() == code)
+        code.parse().ok()
     }
 
     /// What the application and its user should do.
@@ -505,7 +478,7 @@ mod tests {
 
     #[test]
     fn every_cause_reads_back_from_its_code_and_has_a_remedy() {
-        for cause in Cause::ALL {
+        for &cause in <Cause as strum::VariantArray>::VARIANTS {
             assert_eq!(Cause::from_code(cause.code()), Some(cause));
             assert!(cause.remedy().len() > 40, "{cause:?}");
         }

@@ -15,58 +15,35 @@ use tokio::time::Instant;
 /// Cross-Account Protection page prints it (its "Supported event types" table): the
 /// two about OAuth tokens are under `secevent/oauth/`, the rest under `secevent/risc/`.
 /// What the service does with each is decided in `tokens::risc`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
 pub(crate) enum EventKind {
+    #[strum(serialize = "https://schemas.openid.net/secevent/risc/event-type/sessions-revoked")]
     SessionsRevoked,
+    #[strum(serialize = "https://schemas.openid.net/secevent/oauth/event-type/tokens-revoked")]
     TokensRevoked,
+    #[strum(serialize = "https://schemas.openid.net/secevent/oauth/event-type/token-revoked")]
     TokenRevoked,
+    #[strum(serialize = "https://schemas.openid.net/secevent/risc/event-type/account-disabled")]
     AccountDisabled,
+    #[strum(serialize = "https://schemas.openid.net/secevent/risc/event-type/account-enabled")]
     AccountEnabled,
+    #[strum(
+        serialize = "https://schemas.openid.net/secevent/risc/event-type/account-credential-change-required"
+    )]
     AccountCredentialChangeRequired,
+    #[strum(serialize = "https://schemas.openid.net/secevent/risc/event-type/verification")]
     Verification,
 }
 
 impl EventKind {
-    const ALL: [Self; 7] = [
-        Self::SessionsRevoked,
-        Self::TokensRevoked,
-        Self::TokenRevoked,
-        Self::AccountDisabled,
-        Self::AccountEnabled,
-        Self::AccountCredentialChangeRequired,
-        Self::Verification,
-    ];
-
     pub(crate) fn uri(self) -> &'static str {
-        match self {
-            Self::SessionsRevoked => {
-                "https://schemas.openid.net/secevent/risc/event-type/sessions-revoked"
-            }
-            Self::TokensRevoked => {
-                "https://schemas.openid.net/secevent/oauth/event-type/tokens-revoked"
-            }
-            Self::TokenRevoked => {
-                "https://schemas.openid.net/secevent/oauth/event-type/token-revoked"
-            }
-            Self::AccountDisabled => {
-                "https://schemas.openid.net/secevent/risc/event-type/account-disabled"
-            }
-            Self::AccountEnabled => {
-                "https://schemas.openid.net/secevent/risc/event-type/account-enabled"
-            }
-            Self::AccountCredentialChangeRequired => {
-                "https://schemas.openid.net/secevent/risc/event-type/account-credential-change-required"
-            }
-            Self::Verification => {
-                "https://schemas.openid.net/secevent/risc/event-type/verification"
-            }
-        }
+        self.into()
     }
 
     /// The kind `uri` names, compared whole: a URI under another base (such as a
     /// `risc/` path for a type Google sends under `oauth/`) is no kind.
     pub(crate) fn from_uri(uri: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.uri() == uri)
+        uri.parse().ok()
     }
 
     /// The URI's last segment (`tokens-revoked`), as flow-log items and lifecycle

@@ -47,8 +47,11 @@ impl Caller {
 }
 
 /// What a key may be limited to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Deserialize, strum::IntoStaticStr, strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Operation {
     /// `GET /v1/users/{userId}/tokens/{provider}`.
     ReadTokens,
@@ -58,17 +61,6 @@ pub enum Operation {
     ReadLogs,
     /// The event feed.
     ConsumeEvents,
-}
-
-impl Operation {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::ReadTokens => "read_tokens",
-            Self::ManageConnections => "manage_connections",
-            Self::ReadLogs => "read_logs",
-            Self::ConsumeEvents => "consume_events",
-        }
-    }
 }
 
 /// A configured key as the secret's `api_keys` may give it:

@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 
 use super::{FlowLog, FlowLogEntry, StoreError};
 use crate::retry::Backoff;
+use crate::series::Label;
 
 /// Attempts per item (on top of the SDK's own retries) before it is given up.
 const MAX_ATTEMPTS: u32 = 5;
@@ -195,7 +196,7 @@ async fn write_with_retry(
                     error = %e,
                     user_id = %entry.user_id,
                     flow_id = %entry.flow_id,
-                    step = entry.step.as_str(),
+                    step = entry.step.label(),
                     "flow-log write given up"
                 );
                 return Err(e);

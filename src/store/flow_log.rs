@@ -12,6 +12,7 @@ use async_trait::async_trait;
 
 use super::StoreError;
 use crate::crypto::{fill_random, hex};
+use crate::series::Label;
 
 /// One step of one flow: the logs table's item.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -60,8 +61,21 @@ pub trait FlowLog: Send + Sync {
 }
 
 /// The step names, as the flow log stores them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum FlowStep {
     SessionCreated,
     AuthorizeRedirect,
@@ -88,28 +102,6 @@ pub enum FlowStep {
 }
 
 impl FlowStep {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::SessionCreated => "session_created",
-            Self::AuthorizeRedirect => "authorize_redirect",
-            Self::CallbackReceived => "callback_received",
-            Self::StateVerified => "state_verified",
-            Self::CodeExchanged => "code_exchanged",
-            Self::IdTokenVerified => "id_token_verified",
-            Self::TokensStored => "tokens_stored",
-            Self::AwaitingConfirmation => "awaiting_confirmation",
-            Self::Confirmed => "confirmed",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::TokenRefreshed => "token_refreshed",
-            Self::RefreshFailed => "refresh_failed",
-            Self::Revoked => "revoked",
-            Self::Deleted => "deleted",
-            Self::TokenRead => "token_read",
-            Self::SecurityEvent => "security_event",
-        }
-    }
-
     pub(crate) fn parse(name: &str) -> Option<Self> {
         serde_json::from_value(Value::String(name.to_string())).ok()
     }
@@ -164,7 +156,7 @@ impl FlowRecorder {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %flow.user_id, flow_id = %flow.flow_id, step = step.as_str()))]
+    #[tracing::instrument(skip_all, fields(user_id = %flow.user_id, flow_id = %flow.flow_id, step = step.label()))]
     async fn append(
         &self,
         flow: &FlowSteps<'_>,
@@ -302,7 +294,7 @@ mod tests {
 
     #[test]
     fn step_names_are_the_spec_names() {
-        assert_eq!(FlowStep::IdTokenVerified.as_str(), "id_token_verified");
+        assert_eq!(FlowStep::IdTokenVerified.label(), "id_token_verified");
         assert_eq!(
             FlowStep::parse("refresh_failed"),
             Some(FlowStep::RefreshFailed)

@@ -23,6 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::{IssuedToken, TokenPolicy};
+use crate::series::{CacheOutcome, Label};
 
 /// Entries kept at most; the least recently used go first.
 const MAX_ENTRIES: u64 = 100_000;
@@ -105,8 +106,13 @@ impl TokenCache {
         let hit = entries
             .get(&(user_id.to_string(), provider.to_string()))
             .filter(|c| c.is_fresh(margin, Utc::now().timestamp()));
-        let outcome = if hit.is_some() { "hit" } else { "miss" };
-        metrics::counter!(crate::series::TOKEN_CACHE_TOTAL, "outcome" => outcome).increment(1);
+        let outcome = if hit.is_some() {
+            CacheOutcome::Hit
+        } else {
+            CacheOutcome::Miss
+        };
+        metrics::counter!(crate::series::TOKEN_CACHE_TOTAL, "outcome" => outcome.label())
+            .increment(1);
         hit
     }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::retry::{Written, until_written};
+use crate::series::Label;
 
 /// A connection as listed: never a token.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -211,7 +212,7 @@ impl TokenService {
             {
                 Ok(_) => {
                     self.refresher.cache.invalidate(user_id, provider_name);
-                    count_revocation(provider_name, outcome.revocation.label());
+                    count_revocation(provider_name, outcome.revocation.into());
                     if outcome.revocation == Revocation::Revoked {
                         flow_log
                             .step(

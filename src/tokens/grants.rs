@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::retry::{Written, until_written};
+use crate::series::Label;
 
 /// The events a new grant's row makes, stored with it: `connection.created` (no row
 /// before) or `connection.reauthorized` (another account's grant included), then
@@ -77,7 +78,8 @@ pub(super) const CONFIRMATION_CODE_BYTES: usize = 24;
 
 /// Why a held grant was discarded at a confirm: the `reason` label of
 /// `axnt_held_grants_discarded_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub(crate) enum Discard {
     /// The confirm named another user than the one the flow was started for.
     OtherUser,
@@ -85,18 +87,6 @@ pub(crate) enum Discard {
     WrongCode,
     /// The grant waited longer than the confirmation window.
     Expired,
-}
-
-impl Discard {
-    pub(crate) const ALL: [Self; 3] = [Self::OtherUser, Self::WrongCode, Self::Expired];
-
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::OtherUser => "other_user",
-            Self::WrongCode => "wrong_code",
-            Self::Expired => "expired",
-        }
-    }
 }
 
 /// A confirmed pending grant, and what storing it did.

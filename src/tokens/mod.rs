@@ -33,6 +33,7 @@ use crate::error::Error;
 use crate::events::{About, EventPayload, EventRules, Granted, PreviousAccount};
 use crate::jobs::{self, Jobs, Schedule};
 use crate::oauth::provider::{OidcProvider, ProviderError, ProviderTokens, Providers};
+use crate::series::Label;
 use crate::store::flow_log::ClientInfo;
 use crate::store::{
     Connection, FlowRecorder, FlowStep, GrantLedger, PendingGrant, PendingRevocation, RefreshState,
@@ -47,9 +48,9 @@ pub(crate) use ledger::ledger_after_refresh;
 use ledger::{ledger_after_consent, scopes_change};
 pub(crate) use refresh::{RefreshReuse, Refresher, TokenEndpoint};
 use revocations::count_revocation;
-pub(crate) use revocations::{Disconnected, REVOCATION_OUTCOMES, Revocation};
-pub(crate) use risc::SECURITY_EVENT_OUTCOMES;
-pub(crate) use token_set::{IssuedToken, TokenSet};
+pub(crate) use revocations::{Disconnected, Revocation, RevocationOutcome};
+pub(crate) use risc::SecurityEventOutcome;
+pub(crate) use token_set::{IssuedToken, TokenSet, TokenSource};
 pub(crate) use user_id::UserId;
 
 /// A lost conditional write is retried this many times against the re-read row.
@@ -416,26 +417,35 @@ impl TokenEndpoint for OidcProvider {
     }
 }
 
-/// The `outcome` labels of `axnt_token_reads_total`, registered at start-up.
-pub(crate) const READ_OUTCOMES: [&str; 7] = [
-    "cache_hit",
-    "store_read",
-    "refreshed",
-    "not_found",
-    "reauthorization_required",
-    "unknown_provider",
-    "error",
-];
+/// What a token read by the API came to: `axnt_token_reads_total`'s `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum ReadOutcome {
+    /// Answered by this instance's token cache.
+    CacheHit,
+    /// Read from the store, fresh.
+    StoreRead,
+    /// Redeemed by a refresh the read waited for.
+    Refreshed,
+    NotFound,
+    ReauthorizationRequired,
+    UnknownProvider,
+    Error,
+}
 
 /// Counts one token read by the API: `axnt_token_reads_total{provider, outcome}`.
 fn count_read(provider: &str, read: Result<&IssuedToken, &Error>) {
     let outcome = match read {
-        Ok(issued) => issued.source.label(),
-        Err(Error::NotConnected) => "not_found",
-        Err(Error::ReauthorizationRequired { .. }) => "reauthorization_required",
-        Err(Error::UnknownProvider(_)) => "unknown_provider",
-        Err(_) => "error",
+        Ok(issued) => match issued.source {
+            TokenSource::Cache => ReadOutcome::CacheHit,
+            TokenSource::Store => ReadOutcome::StoreRead,
+            TokenSource::Refreshed => ReadOutcome::Refreshed,
+        },
+        Err(Error::NotConnected) => ReadOutcome::NotFound,
+        Err(Error::ReauthorizationRequired { .. }) => ReadOutcome::ReauthorizationRequired,
+        Err(Error::UnknownProvider(_)) => ReadOutcome::UnknownProvider,
+        Err(_) => ReadOutcome::Error,
     };
-    metrics::counter!(crate::series::TOKEN_READS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
+    metrics::counter!(crate::series::TOKEN_READS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome.label())
         .increment(1);
 }

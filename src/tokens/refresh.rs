@@ -75,7 +75,7 @@ use crate::store::flow_log::ClientInfo;
 use crate::store::{Connection, FlowRecorder, RefreshLease, StoreError, TokenStore};
 pub(in crate::tokens) use answers::lock;
 pub(crate) use answers::{
-    LAPSE_OUTCOMES, REFRESH_OUTCOMES, SUPPRESSED_REASONS, reauthorization_required,
+    LapseOutcome, RefreshOutcome, SuppressedReason, reauthorization_required,
 };
 use answers::{count_lapse, millis, millis_until, outcome_pending, suppressed};
 use holder::Holder;
@@ -337,7 +337,7 @@ impl Refresher {
             if let Some(retry_at) = row.refresh.retry_at_ms.filter(|at| *at > now_ms) {
                 return Err(suppressed(
                     provider,
-                    "cooldown",
+                    SuppressedReason::Cooldown,
                     millis_until(retry_at, now_ms),
                 ));
             }
@@ -374,7 +374,7 @@ impl Refresher {
                         .await
                     {
                         Ok(()) => {
-                            count_lapse("held");
+                            count_lapse(LapseOutcome::Held);
                             tracing::warn!(
                                 user_id,
                                 provider,
@@ -405,7 +405,7 @@ impl Refresher {
             {
                 Ok(()) => {
                     if took_over.is_some() {
-                        count_lapse("taken_over");
+                        count_lapse(LapseOutcome::TakenOver);
                         tracing::warn!(
                             user_id,
                             provider,

@@ -139,26 +139,31 @@ impl TokenService {
                 self.flow_log
                     .flow(&pending.user_id, &pending.id, &pending.provider, &client);
             let data = json!({ "tokenKind": pending.token_kind, "attempts": pending.attempts + 1, "retried": true });
-            let end = |code: &'static str| {
+            // The flow log names a revocation that cannot be made by its problem code.
+            let end = |outcome: RevocationOutcome| {
+                let code = match outcome {
+                    RevocationOutcome::NotPossible => "revocation_not_possible",
+                    other => other.label(),
+                };
                 let mut data = data.clone();
                 data["outcome"] = json!(code);
-                (code, data)
+                (outcome, code, data)
             };
             let ended = if pending.expires_at < now.timestamp() {
-                Some(end("revocation_given_up"))
+                Some(end(RevocationOutcome::RevocationGivenUp))
             } else if self
                 .store
                 .get(&pending.user_id, &pending.provider)
                 .await?
                 .is_some_and(|row| row.is_active && row.user_info.sub == pending.sub)
             {
-                Some(end("revocation_superseded"))
+                Some(end(RevocationOutcome::RevocationSuperseded))
             } else {
                 None
             };
-            if let Some((code, data)) = ended {
+            if let Some((outcome, code, data)) = ended {
                 self.store.remove_revocation(&pending.id).await?;
-                count_revocation(&pending.provider, code);
+                count_revocation(&pending.provider, outcome);
                 flow_log.step_failed(FlowStep::Revoked, data, code).await;
                 continue;
             }
@@ -189,14 +194,14 @@ impl TokenService {
             match outcome {
                 Ok(true) => {
                     self.store.remove_revocation(&pending.id).await?;
-                    count_revocation(&pending.provider, "revoked_on_retry");
-                    let (_, data) = end("revoked_on_retry");
+                    count_revocation(&pending.provider, RevocationOutcome::RevokedOnRetry);
+                    let (_, _, data) = end(RevocationOutcome::RevokedOnRetry);
                     flow_log.step(FlowStep::Revoked, data).await;
                 }
                 Ok(false) | Err(ProviderError::Rejected { .. }) => {
                     self.store.remove_revocation(&pending.id).await?;
-                    count_revocation(&pending.provider, "not_possible");
-                    let (code, data) = end("revocation_not_possible");
+                    count_revocation(&pending.provider, RevocationOutcome::NotPossible);
+                    let (_, code, data) = end(RevocationOutcome::NotPossible);
                     flow_log.step_failed(FlowStep::Revoked, data, code).await;
                 }
                 Err(e) => {
@@ -220,7 +225,8 @@ impl TokenService {
 }
 
 /// What a deletion did at the provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub(crate) enum Revocation {
     /// The provider accepted the revocation.
     Revoked,
@@ -231,17 +237,6 @@ pub(crate) enum Revocation {
     /// No revocation can be made (no revocation endpoint, the provider refused it, or
     /// the stored tokens do not open).
     NotPossible,
-}
-
-impl Revocation {
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::Revoked => "revoked",
-            Self::Pending => "pending",
-            Self::Skipped => "skipped",
-            Self::NotPossible => "not_possible",
-        }
-    }
 }
 
 /// What [`TokenService::disconnect`] did.
@@ -268,18 +263,35 @@ pub(super) fn revocation_context(provider: &str, id: &str) -> String {
     format!("{provider}#revoke#{id}")
 }
 
-/// The `outcome` labels of `axnt_revocations_total`, registered at start-up.
-pub(crate) const REVOCATION_OUTCOMES: [&str; 7] = [
-    "revoked",
-    "pending",
-    "skipped",
-    "not_possible",
-    "revoked_on_retry",
-    "revocation_superseded",
-    "revocation_given_up",
-];
+/// What became of a revocation: `axnt_revocations_total`'s `outcome`. A DELETE's
+/// [`Revocation`] first, then a kept revocation's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum RevocationOutcome {
+    Revoked,
+    Pending,
+    Skipped,
+    NotPossible,
+    /// A kept revocation the provider accepted on a retry.
+    RevokedOnRetry,
+    /// A kept revocation dropped: the same account connected again since.
+    RevocationSuperseded,
+    /// A kept revocation dropped after its retries' window.
+    RevocationGivenUp,
+}
 
-pub(super) fn count_revocation(provider: &str, outcome: &'static str) {
-    metrics::counter!(crate::series::REVOCATIONS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
+impl From<Revocation> for RevocationOutcome {
+    fn from(revocation: Revocation) -> Self {
+        match revocation {
+            Revocation::Revoked => Self::Revoked,
+            Revocation::Pending => Self::Pending,
+            Revocation::Skipped => Self::Skipped,
+            Revocation::NotPossible => Self::NotPossible,
+        }
+    }
+}
+
+pub(super) fn count_revocation(provider: &str, outcome: RevocationOutcome) {
+    metrics::counter!(crate::series::REVOCATIONS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome.label())
         .increment(1);
 }

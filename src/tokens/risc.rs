@@ -26,6 +26,7 @@ use crate::events::{About, EventPayload};
 use crate::oauth::grant::Cause;
 use crate::oauth::risc::{EventKind, SecurityEventToken, prefix_hash};
 use crate::retry::{Written, until_written};
+use crate::series::Label;
 use crate::store::flow_log::ClientInfo;
 use crate::store::{Connection, FlowStep, RefreshState, ScanCursor, StoreError};
 
@@ -104,7 +105,7 @@ impl TokenService {
             .mark_once(&mark, &attempt, now.timestamp() + JTI_IN_PROGRESS_SECS)
             .await?
         {
-            count(provider, "duplicate");
+            count(provider, SecurityEventOutcome::Duplicate);
             return Ok(RiscOutcome {
                 duplicate: true,
                 ended: 0,
@@ -177,7 +178,14 @@ impl TokenService {
                         .end_grants(&target, cause, kind.name(), provider, issued)
                         .await?;
                     outcome.ended += n;
-                    count(provider, if n > 0 { "applied" } else { "no_connection" });
+                    count(
+                        provider,
+                        if n > 0 {
+                            SecurityEventOutcome::Applied
+                        } else {
+                            SecurityEventOutcome::NoConnection
+                        },
+                    );
                     continue;
                 }
                 tracing::warn!(
@@ -205,9 +213,9 @@ impl TokenService {
             count(
                 provider,
                 if kind.is_some() {
-                    "recorded"
+                    SecurityEventOutcome::Recorded
                 } else {
-                    "unknown_type"
+                    SecurityEventOutcome::UnknownType
                 },
             );
         }
@@ -362,19 +370,24 @@ fn matches(target: &Target, row: &Connection) -> bool {
     }
 }
 
-/// The outcomes of `axnt_security_events_total{provider, outcome}`: `applied` (grants ended), `no_connection` (none to end), `recorded` (nothing to
-/// change), `unknown_type` (a type Google does not document: recorded), `duplicate` (a
-/// replayed `jti`).
-pub(crate) const SECURITY_EVENT_OUTCOMES: [&str; 5] = [
-    "applied",
-    "no_connection",
-    "recorded",
-    "unknown_type",
-    "duplicate",
-];
+/// What a security event came to: `axnt_security_events_total`'s `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum SecurityEventOutcome {
+    /// Grants ended.
+    Applied,
+    /// No connection to end.
+    NoConnection,
+    /// Nothing to change: recorded.
+    Recorded,
+    /// A type Google does not document: recorded.
+    UnknownType,
+    /// A replayed `jti`.
+    Duplicate,
+}
 
 /// Counts one event in `axnt_security_events_total`.
-fn count(provider: &str, outcome: &'static str) {
-    metrics::counter!(crate::series::SECURITY_EVENTS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome)
+fn count(provider: &str, outcome: SecurityEventOutcome) {
+    metrics::counter!(crate::series::SECURITY_EVENTS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome.label())
         .increment(1);
 }

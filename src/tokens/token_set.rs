@@ -248,8 +248,8 @@ fn pending_context(provider: &str, flow_id: &str) -> String {
     format!("{provider}#pending#{flow_id}")
 }
 
-/// Where a handed-out token came from this time (the `outcome` label of
-/// `axnt_token_reads_total`, with `cache_hit` for a read the token cache answered).
+/// Where a handed-out token came from this time (counted as a
+/// [`ReadOutcome`](super::ReadOutcome)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TokenSource {
     /// Answered by this instance's token cache: no store call, no decryption.
@@ -258,16 +258,6 @@ pub(crate) enum TokenSource {
     Store,
     /// Redeemed from the provider by a refresh this read waited for.
     Refreshed,
-}
-
-impl TokenSource {
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::Cache => "cache_hit",
-            Self::Store => "store_read",
-            Self::Refreshed => "refreshed",
-        }
-    }
 }
 
 /// A valid access token as the API hands it out.

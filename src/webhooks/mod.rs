@@ -27,6 +27,7 @@ use crate::breaker::{Breaker, Outcome, Trip};
 use crate::events::{EventRules, PROBE_KIND};
 use crate::jobs::{Job, Jobs, Schedule};
 use crate::secrets::SecretsCache;
+use crate::series::Label;
 use crate::store::{
     Event, EventFeed, JobLease, JobLeases, PendingDelivery, StoreError, TokenStore, WebhookCursors,
     WebhookState, event_bound, event_millis,
@@ -169,7 +170,7 @@ impl Webhooks {
     pub(crate) fn schedule(self: &Arc<Self>, jobs: &Jobs) {
         for url in &self.rules.urls {
             let endpoint = Endpoint::new(url.clone());
-            for outcome in ["delivered", "failed", "given_up"] {
+            for &outcome in <Delivery as strum::VariantArray>::VARIANTS {
                 count_n(&endpoint, outcome, 0);
             }
             metrics::gauge!(crate::series::WEBHOOK_LAG_SECONDS, "endpoint" => endpoint.id.clone())
@@ -273,7 +274,7 @@ impl Webhooks {
                     attempts = p.attempts,
                     "a webhook event was given up after its retry period"
                 );
-                count(endpoint, "given_up");
+                count(endpoint, Delivery::GivenUp);
                 state.pending.remove(i);
                 continue;
             };
@@ -433,14 +434,24 @@ impl Webhooks {
     }
 }
 
-/// `axnt_webhook_deliveries_total{endpoint, outcome}`: `delivered`, `failed` (a refused
-/// address included: the resolver's), `given_up`.
-fn count(endpoint: &Endpoint, outcome: &'static str) {
+/// What a delivery attempt came to: `axnt_webhook_deliveries_total`'s `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+enum Delivery {
+    Delivered,
+    /// Refused or unanswered (a refused address included: the resolver's).
+    Failed,
+    /// Dropped after the retries' window.
+    GivenUp,
+}
+
+/// `axnt_webhook_deliveries_total{endpoint, outcome}`.
+fn count(endpoint: &Endpoint, outcome: Delivery) {
     count_n(endpoint, outcome, 1);
 }
 
-fn count_n(endpoint: &Endpoint, outcome: &'static str, n: u64) {
-    metrics::counter!(crate::series::WEBHOOK_DELIVERIES_TOTAL, "endpoint" => endpoint.id.clone(), "outcome" => outcome)
+fn count_n(endpoint: &Endpoint, outcome: Delivery, n: u64) {
+    metrics::counter!(crate::series::WEBHOOK_DELIVERIES_TOTAL, "endpoint" => endpoint.id.clone(), "outcome" => outcome.label())
         .increment(n);
 }
 

@@ -14,7 +14,7 @@ impl Webhooks {
     /// One signed POST of `event`.
     pub(super) async fn attempt(&self, endpoint: &Endpoint, event: &Event) -> Attempt {
         let Some(secret) = self.secret() else {
-            count(endpoint, "failed");
+            count(endpoint, Delivery::Failed);
             return Attempt::Failed(
                 "no webhook secret (AXNT_WEBHOOK_SECRET or the secret's webhook_secret)".into(),
             );
@@ -22,7 +22,7 @@ impl Webhooks {
         let body = match serde_json::to_vec(&WebhookPayload::of(event)) {
             Ok(body) => body,
             Err(e) => {
-                count(endpoint, "failed");
+                count(endpoint, Delivery::Failed);
                 return Attempt::Failed(format!("the event does not serialize: {e}"));
             }
         };
@@ -40,15 +40,15 @@ impl Webhooks {
             .await;
         match sent {
             Ok(r) if r.status().is_success() => {
-                count(endpoint, "delivered");
+                count(endpoint, Delivery::Delivered);
                 Attempt::Delivered
             }
             Ok(r) => {
-                count(endpoint, "failed");
+                count(endpoint, Delivery::Failed);
                 Attempt::Failed(format!("answered {}", r.status().as_u16()))
             }
             Err(e) => {
-                count(endpoint, "failed");
+                count(endpoint, Delivery::Failed);
                 // Without the URL: it may carry the receiver's own token.
                 Attempt::Failed(e.without_url().to_string())
             }

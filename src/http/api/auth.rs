@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::http::AppState;
 use crate::http::client::ClientKey;
 use crate::secrets::{ApiKey, Caller, Operation};
+use crate::series::Label;
 
 /// `routes`, each answered only for a caller whose key is allowed `operation`.
 pub(super) fn permitted(
@@ -94,14 +95,14 @@ async fn authenticate(
         })
         .filter(|_| operation == Operation::ReadTokens)
     };
-    metrics::counter!(crate::series::API_CALLS_TOTAL, "caller" => caller.id.clone(), "operation" => operation.as_str())
+    metrics::counter!(crate::series::API_CALLS_TOTAL, "caller" => caller.id.clone(), "operation" => operation.label())
         .increment(1);
     if !caller.may(operation) {
         let read = refused_read(request.headers());
         audit_refusal(&state, read, &caller.id, "caller_not_allowed").await?;
         return Err(Error::CallerNotAllowed(format!(
             "do {} (its operations are limited)",
-            operation.as_str()
+            operation.label()
         )));
     }
     // A provider in the path is checked here; one in a body by its handler.

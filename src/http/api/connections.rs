@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState, Client, Route};
 use crate::oauth::grant;
 use crate::secrets::Operation;
+use crate::series::Label;
 use crate::tokens::{ConnectionSummary, UserId};
 
 /// `GET /v1/users/{userId}/connections`.

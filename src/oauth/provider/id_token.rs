@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::{OidcProvider, ProviderError};
+use crate::series::Label;
 use crate::store::UserInfo;
 
 /// Claims beyond the standard ones that we read from ID tokens.
@@ -29,7 +30,8 @@ type ProviderIdToken = IdToken<
 >;
 
 /// What is wrong with an ID token, as a stable code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum IdTokenProblem {
     Missing,
     BadSignature,
@@ -40,23 +42,9 @@ pub enum IdTokenProblem {
     Malformed,
 }
 
-impl IdTokenProblem {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Missing => "missing",
-            Self::BadSignature => "bad_signature",
-            Self::WrongIssuer => "wrong_issuer",
-            Self::WrongAudience => "wrong_audience",
-            Self::WrongNonce => "wrong_nonce",
-            Self::Expired => "expired",
-            Self::Malformed => "malformed",
-        }
-    }
-}
-
 impl std::fmt::Display for IdTokenProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.label())
     }
 }
 

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use rusqlite::params;
 
 use super::{EmbeddedStore, corrupt, sql};
+use crate::series::Label;
 use crate::store::{FlowLog, FlowLogEntry, FlowStep, StoreError};
 
 #[async_trait]
@@ -20,7 +21,7 @@ impl FlowLog for EmbeddedStore {
                     e.user_id,
                     e.timestamp,
                     e.flow_id,
-                    e.step.as_str(),
+                    e.step.label(),
                     data,
                     e.error,
                     e.ip_address,

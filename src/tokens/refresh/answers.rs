@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::oauth::grant::Cause;
+use crate::series::Label;
 use crate::store::Connection;
 
 /// 409 for a row whose grant is dead, with the cause it died of.
@@ -21,42 +22,61 @@ pub(crate) fn reauthorization_required(row: &Connection) -> Error {
     }
 }
 
-/// The `outcome` labels of `axnt_token_refreshes_total`, registered at start-up.
-pub(crate) const REFRESH_OUTCOMES: [&str; 5] = [
-    "ok",
-    "invalid_grant",
-    "provider_unavailable",
-    "outcome_unknown",
-    "provider_error",
-];
+/// What a redemption at the provider came to: `axnt_token_refreshes_total`'s `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum RefreshOutcome {
+    Ok,
+    InvalidGrant,
+    ProviderUnavailable,
+    OutcomeUnknown,
+    ProviderError,
+}
 
-/// The `reason` labels of `axnt_token_refresh_suppressed_total`.
-pub(crate) const SUPPRESSED_REASONS: [&str; 3] = ["cooldown", "circuit_open", "outcome_unknown"];
+/// Why no refresh was attempted: `axnt_token_refresh_suppressed_total`'s `reason`, and
+/// the answer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum SuppressedReason {
+    /// The connection cools down after a failed refresh.
+    Cooldown,
+    /// The provider's circuit is open.
+    CircuitOpen,
+    /// A lapsed lease is held for its holder, whose refresh's outcome is not known.
+    OutcomeUnknown,
+}
 
-/// The `outcome` labels of `axnt_refresh_lease_lapses_total`.
-pub(crate) const LAPSE_OUTCOMES: [&str; 2] = ["held", "taken_over"];
+/// What became of a lapsed refresh lease: `axnt_refresh_lease_lapses_total`'s
+/// `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
+pub(crate) enum LapseOutcome {
+    Held,
+    TakenOver,
+}
 
 /// `axnt_refresh_lease_lapses_total{outcome}`: a lapsed lease held for its holder, or
 /// taken over after its hold (its refresh's outcome unknown: with a rotating provider
 /// the grant may then die).
-pub(super) fn count_lapse(outcome: &'static str) {
-    metrics::counter!(crate::series::REFRESH_LEASE_LAPSES_TOTAL, "outcome" => outcome).increment(1);
+pub(super) fn count_lapse(outcome: LapseOutcome) {
+    metrics::counter!(crate::series::REFRESH_LEASE_LAPSES_TOTAL, "outcome" => outcome.label())
+        .increment(1);
 }
 
 /// 503 while a lapsed lease is held for its attempt, counted with the suppressed
 /// refreshes (nothing is redeemed).
 pub(super) fn outcome_pending(provider: &str, retry_after: Duration) -> Error {
-    metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => "outcome_unknown").increment(1);
+    metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => SuppressedReason::OutcomeUnknown.label()).increment(1);
     Error::RefreshOutcomePending {
         retry_after_secs: whole_secs(retry_after),
     }
 }
 
 /// 503 without calling the provider, counted.
-pub(super) fn suppressed(provider: &str, reason: &'static str, retry_after: Duration) -> Error {
-    metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => reason).increment(1);
+pub(super) fn suppressed(provider: &str, reason: SuppressedReason, retry_after: Duration) -> Error {
+    metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => reason.label()).increment(1);
     Error::RefreshSuppressed {
-        reason,
+        reason: reason.label(),
         retry_after_secs: whole_secs(retry_after),
     }
 }

@@ -3,7 +3,7 @@
 use crate::breaker::{self, Trip};
 use crate::error::Error;
 
-use super::{Refresher, lock, suppressed};
+use super::{Refresher, SuppressedReason, lock, suppressed};
 
 impl Refresher {
     /// Whether the provider's circuit lets a refresh through (half-open: one probe).
@@ -15,7 +15,7 @@ impl Refresher {
             .entry(provider.to_string())
             .or_default()
             .admit()
-            .map_err(|wait| suppressed(provider, "circuit_open", wait))
+            .map_err(|wait| suppressed(provider, SuppressedReason::CircuitOpen, wait))
     }
 
     /// Feeds a redeem's outcome to the provider's circuit: `Some(true)` the provider

@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Outcome, PERSIST_BACKOFF, Refresher, TokenEndpoint, millis};
+use super::{Outcome, PERSIST_BACKOFF, RefreshOutcome, Refresher, TokenEndpoint, millis};
 mod release;
 
 use crate::crypto::Sealer;
@@ -28,6 +28,7 @@ use crate::events::{About, EventPayload};
 use crate::oauth::grant::{Cause, cause_of, minted_after};
 use crate::oauth::provider::{GrantRefusal, ProviderError};
 use crate::retry::Backoff;
+use crate::series::Label;
 use crate::store::{Connection, FlowStep, FlowSteps, RefreshLease, StoreError};
 use crate::tokens::cache::Cached;
 use crate::tokens::token_set::{IssuedToken, TokenSet, TokenSource};
@@ -96,14 +97,14 @@ impl Holder<'_> {
         let outcome = r
             .redeem(self.endpoint, &refresh_token, &self.held_until)
             .await;
-        let label = match &outcome {
-            Ok(_) => "ok",
-            Err(ProviderError::InvalidGrant(_)) => "invalid_grant",
-            Err(ProviderError::Unavailable(_)) => "provider_unavailable",
-            Err(ProviderError::OutcomeUnknown(_)) => "outcome_unknown",
-            Err(_) => "provider_error",
+        let counted = match &outcome {
+            Ok(_) => RefreshOutcome::Ok,
+            Err(ProviderError::InvalidGrant(_)) => RefreshOutcome::InvalidGrant,
+            Err(ProviderError::Unavailable(_)) => RefreshOutcome::ProviderUnavailable,
+            Err(ProviderError::OutcomeUnknown(_)) => RefreshOutcome::OutcomeUnknown,
+            Err(_) => RefreshOutcome::ProviderError,
         };
-        metrics::counter!(crate::series::TOKEN_REFRESHES_TOTAL, "provider" => provider.to_string(), "outcome" => label).increment(1);
+        metrics::counter!(crate::series::TOKEN_REFRESHES_TOTAL, "provider" => provider.to_string(), "outcome" => counted.label()).increment(1);
         match outcome {
             Ok(fresh) => {
                 r.circuit_record(provider, Some(true));
