@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::crypto::cache::{CacheLimits, CachingKeyProvider};
 use crate::crypto::local::LocalKeyProvider;
 use crate::crypto::{CryptoError, KeyProvider, SecretKey};
+use crate::ids::{FlowId, UserId};
 use crate::oauth::flow::{FlowState, Purpose, StateSealer};
 use crate::secrets::{ApiKey, SecretsCache, ServiceSecrets, StaticSecrets};
 use crate::store::{Connection, RefreshState, StoreError, UserInfo};
@@ -176,13 +177,13 @@ impl FlowStates {
     /// Seals a typical `state` for `user_id` (random PKCE verifier, nonce and binding).
     pub fn seal(&self, user_id: &str) -> Result<String, String> {
         let state = FlowState {
-            user_id: user_id.into(),
+            user_id: UserId::parse(user_id).map_err(|e| e.to_string())?,
             provider: "google".into(),
             pkce_verifier: crate::crypto::random_token(32),
             nonce: crate::crypto::random_token(32),
             return_to: None,
             expires_at: Utc::now().timestamp() + 600,
-            flow_id: uuid::Uuid::new_v4().to_string(),
+            flow_id: FlowId::new(),
             binding_hash: crate::oauth::flow::new_binding().1,
             rules: crate::oauth::flow::FlowRules::default(),
         };

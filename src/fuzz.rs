@@ -28,11 +28,11 @@ pub use callback::callback;
 
 use crate::crypto::local::LocalKeyProvider;
 use crate::crypto::{Envelope, EnvelopeCipher, SecretKey, b64url, b64url_decode};
+use crate::ids::{FlowId, UserId};
 use crate::oauth::flow::{ConnectSession, FlowState, Purpose, SealError, StateSealer};
 use crate::oauth::{ReturnUrl, ReturnUrls};
 use crate::secrets::{ApiKey, parse_secret_document};
 use crate::store::dynamodb::connection_from;
-use crate::tokens::UserId;
 
 /// Planted in every string the harnesses make up: an error message holding it quoted
 /// the input.
@@ -95,12 +95,24 @@ fn sealer() -> StateSealer {
 
 /// A connect session with the given parts, built from the JSON a link carries: the
 /// keys sealed links have always held, so fields added with defaults need no change here.
+/// An id no link can carry (a session is made only with valid ones) is replaced by a
+/// valid one.
 fn session(
     user_id: &str,
     flow_id: &str,
     scopes: &[String],
     return_to: Option<&ReturnUrl>,
 ) -> ConnectSession {
+    let user_id = if UserId::parse(user_id).is_ok() {
+        user_id
+    } else {
+        "u"
+    };
+    let flow_id = if FlowId::parse(flow_id).is_ok() {
+        flow_id
+    } else {
+        "f"
+    };
     let mut value =
         json!({ "u": user_id, "p": "google", "f": flow_id, "e": 4_102_444_800_i64, "s": scopes });
     if let Some(url) = return_to {

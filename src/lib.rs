@@ -66,6 +66,7 @@ pub(crate) mod events;
 pub mod fuzz;
 mod guard;
 mod http;
+mod ids;
 mod jobs;
 mod oauth;
 mod retry;
@@ -150,7 +151,7 @@ mod layout {
         &["secrets"],
         &["crypto"],
         // Leaves.
-        &["aws", "guard", "jobs", "breaker"],
+        &["aws", "guard", "jobs", "breaker", "ids"],
         // What the leaves themselves use: the backoff, the metric names.
         &["retry", "series"],
     ];

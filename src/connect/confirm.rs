@@ -9,10 +9,11 @@ use serde_json::json;
 use super::callback::stored_step_data;
 use super::{ConnectService, count_completed};
 use crate::error::Error;
+use crate::ids::{FlowId, UserId};
 use crate::secrets::Caller;
 use crate::store::FlowStep;
 use crate::store::flow_log::ClientInfo;
-use crate::tokens::{Confirmed, UserId};
+use crate::tokens::Confirmed;
 
 /// `axnt_confirmations_total`'s `outcome` for a confirmed grant; a refused confirm is
 /// labelled with its problem code.
@@ -20,7 +21,7 @@ pub(crate) const CONFIRMED: &str = "confirmed";
 
 /// A confirm as the application made it.
 pub(crate) struct Confirmation {
-    pub(crate) flow_id: String,
+    pub(crate) flow_id: FlowId,
     /// The user the application checked is logged in (a confirm without one is refused
     /// as one by another user is).
     pub(crate) user_id: Option<UserId>,
@@ -56,7 +57,7 @@ impl ConnectService {
             .tokens
             .confirm_grant(
                 &confirmation.flow_id,
-                confirmation.user_id.as_ref().map(UserId::as_str),
+                confirmation.user_id.as_ref(),
                 confirmation.code.as_ref(),
                 client,
                 &|provider| caller.may_use(provider),

@@ -6,6 +6,7 @@ use serde_json::json;
 
 use super::ConnectService;
 use crate::error::Error;
+use crate::ids::{FlowId, UserId};
 use crate::oauth::ReturnUrl;
 use crate::oauth::flow::{
     ConnectSession, FlowRules, MAX_SEALED_LEN, Purpose, SealError, StateSealer,
@@ -23,7 +24,7 @@ pub(crate) enum LinkKind {
 
 /// A link to mint, for one user.
 pub(crate) struct LinkRequest<'a> {
-    pub(crate) user_id: &'a str,
+    pub(crate) user_id: &'a UserId,
     pub(crate) provider: &'a str,
     pub(crate) return_to: Option<ReturnUrl>,
     pub(crate) login_hint: Option<String>,
@@ -35,7 +36,7 @@ pub(crate) struct LinkRequest<'a> {
 pub(crate) struct Link {
     pub(crate) url: String,
     pub(crate) expires_at: DateTime<Utc>,
-    pub(crate) flow_id: String,
+    pub(crate) flow_id: FlowId,
     pub(crate) require_confirmation: bool,
 }
 
@@ -62,11 +63,11 @@ impl ConnectService {
             .and_then(|ttl| now.checked_add_signed(ttl))
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let session = ConnectSession {
-            user_id: user_id.to_string(),
+            user_id: user_id.clone(),
             provider: provider.to_string(),
             return_to: return_to.clone(),
             login_hint,
-            flow_id: uuid::Uuid::new_v4().to_string(),
+            flow_id: FlowId::new(),
             expires_at: expires_at.timestamp(),
             rules,
         };

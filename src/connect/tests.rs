@@ -12,6 +12,7 @@ use super::callback::{Callback, Completed, Consent};
 use super::*;
 use crate::crypto::local::LocalKeyProvider;
 use crate::crypto::{EnvelopeCipher, SecretKey};
+use crate::ids::{FlowId, UserId};
 use crate::oauth::flow::{FlowRules, FlowState};
 use crate::oauth::provider::{GrantRefusal, ProviderError, ProviderTokens, Providers};
 use crate::store::embedded::EmbeddedStore;
@@ -131,10 +132,10 @@ impl World {
         provider: &Arc<Scripted>,
         rules: FlowRules,
         callback: Callback,
-    ) -> (String, Result<Completed, Error>) {
-        let flow_id = uuid::Uuid::new_v4().to_string();
+    ) -> (FlowId, Result<Completed, Error>) {
+        let flow_id = FlowId::new();
         let flow = FlowState {
-            user_id: USER.into(),
+            user_id: UserId::parse(USER).expect("valid"),
             provider: "google".into(),
             pkce_verifier: "verifier".into(),
             nonce: "nonce".into(),

@@ -15,6 +15,7 @@ use super::{Input, Mutation, STATE_KEY, sealer, session};
 use crate::app::{App, Backends};
 use crate::config::Settings;
 use crate::crypto::{b64, random_token};
+use crate::ids::FlowId;
 use crate::oauth::flow::{FlowState, Purpose, binding_cookie_name, new_binding};
 
 /// An app on an embedded store in `dir`, its router, and a view of its flow log.
@@ -119,7 +120,7 @@ enum StateParam {
     Sealed {
         text: String,
         binding: String,
-        flow_id: String,
+        flow_id: FlowId,
         expired: bool,
         mutated: bool,
     },
@@ -133,7 +134,7 @@ impl Case {
             0 => input.text(12),
             _ => "google".to_string(),
         };
-        let flow_id = format!("flow-{}", random_token(6));
+        let flow_id = FlowId::new();
         let sealer = sealer();
         let state = match input.below(5) {
             0 => StateParam::Absent,
@@ -270,12 +271,12 @@ impl Case {
         let mut request = Request::get(uri);
         if let Some(value) = &self.cookie {
             let flow_id = match &self.state {
-                StateParam::Sealed { flow_id, .. } => flow_id.as_str(),
-                _ => "flow",
+                StateParam::Sealed { flow_id, .. } => flow_id.clone(),
+                _ => FlowId::new(),
             };
             request = request.header(
                 header::COOKIE,
-                format!("{}={}", binding_cookie_name(flow_id), value),
+                format!("{}={}", binding_cookie_name(&flow_id), value),
             );
         }
         request.body(Body::empty()).ok()

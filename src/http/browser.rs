@@ -16,7 +16,7 @@ pub(crate) struct BrowserError {
     /// The flow's return URL, once `state` proved it ours and allow-listed.
     pub(crate) return_to: Option<ReturnUrl>,
     /// The flow's id, carried on the error redirect so the application can match it.
-    pub(crate) flow_id: Option<String>,
+    pub(crate) flow_id: Option<crate::ids::FlowId>,
 }
 
 impl From<Error> for BrowserError {
@@ -36,7 +36,7 @@ impl IntoResponse for BrowserError {
             Some(return_to) => {
                 let mut pairs = vec![("status", "error"), ("error", self.error.code())];
                 if let Some(flow_id) = &self.flow_id {
-                    pairs.push(("flowId", flow_id));
+                    pairs.push(("flowId", flow_id.as_str()));
                 }
                 let missing = match &self.error {
                     Error::ScopesNotGranted { missing } => Some(missing.join(" ")),

@@ -18,6 +18,7 @@ use super::browser::{BrowserError, html_escape};
 use super::{ApiPath, ApiQuery, AppState, Client, Route};
 use crate::connect::{Callback, Completed};
 use crate::error::Error;
+use crate::ids::FlowId;
 use crate::oauth::ReturnUrl;
 use crate::oauth::flow::{
     ConnectSession, FlowState, Purpose, binding_cookie_name, binding_matches,
@@ -122,7 +123,7 @@ async fn start(
 fn binding_cookie(
     state: &AppState,
     provider_name: &str,
-    flow_id: &str,
+    flow_id: &FlowId,
     value: String,
 ) -> cookie::CookieBuilder<'static> {
     let name = binding_cookie_name(flow_id);

@@ -15,12 +15,13 @@ use serde::{Deserialize, Serialize};
 
 use super::ReturnUrl;
 use crate::crypto::{SecretKey, b64url, b64url_decode, random_token, sha256};
+use crate::ids::{FlowId, UserId};
 
 /// A connect link's contents.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ConnectSession {
     #[serde(rename = "u")]
-    pub(crate) user_id: String,
+    pub(crate) user_id: UserId,
     #[serde(rename = "p")]
     pub(crate) provider: String,
     #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
@@ -28,7 +29,7 @@ pub(crate) struct ConnectSession {
     #[serde(rename = "h", default, skip_serializing_if = "Option::is_none")]
     pub(crate) login_hint: Option<String>,
     #[serde(rename = "f")]
-    pub(crate) flow_id: String,
+    pub(crate) flow_id: FlowId,
     /// Epoch seconds.
     #[serde(rename = "e")]
     pub(crate) expires_at: i64,
@@ -90,7 +91,7 @@ pub(crate) struct FlowRules {
 #[derive(Serialize, Deserialize)]
 pub(crate) struct FlowState {
     #[serde(rename = "u")]
-    pub(crate) user_id: String,
+    pub(crate) user_id: UserId,
     #[serde(rename = "p")]
     pub(crate) provider: String,
     /// PKCE verifier: secret, which is why `state` is encrypted and not just signed.
@@ -103,7 +104,7 @@ pub(crate) struct FlowState {
     #[serde(rename = "e")]
     pub(crate) expires_at: i64,
     #[serde(rename = "f")]
-    pub(crate) flow_id: String,
+    pub(crate) flow_id: FlowId,
     /// SHA-256 of the browser-binding cookie, base64url.
     #[serde(rename = "b")]
     pub(crate) binding_hash: String,
@@ -223,8 +224,9 @@ pub(crate) fn binding_matches(cookie: &str, expected_hash: &str) -> bool {
 
 /// The binding cookie's name for one flow: one cookie per flow, so two flows started
 /// in two tabs of one browser do not overwrite each other.
-pub(crate) fn binding_cookie_name(flow_id: &str) -> String {
+pub(crate) fn binding_cookie_name(flow_id: &FlowId) -> String {
     let short: String = flow_id
+        .as_str()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .take(12)
@@ -238,11 +240,11 @@ mod tests {
 
     fn session() -> ConnectSession {
         ConnectSession {
-            user_id: "u1".into(),
+            user_id: UserId::parse("u1").expect("valid"),
             provider: "google".into(),
             return_to: None,
             login_hint: None,
-            flow_id: "f".into(),
+            flow_id: FlowId::parse("f").expect("valid"),
             expires_at: 1,
             rules: FlowRules::default(),
         }
@@ -255,7 +257,7 @@ mod tests {
             .seal(Purpose::ConnectSession, &session())
             .expect("seal");
         let back: ConnectSession = sealer.open(Purpose::ConnectSession, &text).expect("open");
-        assert_eq!(back.user_id, "u1");
+        assert_eq!(back.user_id.as_str(), "u1");
         assert!(
             sealer
                 .open::<FlowState>(Purpose::AuthorizationState, &text)
@@ -286,7 +288,7 @@ mod tests {
             .expect("seal");
         let window = StateSealer::new(new.clone()).with_previous(Some(old));
         let back: ConnectSession = window.open(Purpose::ConnectSession, &text).expect("open");
-        assert_eq!(back.user_id, "u1");
+        assert_eq!(back.user_id.as_str(), "u1");
         let fresh = window
             .seal(Purpose::ConnectSession, &session())
             .expect("seal");

@@ -105,7 +105,10 @@ impl ConnectionSummary {
 
 impl TokenService {
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
-    pub(crate) async fn connections(&self, user_id: &str) -> Result<Vec<ConnectionSummary>, Error> {
+    pub(crate) async fn connections(
+        &self,
+        user_id: &UserId,
+    ) -> Result<Vec<ConnectionSummary>, Error> {
         let now = Utc::now();
         let mut out = Vec::new();
         for row in self.store.list(user_id).await? {
@@ -175,7 +178,7 @@ impl TokenService {
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider_name))]
     pub(crate) async fn disconnect(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         provider_name: &str,
         client: &ClientInfo,
         revoke: bool,

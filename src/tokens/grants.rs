@@ -279,8 +279,8 @@ impl TokenService {
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider, flow_id = %flow_id))]
     pub(crate) async fn hold_grant(
         &self,
-        flow_id: &str,
-        user_id: &str,
+        flow_id: &FlowId,
+        user_id: &UserId,
         provider: &str,
         fresh: &TokenSet,
         user_info: UserInfo,
@@ -324,8 +324,8 @@ impl TokenService {
     #[tracing::instrument(skip_all, fields(flow_id = %flow_id))]
     pub(crate) async fn confirm_grant(
         &self,
-        flow_id: &str,
-        user_id: Option<&str>,
+        flow_id: &FlowId,
+        user_id: Option<&UserId>,
         code: Option<&SecretString>,
         client: &ClientInfo,
         may_use: &(dyn Fn(&str) -> bool + Sync),
@@ -338,7 +338,7 @@ impl TokenService {
         if !may_use(&grant.provider) {
             return Err(Error::provider_not_allowed(&grant.provider));
         }
-        if user_id != Some(grant.user_id.as_str()) {
+        if user_id.map(|u| u.as_str()) != Some(grant.user_id.as_str()) {
             // The application says another of its users started this flow: the grant
             // is not theirs to keep.
             return Err(self
@@ -400,7 +400,7 @@ impl TokenService {
             Ok(stored) => Ok(Confirmed { grant, stored }),
             Err(e) => {
                 if let Err(put_back) = self.store.put_pending(&grant).await {
-                    tracing::warn!(flow_id, error = %put_back, "a pending grant could not be put back after a failed confirm");
+                    tracing::warn!(flow_id = %flow_id, error = %put_back, "a pending grant could not be put back after a failed confirm");
                 }
                 Err(e)
             }

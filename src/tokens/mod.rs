@@ -15,7 +15,6 @@ pub(crate) mod refresh;
 mod revocations;
 mod risc;
 pub(crate) mod token_set;
-mod user_id;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +30,7 @@ use crate::config::Settings;
 use crate::crypto::EnvelopeCipher;
 use crate::error::Error;
 use crate::events::{About, EventPayload, EventRules, Granted, PreviousAccount};
+use crate::ids::{FlowId, UserId};
 use crate::jobs::{self, Jobs, Schedule};
 use crate::oauth::provider::{OidcProvider, ProviderError, ProviderTokens, Providers};
 use crate::series::Label;
@@ -51,7 +51,6 @@ use revocations::count_revocation;
 pub(crate) use revocations::{Disconnected, Revocation, RevocationOutcome};
 pub(crate) use risc::SecurityEventOutcome;
 pub(crate) use token_set::{IssuedToken, TokenSet, TokenSource};
-pub(crate) use user_id::UserId;
 
 /// A lost conditional write is retried this many times against the re-read row.
 const WRITE_ATTEMPTS: usize = 5;
@@ -256,7 +255,7 @@ impl TokenService {
     /// alive, if there is a connection.
     pub(crate) async fn connected_account(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         provider: &str,
     ) -> Result<Option<ConnectedAccount>, Error> {
         Ok(self
@@ -275,7 +274,7 @@ impl TokenService {
     /// is never taken for a second.
     pub(crate) async fn mark_flow_started(
         &self,
-        flow_id: &str,
+        flow_id: &FlowId,
         link_expires_at: i64,
     ) -> Result<bool, Error> {
         let attempt = uuid::Uuid::new_v4().to_string();
@@ -290,7 +289,7 @@ impl TokenService {
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider_name))]
     pub(crate) async fn valid_token(
         &self,
-        user_id: &str,
+        user_id: &UserId,
         provider_name: &str,
         client: &ClientInfo,
     ) -> Result<IssuedToken, Error> {

@@ -16,10 +16,10 @@ use super::{requested_return, validate_scopes};
 use crate::connect::{Confirmation, LinkKind, LinkRequest};
 use crate::error::Error;
 use crate::http::{ApiJson, ApiPath, AppState, Client, Route};
+use crate::ids::{FlowId, UserId};
 use crate::oauth::flow::FlowRules;
 use crate::oauth::grant::PartialGrant;
 use crate::secrets::Operation;
-use crate::tokens::UserId;
 
 /// `POST /v1/connect-sessions`.
 pub(in crate::http) const CREATE: Route = Route {
@@ -133,7 +133,8 @@ fn scope_tokens() -> utoipa::openapi::schema::Array {
 pub(in crate::http) struct ConnectSessionResponse {
     url: String,
     expires_at: DateTime<Utc>,
-    flow_id: String,
+    #[schema(value_type = String)]
+    flow_id: FlowId,
     require_confirmation: bool,
 }
 
@@ -222,7 +223,7 @@ pub(in crate::http) async fn create_connect_session(
     if mode == SessionMode::StepUp {
         let account = state
             .tokens
-            .connected_account(body.user_id.as_str(), &body.provider)
+            .connected_account(&body.user_id, &body.provider)
             .await?
             .ok_or(Error::NotConnected)?;
         login_hint = login_hint.or(account.user_info.email);
@@ -235,7 +236,7 @@ pub(in crate::http) async fn create_connect_session(
         .mint_link(
             &client,
             LinkRequest {
-                user_id: body.user_id.as_str(),
+                user_id: &body.user_id,
                 provider: &body.provider,
                 return_to,
                 login_hint,
@@ -292,7 +293,8 @@ impl TryFrom<String> for ConfirmationCode {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(in crate::http) struct ConfirmResponse {
-    flow_id: String,
+    #[schema(value_type = String)]
+    flow_id: FlowId,
     user_id: String,
     provider: String,
     email: Option<String>,
@@ -327,7 +329,7 @@ pub(in crate::http) async fn confirm_connect_session(
     State(state): State<AppState>,
     Client(client): Client,
     CallerOf(caller): CallerOf,
-    ApiPath(flow_id): ApiPath<String>,
+    ApiPath(flow_id): ApiPath<FlowId>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, Error> {
     let body = body.map_err(|e| {
@@ -337,16 +339,6 @@ pub(in crate::http) async fn confirm_connect_session(
             Error::InvalidRequest("the body could not be read".into())
         }
     })?;
-    if flow_id.is_empty()
-        || flow_id.len() > 64
-        || !flow_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
-        return Err(Error::InvalidRequest(
-            "flowId must be a flow id from POST /v1/connect-sessions".into(),
-        ));
-    }
     // An empty body is the flow id alone: refused below as a wrong code is, and the
     // grant discarded. serde's message is not passed on: it could quote the code.
     let request: ConfirmRequest = if body.iter().all(u8::is_ascii_whitespace) {

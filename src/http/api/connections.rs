@@ -13,10 +13,11 @@ use super::auth::{CallerOf, permitted};
 use super::{ConnectionPath, UserPath, page_limit};
 use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState, Client, Route};
+use crate::ids::UserId;
 use crate::oauth::grant;
 use crate::secrets::Operation;
 use crate::series::Label;
-use crate::tokens::{ConnectionSummary, UserId};
+use crate::tokens::ConnectionSummary;
 
 /// `GET /v1/users/{userId}/connections`.
 pub(in crate::http) const LIST: Route = Route {
@@ -63,7 +64,7 @@ pub(in crate::http) async fn list_connections(
     CallerOf(caller): CallerOf,
     ApiPath(UserPath { user_id }): ApiPath<UserPath>,
 ) -> Result<Response, Error> {
-    let mut connections = state.tokens.connections(user_id.as_str()).await?;
+    let mut connections = state.tokens.connections(&user_id).await?;
     // A key limited to some providers sees only their connections.
     connections.retain(|c| caller.may_use(&c.provider));
     Ok(axum::Json(ConnectionList { connections }).into_response())
@@ -223,7 +224,7 @@ pub(in crate::http) async fn delete_connection(
     let revoke = query.revoke.unwrap_or(true);
     let done = state
         .tokens
-        .disconnect(user_id.as_str(), &provider, &client, revoke)
+        .disconnect(&user_id, &provider, &client, revoke)
         .await?
         .ok_or(Error::NotConnected)?;
     Ok(axum::Json(Deleted {

@@ -12,9 +12,9 @@ use super::auth::{CallerOf, permitted};
 use super::{UserPath, page_limit};
 use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState, Route};
+use crate::ids::UserId;
 use crate::secrets::{Caller, Operation};
 use crate::store::{FlowLogEntry, FlowStep};
-use crate::tokens::UserId;
 
 /// `GET /v1/users/{userId}/flow-logs`.
 pub(in crate::http) const FLOW_LOGS: Route = Route {

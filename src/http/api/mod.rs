@@ -7,7 +7,7 @@ use utoipa::IntoParams;
 
 use super::AppState;
 use crate::error::Error;
-use crate::tokens::UserId;
+use crate::ids::UserId;
 
 mod auth;
 pub(super) mod connect_sessions;

@@ -15,6 +15,7 @@ use super::{ConnectionPath, request_id, requested_return, validate_scopes};
 use crate::connect::{LinkKind, LinkRequest};
 use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState, Client, Route};
+use crate::ids::UserId;
 use crate::oauth::flow::FlowRules;
 use crate::oauth::grant;
 use crate::secrets::Operation;
@@ -86,7 +87,7 @@ pub(in crate::http) async fn get_token(
     ApiPath(ConnectionPath { user_id, provider }): ApiPath<ConnectionPath>,
     ApiQuery(query): ApiQuery<TokenQuery>,
 ) -> Result<Response, Error> {
-    let result = read_token(&state, &client, user_id.as_str(), &provider, query).await;
+    let result = read_token(&state, &client, &user_id, &provider, query).await;
     let (outcome, reason, scopes) = match &result {
         Ok((_, token)) => (
             match token.source {
@@ -122,7 +123,7 @@ pub(in crate::http) async fn get_token(
 async fn read_token(
     state: &AppState,
     client: &crate::store::flow_log::ClientInfo,
-    user_id: &str,
+    user_id: &UserId,
     provider: &str,
     query: TokenQuery,
 ) -> Result<(Response, crate::tokens::IssuedToken), Error> {

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// A `userId` as callers may send it: 1–256 bytes of printable text without `/`, `\`,
 /// control or invisible formatting characters, and not `.` or `..`. The one place that
@@ -14,7 +14,8 @@ use serde::{Deserialize, Deserializer};
 /// (`/v1/users/{userId}/…`): an id with a slash, or one a client or proxy would fold as
 /// a dot segment, makes a row no route can reach. Emails, UUIDs and provider-style ids
 /// such as `auth0|123` pass.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
 pub(crate) struct UserId(String);
 
 /// Why a user id was refused; names the rule, never the value.
@@ -50,6 +51,15 @@ impl UserId {
 /// width spaces and joiners, direction marks and overrides, the byte order mark.
 fn is_invisible(c: char) -> bool {
     matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Read as the text it is (stores, logs and labels take text); made only by the rule.
+impl std::ops::Deref for UserId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Display for UserId {
