@@ -1,5 +1,7 @@
-//! The one error type of the request path, and the only place an HTTP status is
-//! chosen.
+//! The error of the request path, and the only place an HTTP status is chosen. Each
+//! service fails with its own type (the token service with
+//! [`TokenError`](crate::tokens::TokenError), which carries its problem code, cause and
+//! remedy, as the flow log and events record them); here each becomes an answer.
 //!
 //! API errors are RFC 9457 `application/problem+json` with a stable `code`. Browser
 //! endpoints wrap the same error in `http::browser::BrowserError`, which answers a
@@ -12,10 +14,10 @@ use axum::http::StatusCode;
 
 use crate::crypto::CryptoError;
 use crate::oauth::flow::SealError;
-use crate::oauth::grant::Cause;
 use crate::oauth::provider::{IdTokenProblem, ProviderError};
 use crate::series::Label;
 use crate::store::{FlowFailure, StoreError};
+use crate::tokens::TokenError;
 
 mod response;
 
@@ -38,8 +40,6 @@ pub(crate) enum Error {
     RouteNotFound,
     #[error("this route does not answer that method")]
     MethodNotAllowed,
-    #[error("unknown provider {0:?}")]
-    UnknownProvider(String),
     #[error("returnTo is not in AXNT_ALLOWED_RETURN_URLS")]
     ReturnUrlNotAllowed,
     #[error("the connect link is invalid")]
@@ -53,13 +53,6 @@ pub(crate) enum Error {
     /// (`expectedEmail`, `hostedDomain`).
     #[error("this account is not the one the application asked to connect")]
     AccountNotAllowed,
-    /// No grant awaits confirmation for this flow (never, already confirmed, or
-    /// discarded).
-    #[error("no grant awaits confirmation for this flow")]
-    ConfirmationNotFound,
-    /// The grant awaited confirmation longer than `AXNT_CONFIRMATION_TTL_SECS`.
-    #[error("the grant was not confirmed in time; the user must connect again")]
-    ConfirmationExpired,
     #[error("the state parameter is invalid or missing")]
     InvalidState,
     #[error("the sign-in took too long and has expired")]
@@ -72,14 +65,10 @@ pub(crate) enum Error {
     IdTokenInvalid(IdTokenProblem),
     #[error("the provider rejected the authorization code")]
     CodeRejected,
-    #[error("no connection for this user and provider")]
-    NotConnected,
     /// `POST /risc/google` got a token that is not a valid security event token for
     /// this client (signature, issuer, audience, shape).
     #[error("not a valid security event token: {0}")]
     InvalidSecurityEvent(String),
-    #[error("the user must connect the account again ({cause})")]
-    ReauthorizationRequired { cause: String },
     /// The grant lacks scopes the caller requires (`requiredScopes`): the user must
     /// grant them, through `step_up_url`.
     #[error("the grant lacks scopes the caller requires: {}", missing.join(" "))]
@@ -91,17 +80,6 @@ pub(crate) enum Error {
     /// accept a partial grant (`partialGrant: reject`).
     #[error("the user did not grant every scope asked for: {}", missing.join(" "))]
     ScopesNotGranted { missing: Vec<String> },
-    /// No refresh was attempted: the connection is cooling down after a failed refresh,
-    /// or the provider's circuit is open.
-    #[error("the OAuth provider is unavailable ({reason}); retry in {retry_after_secs} s")]
-    RefreshSuppressed {
-        reason: &'static str,
-        retry_after_secs: u64,
-    },
-    #[error("the row was changed concurrently; retry")]
-    Conflict,
-    #[error("another request is refreshing this token and did not finish in time; retry")]
-    RefreshBusy,
     /// The audit trail could not take the read's record in time (its queue stayed
     /// full, `AXNT_AUDIT_BUFFER`): the token is not handed out unrecorded.
     #[error("the audit trail cannot record this read now; retry")]
@@ -109,13 +87,9 @@ pub(crate) enum Error {
     /// Start-up waits for a dependency (`/readyz` names it): only probes are served.
     #[error("the service is starting (waiting for a dependency, see /readyz); retry shortly")]
     Starting,
-    /// Another instance's refresh lease lapsed before it stored a result or gave the
-    /// lease back (it lost the store): that refresh may have succeeded and be stored
-    /// yet, so nothing is refreshed until its hold ends.
-    #[error(
-        "another instance's refresh of this token has an unknown outcome (its result may still be stored); retry in {retry_after_secs} s"
-    )]
-    RefreshOutcomePending { retry_after_secs: u64 },
+    /// A failure of the token service (reads, grants, confirmations, connections).
+    #[error(transparent)]
+    Token(TokenError),
     #[error(transparent)]
     Provider(ProviderError),
     #[error(transparent)]
@@ -135,10 +109,13 @@ pub(crate) enum Error {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Conflict => Self::Conflict,
-            other => Self::Store(other),
-        }
+        Self::Store(e)
+    }
+}
+
+impl From<TokenError> for Error {
+    fn from(e: TokenError) -> Self {
+        Self::Token(e)
     }
 }
 
@@ -232,32 +209,18 @@ impl Error {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::RouteNotFound | Self::UnknownProvider(_) | Self::NotConnected => {
-                StatusCode::NOT_FOUND
-            }
-            Self::ReauthorizationRequired { .. } | Self::Conflict | Self::SessionUsed => {
-                StatusCode::CONFLICT
-            }
+            Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::SessionUsed => StatusCode::CONFLICT,
             Self::AccountNotAllowed
             | Self::InsufficientScope { .. }
             | Self::CallerNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::ScopesNotGranted { .. } => StatusCode::FORBIDDEN,
-            Self::ConfirmationNotFound => StatusCode::NOT_FOUND,
-            Self::ConfirmationExpired => StatusCode::GONE,
-            Self::Provider(p) => match p {
-                ProviderError::NotConfigured(_)
-                | ProviderError::Unavailable(_)
-                | ProviderError::OutcomeUnknown(_) => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::BAD_GATEWAY,
-            },
-            Self::Store(_)
-            | Self::RefreshBusy
-            | Self::RefreshOutcomePending { .. }
-            | Self::RefreshSuppressed { .. }
-            | Self::AuditUnavailable
-            | Self::Starting => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Crypto(CryptoError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Crypto(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Token(e) => token_status(e),
+            Self::Provider(e) => provider_status(e),
+            Self::Store(e) => store_status(e),
+            Self::AuditUnavailable | Self::Starting => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Crypto(e) => crypto_status(e),
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -273,14 +236,11 @@ impl Error {
             Self::PayloadTooLarge => "payload_too_large",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RouteNotFound => "not_found",
-            Self::UnknownProvider(_) => "unknown_provider",
             Self::ReturnUrlNotAllowed => "return_url_not_allowed",
             Self::InvalidSession => "invalid_session",
             Self::SessionExpired => "session_expired",
             Self::SessionUsed => "session_already_used",
             Self::AccountNotAllowed => "account_not_allowed",
-            Self::ConfirmationNotFound => "confirmation_not_found",
-            Self::ConfirmationExpired => "confirmation_expired",
             Self::InvalidState => "invalid_state",
             Self::StateExpired => "state_expired",
             Self::BrowserMismatch => "browser_mismatch",
@@ -288,25 +248,15 @@ impl Error {
             Self::AuthorizationDenied(_) => "authorization_failed",
             Self::IdTokenInvalid(_) => "id_token_invalid",
             Self::CodeRejected => "code_rejected",
-            Self::NotConnected => "not_connected",
             Self::InvalidSecurityEvent(_) => "invalid_security_event",
-            Self::ReauthorizationRequired { .. } => "reauthorization_required",
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::ScopesNotGranted { .. } => "scopes_not_granted",
-            Self::RefreshSuppressed { .. } => "provider_unavailable",
-            Self::Conflict => "concurrent_update",
-            Self::RefreshBusy | Self::RefreshOutcomePending { .. } => "refresh_in_progress",
             Self::AuditUnavailable => "audit_unavailable",
             Self::Starting => "starting",
-            Self::Provider(ProviderError::NotConfigured(_)) => "provider_not_configured",
-            Self::Provider(ProviderError::Unavailable(_) | ProviderError::OutcomeUnknown(_)) => {
-                "provider_unavailable"
-            }
-            Self::Provider(_) => "provider_error",
-            Self::Store(StoreError::Throttled(_)) => "store_throttled",
-            Self::Store(_) => "store_unavailable",
-            Self::Crypto(CryptoError::Unavailable(_)) => "keys_unavailable",
-            Self::Crypto(_) => "stored_tokens_unreadable",
+            Self::Token(e) => e.code(),
+            Self::Provider(e) => e.code(),
+            Self::Store(e) => e.code(),
+            Self::Crypto(e) => e.code(),
             Self::Internal(_) => "internal",
         }
     }
@@ -315,22 +265,11 @@ impl Error {
     /// what failed, not how (the how is in our log).
     pub(crate) fn public_detail(&self) -> String {
         match self {
-            Self::Provider(ProviderError::NotConfigured(_)) => self.to_string(),
-            Self::Provider(ProviderError::InvalidClient) => {
-                "the provider rejected this service's client credentials".into()
-            }
-            Self::Provider(ProviderError::Unavailable(_)) => {
-                "the OAuth provider is unavailable; retry later".into()
-            }
-            Self::Provider(ProviderError::OutcomeUnknown(_)) => {
-                "the OAuth provider did not answer in time; retry later".into()
-            }
-            Self::Provider(_) => "the OAuth provider answered an error".into(),
+            Self::Token(e) => e.public_detail(),
+            Self::Provider(e) => e.public_detail(),
+            Self::Store(StoreError::Conflict) => "the row was changed concurrently; retry".into(),
             Self::Store(_) => "the token store is unavailable; retry later".into(),
-            Self::Crypto(CryptoError::Unavailable(_)) => {
-                "the key service is unavailable; retry later".into()
-            }
-            Self::Crypto(_) => "the stored tokens cannot be decrypted".into(),
+            Self::Crypto(e) => e.public_detail().into(),
             Self::Internal(_) => "internal error".into(),
             other => other.to_string(),
         }
@@ -339,14 +278,8 @@ impl Error {
     /// Why a grant is dead or a refresh failed, as a stable code (`cause` in the body).
     pub(crate) fn cause(&self) -> Option<&str> {
         match self {
-            Self::ReauthorizationRequired { cause } => Some(cause),
-            Self::RefreshSuppressed { reason, .. } => Some(reason),
-            Self::Provider(ProviderError::OutcomeUnknown(_))
-            | Self::RefreshOutcomePending { .. } => Some(Cause::RefreshOutcomeUnknown.code()),
-            Self::Provider(ProviderError::InvalidClient) => {
-                Some(Cause::ClientCredentialsInvalid.code())
-            }
-            Self::Provider(ProviderError::Unavailable(_)) => Some("provider_unavailable"),
+            Self::Token(e) => e.cause(),
+            Self::Provider(e) => e.cause(),
             _ => None,
         }
     }
@@ -355,21 +288,8 @@ impl Error {
     /// (`remedy` in the body).
     pub(crate) fn remedy(&self) -> Option<&'static str> {
         match self {
-            Self::ReauthorizationRequired { cause } => Some(
-                Cause::from_code(cause)
-                    .unwrap_or(Cause::UnknownInvalidGrant)
-                    .remedy(),
-            ),
-            Self::Provider(ProviderError::InvalidClient) => {
-                Some(Cause::ClientCredentialsInvalid.remedy())
-            }
-            Self::Provider(ProviderError::Unavailable(_) | ProviderError::OutcomeUnknown(_))
-            | Self::RefreshSuppressed { .. } => Some(
-                "The provider is failing, not the grant: it stays active. Retry after Retry-After seconds.",
-            ),
-            Self::RefreshOutcomePending { .. } => Some(
-                "Another instance refreshed this token but could not store the result yet (the token store was unreachable); nothing is refreshed until it does or Retry-After seconds pass. The grant stays active: retry after Retry-After seconds.",
-            ),
+            Self::Token(e) => e.remedy(),
+            Self::Provider(e) => e.remedy(),
             Self::InsufficientScope { .. } => Some(
                 "Send the user to stepUpUrl: Google asks them for the missing scopes only, and the connection then holds the old and the new ones.",
             ),
@@ -380,12 +300,13 @@ impl Error {
     /// Seconds a client should wait before retrying, for the answers that say so (503
     /// and 429, in `Retry-After`).
     pub(crate) fn retry_after_secs(&self) -> Option<u64> {
+        if let Self::Token(e) = self
+            && let Some(secs) = e.retry_after_secs()
+        {
+            return Some(secs);
+        }
         match self {
-            Self::RefreshSuppressed {
-                retry_after_secs, ..
-            }
-            | Self::RefreshOutcomePending { retry_after_secs }
-            | Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => Some(1),
             _ => None,
         }
@@ -404,11 +325,55 @@ impl Error {
     }
 }
 
+/// A token service failure's status.
+fn token_status(e: &TokenError) -> StatusCode {
+    match e {
+        TokenError::UnknownProvider(_)
+        | TokenError::NotConnected
+        | TokenError::ConfirmationNotFound => StatusCode::NOT_FOUND,
+        TokenError::ProviderNotAllowed(_) => StatusCode::FORBIDDEN,
+        TokenError::ReauthorizationRequired { .. } | TokenError::Conflict => StatusCode::CONFLICT,
+        TokenError::ConfirmationExpired => StatusCode::GONE,
+        TokenError::RefreshSuppressed { .. }
+        | TokenError::RefreshBusy
+        | TokenError::RefreshOutcomePending { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        TokenError::Provider(e) => provider_status(e),
+        TokenError::Store(e) => store_status(e),
+        TokenError::Crypto(e) => crypto_status(e),
+        TokenError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn provider_status(e: &ProviderError) -> StatusCode {
+    match e {
+        ProviderError::NotConfigured(_)
+        | ProviderError::Unavailable(_)
+        | ProviderError::OutcomeUnknown(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ProviderError::IdToken(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+fn store_status(e: &StoreError) -> StatusCode {
+    match e {
+        StoreError::Conflict => StatusCode::CONFLICT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn crypto_status(e: &CryptoError) -> StatusCode {
+    match e {
+        CryptoError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 /// One error of every kind this type can be, for tests that check what is documented
 /// about codes and statuses (the OpenAPI document's per-route codes) against
 /// [`Error::status`] and [`Error::code`].
 #[cfg(test)]
 pub(crate) fn one_of_each() -> Vec<Error> {
+    use crate::oauth::grant::Cause;
     use crate::oauth::provider::IdTokenProblem;
     // A new variant does not compile here until it is listed below too.
     fn listed(e: &Error) {
@@ -420,31 +385,23 @@ pub(crate) fn one_of_each() -> Vec<Error> {
             | Error::PayloadTooLarge
             | Error::RouteNotFound
             | Error::MethodNotAllowed
-            | Error::UnknownProvider(_)
             | Error::ReturnUrlNotAllowed
             | Error::InvalidSession
             | Error::SessionExpired
             | Error::SessionUsed
             | Error::AccountNotAllowed
-            | Error::ConfirmationNotFound
-            | Error::ConfirmationExpired
             | Error::InvalidState
             | Error::StateExpired
             | Error::BrowserMismatch
             | Error::AuthorizationDenied(_)
             | Error::IdTokenInvalid(_)
             | Error::CodeRejected
-            | Error::NotConnected
             | Error::InvalidSecurityEvent(_)
-            | Error::ReauthorizationRequired { .. }
             | Error::InsufficientScope { .. }
             | Error::ScopesNotGranted { .. }
-            | Error::RefreshSuppressed { .. }
-            | Error::Conflict
-            | Error::RefreshBusy
             | Error::AuditUnavailable
             | Error::Starting
-            | Error::RefreshOutcomePending { .. }
+            | Error::Token(_)
             | Error::Provider(_)
             | Error::Store(_)
             | Error::Crypto(_)
@@ -462,11 +419,8 @@ pub(crate) fn one_of_each() -> Vec<Error> {
         Error::PayloadTooLarge,
         Error::SessionUsed,
         Error::AccountNotAllowed,
-        Error::ConfirmationNotFound,
-        Error::ConfirmationExpired,
         Error::RouteNotFound,
         Error::MethodNotAllowed,
-        Error::UnknownProvider(s()),
         Error::ReturnUrlNotAllowed,
         Error::InvalidSession,
         Error::SessionExpired,
@@ -477,11 +431,7 @@ pub(crate) fn one_of_each() -> Vec<Error> {
         Error::AuthorizationDenied("server_error".into()),
         Error::IdTokenInvalid(IdTokenProblem::Expired),
         Error::CodeRejected,
-        Error::NotConnected,
         Error::InvalidSecurityEvent(s()),
-        Error::ReauthorizationRequired {
-            cause: Cause::UnknownInvalidGrant.code().into(),
-        },
         Error::InsufficientScope {
             missing: vec!["https://www.googleapis.com/auth/drive".into()],
             step_up_url: "http://127.0.0.1/oauth/google/start?session=x".into(),
@@ -489,17 +439,30 @@ pub(crate) fn one_of_each() -> Vec<Error> {
         Error::ScopesNotGranted {
             missing: vec!["https://www.googleapis.com/auth/drive".into()],
         },
-        Error::RefreshSuppressed {
-            reason: "circuit_open",
-            retry_after_secs: 1,
-        },
-        Error::Conflict,
-        Error::RefreshBusy,
         Error::AuditUnavailable,
         Error::Starting,
-        Error::RefreshOutcomePending {
+        Error::Token(TokenError::UnknownProvider(s())),
+        Error::Token(TokenError::ProviderNotAllowed(s())),
+        Error::Token(TokenError::NotConnected),
+        Error::Token(TokenError::ReauthorizationRequired {
+            cause: Cause::UnknownInvalidGrant.code().into(),
+        }),
+        Error::Token(TokenError::RefreshSuppressed {
+            reason: "circuit_open",
             retry_after_secs: 1,
-        },
+        }),
+        Error::Token(TokenError::Conflict),
+        Error::Token(TokenError::RefreshBusy),
+        Error::Token(TokenError::RefreshOutcomePending {
+            retry_after_secs: 1,
+        }),
+        Error::Token(TokenError::ConfirmationNotFound),
+        Error::Token(TokenError::ConfirmationExpired),
+        Error::Token(TokenError::Provider(ProviderError::Unavailable(s()))),
+        Error::Token(TokenError::Store(StoreError::Throttled(s()))),
+        Error::Token(TokenError::Crypto(CryptoError::Integrity)),
+        Error::Token(TokenError::Internal(s())),
+        Error::Store(StoreError::Conflict),
         Error::Provider(ProviderError::NotConfigured(s())),
         Error::Provider(ProviderError::InvalidGrant(
             crate::oauth::provider::GrantRefusal::Unspecified,

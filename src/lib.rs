@@ -138,10 +138,10 @@ mod layout {
         &["http"],
         // The connect flow, over the services.
         &["connect"],
-        // Services.
-        &["tokens", "webhooks", "audit"],
-        // The one error type, mapped to HTTP in `http`.
+        // The API's error: each service's failures mapped to HTTP, once.
         &["error"],
+        // Services, each with its own failures.
+        &["tokens", "webhooks", "audit"],
         // What an event tells (a grant's forecast among it).
         &["events"],
         // What a flow means; logging and metrics set-up.

@@ -13,12 +13,11 @@ use crate::aws::error::{CALL_OK, FailureKind};
 use crate::config::Backend;
 use crate::connect::{CONFIRMED, FLOW_FAILURE_REASONS};
 use crate::crypto::cache::DataKeyUse;
-use crate::error::Error;
 use crate::http::{ROUTES, STATUSES_EVERY_ROUTE_CAN_ANSWER};
 use crate::oauth::grant::Cause;
 use crate::series::{CacheOutcome, Kind, Label, Series};
 use crate::tokens::refresh::{LapseOutcome, RefreshOutcome, SuppressedReason};
-use crate::tokens::{Discard, ReadOutcome, RevocationOutcome, SecurityEventOutcome};
+use crate::tokens::{Discard, ReadOutcome, RevocationOutcome, SecurityEventOutcome, TokenError};
 
 /// The AWS calls the running service makes (setup's and check's are left out).
 const AWS_CALLS: [(&str, &str); 8] = [
@@ -101,8 +100,8 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
     }
     for outcome in [
         CONFIRMED,
-        Error::ConfirmationNotFound.code(),
-        Error::ConfirmationExpired.code(),
+        TokenError::ConfirmationNotFound.code(),
+        TokenError::ConfirmationExpired.code(),
     ] {
         metrics::counter!(crate::series::CONFIRMATIONS_TOTAL, "outcome" => outcome).increment(0);
     }

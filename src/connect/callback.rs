@@ -229,7 +229,7 @@ impl ConnectService {
                     self.settings.flow.confirmation_ttl,
                 )
                 .await
-                .map_err(|e| (FlowStep::AwaitingConfirmation, e))?;
+                .map_err(|e| (FlowStep::AwaitingConfirmation, e.into()))?;
             flow_log
                 .step(
                     FlowStep::AwaitingConfirmation,
@@ -242,7 +242,7 @@ impl ConnectService {
             .tokens
             .store_grant(&flow.user_id, name, &fresh, user_info.clone(), &requested)
             .await
-            .map_err(|e| (FlowStep::TokensStored, e))?;
+            .map_err(|e| (FlowStep::TokensStored, e.into()))?;
         flow_log
             .step(FlowStep::TokensStored, stored_step_data(&stored))
             .await;

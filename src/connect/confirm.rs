@@ -68,7 +68,7 @@ impl ConnectService {
             Err(error) => {
                 metrics::counter!(crate::series::CONFIRMATIONS_TOTAL, "outcome" => error.code())
                     .increment(1);
-                return Err(error);
+                return Err(error.into());
             }
         };
         let grant = &confirmed.grant;

@@ -114,6 +114,7 @@ impl ConnectService {
                 )));
             }
             Err(error) => {
+                let error = Error::from(error);
                 flow_log.failed(FlowStep::AuthorizeRedirect, &error).await;
                 return Err(StartFailed::page(error));
             }

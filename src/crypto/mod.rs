@@ -50,6 +50,24 @@ pub enum CryptoError {
     Rejected(String),
 }
 
+impl CryptoError {
+    /// The problem code an answer failing with this carries.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "keys_unavailable",
+            _ => "stored_tokens_unreadable",
+        }
+    }
+
+    /// What a client is told: what failed, not how.
+    pub(crate) fn public_detail(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "the key service is unavailable; retry later",
+            _ => "the stored tokens cannot be decrypted",
+        }
+    }
+}
+
 /// A 256-bit symmetric key. Wiped on drop; `Debug` prints nothing of it.
 #[derive(Clone)]
 pub struct SecretKey(Zeroizing<[u8; KEY_LEN]>);

@@ -19,6 +19,12 @@ pub(crate) struct BrowserError {
     pub(crate) flow_id: Option<crate::ids::FlowId>,
 }
 
+impl From<crate::tokens::TokenError> for BrowserError {
+    fn from(error: crate::tokens::TokenError) -> Self {
+        Error::from(error).into()
+    }
+}
+
 impl From<Error> for BrowserError {
     fn from(error: Error) -> Self {
         Self {

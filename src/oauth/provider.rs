@@ -9,6 +9,7 @@
 //! rotation) before it is rejected ([`id_token`]). The calls to the token and revocation
 //! endpoints, and how their failures are sorted, are in [`http`].
 
+mod answer;
 mod http;
 mod id_token;
 mod metadata;
@@ -33,6 +34,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+pub(crate) use self::answer::PROVIDER_FAILING;
 use self::http::{ProviderHttp, error_chain, http_client};
 use self::id_token::ExtraClaims;
 pub(crate) use self::id_token::IdTokenProblem;

@@ -103,6 +103,17 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The problem code an answer failing with this carries.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            Self::Conflict => "concurrent_update",
+            Self::Throttled(_) => "store_throttled",
+            _ => "store_unavailable",
+        }
+    }
+}
+
 /// What an operator should look at for a store error (printed by `check`).
 pub(crate) fn hint(e: &StoreError) -> String {
     match e {

@@ -108,7 +108,7 @@ impl TokenService {
     pub(crate) async fn connections(
         &self,
         user_id: &UserId,
-    ) -> Result<Vec<ConnectionSummary>, Error> {
+    ) -> Result<Vec<ConnectionSummary>, TokenError> {
         let now = Utc::now();
         let mut out = Vec::new();
         for row in self.store.list(user_id).await? {
@@ -137,7 +137,7 @@ impl TokenService {
         health: Option<grant::Health>,
         after: Option<ScanCursor>,
         limit: usize,
-    ) -> Result<AcrossPage, Error> {
+    ) -> Result<AcrossPage, TokenError> {
         let now = Utc::now();
         let mut found = Vec::new();
         let mut cursor = after;
@@ -182,11 +182,11 @@ impl TokenService {
         provider_name: &str,
         client: &ClientInfo,
         revoke: bool,
-    ) -> Result<Option<Disconnected>, Error> {
+    ) -> Result<Option<Disconnected>, TokenError> {
         let provider = self.provider(provider_name)?;
         let flow_id = uuid::Uuid::new_v4().to_string();
         let flow_log = self.flow_log.flow(user_id, &flow_id, provider_name, client);
-        until_written::<_, Error, _>(WRITE_ATTEMPTS, || async {
+        until_written::<_, TokenError, _>(WRITE_ATTEMPTS, || async {
             let Some(row) = self.store.get(user_id, provider_name).await? else {
                 return Ok(Written::Done(None));
             };
@@ -241,6 +241,6 @@ impl TokenService {
             }
         })
         .await?
-        .ok_or(Error::Conflict)
+        .ok_or(TokenError::Conflict)
     }
 }

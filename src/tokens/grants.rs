@@ -112,8 +112,8 @@ impl TokenService {
         fresh: &TokenSet,
         user_info: UserInfo,
         requested: &[String],
-    ) -> Result<Stored, Error> {
-        until_written::<_, Error, _>(WRITE_ATTEMPTS, || async {
+    ) -> Result<Stored, TokenError> {
+        until_written::<_, TokenError, _>(WRITE_ATTEMPTS, || async {
             let now = Utc::now();
             let existing = self.store.get(user_id, provider).await?;
             // An old refresh token is carried over only from a live grant of the same
@@ -227,7 +227,7 @@ impl TokenService {
             }
         })
         .await?
-        .ok_or(Error::Conflict)
+        .ok_or(TokenError::Conflict)
     }
     /// Records that the provider minted a refresh token for `sub` at `now`; returns how
     /// many this service knows of for the account (the newest, up to the limit), or
@@ -285,7 +285,7 @@ impl TokenService {
         fresh: &TokenSet,
         user_info: UserInfo,
         within: Duration,
-    ) -> Result<Held, Error> {
+    ) -> Result<Held, TokenError> {
         let now = Utc::now();
         let deadline = chrono::TimeDelta::from_std(within)
             .ok()
@@ -329,14 +329,14 @@ impl TokenService {
         code: Option<&SecretString>,
         client: &ClientInfo,
         may_use: &(dyn Fn(&str) -> bool + Sync),
-    ) -> Result<Confirmed, Error> {
+    ) -> Result<Confirmed, TokenError> {
         let grant = self
             .store
             .get_pending(flow_id)
             .await?
-            .ok_or(Error::ConfirmationNotFound)?;
+            .ok_or(TokenError::ConfirmationNotFound)?;
         if !may_use(&grant.provider) {
-            return Err(Error::provider_not_allowed(&grant.provider));
+            return Err(TokenError::ProviderNotAllowed(grant.provider.clone()));
         }
         if user_id.map(|u| u.as_str()) != Some(grant.user_id.as_str()) {
             // The application says another of its users started this flow: the grant
@@ -346,13 +346,18 @@ impl TokenService {
                     &grant,
                     Discard::OtherUser,
                     client,
-                    Error::ConfirmationNotFound,
+                    TokenError::ConfirmationNotFound,
                 )
                 .await);
         }
         if grant.expires_at < Utc::now().timestamp() {
             return Err(self
-                .discard(&grant, Discard::Expired, client, Error::ConfirmationExpired)
+                .discard(
+                    &grant,
+                    Discard::Expired,
+                    client,
+                    TokenError::ConfirmationExpired,
+                )
                 .await);
         }
         // A confirm without the code, or with another one, is refused as one: 404.
@@ -361,7 +366,7 @@ impl TokenService {
                 &grant,
                 Discard::WrongCode,
                 client,
-                Error::ConfirmationNotFound,
+                TokenError::ConfirmationNotFound,
             )
         };
         let Some(code) = code else {
@@ -386,7 +391,7 @@ impl TokenService {
             .store
             .take_pending(flow_id)
             .await?
-            .ok_or(Error::ConfirmationNotFound)?;
+            .ok_or(TokenError::ConfirmationNotFound)?;
         match self
             .store_grant(
                 &grant.user_id,
@@ -415,8 +420,8 @@ impl TokenService {
         grant: &PendingGrant,
         why: Discard,
         client: &ClientInfo,
-        error: Error,
-    ) -> Error {
+        error: TokenError,
+    ) -> TokenError {
         if let Err(e) = self.store.take_pending(&grant.flow_id).await {
             tracing::warn!(flow_id = grant.flow_id, error = %e, "a refused pending grant could not be removed; it expires unconfirmed");
         }

@@ -18,7 +18,6 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::TokenService;
-use crate::error::Error;
 use crate::events::{About, EventPayload};
 use crate::jobs::{self, Jobs, Schedule};
 use crate::oauth::grant::{AT_RISK_WITHIN, ExpiryReason, forecast, last_token_use};
@@ -27,6 +26,7 @@ use crate::store::{
     Connection, GrantLedger, JobLease, LeaseRelease, RefreshLease, RefreshState, ScanCursor,
     StoreError,
 };
+use crate::tokens::TokenError;
 
 /// Rows read per scan page.
 const PAGE: usize = 100;
@@ -109,7 +109,7 @@ impl TokenService {
         keep: KeepAlive,
         lease: &JobLease,
         stop: &CancellationToken,
-    ) -> Result<KeepAliveReport, Error> {
+    ) -> Result<KeepAliveReport, TokenError> {
         let mut report = KeepAliveReport::default();
         let started_ms = Utc::now().timestamp_millis();
         if !lease.hold(self.store.as_ref()).await? {
@@ -129,7 +129,7 @@ impl TokenService {
                 report.scanned += page.rows.len();
                 for row in page.rows {
                     if stop.is_cancelled() {
-                        return Ok::<bool, Error>(false);
+                        return Ok::<bool, TokenError>(false);
                     }
                     let due = !keep.idle.is_zero()
                         && Utc::now()
@@ -211,7 +211,11 @@ impl TokenService {
     /// Stores `connection.expiring_soon` for `row` when its grant is forecast to end
     /// within two days of something a refresh cannot help (with the keep-alive on, a
     /// refresh resets the idle clock), once per forecast. Returns whether it did.
-    async fn notice_expiry(&self, row: &Connection, keeping_alive: bool) -> Result<bool, Error> {
+    async fn notice_expiry(
+        &self,
+        row: &Connection,
+        keeping_alive: bool,
+    ) -> Result<bool, TokenError> {
         let now = Utc::now();
         let f = forecast(row, self.policy.grant_rules, now);
         let (Some(at), Some(reason)) = (f.predicted_expiry, f.reason) else {

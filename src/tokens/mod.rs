@@ -8,6 +8,7 @@
 
 mod cache;
 mod connections;
+mod error;
 mod grants;
 mod keepalive;
 mod ledger;
@@ -28,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::crypto::EnvelopeCipher;
-use crate::error::Error;
 use crate::events::{About, EventPayload, EventRules, Granted, PreviousAccount};
 use crate::ids::{FlowId, UserId};
 use crate::jobs::{self, Jobs, Schedule};
@@ -42,6 +42,7 @@ use crate::store::{
 
 use crate::oauth::grant::{self, Cause, GrantRules};
 pub(crate) use connections::ConnectionSummary;
+pub(crate) use error::TokenError;
 pub(crate) use grants::{Confirmed, Discard, Stored};
 pub(crate) use keepalive::KeepAlive;
 pub(crate) use ledger::ledger_after_refresh;
@@ -226,10 +227,10 @@ impl TokenService {
         self.owned.spawn(work)
     }
 
-    pub(crate) fn provider(&self, name: &str) -> Result<&Arc<OidcProvider>, Error> {
+    pub(crate) fn provider(&self, name: &str) -> Result<&Arc<OidcProvider>, TokenError> {
         self.providers
             .get(name)
-            .ok_or_else(|| Error::UnknownProvider(name.to_string()))
+            .ok_or_else(|| TokenError::UnknownProvider(name.to_string()))
     }
 
     /// Waits (at most `within`) for owned tasks and refreshes in flight to finish: they
@@ -257,7 +258,7 @@ impl TokenService {
         &self,
         user_id: &UserId,
         provider: &str,
-    ) -> Result<Option<ConnectedAccount>, Error> {
+    ) -> Result<Option<ConnectedAccount>, TokenError> {
         Ok(self
             .store
             .get(user_id, provider)
@@ -276,7 +277,7 @@ impl TokenService {
         &self,
         flow_id: &FlowId,
         link_expires_at: i64,
-    ) -> Result<bool, Error> {
+    ) -> Result<bool, TokenError> {
         let attempt = uuid::Uuid::new_v4().to_string();
         Ok(self
             .store
@@ -292,7 +293,7 @@ impl TokenService {
         user_id: &UserId,
         provider_name: &str,
         client: &ClientInfo,
-    ) -> Result<IssuedToken, Error> {
+    ) -> Result<IssuedToken, TokenError> {
         let provider = match self.provider(provider_name) {
             Ok(provider) => provider,
             Err(e) => {
@@ -354,7 +355,7 @@ impl TokenService {
                 tracing::debug!(error = %e, user_id, provider = provider_name, "background refresh skipped");
                 if matches!(
                     e,
-                    Error::ReauthorizationRequired { .. } | Error::NotConnected
+                    TokenError::ReauthorizationRequired { .. } | TokenError::NotConnected
                 ) {
                     self.recently_used
                         .invalidate(&(user_id, provider_name))
@@ -373,7 +374,7 @@ impl TokenService {
         user_id: &str,
         client: &ClientInfo,
         margin: Duration,
-    ) -> Result<IssuedToken, Error> {
+    ) -> Result<IssuedToken, TokenError> {
         let endpoint: Arc<dyn TokenEndpoint> = Arc::clone(provider) as Arc<dyn TokenEndpoint>;
         self.refresher
             .obtain(endpoint, user_id, provider.name(), margin, client)
@@ -389,7 +390,7 @@ impl TokenService {
         &self,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<crate::events::FeedPage, Error> {
+    ) -> Result<crate::events::FeedPage, TokenError> {
         Ok(crate::events::feed_page(
             self.store.as_ref(),
             &self.policy.events,
@@ -433,16 +434,16 @@ pub(crate) enum ReadOutcome {
 }
 
 /// Counts one token read by the API: `axnt_token_reads_total{provider, outcome}`.
-fn count_read(provider: &str, read: Result<&IssuedToken, &Error>) {
+fn count_read(provider: &str, read: Result<&IssuedToken, &TokenError>) {
     let outcome = match read {
         Ok(issued) => match issued.source {
             TokenSource::Cache => ReadOutcome::CacheHit,
             TokenSource::Store => ReadOutcome::StoreRead,
             TokenSource::Refreshed => ReadOutcome::Refreshed,
         },
-        Err(Error::NotConnected) => ReadOutcome::NotFound,
-        Err(Error::ReauthorizationRequired { .. }) => ReadOutcome::ReauthorizationRequired,
-        Err(Error::UnknownProvider(_)) => ReadOutcome::UnknownProvider,
+        Err(TokenError::NotConnected) => ReadOutcome::NotFound,
+        Err(TokenError::ReauthorizationRequired { .. }) => ReadOutcome::ReauthorizationRequired,
+        Err(TokenError::UnknownProvider(_)) => ReadOutcome::UnknownProvider,
         Err(_) => ReadOutcome::Error,
     };
     metrics::counter!(crate::series::TOKEN_READS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome.label())

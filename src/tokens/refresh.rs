@@ -68,11 +68,11 @@ use super::TokenPolicy;
 use super::cache::{Cached, TokenCache};
 use super::token_set::{IssuedToken, TokenSet, TokenSource};
 use crate::crypto::EnvelopeCipher;
-use crate::error::Error;
 use crate::oauth::provider::{ProviderError, ProviderTokens};
 use crate::retry::{Backoff, jittered};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{Connection, FlowRecorder, RefreshLease, StoreError, TokenStore};
+use crate::tokens::TokenError;
 pub(in crate::tokens) use answers::lock;
 pub(crate) use answers::{
     LapseOutcome, RefreshOutcome, SuppressedReason, reauthorization_required,
@@ -129,7 +129,7 @@ impl RefreshReuse {
 }
 
 type Key = (String, String);
-type Outcome = Result<IssuedToken, Error>;
+type Outcome = Result<IssuedToken, TokenError>;
 
 /// A row as [`Refresher::read`] found it.
 enum Read {
@@ -204,11 +204,15 @@ impl Refresher {
                 self.join(Arc::clone(&endpoint), user_id, provider, margin, client);
             let published = tokio::time::timeout_at(give_up, result.wait_for(Option::is_some))
                 .await
-                .map_err(|_| Error::RefreshBusy)?
+                .map_err(|_| TokenError::RefreshBusy)?
                 .map(|value| value.clone())
                 .ok()
                 .flatten()
-                .unwrap_or_else(|| Err(Error::Internal("a refresh ended without a result".into())));
+                .unwrap_or_else(|| {
+                    Err(TokenError::Internal(
+                        "a refresh ended without a result".into(),
+                    ))
+                });
             match published {
                 // The flight answered before this reader came, and its token has
                 // expired since (it is still storing what it redeemed, or the provider
@@ -219,7 +223,7 @@ impl Refresher {
                         while result.changed().await.is_ok() {}
                     })
                     .await
-                    .map_err(|_| Error::RefreshBusy)?;
+                    .map_err(|_| TokenError::RefreshBusy)?;
                 }
                 other => return other,
             }
@@ -229,13 +233,18 @@ impl Refresher {
     /// Reads the row: its token when fresh beyond `margin` (then cached, and
     /// `lastUsed` moved per interval), else the row and its opened set; the answer for
     /// a missing or inactive row.
-    async fn read(&self, user_id: &str, provider: &str, margin: Duration) -> Result<Read, Error> {
+    async fn read(
+        &self,
+        user_id: &str,
+        provider: &str,
+        margin: Duration,
+    ) -> Result<Read, TokenError> {
         let generation = self.cache.generation();
         let row = self
             .store
             .get(user_id, provider)
             .await?
-            .ok_or(Error::NotConnected)?;
+            .ok_or(TokenError::NotConnected)?;
         if !row.is_active {
             return Err(reauthorization_required(&row));
         }
@@ -347,7 +356,7 @@ impl Refresher {
                 // for its result and read it back.
                 Some(lease) if lease.until_ms > now_ms && lease.lapsed_at_ms.is_none() => {
                     if Instant::now() >= give_up {
-                        return Err(Error::RefreshBusy);
+                        return Err(TokenError::RefreshBusy);
                     }
                     tokio::time::sleep(jittered(LEASE_POLL)).await;
                     continue;

@@ -12,7 +12,7 @@ impl TokenService {
         provider: &OidcProvider,
         row: &Connection,
         id: &str,
-    ) -> Result<Disconnected, Error> {
+    ) -> Result<Disconnected, TokenError> {
         let Ok(tokens) = TokenSet::open(&self.cipher, row).await else {
             return Ok(Disconnected {
                 revocation: Revocation::NotPossible,
@@ -125,7 +125,10 @@ impl TokenService {
     }
 
     /// One pass of [`schedule_revocation_retries`](Self::schedule_revocation_retries).
-    pub(crate) async fn retry_revocations(&self, stop: &CancellationToken) -> Result<(), Error> {
+    pub(crate) async fn retry_revocations(
+        &self,
+        stop: &CancellationToken,
+    ) -> Result<(), TokenError> {
         let now = Utc::now();
         let client = ClientInfo {
             ip_address: None,

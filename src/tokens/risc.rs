@@ -21,7 +21,6 @@ use serde_json::{Value, json};
 
 use super::refresh::lock;
 use super::{TokenService, WRITE_ATTEMPTS};
-use crate::error::Error;
 use crate::events::{About, EventPayload};
 use crate::oauth::grant::Cause;
 use crate::oauth::risc::{EventKind, SecurityEventToken, prefix_hash};
@@ -29,6 +28,7 @@ use crate::retry::{Written, until_written};
 use crate::series::Label;
 use crate::store::flow_log::ClientInfo;
 use crate::store::{Connection, FlowStep, RefreshState, ScanCursor, StoreError};
+use crate::tokens::TokenError;
 
 /// A `jti` is remembered this long once acted on (Google retries a delivery for far
 /// less).
@@ -94,7 +94,7 @@ impl TokenService {
         &self,
         set: &SecurityEventToken,
         provider: &str,
-    ) -> Result<RiscOutcome, Error> {
+    ) -> Result<RiscOutcome, TokenError> {
         let now = Utc::now();
         let mark = format!("risc:{}", set.jti);
         // Names this call's mark, so a write the SDK retries finds its own mark and goes
@@ -166,7 +166,7 @@ impl TokenService {
         set: &SecurityEventToken,
         provider: &str,
         now: DateTime<Utc>,
-    ) -> Result<RiscOutcome, Error> {
+    ) -> Result<RiscOutcome, TokenError> {
         let issued = DateTime::from_timestamp(set.iat, 0).unwrap_or(now);
         let mut outcome = RiscOutcome::default();
         for (uri, details) in &set.events {
@@ -231,7 +231,7 @@ impl TokenService {
         event_type: &str,
         provider: &str,
         issued: DateTime<Utc>,
-    ) -> Result<usize, Error> {
+    ) -> Result<usize, TokenError> {
         // No index by account or token: a scan of the tokens table, one at a time in
         // this process and paced, so a burst of events cannot take the table's reads.
         let _one_at_a_time = self.security_scans.lock().await;
@@ -269,10 +269,10 @@ impl TokenService {
         issued: DateTime<Utc>,
         cause: &str,
         event_type: &str,
-    ) -> Result<bool, Error> {
+    ) -> Result<bool, TokenError> {
         // The row as last read: a lost write reads it again, for the next attempt.
         let current = std::sync::Mutex::new(row);
-        until_written::<_, Error, _>(WRITE_ATTEMPTS, || async {
+        until_written::<_, TokenError, _>(WRITE_ATTEMPTS, || async {
             let row = lock(&current).clone();
             let now = Utc::now();
             let ended = Connection {
@@ -329,7 +329,7 @@ impl TokenService {
             }
         })
         .await?
-        .ok_or(Error::Conflict)
+        .ok_or(TokenError::Conflict)
     }
 }
 

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{Envelope, EnvelopeCipher, Sealer};
-use crate::error::Error;
 use crate::oauth::provider::ProviderTokens;
 use crate::store::{Connection, PendingGrant};
+use crate::tokens::TokenError;
 
 /// Used when a provider omits `expires_in` (Google never does): one hour.
 const DEFAULT_ACCESS_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
@@ -145,12 +145,15 @@ impl TokenSet {
     }
 
     /// Decrypts a row's token set.
-    pub(crate) async fn open(cipher: &EnvelopeCipher, row: &Connection) -> Result<Self, Error> {
+    pub(crate) async fn open(
+        cipher: &EnvelopeCipher,
+        row: &Connection,
+    ) -> Result<Self, TokenError> {
         let plaintext = cipher
             .open(&row.user_id, &row.provider, &row.encrypted_tokens)
             .await?;
         serde_json::from_slice(&plaintext)
-            .map_err(|_| Error::Internal("stored token set is not valid JSON".into()))
+            .map_err(|_| TokenError::Internal("stored token set is not valid JSON".into()))
     }
 
     /// Encrypts this set for the row of `user_id` at `provider`.
@@ -159,7 +162,7 @@ impl TokenSet {
         cipher: &EnvelopeCipher,
         user_id: &str,
         provider: &str,
-    ) -> Result<Envelope, Error> {
+    ) -> Result<Envelope, TokenError> {
         self.seal_with(&cipher.sealer().await?, user_id, provider)
     }
 
@@ -169,10 +172,10 @@ impl TokenSet {
         sealer: &Sealer<'_>,
         user_id: &str,
         provider: &str,
-    ) -> Result<Envelope, Error> {
+    ) -> Result<Envelope, TokenError> {
         let json = Zeroizing::new(
             serde_json::to_vec(self)
-                .map_err(|e| Error::Internal(format!("serialising tokens: {e}")))?,
+                .map_err(|e| TokenError::Internal(format!("serialising tokens: {e}")))?,
         );
         Ok(sealer.seal(user_id, provider, &json)?)
     }
@@ -185,7 +188,7 @@ impl TokenSet {
         user_id: &str,
         provider: &str,
         flow_id: &str,
-    ) -> Result<Envelope, Error> {
+    ) -> Result<Envelope, TokenError> {
         self.seal(cipher, user_id, &pending_context(provider, flow_id))
             .await
     }
@@ -194,7 +197,7 @@ impl TokenSet {
     pub(crate) async fn open_pending(
         cipher: &EnvelopeCipher,
         grant: &PendingGrant,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, TokenError> {
         let plaintext = cipher
             .open(
                 &grant.user_id,
@@ -203,7 +206,7 @@ impl TokenSet {
             )
             .await?;
         serde_json::from_slice(&plaintext)
-            .map_err(|_| Error::Internal("pending token set is not valid JSON".into()))
+            .map_err(|_| TokenError::Internal("pending token set is not valid JSON".into()))
     }
 
     /// The token as the API hands it out.

@@ -20,6 +20,7 @@ use crate::ids::{FlowId, UserId};
 use crate::oauth::flow::FlowRules;
 use crate::oauth::grant::PartialGrant;
 use crate::secrets::Operation;
+use crate::tokens::TokenError;
 
 /// `POST /v1/connect-sessions`.
 pub(in crate::http) const CREATE: Route = Route {
@@ -225,7 +226,7 @@ pub(in crate::http) async fn create_connect_session(
             .tokens
             .connected_account(&body.user_id, &body.provider)
             .await?
-            .ok_or(Error::NotConnected)?;
+            .ok_or(Error::Token(TokenError::NotConnected))?;
         login_hint = login_hint.or(account.user_info.email);
         rules.expected_sub = Some(account.user_info.sub);
         // A live grant keeps its refresh token: no new one need be minted.

@@ -17,7 +17,7 @@ use crate::ids::UserId;
 use crate::oauth::grant;
 use crate::secrets::Operation;
 use crate::series::Label;
-use crate::tokens::ConnectionSummary;
+use crate::tokens::{ConnectionSummary, TokenError};
 
 /// `GET /v1/users/{userId}/connections`.
 pub(in crate::http) const LIST: Route = Route {
@@ -226,7 +226,7 @@ pub(in crate::http) async fn delete_connection(
         .tokens
         .disconnect(&user_id, &provider, &client, revoke)
         .await?
-        .ok_or(Error::NotConnected)?;
+        .ok_or(Error::Token(TokenError::NotConnected))?;
     Ok(axum::Json(Deleted {
         user_id: user_id.to_string(),
         provider,

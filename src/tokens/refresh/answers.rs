@@ -4,20 +4,20 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::error::Error;
 use crate::oauth::grant::Cause;
 use crate::series::Label;
 use crate::store::Connection;
+use crate::tokens::TokenError;
 
 /// 409 for a row whose grant is dead, with the cause it died of.
-pub(crate) fn reauthorization_required(row: &Connection) -> Error {
+pub(crate) fn reauthorization_required(row: &Connection) -> TokenError {
     let cause = row
         .refresh
         .inactive_cause
         .as_deref()
         .and_then(Cause::from_code)
         .unwrap_or(Cause::UnknownInvalidGrant);
-    Error::ReauthorizationRequired {
+    TokenError::ReauthorizationRequired {
         cause: cause.code().to_string(),
     }
 }
@@ -65,17 +65,21 @@ pub(super) fn count_lapse(outcome: LapseOutcome) {
 
 /// 503 while a lapsed lease is held for its attempt, counted with the suppressed
 /// refreshes (nothing is redeemed).
-pub(super) fn outcome_pending(provider: &str, retry_after: Duration) -> Error {
+pub(super) fn outcome_pending(provider: &str, retry_after: Duration) -> TokenError {
     metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => SuppressedReason::OutcomeUnknown.label()).increment(1);
-    Error::RefreshOutcomePending {
+    TokenError::RefreshOutcomePending {
         retry_after_secs: whole_secs(retry_after),
     }
 }
 
 /// 503 without calling the provider, counted.
-pub(super) fn suppressed(provider: &str, reason: SuppressedReason, retry_after: Duration) -> Error {
+pub(super) fn suppressed(
+    provider: &str,
+    reason: SuppressedReason,
+    retry_after: Duration,
+) -> TokenError {
     metrics::counter!(crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL, "provider" => provider.to_string(), "reason" => reason.label()).increment(1);
-    Error::RefreshSuppressed {
+    TokenError::RefreshSuppressed {
         reason: reason.label(),
         retry_after_secs: whole_secs(retry_after),
     }

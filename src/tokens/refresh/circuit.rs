@@ -1,13 +1,13 @@
 //! Each provider's circuit: refreshes stop for a while after repeated failures.
 
 use crate::breaker::{self, Trip};
-use crate::error::Error;
+use crate::tokens::TokenError;
 
 use super::{Refresher, SuppressedReason, lock, suppressed};
 
 impl Refresher {
     /// Whether the provider's circuit lets a refresh through (half-open: one probe).
-    pub(super) fn circuit_allows(&self, provider: &str) -> Result<(), Error> {
+    pub(super) fn circuit_allows(&self, provider: &str) -> Result<(), TokenError> {
         if self.policy.circuit_failures == 0 {
             return Ok(());
         }

@@ -23,13 +23,13 @@ use super::{Outcome, PERSIST_BACKOFF, RefreshOutcome, Refresher, TokenEndpoint, 
 mod release;
 
 use crate::crypto::Sealer;
-use crate::error::Error;
 use crate::events::{About, EventPayload};
 use crate::oauth::grant::{Cause, cause_of, minted_after};
 use crate::oauth::provider::{GrantRefusal, ProviderError};
 use crate::retry::Backoff;
 use crate::series::Label;
 use crate::store::{Connection, FlowStep, FlowSteps, RefreshLease, StoreError};
+use crate::tokens::TokenError;
 use crate::tokens::cache::Cached;
 use crate::tokens::token_set::{IssuedToken, TokenSet, TokenSource};
 
@@ -86,13 +86,13 @@ impl Holder<'_> {
             Ok(sealer) => sealer,
             Err(e) => {
                 r.circuit_record(provider, None);
-                return self.step_back(Error::from(e), tx).await;
+                return self.step_back(TokenError::from(e), tx).await;
             }
         };
         if Utc::now().timestamp_millis() >= self.held_until.load(Ordering::SeqCst) {
             // That took longer than the lease, which could not be extended meanwhile.
             r.circuit_record(provider, None);
-            return self.step_back(Error::RefreshBusy, tx).await;
+            return self.step_back(TokenError::RefreshBusy, tx).await;
         }
         let outcome = r
             .redeem(self.endpoint, &refresh_token, &self.held_until)
@@ -238,7 +238,9 @@ impl Holder<'_> {
                 Ok(envelope) => match self.write_refreshed(set, envelope, now).await {
                     // A write whose answer was lost may have landed: the row then holds
                     // this very envelope (sealed once, with its own nonce).
-                    Err(Error::Conflict) if failed_before && self.stored(envelope).await => Ok(()),
+                    Err(TokenError::Conflict) if failed_before && self.stored(envelope).await => {
+                        Ok(())
+                    }
                     other => other,
                 },
                 Err(e) => Err(e.clone()),
@@ -252,7 +254,9 @@ impl Holder<'_> {
                     self.flow_log.step(FlowStep::TokenRefreshed, d).await;
                     return true;
                 }
-                Err(e @ (Error::Conflict | Error::Internal(_) | Error::Crypto(_))) => {
+                Err(
+                    e @ (TokenError::Conflict | TokenError::Internal(_) | TokenError::Crypto(_)),
+                ) => {
                     // Taken over (the new holder's work stands), or tokens that cannot
                     // be sealed (which no retry mends).
                     tracing::error!(
@@ -261,7 +265,7 @@ impl Holder<'_> {
                         provider = row.provider,
                         "refreshed tokens were not stored"
                     );
-                    let reason = if matches!(e, Error::Conflict) {
+                    let reason = if matches!(e, TokenError::Conflict) {
                         "lease_lost"
                     } else {
                         e.code()
@@ -304,7 +308,7 @@ impl Holder<'_> {
         set: &TokenSet,
         envelope: &crate::crypto::Envelope,
         now: DateTime<Utc>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), TokenError> {
         let row = self.row;
         let updated = Connection {
             encrypted_tokens: envelope.clone(),
@@ -341,7 +345,7 @@ impl Holder<'_> {
     pub(super) async fn write_retried<F, W>(
         &self,
         tx: &watch::Sender<Option<Outcome>>,
-        answer: &Error,
+        answer: &TokenError,
         mut write: F,
     ) -> Result<(), StoreError>
     where

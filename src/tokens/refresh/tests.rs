@@ -264,7 +264,10 @@ async fn a_live_lease_of_another_attempt_is_waited_for() {
         ..policy()
     };
     let a = world.instance(impatient);
-    assert!(matches!(read(&a, &endpoint).await, Err(Error::RefreshBusy)));
+    assert!(matches!(
+        read(&a, &endpoint).await,
+        Err(TokenError::RefreshBusy)
+    ));
     assert_eq!(
         endpoint.calls(),
         0,
@@ -320,12 +323,12 @@ async fn a_lost_answer_is_not_retried_by_a_rotating_provider_and_names_the_death
     let lost = read(&a, &endpoint).await;
     assert!(matches!(
         lost,
-        Err(Error::Provider(ProviderError::OutcomeUnknown(_)))
+        Err(TokenError::Provider(ProviderError::OutcomeUnknown(_)))
     ));
     assert_eq!(endpoint.calls(), 1, "not presented again at once");
     assert!(world.row().await.refresh.unknown_since_ms.is_some());
     match read(&a, &endpoint).await {
-        Err(Error::ReauthorizationRequired { cause }) => {
+        Err(TokenError::ReauthorizationRequired { cause }) => {
             assert_eq!(
                 cause,
                 crate::oauth::grant::Cause::RefreshOutcomeUnknown.code()
@@ -373,12 +376,12 @@ async fn a_failure_cools_the_connection_down_on_every_instance() {
     let (a, b) = (world.instance(policy()), world.instance(policy()));
     assert!(matches!(
         read(&a, &endpoint).await,
-        Err(Error::Provider(ProviderError::Unavailable(_)))
+        Err(TokenError::Provider(ProviderError::Unavailable(_)))
     ));
     let attempts = endpoint.calls();
     for r in [&a, &b] {
         match read(r, &endpoint).await {
-            Err(Error::RefreshSuppressed {
+            Err(TokenError::RefreshSuppressed {
                 reason,
                 retry_after_secs,
             }) => {

@@ -9,11 +9,11 @@ use tokio::sync::watch;
 
 use super::super::{Outcome, millis};
 use super::Holder;
-use crate::error::Error;
 use crate::events::{About, EventPayload};
 use crate::oauth::grant::Cause;
 use crate::oauth::provider::ProviderError;
 use crate::store::{Connection, Event, FlowStep, LeaseRelease, RefreshState, StoreError};
+use crate::tokens::TokenError;
 
 impl Holder<'_> {
     /// Marks the row inactive: its refresh token is dead, of `cause`.
@@ -43,7 +43,7 @@ impl Holder<'_> {
             is_active: false,
             retry_after_secs: None,
         })];
-        let answer = Error::ReauthorizationRequired {
+        let answer = TokenError::ReauthorizationRequired {
             cause: cause.code().to_string(),
         };
         let written = self
@@ -54,7 +54,7 @@ impl Holder<'_> {
         match written {
             Ok(()) => {}
             // The lease was taken over: whoever holds it now decides; read again.
-            Err(StoreError::Conflict) => return Err(Error::RefreshBusy),
+            Err(StoreError::Conflict) => return Err(TokenError::RefreshBusy),
             Err(e) => {
                 tracing::warn!(error = %e, "marking a dead grant inactive failed; the next read finds out again")
             }
@@ -102,7 +102,7 @@ impl Holder<'_> {
         let first_failure = cool_down
             && row.refresh.retry_at_ms.is_none()
             && row.refresh.unknown_since_ms.is_none();
-        let err = Error::from(e);
+        let err = TokenError::from(e);
         let reason = if unknown {
             Cause::RefreshOutcomeUnknown.code()
         } else {
@@ -142,7 +142,7 @@ impl Holder<'_> {
     /// attempt: the key service is away), leaving the row's refresh state as it was.
     pub(super) async fn step_back(
         &self,
-        err: Error,
+        err: TokenError,
         tx: &watch::Sender<Option<Outcome>>,
     ) -> Outcome {
         let after = LeaseRelease {
@@ -162,7 +162,7 @@ impl Holder<'_> {
         &self,
         after: LeaseRelease,
         events: &[Event],
-        answer: &Error,
+        answer: &TokenError,
         tx: &watch::Sender<Option<Outcome>>,
     ) {
         let r = self.refresher;

@@ -78,7 +78,7 @@ async fn until_lapsed(world: &World) {
 
 fn pending_for(outcome: Outcome) -> u64 {
     match outcome {
-        Err(Error::RefreshOutcomePending { retry_after_secs }) => retry_after_secs,
+        Err(TokenError::RefreshOutcomePending { retry_after_secs }) => retry_after_secs,
         other => panic!("expected 503 outcome pending, got {:?}", other.map(|_| ())),
     }
 }
@@ -141,7 +141,7 @@ async fn a_hold_that_ends_without_the_holders_write_is_taken_over_knowing_the_ou
     // refusal names the unknown outcome rather than a revocation.
     tokio::time::sleep(grace + Duration::from_millis(100)).await;
     match read(&b, &endpoint).await {
-        Err(Error::ReauthorizationRequired { cause }) => {
+        Err(TokenError::ReauthorizationRequired { cause }) => {
             assert_eq!(cause, Cause::RefreshOutcomeUnknown.code())
         }
         other => panic!("expected 409, got {:?}", other.map(|_| ())),
@@ -169,9 +169,12 @@ async fn the_grace_starts_only_once_the_lapsed_lease_could_be_held() {
     b_link.set(READ_ONLY);
     until_lapsed(&world).await;
     let first_seen = read(&b, &endpoint).await;
-    assert!(matches!(first_seen, Err(Error::Store(_))), "503 store");
+    assert!(matches!(first_seen, Err(TokenError::Store(_))), "503 store");
     tokio::time::sleep(grace + Duration::from_millis(200)).await;
-    assert!(matches!(read(&b, &endpoint).await, Err(Error::Store(_))));
+    assert!(matches!(
+        read(&b, &endpoint).await,
+        Err(TokenError::Store(_))
+    ));
     // Writes come back: a grace since the first sight has passed, yet the lease is
     // held now (A may reach the store only now too), not taken over.
     b_link.set(UP);
@@ -199,7 +202,7 @@ async fn no_redeem_is_started_past_the_lease_a_cut_off_holder_could_not_extend()
     let outcome = redeemed_then_cut_off(&a, &link, &endpoint).await;
     assert!(matches!(
         outcome,
-        Err(Error::Provider(ProviderError::Unavailable(_)))
+        Err(TokenError::Provider(ProviderError::Unavailable(_)))
     ));
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -225,7 +228,7 @@ async fn a_release_that_fails_while_the_store_blips_lands_once_it_is_back() {
     let outcome = redeemed_then_cut_off(&a, &link, &endpoint).await;
     assert!(matches!(
         outcome,
-        Err(Error::Provider(ProviderError::Unavailable(_)))
+        Err(TokenError::Provider(ProviderError::Unavailable(_)))
     ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     link.set(UP);
@@ -252,7 +255,7 @@ async fn the_data_key_is_drawn_before_the_redeem() {
     // The key service is away: nothing is redeemed that could not be sealed.
     assert!(matches!(
         read(&a, &endpoint).await,
-        Err(Error::Crypto(CryptoError::Unavailable(_)))
+        Err(TokenError::Crypto(CryptoError::Unavailable(_)))
     ));
     assert_eq!(endpoint.calls(), 0);
     assert_eq!(
@@ -333,14 +336,14 @@ async fn a_circuit_probe_stopped_by_the_key_service_lets_the_next_probe_through(
     });
     assert!(matches!(
         read(&a, &endpoint).await,
-        Err(Error::Provider(ProviderError::Unavailable(_)))
+        Err(TokenError::Provider(ProviderError::Unavailable(_)))
     ));
     // The circuit is half-open: this read is its probe, and stops before the provider.
     tokio::time::sleep(Duration::from_millis(300)).await;
     keys.down.store(true, Ordering::SeqCst);
     assert!(matches!(
         read(&a, &endpoint).await,
-        Err(Error::Crypto(CryptoError::Unavailable(_)))
+        Err(TokenError::Crypto(CryptoError::Unavailable(_)))
     ));
     keys.down.store(false, Ordering::SeqCst);
     *lock(&endpoint.answers) = vec![(Duration::ZERO, Ok(()))].into();
