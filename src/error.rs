@@ -1,7 +1,8 @@
 //! The error of the request path, and the only place an HTTP status is chosen. Each
-//! service fails with its own type (the token service with
-//! [`TokenError`](crate::tokens::TokenError), which carries its problem code, cause and
-//! remedy, as the flow log and events record them); here each becomes an answer.
+//! service fails with its own type, which carries its problem code (and a grant's
+//! cause and remedy) as the flow log, metrics and events record them: the connect flow
+//! with [`ConnectError`], the token service with [`TokenError`]. Here each becomes an
+//! answer.
 //!
 //! API errors are RFC 9457 `application/problem+json` with a stable `code`. Browser
 //! endpoints wrap the same error in `http::browser::BrowserError`, which answers a
@@ -12,11 +13,10 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 
+use crate::connect::ConnectError;
 use crate::crypto::CryptoError;
-use crate::oauth::flow::SealError;
-use crate::oauth::provider::{IdTokenProblem, ProviderError};
-use crate::series::Label;
-use crate::store::{FlowFailure, StoreError};
+use crate::oauth::provider::ProviderError;
+use crate::store::StoreError;
 use crate::tokens::TokenError;
 
 mod response;
@@ -42,29 +42,6 @@ pub(crate) enum Error {
     MethodNotAllowed,
     #[error("returnTo is not in AXNT_ALLOWED_RETURN_URLS")]
     ReturnUrlNotAllowed,
-    #[error("the connect link is invalid")]
-    InvalidSession,
-    #[error("the connect link has expired")]
-    SessionExpired,
-    /// Connect links are single-use: this one was opened before.
-    #[error("the connect link was already used; ask the application for a new one")]
-    SessionUsed,
-    /// The verified account is not the one the connect session asked for
-    /// (`expectedEmail`, `hostedDomain`).
-    #[error("this account is not the one the application asked to connect")]
-    AccountNotAllowed,
-    #[error("the state parameter is invalid or missing")]
-    InvalidState,
-    #[error("the sign-in took too long and has expired")]
-    StateExpired,
-    #[error("the sign-in was started in another browser (binding cookie missing or different)")]
-    BrowserMismatch,
-    #[error("the provider reported {0}")]
-    AuthorizationDenied(String),
-    #[error("the ID token is invalid: {0}")]
-    IdTokenInvalid(IdTokenProblem),
-    #[error("the provider rejected the authorization code")]
-    CodeRejected,
     /// `POST /risc/google` got a token that is not a valid security event token for
     /// this client (signature, issuer, audience, shape).
     #[error("not a valid security event token: {0}")]
@@ -76,10 +53,6 @@ pub(crate) enum Error {
         missing: Vec<String>,
         step_up_url: String,
     },
-    /// The user granted fewer scopes than the flow asked for, and the flow does not
-    /// accept a partial grant (`partialGrant: reject`).
-    #[error("the user did not grant every scope asked for: {}", missing.join(" "))]
-    ScopesNotGranted { missing: Vec<String> },
     /// The audit trail could not take the read's record in time (its queue stayed
     /// full, `AXNT_AUDIT_BUFFER`): the token is not handed out unrecorded.
     #[error("the audit trail cannot record this read now; retry")]
@@ -87,6 +60,10 @@ pub(crate) enum Error {
     /// Start-up waits for a dependency (`/readyz` names it): only probes are served.
     #[error("the service is starting (waiting for a dependency, see /readyz); retry shortly")]
     Starting,
+    /// A connect flow's failure (its link, state, binding, the provider's answer, the
+    /// account and scope rules).
+    #[error(transparent)]
+    Connect(ConnectError),
     /// A failure of the token service (reads, grants, confirmations, connections).
     #[error(transparent)]
     Token(TokenError),
@@ -127,31 +104,13 @@ impl From<CryptoError> for Error {
 
 impl From<ProviderError> for Error {
     fn from(e: ProviderError) -> Self {
-        match e {
-            ProviderError::IdToken(problem) => Self::IdTokenInvalid(problem),
-            other => Self::Provider(other),
-        }
+        Self::Provider(e)
     }
 }
 
-impl From<SealError> for Error {
-    fn from(_: SealError) -> Self {
-        Self::InvalidState
-    }
-}
-
-/// What the flow log's `failed` item keeps of an error: its code, the ID token's
-/// problem when that was the cause, and the message.
-impl From<&Error> for FlowFailure {
-    fn from(e: &Error) -> Self {
-        Self {
-            code: e.code(),
-            reason: match e {
-                Error::IdTokenInvalid(problem) => Some(problem.label()),
-                _ => None,
-            },
-            message: e.to_string(),
-        }
+impl From<ConnectError> for Error {
+    fn from(e: ConnectError) -> Self {
+        Self::Connect(e)
     }
 }
 
@@ -195,26 +154,15 @@ impl Error {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::InvalidRequest(_)
-            | Self::ReturnUrlNotAllowed
-            | Self::InvalidSession
-            | Self::SessionExpired
-            | Self::InvalidState
-            | Self::StateExpired
-            | Self::BrowserMismatch
-            | Self::AuthorizationDenied(_)
-            | Self::IdTokenInvalid(_)
-            | Self::InvalidSecurityEvent(_)
-            | Self::CodeRejected => StatusCode::BAD_REQUEST,
+            Self::InvalidRequest(_) | Self::ReturnUrlNotAllowed | Self::InvalidSecurityEvent(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
-            Self::SessionUsed => StatusCode::CONFLICT,
-            Self::AccountNotAllowed
-            | Self::InsufficientScope { .. }
-            | Self::CallerNotAllowed(_) => StatusCode::FORBIDDEN,
-            Self::ScopesNotGranted { .. } => StatusCode::FORBIDDEN,
+            Self::InsufficientScope { .. } | Self::CallerNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::Connect(e) => connect_status(e),
             Self::Token(e) => token_status(e),
             Self::Provider(e) => provider_status(e),
             Self::Store(e) => store_status(e),
@@ -237,22 +185,11 @@ impl Error {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RouteNotFound => "not_found",
             Self::ReturnUrlNotAllowed => "return_url_not_allowed",
-            Self::InvalidSession => "invalid_session",
-            Self::SessionExpired => "session_expired",
-            Self::SessionUsed => "session_already_used",
-            Self::AccountNotAllowed => "account_not_allowed",
-            Self::InvalidState => "invalid_state",
-            Self::StateExpired => "state_expired",
-            Self::BrowserMismatch => "browser_mismatch",
-            Self::AuthorizationDenied(e) if e == "access_denied" => "access_denied",
-            Self::AuthorizationDenied(_) => "authorization_failed",
-            Self::IdTokenInvalid(_) => "id_token_invalid",
-            Self::CodeRejected => "code_rejected",
             Self::InvalidSecurityEvent(_) => "invalid_security_event",
             Self::InsufficientScope { .. } => "insufficient_scope",
-            Self::ScopesNotGranted { .. } => "scopes_not_granted",
             Self::AuditUnavailable => "audit_unavailable",
             Self::Starting => "starting",
+            Self::Connect(e) => e.code(),
             Self::Token(e) => e.code(),
             Self::Provider(e) => e.code(),
             Self::Store(e) => e.code(),
@@ -265,6 +202,7 @@ impl Error {
     /// what failed, not how (the how is in our log).
     pub(crate) fn public_detail(&self) -> String {
         match self {
+            Self::Connect(e) => e.public_detail(),
             Self::Token(e) => e.public_detail(),
             Self::Provider(e) => e.public_detail(),
             Self::Store(StoreError::Conflict) => "the row was changed concurrently; retry".into(),
@@ -278,6 +216,7 @@ impl Error {
     /// Why a grant is dead or a refresh failed, as a stable code (`cause` in the body).
     pub(crate) fn cause(&self) -> Option<&str> {
         match self {
+            Self::Connect(e) => e.cause(),
             Self::Token(e) => e.cause(),
             Self::Provider(e) => e.cause(),
             _ => None,
@@ -288,6 +227,7 @@ impl Error {
     /// (`remedy` in the body).
     pub(crate) fn remedy(&self) -> Option<&'static str> {
         match self {
+            Self::Connect(e) => e.remedy(),
             Self::Token(e) => e.remedy(),
             Self::Provider(e) => e.remedy(),
             Self::InsufficientScope { .. } => Some(
@@ -300,9 +240,11 @@ impl Error {
     /// Seconds a client should wait before retrying, for the answers that say so (503
     /// and 429, in `Retry-After`).
     pub(crate) fn retry_after_secs(&self) -> Option<u64> {
-        if let Self::Token(e) = self
-            && let Some(secs) = e.retry_after_secs()
-        {
+        let token = match self {
+            Self::Token(e) | Self::Connect(ConnectError::Token(e)) => Some(e),
+            _ => None,
+        };
+        if let Some(secs) = token.and_then(TokenError::retry_after_secs) {
             return Some(secs);
         }
         match self {
@@ -322,6 +264,28 @@ impl Error {
             code: self.code(),
             message: self.to_string(),
         }
+    }
+}
+
+/// A connect flow's failure's status.
+fn connect_status(e: &ConnectError) -> StatusCode {
+    match e {
+        ConnectError::InvalidSession
+        | ConnectError::SessionExpired
+        | ConnectError::InvalidState
+        | ConnectError::StateExpired
+        | ConnectError::BrowserMismatch
+        | ConnectError::AuthorizationDenied(_)
+        | ConnectError::IdTokenInvalid(_)
+        | ConnectError::CodeRejected
+        | ConnectError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+        ConnectError::SessionUsed => StatusCode::CONFLICT,
+        ConnectError::AccountNotAllowed | ConnectError::ScopesNotGranted { .. } => {
+            StatusCode::FORBIDDEN
+        }
+        ConnectError::Token(e) => token_status(e),
+        ConnectError::Provider(e) => provider_status(e),
+        ConnectError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -386,21 +350,11 @@ pub(crate) fn one_of_each() -> Vec<Error> {
             | Error::RouteNotFound
             | Error::MethodNotAllowed
             | Error::ReturnUrlNotAllowed
-            | Error::InvalidSession
-            | Error::SessionExpired
-            | Error::SessionUsed
-            | Error::AccountNotAllowed
-            | Error::InvalidState
-            | Error::StateExpired
-            | Error::BrowserMismatch
-            | Error::AuthorizationDenied(_)
-            | Error::IdTokenInvalid(_)
-            | Error::CodeRejected
             | Error::InvalidSecurityEvent(_)
             | Error::InsufficientScope { .. }
-            | Error::ScopesNotGranted { .. }
             | Error::AuditUnavailable
             | Error::Starting
+            | Error::Connect(_)
             | Error::Token(_)
             | Error::Provider(_)
             | Error::Store(_)
@@ -417,27 +371,32 @@ pub(crate) fn one_of_each() -> Vec<Error> {
         Error::InvalidRequest(s()),
         Error::UnsupportedMediaType(s()),
         Error::PayloadTooLarge,
-        Error::SessionUsed,
-        Error::AccountNotAllowed,
         Error::RouteNotFound,
         Error::MethodNotAllowed,
         Error::ReturnUrlNotAllowed,
-        Error::InvalidSession,
-        Error::SessionExpired,
-        Error::InvalidState,
-        Error::StateExpired,
-        Error::BrowserMismatch,
-        Error::AuthorizationDenied("access_denied".into()),
-        Error::AuthorizationDenied("server_error".into()),
-        Error::IdTokenInvalid(IdTokenProblem::Expired),
-        Error::CodeRejected,
+        Error::Connect(ConnectError::InvalidSession),
+        Error::Connect(ConnectError::SessionExpired),
+        Error::Connect(ConnectError::SessionUsed),
+        Error::Connect(ConnectError::InvalidState),
+        Error::Connect(ConnectError::StateExpired),
+        Error::Connect(ConnectError::BrowserMismatch),
+        Error::Connect(ConnectError::AuthorizationDenied("access_denied".into())),
+        Error::Connect(ConnectError::AuthorizationDenied("server_error".into())),
+        Error::Connect(ConnectError::IdTokenInvalid(IdTokenProblem::Expired)),
+        Error::Connect(ConnectError::CodeRejected),
+        Error::Connect(ConnectError::AccountNotAllowed),
+        Error::Connect(ConnectError::ScopesNotGranted {
+            missing: vec!["https://www.googleapis.com/auth/drive".into()],
+        }),
+        Error::Connect(ConnectError::InvalidRequest(s())),
+        Error::Connect(ConnectError::Token(TokenError::RefreshBusy)),
+        Error::Connect(ConnectError::Provider(ProviderError::Unavailable(s()))),
+        Error::Connect(ConnectError::Internal(s())),
+        Error::Provider(ProviderError::IdToken(IdTokenProblem::Missing)),
         Error::InvalidSecurityEvent(s()),
         Error::InsufficientScope {
             missing: vec!["https://www.googleapis.com/auth/drive".into()],
             step_up_url: "http://127.0.0.1/oauth/google/start?session=x".into(),
-        },
-        Error::ScopesNotGranted {
-            missing: vec!["https://www.googleapis.com/auth/drive".into()],
         },
         Error::AuditUnavailable,
         Error::Starting,

@@ -136,10 +136,10 @@ mod layout {
         &["app"],
         // Where requests enter.
         &["http"],
-        // The connect flow, over the services.
-        &["connect"],
         // The API's error: each service's failures mapped to HTTP, once.
         &["error"],
+        // The connect flow, over the services.
+        &["connect"],
         // Services, each with its own failures.
         &["tokens", "webhooks", "audit"],
         // What an event tells (a grant's forecast among it).

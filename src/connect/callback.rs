@@ -10,8 +10,8 @@ use chrono::Utc;
 use secrecy::SecretString;
 use serde_json::json;
 
+use super::ConnectError;
 use super::{ConnectService, count_completed, count_failed};
-use crate::error::Error;
 use crate::oauth::flow::FlowState;
 use crate::oauth::grant::{self, PartialGrant};
 use crate::oauth::provider::{IdTokenProblem, OidcProvider, ProviderError, ProviderTokens};
@@ -97,7 +97,7 @@ impl ConnectService {
         flow: FlowState,
         callback: Callback,
         client: ClientInfo,
-    ) -> Result<Completed, Error> {
+    ) -> Result<Completed, ConnectError> {
         let flow_log = self
             .flow_log
             .flow(&flow.user_id, &flow.flow_id, provider.name(), &client);
@@ -112,7 +112,7 @@ impl ConnectService {
         self.tokens
             .spawn_owned(async move { this.run(provider.as_ref(), &flow, callback, &client).await })
             .await
-            .map_err(|e| Error::Internal(format!("callback task: {e}")))?
+            .map_err(|e| ConnectError::Internal(format!("callback task: {e}")))?
     }
 
     /// The steps, then the outcome in the flow log and the metrics.
@@ -122,7 +122,7 @@ impl ConnectService {
         flow: &FlowState,
         callback: Callback,
         client: &ClientInfo,
-    ) -> Result<Completed, Error> {
+    ) -> Result<Completed, ConnectError> {
         let name = provider.name();
         let flow_log = self
             .flow_log
@@ -150,17 +150,20 @@ impl ConnectService {
         flow: &FlowState,
         callback: Callback,
         flow_log: &FlowSteps<'_>,
-    ) -> Result<Completed, (FlowStep, Error)> {
+    ) -> Result<Completed, (FlowStep, ConnectError)> {
         let name = provider.name();
         if let Some(code) = callback.provider_error {
-            return Err((FlowStep::CallbackReceived, Error::AuthorizationDenied(code)));
+            return Err((
+                FlowStep::CallbackReceived,
+                ConnectError::AuthorizationDenied(code),
+            ));
         }
         let code = callback
             .code
             .filter(|c| !c.is_empty() && c.len() <= 4096)
             .ok_or((
                 FlowStep::CallbackReceived,
-                Error::InvalidRequest("the callback carries no code".into()),
+                ConnectError::InvalidRequest("the callback carries no code".into()),
             ))?;
         let tokens = provider
             .exchange_code(
@@ -170,8 +173,10 @@ impl ConnectService {
             )
             .await
             .map_err(|e| match e {
-                ProviderError::InvalidGrant(_) => (FlowStep::CodeExchanged, Error::CodeRejected),
-                other => (FlowStep::CodeExchanged, Error::from(other)),
+                ProviderError::InvalidGrant(_) => {
+                    (FlowStep::CodeExchanged, ConnectError::CodeRejected)
+                }
+                other => (FlowStep::CodeExchanged, ConnectError::from(other)),
             })?;
         flow_log
             .step(
@@ -186,12 +191,12 @@ impl ConnectService {
             .await;
         let id_token = tokens.id_token.as_ref().ok_or((
             FlowStep::IdTokenVerified,
-            Error::IdTokenInvalid(IdTokenProblem::Missing),
+            ConnectError::IdTokenInvalid(IdTokenProblem::Missing),
         ))?;
         let user_info = provider
             .verify_id_token(id_token, &flow.nonce)
             .await
-            .map_err(|e| (FlowStep::IdTokenVerified, Error::from(e)))?;
+            .map_err(|e| (FlowStep::IdTokenVerified, ConnectError::from(e)))?;
         flow_log
             .step(
                 FlowStep::IdTokenVerified,
@@ -214,7 +219,10 @@ impl ConnectService {
             // Nothing is stored: a connection the user had stays as it was. The grant is
             // not revoked either: Google's revocation would end every scope this project
             // holds for the account, that connection's included.
-            return Err((FlowStep::TokensStored, Error::ScopesNotGranted { missing }));
+            return Err((
+                FlowStep::TokensStored,
+                ConnectError::ScopesNotGranted { missing },
+            ));
         }
         if flow.rules.require_confirmation {
             fresh.requested_scopes = requested;
@@ -258,7 +266,7 @@ impl ConnectService {
 /// The session's account constraints, against the verified ID token: `expectedEmail`
 /// must be the token's email, verified; `hostedDomain` its `hd`. Both compared without
 /// regard to ASCII case.
-fn check_account(flow: &FlowState, user: &UserInfo) -> Result<(), Error> {
+fn check_account(flow: &FlowState, user: &UserInfo) -> Result<(), ConnectError> {
     let email_ok = flow.rules.expected_email.as_ref().is_none_or(|expected| {
         user.email_verified == Some(true)
             && user
@@ -279,7 +287,7 @@ fn check_account(flow: &FlowState, user: &UserInfo) -> Result<(), Error> {
     if email_ok && domain_ok && sub_ok {
         Ok(())
     } else {
-        Err(Error::AccountNotAllowed)
+        Err(ConnectError::AccountNotAllowed)
     }
 }
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use serde_json::json;
 
+use super::ConnectError;
 use super::callback::stored_step_data;
 use super::{ConnectService, count_completed};
-use crate::error::Error;
 use crate::ids::{FlowId, UserId};
 use crate::secrets::Caller;
 use crate::store::FlowStep;
@@ -39,12 +39,12 @@ impl ConnectService {
         caller: Arc<Caller>,
         client: ClientInfo,
         confirmation: Confirmation,
-    ) -> Result<Confirmed, Error> {
+    ) -> Result<Confirmed, ConnectError> {
         let this = Arc::clone(self);
         self.tokens
             .spawn_owned(async move { this.confirm_and_log(&caller, &client, confirmation).await })
             .await
-            .map_err(|e| Error::Internal(format!("confirm task: {e}")))?
+            .map_err(|e| ConnectError::Internal(format!("confirm task: {e}")))?
     }
 
     async fn confirm_and_log(
@@ -52,7 +52,7 @@ impl ConnectService {
         caller: &Caller,
         client: &ClientInfo,
         confirmation: Confirmation,
-    ) -> Result<Confirmed, Error> {
+    ) -> Result<Confirmed, ConnectError> {
         let confirmed = self
             .tokens
             .confirm_grant(

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::ConnectError;
 use super::ConnectService;
-use crate::error::Error;
 use crate::ids::{FlowId, UserId};
 use crate::oauth::ReturnUrl;
 use crate::oauth::flow::{
@@ -47,7 +47,7 @@ impl ConnectService {
         &self,
         client: &ClientInfo,
         request: LinkRequest<'_>,
-    ) -> Result<Link, Error> {
+    ) -> Result<Link, ConnectError> {
         let LinkRequest {
             user_id,
             provider,
@@ -77,7 +77,7 @@ impl ConnectService {
                 .settings
                 .public_url(&format!("/oauth/{provider}/start")),
         )
-        .map_err(|e| Error::Internal(format!("public URL: {e}")))?;
+        .map_err(|e| ConnectError::Internal(format!("public URL: {e}")))?;
         url.query_pairs_mut().append_pair("session", &sealed);
         self.flow_log
             .flow(user_id, &session.flow_id, provider, client)
@@ -109,16 +109,16 @@ impl ConnectService {
 
 /// Seals the link's `session`, and checks the `state` `/start` will make from it fits
 /// too, so no link fails only after the user consented.
-fn seal_link(sealer: &StateSealer, session: &ConnectSession) -> Result<String, Error> {
+fn seal_link(sealer: &StateSealer, session: &ConnectSession) -> Result<String, ConnectError> {
     let seal = || {
         sealer.seal(Purpose::AuthorizationState, &session.largest_state())?;
         sealer.seal(Purpose::ConnectSession, session)
     };
     seal().map_err(|e| match e {
-        SealError::TooLarge => Error::InvalidRequest(format!(
+        SealError::TooLarge => ConnectError::InvalidRequest(format!(
             "the connect link would be longer than {MAX_SEALED_LEN} characters: \
              shorten returnTo or loginHint, or request fewer scopes"
         )),
-        SealError::Invalid => Error::Internal("sealing the connect session failed".into()),
+        SealError::Invalid => ConnectError::Internal("sealing the connect session failed".into()),
     })
 }

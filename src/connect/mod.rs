@@ -8,13 +8,13 @@
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::error::Error;
 use crate::oauth::flow::StateSealer;
 use crate::store::FlowRecorder;
 use crate::tokens::TokenService;
 
 mod callback;
 mod confirm;
+mod error;
 mod links;
 mod start;
 #[cfg(test)]
@@ -22,6 +22,7 @@ mod tests;
 
 pub(crate) use callback::{Callback, Completed};
 pub(crate) use confirm::{CONFIRMED, Confirmation};
+pub(crate) use error::ConnectError;
 pub(crate) use links::{LinkKind, LinkRequest};
 
 /// What the connect flow works with.
@@ -73,13 +74,13 @@ pub(crate) const FLOW_FAILURE_REASONS: [&str; 19] = [
 ];
 
 /// Counts a flow refused before anything was logged for it, and hands its error back.
-pub(crate) fn count_rejected(provider_name: &str, error: Error) -> Error {
+pub(crate) fn count_rejected(provider_name: &str, error: ConnectError) -> ConnectError {
     count_failed(provider_name, &error);
     error
 }
 
 /// `axnt_flows_failed_total{provider, reason}`.
-fn count_failed(provider_name: &str, error: &Error) {
+fn count_failed(provider_name: &str, error: &ConnectError) {
     metrics::counter!(crate::series::FLOWS_FAILED_TOTAL, "provider" => provider_name.to_string(), "reason" => error.code()).increment(1);
 }
 

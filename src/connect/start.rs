@@ -6,9 +6,9 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::json;
 
+use super::ConnectError;
 use super::{ConnectService, count_failed, count_rejected};
 use crate::crypto::random_token;
-use crate::error::Error;
 use crate::oauth::flow::{ConnectSession, FlowState, Purpose, new_binding};
 use crate::oauth::provider::{AuthorizationRequest, OidcProvider};
 use crate::store::FlowStep;
@@ -23,7 +23,7 @@ pub(crate) struct Started {
 
 /// A flow that could not start.
 pub(crate) struct StartFailed {
-    pub(crate) error: Error,
+    pub(crate) error: ConnectError,
     /// Whether the browser goes back to the application's return URL with the error
     /// (else a page shows it: a link used twice, or a provider that cannot be reached,
     /// is a problem the operator should see, not the application).
@@ -31,7 +31,7 @@ pub(crate) struct StartFailed {
 }
 
 impl StartFailed {
-    fn page(error: Error) -> Self {
+    fn page(error: ConnectError) -> Self {
         Self {
             error,
             to_return_url: false,
@@ -67,7 +67,7 @@ impl ConnectService {
             .sealer
             .seal(Purpose::AuthorizationState, &flow)
             .map_err(|_| StartFailed {
-                error: Error::Internal("sealing flow state failed".into()),
+                error: ConnectError::Internal("sealing flow state failed".into()),
                 to_return_url: true,
             })?;
         let flow_log = self
@@ -92,7 +92,7 @@ impl ConnectService {
         {
             Ok(url) => url,
             Err(e) => {
-                let error = Error::from(e);
+                let error = ConnectError::from(e);
                 flow_log.failed(FlowStep::AuthorizeRedirect, &error).await;
                 count_failed(provider_name, &error);
                 return Err(StartFailed::page(error));
@@ -110,11 +110,11 @@ impl ConnectService {
             Ok(false) => {
                 return Err(StartFailed::page(count_rejected(
                     provider_name,
-                    Error::SessionUsed,
+                    ConnectError::SessionUsed,
                 )));
             }
             Err(error) => {
-                let error = Error::from(error);
+                let error = ConnectError::from(error);
                 flow_log.failed(FlowStep::AuthorizeRedirect, &error).await;
                 return Err(StartFailed::page(error));
             }

@@ -132,7 +132,7 @@ impl World {
         provider: &Arc<Scripted>,
         rules: FlowRules,
         callback: Callback,
-    ) -> (FlowId, Result<Completed, Error>) {
+    ) -> (FlowId, Result<Completed, ConnectError>) {
         let flow_id = FlowId::new();
         let flow = FlowState {
             user_id: UserId::parse(USER).expect("valid"),
@@ -273,7 +273,7 @@ async fn another_account_than_the_pinned_one_is_refused_and_nothing_stored() {
         ..FlowRules::default()
     };
     let (flow_id, done) = world.finish(&provider, rules, code()).await;
-    assert!(matches!(done, Err(Error::AccountNotAllowed)));
+    assert!(matches!(done, Err(ConnectError::AccountNotAllowed)));
     assert!(!world.connected().await, "nothing stored");
     world
         .ended_in_failure(&flow_id, "account_not_allowed")
@@ -291,7 +291,7 @@ async fn a_partial_grant_refused_by_policy_stores_nothing() {
     };
     let (_, done) = world.finish(&provider, rules, code()).await;
     assert!(
-        matches!(&done, Err(Error::ScopesNotGranted { missing }) if missing == &["https://www.googleapis.com/auth/drive.readonly"]),
+        matches!(&done, Err(ConnectError::ScopesNotGranted { missing }) if missing == &["https://www.googleapis.com/auth/drive.readonly"]),
         "{:?}",
         done.as_ref().err()
     );
@@ -309,7 +309,7 @@ async fn a_provider_error_ends_the_flow_before_any_code_is_redeemed() {
     let (flow_id, done) = world
         .finish(&provider, FlowRules::default(), callback)
         .await;
-    assert!(matches!(done, Err(Error::AuthorizationDenied(ref c)) if c == "access_denied"));
+    assert!(matches!(done, Err(ConnectError::AuthorizationDenied(ref c)) if c == "access_denied"));
     assert_eq!(provider.exchanged.load(Ordering::SeqCst), 0);
     let steps = world.steps(&flow_id).await;
     assert_eq!(steps.last().map(|s| s.0), Some(FlowStep::Failed));
@@ -322,20 +322,46 @@ async fn a_code_the_provider_refuses_ends_as_code_rejected() {
         GrantRefusal::ExpiredOrRevoked,
     )));
     let (flow_id, done) = world.finish(&provider, FlowRules::default(), code()).await;
-    assert!(matches!(done, Err(Error::CodeRejected)));
+    assert!(matches!(done, Err(ConnectError::CodeRejected)));
     assert!(!world.connected().await, "nothing stored");
     world.ended_in_failure(&flow_id, "code_rejected").await;
 }
 
-/// The failure reasons registered at start-up are problem codes the service answers
-/// with, so a flow's failure is counted under one of them.
+/// The failure reasons registered at start-up are the codes a flow can fail with, so
+/// a flow's failure is counted under one of them.
 #[test]
-fn every_registered_failure_reason_is_a_problem_code() {
-    let codes: Vec<&str> = crate::error::one_of_each()
-        .iter()
-        .map(Error::code)
-        .collect();
+fn every_registered_failure_reason_is_a_flow_failure_code() {
+    use crate::crypto::CryptoError;
+    use crate::oauth::provider::IdTokenProblem;
+    use crate::store::StoreError;
+    use crate::tokens::TokenError;
+    let s = String::new;
+    let failures = [
+        ConnectError::InvalidSession,
+        ConnectError::SessionExpired,
+        ConnectError::SessionUsed,
+        ConnectError::InvalidState,
+        ConnectError::StateExpired,
+        ConnectError::BrowserMismatch,
+        ConnectError::AuthorizationDenied("access_denied".into()),
+        ConnectError::AuthorizationDenied("server_error".into()),
+        ConnectError::IdTokenInvalid(IdTokenProblem::Expired),
+        ConnectError::CodeRejected,
+        ConnectError::AccountNotAllowed,
+        ConnectError::ScopesNotGranted { missing: vec![] },
+        ConnectError::Provider(ProviderError::Unavailable(s())),
+        ConnectError::Provider(ProviderError::Rejected { error: s() }),
+        ConnectError::Provider(ProviderError::NotConfigured(s())),
+        ConnectError::Token(TokenError::Store(StoreError::Unavailable(s()))),
+        ConnectError::Token(TokenError::Store(StoreError::Throttled(s()))),
+        ConnectError::Token(TokenError::Crypto(CryptoError::Unavailable(s()))),
+        ConnectError::Internal(s()),
+    ];
+    let codes: Vec<&str> = failures.iter().map(ConnectError::code).collect();
     for reason in super::FLOW_FAILURE_REASONS {
-        assert!(codes.contains(&reason), "{reason} is no problem code");
+        assert!(
+            codes.contains(&reason),
+            "{reason} is no flow failure's code"
+        );
     }
 }

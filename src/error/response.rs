@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::Error;
+use crate::connect::ConnectError;
 
 /// RFC 9457 problem details: the body of every error answer of the internal API. Its
 /// schema in the OpenAPI document is derived from this type, so the two cannot differ.
@@ -69,7 +70,8 @@ impl IntoResponse for Error {
             cause: self.cause(),
             remedy: self.remedy(),
             missing_scopes: match &self {
-                Self::InsufficientScope { missing, .. } | Self::ScopesNotGranted { missing } => {
+                Self::InsufficientScope { missing, .. }
+                | Self::Connect(ConnectError::ScopesNotGranted { missing }) => {
                     Some(missing.as_slice())
                 }
                 _ => None,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::http::{HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 
+use crate::connect::ConnectError;
 use crate::error::Error;
 use crate::oauth::ReturnUrl;
 
@@ -21,6 +22,12 @@ pub(crate) struct BrowserError {
 
 impl From<crate::tokens::TokenError> for BrowserError {
     fn from(error: crate::tokens::TokenError) -> Self {
+        Error::from(error).into()
+    }
+}
+
+impl From<crate::connect::ConnectError> for BrowserError {
+    fn from(error: crate::connect::ConnectError) -> Self {
         Error::from(error).into()
     }
 }
@@ -45,7 +52,9 @@ impl IntoResponse for BrowserError {
                     pairs.push(("flowId", flow_id.as_str()));
                 }
                 let missing = match &self.error {
-                    Error::ScopesNotGranted { missing } => Some(missing.join(" ")),
+                    Error::Connect(ConnectError::ScopesNotGranted { missing }) => {
+                        Some(missing.join(" "))
+                    }
                     _ => None,
                 };
                 if let Some(missing) = &missing {

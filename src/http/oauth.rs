@@ -16,8 +16,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 
 use super::browser::{BrowserError, html_escape};
 use super::{ApiPath, ApiQuery, AppState, Client, Route};
-use crate::connect::{Callback, Completed};
-use crate::error::Error;
+use crate::connect::{Callback, Completed, ConnectError};
 use crate::ids::FlowId;
 use crate::oauth::ReturnUrl;
 use crate::oauth::flow::{
@@ -84,13 +83,13 @@ async fn start(
         .session
         .as_deref()
         .and_then(|s| state.sealer.open(Purpose::ConnectSession, s).ok())
-        .ok_or(Error::InvalidSession)?;
+        .ok_or(ConnectError::InvalidSession)?;
     if session.provider != provider_name {
-        return Err(Error::InvalidSession.into());
+        return Err(ConnectError::InvalidSession.into());
     }
     record_flow_ids(&session.user_id, &session.flow_id);
     if session.expires_at < Utc::now().timestamp() {
-        return Err(Error::SessionExpired.into());
+        return Err(ConnectError::SessionExpired.into());
     }
     let started = state
         .connect
@@ -102,7 +101,7 @@ async fn start(
                 .then(|| session.return_to.clone())
                 .flatten(),
             flow_id: failed.to_return_url.then(|| session.flow_id.clone()),
-            error: failed.error,
+            error: failed.error.into(),
         })?;
     let cookie = binding_cookie(&state, &provider_name, &session.flow_id, started.binding)
         .http_only(true)
@@ -168,9 +167,9 @@ async fn callback(
         .state
         .as_deref()
         .and_then(|s| state.sealer.open(Purpose::AuthorizationState, s).ok())
-        .ok_or(Error::InvalidState)?;
+        .ok_or(ConnectError::InvalidState)?;
     if flow.provider != provider_name {
-        return Err(Error::InvalidState.into());
+        return Err(ConnectError::InvalidState.into());
     }
     record_flow_ids(&flow.user_id, &flow.flow_id);
     // Browser binding and expiry are checked before anything is written: a leaked
@@ -183,7 +182,9 @@ async fn callback(
     if !bound {
         // Not this browser's flow: show a page rather than send a stranger's browser
         // to the application's return URL.
-        return Err(crate::connect::count_rejected(&provider_name, Error::BrowserMismatch).into());
+        return Err(
+            crate::connect::count_rejected(&provider_name, ConnectError::BrowserMismatch).into(),
+        );
     }
     // The return URL is checked again: the allow-list may have changed since the link
     // was made, and a URL no longer allowed gets the page instead.
@@ -192,15 +193,15 @@ async fn callback(
         .as_ref()
         .and_then(|r| state.return_urls.check(r.as_str()));
     let flow_id = flow.flow_id.clone();
-    let fail = |error: Error| BrowserError {
-        error,
+    let fail = |error: ConnectError| BrowserError {
+        error: error.into(),
         return_to: return_to.clone(),
         flow_id: Some(flow_id.clone()),
     };
     if flow.expires_at < Utc::now().timestamp() {
         return Err(fail(crate::connect::count_rejected(
             &provider_name,
-            Error::StateExpired,
+            ConnectError::StateExpired,
         )));
     }
     let provider_name = flow.provider.clone();
