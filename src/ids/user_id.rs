@@ -47,6 +47,29 @@ impl UserId {
     }
 }
 
+/// The rule as the OpenAPI document states it (`UserId`): [`UserId::parse`] with its
+/// ranges written as a pattern ([`is_invisible`]'s, control characters, `/` and `\`).
+const PATTERN: &str =
+    r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$";
+
+/// The schema every `userId` in the OpenAPI document refers to.
+impl utoipa::PartialSchema for UserId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "The application's id for its user: 1 to 256 bytes of printable text without `/`, `\\` or invisible characters, and not `.` or `..`",
+            ))
+            .min_length(Some(1))
+            .max_length(Some(Self::MAX_LEN))
+            .pattern(Some(PATTERN))
+            .examples(["u-1"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for UserId {}
+
 /// Characters that print as nothing yet make two ids that look the same differ: zero
 /// width spaces and joiners, direction marks and overrides, the byte order mark.
 fn is_invisible(c: char) -> bool {

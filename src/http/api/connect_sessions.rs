@@ -47,9 +47,6 @@ pub(super) fn router(state: &AppState) -> Router<AppState> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schema(example = json!({"userId": "u-1", "provider": "google"}))]
 pub(in crate::http) struct ConnectSessionRequest {
-    /// 1 to 256 bytes of printable text without `/`, `\` or invisible characters,
-    /// and not `.` or `..`.
-    #[schema(value_type = String, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$")]
     user_id: UserId,
     /// The provider's name, e.g. `google`.
     provider: String,
@@ -264,7 +261,7 @@ pub(in crate::http) struct ConfirmRequest {
     ///
     /// Required: a confirm without it is refused as one by another user would be.
     #[serde(default)]
-    #[schema(value_type = String, required = true, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$")]
+    #[schema(value_type = UserId, required = true)]
     user_id: Option<UserId>,
     /// The `confirmationCode` the flow's return redirect carried (one-time); a wrong
     /// one discards the held grant (404).

@@ -20,8 +20,7 @@ pub(super) mod tokens;
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path, rename_all = "camelCase")]
 pub(in crate::http) struct UserPath {
-    /// The application's id for its user: 1 to 256 bytes of printable text without `/`, `\` or invisible characters, and not `.` or `..`
-    #[param(value_type = String, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1")]
+    /// The application's id for its user
     pub(in crate::http) user_id: UserId,
 }
 
@@ -30,8 +29,7 @@ pub(in crate::http) struct UserPath {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path, rename_all = "camelCase")]
 pub(in crate::http) struct ConnectionPath {
-    /// The application's id for its user: 1 to 256 bytes of printable text without `/`, `\` or invisible characters, and not `.` or `..`
-    #[param(value_type = String, min_length = 1, max_length = 256, pattern = r"^[^/\\\u0000-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+$", example = "u-1")]
+    /// The application's id for its user
     pub(in crate::http) user_id: UserId,
     /// The provider's name
     #[param(example = "google")]
