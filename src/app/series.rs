@@ -157,6 +157,7 @@ fn describe() {
             kind,
             unit,
             help,
+            ..
         } = series;
         match (kind, unit) {
             (Kind::Counter, Some(unit)) => describe_counter!(name, unit, help),
@@ -166,5 +167,62 @@ fn describe() {
             (Kind::Histogram, Some(unit)) => describe_histogram!(name, unit, help),
             (Kind::Histogram, None) => describe_histogram!(name, help),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// What start-up registers is the catalogue's: each sample a declared series, with
+    /// exactly the label names the catalogue gives it.
+    #[test]
+    fn registered_series_carry_the_labels_the_catalogue_declares() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            register(Backend::Aws, &["google".to_string()]);
+        });
+        let text = handle.render();
+        let mut seen = BTreeSet::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let head = line.rsplit_once(' ').map_or(line, |(head, _)| head);
+            let (name, keys) = match head.split_once('{') {
+                Some((name, pairs)) => (
+                    name,
+                    pairs
+                        .trim_end_matches('}')
+                        .split(',')
+                        .filter_map(|pair| pair.split_once('=').map(|(key, _)| key))
+                        .filter(|key| !["le", "quantile"].contains(key))
+                        .collect::<BTreeSet<_>>(),
+                ),
+                None => (head, BTreeSet::new()),
+            };
+            let series = crate::series::ALL
+                .iter()
+                .find(|s| {
+                    name == s.name
+                        || (s.kind == Kind::Histogram
+                            && ["_bucket", "_sum", "_count"]
+                                .iter()
+                                .any(|suffix| name.strip_suffix(suffix) == Some(s.name)))
+                })
+                .unwrap_or_else(|| panic!("{name} is not in the catalogue"));
+            let declared: BTreeSet<&str> = series.labels.iter().copied().collect();
+            assert_eq!(keys, declared, "{line}");
+            seen.insert(series.name);
+        }
+        // The series without a label from configuration are all registered here.
+        assert!(
+            seen.len() >= 35,
+            "{} series registered: {seen:?}",
+            seen.len()
+        );
     }
 }
