@@ -93,6 +93,19 @@ pub(crate) const WEBHOOK_LAG_SECONDS: &str = "axnt_webhook_lag_seconds";
 pub(crate) const API_CALLS_TOTAL: &str = "axnt_api_calls_total";
 pub(crate) const REFRESH_LEASE_LAPSES_TOTAL: &str = "axnt_refresh_lease_lapses_total";
 
+/// At most three labels a series: each label multiplies its series, and every value of
+/// every label is registered at start-up.
+const _: () = {
+    let mut i = 0;
+    while i < ALL.len() {
+        assert!(
+            ALL[i].labels.len() <= 3,
+            "a series has at most three labels"
+        );
+        i += 1;
+    }
+};
+
 /// Every series, in the order `/metrics` describes them.
 pub(crate) const ALL: [Series; 40] = [
     Series {
