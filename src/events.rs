@@ -1,6 +1,6 @@
 //! Lifecycle events: what happened to a connection, told to the application. Each is
 //! made here and stored in the same write as the change that caused it (see
-//! [`TokenStore::put`](crate::store::TokenStore::put)), then read back in order by the
+//! [`Connections::put`](crate::store::Connections::put)), then read back in order by the
 //! pull feed (`GET /v1/events`) and the webhook workers.
 //!
 //! # At least once
@@ -16,7 +16,7 @@
 //! The store makes an event's id as it writes it (under SQLite's write lock; at the
 //! start of each DynamoDB transaction attempt, whose late answers are fenced, see
 //! `store::dynamodb`), so no wait before the write counts, and reports its bound
-//! ([`TokenStore::event_write_bound`]). What remains between instances is their clocks'
+//! ([`EventFeed::event_write_bound`]). What remains between instances is their clocks'
 //! difference ([`CLOCK_ALLOWANCE`]): a feed delay of at least the write bound plus that
 //! allowance passes no event still to land. A shorter `AXNT_EVENTS_FEED_DELAY_MS` is
 //! raised to it ([`EventRules::new`]), with a warning at start-up. A DynamoDB write that

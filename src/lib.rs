@@ -22,7 +22,8 @@
 //! - [`app`]: start-up — backend assembly for both modes (`app::backends`), wiring,
 //!   serving and graceful shutdown.
 //! - [`config`], [`cli`], [`telemetry`], [`error`]: settings, commands, logging and
-//!   metrics, and the one error type (which imports nothing from [`http`]).
+//!   metrics, and the API's error, to which each service's own error is mapped (it
+//!   imports nothing from [`http`]).
 //! - [`rotate`]: `axnt-oauth rotate-keys`, moving stored data keys under the current
 //!   wrapping key (over `store` and `crypto`, beside `check`).
 //!

@@ -10,7 +10,7 @@
 //!   associated data binds the item, not the key. Readers open either form: the
 //!   envelope names its key.
 //! - Each item is replaced only while its envelope is still the one read
-//!   ([`TokenStore::rewrap`]): a refresh, a new grant or a confirm meanwhile wins (it
+//!   ([`SealedItems::rewrap`](crate::store::SealedItems::rewrap)): a refresh, a new grant or a confirm meanwhile wins (it
 //!   sealed under the current key already, or removed the item) and is counted as
 //!   "changed meanwhile".
 //! - Idempotent, and so resumable: an item already under the current key costs a read

@@ -41,7 +41,7 @@ use crate::http::client::ClientKey;
 /// answer) before a cap may shed it.
 pub(super) const SHED_GRACE: Duration = Duration::from_secs(1);
 
-/// Why the server closed a connection: `axnt_http_connections_closed_total`'s `reason`.
+/// Why the server closed a connection: [`HTTP_CONNECTIONS_CLOSED_TOTAL`](crate::series::HTTP_CONNECTIONS_CLOSED_TOTAL)'s `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
 pub(super) enum CloseReason {

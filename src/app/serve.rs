@@ -65,8 +65,8 @@ impl From<&ServerSettings> for ServeLimits {
 /// Serves `router` on `listener` until `shutdown` resolves, then lets the connections
 /// finish what they are doing until `deadline` (counted from the signal) and closes
 /// the rest. Returns when every connection is closed or the deadline passed. Open
-/// connections are the gauge `axnt_http_connections_open{listener=name}`; those the
-/// server closed, `axnt_http_connections_closed_total{listener=name, reason}`.
+/// connections are the gauge [`HTTP_CONNECTIONS_OPEN`](crate::series::HTTP_CONNECTIONS_OPEN)`{listener=name}`; those the
+/// server closed, [`HTTP_CONNECTIONS_CLOSED_TOTAL`](crate::series::HTTP_CONNECTIONS_CLOSED_TOTAL)`{listener=name, reason}`.
 pub(crate) async fn serve(
     name: &'static str,
     listener: TcpListener,

@@ -292,7 +292,7 @@ impl AuditTrail {
 
     /// At shutdown: queues every window's counted reads and waits up to `within` for
     /// the queue to be written. What is still unwritten then is logged and counted
-    /// (`axnt_audit_lost_total`), and the writer stops.
+    /// ([`AUDIT_LOST_TOTAL`](crate::series::AUDIT_LOST_TOTAL)), and the writer stops.
     pub(crate) async fn close(&self, within: Duration) {
         self.queue_windows(true);
         if !self.queue.settled(within).await {

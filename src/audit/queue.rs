@@ -20,7 +20,7 @@
 //! many users while the store is slow, leaves three quarters of the queue to the
 //! others, and it takes four keys at their share at once to fill it.
 //!
-//! `axnt_audit_queue_depth` and `axnt_audit_queue_oldest_seconds` show the records not
+//! [`AUDIT_QUEUE_DEPTH`](crate::series::AUDIT_QUEUE_DEPTH) and [`AUDIT_QUEUE_OLDEST_SECONDS`](crate::series::AUDIT_QUEUE_OLDEST_SECONDS) show the records not
 //! yet written and how long the oldest has waited.
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::ReadOutcome;
 use crate::series::Label;
 
-/// How a read that found the queue full fared: `axnt_audit_waits_total`'s `outcome`.
+/// How a read that found the queue full fared: [`AUDIT_WAITS_TOTAL`](crate::series::AUDIT_WAITS_TOTAL)'s `outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
 pub(crate) enum AuditWait {

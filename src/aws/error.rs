@@ -124,12 +124,12 @@ where
     AwsFailure { kind, code, detail }
 }
 
-/// `axnt_aws_calls_total`'s `outcome` for a call that succeeded; a failed one is
+/// [`AWS_CALLS_TOTAL`](crate::series::AWS_CALLS_TOTAL)'s `outcome` for a call that succeeded; a failed one is
 /// labelled by its [`FailureKind`].
 pub(crate) const CALL_OK: &str = "ok";
 
-/// Counts one AWS call: `axnt_aws_calls_total{service, operation, outcome}`, and
-/// `axnt_aws_throttles_total{service, operation}` for a call that stayed throttled
+/// Counts one AWS call: [`AWS_CALLS_TOTAL`](crate::series::AWS_CALLS_TOTAL)`{service, operation, outcome}`, and
+/// [`AWS_THROTTLES_TOTAL`](crate::series::AWS_THROTTLES_TOTAL)`{service, operation}` for a call that stayed throttled
 /// after the SDK's retries. Labels are fixed names, never a value from a request.
 pub(crate) fn count_call(
     service: &'static str,

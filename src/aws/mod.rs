@@ -131,7 +131,7 @@ pub(crate) fn region_name(config: &SdkConfig) -> String {
     )
 }
 
-/// Counts the SDK's own retries: `axnt_aws_retries_total{service, operation}`, one per
+/// Counts the SDK's own retries: [`AWS_RETRIES_TOTAL`](crate::series::AWS_RETRIES_TOTAL)`{service, operation}`, one per
 /// attempt after the first (a throttled or failed attempt the SDK tried again). Add it
 /// to each client's config with `.interceptor(CountRetries::new("dynamodb"))`.
 #[derive(Debug)]

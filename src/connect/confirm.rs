@@ -15,7 +15,7 @@ use crate::store::FlowStep;
 use crate::store::flow_log::ClientInfo;
 use crate::tokens::Confirmed;
 
-/// `axnt_confirmations_total`'s `outcome` for a confirmed grant; a refused confirm is
+/// [`CONFIRMATIONS_TOTAL`](crate::series::CONFIRMATIONS_TOTAL)'s `outcome` for a confirmed grant; a refused confirm is
 /// labelled with its problem code.
 pub(crate) const CONFIRMED: &str = "confirmed";
 

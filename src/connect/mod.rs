@@ -49,7 +49,7 @@ impl ConnectService {
     }
 }
 
-/// The `reason` labels of `axnt_flows_failed_total` (the problem codes a flow can end
+/// The `reason` labels of [`FLOWS_FAILED_TOTAL`](crate::series::FLOWS_FAILED_TOTAL) (the problem codes a flow can end
 /// with), registered at zero at start-up.
 pub(crate) const FLOW_FAILURE_REASONS: [&str; 19] = [
     "invalid_session",
@@ -79,12 +79,12 @@ pub(crate) fn count_rejected(provider_name: &str, error: ConnectError) -> Connec
     error
 }
 
-/// `axnt_flows_failed_total{provider, reason}`.
+/// [`FLOWS_FAILED_TOTAL`](crate::series::FLOWS_FAILED_TOTAL)`{provider, reason}`.
 fn count_failed(provider_name: &str, error: &ConnectError) {
     metrics::counter!(crate::series::FLOWS_FAILED_TOTAL, "provider" => provider_name.to_string(), "reason" => error.code()).increment(1);
 }
 
-/// `axnt_flows_completed_total{provider}`.
+/// [`FLOWS_COMPLETED_TOTAL`](crate::series::FLOWS_COMPLETED_TOTAL)`{provider}`.
 fn count_completed(provider_name: &str) {
     metrics::counter!(crate::series::FLOWS_COMPLETED_TOTAL, "provider" => provider_name.to_string())
         .increment(1);

@@ -81,7 +81,7 @@ fn copy_error(e: &CryptoError) -> CryptoError {
     }
 }
 
-/// What a data key was wanted for: `axnt_data_key_cache_total`'s `operation`.
+/// What a data key was wanted for: [`DATA_KEY_CACHE_TOTAL`](crate::series::DATA_KEY_CACHE_TOTAL)'s `operation`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
 pub(crate) enum DataKeyUse {
@@ -91,7 +91,7 @@ pub(crate) enum DataKeyUse {
     Open,
 }
 
-/// `axnt_data_key_cache_total{operation, outcome}`.
+/// [`DATA_KEY_CACHE_TOTAL`](crate::series::DATA_KEY_CACHE_TOTAL)`{operation, outcome}`.
 fn count(operation: DataKeyUse, outcome: CacheOutcome) {
     metrics::counter!(crate::series::DATA_KEY_CACHE_TOTAL, "operation" => operation.label(), "outcome" => outcome.label())
         .increment(1);

@@ -145,7 +145,7 @@ async fn answer_within(State(limit): State<Duration>, request: Request, next: Ne
 }
 
 /// One route: its method, its template as axum matches it (and as
-/// `axnt_http_requests_total` labels it), and the statuses of a successful answer. Each
+/// [`HTTP_REQUESTS_TOTAL`](crate::series::HTTP_REQUESTS_TOTAL) labels it), and the statuses of a successful answer. Each
 /// route is declared once, beside its handler, and its router, its OpenAPI entry
 /// ([`Route::documented`]) and the metric labels all read it there.
 pub(crate) struct Route {

@@ -10,7 +10,7 @@
 //! few concurrent single writes keep up with the steps a request produces.
 //!
 //! When the queue is full (the table is down or throttled for a long while), further
-//! items are dropped and counted (`axnt_flow_log_dropped_total`) instead of making
+//! items are dropped and counted ([`FLOW_LOG_DROPPED_TOTAL`](crate::series::FLOW_LOG_DROPPED_TOTAL)) instead of making
 //! requests wait: losing a log line must not slow or fail a user's flow.
 
 use std::sync::Arc;

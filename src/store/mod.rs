@@ -137,12 +137,12 @@ pub trait Health: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
-/// `axnt_store_reads_total{backend}`: one read statement or call against the store.
+/// [`STORE_READS_TOTAL`](crate::series::STORE_READS_TOTAL)`{backend}`: one read statement or call against the store.
 pub(crate) fn count_read(backend: &'static str) {
     metrics::counter!(crate::series::STORE_READS_TOTAL, "backend" => backend).increment(1);
 }
 
-/// `axnt_store_writes_total{backend}`: one write statement or call against the store.
+/// [`STORE_WRITES_TOTAL`](crate::series::STORE_WRITES_TOTAL)`{backend}`: one write statement or call against the store.
 pub(crate) fn count_write(backend: &'static str) {
     metrics::counter!(crate::series::STORE_WRITES_TOTAL, "backend" => backend).increment(1);
 }

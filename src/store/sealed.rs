@@ -14,11 +14,11 @@ pub enum Sealed {
         user_id: String,
         provider: String,
     },
-    /// A [`PendingRevocation`], by id.
+    /// A [`PendingRevocation`](super::PendingRevocation), by id.
     Revocation {
         id: String,
     },
-    /// A [`PendingGrant`], by flow id.
+    /// A [`PendingGrant`](super::PendingGrant), by flow id.
     PendingGrant {
         flow_id: String,
     },

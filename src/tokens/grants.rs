@@ -77,7 +77,7 @@ pub(crate) struct Held {
 pub(super) const CONFIRMATION_CODE_BYTES: usize = 24;
 
 /// Why a held grant was discarded at a confirm: the `reason` label of
-/// `axnt_held_grants_discarded_total`.
+/// [`HELD_GRANTS_DISCARDED_TOTAL`](crate::series::HELD_GRANTS_DISCARDED_TOTAL).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
 pub(crate) enum Discard {

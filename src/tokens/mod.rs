@@ -417,7 +417,7 @@ impl TokenEndpoint for OidcProvider {
     }
 }
 
-/// What a token read by the API came to: `axnt_token_reads_total`'s `outcome`.
+/// What a token read by the API came to: [`TOKEN_READS_TOTAL`](crate::series::TOKEN_READS_TOTAL)'s `outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
 pub(crate) enum ReadOutcome {
@@ -433,7 +433,7 @@ pub(crate) enum ReadOutcome {
     Error,
 }
 
-/// Counts one token read by the API: `axnt_token_reads_total{provider, outcome}`.
+/// Counts one token read by the API: [`TOKEN_READS_TOTAL`](crate::series::TOKEN_READS_TOTAL)`{provider, outcome}`.
 fn count_read(provider: &str, read: Result<&IssuedToken, &TokenError>) {
     let outcome = match read {
         Ok(issued) => match issued.source {

@@ -60,23 +60,20 @@ use chrono::Utc;
 use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio::time::Instant;
-
-use crate::breaker::Breaker;
 use tokio_util::task::TaskTracker;
 
-use super::TokenPolicy;
 use super::cache::{Cached, TokenCache};
 use super::token_set::{IssuedToken, TokenSet, TokenSource};
+use super::{TokenError, TokenPolicy};
+use crate::breaker::Breaker;
 use crate::crypto::EnvelopeCipher;
 use crate::oauth::provider::{ProviderError, ProviderTokens};
 use crate::retry::{Backoff, jittered};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{Connection, FlowRecorder, RefreshLease, StoreError, TokenStore};
-use crate::tokens::TokenError;
 pub(in crate::tokens) use answers::lock;
-pub(crate) use answers::{
-    LapseOutcome, RefreshOutcome, SuppressedReason, reauthorization_required,
-};
+pub(crate) use answers::reauthorization_required;
+pub(crate) use answers::{LapseOutcome, RefreshOutcome, SuppressedReason};
 use answers::{count_lapse, millis, millis_until, outcome_pending, suppressed};
 use holder::Holder;
 

@@ -266,7 +266,7 @@ pub(super) fn revocation_context(provider: &str, id: &str) -> String {
     format!("{provider}#revoke#{id}")
 }
 
-/// What became of a revocation: `axnt_revocations_total`'s `outcome`. A DELETE's
+/// What became of a revocation: [`REVOCATIONS_TOTAL`](crate::series::REVOCATIONS_TOTAL)'s `outcome`. A DELETE's
 /// [`Revocation`] first, then a kept revocation's end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]

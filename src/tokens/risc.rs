@@ -370,7 +370,7 @@ fn matches(target: &Target, row: &Connection) -> bool {
     }
 }
 
-/// What a security event came to: `axnt_security_events_total`'s `outcome`.
+/// What a security event came to: [`SECURITY_EVENTS_TOTAL`](crate::series::SECURITY_EVENTS_TOTAL)'s `outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
 pub(crate) enum SecurityEventOutcome {
@@ -386,7 +386,7 @@ pub(crate) enum SecurityEventOutcome {
     Duplicate,
 }
 
-/// Counts one event in `axnt_security_events_total`.
+/// Counts one event in [`SECURITY_EVENTS_TOTAL`](crate::series::SECURITY_EVENTS_TOTAL).
 fn count(provider: &str, outcome: SecurityEventOutcome) {
     metrics::counter!(crate::series::SECURITY_EVENTS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome.label())
         .increment(1);

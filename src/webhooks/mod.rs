@@ -420,7 +420,7 @@ impl Webhooks {
             .find(|e| e.id == id))
     }
 
-    /// `axnt_webhook_lag_seconds{endpoint}`: how old the oldest event still owed is
+    /// [`WEBHOOK_LAG_SECONDS`](crate::series::WEBHOOK_LAG_SECONDS)`{endpoint}`: how old the oldest event still owed is
     /// (0 when none is).
     fn report_lag(&self, endpoint: &Endpoint, state: &WebhookState) {
         let now_ms = Utc::now().timestamp_millis();
@@ -434,7 +434,7 @@ impl Webhooks {
     }
 }
 
-/// What a delivery attempt came to: `axnt_webhook_deliveries_total`'s `outcome`.
+/// What a delivery attempt came to: [`WEBHOOK_DELIVERIES_TOTAL`](crate::series::WEBHOOK_DELIVERIES_TOTAL)'s `outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
 enum Delivery {
@@ -445,7 +445,7 @@ enum Delivery {
     GivenUp,
 }
 
-/// `axnt_webhook_deliveries_total{endpoint, outcome}`.
+/// [`WEBHOOK_DELIVERIES_TOTAL`](crate::series::WEBHOOK_DELIVERIES_TOTAL)`{endpoint, outcome}`.
 fn count(endpoint: &Endpoint, outcome: Delivery) {
     count_n(endpoint, outcome, 1);
 }

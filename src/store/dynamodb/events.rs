@@ -25,11 +25,11 @@
 //! - a round found committed **after** the bound (its fence answered late), may have
 //!   been passed by a cursor on any instance: its events are written again under fresh
 //!   ids, each copy's `data.originalId` naming the event it repeats, so every cursor
-//!   reads them (counted in `axnt_events_late_total`);
+//!   reads them (counted in [`EVENTS_LATE_TOTAL`](crate::series::EVENTS_LATE_TOTAL));
 //! - a round whose fence gets no answer within the call's time is answered as failed
 //!   and left to the settler (`settle`), which fences it until its outcome is known
 //!   and copies its events if it was stored. What it cannot settle is counted in
-//!   `axnt_events_unsettled_total` and logged with the replay that sends it.
+//!   [`EVENTS_UNSETTLED_TOTAL`](crate::series::EVENTS_UNSETTLED_TOTAL) and logged with the replay that sends it.
 //!
 //! Markers are never read as events and expire by the table's TTL after a day.
 

@@ -160,7 +160,7 @@ impl DynamoStore {
 }
 
 /// One DynamoDB call of the store: counted as a store read or write
-/// (`axnt_store_reads_total` / `axnt_store_writes_total`), then as an AWS call.
+/// ([`STORE_READS_TOTAL`](crate::series::STORE_READS_TOTAL) / [`STORE_WRITES_TOTAL`](crate::series::STORE_WRITES_TOTAL)), then as an AWS call.
 pub(super) fn call<T, E>(
     operation: &'static str,
     result: Result<T, SdkError<E, HttpResponse>>,

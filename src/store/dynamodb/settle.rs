@@ -15,7 +15,7 @@
 //! call, backing off up to [`PROBE_EVERY`], not with one call per entry. An entry not
 //! settled within [`SETTLE_FOR`], one that finds the queue full (more than
 //! [`CAPACITY`] rounds), and what is left at shutdown are counted in
-//! `axnt_events_unsettled_total` and logged with the replay that sends their events.
+//! [`EVENTS_UNSETTLED_TOTAL`](crate::series::EVENTS_UNSETTLED_TOTAL) and logged with the replay that sends their events.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -119,8 +119,9 @@ impl Settler {
             if first_of_spell {
                 tracing::error!(
                     capacity = self.capacity,
+                    counted_in = crate::series::EVENTS_UNSETTLED_TOTAL,
                     "the queue of event writes to settle is full: until it has room, a write whose \
-                     outcome is not known is counted in axnt_events_unsettled_total and logged, not settled"
+                     outcome is not known is counted (see counted_in) and logged, not settled"
                 );
             }
             let why = if closed {

@@ -22,7 +22,7 @@ pub(crate) fn reauthorization_required(row: &Connection) -> TokenError {
     }
 }
 
-/// What a redemption at the provider came to: `axnt_token_refreshes_total`'s `outcome`.
+/// What a redemption at the provider came to: [`TOKEN_REFRESHES_TOTAL`](crate::series::TOKEN_REFRESHES_TOTAL)'s `outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
 pub(crate) enum RefreshOutcome {
@@ -33,7 +33,7 @@ pub(crate) enum RefreshOutcome {
     ProviderError,
 }
 
-/// Why no refresh was attempted: `axnt_token_refresh_suppressed_total`'s `reason`, and
+/// Why no refresh was attempted: [`TOKEN_REFRESH_SUPPRESSED_TOTAL`](crate::series::TOKEN_REFRESH_SUPPRESSED_TOTAL)'s `reason`, and
 /// the answer's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
@@ -46,7 +46,7 @@ pub(crate) enum SuppressedReason {
     OutcomeUnknown,
 }
 
-/// What became of a lapsed refresh lease: `axnt_refresh_lease_lapses_total`'s
+/// What became of a lapsed refresh lease: [`REFRESH_LEASE_LAPSES_TOTAL`](crate::series::REFRESH_LEASE_LAPSES_TOTAL)'s
 /// `outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "snake_case")]
@@ -55,7 +55,7 @@ pub(crate) enum LapseOutcome {
     TakenOver,
 }
 
-/// `axnt_refresh_lease_lapses_total{outcome}`: a lapsed lease held for its holder, or
+/// [`REFRESH_LEASE_LAPSES_TOTAL`](crate::series::REFRESH_LEASE_LAPSES_TOTAL)`{outcome}`: a lapsed lease held for its holder, or
 /// taken over after its hold (its refresh's outcome unknown: with a rotating provider
 /// the grant may then die).
 pub(super) fn count_lapse(outcome: LapseOutcome) {
