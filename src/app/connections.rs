@@ -27,10 +27,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -122,9 +123,7 @@ struct State {
 impl Connection {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves plain counters: still usable.
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state.lock()
     }
 
     /// A request's head arrived: the connection is busy until the guard is dropped
@@ -323,9 +322,7 @@ impl Connections {
     }
 
     fn open(&self) -> MutexGuard<'_, Open> {
-        self.open
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.open.lock()
     }
 
     /// Resolves once a new connection could be let in: below the cap, or with a

@@ -28,12 +28,13 @@
 mod queue;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use serde_json::{Map, json};
 
 pub(crate) use queue::{AuditWait, Full};
@@ -182,7 +183,7 @@ impl AuditTrail {
             reason: read.reason,
         };
         if counted {
-            let mut windows = lock(&self.windows);
+            let mut windows = self.windows.lock();
             match windows.get_mut(&key) {
                 Some(open) if now < open.started + window => {
                     open.count += 1;
@@ -211,7 +212,7 @@ impl AuditTrail {
         };
         self.queue.push(record, deadline).await?;
         if counted {
-            let mut windows = lock(&self.windows);
+            let mut windows = self.windows.lock();
             if windows.len() < self.max_windows {
                 windows.entry(key).or_insert(Window {
                     started: now,
@@ -229,7 +230,7 @@ impl AuditTrail {
     /// Counts a refusal of `caller`: whether it is past the caller's first
     /// [`Self::fold_after`] in its window, and so folded.
     fn fold(&self, caller: &str, now: DateTime<Utc>, window: chrono::TimeDelta) -> bool {
-        let mut refusals = lock(&self.refusals);
+        let mut refusals = self.refusals.lock();
         let current = refusals.entry(caller.to_string()).or_insert(Refusals {
             started: now,
             count: 0,
@@ -274,7 +275,7 @@ impl AuditTrail {
         let now = Utc::now();
         let window = chrono::TimeDelta::from_std(self.window).unwrap_or_default();
         let done: Vec<Record> = {
-            let mut windows = lock(&self.windows);
+            let mut windows = self.windows.lock();
             let keys: Vec<RecordKey> = windows
                 .iter()
                 .filter(|(_, w)| all || now >= w.started + window)
@@ -287,7 +288,9 @@ impl AuditTrail {
         for record in done {
             self.queue.push_unbounded(record);
         }
-        lock(&self.refusals).retain(|_, r| !all && now < r.started + window);
+        self.refusals
+            .lock()
+            .retain(|_, r| !all && now < r.started + window);
     }
 
     /// At shutdown: queues every window's counted reads and waits up to `within` for
@@ -429,9 +432,4 @@ impl Writer {
 
 fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// A map behind a mutex held for a few instructions, never across an await.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -24,11 +24,12 @@
 //! yet written and how long the oldest has waited.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -226,7 +227,7 @@ impl Queue {
 
     /// The semaphore of `caller`'s share.
     fn share_of(&self, caller: &str) -> Arc<Semaphore> {
-        let mut shares = lock(&self.shares);
+        let mut shares = self.shares.lock();
         if let Some(share) = shares.get(caller) {
             return Arc::clone(share);
         }
@@ -248,7 +249,7 @@ impl Queue {
     /// Merges into an identical waiting record; gives the record back when there is
     /// none.
     fn merge(&self, record: Record) -> Option<Record> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let State {
             waiting, by_key, ..
         } = &mut *state;
@@ -263,7 +264,7 @@ impl Queue {
 
     fn insert(&self, record: Record, slot: Option<Slot>) {
         {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let State {
                 waiting,
                 by_key,
@@ -294,7 +295,7 @@ impl Queue {
 
     /// The next record to write, now in flight.
     fn take(&self) -> Option<(u64, Record, Option<Slot>)> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let (seq, entry) = state.waiting.pop_first()?;
         state.by_key.remove(&entry.record.key);
         state
@@ -304,7 +305,7 @@ impl Queue {
     }
 
     fn written_one(&self, seq: u64) {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         state.in_flight.remove(&seq);
         self.written.send_replace(state.written_below());
         report(&state);
@@ -313,7 +314,7 @@ impl Queue {
     /// Waits until every record queued before this call is written, or `timeout`
     /// passed; returns whether they were.
     pub(super) async fn settled(&self, timeout: Duration) -> bool {
-        let target = lock(&self.state).next_seq;
+        let target = self.state.lock().next_seq;
         let mut written = self.written.subscribe();
         tokio::time::timeout(timeout, written.wait_for(|below| *below >= target))
             .await
@@ -322,7 +323,7 @@ impl Queue {
 
     /// What is still waiting or being written.
     pub(super) fn unwritten(&self) -> Unwritten {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         Unwritten {
             records: state.waiting.len() + state.in_flight.len(),
             reads: state.waiting.values().map(|w| w.record.count).sum::<u64>()
@@ -372,7 +373,7 @@ impl Queue {
                         }
                     }
                     // The oldest record's age grows while nothing moves.
-                    _ = tick.tick() => report(&lock(&queue.state)),
+                    _ = tick.tick() => report(&queue.state.lock()),
                 }
             }
         })
@@ -401,11 +402,6 @@ fn report(state: &State) {
         .set((state.waiting.len() + state.in_flight.len()) as f64);
     metrics::gauge!(crate::series::AUDIT_QUEUE_OLDEST_SECONDS)
         .set(state.oldest().map_or(0.0, |at| at.elapsed().as_secs_f64()));
-}
-
-/// A map behind a mutex held for a few instructions, never across an await.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

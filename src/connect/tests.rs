@@ -1,11 +1,11 @@
 //! The callback against a scripted provider, on a real store (the embedded SQLite
 //! file): what is stored or held, what is refused, and the flow log each leaves.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use secrecy::SecretString;
 
 use super::callback::{Callback, Completed, Consent};
@@ -71,7 +71,6 @@ impl Consent for Scripted {
         self.exchanged.fetch_add(1, Ordering::SeqCst);
         self.exchange
             .lock()
-            .expect("lock")
             .take()
             .unwrap_or_else(|| Err(ProviderError::InvalidGrant(GrantRefusal::ExpiredOrRevoked)))
     }

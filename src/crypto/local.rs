@@ -16,9 +16,9 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 
 use async_trait::async_trait;
+use parking_lot::RwLock;
 
 use super::{CryptoError, DataKey, KeyProvider, SecretKey, WrappedKey};
 
@@ -112,10 +112,6 @@ impl LocalKeyProvider {
         ))
     }
 
-    fn poisoned() -> CryptoError {
-        CryptoError::Unavailable("the master key ring's lock is poisoned".into())
-    }
-
     /// Re-reads the key files; on failure the keys already held stay in use.
     fn reload(&self) {
         let Some(path) = &self.master_path else {
@@ -123,16 +119,15 @@ impl LocalKeyProvider {
         };
         match read_ring(path) {
             Ok(ring) => {
-                if let Ok(mut held) = self.ring.write() {
-                    if held.current_id != ring.current_id {
-                        tracing::info!(key_id = %ring.current_id, "master key rotated: wrapping new data keys under it");
-                    }
-                    // Keys read before stay: a retired key file removed too early must
-                    // not make rows this instance could open unreadable.
-                    let mut keys = std::mem::take(&mut held.keys);
-                    keys.extend(ring.keys);
-                    *held = KeyRing { keys, ..ring };
+                let mut held = self.ring.write();
+                if held.current_id != ring.current_id {
+                    tracing::info!(key_id = %ring.current_id, "master key rotated: wrapping new data keys under it");
                 }
+                // Keys read before stay: a retired key file removed too early must not
+                // make rows this instance could open unreadable.
+                let mut keys = std::mem::take(&mut held.keys);
+                keys.extend(ring.keys);
+                *held = KeyRing { keys, ..ring };
             }
             Err(e) => {
                 tracing::warn!(error = %e, "re-reading the master key files failed; keeping the keys held")
@@ -147,14 +142,14 @@ impl LocalKeyProvider {
             return;
         };
         let now = stamp(path).ok();
-        let held = self.ring.read().ok().and_then(|r| r.stamp.clone());
+        let held = self.ring.read().stamp.clone();
         if now.is_some() && now != held {
             self.reload();
         }
     }
 
     fn current(&self) -> Result<(String, SecretKey), CryptoError> {
-        let ring = self.ring.read().map_err(|_| Self::poisoned())?;
+        let ring = self.ring.read();
         let key = ring
             .current()
             .ok_or_else(|| CryptoError::InvalidKey("no current master key".into()))?;
@@ -164,8 +159,7 @@ impl LocalKeyProvider {
     /// The key named `key_id`, re-reading the files once when it is not held.
     fn key_named(&self, key_id: &str) -> Result<SecretKey, CryptoError> {
         let find = || -> Result<Option<SecretKey>, CryptoError> {
-            let ring = self.ring.read().map_err(|_| Self::poisoned())?;
-            Ok(ring.keys.get(key_id).cloned())
+            Ok(self.ring.read().keys.get(key_id).cloned())
         };
         if let Some(key) = find()? {
             return Ok(key);
@@ -177,11 +171,7 @@ impl LocalKeyProvider {
         }
         self.reload();
         find()?.ok_or_else(|| {
-            let current = self
-                .ring
-                .read()
-                .map(|r| r.current_id.clone())
-                .unwrap_or_default();
+            let current = self.ring.read().current_id.clone();
             CryptoError::Rejected(format!(
                 "sealed under {key_id}, which is neither this instance's master key {current} \
                  nor a retired key in {RETIRED_KEYS_DIR}/"
@@ -395,15 +385,15 @@ impl KeyProvider for LocalKeyProvider {
     }
 
     fn describe(&self) -> String {
-        let ring = self.ring.read();
-        match ring {
-            Ok(r) if r.keys.len() > 1 => format!(
+        let r = self.ring.read();
+        if r.keys.len() > 1 {
+            format!(
                 "local master key {} (+{} retired)",
                 r.current_id,
                 r.keys.len() - 1
-            ),
-            Ok(r) => format!("local master key {}", r.current_id),
-            Err(_) => "local master key (lock poisoned)".into(),
+            )
+        } else {
+            format!("local master key {}", r.current_id)
         }
     }
 }

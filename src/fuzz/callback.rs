@@ -3,12 +3,13 @@
 //! unless `state` is authentic, unexpired and bound to the browser's cookie.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use chrono::Utc;
+use parking_lot::Mutex;
 use tower::ServiceExt;
 
 use super::{Input, Mutation, STATE_KEY, sealer, session};
@@ -66,7 +67,6 @@ impl Harness {
     fn flow_log_items(&self) -> i64 {
         self.db
             .lock()
-            .expect("the harness's database")
             .query_row("SELECT COUNT(*) FROM flow_logs", [], |row| row.get(0))
             .expect("counting flow-log items")
     }

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -21,6 +21,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
 
 use super::AppState;
 use super::browser::BrowserError;
@@ -73,7 +74,7 @@ impl RateLimits {
 
     /// Whether `client` is braked now: the seconds left.
     pub(crate) fn braked(&self, client: ClientKey) -> Option<u64> {
-        let braked = self.braked.lock().ok()?;
+        let braked = self.braked.lock();
         let until = braked.get(&client)?;
         let left = until.saturating_duration_since(Instant::now());
         (!left.is_zero()).then(|| wait_secs(left))
@@ -85,9 +86,7 @@ impl RateLimits {
         let limiter = self.auth_failures.as_ref()?;
         let not_until = limiter.check_key(&client).err()?;
         let wait = not_until.wait_time_from(DefaultClock::default().now());
-        if let Ok(mut braked) = self.braked.lock() {
-            braked.insert(client, Instant::now() + wait);
-        }
+        self.braked.lock().insert(client, Instant::now() + wait);
         Some(wait_secs(wait))
     }
 
@@ -98,11 +97,10 @@ impl RateLimits {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        if let Ok(mut braked) = self.braked.lock() {
-            let now = Instant::now();
-            braked.retain(|_, until| *until > now);
-            braked.shrink_to_fit();
-        }
+        let mut braked = self.braked.lock();
+        let now = Instant::now();
+        braked.retain(|_, until| *until > now);
+        braked.shrink_to_fit();
     }
 
     /// Sweeps every minute.
@@ -201,16 +199,16 @@ mod tests {
             |l: &Option<DefaultKeyedRateLimiter<ClientKey>>| l.as_ref().map_or(0, |l| l.len());
         assert_eq!(size(&limits.browser), 1_000);
         assert_eq!(size(&limits.auth_failures), 1_000);
-        assert_eq!(limits.braked.lock().map(|b| b.len()).unwrap_or(0), 1_000);
+        assert_eq!(limits.braked.lock().len(), 1_000);
 
         // A sweep right away keeps what still limits someone.
         limits.sweep();
-        assert_eq!(limits.braked.lock().map(|b| b.len()).unwrap_or(0), 1_000);
+        assert_eq!(limits.braked.lock().len(), 1_000);
 
         std::thread::sleep(Duration::from_millis(2_200));
         limits.sweep();
         assert_eq!(size(&limits.browser), 0, "idle browser clients forgotten");
         assert_eq!(size(&limits.auth_failures), 0, "idle guessers forgotten");
-        assert_eq!(limits.braked.lock().map(|b| b.len()).unwrap_or(1), 0);
+        assert_eq!(limits.braked.lock().len(), 0);
     }
 }

@@ -9,10 +9,11 @@
 mod api_key;
 pub mod secrets_manager;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use parking_lot::RwLock;
 use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::sync::{Mutex, Notify};
@@ -291,16 +292,11 @@ impl SecretsCache {
             loaded.client = Some(c.clone());
         }
         loaded.api_keys.extend(self.extra_api_keys.iter().cloned());
-        if let Ok(mut guard) = self.current.write() {
-            *guard = Arc::new(loaded);
-        }
+        *self.current.write() = Arc::new(loaded);
     }
 
     pub fn current(&self) -> Arc<ServiceSecrets> {
-        self.current
-            .read()
-            .map(|g| Arc::clone(&g))
-            .unwrap_or_default()
+        Arc::clone(&self.current.read())
     }
 
     pub(crate) fn source_name(&self) -> String {

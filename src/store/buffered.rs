@@ -209,8 +209,9 @@ async fn write_with_retry(
 mod tests {
     use super::*;
     use crate::store::FlowStep;
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    use parking_lot::Mutex;
 
     /// A log that is slow, throttles its first `throttles` writes, and denies the
     /// user `denied`.
@@ -234,9 +235,7 @@ mod tests {
             {
                 return Err(StoreError::Throttled("slow down".into()));
             }
-            if let Ok(mut w) = self.written.lock() {
-                w.push(entry.timestamp.clone());
-            }
+            self.written.lock().push(entry.timestamp.clone());
             Ok(())
         }
         async fn list(
@@ -289,7 +288,7 @@ mod tests {
         log.flush()
             .await
             .expect("everything written, throttled ones retried");
-        let mut written = inner.written.lock().map(|w| w.clone()).unwrap_or_default();
+        let mut written = inner.written.lock().clone();
         written.sort();
         assert_eq!(
             written,

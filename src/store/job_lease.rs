@@ -2,9 +2,9 @@
 //! scan, a webhook endpoint's deliveries): a row in the tokens table, taken with a
 //! conditional write through [`JobLeases::take_job_lease`].
 
-use std::sync::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use async_trait::async_trait;
@@ -98,17 +98,11 @@ impl JobLease {
     }
 
     fn renewed(&self) -> Option<Instant> {
-        *self
-            .renewed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self.renewed.lock()
     }
 
     fn set_renewed(&self, at: Option<Instant>) {
-        *self
-            .renewed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = at;
+        *self.renewed.lock() = at;
     }
 }
 

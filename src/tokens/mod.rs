@@ -173,7 +173,7 @@ pub(crate) struct TokenService {
     /// Held while a security event scans the tokens table: one scan at a time.
     security_scans: tokio::sync::Mutex<()>,
     /// The `jti` marks (and their attempts) of security events being worked on.
-    security_marks: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    security_marks: parking_lot::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// A page of [`TokenService::connections_across`]: `(userId, connection)` pairs and
@@ -212,7 +212,7 @@ impl TokenService {
             policy,
             owned: tokio_util::task::TaskTracker::new(),
             security_scans: tokio::sync::Mutex::new(()),
-            security_marks: std::sync::Mutex::default(),
+            security_marks: parking_lot::Mutex::default(),
         }
     }
 

@@ -51,12 +51,13 @@
 //! `Retry-After` and the provider is not called.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use parking_lot::Mutex;
 use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -71,7 +72,6 @@ use crate::oauth::provider::{ProviderError, ProviderTokens};
 use crate::retry::{Backoff, jittered};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{Connection, FlowRecorder, RefreshLease, StoreError, TokenStore};
-pub(in crate::tokens) use answers::lock;
 pub(crate) use answers::reauthorization_required;
 pub(crate) use answers::{LapseOutcome, RefreshOutcome, SuppressedReason};
 use answers::{count_lapse, millis, millis_until, outcome_pending, suppressed};
@@ -281,7 +281,7 @@ impl Refresher {
         client: &ClientInfo,
     ) -> (watch::Receiver<Option<Outcome>>, bool) {
         let key: Key = (user_id.to_string(), provider.to_string());
-        let mut flights = lock(&self.flights);
+        let mut flights = self.flights.lock();
         if let Some(flight) = flights.get(&key) {
             let answered = flight.result.borrow().is_some();
             return (flight.result.clone(), answered);
@@ -487,7 +487,7 @@ struct Landed<'a> {
 
 impl Drop for Landed<'_> {
     fn drop(&mut self) {
-        let mut flights = lock(self.flights);
+        let mut flights = self.flights.lock();
         if flights.get(self.key).is_some_and(|f| f.id == self.id) {
             flights.remove(self.key);
         }

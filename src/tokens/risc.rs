@@ -19,7 +19,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::refresh::lock;
 use super::{TokenService, WRITE_ATTEMPTS};
 use crate::events::{About, EventPayload};
 use crate::oauth::grant::Cause;
@@ -113,13 +112,9 @@ impl TokenService {
         }
         self.security_marks
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(mark.clone(), attempt.clone());
         let result = self.act_on(set, provider, now).await;
-        self.security_marks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&mark);
+        self.security_marks.lock().remove(&mark);
         match &result {
             // Done: remembered for long, so a redelivery does nothing.
             Ok(_) => {
@@ -142,12 +137,7 @@ impl TokenService {
     /// shutdown, once the drain ran out: that work is cut off), so their redeliveries
     /// are acted on.
     pub(super) async fn forget_unfinished_security_events(&self) {
-        let unfinished: Vec<(String, String)> = self
-            .security_marks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .drain()
-            .collect();
+        let unfinished: Vec<(String, String)> = self.security_marks.lock().drain().collect();
         for (mark, attempt) in unfinished {
             let forgotten =
                 tokio::time::timeout(Duration::from_secs(2), self.store.unmark(&mark, &attempt))
@@ -271,9 +261,9 @@ impl TokenService {
         event_type: &str,
     ) -> Result<bool, TokenError> {
         // The row as last read: a lost write reads it again, for the next attempt.
-        let current = std::sync::Mutex::new(row);
+        let current = parking_lot::Mutex::new(row);
         until_written::<_, TokenError, _>(WRITE_ATTEMPTS, || async {
-            let row = lock(&current).clone();
+            let row = current.lock().clone();
             let now = Utc::now();
             let ended = Connection {
                 is_active: false,
@@ -319,7 +309,7 @@ impl TokenService {
                     // Moved on: still the grant the event names (not a new one)?
                     match self.store.get(&row.user_id, &row.provider).await? {
                         Some(again) if named(target, &again, issued) => {
-                            *lock(&current) = again;
+                            *current.lock() = again;
                             Ok(Written::Lost)
                         }
                         _ => Ok(Written::Done(false)),

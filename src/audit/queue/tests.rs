@@ -12,7 +12,7 @@ struct Held {
 impl Sink for Held {
     async fn write(&self, record: Record) {
         let _ = self.open.subscribe().wait_for(|open| *open).await;
-        lock(&self.got).push(record);
+        self.got.lock().push(record);
     }
 }
 
@@ -53,7 +53,8 @@ fn soon(ms: u64) -> Instant {
 
 /// The reads written of `user`.
 fn written(sink: &Held, user: &str) -> u64 {
-    lock(&sink.got)
+    sink.got
+        .lock()
         .iter()
         .filter(|r| matches!(&r.key.target, Target::Connection { user_id, .. } if user_id == user))
         .map(|r| r.count)
@@ -108,7 +109,7 @@ async fn a_full_queue_waits_then_refuses_and_never_drops_what_it_took() {
         ),
         (1, 11, 0, 1)
     );
-    assert!(lock(&sink.got).len() <= 10, "c4-b's reads merged");
+    assert!(sink.got.lock().len() <= 10, "c4-b's reads merged");
     assert_eq!(queue.unwritten(), Unwritten::default());
 }
 
@@ -157,7 +158,7 @@ async fn a_caller_at_its_share_waits_for_its_own_records_while_others_go_on() {
         .await
         .expect("room");
     assert_eq!(
-        lock(&queue.shares).keys().collect::<Vec<_>>(),
+        queue.shares.lock().keys().collect::<Vec<_>>(),
         [&"third".to_string()]
     );
 }
@@ -176,5 +177,5 @@ async fn windows_enter_a_full_queue_and_settled_waits_for_them() {
     assert_eq!(queue.unwritten().records, 3);
     open(&sink);
     assert!(queue.settled(Duration::from_secs(5)).await);
-    assert_eq!(lock(&sink.got).len(), 3);
+    assert_eq!(sink.got.lock().len(), 3);
 }

@@ -13,11 +13,12 @@
 //! holds up only the ID tokens that need new keys, never a caller that just needs the
 //! endpoints. No lock here is held across an `.await` except those two single flights'.
 
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openidconnect::core::CoreJsonWebKeySet;
 use openidconnect::{IssuerUrl, JsonWebKeySet};
+use parking_lot::{Mutex, RwLock};
 
 use super::http::{ProviderHttp, error_chain};
 use super::{Metadata, ProviderError};
@@ -129,7 +130,7 @@ impl MetadataCache {
 
     fn revalidate_in_background(self: &Arc<Self>) {
         {
-            let mut background = lock(&self.background);
+            let mut background = self.background.lock();
             if background.running
                 || background
                     .failed_at
@@ -140,7 +141,7 @@ impl MetadataCache {
             background.running = true;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            lock(&self.background).running = false;
+            self.background.lock().running = false;
             return;
         };
         let cache = Arc::clone(self);
@@ -238,15 +239,12 @@ impl MetadataCache {
     }
 
     fn snapshot(&self) -> Option<Discovered> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.current.read().clone()
     }
 
     /// Installs `d` unless a newer copy got there first.
     fn install(&self, d: Discovered) {
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let mut current = self.current.write();
         if current
             .as_ref()
             .is_none_or(|c| c.fetched_at <= d.fetched_at)
@@ -258,7 +256,7 @@ impl MetadataCache {
     /// Puts `jwks` into the current copy (or `seen`'s, when nothing is cached), keeping
     /// its endpoints and age.
     fn install_jwks(&self, seen: &Discovered, jwks: CoreJsonWebKeySet) -> Discovered {
-        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let mut current = self.current.write();
         let base = current.as_ref().unwrap_or(seen);
         let d = Discovered {
             metadata: Arc::new((*base.metadata).clone().set_jwks(jwks)),
@@ -278,12 +276,8 @@ struct Finished<'a> {
 
 impl Drop for Finished<'_> {
     fn drop(&mut self) {
-        let mut background = lock(self.background);
+        let mut background = self.background.lock();
         background.running = false;
         background.failed_at = self.failed_at;
     }
-}
-
-fn lock(background: &Mutex<Background>) -> std::sync::MutexGuard<'_, Background> {
-    background.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -18,9 +18,10 @@
 //! [`EVENTS_UNSETTLED_TOTAL`](crate::series::EVENTS_UNSETTLED_TOTAL) and logged with the replay that sends their events.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -104,14 +105,8 @@ impl Settler {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // The queue is consistent after every statement: a panic elsewhere leaves it
-        // usable.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn push(&self, entry: Entry) -> Pushed {
-        let mut q = self.lock();
+        let mut q = self.queue.lock();
         if q.closed || q.entries.len() >= self.capacity {
             let closed = q.closed;
             let first_of_spell = !closed && !std::mem::replace(&mut q.full, true);
@@ -147,7 +142,7 @@ impl Settler {
     /// The entries to work on, or `None` (the task ends) when there are none or the
     /// queue is closed.
     fn pass(&self) -> Option<Vec<(u64, Entry)>> {
-        let mut q = self.lock();
+        let mut q = self.queue.lock();
         if q.entries.is_empty() || q.closed {
             q.running = false;
             drop(q);
@@ -161,7 +156,7 @@ impl Settler {
     /// Replaces the entry at `key` by `next`, or removes it; an entry taken meanwhile
     /// (by [`close`](Self::close)) stays taken.
     fn settle(&self, key: u64, next: Option<Entry>) {
-        let mut q = self.lock();
+        let mut q = self.queue.lock();
         match next {
             Some(entry) => {
                 if let Some(slot) = q.entries.get_mut(&key) {
@@ -183,7 +178,7 @@ impl Settler {
         tokio::pin!(ended);
         ended.as_mut().enable();
         let running = {
-            let mut q = self.lock();
+            let mut q = self.queue.lock();
             q.closed = true;
             q.running
         };
@@ -192,7 +187,7 @@ impl Settler {
             self.wake.notify_one();
             let _ = tokio::time::timeout(budget, ended).await;
         }
-        let left: Vec<Entry> = std::mem::take(&mut self.lock().entries)
+        let left: Vec<Entry> = std::mem::take(&mut self.queue.lock().entries)
             .into_values()
             .collect();
         metrics::gauge!(crate::series::EVENTS_SETTLING).set(0.0);

@@ -301,7 +301,7 @@ mod tests {
             Some(bare.clone())
         );
         {
-            let db = store.db.lock().expect("db");
+            let db = store.db.lock();
             assert!(
                 column_names(&db, "tokens").expect("columns").is_empty(),
                 "the column table is gone"

@@ -20,17 +20,17 @@ mod webhook_cursors;
 #[cfg(feature = "bench")]
 pub(crate) use connections::{parse_row, row_doc};
 
-use crate::store::Health;
-use async_trait::async_trait;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
 use rusqlite::types::Value;
 use rusqlite::{Connection as Sqlite, OpenFlags, params_from_iter};
 
-use super::{Connection, Event, StoreError};
+use super::{Connection, Event, Health, StoreError};
 use crate::jobs::{self, Jobs, Schedule};
 
 const SCHEMA: &str = "
@@ -139,7 +139,7 @@ struct Readers {
 impl Readers {
     /// An idle read connection, or a new one.
     fn take(&self) -> Result<Sqlite, StoreError> {
-        if let Some(db) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
+        if let Some(db) = self.idle.lock().pop() {
             return Ok(db);
         }
         let db = Sqlite::open_with_flags(
@@ -154,9 +154,8 @@ impl Readers {
 
     /// Keeps a connection for the next read, up to [`IDLE_READERS`].
     fn give_back(&self, db: Sqlite) {
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < IDLE_READERS
-        {
+        let mut idle = self.idle.lock();
+        if idle.len() < IDLE_READERS {
             idle.push(db);
         }
     }
@@ -219,14 +218,9 @@ impl EmbeddedStore {
     {
         crate::store::count_write("embedded");
         let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = db
-                .lock()
-                .map_err(|_| StoreError::Unavailable("database lock poisoned".into()))?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
+        tokio::task::spawn_blocking(move || f(&mut db.lock()))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("database task failed: {e}")))?
     }
 
     /// Runs a read-only `f` on a read connection, on the blocking pool (counted as a

@@ -1,7 +1,6 @@
 //! What a refresh answers when it cannot give a token, the outcomes it counts, and the
 //! clock arithmetic it shares.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::oauth::grant::Cause;
@@ -96,10 +95,4 @@ pub(super) fn millis(d: Duration) -> i64 {
 
 pub(super) fn millis_until(at_ms: i64, now_ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(at_ms.saturating_sub(now_ms)).unwrap_or(0))
-}
-
-/// The registries are plain maps behind a mutex held for a few instructions, never
-/// across an await; a panic while holding one cannot leave them half-updated.
-pub(in crate::tokens) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -3,7 +3,7 @@
 use crate::breaker::{self, Trip};
 use crate::tokens::TokenError;
 
-use super::{Refresher, SuppressedReason, lock, suppressed};
+use super::{Refresher, SuppressedReason, suppressed};
 
 impl Refresher {
     /// Whether the provider's circuit lets a refresh through (half-open: one probe).
@@ -11,7 +11,8 @@ impl Refresher {
         if self.policy.circuit_failures == 0 {
             return Ok(());
         }
-        lock(&self.breakers)
+        self.breakers
+            .lock()
             .entry(provider.to_string())
             .or_default()
             .admit()
@@ -30,7 +31,7 @@ impl Refresher {
             failures: self.policy.circuit_failures,
             open_for: self.policy.circuit_open,
         };
-        let mut breakers = lock(&self.breakers);
+        let mut breakers = self.breakers.lock();
         let breaker = breakers.entry(provider.to_string()).or_default();
         if breaker.record(outcome, trip) {
             tracing::warn!(

@@ -31,16 +31,18 @@ impl Scripted {
     }
 
     fn calls(&self) -> usize {
-        lock(&self.presented).len()
+        self.presented.lock().len()
     }
 }
 
 #[async_trait]
 impl TokenEndpoint for Scripted {
     async fn redeem(&self, refresh_token: &SecretString) -> Result<ProviderTokens, ProviderError> {
-        lock(&self.presented).push(refresh_token.expose_secret().to_string());
+        self.presented
+            .lock()
+            .push(refresh_token.expose_secret().to_string());
         let (delay, answer) = {
-            let mut answers = lock(&self.answers);
+            let mut answers = self.answers.lock();
             if answers.len() > 1 {
                 answers.pop_front()
             } else {
@@ -225,7 +227,7 @@ async fn two_instances_redeem_once_and_store_the_rotated_token() {
     for read in reads {
         assert_eq!(access(&read.await.expect("task")), "at-1");
     }
-    assert_eq!(lock(&endpoint.presented).clone(), vec!["rt-0".to_string()]);
+    assert_eq!(endpoint.presented.lock().clone(), vec!["rt-0".to_string()]);
     assert_eq!(world.stored_refresh_token().await.as_deref(), Some("rt-1"));
     assert_eq!(world.row().await.refresh, RefreshState::default());
 }
@@ -294,7 +296,7 @@ async fn only_unsent_or_refused_requests_are_retried_with_the_same_token() {
     );
     let a = world.instance(policy());
     assert_eq!(access(&read(&a, &endpoint).await), "at-1");
-    assert_eq!(lock(&endpoint.presented).clone(), vec!["rt-0"; 3]);
+    assert_eq!(endpoint.presented.lock().clone(), vec!["rt-0"; 3]);
 }
 
 #[tokio::test]

@@ -112,7 +112,7 @@ async fn a_lapsed_lease_is_held_for_its_holder_whose_retried_write_then_lands() 
     })
     .await;
     assert_eq!(access(&read(&b, &endpoint).await), "at-1");
-    assert_eq!(lock(&endpoint.presented).clone(), vec!["rt-0".to_string()]);
+    assert_eq!(endpoint.presented.lock().clone(), vec!["rt-0".to_string()]);
     assert_eq!(world.row().await.refresh, RefreshState::default());
 }
 
@@ -346,7 +346,7 @@ async fn a_circuit_probe_stopped_by_the_key_service_lets_the_next_probe_through(
         Err(TokenError::Crypto(CryptoError::Unavailable(_)))
     ));
     keys.down.store(false, Ordering::SeqCst);
-    *lock(&endpoint.answers) = vec![(Duration::ZERO, Ok(()))].into();
+    *endpoint.answers.lock() = vec![(Duration::ZERO, Ok(()))].into();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(access(&read(&a, &endpoint).await), "at-1");
 }
@@ -362,5 +362,5 @@ async fn a_lapsed_lease_is_taken_over_at_once_where_refresh_tokens_do_not_rotate
     until_lapsed(&world).await;
     // The stored refresh token still works: no hold, B refreshes with it.
     assert_eq!(access(&read(&b, &endpoint).await), "at-2");
-    assert_eq!(lock(&endpoint.presented).clone(), vec!["rt-0"; 2]);
+    assert_eq!(endpoint.presented.lock().clone(), vec!["rt-0"; 2]);
 }
