@@ -2,14 +2,15 @@
 //! the link and the state, named by the confirm route, and the key of its flow-log
 //! items and held grant.
 
-use std::fmt;
-
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::Deserialize;
 
 /// A connect flow's id: 1–64 ASCII letters, digits and `-` (a UUID when this service
 /// makes it). The one place that says what a flow id may be.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
+///
+/// Deserializing applies the rule (`try_from`), so a path or a sealed session with a bad id is
+/// refused before a handler runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub(crate) struct FlowId(String);
 
 /// Why a flow id was refused; names the rule, never the value.
@@ -39,29 +40,7 @@ impl FlowId {
     }
 }
 
-/// Read as the text it is (stores, logs and labels take text); made only by the rule.
-impl std::ops::Deref for FlowId {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for FlowId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Deserializing applies the rule, so a path or a sealed session with a bad id is
-/// refused before a handler runs.
-impl<'de> Deserialize<'de> for FlowId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::parse(text).map_err(serde::de::Error::custom)
-    }
-}
+super::text_id!(FlowId, InvalidFlowId);
 
 #[cfg(test)]
 mod tests {

@@ -2,9 +2,7 @@
 //! item. Parsed once where a request brings it (a JSON body or a path); handlers and
 //! the token service then carry it typed.
 
-use std::fmt;
-
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::Deserialize;
 
 /// A `userId` as callers may send it: 1–256 bytes of printable text without `/`, `\`,
 /// control or invisible formatting characters, and not `.` or `..`. The one place that
@@ -14,8 +12,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// (`/v1/users/{userId}/…`): an id with a slash, or one a client or proxy would fold as
 /// a dot segment, makes a row no route can reach. Emails, UUIDs and provider-style ids
 /// such as `auth0|123` pass.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
+///
+/// Deserializing applies the rule (`try_from`), so a body or path with a bad id is
+/// refused before a handler runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub(crate) struct UserId(String);
 
 /// Why a user id was refused; names the rule, never the value.
@@ -76,29 +77,7 @@ fn is_invisible(c: char) -> bool {
     matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
-/// Read as the text it is (stores, logs and labels take text); made only by the rule.
-impl std::ops::Deref for UserId {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for UserId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Deserializing applies the rule, so a body or path with a bad id is refused by its
-/// extractor (`400 invalid_request`) before a handler runs.
-impl<'de> Deserialize<'de> for UserId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::parse(text).map_err(serde::de::Error::custom)
-    }
-}
+super::text_id!(UserId, InvalidUserId);
 
 #[cfg(test)]
 mod tests {
