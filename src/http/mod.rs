@@ -155,6 +155,30 @@ pub(crate) struct Route {
 }
 
 impl Route {
+    pub(crate) const fn get(template: &'static str, ok: &'static [u16]) -> Self {
+        Self {
+            method: "GET",
+            template,
+            ok,
+        }
+    }
+
+    pub(crate) const fn post(template: &'static str, ok: &'static [u16]) -> Self {
+        Self {
+            method: "POST",
+            template,
+            ok,
+        }
+    }
+
+    pub(crate) const fn delete(template: &'static str, ok: &'static [u16]) -> Self {
+        Self {
+            method: "DELETE",
+            template,
+            ok,
+        }
+    }
+
     /// The template as the OpenAPI document writes it: each parameter in camelCase,
     /// as the API names it (`/v1/users/{user_id}` → `/v1/users/{userId}`).
     pub(crate) fn documented(&self) -> String {

@@ -36,19 +36,11 @@ pub(crate) const BROWSER_HEADERS: [(header::HeaderName, &str); 3] = [
 ];
 
 /// `GET /oauth/{provider}/start`.
-pub(in crate::http) const START: Route = Route {
-    method: "GET",
-    template: "/oauth/{provider}/start",
-    ok: &[302],
-};
+pub(in crate::http) const START: Route = Route::get("/oauth/{provider}/start", &[302]);
 
 /// `GET /oauth/{provider}/callback`: a page without a return URL, a redirect to it
 /// with one.
-pub(in crate::http) const CALLBACK: Route = Route {
-    method: "GET",
-    template: "/oauth/{provider}/callback",
-    ok: &[200, 302],
-};
+pub(in crate::http) const CALLBACK: Route = Route::get("/oauth/{provider}/callback", &[200, 302]);
 
 pub(crate) fn router() -> Router<AppState> {
     BROWSER_HEADERS.into_iter().fold(

@@ -29,11 +29,7 @@ use super::{AppState, Route, api, probes};
 use crate::error::{Error, Problem};
 
 /// `GET /openapi.json`.
-pub(in crate::http) const OPENAPI_JSON: Route = Route {
-    method: "GET",
-    template: "/openapi.json",
-    ok: &[200],
-};
+pub(in crate::http) const OPENAPI_JSON: Route = Route::get("/openapi.json", &[200]);
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route(OPENAPI_JSON.template, get(openapi_json))

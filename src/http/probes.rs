@@ -22,18 +22,10 @@ use crate::secrets::SecretsCache;
 use crate::store::{FlowLog, StoreError};
 
 /// `GET /healthz`.
-pub(in crate::http) const HEALTHZ: Route = Route {
-    method: "GET",
-    template: "/healthz",
-    ok: &[200],
-};
+pub(in crate::http) const HEALTHZ: Route = Route::get("/healthz", &[200]);
 
 /// `GET /readyz`.
-pub(in crate::http) const READYZ: Route = Route {
-    method: "GET",
-    template: "/readyz",
-    ok: &[200],
-};
+pub(in crate::http) const READYZ: Route = Route::get("/readyz", &[200]);
 
 /// `GET /metrics`, on the admin listener only.
 const METRICS: &str = "/metrics";

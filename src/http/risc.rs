@@ -15,11 +15,7 @@ use crate::oauth::provider::ProviderError;
 use crate::oauth::risc::RiscError;
 
 /// `POST /risc/google`.
-pub(in crate::http) const RECEIVE: Route = Route {
-    method: "POST",
-    template: "/risc/google",
-    ok: &[202],
-};
+pub(in crate::http) const RECEIVE: Route = Route::post("/risc/google", &[202]);
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new().route(RECEIVE.template, post(receive))

@@ -112,6 +112,14 @@ impl StoreError {
             _ => "store_unavailable",
         }
     }
+
+    /// What a client is told: what failed, not how.
+    pub(crate) fn public_detail(&self) -> &'static str {
+        match self {
+            Self::Conflict => "the row was changed concurrently; retry",
+            _ => "the token store is unavailable; retry later",
+        }
+    }
 }
 
 /// What an operator should look at for a store error (printed by `check`).

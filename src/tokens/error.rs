@@ -99,7 +99,7 @@ impl TokenError {
     pub(crate) fn public_detail(&self) -> String {
         match self {
             Self::Provider(e) => e.public_detail(),
-            Self::Store(_) => "the token store is unavailable; retry later".into(),
+            Self::Store(e) => e.public_detail().into(),
             Self::Crypto(e) => e.public_detail().into(),
             Self::Internal(_) => "internal error".into(),
             other => other.to_string(),

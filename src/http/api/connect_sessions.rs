@@ -23,18 +23,11 @@ use crate::secrets::Operation;
 use crate::tokens::TokenError;
 
 /// `POST /v1/connect-sessions`.
-pub(in crate::http) const CREATE: Route = Route {
-    method: "POST",
-    template: "/v1/connect-sessions",
-    ok: &[201],
-};
+pub(in crate::http) const CREATE: Route = Route::post("/v1/connect-sessions", &[201]);
 
 /// `POST /v1/connect-sessions/{flowId}/confirm`.
-pub(in crate::http) const CONFIRM: Route = Route {
-    method: "POST",
-    template: "/v1/connect-sessions/{flow_id}/confirm",
-    ok: &[200],
-};
+pub(in crate::http) const CONFIRM: Route =
+    Route::post("/v1/connect-sessions/{flow_id}/confirm", &[200]);
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let routes = Router::new()

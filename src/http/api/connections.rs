@@ -20,25 +20,14 @@ use crate::series::Label;
 use crate::tokens::{ConnectionSummary, TokenError};
 
 /// `GET /v1/users/{userId}/connections`.
-pub(in crate::http) const LIST: Route = Route {
-    method: "GET",
-    template: "/v1/users/{user_id}/connections",
-    ok: &[200],
-};
+pub(in crate::http) const LIST: Route = Route::get("/v1/users/{user_id}/connections", &[200]);
 
 /// `GET /v1/connections`.
-pub(in crate::http) const LIST_ALL: Route = Route {
-    method: "GET",
-    template: "/v1/connections",
-    ok: &[200],
-};
+pub(in crate::http) const LIST_ALL: Route = Route::get("/v1/connections", &[200]);
 
 /// `DELETE /v1/users/{userId}/connections/{provider}`.
-pub(in crate::http) const DELETE: Route = Route {
-    method: "DELETE",
-    template: "/v1/users/{user_id}/connections/{provider}",
-    ok: &[200],
-};
+pub(in crate::http) const DELETE: Route =
+    Route::delete("/v1/users/{user_id}/connections/{provider}", &[200]);
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let routes = Router::new()

@@ -16,11 +16,7 @@ use crate::http::{ApiQuery, AppState, Route};
 use crate::secrets::Operation;
 
 /// `GET /v1/events`.
-pub(in crate::http) const FEED: Route = Route {
-    method: "GET",
-    template: "/v1/events",
-    ok: &[200],
-};
+pub(in crate::http) const FEED: Route = Route::get("/v1/events", &[200]);
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let routes = Router::new().route(FEED.template, get(list_events));

@@ -17,18 +17,10 @@ use crate::secrets::{Caller, Operation};
 use crate::store::{FlowLogEntry, FlowStep};
 
 /// `GET /v1/users/{userId}/flow-logs`.
-pub(in crate::http) const FLOW_LOGS: Route = Route {
-    method: "GET",
-    template: "/v1/users/{user_id}/flow-logs",
-    ok: &[200],
-};
+pub(in crate::http) const FLOW_LOGS: Route = Route::get("/v1/users/{user_id}/flow-logs", &[200]);
 
 /// `GET /v1/audit`.
-pub(in crate::http) const AUDIT: Route = Route {
-    method: "GET",
-    template: "/v1/audit",
-    ok: &[200],
-};
+pub(in crate::http) const AUDIT: Route = Route::get("/v1/audit", &[200]);
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let routes = Router::new()

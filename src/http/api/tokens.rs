@@ -21,11 +21,7 @@ use crate::oauth::grant;
 use crate::secrets::Operation;
 
 /// `GET /v1/users/{userId}/tokens/{provider}`.
-pub(in crate::http) const READ: Route = Route {
-    method: "GET",
-    template: "/v1/users/{user_id}/tokens/{provider}",
-    ok: &[200],
-};
+pub(in crate::http) const READ: Route = Route::get("/v1/users/{user_id}/tokens/{provider}", &[200]);
 
 pub(super) fn router(state: &AppState) -> Router<AppState> {
     let routes = Router::new().route(READ.template, get(get_token));
