@@ -259,33 +259,59 @@ pub(crate) async fn check(settings: Settings) -> i32 {
             .map_err(|(op, e)| (format!("{op}: {e}"), crate::store::hint(&e))),
     });
 
-    if let Ok(secrets) = secrets
-        && client_configured
-    {
-        let discovery = match OidcProvider::new(
-            ProviderConfig::google(settings.provider.issuer.as_str()),
-            secrets,
-            ProviderLimits::from_settings(&settings),
-        ) {
-            Ok(p) => p.check_discovery().await,
-            Err(e) => Err(e),
-        };
-        outcomes.push(Outcome {
-            name: "provider discovery",
-            result: discovery
-                .map(|()| {
-                    let issuer = settings.provider.issuer.as_str();
-                    format!("{} answers", issuer.trim_end_matches('/'))
-                })
-                .map_err(|e| {
-                    (
-                        e.to_string(),
-                        "check AXNT_GOOGLE_ISSUER and outbound HTTPS from this host".into(),
-                    )
-                }),
-        });
+    if let Ok(secrets) = secrets {
+        for entry in &settings.providers {
+            let configured = if entry.name == "google" {
+                client_configured
+            } else {
+                entry.client_id.is_some() || entry.secret_id.is_some()
+            };
+            if configured {
+                outcomes.push(discovery(&settings, entry, &secrets).await);
+            }
+        }
     }
     finish(&outcomes)
+}
+
+/// Whether the provider's discovery document (and keys) can be fetched.
+async fn discovery(
+    settings: &Settings,
+    entry: &crate::config::ProviderEntry,
+    secrets: &Arc<SecretsCache>,
+) -> Outcome {
+    let provider = ProviderConfig::from_entry(entry)
+        .map_err(|e| (e.to_string(), "fix the provider's settings".to_string()))
+        .and_then(|config| {
+            let issuer = config.issuer.clone();
+            OidcProvider::new(
+                config,
+                Arc::clone(secrets),
+                ProviderLimits::from_settings(settings),
+            )
+            .map(|p| (p, issuer))
+            .map_err(|e| (e.to_string(), "fix the provider's settings".to_string()))
+        });
+    let result = match provider {
+        Ok((provider, issuer)) => provider
+            .check_discovery()
+            .await
+            .map(|()| format!("{}: {issuer} answers", entry.name))
+            .map_err(|e| {
+                (
+                    format!("{}: {e}", entry.name),
+                    format!(
+                        "check {} and outbound HTTPS from this host",
+                        entry.setting("issuer")
+                    ),
+                )
+            }),
+        Err(e) => Err(e),
+    };
+    Outcome {
+        name: "provider discovery",
+        result,
+    }
 }
 
 fn finish(outcomes: &[Outcome]) -> i32 {

@@ -32,6 +32,7 @@ pub mod env_file;
 mod load;
 mod net;
 mod provider;
+mod providers;
 mod server;
 mod storage;
 
@@ -64,6 +65,8 @@ mod unit {
     }
 }
 pub use provider::*;
+pub use providers::ProviderEntry;
+pub(crate) use providers::provider_setting;
 pub use server::*;
 pub use storage::*;
 
@@ -119,6 +122,8 @@ pub struct Settings {
     pub(crate) data_key: DataKeySettings,
     pub(crate) flow_log: FlowLogSettings,
     pub(crate) log: LogSettings,
+    /// `AXNT_PROVIDERS` and each one's `AXNT_<NAME>_*`, in the order listed.
+    pub providers: Vec<ProviderEntry>,
     /// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
     /// `AWS_SESSION_TOKEN` as found in an environment given to [`Settings::load`]
     /// (tests, embedding). Empty when loaded with [`Settings::from_env`]: the AWS SDK

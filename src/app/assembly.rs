@@ -3,17 +3,60 @@
 
 use super::*;
 
+/// The secrets as loaded: the service's, and each provider's OAuth client that is not
+/// in it.
+pub(crate) struct LoadedSecrets {
+    pub(crate) service: Arc<SecretsCache>,
+    pub(crate) clients: Vec<(String, Arc<SecretsCache>)>,
+}
+
+impl LoadedSecrets {
+    /// Where `provider`'s OAuth client is: its own source, else the service secret.
+    pub(crate) fn of(&self, provider: &str) -> &Arc<SecretsCache> {
+        self.clients
+            .iter()
+            .find(|(name, _)| name == provider)
+            .map_or(&self.service, |(_, cache)| cache)
+    }
+}
+
 /// Loads the secrets (the one dependency start-up calls: Secrets Manager in aws mode).
 pub(super) async fn load_secrets(
     settings: &Settings,
     backends: &Backends,
-) -> Result<Arc<SecretsCache>, StartupError> {
-    Ok(SecretsCache::load(
+) -> Result<LoadedSecrets, StartupError> {
+    let service = SecretsCache::load(
         backends.secrets.clone(),
         client_override(settings),
         backends.api_keys.clone(),
     )
-    .await?)
+    .await?;
+    let mut clients = Vec::with_capacity(backends.client_sources.len());
+    for (name, source) in &backends.client_sources {
+        clients.push((
+            name.clone(),
+            SecretsCache::load(Arc::clone(source), None, Vec::new()).await?,
+        ));
+    }
+    Ok(LoadedSecrets { service, clients })
+}
+
+/// The configured providers over their clients' secrets, in the order
+/// `AXNT_PROVIDERS` lists them.
+pub(crate) fn build_providers(
+    settings: &Settings,
+    secrets: &LoadedSecrets,
+) -> Result<Providers, StartupError> {
+    let mut providers = Vec::with_capacity(settings.providers.len());
+    for entry in &settings.providers {
+        let provider = OidcProvider::new(
+            ProviderConfig::from_entry(entry)?,
+            Arc::clone(secrets.of(&entry.name)),
+            ProviderLimits::from_settings(settings),
+        )?;
+        providers.push(Arc::new(provider));
+    }
+    Ok(Providers::new(providers))
 }
 
 /// Wires the services over loaded secrets and starts their background work. Nothing
@@ -21,8 +64,10 @@ pub(super) async fn load_secrets(
 pub(super) fn assemble(
     settings: Arc<Settings>,
     backends: Backends,
-    secrets: Arc<SecretsCache>,
+    loaded: LoadedSecrets,
 ) -> Result<Running, StartupError> {
+    let providers = Arc::new(build_providers(&settings, &loaded)?);
+    let secrets = Arc::clone(&loaded.service);
     let state_key = match secrets.current().state_key.clone().or(backends.state_key) {
         Some(key) => key,
         None if settings.secrets.allow_instance_state_key => {
@@ -73,25 +118,16 @@ pub(super) fn assemble(
         store.schedule_purge(&jobs, settings.retention.purge_interval);
     }
     if settings.backend == Backend::Aws {
-        secrets.schedule_refresh(
-            &jobs,
-            settings
-                .secrets
-                .refresh_interval
-                .max(Duration::from_secs(10)),
-        );
+        let every = settings
+            .secrets
+            .refresh_interval
+            .max(Duration::from_secs(10));
+        secrets.schedule_refresh(&jobs, every);
+        for (_, client) in &loaded.clients {
+            client.schedule_refresh(&jobs, every);
+        }
     }
-
-    let mut provider_config = ProviderConfig::google(settings.provider.issuer.as_str());
-    provider_config.rotates_refresh_tokens = settings.provider.rotates();
-    provider_config.refresh_reuse_grace = settings.provider.refresh_reuse_grace;
-    let provider = OidcProvider::new(
-        provider_config,
-        Arc::clone(&secrets),
-        ProviderLimits::from_settings(&settings),
-    )?;
-    let provider_names = [provider.name().to_string()];
-    let providers = Arc::new(Providers::new(vec![Arc::new(provider)]));
+    let provider_names: Vec<String> = settings.providers.iter().map(|p| p.name.clone()).collect();
     let flow_log = Arc::new(FlowRecorder::new(
         Arc::clone(&backends.flow_log),
         settings.retention.flow_log_retention,
@@ -147,7 +183,11 @@ pub(super) fn assemble(
         Arc::clone(&backends.tokens) as Arc<dyn crate::store::Health>,
         Arc::clone(&backends.flow_log),
         Arc::clone(&backends.keys),
-        Arc::clone(&secrets),
+        settings
+            .providers
+            .iter()
+            .map(|p| (p.name.clone(), Arc::clone(loaded.of(&p.name))))
+            .collect(),
         settings.server.readiness_cache,
     );
     let audit = Arc::new(crate::audit::AuditTrail::new(

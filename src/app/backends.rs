@@ -34,6 +34,9 @@ pub struct Backends {
     pub(crate) audit_log: Arc<dyn FlowLog>,
     pub keys: Arc<dyn KeyProvider>,
     pub secrets: Arc<dyn SecretSource>,
+    /// The OAuth client of each provider whose client is not the service secret's
+    /// (`google`'s is): its settings, or its own Secrets Manager secret.
+    pub(crate) client_sources: Vec<(String, Arc<dyn SecretSource>)>,
     /// Seals flow state; every instance must share it.
     pub(crate) state_key: Option<SecretKey>,
     /// The state key before a rotation: still opens what it sealed.
@@ -135,6 +138,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
             cache_limits(&settings.data_key),
         )),
         secrets: Arc::new(secrets),
+        client_sources: client_sources(settings, None),
         state_key: Some(state_key),
         previous_state_key: settings.secrets.previous_state_key.clone(),
         api_keys,
@@ -194,6 +198,47 @@ pub(super) fn client_override(settings: &Settings) -> Option<ClientCredentials> 
     }
 }
 
+/// Where each provider but `google` finds its OAuth client: its `CLIENT_ID` and
+/// `CLIENT_SECRET` settings, else (aws mode) its `SECRET_ID` secret, which the
+/// settings then override field by field as `google`'s do. A provider with neither has
+/// no client: its flows answer `provider_not_configured`.
+fn client_sources(
+    settings: &Settings,
+    aws: Option<&aws_config::SdkConfig>,
+) -> Vec<(String, Arc<dyn SecretSource>)> {
+    settings
+        .providers
+        .iter()
+        .filter(|entry| entry.name != "google")
+        .map(|entry| {
+            let from_settings = match (&entry.client_id, &entry.client_secret) {
+                (Some(id), Some(secret)) => Some(ClientCredentials {
+                    client_id: id.clone(),
+                    client_secret: secret.clone(),
+                }),
+                _ => None,
+            };
+            let source: Arc<dyn SecretSource> = match (aws, &entry.secret_id, from_settings) {
+                (Some(config), Some(secret_id), None) => {
+                    Arc::new(SecretsManagerSource::new(config, secret_id))
+                }
+                (_, _, client) => Arc::new(StaticSecrets::new(
+                    ServiceSecrets {
+                        client,
+                        ..ServiceSecrets::default()
+                    },
+                    format!(
+                        "the settings {} and {}",
+                        entry.setting("client_id"),
+                        entry.setting("client_secret")
+                    ),
+                )),
+            };
+            (entry.name.clone(), source)
+        })
+        .collect()
+}
+
 /// KMS without the data-key cache, for `check`'s round trip (which must reach KMS).
 pub async fn uncached_key_provider(settings: &Settings) -> Arc<dyn KeyProvider> {
     let config = sdk_config(settings).await;
@@ -234,6 +279,7 @@ async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
         flow_log: Arc::new(flow_log),
         keys: Arc::new(keys),
         secrets: Arc::new(secrets),
+        client_sources: client_sources(settings, Some(&config)),
         state_key,
         previous_state_key: settings.secrets.previous_state_key.clone(),
         api_keys: settings.secrets.api_keys.clone(),

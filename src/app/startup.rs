@@ -24,7 +24,7 @@ use super::{Backends, Running, StartupError, assemble, load_secrets};
 use crate::config::Settings;
 use crate::http::{Starting, starting_router};
 use crate::retry::Backoff;
-use crate::secrets::{SecretError, SecretsCache};
+use crate::secrets::SecretError;
 
 /// How long the first attempt may take before the listener serves probes meanwhile: an
 /// endpoint that does not answer can hold a call for the SDK's whole operation timeout.
@@ -44,7 +44,7 @@ const SECRETS: Starting = Starting {
 pub(super) async fn first_attempt(
     settings: &Settings,
     backends: &Backends,
-) -> Result<Arc<SecretsCache>, StartupError> {
+) -> Result<super::assembly::LoadedSecrets, StartupError> {
     if settings.server.startup_timeout.is_zero() {
         return load_secrets(settings, backends).await;
     }

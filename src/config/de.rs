@@ -48,7 +48,7 @@ enum ListOrCsv {
 }
 
 /// The list's items, trimmed, empty ones dropped.
-fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(crate) fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let items = match ListOrCsv::deserialize(d)? {
         ListOrCsv::List(items) => items,
         ListOrCsv::Csv(csv) => csv.split(',').map(str::to_string).collect(),

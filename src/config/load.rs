@@ -53,9 +53,10 @@ impl Settings {
             }
         }
         let figment = figment.merge(Serialized::defaults(env_layer(env)));
-        refuse_unknown_keys(&figment)?;
+        let provider_names = super::providers::provider_names(&figment)?;
+        refuse_unknown_keys(&figment, &provider_names)?;
         let ungrouped: Ungrouped = extract(&figment)?;
-        let settings = Settings {
+        let mut settings = Settings {
             backend: ungrouped.backend,
             data_dir: ungrouped.data_dir,
             server: extract(&figment)?,
@@ -70,8 +71,12 @@ impl Settings {
             data_key: extract(&figment)?,
             flow_log: extract(&figment)?,
             log: extract(&figment)?,
+            providers: super::providers::entries(&figment, &provider_names)?,
             aws_sdk_env,
         };
+        for entry in &mut settings.providers {
+            entry.complete_google(&settings.provider);
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -268,6 +273,9 @@ impl Settings {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.filter)
             .map_err(|e| ConfigError::new("log", e.to_string()))?;
+        for entry in &self.providers {
+            entry.validate(self.backend == Backend::Embedded)?;
+        }
         Ok(())
     }
 
@@ -335,27 +343,49 @@ fn known_keys() -> BTreeSet<&'static str> {
         keys_of::<DataKeySettings>(),
         keys_of::<FlowLogSettings>(),
         keys_of::<LogSettings>(),
+        &["providers"],
     ]
     .concat()
     .into_iter()
     .collect()
 }
 
-fn refuse_unknown_keys(figment: &Figment) -> Result<(), ConfigError> {
+/// Refuses a key no group reads and no configured provider owns. A provider key of a
+/// provider `AXNT_PROVIDERS` does not list says so.
+fn refuse_unknown_keys(figment: &Figment, providers: &[String]) -> Result<(), ConfigError> {
     let given: Dict = figment.extract().map_err(|e| ConfigError {
         setting: "configuration".into(),
         reason: e.to_string(),
     })?;
     let known = known_keys();
-    match given.keys().find(|key| !known.contains(key.as_str())) {
-        Some(key) => Err(ConfigError::new(key, "not a setting of this service")),
-        None => Ok(()),
+    let owned: BTreeSet<String> = providers
+        .iter()
+        .flat_map(|name| super::providers::keys_of_provider(name))
+        .collect();
+    let Some(key) = given
+        .keys()
+        .find(|key| !known.contains(key.as_str()) && !owned.contains(key.as_str()))
+    else {
+        return Ok(());
+    };
+    let field = super::providers::entry_fields()
+        .iter()
+        .find(|field| key.ends_with(&format!("_{field}")));
+    match field {
+        Some(field) => Err(ConfigError::new(
+            key,
+            format!(
+                "names provider {:?}, which AXNT_PROVIDERS does not list",
+                key[..key.len() - field.len() - 1].replace('_', "-")
+            ),
+        )),
+        None => Err(ConfigError::new(key, "not a setting of this service")),
     }
 }
 
 /// The keys `T` reads: the field names (after renames) serde's derive hands to
 /// `deserialize_struct`, caught by a deserializer that records them and stops.
-fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
+pub(super) fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
     let mut keys: &'static [&'static str] = &[];
     let _ = T::deserialize(FieldNames(&mut keys));
     keys

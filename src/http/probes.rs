@@ -160,7 +160,8 @@ pub(crate) struct Readiness {
     store: Arc<dyn crate::store::Health>,
     flow_log: Arc<dyn FlowLog>,
     keys: Arc<dyn KeyProvider>,
-    secrets: Arc<SecretsCache>,
+    /// Each provider's name and where its OAuth client is.
+    clients: Vec<(String, Arc<SecretsCache>)>,
     ttl: Duration,
     last: Mutex<Option<(Instant, Arc<ReadinessReport>)>>,
 }
@@ -170,14 +171,14 @@ impl Readiness {
         store: Arc<dyn crate::store::Health>,
         flow_log: Arc<dyn FlowLog>,
         keys: Arc<dyn KeyProvider>,
-        secrets: Arc<SecretsCache>,
+        clients: Vec<(String, Arc<SecretsCache>)>,
         ttl: Duration,
     ) -> Self {
         Self {
             store,
             flow_log,
             keys,
-            secrets,
+            clients,
             ttl,
             last: Mutex::new(None),
         }
@@ -243,16 +244,22 @@ impl Readiness {
             keys.await
                 .map_err(|e: CryptoError| (key_code(&e), e.to_string())),
         );
-        let provider = if self.secrets.current().client.is_some() {
-            Ok(())
-        } else {
-            Err((
+        // Every provider needs its client; the first without one is named.
+        let provider = match self
+            .clients
+            .iter()
+            .find(|(_, secrets)| secrets.current().client.is_none())
+        {
+            None => Ok(()),
+            Some((name, secrets)) => Err((
                 "not_configured",
                 format!(
-                    "no client credentials (looked in {}): set AXNT_GOOGLE_CLIENT_ID and AXNT_GOOGLE_CLIENT_SECRET",
-                    self.secrets.source_name()
+                    "provider {name} has no client credentials (looked in {}): set {} and {}",
+                    secrets.source_name(),
+                    crate::config::env_name(&format!("{}_client_id", name.replace('-', "_"))),
+                    crate::config::env_name(&format!("{}_client_secret", name.replace('-', "_"))),
                 ),
-            ))
+            )),
         };
         put("provider", provider);
         ReadinessReport {

@@ -46,7 +46,10 @@ pub(super) async fn receive(State(state): State<AppState>, body: Bytes) -> Resul
         .as_ref()
         .map(|c| c.client_id.clone())
         .ok_or_else(|| {
-            Error::Provider(ProviderError::NotConfigured(state.secrets.source_name()))
+            Error::Provider(ProviderError::not_configured(
+                "google",
+                &state.secrets.source_name(),
+            ))
         })?;
     let set = state
         .risc

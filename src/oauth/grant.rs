@@ -1,4 +1,5 @@
-//! What a Google grant covers and how it ends: the scope ledger's rules, the cause a
+//! What a grant covers and how it ends (Google's clocks first, others' by their
+//! [`Lifetimes`]): the scope ledger's rules, the cause a
 //! dead grant died of, and the forecast of when a live one will.
 //!
 //! Google ends a refresh token when the user revokes it, after six months unused, when
@@ -94,7 +95,7 @@ fn only_basic(granted: &[String]) -> bool {
     Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray, strum::EnumString,
 )]
 #[strum(serialize_all = "snake_case")]
-pub(crate) enum Cause {
+pub enum Cause {
     RevokedByUser,
     TestingModeExpired,
     IdleExpired,
@@ -109,6 +110,8 @@ pub(crate) enum Cause {
     ClientCredentialsInvalid,
     /// Google disabled the account, suspecting it was hijacked (a RISC event).
     AccountDisabled,
+    /// Consent for a scope is missing (Microsoft Entra's AADSTS65001).
+    ConsentRequired,
 }
 
 impl Cause {
@@ -130,13 +133,13 @@ impl Cause {
     pub(crate) fn remedy(self) -> &'static str {
         match self {
             Self::RevokedByUser => {
-                "The user removed this app's access in their Google account (or it ended for a reason Google does not name). Ask them to connect again if they want to."
+                "The user removed this app's access in their account at the provider (or it ended for a reason the provider does not name). Ask them to connect again if they want to."
             }
             Self::TestingModeExpired => {
                 "The OAuth client is in Google's Testing publishing status, whose grants end after 7 days. Ask the user to connect again; publish the app (Google Cloud console, OAuth consent screen) to stop this."
             }
             Self::IdleExpired => {
-                "The grant went unused for about six months and Google ended it. Ask the user to connect again; AXNT_KEEPALIVE_DAYS keeps idle grants alive."
+                "The grant went unused longer than the provider keeps idle grants (Google: about six months; Microsoft: 90 days) and it ended it. Ask the user to connect again; AXNT_KEEPALIVE_DAYS keeps idle grants alive."
             }
             Self::TokenLimitEvicted => {
                 "The Google account holds too many grants for this OAuth client (Google keeps 100) and this, the oldest, was ended. Ask the user to connect again, and stop creating new grants for the same account."
@@ -145,13 +148,13 @@ impl Cause {
                 "The user granted access for a limited time, which has ended. Ask them to connect again, for longer if they agree."
             }
             Self::AdminPolicyEnforced => {
-                "A Google Workspace administrator restricted this app or one of its scopes. The user's administrator must allow the app (Admin console, API controls) before the user connects again."
+                "An administrator of the user's organisation restricted this app or one of its scopes (Google Workspace API controls, a Microsoft Entra Conditional Access policy). The administrator must allow the app before the user connects again."
             }
             Self::SessionReauthRequired => {
-                "The user's Google Workspace requires them to sign in again (session control). Ask them to connect again."
+                "The user's organisation requires them to sign in again (Google Workspace session control; Microsoft Entra multi-factor authentication, Conditional Access or sign-in frequency). Ask them to connect again."
             }
             Self::PasswordChanged => {
-                "The user changed their Google password and the grant held Gmail scopes, which ends it. Ask them to connect again."
+                "The user's password was changed or reset, or their sessions were revoked, which ended the grant (at Google when it held Gmail scopes; at Microsoft always). Ask them to connect again."
             }
             Self::RefreshOutcomeUnknown => {
                 "A refresh request's answer was lost and the provider then refused the refresh token, most likely spent by that request. Ask the user to connect again."
@@ -163,21 +166,51 @@ impl Cause {
                 "The provider refused the grant (invalid_grant) without saying why. Ask the user to connect again."
             }
             Self::ClientCredentialsInvalid => {
-                "The provider rejected this service's OAuth client id or secret; the user's grant is untouched. An operator must fix the client credentials (AXNT_GOOGLE_CLIENT_SECRET or the secret's client_secret)."
+                "The provider rejected this service's OAuth client id or secret (wrong, or expired); the user's grant is untouched. An operator must fix the client credentials (AXNT_<NAME>_CLIENT_SECRET, or client_secret in the provider's secret)."
             }
             Self::AccountDisabled => {
                 "Google disabled this Google account, suspecting it was hijacked, and ended its grants. Once the user has recovered the account, they can connect again."
+            }
+            Self::ConsentRequired => {
+                "The user, or their organisation's administrator, has not consented to a scope this service asks for. Ask the user to connect again; where users may not consent themselves, an administrator must first grant consent for the organisation (Microsoft Entra admin center, Enterprise applications, Permissions)."
             }
         }
     }
 }
 
-/// The grant rules of a deployment.
+/// What is known of a provider's clocks (its profile's part in the forecast and in
+/// the causes of dead grants).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lifetimes {
+    /// Google's own: the Testing status's 7 days and the 100 grants per account and
+    /// client (with [`GrantRules::publishing`] and [`GrantRules::grant_limit`]).
+    pub(crate) google: bool,
+    /// A refresh token unused this long ends.
+    pub(crate) idle: Option<Duration>,
+}
+
+impl Lifetimes {
+    /// Google's clocks.
+    pub(crate) const GOOGLE: Self = Self {
+        google: true,
+        idle: Some(IDLE_LIMIT),
+    };
+    /// No clock known: only what the provider's answers say (and their own expiry
+    /// times) predicts an end.
+    pub(crate) const UNKNOWN: Self = Self {
+        google: false,
+        idle: None,
+    };
+}
+
+/// The grant rules of one provider of a deployment.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GrantRules {
+    /// Google's publishing status (counts only where [`Lifetimes::google`]).
     pub(crate) publishing: PublishingStatus,
     /// Live refresh tokens Google keeps per account and client.
     pub(crate) grant_limit: u32,
+    pub(crate) lifetimes: Lifetimes,
 }
 
 impl Default for GrantRules {
@@ -185,11 +218,22 @@ impl Default for GrantRules {
         Self {
             publishing: PublishingStatus::Unknown,
             grant_limit: 100,
+            lifetimes: Lifetimes::GOOGLE,
         }
     }
 }
 
 impl GrantRules {
+    /// These rules for a provider with `lifetimes`.
+    pub(crate) fn with(self, lifetimes: Lifetimes) -> Self {
+        Self { lifetimes, ..self }
+    }
+
+    /// Whether refresh tokens minted per account are counted against the limit.
+    pub(crate) fn counts_grants(self) -> bool {
+        self.lifetimes.google
+    }
+
     /// From this many minted grants an account is warned about (90 % of the limit,
     /// at least one below it).
     pub(crate) fn warn_at(self) -> usize {
@@ -238,14 +282,14 @@ pub(crate) fn cause_of(
     now: DateTime<Utc>,
 ) -> Cause {
     match refusal {
-        GrantRefusal::ReauthRequired => return Cause::SessionReauthRequired,
-        GrantRefusal::AdminPolicy => return Cause::AdminPolicyEnforced,
+        GrantRefusal::Named(cause) => return cause,
         GrantRefusal::ExpiredOrRevoked | GrantRefusal::Unspecified => {}
     }
     if row.refresh.unknown_since_ms.is_some() {
         return Cause::RefreshOutcomeUnknown;
     }
-    if newer_mints.is_some_and(|n| n >= rules.grant_limit as usize) {
+    let google = rules.lifetimes.google;
+    if google && newer_mints.is_some_and(|n| n >= rules.grant_limit as usize) {
         return Cause::TokenLimitEvicted;
     }
     let grant = &row.grant;
@@ -257,11 +301,13 @@ pub(crate) fn cause_of(
     }
     // A declared Testing status explains a death on its clock first; an undeclared
     // one only when six months of disuse do not explain it already.
-    let testing = testing_expiry_fits(grant, rules, now);
+    let testing = google && testing_expiry_fits(grant, rules, now);
     if testing && rules.publishing == PublishingStatus::Testing {
         return Cause::TestingModeExpired;
     }
-    if now >= after(last_token_use(row), IDLE_LIMIT) {
+    if let Some(idle) = rules.lifetimes.idle
+        && now >= after(last_token_use(row), idle)
+    {
         return Cause::IdleExpired;
     }
     if testing {
@@ -314,7 +360,8 @@ pub enum ExpiryReason {
     TestingMode,
     /// The end of the time-limited access the user chose.
     TimeLimitedAccess,
-    /// Six months after the refresh token was last used.
+    /// The provider's idle limit (Google: six months; Microsoft: 90 days) after the
+    /// refresh token was last used.
     IdleLimit,
 }
 
@@ -337,7 +384,8 @@ pub(crate) fn forecast(row: &Connection, rules: GrantRules, now: DateTime<Utc>) 
     {
         clocks.push((at, ExpiryReason::TimeLimitedAccess));
     }
-    if rules.publishing == PublishingStatus::Testing
+    if rules.lifetimes.google
+        && rules.publishing == PublishingStatus::Testing
         && !only_basic(&grant.granted_scopes)
         && let Some(consented) = grant.consented_at
     {
@@ -346,10 +394,9 @@ pub(crate) fn forecast(row: &Connection, rules: GrantRules, now: DateTime<Utc>) 
             ExpiryReason::TestingMode,
         ));
     }
-    clocks.push((
-        after(last_token_use(row), IDLE_LIMIT),
-        ExpiryReason::IdleLimit,
-    ));
+    if let Some(idle) = rules.lifetimes.idle {
+        clocks.push((after(last_token_use(row), idle), ExpiryReason::IdleLimit));
+    }
     let first = clocks.into_iter().min_by_key(|(at, _)| *at);
     let health = if !row.is_active {
         Health::Dead
@@ -413,6 +460,7 @@ mod tests {
         let rules = |publishing| GrantRules {
             publishing,
             grant_limit: 100,
+            lifetimes: Lifetimes::GOOGLE,
         };
         let plain = GrantRefusal::ExpiredOrRevoked;
         let drive = "openid email https://x.test/drive";
@@ -452,7 +500,7 @@ mod tests {
         let r = row(drive, 200, now);
         assert_eq!(
             cause_of(
-                GrantRefusal::AdminPolicy,
+                GrantRefusal::Named(Cause::AdminPolicyEnforced),
                 &r,
                 rules(PublishingStatus::Unknown),
                 Some(500),

@@ -13,6 +13,7 @@ mod answer;
 mod http;
 mod id_token;
 mod metadata;
+pub(crate) mod presets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,10 +40,12 @@ use self::http::{ProviderHttp, error_chain, http_client};
 use self::id_token::ExtraClaims;
 pub(crate) use self::id_token::IdTokenProblem;
 use self::metadata::{Discovered, MetadataCache};
+pub(crate) use self::presets::{Profile, Revocation};
 use crate::config::Settings;
 use crate::secrets::{ClientCredentials, SecretsCache};
 
-/// One provider's settings. Adding a provider is adding one of these.
+/// One provider's settings, from its entry and its kind's preset
+/// ([`ProviderConfig::from_entry`]).
 #[derive(Debug, Clone)]
 pub(crate) struct ProviderConfig {
     /// The name in routes and rows (`google`).
@@ -55,30 +58,8 @@ pub(crate) struct ProviderConfig {
     pub(crate) extra_auth_params: Vec<(String, String)>,
     /// `prompt=consent` so that a refresh token is issued on every grant.
     pub(crate) prompt_consent: bool,
-    /// The provider issues a new refresh token on each refresh and rejects the old one.
-    /// Google does not; many other providers do.
-    pub(crate) rotates_refresh_tokens: bool,
-    /// A rotating provider still accepts a redeemed refresh token for this long.
-    pub(crate) refresh_reuse_grace: Duration,
-}
-
-impl ProviderConfig {
-    /// Google: offline access (a refresh token), consent every time (so re-connecting
-    /// yields a refresh token again), and incremental scopes.
-    pub(crate) fn google(issuer: &str) -> Self {
-        Self {
-            name: "google".into(),
-            issuer: issuer.trim_end_matches('/').to_string(),
-            default_scopes: vec!["email".into(), "profile".into()],
-            extra_auth_params: vec![
-                ("access_type".into(), "offline".into()),
-                ("include_granted_scopes".into(), "true".into()),
-            ],
-            prompt_consent: true,
-            rotates_refresh_tokens: false,
-            refresh_reuse_grace: Duration::ZERO,
-        }
-    }
+    /// How its grants live and die.
+    pub(crate) profile: Profile,
 }
 
 /// Discovery fields beyond the standard ones.
@@ -128,6 +109,7 @@ impl GrantFields {
 
 /// A token endpoint's error answer (RFC 6749 §5.2), with Google's `error_subtype`
 /// (`invalid_rapt`: a session-control policy requires the user to sign in again).
+/// Microsoft Entra's `error_codes` (its `AADSTS` numbers) are read too.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct TokenErrorAnswer {
     error: String,
@@ -135,6 +117,9 @@ pub(crate) struct TokenErrorAnswer {
     error_description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error_subtype: Option<String>,
+    /// Read leniently: an odd value must not make the answer unreadable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error_codes: Option<serde_json::Value>,
 }
 impl ErrorResponse for TokenErrorAnswer {}
 
@@ -146,27 +131,43 @@ impl std::fmt::Display for TokenErrorAnswer {
 }
 
 impl TokenErrorAnswer {
-    /// What the answer means for the grant or the client.
-    fn classify(&self) -> ProviderError {
-        let says = |needle: &str| {
-            self.error_subtype.as_deref() == Some(needle)
-                || self
-                    .error_description
-                    .as_deref()
-                    .is_some_and(|d| d.to_ascii_lowercase().contains(needle))
-        };
+    /// Whether the subtype is `needle` or the description says it (any case).
+    fn says(&self, needle: &str) -> bool {
+        self.error_subtype.as_deref() == Some(needle)
+            || self
+                .error_description
+                .as_deref()
+                .is_some_and(|d| d.to_ascii_lowercase().contains(needle))
+    }
+
+    /// Microsoft Entra's error number: the first of `error_codes`, else the `AADSTS`
+    /// number the description starts with.
+    fn aadsts(&self) -> Option<u64> {
+        let listed = self
+            .error_codes
+            .as_ref()
+            .and_then(|codes| codes.as_array()?.first()?.as_u64());
+        listed.or_else(|| {
+            let digits: String = self
+                .error_description
+                .as_deref()?
+                .trim_start()
+                .strip_prefix("AADSTS")?
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().ok()
+        })
+    }
+
+    /// What the answer means for the grant or the client: the provider's own reading
+    /// (`read`, from its preset) first, then OAuth's.
+    fn classify(&self, read: fn(&Self) -> Option<ProviderError>) -> ProviderError {
+        if let Some(read) = read(self) {
+            return read;
+        }
         match self.error.as_str() {
-            "invalid_grant" if says("invalid_rapt") => {
-                ProviderError::InvalidGrant(GrantRefusal::ReauthRequired)
-            }
-            "invalid_grant" if says("admin_policy_enforced") => {
-                ProviderError::InvalidGrant(GrantRefusal::AdminPolicy)
-            }
-            "invalid_grant" if says("expired or revoked") => {
-                ProviderError::InvalidGrant(GrantRefusal::ExpiredOrRevoked)
-            }
             "invalid_grant" => ProviderError::InvalidGrant(GrantRefusal::Unspecified),
-            "admin_policy_enforced" => ProviderError::InvalidGrant(GrantRefusal::AdminPolicy),
             "invalid_client" | "unauthorized_client" => ProviderError::InvalidClient,
             other => ProviderError::Rejected {
                 error: if other.len() <= 64
@@ -191,11 +192,9 @@ pub enum GrantRefusal {
     /// Google's "Token has been expired or revoked.": revoked by the user, or ended by
     /// one of Google's clocks (the timing tells which).
     ExpiredOrRevoked,
-    /// `error_subtype: invalid_rapt`: a Workspace session-control policy requires the
-    /// user to sign in again.
-    ReauthRequired,
-    /// `admin_policy_enforced`: a Workspace administrator restricted a scope or the app.
-    AdminPolicy,
+    /// The answer names the cause itself (Google's `invalid_rapt` subtype, an Entra
+    /// `AADSTS` code).
+    Named(crate::oauth::grant::Cause),
 }
 
 type TokenFields = IdTokenFields<
@@ -230,9 +229,8 @@ type OidcClient = Client<
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     /// No client id or secret is configured.
-    #[error(
-        "the OAuth client is not configured: set AXNT_GOOGLE_CLIENT_ID and AXNT_GOOGLE_CLIENT_SECRET (or the secret {0})"
-    )]
+    /// What to set, and where the client was looked for.
+    #[error("the OAuth client is not configured: {0}")]
     NotConfigured(String),
     /// The provider rejected the grant: the code or refresh token is dead.
     #[error("the provider rejected the grant (invalid_grant)")]
@@ -258,6 +256,19 @@ pub enum ProviderError {
     /// The ID token failed verification.
     #[error("the ID token is invalid: {0}")]
     IdToken(IdTokenProblem),
+}
+
+impl ProviderError {
+    /// The provider `name` has no client: which settings to set, and where the client
+    /// was looked for.
+    pub(crate) fn not_configured(name: &str, looked_in: &str) -> Self {
+        use crate::config::provider_setting;
+        Self::NotConfigured(format!(
+            "set {} and {} (looked in {looked_in})",
+            provider_setting(name, "client_id"),
+            provider_setting(name, "client_secret")
+        ))
+    }
 }
 
 /// Tokens as the provider returned them.
@@ -320,6 +331,7 @@ impl OidcProvider {
         })?);
         let metadata = MetadataCache::new(
             &config.issuer,
+            config.profile.tenant_issuer,
             http.clone(),
             limits.metadata_ttl,
             limits.metadata_max_stale,
@@ -341,13 +353,16 @@ impl OidcProvider {
         &self.config
     }
 
+    /// Whether a grant can be revoked at this provider at all.
+    pub(crate) fn can_revoke(&self) -> bool {
+        self.config.profile.revocation != Revocation::Unsupported
+    }
+
     /// The client credentials, or why there are none.
     pub(crate) async fn credentials(&self) -> Result<ClientCredentials, ProviderError> {
-        self.secrets
-            .current()
-            .client
-            .clone()
-            .ok_or_else(|| ProviderError::NotConfigured(self.secrets.source_name()))
+        self.secrets.current().client.clone().ok_or_else(|| {
+            ProviderError::not_configured(&self.config.name, &self.secrets.source_name())
+        })
     }
 
     async fn discovered(&self) -> Result<Discovered, ProviderError> {

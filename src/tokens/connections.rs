@@ -112,21 +112,25 @@ impl TokenService {
         let now = Utc::now();
         let mut out = Vec::new();
         for row in self.store.list(user_id).await? {
-            let minted = match self
-                .store
-                .account_grants(&row.provider, &row.user_info.sub)
-                .await
-            {
-                Ok(found) => found.map(|a| a.mints.len()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading an account's grant count failed");
-                    None
+            let rules = self.grant_rules(&row.provider);
+            let minted = if rules.counts_grants() {
+                match self
+                    .store
+                    .account_grants(&row.provider, &row.user_info.sub)
+                    .await
+                {
+                    Ok(found) => found.map(|a| a.mints.len()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading an account's grant count failed");
+                        None
+                    }
                 }
+            } else {
+                None
             };
-            let mut summary = ConnectionSummary::of(row, self.policy.grant_rules, now);
+            let mut summary = ConnectionSummary::of(row, rules, now);
             summary.account_grants = minted;
-            summary.grant_limit_warning =
-                minted.is_some_and(|n| n >= self.policy.grant_rules.warn_at());
+            summary.grant_limit_warning = minted.is_some_and(|n| n >= rules.warn_at());
             out.push(summary);
         }
         Ok(out)
@@ -150,7 +154,8 @@ impl TokenService {
                     user_id: row.user_id.clone(),
                     provider: row.provider.clone(),
                 };
-                let summary = ConnectionSummary::of(row, self.policy.grant_rules, now);
+                let rules = self.grant_rules(&row.provider);
+                let summary = ConnectionSummary::of(row, rules, now);
                 if health.is_none_or(|h| summary.health == h) {
                     found.push((key.user_id.clone(), summary));
                 }

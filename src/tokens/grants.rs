@@ -185,8 +185,10 @@ impl TokenService {
                 Ok(()) => {
                     self.refresher.cache.invalidate(user_id, provider);
                     let account_grants = match fresh.refresh_token {
-                        Some(_) => self.record_mint(provider, &user_info.sub, now).await,
-                        None => None,
+                        Some(_) if self.grant_rules(provider).counts_grants() => {
+                            self.record_mint(provider, &user_info.sub, now).await
+                        }
+                        _ => None,
                     };
                     let grant_limit_warning =
                         account_grants.is_some_and(|n| n >= self.policy.grant_rules.warn_at());

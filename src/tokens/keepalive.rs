@@ -217,7 +217,7 @@ impl TokenService {
         keeping_alive: bool,
     ) -> Result<bool, TokenError> {
         let now = Utc::now();
-        let f = forecast(row, self.policy.grant_rules, now);
+        let f = forecast(row, self.grant_rules(&row.provider), now);
         let (Some(at), Some(reason)) = (f.predicted_expiry, f.reason) else {
             return Ok(false);
         };

@@ -40,7 +40,7 @@ use crate::store::{
     ReplacedAccount, ScanCursor, StoreError, TokenStore, UserInfo,
 };
 
-use crate::oauth::grant::{self, Cause, GrantRules};
+use crate::oauth::grant::{self, Cause, GrantRules, Lifetimes};
 pub(crate) use connections::ConnectionSummary;
 pub(crate) use error::TokenError;
 pub(crate) use grants::{Confirmed, Discard, Stored};
@@ -150,6 +150,7 @@ impl TokenPolicy {
             grant_rules: GrantRules {
                 publishing: settings.provider.publishing_status,
                 grant_limit: settings.provider.grant_limit,
+                lifetimes: Lifetimes::GOOGLE,
             },
             events,
         }
@@ -225,6 +226,16 @@ impl TokenService {
         F::Output: Send + 'static,
     {
         self.owned.spawn(work)
+    }
+
+    /// The grant rules of `provider`'s connections: the deployment's with the
+    /// provider's clocks (none known for a provider no longer configured).
+    pub(crate) fn grant_rules(&self, provider: &str) -> GrantRules {
+        self.policy.grant_rules.with(
+            self.providers
+                .get(provider)
+                .map_or(Lifetimes::UNKNOWN, |p| p.config().profile.lifetimes),
+        )
     }
 
     pub(crate) fn provider(&self, name: &str) -> Result<&Arc<OidcProvider>, TokenError> {
@@ -409,11 +420,15 @@ impl TokenEndpoint for OidcProvider {
     }
 
     fn reuse(&self) -> RefreshReuse {
-        let config = self.config();
+        let profile = &self.config().profile;
         RefreshReuse {
-            rotates: config.rotates_refresh_tokens,
-            grace: config.refresh_reuse_grace,
+            rotates: profile.rotates_refresh_tokens,
+            grace: profile.refresh_reuse_grace,
         }
+    }
+
+    fn lifetimes(&self) -> Lifetimes {
+        self.config().profile.lifetimes
     }
 }
 

@@ -105,6 +105,9 @@ pub(crate) trait TokenEndpoint: Send + Sync {
 
     /// What the provider does with a refresh token it has redeemed.
     fn reuse(&self) -> RefreshReuse;
+
+    /// What is known of the provider's clocks, to name the cause of a refused grant.
+    fn lifetimes(&self) -> crate::oauth::grant::Lifetimes;
 }
 
 /// Whether a refresh token may be presented again after a request whose outcome is

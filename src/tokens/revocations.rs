@@ -13,6 +13,12 @@ impl TokenService {
         row: &Connection,
         id: &str,
     ) -> Result<Disconnected, TokenError> {
+        if !provider.can_revoke() {
+            return Ok(Disconnected {
+                revocation: Revocation::NotPossible,
+                token_kind: None,
+            });
+        }
         let Ok(tokens) = TokenSet::open(&self.cipher, row).await else {
             return Ok(Disconnected {
                 revocation: Revocation::NotPossible,

@@ -186,7 +186,8 @@ pub(in crate::http) struct Deleted {
     /// `access_token` (a grant without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     revoked_token: Option<&'static str>,
-    /// What revoking means at Google.
+    /// What revoking means at this provider (Google: it ends every grant of the Google
+    /// account to the project; Microsoft: there is no revocation a client can make).
     note: &'static str,
 }
 
@@ -211,6 +212,12 @@ pub(in crate::http) async fn delete_connection(
     ApiQuery(query): ApiQuery<DeleteQuery>,
 ) -> Result<Response, Error> {
     let revoke = query.revoke.unwrap_or(true);
+    let note = state
+        .tokens
+        .provider(&provider)?
+        .config()
+        .profile
+        .revocation_note;
     let done = state
         .tokens
         .disconnect(&user_id, &provider, &client, revoke)
@@ -221,7 +228,7 @@ pub(in crate::http) async fn delete_connection(
         provider,
         revocation: done.revocation.label(),
         revoked_token: done.token_kind,
-        note: "Google's revocation ends every scope this project was granted for that Google account, including grants held for other user ids.",
+        note,
     })
     .into_response())
 }

@@ -199,7 +199,7 @@ impl OidcProvider {
         e: RequestTokenError<HttpFailure, TokenErrorAnswer>,
     ) -> ProviderError {
         match e {
-            RequestTokenError::ServerResponse(r) => r.classify(),
+            RequestTokenError::ServerResponse(r) => r.classify(self.config.profile.read_refusal),
             RequestTokenError::Request(f) => f.into_provider_error(),
             // Only where and what kind: serde's message can quote the offending value,
             // and in a token response that value may be a token.
@@ -215,10 +215,21 @@ impl OidcProvider {
     /// Returns whether a revocation was sent and accepted.
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub(crate) async fn revoke(&self, token: &SecretString) -> Result<bool, ProviderError> {
-        let creds = self.credentials().await?;
-        let d = self.discovered().await?;
-        let Some(endpoint) = d.metadata.additional_metadata().revocation_endpoint.clone() else {
+        let profile = &self.config.profile;
+        if profile.revocation == super::Revocation::Unsupported {
             return Ok(false);
+        }
+        let creds = self.credentials().await?;
+        let endpoint = match &profile.revoke_url {
+            Some(url) => url.to_string(),
+            None => {
+                let d = self.discovered().await?;
+                let Some(endpoint) = d.metadata.additional_metadata().revocation_endpoint.clone()
+                else {
+                    return Ok(false);
+                };
+                endpoint
+            }
         };
         // RFC 7009 by hand: `oauth2`'s revoke refuses any non-https endpoint, which
         // would rule out a loopback issuer (tests, a local provider). The request is

@@ -19,6 +19,9 @@ pub(super) struct ExtraClaims {
     /// Google Workspace hosted domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) hd: Option<String>,
+    /// Microsoft Entra's tenant of the account (fills the issuer template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tid: Option<String>,
 }
 impl AdditionalClaims for ExtraClaims {}
 
@@ -67,8 +70,22 @@ impl OidcProvider {
         let mut refetched = false;
         loop {
             let client = self.client(&d, &creds, None)?;
-            match token.claims(&client.id_token_verifier(), &nonce) {
+            let tenant_issuer = self.config.profile.tenant_issuer;
+            // A tenant template is checked below, against the token's own tenant.
+            let verifier = client
+                .id_token_verifier()
+                .require_issuer_match(!tenant_issuer);
+            match token.claims(&verifier, &nonce) {
                 Ok(claims) => {
+                    if tenant_issuer
+                        && !issued_by_tenant(
+                            d.metadata.issuer().as_str(),
+                            claims.issuer().as_str(),
+                            claims.additional_claims().tid.as_deref(),
+                        )
+                    {
+                        return Err(ProviderError::IdToken(IdTokenProblem::WrongIssuer));
+                    }
                     return Ok(UserInfo {
                         sub: claims.subject().to_string(),
                         email: claims.email().map(|e| e.to_string()),
@@ -99,6 +116,17 @@ impl OidcProvider {
     }
 }
 
+/// Whether an ID token's `iss` is the discovered issuer, or, where that is a template
+/// with `{tenantid}`, the template filled with the token's own `tid` (a GUID).
+fn issued_by_tenant(discovered: &str, iss: &str, tid: Option<&str>) -> bool {
+    if !discovered.contains("{tenantid}") {
+        return iss == discovered;
+    }
+    tid.is_some_and(|tid| {
+        super::metadata::is_tenant_id(tid) && iss == discovered.replace("{tenantid}", tid)
+    })
+}
+
 fn classify_claims_error(e: &openidconnect::ClaimsVerificationError) -> IdTokenProblem {
     use openidconnect::ClaimsVerificationError as E;
     match e {
@@ -108,5 +136,38 @@ fn classify_claims_error(e: &openidconnect::ClaimsVerificationError) -> IdTokenP
         E::InvalidNonce(_) => IdTokenProblem::WrongNonce,
         E::SignatureVerification(_) => IdTokenProblem::BadSignature,
         _ => IdTokenProblem::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::issued_by_tenant;
+
+    #[test]
+    fn a_template_issuer_is_filled_with_the_tokens_own_tenant() {
+        let template = "https://login.microsoftonline.com/{tenantid}/v2.0";
+        let tid = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let iss = format!("https://login.microsoftonline.com/{tid}/v2.0");
+        assert!(issued_by_tenant(template, &iss, Some(tid)));
+        let other = "0e4a2c1b-1111-2222-3333-444455556666";
+        assert!(
+            !issued_by_tenant(template, &iss, Some(other)),
+            "tid and iss disagree"
+        );
+        assert!(!issued_by_tenant(template, &iss, None), "no tid");
+        assert!(!issued_by_tenant(
+            template,
+            "https://login.microsoftonline.com/{tenantid}/v2.0",
+            Some("{tenantid}")
+        ));
+        assert!(
+            issued_by_tenant(&iss, &iss, None),
+            "a fixed issuer is compared as is"
+        );
+        assert!(!issued_by_tenant(
+            &iss,
+            "https://evil.example.com",
+            Some(tid)
+        ));
     }
 }

@@ -40,6 +40,9 @@ pub(super) struct Discovered {
 
 pub(super) struct MetadataCache {
     issuer: IssuerUrl,
+    /// The discovery document may give the issuer as a tenant template (see
+    /// [`tenant_issuer_matches`]).
+    tenant_issuer: bool,
     http: ProviderHttp,
     ttl: Duration,
     max_stale: Duration,
@@ -67,6 +70,7 @@ struct JwksAttempt {
 impl MetadataCache {
     pub(super) fn new(
         issuer: &str,
+        tenant_issuer: bool,
         http: ProviderHttp,
         ttl: Duration,
         max_stale: Duration,
@@ -75,6 +79,7 @@ impl MetadataCache {
             .map_err(|e| ProviderError::Malformed(format!("issuer URL {issuer:?}: {e}")))?;
         Ok(Self {
             issuer,
+            tenant_issuer,
             http,
             ttl,
             max_stale,
@@ -179,21 +184,78 @@ impl MetadataCache {
     /// statuses of public endpoints, never a credential (none is sent).
     #[tracing::instrument(skip_all, fields(issuer = %self.issuer.as_str()))]
     async fn fetch(&self) -> Result<Discovered, String> {
-        let metadata = Metadata::discover_async(self.issuer.clone(), &self.http)
-            .await
-            .map_err(|e| {
-                format!(
-                    "discovery of {} failed: {}",
-                    self.issuer.as_str(),
-                    error_chain(&e)
-                )
-            })?;
+        let metadata = if self.tenant_issuer {
+            self.discover_tenant_template().await?
+        } else {
+            Metadata::discover_async(self.issuer.clone(), &self.http)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "discovery of {} failed: {}",
+                        self.issuer.as_str(),
+                        error_chain(&e)
+                    )
+                })?
+        };
         let now = Instant::now();
         Ok(Discovered {
             metadata: Arc::new(metadata),
             fetched_at: now,
             jwks_fetched_at: now,
         })
+    }
+
+    /// Discovery where the document's issuer may be a template with `{tenantid}` (or,
+    /// for a tenant alias such as Microsoft's `consumers`, the tenant it stands for):
+    /// `openidconnect`'s discovery requires the two to be equal, so the document is
+    /// read here, held to [`tenant_issuer_matches`], and its JWKS fetched after it.
+    async fn discover_tenant_template(&self) -> Result<Metadata, String> {
+        let failed = |e: &dyn std::error::Error| {
+            format!(
+                "discovery of {} failed: {}",
+                self.issuer.as_str(),
+                error_chain(e)
+            )
+        };
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.as_str().trim_end_matches('/')
+        );
+        let response = self
+            .http
+            .0
+            .get(&url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| failed(&e))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "discovery of {} failed: HTTP {}",
+                self.issuer.as_str(),
+                response.status().as_u16()
+            ));
+        }
+        let body = response.bytes().await.map_err(|e| failed(&e))?;
+        let metadata: Metadata = serde_json::from_slice(&body).map_err(|e| {
+            format!(
+                "discovery of {} failed: unreadable document (line {}, column {})",
+                self.issuer.as_str(),
+                e.line(),
+                e.column()
+            )
+        })?;
+        if !tenant_issuer_matches(metadata.issuer().as_str(), self.issuer.as_str()) {
+            return Err(format!(
+                "discovery of {} failed: the document names issuer {}",
+                self.issuer.as_str(),
+                metadata.issuer().as_str()
+            ));
+        }
+        let jwks: CoreJsonWebKeySet = JsonWebKeySet::fetch_async(metadata.jwks_uri(), &self.http)
+            .await
+            .map_err(|e| failed(&e))?;
+        Ok(metadata.set_jwks(jwks))
     }
 
     /// Refetches the JWKS for a `kid` that `seen` lacks. `Some`: keys newer than
@@ -268,6 +330,29 @@ impl MetadataCache {
     }
 }
 
+/// Whether a discovery document's `issuer` fits the configured one: equal, or equal
+/// but for the tenant segment, which the document gives as `{tenantid}` (Microsoft's
+/// `common` and `organizations`) or as the tenant an alias stands for (`consumers`).
+pub(super) fn tenant_issuer_matches(discovered: &str, configured: &str) -> bool {
+    let trim = |s: &str| s.trim_end_matches('/').to_string();
+    let (discovered, configured) = (trim(discovered), trim(configured));
+    if discovered == configured {
+        return true;
+    }
+    let d: Vec<&str> = discovered.split('/').collect();
+    let c: Vec<&str> = configured.split('/').collect();
+    d.len() == c.len()
+        && d.iter().zip(&c).filter(|(a, b)| a != b).count() == 1
+        && d.iter().zip(&c).enumerate().all(|(i, (a, b))| {
+            a == b || (i >= 3 && (*a == "{tenantid}" || is_tenant_id(a)) && !b.is_empty())
+        })
+}
+
+/// A tenant id: a GUID.
+pub(super) fn is_tenant_id(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok_and(|_| s.len() == 36)
+}
+
 /// Marks the background refetch as finished when its task ends, however it ends.
 struct Finished<'a> {
     background: &'a Mutex<Background>,
@@ -279,5 +364,32 @@ impl Drop for Finished<'_> {
         let mut background = self.background.lock();
         background.running = false;
         background.failed_at = self.failed_at;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tenant_issuer_matches;
+
+    const TENANT: &str = "9188040d-6c67-4c5b-b112-36a304b66dad";
+
+    #[test]
+    fn a_tenant_template_or_alias_fits_the_configured_issuer_only_in_its_tenant_segment() {
+        let common = "https://login.microsoftonline.com/common/v2.0";
+        let template = "https://login.microsoftonline.com/{tenantid}/v2.0";
+        assert!(tenant_issuer_matches(template, common));
+        assert!(tenant_issuer_matches(common, common));
+        assert!(tenant_issuer_matches(
+            &format!("https://login.microsoftonline.com/{TENANT}/v2.0"),
+            "https://login.microsoftonline.com/consumers/v2.0"
+        ));
+        for wrong in [
+            "https://evil.example.com/{tenantid}/v2.0",
+            "https://login.microsoftonline.com/{tenantid}/v1.0",
+            "https://login.microsoftonline.com/not-a-tenant/v2.0",
+            "https://login.microsoftonline.com/{tenantid}/v2.0/extra",
+        ] {
+            assert!(!tenant_issuer_matches(wrong, common), "{wrong}");
+        }
     }
 }

@@ -146,7 +146,7 @@ impl Holder<'_> {
                 let cause = cause_of(
                     refusal,
                     &known,
-                    r.policy.grant_rules,
+                    r.policy.grant_rules.with(self.endpoint.lifetimes()),
                     newer_mints,
                     Utc::now(),
                 );

@@ -70,6 +70,10 @@ impl TokenEndpoint for Scripted {
     fn reuse(&self) -> RefreshReuse {
         self.reuse
     }
+
+    fn lifetimes(&self) -> crate::oauth::grant::Lifetimes {
+        crate::oauth::grant::Lifetimes::GOOGLE
+    }
 }
 
 const ROTATING: RefreshReuse = RefreshReuse {
