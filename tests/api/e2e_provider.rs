@@ -143,3 +143,86 @@ async fn a_full_flow_against_oauth2_mock_server() {
     assert!(steps.contains(&"token_refreshed".to_string()));
     assert_eq!(steps.last().map(String::as_str), Some("refresh_failed"));
 }
+
+/// A provider named by settings alone, of the `oidc` kind its name defaults to: the
+/// independent provider serves a whole flow, a refresh, a dead grant (read by OAuth's
+/// rules, not Google's: "Token has been expired or revoked." names no cause here) and a
+/// revocation, under its own name in routes, rows and the flow log.
+#[tokio::test]
+async fn an_oidc_provider_configured_by_settings_alone() {
+    let provider = start_node_provider();
+    control(&provider, json!({ "reset": true })).await;
+    control(
+        &provider,
+        json!({ "client": { "clientId": "acme-client", "clientSecret": "acme-secret-value" } }),
+    )
+    .await;
+    let env: Vec<(String, String)> = [
+        ("AXNT_PROVIDERS", "acme"),
+        ("AXNT_ACME_ISSUER", provider.issuer.as_str()),
+        ("AXNT_ACME_CLIENT_ID", "acme-client"),
+        ("AXNT_ACME_CLIENT_SECRET", "acme-secret-value"),
+        ("AXNT_ACME_SCOPES", "email profile"),
+        ("AXNT_API_KEYS", API_KEY),
+        ("AXNT_ALLOWED_RETURN_URLS", support::RETURN_ORIGIN),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let app = TestApp::spawn_in(Arc::new(tempfile::tempdir().expect("tempdir")), env).await;
+    assert_eq!(app.provider, "acme");
+
+    let session = app
+        .connect_session(json!({ "userId": "oidc-user", "provider": "acme", "returnTo": support::RETURN_ORIGIN }))
+        .await;
+    let (provider_url, cookie) = app.start(session["url"].as_str().expect("url")).await;
+    assert!(provider_url.as_str().starts_with(&provider.issuer));
+    assert!(
+        provider_url
+            .query_pairs()
+            .any(|(k, v)| k == "redirect_uri" && v.ends_with("/oauth/acme/callback")),
+        "{provider_url}"
+    );
+    let callback = app.authorize(&provider_url).await;
+    let response = app.callback(&callback, Some(&cookie)).await;
+    let query = support::redirect_query(&response);
+    assert_eq!(query["provider"], "acme");
+    let confirmed = app
+        .confirm(&query["flowId"], "oidc-user", &query["confirmationCode"])
+        .await;
+    assert_eq!(confirmed.status(), StatusCode::OK);
+    let first: Value = app.token("oidc-user").await.json().await.expect("json");
+    assert!(first["accessToken"].is_string(), "{first}");
+
+    control(&provider, json!({ "accessTokenTtl": 2 })).await;
+    assert_eq!(app.connect("oidc-user").await.status(), StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let refreshed: Value = app.token("oidc-user").await.json().await.expect("json");
+    assert_ne!(refreshed["accessToken"], first["accessToken"]);
+
+    control(&provider, json!({ "revokeAll": true })).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let dead = support::assert_problem(
+        app.token("oidc-user").await,
+        409,
+        "reauthorization_required",
+    )
+    .await;
+    assert_eq!(dead["cause"], "unknown_invalid_grant");
+    let items = app.flow_log("oidc-user").await;
+    assert!(
+        items.iter().all(|i| i["data"]["provider"] == "acme"),
+        "{items:?}"
+    );
+
+    assert_eq!(app.connect("oidc-user").await.status(), StatusCode::OK);
+    let deleted: Value = app
+        .api_delete("/v1/users/oidc-user/connections/acme")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(deleted["revocation"], "revoked", "{deleted}");
+    let counts = control(&provider, json!({})).await;
+    assert_eq!(counts["counts"]["revoke"], 1, "{counts}");
+}

@@ -25,7 +25,9 @@ use serde_json::{Value, json};
 use url::Url;
 
 use crate::support::fake_provider::{Profile, RefreshBehaviour};
-use crate::support::{Backend, FakeProvider, RETURN_ORIGIN, TestApp, assert_page, assert_problem};
+use crate::support::{
+    Backend, FakeProvider, RETURN_ORIGIN, TestApp, assert_died_of, assert_page, assert_problem,
+};
 
 const DRIVE: &str = "https://www.googleapis.com/auth/drive.readonly";
 const CALENDAR: &str = "https://www.googleapis.com/auth/calendar.readonly";
@@ -331,33 +333,6 @@ async fn connected_with_drive(app: &TestApp, provider: &FakeProvider, user_id: &
     provider.set_access_token_ttl(0);
     let response = flow(app, user_id, json!({ "scopes": [DRIVE] })).await;
     assert_eq!(response.status(), StatusCode::OK, "{user_id} connects");
-}
-
-/// The cause of `user_id`'s dead grant, checked everywhere it is reported.
-async fn assert_died_of(app: &TestApp, user_id: &str, cause: &str) {
-    let dead = assert_problem(app.token(user_id).await, 409, "reauthorization_required").await;
-    assert_eq!(dead["cause"], cause, "409 for {user_id}");
-    assert!(
-        dead["remedy"].as_str().is_some_and(|r| !r.is_empty()),
-        "a remedy for {cause}"
-    );
-    let listed = connection(app, user_id).await;
-    assert_eq!(listed["isActive"], false);
-    assert_eq!(listed["health"], "dead");
-    assert_eq!(listed["cause"], cause, "listed for {user_id}");
-    assert_eq!(listed["remedy"], dead["remedy"]);
-    let items = app.flow_log(user_id).await;
-    let failed = items
-        .iter()
-        .find(|i| i["step"] == "refresh_failed")
-        .expect("refresh_failed");
-    assert_eq!(failed["data"]["cause"], cause, "flow log for {user_id}");
-    // The recorder is the process's: other tests' instances count into it too, so the
-    // check is that this death was counted, not the exact total.
-    assert!(
-        ended(app, cause).await >= 1.0,
-        "axnt_grants_ended_total counts {cause}"
-    );
 }
 
 /// `axnt_grants_ended_total{cause}` as the instance's scrape says.

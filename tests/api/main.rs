@@ -14,6 +14,32 @@ macro_rules! on_every_backend {
     };
 }
 
+/// Each scenario runs once per backend against the Google-shaped fake provider
+/// (`embedded::NAME`, `aws::NAME`), and once per backend against a Microsoft-shaped one
+/// configured as the `microsoft` provider (`microsoft::embedded::NAME`, …): the
+/// scenario takes its provider from `support::provider_of_shape`.
+macro_rules! on_every_backend_and_provider {
+    ($($name:ident),* $(,)?) => {
+        on_every_backend!($($name),*);
+        mod microsoft {
+            mod embedded {
+                $(#[tokio::test] async fn $name() {
+                    crate::support::SHAPE
+                        .scope(crate::support::Shape::Microsoft, super::super::$name(crate::support::Backend::Embedded))
+                        .await
+                })*
+            }
+            mod aws {
+                $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() {
+                    crate::support::SHAPE
+                        .scope(crate::support::Shape::Microsoft, super::super::$name(crate::support::Backend::Aws))
+                        .await
+                })*
+            }
+        }
+    };
+}
+
 mod audit;
 mod aws_iam;
 mod aws_kms;
@@ -35,6 +61,7 @@ mod limits;
 mod links;
 mod lost_answers;
 mod metrics;
+mod providers;
 mod refresh_faults;
 mod retention;
 mod risc;

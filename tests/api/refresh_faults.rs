@@ -12,10 +12,10 @@ use serde_json::Value;
 use crate::support::fake_provider::RefreshBehaviour;
 use crate::support::{
     API_KEY, Backend, FakeProvider, TestApp, assert_problem,
-    assert_stored_refresh_token_is_the_latest,
+    assert_stored_refresh_token_is_the_latest, provider_of_shape,
 };
 
-on_every_backend!(
+on_every_backend_and_provider!(
     a_caller_that_gives_up_does_not_spend_the_refresh,
     a_slow_refresh_elsewhere_does_not_break_reads_that_write_last_used,
     a_background_refresh_survives_reads_that_write_last_used,
@@ -30,7 +30,7 @@ on_every_backend!(
 
 /// A rotating provider whose tokens expire at once, and an app with `user` connected.
 async fn rotating(backend: Backend, user: &str, extra: &[(&str, &str)]) -> (FakeProvider, TestApp) {
-    let provider = FakeProvider::start().await;
+    let provider = provider_of_shape().await;
     provider.set_access_token_ttl(0);
     provider.rotate_refresh_tokens(true);
     let app = TestApp::on(backend, &provider, extra).await;
@@ -71,7 +71,7 @@ async fn until_refreshes(provider: &FakeProvider, n: usize) {
 async fn a_caller_that_gives_up_does_not_spend_the_refresh(backend: Backend) {
     let (provider, app) = rotating(backend, "quitter", &[]).await;
     provider.refresh_failure([RefreshBehaviour::HoldAnswer(Duration::from_millis(1500))]);
-    give_up_reading(app.url("/v1/users/quitter/tokens/google")).await;
+    give_up_reading(app.url(&format!("/v1/users/quitter/tokens/{}", app.provider))).await;
     let token = access_token(app.token("quitter").await).await;
     assert_eq!(Some(token.clone()), provider.latest_access_token());
     assert_eq!(provider.refresh_count(), 1, "one redeem for both callers");
@@ -115,7 +115,7 @@ async fn read_loop(app: &TestApp, user: &str, until: Instant) -> usize {
 /// instance B (margin 7200 s, so it wants a refresh as soon as the token is past half
 /// its life) refreshes slowly. A's writes must not break B's lease.
 async fn a_slow_refresh_elsewhere_does_not_break_reads_that_write_last_used(backend: Backend) {
-    let provider = FakeProvider::start().await;
+    let provider = provider_of_shape().await;
     provider.rotate_refresh_tokens(true);
     provider.set_access_token_ttl(12);
     let settings = [
@@ -133,7 +133,10 @@ async fn a_slow_refresh_elsewhere_does_not_break_reads_that_write_last_used(back
     // B holds a 12-second token to 6 s: due once 6 s have passed. A's margin is 2 s.
     tokio::time::sleep_until((connected + Duration::from_millis(6300)).into()).await;
     let eager = tokio::spawn({
-        let (http, url) = (b.http.clone(), b.url("/v1/users/shared/tokens/google"));
+        let (http, url) = (
+            b.http.clone(),
+            b.url(&format!("/v1/users/shared/tokens/{}", b.provider)),
+        );
         async move { http.get(url).bearer_auth(API_KEY).send().await }
     });
     until_refreshes(&provider, 1).await;
@@ -151,7 +154,7 @@ async fn a_slow_refresh_elsewhere_does_not_break_reads_that_write_last_used(back
 /// The same within one instance: a background refresh (slow) while foreground reads
 /// write `lastUsed` on every read.
 async fn a_background_refresh_survives_reads_that_write_last_used(backend: Backend) {
-    let provider = FakeProvider::start().await;
+    let provider = provider_of_shape().await;
     provider.rotate_refresh_tokens(true);
     provider.set_access_token_ttl(12);
     let app = TestApp::on(
@@ -204,7 +207,7 @@ async fn shutdown_waits_for_a_refresh_in_flight(backend: Backend) {
     let (provider, app) = rotating(backend, "leaving", &[]).await;
     let survivor = app.sibling().await;
     provider.refresh_failure([RefreshBehaviour::HoldAnswer(Duration::from_millis(2000))]);
-    give_up_reading(app.url("/v1/users/leaving/tokens/google")).await;
+    give_up_reading(app.url(&format!("/v1/users/leaving/tokens/{}", app.provider))).await;
     until_refreshes(&provider, 1).await;
     app.stop().await;
     let row = survivor.stored_row("leaving").await.expect("row");
@@ -409,7 +412,7 @@ async fn a_lost_answer_is_named_when_the_grant_then_dies(backend: Backend) {
 /// gets the new token (or a 503), the write lands once the store is back, and the old
 /// refresh token is never presented again.
 async fn a_store_write_failing_after_the_redeem_loses_nothing(backend: Backend) {
-    let provider = FakeProvider::start().await;
+    let provider = provider_of_shape().await;
     provider.set_access_token_ttl(0);
     provider.rotate_refresh_tokens(true);
     let proxy = crate::support::CuttableProxy::start(&match backend {
@@ -425,7 +428,10 @@ async fn a_store_write_failing_after_the_redeem_loses_nothing(backend: Backend) 
     provider.set_access_token_ttl(3600);
     provider.refresh_failure([RefreshBehaviour::HoldAnswer(Duration::from_millis(1500))]);
     let reader = tokio::spawn({
-        let (http, url) = (app.http.clone(), app.url("/v1/users/stormy/tokens/google"));
+        let (http, url) = (
+            app.http.clone(),
+            app.url(&format!("/v1/users/stormy/tokens/{}", app.provider)),
+        );
         async move { http.get(url).bearer_auth(API_KEY).send().await }
     });
     until_refreshes(&provider, 1).await;

@@ -20,6 +20,34 @@ use url::Url;
 
 pub use fake_provider::FakeProvider;
 
+/// Which kind of provider a suite that runs under several ([`Shape`]) is run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// The fake provider as Google (refresh rotation as each test sets it).
+    Google,
+    /// The fake provider as Microsoft Entra (tenant issuer template, rotation,
+    /// no revocation), configured as the `microsoft` provider.
+    Microsoft,
+}
+
+tokio::task_local! {
+    /// The shape of the test being run (see `on_every_backend_and_provider!`).
+    pub static SHAPE: Shape;
+}
+
+/// The shape of the test being run; Google unless it runs under another.
+pub fn shape() -> Shape {
+    SHAPE.try_with(|s| *s).unwrap_or(Shape::Google)
+}
+
+/// A fake provider of the shape of the test being run.
+pub async fn provider_of_shape() -> FakeProvider {
+    match shape() {
+        Shape::Google => FakeProvider::start().await,
+        Shape::Microsoft => FakeProvider::start_microsoft().await,
+    }
+}
+
 /// Every log line of this test process, for "no secret in the logs" assertions.
 static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
 
@@ -97,17 +125,32 @@ pub struct TestApp {
     pub base_env: Vec<(String, String)>,
     /// The instance's own tokens store (to read rows as they are stored).
     pub store: Arc<dyn axnt_oauth::store::TokenStore>,
+    /// The instance's own keys (to open rows as it opens them).
+    pub keys: Arc<dyn axnt_oauth::crypto::KeyProvider>,
     pub http: reqwest::Client,
+    /// The provider the helpers connect and read: the first `AXNT_PROVIDERS` lists.
+    pub provider: String,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Settings pointing at `provider`, on a fresh data directory, plus `extra` env pairs.
+/// A Microsoft-like fake is the `microsoft` provider, its client in the settings.
 pub fn env_for(provider: &FakeProvider, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut env: HashMap<String, String> = HashMap::new();
-    env.insert("AXNT_GOOGLE_ISSUER".into(), provider.issuer());
-    env.insert("AXNT_GOOGLE_CLIENT_ID".into(), provider.client_id());
-    env.insert("AXNT_GOOGLE_CLIENT_SECRET".into(), provider.client_secret());
+    let name = match provider.tenant() {
+        Some(_) => {
+            env.insert("AXNT_PROVIDERS".into(), "microsoft".into());
+            "MICROSOFT"
+        }
+        None => "GOOGLE",
+    };
+    env.insert(format!("AXNT_{name}_ISSUER"), provider.issuer());
+    env.insert(format!("AXNT_{name}_CLIENT_ID"), provider.client_id());
+    env.insert(
+        format!("AXNT_{name}_CLIENT_SECRET"),
+        provider.client_secret(),
+    );
     env.insert("AXNT_API_KEYS".into(), API_KEY.into());
     env.insert("AXNT_ALLOWED_RETURN_URLS".into(), RETURN_ORIGIN.into());
     env.insert("AXNT_LOG".into(), "debug".into());
@@ -216,9 +259,18 @@ impl TestApp {
         if !env.iter().any(|(k, _)| k == "AXNT_ADMIN_LISTEN_ADDR") {
             env.push(("AXNT_ADMIN_LISTEN_ADDR".into(), "127.0.0.1:0".into()));
         }
+        let provider = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "AXNT_PROVIDERS")
+            .and_then(|(_, v)| v.split(',').next())
+            .unwrap_or("google")
+            .trim()
+            .to_string();
         let settings = Settings::load(None, env).expect("test settings load");
         let backends = Backends::open(&settings).await.expect("backends open");
         let store = Arc::clone(&backends.tokens);
+        let keys = Arc::clone(&backends.keys);
         let app = App::with_listener(settings.clone(), backends, listener)
             .await
             .expect("app builds");
@@ -241,7 +293,9 @@ impl TestApp {
             data_dir,
             base_env,
             store,
+            keys,
             http,
+            provider,
             task,
             stop: Some(stop),
         }
@@ -418,7 +472,7 @@ impl TestApp {
     /// confirm a held grant then waits for; returns the callback's response.
     pub async fn connect_unconfirmed(&self, user_id: &str) -> reqwest::Response {
         let session = self
-            .connect_session(json!({ "userId": user_id, "provider": "google" }))
+            .connect_session(json!({ "userId": user_id, "provider": self.provider }))
             .await;
         self.follow(&session).await
     }
@@ -436,7 +490,7 @@ impl TestApp {
     pub async fn held_grant(&self, user_id: &str) -> (String, String) {
         let session = self
             .connect_session(json!({
-                "userId": user_id, "provider": "google", "returnTo": format!("{RETURN_ORIGIN}/done"),
+                "userId": user_id, "provider": self.provider, "returnTo": format!("{RETURN_ORIGIN}/done"),
             }))
             .await;
         let callback = self.follow(&session).await;
@@ -509,7 +563,7 @@ impl TestApp {
     }
 
     pub async fn token(&self, user_id: &str) -> reqwest::Response {
-        self.api_get(&format!("/v1/users/{user_id}/tokens/google"))
+        self.api_get(&format!("/v1/users/{user_id}/tokens/{}", self.provider))
             .await
     }
 
@@ -562,7 +616,28 @@ impl TestApp {
 
     /// The stored row, read through the instance's own store.
     pub async fn stored_row(&self, user_id: &str) -> Option<axnt_oauth::store::Connection> {
-        self.store.get(user_id, "google").await.expect("read row")
+        self.store
+            .get(user_id, &self.provider)
+            .await
+            .expect("read row")
+    }
+
+    /// The refresh token stored for `user_id`, opened as the service opens it.
+    pub async fn stored_refresh_token(&self, user_id: &str) -> Option<String> {
+        let row = self.stored_row(user_id).await?;
+        let cipher = axnt_oauth::crypto::EnvelopeCipher::new(
+            Arc::clone(&self.keys),
+            self.settings.aws.tokens_table.clone(),
+        );
+        let plain = cipher
+            .open(&row.user_id, &row.provider, &row.encrypted_tokens)
+            .await
+            .expect("the stored tokens open");
+        let set: Value = serde_json::from_slice(&plain).expect("a token set");
+        set.get("refreshToken")
+            .or_else(|| set.get("refresh_token"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
     }
 }
 
@@ -636,8 +711,9 @@ pub fn contains(haystack: &[u8], needle: &str) -> bool {
             .any(|w| w == needle.as_bytes())
 }
 
-/// The stored refresh token is the provider's latest: removing the connection revokes
-/// the stored refresh token at the provider, and that is the last one it issued.
+/// The stored refresh token is the provider's latest: it opens to the last one the
+/// provider issued, and removing the connection revokes that one at the provider (one
+/// that can revoke; a Microsoft-like one answers that it cannot).
 pub async fn assert_stored_refresh_token_is_the_latest(
     app: &TestApp,
     provider: &FakeProvider,
@@ -648,16 +724,69 @@ pub async fn assert_stored_refresh_token_is_the_latest(
         0,
         "no spent refresh token was presented"
     );
+    assert_eq!(
+        app.stored_refresh_token(user_id).await,
+        provider.latest_refresh_token(),
+        "the stored refresh token is the latest the provider issued"
+    );
     let response = app
-        .api_delete(&format!("/v1/users/{user_id}/connections/google"))
+        .api_delete(&format!("/v1/users/{user_id}/connections/{}", app.provider))
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     let deleted: Value = response.json().await.expect("json");
+    if provider.tenant().is_some() {
+        assert_eq!(deleted["revocation"], "not_possible", "{deleted}");
+        assert!(provider.revoked_tokens().is_empty());
+        return;
+    }
     assert_eq!(deleted["revocation"], "revoked", "{deleted}");
     assert_eq!(
         provider.revoked_tokens().last(),
         provider.latest_refresh_token().as_ref(),
-        "the stored refresh token is the latest the provider issued"
+        "the revoked refresh token is the latest the provider issued"
+    );
+}
+
+/// The cause of `user_id`'s dead grant at the app's provider, checked everywhere it is
+/// reported: the 409 (with a remedy), the connection list, the flow log and
+/// `axnt_grants_ended_total{provider, cause}` (the process's recorder: other tests'
+/// instances count into it too, so the check is that this death was counted).
+pub async fn assert_died_of(app: &TestApp, user_id: &str, cause: &str) {
+    let dead = assert_problem(app.token(user_id).await, 409, "reauthorization_required").await;
+    assert_eq!(dead["cause"], cause, "409 for {user_id}");
+    assert!(
+        dead["remedy"].as_str().is_some_and(|r| !r.is_empty()),
+        "a remedy for {cause}"
+    );
+    let response = app
+        .api_get(&format!("/v1/users/{user_id}/connections"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    let listed = body["connections"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["provider"] == app.provider.as_str()))
+        .cloned()
+        .expect("listed");
+    assert_eq!(listed["isActive"], false);
+    assert_eq!(listed["health"], "dead");
+    assert_eq!(listed["cause"], cause, "listed for {user_id}");
+    assert_eq!(listed["remedy"], dead["remedy"]);
+    let items = app.flow_log(user_id).await;
+    let failed = items
+        .iter()
+        .find(|i| i["step"] == "refresh_failed")
+        .expect("refresh_failed");
+    assert_eq!(failed["data"]["cause"], cause, "flow log for {user_id}");
+    let provider = format!("provider=\"{}\"", app.provider);
+    let counted = app.metrics().await.lines().any(|l| {
+        l.starts_with("axnt_grants_ended_total{")
+            && l.contains(&provider)
+            && l.contains(&format!("cause=\"{cause}\""))
+    });
+    assert!(
+        counted,
+        "axnt_grants_ended_total counts {cause} at {provider}"
     );
 }
 

@@ -22,6 +22,9 @@ pub enum RefreshBehaviour {
     HoldAnswer(Duration),
     /// `200` with exactly this body (a malformed token response).
     RawBody(String),
+    /// That status with exactly this body (a provider's own error answer, as its
+    /// documentation prints it). The refresh token stays valid at the provider.
+    ErrorBody(u16, String),
     /// Google's `invalid_grant` with `error_subtype: invalid_rapt` (a session-control
     /// policy requires a new sign-in).
     InvalidRapt,

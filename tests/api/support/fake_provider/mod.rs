@@ -81,6 +81,12 @@ pub struct ProviderConfig {
     pub client_secret: Option<String>,
     /// The account that "signs in"; default [`Profile::for_prefix`].
     pub profile: Option<Profile>,
+    /// Microsoft Entra's shape, for the account's tenant (a GUID): discovery at
+    /// `/{tenant}/v2.0/.well-known/openid-configuration` for `common`, `organizations`
+    /// (issuer template `…/{tenantid}/v2.0`, as Entra publishes it) and the tenant itself;
+    /// ID tokens issued by `…/<tenant>/v2.0` with a `tid` claim; no revocation endpoint;
+    /// refresh tokens rotate. See [`FakeProvider::start_microsoft`].
+    pub tenant: Option<String>,
 }
 
 /// The account the provider signs in as; goes into ID tokens and `/userinfo`.
@@ -139,9 +145,12 @@ impl FakeProvider {
             .expect("fake provider: local address of the listener");
         let prefix = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let issuer = format!("http://{addr}");
-        let inner = Inner::new(&prefix, config);
+        let tenant = config.tenant.clone();
+        let mut inner = Inner::new(&prefix, config);
+        inner.rotate_refresh_tokens = tenant.is_some();
         let shared = Arc::new(Shared {
             issuer,
+            tenant,
             inner: Mutex::new(inner),
         });
         let app = routes::router(Arc::clone(&shared));
@@ -153,9 +162,33 @@ impl FakeProvider {
         Self { shared, server }
     }
 
-    /// `http://127.0.0.1:PORT`, no trailing slash.
+    /// A Microsoft-like provider (see [`ProviderConfig::tenant`]) for a random tenant.
+    pub async fn start_microsoft() -> Self {
+        Self::start_with(ProviderConfig {
+            tenant: Some(uuid::Uuid::new_v4().to_string()),
+            ..ProviderConfig::default()
+        })
+        .await
+    }
+
+    /// `http://127.0.0.1:PORT`, no trailing slash. A Microsoft-like provider's is its
+    /// multi-tenant `…/common/v2.0`.
     pub fn issuer(&self) -> String {
-        self.shared.issuer.clone()
+        match &self.shared.tenant {
+            Some(_) => format!("{}/common/v2.0", self.shared.issuer),
+            None => self.shared.issuer.clone(),
+        }
+    }
+
+    /// A Microsoft-like provider's issuer for `segment` (`common`, `organizations`, or
+    /// the tenant).
+    pub fn tenant_issuer(&self, segment: &str) -> String {
+        format!("{}/{segment}/v2.0", self.shared.issuer)
+    }
+
+    /// A Microsoft-like provider's tenant.
+    pub fn tenant(&self) -> Option<String> {
+        self.shared.tenant.clone()
     }
 
     /// The issuer plus `path` (which should start with `/`).

@@ -30,6 +30,10 @@ const CODE_TTL_SECS: i64 = 600;
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
+        .route(
+            "/{segment}/v2.0/.well-known/openid-configuration",
+            get(tenant_discovery),
+        )
         .route("/jwks", get(jwks))
         .route("/.well-known/risc-configuration", get(risc_configuration))
         .route("/authorize", get(authorize))
@@ -68,6 +72,47 @@ pub(super) async fn discovery(State(shared): AppState) -> Response {
             "aud", "email", "email_verified", "exp", "hd", "iat", "iss", "name", "nonce",
             "picture", "sub"
         ],
+    }))
+    .into_response()
+}
+
+/// Microsoft Entra's v2.0 discovery for `segment`: `common` and `organizations` give
+/// the issuer as a template with `{tenantid}`, as Entra does; the tenant gives its own.
+/// No `revocation_endpoint` (Entra has none).
+pub(super) async fn tenant_discovery(
+    State(shared): AppState,
+    axum::extract::Path(segment): axum::extract::Path<String>,
+) -> Response {
+    let Some(tenant) = shared.tenant.clone() else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    {
+        let mut st = shared.lock();
+        st.discovery_fetches += 1;
+        if st.discovery_unavailable {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    }
+    let base = &shared.issuer;
+    let issuer = match segment.as_str() {
+        "common" | "organizations" => format!("{base}/{{tenantid}}/v2.0"),
+        s if s == tenant => format!("{base}/{tenant}/v2.0"),
+        _ => return StatusCode::BAD_REQUEST.into_response(),
+    };
+    axum::Json(json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{base}/authorize"),
+        "token_endpoint": format!("{base}/token"),
+        "userinfo_endpoint": format!("{base}/userinfo"),
+        "jwks_uri": format!("{base}/jwks"),
+        "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+        "response_modes_supported": ["query", "fragment", "form_post"],
+        "subject_types_supported": ["pairwise"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce", "name", "email", "tid", "oid"],
+        "tenant_region_scope": null,
     }))
     .into_response()
 }
@@ -203,6 +248,8 @@ enum Step {
     Proceed,
     /// Answer 200 with this JSON body as is.
     Raw(String),
+    /// Answer this status with this JSON body as is.
+    Error(u16, String),
 }
 
 pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Bytes) -> Response {
@@ -246,6 +293,7 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
                 }
                 Some(RefreshBehaviour::Delay(delay)) => Step::Delay(delay),
                 Some(RefreshBehaviour::RawBody(body)) => Step::Raw(body),
+                Some(RefreshBehaviour::ErrorBody(status, body)) => Step::Error(status, body),
                 Some(RefreshBehaviour::InvalidRapt) => Step::Answer(OAuthError::invalid_rapt()),
                 Some(RefreshBehaviour::AdminPolicyEnforced) => {
                     Step::Answer(OAuthError::admin_policy_enforced())
@@ -268,6 +316,16 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
         Step::Delay(delay) => tokio::time::sleep(delay).await,
         Step::Hold(delay) => hold = Some(delay),
         Step::Proceed => {}
+        Step::Error(status, body) => {
+            let response = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response();
+            record(&shared, &response);
+            return response;
+        }
         Step::Raw(body) => {
             let response = (
                 StatusCode::OK,
@@ -283,7 +341,12 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
     let outcome = {
         let mut st = shared.lock();
         match grant_type.as_str() {
-            "authorization_code" => code_grant(&mut st, &shared.issuer, &params),
+            "authorization_code" => code_grant(
+                &mut st,
+                &shared.id_token_issuer(),
+                shared.tenant.clone(),
+                &params,
+            ),
             "refresh_token" => refresh_grant(&mut st, &params),
             "" => Err(OAuthError::invalid_request("missing grant_type")),
             _ => Err(OAuthError::new(
@@ -342,7 +405,12 @@ impl RefreshChaos {
 
 type GrantOutcome = Result<(Map<String, Value>, Option<IdTokenPlan>), OAuthError>;
 
-fn code_grant(st: &mut Inner, issuer: &str, params: &HashMap<String, String>) -> GrantOutcome {
+fn code_grant(
+    st: &mut Inner,
+    issuer: &str,
+    tid: Option<String>,
+    params: &HashMap<String, String>,
+) -> GrantOutcome {
     let Some(code) = params.get("code") else {
         return Err(OAuthError::invalid_request("missing code"));
     };
@@ -403,7 +471,9 @@ fn code_grant(st: &mut Inner, issuer: &str, params: &HashMap<String, String>) ->
             && g.profile.sub == st.profile.sub
             && st.refresh_tokens.values().any(|r| r.grant == i && r.valid)
     });
-    let mints_refresh_token = auth.prompt_consent || !returning;
+    // Entra issues one on every code exchange that was granted `offline_access`.
+    let offline = tid.is_some() && auth.scope.split(' ').any(|s| s == "offline_access");
+    let mints_refresh_token = auth.prompt_consent || !returning || offline;
     let granted_at = st.now();
     let refresh_expires_at = st
         .refresh_token_lifetime
@@ -426,8 +496,16 @@ fn code_grant(st: &mut Inner, issuer: &str, params: &HashMap<String, String>) ->
         let refresh_token = st.issue_refresh_token(grant);
         body.insert("refresh_token".into(), json!(refresh_token));
     }
-    let plan = (has_openid(&auth.scope) && st.tamper != IdTokenTamper::Omit)
-        .then(|| st.id_token_plan(issuer, grant, auth.nonce.clone(), &access_token, st.tamper));
+    let plan = (has_openid(&auth.scope) && st.tamper != IdTokenTamper::Omit).then(|| {
+        st.id_token_plan(
+            issuer,
+            tid,
+            grant,
+            auth.nonce.clone(),
+            &access_token,
+            st.tamper,
+        )
+    });
     Ok((body, plan))
 }
 

@@ -24,6 +24,9 @@ pub struct GoogleClaims {
     /// Hosted (Workspace) domain of the account.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hd: Option<String>,
+    /// Microsoft Entra's tenant of the account (Microsoft-like providers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tid: Option<String>,
 }
 impl AdditionalClaims for GoogleClaims {}
 
@@ -92,6 +95,7 @@ pub(super) struct IdTokenPlan {
     pub(super) access_token: String,
     pub(super) key: KeyMaterial,
     pub(super) kid: String,
+    pub(super) tid: Option<String>,
 }
 
 impl IdTokenPlan {
@@ -108,7 +112,10 @@ impl IdTokenPlan {
             self.exp,
             self.iat,
             standard,
-            GoogleClaims { hd: profile.hd },
+            GoogleClaims {
+                hd: profile.hd,
+                tid: self.tid,
+            },
         )
         .set_nonce(self.nonce.map(Nonce::new))
         .set_authorized_party(Some(ClientId::new(self.authorized_party)));

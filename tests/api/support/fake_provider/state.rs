@@ -19,10 +19,20 @@ const ID_TOKEN_TTL_SECS: i64 = 3600;
 
 pub(super) struct Shared {
     pub(super) issuer: String,
+    /// Microsoft-like: the accounts' tenant.
+    pub(super) tenant: Option<String>,
     pub(super) inner: Mutex<Inner>,
 }
 
 impl Shared {
+    /// The `iss` of the ID tokens: the tenant's own issuer when Microsoft-like.
+    pub(super) fn id_token_issuer(&self) -> String {
+        match &self.tenant {
+            Some(tenant) => format!("{}/{tenant}/v2.0", self.issuer),
+            None => self.issuer.clone(),
+        }
+    }
+
     /// A panicking test thread must not turn every later request into a second panic.
     pub(super) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
@@ -279,6 +289,7 @@ impl Inner {
     pub(super) fn id_token_plan(
         &self,
         issuer: &str,
+        tid: Option<String>,
         grant: usize,
         nonce: Option<String>,
         access_token: &str,
@@ -320,6 +331,7 @@ impl Inner {
             access_token: access_token.to_owned(),
             key,
             kid: self.keys.current_kid.clone(),
+            tid,
         }
     }
 
