@@ -293,6 +293,10 @@ async fn discovery(
             .map_err(|e| (e.to_string(), "fix the provider's settings".to_string()))
         });
     let result = match provider {
+        Ok((provider, _)) if provider.config().profile.endpoints.is_some() => Ok(format!(
+            "{}: OAuth 2 endpoints from its settings, nothing to discover",
+            entry.name
+        )),
         Ok((provider, issuer)) => provider
             .check_discovery()
             .await

@@ -43,13 +43,21 @@ pub struct ProviderEntry {
     /// Set by the loader from `AXNT_PROVIDERS`, not read from a key.
     #[serde(skip)]
     pub(crate) name: String,
-    /// `AXNT_<NAME>_KIND`: the preset (`google`, `microsoft`, `oidc`); unset, the name
+    /// `AXNT_<NAME>_KIND`: the preset (`google`, `microsoft`, `github`, `oidc`, `oauth2`); unset, the name
     /// when it is a preset's, else `oidc`.
     pub(crate) kind: Option<String>,
     /// `AXNT_<NAME>_ISSUER`: the OpenID issuer, found through its discovery document.
     pub(crate) issuer: Option<Url>,
-    /// `AXNT_<NAME>_REVOKE_URL`: the revocation endpoint (RFC 7009), when the discovery
-    /// document names none or the wrong one.
+    /// `AXNT_<NAME>_AUTHORIZE_URL`: an OAuth 2 provider's authorization endpoint.
+    pub(crate) authorize_url: Option<Url>,
+    /// `AXNT_<NAME>_TOKEN_URL`: an OAuth 2 provider's token endpoint.
+    pub(crate) token_url: Option<Url>,
+    /// `AXNT_<NAME>_USERINFO_URL`: an OAuth 2 provider's user endpoint, which names the
+    /// account (`sub` or `id`, `email`).
+    pub(crate) userinfo_url: Option<Url>,
+    /// `AXNT_<NAME>_REVOKE_URL`: the revocation endpoint (RFC 7009; GitHub's grant
+    /// endpoint, with `{client_id}`), when discovery names none or the preset's is not
+    /// the one.
     pub(crate) revoke_url: Option<Url>,
     /// `AXNT_<NAME>_CLIENT_ID`: the OAuth client's id.
     pub(crate) client_id: Option<String>,
@@ -249,7 +257,13 @@ impl ProviderEntry {
     /// Checks what can be checked without the presets.
     pub(super) fn validate(&self, embedded: bool) -> Result<(), ConfigError> {
         let key = |field: &str| format!("{}_{field}", key_prefix(&self.name));
-        for (field, url) in [("issuer", &self.issuer), ("revoke_url", &self.revoke_url)] {
+        for (field, url) in [
+            ("issuer", &self.issuer),
+            ("authorize_url", &self.authorize_url),
+            ("token_url", &self.token_url),
+            ("userinfo_url", &self.userinfo_url),
+            ("revoke_url", &self.revoke_url),
+        ] {
             if let Some(url) = url
                 && !matches!(url.scheme(), "http" | "https")
             {

@@ -14,7 +14,7 @@ use super::ConnectError;
 use super::{ConnectService, count_completed, count_failed};
 use crate::oauth::flow::FlowState;
 use crate::oauth::grant::{self, PartialGrant};
-use crate::oauth::provider::{IdTokenProblem, OidcProvider, ProviderError, ProviderTokens};
+use crate::oauth::provider::{OidcProvider, ProviderError, ProviderTokens};
 use crate::store::flow_log::ClientInfo;
 use crate::store::{FlowStep, FlowSteps, UserInfo};
 use crate::tokens::{Stored, TokenSet};
@@ -33,10 +33,14 @@ pub(crate) trait Consent: Send + Sync {
         pkce_verifier: &str,
         redirect_uri: &str,
     ) -> Result<ProviderTokens, ProviderError>;
-    /// Verifies an ID token (signature, `iss`, `aud`, `exp`, `nonce`).
-    async fn verify_id_token(
+    /// The flow-log step that names the account (`id_token_verified`, or
+    /// `account_fetched` at an OAuth 2 provider).
+    fn account_step(&self) -> FlowStep;
+    /// The account the tokens were granted for: the ID token verified (signature,
+    /// `iss`, `aud`, `exp`, `nonce`), or an OAuth 2 provider's user endpoint.
+    async fn account(
         &self,
-        id_token: &SecretString,
+        tokens: &ProviderTokens,
         nonce: &str,
     ) -> Result<UserInfo, ProviderError>;
 }
@@ -60,12 +64,16 @@ impl Consent for OidcProvider {
         OidcProvider::exchange_code(self, code, pkce_verifier, redirect_uri).await
     }
 
-    async fn verify_id_token(
+    fn account_step(&self) -> FlowStep {
+        OidcProvider::account_step(self)
+    }
+
+    async fn account(
         &self,
-        id_token: &SecretString,
+        tokens: &ProviderTokens,
         nonce: &str,
     ) -> Result<UserInfo, ProviderError> {
-        OidcProvider::verify_id_token(self, id_token, nonce).await
+        OidcProvider::account(self, tokens, nonce).await
     }
 }
 
@@ -189,21 +197,18 @@ impl ConnectService {
                 }),
             )
             .await;
-        let id_token = tokens.id_token.as_ref().ok_or((
-            FlowStep::IdTokenVerified,
-            ConnectError::IdTokenInvalid(IdTokenProblem::Missing),
-        ))?;
+        let account_step = provider.account_step();
         let user_info = provider
-            .verify_id_token(id_token, &flow.nonce)
+            .account(&tokens, &flow.nonce)
             .await
-            .map_err(|e| (FlowStep::IdTokenVerified, ConnectError::from(e)))?;
+            .map_err(|e| (account_step, ConnectError::from(e)))?;
         flow_log
             .step(
-                FlowStep::IdTokenVerified,
+                account_step,
                 json!({ "sub": user_info.sub, "email": user_info.email, "emailVerified": user_info.email_verified }),
             )
             .await;
-        check_account(flow, &user_info).map_err(|e| (FlowStep::IdTokenVerified, e))?;
+        check_account(flow, &user_info).map_err(|e| (account_step, e))?;
         let requested = provider.requested_scopes(&flow.rules.scopes);
         let mut fresh = TokenSet::from_provider(&tokens, None, Utc::now());
         if fresh.scope.is_none() {

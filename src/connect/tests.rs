@@ -1,6 +1,7 @@
 //! The callback against a scripted provider, on a real store (the embedded SQLite
 //! file): what is stored or held, what is refused, and the flow log each leaves.
 
+use crate::oauth::provider::IdTokenProblem;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -75,11 +76,18 @@ impl Consent for Scripted {
             .unwrap_or_else(|| Err(ProviderError::InvalidGrant(GrantRefusal::ExpiredOrRevoked)))
     }
 
-    async fn verify_id_token(
+    fn account_step(&self) -> FlowStep {
+        FlowStep::IdTokenVerified
+    }
+
+    async fn account(
         &self,
-        _id_token: &SecretString,
+        tokens: &ProviderTokens,
         _nonce: &str,
     ) -> Result<UserInfo, ProviderError> {
+        if tokens.id_token.is_none() {
+            return Err(ProviderError::IdToken(IdTokenProblem::Missing));
+        }
         Ok(UserInfo {
             sub: "sub-jane".into(),
             email: Some(EMAIL.into()),

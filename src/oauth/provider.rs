@@ -14,6 +14,7 @@ mod http;
 mod id_token;
 mod metadata;
 pub(crate) mod presets;
+mod userinfo;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +27,11 @@ use openidconnect::core::{
     CoreTokenIntrospectionResponse, CoreTokenType,
 };
 use openidconnect::{
-    AdditionalProviderMetadata, AuthenticationFlow, Client, ClientId, ClientSecret, CsrfToken,
-    EndpointMaybeSet, EndpointNotSet, EndpointSet, ErrorResponse, ExtraTokenFields, IdTokenFields,
-    LoginHint, Nonce, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, Scope,
-    StandardTokenResponse,
+    AdditionalProviderMetadata, AuthType, AuthUrl, AuthenticationFlow, Client, ClientId,
+    ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, ErrorResponse,
+    ExtraTokenFields, IdTokenFields, IssuerUrl, JsonWebKeySetUrl, LoginHint, Nonce,
+    PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, ResponseTypes, Scope,
+    StandardTokenResponse, TokenUrl, UserInfoUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -317,6 +319,8 @@ pub(crate) struct OidcProvider {
     secrets: Arc<SecretsCache>,
     /// In an `Arc` so that a background refetch can outlive the request that started it.
     metadata: Arc<MetadataCache>,
+    /// An OAuth 2 provider's endpoints, as metadata that is never fetched.
+    fixed: Option<Discovered>,
     secret_reload_min_interval: Duration,
 }
 
@@ -336,11 +340,19 @@ impl OidcProvider {
             limits.metadata_ttl,
             limits.metadata_max_stale,
         )?;
+        let fixed = match &config.profile.endpoints {
+            Some(endpoints) => Some(Discovered::fixed(oauth2_metadata(
+                &config.issuer,
+                endpoints,
+            )?)),
+            None => None,
+        };
         Ok(Self {
             config,
             http,
             secrets,
             metadata: Arc::new(metadata),
+            fixed,
             secret_reload_min_interval: limits.secret_reload_min_interval,
         })
     }
@@ -358,6 +370,12 @@ impl OidcProvider {
         self.config.profile.revocation != Revocation::Unsupported
     }
 
+    /// Whether its revocation takes the access token (GitHub's grant endpoint) rather
+    /// than the refresh token, which ends the grant where there is one.
+    pub(crate) fn revokes_with_access_token(&self) -> bool {
+        self.config.profile.revocation == Revocation::GitHubGrant
+    }
+
     /// The client credentials, or why there are none.
     pub(crate) async fn credentials(&self) -> Result<ClientCredentials, ProviderError> {
         self.secrets.current().client.clone().ok_or_else(|| {
@@ -366,7 +384,10 @@ impl OidcProvider {
     }
 
     async fn discovered(&self) -> Result<Discovered, ProviderError> {
-        self.metadata.get().await
+        match &self.fixed {
+            Some(fixed) => Ok(fixed.clone()),
+            None => self.metadata.get().await,
+        }
     }
 
     fn client(
@@ -375,13 +396,16 @@ impl OidcProvider {
         creds: &ClientCredentials,
         redirect_uri: Option<&str>,
     ) -> Result<OidcClient, ProviderError> {
-        let client = OidcClient::from_provider_metadata(
+        let mut client = OidcClient::from_provider_metadata(
             (*d.metadata).clone(),
             ClientId::new(creds.client_id.clone()),
             Some(ClientSecret::new(
                 creds.client_secret.expose_secret().to_string(),
             )),
         );
+        if self.config.profile.quirks.client_auth_in_body {
+            client = client.set_auth_type(AuthType::RequestBody);
+        }
         match redirect_uri {
             Some(uri) => Ok(client.set_redirect_uri(
                 RedirectUrl::new(uri.to_string())
@@ -397,10 +421,14 @@ impl OidcProvider {
         self.discovered().await.map(|_| ())
     }
 
-    /// Every scope a flow asking for `extra_scopes` requests: `openid`, the provider's
-    /// defaults, then the extras, each once.
+    /// Every scope a flow asking for `extra_scopes` requests: `openid` (OpenID
+    /// providers), the provider's defaults, then the extras, each once.
     pub(crate) fn requested_scopes(&self, extra_scopes: &[String]) -> Vec<String> {
-        let mut scopes: Vec<String> = vec!["openid".into()];
+        // An OAuth 2 provider is not asked for `openid`.
+        let mut scopes: Vec<String> = match self.config.profile.endpoints {
+            None => vec!["openid".into()],
+            Some(_) => Vec::new(),
+        };
         for s in self.config.default_scopes.iter().chain(extra_scopes) {
             if !scopes.contains(s) {
                 scopes.push(s.clone());
@@ -426,11 +454,22 @@ impl OidcProvider {
             force_consent,
         } = request;
         let creds = self.credentials().await?;
-        let d = self.discovered().await?;
-        let client = self.client(&d, &creds, Some(redirect_uri))?;
         let challenge = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(
             pkce_verifier.to_string(),
         ));
+        if let Some(endpoints) = &self.config.profile.endpoints {
+            return Ok(self.oauth2_authorization_url(
+                endpoints,
+                &creds,
+                redirect_uri,
+                extra_scopes,
+                &state,
+                &challenge,
+                login_hint,
+            ));
+        }
+        let d = self.discovered().await?;
+        let client = self.client(&d, &creds, Some(redirect_uri))?;
         let mut scopes: Vec<&String> = Vec::new();
         for s in self.config.default_scopes.iter().chain(extra_scopes) {
             if s != "openid" && !scopes.contains(&s) {
@@ -457,6 +496,71 @@ impl OidcProvider {
         let (url, _, _) = request.url();
         Ok(url)
     }
+}
+
+impl OidcProvider {
+    /// An OAuth 2 (not OpenID) authorization request: the code flow with PKCE and our
+    /// sealed state, without `openid` or a nonce. `login_hint` is sent as GitHub's
+    /// `login` as well.
+    #[allow(clippy::too_many_arguments)]
+    fn oauth2_authorization_url(
+        &self,
+        endpoints: &presets::Endpoints,
+        creds: &ClientCredentials,
+        redirect_uri: &str,
+        extra_scopes: &[String],
+        state: &str,
+        challenge: &PkceCodeChallenge,
+        login_hint: Option<&str>,
+    ) -> Url {
+        let mut scopes: Vec<&str> = Vec::new();
+        for s in self.config.default_scopes.iter().chain(extra_scopes) {
+            if s != "openid" && !scopes.contains(&s.as_str()) {
+                scopes.push(s);
+            }
+        }
+        let mut url = endpoints.authorize.clone();
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("response_type", "code")
+                .append_pair("client_id", &creds.client_id)
+                .append_pair("redirect_uri", redirect_uri)
+                .append_pair("scope", &scopes.join(" "))
+                .append_pair("state", state)
+                .append_pair("code_challenge", challenge.as_str())
+                .append_pair("code_challenge_method", challenge.method().as_str());
+            if let Some(hint) = login_hint {
+                query
+                    .append_pair("login_hint", hint)
+                    .append_pair("login", hint);
+            }
+            for (name, value) in &self.config.extra_auth_params {
+                query.append_pair(name, value);
+            }
+        }
+        url
+    }
+}
+
+/// An OAuth 2 provider's endpoints as the metadata the OpenID client is built from
+/// (it is never fetched; with no ID tokens, its keys are never used).
+fn oauth2_metadata(
+    issuer: &str,
+    endpoints: &presets::Endpoints,
+) -> Result<Metadata, ProviderError> {
+    let malformed = |e: &dyn std::fmt::Display| ProviderError::Malformed(format!("endpoint: {e}"));
+    Ok(Metadata::new(
+        IssuerUrl::new(issuer.to_string()).map_err(|e| malformed(&e))?,
+        AuthUrl::from_url(endpoints.authorize.clone()),
+        JsonWebKeySetUrl::from_url(endpoints.authorize.clone()),
+        vec![ResponseTypes::new(vec![CoreResponseType::Code])],
+        vec![CoreSubjectIdentifierType::Public],
+        vec![CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256],
+        ExtraMetadata::default(),
+    )
+    .set_token_endpoint(Some(TokenUrl::from_url(endpoints.token.clone())))
+    .set_userinfo_endpoint(Some(UserInfoUrl::from_url(endpoints.userinfo.clone()))))
 }
 
 /// What one authorization request carries.

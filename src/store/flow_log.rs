@@ -83,6 +83,8 @@ pub enum FlowStep {
     StateVerified,
     CodeExchanged,
     IdTokenVerified,
+    /// An OAuth 2 provider without ID tokens: the account read from its user endpoint.
+    AccountFetched,
     TokensStored,
     /// Confirmation mode: the grant is held until the application confirms the flow.
     AwaitingConfirmation,

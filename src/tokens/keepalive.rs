@@ -131,7 +131,10 @@ impl TokenService {
                     if stop.is_cancelled() {
                         return Ok::<bool, TokenError>(false);
                     }
+                    // Only a provider with an idle limit has a clock a refresh resets
+                    // (GitHub's OAuth-app tokens have no refresh token at all).
                     let due = !keep.idle.is_zero()
+                        && self.grant_rules(&row.provider).lifetimes.idle.is_some()
                         && Utc::now()
                             .checked_sub_signed(idle)
                             .is_some_and(|limit| last_token_use(&row) < limit);

@@ -26,8 +26,8 @@ impl TokenService {
             });
         };
         let (token, kind) = match tokens.refresh_token.clone() {
-            Some(refresh) => (refresh, "refresh_token"),
-            None => (tokens.access_token.clone(), "access_token"),
+            Some(refresh) if !provider.revokes_with_access_token() => (refresh, "refresh_token"),
+            _ => (tokens.access_token.clone(), "access_token"),
         };
         let token = SecretString::from(token);
         let mut backoff =

@@ -49,8 +49,17 @@ impl HttpFailure {
     }
 }
 
+/// Whether a `200` answer is an OAuth error all the same (GitHub answers its token
+/// errors with 200): an object with `error` and no `access_token`. It is then read as
+/// the error it is, not as a token response missing its token.
+fn is_error_answer(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body).is_ok_and(|o| {
+        o.get("error").is_some_and(|e| e.is_string()) && !o.contains_key("access_token")
+    })
+}
+
 /// Whether an HTTP status means "not served, retry later" rather than an answer.
-fn is_unavailable_status(status: reqwest::StatusCode) -> bool {
+pub(super) fn is_unavailable_status(status: reqwest::StatusCode) -> bool {
     status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS
 }
 
@@ -75,6 +84,11 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for ProviderHttp {
             }
             let headers = response.headers().clone();
             let body = response.bytes().await.map_err(classify_reqwest)?;
+            let status = if status == reqwest::StatusCode::OK && is_error_answer(&body) {
+                reqwest::StatusCode::BAD_REQUEST
+            } else {
+                status
+            };
             let mut out = http::Response::builder().status(status);
             if let Some(h) = out.headers_mut() {
                 *h = headers;
@@ -176,6 +190,7 @@ impl OidcProvider {
         &self,
         response: Result<ProviderTokenResponse, RequestTokenError<HttpFailure, TokenErrorAnswer>>,
     ) -> Result<ProviderTokens, ProviderError> {
+        let quirks = self.config.profile.quirks;
         match response {
             Ok(r) => Ok(ProviderTokens {
                 access_token: SecretString::from(r.access_token().secret().clone()),
@@ -183,10 +198,22 @@ impl OidcProvider {
                     .refresh_token()
                     .map(|t| SecretString::from(t.secret().clone())),
                 id_token: r.id_token().map(|t| SecretString::from(t.to_string())),
-                expires_in: r.expires_in(),
-                scope: r
-                    .scopes()
-                    .map(|s| s.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" ")),
+                expires_in: r
+                    .expires_in()
+                    .or(quirks.unexpiring_access_tokens.then_some(UNEXPIRING)),
+                scope: r.scopes().map(|scopes| {
+                    let separators: &[char] = if quirks.comma_separated_scopes {
+                        &[',', ' ']
+                    } else {
+                        &[' ']
+                    };
+                    scopes
+                        .iter()
+                        .flat_map(|s| s.as_str().split(separators))
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                }),
                 token_type: "Bearer".into(),
                 refresh_token_expires_in: r.extra_fields().extra_fields().refresh_token_lifetime(),
             }),
@@ -220,6 +247,9 @@ impl OidcProvider {
             return Ok(false);
         }
         let creds = self.credentials().await?;
+        if profile.revocation == super::Revocation::GitHubGrant {
+            return self.revoke_github_grant(&creds, token).await;
+        }
         let endpoint = match &profile.revoke_url {
             Some(url) => url.to_string(),
             None => {
@@ -236,7 +266,7 @@ impl OidcProvider {
         // one form POST with the client's credentials, encoded as RFC 6749 §2.3.1 says.
         let encode =
             |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-        let response = self
+        let request = self
             .http
             .0
             .post(endpoint)
@@ -247,31 +277,83 @@ impl OidcProvider {
             .form(&[
                 ("token", token.expose_secret()),
                 ("token_type_hint", "refresh_token"),
-            ])
-            .send()
-            .await
-            .map_err(|e| classify_reqwest(e).into_provider_error())?;
-        let status = response.status();
-        if status.is_success() {
-            Ok(true)
-        } else if is_unavailable_status(status) {
-            Err(ProviderError::Unavailable(format!(
-                "revocation answered HTTP {}",
-                status.as_u16()
-            )))
-        } else {
-            // Google answers 400 invalid_token for a token that is already dead: the
-            // grant is gone either way.
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            let error = body["error"].as_str().unwrap_or("unknown").to_string();
-            if error == "invalid_token" {
-                Ok(true)
-            } else {
-                Err(ProviderError::Rejected { error })
+            ]);
+        match refused_revocation(request).await? {
+            None => Ok(true),
+            Some(response) => {
+                // Google answers 400 invalid_token for a token that is already dead: the
+                // grant is gone either way.
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                let error = body["error"].as_str().unwrap_or("unknown").to_string();
+                if error == "invalid_token" {
+                    Ok(true)
+                } else {
+                    Err(ProviderError::Rejected { error })
+                }
             }
         }
     }
 }
+
+/// Sends a revocation: `None` when the provider accepted it (2xx), the answer when it
+/// refused (to read), an error when it is unavailable (5xx, 429) or did not answer.
+async fn refused_revocation(
+    request: reqwest::RequestBuilder,
+) -> Result<Option<reqwest::Response>, ProviderError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| classify_reqwest(e).into_provider_error())?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(None)
+    } else if is_unavailable_status(status) {
+        Err(ProviderError::Unavailable(format!(
+            "revocation answered HTTP {}",
+            status.as_u16()
+        )))
+    } else {
+        Ok(Some(response))
+    }
+}
+
+impl OidcProvider {
+    /// GitHub's grant revocation: `DELETE /applications/{client_id}/grant` with the
+    /// client's Basic authentication and the access token in a JSON body; 204 when the
+    /// grant is gone.
+    async fn revoke_github_grant(
+        &self,
+        creds: &ClientCredentials,
+        access_token: &SecretString,
+    ) -> Result<bool, ProviderError> {
+        let Some(template) = &self.config.profile.revoke_url else {
+            return Ok(false);
+        };
+        let client_id =
+            url::form_urlencoded::byte_serialize(creds.client_id.as_bytes()).collect::<String>();
+        let url = template
+            .as_str()
+            .replace("%7Bclient_id%7D", &client_id)
+            .replace("{client_id}", &client_id);
+        let request = self
+            .http
+            .0
+            .delete(url)
+            .basic_auth(&creds.client_id, Some(creds.client_secret.expose_secret()))
+            .header(reqwest::header::ACCEPT, "application/vnd.github+json")
+            .json(&serde_json::json!({ "access_token": access_token.expose_secret() }));
+        match refused_revocation(request).await? {
+            None => Ok(true),
+            Some(response) => Err(ProviderError::Rejected {
+                error: format!("revocation_http_{}", response.status().as_u16()),
+            }),
+        }
+    }
+}
+
+/// The lifetime given to an access token that does not expire (GitHub's OAuth apps):
+/// ten years, so its `expiresAt` says "not before the grant ends".
+const UNEXPIRING: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// The HTTP client for one provider.
 pub(super) fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
@@ -287,7 +369,7 @@ pub(super) fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest:
 /// Sorts a reqwest error by whether the request may have reached the provider.
 /// `is_connect` holds for connect failures and connect timeouts alike (a connect
 /// timeout is also `is_timeout`), so it is asked first.
-fn classify_reqwest(e: reqwest::Error) -> HttpFailure {
+pub(super) fn classify_reqwest(e: reqwest::Error) -> HttpFailure {
     if e.is_connect() || e.is_builder() {
         HttpFailure::NotSent(error_chain(&e))
     } else if e.is_timeout() {
@@ -315,6 +397,20 @@ mod tests {
     use openidconnect::AsyncHttpClient;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    /// GitHub answers token errors with HTTP 200: read as the error they are; a token
+    /// response, or one that also carries a token, is not.
+    #[test]
+    fn an_error_answered_with_200_is_an_error() {
+        assert!(is_error_answer(
+            br#"{"error":"bad_refresh_token","error_description":"The refresh token passed is incorrect or expired."}"#
+        ));
+        assert!(!is_error_answer(
+            br#"{"access_token":"t","token_type":"bearer","scope":""}"#
+        ));
+        assert!(!is_error_answer(br#"{"access_token":"t","error":"odd"}"#));
+        assert!(!is_error_answer(b"access_token=t&token_type=bearer"));
+    }
 
     /// A loopback server that reads one request, then does `answer` with the socket.
     async fn server<F, Fut>(answer: F) -> String

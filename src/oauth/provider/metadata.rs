@@ -38,6 +38,18 @@ pub(super) struct Discovered {
     jwks_fetched_at: Instant,
 }
 
+impl Discovered {
+    /// Metadata that is not fetched: an OAuth 2 provider's, from its settings.
+    pub(super) fn fixed(metadata: Metadata) -> Self {
+        let now = Instant::now();
+        Self {
+            metadata: Arc::new(metadata),
+            fetched_at: now,
+            jwks_fetched_at: now,
+        }
+    }
+}
+
 pub(super) struct MetadataCache {
     issuer: IssuerUrl,
     /// The discovery document may give the issuer as a tenant template (see

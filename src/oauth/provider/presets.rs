@@ -2,8 +2,10 @@
 //! file of its own, registered in [`ALL`]. A preset fills in what a provider's settings
 //! leave unset and says how its grants live and die ([`Profile`]).
 
+mod github;
 mod google;
 mod microsoft;
+mod oauth2;
 mod oidc;
 
 use std::time::Duration;
@@ -15,7 +17,13 @@ use crate::config::{ConfigError, ProviderEntry};
 use crate::oauth::grant::Lifetimes;
 
 /// Every preset, by kind.
-pub(crate) const ALL: [&Preset; 3] = [&google::PRESET, &microsoft::PRESET, &oidc::PRESET];
+pub(crate) const ALL: [&Preset; 5] = [
+    &google::PRESET,
+    &microsoft::PRESET,
+    &github::PRESET,
+    &oidc::PRESET,
+    &oauth2::PRESET,
+];
 
 /// The kind a provider is of when `AXNT_<NAME>_KIND` is unset and its name is no
 /// preset's.
@@ -25,8 +33,14 @@ const DEFAULT_KIND: &str = "oidc";
 pub(crate) struct Preset {
     /// `AXNT_<NAME>_KIND`.
     pub(crate) kind: &'static str,
-    /// The issuer when `AXNT_<NAME>_ISSUER` is unset (none: it must be set).
+    /// OpenID (discovery, ID tokens) or plain OAuth 2 (endpoints as settings, the
+    /// account from its user endpoint).
+    pub(crate) protocol: Protocol,
+    /// The issuer when `AXNT_<NAME>_ISSUER` is unset (none: it must be set). OpenID
+    /// only.
     pub(crate) issuer: Option<&'static str>,
+    /// OAuth 2's endpoints when their settings are unset (none: they must be set).
+    pub(crate) endpoints: Option<StaticEndpoints>,
     /// Scopes asked for beside `openid` when `AXNT_<NAME>_SCOPES` is unset.
     pub(crate) scopes: &'static [&'static str],
     /// Scopes asked for whatever `AXNT_<NAME>_SCOPES` says (Microsoft's
@@ -50,6 +64,59 @@ pub(crate) struct Preset {
     /// Reads the provider's own refusals (codes in `error_description`, subtypes);
     /// `None` leaves the answer to OAuth's reading.
     pub(crate) read_refusal: fn(&TokenErrorAnswer) -> Option<ProviderError>,
+    /// Quirks of its token endpoint and user API.
+    pub(crate) quirks: Quirks,
+}
+
+/// How a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// OpenID Connect: discovery, JWKS, an ID token names the account.
+    OpenId,
+    /// OAuth 2 without OpenID: the account is read from the user endpoint.
+    OAuth2,
+}
+
+/// A preset's own OAuth 2 endpoints.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StaticEndpoints {
+    pub(crate) authorize: &'static str,
+    pub(crate) token: &'static str,
+    pub(crate) userinfo: &'static str,
+    pub(crate) revoke: Option<&'static str>,
+}
+
+/// An OAuth 2 provider's endpoints, from its settings or its preset.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoints {
+    pub(crate) authorize: Url,
+    pub(crate) token: Url,
+    pub(crate) userinfo: Url,
+}
+
+/// What sets a provider apart from the specifications.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Quirks {
+    /// The token endpoint wants the client id and secret in the form body, not in
+    /// HTTP Basic authentication (GitHub).
+    pub(crate) client_auth_in_body: bool,
+    /// The token response's `scope` is comma-separated (GitHub).
+    pub(crate) comma_separated_scopes: bool,
+    /// An access token answered without `expires_in` does not expire (GitHub's OAuth
+    /// apps); otherwise it is taken to live an hour.
+    pub(crate) unexpiring_access_tokens: bool,
+    /// The verified primary email is at the user endpoint + `/emails` (GitHub).
+    pub(crate) emails_endpoint: bool,
+}
+
+impl Quirks {
+    /// None: the specifications as written.
+    pub(crate) const NONE: Self = Self {
+        client_auth_in_body: false,
+        comma_separated_scopes: false,
+        unexpiring_access_tokens: false,
+        emails_endpoint: false,
+    };
 }
 
 /// How a provider's grants are revoked.
@@ -58,6 +125,9 @@ pub(crate) enum Revocation {
     /// RFC 7009 at the endpoint `AXNT_<NAME>_REVOKE_URL` names, else the discovery
     /// document's `revocation_endpoint` (none there: not possible).
     Rfc7009,
+    /// GitHub's: `DELETE` the revoke URL (`{client_id}` filled in) with the client's
+    /// Basic authentication and `{"access_token": …}`, which ends the whole grant.
+    GitHubGrant,
     /// The provider has no way for a client to revoke a grant: a deletion only forgets
     /// it here (`revocation: "not_possible"`).
     Unsupported,
@@ -66,6 +136,9 @@ pub(crate) enum Revocation {
 /// How a provider's grants live and die, from its preset and settings.
 #[derive(Debug, Clone)]
 pub(crate) struct Profile {
+    /// OAuth 2's endpoints (none for OpenID: discovery has them).
+    pub(crate) endpoints: Option<Endpoints>,
+    pub(crate) quirks: Quirks,
     pub(crate) rotates_refresh_tokens: bool,
     /// A rotating provider still accepts a redeemed refresh token for this long.
     pub(crate) refresh_reuse_grace: Duration,
@@ -101,15 +174,38 @@ impl ProviderConfig {
                 kinds()
             ),
         })?;
-        let issuer = entry
-            .issuer
-            .as_ref()
-            .map(|u| u.as_str().to_string())
-            .or_else(|| preset.issuer.map(str::to_string))
-            .ok_or_else(|| ConfigError {
-                setting: entry.setting("issuer"),
-                reason: format!("a provider of kind {kind} needs its OpenID issuer"),
-            })?;
+        let (issuer, endpoints) = match preset.protocol {
+            Protocol::OpenId => {
+                let issuer = entry
+                    .issuer
+                    .as_ref()
+                    .map(|u| u.as_str().to_string())
+                    .or_else(|| preset.issuer.map(str::to_string))
+                    .ok_or_else(|| ConfigError {
+                        setting: entry.setting("issuer"),
+                        reason: format!("a provider of kind {kind} needs its OpenID issuer"),
+                    })?;
+                (issuer, None)
+            }
+            Protocol::OAuth2 => {
+                let endpoints = oauth2_endpoints(entry, preset)?;
+                // Names the provider where an issuer would (logs, spans): the origin
+                // of its authorization endpoint.
+                let issuer = entry
+                    .issuer
+                    .as_ref()
+                    .unwrap_or(&endpoints.authorize)
+                    .origin()
+                    .ascii_serialization();
+                (issuer, Some(endpoints))
+            }
+        };
+        let revoke_url = entry.revoke_url.clone().or_else(|| {
+            preset
+                .endpoints
+                .and_then(|e| e.revoke)
+                .and_then(|u| Url::parse(u).ok())
+        });
         let mut default_scopes: Vec<String> = match &entry.scopes {
             Some(scopes) => scopes.clone(),
             None => preset.scopes.iter().map(|s| (*s).to_string()).collect(),
@@ -134,17 +230,45 @@ impl ProviderConfig {
             extra_auth_params,
             prompt_consent: preset.prompt_consent,
             profile: Profile {
+                endpoints,
+                quirks: preset.quirks,
                 rotates_refresh_tokens: entry.rotates_refresh_tokens.unwrap_or(preset.rotates),
                 refresh_reuse_grace: entry.refresh_reuse_grace.unwrap_or_default(),
                 lifetimes: preset.lifetimes,
                 revocation: preset.revocation,
-                revoke_url: entry.revoke_url.clone(),
+                revoke_url,
                 revocation_note: preset.revocation_note,
                 tenant_issuer: preset.tenant_issuer,
                 read_refusal: preset.read_refusal,
             },
         })
     }
+}
+
+/// An OAuth 2 provider's endpoints: each from its setting, else the preset's.
+fn oauth2_endpoints(entry: &ProviderEntry, preset: &Preset) -> Result<Endpoints, ConfigError> {
+    let pick = |field: &str, set: &Option<Url>, default: Option<&'static str>| {
+        set.clone()
+            .or_else(|| default.and_then(|u| Url::parse(u).ok()))
+            .ok_or_else(|| ConfigError {
+                setting: entry.setting(field),
+                reason: format!("a provider of kind {} needs it", preset.kind),
+            })
+    };
+    let defaults = preset.endpoints;
+    Ok(Endpoints {
+        authorize: pick(
+            "authorize_url",
+            &entry.authorize_url,
+            defaults.map(|e| e.authorize),
+        )?,
+        token: pick("token_url", &entry.token_url, defaults.map(|e| e.token))?,
+        userinfo: pick(
+            "userinfo_url",
+            &entry.userinfo_url,
+            defaults.map(|e| e.userinfo),
+        )?,
+    })
 }
 
 /// Reads no refusal of its own: OAuth's reading stands.
@@ -218,7 +342,9 @@ mod tests {
         let refused = ProviderConfig::from_entry(&e).expect_err("unknown kind");
         assert_eq!(refused.setting, "AXNT_WORK_KIND");
         assert!(
-            refused.reason.contains("google, microsoft, oidc"),
+            refused
+                .reason
+                .contains("google, microsoft, github, oidc, oauth2"),
             "{}",
             refused.reason
         );
@@ -252,5 +378,51 @@ mod tests {
             described.classify(find("google").expect("preset").read_refusal),
             ProviderError::InvalidGrant(crate::oauth::provider::GrantRefusal::Unspecified)
         ));
+    }
+
+    /// GitHub's token errors, as its troubleshooting page prints them
+    /// (<https://docs.github.com/apps/oauth-apps/maintaining-oauth-apps/troubleshooting-oauth-app-access-token-request-errors>).
+    #[test]
+    fn github_refusals_read_as_their_kind() {
+        let github = find("github").expect("preset").read_refusal;
+        let answer =
+            |json: &str| -> TokenErrorAnswer { serde_json::from_str(json).expect("answer") };
+        assert!(matches!(
+            answer(r#"{"error":"bad_refresh_token","error_description":"The refresh token passed is incorrect or expired.","error_uri":"https://docs.github.com/apps/managing-oauth-apps/troubleshooting-oauth-app-access-token-request-errors/#bad-verification-code"}"#)
+                .classify(github),
+            ProviderError::InvalidGrant(crate::oauth::provider::GrantRefusal::Unspecified)
+        ));
+        assert!(matches!(
+            answer(r#"{"error":"incorrect_client_credentials","error_description":"The client_id and/or client_secret passed are incorrect.","error_uri":"/apps/managing-oauth-apps/troubleshooting-oauth-app-access-token-request-errors/#incorrect-client-credentials"}"#)
+                .classify(github),
+            ProviderError::InvalidClient
+        ));
+    }
+
+    #[test]
+    fn an_oauth2_provider_needs_its_endpoints_and_github_has_its_own() {
+        let mut e = entry("slack");
+        e.kind = Some("oauth2".into());
+        let refused = ProviderConfig::from_entry(&e).expect_err("no endpoints");
+        assert_eq!(refused.setting, "AXNT_SLACK_AUTHORIZE_URL");
+        e.authorize_url = Some(Url::parse("https://slack.com/oauth/v2/authorize").expect("url"));
+        e.token_url = Some(Url::parse("https://slack.com/api/oauth.v2.access").expect("url"));
+        let refused = ProviderConfig::from_entry(&e).expect_err("no user endpoint");
+        assert_eq!(refused.setting, "AXNT_SLACK_USERINFO_URL");
+        e.userinfo_url =
+            Some(Url::parse("https://slack.com/api/openid.connect.userInfo").expect("url"));
+        let slack = ProviderConfig::from_entry(&e).expect("slack");
+        assert_eq!(slack.issuer, "https://slack.com");
+        assert!(slack.default_scopes.is_empty());
+        assert_eq!(slack.profile.revoke_url, None);
+
+        let github = ProviderConfig::from_entry(&entry("github")).expect("github");
+        let endpoints = github.profile.endpoints.expect("OAuth 2");
+        assert_eq!(
+            endpoints.token.as_str(),
+            "https://github.com/login/oauth/access_token"
+        );
+        assert_eq!(github.profile.revocation, Revocation::GitHubGrant);
+        assert!(github.profile.quirks.comma_separated_scopes);
     }
 }

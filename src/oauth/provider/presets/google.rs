@@ -6,12 +6,14 @@
 //! `admin_policy_enforced` (a Workspace restriction), and "Token has been expired or
 //! revoked." (the clocks tell which).
 
-use super::{Preset, Revocation};
+use super::{Preset, Protocol, Quirks, Revocation};
 use crate::oauth::grant::{Cause, Lifetimes};
 use crate::oauth::provider::{GrantRefusal, ProviderError, TokenErrorAnswer};
 
 pub(super) const PRESET: Preset = Preset {
     kind: "google",
+    protocol: Protocol::OpenId,
+    endpoints: None,
     issuer: Some("https://accounts.google.com"),
     scopes: &["email", "profile"],
     required_scopes: &[],
@@ -26,6 +28,7 @@ pub(super) const PRESET: Preset = Preset {
     revocation_note: "Google's revocation ends every scope this project was granted for that Google account, including grants held for other user ids.",
     tenant_issuer: false,
     read_refusal,
+    quirks: Quirks::NONE,
 };
 
 fn read_refusal(answer: &TokenErrorAnswer) -> Option<ProviderError> {

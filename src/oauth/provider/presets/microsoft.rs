@@ -13,12 +13,14 @@
 
 use std::time::Duration;
 
-use super::{Preset, Revocation};
+use super::{Preset, Protocol, Quirks, Revocation};
 use crate::oauth::grant::{Cause, Lifetimes};
 use crate::oauth::provider::{GrantRefusal, ProviderError, TokenErrorAnswer};
 
 pub(super) const PRESET: Preset = Preset {
     kind: "microsoft",
+    protocol: Protocol::OpenId,
+    endpoints: None,
     issuer: Some("https://login.microsoftonline.com/common/v2.0"),
     scopes: &["email", "profile"],
     required_scopes: &["offline_access"],
@@ -35,6 +37,7 @@ pub(super) const PRESET: Preset = Preset {
     revocation_note: "Microsoft Entra has no endpoint for a client to revoke a grant: the connection is forgotten here, and its refresh token stays valid at Microsoft until it is unused for 90 days, the user removes the app at https://myapplications.microsoft.com, or an administrator revokes the user's sessions.",
     tenant_issuer: true,
     read_refusal,
+    quirks: Quirks::NONE,
 };
 
 /// The `AADSTS` codes that say what became of a grant or of the client, as

@@ -1,11 +1,13 @@
 //! Any OpenID provider (`oidc`): everything from its discovery document, nothing
 //! assumed about its clocks.
 
-use super::{Preset, Revocation, oauth_only};
+use super::{Preset, Protocol, Quirks, Revocation, oauth_only};
 use crate::oauth::grant::Lifetimes;
 
 pub(super) const PRESET: Preset = Preset {
     kind: "oidc",
+    protocol: Protocol::OpenId,
+    endpoints: None,
     issuer: None,
     scopes: &["email", "profile"],
     required_scopes: &[],
@@ -19,4 +21,5 @@ pub(super) const PRESET: Preset = Preset {
     revocation_note: "The provider's revocation ends this grant; what else it ends is the provider's to say.",
     tenant_issuer: false,
     read_refusal: oauth_only,
+    quirks: Quirks::NONE,
 };
