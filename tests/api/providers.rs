@@ -8,6 +8,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::support::fake_github::{self, FakeGitHub};
 use crate::support::fake_provider::{IdTokenTamper, RefreshBehaviour};
 use crate::support::{
     Backend, FakeProvider, TestApp, assert_died_of, assert_problem, redirect_query,
@@ -16,6 +17,8 @@ use crate::support::{
 on_every_backend!(
     three_providers_for_one_user_live_apart,
     each_entra_refusal_becomes_its_cause,
+    a_github_oauth_app_connects_with_tokens_that_never_expire,
+    a_github_app_rotates_its_tokens_and_a_revoked_grant_is_named,
 );
 
 const USER: &str = "u-multi";
@@ -538,4 +541,131 @@ async fn provider_settings_are_checked_at_start() {
         };
         assert!(e.starts_with(setting), "{e}");
     }
+}
+
+/// An instance serving the provider `github` at `fake` (its client in the settings).
+async fn github_app(backend: Backend, fake: &FakeGitHub) -> TestApp {
+    let base = FakeProvider::start().await;
+    let mut env = fake.env();
+    env.push(("AXNT_PROVIDERS".into(), "github".into()));
+    let app = TestApp::on(backend, &base, &pairs(&env)).await;
+    assert_eq!(app.provider, "github");
+    app
+}
+
+/// A GitHub OAuth app: OAuth 2 without OpenID. The account is GitHub's `/user` with its
+/// verified primary email, the comma-separated scopes are read as granted, a token
+/// that never expires is never refreshed, `expectedEmail` holds to the verified
+/// email, and a deletion revokes the grant at GitHub's grant endpoint.
+async fn a_github_oauth_app_connects_with_tokens_that_never_expire(backend: Backend) {
+    let github = FakeGitHub::start().await;
+    let app = github_app(backend, &github).await;
+    assert_eq!(app.connect("gh-1").await.status(), StatusCode::OK);
+
+    let asked = github.last_authorization();
+    assert_eq!(asked["scope"], "read:user user:email");
+    assert_eq!(asked["code_challenge_method"], "S256");
+    assert!(!asked.contains_key("nonce"), "no OpenID nonce: {asked:?}");
+    let row = app.stored_row("gh-1").await.expect("row");
+    assert_eq!(row.user_info.sub, fake_github::USER_ID.to_string());
+    assert_eq!(
+        row.user_info.email.as_deref(),
+        Some(fake_github::PRIMARY_EMAIL)
+    );
+    assert_eq!(row.user_info.email_verified, Some(true));
+    let listed = connection_at(&app, "gh-1", "github").await;
+    assert_eq!(
+        listed["grantedScopes"],
+        json!(["read:user", "user:email"]),
+        "{listed}"
+    );
+    assert_eq!(listed["missingScopes"], json!([]), "{listed}");
+    let steps = app.steps("gh-1").await;
+    assert!(steps.contains(&"account_fetched".to_string()), "{steps:?}");
+    assert!(
+        !steps.contains(&"id_token_verified".to_string()),
+        "{steps:?}"
+    );
+
+    let response = token_at(&app, "gh-1", "github").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(
+        body["accessToken"].as_str(),
+        github.latest_access_token().as_deref()
+    );
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(body["expiresAt"].as_str().expect("expiresAt"))
+            .expect("rfc3339");
+    assert!(
+        expires.signed_duration_since(chrono::Utc::now()).num_days() > 9 * 365,
+        "a token that does not expire: {body}"
+    );
+    assert_eq!(github.refresh_count(), 0);
+
+    // `expectedEmail` is met by the verified primary email only.
+    let pinned = app
+        .connect_session(json!({
+            "userId": "gh-2", "provider": "github", "expectedEmail": fake_github::PRIMARY_EMAIL,
+            "returnTo": format!("{}/done", crate::support::RETURN_ORIGIN),
+        }))
+        .await;
+    let done = redirect_query(&app.follow(&pinned).await);
+    assert_eq!(
+        done.get("status").map(String::as_str),
+        Some("connected"),
+        "{done:?}"
+    );
+    let public = app
+        .connect_session(json!({
+            "userId": "gh-3", "provider": "github", "expectedEmail": fake_github::PUBLIC_EMAIL,
+            "returnTo": format!("{}/done", crate::support::RETURN_ORIGIN),
+        }))
+        .await;
+    let refused = redirect_query(&app.follow(&public).await);
+    assert_eq!(
+        refused.get("error").map(String::as_str),
+        Some("account_not_allowed"),
+        "{refused:?}"
+    );
+
+    let response = app.api_delete("/v1/users/gh-1/connections/github").await;
+    let deleted: Value = response.json().await.expect("json");
+    assert_eq!(deleted["revocation"], "revoked", "{deleted}");
+    assert_eq!(deleted["revokedToken"], "access_token", "{deleted}");
+    assert!(deleted["note"].as_str().expect("note").contains("GitHub"));
+    assert_eq!(github.revoked_grants(), 1);
+}
+
+/// A GitHub App with expiring user tokens: the 8-hour token is refreshed, the refresh
+/// token rotates, the 6-month refresh-token life is forecast, and GitHub's
+/// `bad_refresh_token` (answered with HTTP 200) ends the grant.
+async fn a_github_app_rotates_its_tokens_and_a_revoked_grant_is_named(backend: Backend) {
+    let github = FakeGitHub::start_expiring().await;
+    github.expire_at_once(true);
+    let app = github_app(backend, &github).await;
+    assert_eq!(app.connect("gh-app").await.status(), StatusCode::OK);
+
+    // Every token comes already due: each read refreshes.
+    let token = access_token_at(&app, "gh-app", "github").await;
+    assert_eq!(github.refresh_count(), 1, "the due token was refreshed");
+    assert_eq!(Some(token), github.latest_access_token());
+    assert_eq!(
+        github.issued_refresh_tokens(),
+        2,
+        "the refresh token rotated"
+    );
+    assert_eq!(
+        app.stored_refresh_token("gh-app").await,
+        github.latest_refresh_token(),
+        "the rotated refresh token is stored"
+    );
+    let listed = connection_at(&app, "gh-app", "github").await;
+    assert_eq!(
+        listed["predictedExpiryReason"], "time_limited_access",
+        "{listed}"
+    );
+
+    github.user_revokes();
+    assert_died_of(&app, "gh-app", "unknown_invalid_grant").await;
 }

@@ -4,6 +4,7 @@
 
 pub mod aws;
 pub mod aws_proxy;
+pub mod fake_github;
 pub mod fake_provider;
 pub mod webhook_receiver;
 
