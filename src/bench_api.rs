@@ -69,6 +69,7 @@ pub fn token_set_json(
         refresh_token_expires_at: None,
         requested_scopes: Vec::new(),
         confirmation_code: None,
+        client_id: None,
     })
 }
 
@@ -209,7 +210,7 @@ pub async fn api_key_cache(keys: &[&str]) -> Result<Arc<SecretsCache>, String> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     let source = StaticSecrets::new(ServiceSecrets::default(), "bench");
-    SecretsCache::load(Arc::new(source), None, accepted)
+    SecretsCache::load(Arc::new(source), Default::default(), accepted)
         .await
         .map_err(|e| e.to_string())
 }

@@ -52,7 +52,12 @@ pub(crate) async fn check(settings: Settings) -> i32 {
         }
     };
 
-    let secrets = SecretsCache::load(Arc::clone(&backends.secrets), None, Vec::new()).await;
+    let secrets = SecretsCache::load(
+        Arc::clone(&backends.secrets),
+        Default::default(),
+        Vec::new(),
+    )
+    .await;
     let client_configured = settings.secrets.client_id.is_some()
         || secrets.as_ref().is_ok_and(|s| s.current().client.is_some());
     if settings.backend == Backend::Aws {

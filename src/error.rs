@@ -142,6 +142,13 @@ impl From<QueryRejection> for Error {
 
 impl Error {
     /// A limited key refused another provider's connections.
+    pub(crate) fn client_not_allowed(client: Option<&str>) -> Self {
+        Self::CallerNotAllowed(format!(
+            "use connections of client {} (its clients are limited)",
+            client.unwrap_or("(not recorded)")
+        ))
+    }
+
     pub(crate) fn provider_not_allowed(provider: &str) -> Self {
         Self::CallerNotAllowed(format!(
             "use {provider} connections (its providers are limited)"
@@ -277,6 +284,7 @@ fn connect_status(e: &ConnectError) -> StatusCode {
         | ConnectError::AuthorizationDenied(_)
         | ConnectError::IdTokenInvalid(_)
         | ConnectError::CodeRejected
+        | ConnectError::UnknownClient { .. }
         | ConnectError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
         ConnectError::SessionUsed => StatusCode::CONFLICT,
         ConnectError::AccountNotAllowed | ConnectError::ScopesNotGranted { .. } => {
@@ -388,6 +396,10 @@ pub(crate) fn one_of_each() -> Vec<Error> {
             missing: vec!["https://www.googleapis.com/auth/drive".into()],
         }),
         Error::Connect(ConnectError::InvalidRequest(s())),
+        Error::Connect(ConnectError::UnknownClient {
+            provider: s(),
+            client: s(),
+        }),
         Error::Connect(ConnectError::Token(TokenError::RefreshBusy)),
         Error::Connect(ConnectError::Provider(ProviderError::Unavailable(s()))),
         Error::Connect(ConnectError::Internal(s())),

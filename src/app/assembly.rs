@@ -32,10 +32,10 @@ pub(super) async fn load_secrets(
     )
     .await?;
     let mut clients = Vec::with_capacity(backends.client_sources.len());
-    for (name, source) in &backends.client_sources {
+    for client in &backends.client_sources {
         clients.push((
-            name.clone(),
-            SecretsCache::load(Arc::clone(source), None, Vec::new()).await?,
+            client.provider.clone(),
+            SecretsCache::load(Arc::clone(&client.source), client.over.clone(), Vec::new()).await?,
         ));
     }
     Ok(LoadedSecrets { service, clients })

@@ -19,7 +19,9 @@ use crate::crypto::kms::KmsKeyProvider;
 use crate::crypto::local::{LocalKeyProvider, load_or_create_key_file, write_private_file};
 use crate::crypto::{KeyProvider, SecretKey, random_token};
 use crate::secrets::secrets_manager::SecretsManagerSource;
-use crate::secrets::{ApiKey, ClientCredentials, SecretSource, ServiceSecrets, StaticSecrets};
+use crate::secrets::{
+    ApiKey, ClientCredentials, ClientOverride, SecretSource, ServiceSecrets, StaticSecrets,
+};
 use crate::store::buffered::BufferedFlowLog;
 use crate::store::dynamodb::{DynamoStore, Settler};
 use crate::store::embedded::EmbeddedStore;
@@ -36,7 +38,7 @@ pub struct Backends {
     pub secrets: Arc<dyn SecretSource>,
     /// The OAuth client of each provider whose client is not the service secret's
     /// (`google`'s is): its settings, or its own Secrets Manager secret.
-    pub(crate) client_sources: Vec<(String, Arc<dyn SecretSource>)>,
+    pub(crate) client_sources: Vec<ClientSource>,
     /// Seals flow state; every instance must share it.
     pub(crate) state_key: Option<SecretKey>,
     /// The state key before a rotation: still opens what it sealed.
@@ -115,13 +117,12 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         api_keys.push(key);
     }
 
+    let clients = client_override(settings);
     let secrets = StaticSecrets::new(
         ServiceSecrets {
-            client: client_override(settings),
-            state_key: None,
-            previous_state_key: None,
-            api_keys: Vec::new(),
-            webhook_secret: None,
+            client: clients.current,
+            other_clients: clients.others,
+            ..ServiceSecrets::default()
         },
         "the settings",
     );
@@ -187,56 +188,67 @@ fn cache_limits(settings: &DataKeySettings) -> CacheLimits {
     }
 }
 
-/// Client credentials from settings, which win over the secret's.
-pub(super) fn client_override(settings: &Settings) -> Option<ClientCredentials> {
-    match (&settings.secrets.client_id, &settings.secrets.client_secret) {
-        (Some(id), Some(secret)) => Some(ClientCredentials {
-            client_id: id.clone(),
-            client_secret: secret.clone(),
-        }),
-        _ => None,
-    }
-}
-
-/// Where each provider but `google` finds its OAuth client: its `CLIENT_ID` and
-/// `CLIENT_SECRET` settings, else (aws mode) its `SECRET_ID` secret, which the
-/// settings then override field by field as `google`'s do. A provider with neither has
-/// no client: its flows answer `provider_not_configured`.
-fn client_sources(
-    settings: &Settings,
-    aws: Option<&aws_config::SdkConfig>,
-) -> Vec<(String, Arc<dyn SecretSource>)> {
+/// `google`'s clients from settings (`AXNT_GOOGLE_CLIENT_ID`/`_SECRET`,
+/// `AXNT_GOOGLE_CLIENTS`), which win over the service secret's.
+pub(super) fn client_override(settings: &Settings) -> ClientOverride {
     settings
         .providers
         .iter()
-        .filter(|entry| entry.name != "google")
-        .map(|entry| {
-            let from_settings = match (&entry.client_id, &entry.client_secret) {
+        .find(|entry| entry.name == "google")
+        .and_then(|entry| entry.client_override().ok())
+        .unwrap_or_else(|| ClientOverride {
+            current: match (&settings.secrets.client_id, &settings.secrets.client_secret) {
                 (Some(id), Some(secret)) => Some(ClientCredentials {
                     client_id: id.clone(),
                     client_secret: secret.clone(),
                 }),
                 _ => None,
-            };
-            let source: Arc<dyn SecretSource> = match (aws, &entry.secret_id, from_settings) {
-                (Some(config), Some(secret_id), None) => {
+            },
+            others: Vec::new(),
+        })
+}
+
+/// Where each provider but `google` finds its OAuth clients: its `SECRET_ID` secret
+/// (aws mode) with its settings' clients over it, as `google`'s settings are over the
+/// service secret; else its settings alone. A provider with neither has no client:
+/// its flows answer `provider_not_configured`.
+fn client_sources(settings: &Settings, aws: Option<&aws_config::SdkConfig>) -> Vec<ClientSource> {
+    settings
+        .providers
+        .iter()
+        .filter(|entry| entry.name != "google")
+        .map(|entry| {
+            // Checked when the settings were loaded.
+            let over = entry.client_override().unwrap_or_default();
+            let source: Arc<dyn SecretSource> = match (aws, &entry.secret_id) {
+                (Some(config), Some(secret_id)) => {
                     Arc::new(SecretsManagerSource::new(config, secret_id))
                 }
-                (_, _, client) => Arc::new(StaticSecrets::new(
-                    ServiceSecrets {
-                        client,
-                        ..ServiceSecrets::default()
-                    },
+                _ => Arc::new(StaticSecrets::new(
+                    ServiceSecrets::default(),
                     format!(
-                        "the settings {} and {}",
+                        "the settings {}, {} and {}",
                         entry.setting("client_id"),
-                        entry.setting("client_secret")
+                        entry.setting("client_secret"),
+                        entry.setting("clients")
                     ),
                 )),
             };
-            (entry.name.clone(), source)
+            ClientSource {
+                provider: entry.name.clone(),
+                source,
+                over,
+            }
         })
         .collect()
+}
+
+/// Where one provider's OAuth clients are.
+pub(crate) struct ClientSource {
+    pub(crate) provider: String,
+    pub(crate) source: Arc<dyn SecretSource>,
+    /// Its settings' clients, which win over the source's.
+    pub(crate) over: ClientOverride,
 }
 
 /// KMS without the data-key cache, for `check`'s round trip (which must reach KMS).

@@ -18,6 +18,7 @@ use serde::{Deserialize, Deserializer};
 use url::Url;
 
 use super::{ConfigError, de};
+use crate::secrets::{ClientCredentials, ClientEntry, ClientOverride, client_set};
 
 /// A provider's name: what routes, rows, metrics and events carry.
 const NAME_RULE: &str = "a provider name is 1 to 32 of a-z, 0-9 and -, starting with a letter";
@@ -63,6 +64,12 @@ pub struct ProviderEntry {
     pub(crate) client_id: Option<String>,
     /// `AXNT_<NAME>_CLIENT_SECRET`: the OAuth client's secret.
     pub(crate) client_secret: Option<SecretString>,
+    /// `AXNT_<NAME>_CLIENTS`: more OAuth clients, as a JSON list of `{"client_id",
+    /// "client_secret", "current"}` (a list of tables in a file). The one marked
+    /// `current` (else `CLIENT_ID`'s, else the first) is the one new links use; the
+    /// others keep serving the connections made with them.
+    #[serde(deserialize_with = "client_list")]
+    pub(crate) clients: Vec<ClientEntry>,
     /// `AXNT_<NAME>_SECRET_ID`: a Secrets Manager secret holding the client (aws mode;
     /// the same document shape as the service's secret). `google`'s is the service's
     /// own secret.
@@ -82,6 +89,22 @@ pub struct ProviderEntry {
     /// accepts a redeemed refresh token. Unset: the preset's.
     #[serde(rename = "refresh_reuse_grace_secs", deserialize_with = "opt_secs")]
     pub(crate) refresh_reuse_grace: Option<Duration>,
+}
+
+fn client_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ClientEntry>, D::Error> {
+    /// A list, or (the only way an environment variable can give one) its JSON text.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrJson {
+        List(Vec<ClientEntry>),
+        Json(String),
+    }
+    // Never serde's own message: it may quote a value, and these hold secrets.
+    let shape = || D::Error::custom("must be a list of {client_id, client_secret, current}");
+    match ListOrJson::deserialize(d).map_err(|_| shape())? {
+        ListOrJson::List(entries) => Ok(entries),
+        ListOrJson::Json(text) => serde_json::from_str(&text).map_err(|_| shape()),
+    }
 }
 
 fn scope_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
@@ -214,6 +237,11 @@ pub(super) fn entries(
                     let key = format!("{prefix}{field}");
                     if field == "client_secret" {
                         ConfigError::new(&key, "must be a string")
+                    } else if field == "clients" {
+                        ConfigError::new(
+                            &key,
+                            "must be a list of {client_id, client_secret, current}",
+                        )
                     } else {
                         ConfigError::new(&key, e.kind.to_string())
                     }
@@ -254,6 +282,21 @@ impl ProviderEntry {
         provider_setting(&self.name, field)
     }
 
+    /// The clients its settings give: `CLIENT_ID`/`CLIENT_SECRET` and `CLIENTS`.
+    pub(crate) fn client_override(&self) -> Result<ClientOverride, ConfigError> {
+        let pair = match (&self.client_id, &self.client_secret) {
+            (Some(id), Some(secret)) => Some(ClientCredentials {
+                client_id: id.clone(),
+                client_secret: secret.clone(),
+            }),
+            _ => None,
+        };
+        let (current, others) = client_set(pair, self.clients.clone()).map_err(|reason| {
+            ConfigError::new(&format!("{}_clients", key_prefix(&self.name)), reason)
+        })?;
+        Ok(ClientOverride { current, others })
+    }
+
     /// Checks what can be checked without the presets.
     pub(super) fn validate(&self, embedded: bool) -> Result<(), ConfigError> {
         let key = |field: &str| format!("{}_{field}", key_prefix(&self.name));
@@ -287,6 +330,7 @@ impl ProviderEntry {
                 "client id and client secret must be set together in embedded mode",
             ));
         }
+        self.client_override()?;
         // `google`'s secret is the service's own (`AXNT_GOOGLE_SECRET_ID`), which
         // embedded mode has always ignored.
         if embedded && self.secret_id.is_some() && self.name != "google" {

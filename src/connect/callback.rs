@@ -32,6 +32,7 @@ pub(crate) trait Consent: Send + Sync {
         code: &str,
         pkce_verifier: &str,
         redirect_uri: &str,
+        client: Option<&str>,
     ) -> Result<ProviderTokens, ProviderError>;
     /// The flow-log step that names the account (`id_token_verified`, or
     /// `account_fetched` at an OAuth 2 provider).
@@ -42,6 +43,7 @@ pub(crate) trait Consent: Send + Sync {
         &self,
         tokens: &ProviderTokens,
         nonce: &str,
+        client: Option<&str>,
     ) -> Result<UserInfo, ProviderError>;
 }
 
@@ -60,8 +62,9 @@ impl Consent for OidcProvider {
         code: &str,
         pkce_verifier: &str,
         redirect_uri: &str,
+        client: Option<&str>,
     ) -> Result<ProviderTokens, ProviderError> {
-        OidcProvider::exchange_code(self, code, pkce_verifier, redirect_uri).await
+        OidcProvider::exchange_code(self, code, pkce_verifier, redirect_uri, client).await
     }
 
     fn account_step(&self) -> FlowStep {
@@ -72,8 +75,9 @@ impl Consent for OidcProvider {
         &self,
         tokens: &ProviderTokens,
         nonce: &str,
+        client: Option<&str>,
     ) -> Result<UserInfo, ProviderError> {
-        OidcProvider::account(self, tokens, nonce).await
+        OidcProvider::account(self, tokens, nonce, client).await
     }
 }
 
@@ -178,6 +182,7 @@ impl ConnectService {
                 &code,
                 &flow.pkce_verifier,
                 &self.settings.redirect_uri(name),
+                flow.rules.client.as_deref(),
             )
             .await
             .map_err(|e| match e {
@@ -199,7 +204,7 @@ impl ConnectService {
             .await;
         let account_step = provider.account_step();
         let user_info = provider
-            .account(&tokens, &flow.nonce)
+            .account(&tokens, &flow.nonce, flow.rules.client.as_deref())
             .await
             .map_err(|e| (account_step, ConnectError::from(e)))?;
         flow_log

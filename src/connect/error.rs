@@ -37,6 +37,9 @@ pub(crate) enum ConnectError {
     /// accept a partial grant (`partialGrant: reject`).
     #[error("the user did not grant every scope asked for: {}", missing.join(" "))]
     ScopesNotGranted { missing: Vec<String> },
+    /// A session named an OAuth client the provider does not have.
+    #[error("provider {provider} has no client {client}")]
+    UnknownClient { provider: String, client: String },
     /// A link that cannot be made, or a callback without the parts it must carry.
     #[error("{0}")]
     InvalidRequest(String),
@@ -101,6 +104,7 @@ impl ConnectError {
             Self::AccountNotAllowed => "account_not_allowed",
             Self::ScopesNotGranted { .. } => "scopes_not_granted",
             Self::InvalidRequest(_) => "invalid_request",
+            Self::UnknownClient { .. } => "unknown_client",
             Self::Token(e) => e.code(),
             Self::Provider(e) => e.code(),
             Self::Internal(_) => "internal",

@@ -53,9 +53,19 @@ impl ConnectService {
             provider,
             return_to,
             login_hint,
-            rules,
+            mut rules,
             kind,
         } = request;
+        // The link keeps the client it is made with: a new current client does not
+        // change the links already handed out.
+        let named = rules.client.take();
+        rules.client = self.tokens.provider(provider)?.client_id(named.as_deref());
+        if let (Some(client), None) = (named, &rules.client) {
+            return Err(ConnectError::UnknownClient {
+                provider: provider.to_string(),
+                client,
+            });
+        }
         let now = Utc::now();
         // Saturating: a TTL past the calendar's end means a link that never expires.
         let expires_at = chrono::TimeDelta::from_std(self.settings.flow.connect_session_ttl)
@@ -91,6 +101,7 @@ impl ConnectService {
                     "expectedEmail": session.rules.expected_email,
                     "hostedDomain": session.rules.hosted_domain,
                     "partialGrant": session.rules.partial_grant,
+                    "client": session.rules.client,
                     "mode": match kind {
                         LinkKind::Connect => "connect",
                         LinkKind::StepUp => "step_up",

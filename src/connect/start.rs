@@ -87,6 +87,7 @@ impl ConnectService {
                     .as_deref()
                     .or(session.rules.expected_email.as_deref()),
                 force_consent: !session.rules.skip_consent,
+                client: session.rules.client.as_deref(),
             })
             .await
         {

@@ -40,6 +40,7 @@ impl Scripted {
             scope: Some(scope.to_string()),
             token_type: "Bearer".into(),
             refresh_token_expires_in: None,
+            client_id: None,
         }))
     }
 
@@ -68,6 +69,7 @@ impl Consent for Scripted {
         _code: &str,
         _pkce_verifier: &str,
         _redirect_uri: &str,
+        _client: Option<&str>,
     ) -> Result<ProviderTokens, ProviderError> {
         self.exchanged.fetch_add(1, Ordering::SeqCst);
         self.exchange
@@ -84,6 +86,7 @@ impl Consent for Scripted {
         &self,
         tokens: &ProviderTokens,
         _nonce: &str,
+        _client: Option<&str>,
     ) -> Result<UserInfo, ProviderError> {
         if tokens.id_token.is_none() {
             return Err(ProviderError::IdToken(IdTokenProblem::Missing));

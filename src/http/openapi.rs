@@ -200,7 +200,14 @@ const ERRORS: &[(&str, Answers)] = &[
     (
         "create_connect_session",
         &[
-            (400, &["invalid_request", "return_url_not_allowed"]),
+            (
+                400,
+                &[
+                    "invalid_request",
+                    "return_url_not_allowed",
+                    "unknown_client",
+                ],
+            ),
             (404, &["unknown_provider", "not_connected"]),
             (413, &["payload_too_large"]),
             (415, &["unsupported_media_type"]),

@@ -39,21 +39,22 @@ pub(super) async fn receive(State(state): State<AppState>, body: Bytes) -> Resul
     let token = std::str::from_utf8(&body)
         .map_err(|_| Error::InvalidSecurityEvent("the body is not text".into()))?
         .trim();
-    let audience = state
-        .secrets
-        .current()
+    let secrets = state.secrets.current();
+    let audiences: Vec<String> = secrets
         .client
-        .as_ref()
+        .iter()
+        .chain(&secrets.other_clients)
         .map(|c| c.client_id.clone())
-        .ok_or_else(|| {
-            Error::Provider(ProviderError::not_configured(
-                "google",
-                &state.secrets.source_name(),
-            ))
-        })?;
+        .collect();
+    if audiences.is_empty() {
+        return Err(Error::Provider(ProviderError::not_configured(
+            "google",
+            &state.secrets.source_name(),
+        )));
+    }
     let set = state
         .risc
-        .verify(token, &audience)
+        .verify(token, &audiences)
         .await
         .map_err(|e| match e {
             RiscError::Invalid(reason) => Error::InvalidSecurityEvent(reason),

@@ -85,6 +85,12 @@ pub(crate) struct FlowRules {
     /// The only Google Workspace domain (`hd`) this flow may connect.
     #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
     pub(crate) hosted_domain: Option<String>,
+    /// The OAuth client (its id) the flow is made with, fixed when the link is minted
+    /// (the provider's current one unless the session named another), so the code is
+    /// exchanged by the client that asked for it. Absent in links minted before
+    /// providers had several clients: the current one.
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) client: Option<String>,
 }
 
 /// The authorization request's `state`.

@@ -40,15 +40,25 @@ const BASIC_SCOPES: [&str; 3] = [
     "https://www.googleapis.com/auth/userinfo.profile",
 ];
 
-/// A scope as Google answers it: it accepts `email` and `profile` in a request and
-/// names them by URL in the token response.
+/// A scope as providers answer it: Google accepts `email` and `profile` in a request
+/// and names them by URL in the token response; Microsoft names a Microsoft Graph
+/// permission asked for as `Mail.Read` by its resource URL,
+/// `https://graph.microsoft.com/Mail.Read`.
 pub(crate) fn canonical(scope: &str) -> &str {
     match scope {
         "email" => "https://www.googleapis.com/auth/userinfo.email",
         "profile" => "https://www.googleapis.com/auth/userinfo.profile",
-        other => other,
+        other => other
+            .strip_prefix("https://graph.microsoft.com/")
+            .filter(|short| !short.is_empty())
+            .unwrap_or(other),
     }
 }
+
+/// Scopes that ask for a kind of token, not a permission: providers do not name them
+/// in the grant (Microsoft's answer leaves out `offline_access`), so they are never
+/// missing.
+const PROTOCOL_SCOPES: [&str; 1] = ["offline_access"];
 
 /// A space-separated scope string (a token response's `scope`) as a list, each scope
 /// once, in order.
@@ -77,6 +87,9 @@ pub(crate) fn merge(first: &[String], then: &[String]) -> Vec<String> {
 pub(crate) fn missing(wanted: &[String], granted: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for scope in wanted {
+        if PROTOCOL_SCOPES.contains(&scope.as_str()) {
+            continue;
+        }
         let held = granted.iter().any(|g| canonical(g) == canonical(scope));
         if !held && !out.iter().any(|s| canonical(s) == canonical(scope)) {
             out.push(scope.clone());
@@ -452,6 +465,21 @@ mod tests {
                 ..GrantLedger::default()
             },
         }
+    }
+
+    /// Microsoft names Graph permissions by URL and leaves out `offline_access`
+    /// (<https://learn.microsoft.com/entra/identity-platform/scopes-oidc>).
+    #[test]
+    fn graph_permissions_and_protocol_scopes_are_not_missing() {
+        let wanted: Vec<String> = ["openid", "offline_access", "Mail.Read", "User.Read"]
+            .map(String::from)
+            .into();
+        let granted = parse_scopes(
+            "openid https://graph.microsoft.com/Mail.Read https://graph.microsoft.com/User.Read",
+        );
+        assert!(missing(&wanted, &granted).is_empty());
+        let without_mail = parse_scopes("openid https://graph.microsoft.com/User.Read");
+        assert_eq!(missing(&wanted, &without_mail), ["Mail.Read"]);
     }
 
     #[test]

@@ -284,6 +284,8 @@ pub(crate) struct ProviderTokens {
     /// Time-limited access: how long the refresh token works (Google's
     /// `refresh_token_expires_in`).
     pub(crate) refresh_token_expires_in: Option<Duration>,
+    /// The OAuth client that obtained them (its id).
+    pub(crate) client_id: Option<String>,
 }
 
 /// Bounds on the calls to a provider, on how long its metadata is trusted, and on how
@@ -376,7 +378,47 @@ impl OidcProvider {
         self.config.profile.revocation == Revocation::GitHubGrant
     }
 
-    /// The client credentials, or why there are none.
+    /// The client `client_id` names, the current one when `None`, or why there is none.
+    /// A grant refreshes and is revoked with the client it was made with.
+    pub(crate) async fn credentials_for(
+        &self,
+        client_id: Option<&str>,
+    ) -> Result<ClientCredentials, ProviderError> {
+        let Some(id) = client_id else {
+            return self.credentials().await;
+        };
+        let secrets = self.secrets.current();
+        secrets
+            .client
+            .iter()
+            .chain(&secrets.other_clients)
+            .find(|c| c.client_id == id)
+            .cloned()
+            .ok_or_else(|| {
+                ProviderError::NotConfigured(format!(
+                    "client {id} of provider {} is not configured: keep it in {} (or the secret's clients) while connections made with it last",
+                    self.config.name,
+                    crate::config::provider_setting(&self.config.name, "clients")
+                ))
+            })
+    }
+
+    /// The id of the client `client_id` names (the current one when `None`), if it is
+    /// one of this provider's.
+    pub(crate) fn client_id(&self, client_id: Option<&str>) -> Option<String> {
+        let secrets = self.secrets.current();
+        match client_id {
+            None => secrets.client.as_ref().map(|c| c.client_id.clone()),
+            Some(id) => secrets
+                .client
+                .iter()
+                .chain(&secrets.other_clients)
+                .any(|c| c.client_id == id)
+                .then(|| id.to_string()),
+        }
+    }
+
+    /// The current client credentials, or why there are none.
     pub(crate) async fn credentials(&self) -> Result<ClientCredentials, ProviderError> {
         self.secrets.current().client.clone().ok_or_else(|| {
             ProviderError::not_configured(&self.config.name, &self.secrets.source_name())
@@ -452,8 +494,9 @@ impl OidcProvider {
             pkce_verifier,
             login_hint,
             force_consent,
+            client,
         } = request;
-        let creds = self.credentials().await?;
+        let creds = self.credentials_for(client).await?;
         let challenge = PkceCodeChallenge::from_code_verifier_sha256(&PkceCodeVerifier::new(
             pkce_verifier.to_string(),
         ));
@@ -575,6 +618,8 @@ pub(crate) struct AuthorizationRequest<'a> {
     pub(crate) login_hint: Option<&'a str>,
     /// Ask for `prompt=consent` (when the provider's configuration does).
     pub(crate) force_consent: bool,
+    /// The OAuth client (its id); the current one when `None`.
+    pub(crate) client: Option<&'a str>,
 }
 
 /// The configured providers by name.

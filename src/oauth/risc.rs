@@ -154,11 +154,12 @@ impl RiscVerifier {
     }
 
     /// Verifies `token`: signed (RS256) by a key the issuer publishes, issued by it, for
-    /// `audience` (the OAuth client id).
+    /// `audiences` (the OAuth client ids: Google sends each client's events with its
+    /// own id).
     pub(crate) async fn verify(
         &self,
         token: &str,
-        audience: &str,
+        audiences: &[String],
     ) -> Result<SecurityEventToken, RiscError> {
         let header = decode_header(token)
             .map_err(|e| RiscError::Invalid(format!("not a signed JWT: {e}")))?;
@@ -182,7 +183,7 @@ impl RiscVerifier {
         let key = DecodingKey::from_jwk(jwk)
             .map_err(|e| RiscError::Invalid(format!("the issuer's key is unusable: {e}")))?;
         let mut validation = Validation::new(Algorithm::RS256);
-        validation.set_audience(&[audience]);
+        validation.set_audience(audiences);
         validation.set_issuer(&[issuer.as_str()]);
         // SETs carry no `exp` (RFC 8417); `iat` says when the event happened.
         validation.validate_exp = false;

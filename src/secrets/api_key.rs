@@ -28,6 +28,9 @@ pub struct Caller {
     pub operations: Option<Vec<Operation>>,
     /// `None`: every provider.
     pub providers: Option<Vec<String>>,
+    /// `None`: every OAuth client. Some: only connections made with these clients
+    /// (their client ids), and links made with them.
+    pub clients: Option<Vec<String>>,
 }
 
 impl Caller {
@@ -43,6 +46,14 @@ impl Caller {
         self.providers
             .as_ref()
             .is_none_or(|ps| ps.iter().any(|p| p == provider))
+    }
+
+    /// Whether this caller may act on connections (and links) of `client`. A caller
+    /// limited to clients may not use a connection whose client is not recorded.
+    pub(crate) fn may_use_client(&self, client: Option<&str>) -> bool {
+        self.clients
+            .as_ref()
+            .is_none_or(|cs| client.is_some_and(|c| cs.iter().any(|allowed| allowed == c)))
     }
 }
 
@@ -64,7 +75,8 @@ pub enum Operation {
 }
 
 /// A configured key as the secret's `api_keys` may give it:
-/// `{"name": "billing", "key": "…", "operations": ["read_tokens"], "providers": ["google"]}`.
+/// `{"name": "billing", "key": "…", "operations": ["read_tokens"], "providers": ["google"],
+/// "clients": ["…apps.googleusercontent.com"]}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeyObject {
@@ -74,6 +86,8 @@ pub(crate) struct KeyObject {
     operations: Option<Vec<Operation>>,
     #[serde(default)]
     providers: Option<Vec<String>>,
+    #[serde(default)]
+    clients: Option<Vec<String>>,
 }
 
 /// A configured key: `key`, `name:key`, or an object with limits.
@@ -118,6 +132,7 @@ impl KeyEntry {
                 let caller = Arc::make_mut(&mut key.caller);
                 caller.operations = o.operations;
                 caller.providers = o.providers;
+                caller.clients = o.clients;
                 Ok(key)
             }
         }
@@ -165,6 +180,7 @@ impl ApiKey {
                 id,
                 operations: None,
                 providers: None,
+                clients: None,
             }),
         })
     }

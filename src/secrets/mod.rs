@@ -31,10 +31,88 @@ pub struct ClientCredentials {
     pub client_secret: SecretString,
 }
 
+/// An OAuth client in a list (`clients` in a secret, `AXNT_<NAME>_CLIENTS`):
+/// `{"client_id", "client_secret", "current"}`. One may be `current`: new links use it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientEntry {
+    client_id: String,
+    client_secret: SecretString,
+    #[serde(default)]
+    current: bool,
+}
+
+/// The current client (from a pair of fields, or the list entry marked `current`)
+/// and the others of `listed`; an error names what is wrong, never a secret.
+pub(crate) fn client_set(
+    pair: Option<ClientCredentials>,
+    listed: Vec<ClientEntry>,
+) -> Result<(Option<ClientCredentials>, Vec<ClientCredentials>), String> {
+    use secrecy::ExposeSecret;
+    if listed.iter().filter(|e| e.current).count() > 1 {
+        return Err("more than one client is marked current".into());
+    }
+    let mut all: Vec<(ClientCredentials, bool)> = Vec::with_capacity(listed.len() + 1);
+    for entry in listed {
+        if entry.client_id.trim().is_empty() || entry.client_secret.expose_secret().is_empty() {
+            return Err("a client's client_id or client_secret is empty".into());
+        }
+        if all.iter().any(|(c, _)| c.client_id == entry.client_id) {
+            return Err(format!("client {} is listed twice", entry.client_id));
+        }
+        all.push((
+            ClientCredentials {
+                client_id: entry.client_id,
+                client_secret: entry.client_secret,
+            },
+            entry.current,
+        ));
+    }
+    let marked = all.iter().position(|(_, current)| *current);
+    let (current, others) = match (pair, marked) {
+        (Some(pair), Some(i)) => {
+            let current = all.remove(i).0;
+            let mut others = vec![pair];
+            others.extend(all.into_iter().map(|(c, _)| c));
+            (Some(current), others)
+        }
+        (Some(pair), None) => (Some(pair), all.into_iter().map(|(c, _)| c).collect()),
+        (None, Some(i)) => {
+            let current = all.remove(i).0;
+            (Some(current), all.into_iter().map(|(c, _)| c).collect())
+        }
+        (None, None) => {
+            let mut clients = all.into_iter().map(|(c, _)| c);
+            (clients.next(), clients.collect())
+        }
+    };
+    let others: Vec<ClientCredentials> = others
+        .into_iter()
+        .filter(|c| {
+            current
+                .as_ref()
+                .is_none_or(|cur| cur.client_id != c.client_id)
+        })
+        .collect();
+    Ok((current, others))
+}
+
+/// Clients from settings, which win over a source's: the current one (replacing the
+/// source's) and others (added to the source's, replacing any of the same id).
+#[derive(Debug, Clone, Default)]
+pub struct ClientOverride {
+    pub current: Option<ClientCredentials>,
+    pub others: Vec<ClientCredentials>,
+}
+
 /// Everything secret a source can provide.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceSecrets {
+    /// The current OAuth client: new links use it.
     pub client: Option<ClientCredentials>,
+    /// The provider's other clients: connections made with them refresh and revoke
+    /// with them.
+    pub other_clients: Vec<ClientCredentials>,
     pub state_key: Option<SecretKey>,
     /// The state key before a rotation: opens, never seals.
     pub previous_state_key: Option<SecretKey>,
@@ -119,6 +197,8 @@ struct SecretDocument {
     api_keys: Option<KeyList>,
     #[serde(default)]
     webhook_secret: Option<String>,
+    #[serde(default)]
+    clients: Vec<ClientEntry>,
 }
 
 /// `api_keys` as a JSON list, or as one comma-separated string (the form
@@ -218,6 +298,8 @@ pub(crate) fn parse_secret_document(
         (Some(_), _) => return Err(malformed("client_secret is missing or empty".into())),
         (None, Some(_)) => return Err(malformed("client_id is missing".into())),
     };
+    let (client, other_clients) =
+        client_set(client, doc.clients).map_err(|e| malformed(format!("clients: {e}")))?;
     let state_key = doc
         .state_key
         .map(|k| SecretKey::from_base64(&k).map_err(|e| malformed(format!("state_key: {e}"))))
@@ -244,6 +326,7 @@ pub(crate) fn parse_secret_document(
         .transpose()?;
     Ok(ServiceSecrets {
         client,
+        other_clients,
         state_key,
         previous_state_key,
         api_keys,
@@ -254,8 +337,9 @@ pub(crate) fn parse_secret_document(
 /// The current secrets, refreshed in the background.
 pub struct SecretsCache {
     source: Arc<dyn SecretSource>,
-    /// Settings that win over the source (`AXNT_GOOGLE_CLIENT_ID` and `_SECRET`).
-    client_override: Option<ClientCredentials>,
+    /// Settings that win over the source (`AXNT_GOOGLE_CLIENT_ID` and `_SECRET`,
+    /// `AXNT_GOOGLE_CLIENTS`).
+    client_override: ClientOverride,
     /// API keys from settings or the data directory, always accepted.
     extra_api_keys: Vec<ApiKey>,
     current: RwLock<Arc<ServiceSecrets>>,
@@ -271,7 +355,7 @@ impl SecretsCache {
     #[tracing::instrument(skip_all, fields(source = %source.name()))]
     pub async fn load(
         source: Arc<dyn SecretSource>,
-        client_override: Option<ClientCredentials>,
+        client_override: ClientOverride,
         extra_api_keys: Vec<ApiKey>,
     ) -> Result<Arc<Self>, SecretError> {
         let loaded = source.load().await?;
@@ -288,9 +372,18 @@ impl SecretsCache {
     }
 
     fn install(&self, mut loaded: ServiceSecrets) {
-        if let Some(c) = &self.client_override {
+        let over = &self.client_override;
+        if let Some(c) = &over.current {
             loaded.client = Some(c.clone());
         }
+        loaded
+            .other_clients
+            .retain(|c| !over.others.iter().any(|o| o.client_id == c.client_id));
+        loaded.other_clients.extend(over.others.iter().cloned());
+        let current_id = loaded.client.as_ref().map(|c| c.client_id.clone());
+        loaded
+            .other_clients
+            .retain(|c| current_id.as_deref() != Some(c.client_id.as_str()));
         loaded.api_keys.extend(self.extra_api_keys.iter().cloned());
         *self.current.write() = Arc::new(loaded);
     }
@@ -394,7 +487,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_throttled_reloads_share_one_read_per_interval() {
         let source = Arc::new(Counting(AtomicUsize::new(0)));
-        let cache = SecretsCache::load(source.clone(), None, Vec::new())
+        let cache = SecretsCache::load(source.clone(), ClientOverride::default(), Vec::new())
             .await
             .expect("load");
         let interval = Duration::from_millis(300);
@@ -423,6 +516,44 @@ mod tests {
             3,
             "again after the interval"
         );
+    }
+
+    #[test]
+    fn a_secret_may_list_clients_one_of_them_current() {
+        let doc = r#"{"client_id": "a", "client_secret": "sa",
+            "clients": [{"client_id": "b", "client_secret": "sb", "current": true},
+                        {"client_id": "c", "client_secret": "sc"}]}"#;
+        let parsed = parse_secret_document("s", doc).expect("parses");
+        assert_eq!(parsed.client.map(|c| c.client_id), Some("b".into()));
+        let others: Vec<String> = parsed
+            .other_clients
+            .into_iter()
+            .map(|c| c.client_id)
+            .collect();
+        assert_eq!(others, ["a", "c"]);
+
+        let listed_only = r#"{"clients": [{"client_id": "b", "client_secret": "sb"},
+                                          {"client_id": "c", "client_secret": "sc"}]}"#;
+        let parsed = parse_secret_document("s", listed_only).expect("parses");
+        assert_eq!(
+            parsed.client.map(|c| c.client_id),
+            Some("b".into()),
+            "the first"
+        );
+
+        for bad in [
+            r#"{"clients": [{"client_id": "b", "client_secret": "sb", "current": true},
+                            {"client_id": "c", "client_secret": "sc", "current": true}]}"#,
+            r#"{"clients": [{"client_id": "b", "client_secret": "top-secret-1"},
+                            {"client_id": "b", "client_secret": "top-secret-2"}]}"#,
+            r#"{"clients": [{"client_id": "b", "client_secret": "top-secret-1", "extra": 1}]}"#,
+        ] {
+            let e = parse_secret_document("s", bad)
+                .expect_err("refused")
+                .to_string();
+            assert!(e.contains("clients"), "{e}");
+            assert!(!e.contains("top-secret"), "never quoted: {e}");
+        }
     }
 
     #[test]

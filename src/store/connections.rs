@@ -113,6 +113,10 @@ pub struct GrantLedger {
     /// (`refresh_token_expires_in` in the code exchange's answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token_expires_at: Option<i64>,
+    /// The OAuth client the grant was made with, which refreshes and revokes it.
+    /// Rows made before providers had several clients have none: the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     /// Epoch seconds: the predicted expiry `connection.expiring_soon` was sent for (so
     /// it is sent once per forecast; a new consent clears it).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -24,6 +24,9 @@ pub struct PendingRevocation {
     pub encrypted_token: Envelope,
     /// `refresh_token` or `access_token`.
     pub token_kind: String,
+    /// The OAuth client the grant was made with (`None`: the provider's current one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     pub created_at: DateTime<Utc>,
     /// Attempts made so far (the one at deletion included).
     pub attempts: u32,

@@ -167,6 +167,7 @@ mod tests {
                 scope: None,
                 email: None,
                 sub: "sub".into(),
+                client_id: None,
             },
             Some(now + expires_in - lifetime),
             Utc::now(),

@@ -48,6 +48,11 @@ pub(crate) struct ConnectionSummary {
     /// The account nears Google's limit of live refresh tokens per client (from 90 %):
     /// each new connection of it ends the oldest grant.
     pub(crate) grant_limit_warning: bool,
+    /// The OAuth client (its client id) the grant was made with, which refreshes and
+    /// revokes it; absent for a connection made before clients were recorded, until
+    /// its next refresh.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) client: Option<String>,
     /// Why the grant is dead (see docs/grants.md, "How Google grants end").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cause: Option<&'static str>,
@@ -97,10 +102,20 @@ impl ConnectionSummary {
             predicted_expiry_reason: forecast.reason,
             account_grants: None,
             grant_limit_warning: false,
+            client: row.grant.client_id,
             cause: cause.map(Cause::code),
             remedy: cause.map(Cause::remedy),
         }
     }
+}
+
+/// Which connections [`TokenService::connections_across`] lists.
+#[derive(Debug, Default)]
+pub(crate) struct AcrossFilter<'a> {
+    /// Only of this health.
+    pub(crate) health: Option<grant::Health>,
+    /// Only those made with this OAuth client (its client id).
+    pub(crate) client: Option<&'a str>,
 }
 
 impl TokenService {
@@ -138,7 +153,7 @@ impl TokenService {
     #[tracing::instrument(skip_all)]
     pub(crate) async fn connections_across(
         &self,
-        health: Option<grant::Health>,
+        filter: &AcrossFilter<'_>,
         after: Option<ScanCursor>,
         limit: usize,
     ) -> Result<AcrossPage, TokenError> {
@@ -156,7 +171,11 @@ impl TokenService {
                 };
                 let rules = self.grant_rules(&row.provider);
                 let summary = ConnectionSummary::of(row, rules, now);
-                if health.is_none_or(|h| summary.health == h) {
+                if filter.health.is_none_or(|h| summary.health == h)
+                    && filter
+                        .client
+                        .is_none_or(|c| summary.client.as_deref() == Some(c))
+                {
                     found.push((key.user_id.clone(), summary));
                 }
                 cursor = Some(key);

@@ -63,6 +63,7 @@ pub(super) fn ledger_after_consent(
         consented_at,
         last_refreshed_at,
         refresh_token_expires_at: set.refresh_token_expires_at,
+        client_id: set.client_id.clone(),
         // A minted grant's clocks start again; a step-up keeps the stored token's.
         expiry_notice_for: previous
             .filter(|_| !minted)
@@ -100,6 +101,8 @@ pub(crate) fn ledger_after_refresh(
         },
         last_refreshed_at: Some(now),
         refresh_token_expires_at: set.refresh_token_expires_at,
+        // Rows made before the client was recorded learn it at their first refresh.
+        client_id: set.client_id.clone().or_else(|| previous.client_id.clone()),
         // A rotated refresh token has identifiers of its own.
         refresh_token_hash: set
             .refresh_token

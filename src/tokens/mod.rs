@@ -41,7 +41,7 @@ use crate::store::{
 };
 
 use crate::oauth::grant::{self, Cause, GrantRules, Lifetimes};
-pub(crate) use connections::ConnectionSummary;
+pub(crate) use connections::{AcrossFilter, ConnectionSummary};
 pub(crate) use error::TokenError;
 pub(crate) use grants::{Confirmed, Discard, Stored};
 pub(crate) use keepalive::KeepAlive;
@@ -185,6 +185,8 @@ pub(crate) type AcrossPage = (Vec<(String, ConnectionSummary)>, Option<ScanCurso
 pub(crate) struct ConnectedAccount {
     pub(crate) user_info: UserInfo,
     pub(crate) is_active: bool,
+    /// The OAuth client the grant was made with.
+    pub(crate) client_id: Option<String>,
 }
 
 impl TokenService {
@@ -277,6 +279,7 @@ impl TokenService {
             .map(|row| ConnectedAccount {
                 user_info: row.user_info,
                 is_active: row.is_active,
+                client_id: row.grant.client_id,
             }))
     }
 
@@ -415,8 +418,12 @@ impl TokenService {
 
 #[async_trait]
 impl TokenEndpoint for OidcProvider {
-    async fn redeem(&self, refresh_token: &SecretString) -> Result<ProviderTokens, ProviderError> {
-        self.refresh(refresh_token).await
+    async fn redeem(
+        &self,
+        refresh_token: &SecretString,
+        client: Option<&str>,
+    ) -> Result<ProviderTokens, ProviderError> {
+        self.refresh(refresh_token, client).await
     }
 
     fn reuse(&self) -> RefreshReuse {

@@ -101,7 +101,13 @@ pub(crate) fn takeover_grace(store_write: Duration, provider_timeout: Duration) 
 /// The token endpoint as the refresh machinery needs it: one redeem, no retries.
 #[async_trait]
 pub(crate) trait TokenEndpoint: Send + Sync {
-    async fn redeem(&self, refresh_token: &SecretString) -> Result<ProviderTokens, ProviderError>;
+    /// Redeems `refresh_token` with the OAuth client it was issued to (`None`: the
+    /// provider's current one).
+    async fn redeem(
+        &self,
+        refresh_token: &SecretString,
+        client: Option<&str>,
+    ) -> Result<ProviderTokens, ProviderError>;
 
     /// What the provider does with a refresh token it has redeemed.
     fn reuse(&self) -> RefreshReuse;
@@ -454,6 +460,7 @@ impl Refresher {
         &self,
         endpoint: &dyn TokenEndpoint,
         refresh_token: &SecretString,
+        client: Option<&str>,
         held_until: &AtomicI64,
     ) -> Result<ProviderTokens, ProviderError> {
         let started = Instant::now();
@@ -461,7 +468,7 @@ impl Refresher {
         let reuse = endpoint.reuse();
         let mut backoff = Backoff::new(REDEEM_BACKOFF.0, REDEEM_BACKOFF.1);
         loop {
-            let result = endpoint.redeem(refresh_token).await;
+            let result = endpoint.redeem(refresh_token, client).await;
             let retry = match &result {
                 Err(ProviderError::Unavailable(_)) => true,
                 Err(ProviderError::OutcomeUnknown(_)) => reuse.may_present_again(started.elapsed()),

@@ -38,13 +38,16 @@ impl TokenService {
         let deadline = tokio::time::Instant::now() + REVOKE_NOW_BUDGET;
         let passing = loop {
             attempts += 1;
-            let answer = tokio::time::timeout_at(deadline, provider.revoke(&token))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ProviderError::OutcomeUnknown(
-                        "no answer within the revocation's budget".into(),
-                    ))
-                });
+            let answer = tokio::time::timeout_at(
+                deadline,
+                provider.revoke(&token, row.grant.client_id.as_deref()),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProviderError::OutcomeUnknown(
+                    "no answer within the revocation's budget".into(),
+                ))
+            });
             match answer {
                 Ok(sent) => {
                     let revocation = if sent {
@@ -97,6 +100,7 @@ impl TokenService {
                 sub: row.user_info.sub.clone(),
                 encrypted_token: envelope,
                 token_kind: kind.to_string(),
+                client_id: row.grant.client_id.clone(),
                 created_at: now,
                 attempts,
                 next_attempt_at: now.timestamp() + REVOKE_RETRY_FIRST.as_secs() as i64,
@@ -188,7 +192,7 @@ impl TokenService {
             ) {
                 (Ok(provider), Ok(token)) => {
                     let token = SecretString::from(String::from_utf8_lossy(&token).into_owned());
-                    provider.revoke(&token).await
+                    provider.revoke(&token, pending.client_id.as_deref()).await
                 }
                 (Err(e), _) => Err(ProviderError::NotConfigured(e.to_string())),
                 // The key service failing is passing: try again later.

@@ -64,6 +64,10 @@ pub(crate) struct TokenSet {
         skip_serializing_if = "Option::is_none"
     )]
     pub(crate) confirmation_code: Option<String>,
+    /// The OAuth client the grant was made with (absent in sets sealed before
+    /// providers had several clients: the current one).
+    #[serde(rename = "clientId", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) client_id: Option<String>,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -107,6 +111,7 @@ impl TokenSet {
             }),
             requested_scopes: Vec::new(),
             confirmation_code: None,
+            client_id: tokens.client_id.clone(),
         };
         set.inherit(previous);
         set
@@ -116,7 +121,16 @@ impl TokenSet {
     /// `previous`, the same account's earlier set.
     pub(crate) fn inherit(&mut self, previous: Option<&TokenSet>) {
         let Some(previous) = previous else { return };
-        if self.refresh_token.is_none() {
+        // A refresh token is only ever good with the client it was issued to (a set
+        // that names none is from before clients were recorded: the same one).
+        let same_client = match (&self.client_id, &previous.client_id) {
+            (Some(now), Some(before)) => now == before,
+            _ => true,
+        };
+        if self.client_id.is_none() {
+            self.client_id.clone_from(&previous.client_id);
+        }
+        if self.refresh_token.is_none() && same_client {
             // The same refresh token, so the same end of time-limited access.
             self.refresh_token.clone_from(&previous.refresh_token);
             if self.refresh_token_expires_at.is_none() {
@@ -219,6 +233,10 @@ impl TokenSet {
             scope: self.scope.clone(),
             email: row.email.clone(),
             sub: row.user_info.sub.clone(),
+            client_id: self
+                .client_id
+                .clone()
+                .or_else(|| row.grant.client_id.clone()),
         }
     }
 }
@@ -274,6 +292,8 @@ pub(crate) struct IssuedToken {
     pub(crate) email: Option<String>,
     /// The connected account's `sub` (for a step-up link, which only it may complete).
     pub(crate) sub: String,
+    /// The OAuth client the grant was made with.
+    pub(crate) client_id: Option<String>,
 }
 
 #[cfg(test)]
@@ -292,6 +312,7 @@ mod tests {
             refresh_token_expires_at: None,
             requested_scopes: Vec::new(),
             confirmation_code: None,
+            client_id: None,
         }
     }
 

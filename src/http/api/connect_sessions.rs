@@ -46,6 +46,12 @@ pub(in crate::http) struct ConnectSessionRequest {
     /// Where the browser is sent back; must match `AXNT_ALLOWED_RETURN_URLS`.
     #[serde(default)]
     return_to: Option<String>,
+    /// The OAuth client (its client id) to connect with, one of the provider's
+    /// clients (`AXNT_<NAME>_CLIENTS`); default its current one. The connection keeps
+    /// it: it refreshes and is revoked with that client.
+    #[serde(default)]
+    #[schema(max_length = 256)]
+    client: Option<String>,
     /// Scopes beyond `openid email profile`: at most 20 OAuth scope tokens.
     #[serde(default)]
     #[schema(max_items = 20, schema_with = scope_tokens)]
@@ -179,12 +185,28 @@ pub(in crate::http) async fn create_connect_session(
     CallerOf(caller): CallerOf,
     ApiJson(body): ApiJson<ConnectSessionRequest>,
 ) -> Result<Response, Error> {
-    state.tokens.provider(&body.provider)?;
+    let provider = state.tokens.provider(&body.provider)?;
     if !caller.may_use(&body.provider) {
         return Err(Error::provider_not_allowed(&body.provider));
     }
+    // The client the link would be made with: the one named, else the current one.
+    let link_client = provider
+        .client_id(body.client.as_deref())
+        .or_else(|| body.client.clone());
+    if !caller.may_use_client(link_client.as_deref()) {
+        return Err(Error::client_not_allowed(link_client.as_deref()));
+    }
     validate_scopes(&body.scopes)?;
     validate_account_constraints(&body)?;
+    if body
+        .client
+        .as_ref()
+        .is_some_and(|c| c.is_empty() || c.len() > 256 || c.chars().any(char::is_control))
+    {
+        return Err(Error::InvalidRequest(
+            "client must be 1 to 256 characters, no control characters".into(),
+        ));
+    }
     if body
         .login_hint
         .as_ref()
@@ -208,6 +230,7 @@ pub(in crate::http) async fn create_connect_session(
         partial_grant: body.partial_grant,
         expected_sub: None,
         skip_consent: false,
+        client: body.client.clone(),
     };
     let mut login_hint = body.login_hint.clone();
     let mode = body.mode.unwrap_or_default();
@@ -219,6 +242,11 @@ pub(in crate::http) async fn create_connect_session(
             .ok_or(Error::Token(TokenError::NotConnected))?;
         login_hint = login_hint.or(account.user_info.email);
         rules.expected_sub = Some(account.user_info.sub);
+        // A step-up widens the connection's grant: with the client that made it.
+        if !caller.may_use_client(account.client_id.as_deref()) {
+            return Err(Error::client_not_allowed(account.client_id.as_deref()));
+        }
+        rules.client = account.client_id.or(rules.client);
         // A live grant keeps its refresh token: no new one need be minted.
         rules.skip_consent = account.is_active;
     }

@@ -55,7 +55,8 @@ pub(in crate::http) async fn list_connections(
 ) -> Result<Response, Error> {
     let mut connections = state.tokens.connections(&user_id).await?;
     // A key limited to some providers sees only their connections.
-    connections.retain(|c| caller.may_use(&c.provider));
+    connections
+        .retain(|c| caller.may_use(&c.provider) && caller.may_use_client(c.client.as_deref()));
     Ok(axum::Json(ConnectionList { connections }).into_response())
 }
 
@@ -71,6 +72,11 @@ pub(in crate::http) struct AllConnectionsQuery {
     /// Only connections of this health: `at_risk` (what needs attention soon) or `dead`
     /// (what needs the user); all when absent.
     health: Option<grant::Health>,
+    /// Only connections made with this OAuth client (its client id): who still holds
+    /// grants of a client before it is retired. A connection made before clients were
+    /// recorded names its client from its next refresh on.
+    #[param(min_length = 1, max_length = 256)]
+    client: Option<String>,
     /// Items per page.
     #[param(minimum = 1, maximum = 500, default = 100)]
     limit: Option<usize>,
@@ -99,7 +105,7 @@ pub(in crate::http) struct AllConnectionsPage {
 const DEFAULT_CONNECTIONS_PAGE: usize = 100;
 const MAX_CONNECTIONS_PAGE: usize = 500;
 
-/// `GET /v1/connections?health=at_risk|dead&limit=100&after=<cursor>` → connections
+/// `GET /v1/connections?health=at_risk|dead&client=<client id>&limit=100&after=<cursor>` → connections
 /// across users, for operators and for "expiring soon" jobs: `{"items": [{"userId", …
 /// the fields of a user's connections list}], "next": "<cursor>" | null}`. Pages through
 /// the whole tokens table (DynamoDB `Scan`, at most 2,000 rows read per page).
@@ -127,13 +133,29 @@ pub(in crate::http) async fn list_all_connections(
             })
         })
         .transpose()?;
+    if query
+        .client
+        .as_deref()
+        .is_some_and(|c| c.is_empty() || c.len() > 256)
+    {
+        return Err(Error::InvalidRequest(
+            "client must be 1 to 256 characters".into(),
+        ));
+    }
+    let filter = crate::tokens::AcrossFilter {
+        health: query.health,
+        client: query.client.as_deref(),
+    };
     let (found, next) = state
         .tokens
-        .connections_across(query.health, after, limit)
+        .connections_across(&filter, after, limit)
         .await?;
     let items = found
         .into_iter()
-        .filter(|(_, connection)| caller.may_use(&connection.provider))
+        .filter(|(_, connection)| {
+            caller.may_use(&connection.provider)
+                && caller.may_use_client(connection.client.as_deref())
+        })
         .map(|(user_id, connection)| AccountConnection {
             user_id,
             connection,
@@ -208,6 +230,7 @@ pub(in crate::http) struct Deleted {
 pub(in crate::http) async fn delete_connection(
     State(state): State<AppState>,
     Client(client): Client,
+    CallerOf(caller): CallerOf,
     ApiPath(ConnectionPath { user_id, provider }): ApiPath<ConnectionPath>,
     ApiQuery(query): ApiQuery<DeleteQuery>,
 ) -> Result<Response, Error> {
@@ -218,6 +241,16 @@ pub(in crate::http) async fn delete_connection(
         .config()
         .profile
         .revocation_note;
+    if caller.clients.is_some() {
+        let client = state
+            .tokens
+            .connected_account(&user_id, &provider)
+            .await?
+            .and_then(|a| a.client_id);
+        if !caller.may_use_client(client.as_deref()) {
+            return Err(Error::client_not_allowed(client.as_deref()));
+        }
+    }
     let done = state
         .tokens
         .disconnect(&user_id, &provider, &client, revoke)

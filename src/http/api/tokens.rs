@@ -83,7 +83,7 @@ pub(in crate::http) async fn get_token(
     ApiPath(ConnectionPath { user_id, provider }): ApiPath<ConnectionPath>,
     ApiQuery(query): ApiQuery<TokenQuery>,
 ) -> Result<Response, Error> {
-    let result = read_token(&state, &client, &user_id, &provider, query).await;
+    let result = read_token(&state, &client, &caller, &user_id, &provider, query).await;
     let (outcome, reason, scopes) = match &result {
         Ok((_, token)) => (
             match token.source {
@@ -119,6 +119,7 @@ pub(in crate::http) async fn get_token(
 async fn read_token(
     state: &AppState,
     client: &crate::store::flow_log::ClientInfo,
+    caller: &crate::secrets::Caller,
     user_id: &UserId,
     provider: &str,
     query: TokenQuery,
@@ -140,6 +141,9 @@ async fn read_token(
     })?;
     let return_to = requested_return(state, query.return_to.as_deref())?;
     let token = state.tokens.valid_token(user_id, provider, client).await?;
+    if !caller.may_use_client(token.client_id.as_deref()) {
+        return Err(Error::client_not_allowed(token.client_id.as_deref()));
+    }
     let granted = token
         .scope
         .as_deref()
@@ -149,6 +153,8 @@ async fn read_token(
     if !missing.is_empty() {
         let rules = FlowRules {
             scopes: missing.clone(),
+            // The step-up widens the grant with the client that made it.
+            client: token.client_id.clone(),
             expected_sub: Some(token.sub.clone()),
             // The grant is live (its token was just served): no new refresh token.
             skip_consent: true,

@@ -109,8 +109,9 @@ impl OidcProvider {
         code: &str,
         pkce_verifier: &str,
         redirect_uri: &str,
+        client: Option<&str>,
     ) -> Result<ProviderTokens, ProviderError> {
-        let creds = self.credentials().await?;
+        let creds = self.credentials_for(client).await?;
         let d = self.discovered().await?;
         let client = self.client(&d, &creds, Some(redirect_uri))?;
         let response = client
@@ -119,7 +120,7 @@ impl OidcProvider {
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_string()))
             .request_async(&self.http)
             .await;
-        let result = self.token_result(response);
+        let result = self.token_result(response, &creds.client_id);
         if matches!(result, Err(ProviderError::InvalidClient)) {
             // The secret may have been rotated: have it re-read for the next flow. A
             // code is not retried here (see above).
@@ -133,8 +134,9 @@ impl OidcProvider {
     pub(crate) async fn refresh(
         &self,
         refresh_token: &SecretString,
+        client: Option<&str>,
     ) -> Result<ProviderTokens, ProviderError> {
-        let creds = self.credentials().await?;
+        let creds = self.credentials_for(client).await?;
         let first = self.refresh_with(&creds, refresh_token).await;
         if !matches!(first, Err(ProviderError::InvalidClient)) {
             return first;
@@ -160,7 +162,7 @@ impl OidcProvider {
                 tracing::warn!(error = %e, "re-reading the client secret after invalid_client failed")
             }
         }
-        let fresh = self.credentials().await?;
+        let fresh = self.credentials_for(client).await?;
         if fresh.client_id == creds.client_id
             && fresh.client_secret.expose_secret() == creds.client_secret.expose_secret()
         {
@@ -183,12 +185,13 @@ impl OidcProvider {
             .map_err(|e| ProviderError::Malformed(e.to_string()))?
             .request_async(&self.http)
             .await;
-        self.token_result(response)
+        self.token_result(response, &creds.client_id)
     }
 
     fn token_result(
         &self,
         response: Result<ProviderTokenResponse, RequestTokenError<HttpFailure, TokenErrorAnswer>>,
+        client_id: &str,
     ) -> Result<ProviderTokens, ProviderError> {
         let quirks = self.config.profile.quirks;
         match response {
@@ -216,6 +219,7 @@ impl OidcProvider {
                 }),
                 token_type: "Bearer".into(),
                 refresh_token_expires_in: r.extra_fields().extra_fields().refresh_token_lifetime(),
+                client_id: Some(client_id.to_string()),
             }),
             Err(e) => Err(self.classify_token_error(e)),
         }
@@ -241,12 +245,16 @@ impl OidcProvider {
 
     /// Returns whether a revocation was sent and accepted.
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
-    pub(crate) async fn revoke(&self, token: &SecretString) -> Result<bool, ProviderError> {
+    pub(crate) async fn revoke(
+        &self,
+        token: &SecretString,
+        client: Option<&str>,
+    ) -> Result<bool, ProviderError> {
         let profile = &self.config.profile;
         if profile.revocation == super::Revocation::Unsupported {
             return Ok(false);
         }
-        let creds = self.credentials().await?;
+        let creds = self.credentials_for(client).await?;
         if profile.revocation == super::Revocation::GitHubGrant {
             return self.revoke_github_grant(&creds, token).await;
         }

@@ -59,12 +59,13 @@ impl OidcProvider {
         &self,
         id_token: &SecretString,
         nonce: &str,
+        client: Option<&str>,
     ) -> Result<UserInfo, ProviderError> {
         let token: ProviderIdToken = id_token
             .expose_secret()
             .parse()
             .map_err(|_| ProviderError::IdToken(IdTokenProblem::Malformed))?;
-        let creds = self.credentials().await?;
+        let creds = self.credentials_for(client).await?;
         let mut d = self.discovered().await?;
         let nonce = Nonce::new(nonce.to_string());
         let mut refetched = false;

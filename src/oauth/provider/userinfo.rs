@@ -21,19 +21,20 @@ impl OidcProvider {
     }
 
     /// The account `tokens` were granted for: the ID token's (verified against
-    /// `nonce`), or the user endpoint's for an OAuth 2 provider.
+    /// `nonce`, for `client`), or the user endpoint's for an OAuth 2 provider.
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub(crate) async fn account(
         &self,
         tokens: &ProviderTokens,
         nonce: &str,
+        client: Option<&str>,
     ) -> Result<UserInfo, ProviderError> {
         let Some(endpoints) = &self.config.profile.endpoints else {
             let id_token = tokens
                 .id_token
                 .as_ref()
                 .ok_or(ProviderError::IdToken(IdTokenProblem::Missing))?;
-            return self.verify_id_token(id_token, nonce).await;
+            return self.verify_id_token(id_token, nonce, client).await;
         };
         let user = self
             .user_api(&endpoints.userinfo, &tokens.access_token)

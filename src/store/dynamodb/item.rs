@@ -135,6 +135,12 @@ struct RevocationRecord {
     sub: String,
     encrypted_tokens: Envelope,
     token_kind: String,
+    #[serde(
+        rename = "revocationClientId",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    client_id: Option<String>,
     #[serde(serialize_with = "crate::store::stored_time::one")]
     created_at: DateTime<Utc>,
     attempts: u32,
@@ -155,6 +161,7 @@ pub(super) fn revocation_item(r: &PendingRevocation) -> Result<Item, StoreError>
                 sub: r.sub.clone(),
                 encrypted_tokens: r.encrypted_token.clone(),
                 token_kind: r.token_kind.clone(),
+                client_id: r.client_id.clone(),
                 created_at: r.created_at,
                 attempts: r.attempts,
                 next_attempt_at: r.next_attempt_at,
@@ -176,6 +183,7 @@ pub(super) fn revocation_from(item: &Item) -> Result<PendingRevocation, StoreErr
         sub: r.sub,
         encrypted_token: r.encrypted_tokens,
         token_kind: r.token_kind,
+        client_id: r.client_id,
         created_at: r.created_at,
         attempts: r.attempts,
         next_attempt_at: r.next_attempt_at,
@@ -428,6 +436,7 @@ mod tests {
                 expiry_notice_for: Some(1_790_000_100),
                 refresh_token_hash: Some("aGFzaA==".into()),
                 refresh_token_prefix_hash: Some("cHJlZml4".into()),
+                client_id: Some("client-1.apps.example".into()),
             },
         }
     }
@@ -500,6 +509,7 @@ mod tests {
             ("expiryNoticeFor", n(1_790_000_100)),
             ("refreshTokenHash", s("aGFzaA==")),
             ("refreshTokenPrefixHash", s("cHJlZml4")),
+            ("clientId", s("client-1.apps.example")),
         ])
     }
 
@@ -603,6 +613,7 @@ mod tests {
             "expiryNoticeFor",
             "refreshTokenHash",
             "refreshTokenPrefixHash",
+            "clientId",
         ] {
             item.remove(name);
         }

@@ -261,6 +261,7 @@ mod tests {
                 expiry_notice_for: Some(1_790_000_100),
                 refresh_token_hash: Some("aGFzaA==".into()),
                 refresh_token_prefix_hash: Some("cHJlZml4".into()),
+                client_id: None,
             },
         };
         let bare = Connection {

@@ -217,6 +217,7 @@ mod tests {
             sub: "s".into(),
             encrypted_token: envelope.clone(),
             token_kind: "refresh_token".into(),
+            client_id: Some("client-a".into()),
             created_at: chrono::Utc::now(),
             attempts: 1,
             next_attempt_at: 0,

@@ -95,7 +95,12 @@ impl Holder<'_> {
             return self.step_back(TokenError::RefreshBusy, tx).await;
         }
         let outcome = r
-            .redeem(self.endpoint, &refresh_token, &self.held_until)
+            .redeem(
+                self.endpoint,
+                &refresh_token,
+                self.row.grant.client_id.as_deref(),
+                &self.held_until,
+            )
             .await;
         let counted = match &outcome {
             Ok(_) => RefreshOutcome::Ok,

@@ -37,7 +37,11 @@ impl Scripted {
 
 #[async_trait]
 impl TokenEndpoint for Scripted {
-    async fn redeem(&self, refresh_token: &SecretString) -> Result<ProviderTokens, ProviderError> {
+    async fn redeem(
+        &self,
+        refresh_token: &SecretString,
+        _client: Option<&str>,
+    ) -> Result<ProviderTokens, ProviderError> {
         self.presented
             .lock()
             .push(refresh_token.expose_secret().to_string());
@@ -64,6 +68,7 @@ impl TokenEndpoint for Scripted {
             scope: None,
             token_type: "Bearer".into(),
             refresh_token_expires_in: None,
+            client_id: None,
         })
     }
 
@@ -143,6 +148,7 @@ impl World {
             refresh_token_expires_at: None,
             requested_scopes: Vec::new(),
             confirmation_code: None,
+            client_id: None,
         };
         let row = Connection {
             user_id: "user".into(),
