@@ -115,9 +115,13 @@ async fn the_run_time_policy_is_enough_and_its_absence_is_named() {
     let backends = Backends::open(&settings).await.expect("aws backends open");
     backends.tokens.ping().await.expect("tokens ping (GetItem)");
     backends.flow_log.ping().await.expect("logs ping (GetItem)");
-    let secrets = SecretsCache::load(Arc::clone(&backends.secrets), None, Vec::new())
-        .await
-        .expect("GetSecretValue");
+    let secrets = SecretsCache::load(
+        Arc::clone(&backends.secrets),
+        Default::default(),
+        Vec::new(),
+    )
+    .await
+    .expect("GetSecretValue");
     assert!(secrets.current().client.is_some());
 
     let cipher = EnvelopeCipher::new(Arc::clone(&backends.keys), f.tokens_table.clone());

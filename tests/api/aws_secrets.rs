@@ -32,7 +32,7 @@ async fn a_rotated_secret_is_picked_up_by_reload() {
         &f.sdk_config().await,
         &f.secret_id,
     ));
-    let cache = SecretsCache::load(source, None, Vec::new())
+    let cache = SecretsCache::load(source, Default::default(), Vec::new())
         .await
         .expect("secret loads");
     let current = cache.current();

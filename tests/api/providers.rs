@@ -19,9 +19,12 @@ on_every_backend!(
     each_entra_refusal_becomes_its_cause,
     a_github_oauth_app_connects_with_tokens_that_never_expire,
     a_github_app_rotates_its_tokens_and_a_revoked_grant_is_named,
+    a_replaced_client_keeps_serving_the_connections_made_with_it,
 );
 
 const USER: &str = "u-multi";
+/// An API key limited to one OAuth client.
+const CUSTOMER_KEY: &str = "customer-key-0123456789abcdef";
 /// Events are served as soon as the backend allows.
 const NO_FEED_DELAY: (&str, &str) = ("AXNT_EVENTS_FEED_DELAY_MS", "0");
 
@@ -98,10 +101,13 @@ async fn events(app: &TestApp, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     }
 }
 
+/// `USER`'s events of `kind` at `provider`.
 fn of_kind<'a>(items: &'a [Value], kind: &str, provider: &str) -> Vec<&'a Value> {
     items
         .iter()
-        .filter(|e| e["type"] == kind && e["data"]["provider"] == provider)
+        .filter(|e| {
+            e["type"] == kind && e["data"]["provider"] == provider && e["data"]["userId"] == USER
+        })
         .collect()
 }
 
@@ -149,6 +155,28 @@ async fn three_providers_for_one_user_live_apart(backend: Backend) {
     for provider in ["google", "microsoft", "acme"] {
         connect_to(&app, USER, provider).await;
     }
+    // Entra names Graph permissions by URL and leaves out `offline_access`: the grant
+    // holds all it was asked for all the same.
+    let session = app
+        .connect_session(
+            json!({ "userId": "graph", "provider": "microsoft", "scopes": ["Mail.Read"] }),
+        )
+        .await;
+    let callback = app.follow(&session).await;
+    assert_eq!(
+        app.complete("graph", callback).await.status(),
+        StatusCode::OK
+    );
+    let graph = connection_at(&app, "graph", "microsoft").await;
+    assert_eq!(graph["missingScopes"], json!([]), "{graph}");
+    assert_eq!(graph["partialGrant"], false, "{graph}");
+    assert!(
+        graph["grantedScopes"]
+            .as_array()
+            .expect("granted")
+            .contains(&json!("https://graph.microsoft.com/Mail.Read")),
+        "{graph}"
+    );
     let listed = connections(&app, USER).await;
     let mut names: Vec<&str> = listed
         .iter()
@@ -194,6 +222,7 @@ async fn three_providers_for_one_user_live_apart(backend: Backend) {
     // Each read is answered with its own provider's token; only Microsoft's refreshes
     // there, and it rotates.
     let google_refreshes = google.refresh_count();
+    let microsoft_issued = microsoft.issued_refresh_tokens().len();
     let at_google = access_token_at(&app, USER, "google").await;
     assert_eq!(Some(at_google), google.latest_access_token());
     let at_microsoft = access_token_at(&app, USER, "microsoft").await;
@@ -212,7 +241,7 @@ async fn three_providers_for_one_user_live_apart(backend: Backend) {
     assert_eq!(microsoft.spent_refresh_tokens_presented(), 0);
     assert_eq!(
         microsoft.issued_refresh_tokens().len(),
-        2,
+        microsoft_issued + 1,
         "Microsoft rotated"
     );
 
@@ -519,6 +548,21 @@ async fn provider_settings_are_checked_at_start() {
         ],
         "AXNT_ACME_AUTH_PARAMS",
     );
+    for clients in [
+        r#"[{"client_id":"a","client_secret":"top-secret-x","current":true},{"client_id":"b","client_secret":"top-secret-y","current":true}]"#,
+        "not a list top-secret-z",
+        r#"[{"client_id":"a","client_secret":"top-secret-w","colour":"blue"}]"#,
+    ] {
+        let e = refused(
+            &[
+                ("AXNT_PROVIDERS", "acme"),
+                ("AXNT_ACME_ISSUER", "https://idp.example.com"),
+                ("AXNT_ACME_CLIENTS", clients),
+            ],
+            "AXNT_ACME_CLIENTS",
+        );
+        assert!(!e.contains("top-secret"), "a secret is never quoted: {e}");
+    }
     // An unknown kind and a missing issuer are found when the providers are built.
     let microsoft = FakeProvider::start_microsoft().await;
     for (extra, setting) in [
@@ -668,4 +712,298 @@ async fn a_github_app_rotates_its_tokens_and_a_revoked_grant_is_named(backend: B
 
     github.user_revokes();
     assert_died_of(&app, "gh-app", "unknown_invalid_grant").await;
+}
+
+/// `GET /v1/connections?client=…`: the user ids listed.
+async fn users_of_client(app: &TestApp, client: &str) -> Vec<String> {
+    let response = app
+        .api_get(&format!("/v1/connections?client={client}&limit=500"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("json");
+    let mut users: Vec<String> = body["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|item| {
+            assert_eq!(item["client"], client, "{item}");
+            item["userId"].as_str().expect("userId").to_string()
+        })
+        .collect();
+    users.sort();
+    users
+}
+
+/// A new OAuth client replaces the old one as current: links made from then on use
+/// the new one, while connections made with the old one go on refreshing and being
+/// revoked with it (the provider binds a refresh token to its client), a session may
+/// still name the old one, the list tells who holds grants of which, and once the old
+/// client is removed its connections say so.
+async fn a_replaced_client_keeps_serving_the_connections_made_with_it(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.rotate_refresh_tokens(true);
+    provider.set_access_token_ttl(0);
+    let (old_id, old_secret) = (provider.client_id(), provider.client_secret());
+    let (new_id, new_secret) = ("client-new.apps.example", "secret-new-0123456789");
+    provider.add_client(new_id, new_secret);
+
+    // Before: the old client alone, as every deployment has had it.
+    let before = TestApp::on(backend, &provider, &[]).await;
+    for user in ["old-1", "old-2"] {
+        assert_eq!(before.connect(user).await.status(), StatusCode::OK);
+        let row = before.stored_row(user).await.expect("row");
+        assert_eq!(
+            row.grant.client_id.as_deref(),
+            Some(old_id.as_str()),
+            "{user}"
+        );
+    }
+
+    // The new client becomes current; the old one stays listed.
+    let clients = json!([{ "client_id": old_id, "client_secret": old_secret }]).to_string();
+    let app = before
+        .sibling_with(&[
+            ("AXNT_GOOGLE_CLIENT_ID", new_id),
+            ("AXNT_GOOGLE_CLIENT_SECRET", new_secret),
+            ("AXNT_GOOGLE_CLIENTS", &clients),
+        ])
+        .await;
+    let session = app
+        .connect_session(json!({ "userId": "new-1", "provider": "google" }))
+        .await;
+    let (url, _) = app.start(session["url"].as_str().expect("url")).await;
+    assert!(
+        url.query_pairs()
+            .any(|(k, v)| k == "client_id" && v == new_id),
+        "{url}"
+    );
+    assert_eq!(app.connect("new-1").await.status(), StatusCode::OK);
+
+    // Each refreshes with its own client (the provider refuses a refresh token
+    // presented by another client).
+    for user in ["old-1", "new-1"] {
+        let response = app.token(user).await;
+        assert_eq!(response.status(), StatusCode::OK, "{user} refreshes");
+    }
+    assert_eq!(provider.spent_refresh_tokens_presented(), 0);
+    assert_eq!(users_of_client(&app, &old_id).await, ["old-1", "old-2"]);
+    assert_eq!(users_of_client(&app, new_id).await, ["new-1"]);
+
+    // A session may name a client (a customer's own app), only one of the provider's.
+    let named = app
+        .connect_session(json!({ "userId": "named", "provider": "google", "client": old_id }))
+        .await;
+    let (url, _) = app.start(named["url"].as_str().expect("url")).await;
+    assert!(
+        url.query_pairs()
+            .any(|(k, v)| k == "client_id" && v == old_id),
+        "{url}"
+    );
+    let unknown = app
+        .api_post(
+            "/v1/connect-sessions",
+            json!({ "userId": "named", "provider": "google", "client": "someone-elses" }),
+        )
+        .await;
+    assert_problem(unknown, 400, "unknown_client").await;
+
+    // Deleting an old connection revokes with the old client.
+    let deleted: Value = app
+        .api_delete("/v1/users/old-1/connections/google")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(deleted["revocation"], "revoked", "{deleted}");
+    assert_eq!(
+        provider
+            .revocation_clients()
+            .last()
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some(old_id.as_str())
+    );
+
+    // A key limited to the new client (a customer's app) sees only its connections.
+    let keys = json!([
+        crate::support::API_KEY,
+        { "name": "customer", "key": CUSTOMER_KEY, "clients": [new_id] },
+    ])
+    .to_string();
+    let limited = app.sibling_with(&[("AXNT_API_KEYS", &keys)]).await;
+    let as_customer = |path: &str| {
+        limited
+            .http
+            .get(limited.url(path))
+            .bearer_auth(CUSTOMER_KEY)
+            .send()
+    };
+    let own = as_customer("/v1/users/new-1/tokens/google")
+        .await
+        .expect("read");
+    assert_eq!(own.status(), StatusCode::OK);
+    let other = as_customer("/v1/users/old-2/tokens/google")
+        .await
+        .expect("read");
+    assert_problem(other, 403, "caller_not_allowed").await;
+    let listed: Value = as_customer("/v1/connections")
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let users: Vec<&str> = listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["userId"].as_str())
+        .collect();
+    assert_eq!(users, ["new-1"], "{listed}");
+    let with_old = limited
+        .http
+        .post(limited.url("/v1/connect-sessions"))
+        .bearer_auth(CUSTOMER_KEY)
+        .json(&json!({ "userId": "c-1", "provider": "google", "client": old_id }))
+        .send()
+        .await
+        .expect("session");
+    assert_problem(with_old, 403, "caller_not_allowed").await;
+
+    // The old client removed: its connections cannot refresh, and say why; the new
+    // client's are untouched.
+    let after = app.sibling_with(&[("AXNT_GOOGLE_CLIENTS", "[]")]).await;
+    let body = assert_problem(after.token("old-2").await, 503, "provider_not_configured").await;
+    assert!(
+        body["detail"].as_str().expect("detail").contains(&old_id),
+        "{body}"
+    );
+    assert_eq!(after.token("new-1").await.status(), StatusCode::OK);
+    assert!(
+        after.stored_row("old-2").await.expect("row").is_active,
+        "the grant is not dead"
+    );
+}
+
+/// aws mode: a provider's client in a Secrets Manager secret of its own
+/// (`AXNT_<NAME>_SECRET_ID`, the service secret's shape), re-read when the provider
+/// answers `invalid_client` after the client secret was rotated there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_reads_its_client_from_a_secret_of_its_own() {
+    let google = FakeProvider::start().await;
+    let microsoft = FakeProvider::start_microsoft().await;
+    microsoft.set_access_token_ttl(0);
+    let fixture = crate::support::aws::fixture(
+        &google.client_id(),
+        &google.client_secret(),
+        crate::support::API_KEY,
+    )
+    .await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&fixture.sdk_config().await);
+    let secret_id = crate::support::aws::unique("axnt/microsoft");
+    let document = |secret: &str| {
+        json!({ "client_id": microsoft.client_id(), "client_secret": secret }).to_string()
+    };
+    secrets
+        .create_secret()
+        .name(&secret_id)
+        .secret_string(document(&microsoft.client_secret()))
+        .send()
+        .await
+        .expect("moto CreateSecret");
+    let mut env = crate::support::env_for_secret(
+        &google,
+        &[
+            ("AXNT_PROVIDERS", "google,microsoft"),
+            ("AXNT_MICROSOFT_ISSUER", &microsoft.issuer()),
+            ("AXNT_MICROSOFT_SECRET_ID", &secret_id),
+            ("AXNT_SECRET_RELOAD_MIN_INTERVAL_SECS", "1"),
+        ],
+    );
+    env.extend(fixture.env.clone());
+    let app = TestApp::spawn_in(
+        std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+        env,
+    )
+    .await;
+    let ready: Value = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(ready["checks"]["provider"], "ok", "{ready}");
+    connect_to(&app, "sm-user", "microsoft").await;
+
+    // The client secret is rotated at Microsoft and in the secret: the refresh that
+    // meets invalid_client re-reads the secret and goes through.
+    let rotated = "rotated-microsoft-secret-0123456789";
+    microsoft.set_client_secret(rotated);
+    secrets
+        .put_secret_value()
+        .secret_id(&secret_id)
+        .secret_string(document(rotated))
+        .send()
+        .await
+        .expect("moto PutSecretValue");
+    access_token_at(&app, "sm-user", "microsoft").await;
+    assert!(
+        !crate::support::captured_logs().contains(rotated),
+        "the client secret is never logged"
+    );
+}
+
+/// An `oauth2` provider by settings alone, at the Google-shaped fake's endpoints
+/// without `openid`: no ID token, the account from the user endpoint, a refresh, and
+/// RFC 7009 revocation at `_REVOKE_URL`.
+#[tokio::test]
+async fn an_oauth2_provider_by_settings_alone() {
+    let fake = FakeProvider::start().await;
+    // Long enough for the user endpoint to take it at connect, short enough to refresh.
+    fake.set_access_token_ttl(1);
+    let env = [
+        ("AXNT_PROVIDERS", "plain".to_string()),
+        ("AXNT_PLAIN_KIND", "oauth2".to_string()),
+        ("AXNT_PLAIN_AUTHORIZE_URL", fake.url("/authorize")),
+        ("AXNT_PLAIN_TOKEN_URL", fake.url("/token")),
+        ("AXNT_PLAIN_USERINFO_URL", fake.url("/userinfo")),
+        ("AXNT_PLAIN_REVOKE_URL", fake.url("/revoke")),
+        ("AXNT_PLAIN_CLIENT_ID", fake.client_id()),
+        ("AXNT_PLAIN_CLIENT_SECRET", fake.client_secret()),
+        ("AXNT_PLAIN_SCOPES", "email profile".to_string()),
+    ];
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let app = TestApp::spawn_with(&fake, &extra).await;
+    assert_eq!(app.provider, "plain");
+    assert_eq!(app.connect("o2").await.status(), StatusCode::OK);
+    let authorized = fake.authorizations();
+    let asked = authorized.last().expect("an authorization");
+    assert_eq!(asked.scope, "email profile", "no openid: {asked:?}");
+    assert!(
+        fake.issued_id_tokens().is_empty(),
+        "no ID token was asked for"
+    );
+    let row = app.stored_row("o2").await.expect("row");
+    assert_eq!(row.user_info.sub, fake.profile().sub);
+    assert!(
+        app.steps("o2")
+            .await
+            .contains(&"account_fetched".to_string())
+    );
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refreshed = access_token_at(&app, "o2", "plain").await;
+    assert_eq!(Some(refreshed), fake.latest_access_token());
+    assert_eq!(fake.refresh_count(), 1);
+    let deleted: Value = app
+        .api_delete("/v1/users/o2/connections/plain")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(deleted["revocation"], "revoked", "{deleted}");
+    assert_eq!(fake.revoked_tokens().len(), 1);
 }

@@ -156,6 +156,7 @@ fn revocation(id: &str, user_id: &str, next_attempt_at: i64) -> PendingRevocatio
         sub: "sub-1".into(),
         encrypted_token: row(user_id, "google", 1, id).encrypted_tokens,
         token_kind: "refresh_token".into(),
+        client_id: Some("client-1.apps.example".into()),
         created_at: now(),
         attempts: 1,
         next_attempt_at,

@@ -200,6 +200,7 @@ async fn the_grant_ledger_is_kept_on_the_row(tokens: Arc<dyn TokenStore>, _log: 
         expiry_notice_for: Some(1_800_000_100),
         refresh_token_hash: Some("aGFzaA==".into()),
         refresh_token_prefix_hash: Some("cHJlZml4".into()),
+        client_id: Some("client-1.apps.example".into()),
     };
     let first = Connection {
         grant: ledger.clone(),

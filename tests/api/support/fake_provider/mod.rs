@@ -211,6 +211,19 @@ impl FakeProvider {
         st.past_client_secrets.push(old);
     }
 
+    /// Registers another client: it may authorize, exchange codes and refresh the
+    /// grants made with it (only those: a refresh token is bound to its client).
+    pub fn add_client(&self, client_id: &str, client_secret: &str) {
+        self.lock()
+            .extra_clients
+            .push((client_id.to_string(), client_secret.to_string()));
+    }
+
+    /// The client each revocation authenticated as (Basic), in order.
+    pub fn revocation_clients(&self) -> Vec<Option<String>> {
+        self.lock().revocation_clients.clone()
+    }
+
     pub fn profile(&self) -> Profile {
         self.lock().profile.clone()
     }

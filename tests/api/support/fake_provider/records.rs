@@ -60,6 +60,18 @@ impl FakeProvider {
         self.lock().revoked.clone()
     }
 
+    /// What `/authorize` issued codes for, oldest first.
+    pub fn authorizations(&self) -> Vec<Authorization> {
+        let mut all: Vec<Authorization> = self.lock().codes.values().cloned().collect();
+        all.sort_by_key(|a| a.issued_at);
+        all
+    }
+
+    /// ID tokens signed so far.
+    pub fn issued_id_tokens(&self) -> Vec<String> {
+        self.lock().issued_id_tokens.clone()
+    }
+
     pub fn jwks_fetches(&self) -> usize {
         self.lock().jwks_fetches
     }

@@ -146,9 +146,13 @@ pub(super) async fn authorize(State(shared): AppState, RawQuery(query): RawQuery
     let mut st = shared.lock();
 
     // Errors about the client or the redirect URI are shown to the user, never redirected.
-    if params.get("client_id") != Some(&st.client_id) {
+    let Some(client_id) = params
+        .get("client_id")
+        .filter(|id| st.client_secret_of(id).is_some())
+        .cloned()
+    else {
         return error_page("invalid_client", "unknown or missing client_id");
-    }
+    };
     let Some(redirect_uri) = params.get("redirect_uri") else {
         return error_page("invalid_request", "missing redirect_uri");
     };
@@ -200,7 +204,7 @@ pub(super) async fn authorize(State(shared): AppState, RawQuery(query): RawQuery
         let earlier: Vec<String> = st
             .grants
             .iter()
-            .filter(|g| !g.revoked && g.client_id == st.client_id && g.profile.sub == sub)
+            .filter(|g| !g.revoked && g.client_id == client_id && g.profile.sub == sub)
             .flat_map(|g| g.scope.split(' ').map(str::to_string).collect::<Vec<_>>())
             .collect();
         for s in earlier {
@@ -211,7 +215,6 @@ pub(super) async fn authorize(State(shared): AppState, RawQuery(query): RawQuery
     }
     let scope = granted.join(" ");
     let code = st.next_id("code");
-    let client_id = st.client_id.clone();
     st.codes.insert(
         code.clone(),
         Authorization {
@@ -267,6 +270,7 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
         });
     };
 
+    let mut authenticated: Option<String> = None;
     let step = {
         let mut st = shared.lock();
         match grant_type.as_str() {
@@ -276,7 +280,9 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
         }
         if let Some(status) = st.token_failures.pop_front() {
             Step::Answer(OAuthError::scripted(status))
-        } else if let Err(error) = authenticate_client(&st, authorization.as_deref(), &params) {
+        } else if let Err(error) = authenticate_client(&st, authorization.as_deref(), &params)
+            .map(|id| authenticated = Some(id))
+        {
             Step::Answer(error)
         } else if grant_type == "refresh_token" {
             match st.refresh_script.pop_front() {
@@ -345,9 +351,14 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
                 &mut st,
                 &shared.id_token_issuer(),
                 shared.tenant.clone(),
+                authenticated.as_deref().unwrap_or_default(),
                 &params,
             ),
-            "refresh_token" => refresh_grant(&mut st, &params),
+            "refresh_token" => refresh_grant(
+                &mut st,
+                authenticated.as_deref().unwrap_or_default(),
+                &params,
+            ),
             "" => Err(OAuthError::invalid_request("missing grant_type")),
             _ => Err(OAuthError::new(
                 StatusCode::BAD_REQUEST,
@@ -359,6 +370,9 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
     let response = match outcome {
         Err(error) => error.into_response(),
         Ok((mut body, plan)) => {
+            if shared.tenant.is_some() {
+                entra_scope(&mut body);
+            }
             if let Some(plan) = plan {
                 let id_token = plan.sign();
                 shared.lock().issued_id_tokens.push(id_token.clone());
@@ -376,6 +390,25 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
         tokio::time::sleep(hold).await;
     }
     response
+}
+
+/// The granted scopes as Entra names them: Microsoft Graph permissions by their
+/// resource URL (`Mail.Read` → `https://graph.microsoft.com/Mail.Read`), and no
+/// `offline_access`.
+fn entra_scope(body: &mut Map<String, Value>) {
+    let Some(scope) = body.get("scope").and_then(Value::as_str) else {
+        return;
+    };
+    let named: Vec<String> = scope
+        .split(' ')
+        .filter(|s| !s.is_empty() && *s != "offline_access")
+        .map(|s| match s {
+            "openid" | "profile" | "email" => s.to_string(),
+            graph if !graph.contains("://") => format!("https://graph.microsoft.com/{graph}"),
+            other => other.to_string(),
+        })
+        .collect();
+    body.insert("scope".into(), json!(named.join(" ")));
 }
 
 /// Random refresh failures and answer delays (see [`FakeProvider::set_refresh_chaos`]).
@@ -409,12 +442,12 @@ fn code_grant(
     st: &mut Inner,
     issuer: &str,
     tid: Option<String>,
+    client_id: &str,
     params: &HashMap<String, String>,
 ) -> GrantOutcome {
     let Some(code) = params.get("code") else {
         return Err(OAuthError::invalid_request("missing code"));
     };
-    let client_id = st.client_id.clone();
     let Some(auth) = st.codes.get_mut(code) else {
         return Err(OAuthError::invalid_grant("unknown authorization code"));
     };
@@ -509,7 +542,11 @@ fn code_grant(
     Ok((body, plan))
 }
 
-fn refresh_grant(st: &mut Inner, params: &HashMap<String, String>) -> GrantOutcome {
+fn refresh_grant(
+    st: &mut Inner,
+    client_id: &str,
+    params: &HashMap<String, String>,
+) -> GrantOutcome {
     let Some(refresh_token) = params.get("refresh_token") else {
         return Err(OAuthError::invalid_request("missing refresh_token"));
     };
@@ -526,7 +563,7 @@ fn refresh_grant(st: &mut Inner, params: &HashMap<String, String>) -> GrantOutco
     if st.grants[grant].revoked || st.grant_expired(grant) {
         return Err(OAuthError::expired_or_revoked());
     }
-    if st.grants[grant].client_id != st.client_id {
+    if st.grants[grant].client_id != client_id {
         return Err(OAuthError::invalid_grant(
             "refresh token was issued to another client",
         ));
@@ -552,6 +589,7 @@ fn refresh_grant(st: &mut Inner, params: &HashMap<String, String>) -> GrantOutco
 pub(super) async fn revoke(
     State(shared): AppState,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let mut params = parse_form(query.as_deref().unwrap_or("").as_bytes());
@@ -566,6 +604,12 @@ pub(super) async fn revoke(
         return OAuthError::invalid_request("missing token").into_response();
     };
     st.revoked.push(token.clone());
+    let by = super::wire::basic_client_id(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    st.revocation_clients.push(by);
     let grant = st
         .refresh_tokens
         .get(token)

@@ -66,6 +66,10 @@ pub(super) struct Inner {
     pub(super) client_id: String,
     pub(super) client_secret: String,
     pub(super) past_client_secrets: Vec<String>,
+    /// More registered clients (id, secret), beside the primary one.
+    pub(super) extra_clients: Vec<(String, String)>,
+    /// The client each revocation authenticated as, in order.
+    pub(super) revocation_clients: Vec<Option<String>>,
     pub(super) redirect_uri: Option<String>,
     pub(super) profile: Profile,
     pub(super) keys: Keys,
@@ -123,6 +127,8 @@ impl Inner {
                 .client_secret
                 .unwrap_or_else(|| format!("secret-{prefix}-{random}")),
             past_client_secrets: Vec::new(),
+            extra_clients: Vec::new(),
+            revocation_clients: Vec::new(),
             redirect_uri: config.redirect_uri,
             profile: config
                 .profile
@@ -284,6 +290,17 @@ impl Inner {
         body.insert("expires_in".into(), json!(self.access_token_ttl.max(0)));
         body.insert("scope".into(), json!(self.grants[grant].scope));
         (body, access_token)
+    }
+
+    /// The secret of registered client `id`.
+    pub(super) fn client_secret_of(&self, id: &str) -> Option<&str> {
+        if id == self.client_id {
+            return Some(&self.client_secret);
+        }
+        self.extra_clients
+            .iter()
+            .find(|(other, _)| other == id)
+            .map(|(_, secret)| secret.as_str())
     }
 
     pub(super) fn id_token_plan(

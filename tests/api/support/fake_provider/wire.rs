@@ -14,11 +14,12 @@ use super::state::Inner;
 
 /// `client_secret_basic` (RFC 6749 §2.3.1: both parts form-urlencoded, then Base64) or
 /// `client_secret_post`; using both at once is an `invalid_request`.
+/// The id of the client the request authenticates as (Basic or the form).
 pub(super) fn authenticate_client(
     st: &Inner,
     authorization: Option<&str>,
     params: &HashMap<String, String>,
-) -> Result<(), OAuthError> {
+) -> Result<String, OAuthError> {
     let basic = authorization.and_then(|v| strip_prefix_ignore_case(v, "Basic "));
     let (id, secret) = match basic {
         Some(encoded) => {
@@ -45,11 +46,17 @@ pub(super) fn authenticate_client(
             _ => return Err(OAuthError::invalid_client("client authentication required")),
         },
     };
-    if id == st.client_id && secret == st.client_secret {
-        Ok(())
+    if st.client_secret_of(&id) == Some(secret.as_str()) {
+        Ok(id)
     } else {
         Err(OAuthError::invalid_client("wrong client credentials"))
     }
+}
+
+/// The client id of a Basic `Authorization` header, unchecked.
+pub(super) fn basic_client_id(authorization: Option<&str>) -> Option<String> {
+    let encoded = authorization.and_then(|v| strip_prefix_ignore_case(v, "Basic "))?;
+    decode_basic(encoded.trim()).map(|(id, _)| id)
 }
 
 fn decode_basic(encoded: &str) -> Option<(String, String)> {
