@@ -358,6 +358,23 @@ fn refuse_unknown_keys(figment: &Figment, providers: &[String]) -> Result<(), Co
         reason: e.to_string(),
     })?;
     let known = known_keys();
+    // A provider's keys must be its own: `provider` would take
+    // `provider_rotates_refresh_tokens`, `google-risc` `google_risc_issuer`. (`google`'s
+    // issuer, client and secret id are the service's, by design.)
+    for name in providers.iter().filter(|name| *name != "google") {
+        if let Some(key) = super::providers::keys_of_provider(name)
+            .into_iter()
+            .find(|key| known.contains(key.as_str()))
+        {
+            return Err(ConfigError::new(
+                "providers",
+                format!(
+                    "{name:?} cannot be a provider's name: its setting {} is one of the service's own",
+                    super::env_name(&key)
+                ),
+            ));
+        }
+    }
     let owned: BTreeSet<String> = providers
         .iter()
         .flat_map(|name| super::providers::keys_of_provider(name))

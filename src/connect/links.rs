@@ -11,6 +11,7 @@ use crate::oauth::ReturnUrl;
 use crate::oauth::flow::{
     ConnectSession, FlowRules, MAX_SEALED_LEN, Purpose, SealError, StateSealer,
 };
+use crate::oauth::provider::ProviderError;
 use crate::store::FlowStep;
 use crate::store::flow_log::ClientInfo;
 
@@ -61,9 +62,16 @@ impl ConnectService {
         let named = rules.client.take();
         rules.client = self.tokens.provider(provider)?.client_id(named.as_deref());
         if let (Some(client), None) = (named, &rules.client) {
-            return Err(ConnectError::UnknownClient {
-                provider: provider.to_string(),
-                client,
+            // A session's named client is the caller's mistake; a step-up's is the
+            // connection's, whose client was removed: the operator's to fix.
+            return Err(match kind {
+                LinkKind::Connect => ConnectError::UnknownClient {
+                    provider: provider.to_string(),
+                    client,
+                },
+                LinkKind::StepUp => ConnectError::Provider(ProviderError::NotConfigured(format!(
+                    "client {client} of provider {provider}, which made this connection, is not configured"
+                ))),
             });
         }
         let now = Utc::now();

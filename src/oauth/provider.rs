@@ -418,6 +418,12 @@ impl OidcProvider {
         }
     }
 
+    /// Whether the provider has clients beside its current one: then a grant that
+    /// records no client may be another's.
+    pub(crate) fn has_other_clients(&self) -> bool {
+        !self.secrets.current().other_clients.is_empty()
+    }
+
     /// The current client credentials, or why there are none.
     pub(crate) async fn credentials(&self) -> Result<ClientCredentials, ProviderError> {
         self.secrets.current().client.clone().ok_or_else(|| {

@@ -374,7 +374,13 @@ impl SecretsCache {
     fn install(&self, mut loaded: ServiceSecrets) {
         let over = &self.client_override;
         if let Some(c) = &over.current {
-            loaded.client = Some(c.clone());
+            // The source's current client, replaced here, keeps serving the
+            // connections made with it.
+            if let Some(replaced) = loaded.client.replace(c.clone())
+                && replaced.client_id != c.client_id
+            {
+                loaded.other_clients.push(replaced);
+            }
         }
         loaded
             .other_clients

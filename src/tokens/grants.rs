@@ -127,6 +127,16 @@ impl TokenService {
                 }
                 _ => None,
             };
+            // A refresh token that records no client may be another client's once the
+            // provider has several: it is not carried over to this client's grant.
+            let previous = previous.filter(|p| {
+                p.client_id.is_some()
+                    || fresh.client_id.is_none()
+                    || !self
+                        .providers
+                        .get(provider)
+                        .is_some_and(|p| p.has_other_clients())
+            });
             let mut set = fresh.clone();
             set.inherit(previous.as_ref());
             let kept_refresh_token = fresh.refresh_token.is_none() && set.refresh_token.is_some();

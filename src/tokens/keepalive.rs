@@ -39,6 +39,9 @@ const JOB_LEASE: Duration = Duration::from_secs(600);
 const FIRST_PASS_AFTER: Duration = Duration::from_secs(300);
 /// A margin no stored access token of an idle connection meets: the read refreshes.
 const FORCE: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// A grant is refreshed at least this long before its provider's idle limit, whatever
+/// `AXNT_KEEPALIVE_DAYS` says (room for a failing pass or two).
+const KEEPALIVE_SLACK: Duration = Duration::from_secs(10 * 86_400);
 
 /// The keep-alive's settings.
 #[derive(Debug, Clone, Copy)]
@@ -132,11 +135,20 @@ impl TokenService {
                         return Ok::<bool, TokenError>(false);
                     }
                     // Only a provider with an idle limit has a clock a refresh resets
-                    // (GitHub's OAuth-app tokens have no refresh token at all).
+                    // (GitHub's OAuth-app tokens have no refresh token at all), and
+                    // a shorter limit than the setting's (Microsoft's 90 days) is
+                    // kept to, with room for a failing pass or two.
                     let due = !keep.idle.is_zero()
-                        && self.grant_rules(&row.provider).lifetimes.idle.is_some()
-                        && Utc::now()
-                            .checked_sub_signed(idle)
+                        && self
+                            .grant_rules(&row.provider)
+                            .lifetimes
+                            .idle
+                            .map(|limit| {
+                                chrono::TimeDelta::from_std(limit.saturating_sub(KEEPALIVE_SLACK))
+                                    .unwrap_or(chrono::TimeDelta::MAX)
+                                    .min(idle)
+                            })
+                            .and_then(|idle| Utc::now().checked_sub_signed(idle))
                             .is_some_and(|limit| last_token_use(&row) < limit);
                     if !row.is_active {
                         continue;

@@ -20,6 +20,7 @@ on_every_backend!(
     a_github_oauth_app_connects_with_tokens_that_never_expire,
     a_github_app_rotates_its_tokens_and_a_revoked_grant_is_named,
     a_replaced_client_keeps_serving_the_connections_made_with_it,
+    a_connection_that_records_no_client_finds_its_own,
 );
 
 const USER: &str = "u-multi";
@@ -522,6 +523,11 @@ async fn provider_settings_are_checked_at_start() {
     refused(&[("AXNT_PROVIDERS", "Google")], "AXNT_PROVIDERS");
     refused(&[("AXNT_PROVIDERS", "google,google")], "AXNT_PROVIDERS");
     refused(&[("AXNT_PROVIDERS", " , ")], "AXNT_PROVIDERS");
+    // A name whose settings would be the service's own.
+    for name in ["google,provider", "google,google-risc"] {
+        let e = refused(&[("AXNT_PROVIDERS", name)], "AXNT_PROVIDERS");
+        assert!(e.contains("service's own"), "{e}");
+    }
     let e = refused(
         &[("AXNT_ACME_ISSUER", "https://idp.example.com")],
         "AXNT_ACME_ISSUER",
@@ -869,20 +875,82 @@ async fn a_replaced_client_keeps_serving_the_connections_made_with_it(backend: B
         .await
         .expect("session");
     assert_problem(with_old, 403, "caller_not_allowed").await;
+    // Nothing is learnt of connections that are not its own, nor of missing ones, and
+    // another client's connection is not replaced through it.
+    let missing = as_customer("/v1/users/nobody/tokens/google")
+        .await
+        .expect("read");
+    assert_problem(missing, 403, "caller_not_allowed").await;
+    let replacing = limited
+        .http
+        .post(limited.url("/v1/connect-sessions"))
+        .bearer_auth(CUSTOMER_KEY)
+        .json(&json!({ "userId": "old-2", "provider": "google" }))
+        .send()
+        .await
+        .expect("session");
+    assert_problem(replacing, 403, "caller_not_allowed").await;
 
-    // The old client removed: its connections cannot refresh, and say why; the new
-    // client's are untouched.
+    // The old client removed from the settings. In aws mode the service secret still
+    // holds it as its client: replaced as current by the settings', it keeps serving
+    // its connections. In embedded mode it is gone: its connections cannot refresh, and
+    // say why; the new client's are untouched.
     let after = app.sibling_with(&[("AXNT_GOOGLE_CLIENTS", "[]")]).await;
-    let body = assert_problem(after.token("old-2").await, 503, "provider_not_configured").await;
-    assert!(
-        body["detail"].as_str().expect("detail").contains(&old_id),
-        "{body}"
-    );
+    if backend == Backend::Aws {
+        assert_eq!(after.token("old-2").await.status(), StatusCode::OK);
+    } else {
+        let body = assert_problem(after.token("old-2").await, 503, "provider_not_configured").await;
+        assert!(
+            body["detail"].as_str().expect("detail").contains(&old_id),
+            "{body}"
+        );
+        assert!(
+            after.stored_row("old-2").await.expect("row").is_active,
+            "the grant is not dead"
+        );
+    }
     assert_eq!(after.token("new-1").await.status(), StatusCode::OK);
-    assert!(
-        after.stored_row("old-2").await.expect("row").is_active,
-        "the grant is not dead"
-    );
+}
+
+/// A connection stored before clients were recorded (no `clientId`) refreshes with
+/// the client that made it after a new one became current, and learns it.
+async fn a_connection_that_records_no_client_finds_its_own(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    provider.rotate_refresh_tokens(true);
+    provider.set_access_token_ttl(0);
+    let old_id = provider.client_id();
+    let clients =
+        json!([{ "client_id": old_id, "client_secret": provider.client_secret() }]).to_string();
+    let (new_id, new_secret) = ("client-new.apps.example", "secret-new-0123456789");
+    provider.add_client(new_id, new_secret);
+    let before = TestApp::on(backend, &provider, &[]).await;
+    assert_eq!(before.connect("legacy").await.status(), StatusCode::OK);
+    let row = before.stored_row("legacy").await.expect("row");
+    let unrecorded = axnt_oauth::store::Connection {
+        grant: axnt_oauth::store::GrantLedger {
+            client_id: None,
+            ..row.grant.clone()
+        },
+        version: row.version + 1,
+        ..row.clone()
+    };
+    before
+        .store
+        .put(&unrecorded, Some(row.version), &[])
+        .await
+        .expect("a row as written before clients were recorded");
+
+    let app = before
+        .sibling_with(&[
+            ("AXNT_GOOGLE_CLIENT_ID", new_id),
+            ("AXNT_GOOGLE_CLIENT_SECRET", new_secret),
+            ("AXNT_GOOGLE_CLIENTS", &clients),
+        ])
+        .await;
+    assert_eq!(app.token("legacy").await.status(), StatusCode::OK);
+    assert_eq!(provider.spent_refresh_tokens_presented(), 0);
+    let learned = app.stored_row("legacy").await.expect("row");
+    assert_eq!(learned.grant.client_id.as_deref(), Some(old_id.as_str()));
 }
 
 /// aws mode: a provider's client in a Secrets Manager secret of its own

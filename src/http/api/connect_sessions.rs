@@ -196,6 +196,16 @@ pub(in crate::http) async fn create_connect_session(
     if !caller.may_use_client(link_client.as_deref()) {
         return Err(Error::client_not_allowed(link_client.as_deref()));
     }
+    // A key limited to clients may not replace a connection of another client.
+    if caller.clients.is_some()
+        && let Some(existing) = state
+            .tokens
+            .connected_account(&body.user_id, &body.provider)
+            .await?
+        && !caller.may_use_client(existing.client_id.as_deref())
+    {
+        return Err(Error::client_not_allowed(existing.client_id.as_deref()));
+    }
     validate_scopes(&body.scopes)?;
     validate_account_constraints(&body)?;
     if body
@@ -246,9 +256,11 @@ pub(in crate::http) async fn create_connect_session(
         if !caller.may_use_client(account.client_id.as_deref()) {
             return Err(Error::client_not_allowed(account.client_id.as_deref()));
         }
+        // A live grant keeps its refresh token: no new one need be minted, unless the
+        // grant records no client and may be another's than the link's.
+        rules.skip_consent =
+            account.is_active && (account.client_id.is_some() || !provider.has_other_clients());
         rules.client = account.client_id.or(rules.client);
-        // A live grant keeps its refresh token: no new one need be minted.
-        rules.skip_consent = account.is_active;
     }
     let link = state
         .connect

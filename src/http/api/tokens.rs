@@ -140,10 +140,19 @@ async fn read_token(
         )
     })?;
     let return_to = requested_return(state, query.return_to.as_deref())?;
-    let token = state.tokens.valid_token(user_id, provider, client).await?;
-    if !caller.may_use_client(token.client_id.as_deref()) {
-        return Err(Error::client_not_allowed(token.client_id.as_deref()));
+    // A key limited to clients learns nothing of other clients' connections, and
+    // refreshes none: checked before the read, the same whether there is one or not.
+    if caller.clients.is_some() {
+        let client_id = state
+            .tokens
+            .connected_account(user_id, provider)
+            .await?
+            .and_then(|a| a.client_id);
+        if !caller.may_use_client(client_id.as_deref()) {
+            return Err(Error::client_not_allowed(client_id.as_deref()));
+        }
     }
+    let token = state.tokens.valid_token(user_id, provider, client).await?;
     let granted = token
         .scope
         .as_deref()
@@ -156,8 +165,10 @@ async fn read_token(
             // The step-up widens the grant with the client that made it.
             client: token.client_id.clone(),
             expected_sub: Some(token.sub.clone()),
-            // The grant is live (its token was just served): no new refresh token.
-            skip_consent: true,
+            // The grant is live (its token was just served): no new refresh token,
+            // unless the grant records no client and may be another's than the link's.
+            skip_consent: token.client_id.is_some()
+                || !state.tokens.provider(provider)?.has_other_clients(),
             // Bound like any link: the confirm names the user and the code.
             require_confirmation: state.settings.flow.require_confirmation,
             ..FlowRules::default()

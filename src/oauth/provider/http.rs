@@ -49,6 +49,17 @@ impl HttpFailure {
     }
 }
 
+/// Whether a refresh was refused in a way a refresh token of another client is (not a
+/// failure of the provider, which may have redeemed it).
+fn refused_for_its_client(result: &Result<ProviderTokens, ProviderError>) -> bool {
+    matches!(
+        result,
+        Err(ProviderError::InvalidGrant(_)
+            | ProviderError::InvalidClient
+            | ProviderError::Rejected { .. })
+    )
+}
+
 /// Whether a `200` answer is an OAuth error all the same (GitHub answers its token
 /// errors with 200): an object with `error` and no `access_token`. It is then read as
 /// the error it is, not as a token response missing its token.
@@ -132,6 +143,40 @@ impl OidcProvider {
     /// Redeems a refresh token.
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub(crate) async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+        client: Option<&str>,
+    ) -> Result<ProviderTokens, ProviderError> {
+        let first = self.refresh_as(refresh_token, client).await;
+        if client.is_some() || !refused_for_its_client(&first) {
+            return first;
+        }
+        // A grant recorded before clients were: made with one of the provider's clients,
+        // the current one unless it has been replaced since. A provider refuses a
+        // refresh token presented by another client before redeeming it, so each other
+        // client is tried once; the answer records the one that worked.
+        for other in self.other_client_ids() {
+            let next = self.refresh_as(refresh_token, Some(&other)).await;
+            if !refused_for_its_client(&next) {
+                return next;
+            }
+        }
+        first
+    }
+
+    /// The ids of the provider's clients other than the current one.
+    fn other_client_ids(&self) -> Vec<String> {
+        self.secrets
+            .current()
+            .other_clients
+            .iter()
+            .map(|c| c.client_id.clone())
+            .collect()
+    }
+
+    /// [`refresh`](Self::refresh) with one client: after `invalid_client`, the secret
+    /// re-read and, when it changed, the refresh tried once more.
+    async fn refresh_as(
         &self,
         refresh_token: &SecretString,
         client: Option<&str>,
@@ -246,6 +291,25 @@ impl OidcProvider {
     /// Returns whether a revocation was sent and accepted.
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub(crate) async fn revoke(
+        &self,
+        token: &SecretString,
+        client: Option<&str>,
+    ) -> Result<bool, ProviderError> {
+        let first = self.revoke_as(token, client).await;
+        if client.is_some() || !matches!(first, Err(ProviderError::Rejected { .. })) {
+            return first;
+        }
+        // A grant recorded before clients were: as for a refresh, each other client.
+        for other in self.other_client_ids() {
+            let next = self.revoke_as(token, Some(&other)).await;
+            if !matches!(next, Err(ProviderError::Rejected { .. })) {
+                return next;
+            }
+        }
+        first
+    }
+
+    async fn revoke_as(
         &self,
         token: &SecretString,
         client: Option<&str>,
