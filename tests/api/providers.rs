@@ -687,18 +687,20 @@ async fn a_github_oauth_app_connects_with_tokens_that_never_expire(backend: Back
     assert_eq!(github.revoked_grants(), 1);
 }
 
-/// A GitHub App with expiring user tokens: the 8-hour token is refreshed, the refresh
-/// token rotates, the 6-month refresh-token life is forecast, and GitHub's
-/// `bad_refresh_token` (answered with HTTP 200) ends the grant.
+/// A GitHub App with expiring user tokens: a due token is refreshed, the refresh
+/// token rotates, the 6-month refresh-token life is forecast, GitHub's
+/// `bad_refresh_token` (answered with HTTP 200) ends the grant, and a deletion after
+/// the access token expired refreshes it first, since GitHub revokes a grant only by a
+/// valid access token.
 async fn a_github_app_rotates_its_tokens_and_a_revoked_grant_is_named(backend: Backend) {
     let github = FakeGitHub::start_expiring().await;
-    github.expire_at_once(true);
+    github.short_lived(true);
     let app = github_app(backend, &github).await;
     assert_eq!(app.connect("gh-app").await.status(), StatusCode::OK);
 
-    // Every token comes already due: each read refreshes.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
     let token = access_token_at(&app, "gh-app", "github").await;
-    assert_eq!(github.refresh_count(), 1, "the due token was refreshed");
+    assert_eq!(github.refresh_count(), 1, "the expired token was refreshed");
     assert_eq!(Some(token), github.latest_access_token());
     assert_eq!(
         github.issued_refresh_tokens(),
@@ -716,6 +718,21 @@ async fn a_github_app_rotates_its_tokens_and_a_revoked_grant_is_named(backend: B
         "{listed}"
     );
 
+    // Deleted after its access token expired: refreshed, then revoked.
+    assert_eq!(app.connect("gh-gone").await.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let deleted: Value = app
+        .api_delete("/v1/users/gh-gone/connections/github")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(deleted["revocation"], "revoked", "{deleted}");
+    assert_eq!(github.revoked_grants(), 1);
+
+    // The user revokes the app at GitHub: the next refresh is refused.
+    assert_eq!(app.connect("gh-app").await.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
     github.user_revokes();
     assert_died_of(&app, "gh-app", "unknown_invalid_grant").await;
 }

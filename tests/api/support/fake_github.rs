@@ -44,8 +44,8 @@ struct Code {
 struct Inner {
     counter: u64,
     codes: HashMap<String, Code>,
-    /// Live access tokens → the grant's scope.
-    access: HashMap<String, String>,
+    /// Live access tokens → the grant's scope and when the token expires.
+    access: HashMap<String, (String, Option<std::time::Instant>)>,
     /// Live refresh tokens → the grant's scope.
     refresh: HashMap<String, String>,
     /// Access tokens issued, in order.
@@ -55,8 +55,8 @@ struct Inner {
     revoked_grants: usize,
     /// What `/authorize` was asked, in order.
     authorizations: Vec<HashMap<String, String>>,
-    /// Access tokens answer with `expires_in` 0 (a GitHub App's, already due).
-    expire_at_once: bool,
+    /// A GitHub App's access tokens live 2 seconds instead of 8 hours.
+    short_lived: bool,
 }
 
 struct Shared {
@@ -192,9 +192,10 @@ impl FakeGitHub {
             .unwrap_or_default()
     }
 
-    /// Access tokens issued from now on come with `expires_in: 0` (GitHub Apps only).
-    pub fn expire_at_once(&self, on: bool) {
-        self.shared.lock().expire_at_once = on;
+    /// Access tokens issued from now on live 2 seconds (GitHub Apps only): GitHub's
+    /// API refuses them once they have expired, its grant revocation included.
+    pub fn short_lived(&self, on: bool) {
+        self.shared.lock().short_lived = on;
     }
 
     /// The user revokes the app in their GitHub settings: every token dies.
@@ -299,18 +300,31 @@ async fn access_token(State(shared): AppState, headers: HeaderMap, body: Bytes) 
     let n = st.counter;
     let prefix = if shared.expiring { "ghu" } else { "gho" };
     let access = format!("{prefix}_fake{n:08}");
-    st.access.insert(access.clone(), scope.clone());
+    let lifetime: u64 = if st.short_lived { 2 } else { 28_800 };
+    let expires = shared
+        .expiring
+        .then(|| std::time::Instant::now() + std::time::Duration::from_secs(lifetime));
+    st.access.insert(access.clone(), (scope.clone(), expires));
     st.issued_access.push(access.clone());
     let mut answer = json!({ "access_token": access, "scope": scope, "token_type": "bearer" });
     if shared.expiring {
         let refresh = format!("ghr_fake{n:08}");
         st.refresh.insert(refresh.clone(), scope);
         st.issued_refresh.push(refresh.clone());
-        answer["expires_in"] = json!(if st.expire_at_once { 0 } else { 28_800 });
+        answer["expires_in"] = json!(lifetime);
         answer["refresh_token"] = json!(refresh);
         answer["refresh_token_expires_in"] = json!(15_897_600);
     }
     axum::Json(answer).into_response()
+}
+
+/// The scope of a live, unexpired access token.
+fn live(inner: &Inner, token: &str) -> Option<String> {
+    inner
+        .access
+        .get(token)
+        .filter(|(_, expires)| expires.is_none_or(|at| at > std::time::Instant::now()))
+        .map(|(scope, _)| scope.clone())
 }
 
 /// The scope of the live access token the request carries.
@@ -319,7 +333,7 @@ fn bearer(shared: &Shared, headers: &HeaderMap) -> Option<String> {
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("token "))?;
-    shared.lock().access.get(token).cloned()
+    live(&shared.lock(), token)
 }
 
 fn bad_credentials() -> Response {
@@ -392,7 +406,7 @@ async fn revoke_grant(
         .and_then(|b| b["access_token"].as_str().map(str::to_string));
     let mut st = shared.lock();
     match token {
-        Some(token) if st.access.contains_key(&token) => {
+        Some(token) if live(&st, &token).is_some() => {
             // The whole grant goes: every token of this (one-user) fake.
             st.access.clear();
             st.refresh.clear();
