@@ -603,6 +603,21 @@ async fn github_app(backend: Backend, fake: &FakeGitHub) -> TestApp {
     app
 }
 
+/// A GitHub flow for `user_id` pinned to `email`: the return redirect's query.
+async fn pinned_to(
+    app: &TestApp,
+    user_id: &str,
+    email: &str,
+) -> std::collections::HashMap<String, String> {
+    let session = app
+        .connect_session(json!({
+            "userId": user_id, "provider": "github", "expectedEmail": email,
+            "returnTo": format!("{}/done", crate::support::RETURN_ORIGIN),
+        }))
+        .await;
+    redirect_query(&app.follow(&session).await)
+}
+
 /// A GitHub OAuth app: OAuth 2 without OpenID. The account is GitHub's `/user` with its
 /// verified primary email, the comma-separated scopes are read as granted, a token
 /// that never expires is never refreshed, `expectedEmail` holds to the verified
@@ -654,25 +669,13 @@ async fn a_github_oauth_app_connects_with_tokens_that_never_expire(backend: Back
     assert_eq!(github.refresh_count(), 0);
 
     // `expectedEmail` is met by the verified primary email only.
-    let pinned = app
-        .connect_session(json!({
-            "userId": "gh-2", "provider": "github", "expectedEmail": fake_github::PRIMARY_EMAIL,
-            "returnTo": format!("{}/done", crate::support::RETURN_ORIGIN),
-        }))
-        .await;
-    let done = redirect_query(&app.follow(&pinned).await);
+    let done = pinned_to(&app, "gh-2", fake_github::PRIMARY_EMAIL).await;
     assert_eq!(
         done.get("status").map(String::as_str),
         Some("connected"),
         "{done:?}"
     );
-    let public = app
-        .connect_session(json!({
-            "userId": "gh-3", "provider": "github", "expectedEmail": fake_github::PUBLIC_EMAIL,
-            "returnTo": format!("{}/done", crate::support::RETURN_ORIGIN),
-        }))
-        .await;
-    let refused = redirect_query(&app.follow(&public).await);
+    let refused = pinned_to(&app, "gh-3", fake_github::PUBLIC_EMAIL).await;
     assert_eq!(
         refused.get("error").map(String::as_str),
         Some("account_not_allowed"),
