@@ -235,8 +235,9 @@ impl TokenSet {
             sub: row.user_info.sub.clone(),
             client_id: self
                 .client_id
-                .clone()
-                .or_else(|| row.grant.client_id.clone()),
+                .as_deref()
+                .or(row.grant.client_id.as_deref())
+                .map(std::sync::Arc::from),
         }
     }
 }
@@ -292,8 +293,9 @@ pub(crate) struct IssuedToken {
     pub(crate) email: Option<String>,
     /// The connected account's `sub` (for a step-up link, which only it may complete).
     pub(crate) sub: String,
-    /// The OAuth client the grant was made with.
-    pub(crate) client_id: Option<String>,
+    /// The OAuth client the grant was made with (shared: a cached token is cloned on
+    /// every hit).
+    pub(crate) client_id: Option<std::sync::Arc<str>>,
 }
 
 #[cfg(test)]

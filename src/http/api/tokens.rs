@@ -163,7 +163,7 @@ async fn read_token(
         let rules = FlowRules {
             scopes: missing.clone(),
             // The step-up widens the grant with the client that made it.
-            client: token.client_id.clone(),
+            client: token.client_id.as_deref().map(str::to_string),
             expected_sub: Some(token.sub.clone()),
             // The grant is live (its token was just served): no new refresh token,
             // unless the grant records no client and may be another's than the link's.
