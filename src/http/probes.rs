@@ -253,12 +253,8 @@ impl Readiness {
             None => Ok(()),
             Some((name, secrets)) => Err((
                 "not_configured",
-                format!(
-                    "provider {name} has no client credentials (looked in {}): set {} and {}",
-                    secrets.source_name(),
-                    crate::config::env_name(&format!("{}_client_id", name.replace('-', "_"))),
-                    crate::config::env_name(&format!("{}_client_secret", name.replace('-', "_"))),
-                ),
+                crate::oauth::provider::ProviderError::not_configured(name, &secrets.source_name())
+                    .to_string(),
             )),
         };
         put("provider", provider);

@@ -40,12 +40,7 @@ pub(super) async fn receive(State(state): State<AppState>, body: Bytes) -> Resul
         .map_err(|_| Error::InvalidSecurityEvent("the body is not text".into()))?
         .trim();
     let secrets = state.secrets.current();
-    let audiences: Vec<String> = secrets
-        .client
-        .iter()
-        .chain(&secrets.other_clients)
-        .map(|c| c.client_id.clone())
-        .collect();
+    let audiences: Vec<String> = secrets.clients().map(|c| c.client_id.clone()).collect();
     if audiences.is_empty() {
         return Err(Error::Provider(ProviderError::not_configured(
             "google",

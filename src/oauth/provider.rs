@@ -387,12 +387,9 @@ impl OidcProvider {
         let Some(id) = client_id else {
             return self.credentials().await;
         };
-        let secrets = self.secrets.current();
-        secrets
-            .client
-            .iter()
-            .chain(&secrets.other_clients)
-            .find(|c| c.client_id == id)
+        self.secrets
+            .current()
+            .client_of(id)
             .cloned()
             .ok_or_else(|| {
                 ProviderError::NotConfigured(format!(
@@ -409,12 +406,7 @@ impl OidcProvider {
         let secrets = self.secrets.current();
         match client_id {
             None => secrets.client.as_ref().map(|c| c.client_id.clone()),
-            Some(id) => secrets
-                .client
-                .iter()
-                .chain(&secrets.other_clients)
-                .any(|c| c.client_id == id)
-                .then(|| id.to_string()),
+            Some(id) => secrets.client_of(id).map(|_| id.to_string()),
         }
     }
 

@@ -97,6 +97,18 @@ pub(crate) fn client_set(
     Ok((current, others))
 }
 
+impl ServiceSecrets {
+    /// Every client: the current one first, then the others.
+    pub(crate) fn clients(&self) -> impl Iterator<Item = &ClientCredentials> {
+        self.client.iter().chain(&self.other_clients)
+    }
+
+    /// The client of id `id`, if it is one of these.
+    pub(crate) fn client_of(&self, id: &str) -> Option<&ClientCredentials> {
+        self.clients().find(|c| c.client_id == id)
+    }
+}
+
 /// Clients from settings, which win over a source's: the current one (replacing the
 /// source's) and others (added to the source's, replacing any of the same id).
 #[derive(Debug, Clone, Default)]

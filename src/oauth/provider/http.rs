@@ -64,6 +64,11 @@ fn refused_for_its_client(result: &Result<ProviderTokens, ProviderError>) -> boo
 /// errors with 200): an object with `error` and no `access_token`. It is then read as
 /// the error it is, not as a token response missing its token.
 fn is_error_answer(body: &[u8]) -> bool {
+    // Every token response passes here: only one that names an error is parsed twice.
+    const ERROR: &[u8] = b"\"error\"";
+    if !body.windows(ERROR.len()).any(|w| w == ERROR) {
+        return false;
+    }
     serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body).is_ok_and(|o| {
         o.get("error").is_some_and(|e| e.is_string()) && !o.contains_key("access_token")
     })
