@@ -51,6 +51,9 @@ async fn an_audit_flood_leaves_every_served_read_in_the_audit_trail(backend: Bac
             ("AXNT_AUDIT_BUFFER", "4"),
             // The flow log's own queue still drops when full: the audit must not share it.
             ("AXNT_FLOW_LOG_BUFFER", "2"),
+            // A round's reads open more connections than one client may hold idle (128):
+            // the cap would close a fresh one before its request arrived.
+            ("AXNT_MAX_CONNECTIONS_PER_CLIENT", "1000"),
         ],
     )
     .await;
