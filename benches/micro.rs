@@ -6,7 +6,10 @@
 //! - the authorization `state` sealed and opened (`/start`, callback);
 //! - a row encoded to and decoded from its DynamoDB item, and read from and written to
 //!   the SQLite file (through the store, so the blocking-pool hop is included);
-//! - the API-key check of every internal call.
+//! - the API-key check of every internal call;
+//! - the audit record of a token read: counted in its open window (every read of a
+//!   connection but the first in a window), and one that queues a record (the first),
+//!   whose write the trail's writer then makes.
 
 use std::hint::black_box;
 
@@ -140,5 +143,27 @@ fn api_key(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, envelope, state, rows, api_key);
+fn audit(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = EmbeddedStore::open(&dir.path().join("bench.db")).expect("open the database");
+    let trail = rt.block_on(async { bench_api::AuditBench::new(&store) });
+    let mut group = c.benchmark_group("audit");
+    rt.block_on(trail.served("billing", "user-1"));
+    group.bench_function("counted", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(trail.served("billing", "user-1").await) })
+    });
+    let mut next = 0u64;
+    group.bench_function("queued", |b| {
+        b.iter(|| {
+            next += 1;
+            let user = format!("user-{next}");
+            black_box(rt.block_on(trail.served("billing", &user)))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, envelope, state, rows, api_key, audit);
 criterion_main!(benches);

@@ -214,3 +214,41 @@ pub async fn api_key_cache(keys: &[&str]) -> Result<Arc<SecretsCache>, String> {
         .await
         .map_err(|e| e.to_string())
 }
+
+/// The audit trail over an embedded store's flow log, with the default rules (60 s
+/// windows, 10,000 records waiting at most): what every token read records into.
+pub struct AuditBench(Arc<crate::audit::AuditTrail>);
+
+impl AuditBench {
+    /// Starts the trail's writer on the current runtime.
+    pub fn new(store: &crate::store::embedded::EmbeddedStore) -> Self {
+        let log: Arc<dyn crate::store::FlowLog> = Arc::new(store.clone());
+        Self(Arc::new(crate::audit::AuditTrail::new(
+            log,
+            &crate::audit::AuditRules {
+                retention: Duration::from_secs(86_400),
+                window: Duration::from_secs(60),
+                capacity: 10_000,
+                wait: Duration::from_secs(1),
+                concurrency: 4,
+            },
+        )))
+    }
+
+    /// Records one served read of `user_id`'s Google token by `caller`; false when the
+    /// trail could not take it.
+    pub async fn served(&self, caller: &str, user_id: &str) -> bool {
+        self.0
+            .record(crate::audit::Read {
+                caller,
+                user_id,
+                provider: "google",
+                outcome: crate::audit::ReadOutcome::Served,
+                reason: None,
+                scopes: Some("openid email"),
+                request_id: Some("6f1c2b7e-0d1a-4c39-9b8e-3d2f5a7c9e10"),
+            })
+            .await
+            .is_ok()
+    }
+}

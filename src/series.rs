@@ -32,6 +32,48 @@ pub(crate) enum CacheOutcome {
     Miss,
 }
 
+/// Handles of one series for a fixed set of label combinations, by index: each is
+/// taken from the recorder the first time it is used and kept, so counting on a hot
+/// path is one atomic operation, with no label text built and no registry lookup.
+/// Taken lazily, so a handle always comes from the recorder installed by then.
+pub(crate) struct Cells<T>(Box<[std::sync::OnceLock<T>]>);
+
+impl<T> Cells<T> {
+    pub(crate) fn new(len: usize) -> Self {
+        Self((0..len).map(|_| std::sync::OnceLock::new()).collect())
+    }
+
+    /// The handle at `index`, made by `make` the first time; `None` past the end.
+    pub(crate) fn at(&self, index: usize, make: impl FnOnce() -> T) -> Option<&T> {
+        self.0.get(index).map(|cell| cell.get_or_init(make))
+    }
+}
+
+/// A copy holds no handle yet: each takes its own from the recorder when first used.
+impl<T> Clone for Cells<T> {
+    fn clone(&self) -> Self {
+        Self::new(self.0.len())
+    }
+}
+
+/// Every copy is equal: the handles are a cache, not part of the value.
+impl<T> PartialEq for Cells<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> Eq for Cells<T> {}
+
+impl<T> std::fmt::Debug for Cells<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cells({})", self.0.len())
+    }
+}
+
+/// Counter handles by index ([`Cells`]).
+pub(crate) type CounterCells = Cells<metrics::Counter>;
+
 /// What kind of series.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {

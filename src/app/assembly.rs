@@ -146,6 +146,7 @@ pub(super) fn assemble(
     if let Some(every) = settings.refresh.background {
         tokens.schedule_background_refresh(&jobs, every);
     }
+    tokens.schedule_cache_sweep(&jobs);
     tokens.schedule_revocation_retries(&jobs, settings.provider.revocation_retry);
     // With the keep-alive off (0 days) the pass still runs, for expiry notices.
     tokens.schedule_keepalive(
@@ -236,8 +237,18 @@ pub(super) fn assemble(
             })?,
         ),
     });
-    if crate::telemetry::metrics().is_some() {
+    if let Some(recorder) = crate::telemetry::metrics() {
         series::register(settings.backend, &provider_names);
+        // The recorder keeps every histogram sample until it is drained: by a scrape of
+        // /metrics, or here, so memory stays flat when nobody scrapes.
+        jobs.run(
+            "metrics upkeep",
+            crate::jobs::Schedule::every(Duration::from_secs(5)),
+            crate::jobs::from_fn(move |_stop| {
+                recorder.run_upkeep();
+                std::future::ready(())
+            }),
+        );
     }
     Ok(Running {
         router: http::router(state),

@@ -38,7 +38,7 @@ use parking_lot::Mutex;
 use serde_json::{Map, json};
 
 pub(crate) use queue::{AuditWait, Full};
-use queue::{Queue, Record, RecordKey, Sink, Target};
+use queue::{Queue, Record, RecordKey, ServedKey, Sink, Target};
 
 use crate::jobs::{self, Jobs, Schedule};
 use crate::retry::Backoff;
@@ -119,7 +119,7 @@ pub(crate) struct AuditTrail {
     /// record of its own (merged with an identical one still waiting), so memory stays
     /// bounded whatever the number of connections read.
     max_windows: usize,
-    windows: Mutex<HashMap<RecordKey, Window>>,
+    windows: Mutex<hashbrown::HashMap<RecordKey, Window>>,
     queue: Arc<Queue>,
 }
 
@@ -153,7 +153,7 @@ impl AuditTrail {
             fold_after: (queue.share() / 2).min(REFUSALS_ONE_BY_ONE),
             refusals: Mutex::new(HashMap::new()),
             max_windows: rules.capacity.max(1),
-            windows: Mutex::new(HashMap::new()),
+            windows: Mutex::new(hashbrown::HashMap::new()),
             queue,
         }
     }
@@ -164,9 +164,12 @@ impl AuditTrail {
     /// the read must then not be answered with its token.
     pub(crate) async fn record(&self, read: Read<'_>) -> Result<(), Full> {
         let now = Utc::now();
-        let deadline = Instant::now() + self.wait;
         let counted = read.outcome != ReadOutcome::Refused;
         let window = chrono::TimeDelta::from_std(self.window).unwrap_or_default();
+        if counted && self.count_in_window(&read, now, window) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.wait;
         let target = if !counted && self.fold(read.caller, now, window) {
             metrics::counter!(crate::series::AUDIT_FOLDED_TOTAL).increment(1);
             Target::Folded
@@ -182,26 +185,6 @@ impl AuditTrail {
             outcome: read.outcome,
             reason: read.reason,
         };
-        if counted {
-            let mut windows = self.windows.lock();
-            match windows.get_mut(&key) {
-                Some(open) if now < open.started + window => {
-                    open.count += 1;
-                    open.first_at.get_or_insert(now);
-                    open.last_at = Some(now);
-                    open.scopes = read.scopes.map(str::to_string);
-                    open.request_id = read.request_id.map(str::to_string);
-                    return Ok(());
-                }
-                Some(_) => {
-                    // Passed: its counted reads go out now; this read opens the next.
-                    if let Some(done) = windows.remove(&key).and_then(|w| w.into_record(&key)) {
-                        self.queue.push_unbounded(done);
-                    }
-                }
-                None => {}
-            }
-        }
         let record = Record {
             key: key.clone(),
             count: 1,
@@ -225,6 +208,53 @@ impl AuditTrail {
             }
         }
         Ok(())
+    }
+
+    /// Counts a served read in its open window (true), or queues the counted reads of
+    /// its window that has passed (false: the read opens the next). Copies nothing: the
+    /// window is found by the read's borrowed key, and its scopes and request id are
+    /// written over in place.
+    fn count_in_window(
+        &self,
+        read: &Read<'_>,
+        now: DateTime<Utc>,
+        window: chrono::TimeDelta,
+    ) -> bool {
+        let key = ServedKey {
+            caller: read.caller,
+            user_id: read.user_id,
+            provider: read.provider,
+            outcome: read.outcome,
+        };
+        let mut windows = self.windows.lock();
+        match windows.get_mut(&key) {
+            Some(open) if now < open.started + window => {
+                open.count += 1;
+                open.first_at.get_or_insert(now);
+                open.last_at = Some(now);
+                if open.scopes.as_deref() != read.scopes {
+                    open.scopes = read.scopes.map(str::to_string);
+                }
+                match (&mut open.request_id, read.request_id) {
+                    (Some(kept), Some(id)) => {
+                        kept.clear();
+                        kept.push_str(id);
+                    }
+                    (kept, id) => *kept = id.map(str::to_string),
+                }
+                true
+            }
+            Some(_) => {
+                // Passed: its counted reads go out now; this read opens the next.
+                if let Some((key, done)) = windows.remove_entry(&key)
+                    && let Some(done) = done.into_record(&key)
+                {
+                    self.queue.push_unbounded(done);
+                }
+                false
+            }
+            None => false,
+        }
     }
 
     /// Counts a refusal of `caller`: whether it is past the caller's first

@@ -51,13 +51,69 @@ pub(crate) enum AuditWait {
 const SHARES: usize = 4;
 
 /// What makes two records one.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct RecordKey {
     pub(super) caller: String,
     pub(super) target: Target,
     pub(super) outcome: ReadOutcome,
     /// A refusal's problem code.
     pub(super) reason: Option<&'static str>,
+}
+
+/// A served read's [`RecordKey`], borrowed from the read: the trail finds the read's
+/// open window with it, and copies nothing unless the read needs a record of its own.
+pub(super) struct ServedKey<'a> {
+    pub(super) caller: &'a str,
+    pub(super) user_id: &'a str,
+    pub(super) provider: &'a str,
+    pub(super) outcome: ReadOutcome,
+}
+
+/// [`RecordKey`]'s hash, from its parts: the one rule the owned and borrowed keys share.
+fn hash_key<H: std::hash::Hasher>(
+    state: &mut H,
+    caller: &str,
+    target: Option<(&str, &str)>,
+    outcome: ReadOutcome,
+    reason: Option<&str>,
+) {
+    use std::hash::Hash;
+    caller.hash(state);
+    target.hash(state);
+    outcome.hash(state);
+    reason.hash(state);
+}
+
+impl std::hash::Hash for RecordKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let target = match &self.target {
+            Target::Connection { user_id, provider } => Some((user_id.as_str(), provider.as_str())),
+            Target::Folded => None,
+        };
+        hash_key(state, &self.caller, target, self.outcome, self.reason);
+    }
+}
+
+impl std::hash::Hash for ServedKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        hash_key(
+            state,
+            self.caller,
+            Some((self.user_id, self.provider)),
+            self.outcome,
+            None,
+        );
+    }
+}
+
+impl hashbrown::Equivalent<RecordKey> for ServedKey<'_> {
+    fn equivalent(&self, key: &RecordKey) -> bool {
+        key.reason.is_none()
+            && key.outcome == self.outcome
+            && key.caller == self.caller
+            && matches!(&key.target, Target::Connection { user_id, provider }
+                if user_id == self.user_id && provider == self.provider)
+    }
 }
 
 /// Whose token a record is about.

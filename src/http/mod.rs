@@ -100,7 +100,10 @@ pub(crate) fn router(state: AppState) -> Router {
             HeaderValue::from_static("no-store"),
         ))
         .layer(middleware::from_fn(log_errors))
-        .layer(middleware::from_fn(record_metrics))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(HttpSeries::default()),
+            record_metrics,
+        ))
         // Enforced by the body extractors, so an oversized body is refused through
         // `Error` (413 `payload_too_large` problem+json) like every other bad request.
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -229,80 +232,124 @@ pub(crate) const ROUTES: [&Route; 15] = [
 /// Answers any route can give: bad input, unknown, rate-limited, failed, unavailable.
 pub(crate) const STATUSES_EVERY_ROUTE_CAN_ANSWER: [u16; 5] = [400, 404, 429, 500, 503];
 
-/// Counts requests by route and status and times them. The labels are `'static`
-/// strings (the route from [`ROUTES`], the status from [`status_label`]), so a request
-/// allocates no label text.
-async fn record_metrics(request: Request, next: Next) -> Response {
+/// Counts requests by route and status and times them, through handles resolved once
+/// per label set ([`HttpSeries`]): a request builds no label and looks nothing up in
+/// the registry.
+async fn record_metrics(
+    State(series): State<Arc<HttpSeries>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", |p| route_label(p.as_str()));
-    let method = method_label(request.method());
+        .map_or(UNMATCHED, |p| route_index(p.as_str()));
+    let method = method_index(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = status_label(response.status());
-    metrics::counter!(crate::series::HTTP_REQUESTS_TOTAL, "method" => method, "route" => route, "status" => status)
-        .increment(1);
-    metrics::histogram!(crate::series::HTTP_REQUEST_DURATION_SECONDS, "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    series.count(method, route, response.status(), started.elapsed());
     response
 }
 
-/// The matched route as listed in [`ROUTES`]; a route missing there is `other` (the
-/// metrics test requests every route and finds none counted as `other`: a new route
-/// must join that test's list and [`ROUTES`]).
-fn route_label(matched: &str) -> &'static str {
+/// The handles of [`HTTP_REQUESTS_TOTAL`](crate::series::HTTP_REQUESTS_TOTAL) and
+/// [`HTTP_REQUEST_DURATION_SECONDS`](crate::series::HTTP_REQUEST_DURATION_SECONDS), by
+/// method, route and status index.
+struct HttpSeries {
+    requests: crate::series::Cells<metrics::Counter>,
+    durations: crate::series::Cells<metrics::Histogram>,
+}
+
+/// The route labels: [`ROUTES`], then `other` (a matched route missing there: the
+/// metrics test requests every route and finds none counted as `other`, so a new route
+/// must join that test's list and [`ROUTES`]), then `unmatched`.
+const ROUTE_LABELS: usize = ROUTES.len() + 2;
+const OTHER_ROUTE: usize = ROUTES.len();
+const UNMATCHED: usize = ROUTES.len() + 1;
+
+/// The method labels, from a fixed set: a client choosing method names must not be
+/// able to add series (each a counter and a histogram, kept for the process's life).
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+
+/// The statuses the service answers with, each a fixed label.
+const STATUSES: [(u16, &str); 20] = [
+    (200, "200"),
+    (201, "201"),
+    (204, "204"),
+    (302, "302"),
+    (400, "400"),
+    (401, "401"),
+    (403, "403"),
+    (404, "404"),
+    (405, "405"),
+    (408, "408"),
+    (409, "409"),
+    (410, "410"),
+    (413, "413"),
+    (415, "415"),
+    (429, "429"),
+    (431, "431"),
+    (500, "500"),
+    (502, "502"),
+    (503, "503"),
+    (504, "504"),
+];
+
+impl Default for HttpSeries {
+    fn default() -> Self {
+        Self {
+            requests: crate::series::Cells::new(METHODS.len() * ROUTE_LABELS * STATUSES.len()),
+            durations: crate::series::Cells::new(METHODS.len() * ROUTE_LABELS),
+        }
+    }
+}
+
+impl HttpSeries {
+    fn count(&self, method: usize, route: usize, status: axum::http::StatusCode, took: Duration) {
+        let (method_label, route_label) = (METHODS[method], route_label(route));
+        let code = status.as_u16();
+        let known = STATUSES.iter().position(|(known, _)| *known == code);
+        match known.and_then(|s| {
+            self.requests
+                .at((method * ROUTE_LABELS + route) * STATUSES.len() + s, || {
+                    metrics::counter!(crate::series::HTTP_REQUESTS_TOTAL, "method" => method_label, "route" => route_label, "status" => STATUSES[s].1)
+                })
+        }) {
+            Some(counter) => counter.increment(1),
+            // A status this service never answers with on its own: looked up each time.
+            None => metrics::counter!(crate::series::HTTP_REQUESTS_TOTAL, "method" => method_label, "route" => route_label, "status" => code.to_string())
+                .increment(1),
+        }
+        if let Some(histogram) = self.durations.at(method * ROUTE_LABELS + route, || {
+            metrics::histogram!(crate::series::HTTP_REQUEST_DURATION_SECONDS, "method" => method_label, "route" => route_label)
+        }) {
+            histogram.record(took.as_secs_f64());
+        }
+    }
+}
+
+/// The matched route's index in [`ROUTES`], or [`OTHER_ROUTE`].
+fn route_index(matched: &str) -> usize {
     ROUTES
         .iter()
-        .find(|route| route.template == matched)
-        .map_or("other", |route| route.template)
+        .position(|route| route.template == matched)
+        .unwrap_or(OTHER_ROUTE)
 }
 
-/// The status code as a label: a fixed string per code the service answers with.
-fn status_label(status: axum::http::StatusCode) -> std::borrow::Cow<'static, str> {
-    const KNOWN: [(u16, &str); 20] = [
-        (200, "200"),
-        (201, "201"),
-        (204, "204"),
-        (302, "302"),
-        (400, "400"),
-        (401, "401"),
-        (403, "403"),
-        (404, "404"),
-        (405, "405"),
-        (408, "408"),
-        (409, "409"),
-        (410, "410"),
-        (413, "413"),
-        (415, "415"),
-        (429, "429"),
-        (431, "431"),
-        (500, "500"),
-        (502, "502"),
-        (503, "503"),
-        (504, "504"),
-    ];
-    let code = status.as_u16();
-    KNOWN
-        .iter()
-        .find(|(known, _)| *known == code)
-        .map_or_else(|| code.to_string().into(), |(_, label)| (*label).into())
-}
-
-/// The method as a metric label, from a fixed set: a client choosing method names must
-/// not be able to add series (each a counter and a histogram, kept for the process's life).
-fn method_label(method: &axum::http::Method) -> &'static str {
-    use axum::http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
+fn route_label(index: usize) -> &'static str {
+    match ROUTES.get(index) {
+        Some(route) => route.template,
+        None if index == OTHER_ROUTE => "other",
+        None => "unmatched",
     }
+}
+
+fn method_index(method: &axum::http::Method) -> usize {
+    METHODS
+        .iter()
+        .position(|m| *m == method.as_str())
+        .unwrap_or(METHODS.len() - 1)
 }
 
 /// JSON bodies whose rejections answer in our problem format (see the `From`

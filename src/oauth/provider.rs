@@ -633,4 +633,17 @@ impl Providers {
     pub(crate) fn get(&self, name: &str) -> Option<&Arc<OidcProvider>> {
         self.providers.iter().find(|p| p.name() == name)
     }
+
+    /// The provider named `name` and its place in the configured order.
+    pub(crate) fn find(&self, name: &str) -> Option<(usize, &Arc<OidcProvider>)> {
+        self.providers
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name() == name)
+    }
+
+    /// How many are configured.
+    pub(crate) fn len(&self) -> usize {
+        self.providers.len()
+    }
 }

@@ -31,9 +31,21 @@ pub struct Caller {
     /// `None`: every OAuth client. Some: only connections made with these clients
     /// (their client ids), and links made with them.
     pub clients: Option<Vec<String>>,
+    /// [`API_CALLS_TOTAL`](crate::series::API_CALLS_TOTAL) by operation, for this caller.
+    calls: crate::series::CounterCells,
 }
 
 impl Caller {
+    /// Counts one call of `operation` by this caller.
+    pub(crate) fn count_call(&self, operation: Operation) {
+        use crate::series::Label;
+        if let Some(counter) = self.calls.at(operation as usize, || {
+            metrics::counter!(crate::series::API_CALLS_TOTAL, "caller" => self.id.clone(), "operation" => operation.label())
+        }) {
+            counter.increment(1);
+        }
+    }
+
     /// Whether this caller may do `operation`.
     pub(crate) fn may(&self, operation: Operation) -> bool {
         self.operations
@@ -181,6 +193,9 @@ impl ApiKey {
                 operations: None,
                 providers: None,
                 clients: None,
+                calls: crate::series::CounterCells::new(
+                    <Operation as strum::VariantArray>::VARIANTS.len(),
+                ),
             }),
         })
     }
@@ -216,9 +231,28 @@ impl ApiKey {
     /// The caller of the key of `accepted` this one is, visiting every key (constant
     /// time in which one matched).
     pub(crate) fn find_in(&self, accepted: &[ApiKey]) -> Option<Arc<Caller>> {
+        PresentedKey(self.digest).caller_in(accepted)
+    }
+}
+
+/// A key as a request presents it: only its digest, which is all a lookup needs.
+pub(crate) struct PresentedKey([u8; 32]);
+
+impl PresentedKey {
+    /// The presented text's digest; a text too short to be any key is refused.
+    pub(crate) fn parse(text: &str) -> Result<Self, InvalidApiKey> {
+        if text.len() < ApiKey::MIN_LEN {
+            return Err(InvalidApiKey);
+        }
+        Ok(Self(sha256(text.as_bytes())))
+    }
+
+    /// The caller whose key this is among `accepted`, compared in constant time: every
+    /// key is visited, so the time does not depend on which one matched.
+    pub(crate) fn caller_in(&self, accepted: &[ApiKey]) -> Option<Arc<Caller>> {
         let mut found = None;
         for key in accepted {
-            if bool::from(key.digest.ct_eq(&self.digest)) {
+            if bool::from(key.digest.ct_eq(&self.0)) {
                 found = Some(Arc::clone(&key.caller));
             }
         }

@@ -22,7 +22,7 @@ use crate::crypto::SecretKey;
 use crate::jobs::{self, Jobs, Schedule};
 
 pub use api_key::{ApiKey, Caller, InvalidApiKey, InvalidKeyEntry, Operation};
-pub(crate) use api_key::{KeyEntry, check_names};
+pub(crate) use api_key::{KeyEntry, PresentedKey, check_names};
 
 /// An OAuth client's id and secret.
 #[derive(Debug, Clone)]
@@ -456,8 +456,8 @@ impl SecretsCache {
     }
 
     /// The caller of `presented`, if it is an accepted key (compared in constant time).
-    pub(crate) fn caller_of(&self, presented: &ApiKey) -> Option<Arc<Caller>> {
-        presented.find_in(&self.current().api_keys)
+    pub(crate) fn caller_of(&self, presented: &PresentedKey) -> Option<Arc<Caller>> {
+        presented.caller_in(&self.current().api_keys)
     }
 
     /// Re-reads every `every`, and promptly (at most once per 10 s) when asked to.

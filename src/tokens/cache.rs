@@ -6,29 +6,75 @@
 //!   stored token: `token_set::is_fresh`);
 //! - every write to a row by this process (a new grant, a refresh, a deactivation, a
 //!   delete) replaces or drops the row's entry before anyone is answered;
-//! - an entry is held at most the configured time, so a row deleted or deactivated by
-//!   *another* instance can be served by this one for at most that long (its access
-//!   token is still valid at the provider in that window anyway);
-//! - entries hold the access token as a `SecretString`, wiped when evicted;
+//! - an entry is served at most the configured time after it was filled, so a row
+//!   deleted or deactivated by *another* instance can be served by this one for at most
+//!   that long (its access token is still valid at the provider in that window anyway);
+//! - entries hold the access token as a `SecretString`, wiped when dropped: an entry
+//!   found past its time is dropped by that lookup, and [`TokenCache::sweep`] (run every
+//!   cache period) drops those nobody looked up;
 //! - `lastUsed` still moves once per interval: a hit past the interval writes it.
+//!
+//! A lookup allocates nothing: entries are found by borrowed user id and provider, and
+//! the hit and miss counters are handles resolved once. The map is `quick_cache`'s
+//! (S3-FIFO eviction, bounded count), whose lookup is a hash and a short read lock.
 //!
 //! A fill that raced an invalidation is undone: every invalidation bumps a generation,
 //! a fill records the generation before it read the row and drops its own entry when
 //! the generation moved meanwhile.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
 use super::{IssuedToken, TokenPolicy};
-use crate::series::{CacheOutcome, Label};
+use crate::series::{CacheOutcome, CounterCells, Label};
 
 /// Entries kept at most; the least recently used go first.
-const MAX_ENTRIES: u64 = 100_000;
+const MAX_ENTRIES: usize = 100_000;
 
-type Key = (String, String);
+/// A connection, as the cache keeps it.
+#[derive(Clone, PartialEq, Eq)]
+struct Key {
+    user_id: Box<str>,
+    provider: Box<str>,
+}
+
+/// A connection, as a lookup names it (hashed as [`Key`] is).
+struct KeyRef<'a> {
+    user_id: &'a str,
+    provider: &'a str,
+}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        KeyRef::from(self).hash(state);
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.user_id.hash(state);
+        self.provider.hash(state);
+    }
+}
+
+impl<'a> From<&'a Key> for KeyRef<'a> {
+    fn from(key: &'a Key) -> Self {
+        Self {
+            user_id: &key.user_id,
+            provider: &key.provider,
+        }
+    }
+}
+
+impl quick_cache::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        *self.user_id == *key.user_id && *self.provider == *key.provider
+    }
+}
 
 /// One connection's opened token.
 pub(crate) struct Cached {
@@ -37,6 +83,8 @@ pub(crate) struct Cached {
     issued_at: Option<i64>,
     /// Epoch seconds when `lastUsed` was last written (or read) for this row.
     last_used: AtomicI64,
+    /// When the entry was filled: it is served for the cache period from then.
+    filled: Instant,
 }
 
 impl Cached {
@@ -49,6 +97,7 @@ impl Cached {
             issued,
             issued_at,
             last_used: AtomicI64::new(last_used.timestamp()),
+            filled: Instant::now(),
         }
     }
 
@@ -77,21 +126,21 @@ impl Cached {
 
 /// The cache of one process; a no-op when the TTL is 0.
 pub(crate) struct TokenCache {
-    entries: Option<moka::sync::Cache<Key, Arc<Cached>>>,
+    entries: Option<quick_cache::sync::Cache<Key, Arc<Cached>>>,
+    ttl: Duration,
     generation: AtomicU64,
+    /// [`TOKEN_CACHE_TOTAL`](crate::series::TOKEN_CACHE_TOTAL) by outcome.
+    outcomes: CounterCells,
 }
 
 impl TokenCache {
     pub(crate) fn new(ttl: Duration) -> Self {
-        let entries = (!ttl.is_zero()).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(MAX_ENTRIES)
-                .time_to_live(ttl)
-                .build()
-        });
+        let entries = (!ttl.is_zero()).then(|| quick_cache::sync::Cache::new(MAX_ENTRIES));
         Self {
             entries,
+            ttl,
             generation: AtomicU64::new(0),
+            outcomes: CounterCells::new(<CacheOutcome as strum::VariantArray>::VARIANTS.len()),
         }
     }
 
@@ -103,17 +152,41 @@ impl TokenCache {
         margin: Duration,
     ) -> Option<Arc<Cached>> {
         let entries = self.entries.as_ref()?;
-        let hit = entries
-            .get(&(user_id.to_string(), provider.to_string()))
-            .filter(|c| c.is_fresh(margin, Utc::now().timestamp()));
+        let key = KeyRef { user_id, provider };
+        let found = entries.get(&key);
+        let hit = match found {
+            Some(entry) if entry.filled.elapsed() >= self.ttl => {
+                // Past its time: dropped now, its token wiped.
+                entries.remove(&key);
+                None
+            }
+            found => found.filter(|c| c.is_fresh(margin, Utc::now().timestamp())),
+        };
         let outcome = if hit.is_some() {
             CacheOutcome::Hit
         } else {
             CacheOutcome::Miss
         };
-        metrics::counter!(crate::series::TOKEN_CACHE_TOTAL, "outcome" => outcome.label())
-            .increment(1);
+        if let Some(counter) = self.outcomes.at(
+            outcome as usize,
+            || metrics::counter!(crate::series::TOKEN_CACHE_TOTAL, "outcome" => outcome.label()),
+        ) {
+            counter.increment(1);
+        }
         hit
+    }
+
+    /// Drops the entries past their time that no lookup has dropped, wiping their
+    /// tokens; run every cache period.
+    pub(crate) fn sweep(&self) {
+        if let Some(entries) = &self.entries {
+            entries.retain(|_, entry| entry.filled.elapsed() < self.ttl);
+        }
+    }
+
+    /// The cache period (zero: no cache).
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// The generation a fill must record before it reads the row.
@@ -125,20 +198,16 @@ impl TokenCache {
     /// came in between.
     pub(crate) fn fill(&self, generation: u64, user_id: &str, provider: &str, cached: Cached) {
         let Some(entries) = &self.entries else { return };
-        let key = (user_id.to_string(), provider.to_string());
-        entries.insert(key.clone(), Arc::new(cached));
+        entries.insert(key(user_id, provider), Arc::new(cached));
         if self.generation.load(Ordering::Acquire) != generation {
-            entries.invalidate(&key);
+            entries.remove(&KeyRef { user_id, provider });
         }
     }
 
     /// Replaces a connection's entry with what this process just wrote.
     pub(crate) fn put(&self, user_id: &str, provider: &str, cached: Cached) {
         if let Some(entries) = &self.entries {
-            entries.insert(
-                (user_id.to_string(), provider.to_string()),
-                Arc::new(cached),
-            );
+            entries.insert(key(user_id, provider), Arc::new(cached));
         }
     }
 
@@ -146,8 +215,15 @@ impl TokenCache {
     pub(crate) fn invalidate(&self, user_id: &str, provider: &str) {
         if let Some(entries) = &self.entries {
             self.generation.fetch_add(1, Ordering::AcqRel);
-            entries.invalidate(&(user_id.to_string(), provider.to_string()));
+            entries.remove(&KeyRef { user_id, provider });
         }
+    }
+}
+
+fn key(user_id: &str, provider: &str) -> Key {
+    Key {
+        user_id: user_id.into(),
+        provider: provider.into(),
     }
 }
 
@@ -159,16 +235,18 @@ mod tests {
     fn cached(expires_in: i64, lifetime: i64) -> Cached {
         let now = Utc::now().timestamp();
         Cached::new(
-            IssuedToken {
-                source: crate::tokens::token_set::TokenSource::Store,
-                access_token: SecretString::from("at"),
-                token_type: "Bearer".into(),
-                expires_at: DateTime::from_timestamp(now + expires_in, 0).unwrap_or_default(),
-                scope: None,
-                email: None,
-                sub: "sub".into(),
-                client_id: None,
-            },
+            IssuedToken::new(
+                crate::tokens::token_set::TokenSource::Store,
+                crate::tokens::token_set::Issued {
+                    access_token: SecretString::from("at"),
+                    token_type: "Bearer".into(),
+                    expires_at: DateTime::from_timestamp(now + expires_in, 0).unwrap_or_default(),
+                    scope: None,
+                    email: None,
+                    sub: "sub".into(),
+                    client_id: None,
+                },
+            ),
             Some(now + expires_in - lifetime),
             Utc::now(),
         )
@@ -207,6 +285,24 @@ mod tests {
         );
         cache.fill(cache.generation(), "u", "google", cached(3600, 3600));
         assert!(cache.get("u", "google", margin).is_some());
+    }
+
+    #[test]
+    fn an_entry_is_served_for_the_cache_period_only() {
+        let cache = TokenCache::new(Duration::from_millis(50));
+        let margin = Duration::from_secs(300);
+        cache.put("u", "google", cached(3600, 3600));
+        cache.put("v", "google", cached(3600, 3600));
+        assert!(cache.get("u", "google", margin).is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(cache.get("u", "google", margin).is_none(), "past its time");
+        cache.sweep();
+        let entries = cache.entries.as_ref().expect("on");
+        assert_eq!(
+            entries.len(),
+            0,
+            "both dropped: one by the lookup, one by the sweep"
+        );
     }
 
     #[test]

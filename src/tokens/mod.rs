@@ -175,6 +175,9 @@ pub(crate) struct TokenService {
     security_scans: tokio::sync::Mutex<()>,
     /// The `jti` marks (and their attempts) of security events being worked on.
     security_marks: parking_lot::Mutex<std::collections::HashMap<String, String>>,
+    /// [`TOKEN_READS_TOTAL`](crate::series::TOKEN_READS_TOTAL) by provider (in
+    /// configured order, then `unknown`) and outcome.
+    read_counts: crate::series::CounterCells,
 }
 
 /// A page of [`TokenService::connections_across`]: `(userId, connection)` pairs and
@@ -204,6 +207,9 @@ impl TokenService {
                 Arc::clone(&flow_log),
                 policy.clone(),
             )),
+            read_counts: crate::series::CounterCells::new(
+                (providers.len() + 1) * <ReadOutcome as strum::VariantArray>::VARIANTS.len(),
+            ),
             recently_used: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(3600))
@@ -308,13 +314,11 @@ impl TokenService {
         provider_name: &str,
         client: &ClientInfo,
     ) -> Result<IssuedToken, TokenError> {
-        let provider = match self.provider(provider_name) {
-            Ok(provider) => provider,
-            Err(e) => {
-                // Never the caller's name as a label: it would add a series per guess.
-                count_read("unknown", Err(&e));
-                return Err(e);
-            }
+        let Some((index, provider)) = self.providers.find(provider_name) else {
+            let e = TokenError::UnknownProvider(provider_name.to_string());
+            // Never the caller's name as a label: it would add a series per guess.
+            self.count_read(self.providers.len(), "unknown", Err(&e));
+            return Err(e);
         };
         if self.policy.background_refresh.is_some() {
             self.recently_used
@@ -324,7 +328,7 @@ impl TokenService {
         let read = self
             .token_valid_for(provider, user_id, client, self.policy.refresh_margin)
             .await;
-        count_read(provider.name(), read.as_ref());
+        self.count_read(index, provider.name(), read.as_ref());
         read
     }
 
@@ -339,6 +343,24 @@ impl TokenService {
             jobs::from_fn(move |stop| {
                 let service = Arc::clone(&service);
                 async move { service.refresh_recently_used(every, &stop).await }
+            }),
+        );
+    }
+
+    /// Drops token-cache entries past their time every cache period (their tokens
+    /// wiped), so an entry nobody reads again does not stay in memory until evicted.
+    pub(crate) fn schedule_cache_sweep(self: &Arc<Self>, jobs: &Jobs) {
+        let ttl = self.refresher.cache.ttl();
+        if ttl.is_zero() {
+            return;
+        }
+        let service = Arc::clone(self);
+        jobs.run(
+            "token cache sweep",
+            Schedule::every(ttl.max(Duration::from_secs(1))),
+            jobs::from_fn(move |_stop| {
+                service.refresher.cache.sweep();
+                std::future::ready(())
             }),
         );
     }
@@ -455,19 +477,26 @@ pub(crate) enum ReadOutcome {
     Error,
 }
 
-/// Counts one token read by the API: [`TOKEN_READS_TOTAL`](crate::series::TOKEN_READS_TOTAL)`{provider, outcome}`.
-fn count_read(provider: &str, read: Result<&IssuedToken, &TokenError>) {
-    let outcome = match read {
-        Ok(issued) => match issued.source {
-            TokenSource::Cache => ReadOutcome::CacheHit,
-            TokenSource::Store => ReadOutcome::StoreRead,
-            TokenSource::Refreshed => ReadOutcome::Refreshed,
-        },
-        Err(TokenError::NotConnected) => ReadOutcome::NotFound,
-        Err(TokenError::ReauthorizationRequired { .. }) => ReadOutcome::ReauthorizationRequired,
-        Err(TokenError::UnknownProvider(_)) => ReadOutcome::UnknownProvider,
-        Err(_) => ReadOutcome::Error,
-    };
-    metrics::counter!(crate::series::TOKEN_READS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome.label())
-        .increment(1);
+impl TokenService {
+    /// Counts one token read by the API: [`TOKEN_READS_TOTAL`](crate::series::TOKEN_READS_TOTAL)`{provider, outcome}`,
+    /// `provider` being the configured one at `index` (past the last: `unknown`).
+    fn count_read(&self, index: usize, provider: &str, read: Result<&IssuedToken, &TokenError>) {
+        let outcome = match read {
+            Ok(issued) => match issued.source {
+                TokenSource::Cache => ReadOutcome::CacheHit,
+                TokenSource::Store => ReadOutcome::StoreRead,
+                TokenSource::Refreshed => ReadOutcome::Refreshed,
+            },
+            Err(TokenError::NotConnected) => ReadOutcome::NotFound,
+            Err(TokenError::ReauthorizationRequired { .. }) => ReadOutcome::ReauthorizationRequired,
+            Err(TokenError::UnknownProvider(_)) => ReadOutcome::UnknownProvider,
+            Err(_) => ReadOutcome::Error,
+        };
+        let cell = index * <ReadOutcome as strum::VariantArray>::VARIANTS.len() + outcome as usize;
+        if let Some(counter) = self.read_counts.at(cell, || {
+            metrics::counter!(crate::series::TOKEN_READS_TOTAL, "provider" => provider.to_string(), "outcome" => outcome.label())
+        }) {
+            counter.increment(1);
+        }
+    }
 }

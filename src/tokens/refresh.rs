@@ -1,12 +1,19 @@
 //! Reading a connection's tokens, refreshing them first when due: an owned operation,
 //! not part of a request.
 //!
-//! In one process, one read-and-maybe-refresh per connection runs at a time, as its
-//! own task (a *flight*); every concurrent reader of that connection waits on the
-//! flight's result (one store read, at most one refresh), and a reader that gives up
-//! only stops waiting: the flight runs to its end (redeem, seal, conditional write,
-//! flow-log step). The registry of flights is exact: an entry lives exactly as long as
-//! its flight. Shutdown waits for flights (see [`Refresher::drain`]).
+//! A read that misses the token cache reads the row in the caller's own task: no task
+//! is spawned and no thread is switched to for a token that is still fresh (the
+//! embedded store answers a point read on the calling thread). Concurrent cold reads
+//! of one connection share that one read: the first reader drives it and the others
+//! await the same future, which whichever of them is still waiting goes on driving
+//! when the first gives up.
+//!
+//! Only a row whose token is due starts a *flight*: in one process, one refresh per
+//! connection runs at a time, as its own task; every concurrent reader of that
+//! connection waits on the flight's result (at most one refresh), and a reader that
+//! gives up only stops waiting: the flight runs to its end (redeem, seal, conditional
+//! write, flow-log step). The registry of flights is exact: an entry lives exactly as
+//! long as its flight. Shutdown waits for flights (see [`Refresher::drain`]).
 //!
 //! Across instances, the row's refresh *lease* decides who redeems: a flight takes the
 //! lease with a random attempt id (only while the row is at the version it read and no
@@ -57,6 +64,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 use secrecy::SecretString;
 use tokio::sync::watch;
@@ -138,12 +147,17 @@ type Key = (String, String);
 type Outcome = Result<IssuedToken, TokenError>;
 
 /// A row as [`Refresher::read`] found it.
+#[derive(Clone)]
 enum Read {
     /// Its token, fresh beyond the margin asked for.
     Fresh(IssuedToken),
-    /// The row and its opened set, which needs a refresh.
-    Stale(Box<(Connection, TokenSet)>),
+    /// The row and its opened set, which needs a refresh (shared by the readers that
+    /// found it so, and handed to the flight that refreshes it).
+    Stale(Arc<(Connection, TokenSet)>),
 }
+
+/// One connection's store read, shared by its concurrent cold readers.
+type SharedRead = Shared<BoxFuture<'static, Result<Read, TokenError>>>;
 
 /// One refresh in flight in this process.
 struct Flight {
@@ -158,6 +172,8 @@ pub(crate) struct Refresher {
     flow_log: Arc<FlowRecorder>,
     policy: TokenPolicy,
     flights: Mutex<HashMap<Key, Flight>>,
+    /// Store reads in progress, by connection.
+    reads: Mutex<HashMap<Key, SharedRead>>,
     next_flight: AtomicU64,
     tasks: TaskTracker,
     breakers: Mutex<HashMap<String, Breaker>>,
@@ -177,6 +193,7 @@ impl Refresher {
             cipher,
             flow_log,
             flights: Mutex::new(HashMap::new()),
+            reads: Mutex::new(HashMap::new()),
             next_flight: AtomicU64::new(0),
             tasks: TaskTracker::new(),
             breakers: Mutex::new(HashMap::new()),
@@ -185,9 +202,11 @@ impl Refresher {
         }
     }
 
-    /// A token for `user_id` at `provider` valid beyond `margin`, from the flight of
-    /// this connection (started when none is in flight). Waits at most the policy's
-    /// `refresh_wait`; giving up (or being dropped) never stops the flight.
+    /// A token for `user_id` at `provider` valid beyond `margin`: from the cache, from
+    /// the store (read in this task, shared with concurrent readers), or from the
+    /// connection's flight when it must be refreshed (started when none is in flight).
+    /// Waits at most the policy's `refresh_wait` for a flight; giving up (or being
+    /// dropped) never stops it.
     pub(crate) async fn obtain(
         self: &Arc<Self>,
         endpoint: Arc<dyn TokenEndpoint>,
@@ -198,16 +217,21 @@ impl Refresher {
     ) -> Outcome {
         if let Some(hit) = self.cache.get(user_id, provider, margin) {
             self.touch_cached(&hit, user_id, provider).await;
-            let mut issued = hit.issued.clone();
-            issued.source = TokenSource::Cache;
-            return Ok(issued);
+            return Ok(hit.issued.with_source(TokenSource::Cache));
         }
-        // A miss joins (or starts) the connection's flight, fresh token or not: of many
-        // concurrent cold reads, one reads the store.
+        let key: Key = (user_id.to_string(), provider.to_string());
+        // A refresh in flight: its result is the answer (the row is leased or stale).
+        let mut stale = None;
+        if !self.in_flight(&key) {
+            match self.shared_read(&key, margin).await? {
+                Read::Fresh(issued) => return Ok(issued),
+                Read::Stale(row) => stale = Some(row),
+            }
+        }
         let give_up = Instant::now() + self.policy.refresh_wait;
         loop {
             let (mut result, joined_late) =
-                self.join(Arc::clone(&endpoint), user_id, provider, margin, client);
+                self.join(Arc::clone(&endpoint), &key, margin, client, stale.take());
             let published = tokio::time::timeout_at(give_up, result.wait_for(Option::is_some))
                 .await
                 .map_err(|_| TokenError::RefreshBusy)?
@@ -236,6 +260,42 @@ impl Refresher {
         }
     }
 
+    /// Whether a flight of this connection is in progress.
+    fn in_flight(&self, key: &Key) -> bool {
+        self.flights.lock().contains_key(key)
+    }
+
+    /// The connection's row as [`Self::read`] finds it, read once for every reader that
+    /// asks while the read is in progress. The read runs in the task of whichever
+    /// reader is waiting for it (no task of its own), and is forgotten once answered.
+    async fn shared_read(
+        self: &Arc<Self>,
+        key: &Key,
+        margin: Duration,
+    ) -> Result<Read, TokenError> {
+        let read = {
+            let mut reads = self.reads.lock();
+            match reads.get(key) {
+                Some(read) => read.clone(),
+                None => {
+                    let this = Arc::clone(self);
+                    let (user_id, provider) = key.clone();
+                    let read = async move { this.read(&user_id, &provider, margin).await }
+                        .boxed()
+                        .shared();
+                    reads.insert(key.clone(), read.clone());
+                    read
+                }
+            }
+        };
+        let found = read.clone().await;
+        let mut reads = self.reads.lock();
+        if reads.get(key).is_some_and(|r| r.ptr_eq(&read)) {
+            reads.remove(key);
+        }
+        found
+    }
+
     /// Reads the row: its token when fresh beyond `margin` (then cached, and
     /// `lastUsed` moved per interval), else the row and its opened set; the answer for
     /// a missing or inactive row.
@@ -257,7 +317,7 @@ impl Refresher {
         let tokens = TokenSet::open(&self.cipher, &row).await?;
         let now = Utc::now();
         if !tokens.is_fresh(margin, now.timestamp()) {
-            return Ok(Read::Stale(Box::new((row, tokens))));
+            return Ok(Read::Stale(Arc::new((row, tokens))));
         }
         let last_used = self.touch(&row, now).await;
         let issued = tokens.issue(&row, TokenSource::Store);
@@ -280,18 +340,18 @@ impl Refresher {
     }
 
     /// The result channel of this connection's flight, starting one when none is in
-    /// flight, and whether that flight had already answered.
+    /// flight (from `stale`, the row as just read, when given), and whether that
+    /// flight had already answered.
     fn join(
         self: &Arc<Self>,
         endpoint: Arc<dyn TokenEndpoint>,
-        user_id: &str,
-        provider: &str,
+        key: &Key,
         margin: Duration,
         client: &ClientInfo,
+        stale: Option<Arc<(Connection, TokenSet)>>,
     ) -> (watch::Receiver<Option<Outcome>>, bool) {
-        let key: Key = (user_id.to_string(), provider.to_string());
         let mut flights = self.flights.lock();
-        if let Some(flight) = flights.get(&key) {
+        if let Some(flight) = flights.get(key) {
             let answered = flight.result.borrow().is_some();
             return (flight.result.clone(), answered);
         }
@@ -307,6 +367,7 @@ impl Refresher {
         drop(flights);
         let this = Arc::clone(self);
         let client = client.clone();
+        let key = key.clone();
         self.tasks.spawn(async move {
             // Removes the entry however the flight ends (a panic included), so the
             // registry never holds a flight that no longer runs.
@@ -316,7 +377,15 @@ impl Refresher {
                 id,
             };
             let outcome = this
-                .fly(endpoint.as_ref(), &key.0, &key.1, margin, &client, &tx)
+                .fly(
+                    endpoint.as_ref(),
+                    &key.0,
+                    &key.1,
+                    margin,
+                    &client,
+                    stale,
+                    &tx,
+                )
                 .await;
             tx.send_if_modified(|published| {
                 if published.is_none() {
@@ -330,9 +399,11 @@ impl Refresher {
         (rx, false)
     }
 
-    /// One flight: re-reads the row until its token is fresh (someone else refreshed),
-    /// the lease is ours (then refreshes), or the flight must give up.
+    /// One flight: re-reads the row (the first time, takes `stale` as read) until its
+    /// token is fresh (someone else refreshed), the lease is ours (then refreshes), or
+    /// the flight must give up.
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
+    #[allow(clippy::too_many_arguments)]
     async fn fly(
         &self,
         endpoint: &dyn TokenEndpoint,
@@ -340,13 +411,18 @@ impl Refresher {
         provider: &str,
         margin: Duration,
         client: &ClientInfo,
+        mut stale: Option<Arc<(Connection, TokenSet)>>,
         tx: &watch::Sender<Option<Outcome>>,
     ) -> Outcome {
         let give_up = Instant::now() + self.policy.refresh_wait;
         loop {
-            let (row, tokens) = match self.read(user_id, provider, margin).await? {
+            let found = match stale.take() {
+                Some(row) => Read::Stale(row),
+                None => self.read(user_id, provider, margin).await?,
+            };
+            let (row, tokens) = match found {
                 Read::Fresh(issued) => return Ok(issued),
-                Read::Stale(stale) => *stale,
+                Read::Stale(stale) => Arc::unwrap_or_clone(stale),
             };
             let now_ms = Utc::now().timestamp_millis();
             if let Some(retry_at) = row.refresh.retry_at_ms.filter(|at| *at > now_ms) {

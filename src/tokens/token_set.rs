@@ -225,20 +225,18 @@ impl TokenSet {
 
     /// The token as the API hands it out.
     pub(crate) fn issue(&self, row: &Connection, source: TokenSource) -> IssuedToken {
-        IssuedToken {
+        IssuedToken::new(
             source,
-            access_token: SecretString::from(self.access_token.clone()),
-            token_type: self.token_type.clone(),
-            expires_at: DateTime::from_timestamp(self.expires_at, 0).unwrap_or_default(),
-            scope: self.scope.clone(),
-            email: row.email.clone(),
-            sub: row.user_info.sub.clone(),
-            client_id: self
-                .client_id
-                .as_deref()
-                .or(row.grant.client_id.as_deref())
-                .map(std::sync::Arc::from),
-        }
+            Issued {
+                access_token: SecretString::from(self.access_token.clone()),
+                token_type: self.token_type.clone(),
+                expires_at: DateTime::from_timestamp(self.expires_at, 0).unwrap_or_default(),
+                scope: self.scope.clone(),
+                email: row.email.clone(),
+                sub: row.user_info.sub.clone(),
+                client_id: self.client_id.clone().or(row.grant.client_id.clone()),
+            },
+        )
     }
 }
 
@@ -282,10 +280,16 @@ pub(crate) enum TokenSource {
     Refreshed,
 }
 
-/// A valid access token as the API hands it out.
+/// A valid access token as the API hands it out: the token (shared, so a cached one is
+/// handed out on every hit without a copy) and where this read found it.
 #[derive(Clone)]
 pub(crate) struct IssuedToken {
     pub(crate) source: TokenSource,
+    token: std::sync::Arc<Issued>,
+}
+
+/// What an [`IssuedToken`] hands out.
+pub(crate) struct Issued {
     pub(crate) access_token: SecretString,
     pub(crate) token_type: String,
     pub(crate) expires_at: DateTime<Utc>,
@@ -293,9 +297,33 @@ pub(crate) struct IssuedToken {
     pub(crate) email: Option<String>,
     /// The connected account's `sub` (for a step-up link, which only it may complete).
     pub(crate) sub: String,
-    /// The OAuth client the grant was made with (shared: a cached token is cloned on
-    /// every hit).
-    pub(crate) client_id: Option<std::sync::Arc<str>>,
+    /// The OAuth client the grant was made with.
+    pub(crate) client_id: Option<String>,
+}
+
+impl IssuedToken {
+    pub(crate) fn new(source: TokenSource, token: Issued) -> Self {
+        Self {
+            source,
+            token: std::sync::Arc::new(token),
+        }
+    }
+
+    /// The same token, found by another way.
+    pub(crate) fn with_source(&self, source: TokenSource) -> Self {
+        Self {
+            source,
+            token: std::sync::Arc::clone(&self.token),
+        }
+    }
+}
+
+impl std::ops::Deref for IssuedToken {
+    type Target = Issued;
+
+    fn deref(&self) -> &Issued {
+        &self.token
+    }
 }
 
 #[cfg(test)]

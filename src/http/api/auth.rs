@@ -14,7 +14,7 @@ use super::request_id;
 use crate::error::Error;
 use crate::http::AppState;
 use crate::http::client::ClientKey;
-use crate::secrets::{ApiKey, Caller, Operation};
+use crate::secrets::{Caller, Operation, PresentedKey};
 use crate::series::Label;
 
 /// `routes`, each answered only for a caller whose key is allowed `operation`.
@@ -63,7 +63,7 @@ async fn authenticate(
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .and_then(|v| ApiKey::parse(v.trim()).ok());
+        .and_then(|v| PresentedKey::parse(v.trim()).ok());
     let caller = presented.and_then(|key| state.secrets.caller_of(&key));
     let Some(caller) = caller else {
         let (parts, _) = request.into_parts();
@@ -95,8 +95,7 @@ async fn authenticate(
         })
         .filter(|_| operation == Operation::ReadTokens)
     };
-    metrics::counter!(crate::series::API_CALLS_TOTAL, "caller" => caller.id.clone(), "operation" => operation.label())
-        .increment(1);
+    caller.count_call(operation);
     if !caller.may(operation) {
         let read = refused_read(request.headers());
         audit_refusal(&state, read, &caller.id, "caller_not_allowed").await?;

@@ -92,6 +92,30 @@ pub(super) fn page_limit(limit: Option<usize>, default: usize, max: usize) -> Re
 }
 
 /// The request's id (`x-request-id`, set or passed on by the request-id layer).
+/// The request's `X-Request-Id` (the caller's, or the one the server set), for an
+/// audit record: the header's value only, not a copy of every header.
+pub(in crate::http) struct RequestId(Option<axum::http::HeaderValue>);
+
+impl RequestId {
+    pub(in crate::http) fn as_str(&self) -> Option<&str> {
+        self.0
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 128)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(parts.headers.get("x-request-id").cloned()))
+    }
+}
+
 pub(super) fn request_id(headers: &axum::http::HeaderMap) -> Option<&str> {
     headers
         .get("x-request-id")

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{CallerOf, permitted};
-use super::{ConnectionPath, request_id, requested_return, validate_scopes};
+use super::{ConnectionPath, RequestId, requested_return, validate_scopes};
 use crate::connect::{LinkKind, LinkRequest};
 use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState, Client, Route};
@@ -30,12 +30,12 @@ pub(super) fn router(state: &AppState) -> Router<AppState> {
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(in crate::http) struct TokenResponse {
-    access_token: String,
-    token_type: String,
+pub(in crate::http) struct TokenResponse<'a> {
+    access_token: &'a str,
+    token_type: &'a str,
     expires_at: DateTime<Utc>,
-    scope: Option<String>,
-    email: Option<String>,
+    scope: Option<&'a str>,
+    email: Option<&'a str>,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -79,7 +79,7 @@ pub(in crate::http) async fn get_token(
     State(state): State<AppState>,
     Client(client): Client,
     CallerOf(caller): CallerOf,
-    headers: axum::http::HeaderMap,
+    request_id: RequestId,
     ApiPath(ConnectionPath { user_id, provider }): ApiPath<ConnectionPath>,
     ApiQuery(query): ApiQuery<TokenQuery>,
 ) -> Result<Response, Error> {
@@ -108,7 +108,7 @@ pub(in crate::http) async fn get_token(
             outcome,
             reason,
             scopes,
-            request_id: request_id(&headers),
+            request_id: request_id.as_str(),
         })
         .await
         .map_err(|_| Error::AuditUnavailable)?;
@@ -153,12 +153,16 @@ async fn read_token(
         }
     }
     let token = state.tokens.valid_token(user_id, provider, client).await?;
-    let granted = token
-        .scope
-        .as_deref()
-        .map(grant::parse_scopes)
-        .unwrap_or_default();
-    let missing = grant::missing(&required, &granted);
+    let missing = if required.is_empty() {
+        Vec::new()
+    } else {
+        let granted = token
+            .scope
+            .as_deref()
+            .map(grant::parse_scopes)
+            .unwrap_or_default();
+        grant::missing(&required, &granted)
+    };
     if !missing.is_empty() {
         let rules = FlowRules {
             scopes: missing.clone(),
@@ -193,11 +197,32 @@ async fn read_token(
         });
     }
     let body = TokenResponse {
-        access_token: token.access_token.expose_secret().to_string(),
-        token_type: token.token_type.clone(),
+        access_token: token.access_token.expose_secret(),
+        token_type: &token.token_type,
         expires_at: token.expires_at,
-        scope: token.scope.clone(),
-        email: token.email.clone(),
+        scope: token.scope.as_deref(),
+        email: token.email.as_deref(),
     };
-    Ok((axum::Json(body).into_response(), token))
+    let response = json_response(&body)?;
+    Ok((response, token))
+}
+
+/// `body` as a JSON answer, written once into a buffer of about its size.
+fn json_response(body: &TokenResponse<'_>) -> Result<Response, Error> {
+    let size = 96
+        + body.access_token.len()
+        + body.token_type.len()
+        + body.scope.map_or(0, str::len)
+        + body.email.map_or(0, str::len);
+    let mut bytes = Vec::with_capacity(size);
+    serde_json::to_writer(&mut bytes, body)
+        .map_err(|e| Error::Internal(format!("writing a token answer: {e}")))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response())
 }

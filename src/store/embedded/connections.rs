@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection as Sqlite, OptionalExtension, params};
 use serde_json::json;
 
 use super::events::insert as insert_events;
@@ -39,6 +39,13 @@ fn parse<T: serde::de::DeserializeOwned>(doc: &str) -> Result<T, StoreError> {
     })
 }
 
+/// A row's document, read by its key.
+fn select_doc(db: &Sqlite, user_id: &str, provider: &str) -> rusqlite::Result<Option<String>> {
+    db.prepare_cached("SELECT doc FROM connections WHERE user_id = ?1 AND provider = ?2")?
+        .query_row(params![user_id, provider], |r| r.get(0))
+        .optional()
+}
+
 /// A row's document, to store.
 pub(crate) fn row_doc(row: &Connection) -> Result<String, StoreError> {
     serde_json::to_string(row).map_err(|e| corrupt("connection", e))
@@ -48,19 +55,18 @@ pub(crate) fn row_doc(row: &Connection) -> Result<String, StoreError> {
 impl Connections for EmbeddedStore {
     #[tracing::instrument(skip_all, fields(user_id = %user_id, provider = %provider))]
     async fn get(&self, user_id: &str, provider: &str) -> Result<Option<Connection>, StoreError> {
-        let (user_id, provider) = (user_id.to_string(), provider.to_string());
-        let doc: Option<String> = self
-            .with_reader(move |db| {
-                db.prepare_cached(
-                    "SELECT doc FROM connections WHERE user_id = ?1 AND provider = ?2",
-                )
-                .and_then(|mut stmt| {
-                    stmt.query_row(params![user_id, provider], |r| r.get(0))
-                        .optional()
-                })
-                .map_err(sql)
-            })
-            .await?;
+        crate::store::count_read("embedded");
+        let doc = match self
+            .readers
+            .read_now(|db| select_doc(db, user_id, provider))
+        {
+            Some(doc) => doc?,
+            None => {
+                let (user_id, provider) = (user_id.to_string(), provider.to_string());
+                self.on_blocking_pool(move |db| select_doc(db, &user_id, &provider).map_err(sql))
+                    .await?
+            }
+        };
         doc.as_deref().map(parse_row).transpose()
     }
 

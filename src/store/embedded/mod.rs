@@ -3,7 +3,11 @@
 //! Rows keep the DynamoDB layout's fields (maps as JSON text). Writes are conditional
 //! on `version` inside SQLite's own locking, so several processes sharing the file
 //! behave like several instances sharing a DynamoDB table. SQLite calls block, so they
-//! run on tokio's blocking pool, never on the async workers.
+//! run on tokio's blocking pool, never on the async workers, with one exception: a
+//! connection's point read (the token read's) runs on the calling thread when it can
+//! answer without waiting for any lock ([`Readers::read_now`]). In WAL mode a reader
+//! never waits for the writer, so that read costs tens of microseconds of the caller's
+//! time and no thread switch; one that would wait goes to the blocking pool instead.
 
 mod account_grants;
 mod connect_flows;
@@ -119,6 +123,9 @@ pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Read connections kept open for reuse; more are opened while all are busy.
 const IDLE_READERS: usize = 4;
+/// Connections for reads on the calling thread kept open: one per async worker is
+/// all that can be in use at once (the read holds its thread until it is done).
+const IDLE_NOW_READERS: usize = 16;
 
 /// Both tables in one SQLite file.
 #[derive(Clone)]
@@ -134,6 +141,8 @@ pub struct EmbeddedStore {
 struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Sqlite>>,
+    /// Connections for [`Readers::read_now`]: they never wait for a lock.
+    now: Mutex<Vec<Sqlite>>,
 }
 
 impl Readers {
@@ -159,6 +168,48 @@ impl Readers {
             idle.push(db);
         }
     }
+
+    /// Runs the read `f` on the calling thread, on a connection whose busy timeout is 0:
+    /// `None` when it could not answer at once (a lock held by a writer's checkpoint or
+    /// another process's recovery, or no connection could be opened), for the caller
+    /// to run it on the blocking pool, which waits.
+    fn read_now<T>(
+        &self,
+        f: impl FnOnce(&Sqlite) -> rusqlite::Result<T>,
+    ) -> Option<Result<T, StoreError>> {
+        let popped = self.now.lock().pop();
+        let db = match popped {
+            Some(db) => db,
+            None => Sqlite::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .ok()?,
+        };
+        let out = f(&db);
+        {
+            let mut idle = self.now.lock();
+            if idle.len() < IDLE_NOW_READERS {
+                idle.push(db);
+            }
+        }
+        match out {
+            Err(e) if is_busy(&e) => None,
+            out => Some(out.map_err(sql)),
+        }
+    }
+}
+
+/// Whether SQLite refused for a lock another connection holds.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(code, _)
+            if matches!(
+                code.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            )
+    )
 }
 
 /// Ciphertexts only, but flow logs name users: the database is private to the service's
@@ -206,6 +257,7 @@ impl EmbeddedStore {
             readers: Arc::new(Readers {
                 path: path.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
+                now: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -231,6 +283,15 @@ impl EmbeddedStore {
         F: FnOnce(&mut Sqlite) -> Result<T, StoreError> + Send + 'static,
     {
         crate::store::count_read("embedded");
+        self.on_blocking_pool(f).await
+    }
+
+    /// Runs a read-only `f` on a read connection, on the blocking pool (not counted).
+    async fn on_blocking_pool<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Sqlite) -> Result<T, StoreError> + Send + 'static,
+    {
         let readers = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || {
             let mut db = readers.take()?;
@@ -407,16 +468,10 @@ fn unavailable(path: &Path, e: rusqlite::Error) -> StoreError {
 }
 
 fn sql(e: rusqlite::Error) -> StoreError {
-    match e {
-        rusqlite::Error::SqliteFailure(code, _)
-            if matches!(
-                code.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            ) =>
-        {
-            StoreError::Throttled(format!("database busy: {e}"))
-        }
-        other => StoreError::Unavailable(other.to_string()),
+    if is_busy(&e) {
+        StoreError::Throttled(format!("database busy: {e}"))
+    } else {
+        StoreError::Unavailable(e.to_string())
     }
 }
 
@@ -493,5 +548,33 @@ mod tests {
         let _ = done_tx.send(());
         holder.join().expect("holder");
         assert!(finished.is_ok(), "reads finished while the writer was busy");
+    }
+
+    /// A point read runs on the calling thread only while it need not wait: a read that
+    /// meets a lock is handed back (for the blocking pool, which waits), any other
+    /// failure is the read's answer.
+    #[test]
+    fn a_read_that_meets_a_lock_is_handed_to_the_blocking_pool() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("t.db")).expect("open");
+        let failure = |code| rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+        let busy = store
+            .readers
+            .read_now(|_| -> rusqlite::Result<()> { Err(failure(rusqlite::ffi::SQLITE_BUSY)) });
+        assert!(busy.is_none(), "busy: handed back");
+        let locked = store
+            .readers
+            .read_now(|_| -> rusqlite::Result<()> { Err(failure(rusqlite::ffi::SQLITE_LOCKED)) });
+        assert!(locked.is_none(), "locked: handed back");
+        let broken = store
+            .readers
+            .read_now(|_| -> rusqlite::Result<()> { Err(failure(rusqlite::ffi::SQLITE_CORRUPT)) });
+        assert!(matches!(broken, Some(Err(StoreError::Unavailable(_)))));
+        let read = store.readers.read_now(|db| {
+            db.query_row("SELECT count(*) FROM connections", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        });
+        assert!(matches!(read, Some(Ok(0))), "answered on this thread");
     }
 }
