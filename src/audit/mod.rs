@@ -379,7 +379,35 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[async_trait]
 impl Sink for Writer {
-    async fn write(&self, record: Record) {
+    /// Writes the records' items together (one call, one transaction where the store
+    /// can); when the store refuses one as malformed, writes each record on its own, so
+    /// only that record's reads are lost.
+    async fn write(&self, records: Vec<Record>) {
+        let mut items = Vec::with_capacity(records.len() * 2);
+        let mut ends = Vec::with_capacity(records.len());
+        for record in &records {
+            items.extend(self.items_of(record));
+            ends.push(items.len());
+        }
+        if self.write_all(&items).await {
+            return;
+        }
+        let mut start = 0;
+        for (record, end) in records.iter().zip(ends) {
+            for item in &items[start..end] {
+                if !self.write_entry(item, record.count).await {
+                    break;
+                }
+            }
+            start = end;
+        }
+    }
+}
+
+impl Writer {
+    /// A record's items: one under its user (a read of one connection) and one under
+    /// its caller.
+    fn items_of(&self, record: &Record) -> Vec<FlowLogEntry> {
         let key = &record.key;
         let mut data = Map::new();
         data.insert("caller".into(), json!(key.caller));
@@ -408,8 +436,9 @@ impl Sink for Writer {
             .last_at
             .timestamp()
             .saturating_add(i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX));
-        for partition in partitions {
-            let entry = FlowLogEntry {
+        partitions
+            .into_iter()
+            .map(|partition| FlowLogEntry {
                 user_id: partition,
                 timestamp: timestamp.clone(),
                 flow_id: record.request_id.clone().unwrap_or_else(|| "-".into()),
@@ -419,15 +448,38 @@ impl Sink for Writer {
                 ip_address: None,
                 user_agent: None,
                 expires_at,
-            };
-            if !self.write_entry(&entry, record.count).await {
-                return;
-            }
-        }
+            })
+            .collect()
     }
 }
 
 impl Writer {
+    /// Writes items together, retrying every failure with backoff; false when the store
+    /// refuses them as malformed (no retry mends that).
+    async fn write_all(&self, items: &[FlowLogEntry]) -> bool {
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+        loop {
+            match self.log.append_all(items).await {
+                Ok(()) => {
+                    if self.failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!("audit writes succeed again");
+                    }
+                    return true;
+                }
+                Err(StoreError::Corrupt(_)) => return false,
+                Err(e) => {
+                    metrics::counter!(crate::series::AUDIT_WRITE_FAILURES_TOTAL).increment(1);
+                    if !self.failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "audit write failed; retrying until stored (token reads wait once the audit queue is full)");
+                    } else {
+                        tracing::debug!(error = %e, "audit write failed again");
+                    }
+                    tokio::time::sleep(backoff.next_wait()).await;
+                }
+            }
+        }
+    }
+
     /// Writes one item, retrying every failure but a malformed item (which no retry
     /// mends; counted lost) with backoff. Writing an item again is harmless: its key
     /// is fixed.

@@ -153,8 +153,14 @@ impl Record {
 /// Where records go: writes one, retrying until it is stored (or can never be).
 #[async_trait]
 pub(super) trait Sink: Send + Sync {
-    async fn write(&self, record: Record);
+    /// Writes `records` (taken together: at most [`BATCH`]).
+    async fn write(&self, records: Vec<Record>);
 }
+
+/// Records written together at most: what one DynamoDB `BatchWriteItem` holds (25
+/// items) is about this many records' items, and SQLite writes them in one transaction.
+/// A batch is what is waiting when a write starts; no record waits for one to fill.
+pub(super) const BATCH: usize = 12;
 
 /// The queue, or the caller's share of it, is full and stayed full until the read's
 /// deadline.
@@ -404,28 +410,41 @@ impl Queue {
     ) -> tokio::task::JoinHandle<()> {
         let queue = Arc::clone(self);
         tokio::spawn(async move {
-            let mut writes: JoinSet<u64> = JoinSet::new();
+            let mut writes: JoinSet<Vec<u64>> = JoinSet::new();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 while writes.len() < concurrency.max(1) {
-                    let Some((seq, record, slot)) = queue.take() else {
+                    let mut seqs = Vec::new();
+                    let mut records = Vec::new();
+                    let mut slots = Vec::new();
+                    while records.len() < BATCH {
+                        let Some((seq, record, slot)) = queue.take() else {
+                            break;
+                        };
+                        seqs.push(seq);
+                        records.push(record);
+                        slots.push(slot);
+                    }
+                    if records.is_empty() {
                         break;
-                    };
+                    }
                     let sink = Arc::clone(&sink);
                     writes.spawn(async move {
-                        sink.write(record).await;
-                        // The slot is free once the record is stored.
-                        drop(slot);
-                        seq
+                        sink.write(records).await;
+                        // The slots are free once the records are stored.
+                        drop(slots);
+                        seqs
                     });
                 }
                 tokio::select! {
                     () = queue.stop.cancelled() => break,
                     () = queue.arrived.notified() => {}
                     Some(done) = writes.join_next(), if !writes.is_empty() => {
-                        if let Ok(seq) = done {
-                            queue.written_one(seq);
+                        if let Ok(seqs) = done {
+                            for seq in seqs {
+                                queue.written_one(seq);
+                            }
                         }
                     }
                     // The oldest record's age grows while nothing moves.

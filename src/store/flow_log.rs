@@ -42,6 +42,16 @@ pub struct FlowLogEntry {
 pub trait FlowLog: Send + Sync {
     async fn append(&self, entry: &FlowLogEntry) -> Result<(), StoreError>;
 
+    /// Writes `entries`, all or (on failure) perhaps only some of them: writing one again
+    /// is harmless, its key being fixed. A store that can write many in one call does
+    /// (SQLite: one transaction); the others write them one by one.
+    async fn append_all(&self, entries: &[FlowLogEntry]) -> Result<(), StoreError> {
+        for entry in entries {
+            self.append(entry).await?;
+        }
+        Ok(())
+    }
+
     /// A user's steps, newest first, at most `limit`, older than `before` when given
     /// (a `timestamp` from a previous page).
     async fn list(

@@ -6,13 +6,16 @@ use super::*;
 struct Held {
     open: watch::Sender<bool>,
     got: Mutex<Vec<Record>>,
+    /// How many records each write carried.
+    batches: Mutex<Vec<usize>>,
 }
 
 #[async_trait]
 impl Sink for Held {
-    async fn write(&self, record: Record) {
+    async fn write(&self, records: Vec<Record>) {
+        self.batches.lock().push(records.len());
         let _ = self.open.subscribe().wait_for(|open| *open).await;
-        self.got.lock().push(record);
+        self.got.lock().extend(records);
     }
 }
 
@@ -20,6 +23,7 @@ fn held() -> Arc<Held> {
     Arc::new(Held {
         open: watch::Sender::new(false),
         got: Mutex::new(Vec::new()),
+        batches: Mutex::new(Vec::new()),
     })
 }
 
@@ -178,4 +182,32 @@ async fn windows_enter_a_full_queue_and_settled_waits_for_them() {
     open(&sink);
     assert!(queue.settled(Duration::from_secs(5)).await);
     assert_eq!(sink.got.lock().len(), 3);
+}
+
+#[tokio::test]
+async fn records_waiting_while_the_store_is_busy_are_written_together() {
+    let sink = held();
+    let queue = Arc::new(Queue::new(100));
+    let _writer = queue.spawn_writer(sink.clone(), 1);
+    queue
+        .push(refusal("c1", "first"), soon(50))
+        .await
+        .expect("a slot");
+    // The first write holds the one writer; what comes meanwhile waits for it.
+    for _ in 0..100 {
+        if !sink.batches.lock().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for i in 0..(BATCH + 3) {
+        queue
+            .push(refusal("c1", &format!("later-{i}")), soon(50))
+            .await
+            .expect("a slot");
+    }
+    open(&sink);
+    assert!(queue.settled(Duration::from_secs(5)).await, "all written");
+    assert_eq!(*sink.batches.lock(), vec![1, BATCH, 3]);
+    assert_eq!(sink.got.lock().len(), BATCH + 4);
 }

@@ -70,7 +70,32 @@ async fn flush_writes_everything_queued(_tokens: Arc<dyn TokenStore>, log: Arc<d
     assert_eq!(listed, vec![last]);
 }
 
+async fn entries_appended_together_are_all_kept(
+    _tokens: Arc<dyn TokenStore>,
+    log: Arc<dyn FlowLog>,
+) {
+    let (u, other) = (user(), user());
+    let clock = SortKeyClock::default();
+    let at = Utc::now();
+    let mixed: Vec<FlowLogEntry> = (0..30)
+        .map(|i| entry(&clock, if i % 3 == 0 { &other } else { &u }, at, i))
+        .collect();
+    log.append_all(&mixed).await.expect("append together");
+    log.append_all(&[]).await.expect("nothing to append");
+    log.flush().await.expect("flush");
+    for who in [&u, &other] {
+        let mut want: Vec<FlowLogEntry> = mixed
+            .iter()
+            .filter(|e| &e.user_id == who)
+            .cloned()
+            .collect();
+        want.reverse();
+        assert_eq!(log.list(who, 100, None).await.expect("list"), want, "{who}");
+    }
+}
+
 every_backend!(
+    entries_appended_together_are_all_kept,
     flow_log_orders_steps_of_one_instant,
     flow_log_pages_with_before,
     flush_writes_everything_queued,
