@@ -9,6 +9,8 @@
 //! - an entry is served at most the configured time after it was filled, so a row
 //!   deleted or deactivated by *another* instance can be served by this one for at most
 //!   that long (its access token is still valid at the provider in that window anyway);
+//! - entries hold at most [`MAX_BYTES`] (by their texts' sizes), the least used
+//!   dropped first, so the cache's memory is the same at any number of connections;
 //! - entries hold the access token as a `SecretString`, wiped when dropped: an entry
 //!   found past its time is dropped by that lookup, and [`TokenCache::sweep`] (run every
 //!   cache period) drops those nobody looked up;
@@ -16,7 +18,7 @@
 //!
 //! A lookup allocates nothing: entries are found by borrowed user id and provider, and
 //! the hit and miss counters are handles resolved once. The map is `quick_cache`'s
-//! (S3-FIFO eviction, bounded count), whose lookup is a hash and a short read lock.
+//! (S3-FIFO eviction, bounded by weight), whose lookup is a hash and a short read lock.
 //!
 //! A fill that raced an invalidation is undone: every invalidation bumps a generation,
 //! a fill records the generation before it read the row and drops its own entry when
@@ -32,8 +34,14 @@ use chrono::{DateTime, Utc};
 use super::{IssuedToken, TokenPolicy};
 use crate::series::{CacheOutcome, CounterCells, Label};
 
-/// Entries kept at most; the least recently used go first.
-const MAX_ENTRIES: usize = 100_000;
+/// Memory the entries may hold, by [`EntryBytes`]' estimate; the least used go first.
+/// About 15,000 Google tokens: every connection read in the default 5 s cache period
+/// at up to 3,000 distinct connections a second. Bounded by bytes, not entries, so the
+/// service's peak memory stays the same however many connections it serves.
+const MAX_BYTES: u64 = 12 * 1024 * 1024;
+/// What an entry weighs beyond its texts: the key, the entry, the shared token and
+/// their allocations' headers, and the map's own slot.
+const ENTRY_OVERHEAD: u64 = 400;
 
 /// A connection, as the cache keeps it.
 #[derive(Clone, PartialEq, Eq)]
@@ -124,9 +132,31 @@ impl Cached {
     }
 }
 
+/// An entry's weight: about the bytes it holds.
+#[derive(Clone)]
+struct EntryBytes;
+
+impl quick_cache::Weighter<Key, Arc<Cached>> for EntryBytes {
+    fn weight(&self, key: &Key, entry: &Arc<Cached>) -> u64 {
+        use secrecy::ExposeSecret;
+        let token = &entry.issued;
+        let texts = key.user_id.len()
+            + key.provider.len()
+            + token.access_token.expose_secret().len()
+            + token.token_type.len()
+            + token.scope.as_deref().map_or(0, str::len)
+            + token.email.as_deref().map_or(0, str::len)
+            + token.sub.len()
+            + token.client_id.as_deref().map_or(0, str::len);
+        ENTRY_OVERHEAD.saturating_add(u64::try_from(texts).unwrap_or(u64::MAX))
+    }
+}
+
+type Entries = quick_cache::sync::Cache<Key, Arc<Cached>, EntryBytes>;
+
 /// The cache of one process; a no-op when the TTL is 0.
 pub(crate) struct TokenCache {
-    entries: Option<quick_cache::sync::Cache<Key, Arc<Cached>>>,
+    entries: Option<Entries>,
     ttl: Duration,
     generation: AtomicU64,
     /// [`TOKEN_CACHE_TOTAL`](crate::series::TOKEN_CACHE_TOTAL) by outcome.
@@ -135,7 +165,14 @@ pub(crate) struct TokenCache {
 
 impl TokenCache {
     pub(crate) fn new(ttl: Duration) -> Self {
-        let entries = (!ttl.is_zero()).then(|| quick_cache::sync::Cache::new(MAX_ENTRIES));
+        let entries = (!ttl.is_zero()).then(|| {
+            let typical = ENTRY_OVERHEAD + 400;
+            Entries::with_weighter(
+                usize::try_from(MAX_BYTES / typical).unwrap_or(usize::MAX),
+                MAX_BYTES,
+                EntryBytes,
+            )
+        });
         Self {
             entries,
             ttl,
@@ -302,6 +339,28 @@ mod tests {
             entries.len(),
             0,
             "both dropped: one by the lookup, one by the sweep"
+        );
+    }
+
+    #[test]
+    fn the_entries_memory_is_bounded() {
+        let cache = TokenCache::new(Duration::from_secs(60));
+        let margin = Duration::from_secs(300);
+        let users = 100_000;
+        for i in 0..users {
+            cache.put(&format!("user-{i}"), "google", cached(3600, 3600));
+        }
+        let entries = cache.entries.as_ref().expect("on");
+        assert!(entries.weight() <= MAX_BYTES, "{}", entries.weight());
+        let kept = entries.len();
+        assert!(
+            kept > 10_000 && kept < users,
+            "{kept} of {users} entries kept within {MAX_BYTES} bytes"
+        );
+        assert!(
+            cache
+                .get(&format!("user-{}", users - 1), "google", margin)
+                .is_some()
         );
     }
 
