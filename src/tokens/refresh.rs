@@ -267,7 +267,9 @@ impl Refresher {
 
     /// The connection's row as [`Self::read`] finds it, read once for every reader that
     /// asks while the read is in progress. The read runs in the task of whichever
-    /// reader is waiting for it (no task of its own), and is forgotten once answered.
+    /// reader is waiting for it (no task of its own), and is forgotten once answered or
+    /// once its last reader has gone (then it stops where it was: a read changes nothing
+    /// that matters when cut short).
     async fn shared_read(
         self: &Arc<Self>,
         key: &Key,
@@ -288,11 +290,19 @@ impl Refresher {
                 }
             }
         };
-        let found = read.clone().await;
-        let mut reads = self.reads.lock();
-        if reads.get(key).is_some_and(|r| r.ptr_eq(&read)) {
-            reads.remove(key);
-        }
+        let mut waiting = Waiting {
+            reads: &self.reads,
+            key,
+            read,
+            answered: false,
+        };
+        // Awaited through a copy: the registry's entry is recognised by the waiter's
+        // own copy, which polling would empty.
+        let found = {
+            let polled = waiting.read.clone();
+            polled.await
+        };
+        waiting.answered = true;
         found
     }
 
@@ -560,6 +570,27 @@ impl Refresher {
                 tracing::debug!(error = %e, wait_ms = wait.as_millis() as u64, "retrying the refresh");
             }
             tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// A reader of a shared read; forgets the read when it was answered or when this was
+/// its last reader (the registry's copy and this one are all that is left).
+struct Waiting<'a> {
+    reads: &'a Mutex<HashMap<Key, SharedRead>>,
+    key: &'a Key,
+    /// A copy never polled, to recognise the registry's entry by.
+    read: SharedRead,
+    answered: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut reads = self.reads.lock();
+        // Abandoned: no other reader holds a copy (the registry's and this one are left).
+        let last = self.read.strong_count().is_some_and(|n| n <= 2);
+        if (self.answered || last) && reads.get(self.key).is_some_and(|r| r.ptr_eq(&self.read)) {
+            reads.remove(self.key);
         }
     }
 }

@@ -409,3 +409,42 @@ async fn a_failure_cools_the_connection_down_on_every_instance() {
 
 mod faults;
 mod takeover;
+
+/// A cold read is shared while it runs and forgotten once answered, or once its last
+/// reader went away: nothing stays behind in the registry of reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_read_is_forgotten_when_answered_or_abandoned() {
+    let world = World::new().await;
+    let link = faults::Link::new(&world);
+    let mut fresh = policy();
+    fresh.refresh_margin = Duration::ZERO;
+    let r = world.instance_on(link.clone(), fresh);
+    let endpoint = Scripted::new(
+        RefreshReuse {
+            rotates: false,
+            grace: Duration::ZERO,
+        },
+        vec![],
+    );
+    let key: Key = ("user".into(), "p".into());
+    // Answered (the row as found: its token is due) and forgotten.
+    let first = r.shared_read(&key, Duration::ZERO).await;
+    assert!(first.is_ok(), "the row was read");
+    assert!(r.reads.lock().is_empty(), "forgotten once answered");
+
+    // Abandoned: two readers wait on a read that never answers, then both go away.
+    link.set(faults::READS_HANG);
+    let (a, b) = (Arc::clone(&r), Arc::clone(&r));
+    let (ka, kb) = (key.clone(), key.clone());
+    let first = tokio::spawn(async move { a.shared_read(&ka, Duration::ZERO).await.is_ok() });
+    let second = tokio::spawn(async move { b.shared_read(&kb, Duration::ZERO).await.is_ok() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(r.reads.lock().len(), 1, "one read, shared");
+    first.abort();
+    let _ = first.await;
+    assert_eq!(r.reads.lock().len(), 1, "still read for the other reader");
+    second.abort();
+    let _ = second.await;
+    assert!(r.reads.lock().is_empty(), "forgotten with its last reader");
+    assert_eq!(endpoint.calls(), 0);
+}

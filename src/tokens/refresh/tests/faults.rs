@@ -18,6 +18,8 @@ pub(super) const DOWN: u8 = 1;
 pub(super) const READ_ONLY: u8 = 2;
 /// Writes land, but their answer is lost (a connection cut after the request).
 pub(super) const LOSE_ANSWERS: u8 = 3;
+/// A row read never answers (a store that stopped mid-call).
+pub(super) const READS_HANG: u8 = 4;
 
 /// One instance's way to the shared store.
 pub(super) struct Link {
@@ -56,6 +58,9 @@ impl Link {
 impl Connections for Link {
     async fn get(&self, user_id: &str, provider: &str) -> Result<Option<Connection>, StoreError> {
         self.read()?;
+        if self.state.load(Ordering::SeqCst) == READS_HANG {
+            std::future::pending::<()>().await;
+        }
         self.store.get(user_id, provider).await
     }
 
