@@ -180,11 +180,16 @@ impl Readers {
         let popped = self.now.lock().pop();
         let db = match popped {
             Some(db) => db,
-            None => Sqlite::open_with_flags(
-                &self.path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .ok()?,
+            None => {
+                let db = Sqlite::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .ok()?;
+                // rusqlite opens with a 5 s busy timeout: this connection must not wait.
+                db.busy_timeout(Duration::ZERO).ok()?;
+                db
+            }
         };
         let out = f(&db);
         {
@@ -576,5 +581,10 @@ mod tests {
             })
         });
         assert!(matches!(read, Some(Ok(0))), "answered on this thread");
+        // Its connection does not wait for a lock (SQLite's busy timeout is 0).
+        let timeout = store
+            .readers
+            .read_now(|db| db.pragma_query_value(None, "busy_timeout", |r| r.get::<_, i64>(0)));
+        assert!(matches!(timeout, Some(Ok(0))), "{timeout:?}");
     }
 }
