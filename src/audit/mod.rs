@@ -389,7 +389,7 @@ impl Sink for Writer {
             items.extend(self.items_of(record));
             ends.push(items.len());
         }
-        if self.write_all(&items).await {
+        if self.write_all(&items).await.is_ok() {
             return;
         }
         let mut start = 0;
@@ -454,9 +454,10 @@ impl Writer {
 }
 
 impl Writer {
-    /// Writes items together, retrying every failure with backoff; false when the store
-    /// refuses them as malformed (no retry mends that).
-    async fn write_all(&self, items: &[FlowLogEntry]) -> bool {
+    /// Writes items together, retrying every failure but a malformed item (which no
+    /// retry mends: its error is returned) with backoff. Writing an item again is
+    /// harmless: its key is fixed.
+    async fn write_all(&self, items: &[FlowLogEntry]) -> Result<(), StoreError> {
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         loop {
             match self.log.append_all(items).await {
@@ -464,9 +465,9 @@ impl Writer {
                     if self.failing.swap(false, Ordering::Relaxed) {
                         tracing::info!("audit writes succeed again");
                     }
-                    return true;
+                    return Ok(());
                 }
-                Err(StoreError::Corrupt(_)) => return false,
+                Err(e @ StoreError::Corrupt(_)) => return Err(e),
                 Err(e) => {
                     metrics::counter!(crate::series::AUDIT_WRITE_FAILURES_TOTAL).increment(1);
                     if !self.failing.swap(true, Ordering::Relaxed) {
@@ -480,33 +481,14 @@ impl Writer {
         }
     }
 
-    /// Writes one item, retrying every failure but a malformed item (which no retry
-    /// mends; counted lost) with backoff. Writing an item again is harmless: its key
-    /// is fixed.
+    /// Writes one item of a record of `reads` reads; a malformed one is counted lost.
     async fn write_entry(&self, entry: &FlowLogEntry, reads: u64) -> bool {
-        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
-        loop {
-            match self.log.append(entry).await {
-                Ok(()) => {
-                    if self.failing.swap(false, Ordering::Relaxed) {
-                        tracing::info!("audit writes succeed again");
-                    }
-                    return true;
-                }
-                Err(e @ StoreError::Corrupt(_)) => {
-                    metrics::counter!(crate::series::AUDIT_LOST_TOTAL).increment(reads);
-                    tracing::error!(error = %e, reads, "an audit item was refused by the store: these reads are not in the audit trail");
-                    return false;
-                }
-                Err(e) => {
-                    metrics::counter!(crate::series::AUDIT_WRITE_FAILURES_TOTAL).increment(1);
-                    if !self.failing.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(error = %e, "audit write failed; retrying until stored (token reads wait once the audit queue is full)");
-                    } else {
-                        tracing::debug!(error = %e, "audit write failed again");
-                    }
-                    tokio::time::sleep(backoff.next_wait()).await;
-                }
+        match self.write_all(std::slice::from_ref(entry)).await {
+            Ok(()) => true,
+            Err(e) => {
+                metrics::counter!(crate::series::AUDIT_LOST_TOTAL).increment(reads);
+                tracing::error!(error = %e, reads, "an audit item was refused by the store: these reads are not in the audit trail");
+                false
             }
         }
     }

@@ -157,9 +157,9 @@ pub(super) trait Sink: Send + Sync {
     async fn write(&self, records: Vec<Record>);
 }
 
-/// Records written together at most: what one DynamoDB `BatchWriteItem` holds (25
-/// items) is about this many records' items, and SQLite writes them in one transaction.
-/// A batch is what is waiting when a write starts; no record waits for one to fill.
+/// Records written together at most (two items each; SQLite writes a batch in one
+/// transaction). A batch is what is waiting when a write starts; no record waits for
+/// one to fill.
 pub(super) const BATCH: usize = 12;
 
 /// The queue, or the caller's share of it, is full and stayed full until the read's

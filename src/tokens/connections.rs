@@ -123,33 +123,22 @@ pub(crate) struct AcrossFilter<'a> {
 
 impl TokenService {
     /// A provider that revokes a grant by its access token (GitHub) takes only a valid
-    /// one: a due token of a live grant is refreshed first, through the one refresh
-    /// path (a rotated refresh token is stored as any refresh's). A refresh that fails
-    /// leaves the revocation to find out.
+    /// one: the token is read as a reader would, through the one read path, which
+    /// refreshes a due token of a live grant (a rotated refresh token is stored as any
+    /// refresh's). A read that fails leaves the revocation to find out.
     async fn freshen_for_revocation(
         &self,
         provider: &Arc<OidcProvider>,
         user_id: &UserId,
         client: &ClientInfo,
-    ) -> Result<(), TokenError> {
-        let due = self
-            .store
-            .get(user_id, provider.name())
-            .await?
-            .is_some_and(|row| {
-                row.is_active
-                    && row.access_token_expires_at
-                        <= Utc::now().timestamp()
-                            + i64::try_from(REVOCATION_MARGIN.as_secs()).unwrap_or(i64::MAX)
-            });
-        if due
-            && let Err(e) = self
-                .token_valid_for(provider, user_id, client, REVOCATION_MARGIN)
-                .await
+    ) {
+        match self
+            .token_valid_for(provider, user_id, client, REVOCATION_MARGIN)
+            .await
         {
-            tracing::info!(error = %e, "refreshing before the revocation failed");
+            Ok(_) | Err(TokenError::NotConnected | TokenError::ReauthorizationRequired { .. }) => {}
+            Err(e) => tracing::info!(error = %e, "refreshing before the revocation failed"),
         }
-        Ok(())
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %user_id))]
@@ -242,8 +231,7 @@ impl TokenService {
     ) -> Result<Option<Disconnected>, TokenError> {
         let provider = self.provider(provider_name)?;
         if revoke && provider.revokes_with_access_token() {
-            self.freshen_for_revocation(provider, user_id, client)
-                .await?;
+            self.freshen_for_revocation(provider, user_id, client).await;
         }
         let flow_id = uuid::Uuid::new_v4().to_string();
         let flow_log = self.flow_log.flow(user_id, &flow_id, provider_name, client);

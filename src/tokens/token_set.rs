@@ -234,7 +234,10 @@ impl TokenSet {
                 scope: self.scope.clone(),
                 email: row.email.clone(),
                 sub: row.user_info.sub.clone(),
-                client_id: self.client_id.clone().or(row.grant.client_id.clone()),
+                client_id: self
+                    .client_id
+                    .clone()
+                    .or_else(|| row.grant.client_id.clone()),
             },
         )
     }

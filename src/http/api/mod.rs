@@ -98,10 +98,7 @@ pub(in crate::http) struct RequestId(Option<axum::http::HeaderValue>);
 
 impl RequestId {
     pub(in crate::http) fn as_str(&self) -> Option<&str> {
-        self.0
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| v.len() <= 128)
+        self.0.as_ref().and_then(request_id_text)
     }
 }
 
@@ -112,13 +109,17 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestId {
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Self(parts.headers.get("x-request-id").cloned()))
+        Ok(Self(parts.headers.get(X_REQUEST_ID).cloned()))
     }
 }
 
+const X_REQUEST_ID: &str = "x-request-id";
+
 pub(super) fn request_id(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128)
+    headers.get(X_REQUEST_ID).and_then(request_id_text)
+}
+
+/// A request id as audit records keep it: text of at most 128 bytes.
+fn request_id_text(value: &axum::http::HeaderValue) -> Option<&str> {
+    value.to_str().ok().filter(|v| v.len() <= 128)
 }
