@@ -1,5 +1,6 @@
 //! The command line: `serve` (default), `setup`, `check` (the self-test itself is in
-//! [`crate::check`]), `healthcheck` and `rotate-keys` (in [`crate::rotate`]).
+//! [`crate::check`]), `healthcheck`, `rotate-keys` (in [`crate::rotate`]), and `import`
+//! and `export` (in [`crate::migrate`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -60,6 +61,62 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..=1000))]
         page_size: u16,
     },
+    /// Store grants made elsewhere (refresh tokens from an application's database or
+    /// another service) as connections, from JSON lines, one connection per line
+    /// (docs/migrating.md). Never prints a token. Exit 0 when every line is imported
+    /// (now or by an earlier run), 2 when some are not (see the report), 130 when
+    /// interrupted (run again to go on).
+    Import {
+        /// The JSON lines; standard input when absent or `-`.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Check every line and say what would be done; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Replace connections that exist (otherwise their lines are skipped).
+        #[arg(long)]
+        replace: bool,
+        /// Redeem each refresh token once (one refresh per line at the provider;
+        /// rotation respected), record the scopes the provider reports, and take `sub`
+        /// and `email` from it when a line lacks them.
+        #[arg(long)]
+        verify: bool,
+        /// With --verify: store a grant found dead, inactive (otherwise it is only
+        /// reported).
+        #[arg(long, requires = "verify")]
+        keep_dead: bool,
+        /// The report of what was done, line by line (appended; read back to resume).
+        /// Default: FILE.report.jsonl, or import-report.jsonl for standard input.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+        /// Lines worked on at once.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+        /// With --verify: refresh tokens redeemed per second at most.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        rate: u32,
+    },
+    /// Write the connections out as JSON lines on standard output: metadata only (no
+    /// token) by default; with --include-refresh-tokens, lines `import` reads, with
+    /// each live connection's refresh token, the whole output encrypted to an age
+    /// recipient.
+    Export {
+        /// Include refresh tokens (needs --recipient).
+        #[arg(long, requires = "recipient")]
+        include_refresh_tokens: bool,
+        /// The age public key (age1…) the output is encrypted to.
+        #[arg(long, value_name = "AGE_PUBLIC_KEY", requires = "include_refresh_tokens", value_parser = parse_recipient)]
+        recipient: Option<age::x25519::Recipient>,
+        /// Only this provider's connections (repeat for several).
+        #[arg(long = "provider", value_name = "NAME")]
+        providers: Vec<String>,
+        /// Only this user's connections (repeat for several).
+        #[arg(long = "user", value_name = "USER_ID")]
+        users: Vec<String>,
+        /// Only connections made with this OAuth client (its client id).
+        #[arg(long, value_name = "CLIENT_ID")]
+        client: Option<String>,
+    },
     /// Lifecycle events: `events replay --since <time>`.
     Events {
         #[command(subcommand)]
@@ -80,6 +137,11 @@ pub(crate) enum EventsCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+fn parse_recipient(text: &str) -> Result<age::x25519::Recipient, String> {
+    text.parse()
+        .map_err(|e| format!("not an age public key (age1…, as age-keygen prints it): {e}"))
 }
 
 fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
@@ -112,6 +174,53 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<i32> {
         Command::Events {
             command: EventsCommand::Replay { since, dry_run },
         } => replay(settings, since, dry_run).await,
+        Command::Import {
+            file,
+            dry_run,
+            replace,
+            verify,
+            keep_dead,
+            report,
+            concurrency,
+            rate,
+        } => {
+            let report = report.unwrap_or_else(|| match &file {
+                Some(path) if path.as_os_str() != "-" => {
+                    let mut name = path.as_os_str().to_owned();
+                    name.push(".report.jsonl");
+                    PathBuf::from(name)
+                }
+                _ => PathBuf::from("import-report.jsonl"),
+            });
+            let run = crate::migrate::ImportRun {
+                input: file,
+                options: crate::tokens::ImportOptions {
+                    replace,
+                    verify,
+                    keep_dead,
+                    dry_run,
+                },
+                report,
+                concurrency: usize::from(concurrency),
+                verify_rate: rate,
+            };
+            crate::migrate::import(settings, run).await
+        }
+        Command::Export {
+            include_refresh_tokens: _,
+            recipient,
+            providers,
+            users,
+            client,
+        } => {
+            let run = crate::migrate::export::ExportRun {
+                providers,
+                users,
+                client,
+                recipient,
+            };
+            crate::migrate::export::export(settings, run).await
+        }
     }
 }
 

@@ -303,7 +303,10 @@ fn token_status(e: &TokenError) -> StatusCode {
         | TokenError::NotConnected
         | TokenError::ConfirmationNotFound => StatusCode::NOT_FOUND,
         TokenError::ProviderNotAllowed(_) => StatusCode::FORBIDDEN,
-        TokenError::ReauthorizationRequired { .. } | TokenError::Conflict => StatusCode::CONFLICT,
+        TokenError::ReauthorizationRequired { .. }
+        | TokenError::Conflict
+        | TokenError::AlreadyConnected => StatusCode::CONFLICT,
+        TokenError::InvalidInput(_) => StatusCode::BAD_REQUEST,
         TokenError::ConfirmationExpired => StatusCode::GONE,
         TokenError::RefreshSuppressed { .. }
         | TokenError::RefreshBusy
@@ -431,6 +434,8 @@ pub(crate) fn one_of_each() -> Vec<Error> {
         Error::Token(TokenError::Provider(ProviderError::Unavailable(s()))),
         Error::Token(TokenError::Store(StoreError::Throttled(s()))),
         Error::Token(TokenError::Crypto(CryptoError::Integrity)),
+        Error::Token(TokenError::AlreadyConnected),
+        Error::Token(TokenError::InvalidInput(s())),
         Error::Token(TokenError::Internal(s())),
         Error::Store(StoreError::Conflict),
         Error::Provider(ProviderError::NotConfigured(s())),

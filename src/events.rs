@@ -408,6 +408,16 @@ mod tests {
                 "connection.deleted",
                 r#"{"userId":"u","provider":"google","sub":"s","email":null,"revocation":"pending","revokedToken":"refresh_token"}"#,
             ),
+            (
+                EventPayload::Imported {
+                    granted: granted(),
+                    verified: true,
+                    replaced: false,
+                    is_active: true,
+                },
+                "connection.imported",
+                r#"{"userId":"u","provider":"google","sub":"s","email":null,"grantedScopes":["openid"],"requestedScopes":["openid"],"verified":true,"replaced":false,"isActive":true}"#,
+            ),
         ];
         for (payload, kind, data) in cases {
             let event = rules.make(payload);

@@ -69,6 +69,7 @@ mod guard;
 mod http;
 mod ids;
 mod jobs;
+mod migrate;
 mod oauth;
 mod retry;
 pub mod rotate;
@@ -132,7 +133,7 @@ mod layout {
         // Entry points: commands, fuzz targets, the benchmark's helpers.
         &["cli", "fuzz", "bench_api"],
         // Commands over an assembled service.
-        &["check", "rotate"],
+        &["check", "rotate", "migrate"],
         // Start-up, wiring, serving, shutdown.
         &["app"],
         // Where requests enter.

@@ -68,7 +68,12 @@ pub(super) fn assemble(
 ) -> Result<Running, StartupError> {
     let providers = Arc::new(build_providers(&settings, &loaded)?);
     let secrets = Arc::clone(&loaded.service);
-    let state_key = match secrets.current().state_key.clone().or(backends.state_key) {
+    let state_key = match secrets
+        .current()
+        .state_key
+        .clone()
+        .or_else(|| backends.state_key.clone())
+    {
         Some(key) => key,
         None if settings.secrets.allow_instance_state_key => {
             tracing::warn!(
@@ -94,12 +99,7 @@ pub(super) fn assemble(
         Some(_) => secrets.current().previous_state_key.clone(),
         None => backends.previous_state_key.clone(),
     };
-    // The feed delay's floor is the store's own write bound: whichever backend it is.
-    let events = EventRules::new(
-        settings.retention.events_retention,
-        settings.retention.events_feed_delay,
-        backends.tokens.event_write_bound(),
-    );
+    let events = event_rules(&settings, &backends);
     events.warn_if_raised(settings.retention.events_feed_delay);
     if secrets.current().api_keys.is_empty() {
         tracing::warn!(
@@ -128,21 +128,7 @@ pub(super) fn assemble(
         }
     }
     let provider_names: Vec<String> = settings.providers.iter().map(|p| p.name.clone()).collect();
-    let flow_log = Arc::new(FlowRecorder::new(
-        Arc::clone(&backends.flow_log),
-        settings.retention.flow_log_retention,
-    ));
-    let cipher = Arc::new(EnvelopeCipher::new(
-        Arc::clone(&backends.keys),
-        settings.aws.tokens_table.clone(),
-    ));
-    let tokens = Arc::new(TokenService::new(
-        Arc::clone(&backends.tokens),
-        cipher,
-        providers,
-        Arc::clone(&flow_log),
-        TokenPolicy::new(&settings, events),
-    ));
+    let (flow_log, tokens) = token_service(&settings, &backends, providers, events);
     if let Some(every) = settings.refresh.background {
         tokens.schedule_background_refresh(&jobs, every);
     }
@@ -191,16 +177,7 @@ pub(super) fn assemble(
             .collect(),
         settings.server.readiness_cache,
     );
-    let audit = Arc::new(crate::audit::AuditTrail::new(
-        Arc::clone(&backends.audit_log),
-        &crate::audit::AuditRules {
-            retention: settings.retention.audit_retention,
-            window: settings.retention.audit_window,
-            capacity: settings.flow_log.audit_buffer,
-            wait: settings.flow_log.audit_wait,
-            concurrency: settings.flow_log.write_concurrency,
-        },
-    ));
+    let audit = audit_trail(&settings, &backends);
     audit.schedule_flush(
         &jobs,
         settings.retention.audit_window.min(Duration::from_secs(10)),
@@ -258,6 +235,58 @@ pub(super) fn assemble(
         settler: backends.settler,
         jobs,
     })
+}
+
+/// The lifecycle events' rules. The feed delay's floor is the store's own write bound:
+/// whichever backend it is.
+pub(super) fn event_rules(settings: &Settings, backends: &Backends) -> EventRules {
+    EventRules::new(
+        settings.retention.events_retention,
+        settings.retention.events_feed_delay,
+        backends.tokens.event_write_bound(),
+    )
+}
+
+/// The flow log and the token service over the backends and providers.
+pub(super) fn token_service(
+    settings: &Settings,
+    backends: &Backends,
+    providers: Arc<Providers>,
+    events: EventRules,
+) -> (Arc<FlowRecorder>, Arc<TokenService>) {
+    let flow_log = Arc::new(FlowRecorder::new(
+        Arc::clone(&backends.flow_log),
+        settings.retention.flow_log_retention,
+    ));
+    let cipher = Arc::new(EnvelopeCipher::new(
+        Arc::clone(&backends.keys),
+        settings.aws.tokens_table.clone(),
+    ));
+    let tokens = Arc::new(TokenService::new(
+        Arc::clone(&backends.tokens),
+        cipher,
+        providers,
+        Arc::clone(&flow_log),
+        TokenPolicy::new(settings, events),
+    ));
+    (flow_log, tokens)
+}
+
+/// The audit trail, its writer started on the current runtime.
+pub(super) fn audit_trail(
+    settings: &Settings,
+    backends: &Backends,
+) -> Arc<crate::audit::AuditTrail> {
+    Arc::new(crate::audit::AuditTrail::new(
+        Arc::clone(&backends.audit_log),
+        &crate::audit::AuditRules {
+            retention: settings.retention.audit_retention,
+            window: settings.retention.audit_window,
+            capacity: settings.flow_log.audit_buffer,
+            wait: settings.flow_log.audit_wait,
+            concurrency: settings.flow_log.write_concurrency,
+        },
+    ))
 }
 
 /// How webhooks are delivered, from the settings.

@@ -17,6 +17,7 @@ use tower::ServiceExt;
 mod assembly;
 mod backends;
 mod connections;
+mod offline;
 mod series;
 mod serve;
 mod startup;
@@ -24,6 +25,7 @@ mod startup;
 use assembly::{assemble, load_secrets};
 use backends::client_override;
 pub use backends::{Backends, uncached_key_provider};
+pub(crate) use offline::Offline;
 
 use crate::config::{Backend, ConfigError, Settings};
 use crate::crypto::{CryptoError, EnvelopeCipher, SecretKey};

@@ -63,6 +63,14 @@ pub(crate) enum ReadOutcome {
     Refreshed,
     /// Refused (the problem code is the item's `error`).
     Refused,
+    /// Not a read: the caller stored a grant made elsewhere as the connection
+    /// (`axnt-oauth import`, the import API).
+    Imported,
+    /// Not a read: `axnt-oauth export` wrote the connection's metadata out (no token).
+    Exported,
+    /// Not a read: `axnt-oauth export --include-refresh-tokens` wrote the connection
+    /// out with its refresh token (encrypted to the export's recipient).
+    ExportedWithToken,
 }
 
 /// One read, as the API saw it.
@@ -164,13 +172,15 @@ impl AuditTrail {
     /// the read must then not be answered with its token.
     pub(crate) async fn record(&self, read: Read<'_>) -> Result<(), Full> {
         let now = Utc::now();
-        let counted = read.outcome != ReadOutcome::Refused;
+        // Reads are counted in windows; imports and exports are each a record.
+        let counted = matches!(read.outcome, ReadOutcome::Served | ReadOutcome::Refreshed);
+        let refused = read.outcome == ReadOutcome::Refused;
         let window = chrono::TimeDelta::from_std(self.window).unwrap_or_default();
         if counted && self.count_in_window(&read, now, window) {
             return Ok(());
         }
         let deadline = Instant::now() + self.wait;
-        let target = if !counted && self.fold(read.caller, now, window) {
+        let target = if refused && self.fold(read.caller, now, window) {
             metrics::counter!(crate::series::AUDIT_FOLDED_TOTAL).increment(1);
             Target::Folded
         } else {
@@ -208,6 +218,29 @@ impl AuditTrail {
             }
         }
         Ok(())
+    }
+
+    /// Records an action that is not a read (an import, an export): queued as its own
+    /// record at once, whatever the queue holds (never dropped, never refused: an
+    /// action is done when it is recorded, and its callers are few and paced).
+    pub(crate) fn record_action(&self, action: Read<'_>) {
+        let now = Utc::now();
+        self.queue.push_unbounded(Record {
+            key: RecordKey {
+                caller: action.caller.to_string(),
+                target: Target::Connection {
+                    user_id: action.user_id.to_string(),
+                    provider: action.provider.to_string(),
+                },
+                outcome: action.outcome,
+                reason: action.reason,
+            },
+            count: 1,
+            first_at: now,
+            last_at: now,
+            scopes: action.scopes.map(str::to_string),
+            request_id: action.request_id.map(str::to_string),
+        });
     }
 
     /// Counts a served read in its open window (true), or queues the counted reads of

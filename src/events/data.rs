@@ -89,6 +89,21 @@ pub(crate) enum EventPayload {
         /// URI (e.g. `tokens-revoked`).
         security_event: String,
     },
+    /// A grant made elsewhere became the connection (`axnt-oauth import`, the import
+    /// API): its refresh token proven by one redeem (`verified`), or stored as given
+    /// and marked `unverified` in the lists until its first refresh.
+    #[serde(rename = "connection.imported", rename_all = "camelCase")]
+    Imported {
+        #[serde(flatten)]
+        granted: Granted,
+        /// Whether the refresh token was redeemed at the import.
+        verified: bool,
+        /// Whether an existing connection was replaced.
+        replaced: bool,
+        /// False when a verified import found the refresh token dead and was asked to
+        /// keep it (the connection's `cause` says why).
+        is_active: bool,
+    },
     /// The connection was removed through the API.
     #[serde(rename = "connection.deleted", rename_all = "camelCase")]
     Deleted {
@@ -155,7 +170,9 @@ impl EventPayload {
     /// The connection the event is about.
     pub(crate) fn about(&self) -> &About {
         match self {
-            Self::Created(granted) | Self::Reauthorized { granted, .. } => &granted.about,
+            Self::Created(granted)
+            | Self::Reauthorized { granted, .. }
+            | Self::Imported { granted, .. } => &granted.about,
             Self::ScopesChanged { about, .. }
             | Self::RefreshFailed { about, .. }
             | Self::Recovered { about, .. }

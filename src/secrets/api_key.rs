@@ -24,7 +24,8 @@ pub struct ApiKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub id: String,
-    /// `None`: every operation (a key without limits keeps the old behaviour).
+    /// `None`: every operation but the import (a key without limits keeps the old
+    /// behaviour).
     pub operations: Option<Vec<Operation>>,
     /// `None`: every provider.
     pub providers: Option<Vec<String>>,
@@ -48,9 +49,10 @@ impl Caller {
 
     /// Whether this caller may do `operation`.
     pub(crate) fn may(&self, operation: Operation) -> bool {
-        self.operations
-            .as_ref()
-            .is_none_or(|ops| ops.contains(&operation))
+        match &self.operations {
+            None => operation.implied(),
+            Some(ops) => ops.contains(&operation),
+        }
     }
 
     /// Whether this caller may act on `provider`'s connections.
@@ -84,6 +86,17 @@ pub enum Operation {
     ReadLogs,
     /// The event feed.
     ConsumeEvents,
+    /// `POST /v1/users/{userId}/connections/{provider}/import`: storing a grant made
+    /// elsewhere. Never implied: a key must name it in its `operations`.
+    ImportConnections,
+}
+
+impl Operation {
+    /// Whether a key without an `operations` list may do this: every operation but
+    /// the import, which writes tokens and so must be granted by name.
+    fn implied(self) -> bool {
+        self != Self::ImportConnections
+    }
 }
 
 /// A configured key as the secret's `api_keys` may give it:

@@ -245,7 +245,7 @@ impl KeyList {
 /// Why a secret's JSON did not parse, naming the field and what was expected but never
 /// what was found: serde's own message quotes the value ("invalid type: string
 /// \"k1,k2\"…"), which here is a key.
-fn shape_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+pub(crate) fn shape_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     let path = e.path().to_string();
     let what = match e.inner().classify() {
         serde_json::error::Category::Data => {

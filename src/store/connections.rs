@@ -129,6 +129,18 @@ pub struct GrantLedger {
     pub refresh_token_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token_prefix_hash: Option<String>,
+    /// When the grant was imported (`axnt-oauth import`, the import API) rather than
+    /// made by a consent through this service; a later consent clears it.
+    #[serde(
+        default,
+        serialize_with = "stored_time::opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub imported_at: Option<DateTime<Utc>>,
+    /// An imported grant whose refresh token this service has not redeemed yet: its
+    /// account and scopes are as the import gave them. The first refresh clears it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unverified: bool,
 }
 
 /// The account a connection held before another account's grant replaced it

@@ -111,6 +111,12 @@ pub enum FlowStep {
     /// A security event from the provider (Google's RISC): a grant it ended, or an
     /// event only recorded.
     SecurityEvent,
+    /// A grant made elsewhere was stored as the connection (`axnt-oauth import`, the
+    /// import API).
+    Imported,
+    /// The connection was written out by `axnt-oauth export` (with its refresh token
+    /// or without).
+    Exported,
 }
 
 impl FlowStep {

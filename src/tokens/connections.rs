@@ -53,6 +53,12 @@ pub(crate) struct ConnectionSummary {
     /// its next refresh.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) client: Option<String>,
+    /// When the grant was imported rather than made by a consent here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) imported_at: Option<DateTime<Utc>>,
+    /// An imported grant whose refresh token this service has not redeemed yet: its
+    /// account and scopes are as the import gave them, until its first refresh.
+    pub(crate) unverified: bool,
     /// Why the grant is dead (see docs/grants.md, "How Google grants end").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cause: Option<&'static str>,
@@ -103,6 +109,8 @@ impl ConnectionSummary {
             account_grants: None,
             grant_limit_warning: false,
             client: row.grant.client_id,
+            imported_at: row.grant.imported_at,
+            unverified: row.grant.unverified,
             cause: cause.map(Cause::code),
             remedy: cause.map(Cause::remedy),
         }

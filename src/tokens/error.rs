@@ -49,6 +49,12 @@ pub(crate) enum TokenError {
     Store(StoreError),
     #[error(transparent)]
     Crypto(CryptoError),
+    /// An import named a connection that exists, and was not asked to replace it.
+    #[error("a connection exists for this user and provider; import with replace to replace it")]
+    AlreadyConnected,
+    /// Input the token service refused: a field and what is wrong with it.
+    #[error("{0}")]
+    InvalidInput(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -90,6 +96,8 @@ impl TokenError {
             Self::Provider(e) => e.code(),
             Self::Store(e) => e.code(),
             Self::Crypto(e) => e.code(),
+            Self::AlreadyConnected => "already_connected",
+            Self::InvalidInput(_) => "invalid_request",
             Self::Internal(_) => "internal",
         }
     }

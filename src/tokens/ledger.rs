@@ -76,6 +76,9 @@ pub(super) fn ledger_after_consent(
             .refresh_token
             .as_deref()
             .map(crate::oauth::risc::prefix_hash),
+        // A consent here makes the grant this service's own.
+        imported_at: None,
+        unverified: false,
     }
 }
 
@@ -114,6 +117,8 @@ pub(crate) fn ledger_after_refresh(
             .as_deref()
             .map(crate::oauth::risc::prefix_hash)
             .or_else(|| previous.refresh_token_prefix_hash.clone()),
+        // The provider took the refresh token: an imported grant is proven.
+        unverified: false,
         ..previous.clone()
     }
 }

@@ -13,6 +13,7 @@ mod auth;
 pub(super) mod connect_sessions;
 pub(super) mod connections;
 pub(super) mod events;
+pub(super) mod import;
 pub(super) mod logs;
 pub(super) mod tokens;
 
@@ -41,6 +42,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .merge(connect_sessions::router(&state))
         .merge(tokens::router(&state))
         .merge(connections::router(&state))
+        .merge(import::router(&state))
         .merge(logs::router(&state))
         .merge(events::router(&state))
 }

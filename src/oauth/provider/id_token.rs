@@ -58,7 +58,7 @@ impl OidcProvider {
     pub(crate) async fn verify_id_token(
         &self,
         id_token: &SecretString,
-        nonce: &str,
+        nonce: Option<&str>,
         client: Option<&str>,
     ) -> Result<UserInfo, ProviderError> {
         let token: ProviderIdToken = id_token
@@ -67,7 +67,9 @@ impl OidcProvider {
             .map_err(|_| ProviderError::IdToken(IdTokenProblem::Malformed))?;
         let creds = self.credentials_for(client).await?;
         let mut d = self.discovered().await?;
-        let nonce = Nonce::new(nonce.to_string());
+        // An ID token a refresh answered with carries no nonce (OpenID Connect Core
+        // 12.2): `None` checks none; a flow's token must carry the flow's.
+        let nonce = nonce.map(|n| Nonce::new(n.to_string()));
         let mut refetched = false;
         loop {
             let client = self.client(&d, &creds, None)?;
@@ -76,7 +78,11 @@ impl OidcProvider {
             let verifier = client
                 .id_token_verifier()
                 .require_issuer_match(!tenant_issuer);
-            match token.claims(&verifier, &nonce) {
+            let claims = match &nonce {
+                Some(nonce) => token.claims(&verifier, nonce),
+                None => token.claims(&verifier, |_: Option<&Nonce>| Ok(())),
+            };
+            match claims {
                 Ok(claims) => {
                     if tenant_issuer
                         && !issued_by_tenant(

@@ -34,11 +34,42 @@ impl OidcProvider {
                 .id_token
                 .as_ref()
                 .ok_or(ProviderError::IdToken(IdTokenProblem::Missing))?;
-            return self.verify_id_token(id_token, nonce, client).await;
+            return self.verify_id_token(id_token, Some(nonce), client).await;
         };
-        let user = self
-            .user_api(&endpoints.userinfo, &tokens.access_token)
-            .await?;
+        self.user_account(&endpoints.userinfo, &tokens.access_token)
+            .await
+    }
+
+    /// The account a refresh's answer belongs to: its ID token's (which carries no
+    /// nonce), or the user endpoint's for an OAuth 2 provider. `None` when an OpenID
+    /// provider answered without an ID token.
+    #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
+    pub(crate) async fn refreshed_account(
+        &self,
+        id_token: Option<&SecretString>,
+        access_token: &SecretString,
+        client: Option<&str>,
+    ) -> Result<Option<UserInfo>, ProviderError> {
+        match &self.config.profile.endpoints {
+            None => match id_token {
+                Some(id_token) => self.verify_id_token(id_token, None, client).await.map(Some),
+                None => Ok(None),
+            },
+            Some(endpoints) => self
+                .user_account(&endpoints.userinfo, access_token)
+                .await
+                .map(Some),
+        }
+    }
+
+    /// The account the user endpoint at `userinfo` names for `access_token` (GitHub's
+    /// verified primary email from its emails endpoint).
+    async fn user_account(
+        &self,
+        userinfo: &Url,
+        access_token: &SecretString,
+    ) -> Result<UserInfo, ProviderError> {
+        let user = self.user_api(userinfo, access_token).await?;
         let text = |field: &str| user.get(field).and_then(Value::as_str).map(str::to_string);
         let sub = match user.get("sub").or_else(|| user.get("id")) {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -61,12 +92,12 @@ impl OidcProvider {
             // The user's public email is theirs to set: only the verified primary one
             // of the emails endpoint counts as verified.
             info.email_verified = Some(false);
-            let mut emails = endpoints.userinfo.clone();
+            let mut emails = userinfo.clone();
             emails
                 .path_segments_mut()
                 .map_err(|()| ProviderError::Malformed("the user endpoint's URL".into()))?
                 .push("emails");
-            match self.user_api(&emails, &tokens.access_token).await {
+            match self.user_api(&emails, access_token).await {
                 Ok(list) => {
                     let primary = list.as_array().into_iter().flatten().find(|e| {
                         e["primary"].as_bool() == Some(true)

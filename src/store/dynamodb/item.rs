@@ -437,6 +437,8 @@ mod tests {
                 refresh_token_hash: Some("aGFzaA==".into()),
                 refresh_token_prefix_hash: Some("cHJlZml4".into()),
                 client_id: Some("client-1.apps.example".into()),
+                imported_at: Some(at("2025-01-01T00:00:00Z")),
+                unverified: true,
             },
         }
     }
@@ -510,6 +512,8 @@ mod tests {
             ("refreshTokenHash", s("aGFzaA==")),
             ("refreshTokenPrefixHash", s("cHJlZml4")),
             ("clientId", s("client-1.apps.example")),
+            ("importedAt", s("2025-01-01T00:00:00.000Z")),
+            ("unverified", AttributeValue::Bool(true)),
         ])
     }
 
@@ -614,6 +618,8 @@ mod tests {
             "refreshTokenHash",
             "refreshTokenPrefixHash",
             "clientId",
+            "importedAt",
+            "unverified",
         ] {
             item.remove(name);
         }

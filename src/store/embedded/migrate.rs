@@ -262,6 +262,8 @@ mod tests {
                 refresh_token_hash: Some("aGFzaA==".into()),
                 refresh_token_prefix_hash: Some("cHJlZml4".into()),
                 client_id: None,
+                imported_at: None,
+                unverified: false,
             },
         };
         let bare = Connection {

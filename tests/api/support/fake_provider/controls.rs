@@ -92,6 +92,30 @@ impl FakeProvider {
         self.lock().rotate_refresh_tokens = rotate;
     }
 
+    /// `true`: the refresh grant of a grant with `openid` answers with a new ID token
+    /// (no nonce), as Google does.
+    pub fn id_token_on_refresh(&self, on: bool) {
+        self.lock().id_token_on_refresh = on;
+    }
+
+    /// A grant made outside any flow (as if through another service), of `profile`'s
+    /// account for `scope`, to the current client: its refresh token, for an import.
+    pub fn mint_grant(&self, profile: &super::Profile, scope: &str) -> String {
+        let mut st = self.lock();
+        let granted_at = st.now();
+        let client_id = st.client_id.clone();
+        st.grants.push(super::state::Grant {
+            client_id,
+            scope: scope.to_string(),
+            profile: profile.clone(),
+            revoked: false,
+            granted_at,
+            refresh_expires_at: None,
+        });
+        let grant = st.grants.len() - 1;
+        st.issue_refresh_token(grant)
+    }
+
     /// Appends scripted answers for the next refresh-grant requests, one per request (after
     /// client authentication succeeded); when the script is empty the grant answers
     /// normally.

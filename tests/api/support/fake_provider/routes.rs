@@ -356,6 +356,8 @@ pub(super) async fn token(State(shared): AppState, headers: HeaderMap, body: Byt
             ),
             "refresh_token" => refresh_grant(
                 &mut st,
+                &shared.id_token_issuer(),
+                shared.tenant.clone(),
                 authenticated.as_deref().unwrap_or_default(),
                 &params,
             ),
@@ -544,6 +546,8 @@ fn code_grant(
 
 fn refresh_grant(
     st: &mut Inner,
+    issuer: &str,
+    tid: Option<String>,
     client_id: &str,
     params: &HashMap<String, String>,
 ) -> GrantOutcome {
@@ -569,7 +573,7 @@ fn refresh_grant(
         ));
     }
 
-    let (mut body, _) = st.access_response(grant);
+    let (mut body, access_token) = st.access_response(grant);
     // Google's authorization is per account and client: an older refresh token's new
     // access token covers what later (incremental) grants added.
     let combined = st.combined_scope(grant);
@@ -583,7 +587,11 @@ fn refresh_grant(
     } else if !st.omit_refresh_token_on_refresh {
         body.insert("refresh_token".into(), json!(refresh_token));
     }
-    Ok((body, None))
+    // Google answers a refresh of a grant with `openid` with a new ID token, without a
+    // nonce (OpenID Connect Core 12.2).
+    let plan = (st.id_token_on_refresh && has_openid(&st.grants[grant].scope))
+        .then(|| st.id_token_plan(issuer, tid, grant, None, &access_token, IdTokenTamper::None));
+    Ok((body, plan))
 }
 
 pub(super) async fn revoke(

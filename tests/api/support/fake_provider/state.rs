@@ -78,6 +78,8 @@ pub(super) struct Inner {
     pub(super) omit_refresh_token_on_code: bool,
     pub(super) omit_refresh_token_on_refresh: bool,
     pub(super) rotate_refresh_tokens: bool,
+    /// The refresh grant answers with an ID token too (as Google does for `openid`).
+    pub(super) id_token_on_refresh: bool,
     pub(super) refresh_script: VecDeque<RefreshBehaviour>,
     pub(super) chaos: Option<RefreshChaos>,
     pub(super) spent_refresh_tokens_presented: usize,
@@ -142,6 +144,7 @@ impl Inner {
             omit_refresh_token_on_code: false,
             omit_refresh_token_on_refresh: true,
             rotate_refresh_tokens: false,
+            id_token_on_refresh: false,
             refresh_script: VecDeque::new(),
             chaos: None,
             spent_refresh_tokens_presented: 0,

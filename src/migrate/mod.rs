@@ -1,0 +1,466 @@
+//! Moving in and moving out: `axnt-oauth import` (this module) stores grants made
+//! elsewhere from JSON lines, and `axnt-oauth export` ([`export`]) writes them out.
+//!
+//! An import streams its input (one line in memory per worker), works on a few lines at
+//! once, and paces its redeems towards the provider (`--verify`). It keeps a report, one
+//! JSON line per input line done (never a token), appended as it goes: a run started
+//! again with the same input and report skips what is done, so an interrupted run
+//! resumes where it stopped. A line for a connection that exists is skipped unless
+//! `--replace`; a line whose refresh token is the stored one is never stored again. The
+//! summary is printed at the end (a line of counts on standard error, the same as JSON on
+//! standard output), progress on a terminal while it runs.
+
+pub(crate) mod export;
+
+use std::collections::{HashMap, HashSet};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+
+use crate::app::Offline;
+use crate::store::flow_log::ClientInfo;
+use crate::tokens::{ImportOptions, ImportOutcome, ImportedGrant, TokenError};
+
+/// Longest line read; a longer one is reported malformed and skipped.
+const MAX_LINE_BYTES: usize = 64 * 1024;
+/// The name the flow log and the audit give the importer.
+pub(crate) const CLI_CALLER: &str = "cli";
+/// How long the end of a run waits for refreshes, the audit and the flow log.
+const CLOSE_WITHIN: Duration = Duration::from_secs(30);
+
+/// An import as the command line asks for it.
+pub(crate) struct ImportRun {
+    /// The input; standard input when `None`.
+    pub(crate) input: Option<PathBuf>,
+    pub(crate) options: ImportOptions,
+    /// The report: what was done, line by line.
+    pub(crate) report: PathBuf,
+    /// Lines worked on at once.
+    pub(crate) concurrency: usize,
+    /// Refresh tokens redeemed per second at most (`--verify`).
+    pub(crate) verify_rate: u32,
+}
+
+/// One report line: an input line done. Never a token.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Done {
+    line: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provider: Option<String>,
+    outcome: String,
+    /// A malformed or refused line's field and problem, a dead token's cause, or a
+    /// failure's problem code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+/// Outcomes a re-run does not do again; the others (`malformed`, `refused`, `failed`)
+/// it does, as the input or the settings may have been mended since.
+const FINAL: [&str; 6] = [
+    "stored",
+    "replaced",
+    "exists",
+    "duplicate",
+    "dead",
+    "dead_kept",
+];
+
+/// The counts a run ends with, by outcome.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Summary {
+    pub(crate) lines: u64,
+    /// Done by an earlier run (in the report): not looked at again.
+    pub(crate) already_done: u64,
+    pub(crate) stored: u64,
+    pub(crate) replaced: u64,
+    pub(crate) verified: u64,
+    /// A connection exists (no `--replace`).
+    pub(crate) exists: u64,
+    /// A later line for a connection an earlier line of this input named.
+    pub(crate) duplicate: u64,
+    pub(crate) malformed: u64,
+    /// Well formed but refused: a provider that is not configured, a client that is
+    /// not the provider's.
+    pub(crate) refused: u64,
+    /// `--verify` found the refresh token dead.
+    pub(crate) dead: u64,
+    /// Could not be done now (the store or the provider away): run again.
+    pub(crate) failed: u64,
+    pub(crate) would_store: u64,
+    pub(crate) would_replace: u64,
+    pub(crate) interrupted: bool,
+}
+
+impl Summary {
+    fn count(&mut self, done: &Done) {
+        match done.outcome.as_str() {
+            "stored" => self.stored += 1,
+            "replaced" => self.replaced += 1,
+            "exists" => self.exists += 1,
+            "duplicate" => self.duplicate += 1,
+            "malformed" => self.malformed += 1,
+            "refused" => self.refused += 1,
+            "dead" | "dead_kept" => self.dead += 1,
+            "would_store" => self.would_store += 1,
+            "would_replace" => self.would_replace += 1,
+            _ => self.failed += 1,
+        }
+    }
+
+    /// Whether every line was imported, found imported, or would be.
+    pub(crate) fn complete(&self) -> bool {
+        self.malformed + self.refused + self.dead + self.failed == 0 && !self.interrupted
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{} lines: {} stored, {} replaced ({} verified), {} already connected, {} duplicate, {} malformed, {} refused, {} dead, {} failed, {} done before{}{}",
+            self.lines,
+            self.stored,
+            self.replaced,
+            self.verified,
+            self.exists,
+            self.duplicate,
+            self.malformed,
+            self.refused,
+            self.dead,
+            self.failed,
+            self.already_done,
+            if self.would_store + self.would_replace > 0 {
+                format!(
+                    "; dry run: {} would be stored, {} would replace",
+                    self.would_store, self.would_replace
+                )
+            } else {
+                String::new()
+            },
+            if self.interrupted {
+                "; interrupted: run again to go on"
+            } else {
+                ""
+            },
+        )
+    }
+}
+
+/// Runs an import; returns the process exit code: 0 when every line is imported (or
+/// was before), 2 when some are not (see the report), 130 when interrupted.
+pub(crate) async fn import(
+    settings: crate::config::Settings,
+    run: ImportRun,
+) -> anyhow::Result<i32> {
+    let input: Box<dyn AsyncRead + Unpin + Send> = match &run.input {
+        Some(path) if path.as_os_str() != "-" => Box::new(
+            tokio::fs::File::open(path)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?,
+        ),
+        _ => Box::new(tokio::io::stdin()),
+    };
+    let done_before = read_report(&run.report).await?;
+    let services = Offline::open(settings).await?;
+    let report = if run.options.dry_run {
+        None
+    } else {
+        Some(tokio::sync::Mutex::new(
+            tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&run.report)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot write the report {}: {e}", run.report.display())
+                })?,
+        ))
+    };
+    let summary = Arc::new(Mutex::new(Summary::default()));
+    let progress = std::io::stderr()
+        .is_terminal()
+        .then(|| spawn_progress(Arc::clone(&summary)));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let interrupt = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.cancel();
+            }
+        })
+    };
+    let pace = Pace::new(run.verify_rate);
+    let seen = Mutex::new(HashMap::<(String, String), u64>::new());
+    let lines = numbered_lines(input, stop.clone());
+    let work = lines.for_each_concurrent(run.concurrency.max(1), |(number, line)| {
+        let services = &services;
+        let summary = &summary;
+        let report = &report;
+        let done_before = &done_before;
+        let seen = &seen;
+        let pace = &pace;
+        let options = run.options;
+        async move {
+            summary.lock().lines += 1;
+            let done = match line {
+                Err(problem) => Some(malformed(number, "line", &problem)),
+                Ok(text) if text.trim().is_empty() => None,
+                Ok(text) => {
+                    import_line(
+                        services,
+                        number,
+                        &text,
+                        options,
+                        done_before,
+                        seen,
+                        pace,
+                        summary,
+                    )
+                    .await
+                }
+            };
+            let Some(done) = done else { return };
+            summary.lock().count(&done);
+            if let Some(report) = report {
+                let mut text = serde_json::to_string(&done).unwrap_or_default();
+                text.push('\n');
+                let mut file = report.lock().await;
+                if let Err(e) = file.write_all(text.as_bytes()).await {
+                    tracing::error!(error = %e, "writing the import report failed");
+                }
+                let _ = file.flush().await;
+            }
+        }
+    });
+    work.await;
+    interrupt.abort();
+    if let Some(progress) = progress {
+        progress.abort();
+        eprintln!();
+    }
+    if let Some(report) = &report {
+        let _ = report.lock().await.sync_all().await;
+    }
+    let closed = services.close(CLOSE_WITHIN).await;
+    let mut summary = std::mem::take(&mut *summary.lock());
+    summary.interrupted = stop.is_cancelled();
+    eprintln!("{}", summary.line());
+    if !run.options.dry_run {
+        eprintln!("report: {}", run.report.display());
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    if !closed {
+        eprintln!(
+            "not everything was written before the deadline (see the log); run again to check"
+        );
+        return Ok(1);
+    }
+    Ok(if summary.interrupted {
+        130
+    } else if summary.complete() {
+        0
+    } else {
+        2
+    })
+}
+
+/// Imports one well-formed-or-not line; `None` for a line an earlier run did.
+#[allow(clippy::too_many_arguments)]
+async fn import_line(
+    services: &Offline,
+    number: u64,
+    text: &str,
+    options: ImportOptions,
+    done_before: &HashSet<(u64, String, String)>,
+    seen: &Mutex<HashMap<(String, String), u64>>,
+    pace: &Pace,
+    summary: &Mutex<Summary>,
+) -> Option<Done> {
+    let grant = match ImportedGrant::parse(text) {
+        Ok(grant) => grant,
+        Err(e) => return Some(malformed(number, &e.field, &e.problem)),
+    };
+    let key = (grant.user_id.to_string(), grant.provider.clone());
+    let first = seen.lock().insert(key.clone(), number);
+    if done_before.contains(&(number, key.0.clone(), key.1.clone())) {
+        summary.lock().already_done += 1;
+        return None;
+    }
+    let done = |outcome: &str, detail: Option<String>| Done {
+        line: number,
+        user_id: Some(key.0.clone()),
+        provider: Some(key.1.clone()),
+        outcome: outcome.to_string(),
+        detail,
+    };
+    if let Some(first) = first {
+        return Some(done(
+            "duplicate",
+            Some(format!("line {first} names the same connection")),
+        ));
+    }
+    if options.verify && !options.dry_run {
+        pace.wait().await;
+    }
+    let client = ClientInfo::default();
+    match services
+        .tokens
+        .import_grant(&grant, options, CLI_CALLER, &client)
+        .await
+    {
+        Ok(outcome) => {
+            let detail = match &outcome {
+                ImportOutcome::Dead { cause, .. } => Some(cause.clone()),
+                _ => None,
+            };
+            if let ImportOutcome::Stored { verified: true, .. } = &outcome {
+                summary.lock().verified += 1;
+            }
+            if matches!(
+                outcome,
+                ImportOutcome::Stored { .. } | ImportOutcome::Dead { kept: true, .. }
+            ) {
+                services.audit.record_action(crate::audit::Read {
+                    caller: CLI_CALLER,
+                    user_id: &key.0,
+                    provider: &key.1,
+                    outcome: crate::audit::ReadOutcome::Imported,
+                    reason: None,
+                    scopes: None,
+                    request_id: None,
+                });
+            }
+            Some(done(outcome.label(), detail))
+        }
+        Err(e @ (TokenError::UnknownProvider(_) | TokenError::InvalidInput(_))) => {
+            Some(done("refused", Some(e.to_string())))
+        }
+        Err(e) => Some(done("failed", Some(e.code().to_string()))),
+    }
+}
+
+fn malformed(number: u64, field: &str, problem: &str) -> Done {
+    Done {
+        line: number,
+        user_id: None,
+        provider: None,
+        outcome: "malformed".to_string(),
+        detail: Some(format!("{field}: {problem}")),
+    }
+}
+
+/// The input's lines, numbered from 1, until its end or `stop`. A line longer than
+/// [`MAX_LINE_BYTES`] or not UTF-8 is an `Err` (its bytes are skipped, never kept).
+fn numbered_lines(
+    input: Box<dyn AsyncRead + Unpin + Send>,
+    stop: tokio_util::sync::CancellationToken,
+) -> impl futures_util::Stream<Item = (u64, Result<String, String>)> {
+    let reader = BufReader::with_capacity(64 * 1024, input);
+    futures_util::stream::unfold(
+        (reader, 0u64, stop),
+        |(mut reader, number, stop)| async move {
+            if stop.is_cancelled() {
+                return None;
+            }
+            let mut bytes = Vec::new();
+            let mut too_long = false;
+            loop {
+                let available = match reader.fill_buf().await {
+                    Ok(available) => available,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the input failed");
+                        return None;
+                    }
+                };
+                if available.is_empty() {
+                    if bytes.is_empty() && !too_long {
+                        return None;
+                    }
+                    break;
+                }
+                let (chunk, ends) = match available.iter().position(|b| *b == b'\n') {
+                    Some(i) => (&available[..i], Some(i + 1)),
+                    None => (available, None),
+                };
+                if !too_long && bytes.len() + chunk.len() <= MAX_LINE_BYTES {
+                    bytes.extend_from_slice(chunk);
+                } else {
+                    too_long = true;
+                    bytes.clear();
+                }
+                let consumed = ends.unwrap_or(available.len());
+                reader.consume(consumed);
+                if ends.is_some() {
+                    break;
+                }
+            }
+            let number = number + 1;
+            let line = if too_long {
+                Err(format!("longer than {MAX_LINE_BYTES} bytes"))
+            } else {
+                String::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())
+            };
+            Some(((number, line), (reader, number, stop)))
+        },
+    )
+}
+
+/// What an earlier run's report says is done: (line, userId, provider).
+async fn read_report(path: &Path) -> anyhow::Result<HashSet<(u64, String, String)>> {
+    let text = match tokio::fs::read_to_string(path).await {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) => anyhow::bail!("cannot read the report {}: {e}", path.display()),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Done>(line).ok())
+        .filter(|d| FINAL.contains(&d.outcome.as_str()))
+        .filter_map(|d| Some((d.line, d.user_id?, d.provider?)))
+        .collect())
+}
+
+/// Prints the counts so far on standard error (a terminal), twice a second.
+fn spawn_progress(summary: Arc<Mutex<Summary>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            every.tick().await;
+            let line = summary.lock().line();
+            eprint!("\r\x1b[2K{line}");
+        }
+    })
+}
+
+/// Spaces redeems at most `per_second` apart, across the workers.
+struct Pace {
+    every: Duration,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pace {
+    fn new(per_second: u32) -> Self {
+        Self {
+            every: Duration::from_secs(1) / per_second.max(1),
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    async fn wait(&self) {
+        let at = {
+            let mut next = self.next.lock().await;
+            let now = tokio::time::Instant::now();
+            let at = (*next).max(now);
+            *next = at + self.every;
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+}
