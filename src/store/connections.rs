@@ -141,6 +141,11 @@ pub struct GrantLedger {
     /// account and scopes are as the import gave them. The first refresh clears it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unverified: bool,
+    /// An import stored this grant to prove it by a redeem, and has not announced it
+    /// yet: it announces what the redeem finds (`connection.imported`), so a refresh
+    /// that finds it dead makes no event of its own about a connection never announced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verifying: bool,
 }
 
 /// The account a connection held before another account's grant replaced it

@@ -11,6 +11,10 @@ use serde::Deserialize;
 use super::*;
 use crate::retry::{Written, until_written};
 
+/// Reads a verify makes at most while a refresh of the grant is still in flight (each
+/// waits the refresh deadline and 5 s) or its outcome pending (each waits its
+/// `Retry-After`).
+const VERIFY_READS: usize = 6;
 /// Longest token a line may carry. Google's are a few hundred bytes; Microsoft's
 /// access tokens a few kilobytes.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -235,6 +239,13 @@ fn time(field: &str, value: Instant) -> Result<DateTime<Utc>, LineError> {
     }
 }
 
+/// Now, to the millisecond: as rows store times, so an answer built from a row just
+/// written shows what the lists will.
+fn now_to_the_milli() -> DateTime<Utc> {
+    use chrono::SubsecRound as _;
+    Utc::now().trunc_subsecs(3)
+}
+
 /// How a grant is imported.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ImportOptions {
@@ -284,6 +295,16 @@ impl ImportOutcome {
     }
 }
 
+/// What a verify that finds the grant dead leaves.
+enum Prior {
+    /// The connection before the import (none: no connection): put back unless the
+    /// dead grant is to be kept.
+    Before(Option<Box<Connection>>),
+    /// An earlier import announced this connection: it stays, inactive (its refresh
+    /// said so with `connection.refresh_failed`).
+    Announced,
+}
+
 /// The first write's result.
 enum First {
     Exists,
@@ -295,7 +316,8 @@ enum First {
         row: Box<Connection>,
         previous: Option<Box<Connection>>,
     },
-    /// An earlier import of this grant stored it unverified: verify that one.
+    /// An earlier import of this grant stored it unverified (or could not finish its
+    /// verify): verify that one.
     Unverified {
         row: Box<Connection>,
     },
@@ -342,8 +364,9 @@ impl TokenService {
             if let Some(row) = &existing
                 && (!options.replace || same_token)
             {
+                let unproven = row.grant.unverified || row.grant.verifying;
                 return Ok(Written::Done(
-                    if options.verify && row.grant.unverified && row.is_active && !options.dry_run {
+                    if options.verify && unproven && row.is_active && !options.dry_run {
                         First::Unverified {
                             row: Box::new(row.clone()),
                         }
@@ -401,11 +424,12 @@ impl TokenService {
                 .await;
                 return Ok(outcome);
             }
-            First::Stored { row, previous } => (row, previous),
-            First::Unverified { row } => (row, None),
+            First::Stored { row, previous } => (row, Prior::Before(previous)),
+            First::Unverified { row } if row.grant.verifying => (row, Prior::Before(None)),
+            First::Unverified { row } => (row, Prior::Announced),
         };
         let outcome = self
-            .verify_import(&provider, grant, &row, previous.as_deref(), options, client)
+            .verify_import(&provider, grant, &row, &previous, options, client)
             .await;
         match &outcome {
             Ok(done) => {
@@ -466,7 +490,7 @@ impl TokenService {
         existing: Option<&Connection>,
         verify: bool,
     ) -> Result<Connection, TokenError> {
-        let now = Utc::now();
+        let now = now_to_the_milli();
         let access_token = grant
             .access_token
             .as_ref()
@@ -544,6 +568,7 @@ impl TokenService {
                 refresh_token_prefix_hash: Some(crate::oauth::risc::prefix_hash(&refresh_token)),
                 imported_at: Some(now),
                 unverified: true,
+                verifying: verify,
             },
         })
     }
@@ -558,21 +583,45 @@ impl TokenService {
         provider: &Arc<OidcProvider>,
         grant: &ImportedGrant,
         stored: &Connection,
-        previous: Option<&Connection>,
+        prior: &Prior,
         options: ImportOptions,
         client: &ClientInfo,
     ) -> Result<ImportOutcome, TokenError> {
         let user_id = stored.user_id.as_str();
         let name = provider.name();
-        match self
-            .token_valid_for(provider, user_id, client, self.policy.refresh_margin)
-            .await
-        {
+        // A flight outlives the reader that gives up on it: reading again joins it (or
+        // finds what it stored), so a slow store costs waiting, never a second redeem.
+        let mut read = Err(TokenError::RefreshBusy);
+        for _ in 0..VERIFY_READS {
+            read = self
+                .token_valid_for(provider, user_id, client, self.policy.refresh_margin)
+                .await;
+            match &read {
+                Err(TokenError::RefreshBusy) => {}
+                // Another attempt's lease lapsed unanswered (its store was slow or away):
+                // its outcome is stored, or its hold ends, within the wait.
+                Err(TokenError::RefreshOutcomePending { retry_after_secs }) => {
+                    tokio::time::sleep(Duration::from_secs((*retry_after_secs).max(1))).await;
+                }
+                _ => break,
+            }
+        }
+        match read {
             Ok(_) => {}
             Err(TokenError::ReauthorizationRequired { cause }) => {
-                let kept = options.keep_dead;
-                self.settle_dead_import(user_id, name, previous, kept)
-                    .await?;
+                let kept = match prior {
+                    Prior::Announced => true,
+                    Prior::Before(previous) => {
+                        self.settle_dead_import(
+                            user_id,
+                            name,
+                            previous.as_deref(),
+                            options.keep_dead,
+                        )
+                        .await?;
+                        options.keep_dead
+                    }
+                };
                 return Ok(ImportOutcome::Dead { cause, kept });
             }
             Err(e) => return Err(e),
@@ -582,7 +631,7 @@ impl TokenService {
         } else {
             None
         };
-        let replaced = previous.is_some();
+        let replaced = matches!(prior, Prior::Before(Some(_)));
         let row = until_written::<_, TokenError, _>(WRITE_ATTEMPTS, || async {
             let row = self
                 .store
@@ -591,7 +640,9 @@ impl TokenService {
                 .ok_or(TokenError::NotConnected)?;
             let mut next = row.clone();
             next.version += 1;
-            next.updated_at = Utc::now();
+            next.updated_at = now_to_the_milli();
+            next.grant.unverified = false;
+            next.grant.verifying = false;
             if let Some(account) = &account {
                 if grant.sub.is_none() {
                     next.user_info.sub.clone_from(&account.sub);
@@ -663,8 +714,11 @@ impl TokenService {
                 return Ok(Written::Done(()));
             };
             let written = if keep {
+                // Proven dead: no longer a claim, and announced now.
                 let mut next = row.clone();
                 next.version += 1;
+                next.grant.unverified = false;
+                next.grant.verifying = false;
                 let events = [self.imported_event(&next, true, previous.is_some())];
                 self.store.put(&next, Some(row.version), &events).await
             } else if let Some(previous) = previous {

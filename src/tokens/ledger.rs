@@ -79,6 +79,7 @@ pub(super) fn ledger_after_consent(
         // A consent here makes the grant this service's own.
         imported_at: None,
         unverified: false,
+        verifying: false,
     }
 }
 

@@ -99,8 +99,13 @@ async fn authenticate(
     if !caller.may(operation) {
         let read = refused_read(request.headers());
         audit_refusal(&state, read, &caller.id, "caller_not_allowed").await?;
+        let why = if caller.operations.is_some() {
+            "its operations are limited"
+        } else {
+            "a key has it only when its operations name it"
+        };
         return Err(Error::CallerNotAllowed(format!(
-            "do {} (its operations are limited)",
+            "do {} ({why})",
             operation.label()
         )));
     }

@@ -439,6 +439,7 @@ mod tests {
                 client_id: Some("client-1.apps.example".into()),
                 imported_at: Some(at("2025-01-01T00:00:00Z")),
                 unverified: true,
+                verifying: true,
             },
         }
     }
@@ -514,6 +515,7 @@ mod tests {
             ("clientId", s("client-1.apps.example")),
             ("importedAt", s("2025-01-01T00:00:00.000Z")),
             ("unverified", AttributeValue::Bool(true)),
+            ("verifying", AttributeValue::Bool(true)),
         ])
     }
 
@@ -620,6 +622,7 @@ mod tests {
             "clientId",
             "importedAt",
             "unverified",
+            "verifying",
         ] {
             item.remove(name);
         }

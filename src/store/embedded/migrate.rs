@@ -264,6 +264,7 @@ mod tests {
                 client_id: None,
                 imported_at: None,
                 unverified: false,
+                verifying: false,
             },
         };
         let bare = Connection {

@@ -36,13 +36,21 @@ impl Holder<'_> {
             },
             ..row.successor()
         };
-        let failed = [r.policy.events.make(EventPayload::RefreshFailed {
-            about: About::of(row),
-            cause: cause.code().to_string(),
-            remedy: Some(cause.remedy().to_string()),
-            is_active: false,
-            retry_after_secs: None,
-        })];
+        // A grant an import is verifying was never announced: the import announces
+        // what this finds.
+        let announced = !row.grant.verifying;
+        let failed: Vec<Event> = announced
+            .then(|| {
+                r.policy.events.make(EventPayload::RefreshFailed {
+                    about: About::of(row),
+                    cause: cause.code().to_string(),
+                    remedy: Some(cause.remedy().to_string()),
+                    is_active: false,
+                    retry_after_secs: None,
+                })
+            })
+            .into_iter()
+            .collect();
         let answer = TokenError::ReauthorizationRequired {
             cause: cause.code().to_string(),
         };
@@ -59,8 +67,10 @@ impl Holder<'_> {
                 tracing::warn!(error = %e, "marking a dead grant inactive failed; the next read finds out again")
             }
         }
-        metrics::counter!(crate::series::GRANTS_ENDED_TOTAL, "provider" => row.provider.clone(), "cause" => cause.code())
-            .increment(1);
+        if announced {
+            metrics::counter!(crate::series::GRANTS_ENDED_TOTAL, "provider" => row.provider.clone(), "cause" => cause.code())
+                .increment(1);
+        }
         let d = json!({
             "reason": cause.code(),
             "cause": cause.code(),
