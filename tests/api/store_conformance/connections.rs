@@ -203,6 +203,7 @@ async fn the_grant_ledger_is_kept_on_the_row(tokens: Arc<dyn TokenStore>, _log: 
         client_id: Some("client-1.apps.example".into()),
         imported_at: Some(at("2026-01-01T00:00:00Z")),
         unverified: true,
+        verifying: true,
     };
     let first = Connection {
         grant: ledger.clone(),
