@@ -57,7 +57,8 @@ impl ExportRun {
 struct Metadata<'a> {
     user_id: &'a str,
     provider: &'a str,
-    sub: &'a str,
+    /// `None` for an imported connection whose account is not known yet.
+    sub: Option<&'a str>,
     email: Option<&'a str>,
     scopes: &'a [String],
     requested_scopes: &'a [String],
@@ -234,7 +235,7 @@ fn metadata_line(row: &Connection) -> anyhow::Result<String> {
     Ok(serde_json::to_string(&Metadata {
         user_id: &row.user_id,
         provider: &row.provider,
-        sub: &row.user_info.sub,
+        sub: Some(row.user_info.sub.as_str()).filter(|s| !s.is_empty()),
         email: row.email.as_deref(),
         scopes: &row.grant.granted_scopes,
         requested_scopes: &row.grant.requested_scopes,

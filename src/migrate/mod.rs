@@ -208,10 +208,12 @@ pub(crate) async fn import(
         let pace = &pace;
         let options = run.options;
         async move {
+            if line.as_ref().is_ok_and(|text| text.trim().is_empty()) {
+                return;
+            }
             summary.lock().lines += 1;
             let done = match line {
                 Err(problem) => Some(malformed(number, "line", &problem)),
-                Ok(text) if text.trim().is_empty() => None,
                 Ok(text) => {
                     import_line(
                         services,

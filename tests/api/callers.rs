@@ -11,8 +11,7 @@ on_every_backend!(
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::aws::{AwsCredentials, moto_endpoint, provision};
-use crate::support::{API_KEY, Backend, FakeProvider, TestApp, assert_problem, env_for_secret};
+use crate::support::{API_KEY, Backend, FakeProvider, TestApp, app_with_keys, assert_problem};
 
 const READER: &str = "reader-key-0123456789abcdef";
 const GITHUB_OPS: &str = "github-ops-key-0123456789abcdef";
@@ -25,52 +24,6 @@ fn keys() -> Value {
         {"name": "reader", "key": READER, "operations": ["read_tokens"], "providers": ["google"]},
         {"name": "github-ops", "key": GITHUB_OPS, "operations": ["manage_connections", "read_logs"], "providers": ["github"]},
     ])
-}
-
-/// An instance whose keys come from `AXNT_API_KEYS` (embedded) or from the secret's
-/// `api_keys` objects (aws).
-async fn app_with_keys(backend: Backend, provider: &FakeProvider) -> TestApp {
-    match backend {
-        Backend::Embedded => {
-            TestApp::on(
-                backend,
-                provider,
-                &[
-                    ("AXNT_API_KEYS", &keys().to_string()),
-                    ("AXNT_AUDIT_WINDOW_SECS", "1"),
-                ],
-            )
-            .await
-        }
-        Backend::Aws => {
-            let mut state = [0u8; 32];
-            axnt_oauth::crypto::fill_random(&mut state);
-            use base64::Engine as _;
-            let secret = json!({
-                "client_id": provider.client_id(),
-                "client_secret": provider.client_secret(),
-                "state_key": base64::engine::general_purpose::STANDARD.encode(state),
-                "api_keys": keys(),
-            })
-            .to_string();
-            let fixture = provision(
-                &moto_endpoint(),
-                &AwsCredentials::from_env(),
-                &provider.client_id(),
-                &provider.client_secret(),
-                API_KEY,
-                Some(&secret),
-            )
-            .await;
-            let mut env = env_for_secret(provider, &[("AXNT_AUDIT_WINDOW_SECS", "1")]);
-            env.extend(fixture.env);
-            TestApp::spawn_in(
-                std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
-                env,
-            )
-            .await
-        }
-    }
 }
 
 async fn as_key(
@@ -90,7 +43,13 @@ async fn as_key(
 
 async fn a_limited_key_is_refused_outside_its_operations_and_providers(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = app_with_keys(backend, &provider).await;
+    let app = app_with_keys(
+        backend,
+        &provider,
+        &keys(),
+        &[("AXNT_AUDIT_WINDOW_SECS", "1")],
+    )
+    .await;
     assert!(
         app.connect("kim").await.status().is_success(),
         "the unlimited key works"
@@ -248,7 +207,13 @@ fn reads(items: &[Value], outcome: &str) -> u64 {
 async fn token_reads_are_audited_by_caller_and_user_without_a_token(backend: Backend) {
     let provider = FakeProvider::start().await;
     provider.set_access_token_ttl(0);
-    let app = app_with_keys(backend, &provider).await;
+    let app = app_with_keys(
+        backend,
+        &provider,
+        &keys(),
+        &[("AXNT_AUDIT_WINDOW_SECS", "1")],
+    )
+    .await;
     assert!(app.connect("ada").await.status().is_success());
     provider.set_access_token_ttl(3600);
     let get = reqwest::Method::GET;

@@ -21,9 +21,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::aws::{AwsCredentials, moto_endpoint, provision};
 use crate::support::fake_provider::Profile;
-use crate::support::{API_KEY, Backend, FakeProvider, TestApp, contains, env_for_secret};
+use crate::support::{API_KEY, Backend, FakeProvider, TestApp, app_with_keys, contains};
 
 /// A key allowed the import (and nothing else): `import_connections` is never implied,
 /// so it is named (src/secrets/api_key.rs, `Operation::ImportConnections`).
@@ -43,50 +42,6 @@ fn keys() -> Value {
         {"name": "importer", "key": IMPORTER, "operations": ["import_connections"]},
         {"name": "github-importer", "key": GITHUB_IMPORTER, "operations": ["import_connections"], "providers": ["github"]},
     ])
-}
-
-/// An instance whose keys come from `AXNT_API_KEYS` (embedded) or from the secret's
-/// `api_keys` (aws), as tests/api/callers.rs configures them.
-async fn app_with_keys(backend: Backend, provider: &FakeProvider) -> TestApp {
-    let listed = keys().to_string();
-    match backend {
-        Backend::Embedded => {
-            TestApp::on(
-                backend,
-                provider,
-                &[("AXNT_API_KEYS", listed.as_str()), NO_FEED_DELAY],
-            )
-            .await
-        }
-        Backend::Aws => {
-            let mut state = [0u8; 32];
-            axnt_oauth::crypto::fill_random(&mut state);
-            use base64::Engine as _;
-            let secret = json!({
-                "client_id": provider.client_id(),
-                "client_secret": provider.client_secret(),
-                "state_key": base64::engine::general_purpose::STANDARD.encode(state),
-                "api_keys": keys(),
-            })
-            .to_string();
-            let fixture = provision(
-                &moto_endpoint(),
-                &AwsCredentials::from_env(),
-                &provider.client_id(),
-                &provider.client_secret(),
-                API_KEY,
-                Some(&secret),
-            )
-            .await;
-            let mut env = env_for_secret(provider, &[NO_FEED_DELAY]);
-            env.extend(fixture.env);
-            TestApp::spawn_in(
-                std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
-                env,
-            )
-            .await
-        }
-    }
 }
 
 /// One answer, as received.
@@ -336,7 +291,7 @@ fn planted(kind: &str) -> String {
 
 async fn only_a_key_that_names_the_import_may_import(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = app_with_keys(backend, &provider).await;
+    let app = app_with_keys(backend, &provider, &keys(), &[NO_FEED_DELAY]).await;
     let calls = Calls::new(&app);
     let profile = account("kim");
     let refresh_token = provider.mint_grant(&profile, "openid email");
@@ -378,7 +333,7 @@ async fn an_imported_connection_is_refreshed_audited_announced_and_deleted_like_
     backend: Backend,
 ) {
     let provider = FakeProvider::start().await;
-    let app = app_with_keys(backend, &provider).await;
+    let app = app_with_keys(backend, &provider, &keys(), &[NO_FEED_DELAY]).await;
     let calls = Calls::new(&app);
     let profile = account("ann");
     let refresh_token = provider.mint_grant(&profile, &format!("openid email {DRIVE}"));
@@ -483,7 +438,7 @@ async fn an_imported_connection_is_refreshed_audited_announced_and_deleted_like_
 
 async fn an_import_over_a_connection_needs_replace_and_a_bad_body_stores_nothing(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = app_with_keys(backend, &provider).await;
+    let app = app_with_keys(backend, &provider, &keys(), &[NO_FEED_DELAY]).await;
     let calls = Calls::new(&app);
     let profile = account("bo");
     let first = provider.mint_grant(&profile, "openid email");
@@ -615,7 +570,7 @@ async fn a_verified_import_redeems_once_and_stores_what_the_provider_says(backen
     let provider = FakeProvider::start().await;
     provider.rotate_refresh_tokens(true);
     provider.id_token_on_refresh(true);
-    let app = app_with_keys(backend, &provider).await;
+    let app = app_with_keys(backend, &provider, &keys(), &[NO_FEED_DELAY]).await;
     let calls = Calls::new(&app);
     let profile = account("di");
     let refresh_token = provider.mint_grant(&profile, &format!("openid email {DRIVE}"));
@@ -678,7 +633,7 @@ async fn a_verified_import_redeems_once_and_stores_what_the_provider_says(backen
 
 async fn a_verified_import_of_a_dead_token_stores_nothing_unless_kept(backend: Backend) {
     let provider = FakeProvider::start().await;
-    let app = app_with_keys(backend, &provider).await;
+    let app = app_with_keys(backend, &provider, &keys(), &[NO_FEED_DELAY]).await;
     let calls = Calls::new(&app);
     // A refresh token the provider never issued.
     let dead = planted("1//0g-made-up");
@@ -719,7 +674,7 @@ async fn a_verified_import_found_dead_announces_nothing_and_restores_what_was_th
     backend: Backend,
 ) {
     let provider = FakeProvider::start().await;
-    let app = app_with_keys(backend, &provider).await;
+    let app = app_with_keys(backend, &provider, &keys(), &[NO_FEED_DELAY]).await;
     let calls = Calls::new(&app);
     let dead = planted("1//0g-made-up");
 

@@ -444,10 +444,32 @@ async fn an_export_opens_with_the_recipients_key_and_imports_elsewhere(backend: 
         lines.push('\n');
         tokens.insert(user.to_string(), token);
     }
+    // A provider that is not configured is refused, and nothing is stored for it.
+    let unconfigured = provider.mint_grant(&Profile::for_prefix("ee"), "openid");
     let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, &lines).expect("write");
-    let (code, _, err) = run(cli(&app, dir.path()).arg("import").arg(&input)).await;
-    assert_eq!(code, 0, "{err}");
+    std::fs::write(
+        &input,
+        format!(
+            "{lines}{}\n",
+            json!({"userId": "mover-4", "provider": "dropbox", "refreshToken": unconfigured})
+        ),
+    )
+    .expect("write");
+    let (code, out, err) = run(cli(&app, dir.path()).arg("import").arg(&input)).await;
+    assert_eq!(code, 2, "a refused line: {err}");
+    let imported = summary(&out);
+    assert_eq!(
+        (imported["stored"].as_u64(), imported["refused"].as_u64()),
+        (Some(3), Some(1))
+    );
+    assert!(
+        app.store
+            .get("mover-4", "dropbox")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(!out.contains(&unconfigured) && !err.contains(&unconfigured));
     // One connection through the flow, whose token the export carries too.
     let connected = app.connect("flow-user").await;
     assert!(connected.status().is_redirection() || connected.status().is_success());

@@ -161,6 +161,49 @@ pub fn env_for(provider: &FakeProvider, extra: &[(&str, &str)]) -> Vec<(String, 
     env.into_iter().collect()
 }
 
+/// An instance whose API keys are `keys` (a JSON list of keys and `{name, key,
+/// operations, providers, clients}` objects): from `AXNT_API_KEYS` (embedded) or the
+/// secret's `api_keys` (aws), plus `extra` env pairs.
+pub async fn app_with_keys(
+    backend: Backend,
+    provider: &FakeProvider,
+    keys: &Value,
+    extra: &[(&str, &str)],
+) -> TestApp {
+    match backend {
+        Backend::Embedded => {
+            let listed = keys.to_string();
+            let mut env = vec![("AXNT_API_KEYS", listed.as_str())];
+            env.extend_from_slice(extra);
+            TestApp::on(backend, provider, &env).await
+        }
+        Backend::Aws => {
+            let mut state = [0u8; 32];
+            axnt_oauth::crypto::fill_random(&mut state);
+            use base64::Engine as _;
+            let secret = serde_json::json!({
+                "client_id": provider.client_id(),
+                "client_secret": provider.client_secret(),
+                "state_key": base64::engine::general_purpose::STANDARD.encode(state),
+                "api_keys": keys,
+            })
+            .to_string();
+            let fixture = aws::provision(
+                &aws::moto_endpoint(),
+                &aws::AwsCredentials::from_env(),
+                &provider.client_id(),
+                &provider.client_secret(),
+                API_KEY,
+                Some(&secret),
+            )
+            .await;
+            let mut env = env_for_secret(provider, extra);
+            env.extend(fixture.env);
+            TestApp::spawn_in(Arc::new(tempfile::tempdir().expect("tempdir")), env).await
+        }
+    }
+}
+
 /// [`env_for`] without the client credentials and API key: for aws mode, where they
 /// come from the Secrets Manager secret.
 pub fn env_for_secret(provider: &FakeProvider, extra: &[(&str, &str)]) -> Vec<(String, String)> {
