@@ -109,85 +109,39 @@ struct Counts {
     failed: u64,
 }
 
-/// Runs an export; returns the process exit code (0, or 1 when a row failed).
+/// Runs an export; returns the process exit code: 0, 1 when a row could not be written
+/// or the audit and flow log not closed, 130 when interrupted (Ctrl-C stops after the
+/// page in progress; the output is then cut short, and an encrypted one does not open).
+/// The audit and flow log are closed on every way out, so each connection written is
+/// recorded.
 pub(crate) async fn export(
     settings: crate::config::Settings,
     run: ExportRun,
 ) -> anyhow::Result<i32> {
-    let with_tokens = run.recipient.is_some();
-    if with_tokens && std::io::stdout().is_terminal() {
+    if run.recipient.is_some() && std::io::stdout().is_terminal() {
         anyhow::bail!(
             "the encrypted export is binary: redirect standard output to a file (> connections.age)"
         );
     }
     let services = Offline::open(settings).await?;
-    let stdout = BufWriter::new(std::io::stdout().lock());
-    let mut out = match &run.recipient {
-        Some(recipient) => Output::Sealed(
-            age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient))
-                .map_err(|e| anyhow::anyhow!("the age recipient: {e}"))?
-                .wrap_output(stdout)?,
-        ),
-        None => Output::Plain(stdout),
+    let stop = tokio_util::sync::CancellationToken::new();
+    let interrupt = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.cancel();
+            }
+        })
     };
     let mut counts = Counts::default();
-    let mut after: Option<ScanCursor> = None;
-    let client = ClientInfo::default();
-    let outcome = if with_tokens {
-        crate::audit::ReadOutcome::ExportedWithToken
-    } else {
-        crate::audit::ReadOutcome::Exported
-    };
-    loop {
-        let page = services.store.scan(after.as_ref(), PAGE).await?;
-        for row in page.rows.iter().filter(|row| run.wants(row)) {
-            let line = if with_tokens {
-                if !row.is_active {
-                    counts.inactive += 1;
-                    continue;
-                }
-                match portable_line(&services, row).await {
-                    Some(line) => line,
-                    None => {
-                        counts.failed += 1;
-                        continue;
-                    }
-                }
-            } else {
-                Zeroizing::new(metadata_line(row)?)
-            };
-            out.write_all(line.as_bytes())?;
-            out.write_all(b"\n")?;
-            counts.written += 1;
-            services
-                .flow_log
-                .flow(&row.user_id, "export", &row.provider, &client)
-                .step(
-                    FlowStep::Exported,
-                    json!({ "includesRefreshToken": with_tokens, "by": CLI_CALLER }),
-                )
-                .await;
-            services.audit.record_action(crate::audit::Read {
-                caller: CLI_CALLER,
-                user_id: &row.user_id,
-                provider: &row.provider,
-                outcome,
-                reason: None,
-                scopes: None,
-                request_id: None,
-            });
-        }
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
-    out.finish()?;
+    let written = write_rows(&services, &run, &stop, &mut counts).await;
+    interrupt.abort();
     let closed = services.close(CLOSE_WITHIN).await;
+    written?;
     eprintln!(
-        "{} connections written{}{}",
+        "{} connections written{}{}{}",
         counts.written,
-        if with_tokens {
+        if run.recipient.is_some() {
             format!(
                 " with their refresh tokens (encrypted); {} dead grants not written",
                 counts.inactive
@@ -199,9 +153,100 @@ pub(crate) async fn export(
             format!("; {} could not be opened (see the log)", counts.failed)
         } else {
             String::new()
+        },
+        if stop.is_cancelled() {
+            "; interrupted: the output is incomplete"
+        } else {
+            ""
         }
     );
-    Ok(if counts.failed > 0 || !closed { 1 } else { 0 })
+    Ok(if stop.is_cancelled() {
+        130
+    } else if counts.failed > 0 || !closed {
+        1
+    } else {
+        0
+    })
+}
+
+/// Writes the connections `run` wants to standard output, a page at a time, each
+/// recorded in the audit and its user's flow log; the output is finished (the age
+/// stream's last chunk and tag) only when every page was written.
+async fn write_rows(
+    services: &Offline,
+    run: &ExportRun,
+    stop: &tokio_util::sync::CancellationToken,
+    counts: &mut Counts,
+) -> anyhow::Result<()> {
+    let with_tokens = run.recipient.is_some();
+    let stdout = BufWriter::new(std::io::stdout().lock());
+    let mut out = match &run.recipient {
+        Some(recipient) => Output::Sealed(
+            age::Encryptor::with_recipients(std::iter::once(recipient as &dyn age::Recipient))
+                .map_err(|e| anyhow::anyhow!("the age recipient: {e}"))?
+                .wrap_output(stdout)?,
+        ),
+        None => Output::Plain(stdout),
+    };
+    let mut after: Option<ScanCursor> = None;
+    let client = ClientInfo::default();
+    // One flow id for the whole export, so a user's flow log ties its entry to it.
+    let flow_id = format!("export-{}", uuid::Uuid::new_v4());
+    let outcome = if with_tokens {
+        crate::audit::ReadOutcome::ExportedWithToken
+    } else {
+        crate::audit::ReadOutcome::Exported
+    };
+    loop {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
+        let page = services.store.scan(after.as_ref(), PAGE).await?;
+        for row in page.rows.iter().filter(|row| run.wants(row)) {
+            let line = if with_tokens {
+                if !row.is_active {
+                    counts.inactive += 1;
+                    continue;
+                }
+                match portable_line(services, row).await {
+                    Some(line) => line,
+                    None => {
+                        counts.failed += 1;
+                        continue;
+                    }
+                }
+            } else {
+                Zeroizing::new(metadata_line(row)?)
+            };
+            // Recorded before it is written: the audit never misses a line out.
+            services.audit.record_action(crate::audit::Read {
+                caller: CLI_CALLER,
+                user_id: &row.user_id,
+                provider: &row.provider,
+                outcome,
+                reason: None,
+                scopes: None,
+                request_id: None,
+            });
+            out.write_all(line.as_bytes())?;
+            out.write_all(b"\n")?;
+            counts.written += 1;
+            services
+                .flow_log
+                .flow(&row.user_id, &flow_id, &row.provider, &client)
+                .step(
+                    FlowStep::Exported,
+                    json!({ "includesRefreshToken": with_tokens, "by": CLI_CALLER }),
+                )
+                .await;
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    out.finish()?;
+    Ok(())
 }
 
 /// Standard output, in clear or through the age stream.

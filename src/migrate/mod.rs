@@ -65,10 +65,11 @@ struct Done {
 
 /// Outcomes a re-run does not do again; the others (`malformed`, `refused`, `failed`)
 /// it does, as the input or the settings may have been mended since.
-const FINAL: [&str; 6] = [
+const FINAL: [&str; 7] = [
     "stored",
     "replaced",
     "exists",
+    "unchanged",
     "duplicate",
     "dead",
     "dead_kept",
@@ -106,7 +107,7 @@ impl Summary {
         match done.outcome.as_str() {
             "stored" => self.stored += 1,
             "replaced" => self.replaced += 1,
-            "exists" => self.exists += 1,
+            "exists" | "unchanged" => self.exists += 1,
             "duplicate" => self.duplicate += 1,
             "malformed" => self.malformed += 1,
             "refused" => self.refused += 1,
@@ -192,21 +193,29 @@ pub(crate) async fn import(
         let stop = stop.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("\nstopping after the lines in progress (Ctrl-C again to stop now)");
                 stop.cancel();
+            }
+            // A second Ctrl-C stops at once; the report holds what was done, and a
+            // line in progress is found imported (or not) by the next run.
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
             }
         })
     };
-    let pace = Pace::new(run.verify_rate);
-    let seen = Mutex::new(HashMap::<(String, String), u64>::new());
+    let context = Context {
+        services: &services,
+        options: run.options,
+        done_before: &done_before,
+        seen: Mutex::new(HashMap::new()),
+        pace: Pace::new(run.verify_rate),
+        summary: &summary,
+    };
     let lines = numbered_lines(input, stop.clone());
     let work = lines.for_each_concurrent(run.concurrency.max(1), |(number, line)| {
-        let services = &services;
         let summary = &summary;
         let report = &report;
-        let done_before = &done_before;
-        let seen = &seen;
-        let pace = &pace;
-        let options = run.options;
+        let context = &context;
         async move {
             if line.as_ref().is_ok_and(|text| text.trim().is_empty()) {
                 return;
@@ -214,30 +223,15 @@ pub(crate) async fn import(
             summary.lock().lines += 1;
             let done = match line {
                 Err(problem) => Some(malformed(number, "line", &problem)),
-                Ok(text) => {
-                    import_line(
-                        services,
-                        number,
-                        &text,
-                        options,
-                        done_before,
-                        seen,
-                        pace,
-                        summary,
-                    )
-                    .await
-                }
+                Ok(text) => context.import_line(number, &text).await,
             };
             let Some(done) = done else { return };
             summary.lock().count(&done);
             if let Some(report) = report {
-                let mut text = serde_json::to_string(&done).unwrap_or_default();
-                text.push('\n');
                 let mut file = report.lock().await;
-                if let Err(e) = file.write_all(text.as_bytes()).await {
-                    tracing::error!(error = %e, "writing the import report failed");
+                if let Err(e) = append(&mut file, &done).await {
+                    tracing::error!(error = %e, line = number, "writing the import report failed; the next run imports this line again");
                 }
-                let _ = file.flush().await;
             }
         }
     });
@@ -247,8 +241,10 @@ pub(crate) async fn import(
         progress.abort();
         eprintln!();
     }
-    if let Some(report) = &report {
-        let _ = report.lock().await.sync_all().await;
+    if let Some(report) = &report
+        && let Err(e) = report.lock().await.sync_all().await
+    {
+        tracing::error!(error = %e, "syncing the import report failed");
     }
     let closed = services.close(CLOSE_WITHIN).await;
     let mut summary = std::mem::take(&mut *summary.lock());
@@ -262,10 +258,11 @@ pub(crate) async fn import(
         eprintln!(
             "not everything was written before the deadline (see the log); run again to check"
         );
-        return Ok(1);
     }
     Ok(if summary.interrupted {
         130
+    } else if !closed {
+        1
     } else if summary.complete() {
         0
     } else {
@@ -273,79 +270,111 @@ pub(crate) async fn import(
     })
 }
 
-/// Imports one well-formed-or-not line; `None` for a line an earlier run did.
-#[allow(clippy::too_many_arguments)]
-async fn import_line(
-    services: &Offline,
-    number: u64,
-    text: &str,
+/// What every line's import shares.
+struct Context<'a> {
+    services: &'a Offline,
     options: ImportOptions,
-    done_before: &HashSet<(u64, String, String)>,
-    seen: &Mutex<HashMap<(String, String), u64>>,
-    pace: &Pace,
-    summary: &Mutex<Summary>,
-) -> Option<Done> {
-    let grant = match ImportedGrant::parse(text) {
-        Ok(grant) => grant,
-        Err(e) => return Some(malformed(number, &e.field, &e.problem)),
-    };
-    let key = (grant.user_id.to_string(), grant.provider.clone());
-    let first = seen.lock().insert(key.clone(), number);
-    if done_before.contains(&(number, key.0.clone(), key.1.clone())) {
-        summary.lock().already_done += 1;
-        return None;
-    }
-    let done = |outcome: &str, detail: Option<String>| Done {
-        line: number,
-        user_id: Some(key.0.clone()),
-        provider: Some(key.1.clone()),
-        outcome: outcome.to_string(),
-        detail,
-    };
-    if let Some(first) = first {
-        return Some(done(
-            "duplicate",
-            Some(format!("line {first} names the same connection")),
-        ));
-    }
-    if options.verify && !options.dry_run {
-        pace.wait().await;
-    }
-    let client = ClientInfo::default();
-    match services
-        .tokens
-        .import_grant(&grant, options, CLI_CALLER, &client)
-        .await
-    {
-        Ok(outcome) => {
-            let detail = match &outcome {
-                ImportOutcome::Dead { cause, .. } => Some(cause.clone()),
-                _ => None,
-            };
-            if let ImportOutcome::Stored { verified: true, .. } = &outcome {
-                summary.lock().verified += 1;
-            }
-            if matches!(
-                outcome,
-                ImportOutcome::Stored { .. } | ImportOutcome::Dead { kept: true, .. }
-            ) {
-                services.audit.record_action(crate::audit::Read {
-                    caller: CLI_CALLER,
-                    user_id: &key.0,
-                    provider: &key.1,
-                    outcome: crate::audit::ReadOutcome::Imported,
-                    reason: None,
-                    scopes: None,
-                    request_id: None,
-                });
-            }
-            Some(done(outcome.label(), detail))
+    /// What an earlier run's report says is done: (line, userId, provider).
+    done_before: &'a HashSet<(u64, String, String)>,
+    /// The first line of this input for each connection.
+    seen: Mutex<HashMap<(String, String), u64>>,
+    pace: Pace,
+    summary: &'a Mutex<Summary>,
+}
+
+impl Context<'_> {
+    /// Imports one line; `None` for a line an earlier run did.
+    async fn import_line(&self, number: u64, text: &str) -> Option<Done> {
+        let grant = match ImportedGrant::parse(text) {
+            Ok(grant) => grant,
+            Err(e) => return Some(malformed(number, &e.field, &e.problem)),
+        };
+        let key = (grant.user_id.to_string(), grant.provider.clone());
+        let first = self.seen.lock().insert(key.clone(), number);
+        if self
+            .done_before
+            .contains(&(number, key.0.clone(), key.1.clone()))
+        {
+            self.summary.lock().already_done += 1;
+            return None;
         }
-        Err(e @ (TokenError::UnknownProvider(_) | TokenError::InvalidInput(_))) => {
-            Some(done("refused", Some(e.to_string())))
+        let done = |outcome: &str, detail: Option<String>| Done {
+            line: number,
+            user_id: Some(key.0.clone()),
+            provider: Some(key.1.clone()),
+            outcome: outcome.to_string(),
+            detail,
+        };
+        if let Some(first) = first {
+            return Some(done(
+                "duplicate",
+                Some(format!("line {first} names the same connection")),
+            ));
         }
-        Err(e) => Some(done("failed", Some(e.code().to_string()))),
+        if self.options.verify && !self.options.dry_run {
+            self.pace.wait().await;
+        }
+        let client = ClientInfo::default();
+        let tokens = &self.services.tokens;
+        match tokens
+            .import_grant(&grant, self.options, CLI_CALLER, &client)
+            .await
+        {
+            Ok(outcome) => {
+                let detail = match &outcome {
+                    ImportOutcome::Dead { cause, .. } => Some(cause.clone()),
+                    _ => None,
+                };
+                if let ImportOutcome::Stored { verified: true, .. } = &outcome {
+                    self.summary.lock().verified += 1;
+                }
+                if matches!(
+                    outcome,
+                    ImportOutcome::Stored { .. } | ImportOutcome::Dead { kept: true, .. }
+                ) {
+                    self.services.audit.record_action(crate::audit::Read {
+                        caller: CLI_CALLER,
+                        user_id: &key.0,
+                        provider: &key.1,
+                        outcome: crate::audit::ReadOutcome::Imported,
+                        reason: None,
+                        scopes: None,
+                        request_id: None,
+                    });
+                }
+                Some(done(outcome.label(), detail))
+            }
+            // The line chose the provider's name: it is repeated only when it looks
+            // like one (a misaligned column may hold a token).
+            Err(TokenError::UnknownProvider(name)) => Some(done(
+                "refused",
+                Some(if is_plain_name(&name) {
+                    format!("provider {name:?} is not configured (AXNT_PROVIDERS)")
+                } else {
+                    "provider: not a configured provider (AXNT_PROVIDERS)".to_string()
+                }),
+            )),
+            Err(TokenError::InvalidInput(problem)) => Some(done("refused", Some(problem))),
+            Err(e) => Some(done("failed", Some(e.code().to_string()))),
+        }
     }
+}
+
+/// Whether `name` looks like a provider's name (lower-case letters, digits, `_`, `-`).
+fn is_plain_name(name: &str) -> bool {
+    (1..=40).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
+/// Appends a report line and flushes it, so a run stopped at any point has reported
+/// every line it finished.
+async fn append(file: &mut tokio::fs::File, done: &Done) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(done).map_err(std::io::Error::other)?;
+    text.push('\n');
+    file.write_all(text.as_bytes()).await?;
+    file.flush().await
 }
 
 fn malformed(number: u64, field: &str, problem: &str) -> Done {
@@ -374,7 +403,12 @@ fn numbered_lines(
             let mut bytes = Vec::new();
             let mut too_long = false;
             loop {
-                let available = match reader.fill_buf().await {
+                // Ctrl-C ends a wait for input too (a terminal or a pipe that is quiet).
+                let read = tokio::select! {
+                    read = reader.fill_buf() => read,
+                    () = stop.cancelled() => return None,
+                };
+                let available = match read {
                     Ok(available) => available,
                     Err(e) => {
                         tracing::error!(error = %e, "reading the input failed");

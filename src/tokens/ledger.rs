@@ -118,8 +118,10 @@ pub(crate) fn ledger_after_refresh(
             .as_deref()
             .map(crate::oauth::risc::prefix_hash)
             .or_else(|| previous.refresh_token_prefix_hash.clone()),
-        // The provider took the refresh token: an imported grant is proven.
+        // The provider took the refresh token: an imported grant is proven, and its
+        // later failures are the refresh path's to announce.
         unverified: false,
+        verifying: false,
         ..previous.clone()
     }
 }

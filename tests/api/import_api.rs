@@ -29,6 +29,8 @@ use crate::support::{API_KEY, Backend, FakeProvider, TestApp, app_with_keys, con
 const IMPORTER: &str = "importer-key-0123456789abcdef";
 /// A key allowed the import of GitHub connections only.
 const GITHUB_IMPORTER: &str = "github-importer-key-0123456789abcdef";
+/// A key allowed the import of connections of another OAuth client only.
+const OTHER_CLIENT_IMPORTER: &str = "other-client-importer-key-0123456789abcdef";
 const DRIVE: &str = "https://www.googleapis.com/auth/drive.readonly";
 const CALENDAR: &str = "https://www.googleapis.com/auth/calendar.readonly";
 /// Events are served as soon as the backend allows (see tests/api/events.rs).
@@ -41,6 +43,7 @@ fn keys() -> Value {
         API_KEY,
         {"name": "importer", "key": IMPORTER, "operations": ["import_connections"]},
         {"name": "github-importer", "key": GITHUB_IMPORTER, "operations": ["import_connections"], "providers": ["github"]},
+        {"name": "other-client-importer", "key": OTHER_CLIENT_IMPORTER, "operations": ["import_connections"], "clients": ["other-client.apps.example"]},
     ])
 }
 
@@ -481,6 +484,48 @@ async fn an_import_over_a_connection_needs_replace_and_a_bad_body_stores_nothing
         app.stored_refresh_token("bo").await.as_deref(),
         Some(second.as_str())
     );
+    // The same refresh token again, even with `replace`: nothing to do, 200.
+    let same = calls.import("bo", "?replace=true", &again).await.ok(200);
+    assert_eq!(same["outcome"], "unchanged", "{same}");
+    assert_eq!(
+        app.stored_row("bo").await.map(|r| r.version),
+        Some(now.version)
+    );
+    // A key limited to another OAuth client may not import this one's grants, nor
+    // over this one's connection.
+    calls
+        .import_as(
+            OTHER_CLIENT_IMPORTER,
+            "bo",
+            "?replace=true",
+            &json!({ "refreshToken": planted("1//0h") }),
+        )
+        .await
+        .problem(403, "caller_not_allowed");
+    calls
+        .import_as(
+            OTHER_CLIENT_IMPORTER,
+            "cy",
+            "",
+            &json!({ "refreshToken": planted("1//0i") }),
+        )
+        .await
+        .problem(403, "caller_not_allowed");
+    assert_eq!(
+        app.stored_row("bo").await.map(|r| r.version),
+        Some(now.version)
+    );
+    assert!(app.stored_row("cy").await.is_none());
+    // `keepDead` means nothing without `verify`: refused.
+    calls
+        .import(
+            "cy",
+            "?keepDead=true",
+            &json!({ "refreshToken": planted("1//0j") }),
+        )
+        .await
+        .problem(400, "invalid_request");
+    assert!(app.stored_row("cy").await.is_none());
 
     // Bad bodies: 400 naming the field, never the value; nothing stored.
     let secret = planted("1//0g");

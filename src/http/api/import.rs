@@ -2,6 +2,8 @@
 //! `POST /v1/users/{userId}/connections/{provider}/import`. Keys need
 //! `import_connections`, which a key only has when its `operations` name it.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -116,7 +118,8 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBytes {
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(in crate::http) struct ImportAnswer {
-    /// `stored`, `replaced` or `dead_kept`.
+    /// `stored`, `replaced`, `unchanged` (this refresh token is the connection's
+    /// already) or `dead_kept`.
     outcome: &'static str,
     /// Whether the refresh token was redeemed.
     verified: bool,
@@ -184,12 +187,30 @@ pub(in crate::http) async fn import_connections(
     }
     let grant =
         ImportedGrant::from_value(value).map_err(|e| Error::InvalidRequest(e.to_string()))?;
-    let tokens = &state.tokens;
-    let default_client = tokens.provider(&provider)?.client_id(None);
-    if !caller.may_use_client(grant.client().or(default_client.as_deref())) {
-        return Err(Error::CallerNotAllowed(
-            "import connections of this OAuth client (its clients are limited)".into(),
+    if query.keep_dead && !query.verify {
+        return Err(Error::InvalidRequest(
+            "keepDead needs verify (only a verify finds a grant dead)".into(),
         ));
+    }
+    let tokens = Arc::clone(&state.tokens);
+    // The client the grant would be refreshed with: a configured one, never echoed
+    // from the body otherwise.
+    let import_client = tokens.provider(&provider)?.client_id(grant.client());
+    if import_client.is_none() && grant.client().is_some() {
+        return Err(Error::InvalidRequest(format!(
+            "client: not one of the OAuth clients configured for {provider}"
+        )));
+    }
+    if !caller.may_use_client(import_client.as_deref()) {
+        return Err(Error::client_not_allowed(import_client.as_deref()));
+    }
+    // A key limited to clients may not replace, or learn of, another client's
+    // connection (as for connect sessions).
+    if caller.clients.is_some()
+        && let Some(existing) = tokens.connected_account(&user_id, &provider).await?
+        && !caller.may_use_client(existing.client_id.as_deref())
+    {
+        return Err(Error::client_not_allowed(existing.client_id.as_deref()));
     }
     let options = ImportOptions {
         replace: query.replace,
@@ -197,9 +218,14 @@ pub(in crate::http) async fn import_connections(
         keep_dead: query.keep_dead,
         dry_run: false,
     };
+    // An owned task: a caller that hangs up mid-verify does not leave the grant
+    // half-imported (stored, unannounced).
+    let by = caller.id.clone();
+    let importer = Arc::clone(&tokens);
     let outcome = tokens
-        .import_grant(&grant, options, &caller.id, &client)
-        .await?;
+        .spawn_owned(async move { importer.import_grant(&grant, options, &by, &client).await })
+        .await
+        .map_err(|e| TokenError::Internal(format!("the import task ended: {e}")))??;
     let label = outcome.label();
     let (status, verified, connection) = match outcome {
         ImportOutcome::Stored {
@@ -216,16 +242,15 @@ pub(in crate::http) async fn import_connections(
             connection,
         ),
         ImportOutcome::Exists => return Err(TokenError::AlreadyConnected.into()),
+        ImportOutcome::Unchanged => {
+            let connection = listed(&tokens, &user_id, &provider).await?;
+            (StatusCode::OK, !connection.unverified, Box::new(connection))
+        }
         ImportOutcome::Dead { cause, kept: false } => {
             return Err(TokenError::ReauthorizationRequired { cause }.into());
         }
         ImportOutcome::Dead { kept: true, .. } => {
-            let connection = tokens
-                .connections(&user_id)
-                .await?
-                .into_iter()
-                .find(|c| c.provider == provider)
-                .ok_or(TokenError::NotConnected)?;
+            let connection = listed(&tokens, &user_id, &provider).await?;
             (StatusCode::CREATED, true, Box::new(connection))
         }
         ImportOutcome::WouldStore { .. } => {
@@ -253,4 +278,18 @@ pub(in crate::http) async fn import_connections(
         }),
     )
         .into_response())
+}
+
+/// The connection as the user's list shows it.
+async fn listed(
+    tokens: &crate::tokens::TokenService,
+    user_id: &crate::ids::UserId,
+    provider: &str,
+) -> Result<ConnectionSummary, Error> {
+    Ok(tokens
+        .connections(user_id)
+        .await?
+        .into_iter()
+        .find(|c| c.provider == provider)
+        .ok_or(TokenError::NotConnected)?)
 }

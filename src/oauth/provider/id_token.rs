@@ -52,10 +52,31 @@ impl std::fmt::Display for IdTokenProblem {
 }
 
 impl OidcProvider {
-    /// Verifies an ID token (signature against the JWKS, `iss`, `aud`, `exp`, `nonce`)
-    /// and returns the profile it carries.
+    /// Verifies a flow's ID token (signature against the JWKS, `iss`, `aud`, `exp`, and
+    /// the flow's `nonce`) and returns the profile it carries.
     #[tracing::instrument(skip_all, fields(provider = %self.config.name))]
     pub(crate) async fn verify_id_token(
+        &self,
+        id_token: &SecretString,
+        nonce: &str,
+        client: Option<&str>,
+    ) -> Result<UserInfo, ProviderError> {
+        self.verify_id_token_with(id_token, Some(nonce), client)
+            .await
+    }
+
+    /// Verifies an ID token the token endpoint answered a refresh with, which carries
+    /// no nonce (OpenID Connect Core 12.2): signature, `iss`, `aud` and `exp` as any.
+    /// Only for a token read from the provider's own answer, never one a caller gives.
+    pub(crate) async fn verify_refreshed_id_token(
+        &self,
+        id_token: &SecretString,
+        client: Option<&str>,
+    ) -> Result<UserInfo, ProviderError> {
+        self.verify_id_token_with(id_token, None, client).await
+    }
+
+    async fn verify_id_token_with(
         &self,
         id_token: &SecretString,
         nonce: Option<&str>,

@@ -34,7 +34,7 @@ impl OidcProvider {
                 .id_token
                 .as_ref()
                 .ok_or(ProviderError::IdToken(IdTokenProblem::Missing))?;
-            return self.verify_id_token(id_token, Some(nonce), client).await;
+            return self.verify_id_token(id_token, nonce, client).await;
         };
         self.user_account(&endpoints.userinfo, &tokens.access_token)
             .await
@@ -52,7 +52,10 @@ impl OidcProvider {
     ) -> Result<Option<UserInfo>, ProviderError> {
         match &self.config.profile.endpoints {
             None => match id_token {
-                Some(id_token) => self.verify_id_token(id_token, None, client).await.map(Some),
+                Some(id_token) => self
+                    .verify_refreshed_id_token(id_token, client)
+                    .await
+                    .map(Some),
                 None => Ok(None),
             },
             Some(endpoints) => self

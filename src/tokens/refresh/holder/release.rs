@@ -118,7 +118,8 @@ impl Holder<'_> {
         } else {
             err.code()
         };
-        let events: Vec<_> = first_failure
+        // A grant an import is verifying: the import announces what this finds.
+        let events: Vec<_> = (first_failure && !row.grant.verifying)
             .then(|| {
                 r.policy.events.make(EventPayload::RefreshFailed {
                     about: About::of(row),

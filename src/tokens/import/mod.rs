@@ -6,8 +6,6 @@
 //! lease, so a rotating provider's new refresh token is stored and the old one never
 //! presented twice), then announced.
 
-use serde::Deserialize;
-
 use super::*;
 use crate::retry::{Written, until_written};
 
@@ -15,228 +13,15 @@ use crate::retry::{Written, until_written};
 /// waits the refresh deadline and 5 s) or its outcome pending (each waits its
 /// `Retry-After`).
 const VERIFY_READS: usize = 6;
-/// Longest token a line may carry. Google's are a few hundred bytes; Microsoft's
-/// access tokens a few kilobytes.
-const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// Most scopes a line may name.
-const MAX_SCOPES: usize = 200;
-/// Longest `sub`, `email`, `client` or scope.
-const MAX_TEXT_BYTES: usize = 512;
 
-/// One line of the migration format as written (JSON, camelCase). Unknown fields are
-/// refused: a misspelt `refresh_token` must not pass for a line without one.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Line {
-    user_id: String,
-    provider: String,
-    refresh_token: SecretString,
-    #[serde(default)]
-    access_token: Option<SecretString>,
-    #[serde(default)]
-    expires_at: Option<Instant>,
-    #[serde(default)]
-    scopes: Option<Scopes>,
-    #[serde(default)]
-    sub: Option<String>,
-    #[serde(default)]
-    email: Option<String>,
-    #[serde(default)]
-    client: Option<String>,
-    #[serde(default)]
-    consented_at: Option<Instant>,
-}
+mod line;
 
-/// A time: RFC 3339 text, or epoch seconds.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Instant {
-    Text(String),
-    Seconds(i64),
-}
+pub(crate) use line::ImportedGrant;
 
-/// Scopes: a list, or one space-separated string (as a token response's `scope`).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Scopes {
-    List(Vec<String>),
-    Text(String),
-}
-
-/// Why a line was refused: the field (its JSON path) and what is wrong with it, never
-/// its value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {problem}")]
-pub(crate) struct LineError {
-    pub(crate) field: String,
-    pub(crate) problem: String,
-}
-
-impl LineError {
-    fn new(field: &str, problem: impl Into<String>) -> Self {
-        Self {
-            field: field.to_string(),
-            problem: problem.into(),
-        }
-    }
-}
-
-/// A line that passed its checks: a grant to import. Never printed (no `Debug`).
-pub(crate) struct ImportedGrant {
-    pub(crate) user_id: UserId,
-    pub(crate) provider: String,
-    refresh_token: SecretString,
-    access_token: Option<SecretString>,
-    expires_at: Option<DateTime<Utc>>,
-    scopes: Vec<String>,
-    sub: Option<String>,
-    email: Option<String>,
-    client: Option<String>,
-    consented_at: Option<DateTime<Utc>>,
-}
-
-impl ImportedGrant {
-    /// The OAuth client the line names, if any.
-    pub(crate) fn client(&self) -> Option<&str> {
-        self.client.as_deref()
-    }
-
-    /// Parses and checks one line of the migration format.
-    pub(crate) fn parse(text: &str) -> Result<Self, LineError> {
-        let mut input = serde_json::Deserializer::from_str(text);
-        let line: Line = serde_path_to_error::deserialize(&mut input).map_err(shape)?;
-        input.end().map_err(|_| {
-            LineError::new("line", "more than one JSON value (one object per line)")
-        })?;
-        Self::check(line)
-    }
-
-    /// Parses and checks a JSON value of the migration format (the import API's body,
-    /// with the path's `userId` and `provider`).
-    pub(crate) fn from_value(value: serde_json::Value) -> Result<Self, LineError> {
-        let line: Line = serde_path_to_error::deserialize(value).map_err(shape)?;
-        Self::check(line)
-    }
-
-    fn check(line: Line) -> Result<Self, LineError> {
-        let user_id = UserId::parse(line.user_id).map_err(|_| {
-            LineError::new(
-                "userId",
-                "not a user id (1 to 256 characters, no '/', '\\' or control characters)",
-            )
-        })?;
-        if line.provider.is_empty() || line.provider.len() > MAX_TEXT_BYTES {
-            return Err(LineError::new("provider", "empty or too long"));
-        }
-        check_token("refreshToken", &line.refresh_token)?;
-        if let Some(access_token) = &line.access_token {
-            check_token("accessToken", access_token)?;
-        }
-        let expires_at = line.expires_at.map(|t| time("expiresAt", t)).transpose()?;
-        let consented_at = line
-            .consented_at
-            .map(|t| time("consentedAt", t))
-            .transpose()?;
-        if consented_at.is_some_and(|t| t > Utc::now() + chrono::TimeDelta::minutes(5)) {
-            return Err(LineError::new("consentedAt", "in the future"));
-        }
-        let scopes = match line.scopes {
-            None => Vec::new(),
-            Some(Scopes::Text(text)) => grant::parse_scopes(&text),
-            Some(Scopes::List(list)) => list,
-        };
-        if scopes.len() > MAX_SCOPES {
-            return Err(LineError::new(
-                "scopes",
-                format!("more than {MAX_SCOPES} scopes"),
-            ));
-        }
-        if let Some(i) = scopes.iter().position(|s| !is_plain(s)) {
-            return Err(LineError::new(
-                &format!("scopes[{i}]"),
-                "empty, too long, or holds spaces or control characters",
-            ));
-        }
-        let mut scopes = scopes;
-        scopes.dedup();
-        for (field, value) in [
-            ("sub", &line.sub),
-            ("email", &line.email),
-            ("client", &line.client),
-        ] {
-            if value.as_deref().is_some_and(|v| !is_plain(v)) {
-                return Err(LineError::new(
-                    field,
-                    "empty, too long, or holds spaces or control characters",
-                ));
-            }
-        }
-        Ok(Self {
-            user_id,
-            provider: line.provider,
-            refresh_token: line.refresh_token,
-            access_token: line.access_token,
-            expires_at,
-            scopes,
-            sub: line.sub,
-            email: line.email,
-            client: line.client,
-            consented_at,
-        })
-    }
-}
-
-/// The field and the kind of problem of a line serde refused, never the value (serde's
-/// own message quotes it, and the value may be a token).
-fn shape(e: serde_path_to_error::Error<serde_json::Error>) -> LineError {
-    let path = e.path().to_string();
-    let inner = e.inner();
-    let message = inner.to_string();
-    let problem = if message.starts_with("unknown field") {
-        "not a field of the migration format".to_string()
-    } else if message.starts_with("missing field") {
-        // serde names the missing field in its message, not in the path.
-        let field = message.split('`').nth(1).unwrap_or("a field");
-        return LineError::new(field, "missing");
-    } else {
-        match crate::secrets::shape_error(&e).rsplit_once(": ") {
-            Some((_, what)) => what.to_string(),
-            None => "not valid".to_string(),
-        }
-    };
-    let field = if path == "." || path == "?" || path.is_empty() {
-        "line"
-    } else {
-        &path
-    };
-    LineError::new(field, problem)
-}
-
-fn check_token(field: &str, token: &SecretString) -> Result<(), LineError> {
-    let token = token.expose_secret();
-    if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
-        return Err(LineError::new(field, "empty or too long"));
-    }
-    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(LineError::new(field, "holds spaces or control characters"));
-    }
-    Ok(())
-}
-
-fn is_plain(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= MAX_TEXT_BYTES
-        && !text.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
-fn time(field: &str, value: Instant) -> Result<DateTime<Utc>, LineError> {
-    match value {
-        Instant::Text(text) => DateTime::parse_from_rfc3339(&text)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|_| LineError::new(field, "not an RFC 3339 time or epoch seconds")),
-        Instant::Seconds(secs) => DateTime::from_timestamp(secs, 0)
-            .ok_or_else(|| LineError::new(field, "epoch seconds out of range")),
-    }
+/// Whether `row` is still the one an import stored as `stored` (refreshes since
+/// included): a consent clears `importedAt`, another import sets its own.
+fn is_this_import(row: &Connection, stored: &Connection) -> bool {
+    row.grant.imported_at.is_some() && row.grant.imported_at == stored.grant.imported_at
 }
 
 /// Now, to the millisecond: as rows store times, so an answer built from a row just
@@ -271,6 +56,9 @@ pub(crate) enum ImportOutcome {
     },
     /// A connection exists, and the import was not asked to replace it.
     Exists,
+    /// The line's own refresh token is the connection's already (an earlier run of
+    /// the same import): nothing to do.
+    Unchanged,
     /// `verify` found the refresh token dead: `cause` says why. Kept inactive when
     /// asked; otherwise the connection is as it was before the import.
     Dead { cause: String, kept: bool },
@@ -287,6 +75,7 @@ impl ImportOutcome {
             } => "stored",
             Self::Stored { replaced: true, .. } => "replaced",
             Self::Exists => "exists",
+            Self::Unchanged => "unchanged",
             Self::Dead { kept: true, .. } => "dead_kept",
             Self::Dead { kept: false, .. } => "dead",
             Self::WouldStore { replaced: false } => "would_store",
@@ -308,6 +97,12 @@ enum Prior {
 /// The first write's result.
 enum First {
     Exists,
+    Unchanged,
+    /// An earlier run of this import stored the grant to verify it, and its redeem
+    /// found it dead before the import could settle it: settle it now.
+    DeadUnsettled {
+        row: Box<Connection>,
+    },
     WouldStore {
         replaced: bool,
     },
@@ -356,24 +151,28 @@ impl TokenService {
         let token_hash = crate::oauth::risc::token_hash(grant.refresh_token.expose_secret());
         let first = until_written::<_, TokenError, _>(WRITE_ATTEMPTS, || async {
             let existing = self.store.get(user_id, name).await?;
-            // The line's own token already stored (an earlier run of the same import)
-            // is never stored again: a rotating provider may have spent it.
-            let same_token = existing.as_ref().is_some_and(|row| {
-                row.grant.refresh_token_hash.as_deref() == Some(token_hash.as_str())
-            });
-            if let Some(row) = &existing
-                && (!options.replace || same_token)
-            {
-                let unproven = row.grant.unverified || row.grant.verifying;
-                return Ok(Written::Done(
-                    if options.verify && unproven && row.is_active && !options.dry_run {
-                        First::Unverified {
-                            row: Box::new(row.clone()),
+            if let Some(row) = &existing {
+                // The line's own token already stored (an earlier run of the same
+                // import) is never stored again: a rotating provider may have spent it.
+                // What that run left unproven is verified now, when asked.
+                let same_token =
+                    row.grant.refresh_token_hash.as_deref() == Some(token_hash.as_str());
+                if same_token {
+                    let verify = options.verify && !options.dry_run;
+                    let row = Box::new(row.clone());
+                    return Ok(Written::Done(match () {
+                        () if verify && row.grant.verifying && !row.is_active => {
+                            First::DeadUnsettled { row }
                         }
-                    } else {
-                        First::Exists
-                    },
-                ));
+                        () if verify && row.grant.unverified && row.is_active => {
+                            First::Unverified { row }
+                        }
+                        () => First::Unchanged,
+                    }));
+                }
+                if !options.replace {
+                    return Ok(Written::Done(First::Exists));
+                }
             }
             if options.dry_run {
                 return Ok(Written::Done(First::WouldStore {
@@ -410,6 +209,25 @@ impl TokenService {
         let flow = self.flow_log.flow(user_id, &flow_id, name, client);
         let (row, previous) = match first {
             First::Exists => return Ok(ImportOutcome::Exists),
+            First::Unchanged => return Ok(ImportOutcome::Unchanged),
+            First::DeadUnsettled { row } => {
+                let cause = row
+                    .refresh
+                    .inactive_cause
+                    .clone()
+                    .unwrap_or_else(|| "unknown_invalid_grant".to_string());
+                let kept = self
+                    .settle_dead_import(&row, None, options.keep_dead)
+                    .await?;
+                let done = ImportOutcome::Dead { cause, kept };
+                flow.step_failed(
+                    FlowStep::Imported,
+                    json!({ "outcome": done.label(), "verified": true, "by": by }),
+                    "reauthorization_required",
+                )
+                .await;
+                return Ok(done);
+            }
             First::WouldStore { replaced } => return Ok(ImportOutcome::WouldStore { replaced }),
             First::Stored { row, previous } if !options.verify => {
                 let outcome = ImportOutcome::Stored {
@@ -433,7 +251,14 @@ impl TokenService {
             .await;
         match &outcome {
             Ok(done) => {
-                let data = json!({ "outcome": done.label(), "verified": true, "by": by });
+                let verified = !matches!(
+                    done,
+                    ImportOutcome::Stored {
+                        verified: false,
+                        ..
+                    }
+                );
+                let data = json!({ "outcome": done.label(), "verified": verified, "by": by });
                 match done {
                     ImportOutcome::Dead { cause, .. } => {
                         flow.step_failed(FlowStep::Imported, data, cause).await;
@@ -574,10 +399,13 @@ impl TokenService {
     }
 
     /// Redeems a stored import's refresh token through the read path, then announces
-    /// it: with the account the provider names when the line lacks one, and the scopes
-    /// it reports. A dead token is kept inactive when asked; otherwise the connection
-    /// is put back as it was before the import (removed when there was none). Any other
-    /// failure leaves the grant stored unverified (its first read tries again).
+    /// it (unless an earlier import did): with the account the provider names when the
+    /// line lacks one, and the scopes it reports. A dead token is kept inactive when
+    /// asked; otherwise the connection is put back as it was before the import
+    /// (removed when there was none). Any other failure announces the grant as stored,
+    /// unverified (its first read tries again), and is returned. Each write first checks
+    /// that the row is still this import's: a consent or another import that replaced
+    /// it meanwhile is left alone.
     async fn verify_import(
         &self,
         provider: &Arc<OidcProvider>,
@@ -606,60 +434,87 @@ impl TokenService {
                 _ => break,
             }
         }
+        let replaced = matches!(prior, Prior::Before(Some(_)));
+        let announce = matches!(prior, Prior::Before(_));
         match read {
             Ok(_) => {}
             Err(TokenError::ReauthorizationRequired { cause }) => {
                 let kept = match prior {
+                    // Announced before: its refresh said it died (refresh_failed).
                     Prior::Announced => true,
                     Prior::Before(previous) => {
-                        self.settle_dead_import(
-                            user_id,
-                            name,
-                            previous.as_deref(),
-                            options.keep_dead,
-                        )
-                        .await?;
-                        options.keep_dead
+                        self.settle_dead_import(stored, previous.as_deref(), options.keep_dead)
+                            .await?
                     }
                 };
                 return Ok(ImportOutcome::Dead { cause, kept });
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                if announce {
+                    self.announce_import(stored, grant, None, replaced).await?;
+                }
+                return Err(e);
+            }
         }
         let account = if grant.sub.is_none() || grant.email.is_none() {
             self.account_of(provider, user_id).await
         } else {
             None
         };
-        let replaced = matches!(prior, Prior::Before(Some(_)));
+        let row = if announce {
+            self.announce_import(stored, grant, account.as_ref(), replaced)
+                .await?
+        } else {
+            self.store
+                .get(user_id, name)
+                .await?
+                .ok_or(TokenError::NotConnected)?
+        };
+        Ok(ImportOutcome::Stored {
+            replaced,
+            // Proven when a refresh took its token: a connection an earlier import
+            // stored with a valid access token may not have needed one yet.
+            verified: !row.grant.unverified,
+            connection: Box::new(self.summary(row)),
+        })
+    }
+
+    /// Announces `stored` (`connection.imported`) once it is settled: with the
+    /// provider's `account` (where the line named none), and the line's scopes when
+    /// the provider reported none. Verified when a refresh took its token since.
+    /// Refused as a conflict when the row is no longer this import's.
+    async fn announce_import(
+        &self,
+        stored: &Connection,
+        grant: &ImportedGrant,
+        account: Option<&UserInfo>,
+        replaced: bool,
+    ) -> Result<Connection, TokenError> {
         let row = until_written::<_, TokenError, _>(WRITE_ATTEMPTS, || async {
             let row = self
                 .store
-                .get(user_id, name)
+                .get(&stored.user_id, &stored.provider)
                 .await?
-                .ok_or(TokenError::NotConnected)?;
+                .filter(|row| is_this_import(row, stored))
+                .ok_or(TokenError::Conflict)?;
             let mut next = row.clone();
             next.version += 1;
             next.updated_at = now_to_the_milli();
-            next.grant.unverified = false;
             next.grant.verifying = false;
-            if let Some(account) = &account {
-                if grant.sub.is_none() {
-                    next.user_info.sub.clone_from(&account.sub);
-                }
-                if grant.email.is_none() {
-                    next.email.clone_from(&account.email);
-                }
+            if let Some(account) = account {
+                let sub = grant.sub.clone().unwrap_or_else(|| account.sub.clone());
+                let email = grant.email.clone().or_else(|| account.email.clone());
+                next.email.clone_from(&email);
                 next.user_info = UserInfo {
-                    sub: next.user_info.sub.clone(),
-                    email: next.email.clone(),
+                    sub,
+                    email,
                     ..account.clone()
                 };
             }
             if next.grant.granted_scopes.is_empty() {
                 next.grant.granted_scopes.clone_from(&grant.scopes);
             }
-            let events = [self.imported_event(&next, true, replaced)];
+            let events = [self.imported_event(&next, !next.grant.unverified, replaced)];
             match self.store.put(&next, Some(row.version), &events).await {
                 Ok(()) => Ok(Written::Done(next)),
                 Err(StoreError::Conflict) => Ok(Written::Lost),
@@ -668,12 +523,10 @@ impl TokenService {
         })
         .await?
         .ok_or(TokenError::Conflict)?;
-        self.refresher.cache.invalidate(user_id, name);
-        Ok(ImportOutcome::Stored {
-            replaced,
-            verified: true,
-            connection: Box::new(self.summary(row)),
-        })
+        self.refresher
+            .cache
+            .invalidate(&stored.user_id, &stored.provider);
+        Ok(row)
     }
 
     /// The account the provider names for a connection just refreshed: from the ID
@@ -701,16 +554,25 @@ impl TokenService {
     }
 
     /// After a verify found the imported refresh token dead: keep the (now inactive)
-    /// connection and announce it, or put back what was there before the import.
+    /// connection and announce it, or put back what was there before the import (a
+    /// live connection is always put back: a dead import never replaces one). Returns
+    /// whether the dead grant was kept. A row that is no longer this import's (a
+    /// consent or another import replaced it) is left alone.
     async fn settle_dead_import(
         &self,
-        user_id: &str,
-        provider: &str,
+        stored: &Connection,
         previous: Option<&Connection>,
         keep: bool,
-    ) -> Result<(), TokenError> {
+    ) -> Result<bool, TokenError> {
+        let (user_id, provider) = (stored.user_id.as_str(), stored.provider.as_str());
+        let keep = keep && previous.is_none_or(|p| !p.is_active);
         until_written::<_, TokenError, _>(WRITE_ATTEMPTS, || async {
-            let Some(row) = self.store.get(user_id, provider).await? else {
+            let Some(row) = self
+                .store
+                .get(user_id, provider)
+                .await?
+                .filter(|row| is_this_import(row, stored) && !row.is_active)
+            else {
                 return Ok(Written::Done(()));
             };
             let written = if keep {
@@ -722,8 +584,11 @@ impl TokenService {
                 let events = [self.imported_event(&next, true, previous.is_some())];
                 self.store.put(&next, Some(row.version), &events).await
             } else if let Some(previous) = previous {
-                let mut restored = previous.clone();
-                restored.version = row.version + 1;
+                let restored = Connection {
+                    version: row.version + 1,
+                    refresh: RefreshState::default(),
+                    ..previous.clone()
+                };
                 self.store.put(&restored, Some(row.version), &[]).await
             } else {
                 self.store
@@ -740,96 +605,6 @@ impl TokenService {
         .await?
         .ok_or(TokenError::Conflict)?;
         self.refresher.cache.invalidate(user_id, provider);
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refused(text: &str) -> LineError {
-        match ImportedGrant::parse(text) {
-            Ok(_) => panic!("accepted: {text}"),
-            Err(e) => e,
-        }
-    }
-
-    #[test]
-    fn a_full_line_parses_with_either_time_and_scope_form() {
-        let grant = ImportedGrant::parse(
-            r#"{"userId":"u-1","provider":"google","refreshToken":"1//rt","accessToken":"ya29.at","expiresAt":"2026-12-05T10:00:00Z","scopes":"openid email","sub":"123","email":"a@example.com","client":"c.apps","consentedAt":1764000000}"#,
-        )
-        .expect("a good line");
-        assert_eq!(grant.user_id.as_str(), "u-1");
-        assert_eq!(grant.scopes, ["openid", "email"]);
-        assert_eq!(grant.expires_at.map(|t| t.timestamp()), Some(1_796_464_800));
-        assert_eq!(
-            grant.consented_at.map(|t| t.timestamp()),
-            Some(1_764_000_000)
-        );
-        let listed = ImportedGrant::parse(
-            r#"{"userId":"u","provider":"google","refreshToken":"r","scopes":["openid","email"]}"#,
-        )
-        .expect("scopes as a list");
-        assert_eq!(listed.scopes, ["openid", "email"]);
-    }
-
-    #[test]
-    fn a_refused_line_names_its_field_and_never_its_value() {
-        let secret = "1//0gSECRETrefreshTOKEN";
-        for (text, field) in [
-            (
-                r#"{"userId":"u","provider":"google"}"#.to_string(),
-                "refreshToken",
-            ),
-            (
-                format!(
-                    r#"{{"userId":"u","provider":"google","refreshToken":"{secret}","expiresAt":"{secret}"}}"#
-                ),
-                "expiresAt",
-            ),
-            (
-                format!(
-                    r#"{{"userId":"u","provider":"google","refreshToken":"{secret}","consentedAt":true}}"#
-                ),
-                "consentedAt",
-            ),
-            (
-                format!(r#"{{"userId":"u","provider":"google","refreshToken":["{secret}"]}}"#),
-                "refreshToken",
-            ),
-            (
-                format!(r#"{{"userId":"u","provider":"google","refresh_token":"{secret}"}}"#),
-                "refresh_token",
-            ),
-            (
-                format!(r#"{{"userId":"a/b","provider":"google","refreshToken":"{secret}"}}"#),
-                "userId",
-            ),
-            (
-                format!(r#"{{"userId":"u","provider":"google","refreshToken":"{secret} x"}}"#),
-                "refreshToken",
-            ),
-            (
-                format!(
-                    r#"{{"userId":"u","provider":"google","refreshToken":"{secret}","scopes":["openid",""]}}"#
-                ),
-                "scopes[1]",
-            ),
-            (
-                format!(r#"{{"userId":"u","provider":"google","refreshToken":"{secret}""#),
-                "line",
-            ),
-            (format!(r#"["{secret}"]"#), "line"),
-            (
-                format!(r#"{{"userId":"u","provider":"google","refreshToken":"{secret}"}} {{}}"#),
-                "line",
-            ),
-        ] {
-            let e = refused(&text);
-            assert_eq!(e.field, field, "{text}: {e}");
-            assert!(!e.to_string().contains("SECRET"), "{text}: {e}");
-        }
+        Ok(keep)
     }
 }
