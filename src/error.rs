@@ -149,6 +149,12 @@ impl Error {
         ))
     }
 
+    /// A key limited to some users refused another's connections (the user is not
+    /// named: the caller chose it).
+    pub(crate) fn user_not_allowed() -> Self {
+        Self::CallerNotAllowed("use this user's connections (its userIds are limited)".into())
+    }
+
     pub(crate) fn provider_not_allowed(provider: &str) -> Self {
         Self::CallerNotAllowed(format!(
             "use {provider} connections (its providers are limited)"

@@ -18,9 +18,10 @@ use crate::aws::SdkEnv;
 use crate::config::Backend;
 
 /// Keys whose values are secrets: an error about them never quotes the value.
-const SECRET_KEYS: [&str; 5] = [
+const SECRET_KEYS: [&str; 6] = [
     "webhook_secret",
     "api_keys",
+    "callers",
     "google_client_secret",
     "state_key",
     "previous_state_key",
@@ -77,6 +78,11 @@ impl Settings {
         for entry in &mut settings.providers {
             entry.complete_google(&settings.provider);
         }
+        // One list of callers: the keys and the named callers, no name twice.
+        let callers = std::mem::take(&mut settings.secrets.callers);
+        settings.secrets.api_keys.extend(callers);
+        crate::secrets::check_names(&settings.secrets.api_keys)
+            .map_err(|e| ConfigError::new("callers", e.to_string()))?;
         settings.validate()?;
         Ok(settings)
     }

@@ -85,6 +85,11 @@ pub struct SecretSettings {
     /// `AXNT_API_KEYS`: comma-separated bearer keys accepted by the internal API.
     #[serde(deserialize_with = "de::api_keys")]
     pub(crate) api_keys: Vec<ApiKey>,
+    /// `AXNT_CALLERS`: named callers, a JSON list of `{name, apiKey, operations,
+    /// providers, clients, userIds}` (`apiKey` may be `sha256:` and the key's hex
+    /// digest). Merged into `api_keys` at load: one list of callers.
+    #[serde(deserialize_with = "de::api_keys")]
+    pub(crate) callers: Vec<ApiKey>,
     /// `AXNT_GOOGLE_CLIENT_ID`: OAuth client id (overrides the secret's).
     #[serde(rename = "google_client_id")]
     pub(crate) client_id: Option<String>,
@@ -122,6 +127,7 @@ impl Default for SecretSettings {
     fn default() -> Self {
         Self {
             api_keys: Vec::new(),
+            callers: Vec::new(),
             client_id: None,
             client_secret: None,
             state_key: None,

@@ -211,7 +211,7 @@ impl Route {
 /// The public listener's routes. Start-up registers each with its successful statuses
 /// and [`STATUSES_EVERY_ROUTE_CAN_ANSWER`] at zero, so a rate over errors works from
 /// the first scrape; a matched route missing here is labelled `other`.
-pub(crate) const ROUTES: [&Route; 16] = [
+pub(crate) const ROUTES: [&Route; 17] = [
     &probes::HEALTHZ,
     &probes::READYZ,
     &openapi::OPENAPI_JSON,
@@ -222,6 +222,7 @@ pub(crate) const ROUTES: [&Route; 16] = [
     &api::connections::LIST_ALL,
     &api::connections::DELETE,
     &api::import::IMPORT,
+    &api::whoami::WHOAMI,
     &api::logs::FLOW_LOGS,
     &api::logs::AUDIT,
     &api::events::FEED,

@@ -75,6 +75,7 @@ pub(crate) fn document_json() -> Result<String, serde_json::Error> {
         api::events::list_events,
         api::connections::delete_connection,
         api::import::import_connections,
+        api::whoami::whoami,
         api::logs::list_flow_logs,
         super::risc::receive,
         probes::healthz,
@@ -316,6 +317,7 @@ const ERRORS: &[(&str, Answers)] = &[
         ],
     ),
     ("list_flow_logs", &[(400, &["invalid_request"]), STORE]),
+    ("whoami", &[]),
     ("healthz", &[]),
     ("readyz", &[]),
 ];

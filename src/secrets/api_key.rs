@@ -32,6 +32,9 @@ pub struct Caller {
     /// `None`: every OAuth client. Some: only connections made with these clients
     /// (their client ids), and links made with them.
     pub clients: Option<Vec<String>>,
+    /// `None`: every user. Some: only users whose id one of these patterns matches
+    /// (`*` stands for any run of characters: `tenant-a:*`).
+    pub user_ids: Option<Vec<String>>,
     /// [`API_CALLS_TOTAL`](crate::series::API_CALLS_TOTAL) by operation, for this caller.
     calls: crate::series::CounterCells,
 }
@@ -62,6 +65,22 @@ impl Caller {
             .is_none_or(|ps| ps.iter().any(|p| p == provider))
     }
 
+    /// Whether this caller may act on the connections of user `user_id`.
+    pub(crate) fn may_use_user(&self, user_id: &str) -> bool {
+        self.user_ids
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| matches_pattern(p, user_id)))
+    }
+
+    /// The operations this caller may do, in their order.
+    pub(crate) fn allowed_operations(&self) -> Vec<Operation> {
+        <Operation as strum::VariantArray>::VARIANTS
+            .iter()
+            .copied()
+            .filter(|op| self.may(*op))
+            .collect()
+    }
+
     /// Whether this caller may act on connections (and links) of `client`. A caller
     /// limited to clients may not use a connection whose client is not recorded.
     pub(crate) fn may_use_client(&self, client: Option<&str>) -> bool {
@@ -69,6 +88,30 @@ impl Caller {
             .as_ref()
             .is_none_or(|cs| client.is_some_and(|c| cs.iter().any(|allowed| allowed == c)))
     }
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters (none
+/// included) and every other character for itself.
+pub(crate) fn matches_pattern(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return false;
+    };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        // No `*`: the whole text must be the pattern.
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// What a key may be limited to.
@@ -106,6 +149,9 @@ impl Operation {
 #[serde(deny_unknown_fields)]
 pub(crate) struct KeyObject {
     name: Option<String>,
+    /// The key, or `sha256:` and the hex of its SHA-256 (so the configuration need not
+    /// hold the key itself). `apiKey` in `AXNT_CALLERS`.
+    #[serde(alias = "apiKey")]
     key: String,
     #[serde(default)]
     operations: Option<Vec<Operation>>,
@@ -113,6 +159,8 @@ pub(crate) struct KeyObject {
     providers: Option<Vec<String>>,
     #[serde(default)]
     clients: Option<Vec<String>>,
+    #[serde(default, rename = "userIds")]
+    user_ids: Option<Vec<String>>,
 }
 
 /// A configured key: `key`, `name:key`, or an object with limits.
@@ -132,6 +180,10 @@ pub enum InvalidKeyEntry {
     Name,
     #[error("two keys are named {0:?}")]
     DuplicateName(String),
+    #[error("a key given as a digest must be sha256: and 64 hex digits")]
+    Digest,
+    #[error("a userIds pattern must be 1 to 256 characters, without '/' or control characters")]
+    UserPattern,
 }
 
 fn valid_name(name: &str) -> bool {
@@ -147,7 +199,21 @@ impl KeyEntry {
         match self {
             Self::Text(text) => ApiKey::parse_entry(text.trim()),
             Self::Object(o) => {
-                let mut key = ApiKey::parse(o.key.trim())?;
+                let text = o.key.trim();
+                let mut key = match text.strip_prefix("sha256:") {
+                    Some(hex) => ApiKey::from_digest_hex(hex)?,
+                    None => ApiKey::parse(text)?,
+                };
+                if o.user_ids.as_ref().is_some_and(|patterns| {
+                    patterns.iter().any(|p| {
+                        p.is_empty()
+                            || p.len() > 256
+                            || p.contains('/')
+                            || p.chars().any(char::is_control)
+                    })
+                }) {
+                    return Err(InvalidKeyEntry::UserPattern);
+                }
                 if let Some(name) = o.name.as_deref().map(str::trim) {
                     if !valid_name(name) {
                         return Err(InvalidKeyEntry::Name);
@@ -158,6 +224,7 @@ impl KeyEntry {
                 caller.operations = o.operations;
                 caller.providers = o.providers;
                 caller.clients = o.clients;
+                caller.user_ids = o.user_ids;
                 Ok(key)
             }
         }
@@ -191,7 +258,12 @@ impl ApiKey {
         if text.len() < Self::MIN_LEN {
             return Err(InvalidApiKey);
         }
-        let digest = sha256(text.as_bytes());
+        Ok(Self::with_digest(sha256(text.as_bytes())))
+    }
+
+    /// The key of this digest, its caller unnamed (`key-` and the digest's first 8 hex
+    /// digits) and unlimited.
+    fn with_digest(digest: [u8; 32]) -> Self {
         let id = format!(
             "key-{}",
             digest[..4]
@@ -199,18 +271,32 @@ impl ApiKey {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         );
-        Ok(Self {
+        Self {
             digest,
             caller: Arc::new(Caller {
                 id,
                 operations: None,
                 providers: None,
                 clients: None,
+                user_ids: None,
                 calls: crate::series::CounterCells::new(
                     <Operation as strum::VariantArray>::VARIANTS.len(),
                 ),
             }),
-        })
+        }
+    }
+
+    /// A key configured by its digest: the 64 hex digits of its SHA-256.
+    fn from_digest_hex(hex: &str) -> Result<Self, InvalidKeyEntry> {
+        if hex.len() != 64 || !hex.is_ascii() {
+            return Err(InvalidKeyEntry::Digest);
+        }
+        let mut digest = [0u8; 32];
+        for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks(2)) {
+            let pair = std::str::from_utf8(pair).map_err(|_| InvalidKeyEntry::Digest)?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| InvalidKeyEntry::Digest)?;
+        }
+        Ok(Self::with_digest(digest))
     }
 
     /// A configured entry: `name:key` (a name of letters, digits, `.`, `_`, `-`, then
@@ -293,6 +379,58 @@ mod tests {
         assert!(!key.is_one_of(&[other]));
         assert!(!key.is_one_of(&[]));
         assert_eq!(format!("{key:?}"), "ApiKey(..)");
+    }
+
+    #[test]
+    fn user_patterns_match_with_stars_for_any_run() {
+        for (pattern, text, matches) in [
+            ("tenant-a:*", "tenant-a:1", true),
+            ("tenant-a:*", "tenant-a:", true),
+            ("tenant-a:*", "tenant-b:1", false),
+            ("tenant-a:*", "xtenant-a:1", false),
+            ("*:admin", "t:admin", true),
+            ("*:admin", "t:admins", false),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "a-b-b-c", true),
+            ("a*b*c", "acb", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("*", "", true),
+        ] {
+            assert_eq!(
+                matches_pattern(pattern, text),
+                matches,
+                "{pattern} ~ {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_key_may_be_configured_by_its_digest() {
+        let hex: String = sha256(b"0123456789abcdef")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let entry: KeyEntry = serde_json::from_str(&format!(
+            r#"{{"name":"svc","apiKey":"sha256:{hex}","userIds":["t:*"]}}"#
+        ))
+        .expect("object");
+        let key = entry.into_key().expect("valid");
+        assert!(
+            ApiKey::parse("0123456789abcdef")
+                .expect("key")
+                .is_one_of(std::slice::from_ref(&key))
+        );
+        assert!(key.caller().may_use_user("t:1") && !key.caller().may_use_user("u:1"));
+        for bad in ["sha256:abc", "sha256:zz", "sha256:"] {
+            let entry: KeyEntry =
+                serde_json::from_str(&format!(r#"{{"apiKey":"{bad}"}}"#)).expect("object");
+            assert_eq!(
+                entry.into_key().err(),
+                Some(InvalidKeyEntry::Digest),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -207,6 +207,9 @@ struct SecretDocument {
     previous_state_key: Option<String>,
     #[serde(default)]
     api_keys: Option<KeyList>,
+    /// Named callers, as `AXNT_CALLERS` gives them.
+    #[serde(default)]
+    callers: Option<KeyList>,
     #[serde(default)]
     webhook_secret: Option<String>,
     #[serde(default)]
@@ -322,12 +325,20 @@ pub(crate) fn parse_secret_document(
             SecretKey::from_base64(&k).map_err(|e| malformed(format!("previous_state_key: {e}")))
         })
         .transpose()?;
-    let api_keys = doc
+    let mut api_keys = doc
         .api_keys
         .map(KeyList::into_keys)
         .transpose()
         .map_err(|e| malformed(format!("api_keys: {e}")))?
         .unwrap_or_default();
+    api_keys.extend(
+        doc.callers
+            .map(KeyList::into_keys)
+            .transpose()
+            .map_err(|e| malformed(format!("callers: {e}")))?
+            .unwrap_or_default(),
+    );
+    check_names(&api_keys).map_err(|e| malformed(format!("callers: {e}")))?;
     let webhook_secret = doc
         .webhook_secret
         .filter(|s| !s.trim().is_empty())

@@ -6,6 +6,7 @@
 on_every_backend!(
     a_limited_key_is_refused_outside_its_operations_and_providers,
     token_reads_are_audited_by_caller_and_user_without_a_token,
+    a_caller_limited_to_a_tenant_reads_only_its_users_and_whoami_says_so,
 );
 
 use reqwest::StatusCode;
@@ -181,6 +182,121 @@ async fn a_limited_key_is_refused_outside_its_operations_and_providers(backend: 
 
 /// The audit items of `query`, once `done` holds for them (aws mode writes from a
 /// queue, and counted reads are written when their window has passed).
+/// A named caller of `AXNT_CALLERS`, its key given by digest.
+const TENANT_KEY: &str = "tenant-a-key-0123456789abcdef";
+
+/// A caller (`AXNT_CALLERS`, its key configured as `sha256:` and its digest) limited
+/// to users `tenant-a:*`, the google provider and token reads and connections: it reads
+/// `tenant-a:…`, is refused `tenant-b:…` and other providers without learning whether
+/// they exist, lists only its tenant, is audited by name, and `GET /v1/whoami` says
+/// exactly that.
+async fn a_caller_limited_to_a_tenant_reads_only_its_users_and_whoami_says_so(backend: Backend) {
+    let provider = FakeProvider::start().await;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, TENANT_KEY.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let callers = json!([{
+        "name": "tenant-a-reader",
+        "apiKey": format!("sha256:{hex}"),
+        "operations": ["read_tokens", "manage_connections"],
+        "providers": ["google"],
+        "userIds": ["tenant-a:*"],
+    }])
+    .to_string();
+    let app = app_with_keys(
+        backend,
+        &provider,
+        &json!([API_KEY]),
+        &[("AXNT_CALLERS", &callers), ("AXNT_AUDIT_WINDOW_SECS", "1")],
+    )
+    .await;
+    for user in ["tenant-a:1", "tenant-b:1"] {
+        assert!(app.connect(user).await.status().is_success(), "{user}");
+    }
+    let get = |path: &'static str| as_key(&app, TENANT_KEY, reqwest::Method::GET, path);
+
+    let read = get("/v1/users/tenant-a:1/tokens/google").await;
+    assert_eq!(read.status(), StatusCode::OK);
+    let refused = get("/v1/users/tenant-b:1/tokens/google").await;
+    let body = assert_problem(refused, 403, "caller_not_allowed").await;
+    assert!(!body.to_string().contains("tenant-b"), "{body}");
+    // Another user that does not exist is refused the same way: nothing is learnt.
+    assert_problem(
+        get("/v1/users/tenant-b:nobody/tokens/google").await,
+        403,
+        "caller_not_allowed",
+    )
+    .await;
+    assert_problem(
+        get("/v1/users/tenant-a:1/tokens/github").await,
+        403,
+        "caller_not_allowed",
+    )
+    .await;
+    assert_problem(
+        get("/v1/users/tenant-b:1/connections").await,
+        403,
+        "caller_not_allowed",
+    )
+    .await;
+    let listed: Value = get("/v1/connections").await.json().await.expect("json");
+    let users: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["userId"].as_str())
+        .collect();
+    assert_eq!(users, ["tenant-a:1"], "{listed}");
+    // A connect link for another tenant's user is refused too.
+    let link = app
+        .http
+        .post(app.url("/v1/connect-sessions"))
+        .bearer_auth(TENANT_KEY)
+        .json(&json!({ "userId": "tenant-b:2", "provider": "google", "returnTo": crate::support::RETURN_ORIGIN }))
+        .send()
+        .await
+        .expect("request");
+    assert_problem(link, 403, "caller_not_allowed").await;
+
+    let me: Value = get("/v1/whoami").await.json().await.expect("json");
+    assert_eq!(
+        me,
+        json!({
+            "name": "tenant-a-reader",
+            "kind": "api_key",
+            "operations": ["read_tokens", "manage_connections"],
+            "providers": ["google"],
+            "clients": null,
+            "userIds": ["tenant-a:*"],
+        })
+    );
+    // A key without limits may do everything but the import, which is never implied.
+    let unlimited: Value = app.api_get("/v1/whoami").await.json().await.expect("json");
+    assert_eq!(
+        unlimited["operations"],
+        json!([
+            "read_tokens",
+            "manage_connections",
+            "read_logs",
+            "consume_events"
+        ])
+    );
+    assert_eq!(unlimited["userIds"], Value::Null);
+
+    // The audit names the caller for the read and for the refusal; never the key.
+    let served = audit_until(&app, "userId=tenant-a:1", |items| {
+        items.iter().any(|i| i["caller"] == "tenant-a-reader")
+    })
+    .await;
+    assert!(!Value::Array(served).to_string().contains(TENANT_KEY));
+    audit_until(&app, "userId=tenant-b:1", |items| {
+        items
+            .iter()
+            .any(|i| i["caller"] == "tenant-a-reader" && i["outcome"] == "refused")
+    })
+    .await;
+    app.stop().await;
+}
+
 async fn audit_until(app: &TestApp, query: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let mut items = Vec::new();
     for _ in 0..100 {

@@ -445,6 +445,8 @@ async fn scrape_through_a_flow(on_aws: bool) {
         ("GET", "/v1/users/metrics-user/flow-logs"),
         ("POST", "/v1/connect-sessions/no-such-flow/confirm"),
         ("DELETE", "/v1/users/metrics-user/connections/google"),
+        ("POST", "/v1/users/metrics-user/connections/google/import"),
+        ("GET", "/v1/whoami"),
     ] {
         let request = match method {
             "POST" => server

@@ -118,7 +118,7 @@ async fn schemathesis_finds_the_service_true_to_its_document() {
         output.status.code()
     );
     assert!(
-        stdout.contains("13 selected") && !stdout.contains("Authentication failed"),
+        stdout.contains("14 selected") && !stdout.contains("Authentication failed"),
         "schemathesis tested every documented operation:\n{stdout}"
     );
 }

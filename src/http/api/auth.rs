@@ -24,20 +24,29 @@ pub(super) fn permitted(
     operation: Operation,
 ) -> Router<AppState> {
     routes.route_layer(middleware::from_fn_with_state(
-        Permit::new(state, operation),
+        Permit::new(state, Some(operation)),
         authenticate,
     ))
 }
 
-/// What a router's routes need of a caller: a valid key allowed `operation`.
+/// `routes`, each answered for any caller with a valid key (`GET /v1/whoami`).
+pub(super) fn authenticated(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    routes.route_layer(middleware::from_fn_with_state(
+        Permit::new(state, None),
+        authenticate,
+    ))
+}
+
+/// What a router's routes need of a caller: a valid key, allowed `operation` when
+/// there is one.
 #[derive(Clone)]
 struct Permit {
     state: AppState,
-    operation: Operation,
+    operation: Option<Operation>,
 }
 
 impl Permit {
-    fn new(state: &AppState, operation: Operation) -> Self {
+    fn new(state: &AppState, operation: Option<Operation>) -> Self {
         Self {
             state: state.clone(),
             operation,
@@ -93,21 +102,23 @@ async fn authenticate(
             provider: param("provider")?.to_string(),
             request_id: request_id(headers).map(str::to_string),
         })
-        .filter(|_| operation == Operation::ReadTokens)
+        .filter(|_| operation == Some(Operation::ReadTokens))
     };
-    caller.count_call(operation);
-    if !caller.may(operation) {
-        let read = refused_read(request.headers());
-        audit_refusal(&state, read, &caller.id, "caller_not_allowed").await?;
-        let why = if caller.operations.is_some() {
-            "its operations are limited"
-        } else {
-            "a key has it only when its operations name it"
-        };
-        return Err(Error::CallerNotAllowed(format!(
-            "do {} ({why})",
-            operation.label()
-        )));
+    if let Some(operation) = operation {
+        caller.count_call(operation);
+        if !caller.may(operation) {
+            let read = refused_read(request.headers());
+            audit_refusal(&state, read, &caller.id, "caller_not_allowed").await?;
+            let why = if caller.operations.is_some() {
+                "its operations are limited"
+            } else {
+                "a key has it only when its operations name it"
+            };
+            return Err(Error::CallerNotAllowed(format!(
+                "do {} ({why})",
+                operation.label()
+            )));
+        }
     }
     // A provider in the path is checked here; one in a body by its handler.
     if let Some(provider) = param("provider")
@@ -116,6 +127,14 @@ async fn authenticate(
         let read = refused_read(request.headers());
         audit_refusal(&state, read, &caller.id, "caller_not_allowed").await?;
         return Err(Error::provider_not_allowed(provider));
+    }
+    // A user in the path likewise; one in a body or a query by its handler.
+    if let Some(user_id) = param("user_id")
+        && !caller.may_use_user(user_id)
+    {
+        let read = refused_read(request.headers());
+        audit_refusal(&state, read, &caller.id, "caller_not_allowed").await?;
+        return Err(Error::user_not_allowed());
     }
     let mut request = request;
     request.extensions_mut().insert(CallerOf(caller));

@@ -189,6 +189,9 @@ pub(in crate::http) async fn create_connect_session(
     if !caller.may_use(&body.provider) {
         return Err(Error::provider_not_allowed(&body.provider));
     }
+    if !caller.may_use_user(&body.user_id) {
+        return Err(Error::user_not_allowed());
+    }
     // The client the link would be made with: the one named, else the current one.
     let link_client = provider
         .client_id(body.client.as_deref())
@@ -386,6 +389,13 @@ pub(in crate::http) async fn confirm_connect_session(
             )
         })?
     };
+    if request
+        .user_id
+        .as_ref()
+        .is_some_and(|u| !caller.may_use_user(u.as_str()))
+    {
+        return Err(Error::user_not_allowed());
+    }
     let confirmed = state
         .connect
         .confirm(

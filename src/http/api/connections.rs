@@ -152,9 +152,10 @@ pub(in crate::http) async fn list_all_connections(
         .await?;
     let items = found
         .into_iter()
-        .filter(|(_, connection)| {
+        .filter(|(user_id, connection)| {
             caller.may_use(&connection.provider)
                 && caller.may_use_client(connection.client.as_deref())
+                && caller.may_use_user(user_id)
         })
         .map(|(user_id, connection)| AccountConnection {
             user_id,

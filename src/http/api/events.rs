@@ -105,7 +105,7 @@ pub(in crate::http) async fn list_events(
     let items = page
         .items
         .into_iter()
-        .filter(|e| caller.may_use(&e.provider))
+        .filter(|e| caller.may_use(&e.provider) && caller.may_use_user(&e.user_id))
         .map(|e| EventEntry {
             timestamp: e
                 .timestamp

@@ -66,12 +66,18 @@ fn log_page(limit: Option<usize>, before: Option<&str>) -> Result<usize, Error> 
 /// Whether a stored step (flow log or audit, both name their provider) is one a
 /// provider-limited key may read.
 fn visible_to(caller: &Caller, entry: &FlowLogEntry) -> bool {
-    caller.providers.is_none()
-        || entry
+    let named = |field: &str, may: &dyn Fn(&str) -> bool| {
+        entry
             .data
-            .get("provider")
-            .and_then(|p| p.as_str())
-            .is_some_and(|p| caller.may_use(p))
+            .get(field)
+            .and_then(|v| v.as_str())
+            .is_some_and(may)
+    };
+    // An audit item names its user in `data`; a flow-log step is its user's item.
+    let user_ok = caller.user_ids.is_none()
+        || named("userId", &|u| caller.may_use_user(u))
+        || (!entry.user_id.starts_with('/') && caller.may_use_user(&entry.user_id));
+    (caller.providers.is_none() || named("provider", &|p| caller.may_use(p))) && user_ok
 }
 
 /// `GET /v1/users/{userId}/flow-logs?limit=50&before=<timestamp>` → the user's flow

@@ -16,6 +16,7 @@ pub(super) mod events;
 pub(super) mod import;
 pub(super) mod logs;
 pub(super) mod tokens;
+pub(super) mod whoami;
 
 /// A path naming one of the application's users (`/v1/users/{userId}/…`).
 #[derive(Deserialize, IntoParams)]
@@ -45,6 +46,7 @@ pub(crate) fn router(state: AppState) -> Router<AppState> {
         .merge(import::router(&state))
         .merge(logs::router(&state))
         .merge(events::router(&state))
+        .merge(whoami::router(&state))
 }
 
 /// A caller's optional `returnTo`: the normalised URL, none when none was given, or
