@@ -56,24 +56,62 @@ struct Done {
     user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     provider: Option<String>,
-    outcome: String,
+    outcome: LineOutcome,
     /// A malformed or refused line's field and problem, a dead token's cause, or a
     /// failure's problem code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
 }
 
-/// Outcomes a re-run does not do again; the others (`malformed`, `refused`, `failed`)
-/// it does, as the input or the settings may have been mended since.
-const FINAL: [&str; 7] = [
-    "stored",
-    "replaced",
-    "exists",
-    "unchanged",
-    "duplicate",
-    "dead",
-    "dead_kept",
-];
+/// What became of one input line, as the report names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum LineOutcome {
+    Stored,
+    Replaced,
+    Exists,
+    Unchanged,
+    Duplicate,
+    Dead,
+    DeadKept,
+    WouldStore,
+    WouldReplace,
+    Malformed,
+    Refused,
+    Failed,
+}
+
+impl LineOutcome {
+    fn of(outcome: &ImportOutcome) -> Self {
+        match outcome {
+            ImportOutcome::Stored {
+                replaced: false, ..
+            } => Self::Stored,
+            ImportOutcome::Stored { replaced: true, .. } => Self::Replaced,
+            ImportOutcome::Exists => Self::Exists,
+            ImportOutcome::Unchanged => Self::Unchanged,
+            ImportOutcome::Dead { kept: true, .. } => Self::DeadKept,
+            ImportOutcome::Dead { kept: false, .. } => Self::Dead,
+            ImportOutcome::WouldStore { replaced: false } => Self::WouldStore,
+            ImportOutcome::WouldStore { replaced: true } => Self::WouldReplace,
+        }
+    }
+
+    /// Whether a re-run leaves the line alone. It does the others (`malformed`,
+    /// `refused`, `failed`) again, as the input or the settings may have been mended.
+    fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Stored
+                | Self::Replaced
+                | Self::Exists
+                | Self::Unchanged
+                | Self::Duplicate
+                | Self::Dead
+                | Self::DeadKept
+        )
+    }
+}
 
 /// The counts a run ends with, by outcome.
 #[derive(Debug, Default, Serialize)]
@@ -104,18 +142,19 @@ pub(crate) struct Summary {
 
 impl Summary {
     fn count(&mut self, done: &Done) {
-        match done.outcome.as_str() {
-            "stored" => self.stored += 1,
-            "replaced" => self.replaced += 1,
-            "exists" | "unchanged" => self.exists += 1,
-            "duplicate" => self.duplicate += 1,
-            "malformed" => self.malformed += 1,
-            "refused" => self.refused += 1,
-            "dead" | "dead_kept" => self.dead += 1,
-            "would_store" => self.would_store += 1,
-            "would_replace" => self.would_replace += 1,
-            _ => self.failed += 1,
-        }
+        let count = match done.outcome {
+            LineOutcome::Stored => &mut self.stored,
+            LineOutcome::Replaced => &mut self.replaced,
+            LineOutcome::Exists | LineOutcome::Unchanged => &mut self.exists,
+            LineOutcome::Duplicate => &mut self.duplicate,
+            LineOutcome::Malformed => &mut self.malformed,
+            LineOutcome::Refused => &mut self.refused,
+            LineOutcome::Dead | LineOutcome::DeadKept => &mut self.dead,
+            LineOutcome::WouldStore => &mut self.would_store,
+            LineOutcome::WouldReplace => &mut self.would_replace,
+            LineOutcome::Failed => &mut self.failed,
+        };
+        *count += 1;
     }
 
     /// Whether every line was imported, found imported, or would be.
@@ -298,16 +337,16 @@ impl Context<'_> {
             self.summary.lock().already_done += 1;
             return None;
         }
-        let done = |outcome: &str, detail: Option<String>| Done {
+        let done = |outcome: LineOutcome, detail: Option<String>| Done {
             line: number,
             user_id: Some(key.0.clone()),
             provider: Some(key.1.clone()),
-            outcome: outcome.to_string(),
+            outcome,
             detail,
         };
         if let Some(first) = first {
             return Some(done(
-                "duplicate",
+                LineOutcome::Duplicate,
                 Some(format!("line {first} names the same connection")),
             ));
         }
@@ -342,20 +381,22 @@ impl Context<'_> {
                         request_id: None,
                     });
                 }
-                Some(done(outcome.label(), detail))
+                Some(done(LineOutcome::of(&outcome), detail))
             }
             // The line chose the provider's name: it is repeated only when it looks
             // like one (a misaligned column may hold a token).
             Err(TokenError::UnknownProvider(name)) => Some(done(
-                "refused",
+                LineOutcome::Refused,
                 Some(if is_plain_name(&name) {
                     format!("provider {name:?} is not configured (AXNT_PROVIDERS)")
                 } else {
                     "provider: not a configured provider (AXNT_PROVIDERS)".to_string()
                 }),
             )),
-            Err(TokenError::InvalidInput(problem)) => Some(done("refused", Some(problem))),
-            Err(e) => Some(done("failed", Some(e.code().to_string()))),
+            Err(TokenError::InvalidInput(problem)) => {
+                Some(done(LineOutcome::Refused, Some(problem)))
+            }
+            Err(e) => Some(done(LineOutcome::Failed, Some(e.code().to_string()))),
         }
     }
 }
@@ -382,7 +423,7 @@ fn malformed(number: u64, field: &str, problem: &str) -> Done {
         line: number,
         user_id: None,
         provider: None,
-        outcome: "malformed".to_string(),
+        outcome: LineOutcome::Malformed,
         detail: Some(format!("{field}: {problem}")),
     }
 }
@@ -458,7 +499,7 @@ async fn read_report(path: &Path) -> anyhow::Result<HashSet<(u64, String, String
     Ok(text
         .lines()
         .filter_map(|line| serde_json::from_str::<Done>(line).ok())
-        .filter(|d| FINAL.contains(&d.outcome.as_str()))
+        .filter(|d| d.outcome.is_final())
         .filter_map(|d| Some((d.line, d.user_id?, d.provider?)))
         .collect())
 }

@@ -180,6 +180,11 @@ impl TokenService {
         }
         Ok(out)
     }
+
+    /// Connections across users, in key order after `after`, that `filter` admits: at
+    /// most `limit`, reading at most [`MAX_SCANNED_PER_PAGE`] rows per call. Returns
+    /// where the next page starts (`None` once the table is done); a page may hold
+    /// fewer than `limit` while there is more.
     #[tracing::instrument(skip_all)]
     pub(crate) async fn connections_across(
         &self,

@@ -419,10 +419,6 @@ impl TokenService {
             .await
     }
 
-    /// Connections across users, in key order after `after`, whose health is `health`
-    /// (any when `None`): at most `limit`, reading at most [`MAX_SCANNED_PER_PAGE`] rows
-    /// per call. Returns where the next page starts (`None` once the table is done); a
-    /// page may hold fewer than `limit` while there is more.
     /// A page of the events feed (see [`crate::events::feed_page`]).
     pub(crate) async fn events_page(
         &self,
