@@ -10,7 +10,7 @@
 //! `status=error&error=<code>`. Server-side details are logged once by
 //! [`log_errors`], inside the request's span, and never sent to clients.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 
 use crate::connect::ConnectError;
@@ -124,6 +124,17 @@ impl From<JsonRejection> for Error {
             }
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
             other => Self::InvalidRequest(format!("malformed JSON body: {}", other.body_text())),
+        }
+    }
+}
+
+impl From<BytesRejection> for Error {
+    /// A body read as bytes (parsed by the handler, whose errors never quote it).
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::PayloadTooLarge
+        } else {
+            Self::InvalidRequest("the body could not be read".into())
         }
     }
 }

@@ -86,6 +86,25 @@ pub(crate) struct Read<'a> {
     pub(crate) request_id: Option<&'a str>,
 }
 
+impl Read<'_> {
+    /// This read (or action) as one record of `target`, at `now`.
+    fn into_record(self, target: Target, now: DateTime<Utc>) -> Record {
+        Record {
+            key: RecordKey {
+                caller: self.caller.to_string(),
+                target,
+                outcome: self.outcome,
+                reason: self.reason,
+            },
+            count: 1,
+            first_at: now,
+            last_at: now,
+            scopes: self.scopes.map(str::to_string),
+            request_id: self.request_id.map(str::to_string),
+        }
+    }
+}
+
 /// How the trail is kept and written.
 pub(crate) struct AuditRules {
     pub(crate) retention: Duration,
@@ -189,20 +208,8 @@ impl AuditTrail {
                 provider: read.provider.to_string(),
             }
         };
-        let key = RecordKey {
-            caller: read.caller.to_string(),
-            target,
-            outcome: read.outcome,
-            reason: read.reason,
-        };
-        let record = Record {
-            key: key.clone(),
-            count: 1,
-            first_at: now,
-            last_at: now,
-            scopes: read.scopes.map(str::to_string),
-            request_id: read.request_id.map(str::to_string),
-        };
+        let record = read.into_record(target, now);
+        let key = record.key.clone();
         self.queue.push(record, deadline).await?;
         if counted {
             let mut windows = self.windows.lock();
@@ -224,23 +231,12 @@ impl AuditTrail {
     /// record at once, whatever the queue holds (never dropped, never refused: an
     /// action is done when it is recorded, and its callers are few and paced).
     pub(crate) fn record_action(&self, action: Read<'_>) {
-        let now = Utc::now();
-        self.queue.push_unbounded(Record {
-            key: RecordKey {
-                caller: action.caller.to_string(),
-                target: Target::Connection {
-                    user_id: action.user_id.to_string(),
-                    provider: action.provider.to_string(),
-                },
-                outcome: action.outcome,
-                reason: action.reason,
-            },
-            count: 1,
-            first_at: now,
-            last_at: now,
-            scopes: action.scopes.map(str::to_string),
-            request_id: action.request_id.map(str::to_string),
-        });
+        let target = Target::Connection {
+            user_id: action.user_id.to_string(),
+            provider: action.provider.to_string(),
+        };
+        self.queue
+            .push_unbounded(action.into_record(target, Utc::now()));
     }
 
     /// Counts a served read in its open window (true), or queues the counted reads of

@@ -133,6 +133,19 @@ pub(crate) struct About {
     pub(crate) original_id: Option<String>,
 }
 
+impl Granted {
+    /// What `row`'s grant is: its account and scopes.
+    pub(crate) fn of(row: &Connection) -> Self {
+        Self {
+            about: About::of(row),
+            sub: row.user_info.sub.clone(),
+            email: row.email.clone(),
+            granted_scopes: row.grant.granted_scopes.clone(),
+            requested_scopes: row.grant.requested_scopes.clone(),
+        }
+    }
+}
+
 impl About {
     pub(crate) fn of(row: &Connection) -> Self {
         Self {

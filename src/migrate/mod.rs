@@ -1,7 +1,8 @@
 //! Moving in and moving out: `axnt-oauth import` (this module) stores grants made
 //! elsewhere from JSON lines, and `axnt-oauth export` ([`export`]) writes them out.
 //!
-//! An import streams its input (one line in memory per worker), works on a few lines at
+//! An import streams its input (one line in memory per worker; of the others only their
+//! connection's key and whether the report has them done), works on a few lines at
 //! once, and paces its redeems towards the provider (`--verify`). It keeps a report, one
 //! JSON line per input line done (never a token), appended as it goes: a run started
 //! again with the same input and report skips what is done, so an interrupted run
@@ -89,7 +90,7 @@ impl LineOutcome {
             } => Self::Stored,
             ImportOutcome::Stored { replaced: true, .. } => Self::Replaced,
             ImportOutcome::Exists => Self::Exists,
-            ImportOutcome::Unchanged => Self::Unchanged,
+            ImportOutcome::Unchanged { .. } => Self::Unchanged,
             ImportOutcome::Dead { kept: true, .. } => Self::DeadKept,
             ImportOutcome::Dead { kept: false, .. } => Self::Dead,
             ImportOutcome::WouldStore { replaced: false } => Self::WouldStore,
@@ -516,28 +517,97 @@ fn spawn_progress(summary: Arc<Mutex<Summary>>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Spaces redeems at most `per_second` apart, across the workers.
-struct Pace {
-    every: Duration,
-    next: tokio::sync::Mutex<tokio::time::Instant>,
-}
+/// Redeems at most `per_second`, evenly spaced (no burst), across the workers: the
+/// rate limiter the API's limits use.
+struct Pace(governor::DefaultDirectRateLimiter);
 
 impl Pace {
     fn new(per_second: u32) -> Self {
-        Self {
-            every: Duration::from_secs(1) / per_second.max(1),
-            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
-        }
+        let rate = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
+        Self(governor::RateLimiter::direct(
+            governor::Quota::per_second(rate).allow_burst(std::num::NonZeroU32::MIN),
+        ))
     }
 
     async fn wait(&self) {
-        let at = {
-            let mut next = self.next.lock().await;
-            let now = tokio::time::Instant::now();
-            let at = (*next).max(now);
-            *next = at + self.every;
-            at
-        };
-        tokio::time::sleep_until(at).await;
+        self.0.until_ready().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt as _;
+
+    use super::*;
+
+    /// Lines as an input holds them: an over-long one and one not UTF-8 are refused on
+    /// their own and reading goes on; a last line without a newline counts; nothing of
+    /// a refused line is kept.
+    #[tokio::test]
+    async fn lines_are_numbered_and_a_bad_one_is_refused_alone() {
+        let mut input = b"first\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 1));
+        input.extend(b"\n\xff\xfe\n\nlast");
+        let lines: Vec<(u64, Result<String, String>)> = numbered_lines(
+            Box::new(std::io::Cursor::new(input)),
+            tokio_util::sync::CancellationToken::new(),
+        )
+        .collect()
+        .await;
+        assert_eq!(
+            lines,
+            [
+                (1, Ok("first".to_string())),
+                (2, Err(format!("longer than {MAX_LINE_BYTES} bytes"))),
+                (3, Err("not UTF-8".to_string())),
+                (4, Ok(String::new())),
+                (5, Ok("last".to_string())),
+            ]
+        );
+    }
+
+    /// A stop ends the lines at once, whatever the input still holds.
+    #[tokio::test]
+    async fn a_stop_ends_the_lines() {
+        let stop = tokio_util::sync::CancellationToken::new();
+        stop.cancel();
+        let lines: Vec<_> =
+            numbered_lines(Box::new(std::io::Cursor::new(b"a\nb\n".to_vec())), stop)
+                .collect()
+                .await;
+        assert!(lines.is_empty());
+    }
+
+    /// A line a run reported as done is skipped by the next only when its outcome is
+    /// final; a report line that does not parse is ignored (that line is done again).
+    #[tokio::test]
+    async fn the_report_names_only_final_lines_as_done() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("report.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"line":1,"userId":"u1","provider":"google","outcome":"stored"}"#,
+                "\n",
+                r#"{"line":2,"userId":"u2","provider":"google","outcome":"failed","detail":"store_unavailable"}"#,
+                "\n",
+                r#"{"line":3,"outcome":"malformed","detail":"line: not valid JSON"}"#,
+                "\n",
+                r#"{"line":4,"userId":"u4","provider":"google","outcome":"dead","detail":"x"}"#,
+                "\n",
+                "not json\n",
+            ),
+        )
+        .expect("write");
+        let done = read_report(&path).await.expect("read");
+        let mut done: Vec<_> = done.into_iter().collect();
+        done.sort();
+        assert_eq!(
+            done,
+            [
+                (1, "u1".to_string(), "google".to_string()),
+                (4, "u4".to_string(), "google".to_string())
+            ]
+        );
     }
 }

@@ -14,13 +14,7 @@ pub(super) fn grant_events(
     before: Option<&Connection>,
     row: &Connection,
 ) -> Vec<crate::store::Event> {
-    let granted = Granted {
-        about: About::of(row),
-        sub: row.user_info.sub.clone(),
-        email: row.email.clone(),
-        granted_scopes: row.grant.granted_scopes.clone(),
-        requested_scopes: row.grant.requested_scopes.clone(),
-    };
+    let granted = Granted::of(row);
     let Some(before) = before else {
         return vec![rules.make(EventPayload::Created(granted))];
     };

@@ -366,13 +366,7 @@ pub(in crate::http) async fn confirm_connect_session(
     ApiPath(flow_id): ApiPath<FlowId>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, Error> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            Error::PayloadTooLarge
-        } else {
-            Error::InvalidRequest("the body could not be read".into())
-        }
-    })?;
+    let body = body?;
     // An empty body is the flow id alone: refused below as a wrong code is, and the
     // grant discarded. serde's message is not passed on: it could quote the code.
     let request: ConfirmRequest = if body.iter().all(u8::is_ascii_whitespace) {

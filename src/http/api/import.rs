@@ -101,16 +101,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for JsonBytes {
                 "send Content-Type: application/json".into(),
             ));
         }
-        Bytes::from_request(request, state)
-            .await
-            .map(Self)
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::PayloadTooLarge
-                } else {
-                    Error::InvalidRequest("the body could not be read".into())
-                }
-            })
+        Ok(Self(Bytes::from_request(request, state).await?))
     }
 }
 
@@ -242,9 +233,8 @@ pub(in crate::http) async fn import_connections(
             connection,
         ),
         ImportOutcome::Exists => return Err(TokenError::AlreadyConnected.into()),
-        ImportOutcome::Unchanged => {
-            let connection = listed(&tokens, &user_id, &provider).await?;
-            (StatusCode::OK, !connection.unverified, Box::new(connection))
+        ImportOutcome::Unchanged { connection } => {
+            (StatusCode::OK, !connection.unverified, connection)
         }
         ImportOutcome::Dead { cause, kept: false } => {
             return Err(TokenError::ReauthorizationRequired { cause }.into());

@@ -58,7 +58,7 @@ pub(crate) enum ImportOutcome {
     Exists,
     /// The line's own refresh token is the connection's already (an earlier run of
     /// the same import): nothing to do.
-    Unchanged,
+    Unchanged { connection: Box<ConnectionSummary> },
     /// `verify` found the refresh token dead: `cause` says why. Kept inactive when
     /// asked; otherwise the connection is as it was before the import.
     Dead { cause: String, kept: bool },
@@ -75,7 +75,7 @@ impl ImportOutcome {
             } => "stored",
             Self::Stored { replaced: true, .. } => "replaced",
             Self::Exists => "exists",
-            Self::Unchanged => "unchanged",
+            Self::Unchanged { .. } => "unchanged",
             Self::Dead { kept: true, .. } => "dead_kept",
             Self::Dead { kept: false, .. } => "dead",
             Self::WouldStore { replaced: false } => "would_store",
@@ -97,7 +97,9 @@ enum Prior {
 /// The first write's result.
 enum First {
     Exists,
-    Unchanged,
+    Unchanged {
+        row: Box<Connection>,
+    },
     /// An earlier run of this import stored the grant to verify it, and its redeem
     /// found it dead before the import could settle it: settle it now.
     DeadUnsettled {
@@ -167,7 +169,7 @@ impl TokenService {
                         () if verify && row.grant.unverified && row.is_active => {
                             First::Unverified { row }
                         }
-                        () => First::Unchanged,
+                        () => First::Unchanged { row },
                     }));
                 }
                 if !options.replace {
@@ -209,7 +211,11 @@ impl TokenService {
         let flow = self.flow_log.flow(user_id, &flow_id, name, client);
         let (row, previous) = match first {
             First::Exists => return Ok(ImportOutcome::Exists),
-            First::Unchanged => return Ok(ImportOutcome::Unchanged),
+            First::Unchanged { row } => {
+                return Ok(ImportOutcome::Unchanged {
+                    connection: Box::new(self.summary(*row)),
+                });
+            }
             First::DeadUnsettled { row } => {
                 let cause = row
                     .refresh
@@ -292,13 +298,7 @@ impl TokenService {
         replaced: bool,
     ) -> crate::store::Event {
         self.policy.events.make(EventPayload::Imported {
-            granted: Granted {
-                about: About::of(row),
-                sub: row.user_info.sub.clone(),
-                email: row.email.clone(),
-                granted_scopes: row.grant.granted_scopes.clone(),
-                requested_scopes: row.grant.requested_scopes.clone(),
-            },
+            granted: Granted::of(row),
             verified,
             replaced,
             is_active: row.is_active,
@@ -326,11 +326,12 @@ impl TokenService {
             (Some(_), Some(at)) => at.timestamp(),
             _ => 0,
         };
-        let refresh_token = grant.refresh_token.expose_secret().to_string();
+        // Borrowed: the only copy made is the set's own, wiped when it is dropped.
+        let refresh_token = grant.refresh_token.expose_secret();
         let scope = (!grant.scopes.is_empty()).then(|| grant.scopes.join(" "));
         let set = TokenSet {
             access_token: access_token.unwrap_or_default(),
-            refresh_token: Some(refresh_token.clone()),
+            refresh_token: Some(refresh_token.to_string()),
             id_token: None,
             scope,
             token_type: "Bearer".to_string(),
@@ -389,8 +390,8 @@ impl TokenService {
                 refresh_token_expires_at: None,
                 client_id,
                 expiry_notice_for: None,
-                refresh_token_hash: Some(crate::oauth::risc::token_hash(&refresh_token)),
-                refresh_token_prefix_hash: Some(crate::oauth::risc::prefix_hash(&refresh_token)),
+                refresh_token_hash: Some(crate::oauth::risc::token_hash(refresh_token)),
+                refresh_token_prefix_hash: Some(crate::oauth::risc::prefix_hash(refresh_token)),
                 imported_at: Some(now),
                 unverified: true,
                 verifying: verify,
