@@ -231,7 +231,18 @@ pub async fn aws_env(client_id: &str, client_secret: &str, api_key: &str) -> Vec
     fixture(client_id, client_secret, api_key).await.env
 }
 
-/// A moto server of a test's own (for IAM enforcement), stopped on drop.
+/// `$TEST_AXNT_MOTO_SERVER_BIN`, which `scripts/test` exports.
+fn moto_server_bin() -> String {
+    std::env::var("TEST_AXNT_MOTO_SERVER_BIN").unwrap_or_else(|_| {
+        panic!(
+            "TEST_AXNT_MOTO_SERVER_BIN is not set: run the suite with scripts/test, or export it \
+             as the path of moto_server (e.g. .venv-moto/bin/moto_server)"
+        )
+    })
+}
+
+/// A moto server of a test's own (for IAM enforcement, or a load of its own), stopped
+/// on drop.
 pub struct OwnMoto {
     pub endpoint: String,
     child: Child,
@@ -248,17 +259,29 @@ impl OwnMoto {
     /// Starts `$TEST_AXNT_MOTO_SERVER_BIN` on a free loopback port with `env`, and
     /// waits until it answers.
     pub async fn start(env: &[(&str, &str)]) -> Self {
-        let bin = std::env::var("TEST_AXNT_MOTO_SERVER_BIN").unwrap_or_else(|_| {
-            panic!(
-                "TEST_AXNT_MOTO_SERVER_BIN is not set: run the suite with scripts/test, or export it \
-                 as the path of moto_server (e.g. .venv-moto/bin/moto_server)"
-            )
-        });
+        Self::launch(Command::new(moto_server_bin()), env).await
+    }
+
+    /// Like the suite's own: moto answering one request at a time (through
+    /// `scripts/moto-serial.py`, with the venv's Python), so conditional writes are
+    /// atomic. For a test whose load would otherwise queue every other test behind it.
+    pub async fn serial() -> Self {
+        let bin = moto_server_bin();
+        let python = std::path::Path::new(&bin).with_file_name("python");
+        let mut command = Command::new(python);
+        command.arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/moto-serial.py"
+        ));
+        Self::launch(command, &[]).await
+    }
+
+    async fn launch(mut command: Command, env: &[(&str, &str)]) -> Self {
+        let bin = format!("{:?}", command.get_program());
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
-        let mut command = Command::new(&bin);
         command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())

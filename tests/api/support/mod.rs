@@ -264,6 +264,31 @@ impl TestApp {
         .await
     }
 
+    /// aws mode on a moto of the test's own (see [`aws::OwnMoto::serial`]): tables, key
+    /// and secret made there.
+    pub async fn aws_on(
+        moto: &aws::OwnMoto,
+        provider: &FakeProvider,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut env = env_for_secret(provider, extra);
+        let fixture = aws::provision(
+            &moto.endpoint,
+            &aws::AwsCredentials::from_env(),
+            &provider.client_id(),
+            &provider.client_secret(),
+            API_KEY,
+            None,
+        )
+        .await;
+        env.extend(fixture.env);
+        Self::spawn_in(
+            std::sync::Arc::new(tempfile::tempdir().expect("tempdir")),
+            env,
+        )
+        .await
+    }
+
     pub async fn spawn_with(provider: &FakeProvider, extra: &[(&str, &str)]) -> Self {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         Self::spawn_in(dir, env_for(provider, extra)).await
