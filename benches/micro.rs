@@ -14,7 +14,7 @@
 use std::hint::black_box;
 
 use axnt_oauth::bench_api::{self, EnvelopeCipher};
-use axnt_oauth::secrets::ApiKey;
+use axnt_oauth::callers::ApiKey;
 use axnt_oauth::store::embedded::EmbeddedStore;
 use axnt_oauth::store::prelude::*;
 use chrono::Utc;

@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::callers::ApiKey;
 use crate::crypto::cache::{CacheLimits, CachingKeyProvider};
 use crate::crypto::local::LocalKeyProvider;
 use crate::crypto::{CryptoError, KeyProvider, SecretKey};
 use crate::ids::{FlowId, UserId};
 use crate::oauth::flow::{FlowState, Purpose, StateSealer};
-use crate::secrets::{ApiKey, SecretsCache, ServiceSecrets, StaticSecrets};
+use crate::secrets::{SecretsCache, ServiceSecrets, StaticSecrets};
 use crate::store::{Connection, RefreshState, StoreError, UserInfo};
 use crate::tokens::token_set::TokenSet;
 
@@ -204,11 +205,14 @@ impl FlowStates {
 
 /// The secrets cache accepting `keys` as API keys, as the internal API checks them.
 pub async fn api_key_cache(keys: &[&str]) -> Result<Arc<SecretsCache>, String> {
-    let accepted = keys
-        .iter()
-        .map(|k| ApiKey::parse(k))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
+    let accepted = crate::callers::CallerList {
+        keys: keys
+            .iter()
+            .map(|k| ApiKey::parse(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?,
+        identities: Vec::new(),
+    };
     let source = StaticSecrets::new(ServiceSecrets::default(), "bench");
     SecretsCache::load(Arc::new(source), Default::default(), accepted)
         .await

@@ -55,7 +55,7 @@ pub(crate) async fn check(settings: Settings) -> i32 {
     let secrets = SecretsCache::load(
         Arc::clone(&backends.secrets),
         Default::default(),
-        Vec::new(),
+        Default::default(),
     )
     .await;
     let client_configured = settings.secrets.client_id.is_some()

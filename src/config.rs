@@ -22,8 +22,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+use crate::callers::CallerList;
 use crate::crypto::SecretKey;
-use crate::secrets::ApiKey;
 
 use crate::aws::{AwsSettings, SdkEnv};
 

@@ -27,6 +27,13 @@ pub(crate) use response::{ErrorReport, Problem, log_errors};
 pub(crate) enum Error {
     #[error("missing or wrong API key")]
     Unauthorized,
+    /// An `AWS-IAM` credential or a workload token proved no caller: the rule it broke
+    /// (never a value of it, nor another caller).
+    #[error("{0}")]
+    CredentialRefused(String),
+    /// STS or a workload token's issuer could not be asked; the reason is logged.
+    #[error("the caller's identity cannot be checked now: {0}")]
+    IdentityUnavailable(String),
     /// The key is valid but limited: not to this operation, or not to this provider.
     #[error("this API key may not {0}")]
     CallerNotAllowed(String),
@@ -175,7 +182,7 @@ impl Error {
     /// The HTTP status: chosen here and nowhere else.
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::CredentialRefused(_) => StatusCode::UNAUTHORIZED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::InvalidRequest(_) | Self::ReturnUrlNotAllowed | Self::InvalidSecurityEvent(_) => {
@@ -190,7 +197,9 @@ impl Error {
             Self::Token(e) => token_status(e),
             Self::Provider(e) => provider_status(e),
             Self::Store(e) => store_status(e),
-            Self::AuditUnavailable | Self::Starting => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AuditUnavailable | Self::Starting | Self::IdentityUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Crypto(e) => crypto_status(e),
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -199,7 +208,8 @@ impl Error {
     /// The stable, documented code clients branch on.
     pub(crate) fn code(&self) -> &'static str {
         match self {
-            Self::Unauthorized => "unauthorized",
+            Self::Unauthorized | Self::CredentialRefused(_) => "unauthorized",
+            Self::IdentityUnavailable(_) => "identity_unavailable",
             Self::CallerNotAllowed(_) => "caller_not_allowed",
             Self::RequestTimeout => "request_timeout",
             Self::RateLimited { .. } => "rate_limited",
@@ -232,6 +242,9 @@ impl Error {
             Self::Store(e) => e.public_detail().into(),
             Self::Crypto(e) => e.public_detail().into(),
             Self::Internal(_) => "internal error".into(),
+            Self::IdentityUnavailable(_) => {
+                "the caller's identity cannot be checked now (STS or the token's issuer did not answer); retry".into()
+            }
             other => other.to_string(),
         }
     }
@@ -370,6 +383,8 @@ pub(crate) fn one_of_each() -> Vec<Error> {
     fn listed(e: &Error) {
         match e {
             Error::Unauthorized
+            | Error::CredentialRefused(_)
+            | Error::IdentityUnavailable(_)
             | Error::CallerNotAllowed(_)
             | Error::InvalidRequest(_)
             | Error::UnsupportedMediaType(_)
@@ -394,6 +409,8 @@ pub(crate) fn one_of_each() -> Vec<Error> {
     let s = String::new;
     let all = vec![
         Error::Unauthorized,
+        Error::CredentialRefused(s()),
+        Error::IdentityUnavailable(s()),
         Error::CallerNotAllowed(s()),
         Error::InvalidRequest(s()),
         Error::UnsupportedMediaType(s()),

@@ -26,12 +26,13 @@ use zeroize::Zeroizing;
 
 pub use callback::callback;
 
+use crate::callers::ApiKey;
 use crate::crypto::local::LocalKeyProvider;
 use crate::crypto::{Envelope, EnvelopeCipher, SecretKey, b64url, b64url_decode};
 use crate::ids::{FlowId, UserId};
 use crate::oauth::flow::{ConnectSession, FlowState, Purpose, SealError, StateSealer};
 use crate::oauth::{ReturnUrl, ReturnUrls};
-use crate::secrets::{ApiKey, parse_secret_document};
+use crate::secrets::parse_secret_document;
 use crate::store::dynamodb::connection_from;
 
 /// Planted in every string the harnesses make up: an error message holding it quoted

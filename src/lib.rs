@@ -15,7 +15,10 @@
 //! - [`store`]: `TokenStore` and `FlowLog` and their backends (embedded SQLite,
 //!   DynamoDB) and the buffered flow-log writer.
 //! - [`crypto`]: envelope encryption and the `KeyProvider`s that wrap data keys.
-//! - [`secrets`]: client credentials, state key and API keys, and their rotation.
+//! - [`secrets`]: client credentials, state key and the callers the secret names, and
+//!   their rotation.
+//! - [`callers`]: who calls the internal API (API keys, AWS IAM roles, OIDC workload
+//!   tokens) and what each may do.
 //! - [`aws`]: aws mode's shared plumbing, a leaf that imports nothing of the service
 //!   but the names of its metrics — SDK configuration, error sorting and metrics,
 //!   table set-up.
@@ -33,9 +36,9 @@
 //!
 //! Arrows point down the layers: `cli` → `check`/`rotate` → `app` → `http` →
 //! `connect` → `tokens`/`webhooks`/`audit` → `error` → `oauth`/`events`/`telemetry` →
-//! `store`/`config` → `secrets` → `crypto` → the leaves (`aws`, `guard`, `jobs`,
+//! `store`/`config` → `secrets` → `callers` → `crypto` → the leaves (`aws`, `guard`, `jobs`,
 //! `breaker`, then `retry` and `series`). `config` fills the `aws::AwsSettings` it needs and checks
-//! keys with the one parser of each, `secrets::ApiKey` and `crypto::SecretKey`, and
+//! keys with the one parser of each, `callers::ApiKey` and `crypto::SecretKey`, and
 //! URLs with `guard`; it imports no service. A unit test below holds every import to
 //! the layers.
 
@@ -56,6 +59,7 @@ pub mod aws;
 #[doc(hidden)]
 pub mod bench_api;
 mod breaker;
+pub mod callers;
 mod check;
 pub mod cli;
 pub mod config;
@@ -151,6 +155,8 @@ mod layout {
         // Storage and settings.
         &["store", "config"],
         &["secrets"],
+        // Who calls, and how each proves it.
+        &["callers"],
         &["crypto"],
         // Leaves.
         &["aws", "guard", "jobs", "breaker", "ids"],

@@ -133,6 +133,7 @@ pub(crate) const SECURITY_EVENT_ROWS_SCANNED_TOTAL: &str = "axnt_security_event_
 pub(crate) const WEBHOOK_DELIVERIES_TOTAL: &str = "axnt_webhook_deliveries_total";
 pub(crate) const WEBHOOK_LAG_SECONDS: &str = "axnt_webhook_lag_seconds";
 pub(crate) const API_CALLS_TOTAL: &str = "axnt_api_calls_total";
+pub(crate) const CALLER_CHECKS_TOTAL: &str = "axnt_caller_checks_total";
 pub(crate) const REFRESH_LEASE_LAPSES_TOTAL: &str = "axnt_refresh_lease_lapses_total";
 
 /// At most three labels a series: each label multiplies its series, and every value of
@@ -149,7 +150,7 @@ const _: () = {
 };
 
 /// Every series, in the order `/metrics` describes them.
-pub(crate) const ALL: [Series; 40] = [
+pub(crate) const ALL: [Series; 41] = [
     Series {
         name: HTTP_REQUESTS_TOTAL,
         kind: Kind::Counter,
@@ -422,6 +423,13 @@ pub(crate) const ALL: [Series; 40] = [
         unit: None,
         help: "Internal-API calls made with a valid key, by caller (the key's id) and the operation its route needs",
         labels: &["caller", "operation"],
+    },
+    Series {
+        name: CALLER_CHECKS_TOTAL,
+        kind: Kind::Counter,
+        unit: None,
+        help: "Credentials of callers that are not keys checked, by kind (iam, oidc) and outcome (verified: asked STS or checked a token; cached: an identity STS proved within the minute; refused; unavailable: STS or the issuer could not be asked)",
+        labels: &["kind", "outcome"],
     },
     Series {
         name: REFRESH_LEASE_LAPSES_TOTAL,

@@ -28,14 +28,19 @@ pub(super) async fn load_secrets(
     let service = SecretsCache::load(
         backends.secrets.clone(),
         client_override(settings),
-        backends.api_keys.clone(),
+        backends.callers.clone(),
     )
     .await?;
     let mut clients = Vec::with_capacity(backends.client_sources.len());
     for client in &backends.client_sources {
         clients.push((
             client.provider.clone(),
-            SecretsCache::load(Arc::clone(&client.source), client.over.clone(), Vec::new()).await?,
+            SecretsCache::load(
+                Arc::clone(&client.source),
+                client.over.clone(),
+                CallerList::default(),
+            )
+            .await?,
         ));
     }
     Ok(LoadedSecrets { service, clients })
@@ -101,7 +106,7 @@ pub(super) fn assemble(
     };
     let events = event_rules(&settings, &backends);
     events.warn_if_raised(settings.retention.events_feed_delay);
-    if secrets.current().api_keys.is_empty() {
+    if secrets.current().callers.is_empty() {
         tracing::warn!(
             "no API key configured (AXNT_API_KEYS or the secret's api_keys): the internal API rejects every call"
         );
@@ -203,6 +208,7 @@ pub(super) fn assemble(
         connect,
         secrets,
         readiness,
+        identity: Arc::new(identity_checks(&settings)?),
         risc: Arc::new(
             crate::oauth::risc::RiscVerifier::new(
                 &settings.provider.risc_issuer,
@@ -301,4 +307,57 @@ fn delivery_rules(s: &crate::config::WebhookSettings) -> crate::webhooks::Delive
         poll: s.poll,
         circuit_open: s.circuit_open,
     }
+}
+
+/// The checks of IAM and OIDC callers. IAM callers need `AXNT_IAM_SERVER_ID`; their
+/// signed requests go to `AXNT_IAM_STS_ENDPOINT`, else the endpoint the AWS SDK would
+/// use for STS: `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, or the region's.
+fn identity_checks(settings: &Settings) -> Result<crate::callers::IdentityChecks, StartupError> {
+    let timeout = settings.provider.timeout;
+    let iam = match settings.secrets.iam_server_id.as_deref().map(str::trim) {
+        Some(server_id) if !server_id.is_empty() => {
+            let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+            let endpoint = settings
+                .secrets
+                .iam_sts_endpoint
+                .as_ref()
+                .map(url::Url::to_string)
+                .or_else(|| settings.aws_sdk_env.endpoint_url.clone())
+                .or_else(|| from_env("AWS_ENDPOINT_URL_STS"))
+                .or_else(|| from_env("AWS_ENDPOINT_URL"));
+            let region = settings
+                .aws_sdk_env
+                .region
+                .clone()
+                .or_else(|| from_env("AWS_REGION"))
+                .or_else(|| from_env("AWS_DEFAULT_REGION"));
+            let sts = match (endpoint, region) {
+                (Some(endpoint), _) => crate::callers::iam::sts_endpoint(Some(&endpoint), ""),
+                (None, Some(region)) => crate::callers::iam::sts_endpoint(None, &region),
+                (None, None) => Err(
+                    "IAM callers need an STS endpoint: set AWS_REGION (or AXNT_IAM_STS_ENDPOINT)"
+                        .to_string(),
+                ),
+            }
+            .map_err(|reason| ConfigError {
+                setting: crate::config::env_name("iam_sts_endpoint"),
+                reason,
+            })?;
+            let verifier =
+                crate::callers::iam::IamVerifier::new(sts, server_id.to_string(), timeout)
+                    .map_err(|reason| ConfigError {
+                        setting: crate::config::env_name("iam_server_id"),
+                        reason,
+                    })?;
+            tracing::info!(sts = %verifier.host(), "IAM callers are checked with STS");
+            Some(verifier)
+        }
+        _ => None,
+    };
+    Ok(
+        crate::callers::IdentityChecks::new(iam, timeout).map_err(|reason| ConfigError {
+            setting: crate::config::env_name("callers"),
+            reason,
+        })?,
+    )
 }

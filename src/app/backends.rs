@@ -13,6 +13,7 @@ use zeroize::Zeroizing;
 
 use super::StartupError;
 use crate::aws::sdk_config;
+use crate::callers::{ApiKey, CallerList};
 use crate::config::{Backend, DataKeySettings, Settings};
 use crate::crypto::cache::{CacheLimits, CachingKeyProvider};
 use crate::crypto::kms::KmsKeyProvider;
@@ -20,7 +21,7 @@ use crate::crypto::local::{LocalKeyProvider, load_or_create_key_file, write_priv
 use crate::crypto::{KeyProvider, SecretKey, random_token};
 use crate::secrets::secrets_manager::SecretsManagerSource;
 use crate::secrets::{
-    ApiKey, ClientCredentials, ClientOverride, SecretSource, ServiceSecrets, StaticSecrets,
+    ClientCredentials, ClientOverride, SecretSource, ServiceSecrets, StaticSecrets,
 };
 use crate::store::buffered::BufferedFlowLog;
 use crate::store::dynamodb::{DynamoStore, Settler};
@@ -43,8 +44,8 @@ pub struct Backends {
     pub(crate) state_key: Option<SecretKey>,
     /// The state key before a rotation: still opens what it sealed.
     pub(crate) previous_state_key: Option<SecretKey>,
-    /// API keys accepted besides the secret's.
-    pub(crate) api_keys: Vec<ApiKey>,
+    /// Callers accepted besides the secret's (settings, the data directory's key).
+    pub(crate) callers: CallerList,
     /// What `setup` created, for its report.
     pub(crate) created: Vec<String>,
     /// Embedded mode's store, whose expired rows and flow-log items the service
@@ -104,8 +105,8 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         }
     };
 
-    let mut api_keys = settings.secrets.api_keys.clone();
-    if api_keys.is_empty() {
+    let mut callers = settings.secrets.api_keys.clone();
+    if callers.is_empty() {
         let path = dir.join("api-key");
         let (key, new) = load_or_create_api_key(&path)?;
         if new {
@@ -114,7 +115,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         } else {
             tracing::info!(path = %path.display(), "no AXNT_API_KEYS configured: using the API key in this file");
         }
-        api_keys.push(key);
+        callers.keys.push(key);
     }
 
     let clients = client_override(settings);
@@ -142,7 +143,7 @@ fn embedded(settings: &Settings) -> Result<Backends, StartupError> {
         client_sources: client_sources(settings, None),
         state_key: Some(state_key),
         previous_state_key: settings.secrets.previous_state_key.clone(),
-        api_keys,
+        callers,
         created,
     })
 }
@@ -294,7 +295,7 @@ async fn aws(settings: &Settings) -> Result<Backends, StartupError> {
         client_sources: client_sources(settings, Some(&config)),
         state_key,
         previous_state_key: settings.secrets.previous_state_key.clone(),
-        api_keys: settings.secrets.api_keys.clone(),
+        callers: settings.secrets.api_keys.clone(),
         created: Vec::new(),
         expiring: None,
     })

@@ -27,6 +27,7 @@ use backends::client_override;
 pub use backends::{Backends, uncached_key_provider};
 pub(crate) use offline::Offline;
 
+use crate::callers::CallerList;
 use crate::config::{Backend, ConfigError, Settings};
 use crate::crypto::{CryptoError, EnvelopeCipher, SecretKey};
 use crate::events::EventRules;

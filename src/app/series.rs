@@ -109,6 +109,15 @@ pub(super) fn register(backend: Backend, providers: &[String]) {
         metrics::counter!(crate::series::HELD_GRANTS_DISCARDED_TOTAL, "reason" => reason)
             .increment(0);
     }
+    for kind in [
+        crate::callers::CallerKind::Iam,
+        crate::callers::CallerKind::Oidc,
+    ] {
+        for outcome in crate::callers::CheckOutcome::labels() {
+            metrics::counter!(crate::series::CALLER_CHECKS_TOTAL, "kind" => kind.label(), "outcome" => outcome)
+                .increment(0);
+        }
+    }
     for outcome in CacheOutcome::labels() {
         metrics::counter!(crate::series::TOKEN_CACHE_TOTAL, "outcome" => outcome).increment(0);
         for operation in DataKeyUse::labels() {

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::callers::{CallerEntry, CallerList};
 use crate::crypto::SecretKey;
-use crate::secrets::ApiKey;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
@@ -60,14 +60,15 @@ pub(crate) fn strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
         .collect())
 }
 
-/// API keys, each parsed by the one rule for them. No error here can quote a key.
-/// Each entry is `key`, `name:key`, or (in a file) a table `{name, key, operations,
-/// providers}`.
-pub(crate) fn api_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ApiKey>, D::Error> {
+/// Callers, each parsed by the one rule for them. No error here can quote a key.
+/// Each entry is `key`, `name:key`, or (in a file, or as a JSON list in the
+/// environment) an object `{name, apiKey | iamArn | oidc, operations, providers,
+/// clients, userIds}`.
+pub(crate) fn callers<'de, D: Deserializer<'de>>(d: D) -> Result<CallerList, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Entries {
-        List(Vec<crate::secrets::KeyEntry>),
+        List(Vec<CallerEntry>),
         Csv(String),
     }
     let entries = match Entries::deserialize(d)? {
@@ -77,7 +78,7 @@ pub(crate) fn api_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ApiKey>, D
             serde_json::from_str(&json).map_err(|e| {
                 // serde's message could quote a key: only where, and what kind of error.
                 D::Error::custom(format!(
-                    "not a JSON list of keys and {{name, key, operations, providers}} objects (line {}, column {}: {:?} error)",
+                    "not a JSON list of keys and {{name, apiKey | iamArn | oidc, operations, providers, clients, userIds}} objects (line {}, column {}: {:?} error)",
                     e.line(),
                     e.column(),
                     e.classify()
@@ -86,16 +87,10 @@ pub(crate) fn api_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ApiKey>, D
         }
         Entries::Csv(csv) => csv
             .split(',')
-            .map(|k| crate::secrets::KeyEntry::Text(k.to_string()))
+            .map(|k| CallerEntry::Text(k.to_string()))
             .collect(),
     };
-    let keys = entries
-        .into_iter()
-        .filter(|e| !matches!(e, crate::secrets::KeyEntry::Text(t) if t.trim().is_empty()))
-        .map(|e| e.into_key().map_err(D::Error::custom))
-        .collect::<Result<Vec<_>, _>>()?;
-    crate::secrets::check_names(&keys).map_err(D::Error::custom)?;
-    Ok(keys)
+    CallerList::from_entries(entries).map_err(D::Error::custom)
 }
 
 /// The state key: base64 of 32 bytes, parsed by the one parser of it. The error names

@@ -81,8 +81,20 @@ impl Settings {
         // One list of callers: the keys and the named callers, no name twice.
         let callers = std::mem::take(&mut settings.secrets.callers);
         settings.secrets.api_keys.extend(callers);
-        crate::secrets::check_names(&settings.secrets.api_keys)
+        crate::callers::check_names(&settings.secrets.api_keys)
             .map_err(|e| ConfigError::new("callers", e.to_string()))?;
+        if settings.secrets.api_keys.has_iam()
+            && settings
+                .secrets
+                .iam_server_id
+                .as_deref()
+                .is_none_or(|id| id.trim().is_empty())
+        {
+            return Err(ConfigError::new(
+                "iam_server_id",
+                "must be set when a caller has iamArn: IAM callers sign it in X-Axnt-Server-Id",
+            ));
+        }
         settings.validate()?;
         Ok(settings)
     }
@@ -474,13 +486,14 @@ mod tests {
         let ids: Vec<_> = s
             .secrets
             .api_keys
+            .keys
             .iter()
             .map(|k| k.caller().id.clone())
             .collect();
         assert_eq!(ids, vec!["reader", "ops"]);
         assert_eq!(
-            s.secrets.api_keys[0].caller().operations,
-            Some(vec![crate::secrets::Operation::ReadTokens])
+            s.secrets.api_keys.keys[0].caller().operations,
+            Some(vec![crate::callers::Operation::ReadTokens])
         );
         let e = load(&[("AXNT_API_KEYS", "a:0123456789012345,a:0123456789012346")])
             .expect_err("a name twice");
@@ -528,9 +541,9 @@ mod tests {
         .expect("loads");
         assert_eq!(s.backend, Backend::Aws);
         assert_eq!(s.server.listen_addr.port(), 9000);
-        assert_eq!(s.secrets.api_keys.len(), 2);
-        let first = crate::secrets::ApiKey::parse("0123456789012345").expect("key");
-        assert!(first.is_one_of(&s.secrets.api_keys[..1]));
+        assert_eq!(s.secrets.api_keys.keys.len(), 2);
+        let first = crate::callers::ApiKey::parse("0123456789012345").expect("key");
+        assert!(first.is_one_of(&s.secrets.api_keys.keys[..1]));
         assert_eq!(
             s.flow.allowed_return_urls,
             vec![Url::parse("https://app.example.com").expect("url")]

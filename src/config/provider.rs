@@ -83,13 +83,21 @@ impl Default for FlowSettings {
 #[serde(default)]
 pub struct SecretSettings {
     /// `AXNT_API_KEYS`: comma-separated bearer keys accepted by the internal API.
-    #[serde(deserialize_with = "de::api_keys")]
-    pub(crate) api_keys: Vec<ApiKey>,
-    /// `AXNT_CALLERS`: named callers, a JSON list of `{name, apiKey, operations,
-    /// providers, clients, userIds}` (`apiKey` may be `sha256:` and the key's hex
-    /// digest). Merged into `api_keys` at load: one list of callers.
-    #[serde(deserialize_with = "de::api_keys")]
-    pub(crate) callers: Vec<ApiKey>,
+    #[serde(deserialize_with = "de::callers")]
+    pub(crate) api_keys: CallerList,
+    /// `AXNT_CALLERS`: named callers, a JSON list of `{name, apiKey | iamArn | oidc,
+    /// operations, providers, clients, userIds}` (`apiKey` may be `sha256:` and the
+    /// key's hex digest). Merged into `api_keys` at load: one list of callers.
+    #[serde(deserialize_with = "de::callers")]
+    pub(crate) callers: CallerList,
+    /// `AXNT_IAM_SERVER_ID`: what an IAM caller signs in its `X-Axnt-Server-Id` header,
+    /// so a request signed for this service is no use against another (a host name of
+    /// the service is customary). Required when a caller has `iamArn`.
+    pub(crate) iam_server_id: Option<String>,
+    /// `AXNT_IAM_STS_ENDPOINT`: where IAM callers' signed requests are sent (an STS VPC
+    /// endpoint, say). Default: `AWS_ENDPOINT_URL` when set, else the STS endpoint of
+    /// `AWS_REGION` (`https://sts.<region>.amazonaws.com/`). Callers sign for its host.
+    pub(crate) iam_sts_endpoint: Option<Url>,
     /// `AXNT_GOOGLE_CLIENT_ID`: OAuth client id (overrides the secret's).
     #[serde(rename = "google_client_id")]
     pub(crate) client_id: Option<String>,
@@ -126,8 +134,10 @@ pub struct SecretSettings {
 impl Default for SecretSettings {
     fn default() -> Self {
         Self {
-            api_keys: Vec::new(),
-            callers: Vec::new(),
+            api_keys: CallerList::default(),
+            callers: CallerList::default(),
+            iam_server_id: None,
+            iam_sts_endpoint: None,
             client_id: None,
             client_secret: None,
             state_key: None,

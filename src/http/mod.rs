@@ -53,6 +53,8 @@ pub(crate) struct Services {
     pub(crate) readiness: Readiness,
     pub(crate) trusted_proxies: TrustedProxies,
     pub(crate) rate_limits: Arc<limits::RateLimits>,
+    /// Checks callers' credentials that are not keys (IAM, OIDC workload tokens).
+    pub(crate) identity: Arc<crate::callers::IdentityChecks>,
     /// Verifies Google's security event tokens (`POST /risc/google`).
     pub(crate) risc: Arc<crate::oauth::risc::RiscVerifier>,
 }

@@ -157,23 +157,71 @@ impl Modify for EventWebhook {
     }
 }
 
-/// The `bearerAuth` scheme the `/v1` operations name.
+/// The schemes the `/v1` operations name, as alternatives: `bearerAuth` (an API key),
+/// `workloadToken` (an OIDC caller's JWT) and `awsIam` (an IAM caller's signed
+/// `sts:GetCallerIdentity`).
 struct BearerKey;
 
 impl Modify for BearerKey {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        openapi
-            .components
-            .get_or_insert_with(Components::new)
-            .add_security_scheme(
-                "bearerAuth",
-                SecurityScheme::Http(
-                    HttpBuilder::new()
-                        .scheme(HttpAuthScheme::Bearer)
-                        .description(Some("One of the configured API keys (AXNT_API_KEYS)"))
-                        .build(),
-                ),
-            );
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement};
+        let components = openapi.components.get_or_insert_with(Components::new);
+        components.add_security_scheme(
+            "bearerAuth",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "One of the configured API keys (AXNT_API_KEYS, AXNT_CALLERS apiKey)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "workloadToken",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A workload token (RS256 or ES256 JWT) from the issuer of an AXNT_CALLERS oidc caller, for its audience, carrying its bound claims",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "awsIam",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`AWS-IAM ` and the base64 of {\"method\", \"url\", \"headers\", \"body\"}: an sts:GetCallerIdentity request signed (SigV4) for this service's STS endpoint with X-Axnt-Server-Id (AXNT_IAM_SERVER_ID) among its signed headers, by the role or user of an AXNT_CALLERS iamArn caller",
+            ))),
+        );
+        // Wherever an API key is asked for, the other kinds of caller may call too.
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let Some(security) = operation.security.as_mut() else {
+                    continue;
+                };
+                let names_key = serde_json::to_value(&*security)
+                    .is_ok_and(|v| v.to_string().contains("\"bearerAuth\""));
+                if names_key {
+                    security.push(SecurityRequirement::new(
+                        "workloadToken",
+                        Vec::<String>::new(),
+                    ));
+                    security.push(SecurityRequirement::new("awsIam", Vec::<String>::new()));
+                }
+            }
+        }
     }
 }
 
@@ -188,7 +236,7 @@ const EVERY_API_ROUTE: Answers = &[
     (403, &["caller_not_allowed"]),
     (408, &["request_timeout"]),
     (429, &["rate_limited"]),
-    (503, &["starting"]),
+    (503, &["starting", "identity_unavailable"]),
 ];
 
 /// The store's failures, as any route that reads or writes it can answer them.

@@ -1,4 +1,4 @@
-//! Client credentials, the state key and API keys: where they come from and how a
+//! Client credentials, the state key and the callers the secret names: where they come from and how a
 //! rotated value is picked up.
 //!
 //! A [`SecretSource`] loads them (settings in embedded mode; Secrets Manager in aws
@@ -6,7 +6,6 @@
 //! demand (after the provider answers `invalid_client`, at most once per interval), so a
 //! rotation needs no restart.
 
-mod api_key;
 pub mod secrets_manager;
 
 use std::sync::Arc;
@@ -18,11 +17,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::sync::{Mutex, Notify};
 
+use crate::callers::{CallerEntry, CallerList, InvalidCallerEntry};
 use crate::crypto::SecretKey;
 use crate::jobs::{self, Jobs, Schedule};
-
-pub use api_key::{ApiKey, Caller, InvalidApiKey, InvalidKeyEntry, Operation};
-pub(crate) use api_key::{KeyEntry, PresentedKey, check_names};
 
 /// An OAuth client's id and secret.
 #[derive(Debug, Clone)]
@@ -128,7 +125,9 @@ pub struct ServiceSecrets {
     pub state_key: Option<SecretKey>,
     /// The state key before a rotation: opens, never seals.
     pub previous_state_key: Option<SecretKey>,
-    pub(crate) api_keys: Vec<ApiKey>,
+    /// The callers the secret names (`api_keys` and `callers`), with those of the
+    /// settings once installed.
+    pub(crate) callers: CallerList,
     /// `webhook_secret`: signs webhook deliveries (`AXNT_WEBHOOK_SECRET` overrides it).
     pub webhook_secret: Option<crate::crypto::WebhookSecret>,
 }
@@ -221,27 +220,20 @@ struct SecretDocument {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum KeyList {
-    List(Vec<KeyEntry>),
+    List(Vec<CallerEntry>),
     Csv(String),
 }
 
 impl KeyList {
-    /// Each entry: `key`, `name:key`, or `{"name", "key", "operations", "providers"}`.
-    fn into_keys(self) -> Result<Vec<ApiKey>, InvalidKeyEntry> {
-        let entries = match self {
-            Self::List(entries) => entries,
-            Self::Csv(csv) => csv
-                .split(',')
-                .map(|k| KeyEntry::Text(k.to_string()))
-                .collect(),
-        };
-        let keys = entries
-            .into_iter()
-            .filter(|e| !matches!(e, KeyEntry::Text(t) if t.trim().is_empty()))
-            .map(KeyEntry::into_key)
-            .collect::<Result<Vec<_>, _>>()?;
-        check_names(&keys)?;
-        Ok(keys)
+    /// Each entry: `key`, `name:key`, or `{"name", "apiKey" | "iamArn" | "oidc",
+    /// "operations", "providers", "clients", "userIds"}`.
+    fn into_callers(self) -> Result<CallerList, InvalidCallerEntry> {
+        match self {
+            Self::List(entries) => CallerList::from_entries(entries),
+            Self::Csv(csv) => {
+                CallerList::from_entries(csv.split(',').map(|k| CallerEntry::Text(k.to_string())))
+            }
+        }
     }
 }
 
@@ -325,20 +317,20 @@ pub(crate) fn parse_secret_document(
             SecretKey::from_base64(&k).map_err(|e| malformed(format!("previous_state_key: {e}")))
         })
         .transpose()?;
-    let mut api_keys = doc
+    let mut callers = doc
         .api_keys
-        .map(KeyList::into_keys)
+        .map(KeyList::into_callers)
         .transpose()
         .map_err(|e| malformed(format!("api_keys: {e}")))?
         .unwrap_or_default();
-    api_keys.extend(
+    callers.extend(
         doc.callers
-            .map(KeyList::into_keys)
+            .map(KeyList::into_callers)
             .transpose()
             .map_err(|e| malformed(format!("callers: {e}")))?
             .unwrap_or_default(),
     );
-    check_names(&api_keys).map_err(|e| malformed(format!("callers: {e}")))?;
+    crate::callers::check_names(&callers).map_err(|e| malformed(format!("callers: {e}")))?;
     let webhook_secret = doc
         .webhook_secret
         .filter(|s| !s.trim().is_empty())
@@ -352,7 +344,7 @@ pub(crate) fn parse_secret_document(
         other_clients,
         state_key,
         previous_state_key,
-        api_keys,
+        callers,
         webhook_secret,
     })
 }
@@ -363,8 +355,8 @@ pub struct SecretsCache {
     /// Settings that win over the source (`AXNT_GOOGLE_CLIENT_ID` and `_SECRET`,
     /// `AXNT_GOOGLE_CLIENTS`).
     client_override: ClientOverride,
-    /// API keys from settings or the data directory, always accepted.
-    extra_api_keys: Vec<ApiKey>,
+    /// Callers from settings or the data directory, always accepted.
+    extra_callers: CallerList,
     current: RwLock<Arc<ServiceSecrets>>,
     reload: Arc<Notify>,
     /// When the source was last re-read (attempted), behind the one lock every re-read
@@ -379,13 +371,13 @@ impl SecretsCache {
     pub async fn load(
         source: Arc<dyn SecretSource>,
         client_override: ClientOverride,
-        extra_api_keys: Vec<ApiKey>,
+        extra_callers: CallerList,
     ) -> Result<Arc<Self>, SecretError> {
         let loaded = source.load().await?;
         let cache = Self {
             source,
             client_override,
-            extra_api_keys,
+            extra_callers,
             current: RwLock::new(Arc::new(ServiceSecrets::default())),
             reload: Arc::new(Notify::new()),
             reloaded_at: Mutex::new(None),
@@ -413,7 +405,7 @@ impl SecretsCache {
         loaded
             .other_clients
             .retain(|c| current_id.as_deref() != Some(c.client_id.as_str()));
-        loaded.api_keys.extend(self.extra_api_keys.iter().cloned());
+        loaded.callers.extend(self.extra_callers.clone());
         *self.current.write() = Arc::new(loaded);
     }
 
@@ -462,13 +454,8 @@ impl SecretsCache {
     }
 
     /// Whether `presented` is one of the accepted API keys, compared in constant time.
-    pub fn accepts_api_key(&self, presented: &ApiKey) -> bool {
-        presented.is_one_of(&self.current().api_keys)
-    }
-
-    /// The caller of `presented`, if it is an accepted key (compared in constant time).
-    pub(crate) fn caller_of(&self, presented: &PresentedKey) -> Option<Arc<Caller>> {
-        presented.caller_in(&self.current().api_keys)
+    pub fn accepts_api_key(&self, presented: &crate::callers::ApiKey) -> bool {
+        presented.is_one_of(&self.current().callers.keys)
     }
 
     /// Re-reads every `every`, and promptly (at most once per 10 s) when asked to.
@@ -516,9 +503,13 @@ mod tests {
     #[tokio::test]
     async fn concurrent_throttled_reloads_share_one_read_per_interval() {
         let source = Arc::new(Counting(AtomicUsize::new(0)));
-        let cache = SecretsCache::load(source.clone(), ClientOverride::default(), Vec::new())
-            .await
-            .expect("load");
+        let cache = SecretsCache::load(
+            source.clone(),
+            ClientOverride::default(),
+            CallerList::default(),
+        )
+        .await
+        .expect("load");
         let interval = Duration::from_millis(300);
         let callers: Vec<_> = (0..8)
             .map(|_| {
@@ -619,10 +610,13 @@ mod tests {
             r#"{"api_keys":"planted-key-0000001, planted-key-0000002"}"#,
             r#"{"api_keys":["planted-key-0000001","planted-key-0000002"]}"#,
         ] {
-            let keys = parse_secret_document("s", text).expect("parses").api_keys;
+            let keys = parse_secret_document("s", text)
+                .expect("parses")
+                .callers
+                .keys;
             assert_eq!(keys.len(), 2, "{text}");
             for want in ["planted-key-0000001", "planted-key-0000002"] {
-                let want = ApiKey::parse(want).expect("a well-formed key");
+                let want = crate::callers::ApiKey::parse(want).expect("a well-formed key");
                 assert!(want.is_one_of(&keys), "{text}");
             }
         }

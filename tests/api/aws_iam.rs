@@ -118,7 +118,7 @@ async fn the_run_time_policy_is_enough_and_its_absence_is_named() {
     let secrets = SecretsCache::load(
         Arc::clone(&backends.secrets),
         Default::default(),
-        Vec::new(),
+        Default::default(),
     )
     .await
     .expect("GetSecretValue");

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use axnt_oauth::app::{App, Backends, StartupError};
+use axnt_oauth::callers::ApiKey;
 use axnt_oauth::secrets::secrets_manager::SecretsManagerSource;
-use axnt_oauth::secrets::{ApiKey, SecretError, SecretsCache};
+use axnt_oauth::secrets::{SecretError, SecretsCache};
 use secrecy::ExposeSecret;
 
 use crate::support::aws;
@@ -32,7 +33,7 @@ async fn a_rotated_secret_is_picked_up_by_reload() {
         &f.sdk_config().await,
         &f.secret_id,
     ));
-    let cache = SecretsCache::load(source, Default::default(), Vec::new())
+    let cache = SecretsCache::load(source, Default::default(), Default::default())
         .await
         .expect("secret loads");
     let current = cache.current();

@@ -1,20 +1,21 @@
 //! Who calls the internal API: `Authorization: Bearer <key>` checked in constant time,
-//! then the operation the route's router asks for and the provider its path names
-//! against the key's limits.
+//! `Bearer <JWT>` of an OIDC caller, or `AWS-IAM <signed request>` of an IAM caller
+//! (see [`crate::callers`]); then the operation the route's router asks for, and the
+//! provider and user its path names, against the caller's limits.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{RawPathParams, Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 
 use super::request_id;
+use crate::callers::{Caller, CredentialError, Operation, PresentedKey};
 use crate::error::Error;
 use crate::http::AppState;
 use crate::http::client::ClientKey;
-use crate::secrets::{Caller, Operation, PresentedKey};
 use crate::series::Label;
 
 /// `routes`, each answered only for a caller whose key is allowed `operation`.
@@ -64,27 +65,12 @@ async fn authenticate(
     request: Request,
     next: Next,
 ) -> Result<Response, Error> {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .and_then(|v| PresentedKey::parse(v.trim()).ok());
-    let caller = presented.and_then(|key| state.secrets.caller_of(&key));
-    let Some(caller) = caller else {
-        let (parts, _) = request.into_parts();
-        let Some(client) = crate::http::client_ip(&parts, &state.trusted_proxies) else {
-            return Err(Error::Unauthorized);
-        };
-        let client = ClientKey::from(client);
-        let limits = &state.rate_limits;
-        return match limits.braked(client).or_else(|| limits.auth_failed(client)) {
-            Some(retry_after_secs) => Err(Error::RateLimited { retry_after_secs }),
-            None => Err(Error::Unauthorized),
-        };
+    let caller = match identify(&state, request.headers()).await {
+        Ok(caller) => caller,
+        Err(refusal) => {
+            let (parts, _) = request.into_parts();
+            return Err(refused(&state, &parts, refusal));
+        }
     };
     // Undecodable parameters are the handler's to refuse (400).
     let params = params.ok();
@@ -139,6 +125,73 @@ async fn authenticate(
     let mut request = request;
     request.extensions_mut().insert(CallerOf(caller));
     Ok(next.run(request).await)
+}
+
+/// Why a request proved no caller.
+enum Refusal {
+    /// No credential, or a key that is no caller's.
+    NoCaller,
+    /// A credential of another kind that proved no caller, or could not be checked.
+    Credential(CredentialError),
+}
+
+/// The caller a request's `Authorization` proves: `Bearer <key>` (compared in constant
+/// time with every key), `Bearer <JWT>` of an OIDC caller, or `AWS-IAM <signed
+/// request>` of an IAM caller.
+async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Arc<Caller>, Refusal> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(Refusal::NoCaller)?;
+    let (scheme, credential) = authorization.split_once(' ').ok_or(Refusal::NoCaller)?;
+    let credential = credential.trim();
+    let callers = state.secrets.current();
+    if scheme.eq_ignore_ascii_case("AWS-IAM") {
+        return state
+            .identity
+            .iam_caller(credential, &callers.callers)
+            .await
+            .map_err(Refusal::Credential);
+    }
+    if !scheme.eq_ignore_ascii_case("Bearer") {
+        return Err(Refusal::NoCaller);
+    }
+    if let Some(caller) = PresentedKey::parse(credential)
+        .ok()
+        .and_then(|key| key.caller_in(&callers.callers.keys))
+    {
+        return Ok(caller);
+    }
+    match state
+        .identity
+        .oidc_caller(credential, &callers.callers)
+        .await
+    {
+        Some(checked) => checked.map_err(Refusal::Credential),
+        None => Err(Refusal::NoCaller),
+    }
+}
+
+/// The answer to a request that proved no caller: 401 (or 429 once its client failed
+/// too often), or 503 when its identity could not be checked.
+fn refused(state: &AppState, parts: &axum::http::request::Parts, refusal: Refusal) -> Error {
+    let error = match refusal {
+        Refusal::NoCaller => Error::Unauthorized,
+        Refusal::Credential(CredentialError::Refused(why)) => Error::CredentialRefused(why),
+        Refusal::Credential(CredentialError::Unavailable(why)) => {
+            tracing::warn!(reason = %why, "a caller's identity could not be checked");
+            return Error::IdentityUnavailable(why);
+        }
+    };
+    let Some(client) = crate::http::client_ip(parts, &state.trusted_proxies) else {
+        return error;
+    };
+    let client = ClientKey::from(client);
+    let limits = &state.rate_limits;
+    match limits.braked(client).or_else(|| limits.auth_failed(client)) {
+        Some(retry_after_secs) => Error::RateLimited { retry_after_secs },
+        None => error,
+    }
 }
 
 /// The user id, provider and request id of a token read refused before its handler.

@@ -13,13 +13,13 @@ use utoipa::ToSchema;
 
 use super::auth::{CallerOf, permitted};
 use super::{requested_return, validate_scopes};
+use crate::callers::Operation;
 use crate::connect::{Confirmation, LinkKind, LinkRequest};
 use crate::error::Error;
 use crate::http::{ApiJson, ApiPath, AppState, Client, Route};
 use crate::ids::{FlowId, UserId};
 use crate::oauth::flow::FlowRules;
 use crate::oauth::grant::PartialGrant;
-use crate::secrets::Operation;
 use crate::tokens::TokenError;
 
 /// `POST /v1/connect-sessions`.

@@ -11,11 +11,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{CallerOf, permitted};
 use super::{ConnectionPath, UserPath, page_limit};
+use crate::callers::Operation;
 use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState, Client, Route};
 use crate::ids::UserId;
 use crate::oauth::grant;
-use crate::secrets::Operation;
 use crate::series::Label;
 use crate::tokens::{ConnectionSummary, TokenError};
 

@@ -10,10 +10,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{CallerOf, permitted};
 use super::page_limit;
+use crate::callers::Operation;
 use crate::error::Error;
 use crate::events::{EventPayload, StoredData};
 use crate::http::{ApiQuery, AppState, Route};
-use crate::secrets::Operation;
 
 /// `GET /v1/events`.
 pub(in crate::http) const FEED: Route = Route::get("/v1/events", &[200]);

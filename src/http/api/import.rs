@@ -16,9 +16,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{CallerOf, permitted};
 use super::{ConnectionPath, RequestId};
+use crate::callers::Operation;
 use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState, Client, Route};
-use crate::secrets::Operation;
 use crate::tokens::{ConnectionSummary, ImportOptions, ImportOutcome, ImportedGrant, TokenError};
 
 /// `POST /v1/users/{userId}/connections/{provider}/import`.

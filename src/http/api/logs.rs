@@ -10,10 +10,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{CallerOf, permitted};
 use super::{UserPath, page_limit};
+use crate::callers::{Caller, Operation};
 use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState, Route};
 use crate::ids::UserId;
-use crate::secrets::{Caller, Operation};
 use crate::store::{FlowLogEntry, FlowStep};
 
 /// `GET /v1/users/{userId}/flow-logs`.

@@ -12,13 +12,13 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{CallerOf, permitted};
 use super::{ConnectionPath, RequestId, requested_return, validate_scopes};
+use crate::callers::Operation;
 use crate::connect::{LinkKind, LinkRequest};
 use crate::error::Error;
 use crate::http::{ApiPath, ApiQuery, AppState, Client, Route};
 use crate::ids::UserId;
 use crate::oauth::flow::FlowRules;
 use crate::oauth::grant;
-use crate::secrets::Operation;
 
 /// `GET /v1/users/{userId}/tokens/{provider}`.
 pub(in crate::http) const READ: Route = Route::get("/v1/users/{user_id}/tokens/{provider}", &[200]);
@@ -119,7 +119,7 @@ pub(in crate::http) async fn get_token(
 async fn read_token(
     state: &AppState,
     client: &crate::store::flow_log::ClientInfo,
-    caller: &crate::secrets::Caller,
+    caller: &crate::callers::Caller,
     user_id: &UserId,
     provider: &str,
     query: TokenQuery,

@@ -26,7 +26,9 @@ pub(super) fn router(state: &AppState) -> Router<AppState> {
 pub(in crate::http) struct Whoami {
     /// The caller's name, as audit items and metrics give it.
     name: String,
-    /// How it authenticated: `api_key`.
+    /// How it authenticated: `api_key`, `iam` (a signed `sts:GetCallerIdentity`) or
+    /// `oidc` (a workload token).
+    #[schema(example = "iam")]
     kind: &'static str,
     /// The operations it may do.
     operations: Vec<&'static str>,
@@ -51,7 +53,7 @@ pub(in crate::http) struct Whoami {
 pub(in crate::http) async fn whoami(CallerOf(caller): CallerOf) -> Result<Response, Error> {
     Ok(axum::Json(Whoami {
         name: caller.id.clone(),
-        kind: "api_key",
+        kind: caller.kind.label(),
         operations: caller
             .allowed_operations()
             .into_iter()
