@@ -79,3 +79,4 @@ mod support;
 mod token_cache;
 mod tokens;
 mod webhooks;
+mod workload_callers;

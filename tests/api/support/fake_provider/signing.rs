@@ -157,6 +157,27 @@ impl FakeProvider {
     /// A security event token with `claims`, signed (RS256) with the provider's current
     /// key, or, with `rogue`, with a key it does not publish (under the same `kid`).
     pub fn security_event_token(&self, claims: &serde_json::Value, rogue: bool) -> String {
+        let kid = self.signing_kid();
+        self.signed_jwt(
+            &serde_json::json!({"alg": "RS256", "typ": "secevent+jwt", "kid": kid}),
+            claims,
+            rogue,
+        )
+    }
+
+    /// The `kid` the provider signs with now.
+    pub fn signing_kid(&self) -> String {
+        self.lock().keys.current_kid.clone()
+    }
+
+    /// A JWT of `header` and `claims` signed RS256 with the provider's current key, or,
+    /// with `rogue`, with a key it does not publish (whatever `header` says).
+    pub fn signed_jwt(
+        &self,
+        header: &serde_json::Value,
+        claims: &serde_json::Value,
+        rogue: bool,
+    ) -> String {
         use base64::Engine;
         use base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let (material, kid) = {
@@ -165,17 +186,16 @@ impl FakeProvider {
         };
         let material = if rogue { material.other() } else { material };
         let key = material.signing_key(&kid);
-        let header = serde_json::json!({"alg": "RS256", "typ": "secevent+jwt", "kid": kid});
         let encode = |v: &serde_json::Value| {
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).expect("fake provider: JSON"))
         };
-        let signing_input = format!("{}.{}", encode(&header), encode(claims));
+        let signing_input = format!("{}.{}", encode(header), encode(claims));
         let signature = key
             .sign(
                 &CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
                 signing_input.as_bytes(),
             )
-            .expect("fake provider: sign a security event token");
+            .expect("fake provider: sign a JWT");
         format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
     }
 }

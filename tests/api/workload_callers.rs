@@ -1,0 +1,464 @@
+//! Callers that prove who they are with the identity they already have, beside API
+//! keys: an AWS IAM user or role (a signed `sts:GetCallerIdentity` this service sends
+//! to STS, here a moto of the test's own that enforces IAM, so a bad signature is
+//! refused by STS itself) and an OIDC workload token (here from the fake provider,
+//! which serves discovery and JWKS as any issuer does). Each caller has the same
+//! limits a key has, is named in the audit and metrics, and no credential reaches a
+//! log.
+//!
+//! The header format is Vault's `iam` auth method's: base64 of `{"method", "url",
+//! "headers", "body"}` with each header a list of values (Go's `http.Header`),
+//! <https://developer.hashicorp.com/vault/docs/auth/aws#iam-auth-method>. The request
+//! is STS's `GetCallerIdentity`, `Action=GetCallerIdentity&Version=2011-06-15`,
+//! <https://docs.aws.amazon.com/STS/latest/APIReference/API_GetCallerIdentity.html>.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{
+    self, API_KEY, Backend, FakeProvider, TestApp, app_with_keys, assert_problem, aws,
+};
+
+const SERVER_ID: &str = "axnt.tests.internal";
+/// moto's account.
+const ACCOUNT: &str = "123456789012";
+
+/// `Authorization: AWS-IAM …` for a `GetCallerIdentity` signed at `at` by `creds` for
+/// `endpoint`, with `server_id` in `X-Axnt-Server-Id`.
+fn aws_iam(endpoint: &str, creds: &aws::AwsCredentials, server_id: &str, at: SystemTime) -> String {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    use aws_sigv4::sign::v4;
+    let url = format!("{endpoint}/");
+    let parsed = url::Url::parse(&url).expect("endpoint URL");
+    let host = format!(
+        "{}:{}",
+        parsed.host_str().expect("host"),
+        parsed.port().expect("port")
+    );
+    let body = "Action=GetCallerIdentity&Version=2011-06-15";
+    let mut headers = vec![
+        ("Host".to_string(), host),
+        (
+            "Content-Type".to_string(),
+            "application/x-www-form-urlencoded; charset=utf-8".to_string(),
+        ),
+        ("X-Axnt-Server-Id".to_string(), server_id.to_string()),
+    ];
+    let identity = aws_credential_types::Credentials::new(
+        &creds.access_key_id,
+        &creds.secret_access_key,
+        None,
+        None,
+        "tests",
+    )
+    .into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region("us-east-1")
+        .name("sts")
+        .time(at)
+        .settings(SigningSettings::default())
+        .build()
+        .expect("signing params")
+        .into();
+    let signable = SignableRequest::new(
+        "POST",
+        &url,
+        headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        SignableBody::Bytes(body.as_bytes()),
+    )
+    .expect("signable request");
+    let (instructions, _) = sign(signable, &params).expect("sign").into_parts();
+    for (name, value) in instructions.headers() {
+        headers.push((name.to_string(), value.to_string()));
+    }
+    let headers: serde_json::Map<String, Value> =
+        headers.into_iter().map(|(k, v)| (k, json!([v]))).collect();
+    let request = json!({"method": "POST", "url": url, "headers": headers, "body": body});
+    base64::engine::general_purpose::STANDARD.encode(request.to_string())
+}
+
+/// The same signed request with one header's value replaced.
+fn with_header(credential: &str, name: &str, value: &str) -> String {
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut request: Value =
+        serde_json::from_slice(&engine.decode(credential).expect("base64")).expect("json");
+    request["headers"][name] = json!([value]);
+    engine.encode(request.to_string())
+}
+
+async fn get_as(app: &TestApp, authorization: &str, path: &str) -> reqwest::Response {
+    app.http
+        .get(app.url(path))
+        .header("Authorization", authorization)
+        .send()
+        .await
+        .expect("request")
+}
+
+/// `axnt_caller_checks_total{kind, outcome}` as `/metrics` shows it.
+async fn checks(app: &TestApp, kind: &str, outcome: &str) -> f64 {
+    let text = app.metrics().await;
+    text.lines()
+        .filter(|l| l.starts_with("axnt_caller_checks_total{"))
+        .filter(|l| {
+            l.contains(&format!("kind=\"{kind}\"")) && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Audit items of `query` once `done` holds for them.
+async fn audit_until(app: &TestApp, query: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let response = app.api_get(&format!("/v1/audit?{query}")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.expect("json");
+        items = body["items"].as_array().cloned().unwrap_or_default();
+        if done(&items) {
+            return items;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the audit never showed what was expected: {items:?}");
+}
+
+/// Two IAM users on a moto that enforces IAM: `token-reader`, mapped to a caller that
+/// may read Google tokens of `tenant-a:` users, and `stranger`, mapped to none. A
+/// signed request of each; a wrong server id, an expired and a tampered request, and
+/// the unmapped user are refused; a hot caller reusing its signed request costs STS
+/// less than one call per hundred reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_callers_are_proved_by_sts_mapped_by_arn_and_cached() {
+    let moto = aws::OwnMoto::start(&[(
+        "INITIAL_NO_AUTH_ACTION_COUNT",
+        &(2 * aws::IAM_CALLS_PER_USER).to_string(),
+    )])
+    .await;
+    let policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "sts:GetCallerIdentity", "Resource": "*"}
+    ]});
+    let reader = aws::iam_user(&moto.endpoint, "token-reader", &policy).await;
+    let stranger = aws::iam_user(&moto.endpoint, "stranger", &policy).await;
+    let provider = FakeProvider::start().await;
+    let callers = json!([
+        API_KEY,
+        {
+            "name": "iam-reader",
+            "iamArn": format!("arn:aws:iam::{ACCOUNT}:user/token-reader"),
+            "operations": ["read_tokens"],
+            "providers": ["google"],
+            "userIds": ["tenant-a:*"],
+        },
+    ]);
+    let app = app_with_keys(
+        Backend::Embedded,
+        &provider,
+        &callers,
+        &[
+            ("AXNT_IAM_SERVER_ID", SERVER_ID),
+            ("AXNT_IAM_STS_ENDPOINT", &moto.endpoint),
+            ("AXNT_AUDIT_WINDOW_SECS", "1"),
+        ],
+    )
+    .await;
+    for user in ["tenant-a:kim", "tenant-b:lee"] {
+        assert!(app.connect(user).await.status().is_success(), "{user}");
+    }
+    let credential = aws_iam(&moto.endpoint, &reader, SERVER_ID, SystemTime::now());
+    let as_reader = format!("AWS-IAM {credential}");
+
+    let read = get_as(&app, &as_reader, "/v1/users/tenant-a:kim/tokens/google").await;
+    assert_eq!(read.status(), StatusCode::OK);
+    let body: Value = read.json().await.expect("json");
+    assert!(
+        body["accessToken"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    let me: Value = get_as(&app, &as_reader, "/v1/whoami")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["name"], "iam-reader", "{me}");
+    assert_eq!(me["kind"], "iam", "{me}");
+    assert_eq!(me["operations"], json!(["read_tokens"]), "{me}");
+    assert_eq!(me["userIds"], json!(["tenant-a:*"]), "{me}");
+
+    // Its limits hold as a key's do.
+    let other_tenant = get_as(&app, &as_reader, "/v1/users/tenant-b:lee/tokens/google").await;
+    assert_problem(other_tenant, 403, "caller_not_allowed").await;
+    let other_operation = get_as(&app, &as_reader, "/v1/connections").await;
+    assert_problem(other_operation, 403, "caller_not_allowed").await;
+
+    // Refused: a user no caller names, another service's id, an expired request, a
+    // tampered one (STS checks the signature), and what is not a signed request.
+    let path = "/v1/users/tenant-a:kim/tokens/google";
+    let unmapped = aws_iam(&moto.endpoint, &stranger, SERVER_ID, SystemTime::now());
+    let body = assert_problem(
+        get_as(&app, &format!("AWS-IAM {unmapped}"), path).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert!(
+        !body.to_string().contains("iam-reader"),
+        "no other caller is named: {body}"
+    );
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("user/stranger is not a caller")),
+        "{body}"
+    );
+    let elsewhere = aws_iam(
+        &moto.endpoint,
+        &reader,
+        "another-service",
+        SystemTime::now(),
+    );
+    let body = assert_problem(
+        get_as(&app, &format!("AWS-IAM {elsewhere}"), path).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("X-Axnt-Server-Id")),
+        "{body}"
+    );
+    let old = aws_iam(
+        &moto.endpoint,
+        &reader,
+        SERVER_ID,
+        SystemTime::now() - Duration::from_secs(20 * 60),
+    );
+    let body = assert_problem(
+        get_as(&app, &format!("AWS-IAM {old}"), path).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("expired")),
+        "{body}"
+    );
+    let fresh = aws_iam(&moto.endpoint, &reader, SERVER_ID, SystemTime::now());
+    let tampered = with_header(&fresh, "Content-Type", "application/x-www-form-urlencoded");
+    let body = assert_problem(
+        get_as(&app, &format!("AWS-IAM {tampered}"), path).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    // Refused by STS itself: the signature no longer matches.
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("STS refused")),
+        "{body}"
+    );
+    assert_problem(
+        get_as(&app, "AWS-IAM bm90IGEgcmVxdWVzdA==", path).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+
+    // A hot caller: 300 reads with one signed request.
+    let asked_before = checks(&app, "iam", "verified").await;
+    for _ in 0..300 {
+        let read = get_as(&app, &as_reader, path).await;
+        assert_eq!(read.status(), StatusCode::OK);
+    }
+    let asked = checks(&app, "iam", "verified").await - asked_before;
+    assert!(asked < 3.0, "{asked} STS calls for 300 reads");
+    assert!(checks(&app, "iam", "cached").await >= 300.0);
+
+    // Named in the audit and the metrics; no credential in a log.
+    let items = audit_until(&app, "caller=iam-reader", |items| {
+        items
+            .iter()
+            .filter(|i| i["outcome"] == "served" || i["outcome"] == "refreshed")
+            .map(|i| i["count"].as_u64().unwrap_or(0))
+            .sum::<u64>()
+            >= 301
+    })
+    .await;
+    assert!(
+        items.iter().all(|i| i["caller"] == "iam-reader"),
+        "{items:?}"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("caller=\"iam-reader\""),
+        "api calls are counted by the caller's name"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let logs = support::captured_logs();
+    for secret in [
+        credential.as_str(),
+        &reader.secret_access_key,
+        &stranger.secret_access_key,
+        unmapped.as_str(),
+    ] {
+        assert!(!logs.contains(secret), "a credential reached the log");
+        assert!(
+            !metrics.contains(secret),
+            "a credential reached the metrics"
+        );
+    }
+}
+
+/// A caller bound to Kubernetes-shaped workload tokens of the fake provider (its
+/// issuer, audience `axnt-oauth`, `sub` of `tenant-a`'s service accounts): a token
+/// with those claims reads; a wrong audience, an expired token, another subject, a
+/// key the issuer does not publish, `alg: none`, HS256 keyed with the public key and a
+/// token of an issuer nobody trusts are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_workload_tokens_prove_their_callers() {
+    let provider = FakeProvider::start().await;
+    let issuer = provider.issuer();
+    let callers = json!([
+        API_KEY,
+        {
+            "name": "k8s-reader",
+            "oidc": {
+                "issuer": issuer,
+                "audience": "axnt-oauth",
+                "claims": {"sub": "system:serviceaccount:tenant-a:*"},
+            },
+            "operations": ["read_tokens"],
+            "userIds": ["tenant-a:*"],
+        },
+    ]);
+    let app = app_with_keys(
+        Backend::Embedded,
+        &provider,
+        &callers,
+        &[("AXNT_AUDIT_WINDOW_SECS", "1")],
+    )
+    .await;
+    for user in ["tenant-a:kim", "tenant-b:lee"] {
+        assert!(app.connect(user).await.status().is_success(), "{user}");
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let claims = |changes: Value| {
+        let mut claims = json!({
+            "iss": issuer,
+            "aud": "axnt-oauth",
+            "sub": "system:serviceaccount:tenant-a:reader",
+            "iat": now,
+            "exp": now + 600,
+        });
+        for (k, v) in changes.as_object().expect("object") {
+            claims[k] = v.clone();
+        }
+        claims
+    };
+    let kid = provider.signing_kid();
+    let rs256 = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
+    let token = provider.signed_jwt(&rs256, &claims(json!({})), false);
+    let bearer = |t: &str| format!("Bearer {t}");
+    let path = "/v1/users/tenant-a:kim/tokens/google";
+
+    let read = get_as(&app, &bearer(&token), path).await;
+    assert_eq!(read.status(), StatusCode::OK);
+    let me: Value = get_as(&app, &bearer(&token), "/v1/whoami")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["name"], "k8s-reader", "{me}");
+    assert_eq!(me["kind"], "oidc", "{me}");
+    let other_tenant = get_as(
+        &app,
+        &bearer(&token),
+        "/v1/users/tenant-b:lee/tokens/google",
+    )
+    .await;
+    assert_problem(other_tenant, 403, "caller_not_allowed").await;
+
+    // HS256 keyed with the issuer's public key (as published), the classic confusion.
+    let discovery: Value = reqwest::get(format!("{issuer}/.well-known/openid-configuration"))
+        .await
+        .expect("discovery")
+        .json()
+        .await
+        .expect("discovery json");
+    let jwks: Value = reqwest::get(discovery["jwks_uri"].as_str().expect("jwks_uri"))
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("jwks json");
+    let public = jwks["keys"][0].to_string();
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let input = format!(
+        "{}.{}",
+        engine.encode(json!({"alg": "HS256", "typ": "JWT", "kid": kid}).to_string()),
+        engine.encode(claims(json!({})).to_string())
+    );
+    let mac = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, public.as_bytes()),
+        input.as_bytes(),
+    );
+    let hs256 = format!("{input}.{}", engine.encode(mac.as_ref()));
+    let none = format!(
+        "{}.{}.",
+        engine.encode(json!({"alg": "none", "typ": "JWT"}).to_string()),
+        engine.encode(claims(json!({})).to_string())
+    );
+    let refused = [
+        ("another audience", provider.signed_jwt(&rs256, &claims(json!({"aud": "someone-else"})), false)),
+        ("expired", provider.signed_jwt(&rs256, &claims(json!({"iat": now - 1200, "exp": now - 600})), false)),
+        ("another subject", provider.signed_jwt(&rs256, &claims(json!({"sub": "system:serviceaccount:tenant-b:reader"})), false)),
+        ("a key not published", provider.signed_jwt(&json!({"alg": "RS256", "typ": "JWT", "kid": "not-published"}), &claims(json!({})), true)),
+        ("a rogue key under a published kid", provider.signed_jwt(&rs256, &claims(json!({})), true)),
+        ("alg none", none),
+        ("HS256 with the public key", hs256),
+        ("an issuer nobody trusts", provider.signed_jwt(&rs256, &claims(json!({"iss": "https://issuer.invalid"})), false)),
+        ("no expiry", provider.signed_jwt(&rs256, &json!({"iss": issuer, "aud": "axnt-oauth", "sub": "system:serviceaccount:tenant-a:reader"}), false)),
+    ];
+    for (why, token) in &refused {
+        let answer = get_as(&app, &bearer(token), path).await;
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{why}");
+        let body: Value = answer.json().await.expect("json");
+        assert_eq!(body["code"], "unauthorized", "{why}: {body}");
+    }
+    // API keys work unchanged beside them.
+    assert_eq!(
+        get_as(&app, &bearer(API_KEY), path).await.status(),
+        StatusCode::OK
+    );
+
+    let items = audit_until(&app, "caller=k8s-reader", |items| !items.is_empty()).await;
+    assert!(
+        items.iter().all(|i| i["caller"] == "k8s-reader"),
+        "{items:?}"
+    );
+    assert!(app.metrics().await.contains("caller=\"k8s-reader\""));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let logs = support::captured_logs();
+    let signature = token.rsplit('.').next().expect("signature");
+    assert!(
+        !logs.contains(signature),
+        "a workload token reached the log"
+    );
+    for (_, token) in &refused {
+        if let Some(signature) = token.rsplit('.').next().filter(|s| !s.is_empty()) {
+            assert!(!logs.contains(signature), "a refused token reached the log");
+        }
+    }
+}
