@@ -688,6 +688,52 @@ mod tests {
     }
 
     #[test]
+    fn callers_of_every_kind_may_be_a_file_section() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("extra.toml");
+        std::fs::write(
+            &file,
+            r#"
+iam_server_id = "axnt.example"
+[[callers]]
+name = "sync"
+iamArn = "arn:aws:iam::123456789012:role/sync"
+operations = ["read_tokens"]
+[[callers]]
+name = "ci"
+userIds = ["tenant-a:*"]
+[callers.oidc]
+issuer = "https://token.actions.githubusercontent.com"
+audience = "axnt"
+claims = { sub = "repo:acme/*" }
+"#,
+        )
+        .expect("write");
+        let s = Settings::load(Some(&file), Vec::new()).expect("loads");
+        let names: Vec<&str> = s
+            .secrets
+            .api_keys
+            .identities
+            .iter()
+            .map(|c| c.caller.id.as_str())
+            .collect();
+        assert_eq!(names, ["sync", "ci"]);
+        assert!(
+            s.secrets
+                .api_keys
+                .iam_caller("arn:aws:iam::123456789012:role/sync")
+                .is_some()
+        );
+        // An IAM caller without the server id it must sign is refused at load.
+        let e = load(&[(
+            "AXNT_CALLERS",
+            r#"[{"name":"sync","iamArn":"arn:aws:iam::123456789012:role/sync"}]"#,
+        )])
+        .expect_err("no server id");
+        assert_eq!(e.setting, "AXNT_IAM_SERVER_ID");
+    }
+
+    #[test]
     fn a_wrong_secret_is_named_but_never_quoted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("extra.toml");

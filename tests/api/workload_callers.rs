@@ -26,9 +26,34 @@ const SERVER_ID: &str = "axnt.tests.internal";
 /// moto's account.
 const ACCOUNT: &str = "123456789012";
 
-/// `Authorization: AWS-IAM …` for a `GetCallerIdentity` signed at `at` by `creds` for
-/// `endpoint`, with `server_id` in `X-Axnt-Server-Id`.
-fn aws_iam(endpoint: &str, creds: &aws::AwsCredentials, server_id: &str, at: SystemTime) -> String {
+/// Credentials to sign with: an IAM user's keys, or an assumed role's session.
+struct Signer {
+    access_key_id: String,
+    secret_access_key: String,
+    session_token: Option<String>,
+}
+
+impl From<&aws::AwsCredentials> for Signer {
+    fn from(c: &aws::AwsCredentials) -> Self {
+        Self {
+            access_key_id: c.access_key_id.clone(),
+            secret_access_key: c.secret_access_key.clone(),
+            session_token: None,
+        }
+    }
+}
+
+const GET_CALLER_IDENTITY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
+
+/// An STS query-API POST of `body` to `endpoint`, signed (SigV4) at `at` by `signer`
+/// as an SDK signs it, with `server_id` in `X-Axnt-Server-Id`: its URL and headers.
+fn signed_sts(
+    endpoint: &str,
+    signer: &Signer,
+    body: &str,
+    server_id: &str,
+    at: SystemTime,
+) -> (String, Vec<(String, String)>) {
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
     use aws_sigv4::sign::v4;
     let url = format!("{endpoint}/");
@@ -38,7 +63,6 @@ fn aws_iam(endpoint: &str, creds: &aws::AwsCredentials, server_id: &str, at: Sys
         parsed.host_str().expect("host"),
         parsed.port().expect("port")
     );
-    let body = "Action=GetCallerIdentity&Version=2011-06-15";
     let mut headers = vec![
         ("Host".to_string(), host),
         (
@@ -48,9 +72,9 @@ fn aws_iam(endpoint: &str, creds: &aws::AwsCredentials, server_id: &str, at: Sys
         ("X-Axnt-Server-Id".to_string(), server_id.to_string()),
     ];
     let identity = aws_credential_types::Credentials::new(
-        &creds.access_key_id,
-        &creds.secret_access_key,
-        None,
+        &signer.access_key_id,
+        &signer.secret_access_key,
+        signer.session_token.clone(),
         None,
         "tests",
     )
@@ -75,10 +99,42 @@ fn aws_iam(endpoint: &str, creds: &aws::AwsCredentials, server_id: &str, at: Sys
     for (name, value) in instructions.headers() {
         headers.push((name.to_string(), value.to_string()));
     }
+    (url, headers)
+}
+
+/// `Authorization: AWS-IAM …` for a `GetCallerIdentity` signed at `at` by `signer`
+/// for `endpoint`, with `server_id` in `X-Axnt-Server-Id`.
+fn aws_iam(endpoint: &str, signer: &Signer, server_id: &str, at: SystemTime) -> String {
+    let (url, headers) = signed_sts(endpoint, signer, GET_CALLER_IDENTITY, server_id, at);
     let headers: serde_json::Map<String, Value> =
         headers.into_iter().map(|(k, v)| (k, json!([v]))).collect();
-    let request = json!({"method": "POST", "url": url, "headers": headers, "body": body});
+    let request =
+        json!({"method": "POST", "url": url, "headers": headers, "body": GET_CALLER_IDENTITY});
     base64::engine::general_purpose::STANDARD.encode(request.to_string())
+}
+
+/// A session of `role_arn`, assumed (STS `AssumeRole`, signed) by `user` on moto.
+async fn assume_role(endpoint: &str, user: &aws::AwsCredentials, role_arn: &str) -> Signer {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("Action", "AssumeRole")
+        .append_pair("Version", "2011-06-15")
+        .append_pair("RoleArn", role_arn)
+        .append_pair("RoleSessionName", "worker-1")
+        .finish();
+    let (url, headers) = signed_sts(endpoint, &user.into(), &body, "unused", SystemTime::now());
+    let mut request = reqwest::Client::new().post(url).body(body);
+    for (name, value) in headers.iter().filter(|(n, _)| n != "Host") {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let answer = request.send().await.expect("AssumeRole");
+    let status = answer.status();
+    let text = answer.text().await.expect("AssumeRole body");
+    assert!(status.is_success(), "AssumeRole: {status} {text}");
+    Signer {
+        access_key_id: aws::xml_tag(&text, "AccessKeyId"),
+        secret_access_key: aws::xml_tag(&text, "SecretAccessKey"),
+        session_token: Some(aws::xml_tag(&text, "SessionToken")),
+    }
 }
 
 /// The same signed request with one header's value replaced.
@@ -134,16 +190,55 @@ async fn audit_until(app: &TestApp, query: &str, done: impl Fn(&[Value]) -> bool
 /// less than one call per hundred reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iam_callers_are_proved_by_sts_mapped_by_arn_and_cached() {
+    // Three users (four calls each) and a role (three), made before moto enforces IAM.
     let moto = aws::OwnMoto::start(&[(
         "INITIAL_NO_AUTH_ACTION_COUNT",
-        &(2 * aws::IAM_CALLS_PER_USER).to_string(),
+        &(3 * aws::IAM_CALLS_PER_USER + 3).to_string(),
     )])
     .await;
     let policy = json!({"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Action": "sts:GetCallerIdentity", "Resource": "*"}
+        {"Effect": "Allow", "Action": "sts:GetCallerIdentity", "Resource": "*"},
+        {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": "*"}
     ]});
     let reader = aws::iam_user(&moto.endpoint, "token-reader", &policy).await;
     let stranger = aws::iam_user(&moto.endpoint, "stranger", &policy).await;
+    let assumer = aws::iam_user(&moto.endpoint, "assumer", &policy).await;
+    let trust = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:user/assumer")}, "Action": "sts:AssumeRole"}
+    ]});
+    let role = aws::iam_call(
+        &moto.endpoint,
+        &[
+            ("Action", "CreateRole"),
+            ("RoleName", "reader-role"),
+            ("Path", "/team/"),
+            ("AssumeRolePolicyDocument", &trust.to_string()),
+        ],
+    )
+    .await;
+    let role_arn = aws::xml_tag(&role, "Arn");
+    assert_eq!(
+        role_arn,
+        format!("arn:aws:iam::{ACCOUNT}:role/team/reader-role")
+    );
+    let role_policy = aws::iam_call(
+        &moto.endpoint,
+        &[
+            ("Action", "CreatePolicy"),
+            ("PolicyName", "reader-role-policy"),
+            ("PolicyDocument", &policy.to_string()),
+        ],
+    )
+    .await;
+    aws::iam_call(
+        &moto.endpoint,
+        &[
+            ("Action", "AttachRolePolicy"),
+            ("RoleName", "reader-role"),
+            ("PolicyArn", &aws::xml_tag(&role_policy, "Arn")),
+        ],
+    )
+    .await;
     let provider = FakeProvider::start().await;
     let callers = json!([
         API_KEY,
@@ -153,6 +248,11 @@ async fn iam_callers_are_proved_by_sts_mapped_by_arn_and_cached() {
             "operations": ["read_tokens"],
             "providers": ["google"],
             "userIds": ["tenant-a:*"],
+        },
+        {
+            "name": "role-reader",
+            "iamArn": role_arn,
+            "operations": ["read_tokens"],
         },
     ]);
     let app = app_with_keys(
@@ -169,6 +269,7 @@ async fn iam_callers_are_proved_by_sts_mapped_by_arn_and_cached() {
     for user in ["tenant-a:kim", "tenant-b:lee"] {
         assert!(app.connect(user).await.status().is_success(), "{user}");
     }
+    let reader = Signer::from(&reader);
     let credential = aws_iam(&moto.endpoint, &reader, SERVER_ID, SystemTime::now());
     let as_reader = format!("AWS-IAM {credential}");
 
@@ -189,6 +290,21 @@ async fn iam_callers_are_proved_by_sts_mapped_by_arn_and_cached() {
     assert_eq!(me["operations"], json!(["read_tokens"]), "{me}");
     assert_eq!(me["userIds"], json!(["tenant-a:*"]), "{me}");
 
+    // A session of the role is matched by its role (whose path STS leaves out).
+    let session = assume_role(&moto.endpoint, &assumer, &role_arn).await;
+    let as_role = format!(
+        "AWS-IAM {}",
+        aws_iam(&moto.endpoint, &session, SERVER_ID, SystemTime::now())
+    );
+    let read = get_as(&app, &as_role, "/v1/users/tenant-b:lee/tokens/google").await;
+    assert_eq!(read.status(), StatusCode::OK);
+    let me: Value = get_as(&app, &as_role, "/v1/whoami")
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["name"], "role-reader", "{me}");
+
     // Its limits hold as a key's do.
     let other_tenant = get_as(&app, &as_reader, "/v1/users/tenant-b:lee/tokens/google").await;
     assert_problem(other_tenant, 403, "caller_not_allowed").await;
@@ -198,7 +314,12 @@ async fn iam_callers_are_proved_by_sts_mapped_by_arn_and_cached() {
     // Refused: a user no caller names, another service's id, an expired request, a
     // tampered one (STS checks the signature), and what is not a signed request.
     let path = "/v1/users/tenant-a:kim/tokens/google";
-    let unmapped = aws_iam(&moto.endpoint, &stranger, SERVER_ID, SystemTime::now());
+    let unmapped = aws_iam(
+        &moto.endpoint,
+        &Signer::from(&stranger),
+        SERVER_ID,
+        SystemTime::now(),
+    );
     let body = assert_problem(
         get_as(&app, &format!("AWS-IAM {unmapped}"), path).await,
         401,
@@ -308,6 +429,7 @@ async fn iam_callers_are_proved_by_sts_mapped_by_arn_and_cached() {
         credential.as_str(),
         &reader.secret_access_key,
         &stranger.secret_access_key,
+        &session.secret_access_key,
         unmapped.as_str(),
     ] {
         assert!(!logs.contains(secret), "a credential reached the log");
@@ -461,4 +583,78 @@ async fn oidc_workload_tokens_prove_their_callers() {
             assert!(!logs.contains(signature), "a refused token reached the log");
         }
     }
+}
+
+/// When STS or a workload token's issuer does not answer, a caller of those kinds is
+/// told to retry (503 `identity_unavailable`, `Retry-After`), not that it is unknown;
+/// API keys go on working meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_whose_identity_cannot_be_checked_is_told_to_retry() {
+    // STS refuses connections (nothing listens); the issuer accepts and never answers.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let sts = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let issuer = format!("http://{}", silent.local_addr().expect("addr"));
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let provider = FakeProvider::start().await;
+    let callers = json!([
+        API_KEY,
+        {"name": "iam-reader", "iamArn": format!("arn:aws:iam::{ACCOUNT}:user/token-reader")},
+        {"name": "ci", "oidc": {"issuer": issuer, "audience": "axnt-oauth"}},
+    ]);
+    let app = app_with_keys(
+        Backend::Embedded,
+        &provider,
+        &callers,
+        &[
+            ("AXNT_IAM_SERVER_ID", SERVER_ID),
+            ("AXNT_IAM_STS_ENDPOINT", &sts),
+            ("AXNT_PROVIDER_TIMEOUT_SECS", "1"),
+        ],
+    )
+    .await;
+    assert!(app.connect("kim").await.status().is_success());
+    let path = "/v1/users/kim/tokens/google";
+
+    let signer = Signer {
+        access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+        secret_access_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+        session_token: None,
+    };
+    let iam = format!(
+        "AWS-IAM {}",
+        aws_iam(&sts, &signer, SERVER_ID, SystemTime::now())
+    );
+    let answer = get_as(&app, &iam, path).await;
+    assert!(answer.headers().contains_key("retry-after"));
+    assert_problem(answer, 503, "identity_unavailable").await;
+
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let token = provider.signed_jwt(
+        &json!({"alg": "RS256", "typ": "JWT", "kid": provider.signing_kid()}),
+        &json!({"iss": issuer, "aud": "axnt-oauth", "sub": "job", "exp": now + 600}),
+        false,
+    );
+    let answer = get_as(&app, &format!("Bearer {token}"), path).await;
+    assert!(answer.headers().contains_key("retry-after"));
+    assert_problem(answer, 503, "identity_unavailable").await;
+
+    assert_eq!(
+        get_as(&app, &format!("Bearer {API_KEY}"), path)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    held.abort();
 }

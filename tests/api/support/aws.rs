@@ -321,64 +321,67 @@ impl OwnMoto {
 /// `INITIAL_NO_AUTH_ACTION_COUNT`: [`IAM_CALLS_PER_USER`] per user), so the request
 /// need not be signed; the Authorization header only tells moto which service it is.
 pub async fn iam_user(endpoint: &str, name: &str, policy: &serde_json::Value) -> AwsCredentials {
-    let http = reqwest::Client::new();
-    let call = |params: Vec<(&'static str, String)>| {
-        let http = http.clone();
-        async move {
-            let mut form = vec![("Version", "2010-05-08".to_string())];
-            form.extend(params);
-            let response = http
-                .post(format!("{endpoint}/"))
-                .header(
-                    "Authorization",
-                    "AWS4-HMAC-SHA256 Credential=AKIDBOOTSTRAP/20250101/us-east-1/iam/aws4_request, \
-                     SignedHeaders=host, Signature=00",
-                )
-                .form(&form)
-                .send()
-                .await
-                .expect("moto IAM call");
-            let status = response.status();
-            let body = response.text().await.expect("moto IAM body");
-            assert!(status.is_success(), "moto IAM call failed: {status} {body}");
-            body
-        }
-    };
-    let tag = |body: &str, tag: &str| -> String {
-        let open = format!("<{tag}>");
-        let start = body.find(&open).map(|i| i + open.len());
-        let end = body.find(&format!("</{tag}>"));
-        match (start, end) {
-            (Some(s), Some(e)) if s <= e => body[s..e].to_string(),
-            _ => panic!("no <{tag}> in moto's answer: {body}"),
-        }
-    };
-    call(vec![
-        ("Action", "CreateUser".into()),
-        ("UserName", name.into()),
-    ])
+    iam_call(endpoint, &[("Action", "CreateUser"), ("UserName", name)]).await;
+    let created = iam_call(
+        endpoint,
+        &[
+            ("Action", "CreatePolicy"),
+            ("PolicyName", &format!("{name}-policy")),
+            ("PolicyDocument", &policy.to_string()),
+        ],
+    )
     .await;
-    let created = call(vec![
-        ("Action", "CreatePolicy".into()),
-        ("PolicyName", format!("{name}-policy")),
-        ("PolicyDocument", policy.to_string()),
-    ])
+    let arn = xml_tag(&created, "Arn");
+    iam_call(
+        endpoint,
+        &[
+            ("Action", "AttachUserPolicy"),
+            ("UserName", name),
+            ("PolicyArn", &arn),
+        ],
+    )
     .await;
-    let arn = tag(&created, "Arn");
-    call(vec![
-        ("Action", "AttachUserPolicy".into()),
-        ("UserName", name.into()),
-        ("PolicyArn", arn),
-    ])
-    .await;
-    let keys = call(vec![
-        ("Action", "CreateAccessKey".into()),
-        ("UserName", name.into()),
-    ])
+    let keys = iam_call(
+        endpoint,
+        &[("Action", "CreateAccessKey"), ("UserName", name)],
+    )
     .await;
     AwsCredentials {
-        access_key_id: tag(&keys, "AccessKeyId"),
-        secret_access_key: tag(&keys, "SecretAccessKey"),
+        access_key_id: xml_tag(&keys, "AccessKeyId"),
+        secret_access_key: xml_tag(&keys, "SecretAccessKey"),
+    }
+}
+
+/// One call of moto's IAM query API with `params` (`Action` among them), sent before
+/// moto enforces IAM (it counts towards `INITIAL_NO_AUTH_ACTION_COUNT`); its answer.
+pub async fn iam_call(endpoint: &str, params: &[(&str, &str)]) -> String {
+    let mut form = vec![("Version", "2010-05-08")];
+    form.extend_from_slice(params);
+    let response = reqwest::Client::new()
+        .post(format!("{endpoint}/"))
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=AKIDBOOTSTRAP/20250101/us-east-1/iam/aws4_request, \
+             SignedHeaders=host, Signature=00",
+        )
+        .form(&form)
+        .send()
+        .await
+        .expect("moto IAM call");
+    let status = response.status();
+    let body = response.text().await.expect("moto IAM body");
+    assert!(status.is_success(), "moto IAM call failed: {status} {body}");
+    body
+}
+
+/// The text of the first `<tag>` of a moto answer.
+pub fn xml_tag(body: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let start = body.find(&open).map(|i| i + open.len());
+    let end = body.find(&format!("</{tag}>"));
+    match (start, end) {
+        (Some(s), Some(e)) if s <= e => body[s..e].to_string(),
+        _ => panic!("no <{tag}> in moto's answer: {body}"),
     }
 }
 
