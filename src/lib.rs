@@ -31,6 +31,7 @@
 //!   wrapping key (over `store` and `crypto`, beside `check`).
 //!
 //! - `jobs` (the one runner of periodic work), `breaker` (the one circuit breaker),
+//!   `jwks` (an issuer's published keys, cached),
 //!   `retry` (the one backoff), `guard` (the SSRF guard), `series` (every metric's
 //!   name, kind and help): leaves.
 //!
@@ -73,6 +74,7 @@ mod guard;
 mod http;
 mod ids;
 mod jobs;
+mod jwks;
 mod migrate;
 mod oauth;
 mod retry;
@@ -159,7 +161,7 @@ mod layout {
         &["callers"],
         &["crypto"],
         // Leaves.
-        &["aws", "guard", "jobs", "breaker", "ids"],
+        &["aws", "guard", "jobs", "breaker", "ids", "jwks"],
         // What the leaves themselves use: the backoff, the metric names.
         &["retry", "series"],
     ];

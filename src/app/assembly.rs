@@ -196,6 +196,7 @@ pub(super) fn assemble(
         Arc::clone(&sealer),
         Arc::clone(&settings),
     ));
+    let identity = Arc::new(identity_checks(&settings, &secrets.current().callers)?);
     let state = AppState::new(Services {
         rate_limits,
         return_urls: ReturnUrls::new(&settings.flow.allowed_return_urls),
@@ -208,7 +209,7 @@ pub(super) fn assemble(
         connect,
         secrets,
         readiness,
-        identity: Arc::new(identity_checks(&settings)?),
+        identity,
         risc: Arc::new(
             crate::oauth::risc::RiscVerifier::new(
                 &settings.provider.risc_issuer,
@@ -310,20 +311,29 @@ fn delivery_rules(s: &crate::config::WebhookSettings) -> crate::webhooks::Delive
 }
 
 /// The checks of IAM and OIDC callers. IAM callers need `AXNT_IAM_SERVER_ID`; their
-/// signed requests go to `AXNT_IAM_STS_ENDPOINT`, else the endpoint the AWS SDK would
-/// use for STS: `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, or the region's.
-fn identity_checks(settings: &Settings) -> Result<crate::callers::IdentityChecks, StartupError> {
+/// signed requests go to `AXNT_IAM_STS_ENDPOINT`, else where the AWS SDK would send an
+/// STS call: `AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, or the region's endpoint.
+fn identity_checks(
+    settings: &Settings,
+    callers: &CallerList,
+) -> Result<crate::callers::IdentityChecks, StartupError> {
     let timeout = settings.provider.timeout;
-    let iam = match settings.secrets.iam_server_id.as_deref().map(str::trim) {
-        Some(server_id) if !server_id.is_empty() => {
+    let server_id = settings
+        .secrets
+        .iam_server_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|id| !id.is_empty());
+    let iam = match server_id {
+        Some(server_id) => {
             let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
             let endpoint = settings
                 .secrets
                 .iam_sts_endpoint
                 .as_ref()
                 .map(url::Url::to_string)
-                .or_else(|| settings.aws_sdk_env.endpoint_url.clone())
                 .or_else(|| from_env("AWS_ENDPOINT_URL_STS"))
+                .or_else(|| settings.aws_sdk_env.endpoint_url.clone())
                 .or_else(|| from_env("AWS_ENDPOINT_URL"));
             let region = settings
                 .aws_sdk_env
@@ -332,27 +342,34 @@ fn identity_checks(settings: &Settings) -> Result<crate::callers::IdentityChecks
                 .or_else(|| from_env("AWS_REGION"))
                 .or_else(|| from_env("AWS_DEFAULT_REGION"));
             let sts = match (endpoint, region) {
-                (Some(endpoint), _) => crate::callers::iam::sts_endpoint(Some(&endpoint), ""),
-                (None, Some(region)) => crate::callers::iam::sts_endpoint(None, &region),
+                (Some(endpoint), _) => crate::aws::sts::endpoint(Some(&endpoint), ""),
+                (None, Some(region)) => crate::aws::sts::endpoint(None, &region),
                 (None, None) => Err(
                     "IAM callers need an STS endpoint: set AWS_REGION (or AXNT_IAM_STS_ENDPOINT)"
                         .to_string(),
                 ),
             }
+            .and_then(|sts| {
+                crate::callers::iam::IamVerifier::new(sts, server_id.to_string(), timeout)
+            })
             .map_err(|reason| ConfigError {
                 setting: crate::config::env_name("iam_sts_endpoint"),
                 reason,
             })?;
-            let verifier =
-                crate::callers::iam::IamVerifier::new(sts, server_id.to_string(), timeout)
-                    .map_err(|reason| ConfigError {
-                        setting: crate::config::env_name("iam_server_id"),
-                        reason,
-                    })?;
-            tracing::info!(sts = %verifier.host(), "IAM callers are checked with STS");
-            Some(verifier)
+            tracing::info!(sts = %sts.host(), "IAM callers are checked with STS");
+            Some(sts)
         }
-        _ => None,
+        // The settings' IAM callers were checked at load; the secret's are here.
+        None if callers.has_iam() => {
+            return Err(ConfigError {
+                setting: crate::config::env_name("iam_server_id"),
+                reason: "must be set when a caller has iamArn (the secret's callers name one): \
+                         IAM callers sign it in X-Axnt-Server-Id"
+                    .into(),
+            }
+            .into());
+        }
+        None => None,
     };
     Ok(
         crate::callers::IdentityChecks::new(iam, timeout).map_err(|reason| ConfigError {

@@ -1,13 +1,16 @@
 //! aws mode's shared plumbing, a leaf: one SDK configuration for DynamoDB, KMS and
-//! Secrets Manager, the error sorting every backend uses ([`error`]), and the table
-//! set-up behind `axnt-oauth setup` ([`setup`]). It imports nothing of the service but
+//! Secrets Manager, the error sorting every backend uses ([`error`]), the table
+//! set-up behind `axnt-oauth setup` ([`setup`]), and STS as IAM callers use it
+//! (`sts`). It imports nothing of the service but
 //! its settings; the backends that use it (`store::dynamodb`, `crypto::kms`,
 //! `secrets::secrets_manager`) are assembled in `app::backends`.
 //!
-//! Only this module and those backend modules import an AWS crate.
+//! Only this module and those backend modules import an AWS crate (`callers::iam`
+//! reads STS's answers through `sts`).
 
 pub(crate) mod error;
 pub mod setup;
+pub(crate) mod sts;
 
 use std::time::Duration;
 

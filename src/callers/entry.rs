@@ -112,11 +112,15 @@ pub enum InvalidCallerEntry {
     #[error("a caller with iamArn or oidc needs a name")]
     Unnamed,
     #[error(
-        "iamArn must be an IAM role or user ARN (arn:aws:iam::<account>:role/<name> or :user/<name>)"
+        "iamArn must be an IAM role or user ARN (arn:aws:iam::<12-digit account>:role/<name> or :user/<name>; '*' only in the name)"
     )]
     IamArn,
     #[error("oidc needs an https issuer (http only on loopback) and a non-empty audience")]
     Oidc,
+    #[error(
+        "oidc needs claims.sub (exact, or a pattern that is more than '*'): the issuer and audience alone may be shared"
+    )]
+    OidcSubject,
 }
 
 pub(super) fn valid_name(name: &str) -> bool {
@@ -235,13 +239,18 @@ impl CallerEntry {
             }
             (None, None, Some(binding)) => {
                 let name = name.ok_or(InvalidCallerEntry::Unnamed)?;
-                let issuer_ok = url::Url::parse(&binding.issuer).is_ok_and(|u| {
-                    u.scheme() == "https"
-                        || (u.scheme() == "http"
-                            && matches!(u.host_str(), Some("127.0.0.1" | "[::1]" | "localhost")))
-                });
+                let issuer_ok = crate::jwks::https_or_loopback(&binding.issuer);
                 if !issuer_ok || binding.audience.trim().is_empty() {
                     return Err(InvalidCallerEntry::Oidc);
+                }
+                // Issuer and audience alone would admit every workload of a shared
+                // issuer (any repository's GitHub Actions job chooses its audience).
+                let binds_subject = binding
+                    .claims
+                    .get("sub")
+                    .is_some_and(|sub| sub.chars().any(|c| c != '*'));
+                if !binds_subject {
+                    return Err(InvalidCallerEntry::OidcSubject);
                 }
                 let mut caller = Caller::unlimited(name.to_string(), CallerKind::Oidc);
                 limit(&mut caller);
@@ -264,11 +273,17 @@ fn iam_pattern(arn: &str) -> Result<String, InvalidCallerEntry> {
     let [prefix, partition, service, region, account, resource] = parts[..] else {
         return Err(InvalidCallerEntry::IamArn);
     };
+    // The account (and partition) exact: a `*` there would match the name in every
+    // AWS account.
     if prefix != "arn"
-        || partition.is_empty()
+        || !partition.starts_with("aws")
+        || !partition
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'-')
         || service != "iam"
         || !region.is_empty()
-        || account.is_empty()
+        || account.len() != 12
+        || !account.bytes().all(|b| b.is_ascii_digit())
     {
         return Err(InvalidCallerEntry::IamArn);
     }
@@ -365,11 +380,13 @@ mod tests {
             "arn:aws:iam::123456789012:user/ops/alice"
         );
         for bad in [
-            r#"{"iamArn":"arn:aws:iam::1:role/x"}"#,
+            r#"{"iamArn":"arn:aws:iam::123456789012:role/x"}"#,
             r#"{"name":"a","iamArn":"arn:aws:s3:::bucket"}"#,
             r#"{"name":"a","iamArn":"role/x"}"#,
-            r#"{"name":"a","iamArn":"arn:aws:iam::1:group/x"}"#,
-            r#"{"name":"a","iamArn":"arn:aws:iam::1:role/x","apiKey":"0123456789abcdef"}"#,
+            r#"{"name":"a","iamArn":"arn:aws:iam::123456789012:group/x"}"#,
+            r#"{"name":"a","iamArn":"arn:aws:iam::*:role/reader"}"#,
+            r#"{"name":"a","iamArn":"arn:aws:iam::12345678901*:role/reader"}"#,
+            r#"{"name":"a","iamArn":"arn:aws:iam::123456789012:role/x","apiKey":"0123456789abcdef"}"#,
             r#"{"name":"a"}"#,
         ] {
             assert!(one_identity(bad).is_err(), "{bad}");
@@ -399,6 +416,8 @@ mod tests {
             r#"{"name":"a","oidc":{"issuer":"http://issuer.example","audience":"x"}}"#,
             r#"{"name":"a","oidc":{"issuer":"https://issuer.example","audience":" "}}"#,
             r#"{"name":"a","oidc":{"issuer":"https://issuer.example","audience":"x","extra":1}}"#,
+            r#"{"name":"a","oidc":{"issuer":"https://issuer.example","audience":"x"}}"#,
+            r#"{"name":"a","oidc":{"issuer":"https://issuer.example","audience":"x","claims":{"sub":"**"}}}"#,
         ] {
             assert!(
                 serde_json::from_str::<CallerEntry>(bad)

@@ -57,7 +57,8 @@ struct SignedRequest {
     body: String,
 }
 
-/// A header's value, or its values (Go's `http.Header`, which Vault's clients send).
+/// A header's value, or its values (Go's `http.Header`, which Vault's clients send):
+/// one value only is accepted.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum HeaderValues {
@@ -66,10 +67,11 @@ enum HeaderValues {
 }
 
 impl HeaderValues {
-    fn joined(self) -> String {
+    fn single(self) -> Option<String> {
         match self {
-            Self::One(v) => v,
-            Self::Many(vs) => vs.join(","),
+            Self::One(v) => Some(v),
+            Self::Many(mut vs) if vs.len() == 1 => vs.pop(),
+            Self::Many(_) => None,
         }
     }
 }
@@ -105,9 +107,14 @@ pub(crate) struct IamVerifier {
 }
 
 impl IamVerifier {
-    /// A verifier sending to `sts` (the regional endpoint, or `AWS_ENDPOINT_URL`'s)
-    /// for callers that sign `server_id`.
+    /// A verifier sending to `sts` for callers that sign `server_id`; `sts` must be
+    /// https, or http on loopback (whatever ARN it answers is trusted).
     pub(crate) fn new(sts: url::Url, server_id: String, timeout: Duration) -> Result<Self, String> {
+        if !crate::jwks::https_or_loopback(sts.as_str()) {
+            return Err(format!(
+                "the STS endpoint {sts} must be https (http only on loopback)"
+            ));
+        }
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -136,19 +143,21 @@ impl IamVerifier {
         if credential.len() > MAX_HEADER_LEN {
             return Err(refused("the AWS-IAM credential is too long"));
         }
-        let key = sha256(credential.as_bytes());
-        if let Some(hit) = self.verified.get(&key).await
+        // Checked first (in memory), so the cache is keyed by what STS would be sent:
+        // two encodings of one signed request are one entry.
+        let call = self.check(credential)?;
+        if let Some(hit) = self.verified.get(&call.key).await
             && hit.until > Instant::now()
         {
             return Ok((hit.arn.to_string(), true));
         }
         // One STS call for concurrent first uses of one request.
+        let key = call.key;
         let verified = self
             .verified
             .try_get_with(key, async {
-                let request = self.check(credential)?;
-                let arn = self.ask_sts(request.forward).await?;
-                let until = request.valid_until.min(Instant::now() + CACHE_AT_MOST);
+                let until = call.valid_until.min(Instant::now() + CACHE_AT_MOST);
+                let arn = self.ask_sts(call).await?;
                 Ok::<_, IamError>(Verified {
                     arn: super::entry::principal_arn(&arn).into(),
                     until,
@@ -160,7 +169,7 @@ impl IamVerifier {
     }
 
     /// The request to send to STS, if `credential` is one this service may send.
-    fn check(&self, credential: &str) -> Result<Checked, IamError> {
+    fn check(&self, credential: &str) -> Result<Call, IamError> {
         let json = decode_base64(credential)
             .ok_or_else(|| refused("the AWS-IAM credential is not base64"))?;
         let request: SignedRequest = serde_json::from_slice(&json).map_err(|_| {
@@ -174,14 +183,26 @@ impl IamVerifier {
                 self.host()
             )));
         }
-        let headers: BTreeMap<String, String> = request
-            .headers
-            .into_iter()
-            .map(|(name, values)| (name.to_ascii_lowercase(), values.joined()))
-            .collect();
+        let mut headers: BTreeMap<String, String> = BTreeMap::new();
+        for (name, values) in request.headers {
+            let value = values
+                .single()
+                .ok_or_else(|| refused("each header of the signed request has one value"))?;
+            let valid = reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && reqwest::header::HeaderValue::from_str(&value).is_ok();
+            if !valid {
+                return Err(refused("the signed request has a malformed header"));
+            }
+            if headers.insert(name.to_ascii_lowercase(), value).is_some() {
+                return Err(refused("the signed request names a header twice"));
+            }
+        }
         let query: Vec<(String, String)> = url.query_pairs().into_owned().collect();
-        let is_amz = |name: &str| name.to_ascii_lowercase().starts_with("x-amz-");
-        let presigned = query.iter().any(|(k, _)| k == "X-Amz-Signature");
+        let mut names = std::collections::HashSet::new();
+        if !query.iter().all(|(k, _)| names.insert(k.as_str())) {
+            return Err(refused("the signed request names a parameter twice"));
+        }
+        let presigned = names.contains("X-Amz-Signature");
         let method = request.method.to_ascii_uppercase();
         let (params, signed_headers, date, lifetime) = match (method.as_str(), presigned) {
             ("POST", false) => {
@@ -209,15 +230,29 @@ impl IamVerifier {
                         .map(|(_, v)| v.clone())
                         .ok_or_else(|| refused(&format!("the presigned URL has no {name}")))
                 };
+                let mut params = Vec::new();
+                for (name, value) in &query {
+                    if name.starts_with("X-Amz-") {
+                        if !PRESIGN_PARAMS.contains(&name.as_str()) {
+                            return Err(refused(
+                                "the presigned URL has a parameter SigV4 does not define",
+                            ));
+                        }
+                    } else {
+                        params.push((name.clone(), value.clone()));
+                    }
+                }
+                if get("X-Amz-Algorithm")? != "AWS4-HMAC-SHA256" {
+                    return Err(refused("the presigned URL is not signed AWS4-HMAC-SHA256"));
+                }
                 let signed = get("X-Amz-SignedHeaders")?
                     .split(';')
-                    .map(str::to_string)
+                    .map(str::to_ascii_lowercase)
                     .collect();
                 let expires: u64 = get("X-Amz-Expires")?
                     .parse()
                     .map_err(|_| refused("X-Amz-Expires is not a number of seconds"))?;
                 let lifetime = Duration::from_secs(expires).min(SIGNATURE_LIFETIME);
-                let params = query.iter().filter(|(k, _)| !is_amz(k)).cloned().collect();
                 (params, signed, get("X-Amz-Date")?, lifetime)
             }
             _ => {
@@ -250,64 +285,83 @@ impl IamVerifier {
             ));
         }
         let valid_until = valid_until(&date, lifetime)?;
-        // What STS gets: the signed headers (and the signature's own), nothing else.
-        let mut forward = self
-            .http
-            .request(
-                if presigned {
-                    reqwest::Method::GET
-                } else {
-                    reqwest::Method::POST
-                },
-                {
-                    let mut to = self.sts.clone();
-                    to.set_path("/");
-                    to.set_query(url.query());
-                    to
-                },
-            )
-            .header("accept", "application/xml");
-        for (name, value) in &headers {
-            let signature_header = matches!(
-                name.as_str(),
-                "authorization" | "x-amz-date" | "x-amz-security-token" | "x-amz-content-sha256"
-            );
-            if name == "host" || name == "content-length" || !(signs(name) || signature_header) {
-                continue;
-            }
-            forward = forward.header(name.as_str(), value.as_str());
-        }
-        if !presigned {
-            if !headers.contains_key("content-type") {
-                forward = forward.header(
-                    "content-type",
-                    "application/x-www-form-urlencoded; charset=utf-8",
+        // What STS is sent: the signed headers and the signature's own, nothing else
+        // (an added header could only make STS refuse what the caller signed), and the
+        // body's type, needed to read it, signed or not.
+        let mut forward: Vec<(String, String)> = headers
+            .into_iter()
+            .filter(|(name, _)| {
+                let signature_header = matches!(
+                    name.as_str(),
+                    "authorization"
+                        | "x-amz-date"
+                        | "x-amz-security-token"
+                        | "x-amz-content-sha256"
                 );
-            }
-            forward = forward.body(request.body);
+                let body_type = name == "content-type" && !presigned;
+                name != "host"
+                    && name != "content-length"
+                    && (signs(name) || signature_header || body_type)
+            })
+            .collect();
+        let body = (!presigned).then_some(request.body);
+        if body.is_some() && !forward.iter().any(|(name, _)| name == "content-type") {
+            forward.push((
+                "content-type".into(),
+                "application/x-www-form-urlencoded; charset=utf-8".into(),
+            ));
         }
-        Ok(Checked {
-            forward,
+        let query = url.query().map(str::to_string);
+        let key = sha256(
+            serde_json::json!([presigned, query, forward, body])
+                .to_string()
+                .as_bytes(),
+        );
+        Ok(Call {
+            presigned,
+            query,
+            headers: forward,
+            body,
             valid_until,
+            key,
         })
     }
 
     /// Sends the caller's request to STS: the ARN it answers, or why not.
-    async fn ask_sts(&self, request: reqwest::RequestBuilder) -> Result<String, IamError> {
+    async fn ask_sts(&self, call: Call) -> Result<String, IamError> {
+        let mut to = self.sts.clone();
+        to.set_path("/");
+        to.set_query(call.query.as_deref());
+        let method = if call.presigned {
+            reqwest::Method::GET
+        } else {
+            reqwest::Method::POST
+        };
+        let mut request = self.http.request(method, to);
+        for (name, value) in &call.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        if let Some(body) = call.body {
+            request = request.body(body);
+        }
         let answer = request.send().await.map_err(|e| {
-            IamError::Unavailable(format!("STS did not answer: {}", without_url(&e)))
+            if e.is_builder() {
+                refused("the signed request cannot be sent as given")
+            } else {
+                IamError::Unavailable(format!("STS did not answer: {}", without_url(&e)))
+            }
         })?;
         let status = answer.status();
         let body = answer.text().await.map_err(|e| {
             IamError::Unavailable(format!("STS's answer was cut: {}", without_url(&e)))
         })?;
         if status.is_success() {
-            return element(&body, "Arn")
-                .filter(|arn| arn.starts_with("arn:"))
+            return crate::aws::sts::caller_arn(&body)
                 .ok_or_else(|| IamError::Unavailable("STS answered without an ARN".into()));
         }
-        let code = element(&body, "Code").unwrap_or_default();
-        if status.is_server_error() || code.contains("Throttl") || status.as_u16() == 429 {
+        let code = crate::aws::sts::error_code(&body).unwrap_or_default();
+        let refusal = matches!(status.as_u16(), 400 | 401 | 403) && !code.contains("Throttl");
+        if !refusal {
             return Err(IamError::Unavailable(format!(
                 "STS answered {status} {code}"
             )));
@@ -323,10 +377,26 @@ impl IamVerifier {
     }
 }
 
-/// A request checked and ready to send, and until when its signature holds.
-struct Checked {
-    forward: reqwest::RequestBuilder,
+/// The `X-Amz-*` parameters a presigned URL may carry.
+const PRESIGN_PARAMS: [&str; 7] = [
+    "X-Amz-Algorithm",
+    "X-Amz-Credential",
+    "X-Amz-Date",
+    "X-Amz-Expires",
+    "X-Amz-SignedHeaders",
+    "X-Amz-Signature",
+    "X-Amz-Security-Token",
+];
+
+/// A checked request, ready to send: what STS is sent, until when its signature
+/// holds, and the digest it is cached by.
+struct Call {
+    presigned: bool,
+    query: Option<String>,
+    headers: Vec<(String, String)>,
+    body: Option<String>,
     valid_until: Instant,
+    key: [u8; 32],
 }
 
 fn refused(why: &str) -> IamError {
@@ -353,16 +423,36 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// The `SignedHeaders=` list of a SigV4 `Authorization` header.
+/// The `SignedHeaders=` list of a SigV4 `Authorization` header, which must have
+/// exactly one `Credential`, `SignedHeaders` and `Signature`.
 fn signed_headers_of(authorization: &str) -> Result<Vec<String>, IamError> {
     let rest = authorization
         .strip_prefix("AWS4-HMAC-SHA256 ")
         .ok_or_else(|| refused("the Authorization header is not AWS4-HMAC-SHA256"))?;
-    rest.split(',')
-        .map(str::trim)
-        .find_map(|part| part.strip_prefix("SignedHeaders="))
-        .map(|list| list.split(';').map(str::to_ascii_lowercase).collect())
-        .ok_or_else(|| refused("the Authorization header names no SignedHeaders"))
+    let parts: Vec<(&str, &str)> = rest
+        .split(',')
+        .map(|part| part.trim().split_once('=').unwrap_or((part.trim(), "")))
+        .collect();
+    let one = |name: &str| {
+        let mut found = parts.iter().filter(|(k, _)| *k == name);
+        match (found.next(), found.next()) {
+            (Some((_, v)), None) => Ok(*v),
+            _ => Err(refused(
+                "the Authorization header must have one Credential, SignedHeaders and Signature",
+            )),
+        }
+    };
+    one("Credential")?;
+    one("Signature")?;
+    if parts.len() != 3 {
+        return Err(refused(
+            "the Authorization header must have one Credential, SignedHeaders and Signature",
+        ));
+    }
+    Ok(one("SignedHeaders")?
+        .split(';')
+        .map(str::to_ascii_lowercase)
+        .collect())
 }
 
 /// When a request signed at `x_amz_date` (`20261205T101500Z`) stops being accepted, as
@@ -387,19 +477,8 @@ fn valid_until(x_amz_date: &str, lifetime: Duration) -> Result<Instant, IamError
     Ok(Instant::now() + left)
 }
 
-/// The text of the first `<name>` element of an STS XML answer.
-fn element(xml: &str, name: &str) -> Option<String> {
-    let open = format!("<{name}>");
-    let close = format!("</{name}>");
-    let start = xml.find(&open)? + open.len();
-    let end = start + xml[start..].find(&close)?;
-    let text = xml[start..end].trim();
-    // ARNs and error codes carry no markup; anything escaped is not one of them.
-    (!text.contains(['<', '&'])).then(|| text.to_string())
-}
-
-/// A transport error's text without its URL (the endpoint is the operator's; still,
-/// the caller's query string never reaches a log through it).
+/// A transport error's kind, without its URL (the caller's query string never reaches
+/// a log through it).
 fn without_url(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
@@ -409,17 +488,6 @@ fn without_url(e: &reqwest::Error) -> String {
         "failed"
     };
     kind.to_string()
-}
-
-/// The STS endpoint for `region`, as the SDK's resolver names it (`sts.<region>.amazonaws.com`,
-/// `.amazonaws.com.cn` in China), or the endpoint given.
-pub(crate) fn sts_endpoint(endpoint_url: Option<&str>, region: &str) -> Result<url::Url, String> {
-    let text = match endpoint_url {
-        Some(url) => url.to_string(),
-        None if region.starts_with("cn-") => format!("https://sts.{region}.amazonaws.com.cn/"),
-        None => format!("https://sts.{region}.amazonaws.com/"),
-    };
-    url::Url::parse(&text).map_err(|e| format!("the STS endpoint {text:?} is not a URL: {e}"))
 }
 
 #[cfg(test)]
@@ -568,25 +636,100 @@ mod tests {
     }
 
     #[test]
-    fn sts_answers_are_read_for_their_arn_and_code() {
-        let ok = "<GetCallerIdentityResponse><GetCallerIdentityResult><Arn>arn:aws:iam::123456789012:user/a</Arn><UserId>X</UserId></GetCallerIdentityResult></GetCallerIdentityResponse>";
+    fn ambiguous_requests_are_refused_before_sts_sees_them() {
+        let date = now_amz();
+        let signed = "host;x-amz-date;x-axnt-server-id";
+        let mut twice_named = signed_headers(&date, "axnt.example", signed);
+        twice_named["x-axnt-server-id"] = serde_json::json!(["other"]);
+        let mut two_values = signed_headers(&date, "axnt.example", signed);
+        two_values["X-Axnt-Server-Id"] = serde_json::json!(["axnt.example", "other"]);
+        let mut two_lists = signed_headers(&date, "axnt.example", signed);
+        two_lists["Authorization"] = serde_json::json!([format!(
+            "AWS4-HMAC-SHA256 Credential=AKID/20261205/eu-west-1/sts/aws4_request, SignedHeaders={signed}, SignedHeaders=host;x-amz-date, Signature=00"
+        )]);
+        let mut malformed = signed_headers(&date, "axnt.example", signed);
+        malformed["X-Extra"] = serde_json::json!(["a\nb"]);
+        let presign = |extra: &str| {
+            format!(
+                "{URL}?Action=GetCallerIdentity&Version=2011-06-15&X-Amz-Algorithm=AWS4-HMAC-SHA256\
+                 &X-Amz-Credential=AKID%2F20261205%2Feu-west-1%2Fsts%2Faws4_request&X-Amz-Date={date}\
+                 &X-Amz-Expires=60&X-Amz-SignedHeaders=host%3Bx-axnt-server-id&X-Amz-Signature=00{extra}"
+            )
+        };
+        let presigned_headers = serde_json::json!({"X-Axnt-Server-Id": ["axnt.example"]});
         assert_eq!(
-            element(ok, "Arn").as_deref(),
-            Some("arn:aws:iam::123456789012:user/a")
+            why(&credential(
+                "GET",
+                &presign(""),
+                presigned_headers.clone(),
+                ""
+            )),
+            "accepted"
         );
-        let err = "<ErrorResponse><Error><Type>Sender</Type><Code>SignatureDoesNotMatch</Code></Error></ErrorResponse>";
-        assert_eq!(
-            element(err, "Code").as_deref(),
-            Some("SignatureDoesNotMatch")
+        let cases = [
+            (credential("POST", URL, twice_named, BODY), "twice"),
+            (credential("POST", URL, two_values, BODY), "one value"),
+            (
+                credential("POST", URL, two_lists, BODY),
+                "one Credential, SignedHeaders",
+            ),
+            (credential("POST", URL, malformed, BODY), "malformed header"),
+            (
+                credential(
+                    "GET",
+                    &presign("&X-Amz-Foo=1"),
+                    presigned_headers.clone(),
+                    "",
+                ),
+                "does not define",
+            ),
+            (
+                credential(
+                    "GET",
+                    &presign("&X-Amz-Date=20200101T000000Z"),
+                    presigned_headers.clone(),
+                    "",
+                ),
+                "twice",
+            ),
+            (
+                credential("GET", &presign("&RoleArn=x"), presigned_headers, ""),
+                "exactly",
+            ),
+        ];
+        for (credential, expected) in cases {
+            let why = why(&credential);
+            assert!(why.contains(expected), "{why} ~ {expected}");
+        }
+    }
+
+    #[test]
+    fn one_signed_request_is_one_cache_entry_however_it_is_encoded() {
+        let headers = signed_headers(
+            &now_amz(),
+            "axnt.example",
+            "host;x-amz-date;x-axnt-server-id",
         );
-        assert_eq!(element("<Arn>a&amp;b</Arn>", "Arn"), None);
-        assert_eq!(
-            sts_endpoint(None, "eu-west-1").expect("url").as_str(),
-            "https://sts.eu-west-1.amazonaws.com/"
-        );
-        assert_eq!(
-            sts_endpoint(None, "cn-north-1").expect("url").as_str(),
-            "https://sts.cn-north-1.amazonaws.com.cn/"
-        );
+        let json =
+            serde_json::json!({"method": "POST", "url": URL, "headers": headers, "body": BODY});
+        let compact = json.to_string();
+        let spaced = serde_json::to_string_pretty(&json).expect("json");
+        let engines = [
+            base64::engine::general_purpose::STANDARD.encode(&compact),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&compact),
+            base64::engine::general_purpose::STANDARD.encode(&spaced),
+        ];
+        let verifier = verifier();
+        let keys: Vec<[u8; 32]> = engines
+            .iter()
+            .map(|c| {
+                verifier
+                    .check(c)
+                    .map(|call| call.key)
+                    .map_err(|e| e.to_string())
+                    .expect("accepted")
+            })
+            .collect();
+        assert!(keys.iter().all(|k| *k == keys[0]));
     }
 }

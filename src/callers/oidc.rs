@@ -6,25 +6,20 @@
 //! expiry and not-before are checked; then the first caller whose audience the token
 //! names and whose bound claims it carries is the caller.
 //!
-//! Keys are cached per issuer for an hour, fetched again (at most once a minute) when
-//! a token names a key the cache lacks, as the provider module does for ID tokens.
+//! Keys are cached per issuer as [`crate::jwks`] does for every issuer: an hour, and
+//! fetched again (at most once a minute) when a token names a key the cache lacks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use base64::Engine;
-use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{Caller, OidcBinding};
+use crate::jwks::IssuerKeys;
 
-/// How long an issuer's keys are used before they are fetched again.
-const KEYS_TTL: Duration = Duration::from_secs(3600);
-/// An unknown `kid` fetches the keys again at most this often.
-const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 /// Clock difference tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECS: u64 = 60;
 /// The algorithms a workload token may be signed with: asymmetric only, so no key the
@@ -42,22 +37,11 @@ pub(crate) enum OidcError {
     Unavailable(String),
 }
 
-#[derive(Deserialize)]
-struct Discovery {
-    issuer: String,
-    jwks_uri: String,
-}
-
-struct Keys {
-    set: JwkSet,
-    fetched: Instant,
-}
-
 /// Verifies workload tokens against their issuers' published keys.
 pub(crate) struct OidcVerifier {
     http: reqwest::Client,
-    /// Issuer → its keys as last fetched (one lock each, so one fetch at a time).
-    issuers: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Keys>>>>>,
+    /// Issuer → its keys.
+    issuers: parking_lot::Mutex<HashMap<String, Arc<IssuerKeys>>>,
 }
 
 impl OidcVerifier {
@@ -96,13 +80,28 @@ impl OidcVerifier {
         if bindings.is_empty() {
             return Err(refused("no caller trusts the token's issuer"));
         }
-        let keys = self.keys(&issuer, header.kid.as_deref()).await?;
+        let keys = self
+            .keys_of(&issuer)
+            .keys(header.kid.as_deref())
+            .await
+            .map_err(OidcError::Unavailable)?;
         let jwk = match header.kid.as_deref() {
-            Some(kid) => keys.find(kid),
-            None if keys.keys.len() == 1 => keys.keys.first(),
+            Some(kid) => keys.set.find(kid),
+            None if keys.set.keys.len() == 1 => keys.set.keys.first(),
             None => None,
-        }
-        .ok_or_else(|| refused("the token is signed with a key its issuer does not publish"))?;
+        };
+        let Some(jwk) = jwk else {
+            // A key the issuer may have rotated in while it could not be asked: retry
+            // later, rather than be told it is unknown.
+            if keys.refetch_failed {
+                return Err(OidcError::Unavailable(
+                    "the token names a key not among the issuer's keys held, which could not be fetched again".into(),
+                ));
+            }
+            return Err(refused(
+                "the token is signed with a key its issuer does not publish",
+            ));
+        };
         let key = DecodingKey::from_jwk(jwk)
             .map_err(|_| refused("the issuer's key for this token is unusable"))?;
         let mut validation = Validation::new(header.alg);
@@ -130,67 +129,20 @@ impl OidcVerifier {
             .ok_or_else(|| refused("the token's claims match no caller"))
     }
 
-    /// `issuer`'s keys: cached, fetched again when stale, or (at most every minute)
-    /// when `want_kid` is not among them.
-    async fn keys(&self, issuer: &str, want_kid: Option<&str>) -> Result<JwkSet, OidcError> {
-        let slot = Arc::clone(self.issuers.lock().entry(issuer.to_string()).or_default());
-        let mut cached = slot.lock().await;
-        let fresh = cached.as_ref().is_some_and(|k| {
-            let has = want_kid.is_none_or(|kid| k.set.find(kid).is_some());
-            k.fetched.elapsed() < KEYS_TTL && (has || k.fetched.elapsed() < REFETCH_AT_MOST_EVERY)
-        });
-        if !fresh {
-            match self.fetch_keys(issuer).await {
-                Ok(set) => {
-                    *cached = Some(Keys {
-                        set,
-                        fetched: Instant::now(),
-                    });
-                }
-                // Keys still within their hour serve while the issuer is away.
-                Err(e)
-                    if cached
-                        .as_ref()
-                        .is_some_and(|k| k.fetched.elapsed() < KEYS_TTL) =>
-                {
-                    tracing::warn!(issuer, error = %e, "could not fetch an OIDC issuer's keys again; using those held");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        cached
-            .as_ref()
-            .map(|k| k.set.clone())
-            .ok_or_else(|| OidcError::Unavailable("no keys".into()))
-    }
-
-    async fn fetch_keys(&self, issuer: &str) -> Result<JwkSet, OidcError> {
-        let discovery: Discovery = self
-            .fetch(&format!(
-                "{}/.well-known/openid-configuration",
-                issuer.trim_end_matches('/')
+    /// `issuer`'s keys, by its discovery document (which must name it).
+    fn keys_of(&self, issuer: &str) -> Arc<IssuerKeys> {
+        let mut issuers = self.issuers.lock();
+        let keys = issuers.entry(issuer.to_string()).or_insert_with(|| {
+            Arc::new(IssuerKeys::new(
+                format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.trim_end_matches('/')
+                ),
+                Some(issuer.to_string()),
+                self.http.clone(),
             ))
-            .await?;
-        if discovery.issuer != issuer {
-            return Err(OidcError::Unavailable(format!(
-                "{issuer}'s discovery document names another issuer"
-            )));
-        }
-        self.fetch(&discovery.jwks_uri).await
-    }
-
-    async fn fetch<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, OidcError> {
-        let answer = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| OidcError::Unavailable(format!("{url}: {e}")))?;
-        answer
-            .json()
-            .await
-            .map_err(|e| OidcError::Unavailable(format!("{url}: {e}")))
+        });
+        Arc::clone(keys)
     }
 }
 
@@ -201,20 +153,13 @@ fn refused(why: &str) -> OidcError {
 /// The `iss` a token claims, read before its signature is checked: only to choose
 /// which issuer's keys check it.
 fn unverified_issuer(token: &str) -> Result<String, OidcError> {
-    let payload = token
-        .split('.')
-        .nth(1)
-        .and_then(|p| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(p)
-                .ok()
-        })
-        .and_then(|json| serde_json::from_slice::<Map<String, Value>>(&json).ok())
-        .ok_or_else(|| refused("the bearer token is not a signed JWT"))?;
-    payload
-        .get("iss")
-        .and_then(Value::as_str)
-        .map(str::to_string)
+    #[derive(Deserialize)]
+    struct Issuer {
+        iss: Option<String>,
+    }
+    jsonwebtoken::dangerous::insecure_decode_claims::<Issuer>(token)
+        .map_err(|_| refused("the bearer token is not a signed JWT"))?
+        .iss
         .ok_or_else(|| refused("the token names no issuer"))
 }
 

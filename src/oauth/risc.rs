@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tokio::time::Instant;
+
+use crate::jwks::IssuerKeys;
 
 /// The security event types Google sends, each URI exactly as Google's
 /// Cross-Account Protection page prints it (its "Supported event types" table): the
@@ -54,11 +54,6 @@ impl EventKind {
     }
 }
 
-/// Discovery and keys are fetched again when this old, or at most this often when a
-/// token names a key not in the set.
-const KEYS_TTL: Duration = Duration::from_secs(3_600);
-const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(60);
-
 /// A verified security event token.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct SecurityEventToken {
@@ -80,23 +75,9 @@ pub(crate) enum RiscError {
     Unavailable(String),
 }
 
-#[derive(Deserialize)]
-struct RiscConfiguration {
-    issuer: String,
-    jwks_uri: String,
-}
-
-struct Discovered {
-    issuer: String,
-    keys: JwkSet,
-    fetched: Instant,
-}
-
 /// Verifies SETs against the RISC issuer's published keys (cached).
 pub(crate) struct RiscVerifier {
-    config_url: String,
-    http: reqwest::Client,
-    cache: tokio::sync::Mutex<Option<Discovered>>,
+    keys: IssuerKeys,
 }
 
 impl RiscVerifier {
@@ -107,50 +88,15 @@ impl RiscVerifier {
             .build()
             .map_err(|e| format!("RISC client: {e}"))?;
         Ok(Self {
-            config_url: format!(
-                "{}/.well-known/risc-configuration",
-                issuer.as_str().trim_end_matches('/')
+            keys: IssuerKeys::new(
+                format!(
+                    "{}/.well-known/risc-configuration",
+                    issuer.as_str().trim_end_matches('/')
+                ),
+                None,
+                http,
             ),
-            http,
-            cache: tokio::sync::Mutex::new(None),
         })
-    }
-
-    async fn fetch<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, RiscError> {
-        let answer = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| RiscError::Unavailable(e.to_string()))?;
-        answer
-            .json()
-            .await
-            .map_err(|e| RiscError::Unavailable(format!("{url}: {e}")))
-    }
-
-    /// The issuer and its keys: cached, fetched again when stale, or (at most every
-    /// minute) when `want_kid` is not among them.
-    async fn keys(&self, want_kid: Option<&str>) -> Result<(String, JwkSet), RiscError> {
-        let mut cache = self.cache.lock().await;
-        let fresh = cache.as_ref().is_some_and(|d| {
-            let has = want_kid.is_none_or(|kid| d.keys.find(kid).is_some());
-            d.fetched.elapsed() < KEYS_TTL && (has || d.fetched.elapsed() < REFETCH_AT_MOST_EVERY)
-        });
-        if !fresh {
-            let config: RiscConfiguration = self.fetch(&self.config_url).await?;
-            let keys: JwkSet = self.fetch(&config.jwks_uri).await?;
-            *cache = Some(Discovered {
-                issuer: config.issuer,
-                keys,
-                fetched: Instant::now(),
-            });
-        }
-        let d = cache
-            .as_ref()
-            .ok_or_else(|| RiscError::Unavailable("no keys".into()))?;
-        Ok((d.issuer.clone(), d.keys.clone()))
     }
 
     /// Verifies `token`: signed (RS256) by a key the issuer publishes, issued by it, for
@@ -172,10 +118,15 @@ impl RiscVerifier {
         let kid = header
             .kid
             .ok_or_else(|| RiscError::Invalid("no kid in the header".into()))?;
-        let (issuer, keys) = self.keys(Some(&kid)).await?;
+        let keys = self
+            .keys
+            .keys(Some(&kid))
+            .await
+            .map_err(RiscError::Unavailable)?;
+        let issuer = keys.issuer;
         // A key not (yet) in the set we hold may be one the issuer rotated in since we
         // fetched: 503, so the sender retries, rather than a 400 it would not.
-        let jwk = keys.find(&kid).ok_or_else(|| {
+        let jwk = keys.set.find(&kid).ok_or_else(|| {
             RiscError::Unavailable(
                 "signed with a key not among the issuer's keys as last fetched".into(),
             )

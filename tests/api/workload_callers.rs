@@ -43,6 +43,17 @@ impl From<&aws::AwsCredentials> for Signer {
     }
 }
 
+impl Signer {
+    /// The example keys AWS's documentation prints: a signature no STS accepts.
+    fn example() -> Self {
+        Self {
+            access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
+            session_token: None,
+        }
+    }
+}
+
 const GET_CALLER_IDENTITY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 
 /// An STS query-API POST of `body` to `endpoint`, signed (SigV4) at `at` by `signer`
@@ -608,7 +619,7 @@ async fn a_caller_whose_identity_cannot_be_checked_is_told_to_retry() {
     let callers = json!([
         API_KEY,
         {"name": "iam-reader", "iamArn": format!("arn:aws:iam::{ACCOUNT}:user/token-reader")},
-        {"name": "ci", "oidc": {"issuer": issuer, "audience": "axnt-oauth"}},
+        {"name": "ci", "oidc": {"issuer": issuer, "audience": "axnt-oauth", "claims": {"sub": "job"}}},
     ]);
     let app = app_with_keys(
         Backend::Embedded,
@@ -624,11 +635,7 @@ async fn a_caller_whose_identity_cannot_be_checked_is_told_to_retry() {
     assert!(app.connect("kim").await.status().is_success());
     let path = "/v1/users/kim/tokens/google";
 
-    let signer = Signer {
-        access_key_id: "AKIAIOSFODNN7EXAMPLE".into(),
-        secret_access_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
-        session_token: None,
-    };
+    let signer = Signer::example();
     let iam = format!(
         "AWS-IAM {}",
         aws_iam(&sts, &signer, SERVER_ID, SystemTime::now())
@@ -657,4 +664,84 @@ async fn a_caller_whose_identity_cannot_be_checked_is_told_to_retry() {
         StatusCode::OK
     );
     held.abort();
+}
+
+/// An STS stand-in on loopback that refuses every request as STS refuses a bad
+/// signature, and counts them.
+async fn refusing_sts() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&asked);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let _ = socket.read(&mut buf).await;
+                // As STS prints it: https://docs.aws.amazon.com/STS/latest/APIReference/CommonErrors.html
+                let body = "<ErrorResponse><Error><Type>Sender</Type><Code>SignatureDoesNotMatch</Code><Message>no</Message></Error></ErrorResponse>";
+                let answer = format!(
+                    "HTTP/1.1 403 Forbidden\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (endpoint, asked)
+}
+
+/// A client that keeps presenting credentials that prove nothing is braked like one
+/// with wrong keys (429), and its credentials are then not sent on to STS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_braked_client_is_not_sent_on_to_sts() {
+    let (sts, asked) = refusing_sts().await;
+    let provider = FakeProvider::start().await;
+    let callers = json!([
+        API_KEY,
+        {"name": "iam-reader", "iamArn": format!("arn:aws:iam::{ACCOUNT}:user/token-reader")},
+    ]);
+    let app = app_with_keys(
+        Backend::Embedded,
+        &provider,
+        &callers,
+        &[
+            ("AXNT_IAM_SERVER_ID", SERVER_ID),
+            ("AXNT_IAM_STS_ENDPOINT", &sts),
+            ("AXNT_RATE_LIMIT_AUTH_FAILURES_PER_MINUTE", "1"),
+            ("AXNT_RATE_LIMIT_AUTH_FAILURES_BURST", "3"),
+        ],
+    )
+    .await;
+    let signer = Signer::example();
+    let path = "/v1/users/kim/tokens/google";
+    let mut statuses = Vec::new();
+    let mut asked_when_braked = None;
+    for _ in 0..6 {
+        // A new signature each time (X-Amz-Date has whole seconds), so no answer
+        // comes from the cache.
+        let forged = format!(
+            "AWS-IAM {}",
+            aws_iam(&sts, &signer, SERVER_ID, SystemTime::now())
+        );
+        let status = get_as(&app, &forged, path).await.status().as_u16();
+        statuses.push(status);
+        if status == 429 && asked_when_braked.is_none() {
+            asked_when_braked = Some(asked.load(std::sync::atomic::Ordering::SeqCst));
+        }
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    assert_eq!(statuses[..3], [401, 401, 401], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    // The failure that trips the brake was checked; none after it.
+    assert_eq!(
+        Some(asked.load(std::sync::atomic::Ordering::SeqCst)),
+        asked_when_braked,
+        "STS was asked for the braked client"
+    );
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{RawPathParams, Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::header;
+use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 
@@ -58,20 +59,20 @@ impl Permit {
 /// Checks the key, then the permit's operation and the path's `{provider}` against the
 /// key's limits; a token read refused for them is audited. The key is checked first:
 /// only a call without a valid key meets the brake on failed authentication (see
-/// [`crate::http::limits`]).
+/// [`crate::http::limits`]), and a braked client's IAM or OIDC credential is not sent
+/// on to STS or its issuer.
 async fn authenticate(
     State(Permit { state, operation }): State<Permit>,
     params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
     request: Request,
     next: Next,
 ) -> Result<Response, Error> {
-    let caller = match identify(&state, request.headers()).await {
+    let (parts, body) = request.into_parts();
+    let caller = match identify(&state, &parts).await {
         Ok(caller) => caller,
-        Err(refusal) => {
-            let (parts, _) = request.into_parts();
-            return Err(refused(&state, &parts, refusal));
-        }
+        Err(refusal) => return Err(refused(&state, &parts, refusal)),
     };
+    let request = Request::from_parts(parts, body);
     // Undecodable parameters are the handler's to refuse (400).
     let params = params.ok();
     let param = |name: &str| -> Option<&str> {
@@ -133,20 +134,31 @@ enum Refusal {
     NoCaller,
     /// A credential of another kind that proved no caller, or could not be checked.
     Credential(CredentialError),
+    /// The client failed too often: its credential is not checked.
+    Braked(u64),
 }
 
 /// The caller a request's `Authorization` proves: `Bearer <key>` (compared in constant
 /// time with every key), `Bearer <JWT>` of an OIDC caller, or `AWS-IAM <signed
 /// request>` of an IAM caller.
-async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Arc<Caller>, Refusal> {
-    let authorization = headers
+async fn identify(state: &AppState, parts: &Parts) -> Result<Arc<Caller>, Refusal> {
+    let authorization = parts
+        .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or(Refusal::NoCaller)?;
     let (scheme, credential) = authorization.split_once(' ').ok_or(Refusal::NoCaller)?;
     let credential = credential.trim();
     let callers = state.secrets.current();
+    // A client braked for failed authentication sends nothing on to STS or an issuer.
+    let braked = || {
+        let client = crate::http::client_ip(parts, &state.trusted_proxies)?;
+        state.rate_limits.braked(ClientKey::from(client))
+    };
     if scheme.eq_ignore_ascii_case("AWS-IAM") {
+        if let Some(retry_after_secs) = braked() {
+            return Err(Refusal::Braked(retry_after_secs));
+        }
         return state
             .identity
             .iam_caller(credential, &callers.callers)
@@ -162,6 +174,9 @@ async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Arc<Caller>, 
     {
         return Ok(caller);
     }
+    if let Some(retry_after_secs) = braked() {
+        return Err(Refusal::Braked(retry_after_secs));
+    }
     match state
         .identity
         .oidc_caller(credential, &callers.callers)
@@ -174,8 +189,9 @@ async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Arc<Caller>, 
 
 /// The answer to a request that proved no caller: 401 (or 429 once its client failed
 /// too often), or 503 when its identity could not be checked.
-fn refused(state: &AppState, parts: &axum::http::request::Parts, refusal: Refusal) -> Error {
+fn refused(state: &AppState, parts: &Parts, refusal: Refusal) -> Error {
     let error = match refusal {
+        Refusal::Braked(retry_after_secs) => return Error::RateLimited { retry_after_secs },
         Refusal::NoCaller => Error::Unauthorized,
         Refusal::Credential(CredentialError::Refused(why)) => Error::CredentialRefused(why),
         Refusal::Credential(CredentialError::Unavailable(why)) => {

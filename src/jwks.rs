@@ -1,0 +1,138 @@
+//! An issuer's published signing keys, found through its discovery document and
+//! cached: Google's RISC issuer (security event tokens) and the issuers of OIDC
+//! callers' workload tokens read their keys through it. A leaf.
+//!
+//! Keys are used for an hour, then fetched again; a token naming a key the cache lacks
+//! fetches them again at most once a minute (an issuer rotating its keys). While the
+//! issuer cannot be reached, keys still within their hour go on being used.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use serde::Deserialize;
+
+/// How long an issuer's keys are used before they are fetched again.
+const KEYS_TTL: Duration = Duration::from_secs(3600);
+/// A `kid` not among the keys held fetches them again at most this often.
+const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether `url` may be fetched for keys or identities: https, or http on loopback (a
+/// local issuer, the tests).
+pub(crate) fn https_or_loopback(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| {
+        u.scheme() == "https"
+            || (u.scheme() == "http"
+                && matches!(u.host_str(), Some("127.0.0.1" | "[::1]" | "localhost")))
+    })
+}
+
+/// The keys as held, and how the last attempt to fetch them went.
+pub(crate) struct Keys {
+    /// The issuer its discovery document names.
+    pub(crate) issuer: String,
+    pub(crate) set: Arc<JwkSet>,
+    /// Fetching them again was due and failed: the set is older than it should be.
+    pub(crate) refetch_failed: bool,
+}
+
+/// What a discovery document (`openid-configuration`, `risc-configuration`) says of
+/// the keys.
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+struct Fetched {
+    issuer: String,
+    set: Arc<JwkSet>,
+    at: Instant,
+}
+
+/// One issuer's keys, by its discovery document.
+pub(crate) struct IssuerKeys {
+    discovery_url: String,
+    /// The issuer the discovery document must name (`None`: whichever it names).
+    expect_issuer: Option<String>,
+    http: reqwest::Client,
+    /// One fetch at a time.
+    held: tokio::sync::Mutex<Option<Fetched>>,
+}
+
+impl IssuerKeys {
+    /// The keys of the discovery document at `discovery_url`, fetched with `http`
+    /// (which should not follow redirects).
+    pub(crate) fn new(
+        discovery_url: String,
+        expect_issuer: Option<String>,
+        http: reqwest::Client,
+    ) -> Self {
+        Self {
+            discovery_url,
+            expect_issuer,
+            http,
+            held: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The keys: as held, or fetched again when stale or (at most every minute) when
+    /// `want_kid` is not among them. Fails only when none are held within their hour.
+    pub(crate) async fn keys(&self, want_kid: Option<&str>) -> Result<Keys, String> {
+        let mut held = self.held.lock().await;
+        let fresh = held.as_ref().is_some_and(|f| {
+            let has = want_kid.is_none_or(|kid| f.set.find(kid).is_some());
+            f.at.elapsed() < KEYS_TTL && (has || f.at.elapsed() < REFETCH_AT_MOST_EVERY)
+        });
+        let mut refetch_failed = false;
+        if !fresh {
+            match self.fetch().await {
+                Ok(fetched) => *held = Some(fetched),
+                Err(e) if held.as_ref().is_some_and(|f| f.at.elapsed() < KEYS_TTL) => {
+                    tracing::warn!(discovery = %self.discovery_url, error = %e, "could not fetch an issuer's keys again; using those held");
+                    refetch_failed = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        held.as_ref()
+            .map(|f| Keys {
+                issuer: f.issuer.clone(),
+                set: Arc::clone(&f.set),
+                refetch_failed,
+            })
+            .ok_or_else(|| "no keys".to_string())
+    }
+
+    async fn fetch(&self) -> Result<Fetched, String> {
+        let discovery: Discovery = self.get(&self.discovery_url).await?;
+        if self
+            .expect_issuer
+            .as_ref()
+            .is_some_and(|issuer| *issuer != discovery.issuer)
+        {
+            return Err(format!("{} names another issuer", self.discovery_url));
+        }
+        // The keys' address is the issuer's to give, under the issuer's own rule.
+        if !https_or_loopback(&discovery.jwks_uri) {
+            return Err(format!("{}: jwks_uri is not https", self.discovery_url));
+        }
+        let set: JwkSet = self.get(&discovery.jwks_uri).await?;
+        Ok(Fetched {
+            issuer: discovery.issuer,
+            set: Arc::new(set),
+            at: Instant::now(),
+        })
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let answer = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("{url}: {e}"))?;
+        answer.json().await.map_err(|e| format!("{url}: {e}"))
+    }
+}
