@@ -35,7 +35,7 @@ pub(crate) enum Error {
     #[error("the caller's identity cannot be checked now: {0}")]
     IdentityUnavailable(String),
     /// The key is valid but limited: not to this operation, or not to this provider.
-    #[error("this API key may not {0}")]
+    #[error("this caller may not {0}")]
     CallerNotAllowed(String),
     #[error("{0}")]
     InvalidRequest(String),

@@ -158,6 +158,7 @@ impl World {
         let client = ClientInfo {
             ip_address: None,
             user_agent: None,
+            caller: None,
         };
         let provider: Arc<dyn Consent> = Arc::clone(provider) as _;
         let done = self.connect.finish(provider, flow, callback, client).await;

@@ -372,8 +372,8 @@ pub(crate) struct ApiPath<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(Error))]
 pub(crate) struct ApiQuery<T>(pub T);
 
-/// The caller's address (see [`client`]: the peer, or what trusted proxies forwarded)
-/// and user agent, for flow-log items.
+/// The caller's address (see [`client`]: the peer, or what trusted proxies forwarded),
+/// user agent and (on the internal API) name, for flow-log items.
 pub(crate) struct Client(pub ClientInfo);
 
 impl FromRequestParts<AppState> for Client {
@@ -389,9 +389,15 @@ impl FromRequestParts<AppState> for Client {
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        // Set by the internal API's authentication; browsers' requests have none.
+        let caller = parts
+            .extensions
+            .get::<api::auth::CallerOf>()
+            .map(|api::auth::CallerOf(caller)| caller.id.clone());
         Ok(Self(ClientInfo {
             ip_address: ip.map(|a| a.to_string()),
             user_agent,
+            caller,
         }))
     }
 }

@@ -189,7 +189,10 @@ async fn write_rows(
         None => Output::Plain(stdout),
     };
     let mut after: Option<ScanCursor> = None;
-    let client = ClientInfo::default();
+    let client = ClientInfo {
+        caller: Some(super::CLI_CALLER.into()),
+        ..ClientInfo::default()
+    };
     // One flow id for the whole export, so a user's flow log ties its entry to it.
     let flow_id = format!("export-{}", uuid::Uuid::new_v4());
     let outcome = if with_tokens {

@@ -354,7 +354,10 @@ impl Context<'_> {
         if self.options.verify && !self.options.dry_run {
             self.pace.wait().await;
         }
-        let client = ClientInfo::default();
+        let client = ClientInfo {
+            caller: Some(CLI_CALLER.into()),
+            ..ClientInfo::default()
+        };
         let tokens = &self.services.tokens;
         match tokens
             .import_grant(&grant, self.options, CLI_CALLER, &client)

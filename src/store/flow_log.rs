@@ -130,6 +130,9 @@ impl FlowStep {
 pub(crate) struct ClientInfo {
     pub(crate) ip_address: Option<String>,
     pub(crate) user_agent: Option<String>,
+    /// The name of the internal-API caller (or command) that made the step, whatever
+    /// its kind; recorded as `caller` in the step's data.
+    pub(crate) caller: Option<String>,
 }
 
 /// Longest user agent kept; the rest is cut (a header is not a place to store a book).
@@ -179,9 +182,13 @@ impl FlowRecorder {
         &self,
         flow: &FlowSteps<'_>,
         step: FlowStep,
-        data: Map<String, Value>,
+        mut data: Map<String, Value>,
         error: Option<String>,
     ) {
+        if let Some(caller) = &flow.client.caller {
+            data.entry("caller")
+                .or_insert_with(|| Value::String(caller.clone()));
+        }
         let now = Utc::now();
         let entry = FlowLogEntry {
             user_id: flow.user_id.clone(),

@@ -12,7 +12,7 @@ pub(crate) enum TokenError {
     #[error("unknown provider {0:?}")]
     UnknownProvider(String),
     /// A caller limited to other providers asked for this one's grant.
-    #[error("this API key may not use {0} connections (its providers are limited)")]
+    #[error("this caller may not use {0} connections (its providers are limited)")]
     ProviderNotAllowed(String),
     #[error("no connection for this user and provider")]
     NotConnected,

@@ -122,6 +122,7 @@ impl TokenService {
         let client = ClientInfo {
             ip_address: None,
             user_agent: Some("axnt-oauth keep-alive".into()),
+            caller: None,
         };
         let idle = chrono::TimeDelta::from_std(keep.idle).unwrap_or(chrono::TimeDelta::MAX);
         let pause = Duration::from_secs(60) / keep.per_minute.max(1);

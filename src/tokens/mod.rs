@@ -372,6 +372,7 @@ impl TokenService {
         let client = ClientInfo {
             ip_address: None,
             user_agent: Some("axnt-oauth background refresh".into()),
+            caller: None,
         };
         let ahead = self.policy.refresh_margin + every * 2;
         let keys: Vec<(String, String)> = self

@@ -143,6 +143,7 @@ impl TokenService {
         let client = ClientInfo {
             ip_address: None,
             user_agent: Some("axnt-oauth revocation retry".into()),
+            caller: None,
         };
         for mut pending in self.store.revocations_due(now.timestamp(), 25).await? {
             if stop.is_cancelled() {

@@ -186,6 +186,7 @@ impl TokenService {
             let client = ClientInfo {
                 ip_address: None,
                 user_agent: Some("Google RISC".into()),
+                caller: None,
             };
             self.flow_log
                 .flow(RISC_LOG, &set.jti, provider, &client)
@@ -293,6 +294,7 @@ impl TokenService {
                     let client = ClientInfo {
                         ip_address: None,
                         user_agent: Some("Google RISC".into()),
+                        caller: None,
                     };
                     let flow_id = uuid::Uuid::new_v4().to_string();
                     self.flow_log

@@ -389,7 +389,8 @@ async fn a_store_outage_holds_the_audit_and_at_its_share_reads_wait_then_answer_
     let proxy = crate::support::CuttableProxy::start(&crate::support::aws::moto_endpoint()).await;
     let keys = format!(r#"[{{"name":"github-ops","key":"{GITHUB_ONLY}","providers":["github"]}}]"#);
     let settings = [
-        ("AXNT_AUDIT_WINDOW_SECS", "1"),
+        // Windows of 2 s: the six refusals below fall in one even on a loaded machine.
+        ("AXNT_AUDIT_WINDOW_SECS", "2"),
         ("AXNT_AUDIT_BUFFER", "8"),
         ("AXNT_AUDIT_WAIT_MS", "300"),
         ("AXNT_TOKEN_CACHE_SECS", "60"),
@@ -419,7 +420,7 @@ async fn a_store_outage_holds_the_audit_and_at_its_share_reads_wait_then_answer_
 
     proxy.cut();
     // The warming reads' windows pass: each read below needs a record of its own.
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
     // The limited key's first refusal takes a slot, its second the folded record's;
     // the rest join that record: none of them waits.
     for i in 1..=6 {

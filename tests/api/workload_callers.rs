@@ -462,6 +462,18 @@ async fn oidc_workload_tokens_prove_their_callers() {
     let issuer = provider.issuer();
     let callers = json!([
         API_KEY,
+        // The first caller a token matches is its caller: the manager's exact subject
+        // before the namespace's pattern.
+        {
+            "name": "k8s-manager",
+            "oidc": {
+                "issuer": issuer,
+                "audience": "axnt-oauth",
+                "claims": {"sub": "system:serviceaccount:tenant-a:manager"},
+            },
+            "operations": ["manage_connections", "read_logs"],
+            "userIds": ["tenant-a:*"],
+        },
         {
             "name": "k8s-reader",
             "oidc": {
@@ -570,6 +582,48 @@ async fn oidc_workload_tokens_prove_their_callers() {
         let body: Value = answer.json().await.expect("json");
         assert_eq!(body["code"], "unauthorized", "{why}: {body}");
     }
+    // Another caller of the same issuer, told apart by its subject; the flow log
+    // names it on the steps it made.
+    let manager = provider.signed_jwt(
+        &rs256,
+        &claims(json!({"sub": "system:serviceaccount:tenant-a:manager"})),
+        false,
+    );
+    let session = app
+        .http
+        .post(app.url("/v1/connect-sessions"))
+        .bearer_auth(&manager)
+        .json(&json!({"userId": "tenant-a:new", "provider": "google"}))
+        .send()
+        .await
+        .expect("session");
+    assert!(
+        session.status().is_success(),
+        "{}",
+        session.text().await.unwrap_or_default()
+    );
+    let reader_may_not = app
+        .http
+        .post(app.url("/v1/connect-sessions"))
+        .bearer_auth(&token)
+        .json(&json!({"userId": "tenant-a:new", "provider": "google"}))
+        .send()
+        .await
+        .expect("session");
+    assert_problem(reader_may_not, 403, "caller_not_allowed").await;
+    let steps: Value = get_as(&app, &bearer(&manager), "/v1/users/tenant-a:new/flow-logs")
+        .await
+        .json()
+        .await
+        .expect("json");
+    let created = steps["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["step"] == "session_created")
+        .unwrap_or_else(|| panic!("no session_created step: {steps}"));
+    assert_eq!(created["data"]["caller"], "k8s-manager", "{created}");
+
     // API keys work unchanged beside them.
     assert_eq!(
         get_as(&app, &bearer(API_KEY), path).await.status(),

@@ -99,7 +99,7 @@ async fn authenticate(
             let why = if caller.operations.is_some() {
                 "its operations are limited"
             } else {
-                "a key has it only when its operations name it"
+                "a caller has it only when its operations name it"
             };
             return Err(Error::CallerNotAllowed(format!(
                 "do {} ({why})",

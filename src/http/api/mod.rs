@@ -9,7 +9,7 @@ use super::AppState;
 use crate::error::Error;
 use crate::ids::UserId;
 
-mod auth;
+pub(super) mod auth;
 pub(super) mod connect_sessions;
 pub(super) mod connections;
 pub(super) mod events;
