@@ -3,7 +3,8 @@
 //! callers' workload tokens read their keys through it. A leaf.
 //!
 //! Keys are used for an hour, then fetched again; a token naming a key the cache lacks
-//! fetches them again at most once a minute (an issuer rotating its keys). While the
+//! fetches them again (an issuer rotating its keys), at most once per interval the
+//! user of the keys chooses, whether the last attempt succeeded or not. While the
 //! issuer cannot be reached, keys still within their hour go on being used.
 
 use std::sync::Arc;
@@ -14,8 +15,6 @@ use serde::Deserialize;
 
 /// How long an issuer's keys are used before they are fetched again.
 const KEYS_TTL: Duration = Duration::from_secs(3600);
-/// A `kid` not among the keys held fetches them again at most this often.
-const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
 /// Whether `url` may be fetched for keys or identities: https, or http on loopback (a
 /// local issuer, the tests).
@@ -56,8 +55,17 @@ pub(crate) struct IssuerKeys {
     /// The issuer the discovery document must name (`None`: whichever it names).
     expect_issuer: Option<String>,
     http: reqwest::Client,
+    /// The least time between two fetches for a `kid` not held.
+    refetch_every: Duration,
     /// One fetch at a time.
-    held: tokio::sync::Mutex<Option<Fetched>>,
+    held: tokio::sync::Mutex<Held>,
+}
+
+/// The keys as last fetched, and the last attempt (failed ones included).
+#[derive(Default)]
+struct Held {
+    keys: Option<Fetched>,
+    attempt: Option<(Instant, bool)>,
 }
 
 impl IssuerKeys {
@@ -67,35 +75,45 @@ impl IssuerKeys {
         discovery_url: String,
         expect_issuer: Option<String>,
         http: reqwest::Client,
+        refetch_every: Duration,
     ) -> Self {
         Self {
             discovery_url,
             expect_issuer,
             http,
-            held: tokio::sync::Mutex::new(None),
+            refetch_every,
+            held: tokio::sync::Mutex::new(Held::default()),
         }
     }
 
-    /// The keys: as held, or fetched again when stale or (at most every minute) when
-    /// `want_kid` is not among them. Fails only when none are held within their hour.
+    /// The keys: as held, or fetched again when stale or when `want_kid` is not among
+    /// them (at most once per `refetch_every`). Fails only when none are held within
+    /// their hour.
     pub(crate) async fn keys(&self, want_kid: Option<&str>) -> Result<Keys, String> {
         let mut held = self.held.lock().await;
-        let fresh = held.as_ref().is_some_and(|f| {
-            let has = want_kid.is_none_or(|kid| f.set.find(kid).is_some());
-            f.at.elapsed() < KEYS_TTL && (has || f.at.elapsed() < REFETCH_AT_MOST_EVERY)
-        });
-        let mut refetch_failed = false;
-        if !fresh {
-            match self.fetch().await {
-                Ok(fetched) => *held = Some(fetched),
-                Err(e) if held.as_ref().is_some_and(|f| f.at.elapsed() < KEYS_TTL) => {
+        let usable = |f: &Fetched| f.at.elapsed() < KEYS_TTL;
+        let has = held
+            .keys
+            .as_ref()
+            .is_some_and(|f| usable(f) && want_kid.is_none_or(|kid| f.set.find(kid).is_some()));
+        let may_fetch = held
+            .attempt
+            .is_none_or(|(at, _)| at.elapsed() >= self.refetch_every);
+        if !has && may_fetch {
+            let fetched = self.fetch().await;
+            held.attempt = Some((Instant::now(), fetched.is_ok()));
+            match fetched {
+                Ok(fetched) => held.keys = Some(fetched),
+                Err(e) if held.keys.as_ref().is_some_and(usable) => {
                     tracing::warn!(discovery = %self.discovery_url, error = %e, "could not fetch an issuer's keys again; using those held");
-                    refetch_failed = true;
                 }
                 Err(e) => return Err(e),
             }
         }
-        held.as_ref()
+        let refetch_failed = held.attempt.is_some_and(|(_, ok)| !ok);
+        held.keys
+            .as_ref()
+            .filter(|f| usable(f))
             .map(|f| Keys {
                 issuer: f.issuer.clone(),
                 set: Arc::clone(&f.set),

@@ -20,6 +20,10 @@ use serde_json::{Map, Value};
 use super::{Caller, OidcBinding};
 use crate::jwks::IssuerKeys;
 
+/// A token naming a key not held fetches the issuer's keys again at most this often:
+/// soon enough that a rotated-in key is used within seconds, rarely enough that tokens
+/// with made-up kids cannot keep the issuer busy.
+const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(5);
 /// Clock difference tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECS: u64 = 60;
 /// The algorithms a workload token may be signed with: asymmetric only, so no key the
@@ -140,6 +144,7 @@ impl OidcVerifier {
                 ),
                 Some(issuer.to_string()),
                 self.http.clone(),
+                REFETCH_AT_MOST_EVERY,
             ))
         });
         Arc::clone(keys)

@@ -95,6 +95,8 @@ impl RiscVerifier {
                 ),
                 None,
                 http,
+                // Google publishes its next key ahead of using it: a kid not held is rare.
+                Duration::from_secs(60),
             ),
         })
     }

@@ -799,3 +799,56 @@ async fn a_braked_client_is_not_sent_on_to_sts() {
         "STS was asked for the braked client"
     );
 }
+
+/// The issuer rotates its signing key: a token of the new key reads once the keys are
+/// fetched again (at most every few seconds for a key not held). While the issuer is
+/// away, the keys held go on serving, and a token of a key they lack is told to retry
+/// (503), not that it is forged; when the issuer is back, it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_issuer_key_is_picked_up_and_an_outage_is_not_a_refusal() {
+    let provider = FakeProvider::start().await;
+    let issuer = provider.issuer();
+    let callers = json!([
+        API_KEY,
+        {"name": "job", "oidc": {"issuer": issuer, "audience": "axnt-oauth", "claims": {"sub": "job"}}},
+    ]);
+    let app = app_with_keys(Backend::Embedded, &provider, &callers, &[]).await;
+    assert!(app.connect("kim").await.status().is_success());
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let token = || {
+        let header = json!({"alg": "RS256", "typ": "JWT", "kid": provider.signing_kid()});
+        let claims = json!({"iss": issuer, "aud": "axnt-oauth", "sub": "job", "exp": now + 600});
+        format!("Bearer {}", provider.signed_jwt(&header, &claims, false))
+    };
+    let path = "/v1/users/kim/tokens/google";
+    let before = token();
+    assert_eq!(get_as(&app, &before, path).await.status(), StatusCode::OK);
+
+    provider.rotate_signing_key();
+    let rotated = token();
+    tokio::time::sleep(Duration::from_millis(5_200)).await;
+    assert_eq!(get_as(&app, &rotated, path).await.status(), StatusCode::OK);
+
+    provider.set_discovery_available(false);
+    provider.rotate_signing_key();
+    let during = token();
+    tokio::time::sleep(Duration::from_millis(5_200)).await;
+    assert_problem(
+        get_as(&app, &during, path).await,
+        503,
+        "identity_unavailable",
+    )
+    .await;
+    assert_eq!(
+        get_as(&app, &rotated, path).await.status(),
+        StatusCode::OK,
+        "the keys held serve while the issuer is away"
+    );
+
+    provider.set_discovery_available(true);
+    tokio::time::sleep(Duration::from_millis(5_200)).await;
+    assert_eq!(get_as(&app, &during, path).await.status(), StatusCode::OK);
+}
