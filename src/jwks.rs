@@ -31,7 +31,7 @@ pub(crate) struct Keys {
     /// The issuer its discovery document names.
     pub(crate) issuer: String,
     pub(crate) set: Arc<JwkSet>,
-    /// Fetching them again was due and failed: the set is older than it should be.
+    /// The last attempt to fetch them failed: the set may lack a key published since.
     pub(crate) refetch_failed: bool,
 }
 
@@ -57,15 +57,36 @@ pub(crate) struct IssuerKeys {
     http: reqwest::Client,
     /// The least time between two fetches for a `kid` not held.
     refetch_every: Duration,
-    /// One fetch at a time.
-    held: tokio::sync::Mutex<Held>,
+    /// Read without waiting: a token whose key is held never waits for a fetch.
+    held: parking_lot::RwLock<Held>,
+    /// One fetch at a time; only tokens whose key is not held wait for it.
+    fetching: tokio::sync::Mutex<()>,
 }
 
-/// The keys as last fetched, and the last attempt (failed ones included).
+/// The keys as last fetched, and the last attempt (failed ones included, with why).
 #[derive(Default)]
 struct Held {
     keys: Option<Fetched>,
-    attempt: Option<(Instant, bool)>,
+    attempt: Option<(Instant, Result<(), String>)>,
+}
+
+impl Held {
+    /// The keys, when they are within their hour and hold `want_kid` (if named).
+    fn serving(&self, want_kid: Option<&str>) -> Option<Keys> {
+        self.keys
+            .as_ref()
+            .filter(|f| f.at.elapsed() < KEYS_TTL)
+            .filter(|f| want_kid.is_none_or(|kid| f.set.find(kid).is_some()))
+            .map(|f| self.keys_of(f))
+    }
+
+    fn keys_of(&self, f: &Fetched) -> Keys {
+        Keys {
+            issuer: f.issuer.clone(),
+            set: Arc::clone(&f.set),
+            refetch_failed: matches!(self.attempt, Some((_, Err(_)))),
+        }
+    }
 }
 
 impl IssuerKeys {
@@ -82,44 +103,52 @@ impl IssuerKeys {
             expect_issuer,
             http,
             refetch_every,
-            held: tokio::sync::Mutex::new(Held::default()),
+            held: parking_lot::RwLock::new(Held::default()),
+            fetching: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The keys: as held, or fetched again when stale or when `want_kid` is not among
     /// them (at most once per `refetch_every`). Fails only when none are held within
-    /// their hour.
+    /// their hour, naming why the last fetch failed. `refetch_failed` says the last
+    /// attempt failed (the keys held may lack one the issuer has since published).
     pub(crate) async fn keys(&self, want_kid: Option<&str>) -> Result<Keys, String> {
-        let mut held = self.held.lock().await;
-        let usable = |f: &Fetched| f.at.elapsed() < KEYS_TTL;
-        let has = held
-            .keys
-            .as_ref()
-            .is_some_and(|f| usable(f) && want_kid.is_none_or(|kid| f.set.find(kid).is_some()));
-        let may_fetch = held
-            .attempt
-            .is_none_or(|(at, _)| at.elapsed() >= self.refetch_every);
-        if !has && may_fetch {
+        if let Some(keys) = self.held.read().serving(want_kid) {
+            return Ok(keys);
+        }
+        let _one_fetch = self.fetching.lock().await;
+        let may_fetch = {
+            let held = self.held.read();
+            // Fetched meanwhile, by the request this one waited for.
+            if let Some(keys) = held.serving(want_kid) {
+                return Ok(keys);
+            }
+            held.attempt
+                .as_ref()
+                .is_none_or(|(at, _)| at.elapsed() >= self.refetch_every)
+        };
+        if may_fetch {
             let fetched = self.fetch().await;
-            held.attempt = Some((Instant::now(), fetched.is_ok()));
+            let mut held = self.held.write();
             match fetched {
-                Ok(fetched) => held.keys = Some(fetched),
-                Err(e) if held.keys.as_ref().is_some_and(usable) => {
-                    tracing::warn!(discovery = %self.discovery_url, error = %e, "could not fetch an issuer's keys again; using those held");
+                Ok(fetched) => {
+                    held.keys = Some(fetched);
+                    held.attempt = Some((Instant::now(), Ok(())));
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(discovery = %self.discovery_url, error = %e, "could not fetch an issuer's keys");
+                    held.attempt = Some((Instant::now(), Err(e)));
+                }
             }
         }
-        let refetch_failed = held.attempt.is_some_and(|(_, ok)| !ok);
-        held.keys
-            .as_ref()
-            .filter(|f| usable(f))
-            .map(|f| Keys {
-                issuer: f.issuer.clone(),
-                set: Arc::clone(&f.set),
-                refetch_failed,
-            })
-            .ok_or_else(|| "no keys".to_string())
+        let held = self.held.read();
+        match held.keys.as_ref().filter(|f| f.at.elapsed() < KEYS_TTL) {
+            Some(f) => Ok(held.keys_of(f)),
+            None => Err(match &held.attempt {
+                Some((_, Err(e))) => e.clone(),
+                _ => "no keys held".to_string(),
+            }),
+        }
     }
 
     async fn fetch(&self) -> Result<Fetched, String> {

@@ -7,7 +7,7 @@
 //! names and whose bound claims it carries is the caller.
 //!
 //! Keys are cached per issuer as [`crate::jwks`] does for every issuer: an hour, and
-//! fetched again (at most once a minute) when a token names a key the cache lacks.
+//! fetched again (at most every 5 s) when a token names a key the cache lacks.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -185,9 +185,9 @@ impl FlowRecorder {
         mut data: Map<String, Value>,
         error: Option<String>,
     ) {
+        // The authenticated caller, over anything a step's data says.
         if let Some(caller) = &flow.client.caller {
-            data.entry("caller")
-                .or_insert_with(|| Value::String(caller.clone()));
+            data.insert("caller".into(), Value::String(caller.clone()));
         }
         let now = Utc::now();
         let entry = FlowLogEntry {
