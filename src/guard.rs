@@ -3,12 +3,39 @@
 //! delivery client's own resolver, so the address checked is the address connected to
 //! (no window for DNS rebinding); redirects are never followed. A leaf: `config`
 //! checks the URLs it loads with it, `webhooks` resolves with it.
+//!
+//! Also the one client every other outbound call uses ([`outbound_client`]: providers,
+//! issuers' keys, STS), and the rule for URLs an operator configures whose answers are
+//! trusted ([`https_or_loopback`]).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 #[cfg(test)]
 use std::str::FromStr;
+
+/// The HTTP client of calls to a provider, an issuer or STS: redirects never followed
+/// (a redirect from a token endpoint or a key URL opens the door to SSRF), `timeout`
+/// for the whole call and at most 5 s of it to connect, and the service's user agent.
+pub(crate) fn outbound_client(timeout: std::time::Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout.min(std::time::Duration::from_secs(5)))
+        .timeout(timeout)
+        .user_agent(concat!("axnt-oauth/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
+}
+
+/// Whether `url` may be trusted for keys or identities: https, or http on loopback (a
+/// local issuer, the tests).
+pub(crate) fn https_or_loopback(url: &str) -> bool {
+    url::Url::parse(url).is_ok_and(|u| {
+        u.scheme() == "https"
+            || (u.scheme() == "http"
+                && matches!(u.host_str(), Some("127.0.0.1" | "[::1]" | "localhost")))
+    })
+}
 
 /// Whether `ip` is a public unicast address: not loopback, private, link-local,
 /// carrier-grade NAT, unique-local, multicast, unspecified, documentation or reserved.

@@ -16,16 +16,6 @@ use serde::Deserialize;
 /// How long an issuer's keys are used before they are fetched again.
 const KEYS_TTL: Duration = Duration::from_secs(3600);
 
-/// Whether `url` may be fetched for keys or identities: https, or http on loopback (a
-/// local issuer, the tests).
-pub(crate) fn https_or_loopback(url: &str) -> bool {
-    url::Url::parse(url).is_ok_and(|u| {
-        u.scheme() == "https"
-            || (u.scheme() == "http"
-                && matches!(u.host_str(), Some("127.0.0.1" | "[::1]" | "localhost")))
-    })
-}
-
 /// The keys as held, and how the last attempt to fetch them went.
 pub(crate) struct Keys {
     /// The issuer its discovery document names.
@@ -161,7 +151,7 @@ impl IssuerKeys {
             return Err(format!("{} names another issuer", self.discovery_url));
         }
         // The keys' address is the issuer's to give, under the issuer's own rule.
-        if !https_or_loopback(&discovery.jwks_uri) {
+        if !crate::guard::https_or_loopback(&discovery.jwks_uri) {
             return Err(format!("{}: jwks_uri is not https", self.discovery_url));
         }
         let set: JwkSet = self.get(&discovery.jwks_uri).await?;

@@ -31,13 +31,13 @@
 //!   wrapping key (over `store` and `crypto`, beside `check`).
 //!
 //! - `jobs` (the one runner of periodic work), `breaker` (the one circuit breaker),
-//!   `jwks` (an issuer's published keys, cached),
-//!   `retry` (the one backoff), `guard` (the SSRF guard), `series` (every metric's
-//!   name, kind and help): leaves.
+//!   `retry` (the one backoff), `guard` (the SSRF guard and the one outbound HTTP
+//!   client), `series` (every metric's name, kind and help): leaves; `jwks` (an
+//!   issuer's published keys, cached) just above them.
 //!
 //! Arrows point down the layers: `cli` → `check`/`rotate` → `app` → `http` →
 //! `connect` → `tokens`/`webhooks`/`audit` → `error` → `oauth`/`events`/`telemetry` →
-//! `store`/`config` → `secrets` → `callers` → `crypto` → the leaves (`aws`, `guard`, `jobs`,
+//! `store`/`config` → `secrets` → `callers` → `crypto` → `jwks` → the leaves (`aws`, `guard`, `jobs`,
 //! `breaker`, then `retry` and `series`). `config` fills the `aws::AwsSettings` it needs and checks
 //! keys with the one parser of each, `callers::ApiKey` and `crypto::SecretKey`, and
 //! URLs with `guard`; it imports no service. A unit test below holds every import to
@@ -161,7 +161,9 @@ mod layout {
         &["callers"],
         &["crypto"],
         // Leaves.
-        &["aws", "guard", "jobs", "breaker", "ids", "jwks"],
+        // An issuer's keys, fetched with the guard's client.
+        &["jwks"],
+        &["aws", "guard", "jobs", "breaker", "ids"],
         // What the leaves themselves use: the backoff, the metric names.
         &["retry", "series"],
     ];

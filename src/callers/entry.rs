@@ -239,7 +239,7 @@ impl CallerEntry {
             }
             (None, None, Some(binding)) => {
                 let name = name.ok_or(InvalidCallerEntry::Unnamed)?;
-                let issuer_ok = crate::jwks::https_or_loopback(&binding.issuer);
+                let issuer_ok = crate::guard::https_or_loopback(&binding.issuer);
                 if !issuer_ok || binding.audience.trim().is_empty() {
                     return Err(InvalidCallerEntry::Oidc);
                 }

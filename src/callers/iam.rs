@@ -110,16 +110,12 @@ impl IamVerifier {
     /// A verifier sending to `sts` for callers that sign `server_id`; `sts` must be
     /// https, or http on loopback (whatever ARN it answers is trusted).
     pub(crate) fn new(sts: url::Url, server_id: String, timeout: Duration) -> Result<Self, String> {
-        if !crate::jwks::https_or_loopback(sts.as_str()) {
+        if !crate::guard::https_or_loopback(sts.as_str()) {
             return Err(format!(
                 "the STS endpoint {sts} must be https (http only on loopback)"
             ));
         }
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("STS client: {e}"))?;
+        let http = crate::guard::outbound_client(timeout)?;
         Ok(Self {
             sts,
             server_id,

@@ -50,11 +50,7 @@ pub(crate) struct OidcVerifier {
 
 impl OidcVerifier {
     pub(crate) fn new(timeout: Duration) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("OIDC client: {e}"))?;
+        let http = crate::guard::outbound_client(timeout)?;
         Ok(Self {
             http,
             issuers: parking_lot::Mutex::new(HashMap::new()),

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 pub(crate) use self::answer::PROVIDER_FAILING;
-use self::http::{ProviderHttp, error_chain, http_client};
+use self::http::ProviderHttp;
 use self::id_token::ExtraClaims;
 pub(crate) use self::id_token::IdTokenProblem;
 use self::metadata::{Discovered, MetadataCache};
@@ -332,9 +332,9 @@ impl OidcProvider {
         secrets: Arc<SecretsCache>,
         limits: ProviderLimits,
     ) -> Result<Self, ProviderError> {
-        let http = ProviderHttp(http_client(limits.timeout).map_err(|e| {
-            ProviderError::Unavailable(format!("cannot build HTTP client: {}", error_chain(&e)))
-        })?);
+        let http = ProviderHttp(
+            crate::guard::outbound_client(limits.timeout).map_err(ProviderError::Unavailable)?,
+        );
         let metadata = MetadataCache::new(
             &config.issuer,
             config.profile.tenant_issuer,

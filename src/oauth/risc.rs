@@ -82,11 +82,7 @@ pub(crate) struct RiscVerifier {
 
 impl RiscVerifier {
     pub(crate) fn new(issuer: &url::Url, timeout: Duration) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| format!("RISC client: {e}"))?;
+        let http = crate::guard::outbound_client(timeout)?;
         Ok(Self {
             keys: IssuerKeys::new(
                 format!(

@@ -432,17 +432,6 @@ impl OidcProvider {
 /// ten years, so its `expiresAt` says "not before the grant ends".
 const UNEXPIRING: Duration = Duration::from_secs(10 * 365 * 86_400);
 
-/// The HTTP client for one provider.
-pub(super) fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        // Following redirects from a token endpoint opens the door to SSRF.
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
-        .timeout(timeout)
-        .user_agent(concat!("axnt-oauth/", env!("CARGO_PKG_VERSION")))
-        .build()
-}
-
 /// Sorts a reqwest error by whether the request may have reached the provider.
 /// `is_connect` holds for connect failures and connect timeouts alike (a connect
 /// timeout is also `is_timeout`), so it is asked first.
@@ -508,7 +497,9 @@ mod tests {
     }
 
     async fn call(url: &str) -> Result<HttpResponse, ProviderError> {
-        let http = ProviderHttp(http_client(Duration::from_millis(500)).expect("client"));
+        let http = ProviderHttp(
+            crate::guard::outbound_client(Duration::from_millis(500)).expect("client"),
+        );
         let request = http::Request::builder()
             .method("POST")
             .uri(url)
