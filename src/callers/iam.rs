@@ -17,33 +17,22 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde::Deserialize;
 
+use super::CredentialError;
 use crate::crypto::sha256;
 
 /// How long after its `X-Amz-Date` a signed request is accepted: STS's own limit for
 /// a request signed in its headers, and the most a presigned one may ask for here.
-pub(crate) const SIGNATURE_LIFETIME: Duration = Duration::from_secs(15 * 60);
+const SIGNATURE_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// A signing clock this far ahead of ours is tolerated (STS allows the same).
 const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 /// The longest an identity is trusted without asking STS again.
-pub(crate) const CACHE_AT_MOST: Duration = Duration::from_secs(60);
+const CACHE_AT_MOST: Duration = Duration::from_secs(60);
 /// A header value longer than this is not a signed request (theirs are ~2 KiB).
 const MAX_HEADER_LEN: usize = 16 * 1024;
 /// The only request this service forwards.
 const ACTION: [(&str, &str); 2] = [("Action", "GetCallerIdentity"), ("Version", "2011-06-15")];
 /// The header that binds a signed request to this service.
-pub(crate) const SERVER_ID_HEADER: &str = "x-axnt-server-id";
-
-/// Why an `AWS-IAM` credential was not accepted.
-#[derive(Debug, Clone, thiserror::Error)]
-pub(crate) enum IamError {
-    /// Not a valid signed request for this service, or STS refused it (401). The text
-    /// names the rule, never a value of the request.
-    #[error("{0}")]
-    Refused(String),
-    /// STS could not be asked, or failed (503).
-    #[error("STS could not check the caller's identity now: {0}")]
-    Unavailable(String),
-}
+const SERVER_ID_HEADER: &str = "x-axnt-server-id";
 
 /// The caller's request as its header carries it.
 #[derive(Deserialize)]
@@ -134,7 +123,7 @@ impl IamVerifier {
 
     /// The ARN STS answers for `credential` (the text after `AWS-IAM `), an assumed
     /// role's session as its role, with whether it came from the cache.
-    pub(crate) async fn verify(&self, credential: &str) -> Result<(String, bool), IamError> {
+    pub(crate) async fn verify(&self, credential: &str) -> Result<(String, bool), CredentialError> {
         let credential = credential.trim();
         if credential.len() > MAX_HEADER_LEN {
             return Err(refused("the AWS-IAM credential is too long"));
@@ -154,18 +143,18 @@ impl IamVerifier {
             .try_get_with(key, async {
                 let until = call.valid_until.min(Instant::now() + CACHE_AT_MOST);
                 let arn = self.ask_sts(call).await?;
-                Ok::<_, IamError>(Verified {
+                Ok::<_, CredentialError>(Verified {
                     arn: super::entry::principal_arn(&arn).into(),
                     until,
                 })
             })
             .await
-            .map_err(|e: Arc<IamError>| (*e).clone())?;
+            .map_err(|e: Arc<CredentialError>| (*e).clone())?;
         Ok((verified.arn.to_string(), false))
     }
 
     /// The request to send to STS, if `credential` is one this service may send.
-    fn check(&self, credential: &str) -> Result<Call, IamError> {
+    fn check(&self, credential: &str) -> Result<Call, CredentialError> {
         let json = decode_base64(credential)
             .ok_or_else(|| refused("the AWS-IAM credential is not base64"))?;
         let request: SignedRequest = serde_json::from_slice(&json).map_err(|_| {
@@ -324,7 +313,7 @@ impl IamVerifier {
     }
 
     /// Sends the caller's request to STS: the ARN it answers, or why not.
-    async fn ask_sts(&self, call: Call) -> Result<String, IamError> {
+    async fn ask_sts(&self, call: Call) -> Result<String, CredentialError> {
         let mut to = self.sts.clone();
         to.set_path("/");
         to.set_query(call.query.as_deref());
@@ -344,25 +333,25 @@ impl IamVerifier {
             if e.is_builder() {
                 refused("the signed request cannot be sent as given")
             } else {
-                IamError::Unavailable(format!("STS did not answer: {}", without_url(&e)))
+                CredentialError::Unavailable(format!("STS did not answer: {}", without_url(&e)))
             }
         })?;
         let status = answer.status();
         let body = answer.text().await.map_err(|e| {
-            IamError::Unavailable(format!("STS's answer was cut: {}", without_url(&e)))
+            CredentialError::Unavailable(format!("STS's answer was cut: {}", without_url(&e)))
         })?;
         if status.is_success() {
             return crate::aws::sts::caller_arn(&body)
-                .ok_or_else(|| IamError::Unavailable("STS answered without an ARN".into()));
+                .ok_or_else(|| CredentialError::Unavailable("STS answered without an ARN".into()));
         }
         let code = crate::aws::sts::error_code(&body).unwrap_or_default();
         let refusal = matches!(status.as_u16(), 400 | 401 | 403) && !code.contains("Throttl");
         if !refusal {
-            return Err(IamError::Unavailable(format!(
+            return Err(CredentialError::Unavailable(format!(
                 "STS answered {status} {code}"
             )));
         }
-        Err(IamError::Refused(format!(
+        Err(CredentialError::Refused(format!(
             "STS refused the signed request ({})",
             if code.is_empty() {
                 status.to_string()
@@ -395,8 +384,8 @@ struct Call {
     key: [u8; 32],
 }
 
-fn refused(why: &str) -> IamError {
-    IamError::Refused(why.to_string())
+fn refused(why: &str) -> CredentialError {
+    CredentialError::Refused(why.to_string())
 }
 
 /// `host` or `host:port` of `url`, as a `Host` header names it.
@@ -421,7 +410,7 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 
 /// The `SignedHeaders=` list of a SigV4 `Authorization` header, which must have
 /// exactly one `Credential`, `SignedHeaders` and `Signature`.
-fn signed_headers_of(authorization: &str) -> Result<Vec<String>, IamError> {
+fn signed_headers_of(authorization: &str) -> Result<Vec<String>, CredentialError> {
     let rest = authorization
         .strip_prefix("AWS4-HMAC-SHA256 ")
         .ok_or_else(|| refused("the Authorization header is not AWS4-HMAC-SHA256"))?;
@@ -453,7 +442,7 @@ fn signed_headers_of(authorization: &str) -> Result<Vec<String>, IamError> {
 
 /// When a request signed at `x_amz_date` (`20261205T101500Z`) stops being accepted, as
 /// an instant of this process; refused when it already has, or is dated too far ahead.
-fn valid_until(x_amz_date: &str, lifetime: Duration) -> Result<Instant, IamError> {
+fn valid_until(x_amz_date: &str, lifetime: Duration) -> Result<Instant, CredentialError> {
     let signed = chrono::NaiveDateTime::parse_from_str(x_amz_date, "%Y%m%dT%H%M%SZ")
         .map_err(|_| refused("X-Amz-Date is not a SigV4 date (YYYYMMDDTHHMMSSZ)"))?
         .and_utc();

@@ -79,18 +79,7 @@ impl IdentityChecks {
                 "this service takes no AWS-IAM credentials (AXNT_IAM_SERVER_ID is not set)".into(),
             ));
         };
-        let checked = iam.verify(credential).await;
-        let outcome = match &checked {
-            Ok((_, true)) => CheckOutcome::Cached,
-            Ok((_, false)) => CheckOutcome::Verified,
-            Err(iam::IamError::Refused(_)) => CheckOutcome::Refused,
-            Err(iam::IamError::Unavailable(_)) => CheckOutcome::Unavailable,
-        };
-        count(CallerKind::Iam, outcome);
-        let (arn, _) = checked.map_err(|e| match e {
-            iam::IamError::Refused(why) => CredentialError::Refused(why),
-            iam::IamError::Unavailable(why) => CredentialError::Unavailable(why),
-        })?;
+        let (arn, _cached) = counted(CallerKind::Iam, iam.verify(credential).await)?;
         callers.iam_caller(&arn).ok_or_else(|| {
             tracing::info!(
                 arn,
@@ -110,26 +99,35 @@ impl IdentityChecks {
         if callers.oidc().next().is_none() || !oidc::OidcVerifier::looks_like_jwt(token) {
             return None;
         }
-        let checked = self.oidc.verify(token, callers.oidc()).await;
-        count(
-            CallerKind::Oidc,
-            match &checked {
-                Ok(_) => CheckOutcome::Verified,
-                Err(oidc::OidcError::Refused(_)) => CheckOutcome::Refused,
-                Err(oidc::OidcError::Unavailable(_)) => CheckOutcome::Unavailable,
-            },
-        );
-        Some(checked.map_err(|e| match e {
-            oidc::OidcError::Refused(why) => CredentialError::Refused(why),
-            oidc::OidcError::Unavailable(why) => CredentialError::Unavailable(why),
-        }))
+        Some(
+            counted(
+                CallerKind::Oidc,
+                // Tokens are checked each time (in memory): never a cached answer.
+                self.oidc
+                    .verify(token, callers.oidc())
+                    .await
+                    .map(|caller| (caller, false)),
+            )
+            .map(|(caller, _)| caller),
+        )
     }
 }
 
-fn count(kind: CallerKind, outcome: CheckOutcome) {
+/// Counts a check's outcome (`axnt_caller_checks_total`) and passes it on.
+fn counted<T>(
+    kind: CallerKind,
+    checked: Result<(T, bool), CredentialError>,
+) -> Result<(T, bool), CredentialError> {
     use crate::series::Label;
+    let outcome = match &checked {
+        Ok((_, true)) => CheckOutcome::Cached,
+        Ok((_, false)) => CheckOutcome::Verified,
+        Err(CredentialError::Refused(_)) => CheckOutcome::Refused,
+        Err(CredentialError::Unavailable(_)) => CheckOutcome::Unavailable,
+    };
     metrics::counter!(crate::series::CALLER_CHECKS_TOTAL, "kind" => kind.label(), "outcome" => outcome.label())
         .increment(1);
+    checked
 }
 
 /// How a caller proves who it is.

@@ -17,7 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{Caller, OidcBinding};
+use super::{Caller, CredentialError, OidcBinding};
 use crate::jwks::IssuerKeys;
 
 /// A token naming a key not held fetches the issuer's keys again at most this often:
@@ -29,17 +29,6 @@ const LEEWAY_SECS: u64 = 60;
 /// The algorithms a workload token may be signed with: asymmetric only, so no key the
 /// issuer publishes can be turned into a shared secret.
 const ALGORITHMS: [Algorithm; 2] = [Algorithm::RS256, Algorithm::ES256];
-
-/// Why a workload token was not accepted.
-#[derive(Debug, Clone, thiserror::Error)]
-pub(crate) enum OidcError {
-    /// Not a valid token for any configured caller (401).
-    #[error("{0}")]
-    Refused(String),
-    /// The issuer's keys could not be fetched (503).
-    #[error("the issuer's keys are unavailable: {0}")]
-    Unavailable(String),
-}
 
 /// Verifies workload tokens against their issuers' published keys.
 pub(crate) struct OidcVerifier {
@@ -68,7 +57,7 @@ impl OidcVerifier {
         &self,
         token: &str,
         bindings: impl Iterator<Item = (&'a OidcBinding, &'a Arc<Caller>)>,
-    ) -> Result<Arc<Caller>, OidcError> {
+    ) -> Result<Arc<Caller>, CredentialError> {
         let header =
             decode_header(token).map_err(|_| refused("the bearer token is not a signed JWT"))?;
         if !ALGORITHMS.contains(&header.alg) {
@@ -84,7 +73,9 @@ impl OidcVerifier {
             .keys_of(&issuer)
             .keys(header.kid.as_deref())
             .await
-            .map_err(OidcError::Unavailable)?;
+            .map_err(|e| {
+                CredentialError::Unavailable(format!("the issuer's keys are unavailable: {e}"))
+            })?;
         let jwk = match header.kid.as_deref() {
             Some(kid) => keys.set.find(kid),
             None if keys.set.keys.len() == 1 => keys.set.keys.first(),
@@ -94,7 +85,7 @@ impl OidcVerifier {
             // A key the issuer may have rotated in while it could not be asked: retry
             // later, rather than be told it is unknown.
             if keys.refetch_failed {
-                return Err(OidcError::Unavailable(
+                return Err(CredentialError::Unavailable(
                     "the token names a key not among the issuer's keys held, which could not be fetched again".into(),
                 ));
             }
@@ -147,13 +138,13 @@ impl OidcVerifier {
     }
 }
 
-fn refused(why: &str) -> OidcError {
-    OidcError::Refused(why.to_string())
+fn refused(why: &str) -> CredentialError {
+    CredentialError::Refused(why.to_string())
 }
 
 /// The `iss` a token claims, read before its signature is checked: only to choose
 /// which issuer's keys check it.
-fn unverified_issuer(token: &str) -> Result<String, OidcError> {
+fn unverified_issuer(token: &str) -> Result<String, CredentialError> {
     #[derive(Deserialize)]
     struct Issuer {
         iss: Option<String>,

@@ -150,38 +150,32 @@ async fn identify(state: &AppState, parts: &Parts) -> Result<Arc<Caller>, Refusa
     let (scheme, credential) = authorization.split_once(' ').ok_or(Refusal::NoCaller)?;
     let credential = credential.trim();
     let callers = state.secrets.current();
-    // A client braked for failed authentication sends nothing on to STS or an issuer.
-    let braked = || {
-        let client = crate::http::client_ip(parts, &state.trusted_proxies)?;
-        state.rate_limits.braked(ClientKey::from(client))
-    };
-    if scheme.eq_ignore_ascii_case("AWS-IAM") {
-        if let Some(retry_after_secs) = braked() {
-            return Err(Refusal::Braked(retry_after_secs));
-        }
-        return state
-            .identity
+    let iam = scheme.eq_ignore_ascii_case("AWS-IAM");
+    if !iam && !scheme.eq_ignore_ascii_case("Bearer") {
+        return Err(Refusal::NoCaller);
+    }
+    if !iam
+        && let Some(caller) = PresentedKey::parse(credential)
+            .ok()
+            .and_then(|key| key.caller_in(&callers.callers.keys))
+    {
+        return Ok(caller);
+    }
+    // Not a key: a client braked for failed authentication sends nothing on to STS
+    // or an issuer.
+    if let Some(client) = crate::http::client_ip(parts, &state.trusted_proxies)
+        && let Some(retry_after_secs) = state.rate_limits.braked(ClientKey::from(client))
+    {
+        return Err(Refusal::Braked(retry_after_secs));
+    }
+    let checks = &state.identity;
+    if iam {
+        return checks
             .iam_caller(credential, &callers.callers)
             .await
             .map_err(Refusal::Credential);
     }
-    if !scheme.eq_ignore_ascii_case("Bearer") {
-        return Err(Refusal::NoCaller);
-    }
-    if let Some(caller) = PresentedKey::parse(credential)
-        .ok()
-        .and_then(|key| key.caller_in(&callers.callers.keys))
-    {
-        return Ok(caller);
-    }
-    if let Some(retry_after_secs) = braked() {
-        return Err(Refusal::Braked(retry_after_secs));
-    }
-    match state
-        .identity
-        .oidc_caller(credential, &callers.callers)
-        .await
-    {
+    match checks.oidc_caller(credential, &callers.callers).await {
         Some(checked) => checked.map_err(Refusal::Credential),
         None => Err(Refusal::NoCaller),
     }
