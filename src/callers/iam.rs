@@ -131,9 +131,8 @@ impl IamVerifier {
         // Checked first (in memory), so the cache is keyed by what STS would be sent:
         // two encodings of one signed request are one entry.
         let call = self.check(credential)?;
-        if let Some(hit) = self.verified.get(&call.key).await
-            && hit.until > Instant::now()
-        {
+        // moka answers nothing for an entry past its expiry (`UntilSigned`).
+        if let Some(hit) = self.verified.get(&call.key).await {
             return Ok((hit.arn.to_string(), true));
         }
         // One STS call for concurrent first uses of one request.

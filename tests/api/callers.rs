@@ -12,7 +12,9 @@ on_every_backend!(
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{API_KEY, Backend, FakeProvider, TestApp, app_with_keys, assert_problem};
+use crate::support::{
+    API_KEY, Backend, FakeProvider, TestApp, app_with_keys, assert_problem, audit_until,
+};
 
 const READER: &str = "reader-key-0123456789abcdef";
 const GITHUB_OPS: &str = "github-ops-key-0123456789abcdef";
@@ -295,21 +297,6 @@ async fn a_caller_limited_to_a_tenant_reads_only_its_users_and_whoami_says_so(ba
     })
     .await;
     app.stop().await;
-}
-
-async fn audit_until(app: &TestApp, query: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let mut items = Vec::new();
-    for _ in 0..100 {
-        let response = app.api_get(&format!("/v1/audit?{query}")).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        let body: Value = response.json().await.expect("json");
-        items = body["items"].as_array().cloned().unwrap_or_default();
-        if done(&items) {
-            return items;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("the audit never showed what was expected: {items:?}");
 }
 
 fn reads(items: &[Value], outcome: &str) -> u64 {

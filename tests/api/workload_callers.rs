@@ -19,7 +19,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::{
-    self, API_KEY, Backend, FakeProvider, TestApp, app_with_keys, assert_problem, aws,
+    self, API_KEY, Backend, FakeProvider, TestApp, app_with_keys, assert_problem, audit_until, aws,
 };
 
 const SERVER_ID: &str = "axnt.tests.internal";
@@ -166,6 +166,21 @@ async fn get_as(app: &TestApp, authorization: &str, path: &str) -> reqwest::Resp
         .expect("request")
 }
 
+/// Seconds since the epoch, for a token's `iat` and `exp`.
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// A workload token of `claims`, signed RS256 by the fake issuer's current key and
+/// naming it.
+fn workload_token(provider: &FakeProvider, claims: &Value) -> String {
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": provider.signing_kid()});
+    provider.signed_jwt(&header, claims, false)
+}
+
 /// `axnt_caller_checks_total{kind, outcome}` as `/metrics` shows it.
 async fn checks(app: &TestApp, kind: &str, outcome: &str) -> f64 {
     let text = app.metrics().await;
@@ -176,22 +191,6 @@ async fn checks(app: &TestApp, kind: &str, outcome: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-/// Audit items of `query` once `done` holds for them.
-async fn audit_until(app: &TestApp, query: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let mut items = Vec::new();
-    for _ in 0..100 {
-        let response = app.api_get(&format!("/v1/audit?{query}")).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        let body: Value = response.json().await.expect("json");
-        items = body["items"].as_array().cloned().unwrap_or_default();
-        if done(&items) {
-            return items;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the audit never showed what was expected: {items:?}");
 }
 
 /// Two IAM users on a moto that enforces IAM: `token-reader`, mapped to a caller that
@@ -495,10 +494,7 @@ async fn oidc_workload_tokens_prove_their_callers() {
     for user in ["tenant-a:kim", "tenant-b:lee"] {
         assert!(app.connect(user).await.status().is_success(), "{user}");
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    let now = now_secs();
     let claims = |changes: Value| {
         let mut claims = json!({
             "iss": issuer,
@@ -514,7 +510,7 @@ async fn oidc_workload_tokens_prove_their_callers() {
     };
     let kid = provider.signing_kid();
     let rs256 = json!({"alg": "RS256", "typ": "JWT", "kid": kid});
-    let token = provider.signed_jwt(&rs256, &claims(json!({})), false);
+    let token = workload_token(&provider, &claims(json!({})));
     let bearer = |t: &str| format!("Bearer {t}");
     let path = "/v1/users/tenant-a:kim/tokens/google";
 
@@ -698,14 +694,10 @@ async fn a_caller_whose_identity_cannot_be_checked_is_told_to_retry() {
     assert!(answer.headers().contains_key("retry-after"));
     assert_problem(answer, 503, "identity_unavailable").await;
 
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let token = provider.signed_jwt(
-        &json!({"alg": "RS256", "typ": "JWT", "kid": provider.signing_kid()}),
+    let now = now_secs();
+    let token = workload_token(
+        &provider,
         &json!({"iss": issuer, "aud": "axnt-oauth", "sub": "job", "exp": now + 600}),
-        false,
     );
     let answer = get_as(&app, &format!("Bearer {token}"), path).await;
     assert!(answer.headers().contains_key("retry-after"));
@@ -814,15 +806,9 @@ async fn a_rotated_issuer_key_is_picked_up_and_an_outage_is_not_a_refusal() {
     ]);
     let app = app_with_keys(Backend::Embedded, &provider, &callers, &[]).await;
     assert!(app.connect("kim").await.status().is_success());
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let token = || {
-        let header = json!({"alg": "RS256", "typ": "JWT", "kid": provider.signing_kid()});
-        let claims = json!({"iss": issuer, "aud": "axnt-oauth", "sub": "job", "exp": now + 600});
-        format!("Bearer {}", provider.signed_jwt(&header, &claims, false))
-    };
+    let now = now_secs();
+    let claims = json!({"iss": issuer, "aud": "axnt-oauth", "sub": "job", "exp": now + 600});
+    let token = || format!("Bearer {}", workload_token(&provider, &claims));
     let path = "/v1/users/kim/tokens/google";
     let before = token();
     assert_eq!(get_as(&app, &before, path).await.status(), StatusCode::OK);

@@ -943,3 +943,24 @@ impl Drop for CuttableProxy {
         self.task.abort();
     }
 }
+
+/// `GET /v1/audit?{query}`'s items once `done` holds for them (the audit trail writes
+/// behind the reads, by windows), failing after 10 s.
+pub async fn audit_until(
+    app: &TestApp,
+    query: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let response = app.api_get(&format!("/v1/audit?{query}")).await;
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+        let body: serde_json::Value = response.json().await.expect("json");
+        items = body["items"].as_array().cloned().unwrap_or_default();
+        if done(&items) {
+            return items;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the audit never showed what was expected: {items:?}");
+}
